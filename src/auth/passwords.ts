@@ -1,0 +1,237 @@
+/**
+ * Password file: one `username:$pbkdf2-sha512$<iterations>$<salt b64>$<hash b64>` line per user.
+ *
+ * Derivation is deliberately slow (PBKDF2, 210000 iterations by default, roughly 100 ms of CPU).
+ * The broker must call `verify` only at CONNECT, never on the per-message hot path.
+ */
+
+/** OWASP (2023) recommendation for PBKDF2-HMAC-SHA512. */
+export const DEFAULT_ITERATIONS = 210_000;
+
+const SCHEME = "pbkdf2-sha512";
+const SALT_BYTES = 16;
+const KEY_BYTES = 64;
+const MIN_SALT_BYTES = 8;
+// An upper bound keeps a tampered or mistyped file from stalling every CONNECT for minutes.
+const MAX_ITERATIONS = 100_000_000;
+
+/** Raised when a password file cannot be read or contains a malformed line. */
+export class PasswordFileError extends Error {
+  override name = "PasswordFileError";
+
+  constructor(
+    message: string,
+    readonly source: string,
+    readonly line?: number,
+  ) {
+    super(line === undefined ? `${source}: ${message}` : `${source}:${line}: ${message}`);
+  }
+}
+
+/** Raised when a password hash string does not follow our `$pbkdf2-sha512$...` format. */
+export class PasswordHashFormatError extends Error {
+  override name = "PasswordHashFormatError";
+}
+
+interface ParsedHash {
+  readonly iterations: number;
+  readonly salt: Uint8Array<ArrayBuffer>;
+  readonly hash: Uint8Array<ArrayBuffer>;
+}
+
+/** Returns why `username` cannot be stored in a password file, or undefined when it can. */
+export function usernameProblem(username: string): string | undefined {
+  if (username.length === 0) return "username must not be empty";
+  if (/[:\r\n\0]/.test(username)) return "username must not contain ':', NUL or line breaks";
+  // A leading '#' or whitespace would make the line read back as a comment or be mangled.
+  if (/^[#\s]/.test(username)) return "username must not start with '#' or whitespace";
+  return undefined;
+}
+
+/**
+ * Splits one password-file line into username and encoded hash; undefined for blank and comment
+ * lines. The text is not validated here: `PasswordFile.parse` does that.
+ */
+export function splitPasswordLine(line: string): { username: string; encoded: string } | undefined {
+  const text = line.trimEnd();
+  const start = text.trimStart();
+  if (start === "" || start.startsWith("#")) return undefined;
+  const colon = text.indexOf(":");
+  if (colon < 0) return { username: text, encoded: "" };
+  return { username: text.slice(0, colon), encoded: text.slice(colon + 1) };
+}
+
+/** Hashes `password` (UTF-8) into the `$pbkdf2-sha512$<iterations>$<salt>$<hash>` form. */
+export async function hashPassword(
+  password: string,
+  iterations: number = DEFAULT_ITERATIONS,
+): Promise<string> {
+  if (!validIterations(iterations)) {
+    throw new RangeError(`iterations must be an integer between 1 and ${MAX_ITERATIONS}`);
+  }
+  const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
+  const hash = await derive(new TextEncoder().encode(password), salt, iterations, KEY_BYTES);
+  return `$${SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(hash)}`;
+}
+
+/** Users and password hashes loaded from a password file; immutable, so reload by loading anew. */
+export class PasswordFile {
+  readonly #entries: ReadonlyMap<string, ParsedHash>;
+  // Used for unknown users so that their rejection costs as much as a wrong password.
+  readonly #dummy: ParsedHash;
+
+  private constructor(entries: ReadonlyMap<string, ParsedHash>) {
+    this.#entries = entries;
+    const first = entries.values().next();
+    this.#dummy = {
+      iterations: first.done ? DEFAULT_ITERATIONS : first.value.iterations,
+      salt: crypto.getRandomValues(new Uint8Array(SALT_BYTES)),
+      hash: crypto.getRandomValues(new Uint8Array(KEY_BYTES)),
+    };
+  }
+
+  /** Reads and parses the password file at `path`; cheap (no derivation), so fine to call on SIGHUP. */
+  static async load(path: string): Promise<PasswordFile> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(path);
+    } catch (error) {
+      throw new PasswordFileError(`cannot read: ${errorMessage(error)}`, path);
+    }
+    return PasswordFile.parse(text, path);
+  }
+
+  /** Parses password-file text; `source` names the file in error messages. */
+  static parse(text: string, source: string): PasswordFile {
+    const entries = new Map<string, ParsedHash>();
+    const firstLine = new Map<string, number>();
+    const lines = text.replace(/^\uFEFF/, "").split("\n");
+    for (let i = 0; i < lines.length; i++) {
+      const lineNo = i + 1;
+      const parts = splitPasswordLine(lines[i]);
+      if (parts === undefined) continue;
+      const problem = usernameProblem(parts.username);
+      if (problem !== undefined) throw new PasswordFileError(problem, source, lineNo);
+      if (!lines[i].includes(":")) {
+        throw new PasswordFileError("expected 'username:$pbkdf2-sha512$...'", source, lineNo);
+      }
+      const seen = firstLine.get(parts.username);
+      if (seen !== undefined) {
+        throw new PasswordFileError(
+          `duplicate user '${parts.username}' (first defined on line ${seen})`,
+          source,
+          lineNo,
+        );
+      }
+      try {
+        entries.set(parts.username, parseHash(parts.encoded));
+      } catch (error) {
+        if (!(error instanceof PasswordHashFormatError)) throw error;
+        throw new PasswordFileError(
+          `user '${parts.username}': ${error.message}`,
+          source,
+          lineNo,
+        );
+      }
+      firstLine.set(parts.username, lineNo);
+    }
+    return new PasswordFile(entries);
+  }
+
+  /** Whether `username` has an entry. */
+  has(username: string): boolean {
+    return this.#entries.has(username);
+  }
+
+  /** Number of users in the file. */
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Checks `password` for `username`; unknown users take as long as a wrong password. */
+  async verify(username: string, password: Uint8Array): Promise<boolean> {
+    const entry = this.#entries.get(username);
+    const target = entry ?? this.#dummy;
+    const derived = await derive(password, target.salt, target.iterations, target.hash.length);
+    const same = constantTimeEqual(derived, target.hash);
+    return entry !== undefined && same;
+  }
+}
+
+function parseHash(encoded: string): ParsedHash {
+  const fields = encoded.split("$");
+  if (fields.length !== 5 || fields[0] !== "") {
+    throw new PasswordHashFormatError(
+      "expected '$pbkdf2-sha512$<iterations>$<salt base64>$<hash base64>'",
+    );
+  }
+  const [, scheme, iterText, saltText, hashText] = fields;
+  if (scheme !== SCHEME) {
+    throw new PasswordHashFormatError(`unsupported hash scheme '${scheme}' (expected ${SCHEME})`);
+  }
+  if (!/^[1-9][0-9]*$/.test(iterText)) {
+    throw new PasswordHashFormatError(`iteration count '${iterText}' is not a positive integer`);
+  }
+  const iterations = Number(iterText);
+  if (!validIterations(iterations)) {
+    throw new PasswordHashFormatError(`iteration count must be at most ${MAX_ITERATIONS}`);
+  }
+  const salt = fromBase64(saltText, "salt");
+  if (salt.length < MIN_SALT_BYTES) {
+    throw new PasswordHashFormatError(`salt must be at least ${MIN_SALT_BYTES} bytes`);
+  }
+  const hash = fromBase64(hashText, "hash");
+  if (hash.length !== KEY_BYTES) {
+    throw new PasswordHashFormatError(`hash must be ${KEY_BYTES} bytes, got ${hash.length}`);
+  }
+  return { iterations, salt, hash };
+}
+
+function validIterations(iterations: number): boolean {
+  return Number.isSafeInteger(iterations) && iterations >= 1 && iterations <= MAX_ITERATIONS;
+}
+
+async function derive(
+  password: Uint8Array,
+  salt: Uint8Array<ArrayBuffer>,
+  iterations: number,
+  bytes: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  // importKey wants an ArrayBuffer-backed view; copying also detaches us from caller buffers.
+  const key = await crypto.subtle.importKey("raw", new Uint8Array(password), "PBKDF2", false, [
+    "deriveBits",
+  ]);
+  const bits = await crypto.subtle.deriveBits(
+    { name: "PBKDF2", hash: "SHA-512", salt, iterations },
+    key,
+    bytes * 8,
+  );
+  return new Uint8Array(bits);
+}
+
+function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i];
+  return diff === 0;
+}
+
+function toBase64(bytes: Uint8Array): string {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary);
+}
+
+function fromBase64(text: string, what: string): Uint8Array<ArrayBuffer> {
+  if (text.length === 0 || text.length % 4 !== 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(text)) {
+    throw new PasswordHashFormatError(`${what} is not valid base64`);
+  }
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

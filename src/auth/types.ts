@@ -1,0 +1,42 @@
+/**
+ * The questions the broker core asks about a client: may it connect, publish
+ * to a topic, subscribe to a filter. Implementations live beside this file
+ * (password file, ACL, certificate identity) and are chosen by the broker's
+ * configuration; the core only sees these interfaces.
+ */
+
+/** What a client presented when connecting. */
+export interface ConnectRequest {
+  clientId: string;
+  username?: string;
+  password?: Uint8Array;
+  /** Identity taken from a verified client certificate, if the transport had one. */
+  certificateIdentity?: string;
+  remoteAddress: string;
+  protocolLevel: 3 | 4 | 5;
+}
+
+/** The outcome of authentication: the username the session runs as, or a CONNACK reason. */
+export type AuthDecision =
+  | { ok: true; username?: string }
+  | { ok: false; reasonCode: number; reason: string };
+
+export interface Authenticator {
+  authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision>;
+}
+
+/** Who is asking, for authorization checks. */
+export interface ClientContext {
+  clientId: string;
+  username?: string;
+}
+
+export interface Authorizer {
+  canPublish(ctx: ClientContext, topic: string): boolean;
+  canSubscribe(ctx: ClientContext, filter: string): boolean;
+}
+
+/** Lets everyone in with the username they sent: the development default. */
+export const allowAll: Authenticator = {
+  authenticate: (req) => ({ ok: true, username: req.username }),
+};

@@ -1,0 +1,108 @@
+/**
+ * Builds the one validated Config: defaults < config file < MCLOUDTT_* environment < flags.
+ */
+import { isAbsolute, resolve } from "node:path";
+import { ConfigError } from "./errors.ts";
+import { issueToError } from "./format.ts";
+import { ENV_CONFIG_FILE } from "./keys.ts";
+import { type Config, ConfigSchema, type DeepPartial } from "./schema.ts";
+import { envLayer, type Layer, mergeLayers, objectLayer, splitArgs, tomlLayer } from "./sources.ts";
+
+/** File looked for in the working directory when no config file is named. */
+export const DEFAULT_CONFIG_FILE = "config.toml";
+
+/** Inputs of loadConfig; each defaults to the running process's own. */
+export interface LoadOptions {
+  /**
+   * Command-line arguments. Config flags (`--config PATH`, `--<section>.<key>[=]VALUE`) are
+   * consumed; every other argument is handed back in `LoadedConfig.rest`. Default: `Deno.args`.
+   */
+  args?: readonly string[];
+  /** Environment variables. Default: `Deno.env.toObject()`. */
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Directory that `./config.toml` and relative config paths are resolved against. Default: cwd. */
+  cwd?: string;
+}
+
+/** Result of loadConfig. */
+export interface LoadedConfig {
+  config: Config;
+  /** Arguments that were not config flags, in their original order, for main.ts to parse. */
+  rest: string[];
+  /** Absolute path of the config file that was read, or null when defaults, env and flags only. */
+  file: string | null;
+}
+
+const defaults = ConfigSchema.parse({}) as Record<string, unknown>;
+
+/** The configuration with nothing set: every key at its default. */
+export function defaultConfig(): Config {
+  return ConfigSchema.parse({});
+}
+
+function validate(layers: readonly Layer[]): Config {
+  const merged = mergeLayers(layers);
+  const result = ConfigSchema.safeParse(merged.values);
+  if (result.success) return result.data;
+  throw issueToError(result.error.issues[0], merged, defaults);
+}
+
+/** Read the named file, or ./config.toml if present; a named file that is missing is an error. */
+function readConfigFile(
+  named: { path: string; from: string } | undefined,
+  cwd: string,
+): { layer: Layer; file: string } | undefined {
+  const given = named?.path ?? DEFAULT_CONFIG_FILE;
+  const file = isAbsolute(given) ? given : resolve(cwd, given);
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(file);
+  } catch (e) {
+    if (!named && e instanceof Deno.errors.NotFound) return undefined;
+    const reason = e instanceof Deno.errors.NotFound
+      ? "does not exist"
+      : `cannot be read (${e instanceof Error ? e.message : String(e)})`;
+    const from = named?.from ?? "default location";
+    throw new ConfigError(
+      `config file ${given} (from ${from}) ${reason}; fix the path or create the file`,
+      { key: named?.from, source: from },
+      { cause: e },
+    );
+  }
+  return { layer: tomlLayer(text, given), file };
+}
+
+/**
+ * Load and validate the configuration from file, environment and flags (see LoadOptions).
+ * Throws ConfigError, with a one-line message, on the first problem found.
+ */
+export function loadConfig(options: LoadOptions = {}): LoadedConfig {
+  const args = options.args ?? Deno.args;
+  const env = options.env ?? Deno.env.toObject();
+  const cwd = options.cwd ?? Deno.cwd();
+
+  const flags = splitArgs(args);
+  // An empty MCLOUDTT_CONFIG counts as unset, the usual shell idiom for "no value".
+  const envConfig = env[ENV_CONFIG_FILE] || undefined;
+  const named = flags.configFile !== undefined
+    ? { path: flags.configFile, from: "--config" }
+    : envConfig !== undefined
+    ? { path: envConfig, from: ENV_CONFIG_FILE }
+    : undefined;
+  // Problems are reported in the order flags, environment, file: the first one found wins.
+  const fromEnv = envLayer(env);
+  const fromFile = readConfigFile(named, cwd);
+
+  const layers = [fromFile?.layer, fromEnv, flags.layer].filter((l): l is Layer => !!l);
+  return { config: validate(layers), rest: flags.rest, file: fromFile?.file ?? null };
+}
+
+/**
+ * Validate an in-process configuration (the embedding API and tests): keys left out get their
+ * defaults; no file, environment or flags are read. Throws ConfigError like loadConfig.
+ */
+export function resolveConfig(partial: DeepPartial<Config> = {}): Config {
+  return validate([
+    objectLayer(partial as Record<string, unknown>, { kind: "object", label: "resolveConfig()" }),
+  ]);
+}

@@ -1,0 +1,203 @@
+/**
+ * The one description of mcloudtt's configuration: every section, key, type, range and default,
+ * plus the rules that span several keys. Keys keep their TOML snake_case names so that
+ * `limits.max_packet_size` is spelled the same in config.toml, MCLOUDTT_* variables, flags and code.
+ */
+import { z } from "zod";
+import { listenerBind, listenerEnabled, LISTENERS, listenerTls } from "./resolve.ts";
+import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
+
+/** Extra data attached to cross-field issues so the error formatter can blame the right key. */
+export interface CrossFieldParams {
+  /** Keys that could be at fault, best first; the first one some source actually set is blamed. */
+  blame?: string[];
+  /** Replaces the generic "set it in [section] ..." advice. */
+  fix?: string;
+}
+
+function int(min: number, max: number, fallback: number) {
+  const msg = `must be an integer from ${min} to ${max}`;
+  return z.int(msg).min(min, msg).max(max, msg).default(fallback);
+}
+
+function bool(fallback: boolean) {
+  return z.boolean("must be true or false").default(fallback);
+}
+
+/** `true | false | "auto"`: "auto" defers to a general switch, see resolve.ts. */
+function autoBool() {
+  return z.union([z.boolean(), z.literal("auto")], 'must be true, false or "auto"')
+    .default("auto");
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T, fallback: T[number]) {
+  const msg = `must be one of ${values.map((v) => JSON.stringify(v)).join(", ")}`;
+  return z.enum(values, msg).default(fallback);
+}
+
+function text(fallback: string) {
+  return z.string("must be a string").default(fallback);
+}
+
+function nonEmptyText(fallback: string) {
+  const msg = "must be a non-empty string";
+  return z.string(msg).min(1, msg).default(fallback);
+}
+
+const HOST_MSG = "must be an IPv4 address, an IPv6 address or a hostname";
+const host = () => z.union([z.ipv4(), z.ipv6(), z.hostname()], HOST_MSG);
+
+/** A TOML table; a missing table is parsed as `{}` so every key in it gets its default. */
+function section<T extends z.core.$ZodLooseShape>(name: string, shape: T) {
+  const table = z.strictObject(shape, `must be a table ([${name}])`);
+  // Every key of every section has a default, so `{}` is valid input; TS cannot see that for a generic shape.
+  return table.prefault({} as z.input<typeof table>);
+}
+
+/** Keys shared by both listeners; `enabled` differs (tcp is on by default, ws follows general). */
+function listenerFields() {
+  return {
+    bind: z.union([z.literal(""), host()], `${HOST_MSG}, or "" for general.bind`).default(""),
+    tls: autoBool(),
+    client_certificate: oneOf(["auto", "required", "optional", "none"], "auto"),
+  };
+}
+
+const WS_PATH_MSG = 'must be a string starting with "/"';
+
+const shape = {
+  general: section("general", {
+    websocket: bool(true),
+    secure: bool(true),
+    timeout: int(0, 65535, 0),
+    log_level: oneOf(["debug", "info", "warning", "error"], "info"),
+    bind: host().default("0.0.0.0"),
+    cert_reload_interval: int(1, 3600, 5),
+  }),
+  tls: section("tls", {
+    certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
+    keyfile: nonEmptyText(DEFAULT_TLS_PATHS.keyfile),
+    cafile: nonEmptyText(DEFAULT_TLS_PATHS.cafile),
+    identity: oneOf(["cn", "san", "fingerprint"], "cn"),
+    require_client_id_match: bool(false),
+    generate_dev_certs: bool(true),
+  }),
+  ports: section("ports", {
+    tcp: int(0, 65535, 1883),
+    ws: int(0, 65535, 8080),
+  }),
+  listeners: section("listeners", {
+    tcp: section("listeners.tcp", { enabled: bool(true), ...listenerFields() }),
+    ws: section("listeners.ws", {
+      enabled: autoBool(),
+      ...listenerFields(),
+      path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
+    }),
+  }),
+  auth: section("auth", {
+    password_file: text(""),
+    acl_file: text(""),
+    allow_anonymous: autoBool(),
+  }),
+  limits: section("limits", {
+    max_packet_size: int(64, 268435455, 1048576),
+    receive_maximum: int(1, 65535, 32),
+    topic_alias_maximum: int(0, 65535, 10),
+    max_keepalive: int(1, 65535, 65535),
+    max_inflight_messages: int(1, 65535, 32),
+    max_queued_messages: int(0, 10000000, 1000),
+    queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
+    max_topic_length: int(1, 65535, 65535),
+    max_topic_levels: int(1, 65535, 128),
+    connect_timeout: int(1, 3600, 10),
+    max_connections: int(1, 10000000, 100000),
+    max_session_expiry_interval: int(0, 4294967295, 4294967295),
+    max_outgoing_bytes: int(65536, 1073741824, 1048576),
+  }),
+  bigquery: section("bigquery", {
+    enabled: bool(false),
+    project_id: text(""),
+    dataset_id: text(""),
+    table_id: nonEmptyText("topic-log"),
+    credentials_path: text("sa.key"),
+    batch_size: int(1, 10000, 500),
+    flush_interval_ms: int(10, 600000, 1000),
+    max_queue: int(1, 10000000, 100000),
+  }),
+  redis: section("redis", {
+    enabled: bool(false),
+    host: host().default("127.0.0.1"),
+    port: int(1, 65535, 6379),
+  }),
+};
+
+/** The base object before cross-field rules; also walked by keys.ts to list every key. */
+export const ConfigShapeSchema = z.strictObject(shape);
+
+/** Validated configuration as used by the whole broker. */
+export type Config = z.output<typeof ConfigShapeSchema>;
+
+/** Names of the network listeners. */
+export type ListenerName = "tcp" | "ws";
+
+/** Every key optional at every depth: what `resolveConfig` accepts. */
+export type DeepPartial<T> = {
+  [K in keyof T]?: T[K] extends Record<string, unknown> ? DeepPartial<T[K]> : T[K];
+};
+
+function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): void {
+  const bq = config.bigquery;
+  if (bq.enabled) {
+    for (const key of ["project_id", "dataset_id"] as const) {
+      if (bq[key] === "") {
+        ctx.addIssue({
+          code: "custom",
+          path: ["bigquery", key],
+          message: "must not be empty when bigquery.enabled = true",
+        });
+      }
+    }
+  }
+
+  for (const name of LISTENERS) {
+    const cert = config.listeners[name].client_certificate;
+    if (listenerEnabled(config, name) && cert !== "auto" && cert !== "none") {
+      if (!listenerTls(config, name)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["listeners", name, "client_certificate"],
+          message: `needs TLS, but TLS is off for listener ${name} ` +
+            `(listeners.${name}.tls = ${JSON.stringify(config.listeners[name].tls)}, ` +
+            `general.secure = ${config.general.secure})`,
+          params: {
+            fix: `set listeners.${name}.tls = true or client_certificate = "none"`,
+          } satisfies CrossFieldParams,
+        });
+      }
+    }
+  }
+
+  const tcpPort = config.ports.tcp;
+  if (
+    listenerEnabled(config, "tcp") && listenerEnabled(config, "ws") &&
+    tcpPort !== 0 && tcpPort === config.ports.ws &&
+    listenerBind(config, "tcp") === listenerBind(config, "ws")
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["ports", "ws"],
+      message: `listeners.tcp and listeners.ws would both listen on ` +
+        `${listenerBind(config, "tcp")} port ${tcpPort}`,
+      params: {
+        blame: ["ports.ws", "ports.tcp", "listeners.ws.bind", "listeners.tcp.bind"],
+        fix: "give ports.tcp and ports.ws different values, different binds, or disable one",
+      } satisfies CrossFieldParams,
+    });
+  }
+}
+
+/** The full schema: per-key validation, then the rules that span several keys. */
+export const ConfigSchema = ConfigShapeSchema.superRefine(crossFieldRules, {
+  // Cross-field rules only make sense once every key on its own is valid.
+  when: (payload) => payload.issues.length === 0,
+});

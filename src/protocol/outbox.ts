@@ -1,0 +1,182 @@
+/**
+ * Outgoing bytes of one connection. Packets are copied into one buffer and
+ * written with a single write per connection per event-loop turn: a write
+ * costs microseconds of system time, a copy nanoseconds. While a write is in
+ * flight new packets collect in a second buffer. `pendingBytes` is what the
+ * session checks for backpressure.
+ */
+
+/** The write side of a transport, as the core sees it. */
+export interface ByteSink {
+  /** Writes all of `bytes`; resolves when the transport accepted them. */
+  write(bytes: Uint8Array): Promise<unknown>;
+  /** Closes the connection (idempotent). */
+  close(): void;
+}
+
+/** Buffers larger than this are not kept for reuse once written. */
+const KEEP_LIMIT = 64 * 1024;
+const MIN_CAPACITY = 512;
+
+let dirty: Outbox[] = [];
+let armed = false;
+
+function flushAll(): void {
+  armed = false;
+  const list = dirty;
+  dirty = [];
+  for (let i = 0; i < list.length; i++) list[i].flush();
+}
+
+export class Outbox {
+  private buf: Uint8Array | null = null;
+  private len = 0;
+  private spare: Uint8Array | null = null;
+  private writing = 0;
+  private queued = false;
+  private ending = false;
+  /** Set once the sink failed or was closed; further pushes are dropped. */
+  closed = false;
+  /** Bytes written since the last `takeWritten()`; read by the idle sweep and metrics. */
+  written = 0;
+
+  constructor(
+    private readonly sink: ByteSink,
+    /** Called after a write completes and the buffer has room again. */
+    private readonly onDrain: () => void,
+    private readonly onError: (e: unknown) => void,
+  ) {}
+
+  /** Bytes accepted but not yet handed to the transport. */
+  get pendingBytes(): number {
+    return this.len + this.writing;
+  }
+
+  private reserve(n: number): Uint8Array {
+    let b = this.buf;
+    if (b === null) {
+      b = this.spare !== null && this.spare.length >= n ? this.spare : null;
+      this.spare = null;
+      if (b === null) b = new Uint8Array(Math.max(MIN_CAPACITY, n));
+      this.buf = b;
+    } else if (this.len + n > b.length) {
+      let cap = b.length * 2;
+      while (cap < this.len + n) cap *= 2;
+      const next = new Uint8Array(cap);
+      next.set(b.subarray(0, this.len));
+      this.buf = b = next;
+    }
+    this.schedule();
+    return b;
+  }
+
+  /** Queues a whole packet. */
+  push(bytes: Uint8Array): void {
+    if (this.closed) return;
+    const b = this.reserve(bytes.length);
+    b.set(bytes, this.len);
+    this.len += bytes.length;
+  }
+
+  /** Queues an encoded PUBLISH, writing `packetId` into its copy. */
+  pushPublish(bytes: Uint8Array, pidOffset: number, packetId: number): void {
+    if (this.closed) return;
+    const b = this.reserve(bytes.length);
+    b.set(bytes, this.len);
+    if (pidOffset >= 0) {
+      b[this.len + pidOffset] = packetId >> 8;
+      b[this.len + pidOffset + 1] = packetId & 0xff;
+    }
+    this.len += bytes.length;
+  }
+
+  /** Queues PUBACK/PUBREC/PUBREL/PUBCOMP without allocating. */
+  pushAck(type: number, packetId: number, reasonCode: number, v5: boolean): void {
+    if (this.closed) return;
+    const long = v5 && reasonCode !== 0;
+    const b = this.reserve(long ? 5 : 4);
+    let p = this.len;
+    b[p++] = (type << 4) | (type === 6 ? 0x02 : 0);
+    b[p++] = long ? 3 : 2;
+    b[p++] = packetId >> 8;
+    b[p++] = packetId & 0xff;
+    if (long) b[p++] = reasonCode;
+    this.len = p;
+  }
+
+  private schedule(): void {
+    if (this.queued || this.writing !== 0) return;
+    this.queued = true;
+    dirty.push(this);
+    if (!armed) {
+      armed = true;
+      // After the current batch of reads: everything produced by the reads that
+      // completed in this turn goes out in one write per connection.
+      setTimeout(flushAll, 0);
+    }
+  }
+
+  /** Starts a write of everything buffered (called by the scheduler). */
+  flush(): void {
+    this.queued = false;
+    if (this.writing !== 0 || this.len === 0 || this.closed) {
+      if (this.len === 0 && this.ending && this.writing === 0) this.finish();
+      return;
+    }
+    const data = this.buf!.subarray(0, this.len);
+    this.writing = this.len;
+    this.buf = null;
+    this.len = 0;
+    this.sink.write(data).then(
+      () => {
+        this.written += this.writing;
+        this.writing = 0;
+        if (data.buffer.byteLength <= KEEP_LIMIT && this.spare === null) {
+          this.spare = new Uint8Array(data.buffer);
+        }
+        if (this.len > 0) this.schedule();
+        else if (this.ending) this.finish();
+        if (!this.closed) this.onDrain();
+      },
+      (e) => {
+        this.writing = 0;
+        this.closed = true;
+        this.onError(e);
+      },
+    );
+  }
+
+  /** Writes what is buffered, then closes the sink. */
+  end(): void {
+    if (this.closed) return;
+    this.ending = true;
+    if (this.writing === 0) {
+      if (this.len > 0) this.schedule();
+      else this.finish();
+    }
+  }
+
+  private finish(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.buf = this.spare = null;
+    this.sink.close();
+  }
+
+  /** Closes at once, dropping anything buffered. */
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.buf = this.spare = null;
+    this.len = 0;
+    this.sink.close();
+  }
+
+  /** Releases the reusable buffer of an idle connection. */
+  trim(): void {
+    if (this.len === 0 && this.writing === 0) {
+      this.spare = null;
+      this.buf = null;
+    }
+  }
+}

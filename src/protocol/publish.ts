@@ -1,0 +1,352 @@
+/**
+ * Hand-written PUBLISH and acknowledgement codec: the hot path. Control packets
+ * that are rare (CONNACK, SUBACK...) go through mqtt-packet in control.ts.
+ * Tests check these bytes against mqtt-packet for random packets.
+ */
+import { decodeUtf8, isWellFormedUtf8, varintSize, writeVarint } from "./bytes.ts";
+import { type EncodedPublish, Message } from "./message.ts";
+import { Prop } from "./properties.ts";
+import { MalformedPacketError, ProtocolError } from "./reason_codes.ts";
+
+/**
+ * Decoded fields of an incoming PUBLISH. Decoding fills one reused object:
+ * the broker handles one packet at a time, and this keeps the hot path free
+ * of a per-packet allocation.
+ */
+export interface IncomingPublish {
+  qos: 0 | 1 | 2;
+  dup: boolean;
+  retain: boolean;
+  packetId: number;
+  /** Topic name; "" when the packet relies on a topic alias. */
+  topic: string;
+  topicStart: number;
+  topicEnd: number;
+  /** Topic Alias property, 0 when absent. */
+  topicAlias: number;
+  /** Message Expiry Interval in seconds, -1 when absent. */
+  expiry: number;
+  /** Payload Format Indicator, -1 when absent. */
+  payloadFormat: number;
+  propsStart: number;
+  propsEnd: number;
+  /** True when the property block holds properties that must not be forwarded as-is. */
+  propsNeedFilter: boolean;
+  payloadStart: number;
+  end: number;
+}
+
+const scratch: IncomingPublish = {
+  qos: 0,
+  dup: false,
+  retain: false,
+  packetId: 0,
+  topic: "",
+  topicStart: 0,
+  topicEnd: 0,
+  topicAlias: 0,
+  expiry: -1,
+  payloadFormat: -1,
+  propsStart: 0,
+  propsEnd: 0,
+  propsNeedFilter: false,
+  payloadStart: 0,
+  end: 0,
+};
+
+const ONCE_BITS: Record<number, number> = {
+  [Prop.PayloadFormatIndicator]: 1,
+  [Prop.MessageExpiryInterval]: 2,
+  [Prop.ContentType]: 4,
+  [Prop.ResponseTopic]: 8,
+  [Prop.CorrelationData]: 16,
+  [Prop.TopicAlias]: 32,
+};
+
+function u16(buf: Uint8Array, pos: number, end: number): number {
+  if (pos + 2 > end) throw new MalformedPacketError("PUBLISH too short");
+  return (buf[pos] << 8) | buf[pos + 1];
+}
+
+function propStringEnd(buf: Uint8Array, pos: number, end: number, validate: boolean): number {
+  const len = u16(buf, pos, end);
+  const e = pos + 2 + len;
+  if (e > end) throw new MalformedPacketError("PUBLISH property overruns packet");
+  if (validate) decodeUtf8(buf, pos + 2, e);
+  return e;
+}
+
+/**
+ * Decodes the PUBLISH whose fixed-header flags are `flags` and whose body is
+ * `buf[start, end)`. The result is valid until the next call.
+ */
+export function decodePublish(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  flags: number,
+  v5: boolean,
+): IncomingPublish {
+  const p = scratch;
+  const qos = (flags >> 1) & 0x03;
+  if (qos === 3) throw new MalformedPacketError("PUBLISH with QoS 3");
+  p.qos = qos as 0 | 1 | 2;
+  p.dup = (flags & 0x08) !== 0;
+  p.retain = (flags & 0x01) !== 0;
+  if (qos === 0 && p.dup) throw new MalformedPacketError("PUBLISH QoS 0 with DUP set");
+  const tlen = u16(buf, start, end);
+  let pos = start + 2;
+  if (pos + tlen > end) throw new MalformedPacketError("PUBLISH topic overruns packet");
+  p.topicStart = pos;
+  p.topicEnd = pos + tlen;
+  p.topic = decodeUtf8(buf, pos, pos + tlen);
+  pos += tlen;
+  if (qos > 0) {
+    p.packetId = u16(buf, pos, end);
+    if (p.packetId === 0) throw new MalformedPacketError("PUBLISH with Packet Identifier 0");
+    pos += 2;
+  } else {
+    p.packetId = 0;
+  }
+  p.topicAlias = 0;
+  p.expiry = -1;
+  p.payloadFormat = -1;
+  p.propsNeedFilter = false;
+  if (v5) {
+    // Property length as Variable Byte Integer.
+    let len = 0;
+    let mul = 1;
+    for (let i = 0;; i++) {
+      if (i === 4) throw new MalformedPacketError("bad property length");
+      if (pos >= end) throw new MalformedPacketError("PUBLISH too short");
+      const b = buf[pos++];
+      len += (b & 0x7f) * mul;
+      if ((b & 0x80) === 0) break;
+      mul *= 128;
+    }
+    const pend = pos + len;
+    if (pend > end) throw new MalformedPacketError("PUBLISH properties overrun packet");
+    p.propsStart = pos;
+    p.propsEnd = pend;
+    let seen = 0;
+    while (pos < pend) {
+      const id = buf[pos++];
+      // Single-valued properties may appear once; one bit each in `seen`.
+      const bit = ONCE_BITS[id] ?? 0;
+      if (seen & bit) throw new ProtocolError(`PUBLISH repeats property 0x${id.toString(16)}`);
+      seen |= bit;
+      switch (id) {
+        case Prop.PayloadFormatIndicator:
+          if (pos >= pend) throw new MalformedPacketError("PUBLISH property overruns");
+          p.payloadFormat = buf[pos++];
+          if (p.payloadFormat > 1) throw new ProtocolError("Payload Format Indicator above 1");
+          break;
+        case Prop.MessageExpiryInterval:
+          if (pos + 4 > pend) throw new MalformedPacketError("PUBLISH property overruns");
+          p.expiry = ((buf[pos] << 24) >>> 0) + ((buf[pos + 1] << 16) | (buf[pos + 2] << 8) |
+            buf[pos + 3]);
+          pos += 4;
+          p.propsNeedFilter = true;
+          break;
+        case Prop.ContentType:
+          pos = propStringEnd(buf, pos, pend, true);
+          break;
+        case Prop.ResponseTopic: {
+          const e = propStringEnd(buf, pos, pend, false);
+          const rt = decodeUtf8(buf, pos + 2, e);
+          if (rt.length === 0 || rt.includes("+") || rt.includes("#")) {
+            throw new ProtocolError("Response Topic is not a valid topic name");
+          }
+          pos = e;
+          break;
+        }
+        case Prop.CorrelationData:
+          pos = propStringEnd(buf, pos, pend, false);
+          break;
+        case Prop.TopicAlias:
+          p.topicAlias = u16(buf, pos, pend);
+          pos += 2;
+          p.propsNeedFilter = true;
+          break;
+        case Prop.UserProperty:
+          pos = propStringEnd(buf, pos, pend, true);
+          pos = propStringEnd(buf, pos, pend, true);
+          break;
+        case Prop.SubscriptionIdentifier:
+          throw new ProtocolError("PUBLISH from a client with a Subscription Identifier");
+        default:
+          throw new MalformedPacketError(`PUBLISH property 0x${id.toString(16)} not allowed`);
+      }
+    }
+    if (pos !== pend) throw new MalformedPacketError("PUBLISH property overruns");
+  } else {
+    p.propsStart = p.propsEnd = pos;
+  }
+  p.payloadStart = pos;
+  p.end = end;
+  if (p.payloadFormat === 1 && !isWellFormedUtf8(buf.subarray(pos, end))) {
+    p.payloadFormat = -2; // signalled to the caller: 0x99 Payload Format Invalid
+  }
+  return p;
+}
+
+/** Copies the forwardable property bytes out of the read buffer, dropping alias and expiry. */
+function passthroughProps(buf: Uint8Array, p: IncomingPublish): Uint8Array | null {
+  if (p.propsEnd === p.propsStart) return null;
+  if (!p.propsNeedFilter) return buf.slice(p.propsStart, p.propsEnd);
+  const out = new Uint8Array(p.propsEnd - p.propsStart);
+  let n = 0;
+  let pos = p.propsStart;
+  while (pos < p.propsEnd) {
+    const id = buf[pos];
+    let next: number;
+    switch (id) {
+      case Prop.PayloadFormatIndicator:
+        next = pos + 2;
+        break;
+      case Prop.MessageExpiryInterval:
+        pos += 5;
+        continue;
+      case Prop.TopicAlias:
+        pos += 3;
+        continue;
+      case Prop.UserProperty: {
+        const a = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2]);
+        next = a + 2 + ((buf[a] << 8) | buf[a + 1]);
+        break;
+      }
+      default: // ContentType, ResponseTopic, CorrelationData: 2-byte length prefix
+        next = pos + 3 + ((buf[pos + 1] << 8) | buf[pos + 2]);
+    }
+    out.set(buf.subarray(pos, next), n);
+    n += next - pos;
+    pos = next;
+  }
+  return n === 0 ? null : out.subarray(0, n);
+}
+
+/**
+ * Builds the shared Message for a decoded PUBLISH. `topicBytes` overrides the
+ * topic bytes when the topic came from an alias.
+ */
+export function toMessage(
+  buf: Uint8Array,
+  p: IncomingPublish,
+  topic: string,
+  topicBytes: Uint8Array | null,
+  origin: string,
+  now: number,
+): Message {
+  const payload = buf.slice(p.payloadStart, p.end);
+  const tb = topicBytes ?? buf.slice(p.topicStart, p.topicEnd);
+  const expiresAt = p.expiry >= 0 ? now + p.expiry * 1000 : 0;
+  return new Message(
+    topic,
+    tb,
+    payload,
+    p.qos,
+    p.retain,
+    passthroughProps(buf, p),
+    expiresAt,
+    origin,
+  );
+}
+
+/**
+ * Encodes a PUBLISH. `expiry` is the Message Expiry Interval to send (-1 for
+ * none); `subIds` are Subscription Identifiers (MQTT 5 only).
+ */
+export function encodePublish(
+  msg: Message,
+  v5: boolean,
+  qos: number,
+  retain: boolean,
+  dup: boolean,
+  packetId: number,
+  expiry: number,
+  subIds: readonly number[] | null,
+): EncodedPublish {
+  const tlen = msg.topicBytes.length;
+  let propLen = 0;
+  if (v5) {
+    if (expiry >= 0) propLen += 5;
+    if (subIds) { for (const id of subIds) propLen += 1 + varintSize(id); }
+    if (msg.props) propLen += msg.props.length;
+  }
+  const rem = 2 + tlen + (qos > 0 ? 2 : 0) + (v5 ? varintSize(propLen) + propLen : 0) +
+    msg.payload.length;
+  const out = new Uint8Array(1 + varintSize(rem) + rem);
+  out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
+  let pos = writeVarint(out, 1, rem);
+  out[pos++] = tlen >> 8;
+  out[pos++] = tlen & 0xff;
+  out.set(msg.topicBytes, pos);
+  pos += tlen;
+  let pidOffset = -1;
+  if (qos > 0) {
+    pidOffset = pos;
+    out[pos++] = packetId >> 8;
+    out[pos++] = packetId & 0xff;
+  }
+  if (v5) {
+    pos = writeVarint(out, pos, propLen);
+    if (expiry >= 0) {
+      out[pos++] = Prop.MessageExpiryInterval;
+      out[pos++] = (expiry >>> 24) & 0xff;
+      out[pos++] = (expiry >>> 16) & 0xff;
+      out[pos++] = (expiry >>> 8) & 0xff;
+      out[pos++] = expiry & 0xff;
+    }
+    if (subIds) {
+      for (const id of subIds) {
+        out[pos++] = Prop.SubscriptionIdentifier;
+        pos = writeVarint(out, pos, id);
+      }
+    }
+    if (msg.props) {
+      out.set(msg.props, pos);
+      pos += msg.props.length;
+    }
+  }
+  out.set(msg.payload, pos);
+  return { bytes: out, pidOffset, expiry };
+}
+
+/**
+ * The cached encoding of `msg` for (protocol, QoS, retain flag, expiry).
+ * Forms with Subscription Identifiers are specific to one subscriber and are
+ * not cached.
+ */
+export function publishForm(
+  msg: Message,
+  v5: boolean,
+  qos: number,
+  retain: boolean,
+  expiry: number,
+): EncodedPublish {
+  const idx = (v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0);
+  const forms = msg.forms ??= [];
+  let f = forms[idx];
+  if (f === undefined || f.expiry !== expiry) {
+    f = encodePublish(msg, v5, qos, retain, false, 0, v5 ? expiry : -1, null);
+    forms[idx] = f;
+  }
+  return f;
+}
+
+/** PUBACK/PUBREC/PUBREL/PUBCOMP; the reason code is omitted when it is 0 (MQTT 5) or not supported (3.1.1). */
+export function encodeAck(
+  type: number,
+  packetId: number,
+  reasonCode: number,
+  v5: boolean,
+): Uint8Array {
+  const flags = type === 6 ? 0x02 : 0;
+  if (v5 && reasonCode !== 0) {
+    return new Uint8Array([(type << 4) | flags, 3, packetId >> 8, packetId & 0xff, reasonCode]);
+  }
+  return new Uint8Array([(type << 4) | flags, 2, packetId >> 8, packetId & 0xff]);
+}
+
+/** PINGRESP never changes. */
+export const PINGRESP: Uint8Array = new Uint8Array([0xd0, 0x00]);

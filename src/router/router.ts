@@ -1,0 +1,139 @@
+/**
+ * The router owns subscriptions and retained messages, and fans a published
+ * message out to every matching subscriber. It is the single owner of that
+ * state: sessions ask it to subscribe, unsubscribe and publish.
+ */
+import type { Message } from "../protocol/message.ts";
+import { MemoryRetainedStore, type RetainedStore } from "./retained.ts";
+import { SubscriptionTrie, type Target } from "./trie.ts";
+import type { Subscriber, Subscription } from "./types.ts";
+
+export type { Subscriber, Subscription } from "./types.ts";
+
+/** Counters the router keeps; read by ops, never reset by it. */
+export interface RouterStats {
+  published: number;
+  deliveries: number;
+  noSubscribers: number;
+}
+
+export class Router {
+  private readonly trie = new SubscriptionTrie();
+  private readonly bySubscriber = new Map<Subscriber, Map<string, Subscription>>();
+  readonly stats: RouterStats = { published: 0, deliveries: 0, noSubscribers: 0 };
+
+  constructor(readonly retained: RetainedStore = new MemoryRetainedStore()) {}
+
+  /** Number of subscriptions. */
+  get subscriptionCount(): number {
+    return this.trie.size;
+  }
+
+  /** Adds or replaces a subscription; returns true when it replaced an existing one. */
+  subscribe(sub: Subscription): boolean {
+    let mine = this.bySubscriber.get(sub.subscriber);
+    if (mine === undefined) {
+      mine = new Map();
+      this.bySubscriber.set(sub.subscriber, mine);
+    }
+    const existed = mine.has(sub.key);
+    mine.set(sub.key, sub);
+    this.trie.add(sub);
+    return existed;
+  }
+
+  /** Removes the subscription with `key` ("$share/g/f" or "f"); true if it existed. */
+  unsubscribe(subscriber: Subscriber, key: string): boolean {
+    const mine = this.bySubscriber.get(subscriber);
+    const sub = mine?.get(key);
+    if (sub === undefined) return false;
+    mine!.delete(key);
+    if (mine!.size === 0) this.bySubscriber.delete(subscriber);
+    this.trie.remove(subscriber, sub.filter, sub.group);
+    return true;
+  }
+
+  /** Removes every subscription of `subscriber` (its session ended). */
+  unsubscribeAll(subscriber: Subscriber): void {
+    const mine = this.bySubscriber.get(subscriber);
+    if (mine === undefined) return;
+    this.bySubscriber.delete(subscriber);
+    for (const sub of mine.values()) this.trie.remove(subscriber, sub.filter, sub.group);
+  }
+
+  /** The subscriptions of `subscriber`. */
+  subscriptionsOf(subscriber: Subscriber): Iterable<Subscription> {
+    return this.bySubscriber.get(subscriber)?.values() ?? [];
+  }
+
+  /**
+   * Routes a message: updates the retained store when the retain flag is set,
+   * then delivers to each matching subscriber once (overlapping subscriptions
+   * are merged: highest QoS, all Subscription Identifiers) and to one member
+   * of each matching share group. Returns the number of deliveries.
+   */
+  publish(msg: Message): number {
+    this.stats.published++;
+    if (msg.retain) {
+      if (msg.payload.length === 0) this.retained.delete(msg.topic);
+      else this.retained.set(msg);
+    }
+    const m = this.trie.match(msg.topic);
+    let n = 0;
+    const targets = m.targets;
+    for (let i = 0; i < targets.length; i++) {
+      if (deliverTo(targets[i], msg)) n++;
+    }
+    for (const g of m.groups) {
+      const s = g.pick();
+      if (s === null) continue;
+      s.subscriber.deliver(
+        msg,
+        minQos(msg.qos, s.qos),
+        s.retainAsPublished && msg.retain,
+        s.idList,
+      );
+      n++;
+    }
+    this.stats.deliveries += n;
+    if (n === 0) this.stats.noSubscribers++;
+    return n;
+  }
+
+  /** Retained messages matching a new subscription's filter. */
+  retainedFor(filter: string): Message[] {
+    return this.retained.match(filter);
+  }
+}
+
+function minQos(a: 0 | 1 | 2, b: 0 | 1 | 2): 0 | 1 | 2 {
+  return a < b ? a : b;
+}
+
+function deliverTo(t: Target, msg: Message): boolean {
+  const subs = t.subs;
+  const who = t.subscriber;
+  if (subs.length === 1) {
+    const s = subs[0];
+    if (s.noLocal && who.clientId === msg.origin) return false;
+    who.deliver(msg, minQos(msg.qos, s.qos), s.retainAsPublished && msg.retain, s.idList);
+    return true;
+  }
+  // Overlapping subscriptions of one client: a single delivery at the highest
+  // QoS carrying every Subscription Identifier [MQTT-3.3.4-3, MQTT-3.3.4-5].
+  let qos: 0 | 1 | 2 = 0;
+  let retain = false;
+  let ids: number[] | null = null;
+  let any = false;
+  const local = who.clientId === msg.origin;
+  for (const s of subs) {
+    if (s.noLocal && local) continue;
+    any = true;
+    if (s.qos > qos) qos = s.qos;
+    if (s.retainAsPublished) retain = true;
+    if (s.subscriptionId !== 0) (ids ??= []).push(s.subscriptionId);
+  }
+  if (!any) return false;
+  who.deliver(msg, minQos(msg.qos, qos), retain && msg.retain, ids);
+  return true;
+}

@@ -1,0 +1,211 @@
+/**
+ * Subscription index: a trie over topic levels, with `+` and `#` as child
+ * keys. Matching walks the levels of a topic once. Results are cached per
+ * topic until the next change, because real fleets publish to the same topics
+ * over and over while subscriptions change rarely.
+ */
+import type { Subscriber, Subscription } from "./types.ts";
+
+/** A `$share/{group}/{filter}` group: one delivery per message, rotated over members. */
+export class ShareGroup {
+  members: Subscription[] = [];
+  next = 0;
+  constructor(readonly name: string, readonly filter: string) {}
+
+  /** Picks the member for the next message, preferring connected subscribers. */
+  pick(): Subscription | null {
+    const n = this.members.length;
+    if (n === 0) return null;
+    for (let i = 0; i < n; i++) {
+      const s = this.members[(this.next + i) % n];
+      if (s.subscriber.online) {
+        this.next = (this.next + i + 1) % n;
+        return s;
+      }
+    }
+    const s = this.members[this.next % n];
+    this.next = (this.next + 1) % n;
+    return s;
+  }
+}
+
+/** All subscriptions of one subscriber that match a topic. */
+export interface Target {
+  subscriber: Subscriber;
+  subs: Subscription[];
+}
+
+export interface MatchResult {
+  targets: Target[];
+  groups: ShareGroup[];
+}
+
+class Node {
+  children: Map<string, Node> | null = null;
+  subs: Subscription[] | null = null;
+  groups: Map<string, ShareGroup> | null = null;
+
+  get empty(): boolean {
+    return (this.children === null || this.children.size === 0) &&
+      (this.subs === null || this.subs.length === 0) &&
+      (this.groups === null || this.groups.size === 0);
+  }
+}
+
+const EMPTY: MatchResult = { targets: [], groups: [] };
+const CACHE_LIMIT = 10_000;
+
+export class SubscriptionTrie {
+  private root = new Node();
+  private cache = new Map<string, MatchResult>();
+  private count = 0;
+
+  /** Number of subscriptions held. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** Adds or replaces (same subscriber and key) a subscription. */
+  add(sub: Subscription): void {
+    let node = this.root;
+    for (const level of sub.filter.split("/")) {
+      node.children ??= new Map();
+      let next = node.children.get(level);
+      if (next === undefined) {
+        next = new Node();
+        node.children.set(level, next);
+      }
+      node = next;
+    }
+    this.cache.clear();
+    if (sub.group === null) {
+      const subs = node.subs ??= [];
+      const i = subs.findIndex((s) => s.subscriber === sub.subscriber);
+      if (i >= 0) subs[i] = sub;
+      else {
+        subs.push(sub);
+        this.count++;
+      }
+    } else {
+      node.groups ??= new Map();
+      let g = node.groups.get(sub.group);
+      if (g === undefined) {
+        g = new ShareGroup(sub.group, sub.filter);
+        node.groups.set(sub.group, g);
+      }
+      const i = g.members.findIndex((s) => s.subscriber === sub.subscriber);
+      if (i >= 0) g.members[i] = sub;
+      else {
+        g.members.push(sub);
+        this.count++;
+      }
+    }
+  }
+
+  /** Removes the subscription of `subscriber` to `filter` (in `group`); true if one existed. */
+  remove(subscriber: Subscriber, filter: string, group: string | null): boolean {
+    const path: Node[] = [this.root];
+    const levels = filter.split("/");
+    let node = this.root;
+    for (const level of levels) {
+      const next = node.children?.get(level);
+      if (next === undefined) return false;
+      node = next;
+      path.push(node);
+    }
+    let removed = false;
+    if (group === null) {
+      const i = node.subs?.findIndex((s) => s.subscriber === subscriber) ?? -1;
+      if (i >= 0) {
+        node.subs!.splice(i, 1);
+        removed = true;
+      }
+    } else {
+      const g = node.groups?.get(group);
+      const i = g?.members.findIndex((s) => s.subscriber === subscriber) ?? -1;
+      if (g && i >= 0) {
+        g.members.splice(i, 1);
+        if (g.members.length === 0) node.groups!.delete(group);
+        removed = true;
+      }
+    }
+    if (!removed) return false;
+    this.count--;
+    this.cache.clear();
+    // Prune empty nodes so churn does not leak memory.
+    for (let i = levels.length; i > 0; i--) {
+      if (!path[i].empty) break;
+      path[i - 1].children!.delete(levels[i - 1]);
+    }
+    return true;
+  }
+
+  /** Everything that matches `topic`, grouped by subscriber. */
+  match(topic: string): MatchResult {
+    const hit = this.cache.get(topic);
+    if (hit !== undefined) return hit;
+    const subs: Subscription[] = [];
+    const groups: ShareGroup[] = [];
+    const levels = topic.split("/");
+    this.walk(this.root, levels, 0, topic.charCodeAt(0) === 0x24, /* $ */ subs, groups);
+    let result: MatchResult;
+    if (subs.length === 0 && groups.length === 0) result = EMPTY;
+    else result = { targets: groupBySubscriber(subs), groups };
+    if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+    this.cache.set(topic, result);
+    return result;
+  }
+
+  private walk(
+    node: Node,
+    levels: string[],
+    i: number,
+    dollar: boolean,
+    subs: Subscription[],
+    groups: ShareGroup[],
+  ): void {
+    const children = node.children;
+    if (i === levels.length) {
+      collect(node, subs, groups);
+      // "a/#" also matches "a".
+      const hash = children?.get("#");
+      if (hash !== undefined) collect(hash, subs, groups);
+      return;
+    }
+    if (children === null) return;
+    // Wildcards at the first level never match topics beginning with "$" [MQTT-4.7.2-1].
+    if (!(dollar && i === 0)) {
+      const hash = children.get("#");
+      if (hash !== undefined) collect(hash, subs, groups);
+      const plus = children.get("+");
+      if (plus !== undefined) this.walk(plus, levels, i + 1, dollar, subs, groups);
+    }
+    const exact = children.get(levels[i]);
+    if (exact !== undefined) this.walk(exact, levels, i + 1, dollar, subs, groups);
+  }
+}
+
+function collect(node: Node, subs: Subscription[], groups: ShareGroup[]): void {
+  if (node.subs !== null) { for (const s of node.subs) subs.push(s); }
+  if (node.groups !== null) { for (const g of node.groups.values()) groups.push(g); }
+}
+
+function groupBySubscriber(subs: Subscription[]): Target[] {
+  const targets: Target[] = [];
+  let seen: Map<Subscriber, Target> | null = null;
+  for (const s of subs) {
+    if (targets.length === 0) {
+      targets.push({ subscriber: s.subscriber, subs: [s] });
+      continue;
+    }
+    seen ??= new Map(targets.map((t) => [t.subscriber, t]));
+    const t = seen.get(s.subscriber);
+    if (t !== undefined) t.subs.push(s);
+    else {
+      const nt = { subscriber: s.subscriber, subs: [s] };
+      targets.push(nt);
+      seen.set(s.subscriber, nt);
+    }
+  }
+  return targets;
+}

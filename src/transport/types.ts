@@ -1,0 +1,19 @@
+/** What every transport gives the broker, and what the broker gives it. */
+import type { ByteSink } from "../protocol/outbox.ts";
+import type { ConnectionHandler, PeerInfo } from "../session/connection.ts";
+
+export type { ByteSink, ConnectionHandler, PeerInfo };
+
+/** The broker side a transport hands each accepted byte stream to. */
+export interface Acceptor {
+  accept(sink: ByteSink, peer: PeerInfo): ConnectionHandler;
+}
+
+/** A running listener. */
+export interface Listener {
+  readonly kind: "tcp" | "tls" | "ws" | "wss";
+  readonly hostname: string;
+  readonly port: number;
+  /** Stops accepting; open connections are closed by the broker. */
+  close(): Promise<void>;
+}

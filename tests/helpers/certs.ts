@@ -1,0 +1,175 @@
+/**
+ * Test PKI fixtures: one directory with a CA, a broker certificate and client certificates that
+ * are valid, from another CA, expired, and X.509 v1, for TLS/WSS tests.
+ */
+import { join } from "node:path";
+import {
+  type CertFiles,
+  createCertificateAuthority,
+  issueLeafCertificate,
+  type PemPair,
+} from "../../src/auth/certs.ts";
+
+/** Paths of every fixture `makeTestPki` writes. */
+export interface TestPki {
+  dir: string;
+  /** The CA that the broker trusts. */
+  ca: CertFiles;
+  /** Server certificate for localhost, 127.0.0.1 and ::1. */
+  broker: CertFiles;
+  /** Valid client, CN "alice", no SAN. */
+  alice: CertFiles;
+  /** Valid client, CN "bob", SAN email bob@example.com. */
+  bob: CertFiles;
+  /** A second, unrelated CA. */
+  otherCa: CertFiles;
+  /** Client CN "mallory" signed by `otherCa`. */
+  otherCaClient: CertFiles;
+  /** Client CN "expired" from the right CA, whose validity ended yesterday. */
+  expired: CertFiles;
+  /**
+   * Client CN "v1client" from the right CA, X.509 version 1 (no extensions). Made with openssl;
+   * undefined (after a loud warning) when openssl is missing outside CI.
+   */
+  v1: CertFiles | undefined;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/**
+ * True when `name` can be run. When it cannot, prints a loud warning so the skip is seen, or
+ * throws when the CI env var is set, because CI must run every test.
+ */
+export function haveBinary(name: string, versionArg = "version"): Promise<boolean> {
+  // Asked once per binary, so a missing one is announced once rather than by every fixture.
+  let answer = probed.get(name);
+  if (!answer) {
+    answer = probeBinary(name, versionArg);
+    probed.set(name, answer);
+  }
+  return answer;
+}
+
+const probed = new Map<string, Promise<boolean>>();
+
+async function probeBinary(name: string, versionArg: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command(name, { args: [versionArg], stdout: "null", stderr: "null" })
+      .output();
+    if (out.success) return true;
+  } catch (error) {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  }
+  if (Deno.env.get("CI")) throw new Error(`${name} is required in CI but is not available`);
+  console.warn(`\n!!! ${name} NOT FOUND: skipping the tests that need it !!!\n`);
+  return false;
+}
+
+/** Read a certificate and its key as PEM text. */
+export async function readPair(files: CertFiles): Promise<{ cert: string; key: string }> {
+  const [cert, key] = await Promise.all([
+    Deno.readTextFile(files.cert),
+    Deno.readTextFile(files.key),
+  ]);
+  return { cert, key };
+}
+
+/**
+ * Write the whole test PKI into `dir`. Only the v1 certificate needs openssl (WebCrypto tooling
+ * writes v3 only), so the rest stays usable on a machine without it.
+ */
+export async function makeTestPki(dir: string): Promise<TestPki> {
+  const now = Date.now();
+  // The CA predates the expired leaf's window, so expiry is that certificate's only defect.
+  const ca = await createCertificateAuthority({
+    commonName: "mcloudtt test CA",
+    notBefore: new Date(now - 60 * DAY_MS),
+    days: 30,
+  });
+  const otherCa = await createCertificateAuthority({ commonName: "some other CA", days: 30 });
+  const [broker, alice, bob, mallory, expired] = await Promise.all([
+    issueLeafCertificate(ca, {
+      kind: "server",
+      commonName: "localhost",
+      sans: ["localhost", "127.0.0.1", "::1"],
+      days: 2,
+    }),
+    issueLeafCertificate(ca, { kind: "client", commonName: "alice", days: 2 }),
+    issueLeafCertificate(ca, {
+      kind: "client",
+      commonName: "bob",
+      sans: ["bob@example.com"],
+      days: 2,
+    }),
+    issueLeafCertificate(otherCa, { kind: "client", commonName: "mallory", days: 2 }),
+    issueLeafCertificate(ca, {
+      kind: "client",
+      commonName: "expired",
+      notBefore: new Date(now - 30 * DAY_MS),
+      notAfter: new Date(now - DAY_MS),
+    }),
+  ]);
+  const files = {
+    ca: await write(dir, "ca", ca),
+    broker: await write(dir, "broker", broker),
+    alice: await write(dir, "alice", alice),
+    bob: await write(dir, "bob", bob),
+    otherCa: await write(dir, "other-ca", otherCa),
+    otherCaClient: await write(dir, "mallory", mallory),
+    expired: await write(dir, "expired", expired),
+  };
+  const v1 = await haveBinary("openssl") ? await makeV1Client(dir, files.ca) : undefined;
+  return { dir, ...files, v1 };
+}
+
+async function write(dir: string, name: string, pair: PemPair): Promise<CertFiles> {
+  const files = { cert: join(dir, `${name}.crt`), key: join(dir, `${name}.key`) };
+  await Deno.mkdir(dir, { recursive: true });
+  await Deno.writeTextFile(files.cert, pair.certPem);
+  await Deno.writeTextFile(files.key, pair.keyPem, { mode: 0o600 });
+  return files;
+}
+
+/** `openssl x509 -req` without an extension file signs a v1 certificate. */
+async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
+  const files = { cert: join(dir, "v1client.crt"), key: join(dir, "v1client.key") };
+  const csr = join(dir, "v1client.csr");
+  await openssl(
+    ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", files.key],
+  );
+  await openssl(["req", "-new", "-key", files.key, "-subj", "/CN=v1client", "-out", csr]);
+  await openssl([
+    "x509",
+    "-req",
+    "-in",
+    csr,
+    "-CA",
+    ca.cert,
+    "-CAkey",
+    ca.key,
+    "-set_serial",
+    "0x1d2c3b4a",
+    "-days",
+    "2",
+    "-sha256",
+    "-out",
+    files.cert,
+  ]);
+  // Newer OpenSSL releases may add extensions (and so v3) by default; the fixture would then
+  // silently test nothing, so check.
+  const text = await openssl(["x509", "-in", files.cert, "-noout", "-text"]);
+  if (!/Version: 1 \(0x0\)/.test(text)) {
+    throw new Error(`openssl did not produce a v1 certificate:\n${text}`);
+  }
+  return files;
+}
+
+async function openssl(args: string[]): Promise<string> {
+  const out = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" })
+    .output();
+  const decoder = new TextDecoder();
+  if (!out.success) {
+    throw new Error(`openssl ${args.join(" ")} failed: ${decoder.decode(out.stderr)}`);
+  }
+  return decoder.decode(out.stdout);
+}
