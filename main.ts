@@ -3,6 +3,7 @@
  */
 import { Broker } from "./src/broker.ts";
 import { type Config, exitOnConfigError, loadConfig } from "./src/config/mod.ts";
+import { devCertCommands, ensureCertificates } from "./src/ops/dev_certs.ts";
 import { setupLogging } from "./src/ops/log.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
@@ -27,8 +28,39 @@ See config.toml for every key and its default.`;
 
 async function serve(config: Config): Promise<number> {
   await setupLogging(config.general.log_level);
+  let generated = false;
+  try {
+    generated = await ensureCertificates(config);
+  } catch (e) {
+    exitOnConfigError(e);
+  }
   const broker = new Broker(config);
-  await broker.start();
+  try {
+    await broker.start();
+  } catch (e) {
+    // Unreadable certificates, password file or ACL, or a port in use: the operator must fix it.
+    console.error(`mcloudtt: cannot start: ${e instanceof Error ? e.message : e}`);
+    return 2;
+  }
+  if (generated) {
+    const tcp = broker.addresses.find((a) => a.kind === "tls");
+    console.error(
+      "mcloudtt: generated development certificates in certs/ (CA, broker, client).\n" +
+        (tcp
+          ? "Try it from another terminal:\n  " + devCertCommands(tcp.port).join("\n  ") + "\n"
+          : ""),
+    );
+  }
+  Deno.addSignalListener("SIGHUP", () => broker.reload());
+  // Last line of defence: a bug in one connection's callback must not end every session.
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    console.error("mcloudtt: uncaught error (broker keeps running):", e.error);
+  });
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    console.error("mcloudtt: unhandled rejection (broker keeps running):", e.reason);
+  });
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

@@ -4,11 +4,18 @@
  * imports socket or TLS code.
  */
 import { getLogger } from "@logtape/logtape";
-import { allowAll, type Authenticator, type Authorizer } from "./auth/types.ts";
+import { Acl } from "./auth/acl.ts";
+import { AclAuthorizer, PolicyAuthenticator } from "./auth/authenticator.ts";
+import { PasswordFile } from "./auth/passwords.ts";
+import type { Authenticator, Authorizer } from "./auth/types.ts";
 import {
+  allowAnonymous,
+  anyListenerTls,
   type Config,
   listenerBind,
+  listenerClientCert,
   listenerEnabled,
+  type ListenerName,
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
@@ -16,8 +23,12 @@ import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
 import { Router } from "./router/router.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
+import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
+import { listenTls } from "./transport/tls.ts";
+import { TlsMaterial } from "./transport/tls_material.ts";
 import type { Listener } from "./transport/types.ts";
+import { listenWebSocket } from "./transport/websocket.ts";
 
 const log = getLogger(["mcloudtt", "broker"]);
 
@@ -55,46 +66,122 @@ export class Broker {
   readonly router = new Router();
   private listeners: Listener[] = [];
   private running = false;
+  private tls: TlsMaterial | null = null;
+  private readonly policy: PolicyAuthenticator;
+  private readonly customAuth: boolean;
 
+  /**
+   * `auth` replaces the configured policy (password file, anonymous switch,
+   * certificate identity) and ACL, for embedders with their own user store.
+   */
   constructor(
     readonly config: Config,
     auth: { authenticator?: Authenticator; authorizer?: Authorizer | null } = {},
   ) {
+    this.policy = new PolicyAuthenticator({
+      passwords: null,
+      allowAnonymous: allowAnonymous(config),
+      requireClientIdMatch: config.tls.require_client_id_match,
+    });
+    this.customAuth = auth.authenticator !== undefined;
     this.core = new BrokerCore({
       limits: coreLimits(config),
       router: this.router,
       metrics: this.metrics,
-      auth: auth.authenticator ?? allowAll,
+      auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
     });
   }
 
-  /** Opens the configured listeners. */
-  start(): Promise<void> {
-    if (this.running) return Promise.resolve();
+  /** Loads certificates, password file and ACL, then opens the configured listeners. */
+  async start(): Promise<void> {
+    if (this.running) return;
     const c = this.config;
+    await this.loadAuthFiles();
     try {
-      if (listenerEnabled(c, "tcp")) {
-        if (listenerTls(c, "tcp")) {
-          throw new Error("TLS listeners are not available in this build yet");
-        }
-        this.listeners.push(listenTcp(this.core, listenerBind(c, "tcp"), listenerPort(c, "tcp")));
+      if (anyListenerTls(c)) {
+        this.tls = await TlsMaterial.load(c.tls);
+        this.tls.watch(c.general.cert_reload_interval);
+      }
+      for (const name of ["tcp", "ws"] as ListenerName[]) {
+        if (listenerEnabled(c, name)) this.listeners.push(await this.listen(name));
       }
     } catch (e) {
-      for (const l of this.listeners) l.close();
+      await Promise.all(this.listeners.map((l) => l.close()));
       this.listeners = [];
-      return Promise.reject(e);
+      this.tls?.close();
+      this.tls = null;
+      throw e;
     }
     this.core.start();
     this.running = true;
     for (const l of this.listeners) {
-      log.info("listening for MQTT over {kind} on {host}:{port}", {
-        kind: l.kind,
-        host: l.hostname,
-        port: l.port,
+      log.info(`listening for MQTT over ${l.kind} on ${l.hostname}:${l.port}`);
+    }
+    if (!c.general.secure) {
+      log.warn(
+        "SECURITY WARNING: general.secure = false - listeners without TLS accept clients " +
+          "without certificates; use this only on trusted networks",
+      );
+    }
+  }
+
+  private listen(name: ListenerName): Promise<Listener> {
+    const c = this.config;
+    const hostname = listenerBind(c, name);
+    const port = listenerPort(c, name);
+    const tls = listenerTls(c, name);
+    const clientCert = listenerClientCert(c, name);
+    if (name === "tcp") {
+      if (!tls) return Promise.resolve(listenTcp(this.core, hostname, port));
+      return listenTls(this.core, {
+        hostname,
+        port,
+        material: this.tls!,
+        clientCert,
+        identity: c.tls.identity,
       });
     }
-    return Promise.resolve();
+    const path = c.listeners.ws.path;
+    if (!tls) return listenWebSocket(this.core, { hostname, port, path });
+    return listenSecureWebSocket(this.core, {
+      hostname,
+      port,
+      path,
+      material: this.tls!,
+      clientCert,
+      identity: c.tls.identity,
+    });
+  }
+
+  private async loadAuthFiles(): Promise<void> {
+    const a = this.config.auth;
+    if (!this.customAuth) {
+      this.policy.options.passwords = a.password_file
+        ? await PasswordFile.load(a.password_file)
+        : null;
+    }
+    if (a.acl_file && this.core.authorizer === null) {
+      this.core.authorizer = new AclAuthorizer(await Acl.load(a.acl_file));
+    } else if (a.acl_file && this.core.authorizer instanceof AclAuthorizer) {
+      this.core.authorizer.acl = await Acl.load(a.acl_file);
+    }
+  }
+
+  /**
+   * Re-reads certificates, the password file and the ACL (SIGHUP). A file that
+   * fails to load leaves the previous version in force; open connections stay.
+   */
+  async reload(): Promise<void> {
+    await this.tls?.reload();
+    try {
+      await this.loadAuthFiles();
+      log.info("password file and ACL reloaded");
+    } catch (e) {
+      log.error(
+        `reload failed, keeping the previous auth files: ${e instanceof Error ? e.message : e}`,
+      );
+    }
   }
 
   /** Where the listeners are bound (ports resolved when configured as 0). */
@@ -106,9 +193,13 @@ export class Broker {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
-    await Promise.all(this.listeners.map((l) => l.close()));
+    // Refuse new clients first; node servers only report closed once their sockets are gone.
+    const closing = this.listeners.map((l) => l.close());
     this.listeners = [];
     this.core.stop(ReasonCode.ServerShuttingDown);
+    this.tls?.close();
+    this.tls = null;
+    await Promise.all(closing);
     // Let the DISCONNECT packets leave before the process may exit.
     await new Promise((r) => setTimeout(r, 10));
   }

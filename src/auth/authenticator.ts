@@ -1,0 +1,79 @@
+/**
+ * The broker's authentication policy: a verified client certificate names the
+ * user; otherwise a username/password is checked against the password file;
+ * otherwise the client is anonymous, allowed only when configured. The ACL
+ * (if any) then authorizes publishes and subscriptions.
+ */
+import type { Acl } from "./acl.ts";
+import type { PasswordFile } from "./passwords.ts";
+import type {
+  AuthDecision,
+  Authenticator,
+  Authorizer,
+  ClientContext,
+  ConnectRequest,
+} from "./types.ts";
+
+export interface PolicyOptions {
+  passwords: PasswordFile | null;
+  allowAnonymous: boolean;
+  /** The client id must equal the certificate identity. */
+  requireClientIdMatch: boolean;
+}
+
+const BAD_CREDENTIALS = 0x86;
+const NOT_AUTHORIZED = 0x87;
+const BAD_CLIENT_ID = 0x85;
+
+/** Authentication from certificates, a password file and the anonymous switch. */
+export class PolicyAuthenticator implements Authenticator {
+  constructor(public options: PolicyOptions) {}
+
+  authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
+    const { passwords, allowAnonymous, requireClientIdMatch } = this.options;
+    const identity = req.certificateIdentity;
+    if (identity !== undefined) {
+      if (requireClientIdMatch && req.clientId !== identity) {
+        return {
+          ok: false,
+          reasonCode: BAD_CLIENT_ID,
+          reason: "client id must equal the certificate identity",
+        };
+      }
+      // The certificate is the stronger proof; a username the client sent does not override it.
+      return { ok: true, username: identity };
+    }
+    if (requireClientIdMatch) {
+      return { ok: false, reasonCode: NOT_AUTHORIZED, reason: "a client certificate is required" };
+    }
+    if (passwords !== null && req.username !== undefined) {
+      const username = req.username;
+      if (req.password === undefined) {
+        return { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" };
+      }
+      return passwords.verify(username, req.password).then((ok): AuthDecision =>
+        ok
+          ? { ok: true, username }
+          : { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" }
+      );
+    }
+    if (!allowAnonymous) {
+      return { ok: false, reasonCode: NOT_AUTHORIZED, reason: "anonymous access is disabled" };
+    }
+    // Without a password file a username is only a label (for ACL %u), as in other brokers.
+    return { ok: true, username: passwords === null ? req.username : undefined };
+  }
+}
+
+/** Adapts an ACL to the core's Authorizer interface. */
+export class AclAuthorizer implements Authorizer {
+  constructor(public acl: Acl) {}
+
+  canPublish(ctx: ClientContext, topic: string): boolean {
+    return this.acl.canPublish(ctx, topic);
+  }
+
+  canSubscribe(ctx: ClientContext, filter: string): boolean {
+    return this.acl.canSubscribe(ctx, filter);
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * MQTT over TLS on node:tls. Deno.listenTls cannot ask for or verify client
+ * certificates, and cannot swap certificates while running; node:tls in Deno
+ * does both (`requestCert`, `getPeerCertificate()`, `setSecureContext`).
+ */
+import tls from "node:tls";
+import type { Socket } from "node:net";
+import { getLogger } from "@logtape/logtape";
+import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
+import type { TlsMaterial } from "./tls_material.ts";
+import type { Acceptor, ConnectionHandler, Listener } from "./types.ts";
+
+const log = getLogger(["mcloudtt", "tls"]);
+
+export type ClientCertMode = "required" | "optional" | "none";
+
+export interface TlsListenOptions {
+  hostname: string;
+  port: number;
+  material: TlsMaterial;
+  clientCert: ClientCertMode;
+  identity: CertIdentityMode;
+}
+
+/** node:tls server options for a client certificate mode. */
+export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.TlsOptions {
+  const f = material.files;
+  return {
+    key: f.key,
+    cert: f.cert,
+    ca: f.ca,
+    requestCert: mode !== "none",
+    rejectUnauthorized: mode === "required",
+    minVersion: "TLSv1.2",
+  };
+}
+
+/** Identity of a verified peer certificate, or undefined. */
+export function peerIdentity(
+  socket: tls.TLSSocket,
+  mode: CertIdentityMode,
+): string | undefined {
+  if (!socket.authorized) return undefined;
+  return certificateIdentity(socket.getPeerCertificate(), mode);
+}
+
+/** Bridges a node stream socket to a broker connection handler. */
+export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
+  let paused = false;
+  socket.on("data", (chunk: Uint8Array) => {
+    handler.data(chunk);
+    const gate = handler.readGate;
+    if (gate !== null && !paused) {
+      paused = true;
+      socket.pause();
+      gate.then(() => {
+        paused = false;
+        socket.resume();
+      });
+    }
+  });
+  socket.on("error", () => {
+    // 'close' follows and reports the end
+  });
+  socket.on("close", () => handler.closed());
+}
+
+/** A ByteSink over a node socket: the promise resolves when the bytes are flushed to the kernel. */
+export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void>; close(): void } {
+  return {
+    write(bytes: Uint8Array): Promise<void> {
+      return new Promise((resolve, reject) => {
+        socket.write(bytes, (err) => (err ? reject(err) : resolve()));
+      });
+    },
+    close(): void {
+      // end() flushes what is queued; destroy() then frees the socket even if the peer lingers.
+      socket.end(() => socket.destroy());
+    },
+  };
+}
+
+/** Starts an MQTT-over-TLS listener. */
+export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
+  const server = tls.createServer(secureOptions(opts.material, opts.clientCert));
+  const unwatch = opts.material.onChange(() => {
+    server.setSecureContext(secureOptions(opts.material, opts.clientCert));
+  });
+  server.on("secureConnection", (socket: tls.TLSSocket) => {
+    socket.setNoDelay(true);
+    const handler = acceptor.accept(socketSink(socket), {
+      remoteAddress: `${socket.remoteAddress}:${socket.remotePort}`,
+      transport: "tls",
+      certificateIdentity: peerIdentity(socket, opts.identity),
+    });
+    bridgeSocket(socket, handler);
+  });
+  server.on("tlsClientError", (err: Error) => {
+    log.info("TLS handshake refused: {error}", { error: err.message });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port, opts.hostname, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const addr = server.address() as { address: string; port: number };
+  return {
+    kind: "tls",
+    hostname: addr.address,
+    port: addr.port,
+    close(): Promise<void> {
+      unwatch();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}

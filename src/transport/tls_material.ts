@@ -1,0 +1,107 @@
+/**
+ * The broker's certificate, key and client CA, read from files and re-read
+ * when they change (cert-manager rotates them on disk) or on SIGHUP. Servers
+ * subscribe to changes and swap their secure context; open connections keep
+ * the context they were established with.
+ */
+import { getLogger } from "@logtape/logtape";
+
+const log = getLogger(["mcloudtt", "tls"]);
+
+export interface TlsPaths {
+  certfile: string;
+  keyfile: string;
+  cafile: string;
+}
+
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** A missing or unreadable TLS file, named by its config key. */
+export class TlsFileError extends Error {
+  constructor(readonly key: keyof TlsPaths, readonly path: string, cause: unknown) {
+    super(
+      `cannot read tls.${key} "${path}": ${cause instanceof Error ? cause.message : String(cause)}`,
+    );
+    this.name = "TlsFileError";
+  }
+}
+
+export class TlsMaterial {
+  private listeners = new Set<(files: TlsFiles) => void>();
+  private stamp = "";
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  private constructor(readonly paths: TlsPaths, public files: TlsFiles) {}
+
+  /** Reads all three files; throws TlsFileError naming the first that fails. */
+  static async load(paths: TlsPaths): Promise<TlsMaterial> {
+    const m = new TlsMaterial(paths, await readAll(paths));
+    m.stamp = await stampOf(paths);
+    return m;
+  }
+
+  /** Calls `fn` with new files after each successful reload. */
+  onChange(fn: (files: TlsFiles) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Polls the files' modification times every `seconds`. */
+  watch(seconds: number): void {
+    this.timer ??= setInterval(async () => {
+      try {
+        const s = await stampOf(this.paths);
+        if (s !== this.stamp) await this.reload();
+      } catch {
+        // Mid-rotation a file may be briefly missing; the next poll sees the result.
+      }
+    }, seconds * 1000);
+  }
+
+  /** Re-reads the files now; keeps the old material when the new one is unreadable. */
+  async reload(): Promise<boolean> {
+    try {
+      const files = await readAll(this.paths);
+      this.stamp = await stampOf(this.paths);
+      this.files = files;
+      for (const fn of this.listeners) fn(files);
+      log.info("TLS certificates reloaded from {cert}", { cert: this.paths.certfile });
+      return true;
+    } catch (e) {
+      log.error("TLS reload failed, keeping the previous certificates: {error}", {
+        error: e instanceof Error ? e.message : String(e),
+      });
+      return false;
+    }
+  }
+
+  close(): void {
+    if (this.timer !== undefined) clearInterval(this.timer);
+    this.timer = undefined;
+    this.listeners.clear();
+  }
+}
+
+async function readAll(paths: TlsPaths): Promise<TlsFiles> {
+  const read = async (key: keyof TlsPaths) => {
+    try {
+      return await Deno.readTextFile(paths[key]);
+    } catch (e) {
+      throw new TlsFileError(key, paths[key], e);
+    }
+  };
+  return { cert: await read("certfile"), key: await read("keyfile"), ca: await read("cafile") };
+}
+
+async function stampOf(paths: TlsPaths): Promise<string> {
+  const parts: string[] = [];
+  for (const p of [paths.certfile, paths.keyfile, paths.cafile]) {
+    const s = await Deno.stat(p);
+    parts.push(`${s.mtime?.getTime()}:${s.size}`);
+  }
+  return parts.join("|");
+}
