@@ -226,10 +226,11 @@ async function readStdinLine(): Promise<string | undefined> {
 
 /** Reads one line from the terminal with echo off. */
 async function readHidden(prompt: string, stderr: (text: string) => void): Promise<string> {
-  stderr(prompt);
   const bytes: number[] = [];
   const buffer = new Uint8Array(64);
+  // Echo goes off before the prompt appears, so fast typing (or type-ahead) is never shown.
   Deno.stdin.setRaw(true);
+  stderr(prompt);
   try {
     for (;;) {
       const n = await Deno.stdin.read(buffer);

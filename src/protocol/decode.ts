@@ -148,7 +148,11 @@ export function decodeSubscribe(
     const filter = r.string();
     const opts = r.u8();
     const qos = opts & 0x03;
-    if (qos === 3) throw new MalformedPacketError("SUBSCRIBE QoS 3");
+    if (qos === 3) {
+      // MQTT 5 calls this a Protocol Error (3.8.3.1); 3.1.1 a malformed packet.
+      if (level === 5) throw new ProtocolError("SUBSCRIBE QoS 3");
+      throw new MalformedPacketError("SUBSCRIBE QoS 3");
+    }
     if (level === 5) {
       if (opts & 0xc0) throw new MalformedPacketError("SUBSCRIBE reserved option bits set");
       const retainHandling = (opts >> 4) & 0x03;

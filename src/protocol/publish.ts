@@ -6,7 +6,7 @@
 import { decodeUtf8, isWellFormedUtf8, varintSize, writeVarint } from "./bytes.ts";
 import { type EncodedPublish, Message } from "./message.ts";
 import { Prop } from "./properties.ts";
-import { MalformedPacketError, ProtocolError } from "./reason_codes.ts";
+import { MalformedPacketError, ProtocolError, ReasonCode } from "./reason_codes.ts";
 
 /**
  * Decoded fields of an incoming PUBLISH. Decoding fills one reused object:
@@ -165,6 +165,10 @@ export function decodePublish(
           break;
         case Prop.TopicAlias:
           p.topicAlias = u16(buf, pos, pend);
+          // 0 doubles as "absent" in topicAlias, so it is refused here [MQTT-3.3.2-8].
+          if (p.topicAlias === 0) {
+            throw new ProtocolError("Topic Alias 0", ReasonCode.TopicAliasInvalid);
+          }
           pos += 2;
           p.propsNeedFilter = true;
           break;

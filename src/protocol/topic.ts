@@ -30,7 +30,8 @@ function utf8Length(s: string): number {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     if (c > 0x7f) {
-      n += c > 0x7ff ? (c >= 0xd800 && c <= 0xdbff ? 1 : 2) : 1;
+      // A surrogate pair is 2 UTF-16 units and 4 UTF-8 bytes: 2 more, like a 3-byte character.
+      n += c > 0x7ff ? 2 : 1;
       if (c >= 0xd800 && c <= 0xdbff) i++;
     }
   }

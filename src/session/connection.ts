@@ -697,8 +697,9 @@ export class Connection implements ConnectionHandler, SessionLink {
       }
       session.expiryInterval = Math.min(d.sessionExpiryInterval, this.core.limits.maxSessionExpiry);
     }
-    // 0x04 asks for the will to be published; any other code deletes it [MQTT-3.14.4-3].
-    this.end(d.reasonCode === ReasonCode.DisconnectWithWill);
+    // Only a normal disconnection (0x00) deletes the will [MQTT-3.14.4-3]; 0x04 and the
+    // error codes leave it to be published [MQTT-3.1.2-8].
+    this.end(d.reasonCode !== ReasonCode.Success);
   }
 
   /** Called by the keep-alive sweep. */

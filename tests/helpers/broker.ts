@@ -5,7 +5,7 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import mqttPacket from "mqtt-packet";
-import { Broker, type Config, createBroker, type DeepPartial } from "../../mod.ts";
+import { type Broker, type Config, createBroker, type DeepPartial } from "../../mod.ts";
 
 export interface TestBroker {
   broker: Broker;
@@ -260,4 +260,172 @@ export class RawClient {
     this.close();
     await this.closedPromise;
   }
+}
+
+/** The certificate files a secure test broker serves and trusts (fits `TestPki`). */
+export interface SecureBrokerPki {
+  ca: { cert: string };
+  broker: { cert: string; key: string };
+}
+
+/** A secure in-process broker; a port is 0 when that listener is not running. */
+export interface SecureTestBroker {
+  broker: Broker;
+  /** MQTT over TLS (or plain TCP if the overrides turned TLS off). */
+  tlsPort: number;
+  /** MQTT over secure WebSocket (or plain WebSocket if the overrides turned TLS off). */
+  wssPort: number;
+  stop(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Starts a broker with the secure defaults (TLS and WSS requiring client certificates) on
+ * 127.0.0.1 and free ports, serving `pki.broker` and trusting `pki.ca`.
+ */
+export async function startSecureBroker(
+  pki: SecureBrokerPki,
+  overrides: DeepPartial<Config> = {},
+): Promise<SecureTestBroker> {
+  const broker = createBroker({
+    ...overrides,
+    general: { secure: true, websocket: true, bind: "127.0.0.1", ...overrides.general },
+    ports: { tcp: 0, ws: 0, ...overrides.ports },
+    tls: {
+      certfile: pki.broker.cert,
+      keyfile: pki.broker.key,
+      cafile: pki.ca.cert,
+      ...overrides.tls,
+    },
+  });
+  await broker.start();
+  const port = (...kinds: string[]) =>
+    broker.addresses.find((a) => kinds.includes(a.kind))?.port ?? 0;
+  const stop = () => broker.stop();
+  return {
+    broker,
+    tlsPort: port("tls", "tcp"),
+    wssPort: port("wss", "ws"),
+    stop,
+    [Symbol.asyncDispose]: stop,
+  };
+}
+
+/** A TCP port that was free a moment ago (for subprocesses that need a fixed port). */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/**
+ * Copies what `deno task start` needs (main.ts, mod.ts, deno.json, deno.lock, config.toml, src/)
+ * into `dest`, so a subprocess runs the broker as a user would, without certs/ or other state.
+ */
+export async function copyProject(dest: string): Promise<void> {
+  const root = new URL("../../", import.meta.url);
+  const copy = async (from: URL, to: string): Promise<void> => {
+    const info = await Deno.stat(from);
+    if (!info.isDirectory) return await Deno.copyFile(from, to);
+    await Deno.mkdir(to, { recursive: true });
+    for await (const e of Deno.readDir(from)) {
+      await copy(new URL(`${e.name}${e.isDirectory ? "/" : ""}`, from), `${to}/${e.name}`);
+    }
+  };
+  for (const name of ["main.ts", "mod.ts", "deno.json", "deno.lock", "config.toml"]) {
+    await copy(new URL(name, root), `${dest}/${name}`);
+  }
+  await copy(new URL("src/", root), `${dest}/src`);
+}
+
+/** The permissions of `deno task start`. */
+export const START_PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write=certs",
+  "--allow-env",
+  "--allow-sys",
+];
+
+/** main.ts running in a subprocess, with its output collected. */
+export interface MainProcess extends AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  /** Everything written to stderr so far. */
+  readonly stderr: () => string;
+  /** Everything written to stdout and stderr so far (info logs go to stdout). */
+  readonly output: () => string;
+  /** Waits until the output matches `pattern`; rejects on timeout or if the process exits first. */
+  waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
+  /** Resolves with the exit status once the process has exited and its output is read. */
+  readonly status: Promise<Deno.CommandStatus>;
+  /** Sends SIGTERM and waits for the exit. */
+  stop(): Promise<Deno.CommandStatus>;
+}
+
+/** Runs `deno run <START_PERMISSIONS> main.ts ...args` in `cwd` (a `copyProject` directory). */
+export function startMain(cwd: string, args: string[]): MainProcess {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...START_PERMISSIONS, "main.ts", ...args],
+    cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  let all = "";
+  let errText = "";
+  let ended = false;
+  let wake: () => void = () => {};
+  let changed = new Promise<void>((r) => wake = r);
+  const notify = () => {
+    wake();
+    changed = new Promise<void>((r) => wake = r);
+  };
+  const drain = async (stream: ReadableStream<Uint8Array>, isErr: boolean) => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      all += chunk;
+      if (isErr) errText += chunk;
+      notify();
+    }
+  };
+  const status = Promise.all([child.status, drain(child.stdout, false), drain(child.stderr, true)])
+    .then(([s]) => {
+      ended = true;
+      notify();
+      return s;
+    });
+  const stop = async () => {
+    if (!ended) {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // exited meanwhile
+      }
+    }
+    return await status;
+  };
+  return {
+    child,
+    stderr: () => errText,
+    output: () => all,
+    status,
+    stop,
+    async waitFor(pattern: RegExp, timeoutMs = 15_000): Promise<RegExpMatchArray> {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const m = all.match(pattern);
+        if (m) return m;
+        if (ended) throw new Error(`main.ts exited before printing ${pattern}:\n${all}`);
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`timed out waiting for ${pattern}:\n${all}`);
+        let t: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([changed, new Promise((r) => t = setTimeout(r, left))]);
+        clearTimeout(t);
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      await stop();
+    },
+  };
 }

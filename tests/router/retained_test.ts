@@ -1,0 +1,180 @@
+/**
+ * The contract every RetainedStore must keep, written once and run against
+ * each implementation: `retainedStoreContract(name, factory)`. Today that is
+ * the in-memory store; a cluster store registers itself the same way.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { utf8 } from "../../src/protocol/bytes.ts";
+import { Message } from "../../src/protocol/message.ts";
+import { filterMatches } from "../../src/protocol/topic.ts";
+import { MemoryRetainedStore, type RetainedStore } from "../../src/router/retained.ts";
+
+/** Makes a fresh, empty store; may be async for stores behind a network. */
+export type RetainedStoreFactory = () => RetainedStore | Promise<RetainedStore>;
+
+function retained(topic: string, payload = topic): Message {
+  return new Message(topic, utf8(topic), utf8(payload), 1, true, null, 0, "publisher");
+}
+
+/** Matches of `filter` as sorted "topic=payload" strings (stores need not keep object identity). */
+async function found(store: RetainedStore, filter: string): Promise<string[]> {
+  const msgs = await store.match(filter);
+  return msgs.map((m) => `${m.topic}=${new TextDecoder().decode(m.payload)}`).sort();
+}
+
+async function setAll(store: RetainedStore, topics: string[]): Promise<void> {
+  for (const t of topics) await store.set(retained(t));
+}
+
+const self = (topics: string[]) => topics.map((t) => `${t}=${t}`).sort();
+
+/** Registers the shared RetainedStore tests for one implementation. */
+export function retainedStoreContract(
+  name: string,
+  factory: RetainedStoreFactory,
+  dispose: (store: RetainedStore) => void | Promise<void> = () => {},
+): void {
+  const test = (what: string, fn: (store: RetainedStore) => Promise<void>) =>
+    Deno.test(`${name}: ${what}`, async () => {
+      const store = await factory();
+      try {
+        await fn(store);
+      } finally {
+        await dispose(store);
+      }
+    });
+
+  test("a retained message is found by its exact topic and nothing else", async (s) => {
+    assert.equal(s.size, 0);
+    await s.set(retained("a/b", "v1"));
+    assert.equal(s.size, 1);
+    assert.deepEqual(await found(s, "a/b"), ["a/b=v1"]);
+    assert.deepEqual(await found(s, "a"), []);
+    assert.deepEqual(await found(s, "a/b/c"), []);
+    assert.deepEqual(await found(s, "A/b"), [], "topics are case sensitive");
+  });
+
+  test("setting a topic again replaces its retained message", async (s) => {
+    // [MQTT-3.3.1-5] the new retained message replaces any existing one.
+    await s.set(retained("a/b", "v1"));
+    await s.set(retained("a/b", "v2"));
+    assert.equal(s.size, 1);
+    assert.deepEqual(await found(s, "a/b"), ["a/b=v2"]);
+    assert.deepEqual(await found(s, "#"), ["a/b=v2"]);
+  });
+
+  test("deleting removes only that topic; deleting an unknown topic changes nothing", async (s) => {
+    await setAll(s, ["a", "a/b", "a/b/c", "a/d"]);
+    assert.equal(s.size, 4);
+    await s.delete("a/b");
+    assert.equal(s.size, 3);
+    assert.deepEqual(await found(s, "#"), self(["a", "a/b/c", "a/d"]), "parent and child stay");
+    await s.delete("a/b"); // already gone
+    await s.delete("x/y"); // never there
+    await s.delete("a/b/c/d"); // below an existing topic
+    await s.delete("a/d/"); // differs by an empty level
+    assert.equal(s.size, 3);
+    assert.deepEqual(await found(s, "#"), self(["a", "a/b/c", "a/d"]));
+  });
+
+  test("deleting a deep topic keeps its parents and siblings, and the topic can be set again", async (s) => {
+    await setAll(s, ["p", "p/q/r/s", "p/q/x"]);
+    await s.delete("p/q/r/s");
+    assert.deepEqual(await found(s, "#"), self(["p", "p/q/x"]));
+    await s.delete("p/q/x");
+    assert.deepEqual(await found(s, "#"), self(["p"]));
+    await s.delete("p");
+    assert.equal(s.size, 0);
+    assert.deepEqual(await found(s, "#"), []);
+    await s.set(retained("p/q/r/s", "again"));
+    assert.deepEqual(await found(s, "p/+/+/s"), ["p/q/r/s=again"]);
+    assert.equal(s.size, 1);
+  });
+
+  test("+ matches exactly one level, including an empty one", async (s) => {
+    await setAll(s, ["a", "a/b", "a/c", "a/b/c", "a/", "/a", "a//b", "b/b"]);
+    assert.deepEqual(await found(s, "a/+"), self(["a/b", "a/c", "a/"]));
+    assert.deepEqual(await found(s, "+/b"), self(["a/b", "b/b"]));
+    assert.deepEqual(await found(s, "+"), self(["a"]));
+    assert.deepEqual(await found(s, "+/a"), self(["/a"]));
+    assert.deepEqual(await found(s, "a/+/b"), self(["a//b"]));
+    assert.deepEqual(await found(s, "+/+/+"), self(["a/b/c", "a//b"]));
+  });
+
+  test("# matches its parent level and everything below", async (s) => {
+    await setAll(s, ["a", "a/b", "a/b/c", "a/", "ab", "b"]);
+    // [MQTT-4.7.1-2] "sport/#" also matches "sport".
+    assert.deepEqual(await found(s, "a/#"), self(["a", "a/b", "a/b/c", "a/"]));
+    assert.deepEqual(await found(s, "a/b/#"), self(["a/b", "a/b/c"]));
+    assert.deepEqual(await found(s, "#"), self(["a", "a/b", "a/b/c", "a/", "ab", "b"]));
+    assert.deepEqual(await found(s, "+/#"), self(["a", "a/b", "a/b/c", "a/", "ab", "b"]));
+    assert.deepEqual(await found(s, "c/#"), []);
+  });
+
+  test("topics beginning with $ are matched only by filters that start with them", async (s) => {
+    await setAll(s, ["$SYS", "$SYS/x", "$SYS/y/z", "$other", "x", "a/$b"]);
+    // [MQTT-4.7.2-1] no leading wildcard matches a $ topic.
+    assert.deepEqual(await found(s, "#"), self(["x", "a/$b"]));
+    assert.deepEqual(await found(s, "+"), self(["x"]));
+    assert.deepEqual(await found(s, "+/x"), []);
+    assert.deepEqual(await found(s, "+/#"), self(["x", "a/$b"]));
+    assert.deepEqual(await found(s, "$SYS/#"), self(["$SYS", "$SYS/x", "$SYS/y/z"]));
+    assert.deepEqual(await found(s, "$SYS/+"), self(["$SYS/x"]));
+    assert.deepEqual(await found(s, "$other"), self(["$other"]));
+    // $ is only special at the start of a topic.
+    assert.deepEqual(await found(s, "a/+"), self(["a/$b"]));
+  });
+
+  Deno.test(`${name}: match agrees with the brute-force matcher after random sets and deletes`, async () => {
+    const levels = ["a", "b", "", "$S"];
+    const topicArb = fc.array(fc.constantFrom(...levels), { minLength: 1, maxLength: 3 })
+      .map((l) => l.join("/")).filter((t) => t.length > 0);
+    const filterArb = fc.tuple(
+      fc.array(fc.constantFrom(...levels, "+"), { minLength: 1, maxLength: 3 }),
+      fc.boolean(),
+    ).map(([l, hash]) => (hash ? [...l, "#"] : l).join("/"));
+    const opArb = fc.tuple(fc.boolean(), topicArb, fc.nat(9));
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { maxLength: 25 }), fc.array(filterArb), async (ops, fs) => {
+        const s = await factory();
+        try {
+          const model = new Map<string, string>();
+          for (const [isSet, topic, v] of ops) {
+            if (isSet) {
+              await s.set(retained(topic, `v${v}`));
+              model.set(topic, `v${v}`);
+            } else {
+              await s.delete(topic);
+              model.delete(topic);
+            }
+          }
+          assert.equal(s.size, model.size);
+          for (const f of ["#", "+", "$S/#", ...fs]) {
+            const want = [...model].filter(([t]) => filterMatches(f, t))
+              .map(([t, v]) => `${t}=${v}`).sort();
+            assert.deepEqual(await found(s, f), want, f);
+          }
+        } finally {
+          await dispose(s);
+        }
+      }),
+      { numRuns: 100 },
+    );
+  });
+}
+
+retainedStoreContract("MemoryRetainedStore", () => new MemoryRetainedStore());
+
+Deno.test("MemoryRetainedStore prunes the levels a delete leaves empty", () => {
+  // Not visible through the interface, but a broker that churns through
+  // short-lived topics would otherwise grow without bound.
+  const s = new MemoryRetainedStore();
+  const root = () => (s as unknown as { root: { children: Map<string, unknown> | null } }).root;
+  s.set(retained("a/b/c/d"));
+  s.set(retained("a/x"));
+  s.delete("a/b/c/d");
+  assert.deepEqual([...root().children!.keys()], ["a"]);
+  s.delete("a/x");
+  assert.equal(root().children!.size, 0, "nothing left under the root");
+});

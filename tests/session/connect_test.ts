@@ -1,0 +1,373 @@
+/**
+ * CONNECT handling seen from real clients: the connect timeout, protocol name
+ * and level checks, client identifier rules, what CONNACK advertises (and that
+ * it is true), authentication methods and the connection limit.
+ */
+import assert from "node:assert/strict";
+import {
+  collect,
+  connectClient,
+  delay,
+  endClient,
+  RawClient,
+  startBroker,
+} from "../helpers/broker.ts";
+
+const enc = new TextEncoder();
+
+/** A length-prefixed UTF-8 string as MQTT encodes it. */
+function str(s: string): number[] {
+  const b = enc.encode(s);
+  return [b.length >> 8, b.length & 0xff, ...b];
+}
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return out;
+}
+
+/** A packet with a correct remaining length around `body`. */
+function frame(header: number, body: number[]): Uint8Array {
+  return new Uint8Array([header, ...varint(body.length), ...body]);
+}
+
+interface ConnectFields {
+  name?: string;
+  level?: number;
+  flags?: number;
+  keepAlive?: number;
+  clientId?: string;
+  /** Raw MQTT 5 property bytes; ignored below level 5. */
+  props?: number[];
+}
+
+/** CONNECT bytes built by hand, so fields mqtt-packet refuses to encode can be sent. */
+function connectBytes(f: ConnectFields = {}): Uint8Array {
+  const level = f.level ?? 5;
+  const ka = f.keepAlive ?? 60;
+  const props = level >= 5 ? [...varint(f.props?.length ?? 0), ...(f.props ?? [])] : [];
+  return frame(0x10, [
+    ...str(f.name ?? "MQTT"),
+    level,
+    f.flags ?? 0x02,
+    ka >> 8,
+    ka & 0xff,
+    ...props,
+    ...str(f.clientId ?? "raw"),
+  ]);
+}
+
+/** Two MQTT.js clients exchanging messages: proves the broker still serves others. */
+async function bystanders(port: number, protocolVersion: 4 | 5 = 5) {
+  const sub = await connectClient(port, { clientId: "bystander-sub", protocolVersion });
+  const pub = await connectClient(port, { clientId: "bystander-pub", protocolVersion });
+  const inbox = collect(sub);
+  await sub.subscribeAsync("bystander/alive", { qos: 1 });
+  let n = 0;
+  return {
+    async assertServing(): Promise<void> {
+      const payload = `ping ${++n}`;
+      await pub.publishAsync("bystander/alive", payload, { qos: 1 });
+      assert.equal((await inbox.next()).payload, payload);
+    },
+    async [Symbol.asyncDispose](): Promise<void> {
+      await endClient(pub);
+      await endClient(sub);
+    },
+  };
+}
+
+Deno.test("a connection that sends no CONNECT within limits.connect_timeout is closed", async () => {
+  await using b = await startBroker({ limits: { connect_timeout: 1 } });
+  await using silent = await RawClient.connect(b.port);
+  const t0 = Date.now();
+  await using prompt = await RawClient.connect(b.port);
+  await prompt.handshake("prompt");
+  // The broker owes nothing to a peer that never spoke MQTT: it just closes.
+  assert.equal(await silent.next(4000), null);
+  const waited = Date.now() - t0;
+  assert.ok(waited >= 900, `closed after ${waited} ms, before the 1 s connect timeout`);
+  // A client that sent CONNECT in time is not touched by the connect timeout.
+  await delay(600);
+  await prompt.send([0xc0, 0x00]);
+  await prompt.expect("pingresp");
+});
+
+Deno.test("a first packet other than CONNECT closes the connection unanswered", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port);
+  // PINGREQ before CONNECT [MQTT-3.1.0-1].
+  await c.send([0xc0, 0x00]);
+  assert.equal(await c.next(), null);
+});
+
+Deno.test("an unknown MQTT 5+ protocol version gets CONNACK 0x84 and is closed", async () => {
+  await using b = await startBroker();
+  await using others = await bystanders(b.port);
+  await using c = await RawClient.connect(b.port, 5);
+  // [MQTT-3.1.2-2]: protocol version 6 does not exist.
+  await c.send(connectBytes({ level: 6 }));
+  const ack = await c.expect("connack");
+  assert.equal(ack.reasonCode, 0x84);
+  assert.equal(ack.sessionPresent, false);
+  assert.equal(await c.next(), null);
+  await others.assertServing();
+});
+
+Deno.test("an unknown 3.1.1-era protocol level gets return code 1 and is closed", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 4);
+  // 3.1.1 [MQTT-3.1.2-2]: level 2 is not a level this broker speaks.
+  await c.send(connectBytes({ level: 2 }));
+  const ack = await c.expect("connack");
+  assert.equal(ack.returnCode, 1);
+  assert.equal(await c.next(), null);
+});
+
+Deno.test("a CONNECT with a wrong protocol name is closed without CONNACK", async () => {
+  await using b = await startBroker();
+  await using others = await bystanders(b.port);
+  for (const level of [4, 5]) {
+    await using c = await RawClient.connect(b.port, level as 4 | 5);
+    // [MQTT-3.1.2-1]: not "MQTT", so not this protocol at all.
+    await c.send(connectBytes({ name: "MQTX", level }));
+    assert.equal(await c.next(), null, `level ${level}`);
+  }
+  await others.assertServing();
+});
+
+Deno.test("an MQTT 5 CONNECT with the reserved flag set gets CONNACK 0x81 and is closed", async () => {
+  await using b = await startBroker();
+  await using others = await bystanders(b.port);
+  await using c = await RawClient.connect(b.port, 5);
+  // [MQTT-3.1.2-3]: bit 0 of the Connect Flags is reserved.
+  await c.send(connectBytes({ flags: 0x03 }));
+  const ack = await c.expect("connack");
+  assert.equal(ack.reasonCode, 0x81);
+  // An error in CONNECT is answered by CONNACK, never DISCONNECT [MQTT-3.14.0-1].
+  assert.equal(await c.next(), null);
+  await others.assertServing();
+});
+
+Deno.test("a 3.1.1 CONNECT with the reserved flag set is closed without CONNACK", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 4);
+  // 3.1.1 [MQTT-3.1.2-3], [MQTT-3.1.4-1]: close without sending a CONNACK.
+  await c.send(connectBytes({ level: 4, flags: 0x03 }));
+  assert.equal(await c.next(), null);
+});
+
+Deno.test("an MQTT 5 client with an empty client id gets a unique Assigned Client Identifier it can resume with", async () => {
+  await using b = await startBroker();
+  await using first = await RawClient.connect(b.port, 5);
+  // [MQTT-3.1.3-6], [MQTT-3.1.3-7]: assign a unique id and return it in CONNACK.
+  const ack = await first.handshake("", 5, { properties: { sessionExpiryInterval: 60 } });
+  const props = ack.properties as Record<string, unknown> | undefined;
+  const assigned = props?.assignedClientIdentifier;
+  assert.equal(typeof assigned, "string");
+  assert.ok((assigned as string).length > 0);
+
+  await using second = await RawClient.connect(b.port, 5);
+  const ack2 = await second.handshake("", 5);
+  const other = (ack2.properties as Record<string, unknown>).assignedClientIdentifier;
+  assert.notEqual(other, assigned, "two clients got the same assigned id");
+
+  await first.sendPacket({
+    cmd: "subscribe",
+    messageId: 1,
+    subscriptions: [{ topic: "assigned/t", qos: 1 }],
+  });
+  assert.deepEqual((await first.expect("suback")).granted, [1]);
+  await first.sendPacket({ cmd: "disconnect", reasonCode: 0 });
+  assert.equal(await first.next(), null);
+
+  // The session was filed under the assigned id: resuming it finds the subscription.
+  await using again = await RawClient.connect(b.port, 5);
+  const ack3 = await again.handshake(assigned as string, 5, {
+    clean: false,
+    properties: { sessionExpiryInterval: 60 },
+  });
+  assert.equal(ack3.sessionPresent, true);
+  await using pub = await connectClient(b.port, { clientId: "assigned-pub" });
+  await pub.publishAsync("assigned/t", "for the assigned id", { qos: 1 });
+  const msg = await again.expect("publish");
+  assert.equal(msg.topic, "assigned/t");
+  assert.equal(String(msg.payload), "for the assigned id");
+});
+
+Deno.test("a 3.1.1 client with an empty client id and clean session 0 gets return code 2 and is closed", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 4);
+  // 3.1.1 [MQTT-3.1.3-8].
+  await c.send(connectBytes({ level: 4, flags: 0x00, clientId: "" }));
+  const ack = await c.expect("connack");
+  assert.equal(ack.returnCode, 2);
+  assert.equal(ack.sessionPresent, false);
+  assert.equal(await c.next(), null);
+});
+
+Deno.test("a 3.1.1 client with an empty client id and clean session 1 is accepted and served", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 4);
+  // 3.1.1 [MQTT-3.1.3-6]: the server assigns an id internally (3.1.1 cannot tell the client).
+  await c.send(connectBytes({ level: 4, flags: 0x02, clientId: "" }));
+  const ack = await c.expect("connack");
+  assert.equal(ack.returnCode, 0);
+  await c.sendPacket({
+    cmd: "subscribe",
+    messageId: 7,
+    subscriptions: [{ topic: "anon/+", qos: 0 }],
+  }, 4);
+  assert.deepEqual((await c.expect("suback")).granted, [0]);
+  await using pub = await connectClient(b.port, { clientId: "anon-pub", protocolVersion: 4 });
+  await pub.publishAsync("anon/x", "hi", { qos: 0 });
+  const msg = await c.expect("publish");
+  assert.equal(msg.topic, "anon/x");
+});
+
+Deno.test("CONNACK advertises the configured limits and no Maximum QoS", async () => {
+  await using b = await startBroker({
+    limits: { receive_maximum: 7, max_packet_size: 4096, topic_alias_maximum: 3 },
+  });
+  await using c = await RawClient.connect(b.port, 5);
+  const ack = await c.handshake("props");
+  const p = ack.properties as Record<string, unknown>;
+  assert.equal(p.receiveMaximum, 7);
+  assert.equal(p.maximumPacketSize, 4096);
+  assert.equal(p.topicAliasMaximum, 3);
+  // Absent means "available"; when present they must say so.
+  for (
+    const k of [
+      "retainAvailable",
+      "wildcardSubscriptionAvailable",
+      "subscriptionIdentifiersAvailable",
+      "sharedSubscriptionAvailable",
+    ]
+  ) {
+    assert.ok(p[k] === undefined || p[k] === true, `${k} = ${p[k]}`);
+  }
+  // No Maximum QoS means QoS 2 is supported [MQTT-3.2.2-9].
+  assert.equal(p.maximumQoS, undefined);
+});
+
+Deno.test("QoS 2 is accepted and delivered, as the absent Maximum QoS promises", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 5);
+  await c.handshake("qos2");
+  await c.sendPacket({
+    cmd: "subscribe",
+    messageId: 1,
+    subscriptions: [{ topic: "q2/t", qos: 2 }],
+  });
+  assert.deepEqual((await c.expect("suback")).granted, [2]);
+  await c.sendPacket({
+    cmd: "publish",
+    topic: "q2/t",
+    payload: "exactly once",
+    qos: 2,
+    messageId: 9,
+  });
+  // A broker without QoS 2 would refuse with 0x9B (QoS not supported) or close.
+  // The delivery to our own subscription may come before or after the acknowledgements.
+  const seen = new Map<string, Record<string, unknown>>();
+  const take = async (cmd: string) => {
+    while (!seen.has(cmd)) {
+      const p = await c.next();
+      assert.ok(p !== null, `connection closed while waiting for ${cmd}`);
+      seen.set(p.cmd, p as unknown as Record<string, unknown>);
+    }
+    return seen.get(cmd)!;
+  };
+  const rec = await take("pubrec");
+  assert.equal(rec.messageId, 9);
+  assert.ok(((rec.reasonCode as number | undefined) ?? 0) < 0x80, `PUBREC ${rec.reasonCode}`);
+  await c.sendPacket({ cmd: "pubrel", messageId: 9 });
+  assert.equal((await take("pubcomp")).messageId, 9);
+  const pub = await take("publish");
+  assert.equal(pub.qos, 2);
+  assert.equal(String(pub.payload), "exactly once");
+});
+
+Deno.test("retained messages, wildcards, shared subscriptions and subscription ids work as advertised", async () => {
+  await using b = await startBroker();
+  await using pub = await connectClient(b.port, { clientId: "feat-pub" });
+  await pub.publishAsync("feat/retained", "kept", { qos: 1, retain: true });
+
+  await using sub = await connectClient(b.port, { clientId: "feat-sub" });
+  const inbox = collect(sub);
+  // Retain Available: a later subscriber gets the retained message.
+  await sub.subscribeAsync("feat/retained", { qos: 1 });
+  const kept = await inbox.next();
+  assert.equal(kept.payload, "kept");
+  assert.equal(kept.packet.retain, true);
+
+  // Wildcard, Shared Subscription and Subscription Identifier Available, all at once.
+  await sub.subscribeAsync("$share/g/feat/+/x", {
+    qos: 1,
+    properties: { subscriptionIdentifier: 42 },
+  });
+  await pub.publishAsync("feat/a/x", "shared", { qos: 1 });
+  const m = await inbox.next();
+  assert.equal(m.topic, "feat/a/x");
+  assert.equal(m.payload, "shared");
+  const ids = m.packet.properties?.subscriptionIdentifier;
+  assert.deepEqual(Array.isArray(ids) ? ids : [ids], [42]);
+});
+
+Deno.test("a CONNECT with an Authentication Method gets CONNACK 0x8C and is closed", async () => {
+  await using b = await startBroker();
+  await using others = await bystanders(b.port);
+  await using c = await RawClient.connect(b.port, 5);
+  await c.sendPacket({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 5,
+    clientId: "scram",
+    clean: true,
+    keepalive: 60,
+    properties: { authenticationMethod: "SCRAM-SHA-1" },
+  });
+  // No extended authentication is supported: refuse, then close [MQTT-3.2.2-7].
+  const ack = await c.expect("connack");
+  assert.equal(ack.reasonCode, 0x8c);
+  assert.equal(await c.next(), null);
+  await others.assertServing();
+});
+
+Deno.test("limits.max_connections refuses further clients with 0x97 (MQTT 5) and 3 (3.1.1)", async () => {
+  await using b = await startBroker({ limits: { max_connections: 2 } });
+  const others = await bystanders(b.port);
+  try {
+    await using v5 = await RawClient.connect(b.port, 5);
+    await v5.send(connectBytes({ clientId: "third-v5" }));
+    const ack5 = await v5.expect("connack");
+    assert.equal(ack5.reasonCode, 0x97);
+    assert.equal(await v5.next(), null);
+
+    await using v4 = await RawClient.connect(b.port, 4);
+    await v4.send(connectBytes({ level: 4, clientId: "third-v4" }));
+    const ack4 = await v4.expect("connack");
+    assert.equal(ack4.returnCode, 3);
+    assert.equal(await v4.next(), null);
+
+    await others.assertServing();
+  } finally {
+    await others[Symbol.asyncDispose]();
+  }
+  // The limit counts live connections: once the bystanders left, a client gets in.
+  let accepted = false;
+  for (let i = 0; i < 20 && !accepted; i++) {
+    await using c = await RawClient.connect(b.port, 5);
+    await c.send(connectBytes({ clientId: "later" }));
+    const ack = await c.expect("connack");
+    accepted = ack.reasonCode === 0;
+    if (!accepted) await delay(50);
+  }
+  assert.ok(accepted, "no client was accepted after the others disconnected");
+});
