@@ -1,0 +1,319 @@
+/**
+ * Starting and stopping the brokers under test: mcloudtt, Mosquitto and Aedes, each as its
+ * own process on a free 127.0.0.1 port, with limits aligned as far as each broker allows.
+ */
+
+import { track } from "./children.ts";
+import type { ProtocolLevel } from "./wire.ts";
+
+/** Brokers the bench knows how to run. */
+export type BrokerName = "mcloudtt" | "mosquitto" | "aedes";
+
+/** All broker names, in the order rounds interleave them. */
+export const BROKER_NAMES: readonly BrokerName[] = ["mcloudtt", "mosquitto", "aedes"];
+
+/**
+ * Limits applied to every broker that has the setting, so no one wins by buffering more.
+ * Keys follow mcloudtt's `[limits]` section.
+ */
+export interface BenchLimits {
+  /** QoS 1/2 messages in flight from broker to one subscriber. */
+  readonly max_inflight_messages: number;
+  /** Receive Maximum the broker grants each v5 client (QoS 1/2 in flight towards it). */
+  readonly receive_maximum: number;
+  /** QoS 1/2 messages queued per client beyond the in-flight window. */
+  readonly max_queued_messages: number;
+  readonly max_connections: number;
+  /** Bytes buffered towards one client before the broker sheds load. */
+  readonly max_outgoing_bytes: number;
+}
+
+/** The limits every run uses (see README.md for why each value). */
+export const BENCH_LIMITS: BenchLimits = {
+  max_inflight_messages: 100,
+  receive_maximum: 100,
+  max_queued_messages: 10_000,
+  max_connections: 100_000,
+  max_outgoing_bytes: 1024 * 1024,
+};
+
+/** A broker process that accepts connections. */
+export interface RunningBroker {
+  /** The broker's own process (not a wrapper), for /proc sampling. */
+  readonly pid: number;
+  readonly host: string;
+  readonly port: number;
+  /** Stops the process (SIGTERM, then SIGKILL after 3 s). */
+  stop(): Promise<void>;
+  /** Last lines the broker printed, for error messages. */
+  logTail(): Promise<string>;
+}
+
+/** A broker implementation the bench can run. */
+export interface BrokerKind {
+  readonly name: BrokerName;
+  /** Protocol levels compared on this broker. */
+  readonly levels: readonly ProtocolLevel[];
+  /** Resolves to null when the broker can run here, else the reason (and fix) to print. */
+  unavailable(): Promise<string | null>;
+  /** Version string for the report. */
+  version(): Promise<string>;
+  start(limits: BenchLimits, workDir: string): Promise<RunningBroker>;
+}
+
+/** A broker failed to start or to accept connections. */
+export class BrokerError extends Error {
+  override name = "BrokerError";
+}
+
+const REPO_ROOT = new URL("../../", import.meta.url).pathname;
+const PEERS_DIR = new URL("./peers/", import.meta.url).pathname;
+const AEDES_VERSION_FILE = `${PEERS_DIR}node_modules/aedes/package.json`;
+const MOSQUITTO_CANDIDATES = [
+  "/usr/sbin/mosquitto",
+  "/usr/local/sbin/mosquitto",
+  "/usr/bin/mosquitto",
+];
+const HOST = "127.0.0.1";
+
+/** Asks the kernel for a free port (the tiny race until the broker binds it is accepted). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: HOST, port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+async function run(
+  cmd: string,
+  args: string[],
+  cwd?: string,
+): Promise<{ code: number; out: string }> {
+  try {
+    const result = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" })
+      .output();
+    const decoder = new TextDecoder();
+    return {
+      code: result.code,
+      out: decoder.decode(result.stdout) + decoder.decode(result.stderr),
+    };
+  } catch (e) {
+    return { code: -1, out: e instanceof Error ? e.message : String(e) };
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function findMosquitto(): Promise<string | undefined> {
+  for (const path of MOSQUITTO_CANDIDATES) if (await exists(path)) return path;
+  return undefined;
+}
+
+async function waitForPort(child: Deno.ChildProcess, port: number, timeoutMs: number, log: string) {
+  const deadline = performance.now() + timeoutMs;
+  let exited = false;
+  child.status.then(() => exited = true);
+  while (performance.now() < deadline) {
+    if (exited) break;
+    try {
+      const conn = await Deno.connect({ hostname: HOST, port });
+      conn.close();
+      return;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // It has exited already.
+  }
+  const tail = await readTail(log);
+  throw new BrokerError(
+    `broker did not accept connections on ${port}${exited ? " (it exited)" : ""}:\n${tail}`,
+  );
+}
+
+async function readTail(path: string): Promise<string> {
+  try {
+    return (await Deno.readTextFile(path)).split("\n").slice(-20).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+/** Spawns `cmd`, sends its output to `log`, and waits until `port` accepts connections. */
+async function launch(
+  cmd: string,
+  args: string[],
+  port: number,
+  log: string,
+  startTimeoutMs: number,
+  cwd?: string,
+): Promise<RunningBroker> {
+  const file = await Deno.open(log, { write: true, create: true, truncate: true });
+  const child = track(
+    new Deno.Command(cmd, { args, cwd, stdin: "null", stdout: "piped", stderr: "piped" }).spawn(),
+  );
+  // Both streams drain into the file so a chatty broker never blocks on a full pipe.
+  const sink = new WritableStream<Uint8Array>({
+    write: (chunk) => file.write(chunk).then(() => {}),
+  });
+  const drained = Promise.all([
+    child.stdout.pipeTo(sink, { preventClose: true }).catch(() => {}),
+    child.stderr.pipeTo(sink, { preventClose: true }).catch(() => {}),
+  ]).finally(() => file.close());
+  await waitForPort(child, port, startTimeoutMs, log);
+  return {
+    pid: child.pid,
+    host: HOST,
+    port,
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // Already exited.
+      }
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Exited between the check and the kill.
+        }
+      }, 3_000);
+      await child.status;
+      clearTimeout(timer);
+      await drained;
+    },
+    logTail: () => readTail(log),
+  };
+}
+
+const mcloudtt: BrokerKind = {
+  name: "mcloudtt",
+  levels: [5, 4],
+  async unavailable() {
+    if (!await exists(`${REPO_ROOT}main.ts`)) return "main.ts does not exist yet";
+    const help = await run(Deno.execPath(), ["run", "--allow-all", "main.ts", "--help"], REPO_ROOT);
+    return help.code === 0
+      ? null
+      : `'deno run -A main.ts --help' failed (exit ${help.code}): ${
+        help.out.trim().split("\n").slice(-3).join(" | ")
+      }`;
+  },
+  async version() {
+    try {
+      const config = JSON.parse(await Deno.readTextFile(`${REPO_ROOT}deno.json`));
+      const rev = await run("git", ["rev-parse", "--short", "HEAD"], REPO_ROOT);
+      return `${config.version}${rev.code === 0 ? ` (${rev.out.trim()})` : ""}`;
+    } catch {
+      return "unknown";
+    }
+  },
+  start(limits, workDir) {
+    const port = freePort();
+    const args = [
+      "run",
+      "--allow-all",
+      "main.ts",
+      "--general.secure=false",
+      "--general.websocket=false",
+      `--ports.tcp=${port}`,
+      `--general.bind=${HOST}`,
+      // Mosquitto runs with log_dest none; per-connection info logs would tax mcloudtt alone.
+      "--general.log_level=warning",
+      ...Object.entries(limits).map(([key, value]) => `--limits.${key}=${value}`),
+    ];
+    // Deno may type-check or fetch on first start, hence the generous start timeout.
+    return launch(Deno.execPath(), args, port, `${workDir}/mcloudtt.log`, 60_000, REPO_ROOT);
+  },
+};
+
+/** The generated mosquitto.conf; each line is aligned with one mcloudtt limit (see README). */
+export function mosquittoConfig(port: number, limits: BenchLimits): string {
+  return [
+    `listener ${port} ${HOST}`,
+    "allow_anonymous true",
+    "persistence false",
+    "log_dest none",
+    "sys_interval 0",
+    "set_tcp_nodelay true",
+    // Unlimited: mcloudtt's max_connections is set above the largest scenario, so neither refuses.
+    "max_connections -1",
+    `max_inflight_messages ${limits.max_inflight_messages}`,
+    `max_queued_messages ${limits.max_queued_messages}`,
+    "max_queued_bytes 0",
+    "",
+  ].join("\n");
+}
+
+const mosquitto: BrokerKind = {
+  name: "mosquitto",
+  levels: [5, 4],
+  async unavailable() {
+    return await findMosquitto() ? null : "mosquitto not found (apt-get install mosquitto)";
+  },
+  async version() {
+    const path = await findMosquitto();
+    if (!path) return "missing";
+    const help = await run(path, ["-h"]);
+    return /mosquitto version (\S+)/.exec(help.out)?.[1] ?? "unknown";
+  },
+  async start(limits, workDir) {
+    const path = await findMosquitto();
+    if (!path) throw new BrokerError("mosquitto not found");
+    const port = freePort();
+    const conf = `${workDir}/mosquitto.conf`;
+    await Deno.writeTextFile(conf, mosquittoConfig(port, limits));
+    return launch(path, ["-c", conf], port, `${workDir}/mosquitto.log`, 10_000);
+  },
+};
+
+/** The exact command that installs the pinned Aedes for the bench. */
+export const AEDES_INSTALL = "npm install --prefix tests/bench/peers aedes@1.2.0";
+
+const aedes: BrokerKind = {
+  name: "aedes",
+  levels: [4],
+  async unavailable() {
+    const node = await run("node", ["--version"]);
+    if (node.code !== 0) return "node is not installed";
+    if (!await exists(AEDES_VERSION_FILE)) {
+      return `aedes is not installed; to include it run (from the repo root): ${AEDES_INSTALL}`;
+    }
+    return null;
+  },
+  async version() {
+    try {
+      return JSON.parse(await Deno.readTextFile(AEDES_VERSION_FILE)).version;
+    } catch {
+      return "missing";
+    }
+  },
+  start(_limits, workDir) {
+    const port = freePort();
+    return launch(
+      "node",
+      [`${PEERS_DIR}aedes_server.mjs`, String(port)],
+      port,
+      `${workDir}/aedes.log`,
+      10_000,
+    );
+  },
+};
+
+/** The broker kinds by name. */
+export const BROKERS: Readonly<Record<BrokerName, BrokerKind>> = { mcloudtt, mosquitto, aedes };
+
+/** Node.js version, or "missing". */
+export async function nodeVersion(): Promise<string> {
+  const node = await run("node", ["--version"]);
+  return node.code === 0 ? node.out.trim() : "missing";
+}

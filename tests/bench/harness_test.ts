@@ -1,0 +1,170 @@
+// The harness end to end against a real Mosquitto: worker processes, flow control, counting,
+// latency and idle connections. Short windows only; this checks the harness, not the broker.
+
+import assert from "node:assert/strict";
+import { BENCH_LIMITS, BROKERS, mosquittoConfig, type RunningBroker } from "./brokers.ts";
+import { fanOut, latencyPairs, pairs, slowConsumer } from "./layouts.ts";
+import {
+  measureConnections,
+  measureLoad,
+  measureSlowConsumer,
+  type RunContext,
+} from "./measure.ts";
+import { type BenchOptions, parseOptions } from "./options.ts";
+import { markdown } from "./report.ts";
+import { levelName, runAll } from "./runner.ts";
+import type { ProtocolLevel } from "./wire.ts";
+
+const missing = await BROKERS.mosquitto.unavailable();
+if (missing !== null) {
+  if (Deno.env.get("CI")) throw new Error(`CI is set but Mosquitto is missing: ${missing}`);
+  console.warn(`\n!!! SKIPPING the bench harness tests: ${missing} !!!\n`);
+}
+
+const options: BenchOptions = {
+  ...parseOptions(["--quick", "--workers", "1"])!,
+  durationS: 0.5,
+  warmupS: 0.2,
+  drainS: 3,
+};
+
+async function withMosquitto(fn: (broker: RunningBroker) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
+  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir);
+  try {
+    await fn(broker);
+  } finally {
+    await broker.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const ctx = (broker: RunningBroker, level: ProtocolLevel): RunContext => ({
+  broker,
+  level,
+  options,
+});
+
+function test(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, ignore: missing !== null, fn });
+}
+
+for (const level of [5, 4] as const) {
+  for (const qos of [1, 2] as const) {
+    test(`MQTT ${levelName(level)}: QoS ${qos} pairs deliver every message exactly once`, () =>
+      withMosquitto(async (broker) => {
+        const { metrics, errors } = await measureLoad(ctx(broker, level), pairs(4, qos, 1));
+        assert.deepEqual(errors, []);
+        assert.ok(metrics.sent > 100, `sent ${metrics.sent}`);
+        assert.equal(metrics.received, metrics.sent);
+        assert.equal(metrics.duplicates, 0);
+        assert.equal(metrics.undelivered_pct, 0);
+        assert.ok(metrics.delivered_per_s > 0);
+        assert.ok(metrics.broker_cpu_pct > 0, "broker CPU is read from /proc");
+        assert.ok(metrics.broker_rss_mb > 0);
+        assert.ok(metrics.gen_cpu_pct > 0, "workers report their CPU");
+      }));
+  }
+}
+
+test("fan-out multiplies deliveries by the number of subscribers", () =>
+  withMosquitto(async (broker) => {
+    const { metrics } = await measureLoad(ctx(broker, 5), fanOut(4, 1));
+    assert.ok(metrics.sent > 0);
+    assert.ok(
+      metrics.received > metrics.sent,
+      `${metrics.received} deliveries of ${metrics.sent} messages`,
+    );
+    assert.ok(metrics.received <= metrics.sent * 4);
+  }));
+
+test("latency run paces the publishers and reports ordered percentiles", () =>
+  withMosquitto(async (broker) => {
+    const { metrics } = await measureLoad(ctx(broker, 5), latencyPairs(4, 2_000));
+    // 2000 msg/s over a 0.5 s window: about 1000 samples.
+    assert.ok(metrics.samples > 500 && metrics.samples < 1_500, `samples ${metrics.samples}`);
+    assert.ok(metrics.published_per_s > 1_000 && metrics.published_per_s < 3_000);
+    assert.ok(metrics.p50_us > 0);
+    assert.ok(metrics.p50_us <= metrics.p99_us && metrics.p99_us <= metrics.p999_us);
+    assert.ok(metrics.p999_us <= metrics.max_us);
+  }));
+
+test("idle connections from several source addresses are all held open", () =>
+  withMosquitto(async (broker) => {
+    const { metrics, errors } = await measureConnections(ctx(broker, 4), 300);
+    assert.deepEqual(errors, []);
+    assert.equal(metrics.connected, 300);
+    assert.equal(metrics.failed, 0);
+    assert.equal(metrics.still_open, 300);
+    assert.ok(metrics.connack_per_s > 0);
+    assert.ok(Number.isFinite(metrics.kb_per_conn));
+  }));
+
+test("the slow consumer gets some messages while the pairs keep running", () =>
+  withMosquitto(async (broker) => {
+    const { metrics, rssSeries } = await measureSlowConsumer(
+      ctx(broker, 5),
+      pairs(2, 1, 1),
+      slowConsumer(1),
+    );
+    assert.ok(metrics.baseline_per_s > 0 && metrics.with_slow_per_s > 0);
+    assert.ok(metrics.slow_received > 0, "the slow consumer reads");
+    // ~20 KiB/s of ~90-byte packets for about a second: far fewer than the pairs deliver.
+    assert.ok(metrics.slow_received < 2_000, `slow consumer got ${metrics.slow_received}`);
+    assert.ok((rssSeries?.length ?? 0) >= 4, "broker RSS is sampled over time");
+    assert.ok(metrics.rss_max_mb >= metrics.rss_at_attach_mb);
+  }));
+
+test("a run of one scenario ends in a report row with a ratio", async () => {
+  const scenario = {
+    name: "pairs-2-qos0",
+    kind: "throughput" as const,
+    description: "test",
+    run: (c: RunContext) => measureLoad(c, pairs(2, 0, 1)),
+  };
+  const results = await runAll(
+    [scenario],
+    [{ broker: BROKERS.mosquitto, level: 4 }],
+    options,
+    BENCH_LIMITS,
+    () => {},
+  );
+  assert.equal(results.length, 1);
+  assert.equal(results[0].failed, undefined);
+  const text = markdown({
+    startedAt: new Date(),
+    machine: {
+      cpuModel: "cpu",
+      cores: 2,
+      memoryGiB: 1,
+      kernel: "k",
+      deno: "d",
+      v8: "v",
+      node: "n",
+      mosquitto: "m",
+      aedes: "a",
+      mcloudtt: "c",
+    },
+    options,
+    limits: BENCH_LIMITS,
+    skipped: { aedes: "not installed" },
+    descriptions: { "pairs-2-qos0": "two pairs" },
+    results,
+  });
+  assert.match(text, /\| pairs-2-qos0 \| 3\.1\.1 \| mosquitto \| [\d,]+ \| 1\.00× \|/);
+  assert.match(text, /\*\*Skipped aedes:\*\* not installed/);
+});
+
+Deno.test("the Mosquitto config carries the aligned limits", () => {
+  const conf = mosquittoConfig(1234, BENCH_LIMITS);
+  for (
+    const line of [
+      "listener 1234 127.0.0.1",
+      "allow_anonymous true",
+      "persistence false",
+      "max_connections -1",
+      `max_inflight_messages ${BENCH_LIMITS.max_inflight_messages}`,
+      `max_queued_messages ${BENCH_LIMITS.max_queued_messages}`,
+    ]
+  ) assert.ok(conf.split("\n").includes(line), line);
+});

@@ -1,0 +1,117 @@
+/** Which clients run in which worker process, per scenario shape. */
+
+import type { ClientPlan } from "./messages.ts";
+
+/** Clients of one worker process. */
+export interface WorkerLayout {
+  readonly name: string;
+  /** "sub" workers start first so nothing is published before every SUBACK. */
+  readonly side: "pub" | "sub" | "both";
+  readonly clients: readonly ClientPlan[];
+}
+
+/** The processes of a load scenario and how to account for its deliveries. */
+export interface Layout {
+  readonly workers: readonly WorkerLayout[];
+  /** Deliveries expected per published message (1 for fan-in and pairs, N for fan-out). */
+  readonly fanout: number;
+  readonly qos: 0 | 1 | 2;
+  /** Paced rate per publisher (latency runs); absent = flat out. */
+  readonly ratePerPublisher?: number;
+  readonly latency: boolean;
+  readonly trackDuplicates: boolean;
+}
+
+function split<T>(items: readonly T[], parts: number): T[][] {
+  const out: T[][] = Array.from({ length: Math.min(parts, items.length) }, () => []);
+  items.forEach((item, i) => out[i % out.length].push(item));
+  return out;
+}
+
+function workers(side: "pub" | "sub", clients: ClientPlan[], processes: number): WorkerLayout[] {
+  return split(clients, processes).map((group, i) => ({
+    name: `${side}${i}`,
+    side,
+    clients: group,
+  }));
+}
+
+function publisher(i: number, topic: string, qos: 0 | 1 | 2): ClientPlan {
+  return { clientId: `b-p${i}`, kind: "pub", topic, qos, publisherIndex: i };
+}
+
+function subscriber(i: number, filter: string, qos: 0 | 1 | 2): ClientPlan {
+  return { clientId: `b-s${i}`, kind: "sub", topic: filter, qos };
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** `publishers` clients each on their own topic, one subscriber on `bench/#`. */
+export function fanIn(publishers: number, processes: number): Layout {
+  return {
+    workers: [
+      ...workers("sub", [subscriber(0, "bench/#", 0)], 1),
+      ...workers("pub", range(publishers).map((i) => publisher(i, `bench/in/${i}`, 0)), processes),
+    ],
+    fanout: 1,
+    qos: 0,
+    latency: false,
+    trackDuplicates: false,
+  };
+}
+
+/** One publisher, `subscribers` clients on its topic. */
+export function fanOut(subscribers: number, processes: number): Layout {
+  return {
+    workers: [
+      ...workers("sub", range(subscribers).map((i) => subscriber(i, "bench/out", 0)), processes),
+      ...workers("pub", [publisher(0, "bench/out", 0)], 1),
+    ],
+    fanout: subscribers,
+    qos: 0,
+    latency: false,
+    trackDuplicates: false,
+  };
+}
+
+/** `pairs` publisher/subscriber pairs, pair i on `bench/pair/i`, at one QoS. */
+export function pairs(count: number, qos: 0 | 1 | 2, processes: number): Layout {
+  return {
+    workers: [
+      ...workers("sub", range(count).map((i) => subscriber(i, `bench/pair/${i}`, qos)), processes),
+      ...workers("pub", range(count).map((i) => publisher(i, `bench/pair/${i}`, qos)), processes),
+    ],
+    fanout: 1,
+    qos,
+    latency: false,
+    trackDuplicates: qos > 0,
+  };
+}
+
+/**
+ * `count` pairs at QoS 0 paced to `totalRate` messages/s, all in ONE process: publisher and
+ * subscriber then read the same performance.now(), so latency needs no cross-process clock.
+ */
+export function latencyPairs(count: number, totalRate: number): Layout {
+  const clients = range(count).flatMap((i) => [
+    subscriber(i, `bench/pair/${i}`, 0),
+    publisher(i, `bench/pair/${i}`, 0),
+  ]);
+  return {
+    workers: [{ name: "latency", side: "both", clients }],
+    fanout: 1,
+    qos: 0,
+    ratePerPublisher: totalRate / count,
+    latency: true,
+    trackDuplicates: false,
+  };
+}
+
+/** The slow consumer: reads everything the pairs publish, very slowly. */
+export function slowConsumer(qos: 0 | 1 | 2): WorkerLayout {
+  return {
+    name: "slow",
+    side: "sub",
+    clients: [{ clientId: "b-slow", kind: "slow-sub", topic: "bench/pair/#", qos }],
+  };
+}

@@ -1,0 +1,102 @@
+/**
+ * `deno task bench`: mcloudtt against Mosquitto and Aedes on the same machine, same load.
+ * See tests/bench/README.md for what is measured and how.
+ */
+
+import { BENCH_LIMITS, type BrokerName, BROKERS } from "./brokers.ts";
+import { killAll } from "./children.ts";
+import { machineInfo } from "./machine.ts";
+import { parseOptions, USAGE, UsageError } from "./options.ts";
+import { markdown, writeReport } from "./report.ts";
+import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
+import { allScenarios, selectScenarios } from "./scenarios.ts";
+
+const RESULTS_DIR = new URL("../../bench-results", import.meta.url).pathname;
+
+function progress(r: RunResult): void {
+  const m = r.metrics;
+  const head = `[${r.scenario} round ${r.round}] ${r.broker} MQTT ${levelName(r.level)}:`;
+  if (r.failed) return console.log(`${head} FAILED ${r.failed.split("\n")[0]}`);
+  const n = (v: number | undefined, digits = 0) => v === undefined ? "–" : v.toFixed(digits);
+  const detail = {
+    throughput: () => `${n(m.delivered_per_s)} msg/s, broker CPU ${n(m.broker_cpu_pct)} %`,
+    latency: () => `p50 ${n(m.p50_us)} µs, p99 ${n(m.p99_us)} µs, p99.9 ${n(m.p999_us)} µs`,
+    connections: () =>
+      `${n(m.connected)} connected, ${n(m.connack_per_s)} CONNACK/s, ${
+        n(m.kb_per_conn, 1)
+      } KiB/conn`,
+    "slow-consumer": () =>
+      `pairs ${n(m.baseline_per_s)} -> ${n(m.with_slow_per_s)} msg/s, RSS max ${
+        n(m.rss_max_mb, 1)
+      } MiB`,
+  }[r.kind]();
+  const errors = r.errors.length > 0 ? ` (client errors: ${r.errors[0]})` : "";
+  console.log(`${head} ${detail}${errors}`);
+}
+
+async function main(): Promise<number> {
+  let options;
+  try {
+    options = parseOptions(Deno.args);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    console.error(`${e.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (options === null) {
+    console.log(USAGE);
+    return 0;
+  }
+  const startedAt = new Date();
+  const skipped: Record<string, string> = {};
+  const targets: Target[] = [];
+  for (const name of options.brokers as BrokerName[]) {
+    const kind = BROKERS[name];
+    const reason = await kind.unavailable();
+    if (reason) {
+      skipped[name] = reason;
+      console.log(`!! skipping ${name}: ${reason}`);
+      continue;
+    }
+    for (const level of kind.levels) targets.push({ broker: kind, level });
+  }
+  if (targets.length === 0) {
+    console.error("no broker can run; nothing to measure");
+    return 1;
+  }
+  const scenarios = selectScenarios(allScenarios(options), options.only);
+  if (scenarios.length === 0) {
+    console.error(`no scenario matches --only ${options.only.join(",")}`);
+    return 2;
+  }
+  const machine = await machineInfo();
+  console.log(
+    `bench: ${scenarios.length} scenario(s) x ${targets.length} broker/level(s) x ${options.rounds} round(s), ` +
+      `${options.durationS} s windows`,
+  );
+  const results = await runAll(scenarios, targets, options, BENCH_LIMITS, progress);
+  const input = {
+    startedAt,
+    machine,
+    options,
+    limits: BENCH_LIMITS,
+    skipped,
+    descriptions: Object.fromEntries(scenarios.map((s) => [s.name, s.description])),
+    results,
+  };
+  const text = markdown(input);
+  console.log(`\n${text}`);
+  const files = await writeReport(RESULTS_DIR, input, text);
+  console.log(`written: ${files.join(", ")}`);
+  return results.some((r) => r.failed) ? 1 : 0;
+}
+
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => {
+    console.error(`\n${signal}: stopping brokers and workers`);
+    killAll();
+    Deno.exit(130);
+  });
+}
+
+Deno.exit(await main());

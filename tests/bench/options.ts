@@ -1,0 +1,110 @@
+/** Command-line options of `deno task bench`. */
+
+import { BROKER_NAMES, type BrokerName } from "./brokers.ts";
+
+/** Everything that shapes one bench invocation. */
+export interface BenchOptions {
+  /** Measure window per run, seconds. */
+  readonly durationS: number;
+  /** Load before the measure window starts, seconds. */
+  readonly warmupS: number;
+  /** Longest wait for in-flight deliveries after publishers stop, seconds. */
+  readonly drainS: number;
+  readonly rounds: number;
+  /** Scenario name substrings; empty = all. */
+  readonly only: readonly string[];
+  readonly brokers: readonly BrokerName[];
+  readonly payloadBytes: number;
+  /** PUBLISH packets per write call. */
+  readonly batch: number;
+  /** Idle connections in the connections scenario. */
+  readonly connections: number;
+  /** Worker processes per side (publishers, subscribers). */
+  readonly workersPerSide: number;
+  readonly quick: boolean;
+}
+
+/** Bad command line. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+/** Help text printed for --help and on usage errors. */
+export const USAGE = `deno task bench [options]
+  --duration <s>        measure window per run (default 5; --quick: 1)
+  --warmup <s>          load before measuring (default 2; --quick: 0.5)
+  --rounds <n>          interleaved rounds per scenario (default 3; --quick: 1)
+  --only <a,b>          run scenarios whose name contains any of these substrings
+  --brokers <a,b>       any of ${BROKER_NAMES.join(",")} (default: all)
+  --payload <bytes>     payload size, at least 16 (default 64)
+  --batch <n>           PUBLISH packets per write (default 64)
+  --connections <n>     idle connections in the connections scenario (default 10000; --quick: 2000)
+  --workers <n>         worker processes per side (default 2)
+  --quick               smoke run of every scenario: 1 round, 1 s windows
+  --help`;
+
+function positive(flag: string, raw: string | undefined, integer: boolean): number {
+  const value = Number(raw);
+  if (
+    raw === undefined || !Number.isFinite(value) || value <= 0 ||
+    (integer && !Number.isInteger(value))
+  ) {
+    throw new UsageError(`${flag} needs a positive ${integer ? "integer" : "number"}, got ${raw}`);
+  }
+  return value;
+}
+
+/** Parses argv; throws `UsageError` for unknown flags or bad values. Returns null for --help. */
+export function parseOptions(args: readonly string[]): BenchOptions | null {
+  const raw = new Map<string, string | undefined>();
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (!arg.startsWith("--")) throw new UsageError(`unexpected argument ${arg}`);
+    const eq = arg.indexOf("=");
+    if (eq > 0) raw.set(arg.slice(2, eq), arg.slice(eq + 1));
+    else if (arg === "--quick" || arg === "--help") raw.set(arg.slice(2), "true");
+    else raw.set(arg.slice(2), args[++i]);
+  }
+  if (raw.has("help")) return null;
+  const known = [
+    "duration",
+    "warmup",
+    "rounds",
+    "only",
+    "brokers",
+    "payload",
+    "batch",
+    "connections",
+    "workers",
+    "quick",
+  ];
+  for (const key of raw.keys()) {
+    if (!known.includes(key)) throw new UsageError(`unknown option --${key}`);
+  }
+  const quick = raw.has("quick");
+  const get = (key: string, fallback: number, quickValue: number, integer: boolean) =>
+    raw.has(key) ? positive(`--${key}`, raw.get(key), integer) : quick ? quickValue : fallback;
+  const brokers = (raw.get("brokers") ?? BROKER_NAMES.join(",")).split(",").map((s) => s.trim());
+  for (const name of brokers) {
+    if (!BROKER_NAMES.includes(name as BrokerName)) throw new UsageError(`unknown broker ${name}`);
+  }
+  const payloadBytes = get("payload", 64, 64, true);
+  if (payloadBytes < 16) {
+    throw new UsageError("--payload must be at least 16 (sequence and timestamp)");
+  }
+  const durationS = get("duration", 5, 1, false);
+  return {
+    durationS,
+    // JIT-compiled brokers (Deno, Node) need a moment of load before they reach steady state.
+    warmupS: get("warmup", 2, 0.5, false),
+    drainS: quick ? 2 : 5,
+    rounds: get("rounds", 3, 1, true),
+    only: (raw.get("only") ?? "").split(",").map((s) => s.trim()).filter((s) => s !== ""),
+    brokers: brokers as BrokerName[],
+    payloadBytes,
+    batch: get("batch", 64, 64, true),
+    connections: get("connections", 10_000, 2_000, true),
+    workersPerSide: get("workers", 2, 2, true),
+    quick,
+  };
+}

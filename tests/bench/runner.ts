@@ -1,0 +1,117 @@
+/** Runs scenarios against brokers in interleaved rounds, a fresh broker process per run. */
+
+import type { BenchLimits, BrokerKind, BrokerName } from "./brokers.ts";
+import type { BenchOptions } from "./options.ts";
+import type { Scenario, ScenarioKind } from "./scenarios.ts";
+import type { ProtocolLevel } from "./wire.ts";
+
+/** One broker at one protocol level. */
+export interface Target {
+  readonly broker: BrokerKind;
+  readonly level: ProtocolLevel;
+}
+
+/** The outcome of one scenario run. */
+export interface RunResult {
+  readonly scenario: string;
+  readonly kind: ScenarioKind;
+  readonly broker: BrokerName;
+  readonly level: ProtocolLevel;
+  readonly round: number;
+  readonly metrics: Record<string, number>;
+  readonly errors: readonly string[];
+  readonly rssSeries?: readonly [number, number][];
+  /** Set when the run could not complete; metrics are then empty. */
+  readonly failed?: string;
+}
+
+/** "5" or "3.1.1". */
+export function levelName(level: ProtocolLevel): string {
+  return level === 5 ? "5" : "3.1.1";
+}
+
+/**
+ * For each scenario, rounds of every target in turn (A B C A B C ...), so slow drifts of the
+ * shared machine hit all brokers alike instead of whichever ran last.
+ */
+export async function runAll(
+  scenarios: readonly Scenario[],
+  targets: readonly Target[],
+  options: BenchOptions,
+  limits: BenchLimits,
+  onResult: (result: RunResult) => void,
+): Promise<RunResult[]> {
+  const results: RunResult[] = [];
+  for (const scenario of scenarios) {
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const { broker, level } of targets) {
+        const result = await runOne(scenario, broker, level, round, options, limits);
+        results.push(result);
+        onResult(result);
+      }
+    }
+  }
+  return results;
+}
+
+async function runOne(
+  scenario: Scenario,
+  kind: BrokerKind,
+  level: ProtocolLevel,
+  round: number,
+  options: BenchOptions,
+  limits: BenchLimits,
+): Promise<RunResult> {
+  const base = { scenario: scenario.name, kind: scenario.kind, broker: kind.name, level, round };
+  const workDir = await Deno.makeTempDir({ prefix: `bench-${kind.name}-` });
+  try {
+    const broker = await kind.start(limits, workDir);
+    try {
+      const measured = await withDeadline(
+        scenario.run({ broker, level, options }),
+        deadlineMs(options),
+      );
+      return { ...base, ...measured };
+    } catch (e) {
+      const tail = await broker.logTail();
+      return {
+        ...base,
+        metrics: {},
+        errors: [],
+        failed: `${message(e)}${tail ? `\n${tail}` : ""}`,
+      };
+    } finally {
+      await broker.stop();
+    }
+  } catch (e) {
+    return { ...base, metrics: {}, errors: [], failed: message(e) };
+  } finally {
+    await Deno.remove(workDir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Generous upper bound for one run; past it the run counts as failed (a hung broker). */
+function deadlineMs(options: BenchOptions): number {
+  return (2 * (options.warmupS + options.durationS) + 2 * options.drainS) * 1000 + 90_000;
+}
+
+/** Thrown when a run exceeds its deadline. */
+export class RunTimeout extends Error {
+  override name = "RunTimeout";
+}
+
+async function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new RunTimeout(`no result after ${ms / 1000} s`)), ms);
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function message(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
