@@ -140,6 +140,7 @@ export class Broker {
         material: this.tls!,
         clientCert,
         identity: c.tls.identity,
+        handshakeTimeoutMs: c.limits.connect_timeout * 1000,
       });
     }
     const path = c.listeners.ws.path;
@@ -151,6 +152,7 @@ export class Broker {
       material: this.tls!,
       clientCert,
       identity: c.tls.identity,
+      handshakeTimeoutMs: c.limits.connect_timeout * 1000,
     });
   }
 

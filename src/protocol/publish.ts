@@ -20,6 +20,8 @@ export interface IncomingPublish {
   packetId: number;
   /** Topic name; "" when the packet relies on a topic alias. */
   topic: string;
+  /** True when the topic equals the `last` topic passed to decodePublish (already validated). */
+  known: boolean;
   topicStart: number;
   topicEnd: number;
   /** Topic Alias property, 0 when absent. */
@@ -42,6 +44,7 @@ const scratch: IncomingPublish = {
   retain: false,
   packetId: 0,
   topic: "",
+  known: false,
   topicStart: 0,
   topicEnd: 0,
   topicAlias: 0,
@@ -62,6 +65,17 @@ const ONCE_BITS: Record<number, number> = {
   [Prop.CorrelationData]: 16,
   [Prop.TopicAlias]: 32,
 };
+
+/** A topic already decoded and validated, with its own copy of the UTF-8 bytes. */
+export interface KnownTopic {
+  topic: string;
+  bytes: Uint8Array;
+}
+
+function sameBytes(buf: Uint8Array, pos: number, known: Uint8Array): boolean {
+  for (let i = known.length - 1; i >= 0; i--) if (buf[pos + i] !== known[i]) return false;
+  return true;
+}
 
 function u16(buf: Uint8Array, pos: number, end: number): number {
   if (pos + 2 > end) throw new MalformedPacketError("PUBLISH too short");
@@ -86,6 +100,7 @@ export function decodePublish(
   end: number,
   flags: number,
   v5: boolean,
+  last: KnownTopic | null = null,
 ): IncomingPublish {
   const p = scratch;
   const qos = (flags >> 1) & 0x03;
@@ -99,7 +114,15 @@ export function decodePublish(
   if (pos + tlen > end) throw new MalformedPacketError("PUBLISH topic overruns packet");
   p.topicStart = pos;
   p.topicEnd = pos + tlen;
-  p.topic = decodeUtf8(buf, pos, pos + tlen);
+  // Publishers mostly repeat one topic: comparing bytes with the last one skips the string
+  // decode, the validation and the copy, and keeps the string V8 has already hashed.
+  if (last !== null && last.bytes.length === tlen && tlen > 0 && sameBytes(buf, pos, last.bytes)) {
+    p.topic = last.topic;
+    p.known = true;
+  } else {
+    p.topic = decodeUtf8(buf, pos, pos + tlen);
+    p.known = false;
+  }
   pos += tlen;
   if (qos > 0) {
     p.packetId = u16(buf, pos, end);

@@ -33,6 +33,7 @@ import {
   decodePublish,
   encodePublish,
   type IncomingPublish,
+  type KnownTopic,
   PINGRESP,
   publishForm,
   toMessage,
@@ -98,6 +99,8 @@ export class Connection implements ConnectionHandler, SessionLink {
   sendWindow = 65535;
   private clientMaxPacket = 0;
   private aliases: Map<number, Alias> | null = null;
+  /** The topic of the previous PUBLISH (see decodePublish). */
+  private lastTopic: KnownTopic | null = null;
   private readonly framer: Framer;
   readonly outbox: Outbox;
   private gate: { promise: Promise<void>; resolve: () => void } | null = null;
@@ -547,10 +550,11 @@ export class Connection implements ConnectionHandler, SessionLink {
 
   private onPublish(flags: number, buf: Uint8Array, start: number, end: number): void {
     const core = this.core;
-    const p: IncomingPublish = decodePublish(buf, start, end, flags, this.v5);
+    const p: IncomingPublish = decodePublish(buf, start, end, flags, this.v5, this.lastTopic);
     core.metrics.publishReceived++;
     let topic = p.topic;
-    let topicBytes: Uint8Array | null = null;
+    let topicBytes: Uint8Array | null = p.known ? this.lastTopic!.bytes : null;
+    let validated = p.known;
     if (p.topicAlias !== 0) {
       if (p.topicAlias > core.limits.topicAliasMaximum) {
         throw new ProtocolError("Topic Alias above the maximum", ReasonCode.TopicAliasInvalid);
@@ -561,20 +565,25 @@ export class Connection implements ConnectionHandler, SessionLink {
         if (a === undefined) throw new ProtocolError("Topic Alias not yet defined");
         topic = a.topic;
         topicBytes = a.bytes;
+        validated = true;
       } else {
-        topicBytes = buf.slice(p.topicStart, p.topicEnd);
+        topicBytes ??= buf.slice(p.topicStart, p.topicEnd);
         aliases.set(p.topicAlias, { topic, bytes: topicBytes });
       }
     } else if (topic.length === 0) {
       if (this.v5) throw new ProtocolError("PUBLISH without topic or Topic Alias");
       throw new MalformedPacketError("PUBLISH with an empty topic");
     }
-    const problem = topicNameProblem(topic, core.limits);
-    if (problem !== null) {
-      throw new ProtocolError(
-        problem === "invalid" ? "invalid topic name" : "topic name exceeds limits",
-        ReasonCode.TopicNameInvalid,
-      );
+    if (!validated) {
+      const problem = topicNameProblem(topic, core.limits);
+      if (problem !== null) {
+        throw new ProtocolError(
+          problem === "invalid" ? "invalid topic name" : "topic name exceeds limits",
+          ReasonCode.TopicNameInvalid,
+        );
+      }
+      topicBytes ??= buf.slice(p.topicStart, p.topicEnd);
+      this.lastTopic = { topic, bytes: topicBytes };
     }
     const qos = p.qos;
     const pid = p.packetId;

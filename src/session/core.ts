@@ -55,6 +55,8 @@ export class BrokerCore {
   /** Sessions without a connection that have a will or an expiry pending. */
   private readonly detached = new Set<Session>();
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
+  /** The stop() reason while stopped: transports may still hand over a late handshake. */
+  private stoppedWith: number | null = null;
   private idCounter = 0;
   private readonly idPrefix = `mcloudtt-${crypto.randomUUID().slice(0, 8)}-`;
 
@@ -68,6 +70,7 @@ export class BrokerCore {
 
   /** Starts the keep-alive/expiry sweep. */
   start(): void {
+    this.stoppedWith = null;
     this.sweepTimer ??= setInterval(() => this.sweep(Date.now()), SWEEP_MS);
   }
 
@@ -75,6 +78,7 @@ export class BrokerCore {
   stop(reasonCode: number): void {
     if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
+    this.stoppedWith = reasonCode;
     for (const c of [...this.connections]) c.disconnect(reasonCode, "server shutting down");
   }
 
@@ -84,6 +88,9 @@ export class BrokerCore {
     this.connections.add(c);
     this.metrics.connectionsAccepted++;
     this.metrics.connectionsCurrent++;
+    // A TLS or WebSocket handshake that completes after stop() would otherwise stay open with
+    // no sweep to time it out, and keep the listener's close() from ever finishing.
+    if (this.stoppedWith !== null) c.disconnect(this.stoppedWith, "server shutting down");
     return c;
   }
 

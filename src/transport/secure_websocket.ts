@@ -10,7 +10,13 @@ import type { TLSSocket } from "node:tls";
 import { getLogger } from "@logtape/logtape";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import type { CertIdentityMode } from "../auth/cert_identity.ts";
-import { type ClientCertMode, peerIdentity, secureOptions } from "./tls.ts";
+import {
+  type ClientCertMode,
+  closeWithGrace,
+  peerIdentity,
+  secureOptions,
+  trackSockets,
+} from "./tls.ts";
 import type { TlsMaterial } from "./tls_material.ts";
 import type { Acceptor, Listener } from "./types.ts";
 import { pickSubprotocol } from "./websocket.ts";
@@ -24,6 +30,8 @@ export interface WssListenOptions {
   material: TlsMaterial;
   clientCert: ClientCertMode;
   identity: CertIdentityMode;
+  /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
+  handshakeTimeoutMs: number;
 }
 
 function refuse(socket: Duplex, status: number, text: string): void {
@@ -35,10 +43,14 @@ export async function listenSecureWebSocket(
   acceptor: Acceptor,
   opts: WssListenOptions,
 ): Promise<Listener> {
-  const server = https.createServer(secureOptions(opts.material, opts.clientCert), (_req, res) => {
+  const server = https.createServer({
+    ...secureOptions(opts.material, opts.clientCert),
+    handshakeTimeout: opts.handshakeTimeoutMs,
+  }, (_req, res) => {
     res.writeHead(426, { "content-type": "text/plain" });
     res.end("MQTT over WebSocket: upgrade required");
   });
+  const sockets = trackSockets(server);
   const unwatch = opts.material.onChange(() => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
   });
@@ -88,6 +100,11 @@ export async function listenSecureWebSocket(
       ws.on("error", () => {});
     });
   });
+  let closing = false;
+  server.on("secureConnection", (socket: TLSSocket) => {
+    // A handshake that completes after close() began would otherwise idle and hold close() open.
+    if (closing) socket.destroy();
+  });
   server.on("tlsClientError", (err: Error) => {
     log.info("TLS handshake refused: {error}", { error: err.message });
   });
@@ -104,10 +121,11 @@ export async function listenSecureWebSocket(
     hostname: addr.address,
     port: addr.port,
     close(): Promise<void> {
+      closing = true;
       unwatch();
       wss.close();
       server.closeAllConnections?.();
-      return new Promise((resolve) => server.close(() => resolve()));
+      return closeWithGrace(server, sockets);
     },
   };
 }

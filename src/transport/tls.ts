@@ -20,6 +20,8 @@ export interface TlsListenOptions {
   material: TlsMaterial;
   clientCert: ClientCertMode;
   identity: CertIdentityMode;
+  /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
+  handshakeTimeoutMs: number;
 }
 
 /** node:tls server options for a client certificate mode. */
@@ -80,9 +82,42 @@ export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void
   };
 }
 
+/** How long a closing server lets its sockets end on their own before cutting the rest. */
+const CLOSE_GRACE_MS = 1000;
+
+/** The raw sockets of `server` that are still open, kept up to date. */
+export function trackSockets(server: tls.Server): Set<Socket> {
+  const open = new Set<Socket>();
+  server.on("connection", (s: Socket) => {
+    open.add(s);
+    s.once("close", () => open.delete(s));
+  });
+  return open;
+}
+
+/**
+ * Closes `server`. Peers still in the TLS handshake never reach the core, so nothing else
+ * closes them and a silent one would hold close() open: after a grace period they are cut.
+ */
+export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      for (const s of open) s.destroy();
+    }, CLOSE_GRACE_MS);
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 /** Starts an MQTT-over-TLS listener. */
 export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
-  const server = tls.createServer(secureOptions(opts.material, opts.clientCert));
+  const server = tls.createServer({
+    ...secureOptions(opts.material, opts.clientCert),
+    handshakeTimeout: opts.handshakeTimeoutMs,
+  });
+  const sockets = trackSockets(server);
   const unwatch = opts.material.onChange(() => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
   });
@@ -112,7 +147,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
     port: addr.port,
     close(): Promise<void> {
       unwatch();
-      return new Promise((resolve) => server.close(() => resolve()));
+      return closeWithGrace(server, sockets);
     },
   };
 }

@@ -1,0 +1,223 @@
+/**
+ * MQTT over plain WebSocket (general.secure = false): subprotocol negotiation, path, and MQTT
+ * packets that do not line up with WebSocket frames.
+ */
+import assert from "node:assert/strict";
+import mqttPacket from "mqtt-packet";
+import { collect, connectClient, type Packet, startBroker } from "../helpers/broker.ts";
+
+/** A plain broker with only the WebSocket listener. */
+async function wsBroker() {
+  const b = await startBroker({ general: { websocket: true } });
+  const ws = b.broker.addresses.find((a) => a.kind === "ws");
+  if (!ws) throw new Error("no WebSocket listener");
+  return Object.assign(b, { wsPort: ws.port });
+}
+
+const encode = (packet: Record<string, unknown>, protocolVersion: 4 | 5 = 5) =>
+  new Uint8Array(mqttPacket.generate(packet as unknown as Packet, { protocolVersion }));
+
+const CONNECT = {
+  cmd: "connect",
+  protocolId: "MQTT",
+  protocolVersion: 5,
+  clientId: "raw-ws",
+  clean: true,
+  keepalive: 60,
+};
+
+/** A WebSocket client (Deno's own) that decodes what the broker sends with mqtt-packet. */
+class RawWs {
+  private packets: Packet[] = [];
+  private waiters: (() => void)[] = [];
+  readonly closed: Promise<CloseEvent>;
+
+  private constructor(readonly ws: WebSocket) {
+    const parser = mqttPacket.parser({ protocolVersion: 5 });
+    parser.on("packet", (p: Packet) => {
+      this.packets.push(p);
+      this.wake();
+    });
+    ws.onmessage = (e: MessageEvent) => parser.parse(Buffer.from(e.data as ArrayBuffer));
+    this.closed = new Promise((resolve) => {
+      ws.onclose = (e) => {
+        this.wake();
+        resolve(e);
+      };
+    });
+  }
+
+  /** Opens a WebSocket; resolves once open, rejects if the server refuses it. */
+  static open(url: string, protocols: string | string[]): Promise<RawWs> {
+    const ws = new WebSocket(url, protocols);
+    ws.binaryType = "arraybuffer";
+    const raw = new RawWs(ws);
+    return new Promise((resolve, reject) => {
+      ws.onopen = () => resolve(raw);
+      ws.onerror = () => {
+        // A refused upgrade reports an error, then close: wait for close so nothing leaks.
+        raw.closed.then(() => reject(new Error("WebSocket refused")));
+      };
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  /** The next packet, which must be of type `cmd`. */
+  async expect(cmd: string, timeoutMs = 3000): Promise<Packet & Record<string, unknown>> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.packets.length === 0) {
+      if (this.ws.readyState === WebSocket.CLOSED) throw new Error(`closed before ${cmd}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${cmd}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    const p = this.packets.shift()!;
+    assert.equal(p.cmd, cmd, `expected ${cmd}, got ${JSON.stringify(p)}`);
+    return p as Packet & Record<string, unknown>;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.ws.readyState !== WebSocket.CLOSED) this.ws.close();
+    await this.closed;
+  }
+}
+
+/** Sends a bare HTTP upgrade request and returns the status code and the chosen subprotocol. */
+async function upgrade(
+  port: number,
+  path: string,
+  protocols: string,
+): Promise<{ status: number; protocol: string | undefined }> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    await conn.write(new TextEncoder().encode(
+      `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\n` +
+        `Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n` +
+        `Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: ${protocols}\r\n\r\n`,
+    ));
+    let head = "";
+    const buf = new Uint8Array(4096);
+    while (!head.includes("\r\n\r\n")) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      head += new TextDecoder().decode(buf.subarray(0, n));
+    }
+    const status = Number(head.split(" ")[1]);
+    const protocol = /^sec-websocket-protocol:\s*(.*?)\r$/im.exec(head)?.[1];
+    return { status, protocol };
+  } finally {
+    conn.close();
+  }
+}
+
+Deno.test("MQTT.js over ws exchanges QoS 1 messages", async () => {
+  await using b = await wsBroker();
+  const opts = { protocol: "ws" as const, path: "/mqtt" };
+  await using sub = await connectClient(b.wsPort, { ...opts, clientId: "ws-sub" });
+  await using pub = await connectClient(b.wsPort, { ...opts, clientId: "ws-pub" });
+  const inbox = collect(sub);
+  await sub.subscribeAsync("ws/t", { qos: 1 });
+  await pub.publishAsync("ws/t", "over websocket", { qos: 1 });
+  const m = await inbox.next();
+  assert.deepEqual([m.topic, m.payload, m.packet.qos], ["ws/t", "over websocket", 1]);
+});
+
+Deno.test("MQTT.js speaking MQTT 3.1 offers mqttv3.1 and is accepted", async () => {
+  await using b = await wsBroker();
+  // MQTT.js offers the "mqttv3.1" subprotocol for MQIsdp / level 3.
+  const opts = { protocol: "ws" as const, path: "/mqtt", protocolId: "MQIsdp" as const };
+  await using sub = await connectClient(b.wsPort, { ...opts, protocolVersion: 3, clientId: "s" });
+  await using pub = await connectClient(b.wsPort, { ...opts, protocolVersion: 3, clientId: "p" });
+  const inbox = collect(sub);
+  await sub.subscribeAsync("ws/old", { qos: 1 });
+  await pub.publishAsync("ws/old", "mqtt 3.1", { qos: 1 });
+  assert.equal((await inbox.next()).payload, "mqtt 3.1");
+});
+
+Deno.test("the broker selects the mqtt subprotocol [MQTT-6.0.0-4]", async () => {
+  await using b = await wsBroker();
+  await using ws = await RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, ["chat", "mqtt"]);
+  assert.equal(ws.ws.protocol, "mqtt");
+  assert.deepEqual(await upgrade(b.wsPort, "/mqtt", "chat, mqtt"), {
+    status: 101,
+    protocol: "mqtt",
+  });
+});
+
+Deno.test("the broker accepts a client offering only mqttv3.1", async () => {
+  await using b = await wsBroker();
+  await using ws = await RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, "mqttv3.1");
+  assert.equal(ws.ws.protocol, "mqttv3.1");
+});
+
+Deno.test("a WebSocket offering only another subprotocol is refused", async () => {
+  await using b = await wsBroker();
+  await assert.rejects(RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, "chat"));
+  assert.equal((await upgrade(b.wsPort, "/mqtt", "chat")).status, 400);
+  // The listener still takes MQTT clients.
+  await using ok = await RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, "mqtt");
+  ok.ws.send(encode(CONNECT));
+  await ok.expect("connack");
+});
+
+Deno.test("a request for another path gets 404", async () => {
+  await using b = await wsBroker();
+  const res = await fetch(`http://127.0.0.1:${b.wsPort}/not-mqtt`);
+  await res.body?.cancel();
+  assert.equal(res.status, 404);
+  assert.equal((await upgrade(b.wsPort, "/not-mqtt", "mqtt")).status, 404);
+  await assert.rejects(RawWs.open(`ws://127.0.0.1:${b.wsPort}/not-mqtt`, "mqtt"));
+});
+
+Deno.test(
+  "packets split across WebSocket messages and several packets in one message are all read " +
+    "[MQTT-6.0.0-2]",
+  async () => {
+    await using b = await wsBroker();
+    await using ws = await RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, "mqtt");
+    const connect = encode(CONNECT);
+    // Cut inside the fixed header and again inside the variable header.
+    ws.ws.send(connect.subarray(0, 1));
+    ws.ws.send(connect.subarray(1, 5));
+    ws.ws.send(connect.subarray(5));
+    const connack = await ws.expect("connack");
+    assert.equal(connack.reasonCode, 0);
+
+    const subscribe = encode({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: [{ topic: "frames/t", qos: 0 }],
+    });
+    const publish = encode({ cmd: "publish", topic: "frames/t", payload: "echo", qos: 0 });
+    const both = new Uint8Array(subscribe.length + publish.length);
+    both.set(subscribe);
+    both.set(publish, subscribe.length);
+    ws.ws.send(both);
+    const suback = await ws.expect("suback");
+    assert.deepEqual(suback.granted, [0]);
+    const echo = await ws.expect("publish");
+    assert.equal(echo.topic, "frames/t");
+    assert.equal(new TextDecoder().decode(echo.payload as Uint8Array), "echo");
+  },
+);
+
+Deno.test("a text frame closes the connection [MQTT-6.0.0-1]", async () => {
+  await using b = await wsBroker();
+  await using ws = await RawWs.open(`ws://127.0.0.1:${b.wsPort}/mqtt`, "mqtt");
+  ws.ws.send(encode(CONNECT));
+  await ws.expect("connack");
+  ws.ws.send("not binary");
+  const closed = await ws.closed;
+  assert.equal(closed.code, 1003);
+});
