@@ -1,13 +1,20 @@
 /**
  * An application message as the router moves it: decoded once when it
- * arrives, then shared by every subscriber. Outgoing PUBLISH bytes are cached
- * per distinct form (protocol, QoS, retain flag, expiry), so a fan-out to many
- * subscribers encodes each form once.
+ * arrives, then shared by every subscriber.
+ *
+ * A message straight off the wire points into the transport's read buffer,
+ * which is reused for the next read. Most messages are delivered (encoded
+ * into outboxes) before that happens, so copying them would be wasted work;
+ * whoever keeps a message past the current packet (retained store, session
+ * queue, in-flight window, cluster bus) calls `own()` first, which copies the
+ * bytes once for every holder.
  */
 
 /** A PUBLISH encoded for one form; QoS > 0 forms get their packet id patched per receiver. */
 export interface EncodedPublish {
+  /** The packet is `bytes[0, length)`; the buffer may be longer. */
   bytes: Uint8Array;
+  length: number;
   /** Offset of the 2-byte packet identifier, or -1 for QoS 0. */
   pidOffset: number;
   /** The Message Expiry Interval written into the bytes, or -1. */
@@ -15,44 +22,42 @@ export interface EncodedPublish {
 }
 
 export class Message {
-  /** Encoded forms, indexed by formIndex(); filled lazily. */
-  forms: (EncodedPublish | undefined)[] | null = null;
+  private owned: boolean;
 
   constructor(
     readonly topic: string,
-    /** UTF-8 bytes of the topic. */
+    /** UTF-8 bytes of the topic (always owned: topics are shared and long-lived). */
     readonly topicBytes: Uint8Array,
-    readonly payload: Uint8Array,
+    public payload: Uint8Array,
     readonly qos: 0 | 1 | 2,
     readonly retain: boolean,
     /**
      * MQTT 5 properties that pass through unchanged, already encoded (payload
      * format, content type, response topic, correlation data, user properties).
      */
-    readonly props: Uint8Array | null,
+    public props: Uint8Array | null,
     /** Absolute expiry time in ms since the epoch, or 0 for none. */
     readonly expiresAt: number,
     /** Client id of the publisher, for No Local. */
     readonly origin: string,
-  ) {}
+    /** False when payload/props are views into a buffer that will be reused. */
+    owned = true,
+  ) {
+    this.owned = owned;
+  }
+
+  /** Makes payload and properties independent of the read buffer; call before keeping the message. */
+  own(): this {
+    if (!this.owned) {
+      this.payload = this.payload.slice();
+      if (this.props !== null) this.props = this.props.slice();
+      this.owned = true;
+    }
+    return this;
+  }
 
   /** True when the Message Expiry Interval has run out at `now`. */
   expired(now: number): boolean {
     return this.expiresAt !== 0 && now >= this.expiresAt;
-  }
-
-  /** The copy kept as a retained message: same content, retain set. */
-  withRetain(retain: boolean): Message {
-    if (retain === this.retain) return this;
-    return new Message(
-      this.topic,
-      this.topicBytes,
-      this.payload,
-      this.qos,
-      retain,
-      this.props,
-      this.expiresAt,
-      this.origin,
-    );
   }
 }

@@ -78,16 +78,16 @@ export class Outbox {
     this.len += bytes.length;
   }
 
-  /** Queues an encoded PUBLISH, writing `packetId` into its copy. */
-  pushPublish(bytes: Uint8Array, pidOffset: number, packetId: number): void {
+  /** Queues `bytes[0, length)`, an encoded PUBLISH, writing `packetId` into the copy. */
+  pushPublish(bytes: Uint8Array, length: number, pidOffset: number, packetId: number): void {
     if (this.closed) return;
-    const b = this.reserve(bytes.length);
-    b.set(bytes, this.len);
+    const b = this.reserve(length);
+    b.set(length === bytes.length ? bytes : bytes.subarray(0, length), this.len);
     if (pidOffset >= 0) {
       b[this.len + pidOffset] = packetId >> 8;
       b[this.len + pidOffset + 1] = packetId & 0xff;
     }
-    this.len += bytes.length;
+    this.len += length;
   }
 
   /** Queues PUBACK/PUBREC/PUBREL/PUBCOMP without allocating. */
@@ -112,7 +112,7 @@ export class Outbox {
       armed = true;
       // After the current batch of reads: everything produced by the reads that
       // completed in this turn goes out in one write per connection.
-      setTimeout(flushAll, 0);
+      queueMicrotask(flushAll);
     }
   }
 

@@ -217,10 +217,13 @@ export function decodePublish(
   return p;
 }
 
-/** Copies the forwardable property bytes out of the read buffer, dropping alias and expiry. */
+/**
+ * The forwardable property bytes, dropping alias and expiry: a view into the
+ * read buffer when nothing is dropped, else a filtered copy.
+ */
 function passthroughProps(buf: Uint8Array, p: IncomingPublish): Uint8Array | null {
   if (p.propsEnd === p.propsStart) return null;
-  if (!p.propsNeedFilter) return buf.slice(p.propsStart, p.propsEnd);
+  if (!p.propsNeedFilter) return buf.subarray(p.propsStart, p.propsEnd);
   const out = new Uint8Array(p.propsEnd - p.propsStart);
   let n = 0;
   let pos = p.propsStart;
@@ -253,37 +256,55 @@ function passthroughProps(buf: Uint8Array, p: IncomingPublish): Uint8Array | nul
 }
 
 /**
- * Builds the shared Message for a decoded PUBLISH. `topicBytes` overrides the
- * topic bytes when the topic came from an alias.
+ * Builds the shared Message for a decoded PUBLISH. Payload and properties
+ * stay views into `buf` (see Message.own); `topicBytes` must be owned.
  */
 export function toMessage(
   buf: Uint8Array,
   p: IncomingPublish,
   topic: string,
-  topicBytes: Uint8Array | null,
+  topicBytes: Uint8Array,
   origin: string,
   now: number,
 ): Message {
-  const payload = buf.slice(p.payloadStart, p.end);
-  const tb = topicBytes ?? buf.slice(p.topicStart, p.topicEnd);
   const expiresAt = p.expiry >= 0 ? now + p.expiry * 1000 : 0;
   return new Message(
     topic,
-    tb,
-    payload,
+    topicBytes,
+    buf.subarray(p.payloadStart, p.end),
     p.qos,
     p.retain,
     passthroughProps(buf, p),
     expiresAt,
     origin,
+    false,
   );
 }
 
-/**
- * Encodes a PUBLISH. `expiry` is the Message Expiry Interval to send (-1 for
- * none); `subIds` are Subscription Identifiers (MQTT 5 only).
- */
-export function encodePublish(
+/** Size in bytes of the PUBLISH `writePublish` would produce. */
+function publishSize(
+  msg: Message,
+  v5: boolean,
+  qos: number,
+  expiry: number,
+  subIds: readonly number[] | null,
+): { total: number; rem: number; propLen: number } {
+  let propLen = 0;
+  if (v5) {
+    if (expiry >= 0) propLen += 5;
+    if (subIds) { for (const id of subIds) propLen += 1 + varintSize(id); }
+    if (msg.props) propLen += msg.props.length;
+  }
+  const rem = 2 + msg.topicBytes.length + (qos > 0 ? 2 : 0) +
+    (v5 ? varintSize(propLen) + propLen : 0) + msg.payload.length;
+  return { total: 1 + varintSize(rem) + rem, rem, propLen };
+}
+
+/** Writes a PUBLISH at the start of `out` (which must be large enough); returns the pid offset. */
+function writePublish(
+  out: Uint8Array,
+  rem: number,
+  propLen: number,
   msg: Message,
   v5: boolean,
   qos: number,
@@ -292,17 +313,8 @@ export function encodePublish(
   packetId: number,
   expiry: number,
   subIds: readonly number[] | null,
-): EncodedPublish {
+): number {
   const tlen = msg.topicBytes.length;
-  let propLen = 0;
-  if (v5) {
-    if (expiry >= 0) propLen += 5;
-    if (subIds) { for (const id of subIds) propLen += 1 + varintSize(id); }
-    if (msg.props) propLen += msg.props.length;
-  }
-  const rem = 2 + tlen + (qos > 0 ? 2 : 0) + (v5 ? varintSize(propLen) + propLen : 0) +
-    msg.payload.length;
-  const out = new Uint8Array(1 + varintSize(rem) + rem);
   out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
   let pos = writeVarint(out, 1, rem);
   out[pos++] = tlen >> 8;
@@ -336,13 +348,63 @@ export function encodePublish(
     }
   }
   out.set(msg.payload, pos);
-  return { bytes: out, pidOffset, expiry };
+  return pidOffset;
 }
 
 /**
- * The cached encoding of `msg` for (protocol, QoS, retain flag, expiry).
- * Forms with Subscription Identifiers are specific to one subscriber and are
- * not cached.
+ * Encodes a PUBLISH into a new buffer. `expiry` is the Message Expiry
+ * Interval to send (-1 for none); `subIds` are Subscription Identifiers
+ * (MQTT 5 only).
+ */
+export function encodePublish(
+  msg: Message,
+  v5: boolean,
+  qos: number,
+  retain: boolean,
+  dup: boolean,
+  packetId: number,
+  expiry: number,
+  subIds: readonly number[] | null,
+): EncodedPublish {
+  const { total, rem, propLen } = publishSize(msg, v5, qos, expiry, subIds);
+  const out = new Uint8Array(total);
+  const pidOffset = writePublish(
+    out,
+    rem,
+    propLen,
+    msg,
+    v5,
+    qos,
+    retain,
+    dup,
+    packetId,
+    expiry,
+    subIds,
+  );
+  return { bytes: out, length: total, pidOffset, expiry };
+}
+
+/**
+ * One reusable encoding per form (protocol x QoS x retain flag). A fan-out
+ * encodes each form of a message once into its slot and every receiver copies
+ * from there; the next message overwrites the slot. Nothing allocates per
+ * message, and a slot is only valid until the next publishForm call for the
+ * same form — callers copy the bytes at once (Outbox.pushPublish does).
+ */
+interface FormSlot {
+  msg: Message | null;
+  form: EncodedPublish;
+}
+
+const slots: FormSlot[] = Array.from({ length: 12 }, () => ({
+  msg: null,
+  form: { bytes: new Uint8Array(256), length: 0, pidOffset: -1, expiry: -1 },
+}));
+
+/**
+ * The encoding of `msg` for (protocol, QoS, retain flag, expiry), shared by
+ * every receiver of that form. Forms with Subscription Identifiers are
+ * specific to one subscriber and use encodePublish.
  */
 export function publishForm(
   msg: Message,
@@ -351,14 +413,22 @@ export function publishForm(
   retain: boolean,
   expiry: number,
 ): EncodedPublish {
-  const idx = (v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0);
-  const forms = msg.forms ??= [];
-  let f = forms[idx];
-  if (f === undefined || f.expiry !== expiry) {
-    f = encodePublish(msg, v5, qos, retain, false, 0, v5 ? expiry : -1, null);
-    forms[idx] = f;
-  }
+  const slot = slots[(v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0)];
+  const f = slot.form;
+  const exp = v5 ? expiry : -1;
+  if (slot.msg === msg && f.expiry === exp) return f;
+  const { total, rem, propLen } = publishSize(msg, v5, qos, exp, null);
+  if (f.bytes.length < total) f.bytes = new Uint8Array(Math.max(total, f.bytes.length * 2));
+  f.pidOffset = writePublish(f.bytes, rem, propLen, msg, v5, qos, retain, false, 0, exp, null);
+  f.length = total;
+  f.expiry = exp;
+  slot.msg = msg;
   return f;
+}
+
+/** Forgets cached forms, so a later publishForm re-encodes (used by tests and after bulk changes). */
+export function resetPublishForms(): void {
+  for (const s of slots) s.msg = null;
 }
 
 /** PUBACK/PUBREC/PUBREL/PUBCOMP; the reason code is omitted when it is 0 (MQTT 5) or not supported (3.1.1). */

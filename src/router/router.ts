@@ -76,7 +76,7 @@ export class Router {
     this.stats.published++;
     if (msg.retain) {
       if (msg.payload.length === 0) this.retained.delete(msg.topic);
-      else this.retained.set(msg);
+      else this.retained.set(msg.own());
     }
     const m = this.trie.match(msg.topic);
     let n = 0;

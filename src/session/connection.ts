@@ -178,12 +178,12 @@ export class Connection implements ConnectionHandler, SessionLink {
     const f = (dup || (v5 && subIds !== null))
       ? encodePublish(msg, v5, qos, retain, dup, packetId, v5 ? expiry : -1, v5 ? subIds : null)
       : publishForm(msg, v5, qos, retain, expiry);
-    if (this.clientMaxPacket !== 0 && f.bytes.length > this.clientMaxPacket) {
+    if (this.clientMaxPacket !== 0 && f.length > this.clientMaxPacket) {
       // Never send more than the client accepts; the message is dropped for it [MQTT-3.1.2-25].
       this.core.metrics.droppedTooLarge++;
       return false;
     }
-    this.outbox.pushPublish(f.bytes, f.pidOffset, packetId);
+    this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
     return true;
   }
 
@@ -615,7 +615,14 @@ export class Connection implements ConnectionHandler, SessionLink {
       }
       inQ.add(pid);
     }
-    const msg = toMessage(buf, p, topic, topicBytes, this.clientId, p.expiry >= 0 ? Date.now() : 0);
+    const msg = toMessage(
+      buf,
+      p,
+      topic,
+      topicBytes ?? buf.slice(p.topicStart, p.topicEnd),
+      this.clientId,
+      p.expiry >= 0 ? Date.now() : 0,
+    );
     const n = core.publish(msg);
     if (qos > 0) this.ack(qos, pid, n === 0 ? ReasonCode.NoMatchingSubscribers : 0);
   }

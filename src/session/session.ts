@@ -127,7 +127,14 @@ export class Session implements Subscriber {
   ): void {
     const pid = this.allocatePacketId();
     if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return;
-    (this.inflight ??= new Map()).set(pid, { msg, qos, retain, subIds, released: false });
+    // Kept for a resend until acknowledged, so it must not point into a read buffer.
+    (this.inflight ??= new Map()).set(pid, {
+      msg: msg.own(),
+      qos,
+      retain,
+      subIds,
+      released: false,
+    });
     this.metrics.publishSent++;
   }
 
@@ -138,6 +145,7 @@ export class Session implements Subscriber {
       if (limits.dropPolicy === "newest" || limits.maxQueued === 0) return;
       this.queueHead++;
     }
+    q.msg.own();
     this.queue.push(q);
   }
 

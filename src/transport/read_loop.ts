@@ -6,7 +6,7 @@
 import type { ConnectionHandler } from "./types.ts";
 
 const MIN = 512;
-const MAX = 64 * 1024;
+const MAX = 16 * 1024;
 
 /** Something with Deno.Conn's read(). */
 export interface Readable {

@@ -210,24 +210,36 @@ Deno.test("encodePublish produces the same bytes as mqtt-packet for random PUBLI
   );
 });
 
-Deno.test("a cached PUBLISH form is encoded once per form and re-encoded when the expiry changes", () => {
+Deno.test("a PUBLISH form is encoded once per message and form, and again when the expiry changes", () => {
   const msg = messageFor("a/b", utf8("hello"), { contentType: "text/plain" });
+  const bytesOf = (f: { bytes: Uint8Array; length: number }) => f.bytes.slice(0, f.length);
   const f1 = publishForm(msg, true, 1, false, 60);
-  assert.deepEqual(f1.bytes, encodePublish(msg, true, 1, false, false, 0, 60, null).bytes);
-  assert.equal(publishForm(msg, true, 1, false, 60), f1, "same form is served from the cache");
+  assert.deepEqual(bytesOf(f1), encodePublish(msg, true, 1, false, false, 0, 60, null).bytes);
+  // Served from the slot, not re-encoded: a mark written into the slot survives.
+  const last = f1.length - 1;
+  f1.bytes[last] ^= 0xff;
+  assert.equal(publishForm(msg, true, 1, false, 60).bytes[last], utf8("hello")[4] ^ 0xff);
   const f2 = publishForm(msg, true, 1, false, 59);
-  assert.notEqual(f2, f1);
-  assert.deepEqual(f2.bytes, encodePublish(msg, true, 1, false, false, 0, 59, null).bytes);
+  assert.deepEqual(bytesOf(f2), encodePublish(msg, true, 1, false, false, 0, 59, null).bytes);
   // Other protocol, QoS or retain flag: distinct forms, each right.
-  const v4 = publishForm(msg, false, 1, false, 59);
+  const v4 = bytesOf(publishForm(msg, false, 1, false, 59));
   assert.deepEqual(
-    v4.bytes,
+    v4,
     gen({ cmd: "publish", topic: "a/b", payload: "hello", qos: 1, messageId: 0 }, 4),
   );
-  assert.equal(v4.expiry, -1, "3.1.1 forms carry no expiry");
+  assert.equal(publishForm(msg, false, 1, false, 58).expiry, -1, "3.1.1 forms carry no expiry");
   const retained = publishForm(msg, true, 0, true, -1);
   assert.equal(retained.bytes[0], 0x31);
-  assert.deepEqual(publishForm(msg, true, 1, false, 59).bytes, f2.bytes);
+  assert.deepEqual(
+    bytesOf(publishForm(msg, true, 1, false, 59)),
+    encodePublish(msg, true, 1, false, false, 0, 59, null).bytes,
+  );
+  // Another message takes over the slot.
+  const other = messageFor("a/c", utf8("bye"), {});
+  assert.deepEqual(
+    bytesOf(publishForm(other, true, 1, false, -1)),
+    encodePublish(other, true, 1, false, false, 0, -1, null).bytes,
+  );
 });
 
 // ---- decoder --------------------------------------------------------------------
@@ -304,8 +316,8 @@ Deno.test("decodePublish and toMessage recover every field of PUBLISH packets ge
       const wantProps = ref.slice(pos + 1);
 
       const now = 1_700_000_000_000;
-      const msg = toMessage(bytes, p, p.topic, null, "client-1", now);
-      bytes.fill(0xee); // the read buffer is reused: the message must not alias it
+      const msg = toMessage(bytes, p, p.topic, utf8(p.topic), "client-1", now).own();
+      bytes.fill(0xee); // the read buffer is reused: an owned message must not alias it
       assert.equal(msg.topic, c.topic);
       assert.deepEqual(msg.topicBytes, utf8(c.topic));
       assert.deepEqual(msg.payload, c.payload);
@@ -401,7 +413,7 @@ Deno.test("repeated user properties are allowed and kept in order", () => {
   const up = [0x26, 0, 1, 0x6b, 0, 1, 0x31, 0x26, 0, 1, 0x6b, 0, 1, 0x32];
   const body = rawBody(T, null, up, [0x70]);
   const p = decodePublish(body, 0, body.length, 0, true);
-  const msg = toMessage(body, p, p.topic, null, "c", 0);
+  const msg = toMessage(body, p, p.topic, utf8(p.topic), "c", 0);
   assert.deepEqual(msg.props, Uint8Array.from(up));
   assert.deepEqual(msg.payload, Uint8Array.of(0x70));
 });
@@ -526,8 +538,8 @@ Deno.test("the Outbox writes each receiver's packet id into its copy and leaves 
   const before = form.bytes.slice();
   const sink = new RecordingSink();
   const outbox = newOutbox(sink);
-  outbox.pushPublish(form.bytes, form.pidOffset, 0x1234);
-  outbox.pushPublish(form.bytes, form.pidOffset, 0x0507);
+  outbox.pushPublish(form.bytes, form.length, form.pidOffset, 0x1234);
+  outbox.pushPublish(form.bytes, form.length, form.pidOffset, 0x0507);
   await sink.written();
   const one = gen({ cmd: "publish", topic: "t", payload: "p", qos: 1, messageId: 0x1234 }, 5);
   const two = gen({ cmd: "publish", topic: "t", payload: "p", qos: 1, messageId: 0x0507 }, 5);
