@@ -14,7 +14,19 @@ export interface ByteSink {
   close(): void;
 }
 
-/** Buffers larger than this are not kept for reuse once written. */
+/** Who an outbox reports to. */
+export interface OutboxOwner {
+  /** A write completed; the buffer has room again. */
+  drained(): void;
+  /** The transport failed; the connection is gone. */
+  writeFailed(e: unknown): void;
+}
+
+/**
+ * Buffers are kept for reuse only between these sizes: small ones are cheap to
+ * allocate (and idle connections should not hold any), huge ones waste memory.
+ */
+const KEEP_MIN = 4 * 1024;
 const KEEP_LIMIT = 64 * 1024;
 const MIN_CAPACITY = 512;
 
@@ -42,9 +54,8 @@ export class Outbox {
 
   constructor(
     private readonly sink: ByteSink,
-    /** Called after a write completes and the buffer has room again. */
-    private readonly onDrain: () => void,
-    private readonly onError: (e: unknown) => void,
+    /** Told when writes complete or fail (an object, not two closures per connection). */
+    private readonly owner: OutboxOwner,
   ) {}
 
   /** Bytes accepted but not yet handed to the transport. */
@@ -131,17 +142,18 @@ export class Outbox {
       () => {
         this.written += this.writing;
         this.writing = 0;
-        if (data.buffer.byteLength <= KEEP_LIMIT && this.spare === null) {
+        const size = data.buffer.byteLength;
+        if (size >= KEEP_MIN && size <= KEEP_LIMIT && this.spare === null) {
           this.spare = new Uint8Array(data.buffer);
         }
         if (this.len > 0) this.schedule();
         else if (this.ending) this.finish();
-        if (!this.closed) this.onDrain();
+        if (!this.closed) this.owner.drained();
       },
       (e) => {
         this.writing = 0;
         this.closed = true;
-        this.onError(e);
+        this.owner.writeFailed(e);
       },
     );
   }

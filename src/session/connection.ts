@@ -114,7 +114,7 @@ export class Connection implements ConnectionHandler, SessionLink {
     readonly peer: PeerInfo,
   ) {
     this.framer = new Framer(core.limits.maxPacketSize);
-    this.outbox = new Outbox(sink, () => this.drained(), (e) => this.writeFailed(e));
+    this.outbox = new Outbox(sink, this);
     this.lastRx = this.acceptedAt = Date.now();
   }
 
@@ -244,11 +244,13 @@ export class Connection implements ConnectionHandler, SessionLink {
     this.disconnect(code, message);
   }
 
-  private writeFailed(_e: unknown): void {
+  /** OutboxOwner: the transport failed. */
+  writeFailed(_e: unknown): void {
     this.closed();
   }
 
-  private drained(): void {
+  /** OutboxOwner: a write completed. */
+  drained(): void {
     if (this.gate !== null && this.outbox.pendingBytes <= this.core.limits.maxOutgoingBytes / 2) {
       this.releaseGate();
     }

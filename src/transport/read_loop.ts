@@ -5,7 +5,8 @@
  */
 import type { ConnectionHandler } from "./types.ts";
 
-const MIN = 512;
+const MIN = 64;
+const FIRST = 256;
 const MAX = 16 * 1024;
 
 /** Something with Deno.Conn's read(). */
@@ -15,7 +16,7 @@ export interface Readable {
 
 /** Feeds `conn` into `handler` until EOF or error, honouring its read gate. */
 export async function pump(conn: Readable, handler: ConnectionHandler): Promise<void> {
-  let buf = new Uint8Array(MIN);
+  let buf = new Uint8Array(FIRST);
   try {
     for (;;) {
       const gate = handler.readGate;

@@ -5,54 +5,73 @@ import type { Acceptor, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
 
-/** Wraps a Deno.Conn as the broker's ByteSink. */
-export function connSink(conn: Deno.Conn): { write(b: Uint8Array): Promise<void>; close(): void } {
-  let closed = false;
-  return {
-    async write(bytes: Uint8Array): Promise<void> {
-      let off = 0;
-      while (off < bytes.length) off += await conn.write(off === 0 ? bytes : bytes.subarray(off));
-    },
-    close(): void {
-      if (closed) return;
-      closed = true;
-      try {
-        conn.close();
-      } catch {
-        // already closed by the peer
-      }
-    },
-  };
+/** A Deno.Conn as the broker's ByteSink (a class, not closures: one object per connection). */
+export class TcpSink {
+  private closed = false;
+  constructor(private readonly conn: Deno.Conn) {}
+
+  async write(bytes: Uint8Array): Promise<void> {
+    let off = await this.conn.write(bytes);
+    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.conn.close();
+    } catch {
+      // already closed by the peer
+    }
+  }
 }
+
+/**
+ * Accepts are pipelined: with one pending accept, each new connection costs an
+ * event-loop turn before the next can be taken, which caps connect storms.
+ */
+const PENDING_ACCEPTS = 8;
 
 /** Starts a TCP listener that hands each connection to `acceptor`. */
 export function listenTcp(acceptor: Acceptor, hostname: string, port: number): Listener {
   const listener = Deno.listen({ hostname, port, transport: "tcp" });
   const addr = listener.addr as Deno.NetAddr;
-  (async () => {
+  let closed = false;
+  const handle = (conn: Deno.TcpConn) => {
     try {
-      for await (const conn of listener) {
-        try {
-          conn.setNoDelay(true);
-        } catch {
-          // the peer may already be gone
-        }
-        const remote = conn.remoteAddr as Deno.NetAddr;
-        const handler = acceptor.accept(connSink(conn), {
-          remoteAddress: `${remote.hostname}:${remote.port}`,
-          transport: "tcp",
-        });
-        pump(conn, handler);
-      }
-    } catch (e) {
-      if (!(e instanceof Deno.errors.BadResource)) log.error("TCP accept loop failed: {e}", { e });
+      conn.setNoDelay(true);
+    } catch {
+      // the peer may already be gone
     }
-  })();
+    const remote = conn.remoteAddr;
+    const handler = acceptor.accept(new TcpSink(conn), {
+      remoteAddress: `${remote.hostname}:${remote.port}`,
+      transport: "tcp",
+    });
+    pump(conn, handler);
+  };
+  const acceptLoop = async () => {
+    while (!closed) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (e) {
+        if (closed || e instanceof Deno.errors.BadResource) return;
+        // Out of file descriptors and similar: back off instead of spinning, keep serving.
+        log.error("TCP accept failed: {error}", { error: e instanceof Error ? e.message : e });
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      handle(conn);
+    }
+  };
+  for (let i = 0; i < PENDING_ACCEPTS; i++) acceptLoop();
   return {
     kind: "tcp",
     hostname: addr.hostname,
     port: addr.port,
     close(): Promise<void> {
+      closed = true;
       try {
         listener.close();
       } catch {

@@ -222,6 +222,8 @@ const mcloudtt: BrokerKind = {
     const args = [
       "run",
       "--allow-all",
+      // Extra Deno/V8 flags for profiling runs, e.g. BENCH_DENO_FLAGS="--v8-flags=--trace-gc".
+      ...(Deno.env.get("BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? []),
       "main.ts",
       "--general.secure=false",
       "--general.websocket=false",

@@ -363,10 +363,13 @@ export interface MainProcess extends AsyncDisposable {
   stop(): Promise<Deno.CommandStatus>;
 }
 
-/** Runs `deno run <START_PERMISSIONS> main.ts ...args` in `cwd` (a `copyProject` directory). */
-export function startMain(cwd: string, args: string[]): MainProcess {
+/**
+ * Runs `deno run <START_PERMISSIONS> main.ts ...args` in `cwd` (a `copyProject` directory);
+ * `script` replaces main.ts (e.g. a bundle of it).
+ */
+export function startMain(cwd: string, args: string[], script = "main.ts"): MainProcess {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...START_PERMISSIONS, "main.ts", ...args],
+    args: ["run", ...START_PERMISSIONS, script, ...args],
     cwd,
     stdin: "null",
     stdout: "piped",

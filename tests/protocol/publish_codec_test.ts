@@ -456,8 +456,11 @@ class RecordingSink implements ByteSink {
 }
 
 function newOutbox(sink: ByteSink): Outbox {
-  return new Outbox(sink, () => {}, (e) => {
-    throw e;
+  return new Outbox(sink, {
+    drained() {},
+    writeFailed(e) {
+      throw e;
+    },
   });
 }
 
