@@ -30,7 +30,7 @@ export class TcpSink {
  * Accepts are pipelined: with one pending accept, each new connection costs an
  * event-loop turn before the next can be taken, which caps connect storms.
  */
-const PENDING_ACCEPTS = 8;
+const PENDING_ACCEPTS = 32;
 
 /** Starts a TCP listener that hands each connection to `acceptor`. */
 export function listenTcp(acceptor: Acceptor, hostname: string, port: number): Listener {
