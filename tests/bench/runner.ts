@@ -86,7 +86,9 @@ async function runOne(
   } catch (e) {
     return { ...base, metrics: {}, errors: [], failed: message(e) };
   } finally {
-    if (!Deno.env.get("BENCH_KEEP_LOGS")) await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    if (!Deno.env.get("BENCH_KEEP_LOGS")) {
+      await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    }
   }
 }
 
