@@ -26,12 +26,6 @@ export class TcpSink {
   }
 }
 
-/**
- * Accepts are pipelined: with one pending accept, each new connection costs an
- * event-loop turn before the next can be taken, which caps connect storms.
- */
-const PENDING_ACCEPTS = 32;
-
 /** Starts a TCP listener that hands each connection to `acceptor`. */
 export function listenTcp(acceptor: Acceptor, hostname: string, port: number): Listener {
   const listener = Deno.listen({ hostname, port, transport: "tcp" });
@@ -65,7 +59,9 @@ export function listenTcp(acceptor: Acceptor, hostname: string, port: number): L
       handle(conn);
     }
   };
-  for (let i = 0; i < PENDING_ACCEPTS; i++) acceptLoop();
+  // One accept at a time: Deno refuses a second concurrent accept on a listener
+  // ("Another accept task is ongoing").
+  acceptLoop();
   return {
     kind: "tcp",
     hostname: addr.hostname,
