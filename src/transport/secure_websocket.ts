@@ -7,12 +7,12 @@ import https from "node:https";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import type { TLSSocket } from "node:tls";
-import { getLogger } from "@logtape/logtape";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import type { CertIdentityMode } from "../auth/cert_identity.ts";
 import {
   type ClientCertMode,
   closeWithGrace,
+  listenNode,
   peerIdentity,
   secureOptions,
   trackSockets,
@@ -20,8 +20,6 @@ import {
 import type { TlsMaterial } from "./tls_material.ts";
 import type { Acceptor, Listener } from "./types.ts";
 import { pickSubprotocol } from "./websocket.ts";
-
-const log = getLogger(["mcloudtt", "wss"]);
 
 export interface WssListenOptions {
   hostname: string;
@@ -105,17 +103,7 @@ export async function listenSecureWebSocket(
     // A handshake that completes after close() began would otherwise idle and hold close() open.
     if (closing) socket.destroy();
   });
-  server.on("tlsClientError", (err: Error) => {
-    log.info("TLS handshake refused: {error}", { error: err.message });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.hostname, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const addr = server.address() as { address: string; port: number };
+  const addr = await listenNode(server, opts.hostname, opts.port);
   return {
     kind: "wss",
     hostname: addr.address,

@@ -111,6 +111,28 @@ export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<v
   });
 }
 
+/**
+ * Binds a node TLS/HTTPS server, logging refused handshakes (a client without
+ * a valid certificate is an expected event, not an error).
+ */
+export async function listenNode(
+  server: tls.Server,
+  hostname: string,
+  port: number,
+): Promise<{ address: string; port: number }> {
+  server.on("tlsClientError", (err: Error) => {
+    log.info("TLS handshake refused: {error}", { error: err.message });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, hostname, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return server.address() as { address: string; port: number };
+}
+
 /** Starts an MQTT-over-TLS listener. */
 export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
   const server = tls.createServer({
@@ -130,17 +152,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
     });
     bridgeSocket(socket, handler);
   });
-  server.on("tlsClientError", (err: Error) => {
-    log.info("TLS handshake refused: {error}", { error: err.message });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.hostname, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  const addr = server.address() as { address: string; port: number };
+  const addr = await listenNode(server, opts.hostname, opts.port);
   return {
     kind: "tls",
     hostname: addr.address,

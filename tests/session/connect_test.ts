@@ -4,38 +4,8 @@
  * it is true), authentication methods and the connection limit.
  */
 import assert from "node:assert/strict";
-import {
-  collect,
-  connectClient,
-  delay,
-  endClient,
-  RawClient,
-  startBroker,
-} from "../helpers/broker.ts";
-
-const enc = new TextEncoder();
-
-/** A length-prefixed UTF-8 string as MQTT encodes it. */
-function str(s: string): number[] {
-  const b = enc.encode(s);
-  return [b.length >> 8, b.length & 0xff, ...b];
-}
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
-}
-
-/** A packet with a correct remaining length around `body`. */
-function frame(header: number, body: number[]): Uint8Array {
-  return new Uint8Array([header, ...varint(body.length), ...body]);
-}
+import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { bystanders, frame, str, varint } from "../helpers/wire.ts";
 
 interface ConnectFields {
   name?: string;
@@ -61,26 +31,6 @@ function connectBytes(f: ConnectFields = {}): Uint8Array {
     ...props,
     ...str(f.clientId ?? "raw"),
   ]);
-}
-
-/** Two MQTT.js clients exchanging messages: proves the broker still serves others. */
-async function bystanders(port: number, protocolVersion: 4 | 5 = 5) {
-  const sub = await connectClient(port, { clientId: "bystander-sub", protocolVersion });
-  const pub = await connectClient(port, { clientId: "bystander-pub", protocolVersion });
-  const inbox = collect(sub);
-  await sub.subscribeAsync("bystander/alive", { qos: 1 });
-  let n = 0;
-  return {
-    async assertServing(): Promise<void> {
-      const payload = `ping ${++n}`;
-      await pub.publishAsync("bystander/alive", payload, { qos: 1 });
-      assert.equal((await inbox.next()).payload, payload);
-    },
-    async [Symbol.asyncDispose](): Promise<void> {
-      await endClient(pub);
-      await endClient(sub);
-    },
-  };
 }
 
 Deno.test("a connection that sends no CONNECT within limits.connect_timeout is closed", async () => {

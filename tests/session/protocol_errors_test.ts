@@ -4,31 +4,10 @@
  * close for 3.1.1) while every other client keeps being served.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, endClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { collect, connectClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { bystanders, frame, str, varint } from "../helpers/wire.ts";
 
 const enc = new TextEncoder();
-
-/** A length-prefixed string; a Uint8Array is sent as-is (for ill-formed UTF-8). */
-function str(s: string | Uint8Array): number[] {
-  const b = typeof s === "string" ? enc.encode(s) : s;
-  return [b.length >> 8, b.length & 0xff, ...b];
-}
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
-}
-
-/** A packet with a correct remaining length around `body`. */
-function frame(header: number, body: number[]): Uint8Array {
-  return new Uint8Array([header, ...varint(body.length), ...body]);
-}
 
 interface PublishFields {
   topic: string | Uint8Array;
@@ -57,26 +36,6 @@ function publishBytes(f: PublishFields): Uint8Array {
 /** Topic Alias property (0x23) with a two-byte value. */
 function topicAlias(n: number): number[] {
   return [0x23, n >> 8, n & 0xff];
-}
-
-/** Two MQTT.js clients exchanging messages: proves the broker still serves others. */
-async function bystanders(port: number) {
-  const sub = await connectClient(port, { clientId: "bystander-sub" });
-  const pub = await connectClient(port, { clientId: "bystander-pub" });
-  const inbox = collect(sub);
-  await sub.subscribeAsync("bystander/alive", { qos: 1 });
-  let n = 0;
-  return {
-    async assertServing(): Promise<void> {
-      const payload = `ping ${++n}`;
-      await pub.publishAsync("bystander/alive", payload, { qos: 1 });
-      assert.equal((await inbox.next()).payload, payload);
-    },
-    async [Symbol.asyncDispose](): Promise<void> {
-      await endClient(pub);
-      await endClient(sub);
-    },
-  };
 }
 
 /** The broker sent DISCONNECT with `code` and then closed the connection. */
