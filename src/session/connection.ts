@@ -621,7 +621,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       buf,
       p,
       topic,
-      topicBytes ?? buf.slice(p.topicStart, p.topicEnd),
+      topicBytes!, // set above: the known topic, the alias, or the fresh copy
       this.clientId,
       p.expiry >= 0 ? Date.now() : 0,
     );

@@ -14,6 +14,7 @@ import {
   RawClient,
   startBroker,
 } from "../helpers/broker.ts";
+import { varint } from "../helpers/wire.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -37,17 +38,6 @@ function concat(parts: (Uint8Array | number[])[]): Uint8Array {
 function field(v: string | number[]): Uint8Array {
   const bytes = typeof v === "string" ? enc.encode(v) : new Uint8Array(v);
   return concat([[bytes.length >> 8, bytes.length & 0xff], bytes]);
-}
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return out;
 }
 
 /** One property: identifier and its encoded value. */

@@ -95,28 +95,22 @@ Deno.test("will is published when the broker drops a client for keep-alive timeo
   assert.ok(Date.now() - started >= 1400, "the connection was dropped before 1.5 x keep alive");
 });
 
-Deno.test("will is published after DISCONNECT with reason 0x04 (Disconnect with Will Message)", async () => {
-  await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  await using c = await connectWithWill(b.port, "asks", { topic: "will/asks", payload: "asked" });
-  await c.sendPacket({ cmd: "disconnect", reasonCode: 0x04 });
-  await c.expectClosed();
-  const m = await inbox.next();
-  assert.equal(m.payload, "asked");
-});
-
-Deno.test("will is published after DISCONNECT with an error reason code (0x80)", async () => {
-  await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  await using c = await connectWithWill(b.port, "errs", { topic: "will/errs", payload: "failed" });
-  // [MQTT-3.1.2-8] only DISCONNECT 0x00 deletes the will; a client reporting an error keeps it.
-  await c.sendPacket({ cmd: "disconnect", reasonCode: 0x80 });
-  await c.expectClosed();
-  const m = await inbox.next();
-  assert.equal(m.payload, "failed");
-});
+// [MQTT-3.1.2-8] only DISCONNECT 0x00 deletes the will: 0x04 asks for it, and a client reporting
+// an error (0x80) keeps it too.
+for (const [code, name] of [[0x04, "Disconnect with Will Message"], [0x80, "an error"]] as const) {
+  Deno.test(`will is published after DISCONNECT with 0x${code.toString(16)} (${name})`, async () => {
+    await using b = await startBroker();
+    const { client, inbox } = await subscriber(b.port, "will/#");
+    await using _sub = client;
+    const topic = `will/rc${code}`;
+    await using c = await connectWithWill(b.port, `rc${code}`, { topic, payload: `rc ${code}` });
+    await c.sendPacket({ cmd: "disconnect", reasonCode: code });
+    await c.expectClosed();
+    const m = await inbox.next();
+    assert.equal(m.topic, topic);
+    assert.equal(m.payload, `rc ${code}`);
+  });
+}
 
 Deno.test("will is not published after a normal DISCONNECT (0x00)", async () => {
   await using b = await startBroker();
