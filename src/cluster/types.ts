@@ -1,0 +1,83 @@
+/**
+ * The cluster seam: how publishes, subscriptions and session ownership reach
+ * other broker nodes. A single node uses `localBus` (nothing to do); the
+ * Redis bus replicates a route table (filter -> nodes), forwards a publish
+ * only to nodes with a matching route, and arbitrates which node owns a
+ * client id.
+ */
+import type { Message } from "../protocol/message.ts";
+
+/** What the bus calls on its own node. */
+export interface BusHost {
+  /**
+   * A message published on another node: deliver it to local subscribers
+   * only (never forward it again). `groups` are the shared-subscription keys
+   * (`$share/group/filter`) this node was chosen to serve for it; other
+   * matching groups are served elsewhere.
+   */
+  deliverRemote(msg: Message, groups: readonly string[]): void;
+  /** Another node took over `clientId`: close its connection here with 0x8E, keep nothing. */
+  sessionTakenOver(clientId: string): Promise<void>;
+}
+
+/** The bus's decision for a message published on this node. */
+export interface ForwardResult {
+  /**
+   * Shared-subscription keys this node serves for the message, or null when
+   * every matching local group serves it (no other node has that group).
+   */
+  readonly localGroups: ReadonlySet<string> | null;
+  /**
+   * Resolves once every forwarded copy is written where it cannot be lost
+   * (a QoS 1/2 PUBACK waits for it); null when nothing was forwarded.
+   */
+  readonly written: Promise<void> | null;
+}
+
+/** Forward nothing, serve every local group: the answer of a single node. */
+export const LOCAL_ONLY: ForwardResult = Object.freeze({ localGroups: null, written: null });
+
+export interface Bus {
+  /** "local", "redis". */
+  readonly name: string;
+  /** This node's id in the cluster. */
+  readonly nodeId: string;
+  /** Joins the cluster; resolves when routes are loaded and this node can serve. */
+  start(host: BusHost): Promise<void>;
+  /** Leaves the cluster: withdraws this node's routes and stops reading its inbox. */
+  stop(): Promise<void>;
+  /** Why this node is not ready (for /readyz); empty when ready. */
+  readonly problems: readonly string[];
+  /**
+   * The first local subscription with this key appeared (`filter`, or
+   * `$share/group/filter`). Resolves once other nodes route matching messages
+   * here (the SUBACK waits for it); null when there is nothing to wait for.
+   */
+  addRoute(key: string): Promise<void> | null;
+  /** The last local subscription with this key went away. */
+  removeRoute(key: string): void;
+  /** A message published on this node (by a client, a will or $SYS): forward it where it is wanted. */
+  forward(msg: Message): ForwardResult;
+  /**
+   * Makes this node the owner of `clientId` cluster-wide before its session is
+   * loaded: a connection with that id on another node is closed (0x8E) and its
+   * state written back first. Null when nothing needs to happen (one node).
+   */
+  claimSession(clientId: string): Promise<void> | null;
+  /** This node no longer holds `clientId` (session ended or moved). */
+  releaseSession(clientId: string): void;
+}
+
+/** The bus of a broker that is not part of a cluster. */
+export const localBus: Bus = {
+  name: "local",
+  nodeId: "local",
+  start: () => Promise.resolve(),
+  stop: () => Promise.resolve(),
+  problems: [],
+  addRoute: () => null,
+  removeRoute: () => {},
+  forward: () => LOCAL_ONLY,
+  claimSession: () => null,
+  releaseSession: () => {},
+};

@@ -1,0 +1,51 @@
+/**
+ * The meaning of each `StoreOp`, applied to plain maps. The memory store uses
+ * it directly; other stores can use it to check themselves (contract test).
+ */
+import type { SessionState, StoredMessage, StoreOp } from "./types.ts";
+
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
+/** Applies one op; ops on a session that does not exist are ignored. */
+export function applyOp(
+  sessions: Map<string, SessionState>,
+  retained: Map<string, StoredMessage>,
+  op: StoreOp,
+): void {
+  switch (op.type) {
+    case "session":
+      sessions.set(op.state.clientId, op.state);
+      return;
+    case "session-delete":
+      sessions.delete(op.clientId);
+      return;
+    case "retain":
+      retained.set(op.msg.topic, op.msg);
+      return;
+    case "retain-delete":
+      retained.delete(op.topic);
+      return;
+  }
+  const s = sessions.get(op.clientId) as Mutable<SessionState> | undefined;
+  if (s === undefined) return;
+  switch (op.type) {
+    case "enqueue":
+      s.queue = [...s.queue, { ...op.item, seq: op.seq }];
+      break;
+    case "dequeue":
+      s.queue = s.queue.filter((q) => q.seq !== op.seq);
+      break;
+    case "inflight":
+      s.inflight = [...s.inflight.filter((f) => f.packetId !== op.item.packetId), op.item];
+      break;
+    case "inflight-delete":
+      s.inflight = s.inflight.filter((f) => f.packetId !== op.packetId);
+      break;
+    case "qos2-add":
+      if (!s.incomingQos2.includes(op.packetId)) s.incomingQos2 = [...s.incomingQos2, op.packetId];
+      break;
+    case "qos2-delete":
+      s.incomingQos2 = s.incomingQos2.filter((p) => p !== op.packetId);
+      break;
+  }
+}

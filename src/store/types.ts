@@ -1,0 +1,133 @@
+/**
+ * The state seam: what outlives a connection (persistent sessions) and what
+ * outlives a publish (retained messages), in a serializable shape a `Store`
+ * saves and loads. The in-memory store keeps nothing outside the process; the
+ * embedded (SQLite) and Redis stores make it survive restarts and move
+ * between cluster nodes.
+ *
+ * The core owns the live state (sessions, the router's retained index) and
+ * tells a durable store what changed as a journal of small operations,
+ * batched per event-loop turn: `write(ops)` is one transaction. A QoS 1/2
+ * publish routed to a persistent session is acknowledged only after the batch
+ * holding its enqueue has been written.
+ */
+
+/** A message as stored: the bytes the router delivers, owned (never a view of a read buffer). */
+export interface StoredMessage {
+  readonly topic: string;
+  readonly payload: Uint8Array;
+  readonly qos: 0 | 1 | 2;
+  readonly retain: boolean;
+  /** Encoded MQTT 5 pass-through properties, or null. */
+  readonly props: Uint8Array | null;
+  /** Absolute expiry, ms since the epoch; 0 for none. */
+  readonly expiresAt: number;
+  /** Client id of the publisher (No Local). */
+  readonly origin: string;
+}
+
+/** One subscription of a session, with its options. */
+export interface StoredSubscription {
+  /** As subscribed, including a `$share/group/` prefix. */
+  readonly key: string;
+  readonly qos: 0 | 1 | 2;
+  readonly noLocal: boolean;
+  readonly retainAsPublished: boolean;
+  readonly retainHandling: 0 | 1 | 2;
+  /** Subscription Identifier, 0 for none. */
+  readonly subscriptionId: number;
+}
+
+/** A message waiting for (or in) delivery to one session. */
+export interface StoredDelivery {
+  readonly msg: StoredMessage;
+  readonly qos: 1 | 2;
+  readonly retain: boolean;
+  readonly subIds: readonly number[] | null;
+}
+
+/** An outgoing QoS 1/2 message sent and not yet acknowledged. */
+export interface StoredInflight extends StoredDelivery {
+  readonly packetId: number;
+  /** QoS 2: PUBREC received and PUBREL sent. */
+  readonly released: boolean;
+}
+
+/** A will waiting for its connection to end (and its delay). */
+export interface StoredWill {
+  readonly msg: StoredMessage;
+  /** Will Delay Interval, seconds. */
+  readonly delay: number;
+  /** Message Expiry Interval from publication, seconds; -1 for none. */
+  readonly expiry: number;
+}
+
+/** Everything a persistent session is, in a shape that can be written and read back. */
+export interface SessionState {
+  readonly clientId: string;
+  /**
+   * Who may resume it: the username or certificate identity it was created
+   * by, or null when it was created anonymously.
+   */
+  readonly owner: string | null;
+  /** Session Expiry Interval, seconds (0xFFFFFFFF = never). */
+  readonly expiryInterval: number;
+  /** When the session ends if nobody resumes it (ms since epoch); 0 while connected, Infinity = never. */
+  readonly expiresAt: number;
+  readonly will: StoredWill | null;
+  /** When a detached session's will is due (ms since epoch), 0 for none. */
+  readonly willAt: number;
+  readonly subscriptions: readonly StoredSubscription[];
+  /** Queued for delivery, oldest first, each with its journal sequence number. */
+  readonly queue: readonly (StoredDelivery & { readonly seq: number })[];
+  readonly inflight: readonly StoredInflight[];
+  /** Incoming QoS 2 packet ids received and not yet released (PUBREL). */
+  readonly incomingQos2: readonly number[];
+}
+
+/** One change to stored state; a batch of them is written as one transaction, in order. */
+export type StoreOp =
+  /** Create or replace a session's whole state (connect, disconnect, subscription change). */
+  | { readonly type: "session"; readonly state: SessionState }
+  | { readonly type: "session-delete"; readonly clientId: string }
+  | {
+    readonly type: "enqueue";
+    readonly clientId: string;
+    readonly seq: number;
+    readonly item: StoredDelivery;
+  }
+  | { readonly type: "dequeue"; readonly clientId: string; readonly seq: number }
+  | { readonly type: "inflight"; readonly clientId: string; readonly item: StoredInflight }
+  | { readonly type: "inflight-delete"; readonly clientId: string; readonly packetId: number }
+  | { readonly type: "qos2-add"; readonly clientId: string; readonly packetId: number }
+  | { readonly type: "qos2-delete"; readonly clientId: string; readonly packetId: number }
+  | { readonly type: "retain"; readonly msg: StoredMessage }
+  | { readonly type: "retain-delete"; readonly topic: string };
+
+/** Where sessions and retained messages are kept beyond the process. */
+export interface Store {
+  /** "memory", "sqlite", "redis". */
+  readonly name: string;
+  /**
+   * False for the in-memory store: the core then never calls `write` and
+   * keeps everything in its own objects (no cost on the hot path).
+   */
+  readonly durable: boolean;
+  /**
+   * True when other processes change the same state (Redis shared by a
+   * cluster): the core then loads a session when its client connects, after
+   * the cluster has made this node its owner, instead of once at start.
+   */
+  readonly shared: boolean;
+  /** Opens the database; a corrupt, foreign or newer-version store throws with what to do. */
+  open(): Promise<void>;
+  close(): Promise<void>;
+  /** Applies `ops` in order, atomically. Resolves once they are durable as configured. */
+  write(ops: readonly StoreOp[]): Promise<void>;
+  /** Every stored session (start-up of a single node). */
+  loadSessions(): Promise<SessionState[]>;
+  /** One session, or null. */
+  loadSession(clientId: string): Promise<SessionState | null>;
+  /** Every retained message. */
+  loadRetained(): Promise<StoredMessage[]>;
+}
