@@ -63,6 +63,13 @@ function listenerFields() {
   };
 }
 
+/** `module=level` pairs separated by commas, e.g. `connection=debug,tls=warning`; "" for none. */
+const LOG_LEVELS_PATTERN =
+  /^(\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*(,\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*)*)?$/;
+const LOG_LEVELS_MSG =
+  'must be "" or module=level pairs separated by commas, e.g. "connection=debug,tls=warning" ' +
+  "(levels: debug, info, warning, error)";
+
 const WS_PATH_MSG = 'must be a string starting with "/"';
 
 const shape = {
@@ -73,6 +80,10 @@ const shape = {
     log_level: oneOf(["debug", "info", "warning", "error"], "info"),
     bind: host().default("0.0.0.0"),
     cert_reload_interval: int(1, 3600, 5),
+    log_format: oneOf(["text", "json"], "text"),
+    log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(""),
+    sys_interval: int(0, 86400, 10),
+    drain_delay: int(0, 3600, 5),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
@@ -93,6 +104,11 @@ const shape = {
       ...listenerFields(),
       path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
     }),
+  }),
+  http: section("http", {
+    enabled: bool(true),
+    bind: host().default("0.0.0.0"),
+    port: int(0, 65535, 8888),
   }),
   auth: section("auth", {
     password_file: text(""),
@@ -171,6 +187,26 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
             `general.secure = ${config.general.secure})`,
           params: {
             fix: `set listeners.${name}.tls = true or client_certificate = "none"`,
+          } satisfies CrossFieldParams,
+        });
+      }
+    }
+  }
+
+  if (config.http.enabled && config.http.port !== 0) {
+    for (const name of LISTENERS) {
+      if (
+        listenerEnabled(config, name) && config.ports[name] === config.http.port &&
+        listenerBind(config, name) === config.http.bind
+      ) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["http", "port"],
+          message: `the HTTP endpoint and listeners.${name} would both listen on ` +
+            `${config.http.bind} port ${config.http.port}`,
+          params: {
+            blame: ["http.port", `ports.${name}`, "http.bind", `listeners.${name}.bind`],
+            fix: `give http.port and ports.${name} different values, or set http.enabled = false`,
           } satisfies CrossFieldParams,
         });
       }
