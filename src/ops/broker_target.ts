@@ -17,14 +17,21 @@ export function brokerTarget(broker: Broker): OpsTarget {
   return {
     metrics: broker.metrics,
     counts(): StateCounts {
-      const core = broker.core;
-      const online = Math.min(core.connectionCount, core.sessionCount);
+      // One pass over the sessions per scrape: cheaper than keeping gauges on the hot path.
+      let online = 0;
+      let offline = 0;
+      let queued = 0;
+      for (const s of broker.core.sessionList()) {
+        if (s.online) online++;
+        else offline++;
+        queued += s.queuedCount;
+      }
       return {
         subscriptions: broker.router.subscriptionCount,
         retained: broker.router.retained.size,
         sessionsOnline: online,
-        sessionsOffline: Math.max(0, core.sessionCount - online),
-        queued: 0,
+        sessionsOffline: offline,
+        queued,
       };
     },
     problems(): readonly string[] {
@@ -35,10 +42,17 @@ export function brokerTarget(broker: Broker): OpsTarget {
         const kind = kindOf(broker, name);
         if (!up.has(kind)) problems.push(`listener ${name} (${kind}) is not listening`);
       }
+      for (const p of broker.core.bus.problems) problems.push(`cluster: ${p}`);
       return problems;
     },
     publish(msg: Message): void {
-      broker.core.publish(msg);
+      // Broker-made: the router delivers it to `$SYS/#` subscribers the ACL let subscribe.
+      broker.core.publish(msg, {
+        clientId: "",
+        username: undefined,
+        receivedAt: Date.now(),
+        kind: "sys",
+      });
     },
   };
 }

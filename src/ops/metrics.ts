@@ -68,10 +68,8 @@ export class Metrics {
   internalErrors = 0;
   /** Ends of connected clients by reason label ("0x00", "0x8E", "connection_lost", ...). */
   readonly disconnects = new Map<string, number>();
-  publishReceived = 0;
   /** PUBLISH packets received, per QoS (one packet counts once). */
   readonly receivedByQos: [number, number, number] = [0, 0, 0];
-  publishSent = 0;
   /** Deliveries per QoS (each subscriber counts once; resends do not count). */
   readonly sentByQos: [number, number, number] = [0, 0, 0];
   bytesReceived = 0;
@@ -88,6 +86,18 @@ export class Metrics {
   willsPublished = 0;
   readonly latency = new LatencyHistogram();
   private sampleCountdown = LATENCY_SAMPLE_EVERY;
+
+  /** PUBLISH packets received, all QoS. */
+  get publishReceived(): number {
+    const r = this.receivedByQos;
+    return r[0] + r[1] + r[2];
+  }
+
+  /** Deliveries, all QoS. */
+  get publishSent(): number {
+    const s = this.sentByQos;
+    return s[0] + s[1] + s[2];
+  }
 
   /** True once every LATENCY_SAMPLE_EVERY calls: stamp this message for the latency histogram. */
   sample(): boolean {

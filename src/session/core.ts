@@ -27,6 +27,7 @@ import type {
   ConnectionHost,
   PeerInfo,
   SubscribeResult,
+  WillOutcome,
 } from "./host.ts";
 import { Journal } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
@@ -125,10 +126,16 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.connections.add(c);
     this.metrics.connectionsAccepted++;
     this.metrics.connectionsCurrent++;
+    this.metrics.connectionsByListener[peer.transport]++;
     // A TLS or WebSocket handshake that completes after stop() would otherwise stay open with
     // no sweep to time it out, and keep the listener's close() from ever finishing.
     if (this.stoppedWith !== null) c.disconnect(this.stoppedWith, "server shutting down");
     return c;
+  }
+
+  /** A transport's TLS handshake failed (the transport logged it). */
+  handshakeFailed(): void {
+    this.metrics.tlsHandshakeFailures++;
   }
 
   get connectionCount(): number {
@@ -180,7 +187,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const fwd = this.bus.forward(msg);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
+    // One client message in LATENCY_SAMPLE_EVERY is timed from here to each subscriber's outbox.
+    if (info.kind === "client" && this.metrics.sample()) msg.sampledAt = performance.now();
     const n = this.route(msg, fwd.localGroups);
+    // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
+    if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
     if (journal !== null && journal.size !== mark) {
       const p = journal.pending;
@@ -377,28 +388,36 @@ export class BrokerCore implements ConnectionHost, BusHost {
     session: Session | null,
     wasConnected: boolean,
     willAllowed: boolean,
-  ): void {
-    if (!this.connections.delete(conn as Connection)) return;
+  ): WillOutcome {
+    if (!this.connections.delete(conn as Connection)) return "none";
     this.metrics.connectionsCurrent--;
-    if (!wasConnected) return;
-    if (session === null || session.link !== conn) return;
+    this.metrics.connectionsByListener[conn.peer.transport]--;
+    if (!wasConnected) return "none";
+    if (session === null || session.link !== conn) return "none";
     session.link = null;
     const now = this.clock.now();
     if (!willAllowed) session.setWill(null);
     const will = session.will;
+    let outcome: WillOutcome = "none";
     if (will !== null) {
-      if (will.delay === 0 || session.expiryInterval === 0) this.publishWill(session);
-      else session.willAt = now + Math.min(will.delay, session.expiryInterval) * 1000;
+      if (will.delay === 0 || session.expiryInterval === 0) {
+        this.publishWill(session);
+        outcome = "sent";
+      } else {
+        session.willAt = now + Math.min(will.delay, session.expiryInterval) * 1000;
+        outcome = "delayed";
+      }
     }
     if (session.expiryInterval === 0) {
       this.endSession(session);
-      return;
+      return outcome;
     }
     session.expiresAt = session.expiryInterval === NEVER_EXPIRES
       ? Infinity
       : now + session.expiryInterval * 1000;
     this.detached.add(session);
     this.sessionChanged(session);
+    return outcome;
   }
 
   private publishWill(session: Session): void {

@@ -55,6 +55,9 @@ export interface SubscribeResult {
   ready: Promise<void> | null;
 }
 
+/** What became of a closed connection's will: published now, waiting for its delay, or none. */
+export type WillOutcome = "sent" | "delayed" | "none";
+
 /** What a connection needs from the broker core. */
 export interface ConnectionHost {
   readonly limits: CoreLimits;
@@ -86,5 +89,5 @@ export interface ConnectionHost {
     session: Session | null,
     wasConnected: boolean,
     willAllowed: boolean,
-  ): void;
+  ): WillOutcome;
 }
