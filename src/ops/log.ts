@@ -40,7 +40,7 @@ export function parseLogLevels(text: string): Map<string, LevelName> {
 function renderValue(v: unknown): string {
   if (typeof v === "string") return v;
   if (v instanceof Error) return v.stack ?? `${v.name}: ${v.message}`;
-  if (v === undefined) return "-";
+  if (v === undefined || v === null) return "-";
   if (typeof v === "object" && v !== null) {
     try {
       return JSON.stringify(v, jsonReplacer);
