@@ -19,7 +19,8 @@ function maskUrl(value: string): string {
   return value.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*:)[^@/]*@/i, `$1${MASK}@`);
 }
 
-function tomlValue(path: string, value: unknown): string {
+/** A value as TOML, masked when the key is a secret or the value a URL with a password. */
+export function tomlValue(path: string, value: unknown): string {
   if (typeof value === "string") {
     if (isSecret(path) && value !== "") return JSON.stringify(MASK);
     return JSON.stringify(path.endsWith("url") ? maskUrl(value) : value);

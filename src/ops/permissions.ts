@@ -57,7 +57,19 @@ export function permissionProblem(e: unknown): string | null {
   if (!m) return `permission refused (${message.split("\n")[0]})`;
   const [, kind, target] = m;
   const what = target ? `${kind} access to ${target}` : `${kind} access`;
-  const flag = `--allow-${kind}${target ? `=${target}` : ""}`;
-  return `the shipped permissions do not include ${what}; use a path under the working ` +
-    `directory${kind === "write" ? " (certs/ or data/)" : ""}, or run with deno run ${flag}`;
+  if (kind === "read" || kind === "write") {
+    // Grant the directory: files are often written via a temporary name beside them.
+    const dir = target ? dirname(target) : ".";
+    const where = kind === "read" ? "the working directory" : "certs/ or data/";
+    return `the shipped permissions do not include ${what}; use a path under ${where}, or ` +
+      `run from source with deno run --allow-${kind}=${dir} (plus the other flags of ` +
+      `deno task start)`;
+  }
+  return `the shipped permissions do not include ${what}; run from source with deno run ` +
+    `--allow-${kind}${target ? `=${target}` : ""}`;
+}
+
+function dirname(path: string): string {
+  const i = path.lastIndexOf("/");
+  return i < 0 ? "." : i === 0 ? "/" : path.slice(0, i);
 }
