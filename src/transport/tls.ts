@@ -123,9 +123,13 @@ export async function listenNode(
   transport: "tls" | "wss",
 ): Promise<{ address: string; port: number }> {
   server.on("tlsClientError", (err: Error, socket?: tls.TLSSocket) => {
-    const remote = socket?.remoteAddress === undefined
+    // Deno's node:tls leaves the address on the wrapped TCP socket (`_parent`) at this point.
+    const raw = socket?.remoteAddress !== undefined
+      ? socket
+      : (socket as unknown as { _parent?: Socket } | undefined)?._parent;
+    const remote = raw?.remoteAddress === undefined
       ? "unknown"
-      : `${socket.remoteAddress}:${socket.remotePort}`;
+      : `${raw.remoteAddress}:${raw.remotePort}`;
     log.info("TLS handshake with {remote_address} failed on {listener}: {reason}", {
       remote_address: remote,
       listener: transport,
