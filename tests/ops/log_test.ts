@@ -132,13 +132,13 @@ Deno.test("text logs: per-module levels, UTC timestamps with date, reason codes 
       const line = text.split("\n").find((l) => l.includes("client text-client connected"))!;
       assert.match(
         line,
-        /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO  connection: client text-client connected from 127\.0\.0\.1:\d+ over tcp: MQTT 5, user -, keep alive \d+ s, clean start true, session present false$/,
+        /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO {2}connection: client text-client connected from 127\.0\.0\.1:\d+ over tcp: MQTT 5, user -, keep alive \d+ s, clean start true, session present false$/,
       );
       assert.match(text, /disconnected: reason connection_lost, closed by network after [\d.]+ s/);
       // The broker module stays at warning: its info line "listening ..." is not shown.
       assert.doesNotMatch(text, /listening for MQTT/);
       // The security warning (warning level) is.
-      assert.match(text, /WARN  broker: SECURITY WARNING/);
+      assert.match(text, /WARN {2}broker: SECURITY WARNING/);
     },
   );
 });
