@@ -467,9 +467,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   private refuse(code: number, reason: string): void {
     this.host.metrics.connectsRefused++;
-    log.info("refused {clientId} ({addr}): {reason}", {
-      clientId: this.clientId,
-      addr: this.peer.remoteAddress,
+    log.info("refused {client_id} from {remote_address} with {reason_code}: {reason}", {
+      client_id: this.clientId,
+      remote_address: this.peer.remoteAddress,
+      listener: this.peer.transport,
+      reason_code: hex(code),
       reason,
     });
     this.outbox.push(
@@ -718,12 +720,14 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   checkTimeouts(now: number): void {
     if (this.state === State.AwaitingConnect) {
       if (now - this.acceptedAt > this.host.limits.connectTimeoutMs) {
-        log.info("no CONNECT from {addr} in time", { addr: this.peer.remoteAddress });
+        log.info("no CONNECT from {remote_address} in time", {
+          remote_address: this.peer.remoteAddress,
+        });
         this.end(false);
       }
     } else if (this.state === State.Connected) {
       if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
-        log.info("keep alive timeout for {clientId}", { clientId: this.clientId });
+        log.info("keep alive timeout for {client_id}", { client_id: this.clientId });
         this.disconnect(ReasonCode.KeepAliveTimeout, "keep alive timeout");
       } else if (now - this.lastRx > this.host.limits.idleTrimMs) {
         this.outbox.trim();
