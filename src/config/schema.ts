@@ -65,6 +65,23 @@ function listenerFields() {
 
 const WS_PATH_MSG = 'must be a string starting with "/"';
 
+const HOST_PORT_MSG = 'must be a list of "host:port" strings';
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
+
+/** A list of `host:port` seeds (Sentinel or Redis Cluster nodes); env/flags give it comma-separated. */
+function hostPorts() {
+  return z.array(z.string(HOST_PORT_MSG).regex(HOST_PORT, HOST_PORT_MSG), HOST_PORT_MSG)
+    .default([]);
+}
+
+const REDIS_URL_MSG = 'must be "" or a redis:// or rediss:// URL';
+
+function redisUrl() {
+  return z.string(REDIS_URL_MSG).regex(/^(|rediss?:\/\/.*)$/, REDIS_URL_MSG).default("");
+}
+
+const NODE_ID_MSG = 'must be "" (hostname-pid) or letters, digits and "_.:-"';
+
 const shape = {
   general: section("general", {
     websocket: bool(true),
@@ -128,6 +145,25 @@ const shape = {
     enabled: bool(false),
     host: host().default("127.0.0.1"),
     port: int(1, 65535, 6379),
+    url: redisUrl(),
+    username: text(""),
+    password: text(""),
+    tls: bool(false),
+    db: int(0, 65535, 0),
+    key_prefix: nonEmptyText("mcloudtt"),
+    mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
+    sentinels: hostPorts(),
+    sentinel_name: nonEmptyText("mymaster"),
+    cluster_nodes: hostPorts(),
+    durability: oneOf(["sync", "async"], "sync"),
+  }),
+  cluster: section("cluster", {
+    node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
+    lease_renew_ms: int(100, 60000, 2000),
+    lease_ttl_ms: int(300, 600000, 6000),
+    takeover_timeout_ms: int(100, 60000, 3000),
+    reconcile_interval: int(1, 86400, 300),
+    shared_policy: oneOf(["local", "round_robin"], "local"),
   }),
 };
 
@@ -157,6 +193,32 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
         });
       }
     }
+  }
+
+  const redis = config.redis;
+  if (redis.enabled && redis.mode === "sentinel" && redis.sentinels.length === 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "sentinels"],
+      message: 'must list at least one "host:port" when redis.mode = "sentinel"',
+    });
+  }
+  if (redis.enabled && redis.mode === "cluster" && redis.db !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "db"],
+      message: 'must be 0 when redis.mode = "cluster" (Redis Cluster has one database)',
+    });
+  }
+  if (config.cluster.lease_ttl_ms < 2 * config.cluster.lease_renew_ms) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["cluster", "lease_ttl_ms"],
+      message: `must be at least twice cluster.lease_renew_ms (${config.cluster.lease_renew_ms})`,
+      params: {
+        blame: ["cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+      } satisfies CrossFieldParams,
+    });
   }
 
   for (const name of LISTENERS) {
