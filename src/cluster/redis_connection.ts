@@ -30,6 +30,11 @@ export interface RedisConnectionOptions {
   offline?: "fail" | "queue";
   /** Batch every command issued in one event-loop turn into one write (default true). */
   autoPipelining?: boolean;
+  /**
+   * Resend commands that were in flight when the connection dropped (default
+   * true). A reader that must re-read what it may have missed sets false.
+   */
+  resendInFlight?: boolean;
 }
 
 /** Reconnect delay after `attempt` failures: 50 ms doubling to 2 s, with jitter so nodes spread out. */
@@ -89,6 +94,7 @@ function baseOptions(redis: RedisConfig, opts: RedisConnectionOptions): RedisOpt
     // null: a queued command waits for the reconnect however long it takes.
     maxRetriesPerRequest: queue ? null : 1,
     enableAutoPipelining: opts.autoPipelining ?? true,
+    autoResendUnfulfilledCommands: opts.resendInFlight ?? true,
     // A failover makes the old master read-only: reconnect to find the new one.
     reconnectOnError: (err) => err.message.startsWith("READONLY") ? 2 : false,
     lazyConnect: true,

@@ -22,7 +22,7 @@ export interface ClusterUnderTest {
 export interface BusContractOptions {
   name: string;
   newCluster(n: number): Promise<ClusterUnderTest>;
-  /** Case name -> why this implementation skips it. */
+  /** Case name (or "*" for all) -> why this implementation skips it. */
   skip?: Record<string, string>;
   /** How long node death may take to be noticed (default 5 s). */
   deathTimeoutMs?: number;
@@ -309,7 +309,7 @@ function downCount(a: Bus, b: Bus, id: string): number {
 /** Registers one Deno test per contract case. */
 export function runBusContract(opts: BusContractOptions): void {
   for (const [title, [n, body]] of Object.entries(cases)) {
-    const reason = opts.skip?.[title];
+    const reason = opts.skip?.[title] ?? opts.skip?.["*"];
     Deno.test({
       name: `${opts.name}: ${title}${reason ? ` (skipped: ${reason})` : ""}`,
       ignore: reason !== undefined,
