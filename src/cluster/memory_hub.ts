@@ -162,7 +162,7 @@ export class MemoryBus implements Bus {
         try {
           target.host.deliverRemote(msg, groups);
         } catch (e) {
-          log.error(`delivering a forwarded message on ${dest} failed: ${e}`);
+          log.error`delivering a forwarded message on ${dest} failed: ${e}`;
         }
       }
     }
@@ -188,7 +188,7 @@ export function bounded(p: Promise<void>, ms: number): Promise<void> {
   const timeout = new Promise<void>((resolve) => {
     timer = setTimeout(resolve, ms);
   });
-  return Promise.race([p.catch((e) => log.warn(`session takeover: ${e}`)), timeout]).finally(() =>
+  return Promise.race([p.catch((e) => log.warn`session takeover: ${e}`), timeout]).finally(() =>
     clearTimeout(timer)
   );
 }

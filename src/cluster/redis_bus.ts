@@ -158,7 +158,7 @@ export class RedisBus implements Bus {
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
     this.joined = true;
-    log.info(`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`);
+    log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
   }
 
   async stop(): Promise<void> {
@@ -166,6 +166,8 @@ export class RedisBus implements Bus {
     this.stopped = true;
     if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
     for (const r of this.releases.values()) r();
+    // Readers first, so none is blocked on the inbox deleted below.
+    await Promise.all([this.routes.stop(), this.reader?.stop()]);
     if (this.joined && this.cmd.status === "ready") {
       try {
         this.routes.local.clear();
@@ -174,7 +176,7 @@ export class RedisBus implements Bus {
         await this.routes.forgetApplied(this.nodeId);
         await this.cmd.del(this.keys.inbox(this.nodeId));
       } catch (e) {
-        log.warn(`leaving the cluster cleanly failed: ${(e as Error).message}`);
+        log.warn`leaving the cluster cleanly failed: ${(e as Error).message}`;
       }
     }
     await this.shutdown();
@@ -249,7 +251,7 @@ export class RedisBus implements Bus {
 
   releaseSession(clientId: string): void {
     this.scripts.ownerRelease(this.keys.owner(clientId), this.nodeId).catch((e) =>
-      log.warn(`releasing ${clientId}: ${(e as Error).message}`)
+      log.warn`releasing ${clientId}: ${(e as Error).message}`
     );
   }
 
@@ -272,20 +274,20 @@ export class RedisBus implements Bus {
       try {
         await this.host?.sessionTakenOver(clientId);
       } catch (e) {
-        log.warn(`handing over ${clientId} to ${from}: ${(e as Error).message}`);
+        log.warn`handing over ${clientId} to ${from}: ${(e as Error).message}`;
       }
       await this.writer.control(from, { t: "r", q: request });
-    })().catch((e) => log.warn(`replying to a kick from ${from}: ${(e as Error).message}`));
+    })().catch((e) => log.warn`replying to a kick from ${from}: ${(e as Error).message}`);
   };
 
   /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
   private async handleDead(node: string): Promise<void> {
     const n = await this.routes.purge(node);
-    log.warn(`node ${node} is dead: withdrew its ${n} routes`);
+    log.warn`node ${node} is dead: withdrew its ${n} routes`;
     try {
       await this.host?.nodeDown(node);
     } catch (e) {
-      log.error(`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`);
+      log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
     }
     await this.routes.forgetApplied(node);
     await this.cmd.del(this.keys.inbox(node));
@@ -297,7 +299,7 @@ export class RedisBus implements Bus {
     for (const node of holders) {
       if (node === this.nodeId || this.liveness.live.has(node)) continue;
       const n = await this.routes.purge(node);
-      log.info(`withdrew ${n} stale routes of departed node ${node}`);
+      log.info`withdrew ${n} stale routes of departed node ${node}`;
     }
   }
 
@@ -347,10 +349,10 @@ export class RedisBus implements Bus {
         await this.reader?.ensureGroup();
         await this.routes.reannounce();
         await this.routes.reload();
-        if (why !== "reconcile" || lost) log.info(`cluster state resynchronised (${why})`);
+        if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;
         return;
       } catch (e) {
-        log.warn(`resynchronising (${why}) failed: ${(e as Error).message}; retrying`);
+        log.warn`resynchronising (${why}) failed: ${(e as Error).message}; retrying`;
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
       }
     }

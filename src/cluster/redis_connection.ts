@@ -160,12 +160,12 @@ function watchErrors(client: RedisClient, label: string): void {
   client.on("error", (err: Error) => {
     if (down) return;
     down = true;
-    log.warn(`redis ${label}: ${err.message}; reconnecting`);
+    log.warn`redis ${label}: ${err.message}; reconnecting`;
   });
   client.on("ready", () => {
     if (!down) return;
     down = false;
-    log.info(`redis ${label}: connected again`);
+    log.info`redis ${label}: connected again`;
   });
 }
 
@@ -193,6 +193,20 @@ export async function connectRedis(client: RedisClient): Promise<void> {
     client.once("ready", onReady);
     client.once("end", onEnd);
   });
+}
+
+/**
+ * Waits for a command on `client`, but fails as soon as its connection
+ * closes. A command in flight on a client with `resendInFlight: false` is
+ * otherwise never settled when the connection drops (ioredis drops it).
+ */
+export function unlessClosed<T>(client: RedisClient, command: Promise<T>): Promise<T> {
+  let onClose = (): void => {};
+  const closed = new Promise<never>((_, reject) => {
+    onClose = () => reject(new Error("redis connection closed"));
+    client.once("close", onClose);
+  });
+  return Promise.race([command, closed]).finally(() => client.off("close", onClose));
 }
 
 /** `<prefix>:<parts...>`: every key the broker writes starts with the configured prefix. */

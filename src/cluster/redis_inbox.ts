@@ -10,7 +10,7 @@
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { CodecError, decodeBatch } from "./codec.ts";
-import type { RedisClient } from "./redis_connection.ts";
+import { type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -132,7 +132,7 @@ export class InboxWriter {
     Promise.all(writes).then(
       () => turn?.resolve(),
       (e: Error) => {
-        log.warn(`forwarding to other nodes failed: ${e.message}`);
+        log.warn`forwarding to other nodes failed: ${e.message}`;
         turn?.reject(e);
       },
     );
@@ -193,27 +193,33 @@ export class InboxReader {
     while (this.running) {
       try {
         const res = this.pendingFirst
-          ? await this.reader.xreadgroupBuffer(
-            "GROUP",
-            INBOX_GROUP,
-            this.self,
-            "COUNT",
-            64,
-            "STREAMS",
-            this.key,
-            "0",
+          ? await unlessClosed(
+            this.reader,
+            this.reader.xreadgroupBuffer(
+              "GROUP",
+              INBOX_GROUP,
+              this.self,
+              "COUNT",
+              64,
+              "STREAMS",
+              this.key,
+              "0",
+            ),
           )
-          : await this.reader.xreadgroupBuffer(
-            "GROUP",
-            INBOX_GROUP,
-            this.self,
-            "COUNT",
-            64,
-            "BLOCK",
-            2000,
-            "STREAMS",
-            this.key,
-            ">",
+          : await unlessClosed(
+            this.reader,
+            this.reader.xreadgroupBuffer(
+              "GROUP",
+              INBOX_GROUP,
+              this.self,
+              "COUNT",
+              64,
+              "BLOCK",
+              2000,
+              "STREAMS",
+              this.key,
+              ">",
+            ),
           );
         failures = 0;
         const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
@@ -224,11 +230,11 @@ export class InboxReader {
         const msg = (e as Error).message ?? String(e);
         this.pendingFirst = true;
         if (msg.startsWith("NOGROUP")) {
-          log.warn(`inbox ${this.key} or its group vanished (Redis restarted?): recreating`);
+          log.warn`inbox ${this.key} or its group vanished (Redis restarted?): recreating`;
           await this.ensureGroup().catch(() => {});
           continue;
         }
-        if (failures++ === 0) log.warn(`inbox read: ${msg}`);
+        if (failures++ === 0) log.warn`inbox read: ${msg}`;
         await sleep(Math.min(1000, 50 * failures));
       }
     }
@@ -262,9 +268,9 @@ export class InboxReader {
       } catch (e) {
         if (e instanceof CodecError) {
           this.stats.corrupt++;
-          log.warn(`skipping inbox entry ${id}: ${e.message}`);
+          log.warn`skipping inbox entry ${id}: ${e.message}`;
         } else {
-          log.error(`delivering inbox entry ${id} failed: ${(e as Error).stack ?? e}`);
+          log.error`delivering inbox entry ${id} failed: ${(e as Error).stack ?? e}`;
         }
       }
     }

@@ -48,7 +48,7 @@ export class Liveness {
     await this.tick(false);
     this.joined = true;
     this.timer ??= setInterval(() => {
-      this.tick(true).catch((e) => log.debug(`lease renewal failed: ${(e as Error).message}`));
+      this.tick(true).catch((e) => log.debug`lease renewal failed: ${(e as Error).message}`);
     }, this.opts.renewMs);
   }
 
@@ -73,10 +73,9 @@ export class Liveness {
       this.renewedAt = Date.now();
       this.live = new Set(t.live);
       if (t.expelled) {
-        log.error(
-          `node ${this.self} was declared dead by the cluster (lease not renewed for ` +
-            `${this.opts.ttlMs} ms); rejoining`,
-        );
+        const ttl = this.opts.ttlMs;
+        log
+          .error`node ${this.self} was declared dead by the cluster (lease not renewed for ${ttl} ms); rejoining`;
         this.opts.onExpelled();
       }
       for (const node of t.expired) {
@@ -98,11 +97,11 @@ export class Liveness {
         "NX",
       );
       if (ok !== "OK") return;
-      log.warn(`node ${node} stopped renewing its lease: taking over its cleanup`);
+      log.warn`node ${node} stopped renewing its lease: taking over its cleanup`;
       await this.opts.onDead(node);
       // Only now is it gone for good; had we died before, another survivor would claim it.
       await this.cmd.zrem(this.keys.nodes, node);
-    })().catch((e) => log.warn(`handling dead node ${node}: ${(e as Error).message}`))
+    })().catch((e) => log.warn`handling dead node ${node}: ${(e as Error).message}`)
       .finally(() => this.handling.delete(node));
   }
 

@@ -7,7 +7,7 @@
  * the log entry of the new route.
  */
 import { getLogger } from "@logtape/logtape";
-import type { RedisClient } from "./redis_connection.ts";
+import { type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
 import { RouteTrie } from "./route_trie.ts";
 
@@ -64,7 +64,7 @@ export class RouteSync {
       id = await this.write(key, this.local.get(key) ?? 1);
     } catch (e) {
       // Redis is unreachable: the route is announced again on reconnect.
-      log.warn(`route ${key} not written yet: ${(e as Error).message}`);
+      log.warn`route ${key} not written yet: ${(e as Error).message}`;
       return;
     }
     if (id !== null && this.fenceMs > 0) await this.fence(id);
@@ -74,7 +74,7 @@ export class RouteSync {
   remove(key: string): void {
     this.trie.set(key, this.self, false);
     this.write(key, 0).catch((e) =>
-      log.warn(`route ${key} not withdrawn yet: ${(e as Error).message}`)
+      log.warn`route ${key} not withdrawn yet: ${(e as Error).message}`
     );
   }
 
@@ -113,7 +113,7 @@ export class RouteSync {
     for (const [field, count] of Object.entries(table)) {
       const nl = field.indexOf("\n");
       if (nl < 0) {
-        log.warn(`skipping a malformed route table field ${JSON.stringify(field)}`);
+        log.warn`skipping a malformed route table field ${JSON.stringify(field)}`;
         continue;
       }
       const node = field.slice(0, nl);
@@ -157,14 +157,17 @@ export class RouteSync {
     while (this.running) {
       const gen = this.generation;
       try {
-        const res = await this.tail.xread(
-          "COUNT",
-          1000,
-          "BLOCK",
-          2000,
-          "STREAMS",
-          this.keys.log,
-          this.lastId,
+        const res = await unlessClosed(
+          this.tail,
+          this.tail.xread(
+            "COUNT",
+            1000,
+            "BLOCK",
+            2000,
+            "STREAMS",
+            this.keys.log,
+            this.lastId,
+          ),
         );
         failures = 0;
         if (res === null || gen !== this.generation) continue;
@@ -174,7 +177,7 @@ export class RouteSync {
         this.applied();
       } catch (e) {
         if (!this.running) break;
-        if (failures++ === 0) log.warn(`route log tail: ${(e as Error).message}`);
+        if (failures++ === 0) log.warn`route log tail: ${(e as Error).message}`;
         await sleep(Math.min(1000, 50 * failures));
       }
     }
@@ -189,7 +192,7 @@ export class RouteSync {
       else if (fields[i] === "p") present = fields[i + 1];
     }
     if (key === undefined || node === undefined || (present !== "1" && present !== "0")) {
-      log.warn(`skipping a malformed route log entry ${id}`);
+      log.warn`skipping a malformed route log entry ${id}`;
       return;
     }
     // This node's own routes are kept locally; a late echo must not undo a newer local change.
@@ -228,7 +231,7 @@ export class RouteSync {
       if (behind.length === 0) return;
       await sleep(2);
     }
-    log.debug(`route fence for ${id} timed out after ${this.fenceMs} ms`);
+    log.debug`route fence for ${id} timed out after ${this.fenceMs} ms`;
   }
 
   /** Forgets the applied position of a dead node. */
