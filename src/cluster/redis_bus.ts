@@ -347,6 +347,7 @@ export class RedisBus implements Bus {
         const lost = await this.checkMarker();
         await this.liveness.tick(false);
         await this.reader?.ensureGroup();
+        await this.purgeDeparted();
         await this.routes.reannounce();
         await this.routes.reload();
         if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;

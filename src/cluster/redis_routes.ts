@@ -217,10 +217,12 @@ export class RouteSync {
     const deadline = Date.now() + this.fenceMs;
     // Our own tail sees the entry at about the time the others do.
     if (compareIds(this.lastId, id) < 0) {
-      await Promise.race([
-        new Promise<void>((resolve) => this.waiters.push({ id, resolve })),
-        sleep(this.fenceMs),
-      ]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.waiters.push({ id, resolve });
+        timer = setTimeout(resolve, this.fenceMs);
+      });
+      clearTimeout(timer);
     }
     while (this.running && Date.now() < deadline) {
       const applied = await this.cmd.hgetall(this.keys.applied).catch(() => null);
