@@ -5,6 +5,7 @@
  * `@cdktf/hcl2json` (HashiCorp's HCL parser compiled to WebAssembly).
  */
 import { parse as parseHcl } from "@cdktf/hcl2json";
+import { DockerfileParser } from "dockerfile-ast";
 import { basename, join, relative } from "node:path";
 import { parseAllDocuments } from "yaml";
 
@@ -363,3 +364,40 @@ export const rootBuild: () => Promise<Build> = memo(() => kustomizeBuild(K8S));
 export const gkeBuild: () => Promise<Build> = memo(async () =>
   kustomizeBuild(`${K8S}/gke`, { [`${K8S}/gke/terraform.env`]: await terraformKustomizeEnv() })
 );
+
+/** The Dockerfile's final stage: its instructions and the environment it sets. */
+export async function dockerfileFinalStage(): Promise<{
+  instructions: { keyword: string; args: string; flags: string[] }[];
+  env: Record<string, string>;
+}> {
+  const df = DockerfileParser.parse(await Deno.readTextFile(`${ROOT}Dockerfile`));
+  const all = df.getInstructions();
+  const lastFrom = all.findLastIndex((i) => i.getKeyword() === "FROM");
+  const instructions = all.slice(lastFrom).map((i) => ({
+    keyword: i.getKeyword(),
+    args: i.getArguments().map((a) => a.getValue()).join(" "),
+    flags: "getFlags" in i
+      ? (i as unknown as { getFlags(): Flag[] }).getFlags().map((f) =>
+        `--${f.getName()}${f.getValue() === null ? "" : `=${f.getValue()}`}`
+      )
+      : [],
+  }));
+  const env: Record<string, string> = {};
+  for (const i of all.slice(lastFrom)) {
+    if (i.getKeyword() !== "ENV") continue;
+    for (const p of (i as unknown as { getProperties(): Property[] }).getProperties()) {
+      env[p.getName()] = p.getValue() ?? "";
+    }
+  }
+  return { instructions, env };
+}
+
+interface Flag {
+  getName(): string;
+  getValue(): string | null;
+}
+
+interface Property {
+  getName(): string;
+  getValue(): string | null;
+}
