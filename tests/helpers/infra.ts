@@ -4,10 +4,13 @@
  * cannot silently diverge from the real tool) and a reader of the Terraform files through
  * `@cdktf/hcl2json` (HashiCorp's HCL parser compiled to WebAssembly).
  */
+// @ts-types="./hcl2json.d.ts"
 import { parse as parseHcl } from "@cdktf/hcl2json";
 import { DockerfileParser } from "dockerfile-ast";
 import { basename, join, relative } from "node:path";
 import { parseAllDocuments } from "yaml";
+
+export { parseHcl };
 
 /** Repository root, with a trailing slash. */
 export const ROOT = new URL("../../", import.meta.url).pathname;

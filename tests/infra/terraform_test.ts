@@ -5,12 +5,12 @@
  * README's steps use. No terraform binary or Google access is needed.
  */
 import assert from "node:assert/strict";
-import { parse as parseHcl } from "@cdktf/hcl2json";
 import {
   gkeBuild,
   interpolations,
   loadTerraform,
   parseEnvFile,
+  parseHcl,
   podSpec,
   TERRAFORM,
   type Terraform,
