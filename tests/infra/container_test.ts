@@ -53,6 +53,27 @@ Deno.test("the Dockerfile keeps the house rules", async () => {
   assert.ok(runs.some((r) => /^deno install --frozen\b/.test(r)), "deno.lock is enforced");
   assert.ok(runs.includes("deno task compile"), "the compile task's one list of permissions");
   assert.doesNotMatch(text, /--allow-/, "no second list of permissions in the Dockerfile");
+  const compile = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks.compile as string;
+  const output = compile.match(/--output[= ](\S+)/)?.[1];
+  const workdir = all.find((i) => i.getKeyword() === "WORKDIR")!.getArgumentsContent();
+  assert.ok(
+    text.includes(`ARG BINARY=${workdir}/${output}`),
+    `ARG BINARY is where the compile task writes (${workdir}/${output})`,
+  );
+  // The build context holds only what the build copies: never certs/ with its private keys.
+  const ignore = (await Deno.readTextFile(`${ROOT}.dockerignore`)).split("\n").map((l) => l.trim());
+  assert.equal(
+    ignore.find((l) => l && !l.startsWith("#")),
+    "*",
+    ".dockerignore starts from nothing",
+  );
+  for (
+    const i of all.filter((i) => i.getKeyword() === "COPY" && !/--from/.test(i.getTextContent()))
+  ) {
+    for (const src of i.getArgumentsContent()!.split(/\s+/).slice(0, -1)) {
+      assert.ok(ignore.includes(`!${src}`), `.dockerignore lets ${src} in`);
+    }
+  }
   assert.doesNotMatch(text, /^ADD /m);
 
   const { instructions, env } = await dockerfileFinalStage();
