@@ -114,6 +114,11 @@ const shape = {
     max_session_expiry_interval: int(0, 4294967295, 4294967295),
     max_outgoing_bytes: int(65536, 1073741824, 1048576),
   }),
+  storage: section("storage", {
+    enabled: bool(true),
+    dir: nonEmptyText("data"),
+    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+  }),
   bigquery: section("bigquery", {
     enabled: bool(false),
     project_id: text(""),

@@ -21,6 +21,8 @@ export async function startBroker(overrides: DeepPartial<Config> = {}): Promise<
     ...overrides,
     general: { secure: false, websocket: false, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
+    // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
+    storage: { enabled: false, ...overrides.storage },
   };
   const broker = createBroker(config);
   await broker.start();
@@ -343,7 +345,7 @@ export async function copyProject(dest: string): Promise<void> {
 export const START_PERMISSIONS = [
   "--allow-net",
   "--allow-read",
-  "--allow-write=certs",
+  "--allow-write=certs,data",
   "--allow-env",
   "--allow-sys",
 ];
