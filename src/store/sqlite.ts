@@ -49,16 +49,16 @@ const SQL = {
     will_at, will_topic, will_payload, will_qos, will_retain, will_props, will_expires_at,
     will_origin, will_delay, will_expiry, subscriptions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
   sessionDelete: `DELETE FROM sessions WHERE client_id = ?`,
-  queueClear: `DELETE FROM queue WHERE client_id = ?`,
-  inflightClear: `DELETE FROM inflight WHERE client_id = ?`,
+  queueClear: `DELETE FROM queue WHERE client_id = ? RETURNING msg_id`,
+  inflightClear: `DELETE FROM inflight WHERE client_id = ? RETURNING msg_id`,
   qos2Clear: `DELETE FROM qos2 WHERE client_id = ?`,
   // Ops on a session that does not exist are ignored, as apply.ts defines.
   enqueue: `INSERT INTO queue (client_id, seq, msg_id, qos, retain, sub_ids)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
-  dequeue: `DELETE FROM queue WHERE client_id = ? AND seq = ?`,
+  dequeue: `DELETE FROM queue WHERE client_id = ? AND seq = ? RETURNING msg_id`,
   inflightPut: `INSERT INTO inflight (client_id, packet_id, msg_id, qos, retain, sub_ids, released)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
-  inflightDelete: `DELETE FROM inflight WHERE client_id = ? AND packet_id = ?`,
+  inflightDelete: `DELETE FROM inflight WHERE client_id = ? AND packet_id = ? RETURNING msg_id`,
   qos2Add: `INSERT OR IGNORE INTO qos2 (client_id, packet_id)
     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
   qos2Delete: `DELETE FROM qos2 WHERE client_id = ? AND packet_id = ?`,
@@ -68,6 +68,7 @@ const SQL = {
   messageInsert: `INSERT INTO messages (id, topic, payload, qos, retain, props, expires_at, origin)
     VALUES (?,?,?,?,?,?,?,?)`,
   messageExists: `SELECT 1 AS x FROM messages WHERE id = ?`,
+  messageRefs: `UPDATE messages SET refs = refs + ? WHERE id = ?`,
   messageGc: `DELETE FROM messages WHERE refs <= 0`,
   sessionsAll: `SELECT * FROM sessions`,
   sessionOne: `SELECT * FROM sessions WHERE client_id = ?`,
@@ -103,6 +104,8 @@ export class SqliteStore implements Store {
   private written = new WeakMap<StoredMessage, number>();
   /** Rows of messages known to exist during the batch being written. */
   private readonly inBatch = new Map<StoredMessage, number>();
+  /** Net change of each message's reference count in the batch being written. */
+  private readonly refDelta = new Map<number, number>();
 
   constructor(readonly options: SqliteStoreOptions) {
     this.path = `${options.dir.replace(/\/+$/, "") || "/"}/${options.file ?? DB_FILE}`;
@@ -161,6 +164,7 @@ export class SqliteStore implements Store {
       const st = this.statements();
       transaction(this.db!, () => {
         for (const op of ops) this.apply(st, op);
+        for (const [id, d] of this.refDelta) if (d !== 0) st.messageRefs.run(d, id);
         st.messageGc.run();
       });
       return Promise.resolve();
@@ -168,6 +172,7 @@ export class SqliteStore implements Store {
       return Promise.reject(e);
     } finally {
       this.inBatch.clear();
+      this.refDelta.clear();
     }
   }
 
@@ -227,19 +232,17 @@ export class SqliteStore implements Store {
         st.sessionDelete.run(op.clientId);
         return;
       case "enqueue":
-        st.enqueue.run(
-          ...deliveryValues(op.clientId, op.seq, this.messageId(op.item.msg), op.item),
-        );
+        this.enqueue(st, op.clientId, op.seq, op.item);
         return;
       case "dequeue":
-        st.dequeue.run(op.clientId, op.seq);
+        this.unref(st.dequeue.get(op.clientId, op.seq));
         return;
       case "inflight":
-        st.inflightDelete.run(op.clientId, op.item.packetId);
+        this.unref(st.inflightDelete.get(op.clientId, op.item.packetId));
         this.putInflight(st, op.clientId, op.item);
         return;
       case "inflight-delete":
-        st.inflightDelete.run(op.clientId, op.packetId);
+        this.unref(st.inflightDelete.get(op.clientId, op.packetId));
         return;
       case "qos2-add":
         st.qos2Add.run(op.clientId, op.packetId);
@@ -257,9 +260,26 @@ export class SqliteStore implements Store {
   }
 
   private clearSession(st: Statements, clientId: string): void {
-    st.queueClear.run(clientId);
-    st.inflightClear.run(clientId);
+    for (const row of st.queueClear.all(clientId)) this.unref(row);
+    for (const row of st.inflightClear.all(clientId)) this.unref(row);
     st.qos2Clear.run(clientId);
+  }
+
+  /** Counts a reference to message `id` if `inserted` rows were written. */
+  private ref(id: number, inserted: number | bigint): void {
+    if (inserted) this.refDelta.set(id, (this.refDelta.get(id) ?? 0) + 1);
+  }
+
+  /** Counts the reference a deleted queue or inflight row (`RETURNING msg_id`) held. */
+  private unref(row: Row | undefined): void {
+    if (row === undefined) return;
+    const id = Number(row.msg_id);
+    this.refDelta.set(id, (this.refDelta.get(id) ?? 0) - 1);
+  }
+
+  private enqueue(st: Statements, clientId: string, seq: number, d: StoredDelivery): void {
+    const id = this.messageId(d.msg);
+    this.ref(id, st.enqueue.run(...deliveryValues(clientId, seq, id, d)).changes);
   }
 
   private putSession(st: Statements, s: SessionState): void {
@@ -277,16 +297,24 @@ export class SqliteStore implements Store {
       ...will,
       JSON.stringify(s.subscriptions.map(subscriptionTuple)),
     );
-    for (const q of s.queue) {
-      st.enqueue.run(...deliveryValues(s.clientId, q.seq, this.messageId(q.msg), q));
-    }
+    for (const q of s.queue) this.enqueue(st, s.clientId, q.seq, q);
     for (const f of s.inflight) this.putInflight(st, s.clientId, f);
     for (const p of s.incomingQos2) st.qos2Add.run(s.clientId, p);
   }
 
   private putInflight(st: Statements, clientId: string, f: StoredInflight): void {
-    const [c, , id, qos, retain, subIds] = deliveryValues(clientId, 0, this.messageId(f.msg), f);
-    st.inflightPut.run(c, f.packetId, id, qos, retain, subIds, f.released ? 1 : 0);
+    const id = this.messageId(f.msg);
+    const [c, , , qos, retain, subIds] = deliveryValues(clientId, 0, id, f);
+    const { changes } = st.inflightPut.run(
+      c,
+      f.packetId,
+      id,
+      qos,
+      retain,
+      subIds,
+      f.released ? 1 : 0,
+    );
+    this.ref(id, changes);
   }
 
   /** The row of `msg`, written now unless this batch or an earlier one already holds it. */
