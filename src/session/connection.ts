@@ -54,9 +54,9 @@ import type {
   PeerInfo,
 } from "./host.ts";
 import { InboundTopics } from "./inbound_topic.ts";
-import { buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
 import type { Session } from "./session.ts";
-import { decideSubscriptions, wantsRetained } from "./subscribe.ts";
+import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
 
 export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
@@ -461,25 +461,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.state = State.Connected;
     this.host.sessionChanged(session);
 
-    const limits = this.host.limits;
-    const connackProps = this.v5
-      ? {
-        receiveMaximum: limits.receiveMaximum,
-        maximumPacketSize: limits.maxPacketSize,
-        topicAliasMaximum: limits.topicAliasMaximum,
-        retainAvailable: true,
-        wildcardSubscriptionAvailable: true,
-        subscriptionIdentifiersAvailable: true,
-        sharedSubscriptionAvailable: true,
-        ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
-        ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
-        ...(n.grantedExpiry !== n.requestedExpiry
-          ? { sessionExpiryInterval: n.grantedExpiry }
-          : {}),
-      }
-      : {};
+    const props = this.v5 ? connackProperties(n, this.host.limits) : {};
     this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, present, 0, connackProps, this.clientMaxPacket),
+      encodeConnack(this.level as ProtocolLevel, present, 0, props, this.clientMaxPacket),
     );
     session.attach(this);
     this.releaseGate();
@@ -592,22 +576,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const finish = () => {
       if (this.state === State.Closed) return;
       this.outbox.push(encodeSuback(level, pkt.packetId, codes));
-      this.sendRetained(session, withRetained);
+      if (withRetained.length !== 0) sendRetained(this.host, session, withRetained);
     };
     if (waits === null) finish();
     // A route that could not be written is retried by the cluster; the local subscription holds.
     else Promise.all(waits).catch(() => {}).then(finish);
-  }
-
-  private sendRetained(session: Session, subs: Subscription[]): void {
-    if (subs.length === 0) return;
-    const now = this.host.clock.now();
-    for (const sub of subs) {
-      for (const msg of this.host.retainedFor(sub.filter)) {
-        if (msg.expired(now)) continue;
-        session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
-      }
-    }
   }
 
   private onUnsubscribe(buf: Uint8Array, start: number, end: number): void {
