@@ -283,7 +283,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         break;
       case State.AwaitingConnect:
         if (type !== PacketType.CONNECT) {
-          throw new ProtocolError("first packet is not CONNECT");
+          throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
         this.onConnect(buf, start, end);
@@ -353,9 +353,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.onDisconnect(buf, start, end);
         return false;
       case PacketType.CONNECT:
-        throw new ProtocolError("second CONNECT on one connection");
+        throw new ProtocolError(ReasonCode.ProtocolError, "second CONNECT on one connection");
       case PacketType.AUTH:
-        throw new ProtocolError("AUTH without an authentication method");
+        throw new ProtocolError(ReasonCode.ProtocolError, "AUTH without an authentication method");
     }
     return true;
   }
@@ -512,8 +512,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       }
       if (session.incomingQos2Count > host.limits.receiveMaximum) {
         throw new ProtocolError(
-          "more unacknowledged QoS 2 messages than Receive Maximum",
           ReasonCode.ReceiveMaximumExceeded,
+          "more unacknowledged QoS 2 messages than Receive Maximum",
         );
       }
     }
@@ -609,7 +609,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const session = this.session!;
     if (d.sessionExpiryInterval !== undefined) {
       if (session.expiryInterval === 0 && d.sessionExpiryInterval !== 0) {
-        throw new ProtocolError("Session Expiry Interval changed from 0 at DISCONNECT");
+        throw new ProtocolError(
+          ReasonCode.ProtocolError,
+          "Session Expiry Interval changed from 0 at DISCONNECT",
+        );
       }
       session.setExpiry(Math.min(d.sessionExpiryInterval, this.host.limits.maxSessionExpiry));
     }

@@ -33,7 +33,7 @@ export function decideSubscriptions(
       continue;
     }
     if (tf.group !== null && req.noLocal) {
-      throw new ProtocolError("No Local on a shared subscription");
+      throw new ProtocolError(ReasonCode.ProtocolError, "No Local on a shared subscription");
     }
     if (!mayRead(tf.filter)) {
       out.push({ code: ReasonCode.NotAuthorized });
