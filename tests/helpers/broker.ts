@@ -444,3 +444,32 @@ export function startMain(cwd: string, args: string[], script = "main.ts"): Main
     },
   };
 }
+
+/** Asserts that the broker sends nothing to `c` for `ms` (and keeps the connection open). */
+export async function expectSilence(c: RawClient, ms = 300): Promise<void> {
+  let got: Packet | null | undefined;
+  try {
+    got = await c.next(ms);
+  } catch (e) {
+    if (e instanceof Error && /timed out/.test(e.message)) return;
+    throw e;
+  }
+  throw new Error(`expected silence, got ${got === null ? "a close" : JSON.stringify(got)}`);
+}
+
+/**
+ * Messages that arrived in `inbox` before the next one on the `marker` topic
+ * (the marker is consumed): publish a marker after the messages under test to
+ * prove that nothing else came first.
+ */
+export async function receivedBefore(
+  inbox: { next(timeoutMs?: number): Promise<Received> },
+  marker = "end",
+): Promise<Received[]> {
+  const out: Received[] = [];
+  for (;;) {
+    const m = await inbox.next();
+    if (m.topic === marker) return out;
+    out.push(m);
+  }
+}
