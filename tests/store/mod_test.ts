@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { loadConfig, resolveConfig } from "../../src/config/mod.ts";
 import { createStore, MemoryStore, SqliteStore } from "../../src/store/mod.ts";
+import { withTempDir } from "../helpers/fs.ts";
 
 Deno.test("createStore: [storage] enabled = false is the in-memory store, journaling nothing", () => {
   const store = createStore(resolveConfig({ storage: { enabled: false } }));
@@ -17,9 +18,8 @@ Deno.test("createStore: by default, SQLite in ./data with ack-after-write", () =
   assert.equal(store.options.sync, "ack-after-write");
 });
 
-Deno.test("createStore: MCLOUDTT_STORAGE_DIR and --storage.sync reach the SQLite store", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-store-mod-" });
-  try {
+Deno.test("createStore: MCLOUDTT_STORAGE_DIR and --storage.sync reach the SQLite store", () =>
+  withTempDir(async (dir) => {
     const { config } = loadConfig({
       args: ["--storage.sync=async"],
       env: { MCLOUDTT_STORAGE_DIR: `${dir}/state` },
@@ -32,7 +32,4 @@ Deno.test("createStore: MCLOUDTT_STORAGE_DIR and --storage.sync reach the SQLite
     await store.write([{ type: "retain-delete", topic: "x" }]);
     await store.close();
     assert.ok((await Deno.stat(`${dir}/state/mcloudtt.db`)).isFile);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
