@@ -39,16 +39,41 @@ export class JsonlDestination implements Destination {
   }
 
   async send(rows: readonly TopicRow[]): Promise<SendResult> {
-    const bytes = this.encoder.encode(rows.map((r) => JSON.stringify(r) + "\n").join(""));
     try {
-      if (this.size > 0 && this.size + bytes.length > this.opts.maxBytes) await this.rotate();
-      await Deno.writeFile(this.opts.path, bytes, { append: true, create: true });
-      this.size += bytes.length;
+      // Cut the batch where the file would pass max_bytes (a single larger row gets a file of its own).
+      let chunk: Uint8Array[] = [];
+      let chunkBytes = 0;
+      for (const row of rows) {
+        const line = this.encoder.encode(JSON.stringify(row) + "\n");
+        if (
+          this.size + chunkBytes > 0 && this.size + chunkBytes + line.length > this.opts.maxBytes
+        ) {
+          await this.write(chunk, chunkBytes);
+          chunk = [];
+          chunkBytes = 0;
+          if (this.size > 0) await this.rotate();
+        }
+        chunk.push(line);
+        chunkBytes += line.length;
+      }
+      await this.write(chunk, chunkBytes);
       return OK;
     } catch (e) {
       // Disk full, directory removed, ...: the queue retries with backoff.
       throw new TransientError(`writing ${this.opts.path}: ${e}`);
     }
+  }
+
+  private async write(lines: Uint8Array[], bytes: number): Promise<void> {
+    if (bytes === 0) return;
+    const buf = new Uint8Array(bytes);
+    let pos = 0;
+    for (const l of lines) {
+      buf.set(l, pos);
+      pos += l.length;
+    }
+    await Deno.writeFile(this.opts.path, buf, { append: true, create: true });
+    this.size += bytes;
   }
 
   private async rotate(): Promise<void> {

@@ -111,6 +111,8 @@ export class QueueSink implements Sink {
   private spilling = false;
   private loading = false;
   private readonly batches = new Set<Batch>();
+  /** Segment deletions under way (stop waits for them). */
+  private readonly removals = new Set<Promise<void>>();
   private flushDue = false;
   private pumpScheduled = false;
   private blockedUntil = 0;
@@ -446,10 +448,12 @@ export class QueueSink implements Sink {
     e.done?.(outcome);
     const ref = e.seg;
     if (ref !== null && --ref.left === 0) {
-      this.spill!.remove(ref.segment).then(() => {
+      const removal = this.spill!.remove(ref.segment).then(() => {
         this.stats.spillBytes = this.spill!.bytes;
         this.schedulePump();
-      }).catch((err) => this.log.error(`topic log (${this.name}): ${err}`));
+      }).catch((err) => this.log.error(`topic log (${this.name}): ${err}`))
+        .finally(() => this.removals.delete(removal));
+      this.removals.add(removal);
     }
   }
 
@@ -530,6 +534,7 @@ export class QueueSink implements Sink {
     // Rows read back from a segment are still on disk: the next run replays them.
     const fresh = left.filter((e) => e.seg === null);
     if (this.spill) {
+      await Promise.all(this.removals);
       try {
         await this.spill.flushed();
         await this.spill.prepend(fresh.map((e) => this.materialize(e)));

@@ -166,8 +166,9 @@ export function toRow(msg: Message, info: PublishInfo, nodeId: string, id: strin
 }
 
 /**
- * Row ids: node id, a start-up stamp and a sequence number. Unique for every
- * message logged by this process and by any earlier or later run of the node,
+ * Row ids: node id, a start-up stamp with a random part, and a sequence
+ * number. Unique for every message logged by this process and by any earlier
+ * or later run of the node (or a second sink started in the same millisecond),
  * and fixed when the row is made, so every retry and every replay from the
  * spill file sends the same insertId and BigQuery drops the duplicates.
  */
@@ -176,7 +177,7 @@ export class RowIds {
   private readonly prefix: string;
 
   constructor(nodeId: string, startedAt = Date.now()) {
-    this.prefix = `${nodeId}-${startedAt.toString(36)}-`;
+    this.prefix = `${nodeId}-${startedAt.toString(36)}${crypto.randomUUID().slice(0, 6)}-`;
   }
 
   next(): string {
