@@ -6,10 +6,11 @@
 import { getLogger, type Logger } from "@logtape/logtape";
 import type { Config } from "../config/mod.ts";
 import type { Message } from "../protocol/message.ts";
-import { BigQueryDestination } from "./bigquery.ts";
+import type { BigQueryDestinationOptions } from "./bigquery.ts";
 import { JsonlDestination } from "./jsonl.ts";
 import { noSink } from "./memory.ts";
-import { QueueSink } from "./queue.ts";
+import { type Destination, QueueSink, type SendResult } from "./queue.ts";
+import type { TopicRow } from "./row.ts";
 import type { SinkStats } from "./stats.ts";
 import type { PublishInfo, Sink } from "./types.ts";
 
@@ -29,10 +30,35 @@ export function defaultNodeId(): string {
   }
 }
 
+/**
+ * Loads the Google client library only when a BigQuery sink starts: a broker
+ * without a topic log does not pay its start-up time and memory.
+ */
+class LazyBigQuery implements Destination {
+  readonly name = "bigquery";
+  private inner: Destination | null = null;
+
+  constructor(private readonly opts: BigQueryDestinationOptions, private readonly log: Logger) {}
+
+  async start(): Promise<void> {
+    const { BigQueryDestination } = await import("./bigquery.ts");
+    this.inner = new BigQueryDestination(this.opts, this.log);
+    await this.inner.start();
+  }
+
+  send(rows: readonly TopicRow[]): Promise<SendResult> {
+    return this.inner!.send(rows);
+  }
+
+  close(): Promise<void> {
+    return this.inner?.close() ?? Promise.resolve();
+  }
+}
+
 /** The BigQuery sink of `config.bigquery` (whether enabled or not: the adapter uses it too). */
 export function bigQuerySink(config: Config, log: Logger, nodeId: string): QueueSink {
   const bq = config.bigquery;
-  const dest = new BigQueryDestination({
+  const dest = new LazyBigQuery({
     projectId: bq.project_id,
     datasetId: bq.dataset_id,
     tableId: bq.table_id,
