@@ -82,6 +82,8 @@ interface Entry {
   row: TopicRow | null;
   msg: Message | null;
   info: PublishInfo | null;
+  /** Receive time, ms since the epoch. */
+  at: number;
   id: string;
   done: ((o: Outcome) => void) | null;
   seg: SegmentRef | null;
@@ -191,6 +193,9 @@ export class QueueSink implements Sink {
         row: null,
         msg: msg.own(),
         info,
+        // The core may leave receivedAt at 0 (it reuses one info per connection); offer runs
+        // inside the publish call, so now is when the message arrived.
+        at: info.receivedAt || Date.now(),
         id: this.ids.next(),
         done: null,
         seg: null,
@@ -209,7 +214,7 @@ export class QueueSink implements Sink {
       done?.("dropped");
       return;
     }
-    this.admit({ row, msg: null, info: null, id: row.id, done: done ?? null, seg: null });
+    this.admit({ row, msg: null, info: null, at: 0, id: row.id, done: done ?? null, seg: null });
   }
 
   private get memLength(): number {
@@ -266,7 +271,7 @@ export class QueueSink implements Sink {
 
   private materialize(e: Entry): TopicRow {
     if (e.row === null) {
-      e.row = toRow(e.msg!, e.info!, this.opts.nodeId, e.id);
+      e.row = toRow(e.msg!, e.info!, this.opts.nodeId, e.id, e.at);
       e.msg = null;
       e.info = null;
     }
@@ -343,7 +348,15 @@ export class QueueSink implements Sink {
           const ref: SegmentRef = { segment: got.segment, left: got.rows.length };
           this.stats.replayed += got.rows.length;
           for (const row of got.rows) {
-            this.replay.push({ row, msg: null, info: null, id: row.id, done: null, seg: ref });
+            this.replay.push({
+              row,
+              msg: null,
+              info: null,
+              at: 0,
+              id: row.id,
+              done: null,
+              seg: ref,
+            });
           }
         }
       }

@@ -145,8 +145,18 @@ function toBase64(bytes: Uint8Array): string {
   return btoa(s);
 }
 
-/** Builds the row for one message; `id` must be unique per message (see RowIds). */
-export function toRow(msg: Message, info: PublishInfo, nodeId: string, id: string): TopicRow {
+/**
+ * Builds the row for one message; `id` must be unique per message (see
+ * RowIds). `at` is when it was received (info.receivedAt, when the core
+ * fills it in); the client id falls back to the message's origin (wills).
+ */
+export function toRow(
+  msg: Message,
+  info: PublishInfo,
+  nodeId: string,
+  id: string,
+  at = info.receivedAt,
+): TopicRow {
   const props = decodeRowProperties(msg.props);
   return {
     id,
@@ -156,11 +166,11 @@ export function toRow(msg: Message, info: PublishInfo, nodeId: string, id: strin
     content_type: props.contentType,
     qos: msg.qos,
     retain: msg.retain,
-    client_id: info.clientId,
+    client_id: info.clientId || msg.origin,
     username: info.username ?? null,
     node_id: nodeId,
     kind: info.kind,
-    publish_time: new Date(info.receivedAt).toISOString(),
+    publish_time: new Date(at).toISOString(),
     user_properties: props.userProperties,
   };
 }
