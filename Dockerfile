@@ -5,7 +5,7 @@ WORKDIR /src
 COPY deno.json deno.lock ./
 COPY main.ts mod.ts ./
 COPY src ./src
-RUN deno compile --frozen --allow-net --allow-read --allow-write=certs --allow-env --allow-sys \
+RUN deno compile --frozen --allow-net --allow-read --allow-write=certs,data --allow-env --allow-sys \
       --output /out/mcloudtt main.ts
 # Copy every library the binary links (and the dynamic loader) into a root for the final stage.
 RUN mkdir -p /rootfs/etc/ssl/certs /rootfs/data/certs /rootfs/tmp \

@@ -27,7 +27,7 @@ import { Router } from "./router/router.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
 import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
-import { MemoryStore } from "./store/memory.ts";
+import { createStore } from "./store/mod.ts";
 import type { Store } from "./store/types.ts";
 import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
@@ -115,7 +115,8 @@ export class Broker {
       auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
       bus: deps.bus ?? localBus,
-      store: deps.store ?? new MemoryStore(),
+      store: deps.store ?? createStore(config),
+      ackAfterWrite: config.storage.sync === "ack-after-write",
       sink: deps.sink ?? createSink(config),
       clock: deps.clock ?? systemClock,
     });

@@ -135,6 +135,11 @@ const shape = {
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
   }),
+  storage: section("storage", {
+    enabled: bool(true),
+    dir: nonEmptyText("data"),
+    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+  }),
   bigquery: section("bigquery", {
     enabled: bool(false),
     project_id: text(""),
@@ -150,7 +155,7 @@ const shape = {
     flush_interval_ms: int(10, 600000, 1000),
     max_queue: int(1, 10000000, 100000),
     overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
-    spill_dir: nonEmptyText("data/topic-log-spill"),
+    spill_dir: text(""),
     spill_max_bytes: int(1048576, 1099511627776, 1073741824),
     max_concurrent_requests: int(1, 64, 4),
     request_timeout_ms: int(100, 600000, 10000),
@@ -159,7 +164,7 @@ const shape = {
   }),
   topic_log_file: section("topic_log_file", {
     enabled: bool(false),
-    path: nonEmptyText("data/topic-log.jsonl"),
+    path: text(""),
     max_bytes: int(1024, 1099511627776, 104857600),
     max_files: int(0, 1000, 5),
     include: topicFilters(["#"]),

@@ -7,7 +7,9 @@ import type { SubscribePacket } from "../protocol/decode.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
+import type { ConnectionHost } from "./host.ts";
 import type { CoreLimits } from "./limits.ts";
+import type { Session } from "./session.ts";
 
 /** One requested filter: the subscription to add, or the SUBACK code refusing it. */
 export type SubscribeDecision = { sub: Subscription; code?: undefined } | {
@@ -31,7 +33,7 @@ export function decideSubscriptions(
       continue;
     }
     if (tf.group !== null && req.noLocal) {
-      throw new ProtocolError("No Local on a shared subscription");
+      throw new ProtocolError(ReasonCode.ProtocolError, "No Local on a shared subscription");
     }
     if (!mayRead(tf.filter)) {
       out.push({ code: ReasonCode.NotAuthorized });
@@ -58,4 +60,15 @@ export function decideSubscriptions(
 /** Whether a new or replaced subscription gets the retained messages [MQTT-3.3.1-9..11]. */
 export function wantsRetained(sub: Subscription, existed: boolean): boolean {
   return sub.group === null && (sub.retainHandling === 0 || (sub.retainHandling === 1 && !existed));
+}
+
+/** Hands the retained messages matching new subscriptions to their session. */
+export function sendRetained(host: ConnectionHost, session: Session, subs: Subscription[]): void {
+  const now = host.clock.now();
+  for (const sub of subs) {
+    for (const msg of host.retainedFor(sub.filter)) {
+      if (msg.expired(now)) continue;
+      session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
+    }
+  }
 }

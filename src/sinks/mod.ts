@@ -55,6 +55,16 @@ class LazyBigQuery implements Destination {
   }
 }
 
+/** Where rows are spilled: `bigquery.spill_dir`, or a folder in the data directory. */
+export function spillDir(config: Config): string {
+  return config.bigquery.spill_dir || `${config.storage.dir}/topic-log-spill`;
+}
+
+/** The JSON-lines file: `topic_log_file.path`, or a file in the data directory. */
+export function jsonlPath(config: Config): string {
+  return config.topic_log_file.path || `${config.storage.dir}/topic-log.jsonl`;
+}
+
 /** The BigQuery sink of `config.bigquery` (whether enabled or not: the adapter uses it too). */
 export function bigQuerySink(config: Config, log: Logger, nodeId: string): QueueSink {
   const bq = config.bigquery;
@@ -73,7 +83,7 @@ export function bigQuerySink(config: Config, log: Logger, nodeId: string): Queue
     flushIntervalMs: bq.flush_interval_ms,
     maxQueue: bq.max_queue,
     overflow: bq.overflow,
-    spillDir: bq.spill_dir,
+    spillDir: spillDir(config),
     spillMaxBytes: bq.spill_max_bytes,
     concurrency: bq.max_concurrent_requests,
     retryInitialMs: bq.retry_initial_ms,
@@ -89,7 +99,7 @@ export function bigQuerySink(config: Config, log: Logger, nodeId: string): Queue
 export function jsonlSink(config: Config, log: Logger, nodeId: string): QueueSink {
   const f = config.topic_log_file;
   return new QueueSink(
-    new JsonlDestination({ path: f.path, maxBytes: f.max_bytes, maxFiles: f.max_files }),
+    new JsonlDestination({ path: jsonlPath(config), maxBytes: f.max_bytes, maxFiles: f.max_files }),
     {
       batchSize: f.batch_size,
       flushIntervalMs: f.flush_interval_ms,
