@@ -125,7 +125,7 @@ Deno.test("without create_table a missing table stops the start and says how to 
   await assert.rejects(sink.start(), /dataset ds does not exist; .*create_table = true/);
 });
 
-Deno.test("an unreachable BigQuery does not stop the start; rows wait and go in once it answers", async () => {
+Deno.test("an unreachable BigQuery does not stop the start; rows wait and are retried", async () => {
   await using fake = startFakeBigQuery();
   const port = fake.port;
   await fake.close();
