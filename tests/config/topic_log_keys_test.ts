@@ -33,7 +33,10 @@ Deno.test("a bad topic filter, endpoint or retry range names the key", async () 
         return true;
       });
     };
-    fails(["--bigquery.exclude=a/#/b"], /^config error: bigquery\.exclude = \["a\/#\/b"\] \(from flag/);
+    fails(
+      ["--bigquery.exclude=a/#/b"],
+      /^config error: bigquery\.exclude = \["a\/#\/b"\] \(from flag/,
+    );
     fails(["--bigquery.endpoint=localhost:9050"], /bigquery\.endpoint.*http/);
     fails(["--bigquery.retry_initial_ms=500", "--bigquery.retry_max_ms=100"], /retry_max_ms/);
     fails(["--bigquery.overflow=keep"], /"drop-oldest", "spill"/);
