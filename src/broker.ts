@@ -25,7 +25,7 @@ import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
 import { Router } from "./router/router.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
-import { noSink } from "./sinks/memory.ts";
+import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
 import { createStore } from "./store/mod.ts";
 import type { Store } from "./store/types.ts";
@@ -117,7 +117,7 @@ export class Broker {
       bus: deps.bus ?? localBus,
       store: deps.store ?? createStore(config),
       ackAfterWrite: config.storage.sync === "ack-after-write",
-      sink: deps.sink ?? noSink,
+      sink: deps.sink ?? createSink(config),
       clock: deps.clock ?? systemClock,
     });
   }
