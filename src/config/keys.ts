@@ -129,7 +129,7 @@ export function coerceText(kind: KeyKind, text: string): unknown {
     case "string":
       return text;
     case "list":
-      // Comma-separated in env and flags; "" is the empty list.
-      return text.split(",").map((item) => item.trim()).filter((item) => item !== "");
+      // A comma-separated list: `MCLOUDTT_BIGQUERY_EXCLUDE='$SYS/#,tmp/#'`; "" is the empty list.
+      return text.split(",").map((s) => s.trim()).filter((s) => s !== "");
   }
 }
