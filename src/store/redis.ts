@@ -11,7 +11,7 @@
  *   {P:s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
  *   {P:s:<clientId>}:qos2      list: incoming QoS 2 packet ids
  *   {P:n:<nodeId>}:sessions    set: client ids this node wrote (node death)
- *   {P:ret}:t:<topic>          string: retained message (PXAT its expiry)
+ *   {P:ret}:t:<topic>          string: retained message (PX until its expiry)
  *   {P:ret}:index              set: retained topics
  *
  * Every session key expires at the session's expiresAt (plus a grace so the
@@ -66,8 +66,10 @@ export interface RedisStoreOptions {
   readonly ttlGraceMs?: number;
   /** How long an ownership marker of a session that is not stored is kept. */
   readonly tombstoneMs?: number;
-  /** ms since the epoch (tests inject one). */
+  /** The broker's clock, ms since the epoch: TTLs count from it. */
   readonly now?: () => number;
+  /** Close (quit) the client with the store; false when the client is shared. */
+  readonly ownsClient?: boolean;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -197,6 +199,8 @@ export class RedisStore implements Store {
   private readonly graceMs: number;
   private readonly tombstoneMs: number;
   private readonly now: () => number;
+  private readonly ownsClient: boolean;
+  private closed = false;
   /** Client ids already in this node's index set (saves an SADD per write). */
   private readonly indexed = new Set<string>();
 
@@ -206,6 +210,7 @@ export class RedisStore implements Store {
     this.graceMs = opts.ttlGraceMs ?? DEFAULT_TTL_GRACE_MS;
     this.tombstoneMs = opts.tombstoneMs ?? DEFAULT_TOMBSTONE_MS;
     this.now = opts.now ?? Date.now;
+    this.ownsClient = opts.ownsClient ?? false;
   }
 
   /** Checks that Redis answers; the client itself is connected (and closed) by its creator. */
@@ -213,12 +218,15 @@ export class RedisStore implements Store {
     await this.client.ping();
   }
 
-  /** Nothing to release: the ioredis client belongs to whoever created it. */
-  close(): Promise<void> {
-    return Promise.resolve();
+  /** Quits the client when the store owns it; else the client's creator closes it. */
+  async close(): Promise<void> {
+    if (!this.ownsClient || this.closed) return;
+    this.closed = true;
+    await this.client.quit().catch(() => this.client.disconnect());
   }
 
   async write(ops: readonly StoreOp[]): Promise<void> {
+    const now = this.now();
     const groups = new Map<string, (string | Buffer)[]>();
     const retained = this.client.multi();
     let retainedOps = 0;
@@ -227,7 +235,7 @@ export class RedisStore implements Store {
     for (const op of ops) {
       if (op.type === "retain") {
         retainedOps++;
-        this.retainOp(retained, op.msg);
+        this.retainOp(retained, op.msg, now);
         continue;
       }
       if (op.type === "retain-delete") {
@@ -239,7 +247,7 @@ export class RedisStore implements Store {
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
       let args = groups.get(cid);
       if (args === undefined) {
-        args = [this.nodeId, String(this.graceMs), String(this.tombstoneMs)];
+        args = [this.nodeId, String(this.graceMs), String(this.tombstoneMs), String(now)];
         groups.set(cid, args);
       }
       switch (op.type) {
@@ -322,10 +330,17 @@ export class RedisStore implements Store {
     if (stale.length > 0) throw new StaleSessionError(stale, owners);
   }
 
-  private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage): void {
+  private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
     const key = this.keys.retained(msg.topic);
     const value = buf(encodeMessage(msg));
-    if (msg.expiresAt > 0) multi.set(key, value, "PXAT", Math.ceil(msg.expiresAt));
+    // Relative to the node's clock, like the message's expiresAt.
+    const ttl = msg.expiresAt > 0 ? Math.ceil(msg.expiresAt - now) : 0;
+    if (msg.expiresAt > 0 && ttl <= 0) {
+      multi.del(key);
+      multi.srem(this.keys.retainedIndex, msg.topic);
+      return;
+    }
+    if (ttl > 0) multi.set(key, value, "PX", ttl);
     else multi.set(key, value);
     multi.sadd(this.keys.retainedIndex, msg.topic);
   }
@@ -485,8 +500,6 @@ export class RedisStore implements Store {
         skip("a queued message", e);
       }
     }
-    // Stable: entries were appended in journal order; the sort only guards it.
-    items.sort((a, b) => a.seq - b.seq);
     const inflight: StoredInflight[] = [];
     for (const entry of inflightEntries) {
       try {

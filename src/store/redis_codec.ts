@@ -66,6 +66,8 @@ class Writer {
   }
 
   bytes(b: Uint8Array): void {
+    // Checked: a value that is not bytes would otherwise be written as garbage.
+    if (!(b instanceof Uint8Array)) throw new TypeError("a payload or property block is not bytes");
     this.varint(b.length);
     this.room(b.length);
     this.buf.set(b, this.pos);

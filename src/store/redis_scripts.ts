@@ -33,7 +33,9 @@ local function is_bad(bad, k)
   for _, b in ipairs(bad) do if b == k then return true end end
   return false
 end
-local function refresh_ttl(grace, tomb)
+-- TTLs are relative to the node's clock (ARGV now), the clock expiresAt was
+-- computed with, so Redis's own clock does not matter.
+local function refresh_ttl(grace, tomb, now)
   local ea = redis.call('HGET', KEYS[1], 'ea')
   if not ea then
     if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], tomb) end
@@ -42,8 +44,10 @@ local function refresh_ttl(grace, tomb)
   if ea == '0' or ea == 'inf' then
     for k = 1, 5 do redis.call('PERSIST', KEYS[k]) end
   else
-    local at = string.format('%d', math.floor(tonumber(ea)) + grace)
-    for k = 1, 5 do redis.call('PEXPIREAT', KEYS[k], at) end
+    local ms = math.floor(tonumber(ea) - now) + grace
+    if ms < 1 then ms = 1 end
+    local arg = string.format('%d', ms)
+    for k = 1, 5 do redis.call('PEXPIRE', KEYS[k], arg) end
   end
 end
 local function push(cmd, key, from, count)
@@ -83,7 +87,7 @@ end
  * session (meta.node is this node, or unset: then it becomes this node). A
  * node that lost the session to a claim elsewhere gets 'stale' and writes
  * nothing.
- * ARGV: me, grace ms, tombstone ms, then ops:
+ * ARGV: me, grace ms, tombstone ms, now ms, then ops:
  *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" | A pid | B pid
  * Returns {'ok', bad...} (indexes of KEYS) or {'stale', node, epoch}. Wrongly typed keys are
@@ -100,7 +104,7 @@ if node and node ~= me then return {'stale', node, ep or ''} end
 if not node then redis.call('HSET', KEYS[1], 'node', me) end
 for _, k in ipairs(bad) do redis.call('DEL', KEYS[k]) end
 local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
-local i = 4
+local i = 5
 local n = #ARGV
 while i <= n do
   local t = ARGV[i]
@@ -151,7 +155,7 @@ while i <= n do
     return redis.error_reply('unknown store op ' .. tostring(t))
   end
 end
-refresh_ttl(tonumber(ARGV[2]), tonumber(ARGV[3]))
+refresh_ttl(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 local r = {'ok'}
 for _, b in ipairs(bad) do r[#r + 1] = b end
 return r
@@ -206,7 +210,7 @@ if redis.call('HGET', KEYS[1], 'ea') == '0' then
     redis.call('HSET', KEYS[1], 'wa', string.format('%d', now + wd * 1000))
   end
 end
-refresh_ttl(tonumber(ARGV[4]), tonumber(ARGV[5]))
+refresh_ttl(tonumber(ARGV[4]), tonumber(ARGV[5]), now)
 return {ep, bad, read_all(bad)}
 `;
 

@@ -20,7 +20,7 @@ import {
 } from "./redis_fixture.ts";
 
 const ignore = skipWithoutRedis();
-const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+const opts = { ignore };
 
 Deno.test(
   "redis store: a session and its journal ops read back as the memory store applies them",
