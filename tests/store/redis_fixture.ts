@@ -15,6 +15,8 @@ export async function redisClient(server: RedisServer): Promise<Redis & AsyncDis
     lazyConnect: true,
     maxRetriesPerRequest: 2,
   }) as Redis & AsyncDisposable;
+  // A test that kills Redis sees the failed command; the reconnect noise is not news.
+  client.on("error", () => {});
   await client.connect();
   client[Symbol.asyncDispose] = async () => {
     await client.quit().catch(() => client.disconnect());
