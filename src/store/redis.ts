@@ -15,9 +15,10 @@
  *   {P:ret}:index              set: retained topics
  *
  * Every session key expires at the session's expiresAt (plus a grace so the
- * owning node acts on expiry first); a connected session has no TTL. A write
- * is fenced: it applies only while the session's meta names this node, so a
- * node that lost the session (another node loaded it) cannot overwrite it.
+ * owning node acts on expiry first); a connected session has no TTL. Writes
+ * are fenced once a node claimed the session (`claimSession`, called when
+ * the cluster made this node its owner): from then on a write from any other
+ * node fails with {@link StaleSessionError} and changes nothing.
  */
 import { Cluster, type Redis } from "ioredis";
 import { Buffer } from "node:buffer";
@@ -375,7 +376,7 @@ export class RedisStore implements Store {
         const [next, keys] = await node.scan(cursor, "MATCH", this.keys.metaPattern, "COUNT", 500);
         cursor = next;
         const cids = keys.map((k) => this.keys.clientIdOfMeta(k)).filter((c) => c !== null);
-        const states = await Promise.all(cids.map((cid) => this.peekSession(cid)));
+        const states = await Promise.all(cids.map((cid) => this.loadSession(cid)));
         for (const s of states) if (s !== null) out.push(s);
       } while (cursor !== "0");
     }
@@ -386,24 +387,20 @@ export class RedisStore implements Store {
     return this.client instanceof Cluster ? this.client.nodes("master") : [this.client];
   }
 
-  /**
-   * Loads a session and makes this node its owner in the same step (epoch +
-   * 1): the core calls it when the client connects here, after the cluster
-   * bus made this node the owner, so a write from the previous owner fails
-   * from now on. Null when no (readable) session is stored.
-   */
+  /** One session as stored now, or null when none (or none readable) is stored; claims nothing. */
   async loadSession(clientId: string): Promise<SessionState | null> {
-    return (await this.load(clientId, true)).state;
+    return (await this.load(clientId, false)).state;
   }
 
-  /** Makes this node the session's owner (epoch + 1) and returns the epoch. */
+  /**
+   * Fences the session for this node: from now on writes of any other node
+   * fail (epoch + 1, returned). Call it once the cluster made this node the
+   * owner and the previous owner has written back what it had (the bus's
+   * `claimSession` resolved); a node that was stopped (SIGSTOP) and wakes up
+   * later can then no longer overwrite the session.
+   */
   async claimSession(clientId: string): Promise<number> {
     return (await this.load(clientId, true)).epoch;
-  }
-
-  /** Reads a session without claiming it (tools, tests, loadSessions). */
-  async peekSession(clientId: string): Promise<SessionState | null> {
-    return (await this.load(clientId, false)).state;
   }
 
   private async load(
@@ -562,11 +559,14 @@ export class RedisStore implements Store {
     do {
       const [next, cids] = await this.client.sscan(key, cursor, "COUNT", 500);
       cursor = next;
-      const nodes = await Promise.all(
-        cids.map((cid) => this.client.hget(this.keys.session(cid)[0], "node").catch(() => null)),
+      const owners = await Promise.all(
+        cids.map((cid) =>
+          this.client.hmget(this.keys.session(cid)[0], "node", "w").catch(() => [null, null])
+        ),
       );
       cids.forEach((cid, i) => {
-        if (nodes[i] === nodeId) owned.push(cid);
+        // The claim when there is one, else the last writer (as the adopt script decides).
+        if ((owners[i][0] ?? owners[i][1]) === nodeId) owned.push(cid);
       });
     } while (cursor !== "0");
     return owned;

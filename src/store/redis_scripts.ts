@@ -7,15 +7,19 @@
  * back the writes a script made before an error. So every script checks
  * first (key types, the owner guard) and writes only when nothing can fail.
  *
- * The meta hash holds the session's scalar fields and its fencing token:
+ * The meta hash holds the session's scalar fields and who owns it:
  *   v     format version ("1")            cid   client id
  *   o     owner (absent = anonymous)      ei    Session Expiry Interval, s
  *   ea    expiresAt ms ("0" connected, "inf" never)
  *   wa    willAt ms                       will  encoded will (absent = none)
  *   wd    will delay, s (so a script can compute willAt without decoding)
- *   node  node that owns the session      ep    epoch, bumped by every claim
- * A meta hash with only node/ep is an ownership marker (no session stored);
- * it expires after the tombstone time.
+ *   w     node that wrote it last
+ *   node  node that claimed it (the fence) ep   epoch, bumped by every claim
+ * Fencing is opt-in per session: once a node claimed it (`node` set), only
+ * that node's writes apply until another node claims it; a session nobody
+ * claimed takes writes from any node. The owner a dead node's sessions are
+ * checked against is `node` when set, else `w`. A meta with only node/ep is a
+ * claim of a session that is not stored; it expires after the tombstone time.
  */
 
 /** Shared by all scripts: checks key types; returns the names of wrongly typed keys. */
@@ -83,10 +87,8 @@ end
 `;
 
 /**
- * Applies one session's ops of a batch, in order, when this node owns the
- * session (meta.node is this node, or unset: then it becomes this node). A
- * node that lost the session to a claim elsewhere gets 'stale' and writes
- * nothing.
+ * Applies one session's ops of a batch, in order, unless another node
+ * claimed the session: then it returns 'stale' and writes nothing.
  * ARGV: me, grace ms, tombstone ms, now ms, then ops:
  *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" | A pid | B pid
@@ -99,9 +101,7 @@ local bad = wrong_types()
 -- An unreadable meta carries no owner to check against.
 if bad[1] == 1 then redis.call('DEL', KEYS[1]) end
 local node = redis.call('HGET', KEYS[1], 'node')
-local ep = redis.call('HGET', KEYS[1], 'ep')
-if node and node ~= me then return {'stale', node, ep or ''} end
-if not node then redis.call('HSET', KEYS[1], 'node', me) end
+if node and node ~= me then return {'stale', node, redis.call('HGET', KEYS[1], 'ep') or ''} end
 for _, k in ipairs(bad) do redis.call('DEL', KEYS[k]) end
 local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
 local i = 5
@@ -125,7 +125,9 @@ while i <= n do
     exists = true
   elseif t == 'D' then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will')
+    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'w')
+    -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
+    if not node then redis.call('DEL', KEYS[1]) end
     exists = false
     i = i + 1
   elseif t == 'E' then
@@ -155,6 +157,7 @@ while i <= n do
     return redis.error_reply('unknown store op ' .. tostring(t))
   end
 end
+if exists then redis.call('HSET', KEYS[1], 'w', me) end
 refresh_ttl(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 local r = {'ok'}
 for _, b in ipairs(bad) do r[#r + 1] = b end
@@ -163,7 +166,7 @@ return r
 
 /**
  * Reads a session; with ARGV[1] = node id it also claims it (node = me,
- * epoch + 1) in the same step, so whoever loaded last is the only writer.
+ * epoch + 1) in the same step, so from then on only this node writes it.
  * ARGV: me ("" = read only), tombstone ms.
  * Returns {epoch, bad, data} where data is nil when no session is stored.
  */
@@ -192,8 +195,11 @@ return {ep, bad, read_all(bad)}
 export const ADOPT = CHECK_TYPES + `
 local bad = wrong_types()
 if bad[1] == 1 then return false end
-if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return false end
-redis.call('HSET', KEYS[1], 'node', ARGV[2])
+-- The same kind of ownership passes on: a claim to the adopter, or the last writer.
+local field = 'node'
+if redis.call('HEXISTS', KEYS[1], 'node') == 0 then field = 'w' end
+if redis.call('HGET', KEYS[1], field) ~= ARGV[1] then return false end
+redis.call('HSET', KEYS[1], field, ARGV[2])
 local ep = tostring(redis.call('HINCRBY', KEYS[1], 'ep', 1))
 if redis.call('HEXISTS', KEYS[1], 'cid') == 0 then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
@@ -221,7 +227,8 @@ return {ep, bad, read_all(bad)}
  */
 export const TAKE_WILL = `
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then return false end
-if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1] then return false end
+local owner = redis.call('HGET', KEYS[1], 'node') or redis.call('HGET', KEYS[1], 'w')
+if owner ~= ARGV[1] then return false end
 local will = redis.call('HGET', KEYS[1], 'will')
 if not will then return false end
 redis.call('HDEL', KEYS[1], 'will')

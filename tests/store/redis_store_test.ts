@@ -226,10 +226,13 @@ Deno.test(
       type: "session",
       state: sampleSession("d"),
     }]);
-    // The client reconnects on B: B loads (and so claims) it.
-    const epochBefore = Number(await server.command("HGET", "{t:s:c}:meta", "ep"));
+    // Reading does not fence, and unclaimed sessions take writes from any node.
     assert.ok(await b.loadSession("c"));
-    assert.equal(Number(await server.command("HGET", "{t:s:c}:meta", "ep")), epochBefore + 1);
+    await a.write([{ type: "enqueue", clientId: "c", seq: 40, item: delivery("a", "b") }]);
+    await b.write([{ type: "enqueue", clientId: "d", seq: 41, item: delivery("a", "b") }]);
+    // The client reconnects on B; once the cluster made B the owner, B claims it.
+    assert.equal(await b.claimSession("c"), 1);
+    assert.equal(await server.command("HGET", "{t:s:c}:meta", "ep"), "1");
     // A's late writes for c fail and change nothing; its write for d still lands.
     await assert.rejects(
       a.write([
@@ -240,17 +243,22 @@ Deno.test(
         e instanceof StaleSessionError && e.code === 0x8e && e.clientIds.join() === "c",
     );
     await assert.rejects(a.write([{ type: "session-delete", clientId: "c" }]), StaleSessionError);
-    assert.deepStrictEqual(await b.peekSession("c"), sampleSession("c"));
-    assert.equal((await a.peekSession("d"))!.queue.at(-1)!.msg.topic, "fine");
+    assert.deepStrictEqual((await b.loadSession("c"))!.queue.map((q) => q.seq), [1, 2, 40]);
+    assert.deepStrictEqual((await a.loadSession("d"))!.queue.map((q) => q.seq), [1, 2, 41, 51]);
     await b.write([{ type: "dequeue", clientId: "c", seq: 1 }]);
-    assert.equal((await a.peekSession("c"))!.queue.length, 1);
+    assert.equal((await a.loadSession("c"))!.queue.length, 2);
+    // Claimed back by A (the client hopped again): now B is the stale one.
+    assert.equal(await a.claimSession("c"), 2);
+    await assert.rejects(b.write([{ type: "dequeue", clientId: "c", seq: 2 }]), StaleSessionError);
+    await a.write([{ type: "dequeue", clientId: "c", seq: 2 }]);
+    assert.equal(await b.claimSession("c"), 3);
     // Ownership survives the session's deletion (a marker), so A still cannot recreate it.
     await b.write([{ type: "session-delete", clientId: "c" }]);
     await assert.rejects(
       a.write([{ type: "session", state: sampleSession("c") }]),
       StaleSessionError,
     );
-    assert.equal(await b.peekSession("c"), null);
+    assert.equal(await b.loadSession("c"), null);
   },
 );
 
@@ -263,6 +271,8 @@ Deno.test(
     await using dead = await storeNode(server, "dead");
     await using b = await storeNode(server, "B", { now: () => t0 });
     await using c = await storeNode(server, "C", { now: () => t0 });
+    // "online" was claimed by the dead node (fenced), the others only written by it.
+    await dead.claimSession("online");
     await dead.write([
       { type: "session", state: sampleSession("online", { expiresAt: 0, expiryInterval: 100 }) },
       {
@@ -271,7 +281,7 @@ Deno.test(
       },
       { type: "session", state: sampleSession("moved") },
     ]);
-    await b.loadSession("moved"); // its client reconnected on B before A died
+    await b.claimSession("moved"); // its client reconnected on B before A died
     assert.deepStrictEqual((await b.sessionsOfNode("dead")).sort(), ["offline", "online"]);
     const online = await Promise.all([
       b.adoptSession("online", "dead"),
@@ -294,8 +304,8 @@ Deno.test(
     assert.equal(await other.takeWill("online"), null);
     const [w1, w2] = await Promise.all([adopter.takeWill("online"), adopter.takeWill("online")]);
     assert.deepStrictEqual([w1, w2].filter((w) => w !== null), [sampleSession("online").will]);
-    assert.equal((await adopter.peekSession("online"))!.will, null);
-    // The dead node can no longer write them.
+    assert.equal((await adopter.loadSession("online"))!.will, null);
+    // The dead node can no longer write the session it had claimed.
     await assert.rejects(
       dead.write([{ type: "session-delete", clientId: "online" }]),
       StaleSessionError,
@@ -336,7 +346,7 @@ Deno.test(
     }
     await volatile.restart();
     await using fresh = await storeNode(volatile, "A");
-    assert.equal(await fresh.peekSession("c"), null);
+    assert.equal(await fresh.loadSession("c"), null);
   },
 );
 
@@ -389,6 +399,6 @@ Deno.test("redis store: memory per queued message", opts, async () => {
     `redis store: ${Math.round(perMessage)} bytes of Redis memory per queued message ` +
       `(100-byte payload, 24-byte topic; ${sessions * perSession} messages in ${sessions} queues)`,
   );
-  assert.equal((await store.peekSession("m7"))!.queue.length, perSession);
+  assert.equal((await store.loadSession("m7"))!.queue.length, perSession);
   assert.ok(perMessage < 400, `${perMessage} bytes per queued message`);
 });
