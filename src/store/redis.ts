@@ -625,21 +625,20 @@ export class RedisStore implements Store {
   }
 }
 
-/** What `createRedisStore` reads from the configuration. */
+/** What `createRedisStore` reads from the configuration (`[redis] key_prefix`). */
 export interface RedisStoreConfig {
   readonly redis: { readonly key_prefix?: string };
-  readonly cluster?: { readonly node_id?: string };
 }
 
 /**
- * The Redis store for a broker: `client` is connected by the caller (the
- * cluster's connection factory) and shared with the bus.
+ * The Redis store for a broker. `client` is connected by the caller (the
+ * cluster's connection factory); `nodeId` is the bus's node id (its
+ * incarnation), `now` the broker's clock.
  */
 export function createRedisStore(
   config: RedisStoreConfig,
   client: RedisClient,
-  nodeId = config.cluster?.node_id,
+  opts: Omit<RedisStoreOptions, "keyPrefix">,
 ): RedisStore {
-  if (!nodeId) throw new Error("the Redis store needs this node's id ([cluster] node_id)");
-  return new RedisStore(client, { keyPrefix: config.redis.key_prefix ?? "mcloudtt", nodeId });
+  return new RedisStore(client, { ...opts, keyPrefix: config.redis.key_prefix ?? "mcloudtt" });
 }
