@@ -4,15 +4,17 @@
  * is seen by subscribers everywhere.
  *
  * Key layout (P = `[redis] key_prefix`); the hash tag `{...}` keeps each
- * session's keys in one Redis Cluster slot so one script can update them:
- *   {P:s:<clientId>}:meta      hash: scalar fields, will, owner node + epoch
- *   {P:s:<clientId>}:subs      list: subscriptions (JSON), in the core's order
- *   {P:s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
- *   {P:s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
- *   {P:s:<clientId>}:qos2      list: incoming QoS 2 packet ids
- *   {P:n:<nodeId>}:sessions    set: client ids this node wrote (node death)
- *   {P:ret}:t:<topic>          string: retained message (PX until its expiry)
- *   {P:ret}:index              set: retained topics
+ * session's keys in one Redis Cluster slot so one script can update them, and
+ * it is the tag of the cluster bus's keys of the same client (`P:{s:<id>}:own`)
+ * and node (`P:{n:<node>}:inbox`):
+ *   P:{s:<clientId>}:meta      hash: scalar fields, will, owner node + epoch
+ *   P:{s:<clientId>}:subs      list: subscriptions (JSON), in the core's order
+ *   P:{s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
+ *   P:{s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
+ *   P:{s:<clientId>}:qos2      list: incoming QoS 2 packet ids
+ *   P:{n:<nodeId>}:sessions    set: client ids this node wrote (node death)
+ *   P:{ret}:t:<topic>          string: retained message (PX until its expiry)
+ *   P:{ret}:index              set: retained topics
  *
  * Every session key expires at the session's expiresAt (plus a grace so the
  * owning node acts on expiry first); a connected session has no TTL. Writes
@@ -104,30 +106,30 @@ export class RedisKeys {
 
   /** meta, subs, q, inflight, qos2: the KEYS of every session script. */
   session(clientId: string): [string, string, string, string, string] {
-    const t = `{${this.prefix}:s:${clientId}}:`;
+    const t = `${this.prefix}:{s:${clientId}}:`;
     return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2"];
   }
 
   nodeSessions(nodeId: string): string {
-    return `{${this.prefix}:n:${nodeId}}:sessions`;
+    return `${this.prefix}:{n:${nodeId}}:sessions`;
   }
 
   get retainedIndex(): string {
-    return `{${this.prefix}:ret}:index`;
+    return `${this.prefix}:{ret}:index`;
   }
 
   retained(topic: string): string {
-    return `{${this.prefix}:ret}:t:${topic}`;
+    return `${this.prefix}:{ret}:t:${topic}`;
   }
 
   /** SCAN pattern of every session's meta key. */
   get metaPattern(): string {
-    return `{${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:s:*}:meta`;
+    return `${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:{s:*}:meta`;
   }
 
   /** The client id of a meta key found by SCAN. */
   clientIdOfMeta(key: string): string | null {
-    const head = `{${this.prefix}:s:`;
+    const head = `${this.prefix}:{s:`;
     if (!key.startsWith(head) || !key.endsWith("}:meta")) return null;
     return key.slice(head.length, key.length - "}:meta".length);
   }

@@ -6,7 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
-import { StaleSessionError } from "../../src/store/redis.ts";
+import { Cluster } from "ioredis";
+import { RedisStore, StaleSessionError } from "../../src/store/redis.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import type { StoreOp } from "../../src/store/types.ts";
 import {
@@ -70,7 +71,7 @@ Deno.test(
     await using server = await RedisServer.start();
     await using store = await storeNode(server, "A", { ttlGraceMs: 1000 });
     const pttl = async (suffix: string) =>
-      Number(await server.command("PTTL", `{t:s:c}:${suffix}`));
+      Number(await server.command("PTTL", `t:{s:c}:${suffix}`));
     const now = Date.now();
     await store.write([{
       type: "session",
@@ -104,7 +105,7 @@ Deno.test(
     }]);
     await new Promise((r) => setTimeout(r, 250));
     assert.equal(await store.loadSession("c"), null);
-    assert.equal(await server.command("EXISTS", "{t:s:c}:q"), "0");
+    assert.equal(await server.command("EXISTS", "t:{s:c}:q"), "0");
   },
 );
 
@@ -119,16 +120,16 @@ Deno.test(
       { type: "session", state: sampleSession("badq") },
       { type: "retain", msg: message("r/ok", "fine") },
     ]);
-    await server.command("SET", "{t:s:foreign}:meta", "not a hash");
-    await server.command("HSET", "{t:s:oldfmt}:meta", "v", "99", "cid", "oldfmt");
-    await server.command("RPUSH", "{t:s:badq}:q", "12|garbage", "no-seq");
-    await server.command("RPUSH", "{t:s:badq}:subs", '["x/#", 9]');
-    await server.command("SADD", "{t:ret}:index", "r/bad");
-    await server.command("SET", "{t:ret}:t:r/bad", "\x01\x99");
-    await server.command("SET", "{t:s:wrongq}:q", "a string");
+    await server.command("SET", "t:{s:foreign}:meta", "not a hash");
+    await server.command("HSET", "t:{s:oldfmt}:meta", "v", "99", "cid", "oldfmt");
+    await server.command("RPUSH", "t:{s:badq}:q", "12|garbage", "no-seq");
+    await server.command("RPUSH", "t:{s:badq}:subs", '["x/#", 9]');
+    await server.command("SADD", "t:{ret}:index", "r/bad");
+    await server.command("SET", "t:{ret}:t:r/bad", "\x01\x99");
+    await server.command("SET", "t:{s:wrongq}:q", "a string");
     await server.command(
       "HSET",
-      "{t:s:wrongq}:meta",
+      "t:{s:wrongq}:meta",
       "v",
       "1",
       "cid",
@@ -206,12 +207,12 @@ Deno.test(
       { type: "retain", msg: message("short", "x", { expiresAt: Date.now() + 300 }) },
       { type: "retain", msg: message("long", "y", { expiresAt: Date.now() + 60_000 }) },
     ]);
-    const pttl = Number(await server.command("PTTL", "{t:ret}:t:long"));
+    const pttl = Number(await server.command("PTTL", "t:{ret}:t:long"));
     assert.ok(pttl > 59_000 && pttl <= 60_000, `PTTL ${pttl}`);
     assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic).sort(), ["long", "short"]);
     await new Promise((r) => setTimeout(r, 450));
     assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic), ["long"]);
-    assert.equal(await server.command("SISMEMBER", "{t:ret}:index", "short"), "0");
+    assert.equal(await server.command("SISMEMBER", "t:{ret}:index", "short"), "0");
   },
 );
 
@@ -232,7 +233,7 @@ Deno.test(
     await b.write([{ type: "enqueue", clientId: "d", seq: 41, item: delivery("a", "b") }]);
     // The client reconnects on B; once the cluster made B the owner, B claims it.
     assert.equal(await b.claimSession("c"), 1);
-    assert.equal(await server.command("HGET", "{t:s:c}:meta", "ep"), "1");
+    assert.equal(await server.command("HGET", "t:{s:c}:meta", "ep"), "1");
     // A's late writes for c fail and change nothing; its write for d still lands.
     await assert.rejects(
       a.write([
@@ -310,10 +311,10 @@ Deno.test(
       dead.write([{ type: "session-delete", clientId: "online" }]),
       StaleSessionError,
     );
-    const ttl = Number(await server.command("PTTL", "{t:s:online}:meta"));
+    const ttl = Number(await server.command("PTTL", "t:{s:online}:meta"));
     assert.ok(ttl > 0, `detached session has a TTL (${ttl})`);
     await b.forgetNode("dead");
-    assert.equal(await server.command("EXISTS", "{t:n:dead}:sessions"), "0");
+    assert.equal(await server.command("EXISTS", "t:{n:dead}:sessions"), "0");
   },
 );
 
@@ -402,3 +403,55 @@ Deno.test("redis store: memory per queued message", opts, async () => {
   assert.equal((await store.loadSession("m7"))!.queue.length, perSession);
   assert.ok(perMessage < 400, `${perMessage} bytes per queued message`);
 });
+
+Deno.test(
+  "redis store: every script and command stays in one slot on a Redis Cluster",
+  opts,
+  async () => {
+    await using server = await RedisServer.start({ cluster: true });
+    const cluster = new Cluster([{ host: "127.0.0.1", port: server.port }], {
+      lazyConnect: true,
+      redisOptions: { maxRetriesPerRequest: 2 },
+    });
+    cluster.on("error", () => {});
+    await cluster.connect();
+    try {
+      const t0 = Date.now();
+      const a = new RedisStore(cluster, { keyPrefix: "t", nodeId: "A", now: () => t0 });
+      const b = new RedisStore(cluster, { keyPrefix: "t", nodeId: "B", now: () => t0 });
+      await a.open();
+      await a.claimSession("c1");
+      await a.write([
+        ...["c1", "c2", "c3"].map((id) => ({ type: "session" as const, state: sampleSession(id) })),
+        { type: "enqueue", clientId: "c2", seq: 9, item: delivery("q", "x") },
+        { type: "dequeue", clientId: "c2", seq: 1 },
+        {
+          type: "inflight",
+          clientId: "c3",
+          item: { ...delivery("i", "y"), packetId: 5, released: false },
+        },
+        { type: "qos2-add", clientId: "c1", packetId: 2 },
+        { type: "retain", msg: message("r/1", "one") },
+        { type: "retain", msg: message("r/2", "two", { expiresAt: t0 + 60_000 }) },
+        { type: "retain-delete", topic: "r/1" },
+      ]);
+      assert.deepStrictEqual(
+        (await b.loadSessions()).map((s) => s.clientId).sort(),
+        ["c1", "c2", "c3"],
+      );
+      assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic), ["r/2"]);
+      assert.deepStrictEqual((await b.sessionsOfNode("A")).sort(), ["c1", "c2", "c3"]);
+      assert.ok(await b.adoptSession("c1", "A"));
+      assert.ok(await b.takeWill("c1"));
+      await assert.rejects(
+        a.write([{ type: "session-delete", clientId: "c1" }]),
+        StaleSessionError,
+      );
+      await b.write([{ type: "session-delete", clientId: "c1" }]);
+      await b.forgetNode("A");
+      assert.equal(await b.loadSession("c1"), null);
+    } finally {
+      await cluster.quit().catch(() => cluster.disconnect());
+    }
+  },
+);
