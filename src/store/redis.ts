@@ -216,8 +216,9 @@ export class RedisStore implements Store {
     this.ownsClient = opts.ownsClient ?? false;
   }
 
-  /** Checks that Redis answers; the client itself is connected (and closed) by its creator. */
+  /** Connects a lazy client that was not connected yet, and checks that Redis answers. */
   async open(): Promise<void> {
+    if (this.client.status === "wait") await this.client.connect();
     await this.client.ping();
   }
 
