@@ -19,14 +19,14 @@ let stores = 0;
  */
 const CLOCK = 1_600_000_000_000;
 
+/** A client not connected yet, as the connection factory hands it over: `open()` connects it. */
 async function connect(): Promise<Redis> {
   server ??= await RedisServer.start();
-  const client = new Redis(server.port, "127.0.0.1", {
+  return new Redis(server.port, "127.0.0.1", {
     lazyConnect: true,
+    enableOfflineQueue: false,
     maxRetriesPerRequest: 2,
   });
-  await client.connect();
-  return client;
 }
 
 if (ignore) {

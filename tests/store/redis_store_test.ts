@@ -260,6 +260,9 @@ Deno.test(
       StaleSessionError,
     );
     assert.equal(await b.loadSession("c"), null);
+    // The claim left behind expires (tombstone time) instead of leaking.
+    const ttl = Number(await server.command("PTTL", "t:{s:c}:meta"));
+    assert.ok(ttl > 3_500_000 && ttl <= 3_600_000, `claim marker PTTL ${ttl}`);
   },
 );
 
