@@ -28,8 +28,8 @@ import { createHash } from "node:crypto";
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import type {
+  ClusterStore,
   SessionState,
-  Store,
   StoredDelivery,
   StoredInflight,
   StoredMessage,
@@ -193,7 +193,7 @@ function numbered(entry: Buffer): [number, Buffer] {
   return [n, entry.subarray(bar + 1)];
 }
 
-export class RedisStore implements Store {
+export class RedisStore implements ClusterStore {
   readonly name = "redis";
   readonly durable = true;
   readonly shared = true;

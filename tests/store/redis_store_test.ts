@@ -9,7 +9,7 @@ import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { Cluster } from "ioredis";
 import { RedisStore, StaleSessionError } from "../../src/store/redis.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import type { StoreOp } from "../../src/store/types.ts";
+import { isClusterStore, type StoreOp } from "../../src/store/types.ts";
 import {
   captureLogs,
   delivery,
@@ -276,6 +276,7 @@ Deno.test(
     await using b = await storeNode(server, "B", { now: () => t0 });
     await using c = await storeNode(server, "C", { now: () => t0 });
     // "online" was claimed by the dead node (fenced), the others only written by it.
+    assert.ok(isClusterStore(b) && !isClusterStore(new MemoryStore()));
     await dead.claimSession("online");
     await dead.write([
       { type: "session", state: sampleSession("online", { expiresAt: 0, expiryInterval: 100 }) },
