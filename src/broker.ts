@@ -7,6 +7,7 @@ import { getLogger } from "@logtape/logtape";
 import { Acl } from "./auth/acl.ts";
 import { AclAuthorizer, PolicyAuthenticator } from "./auth/authenticator.ts";
 import { PasswordFile } from "./auth/passwords.ts";
+import { PasswordVerifier } from "./auth/verifier.ts";
 import type { Authenticator, Authorizer } from "./auth/types.ts";
 import {
   allowAnonymous,
@@ -78,11 +79,20 @@ export class Broker {
     readonly config: Config,
     auth: { authenticator?: Authenticator; authorizer?: Authorizer | null } = {},
   ) {
-    this.policy = new PolicyAuthenticator({
-      passwords: null,
-      allowAnonymous: allowAnonymous(config),
-      requireClientIdMatch: config.tls.require_client_id_match,
-    });
+    this.policy = new PolicyAuthenticator(
+      {
+        passwords: null,
+        allowAnonymous: allowAnonymous(config),
+        requireClientIdMatch: config.tls.require_client_id_match,
+        connectTimeoutMs: config.limits.connect_timeout * 1000,
+      },
+      new PasswordVerifier({
+        maxConcurrent: config.auth.max_concurrent_auth,
+        maxQueue: config.auth.max_auth_queue,
+        cacheSeconds: config.auth.auth_cache_seconds,
+      }),
+      this.metrics,
+    );
     this.customAuth = auth.authenticator !== undefined;
     this.core = new BrokerCore({
       limits: coreLimits(config),

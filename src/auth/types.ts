@@ -14,6 +14,8 @@ export interface ConnectRequest {
   certificateIdentity?: string;
   remoteAddress: string;
   protocolLevel: 3 | 4 | 5;
+  /** When the connection was accepted (ms since epoch): the connect timeout counts from there. */
+  acceptedAt?: number;
 }
 
 /** The outcome of authentication: the username the session runs as, or a CONNACK reason. */

@@ -448,6 +448,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       certificateIdentity: this.peer.certificateIdentity,
       remoteAddress: this.peer.remoteAddress,
       protocolLevel: pkt.protocolLevel,
+      acceptedAt: this.acceptedAt,
     });
     if (decision instanceof Promise) {
       this.state = State.Authenticating;
