@@ -110,7 +110,7 @@ export class Broker {
     await this.loadAuthFiles();
     try {
       if (anyListenerTls(c)) {
-        this.tls = await TlsMaterial.load(c.tls);
+        this.tls = await TlsMaterial.load(c.tls, this.metrics);
         this.tls.watch(c.general.cert_reload_interval);
       }
       for (const name of ["tcp", "ws"] as ListenerName[]) {
