@@ -78,11 +78,11 @@ async function main(args: string[]): Promise<number> {
   const command = args[0] && !args[0].startsWith("-") ? args[0] : "serve";
   const rest = command === args[0] ? args.slice(1) : args;
   if (command === "certs") {
-    const { runCertsCommand } = await import("./src/auth/certs_command.ts");
+    const { runCertsCommand } = await import("./src/cli/certs.ts");
     return await runCertsCommand(rest);
   }
   if (command === "passwd") {
-    const { runPasswdCommand } = await import("./src/auth/passwd_command.ts");
+    const { runPasswdCommand } = await import("./src/cli/passwd.ts");
     return await runPasswdCommand(rest);
   }
   if (command !== "serve" && command !== "check-config") {

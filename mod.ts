@@ -10,10 +10,18 @@
  * ```
  * @module
  */
-import { Broker } from "./src/broker.ts";
+import { Broker, type BrokerDeps } from "./src/broker.ts";
 import { type Config, type DeepPartial, resolveConfig } from "./src/config/mod.ts";
 
-export { Broker, type ListenerAddress } from "./src/broker.ts";
+export { Broker, type BrokerDeps, type ListenerAddress } from "./src/broker.ts";
+export type { Bus, BusHost, ForwardResult } from "./src/cluster/types.ts";
+export { localBus } from "./src/cluster/types.ts";
+export type { SessionState, Store, StoredMessage, StoreOp } from "./src/store/types.ts";
+export { MemoryStore } from "./src/store/memory.ts";
+export type { PublishInfo, Sink } from "./src/sinks/types.ts";
+export { MemorySink, noSink } from "./src/sinks/memory.ts";
+export { type Clock, ManualClock, systemClock } from "./src/ops/clock.ts";
+export { Message } from "./src/protocol/message.ts";
 export {
   type Config,
   ConfigError,
@@ -24,7 +32,11 @@ export {
 export type { AuthDecision, Authenticator, Authorizer, ConnectRequest } from "./src/auth/types.ts";
 export { ReasonCode } from "./src/protocol/reason_codes.ts";
 
-/** Creates a broker from a partial config (defaults fill the rest); throws ConfigError when invalid. */
-export function createBroker(config: DeepPartial<Config> = {}): Broker {
-  return new Broker(resolveConfig(config));
+/**
+ * Creates a broker from a partial config (defaults fill the rest) and optional
+ * dependencies (bus, store, sink, clock, authentication); throws ConfigError
+ * when the config is invalid.
+ */
+export function createBroker(config: DeepPartial<Config> = {}, deps: BrokerDeps = {}): Broker {
+  return new Broker(resolveConfig(config), deps);
 }

@@ -20,10 +20,16 @@ import {
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
+import { type Bus, localBus } from "./cluster/types.ts";
+import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
 import { Router } from "./router/router.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
+import { noSink } from "./sinks/memory.ts";
+import type { Sink } from "./sinks/types.ts";
+import { MemoryStore } from "./store/memory.ts";
+import type { Store } from "./store/types.ts";
 import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
 import { listenTls } from "./transport/tls.ts";
@@ -51,7 +57,30 @@ export function coreLimits(config: Config): CoreLimits {
     maxConnections: l.max_connections,
     maxSessionExpiry: l.max_session_expiry_interval,
     maxOutgoingBytes: l.max_outgoing_bytes,
+    maxConnectBacklog: l.max_connect_backlog,
+    sweepIntervalMs: l.sweep_interval_ms,
+    idleTrimMs: l.idle_trim_after * 1000,
   };
+}
+
+/**
+ * What a broker is built from besides its config. Each has an in-memory
+ * default; the backends (Redis bus and store, SQLite store, BigQuery sink)
+ * are chosen from the config by the CLI, or passed in by an embedder.
+ */
+export interface BrokerDeps {
+  /** Replaces the configured authentication policy (password file, anonymous switch, certificates). */
+  authenticator?: Authenticator;
+  /** Replaces the configured ACL; null for none. */
+  authorizer?: Authorizer | null;
+  /** How publishes and subscriptions reach other cluster nodes (default: a single node). */
+  bus?: Bus;
+  /** Where sessions and retained messages are kept (default: in memory). */
+  store?: Store;
+  /** The topic log (default: none). */
+  sink?: Sink;
+  /** Time and timers (default: the system clock). */
+  clock?: Clock;
 }
 
 /** Address of a running listener. */
@@ -71,20 +100,17 @@ export class Broker {
   private readonly policy: PolicyAuthenticator;
   private readonly customAuth: boolean;
 
-  /**
-   * `auth` replaces the configured policy (password file, anonymous switch,
-   * certificate identity) and ACL, for embedders with their own user store.
-   */
-  constructor(
-    readonly config: Config,
-    auth: { authenticator?: Authenticator; authorizer?: Authorizer | null } = {},
-  ) {
+  /** Builds a broker from a validated config; `deps` replace the in-memory defaults. */
+  constructor(readonly config: Config, deps: BrokerDeps = {}) {
+    const auth = deps;
+    const clock = deps.clock ?? systemClock;
     this.policy = new PolicyAuthenticator(
       {
         passwords: null,
         allowAnonymous: allowAnonymous(config),
         requireClientIdMatch: config.tls.require_client_id_match,
         connectTimeoutMs: config.limits.connect_timeout * 1000,
+        now: () => clock.now(),
       },
       new PasswordVerifier({
         maxConcurrent: config.auth.max_concurrent_auth,
@@ -100,6 +126,10 @@ export class Broker {
       metrics: this.metrics,
       auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
+      bus: deps.bus ?? localBus,
+      store: deps.store ?? new MemoryStore(),
+      sink: deps.sink ?? noSink,
+      clock,
     });
   }
 
@@ -107,8 +137,17 @@ export class Broker {
   async start(): Promise<void> {
     if (this.running) return;
     const c = this.config;
+    const core = this.core;
     await this.loadAuthFiles();
+    await core.store.open();
     try {
+      await core.start();
+      await core.sink.start();
+      await core.bus.start(core);
+      // Subscriptions restored from the store are routes the cluster must know.
+      if (core.bus !== localBus) {
+        await Promise.all([...core.router.routeKeys()].map((k) => core.bus.addRoute(k)));
+      }
       if (anyListenerTls(c)) {
         this.tls = await TlsMaterial.load(c.tls, this.metrics);
         this.tls.watch(c.general.cert_reload_interval);
@@ -121,9 +160,12 @@ export class Broker {
       this.listeners = [];
       this.tls?.close();
       this.tls = null;
+      core.stop(ReasonCode.ServerShuttingDown);
+      await core.bus.stop().catch(() => {});
+      await core.sink.stop(0).catch(() => {});
+      await core.store.close().catch(() => {});
       throw e;
     }
-    this.core.start();
     this.running = true;
     for (const l of this.listeners) {
       log.info(`listening for MQTT over ${l.kind} on ${l.hostname}:${l.port}`);
@@ -208,11 +250,16 @@ export class Broker {
     // Refuse new clients first; node servers only report closed once their sockets are gone.
     const closing = this.listeners.map((l) => l.close());
     this.listeners = [];
-    this.core.stop(ReasonCode.ServerShuttingDown);
+    const core = this.core;
+    core.stop(ReasonCode.ServerShuttingDown);
     this.tls?.close();
     this.tls = null;
     await Promise.all(closing);
     // Let the DISCONNECT packets leave before the process may exit.
     await new Promise((r) => setTimeout(r, 10));
+    await core.flush();
+    await core.bus.stop();
+    await core.sink.stop(this.config.general.shutdown_timeout * 1000);
+    await core.store.close();
   }
 }

@@ -24,6 +24,8 @@ export interface PolicyOptions {
   requireClientIdMatch: boolean;
   /** A CONNECT still waiting for its password check after this long is refused (ms). */
   connectTimeoutMs?: number;
+  /** The clock `ConnectRequest.acceptedAt` was read from (default Date.now). */
+  now?: () => number;
 }
 
 /** [auth] defaults, for embedders and tests that build a policy themselves. */
@@ -82,8 +84,12 @@ export class PolicyAuthenticator implements Authenticator {
       if (req.password === undefined) {
         return { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" };
       }
-      // The connect timeout runs from accept when the transport says when that was.
-      const deadline = (req.acceptedAt ?? Date.now()) + (this.options.connectTimeoutMs ?? 10_000);
+      // The connect timeout runs from accept when the connection says when that was; the wait
+      // itself is real time, whatever clock the broker runs on.
+      const spent = req.acceptedAt === undefined
+        ? 0
+        : Math.max(0, (this.options.now ?? Date.now)() - req.acceptedAt);
+      const deadline = Date.now() + (this.options.connectTimeoutMs ?? 10_000) - spent;
       return this.verifier.verify(passwords, username, req.password, deadline).then(
         (ok): AuthDecision =>
           ok

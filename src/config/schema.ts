@@ -73,6 +73,7 @@ const shape = {
     log_level: oneOf(["debug", "info", "warning", "error"], "info"),
     bind: host().default("0.0.0.0"),
     cert_reload_interval: int(1, 3600, 5),
+    shutdown_timeout: int(0, 3600, 10),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
@@ -116,6 +117,9 @@ const shape = {
     max_connections: int(1, 10000000, 100000),
     max_session_expiry_interval: int(0, 4294967295, 4294967295),
     max_outgoing_bytes: int(65536, 1073741824, 1048576),
+    max_connect_backlog: int(1024, 16777216, 262144),
+    sweep_interval_ms: int(10, 60000, 500),
+    idle_trim_after: int(1, 3600, 5),
   }),
   bigquery: section("bigquery", {
     enabled: bool(false),

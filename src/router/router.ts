@@ -10,6 +10,25 @@ import type { Subscriber, Subscription } from "./types.ts";
 
 export type { Subscriber, Subscription } from "./types.ts";
 
+/** What `subscribe` changed. */
+export const Subscribed = {
+  /** A new subscription; the node already had a route for its key. */
+  Added: 0,
+  /** An existing subscription of the same subscriber and key was replaced. */
+  Replaced: 1,
+  /** A new subscription and the first local one with its key: a new route for the cluster. */
+  NewRoute: 2,
+} as const;
+
+/** What `unsubscribe` changed. */
+export const Unsubscribed = {
+  /** There was no such subscription. */
+  None: 0,
+  Removed: 1,
+  /** Removed, and it was the last local one with its key: the route goes away. */
+  RouteGone: 2,
+} as const;
+
 /** Counters the router keeps; read by ops, never reset by it. */
 export interface RouterStats {
   published: number;
@@ -20,6 +39,8 @@ export interface RouterStats {
 export class Router {
   private readonly trie = new SubscriptionTrie();
   private readonly bySubscriber = new Map<Subscriber, Map<string, Subscription>>();
+  /** Local subscriptions per key (filter or `$share/group/filter`): the node's routes. */
+  private readonly routes = new Map<string, number>();
   readonly stats: RouterStats = { published: 0, deliveries: 0, noSubscribers: 0 };
 
   constructor(readonly retained: RetainedStore = new MemoryRetainedStore()) {}
@@ -29,8 +50,18 @@ export class Router {
     return this.trie.size;
   }
 
-  /** Adds or replaces a subscription; returns true when it replaced an existing one. */
-  subscribe(sub: Subscription): boolean {
+  /** Number of distinct local routes (filters and share groups with a local subscriber). */
+  get routeCount(): number {
+    return this.routes.size;
+  }
+
+  /** The keys this node has local subscribers for (to re-announce them to a cluster). */
+  routeKeys(): IterableIterator<string> {
+    return this.routes.keys();
+  }
+
+  /** Adds or replaces a subscription; says whether it replaced one or opened a new route. */
+  subscribe(sub: Subscription): number {
     let mine = this.bySubscriber.get(sub.subscriber);
     if (mine === undefined) {
       mine = new Map();
@@ -39,26 +70,44 @@ export class Router {
     const existed = mine.has(sub.key);
     mine.set(sub.key, sub);
     this.trie.add(sub);
-    return existed;
+    if (existed) return Subscribed.Replaced;
+    const n = this.routes.get(sub.key) ?? 0;
+    this.routes.set(sub.key, n + 1);
+    return n === 0 ? Subscribed.NewRoute : Subscribed.Added;
   }
 
-  /** Removes the subscription with `key` ("$share/g/f" or "f"); true if it existed. */
-  unsubscribe(subscriber: Subscriber, key: string): boolean {
+  /** Removes the subscription with `key` ("$share/g/f" or "f"); says whether a route went away. */
+  unsubscribe(subscriber: Subscriber, key: string): number {
     const mine = this.bySubscriber.get(subscriber);
     const sub = mine?.get(key);
-    if (sub === undefined) return false;
+    if (sub === undefined) return Unsubscribed.None;
     mine!.delete(key);
     if (mine!.size === 0) this.bySubscriber.delete(subscriber);
     this.trie.remove(subscriber, sub.filter, sub.group);
-    return true;
+    return this.dropRoute(key) ? Unsubscribed.RouteGone : Unsubscribed.Removed;
   }
 
-  /** Removes every subscription of `subscriber` (its session ended). */
-  unsubscribeAll(subscriber: Subscriber): void {
+  /** Removes every subscription of `subscriber` (its session ended); returns the routes that went away. */
+  unsubscribeAll(subscriber: Subscriber): string[] {
     const mine = this.bySubscriber.get(subscriber);
-    if (mine === undefined) return;
+    const gone: string[] = [];
+    if (mine === undefined) return gone;
     this.bySubscriber.delete(subscriber);
-    for (const sub of mine.values()) this.trie.remove(subscriber, sub.filter, sub.group);
+    for (const sub of mine.values()) {
+      this.trie.remove(subscriber, sub.filter, sub.group);
+      if (this.dropRoute(sub.key)) gone.push(sub.key);
+    }
+    return gone;
+  }
+
+  private dropRoute(key: string): boolean {
+    const n = this.routes.get(key) ?? 0;
+    if (n <= 1) {
+      this.routes.delete(key);
+      return true;
+    }
+    this.routes.set(key, n - 1);
+    return false;
   }
 
   /** The subscriptions of `subscriber`. */
@@ -70,9 +119,11 @@ export class Router {
    * Routes a message: updates the retained store when the retain flag is set,
    * then delivers to each matching subscriber once (overlapping subscriptions
    * are merged: highest QoS, all Subscription Identifiers) and to one member
-   * of each matching share group. Returns the number of deliveries.
+   * of each matching share group. `groups` limits which share groups are
+   * served here (a cluster serves each group on one node); null serves all.
+   * Returns the number of deliveries.
    */
-  publish(msg: Message): number {
+  publish(msg: Message, groups: ReadonlySet<string> | null = null): number {
     this.stats.published++;
     if (msg.retain) {
       if (msg.payload.length === 0) this.retained.delete(msg.topic);
@@ -85,6 +136,7 @@ export class Router {
       if (deliverTo(targets[i], msg)) n++;
     }
     for (const g of m.groups) {
+      if (groups !== null && !groups.has(g.key)) continue;
       const s = g.pick();
       if (s === null) continue;
       s.subscriber.deliver(

@@ -10,7 +10,11 @@ import type { Subscriber, Subscription } from "./types.ts";
 export class ShareGroup {
   members: Subscription[] = [];
   next = 0;
-  constructor(readonly name: string, readonly filter: string) {}
+  /** `$share/{name}/{filter}`: the key a cluster routes the group by. */
+  readonly key: string;
+  constructor(readonly name: string, readonly filter: string) {
+    this.key = `$share/${name}/${filter}`;
+  }
 
   /** Picks the member for the next message, preferring connected subscribers. */
   pick(): Subscription | null {

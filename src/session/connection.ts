@@ -2,11 +2,12 @@
  * One client's network connection: frames packets out of the byte stream,
  * runs the MQTT state machine (CONNECT, PUBLISH flows, SUBSCRIBE, keep alive,
  * DISCONNECT) and writes replies through its outbox. Transports create one per
- * socket via `Broker.accept` and feed it bytes; the connection never touches
- * sockets itself.
+ * socket via the core's `accept` and feed it bytes; the connection never
+ * touches sockets itself, and asks the broker for everything else through
+ * `ConnectionHost`.
  */
 import { getLogger } from "@logtape/logtape";
-import { isWellFormedUtf8, utf8 } from "../protocol/bytes.ts";
+import type { AuthDecision } from "../auth/types.ts";
 import {
   encodeConnack,
   encodeDisconnect,
@@ -26,14 +27,11 @@ import {
   type ProtocolLevel,
 } from "../protocol/decode.ts";
 import { Framer } from "../protocol/framer.ts";
-import { Message } from "../protocol/message.ts";
+import type { Message } from "../protocol/message.ts";
 import { type ByteSink, Outbox } from "../protocol/outbox.ts";
-import { encodePassthrough } from "../protocol/properties.ts";
 import {
   decodePublish,
   encodePublish,
-  type IncomingPublish,
-  type KnownTopic,
   PINGRESP,
   publishForm,
   toMessage,
@@ -44,47 +42,35 @@ import {
   ProtocolError,
   ReasonCode,
 } from "../protocol/reason_codes.ts";
-import { parseFilter, topicNameProblem } from "../protocol/topic.ts";
+import { parseFilter } from "../protocol/topic.ts";
 import type { Subscription } from "../router/types.ts";
-import type { BrokerCore } from "./core.ts";
-import { NEVER_EXPIRES, type Session, type SessionLink, type Will } from "./session.ts";
+import type { PublishInfo } from "../sinks/types.ts";
+import { AckQueue } from "./acks.ts";
+import type {
+  AttachingConnection,
+  AttachResult,
+  ConnectionHandler,
+  ConnectionHost,
+  PeerInfo,
+} from "./host.ts";
+import { InboundTopics } from "./inbound_topic.ts";
+import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import type { Session } from "./session.ts";
+import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
+
+export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
 
-/** What a transport knows about the peer. */
-export interface PeerInfo {
-  remoteAddress: string;
-  transport: "tcp" | "tls" | "ws" | "wss";
-  /** Identity from a verified client certificate (already mapped per [tls] identity). */
-  certificateIdentity?: string;
-}
-
-/** The part of a connection a transport drives. */
-export interface ConnectionHandler {
-  /** Bytes arrived; `chunk` is only valid during the call. */
-  data(chunk: Uint8Array): void;
-  /** The transport saw the socket end (EOF or error). */
-  closed(): void;
-  /** Non-null while the transport should stop reading (backpressure). */
-  readonly readGate: Promise<void> | null;
-}
-
 const State = {
   AwaitingConnect: 0,
+  /** CONNECT accepted so far; authentication or session attach is running. */
   Authenticating: 1,
   Connected: 2,
   Closed: 3,
 } as const;
 
-interface Alias {
-  topic: string;
-  bytes: Uint8Array;
-}
-
-/** Packets that arrive while an asynchronous authentication runs, replayed after. */
-const MAX_PENDING_BYTES = 256 * 1024;
-
-export class Connection implements ConnectionHandler, SessionLink {
+export class Connection implements ConnectionHandler, AttachingConnection {
   private state: number = State.AwaitingConnect;
   level: ProtocolLevel | 0 = 0;
   v5 = false;
@@ -98,29 +84,35 @@ export class Connection implements ConnectionHandler, SessionLink {
   keepAliveTimeout = 0;
   sendWindow = 65535;
   private clientMaxPacket = 0;
-  private aliases: Map<number, Alias> | null = null;
-  /** The topic of the previous PUBLISH (see decodePublish). */
-  private lastTopic: KnownTopic | null = null;
+  private topics: InboundTopics | null = null;
   private readonly framer: Framer;
   readonly outbox: Outbox;
   private gate: { promise: Promise<void>; resolve: () => void } | null = null;
   private pending: Uint8Array[] | null = null;
   private pendingBytes = 0;
+  private readonly acks = new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
   private readonly onPacket = this.handlePacket.bind(this);
+  /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
+  private info: PublishInfo | null = null;
 
   constructor(
-    private readonly core: BrokerCore,
+    private readonly host: ConnectionHost,
     sink: ByteSink,
     readonly peer: PeerInfo,
   ) {
-    this.framer = new Framer(core.limits.maxPacketSize);
+    this.framer = new Framer(host.limits.maxPacketSize);
     this.outbox = new Outbox(sink, this);
-    this.lastRx = this.acceptedAt = Date.now();
+    this.lastRx = this.acceptedAt = host.clock.now();
   }
 
   /** Not yet closed (a method call keeps TypeScript from narrowing `state`). */
   private get open(): boolean {
     return this.state !== State.Closed;
+  }
+
+  /** True once CONNECT was accepted and until the connection closes. */
+  get connected(): boolean {
+    return this.state === State.Connected;
   }
 
   // ---- transport side -------------------------------------------------------
@@ -131,15 +123,15 @@ export class Connection implements ConnectionHandler, SessionLink {
 
   data(chunk: Uint8Array): void {
     if (this.state === State.Closed) return;
-    this.lastRx = Date.now();
-    this.core.metrics.bytesReceived += chunk.length;
+    this.lastRx = this.host.clock.now();
+    this.host.metrics.bytesReceived += chunk.length;
     try {
       this.framer.feed(chunk, this.onPacket);
     } catch (e) {
       this.fail(e);
       return;
     }
-    if (this.outbox.pendingBytes > this.core.limits.maxOutgoingBytes) this.pauseReading();
+    if (this.outbox.pendingBytes > this.host.limits.maxOutgoingBytes) this.pauseReading();
   }
 
   closed(): void {
@@ -147,14 +139,15 @@ export class Connection implements ConnectionHandler, SessionLink {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.outbox.destroy();
+    this.acks.clear();
     this.releaseGate();
-    this.core.connectionClosed(this, wasConnected, true);
+    this.host.connectionClosed(this, this.session, wasConnected, true);
   }
 
   // ---- session side ---------------------------------------------------------
 
   get congested(): boolean {
-    return this.outbox.pendingBytes >= this.core.limits.maxOutgoingBytes;
+    return this.outbox.pendingBytes >= this.host.limits.maxOutgoingBytes;
   }
 
   sendPublish(
@@ -167,9 +160,9 @@ export class Connection implements ConnectionHandler, SessionLink {
   ): boolean {
     let expiry = -1;
     if (msg.expiresAt !== 0) {
-      const left = msg.expiresAt - Date.now();
+      const left = msg.expiresAt - this.host.clock.now();
       if (left <= 0) {
-        this.core.metrics.droppedExpired++;
+        this.host.metrics.droppedExpired++;
         return false;
       }
       expiry = Math.ceil(left / 1000);
@@ -180,7 +173,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       : publishForm(msg, v5, qos, retain, expiry);
     if (this.clientMaxPacket !== 0 && f.length > this.clientMaxPacket) {
       // Never send more than the client accepts; the message is dropped for it [MQTT-3.1.2-25].
-      this.core.metrics.droppedTooLarge++;
+      this.host.metrics.droppedTooLarge++;
       return false;
     }
     this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
@@ -189,6 +182,11 @@ export class Connection implements ConnectionHandler, SessionLink {
 
   sendPubrel(packetId: number): void {
     this.outbox.pushAck(PacketType.PUBREL, packetId, 0, this.v5);
+  }
+
+  /** The same client id connected elsewhere. */
+  takenOver(): void {
+    this.disconnect(ReasonCode.SessionTakenOver, "session taken over");
   }
 
   // ---- closing --------------------------------------------------------------
@@ -208,23 +206,24 @@ export class Connection implements ConnectionHandler, SessionLink {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.outbox.end();
+    this.acks.clear();
     this.releaseGate();
-    this.core.connectionClosed(this, wasConnected, willAllowed);
+    this.host.connectionClosed(this, this.session, wasConnected, willAllowed);
   }
 
   private fail(e: unknown): void {
     if (this.state === State.Closed) return;
-    this.core.metrics.protocolErrors++;
+    this.host.metrics.protocolErrors++;
     let code: number = ReasonCode.UnspecifiedError;
     let message = "internal error";
     if (e instanceof MqttError) {
       code = e.code;
       message = e.message;
-      log.info("closing {clientId} ({addr}): {message} (0x{code})", {
+      log.info("closing {clientId} ({addr}): {message} ({code})", {
         clientId: this.clientId,
         addr: this.peer.remoteAddress,
         message,
-        code: code.toString(16),
+        code: `0x${code.toString(16).padStart(2, "0")}`,
       });
     } else {
       code = ReasonCode.ImplementationSpecificError;
@@ -251,7 +250,10 @@ export class Connection implements ConnectionHandler, SessionLink {
 
   /** OutboxOwner: a write completed. */
   drained(): void {
-    if (this.gate !== null && this.outbox.pendingBytes <= this.core.limits.maxOutgoingBytes / 2) {
+    if (
+      this.gate !== null && this.state !== State.Authenticating &&
+      this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
+    ) {
       this.releaseGate();
     }
     this.session?.pump();
@@ -281,7 +283,7 @@ export class Connection implements ConnectionHandler, SessionLink {
         break;
       case State.AwaitingConnect:
         if (type !== PacketType.CONNECT) {
-          throw new ProtocolError("first packet is not CONNECT");
+          throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
         this.onConnect(buf, start, end);
@@ -292,7 +294,7 @@ export class Connection implements ConnectionHandler, SessionLink {
         copy[0] = header;
         copy.set(buf.subarray(start, end), 1);
         this.pendingBytes += copy.length;
-        if (this.pendingBytes > MAX_PENDING_BYTES) {
+        if (this.pendingBytes > this.host.limits.maxConnectBacklog) {
           throw new MqttError(ReasonCode.QuotaExceeded, "too much data before CONNACK");
         }
         (this.pending ??= []).push(copy);
@@ -325,7 +327,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       }
       case PacketType.PUBREL: {
         const a = decodeAck(buf, start, end, this.level as ProtocolLevel);
-        const known = session.incomingQos2?.delete(a.packetId) ?? false;
+        const known = session.releaseQos2(a.packetId);
         this.outbox.pushAck(
           PacketType.PUBCOMP,
           a.packetId,
@@ -351,9 +353,9 @@ export class Connection implements ConnectionHandler, SessionLink {
         this.onDisconnect(buf, start, end);
         return false;
       case PacketType.CONNECT:
-        throw new ProtocolError("second CONNECT on one connection");
+        throw new ProtocolError(ReasonCode.ProtocolError, "second CONNECT on one connection");
       case PacketType.AUTH:
-        throw new ProtocolError("AUTH without an authentication method");
+        throw new ProtocolError(ReasonCode.ProtocolError, "AUTH without an authentication method");
     }
     return true;
   }
@@ -368,7 +370,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       return;
     }
     if (pre.kind === "bad-level") {
-      this.core.metrics.connectsRefused++;
+      this.host.metrics.connectsRefused++;
       // Answer in the format the client can read: v5 clients get reason 0x84.
       this.outbox.push(
         pre.level >= 5
@@ -381,68 +383,22 @@ export class Connection implements ConnectionHandler, SessionLink {
     this.level = pre.level;
     this.v5 = pre.level === 5;
     const pkt = decodeConnect(buf, start, end);
-    const limits = this.core.limits;
-    const props = pkt.properties;
-
-    if (props.authenticationMethod !== undefined) {
-      return this.refuse(
-        ReasonCode.BadAuthenticationMethod,
-        "no authentication methods are supported",
-      );
+    const host = this.host;
+    const n = negotiateConnect(pkt, host.limits, () => host.newClientId());
+    if ("code" in n) {
+      if (pkt.clientId !== "") this.clientId = pkt.clientId;
+      return this.refuse(n.code, n.reason);
     }
-    let clientId = pkt.clientId;
-    let assigned: string | undefined;
-    if (clientId.length === 0) {
-      if (!this.v5 && !pkt.cleanStart) {
-        return this.refuse(
-          ReasonCode.ClientIdentifierNotValid,
-          "empty client id needs clean session",
-        );
-      }
-      clientId = assigned = this.core.newClientId();
-    }
-    this.clientId = clientId;
-
-    // Keep alive: MQTT 5 clients can be told a Server Keep Alive; 3.1.1 clients cannot.
-    let keepAlive = pkt.keepAlive;
-    let serverKeepAlive: number | undefined;
-    if (this.v5) {
-      if (limits.serverKeepAlive > 0) keepAlive = limits.serverKeepAlive;
-      else if (keepAlive === 0 ? limits.maxKeepAlive < 65535 : keepAlive > limits.maxKeepAlive) {
-        keepAlive = limits.maxKeepAlive;
-      }
-      if (keepAlive !== pkt.keepAlive) serverKeepAlive = keepAlive;
-    } else {
-      const cap = limits.serverKeepAlive > 0 ? limits.serverKeepAlive : limits.maxKeepAlive;
-      if (cap < 65535 && (keepAlive === 0 || keepAlive > cap)) {
-        return this.refuse(
-          ReasonCode.ClientIdentifierNotValid,
-          `keep alive must be between 1 and ${cap} seconds`,
-        );
-      }
-    }
-    this.keepAliveTimeout = keepAlive * 1500;
-
-    if (this.core.metrics.connectionsCurrent > limits.maxConnections) {
+    this.clientId = n.clientId;
+    this.keepAliveTimeout = n.keepAliveTimeoutMs;
+    if (host.metrics.connectionsCurrent > host.limits.maxConnections) {
       return this.refuse(ReasonCode.QuotaExceeded, "connection limit reached");
     }
-    if (pkt.will) {
-      const problem = topicNameProblem(pkt.will.topic, limits);
-      if (problem !== null || pkt.will.topic.startsWith("$")) {
-        return this.refuse(ReasonCode.TopicNameInvalid, "invalid will topic");
-      }
-      if (
-        pkt.will.properties.payloadFormatIndicator === 1 &&
-        !isWellFormedUtf8(pkt.will.payload)
-      ) {
-        return this.refuse(ReasonCode.PayloadFormatInvalid, "will payload is not UTF-8");
-      }
-    }
-    this.clientMaxPacket = props.maximumPacketSize ?? 0;
-    this.sendWindow = Math.min(props.receiveMaximum ?? 65535, limits.maxInflight);
+    this.clientMaxPacket = n.clientMaxPacket;
+    this.sendWindow = n.sendWindow;
 
-    const decision = this.core.auth.authenticate({
-      clientId,
+    const decision = host.authenticate({
+      clientId: n.clientId,
       username: pkt.username,
       password: pkt.password,
       certificateIdentity: this.peer.certificateIdentity,
@@ -451,19 +407,21 @@ export class Connection implements ConnectionHandler, SessionLink {
       acceptedAt: this.acceptedAt,
     });
     if (decision instanceof Promise) {
-      this.state = State.Authenticating;
-      this.pauseReading();
-      decision.then(
-        (d) => this.authenticated(d, pkt, assigned, serverKeepAlive),
-        (e) => this.fail(e),
-      );
+      this.waitFor(decision.then((d) => this.authenticated(d, pkt, n)));
     } else {
-      this.authenticated(decision, pkt, assigned, serverKeepAlive);
+      this.authenticated(decision, pkt, n);
     }
   }
 
+  /** Holds reading and packet handling until `step` (authentication, attach) is done. */
+  private waitFor(step: Promise<void>): void {
+    this.state = State.Authenticating;
+    this.pauseReading();
+    step.catch((e) => this.fail(e));
+  }
+
   private refuse(code: number, reason: string): void {
-    this.core.metrics.connectsRefused++;
+    this.host.metrics.connectsRefused++;
     log.info("refused {clientId} ({addr}): {reason}", {
       clientId: this.clientId,
       addr: this.peer.remoteAddress,
@@ -475,47 +433,38 @@ export class Connection implements ConnectionHandler, SessionLink {
     this.end(false);
   }
 
-  private authenticated(
-    d: import("../auth/types.ts").AuthDecision,
-    pkt: ConnectPacket,
-    assigned: string | undefined,
-    serverKeepAlive: number | undefined,
-  ): void {
+  private authenticated(d: AuthDecision, pkt: ConnectPacket, n: Negotiated): void | Promise<void> {
     if (this.state === State.Closed) return;
     if (!d.ok) return this.refuse(d.reasonCode, d.reason);
     this.username = d.username;
-    if (pkt.will && !this.core.mayPublish(this.clientId, d.username, pkt.will.topic)) {
+    if (pkt.will && !this.host.mayPublish(this.clientId, d.username, pkt.will.topic)) {
       return this.refuse(ReasonCode.NotAuthorized, "will topic not authorized");
     }
-    const limits = this.core.limits;
-    let expiry: number;
-    if (this.v5) expiry = pkt.properties.sessionExpiryInterval ?? 0;
-    else expiry = pkt.cleanStart ? 0 : NEVER_EXPIRES;
-    const grantedExpiry = Math.min(expiry, limits.maxSessionExpiry);
+    const attached = this.host.attach(this, {
+      cleanStart: pkt.cleanStart,
+      owner: d.username ?? null,
+    });
+    if (attached instanceof Promise) {
+      const step = attached.then((a) => this.attached(a, pkt, n));
+      if (this.state !== State.Authenticating) this.waitFor(step);
+      return step;
+    }
+    this.attached(attached, pkt, n);
+  }
 
-    const { session, present } = this.core.attach(this, pkt.cleanStart);
+  private attached(a: AttachResult, pkt: ConnectPacket, n: Negotiated): void {
+    if (this.state === State.Closed) return;
+    if (!a.ok) return this.refuse(a.code, a.reason);
+    const { session, present } = a;
     this.session = session;
-    session.username = d.username;
-    session.expiryInterval = grantedExpiry;
-    session.will = pkt.will ? this.buildWill(pkt) : null;
+    session.setExpiry(n.grantedExpiry);
+    session.setWill(buildWill(pkt, this.clientId));
     this.state = State.Connected;
+    this.host.sessionChanged(session);
 
-    const connackProps = this.v5
-      ? {
-        receiveMaximum: limits.receiveMaximum,
-        maximumPacketSize: limits.maxPacketSize,
-        topicAliasMaximum: limits.topicAliasMaximum,
-        retainAvailable: true,
-        wildcardSubscriptionAvailable: true,
-        subscriptionIdentifiersAvailable: true,
-        sharedSubscriptionAvailable: true,
-        ...(assigned !== undefined ? { assignedClientIdentifier: assigned } : {}),
-        ...(serverKeepAlive !== undefined ? { serverKeepAlive } : {}),
-        ...(grantedExpiry !== expiry ? { sessionExpiryInterval: grantedExpiry } : {}),
-      }
-      : {};
+    const props = this.v5 ? connackProperties(n, this.host.limits) : {};
     this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, present, 0, connackProps, this.clientMaxPacket),
+      encodeConnack(this.level as ProtocolLevel, present, 0, props, this.clientMaxPacket),
     );
     session.attach(this);
     this.releaseGate();
@@ -532,62 +481,15 @@ export class Connection implements ConnectionHandler, SessionLink {
     }
   }
 
-  private buildWill(pkt: ConnectPacket): Will {
-    const w = pkt.will!;
-    const p = w.properties;
-    const msg = new Message(
-      w.topic,
-      utf8(w.topic),
-      w.payload,
-      w.qos,
-      w.retain,
-      encodePassthrough(p),
-      0,
-      this.clientId,
-    );
-    // The expiry clock of a will starts when it is published, so it stays relative here.
-    return { msg, delay: p.willDelayInterval ?? 0, expiry: p.messageExpiryInterval ?? -1 };
-  }
-
   // ---- PUBLISH --------------------------------------------------------------
 
   private onPublish(flags: number, buf: Uint8Array, start: number, end: number): void {
-    const core = this.core;
-    const p: IncomingPublish = decodePublish(buf, start, end, flags, this.v5, this.lastTopic);
-    core.metrics.publishReceived++;
-    let topic = p.topic;
-    let topicBytes: Uint8Array | null = p.known ? this.lastTopic!.bytes : null;
-    let validated = p.known;
-    if (p.topicAlias !== 0) {
-      if (p.topicAlias > core.limits.topicAliasMaximum) {
-        throw new ProtocolError("Topic Alias above the maximum", ReasonCode.TopicAliasInvalid);
-      }
-      const aliases = this.aliases ??= new Map();
-      if (topic.length === 0) {
-        const a = aliases.get(p.topicAlias);
-        if (a === undefined) throw new ProtocolError("Topic Alias not yet defined");
-        topic = a.topic;
-        topicBytes = a.bytes;
-        validated = true;
-      } else {
-        topicBytes ??= buf.slice(p.topicStart, p.topicEnd);
-        aliases.set(p.topicAlias, { topic, bytes: topicBytes });
-      }
-    } else if (topic.length === 0) {
-      if (this.v5) throw new ProtocolError("PUBLISH without topic or Topic Alias");
-      throw new MalformedPacketError("PUBLISH with an empty topic");
-    }
-    if (!validated) {
-      const problem = topicNameProblem(topic, core.limits);
-      if (problem !== null) {
-        throw new ProtocolError(
-          problem === "invalid" ? "invalid topic name" : "topic name exceeds limits",
-          ReasonCode.TopicNameInvalid,
-        );
-      }
-      topicBytes ??= buf.slice(p.topicStart, p.topicEnd);
-      this.lastTopic = { topic, bytes: topicBytes };
-    }
+    const host = this.host;
+    const topics = this.topics ??= new InboundTopics(host.limits, this.v5);
+    const p = decodePublish(buf, start, end, flags, this.v5, topics.last);
+    host.metrics.publishReceived++;
+    topics.resolve(p, buf);
+    const topic = topics.topic;
     const qos = p.qos;
     const pid = p.packetId;
     if (p.payloadFormat === -2) {
@@ -595,7 +497,7 @@ export class Connection implements ConnectionHandler, SessionLink {
       return;
     }
     if (
-      topic.charCodeAt(0) === 0x24 /* $ */ || !core.mayPublish(this.clientId, this.username, topic)
+      topic.charCodeAt(0) === 0x24 /* $ */ || !host.mayPublish(this.clientId, this.username, topic)
     ) {
       // Refused publishes are acknowledged with 0x87 in MQTT 5; 3.1.1 has no
       // way to refuse, so they get a normal acknowledgement and are dropped.
@@ -604,104 +506,100 @@ export class Connection implements ConnectionHandler, SessionLink {
     }
     const session = this.session!;
     if (qos === 2) {
-      const inQ = session.incomingQos2 ??= new Set();
-      if (inQ.has(pid)) {
+      if (!session.receiveQos2(pid)) {
         // A resend of a message already routed: acknowledge again, never route twice.
-        this.outbox.pushAck(PacketType.PUBREC, pid, 0, this.v5);
+        this.acks.ack(2, pid, 0, null, 0);
         return;
       }
-      if (inQ.size >= core.limits.receiveMaximum) {
+      if (session.incomingQos2Count > host.limits.receiveMaximum) {
         throw new ProtocolError(
-          "more unacknowledged QoS 2 messages than Receive Maximum",
           ReasonCode.ReceiveMaximumExceeded,
+          "more unacknowledged QoS 2 messages than Receive Maximum",
         );
       }
-      inQ.add(pid);
     }
-    const msg = toMessage(
-      buf,
-      p,
-      topic,
-      topicBytes!, // set above: the known topic, the alias, or the fresh copy
-      this.clientId,
-      p.expiry >= 0 ? Date.now() : 0,
+    const now = p.expiry >= 0 ? host.clock.now() : 0;
+    const msg = toMessage(buf, p, topic, topics.topicBytes, this.clientId, now);
+    const n = host.publish(
+      msg,
+      this.info ??= {
+        clientId: this.clientId,
+        username: this.username,
+        receivedAt: 0,
+        kind: "client",
+      },
     );
-    const n = core.publish(msg);
-    if (qos > 0) this.ack(qos, pid, n === 0 ? ReasonCode.NoMatchingSubscribers : 0);
+    if (qos !== 0) {
+      this.acks.ack(
+        qos,
+        pid,
+        n === 0 ? ReasonCode.NoMatchingSubscribers : 0,
+        host.publishWritten,
+        ReasonCode.UnspecifiedError,
+      );
+    }
   }
 
   private ack(qos: number, pid: number, code: number): void {
+    // 3.1.1 cannot carry a failure: an unsaved message gets no acknowledgement, so the
+    // client sends it again after reconnecting.
+    if (!this.v5 && code === ReasonCode.UnspecifiedError) return this.disconnect(code);
     this.outbox.pushAck(qos === 1 ? PacketType.PUBACK : PacketType.PUBREC, pid, code, this.v5);
   }
 
   // ---- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------
 
   private onSubscribe(buf: Uint8Array, start: number, end: number): void {
-    const core = this.core;
-    const pkt = decodeSubscribe(buf, start, end, this.level as ProtocolLevel);
+    const host = this.host;
+    const level = this.level as ProtocolLevel;
+    const pkt = decodeSubscribe(buf, start, end, level);
     const session = this.session!;
+    const decisions = decideSubscriptions(
+      pkt,
+      session,
+      host.limits,
+      (filter) => host.maySubscribe(this.clientId, this.username, filter),
+    );
     const codes: number[] = [];
     const withRetained: Subscription[] = [];
-    const subId = pkt.subscriptionId ?? 0;
-    for (const req of pkt.requests) {
-      const tf = parseFilter(req.filter, core.limits);
-      if (typeof tf === "string") {
-        codes.push(ReasonCode.TopicFilterInvalid);
+    let waits: Promise<void>[] | null = null;
+    for (const d of decisions) {
+      if (d.sub === undefined) {
+        codes.push(d.code);
         continue;
       }
-      if (tf.group !== null && req.noLocal) {
-        throw new ProtocolError("No Local on a shared subscription");
-      }
-      if (!core.maySubscribe(this.clientId, this.username, tf.filter)) {
-        codes.push(ReasonCode.NotAuthorized);
-        continue;
-      }
-      const sub: Subscription = {
-        subscriber: session,
-        key: tf.key,
-        filter: tf.filter,
-        group: tf.group,
-        qos: req.qos,
-        noLocal: req.noLocal,
-        retainAsPublished: req.retainAsPublished,
-        retainHandling: req.retainHandling,
-        subscriptionId: subId,
-        idList: subId !== 0 ? [subId] : null,
-      };
-      const existed = core.router.subscribe(sub);
-      codes.push(req.qos);
-      // Retained messages go to new non-shared subscriptions per Retain Handling [MQTT-3.3.1-9..11].
-      if (
-        tf.group === null && (req.retainHandling === 0 || (req.retainHandling === 1 && !existed))
-      ) {
-        withRetained.push(sub);
-      }
+      const r = host.subscribe(session, d.sub);
+      if (r.ready !== null) (waits ??= []).push(r.ready);
+      codes.push(d.sub.qos);
+      if (wantsRetained(d.sub, r.existed)) withRetained.push(d.sub);
     }
-    this.outbox.push(encodeSuback(this.level as ProtocolLevel, pkt.packetId, codes));
-    if (withRetained.length === 0) return;
-    const now = Date.now();
-    for (const sub of withRetained) {
-      for (const msg of core.router.retainedFor(sub.filter)) {
-        if (msg.expired(now)) continue;
-        session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
-      }
-    }
+    host.sessionChanged(session);
+    const finish = () => {
+      if (this.state === State.Closed) return;
+      this.outbox.push(encodeSuback(level, pkt.packetId, codes));
+      if (withRetained.length !== 0) sendRetained(this.host, session, withRetained);
+    };
+    if (waits === null) finish();
+    // A route that could not be written is retried by the cluster; the local subscription holds.
+    else Promise.all(waits).catch(() => {}).then(finish);
   }
 
   private onUnsubscribe(buf: Uint8Array, start: number, end: number): void {
     const pkt = decodeUnsubscribe(buf, start, end, this.level as ProtocolLevel);
     const codes: number[] = [];
+    const session = this.session!;
     for (const f of pkt.filters) {
-      const tf = parseFilter(f, this.core.limits);
+      const tf = parseFilter(f, this.host.limits);
       if (typeof tf === "string") codes.push(ReasonCode.TopicFilterInvalid);
       else {
         codes.push(
-          this.core.router.unsubscribe(this.session!, tf.key)
+          this.host.unsubscribe(session, tf.key)
             ? ReasonCode.Success
             : ReasonCode.NoSubscriptionExisted,
         );
       }
     }
+    this.host.sessionChanged(session);
     this.outbox.push(encodeUnsuback(this.level as ProtocolLevel, pkt.packetId, codes));
   }
 
@@ -712,9 +610,12 @@ export class Connection implements ConnectionHandler, SessionLink {
     const session = this.session!;
     if (d.sessionExpiryInterval !== undefined) {
       if (session.expiryInterval === 0 && d.sessionExpiryInterval !== 0) {
-        throw new ProtocolError("Session Expiry Interval changed from 0 at DISCONNECT");
+        throw new ProtocolError(
+          ReasonCode.ProtocolError,
+          "Session Expiry Interval changed from 0 at DISCONNECT",
+        );
       }
-      session.expiryInterval = Math.min(d.sessionExpiryInterval, this.core.limits.maxSessionExpiry);
+      session.setExpiry(Math.min(d.sessionExpiryInterval, this.host.limits.maxSessionExpiry));
     }
     // Only a normal disconnection (0x00) deletes the will [MQTT-3.14.4-3]; 0x04 and the
     // error codes leave it to be published [MQTT-3.1.2-8].
@@ -724,7 +625,7 @@ export class Connection implements ConnectionHandler, SessionLink {
   /** Called by the keep-alive sweep. */
   checkTimeouts(now: number): void {
     if (this.state === State.AwaitingConnect) {
-      if (now - this.acceptedAt > this.core.limits.connectTimeoutMs) {
+      if (now - this.acceptedAt > this.host.limits.connectTimeoutMs) {
         log.info("no CONNECT from {addr} in time", { addr: this.peer.remoteAddress });
         this.end(false);
       }
@@ -732,14 +633,9 @@ export class Connection implements ConnectionHandler, SessionLink {
       if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
         log.info("keep alive timeout for {clientId}", { clientId: this.clientId });
         this.disconnect(ReasonCode.KeepAliveTimeout, "keep alive timeout");
-      } else if (now - this.lastRx > 5000) {
+      } else if (now - this.lastRx > this.host.limits.idleTrimMs) {
         this.outbox.trim();
       }
     }
-  }
-
-  /** The same client id connected elsewhere. */
-  takenOver(): void {
-    this.disconnect(ReasonCode.SessionTakenOver, "session taken over");
   }
 }

@@ -1,38 +1,40 @@
 /**
  * The transport-agnostic broker core: the session registry (client id ->
- * session, takeover, expiry), wills, the keep-alive sweep, and the glue
- * between connections, the router and authentication. It imports no socket,
- * TLS, Redis or BigQuery code; transports hand it byte streams via `accept`.
+ * session, ownership, takeover, expiry), wills, the keep-alive sweep, and the
+ * one way in for messages (`publish`) and for subscription changes
+ * (`subscribe`/`unsubscribe`), which is where the topic log (Sink), the
+ * cluster (Bus) and the durable state (Store) are fed. It imports no socket,
+ * TLS, Redis, SQLite or BigQuery code: those arrive through the interfaces.
  */
 import { getLogger } from "@logtape/logtape";
-import type { Authenticator, Authorizer } from "../auth/types.ts";
+import type { Authenticator, Authorizer, ConnectRequest } from "../auth/types.ts";
+import type { Bus, BusHost } from "../cluster/types.ts";
+import type { Clock } from "../ops/clock.ts";
+import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
-import type { Metrics } from "../ops/metrics.ts";
-import type { Router } from "../router/router.ts";
-import { Connection, type PeerInfo } from "./connection.ts";
-import { NEVER_EXPIRES, Session } from "./session.ts";
+import { ReasonCode } from "../protocol/reason_codes.ts";
+import { parseFilter } from "../protocol/topic.ts";
+import { type Router, Subscribed, Unsubscribed } from "../router/router.ts";
+import type { Subscription } from "../router/types.ts";
+import type { PublishInfo, Sink } from "../sinks/types.ts";
+import type { SessionState, Store } from "../store/types.ts";
+import { Connection } from "./connection.ts";
+import type {
+  AttachingConnection,
+  AttachRequest,
+  AttachResult,
+  ConnectionHost,
+  PeerInfo,
+  SubscribeResult,
+} from "./host.ts";
+import { Journal } from "./journal.ts";
+import type { CoreLimits } from "./limits.ts";
+import { NEVER_EXPIRES, Session, toMessage } from "./session.ts";
+
+export type { CoreLimits } from "./limits.ts";
 
 const log = getLogger(["mcloudtt", "core"]);
-
-/** Every bound the core enforces; built from the [limits] config section. */
-export interface CoreLimits {
-  maxPacketSize: number;
-  receiveMaximum: number;
-  topicAliasMaximum: number;
-  maxKeepAlive: number;
-  /** Server Keep Alive imposed on every client, 0 for none ([general] timeout). */
-  serverKeepAlive: number;
-  maxInflight: number;
-  maxQueued: number;
-  queueDropPolicy: "newest" | "oldest";
-  maxTopicLength: number;
-  maxTopicLevels: number;
-  connectTimeoutMs: number;
-  maxConnections: number;
-  maxSessionExpiry: number;
-  maxOutgoingBytes: number;
-}
 
 export interface CoreOptions {
   limits: CoreLimits;
@@ -40,25 +42,40 @@ export interface CoreOptions {
   metrics: Metrics;
   auth: Authenticator;
   authorizer?: Authorizer | null;
+  bus: Bus;
+  store: Store;
+  sink: Sink;
+  clock: Clock;
 }
 
-const SWEEP_MS = 500;
+const WILL_INFO: PublishInfo = Object.freeze({
+  clientId: "",
+  username: undefined,
+  receivedAt: 0,
+  kind: "will",
+});
 
-export class BrokerCore {
+export class BrokerCore implements ConnectionHost, BusHost {
   readonly limits: CoreLimits;
   readonly router: Router;
   readonly metrics: Metrics;
+  readonly clock: Clock;
+  readonly bus: Bus;
+  readonly store: Store;
+  readonly sink: Sink;
   auth: Authenticator;
   authorizer: Authorizer | null;
+  /** What the acknowledgement of the last `publish` waits for. */
+  publishWritten: Promise<void> | null = null;
+  /** Set when the store is durable: session and retained changes are journaled into it. */
+  readonly journal: Journal | null;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Connection>();
   /** Sessions without a connection that have a will or an expiry pending. */
   private readonly detached = new Set<Session>();
-  private sweepTimer: ReturnType<typeof setInterval> | undefined;
+  private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
-  private idCounter = 0;
-  private readonly idPrefix = `mcloudtt-${crypto.randomUUID().slice(0, 8)}-`;
 
   constructor(opts: CoreOptions) {
     this.limits = opts.limits;
@@ -66,20 +83,40 @@ export class BrokerCore {
     this.metrics = opts.metrics;
     this.auth = opts.auth;
     this.authorizer = opts.authorizer ?? null;
+    this.bus = opts.bus;
+    this.store = opts.store;
+    this.sink = opts.sink;
+    this.clock = opts.clock;
+    this.journal = opts.store.durable ? new Journal(opts.store) : null;
   }
 
-  /** Starts the keep-alive/expiry sweep. */
-  start(): void {
+  /** Loads what a durable, unshared store kept (sessions, retained), then starts the sweep. */
+  async start(): Promise<void> {
     this.stoppedWith = null;
-    this.sweepTimer ??= setInterval(() => this.sweep(Date.now()), SWEEP_MS);
+    const store = this.store;
+    if (store.durable) {
+      for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
+      if (!store.shared) {
+        for (const state of await store.loadSessions()) this.restoreSession(state);
+      }
+    }
+    this.stopSweep ??= this.clock.every(
+      this.limits.sweepIntervalMs,
+      () => this.sweep(this.clock.now()),
+    );
   }
 
   /** Stops the sweep and closes every connection with `reasonCode` (MQTT 5 DISCONNECT). */
   stop(reasonCode: number): void {
-    if (this.sweepTimer !== undefined) clearInterval(this.sweepTimer);
-    this.sweepTimer = undefined;
+    this.stopSweep?.();
+    this.stopSweep = null;
     this.stoppedWith = reasonCode;
     for (const c of [...this.connections]) c.disconnect(reasonCode, "server shutting down");
+  }
+
+  /** Resolves once every journaled change is written (graceful stop). */
+  async flush(): Promise<void> {
+    await this.journal?.drain();
   }
 
   /** A transport accepted a byte stream: returns the handler it feeds. */
@@ -102,12 +139,23 @@ export class BrokerCore {
     return this.sessions.size;
   }
 
-  newClientId(): string {
-    return this.idPrefix + (++this.idCounter).toString(36);
+  /** Live connections (for revocation after a reload, and for ops). */
+  connectionList(): IterableIterator<Connection> {
+    return this.connections.values();
   }
 
-  publish(msg: Message): number {
-    return this.router.publish(msg);
+  /** Every session, online and offline. */
+  sessionList(): IterableIterator<Session> {
+    return this.sessions.values();
+  }
+
+  newClientId(): string {
+    // Unguessable, so nobody can aim at another client's assigned id.
+    return `mcloudtt-${crypto.randomUUID()}`;
+  }
+
+  authenticate(req: ConnectRequest) {
+    return this.auth.authenticate(req);
   }
 
   mayPublish(clientId: string, username: string | undefined, topic: string): boolean {
@@ -118,50 +166,225 @@ export class BrokerCore {
     return this.authorizer === null || this.authorizer.canSubscribe({ clientId, username }, filter);
   }
 
+  // ---- the one way in for messages -------------------------------------------
+
   /**
-   * Binds a connection that passed CONNECT to its session: takes over a live
-   * connection with the same client id, resumes or discards the old session.
+   * Every message published on this node comes through here: client
+   * publishes, wills and broker-made messages ($SYS). It is offered to the
+   * topic log, forwarded to the cluster nodes that want it, stored when
+   * retained, and delivered to local subscribers. Returns the number of local
+   * deliveries; `publishWritten` says what an acknowledgement waits for.
    */
-  attach(conn: Connection, cleanStart: boolean): { session: Session; present: boolean } {
+  publish(msg: Message, info: PublishInfo): number {
+    this.sink.offer(msg, info);
+    const fwd = this.bus.forward(msg);
+    const journal = this.journal;
+    const mark = journal === null ? 0 : journal.size;
+    const n = this.route(msg, fwd.localGroups);
+    let written = fwd.written;
+    if (journal !== null && journal.size !== mark) {
+      const p = journal.pending;
+      written = written === null ? p : Promise.all([written, p]).then(() => {});
+    }
+    this.publishWritten = written;
+    return n;
+  }
+
+  /** BusHost: a message published on another node; delivered here, never forwarded again. */
+  deliverRemote(msg: Message, groups: readonly string[]): void {
+    this.route(msg, new Set(groups));
+  }
+
+  private route(msg: Message, groups: ReadonlySet<string> | null): number {
+    if (msg.retain && this.journal !== null) {
+      this.journal.push(
+        msg.payload.length === 0
+          ? { type: "retain-delete", topic: msg.topic }
+          : { type: "retain", msg: msg.own() },
+      );
+    }
+    return this.router.publish(msg, groups);
+  }
+
+  // ---- the one way in for subscription changes ---------------------------------
+
+  subscribe(_session: Session, sub: Subscription): SubscribeResult {
+    const r = this.router.subscribe(sub);
+    return {
+      existed: r === Subscribed.Replaced,
+      ready: r === Subscribed.NewRoute ? this.bus.addRoute(sub.key) : null,
+    };
+  }
+
+  unsubscribe(session: Session, key: string): boolean {
+    const r = this.router.unsubscribe(session, key);
+    if (r === Unsubscribed.RouteGone) this.bus.removeRoute(key);
+    return r !== Unsubscribed.None;
+  }
+
+  private unsubscribeAll(session: Session): void {
+    for (const key of this.router.unsubscribeAll(session)) this.bus.removeRoute(key);
+  }
+
+  sessionChanged(session: Session): void {
+    if (this.journal !== null) session.persist(this.router.subscriptionsOf(session));
+  }
+
+  retainedFor(filter: string): Message[] {
+    return this.router.retainedFor(filter);
+  }
+
+  // ---- sessions -------------------------------------------------------------
+
+  /**
+   * Binds a connection that passed authentication to its session: refuses a
+   * session that belongs to someone else, takes over a live connection with
+   * the same client id, resumes or discards the old session.
+   */
+  attach(conn: AttachingConnection, req: AttachRequest): AttachResult | Promise<AttachResult> {
+    const id = conn.clientId;
+    const existing = this.sessions.get(id);
+    if (existing !== undefined && existing.owner !== req.owner) {
+      return this.refuseForeign(conn, existing.owner);
+    }
+    if (!this.store.shared) return this.bind(conn, req);
+    return this.attachShared(conn, req);
+  }
+
+  private refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
+    this.metrics.connectsRefused++;
+    log.warn("refused {clientId} from {addr}: the session belongs to another user", {
+      clientId: conn.clientId,
+      addr: conn.peer.remoteAddress,
+      owner: owner ?? "(anonymous)",
+    });
+    return {
+      ok: false,
+      code: ReasonCode.NotAuthorized,
+      reason: "client id is in use by another user",
+    };
+  }
+
+  /** Cluster: the session may live on another node; claim it, then load it from the store. */
+  private async attachShared(
+    conn: AttachingConnection,
+    req: AttachRequest,
+  ): Promise<AttachResult> {
+    const id = conn.clientId;
+    const before = await this.store.loadSession(id);
+    if (before !== null && before.owner !== req.owner) {
+      return this.refuseForeign(conn, before.owner);
+    }
+    await this.bus.claimSession(id);
+    if (!this.sessions.has(id)) {
+      const state = await this.store.loadSession(id);
+      if (state !== null && state.owner !== req.owner) return this.refuseForeign(conn, state.owner);
+      if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
+    }
+    return this.bind(conn, req);
+  }
+
+  private bind(conn: AttachingConnection, req: AttachRequest): AttachResult {
     const id = conn.clientId;
     let session = this.sessions.get(id);
     if (session !== undefined && session.link !== null) {
-      const old = session.link as Connection;
       // The old connection goes first so its will follows the usual rules.
-      old.takenOver();
+      session.link.takenOver();
     }
     session = this.sessions.get(id);
-    if (session !== undefined && cleanStart) {
+    if (session !== undefined && req.cleanStart) {
       this.endSession(session);
       session = undefined;
     }
     let present = false;
     if (session === undefined) {
-      session = new Session(id, {
-        maxQueued: this.limits.maxQueued,
-        dropPolicy: this.limits.queueDropPolicy,
-      }, this.metrics);
+      session = this.newSession(id);
+      session.owner = req.owner;
       this.sessions.set(id, session);
     } else {
       present = true;
       // Reconnecting in time cancels a delayed will [MQTT-3.1.3-9].
-      session.will = null;
-      session.willAt = 0;
+      session.setWill(null);
       this.detached.delete(session);
     }
-    return { session, present };
+    return { ok: true, session, present };
+  }
+
+  private newSession(id: string): Session {
+    const s = new Session(
+      id,
+      { maxQueued: this.limits.maxQueued, dropPolicy: this.limits.queueDropPolicy },
+      this.metrics,
+      this.clock.now,
+    );
+    s.journal = this.journal;
+    return s;
+  }
+
+  /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
+  private restoreSession(state: SessionState): void {
+    const s = this.newSession(state.clientId);
+    s.restore(state);
+    for (const stored of state.subscriptions) {
+      const tf = parseFilter(stored.key, this.limits);
+      if (typeof tf === "string") {
+        log.warn("skipping stored subscription {key} of {clientId}: {problem}", {
+          key: stored.key,
+          clientId: state.clientId,
+          problem: tf,
+        });
+        continue;
+      }
+      this.subscribe(s, {
+        subscriber: s,
+        key: tf.key,
+        filter: tf.filter,
+        group: tf.group,
+        qos: stored.qos,
+        noLocal: stored.noLocal,
+        retainAsPublished: stored.retainAsPublished,
+        retainHandling: stored.retainHandling,
+        subscriptionId: stored.subscriptionId,
+        idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
+      });
+    }
+    this.sessions.set(state.clientId, s);
+    // A session stored while connected lost its connection in a crash: it is detached now.
+    if (s.expiresAt === 0) {
+      const now = this.clock.now();
+      s.expiresAt = s.expiryInterval === NEVER_EXPIRES ? Infinity : now + s.expiryInterval * 1000;
+      if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
+    }
+    this.detached.add(s);
+  }
+
+  /** BusHost: another node took over `clientId`. */
+  async sessionTakenOver(clientId: string): Promise<void> {
+    const s = this.sessions.get(clientId);
+    if (s === undefined) return;
+    s.link?.takenOver();
+    // The new owner loads the session from the store: write it back, then forget it here.
+    s.persist(this.router.subscriptionsOf(s));
+    await this.journal?.drain();
+    this.detached.delete(s);
+    this.unsubscribeAll(s);
+    if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
   }
 
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
-  connectionClosed(conn: Connection, wasConnected: boolean, willAllowed: boolean): void {
-    if (!this.connections.delete(conn)) return;
+  connectionClosed(
+    conn: AttachingConnection,
+    session: Session | null,
+    wasConnected: boolean,
+    willAllowed: boolean,
+  ): void {
+    if (!this.connections.delete(conn as Connection)) return;
     this.metrics.connectionsCurrent--;
     if (!wasConnected) return;
-    const session = conn.session;
     if (session === null || session.link !== conn) return;
     session.link = null;
-    const now = Date.now();
-    if (!willAllowed) session.will = null;
+    const now = this.clock.now();
+    if (!willAllowed) session.setWill(null);
     const will = session.will;
     if (will !== null) {
       if (will.delay === 0 || session.expiryInterval === 0) this.publishWill(session);
@@ -175,12 +398,12 @@ export class BrokerCore {
       ? Infinity
       : now + session.expiryInterval * 1000;
     this.detached.add(session);
+    this.sessionChanged(session);
   }
 
   private publishWill(session: Session): void {
     const will = session.will;
-    session.will = null;
-    session.willAt = 0;
+    session.setWill(null);
     if (will === null) return;
     const m = will.msg;
     const msg = will.expiry >= 0
@@ -191,7 +414,7 @@ export class BrokerCore {
         m.qos,
         m.retain,
         m.props,
-        Date.now() + will.expiry * 1000,
+        this.clock.now() + will.expiry * 1000,
         m.origin,
       )
       : m;
@@ -200,7 +423,8 @@ export class BrokerCore {
       clientId: session.clientId,
       topic: m.topic,
     });
-    this.router.publish(msg);
+    this.publish(msg, { ...WILL_INFO, clientId: session.clientId, username: session.username });
+    this.sessionChanged(session);
   }
 
   private endSession(session: Session): void {
@@ -209,9 +433,16 @@ export class BrokerCore {
       this.publishWill(session);
     }
     this.detached.delete(session);
-    this.router.unsubscribeAll(session);
+    this.unsubscribeAll(session);
+    const persisted = session.expiryInterval !== 0 || this.journal !== null;
     session.clear();
-    if (this.sessions.get(session.clientId) === session) this.sessions.delete(session.clientId);
+    if (this.sessions.get(session.clientId) === session) {
+      this.sessions.delete(session.clientId);
+      this.bus.releaseSession(session.clientId);
+      if (persisted && this.journal !== null) {
+        this.journal.push({ type: "session-delete", clientId: session.clientId });
+      }
+    }
   }
 
   /** Keep-alive and connect timeouts, delayed wills, session expiry. */

@@ -3,9 +3,17 @@
  * flight and queued, incoming QoS 2 packet ids not yet released, the will and
  * the expiry. Subscriptions are owned by the router, keyed by this session.
  */
-import type { Message } from "../protocol/message.ts";
+import { utf8 } from "../protocol/bytes.ts";
+import { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
-import type { Subscriber } from "../router/types.ts";
+import type { Subscriber, Subscription } from "../router/types.ts";
+import type {
+  SessionState,
+  StoredMessage,
+  StoredSubscription,
+  StoredWill,
+} from "../store/types.ts";
+import type { Journal } from "./journal.ts";
 
 /** The connection side a session writes to. */
 export interface SessionLink {
@@ -24,6 +32,8 @@ export interface SessionLink {
     subIds: readonly number[] | null,
   ): boolean;
   sendPubrel(packetId: number): void;
+  /** The same client id connected again (here or on another node): close with 0x8E. */
+  takenOver(): void;
 }
 
 export interface SessionLimits {
@@ -45,6 +55,7 @@ export const NEVER_EXPIRES = 0xffffffff;
 
 interface Outgoing {
   msg: Message;
+  packetId: number;
   qos: 1 | 2;
   retain: boolean;
   subIds: readonly number[] | null;
@@ -57,32 +68,103 @@ interface Queued {
   qos: 1 | 2;
   retain: boolean;
   subIds: readonly number[] | null;
+  /** Journal sequence number (0 when the session is not journaled). */
+  seq: number;
 }
 
+/**
+ * One client's session. Its state changes only through these methods, so a
+ * durable store sees every change: when `journal` is set and the session is
+ * persistent (Session Expiry > 0), each change is also pushed to it.
+ */
 export class Session implements Subscriber {
   link: SessionLink | null = null;
   /** Session Expiry Interval in seconds; NEVER_EXPIRES for never. */
-  expiryInterval = 0;
-  will: Will | null = null;
+  private expiry = 0;
+  private willValue: Will | null = null;
   /** When a detached session's will is due (ms since epoch), or 0. */
   willAt = 0;
   /** When a detached session ends (ms since epoch), or 0 while attached. */
   expiresAt = 0;
   /** Incoming QoS 2 packet ids received but not yet released by PUBREL. */
-  incomingQos2: Set<number> | null = null;
-  /** Username the session was authenticated as (for authorization). */
-  username: string | undefined = undefined;
+  private incomingQos2: Set<number> | null = null;
+  /**
+   * Who the session belongs to: the username or certificate identity it was
+   * created by, null when anonymous. Only that identity may resume it.
+   */
+  owner: string | null = null;
+  /** Where changes go when the store is durable; null otherwise. */
+  journal: Journal | null = null;
 
   private inflight: Map<number, Outgoing> | null = null;
   private queue: Queued[] = [];
   private queueHead = 0;
   private nextPid = 1;
+  private nextSeq = 1;
 
   constructor(
     readonly clientId: string,
     private readonly limits: SessionLimits,
     private readonly metrics: Metrics,
+    private readonly now: () => number = Date.now,
   ) {}
+
+  /** Username the session runs as (for authorization); the owner. */
+  get username(): string | undefined {
+    return this.owner ?? undefined;
+  }
+
+  get expiryInterval(): number {
+    return this.expiry;
+  }
+
+  get will(): Will | null {
+    return this.willValue;
+  }
+
+  /** True when changes must reach the store: journaled and outliving its connection. */
+  private get journaled(): boolean {
+    return this.journal !== null && this.expiry !== 0;
+  }
+
+  /** Sets the Session Expiry Interval (CONNECT, or DISCONNECT's update). */
+  setExpiry(seconds: number): void {
+    this.expiry = seconds;
+  }
+
+  /** Sets or clears the will (CONNECT; cleared by a normal DISCONNECT or once published). */
+  setWill(will: Will | null): void {
+    this.willValue = will;
+    if (will === null) this.willAt = 0;
+  }
+
+  /**
+   * An incoming QoS 2 PUBLISH with `pid`: false when it is a resend of one
+   * already received (acknowledge again, do not route twice).
+   */
+  receiveQos2(pid: number): boolean {
+    const set = this.incomingQos2 ??= new Set();
+    if (set.has(pid)) return false;
+    set.add(pid);
+    if (this.journaled) {
+      this.journal!.push({ type: "qos2-add", clientId: this.clientId, packetId: pid });
+    }
+    return true;
+  }
+
+  /** Number of incoming QoS 2 messages not yet released. */
+  get incomingQos2Count(): number {
+    return this.incomingQos2 === null ? 0 : this.incomingQos2.size;
+  }
+
+  /** PUBREL for `pid`: true when it was known. */
+  releaseQos2(pid: number): boolean {
+    const known = this.incomingQos2?.delete(pid) ?? false;
+    if (known && this.journaled) {
+      this.journal!.push({ type: "qos2-delete", clientId: this.clientId, packetId: pid });
+    }
+    return known;
+  }
 
   get online(): boolean {
     return this.link !== null;
@@ -97,7 +179,7 @@ export class Session implements Subscriber {
   }
 
   deliver(msg: Message, qos: 0 | 1 | 2, retain: boolean, subIds: readonly number[] | null): void {
-    if (msg.expiresAt !== 0 && msg.expired(Date.now())) {
+    if (msg.expiresAt !== 0 && msg.expired(this.now())) {
       this.metrics.droppedExpired++;
       return;
     }
@@ -114,7 +196,7 @@ export class Session implements Subscriber {
     ) {
       this.send(link, msg, qos, retain, subIds);
     } else {
-      this.enqueue({ msg, qos, retain, subIds });
+      this.enqueue({ msg, qos, retain, subIds, seq: 0 });
     }
   }
 
@@ -128,14 +210,17 @@ export class Session implements Subscriber {
     const pid = this.allocatePacketId();
     if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return;
     // Kept for a resend until acknowledged, so it must not point into a read buffer.
-    (this.inflight ??= new Map()).set(pid, {
-      msg: msg.own(),
-      qos,
-      retain,
-      subIds,
-      released: false,
-    });
+    const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
+    (this.inflight ??= new Map()).set(pid, e);
+    if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.publishSent++;
+  }
+
+  private inflightDone(pid: number): void {
+    this.inflight!.delete(pid);
+    if (this.journaled) {
+      this.journal!.push({ type: "inflight-delete", clientId: this.clientId, packetId: pid });
+    }
   }
 
   private enqueue(q: Queued): void {
@@ -143,10 +228,22 @@ export class Session implements Subscriber {
     if (this.queuedCount >= limits.maxQueued) {
       this.metrics.droppedQueueFull++;
       if (limits.dropPolicy === "newest" || limits.maxQueued === 0) return;
-      this.queueHead++;
+      const dropped = this.queue[this.queueHead];
+      this.queue[this.queueHead++] = undefined as unknown as Queued;
+      this.dequeued(dropped);
     }
     q.msg.own();
+    if (this.journaled) {
+      q.seq = this.nextSeq++;
+      this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
+    }
     this.queue.push(q);
+  }
+
+  private dequeued(q: Queued): void {
+    if (q.seq !== 0 && this.journaled) {
+      this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
+    }
   }
 
   private allocatePacketId(): number {
@@ -165,7 +262,8 @@ export class Session implements Subscriber {
     while (this.queueHead < q.length && this.inflightCount < link.sendWindow && !link.congested) {
       const next = q[this.queueHead];
       q[this.queueHead++] = undefined as unknown as Queued;
-      if (next.msg.expiresAt !== 0 && next.msg.expired(Date.now())) {
+      this.dequeued(next);
+      if (next.msg.expiresAt !== 0 && next.msg.expired(this.now())) {
         this.metrics.droppedExpired++;
         continue;
       }
@@ -184,7 +282,7 @@ export class Session implements Subscriber {
   onPuback(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || e.qos !== 1) return;
-    this.inflight!.delete(pid);
+    this.inflightDone(pid);
     if (this.queueHead < this.queue.length) this.pump();
   }
 
@@ -194,11 +292,12 @@ export class Session implements Subscriber {
     if (e === undefined || e.qos !== 2) return false;
     if (reasonCode >= 0x80) {
       // The receiver refused the message: the flow ends here, no PUBREL.
-      this.inflight!.delete(pid);
+      this.inflightDone(pid);
       if (this.queueHead < this.queue.length) this.pump();
       return true;
     }
     e.released = true;
+    if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.link?.sendPubrel(pid);
     return true;
   }
@@ -207,7 +306,7 @@ export class Session implements Subscriber {
   onPubcomp(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || !e.released) return;
-    this.inflight!.delete(pid);
+    this.inflightDone(pid);
     if (this.queueHead < this.queue.length) this.pump();
   }
 
@@ -220,15 +319,15 @@ export class Session implements Subscriber {
     this.expiresAt = 0;
     this.willAt = 0;
     if (this.inflight !== null) {
-      const now = Date.now();
+      const now = this.now();
       for (const [pid, e] of this.inflight) {
         if (e.released) {
           link.sendPubrel(pid);
         } else if (e.msg.expired(now)) {
-          this.inflight.delete(pid);
+          this.inflightDone(pid);
           this.metrics.droppedExpired++;
         } else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
-          this.inflight.delete(pid);
+          this.inflightDone(pid);
         }
       }
     }
@@ -241,6 +340,95 @@ export class Session implements Subscriber {
     this.queue = [];
     this.queueHead = 0;
     this.incomingQos2 = null;
-    this.will = null;
+    this.setWill(null);
   }
+
+  /** Writes the whole session to the journal (connect, disconnect, subscription changes). */
+  persist(subscriptions: Iterable<Subscription>): void {
+    if (this.journaled) this.journal!.push({ type: "session", state: this.toState(subscriptions) });
+  }
+
+  /** The session as a store keeps it. `subscriptions` come from the router, which owns them. */
+  toState(subscriptions: Iterable<Subscription>): SessionState {
+    const subs: StoredSubscription[] = [];
+    for (const s of subscriptions) {
+      subs.push({
+        key: s.key,
+        qos: s.qos,
+        noLocal: s.noLocal,
+        retainAsPublished: s.retainAsPublished,
+        retainHandling: s.retainHandling,
+        subscriptionId: s.subscriptionId,
+      });
+    }
+    const queue: (Queued & { seq: number })[] = [];
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const q = this.queue[i];
+      if (q.seq === 0) q.seq = this.nextSeq++;
+      queue.push(q);
+    }
+    const w = this.willValue;
+    return {
+      clientId: this.clientId,
+      owner: this.owner,
+      expiryInterval: this.expiry,
+      expiresAt: this.expiresAt,
+      will: w === null ? null : { msg: w.msg.own(), delay: w.delay, expiry: w.expiry },
+      willAt: this.willAt,
+      subscriptions: subs,
+      queue,
+      inflight: this.inflight === null ? [] : [...this.inflight.values()],
+      incomingQos2: this.incomingQos2 === null ? [] : [...this.incomingQos2],
+    };
+  }
+
+  /** Restores what `toState` saved (subscriptions are restored by the caller, into the router). */
+  restore(state: SessionState): void {
+    this.owner = state.owner;
+    this.expiry = state.expiryInterval;
+    this.expiresAt = state.expiresAt;
+    this.willValue = state.will === null ? null : restoreWill(state.will);
+    this.willAt = state.willAt;
+    this.queue = state.queue.map((q) => ({
+      msg: toMessage(q.msg),
+      qos: q.qos,
+      retain: q.retain,
+      subIds: q.subIds,
+      seq: q.seq,
+    }));
+    this.queueHead = 0;
+    for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+    this.inflight = null;
+    for (const f of state.inflight) {
+      (this.inflight ??= new Map()).set(f.packetId, {
+        msg: toMessage(f.msg),
+        packetId: f.packetId,
+        qos: f.qos,
+        retain: f.retain,
+        subIds: f.subIds,
+        released: f.released,
+      });
+      if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
+    }
+    this.incomingQos2 = state.incomingQos2.length === 0 ? null : new Set(state.incomingQos2);
+  }
+}
+
+/** A stored message as the router moves it. */
+export function toMessage(m: StoredMessage): Message {
+  if (m instanceof Message) return m;
+  return new Message(
+    m.topic,
+    utf8(m.topic),
+    m.payload,
+    m.qos,
+    m.retain,
+    m.props,
+    m.expiresAt,
+    m.origin,
+  );
+}
+
+function restoreWill(w: StoredWill): Will {
+  return { msg: toMessage(w.msg), delay: w.delay, expiry: w.expiry };
 }

@@ -26,6 +26,7 @@ export class TlsFileError extends Error {
   constructor(readonly key: keyof TlsPaths, readonly path: string, cause: unknown) {
     super(
       `cannot read tls.${key} "${path}": ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
     );
     this.name = "TlsFileError";
   }

@@ -1,6 +1,6 @@
 /** What every transport gives the broker, and what the broker gives it. */
 import type { ByteSink } from "../protocol/outbox.ts";
-import type { ConnectionHandler, PeerInfo } from "../session/connection.ts";
+import type { ConnectionHandler, PeerInfo } from "../session/host.ts";
 
 export type { ByteSink, ConnectionHandler, PeerInfo };
 

@@ -5,7 +5,13 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import mqttPacket from "mqtt-packet";
-import { type Broker, type Config, createBroker, type DeepPartial } from "../../mod.ts";
+import {
+  type Broker,
+  type BrokerDeps,
+  type Config,
+  createBroker,
+  type DeepPartial,
+} from "../../mod.ts";
 
 export interface TestBroker {
   broker: Broker;
@@ -15,14 +21,20 @@ export interface TestBroker {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Starts a plain-TCP broker on 127.0.0.1 and a free port; `overrides` change any config key. */
-export async function startBroker(overrides: DeepPartial<Config> = {}): Promise<TestBroker> {
+/**
+ * Starts a plain-TCP broker on 127.0.0.1 and a free port; `overrides` change any config key,
+ * `deps` replace the in-memory bus, store, sink or clock.
+ */
+export async function startBroker(
+  overrides: DeepPartial<Config> = {},
+  deps: BrokerDeps = {},
+): Promise<TestBroker> {
   const config: DeepPartial<Config> = {
     ...overrides,
     general: { secure: false, websocket: false, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
   };
-  const broker = createBroker(config);
+  const broker = createBroker(config, deps);
   await broker.start();
   const tcp = broker.addresses.find((a) => a.kind === "tcp");
   if (!tcp) throw new Error("test broker has no TCP listener");

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { runPasswdCommand } from "../../src/auth/passwd_command.ts";
+import { runPasswdCommand } from "../../src/cli/passwd.ts";
 import { PasswordFile } from "../../src/auth/passwords.ts";
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/passwd_cli.ts", import.meta.url));

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { runCertsCommand } from "../../src/auth/certs_command.ts";
+import { runCertsCommand } from "../../src/cli/certs.ts";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 

@@ -1,0 +1,90 @@
+/**
+ * The narrow interfaces around a connection: what a transport gives it and
+ * drives, and what it asks of the broker core (`ConnectionHost`). The core
+ * implements the host; the connection never sees the core's internals.
+ */
+import type { AuthDecision, ConnectRequest } from "../auth/types.ts";
+import type { Metrics } from "../ops/metrics.ts";
+import type { Clock } from "../ops/clock.ts";
+import type { Message } from "../protocol/message.ts";
+import type { Subscription } from "../router/types.ts";
+import type { PublishInfo } from "../sinks/types.ts";
+import type { CoreLimits } from "./limits.ts";
+import type { Session, SessionLink } from "./session.ts";
+
+/** What a transport knows about the peer. */
+export interface PeerInfo {
+  remoteAddress: string;
+  transport: "tcp" | "tls" | "ws" | "wss";
+  /** Identity from a verified client certificate (already mapped per [tls] identity). */
+  certificateIdentity?: string;
+}
+
+/** The part of a connection a transport drives. */
+export interface ConnectionHandler {
+  /** Bytes arrived; `chunk` is only valid during the call. */
+  data(chunk: Uint8Array): void;
+  /** The transport saw the socket end (EOF or error). */
+  closed(): void;
+  /** Non-null while the transport should stop reading (backpressure). */
+  readonly readGate: Promise<void> | null;
+}
+
+/** A connection as the core's registry sees it. */
+export interface AttachingConnection extends SessionLink {
+  readonly clientId: string;
+  readonly peer: PeerInfo;
+}
+
+/** What a connection that passed authentication asks to be bound to. */
+export interface AttachRequest {
+  cleanStart: boolean;
+  /** Username or certificate identity (null when anonymous): who will own the session. */
+  owner: string | null;
+}
+
+/** The session a connection was bound to, or why it was refused. */
+export type AttachResult =
+  | { ok: true; session: Session; present: boolean }
+  | { ok: false; code: number; reason: string };
+
+/** A subscription was added: whether it replaced one, and what SUBACK must wait for. */
+export interface SubscribeResult {
+  existed: boolean;
+  /** Resolves once the cluster routes matching messages here; null when nothing to wait for. */
+  ready: Promise<void> | null;
+}
+
+/** What a connection needs from the broker core. */
+export interface ConnectionHost {
+  readonly limits: CoreLimits;
+  readonly metrics: Metrics;
+  readonly clock: Clock;
+  authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision>;
+  mayPublish(clientId: string, username: string | undefined, topic: string): boolean;
+  maySubscribe(clientId: string, username: string | undefined, filter: string): boolean;
+  /** A fresh, unguessable client id for a client that sent none. */
+  newClientId(): string;
+  /** Binds `conn` to its session (taking over another connection with the same client id). */
+  attach(conn: AttachingConnection, req: AttachRequest): AttachResult | Promise<AttachResult>;
+  /**
+   * The one way in for a message published on this node. Returns the number
+   * of local deliveries; `publishWritten` then holds what the acknowledgement
+   * must wait for (store and cluster writes), or null.
+   */
+  publish(msg: Message, info: PublishInfo): number;
+  readonly publishWritten: Promise<void> | null;
+  subscribe(session: Session, sub: Subscription): SubscribeResult;
+  /** True when the subscription existed. */
+  unsubscribe(session: Session, key: string): boolean;
+  /** The session's subscriptions changed or its expiry did: persist it. */
+  sessionChanged(session: Session): void;
+  retainedFor(filter: string): Message[];
+  /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
+  connectionClosed(
+    conn: AttachingConnection,
+    session: Session | null,
+    wasConnected: boolean,
+    willAllowed: boolean,
+  ): void;
+}

@@ -1,0 +1,24 @@
+/** The bounds the core enforces, in the core's terms (built from [limits] and [general]). */
+export interface CoreLimits {
+  maxPacketSize: number;
+  receiveMaximum: number;
+  topicAliasMaximum: number;
+  maxKeepAlive: number;
+  /** Server Keep Alive imposed on every client, 0 for none ([general] timeout). */
+  serverKeepAlive: number;
+  maxInflight: number;
+  maxQueued: number;
+  queueDropPolicy: "newest" | "oldest";
+  maxTopicLength: number;
+  maxTopicLevels: number;
+  connectTimeoutMs: number;
+  maxConnections: number;
+  maxSessionExpiry: number;
+  maxOutgoingBytes: number;
+  /** Bytes a client may pipeline behind CONNECT while it is authenticated. */
+  maxConnectBacklog: number;
+  /** Period of the keep-alive / expiry sweep. */
+  sweepIntervalMs: number;
+  /** Idle time after which a connection's spare buffers are released. */
+  idleTrimMs: number;
+}

@@ -1,0 +1,145 @@
+/**
+ * CONNECT negotiation, without sockets: from a decoded CONNECT and the
+ * broker's limits to what the connection runs with (client id, keep alive,
+ * flow control, session expiry), or the CONNACK refusal. Authentication
+ * comes after, in the connection.
+ */
+import { isWellFormedUtf8, utf8 } from "../protocol/bytes.ts";
+import type { ConnackProperties } from "../protocol/control.ts";
+import type { ConnectPacket } from "../protocol/decode.ts";
+import { Message } from "../protocol/message.ts";
+import { encodePassthrough } from "../protocol/properties.ts";
+import { ReasonCode } from "../protocol/reason_codes.ts";
+import { topicNameProblem } from "../protocol/topic.ts";
+import type { CoreLimits } from "./limits.ts";
+import { NEVER_EXPIRES, type Will } from "./session.ts";
+
+/** What the connection runs with once CONNECT is accepted. */
+export interface Negotiated {
+  clientId: string;
+  /** The id the server assigned (the client sent none), to report in CONNACK. */
+  assigned: string | undefined;
+  /** Keep alive timeout in ms (1.5 x keep alive), 0 for none. */
+  keepAliveTimeoutMs: number;
+  /** Server Keep Alive to report in CONNACK when it differs from the client's. */
+  serverKeepAlive: number | undefined;
+  /** The client's Maximum Packet Size, 0 for none. */
+  clientMaxPacket: number;
+  /** How many QoS 1/2 messages may be unacknowledged towards the client. */
+  sendWindow: number;
+  /** Session Expiry the client asked for, and what it gets. */
+  requestedExpiry: number;
+  grantedExpiry: number;
+}
+
+/** A refusal: the CONNACK reason and a reason string. */
+export interface Refusal {
+  code: number;
+  reason: string;
+}
+
+/** Accepts or refuses a CONNECT (before authentication). */
+export function negotiateConnect(
+  pkt: ConnectPacket,
+  limits: CoreLimits,
+  newClientId: () => string,
+): Negotiated | Refusal {
+  const v5 = pkt.protocolLevel === 5;
+  const props = pkt.properties;
+  if (props.authenticationMethod !== undefined) {
+    return {
+      code: ReasonCode.BadAuthenticationMethod,
+      reason: "no authentication methods are supported",
+    };
+  }
+  let clientId = pkt.clientId;
+  let assigned: string | undefined;
+  if (clientId.length === 0) {
+    if (!v5 && !pkt.cleanStart) {
+      return {
+        code: ReasonCode.ClientIdentifierNotValid,
+        reason: "empty client id needs clean session",
+      };
+    }
+    clientId = assigned = newClientId();
+  }
+
+  // Keep alive: MQTT 5 clients can be told a Server Keep Alive; 3.1.1 clients cannot.
+  let keepAlive = pkt.keepAlive;
+  let serverKeepAlive: number | undefined;
+  if (v5) {
+    if (limits.serverKeepAlive > 0) keepAlive = limits.serverKeepAlive;
+    else if (keepAlive === 0 ? limits.maxKeepAlive < 65535 : keepAlive > limits.maxKeepAlive) {
+      keepAlive = limits.maxKeepAlive;
+    }
+    if (keepAlive !== pkt.keepAlive) serverKeepAlive = keepAlive;
+  } else {
+    const cap = limits.serverKeepAlive > 0 ? limits.serverKeepAlive : limits.maxKeepAlive;
+    if (cap < 65535 && (keepAlive === 0 || keepAlive > cap)) {
+      return {
+        code: ReasonCode.ClientIdentifierNotValid,
+        reason: `keep alive must be between 1 and ${cap} seconds`,
+      };
+    }
+  }
+
+  if (pkt.will) {
+    const problem = topicNameProblem(pkt.will.topic, limits);
+    if (problem !== null || pkt.will.topic.startsWith("$")) {
+      return { code: ReasonCode.TopicNameInvalid, reason: "invalid will topic" };
+    }
+    if (
+      pkt.will.properties.payloadFormatIndicator === 1 && !isWellFormedUtf8(pkt.will.payload)
+    ) {
+      return { code: ReasonCode.PayloadFormatInvalid, reason: "will payload is not UTF-8" };
+    }
+  }
+  const requestedExpiry = v5
+    ? props.sessionExpiryInterval ?? 0
+    : (pkt.cleanStart ? 0 : NEVER_EXPIRES);
+  return {
+    clientId,
+    assigned,
+    keepAliveTimeoutMs: keepAlive * 1500,
+    serverKeepAlive,
+    clientMaxPacket: props.maximumPacketSize ?? 0,
+    sendWindow: Math.min(props.receiveMaximum ?? 65535, limits.maxInflight),
+    requestedExpiry,
+    grantedExpiry: Math.min(requestedExpiry, limits.maxSessionExpiry),
+  };
+}
+
+/** The will of an accepted CONNECT, kept until the connection ends. */
+export function buildWill(pkt: ConnectPacket, clientId: string): Will | null {
+  const w = pkt.will;
+  if (!w) return null;
+  const p = w.properties;
+  const msg = new Message(
+    w.topic,
+    utf8(w.topic),
+    w.payload,
+    w.qos,
+    w.retain,
+    encodePassthrough(p),
+    0,
+    clientId,
+  );
+  // The expiry clock of a will starts when it is published, so it stays relative here.
+  return { msg, delay: p.willDelayInterval ?? 0, expiry: p.messageExpiryInterval ?? -1 };
+}
+
+/** The CONNACK properties of an accepted MQTT 5 connection. */
+export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackProperties {
+  return {
+    receiveMaximum: limits.receiveMaximum,
+    maximumPacketSize: limits.maxPacketSize,
+    topicAliasMaximum: limits.topicAliasMaximum,
+    retainAvailable: true,
+    wildcardSubscriptionAvailable: true,
+    subscriptionIdentifiersAvailable: true,
+    sharedSubscriptionAvailable: true,
+    ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
+    ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
+    ...(n.grantedExpiry !== n.requestedExpiry ? { sessionExpiryInterval: n.grantedExpiry } : {}),
+  };
+}

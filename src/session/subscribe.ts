@@ -1,0 +1,74 @@
+/**
+ * SUBSCRIBE without sockets: turns each requested filter into a subscription
+ * or a refusal code, following the filter syntax, share-group rules and the
+ * authorizer's answer.
+ */
+import type { SubscribePacket } from "../protocol/decode.ts";
+import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
+import { parseFilter } from "../protocol/topic.ts";
+import type { Subscriber, Subscription } from "../router/types.ts";
+import type { ConnectionHost } from "./host.ts";
+import type { CoreLimits } from "./limits.ts";
+import type { Session } from "./session.ts";
+
+/** One requested filter: the subscription to add, or the SUBACK code refusing it. */
+export type SubscribeDecision = { sub: Subscription; code?: undefined } | {
+  sub?: undefined;
+  code: number;
+};
+
+/** Decides every request of a SUBSCRIBE; throws for protocol errors that close the connection. */
+export function decideSubscriptions(
+  pkt: SubscribePacket,
+  subscriber: Subscriber,
+  limits: CoreLimits,
+  mayRead: (filter: string) => boolean,
+): SubscribeDecision[] {
+  const out: SubscribeDecision[] = [];
+  const subId = pkt.subscriptionId ?? 0;
+  for (const req of pkt.requests) {
+    const tf = parseFilter(req.filter, limits);
+    if (typeof tf === "string") {
+      out.push({ code: ReasonCode.TopicFilterInvalid });
+      continue;
+    }
+    if (tf.group !== null && req.noLocal) {
+      throw new ProtocolError(ReasonCode.ProtocolError, "No Local on a shared subscription");
+    }
+    if (!mayRead(tf.filter)) {
+      out.push({ code: ReasonCode.NotAuthorized });
+      continue;
+    }
+    out.push({
+      sub: {
+        subscriber,
+        key: tf.key,
+        filter: tf.filter,
+        group: tf.group,
+        qos: req.qos,
+        noLocal: req.noLocal,
+        retainAsPublished: req.retainAsPublished,
+        retainHandling: req.retainHandling,
+        subscriptionId: subId,
+        idList: subId !== 0 ? [subId] : null,
+      },
+    });
+  }
+  return out;
+}
+
+/** Whether a new or replaced subscription gets the retained messages [MQTT-3.3.1-9..11]. */
+export function wantsRetained(sub: Subscription, existed: boolean): boolean {
+  return sub.group === null && (sub.retainHandling === 0 || (sub.retainHandling === 1 && !existed));
+}
+
+/** Hands the retained messages matching new subscriptions to their session. */
+export function sendRetained(host: ConnectionHost, session: Session, subs: Subscription[]): void {
+  const now = host.clock.now();
+  for (const sub of subs) {
+    for (const msg of host.retainedFor(sub.filter)) {
+      if (msg.expired(now)) continue;
+      session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
+    }
+  }
+}
