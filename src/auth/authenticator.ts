@@ -15,6 +15,7 @@ import type {
   Authorizer,
   ClientContext,
   ConnectRequest,
+  SubscribeAccess,
 } from "./types.ts";
 
 export interface PolicyOptions {
@@ -119,5 +120,13 @@ export class AclAuthorizer implements Authorizer {
 
   canSubscribe(ctx: ClientContext, filter: string): boolean {
     return this.acl.canSubscribe(ctx, filter);
+  }
+
+  subscribeAccess(ctx: ClientContext, filter: string): SubscribeAccess {
+    return this.acl.subscribeAccess(ctx, filter);
+  }
+
+  canReceive(ctx: ClientContext, topic: string): boolean {
+    return this.acl.canReceive(ctx, topic);
   }
 }
