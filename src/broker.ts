@@ -25,6 +25,7 @@ import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
 import { Router } from "./router/router.ts";
+import { disconnectRevokedPasswords, reapplySubscriptionAccess } from "./session/revoke.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
 import { noSink } from "./sinks/memory.ts";
 import type { Sink } from "./sinks/types.ts";
@@ -208,34 +209,48 @@ export class Broker {
     });
   }
 
+  /** Loads the password file and the ACL; both or neither take effect. */
   private async loadAuthFiles(): Promise<void> {
     const a = this.config.auth;
-    if (!this.customAuth) {
-      this.policy.options.passwords = a.password_file
-        ? await PasswordFile.load(a.password_file)
-        : null;
-    }
-    if (a.acl_file && this.core.authorizer === null) {
-      this.core.authorizer = new AclAuthorizer(await Acl.load(a.acl_file));
-    } else if (a.acl_file && this.core.authorizer instanceof AclAuthorizer) {
-      this.core.authorizer.acl = await Acl.load(a.acl_file);
+    const passwords = !this.customAuth && a.password_file
+      ? await PasswordFile.load(a.password_file)
+      : null;
+    const acl = a.acl_file ? await Acl.load(a.acl_file) : null;
+    if (!this.customAuth) this.policy.options.passwords = passwords;
+    if (acl !== null && this.core.authorizer === null) {
+      this.core.authorizer = new AclAuthorizer(acl);
+    } else if (acl !== null && this.core.authorizer instanceof AclAuthorizer) {
+      this.core.authorizer.acl = acl;
     }
   }
 
   /**
    * Re-reads certificates, the password file and the ACL (SIGHUP). A file that
-   * fails to load leaves the previous version in force; open connections stay.
+   * fails to load leaves the previous version in force. What the new files
+   * forbid is revoked at once: subscriptions the ACL no longer allows are
+   * removed (from offline sessions too), and clients whose password entry was
+   * removed or changed are disconnected (MQTT 5: DISCONNECT 0x87).
    */
   async reload(): Promise<void> {
     await this.tls?.reload();
+    const before = this.policy.options.passwords;
     try {
       await this.loadAuthFiles();
-      log.info("password file and ACL reloaded");
     } catch (e) {
       log.error(
         `reload failed, keeping the previous auth files: ${e instanceof Error ? e.message : e}`,
       );
+      return;
     }
+    const removed = this.config.auth.acl_file ? reapplySubscriptionAccess(this.core) : 0;
+    const revoked = this.customAuth
+      ? 0
+      : disconnectRevokedPasswords(this.core, before, this.policy.options.passwords);
+    log.info(
+      "password file and ACL reloaded ({removed} subscriptions removed, {revoked} clients " +
+        "disconnected)",
+      { removed, revoked },
+    );
   }
 
   /** Where the listeners are bound (ports resolved when configured as 0). */
