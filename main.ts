@@ -1,5 +1,5 @@
 /**
- * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`.
+ * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`, `bq-adapter`.
  */
 import { Broker } from "./src/broker.ts";
 import { type Config, exitOnConfigError, loadConfig } from "./src/config/mod.ts";
@@ -16,6 +16,7 @@ Usage:
   mcloudtt check-config [options]  validate the configuration and exit
   mcloudtt certs [...]             generate a CA, broker and client certificates (certs --help)
   mcloudtt passwd [...]            manage a password file (passwd --help)
+  mcloudtt bq-adapter [options]    write a broker's messages to BigQuery ([adapter], [bigquery])
 
 Options:
   --config PATH              config file (default: ./config.toml if present; env MCLOUDTT_CONFIG)
@@ -85,7 +86,7 @@ async function main(args: string[]): Promise<number> {
     const { runPasswdCommand } = await import("./src/cli/passwd.ts");
     return await runPasswdCommand(rest);
   }
-  if (command !== "serve" && command !== "check-config") {
+  if (command !== "serve" && command !== "check-config" && command !== "bq-adapter") {
     console.error(`mcloudtt: unknown command "${command}"; see mcloudtt --help`);
     return 2;
   }
@@ -114,6 +115,10 @@ async function main(args: string[]): Promise<number> {
     if (problems.length > 0) return 2;
     console.log(`configuration OK${loaded.file ? ` (${loaded.file})` : " (defaults)"}`);
     return 0;
+  }
+  if (command === "bq-adapter") {
+    const { runBqAdapter } = await import("./src/cli/bq_adapter.ts");
+    return await runBqAdapter(loaded.config);
   }
   return await serve(loaded.config);
 }

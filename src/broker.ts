@@ -27,9 +27,9 @@ import { ReasonCode } from "./protocol/reason_codes.ts";
 import { Router } from "./router/router.ts";
 import { disconnectRevokedPasswords, reapplySubscriptionAccess } from "./session/revoke.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
-import { noSink } from "./sinks/memory.ts";
+import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
-import { MemoryStore } from "./store/memory.ts";
+import { createStore } from "./store/mod.ts";
 import type { Store } from "./store/types.ts";
 import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
@@ -128,8 +128,9 @@ export class Broker {
       auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
       bus: deps.bus ?? localBus,
-      store: deps.store ?? new MemoryStore(),
-      sink: deps.sink ?? noSink,
+      store: deps.store ?? createStore(config),
+      ackAfterWrite: config.storage.sync === "ack-after-write",
+      sink: deps.sink ?? createSink(config),
       clock,
     });
   }

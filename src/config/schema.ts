@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { listenerBind, listenerEnabled, LISTENERS, listenerTls } from "./resolve.ts";
 import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
+import { isValidFilter } from "../protocol/topic.ts";
 
 /** Extra data attached to cross-field issues so the error formatter can blame the right key. */
 export interface CrossFieldParams {
@@ -42,6 +43,22 @@ function text(fallback: string) {
 function nonEmptyText(fallback: string) {
   const msg = "must be a non-empty string";
   return z.string(msg).min(1, msg).default(fallback);
+}
+
+/** A list of MQTT topic filters (TOML array; env and flags take a comma-separated list). */
+function topicFilters(fallback: string[]) {
+  const msg = 'must be a list of MQTT topic filters, e.g. ["#"] or ["$SYS/#", "tmp/+"]';
+  const filter = z.string(msg).refine(isValidFilter, {
+    message: `${msg} (a "#" must be last and alone in its level, "+" alone in its level)`,
+  });
+  return z.array(filter, msg).default(fallback);
+}
+
+/** "" or an http(s) URL. */
+function endpoint() {
+  const msg = 'must be "" or an http:// or https:// URL, e.g. "http://127.0.0.1:9050"';
+  return z.string(msg).refine((v) => v === "" || /^https?:\/\/[^/\s]+\/?$/.test(v), msg)
+    .default("");
 }
 
 const HOST_MSG = "must be an IPv4 address, an IPv6 address or a hostname";
@@ -121,15 +138,64 @@ const shape = {
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
   }),
+  storage: section("storage", {
+    enabled: bool(true),
+    dir: nonEmptyText("data"),
+    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+  }),
   bigquery: section("bigquery", {
     enabled: bool(false),
     project_id: text(""),
     dataset_id: text(""),
     table_id: nonEmptyText("topic-log"),
     credentials_path: text("sa.key"),
+    endpoint: endpoint(),
+    location: text(""),
+    create_table: bool(true),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
     batch_size: int(1, 10000, 500),
     flush_interval_ms: int(10, 600000, 1000),
     max_queue: int(1, 10000000, 100000),
+    overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
+    spill_dir: text(""),
+    spill_max_bytes: int(1048576, 1099511627776, 1073741824),
+    max_concurrent_requests: int(1, 64, 4),
+    request_timeout_ms: int(100, 600000, 10000),
+    retry_initial_ms: int(1, 600000, 200),
+    retry_max_ms: int(1, 3600000, 30000),
+  }),
+  topic_log_file: section("topic_log_file", {
+    enabled: bool(false),
+    path: text(""),
+    max_bytes: int(1024, 1099511627776, 104857600),
+    max_files: int(0, 1000, 5),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
+    batch_size: int(1, 100000, 1000),
+    flush_interval_ms: int(10, 600000, 200),
+    max_queue: int(1, 10000000, 100000),
+  }),
+  adapter: section("adapter", {
+    url: z.string().regex(
+      /^mqtts?:\/\/[^/\s]+\/?$/,
+      "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
+    ).default("mqtt://127.0.0.1:1883"),
+    group: z.string().regex(
+      /^[^/+#]+$/,
+      'must be a non-empty share name without "/", "+" or "#"',
+    ).default("bq-adapter"),
+    filter: z.string().refine(isValidFilter, "must be an MQTT topic filter").default("#"),
+    client_id: text(""),
+    username: text(""),
+    password: text(""),
+    cafile: text(""),
+    certfile: text(""),
+    keyfile: text(""),
+    session_expiry: int(0, 4294967295, 3600),
+    receive_maximum: int(1, 65535, 1000),
+    keepalive: int(0, 65535, 60),
+    reconnect_ms: int(10, 600000, 1000),
   }),
   redis: section("redis", {
     enabled: bool(false),
@@ -164,6 +230,17 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
         });
       }
     }
+  }
+
+  if (bq.retry_max_ms < bq.retry_initial_ms) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["bigquery", "retry_max_ms"],
+      message: `must be at least bigquery.retry_initial_ms (${bq.retry_initial_ms})`,
+      params: {
+        blame: ["bigquery.retry_max_ms", "bigquery.retry_initial_ms"],
+      } satisfies CrossFieldParams,
+    });
   }
 
   for (const name of LISTENERS) {

@@ -47,6 +47,11 @@ export interface CoreOptions {
   store: Store;
   sink: Sink;
   clock: Clock;
+  /**
+   * Acknowledge a QoS 1/2 publish only once the store has written it for
+   * every persistent session it reached (default); false acknowledges at once.
+   */
+  ackAfterWrite?: boolean;
 }
 
 const WILL_INFO: PublishInfo = Object.freeze({
@@ -77,8 +82,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
+  private readonly ackAfterWrite: boolean;
 
   constructor(opts: CoreOptions) {
+    this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
     this.router = opts.router;
     this.metrics = opts.metrics;
@@ -192,7 +199,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const mark = journal === null ? 0 : journal.size;
     const n = this.route(msg, fwd.localGroups);
     let written = fwd.written;
-    if (journal !== null && journal.size !== mark) {
+    if (journal !== null && this.ackAfterWrite && journal.size !== mark) {
       const p = journal.pending;
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }

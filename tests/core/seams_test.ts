@@ -107,7 +107,7 @@ Deno.test("a session that ends is deleted from the durable store", async () => {
   await delay(20);
   assert.ok((await store.loadSession("short")) !== null);
   // Clean Start 1 discards it.
-  await using again = await connectClient(b.port, { clientId: "short", clean: true });
+  await using _again = await connectClient(b.port, { clientId: "short", clean: true });
   await delay(20);
   assert.equal(await store.loadSession("short"), null);
 });

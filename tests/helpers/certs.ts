@@ -12,6 +12,7 @@ import {
   issueLeafCertificate,
   type PemPair,
 } from "../../src/auth/certs.ts";
+import { opensslOrThrow as openssl } from "./openssl.ts";
 
 /** Paths of every fixture `makeTestPki` writes. */
 export interface TestPki {
@@ -165,16 +166,6 @@ async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
     throw new Error(`openssl did not produce a v1 certificate:\n${text}`);
   }
   return files;
-}
-
-async function openssl(args: string[]): Promise<string> {
-  const out = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" })
-    .output();
-  const decoder = new TextDecoder();
-  if (!out.success) {
-    throw new Error(`openssl ${args.join(" ")} failed: ${decoder.decode(out.stderr)}`);
-  }
-  return decoder.decode(out.stdout);
 }
 
 /** Node's fingerprint256 form (upper-case hex, colon separated) of a PEM certificate. */
