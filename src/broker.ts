@@ -268,6 +268,8 @@ export class Broker {
     this.listeners = [];
     const core = this.core;
     core.stop(ReasonCode.ServerShuttingDown);
+    // Password checks still waiting belong to connections that are now closed.
+    this.policy.verifier.limiter.clear();
     this.tls?.close();
     this.tls = null;
     await Promise.all(closing);

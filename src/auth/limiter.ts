@@ -81,6 +81,14 @@ export class AuthLimiter {
     });
   }
 
+  /** Refuses every waiting job (the broker is stopping); running ones finish. */
+  clear(): void {
+    for (const w of this.#queue.splice(0)) {
+      clearTimeout(w.timer);
+      w.refuse(new AuthBusyError("server shutting down"));
+    }
+  }
+
   async #start<T>(job: () => Promise<T>): Promise<T> {
     this.#running++;
     try {

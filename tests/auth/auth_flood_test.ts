@@ -76,8 +76,10 @@ Deno.test("a flood of 100 bad logins does not delay a good client's CONNACK", as
     `CONNACK for a good login: ${quiet.toFixed(0)} ms alone, ${flooded.toFixed(0)} ms ` +
       `behind 100 bad logins`,
   );
-  // Unbounded, the good check shares the cores with 100 others: ~5 s. Bounded: a few hundred ms.
-  assert.ok(flooded < 1500, `good CONNACK took ${flooded.toFixed(0)} ms during the flood`);
+  // Unbounded, the good check shares the cores with 100 others: ~5 s (~50 checks' time).
+  // Bounded: a check or two. The bound allows for a machine so loaded that one check is slow.
+  const bound = Math.max(1500, 6 * quiet);
+  assert.ok(flooded < bound, `good CONNACK took ${flooded.toFixed(0)} ms during the flood`);
 
   // Every bad login gets an answer: 0x86 once checked, 0x89 when the queue overflowed.
   const codes = await connackCodes(bogus, 20_000);
