@@ -109,6 +109,10 @@ async function main(args: string[]): Promise<number> {
     return 2;
   }
   if (command === "check-config") {
+    const { checkSecurityFiles } = await import("./src/auth/check.ts");
+    const problems = await checkSecurityFiles(loaded.config);
+    for (const problem of problems) console.error(`config error: ${problem}`);
+    if (problems.length > 0) return 2;
     console.log(`configuration OK${loaded.file ? ` (${loaded.file})` : " (defaults)"}`);
     return 0;
   }

@@ -19,5 +19,11 @@ export class Metrics {
   /** Messages dropped because their Message Expiry Interval ran out. */
   droppedExpired = 0;
   sessionsExpired = 0;
+  /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
+  authFailures = 0;
+  /** CONNECTs refused with Server busy because password checks were saturated or too slow. */
+  authBusy = 0;
+  /** Certificate sets (certfile, keyfile, cafile) refused at reload; the old set kept serving. */
+  tlsReloadFailures = 0;
   willsPublished = 0;
 }

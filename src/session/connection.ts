@@ -404,6 +404,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       certificateIdentity: this.peer.certificateIdentity,
       remoteAddress: this.peer.remoteAddress,
       protocolLevel: pkt.protocolLevel,
+      acceptedAt: this.acceptedAt,
     });
     if (decision instanceof Promise) {
       this.waitFor(decision.then((d) => this.authenticated(d, pkt, n)));

@@ -7,7 +7,8 @@
  * TLS, Redis, SQLite or BigQuery code: those arrive through the interfaces.
  */
 import { getLogger } from "@logtape/logtape";
-import type { Authenticator, Authorizer, ConnectRequest } from "../auth/types.ts";
+import { subscribeAccess } from "../auth/access.ts";
+import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
 import type { Bus, BusHost } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
@@ -95,6 +96,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink = opts.sink;
     this.clock = opts.clock;
     this.journal = opts.store.durable ? new Journal(opts.store) : null;
+    this.router.receiveCheck = this.mayReceive;
   }
 
   /** Loads what a durable, unshared store kept (sessions, retained), then starts the sweep. */
@@ -169,9 +171,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.authorizer === null || this.authorizer.canPublish({ clientId, username }, topic);
   }
 
-  maySubscribe(clientId: string, username: string | undefined, filter: string): boolean {
-    return this.authorizer === null || this.authorizer.canSubscribe({ clientId, username }, filter);
+  maySubscribe(clientId: string, username: string | undefined, filter: string): SubscribeAccess {
+    return subscribeAccess(this.authorizer, { clientId, username }, filter);
   }
+
+  /** Router and retained hand-over: the ACL's answer for one message on a checked subscription. */
+  readonly mayReceive = (sub: Subscription, topic: string): boolean => {
+    const a = this.authorizer;
+    if (a === null || a.canReceive === undefined) return true;
+    const who = sub.subscriber;
+    return a.canReceive({ clientId: who.clientId, username: who.username }, topic);
+  };
 
   // ---- the one way in for messages -------------------------------------------
 
@@ -342,6 +352,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
         });
         continue;
       }
+      // The ACL may have changed while the session was stored.
+      const access = subscribeAccess(this.authorizer, {
+        clientId: state.clientId,
+        username: state.owner ?? undefined,
+      }, stored.key);
+      if (access === 0) continue;
       this.subscribe(s, {
         subscriber: s,
         key: tf.key,
@@ -353,6 +369,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         retainHandling: stored.retainHandling,
         subscriptionId: stored.subscriptionId,
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
+        needsCheck: access === 2,
       });
     }
     this.sessions.set(state.clientId, s);
