@@ -1,5 +1,5 @@
 /**
- * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`.
+ * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`, `bq-adapter`.
  */
 import { getLogger } from "@logtape/logtape";
 import { Broker } from "./src/broker.ts";
@@ -24,6 +24,7 @@ Usage:
                                    every value, and exit
   mcloudtt certs [...]             generate a CA, broker and client certificates (certs --help)
   mcloudtt passwd [...]            manage a password file (passwd --help)
+  mcloudtt bq-adapter [options]    write a broker's messages to BigQuery ([adapter], [bigquery])
 
 Options:
   --config PATH              config file (default: ./config.toml if present; env MCLOUDTT_CONFIG)
@@ -121,14 +122,14 @@ async function main(args: string[]): Promise<number> {
   const command = args[0] && !args[0].startsWith("-") ? args[0] : "serve";
   const rest = command === args[0] ? args.slice(1) : args;
   if (command === "certs") {
-    const { runCertsCommand } = await import("./src/auth/certs_command.ts");
+    const { runCertsCommand } = await import("./src/cli/certs.ts");
     return await subcommand("certs", () => runCertsCommand(rest));
   }
   if (command === "passwd") {
-    const { runPasswdCommand } = await import("./src/auth/passwd_command.ts");
+    const { runPasswdCommand } = await import("./src/cli/passwd.ts");
     return await subcommand("passwd", () => runPasswdCommand(rest));
   }
-  if (command !== "serve" && command !== "check-config") {
+  if (command !== "serve" && command !== "check-config" && command !== "bq-adapter") {
     console.error(`mcloudtt: unknown command "${command}"; see mcloudtt --help`);
     return 2;
   }
@@ -153,12 +154,20 @@ async function main(args: string[]): Promise<number> {
     return 2;
   }
   if (command === "check-config") {
+    const { checkSecurityFiles } = await import("./src/auth/check.ts");
+    const problems = await checkSecurityFiles(loaded.config);
+    for (const problem of problems) console.error(`config error: ${problem}`);
+    if (problems.length > 0) return 2;
     console.log(
       `# configuration OK (${loaded.file ?? "no file: defaults, environment and flags"})\n` +
         `# every key with its effective value and where it came from; secrets masked\n\n` +
         formatEffective(loaded.config, loaded.sources),
     );
     return 0;
+  }
+  if (command === "bq-adapter") {
+    const { runBqAdapter } = await import("./src/cli/bq_adapter.ts");
+    return await runBqAdapter(loaded.config);
   }
   return await serve(loaded.config);
 }

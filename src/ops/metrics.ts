@@ -59,8 +59,6 @@ export class Metrics {
   /** CONNECTs answered with a successful CONNACK. */
   connects = 0;
   connectsRefused = 0;
-  /** CONNECTs refused because authentication failed (bad password, unknown user, no certificate). */
-  authFailures = 0;
   /** TLS (and secure WebSocket) handshakes that failed. */
   tlsHandshakeFailures = 0;
   protocolErrors = 0;
@@ -83,6 +81,12 @@ export class Metrics {
   /** Messages dropped because their Message Expiry Interval ran out. */
   droppedExpired = 0;
   sessionsExpired = 0;
+  /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
+  authFailures = 0;
+  /** CONNECTs refused with Server busy because password checks were saturated or too slow. */
+  authBusy = 0;
+  /** Certificate sets (certfile, keyfile, cafile) refused at reload; the old set kept serving. */
+  tlsReloadFailures = 0;
   willsPublished = 0;
   readonly latency = new LatencyHistogram();
   private sampleCountdown = LATENCY_SAMPLE_EVERY;

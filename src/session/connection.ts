@@ -56,9 +56,9 @@ import type {
   WillOutcome,
 } from "./host.ts";
 import { InboundTopics } from "./inbound_topic.ts";
-import { buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
 import type { Session } from "./session.ts";
-import { decideSubscriptions, wantsRetained } from "./subscribe.ts";
+import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
 
 export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
@@ -329,7 +329,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         break;
       case State.AwaitingConnect:
         if (type !== PacketType.CONNECT) {
-          throw new ProtocolError("first packet is not CONNECT");
+          throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
         this.onConnect(buf, start, end);
@@ -399,9 +399,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.onDisconnect(buf, start, end);
         return false;
       case PacketType.CONNECT:
-        throw new ProtocolError("second CONNECT on one connection");
+        throw new ProtocolError(ReasonCode.ProtocolError, "second CONNECT on one connection");
       case PacketType.AUTH:
-        throw new ProtocolError("AUTH without an authentication method");
+        throw new ProtocolError(ReasonCode.ProtocolError, "AUTH without an authentication method");
     }
     return true;
   }
@@ -450,6 +450,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       certificateIdentity: this.peer.certificateIdentity,
       remoteAddress: this.peer.remoteAddress,
       protocolLevel: pkt.protocolLevel,
+      acceptedAt: this.acceptedAt,
     });
     if (decision instanceof Promise) {
       this.waitFor(decision.then((d) => this.authenticated(d, pkt, n)));
@@ -482,10 +483,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   private authenticated(d: AuthDecision, pkt: ConnectPacket, n: Negotiated): void | Promise<void> {
     if (this.state === State.Closed) return;
-    if (!d.ok) {
-      this.host.metrics.authFailures++;
-      return this.refuse(d.reasonCode, d.reason);
-    }
+    // Failures are counted by the authentication policy (src/auth/authenticator.ts).
+    if (!d.ok) return this.refuse(d.reasonCode, d.reason);
     this.username = d.username;
     if (pkt.will && !this.host.mayPublish(this.clientId, d.username, pkt.will.topic)) {
       return this.refuse(ReasonCode.NotAuthorized, "will topic not authorized");
@@ -512,25 +511,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.state = State.Connected;
     this.host.sessionChanged(session);
 
-    const limits = this.host.limits;
-    const connackProps = this.v5
-      ? {
-        receiveMaximum: limits.receiveMaximum,
-        maximumPacketSize: limits.maxPacketSize,
-        topicAliasMaximum: limits.topicAliasMaximum,
-        retainAvailable: true,
-        wildcardSubscriptionAvailable: true,
-        subscriptionIdentifiersAvailable: true,
-        sharedSubscriptionAvailable: true,
-        ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
-        ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
-        ...(n.grantedExpiry !== n.requestedExpiry
-          ? { sessionExpiryInterval: n.grantedExpiry }
-          : {}),
-      }
-      : {};
+    const props = this.v5 ? connackProperties(n, this.host.limits) : {};
     this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, present, 0, connackProps, this.clientMaxPacket),
+      encodeConnack(this.level as ProtocolLevel, present, 0, props, this.clientMaxPacket),
     );
     this.host.metrics.connects++;
     this.connectedAt = this.host.clock.now();
@@ -597,8 +580,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       }
       if (session.incomingQos2Count > host.limits.receiveMaximum) {
         throw new ProtocolError(
-          "more unacknowledged QoS 2 messages than Receive Maximum",
           ReasonCode.ReceiveMaximumExceeded,
+          "more unacknowledged QoS 2 messages than Receive Maximum",
         );
       }
     }
@@ -661,22 +644,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const finish = () => {
       if (this.state === State.Closed) return;
       this.outbox.push(encodeSuback(level, pkt.packetId, codes));
-      this.sendRetained(session, withRetained);
+      if (withRetained.length !== 0) sendRetained(this.host, session, withRetained);
     };
     if (waits === null) finish();
     // A route that could not be written is retried by the cluster; the local subscription holds.
     else Promise.all(waits).catch(() => {}).then(finish);
-  }
-
-  private sendRetained(session: Session, subs: Subscription[]): void {
-    if (subs.length === 0) return;
-    const now = this.host.clock.now();
-    for (const sub of subs) {
-      for (const msg of this.host.retainedFor(sub.filter)) {
-        if (msg.expired(now)) continue;
-        session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
-      }
-    }
   }
 
   private onUnsubscribe(buf: Uint8Array, start: number, end: number): void {
@@ -705,7 +677,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const session = this.session!;
     if (d.sessionExpiryInterval !== undefined) {
       if (session.expiryInterval === 0 && d.sessionExpiryInterval !== 0) {
-        throw new ProtocolError("Session Expiry Interval changed from 0 at DISCONNECT");
+        throw new ProtocolError(
+          ReasonCode.ProtocolError,
+          "Session Expiry Interval changed from 0 at DISCONNECT",
+        );
       }
       session.setExpiry(Math.min(d.sessionExpiryInterval, this.host.limits.maxSessionExpiry));
     }

@@ -7,7 +7,8 @@
  * TLS, Redis, SQLite or BigQuery code: those arrive through the interfaces.
  */
 import { getLogger } from "@logtape/logtape";
-import type { Authenticator, Authorizer, ConnectRequest } from "../auth/types.ts";
+import { subscribeAccess } from "../auth/access.ts";
+import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
 import type { Bus, BusHost } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
@@ -47,6 +48,11 @@ export interface CoreOptions {
   store: Store;
   sink: Sink;
   clock: Clock;
+  /**
+   * Acknowledge a QoS 1/2 publish only once the store has written it for
+   * every persistent session it reached (default); false acknowledges at once.
+   */
+  ackAfterWrite?: boolean;
 }
 
 const WILL_INFO: PublishInfo = Object.freeze({
@@ -77,8 +83,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
+  private readonly ackAfterWrite: boolean;
 
   constructor(opts: CoreOptions) {
+    this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
     this.router = opts.router;
     this.metrics = opts.metrics;
@@ -89,6 +97,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink = opts.sink;
     this.clock = opts.clock;
     this.journal = opts.store.durable ? new Journal(opts.store) : null;
+    this.router.receiveCheck = this.mayReceive;
   }
 
   /** Loads what a durable, unshared store kept (sessions, retained), then starts the sweep. */
@@ -169,9 +178,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.authorizer === null || this.authorizer.canPublish({ clientId, username }, topic);
   }
 
-  maySubscribe(clientId: string, username: string | undefined, filter: string): boolean {
-    return this.authorizer === null || this.authorizer.canSubscribe({ clientId, username }, filter);
+  maySubscribe(clientId: string, username: string | undefined, filter: string): SubscribeAccess {
+    return subscribeAccess(this.authorizer, { clientId, username }, filter);
   }
+
+  /** Router and retained hand-over: the ACL's answer for one message on a checked subscription. */
+  readonly mayReceive = (sub: Subscription, topic: string): boolean => {
+    const a = this.authorizer;
+    if (a === null || a.canReceive === undefined) return true;
+    const who = sub.subscriber;
+    return a.canReceive({ clientId: who.clientId, username: who.username }, topic);
+  };
 
   // ---- the one way in for messages -------------------------------------------
 
@@ -193,7 +210,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
     if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
-    if (journal !== null && journal.size !== mark) {
+    if (journal !== null && this.ackAfterWrite && journal.size !== mark) {
       const p = journal.pending;
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }
@@ -346,6 +363,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
         });
         continue;
       }
+      // The ACL may have changed while the session was stored.
+      const access = subscribeAccess(this.authorizer, {
+        clientId: state.clientId,
+        username: state.owner ?? undefined,
+      }, stored.key);
+      if (access === 0) continue;
       this.subscribe(s, {
         subscriber: s,
         key: tf.key,
@@ -357,6 +380,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         retainHandling: stored.retainHandling,
         subscriptionId: stored.subscriptionId,
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
+        needsCheck: access === 2,
       });
     }
     this.sessions.set(state.clientId, s);
@@ -380,6 +404,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.detached.delete(s);
     this.unsubscribeAll(s);
     if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
+  }
+
+  /**
+   * BusHost: node `nodeId` died without leaving (this node was chosen to clean up).
+   * Placeholder until the cluster is wired in: its clients' wills and sessions come from the store.
+   */
+  nodeDown(_nodeId: string): Promise<void> {
+    return Promise.resolve();
   }
 
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */

@@ -34,6 +34,8 @@ export async function startBroker(
     ...overrides,
     general: { secure: false, websocket: false, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
+    // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
+    storage: { enabled: false, ...overrides.storage },
   };
   const broker = createBroker(config, deps);
   await broker.start();
@@ -449,4 +451,33 @@ export function startMain(
       await stop();
     },
   };
+}
+
+/** Asserts that the broker sends nothing to `c` for `ms` (and keeps the connection open). */
+export async function expectSilence(c: RawClient, ms = 300): Promise<void> {
+  let got: Packet | null | undefined;
+  try {
+    got = await c.next(ms);
+  } catch (e) {
+    if (e instanceof Error && /timed out/.test(e.message)) return;
+    throw e;
+  }
+  throw new Error(`expected silence, got ${got === null ? "a close" : JSON.stringify(got)}`);
+}
+
+/**
+ * Messages that arrived in `inbox` before the next one on the `marker` topic
+ * (the marker is consumed): publish a marker after the messages under test to
+ * prove that nothing else came first.
+ */
+export async function receivedBefore(
+  inbox: { next(timeoutMs?: number): Promise<Received> },
+  marker = "end",
+): Promise<Received[]> {
+  const out: Received[] = [];
+  for (;;) {
+    const m = await inbox.next();
+    if (m.topic === marker) return out;
+    out.push(m);
+  }
 }

@@ -2,17 +2,21 @@
  * /metrics as Prometheus scrapes it: the counters match the traffic real MQTT clients sent.
  */
 import assert from "node:assert/strict";
-import type { Authenticator } from "../../mod.ts";
+import { runPasswdCommand } from "../../src/cli/passwd.ts";
 import { collect, connectClient, delay, endClient, startBroker } from "../helpers/broker.ts";
 import { metric, parseMetrics, scrape, startOps } from "../helpers/ops.ts";
 
-/** Lets everyone in except user "mallory" (an authentication failure on demand). */
-const refuseMallory: Authenticator = {
-  authenticate: (req) =>
-    req.username === "mallory"
-      ? { ok: false, reasonCode: 0x86, reason: "bad user name or password" }
-      : { ok: true, username: req.username },
-};
+/** A password file with one user, alice, in a temporary directory. */
+async function passwordFile(): Promise<{ path: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-metrics-" });
+  const path = `${dir}/passwd`;
+  const code = await runPasswdCommand(["-c", "--iterations", "1000", path, "alice", "right"], {
+    stdout: () => {},
+    stderr: () => {},
+  });
+  assert.equal(code, 0);
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }) };
+}
 
 /** Scrapes until `ok` holds (the broker counts after the client's packets arrive). */
 async function scrapeUntil(
@@ -29,7 +33,9 @@ async function scrapeUntil(
 }
 
 Deno.test("/metrics counts connections, messages per QoS, bytes, subscriptions, retained, sessions, auth failures and disconnects", async () => {
-  await using b = await startBroker({}, { authenticator: refuseMallory });
+  await using pw = await passwordFile();
+  // Anonymous clients are welcome; a wrong password for alice is an authentication failure.
+  await using b = await startBroker({ auth: { password_file: pw.path, allow_anonymous: true } });
   await using o = await startOps(b.broker);
 
   const sub = await connectClient(b.port, { clientId: "metrics-sub" });
@@ -42,7 +48,9 @@ Deno.test("/metrics counts connections, messages per QoS, bytes, subscriptions, 
   for (let i = 0; i < 3; i++) await pub.publishAsync("m/two", `${i}`, { qos: 2 });
   for (let i = 0; i < 28; i++) await got.next();
 
-  await assert.rejects(connectClient(b.port, { clientId: "intruder", username: "mallory" }));
+  await assert.rejects(
+    connectClient(b.port, { clientId: "intruder", username: "alice", password: "wrong" }),
+  );
 
   let m = await scrapeUntil(o.url, (m) => m.get('mcloudtt_messages_sent_total{qos="2"}') === 3);
   assert.equal(metric(m, 'mcloudtt_messages_received_total{qos="0"}'), 20);

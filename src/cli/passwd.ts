@@ -14,7 +14,7 @@ import {
   PasswordFileError,
   splitPasswordLine,
   usernameProblem,
-} from "./passwords.ts";
+} from "../auth/passwords.ts";
 import { permissionProblem } from "../ops/permissions.ts";
 
 /** Where the command reads the new password and writes its messages; defaults use the terminal. */

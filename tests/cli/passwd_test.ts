@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { runPasswdCommand } from "../../src/auth/passwd_command.ts";
+import { runPasswdCommand } from "../../src/cli/passwd.ts";
 import { PasswordFile } from "../../src/auth/passwords.ts";
+import { withTempDir } from "../helpers/fs.ts";
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/passwd_cli.ts", import.meta.url));
 // Low iteration counts keep the suite fast; one test checks the default.
@@ -44,15 +45,6 @@ async function runLocal(args: string[], password?: string): Promise<Result> {
     stderr: (text) => stderr += text,
   });
   return { code, stdout, stderr };
-}
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-passwd-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 async function verify(file: string, user: string, password: string): Promise<boolean> {

@@ -2,18 +2,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { runCertsCommand } from "../../src/auth/certs_command.ts";
+import { runCertsCommand } from "../../src/cli/certs.ts";
+import { withTempDir } from "../helpers/fs.ts";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-certs-cmd-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** Collects what the command prints, one entry per call. */
 function capture() {

@@ -6,7 +6,7 @@
  * certs client NAME [--dir DIR] [--san NAME]... [--days N] [--force]
  * ```
  */
-import { CertsError, generateCertificates, issueClientCertificate } from "./certs.ts";
+import { CertsError, generateCertificates, issueClientCertificate } from "../auth/certs.ts";
 
 /** Where the command writes its messages; defaults use the console. */
 export interface CertsIo {
