@@ -17,9 +17,10 @@ export const PERMISSIONS: readonly Permission[] = [
     why: "listen on the MQTT, WebSocket and HTTP ports; reach Redis and BigQuery when enabled",
   },
   {
-    flag: "--allow-read=.",
-    why: "read config.toml, the certificates (certs/), the password and ACL files and the data " +
-      "directory, all under the working directory",
+    flag: "--allow-read=.,/etc/mcloudtt,/var/run/secrets",
+    why: "read config.toml, the certificates, the password and ACL files and the data directory: " +
+      "under the working directory, or where a container mounts them (/etc/mcloudtt for config " +
+      "and certificates, /var/run/secrets for Kubernetes secrets such as a service-account key)",
   },
   {
     flag: "--allow-write=certs,data",

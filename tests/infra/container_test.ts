@@ -13,6 +13,7 @@ import { DockerfileParser } from "dockerfile-ast";
 import { connectClient, delay, freePort } from "../helpers/broker.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import { dockerfileFinalStage, ROOT } from "../helpers/infra.ts";
+import { PERMISSION_FLAGS } from "../../src/ops/permissions.ts";
 
 const DOCKERFILE = `${ROOT}Dockerfile`;
 
@@ -123,10 +124,12 @@ async function run(cmd: string, args: string[], options: Deno.CommandOptions = {
   return { code: out.code, stdout: t.decode(out.stdout), stderr: t.decode(out.stderr) };
 }
 
-/** The compile task's permission flags (deno.json), baked into the shipped binary. */
-async function compilePermissions(): Promise<string[]> {
-  const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks;
-  return (tasks.compile as string).split(/\s+/).filter((a) => a.startsWith("--allow-"));
+/**
+ * The permission flags baked into the shipped binary: the one list, which the compile task uses
+ * (tests/ops/permissions_test.ts checks that).
+ */
+function compilePermissions(): Promise<string[]> {
+  return Promise.resolve([...PERMISSION_FLAGS]);
 }
 
 Deno.test({
@@ -206,7 +209,12 @@ Deno.test({
 
       // 4. No certificates mounted: exit 2, naming what to mount; nothing is generated.
       const tcp = freePort();
-      const flags = [`--general.bind=127.0.0.1`, `--ports.tcp=${tcp}`, `--ports.ws=${freePort()}`];
+      const flags = [
+        `--general.bind=127.0.0.1`,
+        `--ports.tcp=${tcp}`,
+        `--ports.ws=${freePort()}`,
+        "--http.port=0",
+      ];
       const bare = await image(flags).output();
       const stderr = new TextDecoder().decode(bare.stderr);
       assert.equal(bare.code, 2, stderr);

@@ -10,7 +10,8 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 
 /** Runs main.ts in `cwd` with only `env` (plus what deno itself needs) in its environment. */
 async function runMain(cwd: string, env: Record<string, string>) {
-  const keep: Record<string, string> = { NO_COLOR: "1" };
+  // The HTTP endpoint on a free port: parallel tests must not fight over 8888.
+  const keep: Record<string, string> = { NO_COLOR: "1", MCLOUDTT_HTTP_PORT: "0" };
   for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
     const value = Deno.env.get(name);
     if (value !== undefined) keep[name] = value;
