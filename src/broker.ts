@@ -20,7 +20,9 @@ import {
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
-import { type Bus, localBus } from "./cluster/types.ts";
+import { createBus } from "./cluster/mod.ts";
+import { createRedisConnection } from "./cluster/redis_connection.ts";
+import type { Bus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
@@ -30,6 +32,7 @@ import { BrokerCore, type CoreLimits } from "./session/core.ts";
 import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
 import { createStore } from "./store/mod.ts";
+import { createRedisStore } from "./store/redis.ts";
 import type { Store } from "./store/types.ts";
 import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
@@ -84,6 +87,26 @@ export interface BrokerDeps {
   clock?: Clock;
 }
 
+/**
+ * The store for `config`: Redis when the node is part of a cluster (sessions
+ * must move between nodes; written under the bus's node id, so a dead node's
+ * sessions can be found), else the embedded or in-memory store of [storage].
+ */
+function chooseStore(config: Config, bus: Bus, clock: Clock): Store {
+  if (!config.redis.enabled) return createStore(config);
+  // The store sends its own pipelines; ioredis auto-pipelining garbles callBuffer("EVALSHA").
+  const client = createRedisConnection(config.redis, {
+    name: "store",
+    offline: "queue",
+    autoPipelining: false,
+  });
+  return createRedisStore(config, client, {
+    nodeId: bus.nodeId,
+    now: () => clock.now(),
+    ownsClient: true,
+  });
+}
+
 /** Address of a running listener. */
 export interface ListenerAddress {
   kind: "tcp" | "tls" | "ws" | "wss";
@@ -105,6 +128,7 @@ export class Broker {
   constructor(readonly config: Config, deps: BrokerDeps = {}) {
     const auth = deps;
     const clock = deps.clock ?? systemClock;
+    const bus = deps.bus ?? createBus(config);
     this.policy = new PolicyAuthenticator(
       {
         passwords: null,
@@ -127,9 +151,12 @@ export class Broker {
       metrics: this.metrics,
       auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
-      bus: deps.bus ?? localBus,
-      store: deps.store ?? createStore(config),
-      ackAfterWrite: config.storage.sync === "ack-after-write",
+      bus,
+      store: deps.store ?? chooseStore(config, bus, clock),
+      // Redis durability governs a cluster's acknowledgements, [storage] sync a single node's.
+      ackAfterWrite: config.redis.enabled
+        ? config.redis.durability === "sync"
+        : config.storage.sync === "ack-after-write",
       sink: deps.sink ?? createSink(config),
       clock,
     });
@@ -143,13 +170,10 @@ export class Broker {
     await this.loadAuthFiles();
     await core.store.open();
     try {
+      // The bus first: subscriptions restored from the store become routes the cluster learns.
+      await core.bus.start(core);
       await core.start();
       await core.sink.start();
-      await core.bus.start(core);
-      // Subscriptions restored from the store are routes the cluster must know.
-      if (core.bus !== localBus) {
-        await Promise.all([...core.router.routeKeys()].map((k) => core.bus.addRoute(k)));
-      }
       if (anyListenerTls(c)) {
         this.tls = await TlsMaterial.load(c.tls, this.metrics);
         this.tls.watch(c.general.cert_reload_interval);

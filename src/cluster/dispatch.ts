@@ -60,3 +60,22 @@ export function dispatch(
   if (dests.size === 0 && localGroups === null) return null;
   return { dests, localGroups };
 }
+
+/**
+ * Adds every node in `nodes` (but `self`) as a destination: a retained
+ * message goes everywhere, so each node's retained index, which new
+ * subscriptions read, stays current (clearing included).
+ */
+export function toEveryNode(
+  d: Dispatch | null,
+  nodes: Iterable<string>,
+  self: string,
+): Dispatch | null {
+  let out = d;
+  for (const n of nodes) {
+    if (n === self) continue;
+    out ??= { dests: new Map(), localGroups: null };
+    if (!out.dests.has(n)) out.dests.set(n, NO_GROUPS);
+  }
+  return out;
+}

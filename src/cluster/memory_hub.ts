@@ -9,7 +9,7 @@
 import { getLogger } from "@logtape/logtape";
 import type { Message } from "../protocol/message.ts";
 import { decodeBatch, encodeBody, encodeGroups } from "./codec.ts";
-import { dispatch, Rotation, type SharedPolicy } from "./dispatch.ts";
+import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { RouteTrie } from "./route_trie.ts";
 import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
 
@@ -125,7 +125,8 @@ export class MemoryBus implements Bus {
 
   forward(msg: Message): ForwardResult {
     if (!this.running) return LOCAL_ONLY;
-    const d = dispatch(this.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    let d = dispatch(this.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    if (msg.retain) d = toEveryNode(d, this.hub.buses.keys(), this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size > 0) {
       const body = encodeBody(msg);

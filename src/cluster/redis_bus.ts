@@ -13,7 +13,7 @@ import { getLogger } from "@logtape/logtape";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
 import { encodeBody, encodeGroups } from "./codec.ts";
-import { dispatch, Rotation, type SharedPolicy } from "./dispatch.ts";
+import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { bounded } from "./memory_hub.ts";
 import {
   connectRedis,
@@ -158,6 +158,13 @@ export class RedisBus implements Bus {
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
     this.joined = true;
+    // Other nodes send retained messages to the nodes they know are alive, and learn of this
+    // one at their next lease renewal. The core loads the stored retained set after start()
+    // resolves, so waiting one renewal closes the window where a retained publish elsewhere
+    // would reach neither that load nor this node.
+    if ([...this.liveness.live].some((n) => n !== this.nodeId)) {
+      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms + 50));
+    }
     log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
   }
 
@@ -215,7 +222,8 @@ export class RedisBus implements Bus {
 
   forward(msg: Message): ForwardResult {
     if (this.stopped) return LOCAL_ONLY;
-    const d = dispatch(this.routes.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    let d = dispatch(this.routes.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size === 0) return { localGroups: d.localGroups, written: null };
     // Encoded now: the message may be a view into a read buffer that is reused after this call.

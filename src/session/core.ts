@@ -14,12 +14,12 @@ import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
-import { ReasonCode } from "../protocol/reason_codes.ts";
+import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { type Router, Subscribed, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
-import type { SessionState, Store } from "../store/types.ts";
+import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
 import type {
   AttachingConnection,
@@ -32,7 +32,7 @@ import type {
 } from "./host.ts";
 import { Journal } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
-import { NEVER_EXPIRES, Session, toMessage } from "./session.ts";
+import { NEVER_EXPIRES, Session, toMessage, type Will } from "./session.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -54,6 +54,9 @@ export interface CoreOptions {
    */
   ackAfterWrite?: boolean;
 }
+
+/** Serve no shared group here (a remote message whose groups are served elsewhere). */
+const NO_GROUPS: ReadonlySet<string> = new Set();
 
 const WILL_INFO: PublishInfo = Object.freeze({
   clientId: "",
@@ -80,6 +83,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly connections = new Set<Connection>();
   /** Sessions without a connection that have a will or an expiry pending. */
   private readonly detached = new Set<Session>();
+  /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
+  private readonly adopted = new Set<string>();
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -96,7 +101,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.store = opts.store;
     this.sink = opts.sink;
     this.clock = opts.clock;
-    this.journal = opts.store.durable ? new Journal(opts.store) : null;
+    this.journal = opts.store.durable
+      ? new Journal(opts.store, (e) => {
+        // A cluster store refuses writes of sessions another node took over meanwhile.
+        const stale = (e as { clientIds?: unknown }).clientIds;
+        if (
+          e instanceof MqttError && e.code === ReasonCode.SessionTakenOver && Array.isArray(stale)
+        ) {
+          this.dropStale(stale as string[]);
+        }
+      })
+      : null;
     this.router.receiveCheck = this.mayReceive;
   }
 
@@ -204,9 +219,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const fwd = this.bus.forward(msg);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
+    // Retained state is stored by the node where it was published, once.
+    if (msg.retain && journal !== null) {
+      journal.push(
+        msg.payload.length === 0
+          ? { type: "retain-delete", topic: msg.topic }
+          : { type: "retain", msg: msg.own() },
+      );
+    }
     // One client message in LATENCY_SAMPLE_EVERY is timed from here to each subscriber's outbox.
     if (info.kind === "client" && this.metrics.sample()) msg.sampledAt = performance.now();
-    const n = this.route(msg, fwd.localGroups);
+    const n = this.router.publish(msg, fwd.localGroups);
     // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
     if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
@@ -220,18 +243,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /** BusHost: a message published on another node; delivered here, never forwarded again. */
   deliverRemote(msg: Message, groups: readonly string[]): void {
-    this.route(msg, new Set(groups));
-  }
-
-  private route(msg: Message, groups: ReadonlySet<string> | null): number {
-    if (msg.retain && this.journal !== null) {
-      this.journal.push(
-        msg.payload.length === 0
-          ? { type: "retain-delete", topic: msg.topic }
-          : { type: "retain", msg: msg.own() },
-      );
-    }
-    return this.router.publish(msg, groups);
+    this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
   }
 
   // ---- the one way in for subscription changes ---------------------------------
@@ -299,16 +311,35 @@ export class BrokerCore implements ConnectionHost, BusHost {
     req: AttachRequest,
   ): Promise<AttachResult> {
     const id = conn.clientId;
-    const before = await this.store.loadSession(id);
-    if (before !== null && before.owner !== req.owner) {
-      return this.refuseForeign(conn, before.owner);
+    const store = this.store;
+    try {
+      // Look before claiming: a stranger must not kick the owner's connection on another node.
+      const before = await store.loadSession(id);
+      if (before !== null && before.owner !== req.owner) {
+        return this.refuseForeign(conn, before.owner);
+      }
+      await this.bus.claimSession(id);
+      // From here on only this node's writes of the session count (a late write elsewhere fails).
+      if (isClusterStore(store)) await store.claimSession(id);
+      if (!this.sessions.has(id)) {
+        const state = await store.loadSession(id);
+        if (state !== null && state.owner !== req.owner) {
+          return this.refuseForeign(conn, state.owner);
+        }
+        if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
+      }
+    } catch (e) {
+      log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
+        clientId: id,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      return {
+        ok: false,
+        code: ReasonCode.ServerUnavailable,
+        reason: "cluster state unavailable, try again",
+      };
     }
-    await this.bus.claimSession(id);
-    if (!this.sessions.has(id)) {
-      const state = await this.store.loadSession(id);
-      if (state !== null && state.owner !== req.owner) return this.refuseForeign(conn, state.owner);
-      if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
-    }
+    this.adopted.delete(id);
     return this.bind(conn, req);
   }
 
@@ -407,11 +438,46 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   /**
-   * BusHost: node `nodeId` died without leaving (this node was chosen to clean up).
-   * Placeholder until the cluster is wired in: its clients' wills and sessions come from the store.
+   * BusHost: node `nodeId` died without leaving, and this node was chosen to
+   * clean up. Its sessions are adopted from the store (on exactly one node
+   * each): they wait here, detached, for their clients, and their wills are
+   * published after their delay unless the client comes back first.
    */
-  nodeDown(_nodeId: string): Promise<void> {
-    return Promise.resolve();
+  async nodeDown(nodeId: string): Promise<void> {
+    const store = this.store;
+    if (!isClusterStore(store)) return;
+    let adopted = 0;
+    for (const id of await store.sessionsOfNode(nodeId)) {
+      if (this.sessions.has(id)) continue;
+      const state = await store.adoptSession(id, nodeId);
+      if (state === null || this.sessions.has(id)) continue;
+      // Owning it on the bus too, so a client that reconnects elsewhere takes it from here.
+      await this.bus.claimSession(id);
+      if (this.sessions.has(id)) continue;
+      this.restoreSession(state);
+      this.adopted.add(id);
+      adopted++;
+    }
+    await store.forgetNode(nodeId);
+    log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
+  }
+
+  /**
+   * A batch was refused for sessions another node owns now (it took them over
+   * while this node still held them): drop them here without writing.
+   */
+  private dropStale(clientIds: readonly string[]): void {
+    for (const id of clientIds) {
+      const s = this.sessions.get(id);
+      if (s === undefined) continue;
+      s.journal = null;
+      s.link?.takenOver();
+      s.setWill(null);
+      this.detached.delete(s);
+      this.adopted.delete(id);
+      this.unsubscribeAll(s);
+      if (this.sessions.get(id) === s) this.sessions.delete(id);
+    }
   }
 
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
@@ -456,6 +522,24 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const will = session.will;
     session.setWill(null);
     if (will === null) return;
+    const store = this.store;
+    if (this.adopted.has(session.clientId) && isClusterStore(store)) {
+      // A session adopted from a dead node: its client may have come back on another node
+      // since; the store hands the will to its owner once, cluster-wide.
+      store.takeWill(session.clientId).then(
+        (w) => w !== null && this.sendWill(session, will),
+        (e) =>
+          log.error("taking the will of {clientId}: {error}", {
+            clientId: session.clientId,
+            error: String(e),
+          }),
+      );
+      return;
+    }
+    this.sendWill(session, will);
+  }
+
+  private sendWill(session: Session, will: Will): void {
     const m = will.msg;
     const msg = will.expiry >= 0
       ? new Message(

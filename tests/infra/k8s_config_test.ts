@@ -6,7 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { parse as parseToml, stringify as stringifyToml } from "smol-toml";
-import { ConfigError, KEYS, loadConfig } from "../../src/config/mod.ts";
+import { posix } from "node:path";
+import { type Config, ConfigError, KEYS, loadConfig } from "../../src/config/mod.ts";
+import { spillDir } from "../../src/sinks/mod.ts";
 import {
   type Build,
   dockerfileFinalStage,
@@ -24,10 +26,6 @@ import {
  */
 const PENDING: Record<string, string[]> = {
   "http.port": ["http.enabled", "http.bind", "http.port", "general.log_format"],
-  "redis.mode": ["redis.password"],
-  "storage.dir": ["storage.enabled"],
-  // The adapter's broker address: the key name must match the bigquery branch's.
-  "bigquery.endpoint": ["bq_adapter.url"],
 };
 
 /** Secrets that are made by hand (infra/README.md), not by cert-manager or kustomize. */
@@ -71,7 +69,13 @@ async function containerConfig(build: Build, w: K8sObject): Promise<ContainerCon
     for (const [k, v] of Object.entries(image.env)) if (k.startsWith("MCLOUDTT_")) env[k] = v;
     for (const e of c.env ?? []) {
       if (e.value !== undefined) env[e.name] = e.value;
-      else if (e.valueFrom?.configMapKeyRef) {
+      else if (e.valueFrom?.fieldRef) {
+        // The downward API: a StatefulSet's first pod, as the kubelet would fill it in.
+        const path = e.valueFrom.fieldRef.fieldPath;
+        assert.equal(path, "metadata.name", `${where}: ${e.name} reads ${path}`);
+        assert.equal(w.kind, "StatefulSet", `${where}: ${e.name}: a Deployment's pod names change`);
+        env[e.name] = `${w.metadata.name}-0`;
+      } else if (e.valueFrom?.configMapKeyRef) {
         const { name, key } = e.valueFrom.configMapKeyRef;
         const data = configMaps.get(name);
         assert.ok(data, `${where}: ${e.name} reads ConfigMap ${name}, which is not in the build`);
@@ -163,12 +167,82 @@ for (const [name, build] of builds) {
           assert.equal(config.redis.host, cc.env.MCLOUDTT_REDIS_HOST);
           assert.equal(config.bigquery.enabled, false, "the adapter writes the topic log");
         } else {
-          assert.equal(config.bigquery.enabled, true, `${cc.where}: writes to BigQuery`);
-          assert.equal(config.bigquery.project_id, "example-project");
+          assert.equal(w.metadata.name, "mcloudtt-bq-adapter");
+          checkAdapter(b, w, cc, config);
         }
       }
     }
   });
+}
+
+/**
+ * What `mcloudtt bq-adapter` reads in its pod: its own pod name as client id, the brokers'
+ * in-cluster address over TLS with the adapter's client certificate, the BigQuery table from
+ * the site values, and a spill directory on the replica's own volume that the binary may write.
+ */
+function checkAdapter(b: Build, w: K8sObject, cc: ContainerConfig, config: Config) {
+  const at = cc.where;
+  const spec = podSpec(w);
+  const [c] = spec.containers;
+  assert.equal(config.adapter.client_id, `${w.metadata.name}-0`, `${at}: client id = pod name`);
+  // The sink's check of the table needs these (the adapter exits 2 without project and dataset).
+  const site = b.objects.find((o) => o.kind === "ConfigMap" && o.metadata.name === "mcloudtt-site")!
+    .data;
+  assert.equal(config.bigquery.project_id, site.bigquery_project_id, `${at}: project`);
+  assert.ok(config.bigquery.project_id && config.bigquery.dataset_id, `${at}: project, dataset`);
+  assert.equal(config.bigquery.table_id, site.bigquery_table_id, `${at}: table`);
+  // "" on GKE (Workload Identity, terraform_test.ts), or the mounted key file.
+  assert.equal(config.bigquery.credentials_path, site.bigquery_credentials_path, `${at}: key`);
+  assert.ok(config.adapter.receive_maximum <= config.bigquery.max_queue, `${at}: max_queue`);
+
+  // The brokers' Service, on the port of their TLS listener, by a name in their certificate.
+  const url = new URL(config.adapter.url);
+  assert.equal(url.protocol, "mqtts:", `${at}: TLS to the brokers`);
+  const broker = b.objects.find((o) => o.kind === "Deployment" && o.metadata.name === "mcloudtt")!;
+  const mqtts = podSpec(broker).containers[0].ports.find((p: { name: string }) =>
+    p.name === "mqtts"
+  );
+  assert.equal(Number(url.port), mqtts.containerPort, `${at}: the brokers' MQTT/TLS port`);
+  const brokerCert = b.objects.find((o) =>
+    o.kind === "Certificate" && o.metadata.name === "mcloudtt-broker"
+  )!;
+  assert.ok(brokerCert.spec.dnsNames.includes(url.hostname), `${at}: ${url.hostname} in cert`);
+  const [service] = url.hostname.split(".");
+  assert.ok(
+    b.objects.some((o) => o.kind === "Service" && o.metadata.name === service),
+    `${at}: Service ${service}`,
+  );
+
+  // The client certificate cert-manager issues for the adapter, mounted where [adapter] points.
+  const clientCert = b.objects.find((o) =>
+    o.kind === "Certificate" && o.spec.usages?.includes("client auth") &&
+    spec.volumes.some((v: { secret?: { secretName: string } }) =>
+      v.secret?.secretName === o.spec.secretName
+    )
+  );
+  assert.ok(clientCert, `${at}: a client Certificate's secret is a volume of the pod`);
+  const volume = spec.volumes.find((v: { secret?: { secretName: string } }) =>
+    v.secret?.secretName === clientCert.spec.secretName
+  );
+  const mount = c.volumeMounts.find((m: { name: string }) => m.name === volume.name);
+  assert.deepEqual(
+    [config.adapter.certfile, config.adapter.keyfile, config.adapter.cafile],
+    ["tls.crt", "tls.key", "ca.crt"].map((f) => `${mount.mountPath}/${f}`),
+    `${at}: [adapter] certfile, keyfile, cafile`,
+  );
+
+  // Spilled rows: on the replica's claim (volumeClaimTemplates), below data/ of the working
+  // directory /data, the only place besides certs/ the compiled binary may write.
+  assert.equal(config.bigquery.overflow, "spill", `${at}: rows wait on disk, not dropped`);
+  const dir = posix.resolve("/data", spillDir(config));
+  assert.ok(dir.startsWith("/data/data/"), `${at}: ${dir} is below /data/data`);
+  const claims = (w.spec.volumeClaimTemplates ?? []).map((t: K8sObject) => t.metadata.name);
+  const on = c.volumeMounts
+    .filter((m: { mountPath: string }) => dir.startsWith(`${m.mountPath}/`))
+    .sort((x: { mountPath: string }, y: { mountPath: string }) =>
+      y.mountPath.length - x.mountPath.length
+    )[0];
+  assert.ok(on && claims.includes(on.name), `${at}: ${dir} is on the replica's own volume`);
 }
 
 Deno.test("the check fails on a misspelt variable or key", async () => {
@@ -183,6 +257,14 @@ Deno.test("the check fails on a misspelt variable or key", async () => {
   await assert.rejects(
     load({ ...cc, toml: cc.toml.replace("[limits]", "[limits]\nmax_conections = 5") }, leaveOut),
     ConfigError,
+  );
+  // A guessed name for the adapter's broker address is refused, as the adapter would refuse it.
+  const g = await gkeBuild();
+  const adapter = mcloudttWorkloads(g).find((w) => w.metadata.name === "mcloudtt-bq-adapter")!;
+  const [acc] = await containerConfig(g, adapter);
+  await assert.rejects(
+    load({ ...acc, env: { ...acc.env, MCLOUDTT_BQ_ADAPTER_URL: "mqtts://x:1883" } }, leaveOut),
+    /MCLOUDTT_BQ_ADAPTER_URL/,
   );
 });
 

@@ -2,7 +2,8 @@
  * The rules infra/k8s must keep (issue 9's deployment bullet): replicas, probes on the broker's
  * HTTP port, the "restricted" Pod Security Standard, a PodDisruptionBudget and Services that
  * select the broker pods, spreading, resources sized from the measured memory per connection,
- * graceful termination, and the cert-manager chain whose secret lands where [tls] points.
+ * graceful termination, and the cert-manager chain whose secret lands where [tls] points; and the
+ * BigQuery adapter as a StatefulSet (pod name = MQTT client id, a spill volume per replica).
  */
 import assert from "node:assert/strict";
 import { dirname } from "node:path";
@@ -143,16 +144,6 @@ for (const [name, build] of builds) {
     check("Service mcloudtt-metrics", { matchLabels: metrics.spec.selector });
     const [mp] = metrics.spec.ports;
     assert.equal(containerPort(c, mp.targetPort), 8888, "metrics on the HTTP port");
-
-    const adapter = objects.find((o) =>
-      o.metadata.name === "mcloudtt-bq-adapter" && o.kind === "Deployment"
-    );
-    if (adapter) {
-      assert.equal(adapter.spec.replicas, 2, "two adapter replicas share the subscription");
-      const apdb = find(objects, "PodDisruptionBudget", "mcloudtt-bq-adapter");
-      assert.ok(selects(apdb.spec.selector, adapter.spec.template.metadata.labels));
-      assert.deepEqual(podSpec(adapter).containers[0].args, ["bq-adapter"]);
-    }
   });
 
   Deno.test(`${name}: brokers spread over nodes and zones`, async () => {
@@ -254,9 +245,79 @@ for (const [name, build] of builds) {
   });
 }
 
+Deno.test("the BigQuery adapter is a StatefulSet: pod name as client id, a spill volume each", async () => {
+  const { objects } = await gkeBuild();
+  assert.equal(
+    objects.find((o) => o.kind === "Deployment" && o.metadata.name === "mcloudtt-bq-adapter"),
+    undefined,
+    "random pod names would orphan a crashed replica's session",
+  );
+  const adapter = find(objects, "StatefulSet", "mcloudtt-bq-adapter");
+  const labels = adapter.spec.template.metadata.labels;
+  assert.ok(selects(adapter.spec.selector, labels), "selector matches its pods");
+  assert.equal(adapter.spec.replicas, 2, "two adapter replicas share the subscription");
+  const spec = podSpec(adapter);
+  const [c] = spec.containers;
+  assert.deepEqual(c.args, ["bq-adapter"]);
+
+  // The client id is the pod name, which a StatefulSet keeps across restarts.
+  const clientId = c.env.find((e: { name: string }) => e.name === "MCLOUDTT_ADAPTER_CLIENT_ID");
+  assert.equal(clientId?.valueFrom?.fieldRef?.fieldPath, "metadata.name", "client id = pod name");
+
+  // A claim per replica, mounted in the container, kept when scaled down.
+  const claims = adapter.spec.volumeClaimTemplates ?? [];
+  assert.equal(claims.length, 1, "one volume claim per replica");
+  assert.ok(
+    c.volumeMounts.some((m: { name: string }) => m.name === claims[0].metadata.name),
+    "the claim is mounted",
+  );
+  assert.equal(adapter.spec.persistentVolumeClaimRetentionPolicy?.whenScaled, "Retain");
+
+  // The governing Service is headless and selects only the adapter's pods.
+  const svc = find(objects, "Service", adapter.spec.serviceName);
+  assert.equal(svc.spec.clusterIP, "None");
+  assert.ok(selects({ matchLabels: svc.spec.selector }, labels));
+  const broker = find(objects, "Deployment", "mcloudtt");
+  assert.ok(!selects({ matchLabels: svc.spec.selector }, broker.spec.template.metadata.labels));
+
+  const pdb = find(objects, "PodDisruptionBudget", "mcloudtt-bq-adapter");
+  assert.ok(selects(pdb.spec.selector, labels), "the adapter's disruption budget");
+  assert.ok(!selects(pdb.spec.selector, broker.spec.template.metadata.labels));
+  assert.equal(pdb.spec.maxUnavailable, 1);
+
+  // SIGTERM: the adapter flushes for general.shutdown_timeout, then disconnects; SIGKILL later.
+  const cm = find(
+    objects,
+    "ConfigMap",
+    spec.volumes.find((v: { name: string }) => v.name === "config").configMap.name,
+  );
+  const toml = parseToml(cm.data["config.toml"]) as Record<string, Record<string, number>>;
+  const flush = toml.general?.shutdown_timeout ?? 10;
+  assert.ok(spec.terminationGracePeriodSeconds >= flush + 10, "grace period over the flush");
+
+  // Workload Identity: its own Kubernetes service account, and no key Secret required.
+  assert.equal(spec.serviceAccountName, "mcloudtt-bq-adapter");
+  find(objects, "ServiceAccount", "mcloudtt-bq-adapter");
+  for (const v of spec.volumes) {
+    if (v.secret?.secretName === "mcloudtt-bigquery-key") assert.equal(v.secret.optional, true);
+  }
+  // The client certificate it presents to the brokers.
+  const cert = find(objects, "Certificate", "mcloudtt-bq-adapter");
+  assert.ok(cert.spec.usages.includes("client auth"));
+  assert.ok(
+    spec.volumes.some((v: { secret?: { secretName: string } }) =>
+      v.secret?.secretName === cert.spec.secretName
+    ),
+  );
+});
+
 Deno.test("the GKE overlay uses Memorystore and Workload Identity instead of the self-hosted parts", async () => {
   const { objects } = await gkeBuild();
-  assert.equal(objects.find((o) => o.kind === "StatefulSet"), undefined, "no self-hosted Redis");
+  assert.equal(
+    objects.find((o) => o.metadata.name === "mcloudtt-redis"),
+    undefined,
+    "no self-hosted Redis",
+  );
   const site = find(objects, "ConfigMap", "mcloudtt-site").data;
   assert.equal(site.redis_host, "10.0.0.3", "Memorystore's address from terraform output");
   const sa = find(objects, "ServiceAccount", "mcloudtt-bq-adapter");

@@ -16,6 +16,8 @@ import {
   type Terraform,
   terraformKustomizeEnv,
 } from "../helpers/infra.ts";
+import { schemaProblems } from "../../src/sinks/bigquery.ts";
+import { type ColumnSchema, ROW_SCHEMA } from "../../src/sinks/row.ts";
 
 const one = (tf: Terraform, type: string) => {
   const byName = tf.resource[type];
@@ -57,14 +59,11 @@ Deno.test("GKE Autopilot, Memorystore, BigQuery and the topic-log identity are d
   const table = one(tf, "google_bigquery_table").body;
   assert.equal(table.dataset_id, `\${google_bigquery_dataset.${dataset.name}.dataset_id}`);
   assert.equal(table.time_partitioning[0].field, "publish_time");
-  const schema = JSON.parse(
-    await Deno.readTextFile(`${TERRAFORM}/topic_log_schema.json`),
-  ) as { name: string; type: string }[];
+  assert.equal(table.schema, '${file("${path.module}/topic_log_schema.json")}');
+  const schema = await terraformTableSchema();
   const columns = Object.fromEntries(schema.map((c) => [c.name, c.type]));
   assert.equal(columns.publish_time, "TIMESTAMP", "the partitioning column exists");
-  for (const c of ["topic", "payload", "qos", "retain", "client_id", "user_properties"]) {
-    assert.ok(c in columns, `column ${c}`);
-  }
+  for (const c of table.clustering) assert.ok(c in columns, `clustering column ${c}`);
 
   const sa = one(tf, "google_service_account");
   const writer = one(tf, "google_bigquery_dataset_iam_member").body;
@@ -78,7 +77,7 @@ Deno.test("GKE Autopilot, Memorystore, BigQuery and the topic-log identity are d
   const bound = wi.for_each.replace(/^\$\{toset\(\[(.*)\]\)\}$/, "$1").split(",").map((s: string) =>
     s.trim().replaceAll('"', "")
   );
-  for (const d of objects.filter((o) => o.kind === "Deployment")) {
+  for (const d of objects.filter((o) => o.kind === "Deployment" || o.kind === "StatefulSet")) {
     assert.ok(bound.includes(podSpec(d).serviceAccountName), `${d.metadata.name}'s account`);
   }
   assert.equal(
@@ -86,6 +85,34 @@ Deno.test("GKE Autopilot, Memorystore, BigQuery and the topic-log identity are d
     objects.find((o) => o.kind === "Namespace")!
       .metadata.name,
   );
+});
+
+/** The columns of the table Terraform creates (topic_log_schema.json). */
+async function terraformTableSchema(): Promise<ColumnSchema[]> {
+  return JSON.parse(await Deno.readTextFile(`${TERRAFORM}/topic_log_schema.json`));
+}
+
+/** Names, types, modes and nested fields: what BigQuery checks; descriptions may differ. */
+function shape(columns: readonly ColumnSchema[]): unknown[] {
+  return columns.map((c) => ({
+    name: c.name,
+    type: c.type,
+    mode: c.mode ?? "NULLABLE",
+    ...(c.fields ? { fields: shape(c.fields) } : {}),
+  }));
+}
+
+Deno.test("the table Terraform creates has exactly the columns the BigQuery sink writes", async () => {
+  const schema = await terraformTableSchema();
+  // The sink checks the table at start and refuses to run on a mismatch (src/sinks/bigquery.ts):
+  // a table made by `terraform apply` must pass that check, column for column, in the same order
+  // as the table create_table would make.
+  assert.deepEqual(schemaProblems(schema), []);
+  assert.deepEqual(shape(schema), shape(ROW_SCHEMA));
+  // The comparison can fail: a renamed or retyped column is named.
+  const renamed = schema.map((c) => c.name === "payload_encoding" ? { ...c, name: "enc" } : c);
+  assert.match(schemaProblems(renamed).join("\n"), /column payload_encoding \(STRING\) is missing/);
+  assert.notDeepEqual(shape(renamed), shape(ROW_SCHEMA));
 });
 
 Deno.test("every reference in the Terraform names something declared", async () => {
@@ -136,6 +163,7 @@ Deno.test("the outputs the README uses exist, and kustomize_env fills the GKE ov
   assert.equal(env.redis_host, "10.0.0.3");
   assert.equal(env.bigquery_project_id, "example-project");
   assert.equal(env.bigquery_table_id, tf.variable.bigquery_table_id[0].default);
+  assert.equal(env.bigquery_credentials_path, "", "Workload Identity: no key file");
   assert.equal(env.image, "europe-west3-docker.pkg.dev/example-project/mcloudtt/mcloudtt:0.1.0");
   const readme = await Deno.readTextFile(new URL("../../infra/README.md", import.meta.url));
   for (const m of readme.matchAll(/terraform output -raw ([a-z_]+)/g)) {
