@@ -9,7 +9,7 @@
 import { getLogger } from "@logtape/logtape";
 import { subscribeAccess } from "../auth/access.ts";
 import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
-import type { Bus, BusHost } from "../cluster/types.ts";
+import { type Bus, type BusHost, LOCAL_ONLY } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
@@ -216,11 +216,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   publish(msg: Message, info: PublishInfo): number {
     this.sink.offer(msg, info);
-    const fwd = this.bus.forward(msg);
+    // $SYS figures describe this node: they stay here, neither forwarded nor stored.
+    const local = info.kind === "sys";
+    const fwd = local ? LOCAL_ONLY : this.bus.forward(msg);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
     // Retained state is stored by the node where it was published, once.
-    if (msg.retain && journal !== null) {
+    if (msg.retain && journal !== null && !local) {
       journal.push(
         msg.payload.length === 0
           ? { type: "retain-delete", topic: msg.topic }
