@@ -306,6 +306,8 @@ export async function startSecureBroker(
     ...overrides,
     general: { secure: true, websocket: true, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
+    // In memory, as in startBroker: tests must not share or leave a ./data directory.
+    storage: { enabled: false, ...overrides.storage },
     tls: {
       certfile: pki.broker.cert,
       keyfile: pki.broker.key,
