@@ -94,7 +94,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.store = opts.store;
     this.sink = opts.sink;
     this.clock = opts.clock;
-    this.journal = opts.store.durable ? new Journal(opts.store) : null;
+    this.journal = opts.store.durable ? new Journal(opts.store, this.ackAfterWrite) : null;
   }
 
   /** Loads what a durable, unshared store kept (sessions, retained), then starts the sweep. */
@@ -189,7 +189,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const mark = journal === null ? 0 : journal.size;
     const n = this.route(msg, fwd.localGroups);
     let written = fwd.written;
-    if (journal !== null && this.ackAfterWrite && journal.size !== mark) {
+    if (journal !== null && journal.acksWait && journal.size !== mark) {
       const p = journal.pending;
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }

@@ -19,7 +19,12 @@ export class Journal {
   /** Batches written, ops written, failed batches: read by ops. */
   readonly stats = { batches: 0, ops: 0, failures: 0 };
 
-  constructor(private readonly store: Store) {}
+  /**
+   * `acksWait`: packets that let a client forget something (PUBACK, PUBREC,
+   * PUBREL, PUBCOMP) wait for the batch holding the change they confirm
+   * (`[storage] sync = "ack-after-write"`); false sends them at once ("async").
+   */
+  constructor(private readonly store: Store, readonly acksWait = true) {}
 
   /** Ops waiting for the next batch (a publish compares it before and after routing). */
   get size(): number {
@@ -50,6 +55,14 @@ export class Journal {
       this.waiting = { promise, resolve, reject };
     }
     return this.waiting.promise;
+  }
+
+  /**
+   * What an acknowledgement of the ops pushed so far waits for: `pending`
+   * when acknowledgements wait for the store, else null.
+   */
+  get ackWait(): Promise<void> | null {
+    return this.acksWait ? this.pending : null;
   }
 
   private inFlight: Promise<void> | null = null;
