@@ -105,6 +105,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
       if (!store.shared) {
         for (const state of await store.loadSessions()) this.restoreSession(state);
+        // Deadlines that passed while the broker was down: wills go out and sessions end now,
+        // before any client can resume a session that has expired.
+        this.sweep(this.clock.now());
       }
     }
     this.stopSweep ??= this.clock.every(
@@ -299,7 +302,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
       session.link.takenOver();
     }
     session = this.sessions.get(id);
-    if (session !== undefined && req.cleanStart) {
+    if (
+      session !== undefined &&
+      (req.cleanStart ||
+        (session.link === null && session.expiresAt !== 0 &&
+          this.clock.now() >= session.expiresAt))
+    ) {
+      // Clean Start, or a session whose expiry passed since the last sweep: it is not resumed.
+      if (!req.cleanStart) this.metrics.sessionsExpired++;
       this.endSession(session);
       session = undefined;
     }
