@@ -76,23 +76,27 @@ const topicArb = fc.oneof(
   fc.string({ maxLength: 20 }),
 );
 const filterArb = fc.oneof(
-  fc.constantFrom(
-    "#",
-    "+/x",
-    "+/+",
-    "secret/#",
-    "open/#",
-    "pub/+",
-    "pub/#",
-    "$share/g/pub/#",
-    "$share/g/#",
-    "$share//x",
-    "a/#/b",
-    "",
-    "fz/f1/#",
-    "health/#",
-  ),
-  fc.string({ maxLength: 12 }),
+  { weight: 2, arbitrary: fc.constantFrom("#", "+/x", "secret/#", "+/+", "$share/g/#") },
+  {
+    weight: 2,
+    arbitrary: fc.constantFrom(
+      "#",
+      "+/x",
+      "+/+",
+      "secret/#",
+      "open/#",
+      "pub/+",
+      "pub/#",
+      "$share/g/pub/#",
+      "$share/g/#",
+      "$share//x",
+      "a/#/b",
+      "",
+      "fz/f1/#",
+      "health/#",
+    ),
+  },
+  { weight: 1, arbitrary: fc.string({ maxLength: 12 }) },
 );
 const pidArb = fc.integer({ min: 0, max: 6 });
 const qosArb = fc.constantFrom(0, 1, 2, 3);
@@ -280,6 +284,11 @@ const clientArb = fc.record({
    * bytes), so that runs get past CONNECT into subscriptions and QoS flows.
    */
   tame: fc.boolean(),
+  /** A tame client subscribes to this first (wide filters often: the ACL must filter). */
+  wants: fc.array(fc.record({ topic: filterArb, qos: fc.constantFrom(0, 1, 2) }), {
+    minLength: 1,
+    maxLength: 3,
+  }),
   connect: connectArb,
   connectMutation: fc.oneof(
     { weight: 6, arbitrary: fc.constant({ kind: "none" as const }) },
@@ -416,6 +425,9 @@ function chunksOf(c: FuzzClient): Uint8Array[] {
   const version = c.connect.protocolVersion;
   const connect = c.tame ? tamed({ ...c.connect, will: undefined }) : c.connect;
   const parts = [mutate(encode(connect, version), c.tame ? { kind: "none" } : c.connectMutation)];
+  if (c.tame) {
+    parts.push(encode({ cmd: "subscribe", messageId: 1, subscriptions: c.wants }, version));
+  }
   for (const [p, m] of c.packets) {
     if (c.tame && ENDERS.has(p.cmd)) continue;
     parts.push(c.tame ? encode(tamed(p), version) : mutate(encode(p, version), m));
