@@ -104,10 +104,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (store.durable) {
       for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
       if (!store.shared) {
+        // Deadlines that passed while the broker was down are met by the first sweep (wills
+        // sent, sessions ended); `bind` already refuses to resume an expired session before it.
         for (const state of await store.loadSessions()) this.restoreSession(state);
-        // Deadlines that passed while the broker was down: wills go out and sessions end now,
-        // before any client can resume a session that has expired.
-        this.sweep(this.clock.now());
       }
     }
     this.stopSweep ??= this.clock.every(
