@@ -15,6 +15,7 @@ import {
   splitPasswordLine,
   usernameProblem,
 } from "../auth/passwords.ts";
+import { permissionProblem } from "../ops/permissions.ts";
 
 /** Where the command reads the new password and writes its messages; defaults use the terminal. */
 export interface PasswdIo {
@@ -155,7 +156,9 @@ async function readLines(file: string): Promise<string[]> {
     if (error instanceof Deno.errors.NotFound) {
       throw new PasswdCommandError(`${file} does not exist (use -c to create it)`);
     }
-    throw new PasswdCommandError(`cannot read ${file}: ${(error as Error).message}`);
+    throw new PasswdCommandError(
+      `cannot read ${file}: ${permissionProblem(error) ?? (error as Error).message}`,
+    );
   }
   PasswordFile.parse(text, file);
   const lines = text.split("\n");
@@ -183,7 +186,9 @@ async function writeAtomically(file: string, lines: string[]): Promise<void> {
     await Deno.rename(temp, file);
   } catch (error) {
     await Deno.remove(temp).catch(() => {});
-    throw new PasswdCommandError(`cannot write ${file}: ${(error as Error).message}`);
+    throw new PasswdCommandError(
+      `cannot write ${file}: ${permissionProblem(error) ?? (error as Error).message}`,
+    );
   }
 }
 

@@ -21,10 +21,16 @@ export class Journal {
 
   /**
    * `acksWait`: packets that let a client forget something (PUBACK, PUBREC,
-   * PUBREL, PUBCOMP) wait for the batch holding the change they confirm
-   * (`[storage] sync = "ack-after-write"`); false sends them at once ("async").
+   * PUBREL, PUBCOMP, SUBACK, UNSUBACK) wait for the batch holding the change
+   * they confirm (`[storage] sync = "ack-after-write"`); false sends them at
+   * once ("async").
    */
-  constructor(private readonly store: Store, readonly acksWait = true) {}
+  constructor(
+    private readonly store: Store,
+    readonly acksWait = true,
+    /** Told of every failed batch (after it is logged). */
+    private readonly onFailure: (e: unknown) => void = () => {},
+  ) {}
 
   /** Ops waiting for the next batch (a publish compares it before and after routing). */
   get size(): number {
@@ -89,6 +95,7 @@ export class Journal {
           error: e instanceof Error ? e.message : String(e),
         });
         waiting?.reject(e);
+        this.onFailure(e);
         throw e;
       },
     ).finally(() => {

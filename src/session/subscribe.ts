@@ -3,6 +3,7 @@
  * or a refusal code, following the filter syntax, share-group rules and the
  * authorizer's answer.
  */
+import type { SubscribeAccess } from "../auth/types.ts";
 import type { SubscribePacket } from "../protocol/decode.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
@@ -22,7 +23,7 @@ export function decideSubscriptions(
   pkt: SubscribePacket,
   subscriber: Subscriber,
   limits: CoreLimits,
-  mayRead: (filter: string) => boolean,
+  mayRead: (filter: string) => SubscribeAccess,
 ): SubscribeDecision[] {
   const out: SubscribeDecision[] = [];
   const subId = pkt.subscriptionId ?? 0;
@@ -35,7 +36,8 @@ export function decideSubscriptions(
     if (tf.group !== null && req.noLocal) {
       throw new ProtocolError(ReasonCode.ProtocolError, "No Local on a shared subscription");
     }
-    if (!mayRead(tf.filter)) {
+    const access = mayRead(tf.filter);
+    if (access === 0) {
       out.push({ code: ReasonCode.NotAuthorized });
       continue;
     }
@@ -51,6 +53,7 @@ export function decideSubscriptions(
         retainHandling: req.retainHandling,
         subscriptionId: subId,
         idList: subId !== 0 ? [subId] : null,
+        needsCheck: access === 2,
       },
     });
   }
@@ -68,6 +71,7 @@ export function sendRetained(host: ConnectionHost, session: Session, subs: Subsc
   for (const sub of subs) {
     for (const msg of host.retainedFor(sub.filter)) {
       if (msg.expired(now)) continue;
+      if (sub.needsCheck === true && !host.mayReceive(sub, msg.topic)) continue;
       session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
     }
   }

@@ -186,6 +186,7 @@ async function expectRefusal(cwd: string, words: RegExp): Promise<string> {
   await using broker = startMain(cwd, [
     "--general.secure=false",
     "--general.websocket=false",
+    "--http.enabled=false",
     `--ports.tcp=${port}`,
     "--storage.enabled=true",
   ]);

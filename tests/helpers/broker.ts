@@ -12,6 +12,7 @@ import {
   createBroker,
   type DeepPartial,
 } from "../../mod.ts";
+import { PERMISSION_FLAGS } from "../../src/ops/permissions.ts";
 
 export interface TestBroker {
   broker: Broker;
@@ -23,7 +24,7 @@ export interface TestBroker {
 
 /**
  * Starts a plain-TCP broker on 127.0.0.1 and a free port; `overrides` change any config key,
- * `deps` replace the in-memory bus, store, sink or clock.
+ * `deps` replace the in-memory bus, store, sink, clock or the authentication.
  */
 export async function startBroker(
   overrides: DeepPartial<Config> = {},
@@ -353,21 +354,15 @@ export async function copyProject(dest: string): Promise<void> {
   await copy(new URL("src/", root), `${dest}/src`);
 }
 
-/** The permissions of `deno task start`. */
-export const START_PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write=certs,data",
-  "--allow-env",
-  "--allow-sys",
-];
+/** The permissions of `deno task start` (and of the compiled binary): the one shipped list. */
+export const START_PERMISSIONS: string[] = [...PERMISSION_FLAGS];
 
 /** main.ts running in a subprocess, with its output collected. */
 export interface MainProcess extends AsyncDisposable {
   readonly child: Deno.ChildProcess;
   /** Everything written to stderr so far. */
   readonly stderr: () => string;
-  /** Everything written to stdout and stderr so far (info logs go to stdout). */
+  /** Everything written to stdout and stderr so far (logs go to stderr). */
   readonly output: () => string;
   /** Waits until the output matches `pattern`; rejects on timeout or if the process exits first. */
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
@@ -379,16 +374,27 @@ export interface MainProcess extends AsyncDisposable {
 
 /**
  * Runs `deno run <START_PERMISSIONS> main.ts ...args` in `cwd` (a `copyProject` directory);
- * `script` replaces main.ts (e.g. a bundle of it).
+ * `script` replaces main.ts (e.g. a bundle of it). The HTTP endpoint gets a free port and no
+ * drain delay unless `env` or `args` say otherwise, so parallel tests do not collide or wait.
  */
-export function startMain(cwd: string, args: string[], script = "main.ts"): MainProcess {
+export function startMain(
+  cwd: string,
+  args: string[],
+  script = "main.ts",
+  env: Record<string, string> = {},
+): MainProcess {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...START_PERMISSIONS, script, ...args],
     cwd,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: {
+      NO_COLOR: "1",
+      MCLOUDTT_HTTP_PORT: "0",
+      MCLOUDTT_GENERAL_DRAIN_DELAY: "0",
+      ...env,
+    },
   }).spawn();
   let all = "";
   let errText = "";

@@ -2,7 +2,10 @@
  * Test PKI fixtures: one directory with a CA, a broker certificate and client certificates that
  * are valid, from another CA, expired, and X.509 v1, for TLS/WSS tests.
  */
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
+import tls from "node:tls";
 import {
   type CertFiles,
   createCertificateAuthority,
@@ -163,4 +166,31 @@ async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
     throw new Error(`openssl did not produce a v1 certificate:\n${text}`);
   }
   return files;
+}
+
+/** Node's fingerprint256 form (upper-case hex, colon separated) of a PEM certificate. */
+export function fingerprintOf(pem: string): string {
+  const der = Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s/g, ""), "base64");
+  const hex = createHash("sha256").update(der).digest("hex").toUpperCase();
+  return hex.match(/../g)!.join(":");
+}
+
+/** The fingerprint of the certificate the broker serves to a new TLS connection. */
+export function servedFingerprint(port: number, ca: string, client: { cert: string; key: string }) {
+  return new Promise<string>((resolve, reject) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port,
+      servername: "localhost",
+      ca,
+      cert: client.cert,
+      key: client.key,
+    });
+    socket.once("secureConnect", () => {
+      const fp = socket.getPeerCertificate().fingerprint256;
+      socket.once("close", () => resolve(fp));
+      socket.destroy();
+    });
+    socket.once("error", reject);
+  });
 }

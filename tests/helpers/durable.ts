@@ -28,6 +28,7 @@ export async function startDurable(
   const p = startMain(cwd, [
     "--general.secure=false",
     "--general.websocket=false",
+    "--http.enabled=false",
     `--ports.tcp=${port}`,
     "--storage.enabled=true",
     // Far above what a test sends: the queue limit drops messages by design.
