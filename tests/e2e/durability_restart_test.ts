@@ -193,7 +193,7 @@ async function expectRefusal(cwd: string, words: RegExp): Promise<string> {
   const status = await broker.status;
   const err = broker.stderr();
   assert.equal(status.code, 2, broker.output());
-  assert.match(err, /mcloudtt: cannot start: storage: data\/mcloudtt\.db/);
+  assert.match(err, /cannot start: storage: data\/mcloudtt\.db: /);
   assert.match(err, words);
   assert.doesNotMatch(broker.output(), /listening/);
   assert.deepEqual(await Deno.readFile(file), before, "the refused file was changed");
