@@ -374,12 +374,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       case PacketType.PUBREL: {
         const a = decodeAck(buf, start, end, this.level as ProtocolLevel);
         const known = session.releaseQos2(a.packetId);
-        this.outbox.pushAck(
-          PacketType.PUBCOMP,
-          a.packetId,
-          known ? 0 : ReasonCode.PacketIdentifierNotFound,
-          this.v5,
-        );
+        const code = known ? 0 : ReasonCode.PacketIdentifierNotFound;
+        const written = known ? session.written : null;
+        if (written === null) this.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, this.v5);
+        else {
+          const send = () => {
+            if (this.open) this.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, this.v5);
+          };
+          written.then(send, send);
+        }
         break;
       }
       case PacketType.PUBCOMP:
@@ -641,6 +644,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       if (wantsRetained(d.sub, r.existed)) withRetained.push(d.sub);
     }
     host.sessionChanged(session);
+    // A subscription the client was told about must survive a crash.
+    const written = session.written;
+    if (written !== null) (waits ??= []).push(written);
     const finish = () => {
       if (this.state === State.Closed) return;
       this.outbox.push(encodeSuback(level, pkt.packetId, codes));
@@ -667,7 +673,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       }
     }
     this.host.sessionChanged(session);
-    this.outbox.push(encodeUnsuback(this.level as ProtocolLevel, pkt.packetId, codes));
+    const unsuback = encodeUnsuback(this.level as ProtocolLevel, pkt.packetId, codes);
+    const written = session.written;
+    if (written === null) this.outbox.push(unsuback);
+    else {
+      // The same chain as a waiting SUBACK's, so replies keep the order of their requests.
+      Promise.all([written]).catch(() => {}).then(() => {
+        if (this.open) this.outbox.push(unsuback);
+      });
+    }
   }
 
   // ---- DISCONNECT -----------------------------------------------------------

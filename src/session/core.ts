@@ -102,7 +102,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink = opts.sink;
     this.clock = opts.clock;
     this.journal = opts.store.durable
-      ? new Journal(opts.store, (e) => {
+      ? new Journal(opts.store, this.ackAfterWrite, (e) => {
         // A cluster store refuses writes of sessions another node took over meanwhile.
         const stale = (e as { clientIds?: unknown }).clientIds;
         if (
@@ -122,6 +122,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (store.durable) {
       for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
       if (!store.shared) {
+        // Deadlines that passed while the broker was down are met by the first sweep (wills
+        // sent, sessions ended); `bind` already refuses to resume an expired session before it.
         for (const state of await store.loadSessions()) this.restoreSession(state);
       }
     }
@@ -235,7 +237,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
     if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
-    if (journal !== null && this.ackAfterWrite && journal.size !== mark) {
+    if (journal !== null && journal.acksWait && journal.size !== mark) {
       const p = journal.pending;
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }
@@ -353,7 +355,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
       session.link.takenOver();
     }
     session = this.sessions.get(id);
-    if (session !== undefined && req.cleanStart) {
+    if (
+      session !== undefined &&
+      (req.cleanStart ||
+        (session.link === null && session.expiresAt !== 0 &&
+          this.clock.now() >= session.expiresAt))
+    ) {
+      // Clean Start, or a session whose expiry passed since the last sweep: it is not resumed.
+      if (!req.cleanStart) this.metrics.sessionsExpired++;
       this.endSession(session);
       session = undefined;
     }

@@ -19,8 +19,15 @@ export class Journal {
   /** Batches written, ops written, failed batches: read by ops. */
   readonly stats = { batches: 0, ops: 0, failures: 0 };
 
+  /**
+   * `acksWait`: packets that let a client forget something (PUBACK, PUBREC,
+   * PUBREL, PUBCOMP, SUBACK, UNSUBACK) wait for the batch holding the change
+   * they confirm (`[storage] sync = "ack-after-write"`); false sends them at
+   * once ("async").
+   */
   constructor(
     private readonly store: Store,
+    readonly acksWait = true,
     /** Told of every failed batch (after it is logged). */
     private readonly onFailure: (e: unknown) => void = () => {},
   ) {}
@@ -54,6 +61,14 @@ export class Journal {
       this.waiting = { promise, resolve, reject };
     }
     return this.waiting.promise;
+  }
+
+  /**
+   * What an acknowledgement of the ops pushed so far waits for: `pending`
+   * when acknowledgements wait for the store, else null.
+   */
+  get ackWait(): Promise<void> | null {
+    return this.acksWait ? this.pending : null;
   }
 
   private inFlight: Promise<void> | null = null;

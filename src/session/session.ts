@@ -166,6 +166,18 @@ export class Session implements Subscriber {
     return known;
   }
 
+  /**
+   * What a reply confirming the session's latest change must wait for (the
+   * store write, with `sync = "ack-after-write"`), or null to send it now:
+   * PUBCOMP (the client may then reuse the packet id, which a restart still
+   * holding it would take for a resend and drop), SUBACK and UNSUBACK.
+   */
+  get written(): Promise<void> | null {
+    return this.journal !== null && (this.expiry !== 0 || this.stored)
+      ? this.journal.ackWait
+      : null;
+  }
+
   get online(): boolean {
     return this.link !== null;
   }
@@ -297,8 +309,22 @@ export class Session implements Subscriber {
       return true;
     }
     e.released = true;
-    if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
-    this.link?.sendPubrel(pid);
+    const link = this.link;
+    if (this.journaled) {
+      this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
+      const written = this.journal!.ackWait;
+      if (written !== null) {
+        // PUBREL lets the client deliver and forget the packet id; a restart that did not know
+        // PUBREC came would resend the PUBLISH, which the client takes for a new message.
+        // (A failed write is logged by the journal; the flow goes on rather than stall.)
+        const send = () => {
+          if (this.link === link && this.inflight?.get(pid) === e) link?.sendPubrel(pid);
+        };
+        written.then(send, send);
+        return true;
+      }
+    }
+    link?.sendPubrel(pid);
     return true;
   }
 
@@ -343,10 +369,25 @@ export class Session implements Subscriber {
     this.setWill(null);
   }
 
-  /** Writes the whole session to the journal (connect, disconnect, subscription changes). */
+  /**
+   * Writes the whole session to the journal (connect, disconnect, subscription
+   * changes). A stored session resumed with Session Expiry 0 ends with its
+   * connection, so it leaves the store now: after a crash, a stale copy would
+   * come back with messages the client has since received.
+   */
   persist(subscriptions: Iterable<Subscription>): void {
-    if (this.journaled) this.journal!.push({ type: "session", state: this.toState(subscriptions) });
+    if (this.journal === null) return;
+    if (this.expiry !== 0) {
+      this.journal.push({ type: "session", state: this.toState(subscriptions) });
+      this.stored = true;
+    } else if (this.stored) {
+      this.journal.push({ type: "session-delete", clientId: this.clientId });
+      this.stored = false;
+    }
   }
+
+  /** True while the store holds (or is about to hold) this session. */
+  private stored = false;
 
   /** The session as a store keeps it. `subscriptions` come from the router, which owns them. */
   toState(subscriptions: Iterable<Subscription>): SessionState {
@@ -384,6 +425,7 @@ export class Session implements Subscriber {
 
   /** Restores what `toState` saved (subscriptions are restored by the caller, into the router). */
   restore(state: SessionState): void {
+    this.stored = true;
     this.owner = state.owner;
     this.expiry = state.expiryInterval;
     this.expiresAt = state.expiresAt;

@@ -1,0 +1,235 @@
+/**
+ * What a broker killed with SIGKILL remembers when it starts again on the
+ * same data directory: expiry deadlines (sessions and messages) continue
+ * from where they were instead of starting over; a session that its client
+ * had resumed with Session Expiry 0 is gone (it ended with the connection);
+ * the will of a client that was connected at the crash is sent. And a data
+ * directory the broker cannot use stops start-up with exit code 2 and a
+ * message naming it, leaving it untouched.
+ */
+import assert from "node:assert/strict";
+import { DatabaseSync } from "node:sqlite";
+import {
+  collect,
+  connectClient,
+  delay,
+  endClient,
+  freePort,
+  RawClient,
+  startMain,
+} from "../helpers/broker.ts";
+import { kill9, startDurable, tempProject } from "../helpers/durable.ts";
+import { SqliteStore } from "../../src/store/sqlite.ts";
+
+Deno.test("after kill -9, session and message expiry continue from their absolute deadlines", async () => {
+  await using p = await tempProject();
+  const port = freePort();
+  let broker = await startDurable(p.dir, port);
+  try {
+    const short = await connectClient(port, {
+      clientId: "short",
+      clean: false,
+      properties: { sessionExpiryInterval: 2 },
+    });
+    await short.subscribeAsync("x", { qos: 1 });
+    const long = await connectClient(port, {
+      clientId: "long",
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    await long.subscribeAsync("exp/#", { qos: 1 });
+    await endClient(short);
+    await endClient(long);
+    const t0 = Date.now();
+    const pub = await connectClient(port, { clientId: "pub" });
+    await pub.publishAsync("exp/soon", "soon", {
+      qos: 1,
+      properties: { messageExpiryInterval: 2 },
+    });
+    await pub.publishAsync("exp/later", "later", {
+      qos: 1,
+      properties: { messageExpiryInterval: 120 },
+    });
+    await kill9(broker);
+    await endClient(pub, true);
+    // Down for longer than both short intervals, but restarted before they would pass again
+    // if they were counted from the restart.
+    await delay(Math.max(0, t0 + 2500 - Date.now()));
+    broker = await startDurable(p.dir, port);
+    const restarted = Date.now();
+
+    const s = await RawClient.connect(port);
+    const ack = await s.handshake("short", 5, {
+      clean: false,
+      properties: { sessionExpiryInterval: 2 },
+    });
+    assert.equal(ack.sessionPresent, false, "the 2 s session outlived its deadline");
+    s.close();
+
+    const l = await RawClient.connect(port);
+    const lack = await l.handshake("long", 5, {
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    assert.equal(lack.sessionPresent, true);
+    const m = await l.expect("publish");
+    assert.equal(m.topic, "exp/later", "the message whose 2 s expiry passed was delivered");
+    // The expiry interval left counts the time the broker was down.
+    const left = (m.properties as { messageExpiryInterval: number }).messageExpiryInterval;
+    const elapsed = (Date.now() - t0) / 1000;
+    assert.ok(left <= Math.ceil(120 - elapsed + 1), `expiry interval left ${left} s`);
+    assert.ok(left >= 120 - elapsed - 5, `expiry interval left ${left} s`);
+    await l.sendPacket({ cmd: "puback", messageId: m.messageId });
+    await assert.rejects(l.next(300), /timed out/);
+    l.close();
+    console.log(
+      `[figures] restart took ${((restarted - t0) / 1000).toFixed(1)} s after the ` +
+        `disconnects; message expiry left ${left} of 120 s`,
+    );
+  } finally {
+    await broker.stop();
+  }
+});
+
+Deno.test("a stored session resumed with Session Expiry 0 does not come back after kill -9", async () => {
+  await using p = await tempProject();
+  const port = freePort();
+  let broker = await startDurable(p.dir, port);
+  try {
+    const first = await connectClient(port, {
+      clientId: "zero",
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    await first.subscribeAsync("z", { qos: 2 });
+    await endClient(first);
+    const pub = await connectClient(port, { clientId: "pub" });
+    await pub.publishAsync("z", "1", { qos: 2 });
+    await pub.publishAsync("z", "2", { qos: 2 });
+    await endClient(pub);
+    // Resumed with expiry 0: the session now ends with this connection. It receives both.
+    const again = await connectClient(port, {
+      clientId: "zero",
+      clean: false,
+      properties: { sessionExpiryInterval: 0 },
+    });
+    const inbox = collect(again);
+    assert.deepEqual([(await inbox.next()).payload, (await inbox.next()).payload], ["1", "2"]);
+    await delay(100); // PUBCOMPs reach the broker
+    await kill9(broker);
+    await endClient(again, true);
+
+    broker = await startDurable(p.dir, port);
+    const c = await RawClient.connect(port);
+    const ack = await c.handshake("zero", 5, {
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    // A stale stored copy would be present and send "1" and "2" a second time.
+    assert.equal(ack.sessionPresent, false);
+    const got = await c.next(300).catch(() => null);
+    assert.equal(got, null, `got ${JSON.stringify(got)}`);
+    c.close();
+  } finally {
+    await broker.stop();
+  }
+});
+
+Deno.test("the will of a client connected at kill -9 is sent after the restart, after its delay", async () => {
+  await using p = await tempProject();
+  const port = freePort();
+  let broker = await startDurable(p.dir, port);
+  try {
+    const watcher = await connectClient(port, {
+      clientId: "watcher",
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    await watcher.subscribeAsync("wills/#", { qos: 1 });
+    await endClient(watcher);
+    const dying = await connectClient(port, {
+      clientId: "dying",
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+      will: {
+        topic: "wills/dying",
+        payload: "gone",
+        qos: 1,
+        retain: false,
+        properties: { willDelayInterval: 1 },
+      },
+    });
+    await kill9(broker);
+    await endClient(dying, true);
+    broker = await startDurable(p.dir, port);
+    const back = Date.now();
+    const w = await connectClient(port, {
+      clientId: "watcher",
+      clean: false,
+      properties: { sessionExpiryInterval: 3600 },
+    });
+    const inbox = collect(w);
+    const m = await inbox.next(5000);
+    assert.deepEqual([m.topic, m.payload], ["wills/dying", "gone"]);
+    assert.ok(Date.now() - back >= 500, "the will delay was not respected");
+    await endClient(w);
+  } finally {
+    await broker.stop();
+  }
+});
+
+/** Starts main.ts on `data` and expects exit code 2 with a message naming the file. */
+async function expectRefusal(cwd: string, words: RegExp): Promise<string> {
+  const file = `${cwd}/data/mcloudtt.db`;
+  const before = await Deno.readFile(file);
+  const port = freePort();
+  await using broker = startMain(cwd, [
+    "--general.secure=false",
+    "--general.websocket=false",
+    "--http.enabled=false",
+    `--ports.tcp=${port}`,
+    "--storage.enabled=true",
+  ]);
+  const status = await broker.status;
+  const err = broker.stderr();
+  assert.equal(status.code, 2, broker.output());
+  assert.match(err, /cannot start: storage: data\/mcloudtt\.db: /);
+  assert.match(err, words);
+  assert.doesNotMatch(broker.output(), /listening/);
+  assert.deepEqual(await Deno.readFile(file), before, "the refused file was changed");
+  return err.trim();
+}
+
+Deno.test("a data directory that is corrupt, foreign or from a newer version stops start-up (exit 2)", async (t) => {
+  await using p = await tempProject();
+  const data = `${p.dir}/data`;
+  const reset = async () => {
+    await Deno.remove(data, { recursive: true }).catch(() => {});
+    await Deno.mkdir(data);
+  };
+  await t.step("not a database", async () => {
+    await reset();
+    await Deno.writeTextFile(
+      `${data}/mcloudtt.db`,
+      "these are not the bytes you are looking for\n".repeat(100),
+    );
+    console.log(await expectRefusal(p.dir, /backup|move the directory away/));
+  });
+  await t.step("another program's database", async () => {
+    await reset();
+    const db = new DatabaseSync(`${data}/mcloudtt.db`);
+    db.exec("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)");
+    db.close();
+    console.log(await expectRefusal(p.dir, /another program.*\[storage\] dir/));
+  });
+  await t.step("written by a newer mcloudtt", async () => {
+    await reset();
+    const store = new SqliteStore({ dir: data });
+    await store.open();
+    await store.close();
+    const db = new DatabaseSync(`${data}/mcloudtt.db`);
+    db.exec("UPDATE meta SET value = 99 WHERE key = 'schema_version'");
+    db.close();
+    console.log(await expectRefusal(p.dir, /newer mcloudtt \(schema version 99/));
+  });
+});
