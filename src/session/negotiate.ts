@@ -134,10 +134,9 @@ export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackPro
     receiveMaximum: limits.receiveMaximum,
     maximumPacketSize: limits.maxPacketSize,
     topicAliasMaximum: limits.topicAliasMaximum,
-    retainAvailable: true,
-    wildcardSubscriptionAvailable: true,
-    subscriptionIdentifiersAvailable: true,
-    sharedSubscriptionAvailable: true,
+    // Retain, wildcard, subscription identifiers and shared subscriptions are all available,
+    // which is what their absence means: leaving them out keeps CONNACK small for clients with
+    // a small Maximum Packet Size [MQTT-3.1.2-24].
     ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
     ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
     ...(n.grantedExpiry !== n.requestedExpiry ? { sessionExpiryInterval: n.grantedExpiry } : {}),

@@ -321,3 +321,10 @@ Deno.test("limits.max_connections refuses further clients with 0x97 (MQTT 5) and
   }
   assert.ok(accepted, "no client was accepted after the others disconnected");
 });
+
+Deno.test("a client with a Maximum Packet Size of 20 gets a CONNACK that fits [MQTT-3.1.2-24]", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 5);
+  const ack = await c.handshake("tiny", 5, { properties: { maximumPacketSize: 20 } });
+  assert.ok(2 + (ack.length as number) <= 20, `CONNACK is ${2 + (ack.length as number)} bytes`);
+});
