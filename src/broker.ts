@@ -183,12 +183,16 @@ export class Broker {
         handshakeTimeoutMs: c.limits.connect_timeout * 1000,
       });
     }
-    const path = c.listeners.ws.path;
-    if (!tls) return listenWebSocket(this.core, { hostname, port, path });
+    const ws = {
+      path: c.listeners.ws.path,
+      maxPayload: c.limits.max_packet_size,
+      lingerMs: c.limits.close_linger_ms,
+    };
+    if (!tls) return listenWebSocket(this.core, { hostname, port, ...ws });
     return listenSecureWebSocket(this.core, {
       hostname,
       port,
-      path,
+      ...ws,
       material: this.tls!,
       clientCert,
       identity: c.tls.identity,

@@ -117,6 +117,7 @@ const shape = {
     max_connect_backlog: int(1024, 16777216, 262144),
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
+    close_linger_ms: int(0, 60000, 1000),
   }),
   bigquery: section("bigquery", {
     enabled: bool(false),

@@ -15,6 +15,10 @@ export class TcpSink {
     while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
   }
 
+  end(): void {
+    this.close();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -4,11 +4,11 @@
  * does both (`requestCert`, `getPeerCertificate()`, `setSecureContext`).
  */
 import tls from "node:tls";
-import type { Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import type { TlsMaterial } from "./tls_material.ts";
-import type { Acceptor, ConnectionHandler, Listener } from "./types.ts";
+import type { Acceptor, ByteSink, ConnectionHandler, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -68,16 +68,19 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
 }
 
 /** A ByteSink over a node socket: the promise resolves when the bytes are flushed to the kernel. */
-export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void>; close(): void } {
+export function socketSink(socket: Socket): ByteSink {
   return {
     write(bytes: Uint8Array): Promise<void> {
       return new Promise((resolve, reject) => {
         socket.write(bytes, (err) => (err ? reject(err) : resolve()));
       });
     },
-    close(): void {
+    end(): void {
       // end() flushes what is queued; destroy() then frees the socket even if the peer lingers.
       socket.end(() => socket.destroy());
+    },
+    close(): void {
+      socket.destroy();
     },
   };
 }
@@ -86,7 +89,7 @@ export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void
 const CLOSE_GRACE_MS = 1000;
 
 /** The raw sockets of `server` that are still open, kept up to date. */
-export function trackSockets(server: tls.Server): Set<Socket> {
+export function trackSockets(server: Server): Set<Socket> {
   const open = new Set<Socket>();
   server.on("connection", (s: Socket) => {
     open.add(s);
@@ -99,7 +102,7 @@ export function trackSockets(server: tls.Server): Set<Socket> {
  * Closes `server`. Peers still in the TLS handshake never reach the core, so nothing else
  * closes them and a silent one would hold close() open: after a grace period they are cut.
  */
-export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<void> {
+export function closeWithGrace(server: Server, open: Set<Socket>): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       for (const s of open) s.destroy();
@@ -116,7 +119,7 @@ export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<v
  * a valid certificate is an expected event, not an error).
  */
 export async function listenNode(
-  server: tls.Server,
+  server: Server,
   hostname: string,
   port: number,
 ): Promise<{ address: string; port: number }> {
