@@ -62,6 +62,9 @@ export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
 
+/** CONNECT with its reserved flag bits clear: the only valid first byte [MQTT-3.1.0-1, 2.1.3-1]. */
+const FIRST_CONNECT_BYTE = 0x10;
+
 const State = {
   AwaitingConnect: 0,
   /** CONNECT accepted so far; authentication or session attach is running. */
@@ -122,7 +125,12 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   }
 
   data(chunk: Uint8Array): void {
-    if (this.state === State.Closed) return;
+    if (this.state !== State.Connected) {
+      if (this.state === State.Closed) return;
+      if (this.state === State.AwaitingConnect && this.framer.idle && chunk.length > 0) {
+        if (chunk[0] !== FIRST_CONNECT_BYTE) return this.notMqtt(chunk[0]);
+      }
+    }
     this.lastRx = this.host.clock.now();
     this.host.metrics.bytesReceived += chunk.length;
     try {
@@ -241,6 +249,20 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       return;
     }
     this.disconnect(code, message);
+  }
+
+  /**
+   * The first byte cannot start a CONNECT (an HTTP request, a TLS hello, a
+   * port scan): no answer is owed, and waiting for the length it claims would
+   * hold the connection for the whole connect timeout. Cut it at once.
+   */
+  private notMqtt(byte: number): void {
+    this.host.metrics.protocolErrors++;
+    log.info("closing {addr}: not MQTT (first byte {byte})", {
+      addr: this.peer.remoteAddress,
+      byte: `0x${byte.toString(16).padStart(2, "0")}`,
+    });
+    this.closed();
   }
 
   /** OutboxOwner: the transport failed. */
