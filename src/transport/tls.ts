@@ -7,6 +7,7 @@ import tls from "node:tls";
 import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
+import { pauseSocket, resumeSocket } from "./pause.ts";
 import type { TlsMaterial } from "./tls_material.ts";
 import type { Acceptor, ByteSink, ConnectionHandler, Listener } from "./types.ts";
 
@@ -54,10 +55,10 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
     const gate = handler.readGate;
     if (gate !== null && !paused) {
       paused = true;
-      socket.pause();
+      pauseSocket(socket);
       gate.then(() => {
         paused = false;
-        socket.resume();
+        resumeSocket(socket);
       });
     }
   });

@@ -10,6 +10,7 @@ import http from "node:http";
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
 import { closeWithGrace, listenNode, trackSockets } from "./tls.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
@@ -80,10 +81,16 @@ function lingerThenTerminate(ws: WebSocket, ms: number): void {
 }
 
 /** Feeds a ws WebSocket's binary messages to `handler`, pausing the socket while its read gate is set. */
-function bridge(ws: WebSocket, handler: ConnectionHandler, lingerMs: number): void {
+function bridge(
+  ws: WebSocket,
+  socket: Duplex,
+  handler: ConnectionHandler,
+  lingerMs: number,
+): void {
   let paused = false;
   const resume = () => {
     paused = false;
+    resumeUnderlying(socket);
     ws.resume();
   };
   ws.on("message", (data: RawData, isBinary: boolean) => {
@@ -100,6 +107,7 @@ function bridge(ws: WebSocket, handler: ConnectionHandler, lingerMs: number): vo
       // Backpressure as over TCP: stop reading the socket until the broker catches up.
       paused = true;
       ws.pause();
+      pauseUnderlying(socket);
       gate.then(resume);
     }
   });
@@ -153,7 +161,7 @@ export function serveWebSocket(
     if (typeof info === "number") return refuse(socket, info, "Forbidden");
     wss.handleUpgrade(req, socket, head as Buffer, (ws: WebSocket) => {
       const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
-      bridge(ws, handler, opts.lingerMs);
+      bridge(ws, socket, handler, opts.lingerMs);
     });
   });
   return wss;
