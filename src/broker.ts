@@ -173,7 +173,9 @@ export class Broker {
     const tls = listenerTls(c, name);
     const clientCert = listenerClientCert(c, name);
     if (name === "tcp") {
-      if (!tls) return Promise.resolve(listenTcp(this.core, hostname, port));
+      if (!tls) {
+        return Promise.resolve(listenTcp(this.core, hostname, port, c.limits.close_linger_ms));
+      }
       return listenTls(this.core, {
         hostname,
         port,
@@ -181,6 +183,7 @@ export class Broker {
         clientCert,
         identity: c.tls.identity,
         handshakeTimeoutMs: c.limits.connect_timeout * 1000,
+        lingerMs: c.limits.close_linger_ms,
       });
     }
     const ws = {

@@ -23,6 +23,8 @@ export interface TlsListenOptions {
   identity: CertIdentityMode;
   /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
   handshakeTimeoutMs: number;
+  /** How long a closing connection keeps reading (limits.close_linger_ms). */
+  lingerMs: number;
 }
 
 /** node:tls server options for a client certificate mode. */
@@ -69,7 +71,8 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
 }
 
 /** A ByteSink over a node socket: the promise resolves when the bytes are flushed to the kernel. */
-export function socketSink(socket: Socket): ByteSink {
+export function socketSink(socket: Socket, lingerMs: number): ByteSink {
+  let linger: ReturnType<typeof setTimeout> | undefined;
   return {
     write(bytes: Uint8Array): Promise<void> {
       return new Promise((resolve, reject) => {
@@ -77,8 +80,13 @@ export function socketSink(socket: Socket): ByteSink {
       });
     },
     end(): void {
-      // end() flushes what is queued; destroy() then frees the socket even if the peer lingers.
-      socket.end(() => socket.destroy());
+      // end() flushes what is queued and half-closes; reading goes on (the connection
+      // discards it) until the peer closes or time is up, so unread input causes no reset.
+      if (linger !== undefined || socket.destroyed) return;
+      socket.end();
+      resumeSocket(socket);
+      linger = setTimeout(() => socket.destroy(), lingerMs);
+      socket.once("close", () => clearTimeout(linger));
     },
     close(): void {
       socket.destroy();
@@ -149,7 +157,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
   });
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
-    const handler = acceptor.accept(socketSink(socket), {
+    const handler = acceptor.accept(socketSink(socket, opts.lingerMs), {
       remoteAddress: `${socket.remoteAddress}:${socket.remotePort}`,
       transport: "tls",
       certificateIdentity: peerIdentity(socket, opts.identity),
