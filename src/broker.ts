@@ -23,6 +23,7 @@ import { type Bus, localBus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
+import { MemoryRetainedStore } from "./router/retained.ts";
 import { Router } from "./router/router.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
 import { noSink } from "./sinks/memory.ts";
@@ -59,6 +60,8 @@ export function coreLimits(config: Config): CoreLimits {
     maxConnectBacklog: l.max_connect_backlog,
     sweepIntervalMs: l.sweep_interval_ms,
     idleTrimMs: l.idle_trim_after * 1000,
+    maxSubscriptions: l.max_subscriptions,
+    maxSubscriptionLevels: l.max_subscription_levels,
   };
 }
 
@@ -92,7 +95,7 @@ export interface ListenerAddress {
 export class Broker {
   readonly core: BrokerCore;
   readonly metrics = new Metrics();
-  readonly router = new Router();
+  readonly router: Router;
   private listeners: Listener[] = [];
   private running = false;
   private tls: TlsMaterial | null = null;
@@ -101,6 +104,14 @@ export class Broker {
 
   /** Builds a broker from a validated config; `deps` replace the in-memory defaults. */
   constructor(readonly config: Config, deps: BrokerDeps = {}) {
+    const l = config.limits;
+    this.router = new Router(
+      new MemoryRetainedStore({
+        maxMessages: l.max_retained_messages,
+        maxBytes: l.max_retained_bytes,
+      }),
+      { matchCacheBytes: l.match_cache_bytes },
+    );
     const auth = deps;
     this.policy = new PolicyAuthenticator({
       passwords: null,

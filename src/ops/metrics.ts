@@ -20,4 +20,8 @@ export class Metrics {
   droppedExpired = 0;
   sessionsExpired = 0;
   willsPublished = 0;
+  /** Retained PUBLISHes refused (MQTT 5, PUBACK 0x97) because the retained store was full. */
+  retainedRefused = 0;
+  /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */
+  subscriptionsRefused = 0;
 }

@@ -557,6 +557,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     }
     const now = p.expiry >= 0 ? host.clock.now() : 0;
     const msg = toMessage(buf, p, topic, topics.topicBytes, this.clientId, now);
+    if (
+      p.retain && qos !== 0 && this.v5 && msg.payload.length !== 0 && !host.retainFits(msg)
+    ) {
+      // The retained store is full: an MQTT 5 publisher is told, and the message is not
+      // accepted. QoS 0 and 3.1.1 cannot be told: those are delivered but not retained.
+      host.metrics.retainedRefused++;
+      this.ack(qos, pid, ReasonCode.QuotaExceeded);
+      return;
+    }
     const n = host.publish(
       msg,
       this.info ??= {
@@ -596,12 +605,14 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       session,
       host.limits,
       (filter) => host.maySubscribe(this.clientId, this.username, filter),
+      host.subscriptionUsage(session),
     );
     const codes: number[] = [];
     const withRetained: Subscription[] = [];
     let waits: Promise<void>[] | null = null;
     for (const d of decisions) {
       if (d.sub === undefined) {
+        if (d.code === ReasonCode.QuotaExceeded) host.metrics.subscriptionsRefused++;
         codes.push(d.code);
         continue;
       }

@@ -15,7 +15,7 @@ import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
-import { type Router, Subscribed, Unsubscribed } from "../router/router.ts";
+import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import type { SessionState, Store } from "../store/types.ts";
@@ -95,7 +95,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.stoppedWith = null;
     const store = this.store;
     if (store.durable) {
-      for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
+      let dropped = 0;
+      for (const m of await store.loadRetained()) {
+        if (!this.router.retained.set(toMessage(m))) dropped++;
+      }
+      if (dropped > 0) {
+        log.warn("{dropped} stored retained messages are over the retained limits: not loaded", {
+          dropped,
+        });
+      }
       if (!store.shared) {
         for (const state of await store.loadSessions()) this.restoreSession(state);
       }
@@ -196,7 +204,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   private route(msg: Message, groups: ReadonlySet<string> | null): number {
-    if (msg.retain && this.journal !== null) {
+    if (
+      msg.retain && this.journal !== null &&
+      (msg.payload.length === 0 || this.router.retained.fits(msg))
+    ) {
       this.journal.push(
         msg.payload.length === 0
           ? { type: "retain-delete", topic: msg.topic }
@@ -216,6 +227,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
     };
   }
 
+  subscriptionUsage(session: Session): SubscriptionUsage {
+    return this.router.usageOf(session);
+  }
+
   unsubscribe(session: Session, key: string): boolean {
     const r = this.router.unsubscribe(session, key);
     if (r === Unsubscribed.RouteGone) this.bus.removeRoute(key);
@@ -228,6 +243,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   sessionChanged(session: Session): void {
     if (this.journal !== null) session.persist(this.router.subscriptionsOf(session));
+  }
+
+  retainFits(msg: Message): boolean {
+    return this.router.retained.fits(msg);
   }
 
   retainedFor(filter: string): Message[] {
