@@ -1,21 +1,30 @@
 /**
- * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`.
+ * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`, `bq-adapter`.
  */
+import { getLogger } from "@logtape/logtape";
 import { Broker } from "./src/broker.ts";
 import { type Config, exitOnConfigError, loadConfig } from "./src/config/mod.ts";
+import { formatEffective } from "./src/config/effective.ts";
+import { brokerTarget } from "./src/ops/broker_target.ts";
 import { devCertCommands, ensureCertificates } from "./src/ops/dev_certs.ts";
+import { exitOnUncaughtErrors } from "./src/ops/fatal.ts";
 import { setupLogging } from "./src/ops/log.ts";
+import { Operations } from "./src/ops/operations.ts";
+import { permissionProblem } from "./src/ops/permissions.ts";
 import denoJson from "./deno.json" with { type: "json" };
 
 const VERSION = denoJson.version;
+const log = getLogger(["mcloudtt", "main"]);
 
 const HELP = `mcloudtt ${VERSION} - a cloud-native MQTT 5 / 3.1.1 broker
 
 Usage:
   mcloudtt [serve] [options]       start the broker (default)
-  mcloudtt check-config [options]  validate the configuration and exit
+  mcloudtt check-config [options]  validate the configuration, print it with the source of
+                                   every value, and exit
   mcloudtt certs [...]             generate a CA, broker and client certificates (certs --help)
   mcloudtt passwd [...]            manage a password file (passwd --help)
+  mcloudtt bq-adapter [options]    write a broker's messages to BigQuery ([adapter], [bigquery])
 
 Options:
   --config PATH              config file (default: ./config.toml if present; env MCLOUDTT_CONFIG)
@@ -23,71 +32,116 @@ Options:
   -h, --help                 show this help
   -V, --version              show the version
 
-Every key can also be set with MCLOUDTT_<SECTION>_<KEY>, e.g. MCLOUDTT_LIMITS_MAX_PACKET_SIZE=65536.
+Every key can also be set with MCLOUDTT_<SECTION>_<KEY>, e.g. MCLOUDTT_LIMITS_MAX_PACKET_SIZE=2048.
 See config.toml for every key and its default.`;
 
+/** Prints a plain line in text format, a log record in JSON format (so every line parses). */
+function notice(config: Config, text: string): void {
+  if (config.general.log_format === "json") log.info(text);
+  else console.error(text);
+}
+
 async function serve(config: Config): Promise<number> {
-  await setupLogging(config.general.log_level);
+  await setupLogging({
+    level: config.general.log_level,
+    format: config.general.log_format,
+    levels: config.general.log_levels,
+  });
   let generated = false;
   try {
     generated = await ensureCertificates(config);
   } catch (e) {
-    exitOnConfigError(e);
+    const problem = permissionProblem(e);
+    if (problem === null) exitOnConfigError(e);
+    console.error(`mcloudtt: cannot generate development certificates: ${problem}`);
+    return 2;
   }
   const broker = new Broker(config);
+  const ops = new Operations(brokerTarget(broker), { config, version: VERSION });
   try {
     await broker.start();
+    await ops.start();
   } catch (e) {
     // Unreadable certificates, password file or ACL, or a port in use: the operator must fix it.
-    console.error(`mcloudtt: cannot start: ${e instanceof Error ? e.message : e}`);
+    const reason = permissionProblem(e) ?? (e instanceof Error ? e.message : String(e));
+    log.error("cannot start: {reason}", { reason });
+    await ops.stop();
+    await broker.stop();
     return 2;
   }
   if (generated) {
-    const tcp = broker.addresses.find((a) => a.kind === "tls");
-    console.error(
-      "mcloudtt: generated development certificates in certs/ (CA, broker, client).\n" +
-        (tcp
-          ? "Try it from another terminal:\n  " + devCertCommands(tcp.port).join("\n  ") + "\n"
-          : ""),
-    );
+    const tls = broker.addresses.find((a) => a.kind === "tls");
+    notice(config, "mcloudtt: generated development certificates in certs/ (CA, broker, client).");
+    if (tls) {
+      notice(config, "Try it from another terminal:");
+      for (const line of devCertCommands(tls.port)) notice(config, `  ${line}`);
+    }
   }
   Deno.addSignalListener("SIGHUP", () => broker.reload());
-  // Last line of defence: a bug in one connection's callback must not end every session.
-  globalThis.addEventListener("error", (e) => {
-    e.preventDefault();
-    console.error("mcloudtt: uncaught error (broker keeps running):", e.error);
-  });
-  globalThis.addEventListener("unhandledrejection", (e) => {
-    e.preventDefault();
-    console.error("mcloudtt: unhandled rejection (broker keeps running):", e.reason);
-  });
+  exitOnUncaughtErrors();
   let stopping = false;
-  const stop = async (signal: string) => {
+  const stop = async (signal: string, drain: boolean) => {
     if (stopping) return;
     stopping = true;
-    console.error(`mcloudtt: ${signal} received, shutting down`);
+    log.info("{signal} received, shutting down", { signal });
+    // Readiness goes first, so load balancers stop sending clients before they are disconnected.
+    if (drain) await ops.drain();
     await broker.stop();
+    await ops.stop();
     Deno.exit(0);
   };
-  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
-  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  // SIGTERM is how orchestrators stop a pod: drain. Ctrl-C at a terminal stops at once.
+  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM", true));
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT", false));
   return await new Promise<number>(() => {});
+}
+
+/** `-h`/`--help` or `-V`/`--version` anywhere before a bare `--`, whatever else is on the line. */
+function infoFlag(args: readonly string[]): "help" | "version" | null {
+  for (const arg of args) {
+    if (arg === "--") break;
+    if (arg === "-h" || arg === "--help") return "help";
+    if (arg === "-V" || arg === "--version") return "version";
+  }
+  return null;
+}
+
+/** Runs `certs` or `passwd`; a refused permission becomes one line naming it and the fix. */
+async function subcommand(name: string, run: () => Promise<number>): Promise<number> {
+  try {
+    return await run();
+  } catch (e) {
+    const problem = permissionProblem(e);
+    if (problem === null) throw e;
+    console.error(`mcloudtt ${name}: ${problem}`);
+    return 1;
+  }
 }
 
 async function main(args: string[]): Promise<number> {
   const command = args[0] && !args[0].startsWith("-") ? args[0] : "serve";
   const rest = command === args[0] ? args.slice(1) : args;
   if (command === "certs") {
-    const { runCertsCommand } = await import("./src/auth/certs_command.ts");
-    return await runCertsCommand(rest);
+    const { runCertsCommand } = await import("./src/cli/certs.ts");
+    return await subcommand("certs", () => runCertsCommand(rest));
   }
   if (command === "passwd") {
-    const { runPasswdCommand } = await import("./src/auth/passwd_command.ts");
-    return await runPasswdCommand(rest);
+    const { runPasswdCommand } = await import("./src/cli/passwd.ts");
+    return await subcommand("passwd", () => runPasswdCommand(rest));
   }
-  if (command !== "serve" && command !== "check-config") {
+  if (command !== "serve" && command !== "check-config" && command !== "bq-adapter") {
     console.error(`mcloudtt: unknown command "${command}"; see mcloudtt --help`);
     return 2;
+  }
+  // Help and version must work even when the configuration does not.
+  const info = infoFlag(rest);
+  if (info === "help") {
+    console.log(HELP);
+    return 0;
+  }
+  if (info === "version") {
+    console.log(`mcloudtt ${VERSION}`);
+    return 0;
   }
   let loaded;
   try {
@@ -96,20 +150,24 @@ async function main(args: string[]): Promise<number> {
     exitOnConfigError(e);
   }
   for (const arg of loaded.rest) {
-    if (arg === "-h" || arg === "--help") {
-      console.log(HELP);
-      return 0;
-    }
-    if (arg === "-V" || arg === "--version") {
-      console.log(`mcloudtt ${VERSION}`);
-      return 0;
-    }
     console.error(`mcloudtt: unknown argument "${arg}"; see mcloudtt --help`);
     return 2;
   }
   if (command === "check-config") {
-    console.log(`configuration OK${loaded.file ? ` (${loaded.file})` : " (defaults)"}`);
+    const { checkSecurityFiles } = await import("./src/auth/check.ts");
+    const problems = await checkSecurityFiles(loaded.config);
+    for (const problem of problems) console.error(`config error: ${problem}`);
+    if (problems.length > 0) return 2;
+    console.log(
+      `# configuration OK (${loaded.file ?? "no file: defaults, environment and flags"})\n` +
+        `# every key with its effective value and where it came from; secrets masked\n\n` +
+        formatEffective(loaded.config, loaded.sources),
+    );
     return 0;
+  }
+  if (command === "bq-adapter") {
+    const { runBqAdapter } = await import("./src/cli/bq_adapter.ts");
+    return await runBqAdapter(loaded.config);
   }
   return await serve(loaded.config);
 }

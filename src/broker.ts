@@ -7,6 +7,7 @@ import { getLogger } from "@logtape/logtape";
 import { Acl } from "./auth/acl.ts";
 import { AclAuthorizer, PolicyAuthenticator } from "./auth/authenticator.ts";
 import { PasswordFile } from "./auth/passwords.ts";
+import { PasswordVerifier } from "./auth/verifier.ts";
 import type { Authenticator, Authorizer } from "./auth/types.ts";
 import {
   allowAnonymous,
@@ -19,16 +20,20 @@ import {
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
-import { type Bus, localBus } from "./cluster/types.ts";
+import { createBus } from "./cluster/mod.ts";
+import { createRedisConnection } from "./cluster/redis_connection.ts";
+import type { Bus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
 import { MemoryRetainedStore } from "./router/retained.ts";
 import { Router } from "./router/router.ts";
+import { disconnectRevokedPasswords, reapplySubscriptionAccess } from "./session/revoke.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
-import { noSink } from "./sinks/memory.ts";
+import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
-import { MemoryStore } from "./store/memory.ts";
+import { createStore } from "./store/mod.ts";
+import { createRedisStore } from "./store/redis.ts";
 import type { Store } from "./store/types.ts";
 import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
@@ -85,6 +90,26 @@ export interface BrokerDeps {
   clock?: Clock;
 }
 
+/**
+ * The store for `config`: Redis when the node is part of a cluster (sessions
+ * must move between nodes; written under the bus's node id, so a dead node's
+ * sessions can be found), else the embedded or in-memory store of [storage].
+ */
+function chooseStore(config: Config, bus: Bus, clock: Clock): Store {
+  if (!config.redis.enabled) return createStore(config);
+  // The store sends its own pipelines; ioredis auto-pipelining garbles callBuffer("EVALSHA").
+  const client = createRedisConnection(config.redis, {
+    name: "store",
+    offline: "queue",
+    autoPipelining: false,
+  });
+  return createRedisStore(config, client, {
+    nodeId: bus.nodeId,
+    now: () => clock.now(),
+    ownsClient: true,
+  });
+}
+
 /** Address of a running listener. */
 export interface ListenerAddress {
   kind: "tcp" | "tls" | "ws" | "wss";
@@ -113,11 +138,23 @@ export class Broker {
       { matchCacheBytes: l.match_cache_bytes },
     );
     const auth = deps;
-    this.policy = new PolicyAuthenticator({
-      passwords: null,
-      allowAnonymous: allowAnonymous(config),
-      requireClientIdMatch: config.tls.require_client_id_match,
-    });
+    const clock = deps.clock ?? systemClock;
+    const bus = deps.bus ?? createBus(config);
+    this.policy = new PolicyAuthenticator(
+      {
+        passwords: null,
+        allowAnonymous: allowAnonymous(config),
+        requireClientIdMatch: config.tls.require_client_id_match,
+        connectTimeoutMs: config.limits.connect_timeout * 1000,
+        now: () => clock.now(),
+      },
+      new PasswordVerifier({
+        maxConcurrent: config.auth.max_concurrent_auth,
+        maxQueue: config.auth.max_auth_queue,
+        cacheSeconds: config.auth.auth_cache_seconds,
+      }),
+      this.metrics,
+    );
     this.customAuth = auth.authenticator !== undefined;
     this.core = new BrokerCore({
       limits: coreLimits(config),
@@ -125,10 +162,14 @@ export class Broker {
       metrics: this.metrics,
       auth: auth.authenticator ?? this.policy,
       authorizer: auth.authorizer ?? null,
-      bus: deps.bus ?? localBus,
-      store: deps.store ?? new MemoryStore(),
-      sink: deps.sink ?? noSink,
-      clock: deps.clock ?? systemClock,
+      bus,
+      store: deps.store ?? chooseStore(config, bus, clock),
+      // Redis durability governs a cluster's acknowledgements, [storage] sync a single node's.
+      ackAfterWrite: config.redis.enabled
+        ? config.redis.durability === "sync"
+        : config.storage.sync === "ack-after-write",
+      sink: deps.sink ?? createSink(config),
+      clock,
     });
   }
 
@@ -140,15 +181,12 @@ export class Broker {
     await this.loadAuthFiles();
     await core.store.open();
     try {
+      // The bus first: subscriptions restored from the store become routes the cluster learns.
+      await core.bus.start(core);
       await core.start();
       await core.sink.start();
-      await core.bus.start(core);
-      // Subscriptions restored from the store are routes the cluster must know.
-      if (core.bus !== localBus) {
-        await Promise.all([...core.router.routeKeys()].map((k) => core.bus.addRoute(k)));
-      }
       if (anyListenerTls(c)) {
-        this.tls = await TlsMaterial.load(c.tls);
+        this.tls = await TlsMaterial.load(c.tls, this.metrics);
         this.tls.watch(c.general.cert_reload_interval);
       }
       for (const name of ["tcp", "ws"] as ListenerName[]) {
@@ -214,34 +252,48 @@ export class Broker {
     });
   }
 
+  /** Loads the password file and the ACL; both or neither take effect. */
   private async loadAuthFiles(): Promise<void> {
     const a = this.config.auth;
-    if (!this.customAuth) {
-      this.policy.options.passwords = a.password_file
-        ? await PasswordFile.load(a.password_file)
-        : null;
-    }
-    if (a.acl_file && this.core.authorizer === null) {
-      this.core.authorizer = new AclAuthorizer(await Acl.load(a.acl_file));
-    } else if (a.acl_file && this.core.authorizer instanceof AclAuthorizer) {
-      this.core.authorizer.acl = await Acl.load(a.acl_file);
+    const passwords = !this.customAuth && a.password_file
+      ? await PasswordFile.load(a.password_file)
+      : null;
+    const acl = a.acl_file ? await Acl.load(a.acl_file) : null;
+    if (!this.customAuth) this.policy.options.passwords = passwords;
+    if (acl !== null && this.core.authorizer === null) {
+      this.core.authorizer = new AclAuthorizer(acl);
+    } else if (acl !== null && this.core.authorizer instanceof AclAuthorizer) {
+      this.core.authorizer.acl = acl;
     }
   }
 
   /**
    * Re-reads certificates, the password file and the ACL (SIGHUP). A file that
-   * fails to load leaves the previous version in force; open connections stay.
+   * fails to load leaves the previous version in force. What the new files
+   * forbid is revoked at once: subscriptions the ACL no longer allows are
+   * removed (from offline sessions too), and clients whose password entry was
+   * removed or changed are disconnected (MQTT 5: DISCONNECT 0x87).
    */
   async reload(): Promise<void> {
     await this.tls?.reload();
+    const before = this.policy.options.passwords;
     try {
       await this.loadAuthFiles();
-      log.info("password file and ACL reloaded");
     } catch (e) {
       log.error(
         `reload failed, keeping the previous auth files: ${e instanceof Error ? e.message : e}`,
       );
+      return;
     }
+    const removed = this.config.auth.acl_file ? reapplySubscriptionAccess(this.core) : 0;
+    const revoked = this.customAuth
+      ? 0
+      : disconnectRevokedPasswords(this.core, before, this.policy.options.passwords);
+    log.info(
+      "password file and ACL reloaded ({removed} subscriptions removed, {revoked} clients " +
+        "disconnected)",
+      { removed, revoked },
+    );
   }
 
   /** Where the listeners are bound (ports resolved when configured as 0). */
@@ -258,6 +310,8 @@ export class Broker {
     this.listeners = [];
     const core = this.core;
     core.stop(ReasonCode.ServerShuttingDown);
+    // Password checks still waiting belong to connections that are now closed.
+    this.policy.verifier.limiter.clear();
     this.tls?.close();
     this.tls = null;
     await Promise.all(closing);

@@ -16,6 +16,8 @@
  * comment may follow; a lone `#` in the topic position is the wildcard, not a comment.
  */
 
+import type { SubscribeAccess as SubscribeAccessCode } from "./types.ts";
+
 /** Who is asking: the connected client's username (undefined when anonymous) and client id. */
 export interface AclContext {
   readonly username?: string;
@@ -48,6 +50,13 @@ const ACCESS: ReadonlyMap<string, number> = new Map([
 ]);
 
 const SHARE_PREFIX = "$share/";
+
+/** The answer to a SUBSCRIBE: refused, granted, or granted with per-message checks. */
+export const SubscribeAccess = {
+  Denied: 0,
+  Granted: 1,
+  Filtered: 2,
+} as const satisfies Record<string, SubscribeAccessCode>;
 
 /** A pattern level: literal text, a wildcard, or text with %u / %c holes filled per check. */
 type Level =
@@ -168,13 +177,56 @@ export class Acl {
 
   /**
    * Whether the client may subscribe to `filter` (a `$share/<group>/` prefix is checked on the
-   * inner filter). Allowed only when one read rule covers every topic the filter can match and no
-   * deny rule could match any of them, so an accepted subscription never needs delivery filtering.
+   * inner filter): see `subscribeAccess`.
    */
   canSubscribe(ctx: AclContext, filter: string): boolean {
+    return this.subscribeAccess(ctx, filter) !== SubscribeAccess.Denied;
+  }
+
+  /**
+   * What a subscription to `filter` may receive. Denied when no read rule can match any topic of
+   * the filter, or a deny rule matches every topic of it. Granted when one read rule covers every
+   * topic the filter can match and no deny rule can match any of them: no message needs checking.
+   * Otherwise Filtered: granted, and each message is checked with `canReceive` at delivery.
+   */
+  subscribeAccess(ctx: AclContext, filter: string): SubscribeAccessCode {
     const inner = unshare(filter);
-    if (inner === undefined || !isFilter(inner)) return false;
-    return this.#decide(ctx, READ, inner.split("/"), filterCovers, filtersIntersect);
+    if (inner === undefined || !isFilter(inner)) return SubscribeAccess.Denied;
+    const subject = inner.split("/");
+    let readable = false;
+    let covered = false;
+    let denied = false;
+    for (const [rule, pattern] of this.#applicable(ctx)) {
+      if (rule.access & DENY) {
+        if (filterCovers(pattern, subject)) return SubscribeAccess.Denied;
+        if (!denied && filtersIntersect(pattern, subject)) denied = true;
+      } else if ((rule.access & READ) && !covered && filtersIntersect(pattern, subject)) {
+        readable = true;
+        if (filterCovers(pattern, subject)) covered = true;
+      }
+    }
+    if (!readable) return SubscribeAccess.Denied;
+    return covered && !denied ? SubscribeAccess.Granted : SubscribeAccess.Filtered;
+  }
+
+  /** Every rule that applies to `ctx`, with its pattern resolved for it. */
+  *#applicable(ctx: AclContext): Generator<[Rule, readonly string[]]> {
+    const subs: Substitutions = {
+      username: safeValue(ctx.username),
+      clientId: safeValue(ctx.clientId),
+    };
+    const groups = [
+      this.#patterns,
+      ctx.username === undefined ? this.#anonymous : this.#users.get(ctx.username),
+      this.#clients.get(ctx.clientId),
+    ];
+    for (const rules of groups) {
+      if (rules === undefined) continue;
+      for (const rule of rules) {
+        const pattern = rule.resolved ?? resolve(rule.levels, subs);
+        if (pattern !== undefined) yield [rule, pattern];
+      }
+    }
   }
 
   #decide(

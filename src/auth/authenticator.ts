@@ -4,14 +4,18 @@
  * otherwise the client is anonymous, allowed only when configured. The ACL
  * (if any) then authorizes publishes and subscriptions.
  */
+import type { Metrics } from "../ops/metrics.ts";
 import type { Acl } from "./acl.ts";
+import { AuthBusyError } from "./limiter.ts";
 import type { PasswordFile } from "./passwords.ts";
+import { PasswordVerifier, type VerifierOptions } from "./verifier.ts";
 import type {
   AuthDecision,
   Authenticator,
   Authorizer,
   ClientContext,
   ConnectRequest,
+  SubscribeAccess,
 } from "./types.ts";
 
 export interface PolicyOptions {
@@ -19,17 +23,47 @@ export interface PolicyOptions {
   allowAnonymous: boolean;
   /** The client id must equal the certificate identity. */
   requireClientIdMatch: boolean;
+  /** A CONNECT still waiting for its password check after this long is refused (ms). */
+  connectTimeoutMs?: number;
+  /** The clock `ConnectRequest.acceptedAt` was read from (default Date.now). */
+  now?: () => number;
 }
+
+/** [auth] defaults, for embedders and tests that build a policy themselves. */
+export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
+  maxConcurrent: 2,
+  maxQueue: 64,
+  cacheSeconds: 60,
+};
 
 const BAD_CREDENTIALS = 0x86;
 const NOT_AUTHORIZED = 0x87;
 const BAD_CLIENT_ID = 0x85;
+const BUSY = 0x89;
 
 /** Authentication from certificates, a password file and the anonymous switch. */
 export class PolicyAuthenticator implements Authenticator {
-  constructor(public options: PolicyOptions) {}
+  constructor(
+    public options: PolicyOptions,
+    readonly verifier: PasswordVerifier = new PasswordVerifier(DEFAULT_VERIFIER_OPTIONS),
+    private readonly metrics?: Metrics,
+  ) {}
 
   authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
+    const decision = this.decide(req);
+    if (decision instanceof Promise) return decision.then((d) => this.count(d));
+    return this.count(decision);
+  }
+
+  private count(d: AuthDecision): AuthDecision {
+    if (!d.ok && this.metrics !== undefined) {
+      if (d.reasonCode === BUSY) this.metrics.authBusy++;
+      else this.metrics.authFailures++;
+    }
+    return d;
+  }
+
+  private decide(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
     const { passwords, allowAnonymous, requireClientIdMatch } = this.options;
     const identity = req.certificateIdentity;
     if (identity !== undefined) {
@@ -51,10 +85,21 @@ export class PolicyAuthenticator implements Authenticator {
       if (req.password === undefined) {
         return { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" };
       }
-      return passwords.verify(username, req.password).then((ok): AuthDecision =>
-        ok
-          ? { ok: true, username }
-          : { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" }
+      // The connect timeout runs from accept when the connection says when that was; the wait
+      // itself is real time, whatever clock the broker runs on.
+      const spent = req.acceptedAt === undefined
+        ? 0
+        : Math.max(0, (this.options.now ?? Date.now)() - req.acceptedAt);
+      const deadline = Date.now() + (this.options.connectTimeoutMs ?? 10_000) - spent;
+      return this.verifier.verify(passwords, username, req.password, deadline).then(
+        (ok): AuthDecision =>
+          ok
+            ? { ok: true, username }
+            : { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" },
+        (e): AuthDecision => {
+          if (!(e instanceof AuthBusyError)) throw e;
+          return { ok: false, reasonCode: BUSY, reason: `server busy: ${e.message}` };
+        },
       );
     }
     if (!allowAnonymous) {
@@ -75,5 +120,13 @@ export class AclAuthorizer implements Authorizer {
 
   canSubscribe(ctx: ClientContext, filter: string): boolean {
     return this.acl.canSubscribe(ctx, filter);
+  }
+
+  subscribeAccess(ctx: ClientContext, filter: string): SubscribeAccess {
+    return this.acl.subscribeAccess(ctx, filter);
+  }
+
+  canReceive(ctx: ClientContext, topic: string): boolean {
+    return this.acl.canReceive(ctx, topic);
   }
 }

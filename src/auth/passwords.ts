@@ -34,6 +34,8 @@ export class PasswordHashFormatError extends Error {
 }
 
 interface ParsedHash {
+  /** The hash as written in the file; a new salt makes it differ whenever the password changes. */
+  readonly encoded: string;
   readonly iterations: number;
   readonly salt: Uint8Array<ArrayBuffer>;
   readonly hash: Uint8Array<ArrayBuffer>;
@@ -84,6 +86,7 @@ export class PasswordFile {
     this.#entries = entries;
     const first = entries.values().next();
     this.#dummy = {
+      encoded: "",
       iterations: first.done ? DEFAULT_ITERATIONS : first.value.iterations,
       salt: crypto.getRandomValues(new Uint8Array(SALT_BYTES)),
       hash: crypto.getRandomValues(new Uint8Array(KEY_BYTES)),
@@ -143,6 +146,19 @@ export class PasswordFile {
     return this.#entries.has(username);
   }
 
+  /**
+   * The stored hash text of `username` (undefined when absent): equal across two loads exactly when
+   * the user's entry did not change, so callers can tell a changed or removed password.
+   */
+  entryOf(username: string): string | undefined {
+    return this.#entries.get(username)?.encoded;
+  }
+
+  /** The users in the file. */
+  usernames(): IterableIterator<string> {
+    return this.#entries.keys();
+  }
+
   /** Number of users in the file. */
   get size(): number {
     return this.#entries.size;
@@ -184,7 +200,7 @@ function parseHash(encoded: string): ParsedHash {
   if (hash.length !== KEY_BYTES) {
     throw new PasswordHashFormatError(`hash must be ${KEY_BYTES} bytes, got ${hash.length}`);
   }
-  return { iterations, salt, hash };
+  return { encoded, iterations, salt, hash };
 }
 
 function validIterations(iterations: number): boolean {

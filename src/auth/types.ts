@@ -14,6 +14,8 @@ export interface ConnectRequest {
   certificateIdentity?: string;
   remoteAddress: string;
   protocolLevel: 3 | 4 | 5;
+  /** When the connection was accepted (ms since epoch): the connect timeout counts from there. */
+  acceptedAt?: number;
 }
 
 /** The outcome of authentication: the username the session runs as, or a CONNACK reason. */
@@ -31,9 +33,22 @@ export interface ClientContext {
   username?: string;
 }
 
+/**
+ * The answer to a SUBSCRIBE: 0 refused, 1 granted (every matching message may be delivered),
+ * 2 granted with a per-message check (`Authorizer.canReceive`) at delivery.
+ */
+export type SubscribeAccess = 0 | 1 | 2;
+
 export interface Authorizer {
   canPublish(ctx: ClientContext, topic: string): boolean;
   canSubscribe(ctx: ClientContext, filter: string): boolean;
+  /**
+   * Like `canSubscribe`, but says whether messages must be checked at delivery. Authorizers
+   * without it grant `canSubscribe` subscriptions unchecked.
+   */
+  subscribeAccess?(ctx: ClientContext, filter: string): SubscribeAccess;
+  /** Whether a message on `topic` may be delivered to the client (asked only for access 2). */
+  canReceive?(ctx: ClientContext, topic: string): boolean;
 }
 
 /** Lets everyone in with the username they sent: the development default. */

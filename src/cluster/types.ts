@@ -18,6 +18,15 @@ export interface BusHost {
   deliverRemote(msg: Message, groups: readonly string[]): void;
   /** Another node took over `clientId`: close its connection here with 0x8E, keep nothing. */
   sessionTakenOver(clientId: string): Promise<void>;
+  /**
+   * Node `nodeId` (an incarnation: node_id plus a random suffix) stopped
+   * without leaving and its lease ran out. Called on exactly one surviving
+   * node, after the dead node's routes were withdrawn, so the core can publish
+   * the wills of that node's clients and adopt its sessions from the store.
+   * The dead node counts as handled once this resolves (if this node dies
+   * first, another survivor is called).
+   */
+  nodeDown(nodeId: string): Promise<void>;
 }
 
 /** The bus's decision for a message published on this node. */
@@ -29,7 +38,9 @@ export interface ForwardResult {
   readonly localGroups: ReadonlySet<string> | null;
   /**
    * Resolves once every forwarded copy is written where it cannot be lost
-   * (a QoS 1/2 PUBACK waits for it); null when nothing was forwarded.
+   * (a QoS 1/2 PUBACK waits for it); null when nothing was forwarded, for
+   * QoS 0, or when durability is "async". Rejects when they could not be
+   * written (Redis unreachable): then no PUBACK, and the client resends.
    */
   readonly written: Promise<void> | null;
 }

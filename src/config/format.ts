@@ -112,7 +112,8 @@ export function issueToError(
   layer: Layer,
   defaults: Record<string, unknown>,
 ): ConfigError {
-  const base = issue.path.map(String).join(".");
+  // An issue inside a list (`include.1`) is reported against the key holding the list.
+  const base = issue.path.filter((p) => typeof p !== "number").map(String).join(".");
   if (issue.code === "unrecognized_keys") {
     return unknownKeyError(layer, base ? `${base}.${issue.keys[0]}` : issue.keys[0]);
   }

@@ -6,7 +6,7 @@ import { z } from "zod";
 import { ConfigShapeSchema } from "./schema.ts";
 
 /** How a text value (from env or a flag) is turned into the key's type before validation. */
-export type KeyKind = "bool" | "int" | "auto-bool" | "string";
+export type KeyKind = "bool" | "int" | "auto-bool" | "string" | "list";
 
 /** One leaf key of the configuration. */
 export interface KeyInfo {
@@ -41,6 +41,7 @@ function unwrap(schema: z.core.$ZodType): z.core.$ZodType {
 function kindOf(schema: z.core.$ZodType): KeyKind {
   if (schema instanceof z.ZodBoolean) return "bool";
   if (schema instanceof z.ZodNumber) return "int";
+  if (schema instanceof z.ZodArray) return "list";
   if (schema instanceof z.ZodUnion && schema.options.some((o) => o instanceof z.ZodBoolean)) {
     return "auto-bool";
   }
@@ -127,5 +128,8 @@ export function coerceText(kind: KeyKind, text: string): unknown {
     }
     case "string":
       return text;
+    case "list":
+      // A comma-separated list: `MCLOUDTT_BIGQUERY_EXCLUDE='$SYS/#,tmp/#'`; "" is the empty list.
+      return text.split(",").map((s) => s.trim()).filter((s) => s !== "");
   }
 }

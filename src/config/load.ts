@@ -4,9 +4,17 @@
 import { isAbsolute, resolve } from "node:path";
 import { ConfigError } from "./errors.ts";
 import { issueToError } from "./format.ts";
-import { ENV_CONFIG_FILE } from "./keys.ts";
+import { ENV_CONFIG_FILE, KEYS } from "./keys.ts";
 import { type Config, ConfigSchema, type DeepPartial } from "./schema.ts";
-import { envLayer, type Layer, mergeLayers, objectLayer, splitArgs, tomlLayer } from "./sources.ts";
+import {
+  envLayer,
+  type Layer,
+  mergeLayers,
+  objectLayer,
+  type Source,
+  splitArgs,
+  tomlLayer,
+} from "./sources.ts";
 
 /** File looked for in the working directory when no config file is named. */
 export const DEFAULT_CONFIG_FILE = "config.toml";
@@ -31,6 +39,8 @@ export interface LoadedConfig {
   rest: string[];
   /** Absolute path of the config file that was read, or null when defaults, env and flags only. */
   file: string | null;
+  /** Where each key that was set came from (dotted path -> source); keys not in it are defaults. */
+  sources: ReadonlyMap<string, Source>;
 }
 
 const defaults = ConfigSchema.parse({}) as Record<string, unknown>;
@@ -40,11 +50,15 @@ export function defaultConfig(): Config {
   return ConfigSchema.parse({});
 }
 
-function validate(layers: readonly Layer[]): Config {
+function validateMerged(layers: readonly Layer[]): { config: Config; merged: Layer } {
   const merged = mergeLayers(layers);
   const result = ConfigSchema.safeParse(merged.values);
-  if (result.success) return result.data;
+  if (result.success) return { config: result.data, merged };
   throw issueToError(result.error.issues[0], merged, defaults);
+}
+
+function validate(layers: readonly Layer[]): Config {
+  return validateMerged(layers).config;
 }
 
 /** Read the named file, or ./config.toml if present; a named file that is missing is an error. */
@@ -73,12 +87,34 @@ function readConfigFile(
 }
 
 /**
+ * The process environment. Under the shipped permissions (`--allow-env=MCLOUDTT_*
+ * --ignore-env`) this lists just the MCLOUDTT_* variables; with no env permission at all, only
+ * the known keys are looked up one by one (unknown MCLOUDTT_* names then go unnoticed).
+ */
+function readEnv(): Record<string, string | undefined> {
+  try {
+    return Deno.env.toObject();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotCapable)) throw e;
+    const out: Record<string, string | undefined> = {};
+    for (const name of [...KEYS.map((k) => k.envName), ENV_CONFIG_FILE]) {
+      try {
+        out[name] = Deno.env.get(name);
+      } catch {
+        // not granted: as if unset
+      }
+    }
+    return out;
+  }
+}
+
+/**
  * Load and validate the configuration from file, environment and flags (see LoadOptions).
  * Throws ConfigError, with a one-line message, on the first problem found.
  */
 export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   const args = options.args ?? Deno.args;
-  const env = options.env ?? Deno.env.toObject();
+  const env = options.env ?? readEnv();
   const cwd = options.cwd ?? Deno.cwd();
 
   const flags = splitArgs(args);
@@ -94,7 +130,8 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
   const fromFile = readConfigFile(named, cwd);
 
   const layers = [fromFile?.layer, fromEnv, flags.layer].filter((l): l is Layer => !!l);
-  return { config: validate(layers), rest: flags.rest, file: fromFile?.file ?? null };
+  const { config, merged } = validateMerged(layers);
+  return { config, rest: flags.rest, file: fromFile?.file ?? null, sources: merged.sources };
 }
 
 /**

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { listenerBind, listenerEnabled, LISTENERS, listenerTls } from "./resolve.ts";
 import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
+import { isValidFilter } from "../protocol/topic.ts";
 
 /** Extra data attached to cross-field issues so the error formatter can blame the right key. */
 export interface CrossFieldParams {
@@ -44,6 +45,22 @@ function nonEmptyText(fallback: string) {
   return z.string(msg).min(1, msg).default(fallback);
 }
 
+/** A list of MQTT topic filters (TOML array; env and flags take a comma-separated list). */
+function topicFilters(fallback: string[]) {
+  const msg = 'must be a list of MQTT topic filters, e.g. ["#"] or ["$SYS/#", "tmp/+"]';
+  const filter = z.string(msg).refine(isValidFilter, {
+    message: `${msg} (a "#" must be last and alone in its level, "+" alone in its level)`,
+  });
+  return z.array(filter, msg).default(fallback);
+}
+
+/** "" or an http(s) URL. */
+function endpoint() {
+  const msg = 'must be "" or an http:// or https:// URL, e.g. "http://127.0.0.1:9050"';
+  return z.string(msg).refine((v) => v === "" || /^https?:\/\/[^/\s]+\/?$/.test(v), msg)
+    .default("");
+}
+
 const HOST_MSG = "must be an IPv4 address, an IPv6 address or a hostname";
 const host = () => z.union([z.ipv4(), z.ipv6(), z.hostname()], HOST_MSG);
 
@@ -63,7 +80,31 @@ function listenerFields() {
   };
 }
 
+/** `module=level` pairs separated by commas, e.g. `connection=debug,tls=warning`; "" for none. */
+const LOG_LEVELS_PATTERN =
+  /^(\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*(,\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*)*)?$/;
+const LOG_LEVELS_MSG =
+  'must be "" or module=level pairs separated by commas, e.g. "connection=debug,tls=warning" ' +
+  "(levels: debug, info, warning, error)";
+
 const WS_PATH_MSG = 'must be a string starting with "/"';
+
+const HOST_PORT_MSG = 'must be a list of "host:port" strings';
+const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
+
+/** A list of `host:port` seeds (Sentinel or Redis Cluster nodes); env/flags give it comma-separated. */
+function hostPorts() {
+  return z.array(z.string(HOST_PORT_MSG).regex(HOST_PORT, HOST_PORT_MSG), HOST_PORT_MSG)
+    .default([]);
+}
+
+const REDIS_URL_MSG = 'must be "" or a redis:// or rediss:// URL';
+
+function redisUrl() {
+  return z.string(REDIS_URL_MSG).regex(/^(|rediss?:\/\/.*)$/, REDIS_URL_MSG).default("");
+}
+
+const NODE_ID_MSG = 'must be "" (hostname-pid) or letters, digits and "_.:-"';
 
 const shape = {
   general: section("general", {
@@ -74,6 +115,10 @@ const shape = {
     bind: host().default("0.0.0.0"),
     cert_reload_interval: int(1, 3600, 5),
     shutdown_timeout: int(0, 3600, 10),
+    log_format: oneOf(["text", "json"], "text"),
+    log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(""),
+    sys_interval: int(0, 86400, 10),
+    drain_delay: int(0, 3600, 5),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
@@ -95,10 +140,18 @@ const shape = {
       path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
     }),
   }),
+  http: section("http", {
+    enabled: bool(true),
+    bind: host().default("0.0.0.0"),
+    port: int(0, 65535, 8888),
+  }),
   auth: section("auth", {
     password_file: text(""),
     acl_file: text(""),
     allow_anonymous: autoBool(),
+    max_concurrent_auth: int(1, 1024, 2),
+    max_auth_queue: int(0, 1000000, 64),
+    auth_cache_seconds: int(0, 86400, 60),
   }),
   limits: section("limits", {
     max_packet_size: int(64, 268435455, 1048576),
@@ -124,20 +177,89 @@ const shape = {
     max_retained_bytes: int(0, 68719476736, 268435456),
     match_cache_bytes: int(0, 4294967296, 16777216),
   }),
+  storage: section("storage", {
+    enabled: bool(true),
+    dir: nonEmptyText("data"),
+    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+  }),
   bigquery: section("bigquery", {
     enabled: bool(false),
     project_id: text(""),
     dataset_id: text(""),
     table_id: nonEmptyText("topic-log"),
     credentials_path: text("sa.key"),
+    endpoint: endpoint(),
+    location: text(""),
+    create_table: bool(true),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
     batch_size: int(1, 10000, 500),
     flush_interval_ms: int(10, 600000, 1000),
     max_queue: int(1, 10000000, 100000),
+    overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
+    spill_dir: text(""),
+    spill_max_bytes: int(1048576, 1099511627776, 1073741824),
+    max_concurrent_requests: int(1, 64, 4),
+    request_timeout_ms: int(100, 600000, 10000),
+    retry_initial_ms: int(1, 600000, 200),
+    retry_max_ms: int(1, 3600000, 30000),
+  }),
+  topic_log_file: section("topic_log_file", {
+    enabled: bool(false),
+    path: text(""),
+    max_bytes: int(1024, 1099511627776, 104857600),
+    max_files: int(0, 1000, 5),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
+    batch_size: int(1, 100000, 1000),
+    flush_interval_ms: int(10, 600000, 200),
+    max_queue: int(1, 10000000, 100000),
+  }),
+  adapter: section("adapter", {
+    url: z.string().regex(
+      /^mqtts?:\/\/[^/\s]+\/?$/,
+      "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
+    ).default("mqtt://127.0.0.1:1883"),
+    group: z.string().regex(
+      /^[^/+#]+$/,
+      'must be a non-empty share name without "/", "+" or "#"',
+    ).default("bq-adapter"),
+    filter: z.string().refine(isValidFilter, "must be an MQTT topic filter").default("#"),
+    client_id: text(""),
+    username: text(""),
+    password: text(""),
+    cafile: text(""),
+    certfile: text(""),
+    keyfile: text(""),
+    session_expiry: int(0, 4294967295, 3600),
+    receive_maximum: int(1, 65535, 1000),
+    keepalive: int(0, 65535, 60),
+    reconnect_ms: int(10, 600000, 1000),
   }),
   redis: section("redis", {
     enabled: bool(false),
     host: host().default("127.0.0.1"),
     port: int(1, 65535, 6379),
+    url: redisUrl(),
+    username: text(""),
+    password: text(""),
+    tls: bool(false),
+    db: int(0, 65535, 0),
+    key_prefix: nonEmptyText("mcloudtt"),
+    mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
+    sentinels: hostPorts(),
+    sentinel_name: nonEmptyText("mymaster"),
+    cluster_nodes: hostPorts(),
+    durability: oneOf(["sync", "async"], "sync"),
+  }),
+  cluster: section("cluster", {
+    node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
+    lease_renew_ms: int(100, 60000, 2000),
+    lease_ttl_ms: int(300, 600000, 6000),
+    takeover_timeout_ms: int(100, 60000, 3000),
+    route_fence_ms: int(0, 60000, 1000),
+    reconcile_interval: int(1, 86400, 300),
+    shared_policy: oneOf(["local", "round_robin"], "local"),
   }),
 };
 
@@ -169,6 +291,43 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
     }
   }
 
+  const redis = config.redis;
+  if (redis.enabled && redis.mode === "sentinel" && redis.sentinels.length === 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "sentinels"],
+      message: 'must list at least one "host:port" when redis.mode = "sentinel"',
+    });
+  }
+  if (redis.enabled && redis.mode === "cluster" && redis.db !== 0) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "db"],
+      message: 'must be 0 when redis.mode = "cluster" (Redis Cluster has one database)',
+    });
+  }
+  if (config.cluster.lease_ttl_ms < 2 * config.cluster.lease_renew_ms) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["cluster", "lease_ttl_ms"],
+      message: `must be at least twice cluster.lease_renew_ms (${config.cluster.lease_renew_ms})`,
+      params: {
+        blame: ["cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+      } satisfies CrossFieldParams,
+    });
+  }
+
+  if (bq.retry_max_ms < bq.retry_initial_ms) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["bigquery", "retry_max_ms"],
+      message: `must be at least bigquery.retry_initial_ms (${bq.retry_initial_ms})`,
+      params: {
+        blame: ["bigquery.retry_max_ms", "bigquery.retry_initial_ms"],
+      } satisfies CrossFieldParams,
+    });
+  }
+
   for (const name of LISTENERS) {
     const cert = config.listeners[name].client_certificate;
     if (listenerEnabled(config, name) && cert !== "auto" && cert !== "none") {
@@ -181,6 +340,26 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
             `general.secure = ${config.general.secure})`,
           params: {
             fix: `set listeners.${name}.tls = true or client_certificate = "none"`,
+          } satisfies CrossFieldParams,
+        });
+      }
+    }
+  }
+
+  if (config.http.enabled && config.http.port !== 0) {
+    for (const name of LISTENERS) {
+      if (
+        listenerEnabled(config, name) && config.ports[name] === config.http.port &&
+        listenerBind(config, name) === config.http.bind
+      ) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["http", "port"],
+          message: `the HTTP endpoint and listeners.${name} would both listen on ` +
+            `${config.http.bind} port ${config.http.port}`,
+          params: {
+            blame: ["http.port", `ports.${name}`, "http.bind", `listeners.${name}.bind`],
+            fix: `give http.port and ports.${name} different values, or set http.enabled = false`,
           } satisfies CrossFieldParams,
         });
       }

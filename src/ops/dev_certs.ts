@@ -4,8 +4,16 @@
  * development certificates are generated into certs/. Paths the operator
  * chose are never silently replaced: missing ones are a configuration error.
  */
+import { resolve } from "node:path";
 import { generateCertificates } from "../auth/certs.ts";
-import { anyListenerTls, type Config, ConfigError, mayGenerateDevCerts } from "../config/mod.ts";
+import {
+  anyListenerTls,
+  type Config,
+  ConfigError,
+  DEFAULT_TLS_PATHS,
+  envNameFor,
+  mayGenerateDevCerts,
+} from "../config/mod.ts";
 
 async function exists(path: string): Promise<boolean> {
   try {
@@ -24,16 +32,43 @@ export async function ensureCertificates(config: Config): Promise<boolean> {
   const keys = ["certfile", "keyfile", "cafile"] as const;
   const present = await Promise.all(keys.map((k) => exists(t[k])));
   if (present.every(Boolean)) return false;
+  const missing = keys.filter((_, i) => !present[i]);
   if (present.some(Boolean) || !mayGenerateDevCerts(config)) {
-    const k = keys[present.indexOf(false)];
-    throw new ConfigError(
-      `tls.${k} = "${t[k]}" does not exist: create it (e.g. \`mcloudtt certs\`) or point ` +
-        `[tls] ${k} / MCLOUDTT_TLS_${k.toUpperCase()} at your certificate files`,
-      { key: `tls.${k}` },
-    );
+    throw new ConfigError(missingMessage(config, missing), { key: `tls.${missing[0]}` });
   }
   await generateCertificates({ dir: "certs" });
   return true;
+}
+
+type TlsFileKey = "certfile" | "keyfile" | "cafile";
+
+const ROLE: Record<TlsFileKey, string> = {
+  certfile: "the broker certificate",
+  keyfile: "the broker's private key",
+  cafile: "the CA certificate that signs client certificates",
+};
+
+/**
+ * One line that says which files are missing, where exactly (absolute paths: in a container the
+ * working directory is not obvious), and what to mount or set. A container image switches
+ * generation off, so an operator who forgot to mount the certificates learns it at once.
+ */
+function missingMessage(config: Config, missing: readonly TlsFileKey[]): string {
+  const t = config.tls;
+  const files = missing.map((k) => `tls.${k} = "${t[k]}" (${resolve(t[k])})`).join(", ");
+  const roles = missing.map((k) => ROLE[k]);
+  const what = roles.length > 1 ? `${roles.slice(0, -1).join(", ")} and ${roles.at(-1)}` : roles[0];
+  const envs = missing.map((k) => envNameFor(`tls.${k}`)).join(" / ");
+  const verb = missing.length === 1 ? "does" : "do";
+  let advice = `mount or create ${what} there (e.g. \`mcloudtt certs\` or a Kubernetes TLS ` +
+    `secret), or point ${envs} at your files`;
+  const atDefaults = (Object.keys(DEFAULT_TLS_PATHS) as TlsFileKey[])
+    .every((k) => t[k] === DEFAULT_TLS_PATHS[k]);
+  if (!t.generate_dev_certs && atDefaults && missing.length === 3) {
+    advice += "; tls.generate_dev_certs = false, so no development certificates are generated " +
+      "(MCLOUDTT_TLS_GENERATE_DEV_CERTS=true generates them, for development only)";
+  }
+  return `${files} ${verb} not exist: ${advice}`;
 }
 
 /** The command lines that reach a broker on `port` with the generated client certificate. */

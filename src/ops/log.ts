@@ -1,19 +1,139 @@
-/** Logging setup for the CLI. Embedders configure @logtape/logtape themselves (or not at all). */
-import { configure, getConsoleSink, type LogLevel } from "@logtape/logtape";
+/**
+ * Logging setup for the CLI: every line on stderr, as readable text or one JSON object per line,
+ * with UTC ISO-8601 timestamps and a level per module. Embedders configure @logtape/logtape
+ * themselves (or not at all).
+ *
+ * Modules are the second part of a logger's category: `getLogger(["mcloudtt", "connection"])`
+ * is module `connection`.
+ */
+import { configure, type LogLevel, type LogRecord, type Sink } from "@logtape/logtape";
 
-/** Maps our config level to logtape's. */
-function toLevel(level: "debug" | "info" | "warning" | "error"): LogLevel {
-  return level;
+export type LevelName = "debug" | "info" | "warning" | "error";
+export type LogFormat = "text" | "json";
+
+export interface LogOptions {
+  /** Lowest level logged by modules without their own level. */
+  level: LevelName;
+  format: LogFormat;
+  /** `[general] log_levels`: "connection=debug,tls=warning". */
+  levels?: string;
+  /** Where each finished line (with its newline) goes; default: stderr, synchronously. */
+  write?: (line: string) => void;
 }
 
-/** Sends logs at `level` and above to stderr. */
-export async function setupLogging(level: "debug" | "info" | "warning" | "error"): Promise<void> {
+/** An MQTT reason code as operators read it in specs and other brokers' logs: `0x8E`. */
+export function hex(code: number): string {
+  return `0x${code.toString(16).toUpperCase().padStart(2, "0")}`;
+}
+
+/** Parses `module=level,module=level`; the schema has already checked the syntax. */
+export function parseLogLevels(text: string): Map<string, LevelName> {
+  const out = new Map<string, LevelName>();
+  for (const part of text.split(",")) {
+    const [name, level] = part.split("=").map((s) => s.trim());
+    if (name && level) out.set(name, level as LevelName);
+  }
+  return out;
+}
+
+/** A value inside a text line: strings as they are (no quotes), the rest compactly. */
+function renderValue(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (v instanceof Error) return v.stack ?? `${v.name}: ${v.message}`;
+  if (v === undefined || v === null) return "-";
+  if (typeof v === "object" && v !== null) {
+    try {
+      return JSON.stringify(v, jsonReplacer);
+    } catch {
+      return String(v);
+    }
+  }
+  return String(v);
+}
+
+function renderMessage(record: LogRecord): string {
+  const parts = record.message;
+  let s = "";
+  for (let i = 0; i < parts.length; i++) {
+    s += i % 2 === 0 ? parts[i] as string : renderValue(parts[i]);
+  }
+  return s;
+}
+
+function moduleOf(record: LogRecord): string {
+  return record.category.length > 1 ? record.category.slice(1).join(".") : record.category[0];
+}
+
+const LEVEL_TEXT: Record<LogLevel, string> = {
+  trace: "TRACE",
+  debug: "DEBUG",
+  info: "INFO ",
+  warning: "WARN ",
+  error: "ERROR",
+  fatal: "FATAL",
+};
+
+/** `2025-01-02T03:04:05.678Z INFO  connection: client connected ...` */
+export function formatText(record: LogRecord): string {
+  const time = new Date(record.timestamp).toISOString();
+  return `${time} ${LEVEL_TEXT[record.level]} ${moduleOf(record)}: ${renderMessage(record)}\n`;
+}
+
+function jsonReplacer(_key: string, value: unknown): unknown {
+  if (value instanceof Error) {
+    return { name: value.name, message: value.message, stack: value.stack };
+  }
+  if (typeof value === "bigint") return value.toString();
+  if (value instanceof Uint8Array) return `<${value.length} bytes>`;
+  return value;
+}
+
+/** One JSON object per line: time, level, module, message, then the record's properties. */
+export function formatJson(record: LogRecord): string {
+  const line = {
+    time: new Date(record.timestamp).toISOString(),
+    level: record.level,
+    module: moduleOf(record),
+    message: renderMessage(record),
+    ...record.properties,
+  };
+  return JSON.stringify(line, jsonReplacer) + "\n";
+}
+
+const encoder = new TextEncoder();
+
+/** Writes a whole line to stderr before returning, so nothing is lost when the process exits. */
+export function writeStderr(line: string): void {
+  const bytes = encoder.encode(line);
+  let off = 0;
+  while (off < bytes.length) off += Deno.stderr.writeSync(bytes.subarray(off));
+}
+
+/** Configures the `mcloudtt` loggers as `options` say. */
+export async function setupLogging(options: LogOptions): Promise<void> {
+  const format = options.format === "json" ? formatJson : formatText;
+  const write = options.write ?? writeStderr;
+  const out: Sink = (record) => {
+    try {
+      write(format(record));
+    } catch {
+      // A closed stderr must not take the broker down with it.
+    }
+  };
+  const modules = [...parseLogLevels(options.levels ?? "")].map(([name, level]) => ({
+    category: ["mcloudtt", name],
+    lowestLevel: level as LogLevel,
+    sinks: ["out"],
+    // Its own sink and level: a module may be noisier or quieter than the rest.
+    parentSinks: "override" as const,
+  }));
   await configure({
     reset: true,
-    sinks: { console: getConsoleSink() },
+    sinks: { out },
     loggers: [
-      { category: ["mcloudtt"], lowestLevel: toLevel(level), sinks: ["console"] },
-      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["console"] },
+      { category: ["mcloudtt"], lowestLevel: options.level, sinks: ["out"] },
+      ...modules,
+      { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["out"] },
     ],
   });
 }

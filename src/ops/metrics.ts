@@ -1,15 +1,77 @@
 /**
- * Counters the core increments. Plain fields, no locking or labels: they are
- * bumped on the hot path and read by the metrics endpoint and $SYS.
+ * Counters the core increments. Plain fields, no locking, no label maps on the hot path: they are
+ * bumped where things happen and read at scrape time by the Prometheus exposition
+ * (src/ops/exposition.ts) and by $SYS (src/ops/sys.ts).
  */
+
+/** Transports, as `mcloudtt_connections{listener}` labels them. */
+export type ListenerKind = "tcp" | "tls" | "ws" | "wss";
+
+/** Upper bounds (seconds) of the publish-to-delivery latency buckets. */
+export const LATENCY_BUCKETS: readonly number[] = [
+  0.0001,
+  0.00025,
+  0.0005,
+  0.001,
+  0.0025,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+];
+
+/**
+ * A fixed-bucket histogram of publish-to-delivery latency. Only sampled messages are observed
+ * (see `Metrics.sample`), so it costs nothing per message.
+ */
+export class LatencyHistogram {
+  /** Count per bucket (not cumulative); the last slot is +Inf. */
+  readonly counts: number[] = new Array(LATENCY_BUCKETS.length + 1).fill(0);
+  sum = 0;
+  count = 0;
+
+  /** Records one latency in milliseconds. */
+  observe(ms: number): void {
+    const s = ms / 1000;
+    let i = 0;
+    while (i < LATENCY_BUCKETS.length && s > LATENCY_BUCKETS[i]) i++;
+    this.counts[i]++;
+    this.sum += s;
+    this.count++;
+  }
+}
+
+/** One in this many received PUBLISH packets is stamped for the latency histogram. */
+export const LATENCY_SAMPLE_EVERY = 16;
+
 export class Metrics {
   connectionsAccepted = 0;
   connectionsCurrent = 0;
+  /** Open network connections per transport (before and after CONNECT). */
+  readonly connectionsByListener: Record<ListenerKind, number> = { tcp: 0, tls: 0, ws: 0, wss: 0 };
+  /** CONNECTs answered with a successful CONNACK. */
+  connects = 0;
   connectsRefused = 0;
+  /** TLS (and secure WebSocket) handshakes that failed. */
+  tlsHandshakeFailures = 0;
   protocolErrors = 0;
-  publishReceived = 0;
-  publishSent = 0;
+  /** Exceptions that were not MQTT errors (bugs, a throwing authorizer): the connection got 0x83. */
+  internalErrors = 0;
+  /** Ends of connected clients by reason label ("0x00", "0x8E", "connection_lost", ...). */
+  readonly disconnects = new Map<string, number>();
+  /** PUBLISH packets received, per QoS (one packet counts once). */
+  readonly receivedByQos: [number, number, number] = [0, 0, 0];
+  /** Deliveries per QoS (each subscriber counts once; resends do not count). */
+  readonly sentByQos: [number, number, number] = [0, 0, 0];
   bytesReceived = 0;
+  bytesSent = 0;
   /** QoS 0 messages dropped because the subscriber was offline or not keeping up. */
   droppedQos0 = 0;
   /** QoS 1/2 messages dropped because a session queue was full. */
@@ -19,9 +81,41 @@ export class Metrics {
   /** Messages dropped because their Message Expiry Interval ran out. */
   droppedExpired = 0;
   sessionsExpired = 0;
+  /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
+  authFailures = 0;
+  /** CONNECTs refused with Server busy because password checks were saturated or too slow. */
+  authBusy = 0;
+  /** Certificate sets (certfile, keyfile, cafile) refused at reload; the old set kept serving. */
+  tlsReloadFailures = 0;
   willsPublished = 0;
   /** Retained PUBLISHes refused (MQTT 5, PUBACK 0x97) because the retained store was full. */
   retainedRefused = 0;
   /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */
   subscriptionsRefused = 0;
+  readonly latency = new LatencyHistogram();
+  private sampleCountdown = LATENCY_SAMPLE_EVERY;
+
+  /** PUBLISH packets received, all QoS. */
+  get publishReceived(): number {
+    const r = this.receivedByQos;
+    return r[0] + r[1] + r[2];
+  }
+
+  /** Deliveries, all QoS. */
+  get publishSent(): number {
+    const s = this.sentByQos;
+    return s[0] + s[1] + s[2];
+  }
+
+  /** True once every LATENCY_SAMPLE_EVERY calls: stamp this message for the latency histogram. */
+  sample(): boolean {
+    if (--this.sampleCountdown !== 0) return false;
+    this.sampleCountdown = LATENCY_SAMPLE_EVERY;
+    return true;
+  }
+
+  /** Counts the end of a connected client. */
+  disconnected(reason: string): void {
+    this.disconnects.set(reason, (this.disconnects.get(reason) ?? 0) + 1);
+  }
 }

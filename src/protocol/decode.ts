@@ -97,7 +97,10 @@ export function decodeConnect(buf: Uint8Array, start: number, end: number): Conn
   const v5 = protocolLevel === 5;
   const properties = v5 ? readProperties(r, ALLOWED.connect, "CONNECT") : {};
   if (properties.authenticationData && properties.authenticationMethod === undefined) {
-    throw new ProtocolError("CONNECT Authentication Data without Authentication Method");
+    throw new ProtocolError(
+      ReasonCode.ProtocolError,
+      "CONNECT Authentication Data without Authentication Method",
+    );
   }
   const clientId = r.string();
   let will: WillData | undefined;
@@ -150,13 +153,15 @@ export function decodeSubscribe(
     const qos = opts & 0x03;
     if (qos === 3) {
       // MQTT 5 calls this a Protocol Error (3.8.3.1); 3.1.1 a malformed packet.
-      if (level === 5) throw new ProtocolError("SUBSCRIBE QoS 3");
+      if (level === 5) throw new ProtocolError(ReasonCode.ProtocolError, "SUBSCRIBE QoS 3");
       throw new MalformedPacketError("SUBSCRIBE QoS 3");
     }
     if (level === 5) {
       if (opts & 0xc0) throw new MalformedPacketError("SUBSCRIBE reserved option bits set");
       const retainHandling = (opts >> 4) & 0x03;
-      if (retainHandling === 3) throw new ProtocolError("SUBSCRIBE Retain Handling 3");
+      if (retainHandling === 3) {
+        throw new ProtocolError(ReasonCode.ProtocolError, "SUBSCRIBE Retain Handling 3");
+      }
       requests.push({
         filter,
         qos: qos as 0 | 1 | 2,
@@ -175,7 +180,9 @@ export function decodeSubscribe(
       });
     }
   }
-  if (requests.length === 0) throw new ProtocolError("SUBSCRIBE without topic filters");
+  if (requests.length === 0) {
+    throw new ProtocolError(ReasonCode.ProtocolError, "SUBSCRIBE without topic filters");
+  }
   return { packetId: id, subscriptionId: props.subscriptionIdentifier, requests };
 }
 
@@ -196,7 +203,9 @@ export function decodeUnsubscribe(
   if (level === 5) readProperties(r, ALLOWED.unsubscribe, "UNSUBSCRIBE");
   const filters: string[] = [];
   while (r.remaining > 0) filters.push(r.string());
-  if (filters.length === 0) throw new ProtocolError("UNSUBSCRIBE without topic filters");
+  if (filters.length === 0) {
+    throw new ProtocolError(ReasonCode.ProtocolError, "UNSUBSCRIBE without topic filters");
+  }
   return { packetId: id, filters };
 }
 
@@ -267,7 +276,10 @@ export function decodeDisconnect(
   }
   const props = r.remaining > 0 ? readProperties(r, ALLOWED.disconnect, "DISCONNECT") : {};
   if (props.serverReference !== undefined) {
-    throw new ProtocolError("DISCONNECT from a client with Server Reference");
+    throw new ProtocolError(
+      ReasonCode.ProtocolError,
+      "DISCONNECT from a client with Server Reference",
+    );
   }
   if (r.remaining !== 0) throw new MalformedPacketError("DISCONNECT has trailing bytes");
   return { reasonCode, sessionExpiryInterval: props.sessionExpiryInterval };
@@ -298,8 +310,8 @@ export function checkFixedHeader(type: number, flags: number, level: ProtocolLev
       return;
     default:
       throw new ProtocolError(
-        `packet type ${type} is not sent by clients`,
         type === 0 ? ReasonCode.MalformedPacket : ReasonCode.ProtocolError,
+        `packet type ${type} is not sent by clients`,
       );
   }
 }

@@ -23,6 +23,8 @@ export interface EncodedPublish {
 
 export class Message {
   private owned: boolean;
+  /** performance.now() when received, for the 1-in-N sampled latency metric; 0 when not sampled. */
+  sampledAt = 0;
 
   constructor(
     readonly topic: string,

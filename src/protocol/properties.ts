@@ -3,7 +3,7 @@
  * control packets, and the writer for properties that are passed through.
  */
 import { type Reader, utf8, Writer } from "./bytes.ts";
-import { MalformedPacketError, ProtocolError } from "./reason_codes.ts";
+import { MalformedPacketError, ProtocolError, ReasonCode } from "./reason_codes.ts";
 
 export const Prop = {
   PayloadFormatIndicator: 0x01,
@@ -148,7 +148,10 @@ export function readProperties(r: Reader, allowed: ReadonlySet<number>, where: s
       continue;
     }
     if (rec[name] !== undefined) {
-      throw new ProtocolError(`${where}: property ${name} appears more than once`);
+      throw new ProtocolError(
+        ReasonCode.ProtocolError,
+        `${where}: property ${name} appears more than once`,
+      );
     }
     switch (kind) {
       case "byte":
@@ -178,15 +181,21 @@ export function readProperties(r: Reader, allowed: ReadonlySet<number>, where: s
 
 function checkValues(p: Properties, where: string): void {
   const bool01 = (v: number | undefined, name: string) => {
-    if (v !== undefined && v > 1) throw new ProtocolError(`${where}: ${name} must be 0 or 1`);
+    if (v !== undefined && v > 1) {
+      throw new ProtocolError(ReasonCode.ProtocolError, `${where}: ${name} must be 0 or 1`);
+    }
   };
   bool01(p.payloadFormatIndicator, "Payload Format Indicator");
   bool01(p.requestProblemInformation, "Request Problem Information");
   bool01(p.requestResponseInformation, "Request Response Information");
-  if (p.receiveMaximum === 0) throw new ProtocolError(`${where}: Receive Maximum of 0`);
-  if (p.maximumPacketSize === 0) throw new ProtocolError(`${where}: Maximum Packet Size of 0`);
+  if (p.receiveMaximum === 0) {
+    throw new ProtocolError(ReasonCode.ProtocolError, `${where}: Receive Maximum of 0`);
+  }
+  if (p.maximumPacketSize === 0) {
+    throw new ProtocolError(ReasonCode.ProtocolError, `${where}: Maximum Packet Size of 0`);
+  }
   if (p.subscriptionIdentifier === 0) {
-    throw new ProtocolError(`${where}: Subscription Identifier of 0`);
+    throw new ProtocolError(ReasonCode.ProtocolError, `${where}: Subscription Identifier of 0`);
   }
 }
 

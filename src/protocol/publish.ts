@@ -156,13 +156,20 @@ export function decodePublish(
       const id = buf[pos++];
       // Single-valued properties may appear once; one bit each in `seen`.
       const bit = ONCE_BITS[id] ?? 0;
-      if (seen & bit) throw new ProtocolError(`PUBLISH repeats property 0x${id.toString(16)}`);
+      if (seen & bit) {
+        throw new ProtocolError(
+          ReasonCode.ProtocolError,
+          `PUBLISH repeats property 0x${id.toString(16)}`,
+        );
+      }
       seen |= bit;
       switch (id) {
         case Prop.PayloadFormatIndicator:
           if (pos >= pend) throw new MalformedPacketError("PUBLISH property overruns");
           p.payloadFormat = buf[pos++];
-          if (p.payloadFormat > 1) throw new ProtocolError("Payload Format Indicator above 1");
+          if (p.payloadFormat > 1) {
+            throw new ProtocolError(ReasonCode.ProtocolError, "Payload Format Indicator above 1");
+          }
           break;
         case Prop.MessageExpiryInterval:
           if (pos + 4 > pend) throw new MalformedPacketError("PUBLISH property overruns");
@@ -178,7 +185,10 @@ export function decodePublish(
           const e = propStringEnd(buf, pos, pend, false);
           const rt = decodeUtf8(buf, pos + 2, e);
           if (rt.length === 0 || rt.includes("+") || rt.includes("#")) {
-            throw new ProtocolError("Response Topic is not a valid topic name");
+            throw new ProtocolError(
+              ReasonCode.ProtocolError,
+              "Response Topic is not a valid topic name",
+            );
           }
           pos = e;
           break;
@@ -190,7 +200,7 @@ export function decodePublish(
           p.topicAlias = u16(buf, pos, pend);
           // 0 doubles as "absent" in topicAlias, so it is refused here [MQTT-3.3.2-8].
           if (p.topicAlias === 0) {
-            throw new ProtocolError("Topic Alias 0", ReasonCode.TopicAliasInvalid);
+            throw new ProtocolError(ReasonCode.TopicAliasInvalid, "Topic Alias 0");
           }
           pos += 2;
           p.propsNeedFilter = true;
@@ -200,7 +210,10 @@ export function decodePublish(
           pos = propStringEnd(buf, pos, pend, true);
           break;
         case Prop.SubscriptionIdentifier:
-          throw new ProtocolError("PUBLISH from a client with a Subscription Identifier");
+          throw new ProtocolError(
+            ReasonCode.ProtocolError,
+            "PUBLISH from a client with a Subscription Identifier",
+          );
         default:
           throw new MalformedPacketError(`PUBLISH property 0x${id.toString(16)} not allowed`);
       }

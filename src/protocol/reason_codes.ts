@@ -47,8 +47,8 @@ export type ReasonCodeValue = typeof ReasonCode[keyof typeof ReasonCode];
 
 /** A failure that ends (or refuses) an MQTT exchange with a reason code. */
 export class MqttError extends Error {
-  constructor(readonly code: number, message: string) {
-    super(message);
+  constructor(readonly code: ReasonCodeValue, message: string, options?: ErrorOptions) {
+    super(message, options);
     this.name = "MqttError";
   }
 }
@@ -61,9 +61,12 @@ export class MalformedPacketError extends MqttError {
   }
 }
 
-/** A well-formed packet that breaks a protocol rule: Protocol Error (0x82). */
+/**
+ * A well-formed packet that breaks a protocol rule: Protocol Error (0x82), or
+ * the more specific code the spec names for the rule (0x93, 0x94, 0x90...).
+ */
 export class ProtocolError extends MqttError {
-  constructor(message: string, code: number = ReasonCode.ProtocolError) {
+  constructor(code: ReasonCodeValue, message: string) {
     super(code, message);
     this.name = "ProtocolError";
   }

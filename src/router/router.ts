@@ -6,9 +6,9 @@
 import type { Message } from "../protocol/message.ts";
 import { MemoryRetainedStore, type RetainedStore } from "./retained.ts";
 import { SubscriptionTrie, type Target } from "./trie.ts";
-import type { Subscriber, Subscription } from "./types.ts";
+import type { ReceiveCheck, Subscriber, Subscription } from "./types.ts";
 
-export type { Subscriber, Subscription } from "./types.ts";
+export type { ReceiveCheck, Subscriber, Subscription } from "./types.ts";
 
 /** What `subscribe` changed. */
 export const Subscribed = {
@@ -77,6 +77,12 @@ export class Router {
     noSubscribers: 0,
     retainedRefused: 0,
   };
+  /** Asked before delivering on a subscription with `needsCheck` set (the ACL); null: none. */
+  receiveCheck: ReceiveCheck | null = null;
+  /** The topic being published, for `groupOk` (which must not allocate per message). */
+  private checking = "";
+  private readonly groupOk = (s: Subscription): boolean =>
+    s.needsCheck !== true || this.receiveCheck === null || this.receiveCheck(s, this.checking);
 
   constructor(
     readonly retained: RetainedStore = new MemoryRetainedStore(),
@@ -184,12 +190,14 @@ export class Router {
     const m = this.trie.match(msg.topic);
     let n = 0;
     const targets = m.targets;
+    const check = this.receiveCheck;
     for (let i = 0; i < targets.length; i++) {
-      if (deliverTo(targets[i], msg)) n++;
+      if (deliverTo(targets[i], msg, check)) n++;
     }
+    this.checking = msg.topic;
     for (const g of m.groups) {
       if (groups !== null && !groups.has(g.key)) continue;
-      const s = g.pick();
+      const s = g.pick(check === null ? null : this.groupOk);
       if (s === null) continue;
       s.subscriber.deliver(
         msg,
@@ -214,12 +222,13 @@ function minQos(a: 0 | 1 | 2, b: 0 | 1 | 2): 0 | 1 | 2 {
   return a < b ? a : b;
 }
 
-function deliverTo(t: Target, msg: Message): boolean {
+function deliverTo(t: Target, msg: Message, check: ReceiveCheck | null): boolean {
   const subs = t.subs;
   const who = t.subscriber;
   if (subs.length === 1) {
     const s = subs[0];
     if (s.noLocal && who.clientId === msg.origin) return false;
+    if (s.needsCheck === true && check !== null && !check(s, msg.topic)) return false;
     who.deliver(msg, minQos(msg.qos, s.qos), s.retainAsPublished && msg.retain, s.idList);
     return true;
   }
@@ -230,8 +239,11 @@ function deliverTo(t: Target, msg: Message): boolean {
   let ids: number[] | null = null;
   let any = false;
   const local = who.clientId === msg.origin;
+  // The answer depends only on the subscriber and the topic: ask once.
+  let readable: boolean | undefined;
   for (const s of subs) {
     if (s.noLocal && local) continue;
+    if (s.needsCheck === true && check !== null && !(readable ??= check(s, msg.topic))) continue;
     any = true;
     if (s.qos > qos) qos = s.qos;
     if (s.retainAsPublished) retain = true;

@@ -17,20 +17,27 @@ export class ShareGroup {
     this.key = `$share/${name}/${filter}`;
   }
 
-  /** Picks the member for the next message, preferring connected subscribers. */
-  pick(): Subscription | null {
+  /**
+   * Picks the member for the next message, preferring connected subscribers; members `ok` refuses
+   * (the ACL does not let them read the topic) are passed over.
+   */
+  pick(ok: ((s: Subscription) => boolean) | null = null): Subscription | null {
     const n = this.members.length;
     if (n === 0) return null;
+    let fallback = -1;
     for (let i = 0; i < n; i++) {
-      const s = this.members[(this.next + i) % n];
+      const j = (this.next + i) % n;
+      const s = this.members[j];
+      if (ok !== null && !ok(s)) continue;
       if (s.subscriber.online) {
-        this.next = (this.next + i + 1) % n;
+        this.next = (j + 1) % n;
         return s;
       }
+      if (fallback < 0) fallback = j;
     }
-    const s = this.members[this.next % n];
-    this.next = (this.next + 1) % n;
-    return s;
+    if (fallback < 0) return null;
+    this.next = (fallback + 1) % n;
+    return this.members[fallback];
   }
 }
 

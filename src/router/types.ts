@@ -4,6 +4,8 @@ import type { Message } from "../protocol/message.ts";
 /** Something that receives messages: a session. */
 export interface Subscriber {
   readonly clientId: string;
+  /** Username or certificate identity the subscriber runs as (undefined when anonymous). */
+  readonly username?: string;
   /** True while a network connection is attached; shared subscriptions prefer these. */
   readonly online: boolean;
   /**
@@ -30,4 +32,13 @@ export interface Subscription {
   subscriptionId: number;
   /** `[subscriptionId]` allocated once, so deliveries do not build arrays. */
   idList: readonly number[] | null;
+  /**
+   * The ACL may refuse some topics this filter matches: each message is checked with the
+   * router's `receiveCheck` before delivery. Decided once per subscription (and again when the
+   * ACL is reloaded), so unrestricted subscriptions cost nothing per message.
+   */
+  needsCheck?: boolean;
 }
+
+/** Whether a message on `topic` may be delivered on `sub` (asked only when `sub.needsCheck`). */
+export type ReceiveCheck = (sub: Subscription, topic: string) => boolean;

@@ -7,6 +7,7 @@
  * `ConnectionHost`.
  */
 import { getLogger } from "@logtape/logtape";
+import { hex } from "../ops/log.ts";
 import type { AuthDecision } from "../auth/types.ts";
 import {
   encodeConnack,
@@ -52,11 +53,12 @@ import type {
   ConnectionHandler,
   ConnectionHost,
   PeerInfo,
+  WillOutcome,
 } from "./host.ts";
 import { InboundTopics } from "./inbound_topic.ts";
-import { buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
 import type { Session } from "./session.ts";
-import { decideSubscriptions, wantsRetained } from "./subscribe.ts";
+import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
 
 export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
@@ -64,6 +66,9 @@ const log = getLogger(["mcloudtt", "connection"]);
 
 /** CONNECT with its reserved flag bits clear: the only valid first byte [MQTT-3.1.0-1, 2.1.3-1]. */
 const FIRST_CONNECT_BYTE = 0x10;
+
+/** Protocol level to the version operators know. */
+const PROTOCOL_NAMES: Record<number, string> = { 3: "3.1", 4: "3.1.1", 5: "5" };
 
 const State = {
   AwaitingConnect: 0,
@@ -97,6 +102,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   private info: PublishInfo | null = null;
+  /** When CONNECT was accepted (clock ms), for the disconnect log line. */
+  private connectedAt = 0;
+  /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
+  private closeCode = -1;
+  private closedBy: "client" | "server" | "network" = "network";
 
   constructor(
     private readonly host: ConnectionHost,
@@ -149,7 +159,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.outbox.destroy();
     this.acks.clear();
     this.releaseGate();
-    this.host.connectionClosed(this, this.session, wasConnected, true);
+    const will = this.host.connectionClosed(this, this.session, wasConnected, true);
+    if (wasConnected) this.logClosed(will);
   }
 
   // ---- session side ---------------------------------------------------------
@@ -185,6 +196,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       return false;
     }
     this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
+    if (msg.sampledAt !== 0 && !dup) {
+      this.host.metrics.latency.observe(performance.now() - msg.sampledAt);
+    }
     return true;
   }
 
@@ -202,6 +216,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   /** Closes after sending DISCONNECT with `code` (MQTT 5 only); used by the server side. */
   disconnect(code: number, reason?: string): void {
     if (this.state === State.Closed) return;
+    if (this.closeCode === -1) {
+      this.closeCode = code;
+      this.closedBy = "server";
+    }
     if (this.v5 && this.state === State.Connected) {
       this.outbox.push(encodeDisconnect(code, reason, this.clientMaxPacket));
     }
@@ -216,27 +234,53 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.outbox.end();
     this.acks.clear();
     this.releaseGate();
-    this.host.connectionClosed(this, this.session, wasConnected, willAllowed);
+    const will = this.host.connectionClosed(this, this.session, wasConnected, willAllowed);
+    if (wasConnected) this.logClosed(will);
+  }
+
+  /** The disconnect log line and counter of a client that had connected. */
+  private logClosed(will: WillOutcome): void {
+    const code = this.closeCode;
+    const reason = code === -1 ? "connection_lost" : hex(code);
+    this.host.metrics.disconnected(reason);
+    const duration = Math.max(0, (this.host.clock.now() - this.connectedAt) / 1000);
+    log.info(
+      "client {client_id} disconnected: reason {reason_code}, closed by {closed_by} after " +
+        "{duration_s} s, will {will}",
+      {
+        client_id: this.clientId,
+        username: this.username ?? null,
+        remote_address: this.peer.remoteAddress,
+        listener: this.peer.transport,
+        reason_code: reason,
+        closed_by: this.closedBy,
+        duration_s: Math.round(duration * 1000) / 1000,
+        will,
+      },
+    );
   }
 
   private fail(e: unknown): void {
     if (this.state === State.Closed) return;
-    this.host.metrics.protocolErrors++;
     let code: number = ReasonCode.UnspecifiedError;
     let message = "internal error";
     if (e instanceof MqttError) {
+      this.host.metrics.protocolErrors++;
       code = e.code;
       message = e.message;
-      log.info("closing {clientId} ({addr}): {message} ({code})", {
-        clientId: this.clientId,
-        addr: this.peer.remoteAddress,
+      log.info("closing {client_id} ({remote_address}): {message} ({reason_code})", {
+        client_id: this.clientId,
+        remote_address: this.peer.remoteAddress,
         message,
-        code: `0x${code.toString(16).padStart(2, "0")}`,
+        reason_code: hex(code),
       });
     } else {
+      // A bug or a throwing authenticator/authorizer: only this connection pays for it.
+      this.host.metrics.internalErrors++;
       code = ReasonCode.ImplementationSpecificError;
-      log.error("closing {clientId} after an internal error: {error}", {
-        clientId: this.clientId,
+      log.error("closing {client_id} ({remote_address}) after an internal error: {error}", {
+        client_id: this.clientId,
+        remote_address: this.peer.remoteAddress,
         error: e instanceof Error ? (e.stack ?? e.message) : String(e),
       });
     }
@@ -272,6 +316,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /** OutboxOwner: a write completed. */
   drained(): void {
+    this.host.metrics.bytesSent += this.outbox.written;
+    this.outbox.written = 0;
     if (
       this.gate !== null && this.state !== State.Authenticating &&
       this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
@@ -305,7 +351,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         break;
       case State.AwaitingConnect:
         if (type !== PacketType.CONNECT) {
-          throw new ProtocolError("first packet is not CONNECT");
+          throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
         this.onConnect(buf, start, end);
@@ -375,9 +421,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.onDisconnect(buf, start, end);
         return false;
       case PacketType.CONNECT:
-        throw new ProtocolError("second CONNECT on one connection");
+        throw new ProtocolError(ReasonCode.ProtocolError, "second CONNECT on one connection");
       case PacketType.AUTH:
-        throw new ProtocolError("AUTH without an authentication method");
+        throw new ProtocolError(ReasonCode.ProtocolError, "AUTH without an authentication method");
     }
     return true;
   }
@@ -426,6 +472,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       certificateIdentity: this.peer.certificateIdentity,
       remoteAddress: this.peer.remoteAddress,
       protocolLevel: pkt.protocolLevel,
+      acceptedAt: this.acceptedAt,
     });
     if (decision instanceof Promise) {
       this.waitFor(decision.then((d) => this.authenticated(d, pkt, n)));
@@ -443,9 +490,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   private refuse(code: number, reason: string): void {
     this.host.metrics.connectsRefused++;
-    log.info("refused {clientId} ({addr}): {reason}", {
-      clientId: this.clientId,
-      addr: this.peer.remoteAddress,
+    log.info("refused {client_id} from {remote_address} with {reason_code}: {reason}", {
+      client_id: this.clientId,
+      remote_address: this.peer.remoteAddress,
+      listener: this.peer.transport,
+      reason_code: hex(code),
       reason,
     });
     this.outbox.push(
@@ -456,6 +505,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   private authenticated(d: AuthDecision, pkt: ConnectPacket, n: Negotiated): void | Promise<void> {
     if (this.state === State.Closed) return;
+    // Failures are counted by the authentication policy (src/auth/authenticator.ts).
     if (!d.ok) return this.refuse(d.reasonCode, d.reason);
     this.username = d.username;
     if (pkt.will && !this.host.mayPublish(this.clientId, d.username, pkt.will.topic)) {
@@ -483,25 +533,27 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.state = State.Connected;
     this.host.sessionChanged(session);
 
-    const limits = this.host.limits;
-    const connackProps = this.v5
-      ? {
-        receiveMaximum: limits.receiveMaximum,
-        maximumPacketSize: limits.maxPacketSize,
-        topicAliasMaximum: limits.topicAliasMaximum,
-        retainAvailable: true,
-        wildcardSubscriptionAvailable: true,
-        subscriptionIdentifiersAvailable: true,
-        sharedSubscriptionAvailable: true,
-        ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
-        ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
-        ...(n.grantedExpiry !== n.requestedExpiry
-          ? { sessionExpiryInterval: n.grantedExpiry }
-          : {}),
-      }
-      : {};
+    const props = this.v5 ? connackProperties(n, this.host.limits) : {};
     this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, present, 0, connackProps, this.clientMaxPacket),
+      encodeConnack(this.level as ProtocolLevel, present, 0, props, this.clientMaxPacket),
+    );
+    this.host.metrics.connects++;
+    this.connectedAt = this.host.clock.now();
+    log.info(
+      "client {client_id} connected from {remote_address} over {listener}: MQTT " +
+        "{protocol_version}, user {username}, keep alive {keep_alive} s, clean start " +
+        "{clean_start}, session present {session_present}",
+      {
+        client_id: this.clientId,
+        username: this.username ?? null,
+        certificate_identity: this.peer.certificateIdentity ?? null,
+        remote_address: this.peer.remoteAddress,
+        listener: this.peer.transport,
+        protocol_version: PROTOCOL_NAMES[this.level] ?? String(this.level),
+        keep_alive: n.keepAliveTimeoutMs / 1500,
+        clean_start: pkt.cleanStart,
+        session_present: present,
+      },
     );
     session.attach(this);
     this.releaseGate();
@@ -524,7 +576,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const host = this.host;
     const topics = this.topics ??= new InboundTopics(host.limits, this.v5);
     const p = decodePublish(buf, start, end, flags, this.v5, topics.last);
-    host.metrics.publishReceived++;
+    host.metrics.receivedByQos[p.qos]++;
     topics.resolve(p, buf);
     const topic = topics.topic;
     const qos = p.qos;
@@ -550,8 +602,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       }
       if (session.incomingQos2Count > host.limits.receiveMaximum) {
         throw new ProtocolError(
-          "more unacknowledged QoS 2 messages than Receive Maximum",
           ReasonCode.ReceiveMaximumExceeded,
+          "more unacknowledged QoS 2 messages than Receive Maximum",
         );
       }
     }
@@ -625,22 +677,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const finish = () => {
       if (this.state === State.Closed) return;
       this.outbox.push(encodeSuback(level, pkt.packetId, codes));
-      this.sendRetained(session, withRetained);
+      if (withRetained.length !== 0) sendRetained(this.host, session, withRetained);
     };
     if (waits === null) finish();
     // A route that could not be written is retried by the cluster; the local subscription holds.
     else Promise.all(waits).catch(() => {}).then(finish);
-  }
-
-  private sendRetained(session: Session, subs: Subscription[]): void {
-    if (subs.length === 0) return;
-    const now = this.host.clock.now();
-    for (const sub of subs) {
-      for (const msg of this.host.retainedFor(sub.filter)) {
-        if (msg.expired(now)) continue;
-        session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
-      }
-    }
   }
 
   private onUnsubscribe(buf: Uint8Array, start: number, end: number): void {
@@ -669,10 +710,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const session = this.session!;
     if (d.sessionExpiryInterval !== undefined) {
       if (session.expiryInterval === 0 && d.sessionExpiryInterval !== 0) {
-        throw new ProtocolError("Session Expiry Interval changed from 0 at DISCONNECT");
+        throw new ProtocolError(
+          ReasonCode.ProtocolError,
+          "Session Expiry Interval changed from 0 at DISCONNECT",
+        );
       }
       session.setExpiry(Math.min(d.sessionExpiryInterval, this.host.limits.maxSessionExpiry));
     }
+    this.closeCode = d.reasonCode;
+    this.closedBy = "client";
     // Only a normal disconnection (0x00) deletes the will [MQTT-3.14.4-3]; 0x04 and the
     // error codes leave it to be published [MQTT-3.1.2-8].
     this.end(d.reasonCode !== ReasonCode.Success);
@@ -682,12 +728,14 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   checkTimeouts(now: number): void {
     if (this.state === State.AwaitingConnect) {
       if (now - this.acceptedAt > this.host.limits.connectTimeoutMs) {
-        log.info("no CONNECT from {addr} in time", { addr: this.peer.remoteAddress });
+        log.info("no CONNECT from {remote_address} in time", {
+          remote_address: this.peer.remoteAddress,
+        });
         this.end(false);
       }
     } else if (this.state === State.Connected) {
       if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
-        log.info("keep alive timeout for {clientId}", { clientId: this.clientId });
+        log.info("keep alive timeout for {client_id}", { client_id: this.clientId });
         this.disconnect(ReasonCode.KeepAliveTimeout, "keep alive timeout");
       } else if (now - this.lastRx > this.host.limits.idleTrimMs) {
         this.outbox.trim();

@@ -7,18 +7,19 @@
  * TLS, Redis, SQLite or BigQuery code: those arrive through the interfaces.
  */
 import { getLogger } from "@logtape/logtape";
-import type { Authenticator, Authorizer, ConnectRequest } from "../auth/types.ts";
-import type { Bus, BusHost } from "../cluster/types.ts";
+import { subscribeAccess } from "../auth/access.ts";
+import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
+import { type Bus, type BusHost, LOCAL_ONLY } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
-import { ReasonCode } from "../protocol/reason_codes.ts";
+import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
-import type { SessionState, Store } from "../store/types.ts";
+import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
 import type {
   AttachingConnection,
@@ -27,10 +28,11 @@ import type {
   ConnectionHost,
   PeerInfo,
   SubscribeResult,
+  WillOutcome,
 } from "./host.ts";
 import { Journal } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
-import { NEVER_EXPIRES, Session, toMessage } from "./session.ts";
+import { NEVER_EXPIRES, Session, toMessage, type Will } from "./session.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -46,7 +48,15 @@ export interface CoreOptions {
   store: Store;
   sink: Sink;
   clock: Clock;
+  /**
+   * Acknowledge a QoS 1/2 publish only once the store has written it for
+   * every persistent session it reached (default); false acknowledges at once.
+   */
+  ackAfterWrite?: boolean;
 }
+
+/** Serve no shared group here (a remote message whose groups are served elsewhere). */
+const NO_GROUPS: ReadonlySet<string> = new Set();
 
 const WILL_INFO: PublishInfo = Object.freeze({
   clientId: "",
@@ -73,11 +83,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly connections = new Set<Connection>();
   /** Sessions without a connection that have a will or an expiry pending. */
   private readonly detached = new Set<Session>();
+  /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
+  private readonly adopted = new Set<string>();
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
+  private readonly ackAfterWrite: boolean;
 
   constructor(opts: CoreOptions) {
+    this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
     this.router = opts.router;
     this.metrics = opts.metrics;
@@ -87,7 +101,18 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.store = opts.store;
     this.sink = opts.sink;
     this.clock = opts.clock;
-    this.journal = opts.store.durable ? new Journal(opts.store) : null;
+    this.journal = opts.store.durable
+      ? new Journal(opts.store, (e) => {
+        // A cluster store refuses writes of sessions another node took over meanwhile.
+        const stale = (e as { clientIds?: unknown }).clientIds;
+        if (
+          e instanceof MqttError && e.code === ReasonCode.SessionTakenOver && Array.isArray(stale)
+        ) {
+          this.dropStale(stale as string[]);
+        }
+      })
+      : null;
+    this.router.receiveCheck = this.mayReceive;
   }
 
   /** Loads what a durable, unshared store kept (sessions, retained), then starts the sweep. */
@@ -133,10 +158,16 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.connections.add(c);
     this.metrics.connectionsAccepted++;
     this.metrics.connectionsCurrent++;
+    this.metrics.connectionsByListener[peer.transport]++;
     // A TLS or WebSocket handshake that completes after stop() would otherwise stay open with
     // no sweep to time it out, and keep the listener's close() from ever finishing.
     if (this.stoppedWith !== null) c.disconnect(this.stoppedWith, "server shutting down");
     return c;
+  }
+
+  /** A transport's TLS handshake failed (the transport logged it). */
+  handshakeFailed(): void {
+    this.metrics.tlsHandshakeFailures++;
   }
 
   get connectionCount(): number {
@@ -170,9 +201,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.authorizer === null || this.authorizer.canPublish({ clientId, username }, topic);
   }
 
-  maySubscribe(clientId: string, username: string | undefined, filter: string): boolean {
-    return this.authorizer === null || this.authorizer.canSubscribe({ clientId, username }, filter);
+  maySubscribe(clientId: string, username: string | undefined, filter: string): SubscribeAccess {
+    return subscribeAccess(this.authorizer, { clientId, username }, filter);
   }
+
+  /** Router and retained hand-over: the ACL's answer for one message on a checked subscription. */
+  readonly mayReceive = (sub: Subscription, topic: string): boolean => {
+    const a = this.authorizer;
+    if (a === null || a.canReceive === undefined) return true;
+    const who = sub.subscriber;
+    return a.canReceive({ clientId: who.clientId, username: who.username }, topic);
+  };
 
   // ---- the one way in for messages -------------------------------------------
 
@@ -185,12 +224,29 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   publish(msg: Message, info: PublishInfo): number {
     this.sink.offer(msg, info);
-    const fwd = this.bus.forward(msg);
+    // $SYS figures describe this node: they stay here, neither forwarded nor stored.
+    const local = info.kind === "sys";
+    const fwd = local ? LOCAL_ONLY : this.bus.forward(msg);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
-    const n = this.route(msg, fwd.localGroups);
+    // Retained state is stored by the node where it was published, once.
+    if (
+      msg.retain && journal !== null && !local &&
+      (msg.payload.length === 0 || this.router.retained.fits(msg))
+    ) {
+      journal.push(
+        msg.payload.length === 0
+          ? { type: "retain-delete", topic: msg.topic }
+          : { type: "retain", msg: msg.own() },
+      );
+    }
+    // One client message in LATENCY_SAMPLE_EVERY is timed from here to each subscriber's outbox.
+    if (info.kind === "client" && this.metrics.sample()) msg.sampledAt = performance.now();
+    const n = this.router.publish(msg, fwd.localGroups);
+    // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
+    if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
-    if (journal !== null && journal.size !== mark) {
+    if (journal !== null && this.ackAfterWrite && journal.size !== mark) {
       const p = journal.pending;
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }
@@ -200,21 +256,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /** BusHost: a message published on another node; delivered here, never forwarded again. */
   deliverRemote(msg: Message, groups: readonly string[]): void {
-    this.route(msg, new Set(groups));
-  }
-
-  private route(msg: Message, groups: ReadonlySet<string> | null): number {
-    if (
-      msg.retain && this.journal !== null &&
-      (msg.payload.length === 0 || this.router.retained.fits(msg))
-    ) {
-      this.journal.push(
-        msg.payload.length === 0
-          ? { type: "retain-delete", topic: msg.topic }
-          : { type: "retain", msg: msg.own() },
-      );
-    }
-    return this.router.publish(msg, groups);
+    this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
   }
 
   // ---- the one way in for subscription changes ---------------------------------
@@ -290,16 +332,35 @@ export class BrokerCore implements ConnectionHost, BusHost {
     req: AttachRequest,
   ): Promise<AttachResult> {
     const id = conn.clientId;
-    const before = await this.store.loadSession(id);
-    if (before !== null && before.owner !== req.owner) {
-      return this.refuseForeign(conn, before.owner);
+    const store = this.store;
+    try {
+      // Look before claiming: a stranger must not kick the owner's connection on another node.
+      const before = await store.loadSession(id);
+      if (before !== null && before.owner !== req.owner) {
+        return this.refuseForeign(conn, before.owner);
+      }
+      await this.bus.claimSession(id);
+      // From here on only this node's writes of the session count (a late write elsewhere fails).
+      if (isClusterStore(store)) await store.claimSession(id);
+      if (!this.sessions.has(id)) {
+        const state = await store.loadSession(id);
+        if (state !== null && state.owner !== req.owner) {
+          return this.refuseForeign(conn, state.owner);
+        }
+        if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
+      }
+    } catch (e) {
+      log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
+        clientId: id,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      return {
+        ok: false,
+        code: ReasonCode.ServerUnavailable,
+        reason: "cluster state unavailable, try again",
+      };
     }
-    await this.bus.claimSession(id);
-    if (!this.sessions.has(id)) {
-      const state = await this.store.loadSession(id);
-      if (state !== null && state.owner !== req.owner) return this.refuseForeign(conn, state.owner);
-      if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
-    }
+    this.adopted.delete(id);
     return this.bind(conn, req);
   }
 
@@ -354,6 +415,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
         });
         continue;
       }
+      // The ACL may have changed while the session was stored.
+      const access = subscribeAccess(this.authorizer, {
+        clientId: state.clientId,
+        username: state.owner ?? undefined,
+      }, stored.key);
+      if (access === 0) continue;
       this.subscribe(s, {
         subscriber: s,
         key: tf.key,
@@ -365,6 +432,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         retainHandling: stored.retainHandling,
         subscriptionId: stored.subscriptionId,
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
+        needsCheck: access === 2,
       });
     }
     this.sessions.set(state.clientId, s);
@@ -390,40 +458,109 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
   }
 
+  /**
+   * BusHost: node `nodeId` died without leaving, and this node was chosen to
+   * clean up. Its sessions are adopted from the store (on exactly one node
+   * each): they wait here, detached, for their clients, and their wills are
+   * published after their delay unless the client comes back first.
+   */
+  async nodeDown(nodeId: string): Promise<void> {
+    const store = this.store;
+    if (!isClusterStore(store)) return;
+    let adopted = 0;
+    for (const id of await store.sessionsOfNode(nodeId)) {
+      if (this.sessions.has(id)) continue;
+      const state = await store.adoptSession(id, nodeId);
+      if (state === null || this.sessions.has(id)) continue;
+      // Owning it on the bus too, so a client that reconnects elsewhere takes it from here.
+      await this.bus.claimSession(id);
+      if (this.sessions.has(id)) continue;
+      this.restoreSession(state);
+      this.adopted.add(id);
+      adopted++;
+    }
+    await store.forgetNode(nodeId);
+    log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
+  }
+
+  /**
+   * A batch was refused for sessions another node owns now (it took them over
+   * while this node still held them): drop them here without writing.
+   */
+  private dropStale(clientIds: readonly string[]): void {
+    for (const id of clientIds) {
+      const s = this.sessions.get(id);
+      if (s === undefined) continue;
+      s.journal = null;
+      s.link?.takenOver();
+      s.setWill(null);
+      this.detached.delete(s);
+      this.adopted.delete(id);
+      this.unsubscribeAll(s);
+      if (this.sessions.get(id) === s) this.sessions.delete(id);
+    }
+  }
+
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
   connectionClosed(
     conn: AttachingConnection,
     session: Session | null,
     wasConnected: boolean,
     willAllowed: boolean,
-  ): void {
-    if (!this.connections.delete(conn as Connection)) return;
+  ): WillOutcome {
+    if (!this.connections.delete(conn as Connection)) return "none";
     this.metrics.connectionsCurrent--;
-    if (!wasConnected) return;
-    if (session === null || session.link !== conn) return;
+    this.metrics.connectionsByListener[conn.peer.transport]--;
+    if (!wasConnected) return "none";
+    if (session === null || session.link !== conn) return "none";
     session.link = null;
     const now = this.clock.now();
     if (!willAllowed) session.setWill(null);
     const will = session.will;
+    let outcome: WillOutcome = "none";
     if (will !== null) {
-      if (will.delay === 0 || session.expiryInterval === 0) this.publishWill(session);
-      else session.willAt = now + Math.min(will.delay, session.expiryInterval) * 1000;
+      if (will.delay === 0 || session.expiryInterval === 0) {
+        this.publishWill(session);
+        outcome = "sent";
+      } else {
+        session.willAt = now + Math.min(will.delay, session.expiryInterval) * 1000;
+        outcome = "delayed";
+      }
     }
     if (session.expiryInterval === 0) {
       this.endSession(session);
-      return;
+      return outcome;
     }
     session.expiresAt = session.expiryInterval === NEVER_EXPIRES
       ? Infinity
       : now + session.expiryInterval * 1000;
     this.detached.add(session);
     this.sessionChanged(session);
+    return outcome;
   }
 
   private publishWill(session: Session): void {
     const will = session.will;
     session.setWill(null);
     if (will === null) return;
+    const store = this.store;
+    if (this.adopted.has(session.clientId) && isClusterStore(store)) {
+      // A session adopted from a dead node: its client may have come back on another node
+      // since; the store hands the will to its owner once, cluster-wide.
+      store.takeWill(session.clientId).then(
+        (w) => w !== null && this.sendWill(session, will),
+        (e) =>
+          log.error("taking the will of {clientId}: {error}", {
+            clientId: session.clientId,
+            error: String(e),
+          }),
+      );
+      return;
+    }
+    this.sendWill(session, will);
+  }
+
+  private sendWill(session: Session, will: Will): void {
     const m = will.msg;
     const msg = will.expiry >= 0
       ? new Message(

@@ -3,7 +3,7 @@
  * drives, and what it asks of the broker core (`ConnectionHost`). The core
  * implements the host; the connection never sees the core's internals.
  */
-import type { AuthDecision, ConnectRequest } from "../auth/types.ts";
+import type { AuthDecision, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Message } from "../protocol/message.ts";
@@ -56,6 +56,9 @@ export interface SubscribeResult {
   ready: Promise<void> | null;
 }
 
+/** What became of a closed connection's will: published now, waiting for its delay, or none. */
+export type WillOutcome = "sent" | "delayed" | "none";
+
 /** What a connection needs from the broker core. */
 export interface ConnectionHost {
   readonly limits: CoreLimits;
@@ -63,7 +66,10 @@ export interface ConnectionHost {
   readonly clock: Clock;
   authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision>;
   mayPublish(clientId: string, username: string | undefined, topic: string): boolean;
-  maySubscribe(clientId: string, username: string | undefined, filter: string): boolean;
+  /** 0 refused, 1 granted, 2 granted with each message checked at delivery (`mayReceive`). */
+  maySubscribe(clientId: string, username: string | undefined, filter: string): SubscribeAccess;
+  /** Whether a message on `topic` may be delivered on `sub` (for subscriptions with needsCheck). */
+  mayReceive(sub: Subscription, topic: string): boolean;
   /** A fresh, unguessable client id for a client that sent none. */
   newClientId(): string;
   /** Binds `conn` to its session (taking over another connection with the same client id). */
@@ -91,5 +97,5 @@ export interface ConnectionHost {
     session: Session | null,
     wasConnected: boolean,
     willAllowed: boolean,
-  ): void;
+  ): WillOutcome;
 }

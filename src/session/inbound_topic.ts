@@ -31,12 +31,14 @@ export class InboundTopics {
     let validated = p.known;
     if (p.topicAlias !== 0) {
       if (p.topicAlias > this.limits.topicAliasMaximum) {
-        throw new ProtocolError("Topic Alias above the maximum", ReasonCode.TopicAliasInvalid);
+        throw new ProtocolError(ReasonCode.TopicAliasInvalid, "Topic Alias above the maximum");
       }
       const aliases = this.aliases ??= new Map();
       if (topic.length === 0) {
         const a = aliases.get(p.topicAlias);
-        if (a === undefined) throw new ProtocolError("Topic Alias not yet defined");
+        if (a === undefined) {
+          throw new ProtocolError(ReasonCode.ProtocolError, "Topic Alias not yet defined");
+        }
         topic = a.topic;
         topicBytes = a.bytes;
         validated = true;
@@ -45,15 +47,17 @@ export class InboundTopics {
         aliases.set(p.topicAlias, { topic, bytes: topicBytes });
       }
     } else if (topic.length === 0) {
-      if (this.v5) throw new ProtocolError("PUBLISH without topic or Topic Alias");
+      if (this.v5) {
+        throw new ProtocolError(ReasonCode.ProtocolError, "PUBLISH without topic or Topic Alias");
+      }
       throw new MalformedPacketError("PUBLISH with an empty topic");
     }
     if (!validated) {
       const problem = topicNameProblem(topic, this.limits);
       if (problem !== null) {
         throw new ProtocolError(
-          problem === "invalid" ? "invalid topic name" : "topic name exceeds limits",
           ReasonCode.TopicNameInvalid,
+          problem === "invalid" ? "invalid topic name" : "topic name exceeds limits",
         );
       }
       topicBytes ??= buf.slice(p.topicStart, p.topicEnd);

@@ -19,7 +19,11 @@ export class Journal {
   /** Batches written, ops written, failed batches: read by ops. */
   readonly stats = { batches: 0, ops: 0, failures: 0 };
 
-  constructor(private readonly store: Store) {}
+  constructor(
+    private readonly store: Store,
+    /** Told of every failed batch (after it is logged). */
+    private readonly onFailure: (e: unknown) => void = () => {},
+  ) {}
 
   /** Ops waiting for the next batch (a publish compares it before and after routing). */
   get size(): number {
@@ -76,6 +80,7 @@ export class Journal {
           error: e instanceof Error ? e.message : String(e),
         });
         waiting?.reject(e);
+        this.onFailure(e);
         throw e;
       },
     ).finally(() => {

@@ -5,6 +5,7 @@
  * comes after, in the connection.
  */
 import { isWellFormedUtf8, utf8 } from "../protocol/bytes.ts";
+import type { ConnackProperties } from "../protocol/control.ts";
 import type { ConnectPacket } from "../protocol/decode.ts";
 import { Message } from "../protocol/message.ts";
 import { encodePassthrough } from "../protocol/properties.ts";
@@ -125,4 +126,20 @@ export function buildWill(pkt: ConnectPacket, clientId: string): Will | null {
   );
   // The expiry clock of a will starts when it is published, so it stays relative here.
   return { msg, delay: p.willDelayInterval ?? 0, expiry: p.messageExpiryInterval ?? -1 };
+}
+
+/** The CONNACK properties of an accepted MQTT 5 connection. */
+export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackProperties {
+  return {
+    receiveMaximum: limits.receiveMaximum,
+    maximumPacketSize: limits.maxPacketSize,
+    topicAliasMaximum: limits.topicAliasMaximum,
+    retainAvailable: true,
+    wildcardSubscriptionAvailable: true,
+    subscriptionIdentifiersAvailable: true,
+    sharedSubscriptionAvailable: true,
+    ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
+    ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
+    ...(n.grantedExpiry !== n.requestedExpiry ? { sessionExpiryInterval: n.grantedExpiry } : {}),
+  };
 }

@@ -187,7 +187,7 @@ export class Session implements Subscriber {
     if (qos === 0) {
       // QoS 0 is not queued: offline or slow receivers miss it, which is what QoS 0 promises.
       if (link === null || link.congested) this.metrics.droppedQos0++;
-      else if (link.sendPublish(msg, 0, retain, false, 0, subIds)) this.metrics.publishSent++;
+      else if (link.sendPublish(msg, 0, retain, false, 0, subIds)) this.metrics.sentByQos[0]++;
       return;
     }
     if (
@@ -213,7 +213,7 @@ export class Session implements Subscriber {
     const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
     (this.inflight ??= new Map()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
-    this.metrics.publishSent++;
+    this.metrics.sentByQos[qos]++;
   }
 
   private inflightDone(pid: number): void {

@@ -3,12 +3,15 @@
  * or a refusal code, following the filter syntax, share-group rules and the
  * authorizer's answer.
  */
+import type { SubscribeAccess } from "../auth/types.ts";
 import type { SubscribePacket } from "../protocol/decode.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { levelCount, type SubscriptionUsage } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
+import type { ConnectionHost } from "./host.ts";
 import type { CoreLimits } from "./limits.ts";
+import type { Session } from "./session.ts";
 
 /** One requested filter: the subscription to add, or the SUBACK code refusing it. */
 export type SubscribeDecision = { sub: Subscription; code?: undefined } | {
@@ -27,7 +30,7 @@ export function decideSubscriptions(
   pkt: SubscribePacket,
   subscriber: Subscriber,
   limits: CoreLimits,
-  mayRead: (filter: string) => boolean,
+  mayRead: (filter: string) => SubscribeAccess,
   usage: SubscriptionUsage,
 ): SubscribeDecision[] {
   const out: SubscribeDecision[] = [];
@@ -42,9 +45,10 @@ export function decideSubscriptions(
       continue;
     }
     if (tf.group !== null && req.noLocal) {
-      throw new ProtocolError("No Local on a shared subscription");
+      throw new ProtocolError(ReasonCode.ProtocolError, "No Local on a shared subscription");
     }
-    if (!mayRead(tf.filter)) {
+    const access = mayRead(tf.filter);
+    if (access === 0) {
       out.push({ code: ReasonCode.NotAuthorized });
       continue;
     }
@@ -70,6 +74,7 @@ export function decideSubscriptions(
         retainHandling: req.retainHandling,
         subscriptionId: subId,
         idList: subId !== 0 ? [subId] : null,
+        needsCheck: access === 2,
       },
     });
   }
@@ -79,4 +84,16 @@ export function decideSubscriptions(
 /** Whether a new or replaced subscription gets the retained messages [MQTT-3.3.1-9..11]. */
 export function wantsRetained(sub: Subscription, existed: boolean): boolean {
   return sub.group === null && (sub.retainHandling === 0 || (sub.retainHandling === 1 && !existed));
+}
+
+/** Hands the retained messages matching new subscriptions to their session. */
+export function sendRetained(host: ConnectionHost, session: Session, subs: Subscription[]): void {
+  const now = host.clock.now();
+  for (const sub of subs) {
+    for (const msg of host.retainedFor(sub.filter)) {
+      if (msg.expired(now)) continue;
+      if (sub.needsCheck === true && !host.mayReceive(sub, msg.topic)) continue;
+      session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
+    }
+  }
 }

@@ -12,7 +12,12 @@ export interface PublishInfo {
   readonly clientId: string;
   /** Username (or certificate identity) of the publisher, if any. */
   readonly username: string | undefined;
-  /** When the broker received it, ms since the epoch. */
+  /**
+   * When the broker received it, ms since the epoch; 0 when not stamped (the
+   * connection reuses one info object for all its messages, so the hot path
+   * allocates nothing): the sink then takes the time of `offer`, which is the
+   * same moment, since `offer` is called synchronously on receipt.
+   */
   readonly receivedAt: number;
   /** A client's PUBLISH, a will, or a broker-made message ($SYS). */
   readonly kind: "client" | "will" | "sys";

@@ -26,26 +26,31 @@ export function applyOp(
       retained.delete(op.topic);
       return;
   }
-  const s = sessions.get(op.clientId) as Mutable<SessionState> | undefined;
+  const s = sessions.get(op.clientId);
   if (s === undefined) return;
+  // A changed session is a new object: states handed to `write` and returned by a load are
+  // snapshots, never edited in place (the core may still hold them).
+  const next: Mutable<SessionState> = { ...s };
   switch (op.type) {
     case "enqueue":
-      s.queue = [...s.queue, { ...op.item, seq: op.seq }];
+      next.queue = [...s.queue, { ...op.item, seq: op.seq }];
       break;
     case "dequeue":
-      s.queue = s.queue.filter((q) => q.seq !== op.seq);
+      next.queue = s.queue.filter((q) => q.seq !== op.seq);
       break;
     case "inflight":
-      s.inflight = [...s.inflight.filter((f) => f.packetId !== op.item.packetId), op.item];
+      next.inflight = [...s.inflight.filter((f) => f.packetId !== op.item.packetId), op.item];
       break;
     case "inflight-delete":
-      s.inflight = s.inflight.filter((f) => f.packetId !== op.packetId);
+      next.inflight = s.inflight.filter((f) => f.packetId !== op.packetId);
       break;
     case "qos2-add":
-      if (!s.incomingQos2.includes(op.packetId)) s.incomingQos2 = [...s.incomingQos2, op.packetId];
+      if (s.incomingQos2.includes(op.packetId)) return;
+      next.incomingQos2 = [...s.incomingQos2, op.packetId];
       break;
     case "qos2-delete":
-      s.incomingQos2 = s.incomingQos2.filter((p) => p !== op.packetId);
+      next.incomingQos2 = s.incomingQos2.filter((p) => p !== op.packetId);
       break;
   }
+  sessions.set(op.clientId, next);
 }

@@ -131,3 +131,33 @@ export interface Store {
   /** Every retained message. */
   loadRetained(): Promise<StoredMessage[]>;
 }
+
+/**
+ * What a store shared by a cluster (Redis) adds: fencing a session to the
+ * node that owns it, and taking over the sessions of a node that died.
+ */
+export interface ClusterStore extends Store {
+  /**
+   * From now on only this node's writes of the session apply (others fail
+   * with a 0x8E error); call it once the bus's `claimSession` resolved.
+   * Returns the new epoch.
+   */
+  claimSession(clientId: string): Promise<number>;
+  /** Client ids of the sessions the (dead) node `nodeId` owned. */
+  sessionsOfNode(nodeId: string): Promise<string[]>;
+  /**
+   * Makes this node the owner of a dead node's session, on exactly one
+   * node; a session that was connected becomes detached (expiry and will
+   * delay count from now). Null when another node adopted it or it is gone.
+   */
+  adoptSession(clientId: string, deadNodeId: string): Promise<SessionState | null>;
+  /** Removes and returns the session's will if this node owns it: each will is published once. */
+  takeWill(clientId: string): Promise<StoredWill | null>;
+  /** Drops what was kept to find a dead node's sessions, once they are adopted. */
+  forgetNode(nodeId: string): Promise<void>;
+}
+
+/** True for a store that implements {@link ClusterStore}. */
+export function isClusterStore(store: Store): store is ClusterStore {
+  return typeof (store as Partial<ClusterStore>).adoptSession === "function";
+}

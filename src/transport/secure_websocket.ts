@@ -56,7 +56,7 @@ export async function listenSecureWebSocket(
     // A handshake that completes after close() began would otherwise idle and hold close() open.
     if (closing) socket.destroy();
   });
-  const addr = await listenNode(server, opts.hostname, opts.port);
+  const addr = await listenNode(server, opts.hostname, opts.port, acceptor, "wss");
   return {
     kind: "wss",
     hostname: addr.address,

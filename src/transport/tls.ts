@@ -124,17 +124,33 @@ export function closeWithGrace(server: Server, open: Set<Socket>): Promise<void>
 }
 
 /**
- * Binds a node TLS/HTTPS server, logging refused handshakes (a client without
- * a valid certificate is an expected event, not an error).
+ * Binds a node TLS/HTTPS server, logging and counting refused handshakes (a client without a
+ * valid certificate is an expected event, not an error).
  */
 export async function listenNode(
   server: Server,
   hostname: string,
   port: number,
+  acceptor?: Acceptor,
+  transport?: "tls" | "wss",
 ): Promise<{ address: string; port: number }> {
-  server.on("tlsClientError", (err: Error) => {
-    log.info("TLS handshake refused: {error}", { error: err.message });
-  });
+  if (transport !== undefined) {
+    server.on("tlsClientError", (err: Error, socket?: tls.TLSSocket) => {
+      // Deno's node:tls leaves the address on the wrapped TCP socket (`_parent`) at this point.
+      const raw = socket?.remoteAddress !== undefined
+        ? socket
+        : (socket as unknown as { _parent?: Socket } | undefined)?._parent;
+      const remote = raw?.remoteAddress === undefined
+        ? "unknown"
+        : `${raw.remoteAddress}:${raw.remotePort}`;
+      log.info("TLS handshake with {remote_address} failed on {listener}: {reason}", {
+        remote_address: remote,
+        listener: transport,
+        reason: err.message,
+      });
+      acceptor?.handshakeFailed?.(transport, remote, err.message);
+    });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, hostname, () => {
@@ -164,7 +180,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
     });
     bridgeSocket(socket, handler);
   });
-  const addr = await listenNode(server, opts.hostname, opts.port);
+  const addr = await listenNode(server, opts.hostname, opts.port, acceptor, "tls");
   return {
     kind: "tls",
     hostname: addr.address,

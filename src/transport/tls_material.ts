@@ -5,6 +5,7 @@
  * the context they were established with.
  */
 import { getLogger } from "@logtape/logtape";
+import { CertCheckError, checkCertSet, formatCertProblem } from "../auth/cert_check.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -25,9 +26,15 @@ export class TlsFileError extends Error {
   constructor(readonly key: keyof TlsPaths, readonly path: string, cause: unknown) {
     super(
       `cannot read tls.${key} "${path}": ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
     );
     this.name = "TlsFileError";
   }
+}
+
+/** Where a refused reload is counted (the broker's Metrics fits). */
+export interface TlsReloadCounter {
+  tlsReloadFailures: number;
 }
 
 export class TlsMaterial {
@@ -35,11 +42,21 @@ export class TlsMaterial {
   private stamp = "";
   private timer: ReturnType<typeof setInterval> | undefined;
 
-  private constructor(readonly paths: TlsPaths, public files: TlsFiles) {}
+  private constructor(
+    readonly paths: TlsPaths,
+    public files: TlsFiles,
+    private readonly counter?: TlsReloadCounter,
+  ) {}
 
-  /** Reads all three files; throws TlsFileError naming the first that fails. */
-  static async load(paths: TlsPaths): Promise<TlsMaterial> {
-    const m = new TlsMaterial(paths, await readAll(paths));
+  /**
+   * Reads all three files and checks that they can work (see auth/cert_check.ts); throws
+   * TlsFileError or CertCheckError naming the config key, the file and the reason.
+   */
+  static async load(paths: TlsPaths, counter?: TlsReloadCounter): Promise<TlsMaterial> {
+    const files = await readAll(paths);
+    const problems = checkCertSet(files, paths);
+    if (problems.length > 0) throw new CertCheckError(problems);
+    const m = new TlsMaterial(paths, files, counter);
     m.stamp = await stampOf(paths);
     return m;
   }
@@ -62,16 +79,32 @@ export class TlsMaterial {
     }, seconds * 1000);
   }
 
-  /** Re-reads the files now; keeps the old material when the new one is unreadable. */
+  /**
+   * Re-reads the files now; keeps the old material when the new set is unreadable or cannot work
+   * (a key that does not match, a certificate expired or from a foreign CA), logs why and counts it.
+   * A refused set is not retried until a file changes again (or the next SIGHUP).
+   */
   async reload(): Promise<boolean> {
     try {
+      const stamp = await stampOf(this.paths);
       const files = await readAll(this.paths);
-      this.stamp = await stampOf(this.paths);
+      this.stamp = stamp;
+      const problems = checkCertSet(files, this.paths);
+      if (problems.length > 0) {
+        if (this.counter !== undefined) this.counter.tlsReloadFailures++;
+        for (const p of problems) {
+          log.error("TLS reload refused, the previous certificates stay in use: {problem}", {
+            problem: formatCertProblem(p),
+          });
+        }
+        return false;
+      }
       this.files = files;
       for (const fn of this.listeners) fn(files);
       log.info("TLS certificates reloaded from {cert}", { cert: this.paths.certfile });
       return true;
     } catch (e) {
+      if (this.counter !== undefined) this.counter.tlsReloadFailures++;
       log.error("TLS reload failed, keeping the previous certificates: {error}", {
         error: e instanceof Error ? e.message : String(e),
       });

@@ -7,6 +7,8 @@ export type { ByteSink, ConnectionHandler, PeerInfo };
 /** The broker side a transport hands each accepted byte stream to. */
 export interface Acceptor {
   accept(sink: ByteSink, peer: PeerInfo): ConnectionHandler;
+  /** A TLS handshake failed before any MQTT was spoken (counted in metrics). */
+  handshakeFailed?(transport: "tls" | "wss", remoteAddress: string, reason: string): void;
 }
 
 /** A running listener. */

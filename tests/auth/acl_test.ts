@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { Acl, type AclContext, AclParseError } from "../../src/auth/acl.ts";
+import { Acl, type AclContext, AclParseError, SubscribeAccess } from "../../src/auth/acl.ts";
+
+const { Denied, Granted, Filtered } = SubscribeAccess;
 
 const alice: AclContext = { username: "alice", clientId: "alice-laptop" };
 const bob: AclContext = { username: "bob", clientId: "bob-phone" };
@@ -35,8 +37,10 @@ Deno.test("client rules apply only to that client id, whatever the username", ()
   for (const username of ["carol", undefined]) {
     const ctx = { username, clientId: "dev-42" };
     assert.equal(acl.canPublish(ctx, "fleet/42/status"), true);
-    assert.equal(acl.canSubscribe(ctx, "fleet/42/#"), true);
-    assert.equal(acl.canSubscribe(ctx, "fleet/#"), false);
+    assert.equal(acl.subscribeAccess(ctx, "fleet/42/#"), Granted);
+    // Wider than the rule: granted, and each message is checked at delivery.
+    assert.equal(acl.subscribeAccess(ctx, "fleet/#"), Filtered);
+    assert.equal(acl.subscribeAccess(ctx, "fleet/43/#"), Denied);
   }
   assert.equal(acl.canPublish({ username: "carol", clientId: "dev-43" }, "fleet/42/status"), false);
 });
@@ -65,7 +69,8 @@ Deno.test("pattern rules substitute %c and %u per client", () => {
   assert.equal(acl.canPublish(alice, "devices/alice-laptop/state"), true);
   assert.equal(acl.canPublish(alice, "devices/bob-phone/state"), false);
   assert.equal(acl.canSubscribe(bob, "devices/bob-phone/#"), true);
-  assert.equal(acl.canSubscribe(bob, "devices/+/#"), false);
+  assert.equal(acl.subscribeAccess(bob, "devices/bob-phone/#"), Granted);
+  assert.equal(acl.subscribeAccess(bob, "devices/+/#"), Filtered);
   assert.equal(acl.canReceive(alice, "users/alice/inbox"), true);
   assert.equal(acl.canReceive(bob, "users/alice/inbox"), false);
   assert.equal(acl.canPublish(alice, "out/u-alice/c-alice-laptop"), true);
@@ -117,57 +122,59 @@ topic deny fleet/#
   assert.equal(acl.canReceive(alice, "private/x/other"), true);
   assert.equal(acl.canPublish({ clientId: "dev-42" }, "fleet/1"), false);
   assert.equal(acl.canPublish({ clientId: "dev-43" }, "fleet/1"), true);
-  // A subscription that could receive any denied topic is refused as a whole.
-  assert.equal(acl.canSubscribe(bob, "#"), false);
-  assert.equal(acl.canSubscribe(bob, "+/plans"), false);
-  assert.equal(acl.canSubscribe(bob, "secret"), false);
-  assert.equal(acl.canSubscribe(bob, "public/#"), true);
-  assert.equal(acl.canSubscribe(alice, "private/+/+"), false);
-  assert.equal(acl.canSubscribe(alice, "private/+/other"), true);
-  assert.equal(acl.canSubscribe(alice, "private/x/keys/more"), true);
+  // A subscription that could receive a denied topic is granted and filtered at delivery; one
+  // whose every topic is denied is refused.
+  assert.equal(acl.subscribeAccess(bob, "#"), Filtered);
+  assert.equal(acl.subscribeAccess(bob, "+/plans"), Filtered);
+  assert.equal(acl.subscribeAccess(bob, "+/+"), Filtered);
+  assert.equal(acl.subscribeAccess(bob, "secret"), Denied);
+  assert.equal(acl.subscribeAccess(bob, "secret/#"), Denied);
+  assert.equal(acl.subscribeAccess(bob, "secret/+/x"), Denied);
+  assert.equal(acl.subscribeAccess(bob, "public/#"), Granted);
+  assert.equal(acl.subscribeAccess(alice, "private/+/+"), Filtered);
+  assert.equal(acl.subscribeAccess(alice, "private/x/keys"), Denied);
+  assert.equal(acl.subscribeAccess(alice, "private/+/other"), Granted);
+  assert.equal(acl.subscribeAccess(alice, "private/x/keys/more"), Granted);
+  assert.equal(acl.subscribeAccess({ clientId: "dev-42" }, "fleet/#"), Denied);
 });
 
-Deno.test("subscribe needs a read rule covering every topic the filter can match", () => {
-  const check = (pattern: string, filter: string) =>
-    Acl.parse(`pattern read ${pattern}`, "acl").canSubscribe(alice, filter);
-  const covered: [string, string][] = [
-    ["sensors/#", "sensors/+/temp"],
-    ["sensors/#", "sensors/#"],
-    ["sensors/#", "sensors"],
-    ["sensors/#", "sensors/a/b/c"],
-    ["sensors/+", "sensors/+"],
-    ["sensors/+", "sensors/a"],
-    ["sensors/+/temp", "sensors/+/temp"],
-    ["#", "#"],
-    ["#", "+/+/x"],
-    ["+/#", "a/b"],
-    ["a/+/#", "a/b/#"],
-    ["a//b", "a//b"],
-    ["$SYS/#", "$SYS/broker/+"],
-    ["$SYS/+/uptime", "$SYS/broker/uptime"],
+Deno.test("subscribe: granted when a read rule covers the filter, filtered when one intersects it", () => {
+  const access = (pattern: string, filter: string) =>
+    Acl.parse(`pattern read ${pattern}`, "acl").subscribeAccess(alice, filter);
+  const cases: [string, string, number][] = [
+    ["sensors/#", "sensors/+/temp", Granted],
+    ["sensors/#", "sensors/#", Granted],
+    ["sensors/#", "sensors", Granted],
+    ["sensors/#", "sensors/a/b/c", Granted],
+    ["sensors/+", "sensors/+", Granted],
+    ["sensors/+", "sensors/a", Granted],
+    ["sensors/+/temp", "sensors/+/temp", Granted],
+    ["#", "#", Granted],
+    ["#", "+/+/x", Granted],
+    ["+/#", "a/b", Granted],
+    ["a/+/#", "a/b/#", Granted],
+    ["a//b", "a//b", Granted],
+    ["$SYS/#", "$SYS/broker/+", Granted],
+    ["$SYS/+/uptime", "$SYS/broker/uptime", Granted],
+    ["sensors/+", "sensors/#", Filtered],
+    ["sensors/a", "sensors/+", Filtered],
+    ["sensors/+/temp", "sensors/#", Filtered],
+    ["sensors/+/temp", "sensors/+/+", Filtered],
+    ["sensors/#", "+/temp", Filtered],
+    ["sensors", "sensors/#", Filtered],
+    ["a/+/#", "a/#", Filtered],
+    ["$SYS/broker/#", "$SYS/#", Filtered],
+    ["sensors/+", "sensors", Denied],
+    ["sensors/+", "sensors/a/b", Denied],
+    ["sensors/#", "other/#", Denied],
+    ["#", "$SYS/#", Denied],
+    ["#", "$SYS/broker/uptime", Denied],
+    ["+/#", "$SYS/x", Denied],
+    ["$SYS/#", "#", Denied],
+    ["$SYS/#", "+/broker", Denied],
   ];
-  const notCovered: [string, string][] = [
-    ["sensors/+", "sensors/#"],
-    ["sensors/+", "sensors"],
-    ["sensors/+", "sensors/a/b"],
-    ["sensors/a", "sensors/+"],
-    ["sensors/+/temp", "sensors/#"],
-    ["sensors/+/temp", "sensors/+/+"],
-    ["sensors/#", "other/#"],
-    ["sensors/#", "+/temp"],
-    ["sensors", "sensors/#"],
-    ["a/+/#", "a/#"],
-    ["#", "$SYS/#"],
-    ["#", "$SYS/broker/uptime"],
-    ["+/#", "$SYS/x"],
-    ["$SYS/#", "#"],
-    ["$SYS/#", "+/broker"],
-  ];
-  for (const [pattern, filter] of covered) {
-    assert.equal(check(pattern, filter), true, `${pattern} should cover ${filter}`);
-  }
-  for (const [pattern, filter] of notCovered) {
-    assert.equal(check(pattern, filter), false, `${pattern} should not cover ${filter}`);
+  for (const [pattern, filter, expected] of cases) {
+    assert.equal(access(pattern, filter), expected, `read ${pattern}, subscribe ${filter}`);
   }
 });
 
@@ -179,13 +186,14 @@ Deno.test("$ topics are only granted by rules that start with the same $ level",
   assert.equal(acl.canReceive(alice, "$other/x"), false);
   assert.equal(acl.canReceive(alice, "a/$SYS"), true);
   assert.equal(acl.canSubscribe(alice, "$SYS/broker/#"), true);
-  assert.equal(acl.canSubscribe(alice, "$SYS/#"), false);
+  assert.equal(acl.subscribeAccess(alice, "$SYS/#"), Filtered);
+  assert.equal(acl.subscribeAccess(alice, "$other/#"), Denied);
 });
 
 Deno.test("$share subscriptions are checked on the inner filter", () => {
   const acl = Acl.parse("pattern read jobs/#\n", "acl");
   assert.equal(acl.canSubscribe(alice, "$share/workers/jobs/+"), true);
-  assert.equal(acl.canSubscribe(alice, "$share/workers/#"), false);
+  assert.equal(acl.subscribeAccess(alice, "$share/workers/#"), Filtered);
   assert.equal(acl.canSubscribe(alice, "$share/workers/other/#"), false);
   assert.equal(acl.canSubscribe(alice, "$share/workers"), false);
   assert.equal(acl.canSubscribe(alice, "$share//jobs/a"), false);
@@ -301,8 +309,9 @@ function instantiate(filter: string, choices: number[]): string {
   return out.join("/");
 }
 
-Deno.test("property: an allowed subscription can receive every topic it matches", () => {
-  let allowed = 0;
+Deno.test("property: an unchecked subscription can receive every topic it matches, a refused one none", () => {
+  let granted = 0;
+  let denied = 0;
   fc.assert(
     fc.property(
       aclText,
@@ -311,17 +320,23 @@ Deno.test("property: an allowed subscription can receive every topic it matches"
       fc.array(fc.nat(20), { minLength: 1, maxLength: 8 }),
       (text, ctx, filter, choices) => {
         const acl = Acl.parse(text, "prop");
-        if (!acl.canSubscribe(ctx, filter)) return;
-        allowed++;
+        const access = acl.subscribeAccess(ctx, filter);
+        if (access === Filtered) return;
         const topic = instantiate(filter, choices);
         if (topic === "") return; // one empty level: not a valid topic name
-        assert.equal(acl.canReceive(ctx, topic), true, `${filter} -> ${topic}\n${text}`);
+        if (access === Granted) granted++;
+        else denied++;
+        assert.equal(
+          acl.canReceive(ctx, topic),
+          access === Granted,
+          `${filter} -> ${topic}\n${text}`,
+        );
       },
     ),
     { numRuns: 3000 },
   );
-  // Guard against a generator that never exercises the implication.
-  assert.ok(allowed > 100, `only ${allowed} subscriptions were allowed`);
+  // Guard against a generator that never exercises the implications.
+  assert.ok(granted > 100 && denied > 100, `only ${granted} granted, ${denied} denied`);
 });
 
 Deno.test("property: subscribing to a plain topic is the same decision as receiving it", () => {

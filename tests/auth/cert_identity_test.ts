@@ -9,6 +9,7 @@ import {
 } from "../../src/auth/cert_identity.ts";
 import type { CertFiles } from "../../src/auth/certs.ts";
 import { haveBinary, makeTestPki, readPair, type TestPki } from "../helpers/certs.ts";
+import { openssl } from "../helpers/openssl.ts";
 
 const HAVE_OPENSSL = await haveBinary("openssl");
 const HANDSHAKE_TIMEOUT_MS = 5000;
@@ -20,17 +21,6 @@ async function withPki(fn: (pki: TestPki) => Promise<void>): Promise<void> {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-async function openssl(args: string[]): Promise<{ ok: boolean; out: string }> {
-  const result = await new Deno.Command("openssl", {
-    args,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { ok: result.success, out: decode(result.stdout) + decode(result.stderr) };
 }
 
 interface ServerView {

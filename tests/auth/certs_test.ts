@@ -11,25 +11,11 @@ import {
   issueLeafCertificate,
 } from "../../src/auth/certs.ts";
 import { haveBinary } from "../helpers/certs.ts";
+import { withTempDir } from "../helpers/fs.ts";
+import { openssl } from "../helpers/openssl.ts";
 
 const HAVE_OPENSSL = await haveBinary("openssl");
 const DAY_MS = 24 * 60 * 60 * 1000;
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-certs-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-async function openssl(args: string[]): Promise<{ ok: boolean; out: string }> {
-  const result = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" })
-    .output();
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return { ok: result.success, out: decode(result.stdout) + decode(result.stderr) };
-}
 
 async function opensslText(cert: string): Promise<string> {
   const { ok, out } = await openssl(["x509", "-in", cert, "-noout", "-text"]);

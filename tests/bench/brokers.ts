@@ -231,6 +231,9 @@ const mcloudtt: BrokerKind = {
       `--general.bind=${HOST}`,
       // Mosquitto runs with log_dest none; per-connection info logs would tax mcloudtt alone.
       "--general.log_level=warning",
+      // Mosquitto runs with sys_interval 0 and has no HTTP endpoint.
+      "--general.sys_interval=0",
+      "--http.enabled=false",
       ...Object.entries(limits).map(([key, value]) => `--limits.${key}=${value}`),
     ];
     // Deno may type-check or fetch on first start, hence the generous start timeout.

@@ -7,7 +7,8 @@ const repoRoot = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
 function leafPaths(table: Record<string, unknown>, prefix = ""): string[] {
   return Object.entries(table).flatMap(([name, value]) => {
     const path = prefix ? `${prefix}.${name}` : name;
-    return typeof value === "object" && value !== null && !(value instanceof Date)
+    return typeof value === "object" && value !== null && !(value instanceof Date) &&
+        !Array.isArray(value)
       ? leafPaths(value as Record<string, unknown>, path)
       : [path];
   });

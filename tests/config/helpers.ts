@@ -1,21 +1,14 @@
 /** Shared helpers of the config tests: temporary directories and ConfigError assertions. */
 import assert from "node:assert/strict";
 import { ConfigError } from "../../src/config/mod.ts";
+import { withTempDir as withDir } from "../helpers/fs.ts";
 
 /** Run `fn` in a fresh temporary directory holding `files`, removed afterwards. */
-export async function withTempDir(
+export function withTempDir(
   files: Record<string, string>,
   fn: (dir: string) => void | Promise<void>,
 ): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-config-" });
-  try {
-    for (const [name, text] of Object.entries(files)) {
-      await Deno.writeTextFile(`${dir}/${name}`, text);
-    }
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  return withDir(fn, files);
 }
 
 /** Assert `fn` throws a one-line ConfigError (exit code 2) whose message contains every fragment. */

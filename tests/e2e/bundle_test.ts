@@ -12,7 +12,8 @@ const ROOT = new URL("../../", import.meta.url).pathname;
 /** The permission flags of the compile task in deno.json. */
 async function compilePermissions(): Promise<string[]> {
   const tasks = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks;
-  return (tasks.compile as string).split(/\s+/).filter((a) => a.startsWith("--allow-"));
+  return (tasks.compile as string).split(/\s+/).map((a) => a.replace(/^'(.*)'$/, "$1"))
+    .filter((a) => a.startsWith("--allow-") || a.startsWith("--ignore-"));
 }
 
 async function run(cwd: string, cmd: string, args: string[]) {

@@ -49,6 +49,10 @@ async function startBrokerProcess(): Promise<BrokerProcess> {
     "--general.websocket=false",
     `--ports.tcp=${port}`,
     "--general.bind=127.0.0.1",
+    // In memory: the test must not leave a data directory behind.
+    "--storage.enabled=false",
+    // The HTTP endpoint on a free port: parallel tests must not fight over 8888.
+    "--http.port=0",
   ], { cwd: new URL(".", import.meta.url).pathname, env, clearEnv: true, timeoutMs: 60_000 });
   const deadline = Date.now() + 20_000;
   for (;;) {

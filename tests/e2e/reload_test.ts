@@ -5,9 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { createHash } from "node:crypto";
 import { join } from "node:path";
-import tls from "node:tls";
 import { issueLeafCertificate } from "../../src/auth/certs.ts";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import {
@@ -20,36 +18,9 @@ import {
   startMain,
   startSecureBroker,
 } from "../helpers/broker.ts";
-import { makeTestPki } from "../helpers/certs.ts";
+import { fingerprintOf, makeTestPki, servedFingerprint } from "../helpers/certs.ts";
 
 const read = (path: string) => Deno.readTextFileSync(path);
-
-/** Node's fingerprint256 form (upper-case hex, colon separated) of a PEM certificate. */
-function fingerprintOf(pem: string): string {
-  const der = Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s/g, ""), "base64");
-  const hex = createHash("sha256").update(der).digest("hex").toUpperCase();
-  return hex.match(/../g)!.join(":");
-}
-
-/** The fingerprint of the certificate the broker serves to a new TLS connection. */
-function servedFingerprint(port: number, ca: string, client: { cert: string; key: string }) {
-  return new Promise<string>((resolve, reject) => {
-    const socket = tls.connect({
-      host: "127.0.0.1",
-      port,
-      servername: "localhost",
-      ca,
-      cert: client.cert,
-      key: client.key,
-    });
-    socket.once("secureConnect", () => {
-      const fp = socket.getPeerCertificate().fingerprint256;
-      socket.once("close", () => resolve(fp));
-      socket.destroy();
-    });
-    socket.once("error", reject);
-  });
-}
 
 /** Replaces `path` in one step, as a rotation tool would (write aside, then rename). */
 async function replaceFile(path: string, text: string): Promise<void> {

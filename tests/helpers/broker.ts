@@ -5,7 +5,14 @@
  */
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import mqttPacket from "mqtt-packet";
-import { type Broker, type Config, createBroker, type DeepPartial } from "../../mod.ts";
+import {
+  type Broker,
+  type BrokerDeps,
+  type Config,
+  createBroker,
+  type DeepPartial,
+} from "../../mod.ts";
+import { PERMISSION_FLAGS } from "../../src/ops/permissions.ts";
 
 export interface TestBroker {
   broker: Broker;
@@ -15,14 +22,22 @@ export interface TestBroker {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-/** Starts a plain-TCP broker on 127.0.0.1 and a free port; `overrides` change any config key. */
-export async function startBroker(overrides: DeepPartial<Config> = {}): Promise<TestBroker> {
+/**
+ * Starts a plain-TCP broker on 127.0.0.1 and a free port; `overrides` change any config key,
+ * `deps` replace the in-memory bus, store, sink, clock or the authentication.
+ */
+export async function startBroker(
+  overrides: DeepPartial<Config> = {},
+  deps: BrokerDeps = {},
+): Promise<TestBroker> {
   const config: DeepPartial<Config> = {
     ...overrides,
     general: { secure: false, websocket: false, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
+    // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
+    storage: { enabled: false, ...overrides.storage },
   };
-  const broker = createBroker(config);
+  const broker = createBroker(config, deps);
   await broker.start();
   const tcp = broker.addresses.find((a) => a.kind === "tcp");
   if (!tcp) throw new Error("test broker has no TCP listener");
@@ -339,21 +354,15 @@ export async function copyProject(dest: string): Promise<void> {
   await copy(new URL("src/", root), `${dest}/src`);
 }
 
-/** The permissions of `deno task start`. */
-export const START_PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write=certs",
-  "--allow-env",
-  "--allow-sys",
-];
+/** The permissions of `deno task start` (and of the compiled binary): the one shipped list. */
+export const START_PERMISSIONS: string[] = [...PERMISSION_FLAGS];
 
 /** main.ts running in a subprocess, with its output collected. */
 export interface MainProcess extends AsyncDisposable {
   readonly child: Deno.ChildProcess;
   /** Everything written to stderr so far. */
   readonly stderr: () => string;
-  /** Everything written to stdout and stderr so far (info logs go to stdout). */
+  /** Everything written to stdout and stderr so far (logs go to stderr). */
   readonly output: () => string;
   /** Waits until the output matches `pattern`; rejects on timeout or if the process exits first. */
   waitFor(pattern: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
@@ -365,16 +374,27 @@ export interface MainProcess extends AsyncDisposable {
 
 /**
  * Runs `deno run <START_PERMISSIONS> main.ts ...args` in `cwd` (a `copyProject` directory);
- * `script` replaces main.ts (e.g. a bundle of it).
+ * `script` replaces main.ts (e.g. a bundle of it). The HTTP endpoint gets a free port and no
+ * drain delay unless `env` or `args` say otherwise, so parallel tests do not collide or wait.
  */
-export function startMain(cwd: string, args: string[], script = "main.ts"): MainProcess {
+export function startMain(
+  cwd: string,
+  args: string[],
+  script = "main.ts",
+  env: Record<string, string> = {},
+): MainProcess {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...START_PERMISSIONS, script, ...args],
     cwd,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
-    env: { NO_COLOR: "1" },
+    env: {
+      NO_COLOR: "1",
+      MCLOUDTT_HTTP_PORT: "0",
+      MCLOUDTT_GENERAL_DRAIN_DELAY: "0",
+      ...env,
+    },
   }).spawn();
   let all = "";
   let errText = "";
@@ -431,4 +451,33 @@ export function startMain(cwd: string, args: string[], script = "main.ts"): Main
       await stop();
     },
   };
+}
+
+/** Asserts that the broker sends nothing to `c` for `ms` (and keeps the connection open). */
+export async function expectSilence(c: RawClient, ms = 300): Promise<void> {
+  let got: Packet | null | undefined;
+  try {
+    got = await c.next(ms);
+  } catch (e) {
+    if (e instanceof Error && /timed out/.test(e.message)) return;
+    throw e;
+  }
+  throw new Error(`expected silence, got ${got === null ? "a close" : JSON.stringify(got)}`);
+}
+
+/**
+ * Messages that arrived in `inbox` before the next one on the `marker` topic
+ * (the marker is consumed): publish a marker after the messages under test to
+ * prove that nothing else came first.
+ */
+export async function receivedBefore(
+  inbox: { next(timeoutMs?: number): Promise<Received> },
+  marker = "end",
+): Promise<Received[]> {
+  const out: Received[] = [];
+  for (;;) {
+    const m = await inbox.next();
+    if (m.topic === marker) return out;
+    out.push(m);
+  }
 }

@@ -21,7 +21,10 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
     pending = pending.slice(nl + 1);
     if (cmd === "mem") {
       gc?.();
-      out(`MEM ${JSON.stringify({ ...Deno.memoryUsage(), metrics: { ...broker.metrics } })}`);
+      const m = broker.metrics;
+      // Some counters are getters (sums over QoS): name them, a spread would miss them.
+      const metrics = { ...m, publishReceived: m.publishReceived, publishSent: m.publishSent };
+      out(`MEM ${JSON.stringify({ ...Deno.memoryUsage(), metrics })}`);
     }
   }
 }

@@ -2,13 +2,17 @@
  * Test PKI fixtures: one directory with a CA, a broker certificate and client certificates that
  * are valid, from another CA, expired, and X.509 v1, for TLS/WSS tests.
  */
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
 import { join } from "node:path";
+import tls from "node:tls";
 import {
   type CertFiles,
   createCertificateAuthority,
   issueLeafCertificate,
   type PemPair,
 } from "../../src/auth/certs.ts";
+import { opensslOrThrow as openssl } from "./openssl.ts";
 
 /** Paths of every fixture `makeTestPki` writes. */
 export interface TestPki {
@@ -164,12 +168,29 @@ async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
   return files;
 }
 
-async function openssl(args: string[]): Promise<string> {
-  const out = await new Deno.Command("openssl", { args, stdout: "piped", stderr: "piped" })
-    .output();
-  const decoder = new TextDecoder();
-  if (!out.success) {
-    throw new Error(`openssl ${args.join(" ")} failed: ${decoder.decode(out.stderr)}`);
-  }
-  return decoder.decode(out.stdout);
+/** Node's fingerprint256 form (upper-case hex, colon separated) of a PEM certificate. */
+export function fingerprintOf(pem: string): string {
+  const der = Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s/g, ""), "base64");
+  const hex = createHash("sha256").update(der).digest("hex").toUpperCase();
+  return hex.match(/../g)!.join(":");
+}
+
+/** The fingerprint of the certificate the broker serves to a new TLS connection. */
+export function servedFingerprint(port: number, ca: string, client: { cert: string; key: string }) {
+  return new Promise<string>((resolve, reject) => {
+    const socket = tls.connect({
+      host: "127.0.0.1",
+      port,
+      servername: "localhost",
+      ca,
+      cert: client.cert,
+      key: client.key,
+    });
+    socket.once("secureConnect", () => {
+      const fp = socket.getPeerCertificate().fingerprint256;
+      socket.once("close", () => resolve(fp));
+      socket.destroy();
+    });
+    socket.once("error", reject);
+  });
 }

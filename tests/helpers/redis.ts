@@ -32,6 +32,11 @@ function redisBinary(): string | null {
 export interface RedisOptions {
   /** Append-only file with fsync every second (Redis's usual durable setting). */
   aof?: boolean;
+  /**
+   * A one-node Redis Cluster owning every slot: commands and scripts whose
+   * keys span slots fail with CROSSSLOT, as on a real cluster.
+   */
+  cluster?: boolean;
 }
 
 /** A running redis-server. */
@@ -79,6 +84,11 @@ export class RedisServer implements AsyncDisposable {
       "no",
       "--loglevel",
       "warning",
+      // Announce 127.0.0.1, or CLUSTER SLOTS names no host and clients cannot follow it.
+      ...(this.opts.cluster
+        ? ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+          .concat(["--cluster-announce-ip", "127.0.0.1"])
+        : []),
     ];
     this.child = new Deno.Command(redisBinary()!, {
       args,
@@ -89,11 +99,26 @@ export class RedisServer implements AsyncDisposable {
     const deadline = Date.now() + 10_000;
     for (;;) {
       try {
-        if ((await this.command("PING")) === "PONG") return;
+        if ((await this.command("PING")) === "PONG") {
+          if (this.opts.cluster) await this.ownAllSlots();
+          return;
+        }
       } catch {
         // not up yet
       }
       if (Date.now() > deadline) throw new Error(`redis-server on ${this.port} did not start`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  private async ownAllSlots(): Promise<void> {
+    // A restart with its nodes.conf still owns them.
+    if (!(await this.command("CLUSTER", "INFO")).includes("cluster_slots_assigned:16384")) {
+      await this.command("CLUSTER", "ADDSLOTSRANGE", "0", "16383");
+    }
+    const deadline = Date.now() + 10_000;
+    while (!(await this.command("CLUSTER", "INFO")).includes("cluster_state:ok")) {
+      if (Date.now() > deadline) throw new Error(`redis cluster on ${this.port} did not come up`);
       await new Promise((r) => setTimeout(r, 20));
     }
   }

@@ -12,20 +12,11 @@ import assert from "node:assert/strict";
 import type { MqttClient } from "mqtt";
 import { Message } from "../../src/protocol/message.ts";
 import { collect, connectClient, type Received, startBroker } from "../helpers/broker.ts";
+import { receivedBefore } from "../helpers/broker.ts";
 
 const MARKER = "end";
 
 type Inbox = ReturnType<typeof collect>;
-
-/** Messages that arrived before the next marker (the marker itself is consumed). */
-async function receivedBefore(inbox: Inbox): Promise<Received[]> {
-  const out: Received[] = [];
-  for (;;) {
-    const m = await inbox.next();
-    if (m.topic === MARKER) return out;
-    out.push(m);
-  }
-}
 
 /**
  * Subscribes `sub` to `filter` at `qos`, publishes the marker from `pub` and

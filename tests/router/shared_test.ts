@@ -19,21 +19,12 @@ import {
   startBroker,
   type TestBroker,
 } from "../helpers/broker.ts";
+import { receivedBefore } from "../helpers/broker.ts";
 
 const MARKER = "end";
 
 type Inbox = ReturnType<typeof collect>;
 type Client = MqttClient & AsyncDisposable;
-
-/** Messages that arrived before the next marker (the marker itself is consumed). */
-async function receivedBefore(inbox: Inbox): Promise<Received[]> {
-  const out: Received[] = [];
-  for (;;) {
-    const m = await inbox.next();
-    if (m.topic === MARKER) return out;
-    out.push(m);
-  }
-}
 
 /** Polls until `cond` holds (broker state changes after a socket event). */
 async function waitFor(cond: () => boolean, what: string, timeoutMs = 3000): Promise<void> {

@@ -18,20 +18,11 @@ import {
   type Received,
   startBroker,
 } from "../helpers/broker.ts";
+import { receivedBefore } from "../helpers/broker.ts";
 
 const MARKER = "end";
 
 type Inbox = ReturnType<typeof collect>;
-
-/** Messages that arrived before the next marker (the marker itself is consumed). */
-async function receivedBefore(inbox: Inbox, marker = MARKER): Promise<Received[]> {
-  const out: Received[] = [];
-  for (;;) {
-    const m = await inbox.next();
-    if (m.topic === marker) return out;
-    out.push(m);
-  }
-}
 
 /** The Subscription Identifiers of a received PUBLISH, sorted ([] for none). */
 function subIds(m: Received): number[] {

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { collect, connectClient, type Packet, RawClient, startBroker } from "../helpers/broker.ts";
+import { expectSilence } from "../helpers/broker.ts";
 
 type Version = 4 | 5;
 type Fields = Packet & Record<string, unknown>;
@@ -20,11 +21,6 @@ async function subscribe(c: RawClient, v: Version, filter: string, qos: 0 | 1 | 
 
 function ack(c: RawClient, v: Version, cmd: string, messageId: number, reasonCode = 0) {
   return c.sendPacket({ cmd, messageId, reasonCode }, v);
-}
-
-/** Asserts that the broker sends nothing for `ms`. */
-async function expectSilence(c: RawClient, ms = 300): Promise<void> {
-  await assert.rejects(c.next(ms), /timed out/);
 }
 
 function text(p: Fields): string {

@@ -15,6 +15,7 @@ import {
   startBroker,
 } from "../helpers/broker.ts";
 import { varint } from "../helpers/wire.ts";
+import { expectSilence } from "../helpers/broker.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -213,10 +214,6 @@ function props(p: Fields): Record<string, unknown> {
 
 function text(p: Fields): string {
   return dec.decode(p.payload as Uint8Array);
-}
-
-async function expectSilence(c: RawClient, ms = 300): Promise<void> {
-  await assert.rejects(c.next(ms), /timed out/);
 }
 
 const PERSISTENT = { properties: { sessionExpiryInterval: 60 } };

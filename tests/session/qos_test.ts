@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { collect, connectClient, type Packet, RawClient, startBroker } from "../helpers/broker.ts";
+import { expectSilence } from "../helpers/broker.ts";
 
 type Version = 4 | 5;
 type Qos = 0 | 1 | 2;
@@ -53,11 +54,6 @@ function publish(
 /** Sends an acknowledgement packet (puback, pubrec, pubrel, pubcomp). */
 function ack(c: RawClient, v: Version, cmd: string, messageId: number): Promise<void> {
   return c.sendPacket({ cmd, messageId, reasonCode: 0 }, v);
-}
-
-/** Asserts that the broker sends nothing for `ms` and keeps the connection open. */
-async function expectSilence(c: RawClient, ms = 300): Promise<void> {
-  await assert.rejects(c.next(ms), /timed out/);
 }
 
 /** Reads `n` PUBLISH packets. */

@@ -1,0 +1,369 @@
+/**
+ * The cluster bus on Redis: a replicated route table (RouteSync), per-node
+ * inbox streams for forwarded messages and control entries (InboxWriter /
+ * InboxReader), leases for liveness (Liveness), and a compare-and-set owner
+ * key per client id. Three connections per node: commands (auto-pipelined,
+ * failing fast while Redis is down so local clients keep being served), and
+ * one blocking reader each for the route log and the inbox.
+ *
+ * A topic nobody on another node subscribes to costs no Redis command: the
+ * decision is made on the local mirror of the route table.
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Config } from "../config/schema.ts";
+import type { Message } from "../protocol/message.ts";
+import { encodeBody, encodeGroups } from "./codec.ts";
+import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
+import { bounded } from "./memory_hub.ts";
+import {
+  connectRedis,
+  createRedisConnection,
+  describeRedis,
+  type RedisClient,
+  type RedisConfig,
+} from "./redis_connection.ts";
+import { type ControlHandler, InboxReader, type InboxStats, InboxWriter } from "./redis_inbox.ts";
+import { Liveness } from "./redis_liveness.ts";
+import { RouteSync } from "./redis_routes.ts";
+import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
+import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
+
+const log = getLogger(["mcloudtt", "cluster"]);
+
+export interface RedisBusOptions {
+  redis: RedisConfig;
+  cluster: Config["cluster"];
+  /** This process's incarnation id (see incarnationId). */
+  nodeId: string;
+}
+
+/** `<node_id or hostname-pid>-<random>`: a restarted process is a new node. */
+export function incarnationId(nodeId: string): string {
+  let base = nodeId;
+  if (base === "") {
+    let host = "node";
+    try {
+      host = Deno.hostname();
+    } catch {
+      // no --allow-sys: the pid and the random suffix still make the id unique
+    }
+    base = `${host}-${Deno.pid}`;
+  }
+  const suffix = crypto.getRandomValues(new Uint8Array(4));
+  return `${base}-${[...suffix].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+}
+
+export class RedisBus implements Bus {
+  readonly name = "redis";
+  readonly nodeId: string;
+  readonly keys: ClusterKeys;
+  readonly stats: InboxStats = { forwarded: 0, entries: 0, dropped: 0, received: 0, corrupt: 0 };
+
+  private readonly cmd: RedisClient;
+  private readonly tailConn: RedisClient;
+  private readonly readConn: RedisClient;
+  private readonly scripts: ClusterScripts;
+  private readonly routes: RouteSync;
+  private readonly writer: InboxWriter;
+  private readonly liveness: Liveness;
+  private reader: InboxReader | null = null;
+  private host: BusHost | null = null;
+  private readonly rotation = new Rotation();
+  private readonly policy: SharedPolicy;
+  private readonly sync: boolean;
+  private joined = false;
+  private stopped = false;
+  private resyncing: Promise<void> | null = null;
+  private resyncAgain = false;
+  private marker = "";
+  private reconcileTimer: ReturnType<typeof setInterval> | null = null;
+  /** Takeovers waiting for the old owner's "released": request id -> resolve. */
+  private releases = new Map<string, () => void>();
+
+  constructor(private readonly opts: RedisBusOptions) {
+    this.nodeId = opts.nodeId;
+    this.keys = new ClusterKeys(opts.redis.key_prefix);
+    this.policy = opts.cluster.shared_policy;
+    this.sync = opts.redis.durability === "sync";
+    this.cmd = createRedisConnection(opts.redis, { name: `bus:${this.nodeId}` });
+    // Blocking readers: no auto-pipelining (a blocked read would hold up others), commands wait
+    // for the reconnect, and an in-flight read is failed (not resent) on a lost connection so the
+    // loop re-reads pending entries first.
+    const blocking = { offline: "queue", autoPipelining: false, resendInFlight: false } as const;
+    this.tailConn = createRedisConnection(opts.redis, {
+      name: `routes:${this.nodeId}`,
+      ...blocking,
+    });
+    this.readConn = createRedisConnection(opts.redis, {
+      name: `inbox:${this.nodeId}`,
+      ...blocking,
+    });
+    this.scripts = defineScripts(this.cmd);
+    this.liveness = new Liveness(this.nodeId, this.keys, this.cmd, this.scripts, {
+      renewMs: opts.cluster.lease_renew_ms,
+      ttlMs: opts.cluster.lease_ttl_ms,
+      onDead: (node) => this.handleDead(node),
+      onExpelled: () => this.requestResync("expelled"),
+    });
+    this.routes = new RouteSync(
+      this.nodeId,
+      this.keys,
+      this.cmd,
+      this.tailConn,
+      this.scripts,
+      () => this.liveness.live,
+      opts.cluster.route_fence_ms,
+    );
+    this.writer = new InboxWriter(this.cmd, (n) => this.keys.inbox(n), this.stats);
+  }
+
+  get problems(): readonly string[] {
+    const out: string[] = [];
+    if (this.stopped) return ["cluster: stopped"];
+    if (this.cmd.status !== "ready") {
+      out.push(`redis unreachable (${describeRedis(this.opts.redis)})`);
+    }
+    if (!this.joined) out.push("cluster: joining");
+    else if (this.resyncing !== null) out.push("cluster: resynchronising routes after reconnect");
+    if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
+    return out;
+  }
+
+  /** The local mirror of every node's routes (for tests and diagnostics). */
+  get routeCount(): number {
+    return this.routes.trie.size;
+  }
+
+  async start(host: BusHost): Promise<void> {
+    this.host = host;
+    await Promise.all([this.cmd, this.tailConn, this.readConn].map(connectRedis));
+    this.reader = new InboxReader(
+      this.nodeId,
+      this.keys.inbox(this.nodeId),
+      this.cmd,
+      this.readConn,
+      host,
+      this.control,
+      this.stats,
+    );
+    await this.checkMarker();
+    await this.liveness.join();
+    await this.reader.ensureGroup();
+    await this.purgeDeparted();
+    await this.routes.reannounce();
+    await this.routes.reload();
+    this.routes.startTail();
+    this.reader.start();
+    this.cmd.on("ready", () => this.requestResync("reconnected"));
+    const every = this.opts.cluster.reconcile_interval * 1000;
+    this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
+    this.joined = true;
+    // Other nodes send retained messages to the nodes they know are alive, and learn of this
+    // one at their next lease renewal. The core loads the stored retained set after start()
+    // resolves, so waiting one renewal closes the window where a retained publish elsewhere
+    // would reach neither that load nor this node.
+    if ([...this.liveness.live].some((n) => n !== this.nodeId)) {
+      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms + 50));
+    }
+    log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
+    for (const r of this.releases.values()) r();
+    // Readers first, so none is blocked on the inbox deleted below.
+    await Promise.all([this.routes.stop(), this.reader?.stop()]);
+    if (this.joined && this.cmd.status === "ready") {
+      try {
+        this.routes.local.clear();
+        await this.routes.purge(this.nodeId);
+        await this.liveness.stop(true);
+        await this.routes.forgetApplied(this.nodeId);
+        await this.cmd.del(this.keys.inbox(this.nodeId));
+      } catch (e) {
+        log.warn`leaving the cluster cleanly failed: ${(e as Error).message}`;
+      }
+    }
+    await this.shutdown();
+  }
+
+  /** Stops without leaving, as a crash would: routes, lease and inbox stay for others to clean up. */
+  async halt(): Promise<void> {
+    this.stopped = true;
+    if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
+    await this.shutdown();
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.liveness.stop(false);
+    await Promise.all([this.routes.stop(), this.reader?.stop()]);
+    this.cmd.disconnect();
+    this.joined = false;
+  }
+
+  addRoute(key: string): Promise<void> | null {
+    const n = this.routes.local.get(key) ?? 0;
+    this.routes.local.set(key, n + 1);
+    if (n > 0) return null;
+    return this.routes.add(key);
+  }
+
+  removeRoute(key: string): void {
+    const n = this.routes.local.get(key) ?? 0;
+    if (n > 1) {
+      this.routes.local.set(key, n - 1);
+      return;
+    }
+    this.routes.local.delete(key);
+    if (n === 1) this.routes.remove(key);
+  }
+
+  forward(msg: Message): ForwardResult {
+    if (this.stopped) return LOCAL_ONLY;
+    let d = dispatch(this.routes.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
+    if (d === null) return LOCAL_ONLY;
+    if (d.dests.size === 0) return { localGroups: d.localGroups, written: null };
+    // Encoded now: the message may be a view into a read buffer that is reused after this call.
+    const body = encodeBody(msg);
+    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body);
+    return {
+      localGroups: d.localGroups,
+      written: msg.qos > 0 && this.sync ? this.writer.written() : null,
+    };
+  }
+
+  async claimSession(clientId: string): Promise<void> {
+    const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
+    if (previous === null) return;
+    const old = previous.slice(0, previous.lastIndexOf(" "));
+    if (old === this.nodeId || old === "") return;
+    if (!this.liveness.live.has(old) && !(await this.liveness.isLive(old))) return;
+    const request = crypto.randomUUID();
+    const released = new Promise<void>((resolve) => this.releases.set(request, resolve));
+    try {
+      const sent = await this.writer.control(old, {
+        t: "k",
+        c: clientId,
+        f: this.nodeId,
+        q: request,
+      });
+      if (!sent) return;
+      await bounded(released, this.opts.cluster.takeover_timeout_ms);
+    } finally {
+      this.releases.delete(request);
+    }
+  }
+
+  releaseSession(clientId: string): void {
+    this.scripts.ownerRelease(this.keys.owner(clientId), this.nodeId).catch((e) =>
+      log.warn`releasing ${clientId}: ${(e as Error).message}`
+    );
+  }
+
+  /** Kick and released entries from other nodes' takeovers. */
+  private control: ControlHandler = (fields) => {
+    const type = fields.get("t");
+    const request = fields.get("q") ?? "";
+    if (type === "r") {
+      this.releases.get(request)?.();
+      return;
+    }
+    const clientId = fields.get("c");
+    const from = fields.get("f");
+    if (clientId === undefined || from === undefined) {
+      log.warn("skipping a kick entry without client id or sender");
+      return;
+    }
+    // Not awaited: closing the old connection must not hold up message delivery.
+    (async () => {
+      try {
+        await this.host?.sessionTakenOver(clientId);
+      } catch (e) {
+        log.warn`handing over ${clientId} to ${from}: ${(e as Error).message}`;
+      }
+      await this.writer.control(from, { t: "r", q: request });
+    })().catch((e) => log.warn`replying to a kick from ${from}: ${(e as Error).message}`);
+  };
+
+  /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
+  private async handleDead(node: string): Promise<void> {
+    const n = await this.routes.purge(node);
+    log.warn`node ${node} is dead: withdrew its ${n} routes`;
+    try {
+      await this.host?.nodeDown(node);
+    } catch (e) {
+      log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
+    }
+    await this.routes.forgetApplied(node);
+    await this.cmd.del(this.keys.inbox(node));
+  }
+
+  /** Routes of incarnations that are gone (no lease) are withdrawn when a node starts. */
+  private async purgeDeparted(): Promise<void> {
+    const holders = await this.routes.tableNodes();
+    for (const node of holders) {
+      if (node === this.nodeId || this.liveness.live.has(node)) continue;
+      const n = await this.routes.purge(node);
+      log.info`withdrew ${n} stale routes of departed node ${node}`;
+    }
+  }
+
+  /** Notices a Redis that lost its data (restart without persistence): everything is rewritten. */
+  private async checkMarker(): Promise<boolean> {
+    const current = await this.cmd.get(this.keys.marker);
+    if (current !== null && (this.marker === "" || current === this.marker)) {
+      this.marker = current;
+      return false;
+    }
+    if (this.marker !== "") {
+      log.warn("redis lost the cluster state (restarted without persistence?): rebuilding it");
+    }
+    const fresh = crypto.randomUUID();
+    await this.cmd.set(this.keys.marker, fresh, "NX");
+    this.marker = (await this.cmd.get(this.keys.marker)) ?? fresh;
+    return true;
+  }
+
+  private requestResync(why: string): void {
+    if (!this.joined || this.stopped) return;
+    if (this.resyncing !== null) {
+      this.resyncAgain = true;
+      return;
+    }
+    this.resyncing = this.resync(why).finally(() => {
+      this.resyncing = null;
+      if (this.resyncAgain) {
+        this.resyncAgain = false;
+        this.requestResync(why);
+      }
+    });
+  }
+
+  /**
+   * After a reconnect, a Redis restart, an expulsion or on the reconcile
+   * timer: the lease, the inbox group and this node's routes are written
+   * again and the route mirror reloaded (the log may have been trimmed or
+   * lost meanwhile). Every step is idempotent.
+   */
+  private async resync(why: string): Promise<void> {
+    for (let attempt = 1; !this.stopped; attempt++) {
+      try {
+        if (this.cmd.status !== "ready") return; // the next "ready" asks again
+        const lost = await this.checkMarker();
+        await this.liveness.tick(false);
+        await this.reader?.ensureGroup();
+        await this.purgeDeparted();
+        await this.routes.reannounce();
+        await this.routes.reload();
+        if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;
+        return;
+      } catch (e) {
+        log.warn`resynchronising (${why}) failed: ${(e as Error).message}; retrying`;
+        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
+      }
+    }
+  }
+}

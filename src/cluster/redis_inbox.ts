@@ -1,0 +1,281 @@
+/**
+ * Node inboxes: one Redis stream per node incarnation. Publisher nodes batch
+ * what they forward per destination and event-loop turn into one entry (one
+ * XADD each, all in one round trip thanks to auto-pipelining); the owner reads
+ * its inbox through a consumer group (which survives reconnects), hands each
+ * message to the core and acknowledges (XACK + XDEL) after. Entries are never
+ * trimmed unread. Control entries (session kick and its reply) travel the
+ * same way, so they are ordered with the messages before them.
+ */
+import { Buffer } from "node:buffer";
+import { getLogger } from "@logtape/logtape";
+import { CodecError, decodeBatch } from "./codec.ts";
+import { type RedisClient, unlessClosed } from "./redis_connection.ts";
+import type { BusHost } from "./types.ts";
+
+const log = getLogger(["mcloudtt", "cluster"]);
+
+/** Consumer group name of every inbox. */
+export const INBOX_GROUP = "node";
+
+/** An entry is closed and another started past this size. */
+const MAX_ENTRY_BYTES = 1 << 20;
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Counters for tests, logs and metrics. */
+export interface InboxStats {
+  /** Messages handed to XADD (one per destination). */
+  forwarded: number;
+  /** Stream entries written (batches). */
+  entries: number;
+  /** Messages not written because Redis was unreachable. */
+  dropped: number;
+  /** Messages received and handed to the core. */
+  received: number;
+  /** Entries skipped because they could not be decoded. */
+  corrupt: number;
+}
+
+interface Pending {
+  parts: Uint8Array[];
+  bytes: number;
+  count: number;
+}
+
+interface Deferred {
+  promise: Promise<void>;
+  resolve: () => void;
+  reject: (e: Error) => void;
+}
+
+function deferred(): Deferred {
+  let resolve!: () => void, reject!: (e: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Whoever does not wait for it (QoS 0, async) must not turn a failure into an unhandled rejection.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+const VERSION_BYTE = new Uint8Array([1]);
+
+/** Collects forwarded records per destination and writes them once per event-loop turn. */
+export class InboxWriter {
+  private pending = new Map<string, Pending[]>();
+  private turn: Deferred | null = null;
+  private scheduled = false;
+
+  constructor(
+    private readonly cmd: RedisClient,
+    private readonly inboxKey: (node: string) => string,
+    readonly stats: InboxStats,
+  ) {}
+
+  /** Queues one record (group header + shared body) for `dest`. */
+  add(dest: string, header: Uint8Array, body: Uint8Array): void {
+    let list = this.pending.get(dest);
+    if (list === undefined) this.pending.set(dest, list = []);
+    let cur = list[list.length - 1];
+    if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES) {
+      cur = { parts: [VERSION_BYTE], bytes: 1, count: 0 };
+      list.push(cur);
+    }
+    cur.parts.push(header, body);
+    cur.bytes += header.length + body.length;
+    cur.count++;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Resolves when this turn's entries are in Redis; rejects when they could not be written. */
+  written(): Promise<void> {
+    return (this.turn ??= deferred()).promise;
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const pending = this.pending;
+    const turn = this.turn;
+    this.pending = new Map();
+    this.turn = null;
+    if (this.cmd.status !== "ready") {
+      let n = 0;
+      for (const list of pending.values()) for (const p of list) n += p.count;
+      this.stats.dropped += n;
+      turn?.reject(new Error("redis is unreachable: forwarded messages were not written"));
+      return;
+    }
+    const writes: Promise<unknown>[] = [];
+    for (const [dest, list] of pending) {
+      for (const p of list) {
+        this.stats.forwarded += p.count;
+        this.stats.entries++;
+        // NOMKSTREAM: a departed node's inbox is not brought back to life.
+        writes.push(
+          this.cmd.xadd(
+            this.inboxKey(dest),
+            "NOMKSTREAM",
+            "*",
+            "t",
+            "m",
+            "d",
+            Buffer.concat(p.parts),
+          ),
+        );
+      }
+    }
+    Promise.all(writes).then(
+      () => turn?.resolve(),
+      (e: Error) => {
+        log.warn`forwarding to other nodes failed: ${e.message}`;
+        turn?.reject(e);
+      },
+    );
+  }
+
+  /** Sends a control entry (kick / released) to `dest`; false when its inbox is gone. */
+  async control(dest: string, fields: Record<string, string>): Promise<boolean> {
+    const args = Object.entries(fields).flat();
+    const id = await this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...args);
+    return id !== null;
+  }
+}
+
+/** What the reader does with control entries. */
+export interface ControlHandler {
+  (fields: Map<string, string>): void;
+}
+
+/** Reads this node's inbox and hands messages to the host. */
+export class InboxReader {
+  private running = false;
+  private loop: Promise<void> | null = null;
+  /** Read delivered-but-unacknowledged entries first (after a start or a lost connection). */
+  private pendingFirst = true;
+
+  constructor(
+    private readonly self: string,
+    private readonly key: string,
+    private readonly cmd: RedisClient,
+    private readonly reader: RedisClient,
+    private readonly host: BusHost,
+    private readonly onControl: ControlHandler,
+    readonly stats: InboxStats,
+  ) {}
+
+  /** Creates the inbox and its consumer group (again after a Redis restart). */
+  async ensureGroup(): Promise<void> {
+    try {
+      await this.cmd.xgroup("CREATE", this.key, INBOX_GROUP, "0", "MKSTREAM");
+    } catch (e) {
+      if (!String((e as Error).message).startsWith("BUSYGROUP")) throw e;
+    }
+  }
+
+  start(): void {
+    this.running = true;
+    this.loop ??= this.readForever();
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.reader.disconnect();
+    await this.loop;
+  }
+
+  private async readForever(): Promise<void> {
+    let failures = 0;
+    while (this.running) {
+      try {
+        const res = this.pendingFirst
+          ? await unlessClosed(
+            this.reader,
+            this.reader.xreadgroupBuffer(
+              "GROUP",
+              INBOX_GROUP,
+              this.self,
+              "COUNT",
+              64,
+              "STREAMS",
+              this.key,
+              "0",
+            ),
+          )
+          : await unlessClosed(
+            this.reader,
+            this.reader.xreadgroupBuffer(
+              "GROUP",
+              INBOX_GROUP,
+              this.self,
+              "COUNT",
+              64,
+              "BLOCK",
+              2000,
+              "STREAMS",
+              this.key,
+              ">",
+            ),
+          );
+        failures = 0;
+        const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
+        if (this.pendingFirst && entries.length === 0) this.pendingFirst = false;
+        if (entries.length > 0) this.handle(entries);
+      } catch (e) {
+        if (!this.running) break;
+        const msg = (e as Error).message ?? String(e);
+        this.pendingFirst = true;
+        if (msg.startsWith("NOGROUP")) {
+          log.warn`inbox ${this.key} or its group vanished (Redis restarted?): recreating`;
+          await this.ensureGroup().catch(() => {});
+          continue;
+        }
+        if (failures++ === 0) log.warn`inbox read: ${msg}`;
+        await sleep(Math.min(1000, 50 * failures));
+      }
+    }
+  }
+
+  private handle(entries: [Buffer, Buffer[]][]): void {
+    const ids: string[] = [];
+    for (const [rawId, fields] of entries) {
+      const id = rawId.toString();
+      ids.push(id);
+      // A pending re-read returns entries already deleted as null fields.
+      if (!Array.isArray(fields)) continue;
+      const map = new Map<string, Buffer>();
+      for (let i = 0; i + 1 < fields.length; i += 2) map.set(fields[i].toString(), fields[i + 1]);
+      const type = map.get("t")?.toString();
+      try {
+        if (type === "m") {
+          const data = map.get("d");
+          if (data === undefined) throw new CodecError("no data field");
+          for (const { msg, groups } of decodeBatch(data)) {
+            this.stats.received++;
+            this.host.deliverRemote(msg, groups);
+          }
+        } else if (type === "k" || type === "r") {
+          const text = new Map<string, string>();
+          for (const [k, v] of map) text.set(k, v.toString());
+          this.onControl(text);
+        } else {
+          throw new CodecError(`unknown entry type ${JSON.stringify(type)}`);
+        }
+      } catch (e) {
+        if (e instanceof CodecError) {
+          this.stats.corrupt++;
+          log.warn`skipping inbox entry ${id}: ${e.message}`;
+        } else {
+          log.error`delivering inbox entry ${id} failed: ${(e as Error).stack ?? e}`;
+        }
+      }
+    }
+    // Acknowledged only after delivery: a crash before this re-reads them (at least once).
+    this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
+    this.cmd.xdel(this.key, ...ids).catch(() => {});
+  }
+}

@@ -1,0 +1,112 @@
+/**
+ * Node liveness: each node renews a lease (a deadline on Redis's clock in a
+ * sorted set, so pod clocks do not matter) and, in the same script, reads
+ * which leases ran out. A dead node is handled by exactly one survivor, the
+ * one whose SET NX on the node's claim key succeeds; the claim expires, so if
+ * that survivor dies midway another one takes over.
+ */
+import { getLogger } from "@logtape/logtape";
+import type { RedisClient } from "./redis_connection.ts";
+import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
+
+const log = getLogger(["mcloudtt", "cluster"]);
+
+export interface LivenessOptions {
+  renewMs: number;
+  ttlMs: number;
+  /** Withdraws the dead node's routes, calls the host, cleans its keys. */
+  onDead(node: string): Promise<void>;
+  /** This node's lease had run out and another node may have handled it as dead. */
+  onExpelled(): void;
+}
+
+export class Liveness {
+  /** Live nodes at the last tick (this one included once joined). */
+  live: ReadonlySet<string> = new Set();
+  /** Redis time of the last successful renewal (ms), and the local time it was seen. */
+  private renewedAt = 0;
+  private timer: ReturnType<typeof setInterval> | null = null;
+  private joined = false;
+  private ticking = false;
+  private handling = new Set<string>();
+
+  constructor(
+    private readonly self: string,
+    private readonly keys: ClusterKeys,
+    private readonly cmd: RedisClient,
+    private readonly scripts: ClusterScripts,
+    private readonly opts: LivenessOptions,
+  ) {}
+
+  /** True when the last renewal is older than the lease: other nodes may think we are dead. */
+  get lapsed(): boolean {
+    return this.joined && Date.now() - this.renewedAt > this.opts.ttlMs;
+  }
+
+  /** Registers the lease (again, after a Redis restart) and starts the timer. */
+  async join(): Promise<void> {
+    await this.tick(false);
+    this.joined = true;
+    this.timer ??= setInterval(() => {
+      this.tick(true).catch((e) => log.debug`lease renewal failed: ${(e as Error).message}`);
+    }, this.opts.renewMs);
+  }
+
+  /** Stops renewing; `leave` also removes the lease so others need not wait for it to run out. */
+  async stop(leave: boolean): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    if (leave && this.joined) await this.cmd.zrem(this.keys.nodes, this.self);
+    this.joined = false;
+  }
+
+  async tick(mustExist: boolean): Promise<void> {
+    if (this.ticking || this.cmd.status !== "ready") return;
+    this.ticking = true;
+    try {
+      const t = await this.scripts.leaseTick(
+        this.keys.nodes,
+        this.self,
+        this.opts.ttlMs,
+        mustExist,
+      );
+      this.renewedAt = Date.now();
+      this.live = new Set(t.live);
+      if (t.expelled) {
+        const ttl = this.opts.ttlMs;
+        log
+          .error`node ${this.self} was declared dead by the cluster (lease not renewed for ${ttl} ms); rejoining`;
+        this.opts.onExpelled();
+      }
+      for (const node of t.expired) {
+        if (node !== this.self && !this.handling.has(node)) this.claim(node);
+      }
+    } finally {
+      this.ticking = false;
+    }
+  }
+
+  private claim(node: string): void {
+    this.handling.add(node);
+    (async () => {
+      const ok = await this.cmd.set(
+        this.keys.deadClaim(node),
+        this.self,
+        "PX",
+        Math.max(30_000, 5 * this.opts.ttlMs),
+        "NX",
+      );
+      if (ok !== "OK") return;
+      log.warn`node ${node} stopped renewing its lease: taking over its cleanup`;
+      await this.opts.onDead(node);
+      // Only now is it gone for good; had we died before, another survivor would claim it.
+      await this.cmd.zrem(this.keys.nodes, node);
+    })().catch((e) => log.warn`handling dead node ${node}: ${(e as Error).message}`)
+      .finally(() => this.handling.delete(node));
+  }
+
+  /** True when `node` holds a lease (not yet expired and handled). */
+  async isLive(node: string): Promise<boolean> {
+    return (await this.cmd.zscore(this.keys.nodes, node)) !== null;
+  }
+}

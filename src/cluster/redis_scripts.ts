@@ -1,0 +1,194 @@
+/**
+ * The cluster's Redis keys and Lua scripts. Every script touches keys of one
+ * hash tag only (`{rt}` routes, `{nodes}` leases, `{s:<client id>}` one
+ * session), so each runs on one Redis Cluster slot. Scripts are registered
+ * with ioredis's defineCommand, which sends EVALSHA and falls back to EVAL
+ * when a restarted Redis answers NOSCRIPT.
+ */
+import type { RedisClient } from "./redis_connection.ts";
+
+/** Key names under the configured prefix. */
+export class ClusterKeys {
+  /** Route table: hash `<node>\n<key>` -> local subscriber count. */
+  readonly table: string;
+  /** Route log: stream of `k` key, `n` node, `p` "1" present / "0" gone. */
+  readonly log: string;
+  /** Last route-log id each node applied (for the SUBACK fence). */
+  readonly applied: string;
+  /** Set when the cluster state was written; gone after a Redis restart without persistence. */
+  readonly marker: string;
+  /** Sorted set: node incarnation -> lease deadline (ms, Redis clock). */
+  readonly nodes: string;
+
+  constructor(readonly prefix: string) {
+    this.table = `${prefix}:{rt}:table`;
+    this.log = `${prefix}:{rt}:log`;
+    this.applied = `${prefix}:{rt}:applied`;
+    this.marker = `${prefix}:{rt}:marker`;
+    this.nodes = `${prefix}:{nodes}`;
+  }
+
+  /** Set of the route keys `node` holds (so a dead node's routes can be withdrawn). */
+  nodeRoutes(node: string): string {
+    return `${this.prefix}:{rt}:n:${node}`;
+  }
+  /** Claimed (SET NX) by the one survivor that handles dead `node`. */
+  deadClaim(node: string): string {
+    return `${this.prefix}:{nodes}:dead:${node}`;
+  }
+  /** Stream of forwarded messages and control entries for one node incarnation. */
+  inbox(node: string): string {
+    return `${this.prefix}:{n:${node}}:inbox`;
+  }
+  /** Owner of a client id: `<node> <epoch>`. */
+  owner(clientId: string): string {
+    return `${this.prefix}:{s:${clientId}}:own`;
+  }
+}
+
+/** Approximate length the route log is trimmed to (nodes that fell further behind reload). */
+export const ROUTE_LOG_MAXLEN = 100_000;
+
+/**
+ * Sets `node`'s count for a route key; appends to the log only when the route
+ * appears or disappears. Absolute, so a retry or a re-announce is harmless.
+ * KEYS: table, log, nodeRoutes. ARGV: node, key, count, maxlen.
+ * Returns the log entry id, or false when nothing changed for other nodes.
+ */
+const ROUTE_SET = `
+local field = ARGV[1] .. "\\n" .. ARGV[2]
+local old = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+local new = tonumber(ARGV[3])
+if new > 0 then
+  redis.call('HSET', KEYS[1], field, new)
+  redis.call('SADD', KEYS[3], ARGV[2])
+else
+  redis.call('HDEL', KEYS[1], field)
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+if (old > 0) ~= (new > 0) then
+  return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+    'k', ARGV[2], 'n', ARGV[1], 'p', new > 0 and '1' or '0')
+end
+return false
+`;
+
+/**
+ * Withdraws every route of a node (dead, departed or leaving).
+ * KEYS: table, log, nodeRoutes. ARGV: node, maxlen. Returns the number withdrawn.
+ */
+const ROUTE_PURGE = `
+local keys = redis.call('SMEMBERS', KEYS[3])
+for _, key in ipairs(keys) do
+  redis.call('HDEL', KEYS[1], ARGV[1] .. "\\n" .. key)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'k', key, 'n', ARGV[1], 'p', '0')
+end
+redis.call('DEL', KEYS[3])
+return #keys
+`;
+
+/**
+ * Renews this node's lease on Redis's clock and reads the others'.
+ * KEYS: nodes. ARGV: node, ttl ms, mustExist ("1" once joined).
+ * Returns {expelled 0/1, now ms, live nodes..., "|", expired nodes...}.
+ */
+const LEASE_TICK = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expelled = 0
+if ARGV[3] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then expelled = 1 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local out = {expelled, now}
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do out[#out + 1] = n end
+out[#out + 1] = '|'
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 16)) do
+  out[#out + 1] = n
+end
+return out
+`;
+
+/**
+ * Makes a node the owner of a client id, bumping the epoch.
+ * KEYS: owner. ARGV: node. Returns the previous `<node> <epoch>` or false.
+ */
+const OWNER_CLAIM = `
+local old = redis.call('GET', KEYS[1])
+local epoch = 0
+if old then epoch = tonumber(string.match(old, ' (%d+)$') or '0') end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (epoch + 1))
+return old or false
+`;
+
+/** Clears ownership if `node` still holds it. KEYS: owner. ARGV: node. */
+const OWNER_RELEASE = `
+local cur = redis.call('GET', KEYS[1])
+if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`;
+
+type ScriptArg = string | number;
+type ScriptFn = (...args: ScriptArg[]) => Promise<unknown>;
+
+/** Typed handles on the scripts of one client. */
+export interface ClusterScripts {
+  routeSet(keys: [string, string, string], node: string, key: string, n: number): Promise<
+    string | null
+  >;
+  routePurge(keys: [string, string, string], node: string): Promise<number>;
+  leaseTick(nodes: string, node: string, ttlMs: number, mustExist: boolean): Promise<LeaseTick>;
+  ownerClaim(owner: string, node: string): Promise<string | null>;
+  ownerRelease(owner: string, node: string): Promise<number>;
+}
+
+export interface LeaseTick {
+  expelled: boolean;
+  now: number;
+  live: string[];
+  expired: string[];
+}
+
+/** Registers the scripts on `client` and returns typed callers. */
+export function defineScripts(client: RedisClient): ClusterScripts {
+  const defs: Record<string, [number, string]> = {
+    mcRouteSet: [3, ROUTE_SET],
+    mcRoutePurge: [3, ROUTE_PURGE],
+    mcLeaseTick: [1, LEASE_TICK],
+    mcOwnerClaim: [1, OWNER_CLAIM],
+    mcOwnerRelease: [1, OWNER_RELEASE],
+  };
+  for (const [name, [numberOfKeys, lua]] of Object.entries(defs)) {
+    client.defineCommand(name, { numberOfKeys, lua });
+  }
+  // defineCommand adds methods ioredis's types cannot know about.
+  const fn = (name: string): ScriptFn => {
+    const f = (client as unknown as Record<string, ScriptFn>)[name];
+    return (...args) => f.apply(client, args);
+  };
+  const routeSet = fn("mcRouteSet");
+  const routePurge = fn("mcRoutePurge");
+  const leaseTick = fn("mcLeaseTick");
+  const ownerClaim = fn("mcOwnerClaim");
+  const ownerRelease = fn("mcOwnerRelease");
+  return {
+    routeSet: async (keys, node, key, n) =>
+      (await routeSet(...keys, node, key, n, ROUTE_LOG_MAXLEN)) as string | null,
+    routePurge: async (keys, node) => Number(await routePurge(...keys, node, ROUTE_LOG_MAXLEN)),
+    leaseTick: async (nodes, node, ttlMs, mustExist) => {
+      const raw = (await leaseTick(nodes, node, ttlMs, mustExist ? "1" : "0")) as (
+        | string
+        | number
+      )[];
+      const bar = raw.indexOf("|");
+      return {
+        expelled: Number(raw[0]) === 1,
+        now: Number(raw[1]),
+        live: raw.slice(2, bar).map(String),
+        expired: raw.slice(bar + 1).map(String),
+      };
+    },
+    ownerClaim: async (owner, node) => (await ownerClaim(owner, node)) as string | null,
+    ownerRelease: async (owner, node) => Number(await ownerRelease(owner, node)),
+  };
+}

@@ -1,0 +1,58 @@
+/**
+ * Adapts a running `Broker` to what the operations side reads (`OpsTarget`).
+ */
+import type { Broker } from "../broker.ts";
+import { listenerEnabled, type ListenerName, LISTENERS, listenerTls } from "../config/mod.ts";
+import type { Message } from "../protocol/message.ts";
+import type { OpsTarget } from "./operations.ts";
+import type { StateCounts } from "./stats.ts";
+
+/** The transport kind a configured listener runs as. */
+function kindOf(broker: Broker, name: ListenerName): string {
+  const tls = listenerTls(broker.config, name);
+  return name === "tcp" ? (tls ? "tls" : "tcp") : (tls ? "wss" : "ws");
+}
+
+export function brokerTarget(broker: Broker): OpsTarget {
+  return {
+    metrics: broker.metrics,
+    counts(): StateCounts {
+      // One pass over the sessions per scrape: cheaper than keeping gauges on the hot path.
+      let online = 0;
+      let offline = 0;
+      let queued = 0;
+      for (const s of broker.core.sessionList()) {
+        if (s.online) online++;
+        else offline++;
+        queued += s.queuedCount;
+      }
+      return {
+        subscriptions: broker.router.subscriptionCount,
+        retained: broker.router.retained.size,
+        sessionsOnline: online,
+        sessionsOffline: offline,
+        queued,
+      };
+    },
+    problems(): readonly string[] {
+      const up = new Set(broker.addresses.map((a) => a.kind as string));
+      const problems: string[] = [];
+      for (const name of LISTENERS) {
+        if (!listenerEnabled(broker.config, name)) continue;
+        const kind = kindOf(broker, name);
+        if (!up.has(kind)) problems.push(`listener ${name} (${kind}) is not listening`);
+      }
+      for (const p of broker.core.bus.problems) problems.push(`cluster: ${p}`);
+      return problems;
+    },
+    publish(msg: Message): void {
+      // Broker-made: the router delivers it to `$SYS/#` subscribers the ACL let subscribe.
+      broker.core.publish(msg, {
+        clientId: "",
+        username: undefined,
+        receivedAt: Date.now(),
+        kind: "sys",
+      });
+    },
+  };
+}

@@ -1,0 +1,234 @@
+/**
+ * The Prometheus exposition of the broker's counters, built with prom-client. Every metric is
+ * filled by a collect callback at scrape time from the plain counters in `Metrics` and the
+ * broker's state counts, so the hot path never touches prom-client.
+ */
+import client from "prom-client";
+import { LATENCY_BUCKETS, type ListenerKind } from "./metrics.ts";
+import type { BrokerStats, StateCounts } from "./stats.ts";
+import { EventLoopLag } from "./lag.ts";
+
+const LISTENERS: readonly ListenerKind[] = ["tcp", "tls", "ws", "wss"];
+const QOS = ["0", "1", "2"] as const;
+
+/** prom-client metric that is (re)filled from a snapshot when scraped. */
+type Fill = () => void;
+
+/**
+ * A histogram whose bucket counts live in `Metrics.latency`; prom-client has no way to load
+ * bucket counts in bulk, so this metric hands the registry its values directly.
+ */
+function latencyMetric(stats: BrokerStats) {
+  const name = "mcloudtt_publish_latency_seconds";
+  return {
+    name,
+    help: "Time from receiving a PUBLISH to queueing it for a subscriber (1 in 16 sampled)",
+    type: "histogram" as const,
+    aggregator: "sum" as const,
+    get() {
+      const h = stats.metrics.latency;
+      const values: { metricName: string; labels: Record<string, string>; value: number }[] = [];
+      let cumulative = 0;
+      for (let i = 0; i <= LATENCY_BUCKETS.length; i++) {
+        cumulative += h.counts[i];
+        const le = i < LATENCY_BUCKETS.length ? String(LATENCY_BUCKETS[i]) : "+Inf";
+        values.push({ metricName: `${name}_bucket`, labels: { le }, value: cumulative });
+      }
+      values.push({ metricName: `${name}_sum`, labels: {}, value: h.sum });
+      values.push({ metricName: `${name}_count`, labels: {}, value: h.count });
+      return { name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+    },
+  };
+}
+
+/** A registry of every mcloudtt metric; `metrics()` renders the text format. */
+export class Exposition {
+  readonly registry = new client.Registry();
+  private snapshot: StateCounts | null = null;
+  private readonly lag = new EventLoopLag();
+
+  constructor(private readonly stats: BrokerStats) {
+    const r = [this.registry];
+    const m = () => stats.metrics;
+    const counts = () => (this.snapshot ??= stats.counts());
+    const gauge = (name: string, help: string, read: () => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers: r,
+        collect() {
+          this.set(read());
+        },
+      });
+    const counter = (name: string, help: string, read: () => number) =>
+      new client.Counter({
+        name,
+        help,
+        registers: r,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    const labelled = (
+      kind: "counter" | "gauge",
+      name: string,
+      help: string,
+      label: string,
+      read: () => Iterable<[string, number]>,
+    ) => {
+      const Cls = kind === "counter" ? client.Counter : client.Gauge;
+      return new Cls({
+        name,
+        help,
+        labelNames: [label],
+        registers: r,
+        collect() {
+          this.reset();
+          for (const [value, n] of read()) {
+            if (kind === "counter") (this as client.Counter).inc({ [label]: value }, n);
+            else (this as client.Gauge).set({ [label]: value }, n);
+          }
+        },
+      });
+    };
+
+    labelled(
+      "gauge",
+      "mcloudtt_connections",
+      "Open network connections per listener",
+      "listener",
+      () => LISTENERS.map((l) => [l, m().connectionsByListener[l]]),
+    );
+    counter("mcloudtt_connects_total", "CONNECTs accepted (CONNACK 0)", () => m().connects);
+    counter(
+      "mcloudtt_connects_refused_total",
+      "CONNECTs refused (CONNACK with an error code)",
+      () => m().connectsRefused,
+    );
+    labelled(
+      "counter",
+      "mcloudtt_disconnects_total",
+      "Connected clients that went away, by reason code (or connection_lost without DISCONNECT)",
+      "reason",
+      () => m().disconnects,
+    );
+    labelled(
+      "counter",
+      "mcloudtt_messages_received_total",
+      "PUBLISH packets received from clients, by QoS",
+      "qos",
+      () => QOS.map((q, i) => [q, m().receivedByQos[i]]),
+    );
+    labelled(
+      "counter",
+      "mcloudtt_messages_sent_total",
+      "Messages delivered to subscribers, by QoS (each delivery once, resends not counted)",
+      "qos",
+      () => QOS.map((q, i) => [q, m().sentByQos[i]]),
+    );
+    counter("mcloudtt_bytes_received_total", "Bytes read from clients", () => m().bytesReceived);
+    counter("mcloudtt_bytes_sent_total", "Bytes written to clients", () => m().bytesSent);
+    gauge("mcloudtt_subscriptions", "Subscriptions", () => counts().subscriptions);
+    gauge("mcloudtt_retained_messages", "Retained messages", () => counts().retained);
+    labelled(
+      "gauge",
+      "mcloudtt_sessions",
+      "Sessions, online (with a connection) or offline (persistent, waiting)",
+      "state",
+      () => [["online", counts().sessionsOnline], ["offline", counts().sessionsOffline]],
+    );
+    gauge(
+      "mcloudtt_queued_messages",
+      "QoS 1/2 messages waiting in session queues",
+      () => counts().queued,
+    );
+    labelled(
+      "counter",
+      "mcloudtt_messages_dropped_total",
+      "Messages not delivered to a subscriber, by reason",
+      "reason",
+      () => [
+        ["qos0_not_sendable", m().droppedQos0],
+        ["queue_full", m().droppedQueueFull],
+        ["too_large", m().droppedTooLarge],
+        ["expired", m().droppedExpired],
+      ],
+    );
+    counter(
+      "mcloudtt_auth_failures_total",
+      "CONNECTs refused by authentication",
+      () => m().authFailures,
+    );
+    counter(
+      "mcloudtt_tls_handshake_failures_total",
+      "TLS and secure WebSocket handshakes that failed",
+      () => m().tlsHandshakeFailures,
+    );
+    counter(
+      "mcloudtt_protocol_errors_total",
+      "Connections closed for a protocol error",
+      () => m().protocolErrors,
+    );
+    counter(
+      "mcloudtt_internal_errors_total",
+      "Connections closed after an unexpected exception (DISCONNECT 0x83)",
+      () => m().internalErrors,
+    );
+    counter(
+      "mcloudtt_sessions_expired_total",
+      "Sessions ended by their expiry interval",
+      () => m().sessionsExpired,
+    );
+    counter("mcloudtt_wills_published_total", "Wills published", () => m().willsPublished);
+    this.registry.registerMetric(latencyMetric(stats) as unknown as client.Metric);
+
+    const mem = () => Deno.memoryUsage();
+    let memory: ReturnType<typeof mem> | null = null;
+    const memNow = () => (memory ??= mem());
+    gauge("process_resident_memory_bytes", "Resident memory size", () => memNow().rss);
+    gauge("mcloudtt_heap_used_bytes", "JavaScript heap in use", () => memNow().heapUsed);
+    gauge("mcloudtt_heap_total_bytes", "JavaScript heap allocated", () => memNow().heapTotal);
+    gauge(
+      "mcloudtt_external_memory_bytes",
+      "Memory of buffers outside the heap",
+      () => memNow().external,
+    );
+    gauge(
+      "mcloudtt_event_loop_lag_seconds",
+      "Longest event-loop delay seen since the previous scrape",
+      () => this.lag.takeMax() / 1000,
+    );
+    gauge(
+      "process_start_time_seconds",
+      "Start time of the process since the epoch",
+      () => Math.round(performance.timeOrigin / 1000),
+    );
+    this.resetPerScrape = () => {
+      this.snapshot = null;
+      memory = null;
+    };
+  }
+
+  private resetPerScrape: Fill = () => {};
+
+  /** Content type of `metrics()`. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The text exposition of every metric, as of now. */
+  async metrics(): Promise<string> {
+    this.resetPerScrape();
+    try {
+      return await this.registry.metrics();
+    } finally {
+      this.resetPerScrape();
+    }
+  }
+
+  /** Stops the event-loop lag timer. */
+  close(): void {
+    this.lag.stop();
+  }
+}

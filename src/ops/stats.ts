@@ -1,0 +1,27 @@
+/**
+ * What the operations side (metrics, $SYS, readiness) reads from a running broker. Everything is
+ * read at scrape or $SYS time, never pushed from the hot path.
+ */
+import type { Metrics } from "./metrics.ts";
+
+/** Counts that are cheaper to compute when asked than to keep up to date. */
+export interface StateCounts {
+  subscriptions: number;
+  retained: number;
+  sessionsOnline: number;
+  sessionsOffline: number;
+  /** Messages waiting in session queues (not yet in flight). */
+  queued: number;
+}
+
+/** The broker as ops sees it. */
+export interface BrokerStats {
+  readonly metrics: Metrics;
+  /** Counts of the broker's state right now. */
+  counts(): StateCounts;
+}
+
+/** Why the broker is not ready to take clients (for /readyz); empty when ready. */
+export interface ReadinessSource {
+  readonly problems: readonly string[];
+}

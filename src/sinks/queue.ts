@@ -1,0 +1,581 @@
+/**
+ * The bounded row queue between the publish path and a destination
+ * (BigQuery, a JSON-lines file). `offer` only checks the topic, keeps the
+ * message and returns; rows are built, batched and sent later, off the
+ * publish call. Failed sends are retried with backoff; when the destination
+ * stays away, the overflow policy decides: drop the oldest rows (counted), or
+ * spill to disk and replay in order once it is back.
+ */
+import type { Logger } from "@logtape/logtape";
+import type { Message } from "../protocol/message.ts";
+import { TopicSelector } from "./filter.ts";
+import { RowIds, type TopicRow, toRow } from "./row.ts";
+import { type Segment, SpillStore } from "./spill.ts";
+import { newStats, observeLatency, RateLimitedLog, type SinkStats } from "./stats.ts";
+import type { PublishInfo, Sink } from "./types.ts";
+
+/** What finally happened to a row; the adapter acknowledges a message on any but "dropped". */
+export type Outcome = "sent" | "rejected" | "spilled" | "dropped";
+
+/** A row the destination refused for good. */
+export interface RowRejection {
+  /** Index into the rows of that send. */
+  readonly index: number;
+  readonly reason: string;
+}
+
+/** The answer to one send: rows not listed were accepted. */
+export interface SendResult {
+  readonly rejected: readonly RowRejection[];
+  /** Rows to send again (the destination did not take them this time, through no fault of theirs). */
+  readonly retry: readonly number[];
+}
+
+/** The whole request failed and may succeed later (5xx, 429, timeout, connection refused). */
+export class TransientError extends Error {
+  override name = "TransientError";
+}
+
+/** The whole request was refused and would be again (400, 403, ...): every row is rejected. */
+export class PermanentError extends Error {
+  override name = "PermanentError";
+}
+
+/** Where rows go. Implementations only send; batching, retries and overflow are the queue's. */
+export interface Destination {
+  readonly name: string;
+  /** Connects, creates or checks the table. Throws (with a message for the operator) when it cannot work. */
+  start(): Promise<void>;
+  /** Sends one batch. Throws TransientError or PermanentError when the request fails as a whole. */
+  send(rows: readonly TopicRow[]): Promise<SendResult>;
+  close(): Promise<void>;
+}
+
+export interface QueueOptions {
+  /** Rows per send. */
+  batchSize: number;
+  /** A partial batch is sent once its oldest row has waited about this long. */
+  flushIntervalMs: number;
+  /** Rows waiting in memory, not counting rows in flight. */
+  maxQueue: number;
+  overflow: "drop-oldest" | "spill";
+  spillDir: string;
+  spillMaxBytes: number;
+  /** Sends in flight at once. */
+  concurrency: number;
+  retryInitialMs: number;
+  retryMaxMs: number;
+  requestTimeoutMs: number;
+  include: readonly string[];
+  exclude: readonly string[];
+  /** Written into every row; also the prefix of row ids. */
+  nodeId: string;
+}
+
+interface SegmentRef {
+  readonly segment: Segment;
+  left: number;
+}
+
+/** A queued row: kept as the message until it is sent (building the row is not the publisher's cost). */
+interface Entry {
+  row: TopicRow | null;
+  msg: Message | null;
+  info: PublishInfo | null;
+  /** Receive time, ms since the epoch. */
+  at: number;
+  id: string;
+  done: ((o: Outcome) => void) | null;
+  seg: SegmentRef | null;
+}
+
+interface Batch {
+  pending: Entry[];
+}
+
+class Aborted extends Error {}
+
+/** Spill segments hold this many batches, so replay reads a few files rather than many tiny ones. */
+const BATCHES_PER_SEGMENT = 16;
+
+export class QueueSink implements Sink {
+  readonly name: string;
+  readonly stats: SinkStats;
+  private readonly selector: TopicSelector;
+  private readonly ids: RowIds;
+  private readonly spill: SpillStore | null;
+  /** Waiting rows, oldest first; `head` is the index of the oldest (cheap shift). */
+  private mem: Entry[] = [];
+  private head = 0;
+  /** Rows read back from the spill store, waiting to be sent. */
+  private replay: Entry[] = [];
+  /** True while rows go to the spill store: set on overflow, cleared once the store is drained. */
+  private spilling = false;
+  private loading = false;
+  private readonly batches = new Set<Batch>();
+  /** Segment deletions under way (stop waits for them). */
+  private readonly removals = new Set<Promise<void>>();
+  private flushDue = false;
+  private pumpScheduled = false;
+  private blockedUntil = 0;
+  private blockTimer: ReturnType<typeof setTimeout> | undefined;
+  private flushTimer: ReturnType<typeof setInterval> | undefined;
+  private started = false;
+  private stopping = false;
+  private readonly abort = new AbortController();
+  private readonly dropLog: RateLimitedLog;
+  private readonly retryLog: RateLimitedLog;
+  private readonly rejectLog: RateLimitedLog;
+
+  constructor(
+    private readonly dest: Destination,
+    private readonly opts: QueueOptions,
+    private readonly log: Logger,
+  ) {
+    this.name = dest.name;
+    this.stats = newStats(dest.name);
+    this.selector = new TopicSelector(opts.include, opts.exclude);
+    this.ids = new RowIds(opts.nodeId);
+    this.spill = opts.overflow === "spill"
+      ? new SpillStore(
+        opts.spillDir,
+        opts.spillMaxBytes,
+        opts.batchSize * BATCHES_PER_SEGMENT,
+        (e, rows) => {
+          this.stats.dropped += rows;
+          this.dropLog.note(`topic log (${this.name}): cannot write the spill store: ${e}`);
+        },
+      )
+      : null;
+    this.dropLog = new RateLimitedLog((m) => log.warn(m));
+    this.retryLog = new RateLimitedLog((m) => log.warn(m));
+    this.rejectLog = new RateLimitedLog((m) => log.error(m));
+  }
+
+  async start(): Promise<void> {
+    if (this.spill) {
+      try {
+        await this.spill.open();
+      } catch (e) {
+        throw new Error(
+          `topic log (${this.name}): cannot use the spill directory ${this.opts.spillDir}: ${e}`,
+        );
+      }
+      this.stats.spillBytes = this.spill.bytes;
+      if (!this.spill.empty) {
+        this.log.info(
+          `topic log (${this.name}): replaying ${this.spill.bytes} bytes spilled by an earlier run`,
+        );
+        this.spilling = true;
+      }
+    }
+    await this.dest.start();
+    this.started = true;
+    const timer = setInterval(() => {
+      this.flushDue = true;
+      this.pump();
+    }, this.opts.flushIntervalMs);
+    // The flush timer alone must not keep a process (or a test) alive.
+    Deno.unrefTimer(timer as unknown as number);
+    this.flushTimer = timer;
+    this.pump();
+  }
+
+  offer(msg: Message, info: PublishInfo): void {
+    try {
+      if (!this.selector.accepts(msg.topic)) return;
+      if (this.stopping) {
+        this.stats.dropped++;
+        this.dropLog.note(`topic log (${this.name}): message offered after stop, dropped`);
+        return;
+      }
+      this.admit({
+        row: null,
+        msg: msg.own(),
+        info,
+        // The core may leave receivedAt at 0 (it reuses one info per connection); offer runs
+        // inside the publish call, so now is when the message arrived.
+        at: info.receivedAt || Date.now(),
+        id: this.ids.next(),
+        done: null,
+        seg: null,
+      });
+    } catch (e) {
+      // offer() must never throw into the publish path.
+      this.stats.dropped++;
+      this.dropLog.note(`topic log (${this.name}): cannot queue a message: ${e}`);
+    }
+  }
+
+  /** Queues a ready row (the adapter's path); `done` says what became of it. */
+  enqueue(row: TopicRow, done?: (o: Outcome) => void): void {
+    if (this.stopping) {
+      this.stats.dropped++;
+      done?.("dropped");
+      return;
+    }
+    this.admit({ row, msg: null, info: null, at: 0, id: row.id, done: done ?? null, seg: null });
+  }
+
+  private get memLength(): number {
+    return this.mem.length - this.head;
+  }
+
+  private admit(e: Entry): void {
+    this.stats.queued++;
+    if (this.spilling) {
+      this.toSpill(e);
+      return;
+    }
+    if (this.memLength >= this.opts.maxQueue) {
+      if (this.spill) {
+        this.spilling = true;
+        this.log.warn(
+          `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), ` +
+            `spilling to ${this.opts.spillDir}`,
+        );
+        this.toSpill(e);
+        return;
+      }
+      const old = this.mem[this.head];
+      this.mem[this.head++] = undefined as unknown as Entry;
+      this.finish(old, "dropped", false);
+      this.stats.dropped++;
+      this.dropLog.note(
+        `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), dropping the oldest`,
+      );
+    }
+    this.mem.push(e);
+    this.stats.queueLength = this.memLength;
+    if (this.memLength >= this.opts.batchSize) this.schedulePump();
+  }
+
+  private toSpill(e: Entry): void {
+    const spill = this.spill!;
+    const row = this.materialize(e);
+    const ok = spill.append(row, () => {
+      this.stats.spilled++;
+      this.stats.spillBytes = spill.bytes;
+      e.done?.("spilled");
+    });
+    this.stats.spillBytes = spill.bytes;
+    if (!ok) {
+      this.stats.dropped++;
+      e.done?.("dropped");
+      this.dropLog.note(
+        `topic log (${this.name}): spill store full (${this.opts.spillMaxBytes} bytes), dropping`,
+      );
+    }
+    this.schedulePump();
+  }
+
+  private materialize(e: Entry): TopicRow {
+    if (e.row === null) {
+      e.row = toRow(e.msg!, e.info!, this.opts.nodeId, e.id, e.at);
+      e.msg = null;
+      e.info = null;
+    }
+    return e.row;
+  }
+
+  /** Pumps on a later turn: never from inside the publisher's call. */
+  private schedulePump(): void {
+    if (this.pumpScheduled || !this.started) return;
+    this.pumpScheduled = true;
+    setTimeout(() => {
+      this.pumpScheduled = false;
+      this.pump();
+    }, 0);
+  }
+
+  private takeMem(): Entry[] {
+    const n = Math.min(this.opts.batchSize, this.memLength);
+    const out = this.mem.slice(this.head, this.head + n);
+    this.head += n;
+    if (this.head > 1024 && this.head * 2 > this.mem.length) {
+      this.mem = this.mem.slice(this.head);
+      this.head = 0;
+    }
+    this.stats.queueLength = this.memLength;
+    return out;
+  }
+
+  private pump(): void {
+    if (!this.started) return;
+    while (this.batches.size < this.opts.concurrency) {
+      const wait = this.blockedUntil - Date.now();
+      if (wait > 0) {
+        if (this.blockTimer === undefined) {
+          this.blockTimer = setTimeout(() => {
+            this.blockTimer = undefined;
+            this.pump();
+          }, wait);
+        }
+        return;
+      }
+      let batch: Entry[] | null = null;
+      const n = this.memLength;
+      if (n > 0) {
+        if (n >= this.opts.batchSize || this.flushDue || this.stopping) batch = this.takeMem();
+      } else if (this.replay.length > 0) {
+        batch = this.replay.splice(0, this.opts.batchSize);
+      } else if (this.spilling && !this.loading && !this.stopping) {
+        this.loadSegment();
+      }
+      if (batch === null) break;
+      this.launch(batch);
+    }
+    if (this.memLength === 0) this.flushDue = false;
+  }
+
+  private loadSegment(): void {
+    const spill = this.spill!;
+    this.loading = true;
+    spill.readNext().then(async (got) => {
+      this.loading = false;
+      if (got === null) {
+        // Drained: new rows go to memory again, unless some arrived while reading.
+        if (!spill.unread) this.spilling = false;
+      } else {
+        if (got.bad > 0) {
+          this.log.warn(
+            `topic log (${this.name}): skipped ${got.bad} unreadable lines in ${got.segment.path}`,
+          );
+        }
+        if (got.rows.length === 0) {
+          await spill.remove(got.segment);
+        } else {
+          const ref: SegmentRef = { segment: got.segment, left: got.rows.length };
+          this.stats.replayed += got.rows.length;
+          for (const row of got.rows) {
+            this.replay.push({
+              row,
+              msg: null,
+              info: null,
+              at: 0,
+              id: row.id,
+              done: null,
+              seg: ref,
+            });
+          }
+        }
+      }
+      this.stats.spillBytes = spill.bytes;
+      this.pump();
+    }).catch((e) => {
+      this.loading = false;
+      this.log.error(`topic log (${this.name}): cannot read the spill store: ${e}`);
+      this.block(this.opts.retryMaxMs);
+    });
+  }
+
+  private launch(entries: Entry[]): void {
+    const batch: Batch = { pending: entries };
+    this.batches.add(batch);
+    this.stats.inFlight += entries.length;
+    this.sendBatch(batch).catch((e) => {
+      this.log.error(`topic log (${this.name}): unexpected error sending rows: ${e}`);
+    }).finally(() => {
+      this.batches.delete(batch);
+      this.pump();
+    });
+  }
+
+  private block(ms: number): void {
+    this.blockedUntil = Math.max(this.blockedUntil, Date.now() + ms);
+    this.schedulePump();
+  }
+
+  private backoff(attempt: number): number {
+    const base = Math.min(this.opts.retryMaxMs, this.opts.retryInitialMs * 2 ** (attempt - 1));
+    return base / 2 + Math.random() * (base / 2);
+  }
+
+  private async sendBatch(batch: Batch): Promise<void> {
+    let attempt = 0;
+    while (batch.pending.length > 0) {
+      if (this.abort.signal.aborted) return;
+      const rows = batch.pending.map((e) => this.materialize(e));
+      const t0 = performance.now();
+      this.stats.requests++;
+      let result: SendResult;
+      try {
+        result = await this.race(this.dest.send(rows));
+        observeLatency(this.stats.insertLatency, performance.now() - t0);
+      } catch (e) {
+        if (e instanceof Aborted) return;
+        observeLatency(this.stats.insertLatency, performance.now() - t0);
+        this.stats.failedRequests++;
+        if (e instanceof PermanentError) {
+          this.stats.rejected += rows.length;
+          this.rejectLog.note(
+            `topic log (${this.name}): ${rows.length} rows refused: ${e.message}`,
+          );
+          for (const entry of batch.pending) this.finish(entry, "rejected", true);
+          batch.pending = [];
+          return;
+        }
+        attempt++;
+        this.stats.retried += rows.length;
+        const delay = this.backoff(attempt);
+        this.retryLog.note(
+          `topic log (${this.name}): send failed (${errorText(e)}), retrying ` +
+            `${rows.length} rows in ${Math.round(delay)} ms`,
+        );
+        this.block(delay);
+        if (!(await this.sleep(delay))) return;
+        continue;
+      }
+      const retry = new Set(result.retry);
+      const rejected = new Map(result.rejected.map((r) => [r.index, r.reason]));
+      const next: Entry[] = [];
+      batch.pending.forEach((entry, i) => {
+        const reason = rejected.get(i);
+        if (reason !== undefined) {
+          this.stats.rejected++;
+          this.rejectLog.note(
+            `topic log (${this.name}): row refused (topic ${rows[i].topic}, id ${
+              rows[i].id
+            }): ${reason}`,
+          );
+          this.finish(entry, "rejected", true);
+        } else if (retry.has(i)) {
+          next.push(entry);
+        } else {
+          this.stats.sent++;
+          this.finish(entry, "sent", true);
+        }
+      });
+      batch.pending = next;
+      if (next.length > 0) {
+        attempt++;
+        this.stats.retried += next.length;
+        if (!(await this.sleep(this.backoff(attempt)))) return;
+      }
+    }
+  }
+
+  /** Ends a row's life: gauges, the caller's callback, and the spill segment it came from. */
+  private finish(e: Entry, outcome: Outcome, inFlight: boolean): void {
+    if (inFlight) this.stats.inFlight--;
+    e.done?.(outcome);
+    const ref = e.seg;
+    if (ref !== null && --ref.left === 0) {
+      const removal = this.spill!.remove(ref.segment).then(() => {
+        this.stats.spillBytes = this.spill!.bytes;
+        this.schedulePump();
+      }).catch((err) => this.log.error(`topic log (${this.name}): ${err}`))
+        .finally(() => this.removals.delete(removal));
+      this.removals.add(removal);
+    }
+  }
+
+  /** Runs `p` until it settles or the stop deadline aborts it. */
+  private race<T>(p: Promise<T>): Promise<T> {
+    const signal = this.abort.signal;
+    return new Promise<T>((resolve, reject) => {
+      if (signal.aborted) return reject(new Aborted());
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(new Aborted());
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      const timer = setTimeout(() => {
+        signal.removeEventListener("abort", onAbort);
+        reject(new TransientError(`no answer within ${this.opts.requestTimeoutMs} ms`));
+      }, this.opts.requestTimeoutMs);
+      p.then((v) => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      }, (e) => {
+        clearTimeout(timer);
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      });
+    });
+  }
+
+  /** Waits `ms`; false when the stop deadline came first. */
+  private sleep(ms: number): Promise<boolean> {
+    const signal = this.abort.signal;
+    if (signal.aborted) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(true);
+      }, ms);
+      const onAbort = () => {
+        clearTimeout(timer);
+        resolve(false);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+    });
+  }
+
+  private get idle(): boolean {
+    return this.memLength === 0 && this.replay.length === 0 && this.batches.size === 0;
+  }
+
+  /**
+   * Sends what is queued until `deadlineMs` has passed; then whatever is left
+   * is spilled (policy "spill") or counted as dropped.
+   */
+  async stop(deadlineMs: number): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.flushTimer);
+    const deadline = Date.now() + deadlineMs;
+    if (this.started) {
+      this.pump();
+      while (!this.idle && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, Math.min(10, Math.max(1, deadline - Date.now()))));
+        this.pump();
+      }
+    }
+    this.abort.abort();
+    clearTimeout(this.blockTimer);
+    // Leftovers in age order: batches in flight (launched in order), then memory.
+    const left: Entry[] = [];
+    for (const b of this.batches) left.push(...b.pending);
+    left.push(...this.mem.slice(this.head));
+    this.mem = [];
+    this.head = 0;
+    this.replay = [];
+    this.stats.queueLength = 0;
+    this.stats.inFlight = 0;
+    // Rows read back from a segment are still on disk: the next run replays them.
+    const fresh = left.filter((e) => e.seg === null);
+    if (this.spill) {
+      await Promise.all(this.removals);
+      try {
+        await this.spill.flushed();
+        await this.spill.prepend(fresh.map((e) => this.materialize(e)));
+        this.stats.spilled += fresh.length;
+        for (const e of fresh) e.done?.("spilled");
+        if (fresh.length > 0) {
+          this.log.info(
+            `topic log (${this.name}): ${fresh.length} unsent rows spilled to ${this.opts.spillDir}`,
+          );
+        }
+      } catch (e) {
+        this.stats.dropped += fresh.length;
+        for (const entry of fresh) entry.done?.("dropped");
+        this.log.error(`topic log (${this.name}): ${fresh.length} rows lost at stop: ${e}`);
+      }
+      this.stats.spillBytes = this.spill.bytes;
+    } else if (fresh.length > 0) {
+      this.stats.dropped += fresh.length;
+      for (const e of fresh) e.done?.("dropped");
+      this.log.warn(
+        `topic log (${this.name}): ${fresh.length} unsent rows dropped at stop ` +
+          `(set overflow = "spill" to keep them)`,
+      );
+    }
+    await this.dest.close();
+  }
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,206 @@
+/**
+ * The spill store: rows that do not fit in memory while the destination is
+ * away, kept on disk in numbered JSON-lines segments and read back oldest
+ * first. A segment is deleted only once every row in it has been sent, so a
+ * crash replays it again (the rows keep their ids, so the destination drops
+ * the duplicates) rather than losing it.
+ */
+import type { TopicRow } from "./row.ts";
+
+/** One segment file. */
+export interface Segment {
+  readonly n: number;
+  readonly path: string;
+  rows: number;
+  bytes: number;
+  /** Handed to the reader; stays on disk until removed. */
+  taken: boolean;
+}
+
+const SEGMENT_RE = /^(\d{12})\.jsonl$/;
+/** First segment number in an empty directory; leaves room below for rows older than all on disk. */
+const FIRST_SEGMENT = 500_000_000_000;
+
+export class SpillStore {
+  /** Segments on disk, oldest first. */
+  private segments: Segment[] = [];
+  /** The segment appends go to; null until the next append. */
+  private writing: Segment | null = null;
+  private pending: string[] = [];
+  private pendingBytes = 0;
+  private pendingDone: (() => void)[] = [];
+  private writeChain: Promise<void> = Promise.resolve();
+  private writeScheduled = false;
+  private readonly encoder = new TextEncoder();
+  /** Bytes on disk plus bytes waiting to be written. */
+  bytes = 0;
+  /** Rows written to disk and not yet removed (rows found at start are counted when read). */
+  rows = 0;
+
+  constructor(
+    readonly dir: string,
+    readonly maxBytes: number,
+    readonly segmentRows: number,
+    private readonly onWriteError: (e: unknown, rows: number) => void,
+  ) {}
+
+  /** Creates the directory and finds the segments an earlier run left. */
+  async open(): Promise<void> {
+    await Deno.mkdir(this.dir, { recursive: true });
+    const found: Segment[] = [];
+    for await (const entry of Deno.readDir(this.dir)) {
+      const m = entry.isFile ? SEGMENT_RE.exec(entry.name) : null;
+      if (!m) continue;
+      const path = `${this.dir}/${entry.name}`;
+      const { size } = await Deno.stat(path);
+      found.push({ n: Number(m[1]), path, rows: 0, bytes: size, taken: false });
+    }
+    found.sort((a, b) => a.n - b.n);
+    this.segments = found;
+    this.bytes = found.reduce((s, f) => s + f.bytes, 0);
+  }
+
+  /** True when nothing is on disk or waiting to be written. */
+  get empty(): boolean {
+    return this.segments.length === 0 && this.pending.length === 0;
+  }
+
+  /**
+   * Queues one row for writing; `done` runs once it is on disk. False when
+   * the store is full (the caller counts the row as dropped).
+   */
+  append(row: TopicRow, done?: () => void): boolean {
+    const line = JSON.stringify(row) + "\n";
+    if (this.bytes + line.length > this.maxBytes) return false;
+    this.pending.push(line);
+    this.pendingBytes += line.length;
+    this.bytes += line.length;
+    if (done) this.pendingDone.push(done);
+    if (!this.writeScheduled) {
+      this.writeScheduled = true;
+      this.writeChain = this.writeChain.then(() => this.writePending());
+    }
+    return true;
+  }
+
+  /** Resolves once everything appended so far is on disk (or failed). */
+  flushed(): Promise<void> {
+    return this.writeChain;
+  }
+
+  private async writePending(): Promise<void> {
+    this.writeScheduled = false;
+    while (this.pending.length > 0) {
+      let seg = this.writing;
+      if (seg === null || seg.rows >= this.segmentRows) {
+        seg = this.newSegment(this.nextNumber());
+        this.writing = seg;
+        this.segments.push(seg);
+      }
+      const take = Math.min(this.pending.length, this.segmentRows - seg.rows);
+      const lines = this.pending.splice(0, take);
+      const done = this.pendingDone.splice(0, Math.min(take, this.pendingDone.length));
+      const text = lines.join("");
+      this.pendingBytes -= text.length;
+      try {
+        await Deno.writeFile(seg.path, this.encoder.encode(text), { append: true });
+        seg.rows += lines.length;
+        seg.bytes += text.length;
+        this.rows += lines.length;
+        for (const d of done) d();
+      } catch (e) {
+        this.bytes -= text.length;
+        this.onWriteError(e, lines.length);
+      }
+    }
+  }
+
+  private nextNumber(): number {
+    const last = this.segments.at(-1);
+    return last ? last.n + 1 : FIRST_SEGMENT;
+  }
+
+  private newSegment(n: number): Segment {
+    return {
+      n,
+      path: `${this.dir}/${String(n).padStart(12, "0")}.jsonl`,
+      rows: 0,
+      bytes: 0,
+      taken: false,
+    };
+  }
+
+  /**
+   * Writes rows that are older than everything on disk (the queue's contents
+   * at shutdown) as a new first segment, so the replay keeps the order.
+   */
+  async prepend(rows: readonly TopicRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    await this.writeChain;
+    const first = this.segments[0];
+    const seg = this.newSegment(first ? first.n - 1 : FIRST_SEGMENT);
+    const text = rows.map((r) => JSON.stringify(r) + "\n").join("");
+    await Deno.writeFile(seg.path, this.encoder.encode(text));
+    seg.rows = rows.length;
+    seg.bytes = text.length;
+    this.segments.unshift(seg);
+    this.bytes += text.length;
+    this.rows += rows.length;
+  }
+
+  /** True when some segment has not been handed to the reader yet (or rows wait to be written). */
+  get unread(): boolean {
+    return this.pending.length > 0 || this.segments.some((s) => !s.taken);
+  }
+
+  /**
+   * Reads the oldest segment not yet read. The segment being written is
+   * closed first (later appends start a new one). Null when there is none.
+   * Lines that do not parse (a write cut short by a crash) are skipped and counted.
+   */
+  async readNext(): Promise<{ segment: Segment; rows: TopicRow[]; bad: number } | null> {
+    await this.writeChain;
+    const seg = this.segments.find((s) => !s.taken);
+    if (!seg) return null;
+    seg.taken = true;
+    if (seg === this.writing) this.writing = null;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(seg.path);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+      text = "";
+    }
+    const rows: TopicRow[] = [];
+    let bad = 0;
+    for (const line of text.split("\n")) {
+      if (line === "") continue;
+      try {
+        rows.push(JSON.parse(line) as TopicRow);
+      } catch {
+        bad++;
+      }
+    }
+    // Rows found at start were not counted when written; count them now, so `rows` stays >= 0.
+    if (seg.rows < rows.length) {
+      this.rows += rows.length - seg.rows;
+      seg.rows = rows.length;
+    }
+    return { segment: seg, rows, bad };
+  }
+
+  /** Deletes a segment whose rows have all been sent. */
+  async remove(seg: Segment): Promise<void> {
+    const i = this.segments.indexOf(seg);
+    if (i === -1) return;
+    this.segments.splice(i, 1);
+    if (this.writing === seg) this.writing = null;
+    this.bytes -= seg.bytes;
+    this.rows -= seg.rows;
+    try {
+      await Deno.remove(seg.path);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+}

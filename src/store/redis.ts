@@ -1,0 +1,647 @@
+/**
+ * The Redis store: sessions and retained messages shared by every node of a
+ * cluster, so a persistent session resumes on any node and a retained message
+ * is seen by subscribers everywhere.
+ *
+ * Key layout (P = `[redis] key_prefix`); the hash tag `{...}` keeps each
+ * session's keys in one Redis Cluster slot so one script can update them, and
+ * it is the tag of the cluster bus's keys of the same client (`P:{s:<id>}:own`)
+ * and node (`P:{n:<node>}:inbox`):
+ *   P:{s:<clientId>}:meta      hash: scalar fields, will, owner node + epoch
+ *   P:{s:<clientId>}:subs      list: subscriptions (JSON), in the core's order
+ *   P:{s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
+ *   P:{s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
+ *   P:{s:<clientId>}:qos2      list: incoming QoS 2 packet ids
+ *   P:{n:<nodeId>}:sessions    set: client ids this node wrote (node death)
+ *   P:{ret}:t:<topic>          string: retained message (PX until its expiry)
+ *   P:{ret}:index              set: retained topics
+ *
+ * Every session key expires at the session's expiresAt (plus a grace so the
+ * owning node acts on expiry first); a connected session has no TTL. Writes
+ * are fenced once a node claimed the session (`claimSession`, called when
+ * the cluster made this node its owner): from then on a write from any other
+ * node fails with {@link StaleSessionError} and changes nothing.
+ */
+import { Cluster, type Redis } from "ioredis";
+import { Buffer } from "node:buffer";
+import { createHash } from "node:crypto";
+import { getLogger } from "@logtape/logtape";
+import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
+import type {
+  ClusterStore,
+  SessionState,
+  StoredDelivery,
+  StoredInflight,
+  StoredMessage,
+  StoredSubscription,
+  StoredWill,
+  StoreOp,
+} from "./types.ts";
+import {
+  CorruptValueError,
+  decodeDelivery,
+  decodeInflight,
+  decodeMessage,
+  decodeSubscription,
+  decodeWill,
+  encodeDelivery,
+  encodeInflight,
+  encodeMessage,
+  encodeSubscription,
+  encodeWill,
+} from "./redis_codec.ts";
+import { ADOPT, APPLY, LOAD, TAKE_WILL } from "./redis_scripts.ts";
+
+const log = getLogger(["mcloudtt", "store", "redis"]);
+
+/** A connected ioredis client: standalone/Sentinel (`Redis`) or Redis Cluster. */
+export type RedisClient = Redis | Cluster;
+
+export interface RedisStoreOptions {
+  /** `[redis] key_prefix`; must not contain `{` or `}` (they delimit hash tags). */
+  readonly keyPrefix: string;
+  /** This node's id (`[cluster] node_id`): the owner written into sessions it loads. */
+  readonly nodeId: string;
+  /**
+   * How long after its expiresAt a detached session's keys stay in Redis, so
+   * the node holding it publishes the will and deletes it before Redis does.
+   */
+  readonly ttlGraceMs?: number;
+  /** How long an ownership marker of a session that is not stored is kept. */
+  readonly tombstoneMs?: number;
+  /** The broker's clock, ms since the epoch: TTLs count from it. */
+  readonly now?: () => number;
+  /** Close (quit) the client with the store; false when the client is shared. */
+  readonly ownsClient?: boolean;
+}
+
+export const DEFAULT_TTL_GRACE_MS = 60_000;
+export const DEFAULT_TOMBSTONE_MS = 3_600_000;
+
+/**
+ * A write for sessions this node no longer owns: another node loaded them
+ * (took them over) since. Nothing of those sessions was written; the core
+ * closes their connections here (0x8E Session taken over).
+ */
+export class StaleSessionError extends MqttError {
+  constructor(
+    readonly clientIds: readonly string[],
+    readonly owners: readonly string[],
+  ) {
+    super(
+      ReasonCode.SessionTakenOver,
+      `sessions owned by another node: ${
+        clientIds.map((c, i) => `${c} (${owners[i] || "?"})`).join(", ")
+      }`,
+    );
+    this.name = "StaleSessionError";
+  }
+}
+
+/** The redis key names of one prefix. */
+export class RedisKeys {
+  constructor(readonly prefix: string) {
+    if (/[{}]/.test(prefix)) throw new Error(`redis key_prefix must not contain { or }: ${prefix}`);
+  }
+
+  /** meta, subs, q, inflight, qos2: the KEYS of every session script. */
+  session(clientId: string): [string, string, string, string, string] {
+    const t = `${this.prefix}:{s:${clientId}}:`;
+    return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2"];
+  }
+
+  nodeSessions(nodeId: string): string {
+    return `${this.prefix}:{n:${nodeId}}:sessions`;
+  }
+
+  get retainedIndex(): string {
+    return `${this.prefix}:{ret}:index`;
+  }
+
+  retained(topic: string): string {
+    return `${this.prefix}:{ret}:t:${topic}`;
+  }
+
+  /** SCAN pattern of every session's meta key. */
+  get metaPattern(): string {
+    return `${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:{s:*}:meta`;
+  }
+
+  /** The client id of a meta key found by SCAN. */
+  clientIdOfMeta(key: string): string | null {
+    const head = `${this.prefix}:{s:`;
+    if (!key.startsWith(head) || !key.endsWith("}:meta")) return null;
+    return key.slice(head.length, key.length - "}:meta".length);
+  }
+}
+
+const KEY_NAMES = ["meta", "subs", "q", "inflight", "qos2"];
+
+/** A Lua script run by EVALSHA, loaded again after NOSCRIPT (a restarted Redis). */
+class Script {
+  private readonly sha: string;
+
+  constructor(private readonly src: string) {
+    this.sha = createHash("sha1").update(src).digest("hex");
+  }
+
+  async run(
+    client: RedisClient,
+    keys: readonly string[],
+    args: readonly (string | Buffer)[],
+  ): Promise<unknown> {
+    try {
+      return await client.callBuffer("EVALSHA", this.sha, keys.length, ...keys, ...args);
+    } catch (e) {
+      if (!(e instanceof Error) || !e.message.startsWith("NOSCRIPT")) throw e;
+      return await client.callBuffer("EVAL", this.src, keys.length, ...keys, ...args);
+    }
+  }
+}
+
+const applyScript = new Script(APPLY);
+const loadScript = new Script(LOAD);
+const adoptScript = new Script(ADOPT);
+const takeWillScript = new Script(TAKE_WILL);
+
+function buf(b: Uint8Array): Buffer {
+  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+}
+
+function str(v: unknown): string {
+  if (v instanceof Uint8Array) return Buffer.from(v).toString("utf8");
+  return String(v);
+}
+
+function expiresAtArg(ms: number): string {
+  return ms === Infinity ? "inf" : String(ms);
+}
+
+function queueEntry(seq: number, item: StoredDelivery): Buffer {
+  return Buffer.concat([Buffer.from(`${seq}|`, "latin1"), buf(encodeDelivery(item))]);
+}
+
+function inflightEntry(f: StoredInflight): Buffer {
+  return Buffer.concat([Buffer.from(`${f.packetId}|`, "latin1"), buf(encodeInflight(f))]);
+}
+
+/** Splits "<number>|<value>". */
+function numbered(entry: Buffer): [number, Buffer] {
+  const bar = entry.indexOf(0x7c);
+  const n = bar > 0 ? Number(entry.subarray(0, bar).toString("latin1")) : NaN;
+  if (!Number.isFinite(n)) throw new CorruptValueError("entry does not start with its number");
+  return [n, entry.subarray(bar + 1)];
+}
+
+export class RedisStore implements ClusterStore {
+  readonly name = "redis";
+  readonly durable = true;
+  readonly shared = true;
+  readonly keys: RedisKeys;
+  readonly nodeId: string;
+  private readonly graceMs: number;
+  private readonly tombstoneMs: number;
+  private readonly now: () => number;
+  private readonly ownsClient: boolean;
+  private closed = false;
+  /** Client ids already in this node's index set (saves an SADD per write). */
+  private readonly indexed = new Set<string>();
+
+  constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
+    this.keys = new RedisKeys(opts.keyPrefix);
+    this.nodeId = opts.nodeId;
+    this.graceMs = opts.ttlGraceMs ?? DEFAULT_TTL_GRACE_MS;
+    this.tombstoneMs = opts.tombstoneMs ?? DEFAULT_TOMBSTONE_MS;
+    this.now = opts.now ?? Date.now;
+    this.ownsClient = opts.ownsClient ?? false;
+  }
+
+  /** Connects a lazy client that was not connected yet, and checks that Redis answers. */
+  async open(): Promise<void> {
+    if (this.client.status === "wait") await this.client.connect();
+    await this.client.ping();
+  }
+
+  /** Quits the client when the store owns it; else the client's creator closes it. */
+  async close(): Promise<void> {
+    if (!this.ownsClient || this.closed) return;
+    this.closed = true;
+    await this.client.quit().catch(() => this.client.disconnect());
+  }
+
+  async write(ops: readonly StoreOp[]): Promise<void> {
+    const now = this.now();
+    const groups = new Map<string, (string | Buffer)[]>();
+    const retained = this.client.multi();
+    let retainedOps = 0;
+    /** Last session/session-delete per client: whether the index should list it. */
+    const indexChange = new Map<string, boolean>();
+    for (const op of ops) {
+      if (op.type === "retain") {
+        retainedOps++;
+        this.retainOp(retained, op.msg, now);
+        continue;
+      }
+      if (op.type === "retain-delete") {
+        retainedOps++;
+        retained.del(this.keys.retained(op.topic));
+        retained.srem(this.keys.retainedIndex, op.topic);
+        continue;
+      }
+      const cid = op.type === "session" ? op.state.clientId : op.clientId;
+      let args = groups.get(cid);
+      if (args === undefined) {
+        args = [this.nodeId, String(this.graceMs), String(this.tombstoneMs), String(now)];
+        groups.set(cid, args);
+      }
+      switch (op.type) {
+        case "session":
+          this.sessionArgs(args, op.state);
+          indexChange.set(cid, true);
+          break;
+        case "session-delete":
+          args.push("D");
+          indexChange.set(cid, false);
+          break;
+        case "enqueue":
+          args.push("E", queueEntry(op.seq, op.item));
+          break;
+        case "dequeue":
+          args.push("X", `${op.seq}|`);
+          break;
+        case "inflight":
+          args.push("I", `${op.item.packetId}|`, inflightEntry(op.item));
+          break;
+        case "inflight-delete":
+          args.push("J", `${op.packetId}|`);
+          break;
+        case "qos2-add":
+          args.push("A", String(op.packetId));
+          break;
+        case "qos2-delete":
+          args.push("B", String(op.packetId));
+          break;
+      }
+    }
+    // All scripts are sent at once (ioredis writes them back to back): one
+    // round trip per batch; each session's ops are atomic and in order.
+    const cids = [...groups.keys()];
+    const results = await Promise.allSettled([
+      ...cids.map((cid) => applyScript.run(this.client, this.keys.session(cid), groups.get(cid)!)),
+      retainedOps > 0 ? retained.exec() : Promise.resolve(null),
+    ]);
+    const stale: string[] = [];
+    const owners: string[] = [];
+    let failure: unknown = null;
+    const index: Promise<unknown>[] = [];
+    for (let i = 0; i < results.length; i++) {
+      const r = results[i];
+      if (r.status === "rejected") {
+        failure ??= r.reason;
+        continue;
+      }
+      if (i === cids.length) {
+        const replies = r.value as [Error | null, unknown][] | null;
+        const err = replies?.find(([e]) => e !== null)?.[0];
+        if (err) failure ??= err;
+        continue;
+      }
+      const cid = cids[i];
+      const reply = r.value as unknown[];
+      if (str(reply[0]) === "stale") {
+        stale.push(cid);
+        owners.push(str(reply[1]));
+        this.indexed.delete(cid);
+        continue;
+      }
+      for (const k of reply.slice(1)) {
+        log.warn("replaced the unreadable {key} of session {clientId} (wrong Redis type)", {
+          key: KEY_NAMES[Number(k) - 1],
+          clientId: cid,
+        });
+      }
+      const listed = indexChange.get(cid);
+      if (listed === true && !this.indexed.has(cid)) {
+        this.indexed.add(cid);
+        index.push(this.client.sadd(this.keys.nodeSessions(this.nodeId), cid));
+      } else if (listed === false) {
+        this.indexed.delete(cid);
+        index.push(this.client.srem(this.keys.nodeSessions(this.nodeId), cid));
+      }
+    }
+    await Promise.all(index);
+    if (failure !== null) throw failure;
+    if (stale.length > 0) throw new StaleSessionError(stale, owners);
+  }
+
+  private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
+    const key = this.keys.retained(msg.topic);
+    const value = buf(encodeMessage(msg));
+    // Relative to the node's clock, like the message's expiresAt.
+    const ttl = msg.expiresAt > 0 ? Math.ceil(msg.expiresAt - now) : 0;
+    if (msg.expiresAt > 0 && ttl <= 0) {
+      multi.del(key);
+      multi.srem(this.keys.retainedIndex, msg.topic);
+      return;
+    }
+    if (ttl > 0) multi.set(key, value, "PX", ttl);
+    else multi.set(key, value);
+    multi.sadd(this.keys.retainedIndex, msg.topic);
+  }
+
+  private sessionArgs(args: (string | Buffer)[], s: SessionState): void {
+    args.push(
+      "S",
+      s.clientId,
+      s.owner === null ? "-" : `+${s.owner}`,
+      String(s.expiryInterval),
+      expiresAtArg(s.expiresAt),
+      String(s.willAt),
+      String(s.will?.delay ?? 0),
+      s.will === null ? "" : buf(encodeWill(s.will)),
+      String(s.subscriptions.length),
+    );
+    for (const sub of s.subscriptions) args.push(encodeSubscription(sub));
+    args.push(String(s.queue.length));
+    for (const q of s.queue) args.push(queueEntry(q.seq, q));
+    args.push(String(s.inflight.length));
+    for (const f of s.inflight) args.push(inflightEntry(f));
+    args.push(String(s.incomingQos2.length));
+    for (const p of s.incomingQos2) args.push(String(p));
+  }
+
+  /** Every stored session (a single node's start-up, tools); claims nothing. */
+  async loadSessions(): Promise<SessionState[]> {
+    const out: SessionState[] = [];
+    for (const node of this.masters()) {
+      let cursor = "0";
+      do {
+        const [next, keys] = await node.scan(cursor, "MATCH", this.keys.metaPattern, "COUNT", 500);
+        cursor = next;
+        const cids = keys.map((k) => this.keys.clientIdOfMeta(k)).filter((c) => c !== null);
+        const states = await Promise.all(cids.map((cid) => this.loadSession(cid)));
+        for (const s of states) if (s !== null) out.push(s);
+      } while (cursor !== "0");
+    }
+    return out;
+  }
+
+  private masters(): Redis[] {
+    return this.client instanceof Cluster ? this.client.nodes("master") : [this.client];
+  }
+
+  /** One session as stored now, or null when none (or none readable) is stored; claims nothing. */
+  async loadSession(clientId: string): Promise<SessionState | null> {
+    return (await this.load(clientId, false)).state;
+  }
+
+  /**
+   * Fences the session for this node: from now on writes of any other node
+   * fail (epoch + 1, returned). Call it once the cluster made this node the
+   * owner and the previous owner has written back what it had (the bus's
+   * `claimSession` resolved); a node that was stopped (SIGSTOP) and wakes up
+   * later can then no longer overwrite the session.
+   */
+  async claimSession(clientId: string): Promise<number> {
+    return (await this.load(clientId, true)).epoch;
+  }
+
+  private async load(
+    clientId: string,
+    claim: boolean,
+  ): Promise<{ state: SessionState | null; epoch: number }> {
+    const reply = await loadScript.run(this.client, this.keys.session(clientId), [
+      claim ? this.nodeId : "",
+      String(this.tombstoneMs),
+    ]) as [Buffer, number[], Buffer[][] | null];
+    const [ep, bad, data] = reply;
+    this.logBad(clientId, bad);
+    if (claim && data !== null) this.indexNode(clientId);
+    return {
+      epoch: Number(str(ep)) || 0,
+      state: data === null ? null : this.decodeSession(clientId, data),
+    };
+  }
+
+  private indexNode(clientId: string): void {
+    if (this.indexed.has(clientId)) return;
+    this.indexed.add(clientId);
+    // Best effort: the index is a hint for node death, checked against meta.node.
+    this.client.sadd(this.keys.nodeSessions(this.nodeId), clientId).catch((e) =>
+      log.warn("could not index session {clientId}: {error}", { clientId, error: String(e) })
+    );
+  }
+
+  private logBad(clientId: string, bad: readonly number[]): void {
+    for (const k of bad) {
+      log.warn("skipped the {key} of session {clientId}: not a Redis {type}", {
+        key: KEY_NAMES[Number(k) - 1],
+        clientId,
+        type: Number(k) === 1 ? "hash" : "list",
+      });
+    }
+  }
+
+  private decodeSession(clientId: string, data: Buffer[][]): SessionState | null {
+    const [metaPairs, subs, queue, inflightEntries, qos2] = data;
+    const meta = new Map<string, Buffer>();
+    for (let i = 0; i + 1 < metaPairs.length; i += 2) meta.set(str(metaPairs[i]), metaPairs[i + 1]);
+    const field = (name: string): string => {
+      const v = meta.get(name);
+      if (v === undefined) throw new CorruptValueError(`meta has no ${name}`);
+      return str(v);
+    };
+    const num = (name: string): number => {
+      const v = field(name);
+      const n = v === "inf" ? Infinity : Number(v);
+      if (v === "" || Number.isNaN(n)) throw new CorruptValueError(`meta ${name} is not a number`);
+      return n;
+    };
+    let base;
+    try {
+      if (field("v") !== "1") throw new CorruptValueError(`unknown format version ${field("v")}`);
+      if (field("cid") !== clientId) throw new CorruptValueError("meta names another client id");
+      const will = meta.get("will");
+      base = {
+        clientId,
+        owner: meta.has("o") ? field("o") : null,
+        expiryInterval: num("ei"),
+        expiresAt: num("ea"),
+        will: will === undefined ? null : decodeWill(will),
+        willAt: num("wa"),
+      };
+    } catch (e) {
+      log.warn("skipped session {clientId}: unreadable meta ({error})", {
+        clientId,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      return null;
+    }
+    const skip = (what: string, e: unknown) =>
+      log.warn("skipped {what} of session {clientId}: {error}", {
+        what,
+        clientId,
+        error: e instanceof Error ? e.message : String(e),
+      });
+    const subscriptions: StoredSubscription[] = [];
+    for (const sub of subs) {
+      try {
+        subscriptions.push(decodeSubscription(str(sub)));
+      } catch (e) {
+        skip(`subscription ${str(sub)}`, e);
+      }
+    }
+    const items: (StoredDelivery & { seq: number })[] = [];
+    for (const entry of queue) {
+      try {
+        const [seq, value] = numbered(entry);
+        items.push({ ...decodeDelivery(value), seq });
+      } catch (e) {
+        skip("a queued message", e);
+      }
+    }
+    const inflight: StoredInflight[] = [];
+    for (const entry of inflightEntries) {
+      try {
+        const [packetId, value] = numbered(entry);
+        const f = decodeInflight(value);
+        if (f.packetId !== packetId) throw new CorruptValueError("packet id does not match");
+        inflight.push(f);
+      } catch (e) {
+        skip("an inflight message", e);
+      }
+    }
+    const incomingQos2: number[] = [];
+    for (const p of qos2) {
+      const n = Number(str(p));
+      if (Number.isInteger(n) && n >= 1 && n <= 0xffff) incomingQos2.push(n);
+      else skip("an incoming QoS 2 id", new CorruptValueError(str(p)));
+    }
+    return { ...base, subscriptions, queue: items, inflight, incomingQos2 };
+  }
+
+  /** Every retained message; expired ones (gone from Redis) leave the index. */
+  async loadRetained(): Promise<StoredMessage[]> {
+    const out: StoredMessage[] = [];
+    const index = this.keys.retainedIndex;
+    let cursor = "0";
+    do {
+      const [next, topics] = await this.client.sscan(index, cursor, "COUNT", 500);
+      cursor = next;
+      if (topics.length === 0) continue;
+      const values = await this.client.mgetBuffer(...topics.map((t) => this.keys.retained(t)));
+      const gone: string[] = [];
+      values.forEach((v, i) => {
+        if (v === null) {
+          gone.push(topics[i]);
+          return;
+        }
+        try {
+          const m = decodeMessage(v);
+          if (m.topic !== topics[i]) throw new CorruptValueError("stored under another topic");
+          out.push(m);
+        } catch (e) {
+          log.warn("skipped the retained message of {topic}: {error}", {
+            topic: topics[i],
+            error: e instanceof Error ? e.message : String(e),
+          });
+        }
+      });
+      if (gone.length > 0) await this.client.srem(index, ...gone);
+    } while (cursor !== "0");
+    return out;
+  }
+
+  // ---- node death: called by the core when the bus reports nodeDown(nodeId)
+
+  /** Client ids of the sessions `nodeId` owns (its index, checked against each session's owner). */
+  async sessionsOfNode(nodeId: string): Promise<string[]> {
+    const key = this.keys.nodeSessions(nodeId);
+    const owned: string[] = [];
+    let cursor = "0";
+    do {
+      const [next, cids] = await this.client.sscan(key, cursor, "COUNT", 500);
+      cursor = next;
+      const owners = await Promise.all(
+        cids.map((cid) =>
+          this.client.hmget(this.keys.session(cid)[0], "node", "w").catch(() => [null, null])
+        ),
+      );
+      cids.forEach((cid, i) => {
+        // The claim when there is one, else the last writer (as the adopt script decides).
+        if ((owners[i][0] ?? owners[i][1]) === nodeId) owned.push(cid);
+      });
+    } while (cursor !== "0");
+    return owned;
+  }
+
+  /**
+   * Takes over a session of the dead node `deadNodeId`: succeeds on exactly
+   * one node (it must still name the dead node as owner). A session that was
+   * connected there is now detached: it expires after its Session Expiry
+   * Interval from now and its will is due after its delay. Returns the state
+   * (this node now owns it), or null when another node adopted it first or it
+   * is gone. Publish its will through {@link takeWill}.
+   */
+  async adoptSession(clientId: string, deadNodeId: string): Promise<SessionState | null> {
+    const reply = await adoptScript.run(this.client, this.keys.session(clientId), [
+      deadNodeId,
+      this.nodeId,
+      String(this.now()),
+      String(this.graceMs),
+      String(this.tombstoneMs),
+    ]) as [Buffer, number[], Buffer[][] | null] | null;
+    if (reply === null) return null;
+    const [, bad, data] = reply;
+    this.logBad(clientId, bad);
+    if (data === null) return null;
+    this.indexNode(clientId);
+    this.client.srem(this.keys.nodeSessions(deadNodeId), clientId).catch(() => {});
+    return this.decodeSession(clientId, data);
+  }
+
+  /**
+   * Removes the session's will from the store and returns it, when this node
+   * owns the session and the will is still there: so a will is published
+   * once cluster-wide even when several nodes race (or the client came back
+   * on another node, which then owns the session and gets it instead).
+   */
+  async takeWill(clientId: string): Promise<StoredWill | null> {
+    const reply = await takeWillScript.run(this.client, [this.keys.session(clientId)[0]], [
+      this.nodeId,
+    ]) as Buffer | null;
+    if (reply === null) return null;
+    try {
+      return decodeWill(reply);
+    } catch (e) {
+      log.warn("dropped the unreadable will of session {clientId}: {error}", {
+        clientId,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      return null;
+    }
+  }
+
+  /** Drops a dead node's index once its sessions are adopted. */
+  async forgetNode(nodeId: string): Promise<void> {
+    await this.client.del(this.keys.nodeSessions(nodeId));
+  }
+}
+
+/** What `createRedisStore` reads from the configuration (`[redis] key_prefix`). */
+export interface RedisStoreConfig {
+  readonly redis: { readonly key_prefix?: string };
+}
+
+/**
+ * The Redis store for a broker. `client` is connected by the caller (the
+ * cluster's connection factory); `nodeId` is the bus's node id (its
+ * incarnation), `now` the broker's clock.
+ */
+export function createRedisStore(
+  config: RedisStoreConfig,
+  client: RedisClient,
+  opts: Omit<RedisStoreOptions, "keyPrefix">,
+): RedisStore {
+  return new RedisStore(client, { ...opts, keyPrefix: config.redis.key_prefix ?? "mcloudtt" });
+}

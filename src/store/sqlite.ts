@@ -1,0 +1,456 @@
+/**
+ * The embedded store: sessions and retained messages in one SQLite file
+ * (`node:sqlite`, built into Deno, nothing to download) in the data
+ * directory, in write-ahead-log mode.
+ *
+ * Each `write(ops)` is one transaction (the core batches one per event-loop
+ * turn). With sync "ack-after-write" the commit fsyncs the log, so a batch
+ * whose promise resolved survives kill -9 and power loss; with "async" the log
+ * is fsynced only at checkpoints, which survives kill -9 but not power loss
+ * (and the core does not wait for the write before acknowledging).
+ *
+ * `node:sqlite` is synchronous: a write blocks the event loop for its
+ * transaction, fsync included. That is the group commit: while it runs,
+ * incoming packets wait in the socket buffers and become the next, larger batch.
+ *
+ * A message enqueued to many sessions is stored once: within a batch and
+ * across batches the same StoredMessage object maps to the same row (see
+ * `messageId`), and rows nobody references are deleted at the end of each batch.
+ */
+import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
+import { StoreOpenError } from "./errors.ts";
+import { type Migration, openDatabase, transaction } from "./sqlite_schema.ts";
+import type {
+  SessionState,
+  Store,
+  StoredDelivery,
+  StoredInflight,
+  StoredMessage,
+  StoredSubscription,
+  StoreOp,
+} from "./types.ts";
+
+export interface SqliteStoreOptions {
+  /** Data directory; created if missing. */
+  readonly dir: string;
+  /** `[storage] sync`. */
+  readonly sync?: "ack-after-write" | "async";
+  /** File name inside `dir`. */
+  readonly file?: string;
+  /** Schema migrations, for tests of the migration path. */
+  readonly migrations?: readonly Migration[];
+}
+
+export const DB_FILE = "mcloudtt.db";
+
+const SQL = {
+  // Columns named: a later migration may add columns with defaults.
+  sessionPut: `INSERT OR REPLACE INTO sessions (client_id, owner, expiry_interval, expires_at,
+    will_at, will_topic, will_payload, will_qos, will_retain, will_props, will_expires_at,
+    will_origin, will_delay, will_expiry, subscriptions) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+  sessionDelete: `DELETE FROM sessions WHERE client_id = ?`,
+  queueClear: `DELETE FROM queue WHERE client_id = ? RETURNING msg_id`,
+  inflightClear: `DELETE FROM inflight WHERE client_id = ? RETURNING msg_id`,
+  qos2Clear: `DELETE FROM qos2 WHERE client_id = ?`,
+  // Ops on a session that does not exist are ignored, as apply.ts defines.
+  enqueue: `INSERT INTO queue (client_id, seq, msg_id, qos, retain, sub_ids)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
+  dequeue: `DELETE FROM queue WHERE client_id = ? AND seq = ? RETURNING msg_id`,
+  inflightPut: `INSERT INTO inflight (client_id, packet_id, msg_id, qos, retain, sub_ids, released)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
+  inflightDelete: `DELETE FROM inflight WHERE client_id = ? AND packet_id = ? RETURNING msg_id`,
+  qos2Add: `INSERT OR IGNORE INTO qos2 (client_id, packet_id)
+    SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
+  qos2Delete: `DELETE FROM qos2 WHERE client_id = ? AND packet_id = ?`,
+  retainPut: `INSERT OR REPLACE INTO retained (topic, payload, qos, retain, props, expires_at,
+    origin) VALUES (?,?,?,?,?,?,?)`,
+  retainDelete: `DELETE FROM retained WHERE topic = ?`,
+  messageInsert: `INSERT INTO messages (id, topic, payload, qos, retain, props, expires_at, origin)
+    VALUES (?,?,?,?,?,?,?,?)`,
+  messageExists: `SELECT 1 AS x FROM messages WHERE id = ?`,
+  messageRefs: `UPDATE messages SET refs = refs + ? WHERE id = ?`,
+  messageGc: `DELETE FROM messages WHERE refs <= 0`,
+  sessionsAll: `SELECT * FROM sessions`,
+  sessionOne: `SELECT * FROM sessions WHERE client_id = ?`,
+  queueAll: `SELECT q.client_id, q.seq, q.qos AS d_qos, q.retain AS d_retain, q.sub_ids, m.*
+    FROM queue q JOIN messages m ON m.id = q.msg_id ORDER BY q.rowid`,
+  queueOne: `SELECT q.client_id, q.seq, q.qos AS d_qos, q.retain AS d_retain, q.sub_ids, m.*
+    FROM queue q JOIN messages m ON m.id = q.msg_id WHERE q.client_id = ? ORDER BY q.rowid`,
+  inflightAll: `SELECT f.client_id, f.packet_id, f.released, f.qos AS d_qos,
+    f.retain AS d_retain, f.sub_ids, m.*
+    FROM inflight f JOIN messages m ON m.id = f.msg_id ORDER BY f.rowid`,
+  inflightOne: `SELECT f.client_id, f.packet_id, f.released, f.qos AS d_qos,
+    f.retain AS d_retain, f.sub_ids, m.*
+    FROM inflight f JOIN messages m ON m.id = f.msg_id WHERE f.client_id = ? ORDER BY f.rowid`,
+  qos2All: `SELECT client_id, packet_id FROM qos2`,
+  qos2One: `SELECT client_id, packet_id FROM qos2 WHERE client_id = ?`,
+  retainedAll: `SELECT * FROM retained`,
+  maxMessageId: `SELECT max(id) AS id FROM messages`,
+} as const;
+
+type Statements = { -readonly [K in keyof typeof SQL]: StatementSync };
+type Row = Record<string, SQLInputValue>;
+
+export class SqliteStore implements Store {
+  readonly name = "sqlite";
+  readonly durable = true;
+  readonly shared = false;
+  /** The database file. */
+  readonly path: string;
+  private db: DatabaseSync | null = null;
+  private st: Statements | null = null;
+  private nextMessageId = 1;
+  /** Rows of messages written by earlier batches (they may since have been deleted). */
+  private written = new WeakMap<StoredMessage, number>();
+  /** Rows of messages known to exist during the batch being written. */
+  private readonly inBatch = new Map<StoredMessage, number>();
+  /** Net change of each message's reference count in the batch being written. */
+  private readonly refDelta = new Map<number, number>();
+
+  constructor(readonly options: SqliteStoreOptions) {
+    this.path = `${options.dir.replace(/\/+$/, "") || "/"}/${options.file ?? DB_FILE}`;
+  }
+
+  open(): Promise<void> {
+    if (this.db) return Promise.resolve();
+    try {
+      Deno.mkdirSync(this.options.dir, { recursive: true });
+    } catch (e) {
+      return Promise.reject(
+        new StoreOpenError(
+          "access",
+          this.options.dir,
+          `storage: cannot create the data directory ${this.options.dir} (${
+            e instanceof Error ? e.message : e
+          }); create it writable by the broker, or set [storage] dir (MCLOUDTT_STORAGE_DIR)`,
+          { cause: e },
+        ),
+      );
+    }
+    try {
+      const db = openDatabase(this.path, {
+        synchronous: this.options.sync === "async" ? "NORMAL" : "FULL",
+        migrations: this.options.migrations,
+      });
+      const st = {} as Statements;
+      try {
+        for (const [k, sql] of Object.entries(SQL)) st[k as keyof Statements] = db.prepare(sql);
+        this.nextMessageId = Number(st.maxMessageId.get()?.id ?? 0) + 1;
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+      this.written = new WeakMap();
+      this.db = db;
+      this.st = st;
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  close(): Promise<void> {
+    if (this.db) {
+      this.db.close();
+      this.db = null;
+      this.st = null;
+    }
+    return Promise.resolve();
+  }
+
+  write(ops: readonly StoreOp[]): Promise<void> {
+    if (ops.length === 0) return Promise.resolve();
+    try {
+      const st = this.statements();
+      transaction(this.db!, () => {
+        for (const op of ops) this.apply(st, op);
+        for (const [id, d] of this.refDelta) if (d !== 0) st.messageRefs.run(d, id);
+        st.messageGc.run();
+      });
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e);
+    } finally {
+      this.inBatch.clear();
+      this.refDelta.clear();
+    }
+  }
+
+  loadSessions(): Promise<SessionState[]> {
+    try {
+      const st = this.statements();
+      return Promise.resolve(
+        this.assemble(
+          st.sessionsAll.all(),
+          st.queueAll.all(),
+          st.inflightAll.all(),
+          st.qos2All.all(),
+        ),
+      );
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  loadSession(clientId: string): Promise<SessionState | null> {
+    try {
+      const st = this.statements();
+      const row = st.sessionOne.get(clientId);
+      if (row === undefined) return Promise.resolve(null);
+      const [state] = this.assemble(
+        [row],
+        st.queueOne.all(clientId),
+        st.inflightOne.all(clientId),
+        st.qos2One.all(clientId),
+      );
+      return Promise.resolve(state);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  loadRetained(): Promise<StoredMessage[]> {
+    try {
+      return Promise.resolve(this.statements().retainedAll.all().map((r) => readMessage(r)));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private statements(): Statements {
+    if (!this.st) throw new Error(`storage: ${this.path} is not open`);
+    return this.st;
+  }
+
+  private apply(st: Statements, op: StoreOp): void {
+    switch (op.type) {
+      case "session":
+        this.putSession(st, op.state);
+        return;
+      case "session-delete":
+        this.clearSession(st, op.clientId);
+        st.sessionDelete.run(op.clientId);
+        return;
+      case "enqueue":
+        this.enqueue(st, op.clientId, op.seq, op.item);
+        return;
+      case "dequeue":
+        this.unref(st.dequeue.get(op.clientId, op.seq));
+        return;
+      case "inflight":
+        this.unref(st.inflightDelete.get(op.clientId, op.item.packetId));
+        this.putInflight(st, op.clientId, op.item);
+        return;
+      case "inflight-delete":
+        this.unref(st.inflightDelete.get(op.clientId, op.packetId));
+        return;
+      case "qos2-add":
+        st.qos2Add.run(op.clientId, op.packetId);
+        return;
+      case "qos2-delete":
+        st.qos2Delete.run(op.clientId, op.packetId);
+        return;
+      case "retain":
+        st.retainPut.run(...messageValues(op.msg));
+        return;
+      case "retain-delete":
+        st.retainDelete.run(op.topic);
+        return;
+    }
+  }
+
+  private clearSession(st: Statements, clientId: string): void {
+    for (const row of st.queueClear.all(clientId)) this.unref(row);
+    for (const row of st.inflightClear.all(clientId)) this.unref(row);
+    st.qos2Clear.run(clientId);
+  }
+
+  /** Counts a reference to message `id` if `inserted` rows were written. */
+  private ref(id: number, inserted: number | bigint): void {
+    if (inserted) this.refDelta.set(id, (this.refDelta.get(id) ?? 0) + 1);
+  }
+
+  /** Counts the reference a deleted queue or inflight row (`RETURNING msg_id`) held. */
+  private unref(row: Row | undefined): void {
+    if (row === undefined) return;
+    const id = Number(row.msg_id);
+    this.refDelta.set(id, (this.refDelta.get(id) ?? 0) - 1);
+  }
+
+  private enqueue(st: Statements, clientId: string, seq: number, d: StoredDelivery): void {
+    const id = this.messageId(d.msg);
+    this.ref(id, st.enqueue.run(...deliveryValues(clientId, seq, id, d)).changes);
+  }
+
+  private putSession(st: Statements, s: SessionState): void {
+    this.clearSession(st, s.clientId);
+    const w = s.will;
+    const will = w === null
+      ? [null, null, null, null, null, null, null, null, null]
+      : [...messageValues(w.msg), w.delay, w.expiry];
+    st.sessionPut.run(
+      s.clientId,
+      s.owner,
+      s.expiryInterval,
+      s.expiresAt,
+      s.willAt,
+      ...will,
+      JSON.stringify(s.subscriptions.map(subscriptionTuple)),
+    );
+    for (const q of s.queue) this.enqueue(st, s.clientId, q.seq, q);
+    for (const f of s.inflight) this.putInflight(st, s.clientId, f);
+    for (const p of s.incomingQos2) st.qos2Add.run(s.clientId, p);
+  }
+
+  private putInflight(st: Statements, clientId: string, f: StoredInflight): void {
+    const id = this.messageId(f.msg);
+    const [c, , , qos, retain, subIds] = deliveryValues(clientId, 0, id, f);
+    const { changes } = st.inflightPut.run(
+      c,
+      f.packetId,
+      id,
+      qos,
+      retain,
+      subIds,
+      f.released ? 1 : 0,
+    );
+    this.ref(id, changes);
+  }
+
+  /** The row of `msg`, written now unless this batch or an earlier one already holds it. */
+  private messageId(msg: StoredMessage): number {
+    const st = this.st!;
+    let id = this.inBatch.get(msg);
+    if (id !== undefined) return id;
+    id = this.written.get(msg);
+    // A row from an earlier batch may have been deleted since (nobody referenced it).
+    if (id === undefined || st.messageExists.get(id) === undefined) {
+      id = this.nextMessageId++;
+      st.messageInsert.run(id, ...messageValues(msg));
+      this.written.set(msg, id);
+    }
+    this.inBatch.set(msg, id);
+    return id;
+  }
+
+  /** Builds session states from their rows; a message shared by many rows becomes one object. */
+  private assemble(sessions: Row[], queue: Row[], inflight: Row[], qos2: Row[]): SessionState[] {
+    type Building = {
+      -readonly [K in keyof SessionState]: K extends "queue" | "inflight" | "incomingQos2"
+        ? SessionState[K][number][]
+        : SessionState[K];
+    };
+    const byId = new Map<string, Building>();
+    for (const r of sessions) {
+      const clientId = String(r.client_id);
+      byId.set(clientId, {
+        clientId,
+        owner: r.owner === null ? null : String(r.owner),
+        expiryInterval: Number(r.expiry_interval),
+        expiresAt: Number(r.expires_at),
+        will: r.will_topic === null ? null : {
+          msg: readMessage(r, "will_"),
+          delay: Number(r.will_delay),
+          expiry: Number(r.will_expiry),
+        },
+        willAt: Number(r.will_at),
+        subscriptions: (JSON.parse(String(r.subscriptions)) as SubscriptionTuple[]).map(
+          readSubscription,
+        ),
+        queue: [],
+        inflight: [],
+        incomingQos2: [],
+      });
+    }
+    const messages = new Map<number, StoredMessage>();
+    const shared = (r: Row) => {
+      const id = Number(r.id);
+      let m = messages.get(id);
+      if (!m) messages.set(id, m = readMessage(r));
+      return m;
+    };
+    for (const r of queue) {
+      byId.get(String(r.client_id))?.queue.push({
+        ...readDelivery(r, shared(r)),
+        seq: Number(r.seq),
+      });
+    }
+    for (const r of inflight) {
+      byId.get(String(r.client_id))?.inflight.push({
+        ...readDelivery(r, shared(r)),
+        packetId: Number(r.packet_id),
+        released: r.released === 1,
+      });
+    }
+    for (const r of qos2) byId.get(String(r.client_id))?.incomingQos2.push(Number(r.packet_id));
+    return [...byId.values()];
+  }
+}
+
+/** topic, payload, qos, retain, props, expires_at, origin: the column order everywhere. */
+function messageValues(m: StoredMessage): SQLInputValue[] {
+  return [m.topic, m.payload, m.qos, m.retain ? 1 : 0, m.props, m.expiresAt, m.origin];
+}
+
+function readMessage(r: Row, prefix = ""): StoredMessage {
+  const props = r[prefix + "props"];
+  return {
+    topic: String(r[prefix + "topic"]),
+    payload: r[prefix + "payload"] as Uint8Array,
+    qos: Number(r[prefix + "qos"]) as 0 | 1 | 2,
+    retain: r[prefix + "retain"] === 1,
+    props: props === null ? null : props as Uint8Array,
+    expiresAt: Number(r[prefix + "expires_at"]),
+    origin: String(r[prefix + "origin"]),
+  };
+}
+
+function deliveryValues(
+  clientId: string,
+  seq: number,
+  msgId: number,
+  d: StoredDelivery,
+): SQLInputValue[] {
+  return [
+    clientId,
+    seq,
+    msgId,
+    d.qos,
+    d.retain ? 1 : 0,
+    d.subIds ? JSON.stringify(d.subIds) : null,
+  ];
+}
+
+function readDelivery(r: Row, msg: StoredMessage): StoredDelivery {
+  return {
+    msg,
+    qos: Number(r.d_qos) as 1 | 2,
+    retain: r.d_retain === 1,
+    subIds: r.sub_ids === null ? null : JSON.parse(String(r.sub_ids)) as number[],
+  };
+}
+
+/** A subscription as a compact JSON tuple: key, qos, noLocal, rap, retainHandling, id. */
+type SubscriptionTuple = [string, number, number, number, number, number];
+
+function subscriptionTuple(s: StoredSubscription): SubscriptionTuple {
+  return [
+    s.key,
+    s.qos,
+    s.noLocal ? 1 : 0,
+    s.retainAsPublished ? 1 : 0,
+    s.retainHandling,
+    s.subscriptionId,
+  ];
+}
+
+function readSubscription(t: SubscriptionTuple): StoredSubscription {
+  return {
+    key: t[0],
+    qos: t[1] as 0 | 1 | 2,
+    noLocal: t[2] === 1,
+    retainAsPublished: t[3] === 1,
+    retainHandling: t[4] as 0 | 1 | 2,
+    subscriptionId: t[5],
+  };
+}

@@ -1,0 +1,143 @@
+/**
+ * Revocation takes effect: after a reload (what SIGHUP runs) of a tightened ACL, subscriptions the
+ * new ACL forbids stop receiving and are removed from persistent sessions, and subscriptions it
+ * narrows are filtered; clients whose password entry was removed or changed are disconnected with
+ * DISCONNECT 0x87, while the others stay.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import type { IDisconnectPacket, MqttClient } from "mqtt";
+import { hashPassword } from "../../src/auth/passwords.ts";
+import { collect, connectClient, delay, startBroker } from "../helpers/broker.ts";
+
+const dir = await Deno.makeTempDir({ prefix: "mcloudtt-revocation-" });
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+async function write(name: string, text: string): Promise<string> {
+  const path = join(dir, name);
+  await Deno.writeTextFile(path, text);
+  return path;
+}
+
+/**
+ * Resolves with the reason code of the DISCONNECT the broker sends, "closed" when it closes without
+ * one, or "still connected" after 3 s.
+ */
+function serverDisconnect(client: MqttClient): Promise<number | "closed" | "still connected"> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve("still connected"), 3000);
+    client.once("disconnect", (p: IDisconnectPacket) => {
+      clearTimeout(t);
+      resolve(p.reasonCode ?? 0);
+    });
+    client.once("close", () => {
+      clearTimeout(t);
+      setTimeout(() => resolve("closed"), 50);
+    });
+  });
+}
+
+Deno.test("a reloaded ACL removes forbidden subscriptions, also from offline sessions", async () => {
+  const acl = await write("acl-tighten", "pattern readwrite #\n");
+  await using b = await startBroker({ auth: { acl_file: acl, allow_anonymous: true } });
+  await using pub = await connectClient(b.port, { clientId: "pub", username: "ops" });
+  await using alice = await connectClient(b.port, { clientId: "alice", username: "alice" });
+  const aliceInbox = collect(alice);
+  await alice.subscribeAsync(["sensors/#", "other/#"], { qos: 1 });
+  // carol has a persistent session and is offline during the reload.
+  const persistent = {
+    clientId: "carol",
+    username: "carol",
+    clean: false,
+    properties: { sessionExpiryInterval: 3600 },
+  };
+  const carol1 = await connectClient(b.port, persistent);
+  await carol1.subscribeAsync("sensors/#", { qos: 1 });
+  await carol1.endAsync();
+
+  await Deno.writeTextFile(acl, "pattern readwrite #\npattern deny sensors/#\n");
+  await b.broker.reload();
+
+  await pub.publishAsync("sensors/x", "after", { qos: 1 }).catch(() => {});
+  await pub.publishAsync("other/x", "still", { qos: 1 });
+  assert.equal((await aliceInbox.next()).topic, "other/x");
+  await aliceInbox.none(200);
+
+  // Loosen the ACL again: a removed subscription does not come back by itself.
+  await Deno.writeTextFile(acl, "pattern readwrite #\n");
+  await b.broker.reload();
+  await using carol = await connectClient(b.port, persistent);
+  const carolInbox = collect(carol);
+  assert.equal(carol.connected, true);
+  await pub.publishAsync("sensors/y", "later", { qos: 1 });
+  await carolInbox.none(300);
+  // It was removed, not merely filtered: alice's is gone as well.
+  await aliceInbox.none(0);
+  assert.equal(aliceInbox.messages.length, 1);
+});
+
+Deno.test("a reloaded ACL that narrows a granted subscription filters it from then on", async () => {
+  const acl = await write("acl-narrow", "pattern readwrite #\n");
+  await using b = await startBroker({ auth: { acl_file: acl, allow_anonymous: true } });
+  await using pub = await connectClient(b.port, { clientId: "pub", username: "ops" });
+  await using bob = await connectClient(b.port, { clientId: "bob", username: "bob" });
+  const inbox = collect(bob);
+  await bob.subscribeAsync("#", { qos: 1 });
+  await pub.publishAsync("secret/a", "before", { qos: 1 });
+  assert.equal((await inbox.next()).payload, "before");
+
+  await Deno.writeTextFile(acl, "pattern readwrite #\nuser bob\ntopic deny secret/#\n");
+  await b.broker.reload();
+  await pub.publishAsync("secret/a", "after", { qos: 1 });
+  await pub.publishAsync("public/a", "public", { qos: 1 });
+  assert.equal((await inbox.next()).payload, "public");
+  await inbox.none(200);
+});
+
+Deno.test("a removed or changed password disconnects its clients with 0x87; others stay", async () => {
+  const line = async (user: string, pw: string) => `${user}:${await hashPassword(pw, 1000)}\n`;
+  const alice = await line("alice", "a");
+  const passwd = await write("passwd", alice + await line("bob", "b") + await line("carol", "c"));
+  await using b = await startBroker({ auth: { password_file: passwd, allow_anonymous: true } });
+  await using a = await connectClient(b.port, { clientId: "a", username: "alice", password: "a" });
+  await using bo = await connectClient(b.port, { clientId: "b", username: "bob", password: "b" });
+  await using c = await connectClient(b.port, { clientId: "c", username: "carol", password: "c" });
+  await using c311 = await connectClient(b.port, {
+    clientId: "c311",
+    username: "carol",
+    password: "c",
+    protocolVersion: 4,
+  });
+  await using anon = await connectClient(b.port, { clientId: "anon" });
+  const bobGone = serverDisconnect(bo);
+  const carolGone = serverDisconnect(c);
+  const carol311Gone = serverDisconnect(c311);
+
+  // bob removed, carol's password changed, alice's line untouched.
+  await Deno.writeTextFile(passwd, alice + await line("carol", "new"));
+  await b.broker.reload();
+
+  assert.equal(await bobGone, 0x87);
+  assert.equal(await carolGone, 0x87);
+  assert.equal(await carol311Gone, "closed");
+  await delay(100);
+  assert.equal(a.connected, true, "alice's entry did not change");
+  assert.equal(anon.connected, true, "anonymous clients have no password to revoke");
+  // carol may come back with the new password.
+  await using again = await connectClient(b.port, {
+    clientId: "c2",
+    username: "carol",
+    password: "new",
+  });
+  assert.equal(again.connected, true);
+});
+
+Deno.test("a reload that fails to parse revokes nothing", async () => {
+  const passwd = await write("passwd-broken", `dave:${await hashPassword("d", 1000)}\n`);
+  await using b = await startBroker({ auth: { password_file: passwd } });
+  await using d = await connectClient(b.port, { clientId: "d", username: "dave", password: "d" });
+  await Deno.writeTextFile(passwd, "dave has no hash\n");
+  await b.broker.reload();
+  await delay(100);
+  assert.equal(d.connected, true);
+});

@@ -1,0 +1,80 @@
+/**
+ * `mcloudtt bq-adapter` as processes against a running broker and the fake
+ * BigQuery: replicas split one stream, every message is written once, and a
+ * replica killed with messages unacknowledged loses none of them.
+ */
+import assert from "node:assert/strict";
+import { startFakeBigQuery } from "../helpers/bigquery_server.ts";
+import {
+  connectClient,
+  delay,
+  type MainProcess,
+  startBroker,
+  startMain,
+} from "../helpers/broker.ts";
+
+const repoRoot = new URL("../../", import.meta.url).pathname;
+
+function adapter(brokerUrl: string, bigquery: string, clientId: string): MainProcess {
+  return startMain(repoRoot, [
+    "bq-adapter",
+    `--adapter.url=${brokerUrl}`,
+    `--adapter.client_id=${clientId}`,
+    "--adapter.receive_maximum=50",
+    "--bigquery.project_id=proj",
+    "--bigquery.dataset_id=ds",
+    `--bigquery.endpoint=${bigquery}`,
+    "--bigquery.credentials_path=",
+    "--bigquery.flush_interval_ms=20",
+    "--bigquery.batch_size=20",
+    "--bigquery.retry_initial_ms=20",
+    "--bigquery.retry_max_ms=200",
+  ]);
+}
+
+async function publish(port: number, n: number, prefix: string): Promise<void> {
+  await using pub = await connectClient(port, { clientId: `pub-${prefix}` });
+  for (let i = 0; i < n; i++) await pub.publishAsync(`${prefix}/${i}`, `${i}`, { qos: 1 });
+}
+
+Deno.test("two adapters split a stream: every message written once, by both replicas", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await startBroker();
+  await using a1 = adapter(b.url, fake.url, "a1");
+  await using a2 = adapter(b.url, fake.url, "a2");
+  await a1.waitFor(/subscribed to \$share\/bq-adapter\/#/);
+  await a2.waitFor(/subscribed to \$share\/bq-adapter\/#/);
+  await publish(b.port, 300, "s");
+  await fake.waitForRows(300, 15_000);
+  await delay(200);
+  const topics = fake.inserted.map((r) => r.json.topic as string);
+  assert.equal(topics.length, 300, "no message written twice");
+  assert.equal(new Set(topics).size, 300);
+  const byNode = Map.groupBy(fake.inserted, (r) => r.json.node_id as string);
+  assert.deepEqual([...byNode.keys()].sort(), ["a1", "a2"]);
+  for (const [node, rows] of byNode) assert.ok(rows.length >= 30, `${node} wrote ${rows.length}`);
+  const row = fake.inserted[0].json;
+  assert.equal(row.kind, "adapter");
+  assert.equal(row.qos, 1);
+});
+
+Deno.test("an adapter killed with unacknowledged messages loses none: its next start writes them", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await startBroker();
+  const first = adapter(b.url, fake.url, "solo");
+  await first.waitFor(/subscribed to/);
+  fake.failAll(503); // rows wait in the adapter, messages stay unacknowledged
+  await publish(b.port, 40, "k");
+  await delay(300);
+  first.child.kill("SIGKILL");
+  await first.status;
+  assert.equal(fake.inserted.length, 0);
+  fake.failAll(0);
+  await using second = adapter(b.url, fake.url, "solo");
+  await second.waitFor(/session resumed/);
+  await fake.waitForRows(40, 15_000);
+  assert.deepEqual(
+    [...new Set(fake.inserted.map((r) => r.json.topic as string))].sort(),
+    Array.from({ length: 40 }, (_, i) => `k/${i}`).sort(),
+  );
+});

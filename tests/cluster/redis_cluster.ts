@@ -1,0 +1,55 @@
+/** Buses of one cluster on a real redis-server, with short leases so tests run fast. */
+import { resolveConfig } from "../../src/config/mod.ts";
+import type { DeepPartial } from "../../src/config/schema.ts";
+import type { Config } from "../../src/config/schema.ts";
+import { incarnationId, RedisBus } from "../../src/cluster/redis_bus.ts";
+import type { RedisServer } from "../helpers/redis.ts";
+import type { ClusterUnderTest } from "./contract.ts";
+
+/** Lease settings that notice a dead node in well under a second. */
+export const FAST_CLUSTER = {
+  lease_renew_ms: 100,
+  lease_ttl_ms: 400,
+  takeover_timeout_ms: 2000,
+} as const;
+
+export function redisBus(
+  server: RedisServer,
+  name: string,
+  overrides: DeepPartial<Config> = {},
+): RedisBus {
+  const config = resolveConfig({
+    ...overrides,
+    redis: { enabled: true, port: server.port, ...overrides.redis },
+    cluster: { ...FAST_CLUSTER, ...overrides.cluster },
+  });
+  return new RedisBus({
+    redis: config.redis,
+    cluster: config.cluster,
+    nodeId: incarnationId(name),
+  });
+}
+
+/** n buses on `server` (each test gets its own key prefix, so servers can be shared). */
+export function redisCluster(
+  server: RedisServer,
+  n: number,
+  overrides: DeepPartial<Config> = {},
+): ClusterUnderTest & { buses: RedisBus[] } {
+  const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
+  const buses = Array.from(
+    { length: n },
+    (_, i) =>
+      redisBus(server, `n${i}`, {
+        ...overrides,
+        redis: { key_prefix: prefix, ...overrides.redis },
+      }),
+  );
+  return {
+    buses,
+    kill: (i) => buses[i].halt(),
+    close: async () => {
+      await Promise.all(buses.map((b) => b.stop()));
+    },
+  };
+}

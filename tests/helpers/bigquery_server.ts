@@ -1,0 +1,254 @@
+/**
+ * A local stand-in for the BigQuery REST API, enough for the official client
+ * library as the topic log uses it: datasets.get/insert, tables.get/insert and
+ * tabledata.insertAll at their real paths under /bigquery/v2. It keeps what
+ * arrives, and can be told to fail: HTTP errors, slow answers, a stall until
+ * released, and per-row insertErrors.
+ */
+
+/** A row as insertAll receives it. */
+export interface WireRow {
+  insertId?: string;
+  json: Record<string, unknown>;
+}
+
+/** One insertAll request as it arrived, and how it was answered. */
+export interface InsertCall {
+  table: string;
+  rows: WireRow[];
+  skipInvalidRows: boolean;
+  status: number;
+  /** Authorization header, or null when none was sent. */
+  authorization: string | null;
+}
+
+/** What to do with the next insertAll request. */
+export type Fault =
+  | { status: number } // answer with this HTTP status, insert nothing
+  | { delayMs: number } // answer normally after a delay
+  | { rejectIndexes: number[]; reason?: string }; // per-row insertErrors for these rows
+
+export interface FakeBigQuery {
+  readonly url: string;
+  readonly port: number;
+  /** Every insertAll request, in arrival order. */
+  readonly calls: InsertCall[];
+  /** Rows inserted (duplicates included), in order. */
+  readonly inserted: WireRow[];
+  /** datasets and tables: "dataset" or "dataset.table" -> resource. */
+  readonly datasets: Map<string, Record<string, unknown>>;
+  readonly tables: Map<string, Record<string, unknown>>;
+  /** Requests seen, as "METHOD path". */
+  readonly log: string[];
+  /** Answers the next insertAll requests with these faults, one each, in order. */
+  script(...faults: Fault[]): void;
+  /** Answers every insertAll with this status until set to 0. */
+  failAll(status: number): void;
+  /** Holds every insertAll answer until release() (a stalled endpoint). */
+  stall(): void;
+  release(): void;
+  /** Rows for which this returns a reason are refused with reason "invalid". */
+  rejectWhen(pred: ((row: WireRow) => string | null) | null): void;
+  /** Resolves once `n` rows have been inserted. */
+  waitForRows(n: number, timeoutMs?: number): Promise<void>;
+  /** Ids inserted more than once. */
+  duplicates(): string[];
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const PREFIX = "/bigquery/v2/projects/";
+
+function json(status: number, body: unknown): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json; charset=UTF-8" },
+  });
+}
+
+function apiError(status: number, reason: string, message: string): Response {
+  return json(status, { error: { code: status, message, errors: [{ reason, message }] } });
+}
+
+/** Starts the fake on 127.0.0.1 and a free port. */
+export function startFakeBigQuery(): FakeBigQuery {
+  const calls: InsertCall[] = [];
+  const inserted: WireRow[] = [];
+  const datasets = new Map<string, Record<string, unknown>>();
+  const tables = new Map<string, Record<string, unknown>>();
+  const log: string[] = [];
+  const faults: Fault[] = [];
+  let failStatus = 0;
+  let gate: { promise: Promise<void>; open: () => void } | null = null;
+  let rejectPred: ((row: WireRow) => string | null) | null = null;
+  const rowWaiters: { n: number; resolve: () => void }[] = [];
+
+  function notifyRows(): void {
+    for (let i = rowWaiters.length - 1; i >= 0; i--) {
+      if (inserted.length >= rowWaiters[i].n) {
+        rowWaiters[i].resolve();
+        rowWaiters.splice(i, 1);
+      }
+    }
+  }
+
+  async function insertAll(req: Request, table: string): Promise<Response> {
+    const body = await req.json() as { rows?: WireRow[]; skipInvalidRows?: boolean };
+    const rows = body.rows ?? [];
+    const call: InsertCall = {
+      table,
+      rows,
+      skipInvalidRows: body.skipInvalidRows === true,
+      status: 200,
+      authorization: req.headers.get("authorization"),
+    };
+    calls.push(call);
+    if (gate) await gate.promise;
+    const fault = faults.shift();
+    if (fault && "delayMs" in fault) await new Promise((r) => setTimeout(r, fault.delayMs));
+    const status = fault && "status" in fault ? fault.status : failStatus;
+    if (status !== 0) {
+      call.status = status;
+      const reason = status === 429
+        ? "rateLimitExceeded"
+        : status >= 500
+        ? "backendError"
+        : "invalid";
+      return apiError(status, reason, `injected HTTP ${status}`);
+    }
+    if (!tables.has(table)) {
+      call.status = 404;
+      return apiError(404, "notFound", `Not found: Table ${table}`);
+    }
+    const bad = new Map<number, string>();
+    if (fault && "rejectIndexes" in fault) {
+      for (const i of fault.rejectIndexes) bad.set(i, fault.reason ?? "injected rejection");
+    }
+    if (rejectPred) {
+      rows.forEach((row, i) => {
+        const why = rejectPred!(row);
+        if (why !== null) bad.set(i, why);
+      });
+    }
+    const insertErrors: unknown[] = [];
+    rows.forEach((_row, i) => {
+      const why = bad.get(i);
+      if (why !== undefined) {
+        insertErrors.push({ index: i, errors: [{ reason: "invalid", message: why }] });
+      } else if (bad.size > 0 && !call.skipInvalidRows) {
+        insertErrors.push({ index: i, errors: [{ reason: "stopped", message: "" }] });
+      }
+    });
+    if (bad.size === 0 || call.skipInvalidRows) {
+      for (const [i, row] of rows.entries()) {
+        if (!bad.has(i)) inserted.push(row);
+      }
+      notifyRows();
+    }
+    return json(200, {
+      kind: "bigquery#tableDataInsertAllResponse",
+      ...(insertErrors.length > 0 ? { insertErrors } : {}),
+    });
+  }
+
+  async function handle(req: Request): Promise<Response> {
+    const url = new URL(req.url);
+    log.push(`${req.method} ${url.pathname}`);
+    if (!url.pathname.startsWith(PREFIX)) return apiError(404, "notFound", "unknown path");
+    const parts = url.pathname.slice(PREFIX.length).split("/").map(decodeURIComponent);
+    // [project, "datasets", dataset?, "tables", table?, "insertAll"?]
+    const [project, d, dataset, t, table, action] = parts;
+    if (d !== "datasets") return apiError(404, "notFound", "unknown path");
+    if (dataset === undefined || dataset === "") {
+      if (req.method !== "POST") return apiError(405, "invalid", "method");
+      const body = await req.json() as { datasetReference?: { datasetId?: string } };
+      const id = body.datasetReference?.datasetId ?? "";
+      if (datasets.has(id)) return apiError(409, "duplicate", `Already Exists: Dataset ${id}`);
+      const resource = { ...body, id: `${project}:${id}`, kind: "bigquery#dataset" };
+      datasets.set(id, resource);
+      return json(200, resource);
+    }
+    if (t === undefined) {
+      if (req.method !== "GET") return apiError(405, "invalid", "method");
+      const ds = datasets.get(dataset);
+      return ds ? json(200, ds) : apiError(404, "notFound", `Not found: Dataset ${dataset}`);
+    }
+    if (t !== "tables") return apiError(404, "notFound", "unknown path");
+    if (!datasets.has(dataset)) return apiError(404, "notFound", `Not found: Dataset ${dataset}`);
+    if (table === undefined || table === "") {
+      if (req.method !== "POST") return apiError(405, "invalid", "method");
+      const body = await req.json() as { tableReference?: { tableId?: string } };
+      const id = `${dataset}.${body.tableReference?.tableId ?? ""}`;
+      if (tables.has(id)) return apiError(409, "duplicate", `Already Exists: Table ${id}`);
+      const resource = { ...body, id: `${project}:${id}`, kind: "bigquery#table" };
+      tables.set(id, resource);
+      return json(200, resource);
+    }
+    const key = `${dataset}.${table}`;
+    if (action === "insertAll" && req.method === "POST") return await insertAll(req, key);
+    if (action === undefined && req.method === "GET") {
+      const tb = tables.get(key);
+      return tb ? json(200, tb) : apiError(404, "notFound", `Not found: Table ${key}`);
+    }
+    return apiError(404, "notFound", "unknown path");
+  }
+
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req) => handle(req).catch((e) => apiError(500, "internalError", String(e))),
+  );
+  const port = server.addr.port;
+  const close = async () => {
+    gate?.open();
+    await server.shutdown();
+  };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    calls,
+    inserted,
+    datasets,
+    tables,
+    log,
+    script: (...f) => faults.push(...f),
+    failAll: (status) => (failStatus = status),
+    stall() {
+      if (gate) return;
+      let open!: () => void;
+      const promise = new Promise<void>((r) => (open = r));
+      gate = { promise, open };
+    },
+    release() {
+      gate?.open();
+      gate = null;
+    },
+    rejectWhen: (pred) => (rejectPred = pred),
+    waitForRows(n, timeoutMs = 5000) {
+      if (inserted.length >= n) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          reject(new Error(`fake BigQuery: ${inserted.length} rows inserted, waited for ${n}`));
+        }, timeoutMs);
+        rowWaiters.push({
+          n,
+          resolve: () => {
+            clearTimeout(timer);
+            resolve();
+          },
+        });
+      });
+    },
+    duplicates() {
+      const seen = new Set<string>();
+      const dup: string[] = [];
+      for (const r of inserted) {
+        const id = r.insertId ?? "";
+        if (seen.has(id)) dup.push(id);
+        seen.add(id);
+      }
+      return dup;
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}

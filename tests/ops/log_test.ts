@@ -1,0 +1,157 @@
+/**
+ * Logs as an operator reads them: every line on stderr, JSON lines that parse one by one and
+ * carry the connect/disconnect fields, UTC ISO-8601 timestamps, per-module levels, and never a
+ * password or a payload.
+ */
+import assert from "node:assert/strict";
+import {
+  connectClient,
+  copyProject,
+  endClient,
+  freePort,
+  type MainProcess,
+  startMain,
+} from "../helpers/broker.ts";
+
+const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
+async function withBroker(
+  args: string[],
+  fn: (broker: MainProcess, port: number) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-log-" });
+  try {
+    await copyProject(dir);
+    const port = freePort();
+    await using broker = startMain(dir, [
+      "--general.secure=false",
+      "--general.websocket=false",
+      "--general.bind=127.0.0.1",
+      `--ports.tcp=${port}`,
+      ...args,
+    ]);
+    // Printed (at warning level) once the listeners are up, since secure = false.
+    await broker.waitFor(/SECURITY WARNING/);
+    await fn(broker, port);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+type Line = Record<string, unknown>;
+
+function jsonLines(text: string): Line[] {
+  return text.split("\n").filter((l) => l !== "").map((l, i) => {
+    try {
+      return JSON.parse(l) as Line;
+    } catch {
+      throw new Error(`stderr line ${i + 1} is not JSON: ${l}`);
+    }
+  });
+}
+
+Deno.test("JSON logs: one object per stderr line with the connect and disconnect fields", async () => {
+  await withBroker(["--general.log_format=json"], async (broker, port) => {
+    const polite = await connectClient(port, {
+      clientId: "log-polite",
+      username: "logger",
+      password: "s3cret-pw",
+      keepalive: 30,
+    });
+    await polite.publishAsync("log/topic", "secret-payload", { qos: 1 });
+    await endClient(polite);
+    await broker.waitFor(/"client_id":"log-polite","username":"logger".*"reason_code":"0x00"/);
+
+    const lost = await connectClient(port, {
+      clientId: "log-lost",
+      protocolVersion: 4,
+      clean: true,
+      will: { topic: "log/will", payload: "gone", qos: 0, retain: false },
+    });
+    lost.stream.destroy();
+    await broker.waitFor(/"client_id":"log-lost".*"reason_code":"connection_lost"/);
+    await endClient(lost, true);
+
+    const staying = await connectClient(port, { clientId: "log-staying" });
+    const status = await broker.stop();
+    assert.equal(status.code, 0);
+    await endClient(staying, true);
+
+    assert.equal(broker.output(), broker.stderr(), "something was written to stdout");
+    const lines = jsonLines(broker.stderr());
+    for (const l of lines) {
+      assert.match(String(l.time), ISO_UTC);
+      assert.ok(["debug", "info", "warning", "error", "fatal"].includes(String(l.level)));
+      assert.equal(typeof l.module, "string");
+      assert.equal(typeof l.message, "string");
+    }
+    const connected = lines.find((l) => l.client_id === "log-polite" && "session_present" in l);
+    assert.ok(connected, "no connect line for log-polite");
+    assert.equal(connected.level, "info");
+    assert.equal(connected.module, "connection");
+    assert.equal(connected.username, "logger");
+    assert.match(String(connected.remote_address), /^127\.0\.0\.1:\d+$/);
+    assert.equal(connected.listener, "tcp");
+    assert.equal(connected.protocol_version, "5");
+    assert.equal(connected.keep_alive, 30);
+    assert.equal(connected.clean_start, true);
+    assert.equal(connected.session_present, false);
+
+    const gone = (id: string) => lines.find((l) => l.client_id === id && "closed_by" in l);
+    const polite1 = gone("log-polite")!;
+    assert.equal(polite1.reason_code, "0x00");
+    assert.equal(polite1.closed_by, "client");
+    assert.equal(typeof polite1.duration_s, "number");
+    assert.equal(polite1.will, "none");
+    const lost1 = gone("log-lost")!;
+    assert.equal(lost1.reason_code, "connection_lost");
+    assert.equal(lost1.closed_by, "network");
+    assert.equal(lost1.will, "sent");
+    const v311 = lines.find((l) => l.client_id === "log-lost" && "session_present" in l)!;
+    assert.equal(v311.protocol_version, "3.1.1");
+    const staying1 = gone("log-staying")!;
+    assert.equal(staying1.reason_code, "0x8B");
+    assert.equal(staying1.closed_by, "server");
+
+    assert.doesNotMatch(broker.stderr(), /s3cret-pw/);
+    assert.doesNotMatch(broker.stderr(), /secret-payload/);
+  });
+});
+
+Deno.test("text logs: per-module levels, UTC timestamps with date, reason codes as 0x8E", async () => {
+  await withBroker(
+    ["--general.log_level=warning", "--general.log_levels=connection=info"],
+    async (broker, port) => {
+      const c = await connectClient(port, { clientId: "text-client" });
+      await broker.waitFor(/client text-client connected/);
+      c.stream.destroy();
+      await broker.waitFor(/client text-client disconnected/);
+      await endClient(c, true);
+      await broker.stop();
+      const text = broker.stderr();
+      const line = text.split("\n").find((l) => l.includes("client text-client connected"))!;
+      assert.match(
+        line,
+        /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO {2}connection: client text-client connected from 127\.0\.0\.1:\d+ over tcp: MQTT 5, user -, keep alive \d+ s, clean start true, session present false$/,
+      );
+      assert.match(text, /disconnected: reason connection_lost, closed by network after [\d.]+ s/);
+      // The broker module stays at warning: its info line "listening ..." is not shown.
+      assert.doesNotMatch(text, /listening for MQTT/);
+      // The security warning (warning level) is.
+      assert.match(text, /WARN {2}broker: SECURITY WARNING/);
+    },
+  );
+});
+
+Deno.test('a protocol error is logged with the reason code as 0x82, not 0x"82"', async () => {
+  await withBroker([], async (broker, port) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    // CONNECT (MQTT 5, clean start) then a second CONNECT: a protocol error.
+    const connect = [0x10, 13, 0, 4, 77, 81, 84, 84, 5, 2, 0, 30, 0, 0, 1, 0x61];
+    connect[1] = connect.length - 2;
+    await conn.write(new Uint8Array([...connect, ...connect]));
+    await broker.waitFor(/closing a .*\(0x82\)/);
+    conn.close();
+    assert.doesNotMatch(broker.stderr(), /0x"/);
+  });
+});

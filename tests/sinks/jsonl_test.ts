@@ -1,0 +1,53 @@
+import assert from "node:assert/strict";
+import { getLogger } from "@logtape/logtape";
+import { resolveConfig } from "../../src/config/mod.ts";
+import { createSink, sinkStats } from "../../src/sinks/mod.ts";
+import { info, testMessage } from "./contract.ts";
+
+Deno.test("the JSON-lines file rotates by size and keeps max_files old files", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-jsonl-" });
+  try {
+    const path = `${dir}/sub/log.jsonl`;
+    const sink = createSink(
+      resolveConfig({
+        topic_log_file: { enabled: true, path, max_bytes: 2048, max_files: 2, batch_size: 10 },
+      }),
+      getLogger(["mcloudtt", "test"]),
+      { nodeId: "n" },
+    );
+    await sink.start();
+    for (let i = 0; i < 100; i++) sink.offer(testMessage(`r/${i}`, "y".repeat(50)), info());
+    await sink.stop(5000);
+    const files = [...Deno.readDirSync(`${dir}/sub`)].map((e) => e.name).sort();
+    assert.deepEqual(files, ["log.jsonl", "log.jsonl.1", "log.jsonl.2"]);
+    const lines = (name: string) =>
+      Deno.readTextFileSync(`${dir}/sub/${name}`).split("\n").filter((l) => l).map((l) =>
+        JSON.parse(l).topic as string
+      );
+    for (const f of files) {
+      assert.ok(Deno.statSync(`${dir}/sub/${f}`).size <= 2048, `${f} is within max_bytes`);
+    }
+    // The newest rows are in the current file, the oldest kept ones in .2; older ones were deleted.
+    const kept = [...lines("log.jsonl.2"), ...lines("log.jsonl.1"), ...lines("log.jsonl")];
+    assert.equal(kept.at(-1), "r/99");
+    const first = Number(kept[0].split("/")[1]);
+    assert.deepEqual(kept, Array.from({ length: 100 - first }, (_, i) => `r/${first + i}`));
+    assert.equal(sinkStats(sink)[0].sent, 100);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("createSink: nothing configured is the no-op sink; both sections give both sinks", () => {
+  const log = getLogger(["mcloudtt", "test"]);
+  assert.equal(createSink(resolveConfig({}), log).name, "none");
+  const both = createSink(
+    resolveConfig({
+      bigquery: { enabled: true, project_id: "p", dataset_id: "d" },
+      topic_log_file: { enabled: true },
+    }),
+    log,
+  );
+  assert.equal(both.name, "bigquery+jsonl");
+  assert.deepEqual(sinkStats(both).map((s) => s.sink), ["bigquery", "jsonl"]);
+});
