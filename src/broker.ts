@@ -26,6 +26,7 @@ import type { Bus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
+import { MemoryRetainedStore } from "./router/retained.ts";
 import { Router } from "./router/router.ts";
 import { disconnectRevokedPasswords, reapplySubscriptionAccess } from "./session/revoke.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
@@ -64,6 +65,8 @@ export function coreLimits(config: Config): CoreLimits {
     maxConnectBacklog: l.max_connect_backlog,
     sweepIntervalMs: l.sweep_interval_ms,
     idleTrimMs: l.idle_trim_after * 1000,
+    maxSubscriptions: l.max_subscriptions,
+    maxSubscriptionLevels: l.max_subscription_levels,
   };
 }
 
@@ -117,7 +120,7 @@ export interface ListenerAddress {
 export class Broker {
   readonly core: BrokerCore;
   readonly metrics = new Metrics();
-  readonly router = new Router();
+  readonly router: Router;
   private listeners: Listener[] = [];
   private running = false;
   private tls: TlsMaterial | null = null;
@@ -126,6 +129,14 @@ export class Broker {
 
   /** Builds a broker from a validated config; `deps` replace the in-memory defaults. */
   constructor(readonly config: Config, deps: BrokerDeps = {}) {
+    const l = config.limits;
+    this.router = new Router(
+      new MemoryRetainedStore({
+        maxMessages: l.max_retained_messages,
+        maxBytes: l.max_retained_bytes,
+      }),
+      { matchCacheBytes: l.match_cache_bytes },
+    );
     const auth = deps;
     const clock = deps.clock ?? systemClock;
     const bus = deps.bus ?? createBus(config);
@@ -211,7 +222,9 @@ export class Broker {
     const tls = listenerTls(c, name);
     const clientCert = listenerClientCert(c, name);
     if (name === "tcp") {
-      if (!tls) return Promise.resolve(listenTcp(this.core, hostname, port));
+      if (!tls) {
+        return Promise.resolve(listenTcp(this.core, hostname, port, c.limits.close_linger_ms));
+      }
       return listenTls(this.core, {
         hostname,
         port,
@@ -219,14 +232,19 @@ export class Broker {
         clientCert,
         identity: c.tls.identity,
         handshakeTimeoutMs: c.limits.connect_timeout * 1000,
+        lingerMs: c.limits.close_linger_ms,
       });
     }
-    const path = c.listeners.ws.path;
-    if (!tls) return listenWebSocket(this.core, { hostname, port, path });
+    const ws = {
+      path: c.listeners.ws.path,
+      maxPayload: c.limits.max_packet_size,
+      lingerMs: c.limits.close_linger_ms,
+    };
+    if (!tls) return listenWebSocket(this.core, { hostname, port, ...ws });
     return listenSecureWebSocket(this.core, {
       hostname,
       port,
-      path,
+      ...ws,
       material: this.tls!,
       clientCert,
       identity: c.tls.identity,

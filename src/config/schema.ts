@@ -170,6 +170,12 @@ const shape = {
     max_connect_backlog: int(1024, 16777216, 262144),
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
+    close_linger_ms: int(0, 60000, 1000),
+    max_subscriptions: int(1, 10000000, 10000),
+    max_subscription_levels: int(1, 1000000000, 100000),
+    max_retained_messages: int(0, 100000000, 1000000),
+    max_retained_bytes: int(0, 68719476736, 268435456),
+    match_cache_bytes: int(0, 4294967296, 16777216),
   }),
   storage: section("storage", {
     enabled: bool(true),

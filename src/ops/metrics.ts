@@ -88,6 +88,10 @@ export class Metrics {
   /** Certificate sets (certfile, keyfile, cafile) refused at reload; the old set kept serving. */
   tlsReloadFailures = 0;
   willsPublished = 0;
+  /** Retained PUBLISHes refused (MQTT 5, PUBACK 0x97) because the retained store was full. */
+  retainedRefused = 0;
+  /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */
+  subscriptionsRefused = 0;
   readonly latency = new LatencyHistogram();
   private sampleCountdown = LATENCY_SAMPLE_EVERY;
 

@@ -10,7 +10,13 @@
 export interface ByteSink {
   /** Writes all of `bytes`; resolves when the transport accepted them. */
   write(bytes: Uint8Array): Promise<unknown>;
-  /** Closes the connection (idempotent). */
+  /**
+   * Closes gracefully after the last write (idempotent): half-closes the write
+   * side and keeps reading, discarding, for a bounded time, so the peer reads
+   * the final packet instead of a reset caused by its own unread input.
+   */
+  end(): void;
+  /** Closes the connection at once (idempotent). */
   close(): void;
 }
 
@@ -172,7 +178,7 @@ export class Outbox {
     if (this.closed) return;
     this.closed = true;
     this.buf = this.spare = null;
-    this.sink.close();
+    this.sink.end();
   }
 
   /** Closes at once, dropping anything buffered. */

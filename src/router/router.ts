@@ -34,14 +34,49 @@ export interface RouterStats {
   published: number;
   deliveries: number;
   noSubscribers: number;
+  /** Retained messages not kept because the store was at its limits (delivered all the same). */
+  retainedRefused: number;
+}
+
+/** What one subscriber holds: checked against limits.max_subscriptions / max_subscription_levels. */
+export interface SubscriptionUsage {
+  /** Number of subscriptions. */
+  readonly size: number;
+  /** Topic levels summed over the subscriptions' filters. */
+  readonly levels: number;
+  has(key: string): boolean;
+}
+
+/** One subscriber's subscriptions by key, with their level total kept up to date. */
+class Owned extends Map<string, Subscription> implements SubscriptionUsage {
+  levels = 0;
+}
+
+const NO_USAGE: SubscriptionUsage = new Owned();
+
+/** Number of topic levels in a filter or topic. */
+export function levelCount(filter: string): number {
+  let n = 1;
+  for (let i = filter.indexOf("/"); i >= 0; i = filter.indexOf("/", i + 1)) n++;
+  return n;
+}
+
+export interface RouterOptions {
+  /** Bytes the match cache may hold (limits.match_cache_bytes); 0 = no cache. */
+  matchCacheBytes?: number;
 }
 
 export class Router {
-  private readonly trie = new SubscriptionTrie();
-  private readonly bySubscriber = new Map<Subscriber, Map<string, Subscription>>();
+  private readonly trie: SubscriptionTrie;
+  private readonly bySubscriber = new Map<Subscriber, Owned>();
   /** Local subscriptions per key (filter or `$share/group/filter`): the node's routes. */
   private readonly routes = new Map<string, number>();
-  readonly stats: RouterStats = { published: 0, deliveries: 0, noSubscribers: 0 };
+  readonly stats: RouterStats = {
+    published: 0,
+    deliveries: 0,
+    noSubscribers: 0,
+    retainedRefused: 0,
+  };
   /** Asked before delivering on a subscription with `needsCheck` set (the ACL); null: none. */
   receiveCheck: ReceiveCheck | null = null;
   /** The topic being published, for `groupOk` (which must not allocate per message). */
@@ -49,7 +84,22 @@ export class Router {
   private readonly groupOk = (s: Subscription): boolean =>
     s.needsCheck !== true || this.receiveCheck === null || this.receiveCheck(s, this.checking);
 
-  constructor(readonly retained: RetainedStore = new MemoryRetainedStore()) {}
+  constructor(
+    readonly retained: RetainedStore = new MemoryRetainedStore(),
+    opts: RouterOptions = {},
+  ) {
+    this.trie = new SubscriptionTrie(opts.matchCacheBytes);
+  }
+
+  /** What `subscriber` holds now (count, levels, keys). */
+  usageOf(subscriber: Subscriber): SubscriptionUsage {
+    return this.bySubscriber.get(subscriber) ?? NO_USAGE;
+  }
+
+  /** Approximate bytes held by the match cache. */
+  get matchCacheBytes(): number {
+    return this.trie.cachedBytes;
+  }
 
   /** Number of subscriptions. */
   get subscriptionCount(): number {
@@ -70,11 +120,12 @@ export class Router {
   subscribe(sub: Subscription): number {
     let mine = this.bySubscriber.get(sub.subscriber);
     if (mine === undefined) {
-      mine = new Map();
+      mine = new Owned();
       this.bySubscriber.set(sub.subscriber, mine);
     }
     const existed = mine.has(sub.key);
     mine.set(sub.key, sub);
+    if (!existed) mine.levels += levelCount(sub.filter);
     this.trie.add(sub);
     if (existed) return Subscribed.Replaced;
     const n = this.routes.get(sub.key) ?? 0;
@@ -88,6 +139,7 @@ export class Router {
     const sub = mine?.get(key);
     if (sub === undefined) return Unsubscribed.None;
     mine!.delete(key);
+    mine!.levels -= levelCount(sub.filter);
     if (mine!.size === 0) this.bySubscriber.delete(subscriber);
     this.trie.remove(subscriber, sub.filter, sub.group);
     return this.dropRoute(key) ? Unsubscribed.RouteGone : Unsubscribed.Removed;
@@ -133,7 +185,7 @@ export class Router {
     this.stats.published++;
     if (msg.retain) {
       if (msg.payload.length === 0) this.retained.delete(msg.topic);
-      else this.retained.set(msg.own());
+      else if (!this.retained.set(msg)) this.stats.retainedRefused++;
     }
     const m = this.trie.match(msg.topic);
     let n = 0;

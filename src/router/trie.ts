@@ -4,6 +4,7 @@
  * topic until the next change, because real fleets publish to the same topics
  * over and over while subscriptions change rarely.
  */
+import { Levels } from "./levels.ts";
 import type { Subscriber, Subscription } from "./types.ts";
 
 /** A `$share/{group}/{filter}` group: one delivery per message, rotated over members. */
@@ -51,25 +52,61 @@ export interface MatchResult {
   groups: ShareGroup[];
 }
 
-class Node {
-  children: Map<string, Node> | null = null;
+/**
+ * One topic level. Most levels of most filters have a single child, so that
+ * child is kept inline (`key`/`only`) and a Map is made only for the second:
+ * a level then costs one small object instead of an object plus a Map.
+ */
+class Node extends Levels<Node> {
   subs: Subscription[] | null = null;
   groups: Map<string, ShareGroup> | null = null;
 
   get empty(): boolean {
-    return (this.children === null || this.children.size === 0) &&
+    return !this.hasChildren &&
       (this.subs === null || this.subs.length === 0) &&
       (this.groups === null || this.groups.size === 0);
   }
 }
 
+/** A match result with what the cache charges for it. */
+interface Cached {
+  result: MatchResult;
+  bytes: number;
+}
+
 const EMPTY: MatchResult = { targets: [], groups: [] };
-const CACHE_LIMIT = 10_000;
+/** Topics remembered as seen once before the set starts over. */
+const SEEN_LIMIT = 4096;
+
+/**
+ * Approximate heap bytes of a cache entry: the map slot and key, the result
+ * and its arrays, and one Target (object plus array) per subscriber.
+ */
+function entryBytes(topic: string, r: MatchResult): number {
+  return 96 + topic.length * 2 + r.groups.length * 8 + r.targets.length * 72;
+}
 
 export class SubscriptionTrie {
   private root = new Node();
-  private cache = new Map<string, MatchResult>();
+  private cache = new Map<string, Cached>();
+  private cacheBytes = 0;
+  /** Topics that missed the cache once (the admission filter of `remember`). */
+  private readonly seenOnce = new Set<string>();
   private count = 0;
+
+  /** `cacheLimit`: bytes the match cache may hold (limits.match_cache_bytes); 0 = no cache. */
+  constructor(private readonly cacheLimit = 16 * 1024 * 1024) {}
+
+  /** Approximate bytes held by the match cache. */
+  get cachedBytes(): number {
+    return this.cacheBytes;
+  }
+
+  private clearCache(): void {
+    if (this.cache.size === 0) return;
+    this.cache.clear();
+    this.cacheBytes = 0;
+  }
 
   /** Number of subscriptions held. */
   get size(): number {
@@ -80,15 +117,14 @@ export class SubscriptionTrie {
   add(sub: Subscription): void {
     let node = this.root;
     for (const level of sub.filter.split("/")) {
-      node.children ??= new Map();
-      let next = node.children.get(level);
+      let next = node.child(level);
       if (next === undefined) {
         next = new Node();
-        node.children.set(level, next);
+        node.setChild(level, next);
       }
       node = next;
     }
-    this.cache.clear();
+    this.clearCache();
     if (sub.group === null) {
       const subs = node.subs ??= [];
       const i = subs.findIndex((s) => s.subscriber === sub.subscriber);
@@ -119,7 +155,7 @@ export class SubscriptionTrie {
     const levels = filter.split("/");
     let node = this.root;
     for (const level of levels) {
-      const next = node.children?.get(level);
+      const next = node.child(level);
       if (next === undefined) return false;
       node = next;
       path.push(node);
@@ -142,11 +178,11 @@ export class SubscriptionTrie {
     }
     if (!removed) return false;
     this.count--;
-    this.cache.clear();
+    this.clearCache();
     // Prune empty nodes so churn does not leak memory.
     for (let i = levels.length; i > 0; i--) {
       if (!path[i].empty) break;
-      path[i - 1].children!.delete(levels[i - 1]);
+      path[i - 1].deleteChild(levels[i - 1]);
     }
     return true;
   }
@@ -154,7 +190,7 @@ export class SubscriptionTrie {
   /** Everything that matches `topic`, grouped by subscriber. */
   match(topic: string): MatchResult {
     const hit = this.cache.get(topic);
-    if (hit !== undefined) return hit;
+    if (hit !== undefined) return hit.result;
     const subs: Subscription[] = [];
     const groups: ShareGroup[] = [];
     const levels = topic.split("/");
@@ -162,9 +198,36 @@ export class SubscriptionTrie {
     let result: MatchResult;
     if (subs.length === 0 && groups.length === 0) result = EMPTY;
     else result = { targets: groupBySubscriber(subs), groups };
-    if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-    this.cache.set(topic, result);
+    this.remember(topic, result);
     return result;
+  }
+
+  /**
+   * Caches a result, dropping the oldest entries to stay within the byte
+   * limit. A topic is admitted on its second miss only: a stream of distinct
+   * topics would otherwise push every result into the cache, where it lives
+   * long enough to reach the old generation before it is evicted, and the
+   * heap (and RSS) balloons with garbage a young-generation scavenge would
+   * have freed at once.
+   */
+  private remember(topic: string, result: MatchResult): void {
+    const bytes = entryBytes(topic, result);
+    if (bytes > this.cacheLimit >> 2) return;
+    const seen = this.seenOnce;
+    if (!seen.has(topic)) {
+      if (seen.size >= SEEN_LIMIT) seen.clear();
+      seen.add(topic);
+      return;
+    }
+    seen.delete(topic);
+    const cache = this.cache;
+    while (this.cacheBytes + bytes > this.cacheLimit) {
+      const oldest = cache.keys().next().value as string;
+      this.cacheBytes -= cache.get(oldest)!.bytes;
+      cache.delete(oldest);
+    }
+    cache.set(topic, { result, bytes });
+    this.cacheBytes += bytes;
   }
 
   private walk(
@@ -175,23 +238,22 @@ export class SubscriptionTrie {
     subs: Subscription[],
     groups: ShareGroup[],
   ): void {
-    const children = node.children;
     if (i === levels.length) {
       collect(node, subs, groups);
       // "a/#" also matches "a".
-      const hash = children?.get("#");
+      const hash = node.child("#");
       if (hash !== undefined) collect(hash, subs, groups);
       return;
     }
-    if (children === null) return;
+    if (!node.hasChildren) return;
     // Wildcards at the first level never match topics beginning with "$" [MQTT-4.7.2-1].
     if (!(dollar && i === 0)) {
-      const hash = children.get("#");
+      const hash = node.child("#");
       if (hash !== undefined) collect(hash, subs, groups);
-      const plus = children.get("+");
+      const plus = node.child("+");
       if (plus !== undefined) this.walk(plus, levels, i + 1, dollar, subs, groups);
     }
-    const exact = children.get(levels[i]);
+    const exact = node.child(levels[i]);
     if (exact !== undefined) this.walk(exact, levels, i + 1, dollar, subs, groups);
   }
 }

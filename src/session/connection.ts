@@ -64,6 +64,9 @@ export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
 
+/** CONNECT with its reserved flag bits clear: the only valid first byte [MQTT-3.1.0-1, 2.1.3-1]. */
+const FIRST_CONNECT_BYTE = 0x10;
+
 /** Protocol level to the version operators know. */
 const PROTOCOL_NAMES: Record<number, string> = { 3: "3.1", 4: "3.1.1", 5: "5" };
 
@@ -132,7 +135,12 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   }
 
   data(chunk: Uint8Array): void {
-    if (this.state === State.Closed) return;
+    if (this.state !== State.Connected) {
+      if (this.state === State.Closed) return;
+      if (this.state === State.AwaitingConnect && this.framer.idle && chunk.length > 0) {
+        if (chunk[0] !== FIRST_CONNECT_BYTE) return this.notMqtt(chunk[0]);
+      }
+    }
     this.lastRx = this.host.clock.now();
     this.host.metrics.bytesReceived += chunk.length;
     try {
@@ -285,6 +293,20 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       return;
     }
     this.disconnect(code, message);
+  }
+
+  /**
+   * The first byte cannot start a CONNECT (an HTTP request, a TLS hello, a
+   * port scan): no answer is owed, and waiting for the length it claims would
+   * hold the connection for the whole connect timeout. Cut it at once.
+   */
+  private notMqtt(byte: number): void {
+    this.host.metrics.protocolErrors++;
+    log.info("closing {addr}: not MQTT (first byte {byte})", {
+      addr: this.peer.remoteAddress,
+      byte: `0x${byte.toString(16).padStart(2, "0")}`,
+    });
+    this.closed();
   }
 
   /** OutboxOwner: the transport failed. */
@@ -590,6 +612,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     }
     const now = p.expiry >= 0 ? host.clock.now() : 0;
     const msg = toMessage(buf, p, topic, topics.topicBytes, this.clientId, now);
+    if (
+      p.retain && qos !== 0 && this.v5 && msg.payload.length !== 0 && !host.retainFits(msg)
+    ) {
+      // The retained store is full: an MQTT 5 publisher is told, and the message is not
+      // accepted. QoS 0 and 3.1.1 cannot be told: those are delivered but not retained.
+      host.metrics.retainedRefused++;
+      this.ack(qos, pid, ReasonCode.QuotaExceeded);
+      return;
+    }
     const n = host.publish(
       msg,
       this.info ??= {
@@ -629,12 +660,14 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       session,
       host.limits,
       (filter) => host.maySubscribe(this.clientId, this.username, filter),
+      host.subscriptionUsage(session),
     );
     const codes: number[] = [];
     const withRetained: Subscription[] = [];
     let waits: Promise<void>[] | null = null;
     for (const d of decisions) {
       if (d.sub === undefined) {
+        if (d.code === ReasonCode.QuotaExceeded) host.metrics.subscriptionsRefused++;
         codes.push(d.code);
         continue;
       }

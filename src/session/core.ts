@@ -16,7 +16,7 @@ import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
-import { type Router, Subscribed, Unsubscribed } from "../router/router.ts";
+import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
@@ -120,7 +120,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.stoppedWith = null;
     const store = this.store;
     if (store.durable) {
-      for (const m of await store.loadRetained()) this.router.retained.set(toMessage(m));
+      let dropped = 0;
+      for (const m of await store.loadRetained()) {
+        if (!this.router.retained.set(toMessage(m))) dropped++;
+      }
+      if (dropped > 0) {
+        log.warn("{dropped} stored retained messages are over the retained limits: not loaded", {
+          dropped,
+        });
+      }
       if (!store.shared) {
         // Deadlines that passed while the broker was down are met by the first sweep (wills
         // sent, sessions ended); `bind` already refuses to resume an expired session before it.
@@ -224,7 +232,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
     // Retained state is stored by the node where it was published, once.
-    if (msg.retain && journal !== null && !local) {
+    if (
+      msg.retain && journal !== null && !local &&
+      (msg.payload.length === 0 || this.router.retained.fits(msg))
+    ) {
       journal.push(
         msg.payload.length === 0
           ? { type: "retain-delete", topic: msg.topic }
@@ -260,6 +271,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
     };
   }
 
+  subscriptionUsage(session: Session): SubscriptionUsage {
+    return this.router.usageOf(session);
+  }
+
   unsubscribe(session: Session, key: string): boolean {
     const r = this.router.unsubscribe(session, key);
     if (r === Unsubscribed.RouteGone) this.bus.removeRoute(key);
@@ -272,6 +287,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   sessionChanged(session: Session): void {
     if (this.journal !== null) session.persist(this.router.subscriptionsOf(session));
+  }
+
+  retainFits(msg: Message): boolean {
+    return this.router.retained.fits(msg);
   }
 
   retainedFor(filter: string): Message[] {

@@ -7,6 +7,7 @@ import type { AuthDecision, ConnectRequest, SubscribeAccess } from "../auth/type
 import type { Metrics } from "../ops/metrics.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Message } from "../protocol/message.ts";
+import type { SubscriptionUsage } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo } from "../sinks/types.ts";
 import type { CoreLimits } from "./limits.ts";
@@ -81,11 +82,15 @@ export interface ConnectionHost {
   publish(msg: Message, info: PublishInfo): number;
   readonly publishWritten: Promise<void> | null;
   subscribe(session: Session, sub: Subscription): SubscribeResult;
+  /** What `session` holds now, for the per-client subscription limits. */
+  subscriptionUsage(session: Session): SubscriptionUsage;
   /** True when the subscription existed. */
   unsubscribe(session: Session, key: string): boolean;
   /** The session's subscriptions changed or its expiry did: persist it. */
   sessionChanged(session: Session): void;
   retainedFor(filter: string): Message[];
+  /** Whether the retained store has room for `msg` (limits.max_retained_*). */
+  retainFits(msg: Message): boolean;
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
   connectionClosed(
     conn: AttachingConnection,

@@ -21,4 +21,8 @@ export interface CoreLimits {
   sweepIntervalMs: number;
   /** Idle time after which a connection's spare buffers are released. */
   idleTrimMs: number;
+  /** Subscriptions one client may hold. */
+  maxSubscriptions: number;
+  /** Topic levels summed over one client's subscription filters. */
+  maxSubscriptionLevels: number;
 }

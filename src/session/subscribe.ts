@@ -7,6 +7,7 @@ import type { SubscribeAccess } from "../auth/types.ts";
 import type { SubscribePacket } from "../protocol/decode.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
+import { levelCount, type SubscriptionUsage } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { ConnectionHost } from "./host.ts";
 import type { CoreLimits } from "./limits.ts";
@@ -18,15 +19,25 @@ export type SubscribeDecision = { sub: Subscription; code?: undefined } | {
   code: number;
 };
 
-/** Decides every request of a SUBSCRIBE; throws for protocol errors that close the connection. */
+/**
+ * Decides every request of a SUBSCRIBE; throws for protocol errors that close
+ * the connection. `usage` is what the subscriber holds already: a new filter
+ * that would take it past limits.max_subscriptions or max_subscription_levels
+ * is refused with 0x97 Quota exceeded (0x80 in 3.1.1); replacing an existing
+ * subscription is always allowed.
+ */
 export function decideSubscriptions(
   pkt: SubscribePacket,
   subscriber: Subscriber,
   limits: CoreLimits,
   mayRead: (filter: string) => SubscribeAccess,
+  usage: SubscriptionUsage,
 ): SubscribeDecision[] {
   const out: SubscribeDecision[] = [];
   const subId = pkt.subscriptionId ?? 0;
+  let count = usage.size;
+  let levels = usage.levels;
+  let added: Set<string> | null = null;
   for (const req of pkt.requests) {
     const tf = parseFilter(req.filter, limits);
     if (typeof tf === "string") {
@@ -40,6 +51,16 @@ export function decideSubscriptions(
     if (access === 0) {
       out.push({ code: ReasonCode.NotAuthorized });
       continue;
+    }
+    if (!usage.has(tf.key) && !added?.has(tf.key)) {
+      const l = levelCount(tf.filter);
+      if (count + 1 > limits.maxSubscriptions || levels + l > limits.maxSubscriptionLevels) {
+        out.push({ code: ReasonCode.QuotaExceeded });
+        continue;
+      }
+      count++;
+      levels += l;
+      (added ??= new Set()).add(tf.key);
     }
     out.push({
       sub: {

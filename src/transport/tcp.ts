@@ -8,16 +8,35 @@ const log = getLogger(["mcloudtt", "tcp"]);
 /** A Deno.Conn as the broker's ByteSink (a class, not closures: one object per connection). */
 export class TcpSink {
   private closed = false;
-  constructor(private readonly conn: Deno.Conn) {}
+  private linger: ReturnType<typeof setTimeout> | undefined;
+  constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {}
 
   async write(bytes: Uint8Array): Promise<void> {
     let off = await this.conn.write(bytes);
     while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
   }
 
+  /**
+   * Sends FIN and lets the read loop go on (the connection discards what it
+   * reads) until the peer closes or `lingerMs` pass. Closing with unread
+   * input would make the kernel answer with a reset, and a client still
+   * sending would get EPIPE instead of our last packet.
+   */
+  end(): void {
+    if (this.closed || this.linger !== undefined) return;
+    if (this.lingerMs === 0) return this.close();
+    try {
+      this.conn.closeWrite();
+    } catch {
+      return this.close();
+    }
+    this.linger = setTimeout(() => this.close(), this.lingerMs);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.linger !== undefined) clearTimeout(this.linger);
     try {
       this.conn.close();
     } catch {
@@ -27,7 +46,12 @@ export class TcpSink {
 }
 
 /** Starts a TCP listener that hands each connection to `acceptor`. */
-export function listenTcp(acceptor: Acceptor, hostname: string, port: number): Listener {
+export function listenTcp(
+  acceptor: Acceptor,
+  hostname: string,
+  port: number,
+  lingerMs: number,
+): Listener {
   const listener = Deno.listen({ hostname, port, transport: "tcp" });
   const addr = listener.addr as Deno.NetAddr;
   let closed = false;
@@ -38,11 +62,13 @@ export function listenTcp(acceptor: Acceptor, hostname: string, port: number): L
       // the peer may already be gone
     }
     const remote = conn.remoteAddr;
-    const handler = acceptor.accept(new TcpSink(conn), {
+    const sink = new TcpSink(conn, lingerMs);
+    const handler = acceptor.accept(sink, {
       remoteAddress: `${remote.hostname}:${remote.port}`,
       transport: "tcp",
     });
-    pump(conn, handler);
+    // The read loop ends at the peer's FIN or a reset: whatever the lingering close waited for.
+    pump(conn, handler).then(() => sink.close());
   };
   const acceptLoop = async () => {
     while (!closed) {

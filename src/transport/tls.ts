@@ -4,11 +4,12 @@
  * does both (`requestCert`, `getPeerCertificate()`, `setSecureContext`).
  */
 import tls from "node:tls";
-import type { Socket } from "node:net";
+import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
+import { pauseSocket, resumeSocket } from "./pause.ts";
 import type { TlsMaterial } from "./tls_material.ts";
-import type { Acceptor, ConnectionHandler, Listener } from "./types.ts";
+import type { Acceptor, ByteSink, ConnectionHandler, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -22,6 +23,8 @@ export interface TlsListenOptions {
   identity: CertIdentityMode;
   /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
   handshakeTimeoutMs: number;
+  /** How long a closing connection keeps reading (limits.close_linger_ms). */
+  lingerMs: number;
 }
 
 /** node:tls server options for a client certificate mode. */
@@ -54,10 +57,10 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
     const gate = handler.readGate;
     if (gate !== null && !paused) {
       paused = true;
-      socket.pause();
+      pauseSocket(socket);
       gate.then(() => {
         paused = false;
-        socket.resume();
+        resumeSocket(socket);
       });
     }
   });
@@ -68,16 +71,25 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
 }
 
 /** A ByteSink over a node socket: the promise resolves when the bytes are flushed to the kernel. */
-export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void>; close(): void } {
+export function socketSink(socket: Socket, lingerMs: number): ByteSink {
+  let linger: ReturnType<typeof setTimeout> | undefined;
   return {
     write(bytes: Uint8Array): Promise<void> {
       return new Promise((resolve, reject) => {
         socket.write(bytes, (err) => (err ? reject(err) : resolve()));
       });
     },
+    end(): void {
+      // end() flushes what is queued and half-closes; reading goes on (the connection
+      // discards it) until the peer closes or time is up, so unread input causes no reset.
+      if (linger !== undefined || socket.destroyed) return;
+      socket.end();
+      resumeSocket(socket);
+      linger = setTimeout(() => socket.destroy(), lingerMs);
+      socket.once("close", () => clearTimeout(linger));
+    },
     close(): void {
-      // end() flushes what is queued; destroy() then frees the socket even if the peer lingers.
-      socket.end(() => socket.destroy());
+      socket.destroy();
     },
   };
 }
@@ -86,7 +98,7 @@ export function socketSink(socket: Socket): { write(b: Uint8Array): Promise<void
 const CLOSE_GRACE_MS = 1000;
 
 /** The raw sockets of `server` that are still open, kept up to date. */
-export function trackSockets(server: tls.Server): Set<Socket> {
+export function trackSockets(server: Server): Set<Socket> {
   const open = new Set<Socket>();
   server.on("connection", (s: Socket) => {
     open.add(s);
@@ -99,7 +111,7 @@ export function trackSockets(server: tls.Server): Set<Socket> {
  * Closes `server`. Peers still in the TLS handshake never reach the core, so nothing else
  * closes them and a silent one would hold close() open: after a grace period they are cut.
  */
-export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<void> {
+export function closeWithGrace(server: Server, open: Set<Socket>): Promise<void> {
   return new Promise((resolve) => {
     const timer = setTimeout(() => {
       for (const s of open) s.destroy();
@@ -116,27 +128,29 @@ export function closeWithGrace(server: tls.Server, open: Set<Socket>): Promise<v
  * valid certificate is an expected event, not an error).
  */
 export async function listenNode(
-  server: tls.Server,
+  server: Server,
   hostname: string,
   port: number,
-  acceptor: Acceptor,
-  transport: "tls" | "wss",
+  acceptor?: Acceptor,
+  transport?: "tls" | "wss",
 ): Promise<{ address: string; port: number }> {
-  server.on("tlsClientError", (err: Error, socket?: tls.TLSSocket) => {
-    // Deno's node:tls leaves the address on the wrapped TCP socket (`_parent`) at this point.
-    const raw = socket?.remoteAddress !== undefined
-      ? socket
-      : (socket as unknown as { _parent?: Socket } | undefined)?._parent;
-    const remote = raw?.remoteAddress === undefined
-      ? "unknown"
-      : `${raw.remoteAddress}:${raw.remotePort}`;
-    log.info("TLS handshake with {remote_address} failed on {listener}: {reason}", {
-      remote_address: remote,
-      listener: transport,
-      reason: err.message,
+  if (transport !== undefined) {
+    server.on("tlsClientError", (err: Error, socket?: tls.TLSSocket) => {
+      // Deno's node:tls leaves the address on the wrapped TCP socket (`_parent`) at this point.
+      const raw = socket?.remoteAddress !== undefined
+        ? socket
+        : (socket as unknown as { _parent?: Socket } | undefined)?._parent;
+      const remote = raw?.remoteAddress === undefined
+        ? "unknown"
+        : `${raw.remoteAddress}:${raw.remotePort}`;
+      log.info("TLS handshake with {remote_address} failed on {listener}: {reason}", {
+        remote_address: remote,
+        listener: transport,
+        reason: err.message,
+      });
+      acceptor?.handshakeFailed?.(transport, remote, err.message);
     });
-    acceptor.handshakeFailed?.(transport, remote, err.message);
-  });
+  }
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, hostname, () => {
@@ -159,7 +173,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
   });
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
-    const handler = acceptor.accept(socketSink(socket), {
+    const handler = acceptor.accept(socketSink(socket, opts.lingerMs), {
       remoteAddress: `${socket.remoteAddress}:${socket.remotePort}`,
       transport: "tls",
       certificateIdentity: peerIdentity(socket, opts.identity),

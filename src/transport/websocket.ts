@@ -1,12 +1,18 @@
 /**
- * MQTT over WebSocket without TLS, on Deno.serve + Deno.upgradeWebSocket:
- * binary frames carry the MQTT byte stream; packets may span frames and a
- * frame may hold several packets (the framer handles both).
+ * MQTT over WebSocket, plain and secure, on node:http(s) + npm:ws: binary
+ * frames carry the MQTT byte stream; packets may span frames and a frame may
+ * hold several packets (the framer handles both). ws is used on both paths
+ * because it offers what Deno.upgradeWebSocket does not: a payload limit
+ * checked on a frame's header before its payload is buffered (`maxPayload`),
+ * and pausing the socket when the broker asks the client to wait (read gate).
  */
-import { getLogger } from "@logtape/logtape";
-import type { Acceptor, ConnectionHandler, Listener } from "./types.ts";
-
-const log = getLogger(["mcloudtt", "ws"]);
+import http from "node:http";
+import type { IncomingMessage, Server } from "node:http";
+import type { Duplex } from "node:stream";
+import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
+import { closeWithGrace, listenNode, trackSockets } from "./tls.ts";
+import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */
 export const MQTT_SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
@@ -23,99 +29,164 @@ export function pickSubprotocol(header: string | null | undefined): string | nul
   return null;
 }
 
-/** Wires a WHATWG WebSocket to a connection handler. */
-export function bridgeWebSocket(ws: WebSocket, handler: ConnectionHandler): void {
-  ws.binaryType = "arraybuffer";
-  ws.onmessage = (e: MessageEvent) => {
-    if (typeof e.data === "string") {
-      // MQTT over WebSocket uses binary frames only; a text frame is a protocol violation.
-      ws.close(1003, "MQTT needs binary frames");
-      return;
-    }
-    handler.data(new Uint8Array(e.data as ArrayBuffer));
-  };
-  ws.onclose = () => handler.closed();
-  ws.onerror = () => {
-    // onclose follows
-  };
+/** What the HTTP and WebSocket layers need to know, whatever the security. */
+export interface WsOptions {
+  path: string;
+  /**
+   * Largest WebSocket message payload accepted (limits.max_packet_size): a
+   * frame announcing more is refused from its header, before it is buffered.
+   */
+  maxPayload: number;
+  /** Milliseconds a closing WebSocket waits for the client's close frame (limits.close_linger_ms). */
+  lingerMs: number;
 }
 
-/** A ByteSink over a WHATWG WebSocket. */
-export function webSocketSink(
-  ws: WebSocket,
-): { write(b: Uint8Array): Promise<void>; close(): void } {
-  return {
-    write(bytes: Uint8Array): Promise<void> {
-      if (ws.readyState !== WebSocket.OPEN) return Promise.reject(new Error("WebSocket closed"));
-      ws.send(bytes);
-      // send() queues; let the caller's backpressure see the queue drain.
-      if (ws.bufferedAmount < 256 * 1024) return Promise.resolve();
-      return new Promise((resolve) => {
-        const poll = () => {
-          if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount < 64 * 1024) resolve();
-          else setTimeout(poll, 5);
-        };
-        poll();
-      });
-    },
-    close(): void {
-      try {
-        ws.close(1000);
-      } catch {
-        // already closed
-      }
-    },
-  };
-}
-
-export interface WsListenOptions {
+export interface WsListenOptions extends WsOptions {
   hostname: string;
   port: number;
-  path: string;
+}
+
+function refuse(socket: Duplex, status: number, text: string): void {
+  socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+}
+
+/** The write side of a ws WebSocket as the broker's ByteSink. */
+export class WsSink {
+  private done = false;
+  constructor(private readonly ws: WebSocket, private readonly lingerMs: number) {}
+
+  write(bytes: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.ws.send(bytes, { binary: true }, (err?: Error) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  /** Close handshake: ws keeps reading (the broker discards) until the client answers or time is up. */
+  end(): void {
+    if (this.done) return;
+    this.done = true;
+    this.ws.close(1000);
+    lingerThenTerminate(this.ws, this.lingerMs);
+  }
+
+  close(): void {
+    this.done = true;
+    this.ws.terminate();
+  }
+}
+
+function lingerThenTerminate(ws: WebSocket, ms: number): void {
+  const t = setTimeout(() => ws.terminate(), ms);
+  ws.once("close", () => clearTimeout(t));
+}
+
+/** Feeds a ws WebSocket's binary messages to `handler`, pausing the socket while its read gate is set. */
+function bridge(
+  ws: WebSocket,
+  socket: Duplex,
+  handler: ConnectionHandler,
+  lingerMs: number,
+): void {
+  let paused = false;
+  const resume = () => {
+    paused = false;
+    resumeUnderlying(socket);
+    ws.resume();
+  };
+  ws.on("message", (data: RawData, isBinary: boolean) => {
+    if (!isBinary) {
+      // MQTT over WebSocket uses binary frames only; a text frame is a protocol violation.
+      ws.close(1003, "MQTT needs binary frames");
+      lingerThenTerminate(ws, lingerMs);
+      return;
+    }
+    if (Array.isArray(data)) { for (const c of data) handler.data(c); }
+    else handler.data(data instanceof ArrayBuffer ? new Uint8Array(data) : data);
+    const gate = handler.readGate;
+    if (gate !== null && !paused) {
+      // Backpressure as over TCP: stop reading the socket until the broker catches up.
+      paused = true;
+      ws.pause();
+      pauseUnderlying(socket);
+      gate.then(resume);
+    }
+  });
+  ws.on("close", () => handler.closed());
+  ws.on("error", () => {
+    // ws answers protocol errors (such as a frame over maxPayload: 1009) with a close frame,
+    // then would read and discard until the peer answers. A peer that broke the protocol is
+    // not read any further: cut it once the close frame is on its way.
+    setTimeout(() => ws.terminate(), 0);
+  });
+}
+
+/**
+ * Serves MQTT over WebSocket on `server` (node:http or node:https): HTTP
+ * requests get 426, upgrades to another path 404, upgrades without an MQTT
+ * subprotocol 400. `admit` may refuse an upgrade (returning an HTTP status)
+ * and describes the peer.
+ */
+export function serveWebSocket(
+  server: Server,
+  acceptor: Acceptor,
+  opts: WsOptions,
+  peer: (req: IncomingMessage) => PeerInfo | number,
+): WebSocketServer {
+  server.on("request", (req: IncomingMessage, res: http.ServerResponse) => {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    if (url.pathname !== opts.path) {
+      res.writeHead(404, { "content-type": "text/plain" });
+      res.end("not found");
+      return;
+    }
+    res.writeHead(426, { "content-type": "text/plain" });
+    res.end("MQTT over WebSocket: upgrade required");
+  });
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: opts.maxPayload,
+    perMessageDeflate: false,
+    handleProtocols: (protocols: Set<string>) => {
+      const p = pickSubprotocol([...protocols].join(","));
+      return p ? p : false;
+    },
+  });
+  server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
+    const url = new URL(req.url ?? "/", "http://localhost");
+    if (url.pathname !== opts.path) return refuse(socket, 404, "Not Found");
+    if (pickSubprotocol(req.headers["sec-websocket-protocol"]) === null) {
+      return refuse(socket, 400, "Bad Request");
+    }
+    const info = peer(req);
+    if (typeof info === "number") return refuse(socket, info, "Forbidden");
+    wss.handleUpgrade(req, socket, head as Buffer, (ws: WebSocket) => {
+      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
+      bridge(ws, socket, handler, opts.lingerMs);
+    });
+  });
+  return wss;
 }
 
 /** Starts a plain WebSocket listener. */
-export function listenWebSocket(acceptor: Acceptor, opts: WsListenOptions): Promise<Listener> {
-  return new Promise((resolve, reject) => {
-    let server: Deno.HttpServer<Deno.NetAddr>;
-    try {
-      server = Deno.serve({
-        hostname: opts.hostname,
-        port: opts.port,
-        onListen: (addr) => {
-          resolve({
-            kind: "ws",
-            hostname: addr.hostname,
-            port: addr.port,
-            close: () => server.shutdown(),
-          });
-        },
-        onError: (e) => {
-          log.error("WebSocket request failed: {error}", { error: String(e) });
-          return new Response("internal error", { status: 500 });
-        },
-      }, (req, info) => {
-        const url = new URL(req.url);
-        if (url.pathname !== opts.path) return new Response("not found", { status: 404 });
-        if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-          return new Response("MQTT over WebSocket: upgrade required", { status: 426 });
-        }
-        const protocol = pickSubprotocol(req.headers.get("sec-websocket-protocol"));
-        if (protocol === null) return new Response("subprotocol must be mqtt", { status: 400 });
-        // The request is consumed by the upgrade: read the peer address first.
-        const remote = `${info.remoteAddr.hostname}:${info.remoteAddr.port}`;
-        const { socket, response } = Deno.upgradeWebSocket(req, protocol ? { protocol } : {});
-        socket.onopen = () => {
-          const handler = acceptor.accept(webSocketSink(socket), {
-            remoteAddress: remote,
-            transport: "ws",
-          });
-          bridgeWebSocket(socket, handler);
-        };
-        return response;
-      });
-    } catch (e) {
-      reject(e);
-    }
-  });
+export async function listenWebSocket(
+  acceptor: Acceptor,
+  opts: WsListenOptions,
+): Promise<Listener> {
+  const server = http.createServer();
+  const sockets = trackSockets(server);
+  const wss = serveWebSocket(server, acceptor, opts, (req) => ({
+    remoteAddress: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+    transport: "ws",
+  }));
+  const addr = await listenNode(server, opts.hostname, opts.port);
+  return {
+    kind: "ws",
+    hostname: addr.address,
+    port: addr.port,
+    close(): Promise<void> {
+      wss.close();
+      server.closeAllConnections?.();
+      return closeWithGrace(server, sockets);
+    },
+  };
 }

@@ -444,6 +444,10 @@ class RecordingSink implements ByteSink {
     return Promise.resolve();
   }
 
+  end(): void {
+    this.closed = true;
+  }
+
   close(): void {
     this.closed = true;
   }

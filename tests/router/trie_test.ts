@@ -347,3 +347,26 @@ Deno.test("topics beginning with $ are not matched by leading wildcards, even wi
   assert.deepEqual(matchedKeys(trie.match("$SYS/x")), ["sys $SYS/#"]);
   assert.deepEqual(matchedKeys(trie.match("SYS/x")), ["all #", "plus +/x"]);
 });
+
+Deno.test("the match cache stays within its byte limit and keeps answering correctly", () => {
+  const limit = 64 * 1024;
+  const trie = new SubscriptionTrie(limit);
+  const subs = Array.from({ length: 50 }, (_, i) => subscriber(`c${i}`));
+  for (const s of subs) trie.add(subscription(s, "#"));
+  trie.add(subscription(subs[0], "t/+/x"));
+  let peak = 0;
+  for (let round = 0; round < 3; round++) {
+    for (let i = 0; i < 1000; i++) {
+      const m = trie.match(`t/${i}/x`);
+      assert.equal(m.targets.length, 50);
+      assert.equal(m.targets[0].subs.length, 2);
+      peak = Math.max(peak, trie.cachedBytes);
+    }
+  }
+  assert.ok(peak > 0, "a repeated topic is cached");
+  assert.ok(peak <= limit, `the cache held ${peak} bytes, over its ${limit} byte limit`);
+  const none = new SubscriptionTrie(0);
+  none.add(subscription(subs[0], "#"));
+  for (let i = 0; i < 3; i++) none.match("a/b");
+  assert.equal(none.cachedBytes, 0, "a limit of 0 caches nothing");
+});

@@ -57,6 +57,24 @@ Deno.test("a first packet other than CONNECT closes the connection unanswered", 
   assert.equal(await c.next(), null);
 });
 
+for (
+  const [what, bytes] of [
+    ["an HTTP request", new TextEncoder().encode("GET / HTTP/1.1\r\nHost: x\r\n\r\n")],
+    ["a TLS ClientHello", new Uint8Array([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])],
+    ["a CONNECT header with reserved flags set", new Uint8Array([0x1f, 0x7f, 0x00])],
+  ] as const
+) {
+  Deno.test(`${what} before CONNECT is closed at once, not held for connect_timeout`, async () => {
+    // These bytes claim a longer packet than they carry: waiting for the rest would hold the
+    // connection (and its buffer) for the whole connect timeout.
+    await using b = await startBroker({ limits: { connect_timeout: 60 } });
+    await using c = await RawClient.connect(b.port);
+    await c.send(bytes);
+    assert.equal(await c.next(3000), null);
+    assert.equal(b.broker.core.connectionCount, 0);
+  });
+}
+
 Deno.test("an unknown MQTT 5+ protocol version gets CONNACK 0x84 and is closed", async () => {
   await using b = await startBroker();
   await using others = await bystanders(b.port);
