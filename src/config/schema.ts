@@ -175,6 +175,7 @@ const shape = {
     max_subscription_levels: int(1, 1000000000, 100000),
     max_retained_messages: int(0, 100000000, 1000000),
     max_retained_bytes: int(0, 68719476736, 268435456),
+    max_retained_per_subscription: int(0, 100000000, 1000000),
     match_cache_bytes: int(0, 4294967296, 16777216),
   }),
   storage: section("storage", {

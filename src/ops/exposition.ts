@@ -156,6 +156,11 @@ export class Exposition {
       ],
     );
     counter(
+      "mcloudtt_retained_cutoffs_total",
+      "New subscriptions whose retained messages were cut at limits.max_retained_per_subscription",
+      () => m().retainedCutoffs,
+    );
+    counter(
       "mcloudtt_auth_failures_total",
       "CONNECTs refused by authentication",
       () => m().authFailures,

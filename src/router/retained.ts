@@ -19,6 +19,15 @@ export interface RetainedStore {
   delete(topic: string): void;
   /** Retained messages whose topic matches `filter` (no share prefix). */
   match(filter: string): Message[];
+  /**
+   * The retained messages matching `filter`, found lazily as the iterator is
+   * advanced, so a subscription over many of them is streamed at its
+   * receiver's pace without a snapshot. A topic's message is yielded as it is
+   * when the walk reaches it, and only if it was set before the cursor was
+   * made: one set (or replaced) later reaches the new subscriber live, and a
+   * deleted one is not yielded.
+   */
+  cursor(filter: string): Iterator<Message>;
   /** Number of retained messages. */
   readonly size: number;
 }
@@ -46,6 +55,8 @@ export function retainedBytes(msg: Message): number {
 
 class RNode extends Levels<RNode> {
   msg: Message | null = null;
+  /** The store's `generation` when `msg` was set: cursors skip messages newer than themselves. */
+  gen = 0;
 }
 
 const UNLIMITED: RetainedLimits = { maxMessages: Infinity, maxBytes: Infinity };
@@ -54,6 +65,8 @@ export class MemoryRetainedStore implements RetainedStore {
   private root = new RNode();
   private count = 0;
   private bytesHeld = 0;
+  /** Counts every set, so a cursor tells the messages it may yield from later ones. */
+  private generation = 0;
 
   constructor(private readonly limits: RetainedLimits = UNLIMITED) {}
 
@@ -99,6 +112,7 @@ export class MemoryRetainedStore implements RetainedStore {
     if (node.msg === null) this.count++;
     else this.bytesHeld -= retainedBytes(node.msg);
     node.msg = msg;
+    node.gen = ++this.generation;
     this.bytesHeld += retainedBytes(msg);
     return true;
   }
@@ -126,38 +140,68 @@ export class MemoryRetainedStore implements RetainedStore {
 
   match(filter: string): Message[] {
     const out: Message[] = [];
-    walk(this.root, filter.split("/"), 0, out);
+    const c = this.cursor(filter);
+    for (let r = c.next(); !r.done; r = c.next()) out.push(r.value);
     return out;
   }
+
+  cursor(filter: string): Iterator<Message> {
+    return walk(this.root, filter.split("/"), this.generation);
+  }
 }
 
-function collectAll(node: RNode, out: Message[]): void {
-  if (node.msg !== null) out.push(node.msg);
-  for (const [, child] of node.children()) collectAll(child, out);
+/** A node still to visit: `i` is the filter level it is matched against, ALL below a `#`. */
+interface Frame {
+  node: RNode;
+  i: number;
+  /** Its children still to visit, once it was entered (`#` and `+` levels). */
+  kids: Iterator<[string, RNode]> | null;
 }
 
-function walk(node: RNode, f: string[], i: number, out: Message[]): void {
-  if (i === f.length) {
-    if (node.msg !== null) out.push(node.msg);
-    return;
-  }
-  const level = f[i];
-  if (level === "#") {
-    // "a/#" matches "a" itself and everything below; at the root it skips "$" topics.
-    if (i > 0 && node.msg !== null) out.push(node.msg);
-    for (const [name, child] of node.children()) {
-      if (i === 0 && name.startsWith("$")) continue;
-      collectAll(child, out);
+const ALL = -1;
+
+/**
+ * Depth-first walk of the nodes matching `f`, with an explicit stack (a
+ * generator per level would cost a delegation per level for every message).
+ * Map iterators stay valid while the store changes, so the walk may be
+ * suspended between messages for as long as its receiver needs.
+ */
+function* walk(root: RNode, f: string[], before: number): Generator<Message, void, undefined> {
+  const stack: Frame[] = [{ node: root, i: 0, kids: null }];
+  while (stack.length > 0) {
+    const top = stack[stack.length - 1];
+    if (top.kids === null) {
+      const { node, i } = top;
+      if (i === f.length) {
+        stack.pop();
+        if (node.msg !== null && node.gen <= before) yield node.msg;
+        continue;
+      }
+      const level = i === ALL ? "#" : f[i];
+      if (level !== "#" && level !== "+") {
+        stack.pop();
+        const next = node.child(level);
+        if (next !== undefined) stack.push({ node: next, i: i + 1, kids: null });
+        continue;
+      }
+      // "a/#" matches "a" itself and everything below (not the root: "#" is no topic).
+      if (level === "#" && i !== 0 && node.msg !== null && node.gen <= before) {
+        top.kids = node.children();
+        yield node.msg;
+      } else {
+        top.kids = node.children();
+      }
+      continue;
     }
-    return;
-  }
-  if (level === "+") {
-    for (const [name, child] of node.children()) {
-      if (i === 0 && name.startsWith("$")) continue;
-      walk(child, f, i + 1, out);
+    const r = top.kids.next();
+    if (r.done) {
+      stack.pop();
+      continue;
     }
-    return;
+    const [name, child] = r.value;
+    // A wildcard at the root does not match topics beginning with "$" [MQTT-4.7.2-1].
+    if (top.i === 0 && name.startsWith("$")) continue;
+    const wild = top.i === ALL || f[top.i] === "#";
+    stack.push({ node: child, i: wild ? ALL : top.i + 1, kids: null });
   }
-  const next = node.child(level);
-  if (next !== undefined) walk(next, f, i + 1, out);
 }

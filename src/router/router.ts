@@ -211,11 +211,6 @@ export class Router {
     if (n === 0) this.stats.noSubscribers++;
     return n;
   }
-
-  /** Retained messages matching a new subscription's filter. */
-  retainedFor(filter: string): Message[] {
-    return this.retained.match(filter);
-  }
 }
 
 function minQos(a: 0 | 1 | 2, b: 0 | 1 | 2): 0 | 1 | 2 {

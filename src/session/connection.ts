@@ -169,6 +169,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     return this.outbox.pendingBytes >= this.host.limits.maxOutgoingBytes;
   }
 
+  get busy(): boolean {
+    return this.outbox.pendingBytes * 2 >= this.host.limits.maxOutgoingBytes;
+  }
+
   sendPublish(
     msg: Message,
     qos: 0 | 1 | 2,

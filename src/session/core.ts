@@ -276,6 +276,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   unsubscribe(session: Session, key: string): boolean {
+    // Retained messages still to send for it are not wanted any more.
+    session.stopRetained(key);
     const r = this.router.unsubscribe(session, key);
     if (r === Unsubscribed.RouteGone) this.bus.removeRoute(key);
     return r !== Unsubscribed.None;
@@ -293,8 +295,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.router.retained.fits(msg);
   }
 
-  retainedFor(filter: string): Message[] {
-    return this.router.retainedFor(filter);
+  retainedCursor(filter: string): Iterator<Message> {
+    return this.router.retained.cursor(filter);
   }
 
   // ---- sessions -------------------------------------------------------------

@@ -88,7 +88,8 @@ export interface ConnectionHost {
   unsubscribe(session: Session, key: string): boolean;
   /** The session's subscriptions changed or its expiry did: persist it. */
   sessionChanged(session: Session): void;
-  retainedFor(filter: string): Message[];
+  /** The retained messages matching `filter`, found lazily (see RetainedStore.cursor). */
+  retainedCursor(filter: string): Iterator<Message>;
   /** Whether the retained store has room for `msg` (limits.max_retained_*). */
   retainFits(msg: Message): boolean;
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */

@@ -25,4 +25,6 @@ export interface CoreLimits {
   maxSubscriptions: number;
   /** Topic levels summed over one client's subscription filters. */
   maxSubscriptionLevels: number;
+  /** Retained messages one new subscription receives at most. */
+  maxRetainedPerSubscription: number;
 }

@@ -14,6 +14,14 @@ import type {
   StoredWill,
 } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
+import type { RetainedStream } from "./retained_stream.ts";
+
+/**
+ * Most retained messages one pump hands over (or skips) before yielding: the
+ * rest follow when the write completes, so a large stream is interleaved with
+ * every other client's traffic.
+ */
+const RETAINED_BATCH = 1024;
 
 /** The connection side a session writes to. */
 export interface SessionLink {
@@ -22,6 +30,11 @@ export interface SessionLink {
   readonly sendWindow: number;
   /** True while the connection's write buffer is above its high-water mark. */
   readonly congested: boolean;
+  /**
+   * True while the write buffer is above half its high-water mark: retained
+   * streams wait for the next drain, leaving the rest to live messages.
+   */
+  readonly busy: boolean;
   /** Encodes and queues a PUBLISH; false if it could not be sent (too large, expired). */
   sendPublish(
     msg: Message,
@@ -101,6 +114,10 @@ export class Session implements Subscriber {
   private queueHead = 0;
   private nextPid = 1;
   private nextSeq = 1;
+  /** Retained messages of new subscriptions still to send, oldest subscription first. */
+  private streams: RetainedStream[] | null = null;
+  /** A pump is scheduled for a stream that skipped a batch without writing. */
+  private resumeArmed = false;
 
   constructor(
     readonly clientId: string,
@@ -212,20 +229,22 @@ export class Session implements Subscriber {
     }
   }
 
+  /** Sends with a new packet id and keeps it in flight; false when the link refused it. */
   private send(
     link: SessionLink,
     msg: Message,
     qos: 1 | 2,
     retain: boolean,
     subIds: readonly number[] | null,
-  ): void {
+  ): boolean {
     const pid = this.allocatePacketId();
-    if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return;
+    if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return false;
     // Kept for a resend until acknowledged, so it must not point into a read buffer.
     const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
     (this.inflight ??= new Map()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
+    return true;
   }
 
   private inflightDone(pid: number): void {
@@ -284,9 +303,83 @@ export class Session implements Subscriber {
     if (this.queueHead === q.length) {
       this.queue = [];
       this.queueHead = 0;
+      if (this.streams !== null) this.pumpRetained(link);
     } else if (this.queueHead > 1024 && this.queueHead * 2 > q.length) {
       this.queue = q.slice(this.queueHead);
       this.queueHead = 0;
+    }
+  }
+
+  /** True when `pump` has something to send once there is room. */
+  private get waiting(): boolean {
+    return this.queueHead < this.queue.length || this.streams !== null;
+  }
+
+  /**
+   * Starts sending the retained messages of a new subscription, after any
+   * earlier stream of the session; a stream of the same subscription (it was
+   * subscribed again) is replaced, since the new one sends them all anew.
+   */
+  streamRetained(stream: RetainedStream): void {
+    this.stopRetained(stream.sub.key);
+    (this.streams ??= []).push(stream);
+    this.pump();
+  }
+
+  /** Stops the retained stream of subscription `key` (unsubscribed, replaced, revoked). */
+  stopRetained(key: string): void {
+    const streams = this.streams;
+    if (streams === null) return;
+    const i = streams.findIndex((s) => s.sub.key === key);
+    if (i < 0) return;
+    streams[i].cancel();
+    streams.splice(i, 1);
+    if (streams.length === 0) this.streams = null;
+  }
+
+  /**
+   * Hands over retained messages while the write buffer is below half its
+   * high-water mark and, for QoS 1/2, the in-flight window has room; at most
+   * RETAINED_BATCH per call. The next drain (or PUBACK) calls again.
+   */
+  private pumpRetained(link: SessionLink): void {
+    const streams = this.streams!;
+    const now = this.now();
+    let budget = RETAINED_BATCH;
+    let wrote = false;
+    while (streams.length > 0) {
+      const s = streams[0];
+      if (link.busy) return;
+      if (budget <= 0) break;
+      const msg = s.peek(now, budget);
+      if (msg === undefined) break;
+      if (msg === null) {
+        streams.shift();
+        continue;
+      }
+      budget--;
+      const qos = msg.qos < s.sub.qos ? msg.qos : s.sub.qos;
+      if (qos === 0) {
+        s.take();
+        if (link.sendPublish(msg, 0, true, false, 0, s.sub.idList)) {
+          this.metrics.sentByQos[0]++;
+          wrote = true;
+        }
+      } else {
+        if (this.inflightCount >= link.sendWindow) return;
+        s.take();
+        if (this.send(link, msg, qos, true, s.sub.idList)) wrote = true;
+      }
+    }
+    if (streams.length === 0) {
+      this.streams = null;
+    } else if (!wrote && !this.resumeArmed) {
+      // Nothing was written, so no drain will call back: come back after other work.
+      this.resumeArmed = true;
+      setTimeout(() => {
+        this.resumeArmed = false;
+        this.pump();
+      }, 0);
     }
   }
 
@@ -295,7 +388,7 @@ export class Session implements Subscriber {
     const e = this.inflight?.get(pid);
     if (e === undefined || e.qos !== 1) return;
     this.inflightDone(pid);
-    if (this.queueHead < this.queue.length) this.pump();
+    if (this.waiting) this.pump();
   }
 
   /** PUBREC from the client; returns false when the packet id is unknown. */
@@ -305,7 +398,7 @@ export class Session implements Subscriber {
     if (reasonCode >= 0x80) {
       // The receiver refused the message: the flow ends here, no PUBREL.
       this.inflightDone(pid);
-      if (this.queueHead < this.queue.length) this.pump();
+      if (this.waiting) this.pump();
       return true;
     }
     e.released = true;
@@ -333,7 +426,7 @@ export class Session implements Subscriber {
     const e = this.inflight?.get(pid);
     if (e === undefined || !e.released) return;
     this.inflightDone(pid);
-    if (this.queueHead < this.queue.length) this.pump();
+    if (this.waiting) this.pump();
   }
 
   /**
@@ -365,6 +458,8 @@ export class Session implements Subscriber {
     this.inflight = null;
     this.queue = [];
     this.queueHead = 0;
+    if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
+    this.streams = null;
     this.incomingQos2 = null;
     this.setWill(null);
   }

@@ -11,6 +11,7 @@ import { levelCount, type SubscriptionUsage } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { ConnectionHost } from "./host.ts";
 import type { CoreLimits } from "./limits.ts";
+import { RetainedStream } from "./retained_stream.ts";
 import type { Session } from "./session.ts";
 
 /** One requested filter: the subscription to add, or the SUBACK code refusing it. */
@@ -86,14 +87,21 @@ export function wantsRetained(sub: Subscription, existed: boolean): boolean {
   return sub.group === null && (sub.retainHandling === 0 || (sub.retainHandling === 1 && !existed));
 }
 
-/** Hands the retained messages matching new subscriptions to their session. */
+/**
+ * Starts streaming the retained messages matching new subscriptions into
+ * their session, at most limits.max_retained_per_subscription each.
+ */
 export function sendRetained(host: ConnectionHost, session: Session, subs: Subscription[]): void {
-  const now = host.clock.now();
   for (const sub of subs) {
-    for (const msg of host.retainedFor(sub.filter)) {
-      if (msg.expired(now)) continue;
-      if (sub.needsCheck === true && !host.mayReceive(sub, msg.topic)) continue;
-      session.deliver(msg, msg.qos < sub.qos ? msg.qos : sub.qos, true, sub.idList);
-    }
+    session.streamRetained(
+      new RetainedStream(
+        sub,
+        host.retainedCursor(sub.filter),
+        host.limits.maxRetainedPerSubscription,
+        host.mayReceive,
+        session.clientId,
+        host.metrics,
+      ),
+    );
   }
 }

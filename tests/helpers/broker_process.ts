@@ -49,6 +49,8 @@ export async function startBrokerProcess(
     ...overrides,
     general: { secure: false, bind: "127.0.0.1", log_level: "error", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },
+    // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
+    storage: { enabled: false, ...overrides.storage },
   };
   const child = new Deno.Command(Deno.execPath(), {
     args: [

@@ -126,6 +126,27 @@ export function retainedStoreContract(
     assert.deepEqual(await found(s, "a/+"), self(["a/$b"]));
   });
 
+  test("a cursor yields each topic's message as it is when reached, and none set after it was made", async (s) => {
+    await setAll(s, ["a/1", "a/2", "a/3", "a/4", "b/1"]);
+    const c = s.cursor("a/#");
+    const first = c.next();
+    assert.equal(first.done, false);
+    const seen = [first.value!.topic];
+    // Changes while the cursor is suspended, as they happen during a slow subscriber's stream.
+    const rest = ["a/1", "a/2", "a/3", "a/4"].filter((t) => t !== seen[0]);
+    await s.set(retained(rest[0], "newer")); // replaced: the subscriber gets it live instead
+    await s.delete(rest[1]); // deleted: not sent
+    await s.set(retained("a/5")); // set later: delivered live, not by the cursor
+    await s.set(retained("a/deep/x")); // the same
+    for (let r = c.next(); !r.done; r = c.next()) seen.push(r.value.topic);
+    assert.deepEqual(seen.sort(), [seen[0], rest[2]].sort());
+    // A new cursor sees the store as it is now.
+    assert.deepEqual(
+      (await found(s, "a/#")).map((x) => x.split("=")[0]),
+      [rest[0], "a/5", "a/deep/x", seen[0], rest[2]].sort(),
+    );
+  });
+
   Deno.test(`${name}: match agrees with the brute-force matcher after random sets and deletes`, async () => {
     const levels = ["a", "b", "", "$S"];
     const topicArb = fc.array(fc.constantFrom(...levels), { minLength: 1, maxLength: 3 })
