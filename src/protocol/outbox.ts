@@ -7,7 +7,7 @@
  */
 
 /** The write side of a transport, as the core sees it. */
-export interface ByteSink {
+export interface ByteWriter {
   /** Writes all of `bytes`; resolves when the transport accepted them. */
   write(bytes: Uint8Array): Promise<unknown>;
   /**
@@ -59,7 +59,7 @@ export class Outbox {
   written = 0;
 
   constructor(
-    private readonly sink: ByteSink,
+    private readonly sink: ByteWriter,
     /** Told when writes complete or fail (an object, not two closures per connection). */
     private readonly owner: OutboxOwner,
   ) {}

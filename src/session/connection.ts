@@ -29,7 +29,7 @@ import {
 } from "../protocol/decode.ts";
 import { Framer } from "../protocol/framer.ts";
 import type { Message } from "../protocol/message.ts";
-import { type ByteSink, Outbox } from "../protocol/outbox.ts";
+import { type ByteWriter, Outbox } from "../protocol/outbox.ts";
 import {
   decodePublish,
   encodePublish,
@@ -110,7 +110,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   constructor(
     private readonly host: ConnectionHost,
-    sink: ByteSink,
+    sink: ByteWriter,
     readonly peer: PeerInfo,
   ) {
     this.framer = new Framer(host.limits.maxPacketSize);

@@ -13,7 +13,7 @@ import { type Bus, type BusHost, LOCAL_ONLY } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
-import type { ByteSink } from "../protocol/outbox.ts";
+import type { ByteWriter } from "../protocol/outbox.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
@@ -155,7 +155,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   /** A transport accepted a byte stream: returns the handler it feeds. */
-  accept(sink: ByteSink, peer: PeerInfo): Connection {
+  accept(sink: ByteWriter, peer: PeerInfo): Connection {
     const c = new Connection(this, sink, peer);
     this.connections.add(c);
     this.metrics.connectionsAccepted++;

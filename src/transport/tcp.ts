@@ -5,7 +5,7 @@ import type { Acceptor, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
 
-/** A Deno.Conn as the broker's ByteSink (a class, not closures: one object per connection). */
+/** A Deno.Conn as the broker's ByteWriter (a class, not closures: one object per connection). */
 export class TcpSink {
   private closed = false;
   private linger: ReturnType<typeof setTimeout> | undefined;

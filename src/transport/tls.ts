@@ -9,7 +9,7 @@ import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { pauseSocket, resumeSocket } from "./pause.ts";
 import type { TlsMaterial } from "./tls_material.ts";
-import type { Acceptor, ByteSink, ConnectionHandler, Listener } from "./types.ts";
+import type { Acceptor, ByteWriter, ConnectionHandler, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -70,8 +70,8 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
   socket.on("close", () => handler.closed());
 }
 
-/** A ByteSink over a node socket: the promise resolves when the bytes are flushed to the kernel. */
-export function socketSink(socket: Socket, lingerMs: number): ByteSink {
+/** A ByteWriter over a node socket: the promise resolves when the bytes are flushed to the kernel. */
+export function socketSink(socket: Socket, lingerMs: number): ByteWriter {
   let linger: ReturnType<typeof setTimeout> | undefined;
   return {
     write(bytes: Uint8Array): Promise<void> {

@@ -1,12 +1,12 @@
 /** What every transport gives the broker, and what the broker gives it. */
-import type { ByteSink } from "../protocol/outbox.ts";
+import type { ByteWriter } from "../protocol/outbox.ts";
 import type { ConnectionHandler, PeerInfo } from "../session/host.ts";
 
-export type { ByteSink, ConnectionHandler, PeerInfo };
+export type { ByteWriter, ConnectionHandler, PeerInfo };
 
 /** The broker side a transport hands each accepted byte stream to. */
 export interface Acceptor {
-  accept(sink: ByteSink, peer: PeerInfo): ConnectionHandler;
+  accept(sink: ByteWriter, peer: PeerInfo): ConnectionHandler;
   /** A TLS handshake failed before any MQTT was spoken (counted in metrics). */
   handshakeFailed?(transport: "tls" | "wss", remoteAddress: string, reason: string): void;
 }

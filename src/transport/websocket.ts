@@ -50,7 +50,7 @@ function refuse(socket: Duplex, status: number, text: string): void {
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
 }
 
-/** The write side of a ws WebSocket as the broker's ByteSink. */
+/** The write side of a ws WebSocket as the broker's ByteWriter. */
 export class WsSink {
   private done = false;
   constructor(private readonly ws: WebSocket, private readonly lingerMs: number) {}

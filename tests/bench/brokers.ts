@@ -234,6 +234,8 @@ const mcloudtt: BrokerKind = {
       // Mosquitto runs with sys_interval 0 and has no HTTP endpoint.
       "--general.sys_interval=0",
       "--http.enabled=false",
+      // Mosquitto runs without persistence: keep sessions in memory here too.
+      "--storage.enabled=false",
       ...Object.entries(limits).map(([key, value]) => `--limits.${key}=${value}`),
     ];
     // Deno may type-check or fetch on first start, hence the generous start timeout.

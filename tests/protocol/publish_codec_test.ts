@@ -17,7 +17,7 @@ import fc from "fast-check";
 import mqttPacket from "mqtt-packet";
 import { utf8 } from "../../src/protocol/bytes.ts";
 import { Message } from "../../src/protocol/message.ts";
-import { type ByteSink, Outbox } from "../../src/protocol/outbox.ts";
+import { type ByteWriter, Outbox } from "../../src/protocol/outbox.ts";
 import { encodePassthrough } from "../../src/protocol/properties.ts";
 import {
   decodePublish,
@@ -431,8 +431,8 @@ Deno.test("a payload declared UTF-8 that is not is flagged for Payload Format In
 
 // ---- acknowledgements -------------------------------------------------------------
 
-/** A ByteSink that records every write; the Outbox's transport side in a test. */
-class RecordingSink implements ByteSink {
+/** A ByteWriter that records every write; the Outbox's transport side in a test. */
+class RecordingSink implements ByteWriter {
   writes: Uint8Array[] = [];
   closed = false;
   private waiting: (() => void) | null = null;
@@ -459,7 +459,7 @@ class RecordingSink implements ByteSink {
   }
 }
 
-function newOutbox(sink: ByteSink): Outbox {
+function newOutbox(sink: ByteWriter): Outbox {
   return new Outbox(sink, {
     drained() {},
     writeFailed(e) {
