@@ -55,6 +55,7 @@ export function coreLimits(config: Config): CoreLimits {
     serverKeepAlive: config.general.timeout,
     maxInflight: l.max_inflight_messages,
     maxQueued: l.max_queued_messages,
+    maxQueuedBytes: l.max_queued_bytes,
     queueDropPolicy: l.queue_drop_policy,
     maxTopicLength: l.max_topic_length,
     maxTopicLevels: l.max_topic_levels,

@@ -24,6 +24,12 @@ export class Framer {
   private partial: Uint8Array | null = null;
   private have = 0;
   private bodyStart = 0;
+  /**
+   * True during the handler call for a packet that spanned reads: its buffer
+   * was made for it alone and is never reused, so views into it may be kept
+   * (a large payload is then shared, not copied again).
+   */
+  dedicated = false;
 
   constructor(public maxPacketSize: number) {}
 
@@ -63,7 +69,12 @@ export class Framer {
       off += take;
       if (this.have < p.length) return;
       this.partial = null;
-      if (!onPacket(p[0], p, this.bodyStart, p.length)) return;
+      this.dedicated = true;
+      try {
+        if (!onPacket(p[0], p, this.bodyStart, p.length)) return;
+      } finally {
+        this.dedicated = false;
+      }
     }
     while (off < n) {
       const avail = n - off;

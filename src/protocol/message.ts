@@ -12,9 +12,17 @@
 
 /** A PUBLISH encoded for one form; QoS > 0 forms get their packet id patched per receiver. */
 export interface EncodedPublish {
-  /** The packet is `bytes[0, length)`; the buffer may be longer. */
+  /**
+   * The packet is `bytes[0, length)` (the buffer may be longer), followed by
+   * `payload` when that is not null.
+   */
   bytes: Uint8Array;
   length: number;
+  /**
+   * A large payload kept out of line: the message's own (owned) buffer, shared
+   * by every delivery instead of copied into each; null when `bytes` holds it.
+   */
+  payload: Uint8Array | null;
   /** Offset of the 2-byte packet identifier, or -1 for QoS 0. */
   pidOffset: number;
   /** The Message Expiry Interval written into the bytes, or -1. */

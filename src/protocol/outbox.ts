@@ -4,6 +4,11 @@
  * costs microseconds of system time, a copy nanoseconds. While a write is in
  * flight new packets collect in a second buffer. `pendingBytes` is what the
  * session checks for backpressure.
+ *
+ * A large payload (see SHARED_PAYLOAD_MIN in publish.ts) is the exception: it
+ * is not copied. Its packet header goes into the buffer, the buffer is cut
+ * there, and the payload follows as a segment of its own, the same buffer for
+ * every receiver of the message; a flush then writes the segments in order.
  */
 
 /** The write side of a transport, as the core sees it. */
@@ -51,6 +56,9 @@ export class Outbox {
   private len = 0;
   private spare: Uint8Array | null = null;
   private writing = 0;
+  /** Cut buffers and shared payloads, in order, waiting to be written before `buf`. */
+  private segs: Uint8Array[] | null = null;
+  private segBytes = 0;
   private queued = false;
   private ending = false;
   /** Set once the sink failed or was closed; further pushes are dropped. */
@@ -66,7 +74,7 @@ export class Outbox {
 
   /** Bytes accepted but not yet handed to the transport. */
   get pendingBytes(): number {
-    return this.len + this.writing;
+    return this.len + this.segBytes + this.writing;
   }
 
   private reserve(n: number): Uint8Array {
@@ -107,6 +115,27 @@ export class Outbox {
     this.len += length;
   }
 
+  /**
+   * Queues an encoded PUBLISH header `header[0, length)` (packet id patched
+   * like pushPublish) followed by `payload`, which is written from where it
+   * is, not copied: it must never change (a message's owned payload).
+   */
+  pushShared(
+    header: Uint8Array,
+    length: number,
+    pidOffset: number,
+    packetId: number,
+    payload: Uint8Array,
+  ): void {
+    if (this.closed) return;
+    this.pushPublish(header, length, pidOffset, packetId);
+    const segs = this.segs ??= [];
+    segs.push(this.buf!.subarray(0, this.len), payload);
+    this.segBytes += this.len + payload.length;
+    this.buf = null;
+    this.len = 0;
+  }
+
   /** Queues PUBACK/PUBREC/PUBREL/PUBCOMP without allocating. */
   pushAck(type: number, packetId: number, reasonCode: number, v5: boolean): void {
     if (this.closed) return;
@@ -136,32 +165,59 @@ export class Outbox {
   /** Starts a write of everything buffered (called by the scheduler). */
   flush(): void {
     this.queued = false;
-    if (this.writing !== 0 || this.len === 0 || this.closed) {
-      if (this.len === 0 && this.ending && this.writing === 0) this.finish();
+    const unwritten = this.len + this.segBytes;
+    if (this.writing !== 0 || unwritten === 0 || this.closed) {
+      if (unwritten === 0 && this.ending && this.writing === 0) this.finish();
       return;
     }
+    if (this.segs !== null) return this.flushSegments();
     const data = this.buf!.subarray(0, this.len);
     this.writing = this.len;
     this.buf = null;
     this.len = 0;
     this.sink.write(data).then(
       () => {
-        this.written += this.writing;
-        this.writing = 0;
         const size = data.buffer.byteLength;
         if (size >= KEEP_MIN && size <= KEEP_LIMIT && this.spare === null) {
           this.spare = new Uint8Array(data.buffer);
         }
-        if (this.len > 0) this.schedule();
-        else if (this.ending) this.finish();
-        if (!this.closed) this.owner.drained();
+        this.wrote();
       },
-      (e) => {
-        this.writing = 0;
-        this.closed = true;
-        this.owner.writeFailed(e);
-      },
+      (e) => this.failed(e),
     );
+  }
+
+  /** Writes the segments and the buffer after them, one after the other. */
+  private flushSegments(): void {
+    const parts = this.segs!;
+    if (this.len > 0) parts.push(this.buf!.subarray(0, this.len));
+    this.writing = this.segBytes + this.len;
+    this.segs = null;
+    this.segBytes = 0;
+    this.buf = null;
+    this.len = 0;
+    const sink = this.sink;
+    (async () => {
+      for (let i = 0; i < parts.length; i++) {
+        await sink.write(parts[i]);
+        // Let go of each shared payload as soon as it is written.
+        (parts as (Uint8Array | null)[])[i] = null;
+      }
+    })().then(() => this.wrote(), (e) => this.failed(e));
+  }
+
+  private wrote(): void {
+    this.written += this.writing;
+    this.writing = 0;
+    if (this.len + this.segBytes > 0) this.schedule();
+    else if (this.ending) this.finish();
+    if (!this.closed) this.owner.drained();
+  }
+
+  private failed(e: unknown): void {
+    this.writing = 0;
+    this.closed = true;
+    this.owner.writeFailed(e);
   }
 
   /** Writes what is buffered, then closes the sink. */
@@ -169,7 +225,7 @@ export class Outbox {
     if (this.closed) return;
     this.ending = true;
     if (this.writing === 0) {
-      if (this.len > 0) this.schedule();
+      if (this.len + this.segBytes > 0) this.schedule();
       else this.finish();
     }
   }
@@ -178,6 +234,7 @@ export class Outbox {
     if (this.closed) return;
     this.closed = true;
     this.buf = this.spare = null;
+    this.segs = null;
     this.sink.end();
   }
 
@@ -187,12 +244,14 @@ export class Outbox {
     this.closed = true;
     this.buf = this.spare = null;
     this.len = 0;
+    this.segs = null;
+    this.segBytes = 0;
     this.sink.close();
   }
 
   /** Releases the reusable buffer of an idle connection. */
   trim(): void {
-    if (this.len === 0 && this.writing === 0) {
+    if (this.len === 0 && this.segs === null && this.writing === 0) {
       this.spare = null;
       this.buf = null;
     }

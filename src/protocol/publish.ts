@@ -271,6 +271,8 @@ function passthroughProps(buf: Uint8Array, p: IncomingPublish): Uint8Array | nul
 /**
  * Builds the shared Message for a decoded PUBLISH. Payload and properties
  * stay views into `buf` (see Message.own); `topicBytes` must be owned.
+ * `dedicated` says `buf` belongs to this packet alone (never reused), so the
+ * views may be kept as they are.
  */
 export function toMessage(
   buf: Uint8Array,
@@ -279,6 +281,7 @@ export function toMessage(
   topicBytes: Uint8Array,
   origin: string,
   now: number,
+  dedicated = false,
 ): Message {
   const expiresAt = p.expiry >= 0 ? now + p.expiry * 1000 : 0;
   return new Message(
@@ -290,9 +293,17 @@ export function toMessage(
     passthroughProps(buf, p),
     expiresAt,
     origin,
-    false,
+    dedicated,
   );
 }
+
+/**
+ * Payloads from this size on are not copied into each receiver's packet: the
+ * packet's header is encoded alone and the payload buffer is written after it,
+ * shared by every delivery of the message. Below it, one coalesced copy per
+ * receiver is cheaper than an extra write.
+ */
+export const SHARED_PAYLOAD_MIN = 64 * 1024;
 
 /** Size in bytes of the PUBLISH `writePublish` would produce. */
 function publishSize(
@@ -326,6 +337,7 @@ function writePublish(
   packetId: number,
   expiry: number,
   subIds: readonly number[] | null,
+  withPayload: boolean,
 ): number {
   const tlen = msg.topicBytes.length;
   out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
@@ -360,7 +372,7 @@ function writePublish(
       pos += msg.props.length;
     }
   }
-  out.set(msg.payload, pos);
+  if (withPayload) out.set(msg.payload, pos);
   return pidOffset;
 }
 
@@ -380,7 +392,11 @@ export function encodePublish(
   subIds: readonly number[] | null,
 ): EncodedPublish {
   const { total, rem, propLen } = publishSize(msg, v5, qos, expiry, subIds);
-  const out = new Uint8Array(total);
+  const shared = msg.payload.length >= SHARED_PAYLOAD_MIN;
+  // Shared: the buffer is kept by outboxes past this packet, so it must not be a read buffer.
+  if (shared) msg.own();
+  const length = shared ? total - msg.payload.length : total;
+  const out = new Uint8Array(length);
   const pidOffset = writePublish(
     out,
     rem,
@@ -393,8 +409,9 @@ export function encodePublish(
     packetId,
     expiry,
     subIds,
+    !shared,
   );
-  return { bytes: out, length: total, pidOffset, expiry };
+  return { bytes: out, length, pidOffset, expiry, payload: shared ? msg.payload : null };
 }
 
 /**
@@ -409,10 +426,32 @@ interface FormSlot {
   form: EncodedPublish;
 }
 
-const slots: FormSlot[] = Array.from({ length: 12 }, () => ({
-  msg: null,
-  form: { bytes: new Uint8Array(256), length: 0, pidOffset: -1, expiry: -1 },
-}));
+function newSlots(): FormSlot[] {
+  return Array.from({ length: 12 }, () => ({
+    msg: null,
+    form: { bytes: new Uint8Array(256), length: 0, pidOffset: -1, expiry: -1, payload: null },
+  }));
+}
+
+const slots = newSlots();
+/**
+ * Forms of messages with a shared payload (SHARED_PAYLOAD_MIN): only their
+ * headers are encoded. These slots let go of their message once the current
+ * fan-out is over, so a large payload is not kept alive by the cache.
+ */
+const sharedSlots = newSlots();
+let sharedHeld = false;
+
+function releaseShared(): void {
+  sharedHeld = false;
+  for (const s of sharedSlots) {
+    s.msg = null;
+    s.form.payload = null;
+  }
+}
+
+/** A slot that grew past this for a large message is replaced by a small one when next used. */
+const SLOT_KEEP = 64 * 1024;
 
 /**
  * The encoding of `msg` for (protocol, QoS, retain flag, expiry), shared by
@@ -426,22 +465,49 @@ export function publishForm(
   retain: boolean,
   expiry: number,
 ): EncodedPublish {
-  const slot = slots[(v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0)];
+  const shared = msg.payload.length >= SHARED_PAYLOAD_MIN;
+  const slot = (shared ? sharedSlots : slots)[(v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0)];
   const f = slot.form;
   const exp = v5 ? expiry : -1;
   if (slot.msg === msg && f.expiry === exp) return f;
   const { total, rem, propLen } = publishSize(msg, v5, qos, exp, null);
-  if (f.bytes.length < total) f.bytes = new Uint8Array(Math.max(total, f.bytes.length * 2));
-  f.pidOffset = writePublish(f.bytes, rem, propLen, msg, v5, qos, retain, false, 0, exp, null);
-  f.length = total;
+  const length = shared ? total - msg.payload.length : total;
+  if (f.bytes.length < length) f.bytes = new Uint8Array(Math.max(length, f.bytes.length * 2));
+  else if (f.bytes.length > SLOT_KEEP && length <= SLOT_KEEP) {
+    f.bytes = new Uint8Array(Math.max(256, length));
+  }
+  f.pidOffset = writePublish(
+    f.bytes,
+    rem,
+    propLen,
+    msg,
+    v5,
+    qos,
+    retain,
+    false,
+    0,
+    exp,
+    null,
+    !shared,
+  );
+  f.length = length;
   f.expiry = exp;
   slot.msg = msg;
+  if (shared) {
+    // Kept by the outboxes past this packet, so it must not be a view into a read buffer.
+    f.payload = msg.own().payload;
+    if (!sharedHeld) {
+      sharedHeld = true;
+      queueMicrotask(releaseShared);
+    }
+  }
   return f;
 }
 
 /** Forgets cached forms, so a later publishForm re-encodes (used by tests and after bulk changes). */
 export function resetPublishForms(): void {
   for (const s of slots) s.msg = null;
+  releaseShared();
 }
 
 /** PUBACK/PUBREC/PUBREL/PUBCOMP; the reason code is omitted when it is 0 (MQTT 5) or not supported (3.1.1). */

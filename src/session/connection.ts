@@ -194,12 +194,17 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const f = (dup || (v5 && subIds !== null))
       ? encodePublish(msg, v5, qos, retain, dup, packetId, v5 ? expiry : -1, v5 ? subIds : null)
       : publishForm(msg, v5, qos, retain, expiry);
-    if (this.clientMaxPacket !== 0 && f.length > this.clientMaxPacket) {
+    const shared = f.payload;
+    if (
+      this.clientMaxPacket !== 0 &&
+      (shared === null ? f.length : f.length + shared.length) > this.clientMaxPacket
+    ) {
       // Never send more than the client accepts; the message is dropped for it [MQTT-3.1.2-25].
       this.host.metrics.droppedTooLarge++;
       return false;
     }
-    this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
+    if (shared === null) this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
+    else this.outbox.pushShared(f.bytes, f.length, f.pidOffset, packetId, shared);
     if (msg.sampledAt !== 0 && !dup) {
       this.host.metrics.latency.observe(performance.now() - msg.sampledAt);
     }
@@ -615,7 +620,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       }
     }
     const now = p.expiry >= 0 ? host.clock.now() : 0;
-    const msg = toMessage(buf, p, topic, topics.topicBytes, this.clientId, now);
+    const msg = toMessage(
+      buf,
+      p,
+      topic,
+      topics.topicBytes,
+      this.clientId,
+      now,
+      this.framer.dedicated,
+    );
     if (
       p.retain && qos !== 0 && this.v5 && msg.payload.length !== 0 && !host.retainFits(msg)
     ) {

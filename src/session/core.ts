@@ -404,7 +404,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private newSession(id: string): Session {
     const s = new Session(
       id,
-      { maxQueued: this.limits.maxQueued, dropPolicy: this.limits.queueDropPolicy },
+      {
+        maxQueued: this.limits.maxQueued,
+        maxQueuedBytes: this.limits.maxQueuedBytes,
+        dropPolicy: this.limits.queueDropPolicy,
+      },
       this.metrics,
       this.clock.now,
     );

@@ -8,6 +8,8 @@ export interface CoreLimits {
   serverKeepAlive: number;
   maxInflight: number;
   maxQueued: number;
+  /** Payload bytes one session's queue may hold. */
+  maxQueuedBytes: number;
   queueDropPolicy: "newest" | "oldest";
   maxTopicLength: number;
   maxTopicLevels: number;

@@ -51,6 +51,11 @@ export interface SessionLink {
 
 export interface SessionLimits {
   maxQueued: number;
+  /**
+   * Payload bytes the queue may hold (limits.max_queued_bytes); an empty
+   * queue takes one message whatever its size.
+   */
+  maxQueuedBytes: number;
   dropPolicy: "newest" | "oldest";
 }
 
@@ -112,6 +117,8 @@ export class Session implements Subscriber {
   private inflight: Map<number, Outgoing> | null = null;
   private queue: Queued[] = [];
   private queueHead = 0;
+  /** Payload bytes of the queued messages. */
+  private queuedBytes = 0;
   private nextPid = 1;
   private nextSeq = 1;
   /** Retained messages of new subscriptions still to send, oldest subscription first. */
@@ -256,13 +263,22 @@ export class Session implements Subscriber {
 
   private enqueue(q: Queued): void {
     const limits = this.limits;
-    if (this.queuedCount >= limits.maxQueued) {
+    const size = q.msg.payload.length;
+    if (limits.maxQueued === 0) {
       this.metrics.droppedQueueFull++;
-      if (limits.dropPolicy === "newest" || limits.maxQueued === 0) return;
+      return;
+    }
+    while (
+      this.queuedCount >= limits.maxQueued ||
+      (this.queuedCount > 0 && this.queuedBytes + size > limits.maxQueuedBytes)
+    ) {
+      this.metrics.droppedQueueFull++;
+      if (limits.dropPolicy === "newest") return;
       const dropped = this.queue[this.queueHead];
       this.queue[this.queueHead++] = undefined as unknown as Queued;
       this.dequeued(dropped);
     }
+    this.queuedBytes += size;
     q.msg.own();
     if (this.journaled) {
       q.seq = this.nextSeq++;
@@ -272,6 +288,7 @@ export class Session implements Subscriber {
   }
 
   private dequeued(q: Queued): void {
+    this.queuedBytes -= q.msg.payload.length;
     if (q.seq !== 0 && this.journaled) {
       this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
     }
@@ -458,6 +475,7 @@ export class Session implements Subscriber {
     this.inflight = null;
     this.queue = [];
     this.queueHead = 0;
+    this.queuedBytes = 0;
     if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
     this.streams = null;
     this.incomingQos2 = null;
@@ -534,6 +552,8 @@ export class Session implements Subscriber {
       seq: q.seq,
     }));
     this.queueHead = 0;
+    this.queuedBytes = 0;
+    for (const q of this.queue) this.queuedBytes += q.msg.payload.length;
     for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
     this.inflight = null;
     for (const f of state.inflight) {

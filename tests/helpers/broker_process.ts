@@ -32,9 +32,31 @@ export function mib(bytes: number): string {
 
 /** VmRSS of `pid` in bytes. */
 export function rssOf(pid: number): number {
+  return statusBytes(pid, "VmRSS");
+}
+
+/** VmHWM of `pid` in bytes: the highest RSS since start or since `resetPeakRss`. */
+export function peakRssOf(pid: number): number {
+  return statusBytes(pid, "VmHWM");
+}
+
+/**
+ * Starts a new peak-RSS measurement for `pid` (writes 5 to /proc/<pid>/clear_refs); false
+ * where the kernel does not allow it, and the peak then counts from the process start.
+ */
+export function resetPeakRss(pid: number): boolean {
+  try {
+    Deno.writeTextFileSync(`/proc/${pid}/clear_refs`, "5");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function statusBytes(pid: number, field: string): number {
   const status = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(status);
-  if (!m) throw new Error(`no VmRSS in /proc/${pid}/status`);
+  const m = new RegExp(`^${field}:\\s+(\\d+)\\s+kB`, "m").exec(status);
+  if (!m) throw new Error(`no ${field} in /proc/${pid}/status`);
   return Number(m[1]) * 1024;
 }
 

@@ -20,6 +20,9 @@ for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream(
     const cmd = pending.slice(0, nl).trim();
     pending = pending.slice(nl + 1);
     if (cmd === "mem") {
+      // ArrayBuffer memory is given back by a collection after the one that found it unreachable.
+      gc?.();
+      await new Promise((r) => setTimeout(r, 50));
       gc?.();
       const m = broker.metrics;
       // Some counters are getters (sums over QoS): name them, a spread would miss them.
