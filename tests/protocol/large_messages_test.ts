@@ -171,3 +171,31 @@ Deno.test("an offline session's queue stops at max_queued_bytes, and memory with
   assert.equal(broker.metrics.droppedQueueFull, count - 8);
   assert.ok(grew < 24 * MIB, `ArrayBuffers grew by ${mib(grew)}`);
 });
+
+Deno.test("a large payload reaches a WebSocket subscriber intact (header and shared payload in separate frames)", async () => {
+  await using b = await startBroker({ general: { websocket: true } });
+  const ws = b.broker.addresses.find((a) => a.kind === "ws")!;
+  const payload = new Uint8Array(300_000);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 13) & 0xff;
+  const sub = await connectClient(
+    ws.port,
+    {
+      clientId: "ws-sub",
+      protocol: "ws",
+      path: "/mqtt",
+    } as Parameters<typeof connectClient>[1],
+  );
+  const pub = await connectClient(b.port, { clientId: "tcp-pub" });
+  try {
+    const inbox = collect(sub);
+    await sub.subscribeAsync("big", { qos: 1 });
+    await pub.publishAsync("big", Buffer.from(payload), { qos: 1 });
+    await pub.publishAsync("big", "small after", { qos: 1 });
+    const m = await inbox.next(10_000);
+    assert.ok(Buffer.from(payload).equals(m.packet.payload as Buffer), "payload intact");
+    assert.equal((await inbox.next()).payload, "small after");
+  } finally {
+    await endClient(sub);
+    await endClient(pub);
+  }
+});

@@ -25,6 +25,7 @@ import {
   encodePublish,
   PINGRESP,
   publishForm,
+  SHARED_PAYLOAD_MIN,
   toMessage,
 } from "../../src/protocol/publish.ts";
 import { MqttError, ReasonCode } from "../../src/protocol/reason_codes.ts";
@@ -555,4 +556,69 @@ Deno.test("the Outbox writes each receiver's packet id into its copy and leaves 
   want.set(two, one.length);
   assert.deepEqual(sink.writes[0], want);
   assert.deepEqual(form.bytes, before, "the cached form is shared by all receivers");
+});
+
+Deno.test("a large payload is encoded once, header-only, and written after each receiver's header without a copy", async () => {
+  const payload = filled(SHARED_PAYLOAD_MIN + 5);
+  const msg = messageFor("big/t", payload, { contentType: "x" });
+  const form = publishForm(msg, true, 1, false, 30);
+  assert.equal(form.payload, msg.payload, "the form refers to the message's payload");
+  const sink = new RecordingSink();
+  const outbox = newOutbox(sink);
+  outbox.pushAck(4, 9, 0, true);
+  outbox.pushShared(form.bytes, form.length, form.pidOffset, 0x0102, form.payload!);
+  outbox.pushShared(form.bytes, form.length, form.pidOffset, 0x0304, form.payload!);
+  outbox.pushAck(4, 10, 0, true);
+  assert.equal(outbox.pendingBytes, 8 + 2 * (form.length + payload.length));
+  await sink.written();
+  await new Promise((r) => setTimeout(r, 0));
+  const all = new Uint8Array(sink.writes.reduce((n, w) => n + w.length, 0));
+  let off = 0;
+  for (const w of sink.writes) {
+    all.set(w, off);
+    off += w.length;
+  }
+  const one = {
+    cmd: "publish",
+    topic: "big/t",
+    payload: Buffer.from(payload),
+    qos: 1,
+    properties: { messageExpiryInterval: 30, contentType: "x" },
+  };
+  const want = [
+    // PUBACK with reason 0 and no properties: the short form [MQTT-3.4.2.1].
+    new Uint8Array([0x40, 2, 0, 9]),
+    gen({ ...one, messageId: 0x0102 }, 5),
+    gen({ ...one, messageId: 0x0304 }, 5),
+    new Uint8Array([0x40, 2, 0, 10]),
+  ];
+  const wantAll = new Uint8Array(want.reduce((n, w) => n + w.length, 0));
+  off = 0;
+  for (const w of want) {
+    wantAll.set(w, off);
+    off += w.length;
+  }
+  assert.deepEqual(all, wantAll);
+  assert.equal(outbox.pendingBytes, 0);
+  // The same through encodePublish (Subscription Identifiers, resends).
+  const e = encodePublish(msg, true, 1, false, true, 7, -1, [5]);
+  assert.equal(e.payload, msg.payload);
+  const joined = new Uint8Array(e.length + payload.length);
+  joined.set(e.bytes.subarray(0, e.length));
+  joined.set(payload, e.length);
+  assert.deepEqual(
+    joined,
+    gen({
+      ...one,
+      dup: true,
+      messageId: 7,
+      properties: { subscriptionIdentifier: 5, contentType: "x" },
+    }, 5),
+  );
+  // The cache lets go of the payload once the current turn is over (it was checked above,
+  // after awaits, only through the written bytes).
+  const again = publishForm(msg, true, 1, false, 30);
+  assert.equal(again.payload, msg.payload);
+  await Promise.resolve();
+  assert.equal(again.payload, null, "the cached form no longer holds the payload");
 });
