@@ -51,6 +51,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxPacketSize: l.max_packet_size,
     receiveMaximum: l.receive_maximum,
     topicAliasMaximum: l.topic_alias_maximum,
+    maxOutgoingTopicAliases: l.max_outgoing_topic_aliases,
     maxKeepAlive: l.max_keepalive,
     serverKeepAlive: config.general.timeout,
     maxInflight: l.max_inflight_messages,

@@ -157,6 +157,7 @@ const shape = {
     max_packet_size: int(64, 268435455, 1048576),
     receive_maximum: int(1, 65535, 32),
     topic_alias_maximum: int(0, 65535, 10),
+    max_outgoing_topic_aliases: int(0, 65535, 64),
     max_keepalive: int(1, 65535, 65535),
     max_inflight_messages: int(1, 65535, 32),
     max_queued_messages: int(0, 10000000, 1000),

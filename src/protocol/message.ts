@@ -25,6 +25,8 @@ export interface EncodedPublish {
   payload: Uint8Array | null;
   /** Offset of the 2-byte packet identifier, or -1 for QoS 0. */
   pidOffset: number;
+  /** Offset of the 2-byte Topic Alias value (a placeholder, patched per receiver), or -1. */
+  aliasOffset: number;
   /** The Message Expiry Interval written into the bytes, or -1. */
   expiry: number;
 }

@@ -103,14 +103,28 @@ export class Outbox {
     this.len += bytes.length;
   }
 
-  /** Queues `bytes[0, length)`, an encoded PUBLISH, writing `packetId` into the copy. */
-  pushPublish(bytes: Uint8Array, length: number, pidOffset: number, packetId: number): void {
+  /**
+   * Queues `bytes[0, length)`, an encoded PUBLISH, writing `packetId` (and
+   * the Topic Alias `alias`, when the form has room for one) into the copy.
+   */
+  pushPublish(
+    bytes: Uint8Array,
+    length: number,
+    pidOffset: number,
+    packetId: number,
+    aliasOffset = -1,
+    alias = 0,
+  ): void {
     if (this.closed) return;
     const b = this.reserve(length);
     b.set(length === bytes.length ? bytes : bytes.subarray(0, length), this.len);
     if (pidOffset >= 0) {
       b[this.len + pidOffset] = packetId >> 8;
       b[this.len + pidOffset + 1] = packetId & 0xff;
+    }
+    if (aliasOffset >= 0) {
+      b[this.len + aliasOffset] = alias >> 8;
+      b[this.len + aliasOffset + 1] = alias & 0xff;
     }
     this.len += length;
   }
@@ -126,9 +140,11 @@ export class Outbox {
     pidOffset: number,
     packetId: number,
     payload: Uint8Array,
+    aliasOffset = -1,
+    alias = 0,
   ): void {
     if (this.closed) return;
-    this.pushPublish(header, length, pidOffset, packetId);
+    this.pushPublish(header, length, pidOffset, packetId, aliasOffset, alias);
     const segs = this.segs ??= [];
     segs.push(this.buf!.subarray(0, this.len), payload);
     this.segBytes += this.len + payload.length;

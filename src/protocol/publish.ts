@@ -305,6 +305,16 @@ export function toMessage(
  */
 export const SHARED_PAYLOAD_MIN = 64 * 1024;
 
+/**
+ * How a PUBLISH to an MQTT 5 client uses a server-to-client Topic Alias:
+ * not at all, sending the topic and the alias that now stands for it, or
+ * sending only the alias (empty topic). The alias number itself differs per
+ * connection: forms carry a placeholder at `aliasOffset`, patched per
+ * receiver like the packet id.
+ */
+export const AliasMode = { None: 0, Set: 1, Use: 2 } as const;
+export type AliasMode = typeof AliasMode[keyof typeof AliasMode];
+
 /** Size in bytes of the PUBLISH `writePublish` would produce. */
 function publishSize(
   msg: Message,
@@ -312,17 +322,22 @@ function publishSize(
   qos: number,
   expiry: number,
   subIds: readonly number[] | null,
+  alias: AliasMode,
 ): { total: number; rem: number; propLen: number } {
   let propLen = 0;
   if (v5) {
+    if (alias !== AliasMode.None) propLen += 3;
     if (expiry >= 0) propLen += 5;
     if (subIds) { for (const id of subIds) propLen += 1 + varintSize(id); }
     if (msg.props) propLen += msg.props.length;
   }
-  const rem = 2 + msg.topicBytes.length + (qos > 0 ? 2 : 0) +
+  const rem = 2 + (alias === AliasMode.Use ? 0 : msg.topicBytes.length) + (qos > 0 ? 2 : 0) +
     (v5 ? varintSize(propLen) + propLen : 0) + msg.payload.length;
   return { total: 1 + varintSize(rem) + rem, rem, propLen };
 }
+
+/** Where the last writePublish put the Topic Alias value, -1 for none (saves a result object). */
+let lastAliasOffset = -1;
 
 /** Writes a PUBLISH at the start of `out` (which must be large enough); returns the pid offset. */
 function writePublish(
@@ -338,13 +353,14 @@ function writePublish(
   expiry: number,
   subIds: readonly number[] | null,
   withPayload: boolean,
+  alias: AliasMode,
 ): number {
-  const tlen = msg.topicBytes.length;
+  const tlen = alias === AliasMode.Use ? 0 : msg.topicBytes.length;
   out[0] = 0x30 | (dup ? 0x08 : 0) | (qos << 1) | (retain ? 1 : 0);
   let pos = writeVarint(out, 1, rem);
   out[pos++] = tlen >> 8;
   out[pos++] = tlen & 0xff;
-  out.set(msg.topicBytes, pos);
+  if (tlen !== 0) out.set(msg.topicBytes, pos);
   pos += tlen;
   let pidOffset = -1;
   if (qos > 0) {
@@ -352,8 +368,15 @@ function writePublish(
     out[pos++] = packetId >> 8;
     out[pos++] = packetId & 0xff;
   }
+  lastAliasOffset = -1;
   if (v5) {
     pos = writeVarint(out, pos, propLen);
+    if (alias !== AliasMode.None) {
+      out[pos++] = Prop.TopicAlias;
+      lastAliasOffset = pos;
+      out[pos++] = 0;
+      out[pos++] = 0;
+    }
     if (expiry >= 0) {
       out[pos++] = Prop.MessageExpiryInterval;
       out[pos++] = (expiry >>> 24) & 0xff;
@@ -379,7 +402,7 @@ function writePublish(
 /**
  * Encodes a PUBLISH into a new buffer. `expiry` is the Message Expiry
  * Interval to send (-1 for none); `subIds` are Subscription Identifiers
- * (MQTT 5 only).
+ * (MQTT 5 only); `alias` leaves room for a Topic Alias (MQTT 5 only).
  */
 export function encodePublish(
   msg: Message,
@@ -390,8 +413,9 @@ export function encodePublish(
   packetId: number,
   expiry: number,
   subIds: readonly number[] | null,
+  alias: AliasMode = AliasMode.None,
 ): EncodedPublish {
-  const { total, rem, propLen } = publishSize(msg, v5, qos, expiry, subIds);
+  const { total, rem, propLen } = publishSize(msg, v5, qos, expiry, subIds, alias);
   const shared = msg.payload.length >= SHARED_PAYLOAD_MIN;
   // Shared: the buffer is kept by outboxes past this packet, so it must not be a read buffer.
   if (shared) msg.own();
@@ -410,8 +434,16 @@ export function encodePublish(
     expiry,
     subIds,
     !shared,
+    alias,
   );
-  return { bytes: out, length, pidOffset, expiry, payload: shared ? msg.payload : null };
+  return {
+    bytes: out,
+    length,
+    pidOffset,
+    aliasOffset: lastAliasOffset,
+    expiry,
+    payload: shared ? msg.payload : null,
+  };
 }
 
 /**
@@ -426,10 +458,18 @@ interface FormSlot {
   form: EncodedPublish;
 }
 
+/** Slots per table: alias mode (3) x protocol (2) x QoS (3) x retain flag (2). */
 function newSlots(): FormSlot[] {
-  return Array.from({ length: 12 }, () => ({
+  return Array.from({ length: 36 }, () => ({
     msg: null,
-    form: { bytes: new Uint8Array(256), length: 0, pidOffset: -1, expiry: -1, payload: null },
+    form: {
+      bytes: new Uint8Array(256),
+      length: 0,
+      pidOffset: -1,
+      aliasOffset: -1,
+      expiry: -1,
+      payload: null,
+    },
   }));
 }
 
@@ -454,9 +494,9 @@ function releaseShared(): void {
 const SLOT_KEEP = 64 * 1024;
 
 /**
- * The encoding of `msg` for (protocol, QoS, retain flag, expiry), shared by
- * every receiver of that form. Forms with Subscription Identifiers are
- * specific to one subscriber and use encodePublish.
+ * The encoding of `msg` for (protocol, QoS, retain flag, expiry, alias mode),
+ * shared by every receiver of that form. Forms with Subscription Identifiers
+ * are specific to one subscriber and use encodePublish.
  */
 export function publishForm(
   msg: Message,
@@ -464,13 +504,16 @@ export function publishForm(
   qos: number,
   retain: boolean,
   expiry: number,
+  alias: AliasMode = AliasMode.None,
 ): EncodedPublish {
   const shared = msg.payload.length >= SHARED_PAYLOAD_MIN;
-  const slot = (shared ? sharedSlots : slots)[(v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0)];
+  const slot = (shared ? sharedSlots : slots)[
+    alias * 12 + (v5 ? 6 : 0) + qos * 2 + (retain ? 1 : 0)
+  ];
   const f = slot.form;
   const exp = v5 ? expiry : -1;
   if (slot.msg === msg && f.expiry === exp) return f;
-  const { total, rem, propLen } = publishSize(msg, v5, qos, exp, null);
+  const { total, rem, propLen } = publishSize(msg, v5, qos, exp, null, alias);
   const length = shared ? total - msg.payload.length : total;
   if (f.bytes.length < length) f.bytes = new Uint8Array(Math.max(length, f.bytes.length * 2));
   else if (f.bytes.length > SLOT_KEEP && length <= SLOT_KEEP) {
@@ -489,7 +532,9 @@ export function publishForm(
     exp,
     null,
     !shared,
+    alias,
   );
+  f.aliasOffset = lastAliasOffset;
   f.length = length;
   f.expiry = exp;
   slot.msg = msg;

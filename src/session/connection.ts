@@ -31,6 +31,7 @@ import { Framer } from "../protocol/framer.ts";
 import type { Message } from "../protocol/message.ts";
 import { type ByteWriter, Outbox } from "../protocol/outbox.ts";
 import {
+  AliasMode,
   decodePublish,
   encodePublish,
   PINGRESP,
@@ -56,6 +57,7 @@ import type {
   WillOutcome,
 } from "./host.ts";
 import { InboundTopics } from "./inbound_topic.ts";
+import { OutboundAliases } from "./outbound_aliases.ts";
 import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
 import type { Session } from "./session.ts";
 import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
@@ -92,6 +94,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   keepAliveTimeout = 0;
   sendWindow = 65535;
   private clientMaxPacket = 0;
+  /** Topic aliases this connection may use towards the client (0: none), and their table. */
+  private aliasMax = 0;
+  private aliases: OutboundAliases | null = null;
   private topics: InboundTopics | null = null;
   private readonly framer: Framer;
   readonly outbox: Outbox;
@@ -191,9 +196,31 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       expiry = Math.ceil(left / 1000);
     }
     const v5 = this.v5;
+    let mode: AliasMode = AliasMode.None;
+    let alias = 0;
+    // Resends go without an alias; topics of up to 3 bytes cost no more than one.
+    if (this.aliasMax !== 0 && !dup && msg.topicBytes.length > 3) {
+      const aliases = this.aliases ??= new OutboundAliases(this.aliasMax);
+      alias = aliases.find(msg.topic);
+      if (alias !== 0) mode = AliasMode.Use;
+      else {
+        alias = aliases.next();
+        mode = AliasMode.Set;
+      }
+    }
     const f = (dup || (v5 && subIds !== null))
-      ? encodePublish(msg, v5, qos, retain, dup, packetId, v5 ? expiry : -1, v5 ? subIds : null)
-      : publishForm(msg, v5, qos, retain, expiry);
+      ? encodePublish(
+        msg,
+        v5,
+        qos,
+        retain,
+        dup,
+        packetId,
+        v5 ? expiry : -1,
+        v5 ? subIds : null,
+        mode,
+      )
+      : publishForm(msg, v5, qos, retain, expiry, mode);
     const shared = f.payload;
     if (
       this.clientMaxPacket !== 0 &&
@@ -203,8 +230,21 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.host.metrics.droppedTooLarge++;
       return false;
     }
-    if (shared === null) this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId);
-    else this.outbox.pushShared(f.bytes, f.length, f.pidOffset, packetId, shared);
+    // The client learns the alias from this packet: only now is it bound.
+    if (mode === AliasMode.Set) this.aliases!.bind(msg.topic, alias);
+    if (shared === null) {
+      this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId, f.aliasOffset, alias);
+    } else {
+      this.outbox.pushShared(
+        f.bytes,
+        f.length,
+        f.pidOffset,
+        packetId,
+        shared,
+        f.aliasOffset,
+        alias,
+      );
+    }
     if (msg.sampledAt !== 0 && !dup) {
       this.host.metrics.latency.observe(performance.now() - msg.sampledAt);
     }
@@ -476,6 +516,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     }
     this.clientMaxPacket = n.clientMaxPacket;
     this.sendWindow = n.sendWindow;
+    this.aliasMax = n.clientTopicAliasMax;
 
     const decision = host.authenticate({
       clientId: n.clientId,

@@ -3,6 +3,8 @@ export interface CoreLimits {
   maxPacketSize: number;
   receiveMaximum: number;
   topicAliasMaximum: number;
+  /** Topic aliases the server uses towards one client at most (capped by the client's maximum). */
+  maxOutgoingTopicAliases: number;
   maxKeepAlive: number;
   /** Server Keep Alive imposed on every client, 0 for none ([general] timeout). */
   serverKeepAlive: number;

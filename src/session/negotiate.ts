@@ -27,6 +27,8 @@ export interface Negotiated {
   clientMaxPacket: number;
   /** How many QoS 1/2 messages may be unacknowledged towards the client. */
   sendWindow: number;
+  /** Topic aliases the server may use towards the client (its Topic Alias Maximum, capped). */
+  clientTopicAliasMax: number;
   /** Session Expiry the client asked for, and what it gets. */
   requestedExpiry: number;
   grantedExpiry: number;
@@ -104,6 +106,7 @@ export function negotiateConnect(
     serverKeepAlive,
     clientMaxPacket: props.maximumPacketSize ?? 0,
     sendWindow: Math.min(props.receiveMaximum ?? 65535, limits.maxInflight),
+    clientTopicAliasMax: Math.min(props.topicAliasMaximum ?? 0, limits.maxOutgoingTopicAliases),
     requestedExpiry,
     grantedExpiry: Math.min(requestedExpiry, limits.maxSessionExpiry),
   };
