@@ -11,6 +11,7 @@ import {
   connectClient,
   delay,
   endClient,
+  RawClient,
   startBroker,
   type TestBroker,
 } from "../helpers/broker.ts";
@@ -233,4 +234,45 @@ Deno.test("unsubscribing stops a retained stream that is still going", async () 
   } finally {
     await endClient(sub);
   }
+});
+
+Deno.test("a persistent session's retained stream goes on when its client reconnects", async () => {
+  const total = 5000;
+  await using b = await broker();
+  await fillRetained(b, total);
+  const topics = new Set<string>();
+  {
+    // A raw client acknowledges 100 messages, then its connection is lost.
+    await using first = await RawClient.connect(b.port);
+    await first.handshake("comeback", 5, {
+      clean: false,
+      properties: { sessionExpiryInterval: 60 },
+    });
+    await first.sendPacket({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: [{ topic: "r/#", qos: 1 }],
+    });
+    await first.expect("suback");
+    for (let i = 0; i < 100; i++) {
+      const p = await first.expect("publish") as { topic: string; messageId: number };
+      topics.add(p.topic);
+      await first.sendPacket({ cmd: "puback", messageId: p.messageId });
+    }
+  }
+  // The next connection gets what was in flight again (DUP), then the rest of the stream.
+  await using second = await RawClient.connect(b.port);
+  const ack = await second.handshake("comeback", 5, {
+    clean: false,
+    properties: { sessionExpiryInterval: 60 },
+  });
+  assert.equal(ack.sessionPresent, true);
+  let dups = 0;
+  while (topics.size < total) {
+    const p = await second.expect("publish") as { topic: string; messageId: number; dup: boolean };
+    if (p.dup) dups++;
+    topics.add(p.topic);
+    await second.sendPacket({ cmd: "puback", messageId: p.messageId });
+  }
+  assert.equal(dups, 32, "the in-flight window was sent again");
 });
