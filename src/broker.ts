@@ -20,7 +20,7 @@ import {
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
-import { createBus } from "./cluster/mod.ts";
+import { createBus, RedisBus } from "./cluster/mod.ts";
 import { createRedisConnection } from "./cluster/redis_connection.ts";
 import type { Bus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
@@ -186,6 +186,7 @@ export class Broker {
     try {
       // The bus first: subscriptions restored from the store become routes the cluster learns.
       await core.bus.start(core);
+      if (core.bus instanceof RedisBus) await core.bus.settled();
       await core.start();
       await core.sink.start();
       if (anyListenerTls(c)) {

@@ -117,6 +117,18 @@ export class RedisBus implements Bus {
     this.writer = new InboxWriter(this.cmd, (n) => this.keys.inbox(n), this.stats);
   }
 
+  /**
+   * Resolves once every other live node has had a lease renewal to learn that
+   * this one is alive: from then on they send it every retained message. The
+   * broker loads the stored retained set after this, so a retained publish
+   * elsewhere reaches either that load or this node.
+   */
+  async settled(): Promise<void> {
+    if ([...this.liveness.live].some((n) => n !== this.nodeId)) {
+      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms + 50));
+    }
+  }
+
   get problems(): readonly string[] {
     const out: string[] = [];
     if (this.stopped) return ["cluster: stopped"];
@@ -158,13 +170,6 @@ export class RedisBus implements Bus {
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
     this.joined = true;
-    // Other nodes send retained messages to the nodes they know are alive, and learn of this
-    // one at their next lease renewal. The core loads the stored retained set after start()
-    // resolves, so waiting one renewal closes the window where a retained publish elsewhere
-    // would reach neither that load nor this node.
-    if ([...this.liveness.live].some((n) => n !== this.nodeId)) {
-      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms + 50));
-    }
     log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
   }
 
