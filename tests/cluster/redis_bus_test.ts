@@ -5,7 +5,7 @@
  * corrupt entries and the remains of departed nodes.
  */
 import assert from "node:assert/strict";
-import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { commandStats, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { delay } from "../helpers/broker.ts";
 import { message, RecordingHost, until } from "./contract.ts";
 import { redisBus, redisCluster } from "./redis_cluster.ts";
@@ -13,14 +13,6 @@ import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
-
-/** `cmdstat_<name>` call counts from INFO commandstats. */
-async function commandStats(server: RedisServer): Promise<Map<string, number>> {
-  const info = await server.command("INFO", "commandstats");
-  const out = new Map<string, number>();
-  for (const m of info.matchAll(/^cmdstat_([a-z|_-]+):calls=(\d+)/gm)) out.set(m[1], Number(m[2]));
-  return out;
-}
 
 function total(stats: Map<string, number>, skip: string[] = []): number {
   let n = 0;

@@ -210,3 +210,11 @@ function parseReply(text: string): string {
       return text;
   }
 }
+
+/** `cmdstat_<name>` call counts from INFO commandstats. */
+export async function commandStats(server: RedisServer): Promise<Map<string, number>> {
+  const info = await server.command("INFO", "commandstats");
+  const out = new Map<string, number>();
+  for (const m of info.matchAll(/^cmdstat_([a-z|_-]+):calls=(\d+)/gm)) out.set(m[1], Number(m[2]));
+  return out;
+}
