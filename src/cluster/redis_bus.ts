@@ -251,7 +251,13 @@ export class RedisBus implements Bus {
         q: request,
       });
       if (!sent) return;
-      await bounded(released, this.opts.cluster.takeover_timeout_ms);
+      // A node that died meanwhile never answers: stop waiting when its lease runs out.
+      let done = false;
+      await Promise.race([
+        bounded(released, this.opts.cluster.takeover_timeout_ms),
+        this.liveness.ended(old, () => done),
+      ]);
+      done = true;
     } finally {
       this.releases.delete(request);
     }
