@@ -84,6 +84,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly detached = new Set<Session>();
   /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
   private readonly adopted = new Set<string>();
+  /** Adopted sessions whose will is being taken from the store (cluster-wide once). */
+  private readonly takingWill = new Map<string, Promise<unknown>>();
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -366,6 +368,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.clock.now,
     );
     s.journal = this.journal;
+    s.storeWill = this.store.shared;
     return s;
   }
 
@@ -507,14 +510,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.adopted.has(session.clientId) && isClusterStore(store)) {
       // A session adopted from a dead node: its client may have come back on another node
       // since; the store hands the will to its owner once, cluster-wide.
-      store.takeWill(session.clientId).then(
+      const id = session.clientId;
+      const taking = store.takeWill(id).then(
         (w) => w !== null && this.sendWill(session, will),
         (e) =>
-          log.error("taking the will of {clientId}: {error}", {
-            clientId: session.clientId,
-            error: String(e),
-          }),
-      );
+          log.error("taking the will of {clientId}: {error}", { clientId: id, error: String(e) }),
+      ).finally(() => {
+        if (this.takingWill.get(id) === taking) this.takingWill.delete(id);
+      });
+      this.takingWill.set(id, taking);
       return;
     }
     this.sendWill(session, will);
@@ -555,8 +559,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.sessions.get(session.clientId) === session) {
       this.sessions.delete(session.clientId);
       this.bus.releaseSession(session.clientId);
-      if (persisted && this.journal !== null) {
-        this.journal.push({ type: "session-delete", clientId: session.clientId });
+      const journal = this.journal;
+      const id = session.clientId;
+      const taking = this.takingWill.get(id);
+      if (persisted && journal !== null) {
+        if (taking === undefined) journal.push({ type: "session-delete", clientId: id });
+        // Deleting the session first would delete its will before the store hands it over.
+        else {
+          taking.then(() => {
+            if (!this.sessions.has(id)) journal.push({ type: "session-delete", clientId: id });
+          });
+        }
       }
     }
   }

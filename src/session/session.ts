@@ -95,6 +95,12 @@ export class Session implements Subscriber {
   owner: string | null = null;
   /** Where changes go when the store is durable; null otherwise. */
   journal: Journal | null = null;
+  /**
+   * Store the session while it has a will even when it ends with its
+   * connection (Session Expiry 0): in a cluster the node may die, and a
+   * survivor publishes the wills it finds in the store.
+   */
+  storeWill = false;
 
   private inflight: Map<number, Outgoing> | null = null;
   private queue: Queued[] = [];
@@ -345,7 +351,10 @@ export class Session implements Subscriber {
 
   /** Writes the whole session to the journal (connect, disconnect, subscription changes). */
   persist(subscriptions: Iterable<Subscription>): void {
-    if (this.journaled) this.journal!.push({ type: "session", state: this.toState(subscriptions) });
+    const j = this.journal;
+    if (j !== null && (this.expiry !== 0 || (this.storeWill && this.willValue !== null))) {
+      j.push({ type: "session", state: this.toState(subscriptions) });
+    }
   }
 
   /** The session as a store keeps it. `subscriptions` come from the router, which owns them. */
