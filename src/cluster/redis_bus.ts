@@ -22,11 +22,23 @@ import {
   type RedisClient,
   type RedisConfig,
 } from "./redis_connection.ts";
-import { type ControlHandler, InboxReader, type InboxStats, InboxWriter } from "./redis_inbox.ts";
+import {
+  type ControlHandler,
+  drainInbox,
+  InboxReader,
+  type InboxStats,
+  InboxWriter,
+} from "./redis_inbox.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
-import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
+import {
+  type Bus,
+  type BusHost,
+  type ForwardResult,
+  LOCAL_ONLY,
+  type OrphanDelivery,
+} from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
@@ -296,15 +308,35 @@ export class RedisBus implements Bus {
 
   /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
   private async handleDead(node: string): Promise<void> {
-    const n = await this.routes.purge(node);
-    log.warn`node ${node} is dead: withdrew its ${n} routes`;
+    // Adopt first: the sessions' routes are here before the dead node's are withdrawn, so a
+    // publish in between reaches them (possibly twice, never not at all).
+    let orphans: OrphanDelivery | void = undefined;
     try {
-      await this.host?.nodeDown(node);
+      orphans = await this.host?.nodeDown(node);
     } catch (e) {
       log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
     }
+    const n = await this.routes.purge(node);
+    log.warn`node ${node} is dead: withdrew its ${n} routes`;
+    // What was forwarded to the dead node and acknowledged to its publishers is in its inbox:
+    // once no node forwards there any more, it goes to the adopted sessions.
+    await this.routes.settle();
+    const inbox = this.keys.inbox(node);
+    const left = await drainInbox(
+      this.cmd,
+      inbox,
+      (msg, groups) => orphans?.(msg, groups),
+      (fields) => {
+        // A takeover waiting for the dead node: answer in its place.
+        const from = fields.get("f");
+        if (fields.get("t") === "k" && from !== undefined) {
+          this.writer.control(from, { t: "r", q: fields.get("q") ?? "" }).catch(() => {});
+        }
+      },
+    );
+    if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
     await this.routes.forgetApplied(node);
-    await this.cmd.del(this.keys.inbox(node));
+    await this.cmd.del(inbox);
   }
 
   /** Routes of incarnations that are gone (no lease) are withdrawn when a node starts. */

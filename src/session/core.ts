@@ -9,14 +9,14 @@
 import { getLogger } from "@logtape/logtape";
 import { subscribeAccess } from "../auth/access.ts";
 import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
-import type { Bus, BusHost } from "../cluster/types.ts";
+import type { Bus, BusHost, OrphanDelivery } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteSink } from "../protocol/outbox.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
-import { type Router, Subscribed, Unsubscribed } from "../router/router.ts";
+import { Router, Subscribed, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
@@ -435,10 +435,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * each): they wait here, detached, for their clients, and their wills are
    * published after their delay unless the client comes back first.
    */
-  async nodeDown(nodeId: string): Promise<void> {
+  async nodeDown(nodeId: string): Promise<OrphanDelivery | void> {
     const store = this.store;
     if (!isClusterStore(store)) return;
     let adopted = 0;
+    // The adopted sessions' subscriptions alone: what was left in the dead node's inbox is
+    // theirs, and this node's other subscribers had their own copy.
+    const orphans = new Router();
+    orphans.receiveCheck = this.mayReceive;
+    const taken: Session[] = [];
     for (const id of await store.sessionsOfNode(nodeId)) {
       if (this.sessions.has(id)) continue;
       const state = await store.adoptSession(id, nodeId);
@@ -449,9 +454,20 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.restoreSession(state);
       this.adopted.add(id);
       adopted++;
+      const s = this.sessions.get(id)!;
+      taken.push(s);
+      for (const sub of this.router.subscriptionsOf(s)) orphans.subscribe(sub);
     }
     await store.forgetNode(nodeId);
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
+    if (adopted === 0) return;
+    return (msg, groups) => {
+      // A session whose client came back meanwhile is no longer this node's to fill.
+      for (const s of taken) {
+        if (this.sessions.get(s.clientId) !== s) orphans.unsubscribeAll(s);
+      }
+      orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+    };
   }
 
   /**
