@@ -317,7 +317,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
         if (state !== null && state.owner !== req.owner) {
           return this.refuseForeign(conn, state.owner);
         }
-        if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
+        if (state !== null && !this.sessions.has(id)) {
+          // Session Present promises the subscriptions work: the CONNACK waits until every
+          // node routes them here (as a SUBACK does).
+          const routed = this.restoreSession(state);
+          if (routed.length > 0) await Promise.all(routed).catch(() => {});
+        }
       }
     } catch (e) {
       log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
@@ -373,7 +378,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
-  private restoreSession(state: SessionState): void {
+  private restoreSession(state: SessionState): Promise<void>[] {
+    const routed: Promise<void>[] = [];
     const s = this.newSession(state.clientId);
     s.restore(state);
     for (const stored of state.subscriptions) {
@@ -392,7 +398,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         username: state.owner ?? undefined,
       }, stored.key);
       if (access === 0) continue;
-      this.subscribe(s, {
+      const r = this.subscribe(s, {
         subscriber: s,
         key: tf.key,
         filter: tf.filter,
@@ -405,6 +411,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
         needsCheck: access === 2,
       });
+      if (r.ready !== null) routed.push(r.ready);
     }
     this.sessions.set(state.clientId, s);
     // A session stored while connected lost its connection in a crash: it is detached now.
@@ -414,6 +421,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
     }
     this.detached.add(s);
+    return routed;
   }
 
   /** BusHost: another node took over `clientId`. */
