@@ -187,7 +187,20 @@ export class RedisBus implements Bus {
     for (const r of this.releases.values()) r();
     // Readers first, so none is blocked on the inbox deleted below.
     await Promise.all([this.routes.stop(), this.reader?.stop()]);
-    if (this.joined && this.cmd.status === "ready") {
+    const others = [...this.liveness.live].some((n) => n !== this.nodeId);
+    if (this.joined && this.cmd.status === "ready" && others) {
+      // Hand over to a survivor, which handles this node as a dead one at its next renewal:
+      // it adopts the sessions left here (offline persistent sessions, delayed wills) before
+      // withdrawing this node's routes, then delivers what reached the inbox meanwhile to
+      // them. Leaving outright would withdraw the routes first and lose what is published for
+      // those sessions until their clients come back.
+      try {
+        await this.liveness.stop(false);
+        await this.liveness.expire();
+      } catch (e) {
+        log.warn`handing over to the cluster failed: ${(e as Error).message}`;
+      }
+    } else if (this.joined && this.cmd.status === "ready") {
       try {
         this.routes.local.clear();
         await this.routes.purge(this.nodeId);

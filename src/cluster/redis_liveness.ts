@@ -60,6 +60,11 @@ export class Liveness {
     this.joined = false;
   }
 
+  /** Ends this node's lease now (it stays listed, as expired, until a survivor handles it). */
+  async expire(): Promise<void> {
+    await this.cmd.zadd(this.keys.nodes, "XX", 0, this.self);
+  }
+
   async tick(mustExist: boolean): Promise<void> {
     if (this.ticking || this.cmd.status !== "ready") return;
     this.ticking = true;
