@@ -72,10 +72,22 @@ export class ClusterNode implements AsyncDisposable {
     this.exited = true;
   }
 
-  /** SIGTERM: leaves the cluster cleanly. */
-  async stop(): Promise<void> {
-    await this.proc.stop();
+  /** SIGTERM: leaves the cluster cleanly; kill -9 after `timeoutMs` (and throws: a hung stop). */
+  async stop(timeoutMs = 15_000): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let hung = false;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        hung = true;
+        this.signal("SIGKILL");
+        resolve();
+      }, timeoutMs);
+    });
+    await Promise.race([this.proc.stop(), late]);
+    clearTimeout(timer);
+    await this.proc.status;
     this.exited = true;
+    if (hung) throw new Error(`node ${this.name} did not stop within ${timeoutMs} ms`);
   }
 
   signal(sig: Deno.Signal): void {
@@ -145,8 +157,9 @@ export class TestCluster implements AsyncDisposable {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    await Promise.all(this.nodes.map((n) => n[Symbol.asyncDispose]().catch(() => {})));
+    const results = await Promise.allSettled(this.nodes.map((n) => n[Symbol.asyncDispose]()));
     await this.redis.stop();
+    for (const r of results) if (r.status === "rejected") throw r.reason;
   }
 }
 
