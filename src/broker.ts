@@ -323,6 +323,8 @@ export class Broker {
     await new Promise((r) => setTimeout(r, 10));
     await core.flush();
     await core.bus.stop();
+    // Messages the inbox reader delivered until it stopped are written too.
+    await core.flush();
     await core.sink.stop(this.config.general.shutdown_timeout * 1000);
     await core.store.close();
   }

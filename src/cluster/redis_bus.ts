@@ -22,11 +22,23 @@ import {
   type RedisClient,
   type RedisConfig,
 } from "./redis_connection.ts";
-import { type ControlHandler, InboxReader, type InboxStats, InboxWriter } from "./redis_inbox.ts";
+import {
+  type ControlHandler,
+  drainInbox,
+  InboxReader,
+  type InboxStats,
+  InboxWriter,
+} from "./redis_inbox.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
-import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
+import {
+  type Bus,
+  type BusHost,
+  type ForwardResult,
+  LOCAL_ONLY,
+  type OrphanDelivery,
+} from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
@@ -180,7 +192,20 @@ export class RedisBus implements Bus {
     for (const r of this.releases.values()) r();
     // Readers first, so none is blocked on the inbox deleted below.
     await Promise.all([this.routes.stop(), this.reader?.stop()]);
-    if (this.joined && this.cmd.status === "ready") {
+    const others = [...this.liveness.live].some((n) => n !== this.nodeId);
+    if (this.joined && this.cmd.status === "ready" && others) {
+      // Hand over to a survivor, which handles this node as a dead one at its next renewal:
+      // it adopts the sessions left here (offline persistent sessions, delayed wills) before
+      // withdrawing this node's routes, then delivers what reached the inbox meanwhile to
+      // them. Leaving outright would withdraw the routes first and lose what is published for
+      // those sessions until their clients come back.
+      try {
+        await this.liveness.stop(false);
+        await this.liveness.expire();
+      } catch (e) {
+        log.warn`handing over to the cluster failed: ${(e as Error).message}`;
+      }
+    } else if (this.joined && this.cmd.status === "ready") {
       try {
         this.routes.local.clear();
         await this.routes.purge(this.nodeId);
@@ -256,7 +281,13 @@ export class RedisBus implements Bus {
         q: request,
       });
       if (!sent) return;
-      await bounded(released, this.opts.cluster.takeover_timeout_ms);
+      // A node that died meanwhile never answers: stop waiting when its lease runs out.
+      let done = false;
+      await Promise.race([
+        bounded(released, this.opts.cluster.takeover_timeout_ms),
+        this.liveness.ended(old, () => done),
+      ]);
+      done = true;
     } finally {
       this.releases.delete(request);
     }
@@ -295,15 +326,35 @@ export class RedisBus implements Bus {
 
   /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
   private async handleDead(node: string): Promise<void> {
-    const n = await this.routes.purge(node);
-    log.warn`node ${node} is dead: withdrew its ${n} routes`;
+    // Adopt first: the sessions' routes are here before the dead node's are withdrawn, so a
+    // publish in between reaches them (possibly twice, never not at all).
+    let orphans: OrphanDelivery | void = undefined;
     try {
-      await this.host?.nodeDown(node);
+      orphans = await this.host?.nodeDown(node);
     } catch (e) {
       log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
     }
+    const n = await this.routes.purge(node);
+    log.warn`node ${node} is dead: withdrew its ${n} routes`;
+    // What was forwarded to the dead node and acknowledged to its publishers is in its inbox:
+    // once no node forwards there any more, it goes to the adopted sessions.
+    await this.routes.settle();
+    const inbox = this.keys.inbox(node);
+    const left = await drainInbox(
+      this.cmd,
+      inbox,
+      (msg, groups) => orphans?.(msg, groups),
+      (fields) => {
+        // A takeover waiting for the dead node: answer in its place.
+        const from = fields.get("f");
+        if (fields.get("t") === "k" && from !== undefined) {
+          this.writer.control(from, { t: "r", q: fields.get("q") ?? "" }).catch(() => {});
+        }
+      },
+    );
+    if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
     await this.routes.forgetApplied(node);
-    await this.cmd.del(this.keys.inbox(node));
+    await this.cmd.del(inbox);
   }
 
   /** Routes of incarnations that are gone (no lease) are withdrawn when a node starts. */

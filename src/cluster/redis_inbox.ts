@@ -9,7 +9,7 @@
  */
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
-import { CodecError, decodeBatch } from "./codec.ts";
+import { CodecError, decodeBatch, type Forwarded } from "./codec.ts";
 import { type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
@@ -146,6 +146,64 @@ export class InboxWriter {
   }
 }
 
+/**
+ * Reads every entry left in a dead node's inbox, oldest first: messages go to
+ * `deliver`, control entries to `onControl`. Returns the number of messages.
+ */
+export async function drainInbox(
+  cmd: RedisClient,
+  key: string,
+  deliver: (msg: Forwarded["msg"], groups: readonly string[]) => void,
+  onControl: ControlHandler,
+): Promise<number> {
+  let start = "-";
+  let n = 0;
+  for (;;) {
+    const entries = await cmd.xrangeBuffer(key, start, "+", "COUNT", 100);
+    if (entries.length === 0) return n;
+    for (const [rawId, fields] of entries) {
+      const id = rawId.toString();
+      start = `(${id}`;
+      try {
+        const entry = parseEntry(fields);
+        if (entry.type === "control") onControl(entry.fields);
+        else {
+          for (const { msg, groups } of entry.batch) {
+            deliver(msg, groups);
+            n++;
+          }
+        }
+      } catch (e) {
+        if (!(e instanceof CodecError)) throw e;
+        log.warn`skipping entry ${id} of dead inbox ${key}: ${e.message}`;
+      }
+    }
+  }
+}
+
+type Entry = { type: "messages"; batch: Forwarded[] } | {
+  type: "control";
+  fields: Map<string, string>;
+};
+
+/** One inbox entry: a batch of messages (`t` = m) or a kick / released (`t` = k / r). */
+function parseEntry(fields: Buffer[]): Entry {
+  const map = new Map<string, Buffer>();
+  for (let i = 0; i + 1 < fields.length; i += 2) map.set(fields[i].toString(), fields[i + 1]);
+  const type = map.get("t")?.toString();
+  if (type === "m") {
+    const data = map.get("d");
+    if (data === undefined) throw new CodecError("no data field");
+    return { type: "messages", batch: decodeBatch(data) };
+  }
+  if (type === "k" || type === "r") {
+    const text = new Map<string, string>();
+    for (const [k, v] of map) text.set(k, v.toString());
+    return { type: "control", fields: text };
+  }
+  throw new CodecError(`unknown entry type ${JSON.stringify(type)}`);
+}
+
 /** What the reader does with control entries. */
 export interface ControlHandler {
   (fields: Map<string, string>): void;
@@ -247,23 +305,14 @@ export class InboxReader {
       ids.push(id);
       // A pending re-read returns entries already deleted as null fields.
       if (!Array.isArray(fields)) continue;
-      const map = new Map<string, Buffer>();
-      for (let i = 0; i + 1 < fields.length; i += 2) map.set(fields[i].toString(), fields[i + 1]);
-      const type = map.get("t")?.toString();
       try {
-        if (type === "m") {
-          const data = map.get("d");
-          if (data === undefined) throw new CodecError("no data field");
-          for (const { msg, groups } of decodeBatch(data)) {
+        const entry = parseEntry(fields);
+        if (entry.type === "control") this.onControl(entry.fields);
+        else {
+          for (const { msg, groups } of entry.batch) {
             this.stats.received++;
             this.host.deliverRemote(msg, groups);
           }
-        } else if (type === "k" || type === "r") {
-          const text = new Map<string, string>();
-          for (const [k, v] of map) text.set(k, v.toString());
-          this.onControl(text);
-        } else {
-          throw new CodecError(`unknown entry type ${JSON.stringify(type)}`);
         }
       } catch (e) {
         if (e instanceof CodecError) {

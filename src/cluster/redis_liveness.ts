@@ -60,6 +60,11 @@ export class Liveness {
     this.joined = false;
   }
 
+  /** Ends this node's lease now (it stays listed, as expired, until a survivor handles it). */
+  async expire(): Promise<void> {
+    await this.cmd.zadd(this.keys.nodes, "XX", 0, this.self);
+  }
+
   async tick(mustExist: boolean): Promise<void> {
     if (this.ticking || this.cmd.status !== "ready") return;
     this.ticking = true;
@@ -105,8 +110,26 @@ export class Liveness {
       .finally(() => this.handling.delete(node));
   }
 
-  /** True when `node` holds a lease (not yet expired and handled). */
+  /**
+   * True when `node` holds a lease that has not run out (on Redis's clock). A
+   * node that died keeps its entry until a survivor has handled it, so the
+   * entry alone does not say it is alive.
+   */
   async isLive(node: string): Promise<boolean> {
-    return (await this.cmd.zscore(this.keys.nodes, node)) !== null;
+    const res = await this.cmd.multi().zscore(this.keys.nodes, node).time().exec();
+    if (res === null) throw new Error("lease lookup was aborted");
+    for (const [err] of res) if (err) throw err;
+    const deadline = res[0][1] as string | null;
+    const [sec, usec] = res[1][1] as [string, string];
+    return deadline !== null && Number(deadline) >= Number(sec) * 1000 + Number(usec) / 1000;
+  }
+
+  /** Resolves once `node`'s lease has run out (checked every renewal), or when `stop()` says so. */
+  async ended(node: string, stop: () => boolean): Promise<void> {
+    while (!stop()) {
+      await new Promise((r) => setTimeout(r, this.opts.renewMs));
+      if (stop()) return;
+      if (!(await this.isLive(node).catch(() => true))) return;
+    }
   }
 }

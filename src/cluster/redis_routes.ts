@@ -236,6 +236,16 @@ export class RouteSync {
     log.debug`route fence for ${id} timed out after ${this.fenceMs} ms`;
   }
 
+  /**
+   * Waits (at most the fence time) until every live node has applied the
+   * route log as it is now: after a purge, no node forwards to the purged
+   * node any more.
+   */
+  async settle(): Promise<void> {
+    const last = await this.cmd.xrevrange(this.keys.log, "+", "-", "COUNT", 1);
+    if (last.length > 0 && this.fenceMs > 0) await this.fence(last[0][0]);
+  }
+
   /** Forgets the applied position of a dead node. */
   async forgetApplied(node: string): Promise<void> {
     await this.cmd.hdel(this.keys.applied, node);

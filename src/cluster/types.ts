@@ -24,10 +24,18 @@ export interface BusHost {
    * node, after the dead node's routes were withdrawn, so the core can publish
    * the wills of that node's clients and adopt its sessions from the store.
    * The dead node counts as handled once this resolves (if this node dies
-   * first, another survivor is called).
+   * first, another survivor is called). May return how to deliver what is
+   * left in the dead node's inbox (messages forwarded to it after it died,
+   * before its routes were withdrawn) to the sessions adopted from it.
    */
-  nodeDown(nodeId: string): Promise<void>;
+  nodeDown(nodeId: string): Promise<OrphanDelivery | void>;
 }
+
+/**
+ * Delivers one message found in a dead node's inbox to the sessions this
+ * node adopted from it (not to its other subscribers, who had their copy).
+ */
+export type OrphanDelivery = (msg: Message, groups: readonly string[]) => void;
 
 /** The bus's decision for a message published on this node. */
 export interface ForwardResult {

@@ -9,14 +9,14 @@
 import { getLogger } from "@logtape/logtape";
 import { subscribeAccess } from "../auth/access.ts";
 import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
-import { type Bus, type BusHost, LOCAL_ONLY } from "../cluster/types.ts";
+import { type Bus, type BusHost, LOCAL_ONLY, type OrphanDelivery } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
-import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
+import { Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
@@ -85,6 +85,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly detached = new Set<Session>();
   /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
   private readonly adopted = new Set<string>();
+  /** Adopted sessions whose will is being taken from the store (cluster-wide once). */
+  private readonly takingWill = new Map<string, Promise<unknown>>();
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -351,7 +353,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
         if (state !== null && state.owner !== req.owner) {
           return this.refuseForeign(conn, state.owner);
         }
-        if (state !== null && !this.sessions.has(id)) this.restoreSession(state);
+        if (state !== null && !this.sessions.has(id)) {
+          // Session Present promises the subscriptions work: the CONNACK waits until every
+          // node routes them here (as a SUBACK does).
+          const routed = this.restoreSession(state);
+          if (routed.length > 0) await Promise.all(routed).catch(() => {});
+        }
       }
     } catch (e) {
       log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
@@ -413,11 +420,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.clock.now,
     );
     s.journal = this.journal;
+    s.storeWill = this.store.shared;
     return s;
   }
 
   /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
-  private restoreSession(state: SessionState): void {
+  private restoreSession(state: SessionState): Promise<void>[] {
+    const routed: Promise<void>[] = [];
     const s = this.newSession(state.clientId);
     s.restore(state);
     for (const stored of state.subscriptions) {
@@ -436,7 +445,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         username: state.owner ?? undefined,
       }, stored.key);
       if (access === 0) continue;
-      this.subscribe(s, {
+      const r = this.subscribe(s, {
         subscriber: s,
         key: tf.key,
         filter: tf.filter,
@@ -449,6 +458,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
         needsCheck: access === 2,
       });
+      if (r.ready !== null) routed.push(r.ready);
     }
     this.sessions.set(state.clientId, s);
     // A session stored while connected lost its connection in a crash: it is detached now.
@@ -458,6 +468,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
     }
     this.detached.add(s);
+    return routed;
   }
 
   /** BusHost: another node took over `clientId`. */
@@ -479,10 +490,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * each): they wait here, detached, for their clients, and their wills are
    * published after their delay unless the client comes back first.
    */
-  async nodeDown(nodeId: string): Promise<void> {
+  async nodeDown(nodeId: string): Promise<OrphanDelivery | void> {
     const store = this.store;
     if (!isClusterStore(store)) return;
     let adopted = 0;
+    // The adopted sessions' subscriptions alone: what was left in the dead node's inbox is
+    // theirs, and this node's other subscribers had their own copy.
+    const orphans = new Router();
+    orphans.receiveCheck = this.mayReceive;
+    const taken: Session[] = [];
     for (const id of await store.sessionsOfNode(nodeId)) {
       if (this.sessions.has(id)) continue;
       const state = await store.adoptSession(id, nodeId);
@@ -493,9 +509,20 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.restoreSession(state);
       this.adopted.add(id);
       adopted++;
+      const s = this.sessions.get(id)!;
+      taken.push(s);
+      for (const sub of this.router.subscriptionsOf(s)) orphans.subscribe(sub);
     }
     await store.forgetNode(nodeId);
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
+    if (adopted === 0) return;
+    return (msg, groups) => {
+      // A session whose client came back meanwhile is no longer this node's to fill.
+      for (const s of taken) {
+        if (this.sessions.get(s.clientId) !== s) orphans.unsubscribeAll(s);
+      }
+      orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+    };
   }
 
   /**
@@ -562,14 +589,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.adopted.has(session.clientId) && isClusterStore(store)) {
       // A session adopted from a dead node: its client may have come back on another node
       // since; the store hands the will to its owner once, cluster-wide.
-      store.takeWill(session.clientId).then(
+      const id = session.clientId;
+      const taking = store.takeWill(id).then(
         (w) => w !== null && this.sendWill(session, will),
         (e) =>
-          log.error("taking the will of {clientId}: {error}", {
-            clientId: session.clientId,
-            error: String(e),
-          }),
-      );
+          log.error("taking the will of {clientId}: {error}", { clientId: id, error: String(e) }),
+      ).finally(() => {
+        if (this.takingWill.get(id) === taking) this.takingWill.delete(id);
+      });
+      this.takingWill.set(id, taking);
       return;
     }
     this.sendWill(session, will);
@@ -610,8 +638,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.sessions.get(session.clientId) === session) {
       this.sessions.delete(session.clientId);
       this.bus.releaseSession(session.clientId);
-      if (persisted && this.journal !== null) {
-        this.journal.push({ type: "session-delete", clientId: session.clientId });
+      const journal = this.journal;
+      const id = session.clientId;
+      const taking = this.takingWill.get(id);
+      if (persisted && journal !== null) {
+        if (taking === undefined) journal.push({ type: "session-delete", clientId: id });
+        // Deleting the session first would delete its will before the store hands it over.
+        else {
+          taking.then(() => {
+            if (!this.sessions.has(id)) journal.push({ type: "session-delete", clientId: id });
+          });
+        }
       }
     }
   }

@@ -113,6 +113,12 @@ export class Session implements Subscriber {
   owner: string | null = null;
   /** Where changes go when the store is durable; null otherwise. */
   journal: Journal | null = null;
+  /**
+   * Store the session while it has a will even when it ends with its
+   * connection (Session Expiry 0): in a cluster the node may die, and a
+   * survivor publishes the wills it finds in the store.
+   */
+  storeWill = false;
 
   private inflight: Map<number, Outgoing> | null = null;
   private queue: Queued[] = [];
@@ -490,7 +496,9 @@ export class Session implements Subscriber {
    */
   persist(subscriptions: Iterable<Subscription>): void {
     if (this.journal === null) return;
-    if (this.expiry !== 0) {
+    // With a cluster store, a session without expiry is stored while it has a will, so a
+    // survivor can publish the will when this node dies.
+    if (this.expiry !== 0 || (this.storeWill && this.willValue !== null)) {
       this.journal.push({ type: "session", state: this.toState(subscriptions) });
       this.stored = true;
     } else if (this.stored) {

@@ -43,6 +43,8 @@ export interface RunningBroker {
   readonly pid: number;
   readonly host: string;
   readonly port: number;
+  /** A cluster: every node's MQTT port (`port` is the first). */
+  readonly nodePorts?: readonly number[];
   /** Stops the process (SIGTERM, then SIGKILL after 3 s). */
   stop(): Promise<void>;
   /** Last lines the broker printed, for error messages. */
@@ -219,29 +221,117 @@ const mcloudtt: BrokerKind = {
   },
   start(limits, workDir) {
     const port = freePort();
-    const args = [
-      "run",
-      "--allow-all",
-      // Extra Deno/V8 flags for profiling runs, e.g. BENCH_DENO_FLAGS="--v8-flags=--trace-gc".
-      ...(Deno.env.get("BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? []),
-      "main.ts",
-      "--general.secure=false",
-      "--general.websocket=false",
-      `--ports.tcp=${port}`,
-      `--general.bind=${HOST}`,
-      // Mosquitto runs with log_dest none; per-connection info logs would tax mcloudtt alone.
-      "--general.log_level=warning",
-      // Mosquitto runs with sys_interval 0 and has no HTTP endpoint.
-      "--general.sys_interval=0",
-      "--http.enabled=false",
-      // Mosquitto runs without persistence: keep sessions in memory here too.
-      "--storage.enabled=false",
-      ...Object.entries(limits).map(([key, value]) => `--limits.${key}=${value}`),
-    ];
-    // Deno may type-check or fetch on first start, hence the generous start timeout.
-    return launch(Deno.execPath(), args, port, `${workDir}/mcloudtt.log`, 60_000, REPO_ROOT);
+    return launch(
+      Deno.execPath(),
+      mcloudttArgs(port, limits),
+      port,
+      `${workDir}/mcloudtt.log`,
+      60_000,
+      REPO_ROOT,
+    );
   },
 };
+
+/** The command line of one mcloudtt process; `extra` adds flags (the cluster's). */
+function mcloudttArgs(port: number, limits: BenchLimits, extra: string[] = []): string[] {
+  return [
+    "run",
+    "--allow-all",
+    // Extra Deno/V8 flags for profiling runs, e.g. BENCH_DENO_FLAGS="--v8-flags=--trace-gc".
+    ...(Deno.env.get("BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? []),
+    "main.ts",
+    "--general.secure=false",
+    "--general.websocket=false",
+    `--ports.tcp=${port}`,
+    `--general.bind=${HOST}`,
+    // Mosquitto runs with log_dest none; per-connection info logs would tax mcloudtt alone.
+    "--general.log_level=warning",
+    // Mosquitto runs with sys_interval 0 and has no HTTP endpoint.
+    "--general.sys_interval=0",
+    "--http.enabled=false",
+    // Mosquitto runs without persistence: keep sessions in memory here too.
+    "--storage.enabled=false",
+    ...Object.entries(limits).map(([key, value]) => `--limits.${key}=${value}`),
+    ...extra,
+  ];
+}
+
+/** A running mcloudtt cluster: its nodes, and the Redis they share. */
+export interface RunningCluster extends RunningBroker {
+  readonly redisPort: number;
+}
+
+/**
+ * `nodes` mcloudtt processes sharing one in-memory redis-server (also with one node, so a
+ * one-node run pays the same Redis costs as a two-node run, except forwarding). `pid` is the
+ * first node's: broker CPU and RSS metrics are that node's alone.
+ */
+export async function startMcloudttCluster(
+  nodes: number,
+  limits: BenchLimits,
+  workDir: string,
+): Promise<RunningCluster> {
+  const redisPort = freePort();
+  const redis = await launch(
+    "redis-server",
+    [
+      "--port",
+      String(redisPort),
+      "--bind",
+      HOST,
+      "--save",
+      "",
+      "--appendonly",
+      "no",
+      "--dir",
+      workDir,
+    ],
+    redisPort,
+    `${workDir}/redis.log`,
+    10_000,
+  );
+  const started: RunningBroker[] = [];
+  try {
+    for (let i = 0; i < nodes; i++) {
+      const port = freePort();
+      const extra = [
+        "--storage.enabled=false",
+        "--redis.enabled=true",
+        `--redis.url=redis://${HOST}:${redisPort}`,
+        `--cluster.node_id=bench-${i + 1}`,
+      ];
+      started.push(
+        await launch(
+          Deno.execPath(),
+          mcloudttArgs(port, limits, extra),
+          port,
+          `${workDir}/node-${i + 1}.log`,
+          60_000,
+          REPO_ROOT,
+        ),
+      );
+    }
+  } catch (e) {
+    await Promise.all(started.map((b) => b.stop()));
+    await redis.stop();
+    throw e;
+  }
+  return {
+    pid: started[0].pid,
+    host: HOST,
+    port: started[0].port,
+    nodePorts: started.map((b) => b.port),
+    redisPort,
+    async stop() {
+      await Promise.all(started.map((b) => b.stop()));
+      await redis.stop();
+    },
+    async logTail() {
+      const tails = await Promise.all(started.map((b) => b.logTail()));
+      return tails.map((t, i) => `node-${i + 1}:\n${t}`).join("\n");
+    },
+  };
+}
 
 /** The generated mosquitto.conf; each line is aligned with one mcloudtt limit (see README). */
 export function mosquittoConfig(port: number, limits: BenchLimits): string {

@@ -8,6 +8,8 @@ export interface WorkerLayout {
   /** "sub" workers start first so nothing is published before every SUBACK. */
   readonly side: "pub" | "sub" | "both";
   readonly clients: readonly ClientPlan[];
+  /** Cluster runs: which node (index into the cluster's ports) this worker connects to. */
+  readonly node?: number;
 }
 
 /** The processes of a load scenario and how to account for its deliveries. */
@@ -113,5 +115,21 @@ export function slowConsumer(qos: 0 | 1 | 2): WorkerLayout {
     name: "slow",
     side: "sub",
     clients: [{ clientId: "b-slow", kind: "slow-sub", topic: "bench/pair/#", qos }],
+  };
+}
+
+/**
+ * The same layout on a cluster: publisher workers connect to node `pubNode`, subscriber
+ * workers to `subNodes` in turn (so subscribers are split over them).
+ */
+export function onNodes(layout: Layout, pubNode: number, subNodes: readonly number[]): Layout {
+  let next = 0;
+  return {
+    ...layout,
+    workers: layout.workers.map((w) =>
+      w.side === "pub"
+        ? { ...w, node: pubNode }
+        : { ...w, node: subNodes[next++ % subNodes.length] }
+    ),
   };
 }

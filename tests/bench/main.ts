@@ -5,6 +5,7 @@
 
 import { BENCH_LIMITS, type BrokerName, BROKERS } from "./brokers.ts";
 import { killAll } from "./children.ts";
+import { clusterReport, runClusterBench } from "./cluster.ts";
 import { machineInfo } from "./machine.ts";
 import { parseOptions, USAGE, UsageError } from "./options.ts";
 import { markdown, writeReport } from "./report.ts";
@@ -46,6 +47,11 @@ async function main(): Promise<number> {
   if (options === null) {
     console.log(USAGE);
     return 0;
+  }
+  if (options.cluster) {
+    const runs = await runClusterBench(options);
+    console.log(`\n${clusterReport(runs)}`);
+    return runs.some((r) => r.failed) ? 1 : 0;
   }
   const startedAt = new Date();
   const skipped: Record<string, string> = {};

@@ -44,7 +44,7 @@ interface Running {
 function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPlan {
   return {
     host: ctx.broker.host,
-    port: ctx.broker.port,
+    port: ctx.broker.nodePorts?.[worker.node ?? 0] ?? ctx.broker.port,
     version: ctx.level,
     payloadBytes: ctx.options.payloadBytes,
     batch: ctx.options.batch,

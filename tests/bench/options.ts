@@ -22,6 +22,8 @@ export interface BenchOptions {
   /** Worker processes per side (publishers, subscribers). */
   readonly workersPerSide: number;
   readonly quick: boolean;
+  /** Run the cluster scenarios (mcloudtt on one node vs two, with Redis) instead. */
+  readonly cluster: boolean;
 }
 
 /** Bad command line. */
@@ -41,6 +43,7 @@ export const USAGE = `deno task bench [options]
   --connections <n>     idle connections in the connections scenario (default 10000; --quick: 2000)
   --workers <n>         worker processes per side (default 2)
   --quick               smoke run of every scenario: 1 round, 1 s windows
+  --cluster             mcloudtt on two nodes vs one (needs redis-server), instead of the peers
   --help`;
 
 function positive(flag: string, raw: string | undefined, integer: boolean): number {
@@ -62,8 +65,9 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     if (!arg.startsWith("--")) throw new UsageError(`unexpected argument ${arg}`);
     const eq = arg.indexOf("=");
     if (eq > 0) raw.set(arg.slice(2, eq), arg.slice(eq + 1));
-    else if (arg === "--quick" || arg === "--help") raw.set(arg.slice(2), "true");
-    else raw.set(arg.slice(2), args[++i]);
+    else if (arg === "--quick" || arg === "--help" || arg === "--cluster") {
+      raw.set(arg.slice(2), "true");
+    } else raw.set(arg.slice(2), args[++i]);
   }
   if (raw.has("help")) return null;
   const known = [
@@ -77,6 +81,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     "connections",
     "workers",
     "quick",
+    "cluster",
   ];
   for (const key of raw.keys()) {
     if (!known.includes(key)) throw new UsageError(`unknown option --${key}`);
@@ -106,5 +111,6 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     connections: get("connections", 10_000, 2_000, true),
     workersPerSide: get("workers", 2, 2, true),
     quick,
+    cluster: raw.has("cluster"),
   };
 }

@@ -127,25 +127,8 @@ export class RedisServer implements AsyncDisposable {
    * Sends one command over a fresh connection (RESP) and returns the first
    * reply line's value: for inspecting the server from a test, not for load.
    */
-  async command(...args: string[]): Promise<string> {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: this.port });
-    try {
-      const enc = new TextEncoder();
-      let req = `*${args.length}\r\n`;
-      for (const a of args) req += `$${enc.encode(a).length}\r\n${a}\r\n`;
-      await conn.write(enc.encode(req));
-      const buf = new Uint8Array(64 * 1024);
-      let text = "";
-      for (;;) {
-        const n = await conn.read(buf);
-        if (n === null) break;
-        text += new TextDecoder().decode(buf.subarray(0, n));
-        if (text.includes("\r\n") && isComplete(text)) break;
-      }
-      return parseReply(text);
-    } finally {
-      conn.close();
-    }
+  command(...args: string[]): Promise<string> {
+    return redisCommand(this.port, ...args);
   }
 
   /** kill -9 of the server (its memory is lost; the AOF stays when enabled). */
@@ -182,6 +165,32 @@ export class RedisServer implements AsyncDisposable {
   }
 }
 
+/**
+ * Sends one command to the redis-server on `port` over a fresh connection
+ * (RESP) and returns the first reply line's value: for inspecting a server
+ * from a test or the bench, not for load.
+ */
+export async function redisCommand(port: number, ...args: string[]): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    const enc = new TextEncoder();
+    let req = `*${args.length}\r\n`;
+    for (const a of args) req += `$${enc.encode(a).length}\r\n${a}\r\n`;
+    await conn.write(enc.encode(req));
+    const buf = new Uint8Array(64 * 1024);
+    let text = "";
+    for (;;) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      text += new TextDecoder().decode(buf.subarray(0, n));
+      if (text.includes("\r\n") && isComplete(text)) break;
+    }
+    return parseReply(text);
+  } finally {
+    conn.close();
+  }
+}
+
 function isComplete(text: string): boolean {
   if (text[0] === "$") {
     const nl = text.indexOf("\r\n");
@@ -209,4 +218,13 @@ function parseReply(text: string): string {
     default:
       return text;
   }
+}
+
+/** `cmdstat_<name>` call counts from INFO commandstats. */
+export async function commandStats(server: RedisServer | number): Promise<Map<string, number>> {
+  const port = typeof server === "number" ? server : server.port;
+  const info = await redisCommand(port, "INFO", "commandstats");
+  const out = new Map<string, number>();
+  for (const m of info.matchAll(/^cmdstat_([a-z|_-]+):calls=(\d+)/gm)) out.set(m[1], Number(m[2]));
+  return out;
 }

@@ -1,0 +1,155 @@
+/**
+ * `deno task bench --cluster`: mcloudtt on two nodes vs one node on the same
+ * machine (both with the same in-memory Redis), reported as a ratio, plus the
+ * Redis commands each forwarded message costs.
+ *
+ * - cross-pairs: 16 QoS 1 pairs, every publisher on node 1 and every
+ *   subscriber on node 2 (one node: all on it); each message is forwarded.
+ * - fan-out: 1 publisher on node 1, 16 subscribers split over both nodes (one
+ *   node: all on it); each message is forwarded once, to node 2.
+ *
+ * With two nodes on two cores the generator, both nodes and Redis share the
+ * machine: the ratio shows what forwarding costs, not how a cluster scales.
+ */
+
+import { BENCH_LIMITS, startMcloudttCluster } from "./brokers.ts";
+import { fanOut, type Layout, onNodes, pairs } from "./layouts.ts";
+import { measureLoad } from "./measure.ts";
+import type { BenchOptions } from "./options.ts";
+import { commandStats } from "../helpers/redis.ts";
+
+/** One cluster scenario: the same load on one node and spread over two. */
+interface ClusterScenario {
+  readonly name: string;
+  readonly description: string;
+  readonly oneNode: Layout;
+  readonly twoNodes: Layout;
+}
+
+export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
+  const w = options.workersPerSide;
+  return [
+    {
+      name: "cluster-cross-pairs-16-qos1",
+      description: "16 QoS 1 pairs: publishers on node 1, subscribers on node 2",
+      oneNode: pairs(16, 1, w),
+      twoNodes: onNodes(pairs(16, 1, w), 0, [1]),
+    },
+    {
+      name: "cluster-fan-out-16",
+      description: "1 publisher on node 1 -> 16 subscribers split over nodes 1 and 2, QoS 0",
+      oneNode: fanOut(16, w),
+      twoNodes: onNodes(fanOut(16, w), 0, [0, 1]),
+    },
+  ];
+}
+
+/** What one run on `nodes` nodes measured. */
+export interface ClusterRun {
+  readonly scenario: string;
+  readonly nodes: number;
+  readonly round: number;
+  readonly metrics: Record<string, number>;
+  readonly failed?: string;
+}
+
+function total(stats: Map<string, number>): number {
+  let n = 0;
+  for (const v of stats.values()) n += v;
+  return n;
+}
+
+async function runOnce(
+  scenario: ClusterScenario,
+  nodes: 1 | 2,
+  round: number,
+  options: BenchOptions,
+): Promise<ClusterRun> {
+  const base = { scenario: scenario.name, nodes, round };
+  const workDir = await Deno.makeTempDir({ prefix: "bench-cluster-" });
+  try {
+    const cluster = await startMcloudttCluster(nodes, BENCH_LIMITS, workDir);
+    try {
+      await commandStats(cluster.redisPort); // the first INFO is not in the delta
+      const before = await commandStats(cluster.redisPort);
+      const measured = await measureLoad(
+        { broker: cluster, level: 5, options },
+        nodes === 1 ? scenario.oneNode : scenario.twoNodes,
+      );
+      const after = await commandStats(cluster.redisPort);
+      const commands = total(after) - total(before) - 1; // minus the INFO itself
+      const xadds = (after.get("xadd") ?? 0) - (before.get("xadd") ?? 0);
+      const sent = measured.metrics.sent;
+      const metrics: Record<string, number> = { ...measured.metrics, redis_commands: commands };
+      if (nodes === 2 && sent > 0) {
+        // Every message published on node 1 has a subscriber on node 2: one forward each.
+        metrics.redis_cmds_per_forwarded_msg = commands / sent;
+        metrics.msgs_per_xadd = xadds > 0 ? sent / xadds : NaN;
+      }
+      return { ...base, metrics };
+    } catch (e) {
+      return { ...base, metrics: {}, failed: `${e}\n${await cluster.logTail()}` };
+    } finally {
+      await cluster.stop();
+    }
+  } catch (e) {
+    return { ...base, metrics: {}, failed: String(e) };
+  } finally {
+    await Deno.remove(workDir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Runs every cluster scenario (filtered by --only) on one node and on two, interleaved. */
+export async function runClusterBench(options: BenchOptions): Promise<ClusterRun[]> {
+  const scenarios = clusterScenarios(options).filter((s) =>
+    options.only.length === 0 || options.only.some((o) => s.name.includes(o))
+  );
+  const runs: ClusterRun[] = [];
+  for (const s of scenarios) {
+    for (let round = 1; round <= options.rounds; round++) {
+      for (const nodes of [1, 2] as const) {
+        const r = await runOnce(s, nodes, round, options);
+        runs.push(r);
+        const m = r.metrics;
+        const extra = nodes === 2
+          ? `, ${m.redis_cmds_per_forwarded_msg?.toFixed(3)} Redis commands per forwarded ` +
+            `message (${m.msgs_per_xadd?.toFixed(1)} messages per XADD)`
+          : "";
+        console.log(
+          r.failed
+            ? `[${s.name} round ${round}] ${nodes} node(s): FAILED ${r.failed.split("\n")[0]}`
+            : `[${s.name} round ${round}] ${nodes} node(s): ${
+              m.delivered_per_s.toFixed(0)
+            } msg/s delivered, undelivered ${m.undelivered_pct.toFixed(2)} %${extra}`,
+        );
+      }
+    }
+  }
+  return runs;
+}
+
+/** Markdown table: per scenario, median delivered/s on one and two nodes and their ratio. */
+export function clusterReport(runs: readonly ClusterRun[]): string {
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
+  };
+  const lines = [
+    "| scenario | 1 node msg/s | 2 nodes msg/s | ratio 2/1 | Redis cmds per forwarded msg |",
+    "| --- | ---: | ---: | ---: | ---: |",
+  ];
+  for (const name of [...new Set(runs.map((r) => r.scenario))]) {
+    const ok = runs.filter((r) => r.scenario === name && !r.failed);
+    const rate = (n: number) =>
+      median(ok.filter((r) => r.nodes === n).map((r) => r.metrics.delivered_per_s));
+    const cmds = median(
+      ok.filter((r) => r.nodes === 2).map((r) => r.metrics.redis_cmds_per_forwarded_msg),
+    );
+    lines.push(
+      `| ${name} | ${rate(1).toFixed(0)} | ${rate(2).toFixed(0)} | ${
+        (rate(2) / rate(1)).toFixed(2)
+      } | ${cmds.toFixed(3)} |`,
+    );
+  }
+  return lines.join("\n");
+}

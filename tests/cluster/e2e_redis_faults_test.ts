@@ -1,0 +1,195 @@
+/**
+ * Redis faults under a two-node cluster of broker processes: killed Redis
+ * connections and a Redis restart (with its append-only file) in the middle
+ * of QoS 1/2 traffic lose no acknowledged message; while Redis is down each
+ * node keeps serving its connected clients locally; after a Redis restart
+ * that lost everything the nodes re-announce their routes and cross-node
+ * delivery works again.
+ */
+import assert from "node:assert/strict";
+import type { MqttClient } from "mqtt";
+import { collect, connectClient, delay, type Received } from "../helpers/broker.ts";
+import { eventually, TestCluster } from "../helpers/cluster.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+
+const ignore = skipWithoutRedis();
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+/**
+ * Publishes `n` numbered messages (QoS 1 and 2 alternating), at most `window` unacknowledged;
+ * a refused one (PUBACK/PUBREC with an error: Redis did not take it) is sent again. Returns the
+ * numbers acknowledged and how many sends were refused.
+ */
+async function publishAll(
+  pub: MqttClient,
+  topic: string,
+  n: number,
+  window = 10,
+): Promise<{ acked: number[]; refused: number }> {
+  const acked: number[] = [];
+  let refused = 0;
+  let next = 0;
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      for (;;) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const unanswered = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`publish ${i} was never answered`)), 10_000);
+        });
+        try {
+          await Promise.race([
+            pub.publishAsync(topic, `${i}`, { qos: i % 2 === 0 ? 1 : 2 }),
+            unanswered,
+          ]);
+          acked.push(i);
+          break;
+        } catch (e) {
+          if (e instanceof Error && e.message.includes("never answered")) throw e;
+          refused++;
+          await delay(50);
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: window }, worker));
+  return { acked, refused };
+}
+
+/** `p`, or a rejection naming `what` when it has not settled within `ms`. */
+function answered<T>(p: Promise<T>, what: string, ms = 10_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} was never answered`)), ms);
+  });
+  return Promise.race([p, late]).finally(() => clearTimeout(timer));
+}
+
+function received(box: { messages: Received[] }): Map<number, number> {
+  const seen = new Map<number, number>();
+  for (const m of box.messages) seen.set(Number(m.payload), (seen.get(Number(m.payload)) ?? 0) + 1);
+  return seen;
+}
+
+Deno.test({
+  name: "cluster: killed Redis connections and a Redis restart (AOF) lose no acknowledged message",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"], aof: true });
+    const [a, b] = cluster.nodes;
+    const redis = cluster.redis;
+    await using sub = await connectClient(b.port, { clientId: "sub" });
+    const box = collect(sub);
+    await sub.subscribeAsync("blip/#", { qos: 2 });
+    await using pub = await connectClient(a.port, { clientId: "pub" });
+    const N = 600;
+    let faults = 0;
+    let done = false;
+    const faulting = (async () => {
+      await delay(150);
+      while (!done && faults < 4) {
+        // Every client connection of every node (commands, route tail, inbox reader, store).
+        await redis.command("CLIENT", "KILL", "TYPE", "normal");
+        faults++;
+        await delay(200);
+      }
+      if (!done) {
+        await redis.restart(); // kill -9 and start again: the AOF brings the data back
+        faults++;
+      }
+    })();
+    const { acked, refused } = await publishAll(pub, "blip/x", N).catch((e) => {
+      console.log(a.output(), b.output());
+      throw e;
+    });
+    done = true;
+    await faulting;
+    await eventually("every acknowledged message arrived", () => {
+      const seen = received(box);
+      return acked.every((i) => seen.has(i));
+    }, 15_000).catch((e) => {
+      const seen = received(box);
+      throw new Error(`${e.message}: missing ${acked.filter((i) => !seen.has(i)).slice(0, 20)}`);
+    });
+    const seen = received(box);
+    const dups = [...seen.values()].filter((c) => c > 1).length;
+    console.log(
+      `${N} messages, ${faults} Redis faults, ${refused} publishes refused and resent, ` +
+        `${dups} delivered more than once`,
+    );
+    assert.equal(acked.length, N);
+    assert.ok(faults >= 2, `faults happened during the traffic (${faults})`);
+  },
+});
+
+Deno.test({
+  name: "cluster: without Redis nodes serve local clients; after a Redis wipe routes come back",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const [a, b] = cluster.nodes;
+    const redis = cluster.redis;
+    await using subA = await connectClient(a.port, { clientId: "sub-a" });
+    const boxA = collect(subA);
+    await subA.subscribeAsync("local/#", { qos: 1 });
+    await using subB = await connectClient(b.port, { clientId: "sub-b" });
+    const boxB = collect(subB);
+    await subB.subscribeAsync("cross/#", { qos: 1 });
+    await using pubA = await connectClient(a.port, { clientId: "pub-a" });
+    await pubA.publishAsync("cross/before", "before", { qos: 1 });
+    assert.equal((await boxB.next()).payload, "before");
+
+    await redis.kill();
+    // Local traffic goes on: QoS 0 and QoS 1 between clients of the same node.
+    for (let i = 0; i < 10; i++) {
+      await answered(
+        pubA.publishAsync("local/x", `down-${i}`, { qos: (i % 2) as 0 | 1 }),
+        `local publish ${i}`,
+      );
+    }
+    await eventually("local delivery while Redis is down", () => boxA.messages.length === 10);
+    assert.deepEqual(
+      boxA.messages.map((m) => m.payload),
+      Array.from({ length: 10 }, (_, i) => `down-${i}`),
+    );
+    // A QoS 1 message for another node cannot be stored: refused, not acknowledged and lost.
+    await assert.rejects(
+      answered(pubA.publishAsync("cross/down", "down", { qos: 1 }), "cross publish"),
+      /Unspecified error/,
+    );
+    assert.ok(subA.connected && subB.connected && pubA.connected, "clients stay connected");
+
+    // Redis comes back empty (no persistence): routes, leases and inboxes are rebuilt.
+    await redis.restart(true);
+    await eventually(
+      "b's route is back in Redis",
+      async () => (await redis.command("HLEN", "mcloudtt:{rt}:table")) !== "0",
+      10_000,
+    );
+    // Cross-node delivery works again (retried while the nodes resynchronise).
+    const deadline = Date.now() + 10_000;
+    let delivered = false;
+    for (let i = 0; !delivered && Date.now() < deadline; i++) {
+      try {
+        await answered(
+          pubA.publishAsync("cross/after", `after-${i}`, { qos: 1 }),
+          `publish ${i} after the wipe`,
+        );
+        await eventually(
+          "delivered",
+          () => boxB.messages.some((m) => m.topic === "cross/after"),
+          500,
+        );
+        delivered = true;
+      } catch (e) {
+        if (e instanceof Error && e.message.includes("never answered")) throw e;
+      }
+    }
+    assert.ok(delivered, "a message published on a reaches b's subscriber after the wipe");
+    for (const n of [a, b]) {
+      assert.match(n.output(), /redis lost the cluster state|resynchronised/, `${n.name} resynced`);
+    }
+  },
+});

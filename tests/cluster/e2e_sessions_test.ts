@@ -1,0 +1,248 @@
+/**
+ * Sessions in a cluster of broker processes, seen by raw MQTT 5 clients: a
+ * persistent session resumes on another node with its subscriptions, queued
+ * messages and unacknowledged inflight (resent with DUP); the same client id
+ * on two nodes at once leaves one survivor and loses nothing; the session's
+ * owner travels with it; after a node restart Session Present is 1 only for
+ * sessions the cluster routes to.
+ */
+import assert from "node:assert/strict";
+import { hashPassword } from "../../src/auth/passwords.ts";
+import { connectClient, expectSilence, type Packet, RawClient } from "../helpers/broker.ts";
+import { TestCluster } from "../helpers/cluster.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+
+const ignore = skipWithoutRedis();
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+type P = Packet & Record<string, unknown>;
+
+const PERSISTENT = { clean: false, properties: { sessionExpiryInterval: 300 } };
+
+const text = (p: P) => new TextDecoder().decode(p.payload as Uint8Array);
+
+async function subscribe(c: RawClient, topic: string, qos: 0 | 1 | 2): Promise<void> {
+  await c.sendPacket({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos }] });
+  const ack = await c.expect("suback");
+  assert.deepEqual(ack.granted, [qos]);
+}
+
+/** Acknowledges a received PUBLISH the way its QoS wants (QoS 2: PUBREC, PUBREL, PUBCOMP). */
+async function acknowledge(c: RawClient, p: P): Promise<void> {
+  if (p.qos === 1) await c.sendPacket({ cmd: "puback", messageId: p.messageId });
+  if (p.qos === 2) await c.sendPacket({ cmd: "pubrec", messageId: p.messageId });
+}
+
+/** Every packet `c` gets until `quietMs` pass without one or the connection closes. */
+async function drain(c: RawClient, quietMs = 500): Promise<P[]> {
+  const out: P[] = [];
+  for (;;) {
+    let p: Packet | null;
+    try {
+      p = await c.next(quietMs);
+    } catch {
+      return out;
+    }
+    if (p === null) return out;
+    out.push(p as P);
+  }
+}
+
+Deno.test({
+  name: "cluster: a persistent session resumes on another node with queue, inflight and routes",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b", "c"] });
+    const [a, b, c] = cluster.nodes;
+    await using pub = await connectClient(c.port, { clientId: "pub" });
+    const first = await RawClient.connect(a.port);
+    const ack1 = await first.handshake("pers", 5, PERSISTENT);
+    assert.equal(ack1.sessionPresent, false);
+    await subscribe(first, "s/#", 2);
+    await pub.publishAsync("s/1", "inflight-1", { qos: 1 });
+    await pub.publishAsync("s/2", "inflight-2", { qos: 2 });
+    const sent = [await first.expect("publish"), await first.expect("publish")];
+    assert.deepEqual(sent.map(text), ["inflight-1", "inflight-2"]);
+    // Not acknowledged; the client leaves normally (no will) with both still inflight.
+    await first.sendPacket({ cmd: "disconnect" });
+    await first.expectClosed();
+    await pub.publishAsync("s/3", "queued-3", { qos: 1 });
+    await pub.publishAsync("s/4", "queued-4", { qos: 2 });
+
+    await using second = await RawClient.connect(b.port);
+    const ack2 = await second.handshake("pers", 5, PERSISTENT);
+    assert.equal(ack2.sessionPresent, true, "Session Present on the other node");
+    const got = [];
+    for (let i = 0; i < 4; i++) got.push(await second.expect("publish"));
+    assert.deepEqual(got.map(text), ["inflight-1", "inflight-2", "queued-3", "queued-4"]);
+    assert.deepEqual(got.map((p) => p.dup), [true, true, false, false], "inflight resent with DUP");
+    assert.deepEqual(got.map((p) => p.qos), [1, 2, 1, 2]);
+    // Resent inflight keeps its packet identifiers.
+    assert.deepEqual(got.slice(0, 2).map((p) => p.messageId), sent.map((p) => p.messageId));
+    for (const p of got) await acknowledge(second, p);
+    for (const p of [got[1], got[3]]) {
+      const rel = await second.expect("pubrel");
+      assert.equal(rel.messageId, p.messageId);
+      await second.sendPacket({ cmd: "pubcomp", messageId: p.messageId });
+    }
+    // The subscription came along: routed to b at once.
+    await pub.publishAsync("s/5", "live-5", { qos: 1 });
+    const live = await second.expect("publish");
+    assert.equal(text(live), "live-5");
+    await acknowledge(second, live);
+    await expectSilence(second, 300);
+  },
+});
+
+Deno.test({
+  name: "cluster: one client id on two nodes at once: one survivor, 0x8E for the other, none lost",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const [a, b] = cluster.nodes;
+    await using pub = await connectClient(b.port, { clientId: "pub" });
+    const setup = await RawClient.connect(a.port);
+    await setup.handshake("twin", 5, PERSISTENT);
+    await subscribe(setup, "t/#", 1);
+    await setup.sendPacket({ cmd: "disconnect" });
+    await setup.expectClosed();
+    const N = 30;
+    for (let i = 0; i < N; i++) await pub.publishAsync(`t/${i}`, `q${i}`, { qos: 1 });
+
+    for (let round = 0; round < 3; round++) {
+      // Both CONNECTs leave at the same time, one to each node.
+      const [ca, cb] = await Promise.all([RawClient.connect(a.port), RawClient.connect(b.port)]);
+      const connect = { cmd: "connect", protocolId: "MQTT", protocolVersion: 5, clientId: "twin" };
+      await Promise.all(
+        [ca, cb].map((c) => c.sendPacket({ ...connect, keepalive: 60, ...PERSISTENT })),
+      );
+      const [pa, pb] = await Promise.all([drain(ca), drain(cb)]);
+      const outcome = [
+        { c: ca, packets: pa },
+        { c: cb, packets: pb },
+      ];
+      const survivors = outcome.filter((o) => !o.c.closed);
+      assert.equal(survivors.length, 1, `round ${round}: exactly one connection survives`);
+      const loser = outcome.find((o) => o.c.closed)!;
+      const lastOfLoser = loser.packets.at(-1);
+      if (loser.packets.some((p) => p.cmd === "connack" && p.reasonCode === 0)) {
+        assert.equal(lastOfLoser?.cmd, "disconnect", `round ${round}: the old one is told why`);
+        assert.equal(lastOfLoser?.reasonCode, 0x8e);
+      }
+      const survivor = survivors[0];
+      const publishes = survivor.packets.filter((p) => p.cmd === "publish");
+      const payloads = new Set(publishes.map(text));
+      if (round === 0) {
+        for (let i = 0; i < N; i++) assert.ok(payloads.has(`q${i}`), `q${i} reached the survivor`);
+      }
+      if (round === 1) assert.ok(payloads.has("next"), "queued during round 0, reached round 1");
+      // Acknowledge everything, then leave; the next round starts from an empty queue.
+      for (const p of publishes) await acknowledge(survivor.c, p);
+      await survivor.c.sendPacket({ cmd: "disconnect" });
+      await survivor.c.expectClosed();
+      ca.close();
+      cb.close();
+      if (round === 0) {
+        // Queue one more for the next rounds: it too must not be lost in a race.
+        await pub.publishAsync("t/next", "next", { qos: 1 });
+      }
+    }
+    // What was acknowledged is gone; the next connection on either node gets nothing old.
+    await using last = await RawClient.connect(b.port);
+    const ack = await last.handshake("twin", 5, PERSISTENT);
+    assert.equal(ack.sessionPresent, true);
+    await expectSilence(last, 300);
+  },
+});
+
+Deno.test({
+  name: "cluster: the session's owner travels with it: another user is refused 0x87 on any node",
+  ...opts,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "mcloudtt-owner-" });
+    try {
+      const file = `${dir}/passwd`;
+      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
+      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+      await using cluster = await TestCluster.start({
+        names: ["a", "b"],
+        args: [`--auth.password_file=${file}`],
+      });
+      const [a, b] = cluster.nodes;
+      const as = (u: string) => ({ ...PERSISTENT, username: u, password: `${u}-pw` });
+      const alice = await RawClient.connect(a.port);
+      await alice.handshake("owned", 5, as("alice"));
+      // Alice is online on a: bob on b must neither get the id nor kick her.
+      const bob = await RawClient.connect(b.port);
+      await bob.sendPacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 5,
+        clientId: "owned",
+        keepalive: 60,
+        ...as("bob"),
+      });
+      assert.equal((await bob.expect("connack")).reasonCode, 0x87);
+      await bob.expectClosed();
+      await expectSilence(alice, 300);
+      await alice.sendPacket({ cmd: "disconnect" });
+      await alice.expectClosed();
+      // Offline, stored in Redis: still alice's.
+      const bob2 = await RawClient.connect(b.port);
+      await bob2.sendPacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 5,
+        clientId: "owned",
+        keepalive: 60,
+        ...as("bob"),
+      });
+      assert.equal((await bob2.expect("connack")).reasonCode, 0x87);
+      await bob2.expectClosed();
+      await using alice2 = await RawClient.connect(b.port);
+      const ack = await alice2.handshake("owned", 5, as("alice"));
+      assert.equal(ack.sessionPresent, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "cluster: after a node restart Session Present is 1 only for sessions routed to",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const b = cluster.node("b");
+    const aPort = cluster.node("a").port;
+    await using pub = await connectClient(b.port, { clientId: "pub" });
+    for (const how of ["kill", "stop"] as const) {
+      const id = `p9-${how}`;
+      const p = await RawClient.connect(aPort);
+      await p.handshake(id, 5, PERSISTENT);
+      await subscribe(p, `r9/${how}/#`, 1);
+      await p.sendPacket({ cmd: "disconnect" });
+      await p.expectClosed();
+      const transient = await RawClient.connect(aPort);
+      await transient.handshake(`t9-${how}`, 5, { clean: true });
+      await subscribe(transient, `r9/${how}/#`, 1);
+      // The node goes away with both sessions: kill -9, or a clean stop (rolling restart).
+      if (how === "kill") await cluster.node("a").kill();
+      else await cluster.node("a").stop();
+      transient.close();
+      await pub.publishAsync(`r9/${how}/while-down`, "while-down", { qos: 1 });
+      const a2 = await cluster.add("a", aPort);
+      // The transient session died with its connection.
+      await using t2 = await RawClient.connect(a2.port);
+      const tack = await t2.handshake(`t9-${how}`, 5, PERSISTENT);
+      assert.equal(tack.sessionPresent, false, `${how}: no session for a clean-start client`);
+      await using p2 = await RawClient.connect(a2.port);
+      const pack = await p2.handshake(id, 5, PERSISTENT);
+      assert.equal(pack.sessionPresent, true, `${how}: the persistent session is present`);
+      // Present means routed: published on b right after the CONNACK, it arrives.
+      await pub.publishAsync(`r9/${how}/after`, "after", { qos: 1 });
+      const got = (await drain(p2)).filter((x) => x.cmd === "publish").map(text);
+      assert.deepEqual(got, ["while-down", "after"], `${how}: queued and live messages`);
+    }
+  },
+});

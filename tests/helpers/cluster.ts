@@ -1,0 +1,177 @@
+/**
+ * A cluster as a user runs it: a real `redis-server` and broker processes
+ * (`main.ts` as `deno task start` runs it) on fixed free loopback ports, plain
+ * TCP, in memory, with short leases so node deaths are noticed in about a
+ * second. Nodes can be killed (-9), stopped, stopped/continued and restarted
+ * on the same port.
+ */
+import { freePort, type MainProcess, startMain } from "./broker.ts";
+import { RedisServer } from "./redis.ts";
+
+const repoRoot = new URL("../../", import.meta.url).pathname;
+
+/** Lease settings used by the cluster tests (fast failure detection). */
+export const FAST_LEASES = { renewMs: 200, ttlMs: 1000 };
+
+export interface NodeOptions {
+  /** `--cluster.node_id` (the incarnation id adds a random suffix). */
+  name: string;
+  /** The MQTT TCP port (default: a free one). */
+  port?: number;
+  /** More `--section.key=value` flags. */
+  args?: string[];
+}
+
+/** One broker process in the cluster. */
+export class ClusterNode implements AsyncDisposable {
+  private constructor(
+    readonly name: string,
+    readonly port: number,
+    readonly proc: MainProcess,
+    /** The incarnation id this process joined with. */
+    readonly nodeId: string,
+  ) {}
+
+  /** Starts `main.ts` as a cluster node and waits until it listens. */
+  static async start(redisUrl: string, opts: NodeOptions): Promise<ClusterNode> {
+    const port = opts.port ?? freePort();
+    const proc = startMain(repoRoot, [
+      "--general.secure=false",
+      "--general.bind=127.0.0.1",
+      "--general.log_level=info",
+      "--storage.enabled=false",
+      "--listeners.ws.enabled=false",
+      `--ports.tcp=${port}`,
+      "--redis.enabled=true",
+      `--redis.url=${redisUrl}`,
+      `--cluster.node_id=${opts.name}`,
+      `--cluster.lease_renew_ms=${FAST_LEASES.renewMs}`,
+      `--cluster.lease_ttl_ms=${FAST_LEASES.ttlMs}`,
+      ...(opts.args ?? []),
+    ]);
+    try {
+      const joined = await proc.waitFor(/node "?(\S+?)"? joined the cluster/, 30_000);
+      await proc.waitFor(/listening for MQTT over tcp on \S+:(\d+)/, 30_000);
+      return new ClusterNode(opts.name, port, proc, joined[1]);
+    } catch (e) {
+      await proc.stop();
+      throw e;
+    }
+  }
+
+  get alive(): boolean {
+    return this.exited === false;
+  }
+
+  private exited = false;
+
+  /** kill -9: no goodbye to Redis, routes and lease stay until another node notices. */
+  async kill(): Promise<void> {
+    this.signal("SIGKILL");
+    await this.proc.status;
+    this.exited = true;
+  }
+
+  /** SIGTERM: leaves the cluster cleanly; kill -9 after `timeoutMs` (and throws: a hung stop). */
+  async stop(timeoutMs = 15_000): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let hung = false;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        hung = true;
+        this.signal("SIGKILL");
+        resolve();
+      }, timeoutMs);
+    });
+    await Promise.race([this.proc.stop(), late]);
+    clearTimeout(timer);
+    await this.proc.status;
+    this.exited = true;
+    if (hung) throw new Error(`node ${this.name} did not stop within ${timeoutMs} ms`);
+  }
+
+  signal(sig: Deno.Signal): void {
+    try {
+      this.proc.child.kill(sig);
+    } catch {
+      // already gone
+    }
+  }
+
+  output(): string {
+    return this.proc.output();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    // A stopped (SIGSTOP) process would ignore SIGTERM: let it run so it can exit.
+    this.signal("SIGCONT");
+    await this.stop();
+  }
+}
+
+export interface ClusterOptions {
+  /** Node names, e.g. ["a", "b", "c"]. */
+  names: string[];
+  /** Extra flags for every node. */
+  args?: string[];
+  /** Redis with an append-only file (survives a kill -9 of redis-server). */
+  aof?: boolean;
+}
+
+/** A redis-server and broker nodes; disposing stops them all. */
+export class TestCluster implements AsyncDisposable {
+  readonly nodes: ClusterNode[] = [];
+
+  private constructor(readonly redis: RedisServer, private readonly args: string[]) {}
+
+  static async start(opts: ClusterOptions): Promise<TestCluster> {
+    const redis = await RedisServer.start({ aof: opts.aof });
+    const c = new TestCluster(redis, opts.args ?? []);
+    try {
+      // One at a time: a node joining waits a lease renewal when others are up; in parallel they
+      // would all start at once on a machine with two cores and be slower overall.
+      for (const name of opts.names) await c.add(name);
+    } catch (e) {
+      await c[Symbol.asyncDispose]();
+      throw e;
+    }
+    return c;
+  }
+
+  /** Starts one more node (or a node again, on `port`). */
+  async add(name: string, port?: number, args: string[] = []): Promise<ClusterNode> {
+    const n = await ClusterNode.start(this.redis.url, {
+      name,
+      port,
+      args: [...this.args, ...args],
+    });
+    this.nodes.push(n);
+    return n;
+  }
+
+  /** The running node called `name` (the latest one when it was restarted). */
+  node(name: string): ClusterNode {
+    const n = this.nodes.findLast((x) => x.name === name && x.alive);
+    if (n === undefined) throw new Error(`no running node ${name}`);
+    return n;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    const results = await Promise.allSettled(this.nodes.map((n) => n[Symbol.asyncDispose]()));
+    await this.redis.stop();
+    for (const r of results) if (r.status === "rejected") throw r.reason;
+  }
+}
+
+/** Polls `check` until it returns true; throws with `what` after `timeoutMs`. */
+export async function eventually(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

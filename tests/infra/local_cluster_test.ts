@@ -1,0 +1,83 @@
+/**
+ * `deno task cluster` (infra/local/cluster.ts), as the README's "Run a local
+ * cluster" tells a new user to run it: Redis and three nodes on consecutive
+ * ports come up, a message published on the first node reaches a subscriber
+ * on the last, and Ctrl-C (SIGINT) stops every process, Redis included.
+ */
+import assert from "node:assert/strict";
+import { collect, connectClient, freePort } from "../helpers/broker.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import denoJson from "../../deno.json" with { type: "json" };
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+async function isFree(port: number): Promise<boolean> {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The first of `n` consecutive free ports. */
+async function freeRun(n: number): Promise<number> {
+  for (;;) {
+    const base = freePort();
+    if (base + n > 65535) continue;
+    let ok = true;
+    for (let i = 1; i < n && ok; i++) ok = await isFree(base + i);
+    if (ok) return base;
+  }
+}
+
+Deno.test({
+  name: "deno task cluster: three nodes on consecutive ports exchange a message; Ctrl-C stops all",
+  ignore: skipWithoutRedis(),
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    // The task's own command line, so the test runs what the README says.
+    const task = denoJson.tasks.cluster.split(" ");
+    assert.equal(task[0], "deno");
+    const base = await freeRun(3);
+    const redisPort = freePort();
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [...task.slice(1), "--port", String(base), "--redis-port", String(redisPort)],
+      cwd: ROOT,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    let out = "";
+    const reading = Promise.all([child.stdout, child.stderr].map(async (s) => {
+      for await (const chunk of s.pipeThrough(new TextDecoderStream())) out += chunk;
+    }));
+    try {
+      const deadline = Date.now() + 60_000;
+      while (!out.includes("cluster ready")) {
+        if (Date.now() > deadline) throw new Error(`the cluster did not come up:\n${out}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.match(out, new RegExp(`ports ${base}, ${base + 1}, ${base + 2}`));
+      for (const n of [1, 2, 3]) assert.match(out, new RegExp(`\\[node-${n}\\] .*joined`));
+      await using sub = await connectClient(base + 2, { clientId: "readme-sub" });
+      const box = collect(sub);
+      await sub.subscribeAsync("demo/#", { qos: 1 });
+      await using pub = await connectClient(base, { clientId: "readme-pub" });
+      await pub.publishAsync("demo/hello", "hello across nodes", { qos: 1 });
+      const m = await box.next(5000);
+      assert.equal(m.payload, "hello across nodes");
+    } finally {
+      child.kill("SIGINT");
+      const status = await child.status;
+      await reading;
+      assert.equal(status.code, 0, out);
+    }
+    // Every process is gone: nothing listens on the nodes' ports or Redis's.
+    for (const port of [base, base + 1, base + 2, redisPort]) {
+      assert.ok(await isFree(port), `port ${port} is free again`);
+    }
+  },
+});
