@@ -11,7 +11,7 @@ import denoJson from "../../deno.json" with { type: "json" };
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
-async function isFree(port: number): Promise<boolean> {
+function isFree(port: number): boolean {
   try {
     Deno.listen({ hostname: "127.0.0.1", port }).close();
     return true;
@@ -21,12 +21,12 @@ async function isFree(port: number): Promise<boolean> {
 }
 
 /** The first of `n` consecutive free ports. */
-async function freeRun(n: number): Promise<number> {
+function freeRun(n: number): number {
   for (;;) {
     const base = freePort();
     if (base + n > 65535) continue;
     let ok = true;
-    for (let i = 1; i < n && ok; i++) ok = await isFree(base + i);
+    for (let i = 1; i < n && ok; i++) ok = isFree(base + i);
     if (ok) return base;
   }
 }
@@ -40,7 +40,7 @@ Deno.test({
     // The task's own command line, so the test runs what the README says.
     const task = denoJson.tasks.cluster.split(" ");
     assert.equal(task[0], "deno");
-    const base = await freeRun(3);
+    const base = freeRun(3);
     const redisPort = freePort();
     const child = new Deno.Command(Deno.execPath(), {
       args: [...task.slice(1), "--port", String(base), "--redis-port", String(redisPort)],
