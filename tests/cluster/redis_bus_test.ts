@@ -171,6 +171,7 @@ Deno.test({
       assert.equal(a.forward(message("nobody")).written, null);
       await server.restart();
       await until(() => a.problems.length === 0 && b.problems.length === 0, 5000, "recovery");
+      await until(() => a.routeCount > 0, 5000, "a learns b's route again");
       const before = hb.delivered.length;
       await a.forward(message("blip/after", { qos: 1 })).written;
       await until(() => hb.delivered.length > before, 3000);
