@@ -321,11 +321,30 @@ export class Broker {
     await Promise.all(closing);
     // Let the DISCONNECT packets leave before the process may exit.
     await new Promise((r) => setTimeout(r, 10));
-    await core.flush();
-    await core.bus.stop();
+    // Each step is bounded by shutdown_timeout: with Redis or a disk gone, a stop must still
+    // end (what could not be written is logged), so the orchestrator's kill is never needed.
+    const deadline = Date.now() + this.config.general.shutdown_timeout * 1000;
+    await within(deadline, "flushing the store", core.flush());
+    await within(deadline, "leaving the cluster", core.bus.stop());
     // Messages the inbox reader delivered until it stopped are written too.
-    await core.flush();
-    await core.sink.stop(this.config.general.shutdown_timeout * 1000);
-    await core.store.close();
+    await within(deadline, "flushing the store", core.flush());
+    await core.sink.stop(Math.max(0, deadline - Date.now()));
+    await within(deadline, "closing the store", core.store.close());
+  }
+}
+
+/** Waits for `step` until `deadline` (ms since epoch); logs and gives up after it. */
+async function within(deadline: number, what: string, step: Promise<unknown>): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((r) => {
+    timer = setTimeout(() => r("late"), Math.max(0, deadline - Date.now()));
+  });
+  try {
+    const r = await Promise.race([step.then(() => "done" as const), late]);
+    if (r === "late") log.error(`stop: gave up ${what} after general.shutdown_timeout`);
+  } catch (e) {
+    log.error(`stop: ${what} failed: ${e instanceof Error ? e.message : String(e)}`);
+  } finally {
+    clearTimeout(timer);
   }
 }

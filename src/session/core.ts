@@ -315,7 +315,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
       return this.refuseForeign(conn, existing.owner);
     }
     if (!this.store.shared) return this.bind(conn, req);
-    return this.attachShared(conn, req);
+    // Bounded: with the cluster state unreachable, the client hears so instead of waiting.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<AttachResult>((resolve) => {
+      timer = setTimeout(() =>
+        resolve({
+          ok: false,
+          code: ReasonCode.ServerUnavailable,
+          reason: "cluster state unavailable, try again",
+        }), this.limits.connectTimeoutMs);
+    });
+    return Promise.race([this.attachShared(conn, req), late]).finally(() => clearTimeout(timer));
   }
 
   private refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
