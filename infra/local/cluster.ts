@@ -171,6 +171,8 @@ async function main(): Promise<number> {
         "--redis.enabled=true",
         `--redis.url=${url}`,
         `--cluster.node_id=node-${i + 1}`,
+        // Each node picks a free port for /healthz, /readyz and /metrics and logs it.
+        "--http.port=0",
       ], root));
     }
     await Promise.all(

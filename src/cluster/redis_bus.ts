@@ -65,6 +65,9 @@ export function incarnationId(nodeId: string): string {
   return `${base}-${[...suffix].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
+/** How long a stop waits for the route-log and inbox readers to finish their current read. */
+const READER_STOP_MS = 2000;
+
 export class RedisBus implements Bus {
   readonly name = "redis";
   readonly nodeId: string;
@@ -190,8 +193,10 @@ export class RedisBus implements Bus {
     this.stopped = true;
     if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
     for (const r of this.releases.values()) r();
-    // Readers first, so none is blocked on the inbox deleted below.
-    await Promise.all([this.routes.stop(), this.reader?.stop()]);
+    // Readers first, so none is blocked on the inbox deleted below. Bounded: a reader stuck on a
+    // command of a connection that is being re-established must not hold up the stop; the
+    // command connection is closed below, which ends whatever it was waiting for.
+    await this.stopReaders();
     const others = [...this.liveness.live].some((n) => n !== this.nodeId);
     if (this.joined && this.cmd.status === "ready" && others) {
       // Hand over to a survivor, which handles this node as a dead one at its next renewal:
@@ -228,9 +233,14 @@ export class RedisBus implements Bus {
 
   private async shutdown(): Promise<void> {
     await this.liveness.stop(false);
-    await Promise.all([this.routes.stop(), this.reader?.stop()]);
+    await this.stopReaders();
     this.cmd.disconnect();
     this.joined = false;
+  }
+
+  private stopReaders(): Promise<void> {
+    const done = Promise.all([this.routes.stop(), this.reader?.stop()]).then(() => {});
+    return bounded(done, READER_STOP_MS);
   }
 
   addRoute(key: string): Promise<void> | null {

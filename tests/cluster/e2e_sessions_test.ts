@@ -159,7 +159,12 @@ Deno.test({
   name: "cluster: the session's owner travels with it: another user is refused 0x87 on any node",
   ...opts,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "mcloudtt-owner-" });
+    // Inside the repository: the nodes run there with the shipped permissions, which allow
+    // reading only below their working directory (and the deployment's mount points).
+    const dir = await Deno.makeTempDir({
+      dir: new URL("../../", import.meta.url).pathname,
+      prefix: ".test-owner-",
+    });
     try {
       const file = `${dir}/passwd`;
       const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
