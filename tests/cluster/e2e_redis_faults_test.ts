@@ -29,10 +29,14 @@ async function publishAll(
   const acked: number[] = [];
   let refused = 0;
   let next = 0;
+  // A hang is a failure: give up after a minute, or at once when the publisher lost its connection.
+  const deadline = Date.now() + 60_000;
   const worker = async () => {
     while (next < n) {
       const i = next++;
       for (;;) {
+        if (!pub.connected) throw new Error(`publisher disconnected before publish ${i} was acked`);
+        if (Date.now() > deadline) throw new Error(`publish ${i} still refused after 60 s`);
         let timer: ReturnType<typeof setTimeout> | undefined;
         const unanswered = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`publish ${i} was never answered`)), 10_000);

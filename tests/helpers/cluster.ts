@@ -11,7 +11,9 @@ import { RedisServer } from "./redis.ts";
 const repoRoot = new URL("../../", import.meta.url).pathname;
 
 /** Lease settings used by the cluster tests (fast failure detection). */
-export const FAST_LEASES = { renewMs: 200, ttlMs: 1000 };
+// Short enough that node deaths show in seconds, long enough that a node starved of CPU by a
+// parallel test run is not declared dead (1 s was, under CI load).
+export const FAST_LEASES = { renewMs: 300, ttlMs: 2500 };
 
 export interface NodeOptions {
   /** `--cluster.node_id` (the incarnation id adds a random suffix). */
