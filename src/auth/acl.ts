@@ -209,18 +209,19 @@ export class Acl {
     return covered && !denied ? SubscribeAccess.Granted : SubscribeAccess.Filtered;
   }
 
-  /** Every rule that applies to `ctx`, with its pattern resolved for it. */
-  *#applicable(ctx: AclContext): Generator<[Rule, readonly string[]]> {
-    const subs: Substitutions = {
-      username: safeValue(ctx.username),
-      clientId: safeValue(ctx.clientId),
-    };
-    const groups = [
+  /** The rule sets that apply to `ctx`: everyone's, its user's (or anonymous), its client id's. */
+  #groupsFor(ctx: AclContext): (readonly Rule[] | undefined)[] {
+    return [
       this.#patterns,
       ctx.username === undefined ? this.#anonymous : this.#users.get(ctx.username),
       this.#clients.get(ctx.clientId),
     ];
-    for (const rules of groups) {
+  }
+
+  /** Every rule that applies to `ctx`, with its pattern resolved for it. */
+  *#applicable(ctx: AclContext): Generator<[Rule, readonly string[]]> {
+    const subs = substitutions(ctx);
+    for (const rules of this.#groupsFor(ctx)) {
       if (rules === undefined) continue;
       for (const rule of rules) {
         const pattern = rule.resolved ?? resolve(rule.levels, subs);
@@ -236,17 +237,9 @@ export class Acl {
     allows: (pattern: readonly string[], subject: readonly string[]) => boolean,
     denies: (pattern: readonly string[], subject: readonly string[]) => boolean,
   ): boolean {
-    const subs: Substitutions = {
-      username: safeValue(ctx.username),
-      clientId: safeValue(ctx.clientId),
-    };
-    const groups = [
-      this.#patterns,
-      ctx.username === undefined ? this.#anonymous : this.#users.get(ctx.username),
-      this.#clients.get(ctx.clientId),
-    ];
+    const subs = substitutions(ctx);
     let allowed = false;
-    for (const rules of groups) {
+    for (const rules of this.#groupsFor(ctx)) {
       if (rules === undefined) continue;
       for (const rule of rules) {
         // Once allowed, only deny rules can still change the answer.
@@ -319,6 +312,11 @@ function compileLevel(text: string): Level {
     else if (piece !== "") parts.push(piece);
   }
   return { kind: "template", parts };
+}
+
+/** The %u / %c values of `ctx`, each undefined when unsafe to substitute. */
+function substitutions(ctx: AclContext): Substitutions {
+  return { username: safeValue(ctx.username), clientId: safeValue(ctx.clientId) };
 }
 
 /** A value usable in a substitution, or undefined when it could widen or escape the pattern. */
