@@ -25,6 +25,8 @@ export interface MemoryBusOptions {
 export class MemoryHub {
   readonly buses = new Map<string, MemoryBus>();
   readonly owners = new Map<string, string>();
+  /** Claim numbers per client id (the Redis bus keeps them in the owner key). */
+  readonly claims = new Map<string, number>();
   private seq = 0;
 
   /** A new bus on this hub; `nodeId` defaults to node-1, node-2, ... */
@@ -169,13 +171,17 @@ export class MemoryBus implements Bus {
     }
   }
 
-  claimSession(clientId: string): Promise<void> | null {
+  claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> {
     const old = this.hub.owners.get(clientId);
+    const epoch = (this.hub.claims.get(clientId) ?? 0) + 1;
+    this.hub.claims.set(clientId, epoch);
+    numbered?.(epoch);
     this.hub.owners.set(clientId, this.nodeId);
-    if (old === undefined || old === this.nodeId) return null;
+    if (old === undefined || old === this.nodeId) return Promise.resolve(epoch);
     const holder = this.hub.buses.get(old);
-    if (holder?.host == null) return null;
-    return bounded(holder.host.sessionTakenOver(clientId), this.takeoverTimeoutMs);
+    if (holder?.host == null) return Promise.resolve(epoch);
+    return bounded(holder.host.sessionTakenOver(clientId, epoch), this.takeoverTimeoutMs)
+      .then(() => epoch);
   }
 
   releaseSession(clientId: string): void {

@@ -275,12 +275,16 @@ export class RedisBus implements Bus {
     };
   }
 
-  async claimSession(clientId: string): Promise<void> {
+  async claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> {
     const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
-    if (previous === null) return;
-    const old = previous.slice(0, previous.lastIndexOf(" "));
-    if (old === this.nodeId || old === "") return;
-    if (!this.liveness.live.has(old) && !(await this.liveness.isLive(old))) return;
+    // The owner key holds "<node> <claims so far>"; this claim is the next one.
+    const space = previous?.lastIndexOf(" ") ?? -1;
+    const epoch = previous === null ? 1 : (Number(previous.slice(space + 1)) || 0) + 1;
+    numbered?.(epoch);
+    if (previous === null) return epoch;
+    const old = previous.slice(0, space);
+    if (old === this.nodeId || old === "") return epoch;
+    if (!this.liveness.live.has(old) && !(await this.liveness.isLive(old))) return epoch;
     const request = crypto.randomUUID();
     const released = new Promise<void>((resolve) => this.releases.set(request, resolve));
     try {
@@ -289,8 +293,9 @@ export class RedisBus implements Bus {
         c: clientId,
         f: this.nodeId,
         q: request,
+        e: String(epoch),
       });
-      if (!sent) return;
+      if (!sent) return epoch;
       // A node that died meanwhile never answers: stop waiting when its lease runs out.
       let done = false;
       await Promise.race([
@@ -301,6 +306,7 @@ export class RedisBus implements Bus {
     } finally {
       this.releases.delete(request);
     }
+    return epoch;
   }
 
   releaseSession(clientId: string): void {
@@ -326,7 +332,8 @@ export class RedisBus implements Bus {
     // Not awaited: closing the old connection must not hold up message delivery.
     (async () => {
       try {
-        await this.host?.sessionTakenOver(clientId);
+        // A kick without a claim number (an older node) never beats a claim in progress here.
+        await this.host?.sessionTakenOver(clientId, Number(fields.get("e")) || 0);
       } catch (e) {
         log.warn`handing over ${clientId} to ${from}: ${(e as Error).message}`;
       }

@@ -16,8 +16,13 @@ export interface BusHost {
    * matching groups are served elsewhere.
    */
   deliverRemote(msg: Message, groups: readonly string[]): void;
-  /** Another node took over `clientId`: close its connection here with 0x8E, keep nothing. */
-  sessionTakenOver(clientId: string): Promise<void>;
+  /**
+   * Another node took over `clientId` with claim number `epoch`: close its
+   * connection here with 0x8E, keep nothing. A connection of this node still
+   * attaching `clientId` under an older claim must lose too (two CONNECTs
+   * racing on two nodes leave one survivor: the later claim).
+   */
+  sessionTakenOver(clientId: string, epoch: number): Promise<void>;
   /**
    * Node `nodeId` (an incarnation: node_id plus a random suffix) stopped
    * without leaving and its lease ran out. Called on exactly one surviving
@@ -80,9 +85,13 @@ export interface Bus {
   /**
    * Makes this node the owner of `clientId` cluster-wide before its session is
    * loaded: a connection with that id on another node is closed (0x8E) and its
-   * state written back first. Null when nothing needs to happen (one node).
+   * state written back first. Resolves to the claim's number, which grows with
+   * every claim of `clientId` cluster-wide (the kick carries it). `numbered`
+   * hears that number as soon as it is drawn, before the old owner let go:
+   * two nodes claiming at once must be able to tell whose claim is newer
+   * while each waits for the other. Null when nothing needs to happen (one node).
    */
-  claimSession(clientId: string): Promise<void> | null;
+  claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;
 }

@@ -55,6 +55,27 @@ export interface CoreOptions {
   ackAfterWrite?: boolean;
 }
 
+/** A cluster attach between its claim and its bind. */
+interface PendingClaim {
+  /** This node's claim number, 0 until the bus answered. */
+  epoch: number;
+  /** The highest claim number of a kick that arrived meanwhile. */
+  kicked: number;
+  /** Resolves once `epoch` is known (or the claim failed). */
+  readonly claimed: Promise<void>;
+  readonly done: () => void;
+  /** Resolves once the attach bound its session or gave up. */
+  readonly settled: Promise<void>;
+  readonly finish: () => void;
+}
+
+/** CONNACK for a connection whose client id another node claimed after this one did. */
+const OUTCLAIMED: AttachResult = Object.freeze({
+  ok: false,
+  code: ReasonCode.ServerBusy,
+  reason: "client id taken over by a newer connection",
+});
+
 /** Serve no shared group here (a remote message whose groups are served elsewhere). */
 const NO_GROUPS: ReadonlySet<string> = new Set();
 
@@ -87,6 +108,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly adopted = new Set<string>();
   /** Adopted sessions whose will is being taken from the store (cluster-wide once). */
   private readonly takingWill = new Map<string, Promise<unknown>>();
+  /** Cluster: connections of this node still claiming their client id (see `sessionTakenOver`). */
+  private readonly attaching = new Map<string, PendingClaim>();
+  /** Cluster: the claim number under which this node bound each session. */
+  private readonly claimOf = new WeakMap<Session, number>();
+  /** Cluster: sessions bound to a connection that has not taken them yet, and who waits for it. */
+  private readonly linking = new Map<Session, { linked: Promise<void>; resolve: () => void }>();
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -290,6 +317,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   sessionChanged(session: Session): void {
+    const linking = this.linking.get(session);
+    if (linking !== undefined) {
+      // The connection calls this right before it links the session, in the same turn.
+      this.linking.delete(session);
+      linking.resolve();
+    }
     if (this.journal !== null) session.persist(this.router.subscriptionsOf(session));
   }
 
@@ -349,13 +382,30 @@ export class BrokerCore implements ConnectionHost, BusHost {
   ): Promise<AttachResult> {
     const id = conn.clientId;
     const store = this.store;
+    let done!: () => void;
+    let finish!: () => void;
+    const pending: PendingClaim = {
+      epoch: 0,
+      kicked: 0,
+      claimed: new Promise<void>((resolve) => done = resolve),
+      done: () => done(),
+      settled: new Promise<void>((resolve) => finish = resolve),
+      finish: () => finish(),
+    };
+    this.attaching.set(id, pending);
     try {
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
         return this.refuseForeign(conn, before.owner);
       }
-      await this.bus.claimSession(id);
+      await this.bus.claimSession(id, (epoch) => {
+        pending.epoch = epoch;
+        pending.done();
+      });
+      pending.done();
+      // A newer claim elsewhere wins: this node must not fence the store against it.
+      if (pending.kicked > pending.epoch) return this.outclaimed();
       // From here on only this node's writes of the session count (a late write elsewhere fails).
       if (isClusterStore(store)) await store.claimSession(id);
       if (!this.sessions.has(id)) {
@@ -380,9 +430,37 @@ export class BrokerCore implements ConnectionHost, BusHost {
         code: ReasonCode.ServerUnavailable,
         reason: "cluster state unavailable, try again",
       };
+    } finally {
+      pending.done();
+      if (this.attaching.get(id) === pending) this.attaching.delete(id);
+      pending.finish();
     }
+    if (pending.kicked > pending.epoch) return this.outclaimed();
     this.adopted.delete(id);
-    return this.bind(conn, req);
+    const result = this.bind(conn, req);
+    if (result.ok) {
+      this.claimOf.set(result.session, pending.epoch);
+      let resolve!: () => void;
+      const linked = new Promise<void>((r) => resolve = r);
+      this.linking.set(result.session, { linked, resolve });
+    }
+    return result;
+  }
+
+  /** Waits for `p`, but not past the connect timeout (a connection that died never links). */
+  private async boundedWait(p: Promise<void>): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((r) => timer = setTimeout(r, this.limits.connectTimeoutMs));
+    await Promise.race([p, late]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * A CONNECT with the same client id on another node claimed it after this
+   * one did: that connection stays, exactly as if it had come a moment later.
+   */
+  private outclaimed(): AttachResult {
+    this.metrics.connectsRefused++;
+    return OUTCLAIMED;
   }
 
   private bind(conn: AttachingConnection, req: AttachRequest): AttachResult {
@@ -481,10 +559,30 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return routed;
   }
 
-  /** BusHost: another node took over `clientId`. */
-  async sessionTakenOver(clientId: string): Promise<void> {
+  /** BusHost: another node took over `clientId` with claim number `epoch`. */
+  async sessionTakenOver(clientId: string, epoch: number): Promise<void> {
+    const pending = this.attaching.get(clientId);
+    if (pending !== undefined) {
+      // Recorded before any wait: the attach checks it right before binding.
+      pending.kicked = Math.max(pending.kicked, epoch);
+      await pending.claimed;
+      // A kick from a claim older than this node's own (one left in a dead node's inbox, say).
+      if (epoch > 0 && epoch <= pending.epoch) return;
+      // Newer: the attach gives up (or, past its last check, binds and is taken over below).
+      // The kicker loads the session only after this returns, so the attach must be over.
+      await pending.settled;
+    }
     const s = this.sessions.get(clientId);
     if (s === undefined) return;
+    const mine = this.claimOf.get(s) ?? 0;
+    if (epoch > 0 && epoch <= mine) return;
+    const linking = this.linking.get(s);
+    if (s.link === null && linking !== undefined) {
+      // Bound here a moment ago, its CONNACK not sent yet: take over the connection, not just
+      // the state, or it would go on with a session that was handed away.
+      await this.boundedWait(linking.linked);
+      this.linking.delete(s);
+    }
     s.link?.takenOver();
     // The new owner loads the session from the store: write it back, then forget it here.
     s.persist(this.router.subscriptionsOf(s));

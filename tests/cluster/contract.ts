@@ -32,6 +32,8 @@ export interface BusContractOptions {
 export class RecordingHost implements BusHost {
   delivered: { msg: Message; groups: readonly string[] }[] = [];
   takenOver: string[] = [];
+  /** The claim number each kick carried, in order. */
+  kickEpochs: number[] = [];
   down: string[] = [];
   /** Runs inside sessionTakenOver, before it resolves (a test can observe ordering). */
   onTakeover: (clientId: string) => Promise<void> = () => Promise.resolve();
@@ -39,7 +41,8 @@ export class RecordingHost implements BusHost {
   deliverRemote(msg: Message, groups: readonly string[]): void {
     this.delivered.push({ msg, groups: [...groups] });
   }
-  async sessionTakenOver(clientId: string): Promise<void> {
+  async sessionTakenOver(clientId: string, epoch: number): Promise<void> {
+    this.kickEpochs.push(epoch);
     await this.onTakeover(clientId);
     this.takenOver.push(clientId);
   }
@@ -246,20 +249,25 @@ const cases: Record<string, [number, Case]> = {
   "claimSession on B takes the client from A: A is told first, then B's claim resolves": [
     3,
     async ({ buses: [a, b, c], hosts: [ha, hb] }) => {
-      await a.claimSession("c1");
+      const first = await a.claimSession("c1");
       assert.deepEqual(ha.takenOver, []);
       let aDone = false;
       ha.onTakeover = async () => {
         await delay(50);
         aDone = true;
       };
-      await b.claimSession("c1");
+      const second = await b.claimSession("c1");
       assert.equal(aDone, true, "B's claim must wait for A to let go");
       assert.deepEqual(ha.takenOver, ["c1"]);
+      // Claim numbers grow, and the kick carries the claim that sent it: a node still attaching
+      // under an older claim knows it lost the race.
+      assert.ok(first !== null && second !== null && second > first, `${first} < ${second}`);
+      assert.deepEqual(ha.kickEpochs, [second]);
       // A releasing late must not clear B's ownership: C's claim kicks B, not A.
       a.releaseSession("c1");
-      await c.claimSession("c1");
+      const third = await c.claimSession("c1");
       await until(() => hb.takenOver.length === 1);
+      assert.deepEqual(hb.kickEpochs, [third]);
       assert.deepEqual(hb.takenOver, ["c1"]);
       assert.deepEqual(ha.takenOver, ["c1"]);
       // A released session is claimed without kicking anyone.
