@@ -535,6 +535,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
     };
   }
 
+  /** BusHost: the cluster handled this node as dead while it was frozen; its sessions moved. */
+  expelled(): void {
+    this.dropStale([...this.sessions.keys()]);
+  }
+
   /**
    * A batch was refused for sessions another node owns now (it took them over
    * while this node still held them): drop them here without writing.
@@ -544,8 +549,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       const s = this.sessions.get(id);
       if (s === undefined) continue;
       s.journal = null;
-      s.link?.takenOver();
+      // The owner publishes the will: cleared before the connection closes, which would send it.
       s.setWill(null);
+      s.link?.takenOver();
       this.detached.delete(s);
       this.adopted.delete(id);
       this.unsubscribeAll(s);
