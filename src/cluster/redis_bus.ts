@@ -118,7 +118,8 @@ export class RedisBus implements Bus {
       renewMs: opts.cluster.lease_renew_ms,
       ttlMs: opts.cluster.lease_ttl_ms,
       onDead: (node) => this.handleDead(node),
-      onExpelled: () => this.requestResync("expelled"),
+      onExpelled: () => this.expelled(),
+      onRejoined: (why) => this.requestResync(why),
     });
     this.routes = new RouteSync(
       this.nodeId,
@@ -152,7 +153,8 @@ export class RedisBus implements Bus {
     }
     if (!this.joined) out.push("cluster: joining");
     else if (this.resyncing !== null) out.push("cluster: resynchronising routes after reconnect");
-    if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
+    if (this.liveness.expelled) out.push("cluster: expelled, waiting to rejoin");
+    else if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
     return out;
   }
 
@@ -172,6 +174,7 @@ export class RedisBus implements Bus {
       host,
       this.control,
       this.stats,
+      () => this.liveness.confirm(),
     );
     await this.checkMarker();
     await this.liveness.join();
@@ -341,6 +344,21 @@ export class RedisBus implements Bus {
     })().catch((e) => log.warn`replying to a kick from ${from}: ${(e as Error).message}`);
   };
 
+  /**
+   * A survivor handled this node as dead while it was frozen: it adopted the
+   * sessions, published the wills and drained the inbox. What this node still
+   * holds is stale: its connections are closed and its sessions forgotten
+   * without writing. The lease is registered again once the survivor is done
+   * (then `resync` re-announces the routes of whoever connects meanwhile).
+   */
+  private expelled(): void {
+    try {
+      this.host?.expelled();
+    } catch (e) {
+      log.error`dropping the sessions of an expelled node failed: ${(e as Error).stack ?? e}`;
+    }
+  }
+
   /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
   private async handleDead(node: string): Promise<void> {
     // Adopt first: the sessions' routes are here before the dead node's are withdrawn, so a
@@ -427,6 +445,8 @@ export class RedisBus implements Bus {
         if (this.cmd.status !== "ready") return; // the next "ready" asks again
         const lost = await this.checkMarker();
         await this.liveness.tick(false);
+        // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
+        if (this.liveness.expelled) return;
         await this.reader?.ensureGroup();
         await this.purgeDeparted();
         await this.routes.reannounce();

@@ -224,6 +224,12 @@ export class InboxReader {
     private readonly host: BusHost,
     private readonly onControl: ControlHandler,
     readonly stats: InboxStats,
+    /**
+     * Null when entries may be delivered now; else whether they may once the
+     * lease is confirmed (false: this node was expelled, and the survivor that
+     * handled it delivered them from the inbox instead).
+     */
+    private readonly confirm: () => Promise<boolean> | null = () => null,
   ) {}
 
   /** Creates the inbox and its consumer group (again after a Redis restart). */
@@ -282,7 +288,16 @@ export class InboxReader {
         failures = 0;
         const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
         if (this.pendingFirst && entries.length === 0) this.pendingFirst = false;
-        if (entries.length > 0) this.handle(entries);
+        if (entries.length === 0) continue;
+        // Read after a freeze longer than the lease: another node may have handled this one as
+        // dead and delivered these entries to the sessions it adopted.
+        const confirmed = this.confirm();
+        if (confirmed !== null && !(await confirmed)) {
+          log
+            .warn`dropped ${entries.length} inbox entries read while expelled (delivered by the node that handled this one)`;
+          continue;
+        }
+        this.handle(entries);
       } catch (e) {
         if (!this.running) break;
         const msg = (e as Error).message ?? String(e);

@@ -2,12 +2,20 @@
  * Node liveness: each node renews a lease (a deadline on Redis's clock in a
  * sorted set, so pod clocks do not matter) and, in the same script, reads
  * which leases ran out. A dead node is handled by exactly one survivor, the
- * one whose SET NX on the node's claim key succeeds; the claim expires, so if
- * that survivor dies midway another one takes over.
+ * one whose SET NX on the node's claim key succeeds while the lease is still
+ * run out; the claim expires, so if that survivor dies midway another one
+ * takes over. Once handled, the claim says "done" for an hour.
+ *
+ * A node that was only frozen (SIGSTOP, a long GC or VM pause) and wakes up
+ * finds its claim at its next renewal: it is expelled (its sessions were
+ * adopted, its clients' wills published), drops what it held, and registers
+ * its lease again once the survivor is done. Until a renewal has answered,
+ * a node whose last renewal is older than a lease does nothing that could
+ * collide with the survivor (`confirm`).
  */
 import { getLogger } from "@logtape/logtape";
 import type { RedisClient } from "./redis_connection.ts";
-import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
+import { type ClusterKeys, type ClusterScripts, LeaseState } from "./redis_scripts.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
@@ -16,9 +24,18 @@ export interface LivenessOptions {
   ttlMs: number;
   /** Withdraws the dead node's routes, calls the host, cleans its keys. */
   onDead(node: string): Promise<void>;
-  /** This node's lease had run out and another node may have handled it as dead. */
+  /**
+   * A survivor has handled (or is handling) this node as dead: its sessions
+   * belong to other nodes now. Called once per expulsion, before anything
+   * read meanwhile is delivered.
+   */
   onExpelled(): void;
+  /** The lease is registered again (after an expulsion, or after Redis lost it): resync. */
+  onRejoined(why: string): void;
 }
+
+/** How long a handled node's claim says "done", so a node frozen that long still learns it. */
+const DONE_MS = 3_600_000;
 
 export class Liveness {
   /** Live nodes at the last tick (this one included once joined). */
@@ -27,8 +44,11 @@ export class Liveness {
   private renewedAt = 0;
   private timer: ReturnType<typeof setInterval> | null = null;
   private joined = false;
-  private ticking = false;
+  /** The renewal under way: it resolves false when it found this node expelled. */
+  private ticking: Promise<boolean> | null = null;
   private handling = new Set<string>();
+  /** Expelled and waiting for the survivor to finish before registering again. */
+  private out = false;
 
   constructor(
     private readonly self: string,
@@ -41,6 +61,11 @@ export class Liveness {
   /** True when the last renewal is older than the lease: other nodes may think we are dead. */
   get lapsed(): boolean {
     return this.joined && Date.now() - this.renewedAt > this.opts.ttlMs;
+  }
+
+  /** True between learning of an expulsion and registering the lease again. */
+  get expelled(): boolean {
+    return this.out;
   }
 
   /** Registers the lease (again, after a Redis restart) and starts the timer. */
@@ -65,47 +90,88 @@ export class Liveness {
     await this.cmd.zadd(this.keys.nodes, "XX", 0, this.self);
   }
 
-  async tick(mustExist: boolean): Promise<void> {
-    if (this.ticking || this.cmd.status !== "ready") return;
-    this.ticking = true;
-    try {
-      const t = await this.scripts.leaseTick(
-        this.keys.nodes,
-        this.self,
-        this.opts.ttlMs,
-        mustExist,
-      );
-      this.renewedAt = Date.now();
-      this.live = new Set(t.live);
-      if (t.expelled) {
+  /**
+   * Renews the lease now (or joins the renewal under way). Resolves true while
+   * this node is a member, false when the renewal found it expelled (handled
+   * as dead by a survivor; `onExpelled` has run by then).
+   */
+  tick(mustExist: boolean): Promise<boolean> {
+    if (this.ticking !== null) return this.ticking;
+    if (this.cmd.status !== "ready") return Promise.reject(new Error("redis is not ready"));
+    const t = this.renew(mustExist).finally(() => this.ticking = null);
+    this.ticking = t;
+    return t;
+  }
+
+  /**
+   * Null while the lease is surely held (renewed less than a lease ago), so
+   * what this node does now cannot collide with a survivor handling it as
+   * dead. Otherwise (after a freeze: SIGSTOP, a long GC or VM pause, or while
+   * Redis is unreachable) the answer of the next renewal that gets through:
+   * true when still a member, false when expelled or stopped.
+   */
+  confirm(): Promise<boolean> | null {
+    if (!this.lapsed && !this.out) return null;
+    return this.confirmSlow();
+  }
+
+  private async confirmSlow(): Promise<boolean> {
+    while (this.joined) {
+      try {
+        if (this.cmd.status === "ready") return await this.tick(true);
+      } catch {
+        // retried below
+      }
+      await new Promise((r) => setTimeout(r, this.opts.renewMs));
+    }
+    return false;
+  }
+
+  private async renew(mustExist: boolean): Promise<boolean> {
+    // The time the request leaves, not the reply's: the deadline Redis sets counts from a moment
+    // between the two, so `lapsed` turns true no later than the lease runs out on Redis's clock.
+    const sentAt = Date.now();
+    const t = await this.scripts.leaseTick(
+      [this.keys.nodes, this.keys.deadClaim(this.self)],
+      this.self,
+      this.opts.ttlMs,
+      mustExist,
+    );
+    this.live = new Set(t.live);
+    for (const node of t.expired) {
+      if (node !== this.self && !this.handling.has(node)) this.claim(node);
+    }
+    if (t.state === LeaseState.Handling || t.state === LeaseState.Handled) {
+      if (!this.out) {
         const ttl = this.opts.ttlMs;
         log
-          .error`node ${this.self} was declared dead by the cluster (lease not renewed for ${ttl} ms); rejoining`;
+          .error`node ${this.self} was declared dead by the cluster (lease not renewed for ${ttl} ms): dropping its clients and sessions, rejoining`;
+        this.out = true;
         this.opts.onExpelled();
       }
-      for (const node of t.expired) {
-        if (node !== this.self && !this.handling.has(node)) this.claim(node);
-      }
-    } finally {
-      this.ticking = false;
+      if (t.state === LeaseState.Handling) return false;
     }
+    this.renewedAt = sentAt;
+    if (this.out) {
+      // Registered again: handled (or its claim ran out with the survivor gone).
+      this.out = false;
+      this.opts.onRejoined("expelled");
+      return false;
+    }
+    if (t.state === LeaseState.Vanished) this.opts.onRejoined("lease vanished");
+    return true;
   }
 
   private claim(node: string): void {
     this.handling.add(node);
     (async () => {
-      const ok = await this.cmd.set(
-        this.keys.deadClaim(node),
-        this.self,
-        "PX",
-        Math.max(30_000, 5 * this.opts.ttlMs),
-        "NX",
-      );
-      if (ok !== "OK") return;
+      const keys: [string, string] = [this.keys.nodes, this.keys.deadClaim(node)];
+      const claimMs = Math.max(30_000, 5 * this.opts.ttlMs);
+      if (!(await this.scripts.deadClaim(keys, node, this.self, claimMs))) return;
       log.warn`node ${node} stopped renewing its lease: taking over its cleanup`;
       await this.opts.onDead(node);
       // Only now is it gone for good; had we died before, another survivor would claim it.
-      await this.cmd.zrem(this.keys.nodes, node);
+      await this.scripts.deadDone(keys, node, DONE_MS);
     })().catch((e) => log.warn`handling dead node ${node}: ${(e as Error).message}`)
       .finally(() => this.handling.delete(node));
   }

@@ -89,22 +89,59 @@ return #keys
 
 /**
  * Renews this node's lease on Redis's clock and reads the others'.
- * KEYS: nodes. ARGV: node, ttl ms, mustExist ("1" once joined).
- * Returns {expelled 0/1, now ms, live nodes..., "|", expired nodes...}.
+ * KEYS: nodes, dead claim of this node. ARGV: node, ttl ms, mustExist ("1" once joined).
+ * Returns {state, now ms, live nodes..., "|", expired nodes...}; state: 0 renewed; 1 a survivor
+ * handled this node as dead (its claim says "done"): lease registered again; 2 a survivor is
+ * handling it now: not renewed; 3 the lease vanished without a claim (Redis lost it): registered
+ * again.
  */
 const LEASE_TICK = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expelled = 0
-if ARGV[3] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then expelled = 1 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local out = {expelled, now}
+local state = 0
+local claim = redis.call('GET', KEYS[2])
+if claim == 'done' then
+  state = 1
+  redis.call('DEL', KEYS[2])
+elseif claim then
+  state = 2
+elseif ARGV[3] == '1' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  state = 3
+end
+if state ~= 2 then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1]) end
+local out = {state, now}
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do out[#out + 1] = n end
 out[#out + 1] = '|'
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now, 'LIMIT', 0, 16)) do
   out[#out + 1] = n
 end
 return out
+`;
+
+/**
+ * Claims a dead node for this one to handle, only while its lease is still
+ * listed and run out (a node that renewed meanwhile, or one already handled,
+ * is not claimed). KEYS: nodes, dead claim. ARGV: node, me, claim ms.
+ * Returns 1 when claimed.
+ */
+const DEAD_CLAIM = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline or tonumber(deadline) >= now then return 0 end
+if redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3], 'NX') then return 1 end
+return 0
+`;
+
+/**
+ * A dead node was handled: its lease goes, and its claim says "done" (for
+ * `doneMs`) so the node, should it wake up, learns it was expelled.
+ * KEYS: nodes, dead claim. ARGV: node, done ms.
+ */
+const DEAD_DONE = `
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], 'done', 'PX', ARGV[2])
+return 1
 `;
 
 /**
@@ -137,13 +174,28 @@ export interface ClusterScripts {
     string | null
   >;
   routePurge(keys: [string, string, string], node: string): Promise<number>;
-  leaseTick(nodes: string, node: string, ttlMs: number, mustExist: boolean): Promise<LeaseTick>;
+  leaseTick(
+    keys: [string, string],
+    node: string,
+    ttlMs: number,
+    mustExist: boolean,
+  ): Promise<LeaseTick>;
+  deadClaim(keys: [string, string], node: string, me: string, claimMs: number): Promise<boolean>;
+  deadDone(keys: [string, string], node: string, doneMs: number): Promise<void>;
   ownerClaim(owner: string, node: string): Promise<string | null>;
   ownerRelease(owner: string, node: string): Promise<number>;
 }
 
+/** What a lease renewal found (see LEASE_TICK). */
+export enum LeaseState {
+  Renewed = 0,
+  Handled = 1,
+  Handling = 2,
+  Vanished = 3,
+}
+
 export interface LeaseTick {
-  expelled: boolean;
+  state: LeaseState;
   now: number;
   live: string[];
   expired: string[];
@@ -154,7 +206,9 @@ export function defineScripts(client: RedisClient): ClusterScripts {
   const defs: Record<string, [number, string]> = {
     mcRouteSet: [3, ROUTE_SET],
     mcRoutePurge: [3, ROUTE_PURGE],
-    mcLeaseTick: [1, LEASE_TICK],
+    mcLeaseTick: [2, LEASE_TICK],
+    mcDeadClaim: [2, DEAD_CLAIM],
+    mcDeadDone: [2, DEAD_DONE],
     mcOwnerClaim: [1, OWNER_CLAIM],
     mcOwnerRelease: [1, OWNER_RELEASE],
   };
@@ -169,24 +223,31 @@ export function defineScripts(client: RedisClient): ClusterScripts {
   const routeSet = fn("mcRouteSet");
   const routePurge = fn("mcRoutePurge");
   const leaseTick = fn("mcLeaseTick");
+  const deadClaim = fn("mcDeadClaim");
+  const deadDone = fn("mcDeadDone");
   const ownerClaim = fn("mcOwnerClaim");
   const ownerRelease = fn("mcOwnerRelease");
   return {
     routeSet: async (keys, node, key, n) =>
       (await routeSet(...keys, node, key, n, ROUTE_LOG_MAXLEN)) as string | null,
     routePurge: async (keys, node) => Number(await routePurge(...keys, node, ROUTE_LOG_MAXLEN)),
-    leaseTick: async (nodes, node, ttlMs, mustExist) => {
-      const raw = (await leaseTick(nodes, node, ttlMs, mustExist ? "1" : "0")) as (
+    leaseTick: async (keys, node, ttlMs, mustExist) => {
+      const raw = (await leaseTick(...keys, node, ttlMs, mustExist ? "1" : "0")) as (
         | string
         | number
       )[];
       const bar = raw.indexOf("|");
       return {
-        expelled: Number(raw[0]) === 1,
+        state: Number(raw[0]) as LeaseState,
         now: Number(raw[1]),
         live: raw.slice(2, bar).map(String),
         expired: raw.slice(bar + 1).map(String),
       };
+    },
+    deadClaim: async (keys, node, me, claimMs) =>
+      Number(await deadClaim(...keys, node, me, claimMs)) === 1,
+    deadDone: async (keys, node, doneMs) => {
+      await deadDone(...keys, node, doneMs);
     },
     ownerClaim: async (owner, node) => (await ownerClaim(owner, node)) as string | null,
     ownerRelease: async (owner, node) => Number(await ownerRelease(owner, node)),

@@ -34,6 +34,13 @@ export interface BusHost {
    * before its routes were withdrawn) to the sessions adopted from it.
    */
   nodeDown(nodeId: string): Promise<OrphanDelivery | void>;
+  /**
+   * This node was frozen past its lease and another node handled it as dead
+   * (adopted its sessions, published their wills): close every connection
+   * here (0x8E) and forget every session without writing it or publishing
+   * its will again. The node then serves anew.
+   */
+  expelled(): void;
 }
 
 /**

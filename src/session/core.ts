@@ -586,7 +586,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     s.link?.takenOver();
     // The new owner loads the session from the store: write it back, then forget it here.
     s.persist(this.router.subscriptionsOf(s));
-    await this.journal?.drain();
+    // What was pushed until now, not a drain: under steady traffic the journal is never empty,
+    // and the new owner would wait for its takeover timeout and load a stale session.
+    await this.journal?.pending?.catch(() => {});
     this.detached.delete(s);
     this.unsubscribeAll(s);
     if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
@@ -633,6 +635,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
     };
   }
 
+  /** BusHost: the cluster handled this node as dead while it was frozen; its sessions moved. */
+  expelled(): void {
+    this.dropStale([...this.sessions.keys()]);
+  }
+
   /**
    * A batch was refused for sessions another node owns now (it took them over
    * while this node still held them): drop them here without writing.
@@ -642,8 +649,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       const s = this.sessions.get(id);
       if (s === undefined) continue;
       s.journal = null;
-      s.link?.takenOver();
+      // The owner publishes the will: cleared before the connection closes, which would send it.
       s.setWill(null);
+      s.link?.takenOver();
       this.detached.delete(s);
       this.adopted.delete(id);
       this.unsubscribeAll(s);

@@ -50,6 +50,10 @@ export class RecordingHost implements BusHost {
     this.down.push(nodeId);
     return Promise.resolve();
   }
+  expelled(): void {
+    this.expulsions++;
+  }
+  expulsions = 0;
   topics(): string[] {
     return this.delivered.map((d) => d.msg.topic);
   }
