@@ -338,8 +338,15 @@ export class InboxReader {
         }
       }
     }
-    // Acknowledged only after delivery: a crash before this re-reads them (at least once).
-    this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
-    this.cmd.xdel(this.key, ...ids).catch(() => {});
+    // Acknowledged only once what the deliveries queued for persistent sessions is written
+    // (the store's connection is another one, so Redis could apply the two in either order):
+    // a crash before this re-reads them, at least once.
+    const ack = () => {
+      this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
+      this.cmd.xdel(this.key, ...ids).catch(() => {});
+    };
+    const written = this.host.deliveredWritten();
+    if (written === null) ack();
+    else written.then(ack, ack);
   }
 }

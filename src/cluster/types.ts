@@ -17,6 +17,12 @@ export interface BusHost {
    */
   deliverRemote(msg: Message, groups: readonly string[]): void;
   /**
+   * Resolves once what `deliverRemote` queued so far for persistent sessions
+   * is durable (the inbox entries are acknowledged after it); null when
+   * nothing is waiting to be written.
+   */
+  deliveredWritten(): Promise<void> | null;
+  /**
    * Another node took over `clientId` with claim number `epoch`: close its
    * connection here with 0x8E, keep nothing. A connection of this node still
    * attaching `clientId` under an older claim must lose too (two CONNECTs

@@ -17,7 +17,7 @@ import type { ByteWriter } from "../protocol/outbox.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
-import type { Subscription } from "../router/types.ts";
+import type { Subscriber, Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
@@ -30,6 +30,7 @@ import type {
   SubscribeResult,
   WillOutcome,
 } from "./host.ts";
+import { HeldDeliveries } from "./handover.ts";
 import { Journal } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
 import { NEVER_EXPIRES, Session, toMessage, type Will } from "./session.ts";
@@ -112,6 +113,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly attaching = new Map<string, PendingClaim>();
   /** Cluster: the claim number under which this node bound each session. */
   private readonly claimOf = new WeakMap<Session, number>();
+  /** Cluster: how many journal batches had left when each session was claimed here. */
+  private readonly claimedAfter = new WeakMap<Session, number>();
   /** Cluster: sessions bound to a connection that has not taken them yet, and who waits for it. */
   private readonly linking = new Map<Session, { linked: Promise<void>; resolve: () => void }>();
   private stopSweep: (() => void) | null = null;
@@ -131,13 +134,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink = opts.sink;
     this.clock = opts.clock;
     this.journal = opts.store.durable
-      ? new Journal(opts.store, this.ackAfterWrite, (e) => {
+      ? new Journal(opts.store, this.ackAfterWrite, (e, batch) => {
         // A cluster store refuses writes of sessions another node took over meanwhile.
         const stale = (e as { clientIds?: unknown }).clientIds;
         if (
           e instanceof MqttError && e.code === ReasonCode.SessionTakenOver && Array.isArray(stale)
         ) {
-          this.dropStale(stale as string[]);
+          this.dropStale(stale as string[], batch);
         }
       })
       : null;
@@ -290,6 +293,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
   }
 
+  deliveredWritten(): Promise<void> | null {
+    return this.journal?.pending ?? null;
+  }
+
   // ---- the one way in for subscription changes ---------------------------------
 
   subscribe(_session: Session, sub: Subscription): SubscribeResult {
@@ -312,8 +319,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return r !== Unsubscribed.None;
   }
 
-  private unsubscribeAll(session: Session): void {
-    for (const key of this.router.unsubscribeAll(session)) this.bus.removeRoute(key);
+  private unsubscribeAll(subscriber: Subscriber): void {
+    for (const key of this.router.unsubscribeAll(subscriber)) this.bus.removeRoute(key);
   }
 
   sessionChanged(session: Session): void {
@@ -393,11 +400,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
       finish: () => finish(),
     };
     this.attaching.set(id, pending);
+    let held: HeldDeliveries | null = null;
     try {
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
         return this.refuseForeign(conn, before.owner);
+      }
+      if (before !== null && before.subscriptions.length > 0 && !this.sessions.has(id)) {
+        held = await this.holdFor(before);
       }
       await this.bus.claimSession(id, (epoch) => {
         pending.epoch = epoch;
@@ -417,9 +428,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
           // Session Present promises the subscriptions work: the CONNACK waits until every
           // node routes them here (as a SUBACK does).
           const routed = this.restoreSession(state);
+          if (held !== null) this.release(held);
+          held = null;
           if (routed.length > 0) await Promise.all(routed).catch(() => {});
         }
       }
+      if (held !== null) this.release(held);
+      held = null;
     } catch (e) {
       log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
         clientId: id,
@@ -431,6 +446,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
         reason: "cluster state unavailable, try again",
       };
     } finally {
+      // Refused or failed: nothing to hand over, and the held routes must go.
+      if (held !== null) this.unsubscribeAll(held);
       pending.done();
       if (this.attaching.get(id) === pending) this.attaching.delete(id);
       pending.finish();
@@ -440,11 +457,30 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const result = this.bind(conn, req);
     if (result.ok) {
       this.claimOf.set(result.session, pending.epoch);
+      this.claimedAfter.set(result.session, this.journal?.flushed ?? 0);
       let resolve!: () => void;
       const linked = new Promise<void>((r) => resolve = r);
       this.linking.set(result.session, { linked, resolve });
     }
     return result;
+  }
+
+  /**
+   * Hands what was held to the session now here (the one just loaded, or one
+   * that was already here), in the same turn as its subscriptions took over
+   * the routes, then drops the holder's routes.
+   */
+  private release(held: HeldDeliveries): void {
+    const session = this.sessions.get(held.clientId);
+    const n = session !== undefined ? held.handTo(session) : 0;
+    this.unsubscribeAll(held);
+    if (n > 0 || held.dropped > 0) {
+      log.debug("handed {n} messages that arrived during the takeover to {clientId}", {
+        n,
+        clientId: held.clientId,
+        dropped: held.dropped,
+      });
+    }
   }
 
   /** Waits for `p`, but not past the connect timeout (a connection that died never links). */
@@ -512,11 +548,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return s;
   }
 
-  /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
-  private restoreSession(state: SessionState): Promise<void>[] {
-    const routed: Promise<void>[] = [];
-    const s = this.newSession(state.clientId);
-    s.restore(state);
+  /** The subscriptions of a stored session that still parse and that the ACL still allows. */
+  private storedSubscriptions(state: SessionState, subscriber: Subscriber): Subscription[] {
+    const out: Subscription[] = [];
     for (const stored of state.subscriptions) {
       const tf = parseFilter(stored.key, this.limits);
       if (typeof tf === "string") {
@@ -533,8 +567,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
         username: state.owner ?? undefined,
       }, stored.key);
       if (access === 0) continue;
-      const r = this.subscribe(s, {
-        subscriber: s,
+      out.push({
+        subscriber,
         key: tf.key,
         filter: tf.filter,
         group: tf.group,
@@ -546,6 +580,37 @@ export class BrokerCore implements ConnectionHost, BusHost {
         idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
         needsCheck: access === 2,
       });
+    }
+    return out;
+  }
+
+  /**
+   * Routes the subscriptions of a session that lives on another node to a
+   * holder here, before that node is asked to let go: see handover.ts.
+   */
+  private async holdFor(state: SessionState): Promise<HeldDeliveries> {
+    const held = new HeldDeliveries(
+      state.clientId,
+      state.owner ?? undefined,
+      this.limits.maxQueued,
+    );
+    const routed: Promise<void>[] = [];
+    for (const sub of this.storedSubscriptions(state, held)) {
+      if (this.router.subscribe(sub) !== Subscribed.NewRoute) continue;
+      const ready = this.bus.addRoute(sub.key);
+      if (ready !== null) routed.push(ready);
+    }
+    await Promise.all(routed).catch(() => {});
+    return held;
+  }
+
+  /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
+  private restoreSession(state: SessionState): Promise<void>[] {
+    const routed: Promise<void>[] = [];
+    const s = this.newSession(state.clientId);
+    s.restore(state);
+    for (const sub of this.storedSubscriptions(state, s)) {
+      const r = this.subscribe(s, sub);
       if (r.ready !== null) routed.push(r.ready);
     }
     this.sessions.set(state.clientId, s);
@@ -584,14 +649,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.linking.delete(s);
     }
     s.link?.takenOver();
-    // The new owner loads the session from the store: write it back, then forget it here.
-    s.persist(this.router.subscriptionsOf(s));
-    // What was pushed until now, not a drain: under steady traffic the journal is never empty,
-    // and the new owner would wait for its takeover timeout and load a stale session.
+    // Let what is being written land, then, in one turn, write the session back and stop
+    // routing to it: whatever reached it until then is in what the new owner loads, whatever
+    // comes later reaches the new owner's holder (handover.ts).
     await this.journal?.pending?.catch(() => {});
+    s.persist(this.router.subscriptionsOf(s));
     this.detached.delete(s);
     this.unsubscribeAll(s);
     if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
+    // What was pushed until now, not a drain: under steady traffic the journal is never empty,
+    // and the new owner would wait for its takeover timeout and load a stale session.
+    await this.journal?.pending?.catch(() => {});
   }
 
   /**
@@ -644,10 +712,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * A batch was refused for sessions another node owns now (it took them over
    * while this node still held them): drop them here without writing.
    */
-  private dropStale(clientIds: readonly string[]): void {
+  private dropStale(clientIds: readonly string[], batch = Infinity): void {
     for (const id of clientIds) {
       const s = this.sessions.get(id);
       if (s === undefined) continue;
+      // Claimed again by this node after that batch left: the refusal was about the old claim.
+      if ((this.claimedAfter.get(s) ?? 0) >= batch) continue;
       s.journal = null;
       // The owner publishes the will: cleared before the connection closes, which would send it.
       s.setWill(null);

@@ -16,6 +16,8 @@ export class Journal {
     | null = null;
   private writing = false;
   private scheduled = false;
+  /** Batches handed to the store so far; the failure callback gets the failed one's number. */
+  flushed = 0;
   /** Batches written, ops written, failed batches: read by ops. */
   readonly stats = { batches: 0, ops: 0, failures: 0 };
 
@@ -28,8 +30,8 @@ export class Journal {
   constructor(
     private readonly store: Store,
     readonly acksWait = true,
-    /** Told of every failed batch (after it is logged). */
-    private readonly onFailure: (e: unknown) => void = () => {},
+    /** Told of every failed batch (after it is logged), with its number (see `flushed`). */
+    private readonly onFailure: (e: unknown, batch: number) => void = () => {},
   ) {}
 
   /** Ops waiting for the next batch (a publish compares it before and after routing). */
@@ -82,6 +84,7 @@ export class Journal {
     this.ops = [];
     this.waiting = null;
     this.writing = true;
+    const batch = ++this.flushed;
     const done = this.store.write(ops).then(
       () => {
         this.stats.batches++;
@@ -95,7 +98,7 @@ export class Journal {
           error: e instanceof Error ? e.message : String(e),
         });
         waiting?.reject(e);
-        this.onFailure(e);
+        this.onFailure(e, batch);
         throw e;
       },
     ).finally(() => {

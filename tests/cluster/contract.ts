@@ -41,6 +41,9 @@ export class RecordingHost implements BusHost {
   deliverRemote(msg: Message, groups: readonly string[]): void {
     this.delivered.push({ msg, groups: [...groups] });
   }
+  deliveredWritten(): Promise<void> | null {
+    return null;
+  }
   async sessionTakenOver(clientId: string, epoch: number): Promise<void> {
     this.kickEpochs.push(epoch);
     await this.onTakeover(clientId);

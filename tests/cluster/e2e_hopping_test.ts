@@ -67,7 +67,9 @@ Deno.test({
     const r = checkOrder(sub.numbers("p"), pub.acked, pub.resent);
     console.log(
       `${N} messages, ${hops} hops in ${took} ms: ${r.received} received, ${r.duplicates} ` +
-        `duplicates (${r.dupFlagged} with DUP), lost ${ranges(r.lost)}, disorder ` +
+        `duplicates (${r.dupFlagged} with DUP, ${r.undupFlagged} without), lost ${
+          ranges(r.lost)
+        }, disorder ` +
         `${r.disorder.slice(0, 5)}`,
     );
     assert.deepEqual(r.lost, [], "nothing lost");
