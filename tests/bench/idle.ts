@@ -4,8 +4,8 @@
  * Deno.connect cannot bind a local address, but node:net's `localAddress` works under Deno,
  * so this one role uses node:net to spread connections over 127.0.0.2..n. Each source
  * address has its own ephemeral port range, so the count is not capped at ~28k per address
- * and TIME_WAIT from earlier rounds does not starve later ones. Over TLS it is node:tls, which
- * passes `localAddress` on to its TCP socket.
+ * and TIME_WAIT from earlier rounds does not starve later ones. Over TLS, node:tls runs on
+ * such a socket.
  */
 
 import net from "node:net";
@@ -60,7 +60,7 @@ export class IdleWorker {
     return new Promise((resolve, reject) => {
       const socket = ca === undefined
         ? net.connect({ host, port, localAddress })
-        : tls.connect({ host, port, localAddress, ca });
+        : tls.connect({ socket: net.connect({ host, port, localAddress }), host, ca });
       socket.setNoDelay(true);
       let seen = 0;
       const fail = (e: Error) => {
