@@ -6,7 +6,7 @@
  * The fields used here:
  * - `pause`: ms the main thread stood still for this collection (scavenge, or the atomic
  *   pause that ends a mark-compact);
- * - `mutator`: ms of JavaScript between the end of the previous collection and this one;
+ * - `mutator`: wall-clock ms from the end of the previous collection to the start of this one;
  * - `allocated`: bytes allocated meanwhile (the heap's object size at the start of this
  *   collection minus at the end of the previous one);
  * - mark-compact only: `incremental` (ms of incremental marking steps in this cycle, which run
