@@ -11,7 +11,7 @@ import { parseOptions, USAGE, UsageError } from "./options.ts";
 import { markdown, writeReport } from "./report.ts";
 import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
 import { allScenarios, selectScenarios } from "./scenarios.ts";
-import { removeBenchPki } from "./tls.ts";
+import { removeBenchPki, removeBenchPkiSync } from "./tls.ts";
 
 const RESULTS_DIR = new URL("../../bench-results", import.meta.url).pathname;
 
@@ -118,6 +118,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {
     console.error(`\n${signal}: stopping brokers and workers`);
     killAll();
+    removeBenchPkiSync();
     Deno.exit(130);
   });
 }

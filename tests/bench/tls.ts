@@ -36,6 +36,8 @@ export interface ClientTls {
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
 let made: Promise<BenchPki> | undefined;
+// Known once the directory exists, for the synchronous cleanup on Ctrl-C.
+let madeDir: string | undefined;
 
 /**
  * The bench's PKI, made on first use in a temporary directory (CA, and a server certificate
@@ -48,6 +50,7 @@ export function benchPki(): Promise<BenchPki> {
 
 async function makeBenchPki(): Promise<BenchPki> {
   const dir = await Deno.makeTempDir({ prefix: "bench-pki-" });
+  madeDir = dir;
   const child = track(
     new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", "main.ts", "certs", "--dir", dir],
@@ -81,7 +84,19 @@ export async function removeBenchPki(): Promise<void> {
   if (made === undefined) return;
   const pki = await made.catch(() => undefined);
   made = undefined;
+  madeDir = undefined;
   if (pki) await Deno.remove(pki.dir, { recursive: true }).catch(() => {});
+}
+
+/** The same, synchronously, for a process about to exit. */
+export function removeBenchPkiSync(): void {
+  if (madeDir === undefined) return;
+  try {
+    Deno.removeSync(madeDir, { recursive: true });
+  } catch {
+    // Gone already.
+  }
+  madeDir = undefined;
 }
 
 /** The client side of `pki`. */
