@@ -4,6 +4,8 @@
  */
 
 import { track } from "./children.ts";
+import { GcTrace } from "./gctrace.ts";
+import { type BenchPki, type ClientTls, clientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 /** Brokers the bench knows how to run. */
@@ -49,6 +51,18 @@ export interface RunningBroker {
   stop(): Promise<void>;
   /** Last lines the broker printed, for error messages. */
   logTail(): Promise<string>;
+  /** Set when the broker listens with TLS: what clients must trust. */
+  readonly tls?: ClientTls;
+  /** mcloudtt started with V8's GC trace: its collections so far. */
+  readonly gc?: GcTrace;
+}
+
+/** How to start a broker beyond its limits. */
+export interface StartOptions {
+  /** Listen with TLS (server certificate only; see tls.ts) instead of plain TCP. */
+  readonly tls?: BenchPki;
+  /** mcloudtt only: run with V8's `--trace-gc-nvp` and collect the collections. */
+  readonly gcTrace?: boolean;
 }
 
 /** A broker implementation the bench can run. */
@@ -60,7 +74,7 @@ export interface BrokerKind {
   unavailable(): Promise<string | null>;
   /** Version string for the report. */
   version(): Promise<string>;
-  start(limits: BenchLimits, workDir: string): Promise<RunningBroker>;
+  start(limits: BenchLimits, workDir: string, options?: StartOptions): Promise<RunningBroker>;
 }
 
 /** A broker failed to start or to accept connections. */
@@ -159,6 +173,7 @@ async function launch(
   log: string,
   startTimeoutMs: number,
   cwd?: string,
+  tap?: (chunk: Uint8Array) => void,
 ): Promise<RunningBroker> {
   const file = await Deno.open(log, { write: true, create: true, truncate: true });
   const child = track(
@@ -168,8 +183,16 @@ async function launch(
   const sink = new WritableStream<Uint8Array>({
     write: (chunk) => file.write(chunk).then(() => {}),
   });
+  const stdout = tap === undefined ? child.stdout : child.stdout.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, out) {
+        tap(chunk);
+        out.enqueue(chunk);
+      },
+    }),
+  );
   const drained = Promise.all([
-    child.stdout.pipeTo(sink, { preventClose: true }).catch(() => {}),
+    stdout.pipeTo(sink, { preventClose: true }).catch(() => {}),
     child.stderr.pipeTo(sink, { preventClose: true }).catch(() => {}),
   ]).finally(() => file.close());
   await waitForPort(child, port, startTimeoutMs, log);
@@ -219,26 +242,76 @@ const mcloudtt: BrokerKind = {
       return "unknown";
     }
   },
-  start(limits, workDir) {
+  async start(limits, workDir, options = {}) {
     const port = freePort();
-    return launch(
-      Deno.execPath(),
-      mcloudttArgs(port, limits),
+    const tls = options.tls;
+    const extra = tls === undefined ? [] : [
+      // The TCP listener speaks TLS; secure stays false so nothing else changes (anonymous
+      // clients, no client certificate: the generator presents none, see tls.ts).
+      "--listeners.tcp.tls=true",
+      "--listeners.tcp.client_certificate=none",
+      `--tls.certfile=${tls.certFile}`,
+      `--tls.keyfile=${tls.keyFile}`,
+      `--tls.cafile=${tls.caFile}`,
+      "--tls.generate_dev_certs=false",
+    ];
+    const trace = options.gcTrace === true && await haveStdbuf() ? new GcTrace() : undefined;
+    const args = mcloudttArgs(port, limits, extra, trace ? ["--trace-gc-nvp"] : []);
+    // stdbuf -oL makes V8's printf output line-buffered (it execs, so the pid is deno's).
+    const [cmd, cmdArgs] = trace
+      ? ["stdbuf", ["-oL", Deno.execPath(), ...args]]
+      : [Deno.execPath(), args];
+    const broker = await launch(
+      cmd,
+      cmdArgs,
       port,
       `${workDir}/mcloudtt.log`,
       60_000,
       REPO_ROOT,
+      trace ? (chunk) => trace.push(chunk) : undefined,
     );
+    return { ...broker, tls: tls && await clientTls(tls), gc: trace };
   },
 };
 
-/** The command line of one mcloudtt process; `extra` adds flags (the cluster's). */
-function mcloudttArgs(port: number, limits: BenchLimits, extra: string[] = []): string[] {
+let stdbuf: Promise<boolean> | undefined;
+
+/** Whether coreutils' stdbuf can run (needed to read the GC trace as it happens). */
+function haveStdbuf(): Promise<boolean> {
+  stdbuf ??= run("stdbuf", ["--version"]).then((r) => {
+    if (r.code !== 0) console.log("!! stdbuf not found: mcloudtt runs without the GC trace");
+    return r.code === 0;
+  });
+  return stdbuf;
+}
+
+/**
+ * Deno flags: BENCH_DENO_FLAGS (for profiling runs, e.g. "--v8-flags=--max-semi-space-size=32")
+ * with `v8Flags` merged into its --v8-flags, since Deno keeps only one of them.
+ */
+export function denoFlags(v8Flags: readonly string[]): string[] {
+  const flags = Deno.env.get("BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? [];
+  if (v8Flags.length === 0) return flags;
+  const at = flags.findIndex((f) => f.startsWith("--v8-flags="));
+  if (at < 0) return [...flags, `--v8-flags=${v8Flags.join(",")}`];
+  flags[at] = `${flags[at]},${v8Flags.join(",")}`;
+  return flags;
+}
+
+/**
+ * The command line of one mcloudtt process; `extra` adds broker flags (the cluster's, TLS),
+ * `v8Flags` V8 flags.
+ */
+function mcloudttArgs(
+  port: number,
+  limits: BenchLimits,
+  extra: string[] = [],
+  v8Flags: string[] = [],
+): string[] {
   return [
     "run",
     "--allow-all",
-    // Extra Deno/V8 flags for profiling runs, e.g. BENCH_DENO_FLAGS="--v8-flags=--trace-gc".
-    ...(Deno.env.get("BENCH_DENO_FLAGS")?.split(" ").filter(Boolean) ?? []),
+    ...denoFlags(v8Flags),
     "main.ts",
     "--general.secure=false",
     "--general.websocket=false",
@@ -334,9 +407,16 @@ export async function startMcloudttCluster(
 }
 
 /** The generated mosquitto.conf; each line is aligned with one mcloudtt limit (see README). */
-export function mosquittoConfig(port: number, limits: BenchLimits): string {
+export function mosquittoConfig(port: number, limits: BenchLimits, tls?: BenchPki): string {
   return [
     `listener ${port} ${HOST}`,
+    // TLS on this listener: the same certificate as mcloudtt's, no client certificate asked.
+    ...(tls === undefined ? [] : [
+      `cafile ${tls.caFile}`,
+      `certfile ${tls.certFile}`,
+      `keyfile ${tls.keyFile}`,
+      "require_certificate false",
+    ]),
     "allow_anonymous true",
     "persistence false",
     "log_dest none",
@@ -363,13 +443,14 @@ const mosquitto: BrokerKind = {
     const help = await run(path, ["-h"]);
     return /mosquitto version (\S+)/.exec(help.out)?.[1] ?? "unknown";
   },
-  async start(limits, workDir) {
+  async start(limits, workDir, options = {}) {
     const path = await findMosquitto();
     if (!path) throw new BrokerError("mosquitto not found");
     const port = freePort();
     const conf = `${workDir}/mosquitto.conf`;
-    await Deno.writeTextFile(conf, mosquittoConfig(port, limits));
-    return launch(path, ["-c", conf], port, `${workDir}/mosquitto.log`, 10_000);
+    await Deno.writeTextFile(conf, mosquittoConfig(port, limits, options.tls));
+    const broker = await launch(path, ["-c", conf], port, `${workDir}/mosquitto.log`, 10_000);
+    return { ...broker, tls: options.tls && await clientTls(options.tls) };
   },
 };
 
@@ -394,15 +475,21 @@ const aedes: BrokerKind = {
       return "missing";
     }
   },
-  start(_limits, workDir) {
+  async start(_limits, workDir, options = {}) {
     const port = freePort();
-    return launch(
+    const tls = options.tls;
+    const broker = await launch(
       "node",
-      [`${PEERS_DIR}aedes_server.mjs`, String(port)],
+      [
+        `${PEERS_DIR}aedes_server.mjs`,
+        String(port),
+        ...(tls === undefined ? [] : [tls.certFile, tls.keyFile]),
+      ],
       port,
       `${workDir}/aedes.log`,
       10_000,
     );
+    return { ...broker, tls: tls && await clientTls(tls) };
   },
 };
 

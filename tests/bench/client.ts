@@ -3,6 +3,7 @@
  * acknowledges deliveries in batches, and a publisher loop that honours flow control.
  */
 
+import { type ClientTls, connectBench } from "./tls.ts";
 import {
   DISCONNECT,
   encodeConnect,
@@ -37,6 +38,8 @@ export type DeliveryObserver = (
 export interface ClientOptions {
   readonly host: string;
   readonly port: number;
+  /** Speak TLS, trusting this CA; plain TCP when absent. */
+  readonly tls?: ClientTls;
   readonly version: ProtocolLevel;
   readonly clientId: string;
   readonly keepAliveSeconds: number;
@@ -61,7 +64,7 @@ export class BenchClient {
   received = 0;
   readonly errors: string[] = [];
 
-  readonly #conn: Deno.TcpConn;
+  readonly #conn: Deno.Conn;
   readonly #options: ClientOptions;
   readonly #reader = new FrameReader();
   #writeTail: Promise<void> = Promise.resolve();
@@ -85,15 +88,14 @@ export class BenchClient {
   #readLoop: Promise<void> = Promise.resolve();
   #publishLoop: Promise<void> = Promise.resolve();
 
-  private constructor(conn: Deno.TcpConn, options: ClientOptions) {
+  private constructor(conn: Deno.Conn, options: ClientOptions) {
     this.#conn = conn;
     this.#options = options;
   }
 
-  /** Opens the TCP connection and completes CONNECT/CONNACK. */
+  /** Opens the TCP (or TLS) connection and completes CONNECT/CONNACK. */
   static async connect(options: ClientOptions): Promise<BenchClient> {
-    const conn = await Deno.connect({ hostname: options.host, port: options.port });
-    conn.setNoDelay(true);
+    const conn = await connectBench(options.host, options.port, options.tls);
     const client = new BenchClient(conn, options);
     client.#readLoop = client.#read();
     const connack = await client.#request(

@@ -12,7 +12,8 @@ import {
 } from "./measure.ts";
 import { type BenchOptions, parseOptions } from "./options.ts";
 import { markdown } from "./report.ts";
-import { levelName, runAll } from "./runner.ts";
+import { levelName, runAll, type RunResult } from "./runner.ts";
+import { type BenchPki, benchPki } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 const missing = await BROKERS.mosquitto.unavailable();
@@ -28,9 +29,25 @@ const options: BenchOptions = {
   drainS: 3,
 };
 
-async function withMosquitto(fn: (broker: RunningBroker) => Promise<void>): Promise<void> {
+// One PKI for every TLS test (made by `main.ts certs`), removed when the tests end.
+let pki: BenchPki | undefined;
+async function tls(): Promise<BenchPki> {
+  if (pki === undefined) {
+    pki = await benchPki();
+    const dir = pki.dir;
+    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+  }
+  return pki;
+}
+
+async function withMosquitto(
+  fn: (broker: RunningBroker) => Promise<void>,
+  overTls = false,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
-  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir);
+  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir, {
+    tls: overTls ? await tls() : undefined,
+  });
   try {
     await fn(broker);
   } finally {
@@ -89,6 +106,38 @@ test("latency run paces the publishers and reports ordered percentiles", () =>
     assert.ok(metrics.p999_us <= metrics.max_us);
   }));
 
+test("over TLS, QoS 1 pairs deliver every message exactly once", () =>
+  withMosquitto(async (broker) => {
+    assert.ok(broker.tls?.ca.includes("BEGIN CERTIFICATE"), "clients get the CA to trust");
+    const { metrics, errors } = await measureLoad(ctx(broker, 5), pairs(2, 1, 1));
+    assert.deepEqual(errors, []);
+    assert.ok(metrics.sent > 100, `sent ${metrics.sent}`);
+    assert.equal(metrics.received, metrics.sent);
+    assert.equal(metrics.duplicates, 0);
+  }, true));
+
+test("a QoS 1 latency run over TLS paces, acknowledges and reports broker CPU per message", () =>
+  withMosquitto(async (broker) => {
+    const { metrics, errors } = await measureLoad(ctx(broker, 4), latencyPairs(4, 2_000, 1));
+    assert.deepEqual(errors, []);
+    assert.ok(metrics.samples > 500 && metrics.samples < 1_500, `samples ${metrics.samples}`);
+    assert.equal(metrics.duplicates, 0);
+    assert.equal(metrics.undelivered_pct, 0);
+    assert.ok(metrics.p50_us <= metrics.p99_us && metrics.p99_us <= metrics.p999_us);
+    assert.ok(Number.isFinite(metrics.broker_cpu_us_per_msg));
+  }, true));
+
+test("idle TLS connections from several source addresses are all held open", () =>
+  withMosquitto(async (broker) => {
+    const { metrics, errors } = await measureConnections(ctx(broker, 5), 100);
+    assert.deepEqual(errors, []);
+    assert.equal(metrics.connected, 100);
+    assert.equal(metrics.still_open, 100);
+    // A TLS connection costs the broker a session; the RSS difference must see it.
+    assert.ok(metrics.kb_per_conn > 0, `KiB per connection ${metrics.kb_per_conn}`);
+    assert.ok(metrics.gen_cpu_pct > 0, "the generator's CPU while connecting is reported");
+  }, true));
+
 test("idle connections from several source addresses are all held open", () =>
   withMosquitto(async (broker) => {
     const { metrics, errors } = await measureConnections(ctx(broker, 4), 300);
@@ -124,7 +173,7 @@ test("a run of one scenario ends in a report row with a ratio", async () => {
   };
   const results = await runAll(
     [scenario],
-    [{ broker: BROKERS.mosquitto, level: 4 }],
+    [{ broker: BROKERS.mosquitto, level: 4, transport: "tcp" }],
     options,
     BENCH_LIMITS,
     () => {},
@@ -151,8 +200,98 @@ test("a run of one scenario ends in a report row with a ratio", async () => {
     descriptions: { "pairs-2-qos0": "two pairs" },
     results,
   });
-  assert.match(text, /\| pairs-2-qos0 \| 3\.1\.1 \| mosquitto \| [\d,]+ \| 1\.00× \|/);
+  assert.match(text, /\| pairs-2-qos0 \| tcp \| 3\.1\.1 \| mosquitto \| [\d,]+ \| 1\.00× \|/);
   assert.match(text, /\*\*Skipped aedes:\*\* not installed/);
+});
+
+const mcloudttMissing = await BROKERS.mcloudtt.unavailable();
+if (mcloudttMissing !== null) {
+  if (Deno.env.get("CI")) throw new Error(`CI is set but mcloudtt cannot run: ${mcloudttMissing}`);
+  console.warn(`\n!!! SKIPPING the mcloudtt bench test: ${mcloudttMissing} !!!\n`);
+}
+
+Deno.test({
+  name: "mcloudtt over TLS runs under the GC trace, which reports its collections",
+  ignore: mcloudttMissing !== null,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
+    const broker = await BROKERS.mcloudtt.start(BENCH_LIMITS, dir, {
+      tls: await tls(),
+      gcTrace: true,
+    });
+    try {
+      const { metrics, errors } = await measureLoad(ctx(broker, 5), latencyPairs(2, 1_000, 1));
+      assert.deepEqual(errors, []);
+      assert.ok(metrics.received > 0 && metrics.received === metrics.sent);
+      assert.ok(broker.gc !== undefined, "stdbuf is there, so the trace is on");
+      // Loading the broker's modules alone takes a few scavenges.
+      assert.ok(broker.gc.count() > 0, "collections are read from the broker's stdout");
+      assert.ok(metrics.gc_events >= 0 && Number.isFinite(metrics.gc_ms_per_s));
+    } finally {
+      await broker.stop();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+function result(broker: "mcloudtt" | "mosquitto", round: number, p99: number): RunResult {
+  return {
+    scenario: "latency-2k-qos1",
+    kind: "latency",
+    broker,
+    level: 5,
+    transport: "tls",
+    round,
+    metrics: { p99_us: p99, p999_us: p99 * 2, broker_cpu_us_per_msg: 10 },
+    errors: [],
+  };
+}
+
+Deno.test("the report gives each median its spread and each ratio its per-round range", () => {
+  const results = [
+    result("mcloudtt", 1, 90),
+    result("mosquitto", 1, 100),
+    result("mcloudtt", 2, 110),
+    result("mosquitto", 2, 100),
+    result("mcloudtt", 3, 100),
+    result("mosquitto", 3, 100),
+  ];
+  const text = markdown({
+    startedAt: new Date(),
+    machine: {
+      cpuModel: "cpu",
+      cores: 2,
+      memoryGiB: 1,
+      kernel: "k",
+      deno: "d",
+      v8: "v",
+      node: "n",
+      mosquitto: "m",
+      aedes: "a",
+      mcloudtt: "c",
+    },
+    options: { ...options, rounds: 3 },
+    limits: BENCH_LIMITS,
+    skipped: {},
+    descriptions: {},
+    results,
+  });
+  // Median p99 100 µs over 90..110: ±10 %; per-round ratios 0.9, 1.1, 1.0.
+  const row = text.split("\n").find((l) => l.startsWith("| latency-2k-qos1 | tls | 5 | mcloudtt"));
+  assert.ok(row, text);
+  assert.match(row, /\| 100 ±10 % \|/);
+  assert.match(row, /\| 1\.00× \(0\.90–1\.10\) \|/);
+});
+
+Deno.test("the Mosquitto config has a TLS listener with the bench certificate when asked", () => {
+  const pkiFiles = { dir: "/p", caFile: "/p/ca.crt", certFile: "/p/b.crt", keyFile: "/p/b.key" };
+  const lines = mosquittoConfig(1234, BENCH_LIMITS, pkiFiles).split("\n");
+  for (
+    const line of ["cafile /p/ca.crt", "certfile /p/b.crt", "keyfile /p/b.key"]
+  ) assert.ok(lines.includes(line), line);
+  // The TLS keys belong to the listener, so they follow it.
+  assert.ok(lines.indexOf("listener 1234 127.0.0.1") < lines.indexOf("cafile /p/ca.crt"));
+  assert.ok(!mosquittoConfig(1234, BENCH_LIMITS).includes("certfile"));
 });
 
 Deno.test("the Mosquitto config carries the aligned limits", () => {

@@ -4,10 +4,12 @@
  * Deno.connect cannot bind a local address, but node:net's `localAddress` works under Deno,
  * so this one role uses node:net to spread connections over 127.0.0.2..n. Each source
  * address has its own ephemeral port range, so the count is not capped at ~28k per address
- * and TIME_WAIT from earlier rounds does not starve later ones.
+ * and TIME_WAIT from earlier rounds does not starve later ones. Over TLS, node:tls runs on
+ * such a socket.
  */
 
 import net from "node:net";
+import tls from "node:tls";
 import type { ConnectSummary, IdlePlan, Snapshot } from "./messages.ts";
 import { processCpuMicros } from "./load.ts";
 import { encodeConnect, PINGREQ } from "./wire.ts";
@@ -54,8 +56,11 @@ export class IdleWorker {
   #open(i: number): Promise<net.Socket> {
     const { host, port, version, sourceAddresses, keepAliveSeconds, clientIdPrefix } = this.#plan;
     const localAddress = sourceAddresses[i % sourceAddresses.length];
+    const ca = this.#plan.tls?.ca;
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host, port, localAddress });
+      const socket = ca === undefined
+        ? net.connect({ host, port, localAddress })
+        : tls.connect({ socket: net.connect({ host, port, localAddress }), host, ca });
       socket.setNoDelay(true);
       let seen = 0;
       const fail = (e: Error) => {
@@ -63,7 +68,7 @@ export class IdleWorker {
         reject(e);
       };
       socket.once("error", fail);
-      socket.once("connect", () => {
+      socket.once(ca === undefined ? "connect" : "secureConnect", () => {
         socket.write(encodeConnect(version, `${clientIdPrefix}${i}`, keepAliveSeconds));
       });
       const onData = (chunk: Uint8Array) => {

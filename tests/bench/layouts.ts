@@ -91,21 +91,21 @@ export function pairs(count: number, qos: 0 | 1 | 2, processes: number): Layout 
 }
 
 /**
- * `count` pairs at QoS 0 paced to `totalRate` messages/s, all in ONE process: publisher and
+ * `count` pairs at `qos` paced to `totalRate` messages/s, all in ONE process: publisher and
  * subscriber then read the same performance.now(), so latency needs no cross-process clock.
  */
-export function latencyPairs(count: number, totalRate: number): Layout {
+export function latencyPairs(count: number, totalRate: number, qos: 0 | 1 | 2 = 0): Layout {
   const clients = range(count).flatMap((i) => [
-    subscriber(i, `bench/pair/${i}`, 0),
-    publisher(i, `bench/pair/${i}`, 0),
+    subscriber(i, `bench/pair/${i}`, qos),
+    publisher(i, `bench/pair/${i}`, qos),
   ]);
   return {
     workers: [{ name: "latency", side: "both", clients }],
     fanout: 1,
-    qos: 0,
+    qos,
     ratePerPublisher: totalRate / count,
     latency: true,
-    trackDuplicates: false,
+    trackDuplicates: qos > 0,
   };
 }
 

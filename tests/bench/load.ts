@@ -38,6 +38,7 @@ export class LoadWorker {
         const client = await BenchClient.connect({
           host: plan.host,
           port: plan.port,
+          tls: plan.tls,
           version: plan.version,
           clientId: clientPlan.clientId,
           keepAliveSeconds: 60,

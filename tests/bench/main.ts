@@ -11,17 +11,23 @@ import { parseOptions, USAGE, UsageError } from "./options.ts";
 import { markdown, writeReport } from "./report.ts";
 import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
 import { allScenarios, selectScenarios } from "./scenarios.ts";
+import { removeBenchPki, removeBenchPkiSync } from "./tls.ts";
 
 const RESULTS_DIR = new URL("../../bench-results", import.meta.url).pathname;
 
 function progress(r: RunResult): void {
   const m = r.metrics;
-  const head = `[${r.scenario} round ${r.round}] ${r.broker} MQTT ${levelName(r.level)}:`;
+  const head = `[${r.scenario} round ${r.round}] ${r.broker} ${r.transport} MQTT ${
+    levelName(r.level)
+  }:`;
   if (r.failed) return console.log(`${head} FAILED ${r.failed.split("\n")[0]}`);
   const n = (v: number | undefined, digits = 0) => v === undefined ? "–" : v.toFixed(digits);
   const detail = {
     throughput: () => `${n(m.delivered_per_s)} msg/s, broker CPU ${n(m.broker_cpu_pct)} %`,
-    latency: () => `p50 ${n(m.p50_us)} µs, p99 ${n(m.p99_us)} µs, p99.9 ${n(m.p999_us)} µs`,
+    latency: () =>
+      `p50 ${n(m.p50_us)} µs, p99 ${n(m.p99_us)} µs, p99.9 ${n(m.p999_us)} µs, broker ${
+        n(m.broker_cpu_us_per_msg, 1)
+      } µs/msg`,
     connections: () =>
       `${n(m.connected)} connected, ${n(m.connack_per_s)} CONNACK/s, ${
         n(m.kb_per_conn, 1)
@@ -31,8 +37,13 @@ function progress(r: RunResult): void {
         n(m.rss_max_mb, 1)
       } MiB`,
   }[r.kind]();
+  const gc = m.gc_events === undefined
+    ? ""
+    : `; GC: ${n(m.gc_alloc_bytes_per_msg)} B/msg, ${n(m.gc_events)} collections, max pause ${
+      n(m.gc_pause_max_ms, 1)
+    } ms`;
   const errors = r.errors.length > 0 ? ` (client errors: ${r.errors[0]})` : "";
-  console.log(`${head} ${detail}${errors}`);
+  console.log(`${head} ${detail}${gc}${errors}`);
 }
 
 async function main(): Promise<number> {
@@ -64,7 +75,12 @@ async function main(): Promise<number> {
       console.log(`!! skipping ${name}: ${reason}`);
       continue;
     }
-    for (const level of kind.levels) targets.push({ broker: kind, level });
+    const chosen = kind.levels.filter((level) => options.levels.includes(level));
+    // Aedes speaks only 3.1.1: with --levels 5 it still runs, at the level it has.
+    const levels = chosen.length > 0 ? chosen : kind.levels.slice(0, 1);
+    for (const transport of options.transports) {
+      for (const level of levels) targets.push({ broker: kind, level, transport });
+    }
   }
   if (targets.length === 0) {
     console.error("no broker can run; nothing to measure");
@@ -77,10 +93,11 @@ async function main(): Promise<number> {
   }
   const machine = await machineInfo();
   console.log(
-    `bench: ${scenarios.length} scenario(s) x ${targets.length} broker/level(s) x ${options.rounds} round(s), ` +
+    `bench: ${scenarios.length} scenario(s) x ${targets.length} broker/level/transport(s) x ${options.rounds} round(s), ` +
       `${options.durationS} s windows`,
   );
   const results = await runAll(scenarios, targets, options, BENCH_LIMITS, progress);
+  await removeBenchPki();
   const input = {
     startedAt,
     machine,
@@ -101,6 +118,7 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   Deno.addSignalListener(signal, () => {
     console.error(`\n${signal}: stopping brokers and workers`);
     killAll();
+    removeBenchPkiSync();
     Deno.exit(130);
   });
 }

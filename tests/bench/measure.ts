@@ -4,6 +4,7 @@
  */
 
 import type { RunningBroker } from "./brokers.ts";
+import { gcMetrics } from "./gctrace.ts";
 import type { Layout, WorkerLayout } from "./layouts.ts";
 import type { IdlePlan, LoadPlan, Snapshot } from "./messages.ts";
 import type { BenchOptions } from "./options.ts";
@@ -45,6 +46,7 @@ function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPl
   return {
     host: ctx.broker.host,
     port: ctx.broker.nodePorts?.[worker.node ?? 0] ?? ctx.broker.port,
+    tls: ctx.broker.tls,
     version: ctx.level,
     payloadBytes: ctx.options.payloadBytes,
     batch: ctx.options.batch,
@@ -141,12 +143,14 @@ function collectErrors(snapshots: readonly Snapshot[]): string[] {
 async function markAll(
   ctx: RunContext,
   workers: WorkerHandle[],
-): Promise<[Snapshot[], ProcSample]> {
+): Promise<[Snapshot[], ProcSample, number]> {
+  // Collections reported up to now belong before the mark.
+  const gcCount = ctx.broker.gc?.count() ?? 0;
   const [snapshots, broker] = await Promise.all([
     sendAll(workers, { cmd: "mark" }),
     sample(ctx.broker.pid),
   ]);
-  return [snapshots, broker];
+  return [snapshots, broker, gcCount];
 }
 
 /** Waits until subscribers hold `expected` unique messages or their count stops moving. */
@@ -179,9 +183,9 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
     const subs = handles(running, receives);
     await sendAll(handles(running, publishes), { cmd: "go" });
     await sleep(warmupS * 1000);
-    const [m1, b1] = await markAll(ctx, all);
+    const [m1, b1, gc1] = await markAll(ctx, all);
     await sleep(durationS * 1000);
-    const [m2, b2] = await markAll(ctx, all);
+    const [m2, b2, gc2] = await markAll(ctx, all);
     const stopped = await sendAll(handles(running, publishes), {
       cmd: "stop",
       timeoutMs: drainS * 1000,
@@ -209,6 +213,11 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
         ? (Math.max(0, expected - (received - duplicates)) / expected) * 100
         : 0,
     };
+    const gc = ctx.broker.gc;
+    if (gc) {
+      const events = gc.events.slice(gc1, gc2);
+      Object.assign(metrics, gcMetrics(events, (b2.at - b1.at) / 1000, metrics.delivered_per_s));
+    }
     const latency = m2.find((s) => s.latency)?.latency;
     if (latency) {
       Object.assign(metrics, {
@@ -317,10 +326,11 @@ export async function measureConnections(ctx: RunContext, count: number): Promis
   const processes = ctx.options.workersPerSide;
   const workers = Array.from({ length: processes }, (_, i) => WorkerHandle.spawn(`idle${i}`));
   try {
-    await Promise.all(workers.map((w, i) => {
+    const ready = await Promise.all(workers.map((w, i) => {
       const plan: IdlePlan = {
         host: ctx.broker.host,
         port: ctx.broker.port,
+        tls: ctx.broker.tls,
         version: ctx.level,
         count: Math.floor(count / processes) + (i < count % processes ? 1 : 0),
         sourceAddresses: SOURCE_ADDRESSES,
@@ -340,6 +350,9 @@ export async function measureConnections(ctx: RunContext, count: number): Promis
     const failed = results.reduce((n, r) => n + (r.connect?.failed ?? 0), 0);
     const elapsedMs = Math.max(...results.map((r) => r.connect?.elapsedMs ?? 0));
     const afterConnect = await sample(ctx.broker.pid);
+    // The generator's CPU while connecting: near 100 % per worker, it (TLS handshakes on the
+    // client side) and not the broker limits the connect rate.
+    const gen = generatorCpu(ready, results);
     await sleep(1000);
     const settled = await sample(ctx.broker.pid);
     const held = await sendAll(workers, { cmd: "mark" });
@@ -353,6 +366,10 @@ export async function measureConnections(ctx: RunContext, count: number): Promis
         broker_cpu_us_per_conn: connected > 0
           ? (afterConnect.cpuMicros - before.cpuMicros) / connected
           : NaN,
+        broker_cpu_pct: ((afterConnect.cpuMicros - before.cpuMicros) /
+          ((afterConnect.at - before.at) * 1000)) * 100,
+        gen_cpu_pct: gen.total,
+        gen_max_worker_cpu_pct: gen.max,
         broker_rss_mb: settled.rssBytes / MIB,
         broker_rss_before_mb: before.rssBytes / MIB,
       },

@@ -4,6 +4,7 @@
  * One command per line on the worker's stdin, exactly one reply per command on its stdout.
  */
 
+import type { ClientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 /** One MQTT client a worker runs. */
@@ -21,6 +22,8 @@ export interface ClientPlan {
 export interface LoadPlan {
   readonly host: string;
   readonly port: number;
+  /** TLS towards the broker (trusting this CA); plain TCP when absent. */
+  readonly tls?: ClientTls;
   readonly version: ProtocolLevel;
   readonly payloadBytes: number;
   /** PUBLISH packets per write call. */
@@ -43,6 +46,8 @@ export interface LoadPlan {
 export interface IdlePlan {
   readonly host: string;
   readonly port: number;
+  /** TLS towards the broker (trusting this CA); plain TCP when absent. */
+  readonly tls?: ClientTls;
   readonly version: ProtocolLevel;
   readonly count: number;
   /** Local addresses to bind, used round-robin (spreads the 4-tuples over more source ports). */

@@ -1,6 +1,8 @@
 /** Command-line options of `deno task bench`. */
 
 import { BROKER_NAMES, type BrokerName } from "./brokers.ts";
+import { type Transport, TRANSPORTS } from "./tls.ts";
+import type { ProtocolLevel } from "./wire.ts";
 
 /** Everything that shapes one bench invocation. */
 export interface BenchOptions {
@@ -14,6 +16,15 @@ export interface BenchOptions {
   /** Scenario name substrings; empty = all. */
   readonly only: readonly string[];
   readonly brokers: readonly BrokerName[];
+  /**
+   * MQTT levels compared (each broker runs those it speaks; one that speaks none of them runs
+   * its first).
+   */
+  readonly levels: readonly ProtocolLevel[];
+  /** Every scenario runs over each of these (plain TCP, TLS). */
+  readonly transports: readonly Transport[];
+  /** Run mcloudtt with V8's GC trace (allocation per message, GC pauses). */
+  readonly gcTrace: boolean;
   readonly payloadBytes: number;
   /** PUBLISH packets per write call. */
   readonly batch: number;
@@ -38,6 +49,9 @@ export const USAGE = `deno task bench [options]
   --rounds <n>          interleaved rounds per scenario (default 3; --quick: 1)
   --only <a,b>          run scenarios whose name contains any of these substrings
   --brokers <a,b>       any of ${BROKER_NAMES.join(",")} (default: all)
+  --transport <a,b>     any of ${TRANSPORTS.join(",")} (default: both)
+  --levels <a,b>        MQTT levels, any of 5,3.1.1 (default: both; --quick: 5)
+  --no-gc-trace         run mcloudtt without V8's GC trace (no allocation/GC pause figures)
   --payload <bytes>     payload size, at least 16 (default 64)
   --batch <n>           PUBLISH packets per write (default 64)
   --connections <n>     idle connections in the connections scenario (default 10000; --quick: 2000)
@@ -57,6 +71,8 @@ function positive(flag: string, raw: string | undefined, integer: boolean): numb
   return value;
 }
 
+const SWITCHES = ["--quick", "--help", "--cluster", "--no-gc-trace"];
+
 /** Parses argv; throws `UsageError` for unknown flags or bad values. Returns null for --help. */
 export function parseOptions(args: readonly string[]): BenchOptions | null {
   const raw = new Map<string, string | undefined>();
@@ -65,7 +81,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     if (!arg.startsWith("--")) throw new UsageError(`unexpected argument ${arg}`);
     const eq = arg.indexOf("=");
     if (eq > 0) raw.set(arg.slice(2, eq), arg.slice(eq + 1));
-    else if (arg === "--quick" || arg === "--help" || arg === "--cluster") {
+    else if (SWITCHES.includes(arg)) {
       raw.set(arg.slice(2), "true");
     } else raw.set(arg.slice(2), args[++i]);
   }
@@ -76,6 +92,9 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     "rounds",
     "only",
     "brokers",
+    "transport",
+    "levels",
+    "no-gc-trace",
     "payload",
     "batch",
     "connections",
@@ -93,6 +112,18 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
   for (const name of brokers) {
     if (!BROKER_NAMES.includes(name as BrokerName)) throw new UsageError(`unknown broker ${name}`);
   }
+  const transports = (raw.get("transport") ?? TRANSPORTS.join(",")).split(",").map((s) => s.trim());
+  for (const name of transports) {
+    if (!TRANSPORTS.includes(name as Transport)) throw new UsageError(`unknown transport ${name}`);
+  }
+  const levelNames = (raw.get("levels") ?? (quick ? "5" : "5,3.1.1")).split(",").map((s) =>
+    s.trim()
+  );
+  const levels = levelNames.map((name): ProtocolLevel => {
+    if (name === "5") return 5;
+    if (name === "3.1.1" || name === "4") return 4;
+    throw new UsageError(`unknown MQTT level ${name} (5 or 3.1.1)`);
+  });
   const payloadBytes = get("payload", 64, 64, true);
   if (payloadBytes < 16) {
     throw new UsageError("--payload must be at least 16 (sequence and timestamp)");
@@ -106,6 +137,9 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     rounds: get("rounds", 3, 1, true),
     only: (raw.get("only") ?? "").split(",").map((s) => s.trim()).filter((s) => s !== ""),
     brokers: brokers as BrokerName[],
+    transports: transports as Transport[],
+    levels,
+    gcTrace: !raw.has("no-gc-trace"),
     payloadBytes,
     batch: get("batch", 64, 64, true),
     connections: get("connections", 10_000, 2_000, true),

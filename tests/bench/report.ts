@@ -6,6 +6,7 @@ import type { BenchOptions } from "./options.ts";
 import { levelName, type RunResult } from "./runner.ts";
 import type { ScenarioKind } from "./scenarios.ts";
 import { median } from "./stats.ts";
+import type { Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 /** Medians of one scenario on one broker at one protocol level. */
@@ -14,13 +15,38 @@ export interface SummaryRow {
   readonly kind: ScenarioKind;
   readonly broker: BrokerName;
   readonly level: ProtocolLevel;
+  readonly transport: Transport;
   readonly runs: number;
   readonly failures: readonly string[];
   readonly metrics: Record<string, number>;
-  /** Headline metric divided by Mosquitto's at the same level (and Aedes' at 3.1.1). */
+  /** Smallest and largest value over the rounds, per metric: the run-to-run spread. */
+  readonly spread: Record<string, Range>;
+  /** Headline metric divided by Mosquitto's at the same level and transport (and Aedes' at 3.1.1). */
   readonly vsMosquitto?: number;
   readonly vsAedes?: number;
+  /**
+   * Ratios to other brokers' rows at the same level and transport, per compared metric
+   * (`COMPARED`), then per broker: of the medians, and round by round (smallest, largest).
+   */
+  readonly compare: Record<string, Partial<Record<BrokerName, Ratio>>>;
   readonly errors: readonly string[];
+}
+
+/** This row's median divided by another's, and the spread of the per-round ratios. */
+export interface Ratio {
+  readonly value?: number;
+  readonly range?: Range;
+}
+
+/** Smallest and largest of a set of values. */
+export interface Range {
+  readonly min: number;
+  readonly max: number;
+}
+
+function range(values: readonly number[]): Range | undefined {
+  const finite = values.filter(Number.isFinite);
+  return finite.length === 0 ? undefined : { min: Math.min(...finite), max: Math.max(...finite) };
 }
 
 /** The metric each kind is compared on; latency is lower-is-better, the rest higher. */
@@ -31,11 +57,23 @@ export const HEADLINE: Readonly<Record<ScenarioKind, string>> = {
   "slow-consumer": "with_slow_per_s",
 };
 
-/** Groups runs by scenario, broker and level and takes the median of every metric. */
+/** Metrics compared with the other brokers, per kind; the headline first. */
+export const COMPARED: Readonly<Partial<Record<ScenarioKind, readonly string[]>>> = {
+  throughput: ["delivered_per_s", "broker_cpu_us_per_msg"],
+  latency: ["p99_us", "p999_us", "broker_cpu_us_per_msg"],
+  connections: ["connack_per_s", "kb_per_conn"],
+  "slow-consumer": ["with_slow_per_s"],
+};
+
+/** Groups runs by scenario, broker, level and transport and takes the median of every metric. */
 export function summarize(results: readonly RunResult[]): SummaryRow[] {
   const groups = new Map<string, RunResult[]>();
+  // Results written before the transport dimension existed were all plain TCP.
+  const transportOf = (r: RunResult): Transport => r.transport ?? "tcp";
+  const keyOf = (scenario: string, broker: string, level: number, transport: Transport) =>
+    `${scenario}|${broker}|${level}|${transport}`;
   for (const r of results) {
-    const key = `${r.scenario}|${r.broker}|${r.level}`;
+    const key = keyOf(r.scenario, r.broker, r.level, transportOf(r));
     groups.set(key, [...(groups.get(key) ?? []), r]);
   }
   const rows: SummaryRow[] = [];
@@ -43,31 +81,64 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
     const ok = runs.filter((r) => !r.failed);
     const names = new Set(ok.flatMap((r) => Object.keys(r.metrics)));
     const metrics: Record<string, number> = {};
-    for (const name of names) metrics[name] = median(ok.map((r) => r.metrics[name] ?? NaN));
+    const spread: Record<string, Range> = {};
+    for (const name of names) {
+      const values = ok.map((r) => r.metrics[name] ?? NaN);
+      metrics[name] = median(values);
+      const r = range(values);
+      if (r) spread[name] = r;
+    }
     const first = runs[0];
     rows.push({
       scenario: first.scenario,
       kind: first.kind,
       broker: first.broker,
       level: first.level,
+      transport: transportOf(first),
       runs: ok.length,
       failures: runs.flatMap((r) => r.failed ? [`round ${r.round}: ${r.failed}`] : []),
       metrics,
+      spread,
+      compare: {},
       errors: [...new Set(runs.flatMap((r) => r.errors))].slice(0, 5),
     });
   }
   return rows.map((row) => {
-    const headline = HEADLINE[row.kind];
-    const ratio = (broker: BrokerName, level: ProtocolLevel) => {
+    const mine = groups.get(keyOf(row.scenario, row.broker, row.level, row.transport)) ?? [];
+    const ratio = (metric: string, broker: BrokerName, level: ProtocolLevel): Ratio => {
       const ref = rows.find((r) =>
-        r.scenario === row.scenario && r.broker === broker && r.level === level
+        r.scenario === row.scenario && r.broker === broker && r.level === level &&
+        r.transport === row.transport
       );
-      const value = ref?.metrics[headline];
-      return value !== undefined && value > 0 ? row.metrics[headline] / value : undefined;
+      const value = ref?.metrics[metric];
+      const theirs = groups.get(keyOf(row.scenario, broker, level, row.transport)) ?? [];
+      const perRound = mine.flatMap((a) => {
+        const b = theirs.find((t) => t.round === a.round && !t.failed);
+        const denominator = b?.metrics[metric];
+        return a.failed || denominator === undefined || !(denominator > 0)
+          ? []
+          : [(a.metrics[metric] ?? NaN) / denominator];
+      });
+      return {
+        value: value !== undefined && value > 0 ? row.metrics[metric] / value : undefined,
+        range: range(perRound),
+      };
     };
-    // Aedes only speaks 3.1.1, so only 3.1.1 rows are compared with it.
-    const vsAedes = row.level === 4 ? ratio("aedes", 4) : undefined;
-    return { ...row, vsMosquitto: ratio("mosquitto", row.level), vsAedes };
+    const compare: Record<string, Partial<Record<BrokerName, Ratio>>> = {};
+    for (const metric of COMPARED[row.kind] ?? [HEADLINE[row.kind]]) {
+      compare[metric] = {
+        mosquitto: ratio(metric, "mosquitto", row.level),
+        // Aedes only speaks 3.1.1, so only 3.1.1 rows are compared with it.
+        ...(row.level === 4 ? { aedes: ratio(metric, "aedes", 4) } : {}),
+      };
+    }
+    const headline = compare[HEADLINE[row.kind]] ?? {};
+    return {
+      ...row,
+      compare,
+      vsMosquitto: headline.mosquitto?.value,
+      vsAedes: headline.aedes?.value,
+    };
   });
 }
 
@@ -83,25 +154,59 @@ function table(headers: string[], rows: string[][]): string {
   return [line(headers), line(headers.map(() => "---")), ...rows.map(line)].join("\n");
 }
 
+/** The columns every table starts with (see `label`). */
+export const LABEL_HEADERS: readonly string[] = ["scenario", "transport", "MQTT", "broker"];
+
 function label(row: SummaryRow): string[] {
   const failed = row.failures.length > 0 ? ` (${row.failures.length} failed)` : "";
-  return [row.scenario, levelName(row.level), `${row.broker}${failed}`];
+  return [row.scenario, row.transport, levelName(row.level), `${row.broker}${failed}`];
 }
 
-const ratios = (row: SummaryRow) => [times(row.vsMosquitto), times(row.vsAedes)];
+/**
+ * The run-to-run spread of a median: "±x %" is half the min–max range over the rounds,
+ * relative to the median; empty with a single round or no spread to show.
+ */
+export function spreadNote(row: SummaryRow, metric: string): string {
+  const r = row.spread[metric];
+  const mid = row.metrics[metric];
+  if (row.runs < 2 || r === undefined || !Number.isFinite(mid) || mid === 0) return "";
+  const pct = ((r.max - r.min) / 2 / Math.abs(mid)) * 100;
+  return ` ±${pct < 10 ? pct.toFixed(1) : pct.toFixed(0)} %`;
+}
+
+/** A median with its spread, formatted by `format`. */
+function spread(row: SummaryRow, metric: string, format: (n: number) => string): string {
+  return `${format(row.metrics[metric])}${spreadNote(row, metric)}`;
+}
+
+/** "1.12× (1.05–1.20)": ratio of the medians, and the smallest and largest per-round ratio. */
+export function ratioCell(ratio: Ratio | undefined): string {
+  const value = times(ratio?.value);
+  const r = ratio?.range;
+  if (value === "–" || r === undefined || r.min === r.max) return value;
+  return `${value} (${r.min.toFixed(2)}–${r.max.toFixed(2)})`;
+}
+
+const vs = (row: SummaryRow, metric: string, broker: BrokerName) =>
+  ratioCell(row.compare[metric]?.[broker]);
+const ratios = (row: SummaryRow) => {
+  const headline = HEADLINE[row.kind];
+  return [vs(row, headline, "mosquitto"), vs(row, headline, "aedes")];
+};
+const int0 = (n: number) => int(n);
+const fixedBy = (digits: number) => (n: number) => fixed(n, digits);
 
 function throughputTable(rows: SummaryRow[]): string {
   return table(
     [
-      "scenario",
-      "MQTT",
-      "broker",
+      ...LABEL_HEADERS,
       "delivered msg/s",
       "vs mosquitto",
       "vs aedes",
       "published msg/s",
       "broker CPU %",
       "broker CPU µs/msg",
+      "CPU/msg vs mosquitto",
       "broker RSS MiB",
       "generator CPU % (busiest worker)",
       "undelivered %",
@@ -111,11 +216,12 @@ function throughputTable(rows: SummaryRow[]): string {
       const m = r.metrics;
       return [
         ...label(r),
-        int(m.delivered_per_s),
+        spread(r, "delivered_per_s", int0),
         ...ratios(r),
         int(m.published_per_s),
         fixed(m.broker_cpu_pct, 0),
-        fixed(m.broker_cpu_us_per_msg, 2),
+        spread(r, "broker_cpu_us_per_msg", fixedBy(2)),
+        vs(r, "broker_cpu_us_per_msg", "mosquitto"),
         fixed(m.broker_rss_mb),
         `${fixed(m.gen_cpu_pct, 0)} (${fixed(m.gen_max_worker_cpu_pct, 0)})`,
         fixed(m.undelivered_pct, 2),
@@ -128,30 +234,34 @@ function throughputTable(rows: SummaryRow[]): string {
 function latencyTable(rows: SummaryRow[]): string {
   return table(
     [
-      "scenario",
-      "MQTT",
-      "broker",
+      ...LABEL_HEADERS,
       "p50 µs",
       "p99 µs",
       "p99.9 µs",
       "max µs",
       "p99 vs mosquitto",
       "p99 vs aedes",
+      "p99.9 vs mosquitto",
       "delivered msg/s",
       "broker CPU %",
+      "broker CPU µs/msg",
+      "CPU/msg vs mosquitto",
       "samples",
     ],
     rows.map((r) => {
       const m = r.metrics;
       return [
         ...label(r),
-        int(m.p50_us),
-        int(m.p99_us),
-        int(m.p999_us),
+        spread(r, "p50_us", int0),
+        spread(r, "p99_us", int0),
+        spread(r, "p999_us", int0),
         int(m.max_us),
         ...ratios(r),
+        vs(r, "p999_us", "mosquitto"),
         int(m.delivered_per_s),
         fixed(m.broker_cpu_pct, 0),
+        spread(r, "broker_cpu_us_per_msg", fixedBy(2)),
+        vs(r, "broker_cpu_us_per_msg", "mosquitto"),
         int(m.samples),
       ];
     }),
@@ -161,16 +271,17 @@ function latencyTable(rows: SummaryRow[]): string {
 function connectionsTable(rows: SummaryRow[]): string {
   return table(
     [
-      "scenario",
-      "MQTT",
-      "broker",
+      ...LABEL_HEADERS,
       "connected",
       "failed",
       "CONNACK/s",
       "vs mosquitto",
       "vs aedes",
       "KiB per connection",
+      "KiB/conn vs mosquitto",
       "broker CPU µs/conn",
+      "broker CPU %",
+      "generator CPU % (busiest worker)",
       "broker RSS MiB",
     ],
     rows.map((r) => {
@@ -179,11 +290,43 @@ function connectionsTable(rows: SummaryRow[]): string {
         ...label(r),
         int(m.connected),
         int(m.failed),
-        int(m.connack_per_s),
+        spread(r, "connack_per_s", int0),
         ...ratios(r),
-        fixed(m.kb_per_conn),
+        spread(r, "kb_per_conn", fixedBy(1)),
+        vs(r, "kb_per_conn", "mosquitto"),
         int(m.broker_cpu_us_per_conn),
+        fixed(m.broker_cpu_pct, 0),
+        `${fixed(m.gen_cpu_pct, 0)} (${fixed(m.gen_max_worker_cpu_pct, 0)})`,
         fixed(m.broker_rss_mb),
+      ];
+    }),
+  );
+}
+
+/** mcloudtt's allocation and GC pauses in the load runs (from V8's GC trace). */
+function gcTable(rows: SummaryRow[]): string {
+  return table(
+    [
+      ...LABEL_HEADERS,
+      "delivered msg/s",
+      "allocated B/msg",
+      "allocated MiB/s",
+      "collections (scavenges)",
+      "GC pause p99 ms",
+      "GC pause max ms",
+      "GC ms per s",
+    ],
+    rows.map((r) => {
+      const m = r.metrics;
+      return [
+        ...label(r),
+        int(m.delivered_per_s),
+        spread(r, "gc_alloc_bytes_per_msg", int0),
+        fixed(m.gc_alloc_mb_per_s),
+        `${int(m.gc_events)} (${int(m.gc_scavenges)})`,
+        spread(r, "gc_pause_p99_ms", fixedBy(2)),
+        spread(r, "gc_pause_max_ms", fixedBy(2)),
+        spread(r, "gc_ms_per_s", fixedBy(1)),
       ];
     }),
   );
@@ -192,9 +335,7 @@ function connectionsTable(rows: SummaryRow[]): string {
 function slowTable(rows: SummaryRow[]): string {
   return table(
     [
-      "scenario",
-      "MQTT",
-      "broker",
+      ...LABEL_HEADERS,
       "pairs msg/s alone",
       "with slow consumer",
       "kept",
@@ -211,7 +352,7 @@ function slowTable(rows: SummaryRow[]): string {
       return [
         ...label(r),
         int(m.baseline_per_s),
-        int(m.with_slow_per_s),
+        spread(r, "with_slow_per_s", int0),
         m.slow_ratio === undefined ? "–" : `${fixed(m.slow_ratio * 100, 0)} %`,
         ...ratios(r),
         fixed(m.rss_at_attach_mb),
@@ -247,8 +388,13 @@ export function markdown(input: ReportInput): string {
     `Aedes ${m.aedes}.`,
     "",
     `Runs: ${o.rounds} interleaved round(s), ${o.warmupS} s warm-up + ${o.durationS} s measured, payload ` +
-    `${o.payloadBytes} B, ${o.batch} PUBLISH per write, ${o.workersPerSide} worker process(es) per side. ` +
-    `Every value is the median over rounds; ratios compare medians (higher is better, except latency).`,
+    `${o.payloadBytes} B, ${o.batch} PUBLISH per write, ${o.workersPerSide} worker process(es) per side, ` +
+    `over ${
+      (o.transports ?? ["tcp"]).join(" and ")
+    } (TLS: server certificate only, for every broker). ` +
+    `Every value is the median over rounds; "±x %" is half the min–max range over the rounds. Ratios ` +
+    `divide medians (higher is better, except latency, CPU and memory), with the smallest and largest ` +
+    `per-round ratio in brackets (rounds interleave the brokers).`,
     "",
     `Limits given to every broker that has them: ${
       Object.entries(input.limits).map(([k, v]) => `${k}=${v}`).join(", ")
@@ -272,6 +418,20 @@ export function markdown(input: ReportInput): string {
     const rows = byKind(kind);
     if (rows.length === 0) continue;
     sections.push("", `## ${title}`, "", render(rows));
+  }
+  const traced = summary.filter((r) => r.metrics.gc_events !== undefined);
+  if (traced.length > 0) {
+    sections.push(
+      "",
+      "## mcloudtt allocation and GC pauses (V8 `--trace-gc-nvp`, measure window)",
+      "",
+      "Allocated bytes per delivered message: V8's `allocated` (heap object growth between " +
+        "collections) over the mutator time before each collection in the window, divided by the " +
+        "delivery rate. Pauses: the main thread's atomic GC pauses; max also counts the longest " +
+        "incremental marking step; GC ms per s adds the incremental marking steps.",
+      "",
+      gcTable(traced),
+    );
   }
   const scenarios = [...new Set(summary.map((r) => r.scenario))];
   sections.push(

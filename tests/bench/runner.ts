@@ -3,12 +3,15 @@
 import type { BenchLimits, BrokerKind, BrokerName } from "./brokers.ts";
 import type { BenchOptions } from "./options.ts";
 import type { Scenario, ScenarioKind } from "./scenarios.ts";
+import { benchPki, type Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
-/** One broker at one protocol level. */
+/** One broker at one protocol level over one transport. */
 export interface Target {
   readonly broker: BrokerKind;
   readonly level: ProtocolLevel;
+  /** Plain TCP when absent. */
+  readonly transport?: Transport;
 }
 
 /** The outcome of one scenario run. */
@@ -17,6 +20,7 @@ export interface RunResult {
   readonly kind: ScenarioKind;
   readonly broker: BrokerName;
   readonly level: ProtocolLevel;
+  readonly transport: Transport;
   readonly round: number;
   readonly metrics: Record<string, number>;
   readonly errors: readonly string[];
@@ -44,8 +48,8 @@ export async function runAll(
   const results: RunResult[] = [];
   for (const scenario of scenarios) {
     for (let round = 1; round <= options.rounds; round++) {
-      for (const { broker, level } of targets) {
-        const result = await runOne(scenario, broker, level, round, options, limits);
+      for (const { broker, level, transport = "tcp" } of targets) {
+        const result = await runOne(scenario, broker, level, transport, round, options, limits);
         results.push(result);
         onResult(result);
       }
@@ -58,14 +62,25 @@ async function runOne(
   scenario: Scenario,
   kind: BrokerKind,
   level: ProtocolLevel,
+  transport: Transport,
   round: number,
   options: BenchOptions,
   limits: BenchLimits,
 ): Promise<RunResult> {
-  const base = { scenario: scenario.name, kind: scenario.kind, broker: kind.name, level, round };
+  const base = {
+    scenario: scenario.name,
+    kind: scenario.kind,
+    broker: kind.name,
+    level,
+    transport,
+    round,
+  };
   const workDir = await Deno.makeTempDir({ prefix: `bench-${kind.name}-` });
   try {
-    const broker = await kind.start(limits, workDir);
+    const broker = await kind.start(limits, workDir, {
+      tls: transport === "tls" ? await benchPki() : undefined,
+      gcTrace: options.gcTrace,
+    });
     try {
       const measured = await withDeadline(
         scenario.run({ broker, level, options }),

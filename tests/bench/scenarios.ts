@@ -37,11 +37,12 @@ export function allScenarios(options: BenchOptions): Scenario[] {
     description,
     run: (ctx) => measureLoad(ctx, layout),
   });
-  const latency = (rate: number): Scenario => ({
-    name: `latency-${rate / 1000}k`,
+  const latency = (rate: number, qos: 0 | 1): Scenario => ({
+    name: `latency-${rate / 1000}k-qos${qos}`,
     kind: "latency",
-    description: `${LATENCY_PAIRS} pairs in one process, QoS 0, paced to ${rate} msg/s in total`,
-    run: (ctx) => measureLoad(ctx, latencyPairs(LATENCY_PAIRS, rate)),
+    description:
+      `${LATENCY_PAIRS} pairs in one process, QoS ${qos}, paced to ${rate} msg/s in total`,
+    run: (ctx) => measureLoad(ctx, latencyPairs(LATENCY_PAIRS, rate, qos)),
   });
   return [
     throughput("fan-in-8", "8 publishers -> 1 subscriber on bench/#, QoS 0", fanIn(8, w)),
@@ -51,8 +52,10 @@ export function allScenarios(options: BenchOptions): Scenario[] {
     throughput("pairs-16-qos0", "16 publisher/subscriber pairs, QoS 0", pairs(16, 0, w)),
     throughput("pairs-16-qos1", "16 publisher/subscriber pairs, QoS 1", pairs(16, 1, w)),
     throughput("pairs-16-qos2", "16 publisher/subscriber pairs, QoS 2", pairs(16, 2, w)),
-    latency(2_000),
-    latency(10_000),
+    latency(2_000, 0),
+    latency(2_000, 1),
+    latency(10_000, 0),
+    latency(10_000, 1),
     {
       name: `connections-${options.connections}`,
       kind: "connections",

@@ -49,6 +49,20 @@ Deno.test("options: defaults, --quick and explicit flags", () => {
   assert.equal(parseOptions(["--help"]), null);
 });
 
+Deno.test("options: transports, MQTT levels and the GC trace", () => {
+  const defaults = parseOptions([])!;
+  assert.deepEqual(defaults.transports, ["tcp", "tls"]);
+  assert.deepEqual(defaults.levels, [5, 4]);
+  assert.equal(defaults.gcTrace, true);
+  assert.deepEqual(parseOptions(["--quick"])?.levels, [5]);
+  const chosen = parseOptions(["--transport", "tls", "--levels=3.1.1", "--no-gc-trace"])!;
+  assert.deepEqual(chosen.transports, ["tls"]);
+  assert.deepEqual(chosen.levels, [4]);
+  assert.equal(chosen.gcTrace, false);
+  assert.throws(() => parseOptions(["--transport", "quic"]), UsageError);
+  assert.throws(() => parseOptions(["--levels", "3"]), UsageError);
+});
+
 Deno.test("options: unknown flags, brokers and bad numbers are usage errors", () => {
   assert.throws(() => parseOptions(["--durration", "3"]), UsageError);
   assert.throws(() => parseOptions(["--brokers", "emqx"]), UsageError);
