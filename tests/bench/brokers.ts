@@ -113,7 +113,7 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function findMosquitto(): Promise<string | undefined> {
+export async function findMosquitto(): Promise<string | undefined> {
   for (const path of MOSQUITTO_CANDIDATES) if (await exists(path)) return path;
   return undefined;
 }
@@ -152,7 +152,7 @@ async function readTail(path: string): Promise<string> {
 }
 
 /** Spawns `cmd`, sends its output to `log`, and waits until `port` accepts connections. */
-async function launch(
+export async function launch(
   cmd: string,
   args: string[],
   port: number,
@@ -232,8 +232,8 @@ const mcloudtt: BrokerKind = {
   },
 };
 
-/** The command line of one mcloudtt process; `extra` adds flags (the cluster's). */
-function mcloudttArgs(port: number, limits: BenchLimits, extra: string[] = []): string[] {
+/** The command line of one mcloudtt process; `extra` adds flags (later ones win). */
+export function mcloudttArgs(port: number, limits: BenchLimits, extra: string[] = []): string[] {
   return [
     "run",
     "--allow-all",
@@ -270,6 +270,7 @@ export async function startMcloudttCluster(
   nodes: number,
   limits: BenchLimits,
   workDir: string,
+  extraFlags: readonly string[] = [],
 ): Promise<RunningCluster> {
   const redisPort = freePort();
   const redis = await launch(
@@ -299,6 +300,7 @@ export async function startMcloudttCluster(
         "--redis.enabled=true",
         `--redis.url=redis://${HOST}:${redisPort}`,
         `--cluster.node_id=bench-${i + 1}`,
+        ...extraFlags,
       ];
       started.push(
         await launch(

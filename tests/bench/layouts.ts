@@ -20,6 +20,8 @@ export interface Layout {
   readonly qos: 0 | 1 | 2;
   /** Paced rate per publisher (latency runs); absent = flat out. */
   readonly ratePerPublisher?: number;
+  /** Each publisher stops by itself after this many messages; absent = until told to stop. */
+  readonly messagesPerPublisher?: number;
   readonly latency: boolean;
   readonly trackDuplicates: boolean;
 }

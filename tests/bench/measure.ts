@@ -36,7 +36,8 @@ const SLOW_READ_PAUSE_MS = 50;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-interface Running {
+/** A worker process and the clients it runs. */
+export interface Running {
   readonly layout: WorkerLayout;
   readonly handle: WorkerHandle;
 }
@@ -50,6 +51,7 @@ function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPl
     batch: ctx.options.batch,
     clients: worker.clients,
     ratePerPublisher: layout.ratePerPublisher,
+    messagesPerPublisher: layout.messagesPerPublisher,
     trackDuplicates: layout.trackDuplicates,
     latency: layout.latency,
     v311Window: V311_WINDOW,
@@ -58,7 +60,8 @@ function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPl
   };
 }
 
-async function startWorkers(
+/** Spawns the workers and sets them up, subscribers first. */
+export async function startWorkers(
   ctx: RunContext,
   layout: Layout,
   list: readonly WorkerLayout[],
@@ -80,7 +83,8 @@ async function startWorkers(
   return running;
 }
 
-async function closeAll(running: readonly Running[]): Promise<void> {
+/** Closes every worker (and its clients). */
+export async function closeAll(running: readonly Running[]): Promise<void> {
   await Promise.all(running.map((r) => r.handle.close()));
 }
 
@@ -124,7 +128,12 @@ function generatorCpu(before: Snapshot[], after: Snapshot[]): { total: number; m
   return { total, max };
 }
 
-function brokerMetrics(b1: ProcSample, b2: ProcSample, delivered: number): Record<string, number> {
+/** Broker CPU (%, µs per delivered message) between two samples, and RSS at the second. */
+export function brokerMetrics(
+  b1: ProcSample,
+  b2: ProcSample,
+  delivered: number,
+): Record<string, number> {
   const cpu = b2.cpuMicros - b1.cpuMicros;
   return {
     broker_cpu_pct: (cpu / ((b2.at - b1.at) * 1000)) * 100,

@@ -1,6 +1,8 @@
 /** Medians across rounds, ratios between brokers, and the Markdown / JSON report. */
 
 import type { BenchLimits, BrokerName } from "./brokers.ts";
+import type { DurabilityReport } from "./durability.ts";
+import { durabilitySection } from "./durability_report.ts";
 import type { MachineInfo } from "./machine.ts";
 import type { BenchOptions } from "./options.ts";
 import { levelName, type RunResult } from "./runner.ts";
@@ -233,6 +235,8 @@ export interface ReportInput {
   readonly skipped: Readonly<Record<string, string>>;
   readonly descriptions: Readonly<Record<string, string>>;
   readonly results: readonly RunResult[];
+  /** The persistent-session scenarios' runs (durability.ts), when any ran. */
+  readonly durability?: DurabilityReport;
 }
 
 /** The Markdown report. */
@@ -273,7 +277,12 @@ export function markdown(input: ReportInput): string {
     if (rows.length === 0) continue;
     sections.push("", `## ${title}`, "", render(rows));
   }
-  const scenarios = [...new Set(summary.map((r) => r.scenario))];
+  if (input.durability && input.durability.results.length > 0) {
+    sections.push("", durabilitySection(input.durability));
+  }
+  const scenarios = [
+    ...new Set([...summary, ...input.durability?.results ?? []].map((r) => r.scenario)),
+  ];
   sections.push(
     "",
     "## Scenarios",
