@@ -8,11 +8,16 @@
  * - fan-out: 1 publisher on node 1, 16 subscribers split over both nodes (one
  *   node: all on it); each message is forwarded once, to node 2.
  *
+ * - persistent-qos1: the cross pairs with persistent-session subscribers (their
+ *   sessions, queues and inflight live in Redis), once with `[redis] durability =
+ *   "sync"` (PUBACK after Redis took the writes) and once with "async".
+ *
  * With two nodes on two cores the generator, both nodes and Redis share the
  * machine: the ratio shows what forwarding costs, not how a cluster scales.
  */
 
 import { BENCH_LIMITS, startMcloudttCluster } from "./brokers.ts";
+import { PERSISTENT_PAIRS, persistentPairs } from "./durability.ts";
 import { fanOut, type Layout, onNodes, pairs } from "./layouts.ts";
 import { measureLoad } from "./measure.ts";
 import type { BenchOptions } from "./options.ts";
@@ -24,7 +29,12 @@ interface ClusterScenario {
   readonly description: string;
   readonly oneNode: Layout;
   readonly twoNodes: Layout;
+  /** Run once per `[redis] durability` value given (absent: the default only). */
+  readonly durabilities?: readonly Durability[];
 }
+
+/** `[redis] durability`. */
+export type Durability = "sync" | "async";
 
 export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
   const w = options.workersPerSide;
@@ -41,6 +51,14 @@ export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
       oneNode: fanOut(16, w),
       twoNodes: onNodes(fanOut(16, w), 0, [0, 1]),
     },
+    {
+      name: "cluster-persistent-qos1",
+      description: `${PERSISTENT_PAIRS} QoS 1 pairs, subscribers with persistent sessions ` +
+        "(kept in Redis): publishers on node 1, subscribers on node 2; redis.durability sync, async",
+      oneNode: persistentPairs(PERSISTENT_PAIRS, w),
+      twoNodes: onNodes(persistentPairs(PERSISTENT_PAIRS, w), 0, [1]),
+      durabilities: ["sync", "async"],
+    },
   ];
 }
 
@@ -48,6 +66,8 @@ export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
 export interface ClusterRun {
   readonly scenario: string;
   readonly nodes: number;
+  /** Set when the scenario compares `[redis] durability` values. */
+  readonly durability?: Durability;
   readonly round: number;
   readonly metrics: Record<string, number>;
   readonly failed?: string;
@@ -64,11 +84,13 @@ async function runOnce(
   nodes: 1 | 2,
   round: number,
   options: BenchOptions,
+  durability?: Durability,
 ): Promise<ClusterRun> {
-  const base = { scenario: scenario.name, nodes, round };
+  const base = { scenario: scenario.name, nodes, round, durability };
   const workDir = await Deno.makeTempDir({ prefix: "bench-cluster-" });
   try {
-    const cluster = await startMcloudttCluster(nodes, BENCH_LIMITS, workDir);
+    const flags = durability ? [`--redis.durability=${durability}`] : [];
+    const cluster = await startMcloudttCluster(nodes, BENCH_LIMITS, workDir, flags);
     try {
       await commandStats(cluster.redisPort); // the first INFO is not in the delta
       const before = await commandStats(cluster.redisPort);
@@ -80,7 +102,11 @@ async function runOnce(
       const commands = total(after) - total(before) - 1; // minus the INFO itself
       const xadds = (after.get("xadd") ?? 0) - (before.get("xadd") ?? 0);
       const sent = measured.metrics.sent;
-      const metrics: Record<string, number> = { ...measured.metrics, redis_commands: commands };
+      const metrics: Record<string, number> = {
+        ...measured.metrics,
+        redis_commands: commands,
+        redis_cmds_per_msg: sent > 0 ? commands / sent : NaN,
+      };
       if (nodes === 2 && sent > 0) {
         // Every message published on node 1 has a subscriber on node 2: one forward each.
         metrics.redis_cmds_per_forwarded_msg = commands / sent;
@@ -107,49 +133,85 @@ export async function runClusterBench(options: BenchOptions): Promise<ClusterRun
   const runs: ClusterRun[] = [];
   for (const s of scenarios) {
     for (let round = 1; round <= options.rounds; round++) {
-      for (const nodes of [1, 2] as const) {
-        const r = await runOnce(s, nodes, round, options);
-        runs.push(r);
-        const m = r.metrics;
-        const extra = nodes === 2
-          ? `, ${m.redis_cmds_per_forwarded_msg?.toFixed(3)} Redis commands per forwarded ` +
-            `message (${m.msgs_per_xadd?.toFixed(1)} messages per XADD)`
-          : "";
-        console.log(
-          r.failed
-            ? `[${s.name} round ${round}] ${nodes} node(s): FAILED ${r.failed.split("\n")[0]}`
-            : `[${s.name} round ${round}] ${nodes} node(s): ${
-              m.delivered_per_s.toFixed(0)
-            } msg/s delivered, undelivered ${m.undelivered_pct.toFixed(2)} %${extra}`,
-        );
+      for (const durability of s.durabilities ?? [undefined]) {
+        for (const nodes of [1, 2] as const) {
+          const r = await runOnce(s, nodes, round, options, durability);
+          runs.push(r);
+          const m = r.metrics;
+          const extra = nodes === 2
+            ? `, ${m.redis_cmds_per_forwarded_msg?.toFixed(3)} Redis commands per forwarded ` +
+              `message (${m.msgs_per_xadd?.toFixed(1)} messages per XADD)`
+            : "";
+          const head = `[${s.name} round ${round}] ${nodes} node(s)${
+            durability ? `, durability ${durability}` : ""
+          }:`;
+          console.log(
+            r.failed
+              ? `${head} FAILED ${r.failed.split("\n")[0]}`
+              : `${head} ${m.delivered_per_s.toFixed(0)} msg/s delivered, undelivered ${
+                m.undelivered_pct.toFixed(2)
+              } %${extra}`,
+          );
+        }
       }
     }
   }
   return runs;
 }
 
-/** Markdown table: per scenario, median delivered/s on one and two nodes and their ratio. */
+/** Markdown tables: per scenario (and durability), median delivered/s on one and two nodes. */
 export function clusterReport(runs: readonly ClusterRun[]): string {
   const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
+    const s = [...xs].filter((x) => x !== undefined && !Number.isNaN(x)).sort((a, b) => a - b);
     return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
   };
-  const lines = [
+  const f = (n: number, digits = 0) => Number.isFinite(n) ? n.toFixed(digits) : "–";
+  const of = (name: string, durability?: Durability) =>
+    runs.filter((r) => r.scenario === name && r.durability === durability && !r.failed);
+  const metric = (ok: ClusterRun[], nodes: number, key: string) =>
+    median(ok.filter((r) => r.nodes === nodes).map((r) => r.metrics[key]));
+  const plain = [
     "| scenario | 1 node msg/s | 2 nodes msg/s | ratio 2/1 | Redis cmds per forwarded msg |",
     "| --- | ---: | ---: | ---: | ---: |",
   ];
+  const durable = [
+    "| scenario | redis.durability | 1 node msg/s | 2 nodes msg/s | ratio 2/1 | " +
+    "vs async, 1 node | vs async, 2 nodes | node 1 CPU µs/msg, 1 node | node 1 CPU µs/msg, 2 nodes | " +
+    "Redis cmds per msg, 1 node | Redis cmds per forwarded msg | undelivered %, 2 nodes |",
+    "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
   for (const name of [...new Set(runs.map((r) => r.scenario))]) {
-    const ok = runs.filter((r) => r.scenario === name && !r.failed);
-    const rate = (n: number) =>
-      median(ok.filter((r) => r.nodes === n).map((r) => r.metrics.delivered_per_s));
-    const cmds = median(
-      ok.filter((r) => r.nodes === 2).map((r) => r.metrics.redis_cmds_per_forwarded_msg),
-    );
-    lines.push(
-      `| ${name} | ${rate(1).toFixed(0)} | ${rate(2).toFixed(0)} | ${
-        (rate(2) / rate(1)).toFixed(2)
-      } | ${cmds.toFixed(3)} |`,
-    );
+    const durabilities = [
+      ...new Set(runs.filter((r) => r.scenario === name).map((r) => r.durability)),
+    ];
+    for (const durability of durabilities) {
+      const ok = of(name, durability);
+      const rate = (n: number) => metric(ok, n, "delivered_per_s");
+      const cmds = metric(ok, 2, "redis_cmds_per_forwarded_msg");
+      if (durability === undefined) {
+        plain.push(
+          `| ${name} | ${f(rate(1))} | ${f(rate(2))} | ${f(rate(2) / rate(1), 2)} | ${
+            f(cmds, 3)
+          } |`,
+        );
+        continue;
+      }
+      const async = of(name, "async");
+      const vsAsync = (n: number) => rate(n) / metric(async, n, "delivered_per_s");
+      durable.push(
+        `| ${name} | ${durability} | ${f(rate(1))} | ${f(rate(2))} | ${
+          f(rate(2) / rate(1), 2)
+        } | ` +
+          `${f(vsAsync(1), 2)} | ${f(vsAsync(2), 2)} | ` +
+          `${f(metric(ok, 1, "broker_cpu_us_per_msg"), 2)} | ` +
+          `${f(metric(ok, 2, "broker_cpu_us_per_msg"), 2)} | ` +
+          `${f(metric(ok, 1, "redis_cmds_per_msg"), 3)} | ${f(cmds, 3)} | ` +
+          `${f(metric(ok, 2, "undelivered_pct"), 2)} |`,
+      );
+    }
   }
-  return lines.join("\n");
+  const tables = [];
+  if (plain.length > 2) tables.push(plain.join("\n"));
+  if (durable.length > 2) tables.push(durable.join("\n"));
+  return tables.join("\n\n");
 }

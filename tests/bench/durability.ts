@@ -306,8 +306,10 @@ export interface DurabilityReport {
 
 async function filesystemOf(dir: string): Promise<string> {
   try {
-    const out = await new Deno.Command("stat", { args: ["-f", "-c", "%T", dir], stdout: "piped" })
-      .output();
+    const out = await new Deno.Command("findmnt", {
+      args: ["-n", "-o", "FSTYPE,SOURCE", "--target", dir],
+      stdout: "piped",
+    }).output();
     return new TextDecoder().decode(out.stdout).trim() || "unknown";
   } catch {
     return "unknown";
