@@ -164,13 +164,15 @@ export async function launch(
   const child = track(
     new Deno.Command(cmd, { args, cwd, stdin: "null", stdout: "piped", stderr: "piped" }).spawn(),
   );
-  // Both streams drain into the file so a chatty broker never blocks on a full pipe.
-  const sink = new WritableStream<Uint8Array>({
-    write: (chunk) => file.write(chunk).then(() => {}),
-  });
+  // Both streams drain into the file so a chatty broker never blocks on a full pipe. Each needs
+  // its own sink: a second pipeTo into a locked stream fails, leaving that pipe unread.
+  const sink = () =>
+    new WritableStream<Uint8Array>({
+      write: (chunk) => file.write(chunk).then(() => {}),
+    });
   const drained = Promise.all([
-    child.stdout.pipeTo(sink, { preventClose: true }).catch(() => {}),
-    child.stderr.pipeTo(sink, { preventClose: true }).catch(() => {}),
+    child.stdout.pipeTo(sink()).catch(() => {}),
+    child.stderr.pipeTo(sink()).catch(() => {}),
   ]).finally(() => file.close());
   await waitForPort(child, port, startTimeoutMs, log);
   return {

@@ -22,6 +22,13 @@ export interface Layout {
   readonly ratePerPublisher?: number;
   /** Each publisher stops by itself after this many messages; absent = until told to stop. */
   readonly messagesPerPublisher?: number;
+  /**
+   * Longest wait for deliveries after the publishers stopped (default: `--drain`'s), and how long
+   * deliveries may pause before the wait ends early (default 500 ms): a cluster whose publishers
+   * are acknowledged before the other node delivered builds a backlog that takes longer.
+   */
+  readonly drainS?: number;
+  readonly drainIdleMs?: number;
   readonly latency: boolean;
   readonly trackDuplicates: boolean;
 }

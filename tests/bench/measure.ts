@@ -163,6 +163,7 @@ async function drain(
   subs: WorkerHandle[],
   expected: number,
   timeoutS: number,
+  idleMs = 500,
 ): Promise<Snapshot[]> {
   const deadline = performance.now() + timeoutS * 1000;
   let last = await sendAll(subs, { cmd: "mark" });
@@ -170,7 +171,7 @@ async function drain(
   while (performance.now() < deadline) {
     const unique = sum(last, "received") - sum(last, "duplicates");
     if (unique >= expected) break;
-    if (performance.now() - stableSince > 500) break;
+    if (performance.now() - stableSince > idleMs) break;
     await sleep(100);
     const next = await sendAll(subs, { cmd: "mark" });
     if (sum(next, "received") !== sum(last, "received")) stableSince = performance.now();
@@ -200,7 +201,7 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
     const pick = (list: Snapshot[], idx: number[]) => idx.map((i) => list[i]);
     const sent = sum(stopped, "sent");
     const expected = sent * layout.fanout;
-    const final = await drain(subs, expected, drainS);
+    const final = await drain(subs, expected, layout.drainS ?? drainS, layout.drainIdleMs);
     const received = sum(final, "received");
     const duplicates = sum(final, "duplicates");
     const delivered = sum(pick(m2, subIndex), "received") - sum(pick(m1, subIndex), "received");
