@@ -81,15 +81,15 @@ export function mcloudttStorageFlags(storage: Storage, workDir: string): string[
   ];
 }
 
-/** The bench's mosquitto.conf with persistence on, into `workDir`, autosave as stated. */
+/** The bench's mosquitto.conf with persistence on, into `dataDir`, autosave as stated. */
 export function mosquittoPersistentConfig(
   port: number,
   limits: BenchLimits,
-  workDir: string,
+  dataDir: string,
 ): string {
   return mosquittoConfig(port, limits).split("\n").flatMap((line) =>
     line === "persistence false"
-      ? ["persistence true", `persistence_location ${workDir}/`, ...MOSQUITTO_AUTOSAVE]
+      ? ["persistence true", `persistence_location ${dataDir}/`, ...MOSQUITTO_AUTOSAVE]
       : [line]
   ).join("\n");
 }
@@ -129,7 +129,13 @@ function mosquittoVariant(persistent: boolean): DurabilityVariant {
           if (!path) throw new Error("mosquitto not found");
           const port = freePort();
           const conf = `${workDir}/mosquitto.conf`;
-          await Deno.writeTextFile(conf, mosquittoPersistentConfig(port, limits, workDir));
+          const data = `${workDir}/mosquitto-data`;
+          // Started as root, Mosquitto drops to its own user, which must reach the directory
+          // (the run's temp dir is 0700) to save its database at shutdown.
+          await Deno.mkdir(data);
+          await Deno.chmod(workDir, 0o711);
+          await Deno.chmod(data, 0o777);
+          await Deno.writeTextFile(conf, mosquittoPersistentConfig(port, limits, data));
           return launch(path, ["-c", conf], port, `${workDir}/mosquitto.log`, 10_000);
         },
       }
