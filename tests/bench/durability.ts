@@ -316,7 +316,8 @@ async function filesystemOf(dir: string): Promise<string> {
       args: ["-n", "-o", "FSTYPE,SOURCE", "--target", dir],
       stdout: "piped",
     }).output();
-    return new TextDecoder().decode(out.stdout).trim() || "unknown";
+    // "ext4   /dev/vda" -> "ext4 on /dev/vda"
+    return new TextDecoder().decode(out.stdout).trim().replace(/\s+/, " on ") || "unknown";
   } catch {
     return "unknown";
   }
