@@ -266,6 +266,65 @@ export async function measureOfflineDrain(ctx: RunContext, layout: Layout): Prom
   }
 }
 
+/**
+ * A fixed number of messages end to end, subscribers online: each publisher sends
+ * `layout.messagesPerPublisher`; timed from the start to the last PUBACK (what the publishers'
+ * broker took in) and to the last delivery. For a cluster, where node 1 acknowledges before node
+ * 2 delivers, "flat out for a window" would only grow node 2's backlog until its queues overflow;
+ * a fixed count measures what gets through, end to end, without overflowing.
+ */
+export async function measureFixedCount(ctx: RunContext, layout: Layout): Promise<Measured> {
+  const running = await startWorkers(ctx, layout, layout.workers);
+  try {
+    const subs = running.filter((r) => r.layout.side === "sub").map((r) => r.handle);
+    const pubs = running.filter((r) => r.layout.side === "pub").map((r) => r.handle);
+    const publishers = layout.workers.filter((w) => w.side === "pub")
+      .reduce((n, w) => n + w.clients.length, 0);
+    const target = publishers * (layout.messagesPerPublisher ?? 0);
+    const timeoutMs = 120_000;
+    const unique = (s: Snapshot[]) => total(s, "received") - total(s, "duplicates");
+    const b0 = await sample(ctx.broker.pid);
+    await sendAll(pubs, { cmd: "go" });
+    const published = await waitFor(
+      () => sendAll(pubs, { cmd: "mark" }),
+      (s) => total(s, "acked") >= target,
+      (s) => total(s, "acked"),
+      5_000,
+      timeoutMs,
+    );
+    const b1 = await sample(ctx.broker.pid);
+    const stopped = await sendAll(pubs, { cmd: "stop", timeoutMs: ctx.options.drainS * 1000 });
+    const sent = total(stopped, "sent");
+    const delivered = await waitFor(
+      () => sendAll(subs, { cmd: "mark" }),
+      (s) => unique(s) >= sent,
+      (s) => total(s, "received"),
+      layout.drainIdleMs ?? 2_000,
+      timeoutMs,
+    );
+    const b2 = await sample(ctx.broker.pid);
+    const received = total(delivered, "received");
+    const duplicates = total(delivered, "duplicates");
+    return {
+      metrics: {
+        delivered_per_s: (received - duplicates) / ((b2.at - b0.at) / 1000),
+        published_per_s: total(published, "acked") / ((b1.at - b0.at) / 1000),
+        // Delivery still going on after the last PUBACK: the receiving side's backlog.
+        backlog_s: (b2.at - b1.at) / 1000,
+        ...brokerMetrics(b0, b2, received),
+        sent,
+        received,
+        duplicates,
+        undelivered_pct: sent > 0 ? (Math.max(0, sent - (received - duplicates)) / sent) * 100 : 0,
+      },
+      errors: [...new Set([...published, ...stopped, ...delivered].flatMap((s) => s.errors))]
+        .slice(0, 5),
+    };
+  } finally {
+    await closeAll(running);
+  }
+}
+
 /** Messages each publisher sends into the offline sessions (below max_queued_messages). */
 export function offlineMessagesPerPublisher(options: BenchOptions): number {
   return Math.min(options.quick ? 1_000 : 5_000, BENCH_LIMITS.max_queued_messages / 2);

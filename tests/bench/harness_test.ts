@@ -17,6 +17,7 @@ import {
   BASELINES,
   durabilityVariants,
   mcloudttStorageFlags,
+  measureFixedCount,
   measureOfflineDrain,
   MOSQUITTO_AUTOSAVE,
   mosquittoPersistentConfig,
@@ -236,6 +237,19 @@ for (const level of [5, 4] as const) {
       assert.ok(metrics.drain_s > 0);
     }).then(() => {}));
 }
+
+test("a fixed count end to end is timed to the last PUBACK and to the last delivery", () =>
+  withVariant("mosquitto memory", async (broker) => {
+    const layout = { ...persistentPairs(2, 1), messagesPerPublisher: 300 };
+    const { metrics, errors } = await measureFixedCount(ctx(broker, 5), layout);
+    assert.deepEqual(errors, []);
+    assert.equal(metrics.sent, 600);
+    assert.equal(metrics.received, 600);
+    assert.equal(metrics.undelivered_pct, 0);
+    // Delivery ends after the last PUBACK, so it is timed over at least as long.
+    assert.ok(metrics.published_per_s >= metrics.delivered_per_s, JSON.stringify(metrics));
+    assert.ok(metrics.delivered_per_s > 0 && metrics.backlog_s >= 0);
+  }).then(() => {}));
 
 Deno.test("storage variants: mcloudtt flags and Mosquitto's persistence lines", () => {
   assert.deepEqual(mcloudttStorageFlags("memory", "/w"), ["--storage.enabled=false"]);

@@ -23,11 +23,9 @@ export interface Layout {
   /** Each publisher stops by itself after this many messages; absent = until told to stop. */
   readonly messagesPerPublisher?: number;
   /**
-   * Longest wait for deliveries after the publishers stopped (default: `--drain`'s), and how long
-   * deliveries may pause before the wait ends early (default 500 ms): a cluster whose publishers
-   * are acknowledged before the other node delivered builds a backlog that takes longer.
+   * How long deliveries may pause before the wait for them after the publishers stopped ends
+   * early (default 500 ms): in a cluster the other node may deliver in bursts.
    */
-  readonly drainS?: number;
   readonly drainIdleMs?: number;
   readonly latency: boolean;
   readonly trackDuplicates: boolean;

@@ -201,7 +201,7 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
     const pick = (list: Snapshot[], idx: number[]) => idx.map((i) => list[i]);
     const sent = sum(stopped, "sent");
     const expected = sent * layout.fanout;
-    const final = await drain(subs, expected, layout.drainS ?? drainS, layout.drainIdleMs);
+    const final = await drain(subs, expected, drainS, layout.drainIdleMs);
     const received = sum(final, "received");
     const duplicates = sum(final, "duplicates");
     const delivered = sum(pick(m2, subIndex), "received") - sum(pick(m1, subIndex), "received");
