@@ -22,7 +22,9 @@ function progress(r: RunResult): void {
     levelName(r.level)
   }:`;
   if (r.failed) return console.log(`${head} FAILED ${r.failed.split("\n")[0]}`);
-  const n = (v: number | undefined, digits = 0) => v === undefined ? "–" : v.toFixed(digits);
+  // A window without a GC collection has no allocation figure (NaN): "–" as in the report.
+  const n = (v: number | undefined, digits = 0) =>
+    v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits);
   const detail = {
     throughput: () => `${n(m.delivered_per_s)} msg/s, broker CPU ${n(m.broker_cpu_pct)} %`,
     latency: () =>
@@ -95,9 +97,12 @@ async function main(): Promise<number> {
     return 2;
   }
   const machine = await machineInfo();
+  const persistent = durable.length > 0
+    ? `${durable.length} persistent-session scenario(s) (plain TCP only), `
+    : "";
   console.log(
     `bench: ${scenarios.length} scenario(s) x ${targets.length} broker/level/transport(s) x ${options.rounds} round(s), ` +
-      `${durable.length} persistent-session scenario(s) (plain TCP only), ${options.durationS} s windows`,
+      `${persistent}${options.durationS} s windows`,
   );
   let results: RunResult[];
   let durability: DurabilityReport | undefined;
