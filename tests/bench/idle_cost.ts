@@ -9,13 +9,10 @@
  *
  * Memory figures are trustworthy on a loaded machine; the connect rate is not (indicative).
  */
-import net from "node:net";
-import tls from "node:tls";
 import { parseArgs } from "node:util";
 import { startBrokerProcess } from "../helpers/broker_process.ts";
 import { makeTestPki } from "../helpers/certs.ts";
-import { SOURCE_ADDRESSES } from "./measure.ts";
-import { encodeConnect, type ProtocolLevel } from "./wire.ts";
+import { closeAll, openMany } from "../helpers/idle_clients.ts";
 
 const HOST = "127.0.0.1";
 const KIB = 1024;
@@ -204,90 +201,6 @@ export const TARGETS: readonly IdleTarget[] = [
   floor("deno-tls-shared"),
   floor("node-tls"),
 ];
-
-/** Connections held by the client side, and how long opening them took. */
-export interface Opened {
-  sockets: net.Socket[];
-  failed: number;
-  firstError?: string;
-  elapsedMs: number;
-}
-
-/** Opens one MQTT connection and resolves once its CONNACK arrived. */
-function openOne(
-  server: { port: number; tls: boolean },
-  i: number,
-  level: ProtocolLevel,
-  prefix: string,
-): Promise<net.Socket> {
-  const localAddress = SOURCE_ADDRESSES[i % SOURCE_ADDRESSES.length];
-  return new Promise((resolve, reject) => {
-    const raw = net.connect({ host: HOST, port: server.port, localAddress });
-    const socket: net.Socket = server.tls
-      ? tls.connect({ socket: raw, rejectUnauthorized: false, servername: "localhost" })
-      : raw;
-    const fail = (e: Error) => {
-      socket.destroy();
-      raw.destroy();
-      reject(e);
-    };
-    socket.once("error", fail);
-    const connect = encodeConnect(level, `${prefix}${i}`, 60);
-    if (server.tls) socket.once("secureConnect", () => socket.write(connect));
-    else socket.once("connect", () => socket.write(connect));
-    let seen = 0;
-    const onData = (chunk: Uint8Array) => {
-      if (seen === 0 && chunk[0] >> 4 !== 2) {
-        return fail(new Error(`expected CONNACK, got type ${chunk[0] >> 4}`));
-      }
-      seen += chunk.length;
-      if (seen < 4) return;
-      socket.off("data", onData);
-      socket.off("error", fail);
-      socket.on("data", () => {});
-      socket.on("error", () => {});
-      resolve(socket);
-    };
-    socket.on("data", onData);
-  });
-}
-
-/** Opens `count` connections, `concurrency` at a time. */
-export async function openMany(
-  server: { port: number; tls: boolean },
-  count: number,
-  opts: { level?: ProtocolLevel; concurrency?: number; prefix?: string } = {},
-): Promise<Opened> {
-  const { level = 4, concurrency = 32, prefix = "idle-" } = opts;
-  const sockets: net.Socket[] = [];
-  let next = 0, failed = 0;
-  let firstError: string | undefined;
-  const start = performance.now();
-  const lane = async () => {
-    while (next < count) {
-      const i = next++;
-      try {
-        sockets.push(await openOne(server, i, level, prefix));
-      } catch (e) {
-        failed++;
-        firstError ??= e instanceof Error ? e.message : String(e);
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, lane));
-  return { sockets, failed, firstError, elapsedMs: performance.now() - start };
-}
-
-/** Closes client sockets and waits until they are gone. */
-export async function closeAll(sockets: net.Socket[]): Promise<void> {
-  await Promise.all(sockets.map((s) =>
-    new Promise<void>((resolve) => {
-      if (s.destroyed) return resolve();
-      s.once("close", () => resolve());
-      s.destroy();
-    })
-  ));
-}
 
 /** One target's figures. */
 export interface IdleCost {
