@@ -17,15 +17,21 @@ export interface Readable {
 /** Feeds `conn` into `handler` until EOF or error, honouring its read gate. */
 export async function pump(conn: Readable, handler: ConnectionHandler): Promise<void> {
   let buf = new Uint8Array(FIRST);
+  // The view of the last read: reads of one client tend to have one size (a PUBLISH, a
+  // PUBACK), so it is reused instead of made for every read.
+  let view = buf;
   try {
     for (;;) {
       const gate = handler.readGate;
       if (gate !== null) await gate;
       const n = await conn.read(buf);
       if (n === null) break;
-      handler.data(buf.subarray(0, n));
-      if (n === buf.length && buf.length < MAX) buf = new Uint8Array(buf.length * 2);
-      else if (n < buf.length >> 3 && buf.length > MIN) buf = new Uint8Array(buf.length >> 1);
+      if (view.length !== n) view = buf.subarray(0, n);
+      handler.data(view);
+      if (n === buf.length && buf.length < MAX) view = buf = new Uint8Array(buf.length * 2);
+      else if (n < buf.length >> 3 && buf.length > MIN) {
+        view = buf = new Uint8Array(buf.length >> 1);
+      }
     }
   } catch {
     // A reset or a read after close ends the connection like EOF does.
