@@ -11,9 +11,9 @@ export class TcpSink {
   private linger: ReturnType<typeof setTimeout> | undefined;
   constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {}
 
-  async write(bytes: Uint8Array): Promise<void> {
-    let off = await this.conn.write(bytes);
-    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  /** Resolves with the bytes the socket took; the outbox writes the rest (see ByteWriter). */
+  write(bytes: Uint8Array): Promise<number> {
+    return this.conn.write(bytes);
   }
 
   /**
