@@ -22,6 +22,7 @@ import { type GcSummary, summarize } from "./gc_trace.ts";
 import { type AllocationSite, HeapSampler } from "./heap_profile.ts";
 import { PacedLoad } from "./paced.ts";
 import { rssBytes } from "./procstat.ts";
+import { median } from "./stats.ts";
 import { HOST, startTraced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -52,6 +53,7 @@ interface Options {
   v8: string[];
   profile: boolean;
   top: number;
+  rounds: number;
   json?: string;
 }
 
@@ -70,6 +72,7 @@ function options(): Options {
       v8: { type: "string", multiple: true, default: [] },
       profile: { type: "boolean", default: false },
       top: { type: "string", default: "25" },
+      rounds: { type: "string", default: "1" },
       json: { type: "string" },
       quick: { type: "boolean", default: false },
     },
@@ -88,6 +91,7 @@ function options(): Options {
     v8: values.v8,
     profile: values.profile,
     top: Number(values.top),
+    rounds: Number(values.rounds),
     json: values.json,
   };
 }
@@ -180,6 +184,7 @@ export async function measure(
 }
 
 const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : "n/a");
+const kb = (n: number) => (Number.isFinite(n) ? (n / 1024).toFixed(0) : "n/a");
 const f2 = (n: number) => (Number.isFinite(n) ? n.toFixed(2) : "n/a");
 
 /** The result as a Markdown table row (see `HEADER`). */
@@ -198,14 +203,17 @@ export function row(r: AllocResult): string {
     s === undefined ? 0 : s.count
   } | ${f1(per10k(s?.count ?? 0))} | ${s === undefined ? "-" : `${f2(s.p50)} / ${f2(s.max)}`} | ${
     other || "-"
-  } | ${g === null ? "-" : `${g.incrementalSteps} / ${f1(g.incrementalMs)} ms`} | ${
+  } | ${g === null ? "-" : kb(g.copiedPerScavenge)} | ${
+    g === null ? "-" : kb(g.promotedPer10k)
+  } | ${g === null ? "-" : (g.semiSpace / 1048576).toFixed(0)} | ${
     (r.rssBytes / 1048576).toFixed(1)
   } |`;
 }
 
 export const HEADER = "| load | MQTT | storage | V8 flags | delivered | B/msg | scavenges | " +
-  "per 10k msg | scavenge p50 / max ms | other GCs | incr. marking steps | RSS MiB |\n" +
-  "|---|---|---|---|---|---|---|---|---|---|---|---|";
+  "per 10k msg | scavenge p50 / max ms | other GCs | KiB copied per scavenge | " +
+  "KiB promoted per 10k msg | semi-space MiB | RSS MiB |\n" +
+  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 if (import.meta.main) {
   const o = options();
@@ -215,35 +223,59 @@ if (import.meta.main) {
   );
   console.log(HEADER);
   const results: AllocResult[] = [];
-  for (const storage of o.storage) {
-    for (const qos of o.qos) {
-      for (const version of o.versions) {
-        const r = await measure(o, qos, version, storage);
-        results.push(r);
-        console.log(row(r));
-        if (r.gc !== null) {
-          console.log(
-            `  collections: ${
-              Object.entries(r.gc.reasons).map(([k, n]) => `${n} x ${k}`).join(", ")
-            }`,
-          );
-        }
-        if (r.errors.length > 0) console.log(`  errors: ${r.errors.slice(0, 3).join("; ")}`);
-        if (r.profile !== undefined) {
-          console.log(
-            `\n  sampled ${(r.profile.total / 1e6).toFixed(1)} MB = ` +
-              `${Math.round(r.profile.perMessage)} B/msg; top sites:`,
-          );
-          for (const s of r.profile.sites) {
+  // Rounds interleave the scenarios, so a change in the machine's load touches them alike.
+  for (let round = 0; round < o.rounds; round++) {
+    for (const storage of o.storage) {
+      for (const qos of o.qos) {
+        for (const version of o.versions) {
+          const r = await measure(o, qos, version, storage);
+          results.push(r);
+          console.log(row(r));
+          if (r.gc !== null) {
             console.log(
-              `  ${(r.profile.total === 0 ? 0 : (100 * s.bytes) / r.profile.total).toFixed(1)
-                .padStart(5)}%  ${Math.round(s.bytes / Math.max(1, r.delivered)).toString()
-                .padStart(5)} B/msg  ${s.frame}  <-  ${s.callers.join("  <-  ")}`,
+              `  collections: ${
+                Object.entries(r.gc.reasons).map(([k, n]) => `${n} x ${k}`).join(", ")
+              }`,
             );
           }
-          console.log();
+          if (r.errors.length > 0) console.log(`  errors: ${r.errors.slice(0, 3).join("; ")}`);
+          if (r.profile !== undefined) {
+            console.log(
+              `\n  sampled ${(r.profile.total / 1e6).toFixed(1)} MB = ` +
+                `${Math.round(r.profile.perMessage)} B/msg; top sites:`,
+            );
+            for (const s of r.profile.sites) {
+              console.log(
+                `  ${
+                  (r.profile.total === 0 ? 0 : (100 * s.bytes) / r.profile.total).toFixed(1)
+                    .padStart(5)
+                }%  ${
+                  Math.round(s.bytes / Math.max(1, r.delivered)).toString()
+                    .padStart(5)
+                } B/msg  ${s.frame}  <-  ${s.callers.join("  <-  ")}`,
+              );
+            }
+            console.log();
+          }
         }
       }
+    }
+  }
+  if (o.rounds > 1) {
+    console.log("\nmedian bytes per message over the rounds:");
+    const groups = new Map<string, number[]>();
+    for (const r of results) {
+      const key = `QoS ${r.qos}, MQTT ${r.version === 5 ? "5" : "3.1.1"}, storage ${
+        r.storage ? "on" : "off"
+      }`;
+      const list = groups.get(key) ?? [];
+      if (r.gc !== null) list.push(r.gc.bytesPerMessage);
+      groups.set(key, list);
+    }
+    for (const [key, list] of groups) {
+      console.log(
+        `  ${key}: ${Math.round(median(list))} B/msg (${list.map(Math.round).join(", ")})`,
+      );
     }
   }
   if (o.json !== undefined) await Deno.writeTextFile(o.json, JSON.stringify(results, null, 2));

@@ -22,6 +22,11 @@ export interface GcEvent {
   /** Incremental marking steps (mark-compact only): count and main-thread ms. */
   readonly incrementalSteps: number;
   readonly incrementalMs: number;
+  /** Young objects that survived (copied within the young generation) and promoted, in bytes. */
+  readonly survived: number;
+  readonly promoted: number;
+  /** Capacity of the young generation's semi-space (bytes). */
+  readonly newSpaceCapacity: number;
   /** Heap size after the collection (bytes of objects). */
   readonly endObjectSize: number;
   /** The reader's counter (delivered messages) when the line was read. */
@@ -46,6 +51,9 @@ export function parseGcLine(line: string, mark: number): GcEvent | null {
     allocated: num("allocated"),
     incrementalSteps: num("incremental.steps_count"),
     incrementalMs: num("incremental.steps_took"),
+    survived: num("new_space_survived"),
+    promoted: num("promoted"),
+    newSpaceCapacity: num("new_space_capacity"),
     endObjectSize: num("end_object_size"),
     mark,
   };
@@ -74,6 +82,16 @@ export interface GcSummary {
   incrementalMs: number;
   /** Collections by kind and reason, e.g. `ms: idle task` -> 1. */
   reasons: Record<string, number>;
+  /**
+   * Bytes a scavenge copies (survivors kept young plus promoted), on average:
+   * what a scavenge's pause is proportional to, measured in bytes, so it holds
+   * on a busy machine where the pause durations themselves do not.
+   */
+  copiedPerScavenge: number;
+  /** Bytes promoted to the old generation per 10 000 messages (what later mark-compacts cost). */
+  promotedPer10k: number;
+  /** Young generation semi-space capacity at the end of the window (bytes). */
+  semiSpace: number;
 }
 
 /** Summarises `events` (in order) that fell inside a window; needs at least two. */
@@ -86,6 +104,9 @@ export function summarize(events: readonly GcEvent[]): GcSummary | null {
   let incrementalSteps = 0;
   let incrementalMs = 0;
   const reasons: Record<string, number> = {};
+  let copied = 0;
+  let promoted = 0;
+  let scavenges = 0;
   // The first event only opens the window: its allocation and pause happened before it.
   for (const e of events.slice(1)) {
     const list = pauses.get(e.kind) ?? [];
@@ -93,6 +114,11 @@ export function summarize(events: readonly GcEvent[]): GcSummary | null {
     pauses.set(e.kind, list);
     incrementalSteps += e.incrementalSteps;
     incrementalMs += e.incrementalMs;
+    promoted += e.promoted;
+    if (e.kind === "s") {
+      scavenges++;
+      copied += e.survived + e.promoted;
+    }
     const why = `${e.kind}: ${e.reason}`;
     reasons[why] = (reasons[why] ?? 0) + 1;
   }
@@ -116,6 +142,9 @@ export function summarize(events: readonly GcEvent[]): GcSummary | null {
     incrementalSteps,
     incrementalMs,
     reasons,
+    copiedPerScavenge: scavenges === 0 ? NaN : copied / scavenges,
+    promotedPer10k: messages > 0 ? (promoted * 10_000) / messages : NaN,
+    semiSpace: events[events.length - 1].newSpaceCapacity,
   };
 }
 
