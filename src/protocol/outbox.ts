@@ -57,9 +57,17 @@ const MIN_CAPACITY = 512;
  */
 interface PooledBuffer {
   readonly bytes: Uint8Array;
-  /** The last prefix view handed to the transport: reused when the next write has its length. */
-  view: Uint8Array | null;
+  /**
+   * Prefix views handed to the transport, reused when a later write has their
+   * length: writes at a modest rate are mostly one packet (a PUBLISH, a
+   * PUBACK), so a few lengths recur.
+   */
+  readonly views: Uint8Array[];
+  /** Which view the next new length replaces once VIEWS_KEPT are kept. */
+  nextView: number;
 }
+
+const VIEWS_KEPT = 4;
 
 const POOL_MAX = 256;
 const pool: PooledBuffer[] = [];
@@ -73,9 +81,15 @@ function takePooled(n: number): PooledBuffer | null {
 
 /** A view of `p.bytes[0, len)`, made once per length rather than once per write. */
 function prefix(p: PooledBuffer, len: number): Uint8Array {
-  const v = p.view;
-  if (v !== null && v.length === len) return v;
-  return p.view = p.bytes.subarray(0, len);
+  const views = p.views;
+  for (let i = 0; i < views.length; i++) if (views[i].length === len) return views[i];
+  const v = p.bytes.subarray(0, len);
+  if (views.length < VIEWS_KEPT) views.push(v);
+  else {
+    views[p.nextView] = v;
+    p.nextView = (p.nextView + 1) % VIEWS_KEPT;
+  }
+  return v;
 }
 
 /** Buffers in the pool (for tests). */
@@ -304,7 +318,7 @@ export class Outbox {
       if (size >= KEEP_MIN && size <= KEEP_LIMIT && this.spare === null) this.spare = buf;
       else if (size < KEEP_MIN && size >= MIN_CAPACITY && pool.length < POOL_MAX) {
         // A small buffer this connection made joins the pool for every connection.
-        pool.push({ bytes: buf, view: null });
+        pool.push({ bytes: buf, views: [], nextView: 0 });
       }
     }
     this.wrote();
