@@ -71,9 +71,9 @@ export class TcpConnection extends ReadBuffer implements ByteWriter {
     this.handler.closed();
   }
 
-  async write(bytes: Uint8Array): Promise<void> {
-    let off = await this.conn.write(bytes);
-    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  /** Resolves with the bytes the socket took; the outbox writes the rest (see ByteWriter). */
+  write(bytes: Uint8Array): Promise<number> {
+    return this.conn.write(bytes);
   }
 
   /**
