@@ -4,7 +4,7 @@
  */
 
 import type { RunningBroker } from "./brokers.ts";
-import { gcMetrics } from "./gctrace.ts";
+import { gcMetrics } from "./gc_trace.ts";
 import type { Layout, WorkerLayout } from "./layouts.ts";
 import type { IdlePlan, LoadPlan, Snapshot } from "./messages.ts";
 import type { BenchOptions } from "./options.ts";
