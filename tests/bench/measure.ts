@@ -144,7 +144,8 @@ export function brokerMetrics(
   };
 }
 
-function collectErrors(snapshots: readonly Snapshot[]): string[] {
+/** The first 5 distinct client errors of `snapshots`. */
+export function collectErrors(snapshots: readonly Snapshot[]): string[] {
   return [...new Set(snapshots.flatMap((s) => s.errors))].slice(0, 5);
 }
 
