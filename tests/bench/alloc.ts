@@ -17,7 +17,7 @@
  * lists where the window's bytes were allocated (including objects already collected).
  */
 import { parseArgs } from "node:util";
-import { BENCH_LIMITS, freePort } from "./brokers.ts";
+import { BENCH_LIMITS, freePort, mcloudttFlags } from "./brokers.ts";
 import { type GcSummary, summarize } from "./gc_trace.ts";
 import { type AllocationSite, HeapSampler } from "./heap_profile.ts";
 import { PacedLoad } from "./paced.ts";
@@ -100,20 +100,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** main.ts's flags for a broker like the bench's (tests/bench/brokers.ts), on `port`. */
 export function brokerArgs(port: number, dataDir: string | null): string[] {
-  return [
-    "main.ts",
-    "--general.secure=false",
-    "--general.websocket=false",
-    `--ports.tcp=${port}`,
-    `--general.bind=${HOST}`,
-    "--general.log_level=warning",
-    "--general.sys_interval=0",
-    "--http.enabled=false",
-    ...(dataDir !== null
-      ? ["--storage.enabled=true", `--storage.dir=${dataDir}`]
-      : ["--storage.enabled=false"]),
-    ...Object.entries(BENCH_LIMITS).map(([k, v]) => `--limits.${k}=${v}`),
-  ];
+  const storage = dataDir === null ? [] : ["--storage.enabled=true", `--storage.dir=${dataDir}`];
+  return mcloudttFlags(port, BENCH_LIMITS, storage);
 }
 
 /** Runs one scenario on a fresh broker. */

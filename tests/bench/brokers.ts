@@ -3,8 +3,8 @@
  * own process on a free 127.0.0.1 port, with limits aligned as far as each broker allows.
  */
 
-import { track } from "./children.ts";
-import { GcTrace } from "./gctrace.ts";
+import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
+import { GcCollector } from "./gc_trace.ts";
 import { type BenchPki, type ClientTls, clientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -54,7 +54,7 @@ export interface RunningBroker {
   /** Set when the broker listens with TLS: what clients must trust. */
   readonly tls?: ClientTls;
   /** mcloudtt started with V8's GC trace: its collections so far. */
-  readonly gc?: GcTrace;
+  readonly gc?: GcCollector;
 }
 
 /** How to start a broker beyond its limits. */
@@ -132,20 +132,14 @@ export async function findMosquitto(): Promise<string | undefined> {
   return undefined;
 }
 
-async function waitForPort(child: Deno.ChildProcess, port: number, timeoutMs: number, log: string) {
-  const deadline = performance.now() + timeoutMs;
-  let exited = false;
-  child.status.then(() => exited = true);
-  while (performance.now() < deadline) {
-    if (exited) break;
-    try {
-      const conn = await Deno.connect({ hostname: HOST, port });
-      conn.close();
-      return;
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
-  }
+async function waitForBroker(
+  child: Deno.ChildProcess,
+  port: number,
+  timeoutMs: number,
+  log: string,
+) {
+  const state = await waitForPort(child, HOST, port, timeoutMs);
+  if (state === "ready") return;
   try {
     child.kill("SIGKILL");
   } catch {
@@ -153,7 +147,9 @@ async function waitForPort(child: Deno.ChildProcess, port: number, timeoutMs: nu
   }
   const tail = await readTail(log);
   throw new BrokerError(
-    `broker did not accept connections on ${port}${exited ? " (it exited)" : ""}:\n${tail}`,
+    `broker did not accept connections on ${port}${
+      state === "exited" ? " (it exited)" : ""
+    }:\n${tail}`,
   );
 }
 
@@ -197,26 +193,13 @@ export async function launch(
     stdout.pipeTo(sink()).catch(() => {}),
     child.stderr.pipeTo(sink()).catch(() => {}),
   ]).finally(() => file.close());
-  await waitForPort(child, port, startTimeoutMs, log);
+  await waitForBroker(child, port, startTimeoutMs, log);
   return {
     pid: child.pid,
     host: HOST,
     port,
     async stop() {
-      try {
-        child.kill("SIGTERM");
-      } catch {
-        // Already exited.
-      }
-      const timer = setTimeout(() => {
-        try {
-          child.kill("SIGKILL");
-        } catch {
-          // Exited between the check and the kill.
-        }
-      }, 3_000);
-      await child.status;
-      clearTimeout(timer);
+      await stopChild(child);
       await drained;
     },
     logTail: () => readTail(log),
@@ -257,7 +240,12 @@ const mcloudtt: BrokerKind = {
       `--tls.cafile=${tls.caFile}`,
       "--tls.generate_dev_certs=false",
     ];
-    const trace = options.gcTrace === true && await haveStdbuf() ? new GcTrace() : undefined;
+    const trace = options.gcTrace === true &&
+        await haveStdbuf(() =>
+          console.log("!! stdbuf not found: mcloudtt runs without the GC trace")
+        )
+      ? new GcCollector()
+      : undefined;
     const args = mcloudttArgs(port, limits, extra, trace ? ["--trace-gc-nvp"] : []);
     // stdbuf -oL makes V8's printf output line-buffered (it execs, so the pid is deno's).
     const [cmd, cmdArgs] = trace
@@ -275,17 +263,6 @@ const mcloudtt: BrokerKind = {
     return { ...broker, tls: tls && await clientTls(tls), gc: trace };
   },
 };
-
-let stdbuf: Promise<boolean> | undefined;
-
-/** Whether coreutils' stdbuf can run (needed to read the GC trace as it happens). */
-function haveStdbuf(): Promise<boolean> {
-  stdbuf ??= run("stdbuf", ["--version"]).then((r) => {
-    if (r.code !== 0) console.log("!! stdbuf not found: mcloudtt runs without the GC trace");
-    return r.code === 0;
-  });
-  return stdbuf;
-}
 
 /**
  * Deno flags: BENCH_DENO_FLAGS (for profiling runs, e.g. "--v8-flags=--max-semi-space-size=32")
@@ -310,10 +287,12 @@ export function mcloudttArgs(
   extra: string[] = [],
   v8Flags: string[] = [],
 ): string[] {
+  return ["run", "--allow-all", ...denoFlags(v8Flags), ...mcloudttFlags(port, limits, extra)];
+}
+
+/** `main.ts` and its flags for a bench broker on `port` (see `mcloudttArgs`). */
+export function mcloudttFlags(port: number, limits: BenchLimits, extra: string[] = []): string[] {
   return [
-    "run",
-    "--allow-all",
-    ...denoFlags(v8Flags),
     "main.ts",
     "--general.secure=false",
     "--general.websocket=false",

@@ -29,9 +29,11 @@ import { type Layout, pairs } from "./layouts.ts";
 import {
   brokerMetrics,
   closeAll,
+  collectErrors,
   type Measured,
   measureLoad,
   type RunContext,
+  type Running,
   startWorkers,
 } from "./measure.ts";
 import type { Snapshot } from "./messages.ts";
@@ -39,7 +41,7 @@ import type { BenchOptions } from "./options.ts";
 import { sample } from "./procstat.ts";
 import { levelName, runAll, type RunResult } from "./runner.ts";
 import type { Scenario } from "./scenarios.ts";
-import { sendAll } from "./workers.ts";
+import { sendAll, type WorkerHandle } from "./workers.ts";
 
 /** Session Expiry Interval of the persistent subscribers: far longer than any run. */
 export const SESSION_EXPIRY_S = 3600;
@@ -195,6 +197,52 @@ async function waitFor(
   return last;
 }
 
+/** The started workers by side, and how many messages the publishers send in all. */
+function fixedCountSides(running: readonly Running[], layout: Layout) {
+  const subs = running.filter((r) => r.layout.side === "sub").map((r) => r.handle);
+  const pubs = running.filter((r) => r.layout.side === "pub").map((r) => r.handle);
+  const publishers = layout.workers.filter((w) => w.side === "pub")
+    .reduce((n, w) => n + w.clients.length, 0);
+  return { subs, pubs, target: publishers * (layout.messagesPerPublisher ?? 0) };
+}
+
+/** Starts the publishers; the marks once `target` PUBACKs arrived (or acks stalled for 5 s). */
+async function publishUntilAcked(
+  pubs: WorkerHandle[],
+  target: number,
+  timeoutMs: number,
+): Promise<Snapshot[]> {
+  await sendAll(pubs, { cmd: "go" });
+  return await waitFor(
+    () => sendAll(pubs, { cmd: "mark" }),
+    (s) => total(s, "acked") >= target,
+    (s) => total(s, "acked"),
+    5_000,
+    timeoutMs,
+  );
+}
+
+/** The subscribers' marks once `sent` distinct messages arrived (or nothing came for `idleMs`). */
+function awaitDelivery(
+  subs: WorkerHandle[],
+  sent: number,
+  idleMs: number,
+  timeoutMs: number,
+): Promise<Snapshot[]> {
+  const unique = (s: Snapshot[]) => total(s, "received") - total(s, "duplicates");
+  return waitFor(
+    () => sendAll(subs, { cmd: "mark" }),
+    (s) => unique(s) >= sent,
+    (s) => total(s, "received"),
+    idleMs,
+    timeoutMs,
+  );
+}
+
+/** % of the `sent` messages that never arrived (duplicates do not count as arrivals). */
+const undeliveredPct = (sent: number, received: number, duplicates: number) =>
+  sent > 0 ? (Math.max(0, sent - (received - duplicates)) / sent) * 100 : 0;
+
 /**
  * The offline drain: subscribers subscribe and disconnect; each publisher sends
  * `layout.messagesPerPublisher` messages into their sessions (timed until the last PUBACK);
@@ -203,24 +251,13 @@ async function waitFor(
 export async function measureOfflineDrain(ctx: RunContext, layout: Layout): Promise<Measured> {
   const running = await startWorkers(ctx, layout, layout.workers);
   try {
-    const subs = running.filter((r) => r.layout.side === "sub").map((r) => r.handle);
-    const pubs = running.filter((r) => r.layout.side === "pub").map((r) => r.handle);
-    const publishers = layout.workers.filter((w) => w.side === "pub")
-      .reduce((n, w) => n + w.clients.length, 0);
-    const target = publishers * (layout.messagesPerPublisher ?? 0);
+    const { subs, pubs, target } = fixedCountSides(running, layout);
     await sendAll(subs, { cmd: "disconnect" });
     // Generous: even 1,000 msg/s would fill every session well inside it.
     const timeoutMs = 60_000 + ctx.options.drainS * 1000;
 
     const b0 = await sample(ctx.broker.pid);
-    await sendAll(pubs, { cmd: "go" });
-    const published = await waitFor(
-      () => sendAll(pubs, { cmd: "mark" }),
-      (s) => total(s, "acked") >= target,
-      (s) => total(s, "acked"),
-      5_000,
-      timeoutMs,
-    );
+    const published = await publishUntilAcked(pubs, target, timeoutMs);
     const b1 = await sample(ctx.broker.pid);
     const stopped = await sendAll(pubs, { cmd: "stop", timeoutMs: ctx.options.drainS * 1000 });
     const sent = total(stopped, "sent");
@@ -228,14 +265,7 @@ export async function measureOfflineDrain(ctx: RunContext, layout: Layout): Prom
 
     const b2 = await sample(ctx.broker.pid);
     await sendAll(subs, { cmd: "reconnect" });
-    const unique = (s: Snapshot[]) => total(s, "received") - total(s, "duplicates");
-    const drained = await waitFor(
-      () => sendAll(subs, { cmd: "mark" }),
-      (s) => unique(s) >= sent,
-      (s) => total(s, "received"),
-      2_000,
-      timeoutMs,
-    );
+    const drained = await awaitDelivery(subs, sent, 2_000, timeoutMs);
     const b3 = await sample(ctx.broker.pid);
     const received = total(drained, "received");
     const duplicates = total(drained, "duplicates");
@@ -256,10 +286,9 @@ export async function measureOfflineDrain(ctx: RunContext, layout: Layout): Prom
         sent,
         received,
         duplicates,
-        undelivered_pct: sent > 0 ? (Math.max(0, sent - (received - duplicates)) / sent) * 100 : 0,
+        undelivered_pct: undeliveredPct(sent, received, duplicates),
       },
-      errors: [...new Set([...published, ...stopped, ...drained].flatMap((s) => s.errors))]
-        .slice(0, 5),
+      errors: collectErrors([...published, ...stopped, ...drained]),
     };
   } finally {
     await closeAll(running);
@@ -276,32 +305,14 @@ export async function measureOfflineDrain(ctx: RunContext, layout: Layout): Prom
 export async function measureFixedCount(ctx: RunContext, layout: Layout): Promise<Measured> {
   const running = await startWorkers(ctx, layout, layout.workers);
   try {
-    const subs = running.filter((r) => r.layout.side === "sub").map((r) => r.handle);
-    const pubs = running.filter((r) => r.layout.side === "pub").map((r) => r.handle);
-    const publishers = layout.workers.filter((w) => w.side === "pub")
-      .reduce((n, w) => n + w.clients.length, 0);
-    const target = publishers * (layout.messagesPerPublisher ?? 0);
+    const { subs, pubs, target } = fixedCountSides(running, layout);
     const timeoutMs = 120_000;
-    const unique = (s: Snapshot[]) => total(s, "received") - total(s, "duplicates");
     const b0 = await sample(ctx.broker.pid);
-    await sendAll(pubs, { cmd: "go" });
-    const published = await waitFor(
-      () => sendAll(pubs, { cmd: "mark" }),
-      (s) => total(s, "acked") >= target,
-      (s) => total(s, "acked"),
-      5_000,
-      timeoutMs,
-    );
+    const published = await publishUntilAcked(pubs, target, timeoutMs);
     const b1 = await sample(ctx.broker.pid);
     const stopped = await sendAll(pubs, { cmd: "stop", timeoutMs: ctx.options.drainS * 1000 });
     const sent = total(stopped, "sent");
-    const delivered = await waitFor(
-      () => sendAll(subs, { cmd: "mark" }),
-      (s) => unique(s) >= sent,
-      (s) => total(s, "received"),
-      layout.drainIdleMs ?? 2_000,
-      timeoutMs,
-    );
+    const delivered = await awaitDelivery(subs, sent, layout.drainIdleMs ?? 2_000, timeoutMs);
     const b2 = await sample(ctx.broker.pid);
     const received = total(delivered, "received");
     const duplicates = total(delivered, "duplicates");
@@ -315,10 +326,9 @@ export async function measureFixedCount(ctx: RunContext, layout: Layout): Promis
         sent,
         received,
         duplicates,
-        undelivered_pct: sent > 0 ? (Math.max(0, sent - (received - duplicates)) / sent) * 100 : 0,
+        undelivered_pct: undeliveredPct(sent, received, duplicates),
       },
-      errors: [...new Set([...published, ...stopped, ...delivered].flatMap((s) => s.errors))]
-        .slice(0, 5),
+      errors: collectErrors([...published, ...stopped, ...delivered]),
     };
   } finally {
     await closeAll(running);

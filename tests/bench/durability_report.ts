@@ -1,15 +1,23 @@
 /** The report section of the persistent-session scenarios (see durability.ts). */
 
 import type { BrokerName } from "./brokers.ts";
-import { fixed, int, LABEL_HEADERS, table, times } from "./cells.ts";
+import {
+  fixed,
+  generatorCpu,
+  int,
+  LABEL_HEADERS,
+  labelCells,
+  problemLines,
+  table,
+  times,
+} from "./cells.ts";
 import {
   BASELINES,
   type DurabilityReport,
   MOSQUITTO_AUTOSAVE,
   type Storage,
 } from "./durability.ts";
-import { levelName } from "./runner.ts";
-import { median } from "./stats.ts";
+import { groupBy, summarizeRounds } from "./stats.ts";
 import type { Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -41,17 +49,12 @@ export const RATE_METRICS = ["delivered_per_s", "enqueue_per_s", "drain_per_s"] 
  * rates to the baselines' at the same level and transport.
  */
 export function summarizeDurability(report: DurabilityReport): DurabilityRow[] {
-  const groups = new Map<string, DurabilityReport["results"][number][]>();
-  for (const r of report.results) {
-    const key = `${r.scenario}|${r.variant}|${r.level}|${r.transport}`;
-    groups.set(key, [...(groups.get(key) ?? []), r]);
-  }
+  const groups = groupBy(
+    report.results,
+    (r) => `${r.scenario}|${r.variant}|${r.level}|${r.transport}`,
+  );
   const rows = [...groups.values()].map((runs) => {
-    const ok = runs.filter((r) => !r.failed);
-    const metrics: Record<string, number> = {};
-    for (const name of new Set(ok.flatMap((r) => Object.keys(r.metrics)))) {
-      metrics[name] = median(ok.map((r) => r.metrics[name] ?? NaN));
-    }
+    const { ok, metrics, failures, errors } = summarizeRounds(runs);
     return {
       scenario: runs[0].scenario,
       variant: runs[0].variant,
@@ -60,8 +63,8 @@ export function summarizeDurability(report: DurabilityReport): DurabilityRow[] {
       level: runs[0].level,
       transport: runs[0].transport,
       runs: ok.length,
-      failures: runs.flatMap((r) => r.failed ? [`round ${r.round}: ${r.failed}`] : []),
-      errors: [...new Set(runs.flatMap((r) => r.errors))].slice(0, 5),
+      failures,
+      errors,
       metrics,
     };
   });
@@ -88,23 +91,22 @@ export function summarizeDurability(report: DurabilityReport): DurabilityRow[] {
 const HEADERS = [...LABEL_HEADERS, "storage"];
 
 function label(row: DurabilityRow): string[] {
-  const failed = row.failures.length > 0 ? ` (${row.failures.length} failed)` : "";
-  return [
-    row.scenario,
-    row.transport,
-    levelName(row.level),
-    `${row.broker}${failed}`,
-    row.storage,
-  ];
+  return [...labelCells(row), row.storage];
 }
+
+/** The two baseline ratios of `metric`: vs mcloudtt in memory, vs Mosquitto persistence. */
+const BASELINE_HEADERS = ["vs mcloudtt memory", "vs mosquitto persistence"];
+const vsBaselines = (r: DurabilityRow, metric: string) => [
+  times(r.vsMemory[metric]),
+  times(r.vsMosquitto[metric]),
+];
 
 function onlineTable(rows: DurabilityRow[]): string {
   return table(
     [
       ...HEADERS,
       "delivered msg/s",
-      "vs mcloudtt memory",
-      "vs mosquitto persistence",
+      ...BASELINE_HEADERS,
       "published msg/s",
       "broker CPU %",
       "broker CPU µs/msg",
@@ -118,13 +120,12 @@ function onlineTable(rows: DurabilityRow[]): string {
       return [
         ...label(r),
         int(m.delivered_per_s),
-        times(r.vsMemory.delivered_per_s),
-        times(r.vsMosquitto.delivered_per_s),
+        ...vsBaselines(r, "delivered_per_s"),
         int(m.published_per_s),
         fixed(m.broker_cpu_pct, 0),
         fixed(m.broker_cpu_us_per_msg, 2),
         fixed(m.broker_rss_mb),
-        `${fixed(m.gen_cpu_pct, 0)} (${fixed(m.gen_max_worker_cpu_pct, 0)})`,
+        generatorCpu(m),
         fixed(m.undelivered_pct, 2),
         int(m.duplicates),
       ];
@@ -137,13 +138,11 @@ function offlineTable(rows: DurabilityRow[]): string {
     [
       ...HEADERS,
       "into offline sessions msg/s",
-      "vs mcloudtt memory",
-      "vs mosquitto persistence",
+      ...BASELINE_HEADERS,
       "broker CPU µs/msg",
       "RSS holding them MiB",
       "drain msg/s",
-      "vs mcloudtt memory",
-      "vs mosquitto persistence",
+      ...BASELINE_HEADERS,
       "drain s",
       "broker CPU µs/msg",
       "undelivered %",
@@ -154,13 +153,11 @@ function offlineTable(rows: DurabilityRow[]): string {
       return [
         ...label(r),
         int(m.enqueue_per_s),
-        times(r.vsMemory.enqueue_per_s),
-        times(r.vsMosquitto.enqueue_per_s),
+        ...vsBaselines(r, "enqueue_per_s"),
         fixed(m.enqueue_cpu_us_per_msg, 2),
         fixed(m.broker_rss_queued_mb),
         int(m.drain_per_s),
-        times(r.vsMemory.drain_per_s),
-        times(r.vsMosquitto.drain_per_s),
+        ...vsBaselines(r, "drain_per_s"),
         fixed(m.drain_s, 2),
         fixed(m.broker_cpu_us_per_msg, 2),
         fixed(m.undelivered_pct, 2),
@@ -193,13 +190,7 @@ export function durabilitySection(report: DurabilityReport): string {
   );
   const problems = rows.filter((r) => r.failures.length > 0 || r.errors.length > 0);
   if (problems.length > 0) {
-    parts.push("", "Failures and client errors:", "");
-    for (const r of problems) {
-      for (const f of r.failures) {
-        parts.push(`- ${label(r).join(" / ")}: failed ${f.split("\n")[0]}`);
-      }
-      for (const e of r.errors) parts.push(`- ${label(r).join(" / ")}: ${e}`);
-    }
+    parts.push("", "Failures and client errors:", "", ...problemLines(problems, label));
   }
   return parts.join("\n");
 }

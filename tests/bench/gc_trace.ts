@@ -1,27 +1,43 @@
 /**
- * Reads V8's `--trace-gc-nvp` output (one `GC: {json}` line per collection)
- * into allocation and pause figures. Each line carries `allocated`: bytes of
- * objects allocated on the V8 heap since the previous collection (the off-heap
- * backing stores of large typed arrays are not in it). So the bytes allocated
- * between two collections a and b are the sum of `allocated` over the lines
- * after a up to b, which counting messages at the same two moments turns into
- * bytes per message, independent of CPU contention.
+ * Reads V8's `--trace-gc-nvp` output into allocation and pause figures: the bench report's
+ * per-window GC metrics (`gcMetrics`, measure.ts) and alloc.ts / floor.ts's window summaries
+ * (`summarize`).
+ *
+ * Deno 2.9 (V8 15) prints one line per collection on stdout:
+ * `[pid:isolate:n]   1234 ms: GC: {"pause":0.8,"mutator":412.3,"gc":"s",...,"allocated":123456,...}`.
+ * Each line carries `allocated`: bytes of objects allocated on the V8 heap since the previous
+ * collection (the off-heap backing stores of large typed arrays are not in it). So the bytes
+ * allocated between two collections a and b are the sum of `allocated` over the lines after a up
+ * to b, which counting messages at the same two moments turns into bytes per message,
+ * independent of CPU contention. `mutator` is the wall-clock ms from the end of the previous
+ * collection to the start of this one; mark-compact lines add `incremental` (ms of incremental
+ * marking steps in this cycle, run on the main thread between the pauses) and
+ * `incremental_longest_step`.
+ *
+ * V8 prints with printf, so the stream is block-buffered on a pipe; the bench starts the
+ * broker under `stdbuf -oL` so each line arrives when the collection happens and can be
+ * attributed to the measure window by its arrival.
  */
 import { percentile } from "./stats.ts";
 
 /** One garbage collection as the trace reports it. */
 export interface GcEvent {
-  /** "s" scavenge, "ms" mark-compact, "mmc" minor mark-sweep, ... as V8 names them. */
+  /** "s" scavenge, "mc" mark-compact, "mmc" minor mark-sweep, ... as V8 names them. */
   readonly kind: string;
   /** Why V8 collected ("allocation failure", "idle task", "external memory pressure", ...). */
   readonly reason: string;
-  /** Main-thread pause in ms. */
+  /** Main-thread pause in ms (scavenge, or the atomic pause that ends a mark-compact). */
   readonly pause: number;
+  /** Wall-clock ms from the end of the previous collection to the start of this one. */
+  readonly mutatorMs: number;
   /** Heap bytes allocated since the previous collection. */
   readonly allocated: number;
-  /** Incremental marking steps (mark-compact only): count and main-thread ms. */
+  /** `incremental.steps_count` / `incremental.steps_took`: steps and main-thread ms. */
   readonly incrementalSteps: number;
   readonly incrementalMs: number;
+  /** Mark-compact only: ms of this cycle's incremental marking steps (`incremental`), longest. */
+  readonly markingMs: number;
+  readonly longestStepMs: number;
   /** Young objects that survived (copied within the young generation) and promoted, in bytes. */
   readonly survived: number;
   readonly promoted: number;
@@ -33,29 +49,71 @@ export interface GcEvent {
   readonly mark: number;
 }
 
+const MARKER = "GC: {";
+
 /** Parses one output line; null when it is not a `--trace-gc-nvp` record. */
-export function parseGcLine(line: string, mark: number): GcEvent | null {
-  const at = line.indexOf("GC: {");
+export function parseGcLine(line: string, mark = 0): GcEvent | null {
+  const at = line.indexOf(MARKER);
   if (at < 0) return null;
   let rec: Record<string, unknown>;
   try {
-    rec = JSON.parse(line.slice(at + 4));
+    rec = JSON.parse(line.slice(at + MARKER.length - 1));
   } catch {
     return null;
   }
-  const num = (k: string) => (typeof rec[k] === "number" ? rec[k] as number : 0);
+  const num = (k: string) => {
+    const v = rec[k];
+    return typeof v === "number" && Number.isFinite(v) ? v : 0;
+  };
   return {
     kind: typeof rec.gc === "string" ? rec.gc : "?",
     reason: typeof rec.reason === "string" ? rec.reason : "",
     pause: num("pause"),
+    mutatorMs: num("mutator"),
     allocated: num("allocated"),
     incrementalSteps: num("incremental.steps_count"),
     incrementalMs: num("incremental.steps_took"),
+    markingMs: num("incremental"),
+    longestStepMs: num("incremental_longest_step"),
     survived: num("new_space_survived"),
     promoted: num("promoted"),
     newSpaceCapacity: num("new_space_capacity"),
     endObjectSize: num("end_object_size"),
     mark,
+  };
+}
+
+/**
+ * GC figures of a measure window from the collections that happened in it:
+ * - `gc_alloc_bytes_per_msg`: allocation rate (sum of `allocated` / sum of `mutator` time
+ *   before each collection) divided by the delivery rate; NaN when no collection happened;
+ * - `gc_pause_p99_ms`, `gc_pause_max_ms`: over the atomic pauses (max also over the longest
+ *   incremental marking step);
+ * - `gc_ms_per_s`: pauses plus incremental marking steps, per second of window.
+ */
+export function gcMetrics(
+  events: readonly GcEvent[],
+  windowS: number,
+  deliveredPerS: number,
+): Record<string, number> {
+  let allocated = 0, mutator = 0, paused = 0, longestStep = 0, scavenges = 0;
+  for (const e of events) {
+    allocated += e.allocated;
+    mutator += e.mutatorMs;
+    paused += e.pause + e.markingMs;
+    longestStep = Math.max(longestStep, e.longestStepMs);
+    if (e.kind === "s") scavenges++;
+  }
+  const pauses = events.map((e) => e.pause).sort((a, b) => a - b);
+  const bytesPerMs = mutator > 0 ? allocated / mutator : NaN;
+  return {
+    gc_events: events.length,
+    gc_scavenges: scavenges,
+    gc_alloc_mb_per_s: (bytesPerMs * 1000) / (1024 * 1024),
+    gc_alloc_bytes_per_msg: deliveredPerS > 0 ? (bytesPerMs * 1000) / deliveredPerS : NaN,
+    gc_pause_p99_ms: percentile(pauses, 99),
+    gc_pause_max_ms: events.length > 0 ? Math.max(pauses[pauses.length - 1], longestStep) : NaN,
+    gc_ms_per_s: windowS > 0 ? paused / windowS : NaN,
   };
 }
 
@@ -149,38 +207,46 @@ export function summarize(events: readonly GcEvent[]): GcSummary | null {
 }
 
 /**
- * Collects GC lines from a child's output stream while it runs; `mark()`
- * supplies the counter stamped on each event as it is read.
+ * Collects GC lines from a child's output while it runs, fed chunk by chunk (`push`) or from a
+ * whole stream (`read`); `mark()` supplies the counter stamped on each event as it is read.
  */
 export class GcCollector {
   readonly events: GcEvent[] = [];
+  /** The last 20 lines that were not GC records, for error messages. */
   readonly tail: string[] = [];
-  readonly done: Promise<void>;
+  #pending = "";
+  readonly #decoder = new TextDecoder();
 
-  constructor(stream: ReadableStream<Uint8Array>, private readonly mark: () => number) {
-    this.done = this.read(stream);
+  constructor(private readonly mark: () => number = () => 0) {}
+
+  /** Feeds a chunk of the child's output. */
+  push(chunk: Uint8Array): void {
+    this.#pending += this.#decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = this.#pending.indexOf("\n")) >= 0) {
+      const line = this.#pending.slice(0, nl);
+      this.#pending = this.#pending.slice(nl + 1);
+      const e = parseGcLine(line, this.mark());
+      if (e !== null) this.events.push(e);
+      else if (line.trim() !== "" && !line.includes("Memory pool")) {
+        this.tail.push(line);
+        if (this.tail.length > 20) this.tail.shift();
+      }
+    }
   }
 
-  private async read(stream: ReadableStream<Uint8Array>): Promise<void> {
-    let rest = "";
+  /** Feeds all of `stream`; resolves when it ends (or the child goes away). */
+  async read(stream: ReadableStream<Uint8Array>): Promise<void> {
     try {
-      for await (const text of stream.pipeThrough(new TextDecoderStream())) {
-        rest += text;
-        let nl: number;
-        while ((nl = rest.indexOf("\n")) >= 0) {
-          const line = rest.slice(0, nl);
-          rest = rest.slice(nl + 1);
-          const e = parseGcLine(line, this.mark());
-          if (e !== null) this.events.push(e);
-          else if (line.trim() !== "" && !line.includes("Memory pool")) {
-            this.tail.push(line);
-            if (this.tail.length > 20) this.tail.shift();
-          }
-        }
-      }
+      for await (const chunk of stream) this.push(chunk);
     } catch {
       // The child went away.
     }
+  }
+
+  /** Collections seen so far; two counts delimit a window. */
+  count(): number {
+    return this.events.length;
   }
 
   /** Events read since index `from`. */

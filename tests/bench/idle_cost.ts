@@ -10,7 +10,9 @@
  * Memory figures are trustworthy on a loaded machine; the connect rate is not (indicative).
  */
 import { parseArgs } from "node:util";
-import { startBrokerProcess } from "../helpers/broker_process.ts";
+import { rssOf, startBrokerProcess } from "../helpers/broker_process.ts";
+import { spawnMemoryChild } from "../helpers/memory_child.ts";
+import { freePort } from "./brokers.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import { closeAll, openMany } from "../helpers/idle_clients.ts";
 
@@ -39,12 +41,6 @@ export interface CertPaths {
 export interface IdleTarget {
   readonly name: string;
   start(certs: CertPaths, dir: string): Promise<IdleServer>;
-}
-
-/** VmRSS of `pid` in bytes. */
-function rssOf(pid: number): number {
-  const m = /^VmRSS:\s+(\d+)\s+kB/m.exec(Deno.readTextFileSync(`/proc/${pid}/status`));
-  return m ? Number(m[1]) * KIB : NaN;
 }
 
 function mcloudtt(secure: boolean): IdleTarget {
@@ -81,56 +77,25 @@ function floor(mode: string): IdleTarget {
   return {
     name: `floor-${mode}`,
     async start(certs) {
-      const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", "--v8-flags=--expose-gc", FLOOR_SCRIPT, mode, certs.cert, certs.key],
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "inherit",
-      }).spawn();
-      const stdin = child.stdin.getWriter();
-      const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let buffered = "";
-      const nextLine = async (prefix: string): Promise<string> => {
-        for (;;) {
-          const nl = buffered.indexOf("\n");
-          if (nl >= 0) {
-            const line = buffered.slice(0, nl);
-            buffered = buffered.slice(nl + 1);
-            if (line.startsWith(prefix + " ")) return line.slice(prefix.length + 1);
-            continue;
-          }
-          const { value, done } = await lines.read();
-          if (done) throw new Error(`floor server ended before printing ${prefix}`);
-          buffered += value;
-        }
-      };
-      const port = Number(await nextLine("READY"));
+      const proc = await spawnMemoryChild(
+        FLOOR_SCRIPT,
+        [mode, certs.cert, certs.key],
+        "floor server",
+        3000,
+      );
+      const pid = proc.child.pid;
       return {
-        pid: child.pid,
-        port,
+        pid,
+        port: Number(proc.ready),
         tls: mode.includes("tls"),
         async memory() {
-          await stdin.write(new TextEncoder().encode("mem\n"));
-          const m = JSON.parse(await nextLine("MEM"));
-          return { rss: rssOf(child.pid), heapUsed: m.heapUsed, external: m.external };
+          const m = await proc.memory() as { heapUsed: number; external: number };
+          return { rss: rssOf(pid), heapUsed: m.heapUsed, external: m.external };
         },
-        async stop() {
-          await stdin.close().catch(() => {});
-          const t = setTimeout(() => child.kill("SIGKILL"), 3000);
-          await child.status;
-          clearTimeout(t);
-          await lines.cancel().catch(() => {});
-        },
+        stop: proc.stop,
       };
     },
   };
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: HOST, port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 function mosquitto(secure: boolean): IdleTarget {

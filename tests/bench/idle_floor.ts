@@ -20,6 +20,7 @@
  */
 import net from "node:net";
 import tls from "node:tls";
+import { serveMemoryRequests } from "../helpers/memory_child.ts";
 
 const CONNACK = new Uint8Array([0x20, 0x02, 0x00, 0x00]);
 const CONNACK_V5 = new Uint8Array([0x20, 0x03, 0x00, 0x00, 0x00]);
@@ -123,20 +124,5 @@ async function start(): Promise<number> {
   }
 }
 
-const port = await start();
-const out = (line: string) => Deno.stdout.writeSync(new TextEncoder().encode(line + "\n"));
-out(`READY ${port}`);
-const gc = (globalThis as { gc?: () => void }).gc;
-let pending = "";
-for await (const chunk of Deno.stdin.readable.pipeThrough(new TextDecoderStream())) {
-  pending += chunk;
-  let nl;
-  while ((nl = pending.indexOf("\n")) >= 0) {
-    pending = pending.slice(nl + 1);
-    gc?.();
-    await new Promise((r) => setTimeout(r, 50));
-    gc?.();
-    out(`MEM ${JSON.stringify(Deno.memoryUsage())}`);
-  }
-}
+await serveMemoryRequests(String(await start()));
 Deno.exit(0);

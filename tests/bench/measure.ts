@@ -4,7 +4,7 @@
  */
 
 import type { RunningBroker } from "./brokers.ts";
-import { gcMetrics } from "./gctrace.ts";
+import { gcMetrics } from "./gc_trace.ts";
 import type { Layout, WorkerLayout } from "./layouts.ts";
 import type { IdlePlan, LoadPlan, Snapshot } from "./messages.ts";
 import type { BenchOptions } from "./options.ts";
@@ -144,7 +144,8 @@ export function brokerMetrics(
   };
 }
 
-function collectErrors(snapshots: readonly Snapshot[]): string[] {
+/** The first 5 distinct client errors of `snapshots`. */
+export function collectErrors(snapshots: readonly Snapshot[]): string[] {
   return [...new Set(snapshots.flatMap((s) => s.errors))].slice(0, 5);
 }
 

@@ -1,14 +1,23 @@
 /** Medians across rounds, ratios between brokers, and the Markdown / JSON report. */
 
 import type { BenchLimits, BrokerName } from "./brokers.ts";
-import { fixed, int, LABEL_HEADERS, table, times } from "./cells.ts";
+import {
+  fixed,
+  generatorCpu,
+  int,
+  LABEL_HEADERS,
+  labelCells,
+  problemLines,
+  table,
+  times,
+} from "./cells.ts";
 import type { DurabilityReport } from "./durability.ts";
 import { durabilitySection } from "./durability_report.ts";
 import type { MachineInfo } from "./machine.ts";
 import type { BenchOptions } from "./options.ts";
-import { levelName, type RunResult } from "./runner.ts";
+import type { RunResult } from "./runner.ts";
 import type { ScenarioKind } from "./scenarios.ts";
-import { median } from "./stats.ts";
+import { groupBy, summarizeRounds } from "./stats.ts";
 import type { Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -72,25 +81,17 @@ export const COMPARED: Readonly<Partial<Record<ScenarioKind, readonly string[]>>
 
 /** Groups runs by scenario, broker, level and transport and takes the median of every metric. */
 export function summarize(results: readonly RunResult[]): SummaryRow[] {
-  const groups = new Map<string, RunResult[]>();
   // Results written before the transport dimension existed were all plain TCP.
   const transportOf = (r: RunResult): Transport => r.transport ?? "tcp";
   const keyOf = (scenario: string, broker: string, level: number, transport: Transport) =>
     `${scenario}|${broker}|${level}|${transport}`;
-  for (const r of results) {
-    const key = keyOf(r.scenario, r.broker, r.level, transportOf(r));
-    groups.set(key, [...(groups.get(key) ?? []), r]);
-  }
+  const groups = groupBy(results, (r) => keyOf(r.scenario, r.broker, r.level, transportOf(r)));
   const rows: SummaryRow[] = [];
   for (const runs of groups.values()) {
-    const ok = runs.filter((r) => !r.failed);
-    const names = new Set(ok.flatMap((r) => Object.keys(r.metrics)));
-    const metrics: Record<string, number> = {};
+    const { ok, metrics, failures, errors } = summarizeRounds(runs);
     const spread: Record<string, Range> = {};
-    for (const name of names) {
-      const values = ok.map((r) => r.metrics[name] ?? NaN);
-      metrics[name] = median(values);
-      const r = range(values);
+    for (const name of Object.keys(metrics)) {
+      const r = range(ok.map((r) => r.metrics[name] ?? NaN));
       if (r) spread[name] = r;
     }
     const first = runs[0];
@@ -101,11 +102,11 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
       level: first.level,
       transport: transportOf(first),
       runs: ok.length,
-      failures: runs.flatMap((r) => r.failed ? [`round ${r.round}: ${r.failed}`] : []),
+      failures,
       metrics,
       spread,
       compare: {},
-      errors: [...new Set(runs.flatMap((r) => r.errors))].slice(0, 5),
+      errors,
     });
   }
   return rows.map((row) => {
@@ -145,11 +146,6 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
       vsAedes: headline.aedes?.value,
     };
   });
-}
-
-function label(row: SummaryRow): string[] {
-  const failed = row.failures.length > 0 ? ` (${row.failures.length} failed)` : "";
-  return [row.scenario, row.transport, levelName(row.level), `${row.broker}${failed}`];
 }
 
 /**
@@ -205,7 +201,7 @@ function throughputTable(rows: SummaryRow[]): string {
     rows.map((r) => {
       const m = r.metrics;
       return [
-        ...label(r),
+        ...labelCells(r),
         spread(r, "delivered_per_s", int0),
         ...ratios(r),
         int(m.published_per_s),
@@ -213,7 +209,7 @@ function throughputTable(rows: SummaryRow[]): string {
         spread(r, "broker_cpu_us_per_msg", fixedBy(2)),
         vs(r, "broker_cpu_us_per_msg", "mosquitto"),
         fixed(m.broker_rss_mb),
-        `${fixed(m.gen_cpu_pct, 0)} (${fixed(m.gen_max_worker_cpu_pct, 0)})`,
+        generatorCpu(m),
         fixed(m.undelivered_pct, 2),
         int(m.duplicates),
       ];
@@ -241,7 +237,7 @@ function latencyTable(rows: SummaryRow[]): string {
     rows.map((r) => {
       const m = r.metrics;
       return [
-        ...label(r),
+        ...labelCells(r),
         spread(r, "p50_us", int0),
         spread(r, "p99_us", int0),
         spread(r, "p999_us", int0),
@@ -277,7 +273,7 @@ function connectionsTable(rows: SummaryRow[]): string {
     rows.map((r) => {
       const m = r.metrics;
       return [
-        ...label(r),
+        ...labelCells(r),
         int(m.connected),
         int(m.failed),
         spread(r, "connack_per_s", int0),
@@ -286,7 +282,7 @@ function connectionsTable(rows: SummaryRow[]): string {
         vs(r, "kb_per_conn", "mosquitto"),
         int(m.broker_cpu_us_per_conn),
         fixed(m.broker_cpu_pct, 0),
-        `${fixed(m.gen_cpu_pct, 0)} (${fixed(m.gen_max_worker_cpu_pct, 0)})`,
+        generatorCpu(m),
         fixed(m.broker_rss_mb),
       ];
     }),
@@ -309,7 +305,7 @@ function gcTable(rows: SummaryRow[]): string {
     rows.map((r) => {
       const m = r.metrics;
       return [
-        ...label(r),
+        ...labelCells(r),
         int(m.delivered_per_s),
         spread(r, "gc_alloc_bytes_per_msg", int0),
         fixed(m.gc_alloc_mb_per_s),
@@ -340,7 +336,7 @@ function slowTable(rows: SummaryRow[]): string {
     rows.map((r) => {
       const m = r.metrics;
       return [
-        ...label(r),
+        ...labelCells(r),
         int(m.baseline_per_s),
         spread(r, "with_slow_per_s", int0),
         m.slow_ratio === undefined ? "–" : `${fixed(m.slow_ratio * 100, 0)} %`,
@@ -439,13 +435,7 @@ export function markdown(input: ReportInput): string {
   );
   const problems = summary.filter((r) => r.failures.length > 0 || r.errors.length > 0);
   if (problems.length > 0) {
-    sections.push("", "## Failures and client errors", "");
-    for (const r of problems) {
-      for (const f of r.failures) {
-        sections.push(`- ${label(r).join(" / ")}: failed ${f.split("\n")[0]}`);
-      }
-      for (const e of r.errors) sections.push(`- ${label(r).join(" / ")}: ${e}`);
-    }
+    sections.push("", "## Failures and client errors", "", ...problemLines(problems, labelCells));
   }
   return sections.join("\n") + "\n";
 }

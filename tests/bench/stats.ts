@@ -1,6 +1,7 @@
 /** Small statistics helpers shared by workers and the report. */
 
 import type { LatencySummary } from "./messages.ts";
+import type { RunResult } from "./runner.ts";
 
 /** Nearest-rank percentile (0 < p <= 100) of an ascending array; NaN when empty. */
 export function percentile(sorted: ArrayLike<number>, p: number): number {
@@ -68,4 +69,41 @@ export class DuplicateTracker {
     if (bits[byte] & mask) this.duplicates++;
     else bits[byte] |= mask;
   }
+}
+
+/** `items` grouped by `keyOf`, in first-seen order. */
+export function groupBy<T>(items: Iterable<T>, keyOf: (item: T) => string): Map<string, T[]> {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const key = keyOf(item);
+    groups.set(key, [...(groups.get(key) ?? []), item]);
+  }
+  return groups;
+}
+
+/** What the rounds of one scenario/target add up to. */
+export interface RoundsSummary {
+  /** The runs that completed. */
+  readonly ok: RunResult[];
+  /** Median over `ok` of every metric any of them has. */
+  readonly metrics: Record<string, number>;
+  /** Failed rounds, "round n: why". */
+  readonly failures: string[];
+  /** The first 5 distinct client errors. */
+  readonly errors: string[];
+}
+
+/** Medians, failures and client errors of the rounds `runs`. */
+export function summarizeRounds(runs: readonly RunResult[]): RoundsSummary {
+  const ok = runs.filter((r) => !r.failed);
+  const metrics: Record<string, number> = {};
+  for (const name of new Set(ok.flatMap((r) => Object.keys(r.metrics)))) {
+    metrics[name] = median(ok.map((r) => r.metrics[name] ?? NaN));
+  }
+  return {
+    ok,
+    metrics,
+    failures: runs.flatMap((r) => r.failed ? [`round ${r.round}: ${r.failed}`] : []),
+    errors: [...new Set(runs.flatMap((r) => r.errors))].slice(0, 5),
+  };
 }

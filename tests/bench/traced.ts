@@ -2,27 +2,10 @@
  * A Deno process run with `--v8-flags=--trace-gc-nvp` whose collections are
  * read as they happen (alloc.ts: the broker; floor.ts: the bare forwarder).
  */
-import { track } from "./children.ts";
+import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
 
 export const HOST = "127.0.0.1";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-let stdbufChecked: boolean | undefined;
-
-async function hasStdbuf(): Promise<boolean> {
-  if (stdbufChecked === undefined) {
-    try {
-      const r = await new Deno.Command("stdbuf", { args: ["--version"], stdout: "null" }).output();
-      stdbufChecked = r.success;
-    } catch {
-      stdbufChecked = false;
-    }
-    if (!stdbufChecked) console.error("stdbuf not found: GC lines may be attributed late");
-  }
-  return stdbufChecked;
-}
 
 /** A running traced process. */
 export interface Traced {
@@ -49,10 +32,11 @@ export async function startTraced(
     ...(opts.denoFlags ?? []),
     ...script,
   ];
-  // V8 prints the trace with stdio, block-buffered into a pipe: lines would arrive in bursts,
-  // late, and be counted against the wrong messages. stdbuf makes them line-buffered (it
-  // execs the program, so the pid is the program's).
-  const stdbuf = await hasStdbuf();
+  // Without stdbuf V8's block-buffered trace would arrive in bursts, late, and be counted
+  // against the wrong messages.
+  const stdbuf = await haveStdbuf(() =>
+    console.error("stdbuf not found: GC lines may be attributed late")
+  );
   const child = track(
     new Deno.Command(stdbuf ? "stdbuf" : Deno.execPath(), {
       args: stdbuf ? ["-oL", Deno.execPath(), ...args] : args,
@@ -62,36 +46,16 @@ export async function startTraced(
       stderr: "piped",
     }).spawn(),
   );
-  const gc = new GcCollector(child.stdout, opts.mark);
-  const errs = new GcCollector(child.stderr, opts.mark);
+  const gc = new GcCollector(opts.mark);
+  const errs = new GcCollector(opts.mark);
+  const read = Promise.all([gc.read(child.stdout), errs.read(child.stderr)]);
   const tail = () => [...gc.tail, ...errs.tail].join("\n");
   const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch {
-      // gone already
-    }
-    const timer = setTimeout(() => {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // exited meanwhile
-      }
-    }, 3000);
-    await child.status;
-    clearTimeout(timer);
-    await Promise.all([gc.done, errs.done]);
+    await stopChild(child);
+    await read;
   };
-  let exited = false;
-  child.status.then(() => (exited = true));
-  const deadline = performance.now() + 60_000;
-  while (!exited && performance.now() < deadline) {
-    try {
-      (await Deno.connect({ hostname: HOST, port: opts.port })).close();
-      return { child, gc, tail, stop };
-    } catch {
-      await sleep(50);
-    }
+  if (await waitForPort(child, HOST, opts.port, 60_000) === "ready") {
+    return { child, gc, tail, stop };
   }
   await stop();
   throw new Error(`${script.join(" ")} did not listen on ${opts.port}:\n${tail()}`);

@@ -3,6 +3,7 @@
  * after a full GC) without counting the test's clients.
  */
 import type { Config, DeepPartial } from "../../mod.ts";
+import { spawnMemoryChild } from "./memory_child.ts";
 
 /** The broker process's memory: RSS from /proc, and what V8 reports after a full GC. */
 export interface ProcessMemory {
@@ -74,64 +75,26 @@ export async function startBrokerProcess(
     // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
     storage: { enabled: false, ...overrides.storage },
   };
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      "--v8-flags=--expose-gc",
-      new URL("./broker_process_main.ts", import.meta.url).pathname,
-      JSON.stringify(config),
-    ],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const stdin = child.stdin.getWriter();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let buffered = "";
-  const nextLine = async (prefix: string): Promise<string> => {
-    for (;;) {
-      const nl = buffered.indexOf("\n");
-      if (nl >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        if (line.startsWith(prefix + " ")) return line.slice(prefix.length + 1);
-        continue;
-      }
-      const { value, done } = await lines.read();
-      if (done) throw new Error(`broker process ended before printing ${prefix}`);
-      buffered += value;
-    }
-  };
+  const proc = await spawnMemoryChild(
+    new URL("./broker_process_main.ts", import.meta.url).pathname,
+    [JSON.stringify(config)],
+    "broker process",
+    5000,
+  );
   const ports: Record<string, number> = {};
-  try {
-    for (const a of JSON.parse(await nextLine("READY"))) ports[a.kind] = a.port;
-  } catch (e) {
-    child.kill();
-    await child.status;
-    throw e;
-  }
-  let stopped: Promise<void> | null = null;
+  for (const a of JSON.parse(proc.ready)) ports[a.kind] = a.port;
   const metrics: Record<string, number> = {};
-  const stop = () =>
-    stopped ??= (async () => {
-      await stdin.close().catch(() => {});
-      const t = setTimeout(() => child.kill("SIGKILL"), 5000);
-      await child.status;
-      clearTimeout(t);
-      await lines.cancel().catch(() => {});
-    })();
+  const pid = proc.child.pid;
   return {
-    pid: child.pid,
+    pid,
     ports,
     metrics,
     async memory(): Promise<ProcessMemory> {
-      await stdin.write(new TextEncoder().encode("mem\n"));
-      const m = JSON.parse(await nextLine("MEM"));
+      const m = await proc.memory() as { heapUsed: number; external: number; metrics: object };
       Object.assign(metrics, m.metrics);
-      return { rss: rssOf(child.pid), heapUsed: m.heapUsed, external: m.external };
+      return { rss: rssOf(pid), heapUsed: m.heapUsed, external: m.external };
     },
-    stop,
-    [Symbol.asyncDispose]: stop,
+    stop: proc.stop,
+    [Symbol.asyncDispose]: proc.stop,
   };
 }
