@@ -446,6 +446,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (pending.kicked > pending.epoch) return this.outclaimed();
       // From here on only this node's writes of the session count (a late write elsewhere fails).
       if (isClusterStore(store)) await store.claimSession(id);
+      // Adopted here from a dead node while this attach waited for it: the leftovers of that
+      // node's inbox go in before what this attach's holder collected.
+      const adopted = this.adopting.get(id);
+      if (adopted !== undefined) await this.boundedWait(adopted.done);
       if (!this.sessions.has(id)) {
         const state = await store.loadSession(id);
         if (state !== null && state.owner !== req.owner) {
