@@ -5,7 +5,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { Acl } from "./auth/acl.ts";
-import { AclAuthorizer, PolicyAuthenticator } from "./auth/authenticator.ts";
+import { AclAuthorizer, countedAuthenticator, PolicyAuthenticator } from "./auth/authenticator.ts";
 import { PasswordFile } from "./auth/passwords.ts";
 import { PasswordVerifier } from "./auth/verifier.ts";
 import type { Authenticator, Authorizer } from "./auth/types.ts";
@@ -163,7 +163,9 @@ export class Broker {
       limits: coreLimits(config),
       router: this.router,
       metrics: this.metrics,
-      auth: auth.authenticator ?? this.policy,
+      auth: auth.authenticator !== undefined
+        ? countedAuthenticator(auth.authenticator, this.metrics)
+        : this.policy,
       authorizer: auth.authorizer ?? null,
       bus,
       store: deps.store ?? chooseStore(config, bus, clock),

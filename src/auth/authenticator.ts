@@ -41,6 +41,32 @@ const NOT_AUTHORIZED = 0x87;
 const BAD_CLIENT_ID = 0x85;
 const BUSY = 0x89;
 
+function countDecision(metrics: Metrics, d: AuthDecision): void {
+  if (d.ok) return;
+  if (d.reasonCode === BUSY) metrics.authBusy++;
+  else metrics.authFailures++;
+}
+
+/**
+ * An embedder's own Authenticator, with its refusals counted like the
+ * built-in policy's (mcloudtt_auth_failures_total, mcloudtt_auth_busy_total).
+ */
+export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Authenticator {
+  return {
+    authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
+      const d = inner.authenticate(req);
+      if (d instanceof Promise) {
+        return d.then((x) => {
+          countDecision(metrics, x);
+          return x;
+        });
+      }
+      countDecision(metrics, d);
+      return d;
+    },
+  };
+}
+
 /** Authentication from certificates, a password file and the anonymous switch. */
 export class PolicyAuthenticator implements Authenticator {
   constructor(
@@ -56,10 +82,7 @@ export class PolicyAuthenticator implements Authenticator {
   }
 
   private count(d: AuthDecision): AuthDecision {
-    if (!d.ok && this.metrics !== undefined) {
-      if (d.reasonCode === BUSY) this.metrics.authBusy++;
-      else this.metrics.authFailures++;
-    }
+    if (this.metrics !== undefined) countDecision(this.metrics, d);
     return d;
   }
 

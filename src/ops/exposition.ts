@@ -166,6 +166,21 @@ export class Exposition {
       () => m().authFailures,
     );
     counter(
+      "mcloudtt_auth_busy_total",
+      "CONNECTs refused with Server busy because password checks were saturated",
+      () => m().authBusy,
+    );
+    counter(
+      "mcloudtt_retained_refused_total",
+      "Retained PUBLISHes refused (0x97) because the retained store was full",
+      () => m().retainedRefused,
+    );
+    counter(
+      "mcloudtt_subscriptions_refused_total",
+      "SUBSCRIBE filters refused (0x97) at the client's subscription limits",
+      () => m().subscriptionsRefused,
+    );
+    counter(
       "mcloudtt_tls_handshake_failures_total",
       "TLS and secure WebSocket handshakes that failed",
       () => m().tlsHandshakeFailures,

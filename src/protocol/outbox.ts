@@ -13,7 +13,13 @@
 
 /** The write side of a transport, as the core sees it. */
 export interface ByteWriter {
-  /** Writes all of `bytes`; resolves when the transport accepted them. */
+  /**
+   * Writes `bytes`; resolves when the transport accepted them: with a number
+   * of bytes when it took only that many (the outbox writes the rest with
+   * another call), else with anything else meaning all of them. A socket's
+   * own write returns that count, so a sink can hand it over as it is
+   * instead of wrapping each write in an async function.
+   */
   write(bytes: Uint8Array): Promise<unknown>;
   /**
    * Closes gracefully after the last write (idempotent): half-closes the write
@@ -34,28 +40,96 @@ export interface OutboxOwner {
 }
 
 /**
- * Buffers are kept for reuse only between these sizes: small ones are cheap to
- * allocate (and idle connections should not hold any), huge ones waste memory.
+ * A connection keeps its own buffer for reuse only between these sizes (a busy
+ * one); huge ones waste memory.
  */
 const KEEP_MIN = 4 * 1024;
 const KEEP_LIMIT = 64 * 1024;
 const MIN_CAPACITY = 512;
 
+/**
+ * Write buffers below KEEP_MIN are shared between connections: a flush takes
+ * one from this pool and the completed write returns it. A connection at a
+ * modest rate writes a packet or two per flush; allocating a buffer for each
+ * (an ArrayBuffer, its backing store and a view) was a good part of the bytes
+ * allocated per message. Idle connections hold none, and the pool is bounded
+ * (POOL_MAX x KEEP_MIN at most).
+ */
+interface PooledBuffer {
+  readonly bytes: Uint8Array;
+  /**
+   * Prefix views handed to the transport, reused when a later write has their
+   * length: writes at a modest rate are mostly one packet (a PUBLISH, a
+   * PUBACK), so a few lengths recur.
+   */
+  readonly views: Uint8Array[];
+  /** Which view the next new length replaces once VIEWS_KEPT are kept. */
+  nextView: number;
+}
+
+const VIEWS_KEPT = 4;
+
+const POOL_MAX = 256;
+const pool: PooledBuffer[] = [];
+
+function takePooled(n: number): PooledBuffer | null {
+  const p = pool.length === 0 ? null : pool[pool.length - 1];
+  if (p === null || p.bytes.length < n) return null;
+  pool.pop();
+  return p;
+}
+
+/** A view of `p.bytes[0, len)`, made once per length rather than once per write. */
+function prefix(p: PooledBuffer, len: number): Uint8Array {
+  const views = p.views;
+  for (let i = 0; i < views.length; i++) if (views[i].length === len) return views[i];
+  const v = p.bytes.subarray(0, len);
+  if (views.length < VIEWS_KEPT) views.push(v);
+  else {
+    views[p.nextView] = v;
+    p.nextView = (p.nextView + 1) % VIEWS_KEPT;
+  }
+  return v;
+}
+
+/** Buffers in the pool (for tests). */
+export function pooledBuffers(): number {
+  return pool.length;
+}
+
 let dirty: Outbox[] = [];
+let idleList: Outbox[] = [];
 let armed = false;
 
 function flushAll(): void {
   armed = false;
+  // Two lists take turns, so a turn allocates no array: outboxes scheduled by a flush go
+  // to the other list.
   const list = dirty;
-  dirty = [];
+  dirty = idleList;
   for (let i = 0; i < list.length; i++) list[i].flush();
+  list.length = 0;
+  idleList = list;
 }
 
 export class Outbox {
   private buf: Uint8Array | null = null;
+  /** Where `buf` came from when it belongs to the shared pool, else null. */
+  private pooled: PooledBuffer | null = null;
   private len = 0;
   private spare: Uint8Array | null = null;
   private writing = 0;
+  /** The buffer being written (returned to the pool or kept as `spare` when the write completes). */
+  private inWrite: Uint8Array | null = null;
+  private inWritePooled: PooledBuffer | null = null;
+  /** What the current write call was given (the rest, after a partial write). */
+  private inWriteData: Uint8Array | null = null;
+  /**
+   * Completion handlers of a write, made on the first write and dropped by
+   * `trim`: one pair per busy connection instead of two closures per write.
+   */
+  private onWritten: ((n: unknown) => void) | null = null;
+  private onWriteFailed: ((e: unknown) => void) | null = null;
   /** Cut buffers and shared payloads, in order, waiting to be written before `buf`. */
   private segs: Uint8Array[] | null = null;
   private segBytes = 0;
@@ -82,7 +156,13 @@ export class Outbox {
     if (b === null) {
       b = this.spare !== null && this.spare.length >= n ? this.spare : null;
       this.spare = null;
-      if (b === null) b = new Uint8Array(Math.max(MIN_CAPACITY, n));
+      if (b === null) {
+        const p = n <= KEEP_MIN ? takePooled(n) : null;
+        if (p !== null) {
+          this.pooled = p;
+          b = p.bytes;
+        } else b = new Uint8Array(Math.max(MIN_CAPACITY, n));
+      }
       this.buf = b;
     } else if (this.len + n > b.length) {
       let cap = b.length * 2;
@@ -90,9 +170,17 @@ export class Outbox {
       const next = new Uint8Array(cap);
       next.set(b.subarray(0, this.len));
       this.buf = b = next;
+      // The pooled buffer was only copied from: it can go back at once.
+      this.release(this.pooled);
+      this.pooled = null;
     }
     this.schedule();
     return b;
+  }
+
+  /** Returns a buffer no write holds any more to the pool. */
+  private release(p: PooledBuffer | null): void {
+    if (p !== null && pool.length < POOL_MAX) pool.push(p);
   }
 
   /** Queues a whole packet. */
@@ -117,7 +205,11 @@ export class Outbox {
   ): void {
     if (this.closed) return;
     const b = this.reserve(length);
-    b.set(length === bytes.length ? bytes : bytes.subarray(0, length), this.len);
+    if (length === bytes.length) b.set(bytes, this.len);
+    else if (length <= 256) {
+      // A prefix of a cached form: a loop copies it without making a view to copy from.
+      for (let i = 0, o = this.len; i < length; i++) b[o + i] = bytes[i];
+    } else b.set(bytes.subarray(0, length), this.len);
     if (pidOffset >= 0) {
       b[this.len + pidOffset] = packetId >> 8;
       b[this.len + pidOffset + 1] = packetId & 0xff;
@@ -149,6 +241,8 @@ export class Outbox {
     segs.push(this.buf!.subarray(0, this.len), payload);
     this.segBytes += this.len + payload.length;
     this.buf = null;
+    // The cut buffer is written as a segment: it leaves the pool for good.
+    this.pooled = null;
     this.len = 0;
   }
 
@@ -187,20 +281,47 @@ export class Outbox {
       return;
     }
     if (this.segs !== null) return this.flushSegments();
-    const data = this.buf!.subarray(0, this.len);
+    const buf = this.buf!;
+    const pooled = this.pooled;
+    const data = pooled !== null ? prefix(pooled, this.len) : buf.subarray(0, this.len);
     this.writing = this.len;
+    this.inWrite = buf;
+    this.inWritePooled = pooled;
     this.buf = null;
+    this.pooled = null;
     this.len = 0;
+    this.write(data);
+  }
+
+  private write(data: Uint8Array): void {
+    this.inWriteData = data;
     this.sink.write(data).then(
-      () => {
-        const size = data.buffer.byteLength;
-        if (size >= KEEP_MIN && size <= KEEP_LIMIT && this.spare === null) {
-          this.spare = new Uint8Array(data.buffer);
-        }
-        this.wrote();
-      },
-      (e) => this.failed(e),
+      this.onWritten ??= (n: unknown) => this.written_(n),
+      this.onWriteFailed ??= (e: unknown) => this.failed(e),
     );
+  }
+
+  /** A write call completed (`n`: bytes taken, see ByteWriter); when all is written, the buffer is free. */
+  private written_(n: unknown): void {
+    const data = this.inWriteData!;
+    if (typeof n === "number" && n < data.length && !this.closed) {
+      return this.write(data.subarray(n));
+    }
+    this.inWriteData = null;
+    const buf = this.inWrite;
+    const pooled = this.inWritePooled;
+    this.inWrite = null;
+    this.inWritePooled = null;
+    if (pooled !== null) this.release(pooled);
+    else if (buf !== null) {
+      const size = buf.length;
+      if (size >= KEEP_MIN && size <= KEEP_LIMIT && this.spare === null) this.spare = buf;
+      else if (size < KEEP_MIN && size >= MIN_CAPACITY && pool.length < POOL_MAX) {
+        // A small buffer this connection made joins the pool for every connection.
+        pool.push({ bytes: buf, views: [], nextView: 0 });
+      }
+    }
+    this.wrote();
   }
 
   /** Writes the segments and the buffer after them, one after the other. */
@@ -211,11 +332,17 @@ export class Outbox {
     this.segs = null;
     this.segBytes = 0;
     this.buf = null;
+    // Written as a segment, possibly as a view kept by the transport: not returned to the pool.
+    this.pooled = null;
     this.len = 0;
     const sink = this.sink;
     (async () => {
       for (let i = 0; i < parts.length; i++) {
-        await sink.write(parts[i]);
+        const part = parts[i];
+        for (let off = 0; off < part.length;) {
+          const n = await sink.write(off === 0 ? part : part.subarray(off));
+          off = typeof n === "number" ? off + n : part.length;
+        }
         // Let go of each shared payload as soon as it is written.
         (parts as (Uint8Array | null)[])[i] = null;
       }
@@ -231,6 +358,10 @@ export class Outbox {
   }
 
   private failed(e: unknown): void {
+    // The transport may still hold the buffer: it is not reused.
+    this.inWrite = null;
+    this.inWriteData = null;
+    this.inWritePooled = null;
     this.writing = 0;
     this.closed = true;
     this.owner.writeFailed(e);
@@ -249,6 +380,8 @@ export class Outbox {
   private finish(): void {
     if (this.closed) return;
     this.closed = true;
+    this.release(this.pooled);
+    this.pooled = null;
     this.buf = this.spare = null;
     this.segs = null;
     this.sink.end();
@@ -258,6 +391,8 @@ export class Outbox {
   destroy(): void {
     if (this.closed) return;
     this.closed = true;
+    this.release(this.pooled);
+    this.pooled = null;
     this.buf = this.spare = null;
     this.len = 0;
     this.segs = null;
@@ -268,8 +403,11 @@ export class Outbox {
   /** Releases the reusable buffer of an idle connection. */
   trim(): void {
     if (this.len === 0 && this.segs === null && this.writing === 0) {
+      this.release(this.pooled);
+      this.pooled = null;
       this.spare = null;
       this.buf = null;
+      this.onWritten = this.onWriteFailed = null;
     }
   }
 }

@@ -8,17 +8,29 @@ interface Pending {
   qos: 1 | 2;
   pid: number;
   code: number;
+  /** Replaces `code` when the write fails. */
+  failCode: number;
+  /** The write this waits for; null once it is settled (or when there was none). */
+  written: Promise<void> | null;
   ready: boolean;
 }
 
 export class AckQueue {
-  private items: Pending[] = [];
+  /** Waiting acknowledgements from `head` on; null while none wait (an idle connection). */
+  private items: Pending[] | null = null;
+  private head = 0;
+  /**
+   * The write the newest waiting acknowledgement waits for. The publishes of
+   * one event-loop turn share one store batch: one reaction per batch settles
+   * them all, instead of two closures and a promise per acknowledgement.
+   */
+  private lastWritten: Promise<void> | null = null;
 
   constructor(private readonly send: (qos: 1 | 2, pid: number, code: number) => void) {}
 
   /** True when acknowledgements are waiting: a new one must queue behind them. */
   get busy(): boolean {
-    return this.items.length > 0;
+    return this.items !== null && this.head < this.items.length;
   }
 
   /**
@@ -32,36 +44,49 @@ export class AckQueue {
     written: Promise<void> | null,
     failCode: number,
   ): void {
-    if (written === null && this.items.length === 0) {
+    if (written === null && !this.busy) {
       this.send(qos, pid, code);
       return;
     }
-    const p: Pending = { qos, pid, code, ready: written === null };
-    this.items.push(p);
-    if (written !== null) {
-      written.then(
-        () => this.settle(p),
-        () => {
-          p.code = failCode;
-          this.settle(p);
-        },
-      );
+    (this.items ??= []).push({ qos, pid, code, failCode, written, ready: written === null });
+    if (written !== null && written !== this.lastWritten) {
+      this.lastWritten = written;
+      written.then(() => this.settle(written, false), () => this.settle(written, true));
     }
   }
 
-  private settle(p: Pending): void {
-    p.ready = true;
+  private settle(w: Promise<void>, failed: boolean): void {
+    if (this.lastWritten === w) this.lastWritten = null;
     const items = this.items;
-    let i = 0;
+    if (items === null) return;
+    for (let i = this.head; i < items.length; i++) {
+      const x = items[i];
+      if (x.written !== w) continue;
+      x.written = null;
+      x.ready = true;
+      if (failed) x.code = x.failCode;
+    }
+    let i = this.head;
     while (i < items.length && items[i].ready) {
       const x = items[i++];
       this.send(x.qos, x.pid, x.code);
+      // Sending may close the connection, which clears the queue.
+      if (this.items !== items) return;
     }
-    if (i > 0) this.items = items.slice(i);
+    if (i === items.length) {
+      this.items = null;
+      this.head = 0;
+    } else if (i > 1024 && i * 2 > items.length) {
+      // Under a steady stream something always waits: drop the sent part now and then.
+      this.items = items.slice(i);
+      this.head = 0;
+    } else this.head = i;
   }
 
   /** The connection closed: nothing more is sent. */
   clear(): void {
-    this.items = [];
+    this.items = null;
+    this.head = 0;
+    this.lastWritten = null;
   }
 }

@@ -8,59 +8,40 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { hex } from "../ops/log.ts";
-import type { AuthDecision } from "../auth/types.ts";
-import {
-  encodeConnack,
-  encodeDisconnect,
-  encodeSuback,
-  encodeUnsuback,
-} from "../protocol/control.ts";
+import { encodeConnack, encodeDisconnect } from "../protocol/control.ts";
 import {
   checkFixedHeader,
-  type ConnectPacket,
-  connectPreamble,
   decodeAck,
-  decodeConnect,
   decodeDisconnect,
-  decodeSubscribe,
-  decodeUnsubscribe,
   PacketType,
   type ProtocolLevel,
 } from "../protocol/decode.ts";
 import { Framer } from "../protocol/framer.ts";
 import type { Message } from "../protocol/message.ts";
 import { type ByteWriter, Outbox } from "../protocol/outbox.ts";
-import {
-  AliasMode,
-  decodePublish,
-  encodePublish,
-  PINGRESP,
-  publishForm,
-  toMessage,
-} from "../protocol/publish.ts";
+import { PINGRESP } from "../protocol/publish.ts";
 import {
   MalformedPacketError,
   MqttError,
   ProtocolError,
   ReasonCode,
 } from "../protocol/reason_codes.ts";
-import { parseFilter } from "../protocol/topic.ts";
-import type { Subscription } from "../router/types.ts";
 import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
+import { onConnect } from "./connect_flow.ts";
+import { State } from "./connection_state.ts";
 import type {
   AttachingConnection,
-  AttachResult,
   ConnectionHandler,
   ConnectionHost,
   PeerInfo,
   WillOutcome,
 } from "./host.ts";
-import { InboundTopics } from "./inbound_topic.ts";
-import { OutboundAliases } from "./outbound_aliases.ts";
-import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import type { InboundTopics } from "./inbound_topic.ts";
+import type { OutboundAliases } from "./outbound_aliases.ts";
+import { onPublish, sendPublish } from "./publish_flow.ts";
 import type { Session } from "./session.ts";
-import { decideSubscriptions, sendRetained, wantsRetained } from "./subscribe.ts";
+import { onSubscribe, onUnsubscribe } from "./subscribe_flow.ts";
 
 export type { ConnectionHandler, PeerInfo } from "./host.ts";
 
@@ -69,19 +50,14 @@ const log = getLogger(["mcloudtt", "connection"]);
 /** CONNECT with its reserved flag bits clear: the only valid first byte [MQTT-3.1.0-1, 2.1.3-1]. */
 const FIRST_CONNECT_BYTE = 0x10;
 
-/** Protocol level to the version operators know. */
-const PROTOCOL_NAMES: Record<number, string> = { 3: "3.1", 4: "3.1.1", 5: "5" };
-
-const State = {
-  AwaitingConnect: 0,
-  /** CONNECT accepted so far; authentication or session attach is running. */
-  Authenticating: 1,
-  Connected: 2,
-  Closed: 3,
-} as const;
-
+/**
+ * The flows of a connection live in their own modules (connect_flow.ts,
+ * publish_flow.ts, subscribe_flow.ts) as functions of the connection: fields
+ * they share are not private, but nothing outside src/session touches them.
+ * Functions rather than helper objects keep an idle connection at one object.
+ */
 export class Connection implements ConnectionHandler, AttachingConnection {
-  private state: number = State.AwaitingConnect;
+  state: number = State.AwaitingConnect;
   level: ProtocolLevel | 0 = 0;
   v5 = false;
   session: Session | null = null;
@@ -93,28 +69,28 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   /** Keep alive timeout in ms (1.5 x keep alive), 0 for none. */
   keepAliveTimeout = 0;
   sendWindow = 65535;
-  private clientMaxPacket = 0;
+  clientMaxPacket = 0;
   /** Topic aliases this connection may use towards the client (0: none), and their table. */
-  private aliasMax = 0;
-  private aliases: OutboundAliases | null = null;
-  private topics: InboundTopics | null = null;
-  private readonly framer: Framer;
+  aliasMax = 0;
+  aliases: OutboundAliases | null = null;
+  topics: InboundTopics | null = null;
+  readonly framer: Framer;
   readonly outbox: Outbox;
   private gate: { promise: Promise<void>; resolve: () => void } | null = null;
   private pending: Uint8Array[] | null = null;
   private pendingBytes = 0;
-  private readonly acks = new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
+  readonly acks = new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
   private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
-  private info: PublishInfo | null = null;
+  info: PublishInfo | null = null;
   /** When CONNECT was accepted (clock ms), for the disconnect log line. */
-  private connectedAt = 0;
+  connectedAt = 0;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
   private closeCode = -1;
   private closedBy: "client" | "server" | "network" = "network";
 
   constructor(
-    private readonly host: ConnectionHost,
+    readonly host: ConnectionHost,
     sink: ByteWriter,
     readonly peer: PeerInfo,
   ) {
@@ -186,69 +162,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     packetId: number,
     subIds: readonly number[] | null,
   ): boolean {
-    let expiry = -1;
-    if (msg.expiresAt !== 0) {
-      const left = msg.expiresAt - this.host.clock.now();
-      if (left <= 0) {
-        this.host.metrics.droppedExpired++;
-        return false;
-      }
-      expiry = Math.ceil(left / 1000);
-    }
-    const v5 = this.v5;
-    let mode: AliasMode = AliasMode.None;
-    let alias = 0;
-    // Resends go without an alias; topics of up to 3 bytes cost no more than one.
-    if (this.aliasMax !== 0 && !dup && msg.topicBytes.length > 3) {
-      const aliases = this.aliases ??= new OutboundAliases(this.aliasMax);
-      alias = aliases.find(msg.topic);
-      if (alias !== 0) mode = AliasMode.Use;
-      else {
-        alias = aliases.next();
-        mode = AliasMode.Set;
-      }
-    }
-    const f = (dup || (v5 && subIds !== null))
-      ? encodePublish(
-        msg,
-        v5,
-        qos,
-        retain,
-        dup,
-        packetId,
-        v5 ? expiry : -1,
-        v5 ? subIds : null,
-        mode,
-      )
-      : publishForm(msg, v5, qos, retain, expiry, mode);
-    const shared = f.payload;
-    if (
-      this.clientMaxPacket !== 0 &&
-      (shared === null ? f.length : f.length + shared.length) > this.clientMaxPacket
-    ) {
-      // Never send more than the client accepts; the message is dropped for it [MQTT-3.1.2-25].
-      this.host.metrics.droppedTooLarge++;
-      return false;
-    }
-    // The client learns the alias from this packet: only now is it bound.
-    if (mode === AliasMode.Set) this.aliases!.bind(msg.topic, alias);
-    if (shared === null) {
-      this.outbox.pushPublish(f.bytes, f.length, f.pidOffset, packetId, f.aliasOffset, alias);
-    } else {
-      this.outbox.pushShared(
-        f.bytes,
-        f.length,
-        f.pidOffset,
-        packetId,
-        shared,
-        f.aliasOffset,
-        alias,
-      );
-    }
-    if (msg.sampledAt !== 0 && !dup) {
-      this.host.metrics.latency.observe(performance.now() - msg.sampledAt);
-    }
-    return true;
+    return sendPublish(this, msg, qos, retain, dup, packetId, subIds);
   }
 
   sendPubrel(packetId: number): void {
@@ -276,7 +190,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   }
 
   /** Ends the connection after flushing; `willAllowed` false means a normal DISCONNECT. */
-  private end(willAllowed: boolean): void {
+  end(willAllowed: boolean): void {
     if (this.state === State.Closed) return;
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
@@ -309,7 +223,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     );
   }
 
-  private fail(e: unknown): void {
+  fail(e: unknown): void {
     if (this.state === State.Closed) return;
     let code: number = ReasonCode.UnspecifiedError;
     let message = "internal error";
@@ -376,14 +290,14 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.session?.pump();
   }
 
-  private pauseReading(): void {
+  pauseReading(): void {
     if (this.gate !== null) return;
     let resolve!: () => void;
     const promise = new Promise<void>((r) => (resolve = r));
     this.gate = { promise, resolve };
   }
 
-  private releaseGate(): void {
+  releaseGate(): void {
     const g = this.gate;
     if (g === null) return;
     this.gate = null;
@@ -392,7 +306,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   // ---- packets --------------------------------------------------------------
 
-  private handlePacket(header: number, buf: Uint8Array, start: number, end: number): boolean {
+  handlePacket(header: number, buf: Uint8Array, start: number, end: number): boolean {
     const type = header >> 4;
     const flags = header & 0x0f;
     switch (this.state) {
@@ -403,7 +317,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
           throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
-        this.onConnect(buf, start, end);
+        onConnect(this, buf, start, end);
         return this.open;
       case State.Authenticating: {
         // Keep what the client pipelined behind CONNECT until the answer is known.
@@ -421,7 +335,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         return false;
     }
     if (type === PacketType.PUBLISH) {
-      this.onPublish(flags, buf, start, end);
+      onPublish(this, flags, buf, start, end);
       return this.open;
     }
     checkFixedHeader(type, flags, this.level);
@@ -464,10 +378,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.outbox.push(PINGRESP);
         break;
       case PacketType.SUBSCRIBE:
-        this.onSubscribe(buf, start, end);
+        onSubscribe(this, buf, start, end);
         break;
       case PacketType.UNSUBSCRIBE:
-        this.onUnsubscribe(buf, start, end);
+        onUnsubscribe(this, buf, start, end);
         break;
       case PacketType.DISCONNECT:
         this.onDisconnect(buf, start, end);
@@ -480,299 +394,28 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     return true;
   }
 
-  // ---- CONNECT --------------------------------------------------------------
-
-  private onConnect(buf: Uint8Array, start: number, end: number): void {
-    const pre = connectPreamble(buf, start, end);
-    if (pre.kind === "bad-name") {
-      // Not MQTT at all: no answer is owed [MQTT-3.1.2-1].
-      this.end(false);
-      return;
-    }
-    if (pre.kind === "bad-level") {
-      this.host.metrics.connectsRefused++;
-      // Answer in the format the client can read: v5 clients get reason 0x84.
-      this.outbox.push(
-        pre.level >= 5
-          ? encodeConnack(5, false, ReasonCode.UnsupportedProtocolVersion)
-          : encodeConnack(4, false, ReasonCode.UnsupportedProtocolVersion),
-      );
-      this.end(false);
-      return;
-    }
-    this.level = pre.level;
-    this.v5 = pre.level === 5;
-    const pkt = decodeConnect(buf, start, end);
-    const host = this.host;
-    const n = negotiateConnect(pkt, host.limits, () => host.newClientId());
-    if ("code" in n) {
-      if (pkt.clientId !== "") this.clientId = pkt.clientId;
-      return this.refuse(n.code, n.reason);
-    }
-    this.clientId = n.clientId;
-    this.keepAliveTimeout = n.keepAliveTimeoutMs;
-    if (host.metrics.connectionsCurrent > host.limits.maxConnections) {
-      return this.refuse(ReasonCode.QuotaExceeded, "connection limit reached");
-    }
-    this.clientMaxPacket = n.clientMaxPacket;
-    this.sendWindow = n.sendWindow;
-    this.aliasMax = n.clientTopicAliasMax;
-
-    const decision = host.authenticate({
-      clientId: n.clientId,
-      username: pkt.username,
-      password: pkt.password,
-      certificateIdentity: this.peer.certificateIdentity,
-      remoteAddress: this.peer.remoteAddress,
-      protocolLevel: pkt.protocolLevel,
-      acceptedAt: this.acceptedAt,
-    });
-    if (decision instanceof Promise) {
-      this.waitFor(decision.then((d) => this.authenticated(d, pkt, n)));
-    } else {
-      this.authenticated(decision, pkt, n);
-    }
-  }
-
-  /** Holds reading and packet handling until `step` (authentication, attach) is done. */
-  private waitFor(step: Promise<void>): void {
-    this.state = State.Authenticating;
-    this.pauseReading();
-    step.catch((e) => this.fail(e));
-  }
-
-  private refuse(code: number, reason: string): void {
-    this.host.metrics.connectsRefused++;
-    log.info("refused {client_id} from {remote_address} with {reason_code}: {reason}", {
-      client_id: this.clientId,
-      remote_address: this.peer.remoteAddress,
-      listener: this.peer.transport,
-      reason_code: hex(code),
-      reason,
-    });
-    this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, false, code, { reasonString: reason }),
-    );
-    this.end(false);
-  }
-
-  private authenticated(d: AuthDecision, pkt: ConnectPacket, n: Negotiated): void | Promise<void> {
-    if (this.state === State.Closed) return;
-    // Failures are counted by the authentication policy (src/auth/authenticator.ts).
-    if (!d.ok) return this.refuse(d.reasonCode, d.reason);
-    this.username = d.username;
-    if (pkt.will && !this.host.mayPublish(this.clientId, d.username, pkt.will.topic)) {
-      return this.refuse(ReasonCode.NotAuthorized, "will topic not authorized");
-    }
-    const attached = this.host.attach(this, {
-      cleanStart: pkt.cleanStart,
-      owner: d.username ?? null,
-    });
-    if (attached instanceof Promise) {
-      const step = attached.then((a) => this.attached(a, pkt, n));
-      if (this.state !== State.Authenticating) this.waitFor(step);
-      return step;
-    }
-    this.attached(attached, pkt, n);
-  }
-
-  private attached(a: AttachResult, pkt: ConnectPacket, n: Negotiated): void {
-    if (this.state === State.Closed) return;
-    if (!a.ok) return this.refuse(a.code, a.reason);
-    const { session, present } = a;
-    this.session = session;
-    session.setExpiry(n.grantedExpiry);
-    session.setWill(buildWill(pkt, this.clientId));
-    this.state = State.Connected;
-    this.host.sessionChanged(session);
-
-    const props = this.v5 ? connackProperties(n, this.host.limits) : {};
-    this.outbox.push(
-      encodeConnack(this.level as ProtocolLevel, present, 0, props, this.clientMaxPacket),
-    );
-    this.host.metrics.connects++;
-    this.connectedAt = this.host.clock.now();
-    log.info(
-      "client {client_id} connected from {remote_address} over {listener}: MQTT " +
-        "{protocol_version}, user {username}, keep alive {keep_alive} s, clean start " +
-        "{clean_start}, session present {session_present}",
-      {
-        client_id: this.clientId,
-        username: this.username ?? null,
-        certificate_identity: this.peer.certificateIdentity ?? null,
-        remote_address: this.peer.remoteAddress,
-        listener: this.peer.transport,
-        protocol_version: PROTOCOL_NAMES[this.level] ?? String(this.level),
-        keep_alive: n.keepAliveTimeoutMs / 1500,
-        clean_start: pkt.cleanStart,
-        session_present: present,
-      },
-    );
-    session.attach(this);
-    this.releaseGate();
+  /** Handles what the client pipelined behind CONNECT, once CONNACK went out. */
+  replayPending(): void {
     const pending = this.pending;
     this.pending = null;
-    if (pending !== null) {
-      try {
-        for (const p of pending) {
-          if (!this.handlePacket(p[0], p, 1, p.length)) break;
-        }
-      } catch (e) {
-        this.fail(e);
+    if (pending === null) return;
+    try {
+      for (const p of pending) {
+        if (!this.handlePacket(p[0], p, 1, p.length)) break;
       }
+    } catch (e) {
+      this.fail(e);
     }
   }
 
-  // ---- PUBLISH --------------------------------------------------------------
+  // ---- PUBLISH ----
 
-  private onPublish(flags: number, buf: Uint8Array, start: number, end: number): void {
-    const host = this.host;
-    const topics = this.topics ??= new InboundTopics(host.limits, this.v5);
-    const p = decodePublish(buf, start, end, flags, this.v5, topics.last);
-    host.metrics.receivedByQos[p.qos]++;
-    topics.resolve(p, buf);
-    const topic = topics.topic;
-    const qos = p.qos;
-    const pid = p.packetId;
-    if (p.payloadFormat === -2) {
-      if (qos > 0) this.ack(qos, pid, ReasonCode.PayloadFormatInvalid);
-      return;
-    }
-    if (
-      topic.charCodeAt(0) === 0x24 /* $ */ || !host.mayPublish(this.clientId, this.username, topic)
-    ) {
-      // Refused publishes are acknowledged with 0x87 in MQTT 5; 3.1.1 has no
-      // way to refuse, so they get a normal acknowledgement and are dropped.
-      if (qos > 0) this.ack(qos, pid, ReasonCode.NotAuthorized);
-      return;
-    }
-    const session = this.session!;
-    if (qos === 2) {
-      if (!session.receiveQos2(pid)) {
-        // A resend of a message already routed: acknowledge again, never route twice.
-        this.acks.ack(2, pid, 0, null, 0);
-        return;
-      }
-      if (session.incomingQos2Count > host.limits.receiveMaximum) {
-        throw new ProtocolError(
-          ReasonCode.ReceiveMaximumExceeded,
-          "more unacknowledged QoS 2 messages than Receive Maximum",
-        );
-      }
-    }
-    const now = p.expiry >= 0 ? host.clock.now() : 0;
-    const msg = toMessage(
-      buf,
-      p,
-      topic,
-      topics.topicBytes,
-      this.clientId,
-      now,
-      this.framer.dedicated,
-    );
-    if (
-      p.retain && qos !== 0 && this.v5 && msg.payload.length !== 0 && !host.retainFits(msg)
-    ) {
-      // The retained store is full: an MQTT 5 publisher is told, and the message is not
-      // accepted. QoS 0 and 3.1.1 cannot be told: those are delivered but not retained.
-      host.metrics.retainedRefused++;
-      this.ack(qos, pid, ReasonCode.QuotaExceeded);
-      return;
-    }
-    const n = host.publish(
-      msg,
-      this.info ??= {
-        clientId: this.clientId,
-        username: this.username,
-        receivedAt: 0,
-        kind: "client",
-      },
-    );
-    if (qos !== 0) {
-      this.acks.ack(
-        qos,
-        pid,
-        n === 0 ? ReasonCode.NoMatchingSubscribers : 0,
-        host.publishWritten,
-        ReasonCode.UnspecifiedError,
-      );
-    }
-  }
-
-  private ack(qos: number, pid: number, code: number): void {
+  /** Acknowledges an incoming QoS 1/2 PUBLISH (called in order by `acks`). */
+  ack(qos: number, pid: number, code: number): void {
     // 3.1.1 cannot carry a failure: an unsaved message gets no acknowledgement, so the
     // client sends it again after reconnecting.
     if (!this.v5 && code === ReasonCode.UnspecifiedError) return this.disconnect(code);
     this.outbox.pushAck(qos === 1 ? PacketType.PUBACK : PacketType.PUBREC, pid, code, this.v5);
-  }
-
-  // ---- SUBSCRIBE / UNSUBSCRIBE ----------------------------------------------
-
-  private onSubscribe(buf: Uint8Array, start: number, end: number): void {
-    const host = this.host;
-    const level = this.level as ProtocolLevel;
-    const pkt = decodeSubscribe(buf, start, end, level);
-    const session = this.session!;
-    const decisions = decideSubscriptions(
-      pkt,
-      session,
-      host.limits,
-      (filter) => host.maySubscribe(this.clientId, this.username, filter),
-      host.subscriptionUsage(session),
-    );
-    const codes: number[] = [];
-    const withRetained: Subscription[] = [];
-    let waits: Promise<void>[] | null = null;
-    for (const d of decisions) {
-      if (d.sub === undefined) {
-        if (d.code === ReasonCode.QuotaExceeded) host.metrics.subscriptionsRefused++;
-        codes.push(d.code);
-        continue;
-      }
-      const r = host.subscribe(session, d.sub);
-      if (r.ready !== null) (waits ??= []).push(r.ready);
-      codes.push(d.sub.qos);
-      if (wantsRetained(d.sub, r.existed)) withRetained.push(d.sub);
-    }
-    host.sessionChanged(session);
-    // A subscription the client was told about must survive a crash.
-    const written = session.written;
-    if (written !== null) (waits ??= []).push(written);
-    const finish = () => {
-      if (this.state === State.Closed) return;
-      this.outbox.push(encodeSuback(level, pkt.packetId, codes));
-      if (withRetained.length !== 0) sendRetained(this.host, session, withRetained);
-    };
-    if (waits === null) finish();
-    // A route that could not be written is retried by the cluster; the local subscription holds.
-    else Promise.all(waits).catch(() => {}).then(finish);
-  }
-
-  private onUnsubscribe(buf: Uint8Array, start: number, end: number): void {
-    const pkt = decodeUnsubscribe(buf, start, end, this.level as ProtocolLevel);
-    const codes: number[] = [];
-    const session = this.session!;
-    for (const f of pkt.filters) {
-      const tf = parseFilter(f, this.host.limits);
-      if (typeof tf === "string") codes.push(ReasonCode.TopicFilterInvalid);
-      else {
-        codes.push(
-          this.host.unsubscribe(session, tf.key)
-            ? ReasonCode.Success
-            : ReasonCode.NoSubscriptionExisted,
-        );
-      }
-    }
-    this.host.sessionChanged(session);
-    const unsuback = encodeUnsuback(this.level as ProtocolLevel, pkt.packetId, codes);
-    const written = session.written;
-    if (written === null) this.outbox.push(unsuback);
-    else {
-      // The same chain as a waiting SUBACK's, so replies keep the order of their requests.
-      Promise.all([written]).catch(() => {}).then(() => {
-        if (this.open) this.outbox.push(unsuback);
-      });
-    }
   }
 
   // ---- DISCONNECT -----------------------------------------------------------

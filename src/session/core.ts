@@ -33,7 +33,7 @@ import type {
 import { HeldDeliveries } from "./handover.ts";
 import { Journal } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
-import { NEVER_EXPIRES, Session, toMessage, type Will } from "./session.ts";
+import { NEVER_EXPIRES, Session, type SessionLimits, toMessage, type Will } from "./session.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -138,10 +138,17 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
   private readonly ackAfterWrite: boolean;
+  /** One object for every session (an object per session cost 48 B per idle client). */
+  private readonly sessionLimits: SessionLimits;
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
+    this.sessionLimits = {
+      maxQueued: opts.limits.maxQueued,
+      maxQueuedBytes: opts.limits.maxQueuedBytes,
+      dropPolicy: opts.limits.queueDropPolicy,
+    };
     this.router = opts.router;
     this.metrics = opts.metrics;
     this.auth = opts.auth;
@@ -564,16 +571,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   private newSession(id: string): Session {
-    const s = new Session(
-      id,
-      {
-        maxQueued: this.limits.maxQueued,
-        maxQueuedBytes: this.limits.maxQueuedBytes,
-        dropPolicy: this.limits.queueDropPolicy,
-      },
-      this.metrics,
-      this.clock.now,
-    );
+    const s = new Session(id, this.sessionLimits, this.metrics, this.clock.now);
     s.journal = this.journal;
     s.storeWill = this.store.shared;
     return s;

@@ -324,8 +324,11 @@ export class Session implements Subscriber {
       this.send(link, next.msg, next.qos, next.retain, next.subIds);
     }
     if (this.queueHead === q.length) {
-      this.queue = [];
-      this.queueHead = 0;
+      // Every drain pumps: an empty queue is kept, not replaced by a new empty array.
+      if (q.length !== 0) {
+        this.queue = [];
+        this.queueHead = 0;
+      }
       if (this.streams !== null) this.pumpRetained(link);
     } else if (this.queueHead > 1024 && this.queueHead * 2 > q.length) {
       this.queue = q.slice(this.queueHead);

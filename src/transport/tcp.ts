@@ -1,19 +1,79 @@
 /** Plain TCP listener on Deno.listen: the cheapest read path Deno offers. */
 import { getLogger } from "@logtape/logtape";
-import { pump } from "./read_loop.ts";
-import type { Acceptor, Listener } from "./types.ts";
+import { ReadBuffer } from "./read_loop.ts";
+import type { Acceptor, ByteWriter, ConnectionHandler, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
 
-/** A Deno.Conn as the broker's ByteWriter (a class, not closures: one object per connection). */
-export class TcpSink {
+/**
+ * One accepted Deno.Conn: reads it into the broker's handler and is the handler's ByteWriter.
+ * One object and one bound callback per connection, no async function: an idle connection
+ * holds only its pending read (what a connection costs is measured by tests/bench/idle_cost.ts).
+ */
+export class TcpConnection extends ReadBuffer implements ByteWriter {
   private closed = false;
+  private ended = false;
   private linger: ReturnType<typeof setTimeout> | undefined;
-  constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {}
+  private handler!: ConnectionHandler;
+  /**
+   * Settles every read and read gate: a byte count, null at EOF, undefined when a gate
+   * opened, else an error.
+   */
+  private readonly settled: (r: unknown) => void;
 
-  async write(bytes: Uint8Array): Promise<void> {
-    let off = await this.conn.write(bytes);
-    while (off < bytes.length) off += await this.conn.write(bytes.subarray(off));
+  constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {
+    super();
+    this.settled = this.onSettled.bind(this);
+  }
+
+  /** Starts reading into `handler` until EOF or an error; then the handler is told and the conn closed. */
+  start(handler: ConnectionHandler): void {
+    this.handler = handler;
+    this.read();
+  }
+
+  private read(): void {
+    const gate = this.handler.readGate;
+    if (gate !== null) {
+      gate.then(this.settled);
+      return;
+    }
+    try {
+      this.conn.read(this.bytes).then(this.settled, this.settled);
+    } catch (e) {
+      this.onSettled(e);
+    }
+  }
+
+  private onSettled(r: unknown): void {
+    if (typeof r === "number") {
+      try {
+        this.handler.data(this.readView(r));
+      } catch (e) {
+        return this.finish(e);
+      }
+      this.afterRead(r);
+      this.read();
+    } else if (r === undefined) {
+      this.read();
+    } else {
+      // EOF, a reset, or a read after close: the end of the connection either way.
+      this.finish(r);
+    }
+  }
+
+  private finish(_reason: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.releaseBuffer();
+    // The read loop ends at the peer's FIN or a reset: whatever the lingering close waited for.
+    this.close();
+    this.handler.closed();
+  }
+
+  /** Resolves with the bytes the socket took; the outbox writes the rest (see ByteWriter). */
+  write(bytes: Uint8Array): Promise<number> {
+    return this.conn.write(bytes);
   }
 
   /**
@@ -62,13 +122,11 @@ export function listenTcp(
       // the peer may already be gone
     }
     const remote = conn.remoteAddr;
-    const sink = new TcpSink(conn, lingerMs);
-    const handler = acceptor.accept(sink, {
+    const c = new TcpConnection(conn, lingerMs);
+    c.start(acceptor.accept(c, {
       remoteAddress: `${remote.hostname}:${remote.port}`,
       transport: "tcp",
-    });
-    // The read loop ends at the peer's FIN or a reset: whatever the lingering close waited for.
-    pump(conn, handler).then(() => sink.close());
+    }));
   };
   const acceptLoop = async () => {
     while (!closed) {

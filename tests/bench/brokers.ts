@@ -127,7 +127,7 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-async function findMosquitto(): Promise<string | undefined> {
+export async function findMosquitto(): Promise<string | undefined> {
   for (const path of MOSQUITTO_CANDIDATES) if (await exists(path)) return path;
   return undefined;
 }
@@ -166,7 +166,7 @@ async function readTail(path: string): Promise<string> {
 }
 
 /** Spawns `cmd`, sends its output to `log`, and waits until `port` accepts connections. */
-async function launch(
+export async function launch(
   cmd: string,
   args: string[],
   port: number,
@@ -179,10 +179,12 @@ async function launch(
   const child = track(
     new Deno.Command(cmd, { args, cwd, stdin: "null", stdout: "piped", stderr: "piped" }).spawn(),
   );
-  // Both streams drain into the file so a chatty broker never blocks on a full pipe.
-  const sink = new WritableStream<Uint8Array>({
-    write: (chunk) => file.write(chunk).then(() => {}),
-  });
+  // Both streams drain into the file so a chatty broker never blocks on a full pipe. Each needs
+  // its own sink: a second pipeTo into a locked stream fails, leaving that pipe unread.
+  const sink = () =>
+    new WritableStream<Uint8Array>({
+      write: (chunk) => file.write(chunk).then(() => {}),
+    });
   const stdout = tap === undefined ? child.stdout : child.stdout.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, out) {
@@ -192,8 +194,8 @@ async function launch(
     }),
   );
   const drained = Promise.all([
-    stdout.pipeTo(sink, { preventClose: true }).catch(() => {}),
-    child.stderr.pipeTo(sink, { preventClose: true }).catch(() => {}),
+    stdout.pipeTo(sink()).catch(() => {}),
+    child.stderr.pipeTo(sink()).catch(() => {}),
   ]).finally(() => file.close());
   await waitForPort(child, port, startTimeoutMs, log);
   return {
@@ -299,10 +301,10 @@ export function denoFlags(v8Flags: readonly string[]): string[] {
 }
 
 /**
- * The command line of one mcloudtt process; `extra` adds broker flags (the cluster's, TLS),
- * `v8Flags` V8 flags.
+ * The command line of one mcloudtt process; `extra` adds broker flags (the cluster's, TLS,
+ * storage variants; later ones win), `v8Flags` V8 flags.
  */
-function mcloudttArgs(
+export function mcloudttArgs(
   port: number,
   limits: BenchLimits,
   extra: string[] = [],
@@ -343,6 +345,7 @@ export async function startMcloudttCluster(
   nodes: number,
   limits: BenchLimits,
   workDir: string,
+  extraFlags: readonly string[] = [],
 ): Promise<RunningCluster> {
   const redisPort = freePort();
   const redis = await launch(
@@ -372,6 +375,7 @@ export async function startMcloudttCluster(
         "--redis.enabled=true",
         `--redis.url=redis://${HOST}:${redisPort}`,
         `--cluster.node_id=bench-${i + 1}`,
+        ...extraFlags,
       ];
       started.push(
         await launch(

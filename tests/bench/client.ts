@@ -43,6 +43,8 @@ export interface ClientOptions {
   readonly version: ProtocolLevel;
   readonly clientId: string;
   readonly keepAliveSeconds: number;
+  /** Set: a persistent session with this Session Expiry Interval (seconds). */
+  readonly sessionExpiry?: number;
   /** Window for QoS 1/2 publishing on 3.1.1 (v5 uses the broker's Receive Maximum). */
   readonly v311Window: number;
   /** Bytes per read; small values together with `readPauseMs` make a slow consumer. */
@@ -99,7 +101,12 @@ export class BenchClient {
     const client = new BenchClient(conn, options);
     client.#readLoop = client.#read();
     const connack = await client.#request(
-      encodeConnect(options.version, options.clientId, options.keepAliveSeconds),
+      encodeConnect(
+        options.version,
+        options.clientId,
+        options.keepAliveSeconds,
+        options.sessionExpiry,
+      ),
     );
     const info = parseConnack(connack, 0, connack.length, options.version);
     if (info.reasonCode !== 0) {
@@ -131,9 +138,13 @@ export class BenchClient {
     }
   }
 
-  /** Starts publishing from `batch` until `stop()`; `ratePerSecond` paces it when given. */
-  startPublishing(batch: PublishBatch, qos: number, ratePerSecond?: number): void {
-    this.#publishLoop = this.#publish(batch, qos, ratePerSecond).catch((e) => this.#fail(e));
+  /**
+   * Starts publishing from `batch` until `stop()` or `limit` messages; `ratePerSecond` paces it
+   * when given.
+   */
+  startPublishing(batch: PublishBatch, qos: number, ratePerSecond?: number, limit?: number): void {
+    this.#publishLoop = this.#publish(batch, qos, ratePerSecond, limit ?? Infinity)
+      .catch((e) => this.#fail(e));
   }
 
   /** Stops publishing and waits (up to `timeoutMs`) for outstanding acknowledgements. */
@@ -182,11 +193,16 @@ export class BenchClient {
     return reply;
   }
 
-  async #publish(batch: PublishBatch, qos: number, ratePerSecond?: number): Promise<void> {
+  async #publish(
+    batch: PublishBatch,
+    qos: number,
+    ratePerSecond: number | undefined,
+    limit: number,
+  ): Promise<void> {
     const start = performance.now();
     let seq = 0;
-    while (!this.#stopping && !this.#closed) {
-      let n = batch.count;
+    while (!this.#stopping && !this.#closed && seq < limit) {
+      let n = Math.min(batch.count, limit - seq);
       if (qos > 0) {
         // Refill only once a good part of the window is free: topping up one slot per
         // acknowledgement would cost one write per message.

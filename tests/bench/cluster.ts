@@ -8,15 +8,24 @@
  * - fan-out: 1 publisher on node 1, 16 subscribers split over both nodes (one
  *   node: all on it); each message is forwarded once, to node 2.
  *
+ * - persistent-qos1: the cross pairs with persistent-session subscribers (their
+ *   sessions, queues and inflight live in Redis), a fixed count end to end, once
+ *   with `[redis] durability = "sync"` (PUBACK after Redis took the writes) and
+ *   once with "async".
+ *
  * With two nodes on two cores the generator, both nodes and Redis share the
  * machine: the ratio shows what forwarding costs, not how a cluster scales.
  */
 
 import { BENCH_LIMITS, startMcloudttCluster } from "./brokers.ts";
+import type { ClusterRun, Durability } from "./cluster_report.ts";
+import { measureFixedCount, PERSISTENT_PAIRS, persistentPairs } from "./durability.ts";
 import { fanOut, type Layout, onNodes, pairs } from "./layouts.ts";
-import { measureLoad } from "./measure.ts";
+import { type Measured, measureLoad, type RunContext } from "./measure.ts";
 import type { BenchOptions } from "./options.ts";
 import { commandStats } from "../helpers/redis.ts";
+
+export { clusterReport } from "./cluster_report.ts";
 
 /** One cluster scenario: the same load on one node and spread over two. */
 interface ClusterScenario {
@@ -24,10 +33,20 @@ interface ClusterScenario {
   readonly description: string;
   readonly oneNode: Layout;
   readonly twoNodes: Layout;
+  /** How a run is measured (default: flat out for a window, `measureLoad`). */
+  readonly measure?: (ctx: RunContext, layout: Layout) => Promise<Measured>;
+  /** Run once per `[redis] durability` value given (absent: the default only). */
+  readonly durabilities?: readonly Durability[];
 }
 
 export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
   const w = options.workersPerSide;
+  // Below max_queued_messages per session, so nothing is dropped for the queue limit.
+  const perPublisher = options.quick ? 300 : 2_000;
+  const persistent = {
+    ...persistentPairs(PERSISTENT_PAIRS, w),
+    messagesPerPublisher: perPublisher,
+  };
   return [
     {
       name: "cluster-cross-pairs-16-qos1",
@@ -41,16 +60,21 @@ export function clusterScenarios(options: BenchOptions): ClusterScenario[] {
       oneNode: fanOut(16, w),
       twoNodes: onNodes(fanOut(16, w), 0, [0, 1]),
     },
+    {
+      name: "cluster-persistent-qos1",
+      description: `${PERSISTENT_PAIRS} QoS 1 pairs, subscribers with persistent sessions ` +
+        `(kept in Redis), ${perPublisher} messages per publisher end to end: publishers on ` +
+        "node 1, subscribers on node 2; redis.durability sync, async",
+      // Node 1 acknowledges once Redis has the forwarded copies (sync) or at once (async),
+      // before node 2 delivered, so a fixed count end to end (not a window flat out, which
+      // would grow node 2's queues past their limit); delivery may pause up to ~2 s on a loaded
+      // machine, hence the 5 s allowed before a stalled delivery counts as lost.
+      oneNode: { ...persistent, drainIdleMs: 5_000 },
+      twoNodes: { ...onNodes(persistent, 0, [1]), drainIdleMs: 5_000 },
+      measure: measureFixedCount,
+      durabilities: ["sync", "async"],
+    },
   ];
-}
-
-/** What one run on `nodes` nodes measured. */
-export interface ClusterRun {
-  readonly scenario: string;
-  readonly nodes: number;
-  readonly round: number;
-  readonly metrics: Record<string, number>;
-  readonly failed?: string;
 }
 
 function total(stats: Map<string, number>): number {
@@ -64,15 +88,17 @@ async function runOnce(
   nodes: 1 | 2,
   round: number,
   options: BenchOptions,
+  durability?: Durability,
 ): Promise<ClusterRun> {
-  const base = { scenario: scenario.name, nodes, round };
+  const base = { scenario: scenario.name, nodes, round, durability };
   const workDir = await Deno.makeTempDir({ prefix: "bench-cluster-" });
   try {
-    const cluster = await startMcloudttCluster(nodes, BENCH_LIMITS, workDir);
+    const flags = durability ? [`--redis.durability=${durability}`] : [];
+    const cluster = await startMcloudttCluster(nodes, BENCH_LIMITS, workDir, flags);
     try {
       await commandStats(cluster.redisPort); // the first INFO is not in the delta
       const before = await commandStats(cluster.redisPort);
-      const measured = await measureLoad(
+      const measured = await (scenario.measure ?? measureLoad)(
         { broker: cluster, level: 5, options },
         nodes === 1 ? scenario.oneNode : scenario.twoNodes,
       );
@@ -80,7 +106,11 @@ async function runOnce(
       const commands = total(after) - total(before) - 1; // minus the INFO itself
       const xadds = (after.get("xadd") ?? 0) - (before.get("xadd") ?? 0);
       const sent = measured.metrics.sent;
-      const metrics: Record<string, number> = { ...measured.metrics, redis_commands: commands };
+      const metrics: Record<string, number> = {
+        ...measured.metrics,
+        redis_commands: commands,
+        redis_cmds_per_msg: sent > 0 ? commands / sent : NaN,
+      };
       if (nodes === 2 && sent > 0) {
         // Every message published on node 1 has a subscriber on node 2: one forward each.
         metrics.redis_cmds_per_forwarded_msg = commands / sent;
@@ -107,49 +137,28 @@ export async function runClusterBench(options: BenchOptions): Promise<ClusterRun
   const runs: ClusterRun[] = [];
   for (const s of scenarios) {
     for (let round = 1; round <= options.rounds; round++) {
-      for (const nodes of [1, 2] as const) {
-        const r = await runOnce(s, nodes, round, options);
-        runs.push(r);
-        const m = r.metrics;
-        const extra = nodes === 2
-          ? `, ${m.redis_cmds_per_forwarded_msg?.toFixed(3)} Redis commands per forwarded ` +
-            `message (${m.msgs_per_xadd?.toFixed(1)} messages per XADD)`
-          : "";
-        console.log(
-          r.failed
-            ? `[${s.name} round ${round}] ${nodes} node(s): FAILED ${r.failed.split("\n")[0]}`
-            : `[${s.name} round ${round}] ${nodes} node(s): ${
-              m.delivered_per_s.toFixed(0)
-            } msg/s delivered, undelivered ${m.undelivered_pct.toFixed(2)} %${extra}`,
-        );
+      for (const durability of s.durabilities ?? [undefined]) {
+        for (const nodes of [1, 2] as const) {
+          const r = await runOnce(s, nodes, round, options, durability);
+          runs.push(r);
+          const m = r.metrics;
+          const extra = nodes === 2
+            ? `, ${m.redis_cmds_per_forwarded_msg?.toFixed(3)} Redis commands per forwarded ` +
+              `message (${m.msgs_per_xadd?.toFixed(1)} messages per XADD)`
+            : "";
+          const head = `[${s.name} round ${round}] ${nodes} node(s)${
+            durability ? `, durability ${durability}` : ""
+          }:`;
+          console.log(
+            r.failed
+              ? `${head} FAILED ${r.failed.split("\n")[0]}`
+              : `${head} ${m.delivered_per_s.toFixed(0)} msg/s delivered, undelivered ${
+                m.undelivered_pct.toFixed(2)
+              } %${extra}`,
+          );
+        }
       }
     }
   }
   return runs;
-}
-
-/** Markdown table: per scenario, median delivered/s on one and two nodes and their ratio. */
-export function clusterReport(runs: readonly ClusterRun[]): string {
-  const median = (xs: number[]) => {
-    const s = [...xs].sort((a, b) => a - b);
-    return s.length === 0 ? NaN : s[Math.floor(s.length / 2)];
-  };
-  const lines = [
-    "| scenario | 1 node msg/s | 2 nodes msg/s | ratio 2/1 | Redis cmds per forwarded msg |",
-    "| --- | ---: | ---: | ---: | ---: |",
-  ];
-  for (const name of [...new Set(runs.map((r) => r.scenario))]) {
-    const ok = runs.filter((r) => r.scenario === name && !r.failed);
-    const rate = (n: number) =>
-      median(ok.filter((r) => r.nodes === n).map((r) => r.metrics.delivered_per_s));
-    const cmds = median(
-      ok.filter((r) => r.nodes === 2).map((r) => r.metrics.redis_cmds_per_forwarded_msg),
-    );
-    lines.push(
-      `| ${name} | ${rate(1).toFixed(0)} | ${rate(2).toFixed(0)} | ${
-        (rate(2) / rate(1)).toFixed(2)
-      } | ${cmds.toFixed(3)} |`,
-    );
-  }
-  return lines.join("\n");
 }

@@ -12,6 +12,19 @@ import {
 } from "./measure.ts";
 import { type BenchOptions, parseOptions } from "./options.ts";
 import { markdown } from "./report.ts";
+import { clusterReport } from "./cluster_report.ts";
+import {
+  BASELINES,
+  durabilityVariants,
+  mcloudttStorageFlags,
+  measureFixedCount,
+  measureOfflineDrain,
+  MOSQUITTO_AUTOSAVE,
+  mosquittoPersistentConfig,
+  persistentPairs,
+  type Storage,
+} from "./durability.ts";
+import { durabilitySection } from "./durability_report.ts";
 import { levelName, runAll, type RunResult } from "./runner.ts";
 import { type BenchPki, benchPki } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
@@ -306,4 +319,184 @@ Deno.test("the Mosquitto config carries the aligned limits", () => {
       `max_queued_messages ${BENCH_LIMITS.max_queued_messages}`,
     ]
   ) assert.ok(conf.split("\n").includes(line), line);
+});
+
+// Persistent-session scenarios (durability.ts): storage variants, offline sessions, report.
+
+async function withVariant(
+  label: string,
+  fn: (broker: RunningBroker, dir: string) => Promise<void>,
+): Promise<string> {
+  const variant = durabilityVariants().find((v) => v.label === label);
+  assert.ok(variant, label);
+  const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
+  try {
+    const broker = await variant.kind.start(BENCH_LIMITS, dir);
+    try {
+      await fn(broker, dir);
+    } finally {
+      await broker.stop();
+    }
+    // What the broker left in its directory after a clean stop.
+    const files: string[] = [];
+    for await (const e of Deno.readDir(dir)) {
+      if (!e.isDirectory) files.push(e.name);
+      else {for await (const f of Deno.readDir(`${dir}/${e.name}`)) {
+          files.push(`${e.name}/${f.name}`);
+        }}
+    }
+    return files.sort().join(",");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+test("persistent pairs on Mosquitto with persistence deliver every message once", async () => {
+  const files = await withVariant("mosquitto persistence", async (broker) => {
+    const { metrics, errors } = await measureLoad(ctx(broker, 5), persistentPairs(2, 1));
+    assert.deepEqual(errors, []);
+    assert.ok(metrics.sent > 100, `sent ${metrics.sent}`);
+    assert.equal(metrics.received, metrics.sent);
+    assert.equal(metrics.duplicates, 0);
+  });
+  // Persistence on, into the run's directory: Mosquitto saves its database there at shutdown.
+  assert.match(files, /mosquitto-data\/mosquitto\.db/);
+});
+
+for (const level of [5, 4] as const) {
+  test(`MQTT ${levelName(level)}: offline persistent sessions keep what was published, drained on reconnect`, () =>
+    withVariant("mosquitto memory", async (broker) => {
+      const layout = { ...persistentPairs(2, 1), messagesPerPublisher: 300 };
+      const { metrics, errors } = await measureOfflineDrain(ctx(broker, level), layout);
+      assert.deepEqual(errors, []);
+      // Clean sessions would lose everything published while the subscribers were away.
+      assert.equal(metrics.sent, 600);
+      assert.equal(metrics.received, 600);
+      assert.equal(metrics.undelivered_pct, 0);
+      assert.ok(metrics.enqueue_per_s > 0 && metrics.drain_per_s > 0);
+      assert.ok(metrics.drain_s > 0);
+    }).then(() => {}));
+}
+
+test("a fixed count end to end is timed to the last PUBACK and to the last delivery", () =>
+  withVariant("mosquitto memory", async (broker) => {
+    const layout = { ...persistentPairs(2, 1), messagesPerPublisher: 300 };
+    const { metrics, errors } = await measureFixedCount(ctx(broker, 5), layout);
+    assert.deepEqual(errors, []);
+    assert.equal(metrics.sent, 600);
+    assert.equal(metrics.received, 600);
+    assert.equal(metrics.undelivered_pct, 0);
+    // Delivery ends after the last PUBACK, so it is timed over at least as long.
+    assert.ok(metrics.published_per_s >= metrics.delivered_per_s, JSON.stringify(metrics));
+    assert.ok(metrics.delivered_per_s > 0 && metrics.backlog_s >= 0);
+  }).then(() => {}));
+
+Deno.test("storage variants: mcloudtt flags and Mosquitto's persistence lines", () => {
+  assert.deepEqual(mcloudttStorageFlags("memory", "/w"), ["--storage.enabled=false"]);
+  assert.deepEqual(mcloudttStorageFlags("async", "/w"), [
+    "--storage.enabled=true",
+    "--storage.dir=/w/data",
+    "--storage.sync=async",
+  ]);
+  const conf = mosquittoPersistentConfig(1234, BENCH_LIMITS, "/w").split("\n");
+  for (const line of ["persistence true", "persistence_location /w/", ...MOSQUITTO_AUTOSAVE]) {
+    assert.ok(conf.includes(line), line);
+  }
+  assert.ok(!conf.includes("persistence false"));
+  assert.deepEqual(
+    durabilityVariants().map((v) => v.label),
+    [
+      "mcloudtt ack-after-write",
+      "mcloudtt async",
+      BASELINES.memory,
+      BASELINES.mosquitto,
+      "mosquitto memory",
+    ],
+  );
+});
+
+Deno.test("the persistent-session section gives ratios to mcloudtt in memory and Mosquitto", () => {
+  const run = (variant: string, scenario: string, metrics: Record<string, number>) => ({
+    scenario,
+    kind: "throughput" as const,
+    broker: variant.split(" ")[0] as "mcloudtt" | "mosquitto",
+    level: 5 as const,
+    round: 1,
+    metrics,
+    errors: [],
+    transport: "tcp" as const,
+    variant,
+    storage: variant.split(" ")[1] as Storage,
+  });
+  const text = durabilitySection({
+    results: [
+      run("mcloudtt ack-after-write", "persistent-qos1", { delivered_per_s: 5_000 }),
+      run(BASELINES.memory, "persistent-qos1", { delivered_per_s: 20_000 }),
+      run(BASELINES.mosquitto, "persistent-qos1", { delivered_per_s: 10_000 }),
+      run("mcloudtt ack-after-write", "persistent-qos1-offline", {
+        enqueue_per_s: 1_000,
+        drain_per_s: 3_000,
+      }),
+      run(BASELINES.memory, "persistent-qos1-offline", {
+        enqueue_per_s: 4_000,
+        drain_per_s: 6_000,
+      }),
+    ],
+    storageNote: "here",
+  });
+  // The report's label columns, then the storage setting.
+  assert.match(
+    text,
+    /^\| scenario \| transport \| MQTT \| broker \| storage \| delivered msg\/s \|/m,
+  );
+  assert.match(
+    text,
+    /\| persistent-qos1 \| tcp \| 5 \| mcloudtt \| ack-after-write \| 5,000 \| 0\.25× \| 0\.50× \|/,
+  );
+  assert.match(text, /\| persistent-qos1 \| tcp \| 5 \| mosquitto \| persistence \| 10,000 \|/);
+  assert.match(
+    text,
+    /\| persistent-qos1-offline \| tcp \| 5 \| mcloudtt \| ack-after-write \| 1,000 \| 0\.25× \| – \|/,
+  );
+  assert.match(text, /\| 3,000 \| 0\.50× \| – \|/);
+  assert.match(text, /periodically/);
+  assert.match(text, /Plain TCP only/);
+});
+
+Deno.test("the cluster report compares redis.durability sync with async", () => {
+  const run = (nodes: number, durability: "sync" | "async" | undefined, rate: number) => ({
+    scenario: durability ? "cluster-persistent-qos1" : "cluster-fan-out-16",
+    nodes,
+    durability,
+    round: 1,
+    metrics: { delivered_per_s: rate, redis_cmds_per_forwarded_msg: 0.5, redis_cmds_per_msg: 2 },
+  });
+  const text = clusterReport([
+    run(1, undefined, 100),
+    run(2, undefined, 50),
+    run(1, "sync", 1_000),
+    run(2, "sync", 500),
+    run(1, "async", 2_000),
+    run(2, "async", 2_000),
+  ]);
+  assert.match(text, /\| cluster-fan-out-16 \| 100 \| 50 \| 0\.50 \| 0\.500 \|/);
+  assert.match(
+    text,
+    /\| cluster-persistent-qos1 \| sync \| 1000 \| 500 \| 0\.50 \| – \| 0\.50 \| 0\.25 \|/,
+  );
+  assert.match(
+    text,
+    /\| cluster-persistent-qos1 \| async \| 2000 \| 2000 \| 1\.00 \| – \| 1\.00 \| 1\.00 \|/,
+  );
+});
+
+Deno.test("mcloudtt ack-after-write: offline sessions drain, and the store is in the run's directory", async () => {
+  const files = await withVariant("mcloudtt ack-after-write", async (broker) => {
+    const layout = { ...persistentPairs(2, 1), messagesPerPublisher: 200 };
+    const { metrics, errors } = await measureOfflineDrain(ctx(broker, 5), layout);
+    assert.deepEqual(errors, []);
+    assert.equal(metrics.received, 400);
+    assert.equal(metrics.undelivered_pct, 0);
+  });
+  assert.match(files, /data\/mcloudtt\.db/);
 });

@@ -20,6 +20,13 @@ export interface Layout {
   readonly qos: 0 | 1 | 2;
   /** Paced rate per publisher (latency runs); absent = flat out. */
   readonly ratePerPublisher?: number;
+  /** Each publisher stops by itself after this many messages; absent = until told to stop. */
+  readonly messagesPerPublisher?: number;
+  /**
+   * How long deliveries may pause before the wait for them after the publishers stopped ends
+   * early (default 500 ms): in a cluster the other node may deliver in bursts.
+   */
+  readonly drainIdleMs?: number;
   readonly latency: boolean;
   readonly trackDuplicates: boolean;
 }

@@ -22,6 +22,8 @@ export class LoadWorker {
   readonly #latency = new LatencyRecorder();
   // Latency samples count only from the first mark on, so warm-up is left out.
   #recording = false;
+  // Subscribers disconnected by `disconnect`, waiting for `reconnect`.
+  #offline: ClientPlan[] = [];
 
   private constructor(plan: LoadPlan) {
     this.#plan = plan;
@@ -30,29 +32,59 @@ export class LoadWorker {
   /** Connects every client; subscribers have their SUBACK when this resolves. */
   static async setup(plan: LoadPlan): Promise<LoadWorker> {
     const worker = new LoadWorker(plan);
-    const observer = worker.#observer();
-    for (let i = 0; i < plan.clients.length; i += CONNECT_PARALLELISM) {
-      const group = plan.clients.slice(i, i + CONNECT_PARALLELISM);
-      const connected = await Promise.all(group.map(async (clientPlan) => {
-        const slow = clientPlan.kind === "slow-sub";
-        const client = await BenchClient.connect({
-          host: plan.host,
-          port: plan.port,
-          tls: plan.tls,
-          version: plan.version,
-          clientId: clientPlan.clientId,
-          keepAliveSeconds: 60,
-          v311Window: plan.v311Window,
-          readBytes: slow ? plan.slowReadBytes : undefined,
-          readPauseMs: slow ? plan.slowReadPauseMs : undefined,
-          observer: clientPlan.kind === "pub" ? undefined : observer,
-        });
-        if (clientPlan.kind !== "pub") await client.subscribe(clientPlan.topic, clientPlan.qos);
-        return { client, plan: clientPlan };
-      }));
-      worker.#clients.push(...connected);
-    }
+    worker.#clients.push(...await worker.#connect(plan.clients, true));
     return worker;
+  }
+
+  async #connect(
+    plans: readonly ClientPlan[],
+    subscribe: boolean,
+  ): Promise<{ client: BenchClient; plan: ClientPlan }[]> {
+    const plan = this.#plan;
+    const observer = this.#observer();
+    const out: { client: BenchClient; plan: ClientPlan }[] = [];
+    for (let i = 0; i < plans.length; i += CONNECT_PARALLELISM) {
+      const group = plans.slice(i, i + CONNECT_PARALLELISM);
+      out.push(
+        ...await Promise.all(group.map(async (clientPlan) => {
+          const slow = clientPlan.kind === "slow-sub";
+          const client = await BenchClient.connect({
+            host: plan.host,
+            port: plan.port,
+            tls: plan.tls,
+            version: plan.version,
+            clientId: clientPlan.clientId,
+            keepAliveSeconds: 60,
+            sessionExpiry: clientPlan.sessionExpiry,
+            v311Window: plan.v311Window,
+            readBytes: slow ? plan.slowReadBytes : undefined,
+            readPauseMs: slow ? plan.slowReadPauseMs : undefined,
+            observer: clientPlan.kind === "pub" ? undefined : observer,
+          });
+          if (subscribe && clientPlan.kind !== "pub") {
+            await client.subscribe(clientPlan.topic, clientPlan.qos);
+          }
+          return { client, plan: clientPlan };
+        })),
+      );
+    }
+    return out;
+  }
+
+  /** Closes the subscribers' connections; their persistent sessions stay with the broker. */
+  async disconnect(): Promise<Snapshot> {
+    const subs = this.#clients.filter(({ plan }) => plan.kind !== "pub");
+    await Promise.all(subs.map(({ client }) => client.close()));
+    // The closed clients stay in the list: their counters still count, closing again is a no-op.
+    this.#offline = subs.map(({ plan }) => plan);
+    return this.snapshot();
+  }
+
+  /** Connects the disconnected subscribers again (no SUBSCRIBE: their sessions hold it). */
+  async reconnect(): Promise<Snapshot> {
+    this.#clients.push(...await this.#connect(this.#offline, false));
+    this.#offline = [];
+    return this.snapshot();
   }
 
   #observer(): DeliveryObserver | undefined {
@@ -68,7 +100,7 @@ export class LoadWorker {
 
   /** Starts every publisher. */
   go(): void {
-    const { version, payloadBytes, batch, ratePerPublisher } = this.#plan;
+    const { version, payloadBytes, batch, ratePerPublisher, messagesPerPublisher } = this.#plan;
     for (const { client, plan } of this.#clients) {
       if (plan.kind !== "pub") continue;
       const template = encodePublishBatch(
@@ -79,7 +111,7 @@ export class LoadWorker {
         batch,
         plan.publisherIndex ?? 0,
       );
-      client.startPublishing(template, plan.qos, ratePerPublisher);
+      client.startPublishing(template, plan.qos, ratePerPublisher, messagesPerPublisher);
     }
   }
 

@@ -6,6 +6,7 @@
 import { BENCH_LIMITS, type BrokerName, BROKERS } from "./brokers.ts";
 import { killAll } from "./children.ts";
 import { clusterReport, runClusterBench } from "./cluster.ts";
+import { type DurabilityReport, durabilityScenarios, runDurability } from "./durability.ts";
 import { machineInfo } from "./machine.ts";
 import { parseOptions, USAGE, UsageError } from "./options.ts";
 import { markdown, writeReport } from "./report.ts";
@@ -21,7 +22,9 @@ function progress(r: RunResult): void {
     levelName(r.level)
   }:`;
   if (r.failed) return console.log(`${head} FAILED ${r.failed.split("\n")[0]}`);
-  const n = (v: number | undefined, digits = 0) => v === undefined ? "–" : v.toFixed(digits);
+  // A window without a GC collection has no allocation figure (NaN): "–" as in the report.
+  const n = (v: number | undefined, digits = 0) =>
+    v === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits);
   const detail = {
     throughput: () => `${n(m.delivered_per_s)} msg/s, broker CPU ${n(m.broker_cpu_pct)} %`,
     latency: () =>
@@ -87,31 +90,48 @@ async function main(): Promise<number> {
     return 1;
   }
   const scenarios = selectScenarios(allScenarios(options), options.only);
-  if (scenarios.length === 0) {
+  // Persistent-session scenarios run on storage variants of each broker (durability.ts).
+  const durable = selectScenarios(durabilityScenarios(options), options.only);
+  if (scenarios.length === 0 && durable.length === 0) {
     console.error(`no scenario matches --only ${options.only.join(",")}`);
     return 2;
   }
   const machine = await machineInfo();
+  const persistent = durable.length > 0
+    ? `${durable.length} persistent-session scenario(s) (plain TCP only), `
+    : "";
   console.log(
     `bench: ${scenarios.length} scenario(s) x ${targets.length} broker/level/transport(s) x ${options.rounds} round(s), ` +
-      `${options.durationS} s windows`,
+      `${persistent}${options.durationS} s windows`,
   );
-  const results = await runAll(scenarios, targets, options, BENCH_LIMITS, progress);
-  await removeBenchPki();
+  let results: RunResult[];
+  let durability: DurabilityReport | undefined;
+  try {
+    results = await runAll(scenarios, targets, options, BENCH_LIMITS, progress);
+    const available = [...new Set(targets.map((t) => t.broker.name))];
+    durability = durable.length > 0
+      ? await runDurability(durable, available, options, BENCH_LIMITS)
+      : undefined;
+  } finally {
+    await removeBenchPki();
+  }
   const input = {
     startedAt,
     machine,
     options,
     limits: BENCH_LIMITS,
     skipped,
-    descriptions: Object.fromEntries(scenarios.map((s) => [s.name, s.description])),
+    descriptions: Object.fromEntries(
+      [...scenarios, ...durable].map((s) => [s.name, s.description]),
+    ),
     results,
+    durability,
   };
   const text = markdown(input);
   console.log(`\n${text}`);
   const files = await writeReport(RESULTS_DIR, input, text);
   console.log(`written: ${files.join(", ")}`);
-  return results.some((r) => r.failed) ? 1 : 0;
+  return [...results, ...durability?.results ?? []].some((r) => r.failed) ? 1 : 0;
 }
 
 for (const signal of ["SIGINT", "SIGTERM"] as const) {

@@ -37,7 +37,8 @@ const SLOW_READ_PAUSE_MS = 50;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-interface Running {
+/** A worker process and the clients it runs. */
+export interface Running {
   readonly layout: WorkerLayout;
   readonly handle: WorkerHandle;
 }
@@ -52,6 +53,7 @@ function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPl
     batch: ctx.options.batch,
     clients: worker.clients,
     ratePerPublisher: layout.ratePerPublisher,
+    messagesPerPublisher: layout.messagesPerPublisher,
     trackDuplicates: layout.trackDuplicates,
     latency: layout.latency,
     v311Window: V311_WINDOW,
@@ -60,7 +62,8 @@ function loadPlan(ctx: RunContext, layout: Layout, worker: WorkerLayout): LoadPl
   };
 }
 
-async function startWorkers(
+/** Spawns the workers and sets them up, subscribers first. */
+export async function startWorkers(
   ctx: RunContext,
   layout: Layout,
   list: readonly WorkerLayout[],
@@ -82,7 +85,8 @@ async function startWorkers(
   return running;
 }
 
-async function closeAll(running: readonly Running[]): Promise<void> {
+/** Closes every worker (and its clients). */
+export async function closeAll(running: readonly Running[]): Promise<void> {
   await Promise.all(running.map((r) => r.handle.close()));
 }
 
@@ -126,7 +130,12 @@ function generatorCpu(before: Snapshot[], after: Snapshot[]): { total: number; m
   return { total, max };
 }
 
-function brokerMetrics(b1: ProcSample, b2: ProcSample, delivered: number): Record<string, number> {
+/** Broker CPU (%, µs per delivered message) between two samples, and RSS at the second. */
+export function brokerMetrics(
+  b1: ProcSample,
+  b2: ProcSample,
+  delivered: number,
+): Record<string, number> {
   const cpu = b2.cpuMicros - b1.cpuMicros;
   return {
     broker_cpu_pct: (cpu / ((b2.at - b1.at) * 1000)) * 100,
@@ -158,6 +167,7 @@ async function drain(
   subs: WorkerHandle[],
   expected: number,
   timeoutS: number,
+  idleMs = 500,
 ): Promise<Snapshot[]> {
   const deadline = performance.now() + timeoutS * 1000;
   let last = await sendAll(subs, { cmd: "mark" });
@@ -165,7 +175,7 @@ async function drain(
   while (performance.now() < deadline) {
     const unique = sum(last, "received") - sum(last, "duplicates");
     if (unique >= expected) break;
-    if (performance.now() - stableSince > 500) break;
+    if (performance.now() - stableSince > idleMs) break;
     await sleep(100);
     const next = await sendAll(subs, { cmd: "mark" });
     if (sum(next, "received") !== sum(last, "received")) stableSince = performance.now();
@@ -195,7 +205,7 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
     const pick = (list: Snapshot[], idx: number[]) => idx.map((i) => list[i]);
     const sent = sum(stopped, "sent");
     const expected = sent * layout.fanout;
-    const final = await drain(subs, expected, drainS);
+    const final = await drain(subs, expected, drainS, layout.drainIdleMs);
     const received = sum(final, "received");
     const duplicates = sum(final, "duplicates");
     const delivered = sum(pick(m2, subIndex), "received") - sum(pick(m1, subIndex), "received");

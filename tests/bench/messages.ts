@@ -16,6 +16,8 @@ export interface ClientPlan {
   readonly qos: 0 | 1 | 2;
   /** Written into every payload so subscribers can tell publishers apart (pubs only). */
   readonly publisherIndex?: number;
+  /** Set: a persistent session (Clean Start 0) with this Session Expiry Interval, seconds. */
+  readonly sessionExpiry?: number;
 }
 
 /** Everything a load worker needs to run its share of a scenario. */
@@ -31,6 +33,8 @@ export interface LoadPlan {
   readonly clients: readonly ClientPlan[];
   /** Messages per second for each publisher; absent means as fast as flow control allows. */
   readonly ratePerPublisher?: number;
+  /** Each publisher stops by itself after this many messages; absent means until `stop`. */
+  readonly messagesPerPublisher?: number;
   /** Read sequence numbers from payloads to count duplicates. */
   readonly trackDuplicates: boolean;
   /** Record publish-to-deliver latency (publishers and subscribers share this process). */
@@ -65,6 +69,10 @@ export type Command =
   | { readonly cmd: "go" }
   | { readonly cmd: "mark" }
   | { readonly cmd: "stop"; readonly timeoutMs: number }
+  // Subscribers close their connections (sessions stay) and later connect again without
+  // subscribing: what a persistent session kept for them arrives then.
+  | { readonly cmd: "disconnect" }
+  | { readonly cmd: "reconnect" }
   | { readonly cmd: "close" };
 
 /** Latency percentiles over the samples taken since the previous mark, in microseconds. */

@@ -1,6 +1,9 @@
 /** Medians across rounds, ratios between brokers, and the Markdown / JSON report. */
 
 import type { BenchLimits, BrokerName } from "./brokers.ts";
+import { fixed, int, LABEL_HEADERS, table, times } from "./cells.ts";
+import type { DurabilityReport } from "./durability.ts";
+import { durabilitySection } from "./durability_report.ts";
 import type { MachineInfo } from "./machine.ts";
 import type { BenchOptions } from "./options.ts";
 import { levelName, type RunResult } from "./runner.ts";
@@ -8,6 +11,8 @@ import type { ScenarioKind } from "./scenarios.ts";
 import { median } from "./stats.ts";
 import type { Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
+
+export { LABEL_HEADERS } from "./cells.ts";
 
 /** Medians of one scenario on one broker at one protocol level. */
 export interface SummaryRow {
@@ -141,21 +146,6 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
     };
   });
 }
-
-const int = (n: number | undefined) =>
-  n === undefined || !Number.isFinite(n) ? "–" : Math.round(n).toLocaleString("en-US");
-const fixed = (n: number | undefined, digits = 1) =>
-  n === undefined || !Number.isFinite(n) ? "–" : n.toFixed(digits);
-const times = (n: number | undefined) =>
-  n === undefined || !Number.isFinite(n) ? "–" : `${n.toFixed(2)}×`;
-
-function table(headers: string[], rows: string[][]): string {
-  const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
-  return [line(headers), line(headers.map(() => "---")), ...rows.map(line)].join("\n");
-}
-
-/** The columns every table starts with (see `label`). */
-export const LABEL_HEADERS: readonly string[] = ["scenario", "transport", "MQTT", "broker"];
 
 function label(row: SummaryRow): string[] {
   const failed = row.failures.length > 0 ? ` (${row.failures.length} failed)` : "";
@@ -374,6 +364,8 @@ export interface ReportInput {
   readonly skipped: Readonly<Record<string, string>>;
   readonly descriptions: Readonly<Record<string, string>>;
   readonly results: readonly RunResult[];
+  /** The persistent-session scenarios' runs (durability.ts), when any ran. */
+  readonly durability?: DurabilityReport;
 }
 
 /** The Markdown report. */
@@ -433,7 +425,12 @@ export function markdown(input: ReportInput): string {
       gcTable(traced),
     );
   }
-  const scenarios = [...new Set(summary.map((r) => r.scenario))];
+  if (input.durability && input.durability.results.length > 0) {
+    sections.push("", durabilitySection(input.durability));
+  }
+  const scenarios = [
+    ...new Set([...summary, ...input.durability?.results ?? []].map((r) => r.scenario)),
+  ];
   sections.push(
     "",
     "## Scenarios",

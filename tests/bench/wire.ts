@@ -81,12 +81,17 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** CONNECT with clean start, no will, no credentials. */
+/**
+ * CONNECT without will or credentials. With `sessionExpiry` (seconds) the session is persistent:
+ * Clean Start 0 and, on MQTT 5, a Session Expiry Interval property (3.1.1: Clean Session 0).
+ */
 export function encodeConnect(
   version: ProtocolLevel,
   clientId: string,
   keepAlive: number,
+  sessionExpiry?: number,
 ): Uint8Array {
+  const persistent = sessionExpiry !== undefined;
   const header = new Uint8Array([
     0,
     4,
@@ -95,11 +100,21 @@ export function encodeConnect(
     0x54,
     0x54,
     version,
-    0x02,
+    persistent ? 0x00 : 0x02,
     keepAlive >> 8,
     keepAlive & 0xff,
   ]);
-  const props = version === 5 ? [new Uint8Array([0])] : [];
+  const expiry = sessionExpiry ?? 0;
+  // Property 0x11, Session Expiry Interval, a four-byte integer.
+  const sessionProps = [
+    5,
+    0x11,
+    expiry >>> 24,
+    (expiry >>> 16) & 0xff,
+    (expiry >>> 8) & 0xff,
+    expiry & 0xff,
+  ];
+  const props = version === 5 ? [new Uint8Array(persistent ? sessionProps : [0])] : [];
   return packet(PacketType.CONNECT << 4, concat([header, ...props, utf8(clientId)]));
 }
 

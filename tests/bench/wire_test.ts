@@ -49,6 +49,13 @@ for (const version of [4, 5] as const) {
     ]]);
   });
 
+  Deno.test(`v${version}: a persistent-session CONNECT has Clean Start 0 and the expiry`, () => {
+    const [connect] = parseAll(encodeConnect(version, "durable", 30, 3600), version);
+    assert.equal(connect.clientId, "durable");
+    assert.equal(connect.clean, false);
+    if (version === 5) assert.equal(connect.properties.sessionExpiryInterval, 3600);
+  });
+
   Deno.test(`v${version}: a patched PUBLISH batch decodes as N messages with their ids and payloads`, () => {
     const batch = encodePublishBatch(version, "bench/pair/3", 1, 64, 5, 3);
     for (let i = 0; i < 5; i++) patchPublish(batch, i, 100 + i, 1000 + i, 12.5 + i);

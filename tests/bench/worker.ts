@@ -33,6 +33,10 @@ async function handle(command: Command): Promise<Reply> {
       return idle ? idle.snapshot() : expect(load, "mark").mark();
     case "stop":
       return idle ? idle.snapshot() : await expect(load, "stop").stop(command.timeoutMs);
+    case "disconnect":
+      return await expect(load, "disconnect").disconnect();
+    case "reconnect":
+      return await expect(load, "reconnect").reconnect();
     case "close":
       if (idle) return idle.close();
       return load ? await load.close() : { ok: false, error: "close before setup" };

@@ -83,22 +83,22 @@ Deno.test({
     assert.ok(w2At >= 2000, `will w2 waited its delay (${w2At} ms)`);
     assert.ok(w2At <= ttlMs + renewMs + 2000 + slack, `will w2 after ${w2At} ms`);
 
-    // The persistent session resumes on a survivor with all 25 messages, in order. One may come
-    // twice (QoS 1): a was killed after storing it in the session and before it deleted it from
-    // its inbox, from where the survivor delivers it again.
+    // The persistent session resumes on a survivor with all 25 messages, in order. A message
+    // the dead node had forwarded may come twice (its inbox is handed over at least once).
     const r = await RawClient.connect(b.port);
     const ack = await r.handshake("ps", 5, PERSISTENT);
     assert.equal(ack.sessionPresent, true);
-    const got: string[] = [];
-    const all: string[] = [];
-    while (got.length < 25) {
+    const firsts: string[] = [];
+    let copies = 0;
+    while (firsts.length < 25) {
       const p = await r.expect("publish");
       const m = new TextDecoder().decode(p.payload as Uint8Array);
-      all.push(m);
-      if (!got.includes(m)) got.push(m);
+      if (firsts.includes(m)) copies++;
+      else firsts.push(m);
+      assert.ok(copies <= 5, `at most a few second copies, got ${copies}`);
       await r.sendPacket({ cmd: "puback", messageId: p.messageId });
     }
-    assert.deepEqual(got, Array.from({ length: 25 }, (_, i) => `m${i}`), `received ${all}`);
+    assert.deepEqual(firsts, Array.from({ length: 25 }, (_, i) => `m${i}`));
     r.close();
     await eventually("c still serves", () => watcher.connected);
     await delay(10);

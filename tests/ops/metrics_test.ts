@@ -142,3 +142,32 @@ Deno.test("the Prometheus parser of the tests rejects lines that are not samples
   assert.throws(() => parseMetrics('mcloudtt_x{a="b"} 1 2 3 4\n'));
   assert.deepEqual([...parseMetrics('# HELP x y\nx{a="b"} 2\n')], [['x{a="b"}', 2]]);
 });
+
+Deno.test("/metrics counts an embedder's Authenticator refusals and the retained and subscription limits' refusals", async () => {
+  // Refuses every user called "mallory"; welcomes the rest.
+  const picky = {
+    authenticate: (req: { username?: string }) =>
+      req.username === "mallory"
+        ? { ok: false as const, reasonCode: 0x86, reason: "bad user name or password" }
+        : { ok: true as const, username: req.username },
+  };
+  await using b = await startBroker(
+    { limits: { max_retained_messages: 1, max_subscriptions: 1 } },
+    { authenticator: picky },
+  );
+  await using o = await startOps(b.broker);
+  await assert.rejects(connectClient(b.port, { clientId: "m1", username: "mallory" }));
+  await assert.rejects(connectClient(b.port, { clientId: "m2", username: "mallory" }));
+  const c = await connectClient(b.port, { clientId: "ok", username: "alice" });
+  await c.publishAsync("r/1", "kept", { qos: 1, retain: true });
+  // The store holds one retained message: the second is refused with 0x97.
+  await assert.rejects(c.publishAsync("r/2", "refused", { qos: 1, retain: true }));
+  await c.subscribeAsync("s/1", { qos: 0 });
+  await assert.rejects(c.subscribeAsync("s/2", { qos: 0 }), /Quota exceeded/);
+  const m = await scrapeUntil(o.url, (m) => m.get("mcloudtt_subscriptions_refused_total") === 1);
+  assert.equal(metric(m, "mcloudtt_auth_failures_total"), 2);
+  assert.equal(metric(m, "mcloudtt_auth_busy_total"), 0);
+  assert.equal(metric(m, "mcloudtt_retained_refused_total"), 1);
+  assert.equal(metric(m, "mcloudtt_subscriptions_refused_total"), 1);
+  await endClient(c);
+});

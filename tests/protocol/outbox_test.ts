@@ -1,0 +1,127 @@
+/**
+ * The outbox over real loopback sockets: partial socket writes are completed
+ * (the TCP sink hands the socket's byte count over), and write buffers shared
+ * between connections through the pool never mix their bytes.
+ */
+import assert from "node:assert/strict";
+import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
+import { TcpConnection } from "../../src/transport/tcp.ts";
+
+/** A connected socket pair on 127.0.0.1. */
+async function socketPair(): Promise<{ near: Deno.TcpConn; far: Deno.TcpConn; close(): void }> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const [near, far] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port }),
+    listener.accept(),
+  ]);
+  listener.close();
+  return {
+    near,
+    far,
+    close() {
+      for (const c of [near, far]) {
+        try {
+          c.close();
+        } catch {
+          // already closed
+        }
+      }
+    },
+  };
+}
+
+/** Reads `n` bytes from `conn` (pausing between reads when `slow`); fails after 15 s. */
+async function readExactly(conn: Deno.Conn, n: number, slow = false): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  let have = 0;
+  const buf = new Uint8Array(64 * 1024);
+  // Lost bytes would leave the read waiting forever: closing the socket ends it.
+  const timer = setTimeout(() => conn.close(), 15_000);
+  try {
+    while (have < n) {
+      if (slow) await new Promise((r) => setTimeout(r, 2));
+      const got = await conn.read(buf);
+      if (got === null) break;
+      out.set(buf.subarray(0, got), have);
+      have += got;
+    }
+  } catch {
+    // closed by the timer
+  } finally {
+    clearTimeout(timer);
+  }
+  if (have < n) throw new Error(`only ${have} of ${n} bytes arrived`);
+  return out;
+}
+
+class Owner implements OutboxOwner {
+  drains = 0;
+  failure: unknown = null;
+  drained(): void {
+    this.drains++;
+  }
+  writeFailed(e: unknown): void {
+    this.failure = e;
+  }
+}
+
+function pattern(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+Deno.test("a write larger than the socket takes at once arrives whole and in order", async () => {
+  const pair = await socketPair();
+  try {
+    const owner = new Owner();
+    const outbox = new Outbox(new TcpConnection(pair.near, 0), owner);
+    // 8 MiB in 48 KiB packets: a slow reader makes the kernel buffer fill, so the socket
+    // takes only part of a write and the outbox has to write the rest.
+    const packets: Uint8Array[] = [];
+    for (let i = 0; i < 170; i++) packets.push(pattern(48 * 1024, i));
+    const total = packets.reduce((n, p) => n + p.length, 0);
+    const reading = readExactly(pair.far, total, true);
+    for (const p of packets) outbox.push(p);
+    const got = await reading;
+    let at = 0;
+    for (const p of packets) {
+      assert.deepEqual(got.subarray(at, at + p.length), p);
+      at += p.length;
+    }
+    assert.equal(owner.failure, null);
+  } finally {
+    pair.close();
+  }
+});
+
+Deno.test("pooled write buffers shared by connections never mix their bytes", async () => {
+  const pairs = await Promise.all([socketPair(), socketPair(), socketPair()]);
+  try {
+    const outboxes = pairs.map((p) => new Outbox(new TcpConnection(p.near, 0), new Owner()));
+    const rounds = 200;
+    const sizes = [4, 70, 300, 1500];
+    const expected: number[][] = pairs.map(() => []);
+    const readers = pairs.map((p, k) => {
+      let n = 0;
+      for (let r = 0; r < rounds; r++) n += sizes[(r + k) % sizes.length];
+      return readExactly(p.far, n);
+    });
+    for (let r = 0; r < rounds; r++) {
+      // One packet per connection per turn, like a paced load: each flush takes a pooled
+      // buffer that another connection's completed write just gave back.
+      outboxes.forEach((o, k) => {
+        const packet = pattern(sizes[(r + k) % sizes.length], r * 7 + k);
+        o.push(packet);
+        expected[k].push(...packet);
+      });
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    const got = await Promise.all(readers);
+    got.forEach((bytes, k) => assert.deepEqual(Array.from(bytes), expected[k]));
+    assert.ok(pooledBuffers() > 0, "completed writes returned their buffers to the pool");
+  } finally {
+    for (const p of pairs) p.close();
+  }
+});
