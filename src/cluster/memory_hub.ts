@@ -45,7 +45,8 @@ export class MemoryHub {
     this.buses.delete(nodeId);
     for (const b of this.buses.values()) b.trie.dropNode(nodeId);
     const survivor = [...this.buses.values()][0];
-    await survivor?.host?.nodeDown(nodeId);
+    // No inbox here: nothing was left for the adopted sessions.
+    (await survivor?.host?.nodeDown(nodeId))?.done();
   }
 
   /** Every other live bus. */

@@ -369,27 +369,32 @@ export class RedisBus implements Bus {
     } catch (e) {
       log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
     }
-    const n = await this.routes.purge(node);
-    log.warn`node ${node} is dead: withdrew its ${n} routes`;
-    // What was forwarded to the dead node and acknowledged to its publishers is in its inbox:
-    // once no node forwards there any more, it goes to the adopted sessions.
-    await this.routes.settle();
-    const inbox = this.keys.inbox(node);
-    const left = await drainInbox(
-      this.cmd,
-      inbox,
-      (msg, groups) => orphans?.(msg, groups),
-      (fields) => {
-        // A takeover waiting for the dead node: answer in its place.
-        const from = fields.get("f");
-        if (fields.get("t") === "k" && from !== undefined) {
-          this.writer.control(from, { t: "r", q: fields.get("q") ?? "" }).catch(() => {});
-        }
-      },
-    );
-    if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
-    await this.routes.forgetApplied(node);
-    await this.cmd.del(inbox);
+    try {
+      const n = await this.routes.purge(node);
+      log.warn`node ${node} is dead: withdrew its ${n} routes`;
+      // What was forwarded to the dead node and acknowledged to its publishers is in its inbox:
+      // once no node forwards there any more, it goes to the adopted sessions.
+      await this.routes.settle();
+      const inbox = this.keys.inbox(node);
+      const left = await drainInbox(
+        this.cmd,
+        inbox,
+        (msg, groups) => orphans?.deliver(msg, groups),
+        (fields) => {
+          // A takeover waiting for the dead node: answer in its place.
+          const from = fields.get("f");
+          if (fields.get("t") === "k" && from !== undefined) {
+            this.writer.control(from, { t: "r", q: fields.get("q") ?? "" }).catch(() => {});
+          }
+        },
+      );
+      if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
+      await this.routes.forgetApplied(node);
+      await this.cmd.del(inbox);
+    } finally {
+      // The adopted sessions stop holding what reached them meanwhile, even after a failure.
+      orphans?.done();
+    }
   }
 
   /** Routes of incarnations that are gone (no lease) are withdrawn when a node starts. */

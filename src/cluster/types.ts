@@ -50,10 +50,19 @@ export interface BusHost {
 }
 
 /**
- * Delivers one message found in a dead node's inbox to the sessions this
- * node adopted from it (not to its other subscribers, who had their copy).
+ * What is left in a dead node's inbox, for the sessions this node adopted
+ * from it (not for its other subscribers, who had their copy).
  */
-export type OrphanDelivery = (msg: Message, groups: readonly string[]) => void;
+export interface OrphanDelivery {
+  /** Delivers one message found in the dead node's inbox, oldest first. */
+  deliver(msg: Message, groups: readonly string[]): void;
+  /**
+   * The inbox is drained (or draining it failed): nothing more comes. The
+   * adopted sessions then take what was published for them meanwhile, after
+   * the older messages from the inbox. Called exactly once.
+   */
+  done(): void;
+}
 
 /** The bus's decision for a message published on this node. */
 export interface ForwardResult {

@@ -70,6 +70,21 @@ interface PendingClaim {
   readonly finish: () => void;
 }
 
+/**
+ * A session adopted from a dead node while that node's inbox is drained: its
+ * stored subscriptions route to `held`, so what is published meanwhile comes
+ * after the older messages left in the inbox (see `nodeDown`).
+ */
+interface Adoption {
+  readonly session: Session;
+  /** Its subscriptions, in the router once the inbox is drained. */
+  readonly subs: Subscription[];
+  readonly held: HeldDeliveries;
+  /** Resolves once the session took over its routes (or is gone). */
+  readonly done: Promise<void>;
+  readonly finish: () => void;
+}
+
 /** CONNACK for a connection whose client id another node claimed after this one did. */
 const OUTCLAIMED: AttachResult = Object.freeze({
   ok: false,
@@ -107,6 +122,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly detached = new Set<Session>();
   /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
   private readonly adopted = new Set<string>();
+  /** Sessions adopted from a dead node whose inbox is still being drained, by client id. */
+  private readonly adopting = new Map<string, Adoption>();
   /** Adopted sessions whose will is being taken from the store (cluster-wide once). */
   private readonly takingWill = new Map<string, Promise<unknown>>();
   /** Cluster: connections of this node still claiming their client id (see `sessionTakenOver`). */
@@ -337,7 +354,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.linking.delete(session);
       linking.resolve();
     }
-    if (this.journal !== null) session.persist(this.router.subscriptionsOf(session));
+    if (this.journal !== null) session.persist(this.subscriptionsOf(session));
+  }
+
+  /** The session's subscriptions, including those of an adoption still holding its routes. */
+  private subscriptionsOf(session: Session): Iterable<Subscription> {
+    const a = this.adopting.get(session.clientId);
+    if (a === undefined || a.session !== session) return this.router.subscriptionsOf(session);
+    return [...a.subs, ...this.router.subscriptionsOf(session)];
   }
 
   retainFits(msg: Message): boolean {
@@ -409,6 +433,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.attaching.set(id, pending);
     let held: HeldDeliveries | null = null;
     try {
+      // Adopted here a moment ago: the client gets the dead node's leftovers first.
+      const adoption = this.adopting.get(id);
+      if (adoption !== undefined) await this.boundedWait(adoption.done);
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
@@ -426,6 +453,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (pending.kicked > pending.epoch) return this.outclaimed();
       // From here on only this node's writes of the session count (a late write elsewhere fails).
       if (isClusterStore(store)) await store.claimSession(id);
+      // Adopted here from a dead node while this attach waited for it: the leftovers of that
+      // node's inbox go in before what this attach's holder collected.
+      const adopted = this.adopting.get(id);
+      if (adopted !== undefined) await this.boundedWait(adopted.done);
       if (!this.sessions.has(id)) {
         const state = await store.loadSession(id);
         if (state !== null && state.owner !== req.owner) {
@@ -587,6 +618,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * holder here, before that node is asked to let go: see handover.ts.
    */
   private async holdFor(state: SessionState): Promise<HeldDeliveries> {
+    const { held, routed } = this.hold(state);
+    await Promise.all(routed).catch(() => {});
+    return held;
+  }
+
+  /** Routes a stored session's subscriptions to a new holder; `routed` says when they work. */
+  private hold(state: SessionState): { held: HeldDeliveries; routed: Promise<void>[] } {
     const held = new HeldDeliveries(
       state.clientId,
       state.owner ?? undefined,
@@ -598,19 +636,24 @@ export class BrokerCore implements ConnectionHost, BusHost {
       const ready = this.bus.addRoute(sub.key);
       if (ready !== null) routed.push(ready);
     }
-    await Promise.all(routed).catch(() => {});
-    return held;
+    return { held, routed };
   }
 
   /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
   private restoreSession(state: SessionState): Promise<void>[] {
     const routed: Promise<void>[] = [];
-    const s = this.newSession(state.clientId);
-    s.restore(state);
+    const s = this.reviveSession(state);
     for (const sub of this.storedSubscriptions(state, s)) {
       const r = this.subscribe(s, sub);
       if (r.ready !== null) routed.push(r.ready);
     }
+    return routed;
+  }
+
+  /** Rebuilds a stored session without its subscriptions; it waits detached for its client. */
+  private reviveSession(state: SessionState): Session {
+    const s = this.newSession(state.clientId);
+    s.restore(state);
     this.sessions.set(state.clientId, s);
     // A session stored while connected lost its connection in a crash: it is detached now.
     if (s.expiresAt === 0) {
@@ -619,7 +662,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
     }
     this.detached.add(s);
-    return routed;
+    return s;
   }
 
   /** BusHost: another node took over `clientId` with claim number `epoch`. */
@@ -635,6 +678,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       // The kicker loads the session only after this returns, so the attach must be over.
       await pending.settled;
     }
+    // Adopted from a dead node a moment ago: hand it over with that node's leftovers in it.
+    const adoption = this.adopting.get(clientId);
+    if (adoption !== undefined) await this.boundedWait(adoption.done);
     const s = this.sessions.get(clientId);
     if (s === undefined) return;
     const mine = this.claimOf.get(s) ?? 0;
@@ -651,7 +697,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // routing to it: whatever reached it until then is in what the new owner loads, whatever
     // comes later reaches the new owner's holder (handover.ts).
     await this.journal?.pending?.catch(() => {});
-    s.persist(this.router.subscriptionsOf(s));
+    s.persist(this.subscriptionsOf(s));
     this.detached.delete(s);
     this.unsubscribeAll(s);
     if (this.sessions.get(clientId) === s) this.sessions.delete(clientId);
@@ -674,7 +720,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // theirs, and this node's other subscribers had their own copy.
     const orphans = new Router();
     orphans.receiveCheck = this.mayReceive;
-    const taken: Session[] = [];
+    const taken: Adoption[] = [];
     for (const id of await store.sessionsOfNode(nodeId)) {
       if (this.sessions.has(id)) continue;
       const state = await store.adoptSession(id, nodeId);
@@ -682,23 +728,54 @@ export class BrokerCore implements ConnectionHost, BusHost {
       // Owning it on the bus too, so a client that reconnects elsewhere takes it from here.
       await this.bus.claimSession(id);
       if (this.sessions.has(id)) continue;
-      this.restoreSession(state);
+      // Its routes are here before the dead node's are withdrawn (so a publish in between
+      // reaches it), but what they bring waits until the older messages in the dead node's
+      // inbox are in: a publisher's messages stay in order.
+      const { held } = this.hold(state);
+      const s = this.reviveSession(state);
+      const subs = this.storedSubscriptions(state, s);
+      let finish!: () => void;
+      const done = new Promise<void>((r) => finish = r);
+      const a: Adoption = { session: s, subs, held, done, finish };
+      this.adopting.set(id, a);
       this.adopted.add(id);
       adopted++;
-      const s = this.sessions.get(id)!;
-      taken.push(s);
-      for (const sub of this.router.subscriptionsOf(s)) orphans.subscribe(sub);
+      taken.push(a);
+      for (const sub of subs) orphans.subscribe(sub);
     }
     await store.forgetNode(nodeId);
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
     if (adopted === 0) return;
-    return (msg, groups) => {
-      // A session whose client came back meanwhile is no longer this node's to fill.
-      for (const s of taken) {
-        if (this.sessions.get(s.clientId) !== s) orphans.unsubscribeAll(s);
-      }
-      orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+    return {
+      deliver: (msg, groups) => {
+        // A session whose client came back meanwhile is no longer this node's to fill.
+        for (const a of taken) {
+          if (this.sessions.get(a.session.clientId) !== a.session) {
+            orphans.unsubscribeAll(a.session);
+          }
+        }
+        orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+      },
+      done: () => {
+        for (const a of taken) this.adoptionDone(a);
+      },
     };
+  }
+
+  /**
+   * The dead node's inbox is drained: an adopted session takes over its
+   * routes from its holder and then what the holder collected meanwhile.
+   */
+  private adoptionDone(a: Adoption): void {
+    const s = a.session;
+    const id = s.clientId;
+    if (this.adopting.get(id) === a) this.adopting.delete(id);
+    if (this.sessions.get(id) === s) {
+      for (const sub of a.subs) this.subscribe(s, sub);
+      a.held.handTo(s);
+    }
+    this.unsubscribeAll(a.held);
+    a.finish();
   }
 
   /** BusHost: the cluster handled this node as dead while it was frozen; its sessions moved. */

@@ -23,11 +23,6 @@ const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
 Deno.test({
   name: "cluster: a rolling restart under QoS 1 traffic loses nothing acknowledged",
   ...opts,
-  // KNOWN BUG (see the scenarios report): a session taken over while messages flow loses the
-  // messages that reach its old node after the hand-over; a subscriber that reconnects to
-  // another node in the middle of traffic misses some. Unignore once the takeover closes that
-  // window. TEST_KNOWN_BUGS=1 runs it.
-  ignore: ignore || !Deno.env.get("TEST_KNOWN_BUGS"),
   async fn() {
     await using cluster = await TestCluster.start({
       names: ["a", "b", "c"],

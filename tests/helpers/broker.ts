@@ -51,10 +51,16 @@ export async function startBroker(
   };
 }
 
-/** Connects an MQTT.js client and waits for CONNACK; rejects on error or refusal. */
+/**
+ * Connects an MQTT.js client and waits for CONNACK; rejects on error or refusal.
+ * `setup` runs before the connection opens: a listener added there sees the
+ * messages a resumed session sends right after CONNACK (MQTT.js may emit them
+ * before a caller awaiting this promise runs again).
+ */
 export function connectClient(
   port: number,
   opts: IClientOptions = {},
+  setup?: (client: MqttClient) => void,
 ): Promise<MqttClient & AsyncDisposable> {
   return new Promise((resolve, reject) => {
     const client = mqtt.connect({
@@ -66,6 +72,7 @@ export function connectClient(
       ...opts,
     }) as MqttClient & AsyncDisposable;
     client[Symbol.asyncDispose] = () => endClient(client);
+    setup?.(client);
     const onError = (e: Error) => {
       client.end(true);
       reject(e);

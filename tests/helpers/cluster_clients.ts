@@ -6,7 +6,7 @@
  * that records every delivery with its DUP flag, for loss, order and
  * duplicate checks.
  */
-import type { IClientOptions, MqttClient } from "mqtt";
+import type { IClientOptions, IPublishPacket, MqttClient } from "mqtt";
 import { connectClient, delay } from "./broker.ts";
 
 /** Connects to the first port (in rotation from `start`) that accepts, retrying until `timeoutMs`. */
@@ -15,6 +15,7 @@ export async function connectAny(
   start: number,
   opts: IClientOptions,
   timeoutMs = 30_000,
+  setup?: (client: MqttClient) => void,
 ): Promise<{ client: MqttClient; index: number }> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown = null;
@@ -22,7 +23,7 @@ export async function connectAny(
     const list = ports();
     const index = k % list.length;
     try {
-      const client = await connectClient(list[index], { connectTimeout: 5000, ...opts });
+      const client = await connectClient(list[index], { connectTimeout: 5000, ...opts }, setup);
       return { client, index };
     } catch (e) {
       last = e;
@@ -150,6 +151,10 @@ const PERSISTENT: IClientOptions = {
  */
 export class SessionSubscriber {
   readonly deliveries: Delivery[] = [];
+  /** Distinct numbers seen per publisher. */
+  private readonly seen = new Map<string, Set<number>>();
+  /** When the last delivery arrived (ms since the epoch). */
+  lastDeliveryAt = 0;
   /** Reason codes of DISCONNECT packets it received. */
   readonly disconnects: number[] = [];
   /** CONNACKs after the first without Session Present (a lost session). */
@@ -188,6 +193,20 @@ export class SessionSubscriber {
     return this.deliveries.filter((d) => d.publisher === publisher);
   }
 
+  /** How many distinct numbers arrived from `publisher`. */
+  distinct(publisher: string): number {
+    return this.seen.get(publisher)?.size ?? 0;
+  }
+
+  /** Resolves once no delivery arrived for `ms` (what the session held has been sent). */
+  async quiet(ms = 500, timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() - this.lastDeliveryAt < ms) {
+      if (Date.now() > deadline) throw new Error(`${this.id}: deliveries did not stop`);
+      await delay(Math.min(ms, 50));
+    }
+  }
+
   /** Disconnects normally and connects to node `index` (waits for the CONNACK). */
   async hop(index: number): Promise<void> {
     await this.moving;
@@ -207,11 +226,26 @@ export class SessionSubscriber {
   }
 
   private async connect(again: boolean): Promise<void> {
-    const { client, index } = await connectAny(this.ports, this.index, {
-      clientId: this.id,
-      resubscribe: false,
-      ...PERSISTENT,
-    });
+    // The listener goes on before CONNECT: a resumed session sends right after CONNACK.
+    const record = (_topic: string, payload: Uint8Array, packet: IPublishPacket) => {
+      const [publisher, n] = new TextDecoder().decode(payload).split(":");
+      this.deliveries.push({ publisher, n: Number(n), dup: packet.dup === true });
+      let set = this.seen.get(publisher);
+      if (set === undefined) this.seen.set(publisher, set = new Set());
+      set.add(Number(n));
+      this.lastDeliveryAt = Date.now();
+    };
+    const { client, index } = await connectAny(
+      this.ports,
+      this.index,
+      {
+        clientId: this.id,
+        resubscribe: false,
+        ...PERSISTENT,
+      },
+      undefined,
+      (c) => c.on("message", record),
+    );
     if (again) {
       this.reconnects++;
       const ack = (client as unknown as { connackPacket?: { sessionPresent?: boolean } })
@@ -221,10 +255,6 @@ export class SessionSubscriber {
     }
     this.index = index;
     this.client = client;
-    client.on("message", (_topic, payload, packet) => {
-      const [publisher, n] = new TextDecoder().decode(payload).split(":");
-      this.deliveries.push({ publisher, n: Number(n), dup: packet.dup === true });
-    });
     client.on("disconnect", (p) => this.disconnects.push(p.reasonCode ?? 0));
     client.on("close", () => {
       if (this.client !== client || this.stopped) return;
