@@ -46,7 +46,7 @@ export class MemoryHub {
     for (const b of this.buses.values()) b.trie.dropNode(nodeId);
     const survivor = [...this.buses.values()][0];
     // No inbox here: nothing was left for the adopted sessions.
-    (await survivor?.host?.nodeDown(nodeId))?.done();
+    await (await survivor?.host?.nodeDown(nodeId))?.done();
   }
 
   /** Every other live bus. */

@@ -278,7 +278,18 @@ export class RedisBus implements Bus {
     };
   }
 
-  async claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> {
+  async claimSession(
+    clientId: string,
+    numbered?: (epoch: number) => void,
+    adoptingFrom?: string,
+  ): Promise<number> {
+    const adopting = adoptingFrom !== undefined;
+    if (adopting) {
+      // A live node claimed it after the death: it gets the session once this one handed it back.
+      const current = await this.cmd.get(this.keys.owner(clientId));
+      const holder = current === null ? "" : current.slice(0, current.lastIndexOf(" "));
+      if (holder !== "" && holder !== adoptingFrom && holder !== this.nodeId) return 0;
+    } else await this.untilHandled(clientId);
     const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
     // The owner key holds "<node> <claims so far>"; this claim is the next one.
     const space = previous?.lastIndexOf(" ") ?? -1;
@@ -298,18 +309,51 @@ export class RedisBus implements Bus {
         q: request,
         e: String(epoch),
       });
-      if (!sent) return epoch;
+      // Its inbox is gone: it left, or a survivor is finishing with it; wait for that.
+      if (!sent) {
+        if (!adopting) await this.untilHandled(clientId, old);
+        return epoch;
+      }
       // A node that died meanwhile never answers: stop waiting when its lease runs out.
       let done = false;
+      let answered = false;
+      released.then(() => answered = true);
       await Promise.race([
         bounded(released, this.opts.cluster.takeover_timeout_ms),
         this.liveness.ended(old, () => done),
       ]);
       done = true;
+      // It died holding the session: the survivor that handles it adopts the session with what
+      // was left in its inbox and then owns it (this attach is outclaimed; the client's next
+      // CONNECT takes the session from the survivor, complete).
+      if (!answered && !adopting) await this.untilHandled(clientId, old);
     } finally {
       this.releases.delete(request);
     }
     return epoch;
+  }
+
+  /**
+   * When `clientId`'s owner died and no survivor has handled it yet, waits
+   * (at most a lease ttl plus the takeover timeout) until one has: the survivor
+   * adopts the session and fills it with what was left in the dead node's
+   * inbox, and this claim then takes it from the survivor like any other. A
+   * claim that came first would load the session without those messages.
+   */
+  private async untilHandled(clientId: string, known?: string): Promise<void> {
+    let old = known;
+    if (old === undefined) {
+      const current = await this.cmd.get(this.keys.owner(clientId));
+      if (current === null) return;
+      old = current.slice(0, current.lastIndexOf(" "));
+    }
+    if (old === "" || old === this.nodeId) return;
+    const deadline = Date.now() + this.opts.cluster.lease_ttl_ms +
+      this.opts.cluster.takeover_timeout_ms;
+    while (!this.stopped && Date.now() < deadline) {
+      if (await this.liveness.isLive(old) || !(await this.liveness.unhandled(old))) return;
+      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms / 2));
+    }
   }
 
   releaseSession(clientId: string): void {
@@ -364,6 +408,7 @@ export class RedisBus implements Bus {
     // Adopt first: the sessions' routes are here before the dead node's are withdrawn, so a
     // publish in between reaches them (possibly twice, never not at all).
     let orphans: OrphanDelivery | void = undefined;
+    const kicks: { from: string; q: string }[] = [];
     try {
       orphans = await this.host?.nodeDown(node);
     } catch (e) {
@@ -381,10 +426,11 @@ export class RedisBus implements Bus {
         inbox,
         (msg, groups) => orphans?.deliver(msg, groups),
         (fields) => {
-          // A takeover waiting for the dead node: answer in its place.
+          // A takeover waiting for the dead node: answered in its place once the adopted
+          // sessions are complete (below).
           const from = fields.get("f");
           if (fields.get("t") === "k" && from !== undefined) {
-            this.writer.control(from, { t: "r", q: fields.get("q") ?? "" }).catch(() => {});
+            kicks.push({ from, q: fields.get("q") ?? "" });
           }
         },
       );
@@ -393,7 +439,12 @@ export class RedisBus implements Bus {
       await this.cmd.del(inbox);
     } finally {
       // The adopted sessions stop holding what reached them meanwhile, even after a failure.
-      orphans?.done();
+      await Promise.resolve(orphans?.done()).catch((e) =>
+        log.error`finishing the adoption from ${node} failed: ${(e as Error).message}`
+      );
+      for (const k of kicks) {
+        this.writer.control(k.from, { t: "r", q: k.q }).catch(() => {});
+      }
     }
   }
 

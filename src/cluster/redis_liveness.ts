@@ -190,6 +190,14 @@ export class Liveness {
     return deadline !== null && Number(deadline) >= Number(sec) * 1000 + Number(usec) / 1000;
   }
 
+  /**
+   * True while `node` is listed as a member: alive, or dead and not yet
+   * handled by a survivor (which removes it once it adopted its sessions).
+   */
+  async unhandled(node: string): Promise<boolean> {
+    return (await this.cmd.zscore(this.keys.nodes, node)) !== null;
+  }
+
   /** Resolves once `node`'s lease has run out (checked every renewal), or when `stop()` says so. */
   async ended(node: string, stop: () => boolean): Promise<void> {
     while (!stop()) {

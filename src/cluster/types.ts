@@ -59,9 +59,11 @@ export interface OrphanDelivery {
   /**
    * The inbox is drained (or draining it failed): nothing more comes. The
    * adopted sessions then take what was published for them meanwhile, after
-   * the older messages from the inbox. Called exactly once.
+   * the older messages from the inbox. Called exactly once; the bus answers
+   * takeovers waiting for the dead node only once it resolved (a session
+   * handed back must be written first).
    */
-  done(): void;
+  done(): Promise<void> | void;
 }
 
 /** The bus's decision for a message published on this node. */
@@ -113,7 +115,19 @@ export interface Bus {
    * two nodes claiming at once must be able to tell whose claim is newer
    * while each waits for the other. Null when nothing needs to happen (one node).
    */
-  claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> | null;
+  claimSession(
+    clientId: string,
+    numbered?: (epoch: number) => void,
+    /**
+     * The dead node, for the survivor adopting its session: the claim is made
+     * only while that node still owns the client id, and resolves to 0 when a
+     * live node claimed it meanwhile (the survivor then fills the session with
+     * the dead node's leftovers and hands it back). Any other claim of a
+     * session whose owner died waits until a survivor has handled the death,
+     * so the session it loads holds what the dead node had been sent.
+     */
+    adoptingFrom?: string,
+  ): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;
 }

@@ -83,6 +83,8 @@ interface Adoption {
   /** Resolves once the session took over its routes (or is gone). */
   readonly done: Promise<void>;
   readonly finish: () => void;
+  /** Claimed by another node meanwhile: filled, written back and forgotten here. */
+  readonly handBack: boolean;
 }
 
 /** CONNACK for a connection whose client id another node claimed after this one did. */
@@ -726,7 +728,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       const state = await store.adoptSession(id, nodeId);
       if (state === null || this.sessions.has(id)) continue;
       // Owning it on the bus too, so a client that reconnects elsewhere takes it from here.
-      await this.bus.claimSession(id);
+      // 0: its client is already claiming it on another node; this node fills it with the dead
+      // node's leftovers and then hands it back to the store for that node to load.
+      const handBack = (await this.bus.claimSession(id, undefined, nodeId)) === 0;
       if (this.sessions.has(id)) continue;
       // Its routes are here before the dead node's are withdrawn (so a publish in between
       // reaches it), but what they bring waits until the older messages in the dead node's
@@ -736,7 +740,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       const subs = this.storedSubscriptions(state, s);
       let finish!: () => void;
       const done = new Promise<void>((r) => finish = r);
-      const a: Adoption = { session: s, subs, held, done, finish };
+      const a: Adoption = { session: s, subs, held, done, finish, handBack };
       this.adopting.set(id, a);
       this.adopted.add(id);
       adopted++;
@@ -756,8 +760,21 @@ export class BrokerCore implements ConnectionHost, BusHost {
         }
         orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
       },
-      done: () => {
+      done: async () => {
         for (const a of taken) this.adoptionDone(a);
+        const back = taken.filter((a) => a.handBack);
+        if (back.length === 0) return;
+        for (const a of back) {
+          const s = a.session;
+          if (this.sessions.get(s.clientId) !== s) continue;
+          s.persist(this.router.subscriptionsOf(s));
+          this.detached.delete(s);
+          this.adopted.delete(s.clientId);
+          this.unsubscribeAll(s);
+          this.sessions.delete(s.clientId);
+        }
+        // Written before the bus tells the claiming node that the dead one let go.
+        await this.journal?.pending?.catch(() => {});
       },
     };
   }
