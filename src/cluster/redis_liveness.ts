@@ -6,7 +6,7 @@
  * that survivor dies midway another one takes over.
  */
 import { getLogger } from "@logtape/logtape";
-import type { RedisClient } from "./redis_connection.ts";
+import { MAX_RECONNECT_DELAY_MS, type RedisClient } from "./redis_connection.ts";
 import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -29,6 +29,8 @@ export class Liveness {
   private joined = false;
   private ticking = false;
   private handling = new Set<string>();
+  /** Until then (local ms) expired leases are not acted on: see `tick`. */
+  private graceUntil = 0;
 
   constructor(
     private readonly self: string,
@@ -68,6 +70,13 @@ export class Liveness {
   async tick(mustExist: boolean): Promise<void> {
     if (this.ticking || this.cmd.status !== "ready") return;
     this.ticking = true;
+    // Missed renewals mean this node could not reach Redis (an outage, a Sentinel or Cluster
+    // failover): other nodes were cut off too, and may come back later (their reconnect
+    // backoff) with leases that ran out meanwhile. They get a lease's time plus that backoff
+    // to renew before any is handled as dead (which would publish the wills of clients that
+    // are still connected there).
+    const { ttlMs, renewMs } = this.opts;
+    const cutOff = this.joined && Date.now() - this.renewedAt > 2 * renewMs;
     try {
       const t = await this.scripts.leaseTick(
         this.keys.nodes,
@@ -76,6 +85,7 @@ export class Liveness {
         mustExist,
       );
       this.renewedAt = Date.now();
+      if (cutOff) this.graceUntil = this.renewedAt + ttlMs + MAX_RECONNECT_DELAY_MS;
       this.live = new Set(t.live);
       if (t.expelled) {
         const ttl = this.opts.ttlMs;
@@ -83,6 +93,7 @@ export class Liveness {
           .error`node ${this.self} was declared dead by the cluster (lease not renewed for ${ttl} ms); rejoining`;
         this.opts.onExpelled();
       }
+      if (Date.now() < this.graceUntil) return;
       for (const node of t.expired) {
         if (node !== this.self && !this.handling.has(node)) this.claim(node);
       }

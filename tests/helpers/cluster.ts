@@ -205,3 +205,62 @@ export async function eventually(
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+export interface NumberedPublish {
+  /** Numbers acknowledged with success, in the order of their acknowledgements. */
+  acked: number[];
+  /** Sends refused (PUBACK with an error reason code) and sent again. */
+  refused: number;
+  /** When each number was acknowledged (performance.now()). */
+  ackedAt: Map<number, number>;
+}
+
+/**
+ * Publishes `0..n-1` as payloads to `topic` at QoS 1 from `pub` (MQTT 5),
+ * `window` at a time, at most `rate` per second; a refused publish (Redis
+ * could not take it) is sent again after `retryMs` until acknowledged. Fails
+ * when a publish is not answered within 15 s or the client disconnected.
+ * `onAck` sees each acknowledged number (to act in the middle of traffic).
+ */
+export async function publishNumbered(
+  pub: import("mqtt").MqttClient,
+  topic: string,
+  n: number,
+  opts: { window?: number; rate?: number; retryMs?: number; onAck?: (i: number) => void } = {},
+): Promise<NumberedPublish> {
+  const out: NumberedPublish = { acked: [], refused: 0, ackedAt: new Map() };
+  const gap = opts.rate ? 1000 / opts.rate : 0;
+  let next = 0;
+  let slot = performance.now();
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      if (gap > 0) {
+        slot = Math.max(slot + gap, performance.now());
+        await new Promise((r) => setTimeout(r, slot - performance.now()));
+      }
+      for (;;) {
+        if (!pub.connected) throw new Error(`publisher disconnected before ${i} was acknowledged`);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const unanswered = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`publish ${i} was never answered`)), 15_000);
+        });
+        try {
+          await Promise.race([pub.publishAsync(topic, `${i}`, { qos: 1 }), unanswered]);
+          out.acked.push(i);
+          out.ackedAt.set(i, performance.now());
+          opts.onAck?.(i);
+          break;
+        } catch (e) {
+          if (e instanceof Error && e.message.includes("never answered")) throw e;
+          out.refused++;
+          await new Promise((r) => setTimeout(r, opts.retryMs ?? 100));
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: opts.window ?? 4 }, worker));
+  return out;
+}

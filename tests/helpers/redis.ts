@@ -165,12 +165,22 @@ export class RedisServer implements AsyncDisposable, RedisBackend {
     return redisCommand(this.port, ...args);
   }
 
+  /** Sends `sig` to the server (SIGSTOP / SIGCONT to freeze it). */
+  signal(sig: Deno.Signal): void {
+    try {
+      this.child?.kill(sig);
+    } catch {
+      // already gone
+    }
+  }
+
   /** kill -9 of the server (its memory is lost; the AOF stays when enabled). */
   async kill(): Promise<void> {
     const c = this.child;
     if (c === null) return;
     this.child = null;
     try {
+      c.kill("SIGCONT");
       c.kill("SIGKILL");
     } catch {
       // already gone
