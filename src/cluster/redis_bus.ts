@@ -30,6 +30,7 @@ import {
   InboxWriter,
 } from "./redis_inbox.ts";
 import { Liveness } from "./redis_liveness.ts";
+import { ReplicaWait } from "./redis_replicas.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
 import {
@@ -94,6 +95,10 @@ export class RedisBus implements Bus {
   private reconcileTimer: ReturnType<typeof setInterval> | null = null;
   /** Takeovers waiting for the old owner's "released": request id -> resolve. */
   private releases = new Map<string, () => void>();
+  /** `[redis] wait_replicas`: this turn's inbox writes, confirmed by replicas (one WAIT). */
+  private readonly replicas: ReplicaWait;
+  private turn: { written: Promise<void>; inboxes: Set<string>; durable: Promise<void> } | null =
+    null;
 
   constructor(private readonly opts: RedisBusOptions) {
     this.nodeId = opts.nodeId;
@@ -131,6 +136,11 @@ export class RedisBus implements Bus {
       opts.cluster.route_fence_ms,
     );
     this.writer = new InboxWriter(this.cmd, (n) => this.keys.inbox(n), this.stats);
+    this.replicas = new ReplicaWait(
+      this.cmd,
+      opts.redis.wait_replicas ?? 0,
+      opts.redis.wait_timeout_ms ?? 500,
+    );
   }
 
   /**
@@ -274,8 +284,22 @@ export class RedisBus implements Bus {
     for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body);
     return {
       localGroups: d.localGroups,
-      written: msg.qos > 0 && this.sync ? this.writer.written() : null,
+      written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
     };
+  }
+
+  /** What a QoS 1/2 acknowledgement waits for: this turn's inbox writes (and their WAIT). */
+  private durable(dests: Iterable<string>): Promise<void> {
+    const written = this.writer.written();
+    if (!this.replicas.enabled) return written;
+    let t = this.turn;
+    if (t === null || t.written !== written) {
+      const inboxes = new Set<string>();
+      t = this.turn = { written, inboxes, durable: this.replicas.after(written, inboxes) };
+      t.durable.catch(() => {});
+    }
+    for (const dest of dests) t.inboxes.add(this.keys.inbox(dest));
+    return t.durable;
   }
 
   async claimSession(
@@ -453,6 +477,10 @@ export class RedisBus implements Bus {
     const holders = await this.routes.tableNodes();
     for (const node of holders) {
       if (node === this.nodeId || this.liveness.live.has(node)) continue;
+      // A lease that ran out but is still listed is not a departure: its node was cut off from
+      // Redis as this one was (a failover) and renews, or it died and is handled as dead
+      // (sessions adopted before its routes go).
+      if ((await this.cmd.zscore(this.keys.nodes, node)) !== null) continue;
       const n = await this.routes.purge(node);
       log.info`withdrew ${n} stale routes of departed node ${node}`;
     }

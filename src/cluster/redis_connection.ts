@@ -43,6 +43,9 @@ export function reconnectDelay(attempt: number): number {
   return Math.round(base * (0.75 + Math.random() * 0.5));
 }
 
+/** The longest {@link reconnectDelay}: a node cut off from Redis is back at most this late. */
+export const MAX_RECONNECT_DELAY_MS = 2500;
+
 /** Parses `"host:port"` (IPv6 in brackets). */
 export function parseHostPort(seed: string): { host: string; port: number } {
   const i = seed.lastIndexOf(":");

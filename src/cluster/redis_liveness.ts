@@ -14,7 +14,7 @@
  * collide with the survivor (`confirm`).
  */
 import { getLogger } from "@logtape/logtape";
-import type { RedisClient } from "./redis_connection.ts";
+import { MAX_RECONNECT_DELAY_MS, type RedisClient } from "./redis_connection.ts";
 import { type ClusterKeys, type ClusterScripts, LeaseState } from "./redis_scripts.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -49,6 +49,8 @@ export class Liveness {
   private handling = new Set<string>();
   /** Expelled and waiting for the survivor to finish before registering again. */
   private out = false;
+  /** Until then (local ms) expired leases are not acted on: see `renew`. */
+  private graceUntil = 0;
 
   constructor(
     private readonly self: string,
@@ -131,6 +133,13 @@ export class Liveness {
     // The time the request leaves, not the reply's: the deadline Redis sets counts from a moment
     // between the two, so `lapsed` turns true no later than the lease runs out on Redis's clock.
     const sentAt = Date.now();
+    // Missed renewals mean this node could not reach Redis (an outage, a Sentinel or Cluster
+    // failover): other nodes were cut off too, and may come back later (their reconnect
+    // backoff) with leases that ran out meanwhile. They get a lease's time plus that backoff
+    // to renew before any is handled as dead (which would publish the wills of clients that
+    // are still connected there).
+    const { ttlMs, renewMs } = this.opts;
+    const cutOff = this.joined && sentAt - this.renewedAt > 2 * renewMs;
     const t = await this.scripts.leaseTick(
       [this.keys.nodes, this.keys.deadClaim(this.self)],
       this.self,
@@ -138,8 +147,11 @@ export class Liveness {
       mustExist,
     );
     this.live = new Set(t.live);
-    for (const node of t.expired) {
-      if (node !== this.self && !this.handling.has(node)) this.claim(node);
+    if (cutOff) this.graceUntil = Date.now() + ttlMs + MAX_RECONNECT_DELAY_MS;
+    if (Date.now() >= this.graceUntil) {
+      for (const node of t.expired) {
+        if (node !== this.self && !this.handling.has(node)) this.claim(node);
+      }
     }
     if (t.state === LeaseState.Handling || t.state === LeaseState.Handled) {
       if (!this.out) {

@@ -254,6 +254,8 @@ const shape = {
     sentinel_name: nonEmptyText("mymaster"),
     cluster_nodes: hostPorts(),
     durability: oneOf(["sync", "async"], "sync"),
+    wait_replicas: int(0, 16, 0),
+    wait_timeout_ms: int(1, 60000, 500),
   }),
   cluster: section("cluster", {
     node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
@@ -307,6 +309,20 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
       code: "custom",
       path: ["redis", "db"],
       message: 'must be 0 when redis.mode = "cluster" (Redis Cluster has one database)',
+    });
+  }
+  // A WAIT blocks the bus connection that also renews the lease: a timeout this long would let
+  // the lease run out while replicas are down.
+  const leaseSlack = config.cluster.lease_ttl_ms - config.cluster.lease_renew_ms;
+  if (redis.enabled && redis.wait_replicas > 0 && redis.wait_timeout_ms >= leaseSlack) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "wait_timeout_ms"],
+      message: `must be below cluster.lease_ttl_ms - cluster.lease_renew_ms (${leaseSlack}) ` +
+        "when redis.wait_replicas > 0",
+      params: {
+        blame: ["redis.wait_timeout_ms", "cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+      } satisfies CrossFieldParams,
     });
   }
   if (config.cluster.lease_ttl_ms < 2 * config.cluster.lease_renew_ms) {

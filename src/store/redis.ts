@@ -51,6 +51,7 @@ import {
   encodeWill,
 } from "./redis_codec.ts";
 import { ADOPT, APPLY, LOAD, TAKE_WILL } from "./redis_scripts.ts";
+import { ReplicaWait } from "../cluster/redis_replicas.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
 
@@ -73,6 +74,14 @@ export interface RedisStoreOptions {
   readonly now?: () => number;
   /** Close (quit) the client with the store; false when the client is shared. */
   readonly ownsClient?: boolean;
+  /**
+   * `[redis] wait_replicas`: a batch is written once this many replicas have
+   * it too (one WAIT per batch); fewer within `waitTimeoutMs` fails the
+   * batch with a ReplicationError. Default 0 (the primary's answer suffices).
+   */
+  readonly waitReplicas?: number;
+  /** `[redis] wait_timeout_ms` (default 500). */
+  readonly waitTimeoutMs?: number;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -206,6 +215,7 @@ export class RedisStore implements ClusterStore {
   private closed = false;
   /** Client ids already in this node's index set (saves an SADD per write). */
   private readonly indexed = new Set<string>();
+  private readonly replicas: ReplicaWait;
 
   constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
     this.keys = new RedisKeys(opts.keyPrefix);
@@ -214,6 +224,7 @@ export class RedisStore implements ClusterStore {
     this.tombstoneMs = opts.tombstoneMs ?? DEFAULT_TOMBSTONE_MS;
     this.now = opts.now ?? Date.now;
     this.ownsClient = opts.ownsClient ?? false;
+    this.replicas = new ReplicaWait(client, opts.waitReplicas ?? 0, opts.waitTimeoutMs ?? 500);
   }
 
   /** Connects a lazy client that was not connected yet, and checks that Redis answers. */
@@ -286,10 +297,16 @@ export class RedisStore implements ClusterStore {
     // All scripts are sent at once (ioredis writes them back to back): one
     // round trip per batch; each session's ops are atomic and in order.
     const cids = [...groups.keys()];
-    const results = await Promise.allSettled([
+    const sent = Promise.allSettled([
       ...cids.map((cid) => applyScript.run(this.client, this.keys.session(cid), groups.get(cid)!)),
       retainedOps > 0 ? retained.exec() : Promise.resolve(null),
     ]);
+    // With wait_replicas, one WAIT after the batch (on each master it touched).
+    const touched = new Set(cids.map((cid) => this.keys.session(cid)[0]));
+    if (retainedOps > 0) touched.add(this.keys.retainedIndex);
+    const replicated = this.replicas.after(sent, touched);
+    replicated.catch(() => {});
+    const results = await sent;
     const stale: string[] = [];
     const owners: string[] = [];
     let failure: unknown = null;
@@ -332,6 +349,7 @@ export class RedisStore implements ClusterStore {
     await Promise.all(index);
     if (failure !== null) throw failure;
     if (stale.length > 0) throw new StaleSessionError(stale, owners);
+    await replicated;
   }
 
   private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
@@ -628,9 +646,13 @@ export class RedisStore implements ClusterStore {
   }
 }
 
-/** What `createRedisStore` reads from the configuration (`[redis] key_prefix`). */
+/** What `createRedisStore` reads from the configuration (`[redis] key_prefix`, `wait_*`). */
 export interface RedisStoreConfig {
-  readonly redis: { readonly key_prefix?: string };
+  readonly redis: {
+    readonly key_prefix?: string;
+    readonly wait_replicas?: number;
+    readonly wait_timeout_ms?: number;
+  };
 }
 
 /**
@@ -643,5 +665,10 @@ export function createRedisStore(
   client: RedisClient,
   opts: Omit<RedisStoreOptions, "keyPrefix">,
 ): RedisStore {
-  return new RedisStore(client, { ...opts, keyPrefix: config.redis.key_prefix ?? "mcloudtt" });
+  return new RedisStore(client, {
+    waitReplicas: config.redis.wait_replicas,
+    waitTimeoutMs: config.redis.wait_timeout_ms,
+    ...opts,
+    keyPrefix: config.redis.key_prefix ?? "mcloudtt",
+  });
 }

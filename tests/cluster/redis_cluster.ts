@@ -3,7 +3,7 @@ import { resolveConfig } from "../../src/config/mod.ts";
 import type { DeepPartial } from "../../src/config/schema.ts";
 import type { Config } from "../../src/config/schema.ts";
 import { incarnationId, RedisBus } from "../../src/cluster/redis_bus.ts";
-import type { RedisServer } from "../helpers/redis.ts";
+import { type RedisClusterGroup, RedisServer } from "../helpers/redis.ts";
 import type { ClusterUnderTest } from "./contract.ts";
 
 /** Lease settings that notice a dead node in well under a second. */
@@ -13,14 +13,21 @@ export const FAST_CLUSTER = {
   takeover_timeout_ms: 2000,
 } as const;
 
+/** `[redis]` settings that point at `server`: one redis-server, or a Redis Cluster's seeds. */
+export function redisTarget(server: RedisServer | RedisClusterGroup): DeepPartial<Config["redis"]> {
+  return server instanceof RedisServer
+    ? { port: server.port }
+    : { mode: "cluster", cluster_nodes: server.seeds };
+}
+
 export function redisBus(
-  server: RedisServer,
+  server: RedisServer | RedisClusterGroup,
   name: string,
   overrides: DeepPartial<Config> = {},
 ): RedisBus {
   const config = resolveConfig({
     ...overrides,
-    redis: { enabled: true, port: server.port, ...overrides.redis },
+    redis: { enabled: true, ...redisTarget(server), ...overrides.redis },
     cluster: { ...FAST_CLUSTER, ...overrides.cluster },
   });
   return new RedisBus({
@@ -32,7 +39,7 @@ export function redisBus(
 
 /** n buses on `server` (each test gets its own key prefix, so servers can be shared). */
 export function redisCluster(
-  server: RedisServer,
+  server: RedisServer | RedisClusterGroup,
   n: number,
   overrides: DeepPartial<Config> = {},
 ): ClusterUnderTest & { buses: RedisBus[] } {

@@ -6,7 +6,7 @@
  * on the same port.
  */
 import { freePort, type MainProcess, startMain } from "./broker.ts";
-import { RedisServer } from "./redis.ts";
+import { type RedisBackend, RedisServer } from "./redis.ts";
 
 const repoRoot = new URL("../../", import.meta.url).pathname;
 
@@ -34,8 +34,11 @@ export class ClusterNode implements AsyncDisposable {
     readonly nodeId: string,
   ) {}
 
-  /** Starts `main.ts` as a cluster node and waits until it listens. */
-  static async start(redisUrl: string, opts: NodeOptions): Promise<ClusterNode> {
+  /**
+   * Starts `main.ts` as a cluster node and waits until it listens. `redis` is
+   * a URL or the `--redis.*` flags of a {@link RedisBackend} (Sentinel, Cluster).
+   */
+  static async start(redis: string | readonly string[], opts: NodeOptions): Promise<ClusterNode> {
     const port = opts.port ?? freePort();
     const proc = startMain(repoRoot, [
       "--general.secure=false",
@@ -45,7 +48,7 @@ export class ClusterNode implements AsyncDisposable {
       "--listeners.ws.enabled=false",
       `--ports.tcp=${port}`,
       "--redis.enabled=true",
-      `--redis.url=${redisUrl}`,
+      ...(typeof redis === "string" ? [`--redis.url=${redis}`] : redis),
       `--cluster.node_id=${opts.name}`,
       `--cluster.lease_renew_ms=${FAST_LEASES.renewMs}`,
       `--cluster.lease_ttl_ms=${FAST_LEASES.ttlMs}`,
@@ -104,6 +107,20 @@ export class ClusterNode implements AsyncDisposable {
     return this.proc.output();
   }
 
+  /** `http://host:port` of the node's HTTP endpoint (/readyz, /metrics), from its log. */
+  async httpUrl(): Promise<string> {
+    const m = await this.proc.waitFor(/HTTP endpoint .* on (\S+):(\d+)/, 10_000);
+    const host = m[1] === "0.0.0.0" ? "127.0.0.1" : m[1];
+    return `http://${host}:${m[2]}`;
+  }
+
+  /** The status of `/readyz` and the problems it names. */
+  async readiness(): Promise<{ status: number; problems: string[] }> {
+    const res = await fetch(`${await this.httpUrl()}/readyz`);
+    const body = await res.json().catch(() => ({})) as { problems?: string[] };
+    return { status: res.status, problems: body.problems ?? [] };
+  }
+
   async [Symbol.asyncDispose](): Promise<void> {
     // A stopped (SIGSTOP) process would ignore SIGTERM: let it run so it can exit.
     this.signal("SIGCONT");
@@ -111,24 +128,35 @@ export class ClusterNode implements AsyncDisposable {
   }
 }
 
-export interface ClusterOptions {
+export interface ClusterOptions<R extends RedisBackend = RedisServer> {
   /** Node names, e.g. ["a", "b", "c"]. */
   names: string[];
   /** Extra flags for every node. */
   args?: string[];
   /** Redis with an append-only file (survives a kill -9 of redis-server). */
   aof?: boolean;
+  /**
+   * Starts the Redis the nodes use (a Sentinel group, a Redis Cluster, ...);
+   * default: one redis-server (with `aof`). Stopped with the cluster.
+   */
+  redis?: () => Promise<R>;
 }
 
-/** A redis-server and broker nodes; disposing stops them all. */
-export class TestCluster implements AsyncDisposable {
+/** Redis (one server by default) and broker nodes; disposing stops them all. */
+export class TestCluster<R extends RedisBackend = RedisServer> implements AsyncDisposable {
   readonly nodes: ClusterNode[] = [];
 
-  private constructor(readonly redis: RedisServer, private readonly args: string[]) {}
+  private constructor(readonly redis: R, private readonly args: string[]) {}
 
-  static async start(opts: ClusterOptions): Promise<TestCluster> {
-    const redis = await RedisServer.start({ aof: opts.aof });
-    const c = new TestCluster(redis, opts.args ?? []);
+  static async start(opts: ClusterOptions<RedisServer>): Promise<TestCluster<RedisServer>>;
+  static async start<R extends RedisBackend>(
+    opts: ClusterOptions<R> & { redis: () => Promise<R> },
+  ): Promise<TestCluster<R>>;
+  static async start<R extends RedisBackend>(opts: ClusterOptions<R>): Promise<TestCluster<R>> {
+    const redis = opts.redis
+      ? await opts.redis()
+      : (await RedisServer.start({ aof: opts.aof })) as unknown as R;
+    const c = new TestCluster<R>(redis, opts.args ?? []);
     try {
       // One at a time: a node joining waits a lease renewal when others are up; in parallel they
       // would all start at once on a machine with two cores and be slower overall.
@@ -142,7 +170,7 @@ export class TestCluster implements AsyncDisposable {
 
   /** Starts one more node (or a node again, on `port`). */
   async add(name: string, port?: number, args: string[] = []): Promise<ClusterNode> {
-    const n = await ClusterNode.start(this.redis.url, {
+    const n = await ClusterNode.start(this.redis.brokerArgs, {
       name,
       port,
       args: [...this.args, ...args],
@@ -176,4 +204,63 @@ export async function eventually(
     if (Date.now() > deadline) throw new Error(`timed out: ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+export interface NumberedPublish {
+  /** Numbers acknowledged with success, in the order of their acknowledgements. */
+  acked: number[];
+  /** Sends refused (PUBACK with an error reason code) and sent again. */
+  refused: number;
+  /** When each number was acknowledged (performance.now()). */
+  ackedAt: Map<number, number>;
+}
+
+/**
+ * Publishes `0..n-1` as payloads to `topic` at QoS 1 from `pub` (MQTT 5),
+ * `window` at a time, at most `rate` per second; a refused publish (Redis
+ * could not take it) is sent again after `retryMs` until acknowledged. Fails
+ * when a publish is not answered within 15 s or the client disconnected.
+ * `onAck` sees each acknowledged number (to act in the middle of traffic).
+ */
+export async function publishNumbered(
+  pub: import("mqtt").MqttClient,
+  topic: string,
+  n: number,
+  opts: { window?: number; rate?: number; retryMs?: number; onAck?: (i: number) => void } = {},
+): Promise<NumberedPublish> {
+  const out: NumberedPublish = { acked: [], refused: 0, ackedAt: new Map() };
+  const gap = opts.rate ? 1000 / opts.rate : 0;
+  let next = 0;
+  let slot = performance.now();
+  const worker = async () => {
+    while (next < n) {
+      const i = next++;
+      if (gap > 0) {
+        slot = Math.max(slot + gap, performance.now());
+        await new Promise((r) => setTimeout(r, slot - performance.now()));
+      }
+      for (;;) {
+        if (!pub.connected) throw new Error(`publisher disconnected before ${i} was acknowledged`);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const unanswered = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`publish ${i} was never answered`)), 15_000);
+        });
+        try {
+          await Promise.race([pub.publishAsync(topic, `${i}`, { qos: 1 }), unanswered]);
+          out.acked.push(i);
+          out.ackedAt.set(i, performance.now());
+          opts.onAck?.(i);
+          break;
+        } catch (e) {
+          if (e instanceof Error && e.message.includes("never answered")) throw e;
+          out.refused++;
+          await new Promise((r) => setTimeout(r, opts.retryMs ?? 100));
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: opts.window ?? 4 }, worker));
+  return out;
 }

@@ -3,13 +3,14 @@
  * store gets its own key prefix on one server (an empty namespace); reopen is
  * a new store with a new connection on the same prefix, as a restarted node.
  */
-import { Redis } from "ioredis";
-import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { Cluster, Redis } from "ioredis";
+import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import { runStoreContract } from "./contract.ts";
 
 const ignore = skipWithoutRedis();
 let server: RedisServer | null = null;
+let group: RedisClusterGroup | null = null;
 let stores = 0;
 
 /**
@@ -55,6 +56,39 @@ if (ignore) {
     skip: [],
   });
 
+  // The same contract on a Redis Cluster of three masters: sessions and retained messages land
+  // on different servers, and loading every session scans every master.
+  const connectCluster = async (): Promise<Cluster> => {
+    group ??= await RedisClusterGroup.start({ masters: 3 });
+    const c = new Cluster(
+      group.seeds.map((s) => ({ host: "127.0.0.1", port: Number(s.split(":")[1]) })),
+      {
+        lazyConnect: true,
+        redisOptions: { maxRetriesPerRequest: 2 },
+      },
+    );
+    c.on("error", () => {});
+    return c;
+  };
+  runStoreContract<RedisStore>({
+    name: "redis cluster",
+    newStore: async () =>
+      new RedisStore(await connectCluster(), {
+        keyPrefix: `contract${++stores}`,
+        nodeId: "node-1",
+        now: () => CLOCK,
+        ownsClient: true,
+      }),
+    reopen: async (old) =>
+      new RedisStore(await connectCluster(), {
+        keyPrefix: old.keys.prefix,
+        nodeId: "node-1",
+        now: () => CLOCK,
+        ownsClient: true,
+      }),
+    skip: [],
+  });
+
   Deno.test({
     name: "redis store contract: stop redis-server",
     sanitizeResources: false,
@@ -62,6 +96,8 @@ if (ignore) {
     fn: async () => {
       await server?.stop();
       server = null;
+      await group?.stop();
+      group = null;
     },
   });
 }

@@ -1,0 +1,118 @@
+/**
+ * `[redis] wait_replicas` in the Redis store: a batch is written only once
+ * that many replicas have it (WAIT on the connection that wrote it; in Redis
+ * Cluster mode on each master written to), and fails with a ReplicationError
+ * when fewer confirm it in time. Real servers: a primary with a replica, and
+ * a three-master Redis Cluster with one replica each.
+ */
+import assert from "node:assert/strict";
+import { Cluster, Redis } from "ioredis";
+import { ConfigError, resolveConfig } from "../../src/config/mod.ts";
+import { ReplicationError } from "../../src/cluster/redis_replicas.ts";
+import { RedisStore } from "../../src/store/redis.ts";
+import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { sampleSession } from "./redis_fixture.ts";
+
+const ignore = skipWithoutRedis();
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+const session = (id: string) => ({ type: "session" as const, state: sampleSession(id) });
+
+Deno.test("wait_timeout_ms must stay below the lease slack when wait_replicas is set", () => {
+  assert.throws(
+    () =>
+      resolveConfig({
+        redis: { enabled: true, wait_replicas: 1, wait_timeout_ms: 5000 },
+        cluster: { lease_renew_ms: 2000, lease_ttl_ms: 6000 },
+      }),
+    (e) => e instanceof ConfigError && /redis\.wait_timeout_ms/.test(e.message),
+  );
+  // Off: the timeout does not matter.
+  resolveConfig({ redis: { enabled: true, wait_timeout_ms: 5000 } });
+});
+
+Deno.test({
+  name:
+    "redis store with wait_replicas: written once the replica has it, refused when it is frozen",
+  ...opts,
+  async fn() {
+    await using primary = await RedisServer.start();
+    await using replica = await RedisServer.start({ replicaOf: primary.port });
+    const client = new Redis(primary.port, "127.0.0.1", { lazyConnect: true });
+    const store = new RedisStore(client, {
+      keyPrefix: "t",
+      nodeId: "A",
+      waitReplicas: 1,
+      waitTimeoutMs: 300,
+      ownsClient: true,
+    });
+    try {
+      await store.open();
+      // The replica's first sync may still run: the first write waits for it (or is refused).
+      for (let i = 0;; i++) {
+        try {
+          await store.write([session("c1")]);
+          break;
+        } catch (e) {
+          if (!(e instanceof ReplicationError) || i > 20) throw e;
+        }
+      }
+      assert.equal(await replica.command("EXISTS", "t:{s:c1}:meta"), "1", "on the replica");
+
+      replica.signal("SIGSTOP");
+      const t0 = performance.now();
+      await assert.rejects(store.write([session("c2")]), ReplicationError);
+      assert.ok(performance.now() - t0 >= 250, "waited for the timeout");
+      // Redis took it all the same: only the confirmation is missing.
+      assert.ok(await store.loadSession("c2"));
+      replica.signal("SIGCONT");
+      await store.write([session("c3")]);
+    } finally {
+      replica.signal("SIGCONT");
+      await store.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "redis cluster store with wait_replicas: WAIT goes to the master of each written session",
+  ...opts,
+  async fn() {
+    await using group = await RedisClusterGroup.start({ masters: 3, replicas: 1 });
+    const client = new Cluster(
+      group.seeds.map((s) => ({ host: "127.0.0.1", port: Number(s.split(":")[1]) })),
+      { lazyConnect: true, redisOptions: { maxRetriesPerRequest: 2 } },
+    );
+    client.on("error", () => {});
+    const store = new RedisStore(client, {
+      keyPrefix: "t",
+      nodeId: "A",
+      waitReplicas: 1,
+      waitTimeoutMs: 300,
+      ownsClient: true,
+    });
+    try {
+      await store.open();
+      // Two sessions on different masters.
+      const ids = Array.from({ length: 20 }, (_, i) => `s${i}`);
+      const masters = await Promise.all(ids.map((id) => group.masterOf(`t:{s:${id}}:meta`)));
+      const x = ids[0];
+      const y = ids.find((_, i) => masters[i] !== masters[0])!;
+      await store.write([session(x), session(y)]);
+
+      // x's master loses its replica: writes to x are refused, writes to y still confirmed.
+      const [frozen] = await group.replicasOf(masters[0]);
+      frozen.signal("SIGSTOP");
+      try {
+        await assert.rejects(store.write([session(x)]), ReplicationError);
+        await store.write([session(y)]);
+        await assert.rejects(store.write([session(x), session(y)]), ReplicationError);
+      } finally {
+        frozen.signal("SIGCONT");
+      }
+      await store.write([session(x), session(y)]);
+    } finally {
+      await store.close();
+    }
+  },
+});
