@@ -412,6 +412,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /** Acknowledges an incoming QoS 1/2 PUBLISH (called in order by `acks`). */
   ack(qos: number, pid: number, code: number): void {
+    // A refused QoS 2 PUBLISH was not accepted: its packet id is free again [MQTT-4.3.3],
+    // and the same id sent again is a new message, not a resend to acknowledge unrouted.
+    if (qos === 2 && code >= 0x80) this.session?.releaseQos2(pid);
     // 3.1.1 cannot carry a failure: an unsaved message gets no acknowledgement, so the
     // client sends it again after reconnecting.
     if (!this.v5 && code === ReasonCode.UnspecifiedError) return this.disconnect(code);

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import type { MqttClient } from "mqtt";
-import { collect, connectClient, delay, type Received } from "../helpers/broker.ts";
+import { collect, connectClient, delay, RawClient, type Received } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -195,5 +195,36 @@ Deno.test({
     for (const n of [a, b]) {
       assert.match(n.output(), /redis lost the cluster state|resynchronised/, `${n.name} resynced`);
     }
+  },
+});
+
+Deno.test({
+  name: "cluster: a QoS 2 PUBLISH refused while Redis is down frees its packet id (no 0x93)",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const [a, b] = cluster.nodes;
+    await using subB = await connectClient(b.port, { clientId: "sub-q2" });
+    await subB.subscribeAsync("q2/#", { qos: 2 });
+    const pub = await RawClient.connect(a.port);
+    const ack = await pub.handshake("pub-q2", 5);
+    assert.equal(ack.reasonCode, 0);
+    await cluster.redis.kill();
+    // More refusals than Receive Maximum (32), all with one packet id: each is a new message the
+    // broker did not accept, so each gets its own PUBREC refusal and the connection stays.
+    for (let i = 0; i < 40; i++) {
+      await pub.sendPacket({
+        cmd: "publish",
+        topic: "q2/x",
+        payload: `m${i}`,
+        qos: 2,
+        messageId: 7,
+      });
+      const rec = await pub.expect("pubrec", 10_000);
+      assert.equal(rec.messageId, 7);
+      assert.ok((rec.reasonCode as number) >= 0x80, `PUBREC ${i} refused: ${rec.reasonCode}`);
+    }
+    assert.equal(pub.closed, false, "still connected");
+    pub.close();
   },
 });
