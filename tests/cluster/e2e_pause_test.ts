@@ -107,12 +107,14 @@ Deno.test({
         got.push(p);
         await ps2.sendPacket({ cmd: "puback", messageId: p.messageId });
       }
-      // What a had sent before it froze may come again, marked DUP (its PUBACK may not have been
-      // written yet); everything published since comes once, in order.
-      const fresh = got.filter((p) => !p.dup).map(text);
+      // What a had sent before it froze may come again (its PUBACK, or the move from queue to
+      // in flight, may not have been written yet: then without DUP); everything published since
+      // comes once, in order.
+      const before = ["m0", "m1", "m2"];
+      const fresh = got.map(text).filter((t) => !before.includes(t));
       assert.deepEqual(fresh, Array.from({ length: 10 }, (_, i) => `m${i + 3}`));
-      const resent = got.filter((p) => p.dup).map(text);
-      assert.ok(resent.every((t) => ["m0", "m1", "m2"].includes(t)), `resent: ${resent}`);
+      const again = got.map(text).filter((t) => before.includes(t));
+      assert.ok(new Set(again).size === again.length, `sent again at most once: ${again}`);
 
       // a wakes up.
       a.signal("SIGCONT");

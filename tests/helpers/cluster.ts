@@ -39,7 +39,22 @@ export class ClusterNode implements AsyncDisposable {
    * a URL or the `--redis.*` flags of a {@link RedisBackend} (Sentinel, Cluster).
    */
   static async start(redis: string | readonly string[], opts: NodeOptions): Promise<ClusterNode> {
-    const port = opts.port ?? freePort();
+    // A free port can be taken by a parallel test before the node binds it: try another one.
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await ClusterNode.startOn(redis, opts, opts.port ?? freePort());
+      } catch (e) {
+        const taken = e instanceof Error && /Address already in use/.test(e.message);
+        if (!taken || opts.port !== undefined || attempt >= 3) throw e;
+      }
+    }
+  }
+
+  private static async startOn(
+    redis: string | readonly string[],
+    opts: NodeOptions,
+    port: number,
+  ): Promise<ClusterNode> {
     const proc = startMain(repoRoot, [
       "--general.secure=false",
       "--general.bind=127.0.0.1",
