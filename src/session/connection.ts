@@ -79,7 +79,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private gate: { promise: Promise<void>; resolve: () => void } | null = null;
   private pending: Uint8Array[] | null = null;
   private pendingBytes = 0;
-  readonly acks = new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
+  /** Made on the first QoS 1/2 PUBLISH: a subscriber-only or idle client never needs it. */
+  private ackQueue: AckQueue | null = null;
   private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
@@ -138,7 +139,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.outbox.destroy();
-    this.acks.clear();
+    this.ackQueue?.clear();
     this.releaseGate();
     const will = this.host.connectionClosed(this, this.session, wasConnected, true);
     if (wasConnected) this.logClosed(will);
@@ -195,7 +196,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.outbox.end();
-    this.acks.clear();
+    this.ackQueue?.clear();
     this.releaseGate();
     const will = this.host.connectionClosed(this, this.session, wasConnected, willAllowed);
     if (wasConnected) this.logClosed(will);
@@ -409,6 +410,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   }
 
   // ---- PUBLISH ----
+
+  /** PUBACK/PUBREC in PUBLISH order (see acks.ts). */
+  get acks(): AckQueue {
+    return this.ackQueue ??= new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
+  }
 
   /** Acknowledges an incoming QoS 1/2 PUBLISH (called in order by `acks`). */
   ack(qos: number, pid: number, code: number): void {
