@@ -42,6 +42,8 @@ export interface RedisOptions {
    * assigns them and introduces its members to each other.
    */
   clusterMember?: boolean;
+  /** `cluster-node-timeout`: how long a silent master takes to be failed over (Redis: 15 s). */
+  clusterNodeTimeoutMs?: number;
   /** Starts as a replica of the server on this port (`--replicaof 127.0.0.1 <port>`). */
   replicaOf?: number;
 }
@@ -119,6 +121,11 @@ export class RedisServer implements AsyncDisposable, RedisBackend {
       ...(this.opts.cluster || this.opts.clusterMember
         ? ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
           .concat(["--cluster-announce-ip", "127.0.0.1", "--cluster-port", String(this.busPort)])
+          .concat(
+            this.opts.clusterNodeTimeoutMs === undefined
+              ? []
+              : ["--cluster-node-timeout", String(this.opts.clusterNodeTimeoutMs)],
+          )
         : []),
       ...(this.opts.replicaOf !== undefined
         ? ["--replicaof", "127.0.0.1", String(this.opts.replicaOf)]
@@ -530,6 +537,8 @@ export interface ClusterGroupOptions {
   masters?: number;
   /** Replicas per master (default 0). */
   replicas?: number;
+  /** `cluster-node-timeout` of every member (Redis's default: 15 s). */
+  nodeTimeoutMs?: number;
 }
 
 /**
@@ -546,7 +555,7 @@ export class RedisClusterGroup implements AsyncDisposable, RedisBackend {
     const started = await Promise.allSettled(
       Array.from(
         { length: nMasters + nReplicas },
-        () => RedisServer.start({ clusterMember: true }),
+        () => RedisServer.start({ clusterMember: true, clusterNodeTimeoutMs: opts.nodeTimeoutMs }),
       ),
     );
     const servers = started.flatMap((r) => r.status === "fulfilled" ? [r.value] : []);
