@@ -113,8 +113,10 @@ Deno.test({
       const before = ["m0", "m1", "m2"];
       const fresh = got.map(text).filter((t) => !before.includes(t));
       assert.deepEqual(fresh, Array.from({ length: 10 }, (_, i) => `m${i + 3}`));
+      // A copy from the queue (without DUP) and one resent from in flight (DUP) are both allowed
+      // at QoS 1; a stream of them is not.
       const again = got.map(text).filter((t) => before.includes(t));
-      assert.ok(new Set(again).size === again.length, `sent again at most once: ${again}`);
+      assert.ok(again.length <= 2 * before.length, `sent again: ${again}`);
 
       // a wakes up.
       a.signal("SIGCONT");
