@@ -207,6 +207,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const code = this.closeCode;
     const reason = code === -1 ? "connection_lost" : hex(code);
     this.host.metrics.disconnected(reason);
+    if (!log.isEnabledFor("info")) return;
     const duration = Math.max(0, (this.host.clock.now() - this.connectedAt) / 1000);
     log.info(
       "client {client_id} disconnected: reason {reason_code}, closed by {closed_by} after " +

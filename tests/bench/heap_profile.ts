@@ -29,7 +29,7 @@ interface ProfileNode {
 }
 
 /** A minimal inspector client: one WebSocket, requests matched by id. */
-class Inspector {
+export class Inspector {
   private next = 1;
   private readonly waiting = new Map<number, (r: { result?: unknown; error?: unknown }) => void>();
 
