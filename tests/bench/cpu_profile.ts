@@ -4,7 +4,7 @@
  * callees). Proportions, not durations: they hold on a busy machine, where
  * the absolute times do not.
  */
-import { Inspector } from "./heap_profile.ts";
+import { type CallFrame, Inspector } from "./heap_profile.ts";
 
 /** One function with the share of samples spent in its own code. */
 export interface CpuSite {
@@ -13,13 +13,6 @@ export interface CpuSite {
   /** The caller above it (the heaviest, when there are several). */
   caller: string;
   samples: number;
-}
-
-interface CallFrame {
-  functionName: string;
-  url: string;
-  lineNumber: number;
-  columnNumber: number;
 }
 
 interface ProfileNode {

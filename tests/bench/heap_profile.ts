@@ -15,7 +15,8 @@ export interface AllocationSite {
   bytes: number;
 }
 
-interface CallFrame {
+/** A JS frame as the inspector names it. */
+export interface CallFrame {
   functionName: string;
   url: string;
   lineNumber: number;
