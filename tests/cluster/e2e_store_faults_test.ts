@@ -166,6 +166,8 @@ Deno.test({
       await offlineSession(a.port, "offline", "g/#");
       const pub = await RawClient.connect(a.port);
       await pub.handshake("pub", 5);
+      const old = await RawClient.connect(a.port, 4);
+      await old.handshake("pub311", 4);
       await refuseScripts(redis);
       const N = 40;
       for (let i = 1; i <= N; i++) {
@@ -186,6 +188,12 @@ Deno.test({
         if (p.cmd === "puback") early.push(p.messageId as number);
       }
       assert.deepEqual(early, [], "nothing acknowledged while the store refuses writes");
+      // MQTT 3.1.1 cannot refuse a PUBLISH: past the bound the connection closes, unacknowledged.
+      await old.sendPacket(
+        { cmd: "publish", topic: "g/x", payload: "311", qos: 1, messageId: 1 },
+        4,
+      );
+      await old.expectClosed();
       await allowScripts(redis);
       while (codes.size < N) {
         const p = await pub.next(10_000) as P;
@@ -206,10 +214,11 @@ Deno.test({
       assert.ok(Math.max(...accepted) < Math.min(...refused), "refused only past the bound");
       const got = await resume(a.port, "offline", accepted);
       assert.deepEqual(accepted.filter((i) => !got.includes(i)), [], "acknowledged, lost");
+      assert.ok(!got.some((i) => refused.includes(i) || i === 311), "refused ones were not routed");
       const metrics = await (await fetch(`${await a.httpUrl()}/metrics`)).text();
       assert.match(
         metrics,
-        new RegExp(`mcloudtt_publishes_refused_store_full_total ${refused.length}`),
+        new RegExp(`mcloudtt_publishes_refused_store_full_total ${refused.length + 1}`),
       );
     } finally {
       await allowScripts(redis).catch(() => {});
