@@ -215,6 +215,15 @@ export class InboxReader {
   private loop: Promise<void> | null = null;
   /** Read delivered-but-unacknowledged entries first (after a start or a lost connection). */
   private pendingFirst = true;
+  /** Where the next read of the pending entries starts: past the last one read ("0": all). */
+  private pendingFrom = "0";
+  /**
+   * Entries handed to the core whose acknowledgement waits for the store:
+   * a re-read of the pending entries skips them (delivering them again would
+   * queue every message of theirs once more for each re-read).
+   */
+  private readonly unacked = new Set<string>();
+  private paused = false;
 
   constructor(
     private readonly self: string,
@@ -255,6 +264,16 @@ export class InboxReader {
   private async readForever(): Promise<void> {
     let failures = 0;
     while (this.running) {
+      if (this.host.storeFull) {
+        // The store is failing and the journal at its bound: what is in the inbox stays there
+        // (unacknowledged, safe) until the store catches up, instead of piling up in memory.
+        if (!this.paused) log.warn`store behind (storage.max_unwritten_ops): inbox reading paused`;
+        this.paused = true;
+        await sleep(100);
+        continue;
+      }
+      if (this.paused) log.info`store caught up: inbox reading resumed`;
+      this.paused = false;
       try {
         const res = this.pendingFirst
           ? await unlessClosed(
@@ -267,7 +286,7 @@ export class InboxReader {
               64,
               "STREAMS",
               this.key,
-              "0",
+              this.pendingFrom,
             ),
           )
           : await unlessClosed(
@@ -287,7 +306,13 @@ export class InboxReader {
           );
         failures = 0;
         const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
-        if (this.pendingFirst && entries.length === 0) this.pendingFirst = false;
+        if (this.pendingFirst) {
+          // Pending entries are read in order, each once: the next read starts past these.
+          if (entries.length === 0) {
+            this.pendingFirst = false;
+            this.pendingFrom = "0";
+          } else this.pendingFrom = entries[entries.length - 1][0].toString();
+        }
         if (entries.length === 0) continue;
         // Read after a freeze longer than the lease: another node may have handled this one as
         // dead and delivered these entries to the sessions it adopted.
@@ -302,6 +327,7 @@ export class InboxReader {
         if (!this.running) break;
         const msg = (e as Error).message ?? String(e);
         this.pendingFirst = true;
+        this.pendingFrom = "0";
         if (msg.startsWith("NOGROUP")) {
           log.warn`inbox ${this.key} or its group vanished (Redis restarted?): recreating`;
           await this.ensureGroup().catch(() => {});
@@ -317,6 +343,8 @@ export class InboxReader {
     const ids: string[] = [];
     for (const [rawId, fields] of entries) {
       const id = rawId.toString();
+      // Delivered already, its acknowledgement waiting for the store: that one acknowledges it.
+      if (this.unacked.has(id)) continue;
       ids.push(id);
       // A pending re-read returns entries already deleted as null fields.
       if (!Array.isArray(fields)) continue;
@@ -338,15 +366,19 @@ export class InboxReader {
         }
       }
     }
+    if (ids.length === 0) return;
     // Acknowledged only once what the deliveries queued for persistent sessions is written
-    // (the store's connection is another one, so Redis could apply the two in either order):
-    // a crash before this re-reads them, at least once.
+    // (the store's connection is another one, so Redis could apply the two in either order).
+    // The journal retries a failed write until it succeeds, so this waits for the store to be
+    // back; a crash before leaves them pending for the node that handles this one's death.
     const ack = () => {
+      for (const id of ids) this.unacked.delete(id);
       this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
       this.cmd.xdel(this.key, ...ids).catch(() => {});
     };
     const written = this.host.deliveredWritten();
-    if (written === null) ack();
-    else written.then(ack, ack);
+    if (written === null) return ack();
+    for (const id of ids) this.unacked.add(id);
+    written.then(ack, ack);
   }
 }

@@ -18,10 +18,18 @@ export interface BusHost {
   deliverRemote(msg: Message, groups: readonly string[]): void;
   /**
    * Resolves once what `deliverRemote` queued so far for persistent sessions
-   * is durable (the inbox entries are acknowledged after it); null when
-   * nothing is waiting to be written.
+   * is durable (the inbox entries are acknowledged after it; a failed store
+   * write is retried, so this waits for the store to be back), or will never
+   * be written here (sessions another node took over: rejects); null when
+   * nothing is waiting to be written. Never settles when the broker stopped
+   * first: the entries stay unacknowledged.
    */
   deliveredWritten(): Promise<void> | null;
+  /**
+   * True while the store is failing and `[storage] max_unwritten_ops`
+   * operations wait: the inbox is not read until it is false again.
+   */
+  readonly storeFull: boolean;
   /**
    * Another node took over `clientId` with claim number `epoch`: close its
    * connection here with 0x8E, keep nothing. A connection of this node still

@@ -184,6 +184,7 @@ const shape = {
     enabled: bool(true),
     dir: nonEmptyText("data"),
     sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+    max_unwritten_ops: int(1, 100000000, 100000),
   }),
   bigquery: section("bigquery", {
     enabled: bool(false),
@@ -256,6 +257,8 @@ const shape = {
     durability: oneOf(["sync", "async"], "sync"),
     wait_replicas: int(0, 16, 0),
     wait_timeout_ms: int(1, 60000, 500),
+    session_ttl_grace_ms: int(0, 604800000, 60000),
+    session_claim_ttl_ms: int(10000, 2592000000, 3600000),
   }),
   cluster: section("cluster", {
     node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),

@@ -32,6 +32,8 @@ export function brokerTarget(broker: Broker): OpsTarget {
         sessionsOnline: online,
         sessionsOffline: offline,
         queued,
+        storeUnwritten: broker.core.journal?.unwritten ?? 0,
+        storeWriteFailures: broker.core.journal?.stats.failures ?? 0,
       };
     },
     problems(): readonly string[] {
@@ -43,6 +45,13 @@ export function brokerTarget(broker: Broker): OpsTarget {
         if (!up.has(kind)) problems.push(`listener ${name} (${kind}) is not listening`);
       }
       for (const p of broker.core.bus.problems) problems.push(`cluster: ${p}`);
+      const failing = broker.core.journal?.failingFor ?? 0;
+      if (failing > 0) {
+        problems.push(
+          `store: writes failing for ${Math.round(failing / 1000)} s, ` +
+            `${broker.core.journal!.unwritten} operations unwritten (retrying)`,
+        );
+      }
       return problems;
     },
     publish(msg: Message): void {

@@ -176,6 +176,21 @@ export class Exposition {
       () => m().retainedRefused,
     );
     counter(
+      "mcloudtt_publishes_refused_store_full_total",
+      "QoS 1/2 PUBLISHes refused (0x97) while storage.max_unwritten_ops store operations waited",
+      () => m().publishesRefusedStoreFull,
+    );
+    gauge(
+      "mcloudtt_store_unwritten_operations",
+      "Store operations not written yet (a failing store's are retried until written)",
+      () => counts().storeUnwritten,
+    );
+    counter(
+      "mcloudtt_store_write_failures_total",
+      "Store writes (batches) that failed and were retried",
+      () => counts().storeWriteFailures,
+    );
+    counter(
       "mcloudtt_subscriptions_refused_total",
       "SUBSCRIBE filters refused (0x97) at the client's subscription limits",
       () => m().subscriptionsRefused,

@@ -90,6 +90,8 @@ export class Metrics {
   willsPublished = 0;
   /** Retained PUBLISHes refused (MQTT 5, PUBACK 0x97) because the retained store was full. */
   retainedRefused = 0;
+  /** QoS 1/2 PUBLISHes refused because the store was behind by [storage] max_unwritten_ops. */
+  publishesRefusedStoreFull = 0;
   /** New subscriptions whose retained messages were cut at limits.max_retained_per_subscription. */
   retainedCutoffs = 0;
   /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */

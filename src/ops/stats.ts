@@ -12,6 +12,10 @@ export interface StateCounts {
   sessionsOffline: number;
   /** Messages waiting in session queues (not yet in flight). */
   queued: number;
+  /** Store operations not written yet (collecting, in flight or being retried). */
+  storeUnwritten: number;
+  /** Store writes that failed (each retry counts). */
+  storeWriteFailures: number;
 }
 
 /** The broker as ops sees it. */

@@ -182,6 +182,11 @@ export class Session implements Subscriber {
     return true;
   }
 
+  /** True when an incoming QoS 2 message with `pid` was received and not yet released. */
+  knowsQos2(pid: number): boolean {
+    return this.incomingQos2 !== null && this.incomingQos2.has(pid);
+  }
+
   /** Number of incoming QoS 2 messages not yet released. */
   get incomingQos2Count(): number {
     return this.incomingQos2 === null ? 0 : this.incomingQos2.size;

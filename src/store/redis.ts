@@ -68,7 +68,10 @@ export interface RedisStoreOptions {
    * the node holding it publishes the will and deletes it before Redis does.
    */
   readonly ttlGraceMs?: number;
-  /** How long an ownership marker of a session that is not stored is kept. */
+  /**
+   * How long an ownership marker (claim) of a session that is not stored is
+   * kept (`[redis] session_claim_ttl_ms`).
+   */
   readonly tombstoneMs?: number;
   /** The broker's clock, ms since the epoch: TTLs count from it. */
   readonly now?: () => number;
@@ -348,8 +351,10 @@ export class RedisStore implements ClusterStore {
     }
     await Promise.all(index);
     if (failure !== null) throw failure;
-    if (stale.length > 0) throw new StaleSessionError(stale, owners);
+    // What was written for the other sessions is confirmed first: a stale refusal is final
+    // (the journal does not retry it), so everything else must be as durable as a success.
     await replicated;
+    if (stale.length > 0) throw new StaleSessionError(stale, owners);
   }
 
   private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
@@ -652,6 +657,8 @@ export interface RedisStoreConfig {
     readonly key_prefix?: string;
     readonly wait_replicas?: number;
     readonly wait_timeout_ms?: number;
+    readonly session_ttl_grace_ms?: number;
+    readonly session_claim_ttl_ms?: number;
   };
 }
 
@@ -668,6 +675,8 @@ export function createRedisStore(
   return new RedisStore(client, {
     waitReplicas: config.redis.wait_replicas,
     waitTimeoutMs: config.redis.wait_timeout_ms,
+    ttlGraceMs: config.redis.session_ttl_grace_ms,
+    tombstoneMs: config.redis.session_claim_ttl_ms,
     ...opts,
     keyPrefix: config.redis.key_prefix ?? "mcloudtt",
   });

@@ -92,6 +92,9 @@ end
  * ARGV: me, grace ms, tombstone ms, now ms, then ops:
  *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" | A pid | B pid
+ * Every op may be applied twice (a batch is retried after a failure that may have come after
+ * it was applied): E skips an entry numbered at or below the queue's newest; the rest are
+ * idempotent as they are.
  * Returns {'ok', bad...} (indexes of KEYS) or {'stale', node, epoch}. Wrongly typed keys are
  * deleted (they are under our prefix and unreadable; the batch rewrites them).
  */
@@ -104,12 +107,15 @@ local node = redis.call('HGET', KEYS[1], 'node')
 if node and node ~= me then return {'stale', node, redis.call('HGET', KEYS[1], 'ep') or ''} end
 for _, k in ipairs(bad) do redis.call('DEL', KEYS[k]) end
 local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
+-- The number of the newest queue entry, read at the first enqueue (nil: not read yet).
+local last = nil
 local i = 5
 local n = #ARGV
 while i <= n do
   local t = ARGV[i]
   if t == 'S' then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+    last = nil
     redis.call('HDEL', KEYS[1], 'o', 'will')
     redis.call('HSET', KEYS[1], 'v', '1', 'cid', ARGV[i + 1], 'ei', ARGV[i + 3], 'ea', ARGV[i + 4],
       'wa', ARGV[i + 5], 'wd', ARGV[i + 6])
@@ -125,13 +131,27 @@ while i <= n do
     exists = true
   elseif t == 'D' then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+    last = nil
     redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'w')
     -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
     if not node then redis.call('DEL', KEYS[1]) end
     exists = false
     i = i + 1
   elseif t == 'E' then
-    if exists then redis.call('RPUSH', KEYS[3], ARGV[i + 1]) end
+    if exists then
+      -- A batch is written again after a failure it may have survived in part (or whole): an
+      -- entry numbered at or below the newest one queued is a replay (a session's numbers only
+      -- grow), and is skipped.
+      local seq = tonumber(string.match(ARGV[i + 1], '^(%d+)|'))
+      if last == nil then
+        local tail = redis.call('LINDEX', KEYS[3], -1)
+        last = tail and tonumber(string.match(tail, '^(%d+)|')) or -1
+      end
+      if seq == nil or seq > last then
+        redis.call('RPUSH', KEYS[3], ARGV[i + 1])
+        if seq ~= nil then last = seq end
+      end
+    end
     i = i + 2
   elseif t == 'X' then
     if exists then remove(KEYS[3], ARGV[i + 1]) end

@@ -93,6 +93,12 @@ export type StoreOp =
   | {
     readonly type: "enqueue";
     readonly clientId: string;
+    /**
+     * Grows with every enqueue of the session (its numbers are above every
+     * one in its last stored state): a store may skip an enqueue numbered at
+     * or below the newest it queued, which is how a replayed batch stays
+     * idempotent.
+     */
     readonly seq: number;
     readonly item: StoredDelivery;
   }
@@ -122,7 +128,12 @@ export interface Store {
   /** Opens the database; a corrupt, foreign or newer-version store throws with what to do. */
   open(): Promise<void>;
   close(): Promise<void>;
-  /** Applies `ops` in order, atomically. Resolves once they are durable as configured. */
+  /**
+   * Applies `ops` in order, atomically. Resolves once they are durable as
+   * configured. After a rejection the core writes the same ops again (with
+   * later ones appended): applying a batch that was applied in part or in
+   * whole must leave the state as applying it once does.
+   */
   write(ops: readonly StoreOp[]): Promise<void>;
   /** Every stored session (start-up of a single node). */
   loadSessions(): Promise<SessionState[]>;

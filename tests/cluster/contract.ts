@@ -44,6 +44,7 @@ export class RecordingHost implements BusHost {
   deliveredWritten(): Promise<void> | null {
     return null;
   }
+  readonly storeFull = false;
   async sessionTakenOver(clientId: string, epoch: number): Promise<void> {
     this.kickEpochs.push(epoch);
     await this.onTakeover(clientId);
