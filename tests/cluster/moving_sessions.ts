@@ -131,6 +131,55 @@ export async function hoppingSubscriber(o: HoppingOptions): Promise<void> {
 }
 
 /**
+ * A subscriber whose session is taken over by a new connection on the other
+ * node while its old connection still receives and acknowledges, again and
+ * again while a publisher sends: what the old connection completed in the
+ * overlap is remembered by the session ([cluster] dedupe_window), so the new
+ * connection does not get it again.
+ */
+export async function takenOverWhileConnected(qos: 1 | 2, args: string[] = []): Promise<void> {
+  await using cluster = await TestCluster.start({
+    names: ["a", "b"],
+    args: ["--limits.max_queued_messages=20000", ...args],
+  });
+  const ports = () => cluster.nodes.map((n) => n.port);
+  const sub = await SessionSubscriber.start("taken", ports, 0, "to/#", qos);
+  const pub = new NumberedPublisher("p", "to/x", () => [cluster.node("b").port], 30, qos);
+  let stop = false;
+  const publishing = pub.run(() => stop);
+  let takeovers = 0;
+  while (takeovers < 6) {
+    const mark = sub.distinct("p");
+    await eventually("messages flow", () => sub.distinct("p") >= mark + 100, 20_000);
+    await sub.takeOver(sub.at === 0 ? 1 : 0);
+    takeovers++;
+  }
+  stop = true;
+  await publishing;
+  const last = Math.max(...pub.acked);
+  await eventually(
+    "the last message arrived",
+    () => sub.numbers("p").some((d) => d.n === last),
+    30_000,
+  ).catch(() => {});
+  await sub.quiet(300);
+  await sub.stop();
+  const r = checkOrder(sub.numbers("p"), pub.acked, pub.resent);
+  const copies = secondCopies(sub.numbers("p"), pub.resent);
+  console.log(
+    `QoS ${qos}${args.length > 0 ? ` ${args}` : ""}: ${pub.acked.size} acknowledged, ` +
+      `${takeovers} takeovers, ${r.received} received, second copies ${copies.withDup} with ` +
+      `DUP, ${copies.withoutDup.length} without; lost ${ranges(r.lost)}, disorder ` +
+      `${r.disorder.slice(0, 3)}`,
+  );
+  assert.deepEqual(r.lost, [], "nothing acknowledged lost");
+  assert.deepEqual(r.disorder, [], "in order");
+  assert.equal(sub.sessionsLost, 0);
+  assert.equal(ranges(copies.withoutDup), "", "no second copy without DUP");
+  if (qos === 2) assert.equal(copies.withDup, 0, "QoS 2: exactly once");
+}
+
+/**
  * kill -9 of the subscriber's node while a publisher on another node sends
  * continuously: the subscriber reconnects to a survivor at once, before the
  * death is noticed, and gets every acknowledged message, in order, without

@@ -227,6 +227,25 @@ export class SessionSubscriber {
     await this.connect(true);
   }
 
+  /**
+   * Connects to node `index` while the current connection is still open, as
+   * a device whose old connection lingers: the broker takes the session over
+   * and closes the old connection (0x8E), which goes on receiving and
+   * acknowledging until then.
+   */
+  async takeOver(index: number): Promise<void> {
+    await this.moving;
+    const old = this.client;
+    // Its close is the takeover, not a reason to reconnect.
+    this.client = null;
+    this.index = index;
+    await this.connect(true);
+    if (old !== null) {
+      await new Promise<void>((r) => old.connected ? old.once("close", () => r()) : r());
+      old.end(true);
+    }
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     await this.moving;
