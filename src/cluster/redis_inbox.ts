@@ -223,11 +223,18 @@ export class InboxReader {
   /** Where the next read of the pending entries starts: past the last one read ("0": all). */
   private pendingFrom = "0";
   /**
-   * Entries handed to the core whose acknowledgement waits for the store:
-   * a re-read of the pending entries skips them (delivering them again would
-   * queue every message of theirs once more for each re-read).
+   * Entries handed to the core and not yet acknowledged (XACK waits for the
+   * store, or failed and is being retried): a re-read of the pending entries
+   * skips them (delivering them again would queue every message of theirs
+   * once more for each re-read, and a message its client acknowledged
+   * meanwhile would reach it twice).
    */
   private readonly unacked = new Set<string>();
+  /** XACKs failing in a row (Redis unreachable): for the retry delay and one log line. */
+  private ackFailures = 0;
+  private ackRetry: ReturnType<typeof setTimeout> | null = null;
+  /** Entries whose XACK is to be retried (failed), oldest first. */
+  private ackLater: string[] = [];
   private paused = false;
 
   constructor(
@@ -262,6 +269,8 @@ export class InboxReader {
 
   async stop(): Promise<void> {
     this.running = false;
+    if (this.ackRetry !== null) clearTimeout(this.ackRetry);
+    this.ackRetry = null;
     this.reader.disconnect();
     await this.loop;
   }
@@ -376,14 +385,35 @@ export class InboxReader {
     // (the store's connection is another one, so Redis could apply the two in either order).
     // The journal retries a failed write until it succeeds, so this waits for the store to be
     // back; a crash before leaves them pending for the node that handles this one's death.
-    const ack = () => {
-      for (const id of ids) this.unacked.delete(id);
-      this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
-      this.cmd.xdel(this.key, ...ids).catch(() => {});
-    };
-    const written = this.host.deliveredWritten();
-    if (written === null) return ack();
     for (const id of ids) this.unacked.add(id);
+    const written = this.host.deliveredWritten();
+    if (written === null) return this.ack(ids);
+    const ack = () => this.ack(ids);
     written.then(ack, ack);
+  }
+
+  /**
+   * XACK + XDEL of entries handled. A failed XACK (Redis unreachable) is
+   * retried until it succeeds or the node stops: until then the entries stay
+   * in `unacked`, so the re-read of pending entries after the reconnect does
+   * not deliver them again.
+   */
+  private ack(ids: string[]): void {
+    this.cmd.xack(this.key, INBOX_GROUP, ...ids).then(() => {
+      this.ackFailures = 0;
+      for (const id of ids) this.unacked.delete(id);
+      this.cmd.xdel(this.key, ...ids).catch(() => {});
+    }, (e: Error) => {
+      if (!this.running) return;
+      if (this.ackFailures++ === 0) log.warn`inbox acknowledgement failed, retrying: ${e.message}`;
+      // One timer for every failed XACK: all are retried together.
+      for (const id of ids) this.ackLater.push(id);
+      this.ackRetry ??= setTimeout(() => {
+        this.ackRetry = null;
+        const later = this.ackLater;
+        this.ackLater = [];
+        if (this.running && later.length > 0) this.ack(later);
+      }, Math.min(2000, 50 * 2 ** Math.min(this.ackFailures, 6)));
+    });
   }
 }

@@ -281,10 +281,22 @@ export class Session implements Subscriber {
     return true;
   }
 
-  private inflightDone(pid: number): void {
+  /**
+   * `pid` is no longer in flight; `id` is the cluster id of a message its
+   * client acknowledged ("" when it has none or was dropped unacknowledged):
+   * a shared store adds it to the session's recent ids in the same write, so
+   * a node that adopts the session after this one died knows it was
+   * completed (its copy may still wait in this node's inbox, not yet XACKed).
+   */
+  private inflightDone(pid: number, id = ""): void {
     this.inflight!.delete(pid);
     if (this.journaled) {
-      this.journal!.push({ type: "inflight-delete", clientId: this.clientId, packetId: pid });
+      this.journal!.push({
+        type: "inflight-delete",
+        clientId: this.clientId,
+        packetId: pid,
+        id: this.limits.dedupeWindow === 0 ? "" : id,
+      });
     }
   }
 
@@ -494,7 +506,7 @@ export class Session implements Subscriber {
   onPuback(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || e.qos !== 1) return;
-    this.inflightDone(pid);
+    this.inflightDone(pid, e.msg.id);
     this.completed(e);
     if (this.waiting) this.pump();
   }
@@ -505,7 +517,7 @@ export class Session implements Subscriber {
     if (e === undefined || e.qos !== 2) return false;
     if (reasonCode >= 0x80) {
       // The receiver refused the message: the flow ends here, no PUBREL.
-      this.inflightDone(pid);
+      this.inflightDone(pid, e.msg.id);
       this.completed(e);
       if (this.waiting) this.pump();
       return true;
@@ -534,7 +546,7 @@ export class Session implements Subscriber {
   onPubcomp(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || !e.released) return;
-    this.inflightDone(pid);
+    this.inflightDone(pid, e.msg.id);
     this.completed(e);
     if (this.waiting) this.pump();
   }

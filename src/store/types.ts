@@ -95,8 +95,9 @@ export interface SessionState {
    * Ids (`Message.id`) of the last QoS 1/2 messages the session's client
    * acknowledged, oldest first, at most `[cluster] dedupe_window`: a copy of
    * one of them reaching the session from another node is dropped. Written
-   * with the whole session only (connect, disconnect, takeover); absent or
-   * empty outside a cluster.
+   * with the whole session (connect, disconnect, takeover) and added to by
+   * each `inflight-delete` that carries an id; absent or empty outside a
+   * cluster (the embedded store never sees an id and keeps none).
    */
   readonly recent?: readonly string[];
 }
@@ -120,7 +121,18 @@ export type StoreOp =
   }
   | { readonly type: "dequeue"; readonly clientId: string; readonly seq: number }
   | { readonly type: "inflight"; readonly clientId: string; readonly item: StoredInflight }
-  | { readonly type: "inflight-delete"; readonly clientId: string; readonly packetId: number }
+  | {
+    readonly type: "inflight-delete";
+    readonly clientId: string;
+    readonly packetId: number;
+    /**
+     * The cluster id of the message when its client acknowledged it (absent
+     * or "" otherwise): a store that keeps `recent` adds it there, so a node
+     * that takes the session from this one (which may die before its inbox
+     * entry of the message is acknowledged) drops another copy of it.
+     */
+    readonly id?: string;
+  }
   | { readonly type: "qos2-add"; readonly clientId: string; readonly packetId: number }
   | { readonly type: "qos2-delete"; readonly clientId: string; readonly packetId: number }
   | { readonly type: "retain"; readonly msg: StoredMessage }
