@@ -165,3 +165,58 @@ Deno.test({
     assert.equal(metric(mb, "mcloudtt_cluster_inbox_backlog") >= 0, true);
   },
 });
+
+Deno.test({
+  name: "cluster: a publisher ignoring Receive Maximum is not read while its acks wait for a " +
+    "node behind, so the inbox stays bounded; every message arrives once the node catches up",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({
+      names: ["a", "b"],
+      args: [`--cluster.max_inbox_backlog=${BOUND}`, `--limits.receive_maximum=${WINDOW}`],
+    });
+    const [a, b] = cluster.nodes;
+    const inbox = `mcloudtt:{n:${b.nodeId}}:inbox`;
+    const xlen = async () => Number(await redisQuery(cluster.redis.port, "XLEN", inbox));
+
+    await using sub = await connectClient(b.port, { clientId: "sub" });
+    const got = numbers(sub);
+    await sub.subscribeAsync("flood/#", { qos: 1 });
+    // MQTT 3.1.1 has no Receive Maximum, and MQTT.js does not keep to the broker's anyway.
+    await using pub = await connectClient(a.port, { clientId: "flood", protocolVersion: 4 });
+    await pub.publishAsync("flood/warmup", "-1", { qos: 1 });
+    await eventually("route to b", () => got.has(-1));
+
+    const N = 500;
+    const acks: Promise<unknown>[] = [];
+    let maxLen = 0;
+    b.signal("SIGSTOP");
+    const frozenAt = Date.now();
+    try {
+      // One publish a millisecond, none waiting for its acknowledgement: each arrives in a read
+      // of its own, so each would be an inbox entry of its own.
+      for (let i = 0; i < N; i++) {
+        acks.push(pub.publishAsync("flood/x", `${i}`, { qos: 1 }));
+        if (i % 50 === 0) maxLen = Math.max(maxLen, await xlen());
+        await delay(1);
+      }
+      maxLen = Math.max(maxLen, await xlen());
+    } finally {
+      b.signal("SIGCONT");
+    }
+    const frozen = Date.now() - frozenAt;
+    console.log(
+      `max inbox length ${maxLen} while ${N} publishes came without waiting (${frozen} ms)`,
+    );
+    // Past the bound: what the connection read before more than Receive Maximum acks waited.
+    assert.ok(maxLen <= BOUND + WINDOW + SLACK, `b's inbox grew to ${maxLen}`);
+    await Promise.all(acks);
+    await eventually("every message delivered on b", () => got.size === N + 1, 15_000).catch(
+      (e) => {
+        console.log(`received ${got.size}; b: ${b.output().slice(-3000)}`);
+        throw e;
+      },
+    );
+    assert.ok(a.alive && pub.connected, "the publisher was throttled, not disconnected");
+  },
+});
