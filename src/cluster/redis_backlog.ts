@@ -91,6 +91,7 @@ export class InboxBacklog {
     for (const w of this.waiters.values()) w.resolve();
     this.waiters.clear();
     this.overNodes.clear();
+    this.stats.over = 0;
   }
 
   /**
