@@ -70,6 +70,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxSubscriptions: l.max_subscriptions,
     maxSubscriptionLevels: l.max_subscription_levels,
     maxRetainedPerSubscription: l.max_retained_per_subscription,
+    dedupeWindow: config.cluster.dedupe_window,
   };
 }
 

@@ -12,7 +12,7 @@
 import { getLogger } from "@logtape/logtape";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
-import { encodeBody, encodeGroups } from "./codec.ts";
+import { encodeBody, encodeGroups, MessageIds } from "./codec.ts";
 import { type Dispatch, dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { bounded } from "./memory_hub.ts";
 import {
@@ -109,6 +109,8 @@ export class RedisBus implements Bus {
   private readonly replicas: ReplicaWait;
   private turn: { written: Promise<void>; inboxes: Set<string>; durable: Promise<void> } | null =
     null;
+  /** Cluster-wide ids of the messages this node forwards. */
+  private readonly ids = new MessageIds();
 
   constructor(private readonly opts: RedisBusOptions) {
     this.nodeId = opts.nodeId;
@@ -311,10 +313,13 @@ export class RedisBus implements Bus {
     if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size === 0) return { localGroups: d.localGroups, written: null };
+    // The id every copy carries, so a session reached by two of them keeps one (QoS 0 is never
+    // held twice: not queued, not handed over with a session).
+    if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
     // Encoded now: the message may be a view into a read buffer that is reused after this call.
     const body = encodeBody(msg);
     if (this.backlog.anyOver) return this.forwardBehind(msg, d, body);
-    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body);
+    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body, msg.id);
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
@@ -338,7 +343,7 @@ export class RedisBus implements Bus {
         }
         if (msg.qos > 0) (behind ??= []).push(dest);
       }
-      this.writer.add(dest, encodeGroups(groups), body);
+      this.writer.add(dest, encodeGroups(groups), body, msg.id);
     }
     let written = msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null;
     if (behind !== null) { for (const dest of behind) written = bp.hold(dest, written); }

@@ -9,7 +9,7 @@
  */
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
-import { CodecError, decodeBatch, type Forwarded } from "./codec.ts";
+import { CodecError, decodeBatch, encodeIds, type Forwarded } from "./codec.ts";
 import { type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
@@ -39,6 +39,8 @@ export interface InboxStats {
 
 interface Pending {
   parts: Uint8Array[];
+  /** The records' cluster-wide message ids ("" for none). */
+  ids: string[];
   bytes: number;
   count: number;
 }
@@ -76,17 +78,18 @@ export class InboxWriter {
     private readonly onEntry: (dest: string) => void = () => {},
   ) {}
 
-  /** Queues one record (group header + shared body) for `dest`. */
-  add(dest: string, header: Uint8Array, body: Uint8Array): void {
+  /** Queues one record (group header + shared body, message id) for `dest`. */
+  add(dest: string, header: Uint8Array, body: Uint8Array, id: string): void {
     let list = this.pending.get(dest);
     if (list === undefined) this.pending.set(dest, list = []);
     let cur = list[list.length - 1];
     if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES) {
-      cur = { parts: [VERSION_BYTE], bytes: 1, count: 0 };
+      cur = { parts: [VERSION_BYTE], ids: [], bytes: 1, count: 0 };
       list.push(cur);
     }
     cur.parts.push(header, body);
-    cur.bytes += header.length + body.length;
+    cur.ids.push(id);
+    cur.bytes += header.length + body.length + id.length + 1;
     cur.count++;
     if (!this.scheduled) {
       this.scheduled = true;
@@ -128,6 +131,8 @@ export class InboxWriter {
             "m",
             "d",
             Buffer.concat(p.parts),
+            "i",
+            encodeIds(p.ids),
           ),
         );
       }
@@ -197,7 +202,7 @@ function parseEntry(fields: Buffer[]): Entry {
   if (type === "m") {
     const data = map.get("d");
     if (data === undefined) throw new CodecError("no data field");
-    return { type: "messages", batch: decodeBatch(data) };
+    return { type: "messages", batch: decodeBatch(data, map.get("i")?.toString("latin1")) };
   }
   if (type === "k" || type === "r") {
     const text = new Map<string, string>();

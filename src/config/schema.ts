@@ -265,6 +265,7 @@ const shape = {
     lease_renew_ms: int(100, 60000, 2000),
     lease_ttl_ms: int(300, 600000, 6000),
     takeover_timeout_ms: int(100, 60000, 3000),
+    dedupe_window: int(0, 100000, 256),
     route_fence_ms: int(0, 60000, 1000),
     reconcile_interval: int(1, 86400, 300),
     shared_policy: oneOf(["local", "round_robin"], "local"),

@@ -153,6 +153,7 @@ export class Exposition {
         ["queue_full", m().droppedQueueFull],
         ["too_large", m().droppedTooLarge],
         ["expired", m().droppedExpired],
+        ["duplicate", m().duplicatesDropped],
       ],
     );
     counter(

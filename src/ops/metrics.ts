@@ -80,6 +80,11 @@ export class Metrics {
   droppedTooLarge = 0;
   /** Messages dropped because their Message Expiry Interval ran out. */
   droppedExpired = 0;
+  /**
+   * Second copies of a QoS 1/2 message a session already held or had
+   * delivered (cluster: a session moving between nodes, a dead node's inbox).
+   */
+  duplicatesDropped = 0;
   sessionsExpired = 0;
   /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
   authFailures = 0;

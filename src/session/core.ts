@@ -110,6 +110,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       maxQueued: opts.limits.maxQueued,
       maxQueuedBytes: opts.limits.maxQueuedBytes,
       dropPolicy: opts.limits.queueDropPolicy,
+      dedupeWindow: opts.limits.dedupeWindow,
     };
     this.router = opts.router;
     this.metrics = opts.metrics;

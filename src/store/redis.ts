@@ -7,7 +7,7 @@
  * session's keys in one Redis Cluster slot so one script can update them, and
  * it is the tag of the cluster bus's keys of the same client (`P:{s:<id>}:own`)
  * and node (`P:{n:<node>}:inbox`):
- *   P:{s:<clientId>}:meta      hash: scalar fields, will, owner node + epoch
+ *   P:{s:<clientId>}:meta      hash: scalar fields, will, recent message ids, owner node + epoch
  *   P:{s:<clientId>}:subs      list: subscriptions (JSON), in the core's order
  *   P:{s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
  *   P:{s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
@@ -382,6 +382,8 @@ export class RedisStore implements ClusterStore {
       String(s.willAt),
       String(s.will?.delay ?? 0),
       s.will === null ? "" : buf(encodeWill(s.will)),
+      // Ids never contain a space (see MessageIds).
+      (s.recent ?? []).join(" "),
       String(s.subscriptions.length),
     );
     for (const sub of s.subscriptions) args.push(encodeSubscription(sub));
@@ -485,6 +487,7 @@ export class RedisStore implements ClusterStore {
       if (field("v") !== "1") throw new CorruptValueError(`unknown format version ${field("v")}`);
       if (field("cid") !== clientId) throw new CorruptValueError("meta names another client id");
       const will = meta.get("will");
+      const recent = meta.get("rc");
       base = {
         clientId,
         owner: meta.has("o") ? field("o") : null,
@@ -492,6 +495,8 @@ export class RedisStore implements ClusterStore {
         expiresAt: num("ea"),
         will: will === undefined ? null : decodeWill(will),
         willAt: num("wa"),
+        // Only when there are some: a session outside a cluster's moves has none.
+        ...(recent === undefined || recent.length === 0 ? {} : { recent: str(recent).split(" ") }),
       };
     } catch (e) {
       log.warn("skipped session {clientId}: unreadable meta ({error})", {

@@ -13,6 +13,7 @@
  *   ea    expiresAt ms ("0" connected, "inf" never)
  *   wa    willAt ms                       will  encoded will (absent = none)
  *   wd    will delay, s (so a script can compute willAt without decoding)
+ *   rc    ids of the messages its client acknowledged last, space-separated (absent = none)
  *   w     node that wrote it last
  *   node  node that claimed it (the fence) ep   epoch, bumped by every claim
  * Fencing is opt-in per session: once a node claimed it (`node` set), only
@@ -90,7 +91,7 @@ end
  * Applies one session's ops of a batch, in order, unless another node
  * claimed the session: then it returns 'stale' and writes nothing.
  * ARGV: me, grace ms, tombstone ms, now ms, then ops:
- *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid*
+ *   S cid owner(-|+name) ei ea wa wd will recent nSubs sub* nQ entry* nInf entry* nQ2 pid*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" | A pid | B pid
  * Every op may be applied twice (a batch is retried after a failure that may have come after
  * it was applied): E skips an entry numbered at or below the queue's newest; the rest are
@@ -116,13 +117,14 @@ while i <= n do
   if t == 'S' then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
     last = nil
-    redis.call('HDEL', KEYS[1], 'o', 'will')
+    redis.call('HDEL', KEYS[1], 'o', 'will', 'rc')
     redis.call('HSET', KEYS[1], 'v', '1', 'cid', ARGV[i + 1], 'ei', ARGV[i + 3], 'ea', ARGV[i + 4],
       'wa', ARGV[i + 5], 'wd', ARGV[i + 6])
     local owner = ARGV[i + 2]
     if string.sub(owner, 1, 1) == '+' then redis.call('HSET', KEYS[1], 'o', string.sub(owner, 2)) end
     if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[i + 7]) end
-    i = i + 8
+    if ARGV[i + 8] ~= '' then redis.call('HSET', KEYS[1], 'rc', ARGV[i + 8]) end
+    i = i + 9
     for k = 2, 5 do
       local c = tonumber(ARGV[i])
       if c > 0 then push('RPUSH', KEYS[k], i + 1, c) end
@@ -132,7 +134,7 @@ while i <= n do
   elseif t == 'D' then
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
     last = nil
-    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'w')
+    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w')
     -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
     if not node then redis.call('DEL', KEYS[1]) end
     exists = false

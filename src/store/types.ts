@@ -24,6 +24,14 @@ export interface StoredMessage {
   readonly expiresAt: number;
   /** Client id of the publisher (No Local). */
   readonly origin: string;
+  /**
+   * The cluster-wide message id (`Message.id`): absent or "" for a message
+   * that never crossed the cluster bus (always so on a single node, so the
+   * embedded store does not keep it). Shared stores keep it with queued and
+   * inflight messages: a session moving between nodes then drops a copy it
+   * already holds.
+   */
+  readonly id?: string;
 }
 
 /** One subscription of a session, with its options. */
@@ -83,6 +91,14 @@ export interface SessionState {
   readonly inflight: readonly StoredInflight[];
   /** Incoming QoS 2 packet ids received and not yet released (PUBREL). */
   readonly incomingQos2: readonly number[];
+  /**
+   * Ids (`Message.id`) of the last QoS 1/2 messages the session's client
+   * acknowledged, oldest first, at most `[cluster] dedupe_window`: a copy of
+   * one of them reaching the session from another node is dropped. Written
+   * with the whole session only (connect, disconnect, takeover); absent or
+   * empty outside a cluster.
+   */
+  readonly recent?: readonly string[];
 }
 
 /** One change to stored state; a batch of them is written as one transaction, in order. */

@@ -24,6 +24,41 @@ const ignore = skipWithoutRedis();
 const opts = { ignore };
 
 Deno.test(
+  "redis store: cluster message ids of queued and inflight messages and a session's recent " +
+    "ids round-trip; none is stored for a message without one",
+  opts,
+  async () => {
+    await using server = await RedisServer.start();
+    await using store = await storeNode(server, "A");
+    const withId = (topic: string, id: string) => ({
+      ...delivery(topic, topic),
+      msg: message(topic, topic, { id }),
+    });
+    const state = sampleSession("c1", {
+      queue: [{ ...withId("q/1", "AbCd-_01z"), seq: 1 }, { ...delivery("q/2", "plain"), seq: 2 }],
+      inflight: [{ ...withId("f/1", "AbCd-_01y"), qos: 2, packetId: 7, released: true }],
+      recent: ["AbCd-_01a", "xyz12345b"],
+    });
+    await store.write([
+      { type: "session", state },
+      { type: "enqueue", clientId: "c1", seq: 3, item: withId("q/3", "AbCd-_01zz") },
+      {
+        type: "inflight",
+        clientId: "c1",
+        item: { ...withId("f/2", "AbCd-_020"), packetId: 8, released: false },
+      },
+    ]);
+    const loaded = await store.loadSession("c1");
+    assert.deepEqual(loaded?.queue.map((q) => q.msg.id), ["AbCd-_01z", undefined, "AbCd-_01zz"]);
+    assert.deepEqual(loaded?.inflight.map((f) => f.msg.id), ["AbCd-_01y", "AbCd-_020"]);
+    assert.deepEqual(loaded?.recent, ["AbCd-_01a", "xyz12345b"]);
+    // A session written again without recent ids keeps none.
+    await store.write([{ type: "session", state: { ...state, recent: [] } }]);
+    assert.equal((await store.loadSession("c1"))?.recent, undefined);
+  },
+);
+
+Deno.test(
   "redis store: a session and its journal ops read back as the memory store applies them",
   opts,
   async () => {
