@@ -74,6 +74,8 @@ export class InboxWriter {
     private readonly cmd: RedisClient,
     private readonly inboxKey: (node: string) => string,
     readonly stats: InboxStats,
+    /** Told of every entry written to `dest` (backpressure counts them between measurements). */
+    private readonly onEntry: (dest: string) => void = () => {},
   ) {}
 
   /** Queues one record (group header + shared body, message id) for `dest`. */
@@ -118,6 +120,7 @@ export class InboxWriter {
       for (const p of list) {
         this.stats.forwarded += p.count;
         this.stats.entries++;
+        this.onEntry(dest);
         // NOMKSTREAM: a departed node's inbox is not brought back to life.
         writes.push(
           this.cmd.xadd(

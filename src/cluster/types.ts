@@ -93,6 +93,18 @@ export interface ForwardResult {
 /** Forward nothing, serve every local group: the answer of a single node. */
 export const LOCAL_ONLY: ForwardResult = Object.freeze({ localGroups: null, written: null });
 
+/** Inbox backpressure figures of the Redis bus (see redis_backlog.ts), for /metrics. */
+export interface BacklogStats {
+  /** Entries in this node's own inbox at the last measurement. */
+  own: number;
+  /** Live nodes over `[cluster] max_inbox_backlog` at the last measurement (this one included). */
+  over: number;
+  /** QoS 1/2 forwards whose acknowledgement was held for a node over the bound. */
+  held: number;
+  /** QoS 0 forwards dropped for a node over the bound. */
+  dropped: number;
+}
+
 export interface Bus {
   /** "local", "redis". */
   readonly name: string;
@@ -138,6 +150,8 @@ export interface Bus {
   ): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;
+  /** Inbox backpressure figures; absent on a single node. */
+  readonly backlogStats?: BacklogStats;
 }
 
 /** The bus of a broker that is not part of a cluster. */

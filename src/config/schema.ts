@@ -269,6 +269,7 @@ const shape = {
     route_fence_ms: int(0, 60000, 1000),
     reconcile_interval: int(1, 86400, 300),
     shared_policy: oneOf(["local", "round_robin"], "local"),
+    max_inbox_backlog: int(0, 1000000000, 2000),
   }),
 };
 

@@ -26,6 +26,7 @@ export function brokerTarget(broker: Broker): OpsTarget {
         else offline++;
         queued += s.queuedCount;
       }
+      const backlog = broker.core.bus.backlogStats;
       return {
         subscriptions: broker.router.subscriptionCount,
         retained: broker.router.retained.size,
@@ -34,6 +35,10 @@ export function brokerTarget(broker: Broker): OpsTarget {
         queued,
         storeUnwritten: broker.core.journal?.unwritten ?? 0,
         storeWriteFailures: broker.core.journal?.stats.failures ?? 0,
+        inboxBacklog: backlog?.own ?? 0,
+        nodesBehind: backlog?.over ?? 0,
+        forwardsHeld: backlog?.held ?? 0,
+        forwardsDropped: backlog?.dropped ?? 0,
       };
     },
     problems(): readonly string[] {

@@ -191,6 +191,26 @@ export class Exposition {
       "Store writes (batches) that failed and were retried",
       () => counts().storeWriteFailures,
     );
+    gauge(
+      "mcloudtt_cluster_inbox_backlog",
+      "Entries in this node's cluster inbox (forwarded by other nodes, not yet delivered here)",
+      () => counts().inboxBacklog,
+    );
+    gauge(
+      "mcloudtt_cluster_nodes_behind",
+      "Cluster nodes whose inbox is at cluster.max_inbox_backlog (this one included)",
+      () => counts().nodesBehind,
+    );
+    counter(
+      "mcloudtt_cluster_forwards_held_total",
+      "QoS 1/2 messages for a node behind whose acknowledgement waited until it caught up",
+      () => counts().forwardsHeld,
+    );
+    counter(
+      "mcloudtt_cluster_forwards_dropped_total",
+      "QoS 0 copies not forwarded to a node behind",
+      () => counts().forwardsDropped,
+    );
     counter(
       "mcloudtt_subscriptions_refused_total",
       "SUBSCRIBE filters refused (0x97) at the client's subscription limits",

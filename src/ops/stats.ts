@@ -16,6 +16,14 @@ export interface StateCounts {
   storeUnwritten: number;
   /** Store writes that failed (each retry counts). */
   storeWriteFailures: number;
+  /** Entries in this node's cluster inbox (0 on a single node). */
+  inboxBacklog: number;
+  /** Cluster nodes over `[cluster] max_inbox_backlog`. */
+  nodesBehind: number;
+  /** QoS 1/2 forwards whose acknowledgement was held for a node behind. */
+  forwardsHeld: number;
+  /** QoS 0 forwards dropped for a node behind. */
+  forwardsDropped: number;
 }
 
 /** The broker as ops sees it. */
