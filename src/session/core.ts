@@ -34,7 +34,9 @@ import { HeldDeliveries } from "./handover.ts";
 import { ClusterSessions } from "./cluster_sessions.ts";
 import { Journal, JournalClosedError } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
-import { NEVER_EXPIRES, Session, type SessionLimits, toMessage, type Will } from "./session.ts";
+import { Session } from "./session.ts";
+import { NEVER_EXPIRES, type SessionLimits, type Will } from "./session_types.ts";
+import { toMessage } from "./stored.ts";
 
 export type { CoreLimits } from "./limits.ts";
 

@@ -11,7 +11,8 @@ import type { SubscriptionUsage } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo } from "../sinks/types.ts";
 import type { CoreLimits } from "./limits.ts";
-import type { Session, SessionLink } from "./session.ts";
+import type { Session } from "./session.ts";
+import type { SessionLink } from "./session_types.ts";
 
 /** What a transport knows about the peer. */
 export interface PeerInfo {

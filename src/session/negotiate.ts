@@ -12,7 +12,7 @@ import { encodePassthrough } from "../protocol/properties.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import { topicNameProblem } from "../protocol/topic.ts";
 import type { CoreLimits } from "./limits.ts";
-import { NEVER_EXPIRES, type Will } from "./session.ts";
+import { NEVER_EXPIRES, type Will } from "./session_types.ts";
 
 /** What the connection runs with once CONNECT is accepted. */
 export interface Negotiated {

@@ -3,18 +3,14 @@
  * flight and queued, incoming QoS 2 packet ids not yet released, the will and
  * the expiry. Subscriptions are owned by the router, keyed by this session.
  */
-import { utf8 } from "../protocol/bytes.ts";
-import { Message } from "../protocol/message.ts";
+import type { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
-import type {
-  SessionState,
-  StoredMessage,
-  StoredSubscription,
-  StoredWill,
-} from "../store/types.ts";
+import type { SessionState, StoredSubscription } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import type { RetainedStream } from "./retained_stream.ts";
+import type { SessionLimits, SessionLink, Will } from "./session_types.ts";
+import { restoreWill, toMessage } from "./stored.ts";
 
 /**
  * Most retained messages one pump hands over (or skips) before yielding: the
@@ -23,61 +19,7 @@ import type { RetainedStream } from "./retained_stream.ts";
  */
 const RETAINED_BATCH = 1024;
 
-/** The connection side a session writes to. */
-export interface SessionLink {
-  readonly v5: boolean;
-  /** How many QoS 1/2 messages may be unacknowledged at once. */
-  readonly sendWindow: number;
-  /** True while the connection's write buffer is above its high-water mark. */
-  readonly congested: boolean;
-  /**
-   * True while the write buffer is above half its high-water mark: retained
-   * streams wait for the next drain, leaving the rest to live messages.
-   */
-  readonly busy: boolean;
-  /** Encodes and queues a PUBLISH; false if it could not be sent (too large, expired). */
-  sendPublish(
-    msg: Message,
-    qos: 0 | 1 | 2,
-    retain: boolean,
-    dup: boolean,
-    packetId: number,
-    subIds: readonly number[] | null,
-  ): boolean;
-  sendPubrel(packetId: number): void;
-  /** The same client id connected again (here or on another node): close with 0x8E. */
-  takenOver(): void;
-}
-
-export interface SessionLimits {
-  maxQueued: number;
-  /**
-   * Payload bytes the queue may hold (limits.max_queued_bytes); an empty
-   * queue takes one message whatever its size.
-   */
-  maxQueuedBytes: number;
-  dropPolicy: "newest" | "oldest";
-  /**
-   * Ids of completed QoS 1/2 messages a session remembers (`[cluster]
-   * dedupe_window`), so a copy arriving from another node is not delivered
-   * again; 0 remembers none (queued and inflight ones are still recognised).
-   */
-  dedupeWindow: number;
-}
-
-/** A will, kept until the connection ends. */
-export interface Will {
-  msg: Message;
-  /** Will Delay Interval in seconds. */
-  delay: number;
-  /** Message Expiry Interval in seconds, counted from publication; -1 for none. */
-  expiry: number;
-}
-
 const NO_IDS: readonly string[] = Object.freeze([]);
-
-/** Session Expiry Interval that means "never". */
-export const NEVER_EXPIRES = 0xffffffff;
 
 interface Outgoing {
   msg: Message;
@@ -681,25 +623,4 @@ export class Session implements Subscriber {
     const recent = state.recent ?? NO_IDS;
     this.recent = recent.length === 0 || max === 0 ? null : recent.slice(-max);
   }
-}
-
-/** A stored message as the router moves it. */
-export function toMessage(m: StoredMessage): Message {
-  if (m instanceof Message) return m;
-  const msg = new Message(
-    m.topic,
-    utf8(m.topic),
-    m.payload,
-    m.qos,
-    m.retain,
-    m.props,
-    m.expiresAt,
-    m.origin,
-  );
-  if (m.id !== undefined) msg.id = m.id;
-  return msg;
-}
-
-function restoreWill(w: StoredWill): Will {
-  return { msg: toMessage(w.msg), delay: w.delay, expiry: w.expiry };
 }
