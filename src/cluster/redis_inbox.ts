@@ -10,7 +10,7 @@
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { CodecError, decodeBatch, type Forwarded } from "./codec.ts";
-import { type RedisClient, unlessClosed } from "./redis_connection.ts";
+import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -279,7 +279,7 @@ export class InboxReader {
               "COUNT",
               64,
               "BLOCK",
-              2000,
+              READ_BLOCK_MS,
               "STREAMS",
               this.key,
               ">",

@@ -256,6 +256,7 @@ const shape = {
     durability: oneOf(["sync", "async"], "sync"),
     wait_replicas: int(0, 16, 0),
     wait_timeout_ms: int(1, 60000, 500),
+    command_timeout_ms: int(100, 600000, 5000),
   }),
   cluster: section("cluster", {
     node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
@@ -322,6 +323,20 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
         "when redis.wait_replicas > 0",
       params: {
         blame: ["redis.wait_timeout_ms", "cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+      } satisfies CrossFieldParams,
+    });
+  }
+  // A WAIT is a command too: answered after up to wait_timeout_ms, it must not count as lost.
+  if (
+    redis.enabled && redis.wait_replicas > 0 && redis.command_timeout_ms <= redis.wait_timeout_ms
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "command_timeout_ms"],
+      message: `must be above redis.wait_timeout_ms (${redis.wait_timeout_ms}) ` +
+        "when redis.wait_replicas > 0",
+      params: {
+        blame: ["redis.command_timeout_ms", "redis.wait_timeout_ms"],
       } satisfies CrossFieldParams,
     });
   }

@@ -43,6 +43,7 @@ export function brokerTarget(broker: Broker): OpsTarget {
         if (!up.has(kind)) problems.push(`listener ${name} (${kind}) is not listening`);
       }
       for (const p of broker.core.bus.problems) problems.push(`cluster: ${p}`);
+      for (const p of broker.core.store.problems ?? []) problems.push(`store: ${p}`);
       return problems;
     },
     publish(msg: Message): void {
