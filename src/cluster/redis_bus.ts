@@ -141,7 +141,12 @@ export class RedisBus implements Bus {
       () => this.liveness.live,
       opts.cluster.route_fence_ms,
     );
-    this.writer = new InboxWriter(this.cmd, (n) => this.keys.inbox(n), this.stats);
+    this.writer = new InboxWriter(
+      this.cmd,
+      (n) => this.keys.inbox(n),
+      this.stats,
+      opts.redis.command_timeout_ms,
+    );
     this.replicas = new ReplicaWait(
       this.cmd,
       opts.redis.wait_replicas ?? 0,
@@ -171,6 +176,8 @@ export class RedisBus implements Bus {
     else if (this.resyncing !== null) out.push("cluster: resynchronising routes after reconnect");
     if (this.liveness.expelled) out.push("cluster: expelled, waiting to rejoin");
     else if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
+    const forwarding = this.writer.problem;
+    if (forwarding !== null) out.push(forwarding);
     const replication = this.replicas.problem;
     if (replication !== null) out.push(`forwarded QoS 1/2 messages are refused: ${replication}`);
     return out;

@@ -67,12 +67,31 @@ export class InboxWriter {
   private pending = new Map<string, Pending[]>();
   private turn: Deferred | null = null;
   private scheduled = false;
+  /** The last failed write, until one succeeds after it. */
+  private failed: { message: string; at: number } | null = null;
 
   constructor(
     private readonly cmd: RedisClient,
     private readonly inboxKey: (node: string) => string,
     readonly stats: InboxStats,
+    /** How long a failed write is reported after it (ms) when nothing was written since. */
+    private readonly reportMs = 5000,
   ) {}
+
+  /**
+   * Why the last write failed, while no write succeeded since and it is at
+   * most `reportMs` old (for `/readyz`: in Redis Cluster mode one master
+   * can be lost while the client as a whole stays ready).
+   */
+  get problem(): string | null {
+    const f = this.failed;
+    if (f === null) return null;
+    if (Date.now() - f.at > this.reportMs) {
+      this.failed = null;
+      return null;
+    }
+    return `forwarding to other nodes failed: ${f.message}`;
+  }
 
   /** Queues one record (group header + shared body) for `dest`. */
   add(dest: string, header: Uint8Array, body: Uint8Array): void {
@@ -130,9 +149,14 @@ export class InboxWriter {
       }
     }
     Promise.all(writes).then(
-      () => turn?.resolve(),
+      () => {
+        this.failed = null;
+        turn?.resolve();
+      },
       (e: Error) => {
-        log.warn`forwarding to other nodes failed: ${e.message}`;
+        // Logged once per outage; `/readyz` tells while it lasts.
+        if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
+        this.failed = { message: e.message, at: Date.now() };
         turn?.reject(e);
       },
     );

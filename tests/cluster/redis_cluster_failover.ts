@@ -100,6 +100,10 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
   const replicas = await cluster.redis.replicasOf(master);
   assert.equal(replicas.length, opts.replicas, "the master has its replicas");
 
+  // What the nodes logged is what explains a failure.
+  const dump = () => {
+    for (const n of [a, b]) console.log(`--- node ${n.name} ---\n${n.output()}`);
+  };
   const problems = new Set<string>();
   let watching = true;
   const watcher = watchReadiness(a, problems, () => !watching);
@@ -132,6 +136,8 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
     ).catch(() => {});
     // Publishes in flight at the kill may be acknowledged right after it: the outage is the
     // longest gap between two acknowledgements from the last one before the kill on.
+    const lost = result.acked.filter((i) => !seen().has(i));
+    if (lost.length > 0) dump();
     const times = [...result.ackedAt.values()].sort((x, y) => x - y);
     let from = times.findLastIndex((t) => t <= killedAt);
     if (from < 0) from = 0;
@@ -143,17 +149,27 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
         resumedMs = times[i] - killedAt;
       }
     }
+    // Both nodes lost Redis alike: neither may take the other for dead.
+    for (const n of [a, b]) {
+      if (/is dead|declared dead/.test(n.output())) {
+        dump();
+        assert.fail(`node ${n.name} saw a node die`);
+      }
+    }
     return {
       n: N,
       acked: result.acked.length,
       refused: result.refused,
-      lost: result.acked.filter((i) => !seen().has(i)),
+      lost,
       promotedMs,
       outageMs,
       resumedMs,
       slowestMs: result.slowestMs,
       problems: [...problems],
     };
+  } catch (e) {
+    dump();
+    throw e;
   } finally {
     watching = false;
     // Killed rather than woken: a frozen master that wakes up is a stale master for a moment.

@@ -131,7 +131,16 @@ export class ClusterNode implements AsyncDisposable {
 
   /** The status of `/readyz` and the problems it names. */
   async readiness(): Promise<{ status: number; problems: string[] }> {
-    const res = await fetch(`${await this.httpUrl()}/readyz`);
+    let res: Response;
+    try {
+      res = await fetch(`${await this.httpUrl()}/readyz`, { signal: AbortSignal.timeout(5000) });
+    } catch (e) {
+      // A node too busy to answer is not ready (and a test polling it must not hang).
+      if (e instanceof DOMException && e.name === "TimeoutError") {
+        return { status: 0, problems: ["/readyz did not answer within 5 s"] };
+      }
+      throw e;
+    }
     const body = await res.json().catch(() => ({})) as { problems?: string[] };
     return { status: res.status, problems: body.problems ?? [] };
   }
