@@ -70,6 +70,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxSubscriptions: l.max_subscriptions,
     maxSubscriptionLevels: l.max_subscription_levels,
     maxRetainedPerSubscription: l.max_retained_per_subscription,
+    dedupeWindow: config.cluster.dedupe_window,
   };
 }
 
@@ -173,6 +174,7 @@ export class Broker {
       ackAfterWrite: config.redis.enabled
         ? config.redis.durability === "sync"
         : config.storage.sync === "ack-after-write",
+      maxUnwritten: config.storage.max_unwritten_ops,
       sink: deps.sink ?? createSink(config),
       clock,
     });
@@ -330,6 +332,8 @@ export class Broker {
     await within(deadline, "leaving the cluster", core.bus.stop());
     // Messages the inbox reader delivered until it stopped are written too.
     await within(deadline, "flushing the store", core.flush());
+    // No more retries: what the store never took is logged (and its inbox entries stay unread).
+    core.closeJournal();
     await core.sink.stop(Math.max(0, deadline - Date.now()));
     await within(deadline, "closing the store", core.store.close());
   }

@@ -11,6 +11,10 @@
  *           [props (len:u32, bytes)], payload (len:u32, bytes).
  * The body is encoded once per message and shared by every destination;
  * only the group list differs.
+ *
+ * The messages' cluster-wide ids (`Message.id`) travel beside the batch, in
+ * the entry's `i` field (one per record, space-separated, "" for QoS 0), so
+ * a node that does not know that field still reads the batch.
  */
 import { Message } from "../protocol/message.ts";
 
@@ -52,6 +56,26 @@ export function encodeBody(msg: Message): Uint8Array {
   return out;
 }
 
+/**
+ * Ids for the messages that enter the cluster here: a random prefix of this
+ * process (48 bits, 8 characters) and a counter. Unique cluster-wide without
+ * asking Redis; a restarted process draws a new prefix.
+ */
+export class MessageIds {
+  private readonly prefix: string;
+  private seq = 0;
+
+  constructor() {
+    const bytes = crypto.getRandomValues(new Uint8Array(6));
+    // base64url: no space (the separator of an entry's id list), no padding for 6 bytes.
+    this.prefix = btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_");
+  }
+
+  next(): string {
+    return this.prefix + (++this.seq).toString(36);
+  }
+}
+
 /** `[0, 0]`: no groups, shared by every record without groups. */
 export const NO_GROUPS_HEADER: Uint8Array = new Uint8Array(2);
 
@@ -77,8 +101,17 @@ export interface Forwarded {
   groups: string[];
 }
 
-/** Decodes a whole batch; throws CodecError on anything malformed. */
-export function decodeBatch(data: Uint8Array): Forwarded[] {
+/** The `i` field of an entry: the records' ids, in order. */
+export function encodeIds(ids: readonly string[]): string {
+  return ids.join(" ");
+}
+
+/**
+ * Decodes a whole batch; throws CodecError on anything malformed. `ids` is
+ * the entry's `i` field, if any: record k gets id k (a list that does not fit
+ * is ignored: the messages still count, only without ids).
+ */
+export function decodeBatch(data: Uint8Array, ids?: string): Forwarded[] {
   if (data.length === 0 || data[0] !== BATCH_VERSION) {
     throw new CodecError(`unknown batch version ${data[0]}`);
   }
@@ -109,6 +142,12 @@ export function decodeBatch(data: Uint8Array): Forwarded[] {
       origin,
     );
     out.push({ msg, groups });
+  }
+  if (ids !== undefined && ids !== "") {
+    const list = ids.split(" ");
+    if (list.length === out.length) {
+      for (let k = 0; k < list.length; k++) out[k].msg.id = list[k];
+    }
   }
   return out;
 }

@@ -8,7 +8,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { Message } from "../protocol/message.ts";
-import { decodeBatch, encodeBody, encodeGroups } from "./codec.ts";
+import { decodeBatch, encodeBody, encodeGroups, encodeIds, MessageIds } from "./codec.ts";
 import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { RouteTrie } from "./route_trie.ts";
 import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
@@ -64,8 +64,9 @@ export class MemoryBus implements Bus {
   private readonly policy: SharedPolicy;
   private readonly takeoverTimeoutMs: number;
   private running = false;
-  /** Per-destination records waiting for this turn's delivery. */
-  private pending = new Map<string, Uint8Array[]>();
+  /** Per-destination records (and their message ids) waiting for this turn's delivery. */
+  private pending = new Map<string, { parts: Uint8Array[]; ids: string[] }>();
+  private readonly ids = new MessageIds();
   private scheduled = false;
 
   constructor(private readonly hub: MemoryHub, readonly nodeId: string, opts: MemoryBusOptions) {
@@ -132,11 +133,15 @@ export class MemoryBus implements Bus {
     if (msg.retain) d = toEveryNode(d, this.hub.buses.keys(), this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size > 0) {
+      if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
       const body = encodeBody(msg);
       for (const [dest, groups] of d.dests) {
         let list = this.pending.get(dest);
-        if (list === undefined) this.pending.set(dest, list = [new Uint8Array([1])]);
-        list.push(encodeGroups(groups), body);
+        if (list === undefined) {
+          this.pending.set(dest, list = { parts: [new Uint8Array([1])], ids: [] });
+        }
+        list.parts.push(encodeGroups(groups), body);
+        list.ids.push(msg.id);
       }
       if (!this.scheduled) {
         this.scheduled = true;
@@ -153,7 +158,7 @@ export class MemoryBus implements Bus {
     this.scheduled = false;
     const pending = this.pending;
     this.pending = new Map();
-    for (const [dest, parts] of pending) {
+    for (const [dest, { parts, ids }] of pending) {
       const target = this.hub.buses.get(dest);
       if (target === undefined || target.host === null) continue;
       const batch = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -162,7 +167,7 @@ export class MemoryBus implements Bus {
         batch.set(p, o);
         o += p.length;
       }
-      for (const { msg, groups } of decodeBatch(batch)) {
+      for (const { msg, groups } of decodeBatch(batch, encodeIds(ids))) {
         try {
           target.host.deliverRemote(msg, groups);
         } catch (e) {

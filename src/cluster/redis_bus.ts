@@ -12,8 +12,8 @@
 import { getLogger } from "@logtape/logtape";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
-import { encodeBody, encodeGroups } from "./codec.ts";
-import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
+import { encodeBody, encodeGroups, MessageIds } from "./codec.ts";
+import { type Dispatch, dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { bounded } from "./memory_hub.ts";
 import {
   connectRedis,
@@ -30,11 +30,13 @@ import {
   type InboxStats,
   InboxWriter,
 } from "./redis_inbox.ts";
+import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
 import {
+  type BacklogStats,
   type Bus,
   type BusHost,
   type ForwardResult,
@@ -70,6 +72,12 @@ export function incarnationId(nodeId: string): string {
 /** How long a stop waits for the route-log and inbox readers to finish their current read. */
 const READER_STOP_MS = 2000;
 
+/**
+ * How often the inboxes are measured while a node is over `[cluster] max_inbox_backlog`
+ * (held acknowledgements go out at most this late after it caught up).
+ */
+const BACKLOG_POLL_MS = 100;
+
 export class RedisBus implements Bus {
   readonly name = "redis";
   readonly nodeId: string;
@@ -83,6 +91,8 @@ export class RedisBus implements Bus {
   private readonly routes: RouteSync;
   private readonly writer: InboxWriter;
   private readonly liveness: Liveness;
+  /** Inbox lengths of the live nodes, and the acknowledgements held for nodes behind. */
+  readonly backlog: InboxBacklog;
   private reader: InboxReader | null = null;
   private host: BusHost | null = null;
   private readonly rotation = new Rotation();
@@ -100,6 +110,8 @@ export class RedisBus implements Bus {
   private readonly replicas: ReplicaWait;
   private turn: { written: Promise<void>; inboxes: Set<string>; durable: Promise<void> } | null =
     null;
+  /** Cluster-wide ids of the messages this node forwards. */
+  private readonly ids = new MessageIds();
 
   constructor(private readonly opts: RedisBusOptions) {
     this.nodeId = opts.nodeId;
@@ -145,7 +157,19 @@ export class RedisBus implements Bus {
       this.cmd,
       (n) => this.keys.inbox(n),
       this.stats,
+      (n) => this.backlog.wrote(n),
       opts.redis.command_timeout_ms,
+    );
+    this.backlog = new InboxBacklog(
+      this.nodeId,
+      this.cmd,
+      (n) => this.keys.inbox(n),
+      () => this.liveness.live,
+      {
+        bound: opts.cluster.max_inbox_backlog,
+        periodMs: opts.cluster.lease_renew_ms,
+        pollMs: Math.min(BACKLOG_POLL_MS, opts.cluster.lease_renew_ms),
+      },
     );
     this.replicas = new ReplicaWait(
       this.cmd,
@@ -183,6 +207,10 @@ export class RedisBus implements Bus {
     return out;
   }
 
+  get backlogStats(): BacklogStats {
+    return this.backlog.stats;
+  }
+
   /** The local mirror of every node's routes (for tests and diagnostics). */
   get routeCount(): number {
     return this.routes.trie.size;
@@ -209,6 +237,7 @@ export class RedisBus implements Bus {
     await this.routes.reload();
     this.routes.startTail();
     this.reader.start();
+    this.backlog.start();
     this.cmd.on("ready", () => this.requestResync("reconnected"));
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
@@ -260,6 +289,7 @@ export class RedisBus implements Bus {
   }
 
   private async shutdown(): Promise<void> {
+    this.backlog.stop();
     await this.liveness.stop(false);
     await this.stopReaders();
     this.cmd.disconnect();
@@ -294,13 +324,41 @@ export class RedisBus implements Bus {
     if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size === 0) return { localGroups: d.localGroups, written: null };
+    // The id every copy carries, so a session reached by two of them keeps one (QoS 0 is never
+    // held twice: not queued, not handed over with a session).
+    if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
     // Encoded now: the message may be a view into a read buffer that is reused after this call.
     const body = encodeBody(msg);
-    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body);
+    if (this.backlog.anyOver) return this.forwardBehind(msg, d, body);
+    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body, msg.id);
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
     };
+  }
+
+  /**
+   * `forward` while some node is over `[cluster] max_inbox_backlog` (see
+   * redis_backlog.ts): a QoS 1/2 copy for it is written, its acknowledgement
+   * held until the node caught up; a QoS 0 copy is dropped (a retained one is
+   * not: every node's retained index must stay current).
+   */
+  private forwardBehind(msg: Message, d: Dispatch, body: Uint8Array): ForwardResult {
+    const bp = this.backlog;
+    let behind: string[] | null = null;
+    for (const [dest, groups] of d.dests) {
+      if (bp.isOver(dest)) {
+        if (msg.qos === 0 && !msg.retain) {
+          bp.stats.dropped++;
+          continue;
+        }
+        if (msg.qos > 0) (behind ??= []).push(dest);
+      }
+      this.writer.add(dest, encodeGroups(groups), body, msg.id);
+    }
+    let written = msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null;
+    if (behind !== null) { for (const dest of behind) written = bp.hold(dest, written); }
+    return { localGroups: d.localGroups, written };
   }
 
   /** What a QoS 1/2 acknowledgement waits for: this turn's inbox writes (and their WAIT). */

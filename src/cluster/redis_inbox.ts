@@ -9,7 +9,7 @@
  */
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
-import { CodecError, decodeBatch, type Forwarded } from "./codec.ts";
+import { CodecError, decodeBatch, encodeIds, type Forwarded } from "./codec.ts";
 import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
@@ -39,6 +39,8 @@ export interface InboxStats {
 
 interface Pending {
   parts: Uint8Array[];
+  /** The records' cluster-wide message ids ("" for none). */
+  ids: string[];
   bytes: number;
   count: number;
 }
@@ -74,6 +76,8 @@ export class InboxWriter {
     private readonly cmd: RedisClient,
     private readonly inboxKey: (node: string) => string,
     readonly stats: InboxStats,
+    /** Told of every entry written to `dest` (backpressure counts them between measurements). */
+    private readonly onEntry: (dest: string) => void = () => {},
     /** How long a failed write is reported after it (ms) when nothing was written since. */
     private readonly reportMs = 5000,
   ) {}
@@ -93,17 +97,18 @@ export class InboxWriter {
     return `forwarding to other nodes failed: ${f.message}`;
   }
 
-  /** Queues one record (group header + shared body) for `dest`. */
-  add(dest: string, header: Uint8Array, body: Uint8Array): void {
+  /** Queues one record (group header + shared body, message id) for `dest`. */
+  add(dest: string, header: Uint8Array, body: Uint8Array, id: string): void {
     let list = this.pending.get(dest);
     if (list === undefined) this.pending.set(dest, list = []);
     let cur = list[list.length - 1];
     if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES) {
-      cur = { parts: [VERSION_BYTE], bytes: 1, count: 0 };
+      cur = { parts: [VERSION_BYTE], ids: [], bytes: 1, count: 0 };
       list.push(cur);
     }
     cur.parts.push(header, body);
-    cur.bytes += header.length + body.length;
+    cur.ids.push(id);
+    cur.bytes += header.length + body.length + id.length + 1;
     cur.count++;
     if (!this.scheduled) {
       this.scheduled = true;
@@ -134,6 +139,7 @@ export class InboxWriter {
       for (const p of list) {
         this.stats.forwarded += p.count;
         this.stats.entries++;
+        this.onEntry(dest);
         // NOMKSTREAM: a departed node's inbox is not brought back to life.
         writes.push(
           this.cmd.xadd(
@@ -144,6 +150,8 @@ export class InboxWriter {
             "m",
             "d",
             Buffer.concat(p.parts),
+            "i",
+            encodeIds(p.ids),
           ),
         );
       }
@@ -218,7 +226,7 @@ function parseEntry(fields: Buffer[]): Entry {
   if (type === "m") {
     const data = map.get("d");
     if (data === undefined) throw new CodecError("no data field");
-    return { type: "messages", batch: decodeBatch(data) };
+    return { type: "messages", batch: decodeBatch(data, map.get("i")?.toString("latin1")) };
   }
   if (type === "k" || type === "r") {
     const text = new Map<string, string>();
@@ -239,6 +247,22 @@ export class InboxReader {
   private loop: Promise<void> | null = null;
   /** Read delivered-but-unacknowledged entries first (after a start or a lost connection). */
   private pendingFirst = true;
+  /** Where the next read of the pending entries starts: past the last one read ("0": all). */
+  private pendingFrom = "0";
+  /**
+   * Entries handed to the core and not yet acknowledged (XACK waits for the
+   * store, or failed and is being retried): a re-read of the pending entries
+   * skips them (delivering them again would queue every message of theirs
+   * once more for each re-read, and a message its client acknowledged
+   * meanwhile would reach it twice).
+   */
+  private readonly unacked = new Set<string>();
+  /** XACKs failing in a row (Redis unreachable): for the retry delay and one log line. */
+  private ackFailures = 0;
+  private ackRetry: ReturnType<typeof setTimeout> | null = null;
+  /** Entries whose XACK is to be retried (failed), oldest first. */
+  private ackLater: string[] = [];
+  private paused = false;
 
   constructor(
     private readonly self: string,
@@ -272,6 +296,8 @@ export class InboxReader {
 
   async stop(): Promise<void> {
     this.running = false;
+    if (this.ackRetry !== null) clearTimeout(this.ackRetry);
+    this.ackRetry = null;
     this.reader.disconnect();
     await this.loop;
   }
@@ -279,6 +305,16 @@ export class InboxReader {
   private async readForever(): Promise<void> {
     let failures = 0;
     while (this.running) {
+      if (this.host.storeFull) {
+        // The store is failing and the journal at its bound: what is in the inbox stays there
+        // (unacknowledged, safe) until the store catches up, instead of piling up in memory.
+        if (!this.paused) log.warn`store behind (storage.max_unwritten_ops): inbox reading paused`;
+        this.paused = true;
+        await sleep(100);
+        continue;
+      }
+      if (this.paused) log.info`store caught up: inbox reading resumed`;
+      this.paused = false;
       try {
         const res = this.pendingFirst
           ? await unlessClosed(
@@ -291,7 +327,7 @@ export class InboxReader {
               64,
               "STREAMS",
               this.key,
-              "0",
+              this.pendingFrom,
             ),
           )
           : await unlessClosed(
@@ -311,7 +347,13 @@ export class InboxReader {
           );
         failures = 0;
         const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
-        if (this.pendingFirst && entries.length === 0) this.pendingFirst = false;
+        if (this.pendingFirst) {
+          // Pending entries are read in order, each once: the next read starts past these.
+          if (entries.length === 0) {
+            this.pendingFirst = false;
+            this.pendingFrom = "0";
+          } else this.pendingFrom = entries[entries.length - 1][0].toString();
+        }
         if (entries.length === 0) continue;
         // Read after a freeze longer than the lease: another node may have handled this one as
         // dead and delivered these entries to the sessions it adopted.
@@ -326,6 +368,7 @@ export class InboxReader {
         if (!this.running) break;
         const msg = (e as Error).message ?? String(e);
         this.pendingFirst = true;
+        this.pendingFrom = "0";
         if (msg.startsWith("NOGROUP")) {
           log.warn`inbox ${this.key} or its group vanished (Redis restarted?): recreating`;
           await this.ensureGroup().catch(() => {});
@@ -341,6 +384,8 @@ export class InboxReader {
     const ids: string[] = [];
     for (const [rawId, fields] of entries) {
       const id = rawId.toString();
+      // Delivered already, its acknowledgement waiting for the store: that one acknowledges it.
+      if (this.unacked.has(id)) continue;
       ids.push(id);
       // A pending re-read returns entries already deleted as null fields.
       if (!Array.isArray(fields)) continue;
@@ -362,15 +407,40 @@ export class InboxReader {
         }
       }
     }
+    if (ids.length === 0) return;
     // Acknowledged only once what the deliveries queued for persistent sessions is written
-    // (the store's connection is another one, so Redis could apply the two in either order):
-    // a crash before this re-reads them, at least once.
-    const ack = () => {
-      this.cmd.xack(this.key, INBOX_GROUP, ...ids).catch(() => {});
-      this.cmd.xdel(this.key, ...ids).catch(() => {});
-    };
+    // (the store's connection is another one, so Redis could apply the two in either order).
+    // The journal retries a failed write until it succeeds, so this waits for the store to be
+    // back; a crash before leaves them pending for the node that handles this one's death.
+    for (const id of ids) this.unacked.add(id);
     const written = this.host.deliveredWritten();
-    if (written === null) ack();
-    else written.then(ack, ack);
+    if (written === null) return this.ack(ids);
+    const ack = () => this.ack(ids);
+    written.then(ack, ack);
+  }
+
+  /**
+   * XACK + XDEL of entries handled. A failed XACK (Redis unreachable) is
+   * retried until it succeeds or the node stops: until then the entries stay
+   * in `unacked`, so the re-read of pending entries after the reconnect does
+   * not deliver them again.
+   */
+  private ack(ids: string[]): void {
+    this.cmd.xack(this.key, INBOX_GROUP, ...ids).then(() => {
+      this.ackFailures = 0;
+      for (const id of ids) this.unacked.delete(id);
+      this.cmd.xdel(this.key, ...ids).catch(() => {});
+    }, (e: Error) => {
+      if (!this.running) return;
+      if (this.ackFailures++ === 0) log.warn`inbox acknowledgement failed, retrying: ${e.message}`;
+      // One timer for every failed XACK: all are retried together.
+      for (const id of ids) this.ackLater.push(id);
+      this.ackRetry ??= setTimeout(() => {
+        this.ackRetry = null;
+        const later = this.ackLater;
+        this.ackLater = [];
+        if (this.running && later.length > 0) this.ack(later);
+      }, Math.min(2000, 50 * 2 ** Math.min(this.ackFailures, 6)));
+    });
   }
 }

@@ -18,10 +18,18 @@ export interface BusHost {
   deliverRemote(msg: Message, groups: readonly string[]): void;
   /**
    * Resolves once what `deliverRemote` queued so far for persistent sessions
-   * is durable (the inbox entries are acknowledged after it); null when
-   * nothing is waiting to be written.
+   * is durable (the inbox entries are acknowledged after it; a failed store
+   * write is retried, so this waits for the store to be back), or will never
+   * be written here (sessions another node took over: rejects); null when
+   * nothing is waiting to be written. Never settles when the broker stopped
+   * first: the entries stay unacknowledged.
    */
   deliveredWritten(): Promise<void> | null;
+  /**
+   * True while the store is failing and `[storage] max_unwritten_ops`
+   * operations wait: the inbox is not read until it is false again.
+   */
+  readonly storeFull: boolean;
   /**
    * Another node took over `clientId` with claim number `epoch`: close its
    * connection here with 0x8E, keep nothing. A connection of this node still
@@ -85,6 +93,18 @@ export interface ForwardResult {
 /** Forward nothing, serve every local group: the answer of a single node. */
 export const LOCAL_ONLY: ForwardResult = Object.freeze({ localGroups: null, written: null });
 
+/** Inbox backpressure figures of the Redis bus (see redis_backlog.ts), for /metrics. */
+export interface BacklogStats {
+  /** Entries in this node's own inbox at the last measurement. */
+  own: number;
+  /** Live nodes over `[cluster] max_inbox_backlog` at the last measurement (this one included). */
+  over: number;
+  /** QoS 1/2 forwards whose acknowledgement was held for a node over the bound. */
+  held: number;
+  /** QoS 0 forwards dropped for a node over the bound. */
+  dropped: number;
+}
+
 export interface Bus {
   /** "local", "redis". */
   readonly name: string;
@@ -130,6 +150,8 @@ export interface Bus {
   ): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;
+  /** Inbox backpressure figures; absent on a single node. */
+  readonly backlogStats?: BacklogStats;
 }
 
 /** The bus of a broker that is not part of a cluster. */

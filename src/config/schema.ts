@@ -184,6 +184,7 @@ const shape = {
     enabled: bool(true),
     dir: nonEmptyText("data"),
     sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+    max_unwritten_ops: int(1, 100000000, 100000),
   }),
   bigquery: section("bigquery", {
     enabled: bool(false),
@@ -256,6 +257,8 @@ const shape = {
     durability: oneOf(["sync", "async"], "sync"),
     wait_replicas: int(0, 16, 0),
     wait_timeout_ms: int(1, 60000, 500),
+    session_ttl_grace_ms: int(0, 604800000, 60000),
+    session_claim_ttl_ms: int(10000, 2592000000, 3600000),
     command_timeout_ms: int(100, 600000, 5000),
   }),
   cluster: section("cluster", {
@@ -263,9 +266,11 @@ const shape = {
     lease_renew_ms: int(100, 60000, 2000),
     lease_ttl_ms: int(300, 600000, 6000),
     takeover_timeout_ms: int(100, 60000, 3000),
+    dedupe_window: int(0, 100000, 256),
     route_fence_ms: int(0, 60000, 1000),
     reconcile_interval: int(1, 86400, 300),
     shared_policy: oneOf(["local", "round_robin"], "local"),
+    max_inbox_backlog: int(0, 1000000000, 2000),
   }),
 };
 

@@ -26,12 +26,19 @@ export function brokerTarget(broker: Broker): OpsTarget {
         else offline++;
         queued += s.queuedCount;
       }
+      const backlog = broker.core.bus.backlogStats;
       return {
         subscriptions: broker.router.subscriptionCount,
         retained: broker.router.retained.size,
         sessionsOnline: online,
         sessionsOffline: offline,
         queued,
+        storeUnwritten: broker.core.journal?.unwritten ?? 0,
+        storeWriteFailures: broker.core.journal?.stats.failures ?? 0,
+        inboxBacklog: backlog?.own ?? 0,
+        nodesBehind: backlog?.over ?? 0,
+        forwardsHeld: backlog?.held ?? 0,
+        forwardsDropped: backlog?.dropped ?? 0,
       };
     },
     problems(): readonly string[] {
@@ -43,6 +50,13 @@ export function brokerTarget(broker: Broker): OpsTarget {
         if (!up.has(kind)) problems.push(`listener ${name} (${kind}) is not listening`);
       }
       for (const p of broker.core.bus.problems) problems.push(`cluster: ${p}`);
+      const failing = broker.core.journal?.failingFor ?? 0;
+      if (failing > 0) {
+        problems.push(
+          `store: writes failing for ${Math.round(failing / 1000)} s, ` +
+            `${broker.core.journal!.unwritten} operations unwritten (retrying)`,
+        );
+      }
       for (const p of broker.core.store.problems ?? []) problems.push(`store: ${p}`);
       return problems;
     },

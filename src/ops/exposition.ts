@@ -153,6 +153,7 @@ export class Exposition {
         ["queue_full", m().droppedQueueFull],
         ["too_large", m().droppedTooLarge],
         ["expired", m().droppedExpired],
+        ["duplicate", m().duplicatesDropped],
       ],
     );
     counter(
@@ -174,6 +175,41 @@ export class Exposition {
       "mcloudtt_retained_refused_total",
       "Retained PUBLISHes refused (0x97) because the retained store was full",
       () => m().retainedRefused,
+    );
+    counter(
+      "mcloudtt_publishes_refused_store_full_total",
+      "QoS 1/2 PUBLISHes refused (0x97) while storage.max_unwritten_ops store operations waited",
+      () => m().publishesRefusedStoreFull,
+    );
+    gauge(
+      "mcloudtt_store_unwritten_operations",
+      "Store operations not written yet (a failing store's are retried until written)",
+      () => counts().storeUnwritten,
+    );
+    counter(
+      "mcloudtt_store_write_failures_total",
+      "Store writes (batches) that failed and were retried",
+      () => counts().storeWriteFailures,
+    );
+    gauge(
+      "mcloudtt_cluster_inbox_backlog",
+      "Entries in this node's cluster inbox (forwarded by other nodes, not yet delivered here)",
+      () => counts().inboxBacklog,
+    );
+    gauge(
+      "mcloudtt_cluster_nodes_behind",
+      "Cluster nodes whose inbox is at cluster.max_inbox_backlog (this one included)",
+      () => counts().nodesBehind,
+    );
+    counter(
+      "mcloudtt_cluster_forwards_held_total",
+      "QoS 1/2 messages for a node behind whose acknowledgement waited until it caught up",
+      () => counts().forwardsHeld,
+    );
+    counter(
+      "mcloudtt_cluster_forwards_dropped_total",
+      "QoS 0 copies not forwarded to a node behind",
+      () => counts().forwardsDropped,
     );
     counter(
       "mcloudtt_subscriptions_refused_total",

@@ -80,6 +80,11 @@ export class Metrics {
   droppedTooLarge = 0;
   /** Messages dropped because their Message Expiry Interval ran out. */
   droppedExpired = 0;
+  /**
+   * Second copies of a QoS 1/2 message a session already held or had
+   * delivered (cluster: a session moving between nodes, a dead node's inbox).
+   */
+  duplicatesDropped = 0;
   sessionsExpired = 0;
   /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
   authFailures = 0;
@@ -90,6 +95,8 @@ export class Metrics {
   willsPublished = 0;
   /** Retained PUBLISHes refused (MQTT 5, PUBACK 0x97) because the retained store was full. */
   retainedRefused = 0;
+  /** QoS 1/2 PUBLISHes refused because the store was behind by [storage] max_unwritten_ops. */
+  publishesRefusedStoreFull = 0;
   /** New subscriptions whose retained messages were cut at limits.max_retained_per_subscription. */
   retainedCutoffs = 0;
   /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */

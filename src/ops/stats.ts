@@ -12,6 +12,18 @@ export interface StateCounts {
   sessionsOffline: number;
   /** Messages waiting in session queues (not yet in flight). */
   queued: number;
+  /** Store operations not written yet (collecting, in flight or being retried). */
+  storeUnwritten: number;
+  /** Store writes that failed (each retry counts). */
+  storeWriteFailures: number;
+  /** Entries in this node's cluster inbox (0 on a single node). */
+  inboxBacklog: number;
+  /** Cluster nodes over `[cluster] max_inbox_backlog`. */
+  nodesBehind: number;
+  /** QoS 1/2 forwards whose acknowledgement was held for a node behind. */
+  forwardsHeld: number;
+  /** QoS 0 forwards dropped for a node behind. */
+  forwardsDropped: number;
 }
 
 /** The broker as ops sees it. */

@@ -63,13 +63,27 @@ export function connectPreamble(buf: Uint8Array, start: number, end: number): Co
   const r = new Reader(buf, start, end);
   const nameLen = r.u16();
   if (r.remaining < nameLen + 1) throw new MalformedPacketError("CONNECT too short");
-  const name = String.fromCharCode(...buf.subarray(r.pos, r.pos + nameLen));
+  // Compared byte by byte: no string is made for every CONNECT.
+  const mqtt = nameIs(buf, r.pos, nameLen, MQTT_NAME);
+  const mqisdp = !mqtt && nameIs(buf, r.pos, nameLen, MQISDP_NAME);
   r.pos += nameLen;
   const level = r.u8();
-  if (name === "MQTT" && (level === 4 || level === 5)) return { kind: "ok", level };
-  if (name === "MQIsdp" && level === 3) return { kind: "ok", level: 3 };
-  if (name !== "MQTT" && name !== "MQIsdp") return { kind: "bad-name" };
+  if (mqtt && (level === 4 || level === 5)) return level === 4 ? OK_4 : OK_5;
+  if (mqisdp && level === 3) return OK_3;
+  if (!mqtt && !mqisdp) return { kind: "bad-name" };
   return { kind: "bad-level", level };
+}
+
+const MQTT_NAME = [0x4d, 0x51, 0x54, 0x54]; // "MQTT"
+const MQISDP_NAME = [0x4d, 0x51, 0x49, 0x73, 0x64, 0x70]; // "MQIsdp"
+const OK_3: ConnectPreamble = { kind: "ok", level: 3 };
+const OK_4: ConnectPreamble = { kind: "ok", level: 4 };
+const OK_5: ConnectPreamble = { kind: "ok", level: 5 };
+
+function nameIs(buf: Uint8Array, at: number, len: number, name: readonly number[]): boolean {
+  if (len !== name.length) return false;
+  for (let i = 0; i < len; i++) if (buf[at + i] !== name[i]) return false;
+  return true;
 }
 
 /** Decodes a CONNECT body whose preamble was accepted. */

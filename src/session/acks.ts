@@ -26,11 +26,20 @@ export class AckQueue {
    */
   private lastWritten: Promise<void> | null = null;
 
-  constructor(private readonly send: (qos: 1 | 2, pid: number, code: number) => void) {}
+  constructor(
+    private readonly send: (qos: 1 | 2, pid: number, code: number) => void,
+    /** Called after waiting acknowledgements went out (the connection may read again). */
+    private readonly sent: () => void = () => {},
+  ) {}
 
   /** True when acknowledgements are waiting: a new one must queue behind them. */
   get busy(): boolean {
     return this.items !== null && this.head < this.items.length;
+  }
+
+  /** Acknowledgements waiting (for a write, a node behind, or those before them). */
+  get waiting(): number {
+    return this.items === null ? 0 : this.items.length - this.head;
   }
 
   /**
@@ -66,7 +75,8 @@ export class AckQueue {
       x.ready = true;
       if (failed) x.code = x.failCode;
     }
-    let i = this.head;
+    const from = this.head;
+    let i = from;
     while (i < items.length && items[i].ready) {
       const x = items[i++];
       this.send(x.qos, x.pid, x.code);
@@ -81,6 +91,7 @@ export class AckQueue {
       this.items = items.slice(i);
       this.head = 0;
     } else this.head = i;
+    if (i !== from) this.sent();
   }
 
   /** The connection closed: nothing more is sent. */

@@ -15,7 +15,7 @@ import { Router } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import { isClusterStore, type SessionState } from "../store/types.ts";
 import type { BrokerCore } from "./core.ts";
-import type { HeldDeliveries } from "./handover.ts";
+import { type HeldDeliveries, OnceTo } from "./handover.ts";
 import type { AttachingConnection, AttachRequest, AttachResult } from "./host.ts";
 import type { Session } from "./session.ts";
 
@@ -179,11 +179,12 @@ export class ClusterSessions {
     const session = this.core.sessions.get(held.clientId);
     const n = session !== undefined ? held.handTo(session) : 0;
     this.core.unsubscribeAll(held);
-    if (n > 0 || held.dropped > 0) {
+    if (n > 0 || held.dropped > 0 || held.duplicates > 0) {
       log.debug("handed {n} messages that arrived during the takeover to {clientId}", {
         n,
         clientId: held.clientId,
         dropped: held.dropped,
+        duplicates: held.duplicates,
       });
     }
   }
@@ -260,6 +261,7 @@ export class ClusterSessions {
     const orphans = new Router();
     orphans.receiveCheck = this.core.mayReceive;
     const taken: Adoption[] = [];
+    const onceTo = new Map<Session, OnceTo>();
     for (const id of await store.sessionsOfNode(nodeId)) {
       if (this.core.sessions.has(id)) continue;
       const state = await store.adoptSession(id, nodeId);
@@ -282,7 +284,11 @@ export class ClusterSessions {
       this.core.adopted.add(id);
       adopted++;
       taken.push(a);
-      for (const sub of subs) orphans.subscribe(sub);
+      // What the dead node had already taken from its inbox into the session (written, not yet
+      // acknowledged in the inbox) is in the state: its copy in the inbox is dropped.
+      const once = new OnceTo(s);
+      onceTo.set(s, once);
+      for (const sub of this.core.storedSubscriptions(state, once)) orphans.subscribe(sub);
     }
     await store.forgetNode(nodeId);
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
@@ -292,7 +298,7 @@ export class ClusterSessions {
         // A session whose client came back meanwhile is no longer this node's to fill.
         for (const a of taken) {
           if (this.core.sessions.get(a.session.clientId) !== a.session) {
-            orphans.unsubscribeAll(a.session);
+            orphans.unsubscribeAll(onceTo.get(a.session)!);
           }
         }
         orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));

@@ -138,22 +138,25 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
   );
   c.host.metrics.connects++;
   c.connectedAt = c.host.clock.now();
-  log.info(
-    "client {client_id} connected from {remote_address} over {listener}: MQTT " +
-      "{protocol_version}, user {username}, keep alive {keep_alive} s, clean start " +
-      "{clean_start}, session present {session_present}",
-    {
-      client_id: c.clientId,
-      username: c.username ?? null,
-      certificate_identity: c.peer.certificateIdentity ?? null,
-      remote_address: c.peer.remoteAddress,
-      listener: c.peer.transport,
-      protocol_version: PROTOCOL_NAMES[c.level] ?? String(c.level),
-      keep_alive: n.keepAliveTimeoutMs / 1500,
-      clean_start: pkt.cleanStart,
-      session_present: present,
-    },
-  );
+  // Checked first: the fields would be gathered for every CONNECT even when info is off.
+  if (log.isEnabledFor("info")) {
+    log.info(
+      "client {client_id} connected from {remote_address} over {listener}: MQTT " +
+        "{protocol_version}, user {username}, keep alive {keep_alive} s, clean start " +
+        "{clean_start}, session present {session_present}",
+      {
+        client_id: c.clientId,
+        username: c.username ?? null,
+        certificate_identity: c.peer.certificateIdentity ?? null,
+        remote_address: c.peer.remoteAddress,
+        listener: c.peer.transport,
+        protocol_version: PROTOCOL_NAMES[c.level] ?? String(c.level),
+        keep_alive: n.keepAliveTimeoutMs / 1500,
+        clean_start: pkt.cleanStart,
+        session_present: present,
+      },
+    );
+  }
   session.attach(c);
   c.releaseGate();
   c.replayPending();

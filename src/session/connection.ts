@@ -81,6 +81,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private pendingBytes = 0;
   /** Made on the first QoS 1/2 PUBLISH: a subscriber-only or idle client never needs it. */
   private ackQueue: AckQueue | null = null;
+  /** Reading paused because more than Receive Maximum acknowledgements wait. */
+  private acksFull = false;
   private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
@@ -132,6 +134,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       return;
     }
     if (this.outbox.pendingBytes > this.host.limits.maxOutgoingBytes) this.pauseReading();
+    else if (
+      this.ackQueue !== null && this.ackQueue.waiting > this.host.limits.receiveMaximum
+    ) {
+      // More publishes wait for their acknowledgement than Receive Maximum allows (a client that
+      // ignores it, or MQTT 3.1.1, which has none, while a store or a cluster node is behind):
+      // what it sends next stays in its socket, not in the store, Redis or this process.
+      this.acksFull = true;
+      this.pauseReading();
+    }
   }
 
   closed(): void {
@@ -207,6 +218,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const code = this.closeCode;
     const reason = code === -1 ? "connection_lost" : hex(code);
     this.host.metrics.disconnected(reason);
+    if (!log.isEnabledFor("info")) return;
     const duration = Math.max(0, (this.host.clock.now() - this.connectedAt) / 1000);
     log.info(
       "client {client_id} disconnected: reason {reason_code}, closed by {closed_by} after " +
@@ -283,7 +295,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.host.metrics.bytesSent += this.outbox.written;
     this.outbox.written = 0;
     if (
-      this.gate !== null && this.state !== State.Authenticating &&
+      this.gate !== null && this.state !== State.Authenticating && !this.acksFull &&
       this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
     ) {
       this.releaseGate();
@@ -413,7 +425,17 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /** PUBACK/PUBREC in PUBLISH order (see acks.ts). */
   get acks(): AckQueue {
-    return this.ackQueue ??= new AckQueue((qos, pid, code) => this.ack(qos, pid, code));
+    return this.ackQueue ??= new AckQueue(
+      (qos, pid, code) => this.ack(qos, pid, code),
+      () => this.acksSent(),
+    );
+  }
+
+  /** Waiting acknowledgements went out: read again once they are back within Receive Maximum. */
+  private acksSent(): void {
+    if (!this.acksFull || this.ackQueue!.waiting > this.host.limits.receiveMaximum / 2) return;
+    this.acksFull = false;
+    if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
   }
 
   /** Acknowledges an incoming QoS 1/2 PUBLISH (called in order by `acks`). */
@@ -458,6 +480,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.end(false);
       }
     } else if (this.state === State.Connected) {
+      // Not reading because its acknowledgements wait is this side's doing: the client's
+      // packets wait in the socket, its keep alive with them.
+      if (this.acksFull) this.lastRx = now;
       if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
         log.info("keep alive timeout for {client_id}", { client_id: this.clientId });
         this.disconnect(ReasonCode.KeepAliveTimeout, "keep alive timeout");

@@ -14,7 +14,7 @@ import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
-import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
+import { ReasonCode } from "../protocol/reason_codes.ts";
 import { parseFilter } from "../protocol/topic.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
@@ -32,7 +32,7 @@ import type {
 } from "./host.ts";
 import { HeldDeliveries } from "./handover.ts";
 import { ClusterSessions } from "./cluster_sessions.ts";
-import { Journal } from "./journal.ts";
+import { Journal, JournalClosedError } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
 import { NEVER_EXPIRES, Session, type SessionLimits, toMessage, type Will } from "./session.ts";
 
@@ -55,6 +55,11 @@ export interface CoreOptions {
    * every persistent session it reached (default); false acknowledges at once.
    */
   ackAfterWrite?: boolean;
+  /**
+   * `[storage] max_unwritten_ops`: past this many store operations not
+   * written yet (the store failing), QoS 1/2 publishes are refused.
+   */
+  maxUnwritten?: number;
 }
 
 /** Serve no shared group here (a remote message whose groups are served elsewhere). */
@@ -105,6 +110,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       maxQueued: opts.limits.maxQueued,
       maxQueuedBytes: opts.limits.maxQueuedBytes,
       dropPolicy: opts.limits.queueDropPolicy,
+      dedupeWindow: opts.limits.dedupeWindow,
     };
     this.router = opts.router;
     this.metrics = opts.metrics;
@@ -115,14 +121,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink = opts.sink;
     this.clock = opts.clock;
     this.journal = opts.store.durable
-      ? new Journal(opts.store, this.ackAfterWrite, (e, batch) => {
+      ? new Journal(opts.store, {
+        acksWait: this.ackAfterWrite,
+        maxUnwritten: opts.maxUnwritten,
         // A cluster store refuses writes of sessions another node took over meanwhile.
-        const stale = (e as { clientIds?: unknown }).clientIds;
-        if (
-          e instanceof MqttError && e.code === ReasonCode.SessionTakenOver && Array.isArray(stale)
-        ) {
-          this.cluster.dropStale(stale as string[], batch);
-        }
+        onStale: (e, batch) => this.cluster.dropStale(e.clientIds, batch),
       })
       : null;
     this.router.receiveCheck = this.mayReceive;
@@ -165,6 +168,20 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** Resolves once every journaled change is written (graceful stop). */
   async flush(): Promise<void> {
     await this.journal?.drain();
+  }
+
+  /** Stops retrying store writes (the end of a stop); returns the operations left unwritten. */
+  closeJournal(): number {
+    return this.journal?.close() ?? 0;
+  }
+
+  /**
+   * True while the store has not taken more than `[storage] max_unwritten_ops`
+   * operations (it is failing): new QoS 1/2 publishes are refused rather than
+   * acknowledged without being kept.
+   */
+  get storeFull(): boolean {
+    return this.journal !== null && this.journal.full;
   }
 
   /** A transport accepted a byte stream: returns the handler it feeds. */
@@ -275,7 +292,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   deliveredWritten(): Promise<void> | null {
-    return this.journal?.pending ?? null;
+    const p = this.journal?.pending ?? null;
+    // Stopped before the store took them: the inbox entries stay unacknowledged (never settles).
+    return p === null ? null : p.catch((e) => {
+      if (e instanceof JournalClosedError) return new Promise<void>(() => {});
+      throw e;
+    });
   }
 
   // ---- the one way in for subscription changes ---------------------------------

@@ -92,6 +92,8 @@ export interface ConnectionHost {
   retainedCursor(filter: string): Iterator<Message>;
   /** Whether the retained store has room for `msg` (limits.max_retained_*). */
   retainFits(msg: Message): boolean;
+  /** True while the store is too far behind to keep more: QoS 1/2 publishes are refused. */
+  readonly storeFull: boolean;
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
   connectionClosed(
     conn: AttachingConnection,

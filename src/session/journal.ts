@@ -3,66 +3,151 @@
  * while the event loop works and are written as one batch once the current
  * turn's work is done; while a batch is being written the next one collects,
  * so a slow disk makes batches bigger, not more frequent.
+ *
+ * A batch the store could not write is never dropped: it is written again
+ * (with backoff) before anything newer, together with what collected
+ * meanwhile, until it succeeds; whoever waits for it (acknowledgements to
+ * publishers, the cluster inbox's XACK, a takeover's write-back) waits for
+ * that success. Every store applies a replayed batch idempotently (a batch
+ * may have been applied in part, or applied but not confirmed). While more
+ * than `maxUnwritten` operations are unwritten the journal is `full`: the
+ * core refuses new QoS 1/2 publishes instead of acknowledging what it could
+ * not keep (see publish_flow.ts).
  */
 import { getLogger } from "@logtape/logtape";
+import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import type { Store, StoreOp } from "../store/types.ts";
 
 const log = getLogger(["mcloudtt", "store"]);
 
-export class Journal {
-  private ops: StoreOp[] = [];
-  private waiting:
-    | { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void }
-    | null = null;
-  private writing = false;
-  private scheduled = false;
-  /** Batches handed to the store so far; the failure callback gets the failed one's number. */
-  flushed = 0;
-  /** Batches written, ops written, failed batches: read by ops. */
-  readonly stats = { batches: 0, ops: 0, failures: 0 };
+interface Deferred {
+  readonly promise: Promise<void>;
+  readonly resolve: () => void;
+  readonly reject: (e: unknown) => void;
+}
 
+function deferred(): Deferred {
+  let resolve!: () => void;
+  let reject!: (e: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // Nobody may be listening (a QoS 0 publish): do not report the failure as unhandled.
+  promise.catch(() => {});
+  return { promise, resolve, reject };
+}
+
+/** Delay before retry `attempt` (1, 2, ...) of a failed batch: 50 ms doubling to 2 s. */
+export function retryDelay(attempt: number): number {
+  return Math.min(2000, 50 * 2 ** Math.min(attempt - 1, 6));
+}
+
+/** Default of `[storage] max_unwritten_ops`. */
+export const DEFAULT_MAX_UNWRITTEN = 100_000;
+
+/** The broker stopped before the store took these operations. */
+export class JournalClosedError extends Error {
+  constructor(readonly unwritten: number) {
+    super(`the broker stopped with ${unwritten} store operations unwritten`);
+    this.name = "JournalClosedError";
+  }
+}
+
+export interface JournalOptions {
   /**
    * `acksWait`: packets that let a client forget something (PUBACK, PUBREC,
    * PUBREL, PUBCOMP, SUBACK, UNSUBACK) wait for the batch holding the change
    * they confirm (`[storage] sync = "ack-after-write"`); false sends them at
    * once ("async").
    */
-  constructor(
-    private readonly store: Store,
-    readonly acksWait = true,
-    /** Told of every failed batch (after it is logged), with its number (see `flushed`). */
-    private readonly onFailure: (e: unknown, batch: number) => void = () => {},
-  ) {}
+  readonly acksWait?: boolean;
+  /** `[storage] max_unwritten_ops`: past it the journal is `full`. */
+  readonly maxUnwritten?: number;
+  /**
+   * Told of a batch the store refused for sessions another node owns now
+   * (an MqttError 0x8E carrying `clientIds`), with its number (see
+   * `flushed`). Everything else in such a batch was written; it is not
+   * retried.
+   */
+  readonly onStale?: (e: MqttError & { clientIds: readonly string[] }, batch: number) => void;
+}
+
+export class Journal {
+  private ops: StoreOp[] = [];
+  /** Waiters for `ops` (created when somebody asks). */
+  private waiting: Deferred | null = null;
+  /** The batch handed to the store and not yet written (in flight, or waiting for its retry). */
+  private batch: StoreOp[] | null = null;
+  /** Waiters for `batch`. */
+  private batchDone: Deferred | null = null;
+  private writing = false;
+  private scheduled = false;
+  private retryTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Failed attempts of the current batch in a row; 0 while the store takes writes. */
+  private attempts = 0;
+  /** When the current run of failures started (ms since epoch), 0 when none. */
+  private failingSince = 0;
+  private lastReport = 0;
+  private closed = false;
+  /** Batches handed to the store so far (retries count again): the stale callback gets the number. */
+  flushed = 0;
+  /** Batches written, ops written, failed attempts, refused publishes: read by ops. */
+  readonly stats = { batches: 0, ops: 0, failures: 0 };
+  readonly acksWait: boolean;
+  readonly maxUnwritten: number;
+  private readonly onStale: (
+    e: MqttError & { clientIds: readonly string[] },
+    batch: number,
+  ) => void;
+
+  constructor(private readonly store: Store, opts: JournalOptions = {}) {
+    this.acksWait = opts.acksWait ?? true;
+    this.maxUnwritten = opts.maxUnwritten ?? DEFAULT_MAX_UNWRITTEN;
+    this.onStale = opts.onStale ?? (() => {});
+  }
 
   /** Ops waiting for the next batch (a publish compares it before and after routing). */
   get size(): number {
     return this.ops.length;
   }
 
+  /** Ops not written yet: collecting, in flight or waiting for a retry. */
+  get unwritten(): number {
+    return this.ops.length + (this.batch === null ? 0 : this.batch.length);
+  }
+
+  /** True while more than `maxUnwritten` ops wait: new QoS 1/2 publishes are refused. */
+  get full(): boolean {
+    return this.ops.length + (this.batch === null ? 0 : this.batch.length) > this.maxUnwritten;
+  }
+
+  /** Since when (ms since epoch) store writes have been failing; 0 while they succeed. */
+  get failingFor(): number {
+    return this.failingSince === 0 ? 0 : Date.now() - this.failingSince;
+  }
+
   /** Queues `op` for the next batch. */
   push(op: StoreOp): void {
     this.ops.push(op);
-    if (!this.writing && !this.scheduled) {
+    if (!this.writing && !this.scheduled && this.retryTimer === null) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());
     }
   }
 
-  /** Resolves when every op pushed so far is written; null when nothing is pending. */
+  /**
+   * Resolves when every op pushed so far is written (never while the store
+   * fails: the batch is retried); rejects only for sessions another node
+   * took over, or when the broker stopped first. Null when nothing is pending.
+   */
   get pending(): Promise<void> | null {
-    if (this.ops.length === 0) return this.inFlight;
-    if (this.waiting === null) {
-      let resolve!: () => void;
-      let reject!: (e: unknown) => void;
-      const promise = new Promise<void>((res, rej) => {
-        resolve = res;
-        reject = rej;
-      });
-      // Nobody may be listening (a QoS 0 publish): do not report the failure as unhandled.
-      promise.catch(() => {});
-      this.waiting = { promise, resolve, reject };
+    if (this.ops.length === 0) {
+      // Batches are written in order, each only after the one before: the last is enough.
+      if (this.batch === null) return null;
+      return (this.batchDone ??= deferred()).promise;
     }
-    return this.waiting.promise;
+    return (this.waiting ??= deferred()).promise;
   }
 
   /**
@@ -73,49 +158,140 @@ export class Journal {
     return this.acksWait ? this.pending : null;
   }
 
-  private inFlight: Promise<void> | null = null;
-
-  /** Writes what has collected; called once per turn, or when the previous write ends. */
+  /** Writes what has collected (with the failed batch first, when there is one). */
   private flush(): void {
     this.scheduled = false;
-    if (this.writing || this.ops.length === 0) return;
-    const ops = this.ops;
-    const waiting = this.waiting;
+    if (this.writing || this.retryTimer !== null || this.closed) return;
+    let ops = this.ops;
+    let done = this.waiting;
+    const failed = this.batch;
+    if (failed !== null) {
+      // A retry: the failed batch first, then what came since, as one batch (order kept).
+      if (ops.length > 0) ops = failed.concat(ops);
+      else ops = failed;
+      done = merge(this.batchDone, done);
+    } else if (ops.length === 0) return;
     this.ops = [];
     this.waiting = null;
+    this.batch = ops;
+    this.batchDone = done;
     this.writing = true;
-    const batch = ++this.flushed;
-    const done = this.store.write(ops).then(
-      () => {
-        this.stats.batches++;
-        this.stats.ops += ops.length;
-        waiting?.resolve();
-      },
-      (e) => {
-        this.stats.failures++;
-        log.error("store write of {n} operations failed: {error}", {
-          n: ops.length,
-          error: e instanceof Error ? e.message : String(e),
-        });
-        waiting?.reject(e);
-        this.onFailure(e, batch);
-        throw e;
-      },
-    ).finally(() => {
-      this.writing = false;
-      if (this.inFlight === done) this.inFlight = null;
-      if (this.ops.length > 0) this.flush();
-    });
-    done.catch(() => {});
-    this.inFlight = done;
+    const n = ++this.flushed;
+    this.store.write(ops).then(
+      () => this.written(ops),
+      (e) => this.failed(ops, n, e),
+    );
   }
 
-  /** Resolves when everything pushed so far has been written (or failed). */
+  private written(ops: StoreOp[]): void {
+    this.writing = false;
+    if (this.batch !== ops) return; // closed meanwhile
+    this.stats.batches++;
+    this.stats.ops += ops.length;
+    if (this.failingSince !== 0) {
+      log.warn("store writes recovered after {attempts} failed attempts in {s} s", {
+        attempts: this.attempts,
+        s: Math.round(this.failingFor / 100) / 10,
+      });
+    }
+    this.attempts = 0;
+    this.failingSince = 0;
+    const done = this.batchDone;
+    this.batch = null;
+    this.batchDone = null;
+    done?.resolve();
+    if (this.ops.length > 0) this.flush();
+  }
+
+  private failed(ops: StoreOp[], n: number, e: unknown): void {
+    this.writing = false;
+    if (this.batch !== ops) return; // closed meanwhile
+    if (isStale(e)) {
+      // The store wrote everything else; those sessions are another node's now.
+      log.warn("store write refused for sessions another node took over: {error}", {
+        error: e.message,
+      });
+      const done = this.batchDone;
+      this.batch = null;
+      this.batchDone = null;
+      this.onStale(e, n);
+      done?.reject(e);
+      if (this.ops.length > 0) this.flush();
+      return;
+    }
+    this.stats.failures++;
+    const attempt = ++this.attempts;
+    const now = Date.now();
+    if (this.failingSince === 0) this.failingSince = now;
+    // Loud, but not once per retry: the first failure, then every 10 s.
+    if (attempt === 1 || now - this.lastReport >= 10_000) {
+      this.lastReport = now;
+      log.error(
+        "store write of {n} operations failed (attempt {attempt}, failing for {s} s, " +
+          "{unwritten} operations unwritten): {error}; retrying",
+        {
+          n: ops.length,
+          attempt,
+          s: Math.round((now - this.failingSince) / 100) / 10,
+          unwritten: this.unwritten,
+          error: e instanceof Error ? e.message : String(e),
+        },
+      );
+    }
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.flush();
+    }, retryDelay(attempt));
+  }
+
+  /** Resolves when everything pushed so far has been written (or the journal closed). */
   async drain(): Promise<void> {
     for (;;) {
       const p = this.pending;
-      if (p === null) return;
+      if (p === null || this.closed) return;
       await p.catch(() => {});
     }
   }
+
+  /**
+   * The broker stops: no more retries; whoever waits for what is unwritten
+   * is told it failed. Returns the number of operations left unwritten.
+   */
+  close(): number {
+    if (this.closed) return 0;
+    this.closed = true;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    const left = this.unwritten;
+    const e = new JournalClosedError(left);
+    this.batchDone?.reject(e);
+    this.waiting?.reject(e);
+    this.batch = null;
+    this.batchDone = null;
+    this.ops = [];
+    this.waiting = null;
+    if (left > 0) log.error("{error}", { error: e.message });
+    return left;
+  }
+}
+
+/** One waiter for two (a retried batch merged with what collected since); only on failures. */
+function merge(a: Deferred | null, b: Deferred | null): Deferred | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  const d = deferred();
+  d.promise.then(() => {
+    a.resolve();
+    b.resolve();
+  }, (e) => {
+    a.reject(e);
+    b.reject(e);
+  });
+  return d;
+}
+
+/** A refusal of sessions another node owns: carries their client ids. */
+function isStale(e: unknown): e is MqttError & { clientIds: readonly string[] } {
+  return e instanceof MqttError && e.code === ReasonCode.SessionTakenOver &&
+    Array.isArray((e as { clientIds?: unknown }).clientIds);
 }

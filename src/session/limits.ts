@@ -31,4 +31,6 @@ export interface CoreLimits {
   maxSubscriptionLevels: number;
   /** Retained messages one new subscription receives at most. */
   maxRetainedPerSubscription: number;
+  /** Completed message ids a session remembers ([cluster] dedupe_window; see Session). */
+  dedupeWindow: number;
 }

@@ -47,6 +47,17 @@ export function onPublish(
     return;
   }
   const session = c.session!;
+  if (qos !== 0 && host.storeFull && !(qos === 2 && session.knowsQos2(pid))) {
+    // The store is down and the journal at [storage] max_unwritten_ops: refused, never
+    // acknowledged without being kept (a QoS 2 resend of an accepted message still is). MQTT 5
+    // says Quota exceeded; 3.1.1 cannot refuse, so the connection closes and the client sends
+    // the message again once it is back.
+    host.metrics.publishesRefusedStoreFull++;
+    const code = c.v5 ? ReasonCode.QuotaExceeded : ReasonCode.UnspecifiedError;
+    // In order, behind the acknowledgements still waiting for the store [MQTT-4.6.0-2].
+    c.acks.ack(qos, pid, code, null, code);
+    return;
+  }
   if (qos === 2) {
     if (!session.receiveQos2(pid)) {
       // A resend of a message already routed: acknowledge again, never route twice.

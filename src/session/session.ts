@@ -57,6 +57,12 @@ export interface SessionLimits {
    */
   maxQueuedBytes: number;
   dropPolicy: "newest" | "oldest";
+  /**
+   * Ids of completed QoS 1/2 messages a session remembers (`[cluster]
+   * dedupe_window`), so a copy arriving from another node is not delivered
+   * again; 0 remembers none (queued and inflight ones are still recognised).
+   */
+  dedupeWindow: number;
 }
 
 /** A will, kept until the connection ends. */
@@ -67,6 +73,8 @@ export interface Will {
   /** Message Expiry Interval in seconds, counted from publication; -1 for none. */
   expiry: number;
 }
+
+const NO_IDS: readonly string[] = Object.freeze([]);
 
 /** Session Expiry Interval that means "never". */
 export const NEVER_EXPIRES = 0xffffffff;
@@ -131,6 +139,14 @@ export class Session implements Subscriber {
   private streams: RetainedStream[] | null = null;
   /** A pump is scheduled for a stream that skipped a batch without writing. */
   private resumeArmed = false;
+  /**
+   * Ids of the QoS 1/2 messages with a cluster id (`Message.id`) the client
+   * acknowledged last, oldest first: the last `dedupeWindow` of them count
+   * (the array grows to twice that, then drops the older half, so recording
+   * costs no copy per message). Null until the first one: a session on a
+   * single node never has any.
+   */
+  private recent: string[] | null = null;
 
   constructor(
     readonly clientId: string,
@@ -180,6 +196,11 @@ export class Session implements Subscriber {
       this.journal!.push({ type: "qos2-add", clientId: this.clientId, packetId: pid });
     }
     return true;
+  }
+
+  /** True when an incoming QoS 2 message with `pid` was received and not yet released. */
+  knowsQos2(pid: number): boolean {
+    return this.incomingQos2 !== null && this.incomingQos2.has(pid);
   }
 
   /** Number of incoming QoS 2 messages not yet released. */
@@ -260,11 +281,83 @@ export class Session implements Subscriber {
     return true;
   }
 
-  private inflightDone(pid: number): void {
+  /**
+   * `pid` is no longer in flight; `id` is the cluster id of a message its
+   * client acknowledged ("" when it has none or was dropped unacknowledged):
+   * a shared store adds it to the session's recent ids in the same write, so
+   * a node that adopts the session after this one died knows it was
+   * completed (its copy may still wait in this node's inbox, not yet XACKed).
+   */
+  private inflightDone(pid: number, id = ""): void {
     this.inflight!.delete(pid);
     if (this.journaled) {
-      this.journal!.push({ type: "inflight-delete", clientId: this.clientId, packetId: pid });
+      this.journal!.push({
+        type: "inflight-delete",
+        clientId: this.clientId,
+        packetId: pid,
+        id: this.limits.dedupeWindow === 0 ? "" : id,
+      });
     }
+  }
+
+  /** The client acknowledged `e`: its id is remembered so another copy of it is dropped. */
+  private completed(e: Outgoing): void {
+    const id = e.msg.id;
+    if (id === "") return;
+    const max = this.limits.dedupeWindow;
+    if (max === 0) return;
+    const recent = this.recent ??= [];
+    recent.push(id);
+    if (recent.length >= 2 * max) this.recent = recent.slice(recent.length - max);
+  }
+
+  /**
+   * Ids of the messages the session holds (queued, in flight) or completed
+   * lately: a copy of one of them that arrives from another node (a session
+   * moving, a dead node's inbox) is a duplicate. Built when such copies are
+   * handed over, never per message.
+   */
+  knownIds(): Set<string> {
+    const known = new Set<string>();
+    for (const id of this.recentIds()) known.add(id);
+    if (this.inflight !== null) {
+      for (const e of this.inflight.values()) if (e.msg.id !== "") known.add(e.msg.id);
+    }
+    const q = this.queue;
+    for (let i = this.queueHead; i < q.length; i++) if (q[i].msg.id !== "") known.add(q[i].msg.id);
+    return known;
+  }
+
+  /**
+   * Delivers a copy that may already be here (`known`, from `knownIds`):
+   * false, and nothing delivered, when its id is known; else it is delivered
+   * and its id added to `known`. QoS 0 and messages without an id always go.
+   */
+  deliverOnce(
+    msg: Message,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    subIds: readonly number[] | null,
+    known: Set<string>,
+  ): boolean {
+    const id = msg.id;
+    if (id !== "" && qos !== 0) {
+      if (known.has(id)) {
+        this.metrics.duplicatesDropped++;
+        return false;
+      }
+      known.add(id);
+    }
+    this.deliver(msg, qos, retain, subIds);
+    return true;
+  }
+
+  /** The remembered ids of completed messages, oldest first (at most `dedupeWindow`). */
+  private recentIds(): readonly string[] {
+    const r = this.recent;
+    if (r === null) return NO_IDS;
+    const max = this.limits.dedupeWindow;
+    return r.length > max ? r.slice(r.length - max) : r.slice();
   }
 
   private enqueue(q: Queued): void {
@@ -413,7 +506,8 @@ export class Session implements Subscriber {
   onPuback(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || e.qos !== 1) return;
-    this.inflightDone(pid);
+    this.inflightDone(pid, e.msg.id);
+    this.completed(e);
     if (this.waiting) this.pump();
   }
 
@@ -423,7 +517,8 @@ export class Session implements Subscriber {
     if (e === undefined || e.qos !== 2) return false;
     if (reasonCode >= 0x80) {
       // The receiver refused the message: the flow ends here, no PUBREL.
-      this.inflightDone(pid);
+      this.inflightDone(pid, e.msg.id);
+      this.completed(e);
       if (this.waiting) this.pump();
       return true;
     }
@@ -451,7 +546,8 @@ export class Session implements Subscriber {
   onPubcomp(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || !e.released) return;
-    this.inflightDone(pid);
+    this.inflightDone(pid, e.msg.id);
+    this.completed(e);
     if (this.waiting) this.pump();
   }
 
@@ -488,6 +584,7 @@ export class Session implements Subscriber {
     if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
     this.streams = null;
     this.incomingQos2 = null;
+    this.recent = null;
     this.setWill(null);
   }
 
@@ -544,6 +641,7 @@ export class Session implements Subscriber {
       queue,
       inflight: this.inflight === null ? [] : [...this.inflight.values()],
       incomingQos2: this.incomingQos2 === null ? [] : [...this.incomingQos2],
+      recent: this.recentIds(),
     };
   }
 
@@ -579,13 +677,16 @@ export class Session implements Subscriber {
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }
     this.incomingQos2 = state.incomingQos2.length === 0 ? null : new Set(state.incomingQos2);
+    const max = this.limits.dedupeWindow;
+    const recent = state.recent ?? NO_IDS;
+    this.recent = recent.length === 0 || max === 0 ? null : recent.slice(-max);
   }
 }
 
 /** A stored message as the router moves it. */
 export function toMessage(m: StoredMessage): Message {
   if (m instanceof Message) return m;
-  return new Message(
+  const msg = new Message(
     m.topic,
     utf8(m.topic),
     m.payload,
@@ -595,6 +696,8 @@ export function toMessage(m: StoredMessage): Message {
     m.expiresAt,
     m.origin,
   );
+  if (m.id !== undefined) msg.id = m.id;
+  return msg;
 }
 
 function restoreWill(w: StoredWill): Will {

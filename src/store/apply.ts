@@ -6,11 +6,18 @@ import type { SessionState, StoredMessage, StoreOp } from "./types.ts";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
-/** Applies one op; ops on a session that does not exist are ignored. */
+/** Default of `[cluster] dedupe_window`: how many recent ids a session keeps. */
+export const DEFAULT_DEDUPE_WINDOW = 256;
+
+/**
+ * Applies one op; ops on a session that does not exist are ignored. An
+ * acknowledged id joins the session's recent ids, the last `dedupeWindow` kept.
+ */
 export function applyOp(
   sessions: Map<string, SessionState>,
   retained: Map<string, StoredMessage>,
   op: StoreOp,
+  dedupeWindow = DEFAULT_DEDUPE_WINDOW,
 ): void {
   switch (op.type) {
     case "session":
@@ -43,6 +50,9 @@ export function applyOp(
       break;
     case "inflight-delete":
       next.inflight = s.inflight.filter((f) => f.packetId !== op.packetId);
+      if (op.id !== undefined && op.id !== "" && !(s.recent ?? []).includes(op.id)) {
+        next.recent = [...(s.recent ?? []), op.id].slice(-dedupeWindow);
+      }
       break;
     case "qos2-add":
       if (s.incomingQos2.includes(op.packetId)) return;

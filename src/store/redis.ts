@@ -12,6 +12,8 @@
  *   P:{s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
  *   P:{s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
  *   P:{s:<clientId>}:qos2      list: incoming QoS 2 packet ids
+ *   P:{s:<clientId>}:rc        list: ids of the messages its client acknowledged last, oldest
+ *                              first (`[cluster] dedupe_window` of them)
  *   P:{n:<nodeId>}:sessions    set: client ids this node wrote (node death)
  *   P:{ret}:t:<topic>          string: retained message (PX until its expiry)
  *   P:{ret}:index              set: retained topics
@@ -51,6 +53,7 @@ import {
   encodeWill,
 } from "./redis_codec.ts";
 import { ADOPT, APPLY, LOAD, TAKE_WILL } from "./redis_scripts.ts";
+import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
@@ -68,7 +71,10 @@ export interface RedisStoreOptions {
    * the node holding it publishes the will and deletes it before Redis does.
    */
   readonly ttlGraceMs?: number;
-  /** How long an ownership marker of a session that is not stored is kept. */
+  /**
+   * How long an ownership marker (claim) of a session that is not stored is
+   * kept (`[redis] session_claim_ttl_ms`).
+   */
   readonly tombstoneMs?: number;
   /** The broker's clock, ms since the epoch: TTLs count from it. */
   readonly now?: () => number;
@@ -82,6 +88,8 @@ export interface RedisStoreOptions {
   readonly waitReplicas?: number;
   /** `[redis] wait_timeout_ms` (default 500). */
   readonly waitTimeoutMs?: number;
+  /** `[cluster] dedupe_window`: how many acknowledged ids a session's rc list keeps (256). */
+  readonly dedupeWindow?: number;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -113,10 +121,10 @@ export class RedisKeys {
     if (/[{}]/.test(prefix)) throw new Error(`redis key_prefix must not contain { or }: ${prefix}`);
   }
 
-  /** meta, subs, q, inflight, qos2: the KEYS of every session script. */
-  session(clientId: string): [string, string, string, string, string] {
+  /** meta, subs, q, inflight, qos2, rc: the KEYS of every session script. */
+  session(clientId: string): [string, string, string, string, string, string] {
     const t = `${this.prefix}:{s:${clientId}}:`;
-    return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2"];
+    return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2", t + "rc"];
   }
 
   nodeSessions(nodeId: string): string {
@@ -144,7 +152,7 @@ export class RedisKeys {
   }
 }
 
-const KEY_NAMES = ["meta", "subs", "q", "inflight", "qos2"];
+const KEY_NAMES = ["meta", "subs", "q", "inflight", "qos2", "recent ids"];
 
 /** A Lua script run by EVALSHA, loaded again after NOSCRIPT (a restarted Redis). */
 class Script {
@@ -216,6 +224,7 @@ export class RedisStore implements ClusterStore {
   /** Client ids already in this node's index set (saves an SADD per write). */
   private readonly indexed = new Set<string>();
   private readonly replicas: ReplicaWait;
+  private readonly window: string;
 
   constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
     this.keys = new RedisKeys(opts.keyPrefix);
@@ -225,6 +234,7 @@ export class RedisStore implements ClusterStore {
     this.now = opts.now ?? Date.now;
     this.ownsClient = opts.ownsClient ?? false;
     this.replicas = new ReplicaWait(client, opts.waitReplicas ?? 0, opts.waitTimeoutMs ?? 500);
+    this.window = String(opts.dedupeWindow ?? DEFAULT_DEDUPE_WINDOW);
   }
 
   /** Session writes that need `[redis] wait_replicas` replicas and could not get them. */
@@ -253,6 +263,8 @@ export class RedisStore implements ClusterStore {
     let retainedOps = 0;
     /** Last session/session-delete per client: whether the index should list it. */
     const indexChange = new Map<string, boolean>();
+    /** Sessions with acknowledged ids in this batch: how many (the script's `acked`). */
+    let acked: Map<string, number> | null = null;
     for (const op of ops) {
       if (op.type === "retain") {
         retainedOps++;
@@ -268,7 +280,14 @@ export class RedisStore implements ClusterStore {
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
       let args = groups.get(cid);
       if (args === undefined) {
-        args = [this.nodeId, String(this.graceMs), String(this.tombstoneMs), String(now)];
+        args = [
+          this.nodeId,
+          String(this.graceMs),
+          String(this.tombstoneMs),
+          String(now),
+          this.window,
+          "0",
+        ];
         groups.set(cid, args);
       }
       switch (op.type) {
@@ -289,9 +308,12 @@ export class RedisStore implements ClusterStore {
         case "inflight":
           args.push("I", `${op.item.packetId}|`, inflightEntry(op.item));
           break;
-        case "inflight-delete":
-          args.push("J", `${op.packetId}|`);
+        case "inflight-delete": {
+          const id = op.id ?? "";
+          args.push("J", `${op.packetId}|`, id);
+          if (id !== "") (acked ??= new Map()).set(cid, (acked.get(cid) ?? 0) + 1);
           break;
+        }
         case "qos2-add":
           args.push("A", String(op.packetId));
           break;
@@ -300,6 +322,7 @@ export class RedisStore implements ClusterStore {
           break;
       }
     }
+    if (acked !== null) { for (const [cid, n] of acked) groups.get(cid)![5] = String(n); }
     // All scripts are sent at once (ioredis writes them back to back): one
     // round trip per batch; each session's ops are atomic and in order.
     const cids = [...groups.keys()];
@@ -354,8 +377,10 @@ export class RedisStore implements ClusterStore {
     }
     await Promise.all(index);
     if (failure !== null) throw failure;
-    if (stale.length > 0) throw new StaleSessionError(stale, owners);
+    // What was written for the other sessions is confirmed first: a stale refusal is final
+    // (the journal does not retry it), so everything else must be as durable as a success.
     await replicated;
+    if (stale.length > 0) throw new StaleSessionError(stale, owners);
   }
 
   private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
@@ -392,6 +417,9 @@ export class RedisStore implements ClusterStore {
     for (const f of s.inflight) args.push(inflightEntry(f));
     args.push(String(s.incomingQos2.length));
     for (const p of s.incomingQos2) args.push(String(p));
+    const recent = s.recent ?? [];
+    args.push(String(recent.length));
+    for (const id of recent) args.push(id);
   }
 
   /** Every stored session (a single node's start-up, tools); claims nothing. */
@@ -467,7 +495,7 @@ export class RedisStore implements ClusterStore {
   }
 
   private decodeSession(clientId: string, data: Buffer[][]): SessionState | null {
-    const [metaPairs, subs, queue, inflightEntries, qos2] = data;
+    const [metaPairs, subs, queue, inflightEntries, qos2, rc] = data;
     const meta = new Map<string, Buffer>();
     for (let i = 0; i + 1 < metaPairs.length; i += 2) meta.set(str(metaPairs[i]), metaPairs[i + 1]);
     const field = (name: string): string => {
@@ -486,6 +514,10 @@ export class RedisStore implements ClusterStore {
       if (field("v") !== "1") throw new CorruptValueError(`unknown format version ${field("v")}`);
       if (field("cid") !== clientId) throw new CorruptValueError("meta names another client id");
       const will = meta.get("will");
+      // Written by an older version as one field (ids never contain a space, see MessageIds).
+      const older = meta.get("rc");
+      const recent = older === undefined || older.length === 0 ? [] : str(older).split(" ");
+      for (const id of rc ?? []) recent.push(str(id));
       base = {
         clientId,
         owner: meta.has("o") ? field("o") : null,
@@ -493,6 +525,8 @@ export class RedisStore implements ClusterStore {
         expiresAt: num("ea"),
         will: will === undefined ? null : decodeWill(will),
         willAt: num("wa"),
+        // Only when there are some: a session outside a cluster's moves has none.
+        ...(recent.length === 0 ? {} : { recent }),
       };
     } catch (e) {
       log.warn("skipped session {clientId}: unreadable meta ({error})", {
@@ -658,7 +692,10 @@ export interface RedisStoreConfig {
     readonly key_prefix?: string;
     readonly wait_replicas?: number;
     readonly wait_timeout_ms?: number;
+    readonly session_ttl_grace_ms?: number;
+    readonly session_claim_ttl_ms?: number;
   };
+  readonly cluster?: { readonly dedupe_window?: number };
 }
 
 /**
@@ -674,6 +711,9 @@ export function createRedisStore(
   return new RedisStore(client, {
     waitReplicas: config.redis.wait_replicas,
     waitTimeoutMs: config.redis.wait_timeout_ms,
+    ttlGraceMs: config.redis.session_ttl_grace_ms,
+    tombstoneMs: config.redis.session_claim_ttl_ms,
+    dedupeWindow: config.cluster?.dedupe_window,
     ...opts,
     keyPrefix: config.redis.key_prefix ?? "mcloudtt",
   });

@@ -182,21 +182,24 @@ function readMessage(r: Reader): StoredMessage {
   };
 }
 
-// Delivery flags: bits 0-1 QoS, bit 2 retain, bit 3 released (inflight only).
+// Delivery flags: bits 0-1 QoS, bit 2 retain, bit 3 released (inflight only), bit 4 the
+// message's cluster-wide id follows the identifiers.
 function writeDelivery(w: Writer, d: StoredDelivery, released: boolean): void {
-  w.u8(d.qos | (d.retain ? 4 : 0) | (released ? 8 : 0));
+  const id = d.msg.id ?? "";
+  w.u8(d.qos | (d.retain ? 4 : 0) | (released ? 8 : 0) | (id !== "" ? 16 : 0));
   // 0 = null, n + 1 = n identifiers (an empty list and null stay distinct).
   if (d.subIds === null) w.varint(0);
   else {
     w.varint(d.subIds.length + 1);
     for (const id of d.subIds) w.varint(id);
   }
+  if (id !== "") w.string(id);
   writeMessage(w, d.msg);
 }
 
 function readDelivery(r: Reader): StoredDelivery & { released: boolean } {
   const flags = r.u8();
-  if (flags > 15) throw new CorruptValueError("unknown delivery flags");
+  if (flags > 31) throw new CorruptValueError("unknown delivery flags");
   const qos = qosOf(flags & 3);
   if (qos === 0) throw new CorruptValueError("a QoS 0 delivery cannot be stored");
   const n = r.varint();
@@ -205,7 +208,9 @@ function readDelivery(r: Reader): StoredDelivery & { released: boolean } {
     subIds = [];
     for (let i = 1; i < n; i++) subIds.push(r.varint());
   }
-  const msg = readMessage(r);
+  const id = (flags & 16) !== 0 ? r.string() : "";
+  const m = readMessage(r);
+  const msg = id === "" ? m : { ...m, id };
   return { msg, qos, retain: (flags & 4) !== 0, subIds, released: (flags & 8) !== 0 };
 }
 

@@ -1,7 +1,7 @@
 /**
- * The Lua scripts of the Redis store. Each runs on the five keys of one
+ * The Lua scripts of the Redis store. Each runs on the six keys of one
  * session, which share a hash tag and so one Redis Cluster slot:
- * KEYS = meta, subs, q, inflight, qos2.
+ * KEYS = meta, subs, q, inflight, qos2, rc (recent message ids, oldest first).
  *
  * A script is atomic with respect to other clients, but Redis does not roll
  * back the writes a script made before an error. So every script checks
@@ -13,6 +13,7 @@
  *   ea    expiresAt ms ("0" connected, "inf" never)
  *   wa    willAt ms                       will  encoded will (absent = none)
  *   wd    will delay, s (so a script can compute willAt without decoding)
+ *   rc    (older versions) recent ids, space-separated; now in the rc list, deleted on write
  *   w     node that wrote it last
  *   node  node that claimed it (the fence) ep   epoch, bumped by every claim
  * Fencing is opt-in per session: once a node claimed it (`node` set), only
@@ -24,10 +25,10 @@
 
 /** Shared by all scripts: checks key types; returns the names of wrongly typed keys. */
 const CHECK_TYPES = `
-local want = {'hash', 'list', 'list', 'list', 'list'}
+local want = {'hash', 'list', 'list', 'list', 'list', 'list'}
 local function wrong_types()
   local bad = {}
-  for k = 1, 5 do
+  for k = 1, 6 do
     local t = redis.call('TYPE', KEYS[k])['ok']
     if t ~= 'none' and t ~= want[k] then bad[#bad + 1] = k end
   end
@@ -46,12 +47,12 @@ local function refresh_ttl(grace, tomb, now)
     return
   end
   if ea == '0' or ea == 'inf' then
-    for k = 1, 5 do redis.call('PERSIST', KEYS[k]) end
+    for k = 1, 6 do redis.call('PERSIST', KEYS[k]) end
   else
     local ms = math.floor(tonumber(ea) - now) + grace
     if ms < 1 then ms = 1 end
     local arg = string.format('%d', ms)
-    for k = 1, 5 do redis.call('PEXPIRE', KEYS[k], arg) end
+    for k = 1, 6 do redis.call('PEXPIRE', KEYS[k], arg) end
   end
 end
 local function push(cmd, key, from, count)
@@ -81,7 +82,7 @@ end
 local function read_all(bad)
   local t = {}
   t[1] = redis.call('HGETALL', KEYS[1])
-  for k = 2, 5 do t[k] = is_bad(bad, k) and {} or redis.call('LRANGE', KEYS[k], 0, -1) end
+  for k = 2, 6 do t[k] = is_bad(bad, k) and {} or redis.call('LRANGE', KEYS[k], 0, -1) end
   return t
 end
 `;
@@ -89,9 +90,17 @@ end
 /**
  * Applies one session's ops of a batch, in order, unless another node
  * claimed the session: then it returns 'stale' and writes nothing.
- * ARGV: me, grace ms, tombstone ms, now ms, then ops:
- *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid*
- *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" | A pid | B pid
+ * ARGV: me, grace ms, tombstone ms, now ms, dedupe window, acked (the number of J ops with an
+ * id among the ops), then ops:
+ *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid* nRc id*
+ *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" id | A pid | B pid
+ * J with an id ("" for none) is an acknowledged message: its id joins rc (the last `window`
+ * kept), so a node that adopts the session knows it was completed.
+ * Every op may be applied twice (a batch is retried after a failure that may have come after
+ * it was applied): E skips an entry numbered at or below the queue's newest; J skips an id
+ * among the last `acked` of rc (only this call's J ops can have pushed it there, since a
+ * message is acknowledged once; a replay finds its ids there); the rest are idempotent as
+ * they are.
  * Returns {'ok', bad...} (indexes of KEYS) or {'stale', node, epoch}. Wrongly typed keys are
  * deleted (they are under our prefix and unreadable; the batch rewrites them).
  */
@@ -104,34 +113,53 @@ local node = redis.call('HGET', KEYS[1], 'node')
 if node and node ~= me then return {'stale', node, redis.call('HGET', KEYS[1], 'ep') or ''} end
 for _, k in ipairs(bad) do redis.call('DEL', KEYS[k]) end
 local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
-local i = 5
+-- The number of the newest queue entry, read at the first enqueue (nil: not read yet).
+local last = nil
+local window = tonumber(ARGV[5])
+local acked = ARGV[6]
+local i = 7
 local n = #ARGV
 while i <= n do
   local t = ARGV[i]
   if t == 'S' then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-    redis.call('HDEL', KEYS[1], 'o', 'will')
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    last = nil
+    redis.call('HDEL', KEYS[1], 'o', 'will', 'rc')
     redis.call('HSET', KEYS[1], 'v', '1', 'cid', ARGV[i + 1], 'ei', ARGV[i + 3], 'ea', ARGV[i + 4],
       'wa', ARGV[i + 5], 'wd', ARGV[i + 6])
     local owner = ARGV[i + 2]
     if string.sub(owner, 1, 1) == '+' then redis.call('HSET', KEYS[1], 'o', string.sub(owner, 2)) end
     if ARGV[i + 7] ~= '' then redis.call('HSET', KEYS[1], 'will', ARGV[i + 7]) end
     i = i + 8
-    for k = 2, 5 do
+    for k = 2, 6 do
       local c = tonumber(ARGV[i])
       if c > 0 then push('RPUSH', KEYS[k], i + 1, c) end
       i = i + 1 + c
     end
     exists = true
   elseif t == 'D' then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'w')
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    last = nil
+    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w')
     -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
     if not node then redis.call('DEL', KEYS[1]) end
     exists = false
     i = i + 1
   elseif t == 'E' then
-    if exists then redis.call('RPUSH', KEYS[3], ARGV[i + 1]) end
+    if exists then
+      -- A batch is written again after a failure it may have survived in part (or whole): an
+      -- entry numbered at or below the newest one queued is a replay (a session's numbers only
+      -- grow), and is skipped.
+      local seq = tonumber(string.match(ARGV[i + 1], '^(%d+)|'))
+      if last == nil then
+        local tail = redis.call('LINDEX', KEYS[3], -1)
+        last = tail and tonumber(string.match(tail, '^(%d+)|')) or -1
+      end
+      if seq == nil or seq > last then
+        redis.call('RPUSH', KEYS[3], ARGV[i + 1])
+        if seq ~= nil then last = seq end
+      end
+    end
     i = i + 2
   elseif t == 'X' then
     if exists then remove(KEYS[3], ARGV[i + 1]) end
@@ -143,8 +171,16 @@ while i <= n do
     end
     i = i + 3
   elseif t == 'J' then
-    if exists then remove(KEYS[4], ARGV[i + 1]) end
-    i = i + 2
+    if exists then
+      remove(KEYS[4], ARGV[i + 1])
+      local id = ARGV[i + 2]
+      if id ~= '' and window > 0 and
+        redis.call('LPOS', KEYS[6], id, 'RANK', -1, 'MAXLEN', acked) == false then
+        redis.call('RPUSH', KEYS[6], id)
+        redis.call('LTRIM', KEYS[6], -window, -1)
+      end
+    end
+    i = i + 3
   elseif t == 'A' then
     if exists and redis.call('LPOS', KEYS[5], ARGV[i + 1]) == false then
       redis.call('RPUSH', KEYS[5], ARGV[i + 1])

@@ -24,6 +24,14 @@ export interface StoredMessage {
   readonly expiresAt: number;
   /** Client id of the publisher (No Local). */
   readonly origin: string;
+  /**
+   * The cluster-wide message id (`Message.id`): absent or "" for a message
+   * that never crossed the cluster bus (always so on a single node, so the
+   * embedded store does not keep it). Shared stores keep it with queued and
+   * inflight messages: a session moving between nodes then drops a copy it
+   * already holds.
+   */
+  readonly id?: string;
 }
 
 /** One subscription of a session, with its options. */
@@ -83,6 +91,15 @@ export interface SessionState {
   readonly inflight: readonly StoredInflight[];
   /** Incoming QoS 2 packet ids received and not yet released (PUBREL). */
   readonly incomingQos2: readonly number[];
+  /**
+   * Ids (`Message.id`) of the last QoS 1/2 messages the session's client
+   * acknowledged, oldest first, at most `[cluster] dedupe_window`: a copy of
+   * one of them reaching the session from another node is dropped. Written
+   * with the whole session (connect, disconnect, takeover) and added to by
+   * each `inflight-delete` that carries an id; absent or empty outside a
+   * cluster (the embedded store never sees an id and keeps none).
+   */
+  readonly recent?: readonly string[];
 }
 
 /** One change to stored state; a batch of them is written as one transaction, in order. */
@@ -93,12 +110,29 @@ export type StoreOp =
   | {
     readonly type: "enqueue";
     readonly clientId: string;
+    /**
+     * Grows with every enqueue of the session (its numbers are above every
+     * one in its last stored state): a store may skip an enqueue numbered at
+     * or below the newest it queued, which is how a replayed batch stays
+     * idempotent.
+     */
     readonly seq: number;
     readonly item: StoredDelivery;
   }
   | { readonly type: "dequeue"; readonly clientId: string; readonly seq: number }
   | { readonly type: "inflight"; readonly clientId: string; readonly item: StoredInflight }
-  | { readonly type: "inflight-delete"; readonly clientId: string; readonly packetId: number }
+  | {
+    readonly type: "inflight-delete";
+    readonly clientId: string;
+    readonly packetId: number;
+    /**
+     * The cluster id of the message when its client acknowledged it (absent
+     * or "" otherwise): a store that keeps `recent` adds it there, so a node
+     * that takes the session from this one (which may die before its inbox
+     * entry of the message is acknowledged) drops another copy of it.
+     */
+    readonly id?: string;
+  }
   | { readonly type: "qos2-add"; readonly clientId: string; readonly packetId: number }
   | { readonly type: "qos2-delete"; readonly clientId: string; readonly packetId: number }
   | { readonly type: "retain"; readonly msg: StoredMessage }
@@ -124,7 +158,12 @@ export interface Store {
   /** Opens the database; a corrupt, foreign or newer-version store throws with what to do. */
   open(): Promise<void>;
   close(): Promise<void>;
-  /** Applies `ops` in order, atomically. Resolves once they are durable as configured. */
+  /**
+   * Applies `ops` in order, atomically. Resolves once they are durable as
+   * configured. After a rejection the core writes the same ops again (with
+   * later ones appended): applying a batch that was applied in part or in
+   * whole must leave the state as applying it once does.
+   */
   write(ops: readonly StoreOp[]): Promise<void>;
   /** Every stored session (start-up of a single node). */
   loadSessions(): Promise<SessionState[]>;

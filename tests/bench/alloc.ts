@@ -15,10 +15,13 @@
  * loaded machine read their counts and sizes, and their durations only as an upper bound.
  * With `--profile` the broker also runs with `--inspect` and V8's sampling heap profiler
  * lists where the window's bytes were allocated (including objects already collected).
+ * With `--cpu` V8's sampling CPU profiler lists where the window's time went, by function
+ * (self time, as shares of the samples: proportions that hold on a busy machine).
  */
 import { parseArgs } from "node:util";
 import { BENCH_LIMITS, freePort, mcloudttFlags } from "./brokers.ts";
 import { type GcSummary, summarize } from "./gc_trace.ts";
+import { CpuSampler, type CpuSite } from "./cpu_profile.ts";
 import { type AllocationSite, HeapSampler } from "./heap_profile.ts";
 import { PacedLoad } from "./paced.ts";
 import { rssBytes } from "./procstat.ts";
@@ -39,6 +42,7 @@ export interface AllocResult {
   rssBytes: number;
   errors: string[];
   profile?: { total: number; perMessage: number; sites: AllocationSite[] };
+  cpu?: { total: number; sites: CpuSite[] };
 }
 
 interface Options {
@@ -52,6 +56,7 @@ interface Options {
   duration: number;
   v8: string[];
   profile: boolean;
+  cpu: boolean;
   top: number;
   rounds: number;
   json?: string;
@@ -71,6 +76,7 @@ function options(): Options {
       duration: { type: "string", default: "20" },
       v8: { type: "string", multiple: true, default: [] },
       profile: { type: "boolean", default: false },
+      cpu: { type: "boolean", default: false },
       top: { type: "string", default: "25" },
       rounds: { type: "string", default: "1" },
       json: { type: "string" },
@@ -90,6 +96,7 @@ function options(): Options {
     duration: values.quick ? 4 : Number(values.duration),
     v8: values.v8,
     profile: values.profile,
+    cpu: values.cpu,
     top: Number(values.top),
     rounds: Number(values.rounds),
     json: values.json,
@@ -112,7 +119,7 @@ export async function measure(
   storage: boolean,
 ): Promise<AllocResult> {
   const port = freePort();
-  const inspectPort = o.profile ? freePort() : 0;
+  const inspectPort = o.profile || o.cpu ? freePort() : 0;
   const dataDir = storage ? await Deno.makeTempDir({ prefix: "mcloudtt-alloc-" }) : "";
   let load: PacedLoad | null = null;
   const delivered = () => load?.counts().received ?? 0;
@@ -120,7 +127,7 @@ export async function measure(
     cwd: REPO_ROOT,
     port,
     v8: o.v8,
-    denoFlags: o.profile ? [`--inspect=${HOST}:${inspectPort}`] : [],
+    denoFlags: inspectPort !== 0 ? [`--inspect=${HOST}:${inspectPort}`] : [],
     mark: delivered,
   });
   const gc = broker.gc;
@@ -140,10 +147,12 @@ export async function measure(
     await sleep(o.warmup * 1000);
     const from = gc.events.length;
     const sampler = o.profile ? await HeapSampler.start(HOST, inspectPort) : null;
+    const cpuSampler = o.cpu ? await CpuSampler.start(HOST, inspectPort) : null;
     const before = delivered();
     await sleep(o.duration * 1000);
     const after = delivered();
     const profile = sampler === null ? undefined : await sampler.stop(`file://${REPO_ROOT}`);
+    const cpu = cpuSampler === null ? undefined : await cpuSampler.stop(`file://${REPO_ROOT}`);
     const window = gc.since(from);
     const rss = await rssBytes(broker.child.pid);
     const counts = load.counts();
@@ -161,6 +170,7 @@ export async function measure(
         perMessage: profile.total / Math.max(1, after - before),
         sites: profile.sites.slice(0, o.top),
       },
+      cpu: cpu === undefined ? undefined : { total: cpu.total, sites: cpu.sites.slice(0, o.top) },
     };
   } catch (e) {
     throw new Error(`${e instanceof Error ? e.message : e}\n${broker.tail()}`);
@@ -241,6 +251,17 @@ if (import.meta.main) {
                   Math.round(s.bytes / Math.max(1, r.delivered)).toString()
                     .padStart(5)
                 } B/msg  ${s.frame}  <-  ${s.callers.join("  <-  ")}`,
+              );
+            }
+            console.log();
+          }
+          if (r.cpu !== undefined) {
+            console.log(`\n  ${r.cpu.total} CPU samples; top functions by self time:`);
+            for (const s of r.cpu.sites) {
+              console.log(
+                `  ${
+                  (r.cpu.total === 0 ? 0 : (100 * s.samples) / r.cpu.total).toFixed(1).padStart(5)
+                }%  ${s.frame}  <-  ${s.caller}`,
               );
             }
             console.log();

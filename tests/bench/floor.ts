@@ -21,6 +21,7 @@ import { BENCH_LIMITS, BROKERS, freePort, type RunningBroker } from "./brokers.t
 import { killAll } from "./children.ts";
 import { summarize } from "./gc_trace.ts";
 import { PacedLoad } from "./paced.ts";
+import { cpuMicros } from "./procstat.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -175,17 +176,25 @@ async function run(o: Options, target: Target, qos: 0 | 1, rate: number, workDir
     const from = t.traced?.gc.events.length ?? 0;
     load.recordLatency();
     load.takeLatency();
+    const pid = t.traced?.child.pid ?? t.broker?.pid;
+    const cpu0 = pid === undefined ? NaN : await cpuMicros(pid);
+    const got0 = load.counts().received;
     await sleep(o.duration * 1000);
     const lat = load.takeLatency();
+    const cpuPerMsg = pid === undefined
+      ? NaN
+      : (await cpuMicros(pid) - cpu0) / Math.max(1, load.counts().received - got0);
     const gc = t.traced === null ? null : summarize(t.traced.gc.since(from));
     const errors = load.counts().errors;
     const scav = gc?.byKind["s"];
     console.log(
       `| ${target} | QoS ${qos} | ${rate} | ${lat.count} | ${us(lat.p50)} | ${us(lat.p99)} | ${
         us(lat.p999)
-      } | ${us(lat.max)} | ${gc === null ? "-" : Math.round(gc.bytesPerMessage)} | ${
-        gc === null ? "-" : `${scav?.count ?? 0} (max ${(scav?.max ?? 0).toFixed(2)} ms)`
-      } |${errors.length > 0 ? ` errors: ${errors.slice(0, 2).join("; ")}` : ""}`,
+      } | ${us(lat.max)} | ${cpuPerMsg.toFixed(1)} | ${
+        gc === null ? "-" : Math.round(gc.bytesPerMessage)
+      } | ${gc === null ? "-" : `${scav?.count ?? 0} (max ${(scav?.max ?? 0).toFixed(2)} ms)`} |${
+        errors.length > 0 ? ` errors: ${errors.slice(0, 2).join("; ")}` : ""
+      }`,
     );
   } finally {
     await load?.close().catch(() => {});
@@ -218,9 +227,10 @@ if (import.meta.main) {
         `${o.warmup} s warm-up, ${o.duration} s window; latency in µs (quiet machine only)`,
     );
     console.log(
-      "| target | load | msg/s | samples | p50 | p99 | p99.9 | max | heap B/msg | scavenges |",
+      "| target | load | msg/s | samples | p50 | p99 | p99.9 | max | CPU µs/msg | heap B/msg | " +
+        "scavenges |",
     );
-    console.log("|---|---|---|---|---|---|---|---|---|---|");
+    console.log("|---|---|---|---|---|---|---|---|---|---|---|");
     for (let round = 0; round < o.rounds; round++) {
       for (const rate of o.rates) {
         for (const qos of o.qos) {

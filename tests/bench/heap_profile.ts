@@ -15,7 +15,8 @@ export interface AllocationSite {
   bytes: number;
 }
 
-interface CallFrame {
+/** A JS frame as the inspector names it. */
+export interface CallFrame {
   functionName: string;
   url: string;
   lineNumber: number;
@@ -29,7 +30,7 @@ interface ProfileNode {
 }
 
 /** A minimal inspector client: one WebSocket, requests matched by id. */
-class Inspector {
+export class Inspector {
   private next = 1;
   private readonly waiting = new Map<number, (r: { result?: unknown; error?: unknown }) => void>();
 

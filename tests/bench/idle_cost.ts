@@ -15,6 +15,7 @@ import { spawnMemoryChild } from "../helpers/memory_child.ts";
 import { freePort } from "./brokers.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import { closeAll, openMany } from "../helpers/idle_clients.ts";
+import { cpuMicros } from "./procstat.ts";
 
 const HOST = "127.0.0.1";
 const KIB = 1024;
@@ -177,6 +178,11 @@ export interface IdleCost {
   externalKbPerConn: number;
   /** Indicative only: CONNACKs per second with 32 connects in flight. */
   connectsPerS: number;
+  /**
+   * The server's CPU time (user + system) per connection while connecting: unlike the rate,
+   * this holds on a loaded machine.
+   */
+  cpuUsPerConn: number;
   rssBeforeMb: number;
   /** RSS per connection still held after all connections closed (what is not given back). */
   rssKbPerConnAfterClose: number;
@@ -201,7 +207,9 @@ export async function measure(
       await sleep(500);
     }
     const before = await server.memory();
+    const cpuBefore = await cpuMicros(server.pid);
     const opened = await openMany(server, count);
+    const cpuAfter = await cpuMicros(server.pid);
     await sleep(1000);
     const after = await server.memory();
     const n = opened.sockets.length;
@@ -218,6 +226,7 @@ export async function measure(
       heapKbPerConn: per(after.heapUsed, before.heapUsed),
       externalKbPerConn: per(after.external, before.external),
       connectsPerS: (n * 1000) / opened.elapsedMs,
+      cpuUsPerConn: n === 0 ? NaN : (cpuAfter - cpuBefore) / n,
       rssBeforeMb: before.rss / KIB / KIB,
       rssKbPerConnAfterClose: per(closed.rss, before.rss),
       error: opened.firstError,
@@ -234,12 +243,14 @@ function fmt(x: number, digits = 2): string {
 /** The figures as a Markdown table. */
 export function table(rows: readonly IdleCost[]): string {
   const head = "| target | connected | RSS kB/conn | heap kB/conn | external kB/conn | " +
-    "connects/s (indicative) | RSS before MB | RSS kB/conn after close |";
-  const sep = "|---|---:|---:|---:|---:|---:|---:|---:|";
+    "connects/s (indicative) | CPU µs/conn | RSS before MB | RSS kB/conn after close |";
+  const sep = "|---|---:|---:|---:|---:|---:|---:|---:|---:|";
   const body = rows.map((r) =>
     `| ${r.target} | ${r.connected}${r.failed ? ` (${r.failed} failed: ${r.error})` : ""} | ` +
     `${fmt(r.rssKbPerConn)} | ${fmt(r.heapKbPerConn)} | ${fmt(r.externalKbPerConn)} | ` +
-    `${fmt(r.connectsPerS, 0)} | ${fmt(r.rssBeforeMb, 1)} | ${fmt(r.rssKbPerConnAfterClose)} |`
+    `${fmt(r.connectsPerS, 0)} | ${fmt(r.cpuUsPerConn, 0)} | ${fmt(r.rssBeforeMb, 1)} | ${
+      fmt(r.rssKbPerConnAfterClose)
+    } |`
   );
   return [head, sep, ...body].join("\n");
 }

@@ -44,6 +44,7 @@ export class RecordingHost implements BusHost {
   deliveredWritten(): Promise<void> | null {
     return null;
   }
+  readonly storeFull = false;
   async sessionTakenOver(clientId: string, epoch: number): Promise<void> {
     this.kickEpochs.push(epoch);
     await this.onTakeover(clientId);
@@ -204,6 +205,37 @@ const cases: Record<string, [number, Case]> = {
       const expected = Array.from({ length: 200 }, (_, i) => i);
       assert.deepEqual(order(hb), expected);
       assert.deepEqual(order(hc), expected);
+    },
+  ],
+  "a QoS 1/2 message carries one cluster-wide id to every node; QoS 0 and local ones none": [
+    3,
+    async ({ buses: [a, b, c], hosts: [, hb, hc] }) => {
+      await b.addRoute("id/#");
+      await c.addRoute("id/#");
+      const msgs = [
+        message("id/1", { qos: 1 }),
+        message("id/2", { qos: 2 }),
+        message("id/3", { qos: 0 }),
+        message("id/4", { qos: 2 }),
+      ];
+      await forwardAll(a, msgs);
+      const local = message("elsewhere", { qos: 1 });
+      a.forward(local);
+      await until(() => hb.delivered.length === 4 && hc.delivered.length === 4);
+      // The publishing node's own copy has it too: its local sessions compare against it.
+      const ids = msgs.map((m) => m.id);
+      assert.deepEqual(hb.delivered.map((d) => d.msg.id), ids);
+      assert.deepEqual(hc.delivered.map((d) => d.msg.id), ids);
+      assert.equal(ids[2], "", "QoS 0 has no id");
+      assert.equal(local.id, "", "a message that stays on its node has no id");
+      const given = [ids[0], ids[1], ids[3]];
+      assert.ok(given.every((id) => id !== "" && !id.includes(" ")), `ids ${given}`);
+      assert.equal(new Set(given).size, 3, "each message its own id");
+      // Another node draws from another range.
+      await a.addRoute("back/#");
+      const back = message("back/1", { qos: 1 });
+      await forwardAll(b, [back]);
+      assert.ok(back.id !== "" && !given.includes(back.id));
     },
   ],
   "shared group: each message is served by exactly one node holding the group": [

@@ -5,7 +5,8 @@
  * corrupt entries and the remains of departed nodes.
  */
 import assert from "node:assert/strict";
-import { commandStats, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { commandStats, redisQuery, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { encodeBody } from "../../src/cluster/codec.ts";
 import { delay } from "../helpers/broker.ts";
 import { message, RecordingHost, until } from "./contract.ts";
 import { redisBus, redisCluster } from "./redis_cluster.ts";
@@ -221,6 +222,39 @@ async function untilAsync(cond: () => Promise<boolean>, ms: number): Promise<voi
     await delay(20);
   }
 }
+
+Deno.test({
+  name: "redis bus: an inbox entry without message ids (an older node) or with a list that does " +
+    "not fit is delivered, its messages without ids",
+  ...opts,
+  async fn() {
+    await using server = await RedisServer.start();
+    const cluster = redisCluster(server, 2);
+    try {
+      const [, hb] = await started(cluster);
+      const [a, b] = cluster.buses;
+      await b.addRoute("old/#");
+      const inbox = b.keys.inbox(b.nodeId);
+      // A batch as version 1 writes it: no groups, then the body (all bytes below 0x80 here).
+      const batch = (topic: string) =>
+        String.fromCharCode(1, 0, 0, ...encodeBody(message(topic, { qos: 1 })));
+      await redisQuery(server.port, "XADD", inbox, "*", "t", "m", "d", batch("old/1"));
+      await redisQuery(server.port, "XADD", inbox, "*", "t", "m", "d", batch("old/2"), "i", "x y");
+      const now = message("old/3", { qos: 1 });
+      await a.forward(now).written;
+      await until(() => hb.delivered.length === 3, 3000);
+      assert.deepEqual(hb.delivered.map((d) => [d.msg.topic, d.msg.id]), [
+        ["old/1", ""],
+        ["old/2", ""],
+        ["old/3", now.id],
+      ]);
+      assert.notEqual(now.id, "");
+      assert.equal(b.stats.corrupt, 0);
+    } finally {
+      await cluster.close();
+    }
+  },
+});
 
 Deno.test({
   name: "redis bus: corrupt or foreign inbox and route-log entries are skipped, not fatal",

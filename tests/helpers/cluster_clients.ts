@@ -1,12 +1,13 @@
 /**
  * MQTT.js clients that live through node restarts the way real devices do
  * behind a load balancer: when their node goes they connect to another one.
- * A numbered QoS 1 publisher that resends what was not acknowledged (in
- * order, on the new connection), and a persistent-session QoS 1 subscriber
- * that records every delivery with its DUP flag, for loss, order and
- * duplicate checks.
+ * A numbered QoS 1 (or 2) publisher that resends what was not acknowledged
+ * (in order, on the new connection), and a persistent-session QoS 1 (or 2)
+ * subscriber that records every delivery with its DUP flag, for loss, order
+ * and duplicate checks. At QoS 2 MQTT.js hands a message over at PUBREL, so
+ * what the subscriber records is what an application sees.
  */
-import type { IClientOptions, IPublishPacket, MqttClient } from "mqtt";
+import { type IClientOptions, type IPublishPacket, type MqttClient, Store } from "mqtt";
 import { connectClient, delay } from "./broker.ts";
 
 /** Connects to the first port (in rotation from `start`) that accepts, retrying until `timeoutMs`. */
@@ -39,7 +40,7 @@ export function numbered(publisher: string, n: number): string {
 }
 
 /**
- * Publishes numbered QoS 1 messages, at most `window` unacknowledged. When
+ * Publishes numbered QoS 1 (or 2) messages, at most `window` unacknowledged. When
  * its connection closes it connects to another node and resends every
  * unacknowledged message first, in order (so a subscriber sees the numbers'
  * first occurrences in order), then goes on.
@@ -64,6 +65,7 @@ export class NumberedPublisher {
     readonly topic: string,
     private readonly ports: () => readonly number[],
     private readonly window = 20,
+    readonly qos: 1 | 2 = 1,
   ) {}
 
   get sent(): number {
@@ -102,7 +104,7 @@ export class NumberedPublisher {
   }
 
   private send(c: MqttClient, n: number): void {
-    c.publish(this.topic, numbered(this.id, n), { qos: 1 }, (err) => {
+    c.publish(this.topic, numbered(this.id, n), { qos: this.qos }, (err) => {
       // A late callback of a connection given up (its message was resent) does not count.
       if (err || c !== this.client) return;
       this.acked.add(n);
@@ -144,8 +146,8 @@ const PERSISTENT: IClientOptions = {
 };
 
 /**
- * A persistent-session QoS 1 subscriber (MQTT.js acknowledges each message
- * after it is recorded). Subscribes once; afterwards its session must carry
+ * A persistent-session QoS 1 (or 2) subscriber (MQTT.js acknowledges each
+ * message after it is recorded). Subscribes once; afterwards its session must carry
  * the subscription (no resubscribe). When its connection closes it connects
  * to another node; `hop` moves it on purpose.
  */
@@ -163,6 +165,13 @@ export class SessionSubscriber {
   private client: MqttClient | null = null;
   private index = 0;
   private stopped = false;
+  /**
+   * QoS 2 messages received (PUBREC sent) and not yet released, kept across
+   * connections like a device's persistent state: MQTT.js hands a QoS 2
+   * message to the application at PUBREL, which may come on the next
+   * connection (the session resends PUBREL, not the PUBLISH).
+   */
+  private readonly incoming = new Store({ clean: false });
   private moving: Promise<void> | null = null;
 
   private constructor(
@@ -175,11 +184,12 @@ export class SessionSubscriber {
     ports: () => readonly number[],
     index: number,
     filter: string,
+    qos: 1 | 2 = 1,
   ): Promise<SessionSubscriber> {
     const s = new SessionSubscriber(id, ports);
     s.index = index;
     await s.connect(false);
-    await s.client!.subscribeAsync(filter, { qos: 1 });
+    await s.client!.subscribeAsync(filter, { qos });
     return s;
   }
 
@@ -217,6 +227,25 @@ export class SessionSubscriber {
     await this.connect(true);
   }
 
+  /**
+   * Connects to node `index` while the current connection is still open, as
+   * a device whose old connection lingers: the broker takes the session over
+   * and closes the old connection (0x8E), which goes on receiving and
+   * acknowledging until then.
+   */
+  async takeOver(index: number): Promise<void> {
+    await this.moving;
+    const old = this.client;
+    // Its close is the takeover, not a reason to reconnect.
+    this.client = null;
+    this.index = index;
+    await this.connect(true);
+    if (old !== null) {
+      await new Promise<void>((r) => old.connected ? old.once("close", () => r()) : r());
+      old.end(true);
+    }
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     await this.moving;
@@ -241,6 +270,7 @@ export class SessionSubscriber {
       {
         clientId: this.id,
         resubscribe: false,
+        incomingStore: this.incoming,
         ...PERSISTENT,
       },
       undefined,

@@ -24,18 +24,41 @@ export interface Opened {
   elapsedMs: number;
 }
 
-/** Opens one MQTT connection and resolves once its CONNACK arrived. */
+/** How connections are opened (every field has a default). */
+export interface OpenOptions {
+  level?: ProtocolLevel;
+  /** Connections being opened at once. */
+  concurrency?: number;
+  /** Client ids are `${prefix}${i}`. */
+  prefix?: string;
+  keepAliveSeconds?: number;
+  /** Local addresses bound round-robin. */
+  sourceAddresses?: readonly string[];
+  host?: string;
+  /** Over TLS: the CA to verify the broker with; without one the certificate is not checked. */
+  ca?: string;
+  /** Told when a connection that got its CONNACK is closed (by the broker or the network). */
+  onClose?: () => void;
+}
+
+/** Opens one MQTT connection and resolves once an accepting CONNACK arrived. */
 function openOne(
   server: { port: number; tls: boolean },
   i: number,
-  level: ProtocolLevel,
-  prefix: string,
+  o: OpenOptions,
 ): Promise<net.Socket> {
-  const localAddress = SOURCE_ADDRESSES[i % SOURCE_ADDRESSES.length];
+  const sources = o.sourceAddresses ?? SOURCE_ADDRESSES;
+  const localAddress = sources[i % sources.length];
+  const host = o.host ?? HOST;
   return new Promise((resolve, reject) => {
-    const raw = net.connect({ host: HOST, port: server.port, localAddress });
+    const raw = net.connect({ host, port: server.port, localAddress });
+    raw.setNoDelay(true);
     const socket: net.Socket = server.tls
-      ? tls.connect({ socket: raw, rejectUnauthorized: false, servername: "localhost" })
+      ? tls.connect(
+        o.ca === undefined
+          ? { socket: raw, rejectUnauthorized: false, servername: "localhost" }
+          : { socket: raw, host, ca: o.ca },
+      )
       : raw;
     const fail = (e: Error) => {
       socket.destroy();
@@ -43,11 +66,15 @@ function openOne(
       reject(e);
     };
     socket.once("error", fail);
-    const connect = encodeConnect(level, `${prefix}${i}`, 60);
-    if (server.tls) socket.once("secureConnect", () => socket.write(connect));
-    else socket.once("connect", () => socket.write(connect));
+    const connect = encodeConnect(
+      o.level ?? 4,
+      `${o.prefix ?? "idle-"}${i}`,
+      o.keepAliveSeconds ?? 60,
+    );
+    socket.once(server.tls ? "secureConnect" : "connect", () => socket.write(connect));
     let seen = 0;
     const onData = (chunk: Uint8Array) => {
+      // Only the CONNACK's first byte and reason code matter; the connection then stays idle.
       if (seen === 0 && chunk[0] >> 4 !== 2) {
         return fail(new Error(`expected CONNACK, got type ${chunk[0] >> 4}`));
       }
@@ -57,19 +84,22 @@ function openOne(
       socket.off("error", fail);
       socket.on("data", () => {});
       socket.on("error", () => {});
+      if (o.onClose !== undefined) socket.on("close", o.onClose);
+      const reason = chunk[3 - (seen - chunk.length)];
+      if (reason !== 0) return fail(new Error(`CONNACK reason 0x${reason?.toString(16)}`));
       resolve(socket);
     };
     socket.on("data", onData);
   });
 }
 
-/** Opens `count` connections, `concurrency` at a time. */
+/** Opens `count` connections, `concurrency` (32) at a time. */
 export async function openMany(
   server: { port: number; tls: boolean },
   count: number,
-  opts: { level?: ProtocolLevel; concurrency?: number; prefix?: string } = {},
+  opts: OpenOptions = {},
 ): Promise<Opened> {
-  const { level = 4, concurrency = 32, prefix = "idle-" } = opts;
+  const concurrency = opts.concurrency ?? 32;
   const sockets: net.Socket[] = [];
   let next = 0, failed = 0;
   let firstError: string | undefined;
@@ -78,7 +108,7 @@ export async function openMany(
     while (next < count) {
       const i = next++;
       try {
-        sockets.push(await openOne(server, i, level, prefix));
+        sockets.push(await openOne(server, i, opts));
       } catch (e) {
         failed++;
         firstError ??= e instanceof Error ? e.message : String(e);

@@ -125,3 +125,45 @@ Deno.test("pooled write buffers shared by connections never mix their bytes", as
     for (const p of pairs) p.close();
   }
 });
+
+Deno.test("deliveries are written before acknowledgements queued earlier in the same turn", async () => {
+  // A burst of PUBLISHes from many publishers: each produces a PUBACK to its publisher and a
+  // delivery to a subscriber. The deliveries go out first, so the last subscriber does not wait
+  // for every publisher's PUBACK write (issue 14, paced latency).
+  const pairs = await Promise.all([socketPair(), socketPair(), socketPair()]);
+  try {
+    const order: string[] = [];
+    const outbox = (i: number, name: string) => {
+      const conn = new TcpConnection(pairs[i].near, 0);
+      return new Outbox({
+        write(bytes: Uint8Array) {
+          order.push(`${name}:${bytes.length}`);
+          return conn.write(bytes);
+        },
+        end: () => conn.end(),
+        close: () => conn.close(),
+      }, new Owner());
+    };
+    const publisher = outbox(0, "publisher");
+    const subscriber = outbox(1, "subscriber");
+    const both = outbox(2, "both");
+    const publish = Uint8Array.of(0x30, 5, 0, 1, 0x61, 1, 2);
+    publisher.pushAck(4, 1, 0, true);
+    both.pushAck(4, 2, 0, true);
+    subscriber.pushPublish(publish, publish.length, -1, 0);
+    // An outbox with an acknowledgement and then a delivery is written once, in the first group.
+    both.pushPublish(publish, publish.length, -1, 0);
+    await new Promise((r) => setTimeout(r, 0));
+    assert.deepEqual(order, ["subscriber:7", "both:11", "publisher:4"]);
+    assert.deepEqual([...await readExactly(pairs[2].far, 11)], [
+      0x40,
+      2,
+      0,
+      2,
+      ...publish,
+    ]);
+    assert.deepEqual([...await readExactly(pairs[0].far, 4)], [0x40, 2, 0, 1]);
+  } finally {
+    for (const p of pairs) p.close();
+  }
+});

@@ -24,6 +24,98 @@ const ignore = skipWithoutRedis();
 const opts = { ignore };
 
 Deno.test(
+  "redis store: cluster message ids of queued and inflight messages and a session's recent " +
+    "ids round-trip; none is stored for a message without one",
+  opts,
+  async () => {
+    await using server = await RedisServer.start();
+    await using store = await storeNode(server, "A");
+    const withId = (topic: string, id: string) => ({
+      ...delivery(topic, topic),
+      msg: message(topic, topic, { id }),
+    });
+    const state = sampleSession("c1", {
+      queue: [{ ...withId("q/1", "AbCd-_01z"), seq: 1 }, { ...delivery("q/2", "plain"), seq: 2 }],
+      inflight: [{ ...withId("f/1", "AbCd-_01y"), qos: 2, packetId: 7, released: true }],
+      recent: ["AbCd-_01a", "xyz12345b"],
+    });
+    await store.write([
+      { type: "session", state },
+      { type: "enqueue", clientId: "c1", seq: 3, item: withId("q/3", "AbCd-_01zz") },
+      {
+        type: "inflight",
+        clientId: "c1",
+        item: { ...withId("f/2", "AbCd-_020"), packetId: 8, released: false },
+      },
+    ]);
+    const loaded = await store.loadSession("c1");
+    assert.deepEqual(loaded?.queue.map((q) => q.msg.id), ["AbCd-_01z", undefined, "AbCd-_01zz"]);
+    assert.deepEqual(loaded?.inflight.map((f) => f.msg.id), ["AbCd-_01y", "AbCd-_020"]);
+    assert.deepEqual(loaded?.recent, ["AbCd-_01a", "xyz12345b"]);
+    // A session written again without recent ids keeps none.
+    await store.write([{ type: "session", state: { ...state, recent: [] } }]);
+    assert.equal((await store.loadSession("c1"))?.recent, undefined);
+  },
+);
+
+Deno.test(
+  "redis store: an acknowledged id joins the session's recent ids (the last dedupe_window), " +
+    "once when its batch is written again, and a node adopting the session has them",
+  opts,
+  async () => {
+    await using server = await RedisServer.start();
+    await using a = await storeNode(server, "A", { dedupeWindow: 3 });
+    await using b = await storeNode(server, "B", { dedupeWindow: 3 });
+    const inflight = (pid: number, id: string) => ({
+      ...delivery("f", "f"),
+      msg: message("f", "f", { id }),
+      packetId: pid,
+      released: false,
+    });
+    const done = (pid: number, id: string): StoreOp => ({
+      type: "inflight-delete",
+      clientId: "c1",
+      packetId: pid,
+      id,
+    });
+    await a.write([
+      { type: "session", state: sampleSession("c1", { inflight: [], recent: ["old"] }) },
+    ]);
+    const batch: StoreOp[] = [
+      { type: "inflight", clientId: "c1", item: inflight(1, "id1") },
+      { type: "inflight", clientId: "c1", item: inflight(2, "id2") },
+      done(1, "id1"),
+      done(2, "id2"),
+      // Dropped without an acknowledgement: no id.
+      { type: "inflight-delete", clientId: "c1", packetId: 3 },
+    ];
+    await a.write(batch);
+    assert.deepEqual((await a.loadSession("c1"))?.recent, ["old", "id1", "id2"]);
+    // Applied, not confirmed, written again (with what came since): still once each.
+    await a.write([...batch, { type: "inflight", clientId: "c1", item: inflight(4, "id4") }]);
+    assert.deepEqual((await a.loadSession("c1"))?.recent, ["old", "id1", "id2"]);
+    assert.deepEqual((await a.loadSession("c1"))?.inflight.map((f) => f.packetId), [4]);
+    // Past the window the oldest go.
+    await a.write([done(4, "id4")]);
+    assert.deepEqual((await a.loadSession("c1"))?.recent, ["id1", "id2", "id4"]);
+    // A whole session replaces them; acknowledgements after it add to its.
+    await a.write([
+      { type: "session", state: sampleSession("c1", { inflight: [], recent: ["s1"] }) },
+      { type: "inflight", clientId: "c1", item: inflight(5, "id5") },
+      done(5, "id5"),
+    ]);
+    assert.deepEqual((await a.loadSession("c1"))?.recent, ["s1", "id5"]);
+    // Node A dies: B adopts the session with what A's acknowledgements left.
+    const adopted = await b.adoptSession("c1", "A");
+    assert.deepEqual(adopted?.recent, ["s1", "id5"]);
+    assert.deepEqual(adopted?.inflight, []);
+    // Deleted with the session.
+    await b.write([{ type: "session-delete", clientId: "c1" }]);
+    assert.equal(await server.command("EXISTS", "t:{s:c1}:rc"), "0");
+  },
+);
+
+Deno.test(
   "redis store: a session and its journal ops read back as the memory store applies them",
   opts,
   async () => {

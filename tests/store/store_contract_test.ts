@@ -9,7 +9,11 @@ runStoreContract({
   skip: [
     {
       reason: "applies ops to plain objects: nothing can fail mid-batch, nothing outlives it",
-      tests: ["batch is atomic", "reopen keeps everything"],
+      tests: [
+        "batch is atomic",
+        "reopen keeps everything",
+        "a batch written again leaves the state as written once",
+      ],
     },
   ],
 });
@@ -25,5 +29,9 @@ for (const sync of ["ack-after-write", "async"] as const) {
     reopen: (closed) => new SqliteStore(closed.options),
     // Every run opens a new file, fsyncs included: fewer than the default keeps this file fast.
     numRuns: 25,
+    skip: [{
+      reason: "one transaction: a write that failed applied nothing, its replay is its first",
+      tests: ["a batch written again leaves the state as written once"],
+    }],
   });
 }
