@@ -19,6 +19,7 @@ import {
   connectRedis,
   createRedisConnection,
   describeRedis,
+  READ_BLOCK_MS,
   type RedisClient,
   type RedisConfig,
 } from "./redis_connection.ts";
@@ -121,7 +122,12 @@ export class RedisBus implements Bus {
     // Blocking readers: no auto-pipelining (a blocked read would hold up others), commands wait
     // for the reconnect, and an in-flight read is failed (not resent) on a lost connection so the
     // loop re-reads pending entries first.
-    const blocking = { offline: "queue", autoPipelining: false, resendInFlight: false } as const;
+    const blocking = {
+      offline: "queue",
+      autoPipelining: false,
+      resendInFlight: false,
+      blockMs: READ_BLOCK_MS,
+    } as const;
     this.tailConn = createRedisConnection(opts.redis, {
       name: `routes:${this.nodeId}`,
       ...blocking,
@@ -152,6 +158,7 @@ export class RedisBus implements Bus {
       (n) => this.keys.inbox(n),
       this.stats,
       (n) => this.backlog.wrote(n),
+      opts.redis.command_timeout_ms,
     );
     this.backlog = new InboxBacklog(
       this.nodeId,
@@ -193,6 +200,10 @@ export class RedisBus implements Bus {
     else if (this.resyncing !== null) out.push("cluster: resynchronising routes after reconnect");
     if (this.liveness.expelled) out.push("cluster: expelled, waiting to rejoin");
     else if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
+    const forwarding = this.writer.problem;
+    if (forwarding !== null) out.push(forwarding);
+    const replication = this.replicas.problem;
+    if (replication !== null) out.push(`forwarded QoS 1/2 messages are refused: ${replication}`);
     return out;
   }
 

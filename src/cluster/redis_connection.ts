@@ -7,6 +7,16 @@
  * connection is down is chosen per use (`offline`): the bus fails fast
  * (`"fail"`) so a node keeps serving local clients instead of queueing
  * without bound, a blocking reader waits (`"queue"`).
+ *
+ * A connection whose server vanished without closing it (a frozen process, a
+ * network partition, a Redis Cluster master that was failed over while
+ * unreachable) never reports an error by itself: its commands would wait
+ * forever, and so would every publish acknowledgement, lease renewal and
+ * inbox read behind them. `[redis] command_timeout_ms` bounds that: a
+ * connection that has not answered for that long (plus the block time of a
+ * blocking read) is closed, which fails what was in flight and makes ioredis
+ * reconnect (Sentinel: ask the sentinels again; Cluster: reload the slot map
+ * and go to the promoted replica).
  */
 import { Cluster, Redis, type RedisOptions } from "ioredis";
 import { getLogger } from "@logtape/logtape";
@@ -35,7 +45,16 @@ export interface RedisConnectionOptions {
    * true). A reader that must re-read what it may have missed sets false.
    */
   resendInFlight?: boolean;
+  /**
+   * The longest BLOCK of the blocking reads sent on this connection (ms): a
+   * silent connection is taken for dead that much later than
+   * `[redis] command_timeout_ms`.
+   */
+  blockMs?: number;
 }
+
+/** How long the blocking readers (route log, inbox) wait for new entries per read, in ms. */
+export const READ_BLOCK_MS = 2000;
 
 /** Reconnect delay after `attempt` failures: 50 ms doubling to 2 s, with jitter so nodes spread out. */
 export function reconnectDelay(attempt: number): number {
@@ -90,6 +109,7 @@ function seeds(redis: RedisConfig): { host: string; port: number }[] {
 /** Options shared by every mode: credentials, TLS, database, backoff, offline behaviour. */
 function baseOptions(redis: RedisConfig, opts: RedisConnectionOptions): RedisOptions {
   const queue = opts.offline === "queue";
+  const timeout = redis.command_timeout_ms + (opts.blockMs ?? 0);
   const base: RedisOptions = {
     connectionName: `mcloudtt:${opts.name}`,
     retryStrategy: reconnectDelay,
@@ -101,6 +121,14 @@ function baseOptions(redis: RedisConfig, opts: RedisConnectionOptions): RedisOpt
     // A failover makes the old master read-only: reconnect to find the new one.
     reconnectOnError: (err) => err.message.startsWith("READONLY") ? 2 : false,
     lazyConnect: true,
+    // A connection with commands in flight that receives nothing for this long is destroyed: its
+    // commands fail and ioredis reconnects (or, for a Redis Cluster node, reloads the slot map).
+    socketTimeout: timeout,
+    // And every command settles within it, even one queued on a connection that is still being
+    // (re-)established to an unresponsive host. Not for a store connection that waits for the
+    // reconnect by design ("queue" without a block time): its writes would fail during an outage
+    // instead of going through after it, and a stuck connection is already closed above.
+    commandTimeout: queue && opts.blockMs === undefined ? undefined : timeout,
   };
   if (redis.url !== "" && redis.mode === "standalone") {
     // ioredis reads credentials, db and TLS from the URL itself.
@@ -144,6 +172,10 @@ export function createRedisConnection(
         enableOfflineQueue,
         enableAutoPipelining: base.enableAutoPipelining,
         maxRedirections: 16,
+        // A command whose node connection closed is sent again (to the slot's new master after a
+        // failover) unless the user reads what it may have missed itself: an XREADGROUP that the
+        // old master ran but never answered left entries pending that a resent ">" read skips.
+        retryDelayOnFailover: opts.resendInFlight === false ? 0 : 100,
         lazyConnect: true,
       });
       break;

@@ -10,7 +10,7 @@
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { CodecError, decodeBatch, encodeIds, type Forwarded } from "./codec.ts";
-import { type RedisClient, unlessClosed } from "./redis_connection.ts";
+import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { BusHost } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -69,6 +69,8 @@ export class InboxWriter {
   private pending = new Map<string, Pending[]>();
   private turn: Deferred | null = null;
   private scheduled = false;
+  /** The last failed write, until one succeeds after it. */
+  private failed: { message: string; at: number } | null = null;
 
   constructor(
     private readonly cmd: RedisClient,
@@ -76,7 +78,24 @@ export class InboxWriter {
     readonly stats: InboxStats,
     /** Told of every entry written to `dest` (backpressure counts them between measurements). */
     private readonly onEntry: (dest: string) => void = () => {},
+    /** How long a failed write is reported after it (ms) when nothing was written since. */
+    private readonly reportMs = 5000,
   ) {}
+
+  /**
+   * Why the last write failed, while no write succeeded since and it is at
+   * most `reportMs` old (for `/readyz`: in Redis Cluster mode one master
+   * can be lost while the client as a whole stays ready).
+   */
+  get problem(): string | null {
+    const f = this.failed;
+    if (f === null) return null;
+    if (Date.now() - f.at > this.reportMs) {
+      this.failed = null;
+      return null;
+    }
+    return `forwarding to other nodes failed: ${f.message}`;
+  }
 
   /** Queues one record (group header + shared body, message id) for `dest`. */
   add(dest: string, header: Uint8Array, body: Uint8Array, id: string): void {
@@ -138,9 +157,14 @@ export class InboxWriter {
       }
     }
     Promise.all(writes).then(
-      () => turn?.resolve(),
+      () => {
+        this.failed = null;
+        turn?.resolve();
+      },
       (e: Error) => {
-        log.warn`forwarding to other nodes failed: ${e.message}`;
+        // Logged once per outage; `/readyz` tells while it lasts.
+        if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
+        this.failed = { message: e.message, at: Date.now() };
         turn?.reject(e);
       },
     );
@@ -315,7 +339,7 @@ export class InboxReader {
               "COUNT",
               64,
               "BLOCK",
-              2000,
+              READ_BLOCK_MS,
               "STREAMS",
               this.key,
               ">",

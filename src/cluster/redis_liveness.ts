@@ -139,13 +139,16 @@ export class Liveness {
     // to renew before any is handled as dead (which would publish the wills of clients that
     // are still connected there).
     const { ttlMs, renewMs } = this.opts;
-    const cutOff = this.joined && sentAt - this.renewedAt > 2 * renewMs;
     const t = await this.scripts.leaseTick(
       [this.keys.nodes, this.keys.deadClaim(this.self)],
       this.self,
       this.opts.ttlMs,
       mustExist,
     );
+    // Counted to the answer, not to the request: ioredis may hold a request through an outage and
+    // send it again until it goes through (Redis Cluster retries it through a failover), so a
+    // renewal sent right before the outage can be the one answered right after it.
+    const cutOff = this.joined && Date.now() - this.renewedAt > 2 * renewMs;
     this.live = new Set(t.live);
     if (cutOff) this.graceUntil = Date.now() + ttlMs + MAX_RECONNECT_DELAY_MS;
     if (Date.now() >= this.graceUntil) {

@@ -15,6 +15,13 @@
  * lost between the writes and the WAIT's answer proves nothing (the WAIT ran
  * on a new connection, perhaps on a new primary without those writes): that
  * counts as a failure.
+ *
+ * A failure is remembered for `/readyz` (`problem`) until a later WAIT on
+ * those masters succeeds: the next batch's, or a probe sent when readiness is
+ * asked while nothing else is waiting. So a node whose writes cannot be
+ * replicated (a Redis Cluster master promoted while its only replica was
+ * lost, every replica down) says so, and says it is fine again once a
+ * replica is back, with or without traffic.
  */
 import { Cluster, type Redis } from "ioredis";
 import calculateSlot from "cluster-key-slot";
@@ -45,6 +52,10 @@ export class ReplicaWait {
   private drops = 0;
   private running = false;
   private next: Group | null = null;
+  /** The last WAIT's failure (null once one succeeded after it), and the keys it covered. */
+  private failure: { message: string; keys: Set<string> } | null = null;
+  /** When readiness last sent a probe WAIT (ms). */
+  private probedAt = 0;
 
   constructor(
     private readonly client: RedisClient,
@@ -63,6 +74,23 @@ export class ReplicaWait {
 
   get enabled(): boolean {
     return this.replicas > 0;
+  }
+
+  /**
+   * Why acknowledgements that need replicas are refused now, or null. While
+   * it lasts, each call (at most once per `timeoutMs`, and only when no WAIT
+   * is under way) sends a probe WAIT to the masters of the failed write, so
+   * the problem clears once they have their replicas back.
+   */
+  get problem(): string | null {
+    const f = this.failure;
+    if (f === null) return null;
+    const now = Date.now();
+    if (!this.running && this.next === null && now - this.probedAt >= this.timeoutMs) {
+      this.probedAt = now;
+      this.confirm(this.drops, f.keys).catch(() => {});
+    }
+    return f.message;
   }
 
   /**
@@ -101,7 +129,18 @@ export class ReplicaWait {
     if (g === null) return;
     this.next = null;
     this.running = true;
-    this.waitFor(g).then(g.resolve, g.reject).finally(() => {
+    this.waitFor(g).then(
+      () => {
+        // Cleared only by a WAIT that covered every key of the failed one (their masters).
+        const f = this.failure;
+        if (f !== null && [...f.keys].every((k) => g.keys.has(k))) this.failure = null;
+        g.resolve();
+      },
+      (e: Error) => {
+        this.failure = { message: e.message, keys: g.keys };
+        g.reject(e);
+      },
+    ).finally(() => {
       this.running = false;
       this.run();
     });

@@ -7,7 +7,7 @@
  * the log entry of the new route.
  */
 import { getLogger } from "@logtape/logtape";
-import { type RedisClient, unlessClosed } from "./redis_connection.ts";
+import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
 import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
 import { RouteTrie } from "./route_trie.ts";
 
@@ -163,7 +163,7 @@ export class RouteSync {
             "COUNT",
             1000,
             "BLOCK",
-            2000,
+            READ_BLOCK_MS,
             "STREAMS",
             this.keys.log,
             this.lastId,

@@ -259,6 +259,7 @@ const shape = {
     wait_timeout_ms: int(1, 60000, 500),
     session_ttl_grace_ms: int(0, 604800000, 60000),
     session_claim_ttl_ms: int(10000, 2592000000, 3600000),
+    command_timeout_ms: int(100, 600000, 5000),
   }),
   cluster: section("cluster", {
     node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
@@ -327,6 +328,20 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
         "when redis.wait_replicas > 0",
       params: {
         blame: ["redis.wait_timeout_ms", "cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+      } satisfies CrossFieldParams,
+    });
+  }
+  // A WAIT is a command too: answered after up to wait_timeout_ms, it must not count as lost.
+  if (
+    redis.enabled && redis.wait_replicas > 0 && redis.command_timeout_ms <= redis.wait_timeout_ms
+  ) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["redis", "command_timeout_ms"],
+      message: `must be above redis.wait_timeout_ms (${redis.wait_timeout_ms}) ` +
+        "when redis.wait_replicas > 0",
+      params: {
+        blame: ["redis.command_timeout_ms", "redis.wait_timeout_ms"],
       } satisfies CrossFieldParams,
     });
   }

@@ -57,6 +57,7 @@ export function brokerTarget(broker: Broker): OpsTarget {
             `${broker.core.journal!.unwritten} operations unwritten (retrying)`,
         );
       }
+      for (const p of broker.core.store.problems ?? []) problems.push(`store: ${p}`);
       return problems;
     },
     publish(msg: Message): void {

@@ -237,6 +237,12 @@ export class RedisStore implements ClusterStore {
     this.window = String(opts.dedupeWindow ?? DEFAULT_DEDUPE_WINDOW);
   }
 
+  /** Session writes that need `[redis] wait_replicas` replicas and could not get them. */
+  get problems(): readonly string[] {
+    const p = this.replicas.problem;
+    return p === null ? [] : [`session writes are refused: ${p}`];
+  }
+
   /** Connects a lazy client that was not connected yet, and checks that Redis answers. */
   async open(): Promise<void> {
     if (this.client.status === "wait") await this.client.connect();

@@ -153,6 +153,8 @@ export interface Store {
    * the cluster has made this node its owner, instead of once at start.
    */
   readonly shared: boolean;
+  /** Why writes are refused now, for `/readyz` (optional: a store without such states omits it). */
+  readonly problems?: readonly string[];
   /** Opens the database; a corrupt, foreign or newer-version store throws with what to do. */
   open(): Promise<void>;
   close(): Promise<void>;

@@ -355,3 +355,33 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "redis bus: a renewal answered only after a lease's time (Redis held it) declares nobody dead",
+  ...opts,
+  async fn() {
+    // As in a Redis Cluster failover: ioredis holds one node's renewal and retries it until the
+    // promoted replica answers, while the other node's renewals failed meanwhile (here: its
+    // command timeout is shorter, so its connection is closed and re-established). The renewal
+    // that gets through was sent before the outage and finds the other node's lease run out; that
+    // node was cut off as this one was, not dead.
+    await using server = await RedisServer.start();
+    const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
+    const buses = [
+      redisBus(server, "short", { redis: { key_prefix: prefix, command_timeout_ms: 600 } }),
+      redisBus(server, "long", { redis: { key_prefix: prefix, command_timeout_ms: 5000 } }),
+    ];
+    const hosts = buses.map(() => new RecordingHost());
+    try {
+      for (let i = 0; i < 2; i++) await buses[i].start(hosts[i]);
+      await delay(300);
+      await server.command("CLIENT", "PAUSE", "1500", "ALL");
+      await delay(1500 + 1500);
+      assert.deepEqual(hosts.map((h) => [h.down, h.expulsions]), [[[], 0], [[], 0]]);
+      await until(() => buses.every((b) => b.problems.length === 0), 3000, "ready");
+    } finally {
+      await Promise.all(buses.map((b) => b.stop()));
+    }
+  },
+});

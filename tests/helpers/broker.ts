@@ -85,9 +85,13 @@ export function connectClient(
   });
 }
 
-/** Ends a client and waits until its socket is closed. */
+/**
+ * Ends a client and waits until its socket is closed. A client the broker
+ * disconnected is ended with force: MQTT.js would otherwise wait forever for
+ * its unacknowledged publishes.
+ */
 export function endClient(client: MqttClient, force = false): Promise<void> {
-  return new Promise((resolve) => client.end(force, {}, () => resolve()));
+  return new Promise((resolve) => client.end(force || !client.connected, {}, () => resolve()));
 }
 
 /** A message as an MQTT.js subscriber saw it. */

@@ -131,7 +131,16 @@ export class ClusterNode implements AsyncDisposable {
 
   /** The status of `/readyz` and the problems it names. */
   async readiness(): Promise<{ status: number; problems: string[] }> {
-    const res = await fetch(`${await this.httpUrl()}/readyz`);
+    let res: Response;
+    try {
+      res = await fetch(`${await this.httpUrl()}/readyz`, { signal: AbortSignal.timeout(5000) });
+    } catch (e) {
+      // A node too busy to answer is not ready (and a test polling it must not hang).
+      if (e instanceof DOMException && e.name === "TimeoutError") {
+        return { status: 0, problems: ["/readyz did not answer within 5 s"] };
+      }
+      throw e;
+    }
     const body = await res.json().catch(() => ({})) as { problems?: string[] };
     return { status: res.status, problems: body.problems ?? [] };
   }
@@ -228,22 +237,32 @@ export interface NumberedPublish {
   refused: number;
   /** When each number was acknowledged (performance.now()). */
   ackedAt: Map<number, number>;
+  /** The longest wait for one PUBACK (success or refusal), ms. */
+  slowestMs: number;
 }
 
 /**
  * Publishes `0..n-1` as payloads to `topic` at QoS 1 from `pub` (MQTT 5),
  * `window` at a time, at most `rate` per second; a refused publish (Redis
  * could not take it) is sent again after `retryMs` until acknowledged. Fails
- * when a publish is not answered within 15 s or the client disconnected.
+ * when a publish is not answered within 15 s, when one number is still
+ * refused after `giveUpMs` (default 60 s), or when the client disconnected.
  * `onAck` sees each acknowledged number (to act in the middle of traffic).
  */
 export async function publishNumbered(
   pub: import("mqtt").MqttClient,
   topic: string,
   n: number,
-  opts: { window?: number; rate?: number; retryMs?: number; onAck?: (i: number) => void } = {},
+  opts: {
+    window?: number;
+    rate?: number;
+    retryMs?: number;
+    giveUpMs?: number;
+    onAck?: (i: number) => void;
+  } = {},
 ): Promise<NumberedPublish> {
-  const out: NumberedPublish = { acked: [], refused: 0, ackedAt: new Map() };
+  const out: NumberedPublish = { acked: [], refused: 0, ackedAt: new Map(), slowestMs: 0 };
+  const giveUpMs = opts.giveUpMs ?? 60_000;
   const gap = opts.rate ? 1000 / opts.rate : 0;
   let next = 0;
   let slot = performance.now();
@@ -254,14 +273,24 @@ export async function publishNumbered(
         slot = Math.max(slot + gap, performance.now());
         await new Promise((r) => setTimeout(r, slot - performance.now()));
       }
+      const first = performance.now();
       for (;;) {
         if (!pub.connected) throw new Error(`publisher disconnected before ${i} was acknowledged`);
+        if (performance.now() - first > giveUpMs) {
+          throw new Error(`publish ${i} was still refused after ${giveUpMs} ms`);
+        }
         let timer: ReturnType<typeof setTimeout> | undefined;
         const unanswered = new Promise<never>((_, reject) => {
           timer = setTimeout(() => reject(new Error(`publish ${i} was never answered`)), 15_000);
         });
+        const sent = performance.now();
         try {
-          await Promise.race([pub.publishAsync(topic, `${i}`, { qos: 1 }), unanswered]);
+          await Promise.race([
+            pub.publishAsync(topic, `${i}`, { qos: 1 }).finally(() => {
+              out.slowestMs = Math.max(out.slowestMs, performance.now() - sent);
+            }),
+            unanswered,
+          ]);
           out.acked.push(i);
           out.ackedAt.set(i, performance.now());
           opts.onAck?.(i);

@@ -58,6 +58,9 @@ export interface RedisBackend {
   stop(): Promise<void>;
 }
 
+/** redis-server stopped right after its start (typically: its port was taken meanwhile). */
+class RedisExitedError extends Error {}
+
 /** A running redis-server. */
 export class RedisServer implements AsyncDisposable, RedisBackend {
   private child: Deno.ChildProcess | null = null;
@@ -76,10 +79,19 @@ export class RedisServer implements AsyncDisposable, RedisBackend {
     if (bin === null) {
       throw new Error("redis-server is not installed (apt-get install redis-server)");
     }
-    const dir = await Deno.makeTempDir({ prefix: "mcloudtt-redis-" });
-    const server = new RedisServer(freePort(), dir, opts);
-    await server.launch();
-    return server;
+    // A free port can be taken (by another test's server or an outgoing connection) before the
+    // server binds it: the server then exits at once, and another pair of ports is tried.
+    for (let attempt = 1;; attempt++) {
+      const dir = await Deno.makeTempDir({ prefix: "mcloudtt-redis-" });
+      const server = new RedisServer(freePort(), dir, opts);
+      try {
+        await server.launch();
+        return server;
+      } catch (e) {
+        await server.stop();
+        if (!(e instanceof RedisExitedError) || attempt >= 3) throw e;
+      }
+    }
   }
 
   /** `redis://127.0.0.1:<port>` */
@@ -137,8 +149,16 @@ export class RedisServer implements AsyncDisposable, RedisBackend {
       stdout: "null",
       stderr: "piped",
     }).spawn();
+    const child = this.child;
+    let exited = false;
+    child.status.then(() => exited = true);
     const deadline = Date.now() + 10_000;
     for (;;) {
+      if (exited && this.child === child) {
+        this.child = null;
+        const why = await new Response(child.stderr).text().catch(() => "");
+        throw new RedisExitedError(`redis-server on ${this.port} exited: ${why.trim()}`);
+      }
       try {
         if ((await this.command("PING")) === "PONG") {
           if (this.opts.cluster) await this.ownAllSlots();
