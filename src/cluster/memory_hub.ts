@@ -130,6 +130,7 @@ export class MemoryBus implements Bus {
   forward(msg: Message): ForwardResult {
     if (!this.running) return LOCAL_ONLY;
     let d = dispatch(this.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    const routed = d !== null && d.dests.size > 0;
     if (msg.retain) d = toEveryNode(d, this.hub.buses.keys(), this.nodeId);
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size > 0) {
@@ -151,6 +152,7 @@ export class MemoryBus implements Bus {
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && d.dests.size > 0 ? Promise.resolve() : null,
+      routed,
     };
   }
 

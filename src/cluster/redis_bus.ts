@@ -321,19 +321,21 @@ export class RedisBus implements Bus {
   forward(msg: Message): ForwardResult {
     if (this.stopped) return LOCAL_ONLY;
     let d = dispatch(this.routes.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    const routed = d !== null && d.dests.size > 0;
     if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
     if (d === null) return LOCAL_ONLY;
-    if (d.dests.size === 0) return { localGroups: d.localGroups, written: null };
+    if (d.dests.size === 0) return { localGroups: d.localGroups, written: null, routed };
     // The id every copy carries, so a session reached by two of them keeps one (QoS 0 is never
     // held twice: not queued, not handed over with a session).
     if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
     // Encoded now: the message may be a view into a read buffer that is reused after this call.
     const body = encodeBody(msg);
-    if (this.backlog.anyOver) return this.forwardBehind(msg, d, body);
+    if (this.backlog.anyOver) return this.forwardBehind(msg, d, body, routed);
     for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body, msg.id);
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
+      routed,
     };
   }
 
@@ -343,7 +345,12 @@ export class RedisBus implements Bus {
    * held until the node caught up; a QoS 0 copy is dropped (a retained one is
    * not: every node's retained index must stay current).
    */
-  private forwardBehind(msg: Message, d: Dispatch, body: Uint8Array): ForwardResult {
+  private forwardBehind(
+    msg: Message,
+    d: Dispatch,
+    body: Uint8Array,
+    routed: boolean,
+  ): ForwardResult {
     const bp = this.backlog;
     let behind: string[] | null = null;
     for (const [dest, groups] of d.dests) {
@@ -358,7 +365,7 @@ export class RedisBus implements Bus {
     }
     let written = msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null;
     if (behind !== null) { for (const dest of behind) written = bp.hold(dest, written); }
-    return { localGroups: d.localGroups, written };
+    return { localGroups: d.localGroups, written, routed };
   }
 
   /** What a QoS 1/2 acknowledgement waits for: this turn's inbox writes (and their WAIT). */

@@ -88,10 +88,19 @@ export interface ForwardResult {
    * written (Redis unreachable): then no PUBACK, and the client resends.
    */
   readonly written: Promise<void> | null;
+  /**
+   * True when another node holds a subscription the message matches (a retained copy sent to
+   * every node does not count): the publisher's PUBACK must not say "no matching subscribers".
+   */
+  readonly routed: boolean;
 }
 
 /** Forward nothing, serve every local group: the answer of a single node. */
-export const LOCAL_ONLY: ForwardResult = Object.freeze({ localGroups: null, written: null });
+export const LOCAL_ONLY: ForwardResult = Object.freeze({
+  localGroups: null,
+  written: null,
+  routed: false,
+});
 
 /** Inbox backpressure figures of the Redis bus (see redis_backlog.ts), for /metrics. */
 export interface BacklogStats {

@@ -254,7 +254,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * publishes, wills and broker-made messages ($SYS). It is offered to the
    * topic log, forwarded to the cluster nodes that want it, stored when
    * retained, and delivered to local subscribers. Returns the number of local
-   * deliveries; `publishWritten` says what an acknowledgement waits for.
+   * deliveries, plus one when another node has a matching subscriber (so 0 means
+   * "no matching subscribers" cluster-wide); `publishWritten` says what an
+   * acknowledgement waits for.
    */
   publish(msg: Message, info: PublishInfo): number {
     this.sink.offer(msg, info);
@@ -285,7 +287,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       written = written === null ? p : Promise.all([written, p]).then(() => {});
     }
     this.publishWritten = written;
-    return n;
+    return fwd.routed ? n + 1 : n;
   }
 
   /** BusHost: a message published on another node; delivered here, never forwarded again. */

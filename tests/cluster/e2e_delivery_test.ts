@@ -183,3 +183,34 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "cluster: a publish whose only subscriber is on another node is not told 'no subscribers'",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const [a, b] = cluster.nodes;
+    await using sub = await connectClient(b.port, { clientId: "remote-sub" });
+    const box = collect(sub);
+    await sub.subscribeAsync("remote/#", { qos: 1 });
+    await using pub = await connectClient(a.port, { clientId: "remote-pub" });
+    // MQTT 5 PUBACK/PUBREC: 0x00 when someone cluster-wide matches, 0x10 when nobody does.
+    // (MQTT.js resolves a publish with the PUBLISH it sent: the acknowledgement is read here.)
+    const acks = new Map<number, number>();
+    pub.on("packetreceive", (p) => {
+      if ((p.cmd === "puback" || p.cmd === "pubrec") && p.messageId !== undefined) {
+        acks.set(p.messageId, (p as { reasonCode?: number }).reasonCode ?? 0);
+      }
+    });
+    const reason = async (topic: string, qos: 1 | 2) => {
+      const sent = await pub.publishAsync(topic, "x", { qos }) as { messageId?: number };
+      const code = acks.get(sent.messageId!);
+      assert.notEqual(code, undefined, `no acknowledgement seen for ${topic}`);
+      return code;
+    };
+    assert.equal(await reason("remote/1", 1), 0, "QoS 1 to a subscriber on the other node");
+    assert.equal(await reason("remote/2", 2), 0, "QoS 2 to a subscriber on the other node");
+    assert.equal(await reason("nobody/1", 1), 0x10, "QoS 1 nobody subscribes to");
+    await eventually("both reached the other node", () => box.messages.length >= 2, 10_000);
+  },
+});
