@@ -55,6 +55,39 @@ export interface HoppingOptions {
 }
 
 /**
+ * Waits until the last acknowledged message arrived (or 30 s), then for 300 ms of silence, stops
+ * the subscriber and checks what it received: nothing acknowledged lost, publish order, no second
+ * copy without DUP, and at QoS 2 none at all. Returns the figures for the scenario's own checks.
+ */
+async function settleAndCheck(
+  sub: SessionSubscriber,
+  pub: NumberedPublisher,
+  qos: 1 | 2,
+  describe: (r: ReturnType<typeof checkOrder>, copies: ReturnType<typeof secondCopies>) => string,
+): Promise<ReturnType<typeof checkOrder>> {
+  const last = Math.max(...pub.acked);
+  await eventually(
+    "the last message arrived",
+    () => sub.numbers("p").some((d) => d.n === last),
+    30_000,
+  ).catch(() => {});
+  await sub.quiet(300);
+  await sub.stop();
+  const r = checkOrder(sub.numbers("p"), pub.acked, pub.resent);
+  const copies = secondCopies(sub.numbers("p"), pub.resent);
+  console.log(
+    `${describe(r, copies)}; second copies ${copies.withDup} with DUP, ` +
+      `${copies.withoutDup.length} without (${ranges(copies.withoutDup).slice(0, 80)}); lost ` +
+      `${ranges(r.lost)}, disorder ${r.disorder.slice(0, 3)}`,
+  );
+  assert.deepEqual(r.lost, [], "nothing acknowledged lost");
+  assert.deepEqual(r.disorder, [], "in publish order");
+  assert.equal(ranges(copies.withoutDup), "", "no second copy without DUP");
+  if (qos === 2) assert.equal(copies.withDup, 0, "QoS 2: exactly once");
+  return r;
+}
+
+/**
  * A subscriber hopping between two nodes gets every message once (QoS 2) or
  * at least once with second copies only as DUP resends (QoS 1), in order,
  * with its session present after every hop and nothing left queued at the end.
@@ -157,28 +190,16 @@ export async function takenOverWhileConnected(qos: 1 | 2, args: string[] = []): 
     takeovers++;
   }
   await publishing;
-  const last = Math.max(...pub.acked);
-  await eventually(
-    "the last message arrived",
-    () => sub.numbers("p").some((d) => d.n === last),
-    30_000,
-  ).catch(() => {});
-  await sub.quiet(300);
-  await sub.stop();
-  const r = checkOrder(sub.numbers("p"), pub.acked, pub.resent);
-  const copies = secondCopies(sub.numbers("p"), pub.resent);
-  console.log(
-    `QoS ${qos}${args.length > 0 ? ` ${args}` : ""}: ${pub.acked.size} acknowledged, ` +
-      `${takeovers} takeovers, ${r.received} received, second copies ${copies.withDup} with ` +
-      `DUP, ${copies.withoutDup.length} without; lost ${ranges(r.lost)}, disorder ` +
-      `${r.disorder.slice(0, 3)}`,
+  await settleAndCheck(
+    sub,
+    pub,
+    qos,
+    (r) =>
+      `QoS ${qos}${args.length > 0 ? ` ${args}` : ""}: ${pub.acked.size} acknowledged, ` +
+      `${takeovers} takeovers, ${r.received} received`,
   );
-  assert.deepEqual(r.lost, [], "nothing acknowledged lost");
-  assert.deepEqual(r.disorder, [], "in order");
   assert.equal(sub.sessionsLost, 0);
   assert.ok(takeovers >= 3, `${takeovers} takeovers while publishing`);
-  assert.equal(ranges(copies.withoutDup), "", "no second copy without DUP");
-  if (qos === 2) assert.equal(copies.withDup, 0, "QoS 2: exactly once");
 }
 
 /**
@@ -203,31 +224,19 @@ export async function crashReconnect(qos: 1 | 2): Promise<void> {
   await delay(4000);
   stop = true;
   await publishing;
-  const last = Math.max(...pub.acked);
-  await eventually(
-    "the last message arrived",
-    () => sub.numbers("p").some((d) => d.n === last),
-    30_000,
-  ).catch(() => {});
-  await sub.quiet(300);
-  await sub.stop();
-  const r = checkOrder(sub.numbers("p"), pub.acked, pub.resent);
-  const copies = secondCopies(sub.numbers("p"), pub.resent);
-  console.log(
-    `QoS ${qos}: ${pub.acked.size} acknowledged (${pub.acked.size - killedAt} after the kill), ` +
-      `${r.received} received, second copies ${copies.withDup} with DUP, ` +
-      `${copies.withoutDup.length} without (${ranges(copies.withoutDup).slice(0, 80)}); ` +
-      `lost ${ranges(r.lost)}, disorder ${r.disorder.slice(0, 3)}`,
+  // A message the dead node delivered and saw acknowledged just before the kill, its inbox entry not
+  // acknowledged yet, is not delivered again either: its id was stored with the acknowledgement.
+  await settleAndCheck(
+    sub,
+    pub,
+    qos,
+    (r) =>
+      `QoS ${qos}: ${pub.acked.size} acknowledged (${pub.acked.size - killedAt} after the kill), ` +
+      `${r.received} received`,
   );
-  assert.deepEqual(r.lost, [], "nothing acknowledged lost");
-  assert.deepEqual(r.disorder, [], "in order");
   assert.equal(sub.sessionsLost, 0);
   assert.ok(
     pub.acked.size - killedAt > 100,
     "messages were published while the death went unnoticed",
   );
-  // A message the dead node delivered and saw acknowledged just before the kill, its inbox entry not
-  // acknowledged yet, is not delivered again either: its id was stored with the acknowledgement.
-  assert.equal(ranges(copies.withoutDup), "", "no second copy without DUP");
-  if (qos === 2) assert.equal(copies.withDup, 0, "QoS 2: exactly once");
 }
