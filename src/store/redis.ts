@@ -25,34 +25,29 @@
  * node fails with {@link StaleSessionError} and changes nothing.
  */
 import { Cluster, type Redis } from "ioredis";
-import { Buffer } from "node:buffer";
-import { createHash } from "node:crypto";
+import type { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
-import type {
-  ClusterStore,
-  SessionState,
-  StoredDelivery,
-  StoredInflight,
-  StoredMessage,
-  StoredSubscription,
-  StoredWill,
-  StoreOp,
-} from "./types.ts";
+import type { ClusterStore, SessionState, StoredMessage, StoredWill, StoreOp } from "./types.ts";
 import {
   CorruptValueError,
-  decodeDelivery,
-  decodeInflight,
   decodeMessage,
-  decodeSubscription,
   decodeWill,
-  encodeDelivery,
-  encodeInflight,
   encodeMessage,
   encodeSubscription,
   encodeWill,
 } from "./redis_codec.ts";
 import { ADOPT, APPLY, LOAD, TAKE_WILL } from "./redis_scripts.ts";
+import { KEY_NAMES, RedisKeys, Script } from "./redis_keys.ts";
+import {
+  buf,
+  decodeSession,
+  expiresAtArg,
+  inflightEntry,
+  logBad,
+  queueEntry,
+  str,
+} from "./redis_session_codec.ts";
 import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
 
@@ -115,100 +110,10 @@ export class StaleSessionError extends MqttError {
   }
 }
 
-/** The redis key names of one prefix. */
-export class RedisKeys {
-  constructor(readonly prefix: string) {
-    if (/[{}]/.test(prefix)) throw new Error(`redis key_prefix must not contain { or }: ${prefix}`);
-  }
-
-  /** meta, subs, q, inflight, qos2, rc: the KEYS of every session script. */
-  session(clientId: string): [string, string, string, string, string, string] {
-    const t = `${this.prefix}:{s:${clientId}}:`;
-    return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2", t + "rc"];
-  }
-
-  nodeSessions(nodeId: string): string {
-    return `${this.prefix}:{n:${nodeId}}:sessions`;
-  }
-
-  get retainedIndex(): string {
-    return `${this.prefix}:{ret}:index`;
-  }
-
-  retained(topic: string): string {
-    return `${this.prefix}:{ret}:t:${topic}`;
-  }
-
-  /** SCAN pattern of every session's meta key. */
-  get metaPattern(): string {
-    return `${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:{s:*}:meta`;
-  }
-
-  /** The client id of a meta key found by SCAN. */
-  clientIdOfMeta(key: string): string | null {
-    const head = `${this.prefix}:{s:`;
-    if (!key.startsWith(head) || !key.endsWith("}:meta")) return null;
-    return key.slice(head.length, key.length - "}:meta".length);
-  }
-}
-
-const KEY_NAMES = ["meta", "subs", "q", "inflight", "qos2", "recent ids"];
-
-/** A Lua script run by EVALSHA, loaded again after NOSCRIPT (a restarted Redis). */
-class Script {
-  private readonly sha: string;
-
-  constructor(private readonly src: string) {
-    this.sha = createHash("sha1").update(src).digest("hex");
-  }
-
-  async run(
-    client: RedisClient,
-    keys: readonly string[],
-    args: readonly (string | Buffer)[],
-  ): Promise<unknown> {
-    try {
-      return await client.callBuffer("EVALSHA", this.sha, keys.length, ...keys, ...args);
-    } catch (e) {
-      if (!(e instanceof Error) || !e.message.startsWith("NOSCRIPT")) throw e;
-      return await client.callBuffer("EVAL", this.src, keys.length, ...keys, ...args);
-    }
-  }
-}
-
 const applyScript = new Script(APPLY);
 const loadScript = new Script(LOAD);
 const adoptScript = new Script(ADOPT);
 const takeWillScript = new Script(TAKE_WILL);
-
-function buf(b: Uint8Array): Buffer {
-  return Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-}
-
-function str(v: unknown): string {
-  if (v instanceof Uint8Array) return Buffer.from(v).toString("utf8");
-  return String(v);
-}
-
-function expiresAtArg(ms: number): string {
-  return ms === Infinity ? "inf" : String(ms);
-}
-
-function queueEntry(seq: number, item: StoredDelivery): Buffer {
-  return Buffer.concat([Buffer.from(`${seq}|`, "latin1"), buf(encodeDelivery(item))]);
-}
-
-function inflightEntry(f: StoredInflight): Buffer {
-  return Buffer.concat([Buffer.from(`${f.packetId}|`, "latin1"), buf(encodeInflight(f))]);
-}
-
-/** Splits "<number>|<value>". */
-function numbered(entry: Buffer): [number, Buffer] {
-  const bar = entry.indexOf(0x7c);
-  const n = bar > 0 ? Number(entry.subarray(0, bar).toString("latin1")) : NaN;
-  if (!Number.isFinite(n)) throw new CorruptValueError("entry does not start with its number");
-  return [n, entry.subarray(bar + 1)];
-}
 
 export class RedisStore implements ClusterStore {
   readonly name = "redis";
@@ -467,11 +372,11 @@ export class RedisStore implements ClusterStore {
       String(this.tombstoneMs),
     ]) as [Buffer, number[], Buffer[][] | null];
     const [ep, bad, data] = reply;
-    this.logBad(clientId, bad);
+    logBad(clientId, bad);
     if (claim && data !== null) this.indexNode(clientId);
     return {
       epoch: Number(str(ep)) || 0,
-      state: data === null ? null : this.decodeSession(clientId, data),
+      state: data === null ? null : decodeSession(clientId, data),
     };
   }
 
@@ -482,100 +387,6 @@ export class RedisStore implements ClusterStore {
     this.client.sadd(this.keys.nodeSessions(this.nodeId), clientId).catch((e) =>
       log.warn("could not index session {clientId}: {error}", { clientId, error: String(e) })
     );
-  }
-
-  private logBad(clientId: string, bad: readonly number[]): void {
-    for (const k of bad) {
-      log.warn("skipped the {key} of session {clientId}: not a Redis {type}", {
-        key: KEY_NAMES[Number(k) - 1],
-        clientId,
-        type: Number(k) === 1 ? "hash" : "list",
-      });
-    }
-  }
-
-  private decodeSession(clientId: string, data: Buffer[][]): SessionState | null {
-    const [metaPairs, subs, queue, inflightEntries, qos2, rc] = data;
-    const meta = new Map<string, Buffer>();
-    for (let i = 0; i + 1 < metaPairs.length; i += 2) meta.set(str(metaPairs[i]), metaPairs[i + 1]);
-    const field = (name: string): string => {
-      const v = meta.get(name);
-      if (v === undefined) throw new CorruptValueError(`meta has no ${name}`);
-      return str(v);
-    };
-    const num = (name: string): number => {
-      const v = field(name);
-      const n = v === "inf" ? Infinity : Number(v);
-      if (v === "" || Number.isNaN(n)) throw new CorruptValueError(`meta ${name} is not a number`);
-      return n;
-    };
-    let base;
-    try {
-      if (field("v") !== "1") throw new CorruptValueError(`unknown format version ${field("v")}`);
-      if (field("cid") !== clientId) throw new CorruptValueError("meta names another client id");
-      const will = meta.get("will");
-      // Written by an older version as one field (ids never contain a space, see MessageIds).
-      const older = meta.get("rc");
-      const recent = older === undefined || older.length === 0 ? [] : str(older).split(" ");
-      for (const id of rc ?? []) recent.push(str(id));
-      base = {
-        clientId,
-        owner: meta.has("o") ? field("o") : null,
-        expiryInterval: num("ei"),
-        expiresAt: num("ea"),
-        will: will === undefined ? null : decodeWill(will),
-        willAt: num("wa"),
-        // Only when there are some: a session outside a cluster's moves has none.
-        ...(recent.length === 0 ? {} : { recent }),
-      };
-    } catch (e) {
-      log.warn("skipped session {clientId}: unreadable meta ({error})", {
-        clientId,
-        error: e instanceof Error ? e.message : String(e),
-      });
-      return null;
-    }
-    const skip = (what: string, e: unknown) =>
-      log.warn("skipped {what} of session {clientId}: {error}", {
-        what,
-        clientId,
-        error: e instanceof Error ? e.message : String(e),
-      });
-    const subscriptions: StoredSubscription[] = [];
-    for (const sub of subs) {
-      try {
-        subscriptions.push(decodeSubscription(str(sub)));
-      } catch (e) {
-        skip(`subscription ${str(sub)}`, e);
-      }
-    }
-    const items: (StoredDelivery & { seq: number })[] = [];
-    for (const entry of queue) {
-      try {
-        const [seq, value] = numbered(entry);
-        items.push({ ...decodeDelivery(value), seq });
-      } catch (e) {
-        skip("a queued message", e);
-      }
-    }
-    const inflight: StoredInflight[] = [];
-    for (const entry of inflightEntries) {
-      try {
-        const [packetId, value] = numbered(entry);
-        const f = decodeInflight(value);
-        if (f.packetId !== packetId) throw new CorruptValueError("packet id does not match");
-        inflight.push(f);
-      } catch (e) {
-        skip("an inflight message", e);
-      }
-    }
-    const incomingQos2: number[] = [];
-    for (const p of qos2) {
-      const n = Number(str(p));
-      if (Number.isInteger(n) && n >= 1 && n <= 0xffff) incomingQos2.push(n);
-      else skip("an incoming QoS 2 id", new CorruptValueError(str(p)));
-    }
-    return { ...base, subscriptions, queue: items, inflight, incomingQos2 };
   }
 
   /** Every retained message; expired ones (gone from Redis) leave the index. */
@@ -651,11 +462,11 @@ export class RedisStore implements ClusterStore {
     ]) as [Buffer, number[], Buffer[][] | null] | null;
     if (reply === null) return null;
     const [, bad, data] = reply;
-    this.logBad(clientId, bad);
+    logBad(clientId, bad);
     if (data === null) return null;
     this.indexNode(clientId);
     this.client.srem(this.keys.nodeSessions(deadNodeId), clientId).catch(() => {});
-    return this.decodeSession(clientId, data);
+    return decodeSession(clientId, data);
   }
 
   /**
