@@ -15,7 +15,6 @@ import type { Metrics } from "../ops/metrics.ts";
 import { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
-import { parseFilter } from "../protocol/topic.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
@@ -36,7 +35,7 @@ import { Journal, JournalClosedError } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import { NEVER_EXPIRES, type SessionLimits, type Will } from "./session_types.ts";
-import { toMessage } from "./stored.ts";
+import { storedSubscriptions, toMessage } from "./stored.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -436,38 +435,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /** The subscriptions of a stored session that still parse and that the ACL still allows. */
   storedSubscriptions(state: SessionState, subscriber: Subscriber): Subscription[] {
-    const out: Subscription[] = [];
-    for (const stored of state.subscriptions) {
-      const tf = parseFilter(stored.key, this.limits);
-      if (typeof tf === "string") {
-        log.warn("skipping stored subscription {key} of {clientId}: {problem}", {
-          key: stored.key,
-          clientId: state.clientId,
-          problem: tf,
-        });
-        continue;
-      }
-      // The ACL may have changed while the session was stored.
-      const access = subscribeAccess(this.authorizer, {
-        clientId: state.clientId,
-        username: state.owner ?? undefined,
-      }, stored.key);
-      if (access === 0) continue;
-      out.push({
-        subscriber,
-        key: tf.key,
-        filter: tf.filter,
-        group: tf.group,
-        qos: stored.qos,
-        noLocal: stored.noLocal,
-        retainAsPublished: stored.retainAsPublished,
-        retainHandling: stored.retainHandling,
-        subscriptionId: stored.subscriptionId,
-        idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
-        needsCheck: access === 2,
-      });
-    }
-    return out;
+    return storedSubscriptions(state, subscriber, this.limits, this.authorizer);
   }
 
   /** Routes a stored session's subscriptions to a new holder; `routed` says when they work. */

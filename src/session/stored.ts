@@ -1,8 +1,15 @@
 /** Stored session parts (src/store/types.ts) turned back into the objects the broker moves. */
 import { utf8 } from "../protocol/bytes.ts";
 import { Message } from "../protocol/message.ts";
-import type { StoredMessage, StoredWill } from "../store/types.ts";
+import { getLogger } from "@logtape/logtape";
+import { subscribeAccess } from "../auth/access.ts";
+import type { Authorizer } from "../auth/types.ts";
+import { parseFilter, type TopicLimits } from "../protocol/topic.ts";
+import type { Subscriber, Subscription } from "../router/types.ts";
+import type { SessionState, StoredMessage, StoredWill } from "../store/types.ts";
 import type { Will } from "./session_types.ts";
+
+const log = getLogger(["mcloudtt", "core"]);
 
 /** A stored message as the router moves it. */
 export function toMessage(m: StoredMessage): Message {
@@ -24,4 +31,48 @@ export function toMessage(m: StoredMessage): Message {
 /** A stored will as the session keeps it. */
 export function restoreWill(w: StoredWill): Will {
   return { msg: toMessage(w.msg), delay: w.delay, expiry: w.expiry };
+}
+
+/**
+ * The subscriptions of a stored session that still parse within `limits` and that the ACL still
+ * allows (it may have changed while the session was stored); the others are logged and skipped.
+ */
+export function storedSubscriptions(
+  state: SessionState,
+  subscriber: Subscriber,
+  limits: TopicLimits,
+  authorizer: Authorizer | null,
+): Subscription[] {
+  const out: Subscription[] = [];
+  for (const stored of state.subscriptions) {
+    const tf = parseFilter(stored.key, limits);
+    if (typeof tf === "string") {
+      log.warn("skipping stored subscription {key} of {clientId}: {problem}", {
+        key: stored.key,
+        clientId: state.clientId,
+        problem: tf,
+      });
+      continue;
+    }
+    // The ACL may have changed while the session was stored.
+    const access = subscribeAccess(authorizer, {
+      clientId: state.clientId,
+      username: state.owner ?? undefined,
+    }, stored.key);
+    if (access === 0) continue;
+    out.push({
+      subscriber,
+      key: tf.key,
+      filter: tf.filter,
+      group: tf.group,
+      qos: stored.qos,
+      noLocal: stored.noLocal,
+      retainAsPublished: stored.retainAsPublished,
+      retainHandling: stored.retainHandling,
+      subscriptionId: stored.subscriptionId,
+      idList: stored.subscriptionId !== 0 ? [stored.subscriptionId] : null,
+      needsCheck: access === 2,
+    });
+  }
+  return out;
 }
