@@ -204,6 +204,14 @@ export class RedisBus implements Bus {
     if (forwarding !== null) out.push(forwarding);
     const replication = this.replicas.problem;
     if (replication !== null) out.push(`forwarded QoS 1/2 messages are refused: ${replication}`);
+    // Behind: its forwarders hold their publishers' acknowledgements for it; new clients are
+    // better served elsewhere until it caught up.
+    if (this.backlog.isOver(this.nodeId)) {
+      out.push(
+        `cluster: own inbox ${this.backlog.stats.own} entries behind ` +
+          `(max_inbox_backlog ${this.opts.cluster.max_inbox_backlog})`,
+      );
+    }
     return out;
   }
 

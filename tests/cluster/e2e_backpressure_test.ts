@@ -106,8 +106,11 @@ Deno.test({
 
     // b runs 300 ms, then is frozen 700 ms (its lease lasts 2.5 s: slow, never declared dead).
     const phases: { acked: number; local: number }[] = [];
+    // What b's /readyz said while it ran, behind: a node that cannot keep up takes no new clients.
+    const readiness: { status: number; problems: string[] }[] = [];
     try {
       for (let cycle = 0; cycle < 5; cycle++) {
+        if (cycle > 0) readiness.push(await b.readiness());
         await delay(300);
         const acked0 = held.acked.length;
         const local0 = localRun.acked.length;
@@ -161,6 +164,14 @@ Deno.test({
       () => localRun.acked.every((i) => local.has(i)),
     );
     await eventually("b's inbox drained", async () => await xlen() === 0);
+    assert.ok(
+      readiness.some((r) => r.status === 503 && r.problems.some((p) => p.includes("own inbox"))),
+      `b reported itself behind on /readyz: ${JSON.stringify(readiness)}`,
+    );
+    await eventually("b is ready again once caught up", async () => {
+      const r = await b.readiness();
+      return r.status === 200;
+    }, 15_000);
     const mb = await scrape(await b.httpUrl());
     assert.equal(metric(mb, "mcloudtt_cluster_inbox_backlog") >= 0, true);
   },
