@@ -20,8 +20,17 @@ const NO_GROUPS: string[] = [];
 export class Rotation {
   private next = new Map<string, number>();
 
-  pick(key: string, nodes: readonly string[]): string {
-    const i = this.next.get(key) ?? 0;
+  /**
+   * The next holder of group `key` in turn, skipping those `avoid` names (nodes behind on their
+   * inbox, see redis_backlog.ts) unless every holder is one.
+   */
+  pick(key: string, nodes: readonly string[], avoid?: (node: string) => boolean): string {
+    const start = this.next.get(key) ?? 0;
+    let i = start;
+    if (avoid !== undefined) {
+      for (let n = 0; n < nodes.length && avoid(nodes[i % nodes.length]); n++) i++;
+      if (avoid(nodes[i % nodes.length])) i = start;
+    }
     this.next.set(key, (i + 1) % nodes.length);
     return nodes[i % nodes.length];
   }
@@ -32,12 +41,17 @@ export class Rotation {
   }
 }
 
-/** Decides where a message with `plan` goes; null when it stays on this node only. */
+/**
+ * Decides where a message with `plan` goes; null when it stays on this node only. A shared
+ * group's member is picked on a node `avoid` does not name when there is one (passed only while
+ * some node is behind on its inbox).
+ */
 export function dispatch(
   plan: RoutePlan,
   self: string,
   policy: SharedPolicy,
   rotation: Rotation,
+  avoid?: (node: string) => boolean,
 ): Dispatch | null {
   if (plan.remote.length === 0 && plan.groups.length === 0) return null;
   const dests = new Map<string, string[]>();
@@ -45,7 +59,7 @@ export function dispatch(
   // Set when a group this node holds is served elsewhere for this message.
   let away: Set<string> | null = null;
   for (const g of plan.groups) {
-    const chosen = g.local && policy === "local" ? self : rotation.pick(g.key, g.nodes);
+    const chosen = g.local && policy === "local" ? self : rotation.pick(g.key, g.nodes, avoid);
     if (chosen === self) continue;
     if (g.local) (away ??= new Set()).add(g.key);
     const list = dests.get(chosen);

@@ -215,6 +215,9 @@ export class RedisBus implements Bus {
     return out;
   }
 
+  /** Nodes over `[cluster] max_inbox_backlog`: a shared group's member is picked elsewhere. */
+  private readonly behind = (node: string): boolean => this.backlog.isOver(node);
+
   get backlogStats(): BacklogStats {
     return this.backlog.stats;
   }
@@ -328,7 +331,13 @@ export class RedisBus implements Bus {
 
   forward(msg: Message): ForwardResult {
     if (this.stopped) return LOCAL_ONLY;
-    let d = dispatch(this.routes.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
+    let d = dispatch(
+      this.routes.trie.plan(msg.topic),
+      this.nodeId,
+      this.policy,
+      this.rotation,
+      this.backlog.anyOver ? this.behind : undefined,
+    );
     const routed = d !== null && d.dests.size > 0;
     if (msg.retain) d = toEveryNode(d, this.liveness.live, this.nodeId);
     if (d === null) return LOCAL_ONLY;

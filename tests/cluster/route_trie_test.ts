@@ -60,3 +60,22 @@ Deno.test("dispatch: local policy serves held groups here; round robin rotates o
   }
   assert.deepEqual(seen, { me: 5, n1: 5 });
 });
+
+Deno.test("dispatch: a shared group's member is picked on a node that is not behind when any is", () => {
+  const t = new RouteTrie("me");
+  for (const n of ["n1", "n2", "n3"]) t.set("$share/g/s", n, true);
+  const rotation = new Rotation();
+  const behind = (n: string) => n === "n2";
+  const chosen = (avoid?: (n: string) => boolean) => {
+    const d = dispatch(t.plan("s"), "me", "round_robin", rotation, avoid)!;
+    return [...d.dests].find(([, g]) => g.includes("$share/g/s"))![0];
+  };
+  // While n2 is behind the turn skips it, and the others still take turns.
+  const seen = Array.from({ length: 6 }, () => chosen(behind));
+  assert.ok(!seen.includes("n2"), `n2 was picked while behind: ${seen}`);
+  assert.deepEqual(new Set(seen), new Set(["n1", "n3"]));
+  // Caught up: it takes its turns again.
+  assert.ok(Array.from({ length: 3 }, () => chosen()).includes("n2"));
+  // Every holder behind: the group is still served (by one of them).
+  assert.ok(["n1", "n2", "n3"].includes(chosen(() => true)));
+});
