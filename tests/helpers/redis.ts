@@ -237,58 +237,18 @@ export class RedisServer implements AsyncDisposable, RedisBackend {
 }
 
 /**
- * Sends one command to the redis-server on `port` over a fresh connection
- * (RESP) and returns the first reply line's value: for inspecting a server
- * from a test or the bench, not for load.
+ * Sends one command to the redis-server on `port` over a fresh connection and
+ * returns its reply as text (an integer as digits, nil as ""): for inspecting
+ * a server from a test or the bench, not for load (`redisQuery` keeps arrays).
  */
 export async function redisCommand(port: number, ...args: string[]): Promise<string> {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  try {
-    const enc = new TextEncoder();
-    let req = `*${args.length}\r\n`;
-    for (const a of args) req += `$${enc.encode(a).length}\r\n${a}\r\n`;
-    await conn.write(enc.encode(req));
-    const buf = new Uint8Array(64 * 1024);
-    let text = "";
-    for (;;) {
-      const n = await conn.read(buf);
-      if (n === null) break;
-      text += new TextDecoder().decode(buf.subarray(0, n));
-      if (text.includes("\r\n") && isComplete(text)) break;
-    }
-    return parseReply(text);
-  } finally {
-    conn.close();
-  }
+  return text(await redisQuery(port, ...args));
 }
 
-function isComplete(text: string): boolean {
-  if (text[0] === "$") {
-    const nl = text.indexOf("\r\n");
-    const len = Number(text.slice(1, nl));
-    return len < 0 || text.length >= nl + 2 + len + 2;
-  }
-  // Simple strings, errors, integers, and arrays (read until the sender stops is good enough
-  // for short test replies).
-  return text[0] !== "*" || text.endsWith("\r\n");
-}
-
-function parseReply(text: string): string {
-  const nl = text.indexOf("\r\n");
-  const head = text.slice(0, nl);
-  switch (text[0]) {
-    case "+":
-    case ":":
-      return head.slice(1);
-    case "-":
-      throw new Error(`redis: ${head.slice(1)}`);
-    case "$": {
-      const len = Number(head.slice(1));
-      return len < 0 ? "" : text.slice(nl + 2, nl + 2 + len);
-    }
-    default:
-      return text;
-  }
+/** A reply as text; an array's items one per line (ROLE, for a regular expression). */
+function text(reply: RespValue): string {
+  if (Array.isArray(reply)) return reply.map(text).join("\n");
+  return reply === null ? "" : String(reply);
 }
 
 /** `cmdstat_<name>` call counts from INFO commandstats. */

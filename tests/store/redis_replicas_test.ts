@@ -47,6 +47,17 @@ Deno.test("wait_timeout_ms must stay below the lease slack when wait_replicas is
   resolveConfig({ redis: { enabled: true, wait_timeout_ms: 5000 } });
 });
 
+/** A store that waits for one replica, 300 ms at most, and closes `client` with itself. */
+function waitingStore(client: Redis | Cluster): RedisStore {
+  return new RedisStore(client, {
+    keyPrefix: "t",
+    nodeId: "A",
+    waitReplicas: 1,
+    waitTimeoutMs: 300,
+    ownsClient: true,
+  });
+}
+
 Deno.test({
   name:
     "redis store with wait_replicas: written once the replica has it, refused when it is frozen",
@@ -55,13 +66,7 @@ Deno.test({
     await using primary = await RedisServer.start();
     await using replica = await RedisServer.start({ replicaOf: primary.port });
     const client = new Redis(primary.port, "127.0.0.1", { lazyConnect: true });
-    const store = new RedisStore(client, {
-      keyPrefix: "t",
-      nodeId: "A",
-      waitReplicas: 1,
-      waitTimeoutMs: 300,
-      ownsClient: true,
-    });
+    const store = waitingStore(client);
     try {
       await store.open();
       // The replica's first sync may still run: the first write waits for it (or is refused).
@@ -100,13 +105,7 @@ Deno.test({
       { lazyConnect: true, redisOptions: { maxRetriesPerRequest: 2 } },
     );
     client.on("error", () => {});
-    const store = new RedisStore(client, {
-      keyPrefix: "t",
-      nodeId: "A",
-      waitReplicas: 1,
-      waitTimeoutMs: 300,
-      ownsClient: true,
-    });
+    const store = waitingStore(client);
     try {
       await store.open();
       // Two sessions on different masters.
