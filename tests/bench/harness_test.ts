@@ -39,6 +39,7 @@ const options: BenchOptions = {
   ...parseOptions(["--quick", "--workers", "1"])!,
   durationS: 0.5,
   warmupS: 0.2,
+  pacedWarmupS: 0.2,
   drainS: 3,
 };
 
@@ -160,6 +161,11 @@ test("idle connections from several source addresses are all held open", () =>
     assert.equal(metrics.still_open, 300);
     assert.ok(metrics.connack_per_s > 0);
     assert.ok(Number.isFinite(metrics.kb_per_conn));
+    // The second wave: every client reconnects to the same broker.
+    assert.equal(metrics.reconnected, 300);
+    assert.equal(metrics.reconnect_failed, 0);
+    assert.ok(metrics.reconnect_connack_per_s > 0);
+    assert.ok(Number.isFinite(metrics.reconnect_broker_cpu_us_per_conn));
   }));
 
 test("the slow consumer gets some messages while the pairs keep running", () =>

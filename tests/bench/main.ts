@@ -34,7 +34,9 @@ function progress(r: RunResult): void {
     connections: () =>
       `${n(m.connected)} connected, ${n(m.connack_per_s)} CONNACK/s, ${
         n(m.kb_per_conn, 1)
-      } KiB/conn`,
+      } KiB/conn; reconnect ${n(m.reconnect_connack_per_s)} CONNACK/s, ${
+        n(m.reconnect_broker_cpu_us_per_conn)
+      } µs CPU/conn`,
     "slow-consumer": () =>
       `pairs ${n(m.baseline_per_s)} -> ${n(m.with_slow_per_s)} msg/s, RSS max ${
         n(m.rss_max_mb, 1)

@@ -75,7 +75,13 @@ export const HEADLINE: Readonly<Record<ScenarioKind, string>> = {
 export const COMPARED: Readonly<Partial<Record<ScenarioKind, readonly string[]>>> = {
   throughput: ["delivered_per_s", "broker_cpu_us_per_msg"],
   latency: ["p99_us", "p999_us", "broker_cpu_us_per_msg"],
-  connections: ["connack_per_s", "kb_per_conn"],
+  connections: [
+    "connack_per_s",
+    "kb_per_conn",
+    "broker_cpu_us_per_conn",
+    "reconnect_connack_per_s",
+    "reconnect_broker_cpu_us_per_conn",
+  ],
   "slow-consumer": ["with_slow_per_s"],
 };
 
@@ -269,6 +275,11 @@ function connectionsTable(rows: SummaryRow[]): string {
       "broker CPU %",
       "generator CPU % (busiest worker)",
       "broker RSS MiB",
+      "reconnect CONNACK/s",
+      "vs mosquitto",
+      "reconnect broker CPU µs/conn",
+      "vs mosquitto",
+      "reconnect generator CPU % (busiest)",
     ],
     rows.map((r) => {
       const m = r.metrics;
@@ -284,6 +295,11 @@ function connectionsTable(rows: SummaryRow[]): string {
         fixed(m.broker_cpu_pct, 0),
         generatorCpu(m),
         fixed(m.broker_rss_mb),
+        spread(r, "reconnect_connack_per_s", int0),
+        vs(r, "reconnect_connack_per_s", "mosquitto"),
+        spread(r, "reconnect_broker_cpu_us_per_conn", int0),
+        vs(r, "reconnect_broker_cpu_us_per_conn", "mosquitto"),
+        fixed(m.reconnect_gen_max_worker_cpu_pct, 0),
       ];
     }),
   );
@@ -375,7 +391,10 @@ export function markdown(input: ReportInput): string {
     `Deno ${m.deno} (V8 ${m.v8}), Node ${m.node}; mcloudtt ${m.mcloudtt}, Mosquitto ${m.mosquitto}, ` +
     `Aedes ${m.aedes}.`,
     "",
-    `Runs: ${o.rounds} interleaved round(s), ${o.warmupS} s warm-up + ${o.durationS} s measured, payload ` +
+    `Runs: ${o.rounds} interleaved round(s), ${o.warmupS} s warm-up (paced latency runs: ${
+      o.pacedWarmupS ?? o.warmupS
+    } s) + ` +
+    `${o.durationS} s measured, payload ` +
     `${o.payloadBytes} B, ${o.batch} PUBLISH per write, ${o.workersPerSide} worker process(es) per side, ` +
     `over ${
       (o.transports ?? ["tcp"]).join(" and ")

@@ -109,7 +109,8 @@ async function runOne(
 
 /** Generous upper bound for one run; past it the run counts as failed (a hung broker). */
 function deadlineMs(options: BenchOptions): number {
-  return (2 * (options.warmupS + options.durationS) + 2 * options.drainS) * 1000 + 90_000;
+  const warmupS = Math.max(options.warmupS, options.pacedWarmupS);
+  return (2 * (warmupS + options.durationS) + 2 * options.drainS) * 1000 + 90_000;
 }
 
 /** Thrown when a run exceeds its deadline. */

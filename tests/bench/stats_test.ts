@@ -46,6 +46,9 @@ Deno.test("options: defaults, --quick and explicit flags", () => {
   assert.deepEqual(quick?.brokers, ["mosquitto"]);
   assert.deepEqual(quick?.only, ["fan-in", "latency"]);
   assert.equal(parseOptions(["--quick", "--duration", "3"])?.durationS, 3);
+  assert.equal(defaults?.pacedWarmupS, 15);
+  assert.equal(quick?.pacedWarmupS, 0.5);
+  assert.equal(parseOptions(["--paced-warmup=4"])?.pacedWarmupS, 4);
   assert.equal(parseOptions(["--help"]), null);
 });
 
