@@ -1,16 +1,18 @@
 /** Plain TCP listener on Deno.listen: the cheapest read path Deno offers. */
 import { getLogger } from "@logtape/logtape";
 import { ReadBuffer } from "./read_loop.ts";
-import type { Acceptor, ByteWriter, ConnectionHandler, Listener } from "./types.ts";
+import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
 
 /**
- * One accepted Deno.Conn: reads it into the broker's handler and is the handler's ByteWriter.
- * One object and one bound callback per connection, no async function: an idle connection
- * holds only its pending read (what a connection costs is measured by tests/bench/idle_cost.ts).
+ * One accepted Deno.Conn: reads it into the broker's handler, is the handler's ByteWriter and
+ * describes the peer. One object and one bound callback per connection, no async function: an
+ * idle connection holds only its pending read (what a connection costs is measured by
+ * tests/bench/idle_cost.ts).
  */
-export class TcpConnection extends ReadBuffer implements ByteWriter {
+export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
+  readonly transport = "tcp";
   private closed = false;
   private ended = false;
   private linger: ReturnType<typeof setTimeout> | undefined;
@@ -24,6 +26,15 @@ export class TcpConnection extends ReadBuffer implements ByteWriter {
   constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {
     super();
     this.settled = this.onSettled.bind(this);
+  }
+
+  /**
+   * "host:port" of the client, made when asked (at CONNECT, in log lines): Deno keeps the
+   * address anyway, and a string held by every idle connection costs more than making it.
+   */
+  get remoteAddress(): string {
+    const a = this.conn.remoteAddr as Deno.NetAddr;
+    return `${a.hostname}:${a.port}`;
   }
 
   /** Starts reading into `handler` until EOF or an error; then the handler is told and the conn closed. */
@@ -121,12 +132,8 @@ export function listenTcp(
     } catch {
       // the peer may already be gone
     }
-    const remote = conn.remoteAddr;
     const c = new TcpConnection(conn, lingerMs);
-    c.start(acceptor.accept(c, {
-      remoteAddress: `${remote.hostname}:${remote.port}`,
-      transport: "tcp",
-    }));
+    c.start(acceptor.accept(c, c));
   };
   const acceptLoop = async () => {
     while (!closed) {
