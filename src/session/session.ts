@@ -9,7 +9,7 @@ import type { Subscriber, Subscription } from "../router/types.ts";
 import type { SessionState, StoredSubscription } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import type { RetainedStream } from "./retained_stream.ts";
-import type { SessionLimits, SessionLink, Will } from "./session_types.ts";
+import { NEVER_EXPIRES, type SessionLimits, type SessionLink, type Will } from "./session_types.ts";
 import { restoreWill, toMessage } from "./stored.ts";
 
 /**
@@ -113,6 +113,11 @@ export class Session implements Subscriber {
   /** True when changes must reach the store: journaled and outliving its connection. */
   private get journaled(): boolean {
     return this.journal !== null && this.expiry !== 0;
+  }
+
+  /** When the session ends if it stays without a connection from `now` on (ms since epoch). */
+  expiryFrom(now: number): number {
+    return this.expiry === NEVER_EXPIRES ? Infinity : now + this.expiry * 1000;
   }
 
   /** Sets the Session Expiry Interval (CONNECT, or DISCONNECT's update). */
