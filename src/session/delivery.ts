@@ -5,8 +5,8 @@
  * PUBREC, PUBCOMP) that move them on, and the ids of messages completed
  * lately, so a copy arriving from another node is not delivered twice. The
  * rest of the session (identity, expiry, will, incoming QoS 2, what is
- * stored) is `Session`'s (session.ts), which extends this: one object per
- * session, as an idle client costs one.
+ * stored) is `Session`'s (session.ts), which extends this class rather than
+ * holding a second object: memory per idle client counts.
  */
 import type { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
