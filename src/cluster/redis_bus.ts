@@ -2,7 +2,8 @@
  * The cluster bus on Redis: a replicated route table (RouteSync), per-node
  * inbox streams for forwarded messages and control entries (InboxWriter /
  * InboxReader), leases for liveness (Liveness), and a compare-and-set owner
- * key per client id. Three connections per node: commands (auto-pipelined,
+ * key per client id (SessionClaims); a survivor cleans up after a dead node
+ * (Departures). Three connections per node: commands (auto-pipelined,
  * failing fast while Redis is down so local clients keep being served), and
  * one blocking reader each for the route log and the inbox.
  *
@@ -23,13 +24,9 @@ import {
   type RedisClient,
   type RedisConfig,
 } from "./redis_connection.ts";
-import {
-  type ControlHandler,
-  drainInbox,
-  InboxReader,
-  type InboxStats,
-  InboxWriter,
-} from "./redis_inbox.ts";
+import { SessionClaims } from "./redis_claims.ts";
+import { Departures } from "./redis_departures.ts";
+import { InboxReader, type InboxStats, InboxWriter } from "./redis_inbox.ts";
 import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
@@ -41,7 +38,6 @@ import {
   type BusHost,
   type ForwardResult,
   LOCAL_ONLY,
-  type OrphanDelivery,
 } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -104,8 +100,10 @@ export class RedisBus implements Bus {
   private resyncAgain = false;
   private marker = "";
   private reconcileTimer: ReturnType<typeof setInterval> | null = null;
-  /** Takeovers waiting for the old owner's "released": request id -> resolve. */
-  private releases = new Map<string, () => void>();
+  /** Owner keys and takeovers (kick / released entries). */
+  private readonly claims: SessionClaims;
+  /** What this node does for nodes that died or left. */
+  private readonly departures: Departures;
   /** `[redis] wait_replicas`: this turn's inbox writes, confirmed by replicas (one WAIT). */
   private readonly replicas: ReplicaWait;
   private turn: { written: Promise<void>; inboxes: Set<string>; durable: Promise<void> } | null =
@@ -140,7 +138,7 @@ export class RedisBus implements Bus {
     this.liveness = new Liveness(this.nodeId, this.keys, this.cmd, this.scripts, {
       renewMs: opts.cluster.lease_renew_ms,
       ttlMs: opts.cluster.lease_ttl_ms,
-      onDead: (node) => this.handleDead(node),
+      onDead: (node) => this.departures.dead(node),
       onExpelled: () => this.expelled(),
       onRejoined: (why) => this.requestResync(why),
     });
@@ -170,6 +168,26 @@ export class RedisBus implements Bus {
         periodMs: opts.cluster.lease_renew_ms,
         pollMs: Math.min(BACKLOG_POLL_MS, opts.cluster.lease_renew_ms),
       },
+    );
+    this.claims = new SessionClaims(
+      this.nodeId,
+      this.keys,
+      this.cmd,
+      this.scripts,
+      this.liveness,
+      this.writer,
+      opts.cluster,
+      () => this.stopped,
+      (clientId, epoch) => this.host?.sessionTakenOver(clientId, epoch),
+    );
+    this.departures = new Departures(
+      this.nodeId,
+      this.keys,
+      this.cmd,
+      this.routes,
+      this.liveness,
+      this.claims,
+      (node) => this.host?.nodeDown(node),
     );
     this.replicas = new ReplicaWait(
       this.cmd,
@@ -236,14 +254,14 @@ export class RedisBus implements Bus {
       this.cmd,
       this.readConn,
       host,
-      this.control,
+      this.claims.control,
       this.stats,
       () => this.liveness.confirm(),
     );
     await this.checkMarker();
     await this.liveness.join();
     await this.reader.ensureGroup();
-    await this.purgeDeparted();
+    await this.departures.purgeDeparted();
     await this.routes.reannounce();
     await this.routes.reload();
     this.routes.startTail();
@@ -260,7 +278,7 @@ export class RedisBus implements Bus {
     if (this.stopped) return;
     this.stopped = true;
     if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
-    for (const r of this.releases.values()) r();
+    this.claims.stop();
     // Readers first, so none is blocked on the inbox deleted below. Bounded: a reader stuck on a
     // command of a connection that is being re-established must not hold up the stop; the
     // command connection is closed below, which ends whatever it was waiting for.
@@ -399,115 +417,17 @@ export class RedisBus implements Bus {
     return t.durable;
   }
 
-  async claimSession(
+  claimSession(
     clientId: string,
     numbered?: (epoch: number) => void,
     adoptingFrom?: string,
   ): Promise<number> {
-    const adopting = adoptingFrom !== undefined;
-    if (adopting) {
-      // A live node claimed it after the death: it gets the session once this one handed it back.
-      const current = await this.cmd.get(this.keys.owner(clientId));
-      const holder = current === null ? "" : current.slice(0, current.lastIndexOf(" "));
-      if (holder !== "" && holder !== adoptingFrom && holder !== this.nodeId) return 0;
-    } else await this.untilHandled(clientId);
-    const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
-    // The owner key holds "<node> <claims so far>"; this claim is the next one.
-    const space = previous?.lastIndexOf(" ") ?? -1;
-    const epoch = previous === null ? 1 : (Number(previous.slice(space + 1)) || 0) + 1;
-    numbered?.(epoch);
-    if (previous === null) return epoch;
-    const old = previous.slice(0, space);
-    if (old === this.nodeId || old === "") return epoch;
-    if (!this.liveness.live.has(old) && !(await this.liveness.isLive(old))) return epoch;
-    const request = crypto.randomUUID();
-    const released = new Promise<void>((resolve) => this.releases.set(request, resolve));
-    try {
-      const sent = await this.writer.control(old, {
-        t: "k",
-        c: clientId,
-        f: this.nodeId,
-        q: request,
-        e: String(epoch),
-      });
-      // Its inbox is gone: it left, or a survivor is finishing with it; wait for that.
-      if (!sent) {
-        if (!adopting) await this.untilHandled(clientId, old);
-        return epoch;
-      }
-      // A node that died meanwhile never answers: stop waiting when its lease runs out.
-      let done = false;
-      let answered = false;
-      released.then(() => answered = true);
-      await Promise.race([
-        bounded(released, this.opts.cluster.takeover_timeout_ms),
-        this.liveness.ended(old, () => done),
-      ]);
-      done = true;
-      // It died holding the session: the survivor that handles it adopts the session with what
-      // was left in its inbox and then owns it (this attach is outclaimed; the client's next
-      // CONNECT takes the session from the survivor, complete).
-      if (!answered && !adopting) await this.untilHandled(clientId, old);
-    } finally {
-      this.releases.delete(request);
-    }
-    return epoch;
-  }
-
-  /**
-   * When `clientId`'s owner died and no survivor has handled it yet, waits
-   * (at most a lease ttl plus the takeover timeout) until one has: the survivor
-   * adopts the session and fills it with what was left in the dead node's
-   * inbox, and this claim then takes it from the survivor like any other. A
-   * claim that came first would load the session without those messages.
-   */
-  private async untilHandled(clientId: string, known?: string): Promise<void> {
-    let old = known;
-    if (old === undefined) {
-      const current = await this.cmd.get(this.keys.owner(clientId));
-      if (current === null) return;
-      old = current.slice(0, current.lastIndexOf(" "));
-    }
-    if (old === "" || old === this.nodeId) return;
-    const deadline = Date.now() + this.opts.cluster.lease_ttl_ms +
-      this.opts.cluster.takeover_timeout_ms;
-    while (!this.stopped && Date.now() < deadline) {
-      if (await this.liveness.isLive(old) || !(await this.liveness.unhandled(old))) return;
-      await new Promise((r) => setTimeout(r, this.opts.cluster.lease_renew_ms / 2));
-    }
+    return this.claims.claim(clientId, numbered, adoptingFrom);
   }
 
   releaseSession(clientId: string): void {
-    this.scripts.ownerRelease(this.keys.owner(clientId), this.nodeId).catch((e) =>
-      log.warn`releasing ${clientId}: ${(e as Error).message}`
-    );
+    this.claims.release(clientId);
   }
-
-  /** Kick and released entries from other nodes' takeovers. */
-  private control: ControlHandler = (fields) => {
-    const type = fields.get("t");
-    const request = fields.get("q") ?? "";
-    if (type === "r") {
-      this.releases.get(request)?.();
-      return;
-    }
-    const clientId = fields.get("c");
-    const from = fields.get("f");
-    if (clientId === undefined || from === undefined) {
-      log.warn("skipping a kick entry without client id or sender");
-      return;
-    }
-    // Not awaited: closing the old connection must not hold up message delivery.
-    (async () => {
-      try {
-        // A kick without a claim number (an older node) never beats a claim in progress here.
-        await this.host?.sessionTakenOver(clientId, Number(fields.get("e")) || 0);
-      } catch (e) {
-        log.warn`handing over ${clientId} to ${from}: ${(e as Error).message}`;
-      }
-      await this.writer.control(from, { t: "r", q: request });
-    })().catch((e) => log.warn`replying to a kick from ${from}: ${(e as Error).message}`);
-  };
 
   /**
    * A survivor handled this node as dead while it was frozen: it adopted the
@@ -521,65 +441,6 @@ export class RedisBus implements Bus {
       this.host?.expelled();
     } catch (e) {
       log.error`dropping the sessions of an expelled node failed: ${(e as Error).stack ?? e}`;
-    }
-  }
-
-  /** One survivor cleans up after a dead node (called by Liveness after it won the claim). */
-  private async handleDead(node: string): Promise<void> {
-    // Adopt first: the sessions' routes are here before the dead node's are withdrawn, so a
-    // publish in between reaches them (possibly twice, never not at all).
-    let orphans: OrphanDelivery | void = undefined;
-    const kicks: { from: string; q: string }[] = [];
-    try {
-      orphans = await this.host?.nodeDown(node);
-    } catch (e) {
-      log.error`nodeDown(${node}) failed: ${(e as Error).stack ?? e}`;
-    }
-    try {
-      const n = await this.routes.purge(node);
-      log.warn`node ${node} is dead: withdrew its ${n} routes`;
-      // What was forwarded to the dead node and acknowledged to its publishers is in its inbox:
-      // once no node forwards there any more, it goes to the adopted sessions.
-      await this.routes.settle();
-      const inbox = this.keys.inbox(node);
-      const left = await drainInbox(
-        this.cmd,
-        inbox,
-        (msg, groups) => orphans?.deliver(msg, groups),
-        (fields) => {
-          // A takeover waiting for the dead node: answered in its place once the adopted
-          // sessions are complete (below).
-          const from = fields.get("f");
-          if (fields.get("t") === "k" && from !== undefined) {
-            kicks.push({ from, q: fields.get("q") ?? "" });
-          }
-        },
-      );
-      if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
-      await this.routes.forgetApplied(node);
-      await this.cmd.del(inbox);
-    } finally {
-      // The adopted sessions stop holding what reached them meanwhile, even after a failure.
-      await Promise.resolve(orphans?.done()).catch((e) =>
-        log.error`finishing the adoption from ${node} failed: ${(e as Error).message}`
-      );
-      for (const k of kicks) {
-        this.writer.control(k.from, { t: "r", q: k.q }).catch(() => {});
-      }
-    }
-  }
-
-  /** Routes of incarnations that are gone (no lease) are withdrawn when a node starts. */
-  private async purgeDeparted(): Promise<void> {
-    const holders = await this.routes.tableNodes();
-    for (const node of holders) {
-      if (node === this.nodeId || this.liveness.live.has(node)) continue;
-      // A lease that ran out but is still listed is not a departure: its node was cut off from
-      // Redis as this one was (a failover) and renews, or it died and is handled as dead
-      // (sessions adopted before its routes go).
-      if ((await this.cmd.zscore(this.keys.nodes, node)) !== null) continue;
-      const n = await this.routes.purge(node);
-      log.info`withdrew ${n} stale routes of departed node ${node}`;
     }
   }
 
@@ -629,7 +490,7 @@ export class RedisBus implements Bus {
         // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
         if (this.liveness.expelled) return;
         await this.reader?.ensureGroup();
-        await this.purgeDeparted();
+        await this.departures.purgeDeparted();
         await this.routes.reannounce();
         await this.routes.reload();
         if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;

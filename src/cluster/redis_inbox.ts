@@ -263,6 +263,8 @@ export class InboxReader {
   /** Entries whose XACK is to be retried (failed), oldest first. */
   private ackLater: string[] = [];
   private paused = false;
+  /** What every XREADGROUP of this reader starts with: its group, its name, 64 entries. */
+  private readonly group: ["GROUP", string, string, "COUNT", number];
 
   constructor(
     private readonly self: string,
@@ -278,7 +280,9 @@ export class InboxReader {
      * handled it delivered them from the inbox instead).
      */
     private readonly confirm: () => Promise<boolean> | null = () => null,
-  ) {}
+  ) {
+    this.group = ["GROUP", INBOX_GROUP, self, "COUNT", 64];
+  }
 
   /** Creates the inbox and its consumer group (again after a Redis restart). */
   async ensureGroup(): Promise<void> {
@@ -316,35 +320,15 @@ export class InboxReader {
       if (this.paused) log.info`store caught up: inbox reading resumed`;
       this.paused = false;
       try {
-        const res = this.pendingFirst
-          ? await unlessClosed(
-            this.reader,
-            this.reader.xreadgroupBuffer(
-              "GROUP",
-              INBOX_GROUP,
-              this.self,
-              "COUNT",
-              64,
-              "STREAMS",
-              this.key,
-              this.pendingFrom,
-            ),
-          )
-          : await unlessClosed(
-            this.reader,
-            this.reader.xreadgroupBuffer(
-              "GROUP",
-              INBOX_GROUP,
-              this.self,
-              "COUNT",
-              64,
-              "BLOCK",
-              READ_BLOCK_MS,
-              "STREAMS",
-              this.key,
-              ">",
-            ),
-          );
+        const r = this.reader;
+        const g = this.group;
+        // The pending entries from where the last read of them ended; else new ones, blocking.
+        const res = await unlessClosed(
+          r,
+          this.pendingFirst
+            ? r.xreadgroupBuffer(...g, "STREAMS", this.key, this.pendingFrom)
+            : r.xreadgroupBuffer(...g, "BLOCK", READ_BLOCK_MS, "STREAMS", this.key, ">"),
+        );
         failures = 0;
         const entries = (res as [Buffer, [Buffer, Buffer[]][]][] | null)?.[0]?.[1] ?? [];
         if (this.pendingFirst) {

@@ -6,16 +6,16 @@
  * lets go (handover.ts); a kicked node writes the session back and forgets it;
  * a survivor adopts a dead node's sessions and fills them with what was left
  * in its inbox; a node the cluster expelled drops everything. The registry
- * itself (sessions, binding, wills, expiry) is BrokerCore's (core.ts).
+ * itself (sessions, binding, expiry) is BrokerCore's (core.ts).
  */
 import { getLogger } from "@logtape/logtape";
 import type { OrphanDelivery } from "../cluster/types.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
-import { Router } from "../router/router.ts";
+import { Router, Subscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import { isClusterStore, type SessionState } from "../store/types.ts";
 import type { BrokerCore } from "./core.ts";
-import { type HeldDeliveries, OnceTo } from "./handover.ts";
+import { HeldDeliveries, OnceTo } from "./handover.ts";
 import type { AttachingConnection, AttachRequest, AttachResult } from "./host.ts";
 import type { Session } from "./session.ts";
 
@@ -55,6 +55,13 @@ export interface Adoption {
   readonly handBack: boolean;
 }
 
+/** CONNACK for a connection whose session the cluster state cannot tell about now. */
+const UNAVAILABLE: AttachResult = Object.freeze({
+  ok: false,
+  code: ReasonCode.ServerUnavailable,
+  reason: "cluster state unavailable, try again",
+});
+
 /** CONNACK for a connection whose client id another node claimed after this one did. */
 const OUTCLAIMED: AttachResult = Object.freeze({
   ok: false,
@@ -80,8 +87,19 @@ export class ClusterSessions {
   /** Sessions adopted from a dead node whose inbox is still being drained, by client id. */
   readonly adopting = new Map<string, Adoption>();
 
-  /** Cluster: the session may live on another node; claim it, then load it from the store. */
-  async attachShared(
+  /**
+   * Cluster: the session may live on another node; claim it, then load it from the store.
+   * Bounded: with the cluster state unreachable, the client hears so instead of waiting.
+   */
+  attachShared(conn: AttachingConnection, req: AttachRequest): Promise<AttachResult> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<AttachResult>((resolve) => {
+      timer = setTimeout(() => resolve(UNAVAILABLE), this.core.limits.connectTimeoutMs);
+    });
+    return Promise.race([this.claimAndLoad(conn, req), late]).finally(() => clearTimeout(timer));
+  }
+
+  private async claimAndLoad(
     conn: AttachingConnection,
     req: AttachRequest,
   ): Promise<AttachResult> {
@@ -145,11 +163,7 @@ export class ClusterSessions {
         clientId: id,
         error: e instanceof Error ? e.message : String(e),
       });
-      return {
-        ok: false,
-        code: ReasonCode.ServerUnavailable,
-        reason: "cluster state unavailable, try again",
-      };
+      return UNAVAILABLE;
     } finally {
       // Refused or failed: nothing to hand over, and the held routes must go.
       if (held !== null) this.core.unsubscribeAll(held);
@@ -274,7 +288,7 @@ export class ClusterSessions {
       // Its routes are here before the dead node's are withdrawn (so a publish in between
       // reaches it), but what they bring waits until the older messages in the dead node's
       // inbox are in: a publisher's messages stay in order.
-      const { held } = this.core.hold(state);
+      const { held } = this.hold(state);
       const s = this.core.reviveSession(state);
       const subs = this.core.storedSubscriptions(state, s);
       let finish!: () => void;
@@ -369,9 +383,26 @@ export class ClusterSessions {
    * holder here, before that node is asked to let go: see handover.ts.
    */
   private async holdFor(state: SessionState): Promise<HeldDeliveries> {
-    const { held, routed } = this.core.hold(state);
+    const { held, routed } = this.hold(state);
     await Promise.all(routed).catch(() => {});
     return held;
+  }
+
+  /** Routes a stored session's subscriptions to a new holder; `routed` says when they work. */
+  private hold(state: SessionState): { held: HeldDeliveries; routed: Promise<void>[] } {
+    const core = this.core;
+    const held = new HeldDeliveries(
+      state.clientId,
+      state.owner ?? undefined,
+      core.limits.maxQueued,
+    );
+    const routed: Promise<void>[] = [];
+    for (const sub of core.storedSubscriptions(state, held)) {
+      if (core.router.subscribe(sub) !== Subscribed.NewRoute) continue;
+      const ready = core.bus.addRoute(sub.key);
+      if (ready !== null) routed.push(ready);
+    }
+    return { held, routed };
   }
 
   /** The adoption in progress for `clientId`, if any. */

@@ -1,6 +1,7 @@
 /**
  * The transport-agnostic broker core: the session registry (client id ->
- * session, ownership, takeover, expiry), wills, the keep-alive sweep, and the
+ * session, ownership, takeover, expiry; wills in wills.ts, the cluster side in
+ * cluster_sessions.ts), the keep-alive sweep, and the
  * one way in for messages (`publish`) and for subscription changes
  * (`subscribe`/`unsubscribe`), which is where the topic log (Sink), the
  * cluster (Bus) and the durable state (Store) are fed. It imports no socket,
@@ -12,13 +13,13 @@ import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from 
 import { type Bus, type BusHost, LOCAL_ONLY, type OrphanDelivery } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
-import { Message } from "../protocol/message.ts";
+import type { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
-import { isClusterStore, type SessionState, type Store } from "../store/types.ts";
+import type { SessionState, Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
 import type {
   AttachingConnection,
@@ -29,13 +30,13 @@ import type {
   SubscribeResult,
   WillOutcome,
 } from "./host.ts";
-import { HeldDeliveries } from "./handover.ts";
 import { ClusterSessions } from "./cluster_sessions.ts";
 import { Journal, JournalClosedError } from "./journal.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
-import { NEVER_EXPIRES, type SessionLimits, type Will } from "./session_types.ts";
+import type { SessionLimits } from "./session_types.ts";
 import { storedSubscriptions, toMessage } from "./stored.ts";
+import { Wills } from "./wills.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -66,13 +67,6 @@ export interface CoreOptions {
 /** Serve no shared group here (a remote message whose groups are served elsewhere). */
 const NO_GROUPS: ReadonlySet<string> = new Set();
 
-const WILL_INFO: PublishInfo = Object.freeze({
-  clientId: "",
-  username: undefined,
-  receivedAt: 0,
-  kind: "will",
-});
-
 export class BrokerCore implements ConnectionHost, BusHost {
   readonly limits: CoreLimits;
   readonly router: Router;
@@ -93,10 +87,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   readonly detached = new Set<Session>();
   /** Client ids of sessions adopted from dead nodes and not yet resumed by their clients. */
   readonly adopted = new Set<string>();
-  /** Adopted sessions whose will is being taken from the store (cluster-wide once). */
-  private readonly takingWill = new Map<string, Promise<unknown>>();
   /** Who holds which session in a cluster, and how sessions move (cluster_sessions.ts). */
   private readonly cluster = new ClusterSessions(this);
+  /** When and how wills are published (wills.ts). */
+  private readonly wills = new Wills(this);
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -364,19 +358,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       return this.refuseForeign(conn, existing.owner);
     }
     if (!this.store.shared) return this.bind(conn, req);
-    // Bounded: with the cluster state unreachable, the client hears so instead of waiting.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<AttachResult>((resolve) => {
-      timer = setTimeout(() =>
-        resolve({
-          ok: false,
-          code: ReasonCode.ServerUnavailable,
-          reason: "cluster state unavailable, try again",
-        }), this.limits.connectTimeoutMs);
-    });
-    return Promise.race([this.cluster.attachShared(conn, req), late]).finally(() =>
-      clearTimeout(timer)
-    );
+    return this.cluster.attachShared(conn, req);
   }
 
   refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
@@ -438,22 +420,6 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return storedSubscriptions(state, subscriber, this.limits, this.authorizer);
   }
 
-  /** Routes a stored session's subscriptions to a new holder; `routed` says when they work. */
-  hold(state: SessionState): { held: HeldDeliveries; routed: Promise<void>[] } {
-    const held = new HeldDeliveries(
-      state.clientId,
-      state.owner ?? undefined,
-      this.limits.maxQueued,
-    );
-    const routed: Promise<void>[] = [];
-    for (const sub of this.storedSubscriptions(state, held)) {
-      if (this.router.subscribe(sub) !== Subscribed.NewRoute) continue;
-      const ready = this.bus.addRoute(sub.key);
-      if (ready !== null) routed.push(ready);
-    }
-    return { held, routed };
-  }
-
   /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
   restoreSession(state: SessionState): Promise<void>[] {
     const routed: Promise<void>[] = [];
@@ -473,7 +439,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // A session stored while connected lost its connection in a crash: it is detached now.
     if (s.expiresAt === 0) {
       const now = this.clock.now();
-      s.expiresAt = s.expiryInterval === NEVER_EXPIRES ? Infinity : now + s.expiryInterval * 1000;
+      s.expiresAt = s.expiryFrom(now);
       if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
     }
     this.detached.add(s);
@@ -495,24 +461,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     session.link = null;
     const now = this.clock.now();
     if (!willAllowed) session.setWill(null);
-    const will = session.will;
-    let outcome: WillOutcome = "none";
-    if (will !== null) {
-      if (will.delay === 0 || session.expiryInterval === 0) {
-        this.publishWill(session);
-        outcome = "sent";
-      } else {
-        session.willAt = now + Math.min(will.delay, session.expiryInterval) * 1000;
-        outcome = "delayed";
-      }
-    }
+    const outcome = this.wills.connectionLost(session, now);
     if (session.expiryInterval === 0) {
       this.endSession(session);
       return outcome;
     }
-    session.expiresAt = session.expiryInterval === NEVER_EXPIRES
-      ? Infinity
-      : now + session.expiryInterval * 1000;
+    session.expiresAt = session.expiryFrom(now);
     this.detached.add(session);
     this.sessionChanged(session);
     return outcome;
@@ -535,56 +489,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.cluster.expelled();
   }
 
-  private publishWill(session: Session): void {
-    const will = session.will;
-    session.setWill(null);
-    if (will === null) return;
-    const store = this.store;
-    if (this.adopted.has(session.clientId) && isClusterStore(store)) {
-      // A session adopted from a dead node: its client may have come back on another node
-      // since; the store hands the will to its owner once, cluster-wide.
-      const id = session.clientId;
-      const taking = store.takeWill(id).then(
-        (w) => w !== null && this.sendWill(session, will),
-        (e) =>
-          log.error("taking the will of {clientId}: {error}", { clientId: id, error: String(e) }),
-      ).finally(() => {
-        if (this.takingWill.get(id) === taking) this.takingWill.delete(id);
-      });
-      this.takingWill.set(id, taking);
-      return;
-    }
-    this.sendWill(session, will);
-  }
-
-  private sendWill(session: Session, will: Will): void {
-    const m = will.msg;
-    const msg = will.expiry >= 0
-      ? new Message(
-        m.topic,
-        m.topicBytes,
-        m.payload,
-        m.qos,
-        m.retain,
-        m.props,
-        this.clock.now() + will.expiry * 1000,
-        m.origin,
-      )
-      : m;
-    this.metrics.willsPublished++;
-    log.debug("publishing will of {clientId} to {topic}", {
-      clientId: session.clientId,
-      topic: m.topic,
-    });
-    this.publish(msg, { ...WILL_INFO, clientId: session.clientId, username: session.username });
-    this.sessionChanged(session);
-  }
-
   private endSession(session: Session): void {
-    // A will still waiting for its delay is sent when its session ends [MQTT-3.1.3-9].
-    if (session.will !== null && session.link === null && session.willAt !== 0) {
-      this.publishWill(session);
-    }
+    this.wills.sessionEnding(session);
     this.detached.delete(session);
     this.unsubscribeAll(session);
     const persisted = session.expiryInterval !== 0 || this.journal !== null;
@@ -594,7 +500,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.bus.releaseSession(session.clientId);
       const journal = this.journal;
       const id = session.clientId;
-      const taking = this.takingWill.get(id);
+      const taking = this.wills.taking(id);
       if (persisted && journal !== null) {
         if (taking === undefined) journal.push({ type: "session-delete", clientId: id });
         // Deleting the session first would delete its will before the store hands it over.
@@ -611,7 +517,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   sweep(now: number): void {
     for (const c of this.connections) c.checkTimeouts(now);
     for (const s of this.detached) {
-      if (s.willAt !== 0 && now >= s.willAt) this.publishWill(s);
+      this.wills.publishDue(s, now);
       if (now >= s.expiresAt) {
         this.metrics.sessionsExpired++;
         this.endSession(s);

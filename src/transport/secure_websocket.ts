@@ -6,42 +6,24 @@
  */
 import https from "node:https";
 import type { TLSSocket } from "node:tls";
-import type { CertIdentityMode } from "../auth/cert_identity.ts";
 import {
-  type ClientCertMode,
   closeWithGrace,
   listenNode,
   peerIdentity,
-  secureOptions,
-  trackSockets,
+  type SecureListenOptions,
+  secureServer,
 } from "./tls.ts";
-import type { TlsMaterial } from "./tls_material.ts";
 import type { Acceptor, Listener } from "./types.ts";
 import { serveWebSocket, type WsOptions } from "./websocket.ts";
 
-export interface WssListenOptions extends WsOptions {
-  hostname: string;
-  port: number;
-  material: TlsMaterial;
-  clientCert: ClientCertMode;
-  identity: CertIdentityMode;
-  /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
-  handshakeTimeoutMs: number;
-}
+export interface WssListenOptions extends WsOptions, SecureListenOptions {}
 
 /** Starts a secure WebSocket listener. */
 export async function listenSecureWebSocket(
   acceptor: Acceptor,
   opts: WssListenOptions,
 ): Promise<Listener> {
-  const server = https.createServer({
-    ...secureOptions(opts.material, opts.clientCert),
-    handshakeTimeout: opts.handshakeTimeoutMs,
-  });
-  const sockets = trackSockets(server);
-  const unwatch = opts.material.onChange(() => {
-    server.setSecureContext(secureOptions(opts.material, opts.clientCert));
-  });
+  const { server, sockets, unwatch } = secureServer((o) => https.createServer(o), opts);
   const wss = serveWebSocket(server, acceptor, opts, (req) => {
     const tlsSocket = req.socket as TLSSocket;
     if (opts.clientCert === "required" && !tlsSocket.authorized) return 403;

@@ -15,7 +15,8 @@ const log = getLogger(["mcloudtt", "tls"]);
 
 export type ClientCertMode = "required" | "optional" | "none";
 
-export interface TlsListenOptions {
+/** What a listener secured by TLS (tls, wss) is configured with. */
+export interface SecureListenOptions {
   hostname: string;
   port: number;
   material: TlsMaterial;
@@ -23,6 +24,9 @@ export interface TlsListenOptions {
   identity: CertIdentityMode;
   /** A peer must finish the TLS handshake within this many ms (limits.connect_timeout). */
   handshakeTimeoutMs: number;
+}
+
+export interface TlsListenOptions extends SecureListenOptions {
   /** How long a closing connection keeps reading (limits.close_linger_ms). */
   lingerMs: number;
 }
@@ -38,6 +42,26 @@ export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.
     rejectUnauthorized: mode === "required",
     minVersion: "TLSv1.2",
   };
+}
+
+/**
+ * A node TLS or HTTPS server made by `create` for `opts` (certificates, client certificate
+ * mode, handshake bound) that takes new certificates whenever their files change (`unwatch`
+ * stops that), with its open sockets (for closeWithGrace).
+ */
+export function secureServer<S extends tls.Server>(
+  create: (options: tls.TlsOptions) => S,
+  opts: SecureListenOptions,
+): { server: S; sockets: Set<Socket>; unwatch: () => void } {
+  const server = create({
+    ...secureOptions(opts.material, opts.clientCert),
+    handshakeTimeout: opts.handshakeTimeoutMs,
+  });
+  const sockets = trackSockets(server);
+  const unwatch = opts.material.onChange(() => {
+    server.setSecureContext(secureOptions(opts.material, opts.clientCert));
+  });
+  return { server, sockets, unwatch };
 }
 
 /** Identity of a verified peer certificate, or undefined. */
@@ -187,14 +211,7 @@ export async function listenNode(
 
 /** Starts an MQTT-over-TLS listener. */
 export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
-  const server = tls.createServer({
-    ...secureOptions(opts.material, opts.clientCert),
-    handshakeTimeout: opts.handshakeTimeoutMs,
-  });
-  const sockets = trackSockets(server);
-  const unwatch = opts.material.onChange(() => {
-    server.setSecureContext(secureOptions(opts.material, opts.clientCert));
-  });
+  const { server, sockets, unwatch } = secureServer((o) => tls.createServer(o), opts);
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
     const handler = acceptor.accept(socketSink(socket, opts.lingerMs), {

@@ -1,0 +1,170 @@
+/**
+ * Who owns each client id cluster-wide, and how a node takes one from
+ * another: a compare-and-set owner key per client id holding
+ * "<node> <claims so far>", a kick entry (`t` = k) written into the old
+ * owner's inbox, and its released reply (`t` = r) written back into the
+ * claimer's. A dead old owner never answers: the claim waits for the survivor
+ * that handles it instead (see `untilHandled`).
+ */
+import { getLogger } from "@logtape/logtape";
+import type { Config } from "../config/schema.ts";
+import { bounded } from "./memory_hub.ts";
+import type { RedisClient } from "./redis_connection.ts";
+import type { ControlHandler, InboxWriter } from "./redis_inbox.ts";
+import type { Liveness } from "./redis_liveness.ts";
+import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
+
+const log = getLogger(["mcloudtt", "cluster"]);
+
+/** A kick found in a dead node's inbox: answered in its place once its sessions are adopted. */
+export interface Kick {
+  readonly from: string;
+  readonly request: string;
+}
+
+export class SessionClaims {
+  /** Takeovers waiting for the old owner's "released": request id -> resolve. */
+  private readonly releases = new Map<string, () => void>();
+
+  constructor(
+    private readonly nodeId: string,
+    private readonly keys: ClusterKeys,
+    private readonly cmd: RedisClient,
+    private readonly scripts: ClusterScripts,
+    private readonly liveness: Liveness,
+    private readonly writer: InboxWriter,
+    private readonly cluster: Config["cluster"],
+    /** True once the bus stopped: a claim stops waiting for a dead owner's survivor. */
+    private readonly stopped: () => boolean,
+    /** Another node took over `clientId` with claim number `epoch` (BusHost.sessionTakenOver). */
+    private readonly takenOver: (clientId: string, epoch: number) => Promise<void> | undefined,
+  ) {}
+
+  /** Bus.claimSession. */
+  async claim(
+    clientId: string,
+    numbered?: (epoch: number) => void,
+    adoptingFrom?: string,
+  ): Promise<number> {
+    const adopting = adoptingFrom !== undefined;
+    if (adopting) {
+      // A live node claimed it after the death: it gets the session once this one handed it back.
+      const current = await this.cmd.get(this.keys.owner(clientId));
+      const holder = current === null ? "" : current.slice(0, current.lastIndexOf(" "));
+      if (holder !== "" && holder !== adoptingFrom && holder !== this.nodeId) return 0;
+    } else await this.untilHandled(clientId);
+    const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
+    // The owner key holds "<node> <claims so far>"; this claim is the next one.
+    const space = previous?.lastIndexOf(" ") ?? -1;
+    const epoch = previous === null ? 1 : (Number(previous.slice(space + 1)) || 0) + 1;
+    numbered?.(epoch);
+    if (previous === null) return epoch;
+    const old = previous.slice(0, space);
+    if (old === this.nodeId || old === "") return epoch;
+    if (!this.liveness.live.has(old) && !(await this.liveness.isLive(old))) return epoch;
+    const request = crypto.randomUUID();
+    const released = new Promise<void>((resolve) => this.releases.set(request, resolve));
+    try {
+      const sent = await this.writer.control(old, {
+        t: "k",
+        c: clientId,
+        f: this.nodeId,
+        q: request,
+        e: String(epoch),
+      });
+      // Its inbox is gone: it left, or a survivor is finishing with it; wait for that.
+      if (!sent) {
+        if (!adopting) await this.untilHandled(clientId, old);
+        return epoch;
+      }
+      // A node that died meanwhile never answers: stop waiting when its lease runs out.
+      let done = false;
+      let answered = false;
+      released.then(() => answered = true);
+      await Promise.race([
+        bounded(released, this.cluster.takeover_timeout_ms),
+        this.liveness.ended(old, () => done),
+      ]);
+      done = true;
+      // It died holding the session: the survivor that handles it adopts the session with what
+      // was left in its inbox and then owns it (this attach is outclaimed; the client's next
+      // CONNECT takes the session from the survivor, complete).
+      if (!answered && !adopting) await this.untilHandled(clientId, old);
+    } finally {
+      this.releases.delete(request);
+    }
+    return epoch;
+  }
+
+  /**
+   * When `clientId`'s owner died and no survivor has handled it yet, waits
+   * (at most a lease ttl plus the takeover timeout) until one has: the survivor
+   * adopts the session and fills it with what was left in the dead node's
+   * inbox, and this claim then takes it from the survivor like any other. A
+   * claim that came first would load the session without those messages.
+   */
+  private async untilHandled(clientId: string, known?: string): Promise<void> {
+    let old = known;
+    if (old === undefined) {
+      const current = await this.cmd.get(this.keys.owner(clientId));
+      if (current === null) return;
+      old = current.slice(0, current.lastIndexOf(" "));
+    }
+    if (old === "" || old === this.nodeId) return;
+    const deadline = Date.now() + this.cluster.lease_ttl_ms + this.cluster.takeover_timeout_ms;
+    while (!this.stopped() && Date.now() < deadline) {
+      if (await this.liveness.isLive(old) || !(await this.liveness.unhandled(old))) return;
+      await new Promise((r) => setTimeout(r, this.cluster.lease_renew_ms / 2));
+    }
+  }
+
+  /** Bus.releaseSession. */
+  release(clientId: string): void {
+    this.scripts.ownerRelease(this.keys.owner(clientId), this.nodeId).catch((e) =>
+      log.warn`releasing ${clientId}: ${(e as Error).message}`
+    );
+  }
+
+  /** The bus stops: takeovers waiting for an answer stop waiting. */
+  stop(): void {
+    for (const r of this.releases.values()) r();
+  }
+
+  /** Kick and released entries from other nodes' takeovers (this node's inbox). */
+  readonly control: ControlHandler = (fields) => {
+    const type = fields.get("t");
+    const request = fields.get("q") ?? "";
+    if (type === "r") {
+      this.releases.get(request)?.();
+      return;
+    }
+    const clientId = fields.get("c");
+    const from = fields.get("f");
+    if (clientId === undefined || from === undefined) {
+      log.warn("skipping a kick entry without client id or sender");
+      return;
+    }
+    // Not awaited: closing the old connection must not hold up message delivery.
+    (async () => {
+      try {
+        // A kick without a claim number (an older node) never beats a claim in progress here.
+        await this.takenOver(clientId, Number(fields.get("e")) || 0);
+      } catch (e) {
+        log.warn`handing over ${clientId} to ${from}: ${(e as Error).message}`;
+      }
+      await this.writer.control(from, { t: "r", q: request });
+    })().catch((e) => log.warn`replying to a kick from ${from}: ${(e as Error).message}`);
+  };
+
+  /** The kick a control entry of a dead node's inbox holds, or null. */
+  kickOf(fields: Map<string, string>): Kick | null {
+    const from = fields.get("f");
+    if (fields.get("t") !== "k" || from === undefined) return null;
+    return { from, request: fields.get("q") ?? "" };
+  }
+
+  /** Answers a kick the dead node it was sent to never answered. */
+  answer(kick: Kick): void {
+    this.writer.control(kick.from, { t: "r", q: kick.request }).catch(() => {});
+  }
+}

@@ -1,0 +1,484 @@
+/**
+ * A session's messages on their way to its client: QoS 1/2 messages in
+ * flight (with their packet ids) and queued behind the in-flight window, the
+ * retained streams of new subscriptions, the acknowledgements (PUBACK,
+ * PUBREC, PUBCOMP) that move them on, and the ids of messages completed
+ * lately, so a copy arriving from another node is not delivered twice. The
+ * rest of the session (identity, expiry, will, incoming QoS 2, what is
+ * stored) is `Session`'s (session.ts), which extends this class rather than
+ * holding a second object: memory per idle client counts.
+ */
+import type { Message } from "../protocol/message.ts";
+import type { Metrics } from "../ops/metrics.ts";
+import type { SessionState } from "../store/types.ts";
+import type { Journal } from "./journal.ts";
+import type { RetainedStream } from "./retained_stream.ts";
+import type { SessionLimits, SessionLink } from "./session_types.ts";
+import { toMessage } from "./stored.ts";
+
+/**
+ * Most retained messages one pump hands over (or skips) before yielding: the
+ * rest follow when the write completes, so a large stream is interleaved with
+ * every other client's traffic.
+ */
+const RETAINED_BATCH = 1024;
+
+const NO_IDS: readonly string[] = Object.freeze([]);
+
+interface Outgoing {
+  msg: Message;
+  packetId: number;
+  qos: 1 | 2;
+  retain: boolean;
+  subIds: readonly number[] | null;
+  /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP. */
+  released: boolean;
+}
+
+interface Queued {
+  msg: Message;
+  qos: 1 | 2;
+  retain: boolean;
+  subIds: readonly number[] | null;
+  /** Journal sequence number (0 when the session is not journaled). */
+  seq: number;
+}
+
+/** What of a stored session `SessionDelivery` writes and restores. */
+type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
+
+/**
+ * Every change goes through these methods, so a durable store sees it: while
+ * `journaled` says so, each one is also pushed to `journal`.
+ */
+export abstract class SessionDelivery {
+  link: SessionLink | null = null;
+  /** Where changes go when the store is durable; null otherwise. */
+  journal: Journal | null = null;
+
+  private inflight: Map<number, Outgoing> | null = null;
+  private queue: Queued[] = [];
+  private queueHead = 0;
+  /** Payload bytes of the queued messages. */
+  private queuedBytes = 0;
+  private nextPid = 1;
+  private nextSeq = 1;
+  /** Retained messages of new subscriptions still to send, oldest subscription first. */
+  private streams: RetainedStream[] | null = null;
+  /** A pump is scheduled for a stream that skipped a batch without writing. */
+  private resumeArmed = false;
+  /**
+   * Ids of the QoS 1/2 messages with a cluster id (`Message.id`) the client
+   * acknowledged last, oldest first: the last `dedupeWindow` of them count
+   * (the array grows to twice that, then drops the older half, so recording
+   * costs no copy per message). Null until the first one: a session on a
+   * single node never has any.
+   */
+  private recent: string[] | null = null;
+
+  constructor(
+    readonly clientId: string,
+    protected readonly limits: SessionLimits,
+    protected readonly metrics: Metrics,
+    protected readonly now: () => number = Date.now,
+  ) {}
+
+  /** True when changes must reach the store: journaled and outliving its connection. */
+  protected abstract get journaled(): boolean;
+
+  get inflightCount(): number {
+    return this.inflight === null ? 0 : this.inflight.size;
+  }
+
+  get queuedCount(): number {
+    return this.queue.length - this.queueHead;
+  }
+
+  deliver(msg: Message, qos: 0 | 1 | 2, retain: boolean, subIds: readonly number[] | null): void {
+    if (msg.expiresAt !== 0 && msg.expired(this.now())) {
+      this.metrics.droppedExpired++;
+      return;
+    }
+    const link = this.link;
+    if (qos === 0) {
+      // QoS 0 is not queued: offline or slow receivers miss it, which is what QoS 0 promises.
+      if (link === null || link.congested) this.metrics.droppedQos0++;
+      else if (link.sendPublish(msg, 0, retain, false, 0, subIds)) this.metrics.sentByQos[0]++;
+      return;
+    }
+    if (
+      link !== null && this.queueHead === this.queue.length &&
+      this.inflightCount < link.sendWindow && !link.congested
+    ) {
+      this.send(link, msg, qos, retain, subIds);
+    } else {
+      this.enqueue({ msg, qos, retain, subIds, seq: 0 });
+    }
+  }
+
+  /** Sends with a new packet id and keeps it in flight; false when the link refused it. */
+  private send(
+    link: SessionLink,
+    msg: Message,
+    qos: 1 | 2,
+    retain: boolean,
+    subIds: readonly number[] | null,
+  ): boolean {
+    const pid = this.allocatePacketId();
+    if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return false;
+    // Kept for a resend until acknowledged, so it must not point into a read buffer.
+    const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
+    (this.inflight ??= new Map()).set(pid, e);
+    if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
+    this.metrics.sentByQos[qos]++;
+    return true;
+  }
+
+  /**
+   * `pid` is no longer in flight; `id` is the cluster id of a message its
+   * client acknowledged ("" when it has none or was dropped unacknowledged):
+   * a shared store adds it to the session's recent ids in the same write, so
+   * a node that adopts the session after this one died knows it was
+   * completed (its copy may still wait in this node's inbox, not yet XACKed).
+   */
+  private inflightDone(pid: number, id = ""): void {
+    this.inflight!.delete(pid);
+    if (this.journaled) {
+      this.journal!.push({
+        type: "inflight-delete",
+        clientId: this.clientId,
+        packetId: pid,
+        id: this.limits.dedupeWindow === 0 ? "" : id,
+      });
+    }
+  }
+
+  /** The client acknowledged `e`: its id is remembered so another copy of it is dropped. */
+  private completed(e: Outgoing): void {
+    const id = e.msg.id;
+    if (id === "") return;
+    const max = this.limits.dedupeWindow;
+    if (max === 0) return;
+    const recent = this.recent ??= [];
+    recent.push(id);
+    if (recent.length >= 2 * max) this.recent = recent.slice(recent.length - max);
+  }
+
+  /**
+   * Ids of the messages the session holds (queued, in flight) or completed
+   * lately: a copy of one of them that arrives from another node (a session
+   * moving, a dead node's inbox) is a duplicate. Built when such copies are
+   * handed over, never per message.
+   */
+  knownIds(): Set<string> {
+    const known = new Set<string>();
+    for (const id of this.recentIds()) known.add(id);
+    if (this.inflight !== null) {
+      for (const e of this.inflight.values()) if (e.msg.id !== "") known.add(e.msg.id);
+    }
+    const q = this.queue;
+    for (let i = this.queueHead; i < q.length; i++) if (q[i].msg.id !== "") known.add(q[i].msg.id);
+    return known;
+  }
+
+  /**
+   * Delivers a copy that may already be here (`known`, from `knownIds`):
+   * false, and nothing delivered, when its id is known; else it is delivered
+   * and its id added to `known`. QoS 0 and messages without an id always go.
+   */
+  deliverOnce(
+    msg: Message,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    subIds: readonly number[] | null,
+    known: Set<string>,
+  ): boolean {
+    const id = msg.id;
+    if (id !== "" && qos !== 0) {
+      if (known.has(id)) {
+        this.metrics.duplicatesDropped++;
+        return false;
+      }
+      known.add(id);
+    }
+    this.deliver(msg, qos, retain, subIds);
+    return true;
+  }
+
+  /** The remembered ids of completed messages, oldest first (at most `dedupeWindow`). */
+  protected recentIds(): readonly string[] {
+    const r = this.recent;
+    if (r === null) return NO_IDS;
+    const max = this.limits.dedupeWindow;
+    return r.length > max ? r.slice(r.length - max) : r.slice();
+  }
+
+  private enqueue(q: Queued): void {
+    const limits = this.limits;
+    const size = q.msg.payload.length;
+    if (limits.maxQueued === 0) {
+      this.metrics.droppedQueueFull++;
+      return;
+    }
+    while (
+      this.queuedCount >= limits.maxQueued ||
+      (this.queuedCount > 0 && this.queuedBytes + size > limits.maxQueuedBytes)
+    ) {
+      this.metrics.droppedQueueFull++;
+      if (limits.dropPolicy === "newest") return;
+      const dropped = this.queue[this.queueHead];
+      this.queue[this.queueHead++] = undefined as unknown as Queued;
+      this.dequeued(dropped);
+    }
+    this.queuedBytes += size;
+    q.msg.own();
+    if (this.journaled) {
+      q.seq = this.nextSeq++;
+      this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
+    }
+    this.queue.push(q);
+  }
+
+  private dequeued(q: Queued): void {
+    this.queuedBytes -= q.msg.payload.length;
+    if (q.seq !== 0 && this.journaled) {
+      this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
+    }
+  }
+
+  private allocatePacketId(): number {
+    const inflight = this.inflight;
+    let pid = this.nextPid;
+    while (inflight !== null && inflight.has(pid)) pid = pid === 65535 ? 1 : pid + 1;
+    this.nextPid = pid === 65535 ? 1 : pid + 1;
+    return pid;
+  }
+
+  /** Sends queued messages while the window and the connection allow. */
+  pump(): void {
+    const link = this.link;
+    if (link === null) return;
+    const q = this.queue;
+    while (this.queueHead < q.length && this.inflightCount < link.sendWindow && !link.congested) {
+      const next = q[this.queueHead];
+      q[this.queueHead++] = undefined as unknown as Queued;
+      this.dequeued(next);
+      if (next.msg.expiresAt !== 0 && next.msg.expired(this.now())) {
+        this.metrics.droppedExpired++;
+        continue;
+      }
+      this.send(link, next.msg, next.qos, next.retain, next.subIds);
+    }
+    if (this.queueHead === q.length) {
+      // Every drain pumps: an empty queue is kept, not replaced by a new empty array.
+      if (q.length !== 0) {
+        this.queue = [];
+        this.queueHead = 0;
+      }
+      if (this.streams !== null) this.pumpRetained(link);
+    } else if (this.queueHead > 1024 && this.queueHead * 2 > q.length) {
+      this.queue = q.slice(this.queueHead);
+      this.queueHead = 0;
+    }
+  }
+
+  /** True when `pump` has something to send once there is room. */
+  private get waiting(): boolean {
+    return this.queueHead < this.queue.length || this.streams !== null;
+  }
+
+  /**
+   * Starts sending the retained messages of a new subscription, after any
+   * earlier stream of the session; a stream of the same subscription (it was
+   * subscribed again) is replaced, since the new one sends them all anew.
+   */
+  streamRetained(stream: RetainedStream): void {
+    this.stopRetained(stream.sub.key);
+    (this.streams ??= []).push(stream);
+    this.pump();
+  }
+
+  /** Stops the retained stream of subscription `key` (unsubscribed, replaced, revoked). */
+  stopRetained(key: string): void {
+    const streams = this.streams;
+    if (streams === null) return;
+    const i = streams.findIndex((s) => s.sub.key === key);
+    if (i < 0) return;
+    streams[i].cancel();
+    streams.splice(i, 1);
+    if (streams.length === 0) this.streams = null;
+  }
+
+  /**
+   * Hands over retained messages while the write buffer is below half its
+   * high-water mark and, for QoS 1/2, the in-flight window has room; at most
+   * RETAINED_BATCH per call. The next drain (or PUBACK) calls again.
+   */
+  private pumpRetained(link: SessionLink): void {
+    const streams = this.streams!;
+    const now = this.now();
+    let budget = RETAINED_BATCH;
+    let wrote = false;
+    while (streams.length > 0) {
+      const s = streams[0];
+      if (link.busy) return;
+      if (budget <= 0) break;
+      const msg = s.peek(now, budget);
+      if (msg === undefined) break;
+      if (msg === null) {
+        streams.shift();
+        continue;
+      }
+      budget--;
+      const qos = msg.qos < s.sub.qos ? msg.qos : s.sub.qos;
+      if (qos === 0) {
+        s.take();
+        if (link.sendPublish(msg, 0, true, false, 0, s.sub.idList)) {
+          this.metrics.sentByQos[0]++;
+          wrote = true;
+        }
+      } else {
+        if (this.inflightCount >= link.sendWindow) return;
+        s.take();
+        if (this.send(link, msg, qos, true, s.sub.idList)) wrote = true;
+      }
+    }
+    if (streams.length === 0) {
+      this.streams = null;
+    } else if (!wrote && !this.resumeArmed) {
+      // Nothing was written, so no drain will call back: come back after other work.
+      this.resumeArmed = true;
+      setTimeout(() => {
+        this.resumeArmed = false;
+        this.pump();
+      }, 0);
+    }
+  }
+
+  /** PUBACK from the client. */
+  onPuback(pid: number): void {
+    const e = this.inflight?.get(pid);
+    if (e === undefined || e.qos !== 1) return;
+    this.inflightDone(pid, e.msg.id);
+    this.completed(e);
+    if (this.waiting) this.pump();
+  }
+
+  /** PUBREC from the client; returns false when the packet id is unknown. */
+  onPubrec(pid: number, reasonCode: number): boolean {
+    const e = this.inflight?.get(pid);
+    if (e === undefined || e.qos !== 2) return false;
+    if (reasonCode >= 0x80) {
+      // The receiver refused the message: the flow ends here, no PUBREL.
+      this.inflightDone(pid, e.msg.id);
+      this.completed(e);
+      if (this.waiting) this.pump();
+      return true;
+    }
+    e.released = true;
+    const link = this.link;
+    if (this.journaled) {
+      this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
+      const written = this.journal!.ackWait;
+      if (written !== null) {
+        // PUBREL lets the client deliver and forget the packet id; a restart that did not know
+        // PUBREC came would resend the PUBLISH, which the client takes for a new message.
+        // (A failed write is logged by the journal; the flow goes on rather than stall.)
+        const send = () => {
+          if (this.link === link && this.inflight?.get(pid) === e) link?.sendPubrel(pid);
+        };
+        written.then(send, send);
+        return true;
+      }
+    }
+    link?.sendPubrel(pid);
+    return true;
+  }
+
+  /** PUBCOMP from the client. */
+  onPubcomp(pid: number): void {
+    const e = this.inflight?.get(pid);
+    if (e === undefined || !e.released) return;
+    this.inflightDone(pid, e.msg.id);
+    this.completed(e);
+    if (this.waiting) this.pump();
+  }
+
+  /**
+   * A connection (re)attached: resend what was unacknowledged, in order, with
+   * DUP set (PUBREL for released QoS 2), then send what was queued.
+   */
+  protected resend(link: SessionLink): void {
+    if (this.inflight !== null) {
+      const now = this.now();
+      for (const [pid, e] of this.inflight) {
+        if (e.released) {
+          link.sendPubrel(pid);
+        } else if (e.msg.expired(now)) {
+          this.inflightDone(pid);
+          this.metrics.droppedExpired++;
+        } else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
+          this.inflightDone(pid);
+        }
+      }
+    }
+    this.pump();
+  }
+
+  /** Drops every message held for delivery (the session ends). */
+  protected dropDeliveries(): void {
+    this.inflight = null;
+    this.queue = [];
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
+    this.streams = null;
+    this.recent = null;
+  }
+
+  /** The queued messages as a store keeps them, each with its journal sequence number. */
+  protected storedQueue(): SessionState["queue"] {
+    const queue: (Queued & { seq: number })[] = [];
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const q = this.queue[i];
+      if (q.seq === 0) q.seq = this.nextSeq++;
+      queue.push(q);
+    }
+    return queue;
+  }
+
+  /** The messages in flight as a store keeps them. */
+  protected storedInflight(): SessionState["inflight"] {
+    return this.inflight === null ? [] : [...this.inflight.values()];
+  }
+
+  /** Restores what `storedQueue`, `storedInflight` and `recentIds` saved. */
+  protected restoreDeliveries(state: DeliveryState): void {
+    this.queue = state.queue.map((q) => ({
+      msg: toMessage(q.msg),
+      qos: q.qos,
+      retain: q.retain,
+      subIds: q.subIds,
+      seq: q.seq,
+    }));
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    for (const q of this.queue) this.queuedBytes += q.msg.payload.length;
+    for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+    this.inflight = null;
+    for (const f of state.inflight) {
+      (this.inflight ??= new Map()).set(f.packetId, {
+        msg: toMessage(f.msg),
+        packetId: f.packetId,
+        qos: f.qos,
+        retain: f.retain,
+        subIds: f.subIds,
+        released: f.released,
+      });
+      if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
+    }
+    const max = this.limits.dedupeWindow;
+    const recent = state.recent ?? NO_IDS;
+    this.recent = recent.length === 0 || max === 0 ? null : recent.slice(-max);
+  }
+}
