@@ -143,6 +143,31 @@ export function collect(client: MqttClient): {
   };
 }
 
+/** What {@link collect} returns: the messages so far, `next()` and `none()`. */
+export type Inbox = ReturnType<typeof collect>;
+
+/**
+ * Connects an MQTT.js client (as {@link connectClient}), collects its messages
+ * in `inbox` from before the SUBACK (retained messages included) and subscribes
+ * it to `filter` at `qos`.
+ */
+export async function subscriber(
+  port: number,
+  filter: string | string[],
+  qos: 0 | 1 | 2,
+  opts: IClientOptions = {},
+): Promise<MqttClient & AsyncDisposable & { inbox: Inbox }> {
+  const client = await connectClient(port, opts);
+  const inbox = collect(client);
+  try {
+    await client.subscribeAsync(filter, { qos });
+  } catch (e) {
+    await endClient(client, true);
+    throw e;
+  }
+  return Object.assign(client, { inbox });
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
