@@ -7,15 +7,15 @@
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
 import {
-  collect,
   connectClient,
   delay,
+  expectSilence,
   type Packet,
   RawClient,
   startBroker,
+  subscriber,
 } from "../helpers/broker.ts";
 import { varint } from "../helpers/wire.ts";
-import { expectSilence } from "../helpers/broker.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -199,12 +199,18 @@ class ByteClient {
 
 // ---- packet-level helpers
 
-async function subscribe(c: RawClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
+async function subscribe(
+  c: RawClient,
+  filter: string,
+  qos: 0 | 1 | 2,
+  version: 4 | 5 = 5,
+): Promise<void> {
+  const options = version === 5 ? { nl: false, rap: false, rh: 0 } : {};
   await c.sendPacket({
     cmd: "subscribe",
     messageId: 1,
-    subscriptions: [{ topic: filter, qos, nl: false, rap: false, rh: 0 }],
-  }, 5);
+    subscriptions: [{ topic: filter, qos, ...options }],
+  }, version);
   assert.deepEqual((await c.expect("suback")).granted, [qos]);
 }
 
@@ -311,12 +317,7 @@ Deno.test("Topic Alias from the client: subscribers get the full topic name", as
   await subscribe(sub, "alias/#", 1);
   await using old = await RawClient.connect(b.port, 4);
   await old.handshake("old", 4);
-  await old.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "alias/#", qos: 0 }],
-  }, 4);
-  await old.expect("suback");
+  await subscribe(old, "alias/#", 0, 4);
 
   await using pub = await RawClient.connect(b.port, 5);
   const connack = await pub.handshake("pub", 5);
@@ -383,9 +384,7 @@ for (const alias of [0, 11]) {
   Deno.test(`Topic Alias ${alias} (maximum 10) is refused with DISCONNECT 0x94`, async () => {
     // [MQTT-3.3.2-8] 0 is never valid; [MQTT-3.3.2-10] nor is a value above the maximum.
     await using b = await startBroker();
-    await using bystander = await connectClient(b.port, { clientId: "bystander" });
-    const inbox = collect(bystander);
-    await bystander.subscribeAsync("alias/#", { qos: 1 });
+    await using bystander = await subscriber(b.port, "alias/#", 1, { clientId: "bystander" });
 
     await using c = await RawClient.connect(b.port, 5);
     await c.handshake("bad", 5);
@@ -402,7 +401,7 @@ for (const alias of [0, 11]) {
     await c.expectClosed();
 
     await bystander.publishAsync("alias/y", "fine", { qos: 1 });
-    assert.equal((await inbox.next()).payload, "fine");
+    assert.equal((await bystander.inbox.next()).payload, "fine");
   });
 }
 
@@ -426,9 +425,7 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
   // order, [MQTT-3.3.2-20] content type.
   await using b = await startBroker();
   await using bytes = await ByteClient.subscriber(b.port, "bytes", "props/#");
-  await using js = await connectClient(b.port, { clientId: "js" });
-  const inbox = collect(js);
-  await js.subscribeAsync("props/#", { qos: 1 });
+  await using js = await subscriber(b.port, "props/#", 1, { clientId: "js" });
 
   await using pub = await RawClient.connect(b.port, 5);
   await pub.handshake("pub", 5);
@@ -445,7 +442,7 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
   assert.deepEqual(others(raw.props), others(FORWARDED));
 
   // The same seen through an independent decoder.
-  const m = await inbox.next();
+  const m = await js.inbox.next();
   const p = m.packet.properties!;
   assert.equal(m.payload, "héllo");
   assert.equal(p.payloadFormatIndicator, true);
@@ -457,17 +454,13 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
 
 Deno.test("a 3.1.1 subscriber gets the same message without any MQTT 5 properties", async () => {
   await using b = await startBroker();
-  await using js = await connectClient(b.port, { clientId: "js311", protocolVersion: 4 });
-  const inbox = collect(js);
-  await js.subscribeAsync("props/#", { qos: 1 });
+  await using js = await subscriber(b.port, "props/#", 1, {
+    clientId: "js311",
+    protocolVersion: 4,
+  });
   await using raw = await RawClient.connect(b.port, 4);
   await raw.handshake("raw311", 4);
-  await raw.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "props/#", qos: 1 }],
-  }, 4);
-  await raw.expect("suback");
+  await subscribe(raw, "props/#", 1, 4);
 
   await using pub = await RawClient.connect(b.port, 5);
   await pub.handshake("pub", 5);
@@ -479,7 +472,7 @@ Deno.test("a 3.1.1 subscriber gets the same message without any MQTT 5 propertie
   const p = await raw.expect("publish");
   assert.equal(p.topic, "props/a");
   assert.equal(text(p), "héllo");
-  const m = await inbox.next();
+  const m = await js.inbox.next();
   assert.equal(m.payload, "héllo");
   assert.equal(m.packet.properties, undefined);
 });
