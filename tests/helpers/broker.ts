@@ -172,6 +172,15 @@ export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** Closes a connection that the other side may have closed already. */
+export function closeQuietly(conn: { close(): void }): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
+}
+
 /** A decoded packet from the raw client (mqtt-packet's representation). */
 export type Packet = mqttPacket.Packet;
 
@@ -323,11 +332,7 @@ export class RawClient {
   }
 
   close(): void {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

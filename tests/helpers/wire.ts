@@ -25,6 +25,18 @@ export function varint(n: number): number[] {
   return out;
 }
 
+/** The bytes of `parts`, one after the other, in a new array. */
+export function concatBytes(parts: (Uint8Array | number[])[]): Uint8Array {
+  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
+  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
+  let off = 0;
+  for (const a of arrays) {
+    out.set(a, off);
+    off += a.length;
+  }
+  return out;
+}
+
 /** A packet with a correct remaining length around `body`. */
 export function frame(header: number, body: number[]): Uint8Array {
   return new Uint8Array([header, ...varint(body.length), ...body]);

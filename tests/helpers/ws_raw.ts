@@ -4,7 +4,8 @@
  * close frame and the TCP end. Independent of the broker's transports.
  */
 import mqttPacket from "mqtt-packet";
-import { Arrivals, type Packet } from "./broker.ts";
+import { Arrivals, closeQuietly, type Packet } from "./broker.ts";
+import { concatBytes } from "./wire.ts";
 
 const enc = new TextEncoder();
 
@@ -54,7 +55,7 @@ export class RawWsClient {
     for (;;) {
       const n = await conn.read(buf);
       if (n === null) throw new Error("closed during the WebSocket upgrade");
-      head = concat(head, buf.subarray(0, n));
+      head = concatBytes([head, buf.subarray(0, n)]);
       const text = new TextDecoder().decode(head);
       const end = text.indexOf("\r\n\r\n");
       if (end >= 0) {
@@ -81,7 +82,7 @@ export class RawWsClient {
 
   /** Parses server frames (unmasked) out of the stream. */
   private consume(chunk: Uint8Array): void {
-    let b = this.pending = concat(this.pending, chunk);
+    let b = this.pending = concatBytes([this.pending, chunk]);
     for (;;) {
       if (b.length < 2) break;
       let len = b[1] & 0x7f;
@@ -153,11 +154,7 @@ export class RawWsClient {
   }
 
   close(): void {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -182,15 +179,7 @@ export function frameHeader(length: number, opcode = 0x2, fin = true): Uint8Arra
 
 /** A whole masked binary frame around `payload`. */
 export function frame(payload: Uint8Array): Uint8Array {
-  return concat(frameHeader(payload.length), payload);
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b.slice();
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
+  return concatBytes([frameHeader(payload.length), payload]);
 }
 
 export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
 import {
+  closeQuietly,
   connectClient,
   delay,
   expectSilence,
@@ -15,7 +16,7 @@ import {
   startBroker,
   subscriber,
 } from "../helpers/broker.ts";
-import { varint } from "../helpers/wire.ts";
+import { concatBytes, varint } from "../helpers/wire.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -24,21 +25,10 @@ const dec = new TextDecoder();
 
 // ---- byte-level helpers: a PUBLISH built and read by hand, to see property order
 
-function concat(parts: (Uint8Array | number[])[]): Uint8Array {
-  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
-  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
-  let off = 0;
-  for (const a of arrays) {
-    out.set(a, off);
-    off += a.length;
-  }
-  return out;
-}
-
 /** A length-prefixed string or binary field. */
 function field(v: string | number[]): Uint8Array {
   const bytes = typeof v === "string" ? enc.encode(v) : new Uint8Array(v);
-  return concat([[bytes.length >> 8, bytes.length & 0xff], bytes]);
+  return concatBytes([[bytes.length >> 8, bytes.length & 0xff], bytes]);
 }
 
 /** One property: identifier and its encoded value. */
@@ -52,15 +42,15 @@ function publishBytes(
   props: Prop[],
   payload: Uint8Array,
 ): Uint8Array {
-  const propBytes = concat(props.map(([id, v]) => concat([[id], v])));
-  const body = concat([
+  const propBytes = concatBytes(props.map(([id, v]) => concatBytes([[id], v])));
+  const body = concatBytes([
     field(topic),
     qos > 0 ? [packetId >> 8, packetId & 0xff] : [],
     varint(propBytes.length),
     propBytes,
     payload,
   ]);
-  return concat([[0x30 | (qos << 1)], varint(body.length), body]);
+  return concatBytes([[0x30 | (qos << 1)], varint(body.length), body]);
 }
 
 function readVarint(b: Uint8Array, i: number): [value: number, next: number] {
@@ -142,7 +132,7 @@ class ByteClient {
       for (;;) {
         const n = await this.conn.read(chunk);
         if (n === null) break;
-        this.buf = concat([this.buf, chunk.subarray(0, n)]);
+        this.buf = concatBytes([this.buf, chunk.subarray(0, n)]);
         this.wake?.();
       }
     } catch {
@@ -188,11 +178,7 @@ class ByteClient {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
     await this.done;
   }
 }
@@ -410,13 +396,13 @@ for (const alias of [0, 11]) {
 /** The MQTT 5 properties the broker must pass through unchanged, in a chosen order. */
 const FORWARDED: Prop[] = [
   [0x01, new Uint8Array([1])],
-  [0x26, concat([field("k"), field("1")])],
+  [0x26, concatBytes([field("k"), field("1")])],
   [0x03, field("text/plain; charset=utf-8")],
-  [0x26, concat([field("z"), field("2")])],
+  [0x26, concatBytes([field("z"), field("2")])],
   [0x08, field("replies/42")],
-  [0x26, concat([field("k"), field("3")])],
+  [0x26, concatBytes([field("k"), field("3")])],
   [0x09, field([0, 1, 2, 0xfe, 0xff])],
-  [0x26, concat([field("k"), field("1")])],
+  [0x26, concatBytes([field("k"), field("1")])],
 ];
 
 Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and User Properties arrive unchanged", async () => {
