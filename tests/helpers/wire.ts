@@ -3,6 +3,7 @@
  * hand-made bytes must not share the code it is testing.
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { collect, connectClient, endClient } from "./broker.ts";
 
 const enc = new TextEncoder();
@@ -28,13 +29,8 @@ export function varint(n: number): number[] {
 /** The bytes of `parts`, one after the other, in a new array. */
 export function concatBytes(parts: (Uint8Array | number[])[]): Uint8Array {
   const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
-  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
-  let off = 0;
-  for (const a of arrays) {
-    out.set(a, off);
-    off += a.length;
-  }
-  return out;
+  // Copied out of Buffer.concat's (possibly pooled) Buffer: callers compare plain Uint8Arrays.
+  return new Uint8Array(Buffer.concat(arrays));
 }
 
 /** A packet with a correct remaining length around `body`. */
