@@ -9,6 +9,7 @@ import {
   connectClient,
   delay,
   endClient,
+  type Inbox,
   type Received,
   startBroker,
   subscriber,
@@ -39,7 +40,7 @@ async function withAcl<T>(fn: (path: string) => Promise<T>): Promise<T> {
 
 /** Waits for a message on `topic` (skipping others) and returns it with its arrival time. */
 async function nextOn(
-  got: ReturnType<typeof collect>,
+  got: Inbox,
   topic: string,
   timeoutMs = 4000,
 ): Promise<Received & { at: number }> {
