@@ -12,17 +12,17 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import {
   collect,
   connectClient,
+  type Inbox,
   RawClient,
   startBroker,
   startSecureBroker,
+  subscriber,
 } from "../helpers/broker.ts";
-import { haveBinary, makeTestPki } from "../helpers/certs.ts";
+import { clientTls, haveBinary, makeTestPki } from "../helpers/certs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-policy-test-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
 const pki = await makeTestPki(join(dir, "pki"));
-
-const read = (path: string) => Deno.readTextFileSync(path);
 
 async function writeFile(name: string, text: string): Promise<string> {
   const path = join(dir, name);
@@ -77,13 +77,7 @@ async function grantedFor(client: MqttClient, filter: string): Promise<number> {
 
 /** MQTT.js options for mqtts with `client`'s certificate. */
 function mqtts(client: CertFiles, clientId: string) {
-  return {
-    protocol: "mqtts" as const,
-    clientId,
-    ca: read(pki.ca.cert),
-    cert: read(client.cert),
-    key: read(client.key),
-  };
+  return { protocol: "mqtts" as const, clientId, ...clientTls(pki, client) };
 }
 
 /** A TLS-only secure broker with the users/%u ACL and `identity` mapping. */
@@ -108,15 +102,13 @@ async function reasonOf(p: Promise<unknown>): Promise<number | "ok"> {
 Deno.test("identity cn: alice's certificate may publish under users/alice, not users/bob", async () => {
   await using b = await identityBroker("cn");
   // A username and password sent along do not override the certificate's identity.
-  await using alice = await connectClient(b.tlsPort, {
+  await using alice = await subscriber(b.tlsPort, "users/alice/#", 1, {
     ...mqtts(pki.alice, "alice-1"),
     username: "bob",
     password: "bob-secret",
   });
-  const inbox = collect(alice);
-  await alice.subscribeAsync("users/alice/#", { qos: 1 });
   await alice.publishAsync("users/alice/x", "mine", { qos: 1 });
-  assert.equal((await inbox.next()).topic, "users/alice/x");
+  assert.equal((await alice.inbox.next()).topic, "users/alice/x");
   assert.equal(await reasonOf(alice.publishAsync("users/bob/x", "not mine", { qos: 1 })), 0x87);
   assert.equal(await grantedFor(alice, "users/bob/#"), 0x87);
 });
@@ -131,7 +123,7 @@ Deno.test("identity san: bob's identity is his email address", async () => {
 });
 
 Deno.test("identity fingerprint: the SHA-256 of the certificate's DER in hex", async () => {
-  const pem = read(pki.alice.cert);
+  const pem = Deno.readTextFileSync(pki.alice.cert);
   const der = Buffer.from(pem.replace(/-----[^-]+-----/g, "").replace(/\s/g, ""), "base64");
   const fingerprint = createHash("sha256").update(der).digest("hex");
   if (await haveBinary("openssl")) {
@@ -204,8 +196,7 @@ Deno.test("with optional client certificates an unverified certificate names nob
         protocol: transport,
         path: "/mqtt",
         clientId: `${name}-${transport}`,
-        ca: read(pki.ca.cert),
-        ...(files ? { cert: read(files.cert), key: read(files.key) } : {}),
+        ...clientTls(pki, files),
       };
       await using c = await connectClient(port, opts);
       const own = await reasonOf(c.publishAsync(`users/${name}/x`, "m", { qos: 1 }));
@@ -278,7 +269,7 @@ Deno.test("no credentials are refused with 0x87 (MQTT 5) / 5 (3.1.1)", async () 
 
 Deno.test("a failed login with a live session's client id does not take the session over", async () => {
   await using b = await passwordBroker();
-  await using owner = await connectClient(b.port, {
+  await using owner = await subscriber(b.port, "users/alice/inbox", 1, {
     clientId: "victim",
     clean: false,
     properties: { sessionExpiryInterval: 300 },
@@ -286,8 +277,6 @@ Deno.test("a failed login with a live session's client id does not take the sess
   });
   let ownerClosed = false;
   owner.on("close", () => ownerClosed = true);
-  const inbox = collect(owner);
-  await owner.subscribeAsync("users/alice/inbox", { qos: 1 });
 
   for (const version of [5, 4] as const) {
     for (const extra of [{ username: "alice", password: Buffer.from("guess") }, {}]) {
@@ -311,7 +300,7 @@ Deno.test("a failed login with a live session's client id does not take the sess
 
   await using sender = await connectClient(b.port, { clientId: "sender", ...credentials("bob") });
   await sender.publishAsync("users/alice/inbox", "still yours", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "still yours");
+  assert.equal((await owner.inbox.next()).payload, "still yours");
   assert.equal(ownerClosed, false);
   assert.ok(owner.connected);
 });
@@ -325,12 +314,16 @@ function aclBroker() {
   });
 }
 
-/** An admin client that sees every topic; `next()` returns the topics that arrive. */
-async function watcher(port: number) {
-  const client = await connectClient(port, { clientId: "watcher", ...credentials("admin") });
-  const inbox = collect(client);
-  await client.subscribeAsync("#", { qos: 1 });
-  return Object.assign(client, { inbox });
+/** An admin client that sees every topic in its `inbox`. */
+function watcher(port: number) {
+  return subscriber(port, "#", 1, { clientId: "watcher", ...credentials("admin") });
+}
+
+/** bob on a raw connection, to publish where the ACL does not let him. */
+async function rawBob(port: number, version: 4 | 5): Promise<RawClient> {
+  const bob = await RawClient.connect(port, version);
+  await bob.handshake("bob-pub", version, credentials("bob"));
+  return bob;
 }
 
 /**
@@ -339,7 +332,7 @@ async function watcher(port: number) {
  * message would arrive first.
  */
 async function assertOnlyMarkerArrives(
-  w: Awaited<ReturnType<typeof watcher>>,
+  w: { inbox: Inbox },
   publisher: RawClient,
   version: 4 | 5,
   marker: string,
@@ -349,45 +342,22 @@ async function assertOnlyMarkerArrives(
   assert.equal(m.topic, marker, `a refused message leaked: ${m.topic}`);
 }
 
-Deno.test("MQTT 5: a denied QoS 1 publish gets PUBACK 0x87 and is not delivered", async () => {
-  await using b = await aclBroker();
-  await using w = await watcher(b.port);
-  await using bob = await RawClient.connect(b.port, 5);
-  await bob.handshake("bob-pub", 5, credentials("bob"));
-  await bob.sendPacket({
-    cmd: "publish",
-    topic: "users/alice/x",
-    payload: "no",
-    qos: 1,
-    messageId: 7,
+for (const [qos, answer, messageId] of [[1, "puback", 7], [2, "pubrec", 8]] as const) {
+  Deno.test(`MQTT 5: a denied QoS ${qos} publish gets ${answer.toUpperCase()} 0x87 and is not delivered`, async () => {
+    await using b = await aclBroker();
+    await using w = await watcher(b.port);
+    await using bob = await rawBob(b.port, 5);
+    await bob.sendPacket({ cmd: "publish", topic: "users/alice/x", payload: "no", qos, messageId });
+    const ack = await bob.expect(answer);
+    assert.deepEqual([ack.messageId, ack.reasonCode], [messageId, 0x87]);
+    await assertOnlyMarkerArrives(w, bob, 5, "users/bob/marker");
   });
-  const ack = await bob.expect("puback");
-  assert.deepEqual([ack.messageId, ack.reasonCode], [7, 0x87]);
-  await assertOnlyMarkerArrives(w, bob, 5, "users/bob/marker");
-});
-
-Deno.test("MQTT 5: a denied QoS 2 publish gets PUBREC 0x87 and is not delivered", async () => {
-  await using b = await aclBroker();
-  await using w = await watcher(b.port);
-  await using bob = await RawClient.connect(b.port, 5);
-  await bob.handshake("bob-pub", 5, credentials("bob"));
-  await bob.sendPacket({
-    cmd: "publish",
-    topic: "users/alice/x",
-    payload: "no",
-    qos: 2,
-    messageId: 8,
-  });
-  const rec = await bob.expect("pubrec");
-  assert.deepEqual([rec.messageId, rec.reasonCode], [8, 0x87]);
-  await assertOnlyMarkerArrives(w, bob, 5, "users/bob/marker");
-});
+}
 
 Deno.test("MQTT 3.1.1: a denied QoS 0 publish is dropped silently", async () => {
   await using b = await aclBroker();
   await using w = await watcher(b.port);
-  await using bob = await RawClient.connect(b.port, 4);
-  await bob.handshake("bob-pub", 4, credentials("bob"));
+  await using bob = await rawBob(b.port, 4);
   await bob.sendPacket({ cmd: "publish", topic: "users/alice/x", payload: "no", qos: 0 }, 4);
   await assertOnlyMarkerArrives(w, bob, 4, "users/bob/marker");
   // Still connected: 3.1.1 has no way to refuse, so the connection is not punished.
@@ -398,8 +368,7 @@ Deno.test("MQTT 3.1.1: a denied QoS 0 publish is dropped silently", async () => 
 Deno.test("MQTT 3.1.1: a denied QoS 1 publish is acknowledged but not delivered", async () => {
   await using b = await aclBroker();
   await using w = await watcher(b.port);
-  await using bob = await RawClient.connect(b.port, 4);
-  await bob.handshake("bob-pub", 4, credentials("bob"));
+  await using bob = await rawBob(b.port, 4);
   await bob.sendPacket(
     { cmd: "publish", topic: "users/alice/x", payload: "no", qos: 1, messageId: 9 },
     4,
@@ -411,22 +380,16 @@ Deno.test("MQTT 3.1.1: a denied QoS 1 publish is acknowledged but not delivered"
 
 Deno.test("a denied subscription gets SUBACK 0x87 (MQTT 5) / 0x80 (3.1.1)", async () => {
   await using b = await aclBroker();
-  await using v5 = await RawClient.connect(b.port, 5);
-  await v5.handshake("bob-5", 5, credentials("bob"));
-  await v5.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "users/bob/#", qos: 1 }, { topic: "users/alice/#", qos: 1 }],
-  });
-  assert.deepEqual((await v5.expect("suback")).granted, [1, 0x87]);
-  await using v4 = await RawClient.connect(b.port, 4);
-  await v4.handshake("bob-4", 4, credentials("bob"));
-  await v4.sendPacket({
-    cmd: "subscribe",
-    messageId: 2,
-    subscriptions: [{ topic: "users/bob/#", qos: 1 }, { topic: "users/alice/#", qos: 1 }],
-  }, 4);
-  assert.deepEqual((await v4.expect("suback")).granted, [1, 0x80]);
+  for (const [version, refused] of [[5, 0x87], [4, 0x80]] as const) {
+    await using bob = await RawClient.connect(b.port, version);
+    await bob.handshake(`bob-${version}`, version, credentials("bob"));
+    await bob.sendPacket({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: [{ topic: "users/bob/#", qos: 1 }, { topic: "users/alice/#", qos: 1 }],
+    }, version);
+    assert.deepEqual((await bob.expect("suback")).granted, [1, refused], `MQTT ${version}`);
+  }
 });
 
 Deno.test("per-user rules apply to that user only", async () => {

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { IDisconnectPacket, MqttClient } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import { collect, connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { collect, connectClient, delay, startBroker, subscriber } from "../helpers/broker.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-revocation-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
@@ -41,9 +41,10 @@ Deno.test("a reloaded ACL removes forbidden subscriptions, also from offline ses
   const acl = await write("acl-tighten", "pattern readwrite #\n");
   await using b = await startBroker({ auth: { acl_file: acl, allow_anonymous: true } });
   await using pub = await connectClient(b.port, { clientId: "pub", username: "ops" });
-  await using alice = await connectClient(b.port, { clientId: "alice", username: "alice" });
-  const aliceInbox = collect(alice);
-  await alice.subscribeAsync(["sensors/#", "other/#"], { qos: 1 });
+  await using alice = await subscriber(b.port, ["sensors/#", "other/#"], 1, {
+    clientId: "alice",
+    username: "alice",
+  });
   // carol has a persistent session and is offline during the reload.
   const persistent = {
     clientId: "carol",
@@ -60,8 +61,8 @@ Deno.test("a reloaded ACL removes forbidden subscriptions, also from offline ses
 
   await pub.publishAsync("sensors/x", "after", { qos: 1 }).catch(() => {});
   await pub.publishAsync("other/x", "still", { qos: 1 });
-  assert.equal((await aliceInbox.next()).topic, "other/x");
-  await aliceInbox.none(200);
+  assert.equal((await alice.inbox.next()).topic, "other/x");
+  await alice.inbox.none(200);
 
   // Loosen the ACL again: a removed subscription does not come back by itself.
   await Deno.writeTextFile(acl, "pattern readwrite #\n");
@@ -72,26 +73,24 @@ Deno.test("a reloaded ACL removes forbidden subscriptions, also from offline ses
   await pub.publishAsync("sensors/y", "later", { qos: 1 });
   await carolInbox.none(300);
   // It was removed, not merely filtered: alice's is gone as well.
-  await aliceInbox.none(0);
-  assert.equal(aliceInbox.messages.length, 1);
+  await alice.inbox.none(0);
+  assert.equal(alice.inbox.messages.length, 1);
 });
 
 Deno.test("a reloaded ACL that narrows a granted subscription filters it from then on", async () => {
   const acl = await write("acl-narrow", "pattern readwrite #\n");
   await using b = await startBroker({ auth: { acl_file: acl, allow_anonymous: true } });
   await using pub = await connectClient(b.port, { clientId: "pub", username: "ops" });
-  await using bob = await connectClient(b.port, { clientId: "bob", username: "bob" });
-  const inbox = collect(bob);
-  await bob.subscribeAsync("#", { qos: 1 });
+  await using bob = await subscriber(b.port, "#", 1, { clientId: "bob", username: "bob" });
   await pub.publishAsync("secret/a", "before", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "before");
+  assert.equal((await bob.inbox.next()).payload, "before");
 
   await Deno.writeTextFile(acl, "pattern readwrite #\nuser bob\ntopic deny secret/#\n");
   await b.broker.reload();
   await pub.publishAsync("secret/a", "after", { qos: 1 });
   await pub.publishAsync("public/a", "public", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "public");
-  await inbox.none(200);
+  assert.equal((await bob.inbox.next()).payload, "public");
+  await bob.inbox.none(200);
 });
 
 Deno.test("a removed or changed password disconnects its clients with 0x87; others stay", async () => {

@@ -6,7 +6,7 @@
  * members on several nodes delivers each message to exactly one of them.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay, type Received } from "../helpers/broker.ts";
+import { collect, connectClient, delay, type Received, subscriber } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { commandStats, skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -46,12 +46,8 @@ Deno.test({
     );
     const inboxes = subs.map(collect);
     await Promise.all(subs.map((s) => s.subscribeAsync("num/#", { qos: 1 })));
-    await using q0 = await connectClient(nodes[1].port, { clientId: "q0" });
-    const q0in = collect(q0);
-    await q0.subscribeAsync("num/#", { qos: 0 });
-    await using q2 = await connectClient(nodes[2].port, { clientId: "q2" });
-    const q2in = collect(q2);
-    await q2.subscribeAsync("exact/#", { qos: 2 });
+    await using q0 = await subscriber(nodes[1].port, "num/#", 0, { clientId: "q0" });
+    await using q2 = await subscriber(nodes[2].port, "exact/#", 2, { clientId: "q2" });
     // No sleep after SUBACK: the SUBACK waits until every node routes to the subscriber.
     const pubs = await Promise.all(
       nodes.map((n, i) => connectClient(n.port, { clientId: `pub-${i}` })),
@@ -73,7 +69,7 @@ Deno.test({
       );
       throw new Error(`${e.message}: ${JSON.stringify(seen)}`);
     });
-    const q2msg = await q2in.next(5000);
+    const q2msg = await q2.inbox.next(5000);
     await delay(300); // anything extra (duplicates) would show up now
     for (const [i, box] of inboxes.entries()) {
       assert.equal(box.messages.length, total, `subscriber ${i}: no duplicates`);
@@ -84,13 +80,13 @@ Deno.test({
       assert.ok(box.messages.every((m) => m.packet.qos === 1 && !m.packet.dup));
     }
     // The QoS 0 subscriber is downgraded; on loopback nothing is lost, so all arrive in order.
-    await eventually("QoS 0 subscriber has every message", () => q0in.messages.length >= total);
-    assert.ok(q0in.messages.every((m) => m.packet.qos === 0));
-    const q0seen = byPublisher(q0in.messages);
+    await eventually("QoS 0 subscriber has every message", () => q0.inbox.messages.length >= total);
+    assert.ok(q0.inbox.messages.every((m) => m.packet.qos === 0));
+    const q0seen = byPublisher(q0.inbox.messages);
     for (let p = 0; p < nodes.length; p++) assert.deepEqual(q0seen.get(`p${p}`), range(N));
     assert.equal(q2msg.payload, "once");
     assert.equal(q2msg.packet.qos, 2);
-    assert.equal(q2in.messages.length, 1);
+    assert.equal(q2.inbox.messages.length, 1);
     await Promise.all([...subs, ...pubs].map((c) => c.endAsync()));
   },
 });
@@ -101,19 +97,18 @@ Deno.test({
   async fn() {
     await using cluster = await TestCluster.start({ names: ["a", "b"] });
     const [a, b] = cluster.nodes;
-    await using localSub = await connectClient(a.port, { clientId: "local-sub" });
-    const localIn = collect(localSub);
-    await localSub.subscribeAsync("local/#", { qos: 1 });
-    await using remoteSub = await connectClient(b.port, { clientId: "remote-sub" });
-    const remoteIn = collect(remoteSub);
-    await remoteSub.subscribeAsync("wanted/#", { qos: 0 });
+    await using localSub = await subscriber(a.port, "local/#", 1, { clientId: "local-sub" });
+    await using remoteSub = await subscriber(b.port, "wanted/#", 0, { clientId: "remote-sub" });
     await using pub = await connectClient(a.port, { clientId: "pub" });
 
     await cluster.redis.command("CONFIG", "RESETSTAT");
     const N = 500;
     await Promise.all(range(N).map((i) => pub.publishAsync(`local/${i % 7}`, `${i}`, { qos: 1 })));
     await Promise.all(range(N).map((i) => pub.publishAsync(`nobody/${i}`, `${i}`, { qos: 1 })));
-    await eventually("local subscriber has its messages", () => localIn.messages.length >= N);
+    await eventually(
+      "local subscriber has its messages",
+      () => localSub.inbox.messages.length >= N,
+    );
     const quiet = await commandStats(cluster.redis);
     assert.equal(quiet.get("xadd") ?? 0, 0, "no XADD for topics only this node wants");
 
@@ -121,11 +116,14 @@ Deno.test({
     // one stream entry per turn (one XADD), not one per message.
     await cluster.redis.command("CONFIG", "RESETSTAT");
     for (let i = 0; i < N; i++) pub.publish(`wanted/${i % 3}`, `${i}`, { qos: 0 });
-    await eventually("remote subscriber has every message", () => remoteIn.messages.length >= N);
+    await eventually(
+      "remote subscriber has every message",
+      () => remoteSub.inbox.messages.length >= N,
+    );
     const busy = await commandStats(cluster.redis);
     const xadds = busy.get("xadd") ?? 0;
     assert.ok(xadds >= 1 && xadds <= N / 5, `${xadds} XADDs for ${N} forwarded messages`);
-    assert.deepEqual(remoteIn.messages.map((m) => Number(m.payload)), range(N));
+    assert.deepEqual(remoteSub.inbox.messages.map((m) => Number(m.payload)), range(N));
     console.log(`forwarding: ${N} messages in ${xadds} XADDs (${(N / xadds).toFixed(1)} per XADD)`);
   },
 });
@@ -147,9 +145,7 @@ Deno.test({
       const boxes = members.map(collect);
       await Promise.all(members.map((m) => m.subscribeAsync("$share/g/job/#", { qos: 1 })));
       // A plain subscriber on c sees every message, whatever the group does.
-      await using watcher = await connectClient(c.port, { clientId: "watch" });
-      const watched = collect(watcher);
-      await watcher.subscribeAsync("job/#", { qos: 1 });
+      await using watcher = await subscriber(c.port, "job/#", 1, { clientId: "watch" });
       const N = 200;
       const pubs = await Promise.all(
         [a, b, c].map((n, i) => connectClient(n.port, { clientId: `pub${i}` })),
@@ -159,7 +155,10 @@ Deno.test({
           Promise.all(range(N).map((k) => p.publishAsync(`job/${i}`, `p${i}:${k}`, { qos: 1 })))
         ),
       );
-      await eventually("the watcher saw every message", () => watched.messages.length >= 3 * N);
+      await eventually(
+        "the watcher saw every message",
+        () => watcher.inbox.messages.length >= 3 * N,
+      );
       await eventually(
         "the group got every message",
         () => boxes.reduce((n, b) => n + b.messages.length, 0) >= 3 * N,
@@ -190,9 +189,7 @@ Deno.test({
   async fn() {
     await using cluster = await TestCluster.start({ names: ["a", "b"] });
     const [a, b] = cluster.nodes;
-    await using sub = await connectClient(b.port, { clientId: "remote-sub" });
-    const box = collect(sub);
-    await sub.subscribeAsync("remote/#", { qos: 1 });
+    await using sub = await subscriber(b.port, "remote/#", 1, { clientId: "remote-sub" });
     await using pub = await connectClient(a.port, { clientId: "remote-pub" });
     // MQTT 5 PUBACK/PUBREC: 0x00 when someone cluster-wide matches, 0x10 when nobody does.
     // (MQTT.js resolves a publish with the PUBLISH it sent: the acknowledgement is read here.)
@@ -211,6 +208,6 @@ Deno.test({
     assert.equal(await reason("remote/1", 1), 0, "QoS 1 to a subscriber on the other node");
     assert.equal(await reason("remote/2", 2), 0, "QoS 2 to a subscriber on the other node");
     assert.equal(await reason("nobody/1", 1), 0x10, "QoS 1 nobody subscribes to");
-    await eventually("both reached the other node", () => box.messages.length >= 2, 10_000);
+    await eventually("both reached the other node", () => sub.inbox.messages.length >= 2, 10_000);
   },
 });

@@ -8,7 +8,7 @@
  * session resumed on the other node with Session Present and its queue.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, type Packet, RawClient } from "../helpers/broker.ts";
+import { connectClient, type Packet, RawClient, subscriber } from "../helpers/broker.ts";
 import { TestCluster } from "../helpers/cluster.ts";
 import {
   type RedisBackend,
@@ -29,22 +29,18 @@ async function behavesAsOne(cluster: TestCluster<RedisBackend>): Promise<void> {
   const [a, b] = cluster.nodes;
 
   // Cross-node delivery, QoS 0 and 1, in order.
-  await using sub = await connectClient(b.port, { clientId: "sub" });
-  const box = collect(sub);
-  await sub.subscribeAsync("m/#", { qos: 1 });
+  await using sub = await subscriber(b.port, "m/#", 1, { clientId: "sub" });
   await using pub = await connectClient(a.port, { clientId: "pub" });
   await pub.publishAsync("m/0", "zero", { qos: 0 });
   await pub.publishAsync("m/1", "one", { qos: 1 });
-  const got = [await box.next(5000), await box.next(5000)];
+  const got = [await sub.inbox.next(5000), await sub.inbox.next(5000)];
   assert.deepEqual(got.map((m) => `${m.topic}=${m.payload}`), ["m/0=zero", "m/1=one"]);
   assert.deepEqual(got.map((m) => m.packet.qos), [0, 1]);
 
   // Retained on a, seen by a later subscriber on b (acknowledged means stored).
   await pub.publishAsync("r/1", "kept", { qos: 1, retain: true });
-  await using late = await connectClient(b.port, { clientId: "late" });
-  const lateBox = collect(late);
-  await late.subscribeAsync("r/#", { qos: 1 });
-  const ret = await lateBox.next(5000);
+  await using late = await subscriber(b.port, "r/#", 1, { clientId: "late" });
+  const ret = await late.inbox.next(5000);
   assert.equal(`${ret.topic}=${ret.payload}`, "r/1=kept");
   assert.equal(ret.packet.retain, true);
 

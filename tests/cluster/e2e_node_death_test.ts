@@ -6,7 +6,7 @@
  * every message queued before and after the crash.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay, RawClient } from "../helpers/broker.ts";
+import { connectClient, delay, RawClient, subscriber } from "../helpers/broker.ts";
 import { eventually, FAST_LEASES, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -31,9 +31,7 @@ Deno.test({
   async fn() {
     await using cluster = await TestCluster.start({ names: ["a", "b", "c"] });
     const [a, b, c] = cluster.nodes;
-    await using watcher = await connectClient(c.port, { clientId: "watcher" });
-    const wills = collect(watcher);
-    await watcher.subscribeAsync("will/#", { qos: 1 });
+    await using watcher = await subscriber(c.port, "will/#", 1, { clientId: "watcher" });
     await using pub = await connectClient(c.port, { clientId: "pub" });
 
     // On a: a will without delay (clean session), a will with a 2 s delay (persistent), a will
@@ -60,16 +58,16 @@ Deno.test({
     // Acknowledged while a is dead but not yet known to be: these must not be lost either.
     for (let i = 20; i < 25; i++) await pub.publishAsync("q7/x", `m${i}`, { qos: 1 });
 
-    const first = await wills.next(10_000);
+    const first = await watcher.inbox.next(10_000);
     const w0At = Date.now() - killedAt;
     assert.equal(first.topic, "will/w0");
     // w3's client comes back (on b) before its Will Delay: its will must never be published.
     await using w3again = await connectClient(b.port, { clientId: "w3", ...PERSISTENT });
     assert.equal(w3again.connected, true);
-    const second = await wills.next(10_000);
+    const second = await watcher.inbox.next(10_000);
     const w2At = Date.now() - killedAt;
     assert.equal(second.topic, "will/w2");
-    await wills.none(2500); // no duplicate, and no w3 (its delay has passed by now)
+    await watcher.inbox.none(2500); // no duplicate, and no w3 (its delay has passed by now)
 
     const { renewMs, ttlMs } = FAST_LEASES;
     console.log(

@@ -11,7 +11,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { collect, connectClient, type Packet, RawClient } from "../helpers/broker.ts";
+import { connectClient, type Packet, RawClient, subscriber } from "../helpers/broker.ts";
 import { eventually, FAST_LEASES, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -54,9 +54,7 @@ Deno.test({
   async fn() {
     await using cluster = await TestCluster.start({ names: ["a", "b"] });
     const [a, b] = cluster.nodes;
-    await using watcher = await connectClient(b.port, { clientId: "watcher" });
-    const wills = collect(watcher);
-    await watcher.subscribeAsync("will/#", { qos: 1 });
+    await using watcher = await subscriber(b.port, "will/#", 1, { clientId: "watcher" });
     await using pub = await connectClient(b.port, { clientId: "pub" });
 
     // On a: a persistent subscriber with a delayed will, online; a clean client with a will.
@@ -89,8 +87,8 @@ Deno.test({
         await pub.publishAsync("q/x", `m${i}`, { qos: 1 });
         await new Promise((r) => setTimeout(r, 300));
       }
-      const firstWill = await wills.next(30_000);
-      const secondWill = await wills.next(30_000);
+      const firstWill = await watcher.inbox.next(30_000);
+      const secondWill = await watcher.inbox.next(30_000);
       const byTopic = new Map([firstWill, secondWill].map((w) => [w.topic, Date.now()]));
       assert.deepEqual([...byTopic.keys()].sort(), ["will/cl", "will/ps"]);
       assert.equal(firstWill.topic, "will/cl", "the will without delay comes first");
@@ -135,7 +133,7 @@ Deno.test({
         assert.equal(last?.reasonCode, 0x8e, "session taken over (by the cluster)");
       }
       // No will a second time, and the session on b is intact: nothing resent to ps2.
-      await wills.none(1000);
+      await watcher.inbox.none(1000);
       await pub.publishAsync("q/x", "m13", { qos: 1 });
       const live = await ps2.expect("publish", 10_000);
       assert.equal(text(live), "m13");
@@ -145,11 +143,9 @@ Deno.test({
 
       // a rejoined: it routes again both ways.
       await a.proc.waitFor(/cluster state resynchronised \(expelled\)/, 30_000);
-      await using onA = await connectClient(a.port, { clientId: "onA" });
-      const inA = collect(onA);
-      await onA.subscribeAsync("r/#", { qos: 1 });
+      await using onA = await subscriber(a.port, "r/#", 1, { clientId: "onA" });
       await pub.publishAsync("r/1", "to-a", { qos: 1 });
-      assert.equal((await inA.next(10_000)).payload, "to-a");
+      assert.equal((await onA.inbox.next(10_000)).payload, "to-a");
       await onA.publishAsync("q/x", "from-a", { qos: 1 });
       const fromA = await ps2.expect("publish", 10_000);
       assert.equal(text(fromA), "from-a");

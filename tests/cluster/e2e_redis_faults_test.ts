@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import type { MqttClient } from "mqtt";
-import { collect, connectClient, delay, RawClient, type Received } from "../helpers/broker.ts";
+import { connectClient, delay, RawClient, type Received, subscriber } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -84,9 +84,7 @@ Deno.test({
     await using cluster = await TestCluster.start({ names: ["a", "b"], aof: true });
     const [a, b] = cluster.nodes;
     const redis = cluster.redis;
-    await using sub = await connectClient(b.port, { clientId: "sub" });
-    const box = collect(sub);
-    await sub.subscribeAsync("blip/#", { qos: 2 });
+    await using sub = await subscriber(b.port, "blip/#", 2, { clientId: "sub" });
     await using pub = await connectClient(a.port, { clientId: "pub" });
     const N = 600;
     let faults = 0;
@@ -111,13 +109,13 @@ Deno.test({
     done = true;
     await faulting;
     await eventually("every acknowledged message arrived", () => {
-      const seen = received(box);
+      const seen = received(sub.inbox);
       return acked.every((i) => seen.has(i));
     }, 15_000).catch((e) => {
-      const seen = received(box);
+      const seen = received(sub.inbox);
       throw new Error(`${e.message}: missing ${acked.filter((i) => !seen.has(i)).slice(0, 20)}`);
     });
-    const seen = received(box);
+    const seen = received(sub.inbox);
     const dups = [...seen.values()].filter((c) => c > 1).length;
     console.log(
       `${N} messages, ${faults} Redis faults, ${refused} publishes refused and resent, ` +
@@ -135,15 +133,11 @@ Deno.test({
     await using cluster = await TestCluster.start({ names: ["a", "b"] });
     const [a, b] = cluster.nodes;
     const redis = cluster.redis;
-    await using subA = await connectClient(a.port, { clientId: "sub-a" });
-    const boxA = collect(subA);
-    await subA.subscribeAsync("local/#", { qos: 1 });
-    await using subB = await connectClient(b.port, { clientId: "sub-b" });
-    const boxB = collect(subB);
-    await subB.subscribeAsync("cross/#", { qos: 1 });
+    await using subA = await subscriber(a.port, "local/#", 1, { clientId: "sub-a" });
+    await using subB = await subscriber(b.port, "cross/#", 1, { clientId: "sub-b" });
     await using pubA = await connectClient(a.port, { clientId: "pub-a" });
     await pubA.publishAsync("cross/before", "before", { qos: 1 });
-    assert.equal((await boxB.next()).payload, "before");
+    assert.equal((await subB.inbox.next()).payload, "before");
 
     await redis.kill();
     // Local traffic goes on: QoS 0 and QoS 1 between clients of the same node.
@@ -153,9 +147,9 @@ Deno.test({
         `local publish ${i}`,
       );
     }
-    await eventually("local delivery while Redis is down", () => boxA.messages.length === 10);
+    await eventually("local delivery while Redis is down", () => subA.inbox.messages.length === 10);
     assert.deepEqual(
-      boxA.messages.map((m) => m.payload),
+      subA.inbox.messages.map((m) => m.payload),
       Array.from({ length: 10 }, (_, i) => `down-${i}`),
     );
     // A QoS 1 message for another node cannot be stored: refused, not acknowledged and lost.
@@ -183,7 +177,7 @@ Deno.test({
         );
         await eventually(
           "delivered",
-          () => boxB.messages.some((m) => m.topic === "cross/after"),
+          () => subB.inbox.messages.some((m) => m.topic === "cross/after"),
           500,
         );
         delivered = true;

@@ -17,7 +17,7 @@
 import assert from "node:assert/strict";
 import { Redis } from "ioredis";
 import { RedisStore } from "../../src/store/redis.ts";
-import { collect, connectClient, delay, type Packet, RawClient } from "../helpers/broker.ts";
+import { connectClient, delay, type Packet, RawClient, subscriber } from "../helpers/broker.ts";
 import { eventually, publishNumbered, TestCluster } from "../helpers/cluster.ts";
 import { RedisSentinelGroup, skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -85,9 +85,7 @@ async function failover(waitReplicas: number, downAfterMs: number): Promise<Outc
   await setup.sendPacket({ cmd: "disconnect" });
   await setup.expectClosed();
   // An online subscriber on b as well: live traffic must resume after the failover.
-  await using live = await connectClient(b.port, { clientId: "live" });
-  const liveBox = collect(live);
-  await live.subscribeAsync("f/#", { qos: 1 });
+  await using live = await subscriber(b.port, "f/#", 1, { clientId: "live" });
 
   await using pub = await connectClient(a.port, { clientId: "pub" });
   const N = 400;
@@ -126,7 +124,7 @@ async function failover(waitReplicas: number, downAfterMs: number): Promise<Outc
     await eventually(`${n.name} ready again`, async () => (await n.readiness()).status === 200);
   }
   // The online subscriber on b: what of the acknowledged messages reached it.
-  const liveSeen = () => new Set(liveBox.messages.map((m) => Number(m.payload)));
+  const liveSeen = () => new Set(live.inbox.messages.map((m) => Number(m.payload)));
   await eventually("live subscriber got every acknowledged message", () => {
     const seen = liveSeen();
     return result.acked.every((i) => seen.has(i));

@@ -4,7 +4,7 @@ import type { DeepPartial } from "../../src/config/schema.ts";
 import type { Config } from "../../src/config/schema.ts";
 import { incarnationId, RedisBus } from "../../src/cluster/redis_bus.ts";
 import { type RedisClusterGroup, RedisServer } from "../helpers/redis.ts";
-import type { ClusterUnderTest } from "./contract.ts";
+import { type ClusterUnderTest, RecordingHost } from "./contract.ts";
 
 /** Lease settings that notice a dead node in well under a second. */
 export const FAST_CLUSTER = {
@@ -59,4 +59,26 @@ export function redisCluster(
       await Promise.all(buses.map((b) => b.stop()));
     },
   };
+}
+
+/** Buses started on {@link RecordingHost}s, in order; `await using` stops them all. */
+export interface StartedBuses extends AsyncDisposable {
+  readonly buses: RedisBus[];
+  /** `hosts[i]` is what `buses[i]` delivered, and the nodes it was told are down. */
+  readonly hosts: RecordingHost[];
+}
+
+/** Starts each bus on a host of its own (one after the other, as nodes join). */
+export async function startBuses(buses: RedisBus[]): Promise<StartedBuses> {
+  const hosts = buses.map(() => new RecordingHost());
+  const stop = async () => {
+    await Promise.all(buses.map((b) => b.stop()));
+  };
+  try {
+    for (let i = 0; i < buses.length; i++) await buses[i].start(hosts[i]);
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { buses, hosts, [Symbol.asyncDispose]: stop };
 }

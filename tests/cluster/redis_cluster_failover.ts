@@ -9,7 +9,7 @@
  * what `/readyz` said meanwhile, and which acknowledged messages never came.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay } from "../helpers/broker.ts";
+import { connectClient, delay, subscriber } from "../helpers/broker.ts";
 import { type ClusterNode, eventually, publishNumbered, TestCluster } from "../helpers/cluster.ts";
 import { RedisClusterGroup, type RedisServer } from "../helpers/redis.ts";
 
@@ -79,9 +79,7 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
     ],
   });
   const [a, b] = cluster.nodes;
-  await using sub = await connectClient(b.port, { clientId: "fo-sub" });
-  const box = collect(sub);
-  await sub.subscribeAsync("fo/#", { qos: 1 });
+  await using sub = await subscriber(b.port, "fo/#", 1, { clientId: "fo-sub" });
   await using pub = await connectClient(a.port, { clientId: "fo-pub", reconnectPeriod: 0 });
 
   const N = 400;
@@ -128,7 +126,7 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
     );
     watching = false;
     await watcher;
-    const seen = () => new Set(box.messages.map((m) => Number(m.payload)));
+    const seen = () => new Set(sub.inbox.messages.map((m) => Number(m.payload)));
     await eventually(
       "every acknowledged message arrived",
       () => result.acked.every((i) => seen().has(i)),

@@ -6,7 +6,7 @@
  * with the same client id on the first node takes the session over (0x8E).
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, delay, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 
 Deno.test({
@@ -20,19 +20,15 @@ Deno.test({
   };
   await using a = await startBroker(cfg);
   await using b = await startBroker(cfg);
-  await using sub = await connectClient(b.port, { clientId: "s1" });
-  const inbox = collect(sub);
-  await sub.subscribeAsync("x/#", { qos: 1 });
+  await using sub = await subscriber(b.port, "x/#", 1, { clientId: "s1" });
   await using pub = await connectClient(a.port, { clientId: "p1" });
   await pub.publishAsync("x/1", "hello", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "hello");
+  assert.equal((await sub.inbox.next()).payload, "hello");
   // retained on a late subscriber of the other node
   await pub.publishAsync("r/1", "kept", { qos: 1, retain: true });
   await delay(100);
-  await using late = await connectClient(b.port, { clientId: "late" });
-  const li = collect(late);
-  await late.subscribeAsync("r/#", { qos: 1 });
-  assert.equal((await li.next()).payload, "kept");
+  await using late = await subscriber(b.port, "r/#", 1, { clientId: "late" });
+  assert.equal((await late.inbox.next()).payload, "kept");
   // session on a, resume on b with queued msg
   const p = await connectClient(a.port, {
     clientId: "pers",

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { ManualClock } from "../../mod.ts";
-import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, delay, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 
 /** Lets the broker run its reactions to a clock step (sockets, microtasks). */
 const settle = () => delay(30);
@@ -28,9 +28,10 @@ Deno.test("keep alive: DISCONNECT 0x8D only once 1.5 x keep alive has passed on 
 Deno.test("Will Delay: the will is published when the delay has passed, not before", async () => {
   const clock = new ManualClock();
   await using b = await startBroker({}, { clock });
-  await using watcher = await connectClient(b.port, { clientId: "watcher", keepalive: 0 });
-  const inbox = collect(watcher);
-  await watcher.subscribeAsync("wills/#", { qos: 1 });
+  await using watcher = await subscriber(b.port, "wills/#", 1, {
+    clientId: "watcher",
+    keepalive: 0,
+  });
   const w = await RawClient.connect(b.port, 5);
   await w.handshake("mortal", 5, {
     keepalive: 0,
@@ -46,9 +47,9 @@ Deno.test("Will Delay: the will is published when the delay has passed, not befo
   await w.send([0xe0, 0x01, 0x04]);
   await w.expectClosed();
   clock.advance(599_000);
-  await inbox.none(50);
+  await watcher.inbox.none(50);
   clock.advance(2_000);
-  assert.equal((await inbox.next()).payload, "bye");
+  assert.equal((await watcher.inbox.next()).payload, "bye");
 });
 
 Deno.test("Session Expiry: a session ends when its interval has passed on the clock", async () => {

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { MemorySink, MemoryStore } from "../../mod.ts";
-import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, delay, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
@@ -84,10 +84,8 @@ Deno.test("a broker on the same durable store resumes sessions, queues and retai
   assert.equal(after?.queue.length, 0);
   assert.deepEqual(after?.inflight.map((f) => [f.packetId, f.released, f.qos]), []);
   // The retained message survived, and the owner is still enforced after the restart.
-  await using late = await connectClient(b2.port, { clientId: "late" });
-  const inbox = collect(late);
-  await late.subscribeAsync("r/#", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "retained");
+  await using late = await subscriber(b2.port, "r/#", 1, { clientId: "late" });
+  assert.equal((await late.inbox.next()).payload, "retained");
   await assert.rejects(
     connectClient(b2.port, { clientId: "keeper", username: "eve", clean: false }),
     /Not authorized/i,

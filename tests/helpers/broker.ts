@@ -143,33 +143,109 @@ export function collect(client: MqttClient): {
   };
 }
 
+/** What {@link collect} returns: the messages so far, `next()` and `none()`. */
+export type Inbox = ReturnType<typeof collect>;
+
+/**
+ * Connects an MQTT.js client (as {@link connectClient}), collects its messages
+ * in `inbox` from before the SUBACK (retained messages included) and subscribes
+ * it to `filter` at `qos`.
+ */
+export async function subscriber(
+  port: number,
+  filter: string | string[],
+  qos: 0 | 1 | 2,
+  opts: IClientOptions = {},
+): Promise<MqttClient & AsyncDisposable & { inbox: Inbox }> {
+  const client = await connectClient(port, opts);
+  const inbox = collect(client);
+  try {
+    await client.subscribeAsync(filter, { qos });
+  } catch (e) {
+    await endClient(client, true);
+    throw e;
+  }
+  return Object.assign(client, { inbox });
+}
+
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Closes a connection that the other side may have closed already. */
+export function closeQuietly(conn: { close(): void }): void {
+  try {
+    conn.close();
+  } catch {
+    // already closed
+  }
 }
 
 /** A decoded packet from the raw client (mqtt-packet's representation). */
 export type Packet = mqttPacket.Packet;
 
 /**
+ * What a raw client has received and not read yet, in order: `take()` waits
+ * for the next item, or returns null once `end()` was called and none is left.
+ */
+export class Arrivals<T> {
+  private items: T[] = [];
+  private waiters: (() => void)[] = [];
+  private ended = false;
+
+  constructor(private readonly what: string) {}
+
+  push(item: T): void {
+    this.items.push(item);
+    this.wake();
+  }
+
+  /** Nothing more will arrive. */
+  end(): void {
+    this.ended = true;
+    this.wake();
+  }
+
+  /** The next item, or null at the end; throws after `timeoutMs`. */
+  async take(timeoutMs: number): Promise<T | null> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.items.length === 0) {
+      if (this.ended) return null;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${this.what}`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return this.items.shift()!;
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
+
+/**
  * A client on a raw socket: write exact bytes, read what the broker answers
  * decoded by mqtt-packet, and observe the close.
  */
 export class RawClient {
-  private packets: Packet[] = [];
-  private waiters: (() => void)[] = [];
+  private packets = new Arrivals<Packet>("a packet");
   private parser: ReturnType<typeof mqttPacket.parser>;
   closed = false;
   private closedPromise: Promise<void>;
 
   private constructor(private conn: Deno.TcpConn, protocolVersion: 3 | 4 | 5) {
     this.parser = mqttPacket.parser({ protocolVersion });
-    this.parser.on("packet", (p: Packet) => {
-      this.packets.push(p);
-      this.wake();
-    });
+    this.parser.on("packet", (p: Packet) => this.packets.push(p));
     this.parser.on("error", (e: Error) => {
       this.packets.push({ cmd: "parse-error", message: e.message } as unknown as Packet);
-      this.wake();
     });
     this.closedPromise = this.readLoop();
   }
@@ -177,12 +253,6 @@ export class RawClient {
   static async connect(port: number, protocolVersion: 3 | 4 | 5 = 5): Promise<RawClient> {
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
     return new RawClient(conn, protocolVersion);
-  }
-
-  private wake(): void {
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
   }
 
   private async readLoop(): Promise<void> {
@@ -197,7 +267,7 @@ export class RawClient {
       // reset by peer counts as closed
     }
     this.closed = true;
-    this.wake();
+    this.packets.end();
   }
 
   /** Sends raw bytes. */
@@ -215,21 +285,8 @@ export class RawClient {
   }
 
   /** The next packet from the broker, or null if the connection closed first. */
-  async next(timeoutMs = 3000): Promise<Packet | null> {
-    const deadline = Date.now() + timeoutMs;
-    while (this.packets.length === 0) {
-      if (this.closed) return null;
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error("timed out waiting for a packet");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return this.packets.shift()!;
+  next(timeoutMs = 3000): Promise<Packet | null> {
+    return this.packets.take(timeoutMs);
   }
 
   /** Waits for the next packet and checks its type. */
@@ -275,11 +332,7 @@ export class RawClient {
   }
 
   close(): void {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

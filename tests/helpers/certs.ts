@@ -69,6 +69,19 @@ async function probeBinary(name: string, versionArg: string): Promise<boolean> {
   return false;
 }
 
+/**
+ * The TLS options of a client of `pki` (node:tls, ws and MQTT.js take them alike): it trusts
+ * the test CA and presents `client`'s certificate, or none when `client` is undefined.
+ */
+export function clientTls(
+  pki: TestPki,
+  client: CertFiles | undefined,
+): { ca: string; cert?: string; key?: string } {
+  const ca = Deno.readTextFileSync(pki.ca.cert);
+  if (client === undefined) return { ca };
+  return { ca, cert: Deno.readTextFileSync(client.cert), key: Deno.readTextFileSync(client.key) };
+}
+
 /** Read a certificate and its key as PEM text. */
 export async function readPair(files: CertFiles): Promise<{ cert: string; key: string }> {
   const [cert, key] = await Promise.all([

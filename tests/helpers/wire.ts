@@ -3,6 +3,7 @@
  * hand-made bytes must not share the code it is testing.
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import { collect, connectClient, endClient } from "./broker.ts";
 
 const enc = new TextEncoder();
@@ -23,6 +24,13 @@ export function varint(n: number): number[] {
     out.push(b);
   } while (n > 0);
   return out;
+}
+
+/** The bytes of `parts`, one after the other, in a new array. */
+export function concatBytes(parts: (Uint8Array | number[])[]): Uint8Array {
+  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
+  // Copied out of Buffer.concat's (possibly pooled) Buffer: callers compare plain Uint8Arrays.
+  return new Uint8Array(Buffer.concat(arrays));
 }
 
 /** A packet with a correct remaining length around `body`. */

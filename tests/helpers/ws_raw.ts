@@ -4,7 +4,8 @@
  * close frame and the TCP end. Independent of the broker's transports.
  */
 import mqttPacket from "mqtt-packet";
-import type { Packet } from "./broker.ts";
+import { Arrivals, closeQuietly, type Packet } from "./broker.ts";
+import { concatBytes } from "./wire.ts";
 
 const enc = new TextEncoder();
 
@@ -21,8 +22,7 @@ export type WsEvent =
   | { kind: "end"; error?: string };
 
 export class RawWsClient {
-  private events: WsEvent[] = [];
-  private waiters: (() => void)[] = [];
+  private events = new Arrivals<WsEvent>("a WebSocket event");
   private parser = mqttPacket.parser({ protocolVersion: 5 });
   private pending: Uint8Array = new Uint8Array(0);
   /** Resolves when the socket ended (EOF or error). */
@@ -30,7 +30,7 @@ export class RawWsClient {
   private reading: boolean;
 
   private constructor(readonly conn: Deno.Conn, rest: Uint8Array, read: boolean) {
-    this.parser.on("packet", (p: Packet) => this.push({ kind: "packet", packet: p }));
+    this.parser.on("packet", (p: Packet) => this.events.push({ kind: "packet", packet: p }));
     this.reading = read;
     this.pending = rest;
     this.ended = read ? this.readLoop() : Promise.resolve();
@@ -55,7 +55,7 @@ export class RawWsClient {
     for (;;) {
       const n = await conn.read(buf);
       if (n === null) throw new Error("closed during the WebSocket upgrade");
-      head = concat(head, buf.subarray(0, n));
+      head = concatBytes([head, buf.subarray(0, n)]);
       const text = new TextDecoder().decode(head);
       const end = text.indexOf("\r\n\r\n");
       if (end >= 0) {
@@ -63,13 +63,6 @@ export class RawWsClient {
         return new RawWsClient(conn, head.subarray(end + 4), read);
       }
     }
-  }
-
-  private push(e: WsEvent): void {
-    this.events.push(e);
-    const w = this.waiters;
-    this.waiters = [];
-    for (const f of w) f();
   }
 
   private async readLoop(): Promise<void> {
@@ -81,15 +74,15 @@ export class RawWsClient {
         if (n === null) break;
         this.consume(buf.subarray(0, n));
       }
-      this.push({ kind: "end" });
+      this.events.push({ kind: "end" });
     } catch (e) {
-      this.push({ kind: "end", error: e instanceof Error ? e.name : String(e) });
+      this.events.push({ kind: "end", error: e instanceof Error ? e.name : String(e) });
     }
   }
 
   /** Parses server frames (unmasked) out of the stream. */
   private consume(chunk: Uint8Array): void {
-    let b = this.pending = concat(this.pending, chunk);
+    let b = this.pending = concatBytes([this.pending, chunk]);
     for (;;) {
       if (b.length < 2) break;
       let len = b[1] & 0x7f;
@@ -107,7 +100,7 @@ export class RawWsClient {
       const opcode = b[0] & 0x0f;
       const payload = b.subarray(off, off + len);
       if (opcode === 0x8) {
-        this.push({ kind: "close", code: len >= 2 ? (payload[0] << 8) | payload[1] : 1005 });
+        this.events.push({ kind: "close", code: len >= 2 ? (payload[0] << 8) | payload[1] : 1005 });
       } else if (opcode === 0x2 || opcode === 0x0) {
         this.parser.parse(Buffer.from(payload));
       }
@@ -119,19 +112,8 @@ export class RawWsClient {
   /** The next event (packet, close frame or end); throws after `timeoutMs`. */
   async next(timeoutMs = 3000): Promise<WsEvent> {
     if (!this.reading) throw new Error("this client does not read");
-    const deadline = Date.now() + timeoutMs;
-    while (this.events.length === 0) {
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error("timed out waiting for a WebSocket event");
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-    return this.events.shift()!;
+    // Never null: the stream's end is an event of its own, and end() is never called.
+    return (await this.events.take(timeoutMs))!;
   }
 
   /** Waits for an MQTT packet of type `cmd`. */
@@ -172,11 +154,7 @@ export class RawWsClient {
   }
 
   close(): void {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -201,15 +179,7 @@ export function frameHeader(length: number, opcode = 0x2, fin = true): Uint8Arra
 
 /** A whole masked binary frame around `payload`. */
 export function frame(payload: Uint8Array): Uint8Array {
-  return concat(frameHeader(payload.length), payload);
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b.slice();
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
+  return concatBytes([frameHeader(payload.length), payload]);
 }
 
 export async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

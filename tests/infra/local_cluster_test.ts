@@ -5,7 +5,7 @@
  * on the last, and Ctrl-C (SIGINT) stops every process, Redis included.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, freePort } from "../helpers/broker.ts";
+import { connectClient, freePort, subscriber } from "../helpers/broker.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 
@@ -62,12 +62,10 @@ Deno.test({
       }
       assert.match(out, new RegExp(`ports ${base}, ${base + 1}, ${base + 2}`));
       for (const n of [1, 2, 3]) assert.match(out, new RegExp(`\\[node-${n}\\] .*joined`));
-      await using sub = await connectClient(base + 2, { clientId: "readme-sub" });
-      const box = collect(sub);
-      await sub.subscribeAsync("demo/#", { qos: 1 });
+      await using sub = await subscriber(base + 2, "demo/#", 1, { clientId: "readme-sub" });
       await using pub = await connectClient(base, { clientId: "readme-pub" });
       await pub.publishAsync("demo/hello", "hello across nodes", { qos: 1 });
-      const m = await box.next(5000);
+      const m = await sub.inbox.next(5000);
       assert.equal(m.payload, "hello across nodes");
     } finally {
       child.kill("SIGINT");

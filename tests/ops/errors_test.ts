@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import type { Authenticator, Authorizer } from "../../mod.ts";
-import { collect, connectClient, endClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, endClient, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { metric, scrape, startOps } from "../helpers/ops.ts";
 
 /** An authorizer with a bug that only client "buggy" trips over. */
@@ -27,9 +27,7 @@ const buggyAuthenticator: Authenticator = {
 Deno.test("an exception in one connection's SUBSCRIBE closes only that connection with DISCONNECT 0x83", async () => {
   await using b = await startBroker({}, { authorizer: buggyAuthorizer });
   await using o = await startOps(b.broker);
-  const bystander = await connectClient(b.port, { clientId: "bystander" });
-  const got = collect(bystander);
-  await bystander.subscribeAsync("e/#", { qos: 1 });
+  const bystander = await subscriber(b.port, "e/#", 1, { clientId: "bystander" });
 
   await using buggy = await RawClient.connect(b.port, 5);
   await buggy.handshake("buggy");
@@ -45,7 +43,7 @@ Deno.test("an exception in one connection's SUBSCRIBE closes only that connectio
   // The broker and the other client carry on.
   const pub = await connectClient(b.port, { clientId: "publisher" });
   await pub.publishAsync("e/after", "still here", { qos: 1 });
-  assert.equal((await got.next()).payload, "still here");
+  assert.equal((await bystander.inbox.next()).payload, "still here");
   const m = await scrape(o.url);
   assert.equal(metric(m, "mcloudtt_internal_errors_total"), 1);
   assert.equal(metric(m, 'mcloudtt_disconnects_total{reason="0x83"}'), 1);

@@ -3,7 +3,7 @@
  */
 import assert from "node:assert/strict";
 import { runPasswdCommand } from "../../src/cli/passwd.ts";
-import { collect, connectClient, delay, endClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, delay, endClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { metric, parseMetrics, scrape, startOps } from "../helpers/ops.ts";
 
 /** A password file with one user, alice, in a temporary directory. */
@@ -38,15 +38,13 @@ Deno.test("/metrics counts connections, messages per QoS, bytes, subscriptions, 
   await using b = await startBroker({ auth: { password_file: pw.path, allow_anonymous: true } });
   await using o = await startOps(b.broker);
 
-  const sub = await connectClient(b.port, { clientId: "metrics-sub" });
-  const got = collect(sub);
-  await sub.subscribeAsync("m/#", { qos: 2 });
+  const sub = await subscriber(b.port, "m/#", 2, { clientId: "metrics-sub" });
   const pub = await connectClient(b.port, { clientId: "metrics-pub" });
   for (let i = 0; i < 19; i++) await pub.publishAsync("m/zero", `${i}`, { qos: 0 });
   await pub.publishAsync("m/kept", "retained", { qos: 0, retain: true });
   for (let i = 0; i < 5; i++) await pub.publishAsync("m/one", `${i}`, { qos: 1 });
   for (let i = 0; i < 3; i++) await pub.publishAsync("m/two", `${i}`, { qos: 2 });
-  for (let i = 0; i < 28; i++) await got.next();
+  for (let i = 0; i < 28; i++) await sub.inbox.next();
 
   await assert.rejects(
     connectClient(b.port, { clientId: "intruder", username: "alice", password: "wrong" }),

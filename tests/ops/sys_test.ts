@@ -9,8 +9,10 @@ import {
   connectClient,
   delay,
   endClient,
+  type Inbox,
   type Received,
   startBroker,
+  subscriber,
 } from "../helpers/broker.ts";
 import { startOps } from "../helpers/ops.ts";
 
@@ -38,7 +40,7 @@ async function withAcl<T>(fn: (path: string) => Promise<T>): Promise<T> {
 
 /** Waits for a message on `topic` (skipping others) and returns it with its arrival time. */
 async function nextOn(
-  got: ReturnType<typeof collect>,
+  got: Inbox,
   topic: string,
   timeoutMs = 4000,
 ): Promise<Received & { at: number }> {
@@ -110,24 +112,20 @@ Deno.test("$SYS topics arrive every sys_interval for a client the ACL allows, an
 Deno.test("with no ACL every client may read $SYS; a client cannot publish into $SYS", async () => {
   await using b = await startBroker();
   await using _o = await startOps(b.broker, 1);
-  const c = await connectClient(b.port, { clientId: "sys-anyone" });
-  const got = collect(c);
-  await c.subscribeAsync("$SYS/broker/#", { qos: 0 });
-  const v = await nextOn(got, "$SYS/broker/version");
+  const c = await subscriber(b.port, "$SYS/broker/#", 0, { clientId: "sys-anyone" });
+  const v = await nextOn(c.inbox, "$SYS/broker/version");
   assert.equal(v.payload, "mcloudtt version test");
   // A client's PUBLISH to $SYS is refused (0x87), so nobody can forge broker figures.
   await assert.rejects(c.publishAsync("$SYS/broker/version", "forged", { qos: 1 }));
   await delay(100);
-  assert.ok(!got.messages.some((m) => m.payload === "forged"));
+  assert.ok(!c.inbox.messages.some((m) => m.payload === "forged"));
   await endClient(c);
 });
 
 Deno.test("a wildcard subscription at the root does not receive $SYS topics", async () => {
   await using b = await startBroker();
   await using _o = await startOps(b.broker, 1);
-  const c = await connectClient(b.port, { clientId: "sys-hash" });
-  const got = collect(c);
-  await c.subscribeAsync("#", { qos: 0 });
-  await got.none(1500);
+  const c = await subscriber(b.port, "#", 0, { clientId: "sys-hash" });
+  await c.inbox.none(1500);
   await endClient(c);
 });

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import fc from "fast-check";
 import { Framer } from "../../src/protocol/framer.ts";
+import { concatBytes } from "../helpers/wire.ts";
 import { MqttError, ReasonCode } from "../../src/protocol/reason_codes.ts";
 
 interface Frame {
@@ -26,16 +27,6 @@ function packet(header: number, bodyLen: number, seed = 0): Uint8Array {
   out[0] = header;
   out.set(len, 1);
   for (let i = 0; i < bodyLen; i++) out[1 + len.length + i] = (i * 7 + seed) & 0xff;
-  return out;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let pos = 0;
-  for (const p of parts) {
-    out.set(p, pos);
-    pos += p.length;
-  }
   return out;
 }
 
@@ -91,7 +82,7 @@ const MIXED = [
   packet(0x30, 128, 4),
   packet(0xe0, 0),
 ];
-const MIXED_STREAM = concat(...MIXED);
+const MIXED_STREAM = concatBytes(MIXED);
 
 Deno.test("a stream cut into two chunks at every byte position yields the same packets", () => {
   const want = expected(MIXED);
@@ -113,7 +104,7 @@ Deno.test("a 3-byte remaining length split inside its varint is reassembled", ()
   // 16384 bytes of body need a 3-byte remaining length: 0x80 0x80 0x01.
   const big = packet(0x30, 16384, 9);
   assert.deepEqual(Array.from(big.subarray(1, 4)), [0x80, 0x80, 0x01]);
-  const stream = concat(packet(0xc0, 0), big, packet(0xc0, 0));
+  const stream = concatBytes([packet(0xc0, 0), big, packet(0xc0, 0)]);
   const want = expected([packet(0xc0, 0), big, packet(0xc0, 0)]);
   // Every cut inside the headers, plus some inside and at the end of the body.
   const positions = [0, 1, 2, 3, 4, 5, 6, 7, 100, stream.length - 3, stream.length - 2];
@@ -145,7 +136,7 @@ Deno.test("random cuts of a random packet stream yield the packets in order", ()
       fc.array(packetArb, { minLength: 1, maxLength: 6 }),
       fc.array(fc.nat(), { maxLength: 8 }),
       (packets, rawCuts) => {
-        const stream = concat(...packets);
+        const stream = concatBytes(packets);
         const cuts = [...new Set(rawCuts.map((c) => c % (stream.length + 1)))].sort((a, b) =>
           a - b
         );
@@ -160,7 +151,7 @@ Deno.test("random cuts of a random packet stream yield the packets in order", ()
 
 Deno.test("several packets in one chunk are all delivered, in order, without copying", () => {
   const f = new Framer(1024);
-  const chunk = concat(packet(0x30, 5, 1), packet(0xc0, 0), packet(0x40, 2, 2));
+  const chunk = concatBytes([packet(0x30, 5, 1), packet(0xc0, 0), packet(0x40, 2, 2)]);
   const seen: { header: number; start: number; end: number; same: boolean }[] = [];
   f.feed(chunk, (header, buf, start, end) => {
     seen.push({ header, start, end, same: buf === chunk });
@@ -175,7 +166,7 @@ Deno.test("several packets in one chunk are all delivered, in order, without cop
 
 Deno.test("a handler returning false stops framing the rest of the chunk", () => {
   const f = new Framer(1024);
-  const chunk = concat(packet(0xe0, 0), packet(0xc0, 0), packet(0xc0, 0));
+  const chunk = concatBytes([packet(0xe0, 0), packet(0xc0, 0), packet(0xc0, 0)]);
   const headers: number[] = [];
   f.feed(chunk, (header) => {
     headers.push(header);
@@ -243,7 +234,7 @@ Deno.test("an oversized packet after a good one in the same chunk is refused aft
   const headers: number[] = [];
   assertMqttError(
     () =>
-      f.feed(concat(packet(0xc0, 0), Uint8Array.of(0x30, 0x80, 0x01)), (h) => {
+      f.feed(concatBytes([packet(0xc0, 0), Uint8Array.of(0x30, 0x80, 0x01)]), (h) => {
         headers.push(h);
         return true;
       }),
@@ -262,7 +253,7 @@ Deno.test("a remaining length longer than 4 bytes is a malformed packet (0x81)",
   assertMqttError(() => frameAll(f, [Uint8Array.of(bad[4])]), ReasonCode.MalformedPacket);
   // Behind a good packet in the same chunk.
   assertMqttError(
-    () => frameAll(new Framer(2 ** 30), [concat(packet(0xc0, 0), bad)]),
+    () => frameAll(new Framer(2 ** 30), [concatBytes([packet(0xc0, 0), bad])]),
     ReasonCode.MalformedPacket,
   );
 });

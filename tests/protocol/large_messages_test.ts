@@ -5,7 +5,14 @@
  * themselves are checked with real clients.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay, endClient, startBroker } from "../helpers/broker.ts";
+import {
+  collect,
+  connectClient,
+  delay,
+  endClient,
+  startBroker,
+  subscriber,
+} from "../helpers/broker.ts";
 import { mib, peakRssOf, resetPeakRss, startBrokerProcess } from "../helpers/broker_process.ts";
 import { frame, str, varint } from "../helpers/wire.ts";
 
@@ -131,10 +138,8 @@ Deno.test("large payloads arrive intact on every path: forms, Subscription Ident
     const queued = await collect(back).next(10_000);
     assert.ok(Buffer.from(payload).equals(queued.packet.payload as Buffer), "queued intact");
     await endClient(back);
-    const late = await connectClient(b.port, { clientId: "late" });
-    const lateInbox = collect(late);
-    await late.subscribeAsync("big/+", { qos: 1 });
-    const r = await lateInbox.next(10_000);
+    const late = await subscriber(b.port, "big/+", 1, { clientId: "late" });
+    const r = await late.inbox.next(10_000);
     assert.equal(r.packet.retain, true);
     assert.ok(Buffer.from(payload).equals(r.packet.payload as Buffer), "retained intact");
     await endClient(late);

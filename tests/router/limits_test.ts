@@ -4,7 +4,7 @@
  * read from a broker in its own process; protocol answers from real clients.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { mib, startBrokerProcess } from "../helpers/broker_process.ts";
 import { frame, str, varint } from "../helpers/wire.ts";
 
@@ -126,9 +126,7 @@ Deno.test("retained messages on deep topics stop at max_retained_bytes with PUBA
 
 Deno.test("max_retained_messages: MQTT 5 gets PUBACK 0x97 and no delivery; 3.1.1 is delivered, not retained", async () => {
   await using b = await startBroker({ limits: { max_retained_messages: 2 } });
-  await using watcher = await connectClient(b.port, { clientId: "watcher" });
-  const seen = collect(watcher);
-  await watcher.subscribeAsync("r/#", { qos: 1 });
+  await using watcher = await subscriber(b.port, "r/#", 1, { clientId: "watcher" });
   await using v5 = await RawClient.connect(b.port, 5);
   await v5.handshake("pub5");
   const text = (s: string) => new TextEncoder().encode(s);
@@ -138,21 +136,22 @@ Deno.test("max_retained_messages: MQTT 5 gets PUBACK 0x97 and no delivery; 3.1.1
   const codes = [];
   for (let i = 0; i < 3; i++) codes.push(((await v5.expect("puback")).reasonCode as number) ?? 0);
   assert.deepEqual(codes, [0, 0, 0x97]);
-  assert.deepEqual([(await seen.next()).payload, (await seen.next()).payload], ["one", "two"]);
+  assert.deepEqual([(await watcher.inbox.next()).payload, (await watcher.inbox.next()).payload], [
+    "one",
+    "two",
+  ]);
   // Replacing a retained message, and clearing one, are allowed at the limit.
   await v5.send(publishBytes("r/1", text("uno"), 1, 4, true));
   assert.equal((await v5.expect("puback")).reasonCode ?? 0, 0);
-  assert.equal((await seen.next()).payload, "uno");
+  assert.equal((await watcher.inbox.next()).payload, "uno");
   // 3.1.1 cannot be told: the message is delivered, not retained.
   await using v4 = await connectClient(b.port, { clientId: "pub4", protocolVersion: 4 });
   await v4.publishAsync("r/4", "four", { qos: 1, retain: true });
-  assert.equal((await seen.next()).payload, "four");
-  await using late = await connectClient(b.port, { clientId: "late" });
-  const lateSeen = collect(late);
-  await late.subscribeAsync("r/#", { qos: 1 });
-  const got = [(await lateSeen.next()).payload, (await lateSeen.next()).payload].sort();
+  assert.equal((await watcher.inbox.next()).payload, "four");
+  await using late = await subscriber(b.port, "r/#", 1, { clientId: "late" });
+  const got = [(await late.inbox.next()).payload, (await late.inbox.next()).payload].sort();
   assert.deepEqual(got, ["two", "uno"]);
-  await lateSeen.none(200);
+  await late.inbox.none(200);
 });
 
 Deno.test("the match cache stays within match_cache_bytes: offline wildcard sessions and distinct topics", async () => {

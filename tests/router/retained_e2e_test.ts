@@ -11,12 +11,17 @@
 import assert from "node:assert/strict";
 import type { MqttClient } from "mqtt";
 import { Message } from "../../src/protocol/message.ts";
-import { collect, connectClient, type Received, startBroker } from "../helpers/broker.ts";
-import { receivedBefore } from "../helpers/broker.ts";
+import {
+  collect,
+  connectClient,
+  type Inbox,
+  type Received,
+  receivedBefore,
+  startBroker,
+  subscriber,
+} from "../helpers/broker.ts";
 
 const MARKER = "end";
-
-type Inbox = ReturnType<typeof collect>;
 
 /**
  * Subscribes `sub` to `filter` at `qos`, publishes the marker from `pub` and
@@ -71,13 +76,11 @@ Deno.test("a newer retained publish replaces the stored message [MQTT-3.3.1-5]",
 Deno.test("an empty retained publish clears the stored message and is still forwarded to current subscribers [MQTT-3.3.1-6, MQTT-3.3.1-7]", async () => {
   await using b = await startBroker();
   await using pub = await connectClient(b.port, { clientId: "pub" });
-  await using current = await connectClient(b.port, { clientId: "current" });
-  const currentIn = collect(current);
-  await current.subscribeAsync("r/t", { qos: 1 });
+  await using current = await subscriber(b.port, "r/t", 1, { clientId: "current" });
   await pub.publishAsync("r/t", "x", { qos: 1, retain: true });
   await pub.publishAsync("r/t", "", { qos: 1, retain: true });
-  assert.equal((await currentIn.next()).payload, "x");
-  const cleared = await currentIn.next();
+  assert.equal((await current.inbox.next()).payload, "x");
+  const cleared = await current.inbox.next();
   assert.deepEqual([cleared.topic, cleared.payload, cleared.packet.retain], ["r/t", "", false]);
   await using later = await connectClient(b.port, { clientId: "later" });
   assert.deepEqual(await retainedOnSubscribe(later, collect(later), pub, "r/#"), []);

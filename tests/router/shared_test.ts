@@ -14,16 +14,15 @@ import {
   collect,
   connectClient,
   delay,
+  type Inbox,
   RawClient,
   type Received,
+  receivedBefore,
   startBroker,
   type TestBroker,
 } from "../helpers/broker.ts";
-import { receivedBefore } from "../helpers/broker.ts";
 
 const MARKER = "end";
-
-type Inbox = ReturnType<typeof collect>;
 type Client = MqttClient & AsyncDisposable;
 
 /** Polls until `cond` holds (broker state changes after a socket event). */

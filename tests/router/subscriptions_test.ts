@@ -14,15 +14,15 @@ import { Message } from "../../src/protocol/message.ts";
 import {
   collect,
   connectClient,
+  type Inbox,
   RawClient,
   type Received,
+  receivedBefore,
   startBroker,
+  subscriber,
 } from "../helpers/broker.ts";
-import { receivedBefore } from "../helpers/broker.ts";
 
 const MARKER = "end";
-
-type Inbox = ReturnType<typeof collect>;
 
 /** The Subscription Identifiers of a received PUBLISH, sorted ([] for none). */
 function subIds(m: Received): number[] {
@@ -209,19 +209,17 @@ async function retainedSetup() {
   const b = await startBroker();
   const pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("rh/t", "kept", { qos: 1, retain: true });
-  const sub = await connectClient(b.port, { clientId: "sub" });
-  const inbox = collect(sub);
-  await sub.subscribeAsync(MARKER, { qos: 1 });
+  const sub = await subscriber(b.port, MARKER, 1, { clientId: "sub" });
   return {
     b,
     pub,
     sub,
-    inbox,
+    inbox: sub.inbox,
     /** Subscribes with `rh`, then returns what arrived before a marker. */
     async subscribe(filter: string, rh: 0 | 1 | 2): Promise<Received[]> {
       await sub.subscribeAsync(filter, { qos: 1, rh });
       await pub.publishAsync(MARKER, "", { qos: 1 });
-      return receivedBefore(inbox);
+      return receivedBefore(sub.inbox);
     },
     async [Symbol.asyncDispose]() {
       await sub[Symbol.asyncDispose]();
@@ -425,9 +423,7 @@ Deno.test("limits: a filter deeper or longer than the configured limits gets 0x8
 
 Deno.test("limits: MQTT 5 PUBLISH to a topic deeper or longer than the limits gets DISCONNECT 0x90, others keep working", async () => {
   await using b = await startBroker(LIMITS);
-  await using watcher = await connectClient(b.port, { clientId: "watcher" });
-  const inbox = collect(watcher);
-  await watcher.subscribeAsync("#", { qos: 0 });
+  await using watcher = await subscriber(b.port, "#", 0, { clientId: "watcher" });
   for (const topic of ["a/b/c/d", "y".repeat(21)]) {
     await using c = await RawClient.connect(b.port);
     await c.handshake("deep");
@@ -438,11 +434,11 @@ Deno.test("limits: MQTT 5 PUBLISH to a topic deeper or longer than the limits ge
     assert.equal(d.reasonCode, 0x90);
     await c.expectClosed();
   }
-  const got = [await inbox.next(), await inbox.next()];
+  const got = [await watcher.inbox.next(), await watcher.inbox.next()];
   assert.deepEqual(got.map((m) => m.payload), ["ok", "ok"]);
   await using pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("x/y", "still here", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "still here");
+  assert.equal((await watcher.inbox.next()).payload, "still here");
 });
 
 Deno.test("limits: MQTT 3.1.1 PUBLISH to a too-deep topic closes the connection", async () => {

@@ -4,8 +4,8 @@
  * broker's own Receive Maximum for incoming QoS 2.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, type Packet, RawClient, startBroker } from "../helpers/broker.ts";
-import { expectSilence } from "../helpers/broker.ts";
+import { connectClient, type Packet, RawClient, startBroker } from "../helpers/broker.ts";
+import { expectSilence, subscriber } from "../helpers/broker.ts";
 
 type Version = 4 | 5;
 type Fields = Packet & Record<string, unknown>;
@@ -126,9 +126,7 @@ Deno.test("Maximum Packet Size from the client: a larger message is skipped for 
   // Receive Maximum 1 shows the skipped QoS 1 message does not hold the only slot.
   await small.handshake("small", 5, { properties: { maximumPacketSize: 64, receiveMaximum: 1 } });
   await subscribe(small, 5, "size/#", 1);
-  await using big = await connectClient(b.port, { clientId: "big" });
-  const inbox = collect(big);
-  await big.subscribeAsync("size/#", { qos: 1 });
+  await using big = await subscriber(b.port, "size/#", 1, { clientId: "big" });
   await using pub = await connectClient(b.port, { clientId: "pub" });
 
   const large = "L".repeat(100);
@@ -137,7 +135,12 @@ Deno.test("Maximum Packet Size from the client: a larger message is skipped for 
   await pub.publishAsync("size/a", "fits-0", { qos: 0 });
   await pub.publishAsync("size/a", "fits-1", { qos: 1 });
 
-  const got = [await inbox.next(), await inbox.next(), await inbox.next(), await inbox.next()];
+  const got = [
+    await big.inbox.next(),
+    await big.inbox.next(),
+    await big.inbox.next(),
+    await big.inbox.next(),
+  ];
   assert.deepEqual(got.map((m) => m.payload), [large, large, "fits-0", "fits-1"]);
 
   assert.equal(text(await small.expect("publish")), "fits-0");
@@ -184,9 +187,7 @@ for (const policy of ["newest", "oldest"] as const) {
 
 Deno.test("more unreleased QoS 2 messages than the broker's Receive Maximum: DISCONNECT 0x93", async () => {
   await using b = await startBroker({ limits: { receive_maximum: 2 } });
-  await using other = await connectClient(b.port, { clientId: "other" });
-  const inbox = collect(other);
-  await other.subscribeAsync("rx/#", { qos: 1 });
+  await using other = await subscriber(b.port, "rx/#", 1, { clientId: "other" });
 
   await using c = await RawClient.connect(b.port, 5);
   const connack = await c.handshake("greedy", 5);
@@ -205,7 +206,7 @@ Deno.test("more unreleased QoS 2 messages than the broker's Receive Maximum: DIS
   assert.equal(d.reasonCode, 0x93);
   await c.expectClosed();
 
-  for (let i = 0; i < 3; i++) assert.equal((await inbox.next()).payload, "x");
+  for (let i = 0; i < 3; i++) assert.equal((await other.inbox.next()).payload, "x");
   await other.publishAsync("rx/b", "still working", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "still working");
+  assert.equal((await other.inbox.next()).payload, "still working");
 });

@@ -5,7 +5,7 @@
  * client between 1.5 s and about 2 s; bounds below leave room for a busy machine.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { delay, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 
 /** Lower bound for a 1 s keep alive: 1.5 s less clock slack. */
 const EARLIEST_MS = 1450;
@@ -49,9 +49,7 @@ Deno.test("a silent MQTT 5 client gets DISCONNECT 0x8D after 1.5 x keep alive, n
 Deno.test("a silent 3.1.1 client is closed without DISCONNECT after 1.5 x keep alive, and its will is published", async () => {
   await using b = await startBroker();
   const started = Date.now();
-  await using watcher = await connectClient(b.port, { clientId: "will-watcher" });
-  const inbox = collect(watcher);
-  await watcher.subscribeAsync("will/silent", { qos: 1 });
+  await using watcher = await subscriber(b.port, "will/silent", 1, { clientId: "will-watcher" });
   await using c = await RawClient.connect(b.port, 4);
   await offBeat(started);
   await c.handshake("silent311", 4, {
@@ -64,7 +62,7 @@ Deno.test("a silent 3.1.1 client is closed without DISCONNECT after 1.5 x keep a
   const waited = Date.now() - t0;
   assert.ok(waited >= EARLIEST_MS, `closed after ${waited} ms, before 1.5 x keep alive`);
   // "As if the network had failed": the will goes out.
-  const will = await inbox.next();
+  const will = await watcher.inbox.next();
   assert.equal(will.payload, "gone");
 });
 

@@ -7,15 +7,16 @@
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
 import {
-  collect,
+  closeQuietly,
   connectClient,
   delay,
+  expectSilence,
   type Packet,
   RawClient,
   startBroker,
+  subscriber,
 } from "../helpers/broker.ts";
-import { varint } from "../helpers/wire.ts";
-import { expectSilence } from "../helpers/broker.ts";
+import { concatBytes, varint } from "../helpers/wire.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -24,21 +25,10 @@ const dec = new TextDecoder();
 
 // ---- byte-level helpers: a PUBLISH built and read by hand, to see property order
 
-function concat(parts: (Uint8Array | number[])[]): Uint8Array {
-  const arrays = parts.map((p) => p instanceof Uint8Array ? p : new Uint8Array(p));
-  const out = new Uint8Array(arrays.reduce((n, a) => n + a.length, 0));
-  let off = 0;
-  for (const a of arrays) {
-    out.set(a, off);
-    off += a.length;
-  }
-  return out;
-}
-
 /** A length-prefixed string or binary field. */
 function field(v: string | number[]): Uint8Array {
   const bytes = typeof v === "string" ? enc.encode(v) : new Uint8Array(v);
-  return concat([[bytes.length >> 8, bytes.length & 0xff], bytes]);
+  return concatBytes([[bytes.length >> 8, bytes.length & 0xff], bytes]);
 }
 
 /** One property: identifier and its encoded value. */
@@ -52,15 +42,15 @@ function publishBytes(
   props: Prop[],
   payload: Uint8Array,
 ): Uint8Array {
-  const propBytes = concat(props.map(([id, v]) => concat([[id], v])));
-  const body = concat([
+  const propBytes = concatBytes(props.map(([id, v]) => concatBytes([[id], v])));
+  const body = concatBytes([
     field(topic),
     qos > 0 ? [packetId >> 8, packetId & 0xff] : [],
     varint(propBytes.length),
     propBytes,
     payload,
   ]);
-  return concat([[0x30 | (qos << 1)], varint(body.length), body]);
+  return concatBytes([[0x30 | (qos << 1)], varint(body.length), body]);
 }
 
 function readVarint(b: Uint8Array, i: number): [value: number, next: number] {
@@ -142,7 +132,7 @@ class ByteClient {
       for (;;) {
         const n = await this.conn.read(chunk);
         if (n === null) break;
-        this.buf = concat([this.buf, chunk.subarray(0, n)]);
+        this.buf = concatBytes([this.buf, chunk.subarray(0, n)]);
         this.wake?.();
       }
     } catch {
@@ -188,23 +178,25 @@ class ByteClient {
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
-    try {
-      this.conn.close();
-    } catch {
-      // already closed
-    }
+    closeQuietly(this.conn);
     await this.done;
   }
 }
 
 // ---- packet-level helpers
 
-async function subscribe(c: RawClient, filter: string, qos: 0 | 1 | 2): Promise<void> {
+async function subscribe(
+  c: RawClient,
+  filter: string,
+  qos: 0 | 1 | 2,
+  version: 4 | 5 = 5,
+): Promise<void> {
+  const options = version === 5 ? { nl: false, rap: false, rh: 0 } : {};
   await c.sendPacket({
     cmd: "subscribe",
     messageId: 1,
-    subscriptions: [{ topic: filter, qos, nl: false, rap: false, rh: 0 }],
-  }, 5);
+    subscriptions: [{ topic: filter, qos, ...options }],
+  }, version);
   assert.deepEqual((await c.expect("suback")).granted, [qos]);
 }
 
@@ -311,12 +303,7 @@ Deno.test("Topic Alias from the client: subscribers get the full topic name", as
   await subscribe(sub, "alias/#", 1);
   await using old = await RawClient.connect(b.port, 4);
   await old.handshake("old", 4);
-  await old.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "alias/#", qos: 0 }],
-  }, 4);
-  await old.expect("suback");
+  await subscribe(old, "alias/#", 0, 4);
 
   await using pub = await RawClient.connect(b.port, 5);
   const connack = await pub.handshake("pub", 5);
@@ -383,9 +370,7 @@ for (const alias of [0, 11]) {
   Deno.test(`Topic Alias ${alias} (maximum 10) is refused with DISCONNECT 0x94`, async () => {
     // [MQTT-3.3.2-8] 0 is never valid; [MQTT-3.3.2-10] nor is a value above the maximum.
     await using b = await startBroker();
-    await using bystander = await connectClient(b.port, { clientId: "bystander" });
-    const inbox = collect(bystander);
-    await bystander.subscribeAsync("alias/#", { qos: 1 });
+    await using bystander = await subscriber(b.port, "alias/#", 1, { clientId: "bystander" });
 
     await using c = await RawClient.connect(b.port, 5);
     await c.handshake("bad", 5);
@@ -402,7 +387,7 @@ for (const alias of [0, 11]) {
     await c.expectClosed();
 
     await bystander.publishAsync("alias/y", "fine", { qos: 1 });
-    assert.equal((await inbox.next()).payload, "fine");
+    assert.equal((await bystander.inbox.next()).payload, "fine");
   });
 }
 
@@ -411,13 +396,13 @@ for (const alias of [0, 11]) {
 /** The MQTT 5 properties the broker must pass through unchanged, in a chosen order. */
 const FORWARDED: Prop[] = [
   [0x01, new Uint8Array([1])],
-  [0x26, concat([field("k"), field("1")])],
+  [0x26, concatBytes([field("k"), field("1")])],
   [0x03, field("text/plain; charset=utf-8")],
-  [0x26, concat([field("z"), field("2")])],
+  [0x26, concatBytes([field("z"), field("2")])],
   [0x08, field("replies/42")],
-  [0x26, concat([field("k"), field("3")])],
+  [0x26, concatBytes([field("k"), field("3")])],
   [0x09, field([0, 1, 2, 0xfe, 0xff])],
-  [0x26, concat([field("k"), field("1")])],
+  [0x26, concatBytes([field("k"), field("1")])],
 ];
 
 Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and User Properties arrive unchanged", async () => {
@@ -426,9 +411,7 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
   // order, [MQTT-3.3.2-20] content type.
   await using b = await startBroker();
   await using bytes = await ByteClient.subscriber(b.port, "bytes", "props/#");
-  await using js = await connectClient(b.port, { clientId: "js" });
-  const inbox = collect(js);
-  await js.subscribeAsync("props/#", { qos: 1 });
+  await using js = await subscriber(b.port, "props/#", 1, { clientId: "js" });
 
   await using pub = await RawClient.connect(b.port, 5);
   await pub.handshake("pub", 5);
@@ -445,7 +428,7 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
   assert.deepEqual(others(raw.props), others(FORWARDED));
 
   // The same seen through an independent decoder.
-  const m = await inbox.next();
+  const m = await js.inbox.next();
   const p = m.packet.properties!;
   assert.equal(m.payload, "héllo");
   assert.equal(p.payloadFormatIndicator, true);
@@ -457,17 +440,13 @@ Deno.test("Response Topic, Correlation Data, Content Type, Payload Format and Us
 
 Deno.test("a 3.1.1 subscriber gets the same message without any MQTT 5 properties", async () => {
   await using b = await startBroker();
-  await using js = await connectClient(b.port, { clientId: "js311", protocolVersion: 4 });
-  const inbox = collect(js);
-  await js.subscribeAsync("props/#", { qos: 1 });
+  await using js = await subscriber(b.port, "props/#", 1, {
+    clientId: "js311",
+    protocolVersion: 4,
+  });
   await using raw = await RawClient.connect(b.port, 4);
   await raw.handshake("raw311", 4);
-  await raw.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "props/#", qos: 1 }],
-  }, 4);
-  await raw.expect("suback");
+  await subscribe(raw, "props/#", 1, 4);
 
   await using pub = await RawClient.connect(b.port, 5);
   await pub.handshake("pub", 5);
@@ -479,7 +458,7 @@ Deno.test("a 3.1.1 subscriber gets the same message without any MQTT 5 propertie
   const p = await raw.expect("publish");
   assert.equal(p.topic, "props/a");
   assert.equal(text(p), "héllo");
-  const m = await inbox.next();
+  const m = await js.inbox.next();
   assert.equal(m.payload, "héllo");
   assert.equal(m.packet.properties, undefined);
 });

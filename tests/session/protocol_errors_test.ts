@@ -4,7 +4,7 @@
  * close for 3.1.1) while every other client keeps being served.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { bystanders, frame, str, varint } from "../helpers/wire.ts";
 
 const enc = new TextEncoder();
@@ -149,16 +149,14 @@ Deno.test("Topic Alias 0 gets DISCONNECT 0x94", async () => {
 Deno.test("a Topic Alias above Topic Alias Maximum gets DISCONNECT 0x94, one at the maximum works", async () => {
   await using b = await startBroker({ limits: { topic_alias_maximum: 3 } });
   await using others = await bystanders(b.port);
-  await using sub = await connectClient(b.port, { clientId: "alias-sub" });
-  const inbox = collect(sub);
-  await sub.subscribeAsync("alias/t", { qos: 0 });
+  await using sub = await subscriber(b.port, "alias/t", 0, { clientId: "alias-sub" });
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("alias");
   // [MQTT-3.3.2-12]: every alias from 1 to the maximum is accepted.
   await c.send(publishBytes({ topic: "alias/t", props: topicAlias(3), payload: "set" }));
   await c.send(publishBytes({ topic: "", props: topicAlias(3), payload: "used" }));
-  assert.equal((await inbox.next()).payload, "set");
-  const used = await inbox.next();
+  assert.equal((await sub.inbox.next()).payload, "set");
+  const used = await sub.inbox.next();
   assert.equal(used.topic, "alias/t");
   assert.equal(used.payload, "used");
   // [MQTT-3.3.2-9]: 4 is above the maximum of 3.

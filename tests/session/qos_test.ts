@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { collect, connectClient, type Packet, RawClient, startBroker } from "../helpers/broker.ts";
-import { expectSilence } from "../helpers/broker.ts";
+import { expectSilence, subscriber } from "../helpers/broker.ts";
 
 type Version = 4 | 5;
 type Qos = 0 | 1 | 2;
@@ -174,9 +174,7 @@ for (const v of VERSIONS) {
     // [MQTT-4.3.3-10] until PUBREL, a PUBLISH with the same id is answered with
     // PUBREC and must not cause a duplicate delivery.
     await using b = await startBroker();
-    await using sub = await connectClient(b.port, { clientId: "sub" });
-    const inbox = collect(sub);
-    await sub.subscribeAsync("once/#", { qos: 2 });
+    await using sub = await subscriber(b.port, "once/#", 2, { clientId: "sub" });
     await using pub = await RawClient.connect(b.port, v);
     await pub.handshake("pub", v);
 
@@ -189,17 +187,15 @@ for (const v of VERSIONS) {
     assert.equal(comp.messageId, 9);
     if (v === 5) assert.equal(comp.reasonCode ?? 0, 0);
 
-    assert.equal((await inbox.next()).payload, "exactly once");
-    await inbox.none(300);
+    assert.equal((await sub.inbox.next()).payload, "exactly once");
+    await sub.inbox.none(300);
   });
 
   Deno.test(`${label(v)}: a packet id reused after PUBACK or PUBCOMP carries a new message`, async () => {
     // [MQTT-4.3.2-5] after PUBACK the same id is a new message, whatever its DUP flag;
     // [MQTT-4.3.3-12] after PUBCOMP likewise.
     await using b = await startBroker();
-    await using sub = await connectClient(b.port, { clientId: "sub" });
-    const inbox = collect(sub);
-    await sub.subscribeAsync("reuse/#", { qos: 2 });
+    await using sub = await subscriber(b.port, "reuse/#", 2, { clientId: "sub" });
     await using pub = await RawClient.connect(b.port, v);
     await pub.handshake("pub", v);
 
@@ -215,9 +211,9 @@ for (const v of VERSIONS) {
       assert.equal((await pub.expect("pubcomp")).messageId, 6);
     }
     const got = [];
-    for (let i = 0; i < 4; i++) got.push((await inbox.next()).payload);
+    for (let i = 0; i < 4; i++) got.push((await sub.inbox.next()).payload);
     assert.deepEqual(got, ["first", "second", "third", "fourth"]);
-    await inbox.none(200);
+    await sub.inbox.none(200);
   });
 }
 

@@ -1,14 +1,12 @@
 import assert from "node:assert/strict";
-import { collect, connectClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { connectClient, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
 
 Deno.test("QoS 1 message published with MQTT.js reaches a subscriber", async () => {
   await using b = await startBroker();
-  await using sub = await connectClient(b.port, { clientId: "sub" });
-  const inbox = collect(sub);
-  await sub.subscribeAsync("a/+", { qos: 1 });
+  await using sub = await subscriber(b.port, "a/+", 1, { clientId: "sub" });
   await using pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("a/b", "hello", { qos: 1 });
-  const m = await inbox.next();
+  const m = await sub.inbox.next();
   assert.equal(m.topic, "a/b");
   assert.equal(m.payload, "hello");
   assert.equal(m.packet.qos, 1);

@@ -6,12 +6,12 @@
  */
 import assert from "node:assert/strict";
 import {
-  collect,
   connectClient,
   delay,
+  type Inbox,
   RawClient,
-  type Received,
   startBroker,
+  subscriber,
 } from "../helpers/broker.ts";
 
 interface WillSpec {
@@ -38,12 +38,37 @@ async function connectWithWill(
   return c;
 }
 
-/** An MQTT.js subscriber on `filter` at QoS 2, with its inbox. */
-async function subscriber(port: number, filter: string, clientId = "watcher") {
-  const client = await connectClient(port, { clientId });
-  const inbox = collect(client);
-  await client.subscribeAsync(filter, { qos: 2 });
-  return { client, inbox };
+/**
+ * A will client whose will waits `delay` seconds (Will Delay Interval), in a
+ * session that outlives the connection by `sessionExpiry` seconds (default 30).
+ */
+function connectWithDelayedWill(
+  port: number,
+  clientId: string,
+  will: WillSpec & { delay: number; sessionExpiry?: number },
+): Promise<RawClient> {
+  const { delay, sessionExpiry = 30, ...spec } = will;
+  return connectWithWill(
+    port,
+    clientId,
+    { ...spec, properties: { willDelayInterval: delay } },
+    { properties: { sessionExpiryInterval: sessionExpiry } },
+  );
+}
+
+/** Connects `clientId` again with Clean Start 0 (session expiry 30 s); `ack` is its CONNACK. */
+async function resume(port: number, clientId: string) {
+  const c = await RawClient.connect(port);
+  const ack = await c.handshake(clientId, 5, {
+    clean: false,
+    properties: { sessionExpiryInterval: 30 },
+  });
+  return Object.assign(c, { ack });
+}
+
+/** A subscriber to every will topic at QoS 2. */
+function watcher(port: number) {
+  return subscriber(port, "will/#", 2, { clientId: "watcher" });
 }
 
 /**
@@ -54,7 +79,7 @@ async function subscriber(port: number, filter: string, clientId = "watcher") {
 async function assertNoWillBefore(
   port: number,
   topic: string,
-  inbox: { next(ms?: number): Promise<Received> },
+  inbox: Inbox,
 ): Promise<void> {
   await using pub = await connectClient(port, { clientId: "marker" });
   await pub.publishAsync(topic, "marker", { qos: 1 });
@@ -64,12 +89,11 @@ async function assertNoWillBefore(
 
 Deno.test("will is published when the client's socket closes without DISCONNECT", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   const c = await connectWithWill(b.port, "dies", { topic: "will/dies", payload: "gone", qos: 1 });
   // [MQTT-3.1.2-8] closing the network connection without DISCONNECT 0x00 publishes the will.
   await c[Symbol.asyncDispose]();
-  const m = await inbox.next();
+  const m = await w.inbox.next();
   assert.equal(m.topic, "will/dies");
   assert.equal(m.payload, "gone");
   assert.equal(m.packet.qos, 1);
@@ -77,8 +101,7 @@ Deno.test("will is published when the client's socket closes without DISCONNECT"
 
 Deno.test("will is published when the broker drops a client for keep-alive timeout", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   const started = Date.now();
   // Keep alive 1 s and then silence: the broker gives up after 1.5 s [MQTT-3.1.2-22].
   await using c = await connectWithWill(
@@ -90,7 +113,7 @@ Deno.test("will is published when the broker drops a client for keep-alive timeo
   const d = await c.expect("disconnect", 5000);
   assert.equal(d.reasonCode, 0x8d, "DISCONNECT should carry Keep Alive timeout (0x8D)");
   await c.expectClosed();
-  const m = await inbox.next();
+  const m = await w.inbox.next();
   assert.equal(m.payload, "timed out");
   assert.ok(Date.now() - started >= 1400, "the connection was dropped before 1.5 x keep alive");
 });
@@ -100,13 +123,12 @@ Deno.test("will is published when the broker drops a client for keep-alive timeo
 for (const [code, name] of [[0x04, "Disconnect with Will Message"], [0x80, "an error"]] as const) {
   Deno.test(`will is published after DISCONNECT with 0x${code.toString(16)} (${name})`, async () => {
     await using b = await startBroker();
-    const { client, inbox } = await subscriber(b.port, "will/#");
-    await using _sub = client;
+    await using w = await watcher(b.port);
     const topic = `will/rc${code}`;
     await using c = await connectWithWill(b.port, `rc${code}`, { topic, payload: `rc ${code}` });
     await c.sendPacket({ cmd: "disconnect", reasonCode: code });
     await c.expectClosed();
-    const m = await inbox.next();
+    const m = await w.inbox.next();
     assert.equal(m.topic, topic);
     assert.equal(m.payload, `rc ${code}`);
   });
@@ -114,19 +136,17 @@ for (const [code, name] of [[0x04, "Disconnect with Will Message"], [0x80, "an e
 
 Deno.test("will is not published after a normal DISCONNECT (0x00)", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   await using c = await connectWithWill(b.port, "polite", { topic: "will/polite", payload: "x" });
   // [MQTT-3.14.4-3] DISCONNECT 0x00 discards the will without publishing it.
   await c.sendPacket({ cmd: "disconnect", reasonCode: 0 });
   await c.expectClosed();
-  await assertNoWillBefore(b.port, "will/polite", inbox);
+  await assertNoWillBefore(b.port, "will/polite", w.inbox);
 });
 
 Deno.test("3.1.1: will is published on a dropped socket and not after DISCONNECT", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   const dropped = await connectWithWill(
     b.port,
     "v4-drop",
@@ -135,7 +155,7 @@ Deno.test("3.1.1: will is published on a dropped socket and not after DISCONNECT
     4,
   );
   await dropped[Symbol.asyncDispose]();
-  assert.equal((await inbox.next()).payload, "dropped");
+  assert.equal((await w.inbox.next()).payload, "dropped");
 
   await using polite = await connectWithWill(
     b.port,
@@ -147,13 +167,12 @@ Deno.test("3.1.1: will is published on a dropped socket and not after DISCONNECT
   // 3.1.1 [MQTT-3.14.4-3]: on DISCONNECT the will is discarded.
   await polite.sendPacket({ cmd: "disconnect" }, 4);
   await polite.expectClosed();
-  await assertNoWillBefore(b.port, "will/v4", inbox);
+  await assertNoWillBefore(b.port, "will/v4", w.inbox);
 });
 
 Deno.test("will properties reach the subscriber unchanged", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   const c = await connectWithWill(b.port, "props", {
     topic: "will/props",
     payload: '{"state":"offline"}',
@@ -168,7 +187,7 @@ Deno.test("will properties reach the subscriber unchanged", async () => {
     },
   });
   await c[Symbol.asyncDispose]();
-  const m = await inbox.next();
+  const m = await w.inbox.next();
   assert.equal(m.payload, '{"state":"offline"}');
   assert.equal(m.packet.qos, 2);
   const p = m.packet.properties ?? {};
@@ -186,8 +205,7 @@ Deno.test("will properties reach the subscriber unchanged", async () => {
 
 Deno.test("a will with Retain set becomes the retained message; one without does not", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   const kept = await connectWithWill(b.port, "kept", {
     topic: "will/kept",
     payload: "retained will",
@@ -202,36 +220,32 @@ Deno.test("a will with Retain set becomes the retained message; one without does
   await kept[Symbol.asyncDispose]();
   await plain[Symbol.asyncDispose]();
   // Both reach the live subscriber first, so both have been routed.
-  const live = [await inbox.next(), await inbox.next()].map((m) => m.payload).sort();
+  const live = [await w.inbox.next(), await w.inbox.next()].map((m) => m.payload).sort();
   assert.deepEqual(live, ["plain will", "retained will"]);
 
-  await using late = await connectClient(b.port, { clientId: "late" });
-  const lateInbox = collect(late);
-  await late.subscribeAsync("will/#", { qos: 1 });
+  await using late = await subscriber(b.port, "will/#", 1, { clientId: "late" });
   // [MQTT-3.1.2-15] Will Retain 1: published as a retained message;
   // [MQTT-3.1.2-14] Will Retain 0: not retained, so the late subscriber gets only one.
-  const m = await lateInbox.next();
+  const m = await late.inbox.next();
   assert.equal(m.topic, "will/kept");
   assert.equal(m.payload, "retained will");
   assert.equal(m.packet.retain, true);
-  await lateInbox.none(200);
+  await late.inbox.none(200);
 });
 
 Deno.test("Will Delay Interval of 2 s holds the will back until the delay has passed", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  const c = await connectWithWill(
-    b.port,
-    "delayed",
-    { topic: "will/delayed", payload: "late", properties: { willDelayInterval: 2 } },
-    { properties: { sessionExpiryInterval: 30 } },
-  );
+  await using w = await watcher(b.port);
+  const c = await connectWithDelayedWill(b.port, "delayed", {
+    topic: "will/delayed",
+    payload: "late",
+    delay: 2,
+  });
   const closedAt = Date.now();
   await c[Symbol.asyncDispose]();
   // [MQTT-3.1.3-9] the server delays publishing the will until the delay has passed.
-  await inbox.none(1500);
-  const m = await inbox.next(3000);
+  await w.inbox.none(1500);
+  const m = await w.inbox.next(3000);
   const waited = Date.now() - closedAt;
   assert.equal(m.payload, "late");
   assert.ok(waited >= 1900, `will came after ${waited} ms, before the 2 s delay`);
@@ -239,37 +253,29 @@ Deno.test("Will Delay Interval of 2 s holds the will back until the delay has pa
 
 Deno.test("reconnecting with Clean Start 0 within the Will Delay Interval cancels the will", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  const c = await connectWithWill(
-    b.port,
-    "blip",
-    { topic: "will/blip", payload: "should not appear", properties: { willDelayInterval: 1 } },
-    { properties: { sessionExpiryInterval: 30 } },
-  );
+  await using w = await watcher(b.port);
+  const c = await connectWithDelayedWill(b.port, "blip", {
+    topic: "will/blip",
+    payload: "should not appear",
+    delay: 1,
+  });
   await c[Symbol.asyncDispose]();
   await delay(200);
-  await using again = await RawClient.connect(b.port);
-  const ack = await again.handshake("blip", 5, {
-    clean: false,
-    properties: { sessionExpiryInterval: 30 },
-  });
-  assert.equal(ack.sessionPresent, true);
+  await using again = await resume(b.port, "blip");
+  assert.equal(again.ack.sessionPresent, true);
   // [MQTT-3.1.3-9] a new connection to the session before the delay: the will is never sent.
-  await inbox.none(1800);
-  assert.deepEqual(inbox.messages.map((m) => m.payload), []);
+  await w.inbox.none(1800);
+  assert.deepEqual(w.inbox.messages.map((m) => m.payload), []);
 });
 
 Deno.test("reconnecting with Clean Start 1 within the Will Delay Interval publishes the will at once", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  const c = await connectWithWill(
-    b.port,
-    "restart",
-    { topic: "will/restart", payload: "old session ended", properties: { willDelayInterval: 5 } },
-    { properties: { sessionExpiryInterval: 30 } },
-  );
+  await using w = await watcher(b.port);
+  const c = await connectWithDelayedWill(b.port, "restart", {
+    topic: "will/restart",
+    payload: "old session ended",
+    delay: 5,
+  });
   await c[Symbol.asyncDispose]();
   await delay(100);
   const reconnectedAt = Date.now();
@@ -278,26 +284,25 @@ Deno.test("reconnecting with Clean Start 1 within the Will Delay Interval publis
   assert.equal(ack.sessionPresent, false);
   // Clean Start 1 ends the old session, and a will waits at most until its session ends
   // [MQTT-3.1.2-8]; it is not a reconnect "to this Session" that would cancel it [MQTT-3.1.3-9].
-  const m = await inbox.next(2000);
+  const m = await w.inbox.next(2000);
   assert.equal(m.payload, "old session ended");
   assert.ok(Date.now() - reconnectedAt < 1500, "the will waited for its delay");
 });
 
 Deno.test("a will is published when the session expires before the Will Delay Interval", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  const c = await connectWithWill(
-    b.port,
-    "short",
-    { topic: "will/short", payload: "session over", properties: { willDelayInterval: 5 } },
-    { properties: { sessionExpiryInterval: 1 } },
-  );
+  await using w = await watcher(b.port);
+  const c = await connectWithDelayedWill(b.port, "short", {
+    topic: "will/short",
+    payload: "session over",
+    delay: 5,
+    sessionExpiry: 1,
+  });
   const closedAt = Date.now();
   await c[Symbol.asyncDispose]();
   // [MQTT-3.1.2-8] the will goes out when the delay elapses or the session ends, whichever is first.
-  await inbox.none(700);
-  const m = await inbox.next(3000);
+  await w.inbox.none(700);
+  const m = await w.inbox.next(3000);
   const waited = Date.now() - closedAt;
   assert.equal(m.payload, "session over");
   assert.ok(waited < 3000, `will came after ${waited} ms; the session ended after 1 s`);
@@ -305,41 +310,33 @@ Deno.test("a will is published when the session expires before the Will Delay In
 
 Deno.test("takeover publishes the old connection's will when it has no delay", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
+  await using w = await watcher(b.port);
   await using old = await connectWithWill(
     b.port,
     "twin",
     { topic: "will/twin", payload: "taken over" },
     { properties: { sessionExpiryInterval: 30 } },
   );
-  await using fresh = await RawClient.connect(b.port);
-  await fresh.handshake("twin", 5, { clean: false, properties: { sessionExpiryInterval: 30 } });
+  await using _fresh = await resume(b.port, "twin");
   const d = await old.expect("disconnect");
   assert.equal(d.reasonCode, 0x8e);
   // [MQTT-3.1.4-3] the old connection's will is published per 3.1.2.5; with no delay, at once.
-  assert.equal((await inbox.next()).payload, "taken over");
+  assert.equal((await w.inbox.next()).payload, "taken over");
 });
 
 Deno.test("takeover with Clean Start 0 cancels the old connection's delayed will", async () => {
   await using b = await startBroker();
-  const { client, inbox } = await subscriber(b.port, "will/#");
-  await using _sub = client;
-  await using old = await connectWithWill(
-    b.port,
-    "twin",
-    { topic: "will/twin", payload: "should not appear", properties: { willDelayInterval: 1 } },
-    { properties: { sessionExpiryInterval: 30 } },
-  );
-  await using fresh = await RawClient.connect(b.port);
-  const ack = await fresh.handshake("twin", 5, {
-    clean: false,
-    properties: { sessionExpiryInterval: 30 },
+  await using w = await watcher(b.port);
+  await using old = await connectWithDelayedWill(b.port, "twin", {
+    topic: "will/twin",
+    payload: "should not appear",
+    delay: 1,
   });
-  assert.equal(ack.sessionPresent, true);
+  await using fresh = await resume(b.port, "twin");
+  assert.equal(fresh.ack.sessionPresent, true);
   assert.equal((await old.expect("disconnect")).reasonCode, 0x8e);
   await old.expectClosed();
   // The new connection arrived before the delay elapsed [MQTT-3.1.3-9].
-  await inbox.none(1800);
-  assert.deepEqual(inbox.messages.map((m) => m.payload), []);
+  await w.inbox.none(1800);
+  assert.deepEqual(w.inbox.messages.map((m) => m.payload), []);
 });

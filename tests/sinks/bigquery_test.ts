@@ -36,6 +36,16 @@ function sinkFor(fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}): 
   return bigQuerySink(config(fake, bq), log, "node-a");
 }
 
+/** A started sink for `fake` (start() sets up the dataset and table). */
+async function startedSink(
+  fake: FakeBigQuery,
+  bq: DeepPartial<Config["bigquery"]> = {},
+): Promise<QueueSink> {
+  const sink = sinkFor(fake, bq);
+  await sink.start();
+  return sink;
+}
+
 function offerMany(sink: QueueSink, n: number, prefix = "t"): void {
   for (let i = 0; i < n; i++) sink.offer(testMessage(`${prefix}/${i}`, `${i}`), info());
 }
@@ -53,8 +63,7 @@ const seq = (n: number, prefix = "t") => Array.from({ length: n }, (_, i) => `${
 
 Deno.test("create_table makes the dataset and the table with the row schema; no auth is sent", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake);
-  await sink.start();
+  const sink = await startedSink(fake);
   assert.deepEqual((fake.tables.get("ds.log")?.schema as { fields: unknown })?.fields, ROW_SCHEMA);
   assert.ok(fake.datasets.has("ds"));
   sink.offer(
@@ -114,8 +123,7 @@ Deno.test("a table with the same columns (INT64/BOOL spellings, extra nullable c
       : c
   );
   fake.tables.set("ds.log", { schema: { fields: [...fields, { name: "note", type: "STRING" }] } });
-  const sink = sinkFor(fake);
-  await sink.start();
+  const sink = await startedSink(fake);
   await sink.stop(100);
 });
 
@@ -141,12 +149,11 @@ Deno.test("an unreachable BigQuery does not stop the start; rows wait and are re
 
 Deno.test("rows go in batches of batch_size, and a partial batch after flush_interval_ms", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, {
+  const sink = await startedSink(fake, {
     batch_size: 10,
     max_concurrent_requests: 1,
     flush_interval_ms: 200,
   });
-  await sink.start();
   offerMany(sink, 35);
   await fake.waitForRows(30);
   assert.deepEqual(fake.calls.map((c) => c.rows.length), [10, 10, 10]);
@@ -163,12 +170,11 @@ Deno.test("rows go in batches of batch_size, and a partial batch after flush_int
 
 Deno.test("503, 429, 500 and a timeout are retried with the same insertIds; nothing lost or doubled", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, {
+  const sink = await startedSink(fake, {
     batch_size: 20,
     max_concurrent_requests: 1,
     request_timeout_ms: 200,
   });
-  await sink.start();
   fake.script({ status: 503 }, { status: 429 }, { status: 500 }, { delayMs: 600 });
   offerMany(sink, 20);
   await fake.waitForRows(20);
@@ -188,8 +194,7 @@ Deno.test("503, 429, 500 and a timeout are retried with the same insertIds; noth
 
 Deno.test("rows BigQuery refuses are counted and not retried; the others go in", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, { batch_size: 10, max_concurrent_requests: 1 });
-  await sink.start();
+  const sink = await startedSink(fake, { batch_size: 10, max_concurrent_requests: 1 });
   fake.rejectWhen((row) => (row.json.topic as string).endsWith("/3") ? "no such field" : null);
   offerMany(sink, 10);
   await sink.stop(2000);
@@ -201,8 +206,7 @@ Deno.test("rows BigQuery refuses are counted and not retried; the others go in",
 
 Deno.test("a 400 for the whole request rejects its rows instead of retrying forever", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, { batch_size: 5, max_concurrent_requests: 1 });
-  await sink.start();
+  const sink = await startedSink(fake, { batch_size: 5, max_concurrent_requests: 1 });
   fake.script({ status: 400 });
   offerMany(sink, 10);
   await sink.stop(2000);
@@ -213,8 +217,7 @@ Deno.test("a 400 for the whole request rejects its rows instead of retrying fore
 
 Deno.test("within max_queue an outage loses nothing", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, { batch_size: 50, max_queue: 1000 });
-  await sink.start();
+  const sink = await startedSink(fake, { batch_size: 50, max_queue: 1000 });
   fake.failAll(503);
   offerMany(sink, 1000);
   await until(() => sink.stats.retried > 200, "retries");
@@ -228,8 +231,11 @@ Deno.test("within max_queue an outage loses nothing", async () => {
 
 Deno.test("beyond max_queue the oldest rows are dropped, and every drop is counted", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, { batch_size: 10, max_queue: 20, max_concurrent_requests: 1 });
-  await sink.start();
+  const sink = await startedSink(fake, {
+    batch_size: 10,
+    max_queue: 20,
+    max_concurrent_requests: 1,
+  });
   fake.failAll(503);
   offerMany(sink, 50);
   await until(() => sink.stats.retried > 0, "a failed send");
@@ -245,14 +251,13 @@ Deno.test("overflow = spill writes rows to disk and replays them in order once B
   await using fake = startFakeBigQuery();
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-spill-" });
   try {
-    const sink = sinkFor(fake, {
+    const sink = await startedSink(fake, {
       batch_size: 10,
       max_queue: 20,
       max_concurrent_requests: 1,
       overflow: "spill",
       spill_dir: dir,
     });
-    await sink.start();
     fake.failAll(503);
     offerMany(sink, 300);
     await until(() => sink.stats.spilled === 280, "280 rows spilled");
@@ -306,8 +311,7 @@ Deno.test("at stop, unsent rows are spilled within the deadline and the next sta
 
 Deno.test("at stop without spilling, unsent rows are counted as dropped", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake);
-  await sink.start();
+  const sink = await startedSink(fake);
   fake.failAll(503);
   offerMany(sink, 12);
   await sink.stop(100);
@@ -317,8 +321,7 @@ Deno.test("at stop without spilling, unsent rows are counted as dropped", async 
 
 Deno.test("include and exclude choose what is logged; $SYS only when included", async () => {
   await using fake = startFakeBigQuery();
-  const sink = sinkFor(fake, { include: ["a/#", "$SYS/#"], exclude: ["a/secret/+"] });
-  await sink.start();
+  const sink = await startedSink(fake, { include: ["a/#", "$SYS/#"], exclude: ["a/secret/+"] });
   for (const t of ["a/1", "b/1", "a/secret/x", "a/secret", "$SYS/broker/uptime", "a/2"]) {
     sink.offer(testMessage(t, "x"), info());
   }

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import mqtt, { type IClientOptions } from "mqtt";
-import { collect, connectClient, endClient, startBroker } from "../helpers/broker.ts";
+import { collect, connectClient, endClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { createRedisStore } from "../../src/store/redis.ts";
 import { redisClient } from "./redis_fixture.ts";
 
@@ -89,15 +89,13 @@ Deno.test({
     }
     await new Promise((r) => setTimeout(r, 1200));
     await using c = await brokerOn(server, "C");
-    await using sub = await connectClient(c.port, { clientId: "reader" });
-    const got = collect(sub);
-    await sub.subscribeAsync("news/#", { qos: 1 });
-    const m = await got.next();
+    await using sub = await subscriber(c.port, "news/#", 1, { clientId: "reader" });
+    const m = await sub.inbox.next();
     assert.deepStrictEqual([m.topic, m.payload, m.packet.retain], [
       "news/today",
       "retained on A",
       true,
     ]);
-    await got.none(200); // the expired one is gone everywhere
+    await sub.inbox.none(200); // the expired one is gone everywhere
   },
 });

@@ -5,7 +5,7 @@
  * queued message.
  */
 import assert from "node:assert/strict";
-import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { type RedisOptions, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { Cluster } from "ioredis";
 import { RedisStore, StaleSessionError } from "../../src/store/redis.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
@@ -21,14 +21,24 @@ import {
 } from "./redis_fixture.ts";
 
 const ignore = skipWithoutRedis();
-const opts = { ignore };
 
-Deno.test(
+/** A test on a redis-server of its own, started with `serverOpts` and stopped after it. */
+function storeTest(
+  name: string,
+  ...args: [Test] | [RedisOptions, Test]
+): void {
+  const [serverOpts, fn] = args.length === 1 ? [{}, args[0]] : args;
+  Deno.test(name, { ignore }, async () => {
+    await using server = await RedisServer.start(serverOpts);
+    await fn(server);
+  });
+}
+type Test = (server: RedisServer) => Promise<void>;
+
+storeTest(
   "redis store: cluster message ids of queued and inflight messages and a session's recent " +
     "ids round-trip; none is stored for a message without one",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using store = await storeNode(server, "A");
     const withId = (topic: string, id: string) => ({
       ...delivery(topic, topic),
@@ -58,12 +68,10 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: an acknowledged id joins the session's recent ids (the last dedupe_window), " +
     "once when its batch is written again, and a node adopting the session has them",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using a = await storeNode(server, "A", { dedupeWindow: 3 });
     await using b = await storeNode(server, "B", { dedupeWindow: 3 });
     const inflight = (pid: number, id: string) => ({
@@ -115,11 +123,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: a session and its journal ops read back as the memory store applies them",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using store = await storeNode(server, "A");
     const memory = new MemoryStore(true);
     const batches: StoreOp[][] = [
@@ -156,11 +162,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: session keys expire at expiresAt plus the grace, refreshed on write; connected and never-expiring sessions have none",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using store = await storeNode(server, "A", { ttlGraceMs: 1000 });
     const pttl = async (suffix: string) =>
       Number(await server.command("PTTL", `t:{s:c}:${suffix}`));
@@ -201,11 +205,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: corrupt and foreign values under the prefix are skipped with a log line",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using store = await storeNode(server, "A");
     await store.write([
       { type: "session", state: sampleSession("good") },
@@ -267,11 +269,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: two nodes see each other's sessions and retained messages",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using a = await storeNode(server, "A");
     await using b = await storeNode(server, "B");
     await a.write([
@@ -288,11 +288,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: a retained message with Message Expiry vanishes for every node",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using a = await storeNode(server, "A");
     await using b = await storeNode(server, "B");
     await a.write([
@@ -308,11 +306,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: a node that lost a session cannot write it; the new owner can",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using a = await storeNode(server, "A");
     await using b = await storeNode(server, "B");
     await a.write([{ type: "session", state: sampleSession("c") }, {
@@ -358,11 +354,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: a dead node's sessions are adopted by exactly one node, and each will is taken once",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     const t0 = Date.now();
     await using dead = await storeNode(server, "dead");
     await using b = await storeNode(server, "B", { now: () => t0 });
@@ -414,11 +408,10 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: writes acknowledged over a second before kill -9 survive a restart with AOF",
-  opts,
-  async () => {
-    await using server = await RedisServer.start({ aof: true });
+  { aof: true },
+  async (server) => {
     {
       await using store = await storeNode(server, "A");
       await store.write([
@@ -447,11 +440,9 @@ Deno.test(
   },
 );
 
-Deno.test(
+storeTest(
   "redis store: a restarted Redis (scripts flushed) is served again without a new store",
-  opts,
-  async () => {
-    await using server = await RedisServer.start();
+  async (server) => {
     await using store = await storeNode(server, "A");
     await store.write([{ type: "session", state: sampleSession("c") }]);
     await server.command("SCRIPT", "FLUSH");
@@ -460,8 +451,7 @@ Deno.test(
   },
 );
 
-Deno.test("redis store: memory per queued message", opts, async () => {
-  await using server = await RedisServer.start();
+storeTest("redis store: memory per queued message", async (server) => {
   await using store = await storeNode(server, "A");
   await using client = await redisClient(server);
   const sessions = 100;
@@ -500,11 +490,10 @@ Deno.test("redis store: memory per queued message", opts, async () => {
   assert.ok(perMessage < 400, `${perMessage} bytes per queued message`);
 });
 
-Deno.test(
+storeTest(
   "redis store: every script and command stays in one slot on a Redis Cluster",
-  opts,
-  async () => {
-    await using server = await RedisServer.start({ cluster: true });
+  { cluster: true },
+  async (server) => {
     const cluster = new Cluster([{ host: "127.0.0.1", port: server.port }], {
       lazyConnect: true,
       redisOptions: { maxRetriesPerRequest: 2 },

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import type { IClientOptions } from "mqtt";
-import { collect, connectClient, startSecureBroker } from "../helpers/broker.ts";
+import { connectClient, startSecureBroker, subscriber } from "../helpers/broker.ts";
 import { makeTestPki, type TestPki } from "../helpers/certs.ts";
 
 interface Transport {
@@ -60,13 +60,11 @@ for (const t of TRANSPORTS) {
         clientId: id,
         protocolVersion: version,
       });
-      await using sub = await connectClient(0, opts(`sub-${t.name}`));
-      const inbox = collect(sub);
-      await sub.subscribeAsync("c/#", { qos: 2 });
+      await using sub = await subscriber(0, "c/#", 2, opts(`sub-${t.name}`));
       await using pub = await connectClient(0, opts(`pub-${t.name}`));
       for (const qos of [0, 1, 2] as const) {
         await pub.publishAsync(`c/q${qos}`, `qos ${qos}`, { qos });
-        const m = await inbox.next();
+        const m = await sub.inbox.next();
         assert.equal(m.topic, `c/q${qos}`);
         assert.equal(m.payload, `qos ${qos}`);
         assert.equal(m.packet.qos, qos);
@@ -74,15 +72,13 @@ for (const t of TRANSPORTS) {
       // Large enough to span many TCP reads, TLS records and WebSocket frames.
       const big = new Uint8Array(512 * 1024).map((_, i) => i % 251);
       await pub.publishAsync("c/big", big as unknown as Buffer, { qos: 1 });
-      const m = await inbox.next(10_000);
+      const m = await sub.inbox.next(10_000);
       assert.equal(m.topic, "c/big");
       assert.deepEqual(new Uint8Array(m.packet.payload as Uint8Array), big);
       // Retained messages reach a later subscriber with the retain flag.
       await pub.publishAsync("r/t", "kept", { qos: 1, retain: true });
-      await using late = await connectClient(0, opts(`late-${t.name}`));
-      const lateInbox = collect(late);
-      await late.subscribeAsync("r/#", { qos: 1 });
-      const r = await lateInbox.next();
+      await using late = await subscriber(0, "r/#", 1, opts(`late-${t.name}`));
+      const r = await late.inbox.next();
       assert.equal(r.payload, "kept");
       assert.equal(r.packet.retain, true);
     });

@@ -9,6 +9,7 @@ import mqttPacket from "mqtt-packet";
 import { delay, type Packet, startBroker, startSecureBroker } from "../helpers/broker.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import { writeAll } from "../helpers/ws_raw.ts";
+import { concatBytes } from "../helpers/wire.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-graceful-" });
 const pki = await makeTestPki(dir);
@@ -33,13 +34,7 @@ function qos2(from: number, to: number): Uint8Array {
   for (let id = from; id <= to; id++) {
     parts.push(gen({ cmd: "publish", topic: "rm", payload: "x", qos: 2, messageId: id }));
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** What the client saw: the packets, whether its writes failed, and how the stream ended. */

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { ReadBuffer, readSlotsInUse, SLOT_SIZE } from "../../src/transport/read_loop.ts";
-import { collect, connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { delay, startBroker, subscriber } from "../helpers/broker.ts";
 import { frame, str } from "../helpers/wire.ts";
 
 Deno.test("a read buffer starts as a slot, grows when a read fills it, and goes back when reads are small", () => {
@@ -43,9 +43,7 @@ Deno.test("slots of one slab do not overlap", () => {
 
 Deno.test("many clients publishing at once over TCP: every message arrives intact", async () => {
   await using b = await startBroker();
-  await using sub = await connectClient(b.port, { clientId: "sub" });
-  const got = collect(sub);
-  await sub.subscribeAsync("rb/#", { qos: 0 });
+  await using sub = await subscriber(b.port, "rb/#", 0, { clientId: "sub" });
   const slotsAtStart = readSlotsInUse();
   const clients = 100;
   // Raw MQTT 3.1.1 clients: CONNECT and a batch of PUBLISH packets of sizes around the slot
@@ -74,9 +72,9 @@ Deno.test("many clients publishing at once over TCP: every message arrives intac
         })),
     );
     const deadline = Date.now() + 10_000;
-    while (got.messages.length < expected.size && Date.now() < deadline) await delay(20);
-    assert.equal(got.messages.length, expected.size);
-    for (const m of got.messages) assert.equal(m.payload, expected.get(m.topic), m.topic);
+    while (sub.inbox.messages.length < expected.size && Date.now() < deadline) await delay(20);
+    assert.equal(sub.inbox.messages.length, expected.size);
+    for (const m of sub.inbox.messages) assert.equal(m.payload, expected.get(m.topic), m.topic);
     assert.ok(readSlotsInUse() >= slotsAtStart, "idle clients hold a slot each");
   } finally {
     for (const s of sockets) s.destroy();

@@ -3,18 +3,21 @@
  * (path, subprotocol), and the certificates the secure default must refuse before any CONNACK.
  */
 import assert from "node:assert/strict";
-import tls from "node:tls";
 import mqttPacket from "mqtt-packet";
 import WebSocket from "ws";
 import type { CertFiles } from "../../src/auth/certs.ts";
-import { collect, connectClient, delay, startSecureBroker } from "../helpers/broker.ts";
-import { makeTestPki } from "../helpers/certs.ts";
+import { startSecureBroker, subscriber } from "../helpers/broker.ts";
+import { clientTls, makeTestPki } from "../helpers/certs.ts";
+import {
+  assertLateHandshakeClosed,
+  assertServesGoodClients,
+  assertStopIgnoresSilentPeer,
+  certRefusals,
+} from "../helpers/secure_listener.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-wss-test-" });
 const pki = await makeTestPki(dir);
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-
-const read = (path: string) => Deno.readTextFileSync(path);
 
 /** Only the WSS listener, with the secure defaults unless `extra` changes them. */
 function wssBroker(extra: Parameters<typeof startSecureBroker>[1] = {}) {
@@ -30,9 +33,7 @@ function wss(client: CertFiles, clientId: string) {
     protocol: "wss" as const,
     path: "/mqtt",
     clientId,
-    ca: read(pki.ca.cert),
-    cert: read(client.cert),
-    key: read(client.key),
+    ...clientTls(pki, client),
   };
 }
 
@@ -64,10 +65,7 @@ function probe(
     keepalive: 60,
   }, { protocolVersion: 5 });
   return new Promise((resolve) => {
-    const ws = new WebSocket(`wss://localhost:${port}${path}`, protocols, {
-      ca: read(pki.ca.cert),
-      ...(client ? { cert: read(client.cert), key: read(client.key) } : {}),
-    });
+    const ws = new WebSocket(`wss://localhost:${port}${path}`, protocols, clientTls(pki, client));
     const result: Probe = { opened: false, received: [], closed: true };
     let settled = false;
     const finish = () => {
@@ -103,28 +101,14 @@ function probe(
   });
 }
 
-/** A good client still gets through: alice subscribes, bob publishes at QoS 1. */
-async function assertServesGoodClients(port: number): Promise<void> {
-  await using alice = await connectClient(port, wss(pki.alice, "alice-after"));
-  await using bob = await connectClient(port, wss(pki.bob, "bob-after"));
-  const inbox = collect(alice);
-  await alice.subscribeAsync("after/refusal", { qos: 1 });
-  await bob.publishAsync("after/refusal", "still here", { qos: 1 });
-  assert.equal((await inbox.next()).payload, "still here");
-}
-
 Deno.test("MQTT.js over wss with client certificates exchanges QoS 1 messages", async () => {
   await using b = await wssBroker();
-  await using alice = await connectClient(b.wssPort, wss(pki.alice, "alice"));
-  await using bob = await connectClient(b.wssPort, wss(pki.bob, "bob"));
-  const aliceInbox = collect(alice);
-  const bobInbox = collect(bob);
-  await alice.subscribeAsync("wss/to-alice", { qos: 1 });
-  await bob.subscribeAsync("wss/to-bob", { qos: 1 });
+  await using alice = await subscriber(b.wssPort, "wss/to-alice", 1, wss(pki.alice, "alice"));
+  await using bob = await subscriber(b.wssPort, "wss/to-bob", 1, wss(pki.bob, "bob"));
   await bob.publishAsync("wss/to-alice", "hi alice", { qos: 1 });
   await alice.publishAsync("wss/to-bob", "hi bob", { qos: 1 });
-  const a = await aliceInbox.next();
-  const m = await bobInbox.next();
+  const a = await alice.inbox.next();
+  const m = await bob.inbox.next();
   assert.deepEqual([a.payload, a.packet.qos], ["hi alice", 1]);
   assert.deepEqual([m.payload, m.packet.qos], ["hi bob", 1]);
 });
@@ -153,14 +137,7 @@ Deno.test("a secure WebSocket offering only a non-MQTT subprotocol is refused", 
   assert.equal(r.opened, false);
 });
 
-const refusals: { name: string; client: () => CertFiles | undefined; needs?: () => boolean }[] = [
-  { name: "without a client certificate", client: () => undefined },
-  { name: "with a certificate from another CA", client: () => pki.otherCaClient },
-  { name: "with an expired certificate", client: () => pki.expired },
-  { name: "with an X.509 v1 certificate", client: () => pki.v1, needs: () => pki.v1 !== undefined },
-];
-
-for (const r of refusals) {
+for (const r of certRefusals(pki)) {
   Deno.test({
     name: `a WSS client ${r.name} never gets a CONNACK, and the broker keeps serving others`,
     ignore: r.needs ? !r.needs() : false,
@@ -180,68 +157,17 @@ for (const r of refusals) {
       assert.equal(refused.opened, false, "the WebSocket must not open");
       assert.deepEqual(refused.received, [], "the broker must not answer the CONNECT");
       assert.ok(refused.closed, "the broker must end the connection");
-      await assertServesGoodClients(b.wssPort);
+      await assertServesGoodClients(b.wssPort, pki, wss);
     },
   });
 }
 
-/** Milliseconds until `p` settles, or "hang" after `limitMs`. */
-async function timed(p: Promise<unknown>, limitMs: number): Promise<number | "hang"> {
-  const start = Date.now();
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const limit = new Promise<"hang">((r) => timer = setTimeout(() => r("hang"), limitMs));
-  try {
-    return await Promise.race([p.then(() => Date.now() - start), limit]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 Deno.test("stopping the broker does not wait for a WSS peer that never finishes the TLS handshake", async () => {
   const b = await wssBroker();
-  const silent = await Deno.connect({ hostname: "127.0.0.1", port: b.wssPort });
-  try {
-    // Let the server see the connection; it then waits for a ClientHello that never comes.
-    await delay(50);
-    assert.notEqual(await timed(b.stop(), 5000), "hang", "stop() waited for the silent peer");
-  } finally {
-    silent.close();
-    await b.stop();
-  }
+  await assertStopIgnoresSilentPeer(b, b.wssPort);
 });
 
 Deno.test("a WSS TLS handshake that completes while the broker stops is closed at once", async () => {
   const b = await wssBroker();
-  let stopping: Promise<void> = Promise.resolve();
-  let stopAt = 0;
-  let closedAt = 0;
-  const socket = tls.connect({
-    host: "127.0.0.1",
-    port: b.wssPort,
-    servername: "localhost",
-    ca: read(pki.ca.cert),
-    cert: read(pki.alice.cert),
-    key: read(pki.alice.key),
-  });
-  socket.on("error", () => {});
-  const closed = new Promise<void>((resolve) =>
-    socket.on("close", () => {
-      closedAt = Date.now();
-      resolve();
-    })
-  );
-  // The server finishes this handshake after stop() began; no HTTP request ever follows.
-  socket.on("secureConnect", () => {
-    stopAt = Date.now();
-    stopping = b.stop();
-  });
-  try {
-    assert.notEqual(await timed(closed, 5000), "hang", "the late connection was never closed");
-    // Well inside the listener's 1 s grace for stuck handshakes: the listener closed it itself.
-    assert.ok(closedAt - stopAt < 900, `closed ${closedAt - stopAt} ms after stop()`);
-    assert.notEqual(await timed(stopping, 5000), "hang", "stop() never finished");
-  } finally {
-    socket.destroy();
-    await b.stop();
-  }
+  await assertLateHandshakeClosed(b, b.wssPort, pki);
 });
