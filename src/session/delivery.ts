@@ -8,6 +8,7 @@
  * stored) is `Session`'s (session.ts), which extends this class rather than
  * holding a second object: memory per idle client counts.
  */
+import { PacketIdTable } from "./packet_ids.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { SessionState } from "../store/types.ts";
@@ -56,7 +57,7 @@ export abstract class SessionDelivery {
   /** Where changes go when the store is durable; null otherwise. */
   journal: Journal | null = null;
 
-  private inflight: Map<number, Outgoing> | null = null;
+  private inflight: PacketIdTable<Outgoing> | null = null;
   private queue: Queued[] = [];
   private queueHead = 0;
   /** Payload bytes of the queued messages. */
@@ -128,7 +129,7 @@ export abstract class SessionDelivery {
     if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return false;
     // Kept for a resend until acknowledged, so it must not point into a read buffer.
     const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
-    (this.inflight ??= new Map()).set(pid, e);
+    (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
     return true;
@@ -249,7 +250,8 @@ export abstract class SessionDelivery {
   private allocatePacketId(): number {
     const inflight = this.inflight;
     let pid = this.nextPid;
-    while (inflight !== null && inflight.has(pid)) pid = pid === 65535 ? 1 : pid + 1;
+    // A free slot, not just an unused id: then adding it never grows the table.
+    while (inflight !== null && !inflight.fits(pid)) pid = pid === 65535 ? 1 : pid + 1;
     this.nextPid = pid === 65535 ? 1 : pid + 1;
     return pid;
   }
@@ -411,7 +413,7 @@ export abstract class SessionDelivery {
   protected resend(link: SessionLink): void {
     if (this.inflight !== null) {
       const now = this.now();
-      for (const [pid, e] of this.inflight) {
+      for (const [pid, e] of this.inflight.entries()) {
         if (e.released) {
           link.sendPubrel(pid);
         } else if (e.msg.expired(now)) {
@@ -467,7 +469,7 @@ export abstract class SessionDelivery {
     for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
     this.inflight = null;
     for (const f of state.inflight) {
-      (this.inflight ??= new Map()).set(f.packetId, {
+      (this.inflight ??= new PacketIdTable()).set(f.packetId, {
         msg: toMessage(f.msg),
         packetId: f.packetId,
         qos: f.qos,

@@ -4,6 +4,7 @@
  * released, the will and the expiry, and how all of it is stored.
  * Subscriptions are owned by the router, keyed by this session.
  */
+import { PacketIdTable } from "./packet_ids.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { SessionState, StoredSubscription } from "../store/types.ts";
 import { SessionDelivery } from "./delivery.ts";
@@ -25,7 +26,7 @@ export class Session extends SessionDelivery implements Subscriber {
   /** When a detached session ends (ms since epoch), or 0 while attached. */
   expiresAt = 0;
   /** Incoming QoS 2 packet ids received but not yet released by PUBREL. */
-  private incomingQos2: Set<number> | null = null;
+  private incomingQos2: PacketIdTable<true> | null = null;
   /**
    * Who the session belongs to: the username or certificate identity it was
    * created by, null when anonymous. Only that identity may resume it.
@@ -77,9 +78,9 @@ export class Session extends SessionDelivery implements Subscriber {
    * already received (acknowledge again, do not route twice).
    */
   receiveQos2(pid: number): boolean {
-    const set = this.incomingQos2 ??= new Set();
-    if (set.has(pid)) return false;
-    set.add(pid);
+    const ids = this.incomingQos2 ??= new PacketIdTable();
+    if (ids.has(pid)) return false;
+    ids.set(pid, true);
     if (this.journaled) {
       this.journal!.push({ type: "qos2-add", clientId: this.clientId, packetId: pid });
     }
@@ -185,7 +186,7 @@ export class Session extends SessionDelivery implements Subscriber {
       subscriptions: subs,
       queue: this.storedQueue(),
       inflight: this.storedInflight(),
-      incomingQos2: this.incomingQos2 === null ? [] : [...this.incomingQos2],
+      incomingQos2: this.incomingQos2 === null ? [] : this.incomingQos2.keys(),
       recent: this.recentIds(),
     };
   }
@@ -199,6 +200,9 @@ export class Session extends SessionDelivery implements Subscriber {
     this.willValue = state.will === null ? null : restoreWill(state.will);
     this.willAt = state.willAt;
     this.restoreDeliveries(state);
-    this.incomingQos2 = state.incomingQos2.length === 0 ? null : new Set(state.incomingQos2);
+    this.incomingQos2 = null;
+    for (const pid of state.incomingQos2) {
+      (this.incomingQos2 ??= new PacketIdTable()).set(pid, true);
+    }
   }
 }
