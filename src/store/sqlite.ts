@@ -102,10 +102,15 @@ export class SqliteStore implements Store {
   private nextMessageId = 1;
   /** Rows of messages written by earlier batches (they may since have been deleted). */
   private written = new WeakMap<StoredMessage, number>();
-  /** Rows of messages known to exist during the batch being written. */
-  private readonly inBatch = new Map<StoredMessage, number>();
-  /** Net change of each message's reference count in the batch being written. */
-  private readonly refDelta = new Map<number, number>();
+  /**
+   * Rows of messages known to exist during the batch being written. A new Map for every batch,
+   * not `clear()`: V8 points a cleared Map's old hash table at its new one, and once an old
+   * table has been promoted that chain carries every later batch's messages into the old
+   * generation (see session/packet_ids.ts).
+   */
+  private inBatch = new Map<StoredMessage, number>();
+  /** Net change of each message's reference count in the batch being written (new per batch). */
+  private refDelta = new Map<number, number>();
 
   constructor(readonly options: SqliteStoreOptions) {
     this.path = `${options.dir.replace(/\/+$/, "") || "/"}/${options.file ?? DB_FILE}`;
@@ -171,8 +176,8 @@ export class SqliteStore implements Store {
     } catch (e) {
       return Promise.reject(e);
     } finally {
-      this.inBatch.clear();
-      this.refDelta.clear();
+      if (this.inBatch.size > 0) this.inBatch = new Map();
+      if (this.refDelta.size > 0) this.refDelta = new Map();
     }
   }
 
