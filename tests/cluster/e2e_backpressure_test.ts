@@ -11,7 +11,7 @@
 import assert from "node:assert/strict";
 import type { MqttClient } from "mqtt";
 import { connectClient, delay } from "../helpers/broker.ts";
-import { eventually, TestCluster } from "../helpers/cluster.ts";
+import { type ClusterNode, eventually, TestCluster } from "../helpers/cluster.ts";
 import { metric, scrape } from "../helpers/ops.ts";
 import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -52,6 +52,11 @@ function publishUntilStopped(client: MqttClient, topic: string, window: number) 
 }
 
 /** Collects the numbers received on `client`. */
+/** Entries waiting in `node`'s inbox stream. */
+async function inboxLength(cluster: TestCluster, node: ClusterNode): Promise<number> {
+  return Number(await redisQuery(cluster.redis.port, "XLEN", node.inbox));
+}
+
 function numbers(client: MqttClient): Set<number> {
   const got = new Set<number>();
   client.on("message", (_t, payload) => got.add(Number(new TextDecoder().decode(payload))));
@@ -68,8 +73,7 @@ Deno.test({
       args: [`--cluster.max_inbox_backlog=${BOUND}`],
     });
     const [a, b] = cluster.nodes;
-    const inbox = `mcloudtt:{n:${b.nodeId}}:inbox`;
-    const xlen = async () => Number(await redisQuery(cluster.redis.port, "XLEN", inbox));
+    const xlen = () => inboxLength(cluster, b);
 
     await using remoteSub = await connectClient(b.port, { clientId: "remote-sub" });
     const remote = numbers(remoteSub);
@@ -187,8 +191,7 @@ Deno.test({
       args: [`--cluster.max_inbox_backlog=${BOUND}`, `--limits.receive_maximum=${WINDOW}`],
     });
     const [a, b] = cluster.nodes;
-    const inbox = `mcloudtt:{n:${b.nodeId}}:inbox`;
-    const xlen = async () => Number(await redisQuery(cluster.redis.port, "XLEN", inbox));
+    const xlen = () => inboxLength(cluster, b);
 
     await using sub = await connectClient(b.port, { clientId: "sub" });
     const got = numbers(sub);

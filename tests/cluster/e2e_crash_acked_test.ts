@@ -31,13 +31,12 @@ const N = 20;
  */
 async function ackedNotXacked(
   qos: 1 | 2,
-  fault: (a: ClusterNode, redis: number, inbox: string) => Promise<void>,
+  fault: (a: ClusterNode, redis: number) => Promise<void>,
 ): Promise<SessionSubscriber> {
   await using cluster = await TestCluster.start({ names: ["a", "b"] });
   const [a, b] = cluster.nodes;
   const redis = cluster.redis.port;
   const sub = await SessionSubscriber.start("s", () => [a.port, b.port], 0, "acked/#", qos);
-  const inbox = `mcloudtt:{n:${a.nodeId}}:inbox`;
 
   await redisQuery(redis, "ACL", "SETUSER", "default", "-xack", "-xdel");
   const pub = new NumberedPublisher("p", "acked/x", () => [b.port], 5, qos);
@@ -51,9 +50,9 @@ async function ackedNotXacked(
       await redisQuery(redis, "LLEN", "mcloudtt:{s:s}:q") === 0,
   );
   // The window is open: the messages are still in a's inbox, unacknowledged.
-  const left = Number(await redisQuery(redis, "XLEN", inbox));
+  const left = Number(await redisQuery(redis, "XLEN", a.inbox));
   assert.ok(left > 0, `a's inbox still holds the entries (${left})`);
-  await fault(a, redis, inbox);
+  await fault(a, redis);
   await redisQuery(redis, "ACL", "SETUSER", "default", "+xack", "+xdel");
 
   // One more message: it arrives after anything the fault made the session deliver again.
@@ -73,7 +72,7 @@ async function ackedNotXacked(
   assert.equal(sub.numbers("p").length, N + 1, "each message once");
   await eventually(
     "a's inbox is empty",
-    async () => await redisQuery(redis, "XLEN", inbox) === 0,
+    async () => await redisQuery(redis, "XLEN", a.inbox) === 0,
     5000,
   );
   return sub;
@@ -87,14 +86,14 @@ async function killed(qos: 1 | 2): Promise<void> {
 
 /** a's inbox connection is killed: a reads its pending entries again after the reconnect. */
 async function blip(qos: 1 | 2): Promise<void> {
-  const sub = await ackedNotXacked(qos, async (a, redis, inbox) => {
+  const sub = await ackedNotXacked(qos, async (a, redis) => {
     const list = String(await redisQuery(redis, "CLIENT", "LIST"));
     const line = list.split("\n").find((l) => l.includes(`name=mcloudtt:inbox:${a.nodeId} `));
     assert.ok(line, "a's inbox connection");
     await redisQuery(redis, "CLIENT", "KILL", "ID", /id=(\d+)/.exec(line)![1]);
     // Read again (XREADGROUP of the pending entries counts a second delivery).
     await eventually("a read its pending entries again", async () => {
-      const pending = await redisQuery(redis, "XPENDING", inbox, "node", "-", "+", "1");
+      const pending = await redisQuery(redis, "XPENDING", a.inbox, "node", "-", "+", "1");
       return Array.isArray(pending) && Array.isArray(pending[0]) && Number(pending[0][3]) >= 2;
     });
   });

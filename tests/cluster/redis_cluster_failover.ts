@@ -94,7 +94,7 @@ export async function clusterFailover(opts: FailoverOptions): Promise<FailoverOu
   publishing.catch(() => {});
   await eventually("traffic flows", () => acked >= 100, 20_000);
   // The master of b's inbox: every message for b is written there first.
-  const master = await cluster.redis.masterOf(`mcloudtt:{n:${b.nodeId}}:inbox`);
+  const master = await cluster.redis.masterOf(b.inbox);
   const replicas = await cluster.redis.replicasOf(master);
   assert.equal(replicas.length, opts.replicas, "the master has its replicas");
 

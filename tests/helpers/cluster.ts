@@ -5,6 +5,7 @@
  * second. Nodes can be killed (-9), stopped, stopped/continued and restarted
  * on the same port.
  */
+import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 import { freePort, type MainProcess, startMain } from "./broker.ts";
 import { type RedisBackend, RedisServer } from "./redis.ts";
 
@@ -33,6 +34,11 @@ export class ClusterNode implements AsyncDisposable {
     /** The incarnation id this process joined with. */
     readonly nodeId: string,
   ) {}
+
+  /** The Redis stream other nodes forward this node's messages to (default key prefix). */
+  get inbox(): string {
+    return new ClusterKeys("mcloudtt").inbox(this.nodeId);
+  }
 
   /**
    * Starts `main.ts` as a cluster node and waits until it listens. `redis` is
