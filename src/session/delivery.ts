@@ -250,7 +250,7 @@ export abstract class SessionDelivery {
   private allocatePacketId(): number {
     const inflight = this.inflight;
     let pid = this.nextPid;
-    // A free slot, not just an unused id: then adding it never grows the table.
+    // An id whose own slot is free: finding it later takes one step.
     while (inflight !== null && !inflight.fits(pid)) pid = pid === 65535 ? 1 : pid + 1;
     this.nextPid = pid === 65535 ? 1 : pid + 1;
     return pid;

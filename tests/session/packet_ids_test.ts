@@ -16,7 +16,7 @@ Deno.test("packet id table: get, has, delete, size and insertion order", () => {
   assert.equal(t.size, 3);
 });
 
-Deno.test("packet id table: ids sharing a slot and many entries grow it, order kept", () => {
+Deno.test("packet id table: ids sharing a slot and many entries, order kept", () => {
   const t = new PacketIdTable<number>(16);
   t.set(1, 1);
   assert.equal(t.fits(17), false, "17 shares slot 1 of 16");
@@ -24,6 +24,9 @@ Deno.test("packet id table: ids sharing a slot and many entries grow it, order k
   t.set(65535, 65535);
   t.set(33, 33);
   assert.deepEqual(t.keys(), [1, 17, 65535, 33]);
+  assert.equal(t.delete(1), true);
+  assert.equal(t.get(17), 17, "found after the entry before it left");
+  assert.equal(t.get(33), 33);
   const many = new PacketIdTable<number>();
   const ids = Array.from({ length: 3000 }, (_, i) => ((i * 7919) % 65535) + 1);
   for (const id of ids) many.set(id, id);
@@ -33,6 +36,36 @@ Deno.test("packet id table: ids sharing a slot and many entries grow it, order k
   // Deleting while going through a copy of the entries is safe.
   for (const [id] of many.entries()) many.delete(id);
   assert.equal(many.size, 0);
+});
+
+Deno.test("packet id table: ids the client picks to share their low bits do not grow it", () => {
+  // Incoming QoS 2 ids are the client's choice: 1 and 32769 share every slot below 65,536.
+  const t = new PacketIdTable<true>();
+  for (const id of [1, 32769, 16385, 49153, 4097, 8193, 12289, 20481]) t.set(id, true);
+  assert.equal(t.size, 8);
+  assert.equal(t.capacity, 16, "eight entries fit in the smallest table");
+  for (const id of [16385, 1, 20481]) t.delete(id);
+  assert.deepEqual(t.keys(), [32769, 49153, 4097, 8193, 12289]);
+  assert.equal(t.has(1), false);
+});
+
+Deno.test("packet id table: random adds and deletes agree with a Map", () => {
+  let seed = 12345;
+  const random = (n: number) => (seed = (seed * 1103515245 + 12345) % 2147483648) % n;
+  const t = new PacketIdTable<number>();
+  const m = new Map<number, number>();
+  for (let step = 0; step < 20_000; step++) {
+    // Ids from a small range with shared low bits, so probes collide and deletions shift.
+    const id = (random(24) * 64 + random(3)) % 65535 + 1;
+    if (random(3) === 0) assert.equal(t.delete(id), m.delete(id));
+    else {
+      t.set(id, step);
+      m.set(id, step);
+    }
+    assert.equal(t.size, m.size);
+  }
+  for (const [id, v] of m) assert.equal(t.get(id), v);
+  assert.deepEqual(t.keys(), [...m.keys()], "insertion order, replacements keep their place");
 });
 
 // Nepotism (see packet_ids.ts): a Map with entries added and deleted at the message rate
