@@ -63,6 +63,8 @@ export interface StartOptions {
   readonly tls?: BenchPki;
   /** mcloudtt only: run with V8's `--trace-gc-nvp` and collect the collections. */
   readonly gcTrace?: boolean;
+  /** With `gcTrace`: stamps each collection (e.g. messages delivered so far; see gc_trace.ts). */
+  readonly gcMark?: () => number;
 }
 
 /** A broker implementation the bench can run. */
@@ -244,7 +246,7 @@ const mcloudtt: BrokerKind = {
         await haveStdbuf(() =>
           console.log("!! stdbuf not found: mcloudtt runs without the GC trace")
         )
-      ? new GcCollector()
+      ? new GcCollector(options.gcMark)
       : undefined;
     const args = mcloudttArgs(port, limits, extra, trace ? ["--trace-gc-nvp"] : []);
     // stdbuf -oL makes V8's printf output line-buffered (it execs, so the pid is deno's).

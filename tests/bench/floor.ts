@@ -1,27 +1,36 @@
 /**
  * The runtime's floor (issue 14): how fast can Deno itself move a message
- * from one socket to another at a modest paced rate? A bare TCP forwarder
- * (no MQTT: it reads from one socket and writes what it read to its partner,
- * both ways) is driven by the same paced load as the broker (paced.ts: 16
- * pairs, the same PUBLISH and PUBACK bytes), and its latency and allocation
- * are reported next to mcloudtt's (and Mosquitto's, when installed). On a
- * quiet machine the gap between the forwarder's p99 and ours is what our own
- * code costs; the forwarder's p99 is what no broker on this runtime beats.
+ * from one socket to another at a modest paced rate? A bare forwarder (no
+ * MQTT: it reads from one socket and writes what it read to its partner, both
+ * ways) is driven by the same paced load as the brokers (paced.ts: 16 pairs,
+ * the same PUBLISH and PUBACK bytes), and its latency, CPU and allocation are
+ * reported next to mcloudtt's and Mosquitto's, interleaved in one run. Over
+ * plain TCP the forwarder uses `Deno.listen`, over TLS `node:tls`: the APIs
+ * mcloudtt's own transports use. On a quiet machine the gap between the
+ * forwarder and mcloudtt is what our own code costs; the forwarder's figures
+ * are what no broker on this runtime beats.
  *
- *   deno run -A tests/bench/floor.ts                          # floor, mcloudtt, mosquitto
- *   deno run -A tests/bench/floor.ts --rates 2000,10000 --qos 0,1 --rounds 3
+ *   deno run -A tests/bench/floor.ts                          # 2k msg/s, QoS 0/1, MQTT 5, tcp
+ *   deno run -A tests/bench/floor.ts --rates 2000,10000 --transports tcp,tls --versions 5,4 \
+ *     --rounds 2 --out bench-results/floor.md               # the full comparison, as Markdown
  *   deno run -A tests/bench/floor.ts --quick                  # checks the script only
  *
- * Latency numbers are only meaningful on a quiet machine (nothing else running).
- * `--serve <port>` runs the forwarder itself (the bench starts it that way).
+ * Each run warms up (`--warmup`, 15 s: V8 optimises a broker's hot path 10-12 s into such a
+ * load) and then measures a window (`--duration`, 10 s). CPU is split by thread: the main
+ * thread runs JavaScript and the event loop, V8's helper threads ("V8 DefaultWorke") collect
+ * garbage and compile. Latency numbers are only meaningful on a quiet machine.
+ * `--serve <port> [--cert f --key f]` runs the forwarder itself (the bench starts it that way).
  */
 import { parseArgs } from "node:util";
-import { brokerArgs } from "./alloc.ts";
+import tls from "node:tls";
+import type { Socket } from "node:net";
 import { BENCH_LIMITS, BROKERS, freePort, type RunningBroker } from "./brokers.ts";
 import { killAll } from "./children.ts";
 import { summarize } from "./gc_trace.ts";
 import { PacedLoad } from "./paced.ts";
-import { cpuMicros } from "./procstat.ts";
+import { threadCpuMicros } from "./procstat.ts";
+import { median } from "./stats.ts";
+import { type BenchPki, benchPki, clientTls, removeBenchPki, type Transport } from "./tls.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -69,7 +78,7 @@ async function hello(conn: Deno.Conn): Promise<{ role: number; pair: number; res
   return { role: buf[0], pair: buf[1], rest: buf.slice(2, have) };
 }
 
-/** The forwarder: pairs publisher i with subscriber i and pipes them both ways. */
+/** The plain forwarder: pairs publisher i with subscriber i and pipes them both ways. */
 async function serve(port: number): Promise<void> {
   const listener = Deno.listen({ hostname: HOST, port });
   const waiting = new Map<string, { conn: Deno.Conn; rest: Uint8Array }>();
@@ -89,20 +98,67 @@ async function serve(port: number): Promise<void> {
   }
 }
 
+/**
+ * The TLS forwarder, on node:tls like mcloudtt's TLS listener: each socket's 'data' is written
+ * to its partner, with the partner's reading paused while a write is buffered (as a broker
+ * stops reading a publisher whose subscriber is behind).
+ */
+function serveTls(port: number, certFile: string, keyFile: string): void {
+  const waiting = new Map<string, Socket>();
+  const pipe = (from: Socket, to: Socket) => {
+    from.on("data", (chunk: Uint8Array) => {
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once("drain", () => from.resume());
+      }
+    });
+    from.on("close", () => to.destroy());
+    from.on("error", () => to.destroy());
+  };
+  const server = tls.createServer({
+    cert: Deno.readTextFileSync(certFile),
+    key: Deno.readTextFileSync(keyFile),
+  }, (socket) => {
+    socket.setNoDelay(true);
+    socket.once("data", (first: Uint8Array) => {
+      const role = first[0];
+      const pair = first[1];
+      const rest = first.subarray(2);
+      const peerKey = `${1 - role}:${pair}`;
+      const peer = waiting.get(peerKey);
+      if (peer === undefined) {
+        socket.pause();
+        waiting.set(`${role}:${pair}`, socket);
+        if (rest.length > 0) socket.unshift(rest);
+        return;
+      }
+      waiting.delete(peerKey);
+      if (rest.length > 0) peer.write(rest);
+      pipe(socket, peer);
+      pipe(peer, socket);
+      peer.resume();
+    });
+    socket.on("error", () => socket.destroy());
+  });
+  server.listen(port, HOST);
+}
+
 // ---- the comparison ---------------------------------------------------------------
 
 type Target = "floor" | "mcloudtt" | "mosquitto";
 
 interface Options {
   targets: Target[];
+  transports: Transport[];
+  versions: ProtocolLevel[];
   qos: (0 | 1)[];
   rates: number[];
-  version: ProtocolLevel;
   pairs: number;
   payload: number;
   warmup: number;
   duration: number;
   rounds: number;
+  out?: string;
 }
 
 function options(): Options {
@@ -110,107 +166,233 @@ function options(): Options {
     args: Deno.args,
     options: {
       targets: { type: "string", default: "floor,mcloudtt,mosquitto" },
+      transports: { type: "string", default: "tcp" },
+      versions: { type: "string", default: "5" },
       qos: { type: "string", default: "0,1" },
       rates: { type: "string", default: "2000" },
-      version: { type: "string", default: "5" },
       pairs: { type: "string", default: "16" },
       payload: { type: "string", default: "64" },
-      warmup: { type: "string", default: "3" },
+      warmup: { type: "string", default: "15" },
       duration: { type: "string", default: "10" },
       rounds: { type: "string", default: "1" },
+      out: { type: "string" },
       quick: { type: "boolean", default: false },
     },
   });
   const nums = (s: string) => s.split(",").map(Number);
   return {
     targets: values.targets.split(",") as Target[],
+    transports: values.transports.split(",") as Transport[],
+    versions: nums(values.versions) as ProtocolLevel[],
     qos: nums(values.qos) as (0 | 1)[],
     rates: nums(values.rates),
-    version: Number(values.version) as ProtocolLevel,
     pairs: Number(values.pairs),
     payload: Number(values.payload),
     warmup: values.quick ? 1 : Number(values.warmup),
     duration: values.quick ? 2 : Number(values.duration),
     rounds: Number(values.rounds),
+    out: values.out,
   };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const us = (n: number) => (Number.isFinite(n) ? Math.round(n).toString() : "n/a");
+const f1 = (n: number) => (Number.isFinite(n) ? n.toFixed(1) : "n/a");
 
-/** Starts a target; `traced` is set for the Deno ones (their GC trace is read). */
-async function start(
-  target: Target,
-  mark: () => number,
-  workDir: string,
-): Promise<{ port: number; traced: Traced | null; broker: RunningBroker | null }> {
-  const port = freePort();
-  if (target === "mosquitto") {
-    const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, workDir);
-    return { port: broker.port, traced: null, broker };
-  }
-  const script = target === "floor" ? [SELF, "--serve", String(port)] : brokerArgs(port, null);
-  const traced = await startTraced(script, { cwd: REPO_ROOT, port, mark });
-  return { port, traced, broker: null };
+/** One cell of the comparison: what the load was. */
+interface Cell {
+  transport: Transport;
+  version: ProtocolLevel;
+  qos: 0 | 1;
+  rate: number;
 }
 
-async function run(o: Options, target: Target, qos: 0 | 1, rate: number, workDir: string) {
+/** One target measured in one cell. */
+interface Result extends Cell {
+  target: Target;
+  samples: number;
+  p50: number;
+  p99: number;
+  p999: number;
+  max: number;
+  /** Broker CPU per delivered message, µs, in total and by thread name. */
+  cpu: number;
+  threads: Map<string, number>;
+  heapPerMsg: number;
+  scavenges: string;
+  errors: string[];
+}
+
+/** A started target: its port, its pid, and its GC trace for the Deno ones. */
+interface Started {
+  port: number;
+  pid: number;
+  gc: Traced["gc"] | null;
+  stop(): Promise<void>;
+}
+
+async function start(
+  target: Target,
+  transport: Transport,
+  pki: BenchPki | undefined,
+  mark: () => number,
+  workDir: string,
+): Promise<Started> {
+  if (target === "floor") {
+    const port = freePort();
+    const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
+    const traced = await startTraced([SELF, "--serve", String(port), ...tlsArgs], {
+      cwd: REPO_ROOT,
+      port,
+      mark,
+    });
+    return { port, pid: traced.child.pid, gc: traced.gc, stop: () => traced.stop() };
+  }
+  const opts = { tls: transport === "tls" ? pki : undefined, gcTrace: true, gcMark: mark };
+  const broker: RunningBroker = await BROKERS[target].start(BENCH_LIMITS, workDir, opts);
+  return { port: broker.port, pid: broker.pid, gc: broker.gc ?? null, stop: () => broker.stop() };
+}
+
+/** CPU by thread between two readings, µs per message; threads that ended are not counted. */
+function threadDelta(
+  before: Map<string, number>,
+  after: Map<string, number>,
+  messages: number,
+): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [name, t] of after) out.set(name, (t - (before.get(name) ?? 0)) / messages);
+  return out;
+}
+
+async function run(o: Options, target: Target, cell: Cell, workDir: string): Promise<Result> {
+  const pki = cell.transport === "tls" ? await benchPki() : undefined;
   let load: PacedLoad | null = null;
   const mark = () => load?.counts().received ?? 0;
-  const t = await start(target, mark, workDir);
+  const t = await start(target, cell.transport, pki, mark, workDir);
   try {
     load = await PacedLoad.open({
       host: HOST,
       port: t.port,
-      version: o.version,
-      qos,
+      version: cell.version,
+      qos: cell.qos,
       pairs: o.pairs,
-      rate,
+      rate: cell.rate,
       payloadBytes: o.payload,
       persistent: false,
       idPrefix: "floor",
       raw: target === "floor",
+      tls: pki && await clientTls(pki),
     });
     load.go();
     await sleep(o.warmup * 1000);
-    const from = t.traced?.gc.events.length ?? 0;
+    const from = t.gc?.events.length ?? 0;
     load.recordLatency();
     load.takeLatency();
-    const pid = t.traced?.child.pid ?? t.broker?.pid;
-    const cpu0 = pid === undefined ? NaN : await cpuMicros(pid);
+    const threads0 = await threadCpuMicros(t.pid);
     const got0 = load.counts().received;
     await sleep(o.duration * 1000);
     const lat = load.takeLatency();
-    const cpuPerMsg = pid === undefined
-      ? NaN
-      : (await cpuMicros(pid) - cpu0) / Math.max(1, load.counts().received - got0);
-    const gc = t.traced === null ? null : summarize(t.traced.gc.since(from));
-    const errors = load.counts().errors;
+    const messages = Math.max(1, load.counts().received - got0);
+    const threads = threadDelta(threads0, await threadCpuMicros(t.pid), messages);
+    const gc = t.gc === null ? null : summarize(t.gc.since(from));
     const scav = gc?.byKind["s"];
-    console.log(
-      `| ${target} | QoS ${qos} | ${rate} | ${lat.count} | ${us(lat.p50)} | ${us(lat.p99)} | ${
-        us(lat.p999)
-      } | ${us(lat.max)} | ${cpuPerMsg.toFixed(1)} | ${
-        gc === null ? "-" : Math.round(gc.bytesPerMessage)
-      } | ${gc === null ? "-" : `${scav?.count ?? 0} (max ${(scav?.max ?? 0).toFixed(2)} ms)`} |${
-        errors.length > 0 ? ` errors: ${errors.slice(0, 2).join("; ")}` : ""
-      }`,
-    );
+    return {
+      ...cell,
+      target,
+      samples: lat.count,
+      p50: lat.p50,
+      p99: lat.p99,
+      p999: lat.p999,
+      max: lat.max,
+      cpu: [...threads.values()].reduce((a, b) => a + b, 0),
+      threads,
+      // NaN: fewer than two collections in the window, too little allocation to measure.
+      heapPerMsg: gc === null ? NaN : gc.bytesPerMessage,
+      scavenges: t.gc === null
+        ? "-"
+        : `${scav?.count ?? 0}${scav ? ` (max ${scav.max.toFixed(2)} ms)` : ""}`,
+      errors: load.counts().errors,
+    };
   } finally {
     await load?.close().catch(() => {});
-    await t.traced?.stop();
-    await t.broker?.stop();
+    await t.stop();
   }
+}
+
+const cellName = (c: Cell) =>
+  `${c.rate / 1000}k QoS ${c.qos} ${c.transport} ${c.version === 5 ? "5" : "3.1.1"}`;
+
+/** The main thread's share and the rest, e.g. "main 21.3 + V8 DefaultWorke 9.8". */
+function threadSplit(threads: Map<string, number>): string {
+  return [...threads].filter(([, v]) => v >= 0.05).sort((a, b) => b[1] - a[1])
+    .map(([k, v]) => `${k} ${f1(v)}`).join(" + ");
+}
+
+function row(r: Result): string {
+  return `| ${r.target} | ${cellName(r)} | ${r.samples} | ${us(r.p50)} | ${us(r.p99)} | ${
+    us(r.p999)
+  } | ${us(r.max)} | ${f1(r.cpu)} | ${threadSplit(r.threads)} | ${
+    r.target === "mosquitto"
+      ? "-"
+      : Number.isFinite(r.heapPerMsg)
+      ? Math.round(r.heapPerMsg)
+      : "< 2 GCs"
+  } | ${r.scavenges} |${r.errors.length > 0 ? ` errors: ${r.errors.slice(0, 2).join("; ")}` : ""}`;
+}
+
+const ROW_HEADER =
+  "| target | load | samples | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/msg | " +
+  "CPU by thread | heap B/msg | scavenges |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+/** Medians over the rounds, with ratios: mcloudtt to Mosquitto, floor to Mosquitto, ours to floor. */
+function summary(results: Result[], cells: Cell[]): string[] {
+  const lines = [
+    "| load | p99 µs floor / mcloudtt / Mosquitto | p99: mcloudtt ÷ Mosquitto | floor ÷ Mosquitto | " +
+    "mcloudtt ÷ floor | p99.9 µs floor / mcloudtt / Mosquitto | CPU µs/msg floor / mcloudtt / " +
+    "Mosquitto | CPU: mcloudtt ÷ Mosquitto | floor ÷ Mosquitto |",
+    "|---|---|---|---|---|---|---|---|---|",
+  ];
+  const ratio = (
+    a: number,
+    b: number,
+  ) => (b > 0 && Number.isFinite(a) ? `${(a / b).toFixed(2)}×` : "-");
+  for (const c of cells) {
+    const m = (target: Target, key: "p99" | "p999" | "cpu") =>
+      median(
+        results.filter((r) => r.target === target && cellName(r) === cellName(c)).map((r) =>
+          r[key]
+        ),
+      );
+    const [fl, mc, mo] = (["floor", "mcloudtt", "mosquitto"] as const).map((t) => ({
+      p99: m(t, "p99"),
+      p999: m(t, "p999"),
+      cpu: m(t, "cpu"),
+    }));
+    lines.push(
+      `| ${cellName(c)} | ${us(fl.p99)} / ${us(mc.p99)} / ${us(mo.p99)} | ${
+        ratio(mc.p99, mo.p99)
+      } | ${ratio(fl.p99, mo.p99)} | ${ratio(mc.p99, fl.p99)} | ${us(fl.p999)} / ${us(mc.p999)} / ${
+        us(mo.p999)
+      } | ${f1(fl.cpu)} / ${f1(mc.cpu)} / ${f1(mo.cpu)} | ${ratio(mc.cpu, mo.cpu)} | ${
+        ratio(fl.cpu, mo.cpu)
+      } |`,
+    );
+  }
+  return lines;
 }
 
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { serve: { type: "string" } },
+    options: { serve: { type: "string" }, cert: { type: "string" }, key: { type: "string" } },
     strict: false,
   });
   if (typeof values.serve === "string") {
-    await serve(Number(values.serve));
+    if (typeof values.cert === "string" && typeof values.key === "string") {
+      serveTls(Number(values.serve), values.cert, values.key);
+    } else {
+      await serve(Number(values.serve));
+    }
   } else {
     const o = options();
     if (o.targets.includes("mosquitto") && await BROKERS.mosquitto.unavailable() !== null) {
@@ -222,23 +404,43 @@ if (import.meta.main) {
       killAll();
       Deno.exit(130);
     });
-    console.log(
-      `paced load, ${o.pairs} pairs, ${o.payload} B payload, MQTT ${o.version}, ` +
-        `${o.warmup} s warm-up, ${o.duration} s window; latency in µs (quiet machine only)`,
+    const out: string[] = [];
+    const say = (line: string) => {
+      console.log(line);
+      out.push(line);
+    };
+    say(
+      `paced load, ${o.pairs} pairs, ${o.payload} B payload, ${o.warmup} s warm-up, ` +
+        `${o.duration} s window, ${o.rounds} round(s); latency in µs (quiet machine only); ` +
+        `${new Date().toISOString()}`,
     );
-    console.log(
-      "| target | load | msg/s | samples | p50 | p99 | p99.9 | max | CPU µs/msg | heap B/msg | " +
-        "scavenges |",
-    );
-    console.log("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (let round = 0; round < o.rounds; round++) {
-      for (const rate of o.rates) {
-        for (const qos of o.qos) {
-          // Interleaved, so a change in the machine's load hits every target alike.
-          for (const target of o.targets) await run(o, target, qos, rate, workDir);
+    say("");
+    say(ROW_HEADER);
+    const cells: Cell[] = [];
+    for (const transport of o.transports) {
+      for (const version of o.versions) {
+        for (const rate of o.rates) {
+          for (const qos of o.qos) cells.push({ transport, version, qos, rate });
         }
       }
     }
+    const results: Result[] = [];
+    for (let round = 0; round < o.rounds; round++) {
+      for (const cell of cells) {
+        // Interleaved, so a change in the machine's load hits every target alike.
+        for (const target of o.targets) {
+          const r = await run(o, target, cell, workDir);
+          results.push(r);
+          say(row(r));
+        }
+      }
+    }
+    say("");
+    say(`Medians over ${o.rounds} round(s):`);
+    say("");
+    for (const line of summary(results, cells)) say(line);
+    await removeBenchPki();
     await Deno.remove(workDir, { recursive: true }).catch(() => {});
+    if (o.out !== undefined) await Deno.writeTextFile(o.out, out.join("\n") + "\n");
   }
 }

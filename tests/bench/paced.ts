@@ -8,6 +8,7 @@
  * also drive a bare TCP forwarder (`raw` mode: fixed-size frames, no MQTT).
  */
 import { LatencyRecorder } from "./stats.ts";
+import { type ClientTls, connectBench } from "./tls.ts";
 import {
   encodePublishBatch,
   FrameReader,
@@ -43,6 +44,8 @@ export interface PacedOptions {
    * PUBLISH and PUBACK bytes then flow through it unchanged.
    */
   raw?: boolean;
+  /** Connect over TLS (Nagle off, server certificate only; see tls.ts). */
+  tls?: ClientTls;
 }
 
 /** Counters of a running load. */
@@ -108,15 +111,14 @@ class PacedClient {
   private view: DataView | null = null;
   private nowMs = 0;
 
-  constructor(private readonly conn: Deno.TcpConn, private readonly version: ProtocolLevel) {}
+  constructor(private readonly conn: Deno.Conn, private readonly version: ProtocolLevel) {}
 
   static async open(
     o: PacedOptions,
     clientId: string,
     hello: Uint8Array | null = null,
   ): Promise<PacedClient> {
-    const conn = await Deno.connect({ hostname: o.host, port: o.port });
-    conn.setNoDelay(true);
+    const conn = await connectBench(o.host, o.port, o.tls);
     const c = new PacedClient(conn, o.version);
     c.done = c.readLoop();
     if (hello !== null) {

@@ -41,3 +41,28 @@ export async function sample(pid: number): Promise<ProcSample> {
   const [cpu, rss] = await Promise.all([cpuMicros(pid), rssBytes(pid)]);
   return { at: performance.now(), cpuMicros: cpu, rssBytes: rss };
 }
+
+/**
+ * utime + stime of each thread of `pid` in microseconds, summed by thread name (`comm`, e.g.
+ * the main thread under the executable's name, V8's "V8 DefaultWorke" helpers, tokio's pool):
+ * where a process's CPU goes when the main thread is mostly idle.
+ */
+export async function threadCpuMicros(pid: number): Promise<Map<string, number>> {
+  const ticks = await clockTicks();
+  const byName = new Map<string, number>();
+  for await (const entry of Deno.readDir(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = await Deno.readTextFile(`/proc/${pid}/task/${entry.name}/stat`);
+    } catch {
+      continue; // the thread ended between the listing and the read
+    }
+    const open = stat.indexOf("(");
+    const close = stat.lastIndexOf(")");
+    const name = Number(entry.name) === pid ? "main" : stat.slice(open + 1, close).trim();
+    const fields = stat.slice(close + 2).split(" ");
+    const us = ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / ticks;
+    byName.set(name, (byName.get(name) ?? 0) + us);
+  }
+  return byName;
+}
