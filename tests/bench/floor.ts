@@ -28,7 +28,7 @@ import { BENCH_LIMITS, BROKERS, freePort, type RunningBroker } from "./brokers.t
 import { killAll } from "./children.ts";
 import { summarize } from "./gc_trace.ts";
 import { PacedLoad } from "./paced.ts";
-import { threadCpuMicros } from "./procstat.ts";
+import { type ThreadCpu, threadCpuMicros } from "./procstat.ts";
 import { median } from "./stats.ts";
 import { type BenchPki, benchPki, clientTls, removeBenchPki, type Transport } from "./tls.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
@@ -215,9 +215,9 @@ interface Result extends Cell {
   p99: number;
   p999: number;
   max: number;
-  /** Broker CPU per delivered message, µs, in total and by thread name. */
+  /** Broker CPU per delivered message, µs, in total and by thread name (user, kernel). */
   cpu: number;
-  threads: Map<string, number>;
+  threads: Map<string, ThreadCpu>;
   heapPerMsg: number;
   scavenges: string;
   errors: string[];
@@ -255,12 +255,15 @@ async function start(
 
 /** CPU by thread between two readings, µs per message; threads that ended are not counted. */
 function threadDelta(
-  before: Map<string, number>,
-  after: Map<string, number>,
+  before: Map<string, ThreadCpu>,
+  after: Map<string, ThreadCpu>,
   messages: number,
-): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const [name, t] of after) out.set(name, (t - (before.get(name) ?? 0)) / messages);
+): Map<string, ThreadCpu> {
+  const out = new Map<string, ThreadCpu>();
+  for (const [name, t] of after) {
+    const b = before.get(name) ?? { user: 0, sys: 0 };
+    out.set(name, { user: (t.user - b.user) / messages, sys: (t.sys - b.sys) / messages });
+  }
   return out;
 }
 
@@ -304,7 +307,7 @@ async function run(o: Options, target: Target, cell: Cell, workDir: string): Pro
       p99: lat.p99,
       p999: lat.p999,
       max: lat.max,
-      cpu: [...threads.values()].reduce((a, b) => a + b, 0),
+      cpu: [...threads.values()].reduce((a, b) => a + b.user + b.sys, 0),
       threads,
       // NaN: fewer than two collections in the window, too little allocation to measure.
       heapPerMsg: gc === null ? NaN : gc.bytesPerMessage,
@@ -322,10 +325,11 @@ async function run(o: Options, target: Target, cell: Cell, workDir: string): Pro
 const cellName = (c: Cell) =>
   `${c.rate / 1000}k QoS ${c.qos} ${c.transport} ${c.version === 5 ? "5" : "3.1.1"}`;
 
-/** The main thread's share and the rest, e.g. "main 21.3 + V8 DefaultWorke 9.8". */
-function threadSplit(threads: Map<string, number>): string {
-  return [...threads].filter(([, v]) => v >= 0.05).sort((a, b) => b[1] - a[1])
-    .map(([k, v]) => `${k} ${f1(v)}`).join(" + ");
+/** By thread, user + kernel, e.g. "main 12.0+9.3, V8 DefaultWorke 1.2+0.1". */
+function threadSplit(threads: Map<string, ThreadCpu>): string {
+  return [...threads].filter(([, v]) => v.user + v.sys >= 0.05)
+    .sort((a, b) => b[1].user + b[1].sys - a[1].user - a[1].sys)
+    .map(([k, v]) => `${k} ${f1(v.user)}+${f1(v.sys)}`).join(", ");
 }
 
 function row(r: Result): string {
@@ -342,7 +346,7 @@ function row(r: Result): string {
 
 const ROW_HEADER =
   "| target | load | samples | p50 µs | p99 µs | p99.9 µs | max µs | CPU µs/msg | " +
-  "CPU by thread | heap B/msg | scavenges |\n|---|---|---|---|---|---|---|---|---|---|---|";
+  "CPU by thread, user+kernel | heap B/msg | scavenges |\n|---|---|---|---|---|---|---|---|---|---|---|";
 
 /** Medians over the rounds, with ratios: mcloudtt to Mosquitto, floor to Mosquitto, ours to floor. */
 function summary(results: Result[], cells: Cell[]): string[] {

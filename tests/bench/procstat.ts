@@ -42,14 +42,20 @@ export async function sample(pid: number): Promise<ProcSample> {
   return { at: performance.now(), cpuMicros: cpu, rssBytes: rss };
 }
 
+/** CPU time of one thread (or a group of them) in microseconds, user and kernel. */
+export interface ThreadCpu {
+  user: number;
+  sys: number;
+}
+
 /**
- * utime + stime of each thread of `pid` in microseconds, summed by thread name (`comm`, e.g.
- * the main thread under the executable's name, V8's "V8 DefaultWorke" helpers, tokio's pool):
- * where a process's CPU goes when the main thread is mostly idle.
+ * utime and stime of each thread of `pid` in microseconds, summed by thread name (`comm`: the
+ * main thread as "main", V8's "V8 DefaultWorke" helpers, tokio's pool): where a process's CPU
+ * goes when the main thread is mostly idle.
  */
-export async function threadCpuMicros(pid: number): Promise<Map<string, number>> {
+export async function threadCpuMicros(pid: number): Promise<Map<string, ThreadCpu>> {
   const ticks = await clockTicks();
-  const byName = new Map<string, number>();
+  const byName = new Map<string, ThreadCpu>();
   for await (const entry of Deno.readDir(`/proc/${pid}/task`)) {
     let stat: string;
     try {
@@ -61,8 +67,10 @@ export async function threadCpuMicros(pid: number): Promise<Map<string, number>>
     const close = stat.lastIndexOf(")");
     const name = Number(entry.name) === pid ? "main" : stat.slice(open + 1, close).trim();
     const fields = stat.slice(close + 2).split(" ");
-    const us = ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / ticks;
-    byName.set(name, (byName.get(name) ?? 0) + us);
+    const t = byName.get(name) ?? { user: 0, sys: 0 };
+    t.user += (Number(fields[11]) * 1_000_000) / ticks;
+    t.sys += (Number(fields[12]) * 1_000_000) / ticks;
+    byName.set(name, t);
   }
   return byName;
 }
