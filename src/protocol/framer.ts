@@ -39,12 +39,11 @@ export class Framer {
   }
 
   /**
-   * Feeds bytes; calls `onPacket` for each complete packet. Throws
+   * Feeds `chunk[0, n)`; calls `onPacket` for each complete packet. Throws
    * MqttError (0x81 malformed, 0x95 too large) on framing errors.
    */
-  feed(chunk: Uint8Array, onPacket: PacketHandler): void {
+  feed(chunk: Uint8Array, onPacket: PacketHandler, n = chunk.length): void {
     let off = 0;
-    const n = chunk.length;
     const head = this.head;
     if (head !== null) {
       // Complete the fixed header one byte at a time; it is at most 5 bytes.

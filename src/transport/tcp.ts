@@ -12,7 +12,6 @@ const log = getLogger(["mcloudtt", "tcp"]);
  * tests/bench/idle_cost.ts).
  */
 export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
-  readonly transport = "tcp";
   private closed = false;
   private ended = false;
   private linger: ReturnType<typeof setTimeout> | undefined;
@@ -26,6 +25,11 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
   constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {
     super();
     this.settled = this.onSettled.bind(this);
+  }
+
+  /** A getter, not a field: the same for every connection. */
+  get transport(): "tcp" {
+    return "tcp";
   }
 
   /**
@@ -59,7 +63,7 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
   private onSettled(r: unknown): void {
     if (typeof r === "number") {
       try {
-        this.handler.data(this.readView(r));
+        this.handler.data(this.bytes, r);
       } catch (e) {
         return this.finish(e);
       }
