@@ -88,7 +88,6 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private ackQueue: AckQueue | null = null;
   /** Reading paused because more than Receive Maximum acknowledgements wait. */
   private acksFull = false;
-  private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
@@ -131,7 +130,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.lastRx = this.host.clock.now();
     this.host.metrics.bytesReceived += length;
     try {
-      this.framer.feed(chunk, this.onPacket, length);
+      this.framer.feed(chunk, this, length);
     } catch (e) {
       this.fail(e);
       return;
