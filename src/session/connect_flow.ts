@@ -65,7 +65,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
     certificateIdentity: c.peer.certificateIdentity,
     remoteAddress: c.peer.remoteAddress,
     protocolLevel: pkt.protocolLevel,
-    acceptedAt: c.acceptedAt,
+    acceptedAt: c.since,
   });
   if (decision instanceof Promise) {
     waitFor(c, decision.then((d) => authenticated(c, d, pkt, n)));
@@ -137,7 +137,7 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
     encodeConnack(c.level as ProtocolLevel, present, 0, props, c.clientMaxPacket),
   );
   c.host.metrics.connects++;
-  c.connectedAt = c.host.clock.now();
+  c.since = c.host.clock.now();
   // Checked first: the fields would be gathered for every CONNECT even when info is off.
   if (log.isEnabledFor("info")) {
     log.info(

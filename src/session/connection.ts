@@ -65,7 +65,12 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   username: string | undefined;
   /** Last time bytes arrived (ms since epoch). */
   lastRx: number;
-  readonly acceptedAt: number;
+  /**
+   * When the socket was accepted (clock ms), and from CONNACK on when CONNECT was accepted:
+   * the connect timeout counts from the first, the disconnect log line's duration from the
+   * second. One field for both, as a timestamp costs a 16-byte number besides its slot.
+   */
+  since: number;
   /** Keep alive timeout in ms (1.5 x keep alive), 0 for none. */
   keepAliveTimeout = 0;
   sendWindow = 65535;
@@ -83,11 +88,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private ackQueue: AckQueue | null = null;
   /** Reading paused because more than Receive Maximum acknowledgements wait. */
   private acksFull = false;
-  private readonly onPacket = this.handlePacket.bind(this);
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
-  /** When CONNECT was accepted (clock ms), for the disconnect log line. */
-  connectedAt = 0;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
   private closeCode = -1;
   private closedBy: "client" | "server" | "network" = "network";
@@ -99,7 +101,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   ) {
     this.framer = new Framer(host.limits.maxPacketSize);
     this.outbox = new Outbox(sink, this);
-    this.lastRx = this.acceptedAt = host.clock.now();
+    this.lastRx = this.since = host.clock.now();
   }
 
   /** Not yet closed (a method call keeps TypeScript from narrowing `state`). */
@@ -118,17 +120,17 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     return this.gate === null ? null : this.gate.promise;
   }
 
-  data(chunk: Uint8Array): void {
+  data(chunk: Uint8Array, length: number): void {
     if (this.state !== State.Connected) {
       if (this.state === State.Closed) return;
-      if (this.state === State.AwaitingConnect && this.framer.idle && chunk.length > 0) {
+      if (this.state === State.AwaitingConnect && this.framer.idle && length > 0) {
         if (chunk[0] !== FIRST_CONNECT_BYTE) return this.notMqtt(chunk[0]);
       }
     }
     this.lastRx = this.host.clock.now();
-    this.host.metrics.bytesReceived += chunk.length;
+    this.host.metrics.bytesReceived += length;
     try {
-      this.framer.feed(chunk, this.onPacket);
+      this.framer.feed(chunk, this, length);
     } catch (e) {
       this.fail(e);
       return;
@@ -219,7 +221,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const reason = code === -1 ? "connection_lost" : hex(code);
     this.host.metrics.disconnected(reason);
     if (!log.isEnabledFor("info")) return;
-    const duration = Math.max(0, (this.host.clock.now() - this.connectedAt) / 1000);
+    const duration = Math.max(0, (this.host.clock.now() - this.since) / 1000);
     log.info(
       "client {client_id} disconnected: reason {reason_code}, closed by {closed_by} after " +
         "{duration_s} s, will {will}",
@@ -473,7 +475,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   /** Called by the keep-alive sweep. */
   checkTimeouts(now: number): void {
     if (this.state === State.AwaitingConnect) {
-      if (now - this.acceptedAt > this.host.limits.connectTimeoutMs) {
+      if (now - this.since > this.host.limits.connectTimeoutMs) {
         log.info("no CONNECT from {remote_address} in time", {
           remote_address: this.peer.remoteAddress,
         });

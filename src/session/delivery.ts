@@ -45,6 +45,13 @@ interface Queued {
   seq: number;
 }
 
+/**
+ * The queue of every session with nothing queued: an idle session holds no array of its own
+ * (32 B each). Frozen, so a write that forgot to replace it throws instead of reaching every
+ * session.
+ */
+const EMPTY_QUEUE = Object.freeze([]) as unknown as Queued[];
+
 /** What of a stored session `SessionDelivery` writes and restores. */
 type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
 
@@ -58,7 +65,7 @@ export abstract class SessionDelivery {
   journal: Journal | null = null;
 
   private inflight: PacketIdTable<Outgoing> | null = null;
-  private queue: Queued[] = [];
+  private queue: Queued[] = EMPTY_QUEUE;
   private queueHead = 0;
   /** Payload bytes of the queued messages. */
   private queuedBytes = 0;
@@ -237,7 +244,8 @@ export abstract class SessionDelivery {
       q.seq = this.nextSeq++;
       this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
     }
-    this.queue.push(q);
+    if (this.queue === EMPTY_QUEUE) this.queue = [q];
+    else this.queue.push(q);
   }
 
   private dequeued(q: Queued): void {
@@ -272,9 +280,8 @@ export abstract class SessionDelivery {
       this.send(link, next.msg, next.qos, next.retain, next.subIds);
     }
     if (this.queueHead === q.length) {
-      // Every drain pumps: an empty queue is kept, not replaced by a new empty array.
       if (q.length !== 0) {
-        this.queue = [];
+        this.queue = EMPTY_QUEUE;
         this.queueHead = 0;
       }
       if (this.streams !== null) this.pumpRetained(link);
@@ -430,7 +437,7 @@ export abstract class SessionDelivery {
   /** Drops every message held for delivery (the session ends). */
   protected dropDeliveries(): void {
     this.inflight = null;
-    this.queue = [];
+    this.queue = EMPTY_QUEUE;
     this.queueHead = 0;
     this.queuedBytes = 0;
     if (this.streams !== null) { for (const s of this.streams) s.cancel(); }

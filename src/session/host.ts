@@ -24,8 +24,12 @@ export interface PeerInfo {
 
 /** The part of a connection a transport drives. */
 export interface ConnectionHandler {
-  /** Bytes arrived; `chunk` is only valid during the call. */
-  data(chunk: Uint8Array): void;
+  /**
+   * `length` bytes arrived, `chunk[0, length)` (the transport's read buffer, passed whole so
+   * that no view of it is made per read or kept by an idle connection); only valid during the
+   * call.
+   */
+  data(chunk: Uint8Array, length: number): void;
   /** The transport saw the socket end (EOF or error). */
   closed(): void;
   /** Non-null while the transport should stop reading (backpressure). */

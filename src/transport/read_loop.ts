@@ -58,28 +58,19 @@ export function readSlotsInUse(): number {
 /**
  * The read buffer of one connection: a slot while reads are small, else a buffer of its own.
  * Call `afterRead(n)` after each read of `n` bytes into `bytes`, and `releaseBuffer()` once no
- * read is pending any more. Transports extend it (one object per connection, not two).
+ * read is pending any more. Transports extend it (one object per connection, not two). A read
+ * is handed on as `bytes` and its length, not as a view: a view cached per connection cost
+ * ~100 B per idle connection, and one made per read is an allocation per read.
  */
 export class ReadBuffer {
   /** Where the next read goes. */
   bytes: Uint8Array;
   private slab: Slab | null;
-  /**
-   * The view handed out for the last read, a prefix of `bytes`: reads of one client tend to
-   * have one size (a PUBLISH, a PUBACK), so it is reused instead of made for every read.
-   */
-  private last: Uint8Array;
 
   constructor() {
     const s = takeSlot();
     this.slab = s.slab;
-    this.last = this.bytes = s.view;
-  }
-
-  /** The first `n` bytes of `bytes`, valid until the next read. */
-  readView(n: number): Uint8Array {
-    if (this.last.length !== n) this.last = this.bytes.subarray(0, n);
-    return this.last;
+    this.bytes = s.view;
   }
 
   /** Picks the buffer for the next read after one of `n` bytes. */
@@ -88,14 +79,14 @@ export class ReadBuffer {
     if (n === size) {
       if (size >= OWN_MAX) return;
       this.releaseBuffer();
-      this.last = this.bytes = new Uint8Array(size === SLOT_SIZE ? OWN_FIRST : size * 2);
+      this.bytes = new Uint8Array(size === SLOT_SIZE ? OWN_FIRST : size * 2);
     } else if (this.slab === null) {
       if (n <= SLOT_SIZE) {
         const s = takeSlot();
         this.slab = s.slab;
-        this.last = this.bytes = s.view;
+        this.bytes = s.view;
       } else if (n < size >> 3 && size > OWN_FIRST) {
-        this.last = this.bytes = new Uint8Array(size >> 1);
+        this.bytes = new Uint8Array(size >> 1);
       }
     }
   }

@@ -1,5 +1,6 @@
 /** Plain TCP listener on Deno.listen: the cheapest read path Deno offers. */
 import { getLogger } from "@logtape/logtape";
+import { rawIo, resourceId } from "./deno_io.ts";
 import { ReadBuffer } from "./read_loop.ts";
 import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
@@ -9,32 +10,51 @@ const log = getLogger(["mcloudtt", "tcp"]);
  * One accepted Deno.Conn: reads it into the broker's handler, is the handler's ByteWriter and
  * describes the peer. One object and one bound callback per connection, no async function: an
  * idle connection holds only its pending read (what a connection costs is measured by
- * tests/bench/idle_cost.ts).
+ * tests/bench/idle_cost.ts and idle_heap.ts). Where Deno's core resource functions are
+ * available (deno_io.ts) the Deno.Conn itself is let go after accept and the socket is read
+ * and written by its resource id: the Conn object and what its async `read` keeps alive cost
+ * more than the rest of an idle connection's JS objects together.
  */
 export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
-  readonly transport = "tcp";
   private closed = false;
   private ended = false;
   private linger: ReturnType<typeof setTimeout> | undefined;
   private handler!: ConnectionHandler;
   /**
-   * Settles every read and read gate: a byte count, null at EOF, undefined when a gate
+   * Settles every read and read gate: a byte count, 0 or null at EOF, undefined when a gate
    * opened, else an error.
    */
   private readonly settled: (r: unknown) => void;
+  /** The socket's resource id when `rawIo` serves it, else -1 and `conn` is used. */
+  private readonly rid: number;
+  /** The Deno.Conn, only kept when `rawIo` cannot serve it. */
+  private readonly conn: Deno.Conn | null;
+  /** The client's address (the Deno.Conn's address object is a dictionary of ~290 B). */
+  private readonly remoteHost: string;
+  private readonly remotePort: number;
 
-  constructor(private readonly conn: Deno.Conn, private readonly lingerMs: number) {
+  constructor(conn: Deno.Conn, private readonly lingerMs: number) {
     super();
     this.settled = this.onSettled.bind(this);
+    const a = conn.remoteAddr as Deno.NetAddr;
+    this.remoteHost = a.hostname;
+    this.remotePort = a.port;
+    const rid = rawIo === null ? -1 : resourceId(conn);
+    this.rid = rid;
+    this.conn = rid === -1 ? conn : null;
+  }
+
+  /** A getter, not a field: the same for every connection. */
+  get transport(): "tcp" {
+    return "tcp";
   }
 
   /**
-   * "host:port" of the client, made when asked (at CONNECT, in log lines): Deno keeps the
-   * address anyway, and a string held by every idle connection costs more than making it.
+   * "host:port" of the client, made when asked (at CONNECT, in log lines): a string held by
+   * every idle connection costs more than making it.
    */
   get remoteAddress(): string {
-    const a = this.conn.remoteAddr as Deno.NetAddr;
-    return `${a.hostname}:${a.port}`;
+    return `${this.remoteHost}:${this.remotePort}`;
   }
 
   /** Starts reading into `handler` until EOF or an error; then the handler is told and the conn closed. */
@@ -50,16 +70,19 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
       return;
     }
     try {
-      this.conn.read(this.bytes).then(this.settled, this.settled);
+      const rid = this.rid;
+      const read = rid !== -1 ? rawIo!.read(rid, this.bytes) : this.conn!.read(this.bytes);
+      read.then(this.settled, this.settled);
     } catch (e) {
       this.onSettled(e);
     }
   }
 
   private onSettled(r: unknown): void {
-    if (typeof r === "number") {
+    // A read into a non-empty buffer resolves with 0 (by resource id) or null (Deno.Conn) at EOF.
+    if (typeof r === "number" && r !== 0) {
       try {
-        this.handler.data(this.readView(r));
+        this.handler.data(this.bytes, r);
       } catch (e) {
         return this.finish(e);
       }
@@ -84,7 +107,8 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
 
   /** Resolves with the bytes the socket took; the outbox writes the rest (see ByteWriter). */
   write(bytes: Uint8Array): Promise<number> {
-    return this.conn.write(bytes);
+    const rid = this.rid;
+    return rid !== -1 ? rawIo!.write(rid, bytes) : this.conn!.write(bytes);
   }
 
   /**
@@ -97,7 +121,10 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
     if (this.closed || this.linger !== undefined) return;
     if (this.lingerMs === 0) return this.close();
     try {
-      this.conn.closeWrite();
+      const rid = this.rid;
+      const shut = rid !== -1 ? rawIo!.shutdown(rid) : this.conn!.closeWrite();
+      // A socket the peer reset fails to shut down: close it (unhandled, it would end the process).
+      shut.then(undefined, () => this.close());
     } catch {
       return this.close();
     }
@@ -109,7 +136,8 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
     this.closed = true;
     if (this.linger !== undefined) clearTimeout(this.linger);
     try {
-      this.conn.close();
+      if (this.rid !== -1) rawIo!.close(this.rid);
+      else this.conn!.close();
     } catch {
       // already closed by the peer
     }

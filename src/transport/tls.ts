@@ -99,7 +99,7 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
     resumeSocket(socket);
   };
   socket.on("data", (chunk: Uint8Array) => {
-    handler.data(chunk);
+    handler.data(chunk, chunk.length);
     if (paused) return;
     const gate = handler.readGate;
     if (gate !== null) {

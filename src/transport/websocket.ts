@@ -113,12 +113,12 @@ function bridge(
     }
     if (Array.isArray(data)) {
       for (const c of data) {
-        handler.data(c);
+        handler.data(c, c.length);
         unpausedBytes += c.length;
       }
     } else {
       const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : data;
-      handler.data(bytes);
+      handler.data(bytes, bytes.length);
       unpausedBytes += bytes.length;
     }
     if (paused) return;

@@ -33,16 +33,27 @@ interface ProfileNode {
 export class Inspector {
   private next = 1;
   private readonly waiting = new Map<number, (r: { result?: unknown; error?: unknown }) => void>();
+  /** Handlers of events (messages without an id), by method. */
+  private readonly events = new Map<string, (params: Record<string, unknown>) => void>();
 
   private constructor(private readonly ws: WebSocket) {
     ws.onmessage = (ev) => {
       const msg = JSON.parse(String(ev.data));
-      const w = msg.id !== undefined ? this.waiting.get(msg.id) : undefined;
+      if (msg.id === undefined) {
+        this.events.get(msg.method)?.(msg.params);
+        return;
+      }
+      const w = this.waiting.get(msg.id);
       if (w !== undefined) {
         this.waiting.delete(msg.id);
         w(msg);
       }
     };
+  }
+
+  /** Calls `handler` with the params of every `method` event (one handler per method). */
+  on(method: string, handler: (params: Record<string, unknown>) => void): void {
+    this.events.set(method, handler);
   }
 
   static async connect(host: string, port: number): Promise<Inspector> {

@@ -6,6 +6,7 @@
  * servers that only accept and read (`idle_floor.ts`): the floor the runtime sets.
  *
  *   deno run -A tests/bench/idle_cost.ts [--count 10000] [--only mcloudtt,floor-deno-tcp]
+ *     [--level 4|5]  (MQTT 3.1.1, the default, or 5)
  *
  * Memory figures are trustworthy on a loaded machine; the connect rate is not (indicative).
  */
@@ -15,6 +16,7 @@ import { spawnMemoryChild } from "../helpers/memory_child.ts";
 import { freePort } from "./brokers.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import { closeAll, openMany } from "../helpers/idle_clients.ts";
+import type { ProtocolLevel } from "./wire.ts";
 import { cpuMicros } from "./procstat.ts";
 
 const HOST = "127.0.0.1";
@@ -198,17 +200,18 @@ export async function measure(
   dir: string,
   count: number,
   warmup: number,
+  level: ProtocolLevel = 4,
 ): Promise<IdleCost> {
   const server = await target.start(certs, dir);
   try {
     if (warmup > 0) {
-      const w = await openMany(server, warmup, { prefix: "warm-" });
+      const w = await openMany(server, warmup, { prefix: "warm-", level });
       await closeAll(w.sockets);
       await sleep(500);
     }
     const before = await server.memory();
     const cpuBefore = await cpuMicros(server.pid);
-    const opened = await openMany(server, count);
+    const opened = await openMany(server, count, { level });
     const cpuAfter = await cpuMicros(server.pid);
     await sleep(1000);
     const after = await server.memory();
@@ -261,6 +264,7 @@ if (import.meta.main) {
     options: {
       count: { type: "string", default: "10000" },
       warmup: { type: "string", default: "200" },
+      level: { type: "string", default: "4" },
       only: { type: "string" },
       json: { type: "boolean", default: false },
     },
@@ -274,7 +278,8 @@ if (import.meta.main) {
     const rows: IdleCost[] = [];
     for (const t of targets) {
       const certs = { ...pki.broker, ca: pki.ca.cert };
-      const row = await measure(t, certs, dir, count, Number(values.warmup));
+      const level = Number(values.level) === 5 ? 5 : 4;
+      const row = await measure(t, certs, dir, count, Number(values.warmup), level);
       console.error(`${t.name}: ${fmt(row.rssKbPerConn)} kB RSS/conn`);
       rows.push(row);
     }

@@ -63,10 +63,11 @@ function statusBytes(pid: number, field: string): number {
 
 /**
  * Starts a plain broker (TCP on a free port, WebSocket too unless turned off) in a subprocess;
- * `overrides` change any config key.
+ * `overrides` change any config key, `denoFlags` go to `deno run` (`--inspect=...`).
  */
 export async function startBrokerProcess(
   overrides: DeepPartial<Config> = {},
+  denoFlags: readonly string[] = [],
 ): Promise<BrokerProcess> {
   const config: DeepPartial<Config> = {
     ...overrides,
@@ -80,6 +81,7 @@ export async function startBrokerProcess(
     [JSON.stringify(config)],
     "broker process",
     5000,
+    denoFlags,
   );
   const ports: Record<string, number> = {};
   for (const a of JSON.parse(proc.ready)) ports[a.kind] = a.port;

@@ -18,17 +18,18 @@ export interface MemoryChild {
 }
 
 /**
- * Runs `deno run --allow-all --v8-flags=--expose-gc <script> <args>` and waits for its READY
- * line; `name` is for errors.
+ * Runs `deno run --allow-all --v8-flags=--expose-gc <denoFlags> <script> <args>` and waits for
+ * its READY line; `name` is for errors.
  */
 export async function spawnMemoryChild(
   script: string,
   args: string[],
   name: string,
   killAfterMs: number,
+  denoFlags: readonly string[] = [],
 ): Promise<MemoryChild> {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--v8-flags=--expose-gc", script, ...args],
+    args: ["run", "--allow-all", "--v8-flags=--expose-gc", ...denoFlags, script, ...args],
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",

@@ -34,10 +34,12 @@ function packet(header: number, bodyLen: number, seed = 0): Uint8Array {
 function frameAll(framer: Framer, chunks: Uint8Array[]): Frame[] {
   const out: Frame[] = [];
   for (const c of chunks) {
-    framer.feed(c, (header, buf, start, end) => {
-      // The bytes are only valid during the call, so keep a copy.
-      out.push({ header, body: buf.slice(start, end) });
-      return true;
+    framer.feed(c, {
+      handlePacket(header, buf, start, end) {
+        // The bytes are only valid during the call, so keep a copy.
+        out.push({ header, body: buf.slice(start, end) });
+        return true;
+      },
     });
   }
   return out;
@@ -153,9 +155,11 @@ Deno.test("several packets in one chunk are all delivered, in order, without cop
   const f = new Framer(1024);
   const chunk = concatBytes([packet(0x30, 5, 1), packet(0xc0, 0), packet(0x40, 2, 2)]);
   const seen: { header: number; start: number; end: number; same: boolean }[] = [];
-  f.feed(chunk, (header, buf, start, end) => {
-    seen.push({ header, start, end, same: buf === chunk });
-    return true;
+  f.feed(chunk, {
+    handlePacket(header, buf, start, end) {
+      seen.push({ header, start, end, same: buf === chunk });
+      return true;
+    },
   });
   assert.deepEqual(seen, [
     { header: 0x30, start: 2, end: 7, same: true },
@@ -168,9 +172,11 @@ Deno.test("a handler returning false stops framing the rest of the chunk", () =>
   const f = new Framer(1024);
   const chunk = concatBytes([packet(0xe0, 0), packet(0xc0, 0), packet(0xc0, 0)]);
   const headers: number[] = [];
-  f.feed(chunk, (header) => {
-    headers.push(header);
-    return false;
+  f.feed(chunk, {
+    handlePacket(header) {
+      headers.push(header);
+      return false;
+    },
   });
   assert.deepEqual(headers, [0xe0]);
 });
@@ -234,9 +240,11 @@ Deno.test("an oversized packet after a good one in the same chunk is refused aft
   const headers: number[] = [];
   assertMqttError(
     () =>
-      f.feed(concatBytes([packet(0xc0, 0), Uint8Array.of(0x30, 0x80, 0x01)]), (h) => {
-        headers.push(h);
-        return true;
+      f.feed(concatBytes([packet(0xc0, 0), Uint8Array.of(0x30, 0x80, 0x01)]), {
+        handlePacket(h) {
+          headers.push(h);
+          return true;
+        },
       }),
     ReasonCode.PacketTooLarge,
   );

@@ -24,8 +24,6 @@ Deno.test("a read buffer starts as a slot, grows when a read fills it, and goes 
   b.afterRead(2);
   assert.equal(b.bytes.length, SLOT_SIZE, "a PINGREQ-sized read goes back to a slot");
   assert.equal(readSlotsInUse(), before + 1);
-  assert.equal(b.readView(2).length, 2);
-  assert.equal(b.readView(2), b.readView(2), "a repeated read size reuses its view");
   b.releaseBuffer();
   b.releaseBuffer();
   assert.equal(readSlotsInUse(), before, "release is idempotent");
