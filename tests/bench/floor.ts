@@ -5,8 +5,9 @@
  * ways) is driven by the same paced load as the brokers (paced.ts: 16 pairs,
  * the same PUBLISH and PUBACK bytes), and its latency, CPU and allocation are
  * reported next to mcloudtt's and Mosquitto's, interleaved in one run. Over
- * plain TCP the forwarder uses `Deno.listen`, over TLS `node:tls`: the APIs
- * mcloudtt's own transports use. On a quiet machine the gap between the
+ * plain TCP the forwarder uses `Deno.listen` and reads and writes by resource
+ * id (src/transport/deno_io.ts), over TLS `node:tls`: what mcloudtt's own
+ * transports use. On a quiet machine the gap between the
  * forwarder and mcloudtt is what our own code costs; the forwarder's figures
  * are what no broker on this runtime beats.
  *
@@ -27,6 +28,7 @@ import type { Socket } from "node:net";
 import { BENCH_LIMITS, BROKERS, freePort, type RunningBroker } from "./brokers.ts";
 import { killAll } from "./children.ts";
 import { summarize } from "./gc_trace.ts";
+import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
 import { PacedLoad } from "./paced.ts";
 import { type ThreadCpu, threadCpuMicros } from "./procstat.ts";
 import { median } from "./stats.ts";
@@ -39,8 +41,30 @@ const SELF = new URL(import.meta.url).pathname;
 
 // ---- the forwarder ------------------------------------------------------------------
 
+/**
+ * One side of a forwarded pair, read and written the cheapest way Deno offers: by resource id
+ * through the runtime's core (what mcloudtt's TCP transport does, src/transport/deno_io.ts),
+ * else through the Deno.Conn's own methods.
+ */
+interface Side {
+  read(buf: Uint8Array): Promise<number | null>;
+  write(bytes: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+function side(conn: Deno.Conn): Side {
+  const rid = rawIo === null ? -1 : resourceId(conn);
+  if (rid === -1) return conn;
+  const io = rawIo!;
+  return {
+    read: (buf) => io.read(rid, buf).then((n) => (n === 0 ? null : n)),
+    write: (bytes) => io.write(rid, bytes),
+    close: () => io.close(rid),
+  };
+}
+
 /** Copies everything `from` sends to `to` until either side ends. */
-async function forward(from: Deno.Conn, to: Deno.Conn, first: Uint8Array | null): Promise<void> {
+async function forward(from: Side, to: Side, first: Uint8Array | null): Promise<void> {
   const buf = new Uint8Array(16 * 1024);
   try {
     if (first !== null && first.length > 0) await writeAll(to, first);
@@ -61,13 +85,13 @@ async function forward(from: Deno.Conn, to: Deno.Conn, first: Uint8Array | null)
   }
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+async function writeAll(conn: Side, bytes: Uint8Array): Promise<void> {
   let off = 0;
   while (off < bytes.length) off += await conn.write(bytes.subarray(off));
 }
 
 /** Reads the 2-byte hello (role, pair); returns it with whatever followed it. */
-async function hello(conn: Deno.Conn): Promise<{ role: number; pair: number; rest: Uint8Array }> {
+async function hello(conn: Side): Promise<{ role: number; pair: number; rest: Uint8Array }> {
   const buf = new Uint8Array(4096);
   let have = 0;
   while (have < 2) {
@@ -81,9 +105,10 @@ async function hello(conn: Deno.Conn): Promise<{ role: number; pair: number; res
 /** The plain forwarder: pairs publisher i with subscriber i and pipes them both ways. */
 async function serve(port: number): Promise<void> {
   const listener = Deno.listen({ hostname: HOST, port });
-  const waiting = new Map<string, { conn: Deno.Conn; rest: Uint8Array }>();
-  for await (const conn of listener) {
-    conn.setNoDelay(true);
+  const waiting = new Map<string, { conn: Side; rest: Uint8Array }>();
+  for await (const tcp of listener) {
+    tcp.setNoDelay(true);
+    const conn = side(tcp);
     hello(conn).then(({ role, pair, rest }) => {
       const peerKey = `${1 - role}:${pair}`;
       const peer = waiting.get(peerKey);
