@@ -56,10 +56,14 @@ export function encodeBody(msg: Message): Uint8Array {
   return out;
 }
 
+/** Characters of the process prefix that starts every id `MessageIds` gives. */
+const ID_PREFIX_LENGTH = 8;
+
 /**
  * Ids for the messages that enter the cluster here: a random prefix of this
  * process (48 bits, 8 characters) and a counter. Unique cluster-wide without
- * asking Redis; a restarted process draws a new prefix.
+ * asking Redis; a restarted process draws a new prefix. The counter follows
+ * the order in which the process forwarded them (`idOrigin`, `idSeq`).
  */
 export class MessageIds {
   private readonly prefix: string;
@@ -74,6 +78,16 @@ export class MessageIds {
   next(): string {
     return this.prefix + (++this.seq).toString(36);
   }
+}
+
+/** The process that gave `id` (its prefix), or "" for an id `MessageIds` did not make. */
+export function idOrigin(id: string): string {
+  return id.length > ID_PREFIX_LENGTH ? id.slice(0, ID_PREFIX_LENGTH) : "";
+}
+
+/** Where `id` comes in its process's order (`idOrigin`), NaN for an id `MessageIds` did not make. */
+export function idSeq(id: string): number {
+  return id.length > ID_PREFIX_LENGTH ? parseInt(id.slice(ID_PREFIX_LENGTH), 36) : NaN;
 }
 
 /** `[0, 0]`: no groups, shared by every record without groups. */

@@ -398,6 +398,7 @@ export class ClusterSessions {
     );
     const routed: Promise<void>[] = [];
     for (const sub of core.storedSubscriptions(state, held)) {
+      if (sub.group !== null) held.shared = true;
       if (core.router.subscribe(sub) !== Subscribed.NewRoute) continue;
       const ready = core.bus.addRoute(sub.key);
       if (ready !== null) routed.push(ready);

@@ -12,7 +12,17 @@
  * crossed the bus, so it carries a cluster-wide id (`Message.id`), and the
  * copy here is dropped when the loaded session already holds or completed
  * that id: once, also at QoS 1.
+ *
+ * The session remembers only its last `[cluster] dedupe_window` completed
+ * ids, but the overlap lasts as long as N's routes take to reach every node
+ * (up to `[cluster] route_fence_ms`), and the old connection may complete more
+ * than that meanwhile. So the order of the ids counts too: a node forwards
+ * its messages in the order of their ids' counters, and O took every message
+ * of that node matching the session's subscriptions, in that order, until it
+ * let go. A held copy older than a message of the same node that the session
+ * holds or completed had reached O before it: it is dropped as well.
  */
+import { idOrigin, idSeq } from "../cluster/codec.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Subscriber } from "../router/types.ts";
 import type { Session } from "./session.ts";
@@ -32,6 +42,12 @@ export class HeldDeliveries implements Subscriber {
   dropped = 0;
   /** Copies not handed over because the session had them already. */
   duplicates = 0;
+  /**
+   * The session has a shared subscription: a message for its group went to
+   * one node only, so a held copy older than what O took may never have
+   * reached O, and only the ids themselves tell duplicates.
+   */
+  shared = false;
 
   constructor(
     readonly clientId: string,
@@ -52,7 +68,8 @@ export class HeldDeliveries implements Subscriber {
 
   /**
    * Delivers what was held to `session`, oldest first, except copies of
-   * messages the session holds or completed already, and forgets it.
+   * messages the session holds or completed already, or that came before
+   * such a message from the same node (see above), and forgets it.
    * Returns how many were delivered.
    */
   handTo(session: Session): number {
@@ -60,11 +77,28 @@ export class HeldDeliveries implements Subscriber {
     this.held = [];
     if (held.length === 0) return 0;
     const known = session.knownIds();
+    const newest = this.shared ? null : newestByOrigin(known);
     let n = 0;
-    for (const h of held) if (session.deliverOnce(h.msg, h.qos, h.retain, h.subIds, known)) n++;
+    for (const h of held) {
+      const id = h.msg.id;
+      if (newest !== null && idSeq(id) < (newest.get(idOrigin(id)) ?? NaN)) known.add(id);
+      if (session.deliverOnce(h.msg, h.qos, h.retain, h.subIds, known)) n++;
+    }
     this.duplicates += held.length - n;
     return n;
   }
+}
+
+/** The highest counter among `ids` of each node that gave some of them. */
+function newestByOrigin(ids: Iterable<string>): Map<string, number> {
+  const newest = new Map<string, number>();
+  for (const id of ids) {
+    const origin = idOrigin(id);
+    const seq = idSeq(id);
+    if (origin === "" || Number.isNaN(seq)) continue;
+    if (!(seq <= (newest.get(origin) ?? -1))) newest.set(origin, seq);
+  }
+  return newest;
 }
 
 /**

@@ -183,7 +183,7 @@ export class SessionSubscriber {
     id: string,
     ports: () => readonly number[],
     index: number,
-    filter: string,
+    filter: string | string[],
     qos: 1 | 2 = 1,
   ): Promise<SessionSubscriber> {
     const s = new SessionSubscriber(id, ports);
