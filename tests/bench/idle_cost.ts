@@ -162,6 +162,7 @@ export const TARGETS: readonly IdleTarget[] = [
   floor("deno-tcp"),
   floor("deno-tcp-shared"),
   floor("deno-tcp-hold"),
+  floor("deno-tcp-rid"),
   floor("node-net"),
   mcloudtt(true),
   mosquitto(true),

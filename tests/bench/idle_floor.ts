@@ -13,6 +13,9 @@
  *   without a buffer per connection).
  * - `deno-tcp-hold`: Deno.listen, connections accepted and held without a read (what the
  *   resource alone costs; such a server could not notice input).
+ * - `deno-tcp-rid`: Deno.listen, the Deno.Conn let go after accept and the socket read by
+ *   resource id through Deno's core into one shared buffer (src/transport/deno_io.ts, what
+ *   mcloudtt's TCP transport does): the least a Deno server that notices input can hold.
  * - `node-net`: node:net server, a 'data' listener per socket.
  * - `deno-tls`: Deno.listenTls, a pending read with a 256-byte buffer per connection.
  * - `deno-tls-shared`: Deno.listenTls, one shared read buffer.
@@ -21,6 +24,7 @@
 import net from "node:net";
 import tls from "node:tls";
 import { serveMemoryRequests } from "../helpers/memory_child.ts";
+import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
 
 const CONNACK = new Uint8Array([0x20, 0x02, 0x00, 0x00]);
 const CONNACK_V5 = new Uint8Array([0x20, 0x03, 0x00, 0x00, 0x00]);
@@ -53,6 +57,25 @@ async function readLoop(conn: Deno.Conn, own: boolean): Promise<void> {
     conn.close();
   } catch {
     // closed
+  }
+}
+
+/** One pending read by resource id; the first read is answered with a CONNACK. */
+function ridRead(rid: number, first: boolean): void {
+  rawIo!.read(rid, shared).then((n) => {
+    if (n === 0) return rawIo!.close(rid);
+    if (first) rawIo!.write(rid, connackFor(shared.subarray(0, n))).catch(() => {});
+    ridRead(rid, false);
+  }, () => rawIo!.close(rid));
+}
+
+async function ridLoop(listener: Deno.Listener): Promise<void> {
+  if (rawIo === null) throw new Error("this Deno has no core read by resource id");
+  for (;;) {
+    const conn = await listener.accept();
+    const rid = resourceId(conn);
+    if (rid === -1) throw new Error("no resource id on Deno.Conn");
+    ridRead(rid, true);
   }
 }
 
@@ -93,9 +116,11 @@ async function start(): Promise<number> {
   switch (mode) {
     case "deno-tcp":
     case "deno-tcp-shared":
-    case "deno-tcp-hold": {
+    case "deno-tcp-hold":
+    case "deno-tcp-rid": {
       const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       if (mode === "deno-tcp-hold") holdLoop(l);
+      else if (mode === "deno-tcp-rid") ridLoop(l);
       else acceptLoop(l, mode === "deno-tcp");
       return (l.addr as Deno.NetAddr).port;
     }
