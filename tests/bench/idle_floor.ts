@@ -15,7 +15,8 @@
  *   resource alone costs; such a server could not notice input).
  * - `deno-tcp-rid`: Deno.listen, the Deno.Conn let go after accept and the socket read by
  *   resource id through Deno's core into one shared buffer (src/transport/deno_io.ts, what
- *   mcloudtt's TCP transport does): the least a Deno server that notices input can hold.
+ *   mcloudtt's TCP transport does, TCP_NODELAY set as it does): the least a Deno server that
+ *   notices input can hold.
  * - `node-net`: node:net server, a 'data' listener per socket.
  * - `deno-tls`: Deno.listenTls, a pending read with a 256-byte buffer per connection.
  * - `deno-tls-shared`: Deno.listenTls, one shared read buffer.
@@ -73,6 +74,8 @@ async function ridLoop(listener: Deno.Listener): Promise<void> {
   if (rawIo === null) throw new Error("this Deno has no core read by resource id");
   for (;;) {
     const conn = await listener.accept();
+    // As mcloudtt and Mosquitto (set_tcp_nodelay) do: a setsockopt per connection.
+    (conn as Deno.TcpConn).setNoDelay(true);
     const rid = resourceId(conn);
     if (rid === -1) throw new Error("no resource id on Deno.Conn");
     ridRead(rid, true);
