@@ -6,30 +6,7 @@
 import assert from "node:assert/strict";
 import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
 import { TcpConnection } from "../../src/transport/tcp.ts";
-
-/** A connected socket pair on 127.0.0.1. */
-async function socketPair(): Promise<{ near: Deno.TcpConn; far: Deno.TcpConn; close(): void }> {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  const [near, far] = await Promise.all([
-    Deno.connect({ hostname: "127.0.0.1", port }),
-    listener.accept(),
-  ]);
-  listener.close();
-  return {
-    near,
-    far,
-    close() {
-      for (const c of [near, far]) {
-        try {
-          c.close();
-        } catch {
-          // already closed
-        }
-      }
-    },
-  };
-}
+import { socketPair } from "../helpers/sockets.ts";
 
 /** Reads `n` bytes from `conn` (pausing between reads when `slow`); fails after 15 s. */
 async function readExactly(conn: Deno.Conn, n: number, slow = false): Promise<Uint8Array> {

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
 import { TcpConnection } from "../../src/transport/tcp.ts";
+import { socketPair } from "../helpers/sockets.ts";
 import type { ConnectionHandler } from "../../src/transport/types.ts";
 
 Deno.test("the pinned Deno offers the core resource functions the TCP transport uses", () => {
@@ -77,13 +78,9 @@ for (
   ]] as const
 ) {
   Deno.test(`a TCP connection read and written ${name} carries bytes both ways and ends cleanly`, async () => {
-    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (listener.addr as Deno.NetAddr).port;
-    const [client, accepted] = await Promise.all([
-      Deno.connect({ hostname: "127.0.0.1", port }),
-      listener.accept(),
-    ]);
-    listener.close();
+    const pair = await socketPair();
+    const client = pair.near;
+    const accepted = pair.far;
     const conn = wrap(accepted);
     assert.equal(resourceId(conn) === -1, conn !== accepted, "which path is taken");
     // A linger longer than the wait below: the end must come from the peer's close, not the timer.
@@ -113,11 +110,7 @@ for (
       assert.equal(rec.closedCalls, 1);
     } finally {
       tcp.close();
-      try {
-        client.close();
-      } catch {
-        // closed above
-      }
+      pair.close();
     }
   });
 }
