@@ -9,7 +9,9 @@
  * node's inbox and hands it back. Messages published while the death went
  * unnoticed reach both the dead node's inbox and the new node's routes; the
  * session keeps one copy, so the only second copies are resends with DUP of
- * what was in flight at the kill (moving_sessions.ts).
+ * what was in flight at the kill, and, without DUP, messages the dead node
+ * sent in its last moment before the store heard of them
+ * (moving_sessions.ts).
  */
 import { skipWithoutRedis } from "../helpers/redis.ts";
 import { crashReconnect } from "./moving_sessions.ts";

@@ -57,13 +57,15 @@ export interface HoppingOptions {
 /**
  * Waits until the last acknowledged message arrived (or 30 s), then for 300 ms of silence, stops
  * the subscriber and checks what it received: nothing acknowledged lost, publish order, no second
- * copy without DUP, and at QoS 2 none at all. Returns the figures for the scenario's own checks.
+ * copy without DUP (but of the numbers in `mayRepeat`), and at QoS 2 none at all. Returns the
+ * figures for the scenario's own checks.
  */
 async function settleAndCheck(
   sub: SessionSubscriber,
   pub: NumberedPublisher,
   qos: 1 | 2,
   describe: (r: ReturnType<typeof checkOrder>, copies: ReturnType<typeof secondCopies>) => string,
+  mayRepeat: ReadonlySet<number> = new Set(),
 ): Promise<ReturnType<typeof checkOrder>> {
   const last = Math.max(...pub.acked);
   await eventually(
@@ -82,7 +84,8 @@ async function settleAndCheck(
   );
   assert.deepEqual(r.lost, [], "nothing acknowledged lost");
   assert.deepEqual(r.disorder, [], "in publish order");
-  assert.equal(ranges(copies.withoutDup), "", "no second copy without DUP");
+  const unexpected = copies.withoutDup.filter((n) => !mayRepeat.has(n));
+  assert.equal(ranges(unexpected), "", "no second copy without DUP");
   if (qos === 2) assert.equal(copies.withDup, 0, "QoS 2: exactly once");
   return r;
 }
@@ -210,6 +213,15 @@ export async function takenOverWhileConnected(qos: 1 | 2, args: string[] = []): 
  * continuously: the subscriber reconnects to a survivor at once, before the
  * death is noticed, and gets every acknowledged message, in order, without
  * second copies (but DUP resends at QoS 1).
+ *
+ * One window stays at QoS 1: the dead node writes a PUBLISH to its client
+ * and the message's in-flight record to Redis in the same turn, and the
+ * socket is faster. A kill between the two leaves the store not knowing the
+ * message was sent, and the survivor delivers it again as new, without DUP
+ * (at least once; README). Such a copy can only be of a message the
+ * subscriber had from the dead node, before the kill: any other is a failure.
+ * At QoS 2 the client hands a message over only at PUBREL, which waits for
+ * the PUBREC's write, so nothing repeats.
  */
 export async function crashReconnect(qos: 1 | 2): Promise<void> {
   await using cluster = await TestCluster.start({
@@ -227,6 +239,10 @@ export async function crashReconnect(qos: 1 | 2): Promise<void> {
   await delay(4000);
   stop = true;
   await publishing;
+  // The subscriber's first connection was to the dead node.
+  const fromDead = new Set(
+    qos === 1 ? sub.numbers("p").filter((d) => d.connection === 0).map((d) => d.n) : [],
+  );
   // A message the dead node delivered and saw acknowledged just before the kill, its inbox entry not
   // acknowledged yet, is not delivered again either: its id was stored with the acknowledgement.
   await settleAndCheck(
@@ -236,6 +252,7 @@ export async function crashReconnect(qos: 1 | 2): Promise<void> {
     (r) =>
       `QoS ${qos}: ${pub.acked.size} acknowledged (${pub.acked.size - killedAt} after the kill), ` +
       `${r.received} received`,
+    fromDead,
   );
   assert.equal(sub.sessionsLost, 0);
   assert.ok(

@@ -138,6 +138,8 @@ export interface Delivery {
   publisher: string;
   n: number;
   dup: boolean;
+  /** Which of the subscriber's connections it came on: 0 for the first, 1 after one reconnect, ... */
+  connection: number;
 }
 
 const PERSISTENT: IClientOptions = {
@@ -255,10 +257,11 @@ export class SessionSubscriber {
   }
 
   private async connect(again: boolean): Promise<void> {
+    const connection = this.reconnects + (again ? 1 : 0);
     // The listener goes on before CONNECT: a resumed session sends right after CONNACK.
     const record = (_topic: string, payload: Uint8Array, packet: IPublishPacket) => {
       const [publisher, n] = new TextDecoder().decode(payload).split(":");
-      this.deliveries.push({ publisher, n: Number(n), dup: packet.dup === true });
+      this.deliveries.push({ publisher, n: Number(n), dup: packet.dup === true, connection });
       let set = this.seen.get(publisher);
       if (set === undefined) this.seen.set(publisher, set = new Set());
       set.add(Number(n));
