@@ -84,9 +84,13 @@ function options(): Options {
     },
   });
   const list = (s: string) => s.split(",").map((x) => Number(x.trim()));
+  // "3.1.1" is protocol level 4 (what the bench's --levels takes); anything else is refused.
+  const versions = values.versions.split(",").map((x) => x.trim() === "3.1.1" ? 4 : Number(x));
+  const bad = versions.find((v) => v !== 4 && v !== 5);
+  if (bad !== undefined) throw new Error(`--versions takes 5, 4 or 3.1.1, not ${bad}`);
   return {
     qos: list(values.qos) as (0 | 1)[],
-    versions: list(values.versions) as ProtocolLevel[],
+    versions: versions as ProtocolLevel[],
     storage: values.storage === "both" ? [false, true] : [values.storage === "on"],
     rate: Number(values.rate),
     pairs: Number(values.pairs),
