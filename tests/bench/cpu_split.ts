@@ -25,6 +25,7 @@
  */
 import { parseArgs } from "node:util";
 import { BENCH_LIMITS, BROKERS, freePort } from "./brokers.ts";
+import { waitForPort } from "./children.ts";
 import { PacedLoad } from "./paced.ts";
 import { median } from "./stats.ts";
 import type { ProtocolLevel } from "./wire.ts";
@@ -54,7 +55,7 @@ async function start(target: Target, dir: string): Promise<Running> {
       stdout: "null",
       stderr: "null",
     }).spawn();
-    await waitForPort(port);
+    await waitForPort(child, HOST, port, 30_000);
     return {
       pid: child.pid,
       port,
@@ -72,19 +73,6 @@ async function start(target: Target, dir: string): Promise<Running> {
   } finally {
     if (before === undefined) Deno.env.delete("BENCH_DENO_FLAGS");
     else Deno.env.set("BENCH_DENO_FLAGS", before);
-  }
-}
-
-async function waitForPort(port: number): Promise<void> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    try {
-      (await Deno.connect({ hostname: HOST, port })).close();
-      return;
-    } catch (e) {
-      if (Date.now() > deadline) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
   }
 }
 
