@@ -65,6 +65,8 @@ export interface StartOptions {
   readonly gcTrace?: boolean;
   /** With `gcTrace`: stamps each collection (e.g. messages delivered so far; see gc_trace.ts). */
   readonly gcMark?: () => number;
+  /** mcloudtt only: more V8 flags (merged into the one --v8-flags Deno keeps). */
+  readonly v8Flags?: readonly string[];
 }
 
 /** A broker implementation the bench can run. */
@@ -248,7 +250,8 @@ const mcloudtt: BrokerKind = {
         )
       ? new GcCollector(options.gcMark)
       : undefined;
-    const args = mcloudttArgs(port, limits, extra, trace ? ["--trace-gc-nvp"] : []);
+    const v8 = [...(trace ? ["--trace-gc-nvp"] : []), ...(options.v8Flags ?? [])];
+    const args = mcloudttArgs(port, limits, extra, v8);
     // stdbuf -oL makes V8's printf output line-buffered (it execs, so the pid is deno's).
     const [cmd, cmdArgs] = trace
       ? ["stdbuf", ["-oL", Deno.execPath(), ...args]]

@@ -25,13 +25,12 @@
  */
 import { parseArgs } from "node:util";
 import { BENCH_LIMITS, BROKERS, freePort } from "./brokers.ts";
-import { waitForPort } from "./children.ts";
 import { PacedLoad } from "./paced.ts";
 import { median } from "./stats.ts";
+import { HOST, startTraced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
-const HOST = "127.0.0.1";
 
 type Target = "floor" | "mcloudtt" | "mosquitto";
 const TARGETS: readonly Target[] = ["floor", "mcloudtt", "mosquitto"];
@@ -44,36 +43,23 @@ interface Running {
   stop(): Promise<void>;
 }
 
+/** V8 names its JIT code in /tmp/perf-<pid>.map, so samples in JavaScript get function names. */
+const PERF_MAP = ["--perf-basic-prof"];
+
 async function start(target: Target, dir: string): Promise<Running> {
-  // V8 names its JIT code in /tmp/perf-<pid>.map, so samples in JavaScript get function names.
-  const prof = "--v8-flags=--perf-basic-prof";
   if (target === "floor") {
     const port = freePort();
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", prof, "tests/bench/floor.ts", "--serve", String(port)],
+    const floor = new URL("./floor.ts", import.meta.url).pathname;
+    const t = await startTraced([floor, "--serve", String(port)], {
       cwd: REPO_ROOT,
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    await waitForPort(child, HOST, port, 30_000);
-    return {
-      pid: child.pid,
       port,
-      stop: async () => {
-        child.kill("SIGKILL");
-        await child.status;
-      },
-    };
+      v8: PERF_MAP,
+      mark: () => 0,
+    });
+    return { pid: t.child.pid, port, stop: () => t.stop() };
   }
-  const before = Deno.env.get("BENCH_DENO_FLAGS");
-  if (target === "mcloudtt") Deno.env.set("BENCH_DENO_FLAGS", `${before ?? ""} ${prof}`.trim());
-  try {
-    const b = await BROKERS[target].start(BENCH_LIMITS, dir, {});
-    return { pid: b.pid, port: b.port, stop: () => b.stop() };
-  } finally {
-    if (before === undefined) Deno.env.delete("BENCH_DENO_FLAGS");
-    else Deno.env.set("BENCH_DENO_FLAGS", before);
-  }
+  const b = await BROKERS[target].start(BENCH_LIMITS, dir, { v8Flags: PERF_MAP });
+  return { pid: b.pid, port: b.port, stop: () => b.stop() };
 }
 
 async function perf(args: string[]): Promise<string> {
