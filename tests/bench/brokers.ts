@@ -5,6 +5,7 @@
 
 import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
+import { allowedCpus, onServerCpus, pinning } from "./pin.ts";
 import { type BenchPki, type ClientTls, clientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -176,8 +177,15 @@ export async function launch(
   tap?: (chunk: Uint8Array) => void,
 ): Promise<RunningBroker> {
   const file = await Deno.open(log, { write: true, create: true, truncate: true });
+  const [program, programArgs] = onServerCpus(cmd, args);
   const child = track(
-    new Deno.Command(cmd, { args, cwd, stdin: "null", stdout: "piped", stderr: "piped" }).spawn(),
+    new Deno.Command(program, {
+      args: programArgs,
+      cwd,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn(),
   );
   // Both streams drain into the file so a chatty broker never blocks on a full pipe. Each needs
   // its own sink: a second pipeTo into a locked stream fails, leaving that pipe unread.
@@ -198,6 +206,12 @@ export async function launch(
     child.stderr.pipeTo(sink()).catch(() => {}),
   ]).finally(() => file.close());
   await waitForBroker(child, port, startTimeoutMs, log);
+  const pin = pinning();
+  const cpus = pin === null ? "" : allowedCpus(child.pid);
+  if (pin !== null && cpus !== pin.servers) {
+    await stopChild(child);
+    throw new BrokerError(`${cmd} runs on CPUs ${cpus}, not the servers' ${pin.servers} (--pin)`);
+  }
   return {
     pid: child.pid,
     host: HOST,

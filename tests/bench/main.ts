@@ -9,6 +9,7 @@ import { clusterReport, runClusterBench } from "./cluster.ts";
 import { type DurabilityReport, durabilityScenarios, runDurability } from "./durability.ts";
 import { machineInfo } from "./machine.ts";
 import { parseOptions, USAGE, UsageError } from "./options.ts";
+import { defaultPinning, pinBench, PinError, pinning } from "./pin.ts";
 import { markdown, writeReport } from "./report.ts";
 import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
 import { allScenarios, selectScenarios } from "./scenarios.ts";
@@ -63,6 +64,17 @@ async function main(): Promise<number> {
   if (options === null) {
     console.log(USAGE);
     return 0;
+  }
+  if (options.pin) {
+    try {
+      const p = defaultPinning(navigator.hardwareConcurrency);
+      await pinBench(p);
+      console.log(`bench: servers on CPU ${p.servers}, bench and workers on CPU ${p.clients}`);
+    } catch (e) {
+      if (!(e instanceof PinError)) throw e;
+      console.error(e.message);
+      return 2;
+    }
   }
   if (options.cluster) {
     const runs = await runClusterBench(options);
@@ -120,6 +132,7 @@ async function main(): Promise<number> {
   const input = {
     startedAt,
     machine,
+    pinning: pinning(),
     options,
     limits: BENCH_LIMITS,
     skipped,

@@ -41,6 +41,8 @@ export interface BenchOptions {
   readonly quick: boolean;
   /** Run the cluster scenarios (mcloudtt on one node vs two, with Redis) instead. */
   readonly cluster: boolean;
+  /** Servers on CPUs of their own, the bench and its workers on the others (pin.ts). */
+  readonly pin: boolean;
 }
 
 /** Bad command line. */
@@ -65,6 +67,7 @@ export const USAGE = `deno task bench [options]
   --workers <n>         worker processes per side (default 2)
   --quick               smoke run of every scenario: 1 round, 1 s windows
   --cluster             mcloudtt on two nodes vs one (needs redis-server), instead of the peers
+  --pin                 brokers on the last half of the CPUs, the load generators on the rest
   --help`;
 
 function positive(flag: string, raw: string | undefined, integer: boolean): number {
@@ -78,7 +81,7 @@ function positive(flag: string, raw: string | undefined, integer: boolean): numb
   return value;
 }
 
-const SWITCHES = ["--quick", "--help", "--cluster", "--no-gc-trace"];
+const SWITCHES = ["--quick", "--help", "--cluster", "--no-gc-trace", "--pin"];
 
 /** Parses argv; throws `UsageError` for unknown flags or bad values. Returns null for --help. */
 export function parseOptions(args: readonly string[]): BenchOptions | null {
@@ -109,6 +112,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     "workers",
     "quick",
     "cluster",
+    "pin",
   ];
   for (const key of raw.keys()) {
     if (!known.includes(key)) throw new UsageError(`unknown option --${key}`);
@@ -156,5 +160,6 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     workersPerSide: get("workers", 2, 2, true),
     quick,
     cluster: raw.has("cluster"),
+    pin: raw.has("pin"),
   };
 }

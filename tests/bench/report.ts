@@ -14,6 +14,7 @@ import {
 import type { DurabilityReport } from "./durability.ts";
 import { durabilitySection } from "./durability_report.ts";
 import type { MachineInfo } from "./machine.ts";
+import type { Pinning } from "./pin.ts";
 import type { BenchOptions } from "./options.ts";
 import type { RunResult } from "./runner.ts";
 import type { ScenarioKind } from "./scenarios.ts";
@@ -371,6 +372,8 @@ function slowTable(rows: SummaryRow[]): string {
 export interface ReportInput {
   readonly startedAt: Date;
   readonly machine: MachineInfo;
+  /** CPUs of servers and clients with `--pin`; absent or null when unpinned. */
+  readonly pinning?: Pinning | null;
   readonly options: BenchOptions;
   readonly limits: BenchLimits;
   readonly skipped: Readonly<Record<string, string>>;
@@ -390,6 +393,11 @@ export function markdown(input: ReportInput): string {
     `Machine: ${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB, Linux ${m.kernel}. ` +
     `Deno ${m.deno} (V8 ${m.v8}), Node ${m.node}; mcloudtt ${m.mcloudtt}, Mosquitto ${m.mosquitto}, ` +
     `Aedes ${m.aedes}.`,
+    "",
+    input.pinning
+      ? `Pinned (\`--pin\`): brokers (and Redis) on CPU ${input.pinning.servers}, the bench and its ` +
+        `load generators on CPU ${input.pinning.clients}.`
+      : "Not pinned: brokers and load generators share all CPUs.",
     "",
     `Runs: ${o.rounds} interleaved round(s), ${o.warmupS} s warm-up (paced latency runs: ${
       o.pacedWarmupS ?? o.warmupS
