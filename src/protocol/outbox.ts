@@ -22,6 +22,15 @@ export interface ByteWriter {
    */
   write(bytes: Uint8Array): Promise<number | void>;
   /**
+   * Optional, preferred when present: writes `bytes` and calls `done` once when
+   * the transport accepted them, with what `write`'s promise would settle with
+   * (a number, or undefined or null for all of them), or with an Error. A
+   * transport whose own write takes a callback (a node socket) offers it, so a
+   * write costs no promise and no closures; `done` is the same function for
+   * every write of a connection. It is never called before this returns.
+   */
+  writeThen?(bytes: Uint8Array, done: (r: unknown) => void): void;
+  /**
    * Closes gracefully after the last write (idempotent): half-closes the write
    * side and keeps reading, discarding, for a bounded time, so the peer reads
    * the final packet instead of a reset caused by its own unread input.
@@ -327,12 +336,17 @@ export class Outbox {
   private write(data: Uint8Array): void {
     this.inWriteData = data;
     const settled = this.onWrite ??= this.writeSettled.bind(this);
-    this.sink.write(data).then(settled, settled);
+    const sink = this.sink;
+    if (sink.writeThen !== undefined) sink.writeThen(data, settled);
+    else sink.write(data).then(settled, settled);
   }
 
-  /** A write settled: a sink fulfils with a number or undefined, and rejects with an Error. */
+  /**
+   * A write settled: a sink fulfils with a number, undefined or null (a node
+   * socket's callback), and fails with an Error.
+   */
   private writeSettled(r: unknown): void {
-    if (r === undefined || typeof r === "number") this.written_(r);
+    if (r === undefined || r === null || typeof r === "number") this.written_(r ?? undefined);
     else this.failed(r);
   }
 

@@ -118,7 +118,11 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
   socket.on("close", () => handler.closed());
 }
 
-/** A ByteWriter over a node socket: the promise resolves when the bytes are flushed to the kernel. */
+/**
+ * A ByteWriter over a node socket: a write completes when the socket flushed the bytes to the
+ * kernel. The outbox writes through `writeThen`, whose callback goes to the socket's write as
+ * it is: no promise and no closures per write (`write` is there for other callers).
+ */
 export function socketSink(socket: Socket, lingerMs: number): ByteWriter {
   let linger: ReturnType<typeof setTimeout> | undefined;
   return {
@@ -126,6 +130,11 @@ export function socketSink(socket: Socket, lingerMs: number): ByteWriter {
       return new Promise((resolve, reject) => {
         socket.write(bytes, (err) => (err ? reject(err) : resolve()));
       });
+    },
+    writeThen(bytes: Uint8Array, done: (r: unknown) => void): void {
+      // Node calls back with null or nothing once written, with the error otherwise, and never
+      // before write() returns.
+      socket.write(bytes, done);
     },
     end(): void {
       // end() flushes what is queued and half-closes; reading goes on (the connection

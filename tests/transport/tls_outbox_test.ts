@@ -1,0 +1,146 @@
+/**
+ * The outbox over node:tls sockets (what the TLS listener writes through): the socket's write
+ * callback is what frees a pooled write buffer, so buffers shared between TLS connections must
+ * never mix their bytes, and a peer that goes away must end in `writeFailed`, not a crash.
+ */
+import assert from "node:assert/strict";
+import tls from "node:tls";
+import type { AddressInfo } from "node:net";
+import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
+import { socketSink } from "../../src/transport/tls.ts";
+import { makeTestPki } from "../helpers/certs.ts";
+
+const dir = await Deno.makeTempDir({ prefix: "mcloudtt-tls-outbox-test-" });
+const pki = await makeTestPki(dir);
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+class Owner implements OutboxOwner {
+  drains = 0;
+  failure: unknown = null;
+  drained(): void {
+    this.drains++;
+  }
+  writeFailed(e: unknown): void {
+    this.failure = e;
+  }
+}
+
+interface TlsPair {
+  /** The server's side, written through socketSink. */
+  server: tls.TLSSocket;
+  /** The client's side. */
+  client: tls.TLSSocket;
+}
+
+/** `n` connected TLS pairs on 127.0.0.1 with the test PKI's server certificate. */
+async function tlsPairs(n: number): Promise<{ pairs: TlsPair[]; close(): Promise<void> }> {
+  const servers: tls.TLSSocket[] = [];
+  let arrived: () => void = () => {};
+  const all = new Promise<void>((r) => (arrived = r));
+  const server = tls.createServer({
+    cert: Deno.readTextFileSync(pki.broker.cert),
+    key: Deno.readTextFileSync(pki.broker.key),
+  }, (s) => {
+    servers.push(s);
+    if (servers.length === n) arrived();
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  const port = (server.address() as AddressInfo).port;
+  const ca = Deno.readTextFileSync(pki.ca.cert);
+  const clients: tls.TLSSocket[] = [];
+  for (let i = 0; i < n; i++) {
+    const c = tls.connect({ host: "127.0.0.1", port, ca, servername: "localhost" });
+    await new Promise<void>((r, j) => c.once("secureConnect", r).once("error", j));
+    clients.push(c);
+  }
+  await all;
+  // Accepted in order of the handshakes, which the loop above ran one at a time.
+  const pairs = clients.map((client, i) => ({ server: servers[i], client }));
+  return {
+    pairs,
+    async close() {
+      for (const p of pairs) {
+        p.client.destroy();
+        p.server.destroy();
+      }
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** Everything `socket` receives until `n` bytes arrived (or 15 s passed). */
+function readExactly(socket: tls.TLSSocket, n: number): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const out = new Uint8Array(n);
+    let have = 0;
+    const timer = setTimeout(() => reject(new Error(`only ${have} of ${n} bytes arrived`)), 15_000);
+    socket.on("data", (chunk: Uint8Array) => {
+      out.set(chunk.subarray(0, Math.min(chunk.length, n - have)), have);
+      have += chunk.length;
+      if (have >= n) {
+        clearTimeout(timer);
+        resolve(out);
+      }
+    });
+  });
+}
+
+function pattern(n: number, seed: number): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
+  return b;
+}
+
+Deno.test("over TLS, pooled write buffers shared by connections never mix their bytes", async () => {
+  const { pairs, close } = await tlsPairs(3);
+  try {
+    const owners = pairs.map(() => new Owner());
+    const outboxes = pairs.map((p, k) => new Outbox(socketSink(p.server, 0), owners[k]));
+    const rounds = 200;
+    const sizes = [4, 70, 300, 1500];
+    const expected: number[][] = pairs.map(() => []);
+    const readers = pairs.map((p, k) => {
+      let n = 0;
+      for (let r = 0; r < rounds; r++) n += sizes[(r + k) % sizes.length];
+      return readExactly(p.client, n);
+    });
+    for (let r = 0; r < rounds; r++) {
+      // One packet per connection per turn: each flush takes a pooled buffer another
+      // connection's completed write just gave back.
+      outboxes.forEach((o, k) => {
+        const packet = pattern(sizes[(r + k) % sizes.length], r * 7 + k);
+        o.push(packet);
+        expected[k].push(...packet);
+      });
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    const got = await Promise.all(readers);
+    got.forEach((bytes, k) => assert.deepEqual(Array.from(bytes), expected[k]));
+    assert.ok(pooledBuffers() > 0, "completed writes returned their buffers to the pool");
+    for (const o of owners) {
+      assert.equal(o.failure, null);
+      assert.ok(o.drains > 0, "every completed write was reported");
+    }
+  } finally {
+    await close();
+  }
+});
+
+Deno.test("over TLS, writing to a peer that went away ends in writeFailed", async () => {
+  const { pairs, close } = await tlsPairs(1);
+  try {
+    const owner = new Owner();
+    const outbox = new Outbox(socketSink(pairs[0].server, 0), owner);
+    pairs[0].client.destroy();
+    // The server socket learns of the reset from a write or a read; keep writing until it does.
+    const deadline = Date.now() + 10_000;
+    while (owner.failure === null && !outbox.closed && Date.now() < deadline) {
+      outbox.push(pattern(1024, 1));
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.ok(owner.failure instanceof Error, `writeFailed with an Error, got ${owner.failure}`);
+    assert.ok(outbox.closed, "the outbox refuses further packets");
+  } finally {
+    await close();
+  }
+});
