@@ -19,6 +19,10 @@
  *
  *   deno run -A tests/bench/cpu_split.ts                            # QoS 1, MQTT 3.1.1
  *   deno run -A tests/bench/cpu_split.ts --qos 0 --version 5 --rounds 2 --top 15
+ *   deno run -A tests/bench/cpu_split.ts --transport tls   # every target behind TLS
+ *
+ * Over TLS the forwarder is floor.ts's node:tls one, as mcloudtt's listener,
+ * and Mosquitto gets a TLS listener; all use the bench PKI's certificate.
  *
  * Needs `perf` (apt-get install linux-perf) and perf_event_paranoid <= 2 for
  * the user's own processes; without it the script says so and exits 1.
@@ -27,6 +31,7 @@ import { parseArgs } from "node:util";
 import { BENCH_LIMITS, BROKERS, freePort } from "./brokers.ts";
 import { PacedLoad } from "./paced.ts";
 import { median } from "./stats.ts";
+import { type BenchPki, benchPki, clientTls, removeBenchPki } from "./tls.ts";
 import { HOST, startTraced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
@@ -34,7 +39,16 @@ const REPO_ROOT = new URL("../../", import.meta.url).pathname;
 
 type Target = "floor" | "mcloudtt" | "mosquitto";
 const TARGETS: readonly Target[] = ["floor", "mcloudtt", "mosquitto"];
-const SYSCALLS = ["epoll_wait", "epoll_ctl", "sendto", "recvfrom", "read", "write", "futex"];
+const SYSCALLS = [
+  "epoll_wait",
+  "epoll_ctl",
+  "sendto",
+  "recvfrom",
+  "read",
+  "write",
+  "writev",
+  "futex",
+];
 
 /** A target under load: its pid and how to stop it. */
 interface Running {
@@ -46,11 +60,12 @@ interface Running {
 /** V8 names its JIT code in /tmp/perf-<pid>.map, so samples in JavaScript get function names. */
 const PERF_MAP = ["--perf-basic-prof"];
 
-async function start(target: Target, dir: string): Promise<Running> {
+async function start(target: Target, dir: string, pki: BenchPki | undefined): Promise<Running> {
   if (target === "floor") {
     const port = freePort();
     const floor = new URL("./floor.ts", import.meta.url).pathname;
-    const t = await startTraced([floor, "--serve", String(port)], {
+    const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
+    const t = await startTraced([floor, "--serve", String(port), ...tlsArgs], {
       cwd: REPO_ROOT,
       port,
       v8: PERF_MAP,
@@ -58,7 +73,7 @@ async function start(target: Target, dir: string): Promise<Running> {
     });
     return { pid: t.child.pid, port, stop: () => t.stop() };
   }
-  const b = await BROKERS[target].start(BENCH_LIMITS, dir, { v8Flags: PERF_MAP });
+  const b = await BROKERS[target].start(BENCH_LIMITS, dir, { v8Flags: PERF_MAP, tls: pki });
   return { pid: b.pid, port: b.port, stop: () => b.stop() };
 }
 
@@ -129,9 +144,10 @@ async function measure(
   version: ProtocolLevel,
   warmup: number,
   seconds: number,
+  pki: BenchPki | undefined,
 ): Promise<Split> {
   const dir = await Deno.makeTempDir({ prefix: "cpu-split-" });
-  const t = await start(target, dir);
+  const t = await start(target, dir, pki);
   const load = await PacedLoad.open({
     host: HOST,
     port: t.port,
@@ -143,6 +159,7 @@ async function measure(
     persistent: false,
     idPrefix: `split-${target}`,
     raw: target === "floor",
+    tls: pki && await clientTls(pki),
   });
   try {
     load.go();
@@ -271,8 +288,13 @@ if (import.meta.main) {
       duration: { type: "string", default: "10" },
       targets: { type: "string", default: TARGETS.join(",") },
       top: { type: "string", default: "12" },
+      transport: { type: "string", default: "tcp" },
     },
   });
+  if (values.transport !== "tcp" && values.transport !== "tls") {
+    console.error(`cpu_split: --transport is tcp or tls, not ${values.transport}`);
+    Deno.exit(2);
+  }
   const which = await new Deno.Command("sh", { args: ["-c", "command -v perf"] }).output();
   if (!which.success) {
     console.error("cpu_split: perf not found (apt-get install linux-perf)");
@@ -281,19 +303,29 @@ if (import.meta.main) {
   const qos = Number(values.qos) as 0 | 1;
   const version: ProtocolLevel = values.version === "5" ? 5 : 4;
   const targets = values.targets.split(",") as Target[];
+  // Over TLS every target gets the bench PKI's server certificate (node:tls for the forwarder).
+  const pki = values.transport === "tls" ? await benchPki() : undefined;
   const runs: Split[] = [];
   for (let round = 1; round <= Number(values.rounds); round++) {
     for (const t of targets) {
-      const r = await measure(t, qos, version, Number(values.warmup), Number(values.duration));
+      const r = await measure(
+        t,
+        qos,
+        version,
+        Number(values.warmup),
+        Number(values.duration),
+        pki,
+      );
       console.error(
         `[round ${round}] ${t}: ${r.delivered} delivered, ${r.us.total.toFixed(1)} µs/msg`,
       );
       runs.push(r);
     }
   }
+  if (pki !== undefined) await removeBenchPki();
   console.log(
     `QoS ${qos}, MQTT ${version === 5 ? "5" : "3.1.1"}, 2000 msg/s over 16 pairs, ` +
-      `${values.rounds} round(s)\n`,
+      `${values.transport}, ${values.rounds} round(s)\n`,
   );
   console.log(table(runs, Number(values.top)));
   Deno.exit(0);
