@@ -50,15 +50,26 @@ function refuse(socket: Duplex, status: number, text: string): void {
   socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
 }
 
-/** The write side of a ws WebSocket as the broker's ByteWriter. */
+/** Every write is one binary frame: the options object is the same for all of them. */
+const BINARY = { binary: true } as const;
+
+/**
+ * The write side of a ws WebSocket as the broker's ByteWriter. The outbox writes through
+ * `writeThen`: ws calls the callback once the frame is written to the socket (with nothing or
+ * null, or the error), never before send() returns, so no promise is made per write.
+ */
 export class WsSink {
   private done = false;
   constructor(private readonly ws: WebSocket, private readonly lingerMs: number) {}
 
   write(bytes: Uint8Array): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.ws.send(bytes, { binary: true }, (err?: Error) => (err ? reject(err) : resolve()));
+      this.ws.send(bytes, BINARY, (err?: Error) => (err ? reject(err) : resolve()));
     });
+  }
+
+  writeThen(bytes: Uint8Array, done: (r: unknown) => void): void {
+    this.ws.send(bytes, BINARY, done);
   }
 
   /** Close handshake: ws keeps reading (the broker discards) until the client answers or time is up. */
