@@ -329,11 +329,23 @@ export async function measureSlowConsumer(
   }
 }
 
-/** Loopback source addresses the idle connections are spread over. */
-export const SOURCE_ADDRESSES: readonly string[] = Array.from(
-  { length: 8 },
-  (_, i) => `127.0.0.${i + 2}`,
-);
+/** Waves of idle connections opened by this bench process so far. */
+let waves = 0;
+
+/**
+ * Loopback source addresses a wave of idle connections is spread over: 8 of them, and another 8
+ * for every wave (127.0.1.2-9, 127.0.2.2-9, ...; the set comes back after 250 waves). Clients
+ * close first, so each wave leaves its sockets in TIME_WAIT on the client side for 60 s: with one
+ * fixed set, the third wave or so found ~7,500 of them on each source address, and the
+ * generator's connect() searched so long for a free port that a reconnect wave fell from ~7,500
+ * to ~2,000 CONNACK/s with the busiest worker at 84 % of a core (seen in 1 of 2 runs of the
+ * fifth session and 2 of 3 of the seventh, and on an mcloudtt-only rerun, always in the
+ * reconnect wave; the kernel, not the broker).
+ */
+export function waveSourceAddresses(): string[] {
+  const third = 1 + (waves++ % 250);
+  return Array.from({ length: 8 }, (_, i) => `127.0.${third}.${i + 2}`);
+}
 
 /** Opens `count` idle connections from several processes; connect rate and memory per connection. */
 export async function measureConnections(ctx: RunContext, count: number): Promise<Measured> {
@@ -342,6 +354,7 @@ export async function measureConnections(ctx: RunContext, count: number): Promis
   // One wave: `count` connections from fresh workers, each client id new to the broker.
   const wave = async (prefix: string) => {
     workers = Array.from({ length: processes }, (_, i) => WorkerHandle.spawn(`idle${i}`));
+    const sourceAddresses = waveSourceAddresses();
     const ready = await Promise.all(workers.map((w, i) => {
       const plan: IdlePlan = {
         host: ctx.broker.host,
@@ -349,7 +362,7 @@ export async function measureConnections(ctx: RunContext, count: number): Promis
         tls: ctx.broker.tls,
         version: ctx.level,
         count: Math.floor(count / processes) + (i < count % processes ? 1 : 0),
-        sourceAddresses: SOURCE_ADDRESSES,
+        sourceAddresses,
         // Enough to keep the broker busy; in total below Mosquitto's listen backlog of 100, since
         // an overflowing accept queue turns into 1 s SYN retransmits and measures the kernel.
         concurrency: 32,
