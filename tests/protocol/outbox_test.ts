@@ -4,8 +4,13 @@
  * between connections through the pool never mix their bytes.
  */
 import assert from "node:assert/strict";
-import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
+import { Outbox } from "../../src/protocol/outbox.ts";
 import { TcpConnection } from "../../src/transport/tcp.ts";
+import {
+  assertPooledWritesDoNotMix,
+  pattern,
+  RecordingOwner as Owner,
+} from "../helpers/outbox_traffic.ts";
 import { socketPair } from "../helpers/sockets.ts";
 
 /** Reads `n` bytes from `conn` (pausing between reads when `slow`); fails after 15 s. */
@@ -30,23 +35,6 @@ async function readExactly(conn: Deno.Conn, n: number, slow = false): Promise<Ui
   }
   if (have < n) throw new Error(`only ${have} of ${n} bytes arrived`);
   return out;
-}
-
-class Owner implements OutboxOwner {
-  drains = 0;
-  failure: unknown = null;
-  drained(): void {
-    this.drains++;
-  }
-  writeFailed(e: unknown): void {
-    this.failure = e;
-  }
-}
-
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
 }
 
 Deno.test("a write larger than the socket takes at once arrives whole and in order", async () => {
@@ -77,27 +65,7 @@ Deno.test("pooled write buffers shared by connections never mix their bytes", as
   const pairs = await Promise.all([socketPair(), socketPair(), socketPair()]);
   try {
     const outboxes = pairs.map((p) => new Outbox(new TcpConnection(p.near, 0), new Owner()));
-    const rounds = 200;
-    const sizes = [4, 70, 300, 1500];
-    const expected: number[][] = pairs.map(() => []);
-    const readers = pairs.map((p, k) => {
-      let n = 0;
-      for (let r = 0; r < rounds; r++) n += sizes[(r + k) % sizes.length];
-      return readExactly(p.far, n);
-    });
-    for (let r = 0; r < rounds; r++) {
-      // One packet per connection per turn, like a paced load: each flush takes a pooled
-      // buffer that another connection's completed write just gave back.
-      outboxes.forEach((o, k) => {
-        const packet = pattern(sizes[(r + k) % sizes.length], r * 7 + k);
-        o.push(packet);
-        expected[k].push(...packet);
-      });
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    }
-    const got = await Promise.all(readers);
-    got.forEach((bytes, k) => assert.deepEqual(Array.from(bytes), expected[k]));
-    assert.ok(pooledBuffers() > 0, "completed writes returned their buffers to the pool");
+    await assertPooledWritesDoNotMix(outboxes, (k, n) => readExactly(pairs[k].far, n));
   } finally {
     for (const p of pairs) p.close();
   }

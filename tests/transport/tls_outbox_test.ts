@@ -6,24 +6,18 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
 import type { AddressInfo } from "node:net";
-import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
+import { Outbox } from "../../src/protocol/outbox.ts";
 import { socketSink } from "../../src/transport/tls.ts";
 import { makeTestPki } from "../helpers/certs.ts";
+import {
+  assertPooledWritesDoNotMix,
+  pattern,
+  RecordingOwner as Owner,
+} from "../helpers/outbox_traffic.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-tls-outbox-test-" });
 const pki = await makeTestPki(dir);
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-
-class Owner implements OutboxOwner {
-  drains = 0;
-  failure: unknown = null;
-  drained(): void {
-    this.drains++;
-  }
-  writeFailed(e: unknown): void {
-    this.failure = e;
-  }
-}
 
 interface TlsPair {
   /** The server's side, written through socketSink. */
@@ -85,38 +79,12 @@ function readExactly(socket: tls.TLSSocket, n: number): Promise<Uint8Array> {
   });
 }
 
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
-}
-
 Deno.test("over TLS, pooled write buffers shared by connections never mix their bytes", async () => {
   const { pairs, close } = await tlsPairs(3);
   try {
     const owners = pairs.map(() => new Owner());
     const outboxes = pairs.map((p, k) => new Outbox(socketSink(p.server, 0), owners[k]));
-    const rounds = 200;
-    const sizes = [4, 70, 300, 1500];
-    const expected: number[][] = pairs.map(() => []);
-    const readers = pairs.map((p, k) => {
-      let n = 0;
-      for (let r = 0; r < rounds; r++) n += sizes[(r + k) % sizes.length];
-      return readExactly(p.client, n);
-    });
-    for (let r = 0; r < rounds; r++) {
-      // One packet per connection per turn: each flush takes a pooled buffer another
-      // connection's completed write just gave back.
-      outboxes.forEach((o, k) => {
-        const packet = pattern(sizes[(r + k) % sizes.length], r * 7 + k);
-        o.push(packet);
-        expected[k].push(...packet);
-      });
-      await new Promise((resolve) => setTimeout(resolve, 0));
-    }
-    const got = await Promise.all(readers);
-    got.forEach((bytes, k) => assert.deepEqual(Array.from(bytes), expected[k]));
-    assert.ok(pooledBuffers() > 0, "completed writes returned their buffers to the pool");
+    await assertPooledWritesDoNotMix(outboxes, (k, n) => readExactly(pairs[k].client, n));
     for (const o of owners) {
       assert.equal(o.failure, null);
       assert.ok(o.drains > 0, "every completed write was reported");
