@@ -1,6 +1,6 @@
 /** Traffic through outboxes over real sockets, shared by the outbox tests of each transport. */
 import assert from "node:assert/strict";
-import { Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
+import { type Outbox, type OutboxOwner, pooledBuffers } from "../../src/protocol/outbox.ts";
 
 /** Records what an outbox reports. */
 export class RecordingOwner implements OutboxOwner {
