@@ -28,11 +28,12 @@
  * the user's own processes; without it the script says so and exits 1.
  */
 import { parseArgs } from "node:util";
-import { BENCH_LIMITS, BROKERS, freePort } from "./brokers.ts";
+import { BENCH_LIMITS, BROKERS } from "./brokers.ts";
+import { startForwarder } from "./floor.ts";
 import { PacedLoad } from "./paced.ts";
 import { median } from "./stats.ts";
 import { type BenchPki, benchPki, clientTls, removeBenchPki } from "./tls.ts";
-import { HOST, startTraced } from "./traced.ts";
+import { HOST } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 const REPO_ROOT = new URL("../../", import.meta.url).pathname;
@@ -62,16 +63,8 @@ const PERF_MAP = ["--perf-basic-prof"];
 
 async function start(target: Target, dir: string, pki: BenchPki | undefined): Promise<Running> {
   if (target === "floor") {
-    const port = freePort();
-    const floor = new URL("./floor.ts", import.meta.url).pathname;
-    const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
-    const t = await startTraced([floor, "--serve", String(port), ...tlsArgs], {
-      cwd: REPO_ROOT,
-      port,
-      v8: PERF_MAP,
-      mark: () => 0,
-    });
-    return { pid: t.child.pid, port, stop: () => t.stop() };
+    const { port, traced } = await startForwarder(pki, () => 0, PERF_MAP);
+    return { pid: traced.child.pid, port, stop: () => traced.stop() };
   }
   const b = await BROKERS[target].start(BENCH_LIMITS, dir, { v8Flags: PERF_MAP, tls: pki });
   return { pid: b.pid, port: b.port, stop: () => b.stop() };

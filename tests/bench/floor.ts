@@ -256,6 +256,26 @@ interface Started {
   stop(): Promise<void>;
 }
 
+/**
+ * Starts the forwarder in a process of its own on a free port (behind TLS with `pki`'s
+ * certificate when given), traced like a broker; `v8` adds V8 flags.
+ */
+export async function startForwarder(
+  pki: BenchPki | undefined,
+  mark: () => number,
+  v8: string[] = [],
+): Promise<{ port: number; traced: Traced }> {
+  const port = freePort();
+  const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
+  const traced = await startTraced([SELF, "--serve", String(port), ...tlsArgs], {
+    cwd: REPO_ROOT,
+    port,
+    v8,
+    mark,
+  });
+  return { port, traced };
+}
+
 async function start(
   target: Target,
   transport: Transport,
@@ -264,13 +284,7 @@ async function start(
   workDir: string,
 ): Promise<Started> {
   if (target === "floor") {
-    const port = freePort();
-    const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
-    const traced = await startTraced([SELF, "--serve", String(port), ...tlsArgs], {
-      cwd: REPO_ROOT,
-      port,
-      mark,
-    });
+    const { port, traced } = await startForwarder(pki, mark);
     return { port, pid: traced.child.pid, gc: traced.gc, stop: () => traced.stop() };
   }
   const opts = { tls: transport === "tls" ? pki : undefined, gcTrace: true, gcMark: mark };
