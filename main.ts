@@ -56,7 +56,7 @@ async function serve(config: Config): Promise<number> {
     console.error(`mcloudtt: cannot generate development certificates: ${problem}`);
     return 2;
   }
-  const broker = new Broker(config);
+  const broker = await Broker.create(config);
   const ops = new Operations(brokerTarget(broker), { config, version: VERSION });
   try {
     await broker.start();

@@ -3,7 +3,7 @@
  *
  * ```ts
  * import { createBroker } from "./mod.ts";
- * const broker = createBroker({ general: { secure: false }, ports: { tcp: 0 } });
+ * const broker = await createBroker({ general: { secure: false }, ports: { tcp: 0 } });
  * await broker.start();
  * console.log(broker.addresses);
  * await broker.stop();
@@ -13,7 +13,12 @@
 import { Broker, type BrokerDeps } from "./src/broker.ts";
 import { type Config, type DeepPartial, resolveConfig } from "./src/config/mod.ts";
 
-export { Broker, type BrokerDeps, type ListenerAddress } from "./src/broker.ts";
+export {
+  Broker,
+  type BrokerDeps,
+  ClusterBackendNotLoaded,
+  type ListenerAddress,
+} from "./src/broker.ts";
 export type { Bus, BusHost, ForwardResult } from "./src/cluster/types.ts";
 export { localBus } from "./src/cluster/types.ts";
 export type { SessionState, Store, StoredMessage, StoreOp } from "./src/store/types.ts";
@@ -34,9 +39,18 @@ export { ReasonCode } from "./src/protocol/reason_codes.ts";
 
 /**
  * Creates a broker from a partial config (defaults fill the rest) and optional
- * dependencies (bus, store, sink, clock, authentication); throws ConfigError
- * when the config is invalid.
+ * dependencies (bus, store, sink, clock, authentication); rejects with
+ * ConfigError when the config is invalid. Asynchronous because the backends a
+ * config asks for are loaded on demand (the Redis bus and store with `[redis]
+ * enabled`).
  */
-export function createBroker(config: DeepPartial<Config> = {}, deps: BrokerDeps = {}): Broker {
-  return new Broker(resolveConfig(config), deps);
+export function createBroker(
+  config: DeepPartial<Config> = {},
+  deps: BrokerDeps = {},
+): Promise<Broker> {
+  try {
+    return Broker.create(resolveConfig(config), deps);
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }

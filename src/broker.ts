@@ -20,9 +20,7 @@ import {
   listenerPort,
   listenerTls,
 } from "./config/mod.ts";
-import { createBus, RedisBus } from "./cluster/mod.ts";
-import { createRedisConnection } from "./cluster/redis_connection.ts";
-import type { Bus } from "./cluster/types.ts";
+import { type Bus, localBus } from "./cluster/types.ts";
 import { type Clock, systemClock } from "./ops/clock.ts";
 import { Metrics } from "./ops/metrics.ts";
 import { ReasonCode } from "./protocol/reason_codes.ts";
@@ -33,14 +31,10 @@ import { BrokerCore, type CoreLimits } from "./session/core.ts";
 import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
 import { createStore } from "./store/mod.ts";
-import { createRedisStore } from "./store/redis.ts";
 import type { Store } from "./store/types.ts";
-import { listenSecureWebSocket } from "./transport/secure_websocket.ts";
 import { listenTcp } from "./transport/tcp.ts";
-import { listenTls } from "./transport/tls.ts";
-import { TlsMaterial } from "./transport/tls_material.ts";
+import type { TlsMaterial } from "./transport/tls_material.ts";
 import type { Listener } from "./transport/types.ts";
-import { listenWebSocket } from "./transport/websocket.ts";
 
 const log = getLogger(["mcloudtt", "broker"]);
 
@@ -95,23 +89,27 @@ export interface BrokerDeps {
 }
 
 /**
- * The store for `config`: Redis when the node is part of a cluster (sessions
- * must move between nodes; written under the bus's node id, so a dead node's
- * sessions can be found), else the embedded or in-memory store of [storage].
+ * `deps` completed with the Redis bus and store when `[redis] enabled` asks for them and the
+ * caller did not bring its own. The Redis modules are imported here, on demand: a single node
+ * never loads ioredis (see cluster/redis_backend.ts).
  */
-function chooseStore(config: Config, bus: Bus, clock: Clock): Store {
-  if (!config.redis.enabled) return createStore(config);
-  // The store sends its own pipelines; ioredis auto-pipelining garbles callBuffer("EVALSHA").
-  const client = createRedisConnection(config.redis, {
-    name: "store",
-    offline: "queue",
-    autoPipelining: false,
-  });
-  return createRedisStore(config, client, {
-    nodeId: bus.nodeId,
-    now: () => clock.now(),
-    ownsClient: true,
-  });
+async function withClusterBackend(config: Config, deps: BrokerDeps): Promise<BrokerDeps> {
+  if (!config.redis.enabled || (deps.bus !== undefined && deps.store !== undefined)) return deps;
+  const redis = await import("./cluster/redis_backend.ts");
+  const bus = deps.bus ?? redis.createRedisBus(config);
+  const store = deps.store ?? redis.createClusterStore(config, bus, deps.clock ?? systemClock);
+  return { ...deps, bus, store };
+}
+
+/** `[redis] enabled` without a bus and a store: the broker must be built by `Broker.create`. */
+export class ClusterBackendNotLoaded extends Error {
+  constructor() {
+    super(
+      "[redis] enabled: build the broker with Broker.create() or createBroker(), which load " +
+        "the Redis bus and store (or pass deps.bus and deps.store)",
+    );
+    this.name = "ClusterBackendNotLoaded";
+  }
 }
 
 /** Address of a running listener. */
@@ -131,8 +129,22 @@ export class Broker {
   private readonly policy: PolicyAuthenticator;
   private readonly customAuth: boolean;
 
-  /** Builds a broker from a validated config; `deps` replace the in-memory defaults. */
+  /**
+   * Builds a broker from a validated config, loading the backends it asks for (the Redis bus
+   * and store when `[redis] enabled`); `deps` replace the defaults.
+   */
+  static async create(config: Config, deps: BrokerDeps = {}): Promise<Broker> {
+    return new Broker(config, await withClusterBackend(config, deps));
+  }
+
+  /**
+   * Builds a broker from a validated config; `deps` replace the in-memory defaults. With
+   * `[redis] enabled`, `deps` must bring the bus and the store (`Broker.create` loads them).
+   */
   constructor(readonly config: Config, deps: BrokerDeps = {}) {
+    if (config.redis.enabled && (deps.bus === undefined || deps.store === undefined)) {
+      throw new ClusterBackendNotLoaded();
+    }
     const l = config.limits;
     this.router = new Router(
       new MemoryRetainedStore({
@@ -143,7 +155,7 @@ export class Broker {
     );
     const auth = deps;
     const clock = deps.clock ?? systemClock;
-    const bus = deps.bus ?? createBus(config);
+    const bus = deps.bus ?? localBus;
     this.policy = new PolicyAuthenticator(
       {
         passwords: null,
@@ -169,7 +181,7 @@ export class Broker {
         : this.policy,
       authorizer: auth.authorizer ?? null,
       bus,
-      store: deps.store ?? chooseStore(config, bus, clock),
+      store: deps.store ?? createStore(config),
       // Redis durability governs a cluster's acknowledgements, [storage] sync a single node's.
       ackAfterWrite: config.redis.enabled
         ? config.redis.durability === "sync"
@@ -190,10 +202,11 @@ export class Broker {
     try {
       // The bus first: subscriptions restored from the store become routes the cluster learns.
       await core.bus.start(core);
-      if (core.bus instanceof RedisBus) await core.bus.settled();
+      await core.bus.settled?.();
       await core.start();
       await core.sink.start();
       if (anyListenerTls(c)) {
+        const { TlsMaterial } = await import("./transport/tls_material.ts");
         this.tls = await TlsMaterial.load(c.tls, this.metrics);
         this.tls.watch(c.general.cert_reload_interval);
       }
@@ -223,16 +236,20 @@ export class Broker {
     }
   }
 
-  private listen(name: ListenerName): Promise<Listener> {
+  /**
+   * Opens one listener. TLS and WebSocket transports are imported when a listener needs them:
+   * node:tls, node:http and ws are memory a plain TCP node does not carry (as the Redis
+   * backend, see `withClusterBackend`).
+   */
+  private async listen(name: ListenerName): Promise<Listener> {
     const c = this.config;
     const hostname = listenerBind(c, name);
     const port = listenerPort(c, name);
     const tls = listenerTls(c, name);
     const clientCert = listenerClientCert(c, name);
     if (name === "tcp") {
-      if (!tls) {
-        return Promise.resolve(listenTcp(this.core, hostname, port, c.limits.close_linger_ms));
-      }
+      if (!tls) return listenTcp(this.core, hostname, port, c.limits.close_linger_ms);
+      const { listenTls } = await import("./transport/tls.ts");
       return listenTls(this.core, {
         hostname,
         port,
@@ -248,7 +265,11 @@ export class Broker {
       maxPayload: c.limits.max_packet_size,
       lingerMs: c.limits.close_linger_ms,
     };
-    if (!tls) return listenWebSocket(this.core, { hostname, port, ...ws });
+    if (!tls) {
+      const { listenWebSocket } = await import("./transport/websocket.ts");
+      return listenWebSocket(this.core, { hostname, port, ...ws });
+    }
+    const { listenSecureWebSocket } = await import("./transport/secure_websocket.ts");
     return listenSecureWebSocket(this.core, {
       hostname,
       port,

@@ -123,6 +123,11 @@ export interface Bus {
   start(host: BusHost): Promise<void>;
   /** Leaves the cluster: withdraws this node's routes and stops reading its inbox. */
   stop(): Promise<void>;
+  /**
+   * Resolves once the other nodes know this one is alive and send it what it must see (the
+   * broker loads its stored state after this). Absent: nothing to wait for.
+   */
+  settled?(): Promise<void>;
   /** Why this node is not ready (for /readyz); empty when ready. */
   readonly problems: readonly string[];
   /**

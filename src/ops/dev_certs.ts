@@ -5,7 +5,6 @@
  * chose are never silently replaced: missing ones are a configuration error.
  */
 import { resolve } from "node:path";
-import { generateCertificates } from "../auth/certs.ts";
 import {
   anyListenerTls,
   type Config,
@@ -36,6 +35,8 @@ export async function ensureCertificates(config: Config): Promise<boolean> {
   if (present.some(Boolean) || !mayGenerateDevCerts(config)) {
     throw new ConfigError(missingMessage(config, missing), { key: `tls.${missing[0]}` });
   }
+  // Imported only here: the X.509 library is megabytes of memory a running broker never needs.
+  const { generateCertificates } = await import("../auth/certs.ts");
   await generateCertificates({ dir: "certs" });
   return true;
 }

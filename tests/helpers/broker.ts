@@ -37,7 +37,7 @@ export async function startBroker(
     // In memory unless a test asks for storage: tests must not share or leave a ./data directory.
     storage: { enabled: false, ...overrides.storage },
   };
-  const broker = createBroker(config, deps);
+  const broker = await createBroker(config, deps);
   await broker.start();
   const tcp = broker.addresses.find((a) => a.kind === "tcp");
   if (!tcp) throw new Error("test broker has no TCP listener");
@@ -366,7 +366,7 @@ export async function startSecureBroker(
   pki: SecureBrokerPki,
   overrides: DeepPartial<Config> = {},
 ): Promise<SecureTestBroker> {
-  const broker = createBroker({
+  const broker = await createBroker({
     ...overrides,
     general: { secure: true, websocket: true, bind: "127.0.0.1", ...overrides.general },
     ports: { tcp: 0, ws: 0, ...overrides.ports },

@@ -6,7 +6,7 @@
 import { createBroker } from "../../mod.ts";
 import { serveMemoryRequests } from "./memory_child.ts";
 
-const broker = createBroker(JSON.parse(Deno.args[0] ?? "{}"));
+const broker = await createBroker(JSON.parse(Deno.args[0] ?? "{}"));
 await broker.start();
 await serveMemoryRequests(JSON.stringify(broker.addresses), () => {
   const m = broker.metrics;
