@@ -8,8 +8,9 @@ import { killAll } from "./children.ts";
 import { clusterReport, runClusterBench } from "./cluster.ts";
 import { type DurabilityReport, durabilityScenarios, runDurability } from "./durability.ts";
 import { machineInfo } from "./machine.ts";
-import { parseOptions, USAGE, UsageError } from "./options.ts";
+import { type BenchOptions, parseOptions, USAGE, UsageError } from "./options.ts";
 import { defaultPinning, pinBench, PinError, pinning } from "./pin.ts";
+import { buildProbe } from "./probe.ts";
 import { markdown, writeReport } from "./report.ts";
 import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
 import { allScenarios, selectScenarios } from "./scenarios.ts";
@@ -52,6 +53,35 @@ function progress(r: RunResult): void {
   console.log(`${head} ${detail}${gc}${errors}`);
 }
 
+/**
+ * `options` with the latency client settled: the C probe when it builds (or when no latency
+ * scenario runs), else the Deno workers, said loudly; null when `--latency-client probe` was
+ * asked for and the probe cannot be built.
+ */
+async function settleLatencyClient(options: BenchOptions): Promise<BenchOptions | null> {
+  if (options.latencyClient !== "probe") return options;
+  const scenarios = selectScenarios(allScenarios(options), options.only);
+  if (!scenarios.some((s) => s.kind === "latency")) return options;
+  const build = await buildProbe();
+  if (build.ok) {
+    console.log(`bench: latency client: the C probe (${build.compiler}, ${build.path})`);
+    if (build.warnings) console.log(`!! the probe compiled with warnings:\n${build.warnings}`);
+    return options;
+  }
+  if (options.latencyClientGiven) {
+    console.error(`--latency-client probe: ${build.reason}`);
+    return null;
+  }
+  console.log(
+    `!! latency client: the Deno worker clients, NOT the C probe, which cannot be built: ${build.reason}`,
+  );
+  console.log(
+    "!! the Deno clients' own event loop and GC put p50 at 300-600 µs for every broker; " +
+      "install a C compiler and libssl-dev for the probe",
+  );
+  return { ...options, latencyClient: "deno", latencyClientNote: build.reason };
+}
+
 async function main(): Promise<number> {
   let options;
   try {
@@ -81,6 +111,10 @@ async function main(): Promise<number> {
     console.log(`\n${clusterReport(runs)}`);
     return runs.some((r) => r.failed) ? 1 : 0;
   }
+  // The cluster scenarios have no latency runs; the latency client matters from here on.
+  const settled = await settleLatencyClient(options);
+  if (settled === null) return 2;
+  options = settled;
   const startedAt = new Date();
   const skipped: Record<string, string> = {};
   const targets: Target[] = [];

@@ -8,6 +8,7 @@ import { gcMetrics } from "./gc_trace.ts";
 import type { Layout, WorkerLayout } from "./layouts.ts";
 import type { IdlePlan, LoadPlan, Snapshot } from "./messages.ts";
 import type { BenchOptions } from "./options.ts";
+import { buildProbe, type ProbeMark, runProbe, uniqueIdPrefix } from "./probe.ts";
 import { type ProcSample, rssBytes, sample } from "./procstat.ts";
 import type { ProtocolLevel } from "./wire.ts";
 import { sendAll, WorkerHandle } from "./workers.ts";
@@ -246,6 +247,78 @@ export async function measureLoad(ctx: RunContext, layout: Layout): Promise<Meas
   } finally {
     await closeAll(running);
   }
+}
+
+/** A paced latency load for the C probe (probe.ts): pairs, total rate, QoS. */
+export interface ProbeLoad {
+  readonly pairs: number;
+  /** Messages per second over all publishers. */
+  readonly rate: number;
+  readonly qos: 0 | 1;
+}
+
+/**
+ * A latency run with the C probe instead of the worker clients: the same pairs, rate, QoS, MQTT
+ * level, transport, warm-up (`pacedWarmupS`) and window; the broker is sampled (CPU, RSS, GC
+ * trace) when the probe reports its window's start and end. The generator's CPU is the probe's
+ * own over its window (one process: it is also the busiest "worker").
+ */
+export async function measureProbeLatency(ctx: RunContext, load: ProbeLoad): Promise<Measured> {
+  const build = await buildProbe();
+  if (!build.ok) throw new Error(`the latency probe cannot run: ${build.reason}`);
+  const broker: Partial<Record<ProbeMark, ProcSample>> = {};
+  const gcAt: Partial<Record<ProbeMark, number>> = {};
+  const { result: r, stderr } = await runProbe(build.path, {
+    host: ctx.broker.host,
+    port: ctx.broker.port,
+    pairs: load.pairs,
+    rate: load.rate,
+    qos: load.qos,
+    version: ctx.level,
+    warmupS: ctx.options.pacedWarmupS,
+    windowS: ctx.options.durationS,
+    drainS: ctx.options.drainS,
+    payloadBytes: ctx.options.payloadBytes,
+    tls: ctx.broker.tls,
+    idPrefix: uniqueIdPrefix(),
+  }, async (mark) => {
+    // Collections reported up to now belong before the mark (as in markAll).
+    gcAt[mark] = ctx.broker.gc?.count() ?? 0;
+    broker[mark] = await sample(ctx.broker.pid);
+  });
+  const b1 = broker["window-start"], b2 = broker["window-end"];
+  if (b1 === undefined || b2 === undefined) throw new Error("the probe reported no window");
+  const deliveredPerS = r.window_s > 0 ? r.window_received / r.window_s : NaN;
+  // Deliveries over the broker's sampling interval (a few ms off the probe's window).
+  const delivered = (deliveredPerS * (b2.at - b1.at)) / 1000;
+  const genCpu = r.window_s > 0 ? (r.cpu_us / (r.window_s * 1e6)) * 100 : NaN;
+  const unique = r.received - r.duplicates;
+  const metrics: Record<string, number> = {
+    delivered_per_s: deliveredPerS,
+    published_per_s: r.window_s > 0 ? r.window_sent / r.window_s : NaN,
+    ...brokerMetrics(b1, b2, delivered),
+    gen_cpu_pct: genCpu,
+    gen_max_worker_cpu_pct: genCpu,
+    sent: r.sent,
+    received: r.received,
+    duplicates: r.duplicates,
+    undelivered_pct: r.sent > 0 ? (Math.max(0, r.sent - unique) / r.sent) * 100 : 0,
+    p50_us: r.p50,
+    p90_us: r.p90,
+    p99_us: r.p99,
+    p999_us: r.p999,
+    max_us: r.max,
+    samples: r.count,
+    skipped_beats: r.skipped,
+  };
+  const gc = ctx.broker.gc;
+  if (gc) {
+    const events = gc.events.slice(gcAt["window-start"], gcAt["window-end"]);
+    Object.assign(metrics, gcMetrics(events, (b2.at - b1.at) / 1000, deliveredPerS));
+  }
+  const errors = stderr.split("\n").map((l) => l.trim()).filter((l) => l !== "").slice(0, 5);
+  if (r.dropped_samples > 0) errors.push(`${r.dropped_samples} latency samples not stored`);
+  return { metrics, errors };
 }
 
 /** Samples broker RSS every `everyMs` until stopped. */

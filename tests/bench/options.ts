@@ -4,6 +4,15 @@ import { BROKER_NAMES, type BrokerName } from "./brokers.ts";
 import { type Transport, TRANSPORTS } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
+/**
+ * Who measures the latency scenarios: the C probe (probe/paced_probe.c, one epoll thread) or the
+ * Deno worker clients (client.ts; their own event loop and GC put p50 at 300-600 µs).
+ */
+export type LatencyClient = "probe" | "deno";
+
+/** All latency clients. */
+export const LATENCY_CLIENTS: readonly LatencyClient[] = ["probe", "deno"];
+
 /** Everything that shapes one bench invocation. */
 export interface BenchOptions {
   /** Measure window per run, seconds. */
@@ -43,6 +52,12 @@ export interface BenchOptions {
   readonly cluster: boolean;
   /** Servers on CPUs of their own, the bench and its workers on the others (pin.ts). */
   readonly pin: boolean;
+  /** Client of the latency scenarios ("probe" unless the command line says otherwise). */
+  readonly latencyClient: LatencyClient;
+  /** `--latency-client` was given (no fallback to "deno" when the probe cannot be built). */
+  readonly latencyClientGiven: boolean;
+  /** Why "deno" runs although "probe" was the default (set by main.ts). */
+  readonly latencyClientNote?: string;
 }
 
 /** Bad command line. */
@@ -68,6 +83,8 @@ export const USAGE = `deno task bench [options]
   --quick               smoke run of every scenario: 1 round, 1 s windows
   --cluster             mcloudtt on two nodes vs one (needs redis-server), instead of the peers
   --pin                 brokers on the last half of the CPUs, the load generators on the rest
+  --latency-client <c>  who measures the latency scenarios: probe (C, one epoll thread; the
+                        default when cc and libssl-dev are there) or deno (the worker clients)
   --help`;
 
 function positive(flag: string, raw: string | undefined, integer: boolean): number {
@@ -113,6 +130,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     "quick",
     "cluster",
     "pin",
+    "latency-client",
   ];
   for (const key of raw.keys()) {
     if (!known.includes(key)) throw new UsageError(`unknown option --${key}`);
@@ -141,6 +159,12 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     throw new UsageError("--payload must be at least 16 (sequence and timestamp)");
   }
   const durationS = get("duration", 5, 1, false);
+  const latencyClient = raw.get("latency-client") ?? "probe";
+  if (!LATENCY_CLIENTS.includes(latencyClient as LatencyClient)) {
+    throw new UsageError(
+      `--latency-client is ${LATENCY_CLIENTS.join(" or ")}, not ${latencyClient}`,
+    );
+  }
   return {
     durationS,
     // JIT-compiled brokers (Deno, Node) need a moment of load before they reach steady state.
@@ -161,5 +185,7 @@ export function parseOptions(args: readonly string[]): BenchOptions | null {
     quick,
     cluster: raw.has("cluster"),
     pin: raw.has("pin"),
+    latencyClient: latencyClient as LatencyClient,
+    latencyClientGiven: raw.has("latency-client"),
   };
 }

@@ -240,6 +240,7 @@ function latencyTable(rows: SummaryRow[]): string {
       "broker CPU µs/msg",
       "CPU/msg vs mosquitto",
       "samples",
+      "generator CPU %",
     ],
     rows.map((r) => {
       const m = r.metrics;
@@ -256,6 +257,7 @@ function latencyTable(rows: SummaryRow[]): string {
         spread(r, "broker_cpu_us_per_msg", fixedBy(2)),
         vs(r, "broker_cpu_us_per_msg", "mosquitto"),
         int(m.samples),
+        fixed(m.gen_cpu_pct, 0),
       ];
     }),
   );
@@ -383,6 +385,23 @@ export interface ReportInput {
   readonly durability?: DurabilityReport;
 }
 
+/** The header's sentence on who measured the latency runs (none without latency runs). */
+export function latencyClientLines(input: ReportInput): string[] {
+  if (!input.results.some((r) => r.kind === "latency")) return [];
+  const o = input.options;
+  // Reports from before --latency-client existed ran the Deno workers.
+  const client = o.latencyClient ?? "deno";
+  const text = client === "probe"
+    ? "Latency client: the C probe (`tests/bench/probe/paced_probe.c`: one thread, epoll + " +
+      "timerfd pacing, OpenSSL for TLS), send and receive stamped with the same CLOCK_MONOTONIC."
+    : "Latency client: the Deno worker clients (one worker process; their own event loop and GC " +
+      "put p50 at some 300-600 µs for every broker)" +
+      (o.latencyClientNote
+        ? `, because the C probe could not be built: ${o.latencyClientNote}.`
+        : ".");
+  return [text, ""];
+}
+
 /** The Markdown report. */
 export function markdown(input: ReportInput): string {
   const { machine: m, options: o } = input;
@@ -411,6 +430,7 @@ export function markdown(input: ReportInput): string {
     `divide medians (higher is better, except latency, CPU and memory), with the smallest and largest ` +
     `per-round ratio in brackets (rounds interleave the brokers).`,
     "",
+    ...latencyClientLines(input),
     `Limits given to every broker that has them: ${
       Object.entries(input.limits).map(([k, v]) => `${k}=${v}`).join(", ")
     }.`,

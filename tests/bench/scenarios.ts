@@ -5,6 +5,7 @@ import {
   measureConnections,
   type Measured,
   measureLoad,
+  measureProbeLatency,
   measureSlowConsumer,
   type RunContext,
 } from "./measure.ts";
@@ -21,7 +22,7 @@ export interface Scenario {
   run(ctx: RunContext): Promise<Measured>;
 }
 
-/** Pairs used by the latency runs (all in one worker process; see layouts.latencyPairs). */
+/** Pairs used by the latency runs (all in one process: the C probe, or one Deno worker). */
 export const LATENCY_PAIRS = 16;
 
 /** Every scenario, in run order. */
@@ -37,12 +38,17 @@ export function allScenarios(options: BenchOptions): Scenario[] {
     description,
     run: (ctx) => measureLoad(ctx, layout),
   });
+  // The latency client is read when the run starts: main.ts may fall back to "deno".
   const latency = (rate: number, qos: 0 | 1): Scenario => ({
     name: `latency-${rate / 1000}k-qos${qos}`,
     kind: "latency",
-    description:
-      `${LATENCY_PAIRS} pairs in one process, QoS ${qos}, paced to ${rate} msg/s in total`,
-    run: (ctx) => measureLoad(ctx, latencyPairs(LATENCY_PAIRS, rate, qos)),
+    description: `${LATENCY_PAIRS} pairs in one process (${
+      options.latencyClient === "probe" ? "the C probe" : "a Deno worker"
+    }), QoS ${qos}, paced to ${rate} msg/s in total`,
+    run: (ctx) =>
+      ctx.options.latencyClient === "probe"
+        ? measureProbeLatency(ctx, { pairs: LATENCY_PAIRS, rate, qos })
+        : measureLoad(ctx, latencyPairs(LATENCY_PAIRS, rate, qos)),
   });
   return [
     throughput("fan-in-8", "8 publishers -> 1 subscriber on bench/#, QoS 0", fanIn(8, w)),
