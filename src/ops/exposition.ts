@@ -1,9 +1,11 @@
 /**
- * The Prometheus exposition of the broker's counters, built with prom-client. Every metric is
- * filled by a collect callback at scrape time from the plain counters in `Metrics` and the
- * broker's state counts, so the hot path never touches prom-client.
+ * The Prometheus exposition of the broker's counters, in the text format (version 0.0.4),
+ * written here rather than with a client library: every value is read at scrape time from the
+ * plain counters in `Metrics` and the broker's state counts, so the hot path never touches it.
+ * A library (prom-client, before) adds only dependencies and memory: importing it alone cost a
+ * bare Deno process 1.4 MiB of heap. `promtool check metrics` checks this output
+ * (tests/ops/exposition_test.ts).
  */
-import client from "prom-client";
 import { LATENCY_BUCKETS, type ListenerKind } from "./metrics.ts";
 import type { BrokerStats, StateCounts } from "./stats.ts";
 import { EventLoopLag } from "./lag.ts";
@@ -11,87 +13,96 @@ import { EventLoopLag } from "./lag.ts";
 const LISTENERS: readonly ListenerKind[] = ["tcp", "tls", "ws", "wss"];
 const QOS = ["0", "1", "2"] as const;
 
-/** prom-client metric that is (re)filled from a snapshot when scraped. */
-type Fill = () => void;
+/** One metric family: its samples are read when scraped. */
+interface Family {
+  name: string;
+  help: string;
+  type: "counter" | "gauge" | "histogram";
+  /** `[suffix, labels, value]`: labels already rendered (`{qos="1"}` or ""). */
+  samples(): Iterable<readonly [string, string, number]>;
+}
 
-/**
- * A histogram whose bucket counts live in `Metrics.latency`; prom-client has no way to load
- * bucket counts in bulk, so this metric hands the registry its values directly.
- */
-function latencyMetric(stats: BrokerStats) {
-  const name = "mcloudtt_publish_latency_seconds";
+/** A label value as the text format wants it: backslash, double quote and newline escaped. */
+export function escapeLabel(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function escapeHelp(help: string): string {
+  return help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n");
+}
+
+/** A sample value: integers and decimals as JavaScript writes them, infinities as +Inf / -Inf. */
+function formatValue(v: number): string {
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return Number.isNaN(v) ? "NaN" : String(v);
+}
+
+/** The text format of `families`. */
+export function render(families: readonly Family[]): string {
+  const out: string[] = [];
+  for (const f of families) {
+    out.push(`# HELP ${f.name} ${escapeHelp(f.help)}`, `# TYPE ${f.name} ${f.type}`);
+    for (const [suffix, labels, value] of f.samples()) {
+      out.push(`${f.name}${suffix}${labels} ${formatValue(value)}`);
+    }
+  }
+  out.push("");
+  return out.join("\n");
+}
+
+/** The publish latency histogram, from the bucket counts kept in `Metrics.latency`. */
+function latencyFamily(stats: BrokerStats): Family {
   return {
-    name,
+    name: "mcloudtt_publish_latency_seconds",
     help: "Time from receiving a PUBLISH to queueing it for a subscriber (1 in 16 sampled)",
-    type: "histogram" as const,
-    aggregator: "sum" as const,
-    get() {
+    type: "histogram",
+    *samples() {
       const h = stats.metrics.latency;
-      const values: { metricName: string; labels: Record<string, string>; value: number }[] = [];
       let cumulative = 0;
       for (let i = 0; i <= LATENCY_BUCKETS.length; i++) {
         cumulative += h.counts[i];
         const le = i < LATENCY_BUCKETS.length ? String(LATENCY_BUCKETS[i]) : "+Inf";
-        values.push({ metricName: `${name}_bucket`, labels: { le }, value: cumulative });
+        yield ["_bucket", `{le="${le}"}`, cumulative] as const;
       }
-      values.push({ metricName: `${name}_sum`, labels: {}, value: h.sum });
-      values.push({ metricName: `${name}_count`, labels: {}, value: h.count });
-      return { name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+      yield ["_sum", "", h.sum] as const;
+      yield ["_count", "", h.count] as const;
     },
   };
 }
 
-/** A registry of every mcloudtt metric; `metrics()` renders the text format. */
+/** Every mcloudtt metric; `metrics()` renders the text format. */
 export class Exposition {
-  readonly registry = new client.Registry();
+  private readonly families: Family[] = [];
   private snapshot: StateCounts | null = null;
   private readonly lag = new EventLoopLag();
 
   constructor(private readonly stats: BrokerStats) {
-    const r = [this.registry];
+    const add = (f: Family) => this.families.push(f);
     const m = () => stats.metrics;
     const counts = () => (this.snapshot ??= stats.counts());
-    const gauge = (name: string, help: string, read: () => number) =>
-      new client.Gauge({
-        name,
-        help,
-        registers: r,
-        collect() {
-          this.set(read());
-        },
-      });
-    const counter = (name: string, help: string, read: () => number) =>
-      new client.Counter({
-        name,
-        help,
-        registers: r,
-        collect() {
-          this.reset();
-          this.inc(read());
-        },
-      });
+    const single =
+      (type: "counter" | "gauge") => (name: string, help: string, read: () => number) =>
+        add({ name, help, type, samples: () => [["", "", read()] as const] });
+    const gauge = single("gauge");
+    const counter = single("counter");
     const labelled = (
-      kind: "counter" | "gauge",
+      type: "counter" | "gauge",
       name: string,
       help: string,
       label: string,
-      read: () => Iterable<[string, number]>,
-    ) => {
-      const Cls = kind === "counter" ? client.Counter : client.Gauge;
-      return new Cls({
+      read: () => Iterable<readonly [string, number]>,
+    ) =>
+      add({
         name,
         help,
-        labelNames: [label],
-        registers: r,
-        collect() {
-          this.reset();
+        type,
+        *samples() {
           for (const [value, n] of read()) {
-            if (kind === "counter") (this as client.Counter).inc({ [label]: value }, n);
-            else (this as client.Gauge).set({ [label]: value }, n);
+            yield ["", `{${label}="${escapeLabel(value)}"}`, n] as const;
           }
         },
       });
-    };
 
     labelled(
       "gauge",
@@ -237,7 +248,7 @@ export class Exposition {
       () => m().sessionsExpired,
     );
     counter("mcloudtt_wills_published_total", "Wills published", () => m().willsPublished);
-    this.registry.registerMetric(latencyMetric(stats) as unknown as client.Metric);
+    add(latencyFamily(stats));
 
     const mem = () => Deno.memoryUsage();
     let memory: ReturnType<typeof mem> | null = null;
@@ -266,18 +277,18 @@ export class Exposition {
     };
   }
 
-  private resetPerScrape: Fill = () => {};
+  private resetPerScrape: () => void = () => {};
 
   /** Content type of `metrics()`. */
   get contentType(): string {
-    return this.registry.contentType;
+    return "text/plain; version=0.0.4; charset=utf-8";
   }
 
   /** The text exposition of every metric, as of now. */
-  async metrics(): Promise<string> {
+  metrics(): Promise<string> {
     this.resetPerScrape();
     try {
-      return await this.registry.metrics();
+      return Promise.resolve(render(this.families));
     } finally {
       this.resetPerScrape();
     }

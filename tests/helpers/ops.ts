@@ -1,6 +1,6 @@
 /**
  * Test helpers for the operations side: the HTTP endpoint and $SYS of an in-process broker, and
- * a parser for the Prometheus text format (prom-client writes it; the tests read it back).
+ * a parser for the Prometheus text format (src/ops/exposition.ts writes it; the tests read it back).
  */
 import type { Broker } from "../../mod.ts";
 import { brokerTarget } from "../../src/ops/broker_target.ts";
