@@ -5,7 +5,7 @@ import { type Transport, TRANSPORTS } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
 /**
- * Who measures the latency scenarios: the C probe (probe/paced_probe.c, one epoll thread) or the
+ * Who measures the latency scenarios: the C probe (probe/*.c, one epoll thread) or the
  * Deno worker clients (client.ts; their own event loop and GC put p50 at 300-600 µs).
  */
 export type LatencyClient = "probe" | "deno";

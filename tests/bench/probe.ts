@@ -1,6 +1,6 @@
 /**
- * The C latency client (probe/paced_probe.c): compiled once per process with the machine's C
- * compiler against OpenSSL, run as a child process per latency run.
+ * The C latency client (the C files of probe/, main() in probe/paced_probe.c): compiled once per
+ * process with the machine's C compiler against OpenSSL, run as a child process per latency run.
  *
  * Why: the Deno worker clients measured p50 of 300-600 µs on loopback for every broker, their
  * own event loop and GC dominating; the probe (epoll + timerfd, one thread) measures Mosquitto at
@@ -15,10 +15,19 @@ import { readLines } from "./lines.ts";
 import type { ClientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
-/** The probe's source. */
-export const PROBE_SOURCE = new URL("./probe/paced_probe.c", import.meta.url).pathname;
+/** The probe's sources: every `.c` file in this directory (`probe.h` beside them). */
+export const PROBE_DIR = new URL("./probe/", import.meta.url).pathname;
 
-/** Compiler flags (the source compiles warning-free with them). */
+/** The probe's C files (absolute paths, sorted): all compiled into one binary. */
+export async function probeSources(): Promise<string[]> {
+  const files: string[] = [];
+  for await (const entry of Deno.readDir(PROBE_DIR)) {
+    if (entry.isFile && entry.name.endsWith(".c")) files.push(`${PROBE_DIR}${entry.name}`);
+  }
+  return files.sort();
+}
+
+/** Compiler flags (the sources compile warning-free with them). */
 export const PROBE_CFLAGS: readonly string[] = ["-O2", "-Wall", "-Wextra"];
 const PROBE_LIBS = ["-lssl", "-lcrypto"];
 
@@ -64,6 +73,13 @@ async function compile(): Promise<ProbeBuild> {
   if (compiler === null) {
     return { ok: false, reason: "no C compiler (cc or gcc) found: apt-get install gcc" };
   }
+  let sources: string[];
+  try {
+    sources = await probeSources();
+  } catch (e) {
+    return { ok: false, reason: `cannot list the probe's sources in ${PROBE_DIR}: ${e}` };
+  }
+  if (sources.length === 0) return { ok: false, reason: `no .c files in ${PROBE_DIR}` };
   const dir = await Deno.makeTempDir({ prefix: "bench-probe-" });
   globalThis.addEventListener("unload", () => {
     try {
@@ -74,7 +90,7 @@ async function compile(): Promise<ProbeBuild> {
   });
   const path = `${dir}/paced_probe`;
   const out = await new Deno.Command(compiler, {
-    args: [...PROBE_CFLAGS, "-o", path, PROBE_SOURCE, ...PROBE_LIBS],
+    args: [...PROBE_CFLAGS, "-o", path, ...sources, ...PROBE_LIBS],
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -88,7 +104,7 @@ async function compile(): Promise<ProbeBuild> {
       ok: false,
       reason: noSsl
         ? `OpenSSL's headers or libraries are missing (apt-get install libssl-dev): ${detail}`
-        : `${compiler} failed on ${PROBE_SOURCE}: ${detail}`,
+        : `${compiler} failed on ${PROBE_DIR}*.c: ${detail}`,
     };
   }
   return { ok: true, path, compiler, warnings: text };

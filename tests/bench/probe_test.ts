@@ -1,4 +1,4 @@
-// The C latency probe (probe/paced_probe.c via probe.ts): it builds warning-free, delivers every
+// The C latency probe (probe/*.c via probe.ts): it builds warning-free, delivers every
 // message through a real Mosquitto (TCP and TLS, MQTT 5 and 3.1.1, QoS 0 and 1), feeds the bench's
 // latency metrics, copes with packets split and coalesced at any byte, and exits non-zero when
 // the broker refuses or closes. Short windows: this checks the client, not the broker.

@@ -392,7 +392,7 @@ export function latencyClientLines(input: ReportInput): string[] {
   // Reports from before --latency-client existed ran the Deno workers.
   const client = o.latencyClient ?? "deno";
   const text = client === "probe"
-    ? "Latency client: the C probe (`tests/bench/probe/paced_probe.c`: one thread, epoll + " +
+    ? "Latency client: the C probe (`tests/bench/probe/`: one thread, epoll + " +
       "timerfd pacing, OpenSSL for TLS), send and receive stamped with the same CLOCK_MONOTONIC."
     : "Latency client: the Deno worker clients (one worker process; their own event loop and GC " +
       "put p50 at some 300-600 µs for every broker)" +
