@@ -58,6 +58,15 @@ async function serve(config: Config): Promise<number> {
   }
   const broker = await Broker.create(config);
   const ops = new Operations(brokerTarget(broker), { config, version: VERSION });
+  // SIGHUP is taken from the start: the broker announces its listeners before start() returns,
+  // and a SIGHUP's default action would end the process. One that comes while starting reloads
+  // once the broker is up.
+  let started = false;
+  let reloadWhenStarted = false;
+  Deno.addSignalListener("SIGHUP", () => {
+    if (started) broker.reload();
+    else reloadWhenStarted = true;
+  });
   try {
     await broker.start();
     await ops.start();
@@ -77,7 +86,8 @@ async function serve(config: Config): Promise<number> {
       for (const line of devCertCommands(tls.port)) notice(config, `  ${line}`);
     }
   }
-  Deno.addSignalListener("SIGHUP", () => broker.reload());
+  started = true;
+  if (reloadWhenStarted) await broker.reload();
   exitOnUncaughtErrors();
   let stopping = false;
   const stop = async (signal: string, drain: boolean) => {
