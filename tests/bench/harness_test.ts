@@ -28,6 +28,7 @@ import { durabilitySection } from "./durability_report.ts";
 import { levelName, runAll, type RunResult } from "./runner.ts";
 import { type BenchPki, benchPki } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
+import { TEST_MACHINE } from "./fixtures.ts";
 
 const missing = await BROKERS.mosquitto.unavailable();
 if (missing !== null) {
@@ -201,18 +202,7 @@ test("a run of one scenario ends in a report row with a ratio", async () => {
   assert.equal(results[0].failed, undefined);
   const text = markdown({
     startedAt: new Date(),
-    machine: {
-      cpuModel: "cpu",
-      cores: 2,
-      memoryGiB: 1,
-      kernel: "k",
-      deno: "d",
-      v8: "v",
-      node: "n",
-      mosquitto: "m",
-      aedes: "a",
-      mcloudtt: "c",
-    },
+    machine: TEST_MACHINE,
     options,
     limits: BENCH_LIMITS,
     skipped: { aedes: "not installed" },
@@ -277,18 +267,7 @@ Deno.test("the report gives each median its spread and each ratio its per-round 
   ];
   const text = markdown({
     startedAt: new Date(),
-    machine: {
-      cpuModel: "cpu",
-      cores: 2,
-      memoryGiB: 1,
-      kernel: "k",
-      deno: "d",
-      v8: "v",
-      node: "n",
-      mosquitto: "m",
-      aedes: "a",
-      mcloudtt: "c",
-    },
+    machine: TEST_MACHINE,
     options: { ...options, rounds: 3 },
     limits: BENCH_LIMITS,
     skipped: {},

@@ -11,6 +11,7 @@ import { LatencyRecorder } from "./stats.ts";
 import { type ClientTls, connectBench } from "./tls.ts";
 import {
   encodePublishBatch,
+  framed,
   FrameReader,
   PacketType,
   parseConnack,
@@ -68,27 +69,15 @@ function str(s: string): number[] {
   return [b.length >> 8, b.length & 0xff, ...b];
 }
 
-function withLength(first: number, body: number[]): Uint8Array {
-  const len: number[] = [];
-  let n = body.length;
-  do {
-    let b = n & 0x7f;
-    n >>= 7;
-    if (n > 0) b |= 0x80;
-    len.push(b);
-  } while (n > 0);
-  return new Uint8Array([first, ...len, ...body]);
-}
-
 /** CONNECT; `persistent` asks for a session that outlives the connection. */
 function connectPacket(version: ProtocolLevel, clientId: string, persistent: boolean): Uint8Array {
   const flags = persistent && version === 4 ? 0x00 : 0x02;
   const props = version === 5 ? (persistent ? [5, 0x11, 0, 0, 0x0e, 0x10] : [0]) : [];
-  return withLength(0x10, [...str("MQTT"), version, flags, 0, 60, ...props, ...str(clientId)]);
+  return framed(0x10, [...str("MQTT"), version, flags, 0, 60, ...props, ...str(clientId)]);
 }
 
 function subscribePacket(version: ProtocolLevel, filter: string, qos: number): Uint8Array {
-  return withLength(0x82, [0, 1, ...(version === 5 ? [0] : []), ...str(filter), qos]);
+  return framed(0x82, [0, 1, ...(version === 5 ? [0] : []), ...str(filter), qos]);
 }
 
 /** One raw MQTT client: a read loop and a write queue. */

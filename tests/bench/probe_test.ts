@@ -12,7 +12,8 @@ import { latencyClientLines, markdown } from "./report.ts";
 import { levelName, type RunResult } from "./runner.ts";
 import { allScenarios } from "./scenarios.ts";
 import { type BenchPki, benchPki } from "./tls.ts";
-import { FrameReader, type ProtocolLevel, readU16, readVarint } from "./wire.ts";
+import { concat, framed, FrameReader, type ProtocolLevel, readU16, readVarint } from "./wire.ts";
+import { TEST_MACHINE } from "./fixtures.ts";
 
 const build = await buildProbe();
 if (!build.ok) {
@@ -221,28 +222,6 @@ interface Fake {
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
-function packet(first: number, body: number[]): Uint8Array {
-  const len: number[] = [];
-  let n = body.length;
-  do {
-    let b = n & 0x7f;
-    n >>= 7;
-    if (n > 0) b |= 0x80;
-    len.push(b);
-  } while (n > 0);
-  return new Uint8Array([first, ...len, ...body]);
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
 /** One client connection of the fake broker; writes go out in random pieces when `chop`. */
 class FakeConn {
   private queue: Uint8Array[] = [];
@@ -310,12 +289,12 @@ function fakeBroker(mode: FakeMode, closeAfterMs = 300): Fake {
         }
         clients.push(dec.decode(b.subarray(at + 2, at + 2 + readU16(b, at))));
         if (mode === "refuse") {
-          c.send(packet(0x20, c.version === 5 ? [0, 0x87, 0] : [0, 0x05]));
+          c.send(framed(0x20, c.version === 5 ? [0, 0x87, 0] : [0, 0x05]));
           return;
         }
         // MQTT 5: Receive Maximum 10 and a user property the probe must skip.
         const props = [0x21, 0, 10, 0x26, 0, 1, 0x6b, 0, 1, 0x76];
-        c.send(packet(0x20, c.version === 5 ? [0, 0, props.length, ...props] : [0, 0]));
+        c.send(framed(0x20, c.version === 5 ? [0, 0, props.length, ...props] : [0, 0]));
       } else if (type === 8) { // SUBSCRIBE
         const id = readU16(b, body);
         let at = body + 2;
@@ -327,7 +306,7 @@ function fakeBroker(mode: FakeMode, closeAfterMs = 300): Fake {
         const qos = b[at + 2 + readU16(b, at)] & 3;
         subscribers.set(topic, c);
         c.send(
-          packet(0x90, c.version === 5 ? [id >> 8, id & 255, 0, qos] : [id >> 8, id & 255, qos]),
+          framed(0x90, c.version === 5 ? [id >> 8, id & 255, 0, qos] : [id >> 8, id & 255, qos]),
         );
         if (mode === "close-after-setup") {
           clearTimeout(closeTimer);
@@ -351,14 +330,14 @@ function fakeBroker(mode: FakeMode, closeAfterMs = 300): Fake {
         }
         const payload = [...b.subarray(at, end)];
         if (qos === 1) {
-          c.send(packet(0x40, c.version === 5 ? [id >> 8, id & 255, 0] : [id >> 8, id & 255]));
+          c.send(framed(0x40, c.version === 5 ? [id >> 8, id & 255, 0] : [id >> 8, id & 255]));
         }
         const sub = subscribers.get(topic);
         if (sub === undefined) return;
         const outId = sub.nextId;
         sub.nextId = outId === 65535 ? 1 : outId + 1;
         const t = [...enc.encode(topic)];
-        sub.send(packet(0x30 | (qos << 1), [
+        sub.send(framed(0x30 | (qos << 1), [
           t.length >> 8,
           t.length & 255,
           ...t,
@@ -519,18 +498,7 @@ Deno.test("the report header names the latency client", () => {
   };
   const input = {
     startedAt: new Date(),
-    machine: {
-      cpuModel: "cpu",
-      cores: 2,
-      memoryGiB: 1,
-      kernel: "k",
-      deno: "d",
-      v8: "v",
-      node: "n",
-      mosquitto: "m",
-      aedes: "a",
-      mcloudtt: "c",
-    },
+    machine: TEST_MACHINE,
     options: parseOptions([])!,
     limits: BENCH_LIMITS,
     skipped: {},

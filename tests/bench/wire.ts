@@ -71,7 +71,8 @@ function utf8(s: string): Uint8Array {
   return out;
 }
 
-function concat(parts: Uint8Array[]): Uint8Array {
+/** `parts` joined into one buffer. */
+export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -79,6 +80,19 @@ function concat(parts: Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
+}
+
+/** A packet: fixed header byte `first`, the Remaining Length, then `body`. */
+export function framed(first: number, body: readonly number[]): Uint8Array {
+  const len: number[] = [];
+  let n = body.length;
+  do {
+    let b = n & 0x7f;
+    n >>= 7;
+    if (n > 0) b |= 0x80;
+    len.push(b);
+  } while (n > 0);
+  return new Uint8Array([first, ...len, ...body]);
 }
 
 /**

@@ -27,6 +27,16 @@ void write_blocking(Conn *c, const uint8_t *b, size_t n) {
   c->last_write_ns = now_ns();
 }
 
+// One setup packet: fixed header byte `first`, Remaining Length, `body` (at most 600 bytes).
+static void send_packet_blocking(Conn *c, uint8_t first, const uint8_t *body, size_t n) {
+  uint8_t pkt[608];
+  if (n > 600) fatal("%s: setup packet of %zu bytes is too large", c->label, n);
+  pkt[0] = first;
+  size_t h = 1 + put_varint(pkt + 1, n);
+  memcpy(pkt + h, body, n);
+  write_blocking(c, pkt, h + n);
+}
+
 // Reads until one whole packet is in c->in; returns its type, body and length. The caller
 // consumes it with consume().
 static int read_packet_blocking(Conn *c, uint8_t *flags, const uint8_t **body, size_t *len) {
@@ -107,7 +117,7 @@ void dial(Conn *c) {
 }
 
 void mqtt_connect(Conn *c, const char *client_id) {
-  uint8_t body[600], pkt[700];
+  uint8_t body[600];
   size_t n = put_str(body, "MQTT");
   body[n++] = (uint8_t)version;
   body[n++] = 0x02;  // Clean Start / Clean Session
@@ -115,10 +125,7 @@ void mqtt_connect(Conn *c, const char *client_id) {
   body[n++] = (uint8_t)(keepalive_s & 0xff);
   if (version == 5) body[n++] = 0;  // no properties
   n += put_str(body + n, client_id);
-  pkt[0] = 0x10;
-  size_t h = 1 + put_varint(pkt + 1, n);
-  memcpy(pkt + h, body, n);
-  write_blocking(c, pkt, h + n);
+  send_packet_blocking(c, 0x10, body, n);
 
   uint8_t flags;
   const uint8_t *b;
@@ -151,17 +158,14 @@ void mqtt_connect(Conn *c, const char *client_id) {
 }
 
 void mqtt_subscribe(Conn *c, const char *filter) {
-  uint8_t body[300], pkt[320];
+  uint8_t body[300];
   size_t n = 0;
   body[n++] = 0;
   body[n++] = 1;  // packet id 1
   if (version == 5) body[n++] = 0;
   n += put_str(body + n, filter);
   body[n++] = (uint8_t)qos;
-  pkt[0] = 0x82;
-  size_t h = 1 + put_varint(pkt + 1, n);
-  memcpy(pkt + h, body, n);
-  write_blocking(c, pkt, h + n);
+  send_packet_blocking(c, 0x82, body, n);
 
   uint8_t flags;
   const uint8_t *b;
