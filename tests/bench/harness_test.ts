@@ -26,9 +26,8 @@ import {
 } from "./durability.ts";
 import { durabilitySection } from "./durability_report.ts";
 import { levelName, runAll, type RunResult } from "./runner.ts";
-import { type BenchPki, benchPki } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
-import { TEST_MACHINE } from "./fixtures.ts";
+import { sharedBenchPki, TEST_MACHINE } from "./fixtures.ts";
 
 const missing = await BROKERS.mosquitto.unavailable();
 if (missing !== null) {
@@ -44,16 +43,7 @@ const options: BenchOptions = {
   drainS: 3,
 };
 
-// One PKI for every TLS test (made by `main.ts certs`), removed when the tests end.
-let pki: BenchPki | undefined;
-async function tls(): Promise<BenchPki> {
-  if (pki === undefined) {
-    pki = await benchPki();
-    const dir = pki.dir;
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-  }
-  return pki;
-}
+const tls = sharedBenchPki;
 
 async function withMosquitto(
   fn: (broker: RunningBroker) => Promise<void>,

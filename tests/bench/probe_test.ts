@@ -11,9 +11,8 @@ import { buildProbe, type ProbeMark, type ProbeOptions, runProbe } from "./probe
 import { latencyClientLines, markdown } from "./report.ts";
 import { levelName, type RunResult } from "./runner.ts";
 import { allScenarios } from "./scenarios.ts";
-import { type BenchPki, benchPki } from "./tls.ts";
 import { concat, framed, FrameReader, type ProtocolLevel, readU16, readVarint } from "./wire.ts";
-import { TEST_MACHINE } from "./fixtures.ts";
+import { sharedBenchPki, TEST_MACHINE } from "./fixtures.ts";
 
 const build = await buildProbe();
 if (!build.ok) {
@@ -41,15 +40,7 @@ function mosquittoTest(name: string, fn: () => Promise<void>): void {
   Deno.test({ name, ignore: !build.ok || mosquittoMissing !== null, fn });
 }
 
-let pki: BenchPki | undefined;
-async function tls(): Promise<BenchPki> {
-  if (pki === undefined) {
-    pki = await benchPki();
-    const dir = pki.dir;
-    globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-  }
-  return pki;
-}
+const tls = sharedBenchPki;
 
 async function withMosquitto(
   overTls: boolean,
