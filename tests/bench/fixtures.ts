@@ -1,5 +1,6 @@
-/** Fixtures the bench's own tests share: a machine description for reports, one test PKI. */
+/** Fixtures the bench's own tests share: a machine description, one test PKI, a Mosquitto. */
 import type { MachineInfo } from "./machine.ts";
+import { BENCH_LIMITS, BROKERS, type RunningBroker } from "./brokers.ts";
 import { type BenchPki, benchPki } from "./tls.ts";
 
 /** A made-up machine for tests that render a report. */
@@ -26,4 +27,21 @@ export async function sharedBenchPki(): Promise<BenchPki> {
     globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
   }
   return pki;
+}
+
+/** Runs `fn` against a Mosquitto started for it (with a TLS listener when `overTls`). */
+export async function withMosquitto(
+  overTls: boolean,
+  fn: (broker: RunningBroker) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
+  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir, {
+    tls: overTls ? await sharedBenchPki() : undefined,
+  });
+  try {
+    await fn(broker);
+  } finally {
+    await broker.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
 }

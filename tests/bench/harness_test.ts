@@ -27,7 +27,7 @@ import {
 import { durabilitySection } from "./durability_report.ts";
 import { levelName, runAll, type RunResult } from "./runner.ts";
 import type { ProtocolLevel } from "./wire.ts";
-import { sharedBenchPki, TEST_MACHINE } from "./fixtures.ts";
+import { sharedBenchPki, TEST_MACHINE, withMosquitto as withBenchMosquitto } from "./fixtures.ts";
 
 const missing = await BROKERS.mosquitto.unavailable();
 if (missing !== null) {
@@ -45,21 +45,9 @@ const options: BenchOptions = {
 
 const tls = sharedBenchPki;
 
-async function withMosquitto(
-  fn: (broker: RunningBroker) => Promise<void>,
-  overTls = false,
-): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "bench-test-" });
-  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir, {
-    tls: overTls ? await tls() : undefined,
-  });
-  try {
-    await fn(broker);
-  } finally {
-    await broker.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+/** The fixture with the TLS switch last, as these tests write it. */
+const withMosquitto = (fn: (broker: RunningBroker) => Promise<void>, overTls = false) =>
+  withBenchMosquitto(overTls, fn);
 
 const ctx = (broker: RunningBroker, level: ProtocolLevel): RunContext => ({
   broker,

@@ -4,7 +4,7 @@
 // the broker refuses or closes. Short windows: this checks the client, not the broker.
 
 import assert from "node:assert/strict";
-import { BENCH_LIMITS, BROKERS, type RunningBroker } from "./brokers.ts";
+import { BENCH_LIMITS, BROKERS } from "./brokers.ts";
 import { measureProbeLatency, type RunContext } from "./measure.ts";
 import { type BenchOptions, parseOptions, UsageError } from "./options.ts";
 import { buildProbe, type ProbeMark, type ProbeOptions, runProbe } from "./probe.ts";
@@ -12,7 +12,7 @@ import { latencyClientLines, markdown } from "./report.ts";
 import { levelName, type RunResult } from "./runner.ts";
 import { allScenarios } from "./scenarios.ts";
 import { concat, framed, FrameReader, type ProtocolLevel, readU16, readVarint } from "./wire.ts";
-import { sharedBenchPki, TEST_MACHINE } from "./fixtures.ts";
+import { sharedBenchPki, TEST_MACHINE, withMosquitto } from "./fixtures.ts";
 
 const build = await buildProbe();
 if (!build.ok) {
@@ -41,22 +41,6 @@ function mosquittoTest(name: string, fn: () => Promise<void>): void {
 }
 
 const tls = sharedBenchPki;
-
-async function withMosquitto(
-  overTls: boolean,
-  fn: (broker: RunningBroker) => Promise<void>,
-): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "probe-test-" });
-  const broker = await BROKERS.mosquitto.start(BENCH_LIMITS, dir, {
-    tls: overTls ? await tls() : undefined,
-  });
-  try {
-    await fn(broker);
-  } finally {
-    await broker.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 let ids = 0;
 const base = (port: number, over: Partial<ProbeOptions> = {}): ProbeOptions => ({
