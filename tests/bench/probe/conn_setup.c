@@ -116,6 +116,18 @@ void dial(Conn *c) {
   }
 }
 
+// Sends one setup packet and reads the reply, which must be of type `want` (`name`); returns
+// its body (`*len` bytes), to be released with consume().
+static const uint8_t *exchange(Conn *c, uint8_t first, const uint8_t *body, size_t n, int want,
+                               const char *name, size_t *len) {
+  send_packet_blocking(c, first, body, n);
+  uint8_t flags;
+  const uint8_t *b;
+  int type = read_packet_blocking(c, &flags, &b, len);
+  if (type != want) fatal("%s: expected %s, got packet type %d", c->label, name, type);
+  return b;
+}
+
 void mqtt_connect(Conn *c, const char *client_id) {
   uint8_t body[600];
   size_t n = put_str(body, "MQTT");
@@ -125,13 +137,8 @@ void mqtt_connect(Conn *c, const char *client_id) {
   body[n++] = (uint8_t)(keepalive_s & 0xff);
   if (version == 5) body[n++] = 0;  // no properties
   n += put_str(body + n, client_id);
-  send_packet_blocking(c, 0x10, body, n);
-
-  uint8_t flags;
-  const uint8_t *b;
   size_t len;
-  int type = read_packet_blocking(c, &flags, &b, &len);
-  if (type != 2) fatal("%s: expected CONNACK, got packet type %d", c->label, type);
+  const uint8_t *b = exchange(c, 0x10, body, n, 2, "CONNACK", &len);
   if (len < 2) fatal("%s: CONNACK too short", c->label);
   if (b[1] != 0) fatal("%s: CONNACK refused the connection: reason code 0x%02x", c->label, b[1]);
   if (version == 5) {
@@ -165,13 +172,8 @@ void mqtt_subscribe(Conn *c, const char *filter) {
   if (version == 5) body[n++] = 0;
   n += put_str(body + n, filter);
   body[n++] = (uint8_t)qos;
-  send_packet_blocking(c, 0x82, body, n);
-
-  uint8_t flags;
-  const uint8_t *b;
   size_t len;
-  int type = read_packet_blocking(c, &flags, &b, &len);
-  if (type != 9) fatal("%s: expected SUBACK, got packet type %d", c->label, type);
+  const uint8_t *b = exchange(c, 0x82, body, n, 9, "SUBACK", &len);
   size_t at = 2;
   if (len < 3 || b[0] != 0 || b[1] != 1) fatal("%s: SUBACK malformed or for another packet id", c->label);
   if (version == 5) {
