@@ -113,6 +113,15 @@ async function failover(waitReplicas: number, downAfterMs: number): Promise<Outc
         failoverMs = performance.now() - killedAt;
       })();
     },
+  }).catch((e) => {
+    // What the nodes said about Redis and their clients, for a failure seen once under the full
+    // suite and never alone.
+    const said = (n: typeof a) =>
+      n.output().split("\n").filter((l) =>
+        /WARN|ERR|dead|expelled|taken over|closing pub |client pub disconnected/i.test(l)
+      )
+        .slice(-30).join("\n");
+    throw new Error(`${(e as Error).message}\nnode a:\n${said(a)}\nnode b:\n${said(b)}`);
   });
   await chaos;
   const inWindow = [...result.ackedAt.values()].filter((t) => t > cutAt && t < killedAt).length;

@@ -272,6 +272,14 @@ export async function publishNumbered(
   const gap = opts.rate ? 1000 / opts.rate : 0;
   let next = 0;
   let slot = performance.now();
+  // Why the publisher's connection ended, for the error (a flake once in CI said only that it had).
+  let ended = "";
+  const onDisconnect = (p: { reasonCode?: number; properties?: { reasonString?: string } }) => {
+    ended = `DISCONNECT 0x${(p.reasonCode ?? 0).toString(16)} ${p.properties?.reasonString ?? ""}`;
+  };
+  const onClose = () => ended ||= "connection closed without DISCONNECT";
+  pub.on("disconnect", onDisconnect);
+  pub.on("close", onClose);
   const worker = async () => {
     while (next < n) {
       const i = next++;
@@ -281,7 +289,9 @@ export async function publishNumbered(
       }
       const first = performance.now();
       for (;;) {
-        if (!pub.connected) throw new Error(`publisher disconnected before ${i} was acknowledged`);
+        if (!pub.connected) {
+          throw new Error(`publisher disconnected before ${i} was acknowledged (${ended})`);
+        }
         if (performance.now() - first > giveUpMs) {
           throw new Error(`publish ${i} was still refused after ${giveUpMs} ms`);
         }
@@ -311,6 +321,11 @@ export async function publishNumbered(
       }
     }
   };
-  await Promise.all(Array.from({ length: opts.window ?? 4 }, worker));
+  try {
+    await Promise.all(Array.from({ length: opts.window ?? 4 }, worker));
+  } finally {
+    pub.off("disconnect", onDisconnect);
+    pub.off("close", onClose);
+  }
   return out;
 }
