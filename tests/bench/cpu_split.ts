@@ -29,7 +29,7 @@
  */
 import { parseArgs } from "node:util";
 import { BENCH_LIMITS, BROKERS } from "./brokers.ts";
-import { startForwarder } from "./floor.ts";
+import { startForwarder } from "./forwarder.ts";
 import { PacedLoad } from "./paced.ts";
 import { median } from "./stats.ts";
 import { type BenchPki, benchPki, clientTls, removeBenchPki } from "./tls.ts";

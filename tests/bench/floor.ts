@@ -2,8 +2,9 @@
  * The runtime's floor (issue 14): how fast can Deno itself move a message
  * from one socket to another at a modest paced rate? A bare forwarder (no
  * MQTT: it reads from one socket and writes what it read to its partner, both
- * ways) is driven by the same paced load as the brokers (paced.ts: 16 pairs,
- * the same PUBLISH and PUBACK bytes), and its latency, CPU and allocation are
+ * ways) is driven by the same paced load as the brokers (the bench's C probe, probe.ts: 16
+ * pairs, the same PUBLISH and PUBACK bytes; `--latency-client deno` for the Deno client of
+ * paced.ts, whose own delays hide the brokers'), and its latency, CPU and allocation are
  * reported next to mcloudtt's and Mosquitto's, interleaved in one run. Over
  * plain TCP the forwarder uses `Deno.listen` and reads and writes by resource
  * id (src/transport/deno_io.ts), over TLS `node:tls`: what mcloudtt's own
@@ -20,153 +21,20 @@
  * load) and then measures a window (`--duration`, 10 s). CPU is split by thread: the main
  * thread runs JavaScript and the event loop, V8's helper threads ("V8 DefaultWorke") collect
  * garbage and compile. Latency numbers are only meaningful on a quiet machine.
- * `--serve <port> [--cert f --key f]` runs the forwarder itself (the bench starts it that way).
+ * The forwarder is forwarder.ts, started in a process of its own for each run.
  */
 import { parseArgs } from "node:util";
-import tls from "node:tls";
-import type { Socket } from "node:net";
-import { BENCH_LIMITS, BROKERS, freePort, type RunningBroker } from "./brokers.ts";
+import { BENCH_LIMITS, BROKERS, type RunningBroker } from "./brokers.ts";
+import { startForwarder } from "./forwarder.ts";
 import { killAll } from "./children.ts";
-import { summarize } from "./gc_trace.ts";
-import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
+import { gcMetrics, summarize } from "./gc_trace.ts";
 import { PacedLoad } from "./paced.ts";
+import { buildProbe, type ProbeMark, runProbe, uniqueIdPrefix } from "./probe.ts";
 import { type ThreadCpu, threadCpuMicros } from "./procstat.ts";
 import { median } from "./stats.ts";
 import { type BenchPki, benchPki, clientTls, removeBenchPki, type Transport } from "./tls.ts";
-import { HOST, startTraced, type Traced } from "./traced.ts";
+import { HOST, type Traced } from "./traced.ts";
 import type { ProtocolLevel } from "./wire.ts";
-
-const REPO_ROOT = new URL("../../", import.meta.url).pathname;
-const SELF = new URL(import.meta.url).pathname;
-
-// ---- the forwarder ------------------------------------------------------------------
-
-/**
- * One side of a forwarded pair, read and written the cheapest way Deno offers: by resource id
- * through the runtime's core (what mcloudtt's TCP transport does, src/transport/deno_io.ts),
- * else through the Deno.Conn's own methods.
- */
-interface Side {
-  read(buf: Uint8Array): Promise<number | null>;
-  write(bytes: Uint8Array): Promise<number>;
-  close(): void;
-}
-
-function side(conn: Deno.Conn): Side {
-  const rid = rawIo === null ? -1 : resourceId(conn);
-  if (rid === -1) return conn;
-  const io = rawIo!;
-  return {
-    read: (buf) => io.read(rid, buf).then((n) => (n === 0 ? null : n)),
-    write: (bytes) => io.write(rid, bytes),
-    close: () => io.close(rid),
-  };
-}
-
-/** Copies everything `from` sends to `to` until either side ends. */
-async function forward(from: Side, to: Side, first: Uint8Array | null): Promise<void> {
-  const buf = new Uint8Array(16 * 1024);
-  try {
-    if (first !== null && first.length > 0) await writeAll(to, first);
-    for (;;) {
-      const n = await from.read(buf);
-      if (n === null) break;
-      await writeAll(to, buf.subarray(0, n));
-    }
-  } catch {
-    // a reset ends the pair like EOF
-  }
-  for (const c of [from, to]) {
-    try {
-      c.close();
-    } catch {
-      // closed by the other direction
-    }
-  }
-}
-
-async function writeAll(conn: Side, bytes: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
-}
-
-/** Reads the 2-byte hello (role, pair); returns it with whatever followed it. */
-async function hello(conn: Side): Promise<{ role: number; pair: number; rest: Uint8Array }> {
-  const buf = new Uint8Array(4096);
-  let have = 0;
-  while (have < 2) {
-    const n = await conn.read(buf.subarray(have));
-    if (n === null) throw new Error("closed before hello");
-    have += n;
-  }
-  return { role: buf[0], pair: buf[1], rest: buf.slice(2, have) };
-}
-
-/** The plain forwarder: pairs publisher i with subscriber i and pipes them both ways. */
-async function serve(port: number): Promise<void> {
-  const listener = Deno.listen({ hostname: HOST, port });
-  const waiting = new Map<string, { conn: Side; rest: Uint8Array }>();
-  for await (const tcp of listener) {
-    tcp.setNoDelay(true);
-    const conn = side(tcp);
-    hello(conn).then(({ role, pair, rest }) => {
-      const peerKey = `${1 - role}:${pair}`;
-      const peer = waiting.get(peerKey);
-      if (peer === undefined) {
-        waiting.set(`${role}:${pair}`, { conn, rest });
-        return;
-      }
-      waiting.delete(peerKey);
-      forward(conn, peer.conn, rest);
-      forward(peer.conn, conn, peer.rest);
-    }, () => conn.close());
-  }
-}
-
-/**
- * The TLS forwarder, on node:tls like mcloudtt's TLS listener: each socket's 'data' is written
- * to its partner, with the partner's reading paused while a write is buffered (as a broker
- * stops reading a publisher whose subscriber is behind).
- */
-function serveTls(port: number, certFile: string, keyFile: string): void {
-  const waiting = new Map<string, Socket>();
-  const pipe = (from: Socket, to: Socket) => {
-    from.on("data", (chunk: Uint8Array) => {
-      if (!to.write(chunk)) {
-        from.pause();
-        to.once("drain", () => from.resume());
-      }
-    });
-    from.on("close", () => to.destroy());
-    from.on("error", () => to.destroy());
-  };
-  const server = tls.createServer({
-    cert: Deno.readTextFileSync(certFile),
-    key: Deno.readTextFileSync(keyFile),
-  }, (socket) => {
-    socket.setNoDelay(true);
-    socket.once("data", (first: Uint8Array) => {
-      const role = first[0];
-      const pair = first[1];
-      const rest = first.subarray(2);
-      const peerKey = `${1 - role}:${pair}`;
-      const peer = waiting.get(peerKey);
-      if (peer === undefined) {
-        socket.pause();
-        waiting.set(`${role}:${pair}`, socket);
-        if (rest.length > 0) socket.unshift(rest);
-        return;
-      }
-      waiting.delete(peerKey);
-      if (rest.length > 0) peer.write(rest);
-      pipe(socket, peer);
-      pipe(peer, socket);
-      peer.resume();
-    });
-    socket.on("error", () => socket.destroy());
-  });
-  server.listen(port, HOST);
-}
 
 // ---- the comparison ---------------------------------------------------------------
 
@@ -184,6 +52,8 @@ interface Options {
   duration: number;
   rounds: number;
   out?: string;
+  /** The paced client: the C probe (default) or the Deno one (paced.ts). */
+  client: "probe" | "deno";
 }
 
 function options(): Options {
@@ -202,8 +72,13 @@ function options(): Options {
       rounds: { type: "string", default: "1" },
       out: { type: "string" },
       quick: { type: "boolean", default: false },
+      "latency-client": { type: "string", default: "probe" },
     },
   });
+  const client = values["latency-client"];
+  if (client !== "probe" && client !== "deno") {
+    throw new Error(`--latency-client is probe or deno, not ${client}`);
+  }
   const nums = (s: string) => s.split(",").map(Number);
   return {
     targets: values.targets.split(",") as Target[],
@@ -217,6 +92,7 @@ function options(): Options {
     duration: values.quick ? 2 : Number(values.duration),
     rounds: Number(values.rounds),
     out: values.out,
+    client,
   };
 }
 
@@ -256,26 +132,6 @@ interface Started {
   stop(): Promise<void>;
 }
 
-/**
- * Starts the forwarder in a process of its own on a free port (behind TLS with `pki`'s
- * certificate when given), traced like a broker; `v8` adds V8 flags.
- */
-export async function startForwarder(
-  pki: BenchPki | undefined,
-  mark: () => number,
-  v8: string[] = [],
-): Promise<{ port: number; traced: Traced }> {
-  const port = freePort();
-  const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
-  const traced = await startTraced([SELF, "--serve", String(port), ...tlsArgs], {
-    cwd: REPO_ROOT,
-    port,
-    v8,
-    mark,
-  });
-  return { port, traced };
-}
-
 async function start(
   target: Target,
   transport: Transport,
@@ -307,6 +163,100 @@ function threadDelta(
 }
 
 async function run(o: Options, target: Target, cell: Cell, workDir: string): Promise<Result> {
+  return o.client === "probe"
+    ? await runWithProbe(o, target, cell, workDir)
+    : await runWithDeno(o, target, cell, workDir);
+}
+
+/** One run under the C probe (probe.ts): the broker's CPU and GC are taken at its window marks. */
+async function runWithProbe(
+  o: Options,
+  target: Target,
+  cell: Cell,
+  workDir: string,
+): Promise<Result> {
+  const build = await buildProbe();
+  if (!build.ok) throw new Error(`the latency probe cannot run: ${build.reason}`);
+  const pki = cell.transport === "tls" ? await benchPki() : undefined;
+  const t = await start(target, cell.transport, pki, () => 0, workDir);
+  try {
+    const at: Partial<Record<ProbeMark, { threads: Map<string, ThreadCpu>; gc: number }>> = {};
+    const { result: r, stderr } = await runProbe(build.path, {
+      host: HOST,
+      port: t.port,
+      pairs: o.pairs,
+      rate: cell.rate,
+      qos: cell.qos,
+      version: cell.version,
+      warmupS: o.warmup,
+      windowS: o.duration,
+      payloadBytes: o.payload,
+      tls: pki && await clientTls(pki),
+      idPrefix: uniqueIdPrefix("floor"),
+      raw: target === "floor",
+    }, async (mark) => {
+      at[mark] = { threads: await threadCpuMicros(t.pid), gc: t.gc?.events.length ?? 0 };
+    });
+    const w0 = at["window-start"], w1 = at["window-end"];
+    if (w0 === undefined || w1 === undefined) throw new Error("the probe reported no window");
+    const messages = Math.max(1, r.window_received);
+    const events = t.gc === null ? null : t.gc.events.slice(w0.gc, w1.gc);
+    // Bytes per message by time (the probe counts no messages as collections happen).
+    const perMsg = events === null
+      ? NaN
+      : gcMetrics(events, r.window_s, messages / r.window_s).gc_alloc_bytes_per_msg;
+    const errors = stderr.split("\n").map((l) => l.trim()).filter((l) => l !== "").slice(0, 2);
+    const threads = threadDelta(w0.threads, w1.threads, messages);
+    return result(
+      target,
+      cell,
+      r,
+      threads,
+      events === null ? null : summarize(events),
+      perMsg,
+      errors,
+    );
+  } finally {
+    await t.stop();
+  }
+}
+
+/** The figures of one run, from its latency summary, CPU by thread and GC window. */
+function result(
+  target: Target,
+  cell: Cell,
+  lat: { count: number; p50: number; p99: number; p999: number; max: number },
+  threads: Map<string, ThreadCpu>,
+  gc: ReturnType<typeof summarize> | null,
+  heapPerMsg: number,
+  errors: string[],
+): Result {
+  const scav = gc?.byKind["s"];
+  return {
+    ...cell,
+    target,
+    samples: lat.count,
+    p50: lat.p50,
+    p99: lat.p99,
+    p999: lat.p999,
+    max: lat.max,
+    cpu: [...threads.values()].reduce((a, b) => a + b.user + b.sys, 0),
+    threads,
+    heapPerMsg,
+    scavenges: gc === null
+      ? "-"
+      : `${scav?.count ?? 0}${scav ? ` (max ${scav.max.toFixed(2)} ms)` : ""}`,
+    errors,
+  };
+}
+
+/** One run under the Deno paced client (paced.ts), the client before the probe. */
+async function runWithDeno(
+  o: Options,
+  target: Target,
+  cell: Cell,
+  workDir: string,
+): Promise<Result> {
   const pki = cell.transport === "tls" ? await benchPki() : undefined;
   let load: PacedLoad | null = null;
   const mark = () => load?.counts().received ?? 0;
@@ -337,24 +287,9 @@ async function run(o: Options, target: Target, cell: Cell, workDir: string): Pro
     const messages = Math.max(1, load.counts().received - got0);
     const threads = threadDelta(threads0, await threadCpuMicros(t.pid), messages);
     const gc = t.gc === null ? null : summarize(t.gc.since(from));
-    const scav = gc?.byKind["s"];
-    return {
-      ...cell,
-      target,
-      samples: lat.count,
-      p50: lat.p50,
-      p99: lat.p99,
-      p999: lat.p999,
-      max: lat.max,
-      cpu: [...threads.values()].reduce((a, b) => a + b.user + b.sys, 0),
-      threads,
-      // NaN: fewer than two collections in the window, too little allocation to measure.
-      heapPerMsg: gc === null ? NaN : gc.bytesPerMessage,
-      scavenges: t.gc === null
-        ? "-"
-        : `${scav?.count ?? 0}${scav ? ` (max ${scav.max.toFixed(2)} ms)` : ""}`,
-      errors: load.counts().errors,
-    };
+    // NaN: fewer than two collections in the window, too little allocation to measure.
+    const perMsg = gc === null ? NaN : gc.bytesPerMessage;
+    return result(target, cell, lat, threads, gc, perMsg, load.counts().errors);
   } finally {
     await load?.close().catch(() => {});
     await t.stop();
@@ -425,65 +360,61 @@ function summary(results: Result[], cells: Cell[]): string[] {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({
-    args: Deno.args,
-    options: { serve: { type: "string" }, cert: { type: "string" }, key: { type: "string" } },
-    strict: false,
-  });
-  if (typeof values.serve === "string") {
-    if (typeof values.cert === "string" && typeof values.key === "string") {
-      serveTls(Number(values.serve), values.cert, values.key);
-    } else {
-      await serve(Number(values.serve));
-    }
-  } else {
-    const o = options();
-    if (o.targets.includes("mosquitto") && await BROKERS.mosquitto.unavailable() !== null) {
-      console.error("mosquitto not found: skipped");
-      o.targets = o.targets.filter((t) => t !== "mosquitto");
-    }
-    const workDir = await Deno.makeTempDir({ prefix: "mcloudtt-floor-" });
-    Deno.addSignalListener("SIGINT", () => {
-      killAll();
-      Deno.exit(130);
-    });
-    const out: string[] = [];
-    const say = (line: string) => {
-      console.log(line);
-      out.push(line);
-    };
-    say(
-      `paced load, ${o.pairs} pairs, ${o.payload} B payload, ${o.warmup} s warm-up, ` +
-        `${o.duration} s window, ${o.rounds} round(s); latency in µs (quiet machine only); ` +
-        `${new Date().toISOString()}`,
-    );
-    say("");
-    say(ROW_HEADER);
-    const cells: Cell[] = [];
-    for (const transport of o.transports) {
-      for (const version of o.versions) {
-        for (const rate of o.rates) {
-          for (const qos of o.qos) cells.push({ transport, version, qos, rate });
-        }
-      }
-    }
-    const results: Result[] = [];
-    for (let round = 0; round < o.rounds; round++) {
-      for (const cell of cells) {
-        // Interleaved, so a change in the machine's load hits every target alike.
-        for (const target of o.targets) {
-          const r = await run(o, target, cell, workDir);
-          results.push(r);
-          say(row(r));
-        }
-      }
-    }
-    say("");
-    say(`Medians over ${o.rounds} round(s):`);
-    say("");
-    for (const line of summary(results, cells)) say(line);
-    await removeBenchPki();
-    await Deno.remove(workDir, { recursive: true }).catch(() => {});
-    if (o.out !== undefined) await Deno.writeTextFile(o.out, out.join("\n") + "\n");
+  const o = options();
+  if (o.targets.includes("mosquitto") && await BROKERS.mosquitto.unavailable() !== null) {
+    console.error("mosquitto not found: skipped");
+    o.targets = o.targets.filter((t) => t !== "mosquitto");
   }
+  if (o.client === "probe") {
+    const build = await buildProbe();
+    if (!build.ok) {
+      console.error(`!! the C latency probe cannot be built (${build.reason}): the Deno client`);
+      o.client = "deno";
+    }
+  }
+  const workDir = await Deno.makeTempDir({ prefix: "mcloudtt-floor-" });
+  Deno.addSignalListener("SIGINT", () => {
+    killAll();
+    Deno.exit(130);
+  });
+  const out: string[] = [];
+  const say = (line: string) => {
+    console.log(line);
+    out.push(line);
+  };
+  say(
+    `paced load, ${o.pairs} pairs, ${o.payload} B payload, ${o.warmup} s warm-up, ` +
+      `${o.duration} s window, ${o.rounds} round(s); latency in µs (quiet machine only), ` +
+      `measured by ${
+        o.client === "probe" ? "the C probe (tests/bench/probe/)" : "the Deno paced client"
+      }; ${new Date().toISOString()}`,
+  );
+  say("");
+  say(ROW_HEADER);
+  const cells: Cell[] = [];
+  for (const transport of o.transports) {
+    for (const version of o.versions) {
+      for (const rate of o.rates) {
+        for (const qos of o.qos) cells.push({ transport, version, qos, rate });
+      }
+    }
+  }
+  const results: Result[] = [];
+  for (let round = 0; round < o.rounds; round++) {
+    for (const cell of cells) {
+      // Interleaved, so a change in the machine's load hits every target alike.
+      for (const target of o.targets) {
+        const r = await run(o, target, cell, workDir);
+        results.push(r);
+        say(row(r));
+      }
+    }
+  }
+  say("");
+  say(`Medians over ${o.rounds} round(s):`);
+  say("");
+  for (const line of summary(results, cells)) say(line);
+  await removeBenchPki();
+  await Deno.remove(workDir, { recursive: true }).catch(() => {});
+  if (o.out !== undefined) await Deno.writeTextFile(o.out, out.join("\n") + "\n");
 }

@@ -1,0 +1,202 @@
+/**
+ * floor.ts's bare forwarder (issue 14): no MQTT. A 2-byte hello (role, pair) pairs publisher i
+ * with subscriber i, then it copies bytes both ways. Over plain TCP it uses `Deno.listen` and
+ * reads and writes by resource id (src/transport/deno_io.ts), over TLS `node:tls`: what
+ * mcloudtt's own transports use. The bench's C probe drives it in its `--raw` mode.
+ *
+ *   deno run -A tests/bench/forwarder.ts <port> [--cert file --key file]
+ */
+import { parseArgs } from "node:util";
+import tls from "node:tls";
+import type { Socket } from "node:net";
+import { freePort } from "./brokers.ts";
+import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
+import type { BenchPki } from "./tls.ts";
+import { HOST, startTraced, type Traced } from "./traced.ts";
+
+const REPO_ROOT = new URL("../../", import.meta.url).pathname;
+const SELF = new URL(import.meta.url).pathname;
+
+/**
+ * One side of a forwarded pair, read and written the cheapest way Deno offers: by resource id
+ * through the runtime's core (what mcloudtt's TCP transport does, src/transport/deno_io.ts),
+ * else through the Deno.Conn's own methods.
+ */
+interface Side {
+  /** Resolves with the byte count, 0 at end of stream. */
+  read(buf: Uint8Array): Promise<number>;
+  write(bytes: Uint8Array): Promise<number>;
+  close(): void;
+}
+
+function side(conn: Deno.Conn): Side {
+  const rid = rawIo === null ? -1 : resourceId(conn);
+  if (rid === -1) {
+    return {
+      read: (buf) => conn.read(buf).then((n) => n ?? 0),
+      write: (bytes) => conn.write(bytes),
+      close: () => conn.close(),
+    };
+  }
+  const io = rawIo!;
+  return {
+    read: (buf) => io.read(rid, buf),
+    write: (bytes) => io.write(rid, bytes),
+    close: () => io.close(rid),
+  };
+}
+
+/**
+ * Copies everything `from` sends to `to` until either side ends: one read, then its bytes
+ * written, then the next read (a broker reads a publisher no faster than its subscriber takes
+ * the bytes). Callbacks, one promise per read and per write and no async function: the least
+ * JavaScript a Deno program can run per message, so the floor is the runtime's and not this
+ * forwarder's.
+ */
+function forward(from: Side, to: Side, first: Uint8Array | null): void {
+  const buf = new Uint8Array(16 * 1024);
+  let n = 0;
+  let ended = false;
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    for (const c of [from, to]) {
+      try {
+        c.close();
+      } catch {
+        // closed by the other direction
+      }
+    }
+  };
+  const read = () => from.read(buf).then(onRead, end);
+  const onRead = (r: number) => {
+    if (r === 0) return end();
+    n = r;
+    to.write(buf.subarray(0, n)).then(onWrote, end);
+  };
+  const onWrote = (w: number) => {
+    if (w >= n) return read();
+    // A partial write: the rest first.
+    buf.copyWithin(0, w, n);
+    n -= w;
+    to.write(buf.subarray(0, n)).then(onWrote, end);
+  };
+  if (first !== null && first.length > 0) {
+    buf.set(first);
+    n = first.length;
+    to.write(buf.subarray(0, n)).then(onWrote, end);
+  } else read();
+}
+
+/** Reads the 2-byte hello (role, pair); returns it with whatever followed it. */
+async function hello(conn: Side): Promise<{ role: number; pair: number; rest: Uint8Array }> {
+  const buf = new Uint8Array(4096);
+  let have = 0;
+  while (have < 2) {
+    const n = await conn.read(buf.subarray(have));
+    if (n === 0) throw new Error("closed before hello");
+    have += n;
+  }
+  return { role: buf[0], pair: buf[1], rest: buf.slice(2, have) };
+}
+
+/** The plain forwarder: pairs publisher i with subscriber i and pipes them both ways. */
+async function serve(port: number): Promise<void> {
+  const listener = Deno.listen({ hostname: HOST, port });
+  const waiting = new Map<string, { conn: Side; rest: Uint8Array }>();
+  for await (const tcp of listener) {
+    tcp.setNoDelay(true);
+    const conn = side(tcp);
+    hello(conn).then(({ role, pair, rest }) => {
+      const peerKey = `${1 - role}:${pair}`;
+      const peer = waiting.get(peerKey);
+      if (peer === undefined) {
+        waiting.set(`${role}:${pair}`, { conn, rest });
+        return;
+      }
+      waiting.delete(peerKey);
+      forward(conn, peer.conn, rest);
+      forward(peer.conn, conn, peer.rest);
+    }, () => conn.close());
+  }
+}
+
+/**
+ * The TLS forwarder, on node:tls like mcloudtt's TLS listener: each socket's 'data' is written
+ * to its partner, with the partner's reading paused while a write is buffered (as a broker
+ * stops reading a publisher whose subscriber is behind).
+ */
+function serveTls(port: number, certFile: string, keyFile: string): void {
+  const waiting = new Map<string, Socket>();
+  const pipe = (from: Socket, to: Socket) => {
+    from.on("data", (chunk: Uint8Array) => {
+      if (!to.write(chunk)) {
+        from.pause();
+        to.once("drain", () => from.resume());
+      }
+    });
+    from.on("close", () => to.destroy());
+    from.on("error", () => to.destroy());
+  };
+  const server = tls.createServer({
+    cert: Deno.readTextFileSync(certFile),
+    key: Deno.readTextFileSync(keyFile),
+  }, (socket) => {
+    socket.setNoDelay(true);
+    socket.once("data", (first: Uint8Array) => {
+      const role = first[0];
+      const pair = first[1];
+      const rest = first.subarray(2);
+      const peerKey = `${1 - role}:${pair}`;
+      const peer = waiting.get(peerKey);
+      if (peer === undefined) {
+        socket.pause();
+        waiting.set(`${role}:${pair}`, socket);
+        if (rest.length > 0) socket.unshift(rest);
+        return;
+      }
+      waiting.delete(peerKey);
+      if (rest.length > 0) peer.write(rest);
+      pipe(socket, peer);
+      pipe(peer, socket);
+      peer.resume();
+    });
+    socket.on("error", () => socket.destroy());
+  });
+  server.listen(port, HOST);
+}
+
+/**
+ * Starts the forwarder in a process of its own on a free port (behind TLS with `pki`'s
+ * certificate when given), traced like a broker; `v8` adds V8 flags.
+ */
+export async function startForwarder(
+  pki: BenchPki | undefined,
+  mark: () => number,
+  v8: string[] = [],
+): Promise<{ port: number; traced: Traced }> {
+  const port = freePort();
+  const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
+  const traced = await startTraced([SELF, String(port), ...tlsArgs], {
+    cwd: REPO_ROOT,
+    port,
+    v8,
+    mark,
+  });
+  return { port, traced };
+}
+
+if (import.meta.main) {
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    options: { cert: { type: "string" }, key: { type: "string" } },
+    allowPositionals: true,
+  });
+  const port = Number(positionals[0]);
+  if (!Number.isInteger(port) || port <= 0) {
+    throw new Error("usage: forwarder.ts <port> [--cert f --key f]");
+  }
+  if (values.cert !== undefined && values.key !== undefined) {
+    serveTls(port, values.cert, values.key);
+  } else await serve(port);
+}
