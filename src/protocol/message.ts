@@ -8,6 +8,16 @@
  * whoever keeps a message past the current packet (retained store, session
  * queue, in-flight window, cluster bus) calls `own()` first, which copies the
  * bytes once for every holder.
+ *
+ * A holder that keeps a message for moments only (the in-flight window of a
+ * session whose writes go nowhere else, until the receiver acknowledges)
+ * calls `ownBriefly()` instead: small payloads are copied into a shared arena
+ * chunk rather than each into an ArrayBuffer of its own. Every ArrayBuffer
+ * young enough for a scavenge costs it a sweep of its backing store: at 10k
+ * QoS 1 msg/s that sweep was 0.5 ms of a 0.8 ms scavenge pause. A chunk lives
+ * while any view into it does, so that holder must call `own()` again within
+ * a bounded time (the keep-alive sweep, and when the connection ends): then
+ * an arena chunk holds no message for longer than a sweep interval.
  */
 
 /** A PUBLISH encoded for one form; QoS > 0 forms get their packet id patched per receiver. */
@@ -31,8 +41,37 @@ export interface EncodedPublish {
   expiry: number;
 }
 
+/** Arena chunks: small enough that a chunk kept alive by one message wastes little. */
+const ARENA_CHUNK = 16 * 1024;
+/** Larger payloads get a buffer of their own (at least 16 fit in a chunk). */
+const ARENA_MAX = 1024;
+let arena = new Uint8Array(0);
+let arenaUsed = 0;
+
+/** A copy of `src` in the current arena chunk (a fresh chunk when it is full). */
+function arenaCopy(src: Uint8Array): Uint8Array {
+  const n = src.length;
+  if (n > ARENA_MAX) return src.slice();
+  if (arenaUsed + n > arena.length) {
+    // The full chunk is never written again: views into it stay valid for as long as they live.
+    arena = new Uint8Array(ARENA_CHUNK);
+    arenaUsed = 0;
+  }
+  const copy = arena.subarray(arenaUsed, arenaUsed + n);
+  copy.set(src);
+  arenaUsed += n;
+  return copy;
+}
+
+/** Where a message's payload and properties live: views into a buffer that will be reused. */
+const BORROWED = 0;
+/** ... copies in an arena chunk (`ownBriefly`). */
+const IN_ARENA = 1;
+/** ... buffers of their own (`own`). */
+const OWNED = 2;
+
 export class Message {
-  private owned: boolean;
+  private home: typeof BORROWED | typeof IN_ARENA | typeof OWNED;
   /** performance.now() when received, for the 1-in-N sampled latency metric; 0 when not sampled. */
   sampledAt = 0;
   /**
@@ -64,15 +103,32 @@ export class Message {
     /** False when payload/props are views into a buffer that will be reused. */
     owned = true,
   ) {
-    this.owned = owned;
+    this.home = owned ? OWNED : BORROWED;
   }
 
-  /** Makes payload and properties independent of the read buffer; call before keeping the message. */
+  /**
+   * Makes payload and properties buffers of their own, independent of the read buffer and of
+   * the arena; call before keeping the message.
+   */
   own(): this {
-    if (!this.owned) {
+    if (this.home !== OWNED) {
       this.payload = this.payload.slice();
       if (this.props !== null) this.props = this.props.slice();
-      this.owned = true;
+      this.home = OWNED;
+    }
+    return this;
+  }
+
+  /**
+   * Makes payload and properties independent of the read buffer, small ones as copies in the
+   * shared arena. Only for a holder that calls `own()` again within a bounded time (see the
+   * module's comment); anyone else calls `own()`.
+   */
+  ownBriefly(): this {
+    if (this.home === BORROWED) {
+      this.payload = arenaCopy(this.payload);
+      if (this.props !== null) this.props = arenaCopy(this.props);
+      this.home = IN_ARENA;
     }
     return this;
   }

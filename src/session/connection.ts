@@ -482,6 +482,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         this.end(false);
       }
     } else if (this.state === State.Connected) {
+      // What went out since the last sweep and is still unacknowledged stops holding arena
+      // chunks (see Message.ownBriefly).
+      this.session?.settleInflight();
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
       if (this.acksFull) this.lastRx = now;

@@ -459,6 +459,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (!wasConnected) return "none";
     if (session === null || session.link !== conn) return "none";
     session.link = null;
+    // Kept for a resend at the next connection: buffers of their own from now on.
+    session.settleInflight();
     const now = this.clock.now();
     if (!willAllowed) session.setWill(null);
     const outcome = this.wills.connectionLost(session, now);

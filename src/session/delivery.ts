@@ -59,6 +59,11 @@ type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
  * Every change goes through these methods, so a durable store sees it: while
  * `journaled` says so, each one is also pushed to `journal`.
  */
+/** `settleInflight`'s callback: one function, not a closure per call. */
+function ownMessage(e: Outgoing): void {
+  e.msg.own();
+}
+
 export abstract class SessionDelivery {
   link: SessionLink | null = null;
   /** Where changes go when the store is durable; null otherwise. */
@@ -98,6 +103,15 @@ export abstract class SessionDelivery {
     return this.inflight === null ? 0 : this.inflight.size;
   }
 
+  /**
+   * Gives every message in flight buffers of its own: what `send` owned briefly must not keep
+   * an arena chunk alive for longer than a sweep interval (called by the keep-alive sweep and
+   * when the connection ends).
+   */
+  settleInflight(): void {
+    this.inflight?.forEach(ownMessage);
+  }
+
   get queuedCount(): number {
     return this.queue.length - this.queueHead;
   }
@@ -134,8 +148,11 @@ export abstract class SessionDelivery {
   ): boolean {
     const pid = this.allocatePacketId();
     if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return false;
-    // Kept for a resend until acknowledged, so it must not point into a read buffer.
-    const e: Outgoing = { msg: msg.own(), packetId: pid, qos, retain, subIds, released: false };
+    // Kept for a resend until acknowledged, so it must not point into a read buffer. Most
+    // are acknowledged within moments: briefly owned (in the arena) unless the journal keeps
+    // it too; `settleInflight` owns what is still in flight at the next sweep.
+    const m = this.journaled ? msg.own() : msg.ownBriefly();
+    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
@@ -458,6 +475,8 @@ export abstract class SessionDelivery {
 
   /** The messages in flight as a store keeps them. */
   protected storedInflight(): SessionState["inflight"] {
+    // A store may keep them until its write: no arena chunk held that long.
+    this.settleInflight();
     return this.inflight === null ? [] : [...this.inflight.values()];
   }
 

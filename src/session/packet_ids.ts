@@ -104,6 +104,12 @@ export class PacketIdTable<T> {
     return at.map((i) => [this.ids[i], this.slots[i]!]);
   }
 
+  /** Calls `fn` with every entry, in no particular order; allocates nothing. */
+  forEach(fn: (entry: T) => void): void {
+    const { ids, slots } = this;
+    for (let i = 0; i < ids.length; i++) if (ids[i] !== 0) fn(slots[i]!);
+  }
+
   /** The entries, oldest first (a copy). */
   values(): T[] {
     return this.entries().map((e) => e[1]);
