@@ -52,13 +52,20 @@ export class Liveness {
   /** Until then (local ms) expired leases are not acted on: see `renew`. */
   private graceUntil = 0;
 
+  /** The command connection came back since the last renewal (see `renew`). */
+  private reconnected = false;
+
   constructor(
     private readonly self: string,
     private readonly keys: ClusterKeys,
     private readonly cmd: RedisClient,
     private readonly scripts: ClusterScripts,
     private readonly opts: LivenessOptions,
-  ) {}
+  ) {
+    cmd.on("ready", () => {
+      if (this.joined) this.reconnected = true;
+    });
+  }
 
   /** True when the last renewal is older than the lease: other nodes may think we are dead. */
   get lapsed(): boolean {
@@ -148,7 +155,13 @@ export class Liveness {
     // Counted to the answer, not to the request: ioredis may hold a request through an outage and
     // send it again until it goes through (Redis Cluster retries it through a failover), so a
     // renewal sent right before the outage can be the one answered right after it.
-    const cutOff = this.joined && Date.now() - this.renewedAt > 2 * renewMs;
+    // A reconnection, however short, counts too: it may have been a failover to a replica that
+    // lagged, whose leases are as old as its copy (seen in CI: a second Sentinel failover 15 s
+    // after the first, node b back first after 200 ms, node a's lease there older than a lease,
+    // a declared dead and its clients closed while it was connected and renewing).
+    const cutOff = this.joined &&
+      (Date.now() - this.renewedAt > 2 * renewMs || this.reconnected);
+    this.reconnected = false;
     this.live = new Set(t.live);
     if (cutOff) this.graceUntil = Date.now() + ttlMs + MAX_RECONNECT_DELAY_MS;
     if (Date.now() >= this.graceUntil) {
