@@ -267,7 +267,10 @@ export class RedisBus implements Bus {
     this.routes.startTail();
     this.reader.start();
     this.backlog.start();
-    this.cmd.on("ready", () => this.requestResync("reconnected"));
+    this.cmd.on("ready", () => {
+      this.liveness.connectionBack();
+      this.requestResync("reconnected");
+    });
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
     this.joined = true;

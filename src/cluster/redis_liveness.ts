@@ -61,10 +61,11 @@ export class Liveness {
     private readonly cmd: RedisClient,
     private readonly scripts: ClusterScripts,
     private readonly opts: LivenessOptions,
-  ) {
-    cmd.on("ready", () => {
-      if (this.joined) this.reconnected = true;
-    });
+  ) {}
+
+  /** The command connection is back after a drop (the bus's reconnect handler says so). */
+  connectionBack(): void {
+    if (this.joined) this.reconnected = true;
   }
 
   /** True when the last renewal is older than the lease: other nodes may think we are dead. */

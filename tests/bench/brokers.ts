@@ -97,13 +97,10 @@ const MOSQUITTO_CANDIDATES = [
 ];
 const HOST = "127.0.0.1";
 
-/** Asks the kernel for a free port (the tiny race until the broker binds it is accepted). */
-export function freePort(): number {
-  const listener = Deno.listen({ hostname: HOST, port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
+import { freePort } from "../helpers/ports.ts";
+
+/** Re-exported: every test and the bench pick ports through the one helper. */
+export { freePort };
 
 async function run(
   cmd: string,

@@ -3,6 +3,7 @@
  * mosquitto_sub: QoS 0/1/2 across MQTT 5 and 3.1.1 in every combination,
  * retained messages, and a clean shutdown on SIGTERM.
  */
+import { freePort } from "../helpers/ports.ts";
 import assert from "node:assert/strict";
 import { delay, RawClient } from "../helpers/broker.ts";
 import {
@@ -20,14 +21,6 @@ const ignore = skipWithout("mosquitto_pub", "mosquitto_sub");
 interface BrokerProcess extends AsyncDisposable {
   port: number;
   proc: Running;
-}
-
-/** A port nobody listens on right now. */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** Starts `deno run main.ts` on a free port and waits until the port accepts connections. */

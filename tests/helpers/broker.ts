@@ -392,24 +392,10 @@ export async function startSecureBroker(
   };
 }
 
-/** Ports `freePort` returned lately, oldest first. */
-const recentPorts = new Set<number>();
+import { freePort } from "./ports.ts";
 
-/** A TCP port that was free a moment ago (for subprocesses that need a fixed port). */
-export function freePort(): number {
-  // The kernel may hand the port of a listener just closed to the next one: two calls in a row
-  // once gave the same port to a test's TCP and WebSocket listeners (seen in CI). Ports handed
-  // out recently by this process are skipped.
-  for (;;) {
-    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-    const port = (l.addr as Deno.NetAddr).port;
-    l.close();
-    if (recentPorts.has(port)) continue;
-    recentPorts.add(port);
-    if (recentPorts.size > 256) recentPorts.delete(recentPorts.values().next().value!);
-    return port;
-  }
-}
+/** Re-exported: every test and the bench pick ports through the one helper. */
+export { freePort };
 
 /**
  * Copies what `deno task start` needs (main.ts, mod.ts, deno.json, deno.lock, config.toml, src/)
