@@ -1,19 +1,25 @@
 /**
  * Starting and stopping the brokers under test: mcloudtt, Mosquitto and Aedes, each as its
- * own process on a free 127.0.0.1 port, with limits aligned as far as each broker allows.
+ * own process on a free 127.0.0.1 port, with limits aligned as far as each broker allows; and
+ * the runtime's floor (floor_target.ts), no broker, to compare them with.
  */
 
 import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
+import { floor } from "./floor_target.ts";
 import { allowedCpus, onServerCpus, pinning } from "./pin.ts";
+import type { ScenarioKind } from "./scenarios.ts";
 import { type BenchPki, type ClientTls, clientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
 
-/** Brokers the bench knows how to run. */
-export type BrokerName = "mcloudtt" | "mosquitto" | "aedes";
+/**
+ * Brokers the bench knows how to run; "floor" is none, but the runtime's floor
+ * (floor_target.ts: forwarder.ts, no MQTT), run beside them where it can.
+ */
+export type BrokerName = "mcloudtt" | "mosquitto" | "aedes" | "floor";
 
 /** All broker names, in the order rounds interleave them. */
-export const BROKER_NAMES: readonly BrokerName[] = ["mcloudtt", "mosquitto", "aedes"];
+export const BROKER_NAMES: readonly BrokerName[] = ["mcloudtt", "mosquitto", "aedes", "floor"];
 
 /**
  * Limits applied to every broker that has the setting, so no one wins by buffering more.
@@ -54,8 +60,10 @@ export interface RunningBroker {
   logTail(): Promise<string>;
   /** Set when the broker listens with TLS: what clients must trust. */
   readonly tls?: ClientTls;
-  /** mcloudtt started with V8's GC trace: its collections so far. */
+  /** mcloudtt (or the floor) started with V8's GC trace: its collections so far. */
   readonly gc?: GcCollector;
+  /** Speaks no MQTT (the floor): the latency probe talks to it in its `--raw` mode. */
+  readonly raw?: boolean;
 }
 
 /** How to start a broker beyond its limits. */
@@ -68,6 +76,8 @@ export interface StartOptions {
   readonly gcMark?: () => number;
   /** mcloudtt only: more V8 flags (merged into the one --v8-flags Deno keeps). */
   readonly v8Flags?: readonly string[];
+  /** The kind of scenario the run is for (the floor serves connections otherwise). */
+  readonly scenario?: ScenarioKind;
 }
 
 /** A broker implementation the bench can run. */
@@ -75,6 +85,16 @@ export interface BrokerKind {
   readonly name: BrokerName;
   /** Protocol levels compared on this broker. */
   readonly levels: readonly ProtocolLevel[];
+  /**
+   * The scenario kinds it takes part in; all when absent. Others are left out without a row
+   * (runner.ts: `takesPart`), as the floor leaves out those that need a broker.
+   */
+  readonly kinds?: readonly ScenarioKind[];
+  /**
+   * Speaks no MQTT: its latency runs need the C probe's `--raw` mode, so it takes no part in
+   * them with `--latency-client deno`.
+   */
+  readonly raw?: boolean;
   /** Resolves to null when the broker can run here, else the reason (and fix) to print. */
   unavailable(): Promise<string | null>;
   /** Version string for the report. */
@@ -493,7 +513,12 @@ const aedes: BrokerKind = {
 };
 
 /** The broker kinds by name. */
-export const BROKERS: Readonly<Record<BrokerName, BrokerKind>> = { mcloudtt, mosquitto, aedes };
+export const BROKERS: Readonly<Record<BrokerName, BrokerKind>> = {
+  mcloudtt,
+  mosquitto,
+  aedes,
+  floor,
+};
 
 /** Node.js version, or "missing". */
 export async function nodeVersion(): Promise<string> {

@@ -1,16 +1,23 @@
 /**
- * floor.ts's bare forwarder (issue 14): no MQTT. A 2-byte hello (role, pair) pairs publisher i
- * with subscriber i, then it copies bytes both ways. Over plain TCP it uses `Deno.listen` and
- * reads and writes by resource id (src/transport/deno_io.ts), over TLS `node:tls`: what
- * mcloudtt's own transports use. The bench's C probe drives it in its `--raw` mode.
+ * The runtime's floor (issue 14): floor.ts's bare forwarder, and `deno task bench`'s `floor`
+ * target (floor_target.ts). No MQTT. A 2-byte hello (role, pair) pairs publisher i with
+ * subscriber i, then it copies bytes both ways. Over plain TCP it uses `Deno.listen` and reads
+ * and writes by resource id (src/transport/deno_io.ts), over TLS `node:tls`: what mcloudtt's own
+ * transports use. The bench's C probe drives it in its `--raw` mode.
  *
- *   deno run -A tests/bench/forwarder.ts <port> [--cert file --key file]
+ * With `--connack` it forwards nothing and holds idle connections instead, answering each
+ * CONNECT with a CONNACK (connack_servers.ts: `deno-tcp-rid` over TCP, `node-tls` over TLS),
+ * for the bench's connections scenario.
+ *
+ *   deno run -A tests/bench/forwarder.ts <port> [--cert file --key file] [--connack]
  */
 import { parseArgs } from "node:util";
 import tls from "node:tls";
 import type { Socket } from "node:net";
-import { freePort } from "./brokers.ts";
+// Not from brokers.ts, which imports this module (through floor_target.ts).
+import { freePort } from "../helpers/ports.ts";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
+import { listenIdle } from "./connack_servers.ts";
 import type { BenchPki } from "./tls.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
 
@@ -166,22 +173,34 @@ function serveTls(port: number, certFile: string, keyFile: string): void {
   server.listen(port, HOST);
 }
 
+/** More of how the forwarder runs. */
+export interface ForwarderOptions {
+  /** Forward bytes (the default), or hold idle connections and answer CONNECT (`--connack`). */
+  readonly serve?: "forward" | "connack";
+  /** Under V8's GC trace (the default); false for none (`deno task bench --no-gc-trace`). */
+  readonly gcTrace?: boolean;
+}
+
 /**
  * Starts the forwarder in a process of its own on a free port (behind TLS with `pki`'s
- * certificate when given), traced like a broker; `v8` adds V8 flags.
+ * certificate when given), traced like a broker (on the servers' CPUs under `--pin`); `v8` adds
+ * V8 flags.
  */
 export async function startForwarder(
   pki: BenchPki | undefined,
   mark: () => number,
   v8: string[] = [],
+  options: ForwarderOptions = {},
 ): Promise<{ port: number; traced: Traced }> {
   const port = freePort();
   const tlsArgs = pki === undefined ? [] : ["--cert", pki.certFile, "--key", pki.keyFile];
-  const traced = await startTraced([SELF, String(port), ...tlsArgs], {
+  const serveArgs = options.serve === "connack" ? ["--connack"] : [];
+  const traced = await startTraced([SELF, String(port), ...tlsArgs, ...serveArgs], {
     cwd: REPO_ROOT,
     port,
     v8,
     mark,
+    gcTrace: options.gcTrace,
   });
   return { port, traced };
 }
@@ -189,14 +208,29 @@ export async function startForwarder(
 if (import.meta.main) {
   const { values, positionals } = parseArgs({
     args: Deno.args,
-    options: { cert: { type: "string" }, key: { type: "string" } },
+    options: {
+      cert: { type: "string" },
+      key: { type: "string" },
+      connack: { type: "boolean", default: false },
+    },
     allowPositionals: true,
   });
   const port = Number(positionals[0]);
   if (!Number.isInteger(port) || port <= 0) {
-    throw new Error("usage: forwarder.ts <port> [--cert f --key f]");
+    throw new Error("usage: forwarder.ts <port> [--cert f --key f] [--connack]");
   }
-  if (values.cert !== undefined && values.key !== undefined) {
-    serveTls(port, values.cert, values.key);
+  const secure = values.cert !== undefined && values.key !== undefined;
+  if (values.connack) {
+    // Without a core read by resource id, forwarder and idle server alike use Deno.Conn's own.
+    const plain = rawIo === null ? "deno-tcp-shared" : "deno-tcp-rid";
+    await listenIdle(secure ? "node-tls" : plain, {
+      hostname: HOST,
+      port,
+      certFile: values.cert,
+      keyFile: values.key,
+      noDelay: true,
+    });
+  } else if (secure) {
+    serveTls(port, values.cert!, values.key!);
   } else await serve(port);
 }

@@ -12,7 +12,7 @@ import { type BenchOptions, parseOptions, USAGE, UsageError } from "./options.ts
 import { defaultPinning, pinBench, PinError, pinning } from "./pin.ts";
 import { buildProbe } from "./probe.ts";
 import { markdown, writeReport } from "./report.ts";
-import { levelName, runAll, type RunResult, type Target } from "./runner.ts";
+import { levelName, runAll, type RunResult, takesPart, type Target } from "./runner.ts";
 import { allScenarios, selectScenarios } from "./scenarios.ts";
 import { removeBenchPki, removeBenchPkiSync } from "./tls.ts";
 
@@ -138,6 +138,17 @@ async function main(): Promise<number> {
     return 1;
   }
   const scenarios = selectScenarios(allScenarios(options), options.only);
+  // The floor speaks no MQTT: only the C probe (--raw) can drive its latency runs.
+  const latency = scenarios.some((s) => s.kind === "latency");
+  for (const kind of new Set(targets.map((t) => t.broker))) {
+    const servesLatency = kind.kinds === undefined || kind.kinds.includes("latency");
+    if (latency && kind.raw === true && servesLatency && !takesPart(kind, "latency", options)) {
+      const reason = "the latency client is the Deno worker clients, which speak MQTT; the " +
+        `${kind.name} only forwards bytes and needs the C probe's --raw mode`;
+      skipped[`${kind.name} latency runs`] = reason;
+      console.log(`!! ${kind.name}: no latency runs: ${reason}`);
+    }
+  }
   // Persistent-session scenarios run on storage variants of each broker (durability.ts).
   const durable = selectScenarios(durabilityScenarios(options), options.only);
   if (scenarios.length === 0 && durable.length === 0) {

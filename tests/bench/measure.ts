@@ -281,6 +281,8 @@ export async function measureProbeLatency(ctx: RunContext, load: ProbeLoad): Pro
     payloadBytes: ctx.options.payloadBytes,
     tls: ctx.broker.tls,
     idPrefix: uniqueIdPrefix(),
+    // The floor speaks no MQTT: a 2-byte hello per connection, then the same PUBLISH bytes.
+    raw: ctx.broker.raw === true,
   }, async (mark) => {
     // Collections reported up to now belong before the mark (as in markAll).
     gcAt[mark] = ctx.broker.gc?.count() ?? 0;

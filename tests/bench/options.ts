@@ -38,7 +38,7 @@ export interface BenchOptions {
   readonly levels: readonly ProtocolLevel[];
   /** Every scenario runs over each of these (plain TCP, TLS). */
   readonly transports: readonly Transport[];
-  /** Run mcloudtt with V8's GC trace (allocation per message, GC pauses). */
+  /** Run mcloudtt (and the floor) with V8's GC trace (allocation per message, GC pauses). */
   readonly gcTrace: boolean;
   readonly payloadBytes: number;
   /** PUBLISH packets per write call. */
@@ -72,10 +72,11 @@ export const USAGE = `deno task bench [options]
   --paced-warmup <s>    the same for the paced latency runs (default 15; --quick: 0.5)
   --rounds <n>          interleaved rounds per scenario (default 3; --quick: 1)
   --only <a,b>          run scenarios whose name contains any of these substrings
-  --brokers <a,b>       any of ${BROKER_NAMES.join(",")} (default: all)
+  --brokers <a,b>       any of ${BROKER_NAMES.join(",")} (default: all; floor: the runtime's
+                        floor, a bare Deno forwarder, in latency and connections runs only)
   --transport <a,b>     any of ${TRANSPORTS.join(",")} (default: both)
   --levels <a,b>        MQTT levels, any of 5,3.1.1 (default: both; --quick: 5)
-  --no-gc-trace         run mcloudtt without V8's GC trace (no allocation/GC pause figures)
+  --no-gc-trace         mcloudtt and floor without V8's GC trace (no allocation/GC pause figures)
   --payload <bytes>     payload size, at least 16 (default 64)
   --batch <n>           PUBLISH packets per write (default 64)
   --connections <n>     idle connections in the connections scenario (default 10000; --quick: 2000)

@@ -39,9 +39,12 @@ export interface SummaryRow {
   /** Headline metric divided by Mosquitto's at the same level and transport (and Aedes' at 3.1.1). */
   readonly vsMosquitto?: number;
   readonly vsAedes?: number;
+  /** The same divided by the runtime's floor (when the floor ran this scenario). */
+  readonly vsFloor?: number;
   /**
    * Ratios to other brokers' rows at the same level and transport, per compared metric
    * (`COMPARED`), then per broker: of the medians, and round by round (smallest, largest).
+   * "floor" is there when the floor has a row at the same level and transport.
    */
   readonly compare: Record<string, Partial<Record<BrokerName, Ratio>>>;
   readonly errors: readonly string[];
@@ -137,12 +140,15 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
         range: range(perRound),
       };
     };
+    const floorRan = groups.has(keyOf(row.scenario, "floor", row.level, row.transport));
     const compare: Record<string, Partial<Record<BrokerName, Ratio>>> = {};
     for (const metric of COMPARED[row.kind] ?? [HEADLINE[row.kind]]) {
       compare[metric] = {
         mosquitto: ratio(metric, "mosquitto", row.level),
         // Aedes only speaks 3.1.1, so only 3.1.1 rows are compared with it.
         ...(row.level === 4 ? { aedes: ratio(metric, "aedes", 4) } : {}),
+        // The floor forwards either level's bytes: compared at the row's own level.
+        ...(floorRan ? { floor: ratio(metric, "floor", row.level) } : {}),
       };
     }
     const headline = compare[HEADLINE[row.kind]] ?? {};
@@ -151,6 +157,7 @@ export function summarize(results: readonly RunResult[]): SummaryRow[] {
       compare,
       vsMosquitto: headline.mosquitto?.value,
       vsAedes: headline.aedes?.value,
+      ...(floorRan ? { vsFloor: headline.floor?.value } : {}),
     };
   });
 }
@@ -186,6 +193,17 @@ const ratios = (row: SummaryRow) => {
   const headline = HEADLINE[row.kind];
   return [vs(row, headline, "mosquitto"), vs(row, headline, "aedes")];
 };
+/**
+ * A "<what> vs floor" column of `metric`, present only when the floor has rows among `rows`:
+ * its header and each row's cell, none or one, to spread into a table's columns.
+ */
+function vsFloorColumn(rows: readonly SummaryRow[], header: string, metric: string) {
+  const on = rows.some((r) => r.broker === "floor");
+  return {
+    header: on ? [header] : [],
+    cell: (r: SummaryRow) => on ? [vs(r, metric, "floor")] : [],
+  };
+}
 const int0 = (n: number) => int(n);
 const fixedBy = (digits: number) => (n: number) => fixed(n, digits);
 
@@ -225,6 +243,8 @@ function throughputTable(rows: SummaryRow[]): string {
 }
 
 function latencyTable(rows: SummaryRow[]): string {
+  const p99Floor = vsFloorColumn(rows, "p99 vs floor", "p99_us");
+  const cpuFloor = vsFloorColumn(rows, "CPU/msg vs floor", "broker_cpu_us_per_msg");
   return table(
     [
       ...LABEL_HEADERS,
@@ -235,10 +255,12 @@ function latencyTable(rows: SummaryRow[]): string {
       "p99 vs mosquitto",
       "p99 vs aedes",
       "p99.9 vs mosquitto",
+      ...p99Floor.header,
       "delivered msg/s",
       "broker CPU %",
       "broker CPU µs/msg",
       "CPU/msg vs mosquitto",
+      ...cpuFloor.header,
       "samples",
       "generator CPU %",
     ],
@@ -252,10 +274,12 @@ function latencyTable(rows: SummaryRow[]): string {
         int(m.max_us),
         ...ratios(r),
         vs(r, "p999_us", "mosquitto"),
+        ...p99Floor.cell(r),
         int(m.delivered_per_s),
         fixed(m.broker_cpu_pct, 0),
         spread(r, "broker_cpu_us_per_msg", fixedBy(2)),
         vs(r, "broker_cpu_us_per_msg", "mosquitto"),
+        ...cpuFloor.cell(r),
         int(m.samples),
         fixed(m.gen_cpu_pct, 0),
       ];
@@ -264,6 +288,8 @@ function latencyTable(rows: SummaryRow[]): string {
 }
 
 function connectionsTable(rows: SummaryRow[]): string {
+  const rateFloor = vsFloorColumn(rows, "CONNACK/s vs floor", "connack_per_s");
+  const kibFloor = vsFloorColumn(rows, "KiB/conn vs floor", "kb_per_conn");
   return table(
     [
       ...LABEL_HEADERS,
@@ -272,8 +298,10 @@ function connectionsTable(rows: SummaryRow[]): string {
       "CONNACK/s",
       "vs mosquitto",
       "vs aedes",
+      ...rateFloor.header,
       "KiB per connection",
       "KiB/conn vs mosquitto",
+      ...kibFloor.header,
       "broker CPU µs/conn",
       "broker CPU %",
       "generator CPU % (busiest worker)",
@@ -292,8 +320,10 @@ function connectionsTable(rows: SummaryRow[]): string {
         int(m.failed),
         spread(r, "connack_per_s", int0),
         ...ratios(r),
+        ...rateFloor.cell(r),
         spread(r, "kb_per_conn", fixedBy(1)),
         vs(r, "kb_per_conn", "mosquitto"),
+        ...kibFloor.cell(r),
         int(m.broker_cpu_us_per_conn),
         fixed(m.broker_cpu_pct, 0),
         generatorCpu(m),
@@ -308,7 +338,7 @@ function connectionsTable(rows: SummaryRow[]): string {
   );
 }
 
-/** mcloudtt's allocation and GC pauses in the load runs (from V8's GC trace). */
+/** mcloudtt's (and the floor's) allocation and GC pauses in the load runs (V8's GC trace). */
 function gcTable(rows: SummaryRow[]): string {
   return table(
     [
@@ -402,6 +432,22 @@ export function latencyClientLines(input: ReportInput): string[] {
   return [text, ""];
 }
 
+/** The header's paragraph on the runtime's floor (none when the floor has no rows). */
+export function floorLines(input: ReportInput): string[] {
+  const floor = input.results.filter((r) => r.broker === "floor");
+  if (floor.length === 0) return [];
+  const idle = floor.some((r) => r.kind === "connections")
+    ? " In the connections runs it answers each CONNECT with a CONNACK and holds the connection."
+    : "";
+  return [
+    "floor: a bare Deno forwarder (`tests/bench/forwarder.ts`: no MQTT, copies bytes, the " +
+    "transports mcloudtt uses: reads by resource id over TCP, node:tls over TLS), driven by the " +
+    `C probe's \`--raw\` mode.${idle} No broker on this runtime beats it; "vs floor" is how ` +
+    `close each broker is ("vs mosquitto" in the floor's own rows: floor ÷ Mosquitto).`,
+    "",
+  ];
+}
+
 /** The Markdown report. */
 export function markdown(input: ReportInput): string {
   const { machine: m, options: o } = input;
@@ -431,6 +477,7 @@ export function markdown(input: ReportInput): string {
     `per-round ratio in brackets (rounds interleave the brokers).`,
     "",
     ...latencyClientLines(input),
+    ...floorLines(input),
     `Limits given to every broker that has them: ${
       Object.entries(input.limits).map(([k, v]) => `${k}=${v}`).join(", ")
     }.`,
@@ -458,7 +505,9 @@ export function markdown(input: ReportInput): string {
   if (traced.length > 0) {
     sections.push(
       "",
-      "## mcloudtt allocation and GC pauses (V8 `--trace-gc-nvp`, measure window)",
+      `## mcloudtt${
+        traced.some((r) => r.broker === "floor") ? " (and floor)" : ""
+      } allocation and GC pauses (V8 \`--trace-gc-nvp\`, measure window)`,
       "",
       "Allocated bytes per delivered message: V8's `allocated` (heap object growth between " +
         "collections) over the mutator time before each collection in the window, divided by the " +

@@ -35,8 +35,19 @@ export function levelName(level: ProtocolLevel): string {
 }
 
 /**
+ * Whether `broker` takes part in scenarios of `kind`: those of its `kinds` (all when it has
+ * none), and a `raw` one (the floor, which speaks no MQTT) in latency runs only when the C probe
+ * measures them. A target that does not take part is left out: no run, no row, no failure.
+ */
+export function takesPart(broker: BrokerKind, kind: ScenarioKind, options: BenchOptions): boolean {
+  if (broker.kinds !== undefined && !broker.kinds.includes(kind)) return false;
+  return !(kind === "latency" && broker.raw === true && options.latencyClient !== "probe");
+}
+
+/**
  * For each scenario, rounds of every target in turn (A B C A B C ...), so slow drifts of the
- * shared machine hit all brokers alike instead of whichever ran last.
+ * shared machine hit all brokers alike instead of whichever ran last. Targets that take no part
+ * in a scenario's kind (`takesPart`) are skipped.
  */
 export async function runAll(
   scenarios: readonly Scenario[],
@@ -49,6 +60,7 @@ export async function runAll(
   for (const scenario of scenarios) {
     for (let round = 1; round <= options.rounds; round++) {
       for (const { broker, level, transport = "tcp" } of targets) {
+        if (!takesPart(broker, scenario.kind, options)) continue;
         const result = await runOne(scenario, broker, level, transport, round, options, limits);
         results.push(result);
         onResult(result);
@@ -80,6 +92,7 @@ async function runOne(
     const broker = await kind.start(limits, workDir, {
       tls: transport === "tls" ? await benchPki() : undefined,
       gcTrace: options.gcTrace,
+      scenario: scenario.kind,
     });
     try {
       const measured = await withDeadline(

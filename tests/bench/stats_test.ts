@@ -39,7 +39,7 @@ Deno.test("options: defaults, --quick and explicit flags", () => {
   const defaults = parseOptions([]);
   assert.equal(defaults?.rounds, 3);
   assert.equal(defaults?.durationS, 5);
-  assert.deepEqual(defaults?.brokers, ["mcloudtt", "mosquitto", "aedes"]);
+  assert.deepEqual(defaults?.brokers, ["mcloudtt", "mosquitto", "aedes", "floor"]);
   const quick = parseOptions(["--quick", "--brokers", "mosquitto", "--only=fan-in,latency"]);
   assert.equal(quick?.rounds, 1);
   assert.equal(quick?.durationS, 1);

@@ -4,6 +4,7 @@
  */
 import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
+import { onServerCpus } from "./pin.ts";
 
 export const HOST = "127.0.0.1";
 
@@ -19,16 +20,25 @@ export interface Traced {
 
 /**
  * Runs `deno run --allow-all --v8-flags=--trace-gc-nvp,<v8> <denoFlags> <script...>`
- * in `cwd` and waits until `port` accepts connections.
+ * in `cwd` (on the servers' CPUs when the bench runs with `--pin`) and waits until `port`
+ * accepts connections. `gcTrace: false` leaves out `--trace-gc-nvp` (`gc` then stays empty).
  */
 export async function startTraced(
   script: string[],
-  opts: { cwd: string; port: number; v8?: string[]; denoFlags?: string[]; mark: () => number },
+  opts: {
+    cwd: string;
+    port: number;
+    v8?: string[];
+    denoFlags?: string[];
+    mark: () => number;
+    gcTrace?: boolean;
+  },
 ): Promise<Traced> {
+  const v8 = [...(opts.gcTrace === false ? [] : ["--trace-gc-nvp"]), ...(opts.v8 ?? [])];
   const args = [
     "run",
     "--allow-all",
-    `--v8-flags=${["--trace-gc-nvp", ...(opts.v8 ?? [])].join(",")}`,
+    ...(v8.length > 0 ? [`--v8-flags=${v8.join(",")}`] : []),
     ...(opts.denoFlags ?? []),
     ...script,
   ];
@@ -37,9 +47,13 @@ export async function startTraced(
   const stdbuf = await haveStdbuf(() =>
     console.error("stdbuf not found: GC lines may be attributed late")
   );
+  const [cmd, cmdArgs] = onServerCpus(
+    stdbuf ? "stdbuf" : Deno.execPath(),
+    stdbuf ? ["-oL", Deno.execPath(), ...args] : args,
+  );
   const child = track(
-    new Deno.Command(stdbuf ? "stdbuf" : Deno.execPath(), {
-      args: stdbuf ? ["-oL", Deno.execPath(), ...args] : args,
+    new Deno.Command(cmd, {
+      args: cmdArgs,
       cwd: opts.cwd,
       stdin: "null",
       stdout: "piped",
