@@ -9,8 +9,8 @@
  * plain TCP the forwarder uses `Deno.listen` and reads and writes by resource
  * id (src/transport/deno_io.ts), over TLS `node:tls`: what mcloudtt's own
  * transports use. On a quiet machine the gap between the
- * forwarder and mcloudtt is what our own code costs; the forwarder's figures
- * are what no broker on this runtime beats.
+ * forwarder and mcloudtt is what our own code costs; no broker on this runtime does
+ * less per message than the forwarder.
  *
  *   deno run -A tests/bench/floor.ts                          # 2k msg/s, QoS 0/1, MQTT 5, tcp
  *   deno run -A tests/bench/floor.ts --rates 2000,10000 --transports tcp,tls --versions 5,4 \

@@ -4,8 +4,8 @@
  * publisher i to subscriber i and back, over the transports mcloudtt uses (by resource id over
  * TCP, node:tls over TLS); in the connections scenario it answers each CONNECT with a CONNACK
  * and holds the connection (`--connack`, connack_servers.ts). It runs nothing else: the
- * throughput and slow-consumer loads need a broker. No broker on this runtime beats its
- * figures, so the report's "vs floor" columns say how close each broker comes.
+ * throughput and slow-consumer loads need a broker. No broker on this runtime does less per
+ * message or per connection, so the report's "vs floor" columns say how close each broker comes.
  */
 
 import type { BrokerKind } from "./brokers.ts";
