@@ -114,8 +114,14 @@ Deno.test({
     const readiness: { status: number; problems: string[] }[] = [];
     try {
       for (let cycle = 0; cycle < 5; cycle++) {
-        if (cycle > 0) readiness.push(await b.readiness());
-        await delay(300);
+        // b learns it is behind at its next inbox measurement after it wakes (an XLEN round
+        // trip), not at once: ask throughout its 300 ms of running, not only as it wakes.
+        const runUntil = Date.now() + 300;
+        while (cycle > 0 && Date.now() < runUntil - 60) {
+          readiness.push(await b.readiness());
+          await delay(50);
+        }
+        await delay(Math.max(0, runUntil - Date.now()));
         const acked0 = held.acked.length;
         const local0 = localRun.acked.length;
         b.signal("SIGSTOP");
