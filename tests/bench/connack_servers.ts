@@ -101,7 +101,8 @@ function ridRead(rid: number, first: boolean): void {
   }, () => rawIo!.close(rid));
 }
 
-async function ridLoop(listener: Deno.Listener): Promise<void> {
+/** Hands every connection `listener` accepts to `handle`, for good. */
+async function acceptEach(listener: Deno.Listener, handle: (conn: Deno.Conn) => void) {
   for (;;) {
     let conn: Deno.Conn;
     try {
@@ -111,25 +112,23 @@ async function ridLoop(listener: Deno.Listener): Promise<void> {
       await pause();
       continue;
     }
+    handle(conn);
+  }
+}
+
+/** Reads each connection by resource id, as mcloudtt's TCP transport does. */
+function ridLoop(listener: Deno.Listener): void {
+  acceptEach(listener, (conn) => {
     // As mcloudtt and Mosquitto (set_tcp_nodelay) do: a setsockopt per connection.
     (conn as Deno.TcpConn).setNoDelay(true);
     const rid = resourceId(conn);
     if (rid === -1) throw new Error("no resource id on Deno.Conn");
     ridRead(rid, true);
-  }
+  });
 }
 
-async function acceptLoop(listener: Deno.Listener, own: boolean): Promise<void> {
-  for (;;) {
-    let conn: Deno.Conn;
-    try {
-      conn = await listener.accept();
-    } catch {
-      await pause();
-      continue;
-    }
-    readLoop(conn, own);
-  }
+function acceptLoop(listener: Deno.Listener, own: boolean): void {
+  acceptEach(listener, (conn) => readLoop(conn, own));
 }
 
 /** Holds the connection; the CONNACK is written without reading (clients send CONNECT first). */
