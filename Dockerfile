@@ -50,9 +50,7 @@ COPY --from=build /src/dist/mcloudtt /mcloudtt
 # A production container never mints its own CA: without mounted certificates the broker exits 2
 # and names the files to mount (/data/certs/broker/broker.crt, broker.key, /data/certs/ca.crt),
 # unless the TLS paths are pointed elsewhere (MCLOUDTT_TLS_CERTFILE, ...; see infra/k8s).
-# GLIBC_TUNABLES: the broker's runtime environment (src/ops/runtime_env.ts says why).
 ENV MCLOUDTT_TLS_GENERATE_DEV_CERTS=false \
-    GLIBC_TUNABLES=glibc.malloc.mxfast=0 \
     SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     TMPDIR=/tmp \
     HOME=/data

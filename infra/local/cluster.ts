@@ -8,8 +8,6 @@
  *   deno task cluster [--nodes N] [--port FIRST_PORT] [--redis-port PORT]
  */
 
-import { RUNTIME_ENV_VARS } from "../../src/ops/runtime_env.ts";
-
 const root = new URL("../../", import.meta.url).pathname;
 
 const USAGE = "usage: deno task cluster [--nodes N] [--port FIRST_PORT] [--redis-port PORT]";
@@ -88,17 +86,10 @@ interface Child {
   done: Promise<unknown>;
 }
 
-function spawn(
-  name: string,
-  cmd: string,
-  args: string[],
-  cwd: string,
-  env?: Readonly<Record<string, string>>,
-): Child {
+function spawn(name: string, cmd: string, args: string[], cwd: string): Child {
   const proc = new Deno.Command(cmd, {
     args,
     cwd,
-    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -168,27 +159,21 @@ async function main(): Promise<number> {
     const url = `redis://127.0.0.1:${redisPort}`;
     for (let i = 0; i < opts.nodes; i++) {
       const port = opts.port + i;
-      children.push(spawn(
-        `node-${i + 1}`,
-        Deno.execPath(),
-        [
-          "run",
-          ...NODE_PERMISSIONS,
-          "main.ts",
-          "--general.secure=false",
-          "--general.bind=127.0.0.1",
-          "--storage.enabled=false",
-          "--listeners.ws.enabled=false",
-          `--ports.tcp=${port}`,
-          "--redis.enabled=true",
-          `--redis.url=${url}`,
-          `--cluster.node_id=node-${i + 1}`,
-          // Each node picks a free port for /healthz, /readyz and /metrics and logs it.
-          "--http.port=0",
-        ],
-        root,
-        RUNTIME_ENV_VARS,
-      ));
+      children.push(spawn(`node-${i + 1}`, Deno.execPath(), [
+        "run",
+        ...NODE_PERMISSIONS,
+        "main.ts",
+        "--general.secure=false",
+        "--general.bind=127.0.0.1",
+        "--storage.enabled=false",
+        "--listeners.ws.enabled=false",
+        `--ports.tcp=${port}`,
+        "--redis.enabled=true",
+        `--redis.url=${url}`,
+        `--cluster.node_id=node-${i + 1}`,
+        // Each node picks a free port for /healthz, /readyz and /metrics and logs it.
+        "--http.port=0",
+      ], root));
     }
     await Promise.all(
       children.slice(1).map((c, i) => listening(opts.port + i, 60_000, () => c.exited)),

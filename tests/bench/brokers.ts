@@ -8,7 +8,6 @@ import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
 import { floor } from "./floor_target.ts";
 import { allowedCpus, onServerCpus, pinning } from "./pin.ts";
-import { benchRuntimeEnv } from "./traced.ts";
 import type { ScenarioKind } from "./scenarios.ts";
 import { type BenchPki, type ClientTls, clientTls } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
@@ -184,10 +183,7 @@ async function readTail(path: string): Promise<string> {
   }
 }
 
-/**
- * Spawns `cmd` (with `env` added to the bench's environment), sends its output to `log`, and
- * waits until `port` accepts connections.
- */
+/** Spawns `cmd`, sends its output to `log`, and waits until `port` accepts connections. */
 export async function launch(
   cmd: string,
   args: string[],
@@ -196,7 +192,6 @@ export async function launch(
   startTimeoutMs: number,
   cwd?: string,
   tap?: (chunk: Uint8Array) => void,
-  env?: Readonly<Record<string, string>>,
 ): Promise<RunningBroker> {
   const file = await Deno.open(log, { write: true, create: true, truncate: true });
   const [program, programArgs] = onServerCpus(cmd, args);
@@ -204,7 +199,6 @@ export async function launch(
     new Deno.Command(program, {
       args: programArgs,
       cwd,
-      env,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -301,8 +295,6 @@ const mcloudtt: BrokerKind = {
       60_000,
       REPO_ROOT,
       trace ? (chunk) => trace.push(chunk) : undefined,
-      // As shipped (deno task start, the Dockerfile): see benchRuntimeEnv.
-      benchRuntimeEnv(),
     );
     return { ...broker, tls: tls && await clientTls(tls), gc: trace };
   },
@@ -408,8 +400,6 @@ export async function startMcloudttCluster(
           `${workDir}/node-${i + 1}.log`,
           60_000,
           REPO_ROOT,
-          undefined,
-          benchRuntimeEnv(),
         ),
       );
     }

@@ -5,18 +5,8 @@
 import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
 import { onServerCpus } from "./pin.ts";
-import { RUNTIME_ENV_VARS } from "../../src/ops/runtime_env.ts";
 
 export const HOST = "127.0.0.1";
-
-/**
- * The environment of the Deno processes the bench measures (mcloudtt, and the floor: the same
- * runtime): the one the broker ships with (src/ops/runtime_env.ts), or none with
- * BENCH_RUNTIME_ENV=off, to measure what it changes.
- */
-export function benchRuntimeEnv(): Readonly<Record<string, string>> | undefined {
-  return Deno.env.get("BENCH_RUNTIME_ENV") === "off" ? undefined : RUNTIME_ENV_VARS;
-}
 
 /** A running traced process. */
 export interface Traced {
@@ -30,7 +20,7 @@ export interface Traced {
 
 /**
  * Runs `deno run --allow-all --v8-flags=--trace-gc-nvp,<v8> <denoFlags> <script...>`
- * with `benchRuntimeEnv()` in `cwd` (on the servers' CPUs when the bench runs with `--pin`) and waits until `port`
+ * in `cwd` (on the servers' CPUs when the bench runs with `--pin`) and waits until `port`
  * accepts connections. `gcTrace: false` leaves out `--trace-gc-nvp` (`gc` then stays empty).
  */
 export async function startTraced(
@@ -65,7 +55,6 @@ export async function startTraced(
     new Deno.Command(cmd, {
       args: cmdArgs,
       cwd: opts.cwd,
-      env: benchRuntimeEnv(),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
