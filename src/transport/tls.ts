@@ -7,9 +7,10 @@ import tls from "node:tls";
 import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
-import { pauseSocket, resumeSocket } from "./pause.ts";
+import { resumeSocket } from "./pause.ts";
+import { bridgeSocket } from "./tls_read.ts";
 import type { TlsMaterial } from "./tls_material.ts";
-import type { Acceptor, ByteWriter, ConnectionHandler, Listener } from "./types.ts";
+import type { Acceptor, ByteWriter, Listener } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -71,51 +72,6 @@ export function peerIdentity(
 ): string | undefined {
   if (!socket.authorized) return undefined;
   return certificateIdentity(socket.getPeerCertificate(), mode);
-}
-
-/**
- * A read at least this large means the peer sends flat out: Deno's TLS socket hands over up to
- * 64 KiB per 'data' event and reads the next one within the same event-loop turn, for as long
- * as the peer keeps up. Without a pause the loop never gets to the write completions of other
- * connections: one publisher flooding QoS 0 over TLS starved its subscriber's writes (issue 14,
- * 10k-80k of ~1M msg/s delivered, the rest dropped as congested).
- */
-export const FLOOD_CHUNK = 16 * 1024;
-
-/**
- * Bridges a node stream socket to a broker connection handler. Reading stops while the
- * handler's read gate is closed, and for one event-loop turn after each large read, so that a
- * flooding peer shares the loop with everyone else (small reads never pause).
- */
-export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
-  let paused = false;
-  const resume = (): void => {
-    const gate = handler.readGate;
-    if (gate !== null) {
-      gate.then(resume);
-      return;
-    }
-    paused = false;
-    resumeSocket(socket);
-  };
-  socket.on("data", (chunk: Uint8Array) => {
-    handler.data(chunk, chunk.length);
-    if (paused) return;
-    const gate = handler.readGate;
-    if (gate !== null) {
-      paused = true;
-      pauseSocket(socket);
-      gate.then(resume);
-    } else if (chunk.length >= FLOOD_CHUNK) {
-      paused = true;
-      pauseSocket(socket);
-      setImmediate(resume);
-    }
-  });
-  socket.on("error", () => {
-    // 'close' follows and reports the end
-  });
-  socket.on("close", () => handler.closed());
 }
 
 /**

@@ -11,7 +11,8 @@ import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
-import { closeWithGrace, FLOOD_CHUNK, listenNode, trackSockets } from "./tls.ts";
+import { closeWithGrace, listenNode, trackSockets } from "./tls.ts";
+import { FLOOD_CHUNK } from "./tls_read.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */

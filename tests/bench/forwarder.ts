@@ -17,6 +17,8 @@ import type { Socket } from "node:net";
 // Not from brokers.ts, which imports this module (through floor_target.ts).
 import { freePort } from "../helpers/ports.ts";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
+import { bridgeSocket } from "../../src/transport/tls_read.ts";
+import type { ConnectionHandler } from "../../src/transport/types.ts";
 import { listenIdle } from "./connack_servers.ts";
 import type { BenchPki } from "./tls.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
@@ -129,46 +131,86 @@ async function serve(port: number): Promise<void> {
 }
 
 /**
- * The TLS forwarder, on node:tls like mcloudtt's TLS listener: each socket's 'data' is written
- * to its partner, with the partner's reading paused while a write is buffered (as a broker
- * stops reading a publisher whose subscriber is behind).
+ * One side of a TLS pair, read the way mcloudtt's TLS listener reads (src/transport/tls_read.ts:
+ * into a buffer of its own, not a fresh one per read), so the floor is what that transport
+ * costs. Each read is copied once and written to the partner; while the partner's writes are
+ * buffered this side stops reading (as a broker stops reading a publisher whose subscriber is
+ * behind). The first two bytes are the hello.
  */
+class TlsSide implements ConnectionHandler {
+  partner: TlsSide | null = null;
+  readGate: Promise<void> | null = null;
+  private readonly hello: number[] = [];
+  /** What arrived after the hello before the partner did. */
+  private early: Uint8Array[] = [];
+
+  constructor(readonly socket: Socket, private readonly paired: (side: TlsSide) => void) {}
+
+  get role(): number {
+    return this.hello[0];
+  }
+
+  get pair(): number {
+    return this.hello[1];
+  }
+
+  data(chunk: Uint8Array, length: number): void {
+    let from = 0;
+    while (this.hello.length < 2 && from < length) this.hello.push(chunk[from++]);
+    if (from === length) {
+      if (this.hello.length === 2 && from > 0) this.paired(this);
+      return;
+    }
+    const copy = chunk.slice(from, length);
+    if (from > 0) this.paired(this);
+    if (this.partner === null) this.early.push(copy);
+    else this.send(copy);
+  }
+
+  /** Becomes `partner`'s partner and sends what arrived early. */
+  join(partner: TlsSide): void {
+    this.partner = partner;
+    for (const c of this.early) this.send(c);
+    this.early = [];
+  }
+
+  private send(bytes: Uint8Array): void {
+    const to = this.partner!.socket;
+    if (!to.write(bytes) && this.readGate === null) {
+      this.readGate = new Promise((resolve) =>
+        to.once("drain", () => {
+          this.readGate = null;
+          resolve();
+        })
+      );
+    }
+  }
+
+  closed(): void {
+    this.partner?.socket.destroy();
+  }
+}
+
+/** The TLS forwarder, on node:tls like mcloudtt's TLS listener. */
 function serveTls(port: number, certFile: string, keyFile: string): void {
-  const waiting = new Map<string, Socket>();
-  const pipe = (from: Socket, to: Socket) => {
-    from.on("data", (chunk: Uint8Array) => {
-      if (!to.write(chunk)) {
-        from.pause();
-        to.once("drain", () => from.resume());
-      }
-    });
-    from.on("close", () => to.destroy());
-    from.on("error", () => to.destroy());
+  const waiting = new Map<string, TlsSide>();
+  const paired = (side: TlsSide) => {
+    const peerKey = `${1 - side.role}:${side.pair}`;
+    const peer = waiting.get(peerKey);
+    if (peer === undefined) {
+      waiting.set(`${side.role}:${side.pair}`, side);
+      return;
+    }
+    waiting.delete(peerKey);
+    side.join(peer);
+    peer.join(side);
   };
   const server = tls.createServer({
     cert: Deno.readTextFileSync(certFile),
     key: Deno.readTextFileSync(keyFile),
   }, (socket) => {
     socket.setNoDelay(true);
-    socket.once("data", (first: Uint8Array) => {
-      const role = first[0];
-      const pair = first[1];
-      const rest = first.subarray(2);
-      const peerKey = `${1 - role}:${pair}`;
-      const peer = waiting.get(peerKey);
-      if (peer === undefined) {
-        socket.pause();
-        waiting.set(`${role}:${pair}`, socket);
-        if (rest.length > 0) socket.unshift(rest);
-        return;
-      }
-      waiting.delete(peerKey);
-      if (rest.length > 0) peer.write(rest);
-      pipe(socket, peer);
-      pipe(peer, socket);
-      peer.resume();
-    });
-    socket.on("error", () => socket.destroy());
+    bridgeSocket(socket, new TlsSide(socket, paired));
   });
   server.listen(port, HOST);
 }

@@ -1,0 +1,133 @@
+/**
+ * The TLS read path: a TLS connection reads into a read buffer of its own (a slot of a shared
+ * slab while reads are small, a growing buffer once they are big), not into a fresh buffer per
+ * read. Slots of many connections are filled at once and buffers change between reads, so
+ * clients send packets of every size at the same time and every byte must arrive where it
+ * belongs.
+ */
+import assert from "node:assert/strict";
+import tls from "node:tls";
+import { readSlotsInUse } from "../../src/transport/read_loop.ts";
+import { delay, startSecureBroker, subscriber } from "../helpers/broker.ts";
+import { clientTls, makeTestPki } from "../helpers/certs.ts";
+import { frame, str } from "../helpers/wire.ts";
+
+const dir = await Deno.makeTempDir({ prefix: "mcloudtt-tls-read-test-" });
+const pki = await makeTestPki(dir);
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+/** A payload of `size` bytes that names its topic, so a misplaced byte shows. */
+function payload(topic: string, size: number): string {
+  const seed = `${topic};`;
+  return seed.repeat(Math.ceil(size / seed.length)).slice(0, size);
+}
+
+/** Resolves with the next chunk `socket` receives, or rejects after 5 s. */
+function nextData(socket: tls.TLSSocket): Promise<Uint8Array> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no answer within 5 s")), 5000);
+    socket.once("data", (d: Uint8Array) => {
+      clearTimeout(timer);
+      resolve(d);
+    });
+  });
+}
+
+Deno.test("many TLS clients publishing packets of every size at once: every message arrives intact, and idle connections read into slots", async () => {
+  await using b = await startSecureBroker(pki, { general: { websocket: false } });
+  // QoS 1 throughout: QoS 0 copies beyond the subscriber's write buffer would be dropped.
+  await using sub = await subscriber(b.tlsPort, "tr/#", 1, {
+    protocol: "mqtts" as const,
+    clientId: "sub",
+    ...clientTls(pki, pki.alice),
+  });
+  const slotsAtStart = readSlotsInUse();
+  const clients = 40;
+  // Around the slot size, around the first own buffer, one that fills several 16 KiB reads,
+  // and one larger than a 64 KiB TLS read.
+  const sizes = [20, 120, 130, 900, 1100, 40_000, 100_000];
+  const expected = new Map<string, string>();
+  const sockets: tls.TLSSocket[] = [];
+  try {
+    await Promise.all(
+      Array.from({ length: clients }, (_, i) =>
+        new Promise<void>((resolve, reject) => {
+          const s = tls.connect({
+            host: "127.0.0.1",
+            port: b.tlsPort,
+            servername: "localhost",
+            ...clientTls(pki, pki.alice),
+          });
+          s.on("secureConnect", () => {
+            // MQTT 3.1.1 CONNECT (clean session, keep-alive 60) and every PUBLISH (QoS 1, packet
+            // id k + 1) in one write.
+            const parts = [frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str(`tr-${i}`)])];
+            sizes.forEach((size, k) => {
+              const topic = `tr/${i}/${k}`;
+              const body = payload(topic, size + i);
+              expected.set(topic, body);
+              parts.push(
+                frame(0x32, [...str(topic), 0, k + 1, ...new TextEncoder().encode(body)]),
+              );
+            });
+            s.write(new Uint8Array(parts.flatMap((p) => [...p])));
+            resolve();
+          });
+          s.on("error", reject);
+          sockets.push(s);
+        })),
+    );
+    const deadline = Date.now() + 20_000;
+    while (sub.inbox.messages.length < expected.size && Date.now() < deadline) await delay(20);
+    assert.equal(sub.inbox.messages.length, expected.size);
+    for (const m of sub.inbox.messages) assert.equal(m.payload, expected.get(m.topic), m.topic);
+
+    // A PINGREQ each: a 2-byte read moves a connection that grew its buffer back to a slot.
+    // The answer is the last thing each client receives, after its CONNACK and PUBACKs.
+    const pingresp = sockets.map((s) =>
+      new Promise<void>((resolve) => {
+        let tail: number[] = [];
+        s.on("data", (d: Uint8Array) => {
+          tail = [...tail, ...d].slice(-2);
+          if (tail[0] === 0xd0 && tail[1] === 0) resolve();
+        });
+      })
+    );
+    for (const s of sockets) s.write(new Uint8Array([0xc0, 0]));
+    const timeout = delay(5000).then(() => "timeout");
+    assert.notEqual(await Promise.race([Promise.all(pingresp), timeout]), "timeout", "PINGRESP");
+    assert.ok(
+      readSlotsInUse() - slotsAtStart >= clients,
+      `every idle TLS connection reads into a slot (${
+        readSlotsInUse() - slotsAtStart
+      } of ${clients})`,
+    );
+  } finally {
+    for (const s of sockets) s.destroy();
+  }
+  const deadline = Date.now() + 5000;
+  while (readSlotsInUse() > slotsAtStart && Date.now() < deadline) await delay(20);
+  assert.equal(readSlotsInUse(), slotsAtStart, "closed TLS connections give their slots back");
+});
+
+Deno.test("a CONNECT sent in the same flight as the end of the TLS handshake is answered", async () => {
+  // TLS 1.2 with a client certificate: the client's last handshake flight and its first
+  // application data can reach the broker in one read, before the connection has its buffer.
+  await using b = await startSecureBroker(pki, { general: { websocket: false } });
+  const s = tls.connect({
+    host: "127.0.0.1",
+    port: b.tlsPort,
+    servername: "localhost",
+    maxVersion: "TLSv1.2",
+    ...clientTls(pki, pki.alice),
+  });
+  try {
+    // Written before the handshake completes: node:tls queues it and sends it right after the
+    // client's Finished.
+    s.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str("early")]));
+    const answer = await nextData(s);
+    assert.deepEqual([...answer.subarray(0, 4)], [0x20, 2, 0, 0], "CONNACK, accepted");
+  } finally {
+    s.destroy();
+  }
+});
