@@ -37,16 +37,19 @@ interface ReadSlots {
   callback: symbol;
 }
 
-/** Looked up on the first socket: the runtime's symbols are the same for every socket. */
-let slots: ReadSlots | null | undefined;
+/**
+ * Kept once found: the runtime's symbols are the same for every socket. A stream without them
+ * (not a net.Socket) is not remembered, so it cannot turn the buffer off for the sockets after it.
+ */
+let slots: ReadSlots | undefined;
 
 function readSlots(socket: Socket): ReadSlots | null {
   if (slots !== undefined) return slots;
   const own = Object.getOwnPropertySymbols(socket);
   const buffer = own.find((s) => s.description === "kBuffer");
   const callback = own.find((s) => s.description === "kBufferCb");
-  slots = buffer !== undefined && callback !== undefined ? { buffer, callback } : null;
-  return slots;
+  if (buffer === undefined || callback === undefined) return null;
+  return slots = { buffer, callback };
 }
 
 function userBufferHandle(socket: Socket): UserBufferHandle | null {

@@ -6,8 +6,12 @@
  * belongs.
  */
 import assert from "node:assert/strict";
+import type { Socket } from "node:net";
+import { PassThrough } from "node:stream";
 import tls from "node:tls";
 import { readSlotsInUse } from "../../src/transport/read_loop.ts";
+import { bridgeSocket } from "../../src/transport/tls_read.ts";
+import type { ConnectionHandler } from "../../src/transport/types.ts";
 import { delay, startSecureBroker, subscriber } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
 import { frame, str } from "../helpers/wire.ts";
@@ -32,6 +36,58 @@ function nextData(socket: tls.TLSSocket): Promise<Uint8Array> {
     });
   });
 }
+
+/** A connection handler that records what reaches it and can hold reading. */
+class Recorder implements ConnectionHandler {
+  chunks: string[] = [];
+  closes = 0;
+  readGate: Promise<void> | null = null;
+  private open: (() => void) | null = null;
+
+  data(chunk: Uint8Array, length: number): void {
+    this.chunks.push(new TextDecoder().decode(chunk.subarray(0, length)));
+  }
+
+  closed(): void {
+    this.closes++;
+  }
+
+  /** Shuts the gate: the transport stops reading until `release`. */
+  hold(): void {
+    this.readGate = new Promise((resolve) => this.open = resolve);
+  }
+
+  release(): void {
+    this.readGate = null;
+    this.open?.();
+  }
+}
+
+// Runs first in this file: the TLS tests after it check that a stream without the runtime's
+// read slots did not switch the buffer off for the sockets that come later.
+Deno.test("a stream without the runtime's read slots is read through 'data' events, held by the read gate", async () => {
+  const stream = new PassThrough();
+  const h = new Recorder();
+  bridgeSocket(stream as unknown as Socket, h);
+  const slotsBefore = readSlotsInUse();
+  stream.write("one");
+  await delay(10);
+  assert.deepEqual(h.chunks, ["one"]);
+  assert.equal(readSlotsInUse(), slotsBefore, "no read buffer of its own");
+  h.hold();
+  stream.write("two");
+  await delay(10);
+  assert.deepEqual(h.chunks, ["one", "two"], "the read that finds the gate shut is delivered");
+  stream.write("three");
+  await delay(20);
+  assert.deepEqual(h.chunks, ["one", "two"], "nothing more while the gate is shut");
+  h.release();
+  await delay(20);
+  assert.deepEqual(h.chunks, ["one", "two", "three"]);
+  stream.end();
+  await delay(20);
+  assert.equal(h.closes, 1, "the end is reported once");
+});
 
 Deno.test("many TLS clients publishing packets of every size at once: every message arrives intact, and idle connections read into slots", async () => {
   await using b = await startSecureBroker(pki, { general: { websocket: false } });
