@@ -63,90 +63,107 @@ function userBufferHandle(socket: Socket): UserBufferHandle | null {
  */
 const DISCARD = new Uint8Array(256);
 
+/** Where a socket keeps its reader, for the listeners all sockets share. */
+const READER = Symbol("mcloudtt.reader");
+
+/** A socket with its reader; the listeners get the socket as `this`. */
+type ReadSocket = Socket & { [READER]: BufferedReader | EventReader };
+
 /**
  * Bridges a node stream socket to a broker connection handler. Reading stops while the
  * handler's read gate is closed, and for one event-loop turn after each large read, so that a
- * flooding peer shares the loop with everyone else (small reads never pause).
+ * flooding peer shares the loop with everyone else (small reads never pause). The listeners and
+ * the read callback are shared by all sockets, not closures per connection: an idle connection
+ * holds its reader and its read slot.
  */
 export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
   const rs = readSlots(socket);
   const handle = rs === null ? null : userBufferHandle(socket);
-  if (rs !== null && handle !== null) new BufferedReader(socket, handle, rs, handler);
-  else bridgeEvents(socket, handler);
-  socket.on("error", () => {
-    // 'close' follows and reports the end
-  });
+  const s = socket as ReadSocket;
+  if (rs !== null && handle !== null) {
+    s[READER] = new BufferedReader(s, handle, rs, handler);
+    (s as unknown as Record<symbol, unknown>)[rs.callback] = onBufferRead;
+    s[READER].start();
+  } else {
+    s[READER] = new EventReader(s, handler);
+    socket.on("data", onData);
+  }
+  socket.on("error", onError);
+  socket.on("close", onClose);
 }
 
-/** Pausing and resuming a socket for a handler's read gate and for flooding peers. */
-class Throttle {
-  private paused = false;
-  private readonly resumeNow = (): void => this.resume();
+function onBufferRead(this: ReadSocket, n: number): boolean {
+  (this[READER] as BufferedReader).read(n);
+  return true;
+}
 
-  constructor(private readonly socket: Socket, private readonly handler: ConnectionHandler) {}
+function onData(this: ReadSocket, chunk: Uint8Array): void {
+  (this[READER] as EventReader).read(chunk);
+}
 
-  /** After a read of `n` bytes: pause while the gate is shut, or for a turn after a big read. */
-  after(n: number): void {
-    if (this.paused) return;
-    const gate = this.handler.readGate;
-    if (gate !== null) {
-      this.paused = true;
-      pauseSocket(this.socket);
-      gate.then(this.resumeNow);
-    } else if (n >= FLOOD_CHUNK) {
-      this.paused = true;
-      pauseSocket(this.socket);
-      setImmediate(this.resumeNow);
-    }
+function onError(): void {
+  // 'close' follows and reports the end
+}
+
+function onClose(this: ReadSocket): void {
+  this[READER].closed();
+}
+
+/** What pausing needs of a reader. */
+interface Throttled {
+  readonly socket: Socket;
+  readonly handler: ConnectionHandler;
+  paused: boolean;
+}
+
+/** After a read of `n` bytes: pauses while the gate is shut, or for a turn after a big read. */
+function throttle(r: Throttled, n: number): void {
+  if (r.paused) return;
+  const gate = r.handler.readGate;
+  if (gate !== null) {
+    r.paused = true;
+    pauseSocket(r.socket);
+    gate.then(() => resume(r));
+  } else if (n >= FLOOD_CHUNK) {
+    r.paused = true;
+    pauseSocket(r.socket);
+    setImmediate(resume, r);
   }
+}
 
-  private resume(): void {
-    const gate = this.handler.readGate;
-    if (gate !== null) {
-      gate.then(this.resumeNow);
-      return;
-    }
-    this.paused = false;
-    resumeSocket(this.socket);
+function resume(r: Throttled): void {
+  const gate = r.handler.readGate;
+  if (gate !== null) {
+    gate.then(() => resume(r));
+    return;
   }
+  r.paused = false;
+  resumeSocket(r.socket);
 }
 
 /** Reads into a ReadBuffer through the socket's user-buffer slots. */
-class BufferedReader extends ReadBuffer {
-  private readonly throttle: Throttle;
+class BufferedReader extends ReadBuffer implements Throttled {
+  paused = false;
 
   constructor(
-    private readonly socket: Socket,
+    readonly socket: Socket,
     private readonly handle: UserBufferHandle,
     private readonly rs: ReadSlots,
-    private readonly handler: ConnectionHandler,
+    readonly handler: ConnectionHandler,
   ) {
     super();
-    this.throttle = new Throttle(socket, handler);
-    const s = socket as unknown as Record<symbol, unknown>;
-    s[rs.callback] = (n: number): boolean => {
-      this.read(n);
-      return true;
-    };
+  }
+
+  start(): void {
     this.point();
     // Whatever the stream took before the socket reached us goes first. Not seen in tests
     // (Deno emits 'secureConnection' before it decrypts the data after the handshake), but
     // nothing in node's contract promises that.
-    for (let c: Uint8Array | null; (c = socket.read() as Uint8Array | null) !== null;) {
-      handler.data(c, c.length);
+    for (let c: Uint8Array | null; (c = this.socket.read() as Uint8Array | null) !== null;) {
+      this.handler.data(c, c.length);
     }
     // Flowing, so that the end of input is emitted ('end', then 'close').
-    socket.resume();
-    socket.on("close", () => {
-      try {
-        this.handle.useUserBuffer(DISCARD);
-        (socket as unknown as Record<symbol, unknown>)[rs.buffer] = DISCARD;
-        this.releaseBuffer();
-      } catch {
-        // A handle that cannot be re-pointed keeps its buffer: never hand it to another reader.
-      }
-      handler.closed();
-    });
+    this.socket.resume();
   }
 
   /** Makes the next read land in `bytes`. */
@@ -155,21 +172,38 @@ class BufferedReader extends ReadBuffer {
     this.handle.useUserBuffer(this.bytes);
   }
 
-  private read(n: number): void {
+  read(n: number): void {
     this.handler.data(this.bytes, n);
     const before = this.bytes;
     this.afterRead(n);
     if (this.bytes !== before) this.point();
-    this.throttle.after(n);
+    throttle(this, n);
+  }
+
+  closed(): void {
+    try {
+      this.handle.useUserBuffer(DISCARD);
+      (this.socket as unknown as Record<symbol, unknown>)[this.rs.buffer] = DISCARD;
+      this.releaseBuffer();
+    } catch {
+      // A handle that cannot be re-pointed keeps its buffer: never hand it to another reader.
+    }
+    this.handler.closed();
   }
 }
 
 /** Reads through 'data' events (a fresh buffer per read): the fallback. */
-function bridgeEvents(socket: Socket, handler: ConnectionHandler): void {
-  const throttle = new Throttle(socket, handler);
-  socket.on("data", (chunk: Uint8Array) => {
-    handler.data(chunk, chunk.length);
-    throttle.after(chunk.length);
-  });
-  socket.on("close", () => handler.closed());
+class EventReader implements Throttled {
+  paused = false;
+
+  constructor(readonly socket: Socket, readonly handler: ConnectionHandler) {}
+
+  read(chunk: Uint8Array): void {
+    this.handler.data(chunk, chunk.length);
+    throttle(this, chunk.length);
+  }
+
+  closed(): void {
+    this.handler.closed();
+  }
 }
