@@ -3,9 +3,10 @@
  * an ArrayBuffer of its own unless the socket has a read buffer of the caller's (node's
  * `onread.buffer`). Those ArrayBuffers die young and in thousands, and each one's backing
  * store is a malloc'd block freed when a scavenge collects it: glibc then merges the freed
- * blocks all at once, on some later allocation, which was the broker's 1-4 ms p99.9 stalls
- * over TLS (issue 14). So a TLS connection reads into a buffer of its own, sized by traffic
- * like a TCP connection's (read_loop.ts): no allocation per read.
+ * blocks all at once, on some later allocation, which was caught inside the broker's 1-4 ms
+ * p99.9 stalls over TLS (issue 14; fewer since, not gone). So a TLS connection reads into a
+ * buffer of its own, sized by traffic like a TCP connection's (read_loop.ts): no allocation
+ * per read.
  *
  * A server socket cannot be given `onread` through the public API (node:tls makes it), so the
  * buffer is installed the way net.Socket does it for `onread`: the socket's `kBuffer` and

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { ReadBuffer, readSlotsInUse, SLOT_SIZE } from "../../src/transport/read_loop.ts";
 import { delay, startBroker, subscriber } from "../helpers/broker.ts";
-import { frame, str } from "../helpers/wire.ts";
+import { concatBytes, frame, str } from "../helpers/wire.ts";
 
 Deno.test("a read buffer starts as a slot, grows when a read fills it, and goes back when reads are small", () => {
   const before = readSlotsInUse();
@@ -62,7 +62,7 @@ Deno.test("many clients publishing at once over TCP: every message arrives intac
               expected.set(topic, payload);
               parts.push(frame(0x30, [...str(topic), ...new TextEncoder().encode(payload)]));
             }
-            s.write(new Uint8Array(parts.flatMap((p) => [...p])));
+            s.write(concatBytes(parts));
             resolve();
           });
           s.on("error", reject);

@@ -14,7 +14,7 @@ import { bridgeSocket } from "../../src/transport/tls_read.ts";
 import type { ConnectionHandler } from "../../src/transport/types.ts";
 import { delay, startSecureBroker, subscriber } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
-import { frame, str } from "../helpers/wire.ts";
+import { concatBytes, frame, str } from "../helpers/wire.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-tls-read-test-" });
 const pki = await makeTestPki(dir);
@@ -126,7 +126,7 @@ Deno.test("many TLS clients publishing packets of every size at once: every mess
                 frame(0x32, [...str(topic), 0, k + 1, ...new TextEncoder().encode(body)]),
               );
             });
-            s.write(new Uint8Array(parts.flatMap((p) => [...p])));
+            s.write(concatBytes(parts));
             resolve();
           });
           s.on("error", reject);
