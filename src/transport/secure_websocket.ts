@@ -13,6 +13,7 @@ import {
   type SecureListenOptions,
   secureServer,
 } from "./tls.ts";
+import { readCipherShared } from "./tls_read.ts";
 import type { Acceptor, Listener } from "./types.ts";
 import { serveWebSocket, type WsOptions } from "./websocket.ts";
 
@@ -37,6 +38,7 @@ export async function listenSecureWebSocket(
   server.on("secureConnection", (socket: TLSSocket) => {
     // A handshake that completes after close() began would otherwise idle and hold close() open.
     if (closing) socket.destroy();
+    else readCipherShared(socket);
   });
   const addr = await listenNode(server, opts.hostname, opts.port, acceptor, "wss");
   return {

@@ -12,6 +12,12 @@
  * buffer is installed the way net.Socket does it for `onread`: the socket's `kBuffer` and
  * `kBufferCb` slots, and `useUserBuffer` on its handle. These are runtime internals: where
  * they are missing, reading falls back to 'data' events.
+ *
+ * Under the TLS handle, the TCP handle it decrypts from did the same with the encrypted bytes: a
+ * fresh ArrayBuffer per read (a copy of the read into a malloc'd block, freed by V8's sweeper
+ * on a helper thread after the next scavenge), handed to the TLS engine, which copies it into
+ * its own input at once. `readCipherShared` points every TLS socket's TCP handle at one shared
+ * buffer instead (see there).
  */
 import type { Socket } from "node:net";
 import { pauseSocket, resumeSocket } from "./pause.ts";
@@ -64,6 +70,69 @@ function userBufferHandle(socket: Socket): UserBufferHandle | null {
  */
 const DISCARD = new Uint8Array(256);
 
+/**
+ * The encrypted bytes of every TLS connection are read here. Safe to share: the runtime reads
+ * a socket into it and calls the handle's `onread` at once, and the TLS engine copies the
+ * bytes into the connection's own input before that call returns (`TLSWrap.receive`), so no
+ * read lands here while another's bytes are still needed. 64 KiB is what the runtime would
+ * have given each read.
+ */
+const CIPHER_AB = new ArrayBuffer(64 * 1024);
+const CIPHER = new Uint8Array(CIPHER_AB);
+
+/** Sockets whose encrypted reads were pointed at the shared buffer, for tests. */
+let cipherInstalls = 0;
+
+/** How many TLS sockets `readCipherShared` has pointed at the shared buffer so far. */
+export function cipherBufferInstalls(): number {
+  return cipherInstalls;
+}
+
+/** Where a TCP handle keeps the runtime's own `onread`, which `onCipherRead` hands on to. */
+const NATIVE_ONREAD = Symbol("mcloudtt.nativeOnread");
+
+/** The TCP handle under a node:tls socket (`_nativeTcpHandle`), as far as it is used here. */
+interface CipherHandle extends UserBufferHandle {
+  onread: (buf?: ArrayBuffer) => unknown;
+  readStop(): number;
+  readStart(): number;
+  [NATIVE_ONREAD]?: (buf?: ArrayBuffer) => unknown;
+}
+
+/**
+ * The runtime calls `onread` without a buffer when the read went into a user buffer; its own
+ * `onread` (which wraps what it is given and feeds it to the TLS engine) gets the shared one.
+ */
+function onCipherRead(this: CipherHandle, buf?: ArrayBuffer): unknown {
+  return this[NATIVE_ONREAD]!(buf === undefined ? CIPHER_AB : buf);
+}
+
+/**
+ * Makes the TCP handle under TLS socket `socket` read into the shared cipher buffer: no
+ * allocation per encrypted read. Returns false (and changes nothing) where the runtime's
+ * internals are not there. Call it once per socket, while it reads (after the handshake).
+ */
+export function readCipherShared(socket: Socket): boolean {
+  const native = (socket as unknown as { _handle?: { _nativeTcpHandle?: Partial<CipherHandle> } })
+    ._handle?._nativeTcpHandle;
+  if (
+    native === undefined || native[NATIVE_ONREAD] !== undefined ||
+    typeof native.onread !== "function" || typeof native.useUserBuffer !== "function" ||
+    typeof native.readStop !== "function" || typeof native.readStart !== "function"
+  ) {
+    return false;
+  }
+  const h = native as CipherHandle;
+  h[NATIVE_ONREAD] = h.onread;
+  h.useUserBuffer(CIPHER);
+  h.onread = onCipherRead;
+  // The runtime takes `onread` from the handle when reading starts: restart so it takes ours.
+  h.readStop();
+  h.readStart();
+  cipherInstalls++;
+  return true;
+}
+
 /** Where a socket keeps its reader, for the listeners all sockets share. */
 const READER = Symbol("mcloudtt.reader");
 
@@ -81,6 +150,7 @@ export function bridgeSocket(socket: Socket, handler: ConnectionHandler): void {
   const rs = readSlots(socket);
   const handle = rs === null ? null : userBufferHandle(socket);
   const s = socket as ReadSocket;
+  readCipherShared(socket);
   if (rs !== null && handle !== null) {
     s[READER] = new BufferedReader(s, handle, rs, handler);
     (s as unknown as Record<symbol, unknown>)[rs.callback] = onBufferRead;

@@ -3,14 +3,16 @@
  * slab while reads are small, a growing buffer once they are big), not into a fresh buffer per
  * read. Slots of many connections are filled at once and buffers change between reads, so
  * clients send packets of every size at the same time and every byte must arrive where it
- * belongs.
+ * belongs. Under TLS, the encrypted bytes of every connection are read into one shared buffer
+ * (`readCipherShared`): the same traffic over TLS and secure WebSocket checks that no
+ * connection's bytes land in another's.
  */
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { PassThrough } from "node:stream";
 import tls from "node:tls";
 import { readSlotsInUse } from "../../src/transport/read_loop.ts";
-import { bridgeSocket } from "../../src/transport/tls_read.ts";
+import { bridgeSocket, cipherBufferInstalls } from "../../src/transport/tls_read.ts";
 import type { ConnectionHandler } from "../../src/transport/types.ts";
 import { delay, startSecureBroker, subscriber } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
@@ -98,6 +100,7 @@ Deno.test("many TLS clients publishing packets of every size at once: every mess
     ...clientTls(pki, pki.alice),
   });
   const slotsAtStart = readSlotsInUse();
+  const installsAtStart = cipherBufferInstalls();
   const clients = 40;
   // Around the slot size, around the first own buffer, one that fills several 16 KiB reads,
   // and one larger than a 64 KiB TLS read.
@@ -137,6 +140,11 @@ Deno.test("many TLS clients publishing packets of every size at once: every mess
     while (sub.inbox.messages.length < expected.size && Date.now() < deadline) await delay(20);
     assert.equal(sub.inbox.messages.length, expected.size);
     for (const m of sub.inbox.messages) assert.equal(m.payload, expected.get(m.topic), m.topic);
+    assert.equal(
+      cipherBufferInstalls() - installsAtStart,
+      clients,
+      "every TLS connection reads its encrypted bytes into the shared buffer",
+    );
 
     // A PINGREQ each: a 2-byte read moves a connection that grew its buffer back to a slot.
     // The answer is the last thing each client receives, after its CONNACK and PUBACKs.
@@ -185,5 +193,47 @@ Deno.test("a CONNECT sent in the same flight as the end of the TLS handshake is 
     assert.deepEqual([...answer.subarray(0, 4)], [0x20, 2, 0, 0], "CONNACK, accepted");
   } finally {
     s.destroy();
+  }
+});
+
+Deno.test("secure WebSocket clients publishing large messages at once share the cipher buffer, and every message arrives intact", async () => {
+  await using b = await startSecureBroker(pki, { listeners: { tcp: { enabled: false } } });
+  const wss = (clientId: string) => ({
+    protocol: "wss" as const,
+    path: "/mqtt",
+    clientId,
+    ...clientTls(pki, pki.alice),
+  });
+  await using sub = await subscriber(b.wssPort, "wr/#", 1, wss("wsub"));
+  const installsAtStart = cipherBufferInstalls();
+  const clients = 8;
+  const sizes = [30, 5_000, 70_000, 150_000];
+  const pubs = await Promise.all(
+    Array.from(
+      { length: clients },
+      (_, i) => subscriber(b.wssPort, `none/${i}`, 0, wss(`wp-${i}`)),
+    ),
+  );
+  try {
+    assert.equal(
+      cipherBufferInstalls() - installsAtStart,
+      clients,
+      "every secure WebSocket connection reads its encrypted bytes into the shared buffer",
+    );
+    const expected = new Map<string, string>();
+    await Promise.all(pubs.flatMap((p, i) =>
+      sizes.map((size, k) => {
+        const topic = `wr/${i}/${k}`;
+        const body = payload(topic, size + i);
+        expected.set(topic, body);
+        return p.publishAsync(topic, body, { qos: 1 });
+      })
+    ));
+    const deadline = Date.now() + 20_000;
+    while (sub.inbox.messages.length < expected.size && Date.now() < deadline) await delay(20);
+    assert.equal(sub.inbox.messages.length, expected.size);
+    for (const m of sub.inbox.messages) assert.equal(m.payload, expected.get(m.topic), m.topic);
+  } finally {
+    await Promise.all(pubs.map((p) => p[Symbol.asyncDispose]()));
   }
 });
