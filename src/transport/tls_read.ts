@@ -116,19 +116,32 @@ export function readCipherShared(socket: Socket): boolean {
   const native = (socket as unknown as { _handle?: { _nativeTcpHandle?: Partial<CipherHandle> } })
     ._handle?._nativeTcpHandle;
   if (
-    native === undefined || native[NATIVE_ONREAD] !== undefined ||
+    native == null || native[NATIVE_ONREAD] !== undefined ||
     typeof native.onread !== "function" || typeof native.useUserBuffer !== "function" ||
     typeof native.readStop !== "function" || typeof native.readStart !== "function"
   ) {
     return false;
   }
   const h = native as CipherHandle;
-  h[NATIVE_ONREAD] = h.onread;
-  h.useUserBuffer(CIPHER);
+  const own = h.onread;
+  h[NATIVE_ONREAD] = own;
   h.onread = onCipherRead;
-  // The runtime takes `onread` from the handle when reading starts: restart so it takes ours.
-  h.readStop();
-  h.readStart();
+  try {
+    // The runtime takes `onread` from the handle when reading starts: restart so it takes ours
+    // (which passes on a buffer it is given, so it serves before the next line too).
+    h.readStop();
+    h.readStart();
+    h.useUserBuffer(CIPHER);
+  } catch {
+    // Not seen: the runtime's own `onread` back, reading as before.
+    h.onread = own;
+    try {
+      h.readStart();
+    } catch {
+      // a closed handle: its end is reported as before
+    }
+    return false;
+  }
   cipherInstalls++;
   return true;
 }
