@@ -9,6 +9,7 @@ import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
 import { bridgeSocket } from "./tls_read.ts";
+import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
 import type { Acceptor, ByteWriter, Listener } from "./types.ts";
 
@@ -75,22 +76,25 @@ export function peerIdentity(
 }
 
 /**
- * A ByteWriter over a node socket: a write completes when the socket flushed the bytes to the
- * kernel. The outbox writes through `writeThen`, whose callback goes to the socket's write as
- * it is: no promise and no closures per write (`write` is there for other callers).
+ * A ByteWriter over a node TLS socket: a write completes when the socket flushed the bytes to
+ * the kernel. The outbox writes through `writeThen`, whose callback goes to the write as it is:
+ * no promise and no closures per write (`write` is there for segments). Both go straight to the
+ * TLS handle where they can (tls_write.ts); the outbox keeps one write in flight at a time.
  */
 export function socketSink(socket: Socket, lingerMs: number): ByteWriter {
   let linger: ReturnType<typeof setTimeout> | undefined;
+  // Made at the first write: the handle holds on to it while a write is in flight.
+  let req: WriteRequest | null = null;
   return {
     write(bytes: Uint8Array): Promise<void> {
       return new Promise((resolve, reject) => {
-        socket.write(bytes, (err) => (err ? reject(err) : resolve()));
+        writeTls(socket, req ??= writeRequest(), bytes, (err) => (err ? reject(err) : resolve()));
       });
     },
     writeThen(bytes: Uint8Array, done: (r: unknown) => void): void {
-      // Node calls back with null or nothing once written, with the error otherwise, and never
-      // before write() returns.
-      socket.write(bytes, done);
+      // Called back with null or nothing once written, with the error otherwise, and never
+      // before this returns.
+      writeTls(socket, req ??= writeRequest(), bytes, done);
     },
     end(): void {
       // end() flushes what is queued and half-closes; reading goes on (the connection

@@ -8,6 +8,7 @@ import tls from "node:tls";
 import type { AddressInfo } from "node:net";
 import { Outbox } from "../../src/protocol/outbox.ts";
 import { socketSink } from "../../src/transport/tls.ts";
+import { directTlsWrites } from "../../src/transport/tls_write.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 import {
   assertPooledWritesDoNotMix,
@@ -84,11 +85,16 @@ Deno.test("over TLS, pooled write buffers shared by connections never mix their 
   try {
     const owners = pairs.map(() => new Owner());
     const outboxes = pairs.map((p, k) => new Outbox(socketSink(p.server, 0), owners[k]));
+    const directBefore = directTlsWrites();
     await assertPooledWritesDoNotMix(outboxes, (k, n) => readExactly(pairs[k].client, n));
     for (const o of owners) {
       assert.equal(o.failure, null);
       assert.ok(o.drains > 0, "every completed write was reported");
     }
+    // Every completed write was one straight to the TLS handle (tls_write.ts), none through
+    // node's Writable: each drain reports one.
+    const drains = owners.reduce((n, o) => n + o.drains, 0);
+    assert.equal(directTlsWrites() - directBefore, drains, "writes went straight to the handle");
   } finally {
     await close();
   }
