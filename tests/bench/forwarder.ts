@@ -16,8 +16,10 @@ import tls from "node:tls";
 import type { Socket } from "node:net";
 // Not from brokers.ts, which imports this module (through floor_target.ts).
 import { freePort } from "../helpers/ports.ts";
+import { concat } from "./wire.ts";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
 import { bridgeSocket } from "../../src/transport/tls_read.ts";
+import { writeRequest, writeTls } from "../../src/transport/tls_write.ts";
 import type { ConnectionHandler } from "../../src/transport/types.ts";
 import { listenIdle } from "./connack_servers.ts";
 import type { BenchPki } from "./tls.ts";
@@ -131,11 +133,12 @@ async function serve(port: number): Promise<void> {
 }
 
 /**
- * One side of a TLS pair, read the way mcloudtt's TLS listener reads (src/transport/tls_read.ts:
- * into a buffer of its own, not a fresh one per read), so the floor is what that transport
- * costs. Each read is copied once and written to the partner; while the partner's writes are
- * buffered this side stops reading (as a broker stops reading a publisher whose subscriber is
- * behind). The first two bytes are the hello.
+ * One side of a TLS pair, read and written the way mcloudtt's TLS listener reads and writes
+ * (src/transport/tls_read.ts: into a buffer of its own, the encrypted bytes into the shared
+ * one; tls_write.ts: straight to the TLS handle, one write at a time), so the floor is what
+ * that transport costs. Each read is copied once and written to the partner; while a write to
+ * the partner is in flight what follows waits, and this side stops reading (as a broker stops
+ * reading a publisher whose subscriber is behind). The first two bytes are the hello.
  */
 class TlsSide implements ConnectionHandler {
   partner: TlsSide | null = null;
@@ -175,16 +178,42 @@ class TlsSide implements ConnectionHandler {
   }
 
   private send(bytes: Uint8Array): void {
-    const to = this.partner!.socket;
-    if (!to.write(bytes) && this.readGate === null) {
-      this.readGate = new Promise((resolve) =>
-        to.once("drain", () => {
-          this.readGate = null;
-          resolve();
-        })
-      );
+    const to = this.partner!;
+    if (to.req.pending === null) {
+      writeTls(to.socket, to.req, bytes, to.written);
+      return;
+    }
+    // One write at a time, as mcloudtt's outbox: the rest waits, and this side stops reading
+    // until the partner has written it.
+    to.queued.push(bytes);
+    if (this.readGate === null) {
+      this.readGate = new Promise((resolve) => to.waiting = resolve);
     }
   }
+
+  /** Written to this side's socket the way mcloudtt writes TLS (src/transport/tls_write.ts). */
+  private readonly req = writeRequest();
+  private queued: Uint8Array[] = [];
+  /** Opens the partner's read gate once what it sent is written. */
+  private waiting: (() => void) | null = null;
+  private readonly written = (err: unknown): void => {
+    if (err !== null && err !== undefined) {
+      this.socket.destroy();
+      return;
+    }
+    if (this.queued.length > 0) {
+      const next = this.queued.length === 1 ? this.queued[0] : concat(this.queued);
+      this.queued = [];
+      writeTls(this.socket, this.req, next, this.written);
+      return;
+    }
+    const w = this.waiting;
+    if (w !== null) {
+      this.waiting = null;
+      this.partner!.readGate = null;
+      w();
+    }
+  };
 
   closed(): void {
     this.partner?.socket.destroy();
