@@ -36,6 +36,9 @@ export const DEFAULT_VERIFIER_OPTIONS: VerifierOptions = {
   cacheSeconds: 60,
 };
 
+/** Shared by every anonymous CONNECT: decisions are read, never changed. */
+const ANONYMOUS: AuthDecision = Object.freeze({ ok: true, username: undefined });
+
 const BAD_CREDENTIALS = 0x86;
 const NOT_AUTHORIZED = 0x87;
 const BAD_CLIENT_ID = 0x85;
@@ -129,7 +132,8 @@ export class PolicyAuthenticator implements Authenticator {
       return { ok: false, reasonCode: NOT_AUTHORIZED, reason: "anonymous access is disabled" };
     }
     // Without a password file a username is only a label (for ACL %u), as in other brokers.
-    return { ok: true, username: passwords === null ? req.username : undefined };
+    const username = passwords === null ? req.username : undefined;
+    return username === undefined ? ANONYMOUS : { ok: true, username };
   }
 }
 

@@ -179,15 +179,17 @@ export function readProperties(r: Reader, allowed: ReadonlySet<number>, where: s
   return props;
 }
 
+/** A property that is a boolean on the wire; a top-level function, not a closure per packet. */
+function bool01(v: number | undefined, name: string, where: string): void {
+  if (v !== undefined && v > 1) {
+    throw new ProtocolError(ReasonCode.ProtocolError, `${where}: ${name} must be 0 or 1`);
+  }
+}
+
 function checkValues(p: Properties, where: string): void {
-  const bool01 = (v: number | undefined, name: string) => {
-    if (v !== undefined && v > 1) {
-      throw new ProtocolError(ReasonCode.ProtocolError, `${where}: ${name} must be 0 or 1`);
-    }
-  };
-  bool01(p.payloadFormatIndicator, "Payload Format Indicator");
-  bool01(p.requestProblemInformation, "Request Problem Information");
-  bool01(p.requestResponseInformation, "Request Response Information");
+  bool01(p.payloadFormatIndicator, "Payload Format Indicator", where);
+  bool01(p.requestProblemInformation, "Request Problem Information", where);
+  bool01(p.requestResponseInformation, "Request Response Information", where);
   if (p.receiveMaximum === 0) {
     throw new ProtocolError(ReasonCode.ProtocolError, `${where}: Receive Maximum of 0`);
   }

@@ -66,6 +66,9 @@ export interface RouterOptions {
   matchCacheBytes?: number;
 }
 
+/** What `unsubscribeAll` returns for a subscriber without subscriptions. */
+const NO_ROUTES: readonly string[] = Object.freeze([]);
+
 export class Router {
   private readonly trie: SubscriptionTrie;
   private readonly bySubscriber = new Map<Subscriber, Owned>();
@@ -146,10 +149,11 @@ export class Router {
   }
 
   /** Removes every subscription of `subscriber` (its session ended); returns the routes that went away. */
-  unsubscribeAll(subscriber: Subscriber): string[] {
+  unsubscribeAll(subscriber: Subscriber): readonly string[] {
     const mine = this.bySubscriber.get(subscriber);
+    // Most sessions that end had no subscription (a publisher, a connect storm): nothing made.
+    if (mine === undefined) return NO_ROUTES;
     const gone: string[] = [];
-    if (mine === undefined) return gone;
     this.bySubscriber.delete(subscriber);
     for (const sub of mine.values()) {
       this.trie.remove(subscriber, sub.filter, sub.group);

@@ -14,7 +14,7 @@ import { ReasonCode } from "../protocol/reason_codes.ts";
 import type { Connection } from "./connection.ts";
 import { State } from "./connection_state.ts";
 import type { AttachResult } from "./host.ts";
-import { buildWill, connackProperties, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import { acceptedConnack, buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
 
@@ -44,7 +44,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   c.v5 = pre.level === 5;
   const pkt = decodeConnect(buf, start, end);
   const host = c.host;
-  const n = negotiateConnect(pkt, host.limits, () => host.newClientId());
+  const n = negotiateConnect(pkt, host.limits, host);
   if ("code" in n) {
     if (pkt.clientId !== "") c.clientId = pkt.clientId;
     return refuse(c, n.code, n.reason);
@@ -132,9 +132,8 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
   c.state = State.Connected;
   c.host.sessionChanged(session);
 
-  const props = c.v5 ? connackProperties(n, c.host.limits) : {};
   c.outbox.push(
-    encodeConnack(c.level as ProtocolLevel, present, 0, props, c.clientMaxPacket),
+    acceptedConnack(c.level as ProtocolLevel, present, n, c.host.limits, c.clientMaxPacket),
   );
   c.host.metrics.connects++;
   c.since = c.host.clock.now();

@@ -517,7 +517,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /** Keep-alive and connect timeouts, delayed wills, session expiry. */
   sweep(now: number): void {
-    for (const c of this.connections) c.checkTimeouts(now);
+    // forEach, not for-of: the sweep runs too rarely to be optimized, and an unoptimized for-of
+    // makes an iterator result per connection, twice a second for every idle one.
+    this.connections.forEach((c) => c.checkTimeouts(now));
     for (const s of this.detached) {
       this.wills.publishDue(s, now);
       if (now >= s.expiresAt) {

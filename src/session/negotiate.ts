@@ -5,8 +5,8 @@
  * comes after, in the connection.
  */
 import { isWellFormedUtf8, utf8 } from "../protocol/bytes.ts";
-import type { ConnackProperties } from "../protocol/control.ts";
-import type { ConnectPacket } from "../protocol/decode.ts";
+import { type ConnackProperties, encodeConnack } from "../protocol/control.ts";
+import type { ConnectPacket, ProtocolLevel } from "../protocol/decode.ts";
 import { Message } from "../protocol/message.ts";
 import { encodePassthrough } from "../protocol/properties.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
@@ -44,7 +44,7 @@ export interface Refusal {
 export function negotiateConnect(
   pkt: ConnectPacket,
   limits: CoreLimits,
-  newClientId: () => string,
+  ids: { newClientId(): string },
 ): Negotiated | Refusal {
   const v5 = pkt.protocolLevel === 5;
   const props = pkt.properties;
@@ -63,7 +63,7 @@ export function negotiateConnect(
         reason: "empty client id needs clean session",
       };
     }
-    clientId = assigned = newClientId();
+    clientId = assigned = ids.newClientId();
   }
 
   // Keep alive: MQTT 5 clients can be told a Server Keep Alive; 3.1.1 clients cannot.
@@ -130,6 +130,38 @@ export function buildWill(pkt: ConnectPacket, clientId: string): Will | null {
   // The expiry clock of a will starts when it is published, so it stays relative here.
   return { msg, delay: p.willDelayInterval ?? 0, expiry: p.messageExpiryInterval ?? -1 };
 }
+
+/**
+ * The CONNACK of an accepted connection. When it reports nothing about this client (no assigned
+ * id, Server Keep Alive or capped expiry: almost every CONNECT), its bytes depend only on the
+ * limits and Session Present, so they are encoded once per limits object and shared (the outbox
+ * copies what it is given). A connect storm is a benchmark of its own (issue 14).
+ */
+export function acceptedConnack(
+  level: ProtocolLevel,
+  present: boolean,
+  n: Negotiated,
+  limits: CoreLimits,
+  clientMaxPacket: number,
+): Uint8Array {
+  if (level !== 5) return encodeConnack(level, present, 0);
+  if (
+    n.assigned !== undefined || n.serverKeepAlive !== undefined ||
+    n.grantedExpiry !== n.requestedExpiry
+  ) {
+    return encodeConnack(5, present, 0, connackProperties(n, limits), clientMaxPacket);
+  }
+  let forms = sharedConnacks.get(limits);
+  if (forms === undefined) {
+    const props = connackProperties(n, limits);
+    forms = [encodeConnack(5, false, 0, props), encodeConnack(5, true, 0, props)];
+    sharedConnacks.set(limits, forms);
+  }
+  return forms[present ? 1 : 0];
+}
+
+/** The two shared v5 CONNACKs (Session Present 0 and 1) of each limits object. */
+const sharedConnacks = new WeakMap<CoreLimits, readonly [Uint8Array, Uint8Array]>();
 
 /** The CONNACK properties of an accepted MQTT 5 connection. */
 export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackProperties {

@@ -346,3 +346,47 @@ Deno.test("a client with a Maximum Packet Size of 20 gets a CONNACK that fits [M
   const ack = await c.handshake("tiny", 5, { properties: { maximumPacketSize: 20 } });
   assert.ok(2 + (ack.length as number) <= 20, `CONNACK is ${2 + (ack.length as number)} bytes`);
 });
+
+Deno.test("each broker's CONNACK carries its own limits, Session Present and what it tells one client", async () => {
+  // Accepted CONNACKs that say nothing about the client are encoded once per broker's limits and
+  // shared: two brokers in one process, each connected to twice, must still answer with their own.
+  await using a = await startBroker({
+    limits: { receive_maximum: 7, max_session_expiry_interval: 100, topic_alias_maximum: 3 },
+  });
+  await using b = await startBroker({ limits: { receive_maximum: 9, topic_alias_maximum: 2 } });
+  for (const [broker, receiveMaximum] of [[a, 7], [b, 9], [a, 7], [b, 9]] as const) {
+    await using c = await RawClient.connect(broker.port, 5);
+    const ack = await c.handshake(`shared-${receiveMaximum}`);
+    const p = ack.properties as Record<string, unknown>;
+    assert.equal(p.receiveMaximum, receiveMaximum);
+    assert.equal(p.topicAliasMaximum, broker === b ? 2 : 3);
+    assert.equal(ack.sessionPresent, false);
+    assert.equal(p.sessionExpiryInterval, undefined);
+    assert.equal(p.assignedClientIdentifier, undefined);
+  }
+  // Resuming: the shared form with Session Present 1.
+  await using keep = await RawClient.connect(a.port, 5);
+  await keep.handshake("kept", 5, { clean: false, properties: { sessionExpiryInterval: 60 } });
+  await keep.sendPacket({ cmd: "disconnect", reasonCode: 0 });
+  assert.equal(await keep.next(), null);
+  await using back = await RawClient.connect(a.port, 5);
+  const resumed = await back.handshake("kept", 5, {
+    clean: false,
+    properties: { sessionExpiryInterval: 60 },
+  });
+  assert.equal(resumed.sessionPresent, true);
+  assert.equal((resumed.properties as Record<string, unknown>).receiveMaximum, 7);
+  // An expiry above the broker's maximum is capped, and the client is told (3.2.2.3.2):
+  // its own CONNACK, not the shared one.
+  await using capped = await RawClient.connect(a.port, 5);
+  const cappedAck = await capped.handshake("capped", 5, {
+    properties: { sessionExpiryInterval: 5000 },
+  });
+  const cp = cappedAck.properties as Record<string, unknown>;
+  assert.equal(cp.sessionExpiryInterval, 100);
+  assert.equal(cp.receiveMaximum, 7);
+  // The next plain client gets the shared form again, without the capped client's expiry.
+  await using plain = await RawClient.connect(a.port, 5);
+  const plainAck = await plain.handshake("plain");
+  assert.equal((plainAck.properties as Record<string, unknown>).sessionExpiryInterval, undefined);
+});
