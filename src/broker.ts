@@ -32,7 +32,7 @@ import { createSink } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
 import { createStore } from "./store/mod.ts";
 import type { Store } from "./store/types.ts";
-import { listenTcp } from "./transport/tcp.ts";
+import { listenTcp, type TcpIo } from "./transport/tcp.ts";
 import type { TlsMaterial } from "./transport/tls_material.ts";
 import type { Listener } from "./transport/types.ts";
 
@@ -86,6 +86,11 @@ export interface BrokerDeps {
   sink?: Sink;
   /** Time and timers (default: the system clock). */
   clock?: Clock;
+  /**
+   * How plain TCP is read and written (default "native": the runtime's native handles where
+   * it has them, else Deno.listen; "deno": Deno.listen always). See transport/tcp_native.ts.
+   */
+  tcpIo?: TcpIo;
 }
 
 /**
@@ -128,6 +133,7 @@ export class Broker {
   private tls: TlsMaterial | null = null;
   private readonly policy: PolicyAuthenticator;
   private readonly customAuth: boolean;
+  private readonly tcpIo: TcpIo;
 
   /**
    * Builds a broker from a validated config, loading the backends it asks for (the Redis bus
@@ -154,6 +160,7 @@ export class Broker {
       { matchCacheBytes: l.match_cache_bytes },
     );
     const auth = deps;
+    this.tcpIo = deps.tcpIo ?? "native";
     const clock = deps.clock ?? systemClock;
     const bus = deps.bus ?? localBus;
     this.policy = new PolicyAuthenticator(
@@ -248,7 +255,9 @@ export class Broker {
     const tls = listenerTls(c, name);
     const clientCert = listenerClientCert(c, name);
     if (name === "tcp") {
-      if (!tls) return listenTcp(this.core, hostname, port, c.limits.close_linger_ms);
+      if (!tls) {
+        return listenTcp(this.core, hostname, port, c.limits.close_linger_ms, this.tcpIo);
+      }
       const { listenTls } = await import("./transport/tls.ts");
       return listenTls(this.core, {
         hostname,

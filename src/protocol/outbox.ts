@@ -27,9 +27,11 @@ export interface ByteWriter {
    * (a number, or undefined or null for all of them), or with an Error. A
    * transport whose own write takes a callback (a node socket) offers it, so a
    * write costs no promise and no closures; `done` is the same function for
-   * every write of a connection. It is never called before this returns.
+   * every write of a connection. It is never called before this returns. Returns true when
+   * the transport took all of `bytes` in the call (then `done` is not called at all): a socket
+   * written at once needs no completion to wait for.
    */
-  writeThen?(bytes: Uint8Array, done: (r: unknown) => void): void;
+  writeThen?(bytes: Uint8Array, done: (r: unknown) => void): boolean | void;
   /**
    * Closes gracefully after the last write (idempotent): half-closes the write
    * side and keeps reading, discarding, for a bounded time, so the peer reads
@@ -337,8 +339,9 @@ export class Outbox {
     this.inWriteData = data;
     const settled = this.onWrite ??= this.writeSettled.bind(this);
     const sink = this.sink;
-    if (sink.writeThen !== undefined) sink.writeThen(data, settled);
-    else sink.write(data).then(settled, settled);
+    if (sink.writeThen !== undefined) {
+      if (sink.writeThen(data, settled) === true) this.written_(undefined);
+    } else sink.write(data).then(settled, settled);
   }
 
   /**

@@ -1,7 +1,8 @@
-/** Plain TCP listener on Deno.listen: the cheapest read path Deno offers. */
+/** Plain TCP listener: on the runtime's native handles (tcp_native.ts), else on Deno.listen. */
 import { getLogger } from "@logtape/logtape";
 import { rawIo, resourceId } from "./deno_io.ts";
 import { ReadBuffer } from "./read_loop.ts";
+import { listenNativeTcp } from "./tcp_native.ts";
 import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
@@ -144,13 +145,25 @@ export class TcpConnection extends ReadBuffer implements ByteWriter, PeerInfo {
   }
 }
 
-/** Starts a TCP listener that hands each connection to `acceptor`. */
+/** How plain TCP is read and written: the runtime's native handles, or Deno.listen's ops. */
+export type TcpIo = "native" | "deno";
+
+/**
+ * Starts a TCP listener that hands each connection to `acceptor`: on the runtime's native
+ * handles (tcp_native.ts) where it has them, else on Deno.listen. `io` picks one (tests run
+ * both).
+ */
 export function listenTcp(
   acceptor: Acceptor,
   hostname: string,
   port: number,
   lingerMs: number,
+  io: TcpIo = "native",
 ): Listener {
+  if (io === "native") {
+    const native = listenNativeTcp(acceptor, hostname, port, lingerMs);
+    if (native !== null) return native;
+  }
   const listener = Deno.listen({ hostname, port, transport: "tcp" });
   const addr = listener.addr as Deno.NetAddr;
   let closed = false;

@@ -1,0 +1,108 @@
+/**
+ * Plain TCP on the runtime's native handles (src/transport/tcp_native.ts): the pinned Deno must
+ * offer them (an upgrade that loses them would silently fall back to Deno.listen and cost what
+ * issue 14 measured), a subscriber that reads slowly still gets every byte through writes that
+ * complete later, and a flooding publisher does not starve its subscriber.
+ */
+import assert from "node:assert/strict";
+import { nativeTcp, nativeTcpWrites } from "../../src/transport/tcp_native.ts";
+import { connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { concatBytes, frame, str } from "../helpers/wire.ts";
+
+Deno.test("the pinned Deno offers the native TCP handles the TCP transport uses", () => {
+  assert.notEqual(nativeTcp, null, "process.binding('tcp_wrap') / ('stream_wrap') changed");
+});
+
+/** Reads from `conn` until `n` bytes arrived; returns them. */
+async function readBytes(conn: Deno.Conn, n: number): Promise<Uint8Array> {
+  const out = new Uint8Array(n);
+  for (let got = 0; got < n;) {
+    const r = await conn.read(out.subarray(got));
+    if (r === null) throw new Error(`closed after ${got} of ${n} bytes`);
+    got += r;
+  }
+  return out;
+}
+
+Deno.test("native TCP: a subscriber that does not read for a while still gets every byte", async () => {
+  await using b = await startBroker({ limits: { max_outgoing_bytes: 64 * 1024 * 1024 } });
+  const sub = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+  try {
+    await sub.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str("slow")]));
+    await readBytes(sub, 4); // CONNACK
+    await sub.write(frame(0x82, [0, 1, ...str("slow/t"), 0]));
+    await readBytes(sub, 5); // SUBACK
+    const later = nativeTcpWrites().later;
+    // 8 MiB towards a socket nobody reads: more than the kernel buffers, so the runtime keeps
+    // the rest and completes the write later.
+    await using pub = await connectClient(b.port, { clientId: "slow-pub" });
+    const payload = new Uint8Array(512 * 1024).map((_, i) => (i * 31) % 256);
+    const count = 16;
+    for (let i = 0; i < count; i++) {
+      payload[0] = i;
+      await pub.publishAsync("slow/t", payload as unknown as Buffer);
+    }
+    await delay(300);
+    // Now read: the PUBLISH packets, each header (1 + 3 + 2 + 6 bytes) and payload.
+    const packet = 1 + 3 + 2 + 6 + payload.length;
+    const got = await readBytes(sub, packet * count);
+    for (let i = 0; i < count; i++) {
+      const at = i * packet;
+      assert.equal(got[at], 0x30);
+      const body = got.subarray(at + 12, at + packet);
+      payload[0] = i;
+      assert.deepEqual(body, payload, `payload ${i} differs`);
+    }
+    assert.ok(nativeTcpWrites().later > later, "no write completed later");
+  } finally {
+    sub.close();
+  }
+});
+
+Deno.test("native TCP: a QoS 0 flood from one publisher reaches its subscriber", async () => {
+  await using b = await startBroker();
+  const topic = str("f/a");
+  const sub = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+  const pub = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+  try {
+    await sub.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str("fs")]));
+    await readBytes(sub, 4);
+    await sub.write(frame(0x82, [0, 1, ...topic, 0]));
+    await readBytes(sub, 5);
+    let received = 0;
+    const reading = (async () => {
+      const buf = new Uint8Array(65536);
+      for (;;) {
+        const n = await sub.read(buf).catch(() => null);
+        if (n === null) return;
+        received += n;
+      }
+    })();
+    await pub.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str("fp")]));
+    await readBytes(pub, 4);
+    const packet = frame(0x30, [...topic, ...new Uint8Array(64)]);
+    const batch = concatBytes(Array.from({ length: 64 }, () => packet));
+    let sent = 0;
+    const until = Date.now() + 2000;
+    while (Date.now() < until) {
+      for (let off = 0; off < batch.length;) off += await pub.write(batch.subarray(off));
+      sent += batch.length;
+    }
+    await delay(500);
+    pub.close();
+    sub.close();
+    await reading;
+    // The share a starved subscriber got over TLS before the pause was ~3% (flood_test.ts).
+    assert.ok(
+      received / sent > 0.2,
+      `the subscriber got ${(100 * received / sent).toFixed(1)}% of ${sent / packet.length}`,
+    );
+  } finally {
+    try {
+      pub.close();
+      sub.close();
+    } catch {
+      // closed above
+    }
+  }
+});
