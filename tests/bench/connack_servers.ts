@@ -18,6 +18,9 @@
  *   resource id through Deno's core into one shared buffer (src/transport/deno_io.ts, what
  *   mcloudtt's TCP transport does, TCP_NODELAY set as it does): the least a Deno server that
  *   notices input can hold.
+ * - `native-tcp`: the runtime's native TCP handles through mcloudtt's own listener
+ *   (src/transport/tcp_native.ts, what mcloudtt's TCP transport does where the runtime has
+ *   them): batch accept, every read called back into one shared buffer, writes taken at once.
  * - `node-net`: node:net server, a 'data' listener per socket.
  * - `deno-tls`: Deno.listenTls, a pending read with a 256-byte buffer per connection.
  * - `deno-tls-shared`: Deno.listenTls, one shared read buffer.
@@ -26,6 +29,8 @@
 import net from "node:net";
 import tls from "node:tls";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
+import { listenNativeTcp } from "../../src/transport/tcp_native.ts";
+import type { ByteWriter, ConnectionHandler } from "../../src/transport/types.ts";
 
 /** Every mode `listenIdle` knows. */
 export const IDLE_MODES = [
@@ -33,6 +38,7 @@ export const IDLE_MODES = [
   "deno-tcp-shared",
   "deno-tcp-hold",
   "deno-tcp-rid",
+  "native-tcp",
   "node-net",
   "deno-tls",
   "deno-tls-shared",
@@ -140,6 +146,23 @@ async function holdLoop(listener: Deno.Listener): Promise<void> {
   }
 }
 
+/** Answers the first read with a CONNACK and otherwise only reads (`native-tcp`). */
+class IdleHandler implements ConnectionHandler {
+  readonly readGate = null;
+  private first = true;
+  constructor(private readonly sink: ByteWriter) {}
+
+  data(chunk: Uint8Array, length: number): void {
+    if (!this.first) return;
+    this.first = false;
+    this.sink.writeThen!(connackFor(chunk.subarray(0, length)), noop);
+  }
+
+  closed(): void {}
+}
+
+function noop(): void {}
+
 function nodeHandler(noDelay: boolean): (socket: net.Socket) => void {
   return (socket) => {
     if (noDelay) socket.setNoDelay(true);
@@ -183,6 +206,11 @@ export async function listenIdle(mode: string, o: IdleListen = {}): Promise<numb
       const l = Deno.listenTls({ hostname, port, ...certs() });
       acceptLoop(l, mode === "deno-tls");
       return l.addr.port;
+    }
+    case "native-tcp": {
+      const l = listenNativeTcp({ accept: (sink) => new IdleHandler(sink) }, hostname, port, 0);
+      if (l === null) throw new Error("this Deno has no native TCP handles");
+      return l.port;
     }
     case "node-net":
     case "node-tls": {

@@ -1,26 +1,27 @@
 /**
  * The runtime's floor (issue 14): floor.ts's bare forwarder, and `deno task bench`'s `floor`
  * target (floor_target.ts). No MQTT. A 2-byte hello (role, pair) pairs publisher i with
- * subscriber i, then it copies bytes both ways. Over plain TCP it uses `Deno.listen` and reads
- * and writes by resource id (src/transport/deno_io.ts), over TLS `node:tls`: what mcloudtt's own
- * transports use. The bench's C probe drives it in its `--raw` mode.
+ * subscriber i, then it copies bytes both ways. Over plain TCP it uses mcloudtt's native TCP
+ * listener (src/transport/tcp_native.ts; where the runtime lacks native handles, `Deno.listen`
+ * read and written by resource id, src/transport/deno_io.ts), over TLS `node:tls`: what
+ * mcloudtt's own transports use. The bench's C probe drives it in its `--raw` mode.
  *
  * With `--connack` it forwards nothing and holds idle connections instead, answering each
- * CONNECT with a CONNACK (connack_servers.ts: `deno-tcp-rid` over TCP, `node-tls` over TLS),
- * for the bench's connections scenario.
+ * CONNECT with a CONNACK (connack_servers.ts: `native-tcp` over TCP, else `deno-tcp-rid`;
+ * `node-tls` over TLS), for the bench's connections scenario.
  *
  *   deno run -A tests/bench/forwarder.ts <port> [--cert file --key file] [--connack]
  */
 import { parseArgs } from "node:util";
 import tls from "node:tls";
-import type { Socket } from "node:net";
 // Not from brokers.ts, which imports this module (through floor_target.ts).
 import { freePort } from "../helpers/ports.ts";
 import { concat } from "./wire.ts";
 import { rawIo, resourceId } from "../../src/transport/deno_io.ts";
 import { bridgeSocket } from "../../src/transport/tls_read.ts";
 import { writeRequest, writeTls } from "../../src/transport/tls_write.ts";
-import type { ConnectionHandler } from "../../src/transport/types.ts";
+import { listenNativeTcp, nativeTcp } from "../../src/transport/tcp_native.ts";
+import type { ByteWriter, ConnectionHandler } from "../../src/transport/types.ts";
 import { listenIdle } from "./connack_servers.ts";
 import type { BenchPki } from "./tls.ts";
 import { HOST, startTraced, type Traced } from "./traced.ts";
@@ -133,21 +134,36 @@ async function serve(port: number): Promise<void> {
 }
 
 /**
- * One side of a TLS pair, read and written the way mcloudtt's TLS listener reads and writes
- * (src/transport/tls_read.ts: into a buffer of its own, the encrypted bytes into the shared
- * one; tls_write.ts: straight to the TLS handle, one write at a time), so the floor is what
- * that transport costs. Each read is copied once and written to the partner; while a write to
- * the partner is in flight what follows waits, and this side stops reading (as a broker stops
- * reading a publisher whose subscriber is behind). The first two bytes are the hello.
+ * One side of a pair, read and written through mcloudtt's own transports: as a
+ * ConnectionHandler of the TLS listener's reader (src/transport/tls_read.ts: into a buffer of
+ * its own, the encrypted bytes into the shared one; tls_write.ts: straight to the TLS handle) or
+ * of the native TCP listener (src/transport/tcp_native.ts: reads into the shared buffer, writes
+ * taken at once), so the floor is what that transport costs. Each read is copied once and
+ * written to the partner; while a write to the partner is in flight what follows waits, and
+ * this side stops reading (as a broker stops reading a publisher whose subscriber is behind).
+ * The first two bytes are the hello.
  */
-class TlsSide implements ConnectionHandler {
-  partner: TlsSide | null = null;
+class PairedSide implements ConnectionHandler {
+  partner: PairedSide | null = null;
   readGate: Promise<void> | null = null;
   private readonly hello: number[] = [];
   /** What arrived after the hello before the partner did. */
   private early: Uint8Array[] = [];
+  private queued: Uint8Array[] = [];
+  /** A write of this side's is in flight. */
+  private writing = false;
+  /** Opens the partner's read gate once what it sent is written. */
+  private waiting: (() => void) | null = null;
 
-  constructor(readonly socket: Socket, private readonly paired: (side: TlsSide) => void) {}
+  /**
+   * `write` writes to this side's socket and returns true when it took the bytes at once,
+   * else calls `done` once written (with an error when it failed).
+   */
+  constructor(
+    private readonly write: (bytes: Uint8Array, done: (err: unknown) => void) => boolean,
+    private readonly destroy: () => void,
+    private readonly paired: (side: PairedSide) => void,
+  ) {}
 
   get role(): number {
     return this.hello[0];
@@ -171,7 +187,7 @@ class TlsSide implements ConnectionHandler {
   }
 
   /** Becomes `partner`'s partner and sends what arrived early. */
-  join(partner: TlsSide): void {
+  join(partner: PairedSide): void {
     this.partner = partner;
     for (const c of this.early) this.send(c);
     this.early = [];
@@ -179,8 +195,8 @@ class TlsSide implements ConnectionHandler {
 
   private send(bytes: Uint8Array): void {
     const to = this.partner!;
-    if (to.req.pending === null) {
-      writeTls(to.socket, to.req, bytes, to.written);
+    if (!to.writing) {
+      to.put(bytes);
       return;
     }
     // One write at a time, as mcloudtt's outbox: the rest waits, and this side stops reading
@@ -191,20 +207,22 @@ class TlsSide implements ConnectionHandler {
     }
   }
 
-  /** Written to this side's socket the way mcloudtt writes TLS (src/transport/tls_write.ts). */
-  private readonly req = writeRequest();
-  private queued: Uint8Array[] = [];
-  /** Opens the partner's read gate once what it sent is written. */
-  private waiting: (() => void) | null = null;
+  /** Writes `bytes` to this side's socket. */
+  private put(bytes: Uint8Array): void {
+    this.writing = true;
+    if (this.write(bytes, this.written)) this.written(undefined);
+  }
+
   private readonly written = (err: unknown): void => {
+    this.writing = false;
     if (err !== null && err !== undefined) {
-      this.socket.destroy();
+      this.destroy();
       return;
     }
     if (this.queued.length > 0) {
       const next = this.queued.length === 1 ? this.queued[0] : concat(this.queued);
       this.queued = [];
-      writeTls(this.socket, this.req, next, this.written);
+      this.put(next);
       return;
     }
     const w = this.waiting;
@@ -216,14 +234,14 @@ class TlsSide implements ConnectionHandler {
   };
 
   closed(): void {
-    this.partner?.socket.destroy();
+    this.partner?.destroy();
   }
 }
 
-/** The TLS forwarder, on node:tls like mcloudtt's TLS listener. */
-function serveTls(port: number, certFile: string, keyFile: string): void {
-  const waiting = new Map<string, TlsSide>();
-  const paired = (side: TlsSide) => {
+/** Pairs sides by their hello: publisher i with subscriber i. */
+function pairing(): (side: PairedSide) => void {
+  const waiting = new Map<string, PairedSide>();
+  return (side) => {
     const peerKey = `${1 - side.role}:${side.pair}`;
     const peer = waiting.get(peerKey);
     if (peer === undefined) {
@@ -234,12 +252,44 @@ function serveTls(port: number, certFile: string, keyFile: string): void {
     side.join(peer);
     peer.join(side);
   };
+}
+
+/**
+ * The plain forwarder on mcloudtt's native TCP listener (tcp_native.ts); false when the runtime
+ * has no native handles (then `serve`).
+ */
+function serveNative(port: number): boolean {
+  const paired = pairing();
+  const acceptor = {
+    accept(sink: ByteWriter): ConnectionHandler {
+      return new PairedSide(
+        (bytes, done) => sink.writeThen!(bytes, done) === true,
+        () => sink.close(),
+        paired,
+      );
+    },
+  };
+  return listenNativeTcp(acceptor, HOST, port, 0) !== null;
+}
+
+/** The TLS forwarder, on node:tls like mcloudtt's TLS listener. */
+function serveTls(port: number, certFile: string, keyFile: string): void {
+  const paired = pairing();
   const server = tls.createServer({
     cert: Deno.readTextFileSync(certFile),
     key: Deno.readTextFileSync(keyFile),
   }, (socket) => {
     socket.setNoDelay(true);
-    bridgeSocket(socket, new TlsSide(socket, paired));
+    const req = writeRequest();
+    const side = new PairedSide(
+      (bytes, done) => {
+        writeTls(socket, req, bytes, done);
+        return false;
+      },
+      () => socket.destroy(),
+      paired,
+    );
+    bridgeSocket(socket, side);
   });
   server.listen(port, HOST);
 }
@@ -292,8 +342,13 @@ if (import.meta.main) {
   }
   const secure = values.cert !== undefined && values.key !== undefined;
   if (values.connack) {
-    // Without a core read by resource id, forwarder and idle server alike use Deno.Conn's own.
-    const plain = rawIo === null ? "deno-tcp-shared" : "deno-tcp-rid";
+    // As mcloudtt's TCP listener: native handles where the runtime has them, else by resource
+    // id, else Deno.Conn's own methods.
+    const plain = nativeTcp !== null
+      ? "native-tcp"
+      : rawIo === null
+      ? "deno-tcp-shared"
+      : "deno-tcp-rid";
     await listenIdle(secure ? "node-tls" : plain, {
       hostname: HOST,
       port,
@@ -303,5 +358,5 @@ if (import.meta.main) {
     });
   } else if (secure) {
     serveTls(port, values.cert!, values.key!);
-  } else await serve(port);
+  } else if (!serveNative(port)) await serve(port);
 }
