@@ -87,8 +87,9 @@ export interface BrokerDeps {
   /** Time and timers (default: the system clock). */
   clock?: Clock;
   /**
-   * How plain TCP is read and written (default "native": the runtime's native handles where
-   * it has them, else Deno.listen; "deno": Deno.listen always). See transport/tcp_native.ts.
+   * How plain TCP is read and written, over `[general] tcp_io` ("native": the runtime's native
+   * handles where it has them, else Deno.listen; "deno": Deno.listen always). See
+   * transport/tcp_native.ts.
    */
   tcpIo?: TcpIo;
 }
@@ -160,7 +161,7 @@ export class Broker {
       { matchCacheBytes: l.match_cache_bytes },
     );
     const auth = deps;
-    this.tcpIo = deps.tcpIo ?? "native";
+    this.tcpIo = deps.tcpIo ?? config.general.tcp_io;
     const clock = deps.clock ?? systemClock;
     const bus = deps.bus ?? localBus;
     this.policy = new PolicyAuthenticator(

@@ -119,6 +119,7 @@ const shape = {
     log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(""),
     sys_interval: int(0, 86400, 10),
     drain_delay: int(0, 3600, 5),
+    tcp_io: oneOf(["native", "deno"], "native"),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),

@@ -5,6 +5,7 @@
  * complete later, and a flooding publisher does not starve its subscriber.
  */
 import assert from "node:assert/strict";
+import { readSlotsInUse } from "../../src/transport/read_loop.ts";
 import { nativeTcp, nativeTcpWrites } from "../../src/transport/tcp_native.ts";
 import { connectClient, delay, startBroker } from "../helpers/broker.ts";
 import { concatBytes, frame, str } from "../helpers/wire.ts";
@@ -103,6 +104,24 @@ Deno.test("native TCP: a QoS 0 flood from one publisher reaches its subscriber",
       sub.close();
     } catch {
       // closed above
+    }
+  }
+});
+
+Deno.test("[general] tcp_io picks how plain TCP is served: native handles, or Deno.listen", async () => {
+  for (const io of ["native", "deno"] as const) {
+    await using b = await startBroker({ general: { tcp_io: io } });
+    const slots = readSlotsInUse();
+    const writes = nativeTcpWrites().atOnce;
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+    try {
+      await c.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str(`io-${io}`)]));
+      await readBytes(c, 4);
+      // Deno.listen reads into a slot per connection; native handles into the shared buffer.
+      assert.equal(readSlotsInUse() - slots, io === "deno" ? 1 : 0, io);
+      assert.equal(nativeTcpWrites().atOnce - writes, io === "native" ? 1 : 0, io);
+    } finally {
+      c.close();
     }
   }
 });
