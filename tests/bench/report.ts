@@ -441,7 +441,7 @@ export function floorLines(input: ReportInput): string[] {
     : "";
   return [
     "floor: a bare Deno forwarder (`tests/bench/forwarder.ts`: no MQTT, copies bytes, the " +
-    "transports mcloudtt uses: reads by resource id over TCP, node:tls over TLS), driven by the " +
+    "transports mcloudtt uses: its native TCP listener over TCP, node:tls over TLS), driven by the " +
     `C probe's \`--raw\` mode.${idle} No broker on this runtime does less per message; its tail is as noisy as any ` +
     `target's, so a cell can show a broker below it. "vs floor" is how close each broker is ("vs mosquitto" in the floor's own rows: floor ÷ Mosquitto).`,
     "",
