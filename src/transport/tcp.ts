@@ -2,7 +2,7 @@
 import { getLogger } from "@logtape/logtape";
 import { rawIo, resourceId } from "./deno_io.ts";
 import { ReadBuffer } from "./read_loop.ts";
-import { listenNativeTcp } from "./tcp_native.ts";
+import { listenNativeTcp, nativeTcp } from "./tcp_native.ts";
 import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
@@ -163,6 +163,9 @@ export function listenTcp(
   if (io === "native") {
     const native = listenNativeTcp(acceptor, hostname, port, lingerMs);
     if (native !== null) return native;
+    if (nativeTcp === null) {
+      log.warn("this Deno has no native TCP handles: plain TCP is served with Deno.listen");
+    }
   }
   const listener = Deno.listen({ hostname, port, transport: "tcp" });
   const addr = listener.addr as Deno.NetAddr;

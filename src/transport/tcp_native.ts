@@ -333,8 +333,14 @@ export function listenNativeTcp(
   if (nt === null) return null;
   const server = new nt.Tcp(nt.server);
   const v6 = hostname.includes(":");
-  let err = v6 ? server.bind6(hostname, port, 0) : server.bind(hostname, port);
-  if (err === 0) err = server.listen(511);
+  let err: number;
+  try {
+    err = v6 ? server.bind6(hostname, port, 0) : server.bind(hostname, port);
+    if (err === 0) err = server.listen(511);
+  } catch {
+    // A permission the runtime checks here: Deno.listen reports it the usual way.
+    err = -1;
+  }
   if (err !== 0) {
     try {
       server.close();
