@@ -20,6 +20,7 @@
  */
 import process from "node:process";
 import { getLogger } from "@logtape/logtape";
+import { throttle, type Throttled } from "./throttle.ts";
 import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tcp"]);
@@ -120,14 +121,6 @@ export const nativeTcp: NativeTcp | null = findNativeTcp();
  */
 const SHARED = new Uint8Array(64 * 1024);
 
-/**
- * A read this large means the peer sends flat out: the runtime reads a socket again and again
- * (up to 32 times) within one event-loop turn while it has data, and without a pause the loop
- * would not get to other connections' writes (as over TLS, see tls_read.ts). After such a read
- * the connection waits one turn.
- */
-const FLOOD_CHUNK = 16 * 1024;
-
 /** Writes completed through the handle's callback (not at once), for tests. */
 let laterWrites = 0;
 /** Writes the socket took whole in the call, for tests. */
@@ -174,12 +167,12 @@ function onNativeRead(this: NativeHandle): void {
  * ByteWriter and describes the peer. One object, its request object and the handle per
  * connection; no closure per connection, no buffer of its own.
  */
-export class NativeTcpConnection implements ByteWriter, PeerInfo {
+export class NativeTcpConnection implements ByteWriter, PeerInfo, Throttled {
   private closed = false;
   private ended = false;
-  private paused = false;
+  paused = false;
   private linger: ReturnType<typeof setTimeout> | undefined;
-  private handler!: ConnectionHandler;
+  handler!: ConnectionHandler;
   /** The outbox's callback of the write in flight. */
   private pending: ((r: unknown) => void) | null = null;
   private req: WriteRequest | null = null;
@@ -219,31 +212,15 @@ export class NativeTcpConnection implements ByteWriter, PeerInfo {
     } catch {
       return this.finish();
     }
-    if (this.paused || this.ended) return;
-    const gate = this.handler.readGate;
-    if (gate !== null) {
-      this.pause();
-      gate.then(() => this.resume());
-    } else if (n >= FLOOD_CHUNK) {
-      this.pause();
-      setImmediate(() => this.resume());
-    }
+    if (!this.ended) throttle(this, n);
   }
 
-  private pause(): void {
-    this.paused = true;
+  pauseReading(): void {
     this.handle.readStop();
   }
 
-  private resume(): void {
-    if (this.ended) return;
-    const gate = this.handler.readGate;
-    if (gate !== null) {
-      gate.then(() => this.resume());
-      return;
-    }
-    this.paused = false;
-    if (this.handle.readStart() < 0) this.finish();
+  resumeReading(): void {
+    if (!this.ended && this.handle.readStart() < 0) this.finish();
   }
 
   /**

@@ -22,16 +22,8 @@
 import type { Socket } from "node:net";
 import { pauseSocket, resumeSocket } from "./pause.ts";
 import { ReadBuffer } from "./read_loop.ts";
+import { throttle, type Throttled } from "./throttle.ts";
 import type { ConnectionHandler } from "./types.ts";
-
-/**
- * A read at least this large means the peer sends flat out: Deno's TLS socket hands over up to
- * 64 KiB per read and reads the next one within the same event-loop turn, for as long as the
- * peer keeps up. Without a pause the loop never gets to the write completions of other
- * connections: one publisher flooding QoS 0 over TLS starved its subscriber's writes (issue 14,
- * 10k-80k of ~1M msg/s delivered, the rest dropped as congested).
- */
-export const FLOOD_CHUNK = 16 * 1024;
 
 /** The part of a TLS handle that takes a read buffer. */
 interface UserBufferHandle {
@@ -193,38 +185,6 @@ function onClose(this: ReadSocket): void {
   this[READER].closed();
 }
 
-/** What pausing needs of a reader. */
-interface Throttled {
-  readonly socket: Socket;
-  readonly handler: ConnectionHandler;
-  paused: boolean;
-}
-
-/** After a read of `n` bytes: pauses while the gate is shut, or for a turn after a big read. */
-function throttle(r: Throttled, n: number): void {
-  if (r.paused) return;
-  const gate = r.handler.readGate;
-  if (gate !== null) {
-    r.paused = true;
-    pauseSocket(r.socket);
-    gate.then(() => resume(r));
-  } else if (n >= FLOOD_CHUNK) {
-    r.paused = true;
-    pauseSocket(r.socket);
-    setImmediate(resume, r);
-  }
-}
-
-function resume(r: Throttled): void {
-  const gate = r.handler.readGate;
-  if (gate !== null) {
-    gate.then(() => resume(r));
-    return;
-  }
-  r.paused = false;
-  resumeSocket(r.socket);
-}
-
 /** Reads into a ReadBuffer through the socket's user-buffer slots. */
 class BufferedReader extends ReadBuffer implements Throttled {
   paused = false;
@@ -256,6 +216,14 @@ class BufferedReader extends ReadBuffer implements Throttled {
     this.handle.useUserBuffer(this.bytes);
   }
 
+  pauseReading(): void {
+    pauseSocket(this.socket);
+  }
+
+  resumeReading(): void {
+    resumeSocket(this.socket);
+  }
+
   read(n: number): void {
     this.handler.data(this.bytes, n);
     const before = this.bytes;
@@ -281,6 +249,14 @@ class EventReader implements Throttled {
   paused = false;
 
   constructor(readonly socket: Socket, readonly handler: ConnectionHandler) {}
+
+  pauseReading(): void {
+    pauseSocket(this.socket);
+  }
+
+  resumeReading(): void {
+    resumeSocket(this.socket);
+  }
 
   read(chunk: Uint8Array): void {
     this.handler.data(chunk, chunk.length);

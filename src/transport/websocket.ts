@@ -12,7 +12,7 @@ import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
 import { closeWithGrace, listenNode, trackSockets } from "./tls.ts";
-import { FLOOD_CHUNK } from "./tls_read.ts";
+import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */
