@@ -3,7 +3,7 @@
  * "did you mean" hints can never drift from what the schema accepts.
  */
 import { z } from "zod";
-import { ConfigShapeSchema } from "./schema.ts";
+import { configShapeSchema } from "./schema.ts";
 
 /** How a text value (from env or a flag) is turned into the key's type before validation. */
 export type KeyKind = "bool" | "int" | "auto-bool" | "string" | "list";
@@ -69,7 +69,7 @@ function collect(shape: z.core.$ZodLooseShape, prefix: string[], out: KeyInfo[])
 
 function buildKeys(): readonly KeyInfo[] {
   const out: KeyInfo[] = [];
-  collect(ConfigShapeSchema.shape, [], out);
+  collect(configShapeSchema().shape, [], out);
   // Env names flatten "." and "_" together; two keys sharing one would make env lookup ambiguous.
   const seen = new Set<string>();
   for (const key of out) {

@@ -5,7 +5,7 @@ import { isAbsolute, resolve } from "node:path";
 import { ConfigError } from "./errors.ts";
 import { issueToError } from "./format.ts";
 import { ENV_CONFIG_FILE, KEYS } from "./keys.ts";
-import { type Config, ConfigSchema, type DeepPartial } from "./schema.ts";
+import { type Config, configSchema, type DeepPartial } from "./schema.ts";
 import {
   envLayer,
   type Layer,
@@ -43,16 +43,16 @@ export interface LoadedConfig {
   sources: ReadonlyMap<string, Source>;
 }
 
-const defaults = ConfigSchema.parse({}) as Record<string, unknown>;
+const defaults = configSchema().parse({}) as Record<string, unknown>;
 
 /** The configuration with nothing set: every key at its default. */
 export function defaultConfig(): Config {
-  return ConfigSchema.parse({});
+  return configSchema().parse({});
 }
 
 function validateMerged(layers: readonly Layer[]): { config: Config; merged: Layer } {
   const merged = mergeLayers(layers);
-  const result = ConfigSchema.safeParse(merged.values);
+  const result = configSchema().safeParse(merged.values);
   if (result.success) return { config: result.data, merged };
   throw issueToError(result.error.issues[0], merged, defaults);
 }

@@ -106,180 +106,192 @@ function redisUrl() {
 
 const NODE_ID_MSG = 'must be "" (hostname-pid) or letters, digits and "_.:-"';
 
-const shape = {
-  general: section("general", {
-    websocket: bool(true),
-    secure: bool(true),
-    timeout: int(0, 65535, 0),
-    log_level: oneOf(["debug", "info", "warning", "error"], "info"),
-    bind: host().default("0.0.0.0"),
-    cert_reload_interval: int(1, 3600, 5),
-    shutdown_timeout: int(0, 3600, 10),
-    log_format: oneOf(["text", "json"], "text"),
-    log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(""),
-    sys_interval: int(0, 86400, 10),
-    drain_delay: int(0, 3600, 5),
-    tcp_io: oneOf(["native", "deno"], "native"),
-  }),
-  tls: section("tls", {
-    certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
-    keyfile: nonEmptyText(DEFAULT_TLS_PATHS.keyfile),
-    cafile: nonEmptyText(DEFAULT_TLS_PATHS.cafile),
-    identity: oneOf(["cn", "san", "fingerprint"], "cn"),
-    require_client_id_match: bool(false),
-    generate_dev_certs: bool(true),
-  }),
-  ports: section("ports", {
-    tcp: int(0, 65535, 1883),
-    ws: int(0, 65535, 8080),
-  }),
-  listeners: section("listeners", {
-    tcp: section("listeners.tcp", { enabled: bool(true), ...listenerFields() }),
-    ws: section("listeners.ws", {
-      enabled: autoBool(),
-      ...listenerFields(),
-      path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
+/**
+ * Every section and key. Built on demand rather than held at module level: the zod objects of
+ * ~150 keys are 13,600 heap objects with 67,000 references, a tenth of a running broker's heap,
+ * that every mark-compact would trace for the life of the process although they are used only
+ * while the configuration is loaded (issue 14).
+ */
+function shape() {
+  return {
+    general: section("general", {
+      websocket: bool(true),
+      secure: bool(true),
+      timeout: int(0, 65535, 0),
+      log_level: oneOf(["debug", "info", "warning", "error"], "info"),
+      bind: host().default("0.0.0.0"),
+      cert_reload_interval: int(1, 3600, 5),
+      shutdown_timeout: int(0, 3600, 10),
+      log_format: oneOf(["text", "json"], "text"),
+      log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(
+        "",
+      ),
+      sys_interval: int(0, 86400, 10),
+      drain_delay: int(0, 3600, 5),
+      tcp_io: oneOf(["native", "deno"], "native"),
     }),
-  }),
-  http: section("http", {
-    enabled: bool(true),
-    bind: host().default("0.0.0.0"),
-    port: int(0, 65535, 8888),
-  }),
-  auth: section("auth", {
-    password_file: text(""),
-    acl_file: text(""),
-    allow_anonymous: autoBool(),
-    max_concurrent_auth: int(1, 1024, 2),
-    max_auth_queue: int(0, 1000000, 64),
-    auth_cache_seconds: int(0, 86400, 60),
-  }),
-  limits: section("limits", {
-    max_packet_size: int(64, 268435455, 1048576),
-    receive_maximum: int(1, 65535, 32),
-    topic_alias_maximum: int(0, 65535, 10),
-    max_outgoing_topic_aliases: int(0, 65535, 64),
-    max_keepalive: int(1, 65535, 65535),
-    max_inflight_messages: int(1, 65535, 32),
-    max_queued_messages: int(0, 10000000, 1000),
-    max_queued_bytes: int(0, 68719476736, 67108864),
-    queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
-    max_topic_length: int(1, 65535, 65535),
-    max_topic_levels: int(1, 65535, 128),
-    connect_timeout: int(1, 3600, 10),
-    max_connections: int(1, 10000000, 100000),
-    max_session_expiry_interval: int(0, 4294967295, 4294967295),
-    max_outgoing_bytes: int(65536, 1073741824, 1048576),
-    max_connect_backlog: int(1024, 16777216, 262144),
-    sweep_interval_ms: int(10, 60000, 500),
-    idle_trim_after: int(1, 3600, 5),
-    close_linger_ms: int(0, 60000, 1000),
-    max_subscriptions: int(1, 10000000, 10000),
-    max_subscription_levels: int(1, 1000000000, 100000),
-    max_retained_messages: int(0, 100000000, 1000000),
-    max_retained_bytes: int(0, 68719476736, 268435456),
-    max_retained_per_subscription: int(0, 100000000, 1000000),
-    match_cache_bytes: int(0, 4294967296, 16777216),
-  }),
-  storage: section("storage", {
-    enabled: bool(true),
-    dir: nonEmptyText("data"),
-    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
-    max_unwritten_ops: int(1, 100000000, 100000),
-  }),
-  bigquery: section("bigquery", {
-    enabled: bool(false),
-    project_id: text(""),
-    dataset_id: text(""),
-    table_id: nonEmptyText("topic-log"),
-    credentials_path: text("sa.key"),
-    endpoint: endpoint(),
-    location: text(""),
-    create_table: bool(true),
-    include: topicFilters(["#"]),
-    exclude: topicFilters([]),
-    batch_size: int(1, 10000, 500),
-    flush_interval_ms: int(10, 600000, 1000),
-    max_queue: int(1, 10000000, 100000),
-    overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
-    spill_dir: text(""),
-    spill_max_bytes: int(1048576, 1099511627776, 1073741824),
-    max_concurrent_requests: int(1, 64, 4),
-    request_timeout_ms: int(100, 600000, 10000),
-    retry_initial_ms: int(1, 600000, 200),
-    retry_max_ms: int(1, 3600000, 30000),
-  }),
-  topic_log_file: section("topic_log_file", {
-    enabled: bool(false),
-    path: text(""),
-    max_bytes: int(1024, 1099511627776, 104857600),
-    max_files: int(0, 1000, 5),
-    include: topicFilters(["#"]),
-    exclude: topicFilters([]),
-    batch_size: int(1, 100000, 1000),
-    flush_interval_ms: int(10, 600000, 200),
-    max_queue: int(1, 10000000, 100000),
-  }),
-  adapter: section("adapter", {
-    url: z.string().regex(
-      /^mqtts?:\/\/[^/\s]+\/?$/,
-      "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
-    ).default("mqtt://127.0.0.1:1883"),
-    group: z.string().regex(
-      /^[^/+#]+$/,
-      'must be a non-empty share name without "/", "+" or "#"',
-    ).default("bq-adapter"),
-    filter: z.string().refine(isValidFilter, "must be an MQTT topic filter").default("#"),
-    client_id: text(""),
-    username: text(""),
-    password: text(""),
-    cafile: text(""),
-    certfile: text(""),
-    keyfile: text(""),
-    session_expiry: int(0, 4294967295, 3600),
-    receive_maximum: int(1, 65535, 1000),
-    keepalive: int(0, 65535, 60),
-    reconnect_ms: int(10, 600000, 1000),
-  }),
-  redis: section("redis", {
-    enabled: bool(false),
-    host: host().default("127.0.0.1"),
-    port: int(1, 65535, 6379),
-    url: redisUrl(),
-    username: text(""),
-    password: text(""),
-    tls: bool(false),
-    db: int(0, 65535, 0),
-    key_prefix: nonEmptyText("mcloudtt"),
-    mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
-    sentinels: hostPorts(),
-    sentinel_name: nonEmptyText("mymaster"),
-    cluster_nodes: hostPorts(),
-    durability: oneOf(["sync", "async"], "sync"),
-    wait_replicas: int(0, 16, 0),
-    wait_timeout_ms: int(1, 60000, 500),
-    session_ttl_grace_ms: int(0, 604800000, 60000),
-    session_claim_ttl_ms: int(10000, 2592000000, 3600000),
-    command_timeout_ms: int(100, 600000, 5000),
-  }),
-  cluster: section("cluster", {
-    node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
-    lease_renew_ms: int(100, 60000, 2000),
-    lease_ttl_ms: int(300, 600000, 6000),
-    takeover_timeout_ms: int(100, 60000, 3000),
-    dedupe_window: int(0, 100000, 256),
-    route_fence_ms: int(0, 60000, 1000),
-    reconcile_interval: int(1, 86400, 300),
-    shared_policy: oneOf(["local", "round_robin"], "local"),
-    max_inbox_backlog: int(0, 1000000000, 2000),
-  }),
-};
+    tls: section("tls", {
+      certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
+      keyfile: nonEmptyText(DEFAULT_TLS_PATHS.keyfile),
+      cafile: nonEmptyText(DEFAULT_TLS_PATHS.cafile),
+      identity: oneOf(["cn", "san", "fingerprint"], "cn"),
+      require_client_id_match: bool(false),
+      generate_dev_certs: bool(true),
+    }),
+    ports: section("ports", {
+      tcp: int(0, 65535, 1883),
+      ws: int(0, 65535, 8080),
+    }),
+    listeners: section("listeners", {
+      tcp: section("listeners.tcp", { enabled: bool(true), ...listenerFields() }),
+      ws: section("listeners.ws", {
+        enabled: autoBool(),
+        ...listenerFields(),
+        path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
+      }),
+    }),
+    http: section("http", {
+      enabled: bool(true),
+      bind: host().default("0.0.0.0"),
+      port: int(0, 65535, 8888),
+    }),
+    auth: section("auth", {
+      password_file: text(""),
+      acl_file: text(""),
+      allow_anonymous: autoBool(),
+      max_concurrent_auth: int(1, 1024, 2),
+      max_auth_queue: int(0, 1000000, 64),
+      auth_cache_seconds: int(0, 86400, 60),
+    }),
+    limits: section("limits", {
+      max_packet_size: int(64, 268435455, 1048576),
+      receive_maximum: int(1, 65535, 32),
+      topic_alias_maximum: int(0, 65535, 10),
+      max_outgoing_topic_aliases: int(0, 65535, 64),
+      max_keepalive: int(1, 65535, 65535),
+      max_inflight_messages: int(1, 65535, 32),
+      max_queued_messages: int(0, 10000000, 1000),
+      max_queued_bytes: int(0, 68719476736, 67108864),
+      queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
+      max_topic_length: int(1, 65535, 65535),
+      max_topic_levels: int(1, 65535, 128),
+      connect_timeout: int(1, 3600, 10),
+      max_connections: int(1, 10000000, 100000),
+      max_session_expiry_interval: int(0, 4294967295, 4294967295),
+      max_outgoing_bytes: int(65536, 1073741824, 1048576),
+      max_connect_backlog: int(1024, 16777216, 262144),
+      sweep_interval_ms: int(10, 60000, 500),
+      idle_trim_after: int(1, 3600, 5),
+      close_linger_ms: int(0, 60000, 1000),
+      max_subscriptions: int(1, 10000000, 10000),
+      max_subscription_levels: int(1, 1000000000, 100000),
+      max_retained_messages: int(0, 100000000, 1000000),
+      max_retained_bytes: int(0, 68719476736, 268435456),
+      max_retained_per_subscription: int(0, 100000000, 1000000),
+      match_cache_bytes: int(0, 4294967296, 16777216),
+    }),
+    storage: section("storage", {
+      enabled: bool(true),
+      dir: nonEmptyText("data"),
+      sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+      max_unwritten_ops: int(1, 100000000, 100000),
+    }),
+    bigquery: section("bigquery", {
+      enabled: bool(false),
+      project_id: text(""),
+      dataset_id: text(""),
+      table_id: nonEmptyText("topic-log"),
+      credentials_path: text("sa.key"),
+      endpoint: endpoint(),
+      location: text(""),
+      create_table: bool(true),
+      include: topicFilters(["#"]),
+      exclude: topicFilters([]),
+      batch_size: int(1, 10000, 500),
+      flush_interval_ms: int(10, 600000, 1000),
+      max_queue: int(1, 10000000, 100000),
+      overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
+      spill_dir: text(""),
+      spill_max_bytes: int(1048576, 1099511627776, 1073741824),
+      max_concurrent_requests: int(1, 64, 4),
+      request_timeout_ms: int(100, 600000, 10000),
+      retry_initial_ms: int(1, 600000, 200),
+      retry_max_ms: int(1, 3600000, 30000),
+    }),
+    topic_log_file: section("topic_log_file", {
+      enabled: bool(false),
+      path: text(""),
+      max_bytes: int(1024, 1099511627776, 104857600),
+      max_files: int(0, 1000, 5),
+      include: topicFilters(["#"]),
+      exclude: topicFilters([]),
+      batch_size: int(1, 100000, 1000),
+      flush_interval_ms: int(10, 600000, 200),
+      max_queue: int(1, 10000000, 100000),
+    }),
+    adapter: section("adapter", {
+      url: z.string().regex(
+        /^mqtts?:\/\/[^/\s]+\/?$/,
+        "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
+      ).default("mqtt://127.0.0.1:1883"),
+      group: z.string().regex(
+        /^[^/+#]+$/,
+        'must be a non-empty share name without "/", "+" or "#"',
+      ).default("bq-adapter"),
+      filter: z.string().refine(isValidFilter, "must be an MQTT topic filter").default("#"),
+      client_id: text(""),
+      username: text(""),
+      password: text(""),
+      cafile: text(""),
+      certfile: text(""),
+      keyfile: text(""),
+      session_expiry: int(0, 4294967295, 3600),
+      receive_maximum: int(1, 65535, 1000),
+      keepalive: int(0, 65535, 60),
+      reconnect_ms: int(10, 600000, 1000),
+    }),
+    redis: section("redis", {
+      enabled: bool(false),
+      host: host().default("127.0.0.1"),
+      port: int(1, 65535, 6379),
+      url: redisUrl(),
+      username: text(""),
+      password: text(""),
+      tls: bool(false),
+      db: int(0, 65535, 0),
+      key_prefix: nonEmptyText("mcloudtt"),
+      mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
+      sentinels: hostPorts(),
+      sentinel_name: nonEmptyText("mymaster"),
+      cluster_nodes: hostPorts(),
+      durability: oneOf(["sync", "async"], "sync"),
+      wait_replicas: int(0, 16, 0),
+      wait_timeout_ms: int(1, 60000, 500),
+      session_ttl_grace_ms: int(0, 604800000, 60000),
+      session_claim_ttl_ms: int(10000, 2592000000, 3600000),
+      command_timeout_ms: int(100, 600000, 5000),
+    }),
+    cluster: section("cluster", {
+      node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
+      lease_renew_ms: int(100, 60000, 2000),
+      lease_ttl_ms: int(300, 600000, 6000),
+      takeover_timeout_ms: int(100, 60000, 3000),
+      dedupe_window: int(0, 100000, 256),
+      route_fence_ms: int(0, 60000, 1000),
+      reconcile_interval: int(1, 86400, 300),
+      shared_policy: oneOf(["local", "round_robin"], "local"),
+      max_inbox_backlog: int(0, 1000000000, 2000),
+    }),
+  };
+}
 
-/** The base object before cross-field rules; also walked by keys.ts to list every key. */
-export const ConfigShapeSchema = z.strictObject(shape);
+/** The base object before cross-field rules (a new one per call); keys.ts walks it to list keys. */
+export function configShapeSchema() {
+  return z.strictObject(shape());
+}
 
 /** Validated configuration as used by the whole broker. */
-export type Config = z.output<typeof ConfigShapeSchema>;
+export type Config = z.output<ReturnType<typeof configShapeSchema>>;
 
 /** Names of the network listeners. */
 export type ListenerName = "tcp" | "ws";
@@ -425,8 +437,13 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
   }
 }
 
-/** The full schema: per-key validation, then the rules that span several keys. */
-export const ConfigSchema = ConfigShapeSchema.superRefine(crossFieldRules, {
-  // Cross-field rules only make sense once every key on its own is valid.
-  when: (payload) => payload.issues.length === 0,
-});
+/**
+ * The full schema: per-key validation, then the rules that span several keys. A new one per call,
+ * to be dropped after use (see `shape`).
+ */
+export function configSchema() {
+  return configShapeSchema().superRefine(crossFieldRules, {
+    // Cross-field rules only make sense once every key on its own is valid.
+    when: (payload) => payload.issues.length === 0,
+  });
+}
