@@ -2,11 +2,10 @@
  * Turns a schema issue into a one-line ConfigError: which key, its value, where that value came
  * from, what is wrong, and how to fix it in that same place.
  */
-import type { z } from "zod";
 import { ConfigError } from "./errors.ts";
 import { envNameFor, keyByPath, KEYS, SECTIONS } from "./keys.ts";
-import type { CrossFieldParams } from "./schema.ts";
 import { isTable, type Layer, type Source, sourceLabel } from "./sources.ts";
+import type { Issue } from "./spec.ts";
 import { nearest } from "./suggest.ts";
 
 const MAX_VALUE_CHARS = 60;
@@ -99,25 +98,22 @@ function unknownKeyError(layer: Layer, path: string): ConfigError {
   );
 }
 
-function crossFieldParams(issue: z.core.$ZodIssue): CrossFieldParams {
-  return issue.code === "custom" ? (issue.params ?? {}) as CrossFieldParams : {};
-}
-
 /**
  * The ConfigError for one schema issue, given the merged layer that was validated. `defaults`
  * supplies values of keys the layers left out (cross-field issues can blame those).
  */
 export function issueToError(
-  issue: z.core.$ZodIssue,
+  issue: Issue,
   layer: Layer,
   defaults: Record<string, unknown>,
 ): ConfigError {
   // An issue inside a list (`include.1`) is reported against the key holding the list.
   const base = issue.path.filter((p) => typeof p !== "number").map(String).join(".");
-  if (issue.code === "unrecognized_keys") {
-    return unknownKeyError(layer, base ? `${base}.${issue.keys[0]}` : issue.keys[0]);
+  if (issue.unknownKeys !== undefined) {
+    const key = issue.unknownKeys[0];
+    return unknownKeyError(layer, base ? `${base}.${key}` : key);
   }
-  const params = crossFieldParams(issue);
+  const params = issue.params ?? {};
   // Blame the first suspect someone actually set: that is the value the reader can change.
   const path = params.blame?.find((p) => layer.sources.has(p)) ?? base;
   const source = sourceOf(layer, path);

@@ -2,11 +2,10 @@
  * The flat list of config keys, derived from the schema so that env variables, flags and the
  * "did you mean" hints can never drift from what the schema accepts.
  */
-import { z } from "zod";
-import { configShapeSchema } from "./schema.ts";
+import { CONFIG_TABLE } from "./schema.ts";
+import type { KeyKind, Shape } from "./spec.ts";
 
-/** How a text value (from env or a flag) is turned into the key's type before validation. */
-export type KeyKind = "bool" | "int" | "auto-bool" | "string" | "list";
+export type { KeyKind };
 
 /** One leaf key of the configuration. */
 export interface KeyInfo {
@@ -32,35 +31,18 @@ export function envNameFor(path: string): string {
   return ENV_PREFIX + path.replaceAll(".", "_").toUpperCase();
 }
 
-function unwrap(schema: z.core.$ZodType): z.core.$ZodType {
-  let s = schema;
-  while (s instanceof z.ZodDefault || s instanceof z.ZodPrefault) s = s.unwrap();
-  return s;
-}
-
-function kindOf(schema: z.core.$ZodType): KeyKind {
-  if (schema instanceof z.ZodBoolean) return "bool";
-  if (schema instanceof z.ZodNumber) return "int";
-  if (schema instanceof z.ZodArray) return "list";
-  if (schema instanceof z.ZodUnion && schema.options.some((o) => o instanceof z.ZodBoolean)) {
-    return "auto-bool";
-  }
-  return "string";
-}
-
-function collect(shape: z.core.$ZodLooseShape, prefix: string[], out: KeyInfo[]): void {
+function collect(shape: Shape, prefix: string[], out: KeyInfo[]): void {
   for (const [name, child] of Object.entries(shape)) {
-    const inner = unwrap(child);
     const path = [...prefix, name];
-    if (inner instanceof z.ZodObject) {
-      collect(inner.shape, path, out);
+    if (child.kind === "table") {
+      collect(child.shape, path, out);
       continue;
     }
     const dotted = path.join(".");
     out.push({
       path: dotted,
       section: prefix.join("."),
-      kind: kindOf(inner),
+      kind: child.kind,
       envName: envNameFor(dotted),
       flag: `--${dotted}`,
     });
@@ -69,7 +51,7 @@ function collect(shape: z.core.$ZodLooseShape, prefix: string[], out: KeyInfo[])
 
 function buildKeys(): readonly KeyInfo[] {
   const out: KeyInfo[] = [];
-  collect(configShapeSchema().shape, [], out);
+  collect(CONFIG_TABLE.shape, [], out);
   // Env names flatten "." and "_" together; two keys sharing one would make env lookup ambiguous.
   const seen = new Set<string>();
   for (const key of out) {

@@ -5,7 +5,7 @@ import { isAbsolute, resolve } from "node:path";
 import { ConfigError } from "./errors.ts";
 import { issueToError } from "./format.ts";
 import { ENV_CONFIG_FILE, KEYS } from "./keys.ts";
-import { type Config, configSchema, type DeepPartial } from "./schema.ts";
+import { type Config, type DeepPartial, validateConfig } from "./schema.ts";
 import {
   envLayer,
   type Layer,
@@ -43,18 +43,21 @@ export interface LoadedConfig {
   sources: ReadonlyMap<string, Source>;
 }
 
-const defaults = configSchema().parse({}) as Record<string, unknown>;
-
 /** The configuration with nothing set: every key at its default. */
 export function defaultConfig(): Config {
-  return configSchema().parse({});
+  const result = validateConfig({});
+  // The defaults are valid by construction; config_test checks them against config.toml.
+  if (!result.ok) throw new Error(`invalid defaults: ${result.issues[0].message}`);
+  return result.config;
 }
+
+const defaults = defaultConfig() as unknown as Record<string, unknown>;
 
 function validateMerged(layers: readonly Layer[]): { config: Config; merged: Layer } {
   const merged = mergeLayers(layers);
-  const result = configSchema().safeParse(merged.values);
-  if (result.success) return { config: result.data, merged };
-  throw issueToError(result.error.issues[0], merged, defaults);
+  const result = validateConfig(merged.values);
+  if (result.ok) return { config: result.config, merged };
+  throw issueToError(result.issues[0], merged, defaults);
 }
 
 function validate(layers: readonly Layer[]): Config {

@@ -3,7 +3,7 @@ export { CONFIG_ERROR_EXIT_CODE, ConfigError, exitOnConfigError } from "./errors
 export type { ConfigErrorDetails } from "./errors.ts";
 export { DEFAULT_CONFIG_FILE, defaultConfig, loadConfig, resolveConfig } from "./load.ts";
 export type { LoadedConfig, LoadOptions } from "./load.ts";
-export { configSchema } from "./schema.ts";
+export { validateConfig } from "./schema.ts";
 export type { Config, DeepPartial, ListenerName } from "./schema.ts";
 export { ENV_CONFIG_FILE, envNameFor, KEYS } from "./keys.ts";
 export type { KeyInfo, KeyKind } from "./keys.ts";

@@ -3,78 +3,48 @@
  * plus the rules that span several keys. Keys keep their TOML snake_case names so that
  * `limits.max_packet_size` is spelled the same in config.toml, MCLOUDTT_* variables, flags and code.
  */
-import { z } from "zod";
 import { listenerBind, listenerEnabled, LISTENERS, listenerTls } from "./resolve.ts";
+import {
+  autoBool,
+  bool,
+  type CrossFieldParams,
+  int,
+  isHost,
+  type Issue,
+  list,
+  nonEmptyText,
+  oneOf,
+  type Output,
+  table as section,
+  text,
+  textWhere,
+} from "./spec.ts";
 import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
 import { isValidFilter } from "../protocol/topic.ts";
 
-/** Extra data attached to cross-field issues so the error formatter can blame the right key. */
-export interface CrossFieldParams {
-  /** Keys that could be at fault, best first; the first one some source actually set is blamed. */
-  blame?: string[];
-  /** Replaces the generic "set it in [section] ..." advice. */
-  fix?: string;
-}
-
-function int(min: number, max: number, fallback: number) {
-  const msg = `must be an integer from ${min} to ${max}`;
-  return z.int(msg).min(min, msg).max(max, msg).default(fallback);
-}
-
-function bool(fallback: boolean) {
-  return z.boolean("must be true or false").default(fallback);
-}
-
-/** `true | false | "auto"`: "auto" defers to a general switch, see resolve.ts. */
-function autoBool() {
-  return z.union([z.boolean(), z.literal("auto")], 'must be true, false or "auto"')
-    .default("auto");
-}
-
-function oneOf<const T extends readonly [string, ...string[]]>(values: T, fallback: T[number]) {
-  const msg = `must be one of ${values.map((v) => JSON.stringify(v)).join(", ")}`;
-  return z.enum(values, msg).default(fallback);
-}
-
-function text(fallback: string) {
-  return z.string("must be a string").default(fallback);
-}
-
-function nonEmptyText(fallback: string) {
-  const msg = "must be a non-empty string";
-  return z.string(msg).min(1, msg).default(fallback);
-}
+export type { CrossFieldParams };
 
 /** A list of MQTT topic filters (TOML array; env and flags take a comma-separated list). */
 function topicFilters(fallback: string[]) {
   const msg = 'must be a list of MQTT topic filters, e.g. ["#"] or ["$SYS/#", "tmp/+"]';
-  const filter = z.string(msg).refine(isValidFilter, {
-    message: `${msg} (a "#" must be last and alone in its level, "+" alone in its level)`,
-  });
-  return z.array(filter, msg).default(fallback);
+  const item = `${msg} (a "#" must be last and alone in its level, "+" alone in its level)`;
+  return list(fallback, msg, isValidFilter, item);
 }
 
 /** "" or an http(s) URL. */
 function endpoint() {
   const msg = 'must be "" or an http:// or https:// URL, e.g. "http://127.0.0.1:9050"';
-  return z.string(msg).refine((v) => v === "" || /^https?:\/\/[^/\s]+\/?$/.test(v), msg)
-    .default("");
+  return textWhere("", msg, (v) => v === "" || /^https?:\/\/[^/\s]+\/?$/.test(v));
 }
 
 const HOST_MSG = "must be an IPv4 address, an IPv6 address or a hostname";
-const host = () => z.union([z.ipv4(), z.ipv6(), z.hostname()], HOST_MSG);
-
-/** A TOML table; a missing table is parsed as `{}` so every key in it gets its default. */
-function section<T extends z.core.$ZodLooseShape>(name: string, shape: T) {
-  const table = z.strictObject(shape, `must be a table ([${name}])`);
-  // Every key of every section has a default, so `{}` is valid input; TS cannot see that for a generic shape.
-  return table.prefault({} as z.input<typeof table>);
-}
+const host = (fallback: string) => textWhere(fallback, HOST_MSG, isHost);
 
 /** Keys shared by both listeners; `enabled` differs (tcp is on by default, ws follows general). */
 function listenerFields() {
+  const msg = `${HOST_MSG}, or "" for general.bind`;
   return {
-    bind: z.union([z.literal(""), host()], `${HOST_MSG}, or "" for general.bind`).default(""),
+    bind: textWhere("", msg, (v) => v === "" || isHost(v)),
     tls: autoBool(),
     client_certificate: oneOf(["auto", "required", "optional", "none"], "auto"),
   };
@@ -94,204 +64,199 @@ const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
 
 /** A list of `host:port` seeds (Sentinel or Redis Cluster nodes); env/flags give it comma-separated. */
 function hostPorts() {
-  return z.array(z.string(HOST_PORT_MSG).regex(HOST_PORT, HOST_PORT_MSG), HOST_PORT_MSG)
-    .default([]);
+  return list([], HOST_PORT_MSG, (v) => HOST_PORT.test(v));
 }
 
 const REDIS_URL_MSG = 'must be "" or a redis:// or rediss:// URL';
 
 function redisUrl() {
-  return z.string(REDIS_URL_MSG).regex(/^(|rediss?:\/\/.*)$/, REDIS_URL_MSG).default("");
+  return textWhere("", REDIS_URL_MSG, (v) => /^(|rediss?:\/\/.*)$/.test(v));
 }
 
 const NODE_ID_MSG = 'must be "" (hostname-pid) or letters, digits and "_.:-"';
 
-/**
- * Every section and key. Built on demand rather than held at module level: the zod objects of
- * ~150 keys are 13,600 heap objects with 67,000 references, a tenth of a running broker's heap,
- * that every mark-compact would trace for the life of the process although they are used only
- * while the configuration is loaded (issue 14).
- */
-function shape() {
-  return {
-    general: section("general", {
-      websocket: bool(true),
-      secure: bool(true),
-      timeout: int(0, 65535, 0),
-      log_level: oneOf(["debug", "info", "warning", "error"], "info"),
-      bind: host().default("0.0.0.0"),
-      cert_reload_interval: int(1, 3600, 5),
-      shutdown_timeout: int(0, 3600, 10),
-      log_format: oneOf(["text", "json"], "text"),
-      log_levels: z.string("must be a string").regex(LOG_LEVELS_PATTERN, LOG_LEVELS_MSG).default(
-        "",
-      ),
-      sys_interval: int(0, 86400, 10),
-      drain_delay: int(0, 3600, 5),
-      tcp_io: oneOf(["native", "deno"], "native"),
+/** Every section and key, in config.toml order. */
+const SHAPE = {
+  general: section("general", {
+    websocket: bool(true),
+    secure: bool(true),
+    timeout: int(0, 65535, 0),
+    log_level: oneOf(["debug", "info", "warning", "error"], "info"),
+    bind: host("0.0.0.0"),
+    cert_reload_interval: int(1, 3600, 5),
+    shutdown_timeout: int(0, 3600, 10),
+    log_format: oneOf(["text", "json"], "text"),
+    log_levels: textWhere(
+      "",
+      LOG_LEVELS_MSG,
+      (v) => LOG_LEVELS_PATTERN.test(v),
+      "must be a string",
+    ),
+    sys_interval: int(0, 86400, 10),
+    drain_delay: int(0, 3600, 5),
+    tcp_io: oneOf(["native", "deno"], "native"),
+  }),
+  tls: section("tls", {
+    certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
+    keyfile: nonEmptyText(DEFAULT_TLS_PATHS.keyfile),
+    cafile: nonEmptyText(DEFAULT_TLS_PATHS.cafile),
+    identity: oneOf(["cn", "san", "fingerprint"], "cn"),
+    require_client_id_match: bool(false),
+    generate_dev_certs: bool(true),
+  }),
+  ports: section("ports", {
+    tcp: int(0, 65535, 1883),
+    ws: int(0, 65535, 8080),
+  }),
+  listeners: section("listeners", {
+    tcp: section("listeners.tcp", { enabled: bool(true), ...listenerFields() }),
+    ws: section("listeners.ws", {
+      enabled: autoBool(),
+      ...listenerFields(),
+      path: textWhere("/mqtt", WS_PATH_MSG, (v) => v.startsWith("/")),
     }),
-    tls: section("tls", {
-      certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
-      keyfile: nonEmptyText(DEFAULT_TLS_PATHS.keyfile),
-      cafile: nonEmptyText(DEFAULT_TLS_PATHS.cafile),
-      identity: oneOf(["cn", "san", "fingerprint"], "cn"),
-      require_client_id_match: bool(false),
-      generate_dev_certs: bool(true),
-    }),
-    ports: section("ports", {
-      tcp: int(0, 65535, 1883),
-      ws: int(0, 65535, 8080),
-    }),
-    listeners: section("listeners", {
-      tcp: section("listeners.tcp", { enabled: bool(true), ...listenerFields() }),
-      ws: section("listeners.ws", {
-        enabled: autoBool(),
-        ...listenerFields(),
-        path: z.string(WS_PATH_MSG).startsWith("/", WS_PATH_MSG).default("/mqtt"),
-      }),
-    }),
-    http: section("http", {
-      enabled: bool(true),
-      bind: host().default("0.0.0.0"),
-      port: int(0, 65535, 8888),
-    }),
-    auth: section("auth", {
-      password_file: text(""),
-      acl_file: text(""),
-      allow_anonymous: autoBool(),
-      max_concurrent_auth: int(1, 1024, 2),
-      max_auth_queue: int(0, 1000000, 64),
-      auth_cache_seconds: int(0, 86400, 60),
-    }),
-    limits: section("limits", {
-      max_packet_size: int(64, 268435455, 1048576),
-      receive_maximum: int(1, 65535, 32),
-      topic_alias_maximum: int(0, 65535, 10),
-      max_outgoing_topic_aliases: int(0, 65535, 64),
-      max_keepalive: int(1, 65535, 65535),
-      max_inflight_messages: int(1, 65535, 32),
-      max_queued_messages: int(0, 10000000, 1000),
-      max_queued_bytes: int(0, 68719476736, 67108864),
-      queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
-      max_topic_length: int(1, 65535, 65535),
-      max_topic_levels: int(1, 65535, 128),
-      connect_timeout: int(1, 3600, 10),
-      max_connections: int(1, 10000000, 100000),
-      max_session_expiry_interval: int(0, 4294967295, 4294967295),
-      max_outgoing_bytes: int(65536, 1073741824, 1048576),
-      max_connect_backlog: int(1024, 16777216, 262144),
-      sweep_interval_ms: int(10, 60000, 500),
-      idle_trim_after: int(1, 3600, 5),
-      close_linger_ms: int(0, 60000, 1000),
-      max_subscriptions: int(1, 10000000, 10000),
-      max_subscription_levels: int(1, 1000000000, 100000),
-      max_retained_messages: int(0, 100000000, 1000000),
-      max_retained_bytes: int(0, 68719476736, 268435456),
-      max_retained_per_subscription: int(0, 100000000, 1000000),
-      match_cache_bytes: int(0, 4294967296, 16777216),
-    }),
-    storage: section("storage", {
-      enabled: bool(true),
-      dir: nonEmptyText("data"),
-      sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
-      max_unwritten_ops: int(1, 100000000, 100000),
-    }),
-    bigquery: section("bigquery", {
-      enabled: bool(false),
-      project_id: text(""),
-      dataset_id: text(""),
-      table_id: nonEmptyText("topic-log"),
-      credentials_path: text("sa.key"),
-      endpoint: endpoint(),
-      location: text(""),
-      create_table: bool(true),
-      include: topicFilters(["#"]),
-      exclude: topicFilters([]),
-      batch_size: int(1, 10000, 500),
-      flush_interval_ms: int(10, 600000, 1000),
-      max_queue: int(1, 10000000, 100000),
-      overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
-      spill_dir: text(""),
-      spill_max_bytes: int(1048576, 1099511627776, 1073741824),
-      max_concurrent_requests: int(1, 64, 4),
-      request_timeout_ms: int(100, 600000, 10000),
-      retry_initial_ms: int(1, 600000, 200),
-      retry_max_ms: int(1, 3600000, 30000),
-    }),
-    topic_log_file: section("topic_log_file", {
-      enabled: bool(false),
-      path: text(""),
-      max_bytes: int(1024, 1099511627776, 104857600),
-      max_files: int(0, 1000, 5),
-      include: topicFilters(["#"]),
-      exclude: topicFilters([]),
-      batch_size: int(1, 100000, 1000),
-      flush_interval_ms: int(10, 600000, 200),
-      max_queue: int(1, 10000000, 100000),
-    }),
-    adapter: section("adapter", {
-      url: z.string().regex(
-        /^mqtts?:\/\/[^/\s]+\/?$/,
-        "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
-      ).default("mqtt://127.0.0.1:1883"),
-      group: z.string().regex(
-        /^[^/+#]+$/,
-        'must be a non-empty share name without "/", "+" or "#"',
-      ).default("bq-adapter"),
-      filter: z.string().refine(isValidFilter, "must be an MQTT topic filter").default("#"),
-      client_id: text(""),
-      username: text(""),
-      password: text(""),
-      cafile: text(""),
-      certfile: text(""),
-      keyfile: text(""),
-      session_expiry: int(0, 4294967295, 3600),
-      receive_maximum: int(1, 65535, 1000),
-      keepalive: int(0, 65535, 60),
-      reconnect_ms: int(10, 600000, 1000),
-    }),
-    redis: section("redis", {
-      enabled: bool(false),
-      host: host().default("127.0.0.1"),
-      port: int(1, 65535, 6379),
-      url: redisUrl(),
-      username: text(""),
-      password: text(""),
-      tls: bool(false),
-      db: int(0, 65535, 0),
-      key_prefix: nonEmptyText("mcloudtt"),
-      mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
-      sentinels: hostPorts(),
-      sentinel_name: nonEmptyText("mymaster"),
-      cluster_nodes: hostPorts(),
-      durability: oneOf(["sync", "async"], "sync"),
-      wait_replicas: int(0, 16, 0),
-      wait_timeout_ms: int(1, 60000, 500),
-      session_ttl_grace_ms: int(0, 604800000, 60000),
-      session_claim_ttl_ms: int(10000, 2592000000, 3600000),
-      command_timeout_ms: int(100, 600000, 5000),
-    }),
-    cluster: section("cluster", {
-      node_id: z.string("must be a string").regex(/^[A-Za-z0-9_.:-]*$/, NODE_ID_MSG).default(""),
-      lease_renew_ms: int(100, 60000, 2000),
-      lease_ttl_ms: int(300, 600000, 6000),
-      takeover_timeout_ms: int(100, 60000, 3000),
-      dedupe_window: int(0, 100000, 256),
-      route_fence_ms: int(0, 60000, 1000),
-      reconcile_interval: int(1, 86400, 300),
-      shared_policy: oneOf(["local", "round_robin"], "local"),
-      max_inbox_backlog: int(0, 1000000000, 2000),
-    }),
-  };
-}
+  }),
+  http: section("http", {
+    enabled: bool(true),
+    bind: host("0.0.0.0"),
+    port: int(0, 65535, 8888),
+  }),
+  auth: section("auth", {
+    password_file: text(""),
+    acl_file: text(""),
+    allow_anonymous: autoBool(),
+    max_concurrent_auth: int(1, 1024, 2),
+    max_auth_queue: int(0, 1000000, 64),
+    auth_cache_seconds: int(0, 86400, 60),
+  }),
+  limits: section("limits", {
+    max_packet_size: int(64, 268435455, 1048576),
+    receive_maximum: int(1, 65535, 32),
+    topic_alias_maximum: int(0, 65535, 10),
+    max_outgoing_topic_aliases: int(0, 65535, 64),
+    max_keepalive: int(1, 65535, 65535),
+    max_inflight_messages: int(1, 65535, 32),
+    max_queued_messages: int(0, 10000000, 1000),
+    max_queued_bytes: int(0, 68719476736, 67108864),
+    queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
+    max_topic_length: int(1, 65535, 65535),
+    max_topic_levels: int(1, 65535, 128),
+    connect_timeout: int(1, 3600, 10),
+    max_connections: int(1, 10000000, 100000),
+    max_session_expiry_interval: int(0, 4294967295, 4294967295),
+    max_outgoing_bytes: int(65536, 1073741824, 1048576),
+    max_connect_backlog: int(1024, 16777216, 262144),
+    sweep_interval_ms: int(10, 60000, 500),
+    idle_trim_after: int(1, 3600, 5),
+    close_linger_ms: int(0, 60000, 1000),
+    max_subscriptions: int(1, 10000000, 10000),
+    max_subscription_levels: int(1, 1000000000, 100000),
+    max_retained_messages: int(0, 100000000, 1000000),
+    max_retained_bytes: int(0, 68719476736, 268435456),
+    max_retained_per_subscription: int(0, 100000000, 1000000),
+    match_cache_bytes: int(0, 4294967296, 16777216),
+  }),
+  storage: section("storage", {
+    enabled: bool(true),
+    dir: nonEmptyText("data"),
+    sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
+    max_unwritten_ops: int(1, 100000000, 100000),
+  }),
+  bigquery: section("bigquery", {
+    enabled: bool(false),
+    project_id: text(""),
+    dataset_id: text(""),
+    table_id: nonEmptyText("topic-log"),
+    credentials_path: text("sa.key"),
+    endpoint: endpoint(),
+    location: text(""),
+    create_table: bool(true),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
+    batch_size: int(1, 10000, 500),
+    flush_interval_ms: int(10, 600000, 1000),
+    max_queue: int(1, 10000000, 100000),
+    overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
+    spill_dir: text(""),
+    spill_max_bytes: int(1048576, 1099511627776, 1073741824),
+    max_concurrent_requests: int(1, 64, 4),
+    request_timeout_ms: int(100, 600000, 10000),
+    retry_initial_ms: int(1, 600000, 200),
+    retry_max_ms: int(1, 3600000, 30000),
+  }),
+  topic_log_file: section("topic_log_file", {
+    enabled: bool(false),
+    path: text(""),
+    max_bytes: int(1024, 1099511627776, 104857600),
+    max_files: int(0, 1000, 5),
+    include: topicFilters(["#"]),
+    exclude: topicFilters([]),
+    batch_size: int(1, 100000, 1000),
+    flush_interval_ms: int(10, 600000, 200),
+    max_queue: int(1, 10000000, 100000),
+  }),
+  adapter: section("adapter", {
+    url: textWhere(
+      "mqtt://127.0.0.1:1883",
+      "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
+      (v) => /^mqtts?:\/\/[^/\s]+\/?$/.test(v),
+    ),
+    group: textWhere(
+      "bq-adapter",
+      'must be a non-empty share name without "/", "+" or "#"',
+      (v) => /^[^/+#]+$/.test(v),
+    ),
+    filter: textWhere("#", "must be an MQTT topic filter", isValidFilter),
+    client_id: text(""),
+    username: text(""),
+    password: text(""),
+    cafile: text(""),
+    certfile: text(""),
+    keyfile: text(""),
+    session_expiry: int(0, 4294967295, 3600),
+    receive_maximum: int(1, 65535, 1000),
+    keepalive: int(0, 65535, 60),
+    reconnect_ms: int(10, 600000, 1000),
+  }),
+  redis: section("redis", {
+    enabled: bool(false),
+    host: host("127.0.0.1"),
+    port: int(1, 65535, 6379),
+    url: redisUrl(),
+    username: text(""),
+    password: text(""),
+    tls: bool(false),
+    db: int(0, 65535, 0),
+    key_prefix: nonEmptyText("mcloudtt"),
+    mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
+    sentinels: hostPorts(),
+    sentinel_name: nonEmptyText("mymaster"),
+    cluster_nodes: hostPorts(),
+    durability: oneOf(["sync", "async"], "sync"),
+    wait_replicas: int(0, 16, 0),
+    wait_timeout_ms: int(1, 60000, 500),
+    session_ttl_grace_ms: int(0, 604800000, 60000),
+    session_claim_ttl_ms: int(10000, 2592000000, 3600000),
+    command_timeout_ms: int(100, 600000, 5000),
+  }),
+  cluster: section("cluster", {
+    node_id: textWhere("", NODE_ID_MSG, (v) => /^[A-Za-z0-9_.:-]*$/.test(v), "must be a string"),
+    lease_renew_ms: int(100, 60000, 2000),
+    lease_ttl_ms: int(300, 600000, 6000),
+    takeover_timeout_ms: int(100, 60000, 3000),
+    dedupe_window: int(0, 100000, 256),
+    route_fence_ms: int(0, 60000, 1000),
+    reconcile_interval: int(1, 86400, 300),
+    shared_policy: oneOf(["local", "round_robin"], "local"),
+    max_inbox_backlog: int(0, 1000000000, 2000),
+  }),
+};
 
-/** The base object before cross-field rules (a new one per call); keys.ts walks it to list keys. */
-export function configShapeSchema() {
-  return z.strictObject(shape());
-}
+/** The whole configuration as one table, before cross-field rules; keys.ts walks it. */
+export const CONFIG_TABLE = section("", SHAPE);
 
 /** Validated configuration as used by the whole broker. */
-export type Config = z.output<ReturnType<typeof configShapeSchema>>;
+export type Config = Output<typeof SHAPE>;
 
 /** Names of the network listeners. */
 export type ListenerName = "tcp" | "ws";
@@ -301,13 +266,12 @@ export type DeepPartial<T> = {
   [K in keyof T]?: T[K] extends Record<string, unknown> ? DeepPartial<T[K]> : T[K];
 };
 
-function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): void {
+function crossFieldRules(config: Config, issues: Issue[]): void {
   const bq = config.bigquery;
   if (bq.enabled) {
     for (const key of ["project_id", "dataset_id"] as const) {
       if (bq[key] === "") {
-        ctx.addIssue({
-          code: "custom",
+        issues.push({
           path: ["bigquery", key],
           message: "must not be empty when bigquery.enabled = true",
         });
@@ -317,15 +281,13 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
 
   const redis = config.redis;
   if (redis.enabled && redis.mode === "sentinel" && redis.sentinels.length === 0) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["redis", "sentinels"],
       message: 'must list at least one "host:port" when redis.mode = "sentinel"',
     });
   }
   if (redis.enabled && redis.mode === "cluster" && redis.db !== 0) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["redis", "db"],
       message: 'must be 0 when redis.mode = "cluster" (Redis Cluster has one database)',
     });
@@ -334,49 +296,45 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
   // the lease run out while replicas are down.
   const leaseSlack = config.cluster.lease_ttl_ms - config.cluster.lease_renew_ms;
   if (redis.enabled && redis.wait_replicas > 0 && redis.wait_timeout_ms >= leaseSlack) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["redis", "wait_timeout_ms"],
       message: `must be below cluster.lease_ttl_ms - cluster.lease_renew_ms (${leaseSlack}) ` +
         "when redis.wait_replicas > 0",
       params: {
         blame: ["redis.wait_timeout_ms", "cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
-      } satisfies CrossFieldParams,
+      },
     });
   }
   // A WAIT is a command too: answered after up to wait_timeout_ms, it must not count as lost.
   if (
     redis.enabled && redis.wait_replicas > 0 && redis.command_timeout_ms <= redis.wait_timeout_ms
   ) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["redis", "command_timeout_ms"],
       message: `must be above redis.wait_timeout_ms (${redis.wait_timeout_ms}) ` +
         "when redis.wait_replicas > 0",
       params: {
         blame: ["redis.command_timeout_ms", "redis.wait_timeout_ms"],
-      } satisfies CrossFieldParams,
+      },
     });
   }
   if (config.cluster.lease_ttl_ms < 2 * config.cluster.lease_renew_ms) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["cluster", "lease_ttl_ms"],
       message: `must be at least twice cluster.lease_renew_ms (${config.cluster.lease_renew_ms})`,
       params: {
         blame: ["cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
-      } satisfies CrossFieldParams,
+      },
     });
   }
 
   if (bq.retry_max_ms < bq.retry_initial_ms) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["bigquery", "retry_max_ms"],
       message: `must be at least bigquery.retry_initial_ms (${bq.retry_initial_ms})`,
       params: {
         blame: ["bigquery.retry_max_ms", "bigquery.retry_initial_ms"],
-      } satisfies CrossFieldParams,
+      },
     });
   }
 
@@ -384,15 +342,14 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
     const cert = config.listeners[name].client_certificate;
     if (listenerEnabled(config, name) && cert !== "auto" && cert !== "none") {
       if (!listenerTls(config, name)) {
-        ctx.addIssue({
-          code: "custom",
+        issues.push({
           path: ["listeners", name, "client_certificate"],
           message: `needs TLS, but TLS is off for listener ${name} ` +
             `(listeners.${name}.tls = ${JSON.stringify(config.listeners[name].tls)}, ` +
             `general.secure = ${config.general.secure})`,
           params: {
             fix: `set listeners.${name}.tls = true or client_certificate = "none"`,
-          } satisfies CrossFieldParams,
+          },
         });
       }
     }
@@ -404,15 +361,14 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
         listenerEnabled(config, name) && config.ports[name] === config.http.port &&
         listenerBind(config, name) === config.http.bind
       ) {
-        ctx.addIssue({
-          code: "custom",
+        issues.push({
           path: ["http", "port"],
           message: `the HTTP endpoint and listeners.${name} would both listen on ` +
             `${config.http.bind} port ${config.http.port}`,
           params: {
             blame: ["http.port", `ports.${name}`, "http.bind", `listeners.${name}.bind`],
             fix: `give http.port and ports.${name} different values, or set http.enabled = false`,
-          } satisfies CrossFieldParams,
+          },
         });
       }
     }
@@ -424,26 +380,29 @@ function crossFieldRules(config: Config, ctx: z.core.$RefinementCtx<Config>): vo
     tcpPort !== 0 && tcpPort === config.ports.ws &&
     listenerBind(config, "tcp") === listenerBind(config, "ws")
   ) {
-    ctx.addIssue({
-      code: "custom",
+    issues.push({
       path: ["ports", "ws"],
       message: `listeners.tcp and listeners.ws would both listen on ` +
         `${listenerBind(config, "tcp")} port ${tcpPort}`,
       params: {
         blame: ["ports.ws", "ports.tcp", "listeners.ws.bind", "listeners.tcp.bind"],
         fix: "give ports.tcp and ports.ws different values, different binds, or disable one",
-      } satisfies CrossFieldParams,
+      },
     });
   }
 }
 
+/** The outcome of validating a merged configuration. */
+export type Validated = { ok: true; config: Config } | { ok: false; issues: Issue[] };
+
 /**
- * The full schema: per-key validation, then the rules that span several keys. A new one per call,
- * to be dropped after use (see `shape`).
+ * Per-key validation (defaults for what is not set), then the rules that span several keys:
+ * those only make sense once every key on its own is valid.
  */
-export function configSchema() {
-  return configShapeSchema().superRefine(crossFieldRules, {
-    // Cross-field rules only make sense once every key on its own is valid.
-    when: (payload) => payload.issues.length === 0,
-  });
+export function validateConfig(input: Record<string, unknown>): Validated {
+  const issues: Issue[] = [];
+  const config = CONFIG_TABLE.parse(input, [], issues);
+  if (issues.length === 0 && config !== undefined) crossFieldRules(config, issues);
+  if (issues.length > 0 || config === undefined) return { ok: false, issues };
+  return { ok: true, config };
 }

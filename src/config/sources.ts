@@ -14,6 +14,9 @@ import {
   KEYS,
 } from "./keys.ts";
 import { nearest } from "./suggest.ts";
+import { isTable } from "./spec.ts";
+
+export { isTable };
 
 /** Where a value came from. */
 export type Source =
@@ -43,13 +46,6 @@ export function sourceLabel(source: Source): string {
     case "default":
       return "default";
   }
-}
-
-/** True for the objects TOML tables and JS literals produce (not Dates, arrays or class instances). */
-export function isTable(value: unknown): value is Record<string, unknown> {
-  if (typeof value !== "object" || value === null || Array.isArray(value)) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
 }
 
 function notePaths(
