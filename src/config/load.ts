@@ -46,7 +46,7 @@ export interface LoadedConfig {
 /** The configuration with nothing set: every key at its default. */
 export function defaultConfig(): Config {
   const result = validateConfig({});
-  // The defaults are valid by construction; config_test checks them against config.toml.
+  // The defaults are valid by construction; example_test checks them against config.toml.
   if (!result.ok) throw new Error(`invalid defaults: ${result.issues[0].message}`);
   return result.config;
 }
