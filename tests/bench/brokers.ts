@@ -4,6 +4,7 @@
  * the runtime's floor (floor_target.ts), no broker, to compare them with.
  */
 
+import { V8_FLAGS } from "../../src/ops/v8_flags.ts";
 import { haveStdbuf, stopChild, track, waitForPort } from "./children.ts";
 import { GcCollector } from "./gc_trace.ts";
 import { floor } from "./floor_target.ts";
@@ -323,7 +324,9 @@ export function mcloudttArgs(
   extra: string[] = [],
   v8Flags: string[] = [],
 ): string[] {
-  return ["run", "--allow-all", ...denoFlags(v8Flags), ...mcloudttFlags(port, limits, extra)];
+  // The shipped V8 flags first (src/ops/v8_flags.ts): the bench measures what ships.
+  const v8 = [...V8_FLAGS, ...v8Flags];
+  return ["run", "--allow-all", ...denoFlags(v8), ...mcloudttFlags(port, limits, extra)];
 }
 
 /** `main.ts` and its flags for a bench broker on `port` (see `mcloudttArgs`). */
