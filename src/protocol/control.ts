@@ -5,7 +5,7 @@
  * 65,536 two-byte Buffers on first use: 6.8 MB and 28 % of a running broker's heap objects,
  * which every mark-compact had to trace (issue 14). Tests check all of them against mqtt-packet.
  */
-import { utf8, varintSize, writeVarint } from "./bytes.ts";
+import { utf8, varintSize, Writer, writeVarint } from "./bytes.ts";
 import type { ProtocolLevel } from "./decode.ts";
 import { Prop } from "./properties.ts";
 import { connackReturnCodeV3 } from "./reason_codes.ts";
@@ -164,28 +164,12 @@ export function encodeDisconnect(
   reasonString?: string,
   clientMaxPacket = 0,
 ): Uint8Array {
-  let reason = reasonString ? utf8(reasonString) : null;
-  // Fixed header (2) + reason code + property length (1) = 4 bytes without a reason string.
-  const size = (r: Uint8Array | null) => {
-    const props = r === null ? 0 : 3 + r.length;
-    const body = 1 + varintSize(props) + props;
-    return { props, body, total: 1 + varintSize(body) + body };
-  };
-  let s = size(reason);
-  if (reason !== null && clientMaxPacket > 0 && s.total > clientMaxPacket) {
-    reason = null;
-    s = size(null);
+  const props = new Writer();
+  if (reasonString) props.u8(Prop.ReasonString).string(reasonString);
+  const body = new Writer().u8(reasonCode).varint(props.len).bytes(props.result());
+  const out = new Writer().u8(0xe0).varint(body.len).bytes(body.result()).result();
+  if (reasonString && clientMaxPacket > 0 && out.length > clientMaxPacket) {
+    return encodeDisconnect(reasonCode);
   }
-  const out = new Uint8Array(s.total);
-  out[0] = 0xe0;
-  let o = writeVarint(out, 1, s.body);
-  out[o++] = reasonCode;
-  o = writeVarint(out, o, s.props);
-  if (reason !== null) {
-    out[o++] = Prop.ReasonString;
-    out[o++] = reason.length >> 8;
-    out[o++] = reason.length & 0xff;
-    out.set(reason, o);
-  }
-  return out;
+  return out.slice();
 }
