@@ -18,7 +18,7 @@ import {
 } from "../protocol/decode.ts";
 import { Framer } from "../protocol/framer.ts";
 import type { Message } from "../protocol/message.ts";
-import { type ByteWriter, Outbox } from "../protocol/outbox.ts";
+import { type ByteWriter, flushDeliveries, Outbox } from "../protocol/outbox.ts";
 import { PINGRESP } from "../protocol/publish.ts";
 import {
   MalformedPacketError,
@@ -135,6 +135,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.fail(e);
       return;
     }
+    flushDeliveries();
     if (this.outbox.pendingBytes > this.host.limits.maxOutgoingBytes) this.pauseReading();
     else if (
       this.ackQueue !== null && this.ackQueue.waiting > this.host.limits.receiveMaximum

@@ -21,6 +21,17 @@ export const fixed = (n: number | undefined, digits = 1): string =>
 export const times = (n: number | undefined): string =>
   n === undefined || !Number.isFinite(n) ? "–" : `${n.toFixed(2)}×`;
 
+/** "1.12× (1.05–1.20)": ratio of the medians, and the smallest and largest per-round ratio. */
+export function ratioCell(
+  ratio: { readonly value?: number; readonly range?: { min: number; max: number } } | undefined,
+): string {
+  const value = times(ratio?.value);
+  const r = ratio?.range;
+  if (value === "–" || r === undefined) return value;
+  const [min, max] = [r.min.toFixed(2), r.max.toFixed(2)];
+  return min === max ? value : `${value} (${min}–${max})`;
+}
+
 /** A Markdown table. */
 export function table(headers: readonly string[], rows: readonly string[][]): string {
   const line = (cells: readonly string[]) => `| ${cells.join(" | ")} |`;

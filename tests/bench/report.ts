@@ -8,8 +8,8 @@ import {
   LABEL_HEADERS,
   labelCells,
   problemLines,
+  ratioCell,
   table,
-  times,
 } from "./cells.ts";
 import type { DurabilityReport } from "./durability.ts";
 import { durabilitySection } from "./durability_report.ts";
@@ -18,6 +18,7 @@ import type { Pinning } from "./pin.ts";
 import type { BenchOptions } from "./options.ts";
 import type { RunResult } from "./runner.ts";
 import type { ScenarioKind } from "./scenarios.ts";
+import { targetsSection } from "./targets.ts";
 import { groupBy, summarizeRounds } from "./stats.ts";
 import type { Transport } from "./tls.ts";
 import type { ProtocolLevel } from "./wire.ts";
@@ -177,14 +178,6 @@ export function spreadNote(row: SummaryRow, metric: string): string {
 /** A median with its spread, formatted by `format`. */
 function spread(row: SummaryRow, metric: string, format: (n: number) => string): string {
   return `${format(row.metrics[metric])}${spreadNote(row, metric)}`;
-}
-
-/** "1.12× (1.05–1.20)": ratio of the medians, and the smallest and largest per-round ratio. */
-export function ratioCell(ratio: Ratio | undefined): string {
-  const value = times(ratio?.value);
-  const r = ratio?.range;
-  if (value === "–" || r === undefined || r.min === r.max) return value;
-  return `${value} (${r.min.toFixed(2)}–${r.max.toFixed(2)})`;
 }
 
 const vs = (row: SummaryRow, metric: string, broker: BrokerName) =>
@@ -501,6 +494,8 @@ export function markdown(input: ReportInput): string {
     if (rows.length === 0) continue;
     sections.push("", `## ${title}`, "", render(rows));
   }
+  const targets = targetsSection(summary);
+  if (targets.length > 0) sections.push("", ...targets);
   const traced = summary.filter((r) => r.metrics.gc_events !== undefined);
   if (traced.length > 0) {
     sections.push(

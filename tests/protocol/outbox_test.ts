@@ -4,7 +4,7 @@
  * between connections through the pool never mix their bytes.
  */
 import assert from "node:assert/strict";
-import { Outbox } from "../../src/protocol/outbox.ts";
+import { flushDeliveries, Outbox } from "../../src/protocol/outbox.ts";
 import { TcpConnection } from "../../src/transport/tcp.ts";
 import {
   assertPooledWritesDoNotMix,
@@ -108,6 +108,57 @@ Deno.test("deliveries are written before acknowledgements queued earlier in the 
       ...publish,
     ]);
     assert.deepEqual([...await readExactly(pairs[0].far, 4)], [0x40, 2, 0, 1]);
+  } finally {
+    for (const p of pairs) p.close();
+  }
+});
+
+Deno.test("after a read, deliveries go out at once, then once per turn until 32 KiB pile up", async () => {
+  // What the session does after each read (flushDeliveries): a subscriber's delivery is written
+  // right after the read that produced it, not at the end of the turn; acknowledgements wait for
+  // the end of the turn; a second delivery in the same turn waits too, unless the subscriber's
+  // buffer holds 32 KiB or more (fan-in at full load).
+  const pairs = await Promise.all([socketPair(), socketPair()]);
+  try {
+    const order: string[] = [];
+    const outbox = (i: number, name: string) => {
+      const conn = new TcpConnection(pairs[i].near, 0);
+      return new Outbox({
+        // Taken whole at once, as the native TCP handles report a write the socket took.
+        writeThen(bytes: Uint8Array) {
+          order.push(`${name}:${bytes.length}`);
+          conn.write(bytes.slice()).catch(() => {});
+          return true;
+        },
+        write: (bytes: Uint8Array) => conn.write(bytes),
+        end: () => conn.end(),
+        close: () => conn.close(),
+      }, new Owner());
+    };
+    const subscriber = outbox(0, "subscriber");
+    const publisher = outbox(1, "publisher");
+    const publish = Uint8Array.of(0x30, 5, 0, 1, 0x61, 1, 2);
+    publisher.pushAck(4, 1, 0, true);
+    subscriber.pushPublish(publish, publish.length, -1, 0);
+    flushDeliveries();
+    assert.deepEqual(order, ["subscriber:7"]);
+    subscriber.pushPublish(publish, publish.length, -1, 0);
+    flushDeliveries();
+    assert.deepEqual(order, ["subscriber:7"], "the second delivery of the turn waits");
+    const big = pattern(40 * 1024, 3);
+    subscriber.push(big);
+    flushDeliveries();
+    assert.deepEqual(order, ["subscriber:7", `subscriber:${7 + big.length}`]);
+    // The end of the turn: the acknowledgement.
+    await new Promise((r) => setTimeout(r, 0));
+    assert.deepEqual(order, ["subscriber:7", `subscriber:${7 + big.length}`, "publisher:4"]);
+    // The next turn writes a delivery at once again.
+    subscriber.pushPublish(publish, publish.length, -1, 0);
+    flushDeliveries();
+    assert.equal(order.at(-1), "subscriber:7");
+    const got = await readExactly(pairs[0].far, 7 * 3 + big.length);
+    assert.deepEqual(got, Uint8Array.from([...publish, ...publish, ...big, ...publish]));
+    assert.deepEqual([...await readExactly(pairs[1].far, 4)], [0x40, 2, 0, 1]);
   } finally {
     for (const p of pairs) p.close();
   }
