@@ -46,6 +46,16 @@ function parseArgs(args: string[]): Options | null {
   return opts;
 }
 
+/** Whether nothing listens on `port` of 127.0.0.1 yet. */
+function isFree(port: number): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
@@ -114,6 +124,18 @@ async function main(): Promise<number> {
   if (opts === null) {
     console.log(USAGE);
     return 0;
+  }
+  // A port already taken (`deno task start` listens on 1883) would look like a node that came
+  // up, and "cluster ready" would be printed before that node failed: refuse it first.
+  const wanted = Array.from({ length: opts.nodes }, (_, i) => opts!.port + i);
+  if (opts.redisPort !== 0) wanted.push(opts.redisPort);
+  const taken = wanted.find((p) => !isFree(p));
+  if (taken !== undefined) {
+    console.error(
+      `port ${taken} is already in use (another broker, e.g. \`deno task start\` on 1883?): ` +
+        `stop it, or choose other ports with --port FIRST_PORT / --redis-port PORT`,
+    );
+    return 1;
   }
   const redisPort = opts.redisPort || freePort();
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-cluster-" });

@@ -129,6 +129,8 @@ let spareDirty: Outbox[] = [];
 const BATCH_BYTES = 32 * 1024;
 /** Counts flushAll's runs, the ends of the turns that had something to write. */
 let turn = 0;
+/** Set while flushDeliveries runs. */
+let delivering = false;
 
 const NOT_QUEUED = 0;
 const QUEUED = 1;
@@ -152,32 +154,42 @@ function flushAll(): void {
 }
 
 /**
- * Writes the deliveries queued so far now, rather than at the end of the turn, for every outbox
- * not yet written this way in the current turn. The session calls it after each read. The runtime
- * reads every ready socket of a turn before the turn's microtasks run, so a burst of 16
- * publishers' PUBLISHes was read whole before the first subscriber's write, where Mosquitto and
- * the bare forwarder write each delivery right after its read (issue 14, the paced latency runs).
- * Once per outbox per turn: what a subscriber gets from further reads in the same turn waits for
- * flushAll and goes out in one write, as before (fan-in at full load: one write per publisher's
- * read cost 8 % at 8 publishers). Acknowledgements stay in `late` for flushAll, as before.
+ * Writes the deliveries queued so far now, rather than at the end of the turn. The session calls
+ * it after each read. The runtime reads every ready socket of a turn before the turn's microtasks
+ * run, so a burst of 16 publishers' PUBLISHes was read whole before the first subscriber's write,
+ * where Mosquitto and the bare forwarder write each delivery right after its read (issue 14, the
+ * paced latency runs). Once per outbox per turn, and again whenever BATCH_BYTES wait in it: the
+ * rest of what a subscriber gets in a turn goes out in one write at its end (flushAll), as before
+ * (fan-in at full load: a write per publisher's read cost 8 % at 8 publishers, and holding more than
+ * 32 KiB to the end of the turn cost fan-in from 64 publishers more than half its rate). Acknowledgements stay
+ * in `late` for flushAll, as before.
  */
 export function flushDeliveries(): void {
   const list = dirty;
-  if (list.length === 0) return;
+  if (list.length === 0 || delivering) return;
+  // A call from inside a write's callbacks leaves the rest to the outer call and to flushAll.
+  delivering = true;
   // Outboxes scheduled meanwhile, and those already written this turn, wait for flushAll.
   const kept = spareDirty;
   dirty = kept;
-  for (let i = 0; i < list.length; i++) {
-    const o = list[i];
-    if (o.queued !== QUEUED) continue;
-    if (o.flushedTurn === turn && o.pendingBytes < BATCH_BYTES) kept.push(o);
-    else {
-      o.flushedTurn = turn;
-      o.flush();
+  let i = 0;
+  try {
+    for (; i < list.length; i++) {
+      const o = list[i];
+      if (o.queued !== QUEUED) continue;
+      if (o.flushedTurn === turn && o.pendingBytes < BATCH_BYTES) kept.push(o);
+      else {
+        o.flushedTurn = turn;
+        o.flush();
+      }
     }
+  } finally {
+    // Should an owner's callback throw, what the loop did not reach stays queued.
+    for (let j = i + 1; j < list.length; j++) if (list[j].queued === QUEUED) kept.push(list[j]);
+    list.length = 0;
+    spareDirty = list;
+    delivering = false;
   }
-  list.length = 0;
-  spareDirty = list;
 }
 
 export class Outbox {
@@ -378,9 +390,16 @@ export class Outbox {
     this.inWriteData = data;
     const settled = this.onWrite ??= this.writeSettled.bind(this);
     const sink = this.sink;
-    if (sink.writeThen !== undefined) {
-      if (sink.writeThen(data, settled) === true) this.written_(undefined);
-    } else sink.write(data).then(settled, settled);
+    let atOnce = false;
+    try {
+      if (sink.writeThen !== undefined) atOnce = sink.writeThen(data, settled) === true;
+      else sink.write(data).then(settled, settled);
+    } catch (e) {
+      // A transport that throws instead of reporting fails this connection, not the read (of
+      // another connection, after flushDeliveries) or the flush that wrote it.
+      return this.failed(e);
+    }
+    if (atOnce) this.written_(undefined);
   }
 
   /**

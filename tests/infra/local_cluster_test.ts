@@ -79,3 +79,26 @@ Deno.test({
     }
   },
 });
+
+Deno.test("deno task cluster refuses a port already in use before it starts anything", async () => {
+  const task = denoJson.tasks.cluster.split(" ");
+  const base = freeRun(3);
+  // Something else holds the second node's port, as `deno task start` holds 1883.
+  const held = Deno.listen({ hostname: "127.0.0.1", port: base + 1 });
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [...task.slice(1), "--port", String(base)],
+      cwd: ROOT,
+      stdin: "null",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 1, text);
+    assert.match(text, new RegExp(`port ${base + 1} is already in use`));
+    assert.doesNotMatch(text, /cluster ready|\[redis\]|\[node-/);
+    // Nothing was left listening on the other two ports.
+    assert.ok(isFree(base) && isFree(base + 2));
+  } finally {
+    held.close();
+  }
+});

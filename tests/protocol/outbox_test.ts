@@ -163,3 +163,37 @@ Deno.test("after a read, deliveries go out at once, then once per turn until 32 
     for (const p of pairs) p.close();
   }
 });
+
+Deno.test("a transport that throws on write fails its own connection, not the flush of the others", async () => {
+  // After flushDeliveries, a write runs inside another connection's read: a throw there would
+  // have ended the reader's connection (a publisher's, for a subscriber's broken transport).
+  const pair = await socketPair();
+  try {
+    const broken = new Owner();
+    const fine = new Owner();
+    const bad = new Outbox({
+      writeThen(): boolean {
+        throw new Error("transport gone");
+      },
+      write: () => Promise.reject(new Error("unused")),
+      end: () => {},
+      close: () => {},
+    }, broken);
+    const good = new Outbox(new TcpConnection(pair.near, 0), fine);
+    const publish = Uint8Array.of(0x30, 5, 0, 1, 0x61, 1, 2);
+    bad.pushPublish(publish, publish.length, -1, 0);
+    good.pushPublish(publish, publish.length, -1, 0);
+    flushDeliveries();
+    assert.match(String(broken.failure), /transport gone/);
+    assert.equal(bad.closed, true);
+    assert.equal(fine.failure, null);
+    assert.deepEqual(await readExactly(pair.far, publish.length), publish);
+    // Nothing further is written to the failed one, and the next turn still flushes the other.
+    bad.pushPublish(publish, publish.length, -1, 0);
+    good.pushPublish(publish, publish.length, -1, 0);
+    await new Promise((r) => setTimeout(r, 0));
+    assert.deepEqual(await readExactly(pair.far, publish.length), publish);
+  } finally {
+    pair.close();
+  }
+});
