@@ -159,10 +159,10 @@ function flushAll(): void {
  * run, so a burst of 16 publishers' PUBLISHes was read whole before the first subscriber's write,
  * where Mosquitto and the bare forwarder write each delivery right after its read (issue 14, the
  * paced latency runs). Once per outbox per turn, and again whenever BATCH_BYTES wait in it: the
- * rest of what a subscriber gets in a turn goes out in one write at its end (flushAll), as before
- * (fan-in at full load: a write per publisher's read cost 8 % at 8 publishers, and holding more than
- * 32 KiB to the end of the turn cost fan-in from 64 publishers more than half its rate). Acknowledgements stay
- * in `late` for flushAll, as before.
+ * rest of what a subscriber gets in a turn goes out in one write at its end (flushAll), as before.
+ * Measured at full load: a write per publisher's read cost 8 % at fan-in from 8 publishers, and
+ * holding more than 32 KiB to the end of the turn cost fan-in from 64 more than half its rate.
+ * Acknowledgements stay in `late` for flushAll, as before.
  */
 export function flushDeliveries(): void {
   const list = dirty;
