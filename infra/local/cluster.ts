@@ -8,6 +8,8 @@
  *   deno task cluster [--nodes N] [--port FIRST_PORT] [--redis-port PORT]
  */
 
+import { freePort, isFree } from "./ports.ts";
+
 const root = new URL("../../", import.meta.url).pathname;
 
 const USAGE = "usage: deno task cluster [--nodes N] [--port FIRST_PORT] [--redis-port PORT]";
@@ -44,23 +46,6 @@ function parseArgs(args: string[]): Options | null {
   }
   if (opts.nodes < 1) throw new Error("--nodes must be at least 1");
   return opts;
-}
-
-/** Whether nothing listens on `port` of 127.0.0.1 yet. */
-function isFree(port: number): boolean {
-  try {
-    Deno.listen({ hostname: "127.0.0.1", port }).close();
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** Copies a child's output to ours, each line prefixed with `name`. */

@@ -7,18 +7,10 @@
 import assert from "node:assert/strict";
 import { connectClient, freePort, subscriber } from "../helpers/broker.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
+import { isFree } from "../../infra/local/ports.ts";
 import denoJson from "../../deno.json" with { type: "json" };
 
 const ROOT = new URL("../../", import.meta.url).pathname;
-
-function isFree(port: number): boolean {
-  try {
-    Deno.listen({ hostname: "127.0.0.1", port }).close();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** The first of `n` consecutive free ports. */
 function freeRun(n: number): number {
@@ -75,7 +67,7 @@ Deno.test({
     }
     // Every process is gone: nothing listens on the nodes' ports or Redis's.
     for (const port of [base, base + 1, base + 2, redisPort]) {
-      assert.ok(await isFree(port), `port ${port} is free again`);
+      assert.ok(isFree(port), `port ${port} is free again`);
     }
   },
 });
