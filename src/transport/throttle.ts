@@ -27,15 +27,18 @@ export interface Throttled {
   resumeReading(): void;
 }
 
-/** After a read of `n` bytes: pauses while the gate is shut, or for a turn after a big read. */
-export function throttle(r: Throttled, n: number): void {
+/**
+ * After a read of `n` bytes: pauses while the gate is shut, or for a turn after a read of at
+ * least `flood` bytes.
+ */
+export function throttle(r: Throttled, n: number, flood = FLOOD_CHUNK): void {
   if (r.paused) return;
   const gate = r.handler.readGate;
   if (gate !== null) {
     r.paused = true;
     r.pauseReading();
     gate.then(() => resume(r));
-  } else if (n >= FLOOD_CHUNK) {
+  } else if (n >= flood) {
     r.paused = true;
     r.pauseReading();
     setImmediate(resume, r);
