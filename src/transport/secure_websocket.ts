@@ -14,6 +14,7 @@ import {
   secureServer,
 } from "./tls.ts";
 import { readCipherShared } from "./tls_read.ts";
+import { writeInPieces } from "./tls_write.ts";
 import type { Acceptor, Listener } from "./types.ts";
 import { serveWebSocket, type WsOptions } from "./websocket.ts";
 
@@ -38,7 +39,11 @@ export async function listenSecureWebSocket(
   server.on("secureConnection", (socket: TLSSocket) => {
     // A handshake that completes after close() began would otherwise idle and hold close() open.
     if (closing) socket.destroy();
-    else readCipherShared(socket);
+    else {
+      readCipherShared(socket);
+      // ws writes through node's stream: large writes in pieces, or 48 KiB a turn (tls_write.ts).
+      writeInPieces(socket);
+    }
   });
   const addr = await listenNode(server, opts.hostname, opts.port, acceptor, "wss");
   return {

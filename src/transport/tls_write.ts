@@ -12,10 +12,18 @@
  */
 import type { Socket } from "node:net";
 
-/** The TLS handle's write, as node's stream calls it. */
+/** The TLS handle's writes, as node's stream calls them. */
 interface WriteBufferHandle {
-  writeBuffer(req: WriteRequest, bytes: Uint8Array): number;
+  writeBuffer(req: object, bytes: Uint8Array): number;
+  writev?(req: object, chunks: unknown[], allBuffers: boolean): number;
+  /** The runtime's `writeBuffer` and `writev`, kept where `writeInPieces` replaced them. */
+  [OWN_WRITE]?: (req: object, bytes: Uint8Array) => number;
+  [OWN_WRITEV]?: (req: object, chunks: unknown[], allBuffers: boolean) => number;
 }
+
+/** Where a handle whose writes go down in pieces keeps the runtime's write methods. */
+const OWN_WRITE = Symbol("mcloudtt.ownWriteBuffer");
+const OWN_WRITEV = Symbol("mcloudtt.ownWritev");
 
 /** What the handle calls back on: the request object it was given, with `oncomplete`. */
 export interface WriteRequest {
@@ -52,6 +60,74 @@ function writeBufferHandle(socket: Socket): WriteBufferHandle | null {
  */
 const WRITE_PIECE = 32 * 1024;
 
+/** Hands `bytes` to the handle's `write` in pieces of at most WRITE_PIECE; the first failure's status, else 0. */
+function writePieces(
+  write: (req: object, bytes: Uint8Array) => number,
+  handle: WriteBufferHandle,
+  req: object,
+  bytes: Uint8Array,
+): number {
+  if (bytes.length <= WRITE_PIECE) return write.call(handle, req, bytes);
+  let status = 0;
+  for (let off = 0; off < bytes.length && status === 0; off += WRITE_PIECE) {
+    status = write.call(handle, req, bytes.subarray(off, off + WRITE_PIECE));
+  }
+  return status;
+}
+
+/** `writeBuffer` of a handle that writes in pieces (shared by all of them: no closure each). */
+function piecedWriteBuffer(this: WriteBufferHandle, req: object, bytes: Uint8Array): number {
+  return writePieces(this[OWN_WRITE]!, this, req, bytes);
+}
+
+/**
+ * `writev` of a handle that writes in pieces: node's stream hands a corked write over as
+ * several buffers (ws: a frame's header and its payload). A large one is joined and written in
+ * pieces; small ones, and ones with strings in them, go to the runtime's `writev` as they are.
+ */
+function piecedWritev(
+  this: WriteBufferHandle,
+  req: object,
+  chunks: unknown[],
+  allBuffers: boolean,
+): number {
+  const own = this[OWN_WRITEV]!;
+  if (!allBuffers) return own.call(this, req, chunks, allBuffers);
+  let n = 0;
+  for (let i = 0; i < chunks.length; i++) n += (chunks[i] as Uint8Array).length;
+  if (n <= WRITE_PIECE) return own.call(this, req, chunks, allBuffers);
+  const joined = new Uint8Array(n);
+  for (let i = 0, at = 0; i < chunks.length; i++) {
+    const c = chunks[i] as Uint8Array;
+    joined.set(c, at);
+    at += c.length;
+  }
+  return writePieces(this[OWN_WRITE]!, this, req, joined);
+}
+
+/**
+ * Makes every write that node's stream hands `socket`'s TLS handle go down in pieces, as
+ * `writeTls` does its own: for sockets written through `socket.write` by someone else (the ws
+ * library, for secure WebSocket), which got 48 KiB a turn too. Two shared functions set on the
+ * handle; the handle calls back the stream's request object once, as for one write. Returns
+ * false, changing nothing, where the handle lacks `writeBuffer` and `writev`.
+ */
+export function writeInPieces(socket: Socket): boolean {
+  const handle = (socket as unknown as { _handle?: Partial<WriteBufferHandle> | null })._handle;
+  if (
+    handle == null || typeof handle.writeBuffer !== "function" ||
+    typeof handle.writev !== "function"
+  ) {
+    return false;
+  }
+  if (handle[OWN_WRITE] !== undefined) return true;
+  handle[OWN_WRITE] = handle.writeBuffer;
+  handle[OWN_WRITEV] = handle.writev;
+  handle.writeBuffer = piecedWriteBuffer;
+  handle.writev = piecedWritev;
+  return true;
+}
+
 /** Writes made straight to the handle, for tests. */
 let directWrites = 0;
 
@@ -86,19 +162,15 @@ export function writeTls(
     return;
   }
   req.pending = done;
-  let status = 0;
+  let status: number;
   try {
-    if (bytes.length <= WRITE_PIECE) status = handle.writeBuffer(req, bytes);
-    else {
-      for (let off = 0; off < bytes.length && status === 0; off += WRITE_PIECE) {
-        status = handle.writeBuffer(req, bytes.subarray(off, off + WRITE_PIECE));
-      }
-    }
+    status = writePieces(handle[OWN_WRITE] ?? handle.writeBuffer, handle, req, bytes);
   } catch {
     status = -1;
   }
   if (status !== 0) {
-    // The handle took nothing and will not call back: report it after this returns.
+    // The handle failed a piece: report it after this returns (a piece it took before calls
+    // back later, and finds no callback pending).
     req.pending = null;
     queueMicrotask(() => done(new Error(`TLS write failed (status ${status})`)));
     return;
