@@ -125,3 +125,65 @@ Deno.test("[general] tcp_io picks how plain TCP is served: native handles, or De
     }
   }
 });
+
+/**
+ * TCP_NODELAY of this process's socket from 127.0.0.1:`localPort` to 127.0.0.1:`peerPort`, read
+ * with getsockopt(2) on its descriptor: the descriptor is the one whose /proc/self/fd link names
+ * the socket's inode in /proc/net/tcp. Linux only; null where that cannot be read.
+ */
+function noDelayOf(localPort: number, peerPort: number): boolean | null {
+  const hex = (p: number) => p.toString(16).toUpperCase().padStart(4, "0");
+  const want = [`0100007F:${hex(localPort)}`, `0100007F:${hex(peerPort)}`];
+  let inode: string | undefined;
+  for (const line of Deno.readTextFileSync("/proc/net/tcp").split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f[1] === want[0] && f[2] === want[1]) inode = f[9];
+  }
+  if (inode === undefined) return null;
+  let fd = -1;
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${e.name}`) === `socket:[${inode}]`) fd = Number(e.name);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  if (fd < 0) return null;
+  const libc = Deno.dlopen("libc.so.6", {
+    getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  });
+  try {
+    const value = new Int32Array(1);
+    const len = new Uint32Array([4]);
+    // IPPROTO_TCP = 6, TCP_NODELAY = 1
+    const r = libc.symbols.getsockopt(
+      fd,
+      6,
+      1,
+      new Uint8Array(value.buffer),
+      new Uint8Array(len.buffer),
+    );
+    return r === 0 ? value[0] !== 0 : null;
+  } finally {
+    libc.close();
+  }
+}
+
+Deno.test({
+  name: "native TCP: the broker's side of an accepted connection has TCP_NODELAY set",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    await using b = await startBroker();
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+    try {
+      await c.write(frame(0x10, [...str("MQTT"), 4, 0x02, 0, 60, ...str("nodelay")]));
+      await readBytes(c, 4); // CONNACK: the broker has accepted and answered
+      const local = (c.localAddr as Deno.NetAddr).port;
+      assert.equal(noDelayOf(b.port, local), true, "Nagle's algorithm is on for the client");
+      // The test reads what it means to: the client's own side, never set, reads false.
+      assert.equal(noDelayOf(local, b.port), false);
+    } finally {
+      c.close();
+    }
+  },
+});
