@@ -117,73 +117,46 @@ const TLS_CONFIG = {
   auth: { allow_anonymous: true },
 } as const;
 
-Deno.test("tls: a QoS 0 flood from one publisher reaches its subscriber", async () => {
-  await using broker = await startBrokerProcess({
-    general: { secure: true, websocket: false },
+/** A broker process with a TLS listener (`wss`: a secure WebSocket one) and how to reach it. */
+async function secureBroker(
+  wss: boolean,
+): Promise<{ broker: AsyncDisposable; open: () => Promise<Side> }> {
+  const broker = await startBrokerProcess({
+    general: { secure: true, websocket: wss },
     ...TLS_CONFIG,
   });
-  assertFair(
-    await flood(async () => ({
-      conn: await Deno.connectTls({
-        hostname: "localhost",
-        port: broker.ports.tls,
-        caCerts: [caCert],
-      }),
-      wrap: (p) => p,
-      connack: 4,
-      suback: 5,
-    })),
-  );
-});
-
-Deno.test("tls: a QoS 0 flood from 16 publishers to one subscriber reaches it", async () => {
-  await using broker = await startBrokerProcess({
-    general: { secure: true, websocket: false },
-    ...TLS_CONFIG,
-  });
-  assertFair(
-    await flood(async () => ({
-      conn: await Deno.connectTls({
-        hostname: "localhost",
-        port: broker.ports.tls,
-        caCerts: [caCert],
-      }),
-      wrap: (p) => p,
-      connack: 4,
-      suback: 5,
-    }), 16),
-    0.5,
-  );
-});
-
-Deno.test("wss: a QoS 0 flood from one publisher reaches its subscriber", async () => {
-  await using broker = await startBrokerProcess({
-    general: { secure: true, websocket: true },
-    ...TLS_CONFIG,
-  });
-  assertFair(
-    await flood(async () => ({
+  const open = wss
+    ? async () => ({
       conn: (await RawWsClient.open(broker.ports.wss, { caCert }, false)).conn,
       // 64 PUBLISH packets per WebSocket frame, as a batching client would send them.
       wrap: frame,
       connack: 6,
       suback: 7,
-    })),
-  );
-});
+    })
+    : async () => ({
+      conn: await Deno.connectTls({
+        hostname: "localhost",
+        port: broker.ports.tls,
+        caCerts: [caCert],
+      }),
+      wrap: (p: Uint8Array) => p,
+      connack: 4,
+      suback: 5,
+    });
+  return { broker, open };
+}
 
-Deno.test("wss: a QoS 0 flood from 16 publishers to one subscriber reaches it", async () => {
-  await using broker = await startBrokerProcess({
-    general: { secure: true, websocket: true },
-    ...TLS_CONFIG,
+for (const wss of [false, true]) {
+  const name = wss ? "wss" : "tls";
+  Deno.test(`${name}: a QoS 0 flood from one publisher reaches its subscriber`, async () => {
+    const { broker, open } = await secureBroker(wss);
+    await using _ = broker;
+    assertFair(await flood(open));
   });
-  assertFair(
-    await flood(async () => ({
-      conn: (await RawWsClient.open(broker.ports.wss, { caCert }, false)).conn,
-      wrap: frame,
-      connack: 6,
-      suback: 7,
-    }), 16),
-    0.5,
-  );
-});
+
+  Deno.test(`${name}: a QoS 0 flood from 16 publishers to one subscriber reaches it`, async () => {
+    const { broker, open } = await secureBroker(wss);
+    await using _ = broker;
+    assertFair(await flood(open, 16), 0.5);
+  });
+}
