@@ -60,7 +60,10 @@ function writeBufferHandle(socket: Socket): WriteBufferHandle | null {
  */
 const WRITE_PIECE = 32 * 1024;
 
-/** Hands `bytes` to the handle's `write` in pieces of at most WRITE_PIECE; the first failure's status, else 0. */
+/**
+ * Hands `bytes` to the handle's `write` in pieces of at most WRITE_PIECE; returns the first
+ * failure's status, else 0.
+ */
 function writePieces(
   write: (req: object, bytes: Uint8Array) => number,
   handle: WriteBufferHandle,
