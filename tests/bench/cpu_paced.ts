@@ -13,7 +13,6 @@
  */
 import { parseArgs } from "node:util";
 import { BENCH_LIMITS, BROKERS } from "./brokers.ts";
-import { startForwarder } from "./forwarder.ts";
 import { buildProbe, runProbe } from "./probe.ts";
 import { median } from "./stats.ts";
 import { HOST } from "./traced.ts";
@@ -48,19 +47,13 @@ async function measure(
   o: { rate: number; qos: 0 | 1; version: ProtocolLevel; warmup: number; window: number },
 ): Promise<Cost> {
   const dir = await Deno.makeTempDir({ prefix: "cpu-paced-" });
-  let pid: number, port: number, stop: () => Promise<void>;
-  if (target === "floor") {
-    const f = await startForwarder(undefined, () => 0);
-    [pid, port, stop] = [f.traced.child.pid, f.port, () => f.traced.stop()];
-  } else {
-    const b = await BROKERS[target].start(BENCH_LIMITS, dir, {});
-    [pid, port, stop] = [b.pid, b.port, () => b.stop()];
-  }
+  // The floor is a bench target like the brokers (floor_target.ts): its forwarder, no GC trace.
+  const b = await BROKERS[target].start(BENCH_LIMITS, dir, {});
   let stat: Deno.ChildProcess | undefined;
   try {
     const run = await runProbe(probe, {
       host: HOST,
-      port,
+      port: b.port,
       pairs: 16,
       rate: o.rate,
       qos: o.qos,
@@ -68,11 +61,11 @@ async function measure(
       warmupS: o.warmup,
       windowS: o.window,
       idPrefix: `cpu-${target}-${Date.now()}`,
-      raw: target === "floor",
+      raw: b.raw,
     }, (mark) => {
       if (mark === "window-start") {
         stat = new Deno.Command("perf", {
-          args: ["stat", "-x", ",", "-e", EVENTS.join(","), "--per-thread", "-p", String(pid)],
+          args: ["stat", "-x", ",", "-e", EVENTS.join(","), "--per-thread", "-p", String(b.pid)],
           stdout: "piped",
           stderr: "piped",
         }).spawn();
@@ -88,7 +81,7 @@ async function measure(
       syscalls: (sums.get("raw_syscalls:sys_enter") ?? NaN) / d,
     };
   } finally {
-    await stop();
+    await b.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
