@@ -53,9 +53,10 @@ export function formatCertProblem(p: CertProblem): string {
   return `tls.${p.key} "${p.path}": ${p.reason}`;
 }
 
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
-// Nested CA chains longer than this are not real; the bound keeps a crafted file from looping.
-const MAX_CHAIN = 16;
+/** One PEM certificate block (global: `match` finds them all). */
+export const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g;
+/** Nested CA chains longer than this are not real; the bound keeps a crafted file from looping. */
+export const MAX_CHAIN = 16;
 
 /** Every problem of the set (empty when it can work), checked at `now` (ms since epoch). */
 export function checkCertSet(
@@ -164,7 +165,7 @@ function matches(cert: X509Certificate, key: KeyObject): boolean {
 }
 
 /** Whether `issuer` signed `cert`. */
-function signedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+export function signedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
   try {
     return cert.checkIssued(issuer) && cert.verify(issuer.publicKey);
   } catch {

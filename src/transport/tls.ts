@@ -6,6 +6,7 @@
 import tls from "node:tls";
 import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
+import { servedChain } from "../auth/cert_chain.ts";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
 import { bridgeSocket } from "./tls_read.ts";
@@ -36,11 +37,15 @@ export interface TlsListenOptions extends SecureListenOptions {
 /** node:tls server options for a client certificate mode. */
 export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.TlsOptions {
   const f = material.files;
+  if (mode === "none") {
+    // No `ca`: Deno's node:tls would send all of it in every handshake (cert_chain.ts).
+    return { key: f.key, cert: servedChain(f.cert, f.ca), minVersion: "TLSv1.2" };
+  }
   return {
     key: f.key,
     cert: f.cert,
     ca: f.ca,
-    requestCert: mode !== "none",
+    requestCert: true,
     rejectUnauthorized: mode === "required",
     minVersion: "TLSv1.2",
   };
