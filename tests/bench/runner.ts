@@ -45,9 +45,10 @@ export function takesPart(broker: BrokerKind, kind: ScenarioKind, options: Bench
 }
 
 /**
- * For each scenario, rounds of every target in turn (A B C A B C ...), so slow drifts of the
- * shared machine hit all brokers alike instead of whichever ran last. Targets that take no part
- * in a scenario's kind (`takesPart`) are skipped.
+ * For each scenario, rounds of every target in turn, so slow drifts of the shared machine hit all
+ * brokers alike instead of whichever ran last; each round starts one target later (A B C, B C A,
+ * C A B, ...: `roundOrder`), so no target always runs first, right after the previous scenario's
+ * last run. Targets that take no part in a scenario's kind (`takesPart`) are skipped.
  */
 export async function runAll(
   scenarios: readonly Scenario[],
@@ -59,7 +60,7 @@ export async function runAll(
   const results: RunResult[] = [];
   for (const scenario of scenarios) {
     for (let round = 1; round <= options.rounds; round++) {
-      for (const { broker, level, transport = "tcp" } of targets) {
+      for (const { broker, level, transport = "tcp" } of roundOrder(targets, round)) {
         if (!takesPart(broker, scenario.kind, options)) continue;
         const result = await runOne(scenario, broker, level, transport, round, options, limits);
         results.push(result);
@@ -68,6 +69,14 @@ export async function runAll(
     }
   }
   return results;
+}
+
+/** The order of round `round` (from 1): `items` rotated left by `round - 1`. */
+export function roundOrder<T>(items: readonly T[], round: number): T[] {
+  const n = items.length;
+  if (n === 0) return [];
+  const k = (round - 1) % n;
+  return [...items.slice(k), ...items.slice(0, k)];
 }
 
 async function runOne(
