@@ -7,8 +7,8 @@
  * client certificates the CA has no other use on the server, so the listener is given no `ca`
  * and this chain instead: the root is what the client already trusts (RFC 8446 4.4.2 lets it be
  * omitted), while an intermediate that only `cafile` holds is still sent, so a client that
- * trusts the root can verify a leaf issued by it. Measured (issue 14): one certificate less per
- * handshake, 10-15 % more TLS connections a second on this machine.
+ * trusts the root can verify a leaf issued by it. Issue 14's A/B: broker CPU per TLS reconnect
+ * 340-344 -> 320-326 µs (tests/bench/results/2026-11-30-session18-tls-chain-ab.md).
  */
 import { X509Certificate } from "node:crypto";
 import { MAX_CHAIN, PEM_CERT, signedBy } from "./cert_check.ts";
