@@ -6,7 +6,6 @@
 import tls from "node:tls";
 import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
-import { servedChain } from "../auth/cert_chain.ts";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
 import { bridgeSocket } from "./tls_read.ts";
@@ -39,7 +38,7 @@ export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.
   const f = material.files;
   if (mode === "none") {
     // No `ca`: Deno's node:tls would send all of it in every handshake (cert_chain.ts).
-    return { key: f.key, cert: servedChain(f.cert, f.ca), minVersion: "TLSv1.2" };
+    return { key: f.key, cert: material.servedChain(), minVersion: "TLSv1.2" };
   }
   return {
     key: f.key,

@@ -5,6 +5,7 @@
  * the context they were established with.
  */
 import { getLogger } from "@logtape/logtape";
+import { servedChain } from "../auth/cert_chain.ts";
 import { CertCheckError, checkCertSet, formatCertProblem } from "../auth/cert_check.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
@@ -41,6 +42,8 @@ export class TlsMaterial {
   private listeners = new Set<(files: TlsFiles) => void>();
   private stamp = "";
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** `servedChain` of the current files: every listener asks for it, at start and on reload. */
+  private chain: { files: TlsFiles; pem: string } | null = null;
 
   private constructor(
     readonly paths: TlsPaths,
@@ -59,6 +62,18 @@ export class TlsMaterial {
     const m = new TlsMaterial(paths, files, counter);
     m.stamp = await stampOf(paths);
     return m;
+  }
+
+  /**
+   * `certfile` followed by the intermediates of `cafile` that lead up from it (cert_chain.ts),
+   * worked out once per set of files rather than once per listener.
+   */
+  servedChain(): string {
+    const files = this.files;
+    if (this.chain?.files !== files) {
+      this.chain = { files, pem: servedChain(files.cert, files.ca) };
+    }
+    return this.chain.pem;
   }
 
   /** Calls `fn` with new files after each successful reload. */

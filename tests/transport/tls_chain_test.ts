@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { issueLeafCertificate, type PemPair } from "../../src/auth/certs.ts";
 import { servedChain } from "../../src/auth/cert_chain.ts";
+import { PEM_CERT } from "../../src/auth/cert_check.ts";
 import { connectClient, startSecureBroker } from "../helpers/broker.ts";
 import { haveBinary, makeTestPki } from "../helpers/certs.ts";
 import { openssl, opensslOrThrow } from "../helpers/openssl.ts";
@@ -154,8 +155,7 @@ Deno.test("servedChain: the leaf alone under a root, the intermediates of cafile
     commonName: "localhost",
     days: 2,
   });
-  const blocks = (pem: string) =>
-    pem.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g);
+  const blocks = (pem: string) => pem.match(PEM_CERT);
   // The intermediate comes from cafile, in either order of cafile.
   for (const ca of [int.certPem + root.certPem, root.certPem + int.certPem]) {
     assert.deepEqual(blocks(servedChain(leaf.certPem, ca)), blocks(leaf.certPem + int.certPem));
@@ -167,4 +167,41 @@ Deno.test("servedChain: the leaf alone under a root, the intermediates of cafile
   assert.equal(servedChain(root.certPem, int.certPem), root.certPem);
   assert.equal(servedChain(leafUnderRoot, read(pki.otherCa.cert)), leafUnderRoot);
   assert.equal(servedChain("not a certificate", root.certPem), "not a certificate");
+});
+
+Deno.test({
+  name: "after a certificate reload a listener without client certificates serves the new chain",
+  ignore: !HAVE_OPENSSL,
+  async fn() {
+    // Files the broker reads; first the leaf issued by the root, then one issued by an
+    // intermediate that only the new cafile holds.
+    const certfile = join(dir, "live.crt");
+    const keyfile = join(dir, "live.key");
+    const cafile = join(dir, "live-ca.crt");
+    await Deno.copyFile(pki.broker.cert, certfile);
+    await Deno.copyFile(pki.broker.key, keyfile);
+    await Deno.copyFile(pki.ca.cert, cafile);
+    await using b = await startSecureBroker(pki, {
+      ...certsOff,
+      general: { ...certsOff.general, cert_reload_interval: 3600 },
+      tls: { certfile, keyfile, cafile },
+    });
+    assert.equal((await served(b.tlsPort, pki.ca.cert)).count, 1);
+    const int = await intermediateCa();
+    const leaf = await issueLeafCertificate(int, {
+      kind: "server",
+      commonName: "localhost",
+      sans: ["localhost", "127.0.0.1"],
+      days: 2,
+    });
+    await Deno.writeTextFile(certfile, leaf.certPem);
+    await Deno.writeTextFile(keyfile, leaf.keyPem);
+    await Deno.writeTextFile(cafile, int.certPem + root.certPem);
+    await b.broker.reload();
+    for (const port of [b.tlsPort, b.wssPort]) {
+      const s = await served(port, pki.ca.cert);
+      assert.equal(s.count, 2, s.out);
+      assert.match(s.out, /1 s:CN ?= ?mcloudtt test intermediate/);
+    }
+  },
 });
