@@ -70,6 +70,18 @@ async function intermediateCa(): Promise<PemPair> {
   return { certPem: read(crt), keyPem: read(key) };
 }
 
+/** A server certificate for localhost issued by a fresh intermediate under the test root. */
+async function leafUnderIntermediate(): Promise<{ int: PemPair; leaf: PemPair }> {
+  const int = await intermediateCa();
+  const leaf = await issueLeafCertificate(int, {
+    kind: "server",
+    commonName: "localhost",
+    sans: ["localhost", "127.0.0.1"],
+    days: 2,
+  });
+  return { int, leaf };
+}
+
 /** The certificates the server at `port` sends, as openssl sees them, and whether they verify. */
 async function served(port: number, trust: string): Promise<{ count: number; out: string }> {
   const r = await openssl([
@@ -114,13 +126,7 @@ Deno.test({
   name: "an intermediate that only cafile holds is sent: a client trusting the root connects",
   ignore: !HAVE_OPENSSL,
   async fn() {
-    const int = await intermediateCa();
-    const leaf = await issueLeafCertificate(int, {
-      kind: "server",
-      commonName: "localhost",
-      sans: ["localhost", "127.0.0.1"],
-      days: 2,
-    });
+    const { int, leaf } = await leafUnderIntermediate();
     const certfile = join(dir, "leaf.crt");
     const keyfile = join(dir, "leaf.key");
     const cafile = join(dir, "int-and-root.crt");
@@ -149,12 +155,7 @@ Deno.test("servedChain: the leaf alone under a root, the intermediates of cafile
   const leafUnderRoot = read(pki.broker.cert);
   assert.equal(servedChain(leafUnderRoot, root.certPem), leafUnderRoot);
   if (!HAVE_OPENSSL) return;
-  const int = await intermediateCa();
-  const leaf = await issueLeafCertificate(int, {
-    kind: "server",
-    commonName: "localhost",
-    days: 2,
-  });
+  const { int, leaf } = await leafUnderIntermediate();
   const blocks = (pem: string) => pem.match(PEM_CERT);
   // The intermediate comes from cafile, in either order of cafile.
   for (const ca of [int.certPem + root.certPem, root.certPem + int.certPem]) {
@@ -187,13 +188,7 @@ Deno.test({
       tls: { certfile, keyfile, cafile },
     });
     assert.equal((await served(b.tlsPort, pki.ca.cert)).count, 1);
-    const int = await intermediateCa();
-    const leaf = await issueLeafCertificate(int, {
-      kind: "server",
-      commonName: "localhost",
-      sans: ["localhost", "127.0.0.1"],
-      days: 2,
-    });
+    const { int, leaf } = await leafUnderIntermediate();
     await Deno.writeTextFile(certfile, leaf.certPem);
     await Deno.writeTextFile(keyfile, leaf.keyPem);
     await Deno.writeTextFile(cafile, int.certPem + root.certPem);
