@@ -73,13 +73,24 @@ export function connectClient(
     }) as MqttClient & AsyncDisposable;
     client[Symbol.asyncDispose] = () => endClient(client);
     setup?.(client);
+    let settled = false;
+    // Stays on after a failure, so an 'error' that follows the close is not thrown.
     const onError = (e: Error) => {
+      if (settled) return;
+      settled = true;
+      client.off("close", onClose);
       client.end(true);
       reject(e);
     };
-    client.once("error", onError);
+    // A connection the broker closes before its CONNACK (a node shutting down) ends without an
+    // 'error': MQTT.js then clears its CONNACK timer, and the promise would never settle.
+    const onClose = () => onError(new Error(`connection to port ${port} closed before CONNACK`));
+    client.on("error", onError);
+    client.once("close", onClose);
     client.once("connect", () => {
+      settled = true;
       client.off("error", onError);
+      client.off("close", onClose);
       resolve(client);
     });
   });
