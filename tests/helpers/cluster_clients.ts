@@ -8,7 +8,7 @@
  * what the subscriber records is what an application sees.
  */
 import { type IClientOptions, type IPublishPacket, type MqttClient, Store } from "mqtt";
-import { connectClient, delay } from "./broker.ts";
+import { connectClient, delay, endClient } from "./broker.ts";
 
 /** Connects to the first port (in rotation from `start`) that accepts, retrying until `timeoutMs`. */
 export async function connectAny(
@@ -224,7 +224,7 @@ export class SessionSubscriber {
     await this.moving;
     const old = this.client;
     this.client = null;
-    if (old !== null) await new Promise<void>((r) => old.end(false, {}, () => r()));
+    if (old !== null) await endClient(old);
     this.index = index;
     await this.connect(true);
   }
@@ -253,7 +253,7 @@ export class SessionSubscriber {
     await this.moving;
     const c = this.client;
     this.client = null;
-    if (c !== null) await new Promise<void>((r) => c.end(false, {}, () => r()));
+    if (c !== null) await endClient(c);
   }
 
   private async connect(again: boolean): Promise<void> {
