@@ -43,6 +43,8 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   c.level = pre.level;
   c.v5 = pre.level === 5;
   const pkt = decodeConnect(buf, start, end);
+  // Known from here on, so a refusal's CONNACK fits it too [MQTT-3.2.2-19].
+  c.clientMaxPacket = pkt.properties.maximumPacketSize ?? 0;
   const host = c.host;
   const n = negotiateConnect(pkt, host.limits, host);
   if ("code" in n) {
@@ -54,7 +56,6 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   if (host.metrics.connectionsCurrent > host.limits.maxConnections) {
     return refuse(c, ReasonCode.QuotaExceeded, "connection limit reached");
   }
-  c.clientMaxPacket = n.clientMaxPacket;
   c.sendWindow = n.sendWindow;
   c.aliasMax = n.clientTopicAliasMax;
 
@@ -92,7 +93,13 @@ export function refuse(c: Connection, code: number, reason: string): void {
     reason,
   });
   c.outbox.push(
-    encodeConnack(c.level as ProtocolLevel, false, code, { reasonString: reason }),
+    encodeConnack(
+      c.level as ProtocolLevel,
+      false,
+      code,
+      { reasonString: reason },
+      c.clientMaxPacket,
+    ),
   );
   c.end(false);
 }
@@ -128,6 +135,7 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
   const { session, present } = a;
   c.session = session;
   session.setExpiry(n.grantedExpiry);
+  c.connectExpiryZero = n.requestedExpiry === 0;
   session.setWill(buildWill(pkt, c.clientId));
   c.state = State.Connected;
   c.host.sessionChanged(session);

@@ -75,6 +75,12 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   keepAliveTimeout = 0;
   sendWindow = 65535;
   clientMaxPacket = 0;
+  /**
+   * CONNECT asked for a Session Expiry Interval of 0: then a DISCONNECT may not set another
+   * [MQTT-3.14.2-2]. What CONNECT asked, not what CONNACK granted: a server maximum of 0
+   * grants 0 to every client, and those that asked for more may still name a value.
+   */
+  connectExpiryZero = false;
   /** Topic aliases this connection may use towards the client (0: none), and their table. */
   aliasMax = 0;
   aliases: OutboundAliases | null = null;
@@ -266,7 +272,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.AwaitingConnect || this.state === State.Authenticating) {
       // Errors in CONNECT are answered with CONNACK (MQTT 5 only) [MQTT-3.1.4-1].
       if (this.level === 5) {
-        this.outbox.push(encodeConnack(5, false, code, { reasonString: message }));
+        this.outbox.push(
+          encodeConnack(5, false, code, { reasonString: message }, this.clientMaxPacket),
+        );
       }
       this.end(false);
       return;
@@ -458,7 +466,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const d = decodeDisconnect(buf, start, end, this.level as ProtocolLevel);
     const session = this.session!;
     if (d.sessionExpiryInterval !== undefined) {
-      if (session.expiryInterval === 0 && d.sessionExpiryInterval !== 0) {
+      if (this.connectExpiryZero && d.sessionExpiryInterval !== 0) {
         throw new ProtocolError(
           ReasonCode.ProtocolError,
           "Session Expiry Interval changed from 0 at DISCONNECT",

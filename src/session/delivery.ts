@@ -34,6 +34,8 @@ interface Outgoing {
   subIds: readonly number[] | null;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP. */
   released: boolean;
+  /** Held for a resend on the current connection that the window has not let out yet. */
+  resendDue: boolean;
 }
 
 interface Queued {
@@ -76,6 +78,15 @@ export abstract class SessionDelivery {
   private queuedBytes = 0;
   private nextPid = 1;
   private nextSeq = 1;
+  /**
+   * Packet ids of the messages in flight when the connection (re)attached, in the order they
+   * were first sent: each is sent again (PUBLISH with DUP, or PUBREL) as the new connection's
+   * Receive Maximum lets it [MQTT-3.3.4-9], before anything new. Null when none is waiting.
+   */
+  private resends: number[] | null = null;
+  private resendHead = 0;
+  /** Entries with `resendDue` set: in flight, but not sent on this connection yet. */
+  private resendLeft = 0;
   /** Retained messages of new subscriptions still to send, oldest subscription first. */
   private streams: RetainedStream[] | null = null;
   /** A pump is scheduled for a stream that skipped a batch without writing. */
@@ -153,7 +164,15 @@ export abstract class SessionDelivery {
     // are acknowledged within moments: briefly owned (in the arena) unless the journal keeps
     // it too; `settleInflight` owns what is still in flight at the next sweep.
     const m = this.journaled ? msg.own() : msg.ownBriefly();
-    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
+    const e: Outgoing = {
+      msg: m,
+      packetId: pid,
+      qos,
+      retain,
+      subIds,
+      released: false,
+      resendDue: false,
+    };
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
@@ -168,7 +187,9 @@ export abstract class SessionDelivery {
    * completed (its copy may still wait in this node's inbox, not yet XACKed).
    */
   private inflightDone(pid: number, id = ""): void {
-    this.inflight!.delete(pid);
+    const inflight = this.inflight!;
+    if (this.resendLeft !== 0 && inflight.get(pid)?.resendDue) this.resendLeft--;
+    inflight.delete(pid);
     if (this.journaled) {
       this.journal!.push({
         type: "inflight-delete",
@@ -286,6 +307,7 @@ export abstract class SessionDelivery {
   pump(): void {
     const link = this.link;
     if (link === null) return;
+    if (this.resends !== null && !this.resendMore(link)) return;
     const q = this.queue;
     while (this.queueHead < q.length && this.inflightCount < link.sendWindow && !link.congested) {
       const next = q[this.queueHead];
@@ -311,7 +333,34 @@ export abstract class SessionDelivery {
 
   /** True when `pump` has something to send once there is room. */
   private get waiting(): boolean {
-    return this.queueHead < this.queue.length || this.streams !== null;
+    return this.queueHead < this.queue.length || this.streams !== null || this.resends !== null;
+  }
+
+  /**
+   * Sends what `resend` left waiting while the window and the connection allow; true once
+   * nothing is left. Messages in flight count against the window whether or not they were
+   * sent again yet; released QoS 2 messages too, until PUBCOMP [MQTT-3.3.4-9].
+   */
+  private resendMore(link: SessionLink): boolean {
+    const pids = this.resends!;
+    const inflight = this.inflight;
+    while (this.resendHead < pids.length && inflight !== null) {
+      if (this.inflightCount - this.resendLeft >= link.sendWindow || link.congested) return false;
+      const pid = pids[this.resendHead++];
+      const e = inflight.get(pid);
+      // Acknowledged meanwhile (a client may still acknowledge what it got before).
+      if (e === undefined || !e.resendDue) continue;
+      e.resendDue = false;
+      this.resendLeft--;
+      if (e.released) link.sendPubrel(pid);
+      else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
+        this.inflightDone(pid);
+      }
+    }
+    this.resends = null;
+    this.resendHead = 0;
+    this.resendLeft = 0;
+    return true;
   }
 
   /**
@@ -433,21 +482,25 @@ export abstract class SessionDelivery {
 
   /**
    * A connection (re)attached: resend what was unacknowledged, in order, with
-   * DUP set (PUBREL for released QoS 2), then send what was queued.
+   * DUP set (PUBREL for released QoS 2), as far as the client's Receive Maximum
+   * allows (the rest as acknowledgements free room), then send what was queued.
+   * A message in flight is sent again even when it has expired meanwhile: its
+   * delivery began, and its packet id must be settled [MQTT-4.4.0-1]
+   * [MQTT-4.3.3-7].
    */
   protected resend(link: SessionLink): void {
-    if (this.inflight !== null) {
-      const now = this.now();
-      for (const [pid, e] of this.inflight.entries()) {
-        if (e.released) {
-          link.sendPubrel(pid);
-        } else if (e.msg.expired(now)) {
-          this.inflightDone(pid);
-          this.metrics.droppedExpired++;
-        } else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
-          this.inflightDone(pid);
-        }
+    const inflight = this.inflight;
+    if (inflight !== null && inflight.size !== 0) {
+      const pids: number[] = [];
+      for (const [pid, e] of inflight.entries()) {
+        e.resendDue = true;
+        pids.push(pid);
       }
+      this.resends = pids;
+      this.resendHead = 0;
+      this.resendLeft = pids.length;
+    } else {
+      this.resends = null;
     }
     this.pump();
   }
@@ -455,6 +508,9 @@ export abstract class SessionDelivery {
   /** Drops every message held for delivery (the session ends). */
   protected dropDeliveries(): void {
     this.inflight = null;
+    this.resends = null;
+    this.resendHead = 0;
+    this.resendLeft = 0;
     this.queue = EMPTY_QUEUE;
     this.queueHead = 0;
     this.queuedBytes = 0;
@@ -503,6 +559,7 @@ export abstract class SessionDelivery {
         retain: f.retain,
         subIds: f.subIds,
         released: f.released,
+        resendDue: false,
       });
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }

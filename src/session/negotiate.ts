@@ -23,8 +23,6 @@ export interface Negotiated {
   keepAliveTimeoutMs: number;
   /** Server Keep Alive to report in CONNACK when it differs from the client's. */
   serverKeepAlive: number | undefined;
-  /** The client's Maximum Packet Size, 0 for none. */
-  clientMaxPacket: number;
   /** How many QoS 1/2 messages may be unacknowledged towards the client. */
   sendWindow: number;
   /** Topic aliases the server may use towards the client (its Topic Alias Maximum, capped). */
@@ -104,7 +102,6 @@ export function negotiateConnect(
     assigned,
     keepAliveTimeoutMs: keepAlive * 1500,
     serverKeepAlive,
-    clientMaxPacket: props.maximumPacketSize ?? 0,
     sendWindow: Math.min(props.receiveMaximum ?? 65535, limits.maxInflight),
     clientTopicAliasMax: Math.min(props.topicAliasMaximum ?? 0, limits.maxOutgoingTopicAliases),
     requestedExpiry,

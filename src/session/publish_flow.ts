@@ -127,11 +127,15 @@ export function sendPublish(
   let expiry = -1;
   if (msg.expiresAt !== 0) {
     const left = msg.expiresAt - host.clock.now();
-    if (left <= 0) {
+    if (left > 0) expiry = Math.ceil(left / 1000);
+    else if (dup) {
+      // A resend of a message whose delivery began: it goes, with the least lifetime left
+      // (0 could read as "no expiry" to some receivers) [MQTT-4.3.3-7].
+      expiry = 1;
+    } else {
       host.metrics.droppedExpired++;
       return false;
     }
-    expiry = Math.ceil(left / 1000);
   }
   const v5 = c.v5;
   let mode: AliasMode = AliasMode.None;

@@ -347,6 +347,35 @@ Deno.test("a client with a Maximum Packet Size of 20 gets a CONNACK that fits [M
   assert.ok(2 + (ack.length as number) <= 20, `CONNACK is ${2 + (ack.length as number)} bytes`);
 });
 
+Deno.test("a refusing CONNACK leaves its Reason String out when it would not fit the client's Maximum Packet Size [MQTT-3.2.2-19]", async () => {
+  await using b = await startBroker();
+  const refusedWith = async (properties: Record<string, unknown>) => {
+    await using c = await RawClient.connect(b.port, 5);
+    await c.sendPacket({
+      cmd: "connect",
+      protocolId: "MQTT",
+      protocolVersion: 5,
+      clientId: "refused",
+      clean: true,
+      keepalive: 60,
+      properties: { authenticationMethod: "SCRAM-SHA-1", ...properties },
+    });
+    const ack = await c.expect("connack");
+    assert.equal(ack.reasonCode, 0x8c);
+    return ack;
+  };
+  // Without a limit the client is told why.
+  const told = await refusedWith({});
+  assert.match(
+    String((told.properties as Record<string, unknown>)?.reasonString),
+    /authentication/,
+  );
+  // With room for 10 bytes only: the bare CONNACK (5 bytes).
+  const bare = await refusedWith({ maximumPacketSize: 10 });
+  assert.equal((bare.properties as Record<string, unknown> | undefined)?.reasonString, undefined);
+  assert.ok(2 + (bare.length as number) <= 10, `CONNACK is ${2 + (bare.length as number)} bytes`);
+});
+
 Deno.test("each broker's CONNACK carries its own limits, Session Present and what it tells one client", async () => {
   // Accepted CONNACKs that say nothing about the client are encoded once per broker's limits and
   // shared: two brokers in one process, each connected to twice, must still answer with their own.

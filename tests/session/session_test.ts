@@ -240,6 +240,37 @@ Deno.test("DISCONNECT changing Session Expiry Interval from 0 is a protocol erro
   assert.equal(ack.sessionPresent, false);
 });
 
+Deno.test("with limits.max_session_expiry_interval = 0, a client that asked for more may name an interval at DISCONNECT: a normal disconnection, will discarded", async () => {
+  // [MQTT-3.14.2-2] is about the value in CONNECT: this client asked for 100 and was granted 0.
+  await using b = await startBroker({ limits: { max_session_expiry_interval: 0 } });
+  await using watcher = await connectClient(b.port, { clientId: "will-watch" });
+  const wills = collect(watcher);
+  await watcher.subscribeAsync("gone/+", { qos: 1 });
+  const c = await RawClient.connect(b.port, 5);
+  const ack = await c.handshake("asked", 5, {
+    clean: true,
+    properties: { sessionExpiryInterval: 100 },
+    will: { topic: "gone/asked", payload: "will", qos: 1, retain: false },
+  });
+  assert.equal((ack.properties as Record<string, unknown>)?.sessionExpiryInterval, 0);
+  await c.sendPacket({
+    cmd: "disconnect",
+    reasonCode: 0,
+    properties: { sessionExpiryInterval: 50 },
+  });
+  // Closed without a DISCONNECT 0x82 from the broker.
+  assert.equal(await c.next(), null);
+  await c[Symbol.asyncDispose]();
+  // A normal disconnection deletes the will [MQTT-3.14.4-3]; the marker arrives alone.
+  await watcher.publishAsync("gone/marker", "m", { qos: 1 });
+  const first = await wills.next();
+  assert.equal(first.topic, "gone/marker");
+  // The granted 0 stands: no session was kept.
+  const { c: again, ack: againAck } = await connectRaw(b.port, "asked", { clean: false });
+  await using _again = again;
+  assert.equal(againAck.sessionPresent, false);
+});
+
 Deno.test("DISCONNECT may lower a non-zero Session Expiry Interval to 0, ending the session", async () => {
   await using b = await startBroker();
   const { c: first } = await connectRaw(b.port, "lower", { expiry: 60 });
