@@ -488,7 +488,7 @@ export abstract class SessionDelivery {
    * delivery began, and its packet id must be settled [MQTT-4.4.0-1]
    * [MQTT-4.3.3-7].
    */
-  protected resend(link: SessionLink): void {
+  protected resend(): void {
     const inflight = this.inflight;
     if (inflight !== null && inflight.size !== 0) {
       const pids: number[] = [];

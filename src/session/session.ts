@@ -130,7 +130,7 @@ export class Session extends SessionDelivery implements Subscriber {
     this.link = link;
     this.expiresAt = 0;
     this.willAt = 0;
-    this.resend(link);
+    this.resend();
   }
 
   /** Drops every message held for delivery (the session ends). */
