@@ -272,7 +272,9 @@ export class Broker {
     }
     const ws = {
       path: c.listeners.ws.path,
-      maxPayload: c.limits.max_packet_size,
+      // A WebSocket message may hold several packets [MQTT-6.0.0-2]: room for more than one.
+      maxPayload: 2 * c.limits.max_packet_size,
+      upgradeTimeoutMs: c.limits.connect_timeout * 1000,
       lingerMs: c.limits.close_linger_ms,
     };
     if (!tls) {

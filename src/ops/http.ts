@@ -52,33 +52,85 @@ async function route(req: Request, opts: HttpOptions): Promise<Response> {
   }
 }
 
-/** Starts the endpoint; resolves once it is listening. */
+/** How long a restart of the endpoint waits after it stopped on its own (then again, while it fails). */
+const RESTART_MS = 1000;
+
+/**
+ * Starts the endpoint; resolves once it is listening. Should the server stop on its own (Deno's
+ * accept loop ends at a failed accept, as when the process is out of file descriptors), it is
+ * started again on the same address, once a second until that works: an endpoint that went
+ * away would fail its liveness probe and get a healthy broker restarted.
+ */
 export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
-  let resolveAddr!: (a: Deno.NetAddr) => void;
-  const listening = new Promise<Deno.NetAddr>((r) => (resolveAddr = r));
+  let server = await serve(opts);
+  const { hostname, port } = server.addr;
+  let closing = false;
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  const watch = (s: Deno.HttpServer<Deno.NetAddr>) => {
+    const ended = (e?: unknown) => {
+      if (closing) return;
+      log.error(
+        "HTTP endpoint on {hostname}:{port} stopped accepting ({error}); starting it again",
+        {
+          hostname,
+          port,
+          error: e instanceof Error ? e.message : "no error given",
+        },
+      );
+      restart();
+    };
+    s.finished.then(() => ended(), ended);
+  };
+  const restart = () => {
+    retry = setTimeout(async () => {
+      if (closing) return;
+      try {
+        server = await serve({ ...opts, hostname, port });
+        if (closing) return void server.shutdown();
+        log.warning("HTTP endpoint on {hostname}:{port} accepting again", { hostname, port });
+        watch(server);
+      } catch (e) {
+        log.error("HTTP endpoint on {hostname}:{port} could not start again: {error}", {
+          hostname,
+          port,
+          error: e instanceof Error ? e.message : String(e),
+        });
+        restart();
+      }
+    }, RESTART_MS);
+  };
+  watch(server);
+  log.info("HTTP endpoint (/healthz, /readyz, /metrics) on {hostname}:{port}", { hostname, port });
+  return {
+    hostname,
+    port,
+    close: () => {
+      closing = true;
+      clearTimeout(retry);
+      return server.shutdown();
+    },
+  };
+}
+
+/** One Deno.serve on `opts`' address; resolves once it listens, rejects when it cannot. */
+async function serve(opts: HttpOptions): Promise<Deno.HttpServer<Deno.NetAddr>> {
+  let resolveAddr!: () => void;
+  const listening = new Promise<void>((r) => (resolveAddr = r));
   const server = Deno.serve({
     hostname: opts.hostname,
     port: opts.port,
-    onListen: (addr) => resolveAddr(addr as Deno.NetAddr),
+    onListen: () => resolveAddr(),
     onError: (e) => {
       log.error("HTTP request failed: {error}", { error: e });
       return new Response("internal error\n", { status: 500 });
     },
   }, (req) => route(req, opts));
   // A bind failure rejects `finished`; without a race the start would wait forever.
-  const addr = await Promise.race([
+  await Promise.race([
     listening,
     server.finished.then(() => {
       throw new Error(`HTTP endpoint on ${opts.hostname}:${opts.port} stopped at start`);
     }),
   ]);
-  log.info("HTTP endpoint (/healthz, /readyz, /metrics) on {hostname}:{port}", {
-    hostname: addr.hostname,
-    port: addr.port,
-  });
-  return {
-    hostname: addr.hostname,
-    port: addr.port,
-    close: () => server.shutdown(),
-  };
+  return server;
 }

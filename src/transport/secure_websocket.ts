@@ -34,7 +34,7 @@ export async function listenSecureWebSocket(
       transport: "wss",
       certificateIdentity: peerIdentity(tlsSocket, opts.identity),
     };
-  });
+  }, "secureConnection");
   let closing = false;
   server.on("secureConnection", (socket: TLSSocket) => {
     // A handshake that completes after close() began would otherwise idle and hold close() open.

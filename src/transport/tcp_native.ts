@@ -20,6 +20,7 @@
  */
 import process from "node:process";
 import { getLogger } from "@logtape/logtape";
+import { keepAccepting, LISTEN_BACKLOG } from "./rearm.ts";
 import { throttle, type Throttled } from "./throttle.ts";
 import type { Acceptor, ByteWriter, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
@@ -324,7 +325,7 @@ export function listenNativeTcp(
     // Linux gives accepted sockets the listener's TCP_NODELAY: set once here, not per connect
     // (a setsockopt call, 14 % of the connect path's main-thread samples under the profiler).
     if (err === 0) noDelayInherited = INHERITS_NODELAY && server.setNoDelay(true) === 0;
-    if (err === 0) err = server.listen(511);
+    if (err === 0) err = server.listen(LISTEN_BACKLOG);
   } catch {
     // A permission the runtime checks here: Deno.listen reports it the usual way.
     err = -1;
@@ -350,11 +351,13 @@ export function listenNativeTcp(
   };
   const addr: { address?: string; port?: number } = {};
   server.getsockname(addr);
+  const stopRearm = keepAccepting(() => server);
   return {
     kind: "tcp",
     hostname: addr.address ?? hostname,
     port: addr.port ?? port,
     close(): Promise<void> {
+      stopRearm();
       server.onconnection = null;
       try {
         server.close();

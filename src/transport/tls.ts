@@ -8,6 +8,7 @@ import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
+import { keepAccepting, nodeServerHandle } from "./rearm.ts";
 import { bridgeSocket } from "./tls_read.ts";
 import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
@@ -179,6 +180,8 @@ export async function listenNode(
       resolve();
     });
   });
+  // See rearm.ts: a failed accept (out of descriptors) would stop this listener for good.
+  server.once("close", keepAccepting(() => nodeServerHandle(server)));
   return server.address() as { address: string; port: number };
 }
 

@@ -34,10 +34,18 @@ export function pickSubprotocol(header: string | null | undefined): string | nul
 export interface WsOptions {
   path: string;
   /**
-   * Largest WebSocket message payload accepted (limits.max_packet_size): a
-   * frame announcing more is refused from its header, before it is buffered.
+   * Largest WebSocket message payload accepted: a frame announcing more is
+   * refused from its header (close 1009), before it is buffered. Twice
+   * limits.max_packet_size, since a message may carry several packets
+   * [MQTT-6.0.0-2]; the framer holds each packet to max_packet_size (0x95).
    */
   maxPayload: number;
+  /**
+   * Milliseconds a connection may take from its TCP (or TLS) start to the
+   * WebSocket upgrade (limits.connect_timeout); then the MQTT connection's own
+   * connect timeout takes over. A socket that never upgrades is cut.
+   */
+  upgradeTimeoutMs: number;
   /** Milliseconds a closing WebSocket waits for the client's close frame (limits.close_linger_ms). */
   lingerMs: number;
 }
@@ -116,9 +124,14 @@ function bridge(
     resumeUnderlying(socket);
     ws.resume();
   };
+  let refused = false;
   ws.on("message", (data: RawData, isBinary: boolean) => {
+    // Nothing after a text frame is acted on, though ws still reads while the close goes out.
+    if (refused) return;
     if (!isBinary) {
-      // MQTT over WebSocket uses binary frames only; a text frame is a protocol violation.
+      // MQTT over WebSocket uses binary frames only; a text frame is a protocol violation
+      // [MQTT-6.0.0-1].
+      refused = true;
       ws.close(1003, "MQTT needs binary frames");
       lingerThenTerminate(ws, lingerMs);
       return;
@@ -170,7 +183,17 @@ export function serveWebSocket(
   acceptor: Acceptor,
   opts: WsOptions,
   peer: (req: IncomingMessage) => PeerInfo | number,
+  connectionEvent: "connection" | "secureConnection" = "connection",
 ): WebSocketServer {
+  // A socket that has not asked for its upgrade within the timeout is cut: before the upgrade
+  // no MQTT connection exists, so neither its connect timeout nor any limit would apply, and a
+  // silent or slow client would hold its descriptor for as long as the runtime lets it.
+  const upgradeTimers = new WeakMap<object, ReturnType<typeof setTimeout>>();
+  server.on(connectionEvent, (socket: Duplex) => {
+    const timer = setTimeout(() => socket.destroy(), opts.upgradeTimeoutMs);
+    upgradeTimers.set(socket, timer);
+    socket.once("close", () => clearTimeout(timer));
+  });
   server.on("request", (req: IncomingMessage, res: http.ServerResponse) => {
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) {
@@ -191,6 +214,7 @@ export function serveWebSocket(
     },
   });
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
+    clearTimeout(upgradeTimers.get(socket));
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) return refuse(socket, 404, "Not Found");
     if (pickSubprotocol(req.headers["sec-websocket-protocol"]) === null) {

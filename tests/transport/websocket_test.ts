@@ -4,7 +4,15 @@
  */
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
-import { collect, connectClient, type Packet, startBroker } from "../helpers/broker.ts";
+import {
+  closeQuietly,
+  collect,
+  connectClient,
+  type Packet,
+  startBroker,
+} from "../helpers/broker.ts";
+import { frame, frameHeader, RawWsClient, writeAll } from "../helpers/ws_raw.ts";
+import { concatBytes as concat } from "../helpers/wire.ts";
 
 /** A plain broker with only the WebSocket listener. */
 async function wsBroker() {
@@ -220,4 +228,94 @@ Deno.test("a text frame closes the connection [MQTT-6.0.0-1]", async () => {
   ws.ws.send("not binary");
   const closed = await ws.closed;
   assert.equal(closed.code, 1003);
+});
+
+Deno.test("nothing after a text frame is acted on: a PUBLISH right behind it is not delivered [MQTT-6.0.0-1]", async () => {
+  await using b = await wsBroker();
+  await using watcher = await connectClient(b.port, { clientId: "text-watch" });
+  const inbox = collect(watcher);
+  await watcher.subscribeAsync("text/after", { qos: 0 });
+  await using ws = await RawWsClient.open(b.wsPort);
+  await ws.handshake("text-then-publish");
+  const text = new TextEncoder().encode("not binary");
+  const publish = encode({ cmd: "publish", topic: "text/after", payload: "smuggled", qos: 0 });
+  await writeAll(ws.conn, concat([frameHeader(text.length, 0x1), text, frame(publish)]));
+  let e = await ws.next();
+  while (e.kind === "packet") e = await ws.next();
+  if (e.kind === "close") assert.equal(e.code, 1003);
+  await inbox.none(300);
+});
+
+Deno.test("several packets in one WebSocket message may together exceed max_packet_size [MQTT-6.0.0-2]", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { max_packet_size: 1024 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  await using watcher = await connectClient(b.port, { clientId: "many-watch" });
+  const inbox = collect(watcher);
+  await watcher.subscribeAsync("many/+", { qos: 0 });
+  await using ws = await RawWsClient.open(wsPort);
+  await ws.handshake("many-in-one");
+  const payload = "x".repeat(700);
+  const one = encode({ cmd: "publish", topic: "many/1", payload, qos: 0 });
+  const two = encode({ cmd: "publish", topic: "many/2", payload, qos: 0 });
+  assert.ok(one.length + two.length > 1024 && one.length < 1024);
+  await ws.send(concat([one, two]));
+  assert.equal((await inbox.next()).topic, "many/1");
+  assert.equal((await inbox.next()).topic, "many/2");
+});
+
+Deno.test("a packet over max_packet_size in one WebSocket message gets DISCONNECT 0x95, as over TCP", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { max_packet_size: 1024 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  await using ws = await RawWsClient.open(wsPort);
+  await ws.handshake("too-big");
+  await ws.send(encode({ cmd: "publish", topic: "big", payload: "x".repeat(1100), qos: 0 }));
+  const d = await ws.expect("disconnect");
+  assert.equal(d.reasonCode, 0x95);
+});
+
+Deno.test("a socket that does not upgrade within limits.connect_timeout is closed: silent, or sending its headers slowly", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { connect_timeout: 1 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port: wsPort });
+  const slow = await Deno.connect({ hostname: "127.0.0.1", port: wsPort });
+  const started = Date.now();
+  const closedAt = async (conn: Deno.Conn) => {
+    const buf = new Uint8Array(1024);
+    try {
+      while ((await conn.read(buf)) !== null) { /* an HTTP error, then the end */ }
+    } catch {
+      // reset counts as closed
+    }
+    return Date.now() - started;
+  };
+  const silentEnd = closedAt(silent);
+  const slowEnd = closedAt(slow);
+  const request = new TextEncoder().encode(
+    `GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n`,
+  );
+  for (const byte of request) {
+    const wrote = await slow.write(Uint8Array.of(byte)).then(() => true, () => false);
+    if (!wrote || Date.now() - started > 4000) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  try {
+    const [a, c] = await Promise.all([silentEnd, slowEnd]);
+    assert.ok(a >= 900 && a < 3000, `the silent socket was closed after ${a} ms`);
+    assert.ok(c >= 900 && c < 3000, `the slow socket was closed after ${c} ms`);
+  } finally {
+    closeQuietly(silent);
+    closeQuietly(slow);
+  }
+  // The listener still serves.
+  await using ws = await RawWsClient.open(wsPort);
+  await ws.handshake("after-slow");
 });
