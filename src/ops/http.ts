@@ -33,7 +33,14 @@ async function route(req: Request, opts: HttpOptions): Promise<Response> {
   if (req.method !== "GET" && req.method !== "HEAD") {
     return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
   }
-  switch (new URL(req.url).pathname) {
+  let path: string;
+  try {
+    path = new URL(req.url).pathname;
+  } catch {
+    // Deno builds the URL from the client's Host header: a malformed one is the client's error.
+    return new Response("bad request\n", { status: 400 });
+  }
+  switch (path) {
     case "/healthz":
       // Answering at all proves the event loop runs.
       return json(200, { status: "ok" });

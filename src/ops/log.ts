@@ -36,10 +36,42 @@ export function parseLogLevels(text: string): Map<string, LevelName> {
   return out;
 }
 
-/** A value inside a text line: strings as they are (no quotes), the rest compactly. */
-function renderValue(v: unknown): string {
-  if (typeof v === "string") return v;
-  if (v instanceof Error) return v.stack ?? `${v.name}: ${v.message}`;
+/**
+ * Control characters, DEL, C1 controls and the Unicode line separators: in a text log line a
+ * value carrying one (a client id, a user name, a topic: a client chooses them, before it is
+ * authenticated too) could start a forged line or move a terminal's cursor.
+ */
+const UNSAFE = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
+
+function escapeControl(c: string): string {
+  switch (c) {
+    case "\n":
+      return "\\n";
+    case "\r":
+      return "\\r";
+    case "\t":
+      return "\\t";
+  }
+  const code = c.charCodeAt(0);
+  return code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, "0")}`;
+}
+
+/** `s` with its control characters written as escapes (`\n`, `\x1b`), for a text log line. */
+export function escapeForText(s: string): string {
+  UNSAFE.lastIndex = 0;
+  return UNSAFE.test(s) ? s.replace(UNSAFE, escapeControl) : s;
+}
+
+/**
+ * A value inside a message: strings as they are (no quotes), the rest compactly. In a text line
+ * (`text`) every line break is escaped, a stack trace's too: one record, one line.
+ */
+function renderValue(v: unknown, text: boolean): string {
+  if (typeof v === "string") return text ? escapeForText(v) : v;
+  if (v instanceof Error) {
+    const s = v.stack ?? `${v.name}: ${v.message}`;
+    return text ? escapeForText(s) : s;
+  }
   if (v === undefined || v === null) return "-";
   if (typeof v === "object" && v !== null) {
     try {
@@ -51,11 +83,12 @@ function renderValue(v: unknown): string {
   return String(v);
 }
 
-function renderMessage(record: LogRecord): string {
+/** The message with its values filled in; `text`: escaped for a text line (JSON escapes its own). */
+function renderMessage(record: LogRecord, text: boolean): string {
   const parts = record.message;
   let s = "";
   for (let i = 0; i < parts.length; i++) {
-    s += i % 2 === 0 ? parts[i] as string : renderValue(parts[i]);
+    s += i % 2 === 0 ? parts[i] as string : renderValue(parts[i], text);
   }
   return s;
 }
@@ -76,7 +109,9 @@ const LEVEL_TEXT: Record<LogLevel, string> = {
 /** `2025-01-02T03:04:05.678Z INFO  connection: client connected ...` */
 export function formatText(record: LogRecord): string {
   const time = new Date(record.timestamp).toISOString();
-  return `${time} ${LEVEL_TEXT[record.level]} ${moduleOf(record)}: ${renderMessage(record)}\n`;
+  return `${time} ${LEVEL_TEXT[record.level]} ${moduleOf(record)}: ${
+    renderMessage(record, true)
+  }\n`;
 }
 
 function jsonReplacer(_key: string, value: unknown): unknown {
@@ -88,15 +123,20 @@ function jsonReplacer(_key: string, value: unknown): unknown {
   return value;
 }
 
-/** One JSON object per line: time, level, module, message, then the record's properties. */
+/**
+ * One JSON object per line: time, level, module, message, then the record's properties; a
+ * property named like one of the first four does not replace it.
+ */
 export function formatJson(record: LogRecord): string {
-  const line = {
+  const line: Record<string, unknown> = {
     time: new Date(record.timestamp).toISOString(),
     level: record.level,
     module: moduleOf(record),
-    message: renderMessage(record),
-    ...record.properties,
+    message: renderMessage(record, false),
   };
+  for (const key in record.properties) {
+    if (!(key in line)) line[key] = record.properties[key];
+  }
   return JSON.stringify(line, jsonReplacer) + "\n";
 }
 

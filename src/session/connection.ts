@@ -253,10 +253,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.host.metrics.protocolErrors++;
       code = e.code;
       message = e.message;
-      log.info("closing {client_id} ({remote_address}): {message} ({reason_code})", {
+      log.info("closing {client_id} ({remote_address}): {problem} ({reason_code})", {
         client_id: this.clientId,
         remote_address: this.peer.remoteAddress,
-        message,
+        problem: message,
         reason_code: hex(code),
       });
     } else {

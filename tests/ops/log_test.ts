@@ -155,3 +155,67 @@ Deno.test('a protocol error is logged with the reason code as 0x82, not 0x"82"',
     assert.doesNotMatch(broker.stderr(), /0x"/);
   });
 });
+
+Deno.test("a client id with line breaks and terminal escapes cannot forge a text log line; JSON keeps it intact", async () => {
+  const forged =
+    "x\n2026-11-30T00:00:00.000Z INFO  connection: client admin connected\x1b[2K\u2028";
+  for (const format of ["text", "json"]) {
+    await withBroker([`--general.log_format=${format}`], async (broker, port) => {
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+      const id = new TextEncoder().encode(forged);
+      // MQTT 5 CONNECT with that client id and an Authentication Method: refused (0x8C), logged.
+      const body = [
+        0,
+        4,
+        77,
+        81,
+        84,
+        84,
+        5,
+        2,
+        0,
+        30,
+        4,
+        0x15,
+        0,
+        1,
+        0x58,
+        id.length >> 8,
+        id.length & 0xff,
+      ];
+      await conn.write(new Uint8Array([0x10, body.length + id.length, ...body, ...id]));
+      await broker.waitFor(format === "json" ? /"client_id"/ : /closing|refused/);
+      conn.close();
+      await broker.stop();
+      const text = broker.stderr();
+      if (format === "text") {
+        for (const line of text.split("\n")) {
+          assert.doesNotMatch(line, /^2026-11-30T00:00:00/, "a forged line reached the log");
+        }
+        assert.doesNotMatch(text, /\x1b|\u2028/);
+        assert.match(
+          text,
+          /x\\n2026-11-30T00:00:00\.000Z INFO {2}connection: client admin connected\\x1b\[2K\\u2028/,
+        );
+      } else {
+        const lines = jsonLines(text);
+        assert.ok(lines.some((l) => l.client_id === forged), "the client id was not logged intact");
+      }
+    });
+  }
+});
+
+Deno.test("a property named like a JSON log key does not replace it: the protocol error's message stays", async () => {
+  await withBroker(["--general.log_format=json"], async (broker, port) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    const connect = [0x10, 13, 0, 4, 77, 81, 84, 84, 5, 2, 0, 30, 0, 0, 1, 0x61];
+    connect[1] = connect.length - 2;
+    await conn.write(new Uint8Array([...connect, ...connect]));
+    await broker.waitFor(/closing a/);
+    conn.close();
+    await broker.stop();
+    const line = jsonLines(broker.stderr()).find((l) => /^closing a /.test(String(l.message)))!;
+    assert.match(String(line.message), /^closing a \(127\.0\.0\.1:\d+\): .*\(0x82\)$/);
+    assert.equal(typeof line.problem, "string");
+  });
+});
