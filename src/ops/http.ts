@@ -1,11 +1,32 @@
 /**
  * The operations HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness, for load balancers
- * and Kubernetes probes) and `/metrics` (Prometheus text format). Plain Deno.serve: it is off
- * the MQTT path and sees a request every few seconds.
+ * and Kubernetes probes) and `/metrics` (Prometheus text format). It is off the MQTT path and
+ * sees a request every few seconds, from anyone who can reach its port (0.0.0.0 by default), so
+ * what a connection may hold is bounded: a request must arrive within REQUEST_DEADLINE_MS of
+ * the connection or of the previous response, and at most MAX_CONNECTIONS are open. node:http
+ * rather than Deno.serve, which has neither bound (a silent or one-byte-a-second client kept
+ * its connection for minutes) and ends its accept loop at the first failed accept.
  */
+import http from "node:http";
+import type { Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
+import { closeWithGrace, trackSockets } from "../transport/tls.ts";
+import { keepAccepting, nodeServerHandle } from "../transport/rearm.ts";
 
 const log = getLogger(["mcloudtt", "http"]);
+
+/**
+ * Time a connection gets to deliver a whole request, from its start or from the previous
+ * response (an idle keep-alive connection is closed then): probes and scrapes send theirs at
+ * once, and Prometheus opens a new connection when the old one was closed.
+ */
+export const REQUEST_DEADLINE_MS = 10_000;
+
+/**
+ * Open connections at most; more are closed at once. Probes and scrapers need a handful; the
+ * bound keeps what the port can hold far below the process's descriptor limit.
+ */
+export const MAX_CONNECTIONS = 1024;
 
 export interface HttpOptions {
   hostname: string;
@@ -14,6 +35,10 @@ export interface HttpOptions {
   problems(): readonly string[];
   /** The Prometheus exposition and its content type. */
   metrics(): Promise<{ body: string; contentType: string }>;
+  /** REQUEST_DEADLINE_MS unless given (tests). */
+  requestDeadlineMs?: number;
+  /** MAX_CONNECTIONS unless given (tests). */
+  maxConnections?: number;
 }
 
 export interface HttpEndpoint {
@@ -22,25 +47,50 @@ export interface HttpEndpoint {
   close(): Promise<void>;
 }
 
-function json(status: number, body: unknown): Response {
-  return new Response(JSON.stringify(body) + "\n", {
-    status,
-    headers: { "content-type": "application/json", "cache-control": "no-store" },
-  });
+interface Reply {
+  status: number;
+  headers: Record<string, string>;
+  body: string;
 }
 
-async function route(req: Request, opts: HttpOptions): Promise<Response> {
-  if (req.method !== "GET" && req.method !== "HEAD") {
-    return new Response("method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
+const TEXT = { "content-type": "text/plain" };
+
+function json(status: number, body: unknown): Reply {
+  return {
+    status,
+    headers: { "content-type": "application/json", "cache-control": "no-store" },
+    body: JSON.stringify(body) + "\n",
+  };
+}
+
+/**
+ * The path of a request target: origin form (`/metrics?x`) or absolute form
+ * (`http://host/metrics`); null when it is neither.
+ */
+export function targetPath(target: string): string | null {
+  let path = target;
+  if (!path.startsWith("/")) {
+    try {
+      path = new URL(path).pathname;
+    } catch {
+      return null;
+    }
   }
-  let path: string;
-  try {
-    path = new URL(req.url).pathname;
-  } catch {
-    // Deno builds the URL from the client's Host header: a malformed one is the client's error.
-    return new Response("bad request\n", { status: 400 });
+  const q = path.search(/[?#]/);
+  return q < 0 ? path : path.slice(0, q);
+}
+
+async function route(method: string, target: string, opts: HttpOptions): Promise<Reply> {
+  if (method !== "GET" && method !== "HEAD") {
+    return {
+      status: 405,
+      headers: { ...TEXT, allow: "GET, HEAD" },
+      body: "method not allowed\n",
+    };
   }
-  switch (path) {
+  switch (targetPath(target)) {
+    case null:
+      return { status: 400, headers: TEXT, body: "bad request\n" };
     case "/healthz":
       // Answering at all proves the event loop runs.
       return json(200, { status: "ok" });
@@ -52,92 +102,76 @@ async function route(req: Request, opts: HttpOptions): Promise<Response> {
     }
     case "/metrics": {
       const m = await opts.metrics();
-      return new Response(m.body, { status: 200, headers: { "content-type": m.contentType } });
+      return { status: 200, headers: { "content-type": m.contentType }, body: m.body };
     }
     default:
-      return new Response("not found: try /healthz, /readyz or /metrics\n", { status: 404 });
+      return {
+        status: 404,
+        headers: TEXT,
+        body: "not found: try /healthz, /readyz or /metrics\n",
+      };
   }
 }
 
-/** How long a restart of the endpoint waits after it stopped on its own (then again, while it fails). */
-const RESTART_MS = 1000;
-
-/**
- * Starts the endpoint; resolves once it is listening. Should the server stop on its own (Deno's
- * accept loop ends at a failed accept, as when the process is out of file descriptors), it is
- * started again on the same address, once a second until that works: an endpoint that went
- * away would fail its liveness probe and get a healthy broker restarted.
- */
+/** Starts the endpoint; resolves once it is listening. */
 export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
-  let server = await serve(opts);
-  const { hostname, port } = server.addr;
-  let closing = false;
-  let retry: ReturnType<typeof setTimeout> | undefined;
-  const watch = (s: Deno.HttpServer<Deno.NetAddr>) => {
-    const ended = (e?: unknown) => {
-      if (closing) return;
-      log.error(
-        "HTTP endpoint on {hostname}:{port} stopped accepting ({error}); starting it again",
-        {
-          hostname,
-          port,
-          error: e instanceof Error ? e.message : "no error given",
-        },
-      );
-      restart();
-    };
-    s.finished.then(() => ended(), ended);
+  const deadlineMs = opts.requestDeadlineMs ?? REQUEST_DEADLINE_MS;
+  const maxConnections = opts.maxConnections ?? MAX_CONNECTIONS;
+  const deadlines = new WeakMap<Socket, ReturnType<typeof setTimeout>>();
+  // Cuts `socket` unless a request arrives within the deadline.
+  const armDeadline = (socket: Socket) => {
+    clearTimeout(deadlines.get(socket));
+    deadlines.set(socket, setTimeout(() => socket.destroy(), deadlineMs));
   };
-  const restart = () => {
-    retry = setTimeout(async () => {
-      if (closing) return;
-      try {
-        server = await serve({ ...opts, hostname, port });
-        if (closing) return void server.shutdown();
-        log.warning("HTTP endpoint on {hostname}:{port} accepting again", { hostname, port });
-        watch(server);
-      } catch (e) {
-        log.error("HTTP endpoint on {hostname}:{port} could not start again: {error}", {
-          hostname,
-          port,
-          error: e instanceof Error ? e.message : String(e),
-        });
-        restart();
-      }
-    }, RESTART_MS);
-  };
-  watch(server);
-  log.info("HTTP endpoint (/healthz, /readyz, /metrics) on {hostname}:{port}", { hostname, port });
+  const server = http.createServer((req, res) => {
+    const socket = req.socket;
+    clearTimeout(deadlines.get(socket));
+    res.once("finish", () => armDeadline(socket));
+    route(req.method ?? "GET", req.url ?? "/", opts).then(
+      (r) => {
+        res.writeHead(r.status, { ...r.headers, "content-length": Buffer.byteLength(r.body) });
+        res.end(req.method === "HEAD" ? undefined : r.body);
+      },
+      (e) => {
+        log.error("HTTP request failed: {error}", { error: e });
+        res.writeHead(500, TEXT);
+        res.end("internal error\n");
+      },
+    );
+  });
+  const sockets = trackSockets(server);
+  server.on("connection", (socket: Socket) => {
+    // trackSockets (registered first) has counted this one already.
+    if (sockets.size > maxConnections) {
+      socket.destroy();
+      return;
+    }
+    armDeadline(socket);
+    socket.once("close", () => clearTimeout(deadlines.get(socket)));
+  });
+  // A malformed request is the client's: node answers 400; nothing to log.
+  server.on("clientError", (_e: Error, socket: Socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port, opts.hostname, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  // A failed accept (out of file descriptors) would stop the listener for good (rearm.ts).
+  const stopRearm = keepAccepting(() => nodeServerHandle(server));
+  const addr = server.address() as { address: string; port: number };
+  log.info("HTTP endpoint (/healthz, /readyz, /metrics) on {hostname}:{port}", {
+    hostname: addr.address,
+    port: addr.port,
+  });
   return {
-    hostname,
-    port,
+    hostname: addr.address,
+    port: addr.port,
     close: () => {
-      closing = true;
-      clearTimeout(retry);
-      return server.shutdown();
+      stopRearm();
+      server.closeAllConnections?.();
+      return closeWithGrace(server, sockets);
     },
   };
-}
-
-/** One Deno.serve on `opts`' address; resolves once it listens, rejects when it cannot. */
-async function serve(opts: HttpOptions): Promise<Deno.HttpServer<Deno.NetAddr>> {
-  let resolveAddr!: () => void;
-  const listening = new Promise<void>((r) => (resolveAddr = r));
-  const server = Deno.serve({
-    hostname: opts.hostname,
-    port: opts.port,
-    onListen: () => resolveAddr(),
-    onError: (e) => {
-      log.error("HTTP request failed: {error}", { error: e });
-      return new Response("internal error\n", { status: 500 });
-    },
-  }, (req) => route(req, opts));
-  // A bind failure rejects `finished`; without a race the start would wait forever.
-  await Promise.race([
-    listening,
-    server.finished.then(() => {
-      throw new Error(`HTTP endpoint on ${opts.hostname}:${opts.port} stopped at start`);
-    }),
-  ]);
-  return server;
 }

@@ -125,26 +125,22 @@ Deno.test("/healthz and /readyz answer 200 while the broker runs; unknown paths 
   await missing.body?.cancel();
 });
 
-Deno.test("a malformed Host header gets 400, not a server error", async () => {
+Deno.test("a malformed Host header does not matter: the request target decides", async () => {
   await using b = await startBroker();
   await using o = await startOps(b.broker);
   const port = Number(new URL(o.url).port);
-  for (const host of ["a b", "[::", "a:99999", "%"]) {
+  for (const host of ["a b", "[::", "a:99999", "%", "a/b"]) {
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });
     try {
       await conn.write(new TextEncoder().encode(`GET /healthz HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
       const buf = new Uint8Array(1024);
       const n = await conn.read(buf);
       const head = new TextDecoder().decode(buf.subarray(0, n ?? 0));
-      assert.match(head, /^HTTP\/1\.1 400/, `Host: ${host} got ${head.split("\r\n")[0]}`);
+      assert.match(head, /^HTTP\/1\.1 200/, `Host: ${host} got ${head.split("\r\n")[0]}`);
     } finally {
       conn.close();
     }
   }
-  // Still serving.
-  const health = await fetch(`${o.url}/healthz`);
-  assert.equal(health.status, 200);
-  await health.body?.cancel();
 });
 
 Deno.test("/readyz answers 503 naming the listener that is down once the broker stopped", async () => {

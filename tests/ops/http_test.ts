@@ -1,0 +1,134 @@
+/**
+ * What a connection to the operations endpoint may hold: a request must arrive within the
+ * deadline (from the connection, or from the previous response), and only so many connections
+ * are open at once. Probes keep getting answers meanwhile.
+ */
+import assert from "node:assert/strict";
+import { startHttp } from "../../src/ops/http.ts";
+import { closeQuietly } from "../helpers/broker.ts";
+
+/** An endpoint with a short deadline and a small connection bound, ready and without metrics. */
+function endpoint(requestDeadlineMs: number, maxConnections = 1024) {
+  return startHttp({
+    hostname: "127.0.0.1",
+    port: 0,
+    problems: () => [],
+    metrics: () => Promise.resolve({ body: "", contentType: "text/plain" }),
+    requestDeadlineMs,
+    maxConnections,
+  });
+}
+
+/**
+ * Milliseconds until the server ends `conn` (reading and discarding what it sends); after 5 s
+ * the test gives up, closes it and reports the 5 s.
+ */
+async function endsAfter(conn: Deno.Conn, since: number): Promise<number> {
+  const buf = new Uint8Array(4096);
+  const read = (async () => {
+    try {
+      while ((await conn.read(buf)) !== null) { /* a response, then the end */ }
+    } catch {
+      // reset counts as the end
+    }
+  })();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<void>((r) => timer = setTimeout(r, 5000));
+  await Promise.race([read, late]);
+  clearTimeout(timer);
+  const elapsed = Date.now() - since;
+  closeQuietly(conn);
+  await read;
+  return elapsed;
+}
+
+async function healthz(port: number): Promise<number> {
+  const r = await fetch(`http://127.0.0.1:${port}/healthz`, { signal: AbortSignal.timeout(2000) });
+  await r.body?.cancel();
+  return r.status;
+}
+
+Deno.test("a connection that sends no request, or its headers a byte at a time, is closed at the deadline", async () => {
+  const http = await endpoint(1000);
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  const slow = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  const started = Date.now();
+  try {
+    const silentEnd = endsAfter(silent, started);
+    const slowEnd = endsAfter(slow, started);
+    for (const byte of new TextEncoder().encode("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1")) {
+      if (Date.now() - started > 4000) break;
+      if (!await slow.write(Uint8Array.of(byte)).then(() => true, () => false)) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const [a, c] = await Promise.all([silentEnd, slowEnd]);
+    assert.ok(a >= 900 && a < 3000, `the silent connection ended after ${a} ms`);
+    assert.ok(c >= 900 && c < 3000, `the slow connection ended after ${c} ms`);
+    assert.equal(await healthz(http.port), 200);
+  } finally {
+    closeQuietly(silent);
+    closeQuietly(slow);
+    await http.close();
+  }
+});
+
+Deno.test("an idle keep-alive connection is closed at the deadline after its last response", async () => {
+  const http = await endpoint(1000);
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  try {
+    await conn.write(new TextEncoder().encode("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    assert.match(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1\.1 200/);
+    const answered = Date.now();
+    const ended = await endsAfter(conn, answered);
+    assert.ok(ended >= 900 && ended < 3000, `the idle connection ended after ${ended} ms`);
+  } finally {
+    closeQuietly(conn);
+    await http.close();
+  }
+});
+
+Deno.test("connections over the bound are closed at once; once they go, probes are answered", async () => {
+  const http = await endpoint(5000, 8);
+  const held: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 8; i++) {
+      held.push(await Deno.connect({ hostname: "127.0.0.1", port: http.port }));
+    }
+    const extra = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+    const ended = await endsAfter(extra, Date.now());
+    assert.ok(ended < 1000, `a connection over the bound stayed ${ended} ms`);
+    for (const c of held.splice(0)) closeQuietly(c);
+    let status = 0;
+    for (let i = 0; i < 20 && status !== 200; i++) {
+      status = await healthz(http.port).catch(() => 0);
+      if (status !== 200) await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(status, 200);
+  } finally {
+    for (const c of held) closeQuietly(c);
+    await http.close();
+  }
+});
+
+Deno.test("HEAD gets the headers without a body; other methods 405 with Allow; query strings are ignored", async () => {
+  const http = await endpoint(5000);
+  try {
+    const head = await fetch(`http://127.0.0.1:${http.port}/healthz`, { method: "HEAD" });
+    assert.equal(head.status, 200);
+    assert.equal(await head.text(), "");
+    const post = await fetch(`http://127.0.0.1:${http.port}/healthz`, {
+      method: "POST",
+      body: "x",
+    });
+    assert.equal(post.status, 405);
+    assert.equal(post.headers.get("allow"), "GET, HEAD");
+    await post.body?.cancel();
+    const q = await fetch(`http://127.0.0.1:${http.port}/readyz?verbose=1`);
+    assert.equal(q.status, 200);
+    assert.deepEqual(await q.json(), { status: "ready" });
+  } finally {
+    await http.close();
+  }
+});
