@@ -41,6 +41,7 @@ export function parseLogLevels(text: string): Map<string, LevelName> {
  * value carrying one (a client id, a user name, a topic: a client chooses them, before it is
  * authenticated too) could start a forged line or move a terminal's cursor.
  */
+// deno-lint-ignore no-control-regex -- control characters are what this looks for
 const UNSAFE = /[\x00-\x1f\x7f-\x9f\u2028\u2029]/g;
 
 function escapeControl(c: string): string {
