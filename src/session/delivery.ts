@@ -34,8 +34,6 @@ interface Outgoing {
   subIds: readonly number[] | null;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP. */
   released: boolean;
-  /** Held for a resend on the current connection that the window has not let out yet. */
-  resendDue: boolean;
 }
 
 interface Queued {
@@ -83,10 +81,7 @@ export abstract class SessionDelivery {
    * were first sent: each is sent again (PUBLISH with DUP, or PUBREL) as the new connection's
    * Receive Maximum lets it [MQTT-3.3.4-9], before anything new. Null when none is waiting.
    */
-  private resends: number[] | null = null;
-  private resendHead = 0;
-  /** Entries with `resendDue` set: in flight, but not sent on this connection yet. */
-  private resendLeft = 0;
+  private resends: Set<number> | null = null;
   /** Retained messages of new subscriptions still to send, oldest subscription first. */
   private streams: RetainedStream[] | null = null;
   /** A pump is scheduled for a stream that skipped a batch without writing. */
@@ -171,7 +166,6 @@ export abstract class SessionDelivery {
       retain,
       subIds,
       released: false,
-      resendDue: false,
     };
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
@@ -187,9 +181,9 @@ export abstract class SessionDelivery {
    * completed (its copy may still wait in this node's inbox, not yet XACKed).
    */
   private inflightDone(pid: number, id = ""): void {
-    const inflight = this.inflight!;
-    if (this.resendLeft !== 0 && inflight.get(pid)?.resendDue) this.resendLeft--;
-    inflight.delete(pid);
+    this.inflight!.delete(pid);
+    // Acknowledged before it was sent again (a client may acknowledge what it got before).
+    if (this.resends !== null) this.resends.delete(pid);
     if (this.journaled) {
       this.journal!.push({
         type: "inflight-delete",
@@ -342,24 +336,20 @@ export abstract class SessionDelivery {
    * sent again yet; released QoS 2 messages too, until PUBCOMP [MQTT-3.3.4-9].
    */
   private resendMore(link: SessionLink): boolean {
-    const pids = this.resends!;
-    const inflight = this.inflight;
-    while (this.resendHead < pids.length && inflight !== null) {
-      if (this.inflightCount - this.resendLeft >= link.sendWindow || link.congested) return false;
-      const pid = pids[this.resendHead++];
-      const e = inflight.get(pid);
-      // Acknowledged meanwhile (a client may still acknowledge what it got before).
-      if (e === undefined || !e.resendDue) continue;
-      e.resendDue = false;
-      this.resendLeft--;
+    // In insertion order, the order they were first sent. Nothing new is sent while some
+    // wait (pump returns early), so no packet id in the set can have been given out again.
+    const due = this.resends!;
+    for (const pid of due) {
+      if (this.inflightCount - due.size >= link.sendWindow || link.congested) return false;
+      due.delete(pid);
+      const e = this.inflight?.get(pid);
+      if (e === undefined) continue;
       if (e.released) link.sendPubrel(pid);
       else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
         this.inflightDone(pid);
       }
     }
     this.resends = null;
-    this.resendHead = 0;
-    this.resendLeft = 0;
     return true;
   }
 
@@ -491,14 +481,9 @@ export abstract class SessionDelivery {
   protected resend(): void {
     const inflight = this.inflight;
     if (inflight !== null && inflight.size !== 0) {
-      const pids: number[] = [];
-      for (const [pid, e] of inflight.entries()) {
-        e.resendDue = true;
-        pids.push(pid);
-      }
-      this.resends = pids;
-      this.resendHead = 0;
-      this.resendLeft = pids.length;
+      const due = new Set<number>();
+      for (const pid of inflight.keys()) due.add(pid);
+      this.resends = due;
     } else {
       this.resends = null;
     }
@@ -509,8 +494,6 @@ export abstract class SessionDelivery {
   protected dropDeliveries(): void {
     this.inflight = null;
     this.resends = null;
-    this.resendHead = 0;
-    this.resendLeft = 0;
     this.queue = EMPTY_QUEUE;
     this.queueHead = 0;
     this.queuedBytes = 0;
@@ -559,7 +542,6 @@ export abstract class SessionDelivery {
         retain: f.retain,
         subIds: f.subIds,
         released: f.released,
-        resendDue: false,
       });
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }
