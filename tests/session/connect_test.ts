@@ -288,19 +288,28 @@ Deno.test("retained messages, wildcards, shared subscriptions and subscription i
   assert.deepEqual(Array.isArray(ids) ? ids : [ids], [42]);
 });
 
+/** An MQTT 5 CONNECT asking for SCRAM (enhanced authentication, which is not offered). */
+function sendScramConnect(
+  c: RawClient,
+  clientId: string,
+  properties: Record<string, unknown> = {},
+): Promise<void> {
+  return c.sendPacket({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 5,
+    clientId,
+    clean: true,
+    keepalive: 60,
+    properties: { authenticationMethod: "SCRAM-SHA-1", ...properties },
+  });
+}
+
 Deno.test("a CONNECT with an Authentication Method gets CONNACK 0x8C and is closed", async () => {
   await using b = await startBroker();
   await using others = await bystanders(b.port);
   await using c = await RawClient.connect(b.port, 5);
-  await c.sendPacket({
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: 5,
-    clientId: "scram",
-    clean: true,
-    keepalive: 60,
-    properties: { authenticationMethod: "SCRAM-SHA-1" },
-  });
+  await sendScramConnect(c, "scram");
   // No extended authentication is supported: refuse, then close [MQTT-3.2.2-7].
   const ack = await c.expect("connack");
   assert.equal(ack.reasonCode, 0x8c);
@@ -351,15 +360,7 @@ Deno.test("a refusing CONNACK leaves its Reason String out when it would not fit
   await using b = await startBroker();
   const refusedWith = async (properties: Record<string, unknown>) => {
     await using c = await RawClient.connect(b.port, 5);
-    await c.sendPacket({
-      cmd: "connect",
-      protocolId: "MQTT",
-      protocolVersion: 5,
-      clientId: "refused",
-      clean: true,
-      keepalive: 60,
-      properties: { authenticationMethod: "SCRAM-SHA-1", ...properties },
-    });
+    await sendScramConnect(c, "refused", properties);
     const ack = await c.expect("connack");
     assert.equal(ack.reasonCode, 0x8c);
     return ack;
