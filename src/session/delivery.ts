@@ -159,14 +159,7 @@ export abstract class SessionDelivery {
     // are acknowledged within moments: briefly owned (in the arena) unless the journal keeps
     // it too; `settleInflight` owns what is still in flight at the next sweep.
     const m = this.journaled ? msg.own() : msg.ownBriefly();
-    const e: Outgoing = {
-      msg: m,
-      packetId: pid,
-      qos,
-      retain,
-      subIds,
-      released: false,
-    };
+    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;

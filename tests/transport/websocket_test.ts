@@ -315,7 +315,10 @@ Deno.test("a socket that does not upgrade within limits.connect_timeout is close
     closeQuietly(silent);
     closeQuietly(slow);
   }
-  // The listener still serves.
+  // The listener still serves, and an upgraded connection outlives the deadline.
   await using ws = await RawWsClient.open(wsPort);
   await ws.handshake("after-slow");
+  await new Promise((r) => setTimeout(r, 1_500));
+  await ws.sendPacket({ cmd: "pingreq" });
+  await ws.expect("pingresp");
 });

@@ -113,6 +113,15 @@ Deno.test("MQTT.js over wss with client certificates exchanges QoS 1 messages", 
   assert.deepEqual([m.payload, m.packet.qos], ["hi bob", 1]);
 });
 
+Deno.test("a secure WebSocket connection outlives limits.connect_timeout once upgraded (the upgrade deadline is cleared)", async () => {
+  await using b = await wssBroker({ limits: { connect_timeout: 1 } });
+  await using alice = await subscriber(b.wssPort, "wss/late", 1, wss(pki.alice, "alice"));
+  await new Promise((r) => setTimeout(r, 2_000));
+  assert.equal(alice.connected, true);
+  await alice.publishAsync("wss/late", "still here", { qos: 1 });
+  assert.equal((await alice.inbox.next()).payload, "still here");
+});
+
 Deno.test("a secure WebSocket negotiates mqtt (or mqttv3.1) and answers CONNECT [MQTT-6.0.0-4]", async () => {
   await using b = await wssBroker();
   const ok = await probe(b.wssPort, pki.alice, { protocols: ["chat", "mqtt"] });
