@@ -10,8 +10,7 @@
 import http from "node:http";
 import type { Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
-import { closeWithGrace, trackSockets } from "../transport/tls.ts";
-import { keepAccepting, nodeServerHandle } from "../transport/rearm.ts";
+import { closeWithGrace, listenServer, trackSockets } from "../transport/node_server.ts";
 
 const log = getLogger(["mcloudtt", "http"]);
 
@@ -151,16 +150,7 @@ export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
   });
   // A malformed request is the client's: node answers 400; nothing to log.
   server.on("clientError", (_e: Error, socket: Socket) => socket.destroy());
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(opts.port, opts.hostname, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  // A failed accept (out of file descriptors) would stop the listener for good (rearm.ts).
-  const stopRearm = keepAccepting(() => nodeServerHandle(server));
-  const addr = server.address() as { address: string; port: number };
+  const addr = await listenServer(server, opts.hostname, opts.port);
   log.info("HTTP endpoint (/healthz, /readyz, /metrics) on {hostname}:{port}", {
     hostname: addr.address,
     port: addr.port,
@@ -169,7 +159,6 @@ export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
     hostname: addr.address,
     port: addr.port,
     close: () => {
-      stopRearm();
       server.closeAllConnections?.();
       return closeWithGrace(server, sockets);
     },

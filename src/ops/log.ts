@@ -58,21 +58,23 @@ function escapeControl(c: string): string {
 }
 
 /** `s` with its control characters written as escapes (`\n`, `\x1b`), for a text log line. */
-export function escapeForText(s: string): string {
-  UNSAFE.lastIndex = 0;
-  return UNSAFE.test(s) ? s.replace(UNSAFE, escapeControl) : s;
+function escapeForText(s: string): string {
+  return s.replace(UNSAFE, escapeControl);
 }
 
 /**
  * A value inside a message: strings as they are (no quotes), the rest compactly. In a text line
- * (`text`) every line break is escaped, a stack trace's too: one record, one line.
+ * (`text`) every control character is escaped, a stack trace's line breaks too: one record, one
+ * line.
  */
 function renderValue(v: unknown, text: boolean): string {
-  if (typeof v === "string") return text ? escapeForText(v) : v;
-  if (v instanceof Error) {
-    const s = v.stack ?? `${v.name}: ${v.message}`;
-    return text ? escapeForText(s) : s;
-  }
+  const s = valueText(v);
+  return text ? escapeForText(s) : s;
+}
+
+function valueText(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (v instanceof Error) return v.stack ?? `${v.name}: ${v.message}`;
   if (v === undefined || v === null) return "-";
   if (typeof v === "object" && v !== null) {
     try {

@@ -6,13 +6,8 @@
  */
 import https from "node:https";
 import type { TLSSocket } from "node:tls";
-import {
-  closeWithGrace,
-  listenNode,
-  peerIdentity,
-  type SecureListenOptions,
-  secureServer,
-} from "./tls.ts";
+import { closeWithGrace } from "./node_server.ts";
+import { listenNode, peerIdentity, type SecureListenOptions, secureServer } from "./tls.ts";
 import { readCipherShared } from "./tls_read.ts";
 import { writeInPieces } from "./tls_write.ts";
 import type { Acceptor, Listener } from "./types.ts";

@@ -8,7 +8,7 @@ import type { Server, Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
-import { keepAccepting, nodeServerHandle } from "./rearm.ts";
+import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { bridgeSocket } from "./tls_read.ts";
 import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
@@ -116,35 +116,6 @@ export function socketSink(socket: Socket, lingerMs: number): ByteWriter {
   };
 }
 
-/** How long a closing server lets its sockets end on their own before cutting the rest. */
-const CLOSE_GRACE_MS = 1000;
-
-/** The raw sockets of `server` that are still open, kept up to date. */
-export function trackSockets(server: Server): Set<Socket> {
-  const open = new Set<Socket>();
-  server.on("connection", (s: Socket) => {
-    open.add(s);
-    s.once("close", () => open.delete(s));
-  });
-  return open;
-}
-
-/**
- * Closes `server`. Peers still in the TLS handshake never reach the core, so nothing else
- * closes them and a silent one would hold close() open: after a grace period they are cut.
- */
-export function closeWithGrace(server: Server, open: Set<Socket>): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      for (const s of open) s.destroy();
-    }, CLOSE_GRACE_MS);
-    server.close(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
-
 /**
  * Binds a node TLS/HTTPS server, logging and counting refused handshakes (a client without a
  * valid certificate is an expected event, not an error).
@@ -173,16 +144,7 @@ export async function listenNode(
       acceptor?.handshakeFailed?.(transport, remote, err.message);
     });
   }
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, hostname, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-  // See rearm.ts: a failed accept (out of descriptors) would stop this listener for good.
-  server.once("close", keepAccepting(() => nodeServerHandle(server)));
-  return server.address() as { address: string; port: number };
+  return await listenServer(server, hostname, port);
 }
 
 /** Starts an MQTT-over-TLS listener. */

@@ -11,7 +11,7 @@ import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
-import { closeWithGrace, listenNode, trackSockets } from "./tls.ts";
+import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 
@@ -241,7 +241,7 @@ export async function listenWebSocket(
     remoteAddress: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     transport: "ws",
   }));
-  const addr = await listenNode(server, opts.hostname, opts.port);
+  const addr = await listenServer(server, opts.hostname, opts.port);
   return {
     kind: "ws",
     hostname: addr.address,

@@ -1,0 +1,57 @@
+/**
+ * What every listener on a node:net server needs, whatever it speaks (MQTT over TLS, WebSocket,
+ * the operations endpoint): binding with a failed accept recovered (rearm.ts), the open sockets,
+ * and a close that does not wait for ever on a silent peer.
+ */
+import type { Server, Socket } from "node:net";
+import { keepAccepting, nodeServerHandle } from "./rearm.ts";
+
+/** How long a closing server lets its sockets end on their own before cutting the rest. */
+const CLOSE_GRACE_MS = 1000;
+
+/** The raw sockets of `server` that are still open, kept up to date. */
+export function trackSockets(server: Server): Set<Socket> {
+  const open = new Set<Socket>();
+  server.on("connection", (s: Socket) => {
+    open.add(s);
+    s.once("close", () => open.delete(s));
+  });
+  return open;
+}
+
+/**
+ * Closes `server`. Peers that never reach the core (a TLS handshake or an HTTP request not yet
+ * complete) are closed by nothing else, and a silent one would hold close() open: after a grace
+ * period they are cut.
+ */
+export function closeWithGrace(server: Server, open: Set<Socket>): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      for (const s of open) s.destroy();
+    }, CLOSE_GRACE_MS);
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Binds `server`; resolves with its address once it listens. Until it closes, it is nudged to
+ * accept again after a failed accept (see rearm.ts: otherwise it would stop for good).
+ */
+export async function listenServer(
+  server: Server,
+  hostname: string,
+  port: number,
+): Promise<{ address: string; port: number }> {
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, hostname, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  server.once("close", keepAccepting(() => nodeServerHandle(server)));
+  return server.address() as { address: string; port: number };
+}
