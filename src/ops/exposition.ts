@@ -111,6 +111,11 @@ export class Exposition {
       "listener",
       () => LISTENERS.map((l) => [l, m().connectionsByListener[l]]),
     );
+    counter(
+      "mcloudtt_connections_rejected_total",
+      "Sockets closed at accept, before any byte was read, because the broker held max_connections and its margin",
+      () => m().connectionsRejected,
+    );
     counter("mcloudtt_connects_total", "CONNECTs accepted (CONNACK 0)", () => m().connects);
     counter(
       "mcloudtt_connects_refused_total",

@@ -18,6 +18,7 @@ import type { ByteWriter } from "../protocol/outbox.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
+import { RateLimitedLog } from "../sinks/stats.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import type { SessionState, Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
@@ -64,6 +65,14 @@ export interface CoreOptions {
   maxUnwritten?: number;
 }
 
+/**
+ * `max_connections` and the sockets over it kept long enough to refuse their CONNECT with 0x97
+ * (Quota exceeded): 1 % of the limit, at least 16.
+ */
+export function socketLimit(maxConnections: number): number {
+  return maxConnections + Math.max(16, Math.ceil(maxConnections / 100));
+}
+
 /** Serve no shared group here (a remote message whose groups are served elsewhere). */
 const NO_GROUPS: ReadonlySet<string> = new Set();
 
@@ -97,10 +106,18 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly ackAfterWrite: boolean;
   /** One object for every session (an object per session cost 48 B per idle client). */
   private readonly sessionLimits: SessionLimits;
+  /**
+   * Sockets the listeners may hold at once, before or after CONNECT: `limits.max_connections`
+   * and a margin, so that a client over the limit still reads CONNACK 0x97 (refused at CONNECT)
+   * while a flood of sockets that never send CONNECT cannot grow without bound.
+   */
+  readonly socketLimit: number;
+  private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
+    this.socketLimit = socketLimit(opts.limits.maxConnections);
     this.sessionLimits = {
       maxQueued: opts.limits.maxQueued,
       maxQueuedBytes: opts.limits.maxQueuedBytes,
@@ -190,6 +207,31 @@ export class BrokerCore implements ConnectionHost, BusHost {
     // no sweep to time it out, and keep the listener's close() from ever finishing.
     if (this.stoppedWith !== null) c.disconnect(this.stoppedWith, "server shutting down");
     return c;
+  }
+
+  /**
+   * A listener accepted a socket, before any handshake or upgrade: false when the broker already
+   * holds `socketLimit` sockets and the transport must close this one at once. `held`: a TLS or
+   * WebSocket socket, counted from here until `released()` (a plain TCP socket reaches accept()
+   * at once and is counted there).
+   */
+  admit(held: boolean): boolean {
+    const m = this.metrics;
+    if (m.connectionsByListener.tcp + m.socketsHeld >= this.socketLimit) {
+      m.connectionsRejected++;
+      this.rejectedLog.note(
+        `closed a new socket at accept: ${this.socketLimit} sockets open ` +
+          `(limits.max_connections ${this.limits.maxConnections} and room to refuse with a CONNACK)`,
+      );
+      return false;
+    }
+    if (held) m.socketsHeld++;
+    return true;
+  }
+
+  /** A socket `admit(true)` let in closed. */
+  released(): void {
+    this.metrics.socketsHeld--;
   }
 
   /** A transport's TLS handshake failed (the transport logged it). */

@@ -5,16 +5,30 @@
  */
 import type { Server, Socket } from "node:net";
 import { keepAccepting, nodeServerHandle } from "./rearm.ts";
+import type { Acceptor } from "./types.ts";
 
 /** How long a closing server lets its sockets end on their own before cutting the rest. */
 const CLOSE_GRACE_MS = 1000;
 
-/** The raw sockets of `server` that are still open, kept up to date. */
-export function trackSockets(server: Server): Set<Socket> {
+/**
+ * The raw sockets of `server` that are still open, kept up to date. With an `acceptor` each new
+ * socket is first admitted by the broker (counted from accept, before its TLS handshake or
+ * WebSocket upgrade, until it closes) or closed at once.
+ */
+export function trackSockets(server: Server, acceptor?: Acceptor): Set<Socket> {
   const open = new Set<Socket>();
+  const admit = acceptor?.admit?.bind(acceptor);
+  const released = acceptor?.released?.bind(acceptor);
   server.on("connection", (s: Socket) => {
+    if (admit !== undefined && !admit(true)) {
+      s.destroy();
+      return;
+    }
     open.add(s);
-    s.once("close", () => open.delete(s));
+    s.once("close", () => {
+      open.delete(s);
+      released?.();
+    });
   });
   return open;
 }

@@ -20,7 +20,7 @@ export async function listenSecureWebSocket(
   acceptor: Acceptor,
   opts: WssListenOptions,
 ): Promise<Listener> {
-  const { server, sockets, unwatch } = secureServer((o) => https.createServer(o), opts);
+  const { server, sockets, unwatch } = secureServer((o) => https.createServer(o), opts, acceptor);
   const wss = serveWebSocket(server, acceptor, opts, (req) => {
     const tlsSocket = req.socket as TLSSocket;
     if (opts.clientCert === "required" && !tlsSocket.authorized) return 403;

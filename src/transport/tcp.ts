@@ -171,6 +171,10 @@ export function listenTcp(
   const addr = listener.addr as Deno.NetAddr;
   let closed = false;
   const handle = (conn: Deno.TcpConn) => {
+    if (acceptor.admit?.(false) === false) {
+      conn.close();
+      return;
+    }
     try {
       conn.setNoDelay(true);
     } catch {

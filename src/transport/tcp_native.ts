@@ -345,6 +345,10 @@ export function listenNativeTcp(
     }
     const client = new nt.Tcp(nt.socket);
     if (server.accept(client) !== 0) return;
+    if (acceptor.admit?.(false) === false) {
+      client.close();
+      return;
+    }
     if (!noDelayInherited) client.setNoDelay(true);
     const c = new NativeTcpConnection(client, lingerMs);
     c.start(acceptor.accept(c, c));

@@ -59,12 +59,13 @@ export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.
 export function secureServer<S extends tls.Server>(
   create: (options: tls.TlsOptions) => S,
   opts: SecureListenOptions,
+  acceptor?: Acceptor,
 ): { server: S; sockets: Set<Socket>; unwatch: () => void } {
   const server = create({
     ...secureOptions(opts.material, opts.clientCert),
     handshakeTimeout: opts.handshakeTimeoutMs,
   });
-  const sockets = trackSockets(server);
+  const sockets = trackSockets(server, acceptor);
   const unwatch = opts.material.onChange(() => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
   });
@@ -149,7 +150,7 @@ export async function listenNode(
 
 /** Starts an MQTT-over-TLS listener. */
 export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
-  const { server, sockets, unwatch } = secureServer((o) => tls.createServer(o), opts);
+  const { server, sockets, unwatch } = secureServer((o) => tls.createServer(o), opts, acceptor);
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
     const handler = acceptor.accept(socketSink(socket, opts.lingerMs), {

@@ -7,6 +7,14 @@ export type { ByteWriter, ConnectionHandler, PeerInfo };
 /** The broker side a transport hands each accepted byte stream to. */
 export interface Acceptor {
   accept(sink: ByteWriter, peer: PeerInfo): ConnectionHandler;
+  /**
+   * A socket was accepted, before any handshake: false means close it at once (the broker holds
+   * as many as it may). `held` sockets (TLS, WebSocket: they reach accept() only after their
+   * handshake or upgrade) are counted until `released()`.
+   */
+  admit?(held: boolean): boolean;
+  /** A socket admitted with `held` closed. */
+  released?(): void;
   /** A TLS handshake failed before any MQTT was spoken (counted in metrics). */
   handshakeFailed?(transport: "tls" | "wss", remoteAddress: string, reason: string): void;
 }

@@ -236,7 +236,7 @@ export async function listenWebSocket(
   opts: WsListenOptions,
 ): Promise<Listener> {
   const server = http.createServer();
-  const sockets = trackSockets(server);
+  const sockets = trackSockets(server, acceptor);
   const wss = serveWebSocket(server, acceptor, opts, (req) => ({
     remoteAddress: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
     transport: "ws",
