@@ -74,7 +74,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   /** Keep alive timeout in ms (1.5 x keep alive), 0 for none. */
   keepAliveTimeout = 0;
   sendWindow = 65535;
-  clientMaxPacket = 0;
+  /**
+   * The client's Maximum Packet Size, 0 for none; -1 until its CONNECT is decoded, when a
+   * refusal may not carry a Reason String: the client may allow less [MQTT-3.2.2-19].
+   */
+  clientMaxPacket = -1;
   /**
    * CONNECT asked for a Session Expiry Interval of 0: then a DISCONNECT may not set another
    * [MQTT-3.14.2-2]. What CONNECT asked, not what CONNACK granted: a server maximum of 0
@@ -272,9 +276,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.AwaitingConnect || this.state === State.Authenticating) {
       // Errors in CONNECT are answered with CONNACK (MQTT 5 only) [MQTT-3.1.4-1].
       if (this.level === 5) {
-        this.outbox.push(
-          encodeConnack(5, false, code, { reasonString: message }, this.clientMaxPacket),
-        );
+        const props = this.clientMaxPacket < 0 ? {} : { reasonString: message };
+        this.outbox.push(encodeConnack(5, false, code, props, this.clientMaxPacket));
       }
       this.end(false);
       return;

@@ -165,7 +165,7 @@ export function sendPublish(
     : publishForm(msg, v5, qos, retain, expiry, mode);
   const shared = f.payload;
   if (
-    c.clientMaxPacket !== 0 &&
+    c.clientMaxPacket > 0 &&
     (shared === null ? f.length : f.length + shared.length) > c.clientMaxPacket
   ) {
     // Never send more than the client accepts; the message is dropped for it [MQTT-3.1.2-25].

@@ -377,6 +377,20 @@ Deno.test("a refusing CONNACK leaves its Reason String out when it would not fit
   assert.ok(2 + (bare.length as number) <= 10, `CONNACK is ${2 + (bare.length as number)} bytes`);
 });
 
+Deno.test("a CONNECT refused while its properties are read gets no Reason String: the client's Maximum Packet Size is not known yet [MQTT-3.2.2-19]", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 5);
+  // Receive Maximum 0 (a Protocol Error, section 3.1.2.11.3) before Maximum
+  // Packet Size 10: decoding stops at the first, so the limit in the second is never read.
+  const props = [0x21, 0x00, 0x00, 0x27, 0x00, 0x00, 0x00, 0x0a];
+  const body = [0, 4, 0x4d, 0x51, 0x54, 0x54, 5, 0x02, 0, 0, props.length, ...props, 0, 1, 0x78];
+  await c.send([0x10, body.length, ...body]);
+  const ack = await c.expect("connack");
+  assert.equal(ack.reasonCode, 0x82);
+  assert.equal((ack.properties as Record<string, unknown> | undefined)?.reasonString, undefined);
+  assert.ok(2 + (ack.length as number) <= 10, `CONNACK is ${2 + (ack.length as number)} bytes`);
+});
+
 Deno.test("each broker's CONNACK carries its own limits, Session Present and what it tells one client", async () => {
   // Accepted CONNACKs that say nothing about the client are encoded once per broker's limits and
   // shared: two brokers in one process, each connected to twice, must still answer with their own.
