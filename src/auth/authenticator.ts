@@ -118,10 +118,17 @@ export class PolicyAuthenticator implements Authenticator {
         : Math.max(0, (this.options.now ?? Date.now)() - req.acceptedAt);
       const deadline = Date.now() + (this.options.connectTimeoutMs ?? 10_000) - spent;
       return this.verifier.verify(passwords, username, req.password, deadline).then(
-        (ok): AuthDecision =>
-          ok
+        (ok): AuthDecision | Promise<AuthDecision> => {
+          // The file may have been reloaded (SIGHUP) while the hash was computed: the check
+          // holds only if this user's entry is still the one checked, else the current file
+          // decides (a removed user is refused, a changed password checked again).
+          if (this.options.passwords?.entryOf(username) !== passwords.entryOf(username)) {
+            return this.decide(req);
+          }
+          return ok
             ? { ok: true, username }
-            : { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" },
+            : { ok: false, reasonCode: BAD_CREDENTIALS, reason: "bad user name or password" };
+        },
         (e): AuthDecision => {
           if (!(e instanceof AuthBusyError)) throw e;
           return { ok: false, reasonCode: BUSY, reason: `server busy: ${e.message}` };

@@ -82,6 +82,16 @@ export class Wills {
   private send(session: Session, will: Will): void {
     const core = this.core;
     const m = will.msg;
+    // Checked at CONNECT, and again now: the ACL may have been reloaded since (SIGHUP), or the
+    // broker restarted with another, while the will waited for its connection to end.
+    if (!core.mayPublish(session.clientId, session.username, m.topic)) {
+      log.info("dropped the will of {clientId}: the ACL no longer lets it publish to {topic}", {
+        clientId: session.clientId,
+        topic: m.topic,
+      });
+      core.sessionChanged(session);
+      return;
+    }
     const msg = will.expiry >= 0
       ? new Message(
         m.topic,

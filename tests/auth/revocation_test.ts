@@ -140,3 +140,43 @@ Deno.test("a reload that fails to parse revokes nothing", async () => {
   await delay(100);
   assert.equal(d.connected, true);
 });
+
+Deno.test("a will whose topic a reloaded ACL forbids is not published", async () => {
+  const acl = await write("acl-will", "pattern readwrite #\n");
+  await using b = await startBroker({ auth: { acl_file: acl, allow_anonymous: true } });
+  await using bob = await subscriber(b.port, "#", 1, { clientId: "bob", username: "bob" });
+  const will = (user: string) => ({
+    clientId: user,
+    username: user,
+    will: { topic: `actuators/${user}/w`, payload: Buffer.from("WILL"), qos: 1 as const },
+  });
+  const alice = await connectClient(b.port, will("alice"));
+  const carol = await connectClient(b.port, will("carol"));
+
+  // alice may no longer publish there; carol still may.
+  await Deno.writeTextFile(acl, "pattern readwrite #\nuser alice\ntopic deny actuators/#\n");
+  await b.broker.reload();
+  alice.end(true); // no DISCONNECT: the will is due
+  carol.end(true);
+  const got = await bob.inbox.next();
+  assert.equal(got.topic, "actuators/carol/w");
+  await bob.inbox.none(300);
+});
+
+Deno.test("a login whose password check spans a reload that removed the user is refused", async () => {
+  // A hash slow enough (hundreds of ms) that the reload lands while it is checked.
+  const slow = `slow:${await hashPassword("s", 600_000)}\n`;
+  const passwd = await write("passwd-race", slow);
+  await using b = await startBroker({
+    auth: { password_file: passwd, auth_cache_seconds: 0 },
+  });
+  const started = Date.now();
+  const login = connectClient(b.port, { clientId: "slow", username: "slow", password: "s" });
+  login.catch(() => {});
+  await delay(20);
+  await Deno.writeTextFile(passwd, `other:${await hashPassword("o", 1000)}\n`);
+  await b.broker.reload();
+  const reloadedAfter = Date.now() - started;
+  await assert.rejects(login, /Bad User Name or Password|Not authorized|bad user name/i);
+  assert.ok(reloadedAfter < 200, `the reload came ${reloadedAfter} ms in, maybe after the check`);
+});
