@@ -452,6 +452,16 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
   }
 
+  /**
+   * Acknowledges a PUBLISH that needs no write (a refusal) at once, or behind the
+   * acknowledgements still waiting for theirs [MQTT-4.6.0-2]; no queue is made for it.
+   */
+  ackInOrder(qos: number, pid: number, code: number): void {
+    const q = this.ackQueue;
+    if (q !== null && q.busy) q.ack(qos as 1 | 2, pid, code, null, code);
+    else this.ack(qos, pid, code);
+  }
+
   /** Acknowledges an incoming QoS 1/2 PUBLISH (called in order by `acks`). */
   ack(qos: number, pid: number, code: number): void {
     // A refused QoS 2 PUBLISH was not accepted: its packet id is free again [MQTT-4.3.3],

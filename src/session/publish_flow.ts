@@ -35,7 +35,7 @@ export function onPublish(
   const qos = p.qos;
   const pid = p.packetId;
   if (p.payloadFormat === -2) {
-    if (qos > 0) c.ack(qos, pid, ReasonCode.PayloadFormatInvalid);
+    if (qos > 0) c.ackInOrder(qos, pid, ReasonCode.PayloadFormatInvalid);
     return;
   }
   if (
@@ -43,7 +43,7 @@ export function onPublish(
   ) {
     // Refused publishes are acknowledged with 0x87 in MQTT 5; 3.1.1 has no
     // way to refuse, so they get a normal acknowledgement and are dropped.
-    if (qos > 0) c.ack(qos, pid, ReasonCode.NotAuthorized);
+    if (qos > 0) c.ackInOrder(qos, pid, ReasonCode.NotAuthorized);
     return;
   }
   const session = c.session!;
@@ -87,7 +87,7 @@ export function onPublish(
     // The retained store is full: an MQTT 5 publisher is told, and the message is not
     // accepted. QoS 0 and 3.1.1 cannot be told: those are delivered but not retained.
     host.metrics.retainedRefused++;
-    c.ack(qos, pid, ReasonCode.QuotaExceeded);
+    c.ackInOrder(qos, pid, ReasonCode.QuotaExceeded);
     return;
   }
   const n = host.publish(

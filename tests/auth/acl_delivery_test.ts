@@ -6,7 +6,9 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import mqttPacket from "mqtt-packet";
 import { collect, connectClient, RawClient, startBroker } from "../helpers/broker.ts";
+import { concatBytes } from "../helpers/wire.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-acl-delivery-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
@@ -125,4 +127,43 @@ Deno.test("MQTT 3.1.1: SUBSCRIBE # is granted under a deny rule (raw SUBACK)", a
   }, 4);
   const ack = await c.expect("suback");
   assert.deepEqual(ack.granted, [1, 0x80]);
+});
+
+Deno.test("refused QoS 1 publishes are acknowledged in PUBLISH order, behind those waiting for the store [MQTT-4.6.0-2]", async () => {
+  // Accepted retained publishes wait for their store write (storage.sync = ack-after-write);
+  // a refusal needs none but must not overtake them.
+  const data = join(dir, "store-order");
+  await using b = await startBroker({
+    auth: { acl_file: aclFile, allow_anonymous: true },
+    storage: { enabled: true, dir: data },
+  });
+  for (const level of [4, 5] as const) {
+    await using c = await RawClient.connect(b.port, level);
+    await c.handshake(`order-${level}`, level);
+    const burst: Uint8Array[] = [];
+    const gen = (p: Record<string, unknown>) =>
+      new Uint8Array(
+        mqttPacket.generate(p as unknown as mqttPacket.Packet, { protocolVersion: level }),
+      );
+    for (let i = 1; i <= 5; i++) {
+      burst.push(
+        gen({
+          cmd: "publish",
+          topic: `ok/${i}`,
+          payload: "m",
+          qos: 1,
+          retain: true,
+          messageId: 2 * i - 1,
+        }),
+      );
+      burst.push(
+        gen({ cmd: "publish", topic: "secret/x", payload: "no", qos: 1, messageId: 2 * i }),
+      );
+    }
+    // One write: the refusals are read in the same turn as the publishes still being stored.
+    await c.send(concatBytes(burst));
+    const ids: number[] = [];
+    for (let i = 0; i < 10; i++) ids.push((await c.expect("puback")).messageId as number);
+    assert.deepEqual(ids, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], `MQTT ${level === 5 ? 5 : "3.1.1"}`);
+  }
 });
