@@ -11,7 +11,13 @@ import type { Message } from "../protocol/message.ts";
 import { decodeBatch, encodeBody, encodeGroups, encodeIds, MessageIds } from "./codec.ts";
 import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
 import { RouteTrie } from "./route_trie.ts";
-import { type Bus, type BusHost, type ForwardResult, LOCAL_ONLY } from "./types.ts";
+import {
+  type Bus,
+  type BusHost,
+  ForeignSessionError,
+  type ForwardResult,
+  LOCAL_ONLY,
+} from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
@@ -27,6 +33,8 @@ export class MemoryHub {
   readonly owners = new Map<string, string>();
   /** Claim numbers per client id (the Redis bus keeps them in the owner key). */
   readonly claims = new Map<string, number>();
+  /** Whose session the owner of each client id holds (null: anonymous). */
+  readonly users = new Map<string, string | null>();
   private seq = 0;
 
   /** A new bus on this hub; `nodeId` defaults to node-1, node-2, ... */
@@ -179,8 +187,22 @@ export class MemoryBus implements Bus {
     }
   }
 
-  claimSession(clientId: string, numbered?: (epoch: number) => void): Promise<number> {
+  claimSession(
+    clientId: string,
+    numbered?: (epoch: number) => void,
+    _adoptingFrom?: string,
+    owner?: string | null,
+  ): Promise<number> {
     const old = this.hub.owners.get(clientId);
+    const users = this.hub.users;
+    if (owner !== undefined && old !== undefined && old !== this.nodeId && users.has(clientId)) {
+      const user = users.get(clientId)!;
+      if (user !== owner && this.hub.buses.get(old)?.host != null) {
+        return Promise.reject(new ForeignSessionError(user));
+      }
+    }
+    if (owner === undefined) users.delete(clientId);
+    else users.set(clientId, owner);
     const epoch = (this.hub.claims.get(clientId) ?? 0) + 1;
     this.hub.claims.set(clientId, epoch);
     numbered?.(epoch);
@@ -193,7 +215,10 @@ export class MemoryBus implements Bus {
   }
 
   releaseSession(clientId: string): void {
-    if (this.hub.owners.get(clientId) === this.nodeId) this.hub.owners.delete(clientId);
+    if (this.hub.owners.get(clientId) === this.nodeId) {
+      this.hub.owners.delete(clientId);
+      this.hub.users.delete(clientId);
+    }
   }
 }
 

@@ -424,8 +424,9 @@ export class RedisBus implements Bus {
     clientId: string,
     numbered?: (epoch: number) => void,
     adoptingFrom?: string,
+    owner?: string | null,
   ): Promise<number> {
-    return this.claims.claim(clientId, numbered, adoptingFrom);
+    return this.claims.claim(clientId, numbered, adoptingFrom, owner);
   }
 
   releaseSession(clientId: string): void {

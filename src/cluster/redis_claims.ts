@@ -12,7 +12,8 @@ import { bounded } from "./memory_hub.ts";
 import type { RedisClient } from "./redis_connection.ts";
 import type { ControlHandler, InboxWriter } from "./redis_inbox.ts";
 import type { Liveness } from "./redis_liveness.ts";
-import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
+import { type ClusterKeys, type ClusterScripts, decodeUser, encodeUser } from "./redis_scripts.ts";
+import { ForeignSessionError } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
@@ -45,15 +46,21 @@ export class SessionClaims {
     clientId: string,
     numbered?: (epoch: number) => void,
     adoptingFrom?: string,
+    owner?: string | null,
   ): Promise<number> {
     const adopting = adoptingFrom !== undefined;
+    const keys: [string, string] = [this.keys.owner(clientId), this.keys.ownerUser(clientId)];
     if (adopting) {
       // A live node claimed it after the death: it gets the session once this one handed it back.
-      const current = await this.cmd.get(this.keys.owner(clientId));
+      const current = await this.cmd.get(keys[0]);
       const holder = current === null ? "" : current.slice(0, current.lastIndexOf(" "));
       if (holder !== "" && holder !== adoptingFrom && holder !== this.nodeId) return 0;
-    } else await this.untilHandled(clientId);
-    const previous = await this.scripts.ownerClaim(this.keys.owner(clientId), this.nodeId);
+    } else {
+      await this.untilHandled(clientId);
+      if (owner !== undefined) await this.refuseForeign(keys, owner);
+    }
+    const user = owner === undefined ? "" : encodeUser(owner);
+    const previous = await this.scripts.ownerClaim(keys, this.nodeId, user);
     // The owner key holds "<node> <claims so far>"; this claim is the next one.
     const space = previous?.lastIndexOf(" ") ?? -1;
     const epoch = previous === null ? 1 : (Number(previous.slice(space + 1)) || 0) + 1;
@@ -97,6 +104,22 @@ export class SessionClaims {
   }
 
   /**
+   * Throws ForeignSessionError when another live node holds the client id for a session of
+   * another user. A session not stored (no expiry, no will) is known to other nodes only
+   * through this record: without it any user could kick the owner's connection from elsewhere.
+   * Two users claiming at the same moment both pass; the later claim wins, as before.
+   */
+  private async refuseForeign(keys: [string, string], owner: string | null): Promise<void> {
+    const [current, user] = await this.cmd.mget(keys[0], keys[1]);
+    if (current === null || user === null || user === encodeUser(owner)) return;
+    const holder = current.slice(0, current.lastIndexOf(" "));
+    if (holder === "" || holder === this.nodeId) return;
+    if (this.liveness.live.has(holder) || await this.liveness.isLive(holder)) {
+      throw new ForeignSessionError(decodeUser(user));
+    }
+  }
+
+  /**
    * When `clientId`'s owner died and no survivor has handled it yet, waits
    * (at most a lease ttl plus the takeover timeout) until one has: the survivor
    * adopts the session and fills it with what was left in the dead node's
@@ -120,7 +143,8 @@ export class SessionClaims {
 
   /** Bus.releaseSession. */
   release(clientId: string): void {
-    this.scripts.ownerRelease(this.keys.owner(clientId), this.nodeId).catch((e) =>
+    const keys: [string, string] = [this.keys.owner(clientId), this.keys.ownerUser(clientId)];
+    this.scripts.ownerRelease(keys, this.nodeId).catch((e) =>
       log.warn`releasing ${clientId}: ${(e as Error).message}`
     );
   }

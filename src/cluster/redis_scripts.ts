@@ -44,6 +44,10 @@ export class ClusterKeys {
   owner(clientId: string): string {
     return `${this.prefix}:{s:${clientId}}:own`;
   }
+  /** Who the session of the node in `owner` belongs to (see `encodeUser`); same hash slot. */
+  ownerUser(clientId: string): string {
+    return `${this.prefix}:{s:${clientId}}:user`;
+  }
 }
 
 /** Approximate length the route log is trimmed to (nodes that fell further behind reload). */
@@ -145,25 +149,38 @@ return 1
 `;
 
 /**
- * Makes a node the owner of a client id, bumping the epoch.
- * KEYS: owner. ARGV: node. Returns the previous `<node> <epoch>` or false.
+ * Makes a node the owner of a client id, bumping the epoch, and records whose session it is
+ * (ARGV[2], "" for unknown: the record is dropped).
+ * KEYS: owner, user. ARGV: node, user. Returns the previous `<node> <epoch>` or false.
  */
 const OWNER_CLAIM = `
 local old = redis.call('GET', KEYS[1])
 local epoch = 0
 if old then epoch = tonumber(string.match(old, ' (%d+)$') or '0') end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (epoch + 1))
+if ARGV[2] == '' then redis.call('DEL', KEYS[2]) else redis.call('SET', KEYS[2], ARGV[2]) end
 return old or false
 `;
 
-/** Clears ownership if `node` still holds it. KEYS: owner. ARGV: node. */
+/** Clears ownership (and whose it was) if `node` still holds it. KEYS: owner, user. ARGV: node. */
 const OWNER_RELEASE = `
 local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
+  redis.call('DEL', KEYS[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
 `;
+
+/** A session owner as the user key holds it: "u:" and the name, or "-" for anonymous. */
+export function encodeUser(owner: string | null): string {
+  return owner === null ? "-" : `u:${owner}`;
+}
+
+/** The owner `encodeUser` wrote. */
+export function decodeUser(raw: string): string | null {
+  return raw.startsWith("u:") ? raw.slice(2) : null;
+}
 
 type ScriptArg = string | number;
 type ScriptFn = (...args: ScriptArg[]) => Promise<unknown>;
@@ -182,8 +199,8 @@ export interface ClusterScripts {
   ): Promise<LeaseTick>;
   deadClaim(keys: [string, string], node: string, me: string, claimMs: number): Promise<boolean>;
   deadDone(keys: [string, string], node: string, doneMs: number): Promise<void>;
-  ownerClaim(owner: string, node: string): Promise<string | null>;
-  ownerRelease(owner: string, node: string): Promise<number>;
+  ownerClaim(keys: [string, string], node: string, user: string): Promise<string | null>;
+  ownerRelease(keys: [string, string], node: string): Promise<number>;
 }
 
 /** What a lease renewal found (see LEASE_TICK). */
@@ -209,8 +226,8 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     mcLeaseTick: [2, LEASE_TICK],
     mcDeadClaim: [2, DEAD_CLAIM],
     mcDeadDone: [2, DEAD_DONE],
-    mcOwnerClaim: [1, OWNER_CLAIM],
-    mcOwnerRelease: [1, OWNER_RELEASE],
+    mcOwnerClaim: [2, OWNER_CLAIM],
+    mcOwnerRelease: [2, OWNER_RELEASE],
   };
   for (const [name, [numberOfKeys, lua]] of Object.entries(defs)) {
     client.defineCommand(name, { numberOfKeys, lua });
@@ -249,7 +266,8 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     deadDone: async (keys, node, doneMs) => {
       await deadDone(...keys, node, doneMs);
     },
-    ownerClaim: async (owner, node) => (await ownerClaim(owner, node)) as string | null,
-    ownerRelease: async (owner, node) => Number(await ownerRelease(owner, node)),
+    ownerClaim: async (keys, node, user) =>
+      (await ownerClaim(...keys, node, user)) as string | null,
+    ownerRelease: async (keys, node) => Number(await ownerRelease(...keys, node)),
   };
 }

@@ -7,6 +7,17 @@
  */
 import type { Message } from "../protocol/message.ts";
 
+/**
+ * A claim refused: another user's session holds the client id on another live node (a
+ * connection or a persistent session there); its owner is `owner` (null: anonymous).
+ */
+export class ForeignSessionError extends Error {
+  constructor(readonly owner: string | null) {
+    super("the client id is held by another user on another node");
+    this.name = "ForeignSessionError";
+  }
+}
+
 /** What the bus calls on its own node. */
 export interface BusHost {
   /**
@@ -161,6 +172,12 @@ export interface Bus {
      * so the session it loads holds what the dead node had been sent.
      */
     adoptingFrom?: string,
+    /**
+     * Who will own the session (username or certificate identity, null when anonymous). A
+     * client id another user holds on another live node is not taken from them: the claim
+     * rejects with `ForeignSessionError` and nobody is kicked. Undefined: not checked.
+     */
+    owner?: string | null,
   ): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;

@@ -9,7 +9,7 @@
  * itself (sessions, binding, expiry) is BrokerCore's (core.ts).
  */
 import { getLogger } from "@logtape/logtape";
-import type { OrphanDelivery } from "../cluster/types.ts";
+import { ForeignSessionError, type OrphanDelivery } from "../cluster/types.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import { Router, Subscribed } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
@@ -129,10 +129,15 @@ export class ClusterSessions {
       if (before !== null && before.subscriptions.length > 0 && !this.core.sessions.has(id)) {
         held = await this.holdFor(before);
       }
-      await this.core.bus.claimSession(id, (epoch) => {
-        pending.epoch = epoch;
-        pending.done();
-      });
+      await this.core.bus.claimSession(
+        id,
+        (epoch) => {
+          pending.epoch = epoch;
+          pending.done();
+        },
+        undefined,
+        req.owner,
+      );
       pending.done();
       // A newer claim elsewhere wins: this node must not fence the store against it.
       if (pending.kicked > pending.epoch) return this.outclaimed();
@@ -159,6 +164,8 @@ export class ClusterSessions {
       if (held !== null) this.release(held);
       held = null;
     } catch (e) {
+      // Another user's session holds the id on another node (one the store does not keep).
+      if (e instanceof ForeignSessionError) return this.core.refuseForeign(conn, e.owner);
       log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
         clientId: id,
         error: e instanceof Error ? e.message : String(e),
@@ -283,7 +290,7 @@ export class ClusterSessions {
       // Owning it on the bus too, so a client that reconnects elsewhere takes it from here.
       // 0: its client is already claiming it on another node; this node fills it with the dead
       // node's leftovers and then hands it back to the store for that node to load.
-      const handBack = (await this.core.bus.claimSession(id, undefined, nodeId)) === 0;
+      const handBack = (await this.core.bus.claimSession(id, undefined, nodeId, state.owner)) === 0;
       if (this.core.sessions.has(id)) continue;
       // Its routes are here before the dead node's are withdrawn (so a publish in between
       // reaches it), but what they bring waits until the older messages in the dead node's

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { Message } from "../../src/protocol/message.ts";
-import type { Bus, BusHost } from "../../src/cluster/types.ts";
+import { type Bus, type BusHost, ForeignSessionError } from "../../src/cluster/types.ts";
 import { delay } from "../helpers/broker.ts";
 
 /** N buses of one cluster, not yet started. */
@@ -315,6 +315,40 @@ const cases: Record<string, [number, Case]> = {
       await b.claimSession("c1");
       await delay(QUIET_MS);
       assert.deepEqual(hb.takenOver, ["c1"]);
+    },
+  ],
+  "a claim for another user's session held on another live node is refused, and nobody is kicked": [
+    3,
+    async ({ buses: [a, b, c], hosts: [ha, hb] }) => {
+      await a.claimSession("own", undefined, undefined, "alice");
+      await assert.rejects(
+        b.claimSession("own", undefined, undefined, "bob")!,
+        (e) => e instanceof ForeignSessionError && e.owner === "alice",
+      );
+      await assert.rejects(
+        b.claimSession("own", undefined, undefined, null)!,
+        (e) => e instanceof ForeignSessionError && e.owner === "alice",
+        "an anonymous client is another user too",
+      );
+      await delay(QUIET_MS);
+      assert.deepEqual(ha.takenOver, [], "the owner's node was not told to let go");
+      // Its owner takes it over from another node as before.
+      await b.claimSession("own", undefined, undefined, "alice");
+      await until(() => ha.takenOver.length === 1);
+      // Released: anyone may have the id.
+      b.releaseSession("own");
+      await c.claimSession("own", undefined, undefined, "bob");
+      await delay(QUIET_MS);
+      assert.deepEqual(hb.takenOver, []);
+      // Anonymous sessions: any anonymous client may take over, a named user may not.
+      await a.claimSession("anon", undefined, undefined, null);
+      await assert.rejects(
+        b.claimSession("anon", undefined, undefined, "bob")!,
+        (e) => e instanceof ForeignSessionError && e.owner === null,
+      );
+      await b.claimSession("anon", undefined, undefined, null);
+      // A claim that does not say whose it is (a node adopting, an older node) is not checked.
+      await c.claimSession("anon");
     },
   ],
   "a node that dies without leaving is noticed: nodeDown once, on one survivor, routes gone": [

@@ -195,6 +195,28 @@ Deno.test({
         assert.equal((await bob.expect("connack")).reasonCode, 0x87);
         await bob.expectClosed();
       };
+      // A session that is not stored (no expiry, no will; 3.1.1 clean session too) is alice's
+      // all the same while she is connected: bob on b neither gets the id nor kicks her.
+      for (const level of [5, 4] as const) {
+        const id = `live-${level}`;
+        await using live = await RawClient.connect(a.port, level);
+        await live.handshake(id, level, { username: "alice", password: "alice-pw" });
+        await using bob = await RawClient.connect(b.port, level);
+        await bob.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: level,
+          clientId: id,
+          clean: true,
+          keepalive: 60,
+          username: "bob",
+          password: "bob-pw",
+        }, level);
+        const ack = await bob.expect("connack");
+        assert.equal(level === 5 ? ack.reasonCode : ack.returnCode, level === 5 ? 0x87 : 5);
+        await live.sendPacket({ cmd: "pingreq" }, level);
+        await live.expect("pingresp");
+      }
       const alice = await RawClient.connect(a.port);
       await alice.handshake("owned", 5, as("alice"));
       // Alice is online on a: bob on b must neither get the id nor kick her.
