@@ -75,6 +75,9 @@ export class ClusterSessions {
   /** Cluster: connections of this node still claiming their client id (see `sessionTakenOver`). */
   private readonly attaching = new Map<string, PendingClaim>();
 
+  /** Cluster: the last attach of each client id on this node (see `attachShared`). */
+  private readonly attachTail = new Map<string, Promise<void>>();
+
   /** Cluster: the claim number under which this node bound each session. */
   private readonly claimOf = new WeakMap<Session, number>();
 
@@ -96,7 +99,25 @@ export class ClusterSessions {
     const late = new Promise<AttachResult>((resolve) => {
       timer = setTimeout(() => resolve(UNAVAILABLE), this.core.limits.connectTimeoutMs);
     });
-    return Promise.race([this.claimAndLoad(conn, req), late]).finally(() => clearTimeout(timer));
+    // CONNECTs with one client id on this node attach one after the other, each once the one
+    // before holds its session (linked) or gave up: bind() takes the session from a connection
+    // only once that connection has it, so two attaching together both went on with it.
+    const id = conn.clientId;
+    const before = this.attachTail.get(id);
+    let done!: () => void;
+    const mine = new Promise<void>((r) => done = r);
+    this.attachTail.set(id, mine);
+    const run = before === undefined
+      ? this.claimAndLoad(conn, req)
+      : this.boundedWait(before).then(() => this.claimAndLoad(conn, req));
+    run.then((r) => {
+      const linking = r.ok ? this.linking.get(r.session) : undefined;
+      return linking === undefined ? undefined : this.boundedWait(linking.linked);
+    }).catch(() => {}).finally(() => {
+      if (this.attachTail.get(id) === mine) this.attachTail.delete(id);
+      done();
+    });
+    return Promise.race([run, late]).finally(() => clearTimeout(timer));
   }
 
   private async claimAndLoad(

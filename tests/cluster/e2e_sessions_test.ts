@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import { connectClient, expectSilence, type Packet, RawClient } from "../helpers/broker.ts";
-import { TestCluster } from "../helpers/cluster.ts";
+import mqtt from "mqtt";
+import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
 const ignore = skipWithoutRedis();
@@ -270,6 +271,56 @@ Deno.test({
       await pub.publishAsync(`r9/${how}/after`, "after", { qos: 1 });
       const got = (await drain(p2)).filter((x) => x.cmd === "publish").map(text);
       assert.deepEqual(got, ["while-down", "after"], `${how}: queued and live messages`);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: CONNECTs with one client id at once, on one node and on two, leave one connection",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b"] });
+    const [a, b] = cluster.nodes;
+    for (
+      const [round, ports] of [["one node", [a.port, a.port, a.port, a.port]], [
+        "two nodes",
+        [a.port, b.port, a.port, b.port, a.port, b.port],
+      ]] as const
+    ) {
+      const id = `storm-${ports.length}`;
+      // Sent together, none waiting for another's CONNACK.
+      const clients = ports.map((port) =>
+        mqtt.connect({
+          host: "127.0.0.1",
+          port,
+          protocolVersion: 5,
+          clientId: id,
+          clean: false,
+          properties: { sessionExpiryInterval: 300 },
+          reconnectPeriod: 0,
+          connectTimeout: 15_000,
+        })
+      );
+      const answered = new Set<mqtt.MqttClient>();
+      for (const c of clients) {
+        c.on("error", () => {});
+        c.on("connect", () => answered.add(c));
+        c.on("close", () => answered.add(c));
+      }
+      try {
+        // Every CONNECT answered (CONNACK, or refused and closed)...
+        await eventually(
+          `${round}: every CONNECT answered`,
+          () => answered.size === clients.length,
+        );
+        // ...and the takeovers done: the losers were told 0x8E and closed.
+        await new Promise((r) => setTimeout(r, 1500));
+        const alive = clients.filter((c) => c.connected).length;
+        assert.equal(alive, 1, `${round}: ${alive} connections with one client id are up`);
+      } finally {
+        for (const c of clients) c.end(true);
+      }
     }
   },
 });
