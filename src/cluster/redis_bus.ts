@@ -78,7 +78,14 @@ export class RedisBus implements Bus {
   readonly name = "redis";
   readonly nodeId: string;
   readonly keys: ClusterKeys;
-  readonly stats: InboxStats = { forwarded: 0, entries: 0, dropped: 0, received: 0, corrupt: 0 };
+  readonly stats: InboxStats = {
+    forwarded: 0,
+    entries: 0,
+    dropped: 0,
+    received: 0,
+    corrupt: 0,
+    duplicates: 0,
+  };
 
   private readonly cmd: RedisClient;
   private readonly tailConn: RedisClient;

@@ -11,6 +11,7 @@ import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { CodecError, decodeBatch, encodeIds, type Forwarded } from "./codec.ts";
 import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
+import { SeenIds } from "./seen_ids.ts";
 import type { BusHost } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -35,6 +36,8 @@ export interface InboxStats {
   received: number;
   /** Entries skipped because they could not be decoded. */
   corrupt: number;
+  /** Messages dropped because this inbox had brought them already (seen_ids.ts). */
+  duplicates: number;
 }
 
 interface Pending {
@@ -263,6 +266,8 @@ export class InboxReader {
   /** Entries whose XACK is to be retried (failed), oldest first. */
   private ackLater: string[] = [];
   private paused = false;
+  /** Ids of the messages this inbox brought lately. */
+  private readonly seen = new SeenIds();
   /** What every XREADGROUP of this reader starts with: its group, its name, 64 entries. */
   private readonly group: ["GROUP", string, string, "COUNT", number];
 
@@ -379,6 +384,12 @@ export class InboxReader {
         else {
           for (const { msg, groups } of entry.batch) {
             this.stats.received++;
+            if (msg.id !== "" && !this.seen.firstTime(msg.id)) {
+              // The same XADD run twice (seen_ids.ts): a QoS 2 message must not arrive twice.
+              this.stats.duplicates++;
+              this.host.duplicateArrived?.();
+              continue;
+            }
             this.host.deliverRemote(msg, groups);
           }
         }

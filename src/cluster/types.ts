@@ -27,6 +27,8 @@ export interface BusHost {
    * matching groups are served elsewhere.
    */
   deliverRemote(msg: Message, groups: readonly string[]): void;
+  /** A forwarded message came a second time and was dropped (counted with duplicates). */
+  duplicateArrived?(): void;
   /**
    * Resolves once what `deliverRemote` queued so far for persistent sessions
    * is durable (the inbox entries are acknowledged after it; a failed store

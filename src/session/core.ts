@@ -326,6 +326,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   /** BusHost: a message published on another node; delivered here, never forwarded again. */
+  duplicateArrived(): void {
+    this.metrics.duplicatesDropped++;
+  }
+
   deliverRemote(msg: Message, groups: readonly string[]): void {
     this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
   }
