@@ -286,6 +286,8 @@ export class ClusterSessions {
     // What was pushed until now, not a drain: under steady traffic the journal is never empty,
     // and the new owner would wait for its takeover timeout and load a stale session.
     await this.core.journal?.pending?.catch(() => {});
+    const store = this.core.store;
+    if (isClusterStore(store) && !this.core.sessions.has(clientId)) store.sessionLeft(clientId);
   }
 
   /**

@@ -262,7 +262,8 @@ export class RedisStore implements ClusterStore {
       if (str(reply[0]) === "stale") {
         stale.push(cid);
         owners.push(str(reply[1]));
-        this.indexed.delete(cid);
+        // Another node owns it now: this node's index must not keep it.
+        this.sessionLeft(cid);
         continue;
       }
       for (const k of reply.slice(1)) {
@@ -378,6 +379,13 @@ export class RedisStore implements ClusterStore {
       epoch: Number(str(ep)) || 0,
       state: data === null ? null : decodeSession(clientId, data),
     };
+  }
+
+  sessionLeft(clientId: string): void {
+    this.indexed.delete(clientId);
+    this.client.srem(this.keys.nodeSessions(this.nodeId), clientId).catch((e) =>
+      log.warn("could not unindex session {clientId}: {error}", { clientId, error: String(e) })
+    );
   }
 
   private indexNode(clientId: string): void {

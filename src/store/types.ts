@@ -196,6 +196,11 @@ export interface ClusterStore extends Store {
   takeWill(clientId: string): Promise<StoredWill | null>;
   /** Drops what was kept to find a dead node's sessions, once they are adopted. */
   forgetNode(nodeId: string): Promise<void>;
+  /**
+   * Another node took the session over (it was written back): it leaves this node's index of
+   * its sessions, which would otherwise keep every client id that ever moved away.
+   */
+  sessionLeft(clientId: string): void;
 }
 
 /** True for a store that implements {@link ClusterStore}. */

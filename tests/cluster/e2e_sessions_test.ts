@@ -11,7 +11,7 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import { connectClient, expectSilence, type Packet, RawClient } from "../helpers/broker.ts";
 import mqtt from "mqtt";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -322,5 +322,36 @@ Deno.test({
         for (const c of clients) c.end(true);
       }
     }
+  },
+});
+
+Deno.test({
+  name: "cluster: a session taken over by another node leaves the first node's session index",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({
+      names: ["a", "b"],
+      args: ["--redis.session_ttl_grace_ms=1000"],
+    });
+    const [a, b] = cluster.nodes;
+    const port = cluster.redis.port;
+    const members = async () => {
+      const keys = await redisQuery(port, "KEYS", "*:sessions") as string[];
+      const out: string[] = [];
+      for (const k of keys) out.push(...await redisQuery(port, "SMEMBERS", k) as string[]);
+      return out.sort();
+    };
+    const expiring = { clean: false, properties: { sessionExpiryInterval: 2 } };
+    for (let i = 0; i < 5; i++) {
+      const first = await connectClient(a.port, { clientId: `moved-${i}`, ...expiring });
+      await first.subscribeAsync(`moved/${i}`, { qos: 1 });
+      const second = await connectClient(b.port, { clientId: `moved-${i}`, ...expiring });
+      await second.endAsync();
+      first.end(true);
+    }
+    // Indexed once, by the node that holds each session now.
+    assert.deepEqual(await members(), [0, 1, 2, 3, 4].map((i) => `moved-${i}`));
+    // Expired (2 s) and gone from Redis: no index keeps any of them.
+    await eventually("the index is empty", async () => (await members()).length === 0, 10_000);
   },
 });
