@@ -16,6 +16,7 @@ import {
   TransientError,
 } from "./queue.ts";
 import { type ColumnSchema, ROW_SCHEMA, type TopicRow } from "./row.ts";
+import { useRequestTimeout } from "./http_agent.ts";
 
 export interface BigQueryDestinationOptions {
   projectId: string;
@@ -60,8 +61,13 @@ export class BigQueryDestination implements Destination {
   private readonly table: Table;
   /** False until the dataset and table have been checked (retried before a send when start could not). */
   private ready = false;
+  /** Unregisters this destination's request timeout from the shared agents (http_agent.ts). */
+  private readonly releaseTimeout: () => void;
 
   constructor(private readonly opts: BigQueryDestinationOptions, private readonly log: Logger) {
+    // The library's `timeout` option does not reach the socket (node-fetch 3 ignores it): the
+    // agents of http_agent.ts close a request that has no answer in time.
+    this.releaseTimeout = useRequestTimeout(opts.requestTimeoutMs);
     const options: BigQueryOptions & { timeout: number } = {
       projectId: opts.projectId,
       // Retries are the queue's, with the same insertIds; the library's own would hide failures.
@@ -185,6 +191,7 @@ export class BigQueryDestination implements Destination {
   }
 
   close(): Promise<void> {
+    this.releaseTimeout();
     return Promise.resolve();
   }
 }
