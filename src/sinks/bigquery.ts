@@ -61,6 +61,7 @@ export class BigQueryDestination implements Destination {
   private readonly table: Table;
   /** False until the dataset and table have been checked (retried before a send when start could not). */
   private ready = false;
+  private checking: Promise<void> | null = null;
   /** Unregisters this destination's request timeout from the shared agents (http_agent.ts). */
   private readonly releaseTimeout: () => void;
 
@@ -91,8 +92,11 @@ export class BigQueryDestination implements Destination {
   /**
    * Checks (or creates) the dataset and table. A wrong schema, a missing table
    * without create_table, refused credentials or an unreadable key file stop
-   * the start with a message; an unreachable BigQuery does not (rows queue and
-   * the check is repeated before the first send).
+   * the start with a message. An unreachable or silent BigQuery does not: the
+   * check gets request_timeout_ms in all, then goes on in the background and is
+   * repeated before each insert until it passes, while rows queue (within the
+   * queue's bounds). So a broker (or adapter) starts within request_timeout_ms
+   * whatever BigQuery does.
    */
   async start(): Promise<void> {
     if (this.opts.credentialsPath) {
@@ -106,8 +110,20 @@ export class BigQueryDestination implements Destination {
         );
       }
     }
+    const setUp = this.setUp();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), this.opts.requestTimeoutMs);
+    });
     try {
-      await this.setUp();
+      if (await Promise.race([setUp, deadline]) === "late") {
+        this.log.warn(
+          `topic log: BigQuery did not answer within ${this.opts.requestTimeoutMs} ms at start; ` +
+            `rows are queued and the table is checked again before the first insert`,
+        );
+        // Still running (each request ends by its timeout): its outcome is only logged.
+        setUp.catch((e) => this.log.warn(`topic log: checking the table: ${errorText(e)}`));
+      }
     } catch (e) {
       if (e instanceof TransientError) {
         this.log.warn(
@@ -117,10 +133,18 @@ export class BigQueryDestination implements Destination {
         return;
       }
       throw e;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
-  private async setUp(): Promise<void> {
+  /** One check at a time: sends waiting for the table share the one under way. */
+  private setUp(): Promise<void> {
+    this.checking ??= this.check().finally(() => (this.checking = null));
+    return this.checking;
+  }
+
+  private async check(): Promise<void> {
     try {
       const dataset = this.client.dataset(this.opts.datasetId);
       const [datasetExists] = await dataset.exists();

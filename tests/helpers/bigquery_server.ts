@@ -49,6 +49,8 @@ export interface FakeBigQuery {
   /** Holds every insertAll answer until release() (a stalled endpoint). */
   stall(): void;
   release(): void;
+  /** Answers every request (set-up ones too) this many ms late; 0 = at once. */
+  delayAll(ms: number): void;
   /** Largest insertAll body accepted (BigQuery's limit is 10485760 bytes); larger ones get a 400. */
   requestLimit: number;
   /** Sizes in bytes of the insertAll bodies received. */
@@ -89,7 +91,7 @@ export function startFakeBigQuery(): FakeBigQuery {
   let rejectPred: ((row: WireRow) => string | null) | null = null;
   const rowWaiters: { n: number; resolve: () => void }[] = [];
   const requestSizes: number[] = [];
-  const state = { requestLimit: 10485760 };
+  const state = { requestLimit: 10485760, delayMs: 0 };
 
   function notifyRows(): void {
     for (let i = rowWaiters.length - 1; i >= 0; i--) {
@@ -195,6 +197,7 @@ export function startFakeBigQuery(): FakeBigQuery {
   async function handle(req: Request): Promise<Response> {
     const url = new URL(req.url);
     log.push(`${req.method} ${url.pathname}`);
+    if (state.delayMs > 0) await new Promise((r) => setTimeout(r, state.delayMs));
     if (!url.pathname.startsWith(PREFIX)) return apiError(404, "notFound", "unknown path");
     const parts = url.pathname.slice(PREFIX.length).split("/").map(decodeURIComponent);
     // [project, "datasets", dataset?, "tables", table?, "insertAll"?]
@@ -264,6 +267,7 @@ export function startFakeBigQuery(): FakeBigQuery {
       gate = null;
     },
     rejectWhen: (pred) => (rejectPred = pred),
+    delayAll: (ms) => (state.delayMs = ms),
     get requestLimit() {
       return state.requestLimit;
     },

@@ -30,3 +30,19 @@ Deno.test("requests BigQuery never answers are closed at request_timeout_ms: ope
   await until(() => front.open === 0, "the last connections to close", 2000);
   front.hang(false);
 });
+
+Deno.test("start waits at most request_timeout_ms for a slow BigQuery; the table is set up later and rows go in", async () => {
+  await using fake = startFakeBigQuery();
+  fake.delayAll(400);
+  // Four set-up requests (dataset get and create, table get and create) of 400 ms each.
+  const sink = bqSink(fake, { request_timeout_ms: 600 });
+  const t0 = performance.now();
+  await sink.start();
+  const took = performance.now() - t0;
+  assert.ok(took < 1200, `start took ${took.toFixed(0)} ms`);
+  offerMany(sink, 5);
+  await fake.waitForRows(5, 10_000);
+  assert.ok(fake.tables.has("ds.log"));
+  await sink.stop(2000);
+  assert.equal(sink.stats.sent, 5);
+});
