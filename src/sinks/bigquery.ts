@@ -36,13 +36,30 @@ export interface BigQueryDestinationOptions {
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 /** Per-row reasons that say nothing about the row itself: send it again. */
 const RETRY_REASONS = new Set(["stopped", "timeout", "backendError", "internalError"]);
+/**
+ * Whole-request reasons that mean "not now" whatever the status: BigQuery reports quota and rate
+ * limits on streaming inserts as 403 (quotaExceeded, rateLimitExceeded), and passing trouble on
+ * its side as backendError/internalError. Retried with backoff like a 429 or a 503.
+ */
+const RETRY_REQUEST_REASONS = new Set([
+  "quotaExceeded",
+  "rateLimitExceeded",
+  "userRateLimitExceeded",
+  "backendError",
+  "internalError",
+]);
 
 /** The shape of the library's errors that we look at. */
 interface ApiErrorLike {
   code?: number | string;
   message?: string;
   name?: string;
-  errors?: { row?: unknown; errors?: { reason?: string; message?: string }[] }[];
+  /** Per-row failures of a PartialFailureError, or the `error.errors` of an HTTP error answer. */
+  errors?: {
+    row?: unknown;
+    reason?: string;
+    errors?: { reason?: string; message?: string }[];
+  }[];
 }
 
 /**
@@ -258,6 +275,10 @@ function classify(e: unknown, doing: string): Error {
     return e instanceof Error ? e : new Error(text);
   }
   if (RETRY_STATUS.has(code)) return new TransientError(`HTTP ${code} ${text}`);
+  const reasons = (err.errors ?? []).map((r) => r.reason ?? "");
+  if (reasons.some((r) => RETRY_REQUEST_REASONS.has(r))) {
+    return new TransientError(`HTTP ${code} (${reasons.join(", ")}) ${text}`);
+  }
   return new PermanentError(`HTTP ${code} ${text}`);
 }
 

@@ -46,3 +46,23 @@ Deno.test("start waits at most request_timeout_ms for a slow BigQuery; the table
   await sink.stop(2000);
   assert.equal(sink.stats.sent, 5);
 });
+
+Deno.test("403 quotaExceeded / rateLimitExceeded and backendError are retried with backoff; other 403s are not", async () => {
+  await using fake = startFakeBigQuery();
+  const sink = bqSink(fake, { batch_size: 10, max_concurrent_requests: 1 });
+  await sink.start();
+  fake.script(
+    { status: 403, reason: "quotaExceeded" },
+    { status: 403, reason: "rateLimitExceeded" },
+    { status: 400, reason: "backendError" },
+  );
+  offerMany(sink, 10);
+  await fake.waitForRows(10);
+  assert.equal(sink.stats.rejected, 0);
+  assert.equal(sink.stats.retried, 30);
+  fake.script({ status: 403, reason: "accessDenied" });
+  offerMany(sink, 10, "u");
+  await sink.stop(2000);
+  assert.equal(sink.stats.rejected, 10);
+  assert.equal(sink.stats.sent, 10);
+});
