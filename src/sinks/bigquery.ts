@@ -209,15 +209,25 @@ export class BigQueryDestination implements Destination {
     if (!this.ready) await this.setUp();
     const raw = rows.map((row) => ({ insertId: row.id, json: row }));
     try {
-      await this.table.insert(raw, {
+      const [answer] = await this.table.insert(raw, {
         raw: true,
         partialRetries: 0,
         // Good rows go in even when others in the batch are refused.
         skipInvalidRows: true,
         ignoreUnknownValues: false,
       });
+      // The library takes any 200 as success, even a body that is not insertAll's JSON object
+      // (an HTML page from a proxy, a cut-off answer): nothing says the rows went in, so they
+      // are sent again (same insertIds, so BigQuery drops them if they did).
+      if (answer === null || typeof answer !== "object" || Array.isArray(answer)) {
+        throw new TransientError(
+          `inserting ${rows.length} rows: the answer is not a JSON object: ` +
+            JSON.stringify(String(answer).slice(0, 80)),
+        );
+      }
       return { rejected: [], retry: [] };
     } catch (e) {
+      if (e instanceof TransientError) throw e;
       const err = e as ApiErrorLike;
       if (err.name === "PartialFailureError" && Array.isArray(err.errors)) {
         return sortRowErrors(raw, err.errors);

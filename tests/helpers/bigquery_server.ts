@@ -26,7 +26,7 @@ export interface InsertCall {
 /** What to do with the next insertAll request. */
 export type Fault =
   | { status: number; reason?: string } // answer with this HTTP status (and errors[].reason), insert nothing
-  | { body: string } // answer 200 with this body as application/json, insert nothing
+  | { body: string; type?: string } // answer 200 with this body (and content type), insert nothing
   | { delayMs: number } // answer normally after a delay
   | { rejectIndexes: number[]; reason?: string }; // per-row insertErrors for these rows
 
@@ -136,7 +136,7 @@ export function startFakeBigQuery(): FakeBigQuery {
     if (fault && "body" in fault) {
       return new Response(fault.body, {
         status: 200,
-        headers: { "content-type": "application/json; charset=UTF-8" },
+        headers: { "content-type": fault.type ?? "application/json; charset=UTF-8" },
       });
     }
     const status = fault && "status" in fault ? fault.status : failStatus;

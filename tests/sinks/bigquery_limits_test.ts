@@ -66,3 +66,20 @@ Deno.test("403 quotaExceeded / rateLimitExceeded and backendError are retried wi
   assert.equal(sink.stats.rejected, 10);
   assert.equal(sink.stats.sent, 10);
 });
+
+Deno.test("a 200 whose body is not insertAll's JSON (an HTML page, a cut-off answer) is retried, not counted as sent", async () => {
+  await using fake = startFakeBigQuery();
+  const sink = bqSink(fake, { batch_size: 10, max_concurrent_requests: 1 });
+  await sink.start();
+  fake.script(
+    { body: "<html>proxy says hi</html>", type: "text/html" },
+    { body: '{"kind":"bigquery#tableDataInsertAllResponse","insertErr' },
+  );
+  offerMany(sink, 10);
+  await fake.waitForRows(10);
+  await sink.stop(2000);
+  assert.equal(fake.calls.length, 3);
+  assert.equal(sink.stats.failedRequests, 2);
+  assert.equal(sink.stats.sent, 10);
+  assert.equal(sink.stats.rejected, 0);
+});
