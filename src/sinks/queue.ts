@@ -550,12 +550,19 @@ export class QueueSink implements Sink {
       await Promise.all(this.removals);
       try {
         await this.spill.flushed();
-        await this.spill.prepend(fresh.map((e) => this.materialize(e)));
-        this.stats.spilled += fresh.length;
-        for (const e of fresh) e.done?.("spilled");
-        if (fresh.length > 0) {
+        const kept = await this.spill.prepend(fresh.map((e) => this.materialize(e)));
+        this.stats.spilled += kept;
+        fresh.forEach((e, i) => e.done?.(i < kept ? "spilled" : "dropped"));
+        if (kept > 0) {
           this.log.info(
-            `topic log (${this.name}): ${fresh.length} unsent rows spilled to ${this.opts.spillDir}`,
+            `topic log (${this.name}): ${kept} unsent rows spilled to ${this.opts.spillDir}`,
+          );
+        }
+        if (kept < fresh.length) {
+          this.stats.dropped += fresh.length - kept;
+          this.log.warn(
+            `topic log (${this.name}): ${fresh.length - kept} unsent rows dropped at stop: ` +
+              `spill store full (${this.opts.spillMaxBytes} bytes)`,
           );
         }
       } catch (e) {
