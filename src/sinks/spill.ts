@@ -187,11 +187,17 @@ export class SpillStore {
     let bad = 0;
     for (const line of text.split("\n")) {
       if (line === "") continue;
+      let parsed: unknown;
       try {
-        rows.push(JSON.parse(line) as TopicRow);
+        parsed = JSON.parse(line);
       } catch {
         bad++;
+        continue;
       }
+      // Valid JSON that is not a row (`null`, a number, a row without id or topic) would throw
+      // later, while sending; skipped and counted like a cut-off line.
+      if (isRow(parsed)) rows.push(parsed);
+      else bad++;
     }
     // Rows found at start were not counted when written; count them now, so `rows` stays >= 0.
     if (seg.rows < rows.length) {
@@ -215,6 +221,12 @@ export class SpillStore {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   }
+}
+
+function isRow(v: unknown): v is TopicRow {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.id === "string" && typeof r.topic === "string";
 }
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {
