@@ -174,6 +174,7 @@ const SHAPE = {
     include: topicFilters(["#"]),
     exclude: topicFilters([]),
     batch_size: int(1, 10000, 500),
+    batch_max_bytes: int(65536, 10485760, 9437184),
     flush_interval_ms: int(10, 600000, 1000),
     max_queue: int(1, 10000000, 100000),
     overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),

@@ -13,6 +13,7 @@ import {
   PermanentError,
   type RowRejection,
   type SendResult,
+  TooLargeError,
   TransientError,
 } from "./queue.ts";
 import { type ColumnSchema, ROW_SCHEMA, type TopicRow } from "./row.ts";
@@ -274,7 +275,9 @@ function ignoreConflict(e: unknown): void {
 
 /** Sorts a failure into retry-later or refused-for-good. */
 function classify(e: unknown, doing: string): Error {
-  if (e instanceof TransientError || e instanceof PermanentError) return e;
+  if (e instanceof TransientError || e instanceof PermanentError || e instanceof TooLargeError) {
+    return e;
+  }
   const err = e as ApiErrorLike;
   const code = typeof err.code === "number" ? err.code : undefined;
   const text = `${doing}: ${errorText(e)}`;
@@ -285,6 +288,10 @@ function classify(e: unknown, doing: string): Error {
     return e instanceof Error ? e : new Error(text);
   }
   if (RETRY_STATUS.has(code)) return new TransientError(`HTTP ${code} ${text}`);
+  // BigQuery refuses an insertAll body over 10 MB with a 400 saying so (a front end may say 413).
+  if (code === 413 || (code === 400 && /payload size exceeds|too large/i.test(err.message ?? ""))) {
+    return new TooLargeError(`HTTP ${code} ${text}`);
+  }
   const reasons = (err.errors ?? []).map((r) => r.reason ?? "");
   if (reasons.some((r) => RETRY_REQUEST_REASONS.has(r))) {
     return new TransientError(`HTTP ${code} (${reasons.join(", ")}) ${text}`);

@@ -80,6 +80,7 @@ export function bigQuerySink(config: Config, log: Logger, nodeId: string): Queue
   }, log);
   return new QueueSink(dest, {
     batchSize: bq.batch_size,
+    batchMaxBytes: bq.batch_max_bytes,
     flushIntervalMs: bq.flush_interval_ms,
     maxQueue: bq.max_queue,
     overflow: bq.overflow,
@@ -102,6 +103,8 @@ export function jsonlSink(config: Config, log: Logger, nodeId: string): QueueSin
     new JsonlDestination({ path: jsonlPath(config), maxBytes: f.max_bytes, maxFiles: f.max_files }),
     {
       batchSize: f.batch_size,
+      // A file takes any size of write.
+      batchMaxBytes: 0,
       flushIntervalMs: f.flush_interval_ms,
       maxQueue: f.max_queue,
       overflow: "drop-oldest",

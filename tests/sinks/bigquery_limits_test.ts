@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
 import { bqSink, offerMany, until } from "./bq_helpers.ts";
+import { info, testMessage } from "./contract.ts";
 
 Deno.test("requests BigQuery never answers are closed at request_timeout_ms: open sockets stay bounded", async () => {
   await using fake = startFakeBigQuery();
@@ -82,4 +83,37 @@ Deno.test("a 200 whose body is not insertAll's JSON (an HTML page, a cut-off ans
   assert.equal(sink.stats.failedRequests, 2);
   assert.equal(sink.stats.sent, 10);
   assert.equal(sink.stats.rejected, 0);
+});
+
+Deno.test("requests stay within batch_max_bytes; a row alone over it is rejected, the others go in", async () => {
+  await using fake = startFakeBigQuery();
+  fake.requestLimit = 200_000;
+  const sink = bqSink(fake, { batch_size: 500, batch_max_bytes: 150_000 });
+  await sink.start();
+  offerMany(sink, 50, "a", "x".repeat(5000));
+  sink.offer(testMessage("huge", "y".repeat(300_000)), info());
+  offerMany(sink, 50, "b", "x".repeat(5000));
+  await fake.waitForRows(100);
+  await sink.stop(2000);
+  assert.equal(sink.stats.sent, 100);
+  assert.equal(sink.stats.rejected, 1);
+  assert.ok(fake.requestSizes.every((n) => n <= 150_000), `sizes ${fake.requestSizes}`);
+  assert.ok(fake.calls.every((c) => c.status === 200));
+  assert.ok(fake.calls.length >= 4, `${fake.calls.length} requests for ~500 KB`);
+});
+
+Deno.test("a request BigQuery refuses as too large (400 payload size) is split and sent again", async () => {
+  await using fake = startFakeBigQuery();
+  fake.requestLimit = 100_000;
+  const sink = bqSink(fake, { batch_size: 500, max_concurrent_requests: 1 });
+  await sink.start();
+  offerMany(sink, 20, "a", "x".repeat(5000));
+  sink.offer(testMessage("big", "y".repeat(150_000)), info());
+  offerMany(sink, 20, "b", "x".repeat(5000));
+  await fake.waitForRows(40);
+  await sink.stop(2000);
+  assert.equal(sink.stats.sent, 40);
+  assert.equal(sink.stats.rejected, 1, "only the row that alone is too large");
+  assert.equal(new Set(fake.inserted.map((r) => r.insertId)).size, 40);
+  assert.ok(fake.requestSizes.some((n) => n > 100_000), "a request was too large");
 });
