@@ -177,6 +177,7 @@ const SHAPE = {
     batch_max_bytes: int(65536, 10485760, 9437184),
     flush_interval_ms: int(10, 600000, 1000),
     max_queue: int(1, 10000000, 100000),
+    max_queue_bytes: int(1048576, 68719476736, 67108864),
     overflow: oneOf(["drop-oldest", "spill"], "drop-oldest"),
     spill_dir: text(""),
     spill_max_bytes: int(1048576, 1099511627776, 1073741824),

@@ -58,6 +58,8 @@ export interface QueueOptions {
   flushIntervalMs: number;
   /** Rows waiting in memory, not counting rows in flight. */
   maxQueue: number;
+  /** Bytes those rows hold (payloads, topics, overhead); past either bound the overflow policy applies. */
+  maxQueueBytes: number;
   overflow: "drop-oldest" | "spill";
   spillDir: string;
   spillMaxBytes: number;

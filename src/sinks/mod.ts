@@ -83,6 +83,7 @@ export function bigQuerySink(config: Config, log: Logger, nodeId: string): Queue
     batchMaxBytes: bq.batch_max_bytes,
     flushIntervalMs: bq.flush_interval_ms,
     maxQueue: bq.max_queue,
+    maxQueueBytes: bq.max_queue_bytes,
     overflow: bq.overflow,
     spillDir: spillDir(config),
     spillMaxBytes: bq.spill_max_bytes,
@@ -107,6 +108,8 @@ export function jsonlSink(config: Config, log: Logger, nodeId: string): QueueSin
       batchMaxBytes: 0,
       flushIntervalMs: f.flush_interval_ms,
       maxQueue: f.max_queue,
+      // Rows are written as fast as the disk takes them; bounded by rows, as before.
+      maxQueueBytes: Number.MAX_SAFE_INTEGER,
       overflow: "drop-oldest",
       spillDir: "",
       spillMaxBytes: 0,

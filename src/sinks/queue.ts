@@ -52,6 +52,21 @@ interface Entry {
   seg: SegmentRef | null;
   /** Size in a request (rowBytes), once measured; 0 before. */
   bytes: number;
+  /** Memory it holds while queued (memoryBytes), counted in `memBytes`. */
+  held: number;
+}
+
+/** Per queued row, besides payload and topic: the entry, the message or row object, ids. */
+const ENTRY_OVERHEAD = 256;
+
+/**
+ * What a queued row holds in memory, estimated without building it: the payload's bytes and the
+ * topic (a message), or the row's strings (UTF-16, a row from the adapter), plus fixed overhead.
+ */
+function memoryBytes(e: Entry): number {
+  if (e.msg !== null) return e.msg.payload.byteLength + 2 * e.msg.topic.length + ENTRY_OVERHEAD;
+  const row = e.row!;
+  return 2 * (row.payload.length + row.topic.length) + ENTRY_OVERHEAD;
 }
 
 interface Batch {
@@ -75,6 +90,8 @@ export class QueueSink implements Sink {
   /** Waiting rows, oldest first; `head` is the index of the oldest (cheap shift). */
   private mem: Entry[] = [];
   private head = 0;
+  /** Bytes held by the rows in `mem` (memoryBytes), bounded by maxQueueBytes. */
+  private memBytes = 0;
   /** Rows read back from the spill store, waiting to be sent. */
   private replay: Entry[] = [];
   /** Rows split off a batch the destination found too large; sent before anything else. */
@@ -170,6 +187,7 @@ export class QueueSink implements Sink {
         done: null,
         seg: null,
         bytes: 0,
+        held: 0,
       });
     } catch (e) {
       // offer() must never throw into the publish path.
@@ -194,6 +212,7 @@ export class QueueSink implements Sink {
       done: done ?? null,
       seg: null,
       bytes: 0,
+      held: 0,
     });
   }
 
@@ -207,27 +226,40 @@ export class QueueSink implements Sink {
       this.toSpill(e);
       return;
     }
-    if (this.memLength >= this.opts.maxQueue) {
+    e.held = memoryBytes(e);
+    const full = () =>
+      this.memLength > 0 &&
+      (this.memLength >= this.opts.maxQueue || this.memBytes + e.held > this.opts.maxQueueBytes);
+    if (full()) {
+      const bound = `${this.opts.maxQueue} rows or ${this.opts.maxQueueBytes} bytes`;
       if (this.spill) {
         this.spilling = true;
         this.log.warn(
-          `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), ` +
-            `spilling to ${this.opts.spillDir}`,
+          `topic log (${this.name}): queue full (${bound}), spilling to ${this.opts.spillDir}`,
         );
         this.toSpill(e);
         return;
       }
-      const old = this.mem[this.head];
-      this.mem[this.head++] = undefined as unknown as Entry;
-      this.finish(old, "dropped", false);
-      this.stats.dropped++;
-      this.dropLog.note(
-        `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), dropping the oldest`,
-      );
+      while (full()) {
+        const old = this.mem[this.head];
+        this.mem[this.head++] = undefined as unknown as Entry;
+        this.memBytes -= old.held;
+        this.finish(old, "dropped", false);
+        this.stats.dropped++;
+      }
+      this.dropLog.note(`topic log (${this.name}): queue full (${bound}), dropping the oldest`);
     }
     this.mem.push(e);
+    this.memBytes += e.held;
     this.stats.queueLength = this.memLength;
-    if (this.memLength >= this.opts.batchSize) this.schedulePump();
+    this.stats.queueBytes = this.memBytes;
+    if (this.batchReady) this.schedulePump();
+  }
+
+  /** A full batch waits in memory: by rows, or by bytes (then the rows are large). */
+  private get batchReady(): boolean {
+    return this.memLength >= this.opts.batchSize ||
+      (this.opts.batchMaxBytes > 0 && this.memBytes >= this.opts.batchMaxBytes);
   }
 
   private toSpill(e: Entry): void {
@@ -312,6 +344,7 @@ export class QueueSink implements Sink {
 
   private takeMem(): Entry[] {
     const [out, end] = this.takeFrom(this.mem, this.head, this.mem.length);
+    for (let i = this.head; i < end; i++) this.memBytes -= this.mem[i].held;
     this.mem.fill(undefined as unknown as Entry, this.head, end);
     this.head = end;
     if (this.head > 1024 && this.head * 2 > this.mem.length) {
@@ -319,6 +352,7 @@ export class QueueSink implements Sink {
       this.head = 0;
     }
     this.stats.queueLength = this.memLength;
+    this.stats.queueBytes = this.memBytes;
     return out;
   }
 
@@ -347,7 +381,7 @@ export class QueueSink implements Sink {
       if (this.split.length > 0) {
         batch = this.takeList(this.split);
       } else if (n > 0) {
-        if (n >= this.opts.batchSize || this.flushDue || this.stopping) batch = this.takeMem();
+        if (this.batchReady || this.flushDue || this.stopping) batch = this.takeMem();
       } else if (this.replay.length > 0) {
         batch = this.takeList(this.replay);
       } else if (this.spilling && !this.loading && !this.stopping) {
@@ -389,6 +423,7 @@ export class QueueSink implements Sink {
               done: null,
               seg: ref,
               bytes: 0,
+              held: 0,
             });
           }
         }
@@ -586,8 +621,10 @@ export class QueueSink implements Sink {
     this.split = [];
     this.mem = [];
     this.head = 0;
+    this.memBytes = 0;
     this.replay = [];
     this.stats.queueLength = 0;
+    this.stats.queueBytes = 0;
     this.stats.inFlight = 0;
     // Rows read back from a segment are still on disk: the next run replays them.
     const fresh = left.filter((e) => e.seg === null);

@@ -117,3 +117,19 @@ Deno.test("a request BigQuery refuses as too large (400 payload size) is split a
   assert.equal(new Set(fake.inserted.map((r) => r.insertId)).size, 40);
   assert.ok(fake.requestSizes.some((n) => n > 100_000), "a request was too large");
 });
+
+Deno.test("max_queue_bytes bounds the queue like max_queue: the oldest rows are dropped and counted", async () => {
+  await using fake = startFakeBigQuery();
+  const sink = bqSink(fake, { max_queue_bytes: 1024 * 1024, batch_size: 10 });
+  await sink.start();
+  fake.failAll(503);
+  offerMany(sink, 40, "t", "x".repeat(100_000));
+  assert.ok(sink.stats.queueBytes <= 1024 * 1024, `${sink.stats.queueBytes} bytes queued`);
+  assert.ok(sink.stats.dropped >= 29, `${sink.stats.dropped} dropped`);
+  fake.failAll(0);
+  await sink.stop(2000);
+  assert.deepEqual(
+    fake.inserted.map((r) => r.json.topic),
+    Array.from({ length: 40 - sink.stats.dropped }, (_, i) => `t/${sink.stats.dropped + i}`),
+  );
+});
