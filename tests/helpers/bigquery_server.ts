@@ -321,6 +321,8 @@ export interface HangingFront {
   readonly maxOpen: number;
   /** Connections accepted so far. */
   readonly accepted: number;
+  /** Closes the connections open now (new ones are still accepted): a network blip. */
+  dropConnections(): void;
   close(): Promise<void>;
   [Symbol.asyncDispose](): Promise<void>;
 }
@@ -399,6 +401,9 @@ export function startHangingFront(upstreamPort: number, hanging = false): Hangin
     },
     get accepted() {
       return stats.accepted;
+    },
+    dropConnections() {
+      for (const c of conns) closeQuietly(c);
     },
     close,
     [Symbol.asyncDispose]: close,
