@@ -10,7 +10,9 @@ import type { Logger } from "@logtape/logtape";
 import type { Message } from "../protocol/message.ts";
 import { TopicSelector } from "./filter.ts";
 import { RowIds, type TopicRow, toRow } from "./row.ts";
-import { type Segment, SpillStore } from "./spill.ts";
+import { SpillStore } from "./spill.ts";
+import { Aborted, raceTimeout, sleepUnless } from "./timing.ts";
+import { type Entry, memoryBytes, type SegmentRef } from "./entry.ts";
 import { newStats, observeLatency, RateLimitedLog, type SinkStats } from "./stats.ts";
 import type { PublishInfo, Sink } from "./types.ts";
 import {
@@ -21,7 +23,6 @@ import {
   rowBytes,
   type SendResult,
   TooLargeError,
-  TransientError,
 } from "./destination.ts";
 
 export {
@@ -35,45 +36,9 @@ export {
   TransientError,
 } from "./destination.ts";
 
-interface SegmentRef {
-  readonly segment: Segment;
-  left: number;
-}
-
-/** A queued row: kept as the message until it is sent (building the row is not the publisher's cost). */
-interface Entry {
-  row: TopicRow | null;
-  msg: Message | null;
-  info: PublishInfo | null;
-  /** Receive time, ms since the epoch. */
-  at: number;
-  id: string;
-  done: ((o: Outcome) => void) | null;
-  seg: SegmentRef | null;
-  /** Size in a request (rowBytes), once measured; 0 before. */
-  bytes: number;
-  /** Memory it holds while queued (memoryBytes), counted in `memBytes`. */
-  held: number;
-}
-
-/** Per queued row, besides payload and topic: the entry, the message or row object, ids. */
-const ENTRY_OVERHEAD = 256;
-
-/**
- * What a queued row holds in memory, estimated without building it: the payload's bytes and the
- * topic (a message), or the row's strings (UTF-16, a row from the adapter), plus fixed overhead.
- */
-function memoryBytes(e: Entry): number {
-  if (e.msg !== null) return e.msg.payload.byteLength + 2 * e.msg.topic.length + ENTRY_OVERHEAD;
-  const row = e.row!;
-  return 2 * (row.payload.length + row.topic.length) + ENTRY_OVERHEAD;
-}
-
 interface Batch {
   pending: Entry[];
 }
-
-class Aborted extends Error {}
 
 /** `{"rows":[...],"skipInvalidRows":true,"ignoreUnknownValues":false}` around the rows, with room. */
 const BATCH_ENVELOPE = 256;
@@ -548,47 +513,14 @@ export class QueueSink implements Sink {
     }
   }
 
-  /** Runs `p` until it settles or the stop deadline aborts it. */
+  /** Runs `p` until it settles, request_timeout_ms passes, or the stop deadline aborts it. */
   private race<T>(p: Promise<T>): Promise<T> {
-    const signal = this.abort.signal;
-    return new Promise<T>((resolve, reject) => {
-      if (signal.aborted) return reject(new Aborted());
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(new Aborted());
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        reject(new TransientError(`no answer within ${this.opts.requestTimeoutMs} ms`));
-      }, this.opts.requestTimeoutMs);
-      p.then((v) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      }, (e) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      });
-    });
+    return raceTimeout(p, this.opts.requestTimeoutMs, this.abort.signal);
   }
 
   /** Waits `ms`; false when the stop deadline came first. */
   private sleep(ms: number): Promise<boolean> {
-    const signal = this.abort.signal;
-    if (signal.aborted) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(true);
-      }, ms);
-      const onAbort = () => {
-        clearTimeout(timer);
-        resolve(false);
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
+    return sleepUnless(ms, this.abort.signal);
   }
 
   private get idle(): boolean {
