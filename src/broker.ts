@@ -28,7 +28,7 @@ import { MemoryRetainedStore } from "./router/retained.ts";
 import { Router } from "./router/router.ts";
 import { disconnectRevokedPasswords, reapplySubscriptionAccess } from "./session/revoke.ts";
 import { BrokerCore, type CoreLimits } from "./session/core.ts";
-import { createSink } from "./sinks/mod.ts";
+import { createSink, sinkStats } from "./sinks/mod.ts";
 import type { Sink } from "./sinks/types.ts";
 import { createStore } from "./store/mod.ts";
 import type { Store } from "./store/types.ts";
@@ -212,6 +212,7 @@ export class Broker {
       await core.bus.start(core);
       await core.bus.settled?.();
       await core.start();
+      this.metrics.topicLog = () => sinkStats(core.sink);
       await core.sink.start();
       if (anyListenerTls(c)) {
         const { TlsMaterial } = await import("./transport/tls_material.ts");

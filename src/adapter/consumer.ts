@@ -37,11 +37,30 @@ export interface Delivery {
   readonly properties: mqttPacket.IPublishPacket["properties"];
   /** Acknowledges it (PUBACK goes out once every earlier message is acknowledged too). */
   ack(): void;
+  /**
+   * Says it was not kept (its row dropped): it stays unacknowledged, and when the broker sends
+   * it again it is handed over again as a new delivery.
+   */
+  drop(): void;
 }
 
 interface Pending {
   id: number;
   acked: boolean;
+}
+
+/**
+ * A QoS 1 message of the session handed to the caller and not acknowledged to the broker yet,
+ * by packet id. The broker sends it again after a reconnect (DUP, same packet id, which it
+ * cannot reuse before our PUBACK): the copy is not handed over again, it is acknowledged
+ * once the first is. Otherwise every reconnect during a BigQuery outage queued each
+ * unacknowledged message once more, under a new row id, and it was written several times.
+ */
+interface Held {
+  /** The caller acknowledged it (its row is written, refused for good or spilled). */
+  done: boolean;
+  /** Acknowledgements of copies received since, run when it is done. */
+  readonly copies: (() => void)[];
 }
 
 const OPTS = { protocolVersion: 5 } as const;
@@ -55,6 +74,8 @@ export class Consumer {
   /** Number of the current connection; acks from deliveries of an older one are void. */
   private generation = 0;
   private pending: Pending[] = [];
+  /** Messages handed over and not PUBACKed, across connections of one session. */
+  private readonly held = new Map<number, Held>();
   private lastRead = 0;
 
   constructor(
@@ -172,6 +193,8 @@ export class Consumer {
           this.conn?.close();
           return;
         }
+        // A new session: the broker sends nothing again and may reuse every packet id.
+        if (!p.sessionPresent) this.held.clear();
         if (p.sessionPresent) {
           this.log.info(`bq-adapter: connected to ${this.opts.url}, session resumed`);
           this.ready();
@@ -209,6 +232,23 @@ export class Consumer {
           entry = { id: p.messageId ?? 0, acked: false };
           this.pending.push(entry);
         }
+        const ackEntry = () => {
+          if (entry === null || entry.acked || generation !== this.generation) return;
+          entry.acked = true;
+          this.flushAcks();
+        };
+        const held = entry ? this.held.get(entry.id) : undefined;
+        if (held) {
+          // A copy of a message handed over before a reconnect: acknowledged with it, not again.
+          if (held.done) ackEntry();
+          else held.copies.push(ackEntry);
+          return;
+        }
+        let mine: Held | null = null;
+        if (entry) {
+          mine = { done: false, copies: [] };
+          this.held.set(entry.id, mine);
+        }
         const payload = typeof p.payload === "string"
           ? new TextEncoder().encode(p.payload)
           : new Uint8Array(p.payload);
@@ -219,9 +259,17 @@ export class Consumer {
           retain: p.retain,
           properties: p.properties,
           ack: () => {
-            if (entry === null || entry.acked || generation !== this.generation) return;
-            entry.acked = true;
-            this.flushAcks();
+            if (mine !== null && !mine.done) {
+              mine.done = true;
+              for (const copy of mine.copies.splice(0)) copy();
+            }
+            ackEntry();
+          },
+          drop: () => {
+            // Forgotten: the broker's next copy is handed over as a new message.
+            if (entry && mine !== null && this.held.get(entry.id) === mine) {
+              this.held.delete(entry.id);
+            }
           },
         });
         return;
@@ -251,6 +299,8 @@ export class Consumer {
     while (i < this.pending.length && this.pending[i].acked) {
       const { id } = this.pending[i];
       this.send({ cmd: "puback", messageId: id } as mqttPacket.IPubackPacket);
+      // Acknowledged: the broker may use the id for another message now.
+      this.held.delete(id);
       i++;
     }
     if (i > 0) this.pending.splice(0, i);

@@ -113,6 +113,7 @@ export async function runBqAdapter(config: Config): Promise<number> {
     sink.enqueue(deliveryRow(d, clientId, ids.next(), Date.now()), (outcome) => {
       // A dropped row stays unacknowledged: the broker sends the message again after a reconnect.
       if (outcome !== "dropped") d.ack();
+      else d.drop();
     });
   }, log);
   await consumer.start();

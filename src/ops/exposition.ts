@@ -9,6 +9,7 @@
 import { LATENCY_BUCKETS, type ListenerKind } from "./metrics.ts";
 import type { BrokerStats, StateCounts } from "./stats.ts";
 import { EventLoopLag } from "./lag.ts";
+import type { SinkStats } from "../sinks/stats.ts";
 
 const LISTENERS: readonly ListenerKind[] = ["tcp", "tls", "ws", "wss"];
 const QOS = ["0", "1", "2"] as const;
@@ -69,6 +70,105 @@ function latencyFamily(stats: BrokerStats): Family {
       yield ["_count", "", h.count] as const;
     },
   };
+}
+
+/** Row counters of SinkStats, as `mcloudtt_topic_log_rows_total{outcome}` labels them. */
+const ROW_OUTCOMES = ["sent", "retried", "rejected", "dropped", "spilled", "replayed"] as const;
+
+/** The topic log's families: one labelled sample per destination (none without a topic log). */
+function topicLogFamilies(read: () => readonly SinkStats[]): Family[] {
+  const per = (
+    name: string,
+    help: string,
+    type: "counter" | "gauge",
+    value: (s: SinkStats) => number,
+  ): Family => ({
+    name,
+    help,
+    type,
+    *samples() {
+      for (const s of read()) {
+        yield ["", `{destination="${escapeLabel(s.sink)}"}`, value(s)] as const;
+      }
+    },
+  });
+  return [
+    per(
+      "mcloudtt_topic_log_rows_queued_total",
+      "Rows taken into the topic log queue (offered and selected by include/exclude)",
+      "counter",
+      (s) => s.queued,
+    ),
+    {
+      name: "mcloudtt_topic_log_rows_total",
+      help: "Topic log rows by outcome: sent (accepted), retried (sends repeated), rejected " +
+        "(refused for good), dropped (lost to overflow or shutdown), spilled, replayed",
+      type: "counter",
+      *samples() {
+        for (const s of read()) {
+          const d = escapeLabel(s.sink);
+          for (const o of ROW_OUTCOMES) {
+            yield ["", `{destination="${d}",outcome="${o}"}`, s[o]] as const;
+          }
+        }
+      },
+    },
+    {
+      name: "mcloudtt_topic_log_requests_total",
+      help: "Requests to the topic log destination, by result (failed: the whole request failed)",
+      type: "counter",
+      *samples() {
+        for (const s of read()) {
+          const d = escapeLabel(s.sink);
+          yield ["", `{destination="${d}",result="ok"}`, s.requests - s.failedRequests] as const;
+          yield ["", `{destination="${d}",result="failed"}`, s.failedRequests] as const;
+        }
+      },
+    },
+    per(
+      "mcloudtt_topic_log_queue_rows",
+      "Rows waiting in the topic log queue in memory",
+      "gauge",
+      (s) => s.queueLength,
+    ),
+    per(
+      "mcloudtt_topic_log_queue_bytes",
+      "Bytes the rows waiting in memory hold (estimated)",
+      "gauge",
+      (s) => s.queueBytes,
+    ),
+    per(
+      "mcloudtt_topic_log_in_flight_rows",
+      "Rows in requests that have not finished",
+      "gauge",
+      (s) => s.inFlight,
+    ),
+    per(
+      "mcloudtt_topic_log_spill_bytes",
+      "Bytes in the spill store",
+      "gauge",
+      (s) => s.spillBytes,
+    ),
+    {
+      name: "mcloudtt_topic_log_request_duration_seconds",
+      help: "Time of each request to the topic log destination, successful or not",
+      type: "histogram",
+      *samples() {
+        for (const s of read()) {
+          const d = escapeLabel(s.sink);
+          const h = s.insertLatency;
+          let cumulative = 0;
+          for (let i = 0; i <= h.bucketsMs.length; i++) {
+            cumulative += h.counts[i];
+            const le = i < h.bucketsMs.length ? String(h.bucketsMs[i] / 1000) : "+Inf";
+            yield ["_bucket", `{destination="${d}",le="${le}"}`, cumulative] as const;
+          }
+          yield ["_sum", `{destination="${d}"}`, h.sumMs / 1000] as const;
+          yield ["_count", `{destination="${d}"}`, h.count] as const;
+        }
+      },
+    },
+  ];
 }
 
 /** Every mcloudtt metric; `metrics()` renders the text format. */
@@ -276,6 +376,7 @@ export class Exposition {
       "Start time of the process since the epoch",
       () => Math.round(performance.timeOrigin / 1000),
     );
+    for (const f of topicLogFamilies(() => m().topicLog())) add(f);
     this.resetPerScrape = () => {
       this.snapshot = null;
       memory = null;

@@ -4,6 +4,8 @@
  * (src/ops/exposition.ts) and by $SYS (src/ops/sys.ts).
  */
 
+import type { SinkStats } from "../sinks/stats.ts";
+
 /** Transports, as `mcloudtt_connections{listener}` labels them. */
 export type ListenerKind = "tcp" | "tls" | "ws" | "wss";
 
@@ -52,6 +54,11 @@ export class LatencyHistogram {
 export const LATENCY_SAMPLE_EVERY = 16;
 
 export class Metrics {
+  /**
+   * The topic log's counters, one per destination (set by the broker when its sink starts; the
+   * sink keeps them, read at scrape time). None without a topic log.
+   */
+  topicLog: () => readonly SinkStats[] = () => [];
   connectionsAccepted = 0;
   connectionsCurrent = 0;
   /** Open network connections per transport (before and after CONNECT). */

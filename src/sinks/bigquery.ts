@@ -13,9 +13,11 @@ import {
   PermanentError,
   type RowRejection,
   type SendResult,
+  TooLargeError,
   TransientError,
 } from "./queue.ts";
 import { type ColumnSchema, ROW_SCHEMA, type TopicRow } from "./row.ts";
+import { useRequestTimeout } from "./http_agent.ts";
 
 export interface BigQueryDestinationOptions {
   projectId: string;
@@ -35,13 +37,30 @@ export interface BigQueryDestinationOptions {
 const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 /** Per-row reasons that say nothing about the row itself: send it again. */
 const RETRY_REASONS = new Set(["stopped", "timeout", "backendError", "internalError"]);
+/**
+ * Whole-request reasons that mean "not now" whatever the status: BigQuery reports quota and rate
+ * limits on streaming inserts as 403 (quotaExceeded, rateLimitExceeded), and passing trouble on
+ * its side as backendError/internalError. Retried with backoff like a 429 or a 503.
+ */
+const RETRY_REQUEST_REASONS = new Set([
+  "quotaExceeded",
+  "rateLimitExceeded",
+  "userRateLimitExceeded",
+  "backendError",
+  "internalError",
+]);
 
 /** The shape of the library's errors that we look at. */
 interface ApiErrorLike {
   code?: number | string;
   message?: string;
   name?: string;
-  errors?: { row?: unknown; errors?: { reason?: string; message?: string }[] }[];
+  /** Per-row failures of a PartialFailureError, or the `error.errors` of an HTTP error answer. */
+  errors?: {
+    row?: unknown;
+    reason?: string;
+    errors?: { reason?: string; message?: string }[];
+  }[];
 }
 
 /**
@@ -60,8 +79,14 @@ export class BigQueryDestination implements Destination {
   private readonly table: Table;
   /** False until the dataset and table have been checked (retried before a send when start could not). */
   private ready = false;
+  private checking: Promise<void> | null = null;
+  /** Unregisters this destination's request timeout from the shared agents (http_agent.ts). */
+  private readonly releaseTimeout: () => void;
 
   constructor(private readonly opts: BigQueryDestinationOptions, private readonly log: Logger) {
+    // The library's `timeout` option does not reach the socket (node-fetch 3 ignores it): the
+    // agents of http_agent.ts close a request that has no answer in time.
+    this.releaseTimeout = useRequestTimeout(opts.requestTimeoutMs);
     const options: BigQueryOptions & { timeout: number } = {
       projectId: opts.projectId,
       // Retries are the queue's, with the same insertIds; the library's own would hide failures.
@@ -85,8 +110,11 @@ export class BigQueryDestination implements Destination {
   /**
    * Checks (or creates) the dataset and table. A wrong schema, a missing table
    * without create_table, refused credentials or an unreadable key file stop
-   * the start with a message; an unreachable BigQuery does not (rows queue and
-   * the check is repeated before the first send).
+   * the start with a message. An unreachable or silent BigQuery does not: the
+   * check gets request_timeout_ms in all, then goes on in the background and is
+   * repeated before each insert until it passes, while rows queue (within the
+   * queue's bounds). So a broker (or adapter) starts within request_timeout_ms
+   * whatever BigQuery does.
    */
   async start(): Promise<void> {
     if (this.opts.credentialsPath) {
@@ -100,8 +128,20 @@ export class BigQueryDestination implements Destination {
         );
       }
     }
+    const setUp = this.setUp();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const deadline = new Promise<"late">((resolve) => {
+      timer = setTimeout(() => resolve("late"), this.opts.requestTimeoutMs);
+    });
     try {
-      await this.setUp();
+      if (await Promise.race([setUp, deadline]) === "late") {
+        this.log.warn(
+          `topic log: BigQuery did not answer within ${this.opts.requestTimeoutMs} ms at start; ` +
+            `rows are queued and the table is checked again before the first insert`,
+        );
+        // Still running (each request ends by its timeout): its outcome is only logged.
+        setUp.catch((e) => this.log.warn(`topic log: checking the table: ${errorText(e)}`));
+      }
     } catch (e) {
       if (e instanceof TransientError) {
         this.log.warn(
@@ -111,10 +151,18 @@ export class BigQueryDestination implements Destination {
         return;
       }
       throw e;
+    } finally {
+      clearTimeout(timer);
     }
   }
 
-  private async setUp(): Promise<void> {
+  /** One check at a time: sends waiting for the table share the one under way. */
+  private setUp(): Promise<void> {
+    this.checking ??= this.check().finally(() => (this.checking = null));
+    return this.checking;
+  }
+
+  private async check(): Promise<void> {
     try {
       const dataset = this.client.dataset(this.opts.datasetId);
       const [datasetExists] = await dataset.exists();
@@ -162,15 +210,25 @@ export class BigQueryDestination implements Destination {
     if (!this.ready) await this.setUp();
     const raw = rows.map((row) => ({ insertId: row.id, json: row }));
     try {
-      await this.table.insert(raw, {
+      const [answer] = await this.table.insert(raw, {
         raw: true,
         partialRetries: 0,
         // Good rows go in even when others in the batch are refused.
         skipInvalidRows: true,
         ignoreUnknownValues: false,
       });
+      // The library takes any 200 as success, even a body that is not insertAll's JSON object
+      // (an HTML page from a proxy, a cut-off answer): nothing says the rows went in, so they
+      // are sent again (same insertIds, so BigQuery drops them if they did).
+      if (answer === null || typeof answer !== "object" || Array.isArray(answer)) {
+        throw new TransientError(
+          `inserting ${rows.length} rows: the answer is not a JSON object: ` +
+            JSON.stringify(String(answer).slice(0, 80)),
+        );
+      }
       return { rejected: [], retry: [] };
     } catch (e) {
+      if (e instanceof TransientError) throw e;
       const err = e as ApiErrorLike;
       if (err.name === "PartialFailureError" && Array.isArray(err.errors)) {
         return sortRowErrors(raw, err.errors);
@@ -185,6 +243,7 @@ export class BigQueryDestination implements Destination {
   }
 
   close(): Promise<void> {
+    this.releaseTimeout();
     return Promise.resolve();
   }
 }
@@ -216,7 +275,9 @@ function ignoreConflict(e: unknown): void {
 
 /** Sorts a failure into retry-later or refused-for-good. */
 function classify(e: unknown, doing: string): Error {
-  if (e instanceof TransientError || e instanceof PermanentError) return e;
+  if (e instanceof TransientError || e instanceof PermanentError || e instanceof TooLargeError) {
+    return e;
+  }
   const err = e as ApiErrorLike;
   const code = typeof err.code === "number" ? err.code : undefined;
   const text = `${doing}: ${errorText(e)}`;
@@ -227,6 +288,14 @@ function classify(e: unknown, doing: string): Error {
     return e instanceof Error ? e : new Error(text);
   }
   if (RETRY_STATUS.has(code)) return new TransientError(`HTTP ${code} ${text}`);
+  // BigQuery refuses an insertAll body over 10 MB with a 400 saying so (a front end may say 413).
+  if (code === 413 || (code === 400 && /payload size exceeds|too large/i.test(err.message ?? ""))) {
+    return new TooLargeError(`HTTP ${code} ${text}`);
+  }
+  const reasons = (err.errors ?? []).map((r) => r.reason ?? "");
+  if (reasons.some((r) => RETRY_REQUEST_REASONS.has(r))) {
+    return new TransientError(`HTTP ${code} (${reasons.join(", ")}) ${text}`);
+  }
   return new PermanentError(`HTTP ${code} ${text}`);
 }
 

@@ -80,8 +80,10 @@ export function bigQuerySink(config: Config, log: Logger, nodeId: string): Queue
   }, log);
   return new QueueSink(dest, {
     batchSize: bq.batch_size,
+    batchMaxBytes: bq.batch_max_bytes,
     flushIntervalMs: bq.flush_interval_ms,
     maxQueue: bq.max_queue,
+    maxQueueBytes: bq.max_queue_bytes,
     overflow: bq.overflow,
     spillDir: spillDir(config),
     spillMaxBytes: bq.spill_max_bytes,
@@ -102,8 +104,12 @@ export function jsonlSink(config: Config, log: Logger, nodeId: string): QueueSin
     new JsonlDestination({ path: jsonlPath(config), maxBytes: f.max_bytes, maxFiles: f.max_files }),
     {
       batchSize: f.batch_size,
+      // A file takes any size of write.
+      batchMaxBytes: 0,
       flushIntervalMs: f.flush_interval_ms,
       maxQueue: f.max_queue,
+      // Rows are written as fast as the disk takes them; bounded by rows, as before.
+      maxQueueBytes: Number.MAX_SAFE_INTEGER,
       overflow: "drop-oldest",
       spillDir: "",
       spillMaxBytes: 0,

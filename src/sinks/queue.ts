@@ -10,90 +10,38 @@ import type { Logger } from "@logtape/logtape";
 import type { Message } from "../protocol/message.ts";
 import { TopicSelector } from "./filter.ts";
 import { RowIds, type TopicRow, toRow } from "./row.ts";
-import { type Segment, SpillStore } from "./spill.ts";
+import { SpillStore } from "./spill.ts";
+import { Aborted, raceTimeout, sleepUnless } from "./timing.ts";
+import { type Entry, memoryBytes, type SegmentRef } from "./entry.ts";
 import { newStats, observeLatency, RateLimitedLog, type SinkStats } from "./stats.ts";
 import type { PublishInfo, Sink } from "./types.ts";
+import {
+  type Destination,
+  type Outcome,
+  PermanentError,
+  type QueueOptions,
+  rowBytes,
+  type SendResult,
+  TooLargeError,
+} from "./destination.ts";
 
-/** What finally happened to a row; the adapter acknowledges a message on any but "dropped". */
-export type Outcome = "sent" | "rejected" | "spilled" | "dropped";
-
-/** A row the destination refused for good. */
-export interface RowRejection {
-  /** Index into the rows of that send. */
-  readonly index: number;
-  readonly reason: string;
-}
-
-/** The answer to one send: rows not listed were accepted. */
-export interface SendResult {
-  readonly rejected: readonly RowRejection[];
-  /** Rows to send again (the destination did not take them this time, through no fault of theirs). */
-  readonly retry: readonly number[];
-}
-
-/** The whole request failed and may succeed later (5xx, 429, timeout, connection refused). */
-export class TransientError extends Error {
-  override name = "TransientError";
-}
-
-/** The whole request was refused and would be again (400, 403, ...): every row is rejected. */
-export class PermanentError extends Error {
-  override name = "PermanentError";
-}
-
-/** Where rows go. Implementations only send; batching, retries and overflow are the queue's. */
-export interface Destination {
-  readonly name: string;
-  /** Connects, creates or checks the table. Throws (with a message for the operator) when it cannot work. */
-  start(): Promise<void>;
-  /** Sends one batch. Throws TransientError or PermanentError when the request fails as a whole. */
-  send(rows: readonly TopicRow[]): Promise<SendResult>;
-  close(): Promise<void>;
-}
-
-export interface QueueOptions {
-  /** Rows per send. */
-  batchSize: number;
-  /** A partial batch is sent once its oldest row has waited about this long. */
-  flushIntervalMs: number;
-  /** Rows waiting in memory, not counting rows in flight. */
-  maxQueue: number;
-  overflow: "drop-oldest" | "spill";
-  spillDir: string;
-  spillMaxBytes: number;
-  /** Sends in flight at once. */
-  concurrency: number;
-  retryInitialMs: number;
-  retryMaxMs: number;
-  requestTimeoutMs: number;
-  include: readonly string[];
-  exclude: readonly string[];
-  /** Written into every row; also the prefix of row ids. */
-  nodeId: string;
-}
-
-interface SegmentRef {
-  readonly segment: Segment;
-  left: number;
-}
-
-/** A queued row: kept as the message until it is sent (building the row is not the publisher's cost). */
-interface Entry {
-  row: TopicRow | null;
-  msg: Message | null;
-  info: PublishInfo | null;
-  /** Receive time, ms since the epoch. */
-  at: number;
-  id: string;
-  done: ((o: Outcome) => void) | null;
-  seg: SegmentRef | null;
-}
+export {
+  type Destination,
+  type Outcome,
+  PermanentError,
+  type QueueOptions,
+  type RowRejection,
+  type SendResult,
+  TooLargeError,
+  TransientError,
+} from "./destination.ts";
 
 interface Batch {
   pending: Entry[];
 }
 
-class Aborted extends Error {}
+/** `{"rows":[...],"skipInvalidRows":true,"ignoreUnknownValues":false}` around the rows, with room. */
+const BATCH_ENVELOPE = 256;
 
 /** Spill segments hold this many batches, so replay reads a few files rather than many tiny ones. */
 const BATCHES_PER_SEGMENT = 16;
@@ -107,8 +55,12 @@ export class QueueSink implements Sink {
   /** Waiting rows, oldest first; `head` is the index of the oldest (cheap shift). */
   private mem: Entry[] = [];
   private head = 0;
+  /** Bytes held by the rows in `mem` (memoryBytes), bounded by maxQueueBytes. */
+  private memBytes = 0;
   /** Rows read back from the spill store, waiting to be sent. */
   private replay: Entry[] = [];
+  /** Rows split off a batch the destination found too large; sent before anything else. */
+  private split: Entry[] = [];
   /** True while rows go to the spill store: set on overflow, cleared once the store is drained. */
   private spilling = false;
   private loading = false;
@@ -199,6 +151,8 @@ export class QueueSink implements Sink {
         id: this.ids.next(),
         done: null,
         seg: null,
+        bytes: 0,
+        held: 0,
       });
     } catch (e) {
       // offer() must never throw into the publish path.
@@ -214,7 +168,17 @@ export class QueueSink implements Sink {
       done?.("dropped");
       return;
     }
-    this.admit({ row, msg: null, info: null, at: 0, id: row.id, done: done ?? null, seg: null });
+    this.admit({
+      row,
+      msg: null,
+      info: null,
+      at: 0,
+      id: row.id,
+      done: done ?? null,
+      seg: null,
+      bytes: 0,
+      held: 0,
+    });
   }
 
   private get memLength(): number {
@@ -227,27 +191,40 @@ export class QueueSink implements Sink {
       this.toSpill(e);
       return;
     }
-    if (this.memLength >= this.opts.maxQueue) {
+    e.held = memoryBytes(e);
+    const full = () =>
+      this.memLength > 0 &&
+      (this.memLength >= this.opts.maxQueue || this.memBytes + e.held > this.opts.maxQueueBytes);
+    if (full()) {
+      const bound = `${this.opts.maxQueue} rows or ${this.opts.maxQueueBytes} bytes`;
       if (this.spill) {
         this.spilling = true;
         this.log.warn(
-          `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), ` +
-            `spilling to ${this.opts.spillDir}`,
+          `topic log (${this.name}): queue full (${bound}), spilling to ${this.opts.spillDir}`,
         );
         this.toSpill(e);
         return;
       }
-      const old = this.mem[this.head];
-      this.mem[this.head++] = undefined as unknown as Entry;
-      this.finish(old, "dropped", false);
-      this.stats.dropped++;
-      this.dropLog.note(
-        `topic log (${this.name}): queue full (${this.opts.maxQueue} rows), dropping the oldest`,
-      );
+      while (full()) {
+        const old = this.mem[this.head];
+        this.mem[this.head++] = undefined as unknown as Entry;
+        this.memBytes -= old.held;
+        this.finish(old, "dropped", false);
+        this.stats.dropped++;
+      }
+      this.dropLog.note(`topic log (${this.name}): queue full (${bound}), dropping the oldest`);
     }
     this.mem.push(e);
+    this.memBytes += e.held;
     this.stats.queueLength = this.memLength;
-    if (this.memLength >= this.opts.batchSize) this.schedulePump();
+    this.stats.queueBytes = this.memBytes;
+    if (this.batchReady) this.schedulePump();
+  }
+
+  /** A full batch waits in memory: by rows, or by bytes (then the rows are large). */
+  private get batchReady(): boolean {
+    return this.memLength >= this.opts.batchSize ||
+      (this.opts.batchMaxBytes > 0 && this.memBytes >= this.opts.batchMaxBytes);
   }
 
   private toSpill(e: Entry): void {
@@ -288,15 +265,66 @@ export class QueueSink implements Sink {
     }, 0);
   }
 
+  /**
+   * The next batch from `list` starting at `start`, oldest first: up to batchSize rows and
+   * batchMaxBytes bytes. A row that alone is over batchMaxBytes is rejected here (BigQuery
+   * would refuse the request, with every row in it). Returns the batch and where it ended.
+   */
+  private takeFrom(list: readonly Entry[], start: number, end: number): [Entry[], number] {
+    const out: Entry[] = [];
+    const max = this.opts.batchMaxBytes;
+    let bytes = BATCH_ENVELOPE;
+    let i = start;
+    while (i < end && out.length < this.opts.batchSize) {
+      const e = list[i];
+      if (max > 0) {
+        const size = this.sizeOf(e);
+        if (size + BATCH_ENVELOPE > max) {
+          i++;
+          this.rejectTooLarge(e, size);
+          continue;
+        }
+        if (out.length > 0 && bytes + size > max) break;
+        bytes += size;
+      }
+      out.push(e);
+      i++;
+    }
+    return [out, i];
+  }
+
+  private sizeOf(e: Entry): number {
+    if (e.bytes === 0) e.bytes = rowBytes(this.materialize(e));
+    return e.bytes;
+  }
+
+  private rejectTooLarge(e: Entry, size: number): void {
+    this.stats.rejected++;
+    this.rejectLog.note(
+      `topic log (${this.name}): row refused (topic ${e.row?.topic}, id ${e.id}): ` +
+        `${size} bytes, more than batch_max_bytes (${this.opts.batchMaxBytes}) in one request`,
+    );
+    this.finish(e, "rejected", false);
+  }
+
   private takeMem(): Entry[] {
-    const n = Math.min(this.opts.batchSize, this.memLength);
-    const out = this.mem.slice(this.head, this.head + n);
-    this.head += n;
+    const [out, end] = this.takeFrom(this.mem, this.head, this.mem.length);
+    for (let i = this.head; i < end; i++) this.memBytes -= this.mem[i].held;
+    this.mem.fill(undefined as unknown as Entry, this.head, end);
+    this.head = end;
     if (this.head > 1024 && this.head * 2 > this.mem.length) {
       this.mem = this.mem.slice(this.head);
       this.head = 0;
     }
     this.stats.queueLength = this.memLength;
+    this.stats.queueBytes = this.memBytes;
+    return out;
+  }
+
+  /** The next batch from the front of `list` (replayed or split rows), removed from it. */
+  private takeList(list: Entry[]): Entry[] {
+    const [out, end] = this.takeFrom(list, 0, list.length);
+    list.splice(0, end);
     return out;
   }
 
@@ -315,15 +343,18 @@ export class QueueSink implements Sink {
       }
       let batch: Entry[] | null = null;
       const n = this.memLength;
-      if (n > 0) {
-        if (n >= this.opts.batchSize || this.flushDue || this.stopping) batch = this.takeMem();
+      if (this.split.length > 0) {
+        batch = this.takeList(this.split);
+      } else if (n > 0) {
+        if (this.batchReady || this.flushDue || this.stopping) batch = this.takeMem();
       } else if (this.replay.length > 0) {
-        batch = this.replay.splice(0, this.opts.batchSize);
+        batch = this.takeList(this.replay);
       } else if (this.spilling && !this.loading && !this.stopping) {
         this.loadSegment();
       }
       if (batch === null) break;
-      this.launch(batch);
+      // Every row of it may have been too large: nothing to send, look again.
+      if (batch.length > 0) this.launch(batch);
     }
     if (this.memLength === 0) this.flushDue = false;
   }
@@ -356,6 +387,8 @@ export class QueueSink implements Sink {
               id: row.id,
               done: null,
               seg: ref,
+              bytes: 0,
+              held: 0,
             });
           }
         }
@@ -406,7 +439,17 @@ export class QueueSink implements Sink {
         if (e instanceof Aborted) return;
         observeLatency(this.stats.insertLatency, performance.now() - t0);
         this.stats.failedRequests++;
-        if (e instanceof PermanentError) {
+        if (e instanceof TooLargeError && batch.pending.length > 1) {
+          // Sent again as two requests: this one keeps the older half, the rest goes first in line.
+          const rest = batch.pending.splice(Math.ceil(batch.pending.length / 2));
+          this.stats.inFlight -= rest.length;
+          this.split.unshift(...rest);
+          this.retryLog.note(
+            `topic log (${this.name}): request too large (${errorText(e)}), split in two`,
+          );
+          continue;
+        }
+        if (e instanceof PermanentError || e instanceof TooLargeError) {
           this.stats.rejected += rows.length;
           this.rejectLog.note(
             `topic log (${this.name}): ${rows.length} rows refused: ${e.message}`,
@@ -470,51 +513,19 @@ export class QueueSink implements Sink {
     }
   }
 
-  /** Runs `p` until it settles or the stop deadline aborts it. */
+  /** Runs `p` until it settles, request_timeout_ms passes, or the stop deadline aborts it. */
   private race<T>(p: Promise<T>): Promise<T> {
-    const signal = this.abort.signal;
-    return new Promise<T>((resolve, reject) => {
-      if (signal.aborted) return reject(new Aborted());
-      const onAbort = () => {
-        clearTimeout(timer);
-        reject(new Aborted());
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        reject(new TransientError(`no answer within ${this.opts.requestTimeoutMs} ms`));
-      }, this.opts.requestTimeoutMs);
-      p.then((v) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      }, (e) => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      });
-    });
+    return raceTimeout(p, this.opts.requestTimeoutMs, this.abort.signal);
   }
 
   /** Waits `ms`; false when the stop deadline came first. */
   private sleep(ms: number): Promise<boolean> {
-    const signal = this.abort.signal;
-    if (signal.aborted) return Promise.resolve(false);
-    return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(true);
-      }, ms);
-      const onAbort = () => {
-        clearTimeout(timer);
-        resolve(false);
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-    });
+    return sleepUnless(ms, this.abort.signal);
   }
 
   private get idle(): boolean {
-    return this.memLength === 0 && this.replay.length === 0 && this.batches.size === 0;
+    return this.memLength === 0 && this.replay.length === 0 && this.split.length === 0 &&
+      this.batches.size === 0;
   }
 
   /**
@@ -538,11 +549,14 @@ export class QueueSink implements Sink {
     // Leftovers in age order: batches in flight (launched in order), then memory.
     const left: Entry[] = [];
     for (const b of this.batches) left.push(...b.pending);
-    left.push(...this.mem.slice(this.head));
+    left.push(...this.split, ...this.mem.slice(this.head));
+    this.split = [];
     this.mem = [];
     this.head = 0;
+    this.memBytes = 0;
     this.replay = [];
     this.stats.queueLength = 0;
+    this.stats.queueBytes = 0;
     this.stats.inFlight = 0;
     // Rows read back from a segment are still on disk: the next run replays them.
     const fresh = left.filter((e) => e.seg === null);
@@ -550,12 +564,19 @@ export class QueueSink implements Sink {
       await Promise.all(this.removals);
       try {
         await this.spill.flushed();
-        await this.spill.prepend(fresh.map((e) => this.materialize(e)));
-        this.stats.spilled += fresh.length;
-        for (const e of fresh) e.done?.("spilled");
-        if (fresh.length > 0) {
+        const kept = await this.spill.prepend(fresh.map((e) => this.materialize(e)));
+        this.stats.spilled += kept;
+        fresh.forEach((e, i) => e.done?.(i < kept ? "spilled" : "dropped"));
+        if (kept > 0) {
           this.log.info(
-            `topic log (${this.name}): ${fresh.length} unsent rows spilled to ${this.opts.spillDir}`,
+            `topic log (${this.name}): ${kept} unsent rows spilled to ${this.opts.spillDir}`,
+          );
+        }
+        if (kept < fresh.length) {
+          this.stats.dropped += fresh.length - kept;
+          this.log.warn(
+            `topic log (${this.name}): ${fresh.length - kept} unsent rows dropped at stop: ` +
+              `spill store full (${this.opts.spillMaxBytes} bytes)`,
           );
         }
       } catch (e) {

@@ -26,7 +26,8 @@ export class SpillStore {
   private segments: Segment[] = [];
   /** The segment appends go to; null until the next append. */
   private writing: Segment | null = null;
-  private pending: string[] = [];
+  /** Lines waiting to be written, UTF-8 encoded: every size here is in bytes, as on disk. */
+  private pending: Uint8Array[] = [];
   private pendingBytes = 0;
   private pendingDone: (() => void)[] = [];
   private writeChain: Promise<void> = Promise.resolve();
@@ -70,7 +71,7 @@ export class SpillStore {
    * the store is full (the caller counts the row as dropped).
    */
   append(row: TopicRow, done?: () => void): boolean {
-    const line = JSON.stringify(row) + "\n";
+    const line = this.encoder.encode(JSON.stringify(row) + "\n");
     if (this.bytes + line.length > this.maxBytes) return false;
     this.pending.push(line);
     this.pendingBytes += line.length;
@@ -100,10 +101,10 @@ export class SpillStore {
       const take = Math.min(this.pending.length, this.segmentRows - seg.rows);
       const lines = this.pending.splice(0, take);
       const done = this.pendingDone.splice(0, Math.min(take, this.pendingDone.length));
-      const text = lines.join("");
+      const text = concat(lines);
       this.pendingBytes -= text.length;
       try {
-        await Deno.writeFile(seg.path, this.encoder.encode(text), { append: true });
+        await Deno.writeFile(seg.path, text, { append: true });
         seg.rows += lines.length;
         seg.bytes += text.length;
         this.rows += lines.length;
@@ -132,20 +133,31 @@ export class SpillStore {
 
   /**
    * Writes rows that are older than everything on disk (the queue's contents
-   * at shutdown) as a new first segment, so the replay keeps the order.
+   * at shutdown) as a new first segment, so the replay keeps the order. Only
+   * the oldest rows that fit in maxBytes are written; returns how many.
    */
-  async prepend(rows: readonly TopicRow[]): Promise<void> {
-    if (rows.length === 0) return;
+  async prepend(rows: readonly TopicRow[]): Promise<number> {
+    if (rows.length === 0) return 0;
     await this.writeChain;
+    const lines: Uint8Array[] = [];
+    let size = 0;
+    for (const r of rows) {
+      const line = this.encoder.encode(JSON.stringify(r) + "\n");
+      if (this.bytes + size + line.length > this.maxBytes) break;
+      lines.push(line);
+      size += line.length;
+    }
+    if (lines.length === 0) return 0;
     const first = this.segments[0];
     const seg = this.newSegment(first ? first.n - 1 : FIRST_SEGMENT);
-    const text = rows.map((r) => JSON.stringify(r) + "\n").join("");
-    await Deno.writeFile(seg.path, this.encoder.encode(text));
-    seg.rows = rows.length;
+    const text = concat(lines);
+    await Deno.writeFile(seg.path, text);
+    seg.rows = lines.length;
     seg.bytes = text.length;
     this.segments.unshift(seg);
     this.bytes += text.length;
-    this.rows += rows.length;
+    this.rows += lines.length;
+    return lines.length;
   }
 
   /** True when some segment has not been handed to the reader yet (or rows wait to be written). */
@@ -175,11 +187,17 @@ export class SpillStore {
     let bad = 0;
     for (const line of text.split("\n")) {
       if (line === "") continue;
+      let parsed: unknown;
       try {
-        rows.push(JSON.parse(line) as TopicRow);
+        parsed = JSON.parse(line);
       } catch {
         bad++;
+        continue;
       }
+      // Valid JSON that is not a row (`null`, a number, a row without id or topic) would throw
+      // later, while sending; skipped and counted like a cut-off line.
+      if (isRow(parsed)) rows.push(parsed);
+      else bad++;
     }
     // Rows found at start were not counted when written; count them now, so `rows` stays >= 0.
     if (seg.rows < rows.length) {
@@ -203,4 +221,22 @@ export class SpillStore {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
   }
+}
+
+function isRow(v: unknown): v is TopicRow {
+  if (v === null || typeof v !== "object" || Array.isArray(v)) return false;
+  const r = v as Record<string, unknown>;
+  return typeof r.id === "string" && typeof r.topic === "string";
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
 }

@@ -52,6 +52,8 @@ export interface SinkStats {
   failedRequests: number;
   /** Gauge: rows waiting in memory (not counting rows in flight). */
   queueLength: number;
+  /** Gauge: bytes those rows hold in memory (payloads, topics, overhead; estimated). */
+  queueBytes: number;
   /** Gauge: rows in requests that have not finished. */
   inFlight: number;
   /** Gauge: bytes in the spill store (on disk or being written). */
@@ -72,6 +74,7 @@ export function newStats(sink: string): SinkStats {
     requests: 0,
     failedRequests: 0,
     queueLength: 0,
+    queueBytes: 0,
     inFlight: 0,
     spillBytes: 0,
     insertLatency: {

@@ -4,7 +4,7 @@
  * replica killed with messages unacknowledged loses none of them.
  */
 import assert from "node:assert/strict";
-import { startFakeBigQuery } from "../helpers/bigquery_server.ts";
+import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
 import {
   connectClient,
   delay,
@@ -77,4 +77,39 @@ Deno.test("an adapter killed with unacknowledged messages loses none: its next s
     [...new Set(fake.inserted.map((r) => r.json.topic as string))].sort(),
     Array.from({ length: 40 }, (_, i) => `k/${i}`).sort(),
   );
+});
+
+Deno.test("reconnects during a BigQuery outage do not write a message again: the broker's resends are not queued twice", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await startBroker();
+  // The adapter reaches the broker through a relay whose connections the test can cut.
+  await using relay = startHangingFront(b.port);
+  await using a = startMain(repoRoot, [
+    "bq-adapter",
+    `--adapter.url=mqtt://127.0.0.1:${relay.port}`,
+    "--adapter.client_id=blip",
+    "--adapter.reconnect_ms=50",
+    "--bigquery.project_id=proj",
+    "--bigquery.dataset_id=ds",
+    `--bigquery.endpoint=${fake.url}`,
+    "--bigquery.credentials_path=",
+    "--bigquery.flush_interval_ms=20",
+    "--bigquery.retry_initial_ms=20",
+    "--bigquery.retry_max_ms=200",
+  ]);
+  await a.waitFor(/subscribed to/);
+  fake.failAll(503);
+  await publish(b.port, 20, "r");
+  await delay(300);
+  for (let i = 0; i < 3; i++) {
+    relay.dropConnections();
+    await a.waitFor(new RegExp(`(session resumed[^]*){${i + 1}}`), 10_000);
+    await delay(200);
+  }
+  fake.failAll(0);
+  await fake.waitForRows(20, 15_000);
+  await delay(500);
+  const topics = fake.inserted.map((r) => r.json.topic as string);
+  assert.equal(topics.length, 20, `${topics.length} rows for 20 messages`);
+  assert.equal(new Set(topics).size, 20);
 });

@@ -3,7 +3,8 @@
  * library as the topic log uses it: datasets.get/insert, tables.get/insert and
  * tabledata.insertAll at their real paths under /bigquery/v2. It keeps what
  * arrives, and can be told to fail: HTTP errors, slow answers, a stall until
- * released, and per-row insertErrors.
+ * released, per-row insertErrors and malformed answers. Like Like
+ * BigQuery, it refuses an insertAll body over `requestLimit` bytes (10 MB) with a 400.
  */
 
 /** A row as insertAll receives it. */
@@ -24,7 +25,8 @@ export interface InsertCall {
 
 /** What to do with the next insertAll request. */
 export type Fault =
-  | { status: number } // answer with this HTTP status, insert nothing
+  | { status: number; reason?: string } // answer with this HTTP status (and errors[].reason), insert nothing
+  | { body: string; type?: string } // answer 200 with this body (and content type), insert nothing
   | { delayMs: number } // answer normally after a delay
   | { rejectIndexes: number[]; reason?: string }; // per-row insertErrors for these rows
 
@@ -47,6 +49,12 @@ export interface FakeBigQuery {
   /** Holds every insertAll answer until release() (a stalled endpoint). */
   stall(): void;
   release(): void;
+  /** Answers every request (set-up ones too) this many ms late; 0 = at once. */
+  delayAll(ms: number): void;
+  /** Largest insertAll body accepted (BigQuery's limit is 10485760 bytes); larger ones get a 400. */
+  requestLimit: number;
+  /** Sizes in bytes of the insertAll bodies received. */
+  readonly requestSizes: number[];
   /** Rows for which this returns a reason are refused with reason "invalid". */
   rejectWhen(pred: ((row: WireRow) => string | null) | null): void;
   /** Resolves once `n` rows have been inserted. */
@@ -82,6 +90,8 @@ export function startFakeBigQuery(): FakeBigQuery {
   let gate: { promise: Promise<void>; open: () => void } | null = null;
   let rejectPred: ((row: WireRow) => string | null) | null = null;
   const rowWaiters: { n: number; resolve: () => void }[] = [];
+  const requestSizes: number[] = [];
+  const state = { requestLimit: 10485760, delayMs: 0 };
 
   function notifyRows(): void {
     for (let i = rowWaiters.length - 1; i >= 0; i--) {
@@ -93,7 +103,24 @@ export function startFakeBigQuery(): FakeBigQuery {
   }
 
   async function insertAll(req: Request, table: string): Promise<Response> {
-    const body = await req.json() as { rows?: WireRow[]; skipInvalidRows?: boolean };
+    const bytes = new Uint8Array(await req.arrayBuffer());
+    requestSizes.push(bytes.length);
+    if (bytes.length > state.requestLimit) {
+      // What BigQuery answers (the whole request refused; nothing inserted).
+      const message = `Request payload size exceeds the limit: ${state.requestLimit} bytes.`;
+      return json(400, {
+        error: {
+          code: 400,
+          message,
+          errors: [{ message, domain: "global", reason: "badRequest" }],
+          status: "INVALID_ARGUMENT",
+        },
+      });
+    }
+    const body = JSON.parse(new TextDecoder().decode(bytes)) as {
+      rows?: WireRow[];
+      skipInvalidRows?: boolean;
+    };
     const rows = body.rows ?? [];
     const call: InsertCall = {
       table,
@@ -103,13 +130,21 @@ export function startFakeBigQuery(): FakeBigQuery {
       authorization: req.headers.get("authorization"),
     };
     calls.push(call);
-    if (gate) await gate.promise;
+    if (gate) await Promise.race([gate.promise, abandoned(req)]);
     const fault = faults.shift();
     if (fault && "delayMs" in fault) await new Promise((r) => setTimeout(r, fault.delayMs));
+    if (fault && "body" in fault) {
+      return new Response(fault.body, {
+        status: 200,
+        headers: { "content-type": fault.type ?? "application/json; charset=UTF-8" },
+      });
+    }
     const status = fault && "status" in fault ? fault.status : failStatus;
     if (status !== 0) {
       call.status = status;
-      const reason = status === 429
+      const reason = fault && "reason" in fault && fault.reason
+        ? fault.reason
+        : status === 429
         ? "rateLimitExceeded"
         : status >= 500
         ? "backendError"
@@ -151,9 +186,18 @@ export function startFakeBigQuery(): FakeBigQuery {
     });
   }
 
+  /** Resolves when the client closes the request's connection. */
+  function abandoned(req: Request): Promise<void> {
+    return new Promise((resolve) => {
+      if (req.signal.aborted) resolve();
+      req.signal.addEventListener("abort", () => resolve(), { once: true });
+    });
+  }
+
   async function handle(req: Request): Promise<Response> {
     const url = new URL(req.url);
     log.push(`${req.method} ${url.pathname}`);
+    if (state.delayMs > 0) await new Promise((r) => setTimeout(r, state.delayMs));
     if (!url.pathname.startsWith(PREFIX)) return apiError(404, "notFound", "unknown path");
     const parts = url.pathname.slice(PREFIX.length).split("/").map(decodeURIComponent);
     // [project, "datasets", dataset?, "tables", table?, "insertAll"?]
@@ -223,6 +267,14 @@ export function startFakeBigQuery(): FakeBigQuery {
       gate = null;
     },
     rejectWhen: (pred) => (rejectPred = pred),
+    delayAll: (ms) => (state.delayMs = ms),
+    get requestLimit() {
+      return state.requestLimit;
+    },
+    set requestLimit(n: number) {
+      state.requestLimit = n;
+    },
+    requestSizes,
     waitForRows(n, timeoutMs = 5000) {
       if (inserted.length >= n) return Promise.resolve();
       return new Promise((resolve, reject) => {
@@ -247,6 +299,111 @@ export function startFakeBigQuery(): FakeBigQuery {
         seen.add(id);
       }
       return dup;
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/**
+ * A TCP relay in front of a server (the fake BigQuery) that can stop answering: while hanging it
+ * still accepts connections and reads requests, but passes no byte back, like an endpoint that
+ * accepts connections and never answers. It counts the connections clients hold open, which is
+ * what a client that never gives up on a request leaks.
+ */
+export interface HangingFront {
+  readonly url: string;
+  readonly port: number;
+  /** Stops (true) or resumes (false) passing answers back, on new and open connections. */
+  hang(on: boolean): void;
+  /** Client connections open now, and the most open at once so far. */
+  readonly open: number;
+  readonly maxOpen: number;
+  /** Connections accepted so far. */
+  readonly accepted: number;
+  /** Closes the connections open now (new ones are still accepted): a network blip. */
+  dropConnections(): void;
+  close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < bytes.length) off += await conn.write(bytes.subarray(off));
+}
+
+export function startHangingFront(upstreamPort: number, hanging = false): HangingFront {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const stats = { open: 0, maxOpen: 0, accepted: 0 };
+  const closeQuietly = (c: Deno.Conn | null) => {
+    try {
+      c?.close();
+    } catch {
+      // already closed
+    }
+  };
+  async function relay(client: Deno.Conn): Promise<void> {
+    stats.accepted++;
+    stats.open++;
+    stats.maxOpen = Math.max(stats.maxOpen, stats.open);
+    conns.add(client);
+    let up: Deno.Conn | null = null;
+    try {
+      up = await Deno.connect({ hostname: "127.0.0.1", port: upstreamPort });
+      const upstream = up;
+      // Answers: dropped while hanging.
+      (async () => {
+        const buf = new Uint8Array(64 * 1024);
+        for (;;) {
+          const n = await upstream.read(buf);
+          if (n === null) break;
+          if (!hanging) await writeAll(client, buf.subarray(0, n));
+        }
+      })().catch(() => {});
+      const buf = new Uint8Array(64 * 1024);
+      for (;;) {
+        const n = await client.read(buf);
+        if (n === null) break;
+        await writeAll(upstream, buf.subarray(0, n));
+      }
+    } catch {
+      // the client or the upstream went away
+    } finally {
+      stats.open--;
+      conns.delete(client);
+      closeQuietly(client);
+      closeQuietly(up);
+    }
+  }
+  const accepting = (async () => {
+    for await (const c of listener) relay(c);
+  })().catch(() => {});
+  const port = (listener.addr as Deno.NetAddr).port;
+  const close = async () => {
+    try {
+      listener.close();
+    } catch {
+      // already closed
+    }
+    for (const c of conns) closeQuietly(c);
+    await accepting;
+  };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    hang: (on) => (hanging = on),
+    get open() {
+      return stats.open;
+    },
+    get maxOpen() {
+      return stats.maxOpen;
+    },
+    get accepted() {
+      return stats.accepted;
+    },
+    dropConnections() {
+      for (const c of conns) closeQuietly(c);
     },
     close,
     [Symbol.asyncDispose]: close,

@@ -4,8 +4,10 @@
  * delivery down.
  */
 import assert from "node:assert/strict";
-import { startFakeBigQuery } from "../helpers/bigquery_server.ts";
-import { collect, connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
+import { collect, connectClient, delay, startBroker, startMain } from "../helpers/broker.ts";
+
+const repoRoot = new URL("../../", import.meta.url).pathname;
 
 function bigquery(url: string) {
   return {
@@ -124,4 +126,34 @@ Deno.test("MQTT round trips stay fast while BigQuery stalls; the rows go in once
   fake.release();
   await fake.waitForRows(220, 10_000);
   assert.equal(new Set(fake.inserted.map((r) => r.insertId)).size, 220);
+});
+
+Deno.test("a BigQuery that accepts connections and never answers does not keep a broker process from listening", async () => {
+  await using fake = startFakeBigQuery();
+  await using front = startHangingFront(fake.port, true);
+  await using broker = startMain(repoRoot, [
+    "--general.secure=false",
+    "--general.websocket=false",
+    "--general.bind=127.0.0.1",
+    "--ports.tcp=0",
+    "--storage.enabled=false",
+    "--bigquery.enabled=true",
+    "--bigquery.project_id=proj",
+    "--bigquery.dataset_id=ds",
+    "--bigquery.credentials_path=",
+    `--bigquery.endpoint=${front.url}`,
+    "--bigquery.request_timeout_ms=1000",
+    "--bigquery.retry_initial_ms=50",
+    "--bigquery.retry_max_ms=200",
+    "--bigquery.flush_interval_ms=20",
+  ]);
+  const [, port] = await broker.waitFor(
+    /listening for MQTT over tcp on 127\.0\.0\.1:(\d+)/,
+    15_000,
+  );
+  await using pub = await connectClient(Number(port), { clientId: "pub" });
+  for (let i = 0; i < 5; i++) await pub.publishAsync(`h/${i}`, `${i}`, { qos: 1 });
+  front.hang(false);
+  await fake.waitForRows(5, 15_000);
+  assert.equal(new Set(fake.inserted.map((r) => r.json.topic)).size, 5);
 });

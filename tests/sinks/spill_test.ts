@@ -1,0 +1,70 @@
+/**
+ * The spill store through the BigQuery sink and the fake BigQuery: its size bound counts bytes
+ * as on disk, and lines that are JSON but not rows are skipped without losing the others.
+ */
+import assert from "node:assert/strict";
+import { toRow } from "../../src/sinks/row.ts";
+import { startFakeBigQuery } from "../helpers/bigquery_server.ts";
+import { info, testMessage } from "./contract.ts";
+import { bqSink, offerMany, until } from "./bq_helpers.ts";
+
+async function dirBytes(dir: string): Promise<number> {
+  let n = 0;
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile) n += (await Deno.stat(`${dir}/${e.name}`)).size;
+  }
+  return n;
+}
+
+Deno.test("spill_max_bytes bounds the bytes on disk, also for text that takes several bytes a character", async () => {
+  await using fake = startFakeBigQuery();
+  const dir = await Deno.makeTempDir();
+  try {
+    const limit = 1024 * 1024;
+    const sink = bqSink(fake, {
+      overflow: "spill",
+      max_queue: 1,
+      spill_max_bytes: limit,
+      batch_size: 1,
+      max_concurrent_requests: 1,
+    }, dir);
+    await sink.start();
+    fake.failAll(503);
+    // 2 KiB of UTF-8 but 1024 UTF-16 units per payload: ~800 rows fill 1 MiB of characters.
+    offerMany(sink, 800, "t", "é".repeat(1024));
+    await until(() => sink.stats.spilled + sink.stats.dropped >= 790, "rows spilled or dropped");
+    await sink.stop(0);
+    const onDisk = await dirBytes(`${dir}/topic-log-spill`);
+    assert.ok(onDisk <= limit, `${onDisk} bytes on disk, limit ${limit}`);
+    assert.ok(sink.stats.dropped > 0, "rows beyond the limit are dropped and counted");
+    assert.ok(onDisk > limit * 0.9, `${onDisk} bytes on disk: the limit is used`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a spill line that is JSON but not a row (null, a number, an array) is skipped; the rows around it go in once", async () => {
+  await using fake = startFakeBigQuery();
+  const dir = await Deno.makeTempDir();
+  try {
+    const spill = `${dir}/topic-log-spill`;
+    await Deno.mkdir(spill);
+    const row = (i: number) =>
+      JSON.stringify(toRow(testMessage(`s/${i}`, `${i}`), info(), "node-a", `id-${i}`, Date.now()));
+    const lines = [row(0), "null", row(1), "42", "[1,2]", '{"id":"x"}', row(2)];
+    await Deno.writeTextFile(`${spill}/500000000000.jsonl`, lines.join("\n") + "\n");
+    const sink = bqSink(fake, { overflow: "spill" }, dir);
+    await sink.start();
+    await fake.waitForRows(3);
+    await until(() => [...Deno.readDirSync(spill)].length === 0, "the segment to be removed");
+    await sink.stop(1000);
+    assert.deepEqual(fake.inserted.map((r) => r.json.topic), ["s/0", "s/1", "s/2"]);
+    // The next start has nothing to send again.
+    const again = bqSink(fake, { overflow: "spill" }, dir);
+    await again.start();
+    await again.stop(200);
+    assert.equal(fake.inserted.length, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
