@@ -113,6 +113,8 @@ export function encodeGroups(groups: readonly string[]): Uint8Array {
 export interface Forwarded {
   msg: Message;
   groups: string[];
+  /** A retained update's version (retain_version.ts), "" for none. */
+  version: string;
 }
 
 /** The `i` field of an entry: the records' ids, in order. */
@@ -125,7 +127,7 @@ export function encodeIds(ids: readonly string[]): string {
  * the entry's `i` field, if any: record k gets id k (a list that does not fit
  * is ignored: the messages still count, only without ids).
  */
-export function decodeBatch(data: Uint8Array, ids?: string): Forwarded[] {
+export function decodeBatch(data: Uint8Array, ids?: string, versions?: string): Forwarded[] {
   if (data.length === 0 || data[0] !== BATCH_VERSION) {
     throw new CodecError(`unknown batch version ${data[0]}`);
   }
@@ -155,12 +157,19 @@ export function decodeBatch(data: Uint8Array, ids?: string): Forwarded[] {
       expiresAt,
       origin,
     );
-    out.push({ msg, groups });
+    out.push({ msg, groups, version: "" });
   }
   if (ids !== undefined && ids !== "") {
     const list = ids.split(" ");
     if (list.length === out.length) {
       for (let k = 0; k < list.length; k++) out[k].msg.id = list[k];
+    }
+  }
+  // The `v` field, beside the batch like `i` (an older node reads the batch without it).
+  if (versions !== undefined && versions !== "") {
+    const list = versions.split(" ");
+    if (list.length === out.length) {
+      for (let k = 0; k < list.length; k++) out[k].version = list[k];
     }
   }
   return out;

@@ -73,7 +73,7 @@ export class MemoryBus implements Bus {
   private readonly takeoverTimeoutMs: number;
   private running = false;
   /** Per-destination records (and their message ids) waiting for this turn's delivery. */
-  private pending = new Map<string, { parts: Uint8Array[]; ids: string[] }>();
+  private pending = new Map<string, { parts: Uint8Array[]; ids: string[]; versions: string[] }>();
   private readonly ids = new MessageIds();
   private scheduled = false;
 
@@ -135,7 +135,7 @@ export class MemoryBus implements Bus {
     for (const b of this.hub.others(this)) b.trie.set(key, this.nodeId, present);
   }
 
-  forward(msg: Message): ForwardResult {
+  forward(msg: Message, retainVersion = ""): ForwardResult {
     if (!this.running) return LOCAL_ONLY;
     let d = dispatch(this.trie.plan(msg.topic), this.nodeId, this.policy, this.rotation);
     const routed = d !== null && d.dests.size > 0;
@@ -147,10 +147,11 @@ export class MemoryBus implements Bus {
       for (const [dest, groups] of d.dests) {
         let list = this.pending.get(dest);
         if (list === undefined) {
-          this.pending.set(dest, list = { parts: [new Uint8Array([1])], ids: [] });
+          this.pending.set(dest, list = { parts: [new Uint8Array([1])], ids: [], versions: [] });
         }
         list.parts.push(encodeGroups(groups), body);
         list.ids.push(msg.id);
+        list.versions.push(retainVersion);
       }
       if (!this.scheduled) {
         this.scheduled = true;
@@ -168,7 +169,7 @@ export class MemoryBus implements Bus {
     this.scheduled = false;
     const pending = this.pending;
     this.pending = new Map();
-    for (const [dest, { parts, ids }] of pending) {
+    for (const [dest, { parts, ids, versions }] of pending) {
       const target = this.hub.buses.get(dest);
       if (target === undefined || target.host === null) continue;
       const batch = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -177,9 +178,11 @@ export class MemoryBus implements Bus {
         batch.set(p, o);
         o += p.length;
       }
-      for (const { msg, groups } of decodeBatch(batch, encodeIds(ids))) {
+      for (
+        const { msg, groups, version } of decodeBatch(batch, encodeIds(ids), encodeIds(versions))
+      ) {
         try {
-          target.host.deliverRemote(msg, groups);
+          target.host.deliverRemote(msg, groups, version);
         } catch (e) {
           log.error`delivering a forwarded message on ${dest} failed: ${e}`;
         }

@@ -357,7 +357,7 @@ export class RedisBus implements Bus {
     if (n === 1) this.routes.remove(key);
   }
 
-  forward(msg: Message): ForwardResult {
+  forward(msg: Message, retainVersion = ""): ForwardResult {
     if (this.stopped) return LOCAL_ONLY;
     let d = dispatch(
       this.routes.trie.plan(msg.topic),
@@ -375,8 +375,10 @@ export class RedisBus implements Bus {
     if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
     // Encoded now: the message may be a view into a read buffer that is reused after this call.
     const body = encodeBody(msg);
-    if (this.backlog.anyOver) return this.forwardBehind(msg, d, body, routed);
-    for (const [dest, groups] of d.dests) this.writer.add(dest, encodeGroups(groups), body, msg.id);
+    if (this.backlog.anyOver) return this.forwardBehind(msg, d, body, routed, retainVersion);
+    for (const [dest, groups] of d.dests) {
+      this.writer.add(dest, encodeGroups(groups), body, msg.id, retainVersion);
+    }
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
@@ -395,6 +397,7 @@ export class RedisBus implements Bus {
     d: Dispatch,
     body: Uint8Array,
     routed: boolean,
+    retainVersion: string,
   ): ForwardResult {
     const bp = this.backlog;
     let behind: string[] | null = null;
@@ -406,7 +409,7 @@ export class RedisBus implements Bus {
         }
         if (msg.qos > 0) (behind ??= []).push(dest);
       }
-      this.writer.add(dest, encodeGroups(groups), body, msg.id);
+      this.writer.add(dest, encodeGroups(groups), body, msg.id, retainVersion);
     }
     let written = msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null;
     if (behind !== null) { for (const dest of behind) written = bp.hold(dest, written); }

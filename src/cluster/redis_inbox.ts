@@ -44,6 +44,8 @@ interface Pending {
   parts: Uint8Array[];
   /** The records' cluster-wide message ids ("" for none). */
   ids: string[];
+  /** The records' retained versions ("" for none); null while no record has one. */
+  versions: string[] | null;
   bytes: number;
   count: number;
 }
@@ -101,15 +103,17 @@ export class InboxWriter {
   }
 
   /** Queues one record (group header + shared body, message id) for `dest`. */
-  add(dest: string, header: Uint8Array, body: Uint8Array, id: string): void {
+  add(dest: string, header: Uint8Array, body: Uint8Array, id: string, version = ""): void {
     let list = this.pending.get(dest);
     if (list === undefined) this.pending.set(dest, list = []);
     let cur = list[list.length - 1];
     if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES) {
-      cur = { parts: [VERSION_BYTE], ids: [], bytes: 1, count: 0 };
+      cur = { parts: [VERSION_BYTE], ids: [], versions: null, bytes: 1, count: 0 };
       list.push(cur);
     }
     cur.parts.push(header, body);
+    if (version !== "" && cur.versions === null) cur.versions = cur.ids.map(() => "");
+    cur.versions?.push(version);
     cur.ids.push(id);
     cur.bytes += header.length + body.length + id.length + 1;
     cur.count++;
@@ -145,17 +149,31 @@ export class InboxWriter {
         this.onEntry(dest);
         // NOMKSTREAM: a departed node's inbox is not brought back to life.
         writes.push(
-          this.cmd.xadd(
-            this.inboxKey(dest),
-            "NOMKSTREAM",
-            "*",
-            "t",
-            "m",
-            "d",
-            Buffer.concat(p.parts),
-            "i",
-            encodeIds(p.ids),
-          ),
+          p.versions === null
+            ? this.cmd.xadd(
+              this.inboxKey(dest),
+              "NOMKSTREAM",
+              "*",
+              "t",
+              "m",
+              "d",
+              Buffer.concat(p.parts),
+              "i",
+              encodeIds(p.ids),
+            )
+            : this.cmd.xadd(
+              this.inboxKey(dest),
+              "NOMKSTREAM",
+              "*",
+              "t",
+              "m",
+              "d",
+              Buffer.concat(p.parts),
+              "i",
+              encodeIds(p.ids),
+              "v",
+              encodeIds(p.versions),
+            ),
         );
       }
     }
@@ -203,7 +221,7 @@ export async function drainInbox(
         const entry = parseEntry(fields);
         if (entry.type === "control") onControl(entry.fields);
         else {
-          for (const { msg, groups } of entry.batch) {
+          for (const { msg, groups, version } of entry.batch) {
             deliver(msg, groups);
             n++;
           }
@@ -229,7 +247,10 @@ function parseEntry(fields: Buffer[]): Entry {
   if (type === "m") {
     const data = map.get("d");
     if (data === undefined) throw new CodecError("no data field");
-    return { type: "messages", batch: decodeBatch(data, map.get("i")?.toString("latin1")) };
+    return {
+      type: "messages",
+      batch: decodeBatch(data, map.get("i")?.toString("latin1"), map.get("v")?.toString("latin1")),
+    };
   }
   if (type === "k" || type === "r") {
     const text = new Map<string, string>();
@@ -382,7 +403,7 @@ export class InboxReader {
         const entry = parseEntry(fields);
         if (entry.type === "control") this.onControl(entry.fields);
         else {
-          for (const { msg, groups } of entry.batch) {
+          for (const { msg, groups, version } of entry.batch) {
             this.stats.received++;
             if (msg.id !== "" && !this.seen.firstTime(msg.id)) {
               // The same XADD run twice (seen_ids.ts): a QoS 2 message must not arrive twice.
@@ -390,7 +411,7 @@ export class InboxReader {
               this.host.duplicateArrived?.();
               continue;
             }
-            this.host.deliverRemote(msg, groups);
+            this.host.deliverRemote(msg, groups, version);
           }
         }
       } catch (e) {

@@ -26,7 +26,7 @@ export interface BusHost {
    * (`$share/group/filter`) this node was chosen to serve for it; other
    * matching groups are served elsewhere.
    */
-  deliverRemote(msg: Message, groups: readonly string[]): void;
+  deliverRemote(msg: Message, groups: readonly string[], retainVersion?: string): void;
   /** A forwarded message came a second time and was dropped (counted with duplicates). */
   duplicateArrived?(): void;
   /**
@@ -152,7 +152,7 @@ export interface Bus {
   /** The last local subscription with this key went away. */
   removeRoute(key: string): void;
   /** A message published on this node (by a client, a will or $SYS): forward it where it is wanted. */
-  forward(msg: Message): ForwardResult;
+  forward(msg: Message, retainVersion?: string): ForwardResult;
   /**
    * Makes this node the owner of `clientId` cluster-wide before its session is
    * loaded: a connection with that id on another node is closed (0x8E) and its

@@ -6,17 +6,21 @@
  */
 import type { Message } from "../protocol/message.ts";
 import { Levels } from "./levels.ts";
+import { newerOrSame, NO_VERSION } from "./retain_version.ts";
 
 export interface RetainedStore {
   /**
    * Stores `msg` as the retained message of its topic, replacing any earlier
    * one; false (and nothing stored) when that would pass the store's limits.
+   * With a `version` (retain_version.ts), an update older than the topic's
+   * current one (or than its recent deletion) changes nothing (true: it was
+   * not refused, it lost).
    */
-  set(msg: Message): boolean;
+  set(msg: Message, version?: string): boolean;
   /** Whether `set(msg)` would stay within the limits (checked before a publish is accepted). */
   fits(msg: Message): boolean;
-  /** Removes the retained message of `topic`, if any. */
-  delete(topic: string): void;
+  /** Removes the retained message of `topic`, if any and not newer than `version`. */
+  delete(topic: string, version?: string): void;
   /** Retained messages whose topic matches `filter` (no share prefix). */
   match(filter: string): Message[];
   /**
@@ -57,7 +61,18 @@ class RNode extends Levels<RNode> {
   msg: Message | null = null;
   /** The store's `generation` when `msg` was set: cursors skip messages newer than themselves. */
   gen = 0;
+  /** The version of the update that set `msg` (retain_version.ts). */
+  ver = NO_VERSION;
 }
+
+/**
+ * How long, and for how many topics, a deletion's version is remembered: an older update of the
+ * topic that arrives later (from another node) must not bring the message back. Updates of one
+ * topic from two nodes reach each node within milliseconds; a node behind its inbox by more than
+ * this could still bring back a deleted message.
+ */
+export const TOMBSTONE_MS = 60_000;
+export const TOMBSTONES_MAX = 10_000;
 
 const UNLIMITED: RetainedLimits = { maxMessages: Infinity, maxBytes: Infinity };
 
@@ -67,8 +82,13 @@ export class MemoryRetainedStore implements RetainedStore {
   private bytesHeld = 0;
   /** Counts every set, so a cursor tells the messages it may yield from later ones. */
   private generation = 0;
+  /** Versions of recent deletions by topic, oldest first, with when they were made. */
+  private readonly tombstones = new Map<string, { ver: string; at: number }>();
 
-  constructor(private readonly limits: RetainedLimits = UNLIMITED) {}
+  constructor(
+    private readonly limits: RetainedLimits = UNLIMITED,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   get size(): number {
     return this.count;
@@ -97,7 +117,16 @@ export class MemoryRetainedStore implements RetainedStore {
     return count <= this.limits.maxMessages && bytes <= this.limits.maxBytes;
   }
 
-  set(msg: Message): boolean {
+  set(msg: Message, version = NO_VERSION): boolean {
+    if (version !== NO_VERSION) {
+      const current = this.find(msg.topic);
+      if (current?.msg != null && !newerOrSame(version, current.ver)) return true;
+      const tomb = this.tombstones.get(msg.topic);
+      if (tomb !== undefined) {
+        if (!newerOrSame(version, tomb.ver)) return true;
+        this.tombstones.delete(msg.topic);
+      }
+    }
     if (!this.fits(msg)) return false;
     msg.own();
     let node = this.root;
@@ -113,11 +142,17 @@ export class MemoryRetainedStore implements RetainedStore {
     else this.bytesHeld -= retainedBytes(node.msg);
     node.msg = msg;
     node.gen = ++this.generation;
+    node.ver = version;
     this.bytesHeld += retainedBytes(msg);
     return true;
   }
 
-  delete(topic: string): void {
+  delete(topic: string, version = NO_VERSION): void {
+    if (version !== NO_VERSION) {
+      const current = this.find(topic);
+      if (current?.msg != null && !newerOrSame(version, current.ver)) return;
+      this.remember(topic, version);
+    }
     const levels = topic.split("/");
     const path: RNode[] = [this.root];
     let node = this.root;
@@ -136,6 +171,25 @@ export class MemoryRetainedStore implements RetainedStore {
       if (n.msg !== null || n.hasChildren) break;
       path[i - 1].deleteChild(levels[i - 1]);
     }
+  }
+
+  /** Keeps a deletion's version, within TOMBSTONE_MS and TOMBSTONES_MAX. */
+  private remember(topic: string, ver: string): void {
+    const t = this.tombstones;
+    const now = this.now();
+    const old = t.get(topic);
+    if (old !== undefined && !newerOrSame(ver, old.ver)) return;
+    t.delete(topic);
+    t.set(topic, { ver, at: now });
+    for (const [k, v] of t) {
+      if (t.size <= TOMBSTONES_MAX && now - v.at < TOMBSTONE_MS) break;
+      t.delete(k);
+    }
+  }
+
+  /** Deletions remembered (for tests). */
+  get tombstoneCount(): number {
+    return this.tombstones.size;
   }
 
   match(filter: string): Message[] {

@@ -183,13 +183,14 @@ export class Router {
    * are merged: highest QoS, all Subscription Identifiers) and to one member
    * of each matching share group. `groups` limits which share groups are
    * served here (a cluster serves each group on one node); null serves all.
-   * Returns the number of deliveries.
+   * Returns the number of deliveries. `retainVersion` orders retained updates of one topic made
+   * on different nodes (retain_version.ts).
    */
-  publish(msg: Message, groups: ReadonlySet<string> | null = null): number {
+  publish(msg: Message, groups: ReadonlySet<string> | null = null, retainVersion = ""): number {
     this.stats.published++;
     if (msg.retain) {
-      if (msg.payload.length === 0) this.retained.delete(msg.topic);
-      else if (!this.retained.set(msg)) this.stats.retainedRefused++;
+      if (msg.payload.length === 0) this.retained.delete(msg.topic, retainVersion);
+      else if (!this.retained.set(msg, retainVersion)) this.stats.retainedRefused++;
     }
     const m = this.trie.match(msg.topic);
     let n = 0;

@@ -16,6 +16,7 @@ import type { Metrics } from "../ops/metrics.ts";
 import type { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
+import { NO_VERSION, RetainClock } from "../router/retain_version.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import { RateLimitedLog } from "../sinks/stats.ts";
@@ -113,6 +114,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   readonly socketLimit: number;
   private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
+  /** Versions for the retained updates published here. */
+  private readonly retainClock = new RetainClock();
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
@@ -150,7 +153,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (store.durable) {
       let dropped = 0;
       for (const m of await store.loadRetained()) {
-        if (!this.router.retained.set(toMessage(m))) dropped++;
+        if (!this.router.retained.set(toMessage(m), m.version)) dropped++;
       }
       if (dropped > 0) {
         log.warn("{dropped} stored retained messages are over the retained limits: not loaded", {
@@ -297,7 +300,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sink.offer(msg, info);
     // $SYS figures describe this node: they stay here, neither forwarded nor stored.
     const local = info.kind === "sys";
-    const fwd = local ? LOCAL_ONLY : this.bus.forward(msg);
+    // Retained updates carry a version: every node and the store keep the newest (retain_version.ts).
+    const version = msg.retain ? this.retainClock.next() : NO_VERSION;
+    const fwd = local ? LOCAL_ONLY : this.bus.forward(msg, version);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
     // Retained state is stored by the node where it was published, once.
@@ -307,13 +312,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
     ) {
       journal.push(
         msg.payload.length === 0
-          ? { type: "retain-delete", topic: msg.topic }
-          : { type: "retain", msg: msg.own() },
+          ? { type: "retain-delete", topic: msg.topic, version }
+          : { type: "retain", msg: msg.own(), version },
       );
     }
     // One client message in LATENCY_SAMPLE_EVERY is timed from here to each subscriber's outbox.
     if (info.kind === "client" && this.metrics.sample()) msg.sampledAt = performance.now();
-    const n = this.router.publish(msg, fwd.localGroups);
+    const n = this.router.publish(msg, fwd.localGroups, version);
     // A retained copy delivered to a later subscriber is not publish-to-delivery latency.
     if (msg.retain) msg.sampledAt = 0;
     let written = fwd.written;
@@ -330,8 +335,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.metrics.duplicatesDropped++;
   }
 
-  deliverRemote(msg: Message, groups: readonly string[]): void {
-    this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+  deliverRemote(msg: Message, groups: readonly string[], retainVersion = NO_VERSION): void {
+    this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups), retainVersion);
   }
 
   deliveredWritten(): Promise<void> | null {

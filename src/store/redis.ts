@@ -37,7 +37,7 @@ import {
   encodeSubscription,
   encodeWill,
 } from "./redis_codec.ts";
-import { ADOPT, APPLY, LOAD, TAKE_WILL } from "./redis_scripts.ts";
+import { ADOPT, APPLY, LOAD, RETAIN, TAKE_WILL } from "./redis_scripts.ts";
 import { KEY_NAMES, RedisKeys, Script } from "./redis_keys.ts";
 import {
   buf,
@@ -49,6 +49,7 @@ import {
   str,
 } from "./redis_session_codec.ts";
 import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
+import { TOMBSTONE_MS } from "../router/retained.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
@@ -173,13 +174,12 @@ export class RedisStore implements ClusterStore {
     for (const op of ops) {
       if (op.type === "retain") {
         retainedOps++;
-        this.retainOp(retained, op.msg, now);
+        this.retainOp(retained, op.msg, now, op.version ?? "");
         continue;
       }
       if (op.type === "retain-delete") {
         retainedOps++;
-        retained.del(this.keys.retained(op.topic));
-        retained.srem(this.keys.retainedIndex, op.topic);
+        this.retainScript(retained, op.topic, "", op.version ?? "", 0);
         continue;
       }
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
@@ -289,19 +289,43 @@ export class RedisStore implements ClusterStore {
     if (stale.length > 0) throw new StaleSessionError(stale, owners);
   }
 
-  private retainOp(multi: ReturnType<RedisClient["multi"]>, msg: StoredMessage, now: number): void {
-    const key = this.keys.retained(msg.topic);
-    const value = buf(encodeMessage(msg));
+  private retainOp(
+    multi: ReturnType<RedisClient["multi"]>,
+    msg: StoredMessage,
+    now: number,
+    version: string,
+  ): void {
     // Relative to the node's clock, like the message's expiresAt.
     const ttl = msg.expiresAt > 0 ? Math.ceil(msg.expiresAt - now) : 0;
-    if (msg.expiresAt > 0 && ttl <= 0) {
-      multi.del(key);
-      multi.srem(this.keys.retainedIndex, msg.topic);
-      return;
-    }
-    if (ttl > 0) multi.set(key, value, "PX", ttl);
-    else multi.set(key, value);
-    multi.sadd(this.keys.retainedIndex, msg.topic);
+    if (msg.expiresAt > 0 && ttl <= 0) return this.retainScript(multi, msg.topic, "", version, 0);
+    this.retainScript(multi, msg.topic, buf(encodeMessage(msg)), version, ttl);
+  }
+
+  /**
+   * Sets (or, with an empty `value`, deletes) a topic's retained message unless Redis holds a
+   * newer version of it: two nodes updating one topic at once leave the newer update in Redis,
+   * as on every node (retain_version.ts).
+   */
+  private retainScript(
+    multi: ReturnType<RedisClient["multi"]>,
+    topic: string,
+    value: string | Buffer,
+    version: string,
+    ttl: number,
+  ): void {
+    const k = this.keys;
+    multi.eval(
+      RETAIN,
+      3,
+      k.retained(topic),
+      k.retainedVersion(topic),
+      k.retainedIndex,
+      topic,
+      value,
+      version,
+      String(ttl),
+      String(TOMBSTONE_MS),
+    );
   }
 
   private sessionArgs(args: (string | Buffer)[], s: SessionState): void {
@@ -407,6 +431,7 @@ export class RedisStore implements ClusterStore {
       cursor = next;
       if (topics.length === 0) continue;
       const values = await this.client.mgetBuffer(...topics.map((t) => this.keys.retained(t)));
+      const versions = await this.client.mget(...topics.map((t) => this.keys.retainedVersion(t)));
       const gone: string[] = [];
       values.forEach((v, i) => {
         if (v === null) {
@@ -416,7 +441,7 @@ export class RedisStore implements ClusterStore {
         try {
           const m = decodeMessage(v);
           if (m.topic !== topics[i]) throw new CorruptValueError("stored under another topic");
-          out.push(m);
+          out.push(versions[i] === null ? m : { ...m, version: versions[i]! });
         } catch (e) {
           log.warn("skipped the retained message of {topic}: {error}", {
             topic: topics[i],

@@ -29,6 +29,11 @@ export class RedisKeys {
     return `${this.prefix}:{ret}:t:${topic}`;
   }
 
+  /** The version of a topic's retained message, or of its deletion (retain_version.ts). */
+  retainedVersion(topic: string): string {
+    return `${this.prefix}:{ret}:v:${topic}`;
+  }
+
   /** SCAN pattern of every session's meta key. */
   get metaPattern(): string {
     return `${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:{s:*}:meta`;

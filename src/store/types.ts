@@ -32,6 +32,8 @@ export interface StoredMessage {
    * already holds.
    */
   readonly id?: string;
+  /** A retained message's version (retain_version.ts), as a shared store loads it. */
+  readonly version?: string;
 }
 
 /** One subscription of a session, with its options. */
@@ -135,8 +137,9 @@ export type StoreOp =
   }
   | { readonly type: "qos2-add"; readonly clientId: string; readonly packetId: number }
   | { readonly type: "qos2-delete"; readonly clientId: string; readonly packetId: number }
-  | { readonly type: "retain"; readonly msg: StoredMessage }
-  | { readonly type: "retain-delete"; readonly topic: string };
+  /** `version`: see retain_version.ts; a shared store keeps the newest of a topic's updates. */
+  | { readonly type: "retain"; readonly msg: StoredMessage; readonly version?: string }
+  | { readonly type: "retain-delete"; readonly topic: string; readonly version?: string };
 
 /** Where sessions and retained messages are kept beyond the process. */
 export interface Store {

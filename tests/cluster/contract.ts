@@ -30,7 +30,7 @@ export interface BusContractOptions {
 
 /** What the bus told one node. */
 export class RecordingHost implements BusHost {
-  delivered: { msg: Message; groups: readonly string[] }[] = [];
+  delivered: { msg: Message; groups: readonly string[]; version: string }[] = [];
   takenOver: string[] = [];
   /** The claim number each kick carried, in order. */
   kickEpochs: number[] = [];
@@ -38,8 +38,8 @@ export class RecordingHost implements BusHost {
   /** Runs inside sessionTakenOver, before it resolves (a test can observe ordering). */
   onTakeover: (clientId: string) => Promise<void> = () => Promise.resolve();
 
-  deliverRemote(msg: Message, groups: readonly string[]): void {
-    this.delivered.push({ msg, groups: [...groups] });
+  deliverRemote(msg: Message, groups: readonly string[], version = ""): void {
+    this.delivered.push({ msg, groups: [...groups], version });
   }
   deliveredWritten(): Promise<void> | null {
     return null;
@@ -315,6 +315,31 @@ const cases: Record<string, [number, Case]> = {
       await b.claimSession("c1");
       await delay(QUIET_MS);
       assert.deepEqual(hb.takenOver, ["c1"]);
+    },
+  ],
+  "a retained update's version reaches every node with it; other messages carry none": [
+    2,
+    async ({ buses: [a, b], hosts: [, hb] }) => {
+      await b.addRoute("v/#");
+      const retained = message("v/1", { qos: 1 });
+      const kept = new Message(
+        retained.topic,
+        retained.topicBytes,
+        retained.payload,
+        1,
+        true,
+        null,
+        0,
+        "",
+      );
+      a.forward(message("v/0", { qos: 1 }));
+      a.forward(kept, "1700000000000abcd");
+      a.forward(message("v/2"));
+      await until(() => hb.delivered.length === 3);
+      assert.deepEqual(
+        hb.delivered.map((d) => `${d.msg.topic}:${d.version}`),
+        ["v/0:", "v/1:1700000000000abcd", "v/2:"],
+      );
     },
   ],
   "a claim for another user's session held on another live node is refused, and nobody is kicked": [

@@ -60,3 +60,38 @@ Deno.test({
     assert.deepEqual(await retainedOn(d.port, "ret/#", 200), ["ret/2=two-v2"]);
   },
 });
+
+Deno.test({
+  name:
+    "cluster: one topic's retained message set (or cleared) on two nodes at once ends the same " +
+    "on every node, in Redis and on a node started later",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b", "c"] });
+    const [a, b, c] = cluster.nodes;
+    await using pa = await connectClient(a.port, { clientId: "pa" });
+    await using pb = await connectClient(b.port, { clientId: "pb" });
+    const K = 30;
+    for (let i = 0; i < K; i++) {
+      // Set on a and on b in the same moment; every third topic is cleared on b instead.
+      await Promise.all([
+        pa.publishAsync(`race/${i}`, `A${i}`, { qos: 1, retain: true }),
+        pb.publishAsync(`race/${i}`, i % 3 === 0 ? "" : `B${i}`, { qos: 1, retain: true }),
+      ]);
+    }
+    await delay(500);
+    const seen = [await retainedOn(a.port, "race/#"), await retainedOn(b.port, "race/#")];
+    seen.push(await retainedOn(c.port, "race/#"));
+    // Before versions each node kept the update that reached it last, and most topics differed.
+    assert.deepEqual(seen[1], seen[0], "b serves what a serves");
+    assert.deepEqual(seen[2], seen[0], "c serves what a serves");
+    const d = await cluster.add("d");
+    assert.deepEqual(
+      await retainedOn(d.port, "race/#"),
+      seen[0],
+      "a node started later, from Redis",
+    );
+    // Each topic holds one of the two updates.
+    for (const line of seen[0]) assert.match(line, /^race\/(\d+)=(A|B)\1$/);
+  },
+});

@@ -289,6 +289,32 @@ storeTest(
 );
 
 storeTest(
+  "redis store: of two nodes' updates of one retained topic the newer version stays, in either order",
+  async (server) => {
+    await using a = await storeNode(server, "A");
+    await using b = await storeNode(server, "B");
+    const v = (ms: number) => `${String(ms).padStart(13, "0")}000a`;
+    const payload = async () =>
+      (await a.loadRetained()).map((m) => `${m.topic}=${new TextDecoder().decode(m.payload)}`);
+    // The newer update is written first, the older one after it: the older changes nothing.
+    await b.write([{ type: "retain", msg: message("r/1", "newer"), version: v(2) }]);
+    await a.write([{ type: "retain", msg: message("r/1", "older"), version: v(1) }]);
+    assert.deepStrictEqual(await payload(), ["r/1=newer"]);
+    assert.equal((await a.loadRetained())[0].version, v(2), "loaded with its version");
+    // A deletion leaves its version behind: an older set coming later does not bring it back.
+    await a.write([{ type: "retain-delete", topic: "r/1", version: v(4) }]);
+    await b.write([{ type: "retain", msg: message("r/1", "stale"), version: v(3) }]);
+    assert.deepStrictEqual(await payload(), []);
+    const pttl = Number(await server.command("PTTL", "t:{ret}:v:r/1"));
+    assert.ok(pttl > 0 && pttl <= 60_000, `the deletion's version expires (PTTL ${pttl})`);
+    // An update without a version (an older node's) applies and drops the version.
+    await b.write([{ type: "retain", msg: message("r/1", "unversioned") }]);
+    assert.deepStrictEqual(await payload(), ["r/1=unversioned"]);
+    assert.equal((await a.loadRetained())[0].version, undefined);
+  },
+);
+
+storeTest(
   "redis store: a retained message with Message Expiry vanishes for every node",
   async (server) => {
     await using a = await storeNode(server, "A");
