@@ -215,6 +215,9 @@ export function serveWebSocket(
   });
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
     clearTimeout(upgradeTimers.get(socket));
+    // node:http lets go of the socket here, its error listener included: a peer that resets it
+    // (after a refusal, or during the handshake) would be an uncaught error and end the process.
+    socket.on("error", () => socket.destroy());
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) return refuse(socket, 404, "Not Found");
     if (pickSubprotocol(req.headers["sec-websocket-protocol"]) === null) {

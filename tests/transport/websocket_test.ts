@@ -4,10 +4,12 @@
  */
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
+import net from "node:net";
 import {
   closeQuietly,
   collect,
   connectClient,
+  delay,
   type Packet,
   startBroker,
 } from "../helpers/broker.ts";
@@ -321,4 +323,32 @@ Deno.test("a socket that does not upgrade within limits.connect_timeout is close
   await new Promise((r) => setTimeout(r, 1_500));
   await ws.sendPacket({ cmd: "pingreq" });
   await ws.expect("pingresp");
+});
+
+Deno.test("a peer that resets its socket after a refused upgrade does not bring the broker down", async () => {
+  await using b = await wsBroker();
+  const key = "dGhlIHNhbXBsZSBub25jZQ==";
+  for (const [path, protocol] of [["/nope", "mqtt"], ["/mqtt", "chat"]]) {
+    for (let i = 0; i < 3; i++) {
+      const s = net.connect(b.wsPort, "127.0.0.1");
+      await new Promise((r) => s.once("connect", r));
+      s.on("error", () => {});
+      s.write(
+        `GET ${path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
+          `Sec-WebSocket-Protocol: ${protocol}\r\n\r\n`,
+      );
+      await delay(100);
+      // A TCP reset (SO_LINGER 0), as a crashing client or a middlebox sends.
+      s.resetAndDestroy();
+    }
+  }
+  await delay(300);
+  // Still serving (an uncaught ECONNRESET ended the process before; here it fails the test).
+  await using c = await connectClient(b.wsPort, {
+    protocol: "ws",
+    path: "/mqtt",
+    clientId: "after-resets",
+  });
+  assert.equal(c.connected, true);
 });
