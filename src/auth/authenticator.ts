@@ -70,6 +70,9 @@ export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Au
   };
 }
 
+/** Checks of one login against a password file that changed during the previous check. */
+const MAX_RECHECKS = 2;
+
 /** Authentication from certificates, a password file and the anonymous switch. */
 export class PolicyAuthenticator implements Authenticator {
   constructor(
@@ -89,7 +92,8 @@ export class PolicyAuthenticator implements Authenticator {
     return d;
   }
 
-  private decide(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
+  /** `rechecks`: how many times the password file changed during this login's checks. */
+  private decide(req: ConnectRequest, rechecks = 0): AuthDecision | Promise<AuthDecision> {
     const { passwords, allowAnonymous, requireClientIdMatch } = this.options;
     const identity = req.certificateIdentity;
     if (identity !== undefined) {
@@ -123,7 +127,12 @@ export class PolicyAuthenticator implements Authenticator {
           // holds only if this user's entry is still the one checked, else the current file
           // decides (a removed user is refused, a changed password checked again).
           if (this.options.passwords?.entryOf(username) !== passwords.entryOf(username)) {
-            return this.decide(req);
+            // Bounded: a file changing again and again must not keep a login (and a check slot)
+            // going past the connect timeout.
+            if (rechecks >= MAX_RECHECKS || Date.now() >= deadline) {
+              return { ok: false, reasonCode: BUSY, reason: "server busy: credentials changed" };
+            }
+            return this.decide(req, rechecks + 1);
           }
           return ok
             ? { ok: true, username }

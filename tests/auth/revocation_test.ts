@@ -180,3 +180,37 @@ Deno.test("a login whose password check spans a reload that removed the user is 
   await assert.rejects(login, /Bad User Name or Password|Not authorized|bad user name/i);
   assert.ok(reloadedAfter < 200, `the reload came ${reloadedAfter} ms in, maybe after the check`);
 });
+
+Deno.test("a login re-checked because the password file keeps changing is decided within the connect timeout", async () => {
+  // Several entries for one password (new salts): each reload changes the user's entry, so each
+  // check ends with a changed file. Without a bound the login was checked again for as long as
+  // the reloads went on, past connect_timeout.
+  const entries: string[] = [];
+  for (let i = 0; i < 6; i++) entries.push(`slow:${await hashPassword("s", 300_000)}\n`);
+  const passwd = await write("passwd-churn", entries[0]);
+  await using b = await startBroker({
+    auth: { password_file: passwd, auth_cache_seconds: 0 },
+    limits: { connect_timeout: 1 },
+  });
+  const started = Date.now();
+  let decidedAt = 0;
+  const login = connectClient(b.port, {
+    clientId: "slow",
+    username: "slow",
+    password: "s",
+    connectTimeout: 20_000,
+  }).then(
+    async (c) => {
+      decidedAt = Date.now() - started;
+      await c.endAsync();
+    },
+    () => decidedAt = Date.now() - started,
+  );
+  for (let i = 1; decidedAt === 0 && Date.now() - started < 6000; i++) {
+    await Deno.writeTextFile(passwd, entries[i % entries.length]);
+    await b.broker.reload();
+    await delay(30);
+  }
+  await login;
+  assert.ok(decidedAt < 2500, `decided after ${decidedAt} ms (connect_timeout 1 s)`);
+});
