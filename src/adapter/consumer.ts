@@ -38,8 +38,8 @@ export interface Delivery {
   /** Acknowledges it (PUBACK goes out once every earlier message is acknowledged too). */
   ack(): void;
   /**
-   * Says it was not kept (its row dropped): it stays unacknowledged, and when the broker sends
-   * it again it is handed over again as a new delivery.
+   * Says it was not kept (its row dropped): it stays unacknowledged, the consumer reconnects
+   * after `reconnectMs`, and when the broker sends it again it is handed over as a new delivery.
    */
   drop(): void;
 }
@@ -69,6 +69,7 @@ export class Consumer {
   private conn: Deno.Conn | null = null;
   private stopping = false;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  private redeliverTimer: ReturnType<typeof setTimeout> | undefined;
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private connected: (() => void) | null = null;
   /** Number of the current connection; acks from deliveries of an older one are void. */
@@ -270,6 +271,9 @@ export class Consumer {
             if (entry && mine !== null && this.held.get(entry.id) === mine) {
               this.held.delete(entry.id);
             }
+            // It holds up every acknowledgement after it (they go in order) until the broker
+            // sends it again, which it does only on a new connection.
+            if (entry && generation === this.generation) this.redeliverSoon(generation);
           },
         });
         return;
@@ -285,6 +289,33 @@ export class Consumer {
       default:
         return;
     }
+  }
+
+  /**
+   * Reconnects after `reconnect_ms` (once however many were dropped meanwhile): the session
+   * stays, and the broker sends again what this connection did not acknowledge, the dropped
+   * messages among them. Without it the connection went on with its acknowledgements stuck
+   * behind a dropped message and the broker's in-flight window full: nothing more arrived.
+   */
+  private redeliverSoon(generation: number): void {
+    if (this.redeliverTimer !== undefined || this.stopping) return;
+    this.redeliverTimer = setTimeout(() => {
+      this.redeliverTimer = undefined;
+      const conn = this.conn;
+      if (conn === null || generation !== this.generation || this.stopping) return;
+      this.log.info(
+        "bq-adapter: rows were dropped (the topic log queue is full): reconnecting so that " +
+          "the broker sends their messages again",
+      );
+      this.send({ cmd: "disconnect", reasonCode: 0 } as mqttPacket.IDisconnectPacket);
+      setTimeout(() => {
+        try {
+          conn.close();
+        } catch {
+          // already closed
+        }
+      }, 20);
+    }, this.opts.reconnectMs);
   }
 
   private ready(): void {
@@ -315,6 +346,7 @@ export class Consumer {
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.redeliverTimer);
     clearInterval(this.pingTimer);
     const conn = this.conn;
     if (!conn) return;
