@@ -40,13 +40,21 @@ function currentTimeout(): number {
 
 /** The part of a node:http ClientRequest used here. */
 interface TimedRequest {
-  setTimeout(ms: number, cb: () => void): unknown;
   destroy(e: Error): unknown;
+  once(event: "close", cb: () => void): unknown;
 }
 
+/**
+ * A deadline for the whole request, answer included: a socket inactivity timeout never fires
+ * for an endpoint that trickles its answer a byte at a time, and such requests piled up.
+ */
 function armTimeout(req: TimedRequest): void {
   const ms = currentTimeout();
-  req.setTimeout(ms, () => req.destroy(new RequestTimeoutError(`no answer within ${ms} ms`)));
+  const timer = setTimeout(
+    () => req.destroy(new RequestTimeoutError(`no complete answer within ${ms} ms`)),
+    ms,
+  );
+  req.once("close", () => clearTimeout(timer));
 }
 
 /** Agent.addRequest: where node:http hands an agent each request; internal, so not in its types. */

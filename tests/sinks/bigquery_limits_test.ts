@@ -32,6 +32,71 @@ Deno.test("requests BigQuery never answers are closed at request_timeout_ms: ope
   front.hang(false);
 });
 
+Deno.test("an answer trickled a byte at a time is cut at request_timeout_ms too: open requests stay bounded", async () => {
+  await using fake = startFakeBigQuery();
+  let open = 0;
+  let maxOpen = 0;
+  // insertAll answers with headers at once, then a byte every 100 ms, for ever: never idle.
+  const server = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const body = req.method === "GET" ? undefined : new Uint8Array(await req.arrayBuffer());
+      if (!url.pathname.endsWith("/insertAll")) {
+        const r = await fetch(fake.url + url.pathname + url.search, {
+          method: req.method,
+          headers: req.headers,
+          body,
+        });
+        return new Response(await r.arrayBuffer(), { status: r.status, headers: r.headers });
+      }
+      open++;
+      maxOpen = Math.max(maxOpen, open);
+      let timer: ReturnType<typeof setInterval> | undefined;
+      let done = false;
+      const end = () => {
+        if (done) return;
+        done = true;
+        open--;
+        clearInterval(timer);
+      };
+      req.signal.addEventListener("abort", end);
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          start(ctl) {
+            ctl.enqueue(new TextEncoder().encode(" "));
+            timer = setInterval(() => {
+              try {
+                ctl.enqueue(new TextEncoder().encode(" "));
+              } catch {
+                end();
+              }
+            }, 100);
+          },
+          cancel: end,
+        }),
+        { status: 200, headers: { "content-type": "application/json" } },
+      );
+    },
+  );
+  try {
+    const sink = bqSink(`http://127.0.0.1:${server.addr.port}`, {
+      request_timeout_ms: 400,
+      retry_initial_ms: 50,
+      retry_max_ms: 100,
+    });
+    await sink.start();
+    offerMany(sink, 1);
+    await until(() => sink.stats.failedRequests >= 6, "six timed-out inserts", 10_000);
+    // Before, each one went on reading its trickle on its own socket: 6 and more open.
+    assert.ok(maxOpen <= 2, `${maxOpen} insertAll requests open at once`);
+    await sink.stop(50);
+    await until(() => open === 0, "the last request to be cut", 2000);
+  } finally {
+    await server.shutdown();
+  }
+});
+
 Deno.test("start waits at most request_timeout_ms for a slow BigQuery; the table is set up later and rows go in", async () => {
   await using fake = startFakeBigQuery();
   fake.delayAll(400);
