@@ -120,7 +120,7 @@ function topicLogFamilies(read: () => readonly SinkStats[]): Family[] {
       *samples() {
         for (const s of read()) {
           const d = escapeLabel(s.sink);
-          yield ["", `{destination="${d}",result="ok"}`, s.requests - s.failedRequests] as const;
+          yield ["", `{destination="${d}",result="ok"}`, s.answeredRequests] as const;
           yield ["", `{destination="${d}",result="failed"}`, s.failedRequests] as const;
         }
       },

@@ -469,6 +469,7 @@ export class QueueSink implements Sink {
         if (!(await this.sleep(delay))) return;
         continue;
       }
+      this.stats.answeredRequests++;
       const retry = new Set(result.retry);
       const rejected = new Map(result.rejected.map((r) => [r.index, r.reason]));
       const next: Entry[] = [];

@@ -47,8 +47,12 @@ export interface SinkStats {
   spilled: number;
   /** Rows read back from the spill store and sent again. */
   replayed: number;
-  /** Requests made to the destination, and those that failed as a whole. */
+  /**
+   * Requests made to the destination (counted as they start), those answered (counted as they
+   * end: some rows may still have been refused) and those that failed as a whole.
+   */
   requests: number;
+  answeredRequests: number;
   failedRequests: number;
   /** Gauge: rows waiting in memory (not counting rows in flight). */
   queueLength: number;
@@ -72,6 +76,7 @@ export function newStats(sink: string): SinkStats {
     spilled: 0,
     replayed: 0,
     requests: 0,
+    answeredRequests: 0,
     failedRequests: 0,
     queueLength: 0,
     queueBytes: 0,

@@ -53,3 +53,43 @@ Deno.test("/metrics shows the topic log: rows by outcome, requests, queue and sp
     metric(m, `mcloudtt_topic_log_request_duration_seconds_count{${d}}`),
   );
 });
+
+Deno.test("requests in flight are in neither result of mcloudtt_topic_log_requests_total: it never goes down", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await startBroker({
+    bigquery: {
+      enabled: true,
+      project_id: "proj",
+      dataset_id: "ds",
+      endpoint: fake.url,
+      credentials_path: "",
+      flush_interval_ms: 20,
+      request_timeout_ms: 600,
+      retry_initial_ms: 10,
+      retry_max_ms: 40,
+    },
+  });
+  await using o = await startOps(b.broker);
+  await using pub = await connectClient(b.port, { clientId: "pub" });
+  await pub.publishAsync("m/1", "x", { qos: 1 });
+  await fake.waitForRows(1);
+  const d = 'destination="bigquery"';
+  const results = async () => {
+    const m = await scrape(o.url);
+    return [
+      metric(m, `mcloudtt_topic_log_requests_total{${d},result="ok"}`),
+      metric(m, `mcloudtt_topic_log_requests_total{${d},result="failed"}`),
+    ];
+  };
+  const before = await results();
+  // The next insert hangs past the request timeout: in flight, then failed.
+  fake.delayAll(1500);
+  await pub.publishAsync("m/2", "x", { qos: 1 });
+  await new Promise((r) => setTimeout(r, 200));
+  assert.deepEqual(await results(), before, "counted while in flight");
+  await new Promise((r) => setTimeout(r, 800));
+  const after = await results();
+  assert.equal(after[0], before[0], "ok went down or up for a request that failed");
+  assert.ok(after[1] >= before[1] + 1, `failed ${after[1]}`);
+  fake.delayAll(0);
+});
