@@ -142,6 +142,12 @@ export class ClusterSessions {
       // Adopted here a moment ago: the client gets the dead node's leftovers first.
       const adoption = this.adopting.get(id);
       if (adoption !== undefined) await this.boundedWait(adoption.done);
+      // Another user's session may have been bound here while this CONNECT waited its turn
+      // (attachShared): refused before it claims, or the claim would record its user as owner.
+      const here = this.core.sessions.get(id);
+      if (here !== undefined && here.owner !== req.owner) {
+        return this.core.refuseForeign(conn, here.owner);
+      }
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
@@ -200,6 +206,12 @@ export class ClusterSessions {
       pending.finish();
     }
     if (pending.kicked > pending.epoch) return this.outclaimed();
+    // Checked again: another user's CONNECT may have bound the id here while this one waited
+    // (core.attach checked before it queued behind that one).
+    const here = this.core.sessions.get(id);
+    if (here !== undefined && here.owner !== req.owner) {
+      return this.core.refuseForeign(conn, here.owner);
+    }
     this.core.adopted.delete(id);
     const result = this.core.bind(conn, req);
     if (result.ok) {

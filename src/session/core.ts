@@ -114,6 +114,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   readonly socketLimit: number;
   private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
+  /** The client id `bind` is giving to a new connection, while it runs. */
+  private binding: string | null = null;
   /** Versions for the retained updates published here. */
   private readonly retainClock = new RetainClock();
 
@@ -427,6 +429,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   bind(conn: AttachingConnection, req: AttachRequest): AttachResult {
+    this.binding = conn.clientId;
+    try {
+      return this.bindNow(conn, req);
+    } finally {
+      this.binding = null;
+    }
+  }
+
+  private bindNow(conn: AttachingConnection, req: AttachRequest): AttachResult {
     const id = conn.clientId;
     let session = this.sessions.get(id);
     if (session !== undefined && session.link !== null) {
@@ -550,7 +561,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     session.clear();
     if (this.sessions.get(session.clientId) === session) {
       this.sessions.delete(session.clientId);
-      this.bus.releaseSession(session.clientId);
+      // Ended because a new connection takes the client id here (bind): the claim is its.
+      if (this.binding !== session.clientId) this.bus.releaseSession(session.clientId);
       const journal = this.journal;
       const id = session.clientId;
       const taking = this.wills.taking(id);

@@ -218,6 +218,54 @@ Deno.test({
         await live.sendPacket({ cmd: "pingreq" }, level);
         await live.expect("pingresp");
       }
+      // bob's CONNECT on alice's node right behind hers (it waits its turn there): refused when
+      // its turn comes, alice untouched. And alice taking over her own connection on a keeps the
+      // id hers for the other node.
+      for (let i = 0; i < 5; i++) {
+        const id = `race-${i}`;
+        await using first = await RawClient.connect(a.port);
+        await first.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: 5,
+          clientId: id,
+          clean: true,
+          keepalive: 60,
+          username: "alice",
+          password: "alice-pw",
+        });
+        await using bob = await RawClient.connect(a.port);
+        await bob.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: 5,
+          clientId: id,
+          clean: true,
+          keepalive: 60,
+          username: "bob",
+          password: "bob-pw",
+        });
+        assert.equal((await first.expect("connack")).reasonCode, 0);
+        assert.equal((await bob.expect("connack")).reasonCode, 0x87, `round ${i}: bob got the id`);
+        await first.sendPacket({ cmd: "pingreq" });
+        await first.expect("pingresp");
+        // Taken over by alice herself, on the same node: still alice's id cluster-wide.
+        await using again = await RawClient.connect(a.port);
+        await again.handshake(id, 5, { username: "alice", password: "alice-pw" });
+        assert.equal((await first.expect("disconnect")).reasonCode, 0x8e);
+        await using bob2 = await RawClient.connect(b.port);
+        await bob2.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: 5,
+          clientId: id,
+          clean: true,
+          keepalive: 60,
+          username: "bob",
+          password: "bob-pw",
+        });
+        assert.equal((await bob2.expect("connack")).reasonCode, 0x87, "bob on b after a takeover");
+      }
       const alice = await RawClient.connect(a.port);
       await alice.handshake("owned", 5, as("alice"));
       // Alice is online on a: bob on b must neither get the id nor kick her.
