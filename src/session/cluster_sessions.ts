@@ -96,8 +96,12 @@ export class ClusterSessions {
    */
   attachShared(conn: AttachingConnection, req: AttachRequest): Promise<AttachResult> {
     let timer: ReturnType<typeof setTimeout> | undefined;
+    let gaveUp = false;
     const late = new Promise<AttachResult>((resolve) => {
-      timer = setTimeout(() => resolve(UNAVAILABLE), this.core.limits.connectTimeoutMs);
+      timer = setTimeout(() => {
+        gaveUp = true;
+        resolve(UNAVAILABLE);
+      }, this.core.limits.connectTimeoutMs);
     });
     // CONNECTs with one client id on this node attach one after the other, each once the one
     // before holds its session (linked) or gave up: bind() takes the session from a connection
@@ -108,8 +112,8 @@ export class ClusterSessions {
     const mine = new Promise<void>((r) => done = r);
     this.attachTail.set(id, mine);
     const run = before === undefined
-      ? this.claimAndLoad(conn, req)
-      : this.boundedWait(before).then(() => this.claimAndLoad(conn, req));
+      ? this.claimAndLoad(conn, req, () => gaveUp)
+      : this.boundedWait(before).then(() => this.claimAndLoad(conn, req, () => gaveUp));
     run.then((r) => {
       const linking = r.ok ? this.linking.get(r.session) : undefined;
       return linking === undefined ? undefined : this.boundedWait(linking.linked);
@@ -123,6 +127,8 @@ export class ClusterSessions {
   private async claimAndLoad(
     conn: AttachingConnection,
     req: AttachRequest,
+    /** True once the client was answered 0x88 (connect timeout): nothing may be bound for it. */
+    gaveUp: () => boolean,
   ): Promise<AttachResult> {
     const id = conn.clientId;
     const store = this.core.store;
@@ -206,6 +212,12 @@ export class ClusterSessions {
       pending.finish();
     }
     if (pending.kicked > pending.epoch) return this.outclaimed();
+    if (gaveUp()) {
+      // Its client was told 0x88 and is gone: a session bound now would hold the id (and its
+      // owner record) with nobody connected. A stored session loaded here stays, detached.
+      if (!this.core.sessions.has(id)) this.core.bus.releaseSession(id);
+      return UNAVAILABLE;
+    }
     // Checked again: another user's CONNECT may have bound the id here while this one waited
     // (core.attach checked before it queued behind that one).
     const here = this.core.sessions.get(id);

@@ -403,3 +403,57 @@ Deno.test({
     await eventually("the index is empty", async () => (await members()).length === 0, 10_000);
   },
 });
+
+Deno.test({
+  name: "cluster: a CONNECT answered 0x88 at the connect timeout leaves no session holding the id",
+  ...opts,
+  async fn() {
+    const dir = await Deno.makeTempDir({
+      dir: new URL("../../", import.meta.url).pathname,
+      prefix: ".test-ghost-",
+    });
+    try {
+      const file = `${dir}/passwd`;
+      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
+      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+      await using cluster = await TestCluster.start({
+        names: ["a", "b"],
+        args: [`--auth.password_file=${file}`, "--limits.connect_timeout=1"],
+      });
+      const [a, b] = cluster.nodes;
+      const connect = async (port: number, user: string) => {
+        const c = await RawClient.connect(port);
+        await c.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: 5,
+          clientId: "ghost",
+          clean: true,
+          keepalive: 60,
+          username: user,
+          password: `${user}-pw`,
+        });
+        return c;
+      };
+      await using first = await connect(b.port, "alice");
+      assert.equal((await first.expect("connack")).reasonCode, 0);
+      // b frozen: alice's CONNECT on a waits for b to let go, and is told 0x88 at 1 s.
+      b.signal("SIGSTOP");
+      {
+        await using c = await connect(a.port, "alice");
+        assert.equal((await c.expect("connack", 5000)).reasonCode, 0x88);
+      }
+      await new Promise((r) => setTimeout(r, 1500));
+      b.signal("SIGCONT");
+      first.close();
+      // Nobody holds the id now: before, the late attach bound a session on a that nobody
+      // used, and it kept the id alice's (bob refused 0x87) for good.
+      await eventually("bob may have the id", async () => {
+        await using bob = await connect(a.port, "bob");
+        return (await bob.expect("connack", 5000)).reasonCode === 0;
+      }, 15_000);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
