@@ -21,6 +21,11 @@ export interface RetainedStore {
   fits(msg: Message): boolean;
   /** Removes the retained message of `topic`, if any and not newer than `version`. */
   delete(topic: string, version?: string): void;
+  /**
+   * Whether a deletion of `topic` with a version would be remembered now (within the bounds of
+   * remembered deletions); a shared store keeps it too only then.
+   */
+  tombstoneFits?(topic: string): boolean;
   /** Retained messages whose topic matches `filter` (no share prefix). */
   match(filter: string): Message[];
   /**
@@ -73,6 +78,18 @@ class RNode extends Levels<RNode> {
  */
 export const TOMBSTONE_MS = 60_000;
 export const TOMBSTONES_MAX = 10_000;
+/**
+ * Topic bytes the remembered deletions may hold (in memory, UTF-16): clears of topics that hold
+ * nothing cost nothing else, so without it a client clearing long absent topics grew memory
+ * past the retained limits. When full of deletions younger than TOMBSTONE_MS, a new one is not
+ * remembered (nor in Redis): a late older update of that topic could then bring it back.
+ */
+export const TOMBSTONE_BYTES_MAX = 1 << 20;
+const TOMBSTONE_OVERHEAD = 64;
+
+function tombstoneCost(topic: string): number {
+  return topic.length * 2 + TOMBSTONE_OVERHEAD;
+}
 
 const UNLIMITED: RetainedLimits = { maxMessages: Infinity, maxBytes: Infinity };
 
@@ -84,6 +101,7 @@ export class MemoryRetainedStore implements RetainedStore {
   private generation = 0;
   /** Versions of recent deletions by topic, oldest first, with when they were made. */
   private readonly tombstones = new Map<string, { ver: string; at: number }>();
+  private tombstoneBytes = 0;
 
   constructor(
     private readonly limits: RetainedLimits = UNLIMITED,
@@ -125,6 +143,7 @@ export class MemoryRetainedStore implements RetainedStore {
       if (tomb !== undefined) {
         if (!newerOrSame(version, tomb.ver)) return true;
         this.tombstones.delete(msg.topic);
+        this.tombstoneBytes -= tombstoneCost(msg.topic);
       }
     }
     if (!this.fits(msg)) return false;
@@ -173,18 +192,30 @@ export class MemoryRetainedStore implements RetainedStore {
     }
   }
 
-  /** Keeps a deletion's version, within TOMBSTONE_MS and TOMBSTONES_MAX. */
-  private remember(topic: string, ver: string): void {
+  tombstoneFits(topic: string): boolean {
     const t = this.tombstones;
     const now = this.now();
-    const old = t.get(topic);
-    if (old !== undefined && !newerOrSame(ver, old.ver)) return;
-    t.delete(topic);
-    t.set(topic, { ver, at: now });
+    // Oldest first: those past TOMBSTONE_MS go.
     for (const [k, v] of t) {
-      if (t.size <= TOMBSTONES_MAX && now - v.at < TOMBSTONE_MS) break;
+      if (now - v.at < TOMBSTONE_MS) break;
       t.delete(k);
+      this.tombstoneBytes -= tombstoneCost(k);
     }
+    if (t.has(topic)) return true;
+    return t.size < TOMBSTONES_MAX &&
+      this.tombstoneBytes + tombstoneCost(topic) <= TOMBSTONE_BYTES_MAX;
+  }
+
+  /** Keeps a deletion's version, within TOMBSTONE_MS, TOMBSTONES_MAX and TOMBSTONE_BYTES_MAX. */
+  private remember(topic: string, ver: string): void {
+    if (!this.tombstoneFits(topic)) return;
+    const t = this.tombstones;
+    const old = t.get(topic);
+    if (old !== undefined) {
+      if (!newerOrSame(ver, old.ver)) return;
+      t.delete(topic);
+    } else this.tombstoneBytes += tombstoneCost(topic);
+    t.set(topic, { ver, at: this.now() });
   }
 
   /** Deletions remembered (for tests). */

@@ -314,7 +314,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     ) {
       journal.push(
         msg.payload.length === 0
-          ? { type: "retain-delete", topic: msg.topic, version }
+          ? {
+            type: "retain-delete",
+            topic: msg.topic,
+            version,
+            tombstone: this.router.retained.tombstoneFits?.(msg.topic) ?? false,
+          }
           : { type: "retain", msg: msg.own(), version },
       );
     }

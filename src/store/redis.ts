@@ -179,7 +179,7 @@ export class RedisStore implements ClusterStore {
       }
       if (op.type === "retain-delete") {
         retainedOps++;
-        this.retainScript(retained, op.topic, "", op.version ?? "", 0);
+        this.retainScript(retained, op.topic, "", op.version ?? "", 0, op.tombstone ?? false);
         continue;
       }
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
@@ -297,8 +297,10 @@ export class RedisStore implements ClusterStore {
   ): void {
     // Relative to the node's clock, like the message's expiresAt.
     const ttl = msg.expiresAt > 0 ? Math.ceil(msg.expiresAt - now) : 0;
-    if (msg.expiresAt > 0 && ttl <= 0) return this.retainScript(multi, msg.topic, "", version, 0);
-    this.retainScript(multi, msg.topic, buf(encodeMessage(msg)), version, ttl);
+    if (msg.expiresAt > 0 && ttl <= 0) {
+      return this.retainScript(multi, msg.topic, "", version, 0, false);
+    }
+    this.retainScript(multi, msg.topic, buf(encodeMessage(msg)), version, ttl, false);
   }
 
   /**
@@ -312,6 +314,7 @@ export class RedisStore implements ClusterStore {
     value: string | Buffer,
     version: string,
     ttl: number,
+    tombstone: boolean,
   ): void {
     const k = this.keys;
     multi.eval(
@@ -324,7 +327,7 @@ export class RedisStore implements ClusterStore {
       value,
       version,
       String(ttl),
-      String(TOMBSTONE_MS),
+      tombstone ? String(TOMBSTONE_MS) : "0",
     );
   }
 

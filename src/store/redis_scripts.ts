@@ -275,7 +275,8 @@ return will
 /**
  * A retained update. KEYS: message, version, index. ARGV: topic, value ("" deletes), version
  * ("" for an update without one, from an older node: applied, and the version dropped), ttl ms
- * ("0": none), how long a deletion's version stays. Returns 0 when a newer version is stored.
+ * ("0": none), how long a deletion's version stays ("0": it is not kept). Returns 0 when a newer
+ * version is stored.
  */
 export const RETAIN = `
 local cur = redis.call('GET', KEYS[2])
@@ -283,7 +284,11 @@ if cur and ARGV[3] ~= '' and cur > ARGV[3] then return 0 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[3], ARGV[1])
-  if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5]) else redis.call('DEL', KEYS[2]) end
+  if ARGV[3] ~= '' and ARGV[5] ~= '0' then
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+  else
+    redis.call('DEL', KEYS[2])
+  end
   return 1
 end
 if ARGV[4] ~= '0' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4]) else redis.call('SET', KEYS[1], ARGV[2]) end

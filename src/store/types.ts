@@ -139,7 +139,13 @@ export type StoreOp =
   | { readonly type: "qos2-delete"; readonly clientId: string; readonly packetId: number }
   /** `version`: see retain_version.ts; a shared store keeps the newest of a topic's updates. */
   | { readonly type: "retain"; readonly msg: StoredMessage; readonly version?: string }
-  | { readonly type: "retain-delete"; readonly topic: string; readonly version?: string };
+  | {
+    readonly type: "retain-delete";
+    readonly topic: string;
+    readonly version?: string;
+    /** Keep the deletion's version for a while (retained.ts, TOMBSTONE_MS) */
+    readonly tombstone?: boolean;
+  };
 
 /** Where sessions and retained messages are kept beyond the process. */
 export interface Store {

@@ -7,7 +7,12 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { utf8 } from "../../src/protocol/bytes.ts";
 import { Message } from "../../src/protocol/message.ts";
-import { MemoryRetainedStore, TOMBSTONE_MS, TOMBSTONES_MAX } from "../../src/router/retained.ts";
+import {
+  MemoryRetainedStore,
+  TOMBSTONE_BYTES_MAX,
+  TOMBSTONE_MS,
+  TOMBSTONES_MAX,
+} from "../../src/router/retained.ts";
 import { NO_VERSION, RetainClock } from "../../src/router/retain_version.ts";
 
 function retained(topic: string, payload: string): Message {
@@ -85,4 +90,25 @@ Deno.test("a deletion is remembered for a while: an older update that comes late
   // Forgotten: an old update is stored again (at least the newest one that arrives).
   s.set(retained("gone/5", "back"), "0000000000001aaaa");
   assert.equal(text(s.match("gone/5")[0]), "back");
+});
+
+Deno.test("remembered deletions are bounded in bytes: clears of long absent topics cannot grow memory", () => {
+  let now = 0;
+  const s = new MemoryRetainedStore(undefined, () => now);
+  const long = (i: number) => `${i}/${"x".repeat(30_000)}`;
+  let kept = 0;
+  for (let i = 0; i < 100; i++) {
+    if (s.tombstoneFits(long(i))) kept++;
+    s.delete(long(i), "0000000000005aaaa");
+  }
+  // About 60 KB each against a budget of TOMBSTONE_BYTES_MAX: the rest are not remembered.
+  assert.equal(s.tombstoneCount, kept);
+  assert.ok(kept * 60_000 <= TOMBSTONE_BYTES_MAX && kept >= 10, `${kept} kept`);
+  // Not remembered: a late older set of such a topic is stored (the bound's price).
+  s.set(retained(long(99), "late"), "0000000000004aaaa");
+  assert.equal(text(s.match(long(99))[0]), "late");
+  // Once the remembered ones are older than TOMBSTONE_MS there is room again.
+  now += TOMBSTONE_MS;
+  assert.equal(s.tombstoneFits(long(200)), true);
+  assert.equal(s.tombstoneCount, 0);
 });

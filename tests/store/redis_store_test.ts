@@ -302,11 +302,15 @@ storeTest(
     assert.deepStrictEqual(await payload(), ["r/1=newer"]);
     assert.equal((await a.loadRetained())[0].version, v(2), "loaded with its version");
     // A deletion leaves its version behind: an older set coming later does not bring it back.
-    await a.write([{ type: "retain-delete", topic: "r/1", version: v(4) }]);
+    await a.write([{ type: "retain-delete", topic: "r/1", version: v(4), tombstone: true }]);
     await b.write([{ type: "retain", msg: message("r/1", "stale"), version: v(3) }]);
     assert.deepStrictEqual(await payload(), []);
     const pttl = Number(await server.command("PTTL", "t:{ret}:v:r/1"));
     assert.ok(pttl > 0 && pttl <= 60_000, `the deletion's version expires (PTTL ${pttl})`);
+    // A deletion the node does not remember (its bound of remembered deletions full) leaves
+    // nothing behind in Redis either.
+    await a.write([{ type: "retain-delete", topic: "r/2", version: v(5), tombstone: false }]);
+    assert.equal(await server.command("EXISTS", "t:{ret}:v:r/2"), "0");
     // An update without a version (an older node's) applies and drops the version.
     await b.write([{ type: "retain", msg: message("r/1", "unversioned") }]);
     assert.deepStrictEqual(await payload(), ["r/1=unversioned"]);
