@@ -221,7 +221,7 @@ export async function drainInbox(
         const entry = parseEntry(fields);
         if (entry.type === "control") onControl(entry.fields);
         else {
-          for (const { msg, groups, version } of entry.batch) {
+          for (const { msg, groups } of entry.batch) {
             deliver(msg, groups);
             n++;
           }
