@@ -149,31 +149,7 @@ export class InboxWriter {
         this.onEntry(dest);
         // NOMKSTREAM: a departed node's inbox is not brought back to life.
         writes.push(
-          p.versions === null
-            ? this.cmd.xadd(
-              this.inboxKey(dest),
-              "NOMKSTREAM",
-              "*",
-              "t",
-              "m",
-              "d",
-              Buffer.concat(p.parts),
-              "i",
-              encodeIds(p.ids),
-            )
-            : this.cmd.xadd(
-              this.inboxKey(dest),
-              "NOMKSTREAM",
-              "*",
-              "t",
-              "m",
-              "d",
-              Buffer.concat(p.parts),
-              "i",
-              encodeIds(p.ids),
-              "v",
-              encodeIds(p.versions),
-            ),
+          this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...entryFields(p)),
         );
       }
     }
@@ -197,6 +173,20 @@ export class InboxWriter {
     const id = await this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...args);
     return id !== null;
   }
+}
+
+/** The fields of one stream entry of forwarded messages (`v` only when a record has a version). */
+function entryFields(p: Pending): (string | Buffer)[] {
+  const fields: (string | Buffer)[] = [
+    "t",
+    "m",
+    "d",
+    Buffer.concat(p.parts),
+    "i",
+    encodeIds(p.ids),
+  ];
+  if (p.versions !== null) fields.push("v", encodeIds(p.versions));
+  return fields;
 }
 
 /**

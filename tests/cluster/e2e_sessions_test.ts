@@ -162,20 +162,31 @@ Deno.test({
   },
 });
 
+/**
+ * A password file for alice and bob (password `<user>-pw`) inside the repository: the nodes run
+ * there with the shipped permissions, which allow reading only below their working directory
+ * (and the deployment's mount points). Removed after `fn`.
+ */
+async function withPasswords(fn: (file: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({
+    dir: new URL("../../", import.meta.url).pathname,
+    prefix: ".test-passwd-",
+  });
+  try {
+    const file = `${dir}/passwd`;
+    const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
+    await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+    await fn(file);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "cluster: the session's owner travels with it: another user is refused 0x87 on any node",
   ...opts,
-  async fn() {
-    // Inside the repository: the nodes run there with the shipped permissions, which allow
-    // reading only below their working directory (and the deployment's mount points).
-    const dir = await Deno.makeTempDir({
-      dir: new URL("../../", import.meta.url).pathname,
-      prefix: ".test-owner-",
-    });
-    try {
-      const file = `${dir}/passwd`;
-      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
-      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+  fn: () =>
+    withPasswords(async (file) => {
       await using cluster = await TestCluster.start({
         names: ["a", "b"],
         args: [`--auth.password_file=${file}`],
@@ -278,10 +289,7 @@ Deno.test({
       await using alice2 = await RawClient.connect(b.port);
       const ack = await alice2.handshake("owned", 5, as("alice"));
       assert.equal(ack.sessionPresent, true);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
 
 Deno.test({
@@ -407,15 +415,8 @@ Deno.test({
 Deno.test({
   name: "cluster: a CONNECT answered 0x88 at the connect timeout leaves no session holding the id",
   ...opts,
-  async fn() {
-    const dir = await Deno.makeTempDir({
-      dir: new URL("../../", import.meta.url).pathname,
-      prefix: ".test-ghost-",
-    });
-    try {
-      const file = `${dir}/passwd`;
-      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
-      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+  fn: () =>
+    withPasswords(async (file) => {
       await using cluster = await TestCluster.start({
         names: ["a", "b"],
         args: [`--auth.password_file=${file}`, "--limits.connect_timeout=1"],
@@ -452,8 +453,5 @@ Deno.test({
         await using bob = await connect(a.port, "bob");
         return (await bob.expect("connack", 5000)).reasonCode === 0;
       }, 15_000);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
