@@ -196,6 +196,7 @@ const SHAPE = {
     batch_size: int(1, 100000, 1000),
     flush_interval_ms: int(10, 600000, 200),
     max_queue: int(1, 10000000, 100000),
+    max_queue_bytes: int(1048576, 68719476736, 67108864),
   }),
   adapter: section("adapter", {
     url: textWhere(

@@ -108,8 +108,8 @@ export function jsonlSink(config: Config, log: Logger, nodeId: string): QueueSin
       batchMaxBytes: 0,
       flushIntervalMs: f.flush_interval_ms,
       maxQueue: f.max_queue,
-      // Rows are written as fast as the disk takes them; bounded by rows, as before.
-      maxQueueBytes: Number.MAX_SAFE_INTEGER,
+      // A disk that stalls (a full or network volume) must not let 100,000 large rows pile up.
+      maxQueueBytes: f.max_queue_bytes,
       overflow: "drop-oldest",
       spillDir: "",
       spillMaxBytes: 0,

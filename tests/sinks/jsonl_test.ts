@@ -51,3 +51,26 @@ Deno.test("createSink: nothing configured is the no-op sink; both sections give 
   assert.equal(both.name, "bigquery+jsonl");
   assert.deepEqual(sinkStats(both).map((s) => s.sink), ["bigquery", "jsonl"]);
 });
+
+Deno.test("the JSON-lines queue is bounded in bytes too (max_queue_bytes): a stalled disk cannot pile rows up", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-jsonl-" });
+  try {
+    const sink = createSink(
+      resolveConfig({
+        topic_log_file: { enabled: true, path: `${dir}/log.jsonl`, max_queue_bytes: 1048576 },
+      }),
+      getLogger(["mcloudtt", "test"]),
+      { nodeId: "n" },
+    );
+    await sink.start();
+    // 40 rows of 100 KB offered in one turn, before anything is written: 4 MB for a 1 MiB queue.
+    for (let i = 0; i < 40; i++) sink.offer(testMessage(`big/${i}`, "z".repeat(100_000)), info());
+    const s = sinkStats(sink)[0];
+    assert.ok(s.queueBytes <= 1048576, `${s.queueBytes} bytes queued`);
+    assert.ok(s.dropped >= 30, `${s.dropped} rows dropped`);
+    await sink.stop(5000);
+    assert.equal(sinkStats(sink)[0].sent + sinkStats(sink)[0].dropped, 40);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
