@@ -148,12 +148,10 @@ export class ClusterSessions {
       // Adopted here a moment ago: the client gets the dead node's leftovers first.
       const adoption = this.adopting.get(id);
       if (adoption !== undefined) await this.boundedWait(adoption.done);
-      // Another user's session may have been bound here while this CONNECT waited its turn
-      // (attachShared): refused before it claims, or the claim would record its user as owner.
-      const here = this.core.sessions.get(id);
-      if (here !== undefined && here.owner !== req.owner) {
-        return this.core.refuseForeign(conn, here.owner);
-      }
+      // Another user's session may be here (bound while this CONNECT waited its turn in
+      // attachShared): refused before it claims, or the claim would record its user as owner.
+      const foreign = this.core.foreignHere(conn, req);
+      if (foreign !== null) return foreign;
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
@@ -218,21 +216,15 @@ export class ClusterSessions {
       if (!this.core.sessions.has(id)) this.core.bus.releaseSession(id);
       return UNAVAILABLE;
     }
-    // Checked again: another user's CONNECT may have bound the id here while this one waited
-    // (core.attach checked before it queued behind that one).
-    const here = this.core.sessions.get(id);
-    if (here !== undefined && here.owner !== req.owner) {
-      return this.core.refuseForeign(conn, here.owner);
-    }
-    this.core.adopted.delete(id);
+    // bind() refuses another user's session here (one adopted from a dead node meanwhile, say).
     const result = this.core.bind(conn, req);
-    if (result.ok) {
-      this.claimOf.set(result.session, pending.epoch);
-      this.claimedAfter.set(result.session, this.core.journal?.flushed ?? 0);
-      let resolve!: () => void;
-      const linked = new Promise<void>((r) => resolve = r);
-      this.linking.set(result.session, { linked, resolve });
-    }
+    if (!result.ok) return result;
+    this.core.adopted.delete(id);
+    this.claimOf.set(result.session, pending.epoch);
+    this.claimedAfter.set(result.session, this.core.journal?.flushed ?? 0);
+    let resolve!: () => void;
+    const linked = new Promise<void>((r) => resolve = r);
+    this.linking.set(result.session, { linked, resolve });
     return result;
   }
 

@@ -410,13 +410,16 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * the same client id, resumes or discards the old session.
    */
   attach(conn: AttachingConnection, req: AttachRequest): AttachResult | Promise<AttachResult> {
-    const id = conn.clientId;
-    const existing = this.sessions.get(id);
-    if (existing !== undefined && existing.owner !== req.owner) {
-      return this.refuseForeign(conn, existing.owner);
-    }
     if (!this.store.shared) return this.bind(conn, req);
     return this.cluster.attachShared(conn, req);
+  }
+
+  /** A refusal when another user's session holds `conn`'s client id on this node, else null. */
+  foreignHere(conn: AttachingConnection, req: AttachRequest): AttachResult | null {
+    const here = this.sessions.get(conn.clientId);
+    return here === undefined || here.owner === req.owner
+      ? null
+      : this.refuseForeign(conn, here.owner);
   }
 
   refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
@@ -443,6 +446,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
   }
 
   private bindNow(conn: AttachingConnection, req: AttachRequest): AttachResult {
+    // A session belongs to its user: on every path here (a cluster attach checks again, since
+    // it waited for its claim and load meanwhile).
+    const foreign = this.foreignHere(conn, req);
+    if (foreign !== null) return foreign;
     const id = conn.clientId;
     let session = this.sessions.get(id);
     if (session !== undefined && session.link !== null) {
