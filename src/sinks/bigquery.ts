@@ -18,6 +18,10 @@ import {
 } from "./queue.ts";
 import { type ColumnSchema, ROW_SCHEMA, type TopicRow } from "./row.ts";
 import { useRequestTimeout } from "./http_agent.ts";
+import { raceTimeout } from "./timing.ts";
+
+/** For a wait that only its timeout ends. */
+const NEVER_ABORTED = new AbortController().signal;
 
 export interface BigQueryDestinationOptions {
   projectId: string;
@@ -128,31 +132,21 @@ export class BigQueryDestination implements Destination {
         );
       }
     }
+    // At most request_timeout_ms in all: a silent BigQuery must not hold up the broker's start.
     const setUp = this.setUp();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<"late">((resolve) => {
-      timer = setTimeout(() => resolve("late"), this.opts.requestTimeoutMs);
-    });
     try {
-      if (await Promise.race([setUp, deadline]) === "late") {
-        this.log.warn(
-          `topic log: BigQuery did not answer within ${this.opts.requestTimeoutMs} ms at start; ` +
-            `rows are queued and the table is checked again before the first insert`,
-        );
-        // Still running (each request ends by its timeout): its outcome is only logged.
-        setUp.catch((e) => this.log.warn(`topic log: checking the table: ${errorText(e)}`));
-      }
+      await raceTimeout(setUp, this.opts.requestTimeoutMs, NEVER_ABORTED);
     } catch (e) {
-      if (e instanceof TransientError) {
-        this.log.warn(
-          `topic log: BigQuery not reachable at start (${e.message}); rows are queued ` +
-            `and the table is checked again before the first insert`,
-        );
-        return;
-      }
-      throw e;
-    } finally {
-      clearTimeout(timer);
+      if (!(e instanceof TransientError)) throw e;
+      this.log.warn(
+        `topic log: BigQuery not reachable at start (${e.message}); rows are queued ` +
+          `and the table is checked again before the first insert`,
+      );
+      // Timed out, still running (each request ends by its timeout): its outcome is only logged
+      // (a failure that was the reason above is not logged twice).
+      setUp.catch((err) => {
+        if (err !== e) this.log.warn(`topic log: checking the table: ${errorText(err)}`);
+      });
     }
   }
 
