@@ -15,20 +15,25 @@ import {
 
 const repoRoot = new URL("../../", import.meta.url).pathname;
 
-function adapter(brokerUrl: string, bigquery: string, clientId: string): MainProcess {
+/** `bq-adapter` on `brokerUrl` writing to the fake BigQuery at `bigquery`, with `more` flags. */
+function adapter(
+  brokerUrl: string,
+  bigquery: string,
+  clientId: string,
+  more = ["--adapter.receive_maximum=50", "--bigquery.batch_size=20"],
+): MainProcess {
   return startMain(repoRoot, [
     "bq-adapter",
     `--adapter.url=${brokerUrl}`,
     `--adapter.client_id=${clientId}`,
-    "--adapter.receive_maximum=50",
     "--bigquery.project_id=proj",
     "--bigquery.dataset_id=ds",
     `--bigquery.endpoint=${bigquery}`,
     "--bigquery.credentials_path=",
     "--bigquery.flush_interval_ms=20",
-    "--bigquery.batch_size=20",
     "--bigquery.retry_initial_ms=20",
     "--bigquery.retry_max_ms=200",
+    ...more,
   ]);
 }
 
@@ -84,18 +89,8 @@ Deno.test("reconnects during a BigQuery outage do not write a message again: the
   await using b = await startBroker();
   // The adapter reaches the broker through a relay whose connections the test can cut.
   await using relay = startHangingFront(b.port);
-  await using a = startMain(repoRoot, [
-    "bq-adapter",
-    `--adapter.url=mqtt://127.0.0.1:${relay.port}`,
-    "--adapter.client_id=blip",
+  await using a = adapter(`mqtt://127.0.0.1:${relay.port}`, fake.url, "blip", [
     "--adapter.reconnect_ms=50",
-    "--bigquery.project_id=proj",
-    "--bigquery.dataset_id=ds",
-    `--bigquery.endpoint=${fake.url}`,
-    "--bigquery.credentials_path=",
-    "--bigquery.flush_interval_ms=20",
-    "--bigquery.retry_initial_ms=20",
-    "--bigquery.retry_max_ms=200",
   ]);
   await a.waitFor(/subscribed to/);
   fake.failAll(503);
@@ -117,18 +112,8 @@ Deno.test("reconnects during a BigQuery outage do not write a message again: the
 Deno.test("rows dropped at max_queue_bytes during an outage do not stall the adapter: their messages come again", async () => {
   await using fake = startFakeBigQuery();
   await using b = await startBroker();
-  await using a = startMain(repoRoot, [
-    "bq-adapter",
-    `--adapter.url=mqtt://127.0.0.1:${b.port}`,
-    "--adapter.client_id=bounded",
+  await using a = adapter(`mqtt://127.0.0.1:${b.port}`, fake.url, "bounded", [
     "--adapter.reconnect_ms=200",
-    "--bigquery.project_id=proj",
-    "--bigquery.dataset_id=ds",
-    `--bigquery.endpoint=${fake.url}`,
-    "--bigquery.credentials_path=",
-    "--bigquery.flush_interval_ms=20",
-    "--bigquery.retry_initial_ms=20",
-    "--bigquery.retry_max_ms=200",
     "--bigquery.max_queue_bytes=1048576",
   ]);
   await a.waitFor(/subscribed to/);

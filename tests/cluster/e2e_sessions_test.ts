@@ -163,6 +163,32 @@ Deno.test({
 });
 
 /**
+ * Sends a CONNECT as `user` (password `<user>-pw`, clean start unless `extra` says otherwise)
+ * without waiting for the CONNACK.
+ */
+async function connectAs(
+  port: number,
+  clientId: string,
+  user: string,
+  level: 4 | 5 = 5,
+  extra: Record<string, unknown> = {},
+): Promise<RawClient> {
+  const c = await RawClient.connect(port, level);
+  await c.sendPacket({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: level,
+    clientId,
+    clean: true,
+    keepalive: 60,
+    username: user,
+    password: `${user}-pw`,
+    ...extra,
+  }, level);
+  return c;
+}
+
+/**
  * A password file for alice and bob (password `<user>-pw`) inside the repository: the nodes run
  * there with the shipped permissions, which allow reading only below their working directory
  * (and the deployment's mount points). Removed after `fn`.
@@ -195,15 +221,7 @@ Deno.test({
       const as = (u: string) => ({ ...PERSISTENT, username: u, password: `${u}-pw` });
       /** Bob asks for alice's client id on b: refused 0x87 and closed. */
       const bobRefused = async () => {
-        const bob = await RawClient.connect(b.port);
-        await bob.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: "owned",
-          keepalive: 60,
-          ...as("bob"),
-        });
+        const bob = await connectAs(b.port, "owned", "bob", 5, PERSISTENT);
         assert.equal((await bob.expect("connack")).reasonCode, 0x87);
         await bob.expectClosed();
       };
@@ -213,17 +231,7 @@ Deno.test({
         const id = `live-${level}`;
         await using live = await RawClient.connect(a.port, level);
         await live.handshake(id, level, { username: "alice", password: "alice-pw" });
-        await using bob = await RawClient.connect(b.port, level);
-        await bob.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: level,
-          clientId: id,
-          clean: true,
-          keepalive: 60,
-          username: "bob",
-          password: "bob-pw",
-        }, level);
+        await using bob = await connectAs(b.port, id, "bob", level);
         const ack = await bob.expect("connack");
         assert.equal(level === 5 ? ack.reasonCode : ack.returnCode, level === 5 ? 0x87 : 5);
         await live.sendPacket({ cmd: "pingreq" }, level);
@@ -234,28 +242,8 @@ Deno.test({
       // id hers for the other node.
       for (let i = 0; i < 5; i++) {
         const id = `race-${i}`;
-        await using first = await RawClient.connect(a.port);
-        await first.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: id,
-          clean: true,
-          keepalive: 60,
-          username: "alice",
-          password: "alice-pw",
-        });
-        await using bob = await RawClient.connect(a.port);
-        await bob.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: id,
-          clean: true,
-          keepalive: 60,
-          username: "bob",
-          password: "bob-pw",
-        });
+        await using first = await connectAs(a.port, id, "alice");
+        await using bob = await connectAs(a.port, id, "bob");
         assert.equal((await first.expect("connack")).reasonCode, 0);
         assert.equal((await bob.expect("connack")).reasonCode, 0x87, `round ${i}: bob got the id`);
         await first.sendPacket({ cmd: "pingreq" });
@@ -264,17 +252,7 @@ Deno.test({
         await using again = await RawClient.connect(a.port);
         await again.handshake(id, 5, { username: "alice", password: "alice-pw" });
         assert.equal((await first.expect("disconnect")).reasonCode, 0x8e);
-        await using bob2 = await RawClient.connect(b.port);
-        await bob2.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: id,
-          clean: true,
-          keepalive: 60,
-          username: "bob",
-          password: "bob-pw",
-        });
+        await using bob2 = await connectAs(b.port, id, "bob");
         assert.equal((await bob2.expect("connack")).reasonCode, 0x87, "bob on b after a takeover");
       }
       const alice = await RawClient.connect(a.port);
@@ -422,20 +400,7 @@ Deno.test({
         args: [`--auth.password_file=${file}`, "--limits.connect_timeout=1"],
       });
       const [a, b] = cluster.nodes;
-      const connect = async (port: number, user: string) => {
-        const c = await RawClient.connect(port);
-        await c.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: "ghost",
-          clean: true,
-          keepalive: 60,
-          username: user,
-          password: `${user}-pw`,
-        });
-        return c;
-      };
+      const connect = (port: number, user: string) => connectAs(port, "ghost", user);
       await using first = await connect(b.port, "alice");
       assert.equal((await first.expect("connack")).reasonCode, 0);
       // b frozen: alice's CONNECT on a waits for b to let go, and is told 0x88 at 1 s.

@@ -7,20 +7,26 @@ import { startFakeBigQuery } from "../helpers/bigquery_server.ts";
 import { connectClient, startBroker } from "../helpers/broker.ts";
 import { metric, scrape, startOps } from "../helpers/ops.ts";
 
-Deno.test("/metrics shows the topic log: rows by outcome, requests, queue and spill gauges, latency", async () => {
-  await using fake = startFakeBigQuery();
-  await using b = await startBroker({
+/** A broker whose topic log goes to the fake BigQuery at `endpoint`. */
+function topicLogBroker(endpoint: string, more: Record<string, number> = {}) {
+  return startBroker({
     bigquery: {
       enabled: true,
       project_id: "proj",
       dataset_id: "ds",
-      endpoint: fake.url,
+      endpoint,
       credentials_path: "",
       flush_interval_ms: 20,
       retry_initial_ms: 10,
       retry_max_ms: 40,
+      ...more,
     },
   });
+}
+
+Deno.test("/metrics shows the topic log: rows by outcome, requests, queue and spill gauges, latency", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await topicLogBroker(fake.url);
   await using o = await startOps(b.broker);
   fake.rejectWhen((row) => row.json.topic === "m/bad" ? "no" : null);
   fake.script({ status: 503 });
@@ -56,19 +62,7 @@ Deno.test("/metrics shows the topic log: rows by outcome, requests, queue and sp
 
 Deno.test("requests in flight are in neither result of mcloudtt_topic_log_requests_total: it never goes down", async () => {
   await using fake = startFakeBigQuery();
-  await using b = await startBroker({
-    bigquery: {
-      enabled: true,
-      project_id: "proj",
-      dataset_id: "ds",
-      endpoint: fake.url,
-      credentials_path: "",
-      flush_interval_ms: 20,
-      request_timeout_ms: 600,
-      retry_initial_ms: 10,
-      retry_max_ms: 40,
-    },
-  });
+  await using b = await topicLogBroker(fake.url, { request_timeout_ms: 600 });
   await using o = await startOps(b.broker);
   await using pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("m/1", "x", { qos: 1 });
