@@ -4,37 +4,15 @@
  * insertIds, rejected rows, overflow (drop or spill and replay) and shutdown.
  */
 import assert from "node:assert/strict";
-import { getLogger } from "@logtape/logtape";
-import { type Config, type DeepPartial, resolveConfig } from "../../src/config/mod.ts";
-import { bigQuerySink } from "../../src/sinks/mod.ts";
+import type { Config, DeepPartial } from "../../src/config/mod.ts";
 import type { QueueSink } from "../../src/sinks/queue.ts";
 import { ROW_SCHEMA } from "../../src/sinks/row.ts";
 import { type FakeBigQuery, startFakeBigQuery } from "../helpers/bigquery_server.ts";
+import { bqConfig, bqSink } from "./bq_helpers.ts";
 import { info, testMessage } from "./contract.ts";
 
-const log = getLogger(["mcloudtt", "test"]);
-
-function config(fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}): Config {
-  return resolveConfig({
-    bigquery: {
-      enabled: true,
-      project_id: "proj",
-      dataset_id: "ds",
-      table_id: "log",
-      endpoint: fake.url,
-      credentials_path: "",
-      flush_interval_ms: 20,
-      request_timeout_ms: 2000,
-      retry_initial_ms: 10,
-      retry_max_ms: 40,
-      ...bq,
-    },
-  });
-}
-
-function sinkFor(fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}): QueueSink {
-  return bigQuerySink(config(fake, bq), log, "node-a");
-}
+const config = (fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}) => bqConfig(fake, bq);
+const sinkFor = (fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}) => bqSink(fake, bq);
 
 /** A started sink for `fake` (start() sets up the dataset and table). */
 async function startedSink(
