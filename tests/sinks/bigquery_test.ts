@@ -8,10 +8,9 @@ import type { Config, DeepPartial } from "../../src/config/mod.ts";
 import type { QueueSink } from "../../src/sinks/queue.ts";
 import { ROW_SCHEMA } from "../../src/sinks/row.ts";
 import { type FakeBigQuery, startFakeBigQuery } from "../helpers/bigquery_server.ts";
-import { bqConfig, bqSink } from "./bq_helpers.ts";
+import { bqSink } from "./bq_helpers.ts";
 import { info, testMessage } from "./contract.ts";
 
-const config = (fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}) => bqConfig(fake, bq);
 const sinkFor = (fake: FakeBigQuery, bq: DeepPartial<Config["bigquery"]> = {}) => bqSink(fake, bq);
 
 /** A started sink for `fake` (start() sets up the dataset and table). */
