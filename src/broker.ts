@@ -63,6 +63,7 @@ export function coreLimits(config: Config): CoreLimits {
     idleTrimMs: l.idle_trim_after * 1000,
     maxSubscriptions: l.max_subscriptions,
     maxSubscriptionLevels: l.max_subscription_levels,
+    maxSubscriptionBytes: l.max_subscription_bytes,
     maxRetainedPerSubscription: l.max_retained_per_subscription,
     dedupeWindow: config.cluster.dedupe_window,
   };

@@ -151,6 +151,7 @@ const SHAPE = {
     close_linger_ms: int(0, 60000, 1000),
     max_subscriptions: int(1, 10000000, 10000),
     max_subscription_levels: int(1, 1000000000, 100000),
+    max_subscription_bytes: int(1, 68719476736, 4194304),
     max_retained_messages: int(0, 100000000, 1000000),
     max_retained_bytes: int(0, 68719476736, 268435456),
     max_retained_per_subscription: int(0, 100000000, 1000000),

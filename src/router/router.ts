@@ -38,18 +38,24 @@ export interface RouterStats {
   retainedRefused: number;
 }
 
-/** What one subscriber holds: checked against limits.max_subscriptions / max_subscription_levels. */
+/**
+ * What one subscriber holds: checked against limits.max_subscriptions, max_subscription_levels
+ * and max_subscription_bytes.
+ */
 export interface SubscriptionUsage {
   /** Number of subscriptions. */
   readonly size: number;
   /** Topic levels summed over the subscriptions' filters. */
   readonly levels: number;
+  /** Characters summed over the subscriptions' keys (filter, with its share prefix). */
+  readonly chars: number;
   has(key: string): boolean;
 }
 
 /** One subscriber's subscriptions by key, with their level total kept up to date. */
 class Owned extends Map<string, Subscription> implements SubscriptionUsage {
   levels = 0;
+  chars = 0;
 }
 
 const NO_USAGE: SubscriptionUsage = new Owned();
@@ -128,7 +134,10 @@ export class Router {
     }
     const existed = mine.has(sub.key);
     mine.set(sub.key, sub);
-    if (!existed) mine.levels += levelCount(sub.filter);
+    if (!existed) {
+      mine.levels += levelCount(sub.filter);
+      mine.chars += sub.key.length;
+    }
     this.trie.add(sub);
     if (existed) return Subscribed.Replaced;
     const n = this.routes.get(sub.key) ?? 0;
@@ -143,6 +152,7 @@ export class Router {
     if (sub === undefined) return Unsubscribed.None;
     mine!.delete(key);
     mine!.levels -= levelCount(sub.filter);
+    mine!.chars -= key.length;
     if (mine!.size === 0) this.bySubscriber.delete(subscriber);
     this.trie.remove(subscriber, sub.filter, sub.group);
     return this.dropRoute(key) ? Unsubscribed.RouteGone : Unsubscribed.Removed;

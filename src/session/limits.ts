@@ -29,6 +29,11 @@ export interface CoreLimits {
   maxSubscriptions: number;
   /** Topic levels summed over one client's subscription filters. */
   maxSubscriptionLevels: number;
+  /**
+   * Characters summed over one client's subscription keys (the filter with its `$share/group/`):
+   * the strings the index keeps, which the count and level limits alone let reach 600 MiB.
+   */
+  maxSubscriptionBytes: number;
   /** Retained messages one new subscription receives at most. */
   maxRetainedPerSubscription: number;
   /** Completed message ids a session remembers ([cluster] dedupe_window; see Session). */

@@ -23,8 +23,8 @@ export type SubscribeDecision = { sub: Subscription; code?: undefined } | {
 /**
  * Decides every request of a SUBSCRIBE; throws for protocol errors that close
  * the connection. `usage` is what the subscriber holds already: a new filter
- * that would take it past limits.max_subscriptions or max_subscription_levels
- * is refused with 0x97 Quota exceeded (0x80 in 3.1.1); replacing an existing
+ * that would take it past limits.max_subscriptions, max_subscription_levels or
+ * max_subscription_bytes is refused with 0x97 Quota exceeded (0x80 in 3.1.1); replacing an existing
  * subscription is always allowed.
  */
 export function decideSubscriptions(
@@ -38,6 +38,7 @@ export function decideSubscriptions(
   const subId = pkt.subscriptionId ?? 0;
   let count = usage.size;
   let levels = usage.levels;
+  let chars = usage.chars;
   let added: Set<string> | null = null;
   for (const req of pkt.requests) {
     const tf = parseFilter(req.filter, limits);
@@ -55,12 +56,17 @@ export function decideSubscriptions(
     }
     if (!usage.has(tf.key) && !added?.has(tf.key)) {
       const l = levelCount(tf.filter);
-      if (count + 1 > limits.maxSubscriptions || levels + l > limits.maxSubscriptionLevels) {
+      const k = tf.key.length;
+      if (
+        count + 1 > limits.maxSubscriptions || levels + l > limits.maxSubscriptionLevels ||
+        chars + k > limits.maxSubscriptionBytes
+      ) {
         out.push({ code: ReasonCode.QuotaExceeded });
         continue;
       }
       count++;
       levels += l;
+      chars += k;
       (added ??= new Set()).add(tf.key);
     }
     out.push({

@@ -1,7 +1,7 @@
 /**
- * Bounded memory in the router: per-client subscription limits (count and total filter levels),
- * the retained store's limits (count and bytes), and the match cache's byte bound. Memory is
- * read from a broker in its own process; protocol answers from real clients.
+ * Bounded memory in the router: per-client subscription limits (count, total filter levels and
+ * characters), the retained store's limits (count and bytes), and the match cache's byte bound.
+ * Memory is read from a broker in its own process; protocol answers from real clients.
  */
 import assert from "node:assert/strict";
 import { connectClient, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
@@ -79,6 +79,54 @@ Deno.test("max_subscriptions refuses further filters with 0x97 (MQTT 5) and 0x80
     await c.sendPacket({ cmd: "unsubscribe", messageId: 3, unsubscriptions: ["b"] }, v);
     await c.expect("unsuback");
     await c.send(subscribeBytes(4, ["d"], v === 5));
+    assert.deepEqual((await c.expect("suback")).granted, [0]);
+  }
+});
+
+Deno.test("long filters from one client stop at max_subscription_bytes with 0x97, and memory stays bounded", async () => {
+  await using broker = await startBrokerProcess();
+  await using c = await RawClient.connect(broker.ports.tcp);
+  await c.handshake("long-filters");
+  const before = await broker.memory();
+  // 1000 single-level filters of 60,000 characters (57 MiB), 10 per SUBSCRIBE: within the
+  // default max_subscriptions (10000) and max_subscription_levels (100000).
+  const len = 60_000;
+  const codes: number[] = [];
+  for (let p = 0; p < 100; p++) {
+    const filters = Array.from(
+      { length: 10 },
+      (_, i) => `${p * 10 + i}-`.padEnd(len, "x"),
+    );
+    await c.send(subscribeBytes(p + 1, filters));
+    codes.push(...(await c.expect("suback")).granted as number[]);
+  }
+  const after = await broker.memory();
+  const granted = codes.filter((x) => x === 0).length;
+  // The default max_subscription_bytes is 4 MiB of filter characters.
+  assert.equal(granted, Math.floor(4 * MIB / len));
+  assert.ok(codes.slice(granted).every((x) => x === 0x97), "refusals are 0x97 Quota exceeded");
+  const heap = after.heapUsed - before.heapUsed;
+  const grew = after.rss - before.rss;
+  // Before the limit: all 1000 granted, heap +58 MiB (10000 such filters: RSS +617 MiB).
+  assert.ok(heap < 16 * MIB, `heap grew by ${mib(heap)} for ${granted} long subscriptions`);
+  assert.ok(grew < 64 * MIB, `RSS grew by ${mib(grew)} for ${granted} long subscriptions`);
+});
+
+Deno.test("max_subscription_bytes counts the share prefix, frees on unsubscribe, and says 0x80 in 3.1.1", async () => {
+  // "a/b" (3) + "$share/g/a/b" (12) = 15; one more character is over.
+  await using b = await startBroker({ limits: { max_subscription_bytes: 15 } });
+  for (const v of [5, 4] as const) {
+    await using c = await RawClient.connect(b.port, v);
+    await c.handshake(`chars-${v}`, v);
+    const over = v === 5 ? 0x97 : 0x80;
+    await c.send(subscribeBytes(1, ["a/b", "$share/g/a/b", "c"], v === 5));
+    assert.deepEqual((await c.expect("suback")).granted, [0, 0, over]);
+    // Replacing a subscription costs nothing.
+    await c.send(subscribeBytes(2, ["a/b"], v === 5));
+    assert.deepEqual((await c.expect("suback")).granted, [0]);
+    await c.sendPacket({ cmd: "unsubscribe", messageId: 3, unsubscriptions: ["a/b"] }, v);
+    await c.expect("unsuback");
+    await c.send(subscribeBytes(4, ["c"], v === 5));
     assert.deepEqual((await c.expect("suback")).granted, [0]);
   }
 });
