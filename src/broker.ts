@@ -56,6 +56,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxTopicLevels: l.max_topic_levels,
     connectTimeoutMs: l.connect_timeout * 1000,
     maxConnections: l.max_connections,
+    maxSessions: l.max_sessions,
     maxSessionExpiry: l.max_session_expiry_interval,
     maxOutgoingBytes: l.max_outgoing_bytes,
     maxConnectBacklog: l.max_connect_backlog,

@@ -143,6 +143,7 @@ const SHAPE = {
     max_topic_levels: int(1, 65535, 128),
     connect_timeout: int(1, 3600, 10),
     max_connections: int(1, 10000000, 100000),
+    max_sessions: int(1, 100000000, 1000000),
     max_session_expiry_interval: int(0, 4294967295, 4294967295),
     max_outgoing_bytes: int(65536, 1073741824, 1048576),
     max_connect_backlog: int(1024, 16777216, 262144),

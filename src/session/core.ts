@@ -470,6 +470,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
     }
     let present = false;
     if (session === undefined) {
+      if (this.sessions.size >= this.limits.maxSessions) {
+        // Only a new client id is refused: an existing session is still resumed or replaced.
+        // The refusal is counted where its CONNACK goes out (connect_flow.ts).
+        this.rejectedLog.note(
+          `refused a new session: ${this.sessions.size} sessions held (limits.max_sessions)`,
+        );
+        return { ok: false, code: ReasonCode.QuotaExceeded, reason: "session limit reached" };
+      }
       session = this.newSession(id);
       session.owner = req.owner;
       this.sessions.set(id, session);

@@ -17,6 +17,11 @@ export interface CoreLimits {
   maxTopicLevels: number;
   connectTimeoutMs: number;
   maxConnections: number;
+  /**
+   * Sessions held at once, with or without a connection: a new client id over it is refused,
+   * so offline sessions (each with its queue, will and subscriptions) cannot pile up.
+   */
+  maxSessions: number;
   maxSessionExpiry: number;
   maxOutgoingBytes: number;
   /** Bytes a client may pipeline behind CONNECT while it is authenticated. */
