@@ -43,6 +43,7 @@ export function coreLimits(config: Config): CoreLimits {
   const l = config.limits;
   return {
     maxPacketSize: l.max_packet_size,
+    maxConnectPacketSize: Math.min(l.max_connect_packet_size, l.max_packet_size),
     receiveMaximum: l.receive_maximum,
     topicAliasMaximum: l.topic_alias_maximum,
     maxOutgoingTopicAliases: l.max_outgoing_topic_aliases,

@@ -131,6 +131,7 @@ const SHAPE = {
   }),
   limits: section("limits", {
     max_packet_size: int(64, 268435455, 1048576),
+    max_connect_packet_size: int(64, 268435455, 131072),
     receive_maximum: int(1, 65535, 32),
     topic_alias_maximum: int(0, 65535, 10),
     max_outgoing_topic_aliases: int(0, 65535, 64),

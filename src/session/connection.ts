@@ -109,7 +109,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     sink: ByteWriter,
     readonly peer: PeerInfo,
   ) {
-    this.framer = new Framer(host.limits.maxPacketSize);
+    // Until CONNECT arrives the peer is unknown: a socket announcing max_packet_size and
+    // trickling it would hold that much each, up to the socket limit.
+    this.framer = new Framer(host.limits.maxConnectPacketSize);
     this.outbox = new Outbox(sink, this);
     this.lastRx = this.since = host.clock.now();
   }
@@ -344,6 +346,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
           throw new ProtocolError(ReasonCode.ProtocolError, "first packet is not CONNECT");
         }
         checkFixedHeader(type, flags, 0);
+        // What the client pipelines behind CONNECT may be as large as any packet.
+        this.framer.maxPacketSize = this.host.limits.maxPacketSize;
         onConnect(this, buf, start, end);
         return this.open;
       case State.Authenticating: {

@@ -1,6 +1,11 @@
 /** The bounds the core enforces, in the core's terms (built from [limits] and [general]). */
 export interface CoreLimits {
   maxPacketSize: number;
+  /**
+   * The largest first packet (CONNECT, with its will) a connection may send, at most
+   * maxPacketSize: before it, anyone may open sockets, each holding what it announced.
+   */
+  maxConnectPacketSize: number;
   receiveMaximum: number;
   topicAliasMaximum: number;
   /** Topic aliases the server uses towards one client at most (capped by the client's maximum). */
