@@ -52,6 +52,14 @@ interface Queued {
  */
 const EMPTY_QUEUE = Object.freeze([]) as unknown as Queued[];
 
+/**
+ * What a queued message counts against limits.max_queued_bytes: its payload, topic and
+ * properties. The payload alone let a message of 1 MiB of user properties count as nothing.
+ */
+function queuedSize(msg: Message): number {
+  return msg.payload.length + msg.topicBytes.length + (msg.props === null ? 0 : msg.props.length);
+}
+
 /** What of a stored session `SessionDelivery` writes and restores. */
 type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
 
@@ -72,7 +80,7 @@ export abstract class SessionDelivery {
   private inflight: PacketIdTable<Outgoing> | null = null;
   private queue: Queued[] = EMPTY_QUEUE;
   private queueHead = 0;
-  /** Payload bytes of the queued messages. */
+  /** Bytes of the queued messages (`queuedSize`). */
   private queuedBytes = 0;
   private nextPid = 1;
   private nextSeq = 1;
@@ -249,7 +257,7 @@ export abstract class SessionDelivery {
 
   private enqueue(q: Queued): void {
     const limits = this.limits;
-    const size = q.msg.payload.length;
+    const size = queuedSize(q.msg);
     if (limits.maxQueued === 0) {
       this.metrics.droppedQueueFull++;
       return;
@@ -275,7 +283,7 @@ export abstract class SessionDelivery {
   }
 
   private dequeued(q: Queued): void {
-    this.queuedBytes -= q.msg.payload.length;
+    this.queuedBytes -= queuedSize(q.msg);
     if (q.seq !== 0 && this.journaled) {
       this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
     }
@@ -524,7 +532,7 @@ export abstract class SessionDelivery {
     }));
     this.queueHead = 0;
     this.queuedBytes = 0;
-    for (const q of this.queue) this.queuedBytes += q.msg.payload.length;
+    for (const q of this.queue) this.queuedBytes += queuedSize(q.msg);
     for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
     this.inflight = null;
     for (const f of state.inflight) {
