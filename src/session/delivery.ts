@@ -12,6 +12,7 @@ import { PacketIdTable } from "./packet_ids.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { ShareGroup } from "../router/trie.ts";
+import type { Subscription } from "../router/types.ts";
 import type { SessionState } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import type { RetainedStream } from "./retained_stream.ts";
@@ -367,6 +368,19 @@ export abstract class SessionDelivery {
     this.stopRetained(stream.sub.key);
     (this.streams ??= []).push(stream);
     this.pump();
+  }
+
+  /**
+   * `sub` replaced the subscription with its key while that one's retained messages were still
+   * being sent, and asks for none of its own. What is left of them goes under the options now
+   * in force (granted QoS, Subscription Identifier) [MQTT-3.8.4-3, MQTT-3.8.4-8], or not at
+   * all when the client said it wants no retained messages (Retain Handling 2).
+   */
+  retargetRetained(sub: Subscription): void {
+    const s = this.streams?.find((x) => x.sub.key === sub.key);
+    if (s === undefined) return;
+    if (sub.retainHandling === 2) this.stopRetained(sub.key);
+    else s.sub = sub;
   }
 
   /** Stops the retained stream of subscription `key` (unsubscribed, replaced, revoked). */
