@@ -273,6 +273,11 @@ export class Exposition {
       ],
     );
     counter(
+      "mcloudtt_shared_redelivered_total",
+      "Messages of a share group sent to another member because the first one's session ended first",
+      () => m().sharedRedelivered,
+    );
+    counter(
       "mcloudtt_retained_cutoffs_total",
       "New subscriptions whose retained messages were cut at limits.max_retained_per_subscription",
       () => m().retainedCutoffs,

@@ -96,6 +96,11 @@ export class Metrics {
    * delivered (cluster: a session moving between nodes, a dead node's inbox).
    */
   duplicatesDropped = 0;
+  /**
+   * Messages a share group had given a session that ended before its client got them (QoS 1
+   * unacknowledged, or still queued), sent to another member of the group instead.
+   */
+  sharedRedelivered = 0;
   sessionsExpired = 0;
   /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
   authFailures = 0;

@@ -120,6 +120,16 @@ export function decodeConnect(buf: Uint8Array, start: number, end: number): Conn
   let will: WillData | undefined;
   if (willFlag) {
     const willProps = v5 ? readProperties(r, ALLOWED.will, "CONNECT will") : {};
+    // The will is forwarded as a PUBLISH: its Response Topic is held to the same rule as a
+    // PUBLISH's (a Topic Name, no wildcards) [MQTT-3.3.2-13, MQTT-3.3.2-14], or every
+    // subscriber of the will topic would be sent a packet it must treat as a protocol error.
+    const rt = willProps.responseTopic;
+    if (rt !== undefined && (rt.length === 0 || rt.includes("+") || rt.includes("#"))) {
+      throw new ProtocolError(
+        ReasonCode.ProtocolError,
+        "CONNECT Will Response Topic is not a valid topic name",
+      );
+    }
     const topic = r.string();
     const payload = r.binary();
     will = { topic, payload, qos: willQos as 0 | 1 | 2, retain: willRetain, properties: willProps };

@@ -5,7 +5,7 @@
  */
 import type { Message } from "../protocol/message.ts";
 import { MemoryRetainedStore, type RetainedStore } from "./retained.ts";
-import { SubscriptionTrie, type Target } from "./trie.ts";
+import { type ShareGroup, SubscriptionTrie, type Target } from "./trie.ts";
 import type { ReceiveCheck, Subscriber, Subscription } from "./types.ts";
 
 export type { ReceiveCheck, Subscriber, Subscription } from "./types.ts";
@@ -219,12 +219,33 @@ export class Router {
         minQos(msg.qos, s.qos),
         s.retainAsPublished && msg.retain,
         s.idList,
+        g,
       );
       n++;
     }
     this.stats.deliveries += n;
     if (n === 0) this.stats.noSubscribers++;
     return n;
+  }
+
+  /**
+   * Sends `msg` to another member of `group`: the member it was first given to lost its session
+   * before acknowledging it (QoS 1) or before it was sent at all. The session's subscriptions
+   * are gone by then, so it is not picked again. False when no member is left here.
+   */
+  redeliverShared(msg: Message, group: ShareGroup): boolean {
+    this.checking = msg.topic;
+    const s = group.pick(this.receiveCheck === null ? null : this.groupOk);
+    if (s === null) return false;
+    s.subscriber.deliver(
+      msg,
+      minQos(msg.qos, s.qos),
+      s.retainAsPublished && msg.retain,
+      s.idList,
+      group,
+    );
+    this.stats.deliveries++;
+    return true;
   }
 }
 

@@ -1,5 +1,6 @@
 /** What the router knows about subscribers and subscriptions. */
 import type { Message } from "../protocol/message.ts";
+import type { ShareGroup } from "./trie.ts";
 
 /** Something that receives messages: a session. */
 export interface Subscriber {
@@ -10,9 +11,16 @@ export interface Subscriber {
   readonly online: boolean;
   /**
    * Hands over one message. `subIds` are the Subscription Identifiers to
-   * send with it (null for none).
+   * send with it (null for none); `group` is the share group that picked this
+   * subscriber for it (omitted for a non-shared subscription).
    */
-  deliver(msg: Message, qos: 0 | 1 | 2, retain: boolean, subIds: readonly number[] | null): void;
+  deliver(
+    msg: Message,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    subIds: readonly number[] | null,
+    group?: ShareGroup | null,
+  ): void;
 }
 
 /** One subscription of one subscriber to one filter. */

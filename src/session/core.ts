@@ -578,6 +578,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.detached.delete(session);
     this.unsubscribeAll(session);
     const persisted = session.expiryInterval !== 0 || this.journal !== null;
+    // Taken before clear(); handed on once the session is out of its groups (above).
+    const leftovers = session.sharedLeftovers();
     session.clear();
     if (this.sessions.get(session.clientId) === session) {
       this.sessions.delete(session.clientId);
@@ -594,6 +596,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
             if (!this.sessions.has(id)) journal.push({ type: "session-delete", clientId: id });
           });
         }
+      }
+    }
+    if (leftovers !== null) {
+      for (const [msg, group] of leftovers) {
+        if (this.router.redeliverShared(msg, group)) this.metrics.sharedRedelivered++;
       }
     }
   }

@@ -11,6 +11,8 @@
 import { PacketIdTable } from "./packet_ids.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Metrics } from "../ops/metrics.ts";
+import type { ShareGroup } from "../router/trie.ts";
+import type { Subscription } from "../router/types.ts";
 import type { SessionState } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import type { RetainedStream } from "./retained_stream.ts";
@@ -34,6 +36,8 @@ interface Outgoing {
   subIds: readonly number[] | null;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP. */
   released: boolean;
+  /** The share group that picked this session for the message, or null (see `sharedLeftovers`). */
+  group: ShareGroup | null;
 }
 
 interface Queued {
@@ -43,6 +47,8 @@ interface Queued {
   subIds: readonly number[] | null;
   /** Journal sequence number (0 when the session is not journaled). */
   seq: number;
+  /** The share group that picked this session for the message, or null (see `sharedLeftovers`). */
+  group: ShareGroup | null;
 }
 
 /**
@@ -131,7 +137,13 @@ export abstract class SessionDelivery {
     return this.queue.length - this.queueHead;
   }
 
-  deliver(msg: Message, qos: 0 | 1 | 2, retain: boolean, subIds: readonly number[] | null): void {
+  deliver(
+    msg: Message,
+    qos: 0 | 1 | 2,
+    retain: boolean,
+    subIds: readonly number[] | null,
+    group: ShareGroup | null = null,
+  ): void {
     if (msg.expiresAt !== 0 && msg.expired(this.now())) {
       this.metrics.droppedExpired++;
       return;
@@ -147,9 +159,9 @@ export abstract class SessionDelivery {
       link !== null && this.queueHead === this.queue.length &&
       this.inflightCount < link.sendWindow && !link.congested
     ) {
-      this.send(link, msg, qos, retain, subIds);
+      this.send(link, msg, qos, retain, subIds, group);
     } else {
-      this.enqueue({ msg, qos, retain, subIds, seq: 0 });
+      this.enqueue({ msg, qos, retain, subIds, seq: 0, group });
     }
   }
 
@@ -160,6 +172,7 @@ export abstract class SessionDelivery {
     qos: 1 | 2,
     retain: boolean,
     subIds: readonly number[] | null,
+    group: ShareGroup | null,
   ): boolean {
     const pid = this.allocatePacketId();
     if (!link.sendPublish(msg, qos, retain, false, pid, subIds)) return false;
@@ -167,7 +180,7 @@ export abstract class SessionDelivery {
     // are acknowledged within moments: briefly owned (in the arena) unless the journal keeps
     // it too; `settleInflight` owns what is still in flight at the next sweep.
     const m = this.journaled ? msg.own() : msg.ownBriefly();
-    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
+    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false, group };
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
@@ -312,7 +325,7 @@ export abstract class SessionDelivery {
         this.metrics.droppedExpired++;
         continue;
       }
-      this.send(link, next.msg, next.qos, next.retain, next.subIds);
+      this.send(link, next.msg, next.qos, next.retain, next.subIds, next.group);
     }
     if (this.queueHead === q.length) {
       if (q.length !== 0) {
@@ -365,6 +378,19 @@ export abstract class SessionDelivery {
     this.pump();
   }
 
+  /**
+   * `sub` replaced the subscription with its key while that one's retained messages were still
+   * being sent, and asks for none of its own. What is left of them goes under the options now
+   * in force (granted QoS, Subscription Identifier) [MQTT-3.8.4-3, MQTT-3.8.4-8], or not at
+   * all when the client said it wants no retained messages (Retain Handling 2).
+   */
+  retargetRetained(sub: Subscription): void {
+    const s = this.streams?.find((x) => x.sub.key === sub.key);
+    if (s === undefined) return;
+    if (sub.retainHandling === 2) this.stopRetained(sub.key);
+    else s.sub = sub;
+  }
+
   /** Stops the retained stream of subscription `key` (unsubscribed, replaced, revoked). */
   stopRetained(key: string): void {
     const streams = this.streams;
@@ -407,7 +433,7 @@ export abstract class SessionDelivery {
       } else {
         if (this.inflightCount >= link.sendWindow) return;
         s.take();
-        if (this.send(link, msg, qos, true, s.sub.idList)) wrote = true;
+        if (this.send(link, msg, qos, true, s.sub.idList, null)) wrote = true;
       }
     }
     if (streams.length === 0) {
@@ -491,6 +517,29 @@ export abstract class SessionDelivery {
     this.pump();
   }
 
+  /**
+   * The messages share groups gave this session that its client has not got: QoS 1 ones sent
+   * and not acknowledged, and every queued one (never sent). The session is ending: they go to
+   * another member of their group (a SHOULD of section 4.8.2). QoS 2 messages in flight stay
+   * lost: one may have reached its client already, and going to another member would deliver
+   * it twice [MQTT-4.8.2-5]. Null when there are none (almost every session).
+   */
+  sharedLeftovers(): [Message, ShareGroup][] | null {
+    let out: [Message, ShareGroup][] | null = null;
+    const inflight = this.inflight;
+    if (inflight !== null && inflight.size !== 0) {
+      for (const e of inflight.values()) {
+        if (e.group !== null && e.qos === 1) (out ??= []).push([e.msg, e.group]);
+      }
+    }
+    const q = this.queue;
+    for (let i = this.queueHead; i < q.length; i++) {
+      const g = q[i].group;
+      if (g !== null) (out ??= []).push([q[i].msg, g]);
+    }
+    return out;
+  }
+
   /** Drops every message held for delivery (the session ends). */
   protected dropDeliveries(): void {
     this.inflight = null;
@@ -529,6 +578,8 @@ export abstract class SessionDelivery {
       retain: q.retain,
       subIds: q.subIds,
       seq: q.seq,
+      // Which group picked it is not stored: after a restart it stays with this session.
+      group: null,
     }));
     this.queueHead = 0;
     this.queuedBytes = 0;
@@ -543,6 +594,7 @@ export abstract class SessionDelivery {
         retain: f.retain,
         subIds: f.subIds,
         released: f.released,
+        group: null,
       });
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }

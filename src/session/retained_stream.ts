@@ -21,7 +21,8 @@ export class RetainedStream {
   private done = false;
 
   constructor(
-    readonly sub: Subscription,
+    /** Replaced when the client subscribes to the same filter again (see `retargetRetained`). */
+    public sub: Subscription,
     private readonly cursor: Iterator<Message>,
     /** limits.max_retained_per_subscription. */
     private readonly cap: number,

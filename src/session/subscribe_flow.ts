@@ -38,6 +38,7 @@ export function onSubscribe(c: Connection, buf: Uint8Array, start: number, end: 
     if (r.ready !== null) (waits ??= []).push(r.ready);
     codes.push(d.sub.qos);
     if (wantsRetained(d.sub, r.existed)) withRetained.push(d.sub);
+    else if (r.existed) session.retargetRetained(d.sub);
   }
   host.sessionChanged(session);
   // A subscription the client was told about must survive a crash.

@@ -208,3 +208,58 @@ Deno.test("MQTT 5: unsubscribing from a shared subscription answers per filter a
   assert.deepEqual(indexes(await receivedBefore(m1.inbox)), range(6));
   assert.deepEqual(await receivedBefore(m2.inbox), []);
 });
+
+/**
+ * A raw member of `$share/workers/jobs/+` at `qos` that never acknowledges and allows one
+ * message in flight (Receive Maximum 1): what the group gives it beyond that waits in its queue.
+ */
+async function stalledMember(b: TestBroker, qos: 1 | 2): Promise<RawClient> {
+  const c = await RawClient.connect(b.port, 5);
+  await c.handshake("stalled", 5, { properties: { receiveMaximum: 1 } });
+  await c.sendPacket({
+    cmd: "subscribe",
+    messageId: 1,
+    subscriptions: [{ topic: "$share/workers/jobs/+", qos }],
+  });
+  await c.expect("suback");
+  return c;
+}
+
+Deno.test("a member whose session ends with QoS 1 jobs unacknowledged or queued: they go to the other member (4.8.2)", async () => {
+  await using b = await startBroker();
+  await using clients = new Clients();
+  const stalled = await stalledMember(b, 1);
+  const m2 = await clients.member(b, "w2", "$share/workers/jobs/+");
+  const { c: pub } = await clients.connect(b, { clientId: "pub" });
+  await publishJobs(pub, 6);
+  const kept = indexes(await receivedBefore(m2.inbox));
+  // Round robin gave the stalled member half the jobs: one sent (never acknowledged), two queued.
+  const first = await stalled.expect("publish");
+  assert.equal(kept.length, 3);
+  assert.ok(!kept.includes(Number(String(first.payload))));
+  // Its socket closes; without Session Expiry its session ends, and those jobs with it unless
+  // they are handed on.
+  await stalled[Symbol.asyncDispose]();
+  const later: Received[] = [];
+  while (later.length < 3) later.push(await m2.inbox.next());
+  assert.deepEqual(indexes([...later]).concat(kept).sort((a, b) => a - b), range(6));
+  assert.equal(b.broker.metrics.sharedRedelivered, 3);
+});
+
+Deno.test("a QoS 2 job in flight to a member whose session ends is not sent to another member [MQTT-4.8.2-5]", async () => {
+  await using b = await startBroker();
+  await using clients = new Clients();
+  const stalled = await stalledMember(b, 2);
+  const m2 = await clients.member(b, "w2", "$share/workers/jobs/+");
+  const { c: pub } = await clients.connect(b, { clientId: "pub" });
+  await pub.publishAsync("jobs/0", "0", { qos: 2 });
+  const inFlight = await stalled.expect("publish");
+  assert.equal(inFlight.qos, 2);
+  const connections = b.broker.core.connectionCount;
+  await stalled[Symbol.asyncDispose]();
+  await waitFor(() => b.broker.core.connectionCount === connections - 1, "the session to end");
+  // Its client may have delivered it already: a second copy elsewhere would be a duplicate.
+  await publishJobs(pub, 0);
+  assert.deepEqual(await receivedBefore(m2.inbox), []);
+  assert.equal(b.broker.metrics.sharedRedelivered, 0);
+});

@@ -256,6 +256,51 @@ Deno.test("Retain Handling 2: retained messages are never sent at SUBSCRIBE, liv
   assert.deepEqual([live.topic, live.payload], ["rh/t", "live"]);
 });
 
+for (const rh of [1, 2] as const) {
+  Deno.test(
+    `subscribing again with Retain Handling ${rh} while retained messages are still being sent: the rest ${
+      rh === 1 ? "follow the new QoS and Subscription Identifier" : "are not sent"
+    } [MQTT-3.8.4-3, MQTT-3.8.4-8, MQTT-3.3.1-11]`,
+    async () => {
+      await using b = await startBroker();
+      {
+        await using pub = await connectClient(b.port, { clientId: "keeper" });
+        for (const t of ["rs/a", "rs/b", "rs/c"]) {
+          await pub.publishAsync(t, t, { qos: 1, retain: true });
+        }
+      }
+      // Receive Maximum 1 and no PUBACK: the first retained message holds the rest back.
+      await using c = await RawClient.connect(b.port, 5);
+      await c.handshake("resub", 5, { properties: { receiveMaximum: 1 } });
+      await c.sendPacket({
+        cmd: "subscribe",
+        messageId: 1,
+        properties: { subscriptionIdentifier: 7 },
+        subscriptions: [{ topic: "rs/#", qos: 1 }],
+      });
+      await c.expect("suback");
+      const first = await c.expect("publish");
+      assert.equal(first.qos, 1);
+      // The same filter again: QoS 0, no Subscription Identifier.
+      assert.deepEqual(await rawSubscribe(c, 2, [{ topic: "rs/#", qos: 0, rh }]), [0]);
+      await c.sendPacket({ cmd: "puback", messageId: first.messageId });
+      const rest: { qos: number; ids: unknown }[] = [];
+      for (;;) {
+        const p = await c.next(300).catch(() => null);
+        if (p === null) break;
+        assert.equal(p.cmd, "publish");
+        const pp = p as typeof p & { qos: number; properties?: Record<string, unknown> };
+        rest.push({ qos: pp.qos, ids: pp.properties?.subscriptionIdentifier });
+      }
+      // Before the fix: two more at QoS 1, still carrying Subscription Identifier 7.
+      assert.deepEqual(
+        rest,
+        rh === 1 ? [{ qos: 0, ids: undefined }, { qos: 0, ids: undefined }] : [],
+      );
+    },
+  );
+}
+
 // ---- Subscription Identifiers --------------------------------------------------
 
 Deno.test("Subscription Identifiers come with every matching message, all of them when overlapping subscriptions match [MQTT-3.3.4-3, MQTT-3.3.4-4]", async () => {

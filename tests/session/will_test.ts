@@ -203,6 +203,35 @@ Deno.test("will properties reach the subscriber unchanged", async () => {
   assert.ok(expiry <= 120 && expiry >= 118, `message expiry ${expiry}`);
 });
 
+for (const responseTopic of ["reply/#", "reply/+/x", ""]) {
+  Deno.test(`a will with Response Topic "${responseTopic}" is refused with CONNACK 0x82 and never published [MQTT-3.3.2-13, MQTT-3.3.2-14]`, async () => {
+    await using b = await startBroker();
+    await using w = await watcher(b.port);
+    await using c = await RawClient.connect(b.port, 5);
+    await c.sendPacket({
+      cmd: "connect",
+      protocolId: "MQTT",
+      protocolVersion: 5,
+      clientId: "bad-rt",
+      clean: true,
+      keepalive: 60,
+      will: {
+        topic: "will/bad-rt",
+        payload: "gone",
+        qos: 0,
+        retain: false,
+        properties: { responseTopic },
+      },
+    });
+    const ack = await c.expect("connack");
+    // Accepted, the will would reach every will/# subscriber carrying a Response Topic that
+    // the subscriber must treat as a protocol error.
+    assert.equal(ack.reasonCode, 0x82);
+    await c.expectClosed();
+    await assertNoWillBefore(b.port, "will/bad-rt", w.inbox);
+  });
+}
+
 Deno.test("a will with Retain set becomes the retained message; one without does not", async () => {
   await using b = await startBroker();
   await using w = await watcher(b.port);
