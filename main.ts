@@ -46,6 +46,8 @@ async function serve(config: Config): Promise<number> {
     level: config.general.log_level,
     format: config.general.log_format,
     levels: config.general.log_levels,
+    rate: config.general.log_rate,
+    valueMax: config.general.log_value_max,
   });
   let generated = false;
   try {

@@ -95,6 +95,8 @@ const SHAPE = {
     sys_interval: int(0, 86400, 10),
     drain_delay: int(0, 3600, 5),
     tcp_io: oneOf(["native", "deno"], "native"),
+    log_rate: int(0, 1000000, 1000),
+    log_value_max: int(16, 65535, 256),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),
