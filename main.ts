@@ -69,6 +69,22 @@ async function serve(config: Config): Promise<number> {
     if (started) broker.reload();
     else reloadWhenStarted = true;
   });
+  // SIGTERM and SIGINT too: without a listener their default action ended the process at once
+  // while it started, with its listeners already up (clients got a reset, not DISCONNECT 0x8B,
+  // and the exit status was 143). One that comes while starting stops the broker once it is up;
+  // a second one ends the process now.
+  let stopWhenStarted: [string, boolean] | null = null;
+  let onStopSignal = (signal: string, drain: boolean) => {
+    if (stopWhenStarted !== null) {
+      log.info("{signal} received again while starting: exiting now", { signal });
+      Deno.exit(1);
+    }
+    log.info("{signal} received while starting: stopping once started", { signal });
+    stopWhenStarted = [signal, drain];
+  };
+  // SIGTERM is how orchestrators stop a pod: drain. Ctrl-C at a terminal stops at once.
+  Deno.addSignalListener("SIGTERM", () => onStopSignal("SIGTERM", true));
+  Deno.addSignalListener("SIGINT", () => onStopSignal("SIGINT", false));
   try {
     await broker.start();
     await ops.start();
@@ -102,9 +118,8 @@ async function serve(config: Config): Promise<number> {
     await ops.stop();
     Deno.exit(0);
   };
-  // SIGTERM is how orchestrators stop a pod: drain. Ctrl-C at a terminal stops at once.
-  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM", true));
-  Deno.addSignalListener("SIGINT", () => stop("SIGINT", false));
+  onStopSignal = stop;
+  if (stopWhenStarted !== null) stop(...(stopWhenStarted as [string, boolean]));
   return await new Promise<number>(() => {});
 }
 
