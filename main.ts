@@ -109,7 +109,13 @@ async function serve(config: Config): Promise<number> {
   exitOnUncaughtErrors();
   let stopping = false;
   const stop = async (signal: string, drain: boolean) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal while draining (Ctrl-C after SIGTERM, or SIGTERM again) means now: it
+      // used to be ignored, so the operator waited out the whole drain_delay.
+      log.info("{signal} received while draining: stopping now", { signal });
+      ops.endDrain();
+      return;
+    }
     stopping = true;
     log.info("{signal} received, shutting down", { signal });
     // Readiness goes first, so load balancers stop sending clients before they are disconnected.

@@ -85,3 +85,36 @@ Deno.test("SIGTERM while starting (listeners already up) stops gracefully once s
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a second signal during the drain delay stops the broker at once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-drain-" });
+  try {
+    await copyProject(dir);
+    await using broker = startMain(
+      dir,
+      [
+        "--general.secure=false",
+        "--general.websocket=false",
+        "--general.bind=127.0.0.1",
+        `--ports.tcp=${freePort()}`,
+        "--http.bind=127.0.0.1",
+      ],
+      "main.ts",
+      { MCLOUDTT_GENERAL_DRAIN_DELAY: "30" },
+    );
+    await broker.waitFor(/HTTP endpoint .* on 127\.0\.0\.1:\d+/);
+    broker.child.kill("SIGTERM");
+    await broker.waitFor(/SIGTERM received/);
+    const second = performance.now();
+    broker.child.kill("SIGINT");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<null>((r) => timer = setTimeout(() => r(null), 4000));
+    const status = await Promise.race([broker.status, late]);
+    clearTimeout(timer);
+    assert.ok(status !== null, "still draining 4 s after the second signal");
+    assert.equal(status.code, 0);
+    assert.ok(performance.now() - second < 4000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
