@@ -46,6 +46,8 @@ async function serve(config: Config): Promise<number> {
     level: config.general.log_level,
     format: config.general.log_format,
     levels: config.general.log_levels,
+    rate: config.general.log_rate,
+    valueMax: config.general.log_value_max,
   });
   let generated = false;
   try {
@@ -67,6 +69,22 @@ async function serve(config: Config): Promise<number> {
     if (started) broker.reload();
     else reloadWhenStarted = true;
   });
+  // SIGTERM and SIGINT too: without a listener their default action ended the process at once
+  // while it started, with its listeners already up (clients got a reset, not DISCONNECT 0x8B,
+  // and the exit status was 143). One that comes while starting stops the broker once it is up;
+  // a second one ends the process now.
+  let stopWhenStarted: [string, boolean] | null = null;
+  let onStopSignal = (signal: string, drain: boolean) => {
+    if (stopWhenStarted !== null) {
+      log.info("{signal} received again while starting: exiting now", { signal });
+      Deno.exit(1);
+    }
+    log.info("{signal} received while starting: stopping once started", { signal });
+    stopWhenStarted = [signal, drain];
+  };
+  // SIGTERM is how orchestrators stop a pod: drain. Ctrl-C at a terminal stops at once.
+  Deno.addSignalListener("SIGTERM", () => onStopSignal("SIGTERM", true));
+  Deno.addSignalListener("SIGINT", () => onStopSignal("SIGINT", false));
   try {
     await broker.start();
     await ops.start();
@@ -91,7 +109,13 @@ async function serve(config: Config): Promise<number> {
   exitOnUncaughtErrors();
   let stopping = false;
   const stop = async (signal: string, drain: boolean) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal while draining (Ctrl-C after SIGTERM, or SIGTERM again) means now: it
+      // used to be ignored, so the operator waited out the whole drain_delay.
+      log.info("{signal} received while draining: stopping now", { signal });
+      ops.endDrain();
+      return;
+    }
     stopping = true;
     log.info("{signal} received, shutting down", { signal });
     // Readiness goes first, so load balancers stop sending clients before they are disconnected.
@@ -100,9 +124,8 @@ async function serve(config: Config): Promise<number> {
     await ops.stop();
     Deno.exit(0);
   };
-  // SIGTERM is how orchestrators stop a pod: drain. Ctrl-C at a terminal stops at once.
-  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM", true));
-  Deno.addSignalListener("SIGINT", () => stop("SIGINT", false));
+  onStopSignal = stop;
+  if (stopWhenStarted !== null) stop(...(stopWhenStarted as [string, boolean]));
   return await new Promise<number>(() => {});
 }
 

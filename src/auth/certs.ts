@@ -400,9 +400,24 @@ async function writePair(files: CertFiles, pair: PemPair, written: string[]): Pr
   written.push(files.cert);
 }
 
+/**
+ * Writes a new file beside `path` and renames it over `path`. Writing to `path` itself would
+ * follow a symlink found there (with --force: a link planted in certs/ had its target outside
+ * certs/ overwritten with a private key and chmod-ed, even under the shipped write permission),
+ * and an overwritten key file would be readable with its old bits until the chmod. A rename
+ * replaces the link itself, and the file has its mode from the start.
+ */
 async function writeFile(path: string, text: string, mode: number): Promise<void> {
   await Deno.mkdir(dirname(path), { recursive: true });
-  await Deno.writeTextFile(path, text, { mode });
-  // `mode` only applies to a newly created file; an overwritten key must not keep looser bits.
-  if (Deno.build.os !== "windows") await Deno.chmod(path, mode);
+  const temp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
+  try {
+    // createNew: a link planted at the temporary name is refused, not followed.
+    await Deno.writeTextFile(temp, text, { mode, createNew: true });
+    // `mode` is masked by the umask; the bits must be exactly these.
+    if (Deno.build.os !== "windows") await Deno.chmod(temp, mode);
+    await Deno.rename(temp, path);
+  } catch (e) {
+    await Deno.remove(temp).catch(() => {});
+    throw e;
+  }
 }

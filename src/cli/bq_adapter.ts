@@ -58,6 +58,8 @@ export async function runBqAdapter(config: Config): Promise<number> {
     level: config.general.log_level,
     format: config.general.log_format,
     levels: config.general.log_levels,
+    rate: config.general.log_rate,
+    valueMax: config.general.log_value_max,
   });
   const a = config.adapter;
   const bq = config.bigquery;

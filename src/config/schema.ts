@@ -50,12 +50,44 @@ function listenerFields() {
   };
 }
 
+/**
+ * The modules `[general] log_levels` can name: the second part of every logger's category
+ * (`getLogger(["mcloudtt", "topic-log"])`); tests/config/log_modules_test.ts checks the sources
+ * use no other. A name outside it used to pass and change nothing (a typo, or "ws", which never
+ * logged), and "topic-log" and "bq-adapter" could not be named at all.
+ */
+export const LOG_MODULES = [
+  "auth",
+  "bq-adapter",
+  "broker",
+  "cluster",
+  "connection",
+  "core",
+  "http",
+  "main",
+  "redis",
+  "retained",
+  "store",
+  "tcp",
+  "tls",
+  "topic-log",
+] as const;
+
 /** `module=level` pairs separated by commas, e.g. `connection=debug,tls=warning`; "" for none. */
 const LOG_LEVELS_PATTERN =
-  /^(\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*(,\s*[a-z_]+\s*=\s*(debug|info|warning|error)\s*)*)?$/;
+  /^(\s*[a-z_-]+\s*=\s*(debug|info|warning|error)\s*(,\s*[a-z_-]+\s*=\s*(debug|info|warning|error)\s*)*)?$/;
 const LOG_LEVELS_MSG =
   'must be "" or module=level pairs separated by commas, e.g. "connection=debug,tls=warning" ' +
-  "(levels: debug, info, warning, error)";
+  `(levels: debug, info, warning, error; modules: ${LOG_MODULES.join(", ")})`;
+
+/** Well-formed, and every module one that logs. */
+function isLogLevels(v: string): boolean {
+  if (!LOG_LEVELS_PATTERN.test(v)) return false;
+  const known: readonly string[] = LOG_MODULES;
+  return v.split(",").every((part) =>
+    part.trim() === "" || known.includes(part.split("=")[0].trim())
+  );
+}
 
 const WS_PATH_MSG = 'must be a string starting with "/"';
 
@@ -89,12 +121,14 @@ const SHAPE = {
     log_levels: textWhere(
       "",
       LOG_LEVELS_MSG,
-      (v) => LOG_LEVELS_PATTERN.test(v),
+      isLogLevels,
       "must be a string",
     ),
     sys_interval: int(0, 86400, 10),
     drain_delay: int(0, 3600, 5),
     tcp_io: oneOf(["native", "deno"], "native"),
+    log_rate: int(0, 1000000, 1000),
+    log_value_max: int(16, 65535, 256),
   }),
   tls: section("tls", {
     certfile: nonEmptyText(DEFAULT_TLS_PATHS.certfile),

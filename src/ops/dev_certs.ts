@@ -14,22 +14,40 @@ import {
   mayGenerateDevCerts,
 } from "../config/mod.ts";
 
-async function exists(path: string): Promise<boolean> {
+/** A refused permission: main.ts turns it into one line naming the permission. */
+function isPermissionError(e: unknown): boolean {
+  return e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied;
+}
+
+/**
+ * Whether the file at `tls.<key>` exists. Another failure (a path through a regular file, a
+ * loop of links) is the operator's to fix: one line naming the key, not a stack trace.
+ */
+async function exists(config: Config, key: TlsFileKey): Promise<boolean> {
+  const path = config.tls[key];
   try {
     await Deno.stat(path);
     return true;
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
+    if (isPermissionError(e)) throw e;
+    throw new ConfigError(
+      `tls.${key} = "${path}" (${resolve(path)}) cannot be checked: ${reasonOf(e)}; fix the ` +
+        `path, or set ${envNameFor(`tls.${key}`)}`,
+      { key: `tls.${key}` },
+    );
   }
+}
+
+function reasonOf(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split("\n")[0];
 }
 
 /** Generates development certificates when allowed and needed; returns true if it did. */
 export async function ensureCertificates(config: Config): Promise<boolean> {
   if (!anyListenerTls(config)) return false;
-  const t = config.tls;
   const keys = ["certfile", "keyfile", "cafile"] as const;
-  const present = await Promise.all(keys.map((k) => exists(t[k])));
+  const present = await Promise.all(keys.map((k) => exists(config, k)));
   if (present.every(Boolean)) return false;
   const missing = keys.filter((_, i) => !present[i]);
   if (present.some(Boolean) || !mayGenerateDevCerts(config)) {
@@ -37,7 +55,18 @@ export async function ensureCertificates(config: Config): Promise<boolean> {
   }
   // Imported only here: the X.509 library is megabytes of memory a running broker never needs.
   const { generateCertificates } = await import("../auth/certs.ts");
-  await generateCertificates({ dir: "certs" });
+  try {
+    await generateCertificates({ dir: "certs" });
+  } catch (e) {
+    if (isPermissionError(e)) throw e;
+    // A read-only volume, a full disk, a file where a directory must be: exit 2, one line.
+    throw new ConfigError(
+      `cannot generate development certificates in certs/ (${resolve("certs")}): ` +
+        `${reasonOf(e)}; make certs/ writable, mount the certificate files there, or set ` +
+        `MCLOUDTT_TLS_GENERATE_DEV_CERTS=false`,
+      { key: "tls.generate_dev_certs" },
+    );
+  }
   return true;
 }
 

@@ -2,8 +2,9 @@
  * The operations HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness, for load balancers
  * and Kubernetes probes) and `/metrics` (Prometheus text format). It is off the MQTT path and
  * sees a request every few seconds, from anyone who can reach its port (0.0.0.0 by default), so
- * what a connection may hold is bounded: a request must arrive within REQUEST_DEADLINE_MS of
- * the connection or of the previous response, and at most MAX_CONNECTIONS are open. node:http
+ * what a connection may hold is bounded: a request must arrive, and its response be taken by
+ * the client, within REQUEST_DEADLINE_MS of the connection or of the previous response; one
+ * request is answered at a time; and at most MAX_CONNECTIONS are open. node:http
  * rather than Deno.serve, which has neither bound (a silent or one-byte-a-second client kept
  * its connection for minutes) and ends its accept loop at the first failed accept.
  */
@@ -15,9 +16,10 @@ import { closeWithGrace, listenServer, trackSockets } from "../transport/node_se
 const log = getLogger(["mcloudtt", "http"]);
 
 /**
- * Time a connection gets to deliver a whole request, from its start or from the previous
- * response (an idle keep-alive connection is closed then): probes and scrapes send theirs at
- * once, and Prometheus opens a new connection when the old one was closed.
+ * Time a connection gets to deliver a whole request and read its response, from its start or
+ * from the previous response (an idle keep-alive connection is closed then): probes and scrapes
+ * send theirs at once and read the answer, and Prometheus opens a new connection when the old
+ * one was closed.
  */
 export const REQUEST_DEADLINE_MS = 10_000;
 
@@ -122,10 +124,25 @@ export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
     clearTimeout(deadlines.get(socket));
     deadlines.set(socket, setTimeout(() => socket.destroy(), deadlineMs));
   };
+  // Sockets whose response has not been handed to the kernel yet.
+  const answering = new WeakSet<Socket>();
   const server = http.createServer((req, res) => {
     const socket = req.socket;
-    clearTimeout(deadlines.get(socket));
-    res.once("finish", () => armDeadline(socket));
+    // A pipelined request before the previous response went out: no probe or scraper pipelines,
+    // and node:http would build and buffer an answer to each (a client writing 2,000 requests
+    // and reading nothing held ~30 MB per connection), so the connection is cut.
+    if (answering.has(socket)) {
+      socket.destroy();
+      return;
+    }
+    answering.add(socket);
+    // The deadline keeps running until the response is out: a client that never reads it would
+    // otherwise hold the socket and the body in memory for ever.
+    armDeadline(socket);
+    res.once("finish", () => {
+      answering.delete(socket);
+      armDeadline(socket);
+    });
     route(req.method ?? "GET", req.url ?? "/", opts).then(
       (r) => {
         res.writeHead(r.status, { ...r.headers, "content-length": Buffer.byteLength(r.body) });

@@ -19,7 +19,28 @@ export interface LogOptions {
   levels?: string;
   /** Where each finished line (with its newline) goes; default: stderr, synchronously. */
   write?: (line: string) => void;
+  /** `[general] log_value_max`: characters of one string value kept in a line (LOG_VALUE_MAX). */
+  valueMax?: number;
+  /** `[general] log_rate`: info and debug lines per second, 0 for no bound (LOG_RATE). */
+  rate?: number;
 }
+
+/**
+ * Default of `[general] log_value_max`. A client chooses its client id, user name and topics
+ * (up to 65,535 bytes each, before it is authenticated too), and one line is written per
+ * connection attempt: uncut, a refused 64 KB client id made a 64 KB line, 32 MB of log for 500
+ * attempts in under a second. Real ids and topics fit in far less.
+ */
+export const LOG_VALUE_MAX = 256;
+
+/**
+ * Default of `[general] log_rate`: info and debug lines per second. Anyone who reaches a
+ * listener makes the broker write a line per connection attempt (refused, not MQTT, no CONNECT,
+ * TLS handshake failed); the write is synchronous, so a flood of attempts also spends the event
+ * loop on stderr. Above the rate lines are dropped and counted; warnings and errors always pass
+ * (the ones a client can cause per packet are rate-limited where they are logged).
+ */
+export const LOG_RATE = 1000;
 
 /** An MQTT reason code as operators read it in specs and other brokers' logs: `0x8E`. */
 export function hex(code: number): string {
@@ -62,13 +83,21 @@ function escapeForText(s: string): string {
   return s.replace(UNSAFE, escapeControl);
 }
 
+/** Characters of one string value kept in a line; set by setupLogging. */
+let valueMax = LOG_VALUE_MAX;
+
+/** `s` cut to `valueMax` characters, saying how many more there were. */
+function clip(s: string): string {
+  return s.length <= valueMax ? s : `${s.slice(0, valueMax)}...[${s.length - valueMax} more]`;
+}
+
 /**
- * A value inside a message: strings as they are (no quotes), the rest compactly. In a text line
- * (`text`) every control character is escaped, a stack trace's line breaks too: one record, one
- * line.
+ * A value inside a message: strings as they are (no quotes) but cut at `valueMax`, the rest
+ * compactly (a stack trace whole). In a text line (`text`) every control character is escaped,
+ * a stack trace's line breaks too: one record, one line.
  */
 function renderValue(v: unknown, text: boolean): string {
-  const s = valueText(v);
+  const s = typeof v === "string" ? clip(v) : valueText(v);
   return text ? escapeForText(s) : s;
 }
 
@@ -138,7 +167,9 @@ export function formatJson(record: LogRecord): string {
     message: renderMessage(record, false),
   };
   for (const key in record.properties) {
-    if (!(key in line)) line[key] = record.properties[key];
+    if (key in line) continue;
+    const v = record.properties[key];
+    line[key] = typeof v === "string" ? clip(v) : v;
   }
   return JSON.stringify(line, jsonReplacer) + "\n";
 }
@@ -156,12 +187,17 @@ export function writeStderr(line: string): void {
 export async function setupLogging(options: LogOptions): Promise<void> {
   const format = options.format === "json" ? formatJson : formatText;
   const write = options.write ?? writeStderr;
-  const out: Sink = (record) => {
+  valueMax = options.valueMax ?? LOG_VALUE_MAX;
+  const emit = (record: LogRecord) => {
     try {
       write(format(record));
     } catch {
       // A closed stderr must not take the broker down with it.
     }
+  };
+  const budget = new LineBudget(options.rate ?? LOG_RATE, emit);
+  const out: Sink = (record) => {
+    if (budget.admits(record)) emit(record);
   };
   const modules = [...parseLogLevels(options.levels ?? "")].map(([name, level]) => ({
     category: ["mcloudtt", name],
@@ -179,4 +215,54 @@ export async function setupLogging(options: LogOptions): Promise<void> {
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["out"] },
     ],
   });
+}
+
+/**
+ * At most `rate` info and debug lines per second (0: no bound). What is dropped is counted and
+ * reported in one warning when its second is over.
+ */
+class LineBudget {
+  private windowStart = 0;
+  private used = 0;
+  private dropped = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(private readonly rate: number, private readonly emit: (r: LogRecord) => void) {}
+
+  admits(record: LogRecord): boolean {
+    if (this.rate === 0 || (record.level !== "info" && record.level !== "debug")) return true;
+    const now = Date.now();
+    if (now - this.windowStart >= 1000) {
+      this.report();
+      this.windowStart = now;
+      this.used = 0;
+    }
+    if (this.used < this.rate) {
+      this.used++;
+      return true;
+    }
+    if (this.dropped++ === 0) {
+      // The report must come even if no other line does; it must not hold the process open.
+      this.timer = setTimeout(() => this.report(), this.windowStart + 1000 - now);
+      Deno.unrefTimer(this.timer);
+    }
+    return false;
+  }
+
+  private report(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.dropped === 0) return;
+    const dropped = this.dropped;
+    this.dropped = 0;
+    const rate = this.rate;
+    this.emit({
+      category: ["mcloudtt", "main"],
+      level: "warning",
+      message: ["dropped ", dropped, " info and debug lines over general.log_rate = ", rate, "/s"],
+      rawMessage: "dropped {dropped} info and debug lines over general.log_rate = {rate}/s",
+      timestamp: Date.now(),
+      properties: { dropped, rate },
+    });
+  }
 }

@@ -75,8 +75,23 @@ export class Operations {
   async drain(): Promise<void> {
     this.draining = true;
     const seconds = this.http === null ? 0 : this.opts.config.general.drain_delay;
-    if (seconds > 0) await new Promise((r) => setTimeout(r, seconds * 1000));
+    if (seconds <= 0) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, seconds * 1000);
+      this.endDrainNow = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+    this.endDrainNow = () => {};
   }
+
+  /** Ends a drain() under way at once (/readyz stays 503): the operator asked to stop now. */
+  endDrain(): void {
+    this.endDrainNow();
+  }
+
+  private endDrainNow: () => void = () => {};
 
   /** Stops `$SYS` and the HTTP endpoint. */
   async stop(): Promise<void> {

@@ -98,3 +98,26 @@ Deno.test("runCertsCommand rejects bad usage with exit code 2 and prints help wi
   assert.equal(await runCertsCommand(["--help"], help.io), 0);
   assert.match(help.out.join("\n"), /mcloudtt certs client NAME/);
 });
+
+Deno.test("--force replaces a symlink in the certificate directory, never the file it points to", async () => {
+  await withTempDir(async (dir) => {
+    const target = join(dir, "certs");
+    await Deno.mkdir(target);
+    // A file outside the certificate directory, readable by everyone, linked in as the CA key.
+    const outside = join(dir, "outside.txt");
+    await Deno.writeTextFile(outside, "not a key\n", { mode: 0o644 });
+    await Deno.chmod(outside, 0o644);
+    await Deno.symlink(outside, join(target, "ca.key"));
+    const run = capture();
+    assert.equal(await runCertsCommand(["--dir", target, "--force"], run.io), 0, run.err.join());
+    assert.equal(await Deno.readTextFile(outside), "not a key\n");
+    assert.equal((await Deno.stat(outside)).mode! & 0o777, 0o644);
+    const key = await Deno.lstat(join(target, "ca.key"));
+    assert.ok(key.isFile, "certs/ca.key is still a symlink");
+    assert.equal(key.mode! & 0o777, 0o600);
+    assert.match(await Deno.readTextFile(join(target, "ca.key")), /BEGIN PRIVATE KEY/);
+    // No temporary file is left behind.
+    const names = [...Deno.readDirSync(target)].map((e) => e.name).sort();
+    assert.deepEqual(names, ["broker", "ca.crt", "ca.key", "client"]);
+  });
+});

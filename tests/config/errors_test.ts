@@ -221,3 +221,19 @@ Deno.test("with several problems the first one is reported", async () => {
     "MCLOUDTT_NOSUCH",
   );
 });
+
+Deno.test("log_levels names only modules that log: a typo is refused, topic-log can be named", async () => {
+  await loadIn(
+    undefined,
+    { args: ["--general.log_levels=conection=debug"] },
+    'general.log_levels = "conection=debug" (from flag --general.log_levels)',
+    "modules: auth, bq-adapter, broker",
+  );
+  await loadIn(undefined, { env: { MCLOUDTT_GENERAL_LOG_LEVELS: "ws=debug" } }, "log_levels");
+  const ok = loadConfig({
+    args: ["--general.log_levels=topic-log=debug, bq-adapter=warning,store=error"],
+    env: {},
+    cwd: "/nonexistent",
+  });
+  assert.equal(ok.config.general.log_levels, "topic-log=debug, bq-adapter=warning,store=error");
+});

@@ -75,3 +75,23 @@ Deno.test("one default certificate file missing: exit 2 naming only that file", 
     assert.match(stderr, /MCLOUDTT_TLS_KEYFILE/);
   });
 });
+
+Deno.test("a certificate path through a regular file, or certs/ unwritable: exit 2 with one line", async () => {
+  await withEmptyDir(async (dir) => {
+    await Deno.writeTextFile(`${dir}/afile`, "x");
+    const path = await runMain(dir, { MCLOUDTT_TLS_CERTFILE: "afile/broker.crt" });
+    assert.equal(path.code, 2, path.stderr);
+    assert.equal(path.stderr.trim().split("\n").length, 1, path.stderr);
+    assert.match(path.stderr, /^config error: tls\.certfile = "afile\/broker\.crt" .*fix the path/);
+  });
+  await withEmptyDir(async (dir) => {
+    // Where the client certificates go is a file: generation fails half way.
+    await Deno.mkdir(`${dir}/certs`);
+    await Deno.writeTextFile(`${dir}/certs/client`, "x");
+    const gen = await runMain(dir, {});
+    assert.equal(gen.code, 2, gen.stderr);
+    assert.equal(gen.stderr.trim().split("\n").length, 1, gen.stderr);
+    assert.match(gen.stderr, /^config error: cannot generate development certificates in certs\//);
+    assert.match(gen.stderr, /GENERATE_DEV_CERTS=false/);
+  });
+});

@@ -62,3 +62,59 @@ Deno.test("SIGTERM: /readyz answers 503 before clients get DISCONNECT 0x8B, then
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("SIGTERM while starting (listeners already up) stops gracefully once started: exit 0", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-drain-" });
+  try {
+    await copyProject(dir);
+    await using broker = startMain(dir, [
+      "--general.secure=false",
+      "--general.websocket=false",
+      "--general.bind=127.0.0.1",
+      `--ports.tcp=${freePort()}`,
+      "--http.bind=127.0.0.1",
+    ]);
+    // Printed by the listener as it comes up, before the HTTP endpoint and the rest of start-up.
+    await broker.waitFor(/listening for MQTT over tcp/);
+    broker.child.kill("SIGTERM");
+    const status = await broker.status;
+    assert.equal(status.signal, null, `killed by ${status.signal}:\n${broker.stderr()}`);
+    assert.equal(status.code, 0, broker.stderr());
+    assert.match(broker.stderr(), /SIGTERM received/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a second signal during the drain delay stops the broker at once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-drain-" });
+  try {
+    await copyProject(dir);
+    await using broker = startMain(
+      dir,
+      [
+        "--general.secure=false",
+        "--general.websocket=false",
+        "--general.bind=127.0.0.1",
+        `--ports.tcp=${freePort()}`,
+        "--http.bind=127.0.0.1",
+      ],
+      "main.ts",
+      { MCLOUDTT_GENERAL_DRAIN_DELAY: "30" },
+    );
+    await broker.waitFor(/HTTP endpoint .* on 127\.0\.0\.1:\d+/);
+    broker.child.kill("SIGTERM");
+    await broker.waitFor(/SIGTERM received/);
+    const second = performance.now();
+    broker.child.kill("SIGINT");
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<null>((r) => timer = setTimeout(() => r(null), 4000));
+    const status = await Promise.race([broker.status, late]);
+    clearTimeout(timer);
+    assert.ok(status !== null, "still draining 4 s after the second signal");
+    assert.equal(status.code, 0);
+    assert.ok(performance.now() - second < 4000);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -132,3 +132,61 @@ Deno.test("HEAD gets the headers without a body; other methods 405 with Allow; q
     await http.close();
   }
 });
+
+Deno.test("a client that never reads a large response is closed at the deadline", async () => {
+  // Larger than what the kernel buffers on loopback, so the response cannot go out unread.
+  const body = "x".repeat(16 << 20);
+  const http = await startHttp({
+    hostname: "127.0.0.1",
+    port: 0,
+    problems: () => [],
+    metrics: () => Promise.resolve({ body, contentType: "text/plain" }),
+    requestDeadlineMs: 1000,
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  try {
+    await conn.write(new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"));
+    await new Promise((r) => setTimeout(r, 2500));
+    // What arrives now is what the kernel held; the server's end comes before the whole body.
+    let received = 0;
+    const buf = new Uint8Array(1 << 20);
+    try {
+      // Stops at the body's size: unbounded, the keep-alive connection would stay open after it.
+      for (let n; received < body.length && (n = await conn.read(buf)) !== null;) received += n;
+    } catch {
+      // reset counts as the end
+    }
+    assert.ok(received < body.length, `the whole ${received}-byte response was kept for 2.5 s`);
+  } finally {
+    closeQuietly(conn);
+    await http.close();
+  }
+});
+
+Deno.test("pipelined requests are not all answered and buffered: the connection is cut", async () => {
+  let answered = 0;
+  const http = await startHttp({
+    hostname: "127.0.0.1",
+    port: 0,
+    problems: () => [],
+    metrics: () => {
+      answered++;
+      return Promise.resolve({ body: "m".repeat(64 * 1024), contentType: "text/plain" });
+    },
+    requestDeadlineMs: 1000,
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: http.port });
+  try {
+    const burst = new TextEncoder().encode("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(500));
+    for (let i = 0; i < 4; i++) {
+      if (!await conn.write(burst).then(() => true, () => false)) break;
+    }
+    const ended = await endsAfter(conn, Date.now());
+    // Unbounded, every one of the 2,000 requests was answered (128 MB of bodies held).
+    assert.ok(answered < 200, `${answered} pipelined requests answered`);
+    assert.ok(ended < 4000, `the connection stayed ${ended} ms`);
+  } finally {
+    closeQuietly(conn);
+    await http.close();
+  }
+});

@@ -10,6 +10,7 @@ import {
   endClient,
   freePort,
   type MainProcess,
+  RawClient,
   startMain,
 } from "../helpers/broker.ts";
 
@@ -217,5 +218,69 @@ Deno.test("a property named like a JSON log key does not replace it: the protoco
     const line = jsonLines(broker.stderr()).find((l) => /^closing a /.test(String(l.message)))!;
     assert.match(String(line.message), /^closing a \(127\.0\.0\.1:\d+\): .*\(0x82\)$/);
     assert.equal(typeof line.problem, "string");
+  });
+});
+
+/**
+ * Opens `n` connections, in rounds of 50, that each send an MQTT 5 CONNECT with client id `id`
+ * and an Authentication Method: every one is refused (0x8C) and logged.
+ */
+async function refusedConnects(port: number, n: number, id: string): Promise<void> {
+  for (let done = 0; done < n; done += 50) {
+    const clients = await Promise.all(
+      Array.from({ length: Math.min(50, n - done) }, () => RawClient.connect(port, 5)),
+    );
+    await Promise.all(clients.map((c) =>
+      c.sendPacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 5,
+        clientId: id,
+        clean: true,
+        keepalive: 60,
+        properties: { authenticationMethod: "none" },
+      })
+    ));
+    await Promise.all(clients.map((c) => c.expect("connack", 3000)));
+    for (const c of clients) c.close();
+  }
+}
+
+Deno.test("a client-chosen value is cut to general.log_value_max in a line: a flood of 64 KB client ids stays small", async () => {
+  await withBroker(["--general.log_format=json"], async (broker, port) => {
+    const id = "i".repeat(65_000);
+    await refusedConnects(port, 200, id);
+    await broker.waitFor(/"client_id"/);
+    await broker.stop();
+    const text = broker.stderr();
+    const refused = jsonLines(text).filter((l) => /^refused/.test(String(l.message)));
+    assert.ok(refused.length > 0, "no refusal was logged");
+    for (const line of refused) {
+      assert.equal(line.client_id, `${"i".repeat(256)}...[${65_000 - 256} more]`);
+      assert.ok(String(line.message).length < 600, `a ${String(line.message).length}-char message`);
+    }
+    // Uncut, 200 attempts wrote 26 MB (two copies of the id per line).
+    assert.ok(text.length < 400_000, `${text.length} bytes of log for 200 attempts`);
+  });
+});
+
+Deno.test("info lines over general.log_rate per second are dropped and counted in one warning", async () => {
+  await withBroker(["--general.log_format=json", "--general.log_rate=40"], async (broker, port) => {
+    const started = Date.now();
+    await refusedConnects(port, 300, "flood");
+    const seconds = Math.ceil((Date.now() - started) / 1000);
+    await broker.waitFor(/"dropped"/, 3000);
+    await broker.stop();
+    const lines = jsonLines(broker.stderr());
+    const refused = lines.filter((l) => /^refused/.test(String(l.message))).length;
+    const reports = lines.filter((l) => l.level === "warning" && typeof l.dropped === "number");
+    const dropped = reports.reduce((sum, l) => sum + (l.dropped as number), 0);
+    // One window more than the flood took: it may straddle a window's start.
+    assert.ok(refused <= 40 * (seconds + 1), `${refused} refusals logged in ${seconds} s`);
+    // Every refusal is either logged or counted (the count may include a few other info lines).
+    assert.ok(
+      refused + dropped >= 300 && refused + dropped < 320,
+      `${refused} logged and ${dropped} reported dropped`,
+    );
   });
 });
