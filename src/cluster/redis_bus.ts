@@ -313,6 +313,8 @@ export class RedisBus implements Bus {
         await this.liveness.stop(true);
         await this.routes.forgetApplied(this.nodeId);
         await this.cmd.del(this.keys.inbox(this.nodeId));
+        // No node is left to take sessions over from: the owner keys have nothing to order.
+        await this.claims.releaseAll(this.nodeId);
       } catch (e) {
         log.warn`leaving the cluster cleanly failed: ${(e as Error).message}`;
       }
