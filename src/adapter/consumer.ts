@@ -65,6 +65,22 @@ interface Held {
 
 const OPTS = { protocolVersion: 5 } as const;
 
+/** What the consumer did so far (bq-adapter's /metrics and /readyz). */
+export interface ConsumerStats {
+  /** Subscribed (or resumed) on the current connection. */
+  connected: boolean;
+  /** Connections that got as far as a session (CONNACK 0, then SUBACK when new). */
+  sessions: number;
+  /** Connections that failed or were lost (dial errors, refusals, closes). */
+  lost: number;
+  /** Messages handed to the caller (copies of held ones not counted). */
+  received: number;
+  /** Copies the broker sent again of messages already handed over. */
+  duplicates: number;
+  /** PUBACKs sent. */
+  acknowledged: number;
+}
+
 export class Consumer {
   private conn: Deno.Conn | null = null;
   private stopping = false;
@@ -78,6 +94,14 @@ export class Consumer {
   /** Messages handed over and not PUBACKed, across connections of one session. */
   private readonly held = new Map<number, Held>();
   private lastRead = 0;
+  readonly stats: ConsumerStats = {
+    connected: false,
+    sessions: 0,
+    lost: 0,
+    received: 0,
+    duplicates: 0,
+    acknowledged: 0,
+  };
 
   constructor(
     private readonly opts: ConsumerOptions,
@@ -99,6 +123,8 @@ export class Consumer {
       this.log.warn(`bq-adapter: connection to ${this.opts.url} failed: ${e}`);
     }).finally(() => {
       this.conn = null;
+      this.stats.connected = false;
+      if (!this.stopping) this.stats.lost++;
       clearInterval(this.pingTimer);
       if (!this.stopping) {
         this.reconnectTimer = setTimeout(() => this.connect(), this.opts.reconnectMs);
@@ -240,6 +266,7 @@ export class Consumer {
         };
         const held = entry ? this.held.get(entry.id) : undefined;
         if (held) {
+          this.stats.duplicates++;
           // A copy of a message handed over before a reconnect: acknowledged with it, not again.
           if (held.done) ackEntry();
           else held.copies.push(ackEntry);
@@ -250,6 +277,7 @@ export class Consumer {
           mine = { done: false, copies: [] };
           this.held.set(entry.id, mine);
         }
+        this.stats.received++;
         const payload = typeof p.payload === "string"
           ? new TextEncoder().encode(p.payload)
           : new Uint8Array(p.payload);
@@ -319,6 +347,8 @@ export class Consumer {
   }
 
   private ready(): void {
+    this.stats.connected = true;
+    this.stats.sessions++;
     const done = this.connected;
     this.connected = null;
     done?.();
@@ -335,6 +365,7 @@ export class Consumer {
       i++;
     }
     if (i > 0) this.pending.splice(0, i);
+    this.stats.acknowledged += i;
   }
 
   /** Unacknowledged messages of the current connection. */

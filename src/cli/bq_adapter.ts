@@ -9,6 +9,8 @@
 import { getLogger } from "@logtape/logtape";
 import type { Config } from "../config/mod.ts";
 import { Consumer, type Delivery } from "../adapter/consumer.ts";
+import { AdapterExposition } from "../ops/adapter_metrics.ts";
+import { type HttpEndpoint, startHttp } from "../ops/http.ts";
 import { setupLogging } from "../ops/log.ts";
 import { bigQuerySink, defaultNodeId } from "../sinks/mod.ts";
 import { encodePayload, RowIds, type TopicRow, type UserProperty } from "../sinks/row.ts";
@@ -118,6 +120,37 @@ export async function runBqAdapter(config: Config): Promise<number> {
       else d.drop();
     });
   }, log);
+  let http: HttpEndpoint | null = null;
+  const exposition = new AdapterExposition({
+    consumer: consumer.stats,
+    unacked: () => consumer.unacked,
+    sink: () => [sink.stats],
+  });
+  if (config.http.enabled) {
+    try {
+      http = await startHttp({
+        hostname: config.http.bind,
+        port: a.http_port,
+        // Not subscribed: nothing is written, and a rolling update should wait for this replica.
+        problems: () => consumer.stats.connected ? [] : [`not subscribed to the broker ${a.url}`],
+        metrics: async () => ({
+          body: await exposition.metrics(),
+          contentType: exposition.contentType,
+        }),
+      });
+    } catch (e) {
+      console.error(
+        `mcloudtt bq-adapter: adapter.http_port = ${a.http_port}: cannot listen on ` +
+          `${config.http.bind}: ${e instanceof Error ? e.message : e} ` +
+          `(pick a free port, or set http.enabled = false)`,
+      );
+      await sink.stop(0);
+      return 2;
+    }
+    log.info(
+      `bq-adapter: HTTP endpoint (/healthz, /readyz, /metrics) on ${http.hostname}:${http.port}`,
+    );
+  }
   await consumer.start();
   let stopping = false;
   const stop = async (signal: string) => {
@@ -128,6 +161,8 @@ export async function runBqAdapter(config: Config): Promise<number> {
     // anything left unacknowledged stays in the session for the next replica.
     await sink.stop(config.general.shutdown_timeout * 1000);
     await consumer.stop();
+    exposition.close();
+    await http?.close();
     Deno.exit(0);
   };
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));

@@ -85,6 +85,7 @@ export class RedisBus implements Bus {
     received: 0,
     corrupt: 0,
     duplicates: 0,
+    rewritten: 0,
   };
 
   private readonly cmd: RedisClient;
@@ -313,6 +314,8 @@ export class RedisBus implements Bus {
         await this.liveness.stop(true);
         await this.routes.forgetApplied(this.nodeId);
         await this.cmd.del(this.keys.inbox(this.nodeId));
+        // No node is left to take sessions over from: the owner keys have nothing to order.
+        await this.claims.releaseAll(this.nodeId);
       } catch (e) {
         log.warn`leaving the cluster cleanly failed: ${(e as Error).message}`;
       }
@@ -371,8 +374,10 @@ export class RedisBus implements Bus {
     if (d === null) return LOCAL_ONLY;
     if (d.dests.size === 0) return { localGroups: d.localGroups, written: null, routed };
     // The id every copy carries, so a session reached by two of them keeps one (QoS 0 is never
-    // held twice: not queued, not handed over with a session).
-    if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
+    // held twice: not queued, not handed over with a session), and a node that receives an entry
+    // twice (a write repeated after no answer, redis_inbox.ts) delivers it once. A retained QoS 0
+    // message is written again too (every node's retained index must get it): it has one.
+    if ((msg.qos !== 0 || msg.retain) && msg.id === "") msg.id = this.ids.next();
     // Encoded now: the message may be a view into a read buffer that is reused after this call.
     const body = encodeBody(msg);
     if (this.backlog.anyOver) return this.forwardBehind(msg, d, body, routed, retainVersion);

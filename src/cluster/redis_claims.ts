@@ -60,6 +60,9 @@ export class SessionClaims {
       if (owner !== undefined) await this.refuseForeign(keys, owner);
     }
     const user = owner === undefined ? "" : encodeUser(owner);
+    // Recorded before the owner key (same connection, in order): a crash in between leaves an
+    // id in the set whose key names another node, which the cleanup leaves alone.
+    this.track(clientId, true);
     const previous = await this.scripts.ownerClaim(keys, this.nodeId, user);
     // The owner key holds "<node> <claims so far>"; this claim is the next one.
     const space = previous?.lastIndexOf(" ") ?? -1;
@@ -147,6 +150,40 @@ export class SessionClaims {
     this.scripts.ownerRelease(keys, this.nodeId).catch((e) =>
       log.warn`releasing ${clientId}: ${(e as Error).message}`
     );
+    this.track(clientId, false);
+  }
+
+  /** Adds `clientId` to (or removes it from) this node's set of written owner keys. */
+  private track(clientId: string, claimed: boolean): void {
+    const set = this.keys.owned(this.nodeId);
+    (claimed ? this.cmd.sadd(set, clientId) : this.cmd.srem(set, clientId)).catch((e) =>
+      log.warn`recording the owner key of ${clientId}: ${(e as Error).message}`
+    );
+  }
+
+  /**
+   * Deletes the owner keys (and user keys) that still name dead `node`, then its set of them.
+   * Its adopted sessions were claimed by a survivor first, and a client that came back on a live
+   * node claimed its id: the release script deletes a key only while it names `node`. Without
+   * this, every clean session of a crashed node (server-assigned ids too) kept two keys in Redis
+   * until its client id was used again, which for random ids is never.
+   */
+  async releaseAll(node: string): Promise<number> {
+    const set = this.keys.owned(node);
+    let cursor = "0";
+    let released = 0;
+    do {
+      const [next, ids] = await this.cmd.sscan(set, cursor, "COUNT", 500);
+      cursor = next;
+      const done = await Promise.all(
+        ids.map((id) =>
+          this.scripts.ownerRelease([this.keys.owner(id), this.keys.ownerUser(id)], node)
+        ),
+      );
+      for (const n of done) released += n > 0 ? 1 : 0;
+    } while (cursor !== "0");
+    await this.cmd.del(set);
+    return released;
   }
 
   /** The bus stops: takeovers waiting for an answer stop waiting. */

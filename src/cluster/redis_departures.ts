@@ -58,6 +58,8 @@ export class Departures {
         },
       );
       if (left > 0) log.info`delivered ${left} messages left in the inbox of dead node ${node}`;
+      const released = await this.claims.releaseAll(node);
+      if (released > 0) log.info`deleted ${released} client id owner keys of dead node ${node}`;
       await this.routes.forgetApplied(node);
       await this.cmd.del(inbox);
     } finally {

@@ -9,6 +9,7 @@
  */
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
+import { ReplyError } from "ioredis";
 import { CodecError, decodeBatch, encodeIds, type Forwarded } from "./codec.ts";
 import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
 import { SeenIds } from "./seen_ids.ts";
@@ -38,6 +39,8 @@ export interface InboxStats {
   corrupt: number;
   /** Messages dropped because this inbox had brought them already (seen_ids.ts). */
   duplicates: number;
+  /** QoS 1/2 (and retained) messages written again after a write whose outcome was unknown. */
+  rewritten: number;
 }
 
 interface Pending {
@@ -54,6 +57,18 @@ interface Deferred {
   promise: Promise<void>;
   resolve: () => void;
   reject: (e: Error) => void;
+}
+
+/** One turn's entries, written together; the turn's acknowledgements wait for all of them. */
+interface Batch {
+  /** Order of the turns: batches in doubt are written again in it. */
+  seq: number;
+  writes: { dest: string; entry: Pending }[];
+  turn: Deferred | null;
+  /** Until when (Date.now() ms) it is written again after an answer that never came. */
+  until: number;
+  /** Written before, without an answer (not a batch that only waited behind one). */
+  again: boolean;
 }
 
 function deferred(): Deferred {
@@ -76,6 +91,13 @@ export class InboxWriter {
   private scheduled = false;
   /** The last failed write, until one succeeds after it. */
   private failed: { message: string; at: number } | null = null;
+  /**
+   * A batch whose write may or may not have run (no answer, a timeout or a lost connection),
+   * first, and the batches written after it, which wait behind it to keep the order.
+   */
+  private doubtful: Batch[] = [];
+  private retrying = false;
+  private seq = 0;
 
   constructor(
     private readonly cmd: RedisClient,
@@ -130,41 +152,135 @@ export class InboxWriter {
 
   private flush(): void {
     this.scheduled = false;
-    const pending = this.pending;
-    const turn = this.turn;
+    const batch: Batch = {
+      seq: this.seq++,
+      writes: [],
+      turn: this.turn,
+      until: 0,
+      again: false,
+    };
+    for (const [dest, list] of this.pending) {
+      for (const entry of list) batch.writes.push({ dest, entry });
+    }
     this.pending = new Map();
     this.turn = null;
     if (this.cmd.status !== "ready") {
-      let n = 0;
-      for (const list of pending.values()) for (const p of list) n += p.count;
-      this.stats.dropped += n;
-      turn?.reject(new Error("redis is unreachable: forwarded messages were not written"));
+      this.refuse(batch, new Error("redis is unreachable: forwarded messages were not written"));
       return;
     }
-    const writes: Promise<unknown>[] = [];
-    for (const [dest, list] of pending) {
-      for (const p of list) {
-        this.stats.forwarded += p.count;
-        this.stats.entries++;
-        this.onEntry(dest);
-        // NOMKSTREAM: a departed node's inbox is not brought back to life.
-        writes.push(
-          this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...entryFields(p)),
-        );
-      }
+    for (const { dest, entry } of batch.writes) {
+      this.stats.forwarded += entry.count;
+      this.stats.entries++;
+      this.onEntry(dest);
     }
-    Promise.all(writes).then(
-      () => {
-        this.failed = null;
-        turn?.resolve();
-      },
-      (e: Error) => {
-        // Logged once per outage; `/readyz` tells while it lasts.
-        if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
-        this.failed = { message: e.message, at: Date.now() };
-        turn?.reject(e);
-      },
-    );
+    if (this.doubtful.length > 0) {
+      // Behind a write in doubt: written after it, so a subscriber gets them in order.
+      batch.until = Date.now() + this.reportMs;
+      this.doubtful.push(batch);
+      return;
+    }
+    this.write(batch).then((doubt) => {
+      if (doubt === null) return;
+      // Turns written one after the other fail together (one connection): in their order.
+      let i = this.doubtful.length;
+      while (i > 0 && this.doubtful[i - 1].seq > doubt.seq) i--;
+      this.doubtful.splice(i, 0, doubt);
+      this.retry();
+    });
+  }
+
+  /**
+   * Writes `batch`. Settles its turn, or, when some entry's write may have run without an
+   * answer (a timeout, a lost connection: Redis may run it late), returns what is to be
+   * written again: the records a receiver keeps once however often they come (by their id,
+   * seen_ids.ts). Refusing them instead made their
+   * publishers send them again as new messages, delivered twice when the first write had run.
+   */
+  private async write(batch: Batch): Promise<Batch | null> {
+    const results = await Promise.allSettled(batch.writes.map(({ dest, entry }) =>
+      // NOMKSTREAM: a departed node's inbox is not brought back to life.
+      this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...entryFields(entry))
+    ));
+    let refused: Error | null = null;
+    const again: Batch["writes"] = [];
+    results.forEach((r, i) => {
+      if (r.status === "fulfilled") return;
+      const e = r.reason as Error;
+      // An error reply: Redis did not run it.
+      if (e instanceof ReplyError) refused ??= e;
+      else {
+        const entry = kept(batch.writes[i].entry);
+        if (entry !== null) again.push({ dest: batch.writes[i].dest, entry });
+      }
+      if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
+      this.failed = { message: e.message, at: Date.now() };
+    });
+    if (refused !== null) {
+      batch.turn?.reject(refused);
+      return null;
+    }
+    if (again.length === 0) {
+      if (results.every((r) => r.status === "fulfilled")) this.failed = null;
+      batch.turn?.resolve();
+      return null;
+    }
+    return {
+      seq: batch.seq,
+      writes: again,
+      turn: batch.turn,
+      until: batch.until || Date.now() + this.reportMs,
+      again: true,
+    };
+  }
+
+  /** Writes the batches in doubt and those behind them, in order, while each has time left. */
+  private async retry(): Promise<void> {
+    if (this.retrying) return;
+    this.retrying = true;
+    try {
+      while (this.doubtful.length > 0) {
+        const batch = this.doubtful[0];
+        if (this.cmd.status === "end") {
+          for (const b of this.doubtful.splice(0)) {
+            this.refuse(b, new Error("the bus stopped before forwarded messages were written"));
+          }
+          return;
+        }
+        if (this.cmd.status !== "ready") {
+          if (Date.now() >= batch.until) {
+            this.drop(batch);
+            this.refuse(
+              batch,
+              new Error("redis did not come back: forwarded messages not written"),
+            );
+          } else await sleep(50);
+          continue;
+        }
+        if (batch.again) {
+          for (const { entry } of batch.writes) this.stats.rewritten += entry.count;
+        }
+        const doubt = await this.write(batch);
+        // Batches that failed meanwhile may have been put in front of it: found by identity.
+        const i = this.doubtful.indexOf(batch);
+        if (doubt === null) this.doubtful.splice(i, 1);
+        else if (Date.now() >= doubt.until) {
+          this.doubtful.splice(i, 1);
+          this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
+        } else this.doubtful[i] = doubt;
+      }
+    } finally {
+      this.retrying = false;
+    }
+  }
+
+  private drop(batch: Batch): void {
+    this.doubtful.splice(this.doubtful.indexOf(batch), 1);
+  }
+
+  /** Fails `batch`'s acknowledgements: its messages were not (or may not have been) written. */
+  private refuse(batch: Batch, e: Error): void {
+    for (const { entry } of batch.writes) this.stats.dropped += entry.count;
+    batch.turn?.reject(e);
   }
 
   /** Sends a control entry (kick / released) to `dest`; false when its inbox is gone. */
@@ -173,6 +289,28 @@ export class InboxWriter {
     const id = await this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...args);
     return id !== null;
   }
+}
+
+/**
+ * The records of `p` a receiver keeps once however often they arrive (those with a message id:
+ * QoS 1/2 and retained ones), as a new entry; null when there are none. Other QoS 0 records are
+ * left out: sent again they could arrive twice, and QoS 0 is at most once.
+ */
+function kept(p: Pending): Pending | null {
+  const out: Pending = { parts: [VERSION_BYTE], ids: [], versions: null, bytes: 1, count: 0 };
+  for (let i = 0; i < p.count; i++) {
+    if (p.ids[i] === "") continue;
+    const version = p.versions?.[i] ?? "";
+    const header = p.parts[1 + 2 * i], body = p.parts[2 + 2 * i];
+    out.parts.push(header, body);
+    if (version !== "" && out.versions === null) out.versions = out.ids.map(() => "");
+    out.versions?.push(version);
+    out.ids.push(p.ids[i]);
+    out.bytes += header.length + body.length + p.ids[i].length + 1;
+    out.count++;
+  }
+  if (out.count === p.count) return p;
+  return out.count === 0 ? null : out;
 }
 
 /** The fields of one stream entry of forwarded messages (`v` only when a record has a version). */

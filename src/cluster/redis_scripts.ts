@@ -44,6 +44,13 @@ export class ClusterKeys {
   owner(clientId: string): string {
     return `${this.prefix}:{s:${clientId}}:own`;
   }
+  /**
+   * Set of the client ids whose owner key `node` wrote: a survivor clears the ones still naming a
+   * dead node (sessions nobody stored are never adopted, so their keys had no one to delete them).
+   */
+  owned(node: string): string {
+    return `${this.prefix}:{n:${node}}:owned`;
+  }
   /** Who the session of the node in `owner` belongs to (see `encodeUser`); same hash slot. */
   ownerUser(clientId: string): string {
     return `${this.prefix}:{s:${clientId}}:user`;

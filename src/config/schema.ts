@@ -257,6 +257,9 @@ const SHAPE = {
     receive_maximum: int(1, 65535, 1000),
     keepalive: int(0, 65535, 60),
     reconnect_ms: int(10, 600000, 1000),
+    // Its /healthz, /readyz and /metrics (with [http] bind and enabled); not the broker's 8888,
+    // so that both run side by side from one config file.
+    http_port: int(0, 65535, 8889),
   }),
   redis: section("redis", {
     enabled: bool(false),

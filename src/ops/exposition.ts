@@ -15,7 +15,7 @@ const LISTENERS: readonly ListenerKind[] = ["tcp", "tls", "ws", "wss"];
 const QOS = ["0", "1", "2"] as const;
 
 /** One metric family: its samples are read when scraped. */
-interface Family {
+export interface Family {
   name: string;
   help: string;
   type: "counter" | "gauge" | "histogram";
@@ -76,7 +76,7 @@ function latencyFamily(stats: BrokerStats): Family {
 const ROW_OUTCOMES = ["sent", "retried", "rejected", "dropped", "spilled", "replayed"] as const;
 
 /** The topic log's families: one labelled sample per destination (none without a topic log). */
-function topicLogFamilies(read: () => readonly SinkStats[]): Family[] {
+export function topicLogFamilies(read: () => readonly SinkStats[]): Family[] {
   const per = (
     name: string,
     help: string,
@@ -169,6 +169,46 @@ function topicLogFamilies(read: () => readonly SinkStats[]): Family[] {
       },
     },
   ];
+}
+
+/** The content type of the text format this module renders. */
+export const CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+/** A gauge with one unlabelled sample. */
+export function gaugeFamily(name: string, help: string, read: () => number): Family {
+  return { name, help, type: "gauge", samples: () => [["", "", read()] as const] };
+}
+
+/**
+ * The process's memory, event-loop lag and start time (every mcloudtt process has them: the
+ * broker and bq-adapter). Memory is read once per scrape: `reset` before the next one.
+ */
+export function processFamilies(lag: EventLoopLag): { families: Family[]; reset(): void } {
+  let memory: Deno.MemoryUsage | null = null;
+  const mem = () => (memory ??= Deno.memoryUsage());
+  return {
+    families: [
+      gaugeFamily("process_resident_memory_bytes", "Resident memory size", () => mem().rss),
+      gaugeFamily("mcloudtt_heap_used_bytes", "JavaScript heap in use", () => mem().heapUsed),
+      gaugeFamily("mcloudtt_heap_total_bytes", "JavaScript heap allocated", () => mem().heapTotal),
+      gaugeFamily(
+        "mcloudtt_external_memory_bytes",
+        "Memory of buffers outside the heap",
+        () => mem().external,
+      ),
+      gaugeFamily(
+        "mcloudtt_event_loop_lag_seconds",
+        "Longest event-loop delay seen since the previous scrape",
+        () => lag.takeMax() / 1000,
+      ),
+      gaugeFamily(
+        "process_start_time_seconds",
+        "Start time of the process since the epoch",
+        () => Math.round(performance.timeOrigin / 1000),
+      ),
+    ],
+    reset: () => memory = null,
+  };
 }
 
 /** Every mcloudtt metric; `metrics()` renders the text format. */
@@ -360,31 +400,12 @@ export class Exposition {
     counter("mcloudtt_wills_published_total", "Wills published", () => m().willsPublished);
     add(latencyFamily(stats));
 
-    const mem = () => Deno.memoryUsage();
-    let memory: ReturnType<typeof mem> | null = null;
-    const memNow = () => (memory ??= mem());
-    gauge("process_resident_memory_bytes", "Resident memory size", () => memNow().rss);
-    gauge("mcloudtt_heap_used_bytes", "JavaScript heap in use", () => memNow().heapUsed);
-    gauge("mcloudtt_heap_total_bytes", "JavaScript heap allocated", () => memNow().heapTotal);
-    gauge(
-      "mcloudtt_external_memory_bytes",
-      "Memory of buffers outside the heap",
-      () => memNow().external,
-    );
-    gauge(
-      "mcloudtt_event_loop_lag_seconds",
-      "Longest event-loop delay seen since the previous scrape",
-      () => this.lag.takeMax() / 1000,
-    );
-    gauge(
-      "process_start_time_seconds",
-      "Start time of the process since the epoch",
-      () => Math.round(performance.timeOrigin / 1000),
-    );
+    const process = processFamilies(this.lag);
+    for (const f of process.families) add(f);
     for (const f of topicLogFamilies(() => m().topicLog())) add(f);
     this.resetPerScrape = () => {
       this.snapshot = null;
-      memory = null;
+      process.reset();
     };
   }
 
@@ -392,7 +413,7 @@ export class Exposition {
 
   /** Content type of `metrics()`. */
   get contentType(): string {
-    return "text/plain; version=0.0.4; charset=utf-8";
+    return CONTENT_TYPE;
   }
 
   /** The text exposition of every metric, as of now. */

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
+import { promtool } from "../helpers/promtool.ts";
 import {
   connectClient,
   delay,
@@ -140,4 +141,71 @@ Deno.test("rows dropped at max_queue_bytes during an outage do not stall the ada
   const missing = want.filter((t) => !written().has(t));
   assert.deepEqual(missing, [], `${fake.inserted.length} rows written`);
   console.log(`${fake.inserted.length} rows for ${want.length} messages`);
+});
+
+Deno.test("the adapter's own /readyz and /metrics: subscribed, messages acknowledged, rows sent; not ready once the broker is gone", async () => {
+  await using fake = startFakeBigQuery();
+  const b = await startBroker();
+  try {
+    await using a = adapter(b.url, fake.url, "observed");
+    const [, host, port] = await a.waitFor(/HTTP endpoint .* on (\S+):(\d+)/);
+    const base = `http://${host === "0.0.0.0" ? "127.0.0.1" : host}:${port}`;
+    const get = async (path: string) => {
+      const res = await fetch(`${base}${path}`);
+      return { status: res.status, text: await res.text() };
+    };
+    const sample = (text: string, name: string) => {
+      const m = text.match(new RegExp(`^${name} (\\S+)$`, "m"));
+      assert.ok(m, `${name} in /metrics`);
+      return Number(m[1]);
+    };
+    await a.waitFor(/subscribed to/);
+    assert.equal((await get("/readyz")).status, 200);
+    await publish(b.port, 25, "m");
+    await fake.waitForRows(25, 15_000);
+    let metrics = (await get("/metrics")).text;
+    for (const until = Date.now() + 5000; Date.now() < until;) {
+      if (sample(metrics, "mcloudtt_adapter_messages_acknowledged_total") >= 25) break;
+      await delay(50);
+      metrics = (await get("/metrics")).text;
+    }
+    const checked = await promtool(metrics);
+    assert.ok(checked.ok, checked.said);
+    assert.equal(sample(metrics, "mcloudtt_adapter_connected"), 1);
+    assert.equal(sample(metrics, "mcloudtt_adapter_messages_received_total"), 25);
+    assert.equal(sample(metrics, "mcloudtt_adapter_messages_acknowledged_total"), 25);
+    assert.equal(sample(metrics, "mcloudtt_adapter_unacknowledged_messages"), 0);
+    assert.match(
+      metrics,
+      /^mcloudtt_topic_log_rows_total\{destination="[^"]+",outcome="sent"\} 25$/m,
+    );
+    assert.ok(sample(metrics, "process_resident_memory_bytes") > 0);
+
+    await b.stop();
+    let ready = await get("/readyz");
+    const until = Date.now() + 5000;
+    while (ready.status === 200 && Date.now() < until) {
+      await delay(50);
+      ready = await get("/readyz");
+    }
+    assert.equal(ready.status, 503);
+    assert.match(ready.text, /not subscribed to the broker/);
+    metrics = (await get("/metrics")).text;
+    assert.equal(sample(metrics, "mcloudtt_adapter_connected"), 0);
+    assert.ok(sample(metrics, "mcloudtt_adapter_connections_lost_total") >= 1);
+  } finally {
+    await b.stop();
+  }
+});
+
+Deno.test("an adapter whose http_port is taken says which key to change and exits 2", async () => {
+  await using fake = startFakeBigQuery();
+  using taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const a = adapter("mqtt://127.0.0.1:1", fake.url, "taken", [
+    `--adapter.http_port=${taken.addr.port}`,
+    "--http.bind=127.0.0.1",
+  ]);
+  const status = await a.status;
+  assert.equal(status.code, 2);
+  assert.match(a.stderr(), /adapter\.http_port = \d+: cannot listen .*pick a free port/);
 });

@@ -295,3 +295,56 @@ Deno.test({
     assert.ok(kills > 5, `only ${kills} kills: the fault did not happen during the traffic`);
   },
 });
+
+Deno.test({
+  name: "cluster: forwards Redis ran late (frozen past command_timeout_ms) are written again " +
+    "with their ids, not refused: every QoS 1/2 message arrives once",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({
+      names: ["a", "b"],
+      args: ["--redis.command_timeout_ms=1000"],
+    });
+    const [a, b] = cluster.nodes;
+    const redis = cluster.redis;
+    await using sub = await subscriber(b.port, "late/#", 2, { clientId: "sub-late" });
+    await using pub = await connectClient(a.port, { clientId: "pub-late" });
+    let done = false;
+    let freezes = 0;
+    // Frozen longer than command_timeout_ms: the broker gives up on the writes in flight, and
+    // Redis runs them when it wakes up. Shorter than twice that: they are written again in time.
+    const freezing = (async () => {
+      await delay(300);
+      while (!done && freezes < 2) {
+        redis.signal("SIGSTOP");
+        await delay(1500);
+        redis.signal("SIGCONT");
+        freezes++;
+        await delay(700);
+      }
+    })();
+    let result: Awaited<ReturnType<typeof publishAll>>;
+    try {
+      result = await publishAll(pub, "late/x", 400, () => freezes < 2, 16);
+    } finally {
+      done = true;
+      redis.signal("SIGCONT");
+      await freezing;
+    }
+    await eventually(
+      "every acknowledged message arrived",
+      () => result.acked.every((i) => received(sub.inbox).has(i)),
+      15_000,
+    );
+    await delay(1000);
+    const twice = [...received(sub.inbox)].filter(([, n]) => n > 1);
+    console.log(
+      `${freezes} freezes, ${result.published} published, ${result.refused} sends refused, ` +
+        `${twice.length} delivered twice`,
+    );
+    // Refused sends are sent again as new messages: each must have been refused for certain
+    // (never written), or the message arrives twice.
+    assert.deepEqual(twice, [], "messages delivered twice");
+    assert.equal(freezes, 2);
+  },
+});

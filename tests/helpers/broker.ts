@@ -466,6 +466,7 @@ export function startMain(
     env: {
       NO_COLOR: "1",
       MCLOUDTT_HTTP_PORT: "0",
+      MCLOUDTT_ADAPTER_HTTP_PORT: "0",
       MCLOUDTT_GENERAL_DRAIN_DELAY: "0",
       ...env,
     },

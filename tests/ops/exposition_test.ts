@@ -8,22 +8,7 @@ import { escapeLabel, render } from "../../src/ops/exposition.ts";
 import { haveBinary } from "../helpers/certs.ts";
 import { connectClient, endClient, startBroker, subscriber } from "../helpers/broker.ts";
 import { startOps } from "../helpers/ops.ts";
-
-/** Runs `promtool check metrics` on `text`: its exit status and what it said. */
-async function promtool(text: string): Promise<{ ok: boolean; said: string }> {
-  const child = new Deno.Command("promtool", {
-    args: ["check", "metrics"],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const w = child.stdin.getWriter();
-  await w.write(new TextEncoder().encode(text));
-  await w.close();
-  const out = await child.output();
-  const said = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
-  return { ok: out.success, said };
-}
+import { promtool } from "../helpers/promtool.ts";
 
 Deno.test("promtool accepts the /metrics of a broker that carried traffic", async () => {
   if (!await haveBinary("promtool", "--version")) return;
