@@ -36,8 +36,6 @@ interface Outgoing {
   subIds: readonly number[] | null;
   /** false: waiting for PUBACK/PUBREC; true: PUBREL sent, waiting for PUBCOMP. */
   released: boolean;
-  /** The share group that picked this session for the message, or null (see `sharedLeftovers`). */
-  group: ShareGroup | null;
 }
 
 interface Queued {
@@ -47,8 +45,6 @@ interface Queued {
   subIds: readonly number[] | null;
   /** Journal sequence number (0 when the session is not journaled). */
   seq: number;
-  /** The share group that picked this session for the message, or null (see `sharedLeftovers`). */
-  group: ShareGroup | null;
 }
 
 /**
@@ -108,6 +104,13 @@ export abstract class SessionDelivery {
    * single node never has any.
    */
   private recent: string[] | null = null;
+  /**
+   * The share group that picked this session for a queued or in-flight entry (see
+   * `sharedLeftovers`), beside the entries rather than a field of each: every delivery would pay
+   * for the field, and few sessions get shared messages. Weak: an entry dropped or acknowledged
+   * takes its record with it. Null until the first shared delivery.
+   */
+  private sharedBy: WeakMap<object, ShareGroup> | null = null;
 
   constructor(
     readonly clientId: string,
@@ -161,7 +164,9 @@ export abstract class SessionDelivery {
     ) {
       this.send(link, msg, qos, retain, subIds, group);
     } else {
-      this.enqueue({ msg, qos, retain, subIds, seq: 0, group });
+      const q: Queued = { msg, qos, retain, subIds, seq: 0 };
+      this.enqueue(q);
+      if (group !== null) (this.sharedBy ??= new WeakMap()).set(q, group);
     }
   }
 
@@ -180,7 +185,8 @@ export abstract class SessionDelivery {
     // are acknowledged within moments: briefly owned (in the arena) unless the journal keeps
     // it too; `settleInflight` owns what is still in flight at the next sweep.
     const m = this.journaled ? msg.own() : msg.ownBriefly();
-    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false, group };
+    const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
+    if (group !== null) (this.sharedBy ??= new WeakMap()).set(e, group);
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
@@ -325,7 +331,8 @@ export abstract class SessionDelivery {
         this.metrics.droppedExpired++;
         continue;
       }
-      this.send(link, next.msg, next.qos, next.retain, next.subIds, next.group);
+      const group = this.sharedBy === null ? null : this.sharedBy.get(next) ?? null;
+      this.send(link, next.msg, next.qos, next.retain, next.subIds, group);
     }
     if (this.queueHead === q.length) {
       if (q.length !== 0) {
@@ -525,17 +532,20 @@ export abstract class SessionDelivery {
    * it twice [MQTT-4.8.2-5]. Null when there are none (almost every session).
    */
   sharedLeftovers(): [Message, ShareGroup][] | null {
+    const by = this.sharedBy;
+    if (by === null) return null;
     let out: [Message, ShareGroup][] | null = null;
     const inflight = this.inflight;
     if (inflight !== null && inflight.size !== 0) {
       for (const e of inflight.values()) {
-        if (e.group !== null && e.qos === 1) (out ??= []).push([e.msg, e.group]);
+        const g = e.qos === 1 ? by.get(e) : undefined;
+        if (g !== undefined) (out ??= []).push([e.msg, g]);
       }
     }
     const q = this.queue;
     for (let i = this.queueHead; i < q.length; i++) {
-      const g = q[i].group;
-      if (g !== null) (out ??= []).push([q[i].msg, g]);
+      const g = by.get(q[i]);
+      if (g !== undefined) (out ??= []).push([q[i].msg, g]);
     }
     return out;
   }
@@ -550,6 +560,7 @@ export abstract class SessionDelivery {
     if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
     this.streams = null;
     this.recent = null;
+    this.sharedBy = null;
   }
 
   /** The queued messages as a store keeps them, each with its journal sequence number. */
@@ -578,8 +589,6 @@ export abstract class SessionDelivery {
       retain: q.retain,
       subIds: q.subIds,
       seq: q.seq,
-      // Which group picked it is not stored: after a restart it stays with this session.
-      group: null,
     }));
     this.queueHead = 0;
     this.queuedBytes = 0;
@@ -594,7 +603,6 @@ export abstract class SessionDelivery {
         retain: f.retain,
         subIds: f.subIds,
         released: f.released,
-        group: null,
       });
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }
