@@ -66,6 +66,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxSubscriptions: l.max_subscriptions,
     maxSubscriptionLevels: l.max_subscription_levels,
     maxSubscriptionBytes: l.max_subscription_bytes,
+    retainAvailable: l.max_retained_messages > 0,
     maxRetainedPerSubscription: l.max_retained_per_subscription,
     dedupeWindow: config.cluster.dedupe_window,
   };

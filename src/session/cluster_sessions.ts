@@ -259,7 +259,7 @@ export class ClusterSessions {
    * one did: that connection stays, exactly as if it had come a moment later.
    */
   private outclaimed(): AttachResult {
-    this.core.metrics.connectsRefused++;
+    // Counted with its CONNACK (connect_flow.ts `refuse`).
     return OUTCLAIMED;
   }
 

@@ -422,8 +422,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
       : this.refuseForeign(conn, here.owner);
   }
 
+  /** Counted with the CONNACK that carries it (connect_flow.ts `refuse`), not here. */
   refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
-    this.metrics.connectsRefused++;
     log.warn("refused {clientId} from {addr}: the session belongs to another user", {
       clientId: conn.clientId,
       addr: conn.peer.remoteAddress,

@@ -44,6 +44,12 @@ export interface CoreLimits {
    * the strings the index keeps, which the count and level limits alone let reach 600 MiB.
    */
   maxSubscriptionBytes: number;
+  /**
+   * False when the broker keeps no retained messages (limits.max_retained_messages = 0): MQTT 5
+   * clients are told in CONNACK (Retain Available 0) and a retained PUBLISH or will is refused
+   * with 0x9A (Retain not supported) [MQTT-3.2.2-13; section 3.3.1.3].
+   */
+  retainAvailable: boolean;
   /** Retained messages one new subscription receives at most. */
   maxRetainedPerSubscription: number;
   /** Completed message ids a session remembers ([cluster] dedupe_window; see Session). */

@@ -93,6 +93,11 @@ export function negotiateConnect(
     ) {
       return { code: ReasonCode.PayloadFormatInvalid, reason: "will payload is not UTF-8" };
     }
+    // A retained will could not be kept [MQTT-3.2.2-13]. 3.1.1 has no such code: its retained
+    // publishes are delivered without being kept, and so is its will.
+    if (pkt.will.retain && v5 && !limits.retainAvailable) {
+      return { code: ReasonCode.RetainNotSupported, reason: "retained messages are not kept" };
+    }
   }
   const requestedExpiry = v5
     ? props.sessionExpiryInterval ?? 0
@@ -166,9 +171,10 @@ export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackPro
     receiveMaximum: limits.receiveMaximum,
     maximumPacketSize: limits.maxPacketSize,
     topicAliasMaximum: limits.topicAliasMaximum,
-    // Retain, wildcard, subscription identifiers and shared subscriptions are all available,
-    // which is what their absence means: leaving them out keeps CONNACK small for clients with
-    // a small Maximum Packet Size [MQTT-3.1.2-24].
+    // Wildcard, subscription identifiers and shared subscriptions are available, and so is
+    // retain unless the broker keeps no retained messages: their absence says so, and leaving
+    // them out keeps CONNACK small for clients with a small Maximum Packet Size [MQTT-3.1.2-24].
+    ...(limits.retainAvailable ? {} : { retainAvailable: false }),
     ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
     ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
     ...(n.grantedExpiry !== n.requestedExpiry ? { sessionExpiryInterval: n.grantedExpiry } : {}),

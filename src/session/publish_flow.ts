@@ -81,6 +81,11 @@ export function onPublish(
     now,
     c.framer.dedicated,
   );
+  if (p.retain && c.v5 && !host.limits.retainAvailable) {
+    // CONNACK said Retain Available 0: a client that sends one anyway is disconnected with 0x9A
+    // (section 3.3.1.3).
+    throw new ProtocolError(ReasonCode.RetainNotSupported, "retained messages are not kept");
+  }
   if (
     p.retain && qos !== 0 && c.v5 && msg.payload.length !== 0 && !host.retainFits(msg)
   ) {

@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { collect, connectClient, delay, RawClient, startBroker } from "../helpers/broker.ts";
+import { metric, scrape, startOps } from "../helpers/ops.ts";
 
 Deno.test("another user cannot resume or take over a session: CONNACK 0x87, owner untouched", async () => {
   await using b = await startBroker();
@@ -31,6 +32,9 @@ Deno.test("another user cannot resume or take over a session: CONNACK 0x87, owne
   assert.equal(ack.reasonCode, 0x87);
   assert.equal(ack.sessionPresent, false);
   await mallory.expectClosed();
+  // One refused CONNECT, counted once (it was counted twice).
+  await using ops = await startOps(b.broker);
+  assert.equal(metric(await scrape(ops.url), "mcloudtt_connects_refused_total"), 1);
 
   // Alice is still connected and still receives on her session.
   assert.equal(alice.connected, true);
