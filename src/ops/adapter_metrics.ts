@@ -7,14 +7,12 @@
 import type { ConsumerStats } from "../adapter/consumer.ts";
 import type { SinkStats } from "../sinks/stats.ts";
 import {
-  CONTENT_TYPE,
-  type Family,
+  counterFamily,
+  FamilySet,
   gaugeFamily,
   processFamilies,
-  render,
   topicLogFamilies,
 } from "./exposition.ts";
-import { EventLoopLag } from "./lag.ts";
 
 export interface AdapterSources {
   consumer: ConsumerStats;
@@ -23,20 +21,13 @@ export interface AdapterSources {
   sink(): readonly SinkStats[];
 }
 
-function counterFamily(name: string, help: string, read: () => number): Family {
-  return { name, help, type: "counter", samples: () => [["", "", read()] as const] };
-}
-
-export class AdapterExposition {
-  private readonly lag = new EventLoopLag();
-  private readonly families: Family[];
-  private readonly resetProcess: () => void;
-
+export class AdapterExposition extends FamilySet {
   constructor(src: AdapterSources) {
+    super();
     const c = src.consumer;
     const process = processFamilies(this.lag);
-    this.resetProcess = process.reset;
-    this.families = [
+    this.resetPerScrape = process.reset;
+    this.families.push(
       gaugeFamily(
         "mcloudtt_adapter_connected",
         "1 while subscribed to the broker, else 0",
@@ -74,26 +65,6 @@ export class AdapterExposition {
       ),
       ...topicLogFamilies(src.sink),
       ...process.families,
-    ];
-  }
-
-  /** Content type of `metrics()`. */
-  get contentType(): string {
-    return CONTENT_TYPE;
-  }
-
-  /** The text exposition, as of now. */
-  metrics(): Promise<string> {
-    this.resetProcess();
-    try {
-      return Promise.resolve(render(this.families));
-    } finally {
-      this.resetProcess();
-    }
-  }
-
-  /** Stops the event-loop lag timer. */
-  close(): void {
-    this.lag.stop();
+    );
   }
 }

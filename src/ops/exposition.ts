@@ -179,6 +179,11 @@ export function gaugeFamily(name: string, help: string, read: () => number): Fam
   return { name, help, type: "gauge", samples: () => [["", "", read()] as const] };
 }
 
+/** A counter with one unlabelled sample. */
+export function counterFamily(name: string, help: string, read: () => number): Family {
+  return { name, help, type: "counter", samples: () => [["", "", read()] as const] };
+}
+
 /**
  * The process's memory, event-loop lag and start time (every mcloudtt process has them: the
  * broker and bq-adapter). Memory is read once per scrape: `reset` before the next one.
@@ -212,20 +217,48 @@ export function processFamilies(lag: EventLoopLag): { families: Family[]; reset(
 }
 
 /** Every mcloudtt metric; `metrics()` renders the text format. */
-export class Exposition {
-  private readonly families: Family[] = [];
+/**
+ * Metric families served together (a process's /metrics): rendered at scrape time, with what a
+ * scrape reads once (memory, state counts) reset around each rendering.
+ */
+export abstract class FamilySet {
+  protected readonly families: Family[] = [];
+  protected readonly lag = new EventLoopLag();
+  protected resetPerScrape: () => void = () => {};
+
+  /** Content type of `metrics()`. */
+  get contentType(): string {
+    return CONTENT_TYPE;
+  }
+
+  /** The text exposition of every family, as of now. */
+  metrics(): Promise<string> {
+    this.resetPerScrape();
+    try {
+      return Promise.resolve(render(this.families));
+    } finally {
+      this.resetPerScrape();
+    }
+  }
+
+  /** Stops the event-loop lag timer. */
+  close(): void {
+    this.lag.stop();
+  }
+}
+
+export class Exposition extends FamilySet {
   private snapshot: StateCounts | null = null;
-  private readonly lag = new EventLoopLag();
 
   constructor(private readonly stats: BrokerStats) {
+    super();
     const add = (f: Family) => this.families.push(f);
     const m = () => stats.metrics;
     const counts = () => (this.snapshot ??= stats.counts());
-    const single =
-      (type: "counter" | "gauge") => (name: string, help: string, read: () => number) =>
-        add({ name, help, type, samples: () => [["", "", read()] as const] });
-    const gauge = single("gauge");
-    const counter = single("counter");
+    const gauge = (name: string, help: string, read: () => number) =>
+      add(gaugeFamily(name, help, read));
+    const counter = (name: string, help: string, read: () => number) =>
+      add(counterFamily(name, help, read));
     const labelled = (
       type: "counter" | "gauge",
       name: string,
@@ -407,27 +440,5 @@ export class Exposition {
       this.snapshot = null;
       process.reset();
     };
-  }
-
-  private resetPerScrape: () => void = () => {};
-
-  /** Content type of `metrics()`. */
-  get contentType(): string {
-    return CONTENT_TYPE;
-  }
-
-  /** The text exposition of every metric, as of now. */
-  metrics(): Promise<string> {
-    this.resetPerScrape();
-    try {
-      return Promise.resolve(render(this.families));
-    } finally {
-      this.resetPerScrape();
-    }
-  }
-
-  /** Stops the event-loop lag timer. */
-  close(): void {
-    this.lag.stop();
   }
 }
