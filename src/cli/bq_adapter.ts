@@ -151,7 +151,6 @@ export async function runBqAdapter(config: Config): Promise<number> {
       `bq-adapter: HTTP endpoint (/healthz, /readyz, /metrics) on ${http.hostname}:${http.port}`,
     );
   }
-  await consumer.start();
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -165,7 +164,10 @@ export async function runBqAdapter(config: Config): Promise<number> {
     await http?.close();
     Deno.exit(0);
   };
+  // Before the first subscription, which waits for the broker as long as it takes: a SIGTERM
+  // meanwhile (a rollout while the broker is down) killed the process by its default action.
   Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+  await consumer.start();
   return await new Promise<number>(() => {});
 }

@@ -59,15 +59,27 @@ interface Deferred {
   reject: (e: Error) => void;
 }
 
-/** One turn's entries, written together; the turn's acknowledgements wait for all of them. */
-interface Batch {
-  /** Order of the turns: batches in doubt are written again in it. */
+/** One turn's entries; its acknowledgements wait for all of them. */
+interface Turn {
+  deferred: Deferred | null;
+  /** Writes not settled yet. */
+  open: number;
+  /** Some write was refused (its acknowledgements are failed already). */
+  refused: boolean;
+  /** Some write failed (for `problem`: only a turn written whole clears it). */
+  faulted: boolean;
+}
+
+/** One stream entry for one destination's inbox. */
+interface Write {
+  /** Order of the writes: those in doubt are written again in it. */
   seq: number;
-  writes: { dest: string; entry: Pending }[];
-  turn: Deferred | null;
+  dest: string;
+  entry: Pending;
+  turn: Turn;
   /** Until when (Date.now() ms) it is written again after an answer that never came. */
   until: number;
-  /** Written before, without an answer (not a batch that only waited behind one). */
+  /** Written before, without an answer (not a write that only waited behind one). */
   again: boolean;
 }
 
@@ -92,11 +104,13 @@ export class InboxWriter {
   /** The last failed write, until one succeeds after it. */
   private failed: { message: string; at: number } | null = null;
   /**
-   * A batch whose write may or may not have run (no answer, a timeout or a lost connection),
-   * first, and the batches written after it, which wait behind it to keep the order.
+   * Per destination inbox: a write that may or may not have run (no answer, a timeout or a lost
+   * connection), first, and the writes to that inbox after it, which wait behind it to keep the
+   * order. Per inbox, not for all: a Redis Cluster master that froze holds up only the inboxes
+   * it serves (one queue for all made every forward wait a command timeout per turn queued).
    */
-  private doubtful: Batch[] = [];
-  private retrying = false;
+  private doubtful = new Map<string, Write[]>();
+  private readonly retrying = new Set<string>();
   private seq = 0;
 
   constructor(
@@ -152,135 +166,137 @@ export class InboxWriter {
 
   private flush(): void {
     this.scheduled = false;
-    const batch: Batch = {
-      seq: this.seq++,
-      writes: [],
-      turn: this.turn,
-      until: 0,
-      again: false,
-    };
+    const turn: Turn = { deferred: this.turn, open: 0, refused: false, faulted: false };
+    const writes: Write[] = [];
     for (const [dest, list] of this.pending) {
-      for (const entry of list) batch.writes.push({ dest, entry });
+      for (const entry of list) {
+        writes.push({ seq: this.seq++, dest, entry, turn, until: 0, again: false });
+      }
     }
     this.pending = new Map();
     this.turn = null;
+    turn.open = writes.length;
     if (this.cmd.status !== "ready") {
-      this.refuse(batch, new Error("redis is unreachable: forwarded messages were not written"));
+      const e = new Error("redis is unreachable: forwarded messages were not written");
+      for (const w of writes) this.refuse(w, e);
       return;
     }
-    for (const { dest, entry } of batch.writes) {
-      this.stats.forwarded += entry.count;
+    for (const w of writes) {
+      this.stats.forwarded += w.entry.count;
       this.stats.entries++;
-      this.onEntry(dest);
+      this.onEntry(w.dest);
+      const queue = this.doubtful.get(w.dest);
+      if (queue !== undefined) {
+        // Behind a write in doubt: written after it, so a subscriber gets them in order.
+        w.until = Date.now() + this.reportMs;
+        queue.push(w);
+        continue;
+      }
+      this.write(w).then((doubt) => {
+        if (doubt === null) return;
+        // Writes to one inbox sent one after the other fail together (one connection): in order.
+        let queue = this.doubtful.get(doubt.dest);
+        if (queue === undefined) this.doubtful.set(doubt.dest, queue = []);
+        let i = queue.length;
+        while (i > 0 && queue[i - 1].seq > doubt.seq) i--;
+        queue.splice(i, 0, doubt);
+        this.retry(doubt.dest, queue);
+      });
     }
-    if (this.doubtful.length > 0) {
-      // Behind a write in doubt: written after it, so a subscriber gets them in order.
-      batch.until = Date.now() + this.reportMs;
-      this.doubtful.push(batch);
-      return;
-    }
-    this.write(batch).then((doubt) => {
-      if (doubt === null) return;
-      // Turns written one after the other fail together (one connection): in their order.
-      let i = this.doubtful.length;
-      while (i > 0 && this.doubtful[i - 1].seq > doubt.seq) i--;
-      this.doubtful.splice(i, 0, doubt);
-      this.retry();
-    });
   }
 
   /**
-   * Writes `batch`. Settles its turn, or, when some entry's write may have run without an
-   * answer (a timeout, a lost connection: Redis may run it late), returns what is to be
-   * written again: the records a receiver keeps once however often they come (by their id,
-   * seen_ids.ts). Refusing them instead made their
-   * publishers send them again as new messages, delivered twice when the first write had run.
+   * Writes `w`. Settles it, or, when it may have run without an answer (a timeout, a lost
+   * connection: Redis may run it late), returns what is to be written again: the records a
+   * receiver keeps once however often they come (by their id, seen_ids.ts). Refusing them
+   * instead made their publishers send them again as new messages, delivered twice when the
+   * first write had run.
    */
-  private async write(batch: Batch): Promise<Batch | null> {
-    const results = await Promise.allSettled(batch.writes.map(({ dest, entry }) =>
+  private async write(w: Write): Promise<Write | null> {
+    try {
       // NOMKSTREAM: a departed node's inbox is not brought back to life.
-      this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...entryFields(entry))
-    ));
-    let refused: Error | null = null;
-    const again: Batch["writes"] = [];
-    results.forEach((r, i) => {
-      if (r.status === "fulfilled") return;
-      const e = r.reason as Error;
-      // An error reply: Redis did not run it.
-      if (e instanceof ReplyError) refused ??= e;
-      else {
-        const entry = kept(batch.writes[i].entry);
-        if (entry !== null) again.push({ dest: batch.writes[i].dest, entry });
-      }
+      await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...entryFields(w.entry));
+    } catch (err) {
+      const e = err as Error;
       if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
       this.failed = { message: e.message, at: Date.now() };
-    });
-    if (refused !== null) {
-      batch.turn?.reject(refused);
-      return null;
+      w.turn.faulted = true;
+      // An error reply: Redis did not run it.
+      if (e instanceof ReplyError) {
+        this.refuse(w, e);
+        return null;
+      }
+      const entry = kept(w.entry);
+      if (entry !== null) {
+        return { ...w, entry, until: w.until || Date.now() + this.reportMs, again: true };
+      }
     }
-    if (again.length === 0) {
-      if (results.every((r) => r.status === "fulfilled")) this.failed = null;
-      batch.turn?.resolve();
-      return null;
-    }
-    return {
-      seq: batch.seq,
-      writes: again,
-      turn: batch.turn,
-      until: batch.until || Date.now() + this.reportMs,
-      again: true,
-    };
+    this.settle(w);
+    return null;
   }
 
-  /** Writes the batches in doubt and those behind them, in order, while each has time left. */
-  private async retry(): Promise<void> {
-    if (this.retrying) return;
-    this.retrying = true;
+  /**
+   * Writes the writes in doubt for `dest` and those behind them, in order, while each has time
+   * left: all of them at once (one connection keeps their order), so a queue that grew while
+   * Redis did not answer is written in one round trip, not one per turn.
+   */
+  private async retry(dest: string, queue: Write[]): Promise<void> {
+    if (this.retrying.has(dest)) return;
+    this.retrying.add(dest);
     try {
-      while (this.doubtful.length > 0) {
-        const batch = this.doubtful[0];
+      while (queue.length > 0) {
         if (this.cmd.status === "end") {
-          for (const b of this.doubtful.splice(0)) {
-            this.refuse(b, new Error("the bus stopped before forwarded messages were written"));
-          }
-          return;
+          const e = new Error("the bus stopped before forwarded messages were written");
+          for (const w of queue.splice(0)) this.refuse(w, e);
+          break;
         }
         if (this.cmd.status !== "ready") {
-          if (Date.now() >= batch.until) {
-            this.drop(batch);
-            this.refuse(
-              batch,
-              new Error("redis did not come back: forwarded messages not written"),
-            );
-          } else await sleep(50);
+          const now = Date.now();
+          const e = new Error("redis did not come back: forwarded messages not written");
+          for (const w of queue.filter((w) => now >= w.until)) {
+            queue.splice(queue.indexOf(w), 1);
+            this.refuse(w, e);
+          }
+          await sleep(50);
           continue;
         }
-        if (batch.again) {
-          for (const { entry } of batch.writes) this.stats.rewritten += entry.count;
+        const round = queue.splice(0);
+        for (const w of round) if (w.again) this.stats.rewritten += w.entry.count;
+        const doubts = await Promise.all(round.map((w) => this.write(w)));
+        const now = Date.now();
+        const again: Write[] = [];
+        for (const doubt of doubts) {
+          if (doubt === null) continue;
+          if (now < doubt.until) again.push(doubt);
+          else this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
         }
-        const doubt = await this.write(batch);
-        // Batches that failed meanwhile may have been put in front of it: found by identity.
-        const i = this.doubtful.indexOf(batch);
-        if (doubt === null) this.doubtful.splice(i, 1);
-        else if (Date.now() >= doubt.until) {
-          this.doubtful.splice(i, 1);
-          this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
-        } else this.doubtful[i] = doubt;
+        if (again.length === 0) continue;
+        // Before what was queued meanwhile; a pause, so a write that fails at once does not spin.
+        queue.unshift(...again);
+        await sleep(50);
       }
     } finally {
-      this.retrying = false;
+      this.retrying.delete(dest);
+      if (queue.length === 0 && this.doubtful.get(dest) === queue) this.doubtful.delete(dest);
     }
   }
 
-  private drop(batch: Batch): void {
-    this.doubtful.splice(this.doubtful.indexOf(batch), 1);
+  /** One write of a turn is in Redis (or was a QoS 0 one that may not be). */
+  private settle(w: Write): void {
+    const t = w.turn;
+    if (--t.open > 0 || t.refused) return;
+    if (!t.faulted) this.failed = null;
+    t.deferred?.resolve();
   }
 
-  /** Fails `batch`'s acknowledgements: its messages were not (or may not have been) written. */
-  private refuse(batch: Batch, e: Error): void {
-    for (const { entry } of batch.writes) this.stats.dropped += entry.count;
-    batch.turn?.reject(e);
+  /** Fails the acknowledgements of `w`'s turn: its messages were not (or may not have been) written. */
+  private refuse(w: Write, e: Error): void {
+    this.stats.dropped += w.entry.count;
+    const t = w.turn;
+    t.open--;
+    if (t.refused) return;
+    t.refused = true;
+    t.deferred?.reject(e);
   }
 
   /** Sends a control entry (kick / released) to `dest`; false when its inbox is gone. */

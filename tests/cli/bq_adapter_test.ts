@@ -209,3 +209,18 @@ Deno.test("an adapter whose http_port is taken says which key to change and exit
   assert.equal(status.code, 2);
   assert.match(a.stderr(), /adapter\.http_port = \d+: cannot listen .*pick a free port/);
 });
+
+Deno.test("SIGTERM to an adapter still waiting for its broker stops it cleanly (exit 0), not by the signal's default action", async () => {
+  await using fake = startFakeBigQuery();
+  // Nothing listens on port 1: the adapter keeps trying, serving its /readyz (503) meanwhile.
+  const a = adapter("mqtt://127.0.0.1:1", fake.url, "waiting", ["--http.bind=127.0.0.1"]);
+  try {
+    await a.waitFor(/HTTP endpoint .* on (\S+):(\d+)/);
+    await a.waitFor(/connection to .* failed/);
+    a.child.kill("SIGTERM");
+    const status = await a.status;
+    assert.deepEqual([status.code, status.signal], [0, null], a.stderr());
+  } finally {
+    await a.stop();
+  }
+});
