@@ -147,9 +147,7 @@ export async function runBqAdapter(config: Config): Promise<number> {
       await sink.stop(0);
       return 2;
     }
-    log.info(
-      `bq-adapter: HTTP endpoint (/healthz, /readyz, /metrics) on ${http.hostname}:${http.port}`,
-    );
+    // startHttp logs where it listens.
   }
   let stopping = false;
   const stop = async (signal: string) => {
