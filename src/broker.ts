@@ -279,6 +279,9 @@ export class Broker {
       path: c.listeners.ws.path,
       // A WebSocket message may hold several packets [MQTT-6.0.0-2]: room for more than one.
       maxPayload: 2 * c.limits.max_packet_size,
+      // CONNECT, what may wait behind it, and frame headers (14 bytes each at most).
+      maxFirstBytes: Math.min(c.limits.max_connect_packet_size, c.limits.max_packet_size) +
+        c.limits.max_connect_backlog + 4096,
       upgradeTimeoutMs: c.limits.connect_timeout * 1000,
       lingerMs: c.limits.close_linger_ms,
     };

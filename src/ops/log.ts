@@ -218,12 +218,20 @@ export async function setupLogging(options: LogOptions): Promise<void> {
 }
 
 /**
- * At most `rate` info and debug lines per second (0: no bound). What is dropped is counted and
- * reported in one warning when its second is over.
+ * The property that marks a refused login's line (`auth_failure: true`): it has a budget of its
+ * own under general.log_rate, so lines anyone can cause for nothing (a socket that is not MQTT,
+ * a failed TLS handshake) cannot use up the second before a password guess is written.
+ */
+export const AUTH_FAILURE = "auth_failure";
+
+/**
+ * At most `rate` info and debug lines per second (0: no bound), and `rate` more for refused
+ * logins. What is dropped is counted and reported in one warning when its second is over.
  */
 class LineBudget {
   private windowStart = 0;
   private used = 0;
+  private usedByLogins = 0;
   private dropped = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
 
@@ -236,8 +244,14 @@ class LineBudget {
       this.report();
       this.windowStart = now;
       this.used = 0;
+      this.usedByLogins = 0;
     }
-    if (this.used < this.rate) {
+    if (record.properties[AUTH_FAILURE] === true) {
+      if (this.usedByLogins < this.rate) {
+        this.usedByLogins++;
+        return true;
+      }
+    } else if (this.used < this.rate) {
       this.used++;
       return true;
     }

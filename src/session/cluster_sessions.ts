@@ -157,6 +157,13 @@ export class ClusterSessions {
       if (before !== null && before.owner !== req.owner) {
         return this.core.refuseForeign(conn, before.owner);
       }
+      // A new session on a full node is refused before it claims (bind() would refuse it after):
+      // the claim takes the id over from its connection on another node (a clean session,
+      // nothing stored to resume), and writes the id's keys in Redis.
+      if (before === null && !this.core.sessions.has(id)) {
+        const full = this.core.sessionLimitRefusal();
+        if (full !== null) return full;
+      }
       if (before !== null && before.subscriptions.length > 0 && !this.core.sessions.has(id)) {
         held = await this.holdFor(before);
       }
@@ -218,7 +225,11 @@ export class ClusterSessions {
     }
     // bind() refuses another user's session here (one adopted from a dead node meanwhile, say).
     const result = this.core.bind(conn, req);
-    if (!result.ok) return result;
+    if (!result.ok) {
+      // Full by now (sessions came while this one claimed): its claim must not keep the id.
+      if (!this.core.sessions.has(id)) this.core.bus.releaseSession(id);
+      return result;
+    }
     this.core.adopted.delete(id);
     this.claimOf.set(result.session, pending.epoch);
     this.claimedAfter.set(result.session, this.core.journal?.flushed ?? 0);

@@ -5,7 +5,7 @@
  * CONNECT. Runs on the Connection's own state (see connection.ts).
  */
 import { getLogger } from "@logtape/logtape";
-import { hex } from "../ops/log.ts";
+import { AUTH_FAILURE, hex } from "../ops/log.ts";
 import type { AuthDecision } from "../auth/types.ts";
 import { encodeConnack } from "../protocol/control.ts";
 import { type ConnectPacket, connectPreamble, decodeConnect } from "../protocol/decode.ts";
@@ -82,8 +82,11 @@ function waitFor(c: Connection, step: Promise<void>): void {
   step.catch((e) => c.fail(e));
 }
 
-/** Refuses the connection with CONNACK `code` and closes it. */
-export function refuse(c: Connection, code: number, reason: string): void {
+/**
+ * Refuses the connection with CONNACK `code` and closes it; `login` marks a refused login
+ * (credentials, certificate), whose line other lines cannot crowd out (src/ops/log.ts).
+ */
+export function refuse(c: Connection, code: number, reason: string, login = false): void {
   c.host.metrics.connectsRefused++;
   log.info("refused {client_id} from {remote_address} with {reason_code}: {reason}", {
     client_id: c.clientId,
@@ -91,6 +94,7 @@ export function refuse(c: Connection, code: number, reason: string): void {
     listener: c.peer.transport,
     reason_code: hex(code),
     reason,
+    ...(login ? { [AUTH_FAILURE]: true } : {}),
   });
   c.outbox.push(
     encodeConnack(
@@ -112,7 +116,7 @@ function authenticated(
 ): void | Promise<void> {
   if (c.state === State.Closed) return;
   // Failures are counted by the authentication policy (src/auth/authenticator.ts).
-  if (!d.ok) return refuse(c, d.reasonCode, d.reason);
+  if (!d.ok) return refuse(c, d.reasonCode, d.reason, d.reasonCode !== ReasonCode.ServerBusy);
   c.username = d.username;
   if (pkt.will && !c.host.mayPublish(c.clientId, d.username, pkt.will.topic)) {
     return refuse(c, ReasonCode.NotAuthorized, "will topic not authorized");

@@ -128,6 +128,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   // ---- transport side -------------------------------------------------------
 
+  get awaitingConnect(): boolean {
+    return this.state === State.AwaitingConnect;
+  }
+
   get readGate(): Promise<void> | null {
     return this.gate === null ? null : this.gate.promise;
   }

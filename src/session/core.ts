@@ -470,14 +470,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     }
     let present = false;
     if (session === undefined) {
-      if (this.sessions.size >= this.limits.maxSessions) {
-        // Only a new client id is refused: an existing session is still resumed or replaced.
-        // The refusal is counted where its CONNACK goes out (connect_flow.ts).
-        this.rejectedLog.note(
-          `refused a new session: ${this.sessions.size} sessions held (limits.max_sessions)`,
-        );
-        return { ok: false, code: ReasonCode.QuotaExceeded, reason: "session limit reached" };
-      }
+      // Only a new client id is refused: an existing session is still resumed or replaced.
+      const full = this.sessionLimitRefusal();
+      if (full !== null) return full;
       session = this.newSession(id);
       session.owner = req.owner;
       this.sessions.set(id, session);
@@ -488,6 +483,18 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.detached.delete(session);
     }
     return { ok: true, session, present };
+  }
+
+  /**
+   * The refusal of a new session when limits.max_sessions are held here, else null. Counted
+   * where its CONNACK goes out (connect_flow.ts).
+   */
+  sessionLimitRefusal(): AttachResult | null {
+    if (this.sessions.size < this.limits.maxSessions) return null;
+    this.rejectedLog.note(
+      `refused a new session: ${this.sessions.size} sessions held (limits.max_sessions)`,
+    );
+    return { ok: false, code: ReasonCode.QuotaExceeded, reason: "session limit reached" };
   }
 
   newSession(id: string): Session {

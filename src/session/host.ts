@@ -34,6 +34,11 @@ export interface ConnectionHandler {
   closed(): void;
   /** Non-null while the transport should stop reading (backpressure). */
   readonly readGate: Promise<void> | null;
+  /**
+   * True until the first packet (CONNECT) has been read: a transport that buffers whole
+   * messages (WebSocket) holds a peer to limits.max_connect_packet_size meanwhile.
+   */
+  readonly awaitingConnect?: boolean;
 }
 
 /** A connection as the core's registry sees it. */

@@ -41,6 +41,13 @@ export interface WsOptions {
    */
   maxPayload: number;
   /**
+   * Bytes a connection may send before its CONNECT has been read (frame headers included):
+   * limits.max_connect_packet_size, what may be pipelined behind it (max_connect_backlog) and
+   * room for frame headers. ws buffers a message whole, up to `maxPayload`, where the framer
+   * would hold a first packet over TCP to max_connect_packet_size.
+   */
+  maxFirstBytes: number;
+  /**
    * Milliseconds a connection may take from its TCP (or TLS) start to the
    * WebSocket upgrade (limits.connect_timeout); then the MQTT connection's own
    * connect timeout takes over. A socket that never upgrades is cut.
@@ -110,8 +117,10 @@ function bridge(
   ws: WebSocket,
   socket: Duplex,
   handler: ConnectionHandler,
-  lingerMs: number,
+  opts: WsOptions,
 ): void {
+  const lingerMs = opts.lingerMs;
+  boundFirstMessage(ws, socket, handler, opts.maxFirstBytes);
   let paused = false;
   let unpausedBytes = 0;
   const resume = () => {
@@ -173,6 +182,36 @@ function bridge(
 }
 
 /**
+ * Cuts a peer that sends more than `max` bytes before its CONNECT has been read. Counted on the
+ * socket, after ws took each chunk (a CONNECT completed in it has reached the handler by then):
+ * until then the peer is unknown, and ws would buffer its first message up to maxPayload, so
+ * sockets that never authenticate could each hold 2 x max_packet_size. The count stops at
+ * CONNECT; a first message holding CONNECT and more than max_connect_backlog behind it is cut,
+ * as over TCP when authentication takes a moment.
+ */
+function boundFirstMessage(
+  ws: WebSocket,
+  socket: Duplex,
+  handler: ConnectionHandler,
+  max: number,
+): void {
+  let read = 0;
+  const count = (chunk: Uint8Array) => {
+    if (handler.awaitingConnect !== true) {
+      socket.off("data", count);
+      return;
+    }
+    read += chunk.length;
+    if (read <= max) return;
+    socket.off("data", count);
+    // As ws does for a frame over maxPayload: 1009, and nothing more is read.
+    ws.close(1009, "CONNECT too large");
+    setTimeout(() => ws.terminate(), 0);
+  };
+  socket.on("data", count);
+}
+
+/**
  * Serves MQTT over WebSocket on `server` (node:http or node:https): HTTP
  * requests get 426, upgrades to another path 404, upgrades without an MQTT
  * subprotocol 400. `admit` may refuse an upgrade (returning an HTTP status)
@@ -227,7 +266,7 @@ export function serveWebSocket(
     if (typeof info === "number") return refuse(socket, info, "Forbidden");
     wss.handleUpgrade(req, socket, head as Buffer, (ws: WebSocket) => {
       const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
-      bridge(ws, socket, handler, opts.lingerMs);
+      bridge(ws, socket, handler, opts);
     });
   });
   return wss;

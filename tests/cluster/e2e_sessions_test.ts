@@ -420,3 +420,70 @@ Deno.test({
       }, 15_000);
     }),
 });
+
+Deno.test({
+  name: "cluster: a CONNECT refused at limits.max_sessions neither keeps the id's claim nor " +
+    "kicks the id's connection on another node",
+  ...opts,
+  async fn() {
+    const dir = await Deno.makeTempDir({
+      dir: new URL("../../", import.meta.url).pathname,
+      prefix: ".test-session-limit-",
+    });
+    try {
+      const file = `${dir}/passwd`;
+      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
+      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+      await using cluster = await TestCluster.start({
+        names: ["a", "b"],
+        args: [`--auth.password_file=${file}`, "--limits.max_sessions=1"],
+      });
+      const [a, b] = cluster.nodes;
+      const connect = async (port: number, user: string, id: string) => {
+        const c = await RawClient.connect(port);
+        await c.sendPacket({
+          cmd: "connect",
+          protocolId: "MQTT",
+          protocolVersion: 5,
+          clientId: id,
+          clean: true,
+          keepalive: 60,
+          username: user,
+          password: `${user}-pw`,
+        });
+        return c;
+      };
+      await using filler = await connect(a.port, "alice", "filler");
+      assert.equal((await filler.expect("connack")).reasonCode, 0);
+      // a is full: alice's new id is refused there...
+      {
+        await using c = await connect(a.port, "alice", "ghost");
+        assert.equal((await c.expect("connack", 5000)).reasonCode, 0x97);
+      }
+      // It claimed nothing: before, each refused id left its owner, user and meta keys in Redis
+      // for as long as the node lived (fresh ids in a loop: three keys each).
+      await expectSilence(filler, 300);
+      const left = await redisQuery(cluster.redis.port, "KEYS", "mcloudtt:{s:ghost}:*");
+      assert.deepEqual(left, []);
+      // ...and so is her id that lives on b (a clean session, nothing stored to resume), without
+      // the refused CONNECT taking it over first: before, b's connection was cut and the client
+      // had none.
+      await using onB = await connect(b.port, "alice", "mover");
+      assert.equal((await onB.expect("connack")).reasonCode, 0);
+      {
+        await using c = await connect(a.port, "alice", "mover");
+        assert.equal((await c.expect("connack", 5000)).reasonCode, 0x97);
+      }
+      await expectSilence(onB, 500);
+      assert.equal(onB.closed, false, "the connection on b was kept");
+      // The refused id was never alice's: bob may have it (b has room once alice leaves it).
+      onB.close();
+      await eventually("bob may have the id", async () => {
+        await using bob = await connect(b.port, "bob", "ghost");
+        return (await bob.expect("connack", 5000)).reasonCode === 0;
+      }, 10_000);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

@@ -4,6 +4,7 @@
  * password or a payload.
  */
 import assert from "node:assert/strict";
+import { hashPassword } from "../../src/auth/passwords.ts";
 import {
   connectClient,
   copyProject,
@@ -17,12 +18,14 @@ import {
 const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 async function withBroker(
-  args: string[],
+  /** Flags, or what makes them from the broker's directory (where it may read files). */
+  flags: string[] | ((dir: string) => Promise<string[]>),
   fn: (broker: MainProcess, port: number) => Promise<void>,
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-log-" });
   try {
     await copyProject(dir);
+    const args = typeof flags === "function" ? await flags(dir) : flags;
     const port = freePort();
     await using broker = startMain(dir, [
       "--general.secure=false",
@@ -282,5 +285,40 @@ Deno.test("info lines over general.log_rate per second are dropped and counted i
       refused + dropped >= 300 && refused + dropped < 320,
       `${refused} logged and ${dropped} reported dropped`,
     );
+  });
+});
+
+Deno.test("refused logins keep their lines under general.log_rate: a flood of other info lines does not hide them", async () => {
+  const flags = async (dir: string) => {
+    const file = `${dir}/passwd`;
+    await Deno.writeTextFile(file, `alice:${await hashPassword("alice-pw", 1000)}\n`);
+    return ["--general.log_format=json", "--general.log_rate=40", `--auth.password_file=${file}`];
+  };
+  await withBroker(flags, async (broker, port) => {
+    // 200 sockets that are not MQTT: an info line each, far over 40 a second.
+    const junk = await Promise.all(Array.from({ length: 200 }, () => RawClient.connect(port, 5)));
+    await Promise.all(junk.map((c) => c.send([0])));
+    await Promise.all(junk.map((c) => c.expectClosed()));
+    // Then, in the same second, a few guesses at alice's password.
+    for (let i = 0; i < 5; i++) {
+      await using c = await RawClient.connect(port, 5);
+      await c.sendPacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 5,
+        clientId: `guess-${i}`,
+        clean: true,
+        keepalive: 60,
+        username: "alice",
+        password: `guess-${i}`,
+      });
+      assert.equal((await c.expect("connack", 3000)).reasonCode, 0x86);
+    }
+    await broker.waitFor(/"dropped"/, 3000);
+    await broker.stop();
+    const lines = jsonLines(broker.stderr());
+    const guesses = lines.filter((l) => /^refused guess-/.test(String(l.message)));
+    // Before: none of the five was written, only counted among the dropped info lines.
+    assert.equal(guesses.length, 5, `${guesses.length} of 5 refused logins logged`);
   });
 });

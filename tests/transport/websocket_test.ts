@@ -352,3 +352,30 @@ Deno.test("a peer that resets its socket after a refused upgrade does not bring 
   });
   assert.equal(c.connected, true);
 });
+
+Deno.test("before CONNECT a WebSocket peer is held to max_connect_packet_size: the largest will passes, a larger first message is cut with 1009", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { max_connect_packet_size: 100_000, max_connect_backlog: 1024 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  {
+    await using ws = await RawWsClient.open(wsPort);
+    await ws.sendPacket({
+      ...CONNECT,
+      clientId: "big-will",
+      will: { topic: "w", payload: "x".repeat(65535), qos: 0, retain: false },
+    });
+    assert.equal((await ws.expect("connack")).reasonCode, 0);
+  }
+  // 1 MB announced before any CONNECT (under maxPayload, 2 x max_packet_size) and 150 KB of it
+  // sent: cut once 100 KB and the allowances are read. Before, ws buffered it until the connect
+  // timeout (10 s).
+  await using ws = await RawWsClient.open(wsPort);
+  await writeAll(ws.conn, concat([frameHeader(1_000_000), new Uint8Array(150_000)])).catch(
+    () => {},
+  );
+  let e = await ws.next();
+  while (e.kind === "packet") e = await ws.next();
+  assert.ok(e.kind === "end" || e.code === 1009, JSON.stringify(e));
+});
