@@ -143,6 +143,11 @@ export async function listenNode(
         reason: err.message,
       });
       acceptor?.handshakeFailed?.(transport, remote, err.message);
+      // Deno's node:tls emits this on the handshake timeout and leaves both sockets open: a peer
+      // that never sends (or trickles) its ClientHello would hold a max_connections slot and a
+      // descriptor for ever. A failed handshake has no further use either way.
+      socket?.destroy();
+      raw?.destroy();
     });
   }
   return await listenServer(server, hostname, port);

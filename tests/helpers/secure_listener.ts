@@ -79,6 +79,49 @@ export async function assertStopIgnoresSilentPeer(
 }
 
 /**
+ * Peers on `port` that never finish the TLS handshake, one silent and one trickling a ClientHello
+ * a byte at a time, are cut within `limitMs` (the listener's handshake bound plus slack), so idle
+ * sockets cannot hold `max_connections` slots and file descriptors for ever.
+ */
+export async function assertStalledHandshakesCut(port: number, limitMs: number): Promise<void> {
+  const silent = await Deno.connect({ hostname: "127.0.0.1", port });
+  const trickling = await Deno.connect({ hostname: "127.0.0.1", port });
+  const readUntilClosed = async (c: Deno.Conn) => {
+    const buf = new Uint8Array(256);
+    try {
+      while ((await c.read(buf)) !== null);
+    } catch {
+      // A reset counts as closed.
+    }
+  };
+  const silentClosed = timed(readUntilClosed(silent), limitMs);
+  const trickleClosed = timed(readUntilClosed(trickling), limitMs);
+  // A TLS record header announcing a 512-byte ClientHello, then its body a byte every 200 ms.
+  const hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+  let done = false;
+  const trickle = (async () => {
+    for (let i = 0; !done; i++) {
+      try {
+        await trickling.write(new Uint8Array([i < hello.length ? hello[i] : 7]));
+      } catch {
+        return;
+      }
+      await delay(200);
+    }
+  })();
+  try {
+    const [s, t] = await Promise.all([silentClosed, trickleClosed]);
+    assert.notEqual(s, "hang", "a peer that never sent a ClientHello is still connected");
+    assert.notEqual(t, "hang", "a peer trickling its ClientHello is still connected");
+  } finally {
+    done = true;
+    await trickle;
+    silent.close();
+    trickling.close();
+  }
+}
+
+/**
  * Stops `b` the moment alice's TLS handshake on `port` completes: the broker must close that
  * late connection itself, well inside the listener's 1 s grace for stuck handshakes.
  */

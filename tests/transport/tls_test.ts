@@ -11,6 +11,7 @@ import { clientTls, makeTestPki } from "../helpers/certs.ts";
 import {
   assertLateHandshakeClosed,
   assertServesGoodClients,
+  assertStalledHandshakesCut,
   assertStopIgnoresSilentPeer,
   certRefusals,
 } from "../helpers/secure_listener.ts";
@@ -158,4 +159,13 @@ Deno.test("stopping the broker does not wait for a peer that never finishes the 
 Deno.test("a TLS handshake that completes while the broker stops is closed at once", async () => {
   const b = await startSecureBroker(pki, { general: { websocket: false } });
   await assertLateHandshakeClosed(b, b.tlsPort, pki);
+});
+
+Deno.test("a TLS peer that never finishes its handshake is cut after limits.connect_timeout", async () => {
+  // Deno's node:tls reports the handshake timeout (tlsClientError) but leaves the socket open.
+  await using b = await startSecureBroker(pki, {
+    general: { websocket: false },
+    limits: { connect_timeout: 1 },
+  });
+  await assertStalledHandshakesCut(b.tlsPort, 4000);
 });

@@ -11,6 +11,7 @@ import { clientTls, makeTestPki } from "../helpers/certs.ts";
 import {
   assertLateHandshakeClosed,
   assertServesGoodClients,
+  assertStalledHandshakesCut,
   assertStopIgnoresSilentPeer,
   certRefusals,
 } from "../helpers/secure_listener.ts";
@@ -179,4 +180,10 @@ Deno.test("stopping the broker does not wait for a WSS peer that never finishes 
 Deno.test("a WSS TLS handshake that completes while the broker stops is closed at once", async () => {
   const b = await wssBroker();
   await assertLateHandshakeClosed(b, b.wssPort, pki);
+});
+
+Deno.test("a WSS peer that never finishes its handshake is cut after limits.connect_timeout", async () => {
+  // Deno's node:tls reports the handshake timeout (tlsClientError) but leaves the socket open.
+  await using b = await wssBroker({ limits: { connect_timeout: 1 } });
+  await assertStalledHandshakesCut(b.wssPort, 4000);
 });
