@@ -57,6 +57,10 @@ export function certificateIdentity(
     case "cn":
       return firstNonEmpty(peer.subject?.CN);
     case "san":
+      // From the DER when there is one: Deno's node:tls prints subjectaltname without Node's
+      // quoting, so the single name `URI:spiffe://x, email:admin@example.com` would read back as
+      // two entries and name the client admin@example.com.
+      if (peer.raw && peer.raw.length > 0) return derSanIdentity(peer.raw);
       return preferredSan(parseNodeAltNames(peer.subjectaltname ?? ""));
     case "fingerprint":
       if (peer.raw && peer.raw.length > 0) return sha256Hex(peer.raw);
@@ -83,19 +87,31 @@ export function encodedCertificateIdentity(
   switch (mode) {
     case "cn":
       return firstNonEmpty(parsed.subjectName.getField("CN"));
-    case "san": {
-      const ext = parsed.getExtension(x509.SubjectAlternativeNameExtension);
-      const names = (ext?.names.items ?? []).flatMap((n): AltName[] => {
-        const kind = n.type === "url" ? "uri" : n.type;
-        return kind === "email" || kind === "uri" || kind === "dns"
-          ? [{ kind, value: n.value }]
-          : [];
-      });
-      return preferredSan(names);
-    }
+    case "san":
+      return preferredSan(altNames(parsed));
     case "fingerprint":
       return sha256Hex(new Uint8Array(parsed.rawData));
   }
+}
+
+/** The identity SAN of a verified peer's DER; undefined when it cannot be read (no identity). */
+function derSanIdentity(der: Uint8Array): string | undefined {
+  let parsed: x509.X509Certificate;
+  try {
+    parsed = new x509.X509Certificate(toArrayBuffer(der));
+  } catch {
+    return undefined;
+  }
+  return preferredSan(altNames(parsed));
+}
+
+/** The subject alternative names that may serve as an identity, in certificate order. */
+function altNames(parsed: x509.X509Certificate): AltName[] {
+  const ext = parsed.getExtension(x509.SubjectAlternativeNameExtension);
+  return (ext?.names.items ?? []).flatMap((n): AltName[] => {
+    const kind = n.type === "url" ? "uri" : n.type;
+    return kind === "email" || kind === "uri" || kind === "dns" ? [{ kind, value: n.value }] : [];
+  });
 }
 
 interface AltName {

@@ -1,13 +1,14 @@
 import assert from "node:assert/strict";
 import * as tls from "node:tls";
 import type { AddressInfo } from "node:net";
+import { join } from "node:path";
 import {
   certificateIdentity,
   CertificateParseError,
   encodedCertificateIdentity,
   type PeerCertificateLike,
 } from "../../src/auth/cert_identity.ts";
-import type { CertFiles } from "../../src/auth/certs.ts";
+import { type CertFiles, issueLeafCertificate } from "../../src/auth/certs.ts";
 import { haveBinary, makeTestPki, readPair, type TestPki } from "../helpers/certs.ts";
 import { openssl } from "../helpers/openssl.ts";
 
@@ -276,6 +277,39 @@ Deno.test("a quoted SAN value cannot smuggle in a second, preferred entry", () =
     certificateIdentity({ subjectaltname: 'DNS:"a\\"b", email:c@example.com' }, "san"),
     "c@example.com",
   );
+});
+
+Deno.test({
+  name: "over a real handshake, a SAN whose text looks like a second entry is one name",
+  fn: () =>
+    withPki(async (pki) => {
+      // Deno's node:tls prints subjectaltname without Node's quoting: this single URI reads back
+      // as `URI:spiffe://x, email:admin@example.com`, which a text parser takes for an email.
+      const ca = {
+        certPem: await Deno.readTextFile(pki.ca.cert),
+        keyPem: await Deno.readTextFile(pki.ca.key),
+      };
+      const forged = await issueLeafCertificate(ca, {
+        kind: "client",
+        commonName: "forger",
+        sans: ["spiffe://x, email:admin@example.com"],
+      });
+      const files = { cert: join(pki.dir, "forger.crt"), key: join(pki.dir, "forger.key") };
+      await Deno.writeTextFile(files.cert, forged.certPem);
+      await Deno.writeTextFile(files.key, forged.keyPem);
+      const server = await startServer(pki, true);
+      try {
+        assert.equal(await connectWith(pki, server.port, files), "ok");
+        const [view] = server.seen;
+        assert.equal(view.authorized, true);
+        assert.equal(
+          certificateIdentity(view.peer, "san"),
+          "spiffe://x, email:admin@example.com",
+        );
+      } finally {
+        await server.close();
+      }
+    }),
 });
 
 Deno.test("no certificate or no such field gives no identity", () => {
