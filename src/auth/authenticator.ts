@@ -107,6 +107,16 @@ export class PolicyAuthenticator implements Authenticator {
       // The certificate is the stronger proof; a username the client sent does not override it.
       return { ok: true, username: identity };
     }
+    if (req.certificateVerified === true) {
+      // Falling through would let the CONNECT username (a mere label without a password file)
+      // name a client whose certificate names no one: on a listener that requires certificates
+      // the certificate is the identity, so one without it identifies no client.
+      return {
+        ok: false,
+        reasonCode: NOT_AUTHORIZED,
+        reason: "the client certificate lacks the part [tls] identity names",
+      };
+    }
     if (requireClientIdMatch) {
       return { ok: false, reasonCode: NOT_AUTHORIZED, reason: "a client certificate is required" };
     }

@@ -12,6 +12,8 @@ export interface ConnectRequest {
   password?: Uint8Array;
   /** Identity taken from a verified client certificate, if the transport had one. */
   certificateIdentity?: string;
+  /** A client certificate verified; set also when it lacks the part [tls] identity names. */
+  certificateVerified?: boolean;
   remoteAddress: string;
   protocolLevel: 3 | 4 | 5;
   /** When the connection was accepted (ms since epoch): the connect timeout counts from there. */

@@ -64,6 +64,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
     username: pkt.username,
     password: pkt.password,
     certificateIdentity: c.peer.certificateIdentity,
+    certificateVerified: c.peer.certificateVerified,
     remoteAddress: c.peer.remoteAddress,
     protocolLevel: pkt.protocolLevel,
     acceptedAt: c.since,

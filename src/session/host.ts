@@ -20,6 +20,11 @@ export interface PeerInfo {
   transport: "tcp" | "tls" | "ws" | "wss";
   /** Identity from a verified client certificate (already mapped per [tls] identity). */
   certificateIdentity?: string;
+  /**
+   * The peer presented a certificate that verified, whether or not it carries the identity
+   * [tls] identity names (then `certificateIdentity` is undefined and the client is refused).
+   */
+  certificateVerified?: boolean;
 }
 
 /** The part of a connection a transport drives. */

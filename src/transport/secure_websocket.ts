@@ -7,7 +7,7 @@
 import https from "node:https";
 import type { TLSSocket } from "node:tls";
 import { closeWithGrace } from "./node_server.ts";
-import { listenNode, peerIdentity, type SecureListenOptions, secureServer } from "./tls.ts";
+import { listenNode, type SecureListenOptions, securePeer, secureServer } from "./tls.ts";
 import { readCipherShared } from "./tls_read.ts";
 import { writeInPieces } from "./tls_write.ts";
 import type { Acceptor, Listener } from "./types.ts";
@@ -24,11 +24,7 @@ export async function listenSecureWebSocket(
   const wss = serveWebSocket(server, acceptor, opts, (req) => {
     const tlsSocket = req.socket as TLSSocket;
     if (opts.clientCert === "required" && !tlsSocket.authorized) return 403;
-    return {
-      remoteAddress: `${tlsSocket.remoteAddress}:${tlsSocket.remotePort}`,
-      transport: "wss",
-      certificateIdentity: peerIdentity(tlsSocket, opts.identity),
-    };
+    return securePeer(tlsSocket, "wss", opts.identity);
   }, "secureConnection");
   let closing = false;
   server.on("secureConnection", (socket: TLSSocket) => {

@@ -12,7 +12,7 @@ import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { bridgeSocket } from "./tls_read.ts";
 import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
-import type { Acceptor, ByteWriter, Listener } from "./types.ts";
+import type { Acceptor, ByteWriter, Listener, PeerInfo } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -72,13 +72,29 @@ export function secureServer<S extends tls.Server>(
   return { server, sockets, unwatch };
 }
 
-/** Identity of a verified peer certificate, or undefined. */
-export function peerIdentity(
+/**
+ * What the broker learns of a peer that finished its TLS handshake: its address and, when it
+ * presented a certificate that verified, that fact and the identity the certificate carries.
+ */
+export function securePeer(
   socket: tls.TLSSocket,
+  transport: "tls" | "wss",
   mode: CertIdentityMode,
-): string | undefined {
-  if (!socket.authorized) return undefined;
-  return certificateIdentity(socket.getPeerCertificate(), mode);
+): PeerInfo {
+  const peer: PeerInfo = {
+    remoteAddress: `${socket.remoteAddress}:${socket.remotePort}`,
+    transport,
+    certificateIdentity: undefined,
+    certificateVerified: false,
+  };
+  // Deno reports `authorized` on a listener that asked for no certificate too: only a
+  // certificate that is there counts as verified.
+  if (!socket.authorized) return peer;
+  const cert = socket.getPeerCertificate();
+  if (cert?.raw === undefined || cert.raw.length === 0) return peer;
+  peer.certificateVerified = true;
+  peer.certificateIdentity = certificateIdentity(cert, mode);
+  return peer;
 }
 
 /**
@@ -158,11 +174,10 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
   const { server, sockets, unwatch } = secureServer((o) => tls.createServer(o), opts, acceptor);
   server.on("secureConnection", (socket: tls.TLSSocket) => {
     socket.setNoDelay(true);
-    const handler = acceptor.accept(socketSink(socket, opts.lingerMs), {
-      remoteAddress: `${socket.remoteAddress}:${socket.remotePort}`,
-      transport: "tls",
-      certificateIdentity: peerIdentity(socket, opts.identity),
-    });
+    const handler = acceptor.accept(
+      socketSink(socket, opts.lingerMs),
+      securePeer(socket, "tls", opts.identity),
+    );
     bridgeSocket(socket, handler);
   });
   const addr = await listenNode(server, opts.hostname, opts.port, acceptor, "tls");
