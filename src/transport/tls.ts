@@ -44,7 +44,7 @@ export function secureOptions(material: TlsMaterial, mode: ClientCertMode): tls.
   return {
     key: f.key,
     cert: f.cert,
-    ca: f.ca,
+    ca: material.caList(),
     requestCert: true,
     rejectUnauthorized: mode === "required",
     minVersion: "TLSv1.2",

@@ -6,7 +6,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { servedChain } from "../auth/cert_chain.ts";
-import { CertCheckError, checkCertSet, formatCertProblem } from "../auth/cert_check.ts";
+import { CertCheckError, checkCertSet, formatCertProblem, PEM_CERT } from "../auth/cert_check.ts";
 
 const log = getLogger(["mcloudtt", "tls"]);
 
@@ -44,6 +44,8 @@ export class TlsMaterial {
   private timer: ReturnType<typeof setInterval> | undefined;
   /** `servedChain` of the current files: every listener asks for it, at start and on reload. */
   private chain: { files: TlsFiles; pem: string } | null = null;
+  /** `caList` of the current files. */
+  private cas: { files: TlsFiles; list: string[] } | null = null;
 
   private constructor(
     readonly paths: TlsPaths,
@@ -74,6 +76,19 @@ export class TlsMaterial {
       this.chain = { files, pem: servedChain(files.cert, files.ca) };
     }
     return this.chain.pem;
+  }
+
+  /**
+   * The certificates of `cafile`, one PEM block each. Deno's node:tls trusts only the first
+   * certificate of a PEM string given as `ca` (a cafile holding an old and a new client CA
+   * refused every client of the second); as a list, each is trusted.
+   */
+  caList(): string[] {
+    const files = this.files;
+    if (this.cas?.files !== files) {
+      this.cas = { files, list: files.ca.match(PEM_CERT) ?? [files.ca] };
+    }
+    return this.cas.list;
   }
 
   /** Calls `fn` with new files after each successful reload. */
