@@ -41,3 +41,35 @@ export function servedChain(cert: string, ca: string): string {
   if (added.length === 0) return cert;
   return `${cert.trimEnd()}\n${added.join("\n")}\n`;
 }
+
+/**
+ * Whether a peer's chain (leaf first, then the issuers its handshake reported) leads to a
+ * certificate of `trusted` (the parsed certificates of a cafile): one of them issued a certificate
+ * of the chain, or is one, and every link below it holds.
+ */
+export function chainTrusted(
+  chain: readonly X509Certificate[],
+  trusted: readonly X509Certificate[],
+): boolean {
+  for (let i = 0; i < chain.length && i < MAX_CHAIN; i++) {
+    const cur = chain[i];
+    if (trusted.some((t) => signedBy(cur, t) || t.raw.equals(cur.raw))) return true;
+    const next = chain[i + 1];
+    if (next === undefined || !signedBy(cur, next)) return false;
+  }
+  return false;
+}
+
+/** The certificates of a PEM bundle that parse. */
+export function parsePem(pem: string): X509Certificate[] {
+  const out: X509Certificate[] = [];
+  for (const block of pem.match(PEM_CERT) ?? []) {
+    try {
+      out.push(new X509Certificate(block));
+    } catch {
+      // cafile was checked before it was taken (cert_check.ts); a block that fails here trusts
+      // nothing.
+    }
+  }
+  return out;
+}

@@ -5,6 +5,9 @@
  */
 import tls from "node:tls";
 import type { Server, Socket } from "node:net";
+import { X509Certificate } from "node:crypto";
+import { chainTrusted, parsePem } from "../auth/cert_chain.ts";
+import { MAX_CHAIN } from "../auth/cert_check.ts";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
@@ -66,10 +69,62 @@ export function secureServer<S extends tls.Server>(
     handshakeTimeout: opts.handshakeTimeoutMs,
   });
   const sockets = trackSockets(server, acceptor);
-  const unwatch = opts.material.onChange(() => {
+  // Peers whose certificate verified, checked again when the client CA changes.
+  const verified = new Set<tls.TLSSocket>();
+  if (opts.clientCert !== "none") {
+    server.on("secureConnection", (socket: tls.TLSSocket) => {
+      if (!socket.authorized) return;
+      verified.add(socket);
+      socket.once("close", () => verified.delete(socket));
+    });
+  }
+  let ca = opts.material.files.ca;
+  const unwatch = opts.material.onChange((files) => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
+    if (files.ca === ca) return;
+    ca = files.ca;
+    closeUntrusted(verified, files.ca);
   });
   return { server, sockets, unwatch };
+}
+
+/**
+ * Closes the peers whose certificate chain no longer leads to a CA of `caPem`. Taking a CA out of
+ * cafile is how its certificates are withdrawn (there is no CRL); without this, a connection it
+ * vouched for would last until the client reconnected.
+ */
+function closeUntrusted(peers: Set<tls.TLSSocket>, caPem: string): void {
+  if (peers.size === 0) return;
+  const trusted = parsePem(caPem);
+  let closed = 0;
+  for (const socket of [...peers]) {
+    if (chainTrusted(peerChain(socket), trusted)) continue;
+    socket.destroy();
+    closed++;
+  }
+  if (closed > 0) {
+    log.warn(
+      "tls.cafile changed: closed {closed} connections whose client certificate it no longer trusts",
+      { closed },
+    );
+  }
+}
+
+/** The peer's certificate and the issuers its handshake reported, leaf first. */
+function peerChain(socket: tls.TLSSocket): X509Certificate[] {
+  const chain: X509Certificate[] = [];
+  let cert: tls.DetailedPeerCertificate | undefined = socket.getPeerCertificate(true);
+  while (cert?.raw !== undefined && cert.raw.length > 0 && chain.length < MAX_CHAIN) {
+    try {
+      chain.push(new X509Certificate(cert.raw));
+    } catch {
+      break;
+    }
+    // A self-signed root is reported as its own issuer.
+    if (cert.issuerCertificate === cert) break;
+    cert = cert.issuerCertificate;
+  }
+  return chain;
 }
 
 /**

@@ -1,9 +1,12 @@
 /**
- * `tls.cafile` holding several client CAs: all of them are trusted, on TLS and WSS.
+ * `tls.cafile` holding several client CAs: all of them are trusted, on TLS and WSS; and removing a
+ * CA from it, how a client CA is withdrawn (there is no CRL), closes the connections it alone
+ * vouched for.
  */
+import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { CertFiles } from "../../src/auth/certs.ts";
-import { connectClient, startSecureBroker } from "../helpers/broker.ts";
+import { connectClient, delay, startSecureBroker } from "../helpers/broker.ts";
 import { makeTestPki, readPair } from "../helpers/certs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-ca-swap-" });
@@ -46,5 +49,31 @@ Deno.test("every CA of a cafile holding several is trusted, on TLS and WSS", asy
         await c.endAsync();
       }
     }
+  }
+});
+
+Deno.test("a CA dropped from cafile by a reload closes the connections it alone vouched for; others stay", async () => {
+  const cafile = join(dir, "clients-ca.crt");
+  await Deno.writeTextFile(cafile, read(pki.ca.cert) + read(pki.otherCa.cert));
+  await using b = await startSecureBroker({
+    ca: { cert: cafile },
+    broker: { cert: await fullchain(), key: pki.broker.key },
+  }, { general: { cert_reload_interval: 3600 } });
+  const clients = {
+    aliceTls: await connectClient(b.tlsPort, await opts(pki.alice, "alice-tls", false)),
+    aliceWss: await connectClient(b.wssPort, await opts(pki.alice, "alice-wss", true)),
+    malloryTls: await connectClient(b.tlsPort, await opts(pki.otherCaClient, "mal-tls", false)),
+    malloryWss: await connectClient(b.wssPort, await opts(pki.otherCaClient, "mal-wss", true)),
+  };
+  try {
+    await Deno.writeTextFile(cafile, read(pki.otherCa.cert));
+    await b.broker.reload();
+    await delay(500);
+    assert.deepEqual(
+      Object.fromEntries(Object.entries(clients).map(([k, c]) => [k, c.connected])),
+      { aliceTls: false, aliceWss: false, malloryTls: true, malloryWss: true },
+    );
+  } finally {
+    for (const c of Object.values(clients)) c.end(true);
   }
 });
