@@ -6,6 +6,22 @@
  * message to the core and acknowledges (XACK + XDEL) after. Entries are never
  * trimmed unread. Control entries (session kick and its reply) travel the
  * same way, so they are ordered with the messages before them.
+ *
+ * Order per inbox: a write without an answer (a timeout, a lost connection)
+ * is written again by the writer, and must still land before the writes
+ * after it. ioredis cannot be left to hold those: its Redis Cluster client
+ * sends one auto-pipeline per master at a time, so when the one in flight
+ * ends with "Command timed out" it sends the next (the later writes) on the
+ * connection its socket timeout closes a moment after, then sends that
+ * pipeline again by itself ("Connection is closed." is retried) and keeps the
+ * master's pipeline slot until it is answered: the timed-out write, written
+ * again by the writer, came after them (seen: 1, 2, 3, then 0). So writes to
+ * one inbox go a round at a time: what is queued for it while a round is in
+ * flight waits in the writer and is sent, as one round, once that round is
+ * settled; writes of the round left in doubt go first. Whatever ioredis sends
+ * again by itself is then that round alone, in order. It adds no allocation
+ * per message (the queue holds the entries already built per turn); a round
+ * may wait one more pipeline to its master under load.
  */
 import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
@@ -70,18 +86,29 @@ interface Turn {
   faulted: boolean;
 }
 
-/** One stream entry for one destination's inbox. */
+/** One stream entry of forwarded messages for one destination's inbox. */
 interface Write {
-  /** Order of the writes: those in doubt are written again in it. */
-  seq: number;
+  control: false;
   dest: string;
   entry: Pending;
   turn: Turn;
-  /** Until when (Date.now() ms) it is written again after an answer that never came. */
+  /** Until when (Date.now() ms) it waits for Redis or is written again; 0: not set yet. */
   until: number;
-  /** Written before, without an answer (not a write that only waited behind one). */
+  /** Written before, without an answer (not a write that only waited for its turn). */
   again: boolean;
 }
+
+/** A control entry (kick / released) for one destination's inbox: in order with the messages. */
+interface ControlWrite {
+  control: true;
+  dest: string;
+  args: string[];
+  until: number;
+  resolve: (sent: boolean) => void;
+  reject: (e: Error) => void;
+}
+
+type Queued = Write | ControlWrite;
 
 function deferred(): Deferred {
   let resolve!: () => void, reject!: (e: Error) => void;
@@ -104,14 +131,13 @@ export class InboxWriter {
   /** The last failed write, until one succeeds after it. */
   private failed: { message: string; at: number } | null = null;
   /**
-   * Per destination inbox: a write that may or may not have run (no answer, a timeout or a lost
-   * connection), first, and the writes to that inbox after it, which wait behind it to keep the
-   * order. Per inbox, not for all: a Redis Cluster master that froze holds up only the inboxes
-   * it serves (one queue for all made every forward wait a command timeout per turn queued).
+   * Per destination inbox with writes in flight: the writes after them, in order, which are sent
+   * once those are settled (written, refused, or to be written again: first). So ioredis never
+   * holds more than one round of writes to an inbox, and cannot send a later one by itself while
+   * an earlier one is in doubt (see the header comment). Per inbox, not for all: a Redis Cluster
+   * master that froze holds up only the inboxes it serves.
    */
-  private doubtful = new Map<string, Write[]>();
-  private readonly retrying = new Set<string>();
-  private seq = 0;
+  private readonly lanes = new Map<string, Queued[]>();
 
   constructor(
     private readonly cmd: RedisClient,
@@ -170,7 +196,7 @@ export class InboxWriter {
     const writes: Write[] = [];
     for (const [dest, list] of this.pending) {
       for (const entry of list) {
-        writes.push({ seq: this.seq++, dest, entry, turn, until: 0, again: false });
+        writes.push({ control: false, dest, entry, turn, until: 0, again: false });
       }
     }
     this.pending = new Map();
@@ -185,23 +211,65 @@ export class InboxWriter {
       this.stats.forwarded += w.entry.count;
       this.stats.entries++;
       this.onEntry(w.dest);
-      const queue = this.doubtful.get(w.dest);
-      if (queue !== undefined) {
-        // Behind a write in doubt: written after it, so a subscriber gets them in order.
-        w.until = Date.now() + this.reportMs;
-        queue.push(w);
-        continue;
+      this.enqueue(w);
+    }
+  }
+
+  /** Queues `w` behind what is in flight to its inbox, or sends it now when nothing is. */
+  private enqueue(w: Queued): void {
+    const lane = this.lanes.get(w.dest);
+    if (lane !== undefined) {
+      lane.push(w);
+      return;
+    }
+    const fresh = [w];
+    this.lanes.set(w.dest, fresh);
+    this.drain(w.dest, fresh);
+  }
+
+  /**
+   * Writes what is queued for `dest`, a round at a time: everything queued is sent at once (one
+   * pipeline), and the next round waits until all of it is settled. A round's writes that got
+   * no answer are written again first, in their order, while each has time left.
+   */
+  private async drain(dest: string, lane: Queued[]): Promise<void> {
+    try {
+      while (lane.length > 0) {
+        if (this.cmd.status === "end") {
+          const e = new Error("the bus stopped before forwarded messages were written");
+          for (const w of lane.splice(0)) this.drop(w, e);
+          break;
+        }
+        if (this.cmd.status !== "ready") {
+          // Waits for the reconnect (a control entry does not: its sender handles the failure).
+          const now = Date.now();
+          const e = new Error("redis did not come back: forwarded messages not written");
+          for (let i = 0; i < lane.length;) {
+            const w = lane[i];
+            if (w.until === 0) w.until = w.control ? now : now + this.reportMs;
+            if (now < w.until) i++;
+            else this.drop(lane.splice(i, 1)[0], e);
+          }
+          await sleep(50);
+          continue;
+        }
+        const round = lane.splice(0);
+        for (const w of round) if (!w.control && w.again) this.stats.rewritten += w.entry.count;
+        const doubts = round.length === 1
+          ? [await this.write(round[0])]
+          : await Promise.all(round.map((w) => this.write(w)));
+        const now = Date.now();
+        let again = 0;
+        for (const doubt of doubts) {
+          if (doubt === null) continue;
+          if (now < doubt.until) lane.splice(again++, 0, doubt);
+          else this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
+        }
+        // A pause, so a write that fails at once does not spin.
+        if (again > 0) await sleep(50);
       }
-      this.write(w).then((doubt) => {
-        if (doubt === null) return;
-        // Writes to one inbox sent one after the other fail together (one connection): in order.
-        let queue = this.doubtful.get(doubt.dest);
-        if (queue === undefined) this.doubtful.set(doubt.dest, queue = []);
-        let i = queue.length;
-        while (i > 0 && queue[i - 1].seq > doubt.seq) i--;
-        queue.splice(i, 0, doubt);
-        this.retry(doubt.dest, queue);
-      });
+    } finally {
+      if (this.lanes.get(dest) === lane) this.lanes.delete(dest);
     }
   }
 
@@ -210,9 +278,20 @@ export class InboxWriter {
    * connection: Redis may run it late), returns what is to be written again: the records a
    * receiver keeps once however often they come (by their id, seen_ids.ts). Refusing them
    * instead made their publishers send them again as new messages, delivered twice when the
-   * first write had run.
+   * first write had run. A control entry is never written again (nothing drops a second copy):
+   * its sender gets the error.
    */
-  private async write(w: Write): Promise<Write | null> {
+  private async write(w: Queued): Promise<Write | null> {
+    if (w.control) {
+      try {
+        w.resolve(
+          await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...w.args) !== null,
+        );
+      } catch (e) {
+        w.reject(e as Error);
+      }
+      return null;
+    }
     try {
       // NOMKSTREAM: a departed node's inbox is not brought back to life.
       await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...entryFields(w.entry));
@@ -235,50 +314,9 @@ export class InboxWriter {
     return null;
   }
 
-  /**
-   * Writes the writes in doubt for `dest` and those behind them, in order, while each has time
-   * left: all of them at once (one connection keeps their order), so a queue that grew while
-   * Redis did not answer is written in one round trip, not one per turn.
-   */
-  private async retry(dest: string, queue: Write[]): Promise<void> {
-    if (this.retrying.has(dest)) return;
-    this.retrying.add(dest);
-    try {
-      while (queue.length > 0) {
-        if (this.cmd.status === "end") {
-          const e = new Error("the bus stopped before forwarded messages were written");
-          for (const w of queue.splice(0)) this.refuse(w, e);
-          break;
-        }
-        if (this.cmd.status !== "ready") {
-          const now = Date.now();
-          const e = new Error("redis did not come back: forwarded messages not written");
-          for (const w of queue.filter((w) => now >= w.until)) {
-            queue.splice(queue.indexOf(w), 1);
-            this.refuse(w, e);
-          }
-          await sleep(50);
-          continue;
-        }
-        const round = queue.splice(0);
-        for (const w of round) if (w.again) this.stats.rewritten += w.entry.count;
-        const doubts = await Promise.all(round.map((w) => this.write(w)));
-        const now = Date.now();
-        const again: Write[] = [];
-        for (const doubt of doubts) {
-          if (doubt === null) continue;
-          if (now < doubt.until) again.push(doubt);
-          else this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
-        }
-        if (again.length === 0) continue;
-        // Before what was queued meanwhile; a pause, so a write that fails at once does not spin.
-        queue.unshift(...again);
-        await sleep(50);
-      }
-    } finally {
-      this.retrying.delete(dest);
-      if (queue.length === 0 && this.doubtful.get(dest) === queue) this.doubtful.delete(dest);
-    }
+  private drop(w: Queued, e: Error): void {
+    if (w.control) w.reject(e);
+    else this.refuse(w, e);
   }
 
   /** One write of a turn is in Redis (or was a QoS 0 one that may not be). */
@@ -299,11 +337,15 @@ export class InboxWriter {
     t.deferred?.reject(e);
   }
 
-  /** Sends a control entry (kick / released) to `dest`; false when its inbox is gone. */
-  async control(dest: string, fields: Record<string, string>): Promise<boolean> {
+  /**
+   * Sends a control entry (kick / released) to `dest`, after the messages forwarded there before
+   * it; false when its inbox is gone.
+   */
+  control(dest: string, fields: Record<string, string>): Promise<boolean> {
     const args = Object.entries(fields).flat();
-    const id = await this.cmd.xadd(this.inboxKey(dest), "NOMKSTREAM", "*", ...args);
-    return id !== null;
+    return new Promise((resolve, reject) => {
+      this.enqueue({ control: true, dest, args, until: 0, resolve, reject });
+    });
   }
 }
 
