@@ -86,11 +86,22 @@ interface Turn {
   faulted: boolean;
 }
 
-/** One stream entry of forwarded messages for one destination's inbox. */
+/**
+ * One stream entry of forwarded messages for one destination's inbox, serialized when its turn
+ * ends: a write waits (behind a round in flight, for an answer) holding one buffer, not the
+ * records' headers and bodies. Held across a wait, those survived the young generation's
+ * collections and were promoted: 24 % less delivered over two nodes at QoS 0 (cluster fan-out).
+ */
 interface Write {
   control: false;
   dest: string;
-  entry: Pending;
+  /** XADD's field arguments. */
+  fields: (string | Buffer)[];
+  /** Records in it. */
+  count: number;
+  /** The fields of the records to write again after no answer (`kept`), or null for none. */
+  retry: (string | Buffer)[] | null;
+  retryCount: number;
   turn: Turn;
   /** Until when (Date.now() ms) it waits for Redis or is written again; 0: not set yet. */
   until: number;
@@ -196,7 +207,19 @@ export class InboxWriter {
     const writes: Write[] = [];
     for (const [dest, list] of this.pending) {
       for (const entry of list) {
-        writes.push({ control: false, dest, entry, turn, until: 0, again: false });
+        const fields = entryFields(entry);
+        const keep = kept(entry);
+        writes.push({
+          control: false,
+          dest,
+          fields,
+          count: entry.count,
+          retry: keep === null ? null : keep === entry ? fields : entryFields(keep),
+          retryCount: keep === null ? 0 : keep.count,
+          turn,
+          until: 0,
+          again: false,
+        });
       }
     }
     this.pending = new Map();
@@ -208,7 +231,7 @@ export class InboxWriter {
       return;
     }
     for (const w of writes) {
-      this.stats.forwarded += w.entry.count;
+      this.stats.forwarded += w.count;
       this.stats.entries++;
       this.onEntry(w.dest);
       this.enqueue(w);
@@ -254,7 +277,7 @@ export class InboxWriter {
           continue;
         }
         const round = lane.splice(0);
-        for (const w of round) if (!w.control && w.again) this.stats.rewritten += w.entry.count;
+        for (const w of round) if (!w.control && w.again) this.stats.rewritten += w.count;
         const doubts = round.length === 1
           ? [await this.write(round[0])]
           : await Promise.all(round.map((w) => this.write(w)));
@@ -294,7 +317,7 @@ export class InboxWriter {
     }
     try {
       // NOMKSTREAM: a departed node's inbox is not brought back to life.
-      await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...entryFields(w.entry));
+      await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...w.fields);
     } catch (err) {
       const e = err as Error;
       if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
@@ -305,9 +328,14 @@ export class InboxWriter {
         this.refuse(w, e);
         return null;
       }
-      const entry = kept(w.entry);
-      if (entry !== null) {
-        return { ...w, entry, until: w.until || Date.now() + this.reportMs, again: true };
+      if (w.retry !== null) {
+        return {
+          ...w,
+          fields: w.retry,
+          count: w.retryCount,
+          until: w.until || Date.now() + this.reportMs,
+          again: true,
+        };
       }
     }
     this.settle(w);
@@ -329,7 +357,7 @@ export class InboxWriter {
 
   /** Fails the acknowledgements of `w`'s turn: its messages were not (or may not have been) written. */
   private refuse(w: Write, e: Error): void {
-    this.stats.dropped += w.entry.count;
+    this.stats.dropped += w.count;
     const t = w.turn;
     t.open--;
     if (t.refused) return;
@@ -355,6 +383,11 @@ export class InboxWriter {
  * left out: sent again they could arrive twice, and QoS 0 is at most once.
  */
 function kept(p: Pending): Pending | null {
+  const ids = p.ids;
+  let n = 0;
+  for (let i = 0; i < ids.length; i++) if (ids[i] !== "") n++;
+  if (n === 0) return null;
+  if (n === p.count) return p;
   const out: Pending = { parts: [VERSION_BYTE], ids: [], versions: null, bytes: 1, count: 0 };
   for (let i = 0; i < p.count; i++) {
     if (p.ids[i] === "") continue;
@@ -367,8 +400,7 @@ function kept(p: Pending): Pending | null {
     out.bytes += header.length + body.length + p.ids[i].length + 1;
     out.count++;
   }
-  if (out.count === p.count) return p;
-  return out.count === 0 ? null : out;
+  return out;
 }
 
 /** The fields of one stream entry of forwarded messages (`v` only when a record has a version). */
