@@ -26,7 +26,8 @@ import {
 } from "./redis_connection.ts";
 import { SessionClaims } from "./redis_claims.ts";
 import { Departures } from "./redis_departures.ts";
-import { InboxReader, type InboxStats, InboxWriter } from "./redis_inbox.ts";
+import { InboxWriter } from "./inbox_writer.ts";
+import { InboxReader, type InboxStats } from "./redis_inbox.ts";
 import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
