@@ -1,6 +1,5 @@
 /**
- * The forwarding writes Redis never answered, written again (redis_inbox.ts
- * InboxWriter): what waits behind one, on a Redis Cluster whose masters fail
+ * The forwarding writes Redis never answered, written again (inbox_writer.ts): what waits behind one, on a Redis Cluster whose masters fail
  * independently.
  */
 import assert from "node:assert/strict";
@@ -35,36 +34,46 @@ async function idServedBy(
   }
 }
 
+/**
+ * Buses of nodes "a", "b", ... on `group`, with a master to freeze that holds neither the route
+ * table nor the leases (so routes and leases keep working); `onFrozen[i]` says whether node i's
+ * inbox is served by it.
+ */
+async function onFrozenMaster(
+  group: RedisClusterGroup,
+  onFrozen: boolean[],
+): Promise<{ frozen: RedisServer; buses: RedisBus[] }> {
+  const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
+  const keys = new ClusterKeys(prefix);
+  const busy = new Set([await group.masterOf(keys.table), await group.masterOf(keys.nodes)]);
+  const frozen = group.masters.find((m) => !busy.has(m));
+  assert.ok(frozen !== undefined, "a master holds neither routes nor leases");
+  const config = resolveConfig({
+    redis: {
+      enabled: true,
+      mode: "cluster",
+      cluster_nodes: group.seeds,
+      key_prefix: prefix,
+      command_timeout_ms: COMMAND_TIMEOUT_MS,
+    },
+    cluster: { ...FAST_CLUSTER, lease_ttl_ms: 10_000, takeover_timeout_ms: 2000 },
+  });
+  const buses: RedisBus[] = [];
+  for (const [i, on] of onFrozen.entries()) {
+    const nodeId = await idServedBy(group, keys, String.fromCharCode(97 + i), frozen, on);
+    buses.push(new RedisBus({ redis: config.redis, cluster: config.cluster, nodeId }));
+  }
+  return { frozen, buses };
+}
+
 Deno.test({
   name: "redis cluster: a forward in doubt on a frozen master holds up only the writes to " +
     "that master's inboxes, not forwarding to nodes whose inboxes live elsewhere",
   ...opts,
   async fn() {
     await using group = await RedisClusterGroup.start({ masters: 3 });
-    const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
-    const keys = new ClusterKeys(prefix);
-    // The master frozen is neither the route table's nor the leases': only b's inbox is there.
-    const busy = new Set([await group.masterOf(keys.table), await group.masterOf(keys.nodes)]);
-    const frozen = group.masters.find((m) => !busy.has(m));
-    assert.ok(frozen !== undefined, "a master holds neither routes nor leases");
-    const config = resolveConfig({
-      redis: {
-        enabled: true,
-        mode: "cluster",
-        cluster_nodes: group.seeds,
-        key_prefix: prefix,
-        command_timeout_ms: COMMAND_TIMEOUT_MS,
-      },
-      cluster: { ...FAST_CLUSTER, lease_ttl_ms: 10_000, takeover_timeout_ms: 2000 },
-    });
-    const bus = (nodeId: string) =>
-      new RedisBus({ redis: config.redis, cluster: config.cluster, nodeId });
-    const ids = [
-      await idServedBy(group, keys, "a", frozen, false),
-      await idServedBy(group, keys, "b", frozen, true),
-      await idServedBy(group, keys, "c", frozen, false),
-    ];
-    await using nodes = await startBuses(ids.map(bus));
+    const { frozen, buses } = await onFrozenMaster(group, [false, true, false]);
+    await using nodes = await startBuses(buses);
     const [a, b, c] = nodes.buses;
     const [, hb, hc] = nodes.hosts;
     await b.addRoute("to-b/#");
@@ -110,29 +119,8 @@ Deno.test({
   ...opts,
   async fn() {
     await using group = await RedisClusterGroup.start({ masters: 3 });
-    const prefix = `t${crypto.randomUUID().slice(0, 8)}`;
-    const keys = new ClusterKeys(prefix);
-    // Only b's inbox is on the frozen master: routes and leases keep working.
-    const busy = new Set([await group.masterOf(keys.table), await group.masterOf(keys.nodes)]);
-    const frozen = group.masters.find((m) => !busy.has(m));
-    assert.ok(frozen !== undefined, "a master holds neither routes nor leases");
-    const config = resolveConfig({
-      redis: {
-        enabled: true,
-        mode: "cluster",
-        cluster_nodes: group.seeds,
-        key_prefix: prefix,
-        command_timeout_ms: COMMAND_TIMEOUT_MS,
-      },
-      cluster: { ...FAST_CLUSTER, lease_ttl_ms: 10_000, takeover_timeout_ms: 2000 },
-    });
-    const bus = (nodeId: string) =>
-      new RedisBus({ redis: config.redis, cluster: config.cluster, nodeId });
-    const ids = [
-      await idServedBy(group, keys, "a", frozen, false),
-      await idServedBy(group, keys, "b", frozen, true),
-    ];
-    await using nodes = await startBuses(ids.map(bus));
+    const { frozen, buses } = await onFrozenMaster(group, [false, true]);
+    await using nodes = await startBuses(buses);
     const [a, b] = nodes.buses;
     const [, hb] = nodes.hosts;
     await b.addRoute("to-b/#");
