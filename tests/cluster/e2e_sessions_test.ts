@@ -425,34 +425,14 @@ Deno.test({
   name: "cluster: a CONNECT refused at limits.max_sessions neither keeps the id's claim nor " +
     "kicks the id's connection on another node",
   ...opts,
-  async fn() {
-    const dir = await Deno.makeTempDir({
-      dir: new URL("../../", import.meta.url).pathname,
-      prefix: ".test-session-limit-",
-    });
-    try {
-      const file = `${dir}/passwd`;
-      const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
-      await Deno.writeTextFile(file, `${await line("alice")}\n${await line("bob")}\n`);
+  fn: () =>
+    withPasswords(async (file) => {
       await using cluster = await TestCluster.start({
         names: ["a", "b"],
         args: [`--auth.password_file=${file}`, "--limits.max_sessions=1"],
       });
       const [a, b] = cluster.nodes;
-      const connect = async (port: number, user: string, id: string) => {
-        const c = await RawClient.connect(port);
-        await c.sendPacket({
-          cmd: "connect",
-          protocolId: "MQTT",
-          protocolVersion: 5,
-          clientId: id,
-          clean: true,
-          keepalive: 60,
-          username: user,
-          password: `${user}-pw`,
-        });
-        return c;
-      };
+      const connect = (port: number, user: string, id: string) => connectAs(port, id, user);
       await using filler = await connect(a.port, "alice", "filler");
       assert.equal((await filler.expect("connack")).reasonCode, 0);
       // a is full: alice's new id is refused there...
@@ -482,8 +462,5 @@ Deno.test({
         await using bob = await connect(b.port, "bob", "ghost");
         return (await bob.expect("connack", 5000)).reasonCode === 0;
       }, 10_000);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
-  },
+    }),
 });
