@@ -52,6 +52,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxInflight: l.max_inflight_messages,
     maxQueued: l.max_queued_messages,
     maxQueuedBytes: l.max_queued_bytes,
+    maxQueuedBytesTotal: l.max_queued_bytes_total,
     queueDropPolicy: l.queue_drop_policy,
     maxTopicLength: l.max_topic_length,
     maxTopicLevels: l.max_topic_levels,

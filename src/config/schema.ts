@@ -173,6 +173,7 @@ const SHAPE = {
     max_inflight_messages: int(1, 65535, 32),
     max_queued_messages: int(0, 10000000, 1000),
     max_queued_bytes: int(0, 68719476736, 67108864),
+    max_queued_bytes_total: int(0, 70368744177664, 1073741824),
     queue_drop_policy: oneOf(["newest", "oldest"], "newest"),
     max_topic_length: int(1, 65535, 65535),
     max_topic_levels: int(1, 65535, 128),

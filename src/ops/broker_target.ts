@@ -19,20 +19,14 @@ export function brokerTarget(broker: Broker): OpsTarget {
     counts(): StateCounts {
       // One pass over the sessions per scrape: cheaper than keeping gauges on the hot path.
       let online = 0;
-      let offline = 0;
-      let queued = 0;
-      for (const s of broker.core.sessionList()) {
-        if (s.online) online++;
-        else offline++;
-        queued += s.queuedCount;
-      }
+      for (const s of broker.core.sessionList()) if (s.online) online++;
       const backlog = broker.core.bus.backlogStats;
       return {
         subscriptions: broker.router.subscriptionCount,
         retained: broker.router.retained.size,
         sessionsOnline: online,
-        sessionsOffline: offline,
-        queued,
+        sessionsOffline: broker.core.sessionCount - online,
+        queued: broker.metrics.queuedMessages,
         storeUnwritten: broker.core.journal?.unwritten ?? 0,
         storeWriteFailures: broker.core.journal?.stats.failures ?? 0,
         inboxBacklog: backlog?.own ?? 0,

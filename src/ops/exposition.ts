@@ -332,6 +332,11 @@ export class Exposition extends FamilySet {
       "QoS 1/2 messages waiting in session queues",
       () => counts().queued,
     );
+    gauge(
+      "mcloudtt_queued_bytes",
+      "Bytes session queues hold (each message once, plus each entry), against limits.max_queued_bytes_total",
+      () => m().queuedBytes,
+    );
     labelled(
       "counter",
       "mcloudtt_messages_dropped_total",
@@ -340,6 +345,7 @@ export class Exposition extends FamilySet {
       () => [
         ["qos0_not_sendable", m().droppedQos0],
         ["queue_full", m().droppedQueueFull],
+        ["queue_total_full", m().droppedQueueTotal],
         ["too_large", m().droppedTooLarge],
         ["expired", m().droppedExpired],
         ["duplicate", m().duplicatesDropped],

@@ -87,6 +87,15 @@ export class Metrics {
   droppedQos0 = 0;
   /** QoS 1/2 messages dropped because a session queue was full. */
   droppedQueueFull = 0;
+  /** QoS 1/2 messages dropped because all queues together held limits.max_queued_bytes_total. */
+  droppedQueueTotal = 0;
+  /** Messages waiting in session queues (a gauge kept by the queues). */
+  queuedMessages = 0;
+  /**
+   * Bytes the session queues hold: each queued message's payload, topic and properties once
+   * however many queues it waits in, plus a fixed cost per queue entry (a gauge).
+   */
+  queuedBytes = 0;
   /** Messages dropped because they exceeded the receiver's Maximum Packet Size. */
   droppedTooLarge = 0;
   /** Messages dropped because their Message Expiry Interval ran out. */

@@ -70,8 +70,17 @@ const IN_ARENA = 1;
 /** ... buffers of their own (`own`). */
 const OWNED = 2;
 
+/** `Message.state` counts session queues from this bit up; the bits below say where bytes live. */
+const QUEUE_REF = 4;
+const HOME_BITS = 3;
+
 export class Message {
-  private home: typeof BORROWED | typeof IN_ARENA | typeof OWNED;
+  /**
+   * Where payload and properties live (BORROWED, IN_ARENA, OWNED) in the low bits, and how many
+   * session queues hold the message (QUEUE_REF each) above them: one field, not two, since every
+   * message pays for each field and few are ever queued.
+   */
+  private state: number;
   /** performance.now() when received, for the 1-in-N sampled latency metric; 0 when not sampled. */
   sampledAt = 0;
   /**
@@ -103,7 +112,7 @@ export class Message {
     /** False when payload/props are views into a buffer that will be reused. */
     owned = true,
   ) {
-    this.home = owned ? OWNED : BORROWED;
+    this.state = owned ? OWNED : BORROWED;
   }
 
   /**
@@ -111,10 +120,10 @@ export class Message {
    * the arena; call before keeping the message.
    */
   own(): this {
-    if (this.home !== OWNED) {
+    if ((this.state & HOME_BITS) !== OWNED) {
       this.payload = this.payload.slice();
       if (this.props !== null) this.props = this.props.slice();
-      this.home = OWNED;
+      this.state = (this.state & ~HOME_BITS) | OWNED;
     }
     return this;
   }
@@ -125,12 +134,33 @@ export class Message {
    * module's comment); anyone else calls `own()`.
    */
   ownBriefly(): this {
-    if (this.home === BORROWED) {
+    if ((this.state & HOME_BITS) === BORROWED) {
       this.payload = arenaCopy(this.payload);
       if (this.props !== null) this.props = arenaCopy(this.props);
-      this.home = IN_ARENA;
+      this.state = (this.state & ~HOME_BITS) | IN_ARENA;
     }
     return this;
+  }
+
+  /**
+   * One more session queue holds the message; true when it is the first, so the bytes it holds
+   * count once across queues however many sessions it waits for (limits.max_queued_bytes_total).
+   */
+  queuedIn(): boolean {
+    const first = this.state < QUEUE_REF;
+    this.state += QUEUE_REF;
+    return first;
+  }
+
+  /** True while a session queue holds the message. */
+  get isQueued(): boolean {
+    return this.state >= QUEUE_REF;
+  }
+
+  /** A session queue let it go; true when no queue holds it any more. */
+  unqueued(): boolean {
+    this.state -= QUEUE_REF;
+    return this.state < QUEUE_REF;
   }
 
   /** True when the Message Expiry Interval has run out at `now`. */

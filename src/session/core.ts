@@ -114,6 +114,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   readonly socketLimit: number;
   private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
+  /** Messages left out of queues at limits.max_queued_bytes_total, as of the last sweep. */
+  private totalDropsSeen = 0;
+  private readonly totalFullLog = new RateLimitedLog((m) => log.warn(m));
   /** The client id `bind` is giving to a new connection, while it runs. */
   private binding: string | null = null;
   /** Versions for the retained updates published here. */
@@ -126,6 +129,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.sessionLimits = {
       maxQueued: opts.limits.maxQueued,
       maxQueuedBytes: opts.limits.maxQueuedBytes,
+      maxQueuedBytesTotal: opts.limits.maxQueuedBytesTotal,
       dropPolicy: opts.limits.queueDropPolicy,
       dedupeWindow: opts.limits.dedupeWindow,
     };
@@ -625,6 +629,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
       } else if (s.will === null && s.expiresAt === Infinity) {
         this.detached.delete(s);
       }
+    }
+    // Said here, not where it happens: drops come at the publish rate.
+    const drops = this.metrics.droppedQueueTotal;
+    if (drops !== this.totalDropsSeen) {
+      this.totalFullLog.note(
+        `${drops - this.totalDropsSeen} QoS 1/2 messages not queued: session queues hold ` +
+          `${this.metrics.queuedBytes} bytes, at limits.max_queued_bytes_total`,
+      );
+      this.totalDropsSeen = drops;
     }
   }
 }

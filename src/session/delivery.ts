@@ -62,6 +62,12 @@ function queuedSize(msg: Message): number {
   return msg.payload.length + msg.topicBytes.length + (msg.props === null ? 0 : msg.props.length);
 }
 
+/**
+ * What a queue entry costs beside the message it points to, for limits.max_queued_bytes_total:
+ * the entry object (5 fields) and its slot in the queue's array.
+ */
+const ENTRY_BYTES = 64;
+
 /** What of a stored session `SessionDelivery` writes and restores. */
 type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
 
@@ -276,23 +282,31 @@ export abstract class SessionDelivery {
 
   private enqueue(q: Queued): void {
     const limits = this.limits;
-    const size = queuedSize(q.msg);
+    const metrics = this.metrics;
+    const msg = q.msg;
+    const size = queuedSize(msg);
     if (limits.maxQueued === 0) {
-      this.metrics.droppedQueueFull++;
+      metrics.droppedQueueFull++;
       return;
     }
     while (
       this.queuedCount >= limits.maxQueued ||
       (this.queuedCount > 0 && this.queuedBytes + size > limits.maxQueuedBytes)
     ) {
-      this.metrics.droppedQueueFull++;
+      metrics.droppedQueueFull++;
       if (limits.dropPolicy === "newest") return;
-      const dropped = this.queue[this.queueHead];
-      this.queue[this.queueHead++] = undefined as unknown as Queued;
-      this.dequeued(dropped);
+      this.dropOldest();
+    }
+    if (
+      metrics.queuedBytes + ENTRY_BYTES + size > limits.maxQueuedBytesTotal && !this.roomInTotal(q)
+    ) {
+      metrics.droppedQueueTotal++;
+      return;
     }
     this.queuedBytes += size;
-    q.msg.own();
+    metrics.queuedMessages++;
+    metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + size : ENTRY_BYTES;
+    msg.own();
     if (this.journaled) {
       q.seq = this.nextSeq++;
       this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
@@ -301,8 +315,41 @@ export abstract class SessionDelivery {
     else this.queue.push(q);
   }
 
+  /**
+   * Whether `q` fits under limits.max_queued_bytes_total (checked only when the rough sum says it
+   * may not): it does when another queue holds its message already, or once this session's own
+   * oldest messages are dropped for it (drop policy "oldest"). A session never drops another's
+   * messages: a client that stays away cannot push out what others wait for.
+   */
+  private roomInTotal(q: Queued): boolean {
+    const limits = this.limits;
+    const metrics = this.metrics;
+    for (;;) {
+      const cost = !q.msg.isQueued ? ENTRY_BYTES + queuedSize(q.msg) : ENTRY_BYTES;
+      if (metrics.queuedBytes + cost <= limits.maxQueuedBytesTotal) return true;
+      if (limits.dropPolicy === "newest" || this.queuedCount === 0) return false;
+      metrics.droppedQueueTotal++;
+      this.dropOldest();
+    }
+  }
+
+  private dropOldest(): void {
+    const dropped = this.queue[this.queueHead];
+    this.queue[this.queueHead++] = undefined as unknown as Queued;
+    this.dequeued(dropped);
+  }
+
+  /** `q` left the queue (sent, dropped or the session ended): it no longer counts. */
+  private unqueue(q: Queued): void {
+    const size = queuedSize(q.msg);
+    this.queuedBytes -= size;
+    const metrics = this.metrics;
+    metrics.queuedMessages--;
+    metrics.queuedBytes -= q.msg.unqueued() ? ENTRY_BYTES + size : ENTRY_BYTES;
+  }
+
   private dequeued(q: Queued): void {
-    this.queuedBytes -= queuedSize(q.msg);
+    this.unqueue(q);
     if (q.seq !== 0 && this.journaled) {
       this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
     }
@@ -550,13 +597,20 @@ export abstract class SessionDelivery {
     return out;
   }
 
+  /** Takes every queued message out of the queue's counts and empties it (no journal entry). */
+  private releaseQueue(): void {
+    const q = this.queue;
+    for (let i = this.queueHead; i < q.length; i++) this.unqueue(q[i]);
+    this.queue = EMPTY_QUEUE;
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+  }
+
   /** Drops every message held for delivery (the session ends). */
   protected dropDeliveries(): void {
     this.inflight = null;
     this.resends = null;
-    this.queue = EMPTY_QUEUE;
-    this.queueHead = 0;
-    this.queuedBytes = 0;
+    this.releaseQueue();
     if (this.streams !== null) { for (const s of this.streams) s.cancel(); }
     this.streams = null;
     this.recent = null;
@@ -583,16 +637,19 @@ export abstract class SessionDelivery {
 
   /** Restores what `storedQueue`, `storedInflight` and `recentIds` saved. */
   protected restoreDeliveries(state: DeliveryState): void {
-    this.queue = state.queue.map((q) => ({
-      msg: toMessage(q.msg),
-      qos: q.qos,
-      retain: q.retain,
-      subIds: q.subIds,
-      seq: q.seq,
-    }));
-    this.queueHead = 0;
-    this.queuedBytes = 0;
-    for (const q of this.queue) this.queuedBytes += queuedSize(q.msg);
+    this.releaseQueue();
+    // Restored whatever the bounds say now: the store kept them, and nothing new is queued
+    // while the total is over.
+    const metrics = this.metrics;
+    this.queue = state.queue.map((q) => {
+      const msg = toMessage(q.msg);
+      const size = queuedSize(msg);
+      this.queuedBytes += size;
+      metrics.queuedMessages++;
+      metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + size : ENTRY_BYTES;
+      return { msg, qos: q.qos, retain: q.retain, subIds: q.subIds, seq: q.seq };
+    });
+    if (this.queue.length === 0) this.queue = EMPTY_QUEUE;
     for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
     this.inflight = null;
     for (const f of state.inflight) {

@@ -17,6 +17,11 @@ export interface CoreLimits {
   maxQueued: number;
   /** Payload bytes one session's queue may hold. */
   maxQueuedBytes: number;
+  /**
+   * Bytes every session queue together may hold, each message counted once however many queues
+   * it waits in, plus each queue entry: without it the bound was max_sessions x max_queued_bytes.
+   */
+  maxQueuedBytesTotal: number;
   queueDropPolicy: "newest" | "oldest";
   maxTopicLength: number;
   maxTopicLevels: number;

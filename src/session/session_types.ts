@@ -34,6 +34,8 @@ export interface SessionLimits {
    * queue takes one message whatever its size.
    */
   maxQueuedBytes: number;
+  /** Bytes all session queues may hold together (limits.max_queued_bytes_total). */
+  maxQueuedBytesTotal: number;
   dropPolicy: "newest" | "oldest";
   /**
    * Ids of completed QoS 1/2 messages a session remembers (`[cluster]

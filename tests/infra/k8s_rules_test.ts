@@ -185,8 +185,12 @@ for (const [name, build] of builds) {
     const conns = limits.max_connections;
     const outbox = limits.max_outgoing_bytes ?? 1048576;
     assert.ok(conns > 0 && conns <= 100_000, "max_connections is set for the pod size");
-    // ~100 MiB baseline, ~10 KiB per idle connection, a full outbox for 256 busy ones.
-    const needed = 100 + conns * 10 / 1024 + 256 * outbox / 1048576;
+    const queued = limits.max_queued_bytes_total;
+    const retained = limits.max_retained_bytes;
+    assert.ok(queued > 0 && retained > 0, "queues and retained messages are bounded for the pod");
+    // ~100 MiB baseline, ~32 KiB per idle TLS connection (the bench: 31.2), a full outbox for
+    // 256 busy ones, and what queues and retained messages may hold.
+    const needed = 100 + conns * 32 / 1024 + (256 * outbox + queued + retained) / 1048576;
     assert.ok(needed <= limit, `needs ${needed.toFixed(0)} MiB, limit is ${limit} MiB`);
     assert.ok(limit <= needed * 1.5, `limit ${limit} MiB is far above the ${needed} MiB needed`);
   });
