@@ -9,14 +9,13 @@
  * holding a second object: memory per idle client counts.
  */
 import { PacketIdTable } from "./packet_ids.ts";
+import { EMPTY_QUEUE, type Queued, SessionQueue } from "./queue.ts";
 import type { Message } from "../protocol/message.ts";
-import type { Metrics } from "../ops/metrics.ts";
 import type { ShareGroup } from "../router/trie.ts";
 import type { Subscription } from "../router/types.ts";
 import type { SessionState } from "../store/types.ts";
-import type { Journal } from "./journal.ts";
 import type { RetainedStream } from "./retained_stream.ts";
-import type { SessionLimits, SessionLink } from "./session_types.ts";
+import type { SessionLink } from "./session_types.ts";
 import { toMessage } from "./stored.ts";
 
 /**
@@ -38,60 +37,23 @@ interface Outgoing {
   released: boolean;
 }
 
-interface Queued {
-  msg: Message;
-  qos: 1 | 2;
-  retain: boolean;
-  subIds: readonly number[] | null;
-  /** Journal sequence number (0 when the session is not journaled). */
-  seq: number;
-}
-
-/**
- * The queue of every session with nothing queued: an idle session holds no array of its own
- * (32 B each). Frozen, so a write that forgot to replace it throws instead of reaching every
- * session.
- */
-const EMPTY_QUEUE = Object.freeze([]) as unknown as Queued[];
-
-/**
- * What a queued message counts against limits.max_queued_bytes: its payload, topic and
- * properties. The payload alone let a message of 1 MiB of user properties count as nothing.
- */
-function queuedSize(msg: Message): number {
-  return msg.payload.length + msg.topicBytes.length + (msg.props === null ? 0 : msg.props.length);
-}
-
-/**
- * What a queue entry costs beside the message it points to, for limits.max_queued_bytes_total:
- * the entry object (5 fields) and its slot in the queue's array.
- */
-const ENTRY_BYTES = 64;
-
 /** What of a stored session `SessionDelivery` writes and restores. */
 type DeliveryState = Pick<SessionState, "queue" | "inflight" | "recent">;
 
-/**
- * Every change goes through these methods, so a durable store sees it: while
- * `journaled` says so, each one is also pushed to `journal`.
- */
 /** `settleInflight`'s callback: one function, not a closure per call. */
 function ownMessage(e: Outgoing): void {
   e.msg.own();
 }
 
-export abstract class SessionDelivery {
+/**
+ * Every change goes through these methods, so a durable store sees it: while
+ * `journaled` says so, each one is also pushed to `journal`.
+ */
+export abstract class SessionDelivery extends SessionQueue {
   link: SessionLink | null = null;
-  /** Where changes go when the store is durable; null otherwise. */
-  journal: Journal | null = null;
 
   private inflight: PacketIdTable<Outgoing> | null = null;
-  private queue: Queued[] = EMPTY_QUEUE;
-  private queueHead = 0;
-  /** Bytes of the queued messages (`queuedSize`). */
-  private queuedBytes = 0;
   private nextPid = 1;
-  private nextSeq = 1;
   /**
    * Packet ids of the messages in flight when the connection (re)attached, in the order they
    * were first sent: each is sent again (PUBLISH with DUP, or PUBREL) as the new connection's
@@ -118,16 +80,6 @@ export abstract class SessionDelivery {
    */
   private sharedBy: WeakMap<object, ShareGroup> | null = null;
 
-  constructor(
-    readonly clientId: string,
-    protected readonly limits: SessionLimits,
-    protected readonly metrics: Metrics,
-    protected readonly now: () => number = Date.now,
-  ) {}
-
-  /** True when changes must reach the store: journaled and outliving its connection. */
-  protected abstract get journaled(): boolean;
-
   get inflightCount(): number {
     return this.inflight === null ? 0 : this.inflight.size;
   }
@@ -140,10 +92,6 @@ export abstract class SessionDelivery {
   settleInflight(): void {
     // Every connection's sweep comes here: an empty table is not walked.
     if (this.inflight !== null && this.inflight.size !== 0) this.inflight.forEach(ownMessage);
-  }
-
-  get queuedCount(): number {
-    return this.queue.length - this.queueHead;
   }
 
   deliver(
@@ -278,81 +226,6 @@ export abstract class SessionDelivery {
     if (r === null) return NO_IDS;
     const max = this.limits.dedupeWindow;
     return r.length > max ? r.slice(r.length - max) : r.slice();
-  }
-
-  private enqueue(q: Queued): void {
-    const limits = this.limits;
-    const metrics = this.metrics;
-    const msg = q.msg;
-    const size = queuedSize(msg);
-    if (limits.maxQueued === 0) {
-      metrics.droppedQueueFull++;
-      return;
-    }
-    while (
-      this.queuedCount >= limits.maxQueued ||
-      (this.queuedCount > 0 && this.queuedBytes + size > limits.maxQueuedBytes)
-    ) {
-      metrics.droppedQueueFull++;
-      if (limits.dropPolicy === "newest") return;
-      this.dropOldest();
-    }
-    if (
-      metrics.queuedBytes + ENTRY_BYTES + size > limits.maxQueuedBytesTotal && !this.roomInTotal(q)
-    ) {
-      metrics.droppedQueueTotal++;
-      return;
-    }
-    this.queuedBytes += size;
-    metrics.queuedMessages++;
-    metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + size : ENTRY_BYTES;
-    msg.own();
-    if (this.journaled) {
-      q.seq = this.nextSeq++;
-      this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
-    }
-    if (this.queue === EMPTY_QUEUE) this.queue = [q];
-    else this.queue.push(q);
-  }
-
-  /**
-   * Whether `q` fits under limits.max_queued_bytes_total (checked only when the rough sum says it
-   * may not): it does when another queue holds its message already, or once this session's own
-   * oldest messages are dropped for it (drop policy "oldest"). A session never drops another's
-   * messages: a client that stays away cannot push out what others wait for.
-   */
-  private roomInTotal(q: Queued): boolean {
-    const limits = this.limits;
-    const metrics = this.metrics;
-    for (;;) {
-      const cost = !q.msg.isQueued ? ENTRY_BYTES + queuedSize(q.msg) : ENTRY_BYTES;
-      if (metrics.queuedBytes + cost <= limits.maxQueuedBytesTotal) return true;
-      if (limits.dropPolicy === "newest" || this.queuedCount === 0) return false;
-      metrics.droppedQueueTotal++;
-      this.dropOldest();
-    }
-  }
-
-  private dropOldest(): void {
-    const dropped = this.queue[this.queueHead];
-    this.queue[this.queueHead++] = undefined as unknown as Queued;
-    this.dequeued(dropped);
-  }
-
-  /** `q` left the queue (sent, dropped or the session ended): it no longer counts. */
-  private unqueue(q: Queued): void {
-    const size = queuedSize(q.msg);
-    this.queuedBytes -= size;
-    const metrics = this.metrics;
-    metrics.queuedMessages--;
-    metrics.queuedBytes -= q.msg.unqueued() ? ENTRY_BYTES + size : ENTRY_BYTES;
-  }
-
-  private dequeued(q: Queued): void {
-    this.unqueue(q);
-    if (q.seq !== 0 && this.journaled) {
-      this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
-    }
   }
 
   private allocatePacketId(): number {
@@ -597,15 +470,6 @@ export abstract class SessionDelivery {
     return out;
   }
 
-  /** Takes every queued message out of the queue's counts and empties it (no journal entry). */
-  private releaseQueue(): void {
-    const q = this.queue;
-    for (let i = this.queueHead; i < q.length; i++) this.unqueue(q[i]);
-    this.queue = EMPTY_QUEUE;
-    this.queueHead = 0;
-    this.queuedBytes = 0;
-  }
-
   /** Drops every message held for delivery (the session ends). */
   protected dropDeliveries(): void {
     this.inflight = null;
@@ -617,17 +481,6 @@ export abstract class SessionDelivery {
     this.sharedBy = null;
   }
 
-  /** The queued messages as a store keeps them, each with its journal sequence number. */
-  protected storedQueue(): SessionState["queue"] {
-    const queue: (Queued & { seq: number })[] = [];
-    for (let i = this.queueHead; i < this.queue.length; i++) {
-      const q = this.queue[i];
-      if (q.seq === 0) q.seq = this.nextSeq++;
-      queue.push(q);
-    }
-    return queue;
-  }
-
   /** The messages in flight as a store keeps them. */
   protected storedInflight(): SessionState["inflight"] {
     // A store may keep them until its write: no arena chunk held that long.
@@ -637,20 +490,7 @@ export abstract class SessionDelivery {
 
   /** Restores what `storedQueue`, `storedInflight` and `recentIds` saved. */
   protected restoreDeliveries(state: DeliveryState): void {
-    this.releaseQueue();
-    // Restored whatever the bounds say now: the store kept them, and nothing new is queued
-    // while the total is over.
-    const metrics = this.metrics;
-    this.queue = state.queue.map((q) => {
-      const msg = toMessage(q.msg);
-      const size = queuedSize(msg);
-      this.queuedBytes += size;
-      metrics.queuedMessages++;
-      metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + size : ENTRY_BYTES;
-      return { msg, qos: q.qos, retain: q.retain, subIds: q.subIds, seq: q.seq };
-    });
-    if (this.queue.length === 0) this.queue = EMPTY_QUEUE;
-    for (const q of state.queue) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+    this.restoreQueue(state.queue);
     this.inflight = null;
     for (const f of state.inflight) {
       (this.inflight ??= new PacketIdTable()).set(f.packetId, {

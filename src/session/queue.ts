@@ -1,0 +1,182 @@
+/**
+ * A session's queue: the QoS 1/2 messages waiting behind its in-flight window (or for its client
+ * to come back), what they count against the session's bounds and all queues' together
+ * (limits.max_queued_bytes_total), and their journal entries. `SessionDelivery` (delivery.ts)
+ * extends it with the in-flight window and what moves messages on; a base class, not a field, so
+ * an idle session holds no object more.
+ */
+import type { Message } from "../protocol/message.ts";
+import type { Metrics } from "../ops/metrics.ts";
+import type { SessionState } from "../store/types.ts";
+import type { Journal } from "./journal.ts";
+import type { SessionLimits } from "./session_types.ts";
+import { toMessage } from "./stored.ts";
+
+export interface Queued {
+  msg: Message;
+  qos: 1 | 2;
+  retain: boolean;
+  subIds: readonly number[] | null;
+  /** Journal sequence number (0 when the session is not journaled). */
+  seq: number;
+}
+
+/**
+ * The queue of every session with nothing queued: an idle session holds no array of its own
+ * (32 B each). Frozen, so a write that forgot to replace it throws instead of reaching every
+ * session.
+ */
+export const EMPTY_QUEUE = Object.freeze([]) as unknown as Queued[];
+
+/**
+ * What a queued message counts against limits.max_queued_bytes: its payload, topic and
+ * properties. The payload alone let a message of 1 MiB of user properties count as nothing.
+ */
+function queuedSize(msg: Message): number {
+  return msg.payload.length + msg.topicBytes.length + (msg.props === null ? 0 : msg.props.length);
+}
+
+/**
+ * What a queue entry costs beside the message it points to, for limits.max_queued_bytes_total:
+ * the entry object (5 fields) and its slot in the queue's array.
+ */
+const ENTRY_BYTES = 64;
+
+export abstract class SessionQueue {
+  /** Where changes go when the store is durable; null otherwise. */
+  journal: Journal | null = null;
+  protected queue: Queued[] = EMPTY_QUEUE;
+  protected queueHead = 0;
+  /** Bytes of the queued messages (`queuedSize`). */
+  private queuedBytes = 0;
+  private nextSeq = 1;
+
+  constructor(
+    readonly clientId: string,
+    protected readonly limits: SessionLimits,
+    protected readonly metrics: Metrics,
+    protected readonly now: () => number = Date.now,
+  ) {}
+
+  /** True when changes must reach the store: journaled and outliving its connection. */
+  protected abstract get journaled(): boolean;
+
+  get queuedCount(): number {
+    return this.queue.length - this.queueHead;
+  }
+
+  protected enqueue(q: Queued): void {
+    const limits = this.limits;
+    const metrics = this.metrics;
+    const msg = q.msg;
+    const size = queuedSize(msg);
+    if (limits.maxQueued === 0) {
+      metrics.droppedQueueFull++;
+      return;
+    }
+    while (
+      this.queuedCount >= limits.maxQueued ||
+      (this.queuedCount > 0 && this.queuedBytes + size > limits.maxQueuedBytes)
+    ) {
+      metrics.droppedQueueFull++;
+      if (limits.dropPolicy === "newest") return;
+      this.dropOldest();
+    }
+    if (
+      metrics.queuedBytes + ENTRY_BYTES + size > limits.maxQueuedBytesTotal && !this.roomInTotal(q)
+    ) {
+      metrics.droppedQueueTotal++;
+      return;
+    }
+    this.counted(msg, size);
+    msg.own();
+    if (this.journaled) {
+      q.seq = this.nextSeq++;
+      this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
+    }
+    if (this.queue === EMPTY_QUEUE) this.queue = [q];
+    else this.queue.push(q);
+  }
+
+  /**
+   * Whether `q` fits under limits.max_queued_bytes_total (checked only when the rough sum says it
+   * may not): it does when another queue holds its message already, or once this session's own
+   * oldest messages are dropped for it (drop policy "oldest"). A session never drops another's
+   * messages: a client that stays away cannot push out what others wait for.
+   */
+  private roomInTotal(q: Queued): boolean {
+    const limits = this.limits;
+    const metrics = this.metrics;
+    for (;;) {
+      const cost = q.msg.isQueued ? ENTRY_BYTES : ENTRY_BYTES + queuedSize(q.msg);
+      if (metrics.queuedBytes + cost <= limits.maxQueuedBytesTotal) return true;
+      if (limits.dropPolicy === "newest" || this.queuedCount === 0) return false;
+      metrics.droppedQueueTotal++;
+      this.dropOldest();
+    }
+  }
+
+  private dropOldest(): void {
+    const dropped = this.queue[this.queueHead];
+    this.queue[this.queueHead++] = undefined as unknown as Queued;
+    this.dequeued(dropped);
+  }
+
+  /** `msg` joined the queue: it counts in the session's sums and all queues' together. */
+  private counted(msg: Message, size: number): void {
+    this.queuedBytes += size;
+    const metrics = this.metrics;
+    metrics.queuedMessages++;
+    metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + size : ENTRY_BYTES;
+  }
+
+  /** `q` left the queue (sent, dropped or the session ended): it no longer counts. */
+  private unqueue(q: Queued): void {
+    const size = queuedSize(q.msg);
+    this.queuedBytes -= size;
+    const metrics = this.metrics;
+    metrics.queuedMessages--;
+    metrics.queuedBytes -= q.msg.unqueued() ? ENTRY_BYTES + size : ENTRY_BYTES;
+  }
+
+  protected dequeued(q: Queued): void {
+    this.unqueue(q);
+    if (q.seq !== 0 && this.journaled) {
+      this.journal!.push({ type: "dequeue", clientId: this.clientId, seq: q.seq });
+    }
+  }
+
+  /** Takes every queued message out of the queue's counts and empties it (no journal entry). */
+  protected releaseQueue(): void {
+    const q = this.queue;
+    for (let i = this.queueHead; i < q.length; i++) this.unqueue(q[i]);
+    this.queue = EMPTY_QUEUE;
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+  }
+
+  /** The queued messages as a store keeps them, each with its journal sequence number. */
+  protected storedQueue(): SessionState["queue"] {
+    const queue: (Queued & { seq: number })[] = [];
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const q = this.queue[i];
+      if (q.seq === 0) q.seq = this.nextSeq++;
+      queue.push(q);
+    }
+    return queue;
+  }
+
+  /** Restores what `storedQueue` saved, in place of what the queue held. */
+  protected restoreQueue(stored: SessionState["queue"]): void {
+    this.releaseQueue();
+    // Restored whatever the bounds say now: the store kept them, and nothing new is queued
+    // while the total is over.
+    this.queue = stored.map((q) => {
+      const msg = toMessage(q.msg);
+      this.counted(msg, queuedSize(msg));
+      return { msg, qos: q.qos, retain: q.retain, subIds: q.subIds, seq: q.seq };
+    });
+    if (this.queue.length === 0) this.queue = EMPTY_QUEUE;
+    for (const q of stored) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+  }
+}
