@@ -34,6 +34,7 @@ import type {
 } from "./host.ts";
 import { ClusterSessions } from "./cluster_sessions.ts";
 import { Journal, JournalClosedError } from "./journal.ts";
+import { TotalDropLog } from "./queue.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
@@ -114,9 +115,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   readonly socketLimit: number;
   private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
-  /** Messages left out of queues at limits.max_queued_bytes_total, as of the last sweep. */
-  private totalDropsSeen = 0;
-  private readonly totalFullLog = new RateLimitedLog((m) => log.warn(m));
+  private readonly totalDrops = new TotalDropLog((m) => log.warn(m));
   /** The client id `bind` is giving to a new connection, while it runs. */
   private binding: string | null = null;
   /** Versions for the retained updates published here. */
@@ -630,14 +629,6 @@ export class BrokerCore implements ConnectionHost, BusHost {
         this.detached.delete(s);
       }
     }
-    // Said here, not where it happens: drops come at the publish rate.
-    const drops = this.metrics.droppedQueueTotal;
-    if (drops !== this.totalDropsSeen) {
-      this.totalFullLog.note(
-        `${drops - this.totalDropsSeen} QoS 1/2 messages not queued: session queues hold ` +
-          `${this.metrics.queuedBytes} bytes, at limits.max_queued_bytes_total`,
-      );
-      this.totalDropsSeen = drops;
-    }
+    this.totalDrops.check(this.metrics);
   }
 }

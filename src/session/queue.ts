@@ -10,6 +10,7 @@ import type { Metrics } from "../ops/metrics.ts";
 import type { SessionState } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import type { SessionLimits } from "./session_types.ts";
+import { RateLimitedLog } from "../sinks/stats.ts";
 import { toMessage } from "./stored.ts";
 
 export interface Queued {
@@ -178,5 +179,29 @@ export abstract class SessionQueue {
     });
     if (this.queue.length === 0) this.queue = EMPTY_QUEUE;
     for (const q of stored) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+  }
+}
+
+/**
+ * Says, at most every 10 s, that messages were left out of queues at
+ * limits.max_queued_bytes_total. Checked by the sweep, not where it happens: drops come at the
+ * publish rate.
+ */
+export class TotalDropLog {
+  private seen = 0;
+  private readonly log: RateLimitedLog;
+
+  constructor(write: (message: string) => void) {
+    this.log = new RateLimitedLog(write);
+  }
+
+  check(metrics: Metrics): void {
+    const drops = metrics.droppedQueueTotal;
+    if (drops === this.seen) return;
+    this.log.note(
+      `${drops - this.seen} QoS 1/2 messages not queued: session queues hold ` +
+        `${metrics.queuedBytes} bytes, at limits.max_queued_bytes_total`,
+    );
+    this.seen = drops;
   }
 }
