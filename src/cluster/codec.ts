@@ -6,7 +6,7 @@
  *
  * Batch   = version:u8 (1), then records until the end.
  * Record  = groups:u16, each (len:u16, utf8), then the body.
- * Body    = flags:u8 (qos bits 0-1, retain bit 2, has-props bit 3),
+ * Body    = flags:u8 (qos bits 0-1, retain bit 2, has-props bit 3, shared-redelivery bit 4),
  *           topic (len:u16, utf8), expiresAt:f64, origin (len:u16, utf8),
  *           [props (len:u32, bytes)], payload (len:u32, bytes).
  * The body is encoded once per message and shared by every destination;
@@ -28,8 +28,16 @@ export class CodecError extends Error {
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder("utf-8", { fatal: true });
 
-/** The body of `msg`, shared by all destinations. */
-export function encodeBody(msg: Message): Uint8Array {
+/**
+ * Flag of a message a share group's member left unacknowledged when its session ended, handed on
+ * to another node's member: it goes to the record's groups only (the other subscribers had their
+ * copy) and is no retained update. A node that does not know the bit skips the entry as corrupt
+ * rather than deliver it to everyone.
+ */
+const REDELIVERY = 16;
+
+/** The body of `msg`, shared by all destinations; `redelivery`: see REDELIVERY. */
+export function encodeBody(msg: Message, redelivery = false): Uint8Array {
   const origin = utf8.encode(msg.origin);
   const props = msg.props;
   const size = 1 + 2 + msg.topicBytes.length + 8 + 2 + origin.length +
@@ -37,7 +45,8 @@ export function encodeBody(msg: Message): Uint8Array {
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
   let o = 0;
-  out[o++] = msg.qos | (msg.retain ? 4 : 0) | (props === null ? 0 : 8);
+  out[o++] = msg.qos | (msg.retain ? 4 : 0) | (props === null ? 0 : 8) |
+    (redelivery ? REDELIVERY : 0);
   view.setUint16(o, msg.topicBytes.length);
   out.set(msg.topicBytes, o + 2);
   o += 2 + msg.topicBytes.length;
@@ -115,6 +124,8 @@ export interface Forwarded {
   groups: string[];
   /** A retained update's version (retain_version.ts), "" for none. */
   version: string;
+  /** For `groups` only, handed on from a member whose session ended (REDELIVERY). */
+  redelivery: boolean;
 }
 
 /** The `i` field of an entry: the records' ids, in order. */
@@ -139,7 +150,7 @@ export function decodeBatch(data: Uint8Array, ids?: string, versions?: string): 
     for (let i = 0; i < n; i++) groups.push(r.text(r.u16()));
     const flags = r.u8();
     const qos = flags & 3;
-    if (qos === 3 || flags > 15) throw new CodecError(`bad flags ${flags}`);
+    if (qos === 3 || flags > 31) throw new CodecError(`bad flags ${flags}`);
     // Topics are kept for the life of the message: copy them out of the batch buffer.
     const topicBytes = r.bytes(r.u16()).slice();
     const topic = decode(topicBytes);
@@ -157,7 +168,7 @@ export function decodeBatch(data: Uint8Array, ids?: string, versions?: string): 
       expiresAt,
       origin,
     );
-    out.push({ msg, groups, version: "" });
+    out.push({ msg, groups, version: "", redelivery: (flags & REDELIVERY) !== 0 });
   }
   if (ids !== undefined && ids !== "") {
     const list = ids.split(" ");

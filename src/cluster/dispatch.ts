@@ -93,3 +93,23 @@ export function toEveryNode(
   }
   return out;
 }
+
+/**
+ * The node to hand a message of share group `key` to when the member it was given to is gone and
+ * no other member is on this node: another holder of the group in turn, or null when there is
+ * none.
+ */
+export function redeliveryTarget(
+  plan: RoutePlan,
+  key: string,
+  self: string,
+  rotation: Rotation,
+  avoid?: (node: string) => boolean,
+): string | null {
+  for (const g of plan.groups) {
+    if (g.key !== key) continue;
+    const others = g.nodes.filter((n) => n !== self);
+    return others.length === 0 ? null : rotation.pick(key, others, avoid);
+  }
+  return null;
+}

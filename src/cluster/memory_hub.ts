@@ -9,7 +9,13 @@
 import { getLogger } from "@logtape/logtape";
 import type { Message } from "../protocol/message.ts";
 import { decodeBatch, encodeBody, encodeGroups, encodeIds, MessageIds } from "./codec.ts";
-import { dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
+import {
+  dispatch,
+  redeliveryTarget,
+  Rotation,
+  type SharedPolicy,
+  toEveryNode,
+} from "./dispatch.ts";
 import { RouteTrie } from "./route_trie.ts";
 import {
   type Bus,
@@ -145,17 +151,7 @@ export class MemoryBus implements Bus {
       if (msg.qos !== 0 && msg.id === "") msg.id = this.ids.next();
       const body = encodeBody(msg);
       for (const [dest, groups] of d.dests) {
-        let list = this.pending.get(dest);
-        if (list === undefined) {
-          this.pending.set(dest, list = { parts: [new Uint8Array([1])], ids: [], versions: [] });
-        }
-        list.parts.push(encodeGroups(groups), body);
-        list.ids.push(msg.id);
-        list.versions.push(retainVersion);
-      }
-      if (!this.scheduled) {
-        this.scheduled = true;
-        queueMicrotask(() => this.flush());
+        this.add(dest, encodeGroups(groups), body, msg.id, retainVersion);
       }
     }
     return {
@@ -163,6 +159,35 @@ export class MemoryBus implements Bus {
       written: msg.qos > 0 && d.dests.size > 0 ? Promise.resolve() : null,
       routed,
     };
+  }
+
+  forwardShared(msg: Message, key: string): boolean {
+    if (!this.running) return false;
+    const dest = redeliveryTarget(this.trie.plan(msg.topic), key, this.nodeId, this.rotation);
+    if (dest === null) return false;
+    // A new id, as the Redis bus gives one (its receiver's duplicate check would drop the old).
+    this.add(
+      dest,
+      encodeGroups([key]),
+      encodeBody(msg, true),
+      msg.qos === 0 ? "" : this.ids.next(),
+    );
+    return true;
+  }
+
+  /** Collects a record for `dest`; this turn's records are delivered together (flush). */
+  private add(dest: string, header: Uint8Array, body: Uint8Array, id: string, version = ""): void {
+    let list = this.pending.get(dest);
+    if (list === undefined) {
+      this.pending.set(dest, list = { parts: [new Uint8Array([1])], ids: [], versions: [] });
+    }
+    list.parts.push(header, body);
+    list.ids.push(id);
+    list.versions.push(version);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
   }
 
   private flush(): void {
@@ -178,11 +203,10 @@ export class MemoryBus implements Bus {
         batch.set(p, o);
         o += p.length;
       }
-      for (
-        const { msg, groups, version } of decodeBatch(batch, encodeIds(ids), encodeIds(versions))
-      ) {
+      for (const f of decodeBatch(batch, encodeIds(ids), encodeIds(versions))) {
         try {
-          target.host.deliverRemote(msg, groups, version);
+          if (f.redelivery) target.host.redeliverShared(f.msg, f.groups);
+          else target.host.deliverRemote(f.msg, f.groups, f.version);
         } catch (e) {
           log.error`delivering a forwarded message on ${dest} failed: ${e}`;
         }

@@ -14,7 +14,14 @@ import { getLogger } from "@logtape/logtape";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
 import { encodeBody, encodeGroups, MessageIds } from "./codec.ts";
-import { type Dispatch, dispatch, Rotation, type SharedPolicy, toEveryNode } from "./dispatch.ts";
+import {
+  type Dispatch,
+  dispatch,
+  redeliveryTarget,
+  Rotation,
+  type SharedPolicy,
+  toEveryNode,
+} from "./dispatch.ts";
 import { bounded } from "./memory_hub.ts";
 import {
   connectRedis,
@@ -390,6 +397,23 @@ export class RedisBus implements Bus {
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
       routed,
     };
+  }
+
+  forwardShared(msg: Message, key: string): boolean {
+    if (this.stopped) return false;
+    const dest = redeliveryTarget(
+      this.routes.trie.plan(msg.topic),
+      key,
+      this.nodeId,
+      this.rotation,
+      this.backlog.anyOver ? this.behind : undefined,
+    );
+    if (dest === null) return false;
+    // A new id: the receiver may have had this message's own id already (a copy for its plain
+    // subscribers), and would drop this one as the same entry written twice.
+    const id = msg.qos === 0 ? "" : this.ids.next();
+    this.writer.add(dest, encodeGroups([key]), encodeBody(msg, true), id);
+    return true;
   }
 
   /**

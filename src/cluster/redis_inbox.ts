@@ -243,7 +243,7 @@ export class InboxReader {
         const entry = parseEntry(fields);
         if (entry.type === "control") this.onControl(entry.fields);
         else {
-          for (const { msg, groups, version } of entry.batch) {
+          for (const { msg, groups, version, redelivery } of entry.batch) {
             this.stats.received++;
             if (msg.id !== "" && !this.seen.firstTime(msg.id)) {
               // The same XADD run twice (seen_ids.ts): a QoS 2 message must not arrive twice.
@@ -251,7 +251,8 @@ export class InboxReader {
               this.host.duplicateArrived?.();
               continue;
             }
-            this.host.deliverRemote(msg, groups, version);
+            if (redelivery) this.host.redeliverShared(msg, groups);
+            else this.host.deliverRemote(msg, groups, version);
           }
         }
       } catch (e) {

@@ -27,6 +27,11 @@ export interface BusHost {
    * matching groups are served elsewhere.
    */
   deliverRemote(msg: Message, groups: readonly string[], retainVersion?: string): void;
+  /**
+   * A message another node's member of share group(s) `groups` left undelivered (its session
+   * ended): hand it to a member here, of those groups only.
+   */
+  redeliverShared(msg: Message, groups: readonly string[]): void;
   /** A forwarded message came a second time and was dropped (counted with duplicates). */
   duplicateArrived?(): void;
   /**
@@ -154,6 +159,12 @@ export interface Bus {
   /** A message published on this node (by a client, a will or $SYS): forward it where it is wanted. */
   forward(msg: Message, retainVersion?: string): ForwardResult;
   /**
+   * Hands `msg` to a member of share group `key` on another node: the member it was given to
+   * here is gone before its client got it, and no other member is here (section 4.8.2). False
+   * when no other node holds the group. Best effort: the publisher was answered long ago.
+   */
+  forwardShared(msg: Message, key: string): boolean;
+  /**
    * Makes this node the owner of `clientId` cluster-wide before its session is
    * loaded: a connection with that id on another node is closed (0x8E) and its
    * state written back first. Resolves to the claim's number, which grows with
@@ -197,6 +208,7 @@ export const localBus: Bus = {
   addRoute: () => null,
   removeRoute: () => {},
   forward: () => LOCAL_ONLY,
+  forwardShared: () => false,
   claimSession: () => null,
   releaseSession: () => {},
 };

@@ -349,6 +349,7 @@ export class Exposition extends FamilySet {
         ["too_large", m().droppedTooLarge],
         ["expired", m().droppedExpired],
         ["duplicate", m().duplicatesDropped],
+        ["shared_group_gone", m().droppedSharedGone],
       ],
     );
     counter(

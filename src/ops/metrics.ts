@@ -110,6 +110,11 @@ export class Metrics {
    * unacknowledged, or still queued), sent to another member of the group instead.
    */
   sharedRedelivered = 0;
+  /**
+   * Messages handed on from another node's share-group member that found no member of the group
+   * here any more (the group's last member left meanwhile).
+   */
+  droppedSharedGone = 0;
   sessionsExpired = 0;
   /** CONNECTs refused by authentication (bad credentials, no certificate, anonymous off). */
   authFailures = 0;

@@ -233,6 +233,17 @@ export class Router {
    * before acknowledging it (QoS 1) or before it was sent at all. The session's subscriptions
    * are gone by then, so it is not picked again. False when no member is left here.
    */
+  /**
+   * Sends `msg` to a member of the group with `key` (`$share/name/filter`) here: another node's
+   * member lost its session before its client got it. False when there is none here.
+   */
+  redeliverSharedKey(msg: Message, key: string): boolean {
+    for (const g of this.trie.match(msg.topic).groups) {
+      if (g.key === key) return this.redeliverShared(msg, g);
+    }
+    return false;
+  }
+
   redeliverShared(msg: Message, group: ShareGroup): boolean {
     this.checking = msg.topic;
     const s = group.pick(this.receiveCheck === null ? null : this.groupOk);

@@ -349,6 +349,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.router.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups), retainVersion);
   }
 
+  /** BusHost: a share group's message another node's member left; never handed on again. */
+  redeliverShared(msg: Message, groups: readonly string[]): void {
+    for (const key of groups) {
+      if (!this.router.redeliverSharedKey(msg, key)) this.metrics.droppedSharedGone++;
+    }
+  }
+
   deliveredWritten(): Promise<void> | null {
     const p = this.journal?.pending ?? null;
     // Stopped before the store took them: the inbox entries stay unacknowledged (never settles).
@@ -610,7 +617,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
     }
     if (leftovers !== null) {
       for (const [msg, group] of leftovers) {
-        if (this.router.redeliverShared(msg, group)) this.metrics.sharedRedelivered++;
+        // A member here first; else one on another node (a cluster).
+        if (
+          this.router.redeliverShared(msg, group) || this.bus.forwardShared(msg, group.key)
+        ) this.metrics.sharedRedelivered++;
       }
     }
   }

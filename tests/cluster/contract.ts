@@ -41,6 +41,11 @@ export class RecordingHost implements BusHost {
   deliverRemote(msg: Message, groups: readonly string[], version = ""): void {
     this.delivered.push({ msg, groups: [...groups], version });
   }
+  /** Share-group messages other nodes handed on (`redeliverShared`), apart from `delivered`. */
+  redelivered: { msg: Message; groups: readonly string[] }[] = [];
+  redeliverShared(msg: Message, groups: readonly string[]): void {
+    this.redelivered.push({ msg, groups: [...groups] });
+  }
   deliveredWritten(): Promise<void> | null {
     return null;
   }
@@ -258,6 +263,31 @@ const cases: Record<string, [number, Case]> = {
       assert.equal(servedByB.length, hb.delivered.length, "B only receives what it serves");
       assert.equal(servedByB.length + countGroup(hc, "$share/g/jobs/#"), n);
       assert.ok(servedByB.length > 0 && servedByB.length < n, "rotated over both nodes");
+    },
+  ],
+  "a share group's leftover goes to another node holding the group, for that group only": [
+    3,
+    async ({ buses: [a, b, c], hosts: [ha, hb, hc] }) => {
+      await a.addRoute("$share/g/jobs/#");
+      await c.addRoute("jobs/#");
+      const msg = message("jobs/1", { qos: 1, payload: "left" });
+      // A served the group itself, to a member that is gone now; B joined the group meanwhile.
+      await forwardAll(a, [msg]);
+      await until(() => hc.delivered.length === 1, 3000, "C's plain copy");
+      a.removeRoute("$share/g/jobs/#");
+      await b.addRoute("$share/g/jobs/#");
+      assert.equal(a.forwardShared(msg, "$share/g/jobs/#"), true);
+      assert.equal(a.forwardShared(msg, "$share/other/jobs/#"), false, "no node holds it");
+      await until(() => hb.redelivered.length === 1, 3000, "the leftover on B");
+      await delay(QUIET_MS);
+      assert.deepEqual(hb.redelivered[0].groups, ["$share/g/jobs/#"]);
+      assert.equal(new TextDecoder().decode(hb.redelivered[0].msg.payload), "left");
+      assert.equal(hb.redelivered[0].msg.qos, 1);
+      // Not a new publish: plain subscribers (C) and A itself get nothing more.
+      assert.equal(hc.delivered.length, 1);
+      assert.deepEqual(hc.redelivered, []);
+      assert.deepEqual(ha.redelivered, []);
+      assert.deepEqual(hb.delivered, []);
     },
   ],
   "shared group held locally is served locally: nothing forwarded for it": [
