@@ -95,6 +95,11 @@ export class PolicyAuthenticator implements Authenticator {
   /** `rechecks`: how many times the password file changed during this login's checks. */
   private decide(req: ConnectRequest, rechecks = 0): AuthDecision | Promise<AuthDecision> {
     const { passwords, allowAnonymous, requireClientIdMatch } = this.options;
+    if (req.certificateRefusal !== undefined) {
+      // As for a certificate without the identity below: on a listener where certificates are
+      // optional too, a client that chose to present one is judged by it.
+      return { ok: false, reasonCode: NOT_AUTHORIZED, reason: req.certificateRefusal };
+    }
     const identity = req.certificateIdentity;
     if (identity !== undefined) {
       if (requireClientIdMatch && req.clientId !== identity) {

@@ -7,6 +7,8 @@
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
 import { createHash } from "node:crypto";
+import { certificateExtensions, type DerExtension } from "./cert_der.ts";
+import { clientUseRefusal } from "./cert_usage.ts";
 
 /** Which part of the certificate names the client. */
 export type CertIdentityMode = "cn" | "san" | "fingerprint";
@@ -44,6 +46,48 @@ type SanKind = "email" | "uri" | "dns";
  */
 const SAN_PREFERENCE: readonly SanKind[] = ["email", "uri", "dns"];
 
+/** What a verified peer certificate says about its client. */
+export interface PeerCertificateReading {
+  /** The identity per [tls] identity; undefined when the certificate lacks that part. */
+  identity: string | undefined;
+  /** Why the certificate may not authenticate a TLS client (cert_usage.ts); undefined if it may. */
+  refusal: string | undefined;
+}
+
+/** A certificate the TLS verifier took but the DER walk cannot read: refused, not guessed at. */
+export const UNREADABLE_REFUSAL = "the client certificate cannot be read";
+
+/**
+ * Identity and usage of a peer certificate as node:tls reports it, from one walk of its DER.
+ * Without a certificate (Node reports an empty object) there is neither.
+ */
+export function readPeerCertificate(
+  peer: PeerCertificateLike | null | undefined,
+  mode: CertIdentityMode,
+): PeerCertificateReading {
+  if (!peer) return { identity: undefined, refusal: undefined };
+  if (!peer.raw || peer.raw.length === 0) {
+    return { identity: reportedIdentity(peer, mode), refusal: undefined };
+  }
+  const extensions = certificateExtensions(peer.raw);
+  if (extensions === undefined) return { identity: undefined, refusal: UNREADABLE_REFUSAL };
+  let identity: string | undefined;
+  switch (mode) {
+    case "cn":
+      identity = firstNonEmpty(peer.subject?.CN);
+      break;
+    case "san":
+      // From the DER: Deno's node:tls prints subjectaltname without Node's quoting, so the
+      // single name `URI:spiffe://x, email:admin@example.com` would read back as two entries
+      // and name the client admin@example.com.
+      identity = sanExtensionIdentity(extensions.get(SUBJECT_ALT_NAME));
+      break;
+    case "fingerprint":
+      identity = sha256Hex(peer.raw);
+  }
+  return { identity, refusal: clientUseRefusal(extensions) };
+}
+
 /**
  * Identity of a peer certificate as node:tls reports it, or undefined when the certificate lacks
  * the requested part (or there is no certificate, which Node reports as an empty object).
@@ -52,18 +96,17 @@ export function certificateIdentity(
   peer: PeerCertificateLike | null | undefined,
   mode: CertIdentityMode,
 ): string | undefined {
-  if (!peer) return undefined;
+  return readPeerCertificate(peer, mode).identity;
+}
+
+/** Identity from node:tls's own fields, for a peer object without the DER. */
+function reportedIdentity(peer: PeerCertificateLike, mode: CertIdentityMode): string | undefined {
   switch (mode) {
     case "cn":
       return firstNonEmpty(peer.subject?.CN);
     case "san":
-      // From the DER when there is one: Deno's node:tls prints subjectaltname without Node's
-      // quoting, so the single name `URI:spiffe://x, email:admin@example.com` would read back as
-      // two entries and name the client admin@example.com.
-      if (peer.raw && peer.raw.length > 0) return derSanIdentity(peer.raw);
       return preferredSan(parseNodeAltNames(peer.subjectaltname ?? ""));
     case "fingerprint":
-      if (peer.raw && peer.raw.length > 0) return sha256Hex(peer.raw);
       return peer.fingerprint256
         ? peer.fingerprint256.replaceAll(":", "").toLowerCase()
         : undefined;
@@ -94,21 +137,28 @@ export function encodedCertificateIdentity(
   }
 }
 
-/** The identity SAN of a verified peer's DER; undefined when it cannot be read (no identity). */
-function derSanIdentity(der: Uint8Array): string | undefined {
-  let parsed: x509.X509Certificate;
+const SUBJECT_ALT_NAME = "2.5.29.17";
+
+/** The identity SAN of a verified peer's SAN extension; undefined when none or unreadable. */
+function sanExtensionIdentity(ext: DerExtension | undefined): string | undefined {
+  if (ext === undefined) return undefined;
+  let san: x509.SubjectAlternativeNameExtension;
   try {
-    parsed = new x509.X509Certificate(toArrayBuffer(der));
+    san = new x509.SubjectAlternativeNameExtension(toArrayBuffer(ext.der));
   } catch {
     return undefined;
   }
-  return preferredSan(altNames(parsed));
+  return preferredSan(sanNames(san));
 }
 
 /** The subject alternative names that may serve as an identity, in certificate order. */
 function altNames(parsed: x509.X509Certificate): AltName[] {
   const ext = parsed.getExtension(x509.SubjectAlternativeNameExtension);
-  return (ext?.names.items ?? []).flatMap((n): AltName[] => {
+  return ext === null ? [] : sanNames(ext);
+}
+
+function sanNames(ext: x509.SubjectAlternativeNameExtension): AltName[] {
+  return ext.names.items.flatMap((n): AltName[] => {
     const kind = n.type === "url" ? "uri" : n.type;
     return kind === "email" || kind === "uri" || kind === "dns" ? [{ kind, value: n.value }] : [];
   });

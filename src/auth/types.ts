@@ -14,6 +14,8 @@ export interface ConnectRequest {
   certificateIdentity?: string;
   /** A client certificate verified; set also when it lacks the part [tls] identity names. */
   certificateVerified?: boolean;
+  /** Why the verified certificate may not authenticate a TLS client (see PeerInfo). */
+  certificateRefusal?: string;
   remoteAddress: string;
   protocolLevel: 3 | 4 | 5;
   /** When the connection was accepted (ms since epoch): the connect timeout counts from there. */

@@ -65,6 +65,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
     password: pkt.password,
     certificateIdentity: c.peer.certificateIdentity,
     certificateVerified: c.peer.certificateVerified,
+    certificateRefusal: c.peer.certificateRefusal,
     remoteAddress: c.peer.remoteAddress,
     protocolLevel: pkt.protocolLevel,
     acceptedAt: c.since,

@@ -25,6 +25,11 @@ export interface PeerInfo {
    * [tls] identity names (then `certificateIdentity` is undefined and the client is refused).
    */
   certificateVerified?: boolean;
+  /**
+   * Why the verified certificate may not authenticate a TLS client (its keyUsage or
+   * extendedKeyUsage forbids it); `certificateIdentity` is then undefined.
+   */
+  certificateRefusal?: string;
 }
 
 /** The part of a connection a transport drives. */

@@ -9,7 +9,7 @@ import { X509Certificate } from "node:crypto";
 import { chainTrusted, parsePem } from "../auth/cert_chain.ts";
 import { MAX_CHAIN } from "../auth/cert_check.ts";
 import { getLogger } from "@logtape/logtape";
-import { type CertIdentityMode, certificateIdentity } from "../auth/cert_identity.ts";
+import { type CertIdentityMode, readPeerCertificate } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
 import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { bridgeSocket } from "./tls_read.ts";
@@ -148,7 +148,14 @@ export function securePeer(
   const cert = socket.getPeerCertificate();
   if (cert?.raw === undefined || cert.raw.length === 0) return peer;
   peer.certificateVerified = true;
-  peer.certificateIdentity = certificateIdentity(cert, mode);
+  const reading = readPeerCertificate(cert, mode);
+  if (reading.refusal !== undefined) {
+    // Left without an identity, so an embedder's authenticator that does not know the refusal
+    // sees a verified certificate that names no one, not a client to let in.
+    peer.certificateRefusal = reading.refusal;
+    return peer;
+  }
+  peer.certificateIdentity = reading.identity;
   return peer;
 }
 

@@ -4,24 +4,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { IClientOptions } from "mqtt";
-import { connectClient, startSecureBroker } from "../helpers/broker.ts";
+import { connackOf, startSecureBroker } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-cert-noid-" });
 const pki = await makeTestPki(dir);
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-
-/** CONNACK reason code MQTT.js reports for a refused CONNECT, or 0 when accepted. */
-async function connackOf(port: number, opts: Record<string, unknown>): Promise<number> {
-  try {
-    const c = await connectClient(port, { protocol: "mqtts", ...opts } as IClientOptions);
-    await c.endAsync();
-    return 0;
-  } catch (e) {
-    return (e as { code?: number }).code ?? -1;
-  }
-}
 
 Deno.test("a verified certificate without the configured identity is refused, whatever username CONNECT claims", async () => {
   const acl = join(dir, "acl");
@@ -35,12 +23,18 @@ Deno.test("a verified certificate without the configured identity is refused, wh
   });
   // bob's SAN email is his identity; the username he sends is ignored.
   assert.equal(
-    await connackOf(b.tlsPort, { clientId: "bob", username: "admin", ...clientTls(pki, pki.bob) }),
+    await connackOf(b.tlsPort, {
+      protocol: "mqtts",
+      clientId: "bob",
+      username: "admin",
+      ...clientTls(pki, pki.bob),
+    }),
     0,
   );
   // alice's certificate is as valid, but has no SAN: she must not become admin.
   assert.equal(
     await connackOf(b.tlsPort, {
+      protocol: "mqtts",
       clientId: "alice",
       username: "admin",
       ...clientTls(pki, pki.alice),
@@ -56,7 +50,7 @@ Deno.test("a listener that asks for no certificate, or one given none, still let
     auth: { allow_anonymous: true },
   });
   const ca = clientTls(pki, undefined);
-  assert.equal(await connackOf(none.tlsPort, { clientId: "n1", ...ca }), 0);
+  assert.equal(await connackOf(none.tlsPort, { protocol: "mqtts", clientId: "n1", ...ca }), 0);
   assert.equal(
     await connackOf(none.wssPort, { protocol: "wss", path: "/mqtt", clientId: "n2", ...ca }),
     0,
@@ -66,9 +60,13 @@ Deno.test("a listener that asks for no certificate, or one given none, still let
     listeners: { tcp: { client_certificate: "optional" } },
     auth: { allow_anonymous: true },
   });
-  assert.equal(await connackOf(optional.tlsPort, { clientId: "o1", ...ca }), 0);
+  assert.equal(await connackOf(optional.tlsPort, { protocol: "mqtts", clientId: "o1", ...ca }), 0);
   assert.equal(
-    await connackOf(optional.tlsPort, { clientId: "o2", ...clientTls(pki, pki.alice) }),
+    await connackOf(optional.tlsPort, {
+      protocol: "mqtts",
+      clientId: "o2",
+      ...clientTls(pki, pki.alice),
+    }),
     0,
   );
 });

@@ -97,6 +97,22 @@ export function connectClient(
 }
 
 /**
+ * The CONNACK reason code a CONNECT with `opts` gets (0 when accepted; the client then ends), or
+ * the error when no CONNACK came (a refused TLS handshake, a connection closed first).
+ */
+export async function connackOf(port: number, opts: IClientOptions): Promise<number | Error> {
+  try {
+    const c = await connectClient(port, opts);
+    await c.endAsync();
+    return 0;
+  } catch (e) {
+    // MQTT.js refuses with the CONNACK's reason code; socket errors carry string codes.
+    const code = (e as { code?: unknown }).code;
+    return typeof code === "number" ? code : e as Error;
+  }
+}
+
+/**
  * Ends a client and waits until its socket is closed. A client the broker
  * disconnected is ended with force: MQTT.js would otherwise wait forever for
  * its unacknowledged publishes.

@@ -147,14 +147,42 @@ async function write(dir: string, name: string, pair: PemPair): Promise<CertFile
   return files;
 }
 
-/** `openssl x509 -req` without an extension file signs a v1 certificate. */
-async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
-  const files = { cert: join(dir, "v1client.crt"), key: join(dir, "v1client.key") };
-  const csr = join(dir, "v1client.csr");
+/** A client certificate `opensslClient` makes. */
+export interface OpensslClientOptions {
+  /** The subject CN, and the name of its files. */
+  name: string;
+  /** The key type; default EC P-256. */
+  key?: "ec" | "rsa";
+  /**
+   * Lines of the openssl extension file (`keyUsage = critical, keyEncipherment`); without them
+   * `x509 -req` signs a v1 certificate.
+   */
+  extensions?: readonly string[];
+}
+
+/**
+ * A client certificate signed by `ca` with openssl, for the shapes WebCrypto tooling cannot
+ * make (v1) or the broker's own issuer never would (odd key usages).
+ */
+export async function opensslClient(
+  dir: string,
+  ca: CertFiles,
+  opts: OpensslClientOptions,
+): Promise<CertFiles> {
+  const files = { cert: join(dir, `${opts.name}.crt`), key: join(dir, `${opts.name}.key`) };
+  const csr = join(dir, `${opts.name}.csr`);
   await openssl(
-    ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", files.key],
+    opts.key === "rsa"
+      ? ["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", files.key]
+      : ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", files.key],
   );
-  await openssl(["req", "-new", "-key", files.key, "-subj", "/CN=v1client", "-out", csr]);
+  await openssl(["req", "-new", "-key", files.key, "-subj", `/CN=${opts.name}`, "-out", csr]);
+  const extArgs: string[] = [];
+  if (opts.extensions !== undefined) {
+    const extfile = join(dir, `${opts.name}.ext`);
+    await Deno.writeTextFile(extfile, opts.extensions.join("\n") + "\n");
+    extArgs.push("-extfile", extfile);
+  }
   await openssl([
     "x509",
     "-req",
@@ -164,14 +192,22 @@ async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
     ca.cert,
     "-CAkey",
     ca.key,
+    // Issuer and serial name a certificate: each of a CA's gets its own.
     "-set_serial",
-    "0x1d2c3b4a",
+    `0x${crypto.randomUUID().replaceAll("-", "").slice(0, 15)}`,
     "-days",
     "2",
     "-sha256",
+    ...extArgs,
     "-out",
     files.cert,
   ]);
+  return files;
+}
+
+/** `openssl x509 -req` without an extension file signs a v1 certificate. */
+async function makeV1Client(dir: string, ca: CertFiles): Promise<CertFiles> {
+  const files = await opensslClient(dir, ca, { name: "v1client" });
   // Newer OpenSSL releases may add extensions (and so v3) by default; the fixture would then
   // silently test nothing, so check.
   const text = await openssl(["x509", "-in", files.cert, "-noout", "-text"]);
