@@ -89,6 +89,8 @@ export class Metrics {
   droppedQueueFull = 0;
   /** QoS 1/2 messages dropped because all queues together held limits.max_queued_bytes_total. */
   droppedQueueTotal = 0;
+  /** Sessions with a connection (a gauge kept where a session's link is set and cleared). */
+  sessionsOnline = 0;
   /** Messages waiting in session queues (a gauge kept by the queues). */
   queuedMessages = 0;
   /**

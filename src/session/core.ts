@@ -558,6 +558,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (!wasConnected) return "none";
     if (session === null || session.link !== conn) return "none";
     session.link = null;
+    this.metrics.sessionsOnline--;
     // Kept for a resend at the next connection: buffers of their own from now on.
     session.settleInflight();
     const now = this.clock.now();

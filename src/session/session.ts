@@ -127,6 +127,8 @@ export class Session extends SessionDelivery implements Subscriber {
    * DUP set (PUBREL for released QoS 2), then send what was queued.
    */
   attach(link: SessionLink): void {
+    // A takeover replaces one link with another: still one session online.
+    if (this.link === null) this.metrics.sessionsOnline++;
     this.link = link;
     this.expiresAt = 0;
     this.willAt = 0;

@@ -187,3 +187,54 @@ Deno.test("/metrics counts an embedder's Authenticator refusals and the retained
   assert.equal(metric(m, "mcloudtt_subscriptions_refused_total"), 1);
   await endClient(c);
 });
+
+Deno.test("mcloudtt_sessions stays exact through takeovers, clean starts, expiry and ends", async () => {
+  await using b = await startBroker();
+  await using o = await startOps(b.broker);
+  const sessions = async (online: number, offline: number, step: string) => {
+    const m = await scrapeUntil(
+      o.url,
+      (m) =>
+        m.get('mcloudtt_sessions{state="online"}') === online &&
+        m.get('mcloudtt_sessions{state="offline"}') === offline,
+    );
+    assert.deepEqual(
+      [
+        metric(m, 'mcloudtt_sessions{state="online"}'),
+        metric(m, 'mcloudtt_sessions{state="offline"}'),
+      ],
+      [online, offline],
+      step,
+    );
+  };
+  const keep = { clean: false, properties: { sessionExpiryInterval: 60 } };
+  const first = await connectClient(b.port, { clientId: "g1", ...keep, reconnectPeriod: 0 });
+  await sessions(1, 0, "connected");
+  // The same client id again: the session moves to the new connection (still one online).
+  const second = await connectClient(b.port, { clientId: "g1", ...keep, reconnectPeriod: 0 });
+  await sessions(1, 0, "taken over, session resumed");
+  const third = await connectClient(b.port, { clientId: "g1", clean: true, reconnectPeriod: 0 });
+  await sessions(1, 0, "taken over with a clean start");
+  await endClient(third);
+  await sessions(0, 0, "ended: no expiry");
+  const kept = await connectClient(b.port, { clientId: "g2", ...keep });
+  await endClient(kept);
+  await sessions(0, 1, "offline, kept for its expiry");
+  const short = await connectClient(b.port, {
+    clientId: "g3",
+    clean: false,
+    properties: { sessionExpiryInterval: 1 },
+  });
+  const other = await connectClient(b.port, { clientId: "g4" });
+  await sessions(2, 1, "two online, one offline");
+  await endClient(short);
+  await sessions(1, 2, "g3 offline");
+  // g3's expiry passes; g2 comes back.
+  await delay(1600);
+  const back = await connectClient(b.port, { clientId: "g2", ...keep });
+  await sessions(2, 0, "g3 expired, g2 back");
+  await endClient(back, true);
+  await endClient(other, true);
+  first.end(true);
+  second.end(true);
+});
