@@ -65,7 +65,7 @@ export class Metrics {
   readonly connectionsByListener: Record<ListenerKind, number> = { tcp: 0, tls: 0, ws: 0, wss: 0 };
   /** Sockets of the TLS and WebSocket listeners, from accept (before their handshake) to close. */
   socketsHeld = 0;
-  /** Sockets closed at accept because the broker held as many as it may (BrokerCore.socketLimit). */
+  /** Sockets closed at accept because the broker held as many as it may (SocketAdmission.limit). */
   connectionsRejected = 0;
   /** CONNECTs answered with a successful CONNACK. */
   connects = 0;

@@ -35,6 +35,7 @@ import type {
 import { ClusterSessions } from "./cluster_sessions.ts";
 import { Journal, JournalClosedError } from "./journal.ts";
 import { TotalDropLog } from "./queue.ts";
+import { SocketAdmission } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
@@ -65,14 +66,6 @@ export interface CoreOptions {
    * written yet (the store failing), QoS 1/2 publishes are refused.
    */
   maxUnwritten?: number;
-}
-
-/**
- * `max_connections` and the sockets over it kept long enough to refuse their CONNECT with 0x97
- * (Quota exceeded): 1 % of the limit, at least 16.
- */
-export function socketLimit(maxConnections: number): number {
-  return maxConnections + Math.max(16, Math.ceil(maxConnections / 100));
 }
 
 /** Serve no shared group here (a remote message whose groups are served elsewhere). */
@@ -108,13 +101,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly ackAfterWrite: boolean;
   /** One object for every session (an object per session cost 48 B per idle client). */
   private readonly sessionLimits: SessionLimits;
-  /**
-   * Sockets the listeners may hold at once, before or after CONNECT: `limits.max_connections`
-   * and a margin, so that a client over the limit still reads CONNACK 0x97 (refused at CONNECT)
-   * while a flood of sockets that never send CONNECT cannot grow without bound.
-   */
-  readonly socketLimit: number;
-  private readonly rejectedLog = new RateLimitedLog((m) => log.warn(m));
+  /** Sockets the listeners may hold at once (admission.ts). */
+  private readonly admission: SocketAdmission;
+  private readonly sessionLimitLog = new RateLimitedLog((m) => log.warn(m));
   private readonly totalDrops = new TotalDropLog((m) => log.warn(m));
   /** The client id `bind` is giving to a new connection, while it runs. */
   private binding: string | null = null;
@@ -124,7 +113,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
     this.limits = opts.limits;
-    this.socketLimit = socketLimit(opts.limits.maxConnections);
+    this.admission = new SocketAdmission(opts.metrics, opts.limits.maxConnections);
     this.sessionLimits = {
       maxQueued: opts.limits.maxQueued,
       maxQueuedBytes: opts.limits.maxQueuedBytes,
@@ -219,22 +208,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /**
    * A listener accepted a socket, before any handshake or upgrade: false when the broker already
-   * holds `socketLimit` sockets and the transport must close this one at once. `held`: a TLS or
+   * holds its socket limit (admission.ts) and the transport must close this one at once. `held`: a TLS or
    * WebSocket socket, counted from here until `released()` (a plain TCP socket reaches accept()
    * at once and is counted there).
    */
   admit(held: boolean): boolean {
-    const m = this.metrics;
-    if (m.connectionsByListener.tcp + m.socketsHeld >= this.socketLimit) {
-      m.connectionsRejected++;
-      this.rejectedLog.note(
-        `closed a new socket at accept: ${this.socketLimit} sockets open ` +
-          `(limits.max_connections ${this.limits.maxConnections} and room to refuse with a CONNACK)`,
-      );
-      return false;
-    }
-    if (held) m.socketsHeld++;
-    return true;
+    return this.admission.admit(held);
   }
 
   /** A socket `admit(true)` let in closed. */
@@ -501,7 +480,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
    */
   sessionLimitRefusal(): AttachResult | null {
     if (this.sessions.size < this.limits.maxSessions) return null;
-    this.rejectedLog.note(
+    this.sessionLimitLog.note(
       `refused a new session: ${this.sessions.size} sessions held (limits.max_sessions)`,
     );
     return { ok: false, code: ReasonCode.QuotaExceeded, reason: "session limit reached" };

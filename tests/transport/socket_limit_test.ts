@@ -13,7 +13,7 @@ import {
   startSecureBroker,
 } from "../helpers/broker.ts";
 import { makeTestPki } from "../helpers/certs.ts";
-import { socketLimit } from "../../src/session/core.ts";
+import { socketLimit } from "../../src/session/admission.ts";
 
 const MAX = 4;
 const LIMIT = socketLimit(MAX);
