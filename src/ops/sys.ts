@@ -78,13 +78,15 @@ export class SysPublisher {
     set("publish/messages/sent", m.publishSent);
     set(
       "publish/messages/dropped",
-      m.droppedQos0 + m.droppedQueueFull + m.droppedTooLarge + m.droppedExpired,
+      m.droppedQos0 + m.droppedQueueFull + m.droppedQueueTotal + m.droppedTooLarge +
+        m.droppedExpired + m.droppedSharedGone,
     );
     set("bytes/received", m.bytesReceived);
     set("bytes/sent", m.bytesSent);
     set("subscriptions/count", c.subscriptions);
     set("retained messages/count", c.retained);
     set("store/messages/count", c.queued);
+    set("store/messages/bytes", m.queuedBytes);
     set("heap/current", Deno.memoryUsage().heapUsed);
     this.loads.forEach((l, i) => {
       LOAD_MINUTES.forEach((minutes, j) => {

@@ -95,6 +95,8 @@ Deno.test("$SYS topics arrive every sys_interval for a client the ACL allows, an
         "$SYS/broker/bytes/sent",
         "$SYS/broker/subscriptions/count",
         "$SYS/broker/retained messages/count",
+        "$SYS/broker/store/messages/count",
+        "$SYS/broker/store/messages/bytes",
         "$SYS/broker/load/messages/received/1min",
         "$SYS/broker/load/messages/sent/5min",
         "$SYS/broker/load/bytes/received/15min",
