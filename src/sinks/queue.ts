@@ -230,7 +230,9 @@ export class QueueSink implements Sink {
   private toSpill(e: Entry): void {
     const spill = this.spill!;
     const row = this.materialize(e);
-    const ok = spill.append(row, () => {
+    const ok = spill.append(row, (written) => {
+      // A failed write is counted as dropped by the store's onWriteError.
+      if (!written) return e.done?.("dropped");
       this.stats.spilled++;
       this.stats.spillBytes = spill.bytes;
       e.done?.("spilled");

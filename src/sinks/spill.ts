@@ -29,7 +29,8 @@ export class SpillStore {
   /** Lines waiting to be written, UTF-8 encoded: every size here is in bytes, as on disk. */
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
-  private pendingDone: (() => void)[] = [];
+  /** What to tell each pending line's owner once it is written or failed; one per line. */
+  private pendingDone: (((written: boolean) => void) | null)[] = [];
   private writeChain: Promise<void> = Promise.resolve();
   private writeScheduled = false;
   private readonly encoder = new TextEncoder();
@@ -67,16 +68,17 @@ export class SpillStore {
   }
 
   /**
-   * Queues one row for writing; `done` runs once it is on disk. False when
-   * the store is full (the caller counts the row as dropped).
+   * Queues one row for writing; `done` runs once it is on disk (true) or its write failed
+   * (false; onWriteError counted it). False when the store is full (the caller counts the row
+   * as dropped).
    */
-  append(row: TopicRow, done?: () => void): boolean {
+  append(row: TopicRow, done?: (written: boolean) => void): boolean {
     const line = this.encoder.encode(JSON.stringify(row) + "\n");
     if (this.bytes + line.length > this.maxBytes) return false;
     this.pending.push(line);
     this.pendingBytes += line.length;
     this.bytes += line.length;
-    if (done) this.pendingDone.push(done);
+    this.pendingDone.push(done ?? null);
     if (!this.writeScheduled) {
       this.writeScheduled = true;
       this.writeChain = this.writeChain.then(() => this.writePending());
@@ -100,7 +102,7 @@ export class SpillStore {
       }
       const take = Math.min(this.pending.length, this.segmentRows - seg.rows);
       const lines = this.pending.splice(0, take);
-      const done = this.pendingDone.splice(0, Math.min(take, this.pendingDone.length));
+      const done = this.pendingDone.splice(0, take);
       const text = concat(lines);
       this.pendingBytes -= text.length;
       try {
@@ -108,10 +110,13 @@ export class SpillStore {
         seg.rows += lines.length;
         seg.bytes += text.length;
         this.rows += lines.length;
-        for (const d of done) d();
+        for (const d of done) d?.(true);
       } catch (e) {
         this.bytes -= text.length;
         this.onWriteError(e, lines.length);
+        // Their owners hear of it: the adapter's messages stay unacknowledged until then, in
+        // order, so one failed write (a full disk) stalled it for good.
+        for (const d of done) d?.(false);
       }
     }
   }
