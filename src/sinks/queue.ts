@@ -45,6 +45,8 @@ const BATCH_ENVELOPE = 256;
 
 /** Spill segments hold this many batches, so replay reads a few files rather than many tiny ones. */
 const BATCHES_PER_SEGMENT = 16;
+/** A spill segment holds at most this part of max_queue_bytes (its text plus its rows fit in it). */
+const SEGMENT_SHARE = 4;
 
 export class QueueSink implements Sink {
   readonly name: string;
@@ -93,6 +95,10 @@ export class QueueSink implements Sink {
         opts.spillDir,
         opts.spillMaxBytes,
         opts.batchSize * BATCHES_PER_SEGMENT,
+        // Replay reads a segment whole, its text and then its rows, while the queue is empty.
+        // Bounded by rows alone, a segment of large rows grew to spill_max_bytes (1 GiB): replaying
+        // 138 MB with max_queue_bytes = 4 MiB took the broker from 171 to 589 MiB.
+        Math.max(1, Math.floor(opts.maxQueueBytes / SEGMENT_SHARE)),
         (e, rows) => {
           this.stats.dropped += rows;
           this.dropLog.note(`topic log (${this.name}): cannot write the spill store: ${e}`);

@@ -39,10 +39,15 @@ export class SpillStore {
   /** Rows written to disk and not yet removed (rows found at start are counted when read). */
   rows = 0;
 
+  /**
+   * `segmentRows` and `segmentBytes` bound each segment (a single larger row gets one of its
+   * own): the replay reads a segment whole into memory.
+   */
   constructor(
     readonly dir: string,
     readonly maxBytes: number,
     readonly segmentRows: number,
+    readonly segmentBytes: number,
     private readonly onWriteError: (e: unknown, rows: number) => void,
   ) {}
 
@@ -95,12 +100,19 @@ export class SpillStore {
     this.writeScheduled = false;
     while (this.pending.length > 0) {
       let seg = this.writing;
-      if (seg === null || seg.rows >= this.segmentRows) {
+      if (seg === null || !this.fits(seg, 1, this.pending[0].length)) {
         seg = this.newSegment(this.nextNumber());
         this.writing = seg;
         this.segments.push(seg);
       }
-      const take = Math.min(this.pending.length, this.segmentRows - seg.rows);
+      let take = 0;
+      let size = 0;
+      while (
+        take < this.pending.length && this.fits(seg, take + 1, size + this.pending[take].length)
+      ) {
+        size += this.pending[take].length;
+        take++;
+      }
       const lines = this.pending.splice(0, take);
       const done = this.pendingDone.splice(0, take);
       const text = concat(lines);
@@ -121,6 +133,12 @@ export class SpillStore {
     }
   }
 
+  /** Whether `seg` takes `rows` more rows of `bytes` in all; an empty one takes any single row. */
+  private fits(seg: Segment, rows: number, bytes: number): boolean {
+    if (seg.rows + rows > this.segmentRows) return false;
+    return (seg.rows === 0 && rows === 1) || seg.bytes + bytes <= this.segmentBytes;
+  }
+
   private nextNumber(): number {
     const last = this.segments.at(-1);
     return last ? last.n + 1 : FIRST_SEGMENT;
@@ -138,7 +156,7 @@ export class SpillStore {
 
   /**
    * Writes rows that are older than everything on disk (the queue's contents
-   * at shutdown) as a new first segment, so the replay keeps the order. Only
+   * at shutdown) as new first segments, so the replay keeps the order. Only
    * the oldest rows that fit in maxBytes are written; returns how many.
    */
   async prepend(rows: readonly TopicRow[]): Promise<number> {
@@ -153,15 +171,36 @@ export class SpillStore {
       size += line.length;
     }
     if (lines.length === 0) return 0;
+    // Cut as appends are: up to max_queue_bytes and the rows in flight may be left at stop.
+    const groups: Uint8Array[][] = [];
+    let group: Uint8Array[] = [];
+    let groupBytes = 0;
+    for (const line of lines) {
+      const full = group.length + 1 > this.segmentRows ||
+        groupBytes + line.length > this.segmentBytes;
+      if (group.length > 0 && full) {
+        groups.push(group);
+        group = [];
+        groupBytes = 0;
+      }
+      group.push(line);
+      groupBytes += line.length;
+    }
+    groups.push(group);
     const first = this.segments[0];
-    const seg = this.newSegment(first ? first.n - 1 : FIRST_SEGMENT);
-    const text = concat(lines);
-    await Deno.writeFile(seg.path, text);
-    seg.rows = lines.length;
-    seg.bytes = text.length;
-    this.segments.unshift(seg);
-    this.bytes += text.length;
-    this.rows += lines.length;
+    const below = (first ? first.n : FIRST_SEGMENT + groups.length) - groups.length;
+    const written: Segment[] = [];
+    for (const [i, g] of groups.entries()) {
+      const seg = this.newSegment(below + i);
+      const text = concat(g);
+      await Deno.writeFile(seg.path, text);
+      seg.rows = g.length;
+      seg.bytes = text.length;
+      written.push(seg);
+      this.bytes += text.length;
+      this.rows += g.length;
+    }
+    this.segments.unshift(...written);
     return lines.length;
   }
 
