@@ -317,10 +317,9 @@ export class QueueSink implements Sink {
   /** Refuses a row of at least `size` bytes, over batch_max_bytes. */
   private rejectTooLarge(e: Entry, size: number): void {
     this.stats.rejected++;
+    const topic = e.row?.topic ?? e.msg?.topic;
     this.rejectLog.note(
-      `topic log (${this.name}): row refused (topic ${
-        e.row?.topic ?? e.msg?.topic
-      }, id ${e.id}): ` +
+      `topic log (${this.name}): row refused (topic ${topic}, id ${e.id}): ` +
         `${size} bytes, more than batch_max_bytes (${this.opts.batchMaxBytes}) in one request`,
     );
     this.finish(e, "rejected", false);
