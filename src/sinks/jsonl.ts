@@ -4,7 +4,7 @@
  * ...). For development and for users without BigQuery.
  */
 import { dirname } from "node:path";
-import { type Destination, type SendResult, TransientError } from "./queue.ts";
+import { type Destination, type RowRejection, type SendResult, TransientError } from "./queue.ts";
 import type { TopicRow } from "./row.ts";
 
 export interface JsonlDestinationOptions {
@@ -39,12 +39,21 @@ export class JsonlDestination implements Destination {
   }
 
   async send(rows: readonly TopicRow[]): Promise<SendResult> {
+    const rejected: RowRejection[] = [];
     try {
       // Cut the batch where the file would pass max_bytes (a single larger row gets a file of its own).
       let chunk: Uint8Array[] = [];
       let chunkBytes = 0;
-      for (const row of rows) {
-        const line = this.encoder.encode(JSON.stringify(row) + "\n");
+      for (const [index, row] of rows.entries()) {
+        let line: Uint8Array;
+        try {
+          line = this.encoder.encode(JSON.stringify(row) + "\n");
+        } catch (e) {
+          // Longer as JSON than V8's longest string (a 100 MB payload of control characters):
+          // it never will be shorter. Retried with the whole batch, it stopped the file for good.
+          rejected.push({ index, reason: `cannot be written as JSON: ${e}` });
+          continue;
+        }
         if (
           this.size + chunkBytes > 0 && this.size + chunkBytes + line.length > this.opts.maxBytes
         ) {
@@ -57,7 +66,7 @@ export class JsonlDestination implements Destination {
         chunkBytes += line.length;
       }
       await this.write(chunk, chunkBytes);
-      return OK;
+      return rejected.length === 0 ? OK : { rejected, retry: [] };
     } catch (e) {
       // Disk full, directory removed, ...: the queue retries with backoff.
       throw new TransientError(`writing ${this.opts.path}: ${e}`);

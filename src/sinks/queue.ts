@@ -45,6 +45,8 @@ const BATCH_ENVELOPE = 256;
 
 /** Spill segments hold this many batches, so replay reads a few files rather than many tiny ones. */
 const BATCHES_PER_SEGMENT = 16;
+/** A spill segment holds at most this part of max_queue_bytes (its text plus its rows fit in it). */
+const SEGMENT_SHARE = 4;
 
 export class QueueSink implements Sink {
   readonly name: string;
@@ -93,6 +95,10 @@ export class QueueSink implements Sink {
         opts.spillDir,
         opts.spillMaxBytes,
         opts.batchSize * BATCHES_PER_SEGMENT,
+        // Replay reads a segment whole, its text and then its rows, while the queue is empty.
+        // Bounded by rows alone, a segment of large rows grew to spill_max_bytes (1 GiB): replaying
+        // 138 MB with max_queue_bytes = 4 MiB took the broker from 171 to 589 MiB.
+        Math.max(1, Math.floor(opts.maxQueueBytes / SEGMENT_SHARE)),
         (e, rows) => {
           this.stats.dropped += rows;
           this.dropLog.note(`topic log (${this.name}): cannot write the spill store: ${e}`);
@@ -187,6 +193,14 @@ export class QueueSink implements Sink {
 
   private admit(e: Entry): void {
     this.stats.queued++;
+    // A payload alone over batch_max_bytes can never be sent: refused before its row is built.
+    // Building and sizing it cost several times the payload, and a 100 MB payload of control
+    // characters (six bytes each in JSON) passed V8's largest string and ended the broker.
+    const max = this.opts.batchMaxBytes;
+    if (max > 0) {
+      const least = e.msg !== null ? e.msg.payload.byteLength : e.row!.payload.length;
+      if (least + BATCH_ENVELOPE > max) return this.rejectTooLarge(e, least);
+    }
     if (this.spilling) {
       this.toSpill(e);
       return;
@@ -230,7 +244,9 @@ export class QueueSink implements Sink {
   private toSpill(e: Entry): void {
     const spill = this.spill!;
     const row = this.materialize(e);
-    const ok = spill.append(row, () => {
+    const ok = spill.append(row, (written) => {
+      // A failed write is counted as dropped by the store's onWriteError.
+      if (!written) return e.done?.("dropped");
       this.stats.spilled++;
       this.stats.spillBytes = spill.bytes;
       e.done?.("spilled");
@@ -298,10 +314,12 @@ export class QueueSink implements Sink {
     return e.bytes;
   }
 
+  /** Refuses a row of at least `size` bytes, over batch_max_bytes. */
   private rejectTooLarge(e: Entry, size: number): void {
     this.stats.rejected++;
+    const topic = e.row?.topic ?? e.msg?.topic;
     this.rejectLog.note(
-      `topic log (${this.name}): row refused (topic ${e.row?.topic}, id ${e.id}): ` +
+      `topic log (${this.name}): row refused (topic ${topic}, id ${e.id}): ` +
         `${size} bytes, more than batch_max_bytes (${this.opts.batchMaxBytes}) in one request`,
     );
     this.finish(e, "rejected", false);

@@ -29,7 +29,8 @@ export class SpillStore {
   /** Lines waiting to be written, UTF-8 encoded: every size here is in bytes, as on disk. */
   private pending: Uint8Array[] = [];
   private pendingBytes = 0;
-  private pendingDone: (() => void)[] = [];
+  /** What to tell each pending line's owner once it is written or failed; one per line. */
+  private pendingDone: (((written: boolean) => void) | null)[] = [];
   private writeChain: Promise<void> = Promise.resolve();
   private writeScheduled = false;
   private readonly encoder = new TextEncoder();
@@ -38,10 +39,15 @@ export class SpillStore {
   /** Rows written to disk and not yet removed (rows found at start are counted when read). */
   rows = 0;
 
+  /**
+   * `segmentRows` and `segmentBytes` bound each segment (a single larger row gets one of its
+   * own): the replay reads a segment whole into memory.
+   */
   constructor(
     readonly dir: string,
     readonly maxBytes: number,
     readonly segmentRows: number,
+    readonly segmentBytes: number,
     private readonly onWriteError: (e: unknown, rows: number) => void,
   ) {}
 
@@ -67,16 +73,17 @@ export class SpillStore {
   }
 
   /**
-   * Queues one row for writing; `done` runs once it is on disk. False when
-   * the store is full (the caller counts the row as dropped).
+   * Queues one row for writing; `done` runs once it is on disk (true) or its write failed
+   * (false; onWriteError counted it). False when the store is full (the caller counts the row
+   * as dropped).
    */
-  append(row: TopicRow, done?: () => void): boolean {
+  append(row: TopicRow, done?: (written: boolean) => void): boolean {
     const line = this.encoder.encode(JSON.stringify(row) + "\n");
     if (this.bytes + line.length > this.maxBytes) return false;
     this.pending.push(line);
     this.pendingBytes += line.length;
     this.bytes += line.length;
-    if (done) this.pendingDone.push(done);
+    this.pendingDone.push(done ?? null);
     if (!this.writeScheduled) {
       this.writeScheduled = true;
       this.writeChain = this.writeChain.then(() => this.writePending());
@@ -93,14 +100,21 @@ export class SpillStore {
     this.writeScheduled = false;
     while (this.pending.length > 0) {
       let seg = this.writing;
-      if (seg === null || seg.rows >= this.segmentRows) {
+      if (seg === null || !this.fits(seg, 1, this.pending[0].length)) {
         seg = this.newSegment(this.nextNumber());
         this.writing = seg;
         this.segments.push(seg);
       }
-      const take = Math.min(this.pending.length, this.segmentRows - seg.rows);
+      let take = 0;
+      let size = 0;
+      while (
+        take < this.pending.length && this.fits(seg, take + 1, size + this.pending[take].length)
+      ) {
+        size += this.pending[take].length;
+        take++;
+      }
       const lines = this.pending.splice(0, take);
-      const done = this.pendingDone.splice(0, Math.min(take, this.pendingDone.length));
+      const done = this.pendingDone.splice(0, take);
       const text = concat(lines);
       this.pendingBytes -= text.length;
       try {
@@ -108,12 +122,21 @@ export class SpillStore {
         seg.rows += lines.length;
         seg.bytes += text.length;
         this.rows += lines.length;
-        for (const d of done) d();
+        for (const d of done) d?.(true);
       } catch (e) {
         this.bytes -= text.length;
         this.onWriteError(e, lines.length);
+        // Their owners hear of it: the adapter's messages stay unacknowledged until then, in
+        // order, so one failed write (a full disk) stalled it for good.
+        for (const d of done) d?.(false);
       }
     }
+  }
+
+  /** Whether `seg` takes `rows` more rows of `bytes` in all; an empty one takes any single row. */
+  private fits(seg: Segment, rows: number, bytes: number): boolean {
+    if (seg.rows + rows > this.segmentRows) return false;
+    return (seg.rows === 0 && rows === 1) || seg.bytes + bytes <= this.segmentBytes;
   }
 
   private nextNumber(): number {
@@ -133,7 +156,7 @@ export class SpillStore {
 
   /**
    * Writes rows that are older than everything on disk (the queue's contents
-   * at shutdown) as a new first segment, so the replay keeps the order. Only
+   * at shutdown) as new first segments, so the replay keeps the order. Only
    * the oldest rows that fit in maxBytes are written; returns how many.
    */
   async prepend(rows: readonly TopicRow[]): Promise<number> {
@@ -148,15 +171,36 @@ export class SpillStore {
       size += line.length;
     }
     if (lines.length === 0) return 0;
+    // Cut as appends are: up to max_queue_bytes and the rows in flight may be left at stop.
+    const groups: Uint8Array[][] = [];
+    let group: Uint8Array[] = [];
+    let groupBytes = 0;
+    for (const line of lines) {
+      const full = group.length + 1 > this.segmentRows ||
+        groupBytes + line.length > this.segmentBytes;
+      if (group.length > 0 && full) {
+        groups.push(group);
+        group = [];
+        groupBytes = 0;
+      }
+      group.push(line);
+      groupBytes += line.length;
+    }
+    groups.push(group);
     const first = this.segments[0];
-    const seg = this.newSegment(first ? first.n - 1 : FIRST_SEGMENT);
-    const text = concat(lines);
-    await Deno.writeFile(seg.path, text);
-    seg.rows = lines.length;
-    seg.bytes = text.length;
-    this.segments.unshift(seg);
-    this.bytes += text.length;
-    this.rows += lines.length;
+    const below = (first ? first.n : FIRST_SEGMENT + groups.length) - groups.length;
+    const written: Segment[] = [];
+    for (const [i, g] of groups.entries()) {
+      const seg = this.newSegment(below + i);
+      const text = concat(g);
+      await Deno.writeFile(seg.path, text);
+      seg.rows = g.length;
+      seg.bytes = text.length;
+      written.push(seg);
+      this.bytes += text.length;
+      this.rows += g.length;
+    }
+    this.segments.unshift(...written);
     return lines.length;
   }
 

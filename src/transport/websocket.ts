@@ -9,7 +9,7 @@
 import http from "node:http";
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
-import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
 import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
@@ -243,15 +243,21 @@ export function serveWebSocket(
     res.writeHead(426, { "content-type": "text/plain" });
     res.end("MQTT over WebSocket: upgrade required");
   });
-  const wss = new WebSocketServer({
+  // closeTimeout (ws 8.23) is not in @types/ws 8.18 yet.
+  const options: ServerOptions & { closeTimeout: number } = {
     noServer: true,
     maxPayload: opts.maxPayload,
+    // After a close handshake the socket is ended and given this long to close before it is
+    // destroyed. ws's default is 30 s: a client that sent its close frame and then kept the TCP
+    // connection open held its MQTT connection (and the slot, and its will) for 30 s.
+    closeTimeout: opts.lingerMs,
     perMessageDeflate: false,
     handleProtocols: (protocols: Set<string>) => {
       const p = pickSubprotocol([...protocols].join(","));
       return p ? p : false;
     },
-  });
+  };
+  const wss = new WebSocketServer(options);
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
     clearTimeout(upgradeTimers.get(socket));
     // node:http lets go of the socket here, its error listener included: a peer that resets it

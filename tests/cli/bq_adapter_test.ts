@@ -8,6 +8,7 @@ import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server
 import { promtool } from "../helpers/promtool.ts";
 import {
   connectClient,
+  copyProject,
   delay,
   type MainProcess,
   startBroker,
@@ -22,8 +23,9 @@ function adapter(
   bigquery: string,
   clientId: string,
   more = ["--adapter.receive_maximum=50", "--bigquery.batch_size=20"],
+  cwd = repoRoot,
 ): MainProcess {
-  return startMain(repoRoot, [
+  return startMain(cwd, [
     "bq-adapter",
     `--adapter.url=${brokerUrl}`,
     `--adapter.client_id=${clientId}`,
@@ -141,6 +143,44 @@ Deno.test("rows dropped at max_queue_bytes during an outage do not stall the ada
   const missing = want.filter((t) => !written().has(t));
   assert.deepEqual(missing, [], `${fake.inserted.length} rows written`);
   console.log(`${fake.inserted.length} rows for ${want.length} messages`);
+});
+
+Deno.test("a spill write that fails (a full disk) does not stall the adapter: its messages come again and are written", async () => {
+  await using fake = startFakeBigQuery();
+  await using b = await startBroker();
+  const cwd = await Deno.makeTempDir({ prefix: "mcloudtt-adapter-spill-" });
+  try {
+    await copyProject(cwd);
+    // A directory where the first spill segment goes: every write to it fails, as on a full disk.
+    await Deno.mkdir(`${cwd}/data/spill/500000000000.jsonl`, { recursive: true });
+    await using a = adapter(b.url, fake.url, "spill-fails", [
+      "--adapter.reconnect_ms=200",
+      "--adapter.receive_maximum=50",
+      "--bigquery.batch_size=5",
+      "--bigquery.max_queue=10",
+      "--bigquery.overflow=spill",
+      "--bigquery.spill_dir=data/spill",
+    ], cwd);
+    await a.waitFor(/subscribed to/);
+    fake.failAll(503);
+    await publish(b.port, 40, "full");
+    await a.waitFor(/cannot write the spill store/);
+    fake.failAll(0);
+    await publish(b.port, 10, "later");
+    // Before, the messages whose rows failed to spill were never acknowledged nor sent again:
+    // the acknowledgements after them waited for good, the broker's window filled, and
+    // nothing more was written.
+    const want = [
+      ...Array.from({ length: 40 }, (_, i) => `full/${i}`),
+      ...Array.from({ length: 10 }, (_, i) => `later/${i}`),
+    ];
+    const written = () => new Set(fake.inserted.map((r) => r.json.topic as string));
+    const deadline = Date.now() + 20_000;
+    while (Date.now() < deadline && want.some((t) => !written().has(t))) await delay(100);
+    assert.deepEqual(want.filter((t) => !written().has(t)), [], `${fake.inserted.length} rows`);
+  } finally {
+    await Deno.remove(cwd, { recursive: true });
+  }
 });
 
 Deno.test("the adapter's own /readyz and /metrics: subscribed, messages acknowledged, rows sent; not ready once the broker is gone", async () => {

@@ -157,3 +157,32 @@ Deno.test("a BigQuery that accepts connections and never answers does not keep a
   await fake.waitForRows(5, 15_000);
   assert.equal(new Set(fake.inserted.map((r) => r.json.topic)).size, 5);
 });
+
+Deno.test("a payload over batch_max_bytes is refused before its row is built: 100 MB of control characters leave the broker running", async () => {
+  await using fake = startFakeBigQuery();
+  await using broker = startMain(repoRoot, [
+    "--general.secure=false",
+    "--general.websocket=false",
+    "--general.bind=127.0.0.1",
+    "--ports.tcp=0",
+    "--storage.enabled=false",
+    "--limits.max_packet_size=268435455",
+    "--bigquery.enabled=true",
+    "--bigquery.project_id=proj",
+    "--bigquery.dataset_id=ds",
+    "--bigquery.credentials_path=",
+    `--bigquery.endpoint=${fake.url}`,
+    "--bigquery.flush_interval_ms=20",
+  ]);
+  const [, port] = await broker.waitFor(/listening for MQTT over tcp on 127\.0\.0\.1:(\d+)/);
+  await using pub = await connectClient(Number(port), { clientId: "huge-pub" });
+  // Well-formed UTF-8, so logged as text, where JSON writes each byte as \u0001: 600 MB, past
+  // the longest string V8 makes. Sizing the row threw outside any handler: exit 1.
+  await pub.publishAsync("huge", Buffer.alloc(100 * 1024 * 1024, 1), { qos: 1 });
+  await broker.waitFor(/row refused \(topic huge, .*more than batch_max_bytes/);
+  await pub.publishAsync("after", "x", { qos: 1 });
+  await fake.waitForRows(1);
+  await delay(100);
+  assert.deepEqual(fake.inserted.map((r) => r.json.topic), ["after"]);
+  assert.doesNotMatch(broker.output(), /FATAL/);
+});

@@ -3,6 +3,7 @@ import { getLogger } from "@logtape/logtape";
 import { resolveConfig } from "../../src/config/mod.ts";
 import { createSink, sinkStats } from "../../src/sinks/mod.ts";
 import { info, testMessage } from "./contract.ts";
+import { connectClient, copyProject, startMain } from "../helpers/broker.ts";
 
 Deno.test("the JSON-lines file rotates by size and keeps max_files old files", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-jsonl-" });
@@ -72,5 +73,44 @@ Deno.test("the JSON-lines queue is bounded in bytes too (max_queue_bytes): a sta
     assert.equal(sinkStats(sink)[0].sent + sinkStats(sink)[0].dropped, 40);
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a row too long for JSON is refused alone; the file goes on with the rows after it", async () => {
+  const cwd = await Deno.makeTempDir({ prefix: "mcloudtt-jsonl-" });
+  try {
+    await copyProject(cwd);
+    await using broker = startMain(cwd, [
+      "--general.secure=false",
+      "--general.websocket=false",
+      "--general.bind=127.0.0.1",
+      "--ports.tcp=0",
+      "--storage.enabled=false",
+      "--limits.max_packet_size=268435455",
+      "--topic_log_file.enabled=true",
+      "--topic_log_file.path=data/log.jsonl",
+      "--topic_log_file.flush_interval_ms=20",
+      // Room for it: a full queue would drop it as the oldest row when the next one comes.
+      "--topic_log_file.max_queue_bytes=268435456",
+    ]);
+    const [, port] = await broker.waitFor(/listening for MQTT over tcp on 127\.0\.0\.1:(\d+)/);
+    await using pub = await connectClient(Number(port), { clientId: "huge-pub" });
+    // Well-formed UTF-8, logged as text; JSON writes each byte as \u0001: 600 MB, past the
+    // longest string V8 makes. The batch holding it was retried forever, and nothing after it
+    // was written.
+    await pub.publishAsync("huge", Buffer.alloc(100 * 1024 * 1024, 1), { qos: 1 });
+    for (let i = 0; i < 3; i++) await pub.publishAsync(`after/${i}`, "x", { qos: 1 });
+    const topics = () =>
+      Deno.readTextFileSync(`${cwd}/data/log.jsonl`).split("\n").filter((l) => l).map((l) =>
+        JSON.parse(l).topic as string
+      );
+    const deadline = Date.now() + 5000;
+    while (topics().length < 3 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(topics(), ["after/0", "after/1", "after/2"]);
+    await broker.waitFor(/row refused \(topic huge, .*cannot be written as JSON/, 5000);
+  } finally {
+    await Deno.remove(cwd, { recursive: true });
   }
 });

@@ -68,3 +68,39 @@ Deno.test("a spill line that is JSON but not a row (null, a number, an array) is
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("rows left at stop are spilled in segments of at most a quarter of max_queue_bytes, and replayed in order", async () => {
+  await using fake = startFakeBigQuery();
+  const dir = await Deno.makeTempDir();
+  try {
+    const opts = { overflow: "spill" as const, max_queue_bytes: 1024 * 1024, batch_size: 20 };
+    const first = bqSink(fake, opts, dir);
+    await first.start();
+    fake.stall();
+    // 40 rows of 200 KB: most of them in requests that never end, the rest in memory.
+    offerMany(first, 40, "t", "s".repeat(200_000));
+    await until(() => fake.calls.length >= 2, "stuck inserts");
+    await first.stop(100);
+    // The stuck requests go in once released (their rows come again, with the same ids).
+    const stuck = fake.calls.reduce((n, c) => n + c.rows.length, 0);
+    fake.release();
+    await until(() => fake.inserted.length === stuck, "the stuck requests to be answered");
+    const spill = `${dir}/topic-log-spill`;
+    const sizes = [...Deno.readDirSync(spill)].map((e) => Deno.statSync(`${spill}/${e.name}`).size);
+    // One row over the quarter fits (an empty segment takes any row): at most 2 rows each.
+    assert.ok(sizes.length >= 10, `${sizes.length} segments`);
+    for (const size of sizes) assert.ok(size < 2 * 201_000, `a segment of ${size} bytes`);
+    const before = fake.inserted.length;
+    const second = bqSink(fake, opts, dir);
+    await second.start();
+    await until(() => second.stats.sent === first.stats.spilled, "the spilled rows sent");
+    await second.stop(2000);
+    const replayed = fake.inserted.slice(before).map((r) => r.json.topic as string);
+    assert.deepEqual(
+      replayed,
+      Array.from({ length: 40 }, (_, i) => `t/${i}`).slice(40 - replayed.length),
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

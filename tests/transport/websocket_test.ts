@@ -379,3 +379,31 @@ Deno.test("before CONNECT a WebSocket peer is held to max_connect_packet_size: t
   while (e.kind === "packet") e = await ws.next();
   assert.ok(e.kind === "end" || e.code === 1009, JSON.stringify(e));
 });
+
+Deno.test("a client that sends its close frame and keeps the TCP connection open is cut after close_linger_ms: its will goes out then", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { close_linger_ms: 500 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  await using watcher = await connectClient(b.port, { clientId: "close-watch" });
+  const inbox = collect(watcher);
+  await watcher.subscribeAsync("will/#", { qos: 0 });
+  await using ws = await RawWsClient.open(wsPort);
+  await ws.sendPacket({
+    ...CONNECT,
+    clientId: "half-closer",
+    will: { topic: "will/half-closer", payload: "gone", qos: 0, retain: false },
+  });
+  assert.equal((await ws.expect("connack")).reasonCode, 0);
+  const started = Date.now();
+  // A close frame (1000) and nothing more: no MQTT DISCONNECT, no FIN.
+  await writeAll(ws.conn, concat([frameHeader(2, 0x8), new Uint8Array([0x03, 0xe8])]));
+  assert.deepEqual(await ws.next(), { kind: "close", code: 1000 });
+  const will = await inbox.next(5000);
+  assert.equal(will.topic, "will/half-closer");
+  // ws's own default held the connection, and the will, for 30 s.
+  const waited = Date.now() - started;
+  assert.ok(waited < 3000, `the will came ${waited} ms after the close frame`);
+  assert.equal((await ws.next()).kind, "end");
+});
