@@ -37,8 +37,14 @@ export interface BigQueryDestinationOptions {
   requestTimeoutMs: number;
 }
 
-/** HTTP statuses worth retrying: timeouts, rate limits, server trouble. */
-const RETRY_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+/**
+ * HTTP statuses worth retrying: timeouts, rate limits, server trouble, and credentials or
+ * permissions refused (401, 403): an IAM grant takes minutes to reach BigQuery, and a key is
+ * replaced while the broker runs. Refused for good, the rows of that time were lost (in adapter
+ * mode after the broker had its acknowledgement); retried, they wait in the queue and the spill
+ * store, bounded, and the retries are logged, so the operator sees it and fixes the grant.
+ */
+const RETRY_STATUS = new Set([401, 403, 408, 429, 500, 502, 503, 504]);
 /** Per-row reasons that say nothing about the row itself: send it again. */
 const RETRY_REASONS = new Set(["stopped", "timeout", "backendError", "internalError"]);
 /**

@@ -113,7 +113,7 @@ Deno.test("start waits at most request_timeout_ms for a slow BigQuery; the table
   assert.equal(sink.stats.sent, 5);
 });
 
-Deno.test("403 quotaExceeded / rateLimitExceeded and backendError are retried with backoff; other 403s are not", async () => {
+Deno.test("403 (quota, rate limit, access denied), 401 and backendError are retried with backoff; a 400 is not", async () => {
   await using fake = startFakeBigQuery();
   const sink = bqSink(fake, { batch_size: 10, max_concurrent_requests: 1 });
   await sink.start();
@@ -126,11 +126,17 @@ Deno.test("403 quotaExceeded / rateLimitExceeded and backendError are retried wi
   await fake.waitForRows(10);
   assert.equal(sink.stats.rejected, 0);
   assert.equal(sink.stats.retried, 30);
-  fake.script({ status: 403, reason: "accessDenied" });
+  // An IAM grant still on its way, then credentials refused: the rows wait and go in.
+  fake.script({ status: 403, reason: "accessDenied" }, { status: 401, reason: "unauthorized" });
   offerMany(sink, 10, "u");
+  await fake.waitForRows(20);
+  assert.equal(sink.stats.rejected, 0);
+  assert.equal(sink.stats.retried, 50);
+  fake.script({ status: 400, reason: "invalid" });
+  offerMany(sink, 10, "v");
   await sink.stop(2000);
   assert.equal(sink.stats.rejected, 10);
-  assert.equal(sink.stats.sent, 10);
+  assert.equal(sink.stats.sent, 20);
 });
 
 Deno.test("a 200 whose body is not insertAll's JSON (an HTML page, a cut-off answer) is retried, not counted as sent", async () => {
