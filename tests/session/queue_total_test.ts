@@ -77,10 +77,9 @@ Deno.test("all session queues together stop at max_queued_bytes_total", async ()
   const { mem: after, m } = await queuedState(broker);
   const held = after.heapUsed + after.external - before.mem.heapUsed - before.mem.external;
   // Before the bound: all 800 queued (each session's 12.5 MiB is under its own 1 GiB), +50 MiB.
-  //X assert.ok(m.queuedBytes <= 8 * MIB, `queues hold ${m.queuedBytes} bytes`);
+  assert.ok(m.queuedBytes <= 8 * MIB, `queues hold ${m.queuedBytes} bytes`);
   assert.ok(m.queuedBytes > 7 * MIB, `queues hold only ${m.queuedBytes} bytes`);
-  //X assert.ok(m.droppedQueueTotal >= 650, `${m.droppedQueueTotal} dropped at the total`);
-  //X
+  assert.ok(m.droppedQueueTotal >= 650, `${m.droppedQueueTotal} dropped at the total`);
   assert.ok(held < 20 * MIB, `heap and external grew by ${mib(held)}`);
 
   // Every queued message arrives when its session comes back, and the gauges go back to 0.
