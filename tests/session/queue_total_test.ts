@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
+import mqttPacket from "mqtt-packet";
 import { RawClient } from "../helpers/broker.ts";
 import { type BrokerProcess, mib, startBrokerProcess } from "../helpers/broker_process.ts";
 
@@ -135,3 +136,37 @@ for (const policy of ["oldest", "newest"] as const) {
     assert.deepEqual(got, Array.from({ length: got.length }, (_, i) => `l${first + i}`));
   });
 }
+
+Deno.test("many small distinct messages stay within max_queued_bytes_total in the broker's heap", async () => {
+  await using broker = await startBrokerProcess({
+    general: { websocket: false },
+    limits: { max_queued_bytes_total: 4 * MIB, max_queued_messages: 1_000_000 },
+  });
+  const port = broker.ports.tcp;
+  const SESSIONS = 100;
+  for (let i = 0; i < SESSIONS; i++) await offlineSubscriber(port, `small-${i}`, `s/${i}`);
+  const before = await broker.memory();
+  await using pub = await RawClient.connect(port, 5);
+  await pub.handshake("publisher");
+  // 60000 messages of 8 bytes, each for one session, sent 500 at a time.
+  for (let i = 0; i < 60_000; i += 500) {
+    const packets = Array.from({ length: 500 }, (_, k) =>
+      mqttPacket.generate({
+        cmd: "publish",
+        topic: `s/${(i + k) % SESSIONS}`,
+        qos: 1,
+        messageId: ((i + k) % 60000) + 1,
+        payload: Buffer.alloc(8, k),
+        dup: false,
+        retain: false,
+      }, { protocolVersion: 5 }));
+    await pub.send(Buffer.concat(packets));
+    for (let k = 0; k < 500; k++) await pub.expect("puback");
+  }
+  const after = await broker.memory();
+  const m = broker.metrics;
+  const held = after.heapUsed + after.external - before.heapUsed - before.external;
+  assert.ok(m.droppedQueueTotal > 0, "the total was reached");
+  // Before: 4 MiB counted 77 bytes for each message, 54000 of them took +31 MiB.
+  assert.ok(held < 6 * MIB, `${m.queuedMessages} queued messages held ${mib(held)}`);
+});
