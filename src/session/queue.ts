@@ -129,6 +129,26 @@ export abstract class SessionQueue {
     const dropped = this.queue[this.queueHead];
     this.queue[this.queueHead++] = undefined as unknown as Queued;
     this.dequeued(dropped);
+    this.compact();
+  }
+
+  /**
+   * After the head moved outside `pump` (which does the same): an emptied queue goes back to
+   * EMPTY_QUEUE, and a head past half the array (and 1024) is cut off. Without it an offline
+   * session that drops its oldest for each new message grew an array of empty slots for ever:
+   * 1M messages through a queue of 10 held +10.7 MiB.
+   */
+  protected compact(): void {
+    const q = this.queue;
+    if (this.queueHead === q.length) {
+      if (q.length !== 0) {
+        this.queue = EMPTY_QUEUE;
+        this.queueHead = 0;
+      }
+    } else if (this.queueHead > 1024 && this.queueHead * 2 > q.length) {
+      this.queue = q.slice(this.queueHead);
+      this.queueHead = 0;
+    }
   }
 
   /** `msg` joined the queue: it counts in the session's sums and all queues' together. */

@@ -170,3 +170,35 @@ Deno.test("many small distinct messages stay within max_queued_bytes_total in th
   // Before: 4 MiB counted 77 bytes for each message, 54000 of them took +31 MiB.
   assert.ok(held < 6 * MIB, `${m.queuedMessages} queued messages held ${mib(held)}`);
 });
+
+Deno.test('an offline queue with drop policy "oldest" does not grow with what passes through it', async () => {
+  await using broker = await startBrokerProcess({
+    general: { websocket: false },
+    limits: { max_queued_messages: 10, queue_drop_policy: "oldest" },
+  });
+  const port = broker.ports.tcp;
+  await offlineSubscriber(port, "away", "t");
+  await using pub = await RawClient.connect(port, 5);
+  await pub.handshake("publisher");
+  const before = await broker.memory();
+  // 300000 messages through a queue of 10, 1000 at a time.
+  for (let i = 0; i < 300_000; i += 1000) {
+    const packets = Array.from({ length: 1000 }, (_, k) =>
+      mqttPacket.generate({
+        cmd: "publish",
+        topic: "t",
+        qos: 1,
+        messageId: ((i + k) % 60000) + 1,
+        payload: Buffer.alloc(8),
+        dup: false,
+        retain: false,
+      }, { protocolVersion: 5 }));
+    await pub.send(Buffer.concat(packets));
+    for (let k = 0; k < 1000; k++) await pub.expect("puback");
+  }
+  const after = await broker.memory();
+  assert.equal(broker.metrics.queuedMessages, 10);
+  // Before: the queue's array kept a slot for every message dropped from its head, +3.2 MiB.
+  const grew = after.heapUsed - before.heapUsed;
+  assert.ok(grew < MIB, `heap grew by ${mib(grew)}`);
+});
