@@ -133,6 +133,27 @@ export abstract class SessionQueue {
   }
 
   /**
+   * Drops the expired messages at the head of the queue, up to the first that is not: the sweep
+   * calls it on every session while limits.max_queued_bytes_total turns messages away, since an
+   * offline session's expired messages left only when its client came back (`pump`) and held
+   * the total meanwhile. The head alone: what one queue holds mostly expires in the order it
+   * came, and a walk of every entry each sweep would cost as much as the queues are long.
+   */
+  dropExpired(now: number): void {
+    const q = this.queue;
+    let head = this.queueHead;
+    if (head === q.length || !q[head].msg.expired(now)) return;
+    do {
+      const dropped = q[head];
+      q[head++] = undefined as unknown as Queued;
+      this.queueHead = head;
+      this.dequeued(dropped);
+      this.metrics.droppedExpired++;
+    } while (head < q.length && q[head].msg.expired(now));
+    this.compact();
+  }
+
+  /**
    * After the head moved outside `pump` (which does the same): an emptied queue goes back to
    * EMPTY_QUEUE, and a head past half the array (and 1024) is cut off. Without it an offline
    * session that drops its oldest for each new message grew an array of empty slots for ever:

@@ -202,3 +202,43 @@ Deno.test('an offline queue with drop policy "oldest" does not grow with what pa
   const grew = after.heapUsed - before.heapUsed;
   assert.ok(grew < MIB, `heap grew by ${mib(grew)}`);
 });
+
+Deno.test("expired messages waiting for an absent client make room at max_queued_bytes_total", async () => {
+  await using broker = await startBrokerProcess({
+    general: { websocket: false },
+    limits: { max_queued_bytes_total: 1 * MIB, sweep_interval_ms: 100 },
+  });
+  const port = broker.ports.tcp;
+  await offlineSubscriber(port, "away", "telemetry");
+  await offlineSubscriber(port, "other", "commands");
+  await using pub = await RawClient.connect(port, 5);
+  await pub.handshake("publisher");
+  // Telemetry that expires after 1 s fills the total (the away session takes about 660).
+  for (let i = 1; i <= 800; i++) {
+    await pub.sendPacket({
+      cmd: "publish",
+      topic: "telemetry",
+      qos: 1,
+      messageId: i,
+      payload: Buffer.alloc(1000),
+      properties: { messageExpiryInterval: 1 },
+    });
+    await pub.expect("puback");
+  }
+  await broker.memory();
+  assert.ok(broker.metrics.droppedQueueTotal > 0, "the total was reached");
+  await new Promise((r) => setTimeout(r, 1200));
+  // All of it expired. The first command is turned away; the sweep after it drops what expired.
+  await publish(pub, [{ topic: "commands", label: "c0" }], 1000);
+  await new Promise((r) => setTimeout(r, 300));
+  const later = Array.from({ length: 5 }, (_, i) => ({ topic: "commands", label: `c${i + 1}` }));
+  await publish(pub, later, 1000);
+  await broker.memory();
+  // Before: the expired telemetry held the total until its client came back (a day here).
+  assert.equal(broker.metrics.queuedMessages, 5);
+  assert.ok(broker.metrics.droppedExpired >= 600, `${broker.metrics.droppedExpired} expired`);
+  assert.deepEqual(await resume(port, "other"), ["c1", "c2", "c3", "c4", "c5"]);
+  assert.deepEqual(await resume(port, "away"), []);
+  await broker.memory();
+  assert.equal(broker.metrics.queuedBytes, 0);
+});
