@@ -47,7 +47,16 @@ async function publish(node: ClusterNode, n: number): Promise<void> {
 /** Resumes `clientId` on `node` and acknowledges what arrives until nothing has for a while. */
 async function resume(node: ClusterNode, clientId: string): Promise<number> {
   await using s = await RawClient.connect(node.port, 5);
-  await s.handshake(clientId, 5, persistent);
+  // The CONNACK may wait for a frozen node to be found dead (a few seconds).
+  await s.sendPacket({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 5,
+    clientId,
+    keepalive: 60,
+    ...persistent,
+  });
+  assert.equal((await s.expect("connack", 15_000)).reasonCode, 0);
   let n = 0;
   for (;;) {
     const p = await s.next(1000).catch(() => null) as { cmd: string; messageId?: number } | null;
@@ -103,5 +112,28 @@ Deno.test({
     assert.equal((await queued(b)).messages, 20);
     for (const id of ["frozen-1", "frozen-2"]) assert.equal(await resume(b, id), 10);
     assert.deepEqual(await queued(b), { messages: 0, bytes: 0 });
+  },
+});
+
+Deno.test({
+  name: "cluster: a session adopted from a dead node and handed back leaves the adopter's gauges",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a", "b", "c"] });
+    const [a, b, c] = cluster.nodes;
+    await offline(b, "handed");
+    await publish(a, 10);
+    await eventually("queued on b", async () => (await queued(b)).messages === 10);
+    // b freezes; its client comes back on c, whose claim waits for b, until b is found dead.
+    // The survivor that adopts the session (with its queue) hands it back to c.
+    b.signal("SIGSTOP");
+    assert.equal(await resume(c, "handed"), 10);
+    const adopter = /adopted 1 of its sessions/.test(a.output()) ? a : c;
+    if (adopter === a) {
+      // Before: the 10 messages stayed counted on a, which no longer had the session.
+      assert.deepEqual(await queued(a), { messages: 0, bytes: 0 });
+    }
+    assert.deepEqual(await queued(c), { messages: 0, bytes: 0 });
+    await b.kill();
   },
 });
