@@ -49,7 +49,7 @@ export class Departures {
       const left = await drainInbox(
         this.cmd,
         inbox,
-        (msg, groups) => orphans?.deliver(msg, groups),
+        (msg, groups, redelivery) => orphans?.deliver(msg, groups, redelivery),
         (fields) => {
           // A takeover waiting for the dead node: answered in its place once the adopted
           // sessions are complete (below).

@@ -46,7 +46,7 @@ export interface InboxStats {
 export async function drainInbox(
   cmd: RedisClient,
   key: string,
-  deliver: (msg: Forwarded["msg"], groups: readonly string[]) => void,
+  deliver: (msg: Forwarded["msg"], groups: readonly string[], redelivery: boolean) => void,
   onControl: ControlHandler,
 ): Promise<number> {
   let start = "-";
@@ -61,8 +61,8 @@ export async function drainInbox(
         const entry = parseEntry(fields);
         if (entry.type === "control") onControl(entry.fields);
         else {
-          for (const { msg, groups } of entry.batch) {
-            deliver(msg, groups);
+          for (const { msg, groups, redelivery } of entry.batch) {
+            deliver(msg, groups, redelivery);
             n++;
           }
         }

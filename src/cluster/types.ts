@@ -80,8 +80,12 @@ export interface BusHost {
  * from it (not for its other subscribers, who had their copy).
  */
 export interface OrphanDelivery {
-  /** Delivers one message found in the dead node's inbox, oldest first. */
-  deliver(msg: Message, groups: readonly string[]): void;
+  /**
+   * Delivers one message found in the dead node's inbox, oldest first. `redelivery`: a share
+   * group's message handed on from another node's member (`Bus.forwardShared`), for a member of
+   * `groups` only: the plain subscribers had their own copy.
+   */
+  deliver(msg: Message, groups: readonly string[], redelivery: boolean): void;
   /**
    * The inbox is drained (or draining it failed): nothing more comes. The
    * adopted sessions then take what was published for them meanwhile, after

@@ -229,11 +229,6 @@ export class Router {
   }
 
   /**
-   * Sends `msg` to another member of `group`: the member it was first given to lost its session
-   * before acknowledging it (QoS 1) or before it was sent at all. The session's subscriptions
-   * are gone by then, so it is not picked again. False when no member is left here.
-   */
-  /**
    * Sends `msg` to a member of the group with `key` (`$share/name/filter`) here: another node's
    * member lost its session before its client got it. False when there is none here.
    */
@@ -244,6 +239,11 @@ export class Router {
     return false;
   }
 
+  /**
+   * Sends `msg` to another member of `group`: the member it was first given to lost its session
+   * before acknowledging it (QoS 1) or before it was sent at all. The session's subscriptions
+   * are gone by then, so it is not picked again. False when no member is left here.
+   */
   redeliverShared(msg: Message, group: ShareGroup): boolean {
     this.checking = msg.topic;
     const s = group.pick(this.receiveCheck === null ? null : this.groupOk);

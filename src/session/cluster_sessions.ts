@@ -310,6 +310,10 @@ export class ClusterSessions {
     this.core.detached.delete(s);
     this.core.unsubscribeAll(s);
     if (this.core.sessions.get(clientId) === s) this.core.sessions.delete(clientId);
+    // Lives on at the new owner (written above): what it held leaves this node's queue gauges
+    // and the reference counts of messages other queues share, or limits.max_queued_bytes_total
+    // would count it here for ever.
+    s.clear();
     // What was pushed until now, not a drain: under steady traffic the journal is never empty,
     // and the new owner would wait for its takeover timeout and load a stale session.
     await this.core.journal?.pending?.catch(() => {});
@@ -365,14 +369,21 @@ export class ClusterSessions {
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
     if (adopted === 0) return;
     return {
-      deliver: (msg, groups) => {
+      deliver: (msg, groups, redelivery) => {
         // A session whose client came back meanwhile is no longer this node's to fill.
         for (const a of taken) {
           if (this.core.sessions.get(a.session.clientId) !== a.session) {
             orphans.unsubscribeAll(onceTo.get(a.session)!);
           }
         }
-        orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
+        if (redelivery) {
+          // Another node's member left it: for a member of its group, as `redeliverShared`
+          // does. Published, it reached the plain subscribers a second time (under a new id)
+          // and would have updated the retained store of `orphans`.
+          for (const key of groups) {
+            if (!orphans.redeliverSharedKey(msg, key)) this.core.metrics.droppedSharedGone++;
+          }
+        } else orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
       },
       done: async () => {
         for (const a of taken) this.adoptionDone(a);
@@ -386,6 +397,8 @@ export class ClusterSessions {
           this.core.adopted.delete(s.clientId);
           this.core.unsubscribeAll(s);
           this.core.sessions.delete(s.clientId);
+          // Written back for the claiming node: nothing of it counts here any more.
+          s.clear();
         }
         // Written before the bus tells the claiming node that the dead one let go.
         await this.core.journal?.pending?.catch(() => {});
@@ -432,6 +445,8 @@ export class ClusterSessions {
       this.core.adopted.delete(id);
       this.core.unsubscribeAll(s);
       if (this.core.sessions.get(id) === s) this.core.sessions.delete(id);
+      // Its owner has it now: its queue no longer counts here (limits.max_queued_bytes_total).
+      s.clear();
     }
   }
 

@@ -605,6 +605,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
     }
   }
 
+  /** `droppedQueueTotal` at the last sweep. */
+  private totalDropsSeen = 0;
+
   /** Keep-alive and connect timeouts, delayed wills, session expiry. */
   sweep(now: number): void {
     // forEach, not for-of: the sweep runs too rarely to be optimized, and an unoptimized for-of
@@ -618,6 +621,13 @@ export class BrokerCore implements ConnectionHost, BusHost {
       } else if (s.will === null && s.expiresAt === Infinity) {
         this.detached.delete(s);
       }
+    }
+    const drops = this.metrics.droppedQueueTotal;
+    if (drops !== this.totalDropsSeen) {
+      // The queues together turned messages away since the last sweep: expired messages that
+      // wait for clients that stay away make room (a walk of every session, only then).
+      this.totalDropsSeen = drops;
+      this.sessions.forEach((s) => s.dropExpired(now));
     }
     this.totalDrops.check(this.metrics);
   }

@@ -11,9 +11,20 @@ import type { Will } from "./session_types.ts";
 
 const log = getLogger(["mcloudtt", "core"]);
 
-/** A stored message as the router moves it. */
+/**
+ * The Message made of each stored one: a store loads a message queued for many sessions once
+ * (SQLite's `messages` table), and the restored queues must share one Message for it as the
+ * live ones did, or each would count its bytes against limits.max_queued_bytes_total (a restart
+ * came back with the size times the sessions). Weak: gone with the loaded states. Only restores
+ * come here, never a live message.
+ */
+const made = new WeakMap<StoredMessage, Message>();
+
+/** A stored message as the router moves it (the same Message for the same stored object). */
 export function toMessage(m: StoredMessage): Message {
   if (m instanceof Message) return m;
+  const known = made.get(m);
+  if (known !== undefined) return known;
   const msg = new Message(
     m.topic,
     utf8(m.topic),
@@ -25,6 +36,7 @@ export function toMessage(m: StoredMessage): Message {
     m.origin,
   );
   if (m.id !== undefined) msg.id = m.id;
+  made.set(m, msg);
   return msg;
 }
 

@@ -62,3 +62,64 @@ Deno.test({
     await staying.endAsync();
   },
 });
+
+/** Resumes persistent session `clientId` on `port`; the payloads that arrive until a pause. */
+async function resumed(port: number, clientId: string): Promise<string[]> {
+  await using s = await RawClient.connect(port, 5);
+  await s.handshake(clientId, 5, { clean: false, properties: { sessionExpiryInterval: 3600 } });
+  const got: string[] = [];
+  for (;;) {
+    const p = await s.next(1000).catch(() => null) as
+      | { cmd: string; messageId?: number; payload?: Uint8Array }
+      | null;
+    if (p === null) return got;
+    if (p.cmd !== "publish") continue;
+    got.push(new TextDecoder().decode(p.payload));
+    await s.sendPacket({ cmd: "puback", messageId: p.messageId });
+  }
+}
+
+Deno.test({
+  name:
+    "cluster: leftovers handed to a node that dies before reading them reach its adopted group member only",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({
+      names: ["a", "b"],
+      args: ["--cluster.shared_policy=local"],
+    });
+    const [a, b] = cluster.nodes;
+    const leaving = await RawClient.connect(a.port, 5);
+    await leaving.handshake("leaving");
+    await leaving.sendPacket({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: [{ topic: "$share/g/job/#", qos: 1 }],
+    });
+    await leaving.expect("suback");
+    // On b, offline persistent sessions: a member of the group and a plain subscriber.
+    for (const [clientId, topic] of [["staying", "$share/g/job/#"], ["watcher", "job/#"]]) {
+      await using s = await RawClient.connect(b.port, 5);
+      await s.handshake(clientId, 5, { clean: false, properties: { sessionExpiryInterval: 3600 } });
+      await s.sendPacket({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic, qos: 1 }] });
+      await s.expect("suback");
+    }
+    await delay(300);
+    // b stops reading its inbox: the watcher's copies and then the leftovers wait there.
+    b.signal("SIGSTOP");
+    const pub = await connectClient(a.port, { clientId: "pub" });
+    const N = 10;
+    const sent = Array.from({ length: N }, (_, i) => `j${i}`);
+    for (let i = 0; i < N; i++) await pub.publishAsync(`job/${i}`, sent[i], { qos: 1 });
+    for (let i = 0; i < N; i++) await leaving.expect("publish");
+    leaving.close();
+    await delay(300);
+    await b.kill();
+    await eventually("b's sessions adopted", () => /adopted 2 of its/.test(a.output()), 15_000);
+    await delay(500);
+    // Before: the leftovers were published to the adopted sessions, the watcher had each twice.
+    assert.deepEqual(await resumed(a.port, "watcher"), sent);
+    assert.deepEqual(await resumed(a.port, "staying"), sent);
+    await pub.endAsync();
+  },
+});
