@@ -23,6 +23,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
+import { MissingSessionError } from "../store/errors.ts";
 import type { Store, StoreOp } from "../store/types.ts";
 
 const log = getLogger(["mcloudtt", "store"]);
@@ -78,6 +79,12 @@ export interface JournalOptions {
    * retried.
    */
   readonly onStale?: (e: MqttError & { clientIds: readonly string[] }, batch: number) => void;
+  /**
+   * Told of sessions a shared store no longer holds (a MissingSessionError, or the `missing` of
+   * a stale refusal): it pushes their whole state again. Everything else in the batch was
+   * written; whoever waited for it waits for those pushes instead.
+   */
+  readonly onMissing?: (clientIds: readonly string[]) => void;
 }
 
 /** Emptied slots of the collecting ops are compacted once there are this many (and half). */
@@ -119,11 +126,13 @@ export class Journal {
     e: MqttError & { clientIds: readonly string[] },
     batch: number,
   ) => void;
+  private readonly onMissing: (clientIds: readonly string[]) => void;
 
   constructor(private readonly store: Store, opts: JournalOptions = {}) {
     this.acksWait = opts.acksWait ?? true;
     this.maxUnwritten = opts.maxUnwritten ?? DEFAULT_MAX_UNWRITTEN;
     this.onStale = opts.onStale ?? (() => {});
+    this.onMissing = opts.onMissing ?? (() => {});
   }
 
   /**
@@ -288,8 +297,23 @@ export class Journal {
       this.batch = null;
       this.batchDone = null;
       this.onStale(e, n);
+      const missing = (e as { missing?: readonly string[] }).missing ?? [];
+      if (missing.length > 0) this.rewrite(missing);
       done?.reject(e);
       if (this.ops.length > 0) this.flush();
+      return;
+    }
+    if (e instanceof MissingSessionError) {
+      // The store wrote everything else. The acknowledgements waiting for this batch wait for
+      // the sessions' whole state (which includes what was refused) to be written instead.
+      const done = this.batchDone;
+      this.batch = null;
+      this.batchDone = null;
+      this.rewrite(e.clientIds);
+      if (this.ops.length > 0) {
+        this.waiting = merge(done, this.waiting);
+        this.flush();
+      } else done?.resolve();
       return;
     }
     this.stats.failures++;
@@ -315,6 +339,16 @@ export class Journal {
       this.retryTimer = null;
       this.flush();
     }, retryDelay(attempt));
+  }
+
+  /** Has the core push the whole state of sessions the store lost (MissingSessionError). */
+  private rewrite(clientIds: readonly string[]): void {
+    log.warn(
+      "the store lost {n} sessions (Redis restarted without its data?): writing them again " +
+        "from memory: {clientIds}",
+      { n: clientIds.length, clientIds: clientIds.slice(0, 10).join(", ") },
+    );
+    this.onMissing(clientIds);
   }
 
   /** Resolves when everything pushed so far has been written (or the journal closed). */

@@ -1,14 +1,18 @@
 /**
- * A broker process whose Redis store refuses its writes for a while (an ACL denies the
- * brokers' user the scripts every store write runs, as a Redis out of memory or a failover
- * refuses them), with real MQTT clients. What waits for the store meanwhile is bounded by the
- * state it describes, not by the traffic: QoS 0 is never refused, so before, every QoS 0
- * retained update waited, payload and all, until Redis took writes again.
+ * Broker processes whose Redis store fails under them, with real MQTT clients:
+ *
+ * - Redis refuses the store's writes for a while (an ACL denies the brokers' user the scripts
+ *   every store write runs, as a Redis out of memory or a failover refuses them). What waits for
+ *   the store meanwhile is bounded by the state it describes, not by the traffic: QoS 0 is never
+ *   refused, so before, every QoS 0 retained update waited, payload and all.
+ * - Redis restarts without its data. What the broker acknowledges afterwards for a session it
+ *   holds must be in Redis: before, the changes were applied to a session Redis no longer had,
+ *   that is to nothing, and acknowledged.
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
-import { collect, connectClient, delay, endClient } from "../helpers/broker.ts";
+import { collect, connectClient, delay, endClient, RawClient } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -92,5 +96,50 @@ Deno.test({
       await redis.call("ACL", "SETUSER", "default", "+@all").catch(() => {});
       redis.disconnect();
     }
+  },
+});
+
+Deno.test({
+  name: "redis restarted without its data: QoS 1 messages acknowledged afterwards for an " +
+    "offline persistent session reach it after its node is killed (-9) and started again",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a"] });
+    const a = cluster.nodes[0];
+    const persistent = { clean: false, properties: { sessionExpiryInterval: 3600 } };
+    const keeper = await connectClient(a.port, { clientId: "keeper", ...persistent });
+    await keeper.subscribeAsync("k/#", { qos: 1 });
+    await endClient(keeper);
+    // Stored as detached before Redis loses it (else the disconnect's write lands after).
+    await eventually(
+      "keeper stored",
+      async () => (await cluster.redis.command("HGET", "mcloudtt:{s:keeper}:meta", "ea")) > "0",
+    );
+
+    await cluster.redis.restart(true);
+    await eventually("a noticed", () => /redis lost the cluster state/.test(a.output()), 15_000);
+    const pub = await connectClient(a.port, { clientId: "pub" });
+    const N = 20;
+    for (let i = 0; i < N; i++) await pub.publishAsync("k/x", `${i}`, { qos: 1 });
+    await endClient(pub);
+    const log = a.output();
+
+    await a.kill();
+    const again = await cluster.add("a", a.port);
+    const c = await RawClient.connect(again.port);
+    const ack = await c.handshake("keeper", 5, persistent);
+    assert.equal(ack.sessionPresent, true, "the session is gone");
+    const got: string[] = [];
+    for (;;) {
+      const p = await c.next(1000).catch(() => null);
+      if (p === null) break;
+      if (p.cmd !== "publish") continue;
+      got.push(new TextDecoder().decode(p.payload as Uint8Array));
+      await c.sendPacket({ cmd: "puback", messageId: p.messageId });
+    }
+    c.close();
+    console.log(`[figures] ${N} acknowledged after the Redis restart, ${got.length} delivered`);
+    assert.deepEqual(got, Array.from({ length: N }, (_, i) => `${i}`));
+    assert.match(log, /the store lost 1 sessions .*keeper/);
   },
 });
