@@ -236,6 +236,15 @@ Deno.test("a restart loads a message queued to many offline sessions once: start
   }
 });
 
+function writable(file: string): boolean {
+  try {
+    Deno.openSync(file, { write: true }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Starts main.ts on `data` and expects exit code 2 with a message naming the file. */
 async function expectRefusal(cwd: string, words: RegExp): Promise<string> {
   const file = `${cwd}/data/mcloudtt.db`;
@@ -258,7 +267,7 @@ async function expectRefusal(cwd: string, words: RegExp): Promise<string> {
   return err.trim();
 }
 
-Deno.test("a data directory that is corrupt, foreign or from a newer version stops start-up (exit 2)", async (t) => {
+Deno.test("a data directory that is corrupt, foreign, not writable or from a newer version stops start-up (exit 2)", async (t) => {
   await using p = await tempProject();
   const data = `${p.dir}/data`;
   const reset = async () => {
@@ -279,6 +288,26 @@ Deno.test("a data directory that is corrupt, foreign or from a newer version sto
     db.exec("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)");
     db.close();
     console.log(await expectRefusal(p.dir, /another program.*\[storage\] dir/));
+  });
+  await t.step("a file the broker cannot write", async () => {
+    await reset();
+    const store = new SqliteStore({ dir: data });
+    await store.open();
+    await store.close();
+    const file = `${data}/mcloudtt.db`;
+    await Deno.chmod(file, 0o444);
+    // root writes a file whatever its mode: make it immutable instead, where that is possible.
+    const immutable = writable(file) &&
+      (await new Deno.Command("chattr", { args: ["+i", file] }).output().catch(() => null))
+          ?.success === true;
+    try {
+      if (writable(file)) return console.log("skipped: cannot make a file read-only here");
+      // SQLite opened it read-only without a word, and start-up failed with "disk I/O error".
+      console.log(await expectRefusal(p.dir, /cannot be opened for writing.*writable/));
+    } finally {
+      if (immutable) await new Deno.Command("chattr", { args: ["-i", file] }).output();
+      await Deno.chmod(file, 0o644);
+    }
   });
   await t.step("written by a newer mcloudtt", async () => {
     await reset();
