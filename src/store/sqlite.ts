@@ -18,6 +18,7 @@
  * `messageId`), and rows nobody references are deleted at the end of each batch.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
+import { getLogger } from "@logtape/logtape";
 import { StoreOpenError } from "./errors.ts";
 import { type Migration, openDatabase, transaction } from "./sqlite_schema.ts";
 import type {
@@ -42,6 +43,8 @@ export interface SqliteStoreOptions {
 }
 
 export const DB_FILE = "mcloudtt.db";
+
+const log = getLogger(["mcloudtt", "store"]);
 
 const SQL = {
   // Columns named: a later migration may add columns with defaults.
@@ -360,6 +363,19 @@ export class SqliteStore implements Store {
     const byId = new Map<string, Building>();
     for (const r of sessions) {
       const clientId = String(r.client_id);
+      let subscriptions: StoredSubscription[];
+      try {
+        subscriptions = readSubscriptions(r.subscriptions);
+      } catch (e) {
+        // A damaged value (the database checks its pages, not what we wrote in them) costs that
+        // session, not the start of the broker; its client's next session replaces the rows.
+        log.error(
+          "skipped the stored session {clientId} in {file}: its subscriptions are unreadable " +
+            "({error}); its client will start a new session",
+          { clientId, file: this.path, error: e instanceof Error ? e.message : String(e) },
+        );
+        continue;
+      }
       byId.set(clientId, {
         clientId,
         owner: r.owner === null ? null : String(r.owner),
@@ -371,9 +387,7 @@ export class SqliteStore implements Store {
           expiry: Number(r.will_expiry),
         },
         willAt: Number(r.will_at),
-        subscriptions: (JSON.parse(String(r.subscriptions)) as SubscriptionTuple[]).map(
-          readSubscription,
-        ),
+        subscriptions,
         queue: [],
         inflight: [],
         incomingQos2: [],
@@ -441,8 +455,45 @@ function readDelivery(r: Row, msg: StoredMessage): StoredDelivery {
     msg,
     qos: Number(r.d_qos) as 1 | 2,
     retain: r.d_retain === 1,
-    subIds: r.sub_ids === null ? null : JSON.parse(String(r.sub_ids)) as number[],
+    subIds: r.sub_ids === null ? null : readSubIds(r),
   };
+}
+
+/** Subscription Identifiers of a stored delivery; unreadable ones are dropped (logged), not the message. */
+function readSubIds(r: Row): number[] | null {
+  try {
+    const ids: unknown = JSON.parse(String(r.sub_ids));
+    if (Array.isArray(ids) && ids.every((i) => Number.isInteger(i))) return ids;
+  } catch {
+    // logged below
+  }
+  log.warn(
+    "unreadable subscription identifiers {ids} of a message queued for {clientId}: dropped",
+    {
+      ids: String(r.sub_ids).slice(0, 100),
+      clientId: String(r.client_id),
+    },
+  );
+  return null;
+}
+
+/** A session's subscriptions as stored (JSON tuples); throws when they are not that. */
+function readSubscriptions(v: SQLInputValue): StoredSubscription[] {
+  const list: unknown = JSON.parse(String(v));
+  if (!Array.isArray(list)) throw new Error("not a list");
+  return list.map((t: unknown) => {
+    if (
+      !Array.isArray(t) || t.length !== 6 || typeof t[0] !== "string" || !within(t[1], 2) ||
+      !within(t[2], 1) || !within(t[3], 1) || !within(t[4], 2) || !within(t[5], 268435455)
+    ) {
+      throw new Error(`not a subscription: ${JSON.stringify(t).slice(0, 100)}`);
+    }
+    return readSubscription(t as SubscriptionTuple);
+  });
+}
+
+function within(n: unknown, max: number): boolean {
+  return typeof n === "number" && Number.isInteger(n) && 0 <= n && n <= max;
 }
 
 /** A subscription as a compact JSON tuple: key, qos, noLocal, rap, retainHandling, id. */
