@@ -135,6 +135,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
         maxUnwritten: opts.maxUnwritten,
         // A cluster store refuses writes of sessions another node took over meanwhile.
         onStale: (e, batch) => this.cluster.dropStale(e.clientIds, batch),
+        // A cluster store that lost sessions (Redis restarted empty) gets them whole again.
+        onMissing: (ids) => this.cluster.storeLost(ids),
       })
       : null;
     this.router.receiveCheck = this.mayReceive;

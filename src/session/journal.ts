@@ -13,9 +13,17 @@
  * than `maxUnwritten` operations are unwritten the journal is `full`: the
  * core refuses new QoS 1/2 publishes instead of acknowledging what it could
  * not keep (see publish_flow.ts).
+ *
+ * An op that replaces a whole piece of state (a session's `session` or `session-delete`, a
+ * topic's `retain` or `retain-delete`) makes the unwritten ops before it with the same key
+ * pointless: they are dropped when it is pushed, so that what waits while the store fails is
+ * bounded by the state it describes (sessions, retained topics), not by how often it changed.
+ * (A client publishing QoS 0 retained updates of 100 kB to 10 topics grew a broker whose store
+ * failed by 260 MB a second; QoS 0 is never refused.)
  */
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
+import { MissingSessionError } from "../store/errors.ts";
 import type { Store, StoreOp } from "../store/types.ts";
 
 const log = getLogger(["mcloudtt", "store"]);
@@ -71,10 +79,28 @@ export interface JournalOptions {
    * retried.
    */
   readonly onStale?: (e: MqttError & { clientIds: readonly string[] }, batch: number) => void;
+  /**
+   * Told of sessions a shared store no longer holds (a MissingSessionError, or the `missing` of
+   * a stale refusal): it pushes their whole state again. Everything else in the batch was
+   * written; whoever waited for it waits for those pushes instead.
+   */
+  readonly onMissing?: (clientIds: readonly string[]) => void;
 }
 
+/** Emptied slots of the collecting ops are compacted once there are this many (and half). */
+const COMPACT_AT = 1024;
+
 export class Journal {
-  private ops: StoreOp[] = [];
+  /** Ops collecting for the next batch; null where a later op of the same key replaced one. */
+  private ops: (StoreOp | null)[] = [];
+  /** The slot in `ops` of each session's last `session`/`session-delete` op (new per batch). */
+  private sessionAt = new Map<string, number>();
+  /** The slot in `ops` of each topic's last `retain`/`retain-delete` op (new per batch). */
+  private retainAt = new Map<string, number>();
+  /** Null slots in `ops`. */
+  private superseded = 0;
+  /** Ops pushed so far. */
+  private pushed = 0;
   /** Waiters for `ops` (created when somebody asks). */
   private waiting: Deferred | null = null;
   /** The batch handed to the store and not yet written (in flight, or waiting for its retry). */
@@ -100,26 +126,31 @@ export class Journal {
     e: MqttError & { clientIds: readonly string[] },
     batch: number,
   ) => void;
+  private readonly onMissing: (clientIds: readonly string[]) => void;
 
   constructor(private readonly store: Store, opts: JournalOptions = {}) {
     this.acksWait = opts.acksWait ?? true;
     this.maxUnwritten = opts.maxUnwritten ?? DEFAULT_MAX_UNWRITTEN;
     this.onStale = opts.onStale ?? (() => {});
+    this.onMissing = opts.onMissing ?? (() => {});
   }
 
-  /** Ops waiting for the next batch (a publish compares it before and after routing). */
+  /**
+   * Ops pushed so far, counting those a later op replaced: a publish compares it before and
+   * after routing to know whether its acknowledgement waits for a write.
+   */
   get size(): number {
-    return this.ops.length;
+    return this.pushed;
   }
 
   /** Ops not written yet: collecting, in flight or waiting for a retry. */
   get unwritten(): number {
-    return this.ops.length + (this.batch === null ? 0 : this.batch.length);
+    return this.ops.length - this.superseded + (this.batch === null ? 0 : this.batch.length);
   }
 
   /** True while more than `maxUnwritten` ops wait: new QoS 1/2 publishes are refused. */
   get full(): boolean {
-    return this.ops.length + (this.batch === null ? 0 : this.batch.length) > this.maxUnwritten;
+    return this.unwritten > this.maxUnwritten;
   }
 
   /** Since when (ms since epoch) store writes have been failing; 0 while they succeed. */
@@ -127,13 +158,59 @@ export class Journal {
     return this.failingSince === 0 ? 0 : Date.now() - this.failingSince;
   }
 
-  /** Queues `op` for the next batch. */
+  /** Queues `op` for the next batch (replacing an unwritten op it makes pointless). */
   push(op: StoreOp): void {
+    this.pushed++;
+    const key = replacingKey(op);
+    if (key !== null) {
+      const at = key.session ? this.sessionAt : this.retainAt;
+      const before = at.get(key.key);
+      if (before !== undefined) {
+        this.ops[before] = null;
+        this.superseded++;
+      }
+      at.set(key.key, this.ops.length);
+    }
     this.ops.push(op);
+    if (this.superseded >= COMPACT_AT && this.superseded * 2 > this.ops.length) this.compact();
     if (!this.writing && !this.scheduled && this.retryTimer === null) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());
     }
+  }
+
+  /** Drops the emptied slots of `ops` (a store failing for long, state changing fast). */
+  private compact(): void {
+    const live: StoreOp[] = [];
+    this.sessionAt = new Map();
+    this.retainAt = new Map();
+    for (const op of this.ops) {
+      if (op === null) continue;
+      const key = replacingKey(op);
+      if (key !== null) (key.session ? this.sessionAt : this.retainAt).set(key.key, live.length);
+      live.push(op);
+    }
+    this.ops = live;
+    this.superseded = 0;
+  }
+
+  /** Takes the collected ops (without emptied slots), leaving none. */
+  private take(): StoreOp[] {
+    const ops = this.superseded === 0
+      ? this.ops as StoreOp[]
+      : this.ops.filter((op): op is StoreOp => op !== null);
+    this.ops = [];
+    this.superseded = 0;
+    // New maps rather than clear(): see sqlite.ts on cleared Maps in the old generation.
+    if (this.sessionAt.size > 0) this.sessionAt = new Map();
+    if (this.retainAt.size > 0) this.retainAt = new Map();
+    return ops;
+  }
+
+  /** True when a collected op replaces `op` (an op of a failed batch being written again). */
+  private replaced(op: StoreOp): boolean {
+    const key = replacingKey(op);
+    return key !== null && (key.session ? this.sessionAt : this.retainAt).has(key.key);
   }
 
   /**
@@ -162,16 +239,21 @@ export class Journal {
   private flush(): void {
     this.scheduled = false;
     if (this.writing || this.retryTimer !== null || this.closed) return;
-    let ops = this.ops;
     let done = this.waiting;
     const failed = this.batch;
+    if (failed === null && this.ops.length === 0) return;
+    let ops: StoreOp[];
     if (failed !== null) {
-      // A retry: the failed batch first, then what came since, as one batch (order kept).
-      if (ops.length > 0) ops = failed.concat(ops);
-      else ops = failed;
+      // A retry: the failed batch first, then what came since, as one batch (order kept), less
+      // the failed ops that a later one replaces (so that the batch stays bounded too).
+      if (this.ops.length > 0) {
+        const kept = this.sessionAt.size + this.retainAt.size > 0
+          ? failed.filter((op) => !this.replaced(op))
+          : failed;
+        ops = kept.concat(this.take());
+      } else ops = failed;
       done = merge(this.batchDone, done);
-    } else if (ops.length === 0) return;
-    this.ops = [];
+    } else ops = this.take();
     this.waiting = null;
     this.batch = ops;
     this.batchDone = done;
@@ -215,8 +297,23 @@ export class Journal {
       this.batch = null;
       this.batchDone = null;
       this.onStale(e, n);
+      const missing = (e as { missing?: readonly string[] }).missing ?? [];
+      if (missing.length > 0) this.rewrite(missing);
       done?.reject(e);
       if (this.ops.length > 0) this.flush();
+      return;
+    }
+    if (e instanceof MissingSessionError) {
+      // The store wrote everything else. The acknowledgements waiting for this batch wait for
+      // the sessions' whole state (which includes what was refused) to be written instead.
+      const done = this.batchDone;
+      this.batch = null;
+      this.batchDone = null;
+      this.rewrite(e.clientIds);
+      if (this.ops.length > 0) {
+        this.waiting = merge(done, this.waiting);
+        this.flush();
+      } else done?.resolve();
       return;
     }
     this.stats.failures++;
@@ -244,6 +341,16 @@ export class Journal {
     }, retryDelay(attempt));
   }
 
+  /** Has the core push the whole state of sessions the store lost (MissingSessionError). */
+  private rewrite(clientIds: readonly string[]): void {
+    log.warn(
+      "the store lost {n} sessions (Redis restarted without its data?): writing them again " +
+        "from memory: {clientIds}",
+      { n: clientIds.length, clientIds: clientIds.slice(0, 10).join(", ") },
+    );
+    this.onMissing(clientIds);
+  }
+
   /** Resolves when everything pushed so far has been written (or the journal closed). */
   async drain(): Promise<void> {
     for (;;) {
@@ -268,11 +375,29 @@ export class Journal {
     this.waiting?.reject(e);
     this.batch = null;
     this.batchDone = null;
-    this.ops = [];
+    this.take();
     this.waiting = null;
     if (left > 0) log.error("{error}", { error: e.message });
     return left;
   }
+}
+
+/**
+ * The key under which `op` replaces every earlier op: a session's whole state, or a topic's
+ * retained message; null for the ops that change part of a session.
+ */
+function replacingKey(op: StoreOp): { session: boolean; key: string } | null {
+  switch (op.type) {
+    case "session":
+      return { session: true, key: op.state.clientId };
+    case "session-delete":
+      return { session: true, key: op.clientId };
+    case "retain":
+      return { session: false, key: op.msg.topic };
+    case "retain-delete":
+      return { session: false, key: op.topic };
+  }
+  return null;
 }
 
 /** One waiter for two (a retried batch merged with what collected since); only on failures. */

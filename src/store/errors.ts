@@ -26,3 +26,18 @@ export class StoreOpenError extends Error {
     super(message, options);
   }
 }
+
+/**
+ * Thrown by `Store.write()` of a shared store (Redis) for sessions whose ops change part of
+ * them while the store holds nothing of them: it lost them (Redis restarted without its data).
+ * Nothing of those sessions was written, everything else in the batch was; the journal has the
+ * core write them whole again (`session` ops from memory) instead of acknowledging what would
+ * otherwise be applied to nothing.
+ */
+export class MissingSessionError extends Error {
+  override readonly name = "MissingSessionError";
+
+  constructor(readonly clientIds: readonly string[]) {
+    super(`sessions missing from the store: ${clientIds.join(", ")}`);
+  }
+}

@@ -28,6 +28,7 @@ import { Cluster, type Redis } from "ioredis";
 import type { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
+import { MissingSessionError } from "./errors.ts";
 import type { ClusterStore, SessionState, StoredMessage, StoredWill, StoreOp } from "./types.ts";
 import {
   CorruptValueError,
@@ -100,6 +101,8 @@ export class StaleSessionError extends MqttError {
   constructor(
     readonly clientIds: readonly string[],
     readonly owners: readonly string[],
+    /** Sessions of the same batch the store lost (see MissingSessionError). */
+    readonly missing: readonly string[] = [],
   ) {
     super(
       ReasonCode.SessionTakenOver,
@@ -192,6 +195,7 @@ export class RedisStore implements ClusterStore {
           String(now),
           this.window,
           "0",
+          "1",
         ];
         groups.set(cid, args);
       }
@@ -199,10 +203,12 @@ export class RedisStore implements ClusterStore {
         case "session":
           this.sessionArgs(args, op.state);
           indexChange.set(cid, true);
+          args[6] = "0";
           break;
         case "session-delete":
           args.push("D");
           indexChange.set(cid, false);
+          args[6] = "0";
           break;
         case "enqueue":
           args.push("E", queueEntry(op.seq, op.item));
@@ -243,6 +249,7 @@ export class RedisStore implements ClusterStore {
     const results = await sent;
     const stale: string[] = [];
     const owners: string[] = [];
+    const missing: string[] = [];
     let failure: unknown = null;
     const index: Promise<unknown>[] = [];
     for (let i = 0; i < results.length; i++) {
@@ -259,6 +266,10 @@ export class RedisStore implements ClusterStore {
       }
       const cid = cids[i];
       const reply = r.value as unknown[];
+      if (str(reply[0]) === "missing") {
+        missing.push(cid);
+        continue;
+      }
       if (str(reply[0]) === "stale") {
         stale.push(cid);
         owners.push(str(reply[1]));
@@ -286,7 +297,8 @@ export class RedisStore implements ClusterStore {
     // What was written for the other sessions is confirmed first: a stale refusal is final
     // (the journal does not retry it), so everything else must be as durable as a success.
     await replicated;
-    if (stale.length > 0) throw new StaleSessionError(stale, owners);
+    if (stale.length > 0) throw new StaleSessionError(stale, owners, missing);
+    if (missing.length > 0) throw new MissingSessionError(missing);
   }
 
   private retainOp(

@@ -91,7 +91,8 @@ end
  * Applies one session's ops of a batch, in order, unless another node
  * claimed the session: then it returns 'stale' and writes nothing.
  * ARGV: me, grace ms, tombstone ms, now ms, dedupe window, acked (the number of J ops with an
- * id among the ops), then ops:
+ * id among the ops), partial ("1" when no S or D is among the ops: they change a stored session),
+ * then ops:
  *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid* nRc id*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" id | A pid | B pid
  * J with an id ("" for none) is an acknowledged message: its id joins rc (the last `window`
@@ -101,8 +102,10 @@ end
  * among the last `acked` of rc (only this call's J ops can have pushed it there, since a
  * message is acknowledged once; a replay finds its ids there); the rest are idempotent as
  * they are.
- * Returns {'ok', bad...} (indexes of KEYS) or {'stale', node, epoch}. Wrongly typed keys are
- * deleted (they are under our prefix and unreadable; the batch rewrites them).
+ * Returns {'ok', bad...} (indexes of KEYS), {'stale', node, epoch}, or {'missing'} when the ops
+ * are partial and no session is stored (Redis lost it): nothing is written then, and the caller
+ * writes the whole session instead. Wrongly typed keys are deleted (they are under our prefix and
+ * unreadable; the batch rewrites them).
  */
 export const APPLY = CHECK_TYPES + `
 local me = ARGV[1]
@@ -113,11 +116,13 @@ local node = redis.call('HGET', KEYS[1], 'node')
 if node and node ~= me then return {'stale', node, redis.call('HGET', KEYS[1], 'ep') or ''} end
 for _, k in ipairs(bad) do redis.call('DEL', KEYS[k]) end
 local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
+-- Changes to a session Redis does not hold would be applied to nothing (and acknowledged).
+if ARGV[7] == '1' and not exists then return {'missing'} end
 -- The number of the newest queue entry, read at the first enqueue (nil: not read yet).
 local last = nil
 local window = tonumber(ARGV[5])
 local acked = ARGV[6]
-local i = 7
+local i = 8
 local n = #ARGV
 while i <= n do
   local t = ARGV[i]

@@ -18,6 +18,7 @@
  * `messageId`), and rows nobody references are deleted at the end of each batch.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
+import { getLogger } from "@logtape/logtape";
 import { StoreOpenError } from "./errors.ts";
 import { type Migration, openDatabase, transaction } from "./sqlite_schema.ts";
 import type {
@@ -42,6 +43,8 @@ export interface SqliteStoreOptions {
 }
 
 export const DB_FILE = "mcloudtt.db";
+
+const log = getLogger(["mcloudtt", "store"]);
 
 const SQL = {
   // Columns named: a later migration may add columns with defaults.
@@ -72,16 +75,20 @@ const SQL = {
   messageGc: `DELETE FROM messages WHERE refs <= 0`,
   sessionsAll: `SELECT * FROM sessions`,
   sessionOne: `SELECT * FROM sessions WHERE client_id = ?`,
-  queueAll: `SELECT q.client_id, q.seq, q.qos AS d_qos, q.retain AS d_retain, q.sub_ids, m.*
-    FROM queue q JOIN messages m ON m.id = q.msg_id ORDER BY q.rowid`,
-  queueOne: `SELECT q.client_id, q.seq, q.qos AS d_qos, q.retain AS d_retain, q.sub_ids, m.*
-    FROM queue q JOIN messages m ON m.id = q.msg_id WHERE q.client_id = ? ORDER BY q.rowid`,
-  inflightAll: `SELECT f.client_id, f.packet_id, f.released, f.qos AS d_qos,
-    f.retain AS d_retain, f.sub_ids, m.*
-    FROM inflight f JOIN messages m ON m.id = f.msg_id ORDER BY f.rowid`,
-  inflightOne: `SELECT f.client_id, f.packet_id, f.released, f.qos AS d_qos,
-    f.retain AS d_retain, f.sub_ids, m.*
-    FROM inflight f JOIN messages m ON m.id = f.msg_id WHERE f.client_id = ? ORDER BY f.rowid`,
+  // Queue and inflight rows name their message; each message is read once (messagesAll,
+  // messagesOf). A join would read the payload again for every row that references it: a 1 MB
+  // message queued to 1,000 offline sessions took 1 GB to load at start-up instead of 1 MB.
+  queueAll: `SELECT client_id, seq, msg_id, qos AS d_qos, retain AS d_retain, sub_ids
+    FROM queue ORDER BY rowid`,
+  queueOne: `SELECT client_id, seq, msg_id, qos AS d_qos, retain AS d_retain, sub_ids
+    FROM queue WHERE client_id = ? ORDER BY rowid`,
+  inflightAll: `SELECT client_id, packet_id, msg_id, released, qos AS d_qos,
+    retain AS d_retain, sub_ids FROM inflight ORDER BY rowid`,
+  inflightOne: `SELECT client_id, packet_id, msg_id, released, qos AS d_qos,
+    retain AS d_retain, sub_ids FROM inflight WHERE client_id = ? ORDER BY rowid`,
+  messagesAll: `SELECT * FROM messages`,
+  messagesOf: `SELECT * FROM messages WHERE id IN (SELECT msg_id FROM queue WHERE client_id = ?1
+    UNION SELECT msg_id FROM inflight WHERE client_id = ?1)`,
   qos2All: `SELECT client_id, packet_id FROM qos2`,
   qos2One: `SELECT client_id, packet_id FROM qos2 WHERE client_id = ?`,
   retainedAll: `SELECT * FROM retained`,
@@ -187,6 +194,7 @@ export class SqliteStore implements Store {
       return Promise.resolve(
         this.assemble(
           st.sessionsAll.all(),
+          st.messagesAll.iterate(),
           st.queueAll.all(),
           st.inflightAll.all(),
           st.qos2All.all(),
@@ -204,6 +212,7 @@ export class SqliteStore implements Store {
       if (row === undefined) return Promise.resolve(null);
       const [state] = this.assemble(
         [row],
+        st.messagesOf.iterate(clientId),
         st.queueOne.all(clientId),
         st.inflightOne.all(clientId),
         st.qos2One.all(clientId),
@@ -338,8 +347,14 @@ export class SqliteStore implements Store {
     return id;
   }
 
-  /** Builds session states from their rows; a message shared by many rows becomes one object. */
-  private assemble(sessions: Row[], queue: Row[], inflight: Row[], qos2: Row[]): SessionState[] {
+  /** Builds session states from their rows; each message is read once, shared by its rows. */
+  private assemble(
+    sessions: Row[],
+    messageRows: Iterable<Row>,
+    queue: Row[],
+    inflight: Row[],
+    qos2: Row[],
+  ): SessionState[] {
     type Building = {
       -readonly [K in keyof SessionState]: K extends "queue" | "inflight" | "incomingQos2"
         ? SessionState[K][number][]
@@ -348,6 +363,19 @@ export class SqliteStore implements Store {
     const byId = new Map<string, Building>();
     for (const r of sessions) {
       const clientId = String(r.client_id);
+      let subscriptions: StoredSubscription[];
+      try {
+        subscriptions = readSubscriptions(r.subscriptions);
+      } catch (e) {
+        // A damaged value (the database checks its pages, not what we wrote in them) costs that
+        // session, not the start of the broker; its client's next session replaces the rows.
+        log.error(
+          "skipped the stored session {clientId} in {file}: its subscriptions are unreadable " +
+            "({error}); its client will start a new session",
+          { clientId, file: this.path, error: e instanceof Error ? e.message : String(e) },
+        );
+        continue;
+      }
       byId.set(clientId, {
         clientId,
         owner: r.owner === null ? null : String(r.owner),
@@ -359,30 +387,26 @@ export class SqliteStore implements Store {
           expiry: Number(r.will_expiry),
         },
         willAt: Number(r.will_at),
-        subscriptions: (JSON.parse(String(r.subscriptions)) as SubscriptionTuple[]).map(
-          readSubscription,
-        ),
+        subscriptions,
         queue: [],
         inflight: [],
         incomingQos2: [],
       });
     }
     const messages = new Map<number, StoredMessage>();
-    const shared = (r: Row) => {
-      const id = Number(r.id);
-      let m = messages.get(id);
-      if (!m) messages.set(id, m = readMessage(r));
-      return m;
-    };
+    for (const r of messageRows) messages.set(Number(r.id), readMessage(r));
+    // A row whose message is missing (never so: a message is deleted with its last reference,
+    // in the same transaction) is skipped, as the join that read them before did.
     for (const r of queue) {
-      byId.get(String(r.client_id))?.queue.push({
-        ...readDelivery(r, shared(r)),
-        seq: Number(r.seq),
-      });
+      const m = messages.get(Number(r.msg_id));
+      if (m === undefined) continue;
+      byId.get(String(r.client_id))?.queue.push({ ...readDelivery(r, m), seq: Number(r.seq) });
     }
     for (const r of inflight) {
+      const m = messages.get(Number(r.msg_id));
+      if (m === undefined) continue;
       byId.get(String(r.client_id))?.inflight.push({
-        ...readDelivery(r, shared(r)),
+        ...readDelivery(r, m),
         packetId: Number(r.packet_id),
         released: r.released === 1,
       });
@@ -431,8 +455,45 @@ function readDelivery(r: Row, msg: StoredMessage): StoredDelivery {
     msg,
     qos: Number(r.d_qos) as 1 | 2,
     retain: r.d_retain === 1,
-    subIds: r.sub_ids === null ? null : JSON.parse(String(r.sub_ids)) as number[],
+    subIds: r.sub_ids === null ? null : readSubIds(r),
   };
+}
+
+/** Subscription Identifiers of a stored delivery; unreadable ones are dropped (logged), not the message. */
+function readSubIds(r: Row): number[] | null {
+  try {
+    const ids: unknown = JSON.parse(String(r.sub_ids));
+    if (Array.isArray(ids) && ids.every((i) => Number.isInteger(i))) return ids;
+  } catch {
+    // logged below
+  }
+  log.warn(
+    "unreadable subscription identifiers {ids} of a message queued for {clientId}: dropped",
+    {
+      ids: String(r.sub_ids).slice(0, 100),
+      clientId: String(r.client_id),
+    },
+  );
+  return null;
+}
+
+/** A session's subscriptions as stored (JSON tuples); throws when they are not that. */
+function readSubscriptions(v: SQLInputValue): StoredSubscription[] {
+  const list: unknown = JSON.parse(String(v));
+  if (!Array.isArray(list)) throw new Error("not a list");
+  return list.map((t: unknown) => {
+    if (
+      !Array.isArray(t) || t.length !== 6 || typeof t[0] !== "string" || !within(t[1], 2) ||
+      !within(t[2], 1) || !within(t[3], 1) || !within(t[4], 2) || !within(t[5], 268435455)
+    ) {
+      throw new Error(`not a subscription: ${JSON.stringify(t).slice(0, 100)}`);
+    }
+    return readSubscription(t as SubscriptionTuple);
+  });
+}
+
+function within(n: unknown, max: number): boolean {
+  return typeof n === "number" && Number.isInteger(n) && 0 <= n && n <= max;
 }
 
 /** A subscription as a compact JSON tuple: key, qos, noLocal, rap, retainHandling, id. */

@@ -119,6 +119,15 @@ export function openDatabase(file: string, opts: OpenOptions): DatabaseSync {
     throw new StoreOpenError(kind, file, `storage: ${file}: ${what}`, { cause });
   };
 
+  // SQLite opens a file it cannot write read-only, without a word, and the first read then fails
+  // as a "disk I/O error" naming nothing: check first (a file that is not there is created).
+  try {
+    Deno.openSync(file, { read: true, write: true }).close();
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      fail("access", `cannot be opened for writing (${errorText(e)}); ${ACCESS_FIX}`, e);
+    }
+  }
   let db: DatabaseSync;
   try {
     db = new DatabaseSync(file);
@@ -194,13 +203,17 @@ export function openDatabase(file: string, opts: OpenOptions): DatabaseSync {
 
 const CORRUPT_FIX = "restore it from a backup, or move the directory away to start empty " +
   "(its sessions and retained messages are then lost)";
-const ACCESS_FIX = "check that the directory exists and is writable by the broker " +
-  "(and, under Deno, --allow-read and --allow-write for it)";
+const ACCESS_FIX = "check that the directory and its files exist and are writable by the " +
+  "broker (and, under Deno, --allow-read and --allow-write for it)";
 
 /** SQLite error codes that say something about the file (primary codes, see sqlite3.h). */
+const SQLITE_PERM = 3;
 const SQLITE_BUSY = 5;
 const SQLITE_LOCKED = 6;
+const SQLITE_READONLY = 8;
+const SQLITE_IOERR = 10;
 const SQLITE_CORRUPT = 11;
+const SQLITE_FULL = 13;
 const SQLITE_CANTOPEN = 14;
 const SQLITE_NOTADB = 26;
 
@@ -229,6 +242,13 @@ function sqlite<T>(fail: Fail, fn: () => T): T {
     }
     if (primary === SQLITE_CANTOPEN || e instanceof Deno.errors.NotCapable) {
       return fail("access", `cannot open (${errorText(e)}); ${ACCESS_FIX}`, e);
+    }
+    // A write-ahead log it cannot write, a read-only mount, a full disk: named, with the file.
+    if (
+      primary === SQLITE_PERM || primary === SQLITE_READONLY || primary === SQLITE_IOERR ||
+      primary === SQLITE_FULL
+    ) {
+      return fail("access", `cannot be read or written (${errorText(e)}); ${ACCESS_FIX}`, e);
     }
     throw e;
   }

@@ -37,7 +37,15 @@ Deno.test("sqlite store: batches of messages are not promoted to the old generat
     const file = `${dir}/writer.ts`;
     await Deno.writeTextFile(file, WRITER);
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--v8-flags=--trace-gc-nvp,--expose-gc", file, `${dir}/data`],
+      args: [
+        "run",
+        "-A",
+        // The project's imports (the store logs through @logtape/logtape).
+        `--config=${new URL("../../deno.json", import.meta.url).pathname}`,
+        "--v8-flags=--trace-gc-nvp,--expose-gc",
+        file,
+        `${dir}/data`,
+      ],
       stdout: "piped",
       stderr: "inherit",
     }).output();

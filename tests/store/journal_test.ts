@@ -1,0 +1,150 @@
+/**
+ * The journal between the core and a store: an op that replaces a whole session or a topic's
+ * retained message drops the unwritten ops it makes pointless, so what waits while the store
+ * fails stays bounded by the state, and the store still ends as if every op had been written in
+ * order.
+ */
+import assert from "node:assert/strict";
+import fc from "fast-check";
+import { Journal } from "../../src/session/journal.ts";
+import { MemoryStore } from "../../src/store/memory.ts";
+import { SqliteStore } from "../../src/store/sqlite.ts";
+import type { Store, StoreOp } from "../../src/store/types.ts";
+import { delay } from "../helpers/broker.ts";
+import {
+  delivery,
+  journalArb,
+  message,
+  normalRetained,
+  normalSessions,
+  session,
+} from "./fixtures.ts";
+
+/** Records each batch it is given; refuses (without applying) while `failing`. */
+class Recorder extends MemoryStore {
+  readonly batches: StoreOp[][] = [];
+  failing = false;
+
+  constructor(readonly inner: Store = new MemoryStore(true)) {
+    super(true);
+  }
+
+  override write(ops: readonly StoreOp[]): Promise<void> {
+    this.batches.push([...ops]);
+    if (this.failing) return Promise.reject(new Error("refused"));
+    return this.inner.write(ops);
+  }
+}
+
+const retain = (topic: string, payload: string): StoreOp => ({
+  type: "retain",
+  msg: message({ topic, retain: true, payload: new TextEncoder().encode(payload) }),
+});
+
+Deno.test("journal: a session op replaces the unwritten whole-session op before it; partial ops stay in order", async () => {
+  const store = new Recorder();
+  const j = new Journal(store);
+  const m = message();
+  j.push({ type: "session", state: session("c1") });
+  j.push({ type: "enqueue", clientId: "c1", seq: 1, item: delivery(m) });
+  j.push({ type: "session", state: session("c2") });
+  j.push({ type: "session", state: session("c1", { queue: [{ ...delivery(m), seq: 1 }] }) });
+  j.push({ type: "session-delete", clientId: "c2" });
+  // Every push counts: a publish compares the count before and after routing.
+  assert.equal(j.size, 5);
+  assert.equal(j.unwritten, 3);
+  await j.drain();
+  assert.deepEqual(store.batches.map((b) => b.map((op) => op.type)), [[
+    "enqueue",
+    "session",
+    "session-delete",
+  ]]);
+});
+
+Deno.test("journal: while the store fails, a topic's retained updates wait as at most two ops, and the last one is written", async () => {
+  const store = new Recorder();
+  const j = new Journal(store);
+  store.failing = true;
+  for (let i = 0; i < 1000; i++) {
+    j.push(retain(`t/${i % 3}`, `${i}`));
+    if (i % 100 === 0) await delay(60); // retries happen meanwhile
+  }
+  assert.ok(j.unwritten <= 6, `${j.unwritten} ops unwritten for 3 topics`);
+  assert.ok(j.full === false);
+  const waited = j.pending;
+  store.failing = false;
+  await waited;
+  const got = new Map(
+    (await store.inner.loadRetained()).map((r) => [r.topic, new TextDecoder().decode(r.payload)]),
+  );
+  assert.deepEqual(Object.fromEntries(got), { "t/0": "999", "t/1": "997", "t/2": "998" });
+  j.close();
+});
+
+Deno.test("journal: a persistent client reconnecting while the store fails waits as one session op", async () => {
+  const store = new Recorder();
+  const j = new Journal(store);
+  store.failing = true;
+  for (let i = 0; i < 5000; i++) {
+    j.push({ type: "session", state: session("flappy", { expiresAt: i }) });
+    if (i % 1000 === 0) await delay(60);
+  }
+  assert.ok(j.unwritten <= 2, `${j.unwritten} ops unwritten`);
+  store.failing = false;
+  await j.drain();
+  const [s] = await store.inner.loadSessions();
+  assert.equal(s.expiresAt, 4999);
+});
+
+/**
+ * Random journals pushed op by op, in turns, into a store that refuses some writes: the store
+ * ends with what applying every op in order gives (the memory model), for the memory store and
+ * for SQLite.
+ */
+for (const kind of ["memory", "sqlite"] as const) {
+  Deno.test(`journal: random ops through refused writes end as every op applied in order (${kind})`, async () => {
+    const root = await Deno.makeTempDir({ prefix: "mcloudtt-journal-test-" });
+    let n = 0;
+    try {
+      await fc.assert(
+        fc.asyncProperty(
+          journalArb,
+          fc.array(fc.boolean(), { minLength: 8, maxLength: 8 }),
+          async (batches, refusals) => {
+            const inner = kind === "memory"
+              ? new MemoryStore(true)
+              : new SqliteStore({ dir: `${root}/d${n++}` });
+            await inner.open();
+            const store = new Recorder(inner);
+            const j = new Journal(store);
+            try {
+              for (const [i, batch] of batches.entries()) {
+                store.failing = refusals[i];
+                for (const op of batch) j.push(op);
+                await delay(0);
+              }
+              store.failing = false;
+              await j.drain();
+              const model = new MemoryStore(true);
+              for (const op of batches.flat()) await model.write([op]);
+              assert.deepEqual(
+                normalSessions(await inner.loadSessions()),
+                normalSessions(await model.loadSessions()),
+              );
+              assert.deepEqual(
+                normalRetained(await inner.loadRetained()),
+                normalRetained(await model.loadRetained()),
+              );
+            } finally {
+              j.close();
+              await inner.close();
+            }
+          },
+        ),
+        { numRuns: 60 },
+      );
+    } finally {
+      await Deno.remove(root, { recursive: true });
+    }
+  });
+}

@@ -1,0 +1,145 @@
+/**
+ * Broker processes whose Redis store fails under them, with real MQTT clients:
+ *
+ * - Redis refuses the store's writes for a while (an ACL denies the brokers' user the scripts
+ *   every store write runs, as a Redis out of memory or a failover refuses them). What waits for
+ *   the store meanwhile is bounded by the state it describes, not by the traffic: QoS 0 is never
+ *   refused, so before, every QoS 0 retained update waited, payload and all.
+ * - Redis restarts without its data. What the broker acknowledges afterwards for a session it
+ *   holds must be in Redis: before, the changes were applied to a session Redis no longer had,
+ *   that is to nothing, and acknowledged.
+ */
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { Redis } from "ioredis";
+import { collect, connectClient, delay, endClient, RawClient } from "../helpers/broker.ts";
+import { eventually, TestCluster } from "../helpers/cluster.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+
+const ignore = skipWithoutRedis();
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+// The brokers' lease renewals are scripts too: leases long enough that the refusal never lets
+// one run out.
+const LEASES = ["--cluster.lease_renew_ms=1000", "--cluster.lease_ttl_ms=8000"];
+
+/** The operations /readyz says wait for the store, or 0 when it names none. */
+function unwritten(problems: readonly string[]): number {
+  for (const p of problems) {
+    const m = /store: writes failing for \d+ s, (\d+) operations unwritten/.exec(p);
+    if (m) return Number(m[1]);
+  }
+  return 0;
+}
+
+Deno.test({
+  name: "redis store refusing writes: QoS 0 retained updates keep flowing, what waits is the " +
+    "last update of each topic, and it is stored once Redis takes writes again",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a"], args: LEASES });
+    const [a] = cluster.nodes;
+    const redis = new Redis(cluster.redis.port, "127.0.0.1");
+    // The test's own user, which the refusal does not touch.
+    await redis.call("ACL", "SETUSER", "inspector", "on", "nopass", "~*", "&*", "+@all");
+    await redis.call("AUTH", "inspector", "x");
+    try {
+      const live = await connectClient(a.port, { clientId: "live" });
+      const seen = collect(live);
+      await live.subscribeAsync("r/#", { qos: 0 });
+      const pub = await connectClient(a.port, { clientId: "pub" });
+      await redis.call("ACL", "SETUSER", "default", "-evalsha", "-eval");
+
+      const TOPICS = 10;
+      const N = 3000;
+      const payload = (i: number) => Buffer.alloc(10_000, String(i).padStart(6, "0"));
+      let most = 0;
+      for (let i = 0; i < N; i++) {
+        pub.publish(`r/${i % TOPICS}`, payload(i), { qos: 0, retain: true });
+        if (i % 100 === 99) {
+          await delay(5);
+          most = Math.max(most, unwritten((await a.readiness()).problems));
+        }
+      }
+      await eventually("the live subscriber got every update", () => seen.messages.length === N);
+      const during = await a.readiness();
+      most = Math.max(most, unwritten(during.problems));
+      console.log(
+        `[figures] ${N} QoS 0 retained updates of 10 kB to ${TOPICS} topics while the store ` +
+          `refused writes: at most ${most} operations waited`,
+      );
+      assert.equal(during.status, 503, "not ready while the store refuses writes");
+      assert.ok(most > 0, `the store's refusal was never reported: ${during.problems}`);
+      // At most two per topic, not one per update (3,000 and 30 MB before): the last update in
+      // the batch being tried again, and the last one since.
+      assert.ok(most <= 2 * TOPICS, `${most} operations waited for ${TOPICS} topics`);
+
+      await redis.call("ACL", "SETUSER", "default", "+@all");
+      await eventually("ready again", async () => (await a.readiness()).status === 200, 15_000);
+      // Redis holds each topic's last update: a node started now serves it.
+      const b = await cluster.add("b");
+      let inbox!: ReturnType<typeof collect>;
+      const reader = await connectClient(b.port, { clientId: "reader" }, (c) => {
+        inbox = collect(c);
+      });
+      await reader.subscribeAsync("r/#", { qos: 0 });
+      const got = new Map<string, string>();
+      while (got.size < TOPICS) {
+        const m = await inbox.next(5000);
+        got.set(m.topic, m.payload.slice(0, 6));
+      }
+      for (let t = 0; t < TOPICS; t++) {
+        const last = N - TOPICS + t;
+        assert.equal(got.get(`r/${t}`), String(last).padStart(6, "0"), `r/${t}`);
+      }
+      for (const c of [live, pub, reader]) await endClient(c);
+    } finally {
+      await redis.call("ACL", "SETUSER", "default", "+@all").catch(() => {});
+      redis.disconnect();
+    }
+  },
+});
+
+Deno.test({
+  name: "redis restarted without its data: QoS 1 messages acknowledged afterwards for an " +
+    "offline persistent session reach it after its node is killed (-9) and started again",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a"] });
+    const a = cluster.nodes[0];
+    const persistent = { clean: false, properties: { sessionExpiryInterval: 3600 } };
+    const keeper = await connectClient(a.port, { clientId: "keeper", ...persistent });
+    await keeper.subscribeAsync("k/#", { qos: 1 });
+    await endClient(keeper);
+    // Stored as detached before Redis loses it (else the disconnect's write lands after).
+    await eventually(
+      "keeper stored",
+      async () => (await cluster.redis.command("HGET", "mcloudtt:{s:keeper}:meta", "ea")) > "0",
+    );
+
+    await cluster.redis.restart(true);
+    await eventually("a noticed", () => /redis lost the cluster state/.test(a.output()), 15_000);
+    const pub = await connectClient(a.port, { clientId: "pub" });
+    const N = 20;
+    for (let i = 0; i < N; i++) await pub.publishAsync("k/x", `${i}`, { qos: 1 });
+    await endClient(pub);
+    const log = a.output();
+
+    await a.kill();
+    const again = await cluster.add("a", a.port);
+    const c = await RawClient.connect(again.port);
+    const ack = await c.handshake("keeper", 5, persistent);
+    assert.equal(ack.sessionPresent, true, "the session is gone");
+    const got: string[] = [];
+    for (;;) {
+      const p = await c.next(1000).catch(() => null);
+      if (p === null) break;
+      if (p.cmd !== "publish") continue;
+      got.push(new TextDecoder().decode(p.payload as Uint8Array));
+      await c.sendPacket({ cmd: "puback", messageId: p.messageId });
+    }
+    c.close();
+    console.log(`[figures] ${N} acknowledged after the Redis restart, ${got.length} delivered`);
+    assert.deepEqual(got, Array.from({ length: N }, (_, i) => `${i}`));
+    assert.match(log, /the store lost 1 sessions .*keeper/);
+  },
+});
