@@ -149,12 +149,23 @@ export class InboxWriter {
     return `forwarding to other nodes failed: ${f.message}`;
   }
 
-  /** Queues one record (group header + shared body, message id) for `dest`. */
-  add(dest: string, header: Uint8Array, body: Uint8Array, id: string, version = ""): void {
+  /**
+   * Queues one record (group header + shared body, message id) for `dest`. `alone`: the record
+   * gets a stream entry of its own, as does what follows it (a record a node of an older version
+   * cannot read: that node skips the whole entry, and must not lose the records beside it).
+   */
+  add(
+    dest: string,
+    header: Uint8Array,
+    body: Uint8Array,
+    id: string,
+    version = "",
+    alone = false,
+  ): void {
     let list = this.pending.get(dest);
     if (list === undefined) this.pending.set(dest, list = []);
     let cur = list[list.length - 1];
-    if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES) {
+    if (cur === undefined || cur.bytes > MAX_ENTRY_BYTES || alone) {
       cur = { parts: [VERSION_BYTE], ids: [], versions: null, bytes: 1, count: 0 };
       list.push(cur);
     }
@@ -164,6 +175,8 @@ export class InboxWriter {
     cur.ids.push(id);
     cur.bytes += header.length + body.length + id.length + 1;
     cur.count++;
+    // Closed: the next record starts another entry.
+    if (alone) cur.bytes = MAX_ENTRY_BYTES + 1;
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());

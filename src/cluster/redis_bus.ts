@@ -412,7 +412,8 @@ export class RedisBus implements Bus {
     // A new id: the receiver may have had this message's own id already (a copy for its plain
     // subscribers), and would drop this one as the same entry written twice.
     const id = msg.qos === 0 ? "" : this.ids.next();
-    this.writer.add(dest, encodeGroups([key]), encodeBody(msg, true), id);
+    // An entry of its own: a node of an older version skips an entry with this record.
+    this.writer.add(dest, encodeGroups([key]), encodeBody(msg, true), id, "", true);
     return true;
   }
 
