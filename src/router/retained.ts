@@ -21,6 +21,8 @@ export interface RetainedStore {
   fits(msg: Message): boolean;
   /** Removes the retained message of `topic`, if any and not newer than `version`. */
   delete(topic: string, version?: string): void;
+  /** Whether `topic` has a retained message. */
+  has(topic: string): boolean;
   /**
    * Whether a deletion of `topic` with a version would be remembered now (within the bounds of
    * remembered deletions); a shared store keeps it too only then.
@@ -124,6 +126,10 @@ export class MemoryRetainedStore implements RetainedStore {
       if (node === undefined) return undefined;
     }
     return node;
+  }
+
+  has(topic: string): boolean {
+    return (this.find(topic)?.msg ?? null) !== null;
   }
 
   fits(msg: Message): boolean {

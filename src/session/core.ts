@@ -291,10 +291,14 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const fwd = local ? LOCAL_ONLY : this.bus.forward(msg, version);
     const journal = this.journal;
     const mark = journal === null ? 0 : journal.size;
-    // Retained state is stored by the node where it was published, once.
+    // Retained state is stored by the node where it was published, once. While the store is
+    // failing past max_unwritten_ops, a clear of a topic with nothing retained here is not kept
+    // for it: QoS 0 is never refused, and clears of ever new topics would pile up unbounded.
     if (
       msg.retain && journal !== null && !local &&
-      (msg.payload.length === 0 || this.router.retained.fits(msg))
+      (msg.payload.length === 0
+        ? !journal.full || this.router.retained.has(msg.topic)
+        : this.router.retained.fits(msg))
     ) {
       journal.push(
         msg.payload.length === 0
