@@ -228,6 +228,29 @@ export abstract class SessionQueue {
     });
     if (this.queue.length === 0) this.queue = EMPTY_QUEUE;
     for (const q of stored) if (q.seq >= this.nextSeq) this.nextSeq = q.seq + 1;
+    this.trimToBounds();
+  }
+
+  /**
+   * Brings a restored queue within the session's own bounds as they are now (they may have been
+   * lowered since the store kept it): what is over goes as the drop policy says, as if each had
+   * arrived at a full queue, and the store is told. Before, a restart kept every stored message
+   * whatever max_queued_messages and max_queued_bytes said.
+   */
+  private trimToBounds(): void {
+    const limits = this.limits;
+    const over = () =>
+      this.queuedCount > limits.maxQueued ||
+      (this.queuedCount > 1 && this.queuedBytes > limits.maxQueuedBytes);
+    while (over()) {
+      this.metrics.droppedQueueFull++;
+      if (limits.dropPolicy === "oldest") this.dropOldest();
+      else {
+        // "newest" refuses what comes last: the latest of the stored ones go.
+        this.dequeued(this.queue.pop()!);
+        this.compact();
+      }
+    }
   }
 }
 

@@ -372,3 +372,60 @@ Deno.test("a data directory that is corrupt, foreign, not writable or from a new
     console.log(await expectRefusal(p.dir, /newer mcloudtt \(schema version 99/));
   });
 });
+
+for (const policy of ["newest", "oldest"] as const) {
+  Deno.test(`a queue stored under a higher max_queued_messages is cut to the new one at restart (policy ${policy})`, async () => {
+    await using p = await tempProject();
+    const port = freePort();
+    const limits = (n: number) => [
+      `--limits.max_queued_messages=${n}`,
+      `--limits.queue_drop_policy=${policy}`,
+    ];
+    let broker = await startDurable(p.dir, port, limits(100));
+    try {
+      const away = await connectClient(port, {
+        clientId: "away",
+        clean: false,
+        properties: { sessionExpiryInterval: 3600 },
+      });
+      await away.subscribeAsync("q", { qos: 1 });
+      await endClient(away);
+      const pub = await connectClient(port, { clientId: "pub" });
+      for (let i = 0; i < 30; i++) await pub.publishAsync("q", `${i}`, { qos: 1 });
+      await endClient(pub);
+      await broker.stop();
+      // Restarted with a lower bound: the session's queue holds 10, as a live one would.
+      broker = await startDurable(p.dir, port, limits(10));
+      let inbox!: Inbox;
+      const back = await connectClient(port, {
+        clientId: "away",
+        clean: false,
+        properties: { sessionExpiryInterval: 3600 },
+      }, (c) => {
+        inbox = collect(c);
+      });
+      await delay(500);
+      const kept = policy === "newest" ? 0 : 20;
+      assert.deepEqual(
+        inbox.messages.map((m) => m.payload),
+        Array.from({ length: 10 }, (_, i) => `${kept + i}`),
+      );
+      await endClient(back);
+      // What was cut is gone from the store too: a second restart brings none of it back.
+      await broker.stop();
+      broker = await startDurable(p.dir, port, limits(100));
+      let none!: Inbox;
+      const again = await connectClient(port, {
+        clientId: "away",
+        clean: false,
+        properties: { sessionExpiryInterval: 3600 },
+      }, (c) => {
+        none = collect(c);
+      });
+      await none.none(500);
+      await endClient(again);
+    } finally {
+      await broker.stop();
+    }
+  });
+}
