@@ -12,6 +12,27 @@ import { skipWithoutRedis } from "../helpers/redis.ts";
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
 
+/**
+ * Nodes a and b serving a share group locally while they have a member ("local"): every message
+ * published on a goes to the member on a.
+ */
+function twoNodes(): Promise<TestCluster> {
+  return TestCluster.start({ names: ["a", "b"], args: ["--cluster.shared_policy=local"] });
+}
+
+/** A raw member of `$share/g/job/#` on `port` that never sends PUBACK. */
+async function leavingMember(port: number): Promise<RawClient> {
+  const leaving = await RawClient.connect(port, 5);
+  await leaving.handshake("leaving");
+  await leaving.sendPacket({
+    cmd: "subscribe",
+    messageId: 1,
+    subscriptions: [{ topic: "$share/g/job/#", qos: 1 }],
+  });
+  await leaving.expect("suback");
+  return leaving;
+}
+
 Deno.test({
   name:
     "cluster: a share group member's unacknowledged messages go to a member on another node when it leaves",
@@ -19,19 +40,9 @@ Deno.test({
   async fn() {
     // "local": a node serves the group itself while it has a member, so every message goes to
     // the member on a, which never acknowledges.
-    await using cluster = await TestCluster.start({
-      names: ["a", "b"],
-      args: ["--cluster.shared_policy=local"],
-    });
+    await using cluster = await twoNodes();
     const [a, b] = cluster.nodes;
-    const leaving = await RawClient.connect(a.port, 5);
-    await leaving.handshake("leaving");
-    await leaving.sendPacket({
-      cmd: "subscribe",
-      messageId: 1,
-      subscriptions: [{ topic: "$share/g/job/#", qos: 1 }],
-    });
-    await leaving.expect("suback");
+    const leaving = await leavingMember(a.port);
     const staying = await connectClient(b.port, { clientId: "staying" });
     const box = collect(staying);
     await staying.subscribeAsync("$share/g/job/#", { qos: 1 });
@@ -84,19 +95,9 @@ Deno.test({
     "cluster: leftovers handed to a node that dies before reading them reach its adopted group member only",
   ...opts,
   async fn() {
-    await using cluster = await TestCluster.start({
-      names: ["a", "b"],
-      args: ["--cluster.shared_policy=local"],
-    });
+    await using cluster = await twoNodes();
     const [a, b] = cluster.nodes;
-    const leaving = await RawClient.connect(a.port, 5);
-    await leaving.handshake("leaving");
-    await leaving.sendPacket({
-      cmd: "subscribe",
-      messageId: 1,
-      subscriptions: [{ topic: "$share/g/job/#", qos: 1 }],
-    });
-    await leaving.expect("suback");
+    const leaving = await leavingMember(a.port);
     // On b, offline persistent sessions: a member of the group and a plain subscriber.
     for (const [clientId, topic] of [["staying", "$share/g/job/#"], ["watcher", "job/#"]]) {
       await using s = await RawClient.connect(b.port, 5);
