@@ -16,6 +16,7 @@ import { type Config, type DeepPartial, resolveConfig } from "./src/config/mod.t
 export {
   Broker,
   type BrokerDeps,
+  BrokerStopped,
   ClusterBackendNotLoaded,
   type ListenerAddress,
 } from "./src/broker.ts";

@@ -123,6 +123,17 @@ export class ClusterBackendNotLoaded extends Error {
   }
 }
 
+/**
+ * start() on a broker that was stopped: a broker runs once (its journal, sink and bus end with
+ * stop()); create a new one, which reopens the same store.
+ */
+export class BrokerStopped extends Error {
+  constructor() {
+    super("this broker was stopped and cannot start again: create a new one with createBroker()");
+    this.name = "BrokerStopped";
+  }
+}
+
 /** Address of a running listener. */
 export interface ListenerAddress {
   kind: "tcp" | "tls" | "ws" | "wss";
@@ -135,7 +146,17 @@ export class Broker {
   readonly metrics = new Metrics();
   readonly router: Router;
   private listeners: Listener[] = [];
-  private running = false;
+  /**
+   * The start under way or done, which concurrent and repeated start() calls share (two starts
+   * used to open every listener twice); null before the first and after a failed one.
+   */
+  private starting: Promise<void> | null = null;
+  /**
+   * The stop under way or done, which concurrent stop() calls share (a second call used to
+   * resolve before the store was closed). A stopped broker does not start again: stop() closes
+   * the journal, so a restarted durable broker never acknowledged a QoS 1/2 packet again.
+   */
+  private stopping: Promise<void> | null = null;
   private tls: TlsMaterial | null = null;
   private readonly policy: PolicyAuthenticator;
   private readonly customAuth: boolean;
@@ -205,9 +226,25 @@ export class Broker {
     });
   }
 
-  /** Loads certificates, password file and ACL, then opens the configured listeners. */
-  async start(): Promise<void> {
-    if (this.running) return;
+  /**
+   * Loads certificates, password file and ACL, then opens the configured listeners. Calls while
+   * it runs share it; after stop() it rejects with BrokerStopped. When it fails, what it opened
+   * is closed again.
+   */
+  start(): Promise<void> {
+    if (this.stopping !== null) return Promise.reject(new BrokerStopped());
+    if (this.starting === null) {
+      const starting = this.open();
+      this.starting = starting;
+      // A failed start may be tried again (a port that was busy); the caller gets the rejection.
+      starting.catch(() => {
+        if (this.starting === starting) this.starting = null;
+      });
+    }
+    return this.starting;
+  }
+
+  private async open(): Promise<void> {
     const c = this.config;
     const core = this.core;
     await this.loadAuthFiles();
@@ -238,7 +275,6 @@ export class Broker {
       await core.store.close().catch(() => {});
       throw e;
     }
-    this.running = true;
     for (const l of this.listeners) {
       log.info(`listening for MQTT over ${l.kind} on ${l.hostname}:${l.port}`);
     }
@@ -351,10 +387,23 @@ export class Broker {
     return this.listeners.map((l) => ({ kind: l.kind, hostname: l.hostname, port: l.port }));
   }
 
-  /** Stops listening and disconnects every client with "server shutting down". */
-  async stop(): Promise<void> {
-    if (!this.running) return;
-    this.running = false;
+  /**
+   * Stops listening and disconnects every client with "server shutting down". A stop() while
+   * start() runs waits for it, then stops (it used to return at once and leave the broker
+   * running); concurrent calls share one stop.
+   */
+  stop(): Promise<void> {
+    if (this.starting === null && this.stopping === null) return Promise.resolve(); // not started
+    this.stopping ??= this.close();
+    return this.stopping;
+  }
+
+  private async close(): Promise<void> {
+    try {
+      await this.starting;
+    } catch {
+      return; // the failed start closed what it had opened
+    }
     // Refuse new clients first; node servers only report closed once their sockets are gone.
     const closing = this.listeners.map((l) => l.close());
     this.listeners = [];

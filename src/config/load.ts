@@ -142,6 +142,17 @@ export function loadConfig(options: LoadOptions = {}): LoadedConfig {
  * defaults; no file, environment or flags are read. Throws ConfigError like loadConfig.
  */
 export function resolveConfig(partial: DeepPartial<Config> = {}): Config {
+  // The root must be a plain object: null threw a TypeError, and a string or an array was read
+  // as keys "0", "1"... (an array of tables even passed as an empty config).
+  const root: unknown = partial;
+  if (root === null || typeof root !== "object" || Array.isArray(root)) {
+    throw new ConfigError(
+      `the config passed to resolveConfig() is ${
+        Array.isArray(root) ? "an array" : root === null ? "null" : `a ${typeof root}`
+      }: it must be an object of tables ({ general: {...}, ports: {...} })`,
+      { source: "resolveConfig()" },
+    );
+  }
   return validate([
     objectLayer(partial as Record<string, unknown>, { kind: "object", label: "resolveConfig()" }),
   ]);
