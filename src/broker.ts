@@ -13,6 +13,7 @@ import {
   allowAnonymous,
   anyListenerTls,
   type Config,
+  ConfigError,
   listenerBind,
   listenerClientCert,
   listenerEnabled,
@@ -262,7 +263,12 @@ export class Broker {
         this.tls.watch(c.general.cert_reload_interval);
       }
       for (const name of ["tcp", "ws"] as ListenerName[]) {
-        if (listenerEnabled(c, name)) this.listeners.push(await this.listen(name));
+        if (!listenerEnabled(c, name)) continue;
+        try {
+          this.listeners.push(await this.listen(name));
+        } catch (e) {
+          throw addressInUse(e) ? portTaken(c, name, e) : e;
+        }
       }
     } catch (e) {
       await Promise.all(this.listeners.map((l) => l.close()));
@@ -444,4 +450,21 @@ async function within(deadline: number, what: string, step: Promise<unknown>): P
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Whether `e` says an address is bound already (Deno.listen or node:net). */
+function addressInUse(e: unknown): boolean {
+  return e instanceof Deno.errors.AddrInUse ||
+    (e as { code?: unknown } | null)?.code === "EADDRINUSE";
+}
+
+/** A listener's port is taken: one line naming the listener, its address and its key. */
+function portTaken(c: Config, name: ListenerName, cause: unknown): ConfigError {
+  const address = `${listenerBind(c, name)}:${listenerPort(c, name)}`;
+  return new ConfigError(
+    `ports.${name}: ${address} is in use by another process; stop it, or set another port ` +
+      `(--ports.${name}, MCLOUDTT_PORTS_${name.toUpperCase()})`,
+    { key: `ports.${name}` },
+    { cause },
+  );
 }

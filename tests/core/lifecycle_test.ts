@@ -92,3 +92,25 @@ Deno.test("a config that is not an object is a ConfigError", async () => {
     await assert.rejects(createBroker(bad as any), ConfigError, JSON.stringify(bad));
   }
 });
+
+Deno.test("a listener port already bound elsewhere rejects start() with a ConfigError naming the port key", async () => {
+  const other = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (other.addr as Deno.NetAddr).port;
+  try {
+    for (const [name, ports] of [["tcp", { tcp: port }], ["ws", { tcp: 0, ws: port }]] as const) {
+      const b = await createBroker({
+        ...config(),
+        general: { secure: false, websocket: name === "ws", bind: "127.0.0.1" },
+        ports,
+      });
+      const e = await b.start().then(() => null, (e) => e);
+      assert.ok(e instanceof ConfigError, `${name}: ${e}`);
+      assert.equal(e.key, `ports.${name}`);
+      assert.match(e.message, new RegExp(`127\\.0\\.0\\.1:${port} is in use`));
+      assert.deepEqual(b.addresses, [], `${name}: nothing left listening`);
+      await b.stop();
+    }
+  } finally {
+    other.close();
+  }
+});
