@@ -229,14 +229,18 @@ export class Router {
   }
 
   /**
-   * Sends `msg` to a member of the group with `key` (`$share/name/filter`) here: another node's
-   * member lost its session before its client got it. False when there is none here.
+   * Sends `msg` to a member of each group of `keys` (`$share/name/filter`) here: another node's
+   * member lost its session before its client got it. Returns how many of the groups have no
+   * member here any more (the message is dropped for those).
    */
-  redeliverSharedKey(msg: Message, key: string): boolean {
-    for (const g of this.trie.match(msg.topic).groups) {
-      if (g.key === key) return this.redeliverShared(msg, g);
+  redeliverSharedKeys(msg: Message, keys: readonly string[]): number {
+    let gone = 0;
+    const groups = this.trie.match(msg.topic).groups;
+    for (const key of keys) {
+      const g = groups.find((x) => x.key === key);
+      if (g === undefined || !this.redeliverShared(msg, g)) gone++;
     }
-    return false;
+    return gone;
   }
 
   /**

@@ -307,13 +307,7 @@ export class ClusterSessions {
     // comes later reaches the new owner's holder (handover.ts).
     await this.core.journal?.pending?.catch(() => {});
     s.persist(this.core.subscriptionsOf(s));
-    this.core.detached.delete(s);
-    this.core.unsubscribeAll(s);
-    if (this.core.sessions.get(clientId) === s) this.core.sessions.delete(clientId);
-    // Lives on at the new owner (written above): what it held leaves this node's queue gauges
-    // and the reference counts of messages other queues share, or limits.max_queued_bytes_total
-    // would count it here for ever.
-    s.clear();
+    this.forgetHere(s);
     // What was pushed until now, not a drain: under steady traffic the journal is never empty,
     // and the new owner would wait for its takeover timeout and load a stale session.
     await this.core.journal?.pending?.catch(() => {});
@@ -380,9 +374,7 @@ export class ClusterSessions {
           // Another node's member left it: for a member of its group, as `redeliverShared`
           // does. Published, it reached the plain subscribers a second time (under a new id)
           // and would have updated the retained store of `orphans`.
-          for (const key of groups) {
-            if (!orphans.redeliverSharedKey(msg, key)) this.core.metrics.droppedSharedGone++;
-          }
+          this.core.metrics.droppedSharedGone += orphans.redeliverSharedKeys(msg, groups);
         } else orphans.publish(msg, groups.length === 0 ? NO_GROUPS : new Set(groups));
       },
       done: async () => {
@@ -393,12 +385,7 @@ export class ClusterSessions {
           const s = a.session;
           if (this.core.sessions.get(s.clientId) !== s) continue;
           s.persist(this.core.router.subscriptionsOf(s));
-          this.core.detached.delete(s);
-          this.core.adopted.delete(s.clientId);
-          this.core.unsubscribeAll(s);
-          this.core.sessions.delete(s.clientId);
-          // Written back for the claiming node: nothing of it counts here any more.
-          s.clear();
+          this.forgetHere(s);
         }
         // Written before the bus tells the claiming node that the dead one let go.
         await this.core.journal?.pending?.catch(() => {});
@@ -441,13 +428,25 @@ export class ClusterSessions {
       // The owner publishes the will: cleared before the connection closes, which would send it.
       s.setWill(null);
       s.link?.takenOver();
-      this.core.detached.delete(s);
-      this.core.adopted.delete(id);
-      this.core.unsubscribeAll(s);
-      if (this.core.sessions.get(id) === s) this.core.sessions.delete(id);
-      // Its owner has it now: its queue no longer counts here (limits.max_queued_bytes_total).
-      s.clear();
+      this.forgetHere(s);
     }
+  }
+
+  /**
+   * `s` lives on at another node (moved, handed back, or taken while this node was behind):
+   * it leaves this one without ending (no will, no store delete). What it held leaves this
+   * node's queue gauges and the counts of messages other queues share, or
+   * limits.max_queued_bytes_total would count it here for ever.
+   */
+  private forgetHere(s: Session): void {
+    const core = this.core;
+    core.detached.delete(s);
+    core.unsubscribeAll(s);
+    if (core.sessions.get(s.clientId) === s) {
+      core.sessions.delete(s.clientId);
+      core.adopted.delete(s.clientId);
+    }
+    s.clear();
   }
 
   /**

@@ -336,9 +336,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   /** BusHost: a share group's message another node's member left; never handed on again. */
   redeliverShared(msg: Message, groups: readonly string[]): void {
-    for (const key of groups) {
-      if (!this.router.redeliverSharedKey(msg, key)) this.metrics.droppedSharedGone++;
-    }
+    this.metrics.droppedSharedGone += this.router.redeliverSharedKeys(msg, groups);
   }
 
   deliveredWritten(): Promise<void> | null {
