@@ -22,6 +22,24 @@ function bigquery(url: string) {
   };
 }
 
+/** Flags of a broker process on a free port, no store, logging to the BigQuery at `url`. */
+function bigqueryBrokerArgs(url: string, extra: string[]): string[] {
+  return [
+    "--general.secure=false",
+    "--general.websocket=false",
+    "--general.bind=127.0.0.1",
+    "--ports.tcp=0",
+    "--storage.enabled=false",
+    "--bigquery.enabled=true",
+    "--bigquery.project_id=proj",
+    "--bigquery.dataset_id=ds",
+    "--bigquery.credentials_path=",
+    `--bigquery.endpoint=${url}`,
+    "--bigquery.flush_interval_ms=20",
+    ...extra,
+  ];
+}
+
 async function until(check: () => boolean, what: string, timeoutMs = 5000): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!check()) {
@@ -131,22 +149,14 @@ Deno.test("MQTT round trips stay fast while BigQuery stalls; the rows go in once
 Deno.test("a BigQuery that accepts connections and never answers does not keep a broker process from listening", async () => {
   await using fake = startFakeBigQuery();
   await using front = startHangingFront(fake.port, true);
-  await using broker = startMain(repoRoot, [
-    "--general.secure=false",
-    "--general.websocket=false",
-    "--general.bind=127.0.0.1",
-    "--ports.tcp=0",
-    "--storage.enabled=false",
-    "--bigquery.enabled=true",
-    "--bigquery.project_id=proj",
-    "--bigquery.dataset_id=ds",
-    "--bigquery.credentials_path=",
-    `--bigquery.endpoint=${front.url}`,
-    "--bigquery.request_timeout_ms=1000",
-    "--bigquery.retry_initial_ms=50",
-    "--bigquery.retry_max_ms=200",
-    "--bigquery.flush_interval_ms=20",
-  ]);
+  await using broker = startMain(
+    repoRoot,
+    bigqueryBrokerArgs(front.url, [
+      "--bigquery.request_timeout_ms=1000",
+      "--bigquery.retry_initial_ms=50",
+      "--bigquery.retry_max_ms=200",
+    ]),
+  );
   const [, port] = await broker.waitFor(
     /listening for MQTT over tcp on 127\.0\.0\.1:(\d+)/,
     15_000,
@@ -160,20 +170,10 @@ Deno.test("a BigQuery that accepts connections and never answers does not keep a
 
 Deno.test("a payload over batch_max_bytes is refused before its row is built: 100 MB of control characters leave the broker running", async () => {
   await using fake = startFakeBigQuery();
-  await using broker = startMain(repoRoot, [
-    "--general.secure=false",
-    "--general.websocket=false",
-    "--general.bind=127.0.0.1",
-    "--ports.tcp=0",
-    "--storage.enabled=false",
-    "--limits.max_packet_size=268435455",
-    "--bigquery.enabled=true",
-    "--bigquery.project_id=proj",
-    "--bigquery.dataset_id=ds",
-    "--bigquery.credentials_path=",
-    `--bigquery.endpoint=${fake.url}`,
-    "--bigquery.flush_interval_ms=20",
-  ]);
+  await using broker = startMain(
+    repoRoot,
+    bigqueryBrokerArgs(fake.url, ["--limits.max_packet_size=268435455"]),
+  );
   const [, port] = await broker.waitFor(/listening for MQTT over tcp on 127\.0\.0\.1:(\d+)/);
   await using pub = await connectClient(Number(port), { clientId: "huge-pub" });
   // Well-formed UTF-8, so logged as text, where JSON writes each byte as \u0001: 600 MB, past
