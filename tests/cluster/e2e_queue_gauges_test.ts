@@ -57,14 +57,7 @@ async function resume(node: ClusterNode, clientId: string): Promise<number> {
     ...persistent,
   });
   assert.equal((await s.expect("connack", 15_000)).reasonCode, 0);
-  let n = 0;
-  for (;;) {
-    const p = await s.next(1000).catch(() => null) as { cmd: string; messageId?: number } | null;
-    if (p === null) return n;
-    if (p.cmd !== "publish") continue;
-    n++;
-    await s.sendPacket({ cmd: "puback", messageId: p.messageId });
-  }
+  return (await s.drainPublishes()).length;
 }
 
 Deno.test({

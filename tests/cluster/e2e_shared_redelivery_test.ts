@@ -78,16 +78,7 @@ Deno.test({
 async function resumed(port: number, clientId: string): Promise<string[]> {
   await using s = await RawClient.connect(port, 5);
   await s.handshake(clientId, 5, { clean: false, properties: { sessionExpiryInterval: 3600 } });
-  const got: string[] = [];
-  for (;;) {
-    const p = await s.next(1000).catch(() => null) as
-      | { cmd: string; messageId?: number; payload?: Uint8Array }
-      | null;
-    if (p === null) return got;
-    if (p.cmd !== "publish") continue;
-    got.push(new TextDecoder().decode(p.payload));
-    await s.sendPacket({ cmd: "puback", messageId: p.messageId });
-  }
+  return (await s.drainPublishes()).map((p) => new TextDecoder().decode(p));
 }
 
 Deno.test({

@@ -324,6 +324,23 @@ export class RawClient {
     return p as Packet & Record<string, unknown>;
   }
 
+  /**
+   * The payloads of the PUBLISH packets that arrive until none has for `quietMs`, each QoS 1
+   * one acknowledged (PUBACK) as it comes: what a resumed session had waiting.
+   */
+  async drainPublishes(quietMs = 1000): Promise<Uint8Array[]> {
+    const got: Uint8Array[] = [];
+    for (;;) {
+      const p = await this.next(quietMs).catch(() => null) as
+        | { cmd: string; qos?: number; messageId?: number; payload?: Uint8Array }
+        | null;
+      if (p === null) return got;
+      if (p.cmd !== "publish") continue;
+      got.push(p.payload!);
+      if (p.qos === 1) await this.sendPacket({ cmd: "puback", messageId: p.messageId });
+    }
+  }
+
   /** Resolves when the broker has closed the connection (rejects after the timeout). */
   async expectClosed(timeoutMs = 3000): Promise<void> {
     let t: ReturnType<typeof setTimeout> | undefined;

@@ -24,17 +24,8 @@ async function offlineSubscriber(port: number, clientId: string, topic: string):
 async function resume(port: number, clientId: string): Promise<string[]> {
   await using s = await RawClient.connect(port, 5);
   await s.handshake(clientId, 5, { clean: false, properties: { sessionExpiryInterval: 3600 } });
-  const got: string[] = [];
-  for (;;) {
-    const p = await s.next(1500).catch(() => null) as
-      | { cmd: string; messageId?: number; payload?: Uint8Array }
-      | null;
-    if (p === null) break;
-    if (p.cmd !== "publish") continue;
-    got.push(new TextDecoder().decode(p.payload!.subarray(0, 16)).trimEnd());
-    await s.sendPacket({ cmd: "puback", messageId: p.messageId });
-  }
-  return got;
+  const got = await s.drainPublishes(1500);
+  return got.map((p) => new TextDecoder().decode(p.subarray(0, 16)).trimEnd());
 }
 
 /** Publishes QoS 1 messages of `size` bytes, each starting with its label, and waits for PUBACK. */
