@@ -53,11 +53,17 @@ function countDecision(metrics: Metrics, d: AuthDecision): void {
 /**
  * An embedder's own Authenticator, with its refusals counted like the
  * built-in policy's (mcloudtt_auth_failures_total, mcloudtt_auth_busy_total).
+ * A client certificate the broker refuses (its key usage forbids client
+ * authentication) is refused here before the embedder is asked: an
+ * authenticator written before that check existed, or one that trusts
+ * `certificateIdentity` alone, would let such a certificate in.
  */
 export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Authenticator {
   return {
     authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
-      const d = inner.authenticate(req);
+      const d: AuthDecision | Promise<AuthDecision> = req.certificateRefusal !== undefined
+        ? { ok: false, reasonCode: NOT_AUTHORIZED, reason: req.certificateRefusal }
+        : inner.authenticate(req);
       if (d instanceof Promise) {
         return d.then((x) => {
           countDecision(metrics, x);

@@ -14,7 +14,10 @@ export interface ConnectRequest {
   certificateIdentity?: string;
   /** A client certificate verified; set also when it lacks the part [tls] identity names. */
   certificateVerified?: boolean;
-  /** Why the verified certificate may not authenticate a TLS client (see PeerInfo). */
+  /**
+   * Why the verified certificate may not authenticate a TLS client (see PeerInfo). The broker
+   * refuses such a client (CONNACK 0x87) before an embedder's Authenticator is asked.
+   */
   certificateRefusal?: string;
   remoteAddress: string;
   protocolLevel: 3 | 4 | 5;

@@ -14,6 +14,7 @@ import {
   KEY_USAGE_REFUSAL,
 } from "../../src/auth/cert_usage.ts";
 import type { CertFiles } from "../../src/auth/certs.ts";
+import type { Authenticator } from "../../src/auth/types.ts";
 import { setupLogging } from "../../src/ops/log.ts";
 import { connackOf, delay, type SecureTestBroker, startSecureBroker } from "../helpers/broker.ts";
 import {
@@ -127,6 +128,37 @@ for (const mode of ["required", "optional"] as const) {
     },
   });
 }
+
+Deno.test({
+  name: "an embedder's authenticator that lets every certificate in is not asked about one whose " +
+    "keyUsage lacks digitalSignature: CONNACK 0x87, counted",
+  ignore: !HAVE_OPENSSL,
+  async fn() {
+    const asked: string[] = [];
+    // Trusts the verified identity alone, as an authenticator written before the usage check would.
+    const authenticator: Authenticator = {
+      authenticate(req) {
+        asked.push(req.clientId);
+        return { ok: true, username: req.certificateIdentity };
+      },
+    };
+    await using b = await startSecureBroker(pki, {
+      listeners: {
+        tcp: { client_certificate: "required" },
+        ws: { client_certificate: "required" },
+      },
+    }, { authenticator });
+    for (const transport of ["mqtts", "wss"] as const) {
+      const port = transport === "wss" ? b.wssPort : b.tlsPort;
+      for (const shape of NO_SIGNATURE) {
+        assert.equal(await connackOf(port, mqtt(transport, shape)), 0x87, shape);
+      }
+      assert.equal(await connackOf(port, mqtt(transport, "clientAuth")), 0);
+    }
+    assert.deepEqual(asked, ["clientAuth-mqtts", "clientAuth-wss"]);
+    assert.equal(b.broker.metrics.authFailures, 2 * NO_SIGNATURE.length);
+  },
+});
 
 Deno.test({
   name: "mosquitto_pub with a keyEncipherment-only certificate is told it is not authorized",

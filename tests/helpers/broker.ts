@@ -409,6 +409,7 @@ export interface SecureTestBroker {
 export async function startSecureBroker(
   pki: SecureBrokerPki,
   overrides: DeepPartial<Config> = {},
+  deps: BrokerDeps = {},
 ): Promise<SecureTestBroker> {
   const broker = await createBroker({
     ...overrides,
@@ -422,7 +423,7 @@ export async function startSecureBroker(
       cafile: pki.ca.cert,
       ...overrides.tls,
     },
-  });
+  }, deps);
   await broker.start();
   const port = (...kinds: string[]) =>
     broker.addresses.find((a) => kinds.includes(a.kind))?.port ?? 0;
