@@ -39,7 +39,8 @@ import { SocketAdmission } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
-import { storedSubscriptions, toMessage } from "./stored.ts";
+import { storedSubscriptions } from "./stored.ts";
+import { restoreRetained } from "./retained_restore.ts";
 import { Wills } from "./wills.ts";
 
 export type { CoreLimits } from "./limits.ts";
@@ -147,15 +148,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.stoppedWith = null;
     const store = this.store;
     if (store.durable) {
-      let dropped = 0;
-      for (const m of await store.loadRetained()) {
-        if (!this.router.retained.set(toMessage(m), m.version)) dropped++;
-      }
-      if (dropped > 0) {
-        log.warn("{dropped} stored retained messages are over the retained limits: not loaded", {
-          dropped,
-        });
-      }
+      restoreRetained(await store.loadRetained(), {
+        retained: this.router.retained,
+        metrics: this.metrics,
+        journal: store.shared ? null : this.journal,
+        now: this.clock.now(),
+      });
       if (!store.shared) {
         // Deadlines that passed while the broker was down are met by the first sweep (wills
         // sent, sessions ended); `bind` already refuses to resume an expired session before it.
