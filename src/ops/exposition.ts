@@ -362,6 +362,17 @@ export class Exposition extends FamilySet {
       "New subscriptions whose retained messages were cut at limits.max_retained_per_subscription",
       () => m().retainedCutoffs,
     );
+    labelled(
+      "counter",
+      "mcloudtt_retained_dropped_at_start_total",
+      "Stored retained messages not restored at start, by the limit they passed (or expired)",
+      "reason",
+      () => [
+        ["max_retained_messages", m().retainedDroppedAtStartCount],
+        ["max_retained_bytes", m().retainedDroppedAtStartBytes],
+        ["expired", m().retainedDroppedAtStartExpired],
+      ],
+    );
     counter(
       "mcloudtt_auth_failures_total",
       "CONNECTs refused by authentication",

@@ -131,6 +131,14 @@ export class Metrics {
   publishesRefusedStoreFull = 0;
   /** New subscriptions whose retained messages were cut at limits.max_retained_per_subscription. */
   retainedCutoffs = 0;
+  /**
+   * Stored retained messages not restored at start (retained_restore.ts): over
+   * limits.max_retained_messages or limits.max_retained_bytes (lowered since they were stored),
+   * or expired while the broker was down.
+   */
+  retainedDroppedAtStartCount = 0;
+  retainedDroppedAtStartBytes = 0;
+  retainedDroppedAtStartExpired = 0;
   /** SUBSCRIBE filters refused with 0x97 because the client was at its subscription limits. */
   subscriptionsRefused = 0;
   readonly latency = new LatencyHistogram();

@@ -19,6 +19,8 @@ export interface RetainedStore {
   set(msg: Message, version?: string): boolean;
   /** Whether `set(msg)` would stay within the limits (checked before a publish is accepted). */
   fits(msg: Message): boolean;
+  /** The limit `set(msg)` would pass (its configuration key), or null when it fits. */
+  limitPassed(msg: Message): RetainedLimit | null;
   /** Removes the retained message of `topic`, if any and not newer than `version`. */
   delete(topic: string, version?: string): void;
   /** Whether `topic` has a retained message. */
@@ -42,6 +44,9 @@ export interface RetainedStore {
   /** Number of retained messages. */
   readonly size: number;
 }
+
+/** A retained limit, named by its configuration key (in logs and metric labels). */
+export type RetainedLimit = "max_retained_messages" | "max_retained_bytes";
 
 export interface RetainedLimits {
   /** Most retained messages (limits.max_retained_messages). */
@@ -133,12 +138,17 @@ export class MemoryRetainedStore implements RetainedStore {
   }
 
   fits(msg: Message): boolean {
+    return this.limitPassed(msg) === null;
+  }
+
+  limitPassed(msg: Message): RetainedLimit | null {
     const old = this.find(msg.topic)?.msg ?? null;
     const count = this.count + (old === null ? 1 : 0);
     const bytes = this.bytesHeld + retainedBytes(msg) - (old === null ? 0 : retainedBytes(old));
     // A replacement that does not grow the store is always allowed, even over the limits.
-    if (old !== null && bytes <= this.bytesHeld) return true;
-    return count <= this.limits.maxMessages && bytes <= this.limits.maxBytes;
+    if (old !== null && bytes <= this.bytesHeld) return null;
+    if (count > this.limits.maxMessages) return "max_retained_messages";
+    return bytes > this.limits.maxBytes ? "max_retained_bytes" : null;
   }
 
   set(msg: Message, version = NO_VERSION): boolean {

@@ -39,7 +39,8 @@ import { SocketAdmission } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
-import { storedSubscriptions, toMessage } from "./stored.ts";
+import { RestoredMessages, storedSubscriptions } from "./stored.ts";
+import { restoreRetained } from "./retained_restore.ts";
 import { Wills } from "./wills.ts";
 
 export type { CoreLimits } from "./limits.ts";
@@ -109,6 +110,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private binding: string | null = null;
   /** Versions for the retained updates published here. */
   private readonly retainClock = new RetainClock();
+  /** One Message per cluster id among the messages of the sessions restored here (stored.ts). */
+  private readonly restoredMessages = new RestoredMessages();
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
@@ -147,15 +150,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.stoppedWith = null;
     const store = this.store;
     if (store.durable) {
-      let dropped = 0;
-      for (const m of await store.loadRetained()) {
-        if (!this.router.retained.set(toMessage(m), m.version)) dropped++;
-      }
-      if (dropped > 0) {
-        log.warn("{dropped} stored retained messages are over the retained limits: not loaded", {
-          dropped,
-        });
-      }
+      restoreRetained(await store.loadRetained(), {
+        retained: this.router.retained,
+        metrics: this.metrics,
+        journal: store.shared ? null : this.journal,
+        now: this.clock.now(),
+      });
       if (!store.shared) {
         // Deadlines that passed while the broker was down are met by the first sweep (wills
         // sent, sessions ended); `bind` already refuses to resume an expired session before it.
@@ -516,7 +516,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** Rebuilds a stored session without its subscriptions; it waits detached for its client. */
   reviveSession(state: SessionState): Session {
     const s = this.newSession(state.clientId);
-    s.restore(state);
+    s.restore(this.restoredMessages.share(state));
     this.sessions.set(state.clientId, s);
     // A session stored while connected lost its connection in a crash: it is detached now.
     if (s.expiresAt === 0) {

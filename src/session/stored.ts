@@ -6,7 +6,7 @@ import { subscribeAccess } from "../auth/access.ts";
 import type { Authorizer } from "../auth/types.ts";
 import { parseFilter, type TopicLimits } from "../protocol/topic.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
-import type { SessionState, StoredMessage, StoredWill } from "../store/types.ts";
+import type { SessionState, StoredDelivery, StoredMessage, StoredWill } from "../store/types.ts";
 import type { Will } from "./session_types.ts";
 
 const log = getLogger(["mcloudtt", "core"]);
@@ -38,6 +38,63 @@ export function toMessage(m: StoredMessage): Message {
   if (m.id !== undefined) msg.id = m.id;
   made.set(m, msg);
   return msg;
+}
+
+/**
+ * One Message per cluster message id among the sessions this node restores from a shared store
+ * (Redis). Redis keeps a message queued for N sessions inline in each queue entry, so a node
+ * that adopts them (a dead node's sessions, in one go) or loads them (sessions moving here) read
+ * N copies: N payloads in memory, counted N times against limits.max_queued_bytes_total, where
+ * the node they came from held one. A message that crossed the cluster bus carries the same id
+ * in every copy, so the copies become the Message made for the first; the per-delivery fields
+ * (QoS, retain flag as delivered, subscription identifiers) are the entries' own, not the
+ * message's. The Messages are held weakly: an id leaves the index once its Message is gone,
+ * and sharing goes on for as long as any session here holds it. A message that never left its
+ * node has no id and is restored once per entry. The embedded store (SQLite) needs none of
+ * this: it loads a message queued for many sessions once, and `toMessage` keeps that sharing.
+ */
+export class RestoredMessages {
+  private readonly byId = new Map<string, WeakRef<Message>>();
+  private readonly gone = new FinalizationRegistry<string>((id) => {
+    if (this.byId.get(id)?.deref() === undefined) this.byId.delete(id);
+  });
+
+  /** `state` with each queued and in-flight message that has an id made one Message per id. */
+  share(state: SessionState): SessionState {
+    const queue = state.queue.some(hasId) ? state.queue.map((q) => this.shared(q)) : state.queue;
+    const inflight = state.inflight.some(hasId)
+      ? state.inflight.map((f) => this.shared(f))
+      : state.inflight;
+    return queue === state.queue && inflight === state.inflight
+      ? state
+      : { ...state, queue, inflight };
+  }
+
+  private shared<T extends StoredDelivery>(d: T): T {
+    const m = d.msg;
+    if (!hasId(d)) return d;
+    const id = m.id!;
+    const known = this.byId.get(id)?.deref();
+    if (known !== undefined && sameMessage(known, m)) return { ...d, msg: known };
+    const msg = toMessage(m);
+    this.byId.set(id, new WeakRef(msg));
+    this.gone.register(msg, id);
+    return { ...d, msg };
+  }
+}
+
+function hasId(d: StoredDelivery): boolean {
+  return d.msg.id !== undefined && d.msg.id !== "";
+}
+
+/**
+ * Ids are unique (a random prefix per process and a counter), so this only guards against a
+ * store written by something else: two copies that differ are not made one.
+ */
+function sameMessage(a: Message, b: StoredMessage): boolean {
+  return a.topic === b.topic && a.qos === b.qos && a.retain === b.retain &&
+    a.expiresAt === b.expiresAt && a.origin === b.origin &&
+    a.payload.length === b.payload.length && (a.props?.length ?? -1) === (b.props?.length ?? -1);
 }
 
 /** A stored will as the session keeps it. */
