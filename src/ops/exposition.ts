@@ -434,6 +434,11 @@ export class Exposition extends FamilySet {
       () => m().tlsHandshakeFailures,
     );
     counter(
+      "mcloudtt_client_certificates_expired_total",
+      "Clients disconnected because their client certificate expired while they were connected",
+      () => m().certificatesExpired,
+    );
+    counter(
       "mcloudtt_protocol_errors_total",
       "Connections closed for a protocol error",
       () => m().protocolErrors,

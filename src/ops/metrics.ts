@@ -72,6 +72,8 @@ export class Metrics {
   connectsRefused = 0;
   /** TLS (and secure WebSocket) handshakes that failed. */
   tlsHandshakeFailures = 0;
+  /** Clients disconnected (0x87) because their client certificate expired while connected. */
+  certificatesExpired = 0;
   protocolErrors = 0;
   /** Exceptions that were not MQTT errors (bugs, a throwing authorizer): the connection got 0x83. */
   internalErrors = 0;

@@ -518,7 +518,17 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
       if (this.acksFull) this.lastRx = now;
-      if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
+      const certExpiresAt = this.peer.certificateExpiresAt;
+      if (certExpiresAt !== undefined && now >= certExpiresAt) {
+        // The identity it logged in with is no longer vouched for: as with a revoked password,
+        // access ends now, not at the next reconnect (which the handshake would refuse).
+        this.host.metrics.certificatesExpired++;
+        log.info("disconnecting {client_id}: its client certificate expired", {
+          client_id: this.clientId,
+          remote_address: this.peer.remoteAddress,
+        });
+        this.disconnect(ReasonCode.NotAuthorized, "client certificate expired");
+      } else if (this.keepAliveTimeout !== 0 && now - this.lastRx > this.keepAliveTimeout) {
         log.info("keep alive timeout for {client_id}", { client_id: this.clientId });
         this.disconnect(ReasonCode.KeepAliveTimeout, "keep alive timeout");
       } else if (now - this.lastRx > this.host.limits.idleTrimMs) {

@@ -30,6 +30,11 @@ export interface PeerInfo {
    * extendedKeyUsage forbids it); `certificateIdentity` is then undefined.
    */
   certificateRefusal?: string;
+  /**
+   * When the verified certificate stops being valid (its notAfter, ms since the epoch): a
+   * client still connected then is disconnected (connection.ts, checkTimeouts).
+   */
+  certificateExpiresAt?: number;
 }
 
 /** The part of a connection a transport drives. */

@@ -148,6 +148,9 @@ export function securePeer(
   const cert = socket.getPeerCertificate();
   if (cert?.raw === undefined || cert.raw.length === 0) return peer;
   peer.certificateVerified = true;
+  // Node's text form ("Dec  2 05:35:16 2026 GMT"); a certificate verified at the handshake has one.
+  const expiresAt = Date.parse(cert.valid_to);
+  if (Number.isFinite(expiresAt)) peer.certificateExpiresAt = expiresAt;
   const reading = readPeerCertificate(cert, mode);
   if (reading.refusal !== undefined) {
     // Left without an identity, so an embedder's authenticator that does not know the refusal
