@@ -5,6 +5,7 @@
  * certificates stay connected.
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 import { join } from "node:path";
 import { type CertFiles, issueLeafCertificate, type PemPair } from "../../src/auth/certs.ts";
@@ -60,23 +61,36 @@ Deno.test("a client whose certificate expires while connected gets DISCONNECT 0x
     transports.map((t) => expiringIn(pki, `brief-${t.name}`, validFor)),
   );
   const issuedAt = Date.now();
-  const clients: { short: MqttClient; long: MqttClient; disconnect: Promise<number> }[] = [];
+  const clients: {
+    short: MqttClient;
+    long: MqttClient;
+    disconnect: Promise<number>;
+    will: Promise<string>;
+  }[] = [];
   for (const [i, t] of transports.entries()) {
     const common = { protocol: t.name, host: "localhost", port: t.port, ...t.extra };
-    const short = await connect({
-      ...common,
-      clientId: `short-${t.name}`,
-      ...clientTls(pki, brief[i]),
-    });
     const long = await connect({
       ...common,
       clientId: `long-${t.name}`,
       ...clientTls(pki, pki.alice),
     });
+    // The client that stays hears the other's will: the broker ended that connection.
+    const will = new Promise<string>((resolve) => {
+      long.on("message", (topic, payload) => {
+        if (topic === `wills/${t.name}`) resolve(payload.toString());
+      });
+    });
+    await long.subscribeAsync(`wills/${t.name}`, { qos: 1 });
+    const short = await connect({
+      ...common,
+      clientId: `short-${t.name}`,
+      ...clientTls(pki, brief[i]),
+      will: { topic: `wills/${t.name}`, payload: Buffer.from("gone"), qos: 1, retain: false },
+    });
     const disconnect = new Promise<number>((resolve) => {
       short.on("disconnect", (p) => resolve(p.reasonCode ?? -1));
     });
-    clients.push({ short, long, disconnect });
+    clients.push({ short, long, disconnect, will });
   }
   try {
     for (const c of clients) {
@@ -85,6 +99,7 @@ Deno.test("a client whose certificate expires while connected gets DISCONNECT 0x
         new Promise<string>((r) => setTimeout(() => r("none in 15 s"), 15_000)),
       ]);
       assert.equal(reason, 0x87);
+      assert.equal(await c.will, "gone");
     }
     // Not before the certificate's notAfter (kept in whole seconds, so up to 1 s before it).
     assert.ok(
