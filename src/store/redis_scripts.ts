@@ -5,8 +5,8 @@
  * subscription index: key -> its entry in subs).
  *
  * subs is the list older versions read and write, in the core's order; subk lets SUBSCRIBE and
- * UNSUBSCRIBE find an entry without reading the list (older versions do not know it: it is
- * rebuilt from subs when their lengths differ, see index_subs).
+ * UNSUBSCRIBE find an entry without reading the list (older versions do not know it: after one
+ * of them wrote the session it is rebuilt from subs, see index_subs and the meta field sk).
  *
  * A script is atomic with respect to other clients, but Redis does not roll
  * back the writes a script made before an error. So every script checks
@@ -20,6 +20,8 @@
  *   wd    will delay, s (so a script can compute willAt without decoding)
  *   rc    (older versions) recent ids, space-separated; now in the rc list, deleted on write
  *   w     node that wrote it last
+ *   sk    node that wrote it last when subk matched subs (subk is trusted while sk = w: a node
+ *         of an older version writes w and subs, never sk or subk)
  *   node  node that claimed it (the fence) ep   epoch, bumped by every claim
  * Fencing is opt-in per session: once a node claimed it (`node` set), only
  * that node's writes apply until another node claims it; a session nobody
@@ -126,13 +128,18 @@ local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
 if ARGV[7] == '1' and not exists then return {'missing'} end
 -- The number of the newest queue entry, read at the first enqueue (nil: not read yet).
 local last = nil
--- subk matches subs (checked at the first U or R). An S empties subk; an older version's S
--- rewrites subs alone: either way their lengths differ and subk is rebuilt, once, from subs.
+-- subk matches subs, checked at the first U or R. It is trusted when the last writer was a
+-- node that kept it (sk = w); then it is subs' index, or empty after an S (lengths differ).
+-- Otherwise (an older node wrote since, which may have rewritten subs alone) it is rebuilt,
+-- once, from subs.
+local sk = redis.call('HGET', KEYS[1], 'sk')
+local trusted = sk ~= false and sk == redis.call('HGET', KEYS[1], 'w')
 local indexed = false
 local function index_subs()
   if indexed then return end
   indexed = true
-  if redis.call('HLEN', KEYS[7]) == redis.call('LLEN', KEYS[2]) then return end
+  if trusted and redis.call('HLEN', KEYS[7]) == redis.call('LLEN', KEYS[2]) then return end
+  trusted = true
   redis.call('DEL', KEYS[7])
   for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
     -- An unreadable entry stays out of the index (the loader skips it, logged).
@@ -152,6 +159,7 @@ while i <= n do
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
     last = nil
     indexed = false
+    trusted = true
     redis.call('HDEL', KEYS[1], 'o', 'will', 'rc')
     redis.call('HSET', KEYS[1], 'v', '1', 'cid', ARGV[i + 1], 'ei', ARGV[i + 3], 'ea', ARGV[i + 4],
       'wa', ARGV[i + 5], 'wd', ARGV[i + 6])
@@ -169,7 +177,8 @@ while i <= n do
     redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
     last = nil
     indexed = false
-    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w')
+    trusted = true
+    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w', 'sk')
     -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
     if not node then redis.call('DEL', KEYS[1]) end
     exists = false
@@ -247,7 +256,10 @@ while i <= n do
     return redis.error_reply('unknown store op ' .. tostring(t))
   end
 end
-if exists then redis.call('HSET', KEYS[1], 'w', me) end
+if exists then
+  redis.call('HSET', KEYS[1], 'w', me)
+  if trusted then redis.call('HSET', KEYS[1], 'sk', me) else redis.call('HDEL', KEYS[1], 'sk') end
+end
 refresh_ttl(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 local r = {'ok'}
 for _, b in ipairs(bad) do r[#r + 1] = b end

@@ -77,9 +77,11 @@ Deno.test(
       { type: "subscribe", clientId: "c1", sub: sub("c") },
     ]);
     assert.equal(await redis.hlen("t:{s:c1}:subk"), 3);
-    // An older node's whole write: the list replaced, the index (unknown to it) left as it was.
+    // An older node's whole write: the list replaced (as many entries as the index has), the
+    // index (unknown to it) left as it was, itself the last writer.
     await redis.del("t:{s:c1}:subs");
-    await redis.rpush("t:{s:c1}:subs", encodeSubscription(sub("x")), encodeSubscription(sub("y")));
+    await redis.rpush("t:{s:c1}:subs", ...["x", "y", "w"].map((k) => encodeSubscription(sub(k))));
+    await redis.hset("t:{s:c1}:meta", "w", "older-node");
     await store.write([
       { type: "unsubscribe", clientId: "c1", key: "x" },
       { type: "subscribe", clientId: "c1", sub: sub("y", { qos: 2 }) },
@@ -87,9 +89,14 @@ Deno.test(
     ]);
     assert.deepEqual(
       (await store.loadSession("c1"))?.subscriptions,
-      [sub("y", { qos: 2 })],
+      [sub("y", { qos: 2 }), sub("w")],
     );
-    assert.deepEqual(await redis.hkeys("t:{s:c1}:subk"), ["y"]);
+    assert.deepEqual((await redis.hkeys("t:{s:c1}:subk")).sort(), ["w", "y"]);
+    // And an older node's write that does not touch subscriptions (a queued message) is not
+    // taken for one that did: the index is checked again, and still right.
+    await redis.hset("t:{s:c1}:meta", "w", "older-node");
+    await store.write([{ type: "unsubscribe", clientId: "c1", key: "w" }]);
+    assert.deepEqual((await store.loadSession("c1"))?.subscriptions, [sub("y", { qos: 2 })]);
   },
 );
 
