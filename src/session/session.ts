@@ -143,8 +143,8 @@ export class Session extends SessionDelivery implements Subscriber {
   }
 
   /**
-   * Writes the whole session to the journal (connect, disconnect, subscription
-   * changes). A stored session resumed with Session Expiry 0 ends with its
+   * Writes the whole session to the journal (connect, disconnect, takeover, the
+   * first subscription change of a session not stored yet). A stored session resumed with Session Expiry 0 ends with its
    * connection, so it leaves the store now: after a crash, a stale copy would
    * come back with messages the client has since received.
    */

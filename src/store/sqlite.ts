@@ -16,6 +16,8 @@
  * A message enqueued to many sessions is stored once: within a batch and
  * across batches the same StoredMessage object maps to the same row (see
  * `messageId`), and rows nobody references are deleted at the end of each batch.
+ * Subscriptions are rows of their own (schema 2): a SUBSCRIBE writes one row, whatever else
+ * the session holds.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
 import { getLogger } from "@logtape/logtape";
