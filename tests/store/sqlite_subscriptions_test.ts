@@ -128,7 +128,7 @@ Deno.test("sqlite: deleting a session deletes its subscription rows", async () =
   }
 });
 
-Deno.test("sqlite: one subscription op adds the same two pages to the write-ahead log, however many subscriptions the session has", async () => {
+Deno.test("sqlite: one subscription op adds a few pages to the write-ahead log, however many subscriptions the session has", async () => {
   const dir = newDir();
   const store = new SqliteStore({ dir });
   await store.open();
