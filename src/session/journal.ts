@@ -23,7 +23,11 @@
  * replaces the unwritten one of the same session and subscription key: a client toggling one
  * subscription while the store fails adds one op, not one per packet. (A whole-session op after
  * it is still written after it and wins; a subscription op after a whole-session op is applied
- * on top of it: the order of the ops that stay is kept.)
+ * on top of it: the order of the ops that stay is kept. The session's set of subscriptions ends
+ * as written op by op; their order in the store may not: a filter added, then changed before the
+ * store took it, is stored after the filters added in between. The core gives that order no
+ * meaning: at most the order of the Subscription Identifiers of a message matching several of a
+ * session's filters differs after a restart, which MQTT leaves open.)
  */
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";

@@ -97,6 +97,20 @@ Deno.test("journal: a persistent client reconnecting while the store fails waits
 });
 
 /**
+ * Sessions in normal form, each one's subscriptions by key: a subscription op that replaces an
+ * unwritten one of the same filter is written in the later one's place, so a filter subscribed
+ * for the first time and then changed may be stored after filters subscribed in between (the
+ * router, which keeps it in its first place, restores it from there: their order means nothing
+ * to it).
+ */
+function bySubscriptionKey(list: Parameters<typeof normalSessions>[0]) {
+  return normalSessions(list).map((s) => ({
+    ...s,
+    subscriptions: [...s.subscriptions].sort((a, b) => a.key < b.key ? -1 : a.key > b.key ? 1 : 0),
+  }));
+}
+
+/**
  * Random journals pushed op by op, in turns, into a store that refuses some writes: the store
  * ends with what applying every op in order gives (the memory model), for the memory store and
  * for SQLite.
@@ -128,8 +142,8 @@ for (const kind of ["memory", "sqlite"] as const) {
               const model = new MemoryStore(true);
               for (const op of batches.flat()) await model.write([op]);
               assert.deepEqual(
-                normalSessions(await inner.loadSessions()),
-                normalSessions(await model.loadSessions()),
+                bySubscriptionKey(await inner.loadSessions()),
+                bySubscriptionKey(await model.loadSessions()),
               );
               assert.deepEqual(
                 normalRetained(await inner.loadRetained()),
