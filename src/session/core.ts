@@ -380,6 +380,15 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (this.journal !== null) session.persist(this.subscriptionsOf(session));
   }
 
+  subscriptionsChanged(session: Session, changed: readonly (Subscription | string)[]): void {
+    this.cluster.linked(session);
+    if (this.journal === null) return;
+    // An adoption still holding routes keeps subscriptions the router does not: written whole.
+    const a = this.cluster.adoptionOf(session.clientId);
+    if (a !== undefined && a.session === session) session.persist(this.subscriptionsOf(session));
+    else session.persistSubscriptions(changed, this.subscriptionsOf(session));
+  }
+
   /** The session's subscriptions, including those of an adoption still holding its routes. */
   subscriptionsOf(session: Session): Iterable<Subscription> {
     const a = this.cluster.adoptionOf(session.clientId);

@@ -111,8 +111,13 @@ export interface ConnectionHost {
   subscriptionUsage(session: Session): SubscriptionUsage;
   /** True when the subscription existed. */
   unsubscribe(session: Session, key: string): boolean;
-  /** The session's subscriptions changed or its expiry did: persist it. */
+  /** The session's expiry or will changed, or it connected: persist it whole. */
   sessionChanged(session: Session): void;
+  /**
+   * SUBSCRIBE or UNSUBSCRIBE changed the session's subscriptions: `changed` holds each
+   * subscription added or replaced and the key of each one removed, in order.
+   */
+  subscriptionsChanged(session: Session, changed: readonly (Subscription | string)[]): void;
   /** The retained messages matching `filter`, found lazily (see RetainedStore.cursor). */
   retainedCursor(filter: string): Iterator<Message>;
   /** Whether the retained store has room for `msg` (limits.max_retained_*). */

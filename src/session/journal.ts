@@ -19,7 +19,15 @@
  * pointless: they are dropped when it is pushed, so that what waits while the store fails is
  * bounded by the state it describes (sessions, retained topics), not by how often it changed.
  * (A client publishing QoS 0 retained updates of 100 kB to 10 topics grew a broker whose store
- * failed by 260 MB a second; QoS 0 is never refused.)
+ * failed by 260 MB a second; QoS 0 is never refused.) Likewise a `subscribe` or `unsubscribe`
+ * replaces the unwritten one of the same session and subscription key: a client toggling one
+ * subscription while the store fails adds one op, not one per packet. (A whole-session op after
+ * it is still written after it and wins; a subscription op after a whole-session op is applied
+ * on top of it: the order of the ops that stay is kept. The session's set of subscriptions ends
+ * as written op by op; their order in the store may not: a filter added, then changed before the
+ * store took it, is stored after the filters added in between. The core gives that order no
+ * meaning: at most the order of the Subscription Identifiers of a message matching several of a
+ * session's filters differs after a restart, which MQTT leaves open.)
  */
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
@@ -97,6 +105,8 @@ export class Journal {
   private sessionAt = new Map<string, number>();
   /** The slot in `ops` of each topic's last `retain`/`retain-delete` op (new per batch). */
   private retainAt = new Map<string, number>();
+  /** The slot in `ops` of each session subscription's last `subscribe`/`unsubscribe` op. */
+  private subAt = new Map<string, number>();
   /** Null slots in `ops`. */
   private superseded = 0;
   /** Ops pushed so far. */
@@ -163,7 +173,7 @@ export class Journal {
     this.pushed++;
     const key = replacingKey(op);
     if (key !== null) {
-      const at = key.session ? this.sessionAt : this.retainAt;
+      const at = this.slots(key.kind);
       const before = at.get(key.key);
       if (before !== undefined) {
         this.ops[before] = null;
@@ -179,15 +189,21 @@ export class Journal {
     }
   }
 
+  /** The slot map of ops that replace each other by `kind` of key. */
+  private slots(kind: KeyKind): Map<string, number> {
+    return kind === "session" ? this.sessionAt : kind === "retained" ? this.retainAt : this.subAt;
+  }
+
   /** Drops the emptied slots of `ops` (a store failing for long, state changing fast). */
   private compact(): void {
     const live: StoreOp[] = [];
     this.sessionAt = new Map();
     this.retainAt = new Map();
+    this.subAt = new Map();
     for (const op of this.ops) {
       if (op === null) continue;
       const key = replacingKey(op);
-      if (key !== null) (key.session ? this.sessionAt : this.retainAt).set(key.key, live.length);
+      if (key !== null) this.slots(key.kind).set(key.key, live.length);
       live.push(op);
     }
     this.ops = live;
@@ -204,13 +220,14 @@ export class Journal {
     // New maps rather than clear(): see sqlite.ts on cleared Maps in the old generation.
     if (this.sessionAt.size > 0) this.sessionAt = new Map();
     if (this.retainAt.size > 0) this.retainAt = new Map();
+    if (this.subAt.size > 0) this.subAt = new Map();
     return ops;
   }
 
   /** True when a collected op replaces `op` (an op of a failed batch being written again). */
   private replaced(op: StoreOp): boolean {
     const key = replacingKey(op);
-    return key !== null && (key.session ? this.sessionAt : this.retainAt).has(key.key);
+    return key !== null && this.slots(key.kind).has(key.key);
   }
 
   /**
@@ -247,7 +264,7 @@ export class Journal {
       // A retry: the failed batch first, then what came since, as one batch (order kept), less
       // the failed ops that a later one replaces (so that the batch stays bounded too).
       if (this.ops.length > 0) {
-        const kept = this.sessionAt.size + this.retainAt.size > 0
+        const kept = this.sessionAt.size + this.retainAt.size + this.subAt.size > 0
           ? failed.filter((op) => !this.replaced(op))
           : failed;
         ops = kept.concat(this.take());
@@ -382,20 +399,29 @@ export class Journal {
   }
 }
 
+type KeyKind = "session" | "retained" | "subscription";
+
 /**
- * The key under which `op` replaces every earlier op: a session's whole state, or a topic's
- * retained message; null for the ops that change part of a session.
+ * The key under which `op` replaces every earlier op: a session's whole state, a topic's
+ * retained message, or one subscription of a session (its state after the op does not depend
+ * on the ops before: a whole-session op between them already holds the earlier op's effect);
+ * null for the other ops that change part of a session.
  */
-function replacingKey(op: StoreOp): { session: boolean; key: string } | null {
+function replacingKey(op: StoreOp): { kind: KeyKind; key: string } | null {
   switch (op.type) {
     case "session":
-      return { session: true, key: op.state.clientId };
+      return { kind: "session", key: op.state.clientId };
     case "session-delete":
-      return { session: true, key: op.clientId };
+      return { kind: "session", key: op.clientId };
     case "retain":
-      return { session: false, key: op.msg.topic };
+      return { kind: "retained", key: op.msg.topic };
     case "retain-delete":
-      return { session: false, key: op.topic };
+      return { kind: "retained", key: op.topic };
+    case "subscribe":
+      // A client id cannot hold U+0000 (MQTT strings exclude it): the pair is unambiguous.
+      return { kind: "subscription", key: `${op.clientId}\0${op.sub.key}` };
+    case "unsubscribe":
+      return { kind: "subscription", key: `${op.clientId}\0${op.key}` };
   }
   return null;
 }

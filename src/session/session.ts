@@ -143,16 +143,14 @@ export class Session extends SessionDelivery implements Subscriber {
   }
 
   /**
-   * Writes the whole session to the journal (connect, disconnect, subscription
-   * changes). A stored session resumed with Session Expiry 0 ends with its
+   * Writes the whole session to the journal (connect, disconnect, takeover, the
+   * first subscription change of a session not stored yet). A stored session resumed with Session Expiry 0 ends with its
    * connection, so it leaves the store now: after a crash, a stale copy would
    * come back with messages the client has since received.
    */
   persist(subscriptions: Iterable<Subscription>): void {
     if (this.journal === null) return;
-    // With a cluster store, a session without expiry is stored while it has a will, so a
-    // survivor can publish the will when this node dies.
-    if (this.expiry !== 0 || (this.storeWill && this.willValue !== null)) {
+    if (this.keptInStore) {
       this.journal.push({ type: "session", state: this.toState(subscriptions) });
       this.stored = true;
     } else if (this.stored) {
@@ -164,19 +162,41 @@ export class Session extends SessionDelivery implements Subscriber {
   /** True while the store holds (or is about to hold) this session. */
   private stored = false;
 
+  /**
+   * True when `persist` writes the session (rather than deleting it): it outlives its
+   * connection, or, with a cluster store, it has a will (a survivor publishes the wills it finds
+   * in the store when this node dies).
+   */
+  private get keptInStore(): boolean {
+    return this.expiry !== 0 || (this.storeWill && this.willValue !== null);
+  }
+
+  /**
+   * SUBSCRIBE or UNSUBSCRIBE changed the session's subscriptions: `changed` holds each one
+   * added or replaced, and the key of each one removed, in order. A session the store holds
+   * gets one op per change, whatever else it holds (writing it whole made N one-at-a-time
+   * subscriptions cost N²); one it does not hold yet, or that leaves the store, is written as
+   * `persist` writes it.
+   */
+  persistSubscriptions(
+    changed: readonly (Subscription | string)[],
+    subscriptions: Iterable<Subscription>,
+  ): void {
+    if (this.journal === null) return;
+    if (!this.stored || !this.keptInStore) return this.persist(subscriptions);
+    for (const c of changed) {
+      this.journal.push(
+        typeof c === "string"
+          ? { type: "unsubscribe", clientId: this.clientId, key: c }
+          : { type: "subscribe", clientId: this.clientId, sub: storedSubscription(c) },
+      );
+    }
+  }
+
   /** The session as a store keeps it. `subscriptions` come from the router, which owns them. */
   toState(subscriptions: Iterable<Subscription>): SessionState {
     const subs: StoredSubscription[] = [];
-    for (const s of subscriptions) {
-      subs.push({
-        key: s.key,
-        qos: s.qos,
-        noLocal: s.noLocal,
-        retainAsPublished: s.retainAsPublished,
-        retainHandling: s.retainHandling,
-        subscriptionId: s.subscriptionId,
-      });
-    }
+    for (const s of subscriptions) subs.push(storedSubscription(s));
     const w = this.willValue;
     return {
       clientId: this.clientId,
@@ -207,4 +227,16 @@ export class Session extends SessionDelivery implements Subscriber {
       (this.incomingQos2 ??= new PacketIdTable()).set(pid, true);
     }
   }
+}
+
+/** A subscription as a store keeps it (without its subscriber and parsed filter). */
+function storedSubscription(s: Subscription): StoredSubscription {
+  return {
+    key: s.key,
+    qos: s.qos,
+    noLocal: s.noLocal,
+    retainAsPublished: s.retainAsPublished,
+    retainHandling: s.retainHandling,
+    subscriptionId: s.subscriptionId,
+  };
 }

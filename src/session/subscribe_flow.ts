@@ -28,6 +28,7 @@ export function onSubscribe(c: Connection, buf: Uint8Array, start: number, end: 
   const codes: number[] = [];
   const withRetained: Subscription[] = [];
   let waits: Promise<void>[] | null = null;
+  const changed: Subscription[] = [];
   for (const d of decisions) {
     if (d.sub === undefined) {
       if (d.code === ReasonCode.QuotaExceeded) host.metrics.subscriptionsRefused++;
@@ -35,12 +36,13 @@ export function onSubscribe(c: Connection, buf: Uint8Array, start: number, end: 
       continue;
     }
     const r = host.subscribe(session, d.sub);
+    changed.push(d.sub);
     if (r.ready !== null) (waits ??= []).push(r.ready);
     codes.push(d.sub.qos);
     if (wantsRetained(d.sub, r.existed)) withRetained.push(d.sub);
     else if (r.existed) session.retargetRetained(d.sub);
   }
-  host.sessionChanged(session);
+  host.subscriptionsChanged(session, changed);
   // A subscription the client was told about must survive a crash.
   const written = session.written;
   if (written !== null) (waits ??= []).push(written);
@@ -59,16 +61,16 @@ export function onUnsubscribe(c: Connection, buf: Uint8Array, start: number, end
   const pkt = decodeUnsubscribe(buf, start, end, c.level as ProtocolLevel);
   const codes: number[] = [];
   const session = c.session!;
+  const removed: string[] = [];
   for (const f of pkt.filters) {
     const tf = parseFilter(f, c.host.limits);
     if (typeof tf === "string") codes.push(ReasonCode.TopicFilterInvalid);
-    else {
-      codes.push(
-        c.host.unsubscribe(session, tf.key) ? ReasonCode.Success : ReasonCode.NoSubscriptionExisted,
-      );
-    }
+    else if (c.host.unsubscribe(session, tf.key)) {
+      removed.push(tf.key);
+      codes.push(ReasonCode.Success);
+    } else codes.push(ReasonCode.NoSubscriptionExisted);
   }
-  c.host.sessionChanged(session);
+  c.host.subscriptionsChanged(session, removed);
   const unsuback = encodeUnsuback(c.level as ProtocolLevel, pkt.packetId, codes);
   const written = session.written;
   if (written === null) c.outbox.push(unsuback);

@@ -61,6 +61,17 @@ export function applyOp(
     case "qos2-delete":
       next.incomingQos2 = s.incomingQos2.filter((p) => p !== op.packetId);
       break;
+    case "subscribe": {
+      const at = s.subscriptions.findIndex((x) => x.key === op.sub.key);
+      next.subscriptions = at === -1
+        ? [...s.subscriptions, op.sub]
+        : s.subscriptions.map((x, i) => i === at ? op.sub : x);
+      break;
+    }
+    case "unsubscribe":
+      if (!s.subscriptions.some((x) => x.key === op.key)) return;
+      next.subscriptions = s.subscriptions.filter((x) => x.key !== op.key);
+      break;
   }
   sessions.set(op.clientId, next);
 }

@@ -9,6 +9,8 @@
  * and node (`P:{n:<node>}:inbox`):
  *   P:{s:<clientId>}:meta      hash: scalar fields, will, owner node + epoch
  *   P:{s:<clientId>}:subs      list: subscriptions (JSON), in the core's order
+ *   P:{s:<clientId>}:subk      hash: subscription key -> its entry in subs, so that SUBSCRIBE
+ *                              and UNSUBSCRIBE change one entry without reading the list
  *   P:{s:<clientId>}:q         list: "<seq>|<delivery>", oldest first
  *   P:{s:<clientId>}:inflight  list: "<packet id>|<inflight entry>", in send order
  *   P:{s:<clientId>}:qos2      list: incoming QoS 2 packet ids
@@ -230,6 +232,12 @@ export class RedisStore implements ClusterStore {
           break;
         case "qos2-delete":
           args.push("B", String(op.packetId));
+          break;
+        case "subscribe":
+          args.push("U", op.sub.key, encodeSubscription(op.sub));
+          break;
+        case "unsubscribe":
+          args.push("R", op.key);
           break;
       }
     }

@@ -11,10 +11,18 @@ export class RedisKeys {
     if (/[{}]/.test(prefix)) throw new Error(`redis key_prefix must not contain { or }: ${prefix}`);
   }
 
-  /** meta, subs, q, inflight, qos2, rc: the KEYS of every session script. */
-  session(clientId: string): [string, string, string, string, string, string] {
+  /** meta, subs, q, inflight, qos2, rc, subk: the KEYS of every session script. */
+  session(clientId: string): [string, string, string, string, string, string, string] {
     const t = `${this.prefix}:{s:${clientId}}:`;
-    return [t + "meta", t + "subs", t + "q", t + "inflight", t + "qos2", t + "rc"];
+    return [
+      t + "meta",
+      t + "subs",
+      t + "q",
+      t + "inflight",
+      t + "qos2",
+      t + "rc",
+      t + "subk",
+    ];
   }
 
   nodeSessions(nodeId: string): string {
@@ -48,7 +56,20 @@ export class RedisKeys {
 }
 
 /** What each KEYS index of a session script names, for log lines. */
-export const KEY_NAMES = ["meta", "subs", "q", "inflight", "qos2", "recent ids"];
+export const KEY_NAMES = [
+  "meta",
+  "subs",
+  "q",
+  "inflight",
+  "qos2",
+  "recent ids",
+  "subscription index",
+];
+
+/** The Redis type of each KEYS index of a session script (1-based, as the scripts number them). */
+export function keyType(k: number): "hash" | "list" {
+  return k === 1 || k === 7 ? "hash" : "list";
+}
 
 /** A Lua script run by EVALSHA, loaded again after NOSCRIPT (a restarted Redis). */
 export class Script {

@@ -1,7 +1,12 @@
 /**
- * The Lua scripts of the Redis store. Each runs on the six keys of one
+ * The Lua scripts of the Redis store. Each runs on the seven keys of one
  * session, which share a hash tag and so one Redis Cluster slot:
- * KEYS = meta, subs, q, inflight, qos2, rc (recent message ids, oldest first).
+ * KEYS = meta, subs, q, inflight, qos2, rc (recent message ids, oldest first), subk (the
+ * subscription index: key -> its entry in subs).
+ *
+ * subs is the list older versions read and write, in the core's order; subk lets SUBSCRIBE and
+ * UNSUBSCRIBE find an entry without reading the list (older versions do not know it: after one
+ * of them wrote the session it is rebuilt from subs, see index_subs and the meta field sk).
  *
  * A script is atomic with respect to other clients, but Redis does not roll
  * back the writes a script made before an error. So every script checks
@@ -15,6 +20,8 @@
  *   wd    will delay, s (so a script can compute willAt without decoding)
  *   rc    (older versions) recent ids, space-separated; now in the rc list, deleted on write
  *   w     node that wrote it last
+ *   sk    node that wrote it last when subk matched subs (subk is trusted while sk = w: a node
+ *         of an older version writes w and subs, never sk or subk)
  *   node  node that claimed it (the fence) ep   epoch, bumped by every claim
  * Fencing is opt-in per session: once a node claimed it (`node` set), only
  * that node's writes apply until another node claims it; a session nobody
@@ -25,10 +32,10 @@
 
 /** Shared by all scripts: checks key types; returns the names of wrongly typed keys. */
 const CHECK_TYPES = `
-local want = {'hash', 'list', 'list', 'list', 'list', 'list'}
+local want = {'hash', 'list', 'list', 'list', 'list', 'list', 'hash'}
 local function wrong_types()
   local bad = {}
-  for k = 1, 6 do
+  for k = 1, 7 do
     local t = redis.call('TYPE', KEYS[k])['ok']
     if t ~= 'none' and t ~= want[k] then bad[#bad + 1] = k end
   end
@@ -47,12 +54,12 @@ local function refresh_ttl(grace, tomb, now)
     return
   end
   if ea == '0' or ea == 'inf' then
-    for k = 1, 6 do redis.call('PERSIST', KEYS[k]) end
+    for k = 1, 7 do redis.call('PERSIST', KEYS[k]) end
   else
     local ms = math.floor(tonumber(ea) - now) + grace
     if ms < 1 then ms = 1 end
     local arg = string.format('%d', ms)
-    for k = 1, 6 do redis.call('PEXPIRE', KEYS[k], arg) end
+    for k = 1, 7 do redis.call('PEXPIRE', KEYS[k], arg) end
   end
 end
 local function push(cmd, key, from, count)
@@ -95,6 +102,7 @@ end
  * then ops:
  *   S cid owner(-|+name) ei ea wa wd will nSubs sub* nQ entry* nInf entry* nQ2 pid* nRc id*
  *   D | E entry | X "<seq>|" | I "<pid>|" entry | J "<pid>|" id | A pid | B pid
+ *   U key entry (subscribe: add, or replace the entry of key where it is) | R key (unsubscribe)
  * J with an id ("" for none) is an acknowledged message: its id joins rc (the last `window`
  * kept), so a node that adopts the session knows it was completed.
  * Every op may be applied twice (a batch is retried after a failure that may have come after
@@ -120,6 +128,27 @@ local exists = redis.call('HEXISTS', KEYS[1], 'cid') == 1
 if ARGV[7] == '1' and not exists then return {'missing'} end
 -- The number of the newest queue entry, read at the first enqueue (nil: not read yet).
 local last = nil
+-- subk matches subs, checked at the first U or R. It is trusted when the last writer was a
+-- node that kept it (sk = w); then it is subs' index, or empty after an S (lengths differ).
+-- Otherwise (an older node wrote since, which may have rewritten subs alone) it is rebuilt,
+-- once, from subs.
+local sk = redis.call('HGET', KEYS[1], 'sk')
+local trusted = sk ~= false and sk == redis.call('HGET', KEYS[1], 'w')
+local indexed = false
+local function index_subs()
+  if indexed then return end
+  indexed = true
+  if trusted and redis.call('HLEN', KEYS[7]) == redis.call('LLEN', KEYS[2]) then return end
+  trusted = true
+  redis.call('DEL', KEYS[7])
+  for _, e in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+    -- An unreadable entry stays out of the index (the loader skips it, logged).
+    local ok, v = pcall(cjson.decode, e)
+    if ok and type(v) == 'table' and type(v[1]) == 'string' then
+      redis.call('HSET', KEYS[7], v[1], e)
+    end
+  end
+end
 local window = tonumber(ARGV[5])
 local acked = ARGV[6]
 local i = 8
@@ -127,8 +156,10 @@ local n = #ARGV
 while i <= n do
   local t = ARGV[i]
   if t == 'S' then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
     last = nil
+    indexed = false
+    trusted = true
     redis.call('HDEL', KEYS[1], 'o', 'will', 'rc')
     redis.call('HSET', KEYS[1], 'v', '1', 'cid', ARGV[i + 1], 'ei', ARGV[i + 3], 'ea', ARGV[i + 4],
       'wa', ARGV[i + 5], 'wd', ARGV[i + 6])
@@ -143,9 +174,11 @@ while i <= n do
     end
     exists = true
   elseif t == 'D' then
-    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+    redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
     last = nil
-    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w')
+    indexed = false
+    trusted = true
+    redis.call('HDEL', KEYS[1], 'v', 'cid', 'o', 'ei', 'ea', 'wa', 'wd', 'will', 'rc', 'w', 'sk')
     -- A claim stays (so a stale node cannot recreate the session); else nothing is left.
     if not node then redis.call('DEL', KEYS[1]) end
     exists = false
@@ -194,11 +227,39 @@ while i <= n do
   elseif t == 'B' then
     if exists then redis.call('LREM', KEYS[5], 0, ARGV[i + 1]) end
     i = i + 2
+  elseif t == 'U' then
+    -- Applied twice (a replayed batch), it finds its own entry and changes nothing. A new key
+    -- costs two O(1) commands; a replaced one is found by value (LPOS) where it is, so the
+    -- order older versions restore stays the core's.
+    if exists then
+      index_subs()
+      local key, e = ARGV[i + 1], ARGV[i + 2]
+      local old = redis.call('HGET', KEYS[7], key)
+      if old ~= e then
+        local pos = old and redis.call('LPOS', KEYS[2], old)
+        if pos then redis.call('LSET', KEYS[2], pos, e) else redis.call('RPUSH', KEYS[2], e) end
+        redis.call('HSET', KEYS[7], key, e)
+      end
+    end
+    i = i + 3
+  elseif t == 'R' then
+    if exists then
+      index_subs()
+      local old = redis.call('HGET', KEYS[7], ARGV[i + 1])
+      if old then
+        redis.call('LREM', KEYS[2], 1, old)
+        redis.call('HDEL', KEYS[7], ARGV[i + 1])
+      end
+    end
+    i = i + 2
   else
     return redis.error_reply('unknown store op ' .. tostring(t))
   end
 end
-if exists then redis.call('HSET', KEYS[1], 'w', me) end
+if exists then
+  redis.call('HSET', KEYS[1], 'w', me)
+  if trusted then redis.call('HSET', KEYS[1], 'sk', me) else redis.call('HDEL', KEYS[1], 'sk') end
+end
 refresh_ttl(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 local r = {'ok'}
 for _, b in ipairs(bad) do r[#r + 1] = b end

@@ -15,7 +15,7 @@ import {
   encodeDelivery,
   encodeInflight,
 } from "./redis_codec.ts";
-import { KEY_NAMES } from "./redis_keys.ts";
+import { KEY_NAMES, keyType } from "./redis_keys.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
 
@@ -59,7 +59,7 @@ export function logBad(clientId: string, bad: readonly number[]): void {
     log.warn("skipped the {key} of session {clientId}: not a Redis {type}", {
       key: KEY_NAMES[Number(k) - 1],
       clientId,
-      type: Number(k) === 1 ? "hash" : "list",
+      type: keyType(Number(k)),
     });
   }
 }

@@ -16,6 +16,8 @@
  * A message enqueued to many sessions is stored once: within a batch and
  * across batches the same StoredMessage object maps to the same row (see
  * `messageId`), and rows nobody references are deleted at the end of each batch.
+ * Subscriptions are rows of their own (schema 2): a SUBSCRIBE writes one row, whatever else
+ * the session holds.
  */
 import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
 import { getLogger } from "@logtape/logtape";
@@ -55,6 +57,15 @@ const SQL = {
   queueClear: `DELETE FROM queue WHERE client_id = ? RETURNING msg_id`,
   inflightClear: `DELETE FROM inflight WHERE client_id = ? RETURNING msg_id`,
   qos2Clear: `DELETE FROM qos2 WHERE client_id = ?`,
+  subsClear: `DELETE FROM subscriptions WHERE client_id = ?`,
+  // An upsert keeps the row (its rowid, so its place in the load order) of a replaced one.
+  subPut: `INSERT INTO subscriptions (client_id, key, qos, no_local, retain_as_published,
+    retain_handling, subscription_id)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)
+    ON CONFLICT (client_id, key) DO UPDATE SET qos = excluded.qos,
+    no_local = excluded.no_local, retain_as_published = excluded.retain_as_published,
+    retain_handling = excluded.retain_handling, subscription_id = excluded.subscription_id`,
+  subDelete: `DELETE FROM subscriptions WHERE client_id = ? AND key = ?`,
   // Ops on a session that does not exist are ignored, as apply.ts defines.
   enqueue: `INSERT INTO queue (client_id, seq, msg_id, qos, retain, sub_ids)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
@@ -90,6 +101,8 @@ const SQL = {
   messagesOf: `SELECT * FROM messages WHERE id IN (SELECT msg_id FROM queue WHERE client_id = ?1
     UNION SELECT msg_id FROM inflight WHERE client_id = ?1)`,
   qos2All: `SELECT client_id, packet_id FROM qos2`,
+  subsAll: `SELECT * FROM subscriptions ORDER BY rowid`,
+  subsOne: `SELECT * FROM subscriptions WHERE client_id = ? ORDER BY rowid`,
   qos2One: `SELECT client_id, packet_id FROM qos2 WHERE client_id = ?`,
   retainedAll: `SELECT * FROM retained`,
   maxMessageId: `SELECT max(id) AS id FROM messages`,
@@ -198,6 +211,7 @@ export class SqliteStore implements Store {
           st.queueAll.all(),
           st.inflightAll.all(),
           st.qos2All.all(),
+          st.subsAll.all(),
         ),
       );
     } catch (e) {
@@ -216,8 +230,10 @@ export class SqliteStore implements Store {
         st.queueOne.all(clientId),
         st.inflightOne.all(clientId),
         st.qos2One.all(clientId),
+        st.subsOne.all(clientId),
       );
-      return Promise.resolve(state);
+      // A session skipped as unreadable is not there.
+      return Promise.resolve(state ?? null);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -264,6 +280,12 @@ export class SqliteStore implements Store {
       case "qos2-delete":
         st.qos2Delete.run(op.clientId, op.packetId);
         return;
+      case "subscribe":
+        st.subPut.run(op.clientId, ...subscriptionValues(op.sub));
+        return;
+      case "unsubscribe":
+        st.subDelete.run(op.clientId, op.key);
+        return;
       case "retain":
         st.retainPut.run(...messageValues(op.msg));
         return;
@@ -277,6 +299,7 @@ export class SqliteStore implements Store {
     for (const row of st.queueClear.all(clientId)) this.unref(row);
     for (const row of st.inflightClear.all(clientId)) this.unref(row);
     st.qos2Clear.run(clientId);
+    st.subsClear.run(clientId);
   }
 
   /** Counts a reference to message `id` if `inserted` rows were written. */
@@ -309,8 +332,10 @@ export class SqliteStore implements Store {
       s.expiresAt,
       s.willAt,
       ...will,
-      JSON.stringify(s.subscriptions.map(subscriptionTuple)),
+      // Schema 1's column: the subscriptions are rows of their own now (sqlite_schema.ts, V2).
+      "[]",
     );
+    for (const sub of s.subscriptions) st.subPut.run(s.clientId, ...subscriptionValues(sub));
     for (const q of s.queue) this.enqueue(st, s.clientId, q.seq, q);
     for (const f of s.inflight) this.putInflight(st, s.clientId, f);
     for (const p of s.incomingQos2) st.qos2Add.run(s.clientId, p);
@@ -354,10 +379,11 @@ export class SqliteStore implements Store {
     queue: Row[],
     inflight: Row[],
     qos2: Row[],
+    subs: Row[],
   ): SessionState[] {
     type Building = {
-      -readonly [K in keyof SessionState]: K extends "queue" | "inflight" | "incomingQos2"
-        ? SessionState[K][number][]
+      -readonly [K in keyof SessionState]: K extends
+        "queue" | "inflight" | "incomingQos2" | "subscriptions" ? SessionState[K][number][]
         : SessionState[K];
     };
     const byId = new Map<string, Building>();
@@ -365,6 +391,7 @@ export class SqliteStore implements Store {
       const clientId = String(r.client_id);
       let subscriptions: StoredSubscription[];
       try {
+        // '[]' unless schema 1 wrote it and the migration could not read it (then this throws).
         subscriptions = readSubscriptions(r.subscriptions);
       } catch (e) {
         // A damaged value (the database checks its pages, not what we wrote in them) costs that
@@ -412,6 +439,19 @@ export class SqliteStore implements Store {
       });
     }
     for (const r of qos2) byId.get(String(r.client_id))?.incomingQos2.push(Number(r.packet_id));
+    for (const r of subs) {
+      const s = byId.get(String(r.client_id));
+      if (s === undefined) continue;
+      const sub = subscriptionRow(r);
+      if (sub !== null) s.subscriptions.push(sub);
+      else {
+        log.warn("skipped an unreadable subscription of {clientId} in {file}: {row}", {
+          clientId: s.clientId,
+          file: this.path,
+          row: JSON.stringify(r).slice(0, 200),
+        });
+      }
+    }
     return [...byId.values()];
   }
 }
@@ -499,7 +539,8 @@ function within(n: unknown, max: number): boolean {
 /** A subscription as a compact JSON tuple: key, qos, noLocal, rap, retainHandling, id. */
 type SubscriptionTuple = [string, number, number, number, number, number];
 
-function subscriptionTuple(s: StoredSubscription): SubscriptionTuple {
+/** key, qos, no_local, retain_as_published, retain_handling, subscription_id. */
+function subscriptionValues(s: StoredSubscription): SQLInputValue[] {
   return [
     s.key,
     s.qos,
@@ -508,6 +549,23 @@ function subscriptionTuple(s: StoredSubscription): SubscriptionTuple {
     s.retainHandling,
     s.subscriptionId,
   ];
+}
+
+/** A row of the subscriptions table, or null when it holds what no version writes. */
+function subscriptionRow(r: Row): StoredSubscription | null {
+  const t = [
+    r.key,
+    r.qos,
+    r.no_local,
+    r.retain_as_published,
+    r.retain_handling,
+    r.subscription_id,
+  ].map((v) => typeof v === "bigint" ? Number(v) : v);
+  if (
+    typeof t[0] !== "string" || !within(t[1], 2) || !within(t[2], 1) || !within(t[3], 1) ||
+    !within(t[4], 2) || !within(t[5], 268435455)
+  ) return null;
+  return readSubscription(t as SubscriptionTuple);
 }
 
 function readSubscription(t: SubscriptionTuple): StoredSubscription {

@@ -96,8 +96,61 @@ CREATE TABLE retained (
 );
 `;
 
+/** A stored subscription tuple (JSON) the loader of version 1 read: see readSubscriptions. */
+const V1_TUPLE_OK = `CASE WHEN e.type = 'array' THEN
+  json_array_length(e.value) = 6 AND json_type(e.value, '$[0]') = 'text'
+  AND json_type(e.value, '$[1]') = 'integer' AND json_extract(e.value, '$[1]') BETWEEN 0 AND 2
+  AND json_type(e.value, '$[2]') = 'integer' AND json_extract(e.value, '$[2]') BETWEEN 0 AND 1
+  AND json_type(e.value, '$[3]') = 'integer' AND json_extract(e.value, '$[3]') BETWEEN 0 AND 1
+  AND json_type(e.value, '$[4]') = 'integer' AND json_extract(e.value, '$[4]') BETWEEN 0 AND 2
+  AND json_type(e.value, '$[5]') = 'integer'
+  AND json_extract(e.value, '$[5]') BETWEEN 0 AND 268435455
+  ELSE 0 END`;
+
+/**
+ * Subscriptions get a table of their own, one row each, so that SUBSCRIBE and UNSUBSCRIBE of a
+ * stored session write one row: in version 1 they were a JSON list in the session's row,
+ * rewritten whole (with the session's queue) for every change, and subscribing to N filters one
+ * at a time cost N² (5,000 filters: 9 s). Rows load in rowid order: the order they were added,
+ * a replaced one keeping its place (an upsert keeps the rowid), as the router keeps them.
+ *
+ * The lists of version 1 move into it. A list the loader could not read (a damaged value) stays
+ * where it is, so the session is still skipped with an error naming it as before; every other
+ * session's column becomes '[]', which is what this version writes there (the column stays:
+ * SQLite drops a column by rewriting the table).
+ */
+const V2 = `
+CREATE TABLE subscriptions (
+  client_id TEXT NOT NULL,
+  key TEXT NOT NULL,
+  qos INTEGER NOT NULL,
+  no_local INTEGER NOT NULL,
+  retain_as_published INTEGER NOT NULL,
+  retain_handling INTEGER NOT NULL,
+  subscription_id INTEGER NOT NULL,
+  PRIMARY KEY (client_id, key)
+);
+CREATE TEMP TABLE v2_readable AS SELECT client_id FROM sessions
+  WHERE CASE WHEN json_valid(subscriptions) THEN
+    CASE WHEN json_type(subscriptions) = 'array' THEN
+      NOT EXISTS (SELECT 1 FROM json_each(subscriptions) e WHERE NOT (${V1_TUPLE_OK}))
+    ELSE 0 END
+  ELSE 0 END;
+INSERT OR REPLACE INTO subscriptions (client_id, key, qos, no_local, retain_as_published,
+    retain_handling, subscription_id)
+  SELECT s.client_id, json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),
+    json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'),
+    json_extract(j.value, '$[5]')
+  FROM sessions s, json_each(CASE WHEN s.client_id IN (SELECT client_id FROM temp.v2_readable)
+    THEN s.subscriptions ELSE '[]' END) j
+  ORDER BY s.rowid, j.key;
+UPDATE sessions SET subscriptions = '[]'
+  WHERE client_id IN (SELECT client_id FROM temp.v2_readable);
+DROP TABLE temp.v2_readable;
+`;
+
 /** Every schema version so far, oldest first; append, never edit a released one. */
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }];
+export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }, { version: 2, sql: V2 }];
 
 export interface OpenOptions {
   /** "FULL" fsyncs the WAL at every commit; "NORMAL" only at checkpoints. */

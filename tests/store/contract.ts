@@ -28,6 +28,7 @@ import {
   normalSession,
   normalSessions,
   session,
+  subscription,
 } from "./fixtures.ts";
 
 /** Names of the contract's cases, for skip lists. */
@@ -43,6 +44,10 @@ export const CONTRACT_CASES = [
   "ops on a missing session are ignored",
   "deleting a session removes its queue, inflight and QoS 2 ids",
   "a session op replaces the whole state",
+  "subscribe adds or replaces one subscription in place, unsubscribe removes it",
+  "subscription ops apply on top of a session op; a later session op replaces them",
+  "subscription ops on a missing session are ignored",
+  "deleting a session removes its subscriptions",
   "many sessions share one message",
   "loaded states are snapshots",
   "batch is atomic",
@@ -309,6 +314,99 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
       ]);
     },
 
+    "subscribe adds or replaces one subscription in place, unsubscribe removes it": async (
+      store,
+    ) => {
+      const sub = (key: string, over: Parameters<typeof subscription>[0] = {}) =>
+        subscription({ key, ...over });
+      await writeAndCompare(store, [
+        [{ type: "session", state: session("c1", { subscriptions: [sub("a/#"), sub("b")] }) }],
+        [
+          { type: "subscribe", clientId: "c1", sub: sub("c/+", { qos: 2, subscriptionId: 9 }) },
+          { type: "subscribe", clientId: "c1", sub: sub("$share/g/d", { noLocal: true }) },
+          // Replaced where it is, with every option.
+          {
+            type: "subscribe",
+            clientId: "c1",
+            sub: sub("a/#", { qos: 0, retainAsPublished: true, retainHandling: 2 }),
+          },
+          { type: "subscribe", clientId: "c1", sub: sub("温度/😀") },
+        ],
+        [
+          { type: "unsubscribe", clientId: "c1", key: "b" },
+          { type: "unsubscribe", clientId: "c1", key: "never/subscribed" },
+          { type: "subscribe", clientId: "c1", sub: sub("b", { subscriptionId: 268435455 }) },
+        ],
+      ]);
+      const got = await store.loadSession("c1");
+      assert.deepEqual(got?.subscriptions.map((s) => s.key), [
+        "a/#",
+        "c/+",
+        "$share/g/d",
+        "温度/😀",
+        "b",
+      ]);
+      assert.deepEqual(got?.subscriptions[0], {
+        ...sub("a/#"),
+        qos: 0,
+        retainAsPublished: true,
+        retainHandling: 2,
+      });
+    },
+
+    "subscription ops apply on top of a session op; a later session op replaces them": async (
+      store,
+    ) => {
+      const m = message();
+      await writeAndCompare(store, [
+        [
+          { type: "session", state: fullSession("c1") },
+          { type: "subscribe", clientId: "c1", sub: subscription({ key: "new/1" }) },
+          { type: "unsubscribe", clientId: "c1", key: "x/y" },
+          { type: "enqueue", clientId: "c1", seq: 12, item: delivery(m) },
+        ],
+        [
+          { type: "subscribe", clientId: "c1", sub: subscription({ key: "new/2" }) },
+          { type: "unsubscribe", clientId: "c1", key: "a/#" },
+          {
+            type: "session",
+            state: session("c1", { subscriptions: [subscription({ key: "only" })] }),
+          },
+          { type: "subscribe", clientId: "c1", sub: subscription({ key: "after" }) },
+        ],
+      ]);
+      const got = await store.loadSession("c1");
+      assert.deepEqual(got?.subscriptions.map((s) => s.key), ["only", "after"]);
+    },
+
+    "subscription ops on a missing session are ignored": async (store) => {
+      await writeAndCompare(store, [[
+        { type: "subscribe", clientId: "ghost", sub: subscription() },
+        { type: "unsubscribe", clientId: "ghost", key: "t/#" },
+      ]]);
+      await store.write([{ type: "session", state: session("ghost") }]);
+      await expectLoaded(store, [session("ghost")], []);
+    },
+
+    "deleting a session removes its subscriptions": async (store) => {
+      await store.write([
+        { type: "session", state: fullSession("c1") },
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "added" }) },
+        { type: "session", state: fullSession("c2") },
+      ]);
+      await store.write([{ type: "session-delete", clientId: "c1" }]);
+      assert.equal(await store.loadSession("c1"), null);
+      // A new session of the same client starts without any of them.
+      await store.write([{ type: "session", state: session("c1") }]);
+      await expectLoaded(store, [session("c1"), fullSession("c2")], []);
+      await store.write([
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "fresh" }) },
+        { type: "session-delete", clientId: "c1" },
+        { type: "session", state: session("c1") },
+      ]);
+      await expectLoaded(store, [session("c1"), fullSession("c2")], []);
+    },
+
     "many sessions share one message": async (store) => {
       const shared = message({ topic: "fan/out", payload: ALL_BYTES, props: Uint8Array.of(1, 1) });
       const ids = Array.from({ length: 50 }, (_, i) => `s${i}`);
@@ -374,6 +472,11 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
         { type: "retain", msg: message({ topic: "r", retain: true }) },
         { type: "enqueue", clientId: "c1", seq: 14, item: delivery(m) },
         { type: "dequeue", clientId: "c1", seq: 14 },
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "new" }) },
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "a/#", qos: 0 }) },
+        { type: "unsubscribe", clientId: "c1", key: "x/y" },
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "x/y", qos: 2 }) },
+        { type: "unsubscribe", clientId: "c1", key: "new" },
       ];
       const later: StoreOp[] = [{ type: "enqueue", clientId: "c1", seq: 15, item: delivery(m) }];
       await store.write(first);
@@ -427,6 +530,9 @@ export function runStoreContract<S extends Store>(o: StoreContractOptions<S>): v
         { type: "enqueue", clientId: "c1", seq: 12, item: delivery(m) },
         { type: "inflight", clientId: "c2", item: inflight(3, m) },
         { type: "qos2-add", clientId: "c2", packetId: 4 },
+        { type: "subscribe", clientId: "c2", sub: subscription({ key: "s/1", subscriptionId: 3 }) },
+        { type: "subscribe", clientId: "c1", sub: subscription({ key: "a/#", qos: 0 }) },
+        { type: "unsubscribe", clientId: "c1", key: "x/y" },
       ],
     ];
     for (const b of batches) await first.write(b);
@@ -440,6 +546,8 @@ export function runStoreContract<S extends Store>(o: StoreContractOptions<S>): v
       const more: StoreOp[] = [
         { type: "dequeue", clientId: "c2", seq: 1 },
         { type: "enqueue", clientId: "c2", seq: 5, item: delivery(m) },
+        { type: "subscribe", clientId: "c2", sub: subscription({ key: "s/2" }) },
+        { type: "unsubscribe", clientId: "c2", key: "s/1" },
       ];
       await second.write(more);
       const after = await model([...batches, more]);

@@ -181,6 +181,8 @@ type OpSpec =
   | { kind: "inflight-delete"; clientId: string; packetId: number }
   | { kind: "qos2-add"; clientId: string; packetId: number }
   | { kind: "qos2-delete"; clientId: string; packetId: number }
+  | { kind: "subscribe"; clientId: string; sub: StoredSubscription }
+  | { kind: "unsubscribe"; clientId: string; key: string }
   | { kind: "retain"; msg: number; topic: string }
   | { kind: "retain-delete"; topic: string };
 
@@ -202,8 +204,10 @@ const client = fc.constantFrom(...CLIENTS);
 const msgRef = fc.nat(15);
 const qos12 = fc.constantFrom<1 | 2>(1, 2);
 
+const SUB_KEYS = ["a/#", "+/b", "$share/g/a", "#", "温度/+"];
+
 const subscriptionArb: fc.Arbitrary<StoredSubscription> = fc.record({
-  key: fc.constantFrom("a/#", "+/b", "$share/g/a", "#"),
+  key: fc.constantFrom(...SUB_KEYS),
   qos: fc.constantFrom(0, 1, 2),
   noLocal: fc.boolean(),
   retainAsPublished: fc.boolean(),
@@ -224,7 +228,8 @@ const stateSpec: fc.Arbitrary<StateSpec> = fc.record({
     { nil: null },
   ),
   willAt: expiresAt,
-  subscriptions: fc.array(subscriptionArb, { maxLength: 3 }),
+  // A session holds one subscription per key (the router's), as the core writes it.
+  subscriptions: fc.uniqueArray(subscriptionArb, { maxLength: 3, selector: (s) => s.key }),
   queue: fc.array(
     fc.record({ msg: msgRef, qos: qos12, retain: fc.boolean(), ids: subIds }),
     { maxLength: 4 },
@@ -286,6 +291,22 @@ const opSpec: fc.Arbitrary<OpSpec> = fc.oneof<fc.MaybeWeightedArbitrary<OpSpec>[
   {
     arbitrary: fc.record({ kind: fc.constant("qos2-delete"), clientId: client, packetId }),
     weight: 1,
+  },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("subscribe"),
+      clientId: client,
+      sub: subscriptionArb,
+    }),
+    weight: 3,
+  },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("unsubscribe"),
+      clientId: client,
+      key: fc.constantFrom(...SUB_KEYS),
+    }),
+    weight: 2,
   },
   {
     arbitrary: fc.record({
@@ -382,6 +403,10 @@ export const journalArb: fc.Arbitrary<StoreOp[][]> = fc.record({
       case "qos2-add":
       case "qos2-delete":
         return { type: o.kind, clientId: o.clientId, packetId: o.packetId };
+      case "subscribe":
+        return { type: "subscribe", clientId: o.clientId, sub: o.sub };
+      case "unsubscribe":
+        return { type: "unsubscribe", clientId: o.clientId, key: o.key };
       case "retain":
         return { type: "retain", msg: { ...pool[o.msg], topic: o.topic, retain: true } };
       case "retain-delete":
