@@ -179,3 +179,45 @@ Deno.test("a message in flight for some sessions and queued for others counts on
   assert.equal(broker.metrics.queuedMessages, 0);
   for (const c of online) c.close();
 });
+
+Deno.test("at max_queued_bytes_total a new subscription still gets every retained message", async () => {
+  await using broker = await startBrokerProcess({
+    general: { websocket: false },
+    limits: { max_queued_bytes_total: 2 * MIB },
+  });
+  const port = broker.ports.tcp;
+  await using pub = await RawClient.connect(port, 5);
+  await pub.handshake("publisher");
+  for (let i = 1; i <= 3; i++) {
+    await pub.sendPacket({
+      cmd: "publish",
+      topic: `r/${i}`,
+      qos: 1,
+      messageId: i,
+      retain: true,
+      payload: Buffer.alloc(1000, i),
+    });
+    await pub.expect("puback");
+  }
+  // A client that never acknowledges fills the total.
+  await using stuck = await subscribed(port, "stuck", "own");
+  for (let k = 1; k <= 3; k++) {
+    const payload = Buffer.alloc(NEAR_MIB, k);
+    await stuck.sendPacket({ cmd: "publish", topic: "own", qos: 1, messageId: k, payload });
+  }
+  const inflight = await readUntilAcked(stuck, 3);
+  await broker.memory();
+  const full = broker.metrics.queuedBytes;
+  assert.equal(inflight.length, 2);
+  assert.equal(broker.metrics.droppedQueueTotal, 1);
+  // The retained store holds them anyway, and a stream sends every one: counted, not refused.
+  await using late = await subscribed(port, "late", "r/#");
+  const retained: Publish[] = [];
+  while (retained.length < 3) retained.push(await late.expect("publish") as Publish);
+  await broker.memory();
+  assert.equal(broker.metrics.queuedBytes, full + 3 * (1000 + 3 + 512 + 64));
+  for (const p of retained) await late.sendPacket({ cmd: "puback", messageId: p.messageId });
+  await settled(late);
+  await broker.memory();
+  assert.equal(broker.metrics.queuedBytes, full);
+});
