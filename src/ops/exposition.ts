@@ -334,7 +334,7 @@ export class Exposition extends FamilySet {
     );
     gauge(
       "mcloudtt_queued_bytes",
-      "Bytes session queues hold (each message once, plus each entry), against limits.max_queued_bytes_total",
+      "Bytes session queues and in-flight windows hold (each message once, plus each entry), against limits.max_queued_bytes_total",
       () => m().queuedBytes,
     );
     labelled(

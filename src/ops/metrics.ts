@@ -96,8 +96,9 @@ export class Metrics {
   /** Messages waiting in session queues (a gauge kept by the queues). */
   queuedMessages = 0;
   /**
-   * Bytes the session queues hold: each queued message's payload, topic and properties once
-   * however many queues it waits in, plus a fixed cost per queue entry (a gauge).
+   * Bytes the session queues and in-flight windows hold: each queued or unacknowledged QoS 1/2
+   * message's payload, topic and properties once however many queues and windows hold it, plus
+   * a fixed cost per message and per entry (a gauge, against limits.max_queued_bytes_total).
    */
   queuedBytes = 0;
   /** Messages dropped because they exceeded the receiver's Maximum Packet Size. */

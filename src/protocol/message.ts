@@ -70,15 +70,19 @@ const IN_ARENA = 1;
 /** ... buffers of their own (`own`). */
 const OWNED = 2;
 
-/** `Message.state` counts session queues from this bit up; the bits below say where bytes live. */
-const QUEUE_REF = 4;
+/**
+ * `Message.state` counts, from this bit up, the session queue entries and in-flight entries that
+ * hold the message; the bits below say where its bytes live.
+ */
+const HOLD_REF = 4;
 const HOME_BITS = 3;
 
 export class Message {
   /**
    * Where payload and properties live (BORROWED, IN_ARENA, OWNED) in the low bits, and how many
-   * session queues hold the message (QUEUE_REF each) above them: one field, not two, since every
-   * message pays for each field and few are ever queued.
+   * session queue entries and in-flight entries hold the message (HOLD_REF each) above them: one
+   * field, not two, since every message pays for each field. `own` and `ownBriefly` change the
+   * low bits alone: where the bytes live does not change what holds them.
    */
   private state: number;
   /** performance.now() when received, for the 1-in-N sampled latency metric; 0 when not sampled. */
@@ -143,24 +147,24 @@ export class Message {
   }
 
   /**
-   * One more session queue holds the message; true when it is the first, so the bytes it holds
-   * count once across queues however many sessions it waits for (limits.max_queued_bytes_total).
+   * One more session queue entry or in-flight entry holds the message; true when it is the
+   * first, so its bytes count once however many sessions hold it (limits.max_queued_bytes_total).
    */
-  queuedIn(): boolean {
-    const first = this.state < QUEUE_REF;
-    this.state += QUEUE_REF;
+  hold(): boolean {
+    const first = this.state < HOLD_REF;
+    this.state += HOLD_REF;
     return first;
   }
 
-  /** True while a session queue holds the message. */
-  get isQueued(): boolean {
-    return this.state >= QUEUE_REF;
+  /** True while a session queue or in-flight window holds the message. */
+  get isHeld(): boolean {
+    return this.state >= HOLD_REF;
   }
 
-  /** A session queue let it go; true when no queue holds it any more. */
-  unqueued(): boolean {
-    this.state -= QUEUE_REF;
-    return this.state < QUEUE_REF;
+  /** A queue entry or in-flight entry let it go; true when nothing holds it any more. */
+  letGo(): boolean {
+    this.state -= HOLD_REF;
+    return this.state < HOLD_REF;
   }
 
   /** True when the Message Expiry Interval has run out at `now`. */

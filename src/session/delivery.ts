@@ -116,6 +116,14 @@ export abstract class SessionDelivery extends SessionQueue {
       link !== null && this.queueHead === this.queue.length &&
       this.inflightCount < link.sendWindow && !link.congested
     ) {
+      // In flight, it is held for as long as its client does not acknowledge, as a queued one is
+      // until its client comes back: at limits.max_queued_bytes_total it is dropped for this
+      // session as a queued one would be (the publisher is acknowledged all the same, as for
+      // every drop of a subscriber's copy).
+      if (!this.fitsInflight(msg)) {
+        this.metrics.droppedQueueTotal++;
+        return;
+      }
       this.send(link, msg, qos, retain, subIds, group);
     } else {
       const q: Queued = { msg, qos, retain, subIds, seq: 0 };
@@ -124,7 +132,12 @@ export abstract class SessionDelivery extends SessionQueue {
     }
   }
 
-  /** Sends with a new packet id and keeps it in flight; false when the link refused it. */
+  /**
+   * Sends with a new packet id and keeps it in flight, counted in limits.max_queued_bytes_total;
+   * false when the link refused it. Not refused at that total here: `deliver` checks a new
+   * message; one from the queue only moves (its queue entry went a moment ago); a retained
+   * stream's is held by the retained store anyway, and a stream promises every one.
+   */
   private send(
     link: SessionLink,
     msg: Message,
@@ -142,20 +155,23 @@ export abstract class SessionDelivery extends SessionQueue {
     const e: Outgoing = { msg: m, packetId: pid, qos, retain, subIds, released: false };
     if (group !== null) (this.sharedBy ??= new WeakMap()).set(e, group);
     (this.inflight ??= new PacketIdTable()).set(pid, e);
+    this.holdInflight(m);
     if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
     this.metrics.sentByQos[qos]++;
     return true;
   }
 
   /**
-   * `pid` is no longer in flight; `id` is the cluster id of a message its
-   * client acknowledged ("" when it has none or was dropped unacknowledged):
-   * a shared store adds it to the session's recent ids in the same write, so
-   * a node that adopts the session after this one died knows it was
-   * completed (its copy may still wait in this node's inbox, not yet XACKed).
+   * `e` is no longer in flight, nor counted in limits.max_queued_bytes_total; `id` is the
+   * cluster id of a message its client acknowledged ("" when it has none or was dropped
+   * unacknowledged): a shared store adds it to the session's recent ids in the same write, so
+   * a node that adopts the session after this one died knows it was completed (its copy may
+   * still wait in this node's inbox, not yet XACKed).
    */
-  private inflightDone(pid: number, id = ""): void {
+  private inflightDone(e: Outgoing, id = ""): void {
+    const pid = e.packetId;
     this.inflight!.delete(pid);
+    this.releaseInflight(e.msg);
     // Acknowledged before it was sent again (a client may acknowledge what it got before).
     if (this.resends !== null) this.resends.delete(pid);
     if (this.journaled) {
@@ -287,7 +303,7 @@ export abstract class SessionDelivery extends SessionQueue {
       if (e === undefined) continue;
       if (e.released) link.sendPubrel(pid);
       else if (!link.sendPublish(e.msg, e.qos, e.retain, true, pid, e.subIds)) {
-        this.inflightDone(pid);
+        this.inflightDone(e);
       }
     }
     this.resends = null;
@@ -379,7 +395,7 @@ export abstract class SessionDelivery extends SessionQueue {
   onPuback(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || e.qos !== 1) return;
-    this.inflightDone(pid, e.msg.id);
+    this.inflightDone(e, e.msg.id);
     this.completed(e);
     if (this.waiting) this.pump();
   }
@@ -390,7 +406,7 @@ export abstract class SessionDelivery extends SessionQueue {
     if (e === undefined || e.qos !== 2) return false;
     if (reasonCode >= 0x80) {
       // The receiver refused the message: the flow ends here, no PUBREL.
-      this.inflightDone(pid, e.msg.id);
+      this.inflightDone(e, e.msg.id);
       this.completed(e);
       if (this.waiting) this.pump();
       return true;
@@ -419,7 +435,7 @@ export abstract class SessionDelivery extends SessionQueue {
   onPubcomp(pid: number): void {
     const e = this.inflight?.get(pid);
     if (e === undefined || !e.released) return;
-    this.inflightDone(pid, e.msg.id);
+    this.inflightDone(e, e.msg.id);
     this.completed(e);
     if (this.waiting) this.pump();
   }
@@ -470,8 +486,13 @@ export abstract class SessionDelivery extends SessionQueue {
     return out;
   }
 
-  /** Drops every message held for delivery (the session ends). */
+  /**
+   * Drops every message held for delivery: the session ends (clean start, expiry, a connection
+   * without Session Expiry closed, a takeover that starts anew) or leaves this node
+   * (`forgetHere`).
+   */
   protected dropDeliveries(): void {
+    this.releaseWindow();
     this.inflight = null;
     this.resends = null;
     this.releaseQueue();
@@ -479,6 +500,13 @@ export abstract class SessionDelivery extends SessionQueue {
     this.streams = null;
     this.recent = null;
     this.sharedBy = null;
+  }
+
+  /** Takes every message in flight out of limits.max_queued_bytes_total (the table goes next). */
+  private releaseWindow(): void {
+    const inflight = this.inflight;
+    if (inflight === null || inflight.size === 0) return;
+    for (const e of inflight.values()) this.releaseInflight(e.msg);
   }
 
   /** The messages in flight as a store keeps them. */
@@ -491,16 +519,25 @@ export abstract class SessionDelivery extends SessionQueue {
   /** Restores what `storedQueue`, `storedInflight` and `recentIds` saved. */
   protected restoreDeliveries(state: DeliveryState): void {
     this.restoreQueue(state.queue);
+    this.releaseWindow();
     this.inflight = null;
     for (const f of state.inflight) {
-      (this.inflight ??= new PacketIdTable()).set(f.packetId, {
-        msg: toMessage(f.msg),
+      const table = this.inflight ??= new PacketIdTable();
+      const msg = toMessage(f.msg);
+      // Counted whatever the total says now, as restored queues are: the store kept them, and
+      // nothing new enters a queue or window while the total is over.
+      // A packet id stored twice: the later entry replaces the earlier, which lets go.
+      const twice = table.get(f.packetId);
+      if (twice !== undefined) this.releaseInflight(twice.msg);
+      table.set(f.packetId, {
+        msg,
         packetId: f.packetId,
         qos: f.qos,
         retain: f.retain,
         subIds: f.subIds,
         released: f.released,
       });
+      this.holdInflight(msg);
       if (f.packetId >= this.nextPid) this.nextPid = f.packetId === 65535 ? 1 : f.packetId + 1;
     }
     const max = this.limits.dedupeWindow;

@@ -1,7 +1,8 @@
 /**
  * A session's queue: the QoS 1/2 messages waiting behind its in-flight window (or for its client
- * to come back), what they count against the session's bounds and all queues' together
- * (limits.max_queued_bytes_total), and their journal entries. `SessionDelivery` (delivery.ts)
+ * to come back), what they count against the session's bounds and all sessions' together
+ * (limits.max_queued_bytes_total, which counts the in-flight windows too: `holdInflight`), and
+ * their journal entries. `SessionDelivery` (delivery.ts)
  * extends it with the in-flight window and what moves messages on; a base class, not a field, so
  * an idle session holds no object more.
  */
@@ -38,7 +39,9 @@ function queuedSize(msg: Message): number {
 
 /**
  * What a queue entry costs beside the message it points to, for limits.max_queued_bytes_total:
- * the entry object (5 fields) and its slot in the queue's array.
+ * the entry object (5 fields) and its slot in the queue's array. An in-flight entry counts the
+ * same: its object has 6 fields, and its slot in the packet id table (kept at most half full)
+ * a pointer, an id and an order number.
  */
 const ENTRY_BYTES = 64;
 
@@ -109,7 +112,7 @@ export abstract class SessionQueue {
 
   /**
    * Whether `q` fits under limits.max_queued_bytes_total (checked only when the rough sum says it
-   * may not): it does when another queue holds its message already, or once this session's own
+   * may not): it does when another queue or in-flight window holds its message already, or once this session's own
    * oldest messages are dropped for it (drop policy "oldest"). A session never drops another's
    * messages: a client that stays away cannot push out what others wait for.
    */
@@ -117,7 +120,7 @@ export abstract class SessionQueue {
     const limits = this.limits;
     const metrics = this.metrics;
     for (;;) {
-      const cost = q.msg.isQueued ? ENTRY_BYTES : ENTRY_BYTES + MESSAGE_BYTES + queuedSize(q.msg);
+      const cost = q.msg.isHeld ? ENTRY_BYTES : ENTRY_BYTES + MESSAGE_BYTES + queuedSize(q.msg);
       if (metrics.queuedBytes + cost <= limits.maxQueuedBytesTotal) return true;
       if (limits.dropPolicy === "newest" || this.queuedCount === 0) return false;
       metrics.droppedQueueTotal++;
@@ -172,12 +175,12 @@ export abstract class SessionQueue {
     }
   }
 
-  /** `msg` joined the queue: it counts in the session's sums and all queues' together. */
+  /** `msg` joined the queue: it counts in the session's sums and all sessions' together. */
   private counted(msg: Message, size: number): void {
     this.queuedBytes += size;
     const metrics = this.metrics;
     metrics.queuedMessages++;
-    metrics.queuedBytes += msg.queuedIn() ? ENTRY_BYTES + MESSAGE_BYTES + size : ENTRY_BYTES;
+    metrics.queuedBytes += msg.hold() ? ENTRY_BYTES + MESSAGE_BYTES + size : ENTRY_BYTES;
   }
 
   /** `q` left the queue (sent, dropped or the session ended): it no longer counts. */
@@ -186,7 +189,40 @@ export abstract class SessionQueue {
     this.queuedBytes -= size;
     const metrics = this.metrics;
     metrics.queuedMessages--;
-    metrics.queuedBytes -= q.msg.unqueued() ? ENTRY_BYTES + MESSAGE_BYTES + size : ENTRY_BYTES;
+    metrics.queuedBytes -= q.msg.letGo() ? ENTRY_BYTES + MESSAGE_BYTES + size : ENTRY_BYTES;
+  }
+
+  /**
+   * Whether `msg` may enter the in-flight window under limits.max_queued_bytes_total, as a
+   * queued message must fit (`enqueue`): a client that never acknowledges holds up to
+   * max_inflight_messages of them, each up to max_packet_size, for as long as its session
+   * lives. No oldest to drop for it: a message goes straight into flight only when the queue is
+   * empty, and what is in flight was sent. The first comparison is the one that passes while
+   * the total has room.
+   */
+  protected fitsInflight(msg: Message): boolean {
+    const total = this.metrics.queuedBytes;
+    const max = this.limits.maxQueuedBytesTotal;
+    if (total + ENTRY_BYTES + MESSAGE_BYTES + queuedSize(msg) <= max) return true;
+    // Another session's queue or window holds it already: only the entry is new.
+    return msg.isHeld && total + ENTRY_BYTES <= max;
+  }
+
+  /**
+   * An in-flight entry holds `msg`: it counts in all sessions' total once however many queues
+   * and windows hold it. Every entry that goes is given to `releaseInflight` exactly once.
+   */
+  protected holdInflight(msg: Message): void {
+    this.metrics.queuedBytes += msg.hold()
+      ? ENTRY_BYTES + MESSAGE_BYTES + queuedSize(msg)
+      : ENTRY_BYTES;
+  }
+
+  /** An in-flight entry holding `msg` went (acknowledged, dropped, the session ended or left). */
+  protected releaseInflight(msg: Message): void {
+    this.metrics.queuedBytes -= msg.letGo()
+      ? ENTRY_BYTES + MESSAGE_BYTES + queuedSize(msg)
+      : ENTRY_BYTES;
   }
 
   protected dequeued(q: Queued): void {
@@ -255,7 +291,7 @@ export abstract class SessionQueue {
 }
 
 /**
- * Says, at most every 10 s, that messages were left out of queues at
+ * Says, at most every 10 s, that messages were left out of queues and in-flight windows at
  * limits.max_queued_bytes_total, and how many since it last said so. Checked by the sweep, not
  * where it happens: drops come at the publish rate.
  */
@@ -275,8 +311,8 @@ export class TotalDropLog {
     // a line said how many were dropped in the last sweep interval alone (2400 of 50000).
     if (drops === this.seen || now - this.last < this.intervalMs) return;
     this.write(
-      `${drops - this.seen} QoS 1/2 messages not queued: session queues hold ` +
-        `${metrics.queuedBytes} bytes, at limits.max_queued_bytes_total`,
+      `${drops - this.seen} QoS 1/2 messages not queued or sent: session queues and ` +
+        `in-flight windows hold ${metrics.queuedBytes} bytes, at limits.max_queued_bytes_total`,
     );
     this.seen = drops;
     this.last = now;
