@@ -1,0 +1,93 @@
+/**
+ * The ACL across the nodes of a cluster, with users who would read what it forbids: a wildcard
+ * subscription or a retained message on one node never carries another node's forbidden topics,
+ * and a share group's message goes to a member allowed to read it wherever that member is.
+ */
+import assert from "node:assert/strict";
+import { hashPassword } from "../../src/auth/passwords.ts";
+import { collect, connectClient, delay } from "../helpers/broker.ts";
+import { eventually, TestCluster } from "../helpers/cluster.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+
+const ignore = skipWithoutRedis();
+const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
+
+/** alice reads and writes everything; mallory only public/#. */
+async function withAcl(fn: (args: string[]) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({
+    dir: new URL("../../", import.meta.url).pathname,
+    prefix: ".test-acl-",
+  });
+  try {
+    const line = async (u: string) => `${u}:${await hashPassword(`${u}-pw`, 1000)}`;
+    await Deno.writeTextFile(`${dir}/passwd`, `${await line("alice")}\n${await line("mallory")}\n`);
+    await Deno.writeTextFile(
+      `${dir}/acl`,
+      "user alice\ntopic readwrite #\nuser mallory\ntopic readwrite public/#\n",
+    );
+    await fn([`--auth.password_file=${dir}/passwd`, `--auth.acl_file=${dir}/acl`]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const as = (user: string, clientId: string) => ({
+  username: user,
+  password: `${user}-pw`,
+  clientId,
+});
+
+Deno.test({
+  name: "cluster: a share group's message goes to a member on another node allowed to read it, " +
+    "not to nobody when this node's members may not",
+  ...opts,
+  fn: () =>
+    withAcl(async (args) => {
+      // "local": a node holding the group serves it itself (the default).
+      await using cluster = await TestCluster.start({ names: ["a", "b"], args });
+      const [a, b] = cluster.nodes;
+      await using mallory = await connectClient(a.port, as("mallory", "m-wild"));
+      const malloryGot = collect(mallory);
+      await mallory.subscribeAsync("#", { qos: 1 });
+      await using alice = await connectClient(b.port, as("alice", "a-pub"));
+      await alice.publishAsync("secret/r", "retained", { qos: 1, retain: true });
+      // The same group on both nodes: mallory's member on a, alice's on b.
+      await using member = await connectClient(b.port, as("alice", "a-member"));
+      const memberGot = collect(member);
+      await member.subscribeAsync("$share/g/#", { qos: 1 });
+      await using intruder = await connectClient(a.port, as("mallory", "m-member"));
+      const intruderGot = collect(intruder);
+      const [granted] = await intruder.subscribeAsync("$share/g/#", { qos: 1 });
+      assert.equal(granted.qos, 1, "granted: the ACL checks each message");
+      await using pub = await connectClient(a.port, as("alice", "a-pub-on-a"));
+      const n = 10;
+      for (let i = 0; i < n; i++) await pub.publishAsync("secret/s", `${i}`, { qos: 1 });
+      await pub.publishAsync("public/p", "open", { qos: 1 });
+      // Before, a served the group (it holds a member), none of its members could read the
+      // message and it was dropped: alice's member got none of the 10.
+      await eventually(
+        `alice's member gets all ${n} (has ${memberGot.messages.length})`,
+        () => memberGot.messages.filter((m) => m.topic === "secret/s").length >= n,
+        15_000,
+      );
+      assert.deepEqual(
+        memberGot.messages.filter((m) => m.topic === "secret/s").map((m) => m.payload),
+        Array.from({ length: n }, (_, i) => `${i}`),
+      );
+      // A fresh wildcard subscriber on a gets no retained secret from b.
+      await using late = await connectClient(a.port, as("mallory", "m-late"));
+      const lateGot = collect(late);
+      await late.subscribeAsync("#", { qos: 1 });
+      await eventually("mallory gets public/p", () =>
+        malloryGot.messages.some((m) => m.topic === "public/p"));
+      await delay(300);
+      for (const got of [malloryGot, intruderGot, lateGot]) {
+        assert.deepEqual(
+          got.messages.filter((m) =>
+            !m.topic.startsWith("public/")
+          ),
+          [],
+        );
+      }
+    }),
+});
