@@ -534,6 +534,10 @@ export class RedisBus implements Bus {
         await this.liveness.tick(false);
         // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
         if (this.liveness.expelled) return;
+        if (lost && this.host?.sessions !== undefined) {
+          const n = await this.claims.restore(this.host.sessions);
+          if (n > 0) log.info`wrote the holder of ${n} client ids again (redis lost them)`;
+        }
         await this.reader?.ensureGroup();
         await this.departures.purgeDeparted();
         await this.routes.reannounce();

@@ -154,6 +154,33 @@ export class SessionClaims {
     this.track(clientId, false);
   }
 
+  /**
+   * Redis lost its data (restarted without persistence): writes again who holds the client ids
+   * of the sessions here, and whose they are, unless a node claimed one since. Without this any
+   * user could take the client id of another user's session, connected or offline, on another
+   * node, and two nodes held it. The claim numbers were lost with them: this one is the clock's
+   * millisecond, above any number a node holds for its own claim, so a later claim still
+   * outnumbers it (a kick with a number at or below the holder's own is ignored). Returns how
+   * many were written.
+   */
+  async restore(held: ReadonlyMap<string, { readonly owner: string | null }>): Promise<number> {
+    const epoch = Date.now();
+    let n = 0;
+    const all = [...held];
+    // A few hundred at a time: one pipeline each, not a round trip per session.
+    for (let i = 0; i < all.length; i += 500) {
+      const done = await Promise.all(
+        all.slice(i, i + 500).map(([clientId, session]) => {
+          this.track(clientId, true);
+          const keys: [string, string] = [this.keys.owner(clientId), this.keys.ownerUser(clientId)];
+          return this.scripts.ownerRestore(keys, this.nodeId, epoch, encodeUser(session.owner));
+        }),
+      );
+      for (const k of done) n += k;
+    }
+    return n;
+  }
+
   /** Adds `clientId` to (or removes it from) this node's set of written owner keys. */
   private track(clientId: string, claimed: boolean): void {
     const set = this.keys.owned(this.nodeId);

@@ -179,6 +179,17 @@ end
 return 0
 `;
 
+/**
+ * Writes an owner (and whose session it is) Redis lost, unless a node claimed the id since.
+ * KEYS: owner, user. ARGV: node, epoch, user. Returns 1 when written.
+ */
+const OWNER_RESTORE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+`;
+
 /** A session owner as the user key holds it: "u:" and the name, or "-" for anonymous. */
 export function encodeUser(owner: string | null): string {
   return owner === null ? "-" : `u:${owner}`;
@@ -208,6 +219,7 @@ export interface ClusterScripts {
   deadDone(keys: [string, string], node: string, doneMs: number): Promise<void>;
   ownerClaim(keys: [string, string], node: string, user: string): Promise<string | null>;
   ownerRelease(keys: [string, string], node: string): Promise<number>;
+  ownerRestore(keys: [string, string], node: string, epoch: number, user: string): Promise<number>;
 }
 
 /** What a lease renewal found (see LEASE_TICK). */
@@ -235,6 +247,7 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     mcDeadDone: [2, DEAD_DONE],
     mcOwnerClaim: [2, OWNER_CLAIM],
     mcOwnerRelease: [2, OWNER_RELEASE],
+    mcOwnerRestore: [2, OWNER_RESTORE],
   };
   for (const [name, [numberOfKeys, lua]] of Object.entries(defs)) {
     client.defineCommand(name, { numberOfKeys, lua });
@@ -251,6 +264,7 @@ export function defineScripts(client: RedisClient): ClusterScripts {
   const deadDone = fn("mcDeadDone");
   const ownerClaim = fn("mcOwnerClaim");
   const ownerRelease = fn("mcOwnerRelease");
+  const ownerRestore = fn("mcOwnerRestore");
   return {
     routeSet: async (keys, node, key, n) =>
       (await routeSet(...keys, node, key, n, ROUTE_LOG_MAXLEN)) as string | null,
@@ -276,5 +290,7 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     ownerClaim: async (keys, node, user) =>
       (await ownerClaim(...keys, node, user)) as string | null,
     ownerRelease: async (keys, node) => Number(await ownerRelease(...keys, node)),
+    ownerRestore: async (keys, node, epoch, user) =>
+      Number(await ownerRestore(...keys, node, epoch, user)),
   };
 }

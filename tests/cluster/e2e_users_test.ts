@@ -1,13 +1,14 @@
 /**
- * The ACL across the nodes of a cluster, with users who would read what it forbids: a wildcard
+ * Users of a cluster who would harm each other across its nodes. The ACL: a wildcard
  * subscription or a retained message on one node never carries another node's forbidden topics,
  * and a share group's message goes to a member allowed to read it wherever that member is.
+ * Session ownership: after Redis lost its data, another user still cannot take a client id.
  */
 import assert from "node:assert/strict";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import { collect, connectClient, delay } from "../helpers/broker.ts";
+import { collect, connackOf, connectClient, delay } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -89,5 +90,51 @@ Deno.test({
           [],
         );
       }
+    }),
+});
+
+Deno.test({
+  name: "cluster: after Redis restarted without its data, another user still cannot take a " +
+    "client id held on another node, and its owner's new connection still takes it over",
+  ...opts,
+  fn: () =>
+    withAcl(async (args) => {
+      await using cluster = await TestCluster.start({ names: ["a", "b"], args });
+      const [a, b] = cluster.nodes;
+      const kept = { clean: false, properties: { sessionExpiryInterval: 600 } };
+      // On a: a clean session (known to Redis only by its owner keys) and a persistent one.
+      await using clean = await connectClient(a.port, as("alice", "dev-clean"));
+      await using persistent = await connectClient(a.port, {
+        ...as("alice", "dev-kept"),
+        ...kept,
+      });
+      await persistent.subscribeAsync("x/#", { qos: 1 });
+      const ended = new Map<string, string>();
+      for (const [id, c] of [["dev-clean", clean], ["dev-kept", persistent]] as const) {
+        c.on("disconnect", (p) => ended.set(id, `DISCONNECT 0x${p.reasonCode?.toString(16)}`));
+        c.on("close", () => ended.set(id, ended.get(id) ?? "closed"));
+      }
+      const resyncs = (out: string) => out.split("cluster state resynchronised").length;
+      const [beforeA, beforeB] = [resyncs(a.output()), resyncs(b.output())];
+      await cluster.redis.restart(true);
+      // Both nodes found Redis empty and wrote their state again.
+      await eventually(
+        "both nodes resynchronised",
+        () => resyncs(a.output()) > beforeA && resyncs(b.output()) > beforeB,
+        20_000,
+      );
+      // Before, the owner keys were gone for good: mallory got both ids on b (CONNACK 0) while
+      // alice's connections on a went on, two nodes holding each id.
+      for (const id of ["dev-clean", "dev-kept"]) {
+        assert.equal(await connackOf(b.port, { ...as("mallory", id), ...kept }), 0x87, id);
+      }
+      assert.deepEqual([...ended], [], "alice's connections on a are untouched");
+      // alice herself moves her session to b: a lets go of it (0x8E), one holder again.
+      await using moved = await connectClient(b.port, { ...as("alice", "dev-kept"), ...kept });
+      await eventually("a closed alice's old connection", () => ended.has("dev-kept"), 15_000);
+      assert.equal(ended.get("dev-kept"), "DISCONNECT 0x8e");
+      assert.ok(moved.connected);
+      const owner = await redisQuery(cluster.redis.port, "GET", "mcloudtt:{s:dev-kept}:own");
+      assert.match(String(owner), new RegExp(`^${b.nodeId} `));
     }),
 });
