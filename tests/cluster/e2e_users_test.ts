@@ -5,6 +5,8 @@
  * Session ownership: after Redis lost its data, another user still cannot take a client id.
  */
 import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import type { MqttClient } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import { collect, connackOf, connectClient, delay } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
@@ -137,4 +139,57 @@ Deno.test({
       const owner = await redisQuery(cluster.redis.port, "GET", "mcloudtt:{s:dev-kept}:own");
       assert.match(String(owner), new RegExp(`^${b.nodeId} `));
     }),
+});
+
+Deno.test({
+  name: "cluster: what arrives for a session while it moves from a frozen node is held within " +
+    "limits.max_queued_bytes, not max_queued_messages of any size",
+  ...opts,
+  async fn() {
+    const maxBytes = 1024 * 1024;
+    await using cluster = await TestCluster.start({
+      names: ["a", "b"],
+      args: [
+        `--limits.max_queued_bytes=${maxBytes}`,
+        "--cluster.takeover_timeout_ms=30000",
+        "--general.log_format=json",
+        "--general.log_levels=core=debug",
+      ],
+    });
+    const [a, b] = cluster.nodes;
+    const kept = { clean: false, properties: { sessionExpiryInterval: 600 } };
+    const first = await connectClient(a.port, { clientId: "mover", ...kept });
+    await first.subscribeAsync("big/#", { qos: 1 });
+    await using pub = await connectClient(b.port, { clientId: "big-pub" });
+    // a frozen (a stalled VM): the session's client comes back on b, whose takeover waits for a
+    // to let go, holding meanwhile what is published for the session.
+    a.signal("SIGSTOP");
+    let moved: MqttClient | null = null as MqttClient | null;
+    const moving = connectClient(b.port, { clientId: "mover", ...kept, connectTimeout: 60_000 })
+      .then((c) => moved = c);
+    try {
+      await eventually("b holds the session's routes", async () => {
+        const fields = await redisQuery(cluster.redis.port, "HKEYS", "mcloudtt:{rt}:table");
+        return (fields as string[]).includes(`${b.nodeId}\nbig/#`);
+      });
+      const n = 40;
+      const payload = Buffer.alloc(256 * 1024);
+      for (let i = 0; i < n; i++) await pub.publishAsync("big/x", payload, { qos: 1 });
+      a.signal("SIGCONT");
+      await moving;
+      first.end(true);
+      const line = await b.proc.waitFor(/\{[^\n]*"message":"handed \d+ messages[^\n]*\}/, 30_000);
+      const { n: handed, dropped, duplicates } = JSON.parse(line[0]) as Record<string, number>;
+      assert.ok(handed + dropped + duplicates >= n, `the holder saw the ${n}: ${line[0]}`);
+      // Before: all 40 (10 MiB) were held for a session whose queue may hold 1 MiB.
+      const held = handed + duplicates;
+      assert.ok(held <= maxBytes / payload.length, `held ${held} of 256 KiB: ${line[0]}`);
+      console.log(line[0]);
+    } finally {
+      a.signal("SIGCONT");
+      first.end(true);
+      await moving.catch(() => {});
+      moved?.end(true);
+    }
+  },
 });
