@@ -173,6 +173,8 @@ export class RedisBus implements Bus {
       this.stats,
       (n) => this.backlog.wrote(n),
       opts.redis.command_timeout_ms,
+      opts.cluster.max_forward_bytes,
+      (n) => this.backlog.stats.dropped += n,
     );
     this.backlog = new InboxBacklog(
       this.nodeId,
