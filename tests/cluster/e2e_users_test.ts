@@ -193,3 +193,50 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "cluster: two users claiming one new client id on two nodes at once: one gets it and " +
+    "keeps its connection, the other is refused 0x87 without kicking it",
+  ...opts,
+  fn: () =>
+    withAcl(async (args) => {
+      await using cluster = await TestCluster.start({ names: ["a", "b"], args });
+      const [a, b] = cluster.nodes;
+      const kept = { clean: false, properties: { sessionExpiryInterval: 600 } };
+      /** Resolves once `c` had a QoS 1 publish acknowledged; rejects when it closed first. */
+      const stillConnected = (c: MqttClient) =>
+        new Promise<void>((resolve, reject) => {
+          const closed = () => reject(new Error("its connection was closed"));
+          const timer = setTimeout(() => reject(new Error("no PUBACK within 10 s")), 10_000);
+          c.once("close", closed);
+          if (!c.connected) closed();
+          c.publishAsync("public/ping", "", { qos: 1 }).then(() => resolve(), reject).finally(
+            () => {
+              clearTimeout(timer);
+              c.off("close", closed);
+            },
+          );
+        });
+      const kicked: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const id = `race-${i}`;
+        const both = await Promise.allSettled([
+          connectClient(a.port, { ...as("alice", id), ...kept }),
+          connectClient(b.port, { ...as("mallory", id), ...kept }),
+        ]);
+        const won = both.flatMap((r) => r.status === "fulfilled" ? [r.value] : []);
+        const lost = both.flatMap((r) => r.status === "rejected" ? [r.reason] : []);
+        try {
+          assert.equal(won.length, 1, `${id}: one of the two gets the id`);
+          assert.equal((lost[0] as { code?: number }).code, 0x87, `${id}: ${lost[0]}`);
+          // Before, the second claim kicked the first one's connection (0x8E) and was refused
+          // only then, when it found the session was not its user's: in 4 rounds of 12
+          // nobody was left connected.
+          await stillConnected(won[0]).catch((e) => kicked.push(`${id}: ${e.message}`));
+        } finally {
+          for (const c of won) c.end(true);
+        }
+      }
+      assert.deepEqual(kicked, [], "the refused claim kicked the one that got the id");
+    }),
+});
