@@ -225,6 +225,11 @@ export class Broker {
       sink: deps.sink ?? createSink(config),
       clock,
     });
+    // No member here may read the message (ACL): one of its group on another node may. Handed
+    // on once, as a message whose member left (a receiving node does not hand it on again).
+    this.router.heldBack = (msg, group) => {
+      if (bus.forwardShared(msg, group.key)) this.metrics.sharedRedelivered++;
+    };
   }
 
   /**

@@ -81,6 +81,8 @@ interface Write {
   until: number;
   /** Written before, without an answer (not a write that only waited for its turn). */
   again: boolean;
+  /** What it counts in `held` while queued or in flight (0: not counted). */
+  bytes: number;
 }
 
 /** A control entry (kick / released) for one destination's inbox: in order with the messages. */
@@ -123,6 +125,8 @@ export class InboxWriter {
    * master that froze holds up only the inboxes it serves.
    */
   private readonly lanes = new Map<string, Queued[]>();
+  /** Bytes of the writes queued or in flight per destination (bounded by `maxBytes` for QoS 0). */
+  private readonly held = new Map<string, number>();
 
   constructor(
     private readonly cmd: RedisClient,
@@ -132,6 +136,15 @@ export class InboxWriter {
     private readonly onEntry: (dest: string) => void = () => {},
     /** How long a failed write is reported after it (ms) when nothing was written since. */
     private readonly reportMs = 5000,
+    /**
+     * `[cluster] max_forward_bytes`: past this much queued or in flight for one destination,
+     * QoS 0 records for it are dropped (0 = no bound). Without it a QoS 0 flood faster than
+     * Redis took it piled up in the writer: 1.8 GB from one client's 4 connections, and the
+     * node, its lease renewal queued behind it on the same connection, was declared dead.
+     */
+    private readonly maxBytes = 0,
+    /** Told of QoS 0 records dropped at `maxBytes`. */
+    private readonly onDropped: (n: number) => void = () => {},
   ) {}
 
   /**
@@ -206,6 +219,7 @@ export class InboxWriter {
           turn,
           until: 0,
           again: false,
+          bytes: 0,
         });
       }
     }
@@ -218,6 +232,20 @@ export class InboxWriter {
       return;
     }
     for (const w of writes) {
+      if (this.maxBytes > 0 && (this.held.get(w.dest) ?? 0) >= this.maxBytes) {
+        // Redis takes this node's forwards slower than they come: QoS 0 records are dropped, as
+        // for a slow subscriber; the others are written (their acknowledgements wait for it).
+        if (w.retry === null) {
+          this.onDropped(w.count);
+          this.settle(w);
+          continue;
+        }
+        if (w.retry !== w.fields) {
+          this.onDropped(w.count - w.retryCount);
+          w.fields = w.retry;
+          w.count = w.retryCount;
+        }
+      }
       this.stats.forwarded += w.count;
       this.stats.entries++;
       this.onEntry(w.dest);
@@ -227,6 +255,7 @@ export class InboxWriter {
 
   /** Queues `w` behind what is in flight to its inbox, or sends it now when nothing is. */
   private enqueue(w: Queued): void {
+    if (!w.control) this.hold(w);
     const lane = this.lanes.get(w.dest);
     if (lane !== undefined) {
       lane.push(w);
@@ -316,13 +345,17 @@ export class InboxWriter {
         return null;
       }
       if (w.retry !== null) {
-        return {
+        this.release(w);
+        const doubt = {
           ...w,
           fields: w.retry,
           count: w.retryCount,
           until: w.until || Date.now() + this.reportMs,
           again: true,
+          bytes: 0,
         };
+        this.hold(doubt);
+        return doubt;
       }
     }
     this.settle(w);
@@ -334,8 +367,26 @@ export class InboxWriter {
     else this.refuse(w, e);
   }
 
+  /** Counts `w` in what is queued or in flight for its destination. */
+  private hold(w: Write): void {
+    let n = 0;
+    for (const f of w.fields) n += f.length;
+    w.bytes = n;
+    this.held.set(w.dest, (this.held.get(w.dest) ?? 0) + n);
+  }
+
+  /** `w` is settled, refused or replaced: no longer counted. */
+  private release(w: Write): void {
+    if (w.bytes === 0) return;
+    const left = (this.held.get(w.dest) ?? 0) - w.bytes;
+    w.bytes = 0;
+    if (left > 0) this.held.set(w.dest, left);
+    else this.held.delete(w.dest);
+  }
+
   /** One write of a turn is in Redis (or was a QoS 0 one that may not be). */
   private settle(w: Write): void {
+    this.release(w);
     const t = w.turn;
     if (--t.open > 0 || t.refused) return;
     if (!t.faulted) this.failed = null;
@@ -344,6 +395,7 @@ export class InboxWriter {
 
   /** Fails the acknowledgements of `w`'s turn: its messages were not (or may not have been) written. */
   private refuse(w: Write, e: Error): void {
+    this.release(w);
     this.stats.dropped += w.count;
     const t = w.turn;
     t.open--;

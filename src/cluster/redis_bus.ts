@@ -173,6 +173,8 @@ export class RedisBus implements Bus {
       this.stats,
       (n) => this.backlog.wrote(n),
       opts.redis.command_timeout_ms,
+      opts.cluster.max_forward_bytes,
+      (n) => this.backlog.stats.dropped += n,
     );
     this.backlog = new InboxBacklog(
       this.nodeId,
@@ -534,6 +536,10 @@ export class RedisBus implements Bus {
         await this.liveness.tick(false);
         // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
         if (this.liveness.expelled) return;
+        if (lost && this.host?.sessions !== undefined) {
+          const n = await this.claims.restore(this.host.sessions);
+          if (n > 0) log.info`wrote the holder of ${n} client ids again (redis lost them)`;
+        }
         await this.reader?.ensureGroup();
         await this.departures.purgeDeparted();
         await this.routes.reannounce();

@@ -51,6 +51,8 @@ export class SessionClaims {
   ): Promise<number> {
     const adopting = adoptingFrom !== undefined;
     const keys: [string, string] = [this.keys.owner(clientId), this.keys.ownerUser(clientId)];
+    // The owner key as last read: another user's claim after it refuses this one (ownerClaim).
+    let expected = "*";
     if (adopting) {
       // A live node claimed it after the death: it gets the session once this one handed it back.
       const current = await this.cmd.get(keys[0]);
@@ -58,13 +60,18 @@ export class SessionClaims {
       if (holder !== "" && holder !== adoptingFrom && holder !== this.nodeId) return 0;
     } else {
       await this.untilHandled(clientId);
-      if (owner !== undefined) await this.refuseForeign(keys, owner);
+      if (owner !== undefined) expected = await this.refuseForeign(keys, owner) ?? "";
     }
     const user = owner === undefined ? "" : encodeUser(owner);
     // Recorded before the owner key (same connection, in order): a crash in between leaves an
     // id in the set whose key names another node, which the cleanup leaves alone.
     this.track(clientId, true);
-    const previous = await this.scripts.ownerClaim(keys, this.nodeId, user);
+    const previous = await this.scripts.ownerClaim(keys, this.nodeId, user, expected);
+    if (previous?.startsWith("!")) {
+      // Another user claimed the id since it was read: theirs; nobody is kicked.
+      this.track(clientId, false);
+      throw new ForeignSessionError(decodeUser(previous.slice(1)));
+    }
     // The owner key holds "<node> <claims so far>"; this claim is the next one.
     const space = previous?.lastIndexOf(" ") ?? -1;
     const epoch = previous === null ? 1 : (Number(previous.slice(space + 1)) || 0) + 1;
@@ -111,16 +118,21 @@ export class SessionClaims {
    * Throws ForeignSessionError when another live node holds the client id for a session of
    * another user. A session not stored (no expiry, no will) is known to other nodes only
    * through this record: without it any user could kick the owner's connection from elsewhere.
-   * Two users claiming at the same moment both pass; the later claim wins, as before.
+   * Returns the owner key as read: a claim by another user after it refuses this one in the
+   * claim script (two users claiming at once: the first keeps the id).
    */
-  private async refuseForeign(keys: [string, string], owner: string | null): Promise<void> {
+  private async refuseForeign(
+    keys: [string, string],
+    owner: string | null,
+  ): Promise<string | null> {
     const [current, user] = await this.cmd.mget(keys[0], keys[1]);
-    if (current === null || user === null || user === encodeUser(owner)) return;
+    if (current === null || user === null || user === encodeUser(owner)) return current;
     const holder = current.slice(0, current.lastIndexOf(" "));
-    if (holder === "" || holder === this.nodeId) return;
+    if (holder === "" || holder === this.nodeId) return current;
     if (this.liveness.live.has(holder) || await this.liveness.isLive(holder)) {
       throw new ForeignSessionError(decodeUser(user));
     }
+    return current;
   }
 
   /**
@@ -152,6 +164,33 @@ export class SessionClaims {
       log.warn`releasing ${clientId}: ${(e as Error).message}`
     );
     this.track(clientId, false);
+  }
+
+  /**
+   * Redis lost its data (restarted without persistence): writes again who holds the client ids
+   * of the sessions here, and whose they are, unless a node claimed one since. Without this any
+   * user could take the client id of another user's session, connected or offline, on another
+   * node, and two nodes held it. The claim numbers were lost with them: this one is the clock's
+   * millisecond, above any number a node holds for its own claim, so a later claim still
+   * outnumbers it (a kick with a number at or below the holder's own is ignored). Returns how
+   * many were written.
+   */
+  async restore(held: ReadonlyMap<string, { readonly owner: string | null }>): Promise<number> {
+    const epoch = Date.now();
+    let n = 0;
+    const all = [...held];
+    // A few hundred at a time: one pipeline each, not a round trip per session.
+    for (let i = 0; i < all.length; i += 500) {
+      const done = await Promise.all(
+        all.slice(i, i + 500).map(([clientId, session]) => {
+          this.track(clientId, true);
+          const keys: [string, string] = [this.keys.owner(clientId), this.keys.ownerUser(clientId)];
+          return this.scripts.ownerRestore(keys, this.nodeId, epoch, encodeUser(session.owner));
+        }),
+      );
+      for (const k of done) n += k;
+    }
+    return n;
   }
 
   /** Adds `clientId` to (or removes it from) this node's set of written owner keys. */

@@ -157,11 +157,18 @@ return 1
 
 /**
  * Makes a node the owner of a client id, bumping the epoch, and records whose session it is
- * (ARGV[2], "" for unknown: the record is dropped).
- * KEYS: owner, user. ARGV: node, user. Returns the previous `<node> <epoch>` or false.
+ * (ARGV[2], "" for unknown: the record is dropped). ARGV[3]: the owner key as the claimer last
+ * read it ("" for none; "*" to skip): when another user's claim came in between, nothing is
+ * changed and "!" followed by that user's record is returned (two users claiming one id at once:
+ * the first keeps it, the second kicks nobody).
+ * KEYS: owner, user. ARGV: node, user, expected. Returns the previous `<node> <epoch>` or false.
  */
 const OWNER_CLAIM = `
 local old = redis.call('GET', KEYS[1])
+if ARGV[3] ~= '*' and ARGV[2] ~= '' and (old or '') ~= ARGV[3] then
+  local u = redis.call('GET', KEYS[2])
+  if u and u ~= ARGV[2] then return '!' .. u end
+end
 local epoch = 0
 if old then epoch = tonumber(string.match(old, ' (%d+)$') or '0') end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. (epoch + 1))
@@ -177,6 +184,17 @@ if cur and string.sub(cur, 1, #ARGV[1] + 1) == ARGV[1] .. ' ' then
   return redis.call('DEL', KEYS[1])
 end
 return 0
+`;
+
+/**
+ * Writes an owner (and whose session it is) Redis lost, unless a node claimed the id since.
+ * KEYS: owner, user. ARGV: node, epoch, user. Returns 1 when written.
+ */
+const OWNER_RESTORE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2])
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
 `;
 
 /** A session owner as the user key holds it: "u:" and the name, or "-" for anonymous. */
@@ -206,8 +224,14 @@ export interface ClusterScripts {
   ): Promise<LeaseTick>;
   deadClaim(keys: [string, string], node: string, me: string, claimMs: number): Promise<boolean>;
   deadDone(keys: [string, string], node: string, doneMs: number): Promise<void>;
-  ownerClaim(keys: [string, string], node: string, user: string): Promise<string | null>;
+  ownerClaim(
+    keys: [string, string],
+    node: string,
+    user: string,
+    expected: string,
+  ): Promise<string | null>;
   ownerRelease(keys: [string, string], node: string): Promise<number>;
+  ownerRestore(keys: [string, string], node: string, epoch: number, user: string): Promise<number>;
 }
 
 /** What a lease renewal found (see LEASE_TICK). */
@@ -235,6 +259,7 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     mcDeadDone: [2, DEAD_DONE],
     mcOwnerClaim: [2, OWNER_CLAIM],
     mcOwnerRelease: [2, OWNER_RELEASE],
+    mcOwnerRestore: [2, OWNER_RESTORE],
   };
   for (const [name, [numberOfKeys, lua]] of Object.entries(defs)) {
     client.defineCommand(name, { numberOfKeys, lua });
@@ -251,6 +276,7 @@ export function defineScripts(client: RedisClient): ClusterScripts {
   const deadDone = fn("mcDeadDone");
   const ownerClaim = fn("mcOwnerClaim");
   const ownerRelease = fn("mcOwnerRelease");
+  const ownerRestore = fn("mcOwnerRestore");
   return {
     routeSet: async (keys, node, key, n) =>
       (await routeSet(...keys, node, key, n, ROUTE_LOG_MAXLEN)) as string | null,
@@ -273,8 +299,10 @@ export function defineScripts(client: RedisClient): ClusterScripts {
     deadDone: async (keys, node, doneMs) => {
       await deadDone(...keys, node, doneMs);
     },
-    ownerClaim: async (keys, node, user) =>
-      (await ownerClaim(...keys, node, user)) as string | null,
+    ownerClaim: async (keys, node, user, expected) =>
+      (await ownerClaim(...keys, node, user, expected)) as string | null,
     ownerRelease: async (keys, node) => Number(await ownerRelease(...keys, node)),
+    ownerRestore: async (keys, node, epoch, user) =>
+      Number(await ownerRestore(...keys, node, epoch, user)),
   };
 }

@@ -73,6 +73,11 @@ export interface BusHost {
    * its will again. The node then serves anew.
    */
   expelled(): void;
+  /**
+   * The sessions held here (connected or offline) by client id, with their owners: written
+   * again as the id's holder when Redis lost its data.
+   */
+  readonly sessions?: ReadonlyMap<string, { readonly owner: string | null }>;
 }
 
 /**

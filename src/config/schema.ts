@@ -293,6 +293,7 @@ const SHAPE = {
     reconcile_interval: int(1, 86400, 300),
     shared_policy: oneOf(["local", "round_robin"], "local"),
     max_inbox_backlog: int(0, 1000000000, 2000),
+    max_forward_bytes: int(0, 68719476736, 67108864),
   }),
 };
 

@@ -88,6 +88,11 @@ export class Router {
   };
   /** Asked before delivering on a subscription with `needsCheck` set (the ACL); null: none. */
   receiveCheck: ReceiveCheck | null = null;
+  /**
+   * Told of a share group served here whose members the ACL all held back from a message
+   * (`publish`): in a cluster a member allowed to read it may be on another node. Null: none.
+   */
+  heldBack: ((msg: Message, group: ShareGroup) => void) | null = null;
   /** The topic being published, for `groupOk` (which must not allocate per message). */
   private checking = "";
   private readonly groupOk = (s: Subscription): boolean =>
@@ -213,7 +218,10 @@ export class Router {
     for (const g of m.groups) {
       if (groups !== null && !groups.has(g.key)) continue;
       const s = g.pick(check === null ? null : this.groupOk);
-      if (s === null) continue;
+      if (s === null) {
+        this.heldBack?.(msg, g);
+        continue;
+      }
       s.subscriber.deliver(
         msg,
         minQos(msg.qos, s.qos),

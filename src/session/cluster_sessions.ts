@@ -478,6 +478,7 @@ export class ClusterSessions {
       state.clientId,
       state.owner ?? undefined,
       core.limits.maxQueued,
+      core.limits.maxQueuedBytes,
     );
     const routed: Promise<void>[] = [];
     for (const sub of core.storedSubscriptions(state, held)) {

@@ -25,6 +25,7 @@
 import { idOrigin, idSeq } from "../cluster/codec.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Subscriber } from "../router/types.ts";
+import { queuedSize } from "./queue.ts";
 import type { Session } from "./session.ts";
 
 interface Held {
@@ -38,7 +39,9 @@ export class HeldDeliveries implements Subscriber {
   /** Not online: shared groups prefer a member with a connection. */
   readonly online = false;
   private held: Held[] = [];
-  /** Messages over `max`, not kept. */
+  /** What the held messages count against `maxBytes` (as a session queue counts them). */
+  private bytes = 0;
+  /** Messages over `max` or `maxBytes`, not kept. */
   dropped = 0;
   /** Copies not handed over because the session had them already. */
   duplicates = 0;
@@ -52,15 +55,25 @@ export class HeldDeliveries implements Subscriber {
   constructor(
     readonly clientId: string,
     readonly username: string | undefined,
-    /** The session queue's bound: nothing more could be queued for it anyway. */
+    /** The session queue's bounds: nothing more could be queued for it anyway. */
     private readonly max: number,
+    /**
+     * limits.max_queued_bytes. Without it a holder kept `max` messages of any size while the old
+     * node did not let go (frozen): 800 of 256 KiB for a session bounded to 8 MiB (+150 MiB).
+     */
+    private readonly maxBytes: number,
   ) {}
 
   deliver(msg: Message, qos: 0 | 1 | 2, retain: boolean, subIds: readonly number[] | null): void {
-    if (this.held.length >= this.max) {
+    const size = queuedSize(msg);
+    // As a queue: the first message is kept whatever its size.
+    if (
+      this.held.length >= this.max || (this.held.length > 0 && this.bytes + size > this.maxBytes)
+    ) {
       this.dropped++;
       return;
     }
+    this.bytes += size;
     // The message may be a view into a read buffer that is reused after this call.
     msg.own();
     this.held.push({ msg, qos, retain, subIds });
@@ -75,6 +88,7 @@ export class HeldDeliveries implements Subscriber {
   handTo(session: Session): number {
     const held = this.held;
     this.held = [];
+    this.bytes = 0;
     if (held.length === 0) return 0;
     const known = session.knownIds();
     const newest = this.shared ? null : newestByOrigin(known);

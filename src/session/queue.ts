@@ -33,7 +33,7 @@ export const EMPTY_QUEUE = Object.freeze([]) as unknown as Queued[];
  * What a queued message counts against limits.max_queued_bytes: its payload, topic and
  * properties. The payload alone let a message of 1 MiB of user properties count as nothing.
  */
-function queuedSize(msg: Message): number {
+export function queuedSize(msg: Message): number {
   return msg.payload.length + msg.topicBytes.length + (msg.props === null ? 0 : msg.props.length);
 }
 
