@@ -188,9 +188,17 @@ for (const [name, build] of builds) {
     const queued = limits.max_queued_bytes_total;
     const retained = limits.max_retained_bytes;
     assert.ok(queued > 0 && retained > 0, "queues and retained messages are bounded for the pod");
+    // What a replica holds for each other replica while Redis takes it: bounded, and counted
+    // for every other pod of a rolling update (the replicas and one surged pod).
+    const forward = (brokerToml(objects).cluster as Record<string, number> | undefined)
+      ?.max_forward_bytes;
+    assert.ok(forward !== undefined && forward > 0, "cluster.max_forward_bytes is set");
+    const others = broker.spec.replicas;
     // ~100 MiB baseline, ~32 KiB per idle TLS connection (the bench: 31.2), a full outbox for
-    // 256 busy ones, and what queues and retained messages may hold.
-    const needed = 100 + conns * 32 / 1024 + (256 * outbox + queued + retained) / 1048576;
+    // 256 busy ones, and what queues (with in-flight messages), retained messages and forwards
+    // may hold.
+    const needed = 100 + conns * 32 / 1024 +
+      (256 * outbox + queued + retained + others * forward) / 1048576;
     assert.ok(needed <= limit, `needs ${needed.toFixed(0)} MiB, limit is ${limit} MiB`);
     assert.ok(limit <= needed * 1.5, `limit ${limit} MiB is far above the ${needed} MiB needed`);
   });
