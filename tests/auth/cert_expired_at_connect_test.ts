@@ -6,7 +6,7 @@
  * and may publish until the sweep.
  */
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import { join } from "node:path";
 import tls from "node:tls";
 import mqttPacket from "mqtt-packet";
