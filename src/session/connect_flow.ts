@@ -119,6 +119,13 @@ function authenticated(
   if (c.state === State.Closed) return;
   // Failures are counted by the authentication policy (src/auth/authenticator.ts).
   if (!d.ok) return refuse(c, d.reasonCode, d.reason, d.reasonCode !== ReasonCode.ServerBusy);
+  // The handshake vouched for the identity only until the certificate's notAfter, which may
+  // have passed before the CONNECT came or while it was authenticated: the sweep would end the
+  // connection only after it was accepted (and had taken over a session).
+  const certExpiresAt = c.peer.certificateExpiresAt;
+  if (certExpiresAt !== undefined && c.host.clock.now() >= certExpiresAt) {
+    return refuse(c, ReasonCode.NotAuthorized, "client certificate expired", true);
+  }
   c.username = d.username;
   if (pkt.will && !c.host.mayPublish(c.clientId, d.username, pkt.will.topic)) {
     return refuse(c, ReasonCode.NotAuthorized, "will topic not authorized");

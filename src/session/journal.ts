@@ -21,8 +21,11 @@
  * (A client publishing QoS 0 retained updates of 100 kB to 10 topics grew a broker whose store
  * failed by 260 MB a second; QoS 0 is never refused.) Likewise a `subscribe` or `unsubscribe`
  * replaces the unwritten one of the same session and subscription key: a client toggling one
- * subscription while the store fails adds one op, not one per packet. (A whole-session op after
- * it is still written after it and wins; a subscription op after a whole-session op is applied
+ * subscription while the store fails adds one op, not one per packet. A whole-session op drops
+ * the unwritten subscription ops of its session (it holds their effect), and a session with
+ * `SUBSCRIPTION_OPS_AT` of them waiting writes itself whole instead: one toggling ever new
+ * filters adds at most that many, not one per filter (3,000 toggled filters waited as 3,000 ops,
+ * though the session held one subscription). (A subscription op after a whole-session op is applied
  * on top of it: the order of the ops that stay is kept. The session's set of subscriptions ends
  * as written op by op; their order in the store may not: a filter added, then changed before the
  * store took it, is stored after the filters added in between. The core gives that order no
@@ -98,6 +101,13 @@ export interface JournalOptions {
 /** Emptied slots of the collecting ops are compacted once there are this many (and half). */
 const COMPACT_AT = 1024;
 
+/**
+ * Subscription ops of one session collecting unwritten past which its next change is written
+ * whole instead (which replaces them): a client subscribing to and unsubscribing from ever new
+ * filters while the store fails adds one op per filter, not per subscription it holds.
+ */
+export const SUBSCRIPTION_OPS_AT = 1024;
+
 export class Journal {
   /** Ops collecting for the next batch; null where a later op of the same key replaced one. */
   private ops: (StoreOp | null)[] = [];
@@ -107,6 +117,11 @@ export class Journal {
   private retainAt = new Map<string, number>();
   /** The slot in `ops` of each session subscription's last `subscribe`/`unsubscribe` op. */
   private subAt = new Map<string, number>();
+  /**
+   * The slots in `ops` of each session's subscription ops (some emptied since): a whole-session
+   * op empties them, as it holds their effect.
+   */
+  private subsOf = new Map<string, number[]>();
   /** Null slots in `ops`. */
   private superseded = 0;
   /** Ops pushed so far. */
@@ -180,12 +195,44 @@ export class Journal {
         this.superseded++;
       }
       at.set(key.key, this.ops.length);
+      if (key.kind === "session") this.dropSubscriptionOps(key.key);
+      else if (key.kind === "subscription") {
+        this.subscriptionSlots(key.session!).push(this.ops.length);
+      }
     }
     this.ops.push(op);
     if (this.superseded >= COMPACT_AT && this.superseded * 2 > this.ops.length) this.compact();
     if (!this.writing && !this.scheduled && this.retryTimer === null) {
       this.scheduled = true;
       queueMicrotask(() => this.flush());
+    }
+  }
+
+  /**
+   * Unwritten subscription ops of session `clientId` collecting for the next batch (an upper
+   * bound: replaced ones count until the next batch).
+   */
+  subscriptionOps(clientId: string): number {
+    return this.subsOf.get(clientId)?.length ?? 0;
+  }
+
+  private subscriptionSlots(clientId: string): number[] {
+    let slots = this.subsOf.get(clientId);
+    if (slots === undefined) this.subsOf.set(clientId, slots = []);
+    return slots;
+  }
+
+  /** Empties the slots of `clientId`'s subscription ops: a whole-session op replaces them. */
+  private dropSubscriptionOps(clientId: string): void {
+    const slots = this.subsOf.get(clientId);
+    if (slots === undefined) return;
+    this.subsOf.delete(clientId);
+    for (const i of slots) {
+      const op = this.ops[i];
+      if (op === null || (op.type !== "subscribe" && op.type !== "unsubscribe")) continue;
+      this.ops[i] = null;
+      this.superseded++;
+      this.subAt.delete(replacingKey(op)!.key);
     }
   }
 
@@ -200,10 +247,12 @@ export class Journal {
     this.sessionAt = new Map();
     this.retainAt = new Map();
     this.subAt = new Map();
+    this.subsOf = new Map();
     for (const op of this.ops) {
       if (op === null) continue;
       const key = replacingKey(op);
       if (key !== null) this.slots(key.kind).set(key.key, live.length);
+      if (key?.kind === "subscription") this.subscriptionSlots(key.session!).push(live.length);
       live.push(op);
     }
     this.ops = live;
@@ -221,13 +270,17 @@ export class Journal {
     if (this.sessionAt.size > 0) this.sessionAt = new Map();
     if (this.retainAt.size > 0) this.retainAt = new Map();
     if (this.subAt.size > 0) this.subAt = new Map();
+    if (this.subsOf.size > 0) this.subsOf = new Map();
     return ops;
   }
 
   /** True when a collected op replaces `op` (an op of a failed batch being written again). */
   private replaced(op: StoreOp): boolean {
     const key = replacingKey(op);
-    return key !== null && this.slots(key.kind).has(key.key);
+    if (key === null) return false;
+    // A whole-session op collected since holds a subscription op's effect too.
+    if (key.kind === "subscription" && this.sessionAt.has(key.session!)) return true;
+    return this.slots(key.kind).has(key.key);
   }
 
   /**
@@ -407,7 +460,7 @@ type KeyKind = "session" | "retained" | "subscription";
  * on the ops before: a whole-session op between them already holds the earlier op's effect);
  * null for the other ops that change part of a session.
  */
-function replacingKey(op: StoreOp): { kind: KeyKind; key: string } | null {
+function replacingKey(op: StoreOp): { kind: KeyKind; key: string; session?: string } | null {
   switch (op.type) {
     case "session":
       return { kind: "session", key: op.state.clientId };
@@ -419,9 +472,9 @@ function replacingKey(op: StoreOp): { kind: KeyKind; key: string } | null {
       return { kind: "retained", key: op.topic };
     case "subscribe":
       // A client id cannot hold U+0000 (MQTT strings exclude it): the pair is unambiguous.
-      return { kind: "subscription", key: `${op.clientId}\0${op.sub.key}` };
+      return { kind: "subscription", key: `${op.clientId}\0${op.sub.key}`, session: op.clientId };
     case "unsubscribe":
-      return { kind: "subscription", key: `${op.clientId}\0${op.key}` };
+      return { kind: "subscription", key: `${op.clientId}\0${op.key}`, session: op.clientId };
   }
   return null;
 }

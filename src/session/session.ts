@@ -8,6 +8,7 @@ import { PacketIdTable } from "./packet_ids.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
 import type { SessionState, StoredSubscription } from "../store/types.ts";
 import { SessionDelivery } from "./delivery.ts";
+import { SUBSCRIPTION_OPS_AT } from "./journal.ts";
 import { NEVER_EXPIRES, type SessionLink, type Will } from "./session_types.ts";
 import { restoreWill } from "./stored.ts";
 
@@ -184,6 +185,11 @@ export class Session extends SessionDelivery implements Subscriber {
   ): void {
     if (this.journal === null) return;
     if (!this.stored || !this.keptInStore) return this.persist(subscriptions);
+    // Many changes waiting for the store (it fails, the client keeps changing filters): one
+    // whole write replaces them, so what waits stays bounded by what the session holds.
+    if (this.journal.subscriptionOps(this.clientId) + changed.length > SUBSCRIPTION_OPS_AT) {
+      return this.persist(subscriptions);
+    }
     for (const c of changed) {
       this.journal.push(
         typeof c === "string"

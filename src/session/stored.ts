@@ -89,12 +89,20 @@ function hasId(d: StoredDelivery): boolean {
 
 /**
  * Ids are unique (a random prefix per process and a counter), so this only guards against a
- * store written by something else: two copies that differ are not made one.
+ * store written by something else: two copies that differ are not made one. The bytes are
+ * compared, not their lengths (a payload of the same length was delivered to the wrong session);
+ * sharing already costs decoding each copy, so the comparison adds no order of cost.
  */
 function sameMessage(a: Message, b: StoredMessage): boolean {
   return a.topic === b.topic && a.qos === b.qos && a.retain === b.retain &&
-    a.expiresAt === b.expiresAt && a.origin === b.origin &&
-    a.payload.length === b.payload.length && (a.props?.length ?? -1) === (b.props?.length ?? -1);
+    a.expiresAt === b.expiresAt && a.origin === b.origin && sameBytes(a.payload, b.payload) &&
+    (a.props === null || b.props === null ? a.props === b.props : sameBytes(a.props, b.props));
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** A stored will as the session keeps it. */

@@ -302,6 +302,9 @@ local field = 'node'
 if redis.call('HEXISTS', KEYS[1], 'node') == 0 then field = 'w' end
 if redis.call('HGET', KEYS[1], field) ~= ARGV[1] then return false end
 redis.call('HSET', KEYS[1], field, ARGV[2])
+-- The adopter becomes the last writer without having written subs: sk = w must not say it kept
+-- subk (the dead node may be an older one that rewrote subs alone).
+if field == 'w' then redis.call('HDEL', KEYS[1], 'sk') end
 local ep = tostring(redis.call('HINCRBY', KEYS[1], 'ep', 1))
 if redis.call('HEXISTS', KEYS[1], 'cid') == 0 then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))

@@ -150,6 +150,67 @@ Deno.test({
 });
 
 Deno.test({
+  name: "redis store refusing writes: a client subscribing to and unsubscribing from ever new " +
+    "filters leaves a bounded number of operations waiting, and its session is stored right",
+  ...opts,
+  async fn() {
+    await using cluster = await TestCluster.start({ names: ["a"], args: LEASES });
+    const [a] = cluster.nodes;
+    const redis = new Redis(cluster.redis.port, "127.0.0.1");
+    await redis.call("ACL", "SETUSER", "inspector", "on", "nopass", "~*", "&*", "+@all");
+    await redis.call("AUTH", "inspector", "x");
+    const persistent = { clean: false, properties: { sessionExpiryInterval: 3600 } };
+    try {
+      await using c = await RawClient.connect(a.port, 5);
+      await c.handshake("toggler", 5, persistent);
+      await c.sendPacket({
+        cmd: "subscribe",
+        messageId: 1,
+        subscriptions: [{ topic: "keep/1", qos: 1 }],
+      });
+      await c.expect("suback");
+      await redis.call("ACL", "SETUSER", "default", "-evalsha", "-eval");
+      // Each filter subscribed and unsubscribed at once (the acknowledgements wait for the
+      // store): the session holds one subscription throughout.
+      const N = 3000;
+      for (let i = 0; i < N; i++) {
+        const id = 2 + 2 * i;
+        await c.sendPacket({
+          cmd: "subscribe",
+          messageId: id,
+          subscriptions: [{ topic: `t/${i}`, qos: 1 }],
+        });
+        await c.sendPacket({ cmd: "unsubscribe", messageId: id + 1, unsubscriptions: [`t/${i}`] });
+      }
+      // Packets are handled in order: the PINGRESP (which waits for nothing) says all were.
+      await c.sendPacket({ cmd: "pingreq" });
+      await c.expect("pingresp");
+      const waited = unwritten((await a.readiness()).problems);
+      console.log(
+        `[figures] ${N} filters subscribed and unsubscribed while the store refused: ` +
+          `${waited} operations waited`,
+      );
+      // Before: one per filter (3,000), though the session held one subscription.
+      assert.ok(waited > 0 && waited < N / 2, `${waited} operations waited`);
+
+      await redis.call("ACL", "SETUSER", "default", "+@all");
+      await eventually("ready again", async () => (await a.readiness()).status === 200, 15_000);
+      for (let i = 0; i < 2 * N; i++) {
+        const p = await c.next(15_000);
+        assert.ok(p?.cmd === "suback" || p?.cmd === "unsuback", JSON.stringify(p));
+      }
+      // What Redis holds: the one subscription.
+      const subs = await redis.lrange("mcloudtt:{s:toggler}:subs", 0, -1);
+      assert.equal(subs.length, 1, subs.slice(0, 3).join(", "));
+      assert.match(subs[0], /keep\/1/);
+    } finally {
+      await redis.call("ACL", "SETUSER", "default", "+@all").catch(() => {});
+      redis.disconnect();
+    }
+  },
+});
+
+Deno.test({
   name: "redis restarted without its data: QoS 1 messages acknowledged afterwards for an " +
     "offline persistent session reach it after its node is killed (-9) and started again",
   ...opts,

@@ -184,3 +184,30 @@ Deno.test(
     assert.equal(big.lrange, undefined, JSON.stringify(big));
   },
 );
+
+Deno.test(
+  "redis store: a session adopted from a dead older node that rewrote the subs list alone has " +
+    "its index rebuilt (the adoption makes this node the last writer without writing subs)",
+  { ignore },
+  async () => {
+    await using server = await RedisServer.start();
+    await using store = await storeNode(server, "A");
+    await using redis = await redisClient(server);
+    await store.write([
+      { type: "session", state: sampleSession("c1") },
+      { type: "subscribe", clientId: "c1", sub: sub("c") },
+    ]);
+    // An older node's whole write (as in the test above), then that node dies.
+    await redis.del("t:{s:c1}:subs");
+    await redis.rpush("t:{s:c1}:subs", ...["x", "y", "w"].map((k) => encodeSubscription(sub(k))));
+    await redis.hset("t:{s:c1}:meta", "w", "older-node");
+    const adopted = await store.adoptSession("c1", "older-node");
+    assert.deepEqual(adopted?.subscriptions.map((s) => s.key), ["x", "y", "w"]);
+    await store.write([{ type: "unsubscribe", clientId: "c1", key: "x" }]);
+    assert.deepEqual(
+      (await store.loadSession("c1"))?.subscriptions.map((s) => s.key),
+      ["y", "w"],
+    );
+    assert.deepEqual((await redis.hkeys("t:{s:c1}:subk")).sort(), ["w", "y"]);
+  },
+);
