@@ -149,13 +149,7 @@ export function securePeer(
   if (cert?.raw === undefined || cert.raw.length === 0) return peer;
   peer.certificateVerified = true;
   // Node's text form ("Dec  2 05:35:16 2026 GMT"); a certificate verified at the handshake has one.
-  // The chain vouches for the client only while every certificate in it is valid: an issuing CA
-  // whose certificate expires first ends it then (a new handshake would be refused).
-  let expiresAt = Date.parse(cert.valid_to);
-  for (const c of peerChain(socket)) {
-    const t = Date.parse(c.validTo);
-    if (Number.isFinite(t) && !(t >= expiresAt)) expiresAt = t;
-  }
+  const expiresAt = Date.parse(cert.valid_to);
   if (Number.isFinite(expiresAt)) peer.certificateExpiresAt = expiresAt;
   const reading = readPeerCertificate(cert, mode);
   if (reading.refusal !== undefined) {
