@@ -78,20 +78,23 @@ export function secureServer<S extends tls.Server>(
       socket.once("close", () => verified.delete(socket));
     });
   }
-  let ca = opts.material.files.ca;
-  const unwatch = opts.material.onChange((files) => {
+  // The CAs in force: cafile's text changed, or one of its certificates expired (tls_material.ts).
+  let ca = opts.material.caList().join("\n");
+  const unwatch = opts.material.onChange(() => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
-    if (files.ca === ca) return;
-    ca = files.ca;
-    closeUntrusted(verified, files.ca);
+    const now = opts.material.caList().join("\n");
+    if (now === ca) return;
+    ca = now;
+    closeUntrusted(verified, now);
   });
   return { server, sockets, unwatch };
 }
 
 /**
  * Closes the peers whose certificate chain no longer leads to a CA of `caPem`. Taking a CA out of
- * cafile is how its certificates are withdrawn (there is no CRL); without this, a connection it
- * vouched for would last until the client reconnected.
+ * cafile is how its certificates are withdrawn (there is no CRL), and a CA certificate that
+ * expired leaves it too; without this, a connection it vouched for would last until the client
+ * reconnected.
  */
 function closeUntrusted(peers: Set<tls.TLSSocket>, caPem: string): void {
   if (peers.size === 0) return;
@@ -104,7 +107,8 @@ function closeUntrusted(peers: Set<tls.TLSSocket>, caPem: string): void {
   }
   if (closed > 0) {
     log.warn(
-      "tls.cafile changed: closed {closed} connections whose client certificate it no longer trusts",
+      "tls.cafile changed or one of its CA certificates expired: closed {closed} connections " +
+        "whose client certificate it no longer vouches for",
       { closed },
     );
   }

@@ -5,6 +5,7 @@
  * the context they were established with.
  */
 import { getLogger } from "@logtape/logtape";
+import { X509Certificate } from "node:crypto";
 import { servedChain } from "../auth/cert_chain.ts";
 import { CertCheckError, checkCertSet, formatCertProblem, PEM_CERT } from "../auth/cert_check.ts";
 
@@ -44,8 +45,8 @@ export class TlsMaterial {
   private timer: ReturnType<typeof setInterval> | undefined;
   /** `servedChain` of the current files: every listener asks for it, at start and on reload. */
   private chain: { files: TlsFiles; pem: string } | null = null;
-  /** `caList` of the current files. */
-  private cas: { files: TlsFiles; list: string[] } | null = null;
+  /** `caList` of the current files, as of `until`. */
+  private cas: CaSet | null = null;
 
   private constructor(
     readonly paths: TlsPaths,
@@ -83,12 +84,38 @@ export class TlsMaterial {
    * certificate of a PEM string given as `ca` (a cafile holding an old and a new client CA
    * refused every client of the second); as a list, each is trusted.
    */
-  caList(): string[] {
+  caList(now = Date.now()): string[] {
     const files = this.files;
-    if (this.cas?.files !== files) {
-      this.cas = { files, list: files.ca.match(PEM_CERT) ?? [files.ca] };
-    }
+    if (this.cas?.files !== files) this.cas = caSet(files, now);
+    else if (now >= this.cas.until) this.cas = this.expireCas(this.cas, now);
     return this.cas.list;
+  }
+
+  /**
+   * Deno's verifier does not check the validity of a trust anchor: a CA certificate of `cafile`
+   * that expired would go on vouching for its clients. At its notAfter it leaves the list (new
+   * handshakes of its clients fail) and the listeners are told, as when cafile changes, so they
+   * close the connections it vouched for. Checked at every file poll (`watch`).
+   */
+  private expireCas(old: CaSet, now: number): CaSet {
+    const next = caSet(old.files, now, old.all);
+    const gone = old.kept.filter((c) => !next.kept.includes(c));
+    for (const c of gone) {
+      log.warn(
+        "tls.cafile: the CA certificate {subject} expired at {at}: the clients it issued are " +
+          "refused and their connections closed",
+        { subject: c.subject, at: new Date(c.notAfter).toISOString() },
+      );
+    }
+    return next;
+  }
+
+  /** Tells the listeners when a CA certificate of cafile expired since the last call. */
+  private checkCaExpiry(now = Date.now()): void {
+    if (this.cas === null || now < this.cas.until) return;
+    const before = this.cas.list;
+    if (this.caList(now) === before) return;
+    for (const fn of this.listeners) fn(this.files);
   }
 
   /** Calls `fn` with new files after each successful reload. */
@@ -100,6 +127,7 @@ export class TlsMaterial {
   /** Polls the files' modification times every `seconds`. */
   watch(seconds: number): void {
     this.timer ??= setInterval(async () => {
+      this.checkCaExpiry();
       try {
         const s = await stampOf(this.paths);
         if (s !== this.stamp) await this.reload();
@@ -147,6 +175,51 @@ export class TlsMaterial {
     this.timer = undefined;
     this.listeners.clear();
   }
+}
+
+/** One certificate of cafile. */
+interface CaCert {
+  readonly pem: string;
+  readonly subject: string;
+  /** ms since the epoch; Infinity when unreadable (cert_check.ts refused such a file). */
+  readonly notAfter: number;
+}
+
+/** The certificates of cafile still valid at a time, one PEM block each. */
+interface CaSet {
+  readonly files: TlsFiles;
+  readonly all: readonly CaCert[];
+  readonly kept: readonly CaCert[];
+  readonly list: string[];
+  /** The earliest notAfter of those kept: the list changes then. */
+  readonly until: number;
+}
+
+function caSet(
+  files: TlsFiles,
+  now: number,
+  all: readonly CaCert[] = caCerts(files.ca),
+): CaSet {
+  const kept = all.filter((c) => now < c.notAfter);
+  return {
+    files,
+    all,
+    kept,
+    list: all.length === 0 ? [files.ca] : kept.map((c) => c.pem),
+    until: Math.min(...kept.map((c) => c.notAfter)),
+  };
+}
+
+function caCerts(pem: string): CaCert[] {
+  return (pem.match(PEM_CERT) ?? []).map((block) => {
+    try {
+      const c = new X509Certificate(block);
+      const t = Date.parse(c.validTo);
+      return { pem: block, subject: c.subject, notAfter: Number.isNaN(t) ? Infinity : t };
+    } catch {
+      return { pem: block, subject: "(unreadable)", notAfter: Infinity };
+    }
+  });
 }
 
 async function readAll(paths: TlsPaths): Promise<TlsFiles> {

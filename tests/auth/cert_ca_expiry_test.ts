@@ -1,0 +1,76 @@
+/**
+ * A CA certificate of tls.cafile that expires while the broker runs. Deno's verifier does not
+ * check a trust anchor's own validity: without the broker's own check, the clients it issued
+ * would go on connecting, and those connected would stay, for good. At its notAfter (seen at the
+ * next file poll, general.cert_reload_interval) it leaves the trusted list: new handshakes of its
+ * clients fail and their connections are closed; the clients of the other CAs are not touched.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import { createCertificateAuthority, issueLeafCertificate } from "../../src/auth/certs.ts";
+import { connackOf, startSecureBroker } from "../helpers/broker.ts";
+import { clientTls, makeTestPki } from "../helpers/certs.ts";
+
+const dir = await Deno.makeTempDir({ prefix: "mcloudtt-ca-expiry-" });
+const pki = await makeTestPki(dir);
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+function connect(opts: IClientOptions): Promise<MqttClient> {
+  return new Promise((resolve, reject) => {
+    const c = mqtt.connect({
+      protocol: "mqtts",
+      host: "localhost",
+      protocolVersion: 5,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      ...opts,
+    });
+    c.once("connect", () => resolve(c));
+    c.once("error", reject);
+  });
+}
+
+Deno.test("a client CA of tls.cafile that expires: its clients are closed and refused from then on, the other CA's stay", async () => {
+  // X.509 keeps whole seconds: a few seconds of validity for the handshakes below.
+  const caExpires = Math.ceil((Date.now() + 4000) / 1000) * 1000;
+  const shortCa = await createCertificateAuthority({
+    commonName: "short-lived CA",
+    notAfter: new Date(caExpires),
+  });
+  const leaf = await issueLeafCertificate(shortCa, { kind: "client", commonName: "c", days: 2 });
+  // The broker trusts the test CA (its own certificate's) and the short-lived one.
+  const bundle = join(dir, "bundle.pem");
+  await Deno.writeTextFile(bundle, (await Deno.readTextFile(pki.ca.cert)) + shortCa.certPem);
+  await using b = await startSecureBroker({ ca: { cert: bundle }, broker: pki.broker }, {
+    general: { cert_reload_interval: 1 },
+  });
+  const ca = await Deno.readTextFile(pki.ca.cert);
+  const short: IClientOptions = { ca, cert: leaf.certPem, key: leaf.keyPem, port: b.tlsPort };
+  const c = await connect({ ...short, clientId: "short" });
+  const other = await connect({ ...clientTls(pki, pki.alice), port: b.tlsPort, clientId: "alice" });
+  try {
+    const closed = await Promise.race([
+      new Promise<string>((resolve) => c.once("close", () => resolve("closed"))),
+      new Promise<string>((r) => setTimeout(() => r("still open after 15 s"), 15_000)),
+    ]);
+    assert.equal(closed, "closed");
+    assert.ok(Date.now() >= caExpires - 1000, "closed before the CA certificate expired");
+    // A new handshake with a certificate it issued fails; the other CA's client is served.
+    const again = await connackOf(b.tlsPort, { ...short, protocol: "mqtts", host: "localhost" });
+    assert.ok(again instanceof Error, `connected again: CONNACK ${again}`);
+    assert.ok(other.connected);
+    await other.publishAsync("t", "x", { qos: 1 });
+    assert.equal(
+      await connackOf(b.tlsPort, {
+        ...clientTls(pki, pki.bob),
+        protocol: "mqtts",
+        host: "localhost",
+      }),
+      0,
+    );
+  } finally {
+    c.end(true);
+    await other.endAsync();
+  }
+});
