@@ -127,6 +127,9 @@ export class InboxWriter {
   private readonly lanes = new Map<string, Queued[]>();
   /** Bytes of the writes queued or in flight per destination (bounded by `maxBytes` for QoS 0). */
   private readonly held = new Map<string, number>();
+  /** Destinations holding `maxBytes` or more, and what resolves once none does. */
+  private overCount = 0;
+  private overUntil: Deferred | null = null;
 
   constructor(
     private readonly cmd: RedisClient,
@@ -160,6 +163,15 @@ export class InboxWriter {
       return null;
     }
     return `forwarding to other nodes failed: ${f.message}`;
+  }
+
+  /**
+   * Non-null while some destination holds `maxBytes` or more (queued or in flight): resolves
+   * once none does. Past the bound QoS 1/2 and retained records are still written; a publisher
+   * that nothing else slows down (retained QoS 0) waits for this (redis_bus.ts).
+   */
+  get over(): Promise<void> | null {
+    return this.overUntil === null ? null : this.overUntil.promise;
   }
 
   /**
@@ -372,16 +384,28 @@ export class InboxWriter {
     let n = 0;
     for (const f of w.fields) n += f.length;
     w.bytes = n;
-    this.held.set(w.dest, (this.held.get(w.dest) ?? 0) + n);
+    const before = this.held.get(w.dest) ?? 0;
+    this.held.set(w.dest, before + n);
+    const max = this.maxBytes;
+    if (max > 0 && before < max && before + n >= max && this.overCount++ === 0) {
+      this.overUntil = deferred();
+    }
   }
 
   /** `w` is settled, refused or replaced: no longer counted. */
   private release(w: Write): void {
     if (w.bytes === 0) return;
-    const left = (this.held.get(w.dest) ?? 0) - w.bytes;
+    const before = this.held.get(w.dest) ?? 0;
+    const left = before - w.bytes;
     w.bytes = 0;
     if (left > 0) this.held.set(w.dest, left);
     else this.held.delete(w.dest);
+    const max = this.maxBytes;
+    if (max > 0 && before >= max && left < max && --this.overCount === 0) {
+      const until = this.overUntil;
+      this.overUntil = null;
+      until?.resolve();
+    }
   }
 
   /** One write of a turn is in Redis (or was a QoS 0 one that may not be). */

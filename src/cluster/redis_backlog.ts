@@ -100,20 +100,30 @@ export class InboxBacklog {
    */
   hold(node: string, before: Promise<void> | null): Promise<void> {
     this.stats.held++;
+    const w = this.caughtUp(node);
+    if (before === null || before === w) return w;
+    const last = this.last;
+    if (last !== null && last.a === before && last.b === w) return last.both;
+    const both = Promise.all([before, w]).then(() => {});
+    // A failed write is the caller's to report; nobody else must see an unhandled rejection.
+    both.catch(() => {});
+    this.last = { a: before, b: w, both };
+    return both;
+  }
+
+  /**
+   * Resolves once `node` (over the bound) caught up: what a publisher nothing else slows down
+   * (retained QoS 0, written for every node whatever its backlog) waits for before it is read
+   * again.
+   */
+  caughtUp(node: string): Promise<void> {
     let w = this.waiters.get(node);
     if (w === undefined) {
       let resolve!: () => void;
       const promise = new Promise<void>((r) => (resolve = r));
       this.waiters.set(node, w = { promise, resolve });
     }
-    if (before === null || before === w.promise) return w.promise;
-    const last = this.last;
-    if (last !== null && last.a === before && last.b === w.promise) return last.both;
-    const both = Promise.all([before, w.promise]).then(() => {});
-    // A failed write is the caller's to report; nobody else must see an unhandled rejection.
-    both.catch(() => {});
-    this.last = { a: before, b: w.promise, both };
-    return both;
+    return w.promise;
   }
 
   /** The InboxWriter wrote an entry to `node`'s inbox. */

@@ -3,9 +3,10 @@
  * inbox streams for forwarded messages and control entries (InboxWriter /
  * InboxReader), leases for liveness (Liveness), and a compare-and-set owner
  * key per client id (SessionClaims); a survivor cleans up after a dead node
- * (Departures). Three connections per node: commands (auto-pipelined,
- * failing fast while Redis is down so local clients keep being served), and
- * one blocking reader each for the route log and the inbox.
+ * (Departures). Four connections per node: commands (auto-pipelined,
+ * failing fast while Redis is down so local clients keep being served), the
+ * lease (renewals never queue behind forwarded messages, redis_liveness.ts),
+ * and one blocking reader each for the route log and the inbox.
  *
  * A topic nobody on another node subscribes to costs no Redis command: the
  * decision is made on the local mirror of the route table.
@@ -97,6 +98,8 @@ export class RedisBus implements Bus {
   };
 
   private readonly cmd: RedisClient;
+  /** The lease's own connection (see redis_liveness.ts). */
+  private readonly leaseConn: RedisClient;
   private readonly tailConn: RedisClient;
   private readonly readConn: RedisClient;
   private readonly scripts: ClusterScripts;
@@ -126,6 +129,9 @@ export class RedisBus implements Bus {
     null;
   /** Cluster-wide ids of the messages this node forwards. */
   private readonly ids = new MessageIds();
+  /** The last message `holdUnbounded` held the publisher of, and until when (set past a bound). */
+  private heldMsg: Message | null = null;
+  private heldUntil: Promise<void> | null = null;
 
   constructor(private readonly opts: RedisBusOptions) {
     this.nodeId = opts.nodeId;
@@ -150,8 +156,15 @@ export class RedisBus implements Bus {
       name: `inbox:${this.nodeId}`,
       ...blocking,
     });
+    // Nothing to batch on it, and nothing else on it to wait behind.
+    this.leaseConn = createRedisConnection(opts.redis, {
+      name: `lease:${this.nodeId}`,
+      autoPipelining: false,
+    });
     this.scripts = defineScripts(this.cmd);
-    this.liveness = new Liveness(this.nodeId, this.keys, this.cmd, this.scripts, {
+    const cmdLink = { client: this.cmd, scripts: this.scripts };
+    const leaseLink = { client: this.leaseConn, scripts: defineScripts(this.leaseConn) };
+    this.liveness = new Liveness(this.nodeId, this.keys, cmdLink, leaseLink, {
       renewMs: opts.cluster.lease_renew_ms,
       ttlMs: opts.cluster.lease_ttl_ms,
       onDead: (node) => this.departures.dead(node),
@@ -265,7 +278,7 @@ export class RedisBus implements Bus {
 
   async start(host: BusHost): Promise<void> {
     this.host = host;
-    await Promise.all([this.cmd, this.tailConn, this.readConn].map(connectRedis));
+    await Promise.all([this.cmd, this.leaseConn, this.tailConn, this.readConn].map(connectRedis));
     this.reader = new InboxReader(
       this.nodeId,
       this.keys.inbox(this.nodeId),
@@ -289,6 +302,8 @@ export class RedisBus implements Bus {
       this.liveness.connectionBack();
       this.requestResync("reconnected");
     });
+    // A lease renewal finding its data lost (Redis restarted) asks for the resync itself.
+    this.leaseConn.on("ready", () => this.liveness.connectionBack());
     const every = this.opts.cluster.reconcile_interval * 1000;
     this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
     this.joined = true;
@@ -345,6 +360,7 @@ export class RedisBus implements Bus {
     await this.liveness.stop(false);
     await this.stopReaders();
     this.cmd.disconnect();
+    this.leaseConn.disconnect();
     this.joined = false;
   }
 
@@ -394,6 +410,8 @@ export class RedisBus implements Bus {
     for (const [dest, groups] of d.dests) {
       this.writer.add(dest, encodeGroups(groups), body, msg.id, retainVersion);
     }
+    const over = this.writer.over; // under the bound: one field read, nothing made
+    if (over !== null) this.holdUnbounded(msg, over);
     return {
       localGroups: d.localGroups,
       written: msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null,
@@ -441,12 +459,36 @@ export class RedisBus implements Bus {
           continue;
         }
         if (msg.qos > 0) (behind ??= []).push(dest);
+        // Retained QoS 0: written all the same, and its publisher waits for the node.
+        else this.holdUnbounded(msg, bp.caughtUp(dest));
       }
       this.writer.add(dest, encodeGroups(groups), body, msg.id, retainVersion);
     }
+    const over = this.writer.over;
+    if (over !== null) this.holdUnbounded(msg, over);
     let written = msg.qos > 0 && this.sync ? this.durable(d.dests.keys()) : null;
     if (behind !== null) { for (const dest of behind) written = bp.hold(dest, written); }
     return { localGroups: d.localGroups, written, routed };
+  }
+
+  /**
+   * `msg` was written past `max_forward_bytes` or for a node over `max_inbox_backlog`: when
+   * nothing else slows its publisher down (retained QoS 0, written whatever the bounds because
+   * every node's retained index must get it; QoS 1/2 whose acknowledgement does not wait for
+   * Redis, durability "async"), the publisher is not read until `until` resolves. Before, one
+   * client flooding retained QoS 0 messages held 2.3 GB for Redis on its node.
+   */
+  private holdUnbounded(msg: Message, until: Promise<void>): void {
+    if (msg.qos === 0 ? !msg.retain : this.sync) return;
+    this.heldMsg = msg;
+    this.heldUntil = until;
+  }
+
+  heldPublisher(msg: Message): Promise<void> | null {
+    if (this.heldMsg !== msg) return null;
+    const until = this.heldUntil;
+    this.heldMsg = this.heldUntil = null;
+    return until;
   }
 
   /** What a QoS 1/2 acknowledgement waits for: this turn's inbox writes (and their WAIT). */

@@ -12,6 +12,18 @@
  * its lease again once the survivor is done. Until a renewal has answered,
  * a node whose last renewal is older than a lease does nothing that could
  * collide with the survivor (`confirm`).
+ *
+ * The lease goes over a connection of its own, not the command connection
+ * that forwards messages: there a renewal queued behind megabytes of XADDs (a
+ * publish flood, a slow Redis pipe) arrived after the lease ran out, and the
+ * cluster declared a healthy node dead. It is still renewed only while the
+ * command connection is ready: a node that cannot forward, claim or release
+ * (its command connection lost, or closed by `command_timeout_ms` after
+ * answering nothing) must not claim to be a member for ever; after a lease it
+ * is handled as dead, as when one connection carried both. Nothing sent on
+ * the command connection relies on the lease's order beside it: every step
+ * that needs one after the other awaits the first (the dead-node handling
+ * between its claim and "done", a resync after its renewal).
  */
 import { getLogger } from "@logtape/logtape";
 import { MAX_RECONNECT_DELAY_MS, type RedisClient } from "./redis_connection.ts";
@@ -37,6 +49,12 @@ export interface LivenessOptions {
 /** How long a handled node's claim says "done", so a node frozen that long still learns it. */
 const DONE_MS = 3_600_000;
 
+/** A connection and the scripts registered on it. */
+export interface LeaseLink {
+  client: RedisClient;
+  scripts: ClusterScripts;
+}
+
 export class Liveness {
   /** Live nodes at the last tick (this one included once joined). */
   live: ReadonlySet<string> = new Set();
@@ -52,18 +70,31 @@ export class Liveness {
   /** Until then (local ms) expired leases are not acted on: see `renew`. */
   private graceUntil = 0;
 
-  /** The command connection came back since the last renewal (see `renew`). */
+  /** A connection to Redis came back since the last renewal (see `renew`). */
   private reconnected = false;
 
   constructor(
     private readonly self: string,
     private readonly keys: ClusterKeys,
-    private readonly cmd: RedisClient,
-    private readonly scripts: ClusterScripts,
+    /** The command connection (forwarding): renewals need it ready; stop and expire go on it. */
+    private readonly cmd: LeaseLink,
+    /** The lease's own connection: renewals, dead-node claims and lease lookups. */
+    private readonly lease: LeaseLink,
     private readonly opts: LivenessOptions,
   ) {}
 
-  /** The command connection is back after a drop (the bus's reconnect handler says so). */
+  /**
+   * Where a lease command goes: its own connection, or the command connection while that one
+   * is being re-established (a node is then no worse off than with one connection for both).
+   */
+  private get via(): LeaseLink {
+    return this.lease.client.status === "ready" ? this.lease : this.cmd;
+  }
+
+  /**
+   * The command or the lease connection is back after a drop (the bus's reconnect handlers
+   * say so): either may have come back to a promoted replica.
+   */
   connectionBack(): void {
     if (this.joined) this.reconnected = true;
   }
@@ -91,13 +122,17 @@ export class Liveness {
   async stop(leave: boolean): Promise<void> {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
-    if (leave && this.joined) await this.cmd.zrem(this.keys.nodes, this.self);
+    // On the command connection: behind what this node wrote before it left.
+    if (leave && this.joined) await this.cmd.client.zrem(this.keys.nodes, this.self);
     this.joined = false;
   }
 
-  /** Ends this node's lease now (it stays listed, as expired, until a survivor handles it). */
+  /**
+   * Ends this node's lease now (it stays listed, as expired, until a survivor handles it). On
+   * the command connection, so the survivor's handling comes after this node's last writes.
+   */
   async expire(): Promise<void> {
-    await this.cmd.zadd(this.keys.nodes, "XX", 0, this.self);
+    await this.cmd.client.zadd(this.keys.nodes, "XX", 0, this.self);
   }
 
   /**
@@ -107,7 +142,11 @@ export class Liveness {
    */
   tick(mustExist: boolean): Promise<boolean> {
     if (this.ticking !== null) return this.ticking;
-    if (this.cmd.status !== "ready") return Promise.reject(new Error("redis is not ready"));
+    // Not while the command connection is down: this node could not forward, claim or release,
+    // and must not go on claiming to be a member (see the header).
+    if (this.cmd.client.status !== "ready") {
+      return Promise.reject(new Error("redis is not ready"));
+    }
     const t = this.renew(mustExist).finally(() => this.ticking = null);
     this.ticking = t;
     return t;
@@ -128,7 +167,7 @@ export class Liveness {
   private async confirmSlow(): Promise<boolean> {
     while (this.joined) {
       try {
-        if (this.cmd.status === "ready") return await this.tick(true);
+        if (this.cmd.client.status === "ready") return await this.tick(true);
       } catch {
         // retried below
       }
@@ -147,7 +186,7 @@ export class Liveness {
     // to renew before any is handled as dead (which would publish the wills of clients that
     // are still connected there).
     const { ttlMs, renewMs } = this.opts;
-    const t = await this.scripts.leaseTick(
+    const t = await this.via.scripts.leaseTick(
       [this.keys.nodes, this.keys.deadClaim(this.self)],
       this.self,
       this.opts.ttlMs,
@@ -196,11 +235,12 @@ export class Liveness {
     (async () => {
       const keys: [string, string] = [this.keys.nodes, this.keys.deadClaim(node)];
       const claimMs = Math.max(30_000, 5 * this.opts.ttlMs);
-      if (!(await this.scripts.deadClaim(keys, node, this.self, claimMs))) return;
+      if (!(await this.via.scripts.deadClaim(keys, node, this.self, claimMs))) return;
       log.warn`node ${node} stopped renewing its lease: taking over its cleanup`;
       await this.opts.onDead(node);
       // Only now is it gone for good; had we died before, another survivor would claim it.
-      await this.scripts.deadDone(keys, node, DONE_MS);
+      // (onDead's writes were answered: they ran before this, whichever connection it takes.)
+      await this.via.scripts.deadDone(keys, node, DONE_MS);
     })().catch((e) => log.warn`handling dead node ${node}: ${(e as Error).message}`)
       .finally(() => this.handling.delete(node));
   }
@@ -211,7 +251,7 @@ export class Liveness {
    * entry alone does not say it is alive.
    */
   async isLive(node: string): Promise<boolean> {
-    const res = await this.cmd.multi().zscore(this.keys.nodes, node).time().exec();
+    const res = await this.via.client.multi().zscore(this.keys.nodes, node).time().exec();
     if (res === null) throw new Error("lease lookup was aborted");
     for (const [err] of res) if (err) throw err;
     const deadline = res[0][1] as string | null;
@@ -224,7 +264,7 @@ export class Liveness {
    * handled by a survivor (which removes it once it adopted its sessions).
    */
   async unhandled(node: string): Promise<boolean> {
-    return (await this.cmd.zscore(this.keys.nodes, node)) !== null;
+    return (await this.via.client.zscore(this.keys.nodes, node)) !== null;
   }
 
   /** Resolves once `node`'s lease has run out (checked every renewal), or when `stop()` says so. */

@@ -203,6 +203,13 @@ export interface Bus {
   ): Promise<number> | null;
   /** This node no longer holds `clientId` (session ended or moved). */
   releaseSession(clientId: string): void;
+  /**
+   * Asked right after `forward(msg)` for a client's message: non-null when its copies were
+   * written past a bound on what waits for other nodes and nothing else slows its publisher
+   * down (a retained QoS 0 message, which every node must get); the publisher's connection
+   * is not read until it resolves. Absent: nothing is ever held.
+   */
+  heldPublisher?(msg: Message): Promise<void> | null;
   /** Inbox backpressure figures; absent on a single node. */
   readonly backlogStats?: BacklogStats;
 }

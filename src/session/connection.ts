@@ -98,6 +98,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private ackQueue: AckQueue | null = null;
   /** Reading paused because more than Receive Maximum acknowledgements wait. */
   private acksFull = false;
+  /** Not read until its messages' copies for other nodes are written (see `holdReading`). */
+  private forwardsHeld = false;
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
@@ -316,7 +318,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.outbox.written = 0;
     if (
       this.gate !== null && this.state !== State.Authenticating && !this.acksFull &&
-      this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
+      !this.forwardsHeld && this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
     ) {
       this.releaseGate();
     }
@@ -457,7 +459,23 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private acksSent(): void {
     if (!this.acksFull || this.ackQueue!.waiting > this.host.limits.receiveMaximum / 2) return;
     this.acksFull = false;
+    if (this.forwardsHeld) return;
     if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
+  }
+
+  /**
+   * Stops reading until `until` resolves: this client's messages were written for other nodes
+   * past their bound with nothing else to slow it down (Bus.heldPublisher).
+   */
+  holdReading(until: Promise<void>): void {
+    if (this.forwardsHeld) return;
+    this.forwardsHeld = true;
+    this.pauseReading();
+    until.then(() => {
+      this.forwardsHeld = false;
+      if (this.acksFull) return;
+      if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
+    });
   }
 
   /**
@@ -517,7 +535,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.session?.settleInflight();
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
-      if (this.acksFull) this.lastRx = now;
+      if (this.acksFull || this.forwardsHeld) this.lastRx = now;
       const certExpiresAt = this.peer.certificateExpiresAt;
       if (certExpiresAt !== undefined && now >= certExpiresAt) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,

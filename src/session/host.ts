@@ -4,6 +4,7 @@
  * implements the host; the connection never sees the core's internals.
  */
 import type { AuthDecision, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
+import type { Bus } from "../cluster/types.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Message } from "../protocol/message.ts";
@@ -106,6 +107,8 @@ export interface ConnectionHost {
    */
   publish(msg: Message, info: PublishInfo): number;
   readonly publishWritten: Promise<void> | null;
+  /** Asked after `publish`: whether the publisher must stop being read for a while. */
+  readonly bus: Pick<Bus, "heldPublisher">;
   subscribe(session: Session, sub: Subscription): SubscribeResult;
   /** What `session` holds now, for the per-client subscription limits. */
   subscriptionUsage(session: Session): SubscriptionUsage;

@@ -113,6 +113,13 @@ export function onPublish(
       ReasonCode.UnspecifiedError,
     );
   }
+  // What it left for other nodes is past its bound and nothing else slows this client down (a
+  // retained QoS 0 flood): its next packets stay in its socket until that is written, as for
+  // a slow subscriber. A plain QoS 0 message costs nothing here (dropped past the bound).
+  if (qos !== 0 || p.retain) {
+    const held = host.bus.heldPublisher?.(msg);
+    if (held != null) c.holdReading(held);
+  }
 }
 
 /**
