@@ -7,29 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import type { IClientOptions } from "mqtt";
 import { createCertificateAuthority, issueLeafCertificate } from "../../src/auth/certs.ts";
-import { connackOf, startSecureBroker } from "../helpers/broker.ts";
+import { connackOf, connectClient, startSecureBroker } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-ca-expiry-" });
 const pki = await makeTestPki(dir);
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
-
-function connect(opts: IClientOptions): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const c = mqtt.connect({
-      protocol: "mqtts",
-      host: "localhost",
-      protocolVersion: 5,
-      reconnectPeriod: 0,
-      connectTimeout: 5000,
-      ...opts,
-    });
-    c.once("connect", () => resolve(c));
-    c.once("error", reject);
-  });
-}
 
 Deno.test("a client CA of tls.cafile that expires: its clients are closed and refused from then on, the other CA's stay", async () => {
   // X.509 keeps whole seconds: a few seconds of validity for the handshakes below.
@@ -47,8 +32,13 @@ Deno.test("a client CA of tls.cafile that expires: its clients are closed and re
   });
   const ca = await Deno.readTextFile(pki.ca.cert);
   const short: IClientOptions = { ca, cert: leaf.certPem, key: leaf.keyPem, port: b.tlsPort };
-  const c = await connect({ ...short, clientId: "short" });
-  const other = await connect({ ...clientTls(pki, pki.alice), port: b.tlsPort, clientId: "alice" });
+  const tls = { protocol: "mqtts", host: "localhost" } as const;
+  const c = await connectClient(b.tlsPort, { ...tls, ...short, clientId: "short" });
+  const other = await connectClient(b.tlsPort, {
+    ...tls,
+    ...clientTls(pki, pki.alice),
+    clientId: "alice",
+  });
   try {
     const closed = await Promise.race([
       new Promise<string>((resolve) => c.once("close", () => resolve("closed"))),

@@ -6,10 +6,10 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
+import type { MqttClient } from "mqtt";
 import { join } from "node:path";
 import { type CertFiles, issueLeafCertificate, type PemPair } from "../../src/auth/certs.ts";
-import { startSecureBroker } from "../helpers/broker.ts";
+import { connectClient, startSecureBroker } from "../helpers/broker.ts";
 import { clientTls, makeTestPki, type TestPki } from "../helpers/certs.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-cert-expiry-" });
@@ -31,20 +31,6 @@ async function expiringIn(p: TestPki, name: string, ms: number): Promise<CertFil
   await Deno.writeTextFile(files.cert, pair.certPem);
   await Deno.writeTextFile(files.key, pair.keyPem);
   return files;
-}
-
-/** Connects and resolves with the client once its CONNACK came. */
-function connect(opts: IClientOptions): Promise<MqttClient> {
-  return new Promise((resolve, reject) => {
-    const c = mqtt.connect({
-      protocolVersion: 5,
-      reconnectPeriod: 0,
-      connectTimeout: 5000,
-      ...opts,
-    });
-    c.once("connect", () => resolve(c));
-    c.once("error", reject);
-  });
 }
 
 Deno.test("a client whose certificate expires while connected gets DISCONNECT 0x87 then, over mqtts and wss; others stay", async () => {
@@ -69,7 +55,7 @@ Deno.test("a client whose certificate expires while connected gets DISCONNECT 0x
   }[] = [];
   for (const [i, t] of transports.entries()) {
     const common = { protocol: t.name, host: "localhost", port: t.port, ...t.extra };
-    const long = await connect({
+    const long = await connectClient(t.port, {
       ...common,
       clientId: `long-${t.name}`,
       ...clientTls(pki, pki.alice),
@@ -81,7 +67,7 @@ Deno.test("a client whose certificate expires while connected gets DISCONNECT 0x
       });
     });
     await long.subscribeAsync(`wills/${t.name}`, { qos: 1 });
-    const short = await connect({
+    const short = await connectClient(t.port, {
       ...common,
       clientId: `short-${t.name}`,
       ...clientTls(pki, brief[i]),
