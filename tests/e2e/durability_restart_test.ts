@@ -165,6 +165,9 @@ Deno.test("the will of a client connected at kill -9 is sent after the restart, 
         properties: { willDelayInterval: 1 },
       },
     });
+    // CONNACK does not wait for the session's write (README, Durability): a kill -9 right after
+    // it, under load, lost the session and its will. A SUBACK waits for every write before it.
+    await dying.subscribeAsync("dying/inbox", { qos: 1 });
     await kill9(broker);
     await endClient(dying, true);
     // The delay runs from the new process's start, which comes after this; measured from when
