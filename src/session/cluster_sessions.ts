@@ -193,7 +193,7 @@ export class ClusterSessions {
         if (state !== null && !this.core.sessions.has(id)) {
           // Session Present promises the subscriptions work: the CONNACK waits until every
           // node routes them here (as a SUBACK does).
-          const routed = this.core.restoreSession(state);
+          const routed = this.core.restorer.restore(state);
           if (held !== null) this.release(held);
           held = null;
           if (routed.length > 0) await Promise.all(routed).catch(() => {});
@@ -344,8 +344,8 @@ export class ClusterSessions {
       // reaches it), but what they bring waits until the older messages in the dead node's
       // inbox are in: a publisher's messages stay in order.
       const { held } = this.hold(state);
-      const s = this.core.reviveSession(state);
-      const subs = this.core.storedSubscriptions(state, s);
+      const s = this.core.restorer.revive(state);
+      const subs = this.core.restorer.subscriptions(state, s);
       let finish!: () => void;
       const done = new Promise<void>((r) => finish = r);
       const a: Adoption = { session: s, subs, held, done, finish, handBack };
@@ -357,7 +357,7 @@ export class ClusterSessions {
       // acknowledged in the inbox) is in the state: its copy in the inbox is dropped.
       const once = new OnceTo(s);
       onceTo.set(s, once);
-      for (const sub of this.core.storedSubscriptions(state, once)) orphans.subscribe(sub);
+      for (const sub of this.core.restorer.subscriptions(state, once)) orphans.subscribe(sub);
     }
     await store.forgetNode(nodeId);
     log.warn("node {nodeId} died: adopted {n} of its sessions", { nodeId, n: adopted });
@@ -481,7 +481,7 @@ export class ClusterSessions {
       core.limits.maxQueuedBytes,
     );
     const routed: Promise<void>[] = [];
-    for (const sub of core.storedSubscriptions(state, held)) {
+    for (const sub of core.restorer.subscriptions(state, held)) {
       if (sub.group !== null) held.shared = true;
       if (core.router.subscribe(sub) !== Subscribed.NewRoute) continue;
       const ready = core.bus.addRoute(sub.key);

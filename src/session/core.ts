@@ -21,7 +21,7 @@ import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from ".
 import type { Subscriber, Subscription } from "../router/types.ts";
 import { RateLimitedLog } from "../sinks/stats.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
-import type { SessionState, Store } from "../store/types.ts";
+import type { Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
 import type {
   AttachingConnection,
@@ -39,7 +39,7 @@ import { SocketAdmission } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
-import { RestoredMessages, storedSubscriptions } from "./stored.ts";
+import { SessionRestorer } from "./restore.ts";
 import { restoreRetained } from "./retained_restore.ts";
 import { Wills } from "./wills.ts";
 
@@ -110,8 +110,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private binding: string | null = null;
   /** Versions for the retained updates published here. */
   private readonly retainClock = new RetainClock();
-  /** One Message per cluster id among the messages of the sessions restored here (stored.ts). */
-  private readonly restoredMessages = new RestoredMessages();
+  /** How stored sessions become live ones here (restore.ts). */
+  readonly restorer: SessionRestorer = new SessionRestorer(this);
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
@@ -159,7 +159,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       if (!store.shared) {
         // Deadlines that passed while the broker was down are met by the first sweep (wills
         // sent, sessions ended); `bind` already refuses to resume an expired session before it.
-        for (const state of await store.loadSessions()) this.restoreSession(state);
+        for (const state of await store.loadSessions()) this.restorer.restore(state);
       }
     }
     this.stopSweep ??= this.clock.every(
@@ -503,37 +503,6 @@ export class BrokerCore implements ConnectionHost, BusHost {
     const s = new Session(id, this.sessionLimits, this.metrics, this.clock.now);
     s.journal = this.journal;
     s.storeWill = this.store.shared;
-    return s;
-  }
-
-  /** The subscriptions of a stored session that still parse and that the ACL still allows. */
-  storedSubscriptions(state: SessionState, subscriber: Subscriber): Subscription[] {
-    return storedSubscriptions(state, subscriber, this.limits, this.authorizer);
-  }
-
-  /** Rebuilds a stored session with its subscriptions; it waits detached for its client. */
-  restoreSession(state: SessionState): Promise<void>[] {
-    const routed: Promise<void>[] = [];
-    const s = this.reviveSession(state);
-    for (const sub of this.storedSubscriptions(state, s)) {
-      const r = this.subscribe(s, sub);
-      if (r.ready !== null) routed.push(r.ready);
-    }
-    return routed;
-  }
-
-  /** Rebuilds a stored session without its subscriptions; it waits detached for its client. */
-  reviveSession(state: SessionState): Session {
-    const s = this.newSession(state.clientId);
-    s.restore(this.restoredMessages.share(state));
-    this.sessions.set(state.clientId, s);
-    // A session stored while connected lost its connection in a crash: it is detached now.
-    if (s.expiresAt === 0) {
-      const now = this.clock.now();
-      s.expiresAt = s.expiryFrom(now);
-      if (s.will !== null && s.willAt === 0) s.willAt = now + s.will.delay * 1000;
-    }
-    this.detached.add(s);
     return s;
   }
 
