@@ -434,6 +434,11 @@ export class Exposition extends FamilySet {
       () => m().tlsHandshakeFailures,
     );
     counter(
+      "mcloudtt_publishers_held_total",
+      "Times a publisher was not read until its messages' copies for other nodes were written",
+      () => m().publishersHeld,
+    );
+    counter(
       "mcloudtt_client_certificates_expired_total",
       "Clients disconnected because their client certificate expired while they were connected",
       () => m().certificatesExpired,

@@ -72,6 +72,11 @@ export class Metrics {
   connectsRefused = 0;
   /** TLS (and secure WebSocket) handshakes that failed. */
   tlsHandshakeFailures = 0;
+  /**
+   * Times a publisher's connection stopped being read until its messages' copies for other nodes
+   * were written (cluster.max_forward_bytes, max_inbox_backlog; Bus.heldPublisher).
+   */
+  publishersHeld = 0;
   /** Clients disconnected (0x87) because their client certificate expired while connected. */
   certificatesExpired = 0;
   protocolErrors = 0;

@@ -470,6 +470,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   holdReading(until: Promise<void>): void {
     if (this.forwardsHeld) return;
     this.forwardsHeld = true;
+    this.host.metrics.publishersHeld++;
     this.pauseReading();
     until.then(() => {
       this.forwardsHeld = false;

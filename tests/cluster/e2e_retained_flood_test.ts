@@ -122,6 +122,9 @@ Deno.test({
     await Promise.all(flooders.map((f) => endClient(f, true)));
     // Without the hold, a read the flood as fast as it came and held it for Redis: far more.
     assert.ok(maxRss < 400 * 2 ** 20, `a's RSS reached ${mib(maxRss)} MiB`);
+    // Operators see it: the holds are counted.
+    const held = (await scrape(url)).get("mcloudtt_publishers_held_total") ?? 0;
+    assert.ok(held > 0, "no publisher hold counted");
   },
 });
 
