@@ -13,7 +13,7 @@ import type { ProtocolLevel } from "../protocol/decode.ts";
 import { ReasonCode } from "../protocol/reason_codes.ts";
 import type { Connection } from "./connection.ts";
 import { State } from "./connection_state.ts";
-import type { AttachResult } from "./host.ts";
+import { type AttachResult, certificateExpired } from "./host.ts";
 import { acceptedConnack, buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
@@ -122,8 +122,7 @@ function authenticated(
   // The handshake vouched for the identity only until the certificate's notAfter, which may
   // have passed before the CONNECT came or while it was authenticated: the sweep would end the
   // connection only after it was accepted (and had taken over a session).
-  const certExpiresAt = c.peer.certificateExpiresAt;
-  if (certExpiresAt !== undefined && c.host.clock.now() >= certExpiresAt) {
+  if (certificateExpired(c.peer, c.host.clock.now())) {
     return refuse(c, ReasonCode.NotAuthorized, "client certificate expired", true);
   }
   c.username = d.username;

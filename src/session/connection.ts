@@ -30,12 +30,13 @@ import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
 import { onConnect } from "./connect_flow.ts";
 import { State } from "./connection_state.ts";
-import type {
-  AttachingConnection,
-  ConnectionHandler,
-  ConnectionHost,
-  PeerInfo,
-  WillOutcome,
+import {
+  type AttachingConnection,
+  certificateExpired,
+  type ConnectionHandler,
+  type ConnectionHost,
+  type PeerInfo,
+  type WillOutcome,
 } from "./host.ts";
 import type { InboundTopics } from "./inbound_topic.ts";
 import type { OutboundAliases } from "./outbound_aliases.ts";
@@ -316,13 +317,22 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   drained(): void {
     this.host.metrics.bytesSent += this.outbox.written;
     this.outbox.written = 0;
+    if (this.gate !== null) this.resumeReading();
+    this.session?.pump();
+  }
+
+  /**
+   * Reads again unless something still holds reading back: authentication under way,
+   * acknowledgements over Receive Maximum, forwards held for other nodes, or an outbox over half
+   * of limits.max_outgoing_bytes. The one place that decides it, for each of those that ends.
+   */
+  private resumeReading(): void {
     if (
-      this.gate !== null && this.state !== State.Authenticating && !this.acksFull &&
-      !this.forwardsHeld && this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
+      this.state !== State.Authenticating && !this.acksFull && !this.forwardsHeld &&
+      this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
     ) {
       this.releaseGate();
     }
-    this.session?.pump();
   }
 
   pauseReading(): void {
@@ -459,8 +469,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private acksSent(): void {
     if (!this.acksFull || this.ackQueue!.waiting > this.host.limits.receiveMaximum / 2) return;
     this.acksFull = false;
-    if (this.forwardsHeld) return;
-    if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
+    this.resumeReading();
   }
 
   /**
@@ -474,8 +483,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     this.pauseReading();
     until.then(() => {
       this.forwardsHeld = false;
-      if (this.acksFull) return;
-      if (this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2) this.releaseGate();
+      this.resumeReading();
     });
   }
 
@@ -537,8 +545,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
       if (this.acksFull || this.forwardsHeld) this.lastRx = now;
-      const certExpiresAt = this.peer.certificateExpiresAt;
-      if (certExpiresAt !== undefined && now >= certExpiresAt) {
+      if (certificateExpired(this.peer, now)) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,
         // access ends now, not at the next reconnect (which the handshake would refuse).
         this.host.metrics.certificatesExpired++;

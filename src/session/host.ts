@@ -38,6 +38,12 @@ export interface PeerInfo {
   certificateExpiresAt?: number;
 }
 
+/** Whether the peer's certificate stopped vouching for it by `now` (ms since the epoch). */
+export function certificateExpired(peer: PeerInfo, now: number): boolean {
+  const at = peer.certificateExpiresAt;
+  return at !== undefined && now >= at;
+}
+
 /** The part of a connection a transport drives. */
 export interface ConnectionHandler {
   /**
