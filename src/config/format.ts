@@ -118,7 +118,7 @@ export function issueToError(
   const path = params.blame?.find((p) => layer.sources.has(p)) ?? base;
   const source = sourceOf(layer, path);
   const value = valueAt(layer.values, path, valueAt(defaults, path, undefined));
-  const problem = issue.message.replace(/\s+/g, " ");
+  const problem = (params.blamed?.[path] ?? issue.message).replace(/\s+/g, " ");
   let fix = params.fix;
   if (!fix) {
     fix = keyByPath(path) || !SECTIONS.includes(path)

@@ -337,19 +337,6 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
       message: 'must be 0 when redis.mode = "cluster" (Redis Cluster has one database)',
     });
   }
-  // A WAIT blocks the bus connection that also renews the lease: a timeout this long would let
-  // the lease run out while replicas are down.
-  const leaseSlack = config.cluster.lease_ttl_ms - config.cluster.lease_renew_ms;
-  if (redis.enabled && redis.wait_replicas > 0 && redis.wait_timeout_ms >= leaseSlack) {
-    issues.push({
-      path: ["redis", "wait_timeout_ms"],
-      message: `must be below cluster.lease_ttl_ms - cluster.lease_renew_ms (${leaseSlack}) ` +
-        "when redis.wait_replicas > 0",
-      params: {
-        blame: ["redis.wait_timeout_ms", "cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
-      },
-    });
-  }
   // A WAIT is a command too: answered after up to wait_timeout_ms, it must not count as lost.
   if (
     redis.enabled && redis.wait_replicas > 0 && redis.command_timeout_ms <= redis.wait_timeout_ms
@@ -360,6 +347,10 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
         "when redis.wait_replicas > 0",
       params: {
         blame: ["redis.command_timeout_ms", "redis.wait_timeout_ms"],
+        blamed: {
+          "redis.wait_timeout_ms": `must be below redis.command_timeout_ms ` +
+            `(${redis.command_timeout_ms}) when redis.wait_replicas > 0`,
+        },
       },
     });
   }
@@ -369,6 +360,10 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
       message: `must be at least twice cluster.lease_renew_ms (${config.cluster.lease_renew_ms})`,
       params: {
         blame: ["cluster.lease_ttl_ms", "cluster.lease_renew_ms"],
+        blamed: {
+          "cluster.lease_renew_ms": `must be at most half cluster.lease_ttl_ms ` +
+            `(${config.cluster.lease_ttl_ms})`,
+        },
       },
     });
   }
@@ -379,6 +374,9 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
       message: `must be at least bigquery.retry_initial_ms (${bq.retry_initial_ms})`,
       params: {
         blame: ["bigquery.retry_max_ms", "bigquery.retry_initial_ms"],
+        blamed: {
+          "bigquery.retry_initial_ms": `must be at most bigquery.retry_max_ms (${bq.retry_max_ms})`,
+        },
       },
     });
   }

@@ -20,6 +20,11 @@ export type KeyKind = "bool" | "int" | "auto-bool" | "string" | "list";
 export interface CrossFieldParams {
   /** Keys that could be at fault, best first; the first one some source actually set is blamed. */
   blame?: string[];
+  /**
+   * The problem as said of a blamed key other than the issue's own, by key: the message names
+   * the other key, so blaming it with the same words would compare a key with itself.
+   */
+  blamed?: Record<string, string>;
   /** Replaces the generic "set it in [section] ..." advice. */
   fix?: string;
 }

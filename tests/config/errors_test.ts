@@ -113,6 +113,33 @@ Deno.test("both listeners on the same port and bind is refused, blaming the key 
   });
 });
 
+Deno.test("a cross-key rule blaming the other key says the rule of that key", async () => {
+  // The key that was set is blamed; the words are about it, not a copy of the other key's.
+  await loadIn(
+    undefined,
+    { args: ["--cluster.lease_renew_ms=4000"] },
+    "cluster.lease_renew_ms = 4000 (from flag --cluster.lease_renew_ms): must be at most half " +
+      "cluster.lease_ttl_ms (6000)",
+  );
+  await loadIn(
+    undefined,
+    { args: ["--cluster.lease_ttl_ms=3000"] },
+    "cluster.lease_ttl_ms = 3000 (from flag --cluster.lease_ttl_ms): must be at least twice " +
+      "cluster.lease_renew_ms (2000)",
+  );
+  await loadIn(
+    undefined,
+    { args: ["--redis.enabled=true", "--redis.wait_replicas=1", "--redis.wait_timeout_ms=5000"] },
+    "redis.wait_timeout_ms = 5000 (from flag --redis.wait_timeout_ms): must be below " +
+      "redis.command_timeout_ms (5000) when redis.wait_replicas > 0",
+  );
+  await loadIn(
+    "[bigquery]\nretry_initial_ms = 60000\n",
+    {},
+    "bigquery.retry_initial_ms = 60000 (from config.toml): must be at most bigquery.retry_max_ms (30000)",
+  );
+});
+
 Deno.test("a client certificate requirement needs TLS on that listener", async () => {
   await loadIn(
     '[general]\nsecure = false\n[listeners.ws]\nclient_certificate = "optional"\n',

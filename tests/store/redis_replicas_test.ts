@@ -34,14 +34,21 @@ async function confirmed(write: () => Promise<void>): Promise<void> {
   }
 }
 
-Deno.test("wait_timeout_ms must stay below the lease slack when wait_replicas is set", () => {
+Deno.test("wait_timeout_ms may pass a lease (the lease has its own connection) but not command_timeout_ms", () => {
+  // A WAIT longer than lease_ttl_ms - lease_renew_ms (4,000 ms): accepted (tests/cluster/e2e_wait_lease_test.ts
+  // shows the node keeps its lease meanwhile).
+  const c = resolveConfig({
+    redis: { enabled: true, wait_replicas: 1, wait_timeout_ms: 4500 },
+    cluster: { lease_renew_ms: 2000, lease_ttl_ms: 6000 },
+  });
+  assert.equal(c.redis.wait_timeout_ms, 4500);
+  // A WAIT is a command: the command timeout must leave it time to answer.
   assert.throws(
     () =>
       resolveConfig({
-        redis: { enabled: true, wait_replicas: 1, wait_timeout_ms: 5000 },
-        cluster: { lease_renew_ms: 2000, lease_ttl_ms: 6000 },
+        redis: { enabled: true, wait_replicas: 1, wait_timeout_ms: 5000, command_timeout_ms: 5000 },
       }),
-    (e) => e instanceof ConfigError && /redis\.wait_timeout_ms/.test(e.message),
+    (e) => e instanceof ConfigError && /redis\.command_timeout_ms/.test(e.message),
   );
   // Off: the timeout does not matter.
   resolveConfig({ redis: { enabled: true, wait_timeout_ms: 5000 } });
