@@ -22,7 +22,15 @@ export {
 } from "./src/broker.ts";
 export type { Bus, BusHost, ForwardResult } from "./src/cluster/types.ts";
 export { localBus } from "./src/cluster/types.ts";
-export type { SessionState, Store, StoredMessage, StoreOp } from "./src/store/types.ts";
+export type {
+  RetainedCount,
+  RetainedPageSize,
+  SessionState,
+  Store,
+  StoredMessage,
+  StoreOp,
+} from "./src/store/types.ts";
+export { compareTopics } from "./src/store/types.ts";
 export { MemoryStore } from "./src/store/memory.ts";
 export type { PublishInfo, Sink } from "./src/sinks/types.ts";
 export { MemorySink, noSink } from "./src/sinks/memory.ts";

@@ -70,6 +70,10 @@ export function coreLimits(config: Config): CoreLimits {
     maxSubscriptionBytes: l.max_subscription_bytes,
     retainAvailable: l.max_retained_messages > 0,
     maxRetainedPerSubscription: l.max_retained_per_subscription,
+    retainedPage: {
+      messages: config.storage.retained_page_messages,
+      bytes: config.storage.retained_page_bytes,
+    },
     dedupeWindow: config.cluster.dedupe_window,
   };
 }

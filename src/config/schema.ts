@@ -199,6 +199,8 @@ const SHAPE = {
     dir: nonEmptyText("data"),
     sync: oneOf(["ack-after-write", "async"], "ack-after-write"),
     max_unwritten_ops: int(1, 100000000, 100000),
+    retained_page_messages: int(1, 1000000, 1000),
+    retained_page_bytes: int(1, 1073741824, 16777216),
   }),
   bigquery: section("bigquery", {
     enabled: bool(false),
@@ -282,6 +284,7 @@ const SHAPE = {
     session_ttl_grace_ms: int(0, 604800000, 60000),
     session_claim_ttl_ms: int(10000, 2592000000, 3600000),
     command_timeout_ms: int(100, 600000, 5000),
+    retained_scan_topics: int(1, 100000000, 100000),
   }),
   cluster: section("cluster", {
     node_id: textWhere("", NODE_ID_MSG, (v) => /^[A-Za-z0-9_.:-]*$/.test(v), "must be a string"),

@@ -21,6 +21,14 @@ export interface RetainedStore {
   fits(msg: Message): boolean;
   /** The limit `set(msg)` would pass (its configuration key), or null when it fits. */
   limitPassed(msg: Message): RetainedLimit | null;
+  /**
+   * The limit every message of a topic that holds none would pass now (as `limitPassed` would
+   * name it), or null while the smallest one could still be set: once it is not null, a start
+   * restoring stored retained messages reads no more of them.
+   */
+  limitReached(): RetainedLimit | null;
+  /** How many more messages, and about how many more bytes, the limits allow now. */
+  room(): { readonly messages: number; readonly bytes: number };
   /** Removes the retained message of `topic`, if any and not newer than `version`. */
   delete(topic: string, version?: string): void;
   /** Whether `topic` has a retained message. */
@@ -59,6 +67,12 @@ export interface RetainedLimits {
 const MESSAGE_OVERHEAD = 160;
 /** What it charges per topic level: a trie node and the level's name. */
 const LEVEL_OVERHEAD = 48;
+
+/**
+ * The least `retainedBytes` of any message: a one-character topic, one level, no payload or
+ * properties.
+ */
+const LEAST_RETAINED_BYTES = MESSAGE_OVERHEAD + LEVEL_OVERHEAD + 2 + 1;
 
 /** Approximate memory a retained message costs (topic, payload, properties, objects, levels). */
 export function retainedBytes(msg: Message): number {
@@ -149,6 +163,20 @@ export class MemoryRetainedStore implements RetainedStore {
     if (old !== null && bytes <= this.bytesHeld) return null;
     if (count > this.limits.maxMessages) return "max_retained_messages";
     return bytes > this.limits.maxBytes ? "max_retained_bytes" : null;
+  }
+
+  room(): { readonly messages: number; readonly bytes: number } {
+    return {
+      messages: Math.max(0, this.limits.maxMessages - this.count),
+      bytes: Math.max(0, this.limits.maxBytes - this.bytesHeld),
+    };
+  }
+
+  limitReached(): RetainedLimit | null {
+    if (this.count + 1 > this.limits.maxMessages) return "max_retained_messages";
+    return this.bytesHeld + LEAST_RETAINED_BYTES > this.limits.maxBytes
+      ? "max_retained_bytes"
+      : null;
   }
 
   set(msg: Message, version = NO_VERSION): boolean {

@@ -150,11 +150,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.stoppedWith = null;
     const store = this.store;
     if (store.durable) {
-      restoreRetained(await store.loadRetained(), {
+      await restoreRetained(store, {
         retained: this.router.retained,
         metrics: this.metrics,
         journal: store.shared ? null : this.journal,
         now: this.clock.now(),
+        page: this.limits.retainedPage,
       });
       if (!store.shared) {
         // Deadlines that passed while the broker was down are met by the first sweep (wills

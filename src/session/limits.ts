@@ -1,3 +1,5 @@
+import type { RetainedPageSize } from "../store/types.ts";
+
 /** The bounds the core enforces, in the core's terms (built from [limits] and [general]). */
 export interface CoreLimits {
   maxPacketSize: number;
@@ -57,6 +59,11 @@ export interface CoreLimits {
   retainAvailable: boolean;
   /** Retained messages one new subscription receives at most. */
   maxRetainedPerSubscription: number;
+  /**
+   * How much of a durable store's retained messages a start reads at once
+   * ([storage] retained_page_messages, retained_page_bytes; see retained_restore.ts).
+   */
+  retainedPage: RetainedPageSize;
   /** Completed message ids a session remembers ([cluster] dedupe_window; see Session). */
   dedupeWindow: number;
 }

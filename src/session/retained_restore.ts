@@ -7,9 +7,18 @@
  *
  * Which ones are kept: the stored messages are taken in topic order (by UTF-16 code unit, as
  * JavaScript compares strings), and each that still fits is kept. Not by age: the stores do not
- * keep when a retained message was published (SQLite), and the order in which they hand them
- * over is no order at all (a Redis SSCAN). Topic order makes the kept set the same at every
- * start, and, in a cluster, the same on every node with the same limits.
+ * keep when a retained message was published (SQLite), and Redis keeps its topics in no order.
+ * Topic order makes the kept set the same at every start, and, in a cluster, the same on every
+ * node with the same limits.
+ *
+ * Memory: the store hands them over in that order a page at a time (`[storage]
+ * retained_page_messages`, `retained_page_bytes`), and once nothing more can fit (the count is
+ * reached, or too few bytes are left for the smallest message) no more are read: the store
+ * counts the rest (`countRetained`, without their payloads) and one operation deletes them.
+ * What is not kept between kept ones (expired, or too large for the bytes left) is deleted by
+ * one operation per gap. So a start holds what it keeps and one page, whatever the store holds
+ * (200,000 stored, 10 kept: a peak RSS of 570 MiB when every message was loaded at once, 88 MiB
+ * with pages).
  *
  * A shared store (Redis, a cluster) is not told to delete anything: its retained messages are
  * the cluster's, and another node may have higher limits and serve them. A node with lower
@@ -18,8 +27,8 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { Metrics } from "../ops/metrics.ts";
-import type { RetainedLimit, RetainedStore } from "../router/retained.ts";
-import type { StoredMessage } from "../store/types.ts";
+import type { RetainedStore } from "../router/retained.ts";
+import type { RetainedPageSize, Store } from "../store/types.ts";
 import type { Journal } from "./journal.ts";
 import { toMessage } from "./stored.ts";
 
@@ -33,6 +42,8 @@ export interface RetainedRestore {
   readonly journal: Journal | null;
   /** Now, ms since the epoch: a message whose expiry passed meanwhile is not restored. */
   readonly now: number;
+  /** How much the store hands over at once. */
+  readonly page: RetainedPageSize;
 }
 
 /** What a restore did not keep, by why. */
@@ -42,29 +53,64 @@ export interface RetainedDrops {
   expired: number;
 }
 
-function byTopic(a: StoredMessage, b: StoredMessage): number {
-  return a.topic < b.topic ? -1 : a.topic > b.topic ? 1 : 0;
-}
-
 /**
- * Sets `stored` (sorted here, in place) into `o.retained` as far as it fits; counts, logs (one
- * line) and, with a journal, deletes from the store the ones it does not keep.
+ * Sets the retained messages of `store` into `o.retained`, in topic order, as far as they fit;
+ * counts, logs (one line) and, with a journal, deletes from the store the ones it does not keep.
  */
-export function restoreRetained(stored: StoredMessage[], o: RetainedRestore): RetainedDrops {
+export async function restoreRetained(store: Store, o: RetainedRestore): Promise<RetainedDrops> {
   const drops: RetainedDrops = { max_retained_messages: 0, max_retained_bytes: 0, expired: 0 };
-  stored.sort(byTopic);
-  const drop = (m: StoredMessage, why: RetainedLimit | "expired") => {
-    drops[why]++;
-    o.journal?.push({ type: "retain-delete", topic: m.topic });
+  let stored = 0;
+  /** The last topic read, and the last one kept: what lies between is deleted. */
+  let last: string | null = null;
+  let kept: string | null = null;
+  /** Whether a message not kept was read since `kept`. */
+  let gap = false;
+  const deleteGap = (before: string | null) => {
+    if (gap) o.journal?.push({ type: "retain-delete-range", after: kept, before });
+    gap = false;
   };
-  for (const m of stored) {
-    const msg = toMessage(m);
-    // Never delivered again, so it must not take the place of one that would be.
-    if (msg.expired(o.now)) drop(m, "expired");
-    else if (!o.retained.set(msg, m.version)) {
-      drop(m, o.retained.limitPassed(msg) ?? "max_retained_messages");
+  let full = o.retained.limitReached();
+  if (full === null) {
+    // No page larger than what could still be kept: 10 kept out of 200,000 read 10 messages.
+    const room = o.retained.room();
+    const size = {
+      messages: Math.max(1, Math.min(o.page.messages, room.messages)),
+      bytes: Math.max(1, Math.min(o.page.bytes, room.bytes)),
+    };
+    pages: for await (const page of store.retainedPages(size)) {
+      for (const m of page) {
+        stored++;
+        last = m.topic;
+        const msg = toMessage(m);
+        // Never delivered again, so it must not take the place of one that would be.
+        if (msg.expired(o.now)) {
+          drops.expired++;
+          gap = true;
+        } else if (o.retained.set(msg, m.version)) {
+          deleteGap(m.topic);
+          kept = m.topic;
+        } else {
+          drops[o.retained.limitPassed(msg) ?? "max_retained_messages"]++;
+          gap = true;
+        }
+        // Leaving the loop ends the store's reading: the rest is counted, not read.
+        if ((full = o.retained.limitReached()) !== null) break pages;
+      }
     }
   }
+  if (full !== null) {
+    const rest = await store.countRetained(last, o.now);
+    stored += rest.count;
+    drops.expired += rest.expired;
+    drops[full] += rest.count - rest.expired;
+    if (rest.count > 0) gap = true;
+  }
+  deleteGap(null);
+  count(o, drops, stored);
+  return drops;
+}
+
+function count(o: RetainedRestore, drops: RetainedDrops, stored: number): void {
   const metrics = o.metrics;
   metrics.retainedDroppedAtStartCount += drops.max_retained_messages;
   metrics.retainedDroppedAtStartBytes += drops.max_retained_bytes;
@@ -77,7 +123,7 @@ export function restoreRetained(stored: StoredMessage[], o: RetainedRestore): Re
         "over limits.max_retained_bytes; {what}",
       {
         over,
-        stored: stored.length,
+        stored,
         held: o.retained.size,
         count: drops.max_retained_messages,
         bytes: drops.max_retained_bytes,
@@ -93,5 +139,4 @@ export function restoreRetained(stored: StoredMessage[], o: RetainedRestore): Re
       what: o.journal !== null ? "deleted from the store" : "not restored",
     });
   }
-  return drops;
 }

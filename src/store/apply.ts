@@ -2,7 +2,7 @@
  * The meaning of each `StoreOp`, applied to plain maps. The memory store uses
  * it directly; other stores can use it to check themselves (contract test).
  */
-import type { SessionState, StoredMessage, StoreOp } from "./types.ts";
+import { type SessionState, type StoredMessage, type StoreOp, topicBetween } from "./types.ts";
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
@@ -31,6 +31,11 @@ export function applyOp(
       return;
     case "retain-delete":
       retained.delete(op.topic);
+      return;
+    case "retain-delete-range":
+      for (const topic of retained.keys()) {
+        if (topicBetween(topic, op.after, op.before)) retained.delete(topic);
+      }
       return;
   }
   const s = sessions.get(op.clientId);

@@ -5,7 +5,15 @@
  * `durable: true` it applies the ops to plain objects, which is what the
  * store contract test runs against.
  */
-import type { SessionState, Store, StoredMessage, StoreOp } from "./types.ts";
+import {
+  compareTopics,
+  type RetainedCount,
+  type RetainedPageSize,
+  type SessionState,
+  type Store,
+  type StoredMessage,
+  type StoreOp,
+} from "./types.ts";
 import { applyOp } from "./apply.ts";
 
 export class MemoryStore implements Store {
@@ -38,7 +46,34 @@ export class MemoryStore implements Store {
     return Promise.resolve(this.sessions.get(clientId) ?? null);
   }
 
-  loadRetained(): Promise<StoredMessage[]> {
-    return Promise.resolve([...this.retained.values()]);
+  /** The messages are in memory already: the pages are slices of them, sorted once. */
+  async *retainedPages(size: RetainedPageSize, after?: string): AsyncIterable<StoredMessage[]> {
+    const topics = [...this.retained.keys()].filter((t) => after === undefined || t > after)
+      .sort(compareTopics);
+    let page: StoredMessage[] = [];
+    let bytes = 0;
+    for (const topic of topics) {
+      const m = this.retained.get(topic);
+      if (m === undefined) continue;
+      page.push(m);
+      bytes += m.payload.length + (m.props?.length ?? 0);
+      if (page.length >= size.messages || bytes >= size.bytes) {
+        yield page;
+        page = [];
+        bytes = 0;
+      }
+    }
+    if (page.length > 0) yield page;
+  }
+
+  countRetained(after: string | null, now: number): Promise<RetainedCount> {
+    let count = 0;
+    let expired = 0;
+    for (const m of this.retained.values()) {
+      if (after !== null && m.topic <= after) continue;
+      count++;
+      if (m.expiresAt !== 0 && now >= m.expiresAt) expired++;
+    }
+    return Promise.resolve({ count, expired });
   }
 }

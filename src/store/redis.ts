@@ -31,15 +31,17 @@ import type { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { MissingSessionError } from "./errors.ts";
-import type { ClusterStore, SessionState, StoredMessage, StoredWill, StoreOp } from "./types.ts";
 import {
-  CorruptValueError,
-  decodeMessage,
-  decodeWill,
-  encodeMessage,
-  encodeSubscription,
-  encodeWill,
-} from "./redis_codec.ts";
+  type ClusterStore,
+  type RetainedCount,
+  type RetainedPageSize,
+  type SessionState,
+  type StoredMessage,
+  type StoredWill,
+  type StoreOp,
+  topicBetween,
+} from "./types.ts";
+import { decodeWill, encodeMessage, encodeSubscription, encodeWill } from "./redis_codec.ts";
 import { ADOPT, APPLY, LOAD, RETAIN, TAKE_WILL } from "./redis_scripts.ts";
 import { KEY_NAMES, RedisKeys, Script } from "./redis_keys.ts";
 import {
@@ -54,6 +56,7 @@ import {
 import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
 import { TOMBSTONE_MS } from "../router/retained.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
+import { RetainedReader } from "./redis_retained.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
 
@@ -89,6 +92,11 @@ export interface RedisStoreOptions {
   readonly waitTimeoutMs?: number;
   /** `[cluster] dedupe_window`: how many acknowledged ids a session's rc list keeps (256). */
   readonly dedupeWindow?: number;
+  /**
+   * `[redis] retained_scan_topics`: retained topics held at once (twice this while one SSCAN
+   * collects them) to hand the retained messages over in topic order (redis_retained.ts).
+   */
+  readonly retainedScanTopics?: number;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -136,6 +144,8 @@ export class RedisStore implements ClusterStore {
   private readonly indexed = new Set<string>();
   private readonly replicas: ReplicaWait;
   private readonly window: string;
+  /** Reads the retained messages in topic order (redis_retained.ts). */
+  private readonly retained: RetainedReader;
 
   constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
     this.keys = new RedisKeys(opts.keyPrefix);
@@ -146,6 +156,7 @@ export class RedisStore implements ClusterStore {
     this.ownsClient = opts.ownsClient ?? false;
     this.replicas = new ReplicaWait(client, opts.waitReplicas ?? 0, opts.waitTimeoutMs ?? 500);
     this.window = String(opts.dedupeWindow ?? DEFAULT_DEDUPE_WINDOW);
+    this.retained = new RetainedReader(client, this.keys, opts.retainedScanTopics);
   }
 
   /** Session writes that need `[redis] wait_replicas` replicas and could not get them. */
@@ -176,15 +187,29 @@ export class RedisStore implements ClusterStore {
     const indexChange = new Map<string, boolean>();
     /** Sessions with acknowledged ids in this batch: how many (the script's `acked`). */
     let acked: Map<string, number> | null = null;
+    // A range deletion names no topics: it needs the index (all of it, so the core never sends
+    // one to a shared store, whose retained messages are the cluster's), and the batch's own.
+    const indexed = ops.some((op) => op.type === "retain-delete-range")
+      ? await this.retained.allTopics()
+      : null;
     for (const op of ops) {
       if (op.type === "retain") {
         retainedOps++;
+        indexed?.add(op.msg.topic);
         this.retainOp(retained, op.msg, now, op.version ?? "");
         continue;
       }
       if (op.type === "retain-delete") {
         retainedOps++;
         this.retainScript(retained, op.topic, "", op.version ?? "", 0, op.tombstone ?? false);
+        continue;
+      }
+      if (op.type === "retain-delete-range") {
+        for (const t of indexed!) {
+          if (!topicBetween(t, op.after, op.before)) continue;
+          retainedOps++;
+          this.retainScript(retained, t, "", "", 0, false);
+        }
         continue;
       }
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
@@ -444,37 +469,12 @@ export class RedisStore implements ClusterStore {
     );
   }
 
-  /** Every retained message; expired ones (gone from Redis) leave the index. */
-  async loadRetained(): Promise<StoredMessage[]> {
-    const out: StoredMessage[] = [];
-    const index = this.keys.retainedIndex;
-    let cursor = "0";
-    do {
-      const [next, topics] = await this.client.sscan(index, cursor, "COUNT", 500);
-      cursor = next;
-      if (topics.length === 0) continue;
-      const values = await this.client.mgetBuffer(...topics.map((t) => this.keys.retained(t)));
-      const versions = await this.client.mget(...topics.map((t) => this.keys.retainedVersion(t)));
-      const gone: string[] = [];
-      values.forEach((v, i) => {
-        if (v === null) {
-          gone.push(topics[i]);
-          return;
-        }
-        try {
-          const m = decodeMessage(v);
-          if (m.topic !== topics[i]) throw new CorruptValueError("stored under another topic");
-          out.push(versions[i] === null ? m : { ...m, version: versions[i]! });
-        } catch (e) {
-          log.warn("skipped the retained message of {topic}: {error}", {
-            topic: topics[i],
-            error: e instanceof Error ? e.message : String(e),
-          });
-        }
-      });
-      if (gone.length > 0) await this.client.srem(index, ...gone);
-    } while (cursor !== "0");
-    return out;
+  retainedPages(size: RetainedPageSize, after?: string): AsyncIterable<StoredMessage[]> {
+    return this.retained.pages(size, after);
+  }
+
+  countRetained(after: string | null, now: number): Promise<RetainedCount> {
+    return this.retained.count(after, now);
   }
 
   // ---- node death: called by the core when the bus reports nodeDown(nodeId)
@@ -561,6 +561,7 @@ export interface RedisStoreConfig {
     readonly wait_timeout_ms?: number;
     readonly session_ttl_grace_ms?: number;
     readonly session_claim_ttl_ms?: number;
+    readonly retained_scan_topics?: number;
   };
   readonly cluster?: { readonly dedupe_window?: number };
 }
@@ -581,6 +582,7 @@ export function createRedisStore(
     ttlGraceMs: config.redis.session_ttl_grace_ms,
     tombstoneMs: config.redis.session_claim_ttl_ms,
     dedupeWindow: config.cluster?.dedupe_window,
+    retainedScanTopics: config.redis.retained_scan_topics,
     ...opts,
     keyPrefix: config.redis.key_prefix ?? "mcloudtt",
   });

@@ -23,7 +23,10 @@ import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
 import { getLogger } from "@logtape/logtape";
 import { StoreOpenError } from "./errors.ts";
 import { type Migration, openDatabase, transaction } from "./sqlite_schema.ts";
+import { ORDER_KEY_SQL, orderKey } from "./sqlite_order.ts";
 import type {
+  RetainedCount,
+  RetainedPageSize,
   SessionState,
   Store,
   StoredDelivery,
@@ -47,6 +50,14 @@ export interface SqliteStoreOptions {
 export const DB_FILE = "mcloudtt.db";
 
 const log = getLogger(["mcloudtt", "store"]);
+
+const KEY = ORDER_KEY_SQL;
+
+/**
+ * Above every order key: no UTF-8 byte is FF, nor any renamed lead byte (sqlite_order.ts), so
+ * a range open at its end ends before this.
+ */
+const KEY_END = Uint8Array.of(0xFF);
 
 const SQL = {
   // Columns named: a later migration may add columns with defaults.
@@ -77,8 +88,19 @@ const SQL = {
     SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions WHERE client_id = ?1)`,
   qos2Delete: `DELETE FROM qos2 WHERE client_id = ? AND packet_id = ?`,
   retainPut: `INSERT OR REPLACE INTO retained (topic, payload, qos, retain, props, expires_at,
-    origin) VALUES (?,?,?,?,?,?,?)`,
+    origin, okey) VALUES (?,?,?,?,?,?,?,?)`,
   retainDelete: `DELETE FROM retained WHERE topic = ?`,
+  // Topic order through the index on the order key (sqlite_order.ts): a page is a seek and a
+  // walk of the index, whatever the table holds.
+  retainedFirst: `SELECT *, ${KEY} AS k FROM retained ORDER BY ${KEY} LIMIT ?`,
+  retainedAfter: `SELECT *, ${KEY} AS k FROM retained WHERE ${KEY} > ? ORDER BY ${KEY} LIMIT ?`,
+  // Count what a start does not read; expires_at is read from the rows, not the payloads.
+  retainedCountAll: `SELECT count(*) AS n, total(expires_at != 0 AND ?1 >= expires_at) AS x
+    FROM retained`,
+  retainedCountAfter: `SELECT count(*) AS n, total(expires_at != 0 AND ?2 >= expires_at) AS x
+    FROM retained WHERE ${KEY} > ?1`,
+  retainedDeleteBefore: `DELETE FROM retained WHERE ${KEY} < ?`,
+  retainedDeleteBetween: `DELETE FROM retained WHERE ${KEY} > ? AND ${KEY} < ?`,
   messageInsert: `INSERT INTO messages (id, topic, payload, qos, retain, props, expires_at, origin)
     VALUES (?,?,?,?,?,?,?,?)`,
   messageExists: `SELECT 1 AS x FROM messages WHERE id = ?`,
@@ -104,7 +126,6 @@ const SQL = {
   subsAll: `SELECT * FROM subscriptions ORDER BY rowid`,
   subsOne: `SELECT * FROM subscriptions WHERE client_id = ? ORDER BY rowid`,
   qos2One: `SELECT client_id, packet_id FROM qos2 WHERE client_id = ?`,
-  retainedAll: `SELECT * FROM retained`,
   maxMessageId: `SELECT max(id) AS id FROM messages`,
 } as const;
 
@@ -239,9 +260,51 @@ export class SqliteStore implements Store {
     }
   }
 
-  loadRetained(): Promise<StoredMessage[]> {
+  async *retainedPages(size: RetainedPageSize, after?: string): AsyncIterable<StoredMessage[]> {
+    let key = after === undefined ? null : topicKey(after);
+    for (;;) {
+      const page = this.retainedPage(key, size);
+      if (page.messages.length > 0) yield page.messages;
+      if (page.last === null) return;
+      key = page.last;
+    }
+  }
+
+  /**
+   * One page after order key `after` (from the first with null), read row by row so that the
+   * bytes bound ends it: `last` is the key to go on from, null at the end of the table.
+   */
+  private retainedPage(
+    after: Uint8Array | null,
+    size: RetainedPageSize,
+  ): { messages: StoredMessage[]; last: Uint8Array | null } {
+    const st = this.statements();
+    const limit = Math.max(1, size.messages);
+    const rows = after === null
+      ? st.retainedFirst.iterate(limit)
+      : st.retainedAfter.iterate(after, limit);
+    const messages: StoredMessage[] = [];
+    let bytes = 0;
+    let last: Uint8Array | null = null;
+    for (const r of rows) {
+      const m = readMessage(r);
+      messages.push(m);
+      last = r.k as Uint8Array;
+      bytes += m.payload.length + (m.props?.length ?? 0);
+      // Leaving the loop resets the statement: the rows after it are not read.
+      if (bytes >= size.bytes) break;
+    }
+    const more = messages.length === limit || bytes >= size.bytes;
+    return { messages, last: more ? last : null };
+  }
+
+  countRetained(after: string | null, now: number): Promise<RetainedCount> {
     try {
-      return Promise.resolve(this.statements().retainedAll.all().map((r) => readMessage(r)));
+      const st = this.statements();
+      const r = after === null
+        ? st.retainedCountAll.get(now)
+        : st.retainedCountAfter.get(topicKey(after), now);
+      return Promise.resolve({ count: Number(r?.n ?? 0), expired: Number(r?.x ?? 0) });
     } catch (e) {
       return Promise.reject(e);
     }
@@ -287,11 +350,18 @@ export class SqliteStore implements Store {
         st.subDelete.run(op.clientId, op.key);
         return;
       case "retain":
-        st.retainPut.run(...messageValues(op.msg));
+        st.retainPut.run(...messageValues(op.msg), orderKey(op.msg.topic));
         return;
       case "retain-delete":
         st.retainDelete.run(op.topic);
         return;
+      case "retain-delete-range": {
+        // One statement, whatever the range holds (a start deleting what it does not keep).
+        const before = op.before === null ? KEY_END : topicKey(op.before);
+        if (op.after === null) st.retainedDeleteBefore.run(before);
+        else st.retainedDeleteBetween.run(topicKey(op.after), before);
+        return;
+      }
     }
   }
 
@@ -454,6 +524,11 @@ export class SqliteStore implements Store {
     }
     return [...byId.values()];
   }
+}
+
+/** The order key of `topic` as the index holds it (sqlite_order.ts). */
+function topicKey(topic: string): Uint8Array {
+  return orderKey(topic) ?? new TextEncoder().encode(topic);
 }
 
 /** topic, payload, qos, retain, props, expires_at, origin: the column order everywhere. */

@@ -10,6 +10,7 @@
  */
 import { DatabaseSync } from "node:sqlite";
 import { StoreOpenError } from "./errors.ts";
+import { ORDER_KEY_SQL, orderKey } from "./sqlite_order.ts";
 
 /** "MQTT" in ASCII, in the database header (`PRAGMA application_id`), so `file(1)` can tell. */
 export const APPLICATION_ID = 0x4D515454;
@@ -20,6 +21,8 @@ export interface Migration {
   readonly version: number;
   /** SQL run inside the migration's transaction. */
   readonly sql: string;
+  /** Run after `sql`, in the same transaction: what SQL alone cannot compute. */
+  readonly run?: (db: DatabaseSync) => void;
 }
 
 /**
@@ -149,8 +152,33 @@ UPDATE sessions SET subscriptions = '[]'
 DROP TABLE temp.v2_readable;
 `;
 
+/**
+ * Version 3: retained messages are read in topic order (UTF-16 code units) a page at a time at
+ * start, through an index on their order key (sqlite_order.ts), which is their topic's UTF-8
+ * unless the topic holds a character at or above U+E000; `okey` keeps it for those (NULL for the
+ * others), filled in here for the rows an older version wrote.
+ */
+const V3 = `
+ALTER TABLE retained ADD COLUMN okey BLOB;
+CREATE INDEX retained_order ON retained (${ORDER_KEY_SQL});
+`;
+
+/** The SQL function V3 fills `okey` with; registered on the migrating connection only. */
+const ORDER_KEY_FN = "mcloudtt_order_key";
+
+function fillOrderKeys(db: DatabaseSync): void {
+  db.function(ORDER_KEY_FN, { deterministic: true }, (t) => orderKey(String(t)));
+  // GLOB compares code points: the rows with a character from U+E000 on, one statement.
+  db.exec(`UPDATE retained SET okey = ${ORDER_KEY_FN}(topic)
+    WHERE topic GLOB '*[' || char(57344) || '-' || char(1114111) || ']*'`);
+}
+
 /** Every schema version so far, oldest first; append, never edit a released one. */
-export const MIGRATIONS: readonly Migration[] = [{ version: 1, sql: V1 }, { version: 2, sql: V2 }];
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, sql: V1 },
+  { version: 2, sql: V2 },
+  { version: 3, sql: V3, run: fillOrderKeys },
+];
 
 export interface OpenOptions {
   /** "FULL" fsyncs the WAL at every commit; "NORMAL" only at checkpoints. */
@@ -244,6 +272,7 @@ export function openDatabase(file: string, opts: OpenOptions): DatabaseSync {
       sqlite(fail, () =>
         transaction(db, () => {
           db.exec(m.sql);
+          m.run?.(db);
           db.prepare("UPDATE meta SET value = ? WHERE key = 'schema_version'").run(m.version);
         }));
     }

@@ -154,7 +154,50 @@ export type StoreOp =
     readonly version?: string;
     /** Keep the deletion's version for a while (retained.ts, TOMBSTONE_MS) */
     readonly tombstone?: boolean;
+  }
+  /**
+   * Deletes every retained message whose topic lies strictly between `after` and `before` in
+   * topic order ({@link compareTopics}); null leaves that side open. What a start did not keep
+   * of an unshared store (retained_restore.ts): one op per gap between kept topics, so what it
+   * deletes costs no memory per deleted message.
+   */
+  | {
+    readonly type: "retain-delete-range";
+    readonly after: string | null;
+    readonly before: string | null;
   };
+
+/**
+ * Topic order: by UTF-16 code unit, as JavaScript compares strings (`<`). Every store hands its
+ * retained messages over in this order, so a start keeps the same ones on every store and node.
+ */
+export function compareTopics(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/** Whether `topic` lies strictly between `after` and `before` in topic order (null: open). */
+export function topicBetween(topic: string, after: string | null, before: string | null): boolean {
+  return (after === null || topic > after) && (before === null || topic < before);
+}
+
+/** How much one page of {@link Store.retainedPages} holds. */
+export interface RetainedPageSize {
+  /** Most messages in a page (at least 1). */
+  readonly messages: number;
+  /**
+   * Payload and property bytes after which a page ends: the message that reaches it is the last
+   * of its page, so a page always holds at least one message.
+   */
+  readonly bytes: number;
+}
+
+/** Retained messages a store holds past a topic, counted without reading them. */
+export interface RetainedCount {
+  /** How many. */
+  readonly count: number;
+  /** How many of them had expired (their `expiresAt` passed) at the time asked about. */
+  readonly expired: number;
+}
 
 /** Where sessions and retained messages are kept beyond the process. */
 export interface Store {
@@ -187,8 +230,20 @@ export interface Store {
   loadSessions(): Promise<SessionState[]>;
   /** One session, or null. */
   loadSession(clientId: string): Promise<SessionState | null>;
-  /** Every retained message. */
-  loadRetained(): Promise<StoredMessage[]>;
+  /**
+   * The retained messages in topic order ({@link compareTopics}), a page at a time, each page
+   * within `size`, starting after topic `after` (from the first without). Ending the iteration
+   * early (`break`) reads nothing more: what a start does not keep is not read. A retained
+   * message changed while the pages are read may be seen as it was or as it is.
+   */
+  retainedPages(size: RetainedPageSize, after?: string): AsyncIterable<StoredMessage[]>;
+  /**
+   * How many retained messages the store holds whose topic comes after `after` in topic order
+   * (all of them with null), and how many of those had expired at `now`, without reading their
+   * payloads into memory. A store whose messages expire by themselves (Redis, by TTL) holds none
+   * that has, and counts 0 expired.
+   */
+  countRetained(after: string | null, now: number): Promise<RetainedCount>;
 }
 
 /**

@@ -6,7 +6,14 @@
  * told with what a crash at that moment would leave behind.
  */
 import { SqliteStore } from "../../src/store/sqlite.ts";
-import type { SessionState, Store, StoredMessage, StoreOp } from "../../src/store/types.ts";
+import type {
+  RetainedCount,
+  RetainedPageSize,
+  SessionState,
+  Store,
+  StoredMessage,
+  StoreOp,
+} from "../../src/store/types.ts";
 import { delay } from "./broker.ts";
 
 export class SlowStore implements Store {
@@ -48,7 +55,11 @@ export class SlowStore implements Store {
     return this.inner.loadSession(clientId);
   }
 
-  loadRetained(): Promise<StoredMessage[]> {
-    return this.inner.loadRetained();
+  retainedPages(size: RetainedPageSize, after?: string): AsyncIterable<StoredMessage[]> {
+    return this.inner.retainedPages(size, after);
+  }
+
+  countRetained(after: string | null, now: number): Promise<RetainedCount> {
+    return this.inner.countRetained(after, now);
   }
 }

@@ -202,3 +202,36 @@ Deno.test("MemoryRetainedStore prunes the levels a delete leaves empty", () => {
   s.delete("a/x");
   assert.deepEqual(names(root()), [], "nothing left under the root");
 });
+
+Deno.test("MemoryRetainedStore says which limit is reached once no message of a new topic fits", () => {
+  // "a" with an empty payload is the smallest message there is: 160 + 48 + 2 + 1 bytes.
+  const smallest = () => new Message("a", utf8("a"), new Uint8Array(0), 0, true, null, 0, "p");
+  const least = 211;
+  const big = retained("t/1", "x".repeat(1000));
+  const bytes = new MemoryRetainedStore({ maxMessages: 10, maxBytes: 2000 });
+  assert.equal(bytes.limitReached(), null);
+  assert.ok(bytes.set(big));
+  const left = bytes.room().bytes;
+  assert.equal(bytes.room().messages, 9);
+  // Room for the smallest message: not reached, and it fits.
+  assert.ok(left >= least, `${left} left`);
+  assert.equal(bytes.limitReached(), null);
+  assert.equal(bytes.limitPassed(smallest()), null);
+  // "t/2" costs 160 + 2 * 48 + 6 + 3 bytes and its payload: 100 bytes are left after it.
+  assert.ok(bytes.set(retained("t/2", "y".repeat(left - 265 - 100))));
+  // Less than the smallest message left: every new topic's message would pass max_retained_bytes.
+  assert.ok(bytes.room().bytes < least, `${bytes.room().bytes} left`);
+  assert.equal(bytes.limitReached(), "max_retained_bytes");
+  assert.equal(bytes.limitPassed(smallest()), "max_retained_bytes");
+
+  const count = new MemoryRetainedStore({ maxMessages: 2, maxBytes: 1 << 20 });
+  count.set(retained("b"));
+  assert.equal(count.limitReached(), null);
+  count.set(retained("c"));
+  assert.equal(count.limitReached(), "max_retained_messages");
+  assert.equal(count.limitPassed(smallest()), "max_retained_messages");
+  assert.deepEqual(
+    new MemoryRetainedStore({ maxMessages: 0, maxBytes: 0 }).limitReached(),
+    "max_retained_messages",
+  );
+});

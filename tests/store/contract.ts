@@ -16,13 +16,14 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { MissingSessionError } from "../../src/store/errors.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import type { Store, StoredMessage, StoreOp } from "../../src/store/types.ts";
+import type { RetainedPageSize, Store, StoredMessage, StoreOp } from "../../src/store/types.ts";
 import {
   ALL_BYTES,
   delivery,
   fullSession,
   inflight,
   journalArb,
+  loadRetained,
   message,
   normalRetained,
   normalSession,
@@ -41,6 +42,10 @@ export const CONTRACT_CASES = [
   "inflight is replaced by packet id and deleted",
   "incoming QoS 2 ids are a set",
   "retained messages are set, replaced and deleted",
+  "retained messages come in topic order (UTF-16 code units), a page at a time",
+  "a page of retained messages ends at the message that reaches its bytes",
+  "retained messages are counted after a topic, with the expired ones",
+  "a range deletion deletes the topics between its bounds in topic order",
   "ops on a missing session are ignored",
   "deleting a session removes its queue, inflight and QoS 2 ids",
   "a session op replaces the whole state",
@@ -81,13 +86,72 @@ export interface StoreContractOptions<S extends Store> {
 
 type Body<S extends Store> = (store: S, o: StoreContractOptions<S>) => Promise<void>;
 
+/**
+ * Topics whose order differs between UTF-8 bytes (SQLite's BINARY collation, Redis's byte
+ * strings) and UTF-16 code units (JavaScript, the order a start keeps): characters beyond the
+ * BMP against U+E000..U+FFFF, mixed case, prefixes, levels.
+ */
+const ORDER_TOPICS = [
+  "a",
+  "A",
+  "b",
+  "B",
+  "a/",
+  "a/b",
+  "ab",
+  "a\u00E9",
+  "a\uD7FF",
+  "a\uE000",
+  "a\uFF01",
+  "a\uFF01x",
+  "a\uFFFD",
+  "a\u{10000}",
+  "a\u{1F600}",
+  "a\u{1F600}x",
+  "a\u{10FFFF}",
+  "\u{1F600}",
+  "\uFF01",
+  "温度",
+  "$SYS/x",
+  "z",
+];
+
+/** ORDER_TOPICS in a stored order that is neither of the two: every third, then the rest. */
+const ORDER_WRITTEN = [
+  ...ORDER_TOPICS.filter((_, i) => i % 3 === 2),
+  ...ORDER_TOPICS.filter((_, i) => i % 3 !== 2).reverse(),
+];
+
+const utf8 = new TextEncoder();
+
+/** Sorted by UTF-8 bytes: what a store comparing bytes would hand over. */
+function byteOrder(topics: readonly string[]): string[] {
+  const cmp = (a: string, b: string) => {
+    const x = utf8.encode(a);
+    const y = utf8.encode(b);
+    for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+    return x.length - y.length;
+  };
+  return [...topics].sort(cmp);
+}
+
+async function pages(store: Store, size: RetainedPageSize, after?: string) {
+  const out: StoredMessage[][] = [];
+  for await (const page of store.retainedPages(size, after)) out.push(page);
+  return out;
+}
+
 async function expectLoaded(
   store: Store,
   sessions: Parameters<typeof normalSessions>[0],
   retained: readonly StoredMessage[],
 ): Promise<void> {
   assert.deepEqual(normalSessions(await store.loadSessions()), normalSessions(sessions));
-  assert.deepEqual(normalRetained(await store.loadRetained()), normalRetained(retained));
+  const loaded = await loadRetained(store);
+  // Handed over in topic order, every time.
+  const topics = loaded.map((m) => m.topic);
+  assert.deepEqual(topics, [...topics].sort());
+  assert.deepEqual(normalRetained(loaded), normalRetained(retained));
   for (const s of sessions) {
     const one = await store.loadSession(s.clientId);
     assert.ok(one, `loadSession(${JSON.stringify(s.clientId)}) is null`);
@@ -100,7 +164,7 @@ async function model(batches: readonly (readonly StoreOp[])[]) {
   const m = new MemoryStore(true);
   await m.open();
   for (const b of batches) await m.write(b);
-  return { sessions: await m.loadSessions(), retained: await m.loadRetained() };
+  return { sessions: await m.loadSessions(), retained: await loadRetained(m) };
 }
 
 /**
@@ -126,7 +190,7 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
   return {
     "starts empty": async (store) => {
       assert.deepEqual(await store.loadSessions(), []);
-      assert.deepEqual(await store.loadRetained(), []);
+      assert.deepEqual(await loadRetained(store), []);
       assert.equal(await store.loadSession("c1"), null);
       await store.write([]);
       assert.deepEqual(await store.loadSessions(), []);
@@ -260,8 +324,112 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
           { type: "retain-delete", topic: "c" },
         ],
       ]);
-      const got = await store.loadRetained();
+      const got = await loadRetained(store);
       assert.deepEqual(got.map((m) => new TextDecoder().decode(m.payload)), ["2"]);
+    },
+
+    "retained messages come in topic order (UTF-16 code units), a page at a time": async (
+      store,
+    ) => {
+      const want = [...ORDER_TOPICS].sort();
+      // Not a test of anything unless the two orders differ.
+      assert.notDeepEqual(byteOrder(ORDER_TOPICS), want);
+      await store.write(
+        ORDER_WRITTEN.map((topic) => ({ type: "retain", msg: message({ topic, retain: true }) })),
+      );
+      for (const messages of [1, 2, 5, 1000]) {
+        const got = await pages(store, { messages, bytes: 1 << 30 });
+        assert.deepEqual(got.flat().map((m) => m.topic), want, `pages of ${messages}`);
+        for (const page of got) assert.ok(page.length >= 1 && page.length <= messages);
+      }
+      // From after any topic, stored or not.
+      for (const after of [...want, "a\uF000", "a\u{1F601}", "0", "\u{10FFFF}"]) {
+        const got = (await pages(store, { messages: 4, bytes: 1 << 30 }, after)).flat();
+        assert.deepEqual(
+          got.map((m) => m.topic),
+          want.filter((t) => t > after),
+          `after ${JSON.stringify(after)}`,
+        );
+      }
+      // Stopping early is allowed and leaves the store as it was.
+      for await (const _ of store.retainedPages({ messages: 2, bytes: 1 << 30 })) break;
+      assert.deepEqual((await loadRetained(store)).map((m) => m.topic), want);
+    },
+
+    "a page of retained messages ends at the message that reaches its bytes": async (store) => {
+      const topics = Array.from({ length: 22 }, (_, i) => `p/${String(i).padStart(2, "0")}`);
+      const payload = new Uint8Array(10).fill(7);
+      await store.write(topics.map((topic) => ({
+        type: "retain",
+        msg: message({ topic, payload, props: Uint8Array.of(1, 2), retain: true }),
+      })));
+      // 12 bytes of payload and properties each: the third reaches 25.
+      const got = await pages(store, { messages: 100, bytes: 25 });
+      assert.deepEqual(got.flat().map((m) => m.topic), topics);
+      for (const page of got) {
+        assert.ok(page.length >= 1 && page.length <= 3, `a page of ${page.length}`);
+        const before = page.slice(0, -1).reduce((n, m) => n + m.payload.length + 2, 0);
+        assert.ok(before < 25, `the page went on past its bytes (${before})`);
+      }
+      // One message over the bound is a page of its own.
+      const one = await pages(store, { messages: 100, bytes: 1 });
+      assert.equal(one.length, topics.length);
+    },
+
+    "retained messages are counted after a topic, with the expired ones": async (store) => {
+      const now = 2_000_000_000_000;
+      const expiry = (i: number) => [0, 1_700_000_000_000, 4_102_444_800_000][i % 3];
+      const all = [...ORDER_TOPICS].sort();
+      await store.write(ORDER_WRITTEN.map((topic) => ({
+        type: "retain",
+        msg: message({ topic, retain: true, expiresAt: expiry(all.indexOf(topic)) }),
+      })));
+      for (const after of [null, ...all, "a\uF000"]) {
+        const past = all.filter((t) => after === null || t > after);
+        const expired = past.filter((t) => expiry(all.indexOf(t)) === 1_700_000_000_000).length;
+        const got = await store.countRetained(after, now);
+        assert.equal(got.count, past.length, `after ${JSON.stringify(after)}`);
+        // A shared store (Redis) lets messages expire by themselves (TTL): it holds none that
+        // has, and counts none. Here its clock is set before the expiry, so they are still there.
+        assert.equal(got.expired, store.shared ? 0 : expired, `after ${JSON.stringify(after)}`);
+      }
+    },
+
+    "a range deletion deletes the topics between its bounds in topic order": async (store) => {
+      const r = (topic: string) => message({ topic, retain: true });
+      const all: StoreOp[] = ORDER_WRITTEN.map((topic) => ({ type: "retain", msg: r(topic) }));
+      const range = (after: string | null, before: string | null): StoreOp => ({
+        type: "retain-delete-range",
+        after,
+        before,
+      });
+      const batches: StoreOp[][] = [
+        all,
+        // In UTF-16 order U+1F600 comes before U+FF01: "a\u{1F600}x" and "a\u{10FFFF}" go.
+        [range("a\u{1F600}", "a\uFF01")],
+        [range(null, "B")],
+        [range("z", null)],
+        all,
+        [
+          // Set before the deletion in the same batch: deleted.
+          { type: "retain", msg: r("a\uE001") },
+          range("a\uD7FF", "b"),
+          // Set after the deletion in the same batch: kept.
+          { type: "retain", msg: r("a\uE000") },
+        ],
+        [range("b", "a")],
+        [range(null, null)],
+      ];
+      // Compared after every batch: the last one leaves nothing to compare.
+      for (let i = 0; i < batches.length; i++) {
+        await store.write(batches[i]);
+        const want = await model(batches.slice(0, i + 1));
+        assert.deepEqual(
+          normalRetained(await loadRetained(store)),
+          normalRetained(want.retained),
+          `after batch ${i}`,
+        );
+      }
     },
 
     "ops on a missing session are ignored": async (store) => {

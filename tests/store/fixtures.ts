@@ -6,7 +6,9 @@
  */
 import fc from "fast-check";
 import type {
+  RetainedPageSize,
   SessionState,
+  Store,
   StoredDelivery,
   StoredInflight,
   StoredMessage,
@@ -135,6 +137,19 @@ export function normalSessions(list: readonly SessionState[]): SessionState[] {
   return list.map(normalSession).sort((a, b) => a.clientId < b.clientId ? -1 : 1);
 }
 
+/**
+ * Every retained message of `store` in topic order, read a few at a time (`size`) so that
+ * every test that looks at them goes through paging.
+ */
+export async function loadRetained(
+  store: Store,
+  size: RetainedPageSize = { messages: 3, bytes: 1 << 20 },
+): Promise<StoredMessage[]> {
+  const all: StoredMessage[] = [];
+  for await (const page of store.retainedPages(size)) all.push(...page);
+  return all;
+}
+
 export function normalRetained(list: readonly StoredMessage[]): StoredMessage[] {
   return list.map(normalMessage).sort((a, b) => a.topic < b.topic ? -1 : 1);
 }
@@ -144,7 +159,11 @@ export function normalRetained(list: readonly StoredMessage[]): StoredMessage[] 
 // objects, so replacements, deletions of existing rows and shared messages happen often.
 
 const CLIENTS = ["c1", "c2", "c3", "ü-客户"];
-const TOPICS = ["a", "a/b", "sensors/温度", "$SYS/x"];
+/**
+ * With topics whose UTF-8 (code point) order is not their UTF-16 order: U+FF01 sorts after
+ * U+1F600 in JavaScript, before it in UTF-8 (see src/store/sqlite_order.ts).
+ */
+const TOPICS = ["a", "a/b", "sensors/温度", "$SYS/x", "a\uFF01", "a\u{1F600}", "B"];
 
 const text = fc.string({ unit: "grapheme", maxLength: 8 });
 const packetId = fc.constantFrom(1, 2, 3, 65535);
@@ -184,7 +203,8 @@ type OpSpec =
   | { kind: "subscribe"; clientId: string; sub: StoredSubscription }
   | { kind: "unsubscribe"; clientId: string; key: string }
   | { kind: "retain"; msg: number; topic: string }
-  | { kind: "retain-delete"; topic: string };
+  | { kind: "retain-delete"; topic: string }
+  | { kind: "retain-delete-range"; after: string | null; before: string | null };
 
 type Ids = number[] | null;
 
@@ -320,6 +340,14 @@ const opSpec: fc.Arbitrary<OpSpec> = fc.oneof<fc.MaybeWeightedArbitrary<OpSpec>[
     arbitrary: fc.record({ kind: fc.constant("retain-delete"), topic: fc.constantFrom(...TOPICS) }),
     weight: 1,
   },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("retain-delete-range"),
+      after: fc.option(fc.constantFrom(...TOPICS), { nil: null }),
+      before: fc.option(fc.constantFrom(...TOPICS), { nil: null }),
+    }),
+    weight: 1,
+  },
 );
 
 /**
@@ -411,6 +439,8 @@ export const journalArb: fc.Arbitrary<StoreOp[][]> = fc.record({
         return { type: "retain", msg: { ...pool[o.msg], topic: o.topic, retain: true } };
       case "retain-delete":
         return { type: "retain-delete", topic: o.topic };
+      case "retain-delete-range":
+        return { type: "retain-delete-range", after: o.after, before: o.before };
     }
   };
   return batches.map((b) => b.map(bind));

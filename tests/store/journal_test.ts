@@ -14,6 +14,7 @@ import { delay } from "../helpers/broker.ts";
 import {
   delivery,
   journalArb,
+  loadRetained,
   message,
   normalRetained,
   normalSessions,
@@ -75,7 +76,7 @@ Deno.test("journal: while the store fails, a topic's retained updates wait as at
   store.failing = false;
   await waited;
   const got = new Map(
-    (await store.inner.loadRetained()).map((r) => [r.topic, new TextDecoder().decode(r.payload)]),
+    (await loadRetained(store.inner)).map((r) => [r.topic, new TextDecoder().decode(r.payload)]),
   );
   assert.deepEqual(Object.fromEntries(got), { "t/0": "999", "t/1": "997", "t/2": "998" });
   j.close();
@@ -146,8 +147,8 @@ for (const kind of ["memory", "sqlite"] as const) {
                 bySubscriptionKey(await model.loadSessions()),
               );
               assert.deepEqual(
-                normalRetained(await inner.loadRetained()),
-                normalRetained(await model.loadRetained()),
+                normalRetained(await loadRetained(inner)),
+                normalRetained(await loadRetained(model)),
               );
             } finally {
               j.close();

@@ -20,6 +20,7 @@ import {
   sampleSession,
   storeNode,
 } from "./redis_fixture.ts";
+import { loadRetained } from "./fixtures.ts";
 
 const ignore = skipWithoutRedis();
 
@@ -242,7 +243,7 @@ storeTest(
     );
     const [[sessions, retained], logs] = await captureLogs(async () => [
       await store.loadSessions(),
-      await store.loadRetained(),
+      await loadRetained(store),
     ]);
     const byId = new Map(sessions.map((s) => [s.clientId, s]));
     assert.deepStrictEqual([...byId.keys()].sort(), ["badq", "good", "wrongq"]);
@@ -284,12 +285,12 @@ storeTest(
       { type: "retain", msg: message("r/1", "from A", { retain: true }) },
     ]);
     assert.deepStrictEqual(await b.loadSession("c"), sampleSession("c"));
-    assert.deepStrictEqual(await b.loadRetained(), [message("r/1", "from A", { retain: true })]);
+    assert.deepStrictEqual(await loadRetained(b), [message("r/1", "from A", { retain: true })]);
     await b.write([{ type: "retain-delete", topic: "r/1" }, {
       type: "retain",
       msg: message("r/2", "from B"),
     }]);
-    assert.deepStrictEqual((await a.loadRetained()).map((m) => m.topic), ["r/2"]);
+    assert.deepStrictEqual((await loadRetained(a)).map((m) => m.topic), ["r/2"]);
   },
 );
 
@@ -300,12 +301,12 @@ storeTest(
     await using b = await storeNode(server, "B");
     const v = (ms: number) => `${String(ms).padStart(13, "0")}000a`;
     const payload = async () =>
-      (await a.loadRetained()).map((m) => `${m.topic}=${new TextDecoder().decode(m.payload)}`);
+      (await loadRetained(a)).map((m) => `${m.topic}=${new TextDecoder().decode(m.payload)}`);
     // The newer update is written first, the older one after it: the older changes nothing.
     await b.write([{ type: "retain", msg: message("r/1", "newer"), version: v(2) }]);
     await a.write([{ type: "retain", msg: message("r/1", "older"), version: v(1) }]);
     assert.deepStrictEqual(await payload(), ["r/1=newer"]);
-    assert.equal((await a.loadRetained())[0].version, v(2), "loaded with its version");
+    assert.equal((await loadRetained(a))[0].version, v(2), "loaded with its version");
     // A deletion leaves its version behind: an older set coming later does not bring it back.
     await a.write([{ type: "retain-delete", topic: "r/1", version: v(4), tombstone: true }]);
     await b.write([{ type: "retain", msg: message("r/1", "stale"), version: v(3) }]);
@@ -319,7 +320,7 @@ storeTest(
     // An update without a version (an older node's) applies and drops the version.
     await b.write([{ type: "retain", msg: message("r/1", "unversioned") }]);
     assert.deepStrictEqual(await payload(), ["r/1=unversioned"]);
-    assert.equal((await a.loadRetained())[0].version, undefined);
+    assert.equal((await loadRetained(a))[0].version, undefined);
   },
 );
 
@@ -334,9 +335,9 @@ storeTest(
     ]);
     const pttl = Number(await server.command("PTTL", "t:{ret}:t:long"));
     assert.ok(pttl > 59_000 && pttl <= 60_000, `PTTL ${pttl}`);
-    assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic).sort(), ["long", "short"]);
+    assert.deepStrictEqual((await loadRetained(b)).map((m) => m.topic).sort(), ["long", "short"]);
     await new Promise((r) => setTimeout(r, 450));
-    assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic), ["long"]);
+    assert.deepStrictEqual((await loadRetained(b)).map((m) => m.topic), ["long"]);
     assert.equal(await server.command("SISMEMBER", "t:{ret}:index", "short"), "0");
   },
 );
@@ -461,7 +462,7 @@ storeTest(
       await using store = await storeNode(server, "A");
       const s = await store.loadSession("c");
       assert.deepStrictEqual(s!.queue.map((q) => q.seq), [1, 2, 3]);
-      assert.deepStrictEqual((await store.loadRetained()).map((m) => m.topic), ["r"]);
+      assert.deepStrictEqual((await loadRetained(store)).map((m) => m.topic), ["r"]);
     }
     // Without AOF the same kill -9 loses everything: what the test above checks can fail.
     await using volatile = await RedisServer.start();
@@ -559,7 +560,7 @@ storeTest(
         (await b.loadSessions()).map((s) => s.clientId).sort(),
         ["c1", "c2", "c3"],
       );
-      assert.deepStrictEqual((await b.loadRetained()).map((m) => m.topic), ["r/2"]);
+      assert.deepStrictEqual((await loadRetained(b)).map((m) => m.topic), ["r/2"]);
       assert.deepStrictEqual((await b.sessionsOfNode("A")).sort(), ["c1", "c2", "c3"]);
       assert.ok(await b.adoptSession("c1", "A"));
       assert.ok(await b.takeWill("c1"));

@@ -12,7 +12,15 @@ import { DB_FILE, SqliteStore } from "../../src/store/sqlite.ts";
 import { MIGRATIONS } from "../../src/store/sqlite_schema.ts";
 import type { StoreOp } from "../../src/store/types.ts";
 import { CRASH_SESSIONS, crashMessage } from "./crash_writer.ts";
-import { delivery, fullSession, inflight, journalArb, message, session } from "./fixtures.ts";
+import {
+  delivery,
+  fullSession,
+  inflight,
+  journalArb,
+  loadRetained,
+  message,
+  session,
+} from "./fixtures.ts";
 
 const root = await Deno.makeTempDir({ prefix: "mcloudtt-sqlite-test-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
@@ -296,7 +304,7 @@ Deno.test("sqlite: kill -9 in the middle of writes loses no acknowledged batch",
         const c0 = sessions.get("c0")!;
         assert.equal(c0.inflight.length, last - 1);
         assert.deepEqual(c0.inflight.at(-1)!.msg.payload, crashMessage(last - 1).payload);
-        const retained = await s.loadRetained();
+        const retained = await loadRetained(s);
         assert.equal(retained.length, 10);
         const r = retained.find((m) => m.topic === `r/${last % 10}`);
         assert.deepEqual(r?.payload, crashMessage(last).payload);
