@@ -65,39 +65,11 @@ export function encodeBody(msg: Message, redelivery = false): Uint8Array {
   return out;
 }
 
-/** Characters of the process prefix that starts every id `MessageIds` gives. */
-const ID_PREFIX_LENGTH = 8;
-
 /**
- * Ids for the messages that enter the cluster here: a random prefix of this
- * process (48 bits, 8 characters) and a counter. Unique cluster-wide without
- * asking Redis; a restarted process draws a new prefix. The counter follows
- * the order in which the process forwarded them (`idOrigin`, `idSeq`).
+ * Ids for the messages that enter the cluster here (and their order): moved to protocol/, where
+ * the session journal gives them too; named here as well for the cluster's modules.
  */
-export class MessageIds {
-  private readonly prefix: string;
-  private seq = 0;
-
-  constructor() {
-    const bytes = crypto.getRandomValues(new Uint8Array(6));
-    // base64url: no space (the separator of an entry's id list), no padding for 6 bytes.
-    this.prefix = btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_");
-  }
-
-  next(): string {
-    return this.prefix + (++this.seq).toString(36);
-  }
-}
-
-/** The process that gave `id` (its prefix), or "" for an id `MessageIds` did not make. */
-export function idOrigin(id: string): string {
-  return id.length > ID_PREFIX_LENGTH ? id.slice(0, ID_PREFIX_LENGTH) : "";
-}
-
-/** Where `id` comes in its process's order (`idOrigin`), NaN for an id `MessageIds` did not make. */
-export function idSeq(id: string): number {
-  return id.length > ID_PREFIX_LENGTH ? parseInt(id.slice(ID_PREFIX_LENGTH), 36) : NaN;
-}
+export { idOrigin, idSeq, MessageIds } from "../protocol/message_ids.ts";
 
 /** `[0, 0]`: no groups, shared by every record without groups. */
 export const NO_GROUPS_HEADER: Uint8Array = new Uint8Array(2);

@@ -88,12 +88,13 @@ export class Message {
   /** performance.now() when received, for the 1-in-N sampled latency metric; 0 when not sampled. */
   sampledAt = 0;
   /**
-   * Cluster-wide id, given once by the node where the message entered the
-   * cluster when it first forwards it, and carried with every copy (other
-   * nodes, session queues, the store): a session that already holds or
-   * recently completed a message with this id drops another copy (a session
-   * moving between nodes, a dead node's inbox). "" for a message that never
-   * left its node: nothing to tell apart, nothing allocated.
+   * Cluster-wide id (message_ids.ts), given once: by the node where the message entered the
+   * cluster when it first forwards it, or by the journal when a durable store first keeps a
+   * queue or in-flight entry of it. Carried with every copy (other nodes, session queues, the
+   * store): sessions restored from the stored copies share one Message again, and a session
+   * that already holds or recently completed a message with this id drops another copy (a
+   * session moving between nodes, a dead node's inbox). "" for a message that neither left its
+   * node nor was stored: nothing to tell apart, nothing allocated.
    */
   id = "";
 

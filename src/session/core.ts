@@ -122,7 +122,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
       maxQueuedBytes: opts.limits.maxQueuedBytes,
       maxQueuedBytesTotal: opts.limits.maxQueuedBytesTotal,
       dropPolicy: opts.limits.queueDropPolicy,
-      dedupeWindow: opts.limits.dedupeWindow,
+      // Completed ids matter only for copies from other nodes (a shared store); on one node each
+      // stored message has an id (Journal.identify), and remembering them would only cost memory.
+      dedupeWindow: opts.store.shared ? opts.limits.dedupeWindow : 0,
     };
     this.router = opts.router;
     this.metrics = opts.metrics;

@@ -156,7 +156,10 @@ export abstract class SessionDelivery extends SessionQueue {
     if (group !== null) (this.sharedBy ??= new WeakMap()).set(e, group);
     (this.inflight ??= new PacketIdTable()).set(pid, e);
     this.holdInflight(m);
-    if (this.journaled) this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
+    if (this.journaled) {
+      this.journal!.identify(m);
+      this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
+    }
     this.metrics.sentByQos[qos]++;
     return true;
   }
@@ -414,6 +417,8 @@ export abstract class SessionDelivery extends SessionQueue {
     e.released = true;
     const link = this.link;
     if (this.journaled) {
+      // Restored from a store that kept no id, it may have none yet.
+      this.journal!.identify(e.msg);
       this.journal!.push({ type: "inflight", clientId: this.clientId, item: e });
       const written = this.journal!.ackWait;
       if (written !== null) {
@@ -513,7 +518,11 @@ export abstract class SessionDelivery extends SessionQueue {
   protected storedInflight(): SessionState["inflight"] {
     // A store may keep them until its write: no arena chunk held that long.
     this.settleInflight();
-    return this.inflight === null ? [] : [...this.inflight.values()];
+    if (this.inflight === null) return [];
+    const journal = this.journal;
+    // One restored from a store that kept no id (written before ids were given) gets one now.
+    if (journal !== null) { for (const e of this.inflight.values()) journal.identify(e.msg); }
+    return [...this.inflight.values()];
   }
 
   /** Restores what `storedQueue`, `storedInflight` and `recentIds` saved. */

@@ -22,7 +22,7 @@
  * let go. A held copy older than a message of the same node that the session
  * holds or completed had reached O before it: it is dropped as well.
  */
-import { idOrigin, idSeq } from "../cluster/codec.ts";
+import { idOrigin, idSeq } from "../protocol/message_ids.ts";
 import type { Message } from "../protocol/message.ts";
 import type { Subscriber } from "../router/types.ts";
 import { queuedSize } from "./queue.ts";

@@ -33,6 +33,8 @@
  * session's filters differs after a restart, which MQTT leaves open.)
  */
 import { getLogger } from "@logtape/logtape";
+import type { Message } from "../protocol/message.ts";
+import { MessageIds } from "../protocol/message_ids.ts";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { MissingSessionError } from "../store/errors.ts";
 import type { Store, StoreOp } from "../store/types.ts";
@@ -152,6 +154,8 @@ export class Journal {
     batch: number,
   ) => void;
   private readonly onMissing: (clientIds: readonly string[]) => void;
+  /** Ids for the messages this journal hands the store first (`identify`). */
+  private readonly ids = new MessageIds();
 
   constructor(private readonly store: Store, opts: JournalOptions = {}) {
     this.acksWait = opts.acksWait ?? true;
@@ -181,6 +185,19 @@ export class Journal {
   /** Since when (ms since epoch) store writes have been failing; 0 while they succeed. */
   get failingFor(): number {
     return this.failingSince === 0 ? 0 : Date.now() - this.failingSince;
+  }
+
+  /**
+   * Gives `msg` an id (`Message.id`) unless it has one, before a queue or in-flight entry of it
+   * goes to the store: every stored copy of a message then carries the same id, and the
+   * sessions restored from them (after a restart, or adopted or moved in a cluster) share one
+   * Message again, counted once against limits.max_queued_bytes_total (session/stored.ts).
+   * Before, only a message that crossed the cluster bus had one: a message queued for N
+   * sessions on one node came back as N copies. Once per message (the same Message is handed to
+   * every session), and only with a durable store: the memory store has no journal.
+   */
+  identify(msg: Message): void {
+    if (msg.id === "") msg.id = this.ids.next();
   }
 
   /** Queues `op` for the next batch (replacing an unwritten op it makes pointless). */

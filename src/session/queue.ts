@@ -104,6 +104,7 @@ export abstract class SessionQueue {
     msg.own();
     if (this.journaled) {
       q.seq = this.nextSeq++;
+      this.journal!.identify(msg);
       this.journal!.push({ type: "enqueue", clientId: this.clientId, seq: q.seq, item: q });
     }
     if (this.queue === EMPTY_QUEUE) this.queue = [q];
@@ -244,9 +245,12 @@ export abstract class SessionQueue {
   /** The queued messages as a store keeps them, each with its journal sequence number. */
   protected storedQueue(): SessionState["queue"] {
     const queue: (Queued & { seq: number })[] = [];
+    const journal = this.journal;
     for (let i = this.queueHead; i < this.queue.length; i++) {
       const q = this.queue[i];
       if (q.seq === 0) q.seq = this.nextSeq++;
+      // One restored from a store that kept no id (written before ids were given) gets one now.
+      journal?.identify(q.msg);
       queue.push(q);
     }
     return queue;

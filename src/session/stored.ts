@@ -41,17 +41,20 @@ export function toMessage(m: StoredMessage): Message {
 }
 
 /**
- * One Message per cluster message id among the sessions this node restores from a shared store
- * (Redis). Redis keeps a message queued for N sessions inline in each queue entry, so a node
- * that adopts them (a dead node's sessions, in one go) or loads them (sessions moving here) read
- * N copies: N payloads in memory, counted N times against limits.max_queued_bytes_total, where
- * the node they came from held one. A message that crossed the cluster bus carries the same id
- * in every copy, so the copies become the Message made for the first; the per-delivery fields
- * (QoS, retain flag as delivered, subscription identifiers) are the entries' own, not the
- * message's. The Messages are held weakly: an id leaves the index once its Message is gone,
- * and sharing goes on for as long as any session here holds it. A message that never left its
- * node has no id and is restored once per entry. The embedded store (SQLite) needs none of
- * this: it loads a message queued for many sessions once, and `toMessage` keeps that sharing.
+ * One Message per message id among the sessions this node restores from a store. Redis keeps a
+ * message queued for N sessions inline in each queue entry, so a node that adopts them (a dead
+ * node's sessions, in one go) or loads them (sessions moving here) read N copies: N payloads in
+ * memory, counted N times against limits.max_queued_bytes_total, where the node they came from
+ * held one. The embedded store (SQLite) keeps one row per message and loads it once (`toMessage`
+ * keeps that sharing), but a message written again by a later process (a restored session
+ * rewritten whole) gets a row of its own, and a restart after that loaded one copy per row
+ * (doubling with each restart that some sessions come and go in). Every stored copy of a message
+ * carries the same id (given by the cluster bus when it first forwards it, or by the journal when
+ * a durable store first keeps it: Journal.identify), so the copies become the Message made for
+ * the first; the per-delivery fields (QoS, retain flag as delivered, subscription identifiers)
+ * are the entries' own, not the message's. The Messages are held weakly: an id leaves the index
+ * once its Message is gone, and sharing goes on for as long as any session here holds it. A copy
+ * without an id (written by a version that gave none) is restored once per entry.
  */
 export class RestoredMessages {
   private readonly byId = new Map<string, WeakRef<Message>>();
@@ -75,7 +78,10 @@ export class RestoredMessages {
     if (!hasId(d)) return d;
     const id = m.id!;
     const known = this.byId.get(id)?.deref();
-    if (known !== undefined && sameMessage(known, m)) return { ...d, msg: known };
+    // The store's own sharing (one object for many entries) needs no comparison of the bytes.
+    if (known !== undefined && (made.get(m) === known || sameMessage(known, m))) {
+      return { ...d, msg: known };
+    }
     const msg = toMessage(m);
     this.byId.set(id, new WeakRef(msg));
     this.gone.register(msg, id);

@@ -16,14 +16,26 @@
  * A message enqueued to many sessions is stored once: within a batch and
  * across batches the same StoredMessage object maps to the same row (see
  * `messageId`), and rows nobody references are deleted at the end of each batch.
+ * Each row keeps the message's id (`cid`, schema 4): a message loaded from the file and
+ * written again by this process (a restored session written whole) refers to its row again.
  * Subscriptions are rows of their own (schema 2): a SUBSCRIBE writes one row, whatever else
  * the session holds.
  */
-import type { DatabaseSync, SQLInputValue, StatementSync } from "node:sqlite";
+import type { DatabaseSync, StatementSync } from "node:sqlite";
 import { getLogger } from "@logtape/logtape";
 import { StoreOpenError } from "./errors.ts";
 import { type Migration, openDatabase, transaction } from "./sqlite_schema.ts";
 import { ORDER_KEY_SQL, orderKey } from "./sqlite_order.ts";
+import {
+  deliveryValues,
+  messageValues,
+  readDelivery,
+  readMessage,
+  readSubscriptions,
+  type Row,
+  subscriptionRow,
+  subscriptionValues,
+} from "./sqlite_rows.ts";
 import type {
   RetainedCount,
   RetainedPageSize,
@@ -101,11 +113,12 @@ const SQL = {
     FROM retained WHERE ${KEY} > ?1`,
   retainedDeleteBefore: `DELETE FROM retained WHERE ${KEY} < ?`,
   retainedDeleteBetween: `DELETE FROM retained WHERE ${KEY} > ? AND ${KEY} < ?`,
-  messageInsert: `INSERT INTO messages (id, topic, payload, qos, retain, props, expires_at, origin)
-    VALUES (?,?,?,?,?,?,?,?)`,
+  messageInsert: `INSERT INTO messages (id, cid, topic, payload, qos, retain, props, expires_at,
+    origin) VALUES (?,?,?,?,?,?,?,?,?)`,
   messageExists: `SELECT 1 AS x FROM messages WHERE id = ?`,
   messageRefs: `UPDATE messages SET refs = refs + ? WHERE id = ?`,
   messageGc: `DELETE FROM messages WHERE refs <= 0`,
+  messageGcIds: `DELETE FROM messages WHERE refs <= 0 RETURNING cid`,
   sessionsAll: `SELECT * FROM sessions`,
   sessionOne: `SELECT * FROM sessions WHERE client_id = ?`,
   // Queue and inflight rows name their message; each message is read once (messagesAll,
@@ -130,7 +143,6 @@ const SQL = {
 } as const;
 
 type Statements = { -readonly [K in keyof typeof SQL]: StatementSync };
-type Row = Record<string, SQLInputValue>;
 
 export class SqliteStore implements Store {
   readonly name = "sqlite";
@@ -143,6 +155,13 @@ export class SqliteStore implements Store {
   private nextMessageId = 1;
   /** Rows of messages written by earlier batches (they may since have been deleted). */
   private written = new WeakMap<StoredMessage, number>();
+  /**
+   * The row of each message id loaded from the file (-1 for an id two rows carry, which only a
+   * file written by something else holds): the Message restored from it is another object than
+   * the one loaded, and must find its row when a restored session is written again. An entry
+   * goes with its row.
+   */
+  private loaded = new Map<string, number>();
   /**
    * Rows of messages known to exist during the batch being written. A new Map for every batch,
    * not `clear()`: V8 points a cleared Map's old hash table at its new one, and once an old
@@ -187,6 +206,7 @@ export class SqliteStore implements Store {
         throw e;
       }
       this.written = new WeakMap();
+      this.loaded = new Map();
       this.db = db;
       this.st = st;
       return Promise.resolve();
@@ -211,7 +231,8 @@ export class SqliteStore implements Store {
       transaction(this.db!, () => {
         for (const op of ops) this.apply(st, op);
         for (const [id, d] of this.refDelta) if (d !== 0) st.messageRefs.run(d, id);
-        st.messageGc.run();
+        if (this.loaded.size === 0) st.messageGc.run();
+        else for (const r of st.messageGcIds.all()) this.loaded.delete(String(r.cid));
       });
       return Promise.resolve();
     } catch (e) {
@@ -426,16 +447,23 @@ export class SqliteStore implements Store {
     this.ref(id, changes);
   }
 
-  /** The row of `msg`, written now unless this batch or an earlier one already holds it. */
+  /**
+   * The row of `msg`, written now unless this batch or an earlier one already holds it, or it
+   * was loaded from the file (by its id).
+   */
   private messageId(msg: StoredMessage): number {
     const st = this.st!;
     let id = this.inBatch.get(msg);
     if (id !== undefined) return id;
     id = this.written.get(msg);
+    if (id === undefined && this.loaded.size !== 0 && msg.id !== undefined && msg.id !== "") {
+      id = this.loaded.get(msg.id);
+      if (id !== undefined) this.written.set(msg, id);
+    }
     // A row from an earlier batch may have been deleted since (nobody referenced it).
     if (id === undefined || st.messageExists.get(id) === undefined) {
       id = this.nextMessageId++;
-      st.messageInsert.run(id, ...messageValues(msg));
+      st.messageInsert.run(id, msg.id ?? "", ...messageValues(msg));
       this.written.set(msg, id);
     }
     this.inBatch.set(msg, id);
@@ -491,7 +519,14 @@ export class SqliteStore implements Store {
       });
     }
     const messages = new Map<number, StoredMessage>();
-    for (const r of messageRows) messages.set(Number(r.id), readMessage(r));
+    for (const r of messageRows) {
+      const m = readMessage(r);
+      const row = Number(r.id);
+      messages.set(row, m);
+      if (m.id === undefined) continue;
+      const before = this.loaded.get(m.id);
+      this.loaded.set(m.id, before === undefined || before === row ? row : -1);
+    }
     // A row whose message is missing (never so: a message is deleted with its last reference,
     // in the same transaction) is skipped, as the join that read them before did.
     for (const r of queue) {
@@ -529,127 +564,4 @@ export class SqliteStore implements Store {
 /** The order key of `topic` as the index holds it (sqlite_order.ts). */
 function topicKey(topic: string): Uint8Array {
   return orderKey(topic) ?? new TextEncoder().encode(topic);
-}
-
-/** topic, payload, qos, retain, props, expires_at, origin: the column order everywhere. */
-function messageValues(m: StoredMessage): SQLInputValue[] {
-  return [m.topic, m.payload, m.qos, m.retain ? 1 : 0, m.props, m.expiresAt, m.origin];
-}
-
-function readMessage(r: Row, prefix = ""): StoredMessage {
-  const props = r[prefix + "props"];
-  return {
-    topic: String(r[prefix + "topic"]),
-    payload: r[prefix + "payload"] as Uint8Array,
-    qos: Number(r[prefix + "qos"]) as 0 | 1 | 2,
-    retain: r[prefix + "retain"] === 1,
-    props: props === null ? null : props as Uint8Array,
-    expiresAt: Number(r[prefix + "expires_at"]),
-    origin: String(r[prefix + "origin"]),
-  };
-}
-
-function deliveryValues(
-  clientId: string,
-  seq: number,
-  msgId: number,
-  d: StoredDelivery,
-): SQLInputValue[] {
-  return [
-    clientId,
-    seq,
-    msgId,
-    d.qos,
-    d.retain ? 1 : 0,
-    d.subIds ? JSON.stringify(d.subIds) : null,
-  ];
-}
-
-function readDelivery(r: Row, msg: StoredMessage): StoredDelivery {
-  return {
-    msg,
-    qos: Number(r.d_qos) as 1 | 2,
-    retain: r.d_retain === 1,
-    subIds: r.sub_ids === null ? null : readSubIds(r),
-  };
-}
-
-/** Subscription Identifiers of a stored delivery; unreadable ones are dropped (logged), not the message. */
-function readSubIds(r: Row): number[] | null {
-  try {
-    const ids: unknown = JSON.parse(String(r.sub_ids));
-    if (Array.isArray(ids) && ids.every((i) => Number.isInteger(i))) return ids;
-  } catch {
-    // logged below
-  }
-  log.warn(
-    "unreadable subscription identifiers {ids} of a message queued for {clientId}: dropped",
-    {
-      ids: String(r.sub_ids).slice(0, 100),
-      clientId: String(r.client_id),
-    },
-  );
-  return null;
-}
-
-/** A session's subscriptions as stored (JSON tuples); throws when they are not that. */
-function readSubscriptions(v: SQLInputValue): StoredSubscription[] {
-  const list: unknown = JSON.parse(String(v));
-  if (!Array.isArray(list)) throw new Error("not a list");
-  return list.map((t: unknown) => {
-    if (
-      !Array.isArray(t) || t.length !== 6 || typeof t[0] !== "string" || !within(t[1], 2) ||
-      !within(t[2], 1) || !within(t[3], 1) || !within(t[4], 2) || !within(t[5], 268435455)
-    ) {
-      throw new Error(`not a subscription: ${JSON.stringify(t).slice(0, 100)}`);
-    }
-    return readSubscription(t as SubscriptionTuple);
-  });
-}
-
-function within(n: unknown, max: number): boolean {
-  return typeof n === "number" && Number.isInteger(n) && 0 <= n && n <= max;
-}
-
-/** A subscription as a compact JSON tuple: key, qos, noLocal, rap, retainHandling, id. */
-type SubscriptionTuple = [string, number, number, number, number, number];
-
-/** key, qos, no_local, retain_as_published, retain_handling, subscription_id. */
-function subscriptionValues(s: StoredSubscription): SQLInputValue[] {
-  return [
-    s.key,
-    s.qos,
-    s.noLocal ? 1 : 0,
-    s.retainAsPublished ? 1 : 0,
-    s.retainHandling,
-    s.subscriptionId,
-  ];
-}
-
-/** A row of the subscriptions table, or null when it holds what no version writes. */
-function subscriptionRow(r: Row): StoredSubscription | null {
-  const t = [
-    r.key,
-    r.qos,
-    r.no_local,
-    r.retain_as_published,
-    r.retain_handling,
-    r.subscription_id,
-  ].map((v) => typeof v === "bigint" ? Number(v) : v);
-  if (
-    typeof t[0] !== "string" || !within(t[1], 2) || !within(t[2], 1) || !within(t[3], 1) ||
-    !within(t[4], 2) || !within(t[5], 268435455)
-  ) return null;
-  return readSubscription(t as SubscriptionTuple);
-}
-
-function readSubscription(t: SubscriptionTuple): StoredSubscription {
-  return {
-    key: t[0],
-    qos: t[1] as 0 | 1 | 2,
-    noLocal: t[2] === 1,
-    retainAsPublished: t[3] === 1,
-    retainHandling: t[4] as 0 | 1 | 2,
-    subscriptionId: t[5],
-  };
 }

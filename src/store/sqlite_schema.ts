@@ -173,11 +173,26 @@ function fillOrderKeys(db: DatabaseSync): void {
     WHERE topic GLOB '*[' || char(57344) || '-' || char(1114111) || ']*'`);
 }
 
+/**
+ * Version 4: each stored message keeps its id (`Message.id`, given when the store first keeps it): a
+ * restored session written again refers to the message's row instead of writing a copy, and the
+ * sessions restored from rows of one message share one Message (session/stored.ts). Before, each
+ * restart in which some restored sessions were written again (a client connecting and leaving
+ * with the message still queued or in flight) added a copy, and the next one loaded them all.
+ * The rows of an older file get an id of their own ("row:" and their number: `MessageIds` never
+ * makes a colon), so they too are not copied when written again.
+ */
+const V4 = `
+ALTER TABLE messages ADD COLUMN cid TEXT NOT NULL DEFAULT '';
+UPDATE messages SET cid = 'row:' || id;
+`;
+
 /** Every schema version so far, oldest first; append, never edit a released one. */
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, sql: V1 },
   { version: 2, sql: V2 },
   { version: 3, sql: V3, run: fillOrderKeys },
+  { version: 4, sql: V4 },
 ];
 
 export interface OpenOptions {

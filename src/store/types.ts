@@ -25,11 +25,13 @@ export interface StoredMessage {
   /** Client id of the publisher (No Local). */
   readonly origin: string;
   /**
-   * The cluster-wide message id (`Message.id`): absent or "" for a message
-   * that never crossed the cluster bus (always so on a single node, so the
-   * embedded store does not keep it). Shared stores keep it with queued and
-   * inflight messages: a session moving between nodes then drops a copy it
-   * already holds.
+   * The message id (`Message.id`): given by the cluster bus when the message
+   * first crossed it, or by the journal when a durable store first kept it
+   * (every queued and inflight message the core writes has one; retained
+   * messages and wills need none). Every store keeps it with queued and
+   * inflight messages: the sessions restored from the copies of one message
+   * share one Message again, and in a cluster a session moving between nodes
+   * drops a copy it already holds. Absent or "" for one written without it.
    */
   readonly id?: string;
   /** A retained message's version (retain_version.ts), as a shared store loads it. */
@@ -99,7 +101,8 @@ export interface SessionState {
    * one of them reaching the session from another node is dropped. Written
    * with the whole session (connect, disconnect, takeover) and added to by
    * each `inflight-delete` that carries an id; absent or empty outside a
-   * cluster (the embedded store never sees an id and keeps none).
+   * cluster (a core with an unshared store remembers none, and the embedded
+   * store keeps none).
    */
   readonly recent?: readonly string[];
 }

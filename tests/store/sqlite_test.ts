@@ -9,7 +9,7 @@ import { DatabaseSync } from "node:sqlite";
 import fc from "fast-check";
 import { StoreOpenError } from "../../src/store/errors.ts";
 import { DB_FILE, SqliteStore } from "../../src/store/sqlite.ts";
-import { MIGRATIONS } from "../../src/store/sqlite_schema.ts";
+import { MIGRATIONS, openDatabase } from "../../src/store/sqlite_schema.ts";
 import type { StoreOp } from "../../src/store/types.ts";
 import { CRASH_SESSIONS, crashMessage } from "./crash_writer.ts";
 import {
@@ -161,6 +161,64 @@ Deno.test("sqlite: an older file is migrated, keeping its data; the older build 
     assert.equal(count(db, "SELECT count(*) AS n FROM extra"), 0);
   });
   await expectRefused(dir, "newer", new RegExp(`schema version ${MIGRATIONS.length + 1}`));
+});
+
+Deno.test("sqlite: a schema 2 file opens; its messages get ids, and a loaded one written again keeps its row", async () => {
+  const dir = newDir();
+  const v2 = MIGRATIONS.filter((m) => m.version <= 2);
+  // Two sessions and a message queued for both, as schema 2 stored them.
+  await Deno.mkdir(dir, { recursive: true });
+  const db = openDatabase(`${dir}/${DB_FILE}`, { synchronous: "FULL", migrations: v2 });
+  try {
+    db.exec(`INSERT INTO sessions (client_id, owner, expiry_interval, expires_at, will_at,
+      subscriptions) VALUES ('a', NULL, 3600, 1900000000000, 0, '[]'),
+      ('b', NULL, 3600, 1900000000000, 0, '[]')`);
+    db.prepare(
+      `INSERT INTO messages (id, refs, topic, payload, qos, retain, props, expires_at, origin)
+        VALUES (1, 2, 't/1', ?, 1, 0, NULL, 0, 'publisher')`,
+    ).run(new Uint8Array(4096).fill(3));
+    db.exec(`INSERT INTO queue (client_id, seq, msg_id, qos, retain, sub_ids)
+      VALUES ('a', 1, 1, 1, 0, NULL), ('b', 1, 1, 1, 0, NULL)`);
+  } finally {
+    db.close();
+  }
+  raw(dir, (db) => {
+    assert.equal(db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()?.value, 2);
+  });
+
+  await withStore(dir, async (s) => {
+    const [a, b] = (await s.loadSessions()).sort((x, y) => x.clientId.localeCompare(y.clientId));
+    // One object for both queues, with the id the migration gave its row.
+    assert.equal(a.queue[0].msg, b.queue[0].msg);
+    assert.match(a.queue[0].msg.id ?? "", /^row:\d+$/);
+    // A copy of it (as a restored session holds another object) written whole: the same row.
+    const again = { ...a.queue[0].msg };
+    await s.write([{
+      type: "session",
+      state: { ...a, queue: [{ ...a.queue[0], msg: again }] },
+    }]);
+    // A new message with an id keeps it.
+    await s.write([{
+      type: "enqueue",
+      clientId: "b",
+      seq: 2,
+      item: delivery(message({ id: "AbCdEfGh1" })),
+    }]);
+  });
+  raw(dir, (db) => {
+    assert.equal(
+      db.prepare("SELECT value FROM meta WHERE key = 'schema_version'").get()?.value,
+      MIGRATIONS.at(-1)!.version,
+    );
+    assert.deepEqual(
+      db.prepare("SELECT cid, refs FROM messages ORDER BY id").all().map((r) => [r.cid, r.refs]),
+      [["row:1", 2], ["AbCdEfGh1", 1]],
+    );
+  });
+  await withStore(dir, async (s) => {
+    const b = (await s.loadSession("b"))!;
+    assert.deepEqual(b.queue.map((q) => q.msg.id), ["row:1", "AbCdEfGh1"]);
+  });
 });
 
 Deno.test("sqlite: a second store on the same directory is refused while the first is open", async () => {
