@@ -134,6 +134,14 @@ Deno.test("a message shared by sessions stays one copy through restarts with cli
       if (got.join() !== "m1,m2") missing.push(`s-${i}: ${got.join() || "nothing"}`);
     }
     assert.deepEqual(missing, []);
+    // A PUBACK is answered by nothing: wait until the broker has read the last one (nothing
+    // queued or in flight) before stopping it, or the stop may close that connection first.
+    for (let i = 0; i < 100; i++) {
+      await b.memory();
+      if (b.metrics.queuedBytes === 0) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(b.metrics.queuedBytes, 0, "every message acknowledged");
     await b.stop();
     assert.equal(messageRows(dir), 0);
   } finally {
