@@ -14,6 +14,7 @@ import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
 import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
+import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */
 export const MQTT_SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
@@ -118,9 +119,10 @@ function bridge(
   socket: Duplex,
   handler: ConnectionHandler,
   opts: WsOptions,
+  reads: FrameReads | null,
 ): void {
   const lingerMs = opts.lingerMs;
-  boundFirstMessage(ws, socket, handler, opts.maxFirstBytes);
+  boundFirstMessage(ws, socket, handler, opts.maxFirstBytes, reads);
   let paused = false;
   let unpausedBytes = 0;
   const resume = () => {
@@ -185,15 +187,17 @@ function bridge(
  * Cuts a peer that sends more than `max` bytes before its CONNECT has been read. Counted on the
  * socket, after ws took each chunk (a CONNECT completed in it has reached the handler by then):
  * until then the peer is unknown, and ws would buffer its first message up to maxPayload, so
- * sockets that never authenticate could each hold 2 x max_packet_size. The count stops at
- * CONNECT; a first message holding CONNECT and more than max_connect_backlog behind it is cut,
- * as over TCP when authentication takes a moment.
+ * sockets that never authenticate could each hold 2 x max_packet_size. With `reads` every frame
+ * counts as announced, at least FRAME_CHARGE bytes (ws_reads.ts), else the bytes read. The
+ * count stops at CONNECT; a first message holding CONNECT and more than max_connect_backlog
+ * behind it is cut, as over TCP when authentication takes a moment.
  */
 function boundFirstMessage(
   ws: WebSocket,
   socket: Duplex,
   handler: ConnectionHandler,
   max: number,
+  reads: FrameReads | null,
 ): void {
   let read = 0;
   const count = (chunk: Uint8Array) => {
@@ -201,14 +205,21 @@ function boundFirstMessage(
       socket.off("data", count);
       return;
     }
-    read += chunk.length;
+    read = reads !== null ? reads.charged : read + chunk.length;
     if (read <= max) return;
     socket.off("data", count);
-    // As ws does for a frame over maxPayload: 1009, and nothing more is read.
-    ws.close(1009, "CONNECT too large");
-    setTimeout(() => ws.terminate(), 0);
+    refuseTooLarge(ws, "CONNECT too large");
   };
   socket.on("data", count);
+}
+
+/**
+ * Closes with 1009 (message too big), as ws does for a frame over maxPayload, and reads nothing
+ * more: cut once the close frame is on its way.
+ */
+function refuseTooLarge(ws: WebSocket, reason = "message too large"): void {
+  ws.close(1009, reason);
+  setTimeout(() => ws.terminate(), 0);
 }
 
 /**
@@ -271,8 +282,11 @@ export function serveWebSocket(
     const info = peer(req);
     if (typeof info === "number") return refuse(socket, info, "Forbidden");
     wss.handleUpgrade(req, socket, head as Buffer, (ws: WebSocket) => {
+      // Before anything is read: ws would hold each small read of a frame, and each fragment of
+      // a message, on its own (ws_reads.ts).
+      const reads = joinFrameReads(socket, opts.maxPayload, () => refuseTooLarge(ws));
       const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
-      bridge(ws, socket, handler, opts);
+      bridge(ws, socket, handler, opts, reads);
     });
   });
   return wss;
