@@ -107,16 +107,24 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private closeCode = -1;
   private closedBy: "client" | "server" | "network" = "network";
 
+  /**
+   * `openMs`: how long the socket has been open already (its TLS handshake, its WebSocket
+   * upgrade). The connect timeout counts from the socket's accept: counted from here, each of
+   * those steps had a connect timeout of its own, and a secure WebSocket peer stayed
+   * unauthenticated for three of them (29.6 s of a 10 s limits.connect_timeout).
+   */
   constructor(
     readonly host: ConnectionHost,
     sink: ByteWriter,
     readonly peer: PeerInfo,
+    openMs = 0,
   ) {
     // Until CONNECT arrives the peer is unknown: a socket announcing max_packet_size and
     // trickling it would hold that much each, up to the socket limit.
     this.framer = new Framer(host.limits.maxConnectPacketSize);
     this.outbox = new Outbox(sink, this);
-    this.lastRx = this.since = host.clock.now();
+    this.lastRx = host.clock.now();
+    this.since = this.lastRx - openMs;
   }
 
   /** Not yet closed (a method call keeps TypeScript from narrowing `state`). */

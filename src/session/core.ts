@@ -195,9 +195,12 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.journal !== null && this.journal.full;
   }
 
-  /** A transport accepted a byte stream: returns the handler it feeds. */
-  accept(sink: ByteWriter, peer: PeerInfo): Connection {
-    const c = new Connection(this, sink, peer);
+  /**
+   * A transport accepted a byte stream: returns the handler it feeds. `openMs`: how long its
+   * socket has been open (a TLS handshake, a WebSocket upgrade), part of the connect timeout.
+   */
+  accept(sink: ByteWriter, peer: PeerInfo, openMs = 0): Connection {
+    const c = new Connection(this, sink, peer, openMs);
     this.connections.add(c);
     this.metrics.connectionsAccepted++;
     this.metrics.connectionsCurrent++;

@@ -10,6 +10,22 @@ import type { Acceptor } from "./types.ts";
 /** How long a closing server lets its sockets end on their own before cutting the rest. */
 const CLOSE_GRACE_MS = 1000;
 
+/** When trackSockets saw a socket accepted (Date.now()), on the raw socket. */
+const ACCEPTED = Symbol("mcloudtt.acceptedAt");
+
+type Stamped = { [ACCEPTED]?: number; _parent?: Stamped };
+
+/**
+ * Milliseconds since `socket` was accepted, as trackSockets saw it: for a TLS socket, its TCP
+ * socket's accept (node:tls keeps that socket as `_parent`), so a handshake's time counts. 0 for
+ * a socket trackSockets did not see.
+ */
+export function openFor(socket: object): number {
+  const s = socket as Stamped;
+  const at = s[ACCEPTED] ?? s._parent?.[ACCEPTED];
+  return at === undefined ? 0 : Math.max(0, Date.now() - at);
+}
+
 /**
  * The raw sockets of `server` that are still open, kept up to date. With an `acceptor` each new
  * socket is first admitted by the broker (counted from accept, before its TLS handshake or
@@ -24,6 +40,7 @@ export function trackSockets(server: Server, acceptor?: Acceptor): Set<Socket> {
       s.destroy();
       return;
     }
+    (s as Stamped)[ACCEPTED] = Date.now();
     open.add(s);
     s.once("close", () => {
       open.delete(s);

@@ -6,7 +6,11 @@ export type { ByteWriter, ConnectionHandler, PeerInfo };
 
 /** The broker side a transport hands each accepted byte stream to. */
 export interface Acceptor {
-  accept(sink: ByteWriter, peer: PeerInfo): ConnectionHandler;
+  /**
+   * A byte stream for MQTT. `openMs`: how long its socket has been open already (a TLS
+   * handshake, a WebSocket upgrade): limits.connect_timeout counts from the socket's accept.
+   */
+  accept(sink: ByteWriter, peer: PeerInfo, openMs?: number): ConnectionHandler;
   /**
    * A socket was accepted, before any handshake: false means close it at once (the broker holds
    * as many as it may). `held` sockets (TLS, WebSocket: they reach accept() only after their

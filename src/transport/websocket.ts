@@ -11,7 +11,7 @@ import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
-import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
+import { closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
@@ -49,9 +49,9 @@ export interface WsOptions {
    */
   maxFirstBytes: number;
   /**
-   * Milliseconds a connection may take from its TCP (or TLS) start to the
-   * WebSocket upgrade (limits.connect_timeout); then the MQTT connection's own
-   * connect timeout takes over. A socket that never upgrades is cut.
+   * Milliseconds a connection may take from its TCP accept to the WebSocket upgrade, TLS
+   * handshake included (limits.connect_timeout); the MQTT connection's connect timeout counts
+   * from the same accept. A socket that never upgrades is cut.
    */
   upgradeTimeoutMs: number;
   /** Milliseconds a closing WebSocket waits for the client's close frame (limits.close_linger_ms). */
@@ -240,7 +240,9 @@ export function serveWebSocket(
   // silent or slow client would hold its descriptor for as long as the runtime lets it.
   const upgradeTimers = new WeakMap<object, ReturnType<typeof setTimeout>>();
   server.on(connectionEvent, (socket: Duplex) => {
-    const timer = setTimeout(() => socket.destroy(), opts.upgradeTimeoutMs);
+    // From the TCP accept: over wss the TLS handshake took its part already.
+    const left = Math.max(0, opts.upgradeTimeoutMs - openFor(socket));
+    const timer = setTimeout(() => socket.destroy(), left);
     upgradeTimers.set(socket, timer);
     socket.once("close", () => clearTimeout(timer));
   });
@@ -285,7 +287,7 @@ export function serveWebSocket(
       // Before anything is read: ws would hold each small read of a frame, and each fragment of
       // a message, on its own (ws_reads.ts).
       const reads = joinFrameReads(socket, opts.maxPayload, () => refuseTooLarge(ws));
-      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
+      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info, openFor(socket));
       bridge(ws, socket, handler, opts, reads);
     });
   });
