@@ -38,6 +38,7 @@ import {
   type PeerInfo,
   type WillOutcome,
 } from "./host.ts";
+import type { Pending } from "./admission.ts";
 import type { InboundTopics } from "./inbound_topic.ts";
 import type { OutboundAliases } from "./outbound_aliases.ts";
 import { onPublish, sendPublish } from "./publish_flow.ts";
@@ -103,6 +104,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private forwardsHeld = false;
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
+  /**
+   * Its socket as the broker may close it to make room for a new one (admission.ts), until its
+   * CONNECT is accepted: the socket of a TLS or WebSocket connection, else this connection.
+   */
+  admitted: Pending | null = null;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
   private closeCode = -1;
   private closedBy: "client" | "server" | "network" = "network";
@@ -179,11 +185,25 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.Closed) return;
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
+    this.leavePending();
     this.outbox.destroy();
     this.ackQueue?.clear();
     this.releaseGate();
     const will = this.host.connectionClosed(this, this.session, wasConnected, true);
     if (wasConnected) this.logClosed(will);
+  }
+
+  /** Closes the socket at once: the broker makes room for a new one (admission.ts). */
+  cut(): void {
+    this.closed();
+  }
+
+  /** Its CONNECT was accepted, or it closed: its socket no longer makes room for others. */
+  leavePending(): void {
+    const p = this.admitted;
+    if (p === null) return;
+    this.admitted = null;
+    this.host.settlePending(p);
   }
 
   // ---- session side ---------------------------------------------------------
@@ -236,6 +256,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.Closed) return;
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
+    this.leavePending();
     this.outbox.end();
     this.ackQueue?.clear();
     this.releaseGate();

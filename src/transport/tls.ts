@@ -11,7 +11,7 @@ import { MAX_CHAIN } from "../auth/cert_check.ts";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, readPeerCertificate } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
-import { closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
+import { admittedOf, closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { bridgeSocket } from "./tls_read.ts";
 import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
@@ -246,7 +246,7 @@ export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Pro
     const handler = acceptor.accept(
       socketSink(socket, opts.lingerMs),
       securePeer(socket, "tls", opts.identity),
-      openFor(socket),
+      admittedOf(socket),
     );
     bridgeSocket(socket, handler);
   });

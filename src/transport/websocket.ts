@@ -11,7 +11,7 @@ import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
-import { closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
+import { admittedOf, closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
@@ -287,7 +287,7 @@ export function serveWebSocket(
       // Before anything is read: ws would hold each small read of a frame, and each fragment of
       // a message, on its own (ws_reads.ts).
       const reads = joinFrameReads(socket, opts.maxPayload, () => refuseTooLarge(ws));
-      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info, openFor(socket));
+      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info, admittedOf(socket));
       bridge(ws, socket, handler, opts, reads);
     });
   });
