@@ -12,6 +12,7 @@ import type { Duplex } from "node:stream";
 import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
 import { admittedOf, closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
+import { oneRequestHead, releaseReads } from "./http_reads.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
@@ -235,6 +236,7 @@ export function serveWebSocket(
   peer: (req: IncomingMessage) => PeerInfo | number,
   connectionEvent: "connection" | "secureConnection" = "connection",
 ): WebSocketServer {
+  oneRequestHead(server, connectionEvent);
   // A socket that has not asked for its upgrade within the timeout is cut: before the upgrade
   // no MQTT connection exists, so neither its connect timeout nor any limit would apply, and a
   // silent or slow client would hold its descriptor for as long as the runtime lets it.
@@ -246,7 +248,10 @@ export function serveWebSocket(
     upgradeTimers.set(socket, timer);
     socket.once("close", () => clearTimeout(timer));
   });
+  // One request on a connection, answered and closed: nothing here serves plain HTTP, and the
+  // parser is given that one request head alone (http_reads.ts).
   server.on("request", (req: IncomingMessage, res: http.ServerResponse) => {
+    res.shouldKeepAlive = false;
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) {
       res.writeHead(404, { "content-type": "text/plain" });
@@ -272,6 +277,8 @@ export function serveWebSocket(
   };
   const wss = new WebSocketServer(options);
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
+    // The socket leaves node:http: what follows is WebSocket frames, read by ws.
+    releaseReads(socket);
     clearTimeout(upgradeTimers.get(socket));
     // node:http lets go of the socket here, its error listener included: a peer that resets it
     // (after a refusal, or during the handshake) would be an uncaught error and end the process.
