@@ -51,16 +51,18 @@ export function trackSockets(server: Server, acceptor?: Acceptor): Set<Socket> {
   const admit = acceptor?.admit?.bind(acceptor);
   const released = acceptor?.released?.bind(acceptor);
   server.on("connection", (s: Socket) => {
-    const admitted = new HeldSocket(s);
-    if (admit !== undefined && !admit(true, admitted)) {
-      s.destroy();
-      return;
+    if (admit !== undefined) {
+      const admitted = new HeldSocket(s);
+      if (!admit(true, admitted)) {
+        s.destroy();
+        return;
+      }
+      (s as Stamped)[ADMITTED] = admitted;
     }
-    (s as Stamped)[ADMITTED] = admitted;
     open.add(s);
     s.once("close", () => {
       open.delete(s);
-      released?.(admitted);
+      released?.((s as Stamped)[ADMITTED]);
     });
   });
   return open;

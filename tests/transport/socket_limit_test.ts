@@ -156,6 +156,41 @@ Deno.test("a peer holding every socket with silent ones does not keep clients ou
   }
 });
 
+Deno.test("TLS peers past their handshake but without CONNECT make room too: the oldest is closed, its connection ends", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-socket-limit-" });
+  try {
+    const pki = await makeTestPki(dir);
+    await using b = await startSecureBroker(pki, {
+      limits: { max_connections: MAX },
+      listeners: { tcp: { client_certificate: "none" } },
+      auth: { allow_anonymous: true },
+    });
+    const caCerts = [Deno.readTextFileSync(pki.ca.cert)];
+    const held: Deno.TlsConn[] = [];
+    try {
+      for (let i = 0; i < LIMIT; i++) {
+        const c = await Deno.connectTls({ hostname: "localhost", port: b.tlsPort, caCerts });
+        await c.handshake();
+        held.push(c);
+      }
+      await delay(200);
+      const m = b.broker.metrics;
+      assert.equal(m.connectionsByListener.tls, LIMIT, "every handshake made a connection");
+      const late = await Deno.connectTls({ hostname: "localhost", port: b.tlsPort, caCerts });
+      await late.handshake();
+      assert.equal(await fate(held[0]), "closed", "the oldest connection without CONNECT stayed");
+      assert.equal(await fate(late, 300), "open");
+      await delay(200);
+      assert.equal(m.connectionsByListener.tls, LIMIT, "the evicted connection still counts");
+      closeAll([late]);
+    } finally {
+      closeAll(held);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("when every socket is past CONNECT or answered and closing, a new socket is closed at accept", async () => {
   await using b = await startBroker({
     general: { websocket: true },
