@@ -131,6 +131,8 @@ export async function runBqAdapter(config: Config): Promise<number> {
       http = await startHttp({
         hostname: config.http.bind,
         port: a.http_port,
+        maxConnections: config.http.max_connections,
+        requestDeadlineMs: config.http.request_timeout * 1000,
         // Not subscribed: nothing is written, and a rolling update should wait for this replica.
         problems: () => consumer.stats.connected ? [] : [`not subscribed to the broker ${a.url}`],
         metrics: async () => ({

@@ -154,6 +154,8 @@ const SHAPE = {
     enabled: bool(true),
     bind: host("0.0.0.0"),
     port: int(0, 65535, 8888),
+    max_connections: int(1, 1000000, 1024),
+    request_timeout: int(1, 3600, 10),
   }),
   auth: section("auth", {
     password_file: text(""),

@@ -289,6 +289,11 @@ export class Exposition extends FamilySet {
       "Sockets closed at accept, before any byte was read, because the broker held max_connections and its margin",
       () => m().connectionsRejected,
     );
+    counter(
+      "mcloudtt_connections_evicted_total",
+      "Sockets not past CONNECT (handshake, upgrade or CONNECT under way) closed, oldest first, to make room for a new socket at max_connections and its margin",
+      () => m().connectionsEvicted,
+    );
     counter("mcloudtt_connects_total", "CONNECTs accepted (CONNACK 0)", () => m().connects);
     counter(
       "mcloudtt_connects_refused_total",

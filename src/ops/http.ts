@@ -2,30 +2,34 @@
  * The operations HTTP endpoint: `/healthz` (liveness), `/readyz` (readiness, for load balancers
  * and Kubernetes probes) and `/metrics` (Prometheus text format). It is off the MQTT path and
  * sees a request every few seconds, from anyone who can reach its port (0.0.0.0 by default), so
- * what a connection may hold is bounded: a request must arrive, and its response be taken by
- * the client, within REQUEST_DEADLINE_MS of the connection or of the previous response; one
- * request is answered at a time; and at most MAX_CONNECTIONS are open. node:http
- * rather than Deno.serve, which has neither bound (a silent or one-byte-a-second client kept
- * its connection for minutes) and ends its accept loop at the first failed accept.
+ * what a connection may hold is bounded: a request must arrive within the request deadline
+ * ([http] request_timeout) of the connection, and its response be taken by the client within
+ * as long again; one request is answered per connection, which is then closed; and at most
+ * [http] max_connections are open, a new one closing the oldest that waits for its request. node:http rather than
+ * Deno.serve, which has neither bound (a silent or one-byte-a-second client kept its connection
+ * for minutes) and ends its accept loop at the first failed accept.
  */
 import http from "node:http";
 import type { Socket } from "node:net";
 import { getLogger } from "@logtape/logtape";
+import { RateLimitedLog } from "../sinks/stats.ts";
+import { oneRequestHead } from "../transport/http_reads.ts";
 import { closeWithGrace, listenServer, trackSockets } from "../transport/node_server.ts";
 
 const log = getLogger(["mcloudtt", "http"]);
 
 /**
- * Time a connection gets to deliver a whole request and read its response, from its start or
- * from the previous response (an idle keep-alive connection is closed then): probes and scrapes
- * send theirs at once and read the answer, and Prometheus opens a new connection when the old
- * one was closed.
+ * Time a connection gets to deliver its whole request, from its start, and as long again to read
+ * the response, unless given ([http] request_timeout): probes and scrapes send theirs at once
+ * and read the answer, and Prometheus opens a new connection when the old one was closed.
  */
 export const REQUEST_DEADLINE_MS = 10_000;
 
 /**
- * Open connections at most; more are closed at once. Probes and scrapers need a handful; the
- * bound keeps what the port can hold far below the process's descriptor limit.
+ * Open connections at most unless given ([http] max_connections). Probes and scrapers need a
+ * handful; the bound keeps what the port can hold far below the process's descriptor limit.
+ * At it a new connection closes the oldest one waiting for a request, or is closed itself when
+ * every connection is being answered.
  */
 export const MAX_CONNECTIONS = 1024;
 
@@ -36,9 +40,9 @@ export interface HttpOptions {
   problems(): readonly string[];
   /** The Prometheus exposition and its content type. */
   metrics(): Promise<{ body: string; contentType: string }>;
-  /** REQUEST_DEADLINE_MS unless given (tests). */
+  /** REQUEST_DEADLINE_MS unless given ([http] request_timeout). */
   requestDeadlineMs?: number;
-  /** MAX_CONNECTIONS unless given (tests). */
+  /** MAX_CONNECTIONS unless given ([http] max_connections). */
   maxConnections?: number;
 }
 
@@ -124,25 +128,23 @@ export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
     clearTimeout(deadlines.get(socket));
     deadlines.set(socket, setTimeout(() => socket.destroy(), deadlineMs));
   };
-  // Sockets whose response has not been handed to the kernel yet.
-  const answering = new WeakSet<Socket>();
+  // Sockets waiting for their request, oldest first: at the bound a new connection closes the
+  // oldest of them. Refusing the new one instead let one peer holding
+  // every connection with silent sockets keep the kubelet's probes out (1,100 sockets, every
+  // /healthz refused until they timed out; three failed liveness probes restart the pod).
+  const waiting = new Set<Socket>();
+  const evictedLog = new RateLimitedLog((m) => log.warn(m));
   const server = http.createServer((req, res) => {
     const socket = req.socket;
-    // A pipelined request before the previous response went out: no probe or scraper pipelines,
-    // and node:http would build and buffer an answer to each (a client writing 2,000 requests
-    // and reading nothing held ~30 MB per connection), so the connection is cut.
-    if (answering.has(socket)) {
-      socket.destroy();
-      return;
-    }
-    answering.add(socket);
+    // One request per connection, closed once answered: its head alone reaches the parser
+    // (http_reads.ts), so pipelined requests are never parsed (a client writing 2,000 of them
+    // and reading nothing held ~30 MB per connection; 200 such, RSS +966 MiB). Probes and
+    // Prometheus open a connection per request anyway.
+    res.shouldKeepAlive = false;
+    waiting.delete(socket);
     // The deadline keeps running until the response is out: a client that never reads it would
     // otherwise hold the socket and the body in memory for ever.
     armDeadline(socket);
-    res.once("finish", () => {
-      answering.delete(socket);
-      armDeadline(socket);
-    });
     route(req.method ?? "GET", req.url ?? "/", opts).then(
       (r) => {
         res.writeHead(r.status, { ...r.headers, "content-length": Buffer.byteLength(r.body) });
@@ -156,14 +158,30 @@ export async function startHttp(opts: HttpOptions): Promise<HttpEndpoint> {
     );
   });
   const sockets = trackSockets(server);
+  // One request per connection: its head alone reaches the parser (http_reads.ts).
+  oneRequestHead(server, "connection");
   server.on("connection", (socket: Socket) => {
-    // trackSockets (registered first) has counted this one already.
+    // trackSockets (registered first) has counted this one already; one closed to make room is
+    // counted until its close event, a moment later.
     if (sockets.size > maxConnections) {
-      socket.destroy();
-      return;
+      const oldest = waiting.values().next();
+      if (oldest.done) {
+        socket.destroy();
+        return;
+      }
+      waiting.delete(oldest.value);
+      oldest.value.destroy();
+      evictedLog.note(
+        `closed the oldest connection waiting for a request to make room for a new one: ` +
+          `${maxConnections} open (http.max_connections)`,
+      );
     }
+    waiting.add(socket);
     armDeadline(socket);
-    socket.once("close", () => clearTimeout(deadlines.get(socket)));
+    socket.once("close", () => {
+      clearTimeout(deadlines.get(socket));
+      waiting.delete(socket);
+    });
   });
   // A malformed request is the client's: node answers 400; nothing to log.
   server.on("clientError", (_e: Error, socket: Socket) => socket.destroy());

@@ -67,6 +67,11 @@ export class Metrics {
   socketsHeld = 0;
   /** Sockets closed at accept because the broker held as many as it may (SocketAdmission.limit). */
   connectionsRejected = 0;
+  /**
+   * Sockets not past CONNECT yet (TLS handshake, WebSocket upgrade or CONNECT under way) closed
+   * to make room for a new one at SocketAdmission.limit, oldest first.
+   */
+  connectionsEvicted = 0;
   /** CONNECTs answered with a successful CONNACK. */
   connects = 0;
   connectsRefused = 0;

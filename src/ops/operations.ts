@@ -40,6 +40,8 @@ export class Operations {
       this.http = await startHttp({
         hostname: c.http.bind,
         port: c.http.port,
+        maxConnections: c.http.max_connections,
+        requestDeadlineMs: c.http.request_timeout * 1000,
         problems: () => this.problems(),
         metrics: async () => ({
           body: await this.exposition.metrics(),

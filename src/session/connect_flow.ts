@@ -150,6 +150,7 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
   c.connectExpiryZero = n.requestedExpiry === 0;
   session.setWill(buildWill(pkt, c.clientId));
   c.state = State.Connected;
+  c.leavePending();
   c.host.sessionChanged(session);
 
   c.outbox.push(

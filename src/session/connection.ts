@@ -38,6 +38,7 @@ import {
   type PeerInfo,
   type WillOutcome,
 } from "./host.ts";
+import type { Pending } from "./admission.ts";
 import type { InboundTopics } from "./inbound_topic.ts";
 import type { OutboundAliases } from "./outbound_aliases.ts";
 import { onPublish, sendPublish } from "./publish_flow.ts";
@@ -103,20 +104,33 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private forwardsHeld = false;
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
+  /**
+   * Its socket as the broker may close it to make room for a new one (admission.ts), until its
+   * CONNECT is accepted: the socket of a TLS or WebSocket connection, else this connection.
+   */
+  admitted: Pending | null = null;
   /** The DISCONNECT reason code sent or received, -1 when the connection was just lost. */
   private closeCode = -1;
   private closedBy: "client" | "server" | "network" = "network";
 
+  /**
+   * `openMs`: how long the socket has been open already (its TLS handshake, its WebSocket
+   * upgrade). The connect timeout counts from the socket's accept: counted from here, each of
+   * those steps had a connect timeout of its own, and a secure WebSocket peer stayed
+   * unauthenticated for three of them (29.6 s of a 10 s limits.connect_timeout).
+   */
   constructor(
     readonly host: ConnectionHost,
     sink: ByteWriter,
     readonly peer: PeerInfo,
+    openMs = 0,
   ) {
     // Until CONNECT arrives the peer is unknown: a socket announcing max_packet_size and
     // trickling it would hold that much each, up to the socket limit.
     this.framer = new Framer(host.limits.maxConnectPacketSize);
     this.outbox = new Outbox(sink, this);
-    this.lastRx = this.since = host.clock.now();
+    this.lastRx = host.clock.now();
+    this.since = this.lastRx - openMs;
   }
 
   /** Not yet closed (a method call keeps TypeScript from narrowing `state`). */
@@ -171,11 +185,25 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.Closed) return;
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
+    this.leavePending();
     this.outbox.destroy();
     this.ackQueue?.clear();
     this.releaseGate();
     const will = this.host.connectionClosed(this, this.session, wasConnected, true);
     if (wasConnected) this.logClosed(will);
+  }
+
+  /** Closes the socket at once: the broker makes room for a new one (admission.ts). */
+  cut(): void {
+    this.closed();
+  }
+
+  /** Its CONNECT was accepted, or it closed: its socket no longer makes room for others. */
+  leavePending(): void {
+    const p = this.admitted;
+    if (p === null) return;
+    this.admitted = null;
+    this.host.settlePending(p);
   }
 
   // ---- session side ---------------------------------------------------------
@@ -228,6 +256,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state === State.Closed) return;
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
+    this.leavePending();
     this.outbox.end();
     this.ackQueue?.clear();
     this.releaseGate();

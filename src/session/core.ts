@@ -35,7 +35,7 @@ import type {
 import { ClusterSessions } from "./cluster_sessions.ts";
 import { Journal, JournalClosedError } from "./journal.ts";
 import { TotalDropLog } from "./queue.ts";
-import { SocketAdmission } from "./admission.ts";
+import { type Admitted, type Pending, SocketAdmission } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import { Session } from "./session.ts";
 import type { SessionLimits } from "./session_types.ts";
@@ -198,9 +198,16 @@ export class BrokerCore implements ConnectionHost, BusHost {
     return this.journal !== null && this.journal.full;
   }
 
-  /** A transport accepted a byte stream: returns the handler it feeds. */
-  accept(sink: ByteWriter, peer: PeerInfo): Connection {
-    const c = new Connection(this, sink, peer);
+  /**
+   * A transport accepted a byte stream: returns the handler it feeds. `admitted`: its socket,
+   * open since before (a TLS handshake, a WebSocket upgrade) and recorded by admit(); else the
+   * connection itself is the socket to close to make room until its CONNECT is accepted.
+   */
+  accept(sink: ByteWriter, peer: PeerInfo, admitted?: Admitted): Connection {
+    const openMs = admitted === undefined ? 0 : Math.max(0, Date.now() - admitted.at);
+    const c = new Connection(this, sink, peer, openMs);
+    c.admitted = admitted ?? c;
+    if (admitted === undefined) this.admission.add(c);
     this.connections.add(c);
     this.metrics.connectionsAccepted++;
     this.metrics.connectionsCurrent++;
@@ -217,13 +224,19 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * WebSocket socket, counted from here until `released()` (a plain TCP socket reaches accept()
    * at once and is counted there).
    */
-  admit(held: boolean): boolean {
-    return this.admission.admit(held);
+  admit(held: boolean, admitted?: Admitted): boolean {
+    return this.admission.admit(held, admitted);
   }
 
   /** A socket `admit(true)` let in closed. */
-  released(): void {
+  released(admitted?: Admitted): void {
     this.metrics.socketsHeld--;
+    if (admitted !== undefined) this.admission.settle(admitted);
+  }
+
+  /** A connection got past CONNECT, or closed: its socket is no longer closed to make room. */
+  settlePending(p: Pending): void {
+    this.admission.settle(p);
   }
 
   /** A transport's TLS handshake failed (the transport logged it). */

@@ -11,6 +11,7 @@ import type { Message } from "../protocol/message.ts";
 import type { SubscriptionUsage } from "../router/router.ts";
 import type { Subscription } from "../router/types.ts";
 import type { PublishInfo } from "../sinks/types.ts";
+import type { Pending } from "./admission.ts";
 import type { CoreLimits } from "./limits.ts";
 import type { Session } from "./session.ts";
 import type { SessionLink } from "./session_types.ts";
@@ -133,6 +134,11 @@ export interface ConnectionHost {
   retainFits(msg: Message): boolean;
   /** True while the store is too far behind to keep more: QoS 1/2 publishes are refused. */
   readonly storeFull: boolean;
+  /**
+   * A connection's CONNECT was accepted, or it closed first: `p` (its socket) is no longer
+   * closed to make room for a new socket (admission.ts).
+   */
+  settlePending(p: Pending): void;
   /** A connection ended; `willAllowed` is false after a normal DISCONNECT. */
   connectionClosed(
     conn: AttachingConnection,

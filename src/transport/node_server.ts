@@ -5,29 +5,64 @@
  */
 import type { Server, Socket } from "node:net";
 import { keepAccepting, nodeServerHandle } from "./rearm.ts";
-import type { Acceptor } from "./types.ts";
+import type { Acceptor, Admitted } from "./types.ts";
 
 /** How long a closing server lets its sockets end on their own before cutting the rest. */
 const CLOSE_GRACE_MS = 1000;
 
+/** How trackSockets admitted a raw socket, kept on it. */
+const ADMITTED = Symbol("mcloudtt.admitted");
+
+type Stamped = { [ADMITTED]?: HeldSocket; _parent?: Stamped };
+
+/** A raw socket as the broker admitted it: when, and how to close it. */
+class HeldSocket implements Admitted {
+  readonly at = Date.now();
+  constructor(private readonly socket: Socket) {}
+
+  cut(): void {
+    this.socket.destroy();
+  }
+}
+
+/**
+ * How `socket` was admitted at its accept: for a TLS socket, its TCP socket's (node:tls keeps
+ * that socket as `_parent`). Undefined for a socket trackSockets did not see.
+ */
+export function admittedOf(socket: object): Admitted | undefined {
+  const s = socket as Stamped;
+  return s[ADMITTED] ?? s._parent?.[ADMITTED];
+}
+
+/** Milliseconds since `socket` was accepted (0 for a socket trackSockets did not see). */
+export function openFor(socket: object): number {
+  const a = admittedOf(socket);
+  return a === undefined ? 0 : Math.max(0, Date.now() - a.at);
+}
+
 /**
  * The raw sockets of `server` that are still open, kept up to date. With an `acceptor` each new
  * socket is first admitted by the broker (counted from accept, before its TLS handshake or
- * WebSocket upgrade, until it closes) or closed at once.
+ * WebSocket upgrade, until it closes; closed by the broker to make room while it has not got
+ * past CONNECT) or closed at once.
  */
 export function trackSockets(server: Server, acceptor?: Acceptor): Set<Socket> {
   const open = new Set<Socket>();
   const admit = acceptor?.admit?.bind(acceptor);
   const released = acceptor?.released?.bind(acceptor);
   server.on("connection", (s: Socket) => {
-    if (admit !== undefined && !admit(true)) {
-      s.destroy();
-      return;
+    if (admit !== undefined) {
+      const admitted = new HeldSocket(s);
+      if (!admit(true, admitted)) {
+        s.destroy();
+        return;
+      }
+      (s as Stamped)[ADMITTED] = admitted;
     }
     open.add(s);
     s.once("close", () => {
       open.delete(s);
-      released?.();
+      released?.((s as Stamped)[ADMITTED]);
     });
   });
   return open;

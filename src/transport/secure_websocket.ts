@@ -20,7 +20,12 @@ export async function listenSecureWebSocket(
   acceptor: Acceptor,
   opts: WssListenOptions,
 ): Promise<Listener> {
-  const { server, sockets, unwatch } = secureServer((o) => https.createServer(o), opts, acceptor);
+  const { server, sockets, unwatch } = secureServer(
+    (o) => https.createServer(o),
+    opts,
+    acceptor,
+    "wss",
+  );
   const wss = serveWebSocket(server, acceptor, opts, (req) => {
     const tlsSocket = req.socket as TLSSocket;
     if (opts.clientCert === "required" && !tlsSocket.authorized) return 403;
@@ -30,7 +35,7 @@ export async function listenSecureWebSocket(
   server.on("secureConnection", (socket: TLSSocket) => {
     // A handshake that completes after close() began would otherwise idle and hold close() open.
     if (closing) socket.destroy();
-    else {
+    else if (!socket.destroyed) {
       readCipherShared(socket);
       // ws writes through node's stream: large writes in pieces, or 48 KiB a turn (tls_write.ts).
       writeInPieces(socket);

@@ -11,7 +11,7 @@ import { MAX_CHAIN } from "../auth/cert_check.ts";
 import { getLogger } from "@logtape/logtape";
 import { type CertIdentityMode, readPeerCertificate } from "../auth/cert_identity.ts";
 import { resumeSocket } from "./pause.ts";
-import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
+import { admittedOf, closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
 import { bridgeSocket } from "./tls_read.ts";
 import { type WriteRequest, writeRequest, writeTls } from "./tls_write.ts";
 import type { TlsMaterial } from "./tls_material.ts";
@@ -63,31 +63,60 @@ export function secureServer<S extends tls.Server>(
   create: (options: tls.TlsOptions) => S,
   opts: SecureListenOptions,
   acceptor?: Acceptor,
+  transport: "tls" | "wss" = "tls",
 ): { server: S; sockets: Set<Socket>; unwatch: () => void } {
   const server = create({
     ...secureOptions(opts.material, opts.clientCert),
     handshakeTimeout: opts.handshakeTimeoutMs,
   });
   const sockets = trackSockets(server, acceptor);
+  // The CAs in force: cafile's text changed, or one of its certificates expired (tls_material.ts).
+  let ca = opts.material.caList().join("\n");
+  // Parsed when a resumed session needs them, once per change of `ca`.
+  let trusted: X509Certificate[] | null = null;
   // Peers whose certificate verified, checked again when the client CA changes.
   const verified = new Set<tls.TLSSocket>();
   if (opts.clientCert !== "none") {
     server.on("secureConnection", (socket: tls.TLSSocket) => {
       if (!socket.authorized) return;
+      if (socket.isSessionReused() && !chainTrusted(peerChain(socket), trusted ??= parsePem(ca))) {
+        refuseResumed(socket, transport, acceptor);
+        return;
+      }
       verified.add(socket);
       socket.once("close", () => verified.delete(socket));
     });
   }
-  // The CAs in force: cafile's text changed, or one of its certificates expired (tls_material.ts).
-  let ca = opts.material.caList().join("\n");
   const unwatch = opts.material.onChange(() => {
     server.setSecureContext(secureOptions(opts.material, opts.clientCert));
     const now = opts.material.caList().join("\n");
     if (now === ca) return;
     ca = now;
+    trusted = null;
     closeUntrusted(verified, now);
   });
   return { server, sockets, unwatch };
+}
+
+/**
+ * Closes a peer that resumed a TLS session whose certificate cafile no longer vouches for. A
+ * resumed session (a TLS 1.3 ticket, a TLS 1.2 session) is not verified again: the runtime
+ * reports the certificate of the session's first handshake as authorized, and Deno's node:tls
+ * has no way to turn resumption off (sessionTimeout, SSL_OP_NO_TICKET are ignored). A client
+ * whose CA was taken out of cafile, or expired, so went on connecting without presenting any
+ * certificate, as long as its ticket lasted (measured: refused in a full handshake, accepted
+ * with CONNACK 0 as its certificate's identity when resuming, over TLS 1.3 and 1.2).
+ */
+function refuseResumed(socket: tls.TLSSocket, transport: "tls" | "wss", acceptor?: Acceptor) {
+  const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+  const reason = "resumed a TLS session whose client certificate tls.cafile no longer vouches for";
+  log.info("TLS handshake with {remote_address} failed on {listener}: {reason}", {
+    remote_address: remote,
+    listener: transport,
+    reason,
+  });
+  acceptor?.handshakeFailed?.(transport, remote, reason);
+  socket.destroy();
 }
 
 /**
@@ -242,10 +271,13 @@ export async function listenNode(
 export async function listenTls(acceptor: Acceptor, opts: TlsListenOptions): Promise<Listener> {
   const { server, sockets, unwatch } = secureServer((o) => tls.createServer(o), opts, acceptor);
   server.on("secureConnection", (socket: tls.TLSSocket) => {
+    // Refused just before (a resumed session secureServer does not trust).
+    if (socket.destroyed) return;
     socket.setNoDelay(true);
     const handler = acceptor.accept(
       socketSink(socket, opts.lingerMs),
       securePeer(socket, "tls", opts.identity),
+      admittedOf(socket),
     );
     bridgeSocket(socket, handler);
   });

@@ -11,9 +11,11 @@ import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
 import { pauseUnderlying, resumeUnderlying } from "./pause.ts";
-import { closeWithGrace, listenServer, trackSockets } from "./node_server.ts";
+import { admittedOf, closeWithGrace, listenServer, openFor, trackSockets } from "./node_server.ts";
+import { oneRequestHead, releaseReads } from "./http_reads.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
+import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */
 export const MQTT_SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
@@ -48,9 +50,9 @@ export interface WsOptions {
    */
   maxFirstBytes: number;
   /**
-   * Milliseconds a connection may take from its TCP (or TLS) start to the
-   * WebSocket upgrade (limits.connect_timeout); then the MQTT connection's own
-   * connect timeout takes over. A socket that never upgrades is cut.
+   * Milliseconds a connection may take from its TCP accept to the WebSocket upgrade, TLS
+   * handshake included (limits.connect_timeout); the MQTT connection's connect timeout counts
+   * from the same accept. A socket that never upgrades is cut.
    */
   upgradeTimeoutMs: number;
   /** Milliseconds a closing WebSocket waits for the client's close frame (limits.close_linger_ms). */
@@ -118,9 +120,10 @@ function bridge(
   socket: Duplex,
   handler: ConnectionHandler,
   opts: WsOptions,
+  reads: FrameReads | null,
 ): void {
   const lingerMs = opts.lingerMs;
-  boundFirstMessage(ws, socket, handler, opts.maxFirstBytes);
+  boundFirstMessage(ws, socket, handler, opts.maxFirstBytes, reads);
   let paused = false;
   let unpausedBytes = 0;
   const resume = () => {
@@ -185,15 +188,17 @@ function bridge(
  * Cuts a peer that sends more than `max` bytes before its CONNECT has been read. Counted on the
  * socket, after ws took each chunk (a CONNECT completed in it has reached the handler by then):
  * until then the peer is unknown, and ws would buffer its first message up to maxPayload, so
- * sockets that never authenticate could each hold 2 x max_packet_size. The count stops at
- * CONNECT; a first message holding CONNECT and more than max_connect_backlog behind it is cut,
- * as over TCP when authentication takes a moment.
+ * sockets that never authenticate could each hold 2 x max_packet_size. With `reads` every frame
+ * counts as announced, at least FRAME_CHARGE bytes (ws_reads.ts), else the bytes read. The
+ * count stops at CONNECT; a first message holding CONNECT and more than max_connect_backlog
+ * behind it is cut, as over TCP when authentication takes a moment.
  */
 function boundFirstMessage(
   ws: WebSocket,
   socket: Duplex,
   handler: ConnectionHandler,
   max: number,
+  reads: FrameReads | null,
 ): void {
   let read = 0;
   const count = (chunk: Uint8Array) => {
@@ -201,14 +206,21 @@ function boundFirstMessage(
       socket.off("data", count);
       return;
     }
-    read += chunk.length;
+    read = reads !== null ? reads.charged : read + chunk.length;
     if (read <= max) return;
     socket.off("data", count);
-    // As ws does for a frame over maxPayload: 1009, and nothing more is read.
-    ws.close(1009, "CONNECT too large");
-    setTimeout(() => ws.terminate(), 0);
+    refuseTooLarge(ws, "CONNECT too large");
   };
   socket.on("data", count);
+}
+
+/**
+ * Closes with 1009 (message too big), as ws does for a frame over maxPayload, and reads nothing
+ * more: cut once the close frame is on its way.
+ */
+function refuseTooLarge(ws: WebSocket, reason = "message too large"): void {
+  ws.close(1009, reason);
+  setTimeout(() => ws.terminate(), 0);
 }
 
 /**
@@ -224,16 +236,22 @@ export function serveWebSocket(
   peer: (req: IncomingMessage) => PeerInfo | number,
   connectionEvent: "connection" | "secureConnection" = "connection",
 ): WebSocketServer {
+  oneRequestHead(server, connectionEvent);
   // A socket that has not asked for its upgrade within the timeout is cut: before the upgrade
   // no MQTT connection exists, so neither its connect timeout nor any limit would apply, and a
   // silent or slow client would hold its descriptor for as long as the runtime lets it.
   const upgradeTimers = new WeakMap<object, ReturnType<typeof setTimeout>>();
   server.on(connectionEvent, (socket: Duplex) => {
-    const timer = setTimeout(() => socket.destroy(), opts.upgradeTimeoutMs);
+    // From the TCP accept: over wss the TLS handshake took its part already.
+    const left = Math.max(0, opts.upgradeTimeoutMs - openFor(socket));
+    const timer = setTimeout(() => socket.destroy(), left);
     upgradeTimers.set(socket, timer);
     socket.once("close", () => clearTimeout(timer));
   });
+  // One request on a connection, answered and closed: nothing here serves plain HTTP, and the
+  // parser is given that one request head alone (http_reads.ts).
   server.on("request", (req: IncomingMessage, res: http.ServerResponse) => {
+    res.shouldKeepAlive = false;
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) {
       res.writeHead(404, { "content-type": "text/plain" });
@@ -259,6 +277,8 @@ export function serveWebSocket(
   };
   const wss = new WebSocketServer(options);
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
+    // The socket leaves node:http: what follows is WebSocket frames, read by ws.
+    releaseReads(socket);
     clearTimeout(upgradeTimers.get(socket));
     // node:http lets go of the socket here, its error listener included: a peer that resets it
     // (after a refusal, or during the handshake) would be an uncaught error and end the process.
@@ -271,8 +291,11 @@ export function serveWebSocket(
     const info = peer(req);
     if (typeof info === "number") return refuse(socket, info, "Forbidden");
     wss.handleUpgrade(req, socket, head as Buffer, (ws: WebSocket) => {
-      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info);
-      bridge(ws, socket, handler, opts);
+      // Before anything is read: ws would hold each small read of a frame, and each fragment of
+      // a message, on its own (ws_reads.ts).
+      const reads = joinFrameReads(socket, opts.maxPayload, () => refuseTooLarge(ws));
+      const handler = acceptor.accept(new WsSink(ws, opts.lingerMs), info, admittedOf(socket));
+      bridge(ws, socket, handler, opts, reads);
     });
   });
   return wss;

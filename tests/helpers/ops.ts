@@ -16,7 +16,7 @@ export interface TestOps extends AsyncDisposable {
 export async function startOps(broker: Broker, sysInterval = 0): Promise<TestOps> {
   const config = {
     ...broker.config,
-    http: { enabled: true, bind: "127.0.0.1", port: 0 },
+    http: { ...broker.config.http, enabled: true, bind: "127.0.0.1", port: 0 },
     general: { ...broker.config.general, sys_interval: sysInterval, drain_delay: 0 },
   };
   const ops = new Operations(brokerTarget(broker), { config, version: "test" });

@@ -1,18 +1,22 @@
 /**
  * limits.max_connections bounds the sockets a broker holds, not only the clients that sent
  * CONNECT: sockets that never speak (no CONNECT, no TLS handshake, no WebSocket upgrade) count
- * from accept, and once the broker holds max_connections and its margin (1 %, at least 16) a
- * new socket is closed at once, on every listener, instead of being held until its deadline.
+ * from accept. Once the broker holds max_connections and its margin (1 %, at least 16), a new
+ * socket makes room by closing the oldest one not past CONNECT, on every listener; only when
+ * every socket is past CONNECT (or answered and closing) is the new one closed at once. So
+ * silent sockets can neither grow without bound nor keep clients out.
  */
 import assert from "node:assert/strict";
 import {
+  collect,
   connectClient,
   delay,
   endClient,
   startBroker,
   startSecureBroker,
 } from "../helpers/broker.ts";
-import { makeTestPki } from "../helpers/certs.ts";
+import { clientTls, makeTestPki } from "../helpers/certs.ts";
+import { RawWsClient } from "../helpers/ws_raw.ts";
 import { socketLimit } from "../../src/session/admission.ts";
 
 const MAX = 4;
@@ -54,7 +58,7 @@ Deno.test("the margin over max_connections is 1 % of it, at least 16", () => {
   assert.equal(socketLimit(100_000), 101_000);
 });
 
-Deno.test("silent TCP and WebSocket sockets count: past the limit a new socket is closed at accept", async () => {
+Deno.test("silent TCP and WebSocket sockets count: past the limit the oldest one is closed to make room for a new socket", async () => {
   await using b = await startBroker({
     general: { websocket: true },
     limits: { max_connections: MAX },
@@ -67,17 +71,21 @@ Deno.test("silent TCP and WebSocket sockets count: past the limit a new socket i
   ];
   try {
     await delay(200);
-    const before = b.broker.metrics.connectionsRejected;
+    const m = b.broker.metrics;
+    const [rejected, evicted] = [m.connectionsRejected, m.connectionsEvicted];
     const [tcp] = await openSilent(b.port, 1);
+    await delay(100);
     const [ws] = await openSilent(wsPort, 1);
-    // Without the bound both would stay open until connect_timeout (10 s).
-    assert.equal(await fate(tcp), "closed", "a TCP socket past the limit was held");
-    assert.equal(await fate(ws), "closed", "a WebSocket socket past the limit was held");
+    // The two oldest made room; the new ones are in. Before, the new ones were closed at once
+    // and the old ones kept every socket until their connect timeout (10 s).
+    assert.equal(await fate(held[0]), "closed", "the oldest silent socket was not closed");
+    assert.equal(await fate(held[1]), "closed", "the second oldest silent socket was not closed");
+    assert.equal(await fate(tcp, 300), "open", "the new TCP socket was closed");
+    assert.equal(await fate(ws, 300), "open", "the new WebSocket socket was closed");
+    assert.equal(await fate(held[2], 100), "open");
     closeAll([tcp, ws]);
-    assert.equal(b.broker.metrics.connectionsRejected - before, 2);
-    // The ones let in are still open: the bound closes new sockets, not old ones.
-    assert.equal(await fate(held[0], 200), "open");
-    assert.equal(await fate(held[held.length - 1], 200), "open");
+    assert.equal(m.connectionsEvicted - evicted, 2);
+    assert.equal(m.connectionsRejected - rejected, 0);
   } finally {
     closeAll(held);
   }
@@ -87,7 +95,7 @@ Deno.test("silent TCP and WebSocket sockets count: past the limit a new socket i
   await endClient(c);
 });
 
-Deno.test("silent TLS sockets (no handshake) count: past the limit a new one is closed at accept", async () => {
+Deno.test("silent TLS sockets (no handshake) count: past the limit the oldest one makes room", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-socket-limit-" });
   try {
     const pki = await makeTestPki(dir);
@@ -99,11 +107,14 @@ Deno.test("silent TLS sockets (no handshake) count: past the limit a new one is 
     try {
       await delay(200);
       const [tls] = await openSilent(b.tlsPort, 1);
+      await delay(100);
       const [wss] = await openSilent(b.wssPort, 1);
-      assert.equal(await fate(tls), "closed", "a TLS socket past the limit was held");
-      assert.equal(await fate(wss), "closed", "a secure WebSocket socket past the limit was held");
-      closeAll([tls, wss]);
+      assert.equal(await fate(held[0]), "closed", "the oldest silent TLS socket was held");
+      assert.equal(await fate(held[1]), "closed", "the second oldest silent TLS socket was held");
+      assert.equal(await fate(tls, 300), "open");
+      assert.equal(await fate(wss, 300), "open");
       assert.equal(b.broker.metrics.socketsHeld, LIMIT);
+      closeAll([tls, wss]);
     } finally {
       closeAll(held);
     }
@@ -111,5 +122,107 @@ Deno.test("silent TLS sockets (no handshake) count: past the limit a new one is 
     assert.equal(b.broker.metrics.socketsHeld, 0, "closed sockets are no longer counted");
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a peer holding every socket with silent ones does not keep clients out: a client's TLS socket makes room, it connects and stays", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-socket-limit-" });
+  try {
+    const pki = await makeTestPki(dir);
+    // The shipped defaults: TLS and secure WebSocket with client certificates.
+    await using b = await startSecureBroker(pki, { limits: { max_connections: MAX } });
+    let held = [...await openSilent(b.tlsPort, LIMIT)];
+    try {
+      await delay(200);
+      // Before, this client's socket was closed at accept until the silent ones timed out.
+      await using client = await connectClient(b.tlsPort, {
+        protocol: "mqtts",
+        ...clientTls(pki, pki.alice),
+        clientId: "alice-1",
+      });
+      const inbox = collect(client);
+      await client.subscribeAsync("room/#", { qos: 1 });
+      // The peer goes on: another full set of silent sockets pushes out its own, not the client.
+      held = [...held, ...await openSilent(b.tlsPort, LIMIT)];
+      await delay(300);
+      await client.publishAsync("room/x", "still here", { qos: 1 });
+      assert.equal((await inbox.next(3000)).payload, "still here");
+      assert.ok(b.broker.metrics.connectionsEvicted >= LIMIT, "silent sockets were not evicted");
+    } finally {
+      closeAll(held);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("TLS peers past their handshake but without CONNECT make room too: the oldest is closed, its connection ends", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mcloudtt-socket-limit-" });
+  try {
+    const pki = await makeTestPki(dir);
+    await using b = await startSecureBroker(pki, {
+      limits: { max_connections: MAX },
+      listeners: { tcp: { client_certificate: "none" } },
+      auth: { allow_anonymous: true },
+    });
+    const caCerts = [Deno.readTextFileSync(pki.ca.cert)];
+    const held: Deno.TlsConn[] = [];
+    try {
+      for (let i = 0; i < LIMIT; i++) {
+        const c = await Deno.connectTls({ hostname: "localhost", port: b.tlsPort, caCerts });
+        await c.handshake();
+        held.push(c);
+      }
+      await delay(200);
+      const m = b.broker.metrics;
+      assert.equal(m.connectionsByListener.tls, LIMIT, "every handshake made a connection");
+      const late = await Deno.connectTls({ hostname: "localhost", port: b.tlsPort, caCerts });
+      await late.handshake();
+      assert.equal(await fate(held[0]), "closed", "the oldest connection without CONNECT stayed");
+      assert.equal(await fate(late, 300), "open");
+      await delay(200);
+      assert.equal(m.connectionsByListener.tls, LIMIT, "the evicted connection still counts");
+      closeAll([late]);
+    } finally {
+      closeAll(held);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("when every socket is past CONNECT or answered and closing, a new socket is closed at accept", async () => {
+  await using b = await startBroker({
+    general: { websocket: true },
+    limits: { max_connections: MAX, close_linger_ms: 10_000 },
+  });
+  const wsPort = b.broker.addresses.find((a) => a.kind === "ws")!.port;
+  const clients = [];
+  for (let i = 0; i < MAX; i++) clients.push(await connectClient(b.port, { clientId: `in-${i}` }));
+  // The margin: WebSocket clients over max_connections, refused with 0x97, which do not answer
+  // the close that follows (their sockets linger, held, for close_linger_ms).
+  const refused: RawWsClient[] = [];
+  try {
+    for (let i = 0; i < LIMIT - MAX; i++) {
+      const ws = await RawWsClient.open(wsPort);
+      refused.push(ws);
+      await ws.sendPacket({
+        cmd: "connect",
+        protocolId: "MQTT",
+        protocolVersion: 5,
+        clientId: `over-${i}`,
+        clean: true,
+        keepalive: 0,
+      });
+      assert.equal((await ws.expect("connack")).reasonCode, 0x97);
+    }
+    const before = b.broker.metrics.connectionsRejected;
+    const [late] = await openSilent(b.port, 1);
+    assert.equal(await fate(late), "closed", "a socket over the limit was held");
+    closeAll([late]);
+    assert.equal(b.broker.metrics.connectionsRejected - before, 1);
+  } finally {
+    for (const ws of refused) ws.close();
+    for (const c of clients) await endClient(c);
   }
 });
