@@ -11,6 +11,7 @@ import type { Message } from "../protocol/message.ts";
 import { TopicSelector } from "./filter.ts";
 import { RowIds, type TopicRow, toRow } from "./row.ts";
 import { SpillStore } from "./spill.ts";
+import { settleLeftovers } from "./leftovers.ts";
 import { Aborted, raceTimeout, sleepUnless } from "./timing.ts";
 import { type Entry, memoryBytes, type SegmentRef } from "./entry.ts";
 import { newStats, observeLatency, RateLimitedLog, type SinkStats } from "./stats.ts";
@@ -579,39 +580,16 @@ export class QueueSink implements Sink {
     this.stats.inFlight = 0;
     // Rows read back from a segment are still on disk: the next run replays them.
     const fresh = left.filter((e) => e.seg === null);
-    if (this.spill) {
-      await Promise.all(this.removals);
-      try {
-        await this.spill.flushed();
-        const kept = await this.spill.prepend(fresh.map((e) => this.materialize(e)));
-        this.stats.spilled += kept;
-        fresh.forEach((e, i) => e.done?.(i < kept ? "spilled" : "dropped"));
-        if (kept > 0) {
-          this.log.info(
-            `topic log (${this.name}): ${kept} unsent rows spilled to ${this.opts.spillDir}`,
-          );
-        }
-        if (kept < fresh.length) {
-          this.stats.dropped += fresh.length - kept;
-          this.log.warn(
-            `topic log (${this.name}): ${fresh.length - kept} unsent rows dropped at stop: ` +
-              `spill store full (${this.opts.spillMaxBytes} bytes)`,
-          );
-        }
-      } catch (e) {
-        this.stats.dropped += fresh.length;
-        for (const entry of fresh) entry.done?.("dropped");
-        this.log.error(`topic log (${this.name}): ${fresh.length} rows lost at stop: ${e}`);
-      }
-      this.stats.spillBytes = this.spill.bytes;
-    } else if (fresh.length > 0) {
-      this.stats.dropped += fresh.length;
-      for (const e of fresh) e.done?.("dropped");
-      this.log.warn(
-        `topic log (${this.name}): ${fresh.length} unsent rows dropped at stop ` +
-          `(set overflow = "spill" to keep them)`,
-      );
-    }
+    if (this.spill) await Promise.all(this.removals);
+    await settleLeftovers(fresh, {
+      name: this.name,
+      spill: this.spill,
+      spillDir: this.opts.spillDir,
+      spillMaxBytes: this.opts.spillMaxBytes,
+      stats: this.stats,
+      log: this.log,
+      materialize: (e) => this.materialize(e),
+    });
     await this.dest.close();
   }
 }
