@@ -178,11 +178,10 @@ export function securePeer(
   // Deno reports `authorized` on a listener that asked for no certificate too: only a
   // certificate that is there counts as verified.
   if (!socket.authorized) return peer;
-  const cert = socket.getPeerCertificate();
+  const cert = socket.getPeerCertificate(true);
   if (cert?.raw === undefined || cert.raw.length === 0) return peer;
   peer.certificateVerified = true;
-  // Node's text form ("Dec  2 05:35:16 2026 GMT"); a certificate verified at the handshake has one.
-  const expiresAt = Date.parse(cert.valid_to);
+  const expiresAt = chainExpiresAt(cert);
   if (Number.isFinite(expiresAt)) peer.certificateExpiresAt = expiresAt;
   const reading = readPeerCertificate(cert, mode);
   if (reading.refusal !== undefined) {
@@ -193,6 +192,24 @@ export function securePeer(
   }
   peer.certificateIdentity = reading.identity;
   return peer;
+}
+
+/**
+ * The earliest notAfter of the chain the handshake verified, leaf first: an intermediate the
+ * client presented may expire before its certificate does, and the handshake vouched for the
+ * chain only until then. Node's text form ("Dec  2 05:35:16 2026 GMT"); NaN without one.
+ */
+function chainExpiresAt(leaf: tls.DetailedPeerCertificate): number {
+  let earliest = NaN;
+  let cert: tls.DetailedPeerCertificate | undefined = leaf;
+  for (let n = 0; n < MAX_CHAIN && cert?.raw !== undefined && cert.raw.length > 0; n++) {
+    const t = Date.parse(cert.valid_to);
+    if (Number.isFinite(t) && (Number.isNaN(earliest) || t < earliest)) earliest = t;
+    // A self-signed root is reported as its own issuer.
+    if (cert.issuerCertificate === cert) break;
+    cert = cert.issuerCertificate;
+  }
+  return earliest;
 }
 
 /**

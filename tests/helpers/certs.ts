@@ -243,3 +243,38 @@ export function servedFingerprint(port: number, ca: string, client: { cert: stri
     socket.once("error", reject);
   });
 }
+
+/**
+ * An intermediate CA (ECDSA P-256, CA:TRUE, may sign certificates) issued by `root`, valid until
+ * `notAfter`: for chains whose middle expires first. The root's key must be P-256 PKCS#8.
+ */
+export async function issueIntermediate(root: PemPair, notAfter: Date): Promise<PemPair> {
+  const x509 = await import("@peculiar/x509");
+  const rootCert = new x509.X509Certificate(root.certPem);
+  const der = x509.PemConverter.decode(root.keyPem)[0];
+  const alg = { name: "ECDSA", namedCurve: "P-256" };
+  const rootKey = await crypto.subtle.importKey("pkcs8", der, alg, false, ["sign"]);
+  const keys = await crypto.subtle.generateKey(alg, true, ["sign", "verify"]);
+  const ski = rootCert.getExtension(x509.SubjectKeyIdentifierExtension);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: "0a" + crypto.randomUUID().replaceAll("-", "").slice(0, 14),
+    subject: [{ CN: ["mcloudtt test intermediate"] }],
+    issuer: rootCert.subjectName,
+    notBefore: new Date(Date.now() - 60_000),
+    notAfter,
+    publicKey: keys.publicKey,
+    signingKey: rootKey,
+    signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(
+        x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign,
+        true,
+      ),
+      new x509.AuthorityKeyIdentifierExtension(ski!.keyId, false),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  const pkcs8 = new Uint8Array(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
+  return { certPem: cert.toString("pem"), keyPem: x509.PemConverter.encode(pkcs8, "PRIVATE KEY") };
+}
