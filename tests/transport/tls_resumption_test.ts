@@ -60,27 +60,61 @@ async function attempt(
     args,
     stdin: "piped",
     stdout: "piped",
-    stderr: "piped",
+    stderr: "null",
   }).spawn();
   const writer = child.stdin.getWriter();
   // After the handshake (TLS 1.3 tickets come after it): s_client sends stdin as it reads it.
   await new Promise((r) => setTimeout(r, 500));
   await writer.write(CONNECT).catch(() => {});
-  await new Promise((r) => setTimeout(r, 1000));
+  // Read until the CONNACK came or the broker closed the connection (s_client ends), 1 s at most.
+  const chunks: Uint8Array[] = [];
+  let stdout: Uint8Array = new Uint8Array(0);
+  const reader = child.stdout.getReader();
+  const timer = setTimeout(() => {
+    try {
+      child.kill("SIGTERM");
+    } catch {
+      // it ended on its own
+    }
+  }, 1000);
+  for (;;) {
+    const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true }));
+    if (done || value === undefined) break;
+    chunks.push(value);
+    stdout = concat(chunks);
+    if (connackAccepted(stdout)) break;
+  }
+  clearTimeout(timer);
   try {
     child.kill("SIGTERM");
   } catch {
     // it ended on its own: the broker closed the connection
   }
   await writer.close().catch(() => {});
-  const out = await child.output().catch(() => null);
-  const stdout = out?.stdout ?? new Uint8Array(0);
+  reader.releaseLock();
+  await child.stdout.cancel().catch(() => {});
+  await child.status;
   const text = new TextDecoder().decode(stdout);
-  let accepted = false;
-  for (let i = 0; i + 3 < stdout.length; i++) {
-    if (stdout[i] === 0x20 && stdout[i + 1] === 0x02 && stdout[i + 3] === 0x00) accepted = true;
-  }
+  const accepted = connackAccepted(stdout);
   return { reused: /\bReused,/.test(text), accepted };
+}
+
+/** A CONNACK with reason code 0 somewhere in s_client's output. */
+function connackAccepted(out: Uint8Array): boolean {
+  for (let i = 0; i + 3 < out.length; i++) {
+    if (out[i] === 0x20 && out[i + 1] === 0x02 && out[i + 3] === 0x00) return true;
+  }
+  return false;
+}
+
+function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 for (const tls12 of [false, true]) {
