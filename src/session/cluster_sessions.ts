@@ -150,18 +150,18 @@ export class ClusterSessions {
       if (adoption !== undefined) await this.boundedWait(adoption.done);
       // Another user's session may be here (bound while this CONNECT waited its turn in
       // attachShared): refused before it claims, or the claim would record its user as owner.
-      const foreign = this.core.foreignHere(conn, req);
+      const foreign = this.core.binding.foreignHere(conn, req);
       if (foreign !== null) return foreign;
       // Look before claiming: a stranger must not kick the owner's connection on another node.
       const before = await store.loadSession(id);
       if (before !== null && before.owner !== req.owner) {
-        return this.core.refuseForeign(conn, before.owner);
+        return this.core.binding.refuseForeign(conn, before.owner);
       }
       // A new session on a full node is refused before it claims (bind() would refuse it after):
       // the claim takes the id over from its connection on another node (a clean session,
       // nothing stored to resume), and writes the id's keys in Redis.
       if (before === null && !this.core.sessions.has(id)) {
-        const full = this.core.sessionLimitRefusal();
+        const full = this.core.binding.sessionLimitRefusal();
         if (full !== null) return full;
       }
       if (before !== null && before.subscriptions.length > 0 && !this.core.sessions.has(id)) {
@@ -188,7 +188,7 @@ export class ClusterSessions {
       if (!this.core.sessions.has(id)) {
         const state = await store.loadSession(id);
         if (state !== null && state.owner !== req.owner) {
-          return this.core.refuseForeign(conn, state.owner);
+          return this.core.binding.refuseForeign(conn, state.owner);
         }
         if (state !== null && !this.core.sessions.has(id)) {
           // Session Present promises the subscriptions work: the CONNACK waits until every
@@ -203,7 +203,7 @@ export class ClusterSessions {
       held = null;
     } catch (e) {
       // Another user's session holds the id on another node (one the store does not keep).
-      if (e instanceof ForeignSessionError) return this.core.refuseForeign(conn, e.owner);
+      if (e instanceof ForeignSessionError) return this.core.binding.refuseForeign(conn, e.owner);
       log.warn("cannot attach {clientId}: the cluster state is unreachable: {error}", {
         clientId: id,
         error: e instanceof Error ? e.message : String(e),
@@ -224,7 +224,7 @@ export class ClusterSessions {
       return UNAVAILABLE;
     }
     // bind() refuses another user's session here (one adopted from a dead node meanwhile, say).
-    const result = this.core.bind(conn, req);
+    const result = this.core.binding.bind(conn, req);
     if (!result.ok) {
       // Full by now (sessions came while this one claimed): its claim must not keep the id.
       if (!this.core.sessions.has(id)) this.core.bus.releaseSession(id);

@@ -1,11 +1,10 @@
 /**
- * The transport-agnostic broker core: the session registry (client id ->
- * session, ownership, takeover, expiry; wills in wills.ts, the cluster side in
- * cluster_sessions.ts), the keep-alive sweep, and the
- * one way in for messages (`publish`) and for subscription changes
- * (`subscribe`/`unsubscribe`), which is where the topic log (Sink), the
- * cluster (Bus) and the durable state (Store) are fed. It imports no socket,
- * TLS, Redis, SQLite or BigQuery code: those arrive through the interfaces.
+ * The transport-agnostic broker core: the session registry (client id -> session; which session a
+ * connection gets and how one ends in binding.ts, wills in wills.ts, the cluster side in
+ * cluster_sessions.ts), the keep-alive sweep, and the one way in for messages (`publish`) and for
+ * subscription changes (`subscribe`/`unsubscribe`), which is where the topic log (Sink), the
+ * cluster (Bus) and the durable state (Store) are fed. It imports no socket, TLS, Redis, SQLite or
+ * BigQuery code: those arrive through the interfaces.
  */
 import { getLogger } from "@logtape/logtape";
 import { subscribeAccess } from "../auth/access.ts";
@@ -15,11 +14,9 @@ import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { Message } from "../protocol/message.ts";
 import type { ByteWriter } from "../protocol/outbox.ts";
-import { ReasonCode } from "../protocol/reason_codes.ts";
 import { NO_VERSION, RetainClock } from "../router/retain_version.ts";
 import { type Router, Subscribed, type SubscriptionUsage, Unsubscribed } from "../router/router.ts";
 import type { Subscriber, Subscription } from "../router/types.ts";
-import { RateLimitedLog } from "../sinks/stats.ts";
 import type { PublishInfo, Sink } from "../sinks/types.ts";
 import type { Store } from "../store/types.ts";
 import { Connection } from "./connection.ts";
@@ -42,6 +39,7 @@ import type { SessionLimits } from "./session_types.ts";
 import { SessionRestorer } from "./restore.ts";
 import { restoreRetained } from "./retained_restore.ts";
 import { Wills } from "./wills.ts";
+import { SessionBinding } from "./binding.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -95,7 +93,9 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** Who holds which session in a cluster, and how sessions move (cluster_sessions.ts). */
   private readonly cluster = new ClusterSessions(this);
   /** When and how wills are published (wills.ts). */
-  private readonly wills = new Wills(this);
+  readonly wills = new Wills(this);
+  /** Which session a connection gets, and how sessions end (binding.ts). */
+  readonly binding = new SessionBinding(this);
   private stopSweep: (() => void) | null = null;
   /** The stop() reason while stopped: transports may still hand over a late handshake. */
   private stoppedWith: number | null = null;
@@ -104,10 +104,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly sessionLimits: SessionLimits;
   /** Sockets the listeners may hold at once (admission.ts). */
   private readonly admission: SocketAdmission;
-  private readonly sessionLimitLog = new RateLimitedLog((m) => log.warn(m));
   private readonly totalDrops = new TotalDropLog((m) => log.warn(m));
-  /** The client id `bind` is giving to a new connection, while it runs. */
-  private binding: string | null = null;
   /** Versions for the retained updates published here. */
   private readonly retainClock = new RetainClock();
   /** How stored sessions become live ones here (restore.ts). */
@@ -428,91 +425,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
    * the same client id, resumes or discards the old session.
    */
   attach(conn: AttachingConnection, req: AttachRequest): AttachResult | Promise<AttachResult> {
-    if (!this.store.shared) return this.bind(conn, req);
+    if (!this.store.shared) return this.binding.bind(conn, req);
     return this.cluster.attachShared(conn, req);
-  }
-
-  /** A refusal when another user's session holds `conn`'s client id on this node, else null. */
-  foreignHere(conn: AttachingConnection, req: AttachRequest): AttachResult | null {
-    const here = this.sessions.get(conn.clientId);
-    return here === undefined || here.owner === req.owner
-      ? null
-      : this.refuseForeign(conn, here.owner);
-  }
-
-  /** Counted with the CONNACK that carries it (connect_flow.ts `refuse`), not here. */
-  refuseForeign(conn: AttachingConnection, owner: string | null): AttachResult {
-    log.warn("refused {clientId} from {addr}: the session belongs to another user", {
-      clientId: conn.clientId,
-      addr: conn.peer.remoteAddress,
-      owner: owner ?? "(anonymous)",
-    });
-    return {
-      ok: false,
-      code: ReasonCode.NotAuthorized,
-      reason: "client id is in use by another user",
-    };
-  }
-
-  bind(conn: AttachingConnection, req: AttachRequest): AttachResult {
-    this.binding = conn.clientId;
-    try {
-      return this.bindNow(conn, req);
-    } finally {
-      this.binding = null;
-    }
-  }
-
-  private bindNow(conn: AttachingConnection, req: AttachRequest): AttachResult {
-    // A session belongs to its user: on every path here (a cluster attach checks again, since
-    // it waited for its claim and load meanwhile).
-    const foreign = this.foreignHere(conn, req);
-    if (foreign !== null) return foreign;
-    const id = conn.clientId;
-    let session = this.sessions.get(id);
-    if (session !== undefined && session.link !== null) {
-      // The old connection goes first so its will follows the usual rules.
-      session.link.takenOver();
-    }
-    session = this.sessions.get(id);
-    if (
-      session !== undefined &&
-      (req.cleanStart ||
-        (session.link === null && session.expiresAt !== 0 &&
-          this.clock.now() >= session.expiresAt))
-    ) {
-      // Clean Start, or a session whose expiry passed since the last sweep: it is not resumed.
-      if (!req.cleanStart) this.metrics.sessionsExpired++;
-      this.endSession(session);
-      session = undefined;
-    }
-    let present = false;
-    if (session === undefined) {
-      // Only a new client id is refused: an existing session is still resumed or replaced.
-      const full = this.sessionLimitRefusal();
-      if (full !== null) return full;
-      session = this.newSession(id);
-      session.owner = req.owner;
-      this.sessions.set(id, session);
-    } else {
-      present = true;
-      // Reconnecting in time cancels a delayed will [MQTT-3.1.3-9].
-      session.setWill(null);
-      this.detached.delete(session);
-    }
-    return { ok: true, session, present };
-  }
-
-  /**
-   * The refusal of a new session when limits.max_sessions are held here, else null. Counted
-   * where its CONNACK goes out (connect_flow.ts).
-   */
-  sessionLimitRefusal(): AttachResult | null {
-    if (this.sessions.size < this.limits.maxSessions) return null;
-    this.sessionLimitLog.note(
-      `refused a new session: ${this.sessions.size} sessions held (limits.max_sessions)`,
-    );
-    return { ok: false, code: ReasonCode.QuotaExceeded, reason: "session limit reached" };
   }
 
   newSession(id: string): Session {
@@ -542,7 +456,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
     if (!willAllowed) session.setWill(null);
     const outcome = this.wills.connectionLost(session, now);
     if (session.expiryInterval === 0) {
-      this.endSession(session);
+      this.binding.end(session);
       return outcome;
     }
     session.expiresAt = session.expiryFrom(now);
@@ -568,41 +482,6 @@ export class BrokerCore implements ConnectionHost, BusHost {
     this.cluster.expelled();
   }
 
-  private endSession(session: Session): void {
-    this.wills.sessionEnding(session);
-    this.detached.delete(session);
-    this.unsubscribeAll(session);
-    const persisted = session.expiryInterval !== 0 || this.journal !== null;
-    // Taken before clear(); handed on once the session is out of its groups (above).
-    const leftovers = session.sharedLeftovers();
-    session.clear();
-    if (this.sessions.get(session.clientId) === session) {
-      this.sessions.delete(session.clientId);
-      // Ended because a new connection takes the client id here (bind): the claim is its.
-      if (this.binding !== session.clientId) this.bus.releaseSession(session.clientId);
-      const journal = this.journal;
-      const id = session.clientId;
-      const taking = this.wills.taking(id);
-      if (persisted && journal !== null) {
-        if (taking === undefined) journal.push({ type: "session-delete", clientId: id });
-        // Deleting the session first would delete its will before the store hands it over.
-        else {
-          taking.then(() => {
-            if (!this.sessions.has(id)) journal.push({ type: "session-delete", clientId: id });
-          });
-        }
-      }
-    }
-    if (leftovers !== null) {
-      for (const [msg, group] of leftovers) {
-        // A member here first; else one on another node (a cluster).
-        if (
-          this.router.redeliverShared(msg, group) || this.bus.forwardShared(msg, group.key)
-        ) this.metrics.sharedRedelivered++;
-      }
-    }
-  }
-
   /** `droppedQueueTotal` at the last sweep. */
   private totalDropsSeen = 0;
 
@@ -615,7 +494,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
       this.wills.publishDue(s, now);
       if (now >= s.expiresAt) {
         this.metrics.sessionsExpired++;
-        this.endSession(s);
+        this.binding.end(s);
       } else if (s.will === null && s.expiresAt === Infinity) {
         this.detached.delete(s);
       }
