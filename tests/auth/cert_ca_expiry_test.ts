@@ -46,9 +46,11 @@ Deno.test("a client CA of tls.cafile that expires: its clients are closed and re
     ]);
     assert.equal(closed, "closed");
     assert.ok(Date.now() >= caExpires - 1000, "closed before the CA certificate expired");
-    // A new handshake with a certificate it issued fails; the other CA's client is served.
+    // A certificate it issued is refused: by the handshake once the poll took the CA out, or,
+    // before that poll, at CONNECT with 0x87 (the chain's earliest notAfter has passed: the
+    // connection above was closed for the same reason). The other CA's client is served.
     const again = await connackOf(b.tlsPort, { ...short, protocol: "mqtts", host: "localhost" });
-    assert.ok(again instanceof Error, `connected again: CONNACK ${again}`);
+    assert.ok(again instanceof Error || again === 0x87, `connected again: CONNACK ${again}`);
     assert.ok(other.connected);
     await other.publishAsync("t", "x", { qos: 1 });
     assert.equal(
