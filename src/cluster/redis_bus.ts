@@ -582,6 +582,7 @@ export class RedisBus implements Bus {
           const n = await this.claims.restore(this.host.sessions);
           if (n > 0) log.info`wrote the holder of ${n} client ids again (redis lost them)`;
         }
+        if (lost) this.host?.storeLost?.();
         await this.reader?.ensureGroup();
         await this.departures.purgeDeparted();
         await this.routes.reannounce();

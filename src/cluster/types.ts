@@ -78,6 +78,11 @@ export interface BusHost {
    * again as the id's holder when Redis lost its data.
    */
   readonly sessions?: ReadonlyMap<string, { readonly owner: string | null }>;
+  /**
+   * Redis lost its data (restarted without persistence) while this node ran: what it holds for
+   * the store (its sessions, the retained messages) is written again, in the background.
+   */
+  storeLost?(): void;
 }
 
 /**

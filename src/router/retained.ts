@@ -33,6 +33,8 @@ export interface RetainedStore {
   delete(topic: string, version?: string): void;
   /** Whether `topic` has a retained message. */
   has(topic: string): boolean;
+  /** The version (retain_version.ts) of `topic`'s retained message; NO_VERSION when none. */
+  versionOf?(topic: string): string;
   /**
    * Whether a deletion of `topic` with a version would be remembered now (within the bounds of
    * remembered deletions); a shared store keeps it too only then.
@@ -149,6 +151,11 @@ export class MemoryRetainedStore implements RetainedStore {
 
   has(topic: string): boolean {
     return (this.find(topic)?.msg ?? null) !== null;
+  }
+
+  versionOf(topic: string): string {
+    const node = this.find(topic);
+    return node === undefined || node.msg === null ? NO_VERSION : node.ver;
   }
 
   fits(msg: Message): boolean {

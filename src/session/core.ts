@@ -40,6 +40,7 @@ import { SessionRestorer } from "./restore.ts";
 import { restoreRetained } from "./retained_restore.ts";
 import { Wills } from "./wills.ts";
 import { SessionBinding } from "./binding.ts";
+import { StoreRewrite } from "./store_rewrite.ts";
 
 export type { CoreLimits } from "./limits.ts";
 
@@ -109,6 +110,8 @@ export class BrokerCore implements ConnectionHost, BusHost {
   private readonly retainClock = new RetainClock();
   /** How stored sessions become live ones here (restore.ts). */
   readonly restorer: SessionRestorer = new SessionRestorer(this);
+  /** What is written again when Redis lost its data (store_rewrite.ts). */
+  readonly rewrite: StoreRewrite = new StoreRewrite(this);
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
@@ -475,6 +478,11 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** BusHost: node `nodeId` died and this node was chosen to clean up after it. */
   nodeDown(nodeId: string): Promise<OrphanDelivery | void> {
     return this.cluster.nodeDown(nodeId);
+  }
+
+  /** BusHost: Redis lost its data: the sessions and retained messages held here go back. */
+  storeLost(): void {
+    this.rewrite.request();
   }
 
   /** BusHost: the cluster handled this node as dead while it was frozen; its sessions moved. */

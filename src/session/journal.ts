@@ -182,6 +182,11 @@ export class Journal {
     return this.unwritten > this.maxUnwritten;
   }
 
+  /** True once `close()` ran: nothing pushed since will be written. */
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
   /** Since when (ms since epoch) store writes have been failing; 0 while they succeed. */
   get failingFor(): number {
     return this.failingSince === 0 ? 0 : Date.now() - this.failingSince;

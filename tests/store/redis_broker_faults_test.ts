@@ -244,6 +244,8 @@ Deno.test({
     c.close();
     console.log(`[figures] ${N} acknowledged after the Redis restart, ${got.length} delivered`);
     assert.deepEqual(got, Array.from({ length: N }, (_, i) => `${i}`));
-    assert.match(log, /the store lost 1 sessions .*keeper/);
+    // Written again whole by the node on its own once it noticed (store_rewrite.ts), or, when
+    // a publish reached the session first, by the write that found it missing.
+    assert.match(log, /the store lost 1 sessions .*keeper|wrote 1 sessions and 0 retained/);
   },
 });
