@@ -37,6 +37,9 @@ Deno.test({
         "--redis.wait_replicas=1",
         `--redis.wait_timeout_ms=${WAIT_MS}`,
         "--redis.command_timeout_ms=15000",
+        // The replica is gone when the nodes stop (disposed first): their goodbye waits for
+        // shutdown_timeout (10 s by default) for a WAIT no replica answers.
+        "--general.shutdown_timeout=2",
       ],
     });
     const redisPort = cluster.redis.port;
