@@ -208,6 +208,18 @@ export class InboxWriter {
     }
   }
 
+  /**
+   * Entries for `dest` queued behind the writes in flight to its inbox (not handed to Redis yet;
+   * a write in doubt waiting to be written again counts too): what an XLEN sent now misses.
+   */
+  unsent(dest: string): number {
+    const lane = this.lanes.get(dest);
+    if (lane === undefined) return 0;
+    let n = 0;
+    for (const w of lane) if (!w.control) n++;
+    return n;
+  }
+
   /** Resolves when this turn's entries are in Redis; rejects when they could not be written. */
   written(): Promise<void> {
     return (this.turn ??= deferred()).promise;

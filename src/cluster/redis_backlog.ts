@@ -43,9 +43,10 @@ export class InboxBacklog {
   /** Entries in each live node's inbox at the last measurement. */
   readonly lengths = new Map<string, number>();
   /**
-   * Entries this node wrote to each inbox since its last measurement was sent:
-   * added to the measured length, so a node falling behind is noticed as the
-   * entries are written, not a measurement later.
+   * Entries this node wrote to each inbox that its last measurement did not see
+   * (written since it was sent, or queued then and written after it): added to
+   * the measured length, so a node falling behind is noticed as the entries are
+   * written, not a measurement later.
    */
   private readonly since = new Map<string, number>();
   /** When the pending timer fires (Date.now() ms). */
@@ -66,6 +67,8 @@ export class InboxBacklog {
     /** The live nodes (this one included), as the last lease renewal saw them. */
     private readonly live: () => ReadonlySet<string>,
     private readonly opts: BacklogOptions,
+    /** Entries for a node queued in this node's writer, not sent to Redis yet. */
+    private readonly unsent: (node: string) => number = () => 0,
   ) {}
 
   /** True when at least one node is over the bound (the hot path's only check). */
@@ -182,7 +185,14 @@ export class InboxBacklog {
     if (!nodes.includes(this.self)) nodes.push(this.self);
     // Auto-pipelined: one round trip for every node. Each XLEN goes out on the connection the
     // entries are written on, after those written so far and before those written from now on.
+    // Entries still queued in the writer (behind a round in flight) go out after it: they stay
+    // counted. Forgetting them let a node under a slow Redis read as caught up while its inbox
+    // was still growing (CI: 173 entries with a bound of 30).
     this.since.clear();
+    for (const node of nodes) {
+      const queued = this.unsent(node);
+      if (queued > 0) this.since.set(node, queued);
+    }
     const lengths = await Promise.all(nodes.map((n) => this.cmd.xlen(this.inboxKey(n))));
     const bound = this.opts.bound;
     this.lengths.clear();

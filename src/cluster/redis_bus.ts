@@ -199,6 +199,7 @@ export class RedisBus implements Bus {
         periodMs: opts.cluster.lease_renew_ms,
         pollMs: Math.min(BACKLOG_POLL_MS, opts.cluster.lease_renew_ms),
       },
+      (n) => this.writer.unsent(n),
     );
     this.claims = new SessionClaims(
       this.nodeId,

@@ -177,9 +177,10 @@ Deno.test({
           `b read nothing, max_inbox_backlog ${backlog}: b's inbox peaked at ${peak} entries`,
       );
     }
-    // Near the bound: 31 to 61 entries over runs (the publishers read in the turns before a
-    // saw the bound reached); without the hold, 1,153 entries (48,000 messages) in that time.
-    assert.ok(peak <= 3 * backlog, `b's inbox reached ${peak} entries`);
+    // Near the bound: 31 to 33 entries over runs, also with two busy loops loading the machine;
+    // without the hold, 1,153 entries (48,000 messages) in that time. While a measurement forgot
+    // the entries still queued in a's writer, 44 to 61 unloaded and up to 192 loaded (CI: 173).
+    assert.ok(peak <= 2 * backlog, `b's inbox reached ${peak} entries`);
     await sameRetained(a.port, b.port);
     assert.doesNotMatch(b.output(), DEAD_HANDLED);
     assert.doesNotMatch(a.output(), EXPELLED);
