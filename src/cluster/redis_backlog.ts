@@ -68,7 +68,7 @@ export class InboxBacklog {
     private readonly live: () => ReadonlySet<string>,
     private readonly opts: BacklogOptions,
     /** Entries for a node queued in this node's writer, not sent to Redis yet. */
-    private readonly unsent: (node: string) => number = () => 0,
+    private readonly unsent: (node: string) => number,
   ) {}
 
   /** True when at least one node is over the bound (the hot path's only check). */

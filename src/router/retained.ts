@@ -34,7 +34,7 @@ export interface RetainedStore {
   /** Whether `topic` has a retained message. */
   has(topic: string): boolean;
   /** The version (retain_version.ts) of `topic`'s retained message; NO_VERSION when none. */
-  versionOf?(topic: string): string;
+  versionOf(topic: string): string;
   /**
    * Whether a deletion of `topic` with a version would be remembered now (within the bounds of
    * remembered deletions); a shared store keeps it too only then.

@@ -450,18 +450,6 @@ export class ClusterSessions {
   }
 
   /**
-   * The store holds nothing of these sessions any more (Redis restarted without its data):
-   * those this node holds are written whole again, from memory, so that what was acknowledged
-   * for them since is kept.
-   */
-  storeLost(clientIds: readonly string[]): void {
-    for (const id of clientIds) {
-      const s = this.core.sessions.get(id);
-      if (s !== undefined && s.journal !== null) s.persist(this.core.subscriptionsOf(s));
-    }
-  }
-
-  /**
    * Routes the subscriptions of a session that lives on another node to a
    * holder here, before that node is asked to let go: see handover.ts.
    */

@@ -111,7 +111,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
   /** How stored sessions become live ones here (restore.ts). */
   readonly restorer: SessionRestorer = new SessionRestorer(this);
   /** What is written again when Redis lost its data (store_rewrite.ts). */
-  readonly rewrite: StoreRewrite = new StoreRewrite(this);
+  private readonly rewrite: StoreRewrite = new StoreRewrite(this);
 
   constructor(opts: CoreOptions) {
     this.ackAfterWrite = opts.ackAfterWrite ?? true;
@@ -141,7 +141,7 @@ export class BrokerCore implements ConnectionHost, BusHost {
         // A cluster store refuses writes of sessions another node took over meanwhile.
         onStale: (e, batch) => this.cluster.dropStale(e.clientIds, batch),
         // A cluster store that lost sessions (Redis restarted empty) gets them whole again.
-        onMissing: (ids) => this.cluster.storeLost(ids),
+        onMissing: (ids) => this.rewrite.sessions(ids),
       })
       : null;
     this.router.receiveCheck = this.mayReceive;

@@ -1,6 +1,7 @@
 /**
  * What a node writes to the store again after Redis lost its data (restarted without
- * persistence): every session it holds and every retained message it holds.
+ * persistence): every session it holds and every retained message it holds, once it notices the
+ * loss; and, at once, the sessions a store write found missing.
  *
  * A session is otherwise written again only when something changes it (the journal's
  * MissingSessionError): an offline session nobody touches stayed missing from Redis, and was
@@ -18,9 +19,9 @@
  * is unreachable the rewrite waits with everything else.
  */
 import { getLogger } from "@logtape/logtape";
-import { NO_VERSION } from "../router/retain_version.ts";
 import type { BrokerCore } from "./core.ts";
 import type { Journal } from "./journal.ts";
+import type { Session } from "./session.ts";
 
 const log = getLogger(["mcloudtt", "core"]);
 
@@ -39,9 +40,23 @@ export class StoreRewrite {
     this.running = this.loop().finally(() => this.running = null);
   }
 
-  /** Resolves when no rewrite is running (for tests and a stop). */
-  get done(): Promise<void> {
-    return this.running ?? Promise.resolve();
+  /**
+   * The store holds nothing of these sessions any more (a write found them gone): those held
+   * here are written whole again, from memory, so that what was acknowledged for them since is
+   * kept.
+   */
+  sessions(clientIds: readonly string[]): void {
+    for (const id of clientIds) {
+      const s = this.core.sessions.get(id);
+      if (s !== undefined) this.writeWhole(s);
+    }
+  }
+
+  /** Writes `s` whole (state and subscriptions); false when it is not kept in the store. */
+  private writeWhole(s: Session): boolean {
+    if (s.journal === null) return false;
+    s.persist(this.core.subscriptionsOf(s));
+    return true;
   }
 
   private async loop(): Promise<void> {
@@ -71,8 +86,7 @@ export class StoreRewrite {
     // A Map's iterator stays valid while sessions come and go: one created meanwhile is written
     // by its own connect; one ended meanwhile is not visited.
     for (const s of core.sessions.values()) {
-      if (s.journal === null) continue;
-      s.persist(core.subscriptionsOf(s));
+      if (!this.writeWhole(s)) continue;
       sessions++;
       if (!await next()) return;
     }
@@ -84,7 +98,7 @@ export class StoreRewrite {
     for (let r = c.next(); !r.done; r = c.next()) {
       const msg = r.value;
       if (msg.expired(now)) continue;
-      journal.push({ type: "retain", msg, version: retained.versionOf?.(msg.topic) ?? NO_VERSION });
+      journal.push({ type: "retain", msg, version: retained.versionOf(msg.topic) });
       messages++;
       if (!await next()) return;
     }
