@@ -12,6 +12,7 @@
  * decision is made on the local mirror of the route table.
  */
 import { getLogger } from "@logtape/logtape";
+import { Cluster } from "ioredis";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
 import { encodeBody, encodeGroups, MessageIds } from "./codec.ts";
@@ -38,6 +39,7 @@ import { InboxWriter } from "./inbox_writer.ts";
 import { InboxReader, type InboxStats } from "./redis_inbox.ts";
 import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
+import { StateMarker } from "./redis_marker.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
@@ -117,7 +119,8 @@ export class RedisBus implements Bus {
   private stopped = false;
   private resyncing: Promise<void> | null = null;
   private resyncAgain = false;
-  private marker = "";
+  /** Tells when Redis lost the cluster state (redis_marker.ts). */
+  private readonly marker: StateMarker;
   private reconcileTimer: ReturnType<typeof setInterval> | null = null;
   /** Owner keys and takeovers (kick / released entries). */
   private readonly claims: SessionClaims;
@@ -161,6 +164,7 @@ export class RedisBus implements Bus {
       name: `lease:${this.nodeId}`,
       autoPipelining: false,
     });
+    this.marker = new StateMarker(this.cmd, this.keys.prefix, this.keys.marker);
     this.scripts = defineScripts(this.cmd);
     const cmdLink = { client: this.cmd, scripts: this.scripts };
     const leaseLink = { client: this.leaseConn, scripts: defineScripts(this.leaseConn) };
@@ -290,7 +294,7 @@ export class RedisBus implements Bus {
       this.stats,
       () => this.liveness.confirm(),
     );
-    await this.checkMarker();
+    await this.marker.check();
     await this.liveness.join();
     await this.reader.ensureGroup();
     await this.departures.purgeDeparted();
@@ -303,6 +307,12 @@ export class RedisBus implements Bus {
       this.liveness.connectionBack();
       this.requestResync("reconnected");
     });
+    // Redis Cluster: a master that restarts leaves the client "ready"; only that node's connection
+    // ends. The resync retries until the master answers again, and its witness (redis_marker.ts)
+    // tells whether it came back empty.
+    if (this.cmd instanceof Cluster) {
+      this.cmd.on("-node", () => this.requestResync("a redis cluster node's connection closed"));
+    }
     // A lease renewal finding its data lost (Redis restarted) asks for the resync itself.
     this.leaseConn.on("ready", () => this.liveness.connectionBack());
     const every = this.opts.cluster.reconcile_interval * 1000;
@@ -534,22 +544,6 @@ export class RedisBus implements Bus {
     }
   }
 
-  /** Notices a Redis that lost its data (restart without persistence): everything is rewritten. */
-  private async checkMarker(): Promise<boolean> {
-    const current = await this.cmd.get(this.keys.marker);
-    if (current !== null && (this.marker === "" || current === this.marker)) {
-      this.marker = current;
-      return false;
-    }
-    if (this.marker !== "") {
-      log.warn("redis lost the cluster state (restarted without persistence?): rebuilding it");
-    }
-    const fresh = crypto.randomUUID();
-    await this.cmd.set(this.keys.marker, fresh, "NX");
-    this.marker = (await this.cmd.get(this.keys.marker)) ?? fresh;
-    return true;
-  }
-
   private requestResync(why: string): void {
     if (!this.joined || this.stopped) return;
     if (this.resyncing !== null) {
@@ -575,7 +569,7 @@ export class RedisBus implements Bus {
     for (let attempt = 1; !this.stopped; attempt++) {
       try {
         if (this.cmd.status !== "ready") return; // the next "ready" asks again
-        const lost = await this.checkMarker();
+        const lost = await this.marker.check();
         await this.liveness.tick(false);
         // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
         if (this.liveness.expelled) return;
