@@ -275,7 +275,12 @@ const SHAPE = {
     password: text(""),
     tls: bool(false),
     db: int(0, 65535, 0),
-    key_prefix: nonEmptyText("mcloudtt"),
+    // Braces would become the Redis Cluster hash tag of every key, putting all of them in one slot.
+    key_prefix: textWhere(
+      "mcloudtt",
+      "must be a non-empty string without { or }, e.g. mcloudtt",
+      (v) => v.length > 0 && !/[{}]/.test(v),
+    ),
     mode: oneOf(["standalone", "sentinel", "cluster"], "standalone"),
     sentinels: hostPorts(),
     sentinel_name: nonEmptyText("mymaster"),

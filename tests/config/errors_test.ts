@@ -264,3 +264,17 @@ Deno.test("log_levels names only modules that log: a typo is refused, topic-log 
   });
   assert.equal(ok.config.general.log_levels, "topic-log=debug, bq-adapter=warning,store=error");
 });
+
+Deno.test("redis.key_prefix with a brace is refused (it would be every key's cluster hash tag)", async () => {
+  await loadIn(
+    undefined,
+    { env: { MCLOUDTT_REDIS_KEY_PREFIX: "app{1}" } },
+    `redis.key_prefix = "app{1}" (from env MCLOUDTT_REDIS_KEY_PREFIX)`,
+    "without { or }, e.g. mcloudtt",
+  );
+  await loadIn('[redis]\nkey_prefix = ""\n', {}, "redis.key_prefix", "non-empty");
+  assert.equal(
+    resolveConfig({ redis: { key_prefix: "tenant-a:mqtt" } }).redis.key_prefix,
+    "tenant-a:mqtt",
+  );
+});
