@@ -148,6 +148,8 @@ export class InboxWriter {
     private readonly maxBytes = 0,
     /** Told of QoS 0 records dropped at `maxBytes`. */
     private readonly onDropped: (n: number) => void = () => {},
+    /** Whether a node holds a lease now (its inbox, when missing, is coming back). */
+    private readonly isLive: (node: string) => boolean = () => false,
   ) {}
 
   /**
@@ -357,7 +359,8 @@ export class InboxWriter {
     }
     try {
       // NOMKSTREAM: a departed node's inbox is not brought back to life.
-      await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...w.fields);
+      const id = await this.cmd.xadd(this.inboxKey(w.dest), "NOMKSTREAM", "*", ...w.fields);
+      if (id === null) return this.inboxGone(w);
     } catch (err) {
       const e = err as Error;
       if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
@@ -368,21 +371,39 @@ export class InboxWriter {
         this.refuse(w, e);
         return null;
       }
-      if (w.retry !== null) {
-        this.release(w);
-        const doubt = {
-          ...w,
-          fields: w.retry,
-          count: w.retryCount,
-          until: w.until || Date.now() + this.reportMs,
-          again: true,
-          bytes: 0,
-        };
-        this.hold(doubt);
-        return doubt;
-      }
+      if (w.retry !== null) return this.again(w, w.retry, true);
     }
     this.settle(w);
+    return null;
+  }
+
+  /** The records of `w` to write again (those kept once however often they arrive). */
+  private again(w: Write, retry: (string | Buffer)[], sent: boolean): Write {
+    this.release(w);
+    const next = {
+      ...w,
+      fields: retry,
+      count: w.retryCount,
+      until: w.until || Date.now() + this.reportMs,
+      again: sent,
+      bytes: 0,
+    };
+    this.hold(next);
+    return next;
+  }
+
+  /**
+   * XADD wrote nothing: the destination's inbox does not exist. Redis lost it (a restart without
+   * persistence) and its node, alive, creates it again within its reader's backoff: the records
+   * are written again until then. Counting them written lost every QoS 1 message acknowledged in
+   * that window (up to 304 of 1,000 with the node paused 1.5 s). A node that is not alive left,
+   * and its survivor deleted the inbox: the acknowledgements are refused, so publishers send again
+   * to the nodes that hold those sessions now. QoS 0 records alone are not written (at most once).
+   */
+  private inboxGone(w: Write): Write | null {
+    if (w.retry !== null && this.isLive(w.dest)) return this.again(w, w.retry, false);
+    if (w.retry === null) this.settle(w);
+    else this.refuse(w, new Error(`the inbox of node ${w.dest} is gone: it left the cluster`));
     return null;
   }
 

@@ -12,7 +12,6 @@
  * decision is made on the local mirror of the route table.
  */
 import { getLogger } from "@logtape/logtape";
-import { Cluster } from "ioredis";
 import type { Config } from "../config/schema.ts";
 import type { Message } from "../protocol/message.ts";
 import { encodeBody, encodeGroups, MessageIds } from "./codec.ts";
@@ -40,6 +39,7 @@ import { InboxReader, type InboxStats } from "./redis_inbox.ts";
 import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { StateMarker } from "./redis_marker.ts";
+import { Resync } from "./redis_resync.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
 import { RouteSync } from "./redis_routes.ts";
 import { ClusterKeys, type ClusterScripts, defineScripts } from "./redis_scripts.ts";
@@ -117,11 +117,9 @@ export class RedisBus implements Bus {
   private readonly sync: boolean;
   private joined = false;
   private stopped = false;
-  private resyncing: Promise<void> | null = null;
-  private resyncAgain = false;
   /** Tells when Redis lost the cluster state (redis_marker.ts). */
   private readonly marker: StateMarker;
-  private reconcileTimer: ReturnType<typeof setInterval> | null = null;
+  private readonly resyncs: Resync;
   /** Owner keys and takeovers (kick / released entries). */
   private readonly claims: SessionClaims;
   /** What this node does for nodes that died or left. */
@@ -173,7 +171,7 @@ export class RedisBus implements Bus {
       ttlMs: opts.cluster.lease_ttl_ms,
       onDead: (node) => this.departures.dead(node),
       onExpelled: () => this.expelled(),
-      onRejoined: (why) => this.requestResync(why),
+      onRejoined: (why) => this.resyncs.request(why),
     });
     this.routes = new RouteSync(
       this.nodeId,
@@ -192,6 +190,7 @@ export class RedisBus implements Bus {
       opts.redis.command_timeout_ms,
       opts.cluster.max_forward_bytes,
       (n) => this.backlog.stats.dropped += n,
+      (n) => this.liveness.live.has(n),
     );
     this.backlog = new InboxBacklog(
       this.nodeId,
@@ -230,6 +229,19 @@ export class RedisBus implements Bus {
       opts.redis.wait_replicas ?? 0,
       opts.redis.wait_timeout_ms ?? 500,
     );
+    this.resyncs = new Resync({
+      cmd: this.cmd,
+      marker: this.marker,
+      liveness: this.liveness,
+      claims: this.claims,
+      departures: this.departures,
+      routes: this.routes,
+      reader: () => this.reader,
+      host: () => this.host,
+      active: () => this.joined && !this.stopped,
+      leaseTtlMs: opts.cluster.lease_ttl_ms,
+      reconcileMs: opts.cluster.reconcile_interval * 1000,
+    });
   }
 
   /**
@@ -251,7 +263,7 @@ export class RedisBus implements Bus {
       out.push(`redis unreachable (${describeRedis(this.opts.redis)})`);
     }
     if (!this.joined) out.push("cluster: joining");
-    else if (this.resyncing !== null) out.push("cluster: resynchronising routes after reconnect");
+    else if (this.resyncs.busy) out.push("cluster: resynchronising routes after reconnect");
     if (this.liveness.expelled) out.push("cluster: expelled, waiting to rejoin");
     else if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
     const forwarding = this.writer.problem;
@@ -303,20 +315,9 @@ export class RedisBus implements Bus {
     this.routes.startTail();
     this.reader.start();
     this.backlog.start();
-    this.cmd.on("ready", () => {
-      this.liveness.connectionBack();
-      this.requestResync("reconnected");
-    });
-    // Redis Cluster: a master that restarts leaves the client "ready"; only that node's connection
-    // ends. The resync retries until the master answers again, and its witness (redis_marker.ts)
-    // tells whether it came back empty.
-    if (this.cmd instanceof Cluster) {
-      this.cmd.on("-node", () => this.requestResync("a redis cluster node's connection closed"));
-    }
     // A lease renewal finding its data lost (Redis restarted) asks for the resync itself.
     this.leaseConn.on("ready", () => this.liveness.connectionBack());
-    const every = this.opts.cluster.reconcile_interval * 1000;
-    this.reconcileTimer = setInterval(() => this.requestResync("reconcile"), every);
+    this.resyncs.start();
     this.joined = true;
     log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
   }
@@ -324,7 +325,7 @@ export class RedisBus implements Bus {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
+    this.resyncs.stop();
     this.claims.stop();
     // Readers first, so none is blocked on the inbox deleted below. Bounded: a reader stuck on a
     // command of a connection that is being re-established must not hold up the stop; the
@@ -362,7 +363,7 @@ export class RedisBus implements Bus {
   /** Stops without leaving, as a crash would: routes, lease and inbox stay for others to clean up. */
   async halt(): Promise<void> {
     this.stopped = true;
-    if (this.reconcileTimer !== null) clearInterval(this.reconcileTimer);
+    this.resyncs.stop();
     await this.shutdown();
   }
 
@@ -541,53 +542,6 @@ export class RedisBus implements Bus {
       this.host?.expelled();
     } catch (e) {
       log.error`dropping the sessions of an expelled node failed: ${(e as Error).stack ?? e}`;
-    }
-  }
-
-  private requestResync(why: string): void {
-    if (!this.joined || this.stopped) return;
-    if (this.resyncing !== null) {
-      this.resyncAgain = true;
-      return;
-    }
-    this.resyncing = this.resync(why).finally(() => {
-      this.resyncing = null;
-      if (this.resyncAgain) {
-        this.resyncAgain = false;
-        this.requestResync(why);
-      }
-    });
-  }
-
-  /**
-   * After a reconnect, a Redis restart, an expulsion or on the reconcile
-   * timer: the lease, the inbox group and this node's routes are written
-   * again and the route mirror reloaded (the log may have been trimmed or
-   * lost meanwhile). Every step is idempotent.
-   */
-  private async resync(why: string): Promise<void> {
-    for (let attempt = 1; !this.stopped; attempt++) {
-      try {
-        if (this.cmd.status !== "ready") return; // the next "ready" asks again
-        const lost = await this.marker.check();
-        await this.liveness.tick(false);
-        // Expelled: a survivor is still handling this node; its renewal resyncs once it is done.
-        if (this.liveness.expelled) return;
-        if (lost && this.host?.sessions !== undefined) {
-          const n = await this.claims.restore(this.host.sessions);
-          if (n > 0) log.info`wrote the holder of ${n} client ids again (redis lost them)`;
-        }
-        if (lost) this.host?.storeLost?.();
-        await this.reader?.ensureGroup();
-        await this.departures.purgeDeparted();
-        await this.routes.reannounce();
-        await this.routes.reload();
-        if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;
-        return;
-      } catch (e) {
-        log.warn`resynchronising (${why}) failed: ${(e as Error).message}; retrying`;
-        await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
-      }
     }
   }
 }

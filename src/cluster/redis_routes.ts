@@ -99,7 +99,7 @@ export class RouteSync {
   }
 
   /** Loads the whole table: the log position first, then the table, atomically. */
-  async reload(): Promise<void> {
+  async reload(keepRemote = false): Promise<void> {
     const res = await this.cmd.multi()
       .xrevrange(this.keys.log, "+", "-", "COUNT", 1)
       .hgetall(this.keys.table)
@@ -109,7 +109,8 @@ export class RouteSync {
     const last = res[0][1] as [string, string[]][];
     const table = res[1][1] as Record<string, string>;
     this.generation++;
-    this.trie.clearRemote();
+    // Kept after Redis lost the table: other nodes have not announced theirs again yet.
+    if (!keepRemote) this.trie.clearRemote();
     for (const [field, count] of Object.entries(table)) {
       const nl = field.indexOf("\n");
       if (nl < 0) {
