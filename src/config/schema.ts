@@ -292,6 +292,8 @@ const SHAPE = {
     session_claim_ttl_ms: int(10000, 2592000000, 3600000),
     command_timeout_ms: int(100, 600000, 5000),
     retained_scan_topics: int(1, 100000000, 100000),
+    // What one write of the Redis store encodes at a time (see src/store/redis_batch.ts).
+    write_chunk_bytes: int(65536, 1073741824, 16777216),
   }),
   cluster: section("cluster", {
     node_id: textWhere("", NODE_ID_MSG, (v) => /^[A-Za-z0-9_.:-]*$/.test(v), "must be a string"),

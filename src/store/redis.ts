@@ -41,19 +41,12 @@ import {
   type StoreOp,
   topicBetween,
 } from "./types.ts";
-import { decodeWill, encodeMessage, encodeSubscription, encodeWill } from "./redis_codec.ts";
+import { decodeWill, encodeMessage } from "./redis_codec.ts";
 import { ADOPT, APPLY, LOAD, RETAIN, TAKE_WILL } from "./redis_scripts.ts";
 import { KEY_NAMES, RedisKeys, Script } from "./redis_keys.ts";
-import {
-  buf,
-  decodeSession,
-  expiresAtArg,
-  inflightEntry,
-  logBad,
-  queueEntry,
-  str,
-} from "./redis_session_codec.ts";
+import { buf, decodeSession, logBad, str } from "./redis_session_codec.ts";
 import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
+import { applyArgs, chunks, type SessionOp, WRITE_CHUNK_BYTES } from "./redis_batch.ts";
 import { TOMBSTONE_MS } from "../router/retained.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
 import { RetainedReader } from "./redis_retained.ts";
@@ -97,6 +90,8 @@ export interface RedisStoreOptions {
    * collects them) to hand the retained messages over in topic order (redis_retained.ts).
    */
   readonly retainedScanTopics?: number;
+  /** `[redis] write_chunk_bytes`: payload bytes of sessions' ops encoded and sent at a time. */
+  readonly writeChunkBytes?: number;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -146,6 +141,8 @@ export class RedisStore implements ClusterStore {
   private readonly window: string;
   /** Reads the retained messages in topic order (redis_retained.ts). */
   private readonly retained: RetainedReader;
+  /** `[redis] write_chunk_bytes`. */
+  private readonly chunkBytes: number;
 
   constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
     this.keys = new RedisKeys(opts.keyPrefix);
@@ -157,6 +154,7 @@ export class RedisStore implements ClusterStore {
     this.replicas = new ReplicaWait(client, opts.waitReplicas ?? 0, opts.waitTimeoutMs ?? 500);
     this.window = String(opts.dedupeWindow ?? DEFAULT_DEDUPE_WINDOW);
     this.retained = new RetainedReader(client, this.keys, opts.retainedScanTopics);
+    this.chunkBytes = opts.writeChunkBytes ?? WRITE_CHUNK_BYTES;
   }
 
   /** Session writes that need `[redis] wait_replicas` replicas and could not get them. */
@@ -180,18 +178,15 @@ export class RedisStore implements ClusterStore {
 
   async write(ops: readonly StoreOp[]): Promise<void> {
     const now = this.now();
-    const groups = new Map<string, (string | Buffer)[]>();
     const retained = this.client.multi();
     let retainedOps = 0;
-    /** Last session/session-delete per client: whether the index should list it. */
-    const indexChange = new Map<string, boolean>();
-    /** Sessions with acknowledged ids in this batch: how many (the script's `acked`). */
-    let acked: Map<string, number> | null = null;
     // A range deletion names no topics: it needs the index (all of it, so the core never sends
     // one to a shared store, whose retained messages are the cluster's), and the batch's own.
     const indexed = ops.some((op) => op.type === "retain-delete-range")
       ? await this.retained.allTopics()
       : null;
+    /** Each session's ops, in order: encoded a chunk of sessions at a time (`chunks`). */
+    const bySession = new Map<string, SessionOp[]>();
     for (const op of ops) {
       if (op.type === "retain") {
         retainedOps++;
@@ -213,123 +208,91 @@ export class RedisStore implements ClusterStore {
         continue;
       }
       const cid = op.type === "session" ? op.state.clientId : op.clientId;
-      let args = groups.get(cid);
-      if (args === undefined) {
-        args = [
-          this.nodeId,
-          String(this.graceMs),
-          String(this.tombstoneMs),
-          String(now),
-          this.window,
-          "0",
-          "1",
-        ];
-        groups.set(cid, args);
-      }
-      switch (op.type) {
-        case "session":
-          this.sessionArgs(args, op.state);
-          indexChange.set(cid, true);
-          args[6] = "0";
-          break;
-        case "session-delete":
-          args.push("D");
-          indexChange.set(cid, false);
-          args[6] = "0";
-          break;
-        case "enqueue":
-          args.push("E", queueEntry(op.seq, op.item));
-          break;
-        case "dequeue":
-          args.push("X", `${op.seq}|`);
-          break;
-        case "inflight":
-          args.push("I", `${op.item.packetId}|`, inflightEntry(op.item));
-          break;
-        case "inflight-delete": {
-          const id = op.id ?? "";
-          args.push("J", `${op.packetId}|`, id);
-          if (id !== "") (acked ??= new Map()).set(cid, (acked.get(cid) ?? 0) + 1);
-          break;
-        }
-        case "qos2-add":
-          args.push("A", String(op.packetId));
-          break;
-        case "qos2-delete":
-          args.push("B", String(op.packetId));
-          break;
-        case "subscribe":
-          args.push("U", op.sub.key, encodeSubscription(op.sub));
-          break;
-        case "unsubscribe":
-          args.push("R", op.key);
-          break;
-      }
+      let list = bySession.get(cid);
+      if (list === undefined) bySession.set(cid, list = []);
+      list.push(op);
     }
-    if (acked !== null) { for (const [cid, n] of acked) groups.get(cid)![5] = String(n); }
-    // All scripts are sent at once (ioredis writes them back to back): one
-    // round trip per batch; each session's ops are atomic and in order.
-    const cids = [...groups.keys()];
-    const sent = Promise.allSettled([
-      ...cids.map((cid) => applyScript.run(this.client, this.keys.session(cid), groups.get(cid)!)),
-      retainedOps > 0 ? retained.exec() : Promise.resolve(null),
-    ]);
-    // With wait_replicas, one WAIT after the batch (on each master it touched).
-    const touched = new Set(cids.map((cid) => this.keys.session(cid)[0]));
-    if (retainedOps > 0) touched.add(this.keys.retainedIndex);
-    const replicated = this.replicas.after(sent, touched);
-    replicated.catch(() => {});
-    const results = await sent;
+    const retainedSent = retainedOps > 0 ? Promise.allSettled([retained.exec()]) : null;
+    // With wait_replicas, one WAIT after the writes (on each master they touched). Each is
+    // caught at once: a failure is thrown below, after every chunk was sent.
+    const replicated: Promise<void>[] = [];
+    const confirm = (sent: Promise<unknown>, keys: Set<string>) => {
+      const r = this.replicas.after(sent, keys);
+      r.catch(() => {});
+      replicated.push(r);
+    };
+    if (retainedSent !== null) confirm(retainedSent, new Set([this.keys.retainedIndex]));
     const stale: string[] = [];
     const owners: string[] = [];
     const missing: string[] = [];
     let failure: unknown = null;
     const index: Promise<unknown>[] = [];
-    for (let i = 0; i < results.length; i++) {
-      const r = results[i];
-      if (r.status === "rejected") {
-        failure ??= r.reason;
-        continue;
+    for (const cids of chunks(bySession, this.chunkBytes)) {
+      /** Last session/session-delete per client: whether the index should list it. */
+      const indexChange = new Map<string, boolean>();
+      const head = [
+        this.nodeId,
+        String(this.graceMs),
+        String(this.tombstoneMs),
+        String(now),
+        this.window,
+      ];
+      const groups = cids.map((cid) => applyArgs(head, bySession.get(cid)!, indexChange));
+      // A chunk's scripts are sent at once (ioredis writes them back to back): one round trip;
+      // each session's ops are atomic and in order.
+      const sent = Promise.allSettled(
+        cids.map((cid, i) => applyScript.run(this.client, this.keys.session(cid), groups[i])),
+      );
+      confirm(sent, new Set(cids.map((c) => this.keys.session(c)[0])));
+      const results = await sent;
+      for (let i = 0; i < results.length; i++) {
+        const r = results[i];
+        if (r.status === "rejected") {
+          failure ??= r.reason;
+          continue;
+        }
+        const cid = cids[i];
+        const reply = r.value as unknown[];
+        if (str(reply[0]) === "missing") {
+          missing.push(cid);
+          continue;
+        }
+        if (str(reply[0]) === "stale") {
+          stale.push(cid);
+          owners.push(str(reply[1]));
+          // Another node owns it now: this node's index must not keep it.
+          this.sessionLeft(cid);
+          continue;
+        }
+        for (const k of reply.slice(1)) {
+          log.warn("replaced the unreadable {key} of session {clientId} (wrong Redis type)", {
+            key: KEY_NAMES[Number(k) - 1],
+            clientId: cid,
+          });
+        }
+        const listed = indexChange.get(cid);
+        if (listed === true && !this.indexed.has(cid)) {
+          this.indexed.add(cid);
+          index.push(this.client.sadd(this.keys.nodeSessions(this.nodeId), cid));
+        } else if (listed === false) {
+          this.indexed.delete(cid);
+          index.push(this.client.srem(this.keys.nodeSessions(this.nodeId), cid));
+        }
       }
-      if (i === cids.length) {
-        const replies = r.value as [Error | null, unknown][] | null;
-        const err = replies?.find(([e]) => e !== null)?.[0];
+    }
+    if (retainedSent !== null) {
+      const [r] = await retainedSent;
+      if (r.status === "rejected") failure ??= r.reason;
+      else {
+        const err = (r.value as [Error | null, unknown][] | null)?.find(([e]) => e !== null)?.[0];
         if (err) failure ??= err;
-        continue;
-      }
-      const cid = cids[i];
-      const reply = r.value as unknown[];
-      if (str(reply[0]) === "missing") {
-        missing.push(cid);
-        continue;
-      }
-      if (str(reply[0]) === "stale") {
-        stale.push(cid);
-        owners.push(str(reply[1]));
-        // Another node owns it now: this node's index must not keep it.
-        this.sessionLeft(cid);
-        continue;
-      }
-      for (const k of reply.slice(1)) {
-        log.warn("replaced the unreadable {key} of session {clientId} (wrong Redis type)", {
-          key: KEY_NAMES[Number(k) - 1],
-          clientId: cid,
-        });
-      }
-      const listed = indexChange.get(cid);
-      if (listed === true && !this.indexed.has(cid)) {
-        this.indexed.add(cid);
-        index.push(this.client.sadd(this.keys.nodeSessions(this.nodeId), cid));
-      } else if (listed === false) {
-        this.indexed.delete(cid);
-        index.push(this.client.srem(this.keys.nodeSessions(this.nodeId), cid));
       }
     }
     await Promise.all(index);
     if (failure !== null) throw failure;
     // What was written for the other sessions is confirmed first: a stale refusal is final
     // (the journal does not retry it), so everything else must be as durable as a success.
-    await replicated;
+    await Promise.all(replicated);
     if (stale.length > 0) throw new StaleSessionError(stale, owners, missing);
     if (missing.length > 0) throw new MissingSessionError(missing);
   }
@@ -374,30 +337,6 @@ export class RedisStore implements ClusterStore {
       String(ttl),
       tombstone ? String(TOMBSTONE_MS) : "0",
     );
-  }
-
-  private sessionArgs(args: (string | Buffer)[], s: SessionState): void {
-    args.push(
-      "S",
-      s.clientId,
-      s.owner === null ? "-" : `+${s.owner}`,
-      String(s.expiryInterval),
-      expiresAtArg(s.expiresAt),
-      String(s.willAt),
-      String(s.will?.delay ?? 0),
-      s.will === null ? "" : buf(encodeWill(s.will)),
-      String(s.subscriptions.length),
-    );
-    for (const sub of s.subscriptions) args.push(encodeSubscription(sub));
-    args.push(String(s.queue.length));
-    for (const q of s.queue) args.push(queueEntry(q.seq, q));
-    args.push(String(s.inflight.length));
-    for (const f of s.inflight) args.push(inflightEntry(f));
-    args.push(String(s.incomingQos2.length));
-    for (const p of s.incomingQos2) args.push(String(p));
-    const recent = s.recent ?? [];
-    args.push(String(recent.length));
-    for (const id of recent) args.push(id);
   }
 
   /** Every stored session (a single node's start-up, tools); claims nothing. */
@@ -562,6 +501,7 @@ export interface RedisStoreConfig {
     readonly session_ttl_grace_ms?: number;
     readonly session_claim_ttl_ms?: number;
     readonly retained_scan_topics?: number;
+    readonly write_chunk_bytes?: number;
   };
   readonly cluster?: { readonly dedupe_window?: number };
 }
@@ -583,6 +523,7 @@ export function createRedisStore(
     tombstoneMs: config.redis.session_claim_ttl_ms,
     dedupeWindow: config.cluster?.dedupe_window,
     retainedScanTopics: config.redis.retained_scan_topics,
+    writeChunkBytes: config.redis.write_chunk_bytes,
     ...opts,
     keyPrefix: config.redis.key_prefix ?? "mcloudtt",
   });

@@ -12,8 +12,8 @@ import {
   decodeInflight,
   decodeSubscription,
   decodeWill,
-  encodeDelivery,
-  encodeInflight,
+  encodeDeliveryEntry,
+  encodeInflightEntry,
 } from "./redis_codec.ts";
 import { KEY_NAMES, keyType } from "./redis_keys.ts";
 
@@ -37,12 +37,12 @@ export function expiresAtArg(ms: number): string {
 
 /** A queue list entry: "<seq>|" and the encoded delivery. */
 export function queueEntry(seq: number, item: StoredDelivery): Buffer {
-  return Buffer.concat([Buffer.from(`${seq}|`, "latin1"), buf(encodeDelivery(item))]);
+  return buf(encodeDeliveryEntry(`${seq}|`, item));
 }
 
 /** An in-flight list entry: "<packet id>|" and the encoded delivery. */
 export function inflightEntry(f: StoredInflight): Buffer {
-  return Buffer.concat([Buffer.from(`${f.packetId}|`, "latin1"), buf(encodeInflight(f))]);
+  return buf(encodeInflightEntry(`${f.packetId}|`, f));
 }
 
 /** Splits "<number>|<value>". */
