@@ -6,7 +6,8 @@
  * stopped.
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, endClient, RawClient } from "../helpers/broker.ts";
+import { connectClient, endClient } from "../helpers/broker.ts";
+import { retainedOnNewNode, sessionAfterRestart } from "./redis_loss_checks.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -76,25 +77,16 @@ Deno.test({
     assert.deepEqual([ra, rb], [[0, N], [1, N]]);
 
     // A node that starts now loads the retained messages from Redis.
-    const c = await cluster.add("c");
-    const sub = await connectClient(c.port, { clientId: "late" });
-    const got = collect(sub);
-    await sub.subscribeAsync("r/#", { qos: 1 });
-    for (let i = 0; i < N; i++) await got.next(10_000);
-    await got.none(300);
-    await endClient(sub);
-    const byTopic = new Map(got.messages.map((m) => [m.topic, m.payload]));
-    assert.equal(got.messages.length, N);
+    const { received, byTopic } = await retainedOnNewNode(cluster, "c", N);
+    assert.equal(received, N);
     assert.equal(byTopic.size, N);
     assert.equal(byTopic.get("r/0"), "newest");
     assert.equal(byTopic.get(`r/${N - 1}`), `v${N - 1}`);
 
     // The offline session, untouched since the loss, outlives its node.
-    await b.kill();
-    const again = await cluster.add("b", b.port);
-    const raw = await RawClient.connect(again.port);
-    const ack = await raw.handshake("keeper", 5, persistent);
-    raw.close();
-    assert.equal(ack.sessionPresent, true, "keeper's session is gone");
+    assert.ok(
+      await sessionAfterRestart(cluster, b, "keeper", persistent),
+      "keeper's session is gone",
+    );
   },
 });

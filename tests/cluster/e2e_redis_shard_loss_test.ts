@@ -5,7 +5,8 @@
  * later had none of the retained messages; an offline session was lost once its node stopped).
  */
 import assert from "node:assert/strict";
-import { collect, connectClient, endClient, RawClient } from "../helpers/broker.ts";
+import { connectClient, endClient } from "../helpers/broker.ts";
+import { retainedOnNewNode, sessionAfterRestart } from "./redis_loss_checks.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { RedisClusterGroup, skipWithoutRedis } from "../helpers/redis.ts";
 
@@ -76,21 +77,12 @@ Deno.test({
     assert.deepEqual([ra, rb], [[0, N], [1, N]]);
 
     // A node started now has the retained messages.
-    const c = await cluster.add("c");
-    const late = await connectClient(c.port, { clientId: "late" });
-    const got = collect(late);
-    await late.subscribeAsync("r/#", { qos: 1 });
-    for (let i = 0; i < N; i++) await got.next(10_000);
-    await got.none(300);
-    await endClient(late);
-    assert.equal(new Set(got.messages.map((m) => m.topic)).size, N);
+    assert.equal((await retainedOnNewNode(cluster, "c", N)).byTopic.size, N);
 
     // The offline session outlives its node.
-    await b.kill();
-    const again = await cluster.add("b", b.port);
-    const raw = await RawClient.connect(again.port);
-    const ack = await raw.handshake(keeper, 5, persistent);
-    raw.close();
-    assert.equal(ack.sessionPresent, true, `${keeper}'s session is gone`);
+    assert.ok(
+      await sessionAfterRestart(cluster, b, keeper, persistent),
+      `${keeper}'s session is gone`,
+    );
   },
 });
