@@ -239,7 +239,6 @@ export class RedisBus implements Bus {
       reader: () => this.reader,
       host: () => this.host,
       active: () => this.joined && !this.stopped,
-      leaseTtlMs: opts.cluster.lease_ttl_ms,
       reconcileMs: opts.cluster.reconcile_interval * 1000,
     });
   }

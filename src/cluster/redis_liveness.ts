@@ -110,14 +110,22 @@ export class Liveness {
    * their subscribers were dropped: 296-308 of 1,200 with one node paused 1.5 s) and retained
    * messages were not sent to them (missing in their memory for good).
    */
-  stateLost(before: ReadonlySet<string> = this.live): void {
+  stateLost(): void {
     const kept = this.kept ?? new Set<string>();
-    for (const n of before) if (n !== this.self) kept.add(n);
+    for (const n of this.live) if (n !== this.self) kept.add(n);
     this.kept = kept;
     this.keepUntil = Date.now() + this.opts.ttlMs + MAX_RECONNECT_DELAY_MS;
     const live = new Set(this.live);
     for (const n of kept) live.add(n);
     this.live = live;
+  }
+
+  /**
+   * Until when (Date.now() ms) the nodes live before Redis lost the state count as live (0 when
+   * it was not lost): the other nodes' routes are kept that long too (redis_resync.ts).
+   */
+  get keptUntil(): number {
+    return this.kept === null ? 0 : this.keepUntil;
   }
 
   /** `live` with the nodes kept live after Redis lost the leases (see `stateLost`). */
@@ -237,7 +245,7 @@ export class Liveness {
     const cutOff = this.joined &&
       (Date.now() - this.renewedAt > 2 * renewMs || this.reconnected);
     this.reconnected = false;
-    if (t.state === LeaseState.Vanished) this.stateLost(this.live);
+    if (t.state === LeaseState.Vanished) this.stateLost();
     this.live = this.withKept(t.live, t.expired);
     if (cutOff) this.graceUntil = Date.now() + ttlMs + MAX_RECONNECT_DELAY_MS;
     if (Date.now() >= this.graceUntil) {

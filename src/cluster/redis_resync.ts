@@ -8,7 +8,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { Cluster } from "ioredis";
-import { MAX_RECONNECT_DELAY_MS, type RedisClient } from "./redis_connection.ts";
+import type { RedisClient } from "./redis_connection.ts";
 import type { SessionClaims } from "./redis_claims.ts";
 import type { Departures } from "./redis_departures.ts";
 import type { InboxReader } from "./redis_inbox.ts";
@@ -31,7 +31,6 @@ export interface ResyncParts {
   host: () => BusHost | null;
   /** True from the node's joining until it stops. */
   active: () => boolean;
-  leaseTtlMs: number;
   reconcileMs: number;
 }
 
@@ -39,10 +38,7 @@ export class Resync {
   private running: Promise<void> | null = null;
   private again = false;
   private reconcile: ReturnType<typeof setInterval> | null = null;
-  /**
-   * Set after Redis lost the state, until the other nodes had time to announce their routes
-   * again: route reloads meanwhile keep the routes known of them.
-   */
+  /** The resync that reloads the routes whole once the nodes kept live (`stateLost`) are not. */
   private cleanReload: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly p: ResyncParts) {}
@@ -95,7 +91,7 @@ export class Resync {
     this.cleanReload = setTimeout(() => {
       this.cleanReload = null;
       this.request("routes announced again after redis lost them");
-    }, this.p.leaseTtlMs + MAX_RECONNECT_DELAY_MS);
+    }, Math.max(0, this.p.liveness.keptUntil - Date.now()));
   }
 
   private async run(why: string): Promise<void> {
@@ -122,12 +118,12 @@ export class Resync {
         await p.reader()?.ensureGroup();
         await p.departures.purgeDeparted();
         await p.routes.reannounce();
-        // The other nodes announce their routes again once they notice the loss: until then (any
-        // resync meanwhile too) the routes known of them stay. Reloading at once dropped them,
-        // and with them QoS 1 messages acknowledged for their subscribers (291-305 of 1,200 with
-        // one node paused 1.5 s).
+        // The other nodes announce their routes again once they notice the loss: until then
+        // (while they are kept live, and in any resync meanwhile) the routes known of them stay.
+        // Reloading at once dropped them, and with them QoS 1 messages acknowledged for their
+        // subscribers (291-305 of 1,200 with one node paused 1.5 s).
         if (lost) this.cleanReloadLater();
-        await p.routes.reload(this.cleanReload !== null);
+        await p.routes.reload(Date.now() < p.liveness.keptUntil);
         if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;
         return;
       } catch (e) {

@@ -12,7 +12,7 @@
 import type { Buffer } from "node:buffer";
 import type { SessionState, StoreOp } from "./types.ts";
 import { buf, expiresAtArg, inflightEntry, queueEntry } from "./redis_session_codec.ts";
-import { encodeSubscription, encodeWill } from "./redis_codec.ts";
+import { encodedSize, encodeSubscription, encodeWill } from "./redis_codec.ts";
 
 /** An op of one session (the others are retained messages). */
 export type SessionOp = Exclude<
@@ -23,17 +23,17 @@ export type SessionOp = Exclude<
 /** Payload bytes a chunk of sessions' ops is cut at. */
 export const WRITE_CHUNK_BYTES = 16 << 20;
 
-/** What one op adds to its encoded arguments, roughly: payloads and topics. */
+/** What one op adds to its encoded arguments, roughly: its messages' encoded sizes. */
 function opBytes(op: SessionOp): number {
   switch (op.type) {
     case "enqueue":
     case "inflight":
-      return 64 + op.item.msg.payload.length + op.item.msg.topic.length;
+      return encodedSize(op.item.msg);
     case "session": {
       const s = op.state;
-      let n = 256 + (s.will === null ? 0 : s.will.msg.payload.length);
-      for (const q of s.queue) n += 64 + q.msg.payload.length + q.msg.topic.length;
-      for (const f of s.inflight) n += 64 + f.msg.payload.length + f.msg.topic.length;
+      let n = 256 + (s.will === null ? 0 : encodedSize(s.will.msg));
+      for (const q of s.queue) n += encodedSize(q.msg);
+      for (const f of s.inflight) n += encodedSize(f.msg);
       return n;
     }
     default:

@@ -36,7 +36,8 @@ class Writer {
 
   /** `size`: what the value is expected to take (a message's is its payload and a little). */
   constructor(size = 64) {
-    this.buf = new Uint8Array(size);
+    // At least 64 (NaN too: `room` doubles the length, and from 0 it never grows).
+    this.buf = new Uint8Array(size >= 64 ? size : 64);
     this.view = new DataView(this.buf.buffer);
   }
 
@@ -229,7 +230,7 @@ function readDelivery(r: Reader): StoredDelivery & { released: boolean } {
 }
 
 export function encodeMessage(m: StoredMessage): Uint8Array {
-  const w = new Writer();
+  const w = new Writer(encodedSize(m));
   w.u8(FORMAT_VERSION);
   writeMessage(w, m);
   return w.done();
@@ -256,13 +257,13 @@ export function decodeDelivery(b: Uint8Array): StoredDelivery {
  * by doubling from 64 bytes and sliced at the end, a 512 KiB payload took 1.5 MiB of buffers
  * beside the value, for every session it was queued for (redis_batch.ts).
  */
-function sizeOf(m: StoredMessage): number {
+export function encodedSize(m: StoredMessage): number {
   return 96 + m.payload.length + (m.props?.length ?? 0) + 3 * (m.topic.length + m.origin.length);
 }
 
 /** `prefix` (ASCII, e.g. "<seq>|") followed by the encoded delivery: a queue list entry. */
 export function encodeDeliveryEntry(prefix: string, d: StoredDelivery): Uint8Array {
-  const w = new Writer(prefix.length + sizeOf(d.msg) + (d.subIds?.length ?? 0) * 5);
+  const w = new Writer(prefix.length + encodedSize(d.msg) + (d.subIds?.length ?? 0) * 5);
   w.ascii(prefix);
   w.u8(FORMAT_VERSION);
   writeDelivery(w, d, false);
@@ -271,7 +272,7 @@ export function encodeDeliveryEntry(prefix: string, d: StoredDelivery): Uint8Arr
 
 /** `prefix` (ASCII, e.g. "<packet id>|") followed by the encoded in-flight entry. */
 export function encodeInflightEntry(prefix: string, f: StoredInflight): Uint8Array {
-  const w = new Writer(prefix.length + sizeOf(f.msg) + (f.subIds?.length ?? 0) * 5 + 8);
+  const w = new Writer(prefix.length + encodedSize(f.msg) + (f.subIds?.length ?? 0) * 5 + 8);
   w.ascii(prefix);
   w.u8(FORMAT_VERSION);
   w.varint(f.packetId);

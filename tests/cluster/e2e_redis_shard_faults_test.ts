@@ -33,12 +33,10 @@ async function setUp(cluster: TestCluster<RedisClusterGroup>, key: string | null
   for (let i = 0; nodes.length < 2; i++) {
     const n = await cluster.add(`n${i}`);
     const at = await group.masterOf(n.inbox);
-    // Each inbox on a master other than the one restarted, except b's when that is the point.
-    const ok = fixed !== null
-      ? at !== fixed
-      : nodes.length === 0
-      ? true
-      : !shared.has(at) && at !== (await group.masterOf(nodes[0].inbox));
+    // Each inbox on a master other than the one restarted, except b's when that is the point:
+    // then b's is on a master holding none of the shared keys, and a's on one that holds some
+    // (a's on the one free master as well left no master for b: the loop never ended).
+    const ok = fixed !== null ? at !== fixed : shared.has(at) === (nodes.length === 0);
     if (ok) nodes.push(n);
     else await n.kill();
   }

@@ -285,7 +285,7 @@ export async function publishNumbered(
       const i = next++;
       if (gap > 0) {
         slot = Math.max(slot + gap, performance.now());
-        await new Promise((r) => setTimeout(r, slot - performance.now()));
+        await new Promise((r) => setTimeout(r, Math.max(0, slot - performance.now())));
       }
       const first = performance.now();
       for (;;) {

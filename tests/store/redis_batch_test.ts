@@ -21,9 +21,9 @@ const enqueue = (clientId: string, bytes: number): SessionOp => ({
 
 Deno.test("chunks: sessions in order, cut once a chunk's payloads reach the bound", () => {
   const by = new Map<string, SessionOp[]>();
-  for (let i = 0; i < 10; i++) by.set(`c${i}`, [enqueue(`c${i}`, 400)]);
+  for (let i = 0; i < 10; i++) by.set(`c${i}`, [enqueue(`c${i}`, 300)]);
   const cut = [...chunks(by, 1000)];
-  // About 465 bytes a session: two fit under 1000, a third does not.
+  // About 400 bytes a session encoded: two fit under 1000, a third does not.
   assert.deepEqual(cut, [["c0", "c1"], ["c2", "c3"], ["c4", "c5"], ["c6", "c7"], ["c8", "c9"]]);
   assert.deepEqual([...chunks(by, 1 << 20)], [[...by.keys()]], "all in one under a large bound");
 });
