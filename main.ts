@@ -2,7 +2,8 @@
  * mcloudtt command line: `serve` (default), `certs`, `passwd`, `check-config`, `bq-adapter`.
  */
 import { getLogger } from "@logtape/logtape";
-import { Broker } from "./src/broker.ts";
+import { Broker, BrokerStopped } from "./src/broker.ts";
+import { RedisUnavailable } from "./src/cluster/errors.ts";
 import { type Config, exitOnConfigError, loadConfig } from "./src/config/mod.ts";
 import { formatEffective } from "./src/config/effective.ts";
 import { brokerTarget } from "./src/ops/broker_target.ts";
@@ -79,6 +80,11 @@ async function serve(config: Config): Promise<number> {
       log.info("{signal} received again while starting: exiting now", { signal });
       Deno.exit(1);
     }
+    // Nothing to drain yet: a start waiting for Redis (redis.start_timeout_ms) ends now.
+    if (broker.abortStart()) {
+      log.info("{signal} received while waiting for Redis: not starting", { signal });
+      return;
+    }
     log.info("{signal} received while starting: stopping once started", { signal });
     stopWhenStarted = [signal, drain];
   };
@@ -86,15 +92,22 @@ async function serve(config: Config): Promise<number> {
   Deno.addSignalListener("SIGTERM", () => onStopSignal("SIGTERM", true));
   Deno.addSignalListener("SIGINT", () => onStopSignal("SIGINT", false));
   try {
+    // The HTTP endpoint first: /healthz answers and /readyz says why while the start waits.
+    await ops.startEndpoint();
     await broker.start();
     await ops.start();
   } catch (e) {
+    if (e instanceof BrokerStopped) {
+      await ops.stop();
+      return 0;
+    }
     // Unreadable certificates, password file or ACL, or a port in use: the operator must fix it.
     const reason = permissionProblem(e) ?? (e instanceof Error ? e.message : String(e));
     log.error("cannot start: {reason}", { reason });
     await ops.stop();
     await broker.stop();
-    return 2;
+    // Redis not answering is no mistake in the configuration: an orchestrator may try again.
+    return e instanceof RedisUnavailable ? 1 : 2;
   }
   if (generated) {
     const tls = broker.addresses.find((a) => a.kind === "tls");

@@ -163,6 +163,9 @@ export class Broker {
    */
   private stopping: Promise<void> | null = null;
   private tls: TlsMaterial | null = null;
+  /** While start() waits for the store and the bus to open (Redis may not answer yet). */
+  private opening = false;
+  private startAborted = false;
   private readonly policy: PolicyAuthenticator;
   private readonly customAuth: boolean;
   private readonly tcpIo: TcpIo;
@@ -258,11 +261,21 @@ export class Broker {
     const c = this.config;
     const core = this.core;
     await this.loadAuthFiles();
-    await core.store.open();
+    this.opening = true;
+    try {
+      await core.store.open();
+    } catch (e) {
+      this.opening = false;
+      await core.store.close().catch(() => {});
+      throw this.startAborted ? new BrokerStopped() : e;
+    }
     try {
       // The bus first: subscriptions restored from the store become routes the cluster learns.
       await core.bus.start(core);
       await core.bus.settled?.();
+      // Stopped while the bus settled: its connections are closed already.
+      if (this.startAborted) throw new BrokerStopped();
+      this.opening = false;
       await core.start();
       this.metrics.topicLog = () => sinkStats(core.sink);
       await core.sink.start();
@@ -280,6 +293,7 @@ export class Broker {
         }
       }
     } catch (e) {
+      this.opening = false;
       await Promise.all(this.listeners.map((l) => l.close()));
       this.listeners = [];
       this.tls?.close();
@@ -288,7 +302,7 @@ export class Broker {
       await core.bus.stop().catch(() => {});
       await core.sink.stop(0).catch(() => {});
       await core.store.close().catch(() => {});
-      throw e;
+      throw this.startAborted ? new BrokerStopped() : e;
     }
     for (const l of this.listeners) {
       log.info(`listening for MQTT over ${l.kind} on ${l.hostname}:${l.port}`);
@@ -395,6 +409,26 @@ export class Broker {
         "disconnected)",
       { removed, revoked },
     );
+  }
+
+  /** True while start() waits for the store and the bus (Redis) to open. */
+  get waitingForBackends(): boolean {
+    return this.opening;
+  }
+
+  /**
+   * Ends a start that is still waiting for its backends (Redis: `[redis] start_timeout_ms`):
+   * their connections are closed and start() rejects with BrokerStopped. False when the start is
+   * not waiting (then it finishes as usual, and stop() stops the broker afterwards).
+   */
+  abortStart(): boolean {
+    if (!this.opening) return false;
+    this.startAborted = true;
+    this.opening = false;
+    // Closing the connections ends the wait (redis_start.ts); open() then closes the rest.
+    this.core.bus.stop().catch(() => {});
+    this.core.store.close().catch(() => {});
+    return true;
   }
 
   /** Where the listeners are bound (ports resolved when configured as 0). */

@@ -25,7 +25,6 @@ import {
 } from "./dispatch.ts";
 import { bounded } from "./memory_hub.ts";
 import {
-  connectRedis,
   createRedisConnection,
   describeRedis,
   READ_BLOCK_MS,
@@ -39,6 +38,7 @@ import { InboxReader, type InboxStats } from "./redis_inbox.ts";
 import { InboxBacklog } from "./redis_backlog.ts";
 import { Liveness } from "./redis_liveness.ts";
 import { StateMarker } from "./redis_marker.ts";
+import { StartWait } from "./redis_start.ts";
 import { Resync } from "./redis_resync.ts";
 import { ReplicaWait } from "./redis_replicas.ts";
 import { RouteSync } from "./redis_routes.ts";
@@ -111,6 +111,8 @@ export class RedisBus implements Bus {
   /** Inbox lengths of the live nodes, and the acknowledgements held for nodes behind. */
   readonly backlog: InboxBacklog;
   private reader: InboxReader | null = null;
+  /** The start's wait for Redis while start() runs (a stop ends it). */
+  private starting: StartWait | null = null;
   private host: BusHost | null = null;
   private readonly rotation = new Rotation();
   private readonly policy: SharedPolicy;
@@ -255,16 +257,17 @@ export class RedisBus implements Bus {
     }
   }
 
+  /** What keeps this node from being ready (/readyz adds "cluster: " to each). */
   get problems(): readonly string[] {
     const out: string[] = [];
-    if (this.stopped) return ["cluster: stopped"];
+    if (this.stopped) return ["stopped"];
     if (this.cmd.status !== "ready") {
       out.push(`redis unreachable (${describeRedis(this.opts.redis)})`);
     }
-    if (!this.joined) out.push("cluster: joining");
-    else if (this.resyncs.busy) out.push("cluster: resynchronising routes after reconnect");
-    if (this.liveness.expelled) out.push("cluster: expelled, waiting to rejoin");
-    else if (this.liveness.lapsed) out.push("cluster: lease not renewed in time");
+    if (!this.joined) out.push("joining");
+    else if (this.resyncs.busy) out.push("resynchronising routes after reconnect");
+    if (this.liveness.expelled) out.push("expelled, waiting to rejoin");
+    else if (this.liveness.lapsed) out.push("lease not renewed in time");
     const forwarding = this.writer.problem;
     if (forwarding !== null) out.push(forwarding);
     const replication = this.replicas.problem;
@@ -273,7 +276,7 @@ export class RedisBus implements Bus {
     // better served elsewhere until it caught up.
     if (this.backlog.isOver(this.nodeId)) {
       out.push(
-        `cluster: own inbox ${this.backlog.stats.own} entries behind ` +
+        `own inbox ${this.backlog.stats.own} entries behind ` +
           `(max_inbox_backlog ${this.opts.cluster.max_inbox_backlog})`,
       );
     }
@@ -294,8 +297,10 @@ export class RedisBus implements Bus {
 
   async start(host: BusHost): Promise<void> {
     this.host = host;
-    await Promise.all([this.cmd, this.leaseConn, this.tailConn, this.readConn].map(connectRedis));
-    this.reader = new InboxReader(
+    const wait = this.starting = new StartWait("cluster", this.opts.redis.start_timeout_ms);
+    const conns = [this.cmd, this.leaseConn, this.tailConn, this.readConn];
+    await Promise.all(conns.map((c) => wait.ready(c)));
+    const reader = this.reader = new InboxReader(
       this.nodeId,
       this.keys.inbox(this.nodeId),
       this.cmd,
@@ -305,18 +310,23 @@ export class RedisBus implements Bus {
       this.stats,
       () => this.liveness.confirm(),
     );
-    await this.marker.check();
-    await this.liveness.join();
-    await this.reader.ensureGroup();
-    await this.departures.purgeDeparted();
-    await this.routes.reannounce();
-    await this.routes.reload();
+    // Again from the top while a command fails (a Redis Cluster master down, Redis loading its
+    // data): every step may run again after a part of it went through.
+    await wait.retry(async () => {
+      await this.marker.check();
+      await this.liveness.join();
+      await reader.ensureGroup();
+      await this.departures.purgeDeparted();
+      await this.routes.reannounce();
+      await this.routes.reload();
+    });
     this.routes.startTail();
-    this.reader.start();
+    reader.start();
     this.backlog.start();
     // A lease renewal finding its data lost (Redis restarted) asks for the resync itself.
     this.leaseConn.on("ready", () => this.liveness.connectionBack());
     this.resyncs.start();
+    this.starting = null;
     this.joined = true;
     log.info`node ${this.nodeId} joined the cluster on ${describeRedis(this.opts.redis)}`;
   }
@@ -367,11 +377,15 @@ export class RedisBus implements Bus {
   }
 
   private async shutdown(): Promise<void> {
+    // A start still waiting for Redis ends (its connections are closed below).
+    this.starting?.cancel();
     this.backlog.stop();
     await this.liveness.stop(false);
     await this.stopReaders();
     this.cmd.disconnect();
     this.leaseConn.disconnect();
+    // The reader's own, when a stop came before the start made the reader.
+    this.readConn.disconnect();
     this.joined = false;
   }
 

@@ -19,6 +19,9 @@ import type { BusHost } from "./types.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
 
+/** How often a resync that keeps failing says so. */
+const RETRY_LOG_MS = 10_000;
+
 /** What a resync works on (the bus's parts). */
 export interface ResyncParts {
   cmd: RedisClient;
@@ -99,6 +102,7 @@ export class Resync {
     // Kept across attempts: the first one adopts the new marker value, and a retry must still
     // write the state again.
     let lost = false;
+    let warnedAt = -Infinity;
     for (let attempt = 1; p.active(); attempt++) {
       try {
         if (p.cmd.status !== "ready") return; // the next "ready" asks again
@@ -127,7 +131,14 @@ export class Resync {
         if (why !== "reconcile" || lost) log.info`cluster state resynchronised (${why})`;
         return;
       } catch (e) {
-        log.warn`resynchronising (${why}) failed: ${(e as Error).message}; retrying`;
+        // Once every 10 s: a Redis Cluster master down for minutes made a line every 2 s.
+        const now = Date.now();
+        if (now - warnedAt >= RETRY_LOG_MS) {
+          warnedAt = now;
+          log.warn`resynchronising (${why}) failed (attempt ${attempt}): ${
+            (e as Error).message
+          }; retrying`;
+        }
         await new Promise((r) => setTimeout(r, Math.min(2000, 100 * attempt)));
       }
     }

@@ -151,7 +151,11 @@ export interface Bus {
   readonly name: string;
   /** This node's id in the cluster. */
   readonly nodeId: string;
-  /** Joins the cluster; resolves when routes are loaded and this node can serve. */
+  /**
+   * Joins the cluster; resolves when routes are loaded and this node can serve. A backend that
+   * is not reachable yet may wait for it (Redis: `[redis] start_timeout_ms`); `stop()` meanwhile
+   * ends the wait, and start() then rejects.
+   */
   start(host: BusHost): Promise<void>;
   /** Leaves the cluster: withdraws this node's routes and stops reading its inbox. */
   stop(): Promise<void>;

@@ -291,6 +291,8 @@ const SHAPE = {
     session_ttl_grace_ms: int(0, 604800000, 60000),
     session_claim_ttl_ms: int(10000, 2592000000, 3600000),
     command_timeout_ms: int(100, 600000, 5000),
+    // How long a start waits for Redis to answer (see src/cluster/redis_start.ts); 0: not at all.
+    start_timeout_ms: int(0, 86400000, 300000),
     retained_scan_topics: int(1, 100000000, 100000),
     // What one write of the Redis store encodes at a time (see src/store/redis_batch.ts).
     write_chunk_bytes: int(65536, 1073741824, 16777216),

@@ -39,6 +39,9 @@ export function brokerTarget(broker: Broker): OpsTarget {
     problems(): readonly string[] {
       const up = new Set(broker.addresses.map((a) => a.kind as string));
       const problems: string[] = [];
+      if (broker.waitingForBackends) {
+        problems.push("starting: waiting for the store and the cluster bus (see the log)");
+      }
       for (const name of LISTENERS) {
         if (!listenerEnabled(broker.config, name)) continue;
         const kind = kindOf(broker, name);

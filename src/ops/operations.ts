@@ -33,8 +33,12 @@ export class Operations {
     this.exposition = new Exposition(target);
   }
 
-  /** Starts the HTTP endpoint and `$SYS`, as configured. */
-  async start(): Promise<void> {
+  /**
+   * Starts the HTTP endpoint alone, as configured: before the broker starts, so /healthz answers
+   * while a start waits (for Redis: `[redis] start_timeout_ms`) and /readyz says why it is not
+   * ready yet.
+   */
+  async startEndpoint(): Promise<void> {
     const c = this.opts.config;
     if (c.http.enabled && this.http === null) {
       this.http = await startHttp({
@@ -49,6 +53,12 @@ export class Operations {
         }),
       });
     }
+  }
+
+  /** Starts the HTTP endpoint (unless started already) and `$SYS`, as configured. */
+  async start(): Promise<void> {
+    const c = this.opts.config;
+    await this.startEndpoint();
     if (c.general.sys_interval > 0 && this.sys === null) {
       this.sys = new SysPublisher(this.target, {
         intervalSeconds: c.general.sys_interval,

@@ -49,6 +49,7 @@ import { DEFAULT_DEDUPE_WINDOW } from "./apply.ts";
 import { applyArgs, chunks, type SessionOp, WRITE_CHUNK_BYTES } from "./redis_batch.ts";
 import { TOMBSTONE_MS } from "../router/retained.ts";
 import { ReplicaWait } from "../cluster/redis_replicas.ts";
+import { StartWait } from "../cluster/redis_start.ts";
 import { RetainedReader } from "./redis_retained.ts";
 
 const log = getLogger(["mcloudtt", "store", "redis"]);
@@ -92,6 +93,8 @@ export interface RedisStoreOptions {
   readonly retainedScanTopics?: number;
   /** `[redis] write_chunk_bytes`: payload bytes of sessions' ops encoded and sent at a time. */
   readonly writeChunkBytes?: number;
+  /** `[redis] start_timeout_ms`: how long `open()` waits for Redis to answer (default 0). */
+  readonly startTimeoutMs?: number;
 }
 
 export const DEFAULT_TTL_GRACE_MS = 60_000;
@@ -143,6 +146,10 @@ export class RedisStore implements ClusterStore {
   private readonly retained: RetainedReader;
   /** `[redis] write_chunk_bytes`. */
   private readonly chunkBytes: number;
+  /** `[redis] start_timeout_ms`. */
+  private readonly startTimeoutMs: number;
+  /** The wait of an open() under way. */
+  private opening: StartWait | null = null;
 
   constructor(readonly client: RedisClient, opts: RedisStoreOptions) {
     this.keys = new RedisKeys(opts.keyPrefix);
@@ -155,6 +162,7 @@ export class RedisStore implements ClusterStore {
     this.window = String(opts.dedupeWindow ?? DEFAULT_DEDUPE_WINDOW);
     this.retained = new RetainedReader(client, this.keys, opts.retainedScanTopics);
     this.chunkBytes = opts.writeChunkBytes ?? WRITE_CHUNK_BYTES;
+    this.startTimeoutMs = opts.startTimeoutMs ?? 0;
   }
 
   /** Session writes that need `[redis] wait_replicas` replicas and could not get them. */
@@ -163,16 +171,29 @@ export class RedisStore implements ClusterStore {
     return p === null ? [] : [`session writes are refused: ${p}`];
   }
 
-  /** Connects a lazy client that was not connected yet, and checks that Redis answers. */
+  /**
+   * Connects a lazy client that was not connected yet, waiting up to `startTimeoutMs` for Redis
+   * (redis_start.ts), and checks that Redis answers.
+   */
   async open(): Promise<void> {
-    if (this.client.status === "wait") await this.client.connect();
-    await this.client.ping();
+    const wait = this.opening = new StartWait("store", this.startTimeoutMs);
+    try {
+      await wait.ready(this.client);
+      await wait.retry(() => this.client.ping());
+    } finally {
+      this.opening = null;
+    }
   }
 
   /** Quits the client when the store owns it; else the client's creator closes it. */
   async close(): Promise<void> {
+    // An open() still waiting for Redis ends (a start that was stopped).
+    this.opening?.cancel();
     if (!this.ownsClient || this.closed) return;
     this.closed = true;
+    // QUIT would wait in the offline queue of a connection that is not up (a start that waited
+    // for Redis and was stopped).
+    if (this.client.status !== "ready") return this.client.disconnect();
     await this.client.quit().catch(() => this.client.disconnect());
   }
 
@@ -502,6 +523,7 @@ export interface RedisStoreConfig {
     readonly session_claim_ttl_ms?: number;
     readonly retained_scan_topics?: number;
     readonly write_chunk_bytes?: number;
+    readonly start_timeout_ms?: number;
   };
   readonly cluster?: { readonly dedupe_window?: number };
 }
@@ -524,6 +546,7 @@ export function createRedisStore(
     dedupeWindow: config.cluster?.dedupe_window,
     retainedScanTopics: config.redis.retained_scan_topics,
     writeChunkBytes: config.redis.write_chunk_bytes,
+    startTimeoutMs: config.redis.start_timeout_ms,
     ...opts,
     keyPrefix: config.redis.key_prefix ?? "mcloudtt",
   });

@@ -219,7 +219,11 @@ export interface Store {
   readonly shared: boolean;
   /** Why writes are refused now, for `/readyz` (optional: a store without such states omits it). */
   readonly problems?: readonly string[];
-  /** Opens the database; a corrupt, foreign or newer-version store throws with what to do. */
+  /**
+   * Opens the database; a corrupt, foreign or newer-version store throws with what to do. A
+   * store on a server may wait for it (Redis: `[redis] start_timeout_ms`); `close()` meanwhile
+   * ends the wait, and open() then rejects.
+   */
   open(): Promise<void>;
   close(): Promise<void>;
   /**
