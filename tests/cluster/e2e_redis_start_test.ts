@@ -73,6 +73,10 @@ Deno.test({
     const ready = await get(`${url}/readyz`);
     assert.equal(ready.status, 503);
     assert.match(ready.body, /starting: waiting for the store and the cluster bus/);
+    // Scraped before anything started: the figures of an empty broker.
+    const metrics = await get(`${url}/metrics`);
+    assert.equal(metrics.status, 200);
+    assert.match(metrics.body, /^mcloudtt_sessions\{state="online"\} 0$/m);
     assert.doesNotMatch(n.output(), /cannot start/);
     await redis.restart();
     await n.waitFor(/joined the cluster/, 30_000);
