@@ -22,6 +22,10 @@ export function compareIds(a: string, b: string): number {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** After a failed route write, the routes are written again after this, doubling up to the max. */
+const ROUTE_RETRY_MS = 100;
+const ROUTE_RETRY_MAX_MS = 2000;
+
 export class RouteSync {
   readonly trie: RouteTrie;
   /** Local subscriber count per route key (the Bus hears first/last only; counts guard repeats). */
@@ -33,6 +37,10 @@ export class RouteSync {
   private running = false;
   private waiters: { id: string; resolve: () => void }[] = [];
   private tailLoop: Promise<void> | null = null;
+  /** The pending write of every route again after a failed write (`writeAgainLater`). */
+  private again: ReturnType<typeof setTimeout> | null = null;
+  private againAttempts = 0;
+  private stopped = false;
 
   constructor(
     private readonly self: string,
@@ -63,8 +71,8 @@ export class RouteSync {
     try {
       id = await this.write(key, this.local.get(key) ?? 1);
     } catch (e) {
-      // Redis is unreachable: the route is announced again on reconnect.
       log.warn`route ${key} not written yet: ${(e as Error).message}`;
+      this.writeAgainLater();
       return;
     }
     if (id !== null && this.fenceMs > 0) await this.fence(id);
@@ -73,9 +81,34 @@ export class RouteSync {
   /** Last local subscriber of `key` went away. */
   remove(key: string): void {
     this.trie.set(key, this.self, false);
-    this.write(key, 0).catch((e) =>
-      log.warn`route ${key} not withdrawn yet: ${(e as Error).message}`
-    );
+    this.write(key, 0).catch((e) => {
+      log.warn`route ${key} not withdrawn yet: ${(e as Error).message}`;
+      this.writeAgainLater();
+    });
+  }
+
+  /**
+   * A route write failed: this node's routes are written again (`reannounce`) until that goes
+   * through. A reconnect's resync does it too, but Redis may refuse a write on a connection that
+   * stays up (OOM under `maxmemory`, a script error): the subscription then stayed unknown to
+   * the other nodes, and their publishers' messages never reached it, until the reconcile timer
+   * (5 minutes) ran.
+   */
+  private writeAgainLater(): void {
+    if (this.again !== null || this.stopped) return;
+    const wait = Math.min(ROUTE_RETRY_MAX_MS, ROUTE_RETRY_MS * 2 ** this.againAttempts);
+    this.again = setTimeout(async () => {
+      this.again = null;
+      try {
+        await this.reannounce();
+        this.againAttempts = 0;
+        log.info`routes written again`;
+      } catch (e) {
+        this.againAttempts++;
+        log.debug`writing routes again failed: ${(e as Error).message}`;
+        this.writeAgainLater();
+      }
+    }, wait);
   }
 
   /** Withdraws every route of `node` from the shared table (and the trie). */
@@ -147,6 +180,9 @@ export class RouteSync {
 
   async stop(): Promise<void> {
     this.running = false;
+    this.stopped = true;
+    if (this.again !== null) clearTimeout(this.again);
+    this.again = null;
     for (const w of this.waiters) w.resolve();
     this.waiters = [];
     this.tail.disconnect();

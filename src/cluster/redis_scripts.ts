@@ -65,6 +65,9 @@ export const ROUTE_LOG_MAXLEN = 100_000;
  * appears or disappears. Absolute, so a retry or a re-announce is harmless.
  * KEYS: table, log, nodeRoutes. ARGV: node, key, count, maxlen.
  * Returns the log entry id, or false when nothing changed for other nodes.
+ * A withdrawal deletes before it appends: Redis lets a script that has written go on writing
+ * under OOM (`maxmemory`), so withdrawals go through while Redis is full; an appearing route is
+ * refused whole then, and written again (RouteSync.writeAgainLater).
  */
 const ROUTE_SET = `
 local field = ARGV[1] .. "\\n" .. ARGV[2]
