@@ -33,6 +33,12 @@ const MAX_ENTRY_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Error replies of a Redis that cannot write for now: over `maxmemory` (OOM), loading its data,
+ * a script running too long (BUSY), a Redis Cluster slot moving or down, too few replicas.
+ */
+const TRANSIENT_REPLY = /^(OOM|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|NOREPLICAS)\b/;
+
 interface Pending {
   parts: Uint8Array[];
   /** The records' cluster-wide message ids ("" for none). */
@@ -328,7 +334,7 @@ export class InboxWriter {
         for (const doubt of doubts) {
           if (doubt === null) continue;
           if (now < doubt.until) lane.splice(again++, 0, doubt);
-          else this.refuse(doubt, new Error("redis did not answer: forwarded messages in doubt"));
+          else this.refuse(doubt, new Error("redis did not take forwarded messages in time"));
         }
         // A pause, so a write that fails at once does not spin.
         if (again > 0) await sleep(50);
@@ -366,8 +372,15 @@ export class InboxWriter {
       if (this.failed === null) log.warn`forwarding to other nodes failed: ${e.message}`;
       this.failed = { message: e.message, at: Date.now() };
       w.turn.faulted = true;
-      // An error reply: Redis did not run it.
+      // An error reply: Redis did not run it. One that says Redis cannot write now (full,
+      // loading, a Redis Cluster slot moving) is written again as a write without an answer is,
+      // while it has time left: refusing it at once made a QoS 0 retained message's copy for
+      // that node lost for good (its publisher is never told), and every QoS 1/2 publisher send
+      // again into a Redis that was full for a moment.
       if (e instanceof ReplyError) {
+        if (w.retry !== null && TRANSIENT_REPLY.test(e.message)) {
+          return this.again(w, w.retry, false);
+        }
         this.refuse(w, e);
         return null;
       }
