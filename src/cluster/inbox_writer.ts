@@ -89,6 +89,12 @@ interface Write {
   again: boolean;
   /** What it counts in `held` while queued or in flight (0: not counted). */
   bytes: number;
+  /**
+   * XADD's field arguments for its retained records alone, and how many, for `keepRetained`;
+   * null when it has none (or is such a write already). The same array as `fields` when every
+   * record is a retained one: nothing is encoded twice, and no record is held across a wait.
+   */
+  retained: { fields: (string | Buffer)[]; count: number } | null;
 }
 
 /** A control entry (kick / released) for one destination's inbox: in order with the messages. */
@@ -252,6 +258,7 @@ export class InboxWriter {
           until: 0,
           again: false,
           bytes: 0,
+          retained: retainedFields(entry, fields),
         });
       }
     }
@@ -260,7 +267,11 @@ export class InboxWriter {
     turn.open = writes.length;
     if (this.cmd.status !== "ready") {
       const e = new Error("redis is unreachable: forwarded messages were not written");
-      for (const w of writes) this.refuse(w, e);
+      for (const w of writes) {
+        const k = this.keepRetained(w);
+        this.refuse(w, e);
+        if (k !== null) this.enqueue(k);
+      }
       return;
     }
     for (const w of writes) {
@@ -318,8 +329,17 @@ export class InboxWriter {
           for (let i = 0; i < lane.length;) {
             const w = lane[i];
             if (w.until === 0) w.until = w.control ? now : now + this.reportMs;
-            if (now < w.until) i++;
-            else this.drop(lane.splice(i, 1)[0], e);
+            if (!this.expired(w, now)) {
+              i++;
+              continue;
+            }
+            const k = w.control ? null : this.keepRetained(w);
+            this.drop(w, e);
+            if (k === null) lane.splice(i, 1);
+            else {
+              this.hold(k);
+              lane[i++] = k;
+            }
           }
           await sleep(50);
           continue;
@@ -333,8 +353,16 @@ export class InboxWriter {
         let again = 0;
         for (const doubt of doubts) {
           if (doubt === null) continue;
-          if (now < doubt.until) lane.splice(again++, 0, doubt);
-          else this.refuse(doubt, new Error("redis did not take forwarded messages in time"));
+          if (!this.expired(doubt, now)) {
+            lane.splice(again++, 0, doubt);
+            continue;
+          }
+          const k = this.keepRetained(doubt);
+          this.refuse(doubt, new Error("redis did not take forwarded messages in time"));
+          if (k !== null) {
+            this.hold(k);
+            lane.splice(again++, 0, k);
+          }
         }
         // A pause, so a write that fails at once does not spin.
         if (again > 0) await sleep(50);
@@ -418,6 +446,42 @@ export class InboxWriter {
     if (w.retry === null) this.settle(w);
     else this.refuse(w, new Error(`the inbox of node ${w.dest} is gone: it left the cluster`));
     return null;
+  }
+
+  /** Past its time (a kept retained write: once its destination left). */
+  private expired(w: Queued, now: number): boolean {
+    return now >= w.until || (w.until === Infinity && !this.isLive(w.dest));
+  }
+
+  /**
+   * The retained records of `w`, whose acknowledgements are being refused (Redis did not take
+   * them in time), as a write of their own that is written again until Redis takes it or `dest`
+   * leaves: every node's retained index must get them. The node that took them keeps them, and
+   * so does the Redis store (its writes are retried); a retained QoS 0 message's publisher is
+   * never told, so before, the other nodes served an older retained message (or none) for that
+   * topic until they restarted. Their ids make a second copy harmless (seen_ids.ts), their
+   * versions an older one (retain_version.ts); the lane keeps them in order with what follows.
+   * Not counted in `held` yet (the caller holds it once `w` is released).
+   */
+  private keepRetained(w: Write): Write | null {
+    const r = w.retained;
+    if (r === null || !this.isLive(w.dest)) return null;
+    // The refusal of `w` counts all of its records dropped: these are not.
+    this.stats.dropped -= r.count;
+    return {
+      control: false,
+      dest: w.dest,
+      fields: r.fields,
+      count: r.count,
+      retry: r.fields,
+      retryCount: r.count,
+      // A turn of its own: nobody waits for it.
+      turn: { deferred: null, open: 1, refused: false, faulted: false },
+      until: Infinity,
+      again: false,
+      bytes: 0,
+      retained: null,
+    };
   }
 
   private drop(w: Queued, e: Error): void {
@@ -510,6 +574,35 @@ function kept(p: Pending): Pending | null {
     out.count++;
   }
   return out;
+}
+
+/**
+ * The fields of the retained records of `p` (those with a version) and their count; `fields`
+ * (p's own) when every record is one, null when none is.
+ */
+function retainedFields(
+  p: Pending,
+  fields: (string | Buffer)[],
+): { fields: (string | Buffer)[]; count: number } | null {
+  const versions = p.versions;
+  if (versions === null) return null;
+  let n = 0;
+  for (const v of versions) if (v !== "") n++;
+  if (n === 0) return null;
+  if (n === p.count) return { fields, count: n };
+  const kept: string[] = [];
+  const out: Pending = { parts: [VERSION_BYTE], ids: [], versions: kept, bytes: 1, count: 0 };
+  for (let i = 0; i < p.count; i++) {
+    const version = versions[i];
+    if (version === "") continue;
+    const header = p.parts[1 + 2 * i], body = p.parts[2 + 2 * i];
+    out.parts.push(header, body);
+    kept.push(version);
+    out.ids.push(p.ids[i]);
+    out.bytes += header.length + body.length + p.ids[i].length + 1;
+    out.count++;
+  }
+  return { fields: entryFields(out), count: out.count };
 }
 
 /** The fields of one stream entry of forwarded messages (`v` only when a record has a version). */
