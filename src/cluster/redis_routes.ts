@@ -37,7 +37,8 @@ export class RouteSync {
   private running = false;
   private waiters: { id: string; resolve: () => void }[] = [];
   private tailLoop: Promise<void> | null = null;
-  /** The pending write of every route again after a failed write (`writeAgainLater`). */
+  /** Routes whose last write failed, and the timer that writes them again (`writeAgainLater`). */
+  private readonly unwritten = new Set<string>();
   private again: ReturnType<typeof setTimeout> | null = null;
   private againAttempts = 0;
   private stopped = false;
@@ -72,7 +73,7 @@ export class RouteSync {
       id = await this.write(key, this.local.get(key) ?? 1);
     } catch (e) {
       log.warn`route ${key} not written yet: ${(e as Error).message}`;
-      this.writeAgainLater();
+      this.writeAgainLater(key);
       return;
     }
     if (id !== null && this.fenceMs > 0) await this.fence(id);
@@ -83,31 +84,37 @@ export class RouteSync {
     this.trie.set(key, this.self, false);
     this.write(key, 0).catch((e) => {
       log.warn`route ${key} not withdrawn yet: ${(e as Error).message}`;
-      this.writeAgainLater();
+      this.writeAgainLater(key);
     });
   }
 
   /**
-   * A route write failed: this node's routes are written again (`reannounce`) until that goes
-   * through. A reconnect's resync does it too, but Redis may refuse a write on a connection that
-   * stays up (OOM under `maxmemory`, a script error): the subscription then stayed unknown to
-   * the other nodes, and their publishers' messages never reached it, until the reconcile timer
-   * (5 minutes) ran.
+   * A route write failed: the routes whose writes failed are written again (with the count this
+   * node holds then) until that goes through. A reconnect's resync writes every route again too,
+   * but Redis may refuse a write on a connection that stays up (OOM under `maxmemory`, a script
+   * error): the subscription then stayed unknown to the other nodes, and their publishers'
+   * messages never reached it, until the reconcile timer (5 minutes) ran.
    */
-  private writeAgainLater(): void {
+  private writeAgainLater(key: string): void {
+    this.unwritten.add(key);
     if (this.again !== null || this.stopped) return;
     const wait = Math.min(ROUTE_RETRY_MAX_MS, ROUTE_RETRY_MS * 2 ** this.againAttempts);
     this.again = setTimeout(async () => {
       this.again = null;
-      try {
-        await this.reannounce();
+      const keys = [...this.unwritten];
+      this.unwritten.clear();
+      const results = await Promise.allSettled(
+        keys.map((k) => this.write(k, this.local.get(k) ?? 0)),
+      );
+      const failed = keys.filter((_, i) => results[i].status === "rejected");
+      if (failed.length === 0) {
         this.againAttempts = 0;
-        log.info`routes written again`;
-      } catch (e) {
-        this.againAttempts++;
-        log.debug`writing routes again failed: ${(e as Error).message}`;
-        this.writeAgainLater();
+        log.info`${keys.length} route(s) written again`;
+        return;
       }
+      this.againAttempts++;
+      log.debug`writing ${failed.length} route(s) again failed; retrying`;
+      for (const k of failed) this.writeAgainLater(k);
     }, wait);
   }
 
