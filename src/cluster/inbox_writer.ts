@@ -33,6 +33,9 @@ const MAX_ENTRY_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The longest pause between two rounds of writes to an inbox that Redis keeps refusing. */
+const RETRY_MAX_MS = 1000;
+
 /**
  * Error replies of a Redis that cannot write for now: over `maxmemory` (OOM), loading its data,
  * a script running too long (BUSY), a Redis Cluster slot moving or down, too few replicas.
@@ -315,6 +318,8 @@ export class InboxWriter {
    * no answer are written again first, in their order, while each has time left.
    */
   private async drain(dest: string, lane: Queued[]): Promise<void> {
+    // Rounds in a row that left writes to write again: the pause before the next one doubles.
+    let failing = 0;
     try {
       while (lane.length > 0) {
         if (this.cmd.status === "end") {
@@ -364,8 +369,10 @@ export class InboxWriter {
             lane.splice(again++, 0, k);
           }
         }
-        // A pause, so a write that fails at once does not spin.
-        if (again > 0) await sleep(50);
+        // A pause, so a write that fails at once does not spin: 50 ms doubling to 1 s. At 50 ms
+        // each, the retained records kept while Redis was full were sent again at ~54 MB/s.
+        if (again > 0) await sleep(Math.min(RETRY_MAX_MS, 50 * 2 ** Math.min(failing++, 5)));
+        else failing = 0;
       }
     } finally {
       if (this.lanes.get(dest) === lane) this.lanes.delete(dest);

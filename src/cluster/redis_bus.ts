@@ -504,7 +504,11 @@ export class RedisBus implements Bus {
    * client flooding retained QoS 0 messages held 2.3 GB for Redis on its node.
    */
   private holdUnbounded(msg: Message, until: Promise<void>): void {
-    if (msg.qos === 0 ? !msg.retain : this.sync) return;
+    // A retained message whatever its QoS: its copies are written again until Redis takes them
+    // (InboxWriter.keepRetained), also when its acknowledgement was refused at once (Redis
+    // unreachable). Exempted, a QoS 1 publisher carrying on after each 0x80 grew a node by 25
+    // MiB/s while Redis was down, and the backlog, sent when it came back, got it declared dead.
+    if (!msg.retain && (msg.qos === 0 || this.sync)) return;
     this.heldMsg = msg;
     this.heldUntil = until;
   }

@@ -246,8 +246,17 @@ export class Liveness {
       (Date.now() - this.renewedAt > 2 * renewMs || this.reconnected);
     this.reconnected = false;
     if (t.state === LeaseState.Vanished) this.stateLost();
-    this.live = this.withKept(t.live, t.expired);
+    const before = this.live;
+    const live = this.withKept(t.live, t.expired);
     if (cutOff) this.graceUntil = Date.now() + ttlMs + MAX_RECONNECT_DELAY_MS;
+    // Within the grace, the nodes live before whose leases ran out meanwhile were most likely
+    // cut off as this one was: they stay live until they renew, or are handled as dead after it.
+    // Read as gone, they got no retained messages published meanwhile, and the copies kept for
+    // them (InboxWriter.keepRetained) were dropped: the node that renewed first won.
+    if (Date.now() < this.graceUntil) {
+      for (const n of t.expired) if (before.has(n)) live.add(n);
+    }
+    this.live = live;
     if (Date.now() >= this.graceUntil) {
       for (const node of t.expired) {
         if (node !== this.self && !this.handling.has(node)) this.claim(node);
