@@ -5,7 +5,6 @@
  * retained QoS 0 publisher is not told, and they served the older retained message (or a deleted
  * one) until they restarted. The retained records are now written again until Redis takes them.
  */
-import assert from "node:assert/strict";
 import { connectClient, delay, subscriber } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { skipWithoutRedis } from "../helpers/redis.ts";
