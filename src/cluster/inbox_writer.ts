@@ -23,7 +23,7 @@ import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { ReplyError } from "ioredis";
 import { encodeIds } from "./codec.ts";
-import type { RedisClient } from "./redis_connection.ts";
+import { reconnectDelay, type RedisClient } from "./redis_connection.ts";
 import type { InboxStats } from "./redis_inbox.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
@@ -32,9 +32,6 @@ const log = getLogger(["mcloudtt", "cluster"]);
 const MAX_ENTRY_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The longest pause between two rounds of writes to an inbox that Redis keeps refusing. */
-const RETRY_MAX_MS = 1000;
 
 /**
  * Error replies of a Redis that cannot write for now: over `maxmemory` (OOM), loading its data,
@@ -369,9 +366,10 @@ export class InboxWriter {
             lane.splice(again++, 0, k);
           }
         }
-        // A pause, so a write that fails at once does not spin: 50 ms doubling to 1 s. At 50 ms
-        // each, the retained records kept while Redis was full were sent again at ~54 MB/s.
-        if (again > 0) await sleep(Math.min(RETRY_MAX_MS, 50 * 2 ** Math.min(failing++, 5)));
+        // A pause, so a write that fails at once does not spin: the reconnect backoff (50 ms
+        // doubling to 2 s). At 50 ms each, the retained records kept while Redis was full were
+        // sent again at ~54 MB/s.
+        if (again > 0) await sleep(reconnectDelay(failing++));
         else failing = 0;
       }
     } finally {

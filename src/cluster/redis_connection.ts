@@ -209,27 +209,6 @@ export function isReady(client: RedisClient): boolean {
   return client.status === "ready";
 }
 
-/** Connects a lazily created client, retrying (with the client's backoff) until Redis answers. */
-export async function connectRedis(client: RedisClient): Promise<void> {
-  if (client.status === "ready") return;
-  if (client.status === "wait") {
-    // The first attempt may fail; ioredis keeps retrying, so wait for "ready" instead of failing.
-    client.connect().catch(() => {});
-  }
-  await new Promise<void>((resolve, reject) => {
-    const onReady = () => {
-      client.off("end", onEnd);
-      resolve();
-    };
-    const onEnd = () => {
-      client.off("ready", onReady);
-      reject(new Error("redis connection closed before it was ready"));
-    };
-    client.once("ready", onReady);
-    client.once("end", onEnd);
-  });
-}
-
 /**
  * Waits for a command on `client`, but fails as soon as its connection
  * closes. A command in flight on a client with `resendInFlight: false` is

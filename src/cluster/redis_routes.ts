@@ -7,7 +7,12 @@
  * the log entry of the new route.
  */
 import { getLogger } from "@logtape/logtape";
-import { READ_BLOCK_MS, type RedisClient, unlessClosed } from "./redis_connection.ts";
+import {
+  READ_BLOCK_MS,
+  reconnectDelay,
+  type RedisClient,
+  unlessClosed,
+} from "./redis_connection.ts";
 import type { ClusterKeys, ClusterScripts } from "./redis_scripts.ts";
 import { RouteTrie } from "./route_trie.ts";
 
@@ -21,10 +26,6 @@ export function compareIds(a: string, b: string): number {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** After a failed route write, the routes are written again after this, doubling up to the max. */
-const ROUTE_RETRY_MS = 100;
-const ROUTE_RETRY_MAX_MS = 2000;
 
 export class RouteSync {
   readonly trie: RouteTrie;
@@ -98,7 +99,7 @@ export class RouteSync {
   private writeAgainLater(key: string): void {
     this.unwritten.add(key);
     if (this.again !== null || this.stopped) return;
-    const wait = Math.min(ROUTE_RETRY_MAX_MS, ROUTE_RETRY_MS * 2 ** this.againAttempts);
+    const wait = reconnectDelay(this.againAttempts);
     this.again = setTimeout(async () => {
       this.again = null;
       const keys = [...this.unwritten];

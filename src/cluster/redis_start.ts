@@ -161,3 +161,11 @@ export class StartWait {
 function describe(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
+
+/**
+ * Connects a lazily created client, retrying (with the client's backoff) until Redis answers,
+ * for at most `timeoutMs`: a StartWait of its own.
+ */
+export function connectRedis(client: RedisClient, timeoutMs = 30_000): Promise<void> {
+  return new StartWait("redis", timeoutMs).ready(client);
+}

@@ -4,11 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { resolveConfig } from "../../src/config/mod.ts";
-import {
-  connectRedis,
-  createRedisConnection,
-  type RedisClient,
-} from "../../src/cluster/redis_connection.ts";
+import { createRedisConnection, type RedisClient } from "../../src/cluster/redis_connection.ts";
+import { connectRedis } from "../../src/cluster/redis_start.ts";
 import { InboxBacklog } from "../../src/cluster/redis_backlog.ts";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { ConfigError, loadConfig, resolveConfig } from "../../src/config/mod.ts";
 import {
-  connectRedis,
   createRedisConnection,
   describeRedis,
   reconnectDelay,
 } from "../../src/cluster/redis_connection.ts";
+import { connectRedis } from "../../src/cluster/redis_start.ts";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 
 const noRedis = skipWithoutRedis();

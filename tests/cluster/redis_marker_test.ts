@@ -5,11 +5,8 @@
 import assert from "node:assert/strict";
 import calculateSlot from "cluster-key-slot";
 import { resolveConfig } from "../../src/config/mod.ts";
-import {
-  connectRedis,
-  createRedisConnection,
-  type RedisClient,
-} from "../../src/cluster/redis_connection.ts";
+import { createRedisConnection, type RedisClient } from "../../src/cluster/redis_connection.ts";
+import { connectRedis } from "../../src/cluster/redis_start.ts";
 import { StateMarker, tagForSlot } from "../../src/cluster/redis_marker.ts";
 import { RedisClusterGroup, redisQuery, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { redisTarget } from "./redis_cluster.ts";
