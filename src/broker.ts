@@ -63,6 +63,7 @@ export function coreLimits(config: Config): CoreLimits {
     maxSessionExpiry: l.max_session_expiry_interval,
     maxOutgoingBytes: l.max_outgoing_bytes,
     maxConnectBacklog: l.max_connect_backlog,
+    rate: { publishesPerSecond: l.max_publish_rate, bytesPerSecond: l.max_read_rate },
     sweepIntervalMs: l.sweep_interval_ms,
     idleTrimMs: l.idle_trim_after * 1000,
     maxSubscriptions: l.max_subscriptions,

@@ -185,6 +185,8 @@ const SHAPE = {
     max_session_expiry_interval: int(0, 4294967295, 4294967295),
     max_outgoing_bytes: int(65536, 1073741824, 1048576),
     max_connect_backlog: int(1024, 16777216, 262144),
+    max_publish_rate: int(0, 100000000, 0),
+    max_read_rate: int(0, 1099511627776, 0),
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
     close_linger_ms: int(0, 60000, 1000),

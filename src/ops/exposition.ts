@@ -444,6 +444,16 @@ export class Exposition extends FamilySet {
       () => m().publishersHeld,
     );
     counter(
+      "mcloudtt_clients_throttled_total",
+      "Connections slowed at least once for sending faster than limits.max_publish_rate or max_read_rate",
+      () => m().clientsThrottledTotal,
+    );
+    gauge(
+      "mcloudtt_clients_throttled",
+      "Connections not read now because they sent faster than limits.max_publish_rate or max_read_rate",
+      () => m().clientsThrottled,
+    );
+    counter(
       "mcloudtt_client_certificates_expired_total",
       "Clients disconnected because their client certificate expired while they were connected",
       () => m().certificatesExpired,

@@ -82,6 +82,10 @@ export class Metrics {
    * were written (cluster.max_forward_bytes, max_inbox_backlog; Bus.heldPublisher).
    */
   publishersHeld = 0;
+  /** Clients not read now because they sent faster than limits.max_publish_rate or max_read_rate. */
+  clientsThrottled = 0;
+  /** Clients that were slowed to those rates at least once (each connection counts once). */
+  clientsThrottledTotal = 0;
   /** Clients disconnected (0x87) because their client certificate expired while connected. */
   certificatesExpired = 0;
   protocolErrors = 0;

@@ -13,8 +13,8 @@ import { MalformedPacketError, MqttError, ReasonCode } from "./reason_codes.ts";
 export interface PacketHandler {
   /**
    * One packet: first header byte, and its body as `buf[start, end)`. The
-   * bytes are only valid during the call. Returning false stops framing (the
-   * connection is closing).
+   * bytes are only valid during the call. Returning false stops framing: the
+   * connection is closing, or is not to be read for now (see `Framer.feed`).
    */
   handlePacket(header: number, buf: Uint8Array, start: number, end: number): boolean;
 }
@@ -41,10 +41,11 @@ export class Framer {
   }
 
   /**
-   * Feeds `chunk[0, n)`; calls `handler` for each complete packet. Throws
-   * MqttError (0x81 malformed, 0x95 too large) on framing errors.
+   * Feeds `chunk[0, n)`; calls `handler` for each complete packet. Returns `n`, or where the
+   * bytes not framed yet start when the handler returned false. Throws MqttError (0x81
+   * malformed, 0x95 too large) on framing errors.
    */
-  feed(chunk: Uint8Array, handler: PacketHandler, n = chunk.length): void {
+  feed(chunk: Uint8Array, handler: PacketHandler, n = chunk.length): number {
     let off = 0;
     const head = this.head;
     if (head !== null) {
@@ -60,7 +61,7 @@ export class Framer {
           this.head = null;
         }
       }
-      if (this.partial === null) return;
+      if (this.partial === null) return n;
     }
     if (this.partial !== null) {
       const p = this.partial;
@@ -68,11 +69,11 @@ export class Framer {
       p.set(chunk.subarray(off, off + take), this.have);
       this.have += take;
       off += take;
-      if (this.have < p.length) return;
+      if (this.have < p.length) return n;
       this.partial = null;
       this.dedicated = true;
       try {
-        if (!handler.handlePacket(p[0], p, this.bodyStart, p.length)) return;
+        if (!handler.handlePacket(p[0], p, this.bodyStart, p.length)) return off;
       } finally {
         this.dedicated = false;
       }
@@ -81,7 +82,7 @@ export class Framer {
       const avail = n - off;
       if (avail < 2) {
         this.head = [chunk[off]];
-        return;
+        return n;
       }
       // Fast path: remaining length in one byte.
       let total: number;
@@ -95,12 +96,12 @@ export class Framer {
         total = this.headerTotal(chunk, off, n);
         if (total === 0) {
           this.head = Array.from(chunk.subarray(off, n));
-          return;
+          return n;
         }
         hdr = this.lastHeaderLength;
       }
       if (total <= avail) {
-        if (!handler.handlePacket(chunk[off], chunk, off + hdr, off + total)) return;
+        if (!handler.handlePacket(chunk[off], chunk, off + hdr, off + total)) return off + total;
         off += total;
       } else {
         const p = new Uint8Array(total);
@@ -108,9 +109,10 @@ export class Framer {
         this.partial = p;
         this.have = avail;
         this.bodyStart = hdr;
-        return;
+        return n;
       }
     }
+    return n;
   }
 
   private lastHeaderLength = 0;

@@ -15,6 +15,7 @@ import type { Connection } from "./connection.ts";
 import { State } from "./connection_state.ts";
 import { type AttachResult, certificateExpired } from "./host.ts";
 import { acceptedConnack, buildWill, negotiateConnect, type Negotiated } from "./negotiate.ts";
+import { RateLimit, rateLimited } from "./rate_limit.ts";
 
 const log = getLogger(["mcloudtt", "connection"]);
 
@@ -151,6 +152,10 @@ function attached(c: Connection, a: AttachResult, pkt: ConnectPacket, n: Negotia
   session.setWill(buildWill(pkt, c.clientId));
   c.state = State.Connected;
   c.leavePending();
+  const limits = c.host.limits;
+  if (rateLimited(limits.rate)) {
+    c.rate = new RateLimit(limits.rate, limits.sweepIntervalMs, c.host.clock.now(), c.host.metrics);
+  }
   c.host.sessionChanged(session);
 
   c.outbox.push(

@@ -39,9 +39,10 @@ import {
   type WillOutcome,
 } from "./host.ts";
 import type { Pending } from "./admission.ts";
+import type { RateLimit } from "./rate_limit.ts";
 import type { InboundTopics } from "./inbound_topic.ts";
 import type { OutboundAliases } from "./outbound_aliases.ts";
-import { onPublish, sendPublish } from "./publish_flow.ts";
+import { onPublish, onPubrec, onPubrel, sendPublish } from "./publish_flow.ts";
 import type { Session } from "./session.ts";
 import { onSubscribe, onUnsubscribe } from "./subscribe_flow.ts";
 
@@ -102,6 +103,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private acksFull = false;
   /** Not read until its messages' copies for other nodes are written (see `holdReading`). */
   private forwardsHeld = false;
+  /** Its publish and read rates (rate_limit.ts), from CONNACK on when limits.rate bounds any. */
+  rate: RateLimit | null = null;
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
   /**
@@ -160,10 +163,25 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         if (chunk[0] !== FIRST_CONNECT_BYTE) return this.notMqtt(chunk[0]);
       }
     }
-    this.lastRx = this.host.clock.now();
+    const now = this.lastRx = this.host.clock.now();
     this.host.metrics.bytesReceived += length;
+    const rate = this.rate;
+    if (rate !== null) {
+      rate.read(length, now);
+      // Read while PUBLISH packets are in debt (the transport's last reads as it stops): behind
+      // those waiting.
+      if (rate.deferred !== null || !rate.mayGoOn) return rate.defer(chunk, 0, length);
+    }
+    this.feed(chunk, length);
+  }
+
+  /** Frames and handles `chunk[0, length)`, then decides whether to go on reading. */
+  private feed(chunk: Uint8Array, length: number): void {
     try {
-      this.framer.feed(chunk, this, length);
+      const stopped = this.framer.feed(chunk, this, length);
+      if (stopped < length && this.rate !== null && this.open) {
+        this.rate.defer(chunk, stopped, length);
+      }
     } catch (e) {
       this.fail(e);
       return;
@@ -179,6 +197,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.acksFull = true;
       this.pauseReading();
     }
+    const rate = this.rate;
+    if (rate !== null && rate.exhausted(this.clientId, this.peer.remoteAddress)) {
+      this.pauseReading();
+    }
   }
 
   closed(): void {
@@ -186,6 +208,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.leavePending();
+    this.rate?.closed();
     this.outbox.destroy();
     this.ackQueue?.clear();
     this.releaseGate();
@@ -257,6 +280,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const wasConnected = this.state === State.Connected;
     this.state = State.Closed;
     this.leavePending();
+    this.rate?.closed();
     this.outbox.end();
     this.ackQueue?.clear();
     this.releaseGate();
@@ -352,16 +376,25 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /**
    * Reads again unless something still holds reading back: authentication under way,
-   * acknowledgements over Receive Maximum, forwards held for other nodes, or an outbox over half
-   * of limits.max_outgoing_bytes. The one place that decides it, for each of those that ends.
+   * acknowledgements over Receive Maximum, forwards held for other nodes, a rate limit's debt,
+   * or an outbox over half of limits.max_outgoing_bytes. The one place that decides it, for each
+   * of those that ends.
    */
   private resumeReading(): void {
     if (
       this.state !== State.Authenticating && !this.acksFull && !this.forwardsHeld &&
+      !this.rate?.held &&
       this.outbox.pendingBytes <= this.host.limits.maxOutgoingBytes / 2
     ) {
       this.releaseGate();
     }
+  }
+
+  /** Its rate's debt is paid: what waited is handled, and reading goes on unless it ran out again. */
+  private released(rate: RateLimit): void {
+    const d = rate.takeDeferred();
+    if (d !== null) this.feed(d, d.length);
+    this.resumeReading();
   }
 
   pauseReading(): void {
@@ -412,7 +445,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     }
     if (type === PacketType.PUBLISH) {
       onPublish(this, flags, buf, start, end);
-      return this.open;
+      return this.open && (this.rate === null || this.rate.mayGoOn);
     }
     checkFixedHeader(type, flags, this.level);
     const session = this.session!;
@@ -420,32 +453,12 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       case PacketType.PUBACK:
         session.onPuback(decodeAck(buf, start, end, this.level as ProtocolLevel).packetId);
         break;
-      case PacketType.PUBREC: {
-        const a = decodeAck(buf, start, end, this.level as ProtocolLevel);
-        if (!session.onPubrec(a.packetId, a.reasonCode) && a.reasonCode < 0x80) {
-          this.outbox.pushAck(
-            PacketType.PUBREL,
-            a.packetId,
-            ReasonCode.PacketIdentifierNotFound,
-            this.v5,
-          );
-        }
+      case PacketType.PUBREC:
+        onPubrec(this, session, buf, start, end);
         break;
-      }
-      case PacketType.PUBREL: {
-        const a = decodeAck(buf, start, end, this.level as ProtocolLevel);
-        const known = session.releaseQos2(a.packetId);
-        const code = known ? 0 : ReasonCode.PacketIdentifierNotFound;
-        const written = known ? session.written : null;
-        if (written === null) this.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, this.v5);
-        else {
-          const send = () => {
-            if (this.open) this.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, this.v5);
-          };
-          written.then(send, send);
-        }
+      case PacketType.PUBREL:
+        onPubrel(this, session, buf, start, end);
         break;
-      }
       case PacketType.PUBCOMP:
         session.onPubcomp(decodeAck(buf, start, end, this.level as ProtocolLevel).packetId);
         break;
@@ -477,7 +490,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (pending === null) return;
     try {
       for (const p of pending) {
-        if (!this.handlePacket(p[0], p, 1, p.length)) break;
+        // Pipelined behind CONNECT (max_connect_backlog): handled whatever a rate's debt.
+        if (!this.handlePacket(p[0], p, 1, p.length) && !this.open) break;
       }
     } catch (e) {
       this.fail(e);
@@ -573,7 +587,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.session?.settleInflight();
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
-      if (this.acksFull || this.forwardsHeld) this.lastRx = now;
+      if (this.acksFull || this.forwardsHeld || this.rate?.held) this.lastRx = now;
+      if (this.rate?.held && this.rate.release(now)) this.released(this.rate);
       if (certificateExpired(this.peer, now)) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,
         // access ends now, not at the next reconnect (which the handshake would refuse).

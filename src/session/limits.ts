@@ -1,4 +1,5 @@
 import type { RetainedPageSize } from "../store/types.ts";
+import type { RateLimits } from "./rate_limit.ts";
 
 /** The bounds the core enforces, in the core's terms (built from [limits] and [general]). */
 export interface CoreLimits {
@@ -38,6 +39,8 @@ export interface CoreLimits {
   maxOutgoingBytes: number;
   /** Bytes a client may pipeline behind CONNECT while it is authenticated. */
   maxConnectBacklog: number;
+  /** How fast one connection may send (limits.max_publish_rate, max_read_rate; 0: no bound). */
+  rate: RateLimits;
   /** Period of the keep-alive / expiry sweep. */
   sweepIntervalMs: number;
   /** Idle time after which a connection's spare buffers are released. */

@@ -14,7 +14,10 @@ import {
   toMessage,
 } from "../protocol/publish.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
+import { decodeAck, PacketType, type ProtocolLevel } from "../protocol/decode.ts";
 import type { Connection } from "./connection.ts";
+import { State } from "./connection_state.ts";
+import type { Session } from "./session.ts";
 import { InboundTopics } from "./inbound_topic.ts";
 import { OutboundAliases } from "./outbound_aliases.ts";
 
@@ -27,6 +30,7 @@ export function onPublish(
   end: number,
 ): void {
   const host = c.host;
+  c.rate?.published();
   const topics = c.topics ??= new InboundTopics(host.limits, c.v5);
   const p = decodePublish(buf, start, end, flags, c.v5, topics.last);
   host.metrics.receivedByQos[p.qos]++;
@@ -195,4 +199,42 @@ export function sendPublish(
     host.metrics.latency.observe(performance.now() - msg.sampledAt);
   }
   return true;
+}
+
+/** PUBREC from the client of `c` for a QoS 2 message sent to it (PUBREL 0x92 for an unknown id). */
+export function onPubrec(
+  c: Connection,
+  session: Session,
+  buf: Uint8Array,
+  start: number,
+  end: number,
+): void {
+  const a = decodeAck(buf, start, end, c.level as ProtocolLevel);
+  if (!session.onPubrec(a.packetId, a.reasonCode) && a.reasonCode < 0x80) {
+    c.outbox.pushAck(PacketType.PUBREL, a.packetId, ReasonCode.PacketIdentifierNotFound, c.v5);
+  }
+}
+
+/**
+ * PUBREL from the client of `c`: PUBCOMP once the release is written (the store, when the
+ * session keeps its QoS 2 ids there), 0x92 for an id it does not know.
+ */
+export function onPubrel(
+  c: Connection,
+  session: Session,
+  buf: Uint8Array,
+  start: number,
+  end: number,
+): void {
+  const a = decodeAck(buf, start, end, c.level as ProtocolLevel);
+  const known = session.releaseQos2(a.packetId);
+  const code = known ? 0 : ReasonCode.PacketIdentifierNotFound;
+  const written = known ? session.written : null;
+  if (written === null) c.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, c.v5);
+  else {
+    const send = () => {
+      if (c.state !== State.Closed) c.outbox.pushAck(PacketType.PUBCOMP, a.packetId, code, c.v5);
+    };
+    written.then(send, send);
+  }
 }
