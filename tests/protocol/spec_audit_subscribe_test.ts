@@ -4,6 +4,7 @@
  * over a real socket. Raw bytes where a normal client would refuse to send the bad input.
  */
 import assert from "node:assert/strict";
+import { Message } from "../../src/protocol/message.ts";
 import {
   collect,
   connectClient,
@@ -297,4 +298,62 @@ Deno.test('4.7.1.3: "+" matches an empty level, and "+" alone does not match "/x
   const got = (await receivedBefore(inbox)).map((m) => m.topic);
   // "/x" matches "+/x" (once: "+" has one level), "a//b" matches "a/+/b", "one" matches "+".
   assert.deepEqual(got, ["/x", "a//b", "one"]);
+});
+
+// Clients cannot publish to "$" topics; the broker's own ones go through the router.
+Deno.test('[MQTT-4.7.2-1] shared subscriptions whose filter starts with a wildcard do not get "$" topics either', async () => {
+  await using b = await startBroker();
+  await using sub = await connectClient(b.port, { clientId: "shared-dollar" });
+  const inbox = collect(sub);
+  await sub.subscribeAsync(
+    ["$share/g/#", "$share/h/+/broker/uptime", "$share/k/$SYS/#", "end"],
+    { qos: 0 },
+  );
+  for (const topic of ["$SYS/broker/uptime", "end"]) {
+    const bytes = new TextEncoder().encode(topic);
+    b.broker.router.publish(new Message(topic, bytes, bytes, 0, false, null, 0, ""));
+  }
+  const got = await receivedBefore(inbox);
+  // Only "$share/k/$SYS/#" matches: one copy.
+  assert.deepEqual(got.map((m) => m.topic), ["$SYS/broker/uptime"]);
+});
+
+Deno.test("[MQTT-3.8.3-3, MQTT-3.3.4-2, MQTT-3.3.4-3] overlapping subscriptions where one has No Local: the client's own message comes once, by the other subscription's QoS and identifier", async () => {
+  await using b = await startBroker();
+  await using c = await RawClient.connect(b.port, 5);
+  await c.handshake("nl-overlap");
+  for (const [id, topic, qos, nl] of [[1, "nl/#", 2, true], [2, "nl/x", 0, false]] as const) {
+    await c.sendPacket({
+      cmd: "subscribe",
+      messageId: id,
+      properties: { subscriptionIdentifier: id },
+      subscriptions: [{ topic, qos, nl }],
+    });
+    await c.expect("suback");
+  }
+  const ids = (p: Fields) => {
+    const v = (p.properties as { subscriptionIdentifier?: number | number[] } | undefined)
+      ?.subscriptionIdentifier;
+    return v === undefined ? [] : (Array.isArray(v) ? [...v] : [v]).sort();
+  };
+  await c.send(frame(0x34, [...str("nl/x"), 0, 9, 0, ...new TextEncoder().encode("own")]));
+  // Its PUBREC may come before or after the delivery.
+  const nextPublish = async () => {
+    for (;;) {
+      const p = await c.next() as Fields | null;
+      if (p === null) throw new Error("closed");
+      if (p.cmd === "publish") return p;
+      assert.equal(p.cmd, "pubrec");
+    }
+  };
+  const own = await nextPublish();
+  assert.equal(text(own), "own");
+  assert.equal(own.qos, 0);
+  assert.deepEqual(ids(own), [2]);
+  await using pub = await connectClient(b.port, { clientId: "nl-other" });
+  await pub.publishAsync("nl/x", "other", { qos: 2 });
+  const other = await nextPublish();
+  assert.equal(text(other), "other");
+  assert.equal(other.qos, 2);
+  assert.deepEqual(ids(other), [1, 2]);
 });
