@@ -84,7 +84,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   clientMaxPacket = -1;
   /**
    * CONNECT asked for a Session Expiry Interval of 0: then a DISCONNECT may not set another
-   * [MQTT-3.14.2-2]. What CONNECT asked, not what CONNACK granted: a server maximum of 0
+   * (section 3.14.2.2.2, a Protocol Error; not [MQTT-3.14.2-2], which forbids the server to
+   * send the property). What CONNECT asked, not what CONNACK granted: a server maximum of 0
    * grants 0 to every client, and those that asked for more may still name a value.
    */
   connectExpiryZero = false;

@@ -368,7 +368,7 @@ Deno.test("topic aliases do not carry over to a new connection", async () => {
 
 for (const alias of [0, 11]) {
   Deno.test(`Topic Alias ${alias} (maximum 10) is refused with DISCONNECT 0x94`, async () => {
-    // [MQTT-3.3.2-8] 0 is never valid; [MQTT-3.3.2-10] nor is a value above the maximum.
+    // [MQTT-3.3.2-8] 0 is never valid; [MQTT-3.3.2-9] nor is a value above the maximum.
     await using b = await startBroker();
     await using bystander = await subscriber(b.port, "alias/#", 1, { clientId: "bystander" });
 

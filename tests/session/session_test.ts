@@ -241,7 +241,8 @@ Deno.test("DISCONNECT changing Session Expiry Interval from 0 is a protocol erro
 });
 
 Deno.test("with limits.max_session_expiry_interval = 0, a client that asked for more may name an interval at DISCONNECT: a normal disconnection, will discarded", async () => {
-  // [MQTT-3.14.2-2] is about the value in CONNECT: this client asked for 100 and was granted 0.
+  // The rule of section 3.14.2.2.2 is about the value in CONNECT: this client asked for 100 and
+  // was granted 0.
   await using b = await startBroker({ limits: { max_session_expiry_interval: 0 } });
   await using watcher = await connectClient(b.port, { clientId: "will-watch" });
   const wills = collect(watcher);
