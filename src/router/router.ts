@@ -287,7 +287,7 @@ function deliverTo(t: Target, msg: Message, check: ReceiveCheck | null): boolean
     return true;
   }
   // Overlapping subscriptions of one client: a single delivery at the highest
-  // QoS carrying every Subscription Identifier [MQTT-3.3.4-3, MQTT-3.3.4-5].
+  // QoS carrying every Subscription Identifier [MQTT-3.3.4-2, -3, -4].
   let qos: 0 | 1 | 2 = 0;
   let retain = false;
   let ids: number[] | null = null;

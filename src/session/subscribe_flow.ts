@@ -48,7 +48,7 @@ export function onSubscribe(c: Connection, buf: Uint8Array, start: number, end: 
   if (written !== null) (waits ??= []).push(written);
   const finish = () => {
     if (c.state === State.Closed) return;
-    c.outbox.push(encodeSuback(level, pkt.packetId, codes));
+    if (!reply(c, encodeSuback(level, pkt.packetId, codes), "SUBACK")) return;
     if (withRetained.length !== 0) sendRetained(host, session, withRetained);
   };
   if (waits === null) finish();
@@ -73,11 +73,29 @@ export function onUnsubscribe(c: Connection, buf: Uint8Array, start: number, end
   c.host.subscriptionsChanged(session, removed);
   const unsuback = encodeUnsuback(c.level as ProtocolLevel, pkt.packetId, codes);
   const written = session.written;
-  if (written === null) c.outbox.push(unsuback);
+  if (written === null) reply(c, unsuback, "UNSUBACK");
   else {
     // The same chain as a waiting SUBACK's, so replies keep the order of their requests.
     Promise.all([written]).catch(() => {}).then(() => {
-      if (c.state !== State.Closed) c.outbox.push(unsuback);
+      if (c.state !== State.Closed) reply(c, unsuback, "UNSUBACK");
     });
   }
+}
+
+/**
+ * Sends a SUBACK or UNSUBACK, unless it is larger than the client's Maximum Packet Size (one
+ * code per filter: a SUBSCRIBE of many filters from a client allowing small packets), which the
+ * server must not send [MQTT-3.1.2-24]: then DISCONNECT 0x95 Packet too large, since the client
+ * would otherwise wait for it forever. False when the connection closed.
+ */
+function reply(c: Connection, packet: Uint8Array, what: string): boolean {
+  if (c.clientMaxPacket <= 0 || packet.length <= c.clientMaxPacket) {
+    c.outbox.push(packet);
+    return true;
+  }
+  c.disconnect(
+    ReasonCode.PacketTooLarge,
+    `${what} of ${packet.length} bytes exceeds the client's Maximum Packet Size`,
+  );
+  return false;
 }

@@ -357,3 +357,34 @@ Deno.test("[MQTT-3.8.3-3, MQTT-3.3.4-2, MQTT-3.3.4-3] overlapping subscriptions 
   assert.equal(other.qos, 2);
   assert.deepEqual(ids(other), [1, 2]);
 });
+
+Deno.test("[MQTT-3.1.2-24] a SUBACK or UNSUBACK larger than the client's Maximum Packet Size is not sent: DISCONNECT 0x95", async () => {
+  await using b = await startBroker();
+  const filters = (n: number) => Array.from({ length: n }, (_, i) => `f/${i}`);
+  for (const kind of ["subscribe", "unsubscribe"] as const) {
+    await using c = await RawClient.connect(b.port, 5);
+    await c.handshake(`small-${kind}`, 5, { properties: { maximumPacketSize: 64 } });
+    // 40 codes: a 45-byte SUBACK fits.
+    await c.sendPacket({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: filters(40).map((topic) => ({ topic, qos: 0 })),
+    });
+    assert.equal(((await c.expect("suback")).granted as number[]).length, 40);
+    // 70 codes: 75 bytes.
+    await c.sendPacket(
+      kind === "subscribe"
+        ? {
+          cmd: "subscribe",
+          messageId: 2,
+          subscriptions: filters(70).map((topic) => ({ topic, qos: 0 })),
+        }
+        : { cmd: "unsubscribe", messageId: 2, unsubscriptions: filters(70) },
+    );
+    const d = await c.expect("disconnect");
+    assert.equal(d.reasonCode, 0x95);
+    assert.ok((d.length as number) <= 64);
+    await c.expectClosed();
+  }
+  await bystanders(b.port);
+});
