@@ -6,7 +6,18 @@
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
 import { Buffer } from "node:buffer";
-import { connectClient, RawClient, startBroker, subscriber } from "../helpers/broker.ts";
+import {
+  connectClient,
+  RawClient,
+  startBroker,
+  startSecureBroker,
+  subscriber,
+} from "../helpers/broker.ts";
+import { clientTls, makeTestPki } from "../helpers/certs.ts";
+
+const dir = await Deno.makeTempDir({ prefix: "mcloudtt-rate-" });
+const pki = await makeTestPki(dir);
+globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
 
 /** `count` QoS 0 PUBLISH packets on `topic`, payload `size` bytes starting with the index. */
 function publishes(topic: string, count: number, size: number): Uint8Array {
@@ -191,4 +202,23 @@ Deno.test("max_publish_rate counts packets, not reads: 600 publishes in one writ
   }
   assert.equal(held(), 0);
   assert.equal(b.broker.metrics.clientsThrottledTotal, 1);
+});
+
+Deno.test("max_publish_rate over TLS with client certificates (the default deployment): 300 QoS 1 publishes at 100/s take 2 s", async () => {
+  await using b = await startSecureBroker(pki, {
+    general: { websocket: false },
+    limits: { max_publish_rate: 100, sweep_interval_ms: 50 },
+  });
+  const tls = { protocol: "mqtts", host: "localhost", ...clientTls(pki, pki.alice) } as const;
+  await using sub = await subscriber(b.tlsPort, "tls/#", 1, { ...tls, clientId: "sub" });
+  await using pub = await connectClient(b.tlsPort, { ...tls, clientId: "pub" });
+  const start = Date.now();
+  await Promise.all(
+    Array.from({ length: 300 }, (_, i) => pub.publishAsync(`tls/${i}`, "x", { qos: 1 })),
+  );
+  const acked = Date.now() - start;
+  console.log(`300 over TLS acknowledged after ${acked} ms`);
+  await whenReceived(sub.inbox, 300, 10000);
+  assert.ok(acked >= 1500, `acknowledged after ${acked} ms`);
+  assert.equal(new Set(sub.inbox.messages.map((m) => m.topic)).size, 300);
 });
