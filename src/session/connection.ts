@@ -171,7 +171,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       rate.read(length, now);
       // Read while PUBLISH packets are in debt (the transport's last reads as it stops): behind
       // those waiting.
-      if (rate.deferred !== null || !rate.mayGoOn) return rate.defer(chunk, 0, length);
+      if (rate.waiting || !rate.mayGoOn) return rate.defer(chunk, 0, length);
     }
     this.feed(chunk, length);
   }

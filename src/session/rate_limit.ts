@@ -38,8 +38,9 @@ export class RateLimit {
   held = false;
   /** Held at least once: the log line and mcloudtt_clients_throttled_total count it once. */
   private before = false;
-  /** Bytes read but not framed yet, behind the PUBLISH that emptied the bucket. */
-  deferred: Uint8Array | null = null;
+  /** Bytes read but not framed yet, behind the PUBLISH that emptied the bucket: `[0, kept)`. */
+  private deferred: Uint8Array | null = null;
+  private kept = 0;
 
   /**
    * `burstMs`: the longest a connection may go unread while held (the sweep interval): a
@@ -75,21 +76,36 @@ export class RateLimit {
     return this.publishes >= 0;
   }
 
-  /** Keeps `chunk[from, to)` behind what is deferred already, to be framed once released. */
+  /** True while bytes wait (`defer`): what is read meanwhile goes behind them. */
+  get waiting(): boolean {
+    return this.deferred !== null;
+  }
+
+  /**
+   * Keeps `chunk[from, to)` behind what is deferred already, to be framed once released. The
+   * buffer grows by doubling: a transport that hands over many small messages while it stops
+   * (WebSocket frames of one read) costs a copy of each, not of all before it each time.
+   */
   defer(chunk: Uint8Array, from: number, to: number): void {
-    const d = this.deferred;
-    const kept = d === null ? 0 : d.length;
-    const rest = new Uint8Array(kept + to - from);
-    if (d !== null) rest.set(d);
-    rest.set(chunk.subarray(from, to), kept);
-    this.deferred = rest;
+    const n = to - from;
+    let d = this.deferred;
+    if (d === null || d.length - this.kept < n) {
+      const grown = new Uint8Array(Math.max(this.kept + n, d === null ? 0 : 2 * d.length));
+      if (d !== null) grown.set(d.subarray(0, this.kept));
+      this.deferred = d = grown;
+    }
+    d.set(chunk.subarray(from, to), this.kept);
+    this.kept += n;
   }
 
   /** What was deferred, handed over once (null when nothing was). */
   takeDeferred(): Uint8Array | null {
     const d = this.deferred;
+    if (d === null) return null;
+    const kept = this.kept;
     this.deferred = null;
-    return d;
+    this.kept = 0;
+    return kept === d.length ? d : d.subarray(0, kept);
   }
 
   /**
@@ -126,6 +142,7 @@ export class RateLimit {
   closed(): void {
     if (this.held) this.unhold();
     this.deferred = null;
+    this.kept = 0;
   }
 
   private unhold(): void {
