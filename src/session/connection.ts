@@ -8,7 +8,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { hex } from "../ops/log.ts";
-import { encodeConnack, encodeDisconnect } from "../protocol/control.ts";
+import { encodeDisconnect } from "../protocol/control.ts";
 import {
   checkFixedHeader,
   decodeAck,
@@ -29,6 +29,7 @@ import {
 import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
 import { onConnect } from "./connect_flow.ts";
+import { failConnection } from "./failure.ts";
 import { State } from "./connection_state.ts";
 import {
   type AttachingConnection,
@@ -169,11 +170,19 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     const rate = this.rate;
     if (rate !== null) {
       rate.read(length, now);
-      // Read while PUBLISH packets are in debt (the transport's last reads as it stops): behind
-      // those waiting.
-      if (rate.waiting || !rate.mayGoOn) return rate.defer(chunk, 0, length);
+      // Read while PUBLISH packets are in debt (the transport's last reads as it stops, or after
+      // publishes pipelined behind CONNECT): behind those waiting.
+      if (rate.waiting || !rate.mayGoOn) {
+        rate.defer(chunk, 0, length);
+        return this.throttle(rate);
+      }
     }
     this.feed(chunk, length);
+  }
+
+  /** Stops reading if `rate` just ran out (the sweep releases it: checkTimeouts). */
+  private throttle(rate: RateLimit): void {
+    if (rate.exhausted(this.clientId, this.peer.remoteAddress)) this.pauseReading();
   }
 
   /** Frames and handles `chunk[0, length)`, then decides whether to go on reading. */
@@ -198,10 +207,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.acksFull = true;
       this.pauseReading();
     }
-    const rate = this.rate;
-    if (rate !== null && rate.exhausted(this.clientId, this.peer.remoteAddress)) {
-      this.pauseReading();
-    }
+    if (this.rate !== null) this.throttle(this.rate);
   }
 
   closed(): void {
@@ -312,40 +318,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     );
   }
 
+  /** Ends the connection after an error, with its reason code when it is an MQTT one. */
   fail(e: unknown): void {
-    if (this.state === State.Closed) return;
-    let code: number = ReasonCode.UnspecifiedError;
-    let message = "internal error";
-    if (e instanceof MqttError) {
-      this.host.metrics.protocolErrors++;
-      code = e.code;
-      message = e.message;
-      log.info("closing {client_id} ({remote_address}): {problem} ({reason_code})", {
-        client_id: this.clientId,
-        remote_address: this.peer.remoteAddress,
-        problem: message,
-        reason_code: hex(code),
-      });
-    } else {
-      // A bug or a throwing authenticator/authorizer: only this connection pays for it.
-      this.host.metrics.internalErrors++;
-      code = ReasonCode.ImplementationSpecificError;
-      log.error("closing {client_id} ({remote_address}) after an internal error: {error}", {
-        client_id: this.clientId,
-        remote_address: this.peer.remoteAddress,
-        error: e instanceof Error ? (e.stack ?? e.message) : String(e),
-      });
-    }
-    if (this.state === State.AwaitingConnect || this.state === State.Authenticating) {
-      // Errors in CONNECT are answered with CONNACK (MQTT 5 only) [MQTT-3.1.4-1].
-      if (this.level === 5) {
-        const props = this.clientMaxPacket < 0 ? {} : { reasonString: message };
-        this.outbox.push(encodeConnack(5, false, code, props, this.clientMaxPacket));
-      }
-      this.end(false);
-      return;
-    }
-    this.disconnect(code, message);
+    failConnection(this, e);
   }
 
   /**

@@ -14,6 +14,8 @@ import {
   subscriber,
 } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
+import { hashPassword } from "../../src/auth/passwords.ts";
+import { join } from "node:path";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-rate-" });
 const pki = await makeTestPki(dir);
@@ -221,4 +223,41 @@ Deno.test("max_publish_rate over TLS with client certificates (the default deplo
   await whenReceived(sub.inbox, 300, 10000);
   assert.ok(acked >= 1500, `acknowledged after ${acked} ms`);
   assert.equal(new Set(sub.inbox.messages.map((m) => m.topic)).size, 300);
+});
+
+Deno.test("publishes pipelined behind a CONNECT under a password check count against max_publish_rate, and what follows is read once they are paid", async () => {
+  const passwords = join(dir, "passwords");
+  await Deno.writeTextFile(passwords, `dora:${await hashPassword("dora-secret", 1000)}\n`);
+  await using b = await startBroker({
+    auth: { password_file: passwords, auth_cache_seconds: 0 },
+    limits: { max_publish_rate: 100, sweep_interval_ms: 50 },
+  });
+  await using sub = await subscriber(b.port, "pipe/#", 0, {
+    clientId: "sub",
+    username: "dora",
+    password: "dora-secret",
+  });
+  const c = await RawClient.connect(b.port, 5);
+  const connect = mqttPacket.generate({
+    cmd: "connect",
+    protocolId: "MQTT",
+    protocolVersion: 5,
+    clientId: "piped",
+    clean: true,
+    keepalive: 60,
+    username: "dora",
+    password: Buffer.from("dora-secret"),
+  } as mqttPacket.Packet, { protocolVersion: 5 });
+  // 250 publishes wait behind CONNECT while the password is checked: 150 past the burst.
+  const start = Date.now();
+  await c.send(new Uint8Array(Buffer.concat([connect, Buffer.from(publishes("pipe/a", 250, 4))])));
+  await c.expect("connack");
+  await whenReceived(sub.inbox, 250, 5000);
+  // Read after them: held until the 150 are paid (1.5 s), then 50 more at 100/s.
+  await c.send(publishes("pipe/b", 100, 4));
+  const done = await whenReceived(sub.inbox, 350, 10000);
+  console.log(`350 publishes, 250 pipelined behind CONNECT: ${done - start} ms`);
+  assert.ok(done - start >= 1800, `took ${done - start} ms`);
+  assert.ok(b.broker.metrics.clientsThrottledTotal >= 1);
+  await c[Symbol.asyncDispose]();
 });
