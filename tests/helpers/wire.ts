@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { collect, connectClient, endClient } from "./broker.ts";
+import { collect, connectClient, endClient, RawClient, startBroker } from "./broker.ts";
 
 const enc = new TextEncoder();
 
@@ -56,4 +56,56 @@ export async function bystanders(port: number, protocolVersion: 4 | 5 = 5) {
       await endClient(sub);
     },
   };
+}
+
+/** The fields of a hand-made PUBLISH (see publishBytes). */
+export interface PublishFields {
+  topic: string | Uint8Array;
+  qos?: number;
+  packetId?: number;
+  /** Raw property bytes (MQTT 5; omitted for 3.1.1). */
+  props?: number[];
+  payload?: string;
+  /** Extra fixed-header flag bits (retain, dup). */
+  flags?: number;
+  v5?: boolean;
+}
+
+/** PUBLISH bytes built by hand, so invalid fields can be sent. */
+export function publishBytes(f: PublishFields): Uint8Array {
+  const qos = f.qos ?? 0;
+  const body = [
+    ...str(f.topic),
+    ...(qos > 0 ? [(f.packetId ?? 1) >> 8, (f.packetId ?? 1) & 0xff] : []),
+    ...((f.v5 ?? true) ? [...varint(f.props?.length ?? 0), ...(f.props ?? [])] : []),
+    ...enc.encode(f.payload ?? "x"),
+  ];
+  return frame(0x30 | (qos << 1) | (f.flags ?? 0), body);
+}
+
+/**
+ * Sends `v5Bytes` after CONNACK on a broker with `limits` and expects DISCONNECT `code` then a
+ * close; `v4Bytes`, when given, sent by a 3.1.1 client, must close it without a packet; clients
+ * beside them keep being served.
+ */
+export async function assertRefused(
+  v5Bytes: Uint8Array,
+  code: number,
+  opts: { v4Bytes?: Uint8Array; limits?: Record<string, unknown> } = {},
+): Promise<void> {
+  await using b = await startBroker({ limits: opts.limits ?? {} });
+  await using others = await bystanders(b.port);
+  await using c = await RawClient.connect(b.port, 5);
+  await c.handshake("offender");
+  await c.send(v5Bytes);
+  const d = await c.expect("disconnect");
+  assert.equal(d.reasonCode, code, `DISCONNECT 0x${(d.reasonCode as number).toString(16)}`);
+  assert.equal(await c.next(), null, "still open after DISCONNECT");
+  if (opts.v4Bytes !== undefined) {
+    await using c4 = await RawClient.connect(b.port, 4);
+    await c4.handshake("offender311", 4);
+    await c4.send(opts.v4Bytes);
+    assert.equal(await c4.next(), null, "3.1.1 connection still open");
+  }
+  await others.assertServing();
 }

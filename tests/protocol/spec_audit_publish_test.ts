@@ -17,30 +17,9 @@ import {
   startBroker,
   subscriber,
 } from "../helpers/broker.ts";
-import { bystanders, frame, str, varint } from "../helpers/wire.ts";
+import { assertRefused, frame, publishBytes, str } from "../helpers/wire.ts";
 
-const enc = new TextEncoder();
 type Fields = Packet & Record<string, unknown>;
-
-/** A PUBLISH built by hand: `props` are raw MQTT 5 property bytes (omitted for 3.1.1). */
-function publishBytes(f: {
-  topic: string | Uint8Array;
-  qos?: number;
-  packetId?: number;
-  props?: number[];
-  payload?: string;
-  flags?: number;
-  v5?: boolean;
-}): Uint8Array {
-  const qos = f.qos ?? 0;
-  const body = [
-    ...str(f.topic),
-    ...(qos > 0 ? [(f.packetId ?? 1) >> 8, (f.packetId ?? 1) & 0xff] : []),
-    ...((f.v5 ?? true) ? [...varint(f.props?.length ?? 0), ...(f.props ?? [])] : []),
-    ...enc.encode(f.payload ?? "x"),
-  ];
-  return frame(0x30 | (qos << 1) | (f.flags ?? 0), body);
-}
 
 const DUP = 0x08;
 
@@ -67,19 +46,6 @@ async function rawSubscribe(
 
 function text(p: Fields): string {
   return new TextDecoder().decode(p.payload as Uint8Array);
-}
-
-/** Sends `bytes` after CONNACK and expects DISCONNECT `code` then a close; others keep going. */
-async function assertRefused(bytes: Uint8Array, code: number, limits = {}): Promise<void> {
-  await using b = await startBroker({ limits });
-  await using others = await bystanders(b.port);
-  await using c = await RawClient.connect(b.port, 5);
-  await c.handshake("offender");
-  await c.send(bytes);
-  const d = await c.expect("disconnect");
-  assert.equal(d.reasonCode, code, `DISCONNECT 0x${(d.reasonCode as number).toString(16)}`);
-  assert.equal(await c.next(), null, "still open after DISCONNECT");
-  await others.assertServing();
 }
 
 // ---- 3.3.1 fixed header --------------------------------------------------------------------

@@ -5,33 +5,9 @@
  */
 import assert from "node:assert/strict";
 import { RawClient, startBroker, subscriber } from "../helpers/broker.ts";
-import { bystanders, frame, str, varint } from "../helpers/wire.ts";
+import { bystanders, frame, publishBytes, type PublishFields, str } from "../helpers/wire.ts";
 
 const enc = new TextEncoder();
-
-interface PublishFields {
-  topic: string | Uint8Array;
-  qos?: number;
-  packetId?: number;
-  /** Raw property bytes (MQTT 5). */
-  props?: number[];
-  payload?: string;
-  /** Extra fixed-header flag bits (retain, dup). */
-  flags?: number;
-  v5?: boolean;
-}
-
-/** PUBLISH bytes built by hand, so invalid fields can be sent. */
-function publishBytes(f: PublishFields): Uint8Array {
-  const qos = f.qos ?? 0;
-  const body = [
-    ...str(f.topic),
-    ...(qos > 0 ? [(f.packetId ?? 1) >> 8, (f.packetId ?? 1) & 0xff] : []),
-    ...((f.v5 ?? true) ? [...varint(f.props?.length ?? 0), ...(f.props ?? [])] : []),
-    ...enc.encode(f.payload ?? "x"),
-  ];
-  return frame(0x30 | (qos << 1) | (f.flags ?? 0), body);
-}
 
 /** Topic Alias property (0x23) with a two-byte value. */
 function topicAlias(n: number): number[] {
