@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import mqttPacket from "mqtt-packet";
+import type { MqttClient } from "mqtt";
 import { Buffer } from "node:buffer";
 import {
   connectClient,
@@ -44,6 +45,27 @@ async function whenReceived(inbox: { messages: unknown[] }, n: number, ms: numbe
     await new Promise((r) => setTimeout(r, 5));
   }
   return Date.now();
+}
+
+/**
+ * `pub` sends 300 QoS 1 publishes on `prefix/<i>` at once, with max_publish_rate 100: 200 past
+ * the first second's worth take 2 s to be acknowledged, and `inbox` gets every one.
+ */
+async function assertPaced(
+  pub: MqttClient,
+  inbox: { messages: { topic: string }[] },
+  prefix: string,
+  transport: string,
+) {
+  const start = Date.now();
+  await Promise.all(
+    Array.from({ length: 300 }, (_, i) => pub.publishAsync(`${prefix}/${i}`, "x", { qos: 1 })),
+  );
+  const acked = Date.now() - start;
+  console.log(`300 over ${transport} acknowledged after ${acked} ms`);
+  await whenReceived(inbox, 300, 10000);
+  assert.ok(acked >= 1500, `acknowledged after ${acked} ms`);
+  assert.equal(new Set(inbox.messages.map((m) => m.topic)).size, 300);
 }
 
 Deno.test("max_publish_rate 200: a flood of 1,000 publishes is spread over 4 s, all arrive in order, another publisher is not held up", async () => {
@@ -161,16 +183,7 @@ Deno.test("max_publish_rate holds a WebSocket publisher too: 300 QoS 1 publishes
     ws.port,
     { clientId: "ws-pub", protocol: "ws", path: "/mqtt" } as Parameters<typeof connectClient>[1],
   );
-  const start = Date.now();
-  await Promise.all(
-    Array.from({ length: 300 }, (_, i) => pub.publishAsync(`ws/${i}`, "x", { qos: 1 })),
-  );
-  const acked = Date.now() - start;
-  console.log(`300 over WebSocket acknowledged after ${acked} ms`);
-  await whenReceived(sub.inbox, 300, 10000);
-  // 200 past the first second's worth, at 100/s: 2 s.
-  assert.ok(acked >= 1500, `acknowledged after ${acked} ms`);
-  assert.equal(new Set(sub.inbox.messages.map((m) => m.topic)).size, 300);
+  await assertPaced(pub, sub.inbox, "ws", "WebSocket");
   assert.ok(b.broker.metrics.clientsThrottledTotal >= 1);
 });
 
@@ -214,15 +227,7 @@ Deno.test("max_publish_rate over TLS with client certificates (the default deplo
   const tls = { protocol: "mqtts", host: "localhost", ...clientTls(pki, pki.alice) } as const;
   await using sub = await subscriber(b.tlsPort, "tls/#", 1, { ...tls, clientId: "sub" });
   await using pub = await connectClient(b.tlsPort, { ...tls, clientId: "pub" });
-  const start = Date.now();
-  await Promise.all(
-    Array.from({ length: 300 }, (_, i) => pub.publishAsync(`tls/${i}`, "x", { qos: 1 })),
-  );
-  const acked = Date.now() - start;
-  console.log(`300 over TLS acknowledged after ${acked} ms`);
-  await whenReceived(sub.inbox, 300, 10000);
-  assert.ok(acked >= 1500, `acknowledged after ${acked} ms`);
-  assert.equal(new Set(sub.inbox.messages.map((m) => m.topic)).size, 300);
+  await assertPaced(pub, sub.inbox, "tls", "TLS");
 });
 
 Deno.test("publishes pipelined behind a CONNECT under a password check count against max_publish_rate, and what follows is read once they are paid", async () => {
