@@ -473,6 +473,21 @@ Deno.test("[MQTT-3.2.0-1] (also 3.1.1) CONNACK is the first packet: what the cli
   }
 });
 
+Deno.test("[MQTT-3.2.0-2, MQTT-3.1.0-2] (3.1.1 too) a second CONNECT pipelined behind the first, while it is authenticated, gets no second CONNACK: MQTT 5 DISCONNECT 0x82, 3.1.1 a close", async () => {
+  for (const deps of [{}, { authenticator: slowAuth }]) {
+    await using b = await startBroker({}, deps);
+    for (const level of [5, 4] as const) {
+      await using c = await RawClient.connect(b.port, level);
+      const connect = connectBytes({ level, payload: str(`twice${level}`) });
+      await c.send(concatBytes([connect, connect]));
+      const ack = await c.expect("connack");
+      assert.equal(level === 5 ? ack.reasonCode : ack.returnCode, 0);
+      if (level === 5) assert.equal((await c.expect("disconnect")).reasonCode, 0x82);
+      assert.equal(await c.next(), null);
+    }
+  }
+});
+
 Deno.test("[MQTT-3.2.2-1, MQTT-3.1.2-6, MQTT-3.2.2-3] (also 3.1.1) the Connect Acknowledge Flags have bits 7-1 clear; Clean Start 0 without a session makes one (Session Present 0), and the next connection resumes it (1)", async () => {
   await using b = await startBroker();
   for (const level of [5, 4] as const) {
@@ -512,6 +527,36 @@ Deno.test("[MQTT-3.2.2-6] (3.1.1 [MQTT-3.2.2-4]) a refusal says Session Present 
     });
     assert.equal(ack.sessionPresent, true);
   }
+});
+
+Deno.test({
+  name:
+    "[MQTT-3.1.2-24] a client whose Maximum Packet Size is below the accepted CONNACK's size (16 bytes here) is sent nothing larger",
+  // BROKER BUG, not fixed: the accepted CONNACK (Receive Maximum, Maximum Packet Size and Topic
+  // Alias Maximum: 16 bytes) is sent whatever the client's Maximum Packet Size; only a Reason
+  // String is ever dropped to fit (control.ts). Fitting it needs a decision: leave out Topic
+  // Alias Maximum (harmless: 0 is the default), but leaving out Receive Maximum or Maximum
+  // Packet Size tells the client larger defaults it would then be disconnected for using; or
+  // refuse such a client (CONNACK 0x95, 5 bytes, fits from 5 on). See the audit report.
+  ignore: true,
+  fn: async () => {
+    await using b = await startBroker();
+    for (const max of [8, 12, 15]) {
+      const connect = connectBytes({ props: [0x27, 0, 0, 0, max], payload: str(`mps${max}`) });
+      const conn = await Deno.connect({ hostname: "127.0.0.1", port: b.port });
+      try {
+        await conn.write(connect);
+        const buf = new Uint8Array(256);
+        const n = await conn.read(buf);
+        if (n !== null) {
+          assert.equal(buf[0] >> 4, 2, "the first packet is a CONNACK");
+          assert.ok(2 + buf[1] <= max, `a ${2 + buf[1]}-byte CONNACK for a maximum of ${max}`);
+        }
+      } finally {
+        conn.close();
+      }
+    }
+  },
 });
 
 // ---- 4.1 session state --------------------------------------------------------------------
