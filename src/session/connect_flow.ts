@@ -99,15 +99,15 @@ export function refuse(c: Connection, code: number, reason: string, login = fals
     reason,
     ...(login ? { [AUTH_FAILURE]: true } : {}),
   });
-  c.outbox.push(
-    encodeConnack(
-      c.level as ProtocolLevel,
-      false,
-      code,
-      { reasonString: reason },
-      c.clientMaxPacket,
-    ),
+  const connack = encodeConnack(
+    c.level as ProtocolLevel,
+    false,
+    code,
+    { reasonString: reason },
+    c.clientMaxPacket,
   );
+  // Under 5 bytes even a refusal does not fit the client's Maximum Packet Size [MQTT-3.1.2-24].
+  if (c.clientMaxPacket <= 0 || connack.length <= c.clientMaxPacket) c.outbox.push(connack);
   c.end(false);
 }
 

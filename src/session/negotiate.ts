@@ -102,7 +102,7 @@ export function negotiateConnect(
   const requestedExpiry = v5
     ? props.sessionExpiryInterval ?? 0
     : (pkt.cleanStart ? 0 : NEVER_EXPIRES);
-  return {
+  const n: Negotiated = {
     clientId,
     assigned,
     keepAliveTimeoutMs: keepAlive * 1500,
@@ -112,7 +112,27 @@ export function negotiateConnect(
     requestedExpiry,
     grantedExpiry: Math.min(requestedExpiry, limits.maxSessionExpiry),
   };
+  // A client may allow packets smaller than the CONNACK that would accept it (16 bytes and
+  // more): the server must not send it [MQTT-3.1.2-24], and leaving out Receive Maximum or
+  // Maximum Packet Size would promise it defaults it would then be disconnected for using.
+  const max = props.maximumPacketSize;
+  if (max !== undefined && max < SMALL_CONNACK_BOUND) {
+    const size = encodeConnack(5, true, 0, connackProperties(n, limits)).length;
+    if (size > max) {
+      return {
+        code: ReasonCode.PacketTooLarge,
+        reason: `CONNACK needs ${size} bytes`,
+      };
+    }
+  }
+  return n;
 }
+
+/**
+ * Below this Maximum Packet Size a client's accepted CONNACK may not fit (its properties, an
+ * assigned client id and a Server Keep Alive stay well under it): measured only then.
+ */
+const SMALL_CONNACK_BOUND = 128;
 
 /** The will of an accepted CONNECT, kept until the connection ends. */
 export function buildWill(pkt: ConnectPacket, clientId: string): Will | null {
