@@ -178,7 +178,9 @@ async function main(): Promise<number> {
         "--redis.enabled=true",
         `--redis.url=${url}`,
         `--cluster.node_id=node-${i + 1}`,
-        // Each node picks a free port for /healthz, /readyz and /metrics and logs it.
+        // Each node picks a free port for /healthz, /readyz and /metrics and logs it; on the
+        // loopback address like its MQTT port (the default bind, 0.0.0.0, is for deployments).
+        "--http.bind=127.0.0.1",
         "--http.port=0",
       ], root));
     }
