@@ -9,19 +9,36 @@
  */
 
 import { freePort, isFree } from "./ports.ts";
+import { PERMISSION_FLAGS } from "../../src/ops/permissions.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 
 const USAGE = "usage: deno task cluster [--nodes N] [--port FIRST_PORT] [--redis-port PORT]";
 
-/** The permissions of `deno task start`. */
-const NODE_PERMISSIONS = [
-  "--allow-net",
-  "--allow-read",
-  "--allow-write=certs,data",
-  "--allow-env",
-  "--allow-sys",
-];
+/**
+ * The `deno run` arguments of node `n` (from 1): the shipped permissions of `deno task start`
+ * (src/ops/permissions.ts), plain TCP on `port`, everything on the loopback address, state in the
+ * Redis at `redisUrl` only.
+ */
+export function nodeArgs(n: number, port: number, redisUrl: string): string[] {
+  return [
+    "run",
+    ...PERMISSION_FLAGS,
+    "main.ts",
+    "--general.secure=false",
+    "--general.bind=127.0.0.1",
+    "--storage.enabled=false",
+    "--listeners.ws.enabled=false",
+    `--ports.tcp=${port}`,
+    "--redis.enabled=true",
+    `--redis.url=${redisUrl}`,
+    `--cluster.node_id=node-${n}`,
+    // Each node picks a free port for /healthz, /readyz and /metrics and logs it; on the
+    // loopback address like its MQTT port (the default bind, 0.0.0.0, is for deployments).
+    "--http.bind=127.0.0.1",
+    "--http.port=0",
+  ];
+}
 
 interface Options {
   nodes: number;
@@ -166,21 +183,7 @@ async function main(): Promise<number> {
     const url = `redis://127.0.0.1:${redisPort}`;
     for (let i = 0; i < opts.nodes; i++) {
       const port = opts.port + i;
-      children.push(spawn(`node-${i + 1}`, Deno.execPath(), [
-        "run",
-        ...NODE_PERMISSIONS,
-        "main.ts",
-        "--general.secure=false",
-        "--general.bind=127.0.0.1",
-        "--storage.enabled=false",
-        "--listeners.ws.enabled=false",
-        `--ports.tcp=${port}`,
-        "--redis.enabled=true",
-        `--redis.url=${url}`,
-        `--cluster.node_id=node-${i + 1}`,
-        // Each node picks a free port for /healthz, /readyz and /metrics and logs it.
-        "--http.port=0",
-      ], root));
+      children.push(spawn(`node-${i + 1}`, Deno.execPath(), nodeArgs(i + 1, port, url), root));
     }
     await Promise.all(
       children.slice(1).map((c, i) => listening(opts.port + i, 60_000, () => c.exited)),
@@ -210,4 +213,4 @@ async function main(): Promise<number> {
   }
 }
 
-Deno.exit(await main());
+if (import.meta.main) Deno.exit(await main());

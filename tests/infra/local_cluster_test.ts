@@ -53,7 +53,11 @@ Deno.test({
         await new Promise((r) => setTimeout(r, 100));
       }
       assert.match(out, new RegExp(`ports ${base}, ${base + 1}, ${base + 2}`));
-      for (const n of [1, 2, 3]) assert.match(out, new RegExp(`\\[node-${n}\\] .*joined`));
+      for (const n of [1, 2, 3]) {
+        assert.match(out, new RegExp(`\\[node-${n}\\] .*joined`));
+        // A local cluster is reached from this machine only: MQTT and the HTTP endpoint alike.
+        assert.match(out, new RegExp(`\\[node-${n}\\] .*HTTP endpoint .* on 127\\.0\\.0\\.1:\\d+`));
+      }
       await using sub = await subscriber(base + 2, "demo/#", 1, { clientId: "readme-sub" });
       await using pub = await connectClient(base, { clientId: "readme-pub" });
       await pub.publishAsync("demo/hello", "hello across nodes", { qos: 1 });

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { tomlValue } from "../../src/config/effective.ts";
 import { PERMISSION_FLAGS, PERMISSIONS } from "../../src/ops/permissions.ts";
 import { copyProject, START_PERMISSIONS } from "../helpers/broker.ts";
+import { nodeArgs } from "../../infra/local/cluster.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -24,6 +25,12 @@ Deno.test("deno.json start, dev, certs and compile tasks use exactly the shipped
 
 Deno.test("the test helpers start main.ts with the shipped permissions", () => {
   assert.deepEqual(START_PERMISSIONS, PERMISSION_FLAGS);
+});
+
+Deno.test("deno task cluster starts its nodes with the shipped permissions", () => {
+  // It had its own copy, of the list as it was before the shipped one was narrowed.
+  const args = nodeArgs(1, 1883, "redis://127.0.0.1:6379");
+  assert.deepEqual(permissionFlags(args.join(" ")), PERMISSION_FLAGS);
 });
 
 Deno.test("the Dockerfile builds the binary with the shipped permissions", async () => {
