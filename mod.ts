@@ -43,7 +43,14 @@ export {
   loadConfig,
   resolveConfig,
 } from "./src/config/mod.ts";
-export type { AuthDecision, Authenticator, Authorizer, ConnectRequest } from "./src/auth/types.ts";
+export type {
+  AuthDecision,
+  Authenticator,
+  AuthExchange,
+  Authorizer,
+  AuthStep,
+  ConnectRequest,
+} from "./src/auth/types.ts";
 export { ReasonCode } from "./src/protocol/reason_codes.ts";
 
 /**

@@ -202,6 +202,7 @@ export class Broker {
     this.policy = new PolicyAuthenticator(
       {
         passwords: null,
+        scram: config.auth.scram,
         allowAnonymous: allowAnonymous(config),
         requireClientIdMatch: config.tls.require_client_id_match,
         connectTimeoutMs: config.limits.connect_timeout * 1000,

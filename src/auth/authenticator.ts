@@ -9,10 +9,13 @@ import type { Acl } from "./acl.ts";
 import { AuthBusyError } from "./limiter.ts";
 import type { PasswordFile } from "./passwords.ts";
 import { PasswordVerifier, type VerifierOptions } from "./verifier.ts";
+import { type ScramCredentials, ScramExchange } from "./scram.ts";
 import type {
   AuthDecision,
   Authenticator,
+  AuthExchange,
   Authorizer,
+  AuthStep,
   ClientContext,
   ConnectRequest,
   SubscribeAccess,
@@ -20,6 +23,8 @@ import type {
 
 export interface PolicyOptions {
   passwords: PasswordFile | null;
+  /** Offer SCRAM-SHA-512 enhanced authentication against `passwords` ([auth] scram). */
+  scram?: boolean;
   allowAnonymous: boolean;
   /** The client id must equal the certificate identity. */
   requireClientIdMatch: boolean;
@@ -43,6 +48,18 @@ const BAD_CREDENTIALS = 0x86;
 const NOT_AUTHORIZED = 0x87;
 const BAD_CLIENT_ID = 0x85;
 const BUSY = 0x89;
+const BAD_AUTH_METHOD = 0x8c;
+
+/** The enhanced-authentication method offered (against the password file). */
+export const SCRAM_METHOD = "SCRAM-SHA-512";
+
+/**
+ * A failed SCRAM step: a wrong proof or unknown user is a bad user name or password; a message
+ * that does not follow RFC 5802 (or asks for channel binding) a bad authentication method.
+ */
+function scramRefusal(malformed: boolean, reason: string): AuthDecision {
+  return { ok: false, reasonCode: malformed ? BAD_AUTH_METHOD : BAD_CREDENTIALS, reason };
+}
 
 function countDecision(metrics: Metrics, d: AuthDecision): void {
   if (d.ok) return;
@@ -60,6 +77,11 @@ function countDecision(metrics: Metrics, d: AuthDecision): void {
  */
 export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Authenticator {
   return {
+    exchange(method: string, req: ConnectRequest): AuthExchange | undefined {
+      if (req.certificateRefusal !== undefined) return refusedExchange(req.certificateRefusal);
+      const ex = inner.exchange?.(method, req);
+      return ex === undefined ? undefined : countedExchange(ex, metrics);
+    },
     authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision> {
       const d: AuthDecision | Promise<AuthDecision> = req.certificateRefusal !== undefined
         ? { ok: false, reasonCode: NOT_AUTHORIZED, reason: req.certificateRefusal }
@@ -73,6 +95,24 @@ export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Au
       countDecision(metrics, d);
       return d;
     },
+  };
+}
+
+/** `ex`, with its decisions counted like the password checks'. */
+function countedExchange(ex: AuthExchange, metrics: Metrics): AuthExchange {
+  return {
+    step(data) {
+      const s = ex.step(data);
+      if (s.done) countDecision(metrics, s.decision);
+      return s;
+    },
+  };
+}
+
+/** An exchange that refuses at its first step (a certificate the broker will not accept). */
+function refusedExchange(reason: string): AuthExchange {
+  return {
+    step: () => ({ done: true, decision: { ok: false, reasonCode: NOT_AUTHORIZED, reason } }),
   };
 }
 
@@ -98,9 +138,67 @@ export class PolicyAuthenticator implements Authenticator {
     return d;
   }
 
-  /** `rechecks`: how many times the password file changed during this login's checks. */
-  private decide(req: ConnectRequest, rechecks = 0): AuthDecision | Promise<AuthDecision> {
-    const { passwords, allowAnonymous, requireClientIdMatch } = this.options;
+  /**
+   * SCRAM-SHA-512 (scram.ts) against the password file, when [auth] scram offers it. The user
+   * it proves is held to the same certificate rules as a password login's: with a certificate
+   * that names someone, only that someone.
+   */
+  exchange(method: string, req: ConnectRequest): AuthExchange | undefined {
+    const passwords = this.options.passwords;
+    if (method !== SCRAM_METHOD || this.options.scram === false || passwords === null) {
+      return undefined;
+    }
+    const scram = new ScramExchange(
+      "sha512",
+      (u): ScramCredentials | undefined => passwords.scramCredentials(u),
+      (u) => passwords.scramDecoy(u),
+    );
+    let first = true;
+    const finish = (decision: AuthDecision, data?: Uint8Array): AuthStep => {
+      this.count(decision);
+      return { done: true, decision, data };
+    };
+    return {
+      step: (data) => {
+        const text = data === undefined ? "" : new TextDecoder().decode(data);
+        if (first) {
+          first = false;
+          const r = scram.first(text);
+          if (!r.ok) return finish(scramRefusal(r.malformed, r.reason));
+          return { done: false, data: new TextEncoder().encode(r.message) };
+        }
+        const r = scram.final(text);
+        if (!r.ok) return finish(scramRefusal(r.malformed, r.reason));
+        // A password file reloaded meanwhile decides as for a password check (decide()).
+        if (this.options.passwords?.entryOf(r.username) !== passwords.entryOf(r.username)) {
+          return finish({
+            ok: false,
+            reasonCode: BUSY,
+            reason: "server busy: credentials changed",
+          });
+        }
+        const cert = this.certificateDecision(req);
+        if (cert !== null && (!cert.ok || cert.username !== r.username)) {
+          return finish(
+            cert.ok
+              ? {
+                ok: false,
+                reasonCode: NOT_AUTHORIZED,
+                reason: "SCRAM user is not the certificate's",
+              }
+              : cert,
+          );
+        }
+        return finish({ ok: true, username: r.username }, new TextEncoder().encode(r.message));
+      },
+    };
+  }
+
+  /**
+   * What the client's certificate decides on its own: its refusal, the user it names, or null
+   * when there is none to judge by (then a password, SCRAM or anonymity decides).
+   */
+  private certificateDecision(req: ConnectRequest): AuthDecision | null {
     if (req.certificateRefusal !== undefined) {
       // As for a certificate without the identity below: on a listener where certificates are
       // optional too, a client that chose to present one is judged by it.
@@ -108,7 +206,7 @@ export class PolicyAuthenticator implements Authenticator {
     }
     const identity = req.certificateIdentity;
     if (identity !== undefined) {
-      if (requireClientIdMatch && req.clientId !== identity) {
+      if (this.options.requireClientIdMatch && req.clientId !== identity) {
         return {
           ok: false,
           reasonCode: BAD_CLIENT_ID,
@@ -128,9 +226,17 @@ export class PolicyAuthenticator implements Authenticator {
         reason: "the client certificate lacks the part [tls] identity names",
       };
     }
-    if (requireClientIdMatch) {
+    if (this.options.requireClientIdMatch) {
       return { ok: false, reasonCode: NOT_AUTHORIZED, reason: "a client certificate is required" };
     }
+    return null;
+  }
+
+  /** `rechecks`: how many times the password file changed during this login's checks. */
+  private decide(req: ConnectRequest, rechecks = 0): AuthDecision | Promise<AuthDecision> {
+    const { passwords, allowAnonymous } = this.options;
+    const cert = this.certificateDecision(req);
+    if (cert !== null) return cert;
     if (passwords !== null && req.username !== undefined) {
       const username = req.username;
       if (req.password === undefined) {

@@ -4,11 +4,15 @@
  * Derivation is deliberately slow (PBKDF2, 210000 iterations by default, roughly 100 ms of CPU).
  * The broker must call `verify` only at CONNECT, never on the per-message hot path.
  */
+import { createHmac } from "node:crypto";
+import type { ScramCredentials } from "./scram.ts";
 
 /** OWASP (2023) recommendation for PBKDF2-HMAC-SHA512. */
 export const DEFAULT_ITERATIONS = 210_000;
 
 const SCHEME = "pbkdf2-sha512";
+/** Keys the decoy salts of SCRAM logins as unknown users: one per process. */
+const DECOY_KEY = crypto.getRandomValues(new Uint8Array(32));
 const SALT_BYTES = 16;
 const KEY_BYTES = 64;
 const MIN_SALT_BYTES = 8;
@@ -162,6 +166,26 @@ export class PasswordFile {
   /** Number of users in the file. */
   get size(): number {
     return this.#entries.size;
+  }
+
+  /**
+   * The SCRAM-SHA-512 credentials of `username`, undefined when it has no entry: each entry's
+   * PBKDF2-HMAC-SHA-512 key of 64 bytes is that mechanism's SaltedPassword (scram.ts).
+   */
+  scramCredentials(username: string): ScramCredentials | undefined {
+    const entry = this.#entries.get(username);
+    if (entry === undefined) return undefined;
+    return { salt: entry.salt, iterations: entry.iterations, saltedPassword: entry.hash };
+  }
+
+  /**
+   * Made-up SCRAM credentials for a user without an entry: a salt derived from the name (the
+   * same at every attempt and after every reload, as a real user's is) and the file's usual
+   * iteration count, so the exchange does not tell who exists.
+   */
+  scramDecoy(username: string): ScramCredentials {
+    const salt = createHmac("sha512", DECOY_KEY).update(username).digest().subarray(0, SALT_BYTES);
+    return { salt, iterations: this.#dummy.iterations, saltedPassword: this.#dummy.hash };
   }
 
   /** Checks `password` for `username`; unknown users take as long as a wrong password. */

@@ -32,7 +32,27 @@ export type AuthDecision =
 
 export interface Authenticator {
   authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision>;
+  /**
+   * MQTT 5 enhanced authentication: a new exchange for the Authentication Method `method` of a
+   * CONNECT (or of a re-authentication), or undefined when it is not offered (CONNACK 0x8C).
+   * Without it no method is offered.
+   */
+  exchange?(method: string, req: ConnectRequest): AuthExchange | undefined;
 }
+
+/** One enhanced-authentication exchange: the client's data in, the server's next step out. */
+export interface AuthExchange {
+  /** The Authentication Data of the CONNECT, then of each AUTH 0x18, in turn. */
+  step(data: Uint8Array | undefined): AuthStep;
+}
+
+/**
+ * A step of an exchange: more data for the client (AUTH 0x18), or the decision, with data for
+ * the client (in CONNACK, or in AUTH 0x00 after a re-authentication).
+ */
+export type AuthStep =
+  | { done: false; data: Uint8Array }
+  | { done: true; decision: AuthDecision; data?: Uint8Array };
 
 /** Who is asking, for authorization checks. */
 export interface ClientContext {

@@ -164,6 +164,7 @@ const SHAPE = {
     max_concurrent_auth: int(1, 1024, 2),
     max_auth_queue: int(0, 1000000, 64),
     auth_cache_seconds: int(0, 86400, 60),
+    scram: bool(true),
   }),
   limits: section("limits", {
     max_packet_size: int(64, 268435455, 1048576),

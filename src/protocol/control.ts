@@ -23,6 +23,9 @@ export interface ConnackProperties {
   subscriptionIdentifiersAvailable?: boolean;
   sharedSubscriptionAvailable?: boolean;
   serverKeepAlive?: number;
+  /** Enhanced authentication: the method of the CONNECT, and the server's last data. */
+  authenticationMethod?: string;
+  authenticationData?: Uint8Array;
 }
 
 /**
@@ -65,6 +68,8 @@ function connackV5(
     ? null
     : utf8(p.assignedClientIdentifier);
   const reason = !withReason || p.reasonString === undefined ? null : utf8(p.reasonString);
+  const method = p.authenticationMethod === undefined ? null : utf8(p.authenticationMethod);
+  const data = p.authenticationData ?? null;
   let props = 0;
   if (p.sessionExpiryInterval !== undefined) props += 5;
   if (p.receiveMaximum !== undefined) props += 3;
@@ -77,6 +82,8 @@ function connackV5(
   if (p.subscriptionIdentifiersAvailable !== undefined) props += 2;
   if (p.sharedSubscriptionAvailable !== undefined) props += 2;
   if (p.serverKeepAlive !== undefined) props += 3;
+  if (method !== null) props += 3 + method.length;
+  if (data !== null) props += 3 + data.length;
   const body = 2 + varintSize(props) + props;
   const out = new Uint8Array(1 + varintSize(body) + body);
   let o = 0;
@@ -120,7 +127,20 @@ function connackV5(
   flag(Prop.SubscriptionIdentifierAvailable, p.subscriptionIdentifiersAvailable);
   flag(Prop.SharedSubscriptionAvailable, p.sharedSubscriptionAvailable);
   if (p.serverKeepAlive !== undefined) u16(Prop.ServerKeepAlive, p.serverKeepAlive);
+  if (method !== null) str(Prop.AuthenticationMethod, method);
+  if (data !== null) str(Prop.AuthenticationData, data);
   return out;
+}
+
+/**
+ * AUTH from the server (enhanced authentication, MQTT 5): Continue authentication (0x18) or
+ * Success (0x00, after a re-authentication), with the method and the server's data.
+ */
+export function encodeAuth(reasonCode: number, method: string, data?: Uint8Array): Uint8Array {
+  const props = new Writer().u8(Prop.AuthenticationMethod).string(method);
+  if (data !== undefined) props.u8(Prop.AuthenticationData).binary(data);
+  const body = new Writer().u8(reasonCode).varint(props.len).bytes(props.result());
+  return new Writer().u8(0xf0).varint(body.len).bytes(body.result()).result().slice();
 }
 
 /**

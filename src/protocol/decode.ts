@@ -309,6 +309,36 @@ export function decodeDisconnect(
   return { reasonCode, sessionExpiryInterval: props.sessionExpiryInterval };
 }
 
+/** An AUTH packet from a client (MQTT 5). */
+export interface AuthPacket {
+  reasonCode: number;
+  method: string | undefined;
+  data: Uint8Array | undefined;
+}
+
+/** Reason codes an AUTH may carry: Success, Continue authentication, Re-authenticate. */
+const AUTH_CODES = new Set([0x00, 0x18, 0x19]);
+
+/**
+ * Decodes an AUTH body. No body means Success without properties (3.15.2.1), which a client
+ * never has a reason to send; the caller decides what each code means where it arrives.
+ */
+export function decodeAuth(buf: Uint8Array, start: number, end: number): AuthPacket {
+  if (end === start) return { reasonCode: 0, method: undefined, data: undefined };
+  const r = new Reader(buf, start, end);
+  const reasonCode = r.u8();
+  if (!AUTH_CODES.has(reasonCode)) {
+    throw new MalformedPacketError(`AUTH reason code 0x${reasonCode.toString(16)}`);
+  }
+  const props = r.remaining > 0 ? readProperties(r, ALLOWED.auth, "AUTH") : {};
+  if (r.remaining !== 0) throw new MalformedPacketError("AUTH has trailing bytes");
+  return {
+    reasonCode,
+    method: props.authenticationMethod,
+    data: props.authenticationData,
+  };
+}
+
 /** Validates the fixed-header flags of a client-to-server packet [MQTT-2.1.3-1]. */
 export function checkFixedHeader(type: number, flags: number, level: ProtocolLevel | 0): void {
   switch (type) {

@@ -6,7 +6,8 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { AUTH_FAILURE, hex } from "../ops/log.ts";
-import type { AuthDecision } from "../auth/types.ts";
+import type { AuthDecision, ConnectRequest } from "../auth/types.ts";
+import { startExchange } from "./auth_flow.ts";
 import { encodeConnack } from "../protocol/control.ts";
 import { type ConnectPacket, connectPreamble, decodeConnect } from "../protocol/decode.ts";
 import type { ProtocolLevel } from "../protocol/decode.ts";
@@ -60,7 +61,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   c.sendWindow = n.sendWindow;
   c.aliasMax = n.clientTopicAliasMax;
 
-  const decision = host.authenticate({
+  const req: ConnectRequest = {
     clientId: n.clientId,
     username: pkt.username,
     password: pkt.password,
@@ -70,7 +71,10 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
     remoteAddress: c.peer.remoteAddress,
     protocolLevel: pkt.protocolLevel,
     acceptedAt: c.since,
-  });
+  };
+  const method = pkt.properties.authenticationMethod;
+  if (method !== undefined) return startExchange(c, method, req, pkt, n);
+  const decision = host.authenticate(req);
   if (decision instanceof Promise) {
     waitFor(c, decision.then((d) => authenticated(c, d, pkt, n)));
   } else {
@@ -111,7 +115,12 @@ export function refuse(c: Connection, code: number, reason: string, login = fals
   c.end(false);
 }
 
-function authenticated(
+/**
+ * The authentication's decision `d` on the CONNECT `pkt` of `c` (by the password policy, or at
+ * the end of an enhanced-authentication exchange): refused, or on to the will's check, the
+ * session and CONNACK; a promise while the session is attached elsewhere (cluster).
+ */
+export function authenticated(
   c: Connection,
   d: AuthDecision,
   pkt: ConnectPacket,

@@ -28,6 +28,7 @@ import {
 } from "../protocol/reason_codes.ts";
 import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
+import { type AuthState, duringExchange, onAuth } from "./auth_flow.ts";
 import { onConnect } from "./connect_flow.ts";
 import { failConnection } from "./failure.ts";
 import { State } from "./connection_state.ts";
@@ -107,6 +108,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
   private forwardsHeld = false;
   /** Its publish and read rates (rate_limit.ts), from CONNACK on when limits.rate bounds any. */
   rate: RateLimit | null = null;
+  /** Enhanced authentication (auth_flow.ts), when its CONNECT named a method. */
+  auth: AuthState | null = null;
   /** PublishInfo of this client's messages, made once (the sink keeps a reference). */
   info: PublishInfo | null = null;
   /**
@@ -405,6 +408,9 @@ export class Connection implements ConnectionHandler, AttachingConnection {
         onConnect(this, buf, start, end);
         return this.open;
       case State.Authenticating: {
+        if (this.auth !== null && this.auth.connect !== null && this.auth.exchange !== null) {
+          return duringExchange(this, header, buf, start, end);
+        }
         // Keep what the client pipelined behind CONNECT until the answer is known.
         const copy = new Uint8Array(1 + end - start);
         copy[0] = header;
@@ -454,7 +460,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       case PacketType.CONNECT:
         throw new ProtocolError(ReasonCode.ProtocolError, "second CONNECT on one connection");
       case PacketType.AUTH:
-        throw new ProtocolError(ReasonCode.ProtocolError, "AUTH without an authentication method");
+        onAuth(this, buf, start, end);
+        break;
     }
     return true;
   }
@@ -550,7 +557,10 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /** Called by the keep-alive sweep. */
   checkTimeouts(now: number): void {
-    if (this.state === State.AwaitingConnect) {
+    if (
+      this.state === State.AwaitingConnect ||
+      (this.state === State.Authenticating && this.auth?.exchange != null)
+    ) {
       if (now - this.since > this.host.limits.connectTimeoutMs) {
         log.info("no CONNECT from {remote_address} in time", {
           remote_address: this.peer.remoteAddress,

@@ -8,7 +8,13 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { subscribeAccess } from "../auth/access.ts";
-import type { Authenticator, Authorizer, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
+import type {
+  Authenticator,
+  AuthExchange,
+  Authorizer,
+  ConnectRequest,
+  SubscribeAccess,
+} from "../auth/types.ts";
 import { type Bus, type BusHost, LOCAL_ONLY, type OrphanDelivery } from "../cluster/types.ts";
 import type { Clock } from "../ops/clock.ts";
 import type { Metrics } from "../ops/metrics.ts";
@@ -269,6 +275,10 @@ export class BrokerCore implements ConnectionHost, BusHost {
 
   authenticate(req: ConnectRequest) {
     return this.auth.authenticate(req);
+  }
+
+  exchange(method: string, req: ConnectRequest): AuthExchange | undefined {
+    return this.auth.exchange?.(method, req);
   }
 
   mayPublish(clientId: string, username: string | undefined, topic: string): boolean {

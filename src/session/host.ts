@@ -3,7 +3,7 @@
  * drives, and what it asks of the broker core (`ConnectionHost`). The core
  * implements the host; the connection never sees the core's internals.
  */
-import type { AuthDecision, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
+import type { AuthDecision, AuthExchange, ConnectRequest, SubscribeAccess } from "../auth/types.ts";
 import type { Bus } from "../cluster/types.ts";
 import type { Metrics } from "../ops/metrics.ts";
 import type { Clock } from "../ops/clock.ts";
@@ -98,6 +98,8 @@ export interface ConnectionHost {
   readonly metrics: Metrics;
   readonly clock: Clock;
   authenticate(req: ConnectRequest): AuthDecision | Promise<AuthDecision>;
+  /** An enhanced-authentication exchange for `method`, undefined when it is not offered. */
+  exchange(method: string, req: ConnectRequest): AuthExchange | undefined;
   mayPublish(clientId: string, username: string | undefined, topic: string): boolean;
   /** 0 refused, 1 granted, 2 granted with each message checked at delivery (`mayReceive`). */
   maySubscribe(clientId: string, username: string | undefined, filter: string): SubscribeAccess;

@@ -30,6 +30,8 @@ export interface Negotiated {
   /** Session Expiry the client asked for, and what it gets. */
   requestedExpiry: number;
   grantedExpiry: number;
+  /** Enhanced authentication's method and the server's last data, for CONNACK (auth_flow.ts). */
+  auth?: { method: string; data: Uint8Array | undefined };
 }
 
 /** A refusal: the CONNACK reason and a reason string. */
@@ -46,12 +48,6 @@ export function negotiateConnect(
 ): Negotiated | Refusal {
   const v5 = pkt.protocolLevel === 5;
   const props = pkt.properties;
-  if (props.authenticationMethod !== undefined) {
-    return {
-      code: ReasonCode.BadAuthenticationMethod,
-      reason: "no authentication methods are supported",
-    };
-  }
   let clientId = pkt.clientId;
   let assigned: string | undefined;
   if (clientId.length === 0) {
@@ -169,7 +165,7 @@ export function acceptedConnack(
   if (level !== 5) return encodeConnack(level, present, 0);
   if (
     n.assigned !== undefined || n.serverKeepAlive !== undefined ||
-    n.grantedExpiry !== n.requestedExpiry
+    n.grantedExpiry !== n.requestedExpiry || n.auth !== undefined
   ) {
     return encodeConnack(5, present, 0, connackProperties(n, limits), clientMaxPacket);
   }
@@ -198,5 +194,8 @@ export function connackProperties(n: Negotiated, limits: CoreLimits): ConnackPro
     ...(n.assigned !== undefined ? { assignedClientIdentifier: n.assigned } : {}),
     ...(n.serverKeepAlive !== undefined ? { serverKeepAlive: n.serverKeepAlive } : {}),
     ...(n.grantedExpiry !== n.requestedExpiry ? { sessionExpiryInterval: n.grantedExpiry } : {}),
+    ...(n.auth === undefined
+      ? {}
+      : { authenticationMethod: n.auth.method, authenticationData: n.auth.data }),
   };
 }
