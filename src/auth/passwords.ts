@@ -1,16 +1,22 @@
 /**
- * Password file: one `username:$pbkdf2-sha512$<iterations>$<salt b64>$<hash b64>` line per user.
+ * Password file: one line per user, `username:$scram-sha512$<iterations>$<salt b64>$<StoredKey
+ * b64>$<ServerKey b64>` as `mcloudtt passwd` writes it (a password login derives the key and
+ * compares its StoredKey; a SCRAM-SHA-512 login, scram.ts, uses both keys), or the older
+ * `username:$pbkdf2-sha512$<iterations>$<salt b64>$<hash b64>`, which serves password logins only:
+ * its hash is SCRAM's SaltedPassword itself, enough to make a SCRAM proof, so SCRAM is not run
+ * on it (a leaked file would otherwise log anyone in).
  *
  * Derivation is deliberately slow (PBKDF2, 210000 iterations by default, roughly 100 ms of CPU).
  * The broker must call `verify` only at CONNECT, never on the per-message hot path.
  */
 import { createHmac } from "node:crypto";
-import type { ScramCredentials } from "./scram.ts";
+import { type ScramCredentials, scramKeys } from "./scram.ts";
 
 /** OWASP (2023) recommendation for PBKDF2-HMAC-SHA512. */
 export const DEFAULT_ITERATIONS = 210_000;
 
 const SCHEME = "pbkdf2-sha512";
+const SCRAM_SCHEME = "scram-sha512";
 /** Keys the decoy salts of SCRAM logins as unknown users: one per process. */
 const DECOY_KEY = crypto.getRandomValues(new Uint8Array(32));
 const SALT_BYTES = 16;
@@ -42,7 +48,10 @@ interface ParsedHash {
   readonly encoded: string;
   readonly iterations: number;
   readonly salt: Uint8Array<ArrayBuffer>;
+  /** The PBKDF2 key (`$pbkdf2-sha512$`), or SCRAM's StoredKey (`$scram-sha512$`). */
   readonly hash: Uint8Array<ArrayBuffer>;
+  /** SCRAM's ServerKey: set for `$scram-sha512$` entries only. */
+  readonly serverKey?: Uint8Array<ArrayBuffer>;
 }
 
 /** Returns why `username` cannot be stored in a password file, or undefined when it can. */
@@ -67,17 +76,26 @@ export function splitPasswordLine(line: string): { username: string; encoded: st
   return { username: text.slice(0, colon), encoded: text.slice(colon + 1) };
 }
 
-/** Hashes `password` (UTF-8) into the `$pbkdf2-sha512$<iterations>$<salt>$<hash>` form. */
+/**
+ * Hashes `password` (UTF-8) into the `$scram-sha512$<iterations>$<salt>$<StoredKey>$<ServerKey>`
+ * form (password and SCRAM logins), or with `scheme` "pbkdf2-sha512" into the older
+ * `$pbkdf2-sha512$<iterations>$<salt>$<hash>` (password logins only).
+ */
 export async function hashPassword(
   password: string,
   iterations: number = DEFAULT_ITERATIONS,
+  scheme: "scram-sha512" | "pbkdf2-sha512" = SCRAM_SCHEME,
 ): Promise<string> {
   if (!validIterations(iterations)) {
     throw new RangeError(`iterations must be an integer between 1 and ${MAX_ITERATIONS}`);
   }
   const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
   const hash = await derive(new TextEncoder().encode(password), salt, iterations, KEY_BYTES);
-  return `$${SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(hash)}`;
+  if (scheme === SCHEME) return `$${SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(hash)}`;
+  const { storedKey, serverKey } = scramKeys("sha512", hash);
+  return `$${SCRAM_SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(storedKey)}$${
+    toBase64(serverKey)
+  }`;
 }
 
 /** Users and password hashes loaded from a password file; immutable, so reload by loading anew. */
@@ -120,7 +138,7 @@ export class PasswordFile {
       const problem = usernameProblem(parts.username);
       if (problem !== undefined) throw new PasswordFileError(problem, source, lineNo);
       if (!lines[i].includes(":")) {
-        throw new PasswordFileError("expected 'username:$pbkdf2-sha512$...'", source, lineNo);
+        throw new PasswordFileError("expected 'username:$scram-sha512$...'", source, lineNo);
       }
       const seen = firstLine.get(parts.username);
       if (seen !== undefined) {
@@ -174,8 +192,13 @@ export class PasswordFile {
    */
   scramCredentials(username: string): ScramCredentials | undefined {
     const entry = this.#entries.get(username);
-    if (entry === undefined) return undefined;
-    return { salt: entry.salt, iterations: entry.iterations, saltedPassword: entry.hash };
+    if (entry?.serverKey === undefined) return undefined;
+    return {
+      salt: entry.salt,
+      iterations: entry.iterations,
+      storedKey: entry.hash,
+      serverKey: entry.serverKey,
+    };
   }
 
   /**
@@ -185,29 +208,38 @@ export class PasswordFile {
    */
   scramDecoy(username: string): ScramCredentials {
     const salt = createHmac("sha512", DECOY_KEY).update(username).digest().subarray(0, SALT_BYTES);
-    return { salt, iterations: this.#dummy.iterations, saltedPassword: this.#dummy.hash };
+    const { iterations, hash } = this.#dummy;
+    return { salt, iterations, storedKey: hash, serverKey: hash };
   }
 
   /** Checks `password` for `username`; unknown users take as long as a wrong password. */
   async verify(username: string, password: Uint8Array): Promise<boolean> {
     const entry = this.#entries.get(username);
     const target = entry ?? this.#dummy;
-    const derived = await derive(password, target.salt, target.iterations, target.hash.length);
-    const same = constantTimeEqual(derived, target.hash);
+    const derived = await derive(password, target.salt, target.iterations, KEY_BYTES);
+    // A `$scram-sha512$` entry keeps the StoredKey of the derived key, not the key.
+    const key = target.serverKey === undefined ? derived : scramKeys("sha512", derived).storedKey;
+    const same = constantTimeEqual(key, target.hash);
     return entry !== undefined && same;
   }
 }
 
 function parseHash(encoded: string): ParsedHash {
   const fields = encoded.split("$");
-  if (fields.length !== 5 || fields[0] !== "") {
+  const scram = fields[1] === SCRAM_SCHEME;
+  if (fields.length !== (scram ? 6 : 5) || fields[0] !== "") {
     throw new PasswordHashFormatError(
-      "expected '$pbkdf2-sha512$<iterations>$<salt base64>$<hash base64>'",
+      scram
+        ? "expected '$scram-sha512$<iterations>$<salt base64>$<StoredKey base64>$<ServerKey base64>'"
+        : "expected '$scram-sha512$<iterations>$<salt>$<StoredKey>$<ServerKey>' or " +
+          "'$pbkdf2-sha512$<iterations>$<salt base64>$<hash base64>'",
     );
   }
   const [, scheme, iterText, saltText, hashText] = fields;
-  if (scheme !== SCHEME) {
-    throw new PasswordHashFormatError(`unsupported hash scheme '${scheme}' (expected ${SCHEME})`);
+  if (scheme !== SCHEME && !scram) {
+    throw new PasswordHashFormatError(
+      `unsupported hash scheme '${scheme}' (expected ${SCRAM_SCHEME} or ${SCHEME})`,
+    );
   }
   if (!/^[1-9][0-9]*$/.test(iterText)) {
     throw new PasswordHashFormatError(`iteration count '${iterText}' is not a positive integer`);
@@ -220,11 +252,18 @@ function parseHash(encoded: string): ParsedHash {
   if (salt.length < MIN_SALT_BYTES) {
     throw new PasswordHashFormatError(`salt must be at least ${MIN_SALT_BYTES} bytes`);
   }
-  const hash = fromBase64(hashText, "hash");
+  const hash = fromBase64(hashText, scram ? "StoredKey" : "hash");
   if (hash.length !== KEY_BYTES) {
-    throw new PasswordHashFormatError(`hash must be ${KEY_BYTES} bytes, got ${hash.length}`);
+    throw new PasswordHashFormatError(
+      `${scram ? "StoredKey" : "hash"} must be ${KEY_BYTES} bytes, got ${hash.length}`,
+    );
   }
-  return { encoded, iterations, salt, hash };
+  if (!scram) return { encoded, iterations, salt, hash };
+  const serverKey = fromBase64(fields[5], "ServerKey");
+  if (serverKey.length !== KEY_BYTES) {
+    throw new PasswordHashFormatError(`ServerKey must be ${KEY_BYTES} bytes`);
+  }
+  return { encoded, iterations, salt, hash, serverKey };
 }
 
 function validIterations(iterations: number): boolean {

@@ -1,9 +1,9 @@
 /**
  * SCRAM (RFC 5802), the server side, for MQTT 5 enhanced authentication: the client proves it
- * knows the password without sending it, and the server proves it holds the password's salted
- * hash. The password file's entries are PBKDF2-HMAC-SHA-512 with a 64-byte key, which is exactly
- * SCRAM-SHA-512's SaltedPassword (Hi() is PBKDF2 with the hash's own length), so the same file
- * serves both logins. No channel binding: a client that requires it ("p=") is refused.
+ * knows the password without sending it, and the server proves it holds the password's keys.
+ * The server keeps StoredKey and ServerKey only (the password file's `$scram-sha512$` entries,
+ * passwords.ts): they check a proof but cannot make one, so a leaked file does not let anyone
+ * log in as the client. No channel binding: a client that requires it ("p=") is refused.
  */
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
@@ -15,8 +15,21 @@ export type ScramHash = "sha256" | "sha512";
 export interface ScramCredentials {
   salt: Uint8Array;
   iterations: number;
-  /** Hi(password, salt, iterations). */
-  saltedPassword: Uint8Array;
+  /** H(HMAC(SaltedPassword, "Client Key")), SaltedPassword being Hi(password, salt, iterations). */
+  storedKey: Uint8Array;
+  /** HMAC(SaltedPassword, "Server Key"). */
+  serverKey: Uint8Array;
+}
+
+/** StoredKey and ServerKey of a SaltedPassword (for writing a password file's entry). */
+export function scramKeys(
+  hash: ScramHash,
+  saltedPassword: Uint8Array,
+): { storedKey: Uint8Array; serverKey: Uint8Array } {
+  return {
+    storedKey: digest(hash, hmac(hash, saltedPassword, "Client Key")),
+    serverKey: hmac(hash, saltedPassword, "Server Key"),
+  };
 }
 
 /** A step that failed: the reason, for the log and the refusal. */
@@ -110,20 +123,20 @@ export class ScramExchange {
     const authMessage = `${this.clientFirstBare},${this.serverFirst},${withoutProof}`;
     const creds = this.credentials ?? this.decoy(this.username);
     const h = this.hash;
-    const storedKey = digest(h, hmac(h, creds.saltedPassword, "Client Key"));
+    const storedKey = creds.storedKey;
     const signature = hmac(h, storedKey, authMessage);
     // The proof is ClientKey XOR ClientSignature: its hash must be the stored key.
     let valid = proof.length === signature.length;
     if (valid) {
       const clientKey = Buffer.alloc(proof.length);
       for (let i = 0; i < proof.length; i++) clientKey[i] = proof[i] ^ signature[i];
-      valid = timingSafeEqual(digest(h, clientKey), storedKey);
+      const computed = digest(h, clientKey);
+      valid = computed.length === storedKey.length && timingSafeEqual(computed, storedKey);
     }
     if (!valid || this.credentials === undefined) {
       return { ok: false, malformed: false, reason: "bad user name or password" };
     }
-    const serverKey = hmac(h, creds.saltedPassword, "Server Key");
-    const verifier = hmac(h, serverKey, authMessage).toString("base64");
+    const verifier = hmac(h, creds.serverKey, authMessage).toString("base64");
     return { ok: true, username: this.username, message: `v=${verifier}` };
   }
 }

@@ -20,11 +20,24 @@ Deno.test("hashed password verifies and a wrong one does not", async () => {
 Deno.test("hash has our format, a random salt and the default iteration count", async () => {
   const a = await hashPassword("same");
   const b = await hashPassword("same");
-  assert.match(a, /^\$pbkdf2-sha512\$210000\$[A-Za-z0-9+/=]{24}\$[A-Za-z0-9+/=]{88}$/);
+  const b64 = "[A-Za-z0-9+/=]";
+  assert.match(a, new RegExp(`^\\$scram-sha512\\$210000\\$${b64}{24}\\$${b64}{88}\\$${b64}{88}$`));
   assert.equal(DEFAULT_ITERATIONS, 210_000);
   assert.notEqual(a, b);
   const file = PasswordFile.parse(`u:${a}`, "mem");
   assert.equal(await file.verify("u", bytes("same")), true);
+  assert.equal(await file.verify("u", bytes("other")), false);
+});
+
+Deno.test("entries in the older $pbkdf2-sha512$ form still verify passwords, but give no SCRAM credentials", async () => {
+  const old = await hashPassword("legacy", FAST, "pbkdf2-sha512");
+  assert.match(old, /^\$pbkdf2-sha512\$1000\$/);
+  const file = PasswordFile.parse(`u:${old}\nv:${await hashPassword("new", FAST)}`, "mem");
+  assert.equal(await file.verify("u", bytes("legacy")), true);
+  assert.equal(await file.verify("u", bytes("wrong")), false);
+  // Its hash would be SCRAM's SaltedPassword: enough to log in, so it is not offered.
+  assert.equal(file.scramCredentials("u"), undefined);
+  assert.ok(file.scramCredentials("v") !== undefined);
 });
 
 Deno.test("non-ASCII passwords and binary MQTT passwords verify byte for byte", async () => {
@@ -70,12 +83,14 @@ Deno.test("malformed lines are reported with file name and line number", async (
   const good = await hashPassword("x", FAST);
   const [, , , salt, hash] = good.split("$");
   const cases: [string, RegExp][] = [
-    ["alice", /expected 'username:\$pbkdf2-sha512/],
+    ["alice", /expected 'username:\$scram-sha512/],
     [":" + good, /username must not be empty/],
     ["alice:$bcrypt$10$abc$def", /unsupported hash scheme 'bcrypt'/],
     [`alice:$pbkdf2-sha512$0$${salt}$${hash}`, /not a positive integer/],
     [`alice:$pbkdf2-sha512$12x$${salt}$${hash}`, /not a positive integer/],
-    [`alice:$pbkdf2-sha512$1000$${salt}`, /expected '\$pbkdf2-sha512/],
+    [`alice:$pbkdf2-sha512$1000$${salt}`, /or '\$pbkdf2-sha512/],
+    [`alice:$scram-sha512$1000$${salt}$${hash}`, /expected '\$scram-sha512\$<iterations>/],
+    [`alice:$scram-sha512$1000$${salt}$${hash}$${hash.slice(4)}`, /ServerKey must be 64 bytes/],
     [`alice:$pbkdf2-sha512$1000$!!!!$${hash}`, /salt is not valid base64/],
     [`alice:$pbkdf2-sha512$1000$${salt}$${hash.slice(4)}`, /hash must be 64 bytes/],
     [`alice:$pbkdf2-sha512$1000$AAAA$${hash}`, /salt must be at least 8 bytes/],

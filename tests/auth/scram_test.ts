@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { pbkdf2Sync } from "node:crypto";
+import { createHash, createHmac, pbkdf2Sync } from "node:crypto";
 import { join } from "node:path";
 import type { IConnackPacket } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
@@ -79,10 +79,15 @@ async function scramLogin(port: number, user: string, password: string, clientId
 
 Deno.test("the server side of SCRAM matches RFC 7677's test vector (SHA-256)", () => {
   const salt = Buffer.from("W22ZaJ0SNY7soEsUEjb6gQ==", "base64");
-  const saltedPassword = pbkdf2Sync("pencil", salt, 4096, 32, "sha256");
+  const salted = pbkdf2Sync("pencil", salt, 4096, 32, "sha256");
+  // What a server keeps (RFC 5802, section 3), computed here apart from the broker's scramKeys.
+  const storedKey = createHash("sha256")
+    .update(createHmac("sha256", salted).update("Client Key").digest())
+    .digest();
+  const serverKey = createHmac("sha256", salted).update("Server Key").digest();
   const ex = new ScramExchange(
     "sha256",
-    (u) => u === "user" ? { salt, iterations: 4096, saltedPassword } : undefined,
+    (u) => u === "user" ? { salt, iterations: 4096, storedKey, serverKey } : undefined,
     () => assert.fail("no decoy for a known user"),
     () => "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
   );
@@ -104,7 +109,8 @@ Deno.test("the server side of SCRAM matches RFC 7677's test vector (SHA-256)", (
 });
 
 Deno.test("malformed SCRAM messages are refused as such, not as wrong passwords", () => {
-  const creds = { salt: new Uint8Array(16), iterations: 1, saltedPassword: new Uint8Array(64) };
+  const key = new Uint8Array(64);
+  const creds = { salt: new Uint8Array(16), iterations: 1, storedKey: key, serverKey: key };
   const fresh = () => new ScramExchange("sha512", () => creds, () => creds);
   for (const first of ["n=user,r=abc", "p=tls-unique,,n=user,r=abc", "n,,r=abc,n=user"]) {
     const r = fresh().first(first);
@@ -185,6 +191,26 @@ Deno.test("a wrong password and an unknown user get CONNACK 0x86 at the proof; a
   }
   assert.equal(salts[0], salts[1]);
   assert.equal(b.broker.metrics.authFailures, 3);
+});
+
+Deno.test("a user whose entry is in the older $pbkdf2-sha512$ form (its hash is SCRAM's salted password, enough to log in) is refused by SCRAM, and still logs in with its password", async () => {
+  const file = join(dir, "legacy");
+  await Deno.writeTextFile(
+    file,
+    `carol:${await hashPassword("carol-secret", TEST_ITERATIONS, "pbkdf2-sha512")}\n`,
+  );
+  await using b = await startBroker({ auth: { password_file: file } });
+  await using c = await RawClient.connect(b.port, 5);
+  const s = new ScramClient("carol", "carol-secret");
+  await connectScram(c, "carol-scram", s.first());
+  await auth(c, 0x18, s.final(dataOf(await c.expect("auth"))));
+  assert.equal((await c.expect("connack")).reasonCode, 0x86);
+  await using ok = await connectClient(b.port, {
+    clientId: "carol-pw",
+    username: "carol",
+    password: "carol-secret",
+  });
+  assert.ok(ok.connected);
 });
 
 Deno.test("an authentication method not offered gets CONNACK 0x8C: another method, [auth] scram = false, or no password file", async () => {
