@@ -6,7 +6,7 @@
  * (auth/scram.ts behind PolicyAuthenticator); this module runs the packets around it.
  */
 import type { AuthExchange, AuthStep, ConnectRequest } from "../auth/types.ts";
-import { encodeAuth } from "../protocol/control.ts";
+import { encodeAuth, encodeConnack } from "../protocol/control.ts";
 import {
   checkFixedHeader,
   type ConnectPacket,
@@ -17,7 +17,7 @@ import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
 import { authenticated, refuse } from "./connect_flow.ts";
 import type { Connection } from "./connection.ts";
 import { State } from "./connection_state.ts";
-import type { Negotiated } from "./negotiate.ts";
+import { connackProperties, type Negotiated } from "./negotiate.ts";
 
 /** A connection's enhanced authentication: its method, and the exchange under way if any. */
 export interface AuthState {
@@ -110,17 +110,24 @@ export function onAuth(c: Connection, buf: Uint8Array, start: number, end: numbe
 function advance(c: Connection, s: AuthStep): void {
   const a = c.auth!;
   if (!s.done) {
-    c.outbox.push(encodeAuth(ReasonCode.ContinueAuthentication, a.method, s.data));
+    const packet = encodeAuth(ReasonCode.ContinueAuthentication, a.method, s.data);
+    if (fits(c, packet.length)) c.outbox.push(packet);
+    else tooLarge(c, "AUTH");
     return;
   }
   a.exchange = null;
   const connect = a.connect;
   if (connect !== null) {
     a.connect = null;
-    connect.n.auth = { method: a.method, data: s.data };
+    const n = connect.n;
+    n.auth = { method: a.method, data: s.data };
+    if (s.decision.ok) {
+      const size = encodeConnack(5, true, 0, connackProperties(n, c.host.limits)).length;
+      if (!fits(c, size)) return tooLarge(c, "CONNACK");
+    }
     // As for a password check: nothing more is read until the session is attached.
     c.pauseReading();
-    const step = authenticated(c, s.decision, connect.pkt, connect.n);
+    const step = authenticated(c, s.decision, connect.pkt, n);
     if (step instanceof Promise) step.catch((e) => c.fail(e));
     return;
   }
@@ -130,7 +137,24 @@ function advance(c: Connection, s: AuthStep): void {
   if (d.username !== c.username) {
     return c.disconnect(ReasonCode.NotAuthorized, "re-authenticated as another user");
   }
-  c.outbox.push(encodeAuth(ReasonCode.Success, a.method, s.data));
+  const packet = encodeAuth(ReasonCode.Success, a.method, s.data);
+  if (fits(c, packet.length)) c.outbox.push(packet);
+  else tooLarge(c, "AUTH");
+}
+
+/** Whether a packet of `size` bytes fits the client's Maximum Packet Size [MQTT-3.1.2-24]. */
+function fits(c: Connection, size: number): boolean {
+  return c.clientMaxPacket <= 0 || size <= c.clientMaxPacket;
+}
+
+/**
+ * The exchange's next packet would not fit the client's Maximum Packet Size: refused with 0x95
+ * before CONNACK (a CONNACK that small fits from 5 bytes on), or disconnected with it after.
+ */
+function tooLarge(c: Connection, what: string): void {
+  const reason = `${what} of the exchange exceeds the client's Maximum Packet Size`;
+  if (c.state === State.Connected) c.disconnect(ReasonCode.PacketTooLarge, reason);
+  else refuse(c, ReasonCode.PacketTooLarge, reason);
 }
 
 /** What a re-authentication is judged on: the connection's certificate and client id. */

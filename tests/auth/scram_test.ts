@@ -352,3 +352,37 @@ Deno.test("with a client certificate, SCRAM must prove the user the certificate 
     await client?.endAsync();
   }
 });
+
+Deno.test("an exchange whose AUTH or final CONNACK would not fit the client's Maximum Packet Size ends in CONNACK 0x95 [MQTT-3.1.2-24]", async () => {
+  await using b = await withPasswords();
+  for (const max of [60, 120]) {
+    await using c = await RawClient.connect(b.port, 5);
+    const s = new ScramClient("alice", "alice-secret");
+    await c.sendPacket({
+      cmd: "connect",
+      protocolId: "MQTT",
+      protocolVersion: 5,
+      clientId: `small-${max}`,
+      clean: true,
+      keepalive: 60,
+      properties: {
+        maximumPacketSize: max,
+        authenticationMethod: SCRAM_SHA_512,
+        authenticationData: Buffer.from(s.first()),
+      },
+    });
+    let p = await c.next() as Fields;
+    // At 60 bytes the server-first-message (AUTH, ~115 bytes) does not fit; at 120 it does.
+    assert.equal(p.cmd, max === 60 ? "connack" : "auth", `max ${max}`);
+    if (p.cmd === "auth") {
+      // The server-first-message fitted: the final CONNACK, with the server's signature, will not.
+      assert.ok(2 + (p.length as number) <= max);
+      await auth(c, 0x18, s.final(dataOf(p)));
+      p = await c.expect("connack");
+    }
+    assert.equal(p.cmd, "connack", `max ${max}`);
+    assert.equal(p.reasonCode, 0x95, `max ${max}`);
+    assert.ok(2 + (p.length as number) <= max);
+    await c.expectClosed();
+  }
+});
