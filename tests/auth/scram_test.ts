@@ -40,13 +40,7 @@ const withPasswords = (extra: Record<string, unknown> = {}) =>
 
 /** Sends CONNECT asking for SCRAM-SHA-512 with `first` as its data. */
 function connectScram(c: RawClient, clientId: string, first: Uint8Array, method = SCRAM_SHA_512) {
-  return c.sendPacket({
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: 5,
-    clientId,
-    clean: true,
-    keepalive: 60,
+  return c.sendConnect(clientId, 5, {
     properties: { authenticationMethod: method, authenticationData: Buffer.from(first) },
   });
 }
@@ -358,13 +352,7 @@ Deno.test("an exchange whose AUTH or final CONNACK would not fit the client's Ma
   for (const max of [60, 120]) {
     await using c = await RawClient.connect(b.port, 5);
     const s = new ScramClient("alice", "alice-secret");
-    await c.sendPacket({
-      cmd: "connect",
-      protocolId: "MQTT",
-      protocolVersion: 5,
-      clientId: `small-${max}`,
-      clean: true,
-      keepalive: 60,
+    await c.sendConnect(`small-${max}`, 5, {
       properties: {
         maximumPacketSize: max,
         authenticationMethod: SCRAM_SHA_512,

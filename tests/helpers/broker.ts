@@ -354,13 +354,13 @@ export class RawClient {
     }
   }
 
-  /** Sends CONNECT and expects a successful CONNACK. */
-  async handshake(
+  /** Sends CONNECT: clean start, keep alive 60 s; `extra` sets or overrides any field. */
+  sendConnect(
     clientId: string,
     protocolVersion: 3 | 4 | 5 = 5,
     extra: Record<string, unknown> = {},
-  ): Promise<Packet & Record<string, unknown>> {
-    await this.sendPacket({
+  ): Promise<void> {
+    return this.sendPacket({
       cmd: "connect",
       protocolId: protocolVersion === 3 ? "MQIsdp" : "MQTT",
       protocolVersion,
@@ -369,6 +369,15 @@ export class RawClient {
       keepalive: 60,
       ...extra,
     }, protocolVersion);
+  }
+
+  /** Sends CONNECT and expects a successful CONNACK. */
+  async handshake(
+    clientId: string,
+    protocolVersion: 3 | 4 | 5 = 5,
+    extra: Record<string, unknown> = {},
+  ): Promise<Packet & Record<string, unknown>> {
+    await this.sendConnect(clientId, protocolVersion, extra);
     const ack = await this.expect("connack");
     const code = (ack.reasonCode ?? ack.returnCode) as number;
     if (code !== 0) throw new Error(`CONNACK refused: ${code}`);

@@ -288,19 +288,13 @@ Deno.test("retained messages, wildcards, shared subscriptions and subscription i
   assert.deepEqual(Array.isArray(ids) ? ids : [ids], [42]);
 });
 
-/** An MQTT 5 CONNECT asking for SCRAM (enhanced authentication, which is not offered). */
+/** An MQTT 5 CONNECT asking for SCRAM-SHA-1 (not offered: only SCRAM-SHA-512 is). */
 function sendScramConnect(
   c: RawClient,
   clientId: string,
   properties: Record<string, unknown> = {},
 ): Promise<void> {
-  return c.sendPacket({
-    cmd: "connect",
-    protocolId: "MQTT",
-    protocolVersion: 5,
-    clientId,
-    clean: true,
-    keepalive: 60,
+  return c.sendConnect(clientId, 5, {
     properties: { authenticationMethod: "SCRAM-SHA-1", ...properties },
   });
 }
