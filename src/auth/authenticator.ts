@@ -116,6 +116,13 @@ function refusedExchange(reason: string): AuthExchange {
   };
 }
 
+/** A SCRAM login as someone other than the user its client certificate names. */
+const NOT_CERT_USER: AuthDecision = Object.freeze({
+  ok: false,
+  reasonCode: NOT_AUTHORIZED,
+  reason: "SCRAM user is not the certificate's",
+});
+
 /** Checks of one login against a password file that changed during the previous check. */
 const MAX_RECHECKS = 2;
 
@@ -163,8 +170,16 @@ export class PolicyAuthenticator implements Authenticator {
         const text = data === undefined ? "" : new TextDecoder().decode(data);
         if (first) {
           first = false;
+          // The certificate is judged before any proof, as decide() judges it before the
+          // password: judged after, a client whose certificate names alice (or is refused, or is
+          // missing where one is required) learned whether a guess of bob's password was right
+          // (0x87 "not the certificate's user") or wrong (0x86), which a password login never
+          // tells. Refused here, its answer does not depend on the password.
+          const cert = this.certificateDecision(req);
+          if (cert !== null && !cert.ok) return finish(cert);
           const r = scram.first(text);
           if (!r.ok) return finish(scramRefusal(r.malformed, r.reason));
+          if (cert !== null && cert.username !== scram.user) return finish(NOT_CERT_USER);
           return { done: false, data: new TextEncoder().encode(r.message) };
         }
         const r = scram.final(text);
@@ -179,15 +194,7 @@ export class PolicyAuthenticator implements Authenticator {
         }
         const cert = this.certificateDecision(req);
         if (cert !== null && (!cert.ok || cert.username !== r.username)) {
-          return finish(
-            cert.ok
-              ? {
-                ok: false,
-                reasonCode: NOT_AUTHORIZED,
-                reason: "SCRAM user is not the certificate's",
-              }
-              : cert,
-          );
+          return finish(cert.ok ? NOT_CERT_USER : cert);
         }
         return finish({ ok: true, username: r.username }, new TextEncoder().encode(r.message));
       },

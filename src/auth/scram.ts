@@ -67,6 +67,11 @@ export class ScramExchange {
     private readonly serverNonce: () => string = randomNonce,
   ) {}
 
+  /** The user the client-first-message named ("" before it). */
+  get user(): string {
+    return this.username;
+  }
+
   /** The client-first-message in, the server-first-message out. */
   first(message: string): { ok: true; message: string } | ScramFailure {
     // gs2-header: channel binding flag, optional authzid, then the bare message.

@@ -40,6 +40,14 @@ export function startExchange(
     return refuse(c, ReasonCode.BadAuthenticationMethod, `authentication method not offered`);
   }
   c.auth = { method, exchange, connect: { pkt, n } };
+  // The client has proven nothing yet: its AUTH packets are held to the CONNECT's bound, not
+  // limits.max_packet_size (raised for what is pipelined behind CONNECT, which the backlog
+  // bounds). Else a stranger made the broker keep a packet of max_packet_size per socket until
+  // the connect timeout. Restored when the exchange ends (`advance`).
+  c.framer.maxPacketSize = Math.min(
+    c.host.limits.maxConnectPacketSize,
+    c.host.limits.maxPacketSize,
+  );
   // Read on: the client's next AUTH is needed (packets other than AUTH are refused meanwhile,
   // and the connect timeout still counts from the accept).
   c.state = State.Authenticating;
@@ -119,6 +127,7 @@ function advance(c: Connection, s: AuthStep): void {
   const connect = a.connect;
   if (connect !== null) {
     a.connect = null;
+    c.framer.maxPacketSize = c.host.limits.maxPacketSize;
     const n = connect.n;
     n.auth = { method: a.method, data: s.data };
     if (s.decision.ok) {
