@@ -78,7 +78,10 @@ function countDecision(metrics: Metrics, d: AuthDecision): void {
 export function countedAuthenticator(inner: Authenticator, metrics: Metrics): Authenticator {
   return {
     exchange(method: string, req: ConnectRequest): AuthExchange | undefined {
-      if (req.certificateRefusal !== undefined) return refusedExchange(req.certificateRefusal);
+      // Counted as a failure like the password path's refusal of such a certificate.
+      if (req.certificateRefusal !== undefined) {
+        return countedExchange(refusedExchange(req.certificateRefusal), metrics);
+      }
       const ex = inner.exchange?.(method, req);
       return ex === undefined ? undefined : countedExchange(ex, metrics);
     },

@@ -109,7 +109,7 @@ export class PasswordFile {
     const first = entries.values().next();
     this.#dummy = {
       encoded: "",
-      iterations: first.done ? DEFAULT_ITERATIONS : first.value.iterations,
+      iterations: first.done ? DEFAULT_ITERATIONS : usualIterations(entries.values()),
       salt: crypto.getRandomValues(new Uint8Array(SALT_BYTES)),
       hash: crypto.getRandomValues(new Uint8Array(KEY_BYTES)),
     };
@@ -222,6 +222,22 @@ export class PasswordFile {
     const same = constantTimeEqual(key, target.hash);
     return entry !== undefined && same;
   }
+}
+
+/**
+ * The iteration count most entries have: an unknown user's check (and SCRAM decoy) uses it, so it
+ * looks like most users' rather than like whichever entry came first.
+ */
+function usualIterations(entries: Iterable<ParsedHash>): number {
+  const counts = new Map<number, number>();
+  let best = DEFAULT_ITERATIONS;
+  let most = 0;
+  for (const e of entries) {
+    const n = (counts.get(e.iterations) ?? 0) + 1;
+    counts.set(e.iterations, n);
+    if (n > most) [best, most] = [e.iterations, n];
+  }
+  return best;
 }
 
 function parseHash(encoded: string): ParsedHash {
