@@ -11,6 +11,7 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import { collect, connackOf, connectClient, delay } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { SCRAM_SHA_512, ScramClient } from "../helpers/scram_client.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -238,5 +239,57 @@ Deno.test({
         }
       }
       assert.deepEqual(kicked, [], "the refused claim kicked the one that got the id");
+    }),
+});
+
+Deno.test({
+  name: "cluster: a SCRAM-SHA-512 login on one node resumes the session left on another (the " +
+    "attach waits for the cluster), each node proving itself, and the queued message arrives",
+  ...opts,
+  fn: () =>
+    withAcl(async (args) => {
+      await using cluster = await TestCluster.start({ names: ["a", "b"], args });
+      const [a, b] = cluster.nodes;
+      // The inbox is made before the connection opens: a resumed session's queued messages come
+      // right after CONNACK.
+      const scramLogin = (port: number) => {
+        const s = new ScramClient("alice", "alice-pw");
+        let verified = false;
+        let inbox: ReturnType<typeof collect> | undefined;
+        return connectClient(port, {
+          clientId: "alice-scram",
+          clean: false,
+          properties: {
+            sessionExpiryInterval: 300,
+            authenticationMethod: SCRAM_SHA_512,
+            authenticationData: Buffer.from(s.first()),
+          },
+        }, (client) => {
+          client.handleAuth = (packet, callback) =>
+            callback(undefined, {
+              cmd: "auth",
+              reasonCode: 0x18,
+              properties: {
+                authenticationMethod: SCRAM_SHA_512,
+                authenticationData: Buffer.from(
+                  s.final(packet.properties!.authenticationData as Uint8Array),
+                ),
+              },
+            });
+          client.once("connect", (p) => (verified = s.verify(p.properties?.authenticationData)));
+          inbox = collect(client);
+        }).then((client) => ({ client, verified, inbox: inbox! }));
+      };
+      const first = await scramLogin(a.port);
+      assert.ok(first.verified, "node a proved it holds alice's keys");
+      await first.client.subscribeAsync("inbox/alice", { qos: 1 });
+      await first.client.endAsync();
+      await using pub = await connectClient(a.port, as("alice", "a-sender"));
+      await pub.publishAsync("inbox/alice", "while away", { qos: 1 });
+
+      const second = await scramLogin(b.port);
+      assert.ok(second.verified, "node b proved it too");
+      assert.equal((await second.inbox.next(10_000)).payload, "while away");
+      await second.client.endAsync();
     }),
 });
