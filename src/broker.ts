@@ -63,7 +63,11 @@ export function coreLimits(config: Config): CoreLimits {
     maxSessionExpiry: l.max_session_expiry_interval,
     maxOutgoingBytes: l.max_outgoing_bytes,
     maxConnectBacklog: l.max_connect_backlog,
-    rate: { publishesPerSecond: l.max_publish_rate, bytesPerSecond: l.max_read_rate },
+    rate: {
+      publishesPerSecond: l.max_publish_rate,
+      bytesPerSecond: l.max_read_rate,
+      maxThrottledMs: l.max_throttled_seconds * 1000,
+    },
     sweepIntervalMs: l.sweep_interval_ms,
     idleTrimMs: l.idle_trim_after * 1000,
     maxSubscriptions: l.max_subscriptions,

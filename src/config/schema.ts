@@ -188,6 +188,7 @@ const SHAPE = {
     max_connect_backlog: int(1024, 16777216, 262144),
     max_publish_rate: int(0, 100000000, 0),
     max_read_rate: int(0, 1099511627776, 0),
+    max_throttled_seconds: int(0, 86400, 0),
     sweep_interval_ms: int(10, 60000, 500),
     idle_trim_after: int(1, 3600, 5),
     close_linger_ms: int(0, 60000, 1000),

@@ -34,6 +34,7 @@ export const ReasonCode = {
   ReceiveMaximumExceeded: 0x93,
   TopicAliasInvalid: 0x94,
   PacketTooLarge: 0x95,
+  MessageRateTooHigh: 0x96,
   QuotaExceeded: 0x97,
   PayloadFormatInvalid: 0x99,
   RetainNotSupported: 0x9a,

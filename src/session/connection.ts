@@ -41,7 +41,7 @@ import {
   type WillOutcome,
 } from "./host.ts";
 import type { Pending } from "./admission.ts";
-import type { RateLimit } from "./rate_limit.ts";
+import { type RateLimit, Swept } from "./rate_limit.ts";
 import type { InboundTopics } from "./inbound_topic.ts";
 import type { OutboundAliases } from "./outbound_aliases.ts";
 import { onPublish, onPubrec, onPubrel, sendPublish } from "./publish_flow.ts";
@@ -185,7 +185,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
 
   /** Stops reading if `rate` just ran out (the sweep releases it: checkTimeouts). */
   private throttle(rate: RateLimit): void {
-    if (rate.exhausted(this.clientId, this.peer.remoteAddress)) this.pauseReading();
+    if (rate.exhausted(this.clientId, this.peer.remoteAddress, this.lastRx)) this.pauseReading();
   }
 
   /** Frames and handles `chunk[0, length)`, then decides whether to go on reading. */
@@ -574,7 +574,15 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
       if (this.acksFull || this.forwardsHeld || this.rate?.held) this.lastRx = now;
-      if (this.rate?.held && this.rate.release(now)) this.released(this.rate);
+      const rate = this.rate;
+      if (rate !== null) {
+        const swept = rate.sweep(now);
+        if (swept === Swept.Released) this.released(rate);
+        else if (swept === Swept.TooLong) {
+          const s = this.host.limits.rate.maxThrottledMs / 1000;
+          return this.disconnect(ReasonCode.MessageRateTooHigh, `over its rate for ${s} s`);
+        }
+      }
       if (certificateExpired(this.peer, now)) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,
         // access ends now, not at the next reconnect (which the handshake would refuse).

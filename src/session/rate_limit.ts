@@ -19,7 +19,15 @@ export interface RateLimits {
   publishesPerSecond: number;
   /** Bytes read per second (limits.max_read_rate). */
   bytesPerSecond: number;
+  /**
+   * How long a client may stay over its rate before it is disconnected (0x96), 0 for ever
+   * (limits.max_throttled_seconds, in ms).
+   */
+  maxThrottledMs: number;
 }
+
+/** What the sweep finds (`RateLimit.sweep`). */
+export const Swept = { Reading: 0, Held: 1, Released: 2, TooLong: 3 } as const;
 
 /** True when `r` bounds anything (a connection then gets a RateLimit at CONNACK). */
 export function rateLimited(r: RateLimits): boolean {
@@ -38,6 +46,12 @@ export class RateLimit {
   held = false;
   /** Held at least once: the log line and mcloudtt_clients_throttled_total count it once. */
   private before = false;
+  /**
+   * Since when the client has been over its rate (ms), -1 when it is not: from a hold until a
+   * sweep finds it not held. A client that keeps sending faster than its rate is held again
+   * soon after each release (what it sent waits in its socket), so every sweep finds it held.
+   */
+  private overSince = -1;
   /** Bytes read but not framed yet, behind the PUBLISH that emptied the bucket: `[0, kept)`. */
   private deferred: Uint8Array | null = null;
   private kept = 0;
@@ -112,9 +126,10 @@ export class RateLimit {
    * True when a bucket just went into debt and reading must stop (sets `held`); the client's
    * first time is logged.
    */
-  exhausted(clientId: string, address: string): boolean {
+  exhausted(clientId: string, address: string, now: number): boolean {
     if (this.held || (this.publishes >= 0 && this.bytes >= 0)) return false;
     this.held = true;
+    if (this.overSince < 0) this.overSince = now;
     this.metrics.clientsThrottled++;
     if (!this.before) {
       this.before = true;
@@ -130,12 +145,22 @@ export class RateLimit {
     return true;
   }
 
-  /** While held: true (and not held any more) once `now` has paid the debt. */
-  release(now: number): boolean {
+  /**
+   * The keep-alive sweep: whether a held client's debt is paid (Released: read it again), and
+   * whether it has been over its rate for longer than limits.max_throttled_seconds (TooLong).
+   */
+  sweep(now: number): number {
+    if (!this.held) {
+      this.overSince = -1;
+      return Swept.Reading;
+    }
+    if (this.r.maxThrottledMs > 0 && now - this.overSince > this.r.maxThrottledMs) {
+      return Swept.TooLong;
+    }
     this.refill(now);
-    if (this.publishes < 0 || this.bytes < 0) return false;
+    if (this.publishes < 0 || this.bytes < 0) return Swept.Held;
     this.unhold();
-    return true;
+    return Swept.Released;
   }
 
   /** The connection closed. */

@@ -248,27 +248,34 @@ Deno.test("attack: a throttled client whose password is removed (reload) is disc
 
 Deno.test({
   name:
-    "attack (left open): a client that dies while deep in debt (here: closes its socket) is not noticed until the debt is paid: its will, keep alive and the throttled gauge wait hours at low rates",
-  // Not fixed (see the report): while held, the transport stops reading the socket, so neither
-  // the peer's FIN nor a reset is seen, and checkTimeouts counts the time held as received (the
-  // client's packets wait in the socket). The debt is bounded only by what the kernel buffers
-  // hold: on Linux a few MiB of 6-byte PUBLISH packets at max_publish_rate 10 is about a day, a
-  // day with the session online, no will, and one connection slot the client no longer pays
-  // for. A fix needs the transport to notice EOF while not reading (or a bound on how long the
-  // keep alive may be suspended), a design decision for the owner.
-  ignore: true,
+    "attack: a client that dies while deep in debt (here: closes its socket) is not noticed until the debt is paid, unless limits.max_throttled_seconds ends it: then its will comes and the gauge is 0",
+  // While held, the transport stops reading the socket, so neither the peer's FIN nor a reset is
+  // seen, and what it sent before it went away is read at its rate first (the debt is bounded
+  // only by the kernel's buffers: at max_publish_rate 10, a few MiB of 6-byte PUBLISH packets
+  // is about a day, with the session online and no will). max_throttled_seconds bounds it.
   fn: async () => {
-    await using b = await startBroker({ limits: { max_publish_rate: 1, sweep_interval_ms: 50 } });
-    await using sub = await subscriber(b.port, "will/#", 0, { clientId: "sub" });
-    const got: string[] = [];
-    sub.on("message", (t) => got.push(t));
-    const c = await RawClient.connect(b.port, 5);
-    await c.handshake("dies", 5, { will: WILL, keepalive: 1 });
-    await c.send(publishes("dies/x", 200, 8));
-    await until("the hold", () => b.broker.metrics.clientsThrottled === 1, 2000);
-    c.close();
-    // Keep alive 1 s: 1.5 s, a sweep, and some slack.
-    await until("the will", () => got.length === 1, 4000);
-    assert.equal(b.broker.metrics.clientsThrottled, 0);
+    for (const seconds of [0, 1]) {
+      await using b = await startBroker({
+        limits: { max_publish_rate: 1, max_throttled_seconds: seconds, sweep_interval_ms: 50 },
+      });
+      await using sub = await subscriber(b.port, "will/#", 0, { clientId: "sub" });
+      const got: string[] = [];
+      sub.on("message", (t) => got.push(t));
+      const c = await RawClient.connect(b.port, 5);
+      await c.handshake("dies", 5, { will: WILL, keepalive: 1 });
+      await c.send(publishes("dies/x", 200, 8));
+      await until("the hold", () => b.broker.metrics.clientsThrottled === 1, 2000);
+      c.close();
+      if (seconds === 0) {
+        // Keep alive 1 s: 1.5 s, a sweep, and some slack; nothing, as the debt is not paid.
+        await new Promise((r) => setTimeout(r, 3000));
+        assert.deepEqual(got, [], "no will while the debt lasts");
+        assert.equal(b.broker.metrics.clientsThrottled, 1);
+        continue;
+      }
+      await until("the will", () => got.length === 1, 4000);
+      assert.equal(b.broker.metrics.clientsThrottled, 0);
+      assert.equal(b.broker.metrics.disconnects.get("0x96"), 1);
+    }
   },
 });

@@ -266,3 +266,46 @@ Deno.test("publishes pipelined behind a CONNECT under a password check count aga
   assert.ok(b.broker.metrics.clientsThrottledTotal >= 1);
   await c[Symbol.asyncDispose]();
 });
+
+Deno.test("limits.max_throttled_seconds: a client that keeps sending faster than its rate gets DISCONNECT 0x96 and its will; one within its rate, or over it only in bursts, stays", async () => {
+  await using b = await startBroker({
+    limits: { max_publish_rate: 100, max_throttled_seconds: 1, sweep_interval_ms: 50 },
+  });
+  await using sub = await subscriber(b.port, ["will/#", "paced/#"], 0, { clientId: "sub" });
+  const wills: string[] = [];
+  sub.on("message", (t) => t.startsWith("will/") && wills.push(t));
+
+  // A flood that never lets up.
+  const flooder = await RawClient.connect(b.port, 5);
+  await flooder.handshake("flooder", 5, {
+    will: { topic: "will/flooder", payload: Buffer.from("gone"), qos: 0, retain: false },
+  });
+  const start = Date.now();
+  const flood = flooder.send(publishes("flood/x", 3000, 16)).catch(() => {});
+  const disconnected = flooder.expect("disconnect", 5000).then((p) => ({ p, at: Date.now() }));
+
+  // Beside it, a burst of 120 once (20 past the bucket: held 0.2 s), then 50 publishes a second
+  // for 3 s: over its rate for a moment only.
+  const paced = await RawClient.connect(b.port, 5);
+  await paced.handshake("paced");
+  await paced.send(publishes("paced/burst", 120, 4));
+  for (let i = 0; i < 30; i++) {
+    await paced.send(publishes("paced/x", 5, 4));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+
+  const d = await disconnected;
+  assert.equal(d.p.reasonCode, 0x96);
+  const after = d.at - start;
+  console.log(`flooder disconnected after ${after} ms`);
+  assert.ok(after >= 1000, `disconnected after ${after} ms`);
+  await flood;
+  const deadline = Date.now() + 3000;
+  while (wills.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(wills, ["will/flooder"]);
+  assert.equal(paced.closed, false, "the paced client was disconnected");
+  await paced.sendPacket({ cmd: "pingreq" });
+  assert.equal((await paced.next(3000))?.cmd, "pingresp");
+  paced.close();
+  flooder.close();
+});
