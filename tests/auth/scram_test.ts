@@ -20,7 +20,17 @@ import {
   subscriber,
 } from "../helpers/broker.ts";
 import { clientTls, makeTestPki } from "../helpers/certs.ts";
-import { SCRAM_SHA_512, ScramClient, TEST_ITERATIONS } from "../helpers/scram_client.ts";
+import {
+  answerScram,
+  authDataOf,
+  connectScram,
+  SCRAM_SHA_512,
+  ScramClient,
+  scramLogin,
+  scramProperties,
+  sendAuth,
+  TEST_ITERATIONS,
+} from "../helpers/scram_client.ts";
 
 type Fields = Packet & Record<string, unknown>;
 
@@ -37,39 +47,6 @@ await Deno.writeTextFile(acl, "pattern readwrite %u/#\n");
 
 const withPasswords = (extra: Record<string, unknown> = {}) =>
   startBroker({ auth: { password_file: passwords, acl_file: acl, ...extra } });
-
-/** Sends CONNECT asking for SCRAM-SHA-512 with `first` as its data. */
-function connectScram(c: RawClient, clientId: string, first: Uint8Array, method = SCRAM_SHA_512) {
-  return c.sendConnect(clientId, 5, {
-    properties: { authenticationMethod: method, authenticationData: Buffer.from(first) },
-  });
-}
-
-function auth(c: RawClient, reasonCode: number, data: Uint8Array, method = SCRAM_SHA_512) {
-  return c.sendPacket({
-    cmd: "auth",
-    reasonCode,
-    properties: { authenticationMethod: method, authenticationData: Buffer.from(data) },
-  });
-}
-
-function dataOf(p: Fields): Uint8Array {
-  return (p.properties as { authenticationData: Uint8Array }).authenticationData;
-}
-
-/** A raw client logged in as `user` by SCRAM; returns it and its SCRAM state. */
-async function scramLogin(port: number, user: string, password: string, clientId = user) {
-  const c = await RawClient.connect(port, 5);
-  const s = new ScramClient(user, password);
-  await connectScram(c, clientId, s.first());
-  const challenge = await c.expect("auth");
-  assert.equal(challenge.reasonCode, 0x18);
-  await auth(c, 0x18, s.final(dataOf(challenge)));
-  const connack = await c.expect("connack");
-  assert.equal(connack.reasonCode, 0);
-  assert.ok(s.verify(dataOf(connack)), "the server proved it holds the password's hash");
-  return c;
-}
 
 Deno.test("the server side of SCRAM matches RFC 7677's test vector (SHA-256)", () => {
   const salt = Buffer.from("W22ZaJ0SNY7soEsUEjb6gQ==", "base64");
@@ -126,19 +103,9 @@ Deno.test("SCRAM-SHA-512 login with MQTT.js: the password never leaves the clien
   let connack: IConnackPacket | undefined;
   await using alice = await connectClient(b.port, {
     clientId: "alice-device",
-    properties: { authenticationMethod: SCRAM_SHA_512, authenticationData: Buffer.from(s.first()) },
+    properties: scramProperties(s),
   }, (client) => {
-    client.handleAuth = (packet, callback) => {
-      const data = packet.properties!.authenticationData as Uint8Array;
-      callback(undefined, {
-        cmd: "auth",
-        reasonCode: 0x18,
-        properties: {
-          authenticationMethod: SCRAM_SHA_512,
-          authenticationData: Buffer.from(s.final(data)),
-        },
-      });
-    };
+    answerScram(client, s);
     client.once("connect", (p) => (connack = p));
   });
   assert.equal(connack?.properties?.authenticationMethod, SCRAM_SHA_512);
@@ -166,7 +133,7 @@ Deno.test("a wrong password and an unknown user get CONNACK 0x86 at the proof; a
   await using c = await RawClient.connect(b.port, 5);
   const s = new ScramClient("alice", "alice-secret");
   await connectScram(c, "a1", s.first());
-  await auth(c, 0x18, s.final(dataOf(await c.expect("auth")), true));
+  await sendAuth(c, 0x18, s.final(authDataOf(await c.expect("auth")), true));
   const refused = await c.expect("connack");
   assert.equal(refused.reasonCode, 0x86);
   await c.expectClosed();
@@ -177,10 +144,10 @@ Deno.test("a wrong password and an unknown user get CONNACK 0x86 at the proof; a
     await using m = await RawClient.connect(b.port, 5);
     const ms = new ScramClient("mallory", "guess");
     await connectScram(m, id, ms.first());
-    const first = Buffer.from(dataOf(await m.expect("auth"))).toString();
+    const first = Buffer.from(authDataOf(await m.expect("auth"))).toString();
     assert.match(first, /^r=[^,]+,s=[A-Za-z0-9+/=]+,i=4096$/);
     salts.push(first.split(",")[1]);
-    await auth(m, 0x18, ms.final(Buffer.from(first)));
+    await sendAuth(m, 0x18, ms.final(Buffer.from(first)));
     assert.equal((await m.expect("connack")).reasonCode, 0x86);
   }
   assert.equal(salts[0], salts[1]);
@@ -197,7 +164,7 @@ Deno.test("a user whose entry is in the older $pbkdf2-sha512$ form (its hash is 
   await using c = await RawClient.connect(b.port, 5);
   const s = new ScramClient("carol", "carol-secret");
   await connectScram(c, "carol-scram", s.first());
-  await auth(c, 0x18, s.final(dataOf(await c.expect("auth"))));
+  await sendAuth(c, 0x18, s.final(authDataOf(await c.expect("auth"))));
   assert.equal((await c.expect("connack")).reasonCode, 0x86);
   await using ok = await connectClient(b.port, {
     clientId: "carol-pw",
@@ -237,7 +204,7 @@ Deno.test("during the exchange only AUTH of the CONNECT's method may come: a PUB
         qos: 0,
       });
     } else {
-      await auth(c, 0x18, s.final(dataOf(challenge)), "SCRAM-SHA-256");
+      await sendAuth(c, 0x18, s.final(authDataOf(challenge)), "SCRAM-SHA-256");
     }
     assert.equal((await c.expect("connack")).reasonCode, 0x82, wrong);
     await c.expectClosed();
@@ -267,21 +234,21 @@ Deno.test("re-authentication: AUTH 0x19 runs SCRAM again while messages flow, an
 
   const c = await scramLogin(b.port, "alice", "alice-secret", "reauth");
   const again = new ScramClient("alice", "alice-secret");
-  await auth(c, 0x19, again.first());
+  await sendAuth(c, 0x19, again.first());
   const challenge = await c.expect("auth");
   assert.equal(challenge.reasonCode, 0x18);
   // Other packets go on during the exchange.
   await c.sendPacket({ cmd: "publish", topic: "alice/during", payload: Buffer.from("x"), qos: 0 });
   assert.equal((await sub.inbox.next()).topic, "alice/during");
-  await auth(c, 0x18, again.final(dataOf(challenge)));
+  await sendAuth(c, 0x18, again.final(authDataOf(challenge)));
   const success = await c.expect("auth");
   assert.equal(success.reasonCode, 0);
-  assert.ok(again.verify(dataOf(success)));
+  assert.ok(again.verify(authDataOf(success)));
 
   // A wrong proof ends the connection.
   const wrong = new ScramClient("alice", "alice-secret");
-  await auth(c, 0x19, wrong.first());
-  await auth(c, 0x18, wrong.final(dataOf(await c.expect("auth")), true));
+  await sendAuth(c, 0x19, wrong.first());
+  await sendAuth(c, 0x18, wrong.final(authDataOf(await c.expect("auth")), true));
   assert.equal((await c.expect("disconnect")).reasonCode, 0x87);
   await c.expectClosed();
   c.close();
@@ -289,13 +256,13 @@ Deno.test("re-authentication: AUTH 0x19 runs SCRAM again while messages flow, an
   // Proving another user does not move the session to them.
   const d = await scramLogin(b.port, "alice", "alice-secret", "reauth2");
   const bob = new ScramClient("bob", "bob-secret");
-  await auth(d, 0x19, bob.first());
-  await auth(d, 0x18, bob.final(dataOf(await d.expect("auth"))));
+  await sendAuth(d, 0x19, bob.first());
+  await sendAuth(d, 0x18, bob.final(authDataOf(await d.expect("auth"))));
   assert.equal((await d.expect("disconnect")).reasonCode, 0x87);
   d.close();
 
   const e = await scramLogin(b.port, "alice", "alice-secret", "reauth3");
-  await auth(e, 0x19, new ScramClient("alice", "alice-secret").first(), "SCRAM-SHA-256");
+  await sendAuth(e, 0x19, new ScramClient("alice", "alice-secret").first(), "SCRAM-SHA-256");
   assert.equal((await e.expect("disconnect")).reasonCode, 0x82);
   e.close();
 });
@@ -321,22 +288,9 @@ Deno.test("with a client certificate, SCRAM must prove the user the certificate 
     const client = await connectClient(b.tlsPort, {
       ...tls,
       clientId: `cert-${user}`,
-      properties: {
-        authenticationMethod: SCRAM_SHA_512,
-        authenticationData: Buffer.from(s.first()),
-      },
+      properties: scramProperties(s),
     }, (cl) => {
-      cl.handleAuth = (packet, callback) =>
-        callback(undefined, {
-          cmd: "auth",
-          reasonCode: 0x18,
-          properties: {
-            authenticationMethod: SCRAM_SHA_512,
-            authenticationData: Buffer.from(
-              s.final(packet.properties!.authenticationData as Uint8Array),
-            ),
-          },
-        });
+      answerScram(cl, s);
       cl.once("connect", (p) => (code = p.reasonCode ?? 0));
     }).then((cl) => cl, (e: Error & { code?: number }) => {
       code = e.code ?? -2;
@@ -365,7 +319,7 @@ Deno.test("an exchange whose AUTH or final CONNACK would not fit the client's Ma
     if (p.cmd === "auth") {
       // The server-first-message fitted: the final CONNACK, with the server's signature, will not.
       assert.ok(2 + (p.length as number) <= max);
-      await auth(c, 0x18, s.final(dataOf(p)));
+      await sendAuth(c, 0x18, s.final(authDataOf(p)));
       p = await c.expect("connack");
     }
     assert.equal(p.cmd, "connack", `max ${max}`);

@@ -11,7 +11,7 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import { collect, connackOf, connectClient, delay } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
-import { SCRAM_SHA_512, ScramClient } from "../helpers/scram_client.ts";
+import { answerScram, ScramClient, scramProperties } from "../helpers/scram_client.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -259,23 +259,9 @@ Deno.test({
         return connectClient(port, {
           clientId: "alice-scram",
           clean: false,
-          properties: {
-            sessionExpiryInterval: 300,
-            authenticationMethod: SCRAM_SHA_512,
-            authenticationData: Buffer.from(s.first()),
-          },
+          properties: scramProperties(s, { sessionExpiryInterval: 300 }),
         }, (client) => {
-          client.handleAuth = (packet, callback) =>
-            callback(undefined, {
-              cmd: "auth",
-              reasonCode: 0x18,
-              properties: {
-                authenticationMethod: SCRAM_SHA_512,
-                authenticationData: Buffer.from(
-                  s.final(packet.properties!.authenticationData as Uint8Array),
-                ),
-              },
-            });
+          answerScram(client, s);
           client.once("connect", (p) => (verified = s.verify(p.properties?.authenticationData)));
           inbox = collect(client);
         }).then((client) => ({ client, verified, inbox: inbox! }));

@@ -4,6 +4,8 @@
  */
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
+import type { MqttClient } from "mqtt";
+import { RawClient } from "./broker.ts";
 
 export const SCRAM_SHA_512 = "SCRAM-SHA-512";
 
@@ -61,3 +63,90 @@ export class ScramClient {
 
 /** Iterations of the PBKDF2 hashes the SCRAM tests write (small: the client derives each login). */
 export const TEST_ITERATIONS = 4096;
+
+/** MQTT.js CONNECT properties asking for SCRAM-SHA-512 with `s`'s client-first-message. */
+export function scramProperties(s: ScramClient, extra: Record<string, unknown> = {}) {
+  return {
+    ...extra,
+    authenticationMethod: SCRAM_SHA_512,
+    authenticationData: Buffer.from(s.first()),
+  };
+}
+
+/**
+ * Makes MQTT.js `client` answer the broker's challenge (AUTH 0x18) with `s`'s proof, as a device
+ * would (MQTT.js leaves the mechanism to `handleAuth`); `challenged` is told each time.
+ */
+export function answerScram(client: MqttClient, s: ScramClient, challenged = () => {}): void {
+  client.handleAuth = (packet, callback) => {
+    challenged();
+    const data = packet.properties!.authenticationData as Uint8Array;
+    callback(undefined, {
+      cmd: "auth",
+      reasonCode: 0x18,
+      properties: {
+        authenticationMethod: SCRAM_SHA_512,
+        authenticationData: Buffer.from(s.final(data)),
+      },
+    });
+  };
+}
+
+/** Sends CONNECT asking for `method` (SCRAM-SHA-512), with `first` as its data when given. */
+export function connectScram(
+  c: RawClient,
+  clientId: string,
+  first: Uint8Array | undefined,
+  method = SCRAM_SHA_512,
+): Promise<void> {
+  return c.sendConnect(clientId, 5, {
+    properties: {
+      authenticationMethod: method,
+      ...(first === undefined ? {} : { authenticationData: Buffer.from(first) }),
+    },
+  });
+}
+
+/** Sends AUTH `reasonCode` for `method`, with `data` when given. */
+export function sendAuth(
+  c: RawClient,
+  reasonCode: number,
+  data?: Uint8Array,
+  method = SCRAM_SHA_512,
+): Promise<void> {
+  return c.sendPacket({
+    cmd: "auth",
+    reasonCode,
+    properties: {
+      authenticationMethod: method,
+      ...(data === undefined ? {} : { authenticationData: Buffer.from(data) }),
+    },
+  });
+}
+
+/** The Authentication Data of an AUTH or CONNACK from the broker. */
+export function authDataOf(p: object): Uint8Array {
+  return (p as { properties: { authenticationData: Uint8Array } }).properties.authenticationData;
+}
+
+/**
+ * A raw client logged in as `user` by SCRAM-SHA-512, having checked the broker's signature in
+ * CONNACK.
+ */
+export async function scramLogin(
+  port: number,
+  user: string,
+  password: string,
+  clientId = user,
+): Promise<RawClient> {
+  const c = await RawClient.connect(port, 5);
+  const s = new ScramClient(user, password);
+  await connectScram(c, clientId, s.first());
+  const challenge = await c.expect("auth");
+  if (challenge.reasonCode !== 0x18) throw new Error(`AUTH 0x${challenge.reasonCode}`);
+  await sendAuth(c, 0x18, s.final(authDataOf(challenge)));
+  const connack = await c.expect("connack");
+  if (connack.reasonCode !== 0) throw new Error(`CONNACK ${connack.reasonCode}`);
+  if (!s.verify(authDataOf(connack))) throw new Error("the broker's signature does not verify");
+  return c;
+}
