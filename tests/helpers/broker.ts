@@ -354,6 +354,28 @@ export class RawClient {
     }
   }
 
+  /**
+   * Subscribes to `filter` at `qos` (SUBSCRIBE `messageId` 1, with `properties` when given) and
+   * checks that the SUBACK grants exactly that QoS.
+   */
+  async subscribe(
+    filter: string,
+    qos: 0 | 1 | 2,
+    protocolVersion: 3 | 4 | 5 = 5,
+    properties?: Record<string, unknown>,
+  ): Promise<void> {
+    await this.sendPacket({
+      cmd: "subscribe",
+      messageId: 1,
+      subscriptions: [{ topic: filter, qos, nl: false, rap: false, rh: 0 }],
+      ...(properties ? { properties } : {}),
+    }, protocolVersion);
+    const granted = (await this.expect("suback")).granted as number[];
+    if (granted.length !== 1 || granted[0] !== qos) {
+      throw new Error(`SUBACK granted ${JSON.stringify(granted)} for QoS ${qos}`);
+    }
+  }
+
   /** Sends CONNECT: clean start, keep alive 60 s; `extra` sets or overrides any field. */
   sendConnect(
     clientId: string,

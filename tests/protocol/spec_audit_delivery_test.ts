@@ -33,8 +33,7 @@ async function rawSubscriber(
 ): Promise<RawClient> {
   const c = await RawClient.connect(port, 5);
   await c.handshake(clientId, 5, { properties: { sessionExpiryInterval: expiry } });
-  await c.sendPacket({ cmd: "subscribe", messageId: 1, subscriptions: [{ topic: filter, qos }] });
-  assert.deepEqual((await c.expect("suback")).granted, [qos]);
+  await c.subscribe(filter, qos);
   return c;
 }
 

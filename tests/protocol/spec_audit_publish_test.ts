@@ -28,22 +28,6 @@ function stringProp(id: number, s: string | Uint8Array): number[] {
   return [id, ...str(s)];
 }
 
-async function rawSubscribe(
-  c: RawClient,
-  filter: string,
-  qos: 0 | 1 | 2,
-  v: 4 | 5 = 5,
-  properties?: Record<string, unknown>,
-): Promise<void> {
-  await c.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: filter, qos }],
-    ...(properties ? { properties } : {}),
-  }, v);
-  assert.deepEqual((await c.expect("suback")).granted, [qos]);
-}
-
 function text(p: Fields): string {
   return new TextDecoder().decode(p.payload as Uint8Array);
 }
@@ -54,10 +38,10 @@ Deno.test("[MQTT-3.3.1-3] the DUP flag of a forwarded PUBLISH is the server's ow
   await using b = await startBroker();
   await using s1 = await RawClient.connect(b.port, 5);
   await s1.handshake("dup-s1");
-  await rawSubscribe(s1, "dup/#", 1);
+  await s1.subscribe("dup/#", 1);
   await using s0 = await RawClient.connect(b.port, 4);
   await s0.handshake("dup-s0", 4);
-  await rawSubscribe(s0, "dup/#", 0, 4);
+  await s0.subscribe("dup/#", 0, 4);
   await using pub = await RawClient.connect(b.port, 5);
   await pub.handshake("dup-pub");
   // A publisher resending (DUP 1) a QoS 1 and a QoS 2 message the server never saw.
@@ -130,8 +114,8 @@ Deno.test("[MQTT-3.3.4-5] a message sent as two PUBLISH packets (a shared and a 
   await using b = await startBroker();
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("two-copies");
-  await rawSubscribe(c, "ov/#", 1, 5, { subscriptionIdentifier: 11 });
-  await rawSubscribe(c, "$share/g/ov/+", 1, 5, { subscriptionIdentifier: 22 });
+  await c.subscribe("ov/#", 1, 5, { subscriptionIdentifier: 11 });
+  await c.subscribe("$share/g/ov/+", 1, 5, { subscriptionIdentifier: 22 });
   await using pub = await connectClient(b.port, { clientId: "ov-pub" });
   await pub.publishAsync("ov/x", "m", { qos: 1 });
   const ids: number[][] = [];
@@ -151,7 +135,7 @@ Deno.test("[MQTT-3.3.4-10] with the client's Receive Maximum used up, PINGRESP, 
   await using b = await startBroker();
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("full-window", 5, { properties: { receiveMaximum: 1 } });
-  await rawSubscribe(c, "win/#", 1);
+  await c.subscribe("win/#", 1);
   await using pub = await connectClient(b.port, { clientId: "win-pub" });
   await pub.publishAsync("win/a", "held-1", { qos: 1 });
   await pub.publishAsync("win/a", "held-2", { qos: 1 });
@@ -218,7 +202,7 @@ Deno.test("[MQTT-3.3.2-7, MQTT-3.3.2-11] server-to-client Topic Aliases start af
   const session = { clean: false, properties: { sessionExpiryInterval: 60, topicAliasMaximum: 2 } };
   const c = await RawClient.connect(b.port, 5);
   await c.handshake("alias-again", 5, session);
-  await rawSubscribe(c, "aliased/#", 1);
+  await c.subscribe("aliased/#", 1);
   await using pub = await connectClient(b.port, { clientId: "alias-pub" });
   await pub.publishAsync("aliased/topic", "one", { qos: 1 });
   await pub.publishAsync("aliased/topic", "two", { qos: 1 });
@@ -287,7 +271,7 @@ Deno.test("3.4.2.1, 3.5.2.1, 3.7.2.1: acknowledgements from the client in their 
   await using b = await startBroker();
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("short-acks", 5, { properties: { receiveMaximum: 1 } });
-  await rawSubscribe(c, "sa/#", 2);
+  await c.subscribe("sa/#", 2);
   await using pub = await connectClient(b.port, { clientId: "sa-pub" });
   for (const m of ["q1-a", "q1-b"]) await pub.publishAsync("sa/1", m, { qos: 1 });
   for (const m of ["q2-a", "q2-b"]) await pub.publishAsync("sa/2", m, { qos: 2 });
@@ -311,7 +295,7 @@ Deno.test("[MQTT-3.14.4-1, MQTT-3.14.4-2] a DISCONNECT sent while deliveries are
   await using b = await startBroker({ limits: { max_outgoing_bytes: 64 * 1024 } });
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("busy");
-  await rawSubscribe(c, "burst/#", 1);
+  await c.subscribe("burst/#", 1);
   await using pub = await connectClient(b.port, { clientId: "burst-pub" });
   const payload = "p".repeat(2048);
   for (let i = 0; i < 300; i++) pub.publish("burst/x", payload, { qos: i % 2 as 0 | 1 });

@@ -198,12 +198,7 @@ Deno.test("[MQTT-3.10.4-3] a QoS 2 delivery under way when its subscription is r
   await using b = await startBroker();
   await using c = await RawClient.connect(b.port, 5);
   await c.handshake("unsub-q2");
-  await c.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "q2/#", qos: 2 }],
-  });
-  await c.expect("suback");
+  await c.subscribe("q2/#", 2);
   await using pub = await connectClient(b.port, { clientId: "q2-pub" });
   await pub.publishAsync("q2/x", "in flight", { qos: 2 });
   const p = await c.expect("publish");
@@ -224,12 +219,7 @@ Deno.test("[MQTT-3.10.4-3] a QoS 1 message sent but unacknowledged when its subs
   const session = { clean: false, properties: { sessionExpiryInterval: 60 } };
   const c = await RawClient.connect(b.port, 5);
   await c.handshake("unsub-q1", 5, session);
-  await c.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: "q1/#", qos: 1 }],
-  });
-  await c.expect("suback");
+  await c.subscribe("q1/#", 1);
   await using pub = await connectClient(b.port, { clientId: "q1-pub" });
   await pub.publishAsync("q1/x", "in flight", { qos: 1 });
   const p = await c.expect("publish");

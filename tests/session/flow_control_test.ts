@@ -10,15 +10,6 @@ import { expectSilence, subscriber } from "../helpers/broker.ts";
 type Version = 4 | 5;
 type Fields = Packet & Record<string, unknown>;
 
-async function subscribe(c: RawClient, v: Version, filter: string, qos: 0 | 1 | 2): Promise<void> {
-  await c.sendPacket({
-    cmd: "subscribe",
-    messageId: 1,
-    subscriptions: [{ topic: filter, qos, nl: false, rap: false, rh: 0 }],
-  }, v);
-  assert.deepEqual((await c.expect("suback")).granted, [qos]);
-}
-
 function ack(c: RawClient, v: Version, cmd: string, messageId: number, reasonCode = 0) {
   return c.sendPacket({ cmd, messageId, reasonCode }, v);
 }
@@ -32,7 +23,7 @@ Deno.test("Receive Maximum 2: a client that does not ack gets 2 QoS 1 messages, 
   await using b = await startBroker();
   await using sub = await RawClient.connect(b.port, 5);
   await sub.handshake("slow", 5, { properties: { receiveMaximum: 2 } });
-  await subscribe(sub, 5, "rm/#", 1);
+  await sub.subscribe("rm/#", 1);
   await using pub = await connectClient(b.port, { clientId: "pub" });
   for (const m of ["a", "b", "c"]) await pub.publishAsync("rm/x", m, { qos: 1 });
 
@@ -52,7 +43,7 @@ Deno.test("Receive Maximum 1: a QoS 2 message holds its slot until PUBCOMP, not 
   await using b = await startBroker();
   await using sub = await RawClient.connect(b.port, 5);
   await sub.handshake("slow", 5, { properties: { receiveMaximum: 1 } });
-  await subscribe(sub, 5, "rm/#", 2);
+  await sub.subscribe("rm/#", 2);
   await using pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("rm/x", "a", { qos: 2 });
   await pub.publishAsync("rm/x", "b", { qos: 2 });
@@ -74,7 +65,7 @@ Deno.test("a PUBREC with a failure code frees the slot and ends that message's f
     clean: true,
     properties: { receiveMaximum: 1, sessionExpiryInterval: 60 },
   });
-  await subscribe(sub, 5, "rm/#", 2);
+  await sub.subscribe("rm/#", 2);
   await using pub = await connectClient(b.port, { clientId: "pub" });
   await pub.publishAsync("rm/x", "refused", { qos: 2 });
   await pub.publishAsync("rm/x", "next", { qos: 2 });
@@ -102,7 +93,7 @@ for (const v of [4, 5] as const) {
     await using b = await startBroker({ limits: { max_inflight_messages: 2 } });
     await using sub = await RawClient.connect(b.port, v);
     await sub.handshake("slow", v, v === 5 ? { properties: { receiveMaximum: 100 } } : {});
-    await subscribe(sub, v, "in/#", 1);
+    await sub.subscribe("in/#", 1, v);
     await using pub = await connectClient(b.port, { clientId: "pub" });
     for (const m of ["a", "b", "c", "d"]) await pub.publishAsync("in/x", m, { qos: 1 });
 
@@ -125,7 +116,7 @@ Deno.test("Maximum Packet Size from the client: a larger message is skipped for 
   await using small = await RawClient.connect(b.port, 5);
   // Receive Maximum 1 shows the skipped QoS 1 message does not hold the only slot.
   await small.handshake("small", 5, { properties: { maximumPacketSize: 64, receiveMaximum: 1 } });
-  await subscribe(small, 5, "size/#", 1);
+  await small.subscribe("size/#", 1);
   await using big = await subscriber(b.port, "size/#", 1, { clientId: "big" });
   await using pub = await connectClient(b.port, { clientId: "pub" });
 
@@ -164,7 +155,7 @@ for (const policy of ["newest", "oldest"] as const) {
       await using s1 = await RawClient.connect(b.port, 5);
       const persistent = { properties: { sessionExpiryInterval: 60 } };
       await s1.handshake("away", 5, persistent);
-      await subscribe(s1, 5, "full/#", 1);
+      await s1.subscribe("full/#", 1);
       await s1.sendPacket({ cmd: "disconnect" }, 5);
       await s1.expectClosed();
 
