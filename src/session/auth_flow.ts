@@ -14,7 +14,7 @@ import {
   PacketType,
 } from "../protocol/decode.ts";
 import { ProtocolError, ReasonCode } from "../protocol/reason_codes.ts";
-import { authenticated, refuse } from "./connect_flow.ts";
+import { authenticated, refuse, requestOf } from "./connect_flow.ts";
 import type { Connection } from "./connection.ts";
 import { State } from "./connection_state.ts";
 import { connackProperties, type Negotiated } from "./negotiate.ts";
@@ -97,7 +97,7 @@ export function onAuth(c: Connection, buf: Uint8Array, start: number, end: numbe
     throw new ProtocolError(ReasonCode.ProtocolError, "AUTH with another authentication method");
   }
   if (p.reasonCode === ReasonCode.ReAuthenticate && a.exchange === null) {
-    const exchange = c.host.exchange(a.method, requestOf(c));
+    const exchange = c.host.exchange(a.method, requestOf(c, c.clientId, c.username, 5));
     if (exchange === undefined) {
       // The method was withdrawn since CONNECT ([auth] reloaded): no longer vouched for.
       return c.disconnect(ReasonCode.NotAuthorized, "authentication method no longer offered");
@@ -119,7 +119,7 @@ function advance(c: Connection, s: AuthStep): void {
   const a = c.auth!;
   if (!s.done) {
     const packet = encodeAuth(ReasonCode.ContinueAuthentication, a.method, s.data);
-    if (fits(c, packet.length)) c.outbox.push(packet);
+    if (c.fits(packet.length)) c.outbox.push(packet);
     else tooLarge(c, "AUTH");
     return;
   }
@@ -132,7 +132,7 @@ function advance(c: Connection, s: AuthStep): void {
     n.auth = { method: a.method, data: s.data };
     if (s.decision.ok) {
       const size = encodeConnack(5, true, 0, connackProperties(n, c.host.limits)).length;
-      if (!fits(c, size)) return tooLarge(c, "CONNACK");
+      if (!c.fits(size)) return tooLarge(c, "CONNACK");
     }
     // As for a password check: nothing more is read until the session is attached.
     c.pauseReading();
@@ -147,13 +147,8 @@ function advance(c: Connection, s: AuthStep): void {
     return c.disconnect(ReasonCode.NotAuthorized, "re-authenticated as another user");
   }
   const packet = encodeAuth(ReasonCode.Success, a.method, s.data);
-  if (fits(c, packet.length)) c.outbox.push(packet);
+  if (c.fits(packet.length)) c.outbox.push(packet);
   else tooLarge(c, "AUTH");
-}
-
-/** Whether a packet of `size` bytes fits the client's Maximum Packet Size [MQTT-3.1.2-24]. */
-function fits(c: Connection, size: number): boolean {
-  return c.clientMaxPacket <= 0 || size <= c.clientMaxPacket;
 }
 
 /**
@@ -164,18 +159,4 @@ function tooLarge(c: Connection, what: string): void {
   const reason = `${what} of the exchange exceeds the client's Maximum Packet Size`;
   if (c.state === State.Connected) c.disconnect(ReasonCode.PacketTooLarge, reason);
   else refuse(c, ReasonCode.PacketTooLarge, reason);
-}
-
-/** What a re-authentication is judged on: the connection's certificate and client id. */
-function requestOf(c: Connection): ConnectRequest {
-  const peer = c.peer;
-  return {
-    clientId: c.clientId,
-    username: c.username,
-    certificateIdentity: peer.certificateIdentity,
-    certificateVerified: peer.certificateVerified,
-    certificateRefusal: peer.certificateRefusal,
-    remoteAddress: peer.remoteAddress,
-    protocolLevel: 5,
-  };
 }

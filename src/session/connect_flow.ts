@@ -61,17 +61,9 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   c.sendWindow = n.sendWindow;
   c.aliasMax = n.clientTopicAliasMax;
 
-  const req: ConnectRequest = {
-    clientId: n.clientId,
-    username: pkt.username,
-    password: pkt.password,
-    certificateIdentity: c.peer.certificateIdentity,
-    certificateVerified: c.peer.certificateVerified,
-    certificateRefusal: c.peer.certificateRefusal,
-    remoteAddress: c.peer.remoteAddress,
-    protocolLevel: pkt.protocolLevel,
-    acceptedAt: c.since,
-  };
+  const req = requestOf(c, n.clientId, pkt.username, pkt.protocolLevel);
+  req.password = pkt.password;
+  req.acceptedAt = c.since;
   const method = pkt.properties.authenticationMethod;
   if (method !== undefined) return startExchange(c, method, req, pkt, n);
   const decision = host.authenticate(req);
@@ -80,6 +72,28 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   } else {
     authenticated(c, decision, pkt, n);
   }
+}
+
+/**
+ * What authentication judges `c` on: `clientId`, `username` and what its socket showed
+ * (certificate, address). The CONNECT adds its password; a re-authentication has none.
+ */
+export function requestOf(
+  c: Connection,
+  clientId: string,
+  username: string | undefined,
+  protocolLevel: ProtocolLevel,
+): ConnectRequest {
+  const peer = c.peer;
+  return {
+    clientId,
+    username,
+    certificateIdentity: peer.certificateIdentity,
+    certificateVerified: peer.certificateVerified,
+    certificateRefusal: peer.certificateRefusal,
+    remoteAddress: peer.remoteAddress,
+    protocolLevel,
+  };
 }
 
 /** Holds reading and packet handling until `step` (authentication, attach) is done. */
@@ -111,7 +125,7 @@ export function refuse(c: Connection, code: number, reason: string, login = fals
     c.clientMaxPacket,
   );
   // Under 5 bytes even a refusal does not fit the client's Maximum Packet Size [MQTT-3.1.2-24].
-  if (c.clientMaxPacket <= 0 || connack.length <= c.clientMaxPacket) c.outbox.push(connack);
+  if (c.fits(connack.length)) c.outbox.push(connack);
   c.end(false);
 }
 

@@ -30,7 +30,7 @@ import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
 import { type AuthState, duringExchange, onAuth } from "./auth_flow.ts";
 import { onConnect } from "./connect_flow.ts";
-import { failConnection } from "./failure.ts";
+import { failConnection, notMqtt } from "./failure.ts";
 import { State } from "./connection_state.ts";
 import {
   type AttachingConnection,
@@ -91,6 +91,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
    * grants 0 to every client, and those that asked for more may still name a value.
    */
   connectExpiryZero = false;
+
+  /** Whether a packet of `size` bytes may be sent: the client's Maximum Packet Size [MQTT-3.1.2-24]. */
+  fits(size: number): boolean {
+    return this.clientMaxPacket <= 0 || size <= this.clientMaxPacket;
+  }
   /** Topic aliases this connection may use towards the client (0: none), and their table. */
   aliasMax = 0;
   aliases: OutboundAliases | null = null;
@@ -165,7 +170,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     if (this.state !== State.Connected) {
       if (this.state === State.Closed) return;
       if (this.state === State.AwaitingConnect && this.framer.idle && length > 0) {
-        if (chunk[0] !== FIRST_CONNECT_BYTE) return this.notMqtt(chunk[0]);
+        if (chunk[0] !== FIRST_CONNECT_BYTE) return notMqtt(this, chunk[0]);
       }
     }
     const now = this.lastRx = this.host.clock.now();
@@ -326,20 +331,6 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     failConnection(this, e);
   }
 
-  /**
-   * The first byte cannot start a CONNECT (an HTTP request, a TLS hello, a
-   * port scan): no answer is owed, and waiting for the length it claims would
-   * hold the connection for the whole connect timeout. Cut it at once.
-   */
-  private notMqtt(byte: number): void {
-    this.host.metrics.protocolErrors++;
-    log.info("closing {addr}: not MQTT (first byte {byte})", {
-      addr: this.peer.remoteAddress,
-      byte: `0x${byte.toString(16).padStart(2, "0")}`,
-    });
-    this.closed();
-  }
-
   /** OutboxOwner: the transport failed. */
   writeFailed(_e: unknown): void {
     this.closed();
@@ -427,7 +418,11 @@ export class Connection implements ConnectionHandler, AttachingConnection {
     }
     if (type === PacketType.PUBLISH) {
       onPublish(this, flags, buf, start, end);
-      return this.open && (this.rate === null || this.rate.mayGoOn);
+      const rate = this.rate;
+      if (rate === null) return this.open;
+      // Counted here, so a read stops at the PUBLISH that used the last token (rate_limit.ts).
+      rate.published();
+      return this.open && rate.mayGoOn;
     }
     checkFixedHeader(type, flags, this.level);
     const session = this.session!;

@@ -2,7 +2,8 @@
  * How a connection ends on an error: an MQTT error (a protocol violation, a limit) gets its
  * reason code, in CONNACK before CONNECT was accepted (MQTT 5 only) or in DISCONNECT after, and
  * an info line; anything else is a bug or a throwing authenticator or authorizer, answered with
- * 0x83 and an error line. Either way only this connection pays for it.
+ * 0x83 and an error line. Either way only this connection pays for it. Bytes that are not MQTT at
+ * all close it without a word.
  */
 import { getLogger } from "@logtape/logtape";
 import { hex } from "../ops/log.ts";
@@ -48,4 +49,18 @@ export function failConnection(c: Connection, e: unknown): void {
     return;
   }
   c.disconnect(code, message);
+}
+
+/**
+ * The first byte of `c` cannot start a CONNECT (an HTTP request, a TLS hello, a port scan): no
+ * answer is owed, and waiting for the length it claims would hold the connection for the whole
+ * connect timeout. Cut it at once.
+ */
+export function notMqtt(c: Connection, byte: number): void {
+  c.host.metrics.protocolErrors++;
+  log.info("closing {addr}: not MQTT (first byte {byte})", {
+    addr: c.peer.remoteAddress,
+    byte: `0x${byte.toString(16).padStart(2, "0")}`,
+  });
+  c.closed();
 }

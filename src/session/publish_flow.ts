@@ -30,7 +30,6 @@ export function onPublish(
   end: number,
 ): void {
   const host = c.host;
-  c.rate?.published();
   const topics = c.topics ??= new InboundTopics(host.limits, c.v5);
   const p = decodePublish(buf, start, end, flags, c.v5, topics.last);
   host.metrics.receivedByQos[p.qos]++;

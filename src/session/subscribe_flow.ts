@@ -89,7 +89,7 @@ export function onUnsubscribe(c: Connection, buf: Uint8Array, start: number, end
  * would otherwise wait for it forever. False when the connection closed.
  */
 function reply(c: Connection, packet: Uint8Array, what: string): boolean {
-  if (c.clientMaxPacket <= 0 || packet.length <= c.clientMaxPacket) {
+  if (c.fits(packet.length)) {
     c.outbox.push(packet);
     return true;
   }
