@@ -61,9 +61,7 @@ export function onConnect(c: Connection, buf: Uint8Array, start: number, end: nu
   c.sendWindow = n.sendWindow;
   c.aliasMax = n.clientTopicAliasMax;
 
-  const req = requestOf(c, n.clientId, pkt.username, pkt.protocolLevel);
-  req.password = pkt.password;
-  req.acceptedAt = c.since;
+  const req = requestOf(c, n.clientId, pkt.username, pkt.protocolLevel, pkt.password, c.since);
   const method = pkt.properties.authenticationMethod;
   if (method !== undefined) return startExchange(c, method, req, pkt, n);
   const decision = host.authenticate(req);
@@ -83,16 +81,21 @@ export function requestOf(
   clientId: string,
   username: string | undefined,
   protocolLevel: ProtocolLevel,
+  password?: Uint8Array,
+  acceptedAt?: number,
 ): ConnectRequest {
   const peer = c.peer;
+  // One object shape for every login (a connect storm makes many).
   return {
     clientId,
     username,
+    password,
     certificateIdentity: peer.certificateIdentity,
     certificateVerified: peer.certificateVerified,
     certificateRefusal: peer.certificateRefusal,
     remoteAddress: peer.remoteAddress,
     protocolLevel,
+    acceptedAt,
   };
 }
 
