@@ -25,6 +25,8 @@ export interface AuthState {
   exchange: AuthExchange | null;
   /** The CONNECT the exchange answers, until CONNACK; null for a re-authentication. */
   connect: { pkt: ConnectPacket; n: Negotiated } | null;
+  /** When the re-authentication under way began (clock ms): it has `limits.connect_timeout`. */
+  since: number;
 }
 
 /** CONNECT asked for enhanced authentication by `method`: its first step, or 0x8C. */
@@ -39,7 +41,7 @@ export function startExchange(
   if (exchange === undefined) {
     return refuse(c, ReasonCode.BadAuthenticationMethod, `authentication method not offered`);
   }
-  c.auth = { method, exchange, connect: { pkt, n } };
+  c.auth = { method, exchange, connect: { pkt, n }, since: 0 };
   // The client has proven nothing yet: its AUTH packets are held to the CONNECT's bound, not
   // limits.max_packet_size (raised for what is pipelined behind CONNECT, which the backlog
   // bounds). Else a stranger made the broker keep a packet of max_packet_size per socket until
@@ -103,6 +105,7 @@ export function onAuth(c: Connection, buf: Uint8Array, start: number, end: numbe
       return c.disconnect(ReasonCode.NotAuthorized, "authentication method no longer offered");
     }
     a.exchange = exchange;
+    a.since = c.host.clock.now();
     return advance(c, exchange.step(p.data));
   }
   if (p.reasonCode === ReasonCode.ContinueAuthentication && a.exchange !== null) {
@@ -112,6 +115,20 @@ export function onAuth(c: Connection, buf: Uint8Array, start: number, end: numbe
     ReasonCode.ProtocolError,
     `AUTH 0x${p.reasonCode.toString(16)} out of turn`,
   );
+}
+
+/**
+ * Called by the keep-alive sweep: a re-authentication started and left unfinished for longer than
+ * `limits.connect_timeout` ends the connection with 0x87, as the same exchange before CONNACK
+ * would. Else a client could keep an exchange (its nonces and the authenticator's state) open for
+ * ever, and go on under the identity it set out to prove again. True when it ended it.
+ */
+export function reauthOverdue(c: Connection, now: number): boolean {
+  const a = c.auth;
+  if (a === null || a.exchange === null || a.connect !== null) return false;
+  if (now - a.since <= c.host.limits.connectTimeoutMs) return false;
+  c.disconnect(ReasonCode.NotAuthorized, "re-authentication not finished in time");
+  return true;
 }
 
 /** The exchange's next step: more data for the client, or its end. */

@@ -28,7 +28,7 @@ import {
 } from "../protocol/reason_codes.ts";
 import type { PublishInfo } from "../sinks/types.ts";
 import { AckQueue } from "./acks.ts";
-import { type AuthState, duringExchange, onAuth } from "./auth_flow.ts";
+import { type AuthState, duringExchange, onAuth, reauthOverdue } from "./auth_flow.ts";
 import { onConnect } from "./connect_flow.ts";
 import { failConnection, notMqtt } from "./failure.ts";
 import { State } from "./connection_state.ts";
@@ -578,6 +578,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
           return this.disconnect(ReasonCode.MessageRateTooHigh, `over its rate for ${s} s`);
         }
       }
+      if (reauthOverdue(this, now)) return;
       if (certificateExpired(this.peer, now)) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,
         // access ends now, not at the next reconnect (which the handshake would refuse).

@@ -332,3 +332,41 @@ Deno.test("attack: an unknown user's SCRAM salt is stable and its iteration coun
   // alice stands out: hers is the count of no other entry.
   assert.equal((await firstOf("alice")).iterations, `i=${TEST_ITERATIONS}`);
 });
+
+Deno.test("attack: a re-authentication started and never finished ends the connection with DISCONNECT 0x87 once limits.connect_timeout passes, though the client keeps its keep alive; one finished in time does not", async () => {
+  await using b = await startBroker({
+    auth: { password_file: passwords },
+    limits: { connect_timeout: 1, sweep_interval_ms: 50 },
+  });
+  const c = await scramLogin(b.port, "alice", "alice-secret", "stall-reauth");
+  // A re-authentication finished within the timeout leaves the connection as it was.
+  const ok = new ScramClient("alice", "alice-secret");
+  await sendAuth(c, 0x19, ok.first());
+  await delay(600);
+  await sendAuth(c, 0x18, ok.final(authDataOf(await c.expect("auth"))));
+  assert.equal((await c.expect("auth")).reasonCode, 0);
+  await delay(700);
+  await c.sendPacket({ cmd: "pingreq" });
+  await c.expect("pingresp");
+  // This one stops after the server's challenge, and the client goes on pinging.
+  const s = new ScramClient("alice", "alice-secret");
+  const start = performance.now();
+  await sendAuth(c, 0x19, s.first());
+  await c.expect("auth");
+  const pinging = setInterval(() => c.sendPacket({ cmd: "pingreq" }).catch(() => {}), 200);
+  try {
+    let d = await c.next();
+    let pings = 0;
+    // Bounded: without the timeout the PINGRESPs would go on for ever.
+    for (; d?.cmd === "pingresp" && pings < 30; d = await c.next()) pings++;
+    const ms = performance.now() - start;
+    assert.equal(d?.cmd, "disconnect");
+    assert.equal((d as { reasonCode?: number }).reasonCode, 0x87);
+    assert.ok(pings >= 3, `${pings} PINGRESP before the DISCONNECT`);
+    assert.ok(ms >= 1000 && ms < 2500, `disconnected after ${Math.round(ms)} ms`);
+  } finally {
+    clearInterval(pinging);
+  }
+  await c.expectClosed();
+  c.close();
+});
