@@ -276,6 +276,11 @@ export class Broker {
       throw this.startAborted ? new BrokerStopped() : e;
     }
     try {
+      if (!this.customAuth && c.auth.scram && c.auth.password_file !== "") {
+        // What SCRAM answers for an unknown user must last as a real user's salt does: across
+        // restarts (a durable store) and from every node of a cluster (Redis).
+        this.policy.options.decoyKey = await core.store.secret("scram-decoy");
+      }
       // The bus first: subscriptions restored from the store become routes the cluster learns.
       await core.bus.start(core);
       await core.bus.settled?.();

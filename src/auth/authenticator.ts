@@ -25,6 +25,12 @@ export interface PolicyOptions {
   passwords: PasswordFile | null;
   /** Offer SCRAM-SHA-512 enhanced authentication against `passwords` ([auth] scram). */
   scram?: boolean;
+  /**
+   * Keys the made-up SCRAM salts of unknown users (`PasswordFile.scramDecoy`). The broker sets
+   * the store's secret (`Store.secret`), kept across restarts and shared by a cluster's nodes;
+   * without it, a key of this process.
+   */
+  decoyKey?: Uint8Array;
   allowAnonymous: boolean;
   /** The client id must equal the certificate identity. */
   requireClientIdMatch: boolean;
@@ -161,7 +167,7 @@ export class PolicyAuthenticator implements Authenticator {
     const scram = new ScramExchange(
       "sha512",
       (u): ScramCredentials | undefined => passwords.scramCredentials(u),
-      (u) => passwords.scramDecoy(u),
+      (u) => passwords.scramDecoy(u, this.options.decoyKey),
     );
     let first = true;
     const finish = (decision: AuthDecision, data?: Uint8Array): AuthStep => {

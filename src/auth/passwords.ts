@@ -17,8 +17,11 @@ export const DEFAULT_ITERATIONS = 210_000;
 
 const SCHEME = "pbkdf2-sha512";
 const SCRAM_SCHEME = "scram-sha512";
-/** Keys the decoy salts of SCRAM logins as unknown users: one per process. */
-const DECOY_KEY = crypto.getRandomValues(new Uint8Array(32));
+/**
+ * Keys the decoy salts of SCRAM logins as unknown users when the caller has no lasting key (the
+ * broker passes its store's secret).
+ */
+const PROCESS_DECOY_KEY = crypto.getRandomValues(new Uint8Array(32));
 const SALT_BYTES = 16;
 const KEY_BYTES = 64;
 const MIN_SALT_BYTES = 8;
@@ -202,12 +205,13 @@ export class PasswordFile {
   }
 
   /**
-   * Made-up SCRAM credentials for a user without an entry: a salt derived from the name (the
-   * same at every attempt and after every reload, as a real user's is) and the file's usual
-   * iteration count, so the exchange does not tell who exists.
+   * Made-up SCRAM credentials for a user without an entry: a salt derived from the name by `key`
+   * (the same at every attempt and after every reload, as a real user's is; across restarts and
+   * cluster nodes too when `key` is the store's secret) and the file's usual iteration count, so
+   * the exchange does not tell who exists.
    */
-  scramDecoy(username: string): ScramCredentials {
-    const salt = createHmac("sha512", DECOY_KEY).update(username).digest().subarray(0, SALT_BYTES);
+  scramDecoy(username: string, key: Uint8Array = PROCESS_DECOY_KEY): ScramCredentials {
+    const salt = createHmac("sha512", key).update(username).digest().subarray(0, SALT_BYTES);
     const { iterations, hash } = this.#dummy;
     return { salt, iterations, storedKey: hash, serverKey: hash };
   }

@@ -9,6 +9,7 @@ import {
   compareTopics,
   type RetainedCount,
   type RetainedPageSize,
+  SECRET_BYTES,
   type SessionState,
   type Store,
   type StoredMessage,
@@ -21,6 +22,7 @@ export class MemoryStore implements Store {
   readonly shared = false;
   private readonly sessions = new Map<string, SessionState>();
   private readonly retained = new Map<string, StoredMessage>();
+  private readonly secrets = new Map<string, Uint8Array>();
 
   /** `durable` true makes the core journal into this store (tests, contract). */
   constructor(readonly durable = false) {}
@@ -64,6 +66,16 @@ export class MemoryStore implements Store {
       }
     }
     if (page.length > 0) yield page;
+  }
+
+  /** Kept as long as this object: the in-memory store outlives nothing. */
+  secret(name: string): Promise<Uint8Array> {
+    let s = this.secrets.get(name);
+    if (s === undefined) {
+      s = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
+      this.secrets.set(name, s);
+    }
+    return Promise.resolve(s);
   }
 
   countRetained(after: string | null, now: number): Promise<RetainedCount> {

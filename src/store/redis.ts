@@ -27,7 +27,7 @@
  * node fails with {@link StaleSessionError} and changes nothing.
  */
 import { Cluster, type Redis } from "ioredis";
-import type { Buffer } from "node:buffer";
+import { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { MqttError, ReasonCode } from "../protocol/reason_codes.ts";
 import { MissingSessionError } from "./errors.ts";
@@ -35,6 +35,7 @@ import {
   type ClusterStore,
   type RetainedCount,
   type RetainedPageSize,
+  SECRET_BYTES,
   type SessionState,
   type StoredMessage,
   type StoredWill,
@@ -435,6 +436,21 @@ export class RedisStore implements ClusterStore {
 
   countRetained(after: string | null, now: number): Promise<RetainedCount> {
     return this.retained.count(after, now);
+  }
+
+  /**
+   * One key of no expiry, set only if absent (SET NX): the first node to ask makes it, the
+   * others and every later start read the same bytes.
+   */
+  async secret(name: string): Promise<Uint8Array> {
+    const key = this.keys.secret(name);
+    const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
+    await this.client.set(key, Buffer.from(fresh), "NX");
+    const value = await this.client.getBuffer(key);
+    if (value === null || value.length !== SECRET_BYTES) {
+      throw new Error(`redis: ${key} is not a secret of ${SECRET_BYTES} bytes`);
+    }
+    return new Uint8Array(value);
   }
 
   // ---- node death: called by the core when the bus reports nodeDown(nodeId)

@@ -42,6 +42,11 @@ export class RedisKeys {
     return `${this.prefix}:{ret}:v:${topic}`;
   }
 
+  /** A secret kept for the cluster (RedisStore.secret). */
+  secret(name: string): string {
+    return `${this.prefix}:secret:${name}`;
+  }
+
   /** SCAN pattern of every session's meta key. */
   get metaPattern(): string {
     return `${this.prefix.replace(/[*?[\]\\]/g, "\\$&")}:{s:*}:meta`;

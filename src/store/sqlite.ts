@@ -36,16 +36,17 @@ import {
   subscriptionRow,
   subscriptionValues,
 } from "./sqlite_rows.ts";
-import type {
-  RetainedCount,
-  RetainedPageSize,
-  SessionState,
-  Store,
-  StoredDelivery,
-  StoredInflight,
-  StoredMessage,
-  StoredSubscription,
-  StoreOp,
+import {
+  type RetainedCount,
+  type RetainedPageSize,
+  SECRET_BYTES,
+  type SessionState,
+  type Store,
+  type StoredDelivery,
+  type StoredInflight,
+  type StoredMessage,
+  type StoredSubscription,
+  type StoreOp,
 } from "./types.ts";
 
 export interface SqliteStoreOptions {
@@ -326,6 +327,24 @@ export class SqliteStore implements Store {
         ? st.retainedCountAll.get(now)
         : st.retainedCountAfter.get(topicKey(after), now);
       return Promise.resolve({ count: Number(r?.n ?? 0), expired: Number(r?.x ?? 0) });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** A row of the `meta` table (sqlite_schema.ts), written once in its own transaction. */
+  secret(name: string): Promise<Uint8Array> {
+    try {
+      this.statements();
+      const db = this.db!;
+      const key = `secret:${name}`;
+      const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
+      db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)").run(key, fresh);
+      const value = db.prepare("SELECT value FROM meta WHERE key = ?").get(key)?.value;
+      if (!(value instanceof Uint8Array) || value.length !== SECRET_BYTES) {
+        throw new Error(`storage: ${this.path}: meta row ${key} is not a secret`);
+      }
+      return Promise.resolve(value);
     } catch (e) {
       return Promise.reject(e);
     }

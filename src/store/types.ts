@@ -251,7 +251,17 @@ export interface Store {
    * that has, and counts 0 expired.
    */
   countRetained(after: string | null, now: number): Promise<RetainedCount>;
+  /**
+   * {@link SECRET_BYTES} random bytes made the first time `name` is asked for and kept with the
+   * state: the same after a restart of a durable store, and for every node sharing one (Redis).
+   * What keys the broker's made-up answers for unknown users (SCRAM decoy salts), so that they
+   * look as lasting as a real user's.
+   */
+  secret(name: string): Promise<Uint8Array>;
 }
+
+/** Size of a {@link Store.secret}. */
+export const SECRET_BYTES = 32;
 
 /**
  * What a store shared by a cluster (Redis) adds: fencing a session to the

@@ -309,9 +309,8 @@ Deno.test("attack: a session taken over (same client id, a password login) while
 
 Deno.test("attack: an unknown user's SCRAM salt is stable and its iteration count is the one most entries have, so only entries hashed with another count stand out", async () => {
   // Left as it is (see README): an entry whose iteration count differs from most entries' stands
-  // out, as its password check's time already does; and the decoy salts are keyed per process,
-  // so a real user can be told from an unknown one across a restart or between two cluster
-  // nodes (their salts do not change, an unknown user's do).
+  // out, as its password check's time already does. The decoy salts last as long as the store's
+  // secret (the next test; the cluster's in tests/cluster/e2e_users_test.ts).
   const file = join(dir, "mixed");
   await Deno.writeTextFile(
     file,
@@ -369,4 +368,27 @@ Deno.test("attack: a re-authentication started and never finished ends the conne
   }
   await c.expectClosed();
   c.close();
+});
+
+Deno.test("attack: an unknown user's SCRAM salt survives a restart of a broker with the embedded store (the decoy key is its secret), so a salt that moves does not tell an unknown user from a real one; in memory it is the process's", async () => {
+  const data = join(dir, "data");
+  const saltOf = async (port: number, user: string) => {
+    await using c = await RawClient.connect(port, 5);
+    await connectScram(c, `salt-${user}`, new ScramClient(user, "guess").first());
+    return Buffer.from(authDataOf(await c.expect("auth"))).toString().split(",")[1];
+  };
+  const run = async (storage: boolean) => {
+    await using b = await startBroker({
+      auth: { password_file: passwords },
+      storage: { enabled: storage, dir: data },
+    });
+    return { nobody: await saltOf(b.port, "nobody"), alice: await saltOf(b.port, "alice") };
+  };
+  const first = await run(true);
+  assert.deepEqual(await run(true), first);
+  // In memory nothing outlives the process: a real user's salt stays, an unknown one's moves.
+  const inMemory = [await run(false), await run(false)];
+  assert.equal(inMemory[0].alice, first.alice);
+  assert.equal(inMemory[1].alice, first.alice);
+  assert.notEqual(inMemory[0].nobody, inMemory[1].nobody);
 });

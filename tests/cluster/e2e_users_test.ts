@@ -8,10 +8,16 @@ import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import type { MqttClient } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import { collect, connackOf, connectClient, delay } from "../helpers/broker.ts";
+import { collect, connackOf, connectClient, delay, RawClient } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
-import { answerScram, ScramClient, scramProperties } from "../helpers/scram_client.ts";
+import {
+  answerScram,
+  authDataOf,
+  connectScram,
+  ScramClient,
+  scramProperties,
+} from "../helpers/scram_client.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
@@ -277,5 +283,32 @@ Deno.test({
       assert.ok(second.verified, "node b proved it too");
       assert.equal((await second.inbox.next(10_000)).payload, "while away");
       await second.client.endAsync();
+    }),
+});
+
+Deno.test({
+  name: "cluster: an unknown user's SCRAM salt is the same from every node and after a node " +
+    "restarts (the decoy key is the cluster's secret in Redis), so no node tells a real user " +
+    "from an unknown one by a salt that moves",
+  ...opts,
+  fn: () =>
+    withAcl(async (args) => {
+      await using cluster = await TestCluster.start({ names: ["a", "b"], args });
+      const saltOf = async (port: number, user: string) => {
+        await using c = await RawClient.connect(port, 5);
+        await connectScram(c, `probe-${user}`, new ScramClient(user, "guess").first());
+        return Buffer.from(authDataOf(await c.expect("auth"))).toString().split(",")[1];
+      };
+      const [a, b] = cluster.nodes;
+      const nobody = await saltOf(a.port, "nobody");
+      const alice = await saltOf(a.port, "alice");
+      assert.match(nobody, /^s=/);
+      assert.equal(await saltOf(b.port, "nobody"), nobody);
+      assert.equal(await saltOf(b.port, "alice"), alice);
+      assert.notEqual(await saltOf(b.port, "nobody2"), nobody);
+      await a.stop();
+      const again = await cluster.add("a");
+      assert.equal(await saltOf(again.port, "nobody"), nobody);
+      assert.equal(await saltOf(again.port, "alice"), alice);
     }),
 });

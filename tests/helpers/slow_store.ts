@@ -59,6 +59,10 @@ export class SlowStore implements Store {
     return this.inner.retainedPages(size, after);
   }
 
+  secret(name: string): Promise<Uint8Array> {
+    return this.inner.secret(name);
+  }
+
   countRetained(after: string | null, now: number): Promise<RetainedCount> {
     return this.inner.countRetained(after, now);
   }

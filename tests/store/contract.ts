@@ -16,7 +16,13 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import { MissingSessionError } from "../../src/store/errors.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
-import type { RetainedPageSize, Store, StoredMessage, StoreOp } from "../../src/store/types.ts";
+import {
+  type RetainedPageSize,
+  SECRET_BYTES,
+  type Store,
+  type StoredMessage,
+  type StoreOp,
+} from "../../src/store/types.ts";
 import {
   ALL_BYTES,
   delivery,
@@ -59,6 +65,8 @@ export const CONTRACT_CASES = [
   "a batch written again leaves the state as written once",
   "reopen keeps everything",
   "random journals load as the memory model does",
+  "a secret is made once per name",
+  "a secret outlives a reopen",
 ] as const;
 
 export type ContractCase = typeof CONTRACT_CASES[number];
@@ -662,6 +670,31 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
     "random journals load as the memory model does": () => {
       throw new Error("run by runStoreContract");
     },
+
+    "a secret is made once per name": async (store, o) => {
+      const [a, b] = await Promise.all([store.secret("a"), store.secret("a")]);
+      assert.equal(a.length, SECRET_BYTES);
+      assert.deepEqual(b, a);
+      assert.deepEqual(await store.secret("a"), a);
+      const other = await store.secret("b");
+      assert.equal(other.length, SECRET_BYTES);
+      assert.notDeepEqual(other, a);
+      // Random, not derived from the name alone: the same name in a new store differs.
+      const fresh = await o.newStore();
+      await fresh.open();
+      try {
+        assert.notDeepEqual(await fresh.secret("a"), a);
+      } finally {
+        await fresh.close();
+      }
+      // Sessions and retained messages are not disturbed by it.
+      assert.deepEqual(await store.loadSessions(), []);
+      assert.deepEqual(await loadRetained(store), []);
+    },
+
+    "a secret outlives a reopen": () => {
+      throw new Error("run by runStoreContract");
+    },
   };
 }
 
@@ -669,8 +702,8 @@ function cases<S extends Store>(): Record<ContractCase, Body<S>> {
 export function runStoreContract<S extends Store>(o: StoreContractOptions<S>): void {
   const skipped = new Map<string, string>();
   for (const group of o.skip ?? []) for (const t of group.tests) skipped.set(t, group.reason);
-  if (!o.reopen && !skipped.has("reopen keeps everything")) {
-    skipped.set("reopen keeps everything", "no reopen factory given");
+  for (const name of ["reopen keeps everything", "a secret outlives a reopen"] as const) {
+    if (!o.reopen && !skipped.has(name)) skipped.set(name, "no reopen factory given");
   }
 
   const withStore = async (fn: (store: S) => Promise<void>) => {
@@ -724,6 +757,19 @@ export function runStoreContract<S extends Store>(o: StoreContractOptions<S>): v
       await second.close();
     }
     // `withStore` closes `first` again: closing twice must be harmless.
+  };
+  bodies["a secret outlives a reopen"] = async (first) => {
+    const made = await first.secret("decoy");
+    await first.write([{ type: "session", state: session("c1") }]);
+    await first.close();
+    const second = await o.reopen!(first);
+    await second.open();
+    try {
+      assert.deepEqual(await second.secret("decoy"), made);
+      assert.equal((await second.loadSessions()).length, 1);
+    } finally {
+      await second.close();
+    }
   };
   bodies["random journals load as the memory model does"] = async () => {
     await fc.assert(
