@@ -276,16 +276,17 @@ export class Broker {
       throw this.startAborted ? new BrokerStopped() : e;
     }
     try {
-      if (!this.customAuth && c.auth.scram && c.auth.password_file !== "") {
-        // What SCRAM answers for an unknown user must last as a real user's salt does: across
-        // restarts (a durable store) and from every node of a cluster (Redis).
-        this.policy.options.decoyKey = await core.store.secret("scram-decoy");
-      }
       // The bus first: subscriptions restored from the store become routes the cluster learns.
       await core.bus.start(core);
       await core.bus.settled?.();
       // Stopped while the bus settled: its connections are closed already.
       if (this.startAborted) throw new BrokerStopped();
+      if (!this.customAuth && c.auth.scram && c.auth.password_file !== "") {
+        // What SCRAM answers for an unknown user must last as a real user's salt does: across
+        // restarts (a durable store) and from every node of a cluster (Redis). Asked once the bus
+        // has settled: a node that started while Redis refused writes (full) waited there.
+        this.policy.options.decoyKey = await core.store.secret("scram-decoy");
+      }
       this.opening = false;
       await core.start();
       this.metrics.topicLog = () => sinkStats(core.sink);

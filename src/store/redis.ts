@@ -440,13 +440,17 @@ export class RedisStore implements ClusterStore {
 
   /**
    * One key of no expiry, set only if absent (SET NX): the first node to ask makes it, the
-   * others and every later start read the same bytes.
+   * others and every later start read the same bytes. Read first: a Redis that is full
+   * (`noeviction`) refuses every SET, even one that would change nothing.
    */
   async secret(name: string): Promise<Uint8Array> {
     const key = this.keys.secret(name);
-    const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
-    await this.client.set(key, Buffer.from(fresh), "NX");
-    const value = await this.client.getBuffer(key);
+    let value = await this.client.getBuffer(key);
+    if (value === null) {
+      const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
+      await this.client.set(key, Buffer.from(fresh), "NX");
+      value = await this.client.getBuffer(key);
+    }
     if (value === null || value.length !== SECRET_BYTES) {
       throw new Error(`redis: ${key} is not a secret of ${SECRET_BYTES} bytes`);
     }
