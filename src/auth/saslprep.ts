@@ -3,8 +3,22 @@
  * (Unicode 3.2, RFC 3454) come from `@mongodb-js/saslprep`, the one MongoDB's drivers prepare SCRAM
  * passwords with. This wrapper tells stored strings from queries, names why a string is refused,
  * and answers a string that prepares to nothing (the package fails on it with a TypeError).
+ *
+ * The package is imported by the first string that is not printable ASCII, not with the broker:
+ * unpacking its tables costs ~2 MiB of heap and ~6 MiB of RSS (measured after a full GC), which a
+ * broker that never sees such a password must not carry (tests/ops/footprint_test.ts holds an
+ * idle node under 8 MiB of heap; loaded eagerly, it measured 9.2).
  */
-import prepare from "@mongodb-js/saslprep";
+type Prepare = (input: string, opts?: { allowUnassigned?: boolean }) => string;
+
+let loading: Promise<Prepare> | undefined;
+
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+
+function load(): Promise<Prepare> {
+  loading ??= import("@mongodb-js/saslprep").then((m) => m.default);
+  return loading;
+}
 
 /** Raised when SASLprep refuses a string; the message says which character and why. */
 export class SaslprepError extends Error {
@@ -21,16 +35,20 @@ export type SaslprepUse = "stored" | "query";
 /**
  * `text` prepared by SASLprep: non-ASCII spaces mapped to SPACE, "commonly mapped to nothing"
  * characters (U+00AD, U+200B...) removed, NFKC, then prohibited characters and the bidi rules
- * checked. Throws SaslprepError when the profile refuses `text`. May return "" (only characters
- * mapped to nothing): RFC 4013 allows it, so a caller that cannot use it refuses it itself.
+ * checked. Rejects with SaslprepError when the profile refuses `text`. May return "" (only
+ * characters mapped to nothing): RFC 4013 allows it, so a caller that cannot use it refuses it.
  */
-export function saslprep(text: string, use: SaslprepUse): string {
+export async function saslprep(text: string, use: SaslprepUse): Promise<string> {
+  // Printable ASCII is left as it is (nothing in it is mapped, normalized or prohibited): most
+  // passwords, which then need not load the tables at all.
+  if (PRINTABLE_ASCII.test(text)) return text;
+  const prepare = await load();
   const allowUnassigned = use === "query";
   try {
     return prepare(text, { allowUnassigned });
   } catch (error) {
-    if (error instanceof TypeError && emptyAfterMapping(text, allowUnassigned)) return "";
-    throw new SaslprepError(reasonOf(text, error, allowUnassigned));
+    if (error instanceof TypeError && emptyAfterMapping(prepare, text, allowUnassigned)) return "";
+    throw new SaslprepError(reasonOf(prepare, text, error, allowUnassigned));
   }
 }
 
@@ -38,7 +56,7 @@ export function saslprep(text: string, use: SaslprepUse): string {
  * Whether `text` maps to nothing: the package reads the first character of its result without
  * checking there is one. A leading "a" gives it one, and leaves the rest of the check alone.
  */
-function emptyAfterMapping(text: string, allowUnassigned: boolean): boolean {
+function emptyAfterMapping(prepare: Prepare, text: string, allowUnassigned: boolean): boolean {
   try {
     return prepare(`a${text}`, { allowUnassigned }) === "a";
   } catch {
@@ -51,7 +69,12 @@ function emptyAfterMapping(text: string, allowUnassigned: boolean): boolean {
  * not where, so the characters are tried one by one (each alone fails the same rule as in the
  * string, as prohibition and assignment are properties of one code point).
  */
-function reasonOf(text: string, error: unknown, allowUnassigned: boolean): string {
+function reasonOf(
+  prepare: Prepare,
+  text: string,
+  error: unknown,
+  allowUnassigned: boolean,
+): string {
   const message = error instanceof Error ? error.message : String(error);
   const failsAlone = (rule: string) =>
     [...text].find((c) => {
