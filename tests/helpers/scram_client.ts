@@ -64,6 +64,21 @@ export class ScramClient {
 /** Iterations of the PBKDF2 hashes the SCRAM tests write (small: the client derives each login). */
 export const TEST_ITERATIONS = 4096;
 
+/**
+ * A password file entry as `passwd` wrote it before passwords were prepared with SASLprep: the
+ * keys of `password`'s bytes as they are (`$scram-sha512$`), computed here apart from the broker.
+ */
+export function rawScramEntry(password: string | Uint8Array, iterations = TEST_ITERATIONS): string {
+  const salt = randomBytes(16);
+  const salted = pbkdf2Sync(password, salt, iterations, 64, "sha512");
+  const clientKey = createHmac("sha512", salted).update("Client Key").digest();
+  const storedKey = createHash("sha512").update(clientKey).digest();
+  const serverKey = createHmac("sha512", salted).update("Server Key").digest();
+  return `$scram-sha512$${iterations}$${salt.toString("base64")}$${storedKey.toString("base64")}$${
+    serverKey.toString("base64")
+  }`;
+}
+
 /** MQTT.js CONNECT properties asking for SCRAM-SHA-512 with `s`'s client-first-message. */
 export function scramProperties(s: ScramClient, extra: Record<string, unknown> = {}) {
   return {
