@@ -6,10 +6,15 @@
  * its hash is SCRAM's SaltedPassword itself, enough to make a SCRAM proof, so SCRAM is not run
  * on it (a leaked file would otherwise log anyone in).
  *
+ * Keys are derived from the password prepared by SASLprep (saslprep.ts), as SCRAM's SaltedPassword
+ * is (RFC 5802 section 2.2), so a non-ASCII password entered in another form (a no-break space, a
+ * full-width letter) gives the same keys, here and in SCRAM clients, which prepare it too.
+ *
  * Derivation is deliberately slow (PBKDF2, 210000 iterations by default, roughly 100 ms of CPU).
  * The broker must call `verify` only at CONNECT, never on the per-message hot path.
  */
 import { createHmac } from "node:crypto";
+import { saslprep, SaslprepError } from "./saslprep.ts";
 import { type ScramCredentials, scramKeys } from "./scram.ts";
 
 /** OWASP (2023) recommendation for PBKDF2-HMAC-SHA512. */
@@ -80,9 +85,25 @@ export function splitPasswordLine(line: string): { username: string; encoded: st
 }
 
 /**
- * Hashes `password` (UTF-8) into the `$scram-sha512$<iterations>$<salt>$<StoredKey>$<ServerKey>`
- * form (password and SCRAM logins), or with `scheme` "pbkdf2-sha512" into the older
- * `$pbkdf2-sha512$<iterations>$<salt>$<hash>` (password logins only).
+ * Returns why `password` cannot be stored (SASLprep refuses it as a stored string, or it prepares
+ * to nothing), or undefined when it can.
+ */
+export async function passwordProblem(password: string): Promise<string | undefined> {
+  try {
+    if (await storedForm(password) !== "") return undefined;
+  } catch (error) {
+    if (!(error instanceof SaslprepError)) throw error;
+    return `password cannot be prepared with SASLprep: ${error.message}`;
+  }
+  return "password is empty once prepared with SASLprep (it has only characters mapped to " +
+    "nothing, such as U+00AD)";
+}
+
+/**
+ * Hashes `password`, prepared by SASLprep and encoded as UTF-8, into the
+ * `$scram-sha512$<iterations>$<salt>$<StoredKey>$<ServerKey>` form (password and SCRAM logins), or
+ * with `scheme` "pbkdf2-sha512" into the older `$pbkdf2-sha512$<iterations>$<salt>$<hash>`
+ * (password logins only). Rejects with SaslprepError for a password `passwordProblem` refuses.
  */
 export async function hashPassword(
   password: string,
@@ -92,8 +113,11 @@ export async function hashPassword(
   if (!validIterations(iterations)) {
     throw new RangeError(`iterations must be an integer between 1 and ${MAX_ITERATIONS}`);
   }
+  const problem = await passwordProblem(password);
+  if (problem !== undefined) throw new SaslprepError(problem);
   const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
-  const hash = await derive(new TextEncoder().encode(password), salt, iterations, KEY_BYTES);
+  const prepared = new TextEncoder().encode(await storedForm(password));
+  const hash = await derive(prepared, salt, iterations, KEY_BYTES);
   if (scheme === SCHEME) return `$${SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(hash)}`;
   const { storedKey, serverKey } = scramKeys("sha512", hash);
   return `$${SCRAM_SCHEME}$${iterations}$${toBase64(salt)}$${toBase64(storedKey)}$${
@@ -216,16 +240,64 @@ export class PasswordFile {
     return { salt, iterations, storedKey: hash, serverKey: hash };
   }
 
-  /** Checks `password` for `username`; unknown users take as long as a wrong password. */
+  /**
+   * Checks `password` for `username`; unknown users take as long as a wrong password.
+   *
+   * MQTT passwords are binary data: bytes that are UTF-8 and that SASLprep accepts (as a query:
+   * unassigned code points allowed) are checked in their prepared form, as `hashPassword` wrote
+   * it; other bytes as they are. When the prepared form differs from the bytes sent, the bytes
+   * as they are are tried too, so an entry written before passwords were prepared (from the raw
+   * UTF-8 of, say, "pass\u00A0word") still verifies: one more derivation, for such passwords only.
+   *
+   * Timing: whether that second derivation runs depends on the password sent alone, never on the
+   * entry, so a wrong password costs the same for every user, known or not (the dummy takes the
+   * same path). Only a right password stops after the first derivation when its entry is in the
+   * prepared form, which tells the sender the entry's form: once they know the password.
+   */
   async verify(username: string, password: Uint8Array): Promise<boolean> {
     const entry = this.#entries.get(username);
     const target = entry ?? this.#dummy;
-    const derived = await derive(password, target.salt, target.iterations, KEY_BYTES);
-    // A `$scram-sha512$` entry keeps the StoredKey of the derived key, not the key.
-    const key = target.serverKey === undefined ? derived : scramKeys("sha512", derived).storedKey;
-    const same = constantTimeEqual(key, target.hash);
+    const prepared = await preparedDiffering(password);
+    if (prepared !== undefined && await matches(target, prepared)) return entry !== undefined;
+    const same = await matches(target, password);
     return entry !== undefined && same;
   }
+}
+
+/** SASLprep with the stored-string rules; rejects with SaslprepError. */
+function storedForm(password: string): Promise<string> {
+  return saslprep(password, "stored");
+}
+
+/**
+ * The UTF-8 of `password` prepared by SASLprep (query rules) when that differs from `password`;
+ * undefined when it is the same, or when the bytes are not UTF-8 or SASLprep refuses them (a
+ * binary password, or one that `passwd` could not have written: checked as it is).
+ */
+async function preparedDiffering(password: Uint8Array): Promise<Uint8Array | undefined> {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(password);
+  } catch {
+    return undefined;
+  }
+  let prepared: string;
+  try {
+    prepared = await saslprep(text, "query");
+  } catch (error) {
+    if (error instanceof SaslprepError) return undefined;
+    throw error;
+  }
+  if (prepared === text) return undefined;
+  return new TextEncoder().encode(prepared);
+}
+
+/** Whether the key derived from `password` is `target`'s. */
+async function matches(target: ParsedHash, password: Uint8Array): Promise<boolean> {
+  const derived = await derive(password, target.salt, target.iterations, KEY_BYTES);
+  // A `$scram-sha512$` entry keeps the StoredKey of the derived key, not the key.
+  const key = target.serverKey === undefined ? derived : scramKeys("sha512", derived).storedKey;
+  return constantTimeEqual(key, target.hash);
 }
 
 /**

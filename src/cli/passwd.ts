@@ -12,6 +12,7 @@ import {
   hashPassword,
   PasswordFile,
   PasswordFileError,
+  passwordProblem,
   splitPasswordLine,
   usernameProblem,
 } from "../auth/passwords.ts";
@@ -132,6 +133,10 @@ async function setUser(options: Options, password: string): Promise<void> {
   if (new TextEncoder().encode(password).length > MAX_PASSWORD_BYTES) {
     throw new PasswdCommandError(`password must be at most ${MAX_PASSWORD_BYTES} bytes`);
   }
+  // Keys are derived from the password as SASLprep prepares it (SCRAM's rule): one it refuses,
+  // a control character say, could be entered by no standard SCRAM client.
+  const problem = await passwordProblem(password);
+  if (problem !== undefined) throw new PasswdCommandError(problem);
   const lines = options.create ? [] : await readLines(options.file);
   const entry = `${options.user}:${await hashPassword(password, options.iterations)}`;
   const index = lines.findIndex((line) => splitPasswordLine(line)?.username === options.user);

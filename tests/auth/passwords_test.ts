@@ -1,10 +1,15 @@
 import assert from "node:assert/strict";
+import { createHash, createHmac, pbkdf2Sync } from "node:crypto";
+import { Buffer } from "node:buffer";
 import {
   DEFAULT_ITERATIONS,
   hashPassword,
   PasswordFile,
   PasswordFileError,
+  passwordProblem,
 } from "../../src/auth/passwords.ts";
+import { SaslprepError } from "../../src/auth/saslprep.ts";
+import { rawScramEntry } from "../helpers/scram_client.ts";
 
 // Low iteration counts keep the suite fast; one test exercises the default.
 const FAST = 1000;
@@ -40,10 +45,70 @@ Deno.test("entries in the older $pbkdf2-sha512$ form still verify passwords, but
   assert.ok(file.scramCredentials("v") !== undefined);
 });
 
-Deno.test("non-ASCII passwords and binary MQTT passwords verify byte for byte", async () => {
+Deno.test("non-ASCII passwords that SASLprep leaves as they are verify byte for byte", async () => {
   const file = PasswordFile.parse(`ü:${await hashPassword("pässwörd€", FAST)}`, "mem");
   assert.equal(await file.verify("ü", bytes("pässwörd€")), true);
   assert.equal(await file.verify("ü", new TextEncoder().encode("passwörd€")), false);
+});
+
+// "pass<NO-BREAK SPACE>word<FULLWIDTH LATIN CAPITAL LETTER A>": SASLprep makes it "pass wordA".
+const TYPED = "pass\u00A0word\uFF21";
+const PREPARED = "pass wordA";
+
+Deno.test("hashPassword keys the password SASLprep prepares, so it verifies in either form, and those keys are SCRAM's for the prepared form", async () => {
+  const encoded = await hashPassword(TYPED, FAST);
+  const file = PasswordFile.parse(`u:${encoded}`, "mem");
+  assert.equal(await file.verify("u", bytes(TYPED)), true);
+  assert.equal(await file.verify("u", bytes(PREPARED)), true);
+  assert.equal(await file.verify("u", bytes("pass wordB")), false);
+  assert.equal(await file.verify("u", bytes("pass\u00A0word\uFF22")), false);
+  // The StoredKey is that of Hi("pass wordA"), computed apart from the broker.
+  const [, , , salt, storedKey] = encoded.split("$");
+  const salted = pbkdf2Sync(PREPARED, Buffer.from(salt, "base64"), FAST, 64, "sha512");
+  const clientKey = createHmac("sha512", salted).update("Client Key").digest();
+  assert.equal(createHash("sha512").update(clientKey).digest("base64"), storedKey);
+});
+
+Deno.test("entries written before passwords were prepared (keys of the raw UTF-8) still verify: an ASCII password as ever, a non-ASCII one in the form it was written with", async () => {
+  const file = PasswordFile.parse(
+    `ascii:${rawScramEntry("s3cret pw", FAST)}\nold:${rawScramEntry(TYPED, FAST)}`,
+    "mem",
+  );
+  assert.equal(await file.verify("ascii", bytes("s3cret pw")), true);
+  assert.equal(await file.verify("ascii", bytes("s3cret\u00A0pw")), true, "prepared to the entry");
+  assert.equal(await file.verify("ascii", bytes("s3cret")), false);
+  // The prepared form is tried first and differs; the raw bytes, tried next, are the entry's.
+  assert.equal(await file.verify("old", bytes(TYPED)), true);
+  // The raw entry knows nothing of "pass wordA" until `passwd` writes the user again.
+  assert.equal(await file.verify("old", bytes(PREPARED)), false);
+});
+
+Deno.test("MQTT passwords that are not UTF-8, or that SASLprep refuses, are checked as their bytes", async () => {
+  const binary = new Uint8Array([0xff, 0x00, 0xc3, 0x28, 0x07]);
+  const control = "bell\u0007";
+  const file = PasswordFile.parse(
+    `bin:${rawScramEntry(binary, FAST)}\nctl:${rawScramEntry(control, FAST)}`,
+    "mem",
+  );
+  assert.equal(await file.verify("bin", binary), true);
+  assert.equal(await file.verify("bin", binary.subarray(1)), false);
+  assert.equal(await file.verify("ctl", bytes(control)), true);
+});
+
+Deno.test("hashPassword refuses a password SASLprep refuses as a stored string, and passwordProblem says why", async () => {
+  const cases: [string, RegExp][] = [
+    ["bell\u0007", /SASLprep: it contains U\+0007, a control character/],
+    ["private\uE000", /U\+E000, a private-use character/],
+    ["smile\u{1F600}", /U\+1F600 unassigned in Unicode 3\.2/],
+    ["\u0627\u0031", /right-to-left/],
+    ["\u00AD", /empty once prepared with SASLprep/],
+  ];
+  for (const [password, reason] of cases) {
+    assert.match(await passwordProblem(password) ?? "", reason, JSON.stringify(password));
+    await assert.rejects(hashPassword(password, FAST), SaslprepError);
+  }
+  assert.equal(await passwordProblem(TYPED), undefined);
+  assert.equal(await passwordProblem("s3cret"), undefined);
 });
 
 Deno.test("unknown user is rejected after a derivation as slow as a known user's", async () => {

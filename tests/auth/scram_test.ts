@@ -1,8 +1,9 @@
 /**
  * MQTT 5 enhanced authentication with SCRAM-SHA-512 against the password file: the server side
  * against the RFC's test vector, then MQTT.js and raw clients over real sockets (a login, wrong
- * and unknown users, methods not offered, protocol errors, the connect timeout, re-authentication,
- * and a client certificate that must name the same user).
+ * and unknown users, a non-ASCII password prepared with SASLprep, methods not offered, protocol
+ * errors, the connect timeout, re-authentication, and a client certificate that must name the same
+ * user).
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
@@ -24,6 +25,7 @@ import {
   answerScram,
   authDataOf,
   connectScram,
+  rawScramEntry,
   SCRAM_SHA_512,
   ScramClient,
   scramLogin,
@@ -172,6 +174,50 @@ Deno.test("a user whose entry is in the older $pbkdf2-sha512$ form (its hash is 
     password: "carol-secret",
   });
   assert.ok(ok.connected);
+});
+
+Deno.test("a password typed with a no-break space and a full-width letter logs in by SCRAM from clients that apply SASLprep, as client libraries do, and by a plain MQTT login in either form; an ASCII password's entry written before SASLprep still serves both", async () => {
+  // SASLprep maps U+00A0 to SPACE and U+FF33 (FULLWIDTH LATIN CAPITAL LETTER S) to "S".
+  const typed = "open\u00A0\uFF33esame";
+  const file = join(dir, "prepared");
+  await Deno.writeTextFile(
+    file,
+    `dana:${await hashPassword(typed, TEST_ITERATIONS)}\nerin:${rawScramEntry("erin secret")}\n`,
+  );
+  await using b = await startBroker({ auth: { password_file: file } });
+
+  // A raw client, as typed and as prepared; then MQTT.js answering the challenge itself.
+  for (const [id, password] of [["dana-typed", typed], ["dana-ascii", "open Sesame"]]) {
+    // scramLogin throws unless CONNACK is 0 and carries the server's signature.
+    (await scramLogin(b.port, "dana", password, id, { saslprep: true })).close();
+  }
+  const s = new ScramClient("dana", typed, { saslprep: true });
+  await using js = await connectClient(b.port, {
+    clientId: "dana-js",
+    properties: scramProperties(s),
+  }, (client) => answerScram(client, s));
+  assert.ok(js.connected);
+
+  // A client that derives from the bytes as typed proves another password, as with any SCRAM
+  // server that prepares.
+  await using raw = await RawClient.connect(b.port, 5);
+  const unprepared = new ScramClient("dana", typed);
+  await connectScram(raw, "dana-unprepared", unprepared.first());
+  await sendAuth(raw, 0x18, unprepared.final(authDataOf(await raw.expect("auth"))));
+  assert.equal((await raw.expect("connack")).reasonCode, 0x86);
+
+  for (const [id, password] of [["dana-pw-typed", typed], ["dana-pw-ascii", "open Sesame"]]) {
+    await using pw = await connectClient(b.port, { clientId: id, username: "dana", password });
+    assert.ok(pw.connected, id);
+  }
+  (await scramLogin(b.port, "erin", "erin secret", "erin-scram", { saslprep: true })).close();
+  await using erin = await connectClient(b.port, {
+    clientId: "erin-pw",
+    username: "erin",
+    password: "erin secret",
+  });
+  assert.ok(erin.connected);
+  assert.equal(b.broker.metrics.authFailures, 1);
 });
 
 Deno.test("an authentication method not offered gets CONNACK 0x8C: another method, [auth] scram = false, or no password file", async () => {

@@ -126,6 +126,44 @@ Deno.test("passwd without -c refuses a missing file and an empty stdin", async (
   });
 });
 
+Deno.test("passwd refuses a password SASLprep refuses, saying why, and leaves the file alone", async () => {
+  await withTempDir(async (dir) => {
+    const file = `${dir}/passwd`;
+    assert.equal((await runLocal(["-c", ...FAST, file, "alice", "a"])).code, 0);
+    const before = await Deno.readTextFile(file);
+    const bell = await runCli([...FAST, file, "bob"], "ring\u0007\n");
+    assert.equal(bell.code, 1, bell.stderr);
+    assert.equal(
+      bell.stderr,
+      "mcloudtt passwd: password cannot be prepared with SASLprep: it contains U+0007, a " +
+        "control character that SASLprep prohibits (RFC 4013 section 2.3)\n",
+    );
+    const cases: [string, RegExp][] = [
+      ["\u{10FFFD}x", /U\+10FFFD, a private-use character/],
+      ["smile\u{1F600}", /U\+1F600 unassigned in Unicode 3\.2/],
+      ["\u00AD", /empty once prepared with SASLprep/],
+    ];
+    for (const [password, reason] of cases) {
+      const result = await runLocal([...FAST, file, "bob", password]);
+      assert.equal(result.code, 1, JSON.stringify(password));
+      assert.match(result.stderr, /^mcloudtt passwd: /);
+      assert.match(result.stderr, reason);
+    }
+    assert.equal(await Deno.readTextFile(file), before);
+  });
+});
+
+Deno.test("passwd stores the password SASLprep prepares: a no-break space and a full-width letter verify as typed and as plain ASCII", async () => {
+  await withTempDir(async (dir) => {
+    const file = `${dir}/passwd`;
+    const result = await runCli(["-c", ...FAST, file, "alice"], "open\u00A0\uFF33esame\n");
+    assert.equal(result.code, 0, result.stderr);
+    assert.equal(await verify(file, "alice", "open\u00A0\uFF33esame"), true);
+    assert.equal(await verify(file, "alice", "open Sesame"), true);
+    assert.equal(await verify(file, "alice", "open sesame"), false);
+  });
+});
+
 Deno.test("passwd refuses to edit a malformed file and leaves it untouched", async () => {
   await withTempDir(async (dir) => {
     const file = `${dir}/passwd`;

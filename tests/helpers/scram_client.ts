@@ -5,19 +5,30 @@
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
 import type { MqttClient } from "mqtt";
+import saslprep from "@mongodb-js/saslprep";
 import { RawClient } from "./broker.ts";
 
 export const SCRAM_SHA_512 = "SCRAM-SHA-512";
+
+export interface ScramClientOptions {
+  /**
+   * Prepare the password with SASLprep before deriving from it, as RFC 5802's Normalize asks and
+   * client libraries do (MongoDB's drivers with this same package); off, its UTF-8 is used as typed.
+   */
+  saslprep?: boolean;
+}
 
 /** One login: `first()`, then `final(serverFirst)`, then `verify(serverFinal)`. */
 export class ScramClient {
   readonly nonce = randomBytes(18).toString("base64");
   private bare: string;
   private serverSignature: Buffer | null = null;
+  private readonly password: string;
 
-  constructor(user: string, private readonly password: string) {
+  constructor(user: string, password: string, options: ScramClientOptions = {}) {
     const name = user.replaceAll("=", "=3D").replaceAll(",", "=2C");
     this.bare = `n=${name},r=${this.nonce}`;
+    this.password = options.saslprep ? saslprep(password) : password;
   }
 
   /** client-first-message. */
@@ -63,6 +74,21 @@ export class ScramClient {
 
 /** Iterations of the PBKDF2 hashes the SCRAM tests write (small: the client derives each login). */
 export const TEST_ITERATIONS = 4096;
+
+/**
+ * A password file entry as `passwd` wrote it before passwords were prepared with SASLprep: the
+ * keys of `password`'s bytes as they are (`$scram-sha512$`), computed here apart from the broker.
+ */
+export function rawScramEntry(password: string | Uint8Array, iterations = TEST_ITERATIONS): string {
+  const salt = randomBytes(16);
+  const salted = pbkdf2Sync(password, salt, iterations, 64, "sha512");
+  const clientKey = createHmac("sha512", salted).update("Client Key").digest();
+  const storedKey = createHash("sha512").update(clientKey).digest();
+  const serverKey = createHmac("sha512", salted).update("Server Key").digest();
+  return `$scram-sha512$${iterations}$${salt.toString("base64")}$${storedKey.toString("base64")}$${
+    serverKey.toString("base64")
+  }`;
+}
 
 /** MQTT.js CONNECT properties asking for SCRAM-SHA-512 with `s`'s client-first-message. */
 export function scramProperties(s: ScramClient, extra: Record<string, unknown> = {}) {
@@ -138,9 +164,10 @@ export async function scramLogin(
   user: string,
   password: string,
   clientId = user,
+  options: ScramClientOptions = {},
 ): Promise<RawClient> {
   const c = await RawClient.connect(port, 5);
-  const s = new ScramClient(user, password);
+  const s = new ScramClient(user, password, options);
   await connectScram(c, clientId, s.first());
   const challenge = await c.expect("auth");
   if (challenge.reasonCode !== 0x18) throw new Error(`AUTH 0x${challenge.reasonCode}`);
