@@ -85,8 +85,8 @@ export function splitPasswordLine(line: string): { username: string; encoded: st
 }
 
 /**
- * Returns why `password` cannot be stored (SASLprep refuses it as a stored string, or it prepares
- * to nothing), or undefined when it can.
+ * Returns why `password` cannot be stored (SASLprep refuses it, or it prepares to nothing), or
+ * undefined when it can.
  */
 export async function passwordProblem(password: string): Promise<string | undefined> {
   try {
@@ -264,9 +264,15 @@ export class PasswordFile {
   }
 }
 
-/** SASLprep with the stored-string rules; rejects with SaslprepError. */
+/**
+ * SASLprep as for a query: code points unassigned in Unicode 3.2 are allowed. The stored-string
+ * rules would refuse every emoji and every character Unicode added since 2002 in a password, which
+ * the user chose and a plain login takes as it is; a SCRAM client that prepares with the strict
+ * rules fails on such a password on its own side, one that does not sends what this stores.
+ * Rejects with SaslprepError (prohibited characters, the bidi rules).
+ */
 function storedForm(password: string): Promise<string> {
-  return saslprep(password, "stored");
+  return saslprep(password, "query");
 }
 
 /**

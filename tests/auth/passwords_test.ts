@@ -95,11 +95,10 @@ Deno.test("MQTT passwords that are not UTF-8, or that SASLprep refuses, are chec
   assert.equal(await file.verify("ctl", bytes(control)), true);
 });
 
-Deno.test("hashPassword refuses a password SASLprep refuses as a stored string, and passwordProblem says why", async () => {
+Deno.test("hashPassword refuses a password SASLprep refuses, and passwordProblem says why; code points unassigned in Unicode 3.2 (an emoji) are taken", async () => {
   const cases: [string, RegExp][] = [
     ["bell\u0007", /SASLprep: it contains U\+0007, a control character/],
     ["private\uE000", /U\+E000, a private-use character/],
-    ["smile\u{1F600}", /U\+1F600 unassigned in Unicode 3\.2/],
     ["\u0627\u0031", /right-to-left/],
     ["\u00AD", /empty once prepared with SASLprep/],
   ];
@@ -109,6 +108,11 @@ Deno.test("hashPassword refuses a password SASLprep refuses as a stored string, 
   }
   assert.equal(await passwordProblem(TYPED), undefined);
   assert.equal(await passwordProblem("s3cret"), undefined);
+  const emoji = "smile\u{1F600}";
+  assert.equal(await passwordProblem(emoji), undefined);
+  const file = PasswordFile.parse(`e:${await hashPassword(emoji, FAST)}`, "mem");
+  assert.equal(await file.verify("e", bytes(emoji)), true);
+  assert.equal(await file.verify("e", bytes("smile")), false);
 });
 
 Deno.test("unknown user is rejected after a derivation as slow as a known user's", async () => {
