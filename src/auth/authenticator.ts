@@ -9,7 +9,7 @@ import type { Acl } from "./acl.ts";
 import { AuthBusyError } from "./limiter.ts";
 import type { PasswordFile } from "./passwords.ts";
 import { PasswordVerifier, type VerifierOptions } from "./verifier.ts";
-import { type ScramCredentials, ScramExchange } from "./scram.ts";
+import { type ScramCredentials, ScramExchange, type ScramHash } from "./scram.ts";
 import type {
   AuthDecision,
   Authenticator,
@@ -56,8 +56,17 @@ const BAD_CLIENT_ID = 0x85;
 const BUSY = 0x89;
 const BAD_AUTH_METHOD = 0x8c;
 
-/** The enhanced-authentication method offered (against the password file). */
+/** The enhanced-authentication method offered for `$scram-sha512$` entries. */
 export const SCRAM_METHOD = "SCRAM-SHA-512";
+
+/**
+ * The enhanced-authentication methods offered against the password file, each with its hash: a
+ * user's entry serves the mechanism of its hash (`mcloudtt passwd --hash`).
+ */
+const SCRAM_METHODS: ReadonlyMap<string, ScramHash> = new Map([
+  [SCRAM_METHOD, "sha512"],
+  ["SCRAM-SHA-256", "sha256"],
+]);
 
 /**
  * A failed SCRAM step: a wrong proof or unknown user is a bad user name or password; a message
@@ -155,19 +164,20 @@ export class PolicyAuthenticator implements Authenticator {
   }
 
   /**
-   * SCRAM-SHA-512 (scram.ts) against the password file, when [auth] scram offers it. The user
-   * it proves is held to the same certificate rules as a password login's: with a certificate
-   * that names someone, only that someone.
+   * SCRAM-SHA-512 or SCRAM-SHA-256 (scram.ts) against the password file, when [auth] scram
+   * offers it. The user it proves is held to the same certificate rules as a password login's:
+   * with a certificate that names someone, only that someone.
    */
   exchange(method: string, req: ConnectRequest): AuthExchange | undefined {
     const passwords = this.options.passwords;
-    if (method !== SCRAM_METHOD || this.options.scram === false || passwords === null) {
+    const digest = SCRAM_METHODS.get(method);
+    if (digest === undefined || this.options.scram === false || passwords === null) {
       return undefined;
     }
     const scram = new ScramExchange(
-      "sha512",
-      (u): ScramCredentials | undefined => passwords.scramCredentials(u),
-      (u) => passwords.scramDecoy(u, this.options.decoyKey),
+      digest,
+      (u): ScramCredentials | undefined => passwords.scramCredentials(u, digest),
+      (u) => passwords.scramDecoy(u, this.options.decoyKey, digest),
     );
     let first = true;
     const finish = (decision: AuthDecision, data?: Uint8Array): AuthStep => {

@@ -8,7 +8,7 @@
 import { createHash, createHmac, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
 
-/** The hashes SCRAM is run with here (SHA-256 only for the RFC 7677 test vector). */
+/** The hashes SCRAM is run with here: SCRAM-SHA-512 and SCRAM-SHA-256 (RFC 7677). */
 export type ScramHash = "sha256" | "sha512";
 
 /** What the server keeps of a user's password. */

@@ -2,13 +2,15 @@
  * `mcloudtt passwd`: adds, updates and deletes users in a password file.
  *
  * ```
- * passwd [-c] [--iterations N] FILE USER [PASSWORD]   add or update USER (-c: create/overwrite FILE)
- * passwd -D FILE USER                                 delete USER
+ * passwd [-c] [--hash sha512|sha256] [--iterations N] FILE USER [PASSWORD]
+ *                                  add or update USER (-c: create/overwrite FILE)
+ * passwd -D FILE USER              delete USER
  * ```
  */
 
 import {
   DEFAULT_ITERATIONS,
+  DEFAULT_ITERATIONS_SHA256,
   hashPassword,
   PasswordFile,
   PasswordFileError,
@@ -36,11 +38,14 @@ export class PasswdCommandError extends Error {
 }
 
 const USAGE = [
-  "usage: mcloudtt passwd [-c] [--iterations N] FILE USER [PASSWORD]",
+  "usage: mcloudtt passwd [-c] [--hash sha512|sha256] [--iterations N] FILE USER [PASSWORD]",
   "       mcloudtt passwd -D FILE USER",
   "  -c            create FILE, replacing any existing one",
   "  -D            delete USER from FILE",
-  `  --iterations  PBKDF2 iterations (default ${DEFAULT_ITERATIONS})`,
+  "  --hash        sha512 (default: password logins and SCRAM-SHA-512) or sha256 (password",
+  "                logins and SCRAM-SHA-256)",
+  `  --iterations  PBKDF2 iterations (default ${DEFAULT_ITERATIONS} with sha512, ` +
+  `${DEFAULT_ITERATIONS_SHA256} with sha256)`,
   "Without PASSWORD, it is prompted for twice on a terminal, or read as one line from stdin.",
 ].join("\n") + "\n";
 
@@ -50,7 +55,9 @@ const MAX_PASSWORD_BYTES = 65535;
 interface Options {
   readonly create: boolean;
   readonly remove: boolean;
-  readonly iterations: number;
+  /** Undefined: the default of `hash`. */
+  readonly iterations?: number;
+  readonly hash: "sha512" | "sha256";
   readonly file: string;
   readonly user: string;
   readonly password?: string;
@@ -97,7 +104,8 @@ function usageError(message: string): PasswdCommandError {
 function parseArgs(args: string[]): Options | "help" {
   let create = false;
   let remove = false;
-  let iterations = DEFAULT_ITERATIONS;
+  let iterations: number | undefined;
+  let hash: "sha512" | "sha256" = "sha512";
   const positional: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
@@ -114,6 +122,12 @@ function parseArgs(args: string[]): Options | "help" {
         throw usageError("--iterations needs a positive integer");
       }
       iterations = Number(value);
+    } else if (arg === "--hash" || arg.startsWith("--hash=")) {
+      const value = arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : args[++i];
+      if (value !== "sha512" && value !== "sha256") {
+        throw usageError("--hash needs sha512 or sha256");
+      }
+      hash = value;
     } else if (arg.startsWith("-") && arg !== "-") throw usageError(`unknown option '${arg}'`);
     else positional.push(arg);
   }
@@ -125,7 +139,7 @@ function parseArgs(args: string[]): Options | "help" {
   }
   const problem = usernameProblem(user);
   if (problem !== undefined) throw new PasswdCommandError(problem);
-  return { create, remove, iterations, file, user, password };
+  return { create, remove, iterations, hash, file, user, password };
 }
 
 async function setUser(options: Options, password: string): Promise<void> {
@@ -138,7 +152,8 @@ async function setUser(options: Options, password: string): Promise<void> {
   const problem = await passwordProblem(password);
   if (problem !== undefined) throw new PasswdCommandError(problem);
   const lines = options.create ? [] : await readLines(options.file);
-  const entry = `${options.user}:${await hashPassword(password, options.iterations)}`;
+  const scheme = options.hash === "sha256" ? "scram-sha256" : "scram-sha512";
+  const entry = `${options.user}:${await hashPassword(password, options.iterations, scheme)}`;
   const index = lines.findIndex((line) => splitPasswordLine(line)?.username === options.user);
   if (index >= 0) lines[index] = entry;
   else lines.push(entry);

@@ -1,5 +1,5 @@
 /**
- * The client side of SCRAM-SHA-512 (RFC 5802), written for the tests apart from the broker's
+ * The client side of SCRAM-SHA-512 and SCRAM-SHA-256 (RFC 5802, RFC 7677), written for the tests apart from the broker's
  * server side (src/auth/scram.ts): what a device would run, from its password alone.
  */
 import { createHash, createHmac, pbkdf2Sync, randomBytes, timingSafeEqual } from "node:crypto";
@@ -9,6 +9,7 @@ import saslprep from "@mongodb-js/saslprep";
 import { RawClient } from "./broker.ts";
 
 export const SCRAM_SHA_512 = "SCRAM-SHA-512";
+export const SCRAM_SHA_256 = "SCRAM-SHA-256";
 
 export interface ScramClientOptions {
   /**
@@ -16,6 +17,8 @@ export interface ScramClientOptions {
    * client libraries do (MongoDB's drivers with this same package); off, its UTF-8 is used as typed.
    */
   saslprep?: boolean;
+  /** The mechanism's hash: "sha512" (SCRAM-SHA-512, the default) or "sha256" (SCRAM-SHA-256). */
+  hash?: "sha512" | "sha256";
 }
 
 /** One login: `first()`, then `final(serverFirst)`, then `verify(serverFinal)`. */
@@ -24,11 +27,18 @@ export class ScramClient {
   private bare: string;
   private serverSignature: Buffer | null = null;
   private readonly password: string;
+  readonly hash: "sha512" | "sha256";
 
   constructor(user: string, password: string, options: ScramClientOptions = {}) {
     const name = user.replaceAll("=", "=3D").replaceAll(",", "=2C");
     this.bare = `n=${name},r=${this.nonce}`;
     this.password = options.saslprep ? saslprep(password) : password;
+    this.hash = options.hash ?? "sha512";
+  }
+
+  /** The Authentication Method of this client's mechanism. */
+  get method(): string {
+    return this.hash === "sha256" ? SCRAM_SHA_256 : SCRAM_SHA_512;
   }
 
   /** client-first-message. */
@@ -38,6 +48,7 @@ export class ScramClient {
 
   /** client-final-message for the server-first-message `data`; `wrong` sends a bad proof. */
   final(data: Uint8Array, wrong = false): Uint8Array {
+    const h = this.hash;
     const serverFirst = Buffer.from(data).toString();
     const attrs = new Map(serverFirst.split(",").map((a) => [a[0], a.slice(2)]));
     const nonce = attrs.get("r")!;
@@ -46,19 +57,19 @@ export class ScramClient {
       this.password,
       Buffer.from(attrs.get("s")!, "base64"),
       Number(attrs.get("i")),
-      64,
-      "sha512",
+      h === "sha512" ? 64 : 32,
+      h,
     );
     const withoutProof = `c=biws,r=${nonce}`;
     const authMessage = `${this.bare},${serverFirst},${withoutProof}`;
-    const clientKey = createHmac("sha512", salted).update("Client Key").digest();
-    const storedKey = createHash("sha512").update(clientKey).digest();
-    const signature = createHmac("sha512", storedKey).update(authMessage).digest();
+    const clientKey = createHmac(h, salted).update("Client Key").digest();
+    const storedKey = createHash(h).update(clientKey).digest();
+    const signature = createHmac(h, storedKey).update(authMessage).digest();
     const proof = Buffer.alloc(clientKey.length);
     for (let i = 0; i < proof.length; i++) proof[i] = clientKey[i] ^ signature[i];
     if (wrong) proof[0] ^= 1;
-    const serverKey = createHmac("sha512", salted).update("Server Key").digest();
-    this.serverSignature = createHmac("sha512", serverKey).update(authMessage).digest();
+    const serverKey = createHmac(h, salted).update("Server Key").digest();
+    this.serverSignature = createHmac(h, serverKey).update(authMessage).digest();
     return Buffer.from(`${withoutProof},p=${proof.toString("base64")}`);
   }
 
@@ -90,11 +101,11 @@ export function rawScramEntry(password: string | Uint8Array, iterations = TEST_I
   }`;
 }
 
-/** MQTT.js CONNECT properties asking for SCRAM-SHA-512 with `s`'s client-first-message. */
+/** MQTT.js CONNECT properties asking for `s`'s mechanism with its client-first-message. */
 export function scramProperties(s: ScramClient, extra: Record<string, unknown> = {}) {
   return {
     ...extra,
-    authenticationMethod: SCRAM_SHA_512,
+    authenticationMethod: s.method,
     authenticationData: Buffer.from(s.first()),
   };
 }
@@ -111,7 +122,7 @@ export function answerScram(client: MqttClient, s: ScramClient, challenged = () 
       cmd: "auth",
       reasonCode: 0x18,
       properties: {
-        authenticationMethod: SCRAM_SHA_512,
+        authenticationMethod: s.method,
         authenticationData: Buffer.from(s.final(data)),
       },
     });
@@ -156,8 +167,8 @@ export function authDataOf(p: object): Uint8Array {
 }
 
 /**
- * A raw client logged in as `user` by SCRAM-SHA-512, having checked the broker's signature in
- * CONNACK.
+ * A raw client logged in as `user` by SCRAM (SHA-512 unless `options.hash` says otherwise), having
+ * checked the broker's signature in CONNACK.
  */
 export async function scramLogin(
   port: number,
@@ -168,10 +179,10 @@ export async function scramLogin(
 ): Promise<RawClient> {
   const c = await RawClient.connect(port, 5);
   const s = new ScramClient(user, password, options);
-  await connectScram(c, clientId, s.first());
+  await connectScram(c, clientId, s.first(), s.method);
   const challenge = await c.expect("auth");
   if (challenge.reasonCode !== 0x18) throw new Error(`AUTH 0x${challenge.reasonCode}`);
-  await sendAuth(c, 0x18, s.final(authDataOf(challenge)));
+  await sendAuth(c, 0x18, s.final(authDataOf(challenge)), s.method);
   const connack = await c.expect("connack");
   if (connack.reasonCode !== 0) throw new Error(`CONNACK ${connack.reasonCode}`);
   if (!s.verify(authDataOf(connack))) throw new Error("the broker's signature does not verify");
