@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { connectClient, delay, endClient, startMain } from "../helpers/broker.ts";
 import { FAST_LEASES } from "../helpers/cluster.ts";
-import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };
