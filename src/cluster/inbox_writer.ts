@@ -19,17 +19,21 @@
  * per message: the queue holds each turn's entries serialized (one buffer each,
  * see `Write`); a round may wait one more pipeline to its master under load.
  */
-import { Buffer } from "node:buffer";
+import type { Buffer } from "node:buffer";
 import { getLogger } from "@logtape/logtape";
 import { ReplyError } from "ioredis";
-import { encodeIds } from "./codec.ts";
+import {
+  entryFields,
+  kept,
+  MAX_ENTRY_BYTES,
+  type Pending,
+  retainedFields,
+  VERSION_BYTE,
+} from "./inbox_entry.ts";
 import { reconnectDelay, type RedisClient } from "./redis_connection.ts";
 import type { InboxStats } from "./redis_inbox.ts";
 
 const log = getLogger(["mcloudtt", "cluster"]);
-
-/** An entry is closed and another started past this size. */
-const MAX_ENTRY_BYTES = 1 << 20;
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -38,16 +42,6 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * a script running too long (BUSY), a Redis Cluster slot moving or down, too few replicas.
  */
 const TRANSIENT_REPLY = /^(OOM|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|NOREPLICAS)\b/;
-
-interface Pending {
-  parts: Uint8Array[];
-  /** The records' cluster-wide message ids ("" for none). */
-  ids: string[];
-  /** The records' retained versions ("" for none); null while no record has one. */
-  versions: string[] | null;
-  bytes: number;
-  count: number;
-}
 
 interface Deferred {
   promise: Promise<void>;
@@ -119,8 +113,6 @@ function deferred(): Deferred {
   promise.catch(() => {});
   return { promise, resolve, reject };
 }
-
-const VERSION_BYTE = new Uint8Array([1]);
 
 /** Collects forwarded records per destination and writes them once per event-loop turn. */
 export class InboxWriter {
@@ -553,73 +545,4 @@ export class InboxWriter {
       this.enqueue({ control: true, dest, args, until: 0, resolve, reject });
     });
   }
-}
-
-/**
- * The records of `p` a receiver keeps once however often they arrive (those with a message id:
- * QoS 1/2 and retained ones), as a new entry; null when there are none. Other QoS 0 records are
- * left out: sent again they could arrive twice, and QoS 0 is at most once.
- */
-function kept(p: Pending): Pending | null {
-  const ids = p.ids;
-  let n = 0;
-  for (let i = 0; i < ids.length; i++) if (ids[i] !== "") n++;
-  if (n === 0) return null;
-  if (n === p.count) return p;
-  const out: Pending = { parts: [VERSION_BYTE], ids: [], versions: null, bytes: 1, count: 0 };
-  for (let i = 0; i < p.count; i++) {
-    if (p.ids[i] === "") continue;
-    const version = p.versions?.[i] ?? "";
-    const header = p.parts[1 + 2 * i], body = p.parts[2 + 2 * i];
-    out.parts.push(header, body);
-    if (version !== "" && out.versions === null) out.versions = out.ids.map(() => "");
-    out.versions?.push(version);
-    out.ids.push(p.ids[i]);
-    out.bytes += header.length + body.length + p.ids[i].length + 1;
-    out.count++;
-  }
-  return out;
-}
-
-/**
- * The fields of the retained records of `p` (those with a version) and their count; `fields`
- * (p's own) when every record is one, null when none is.
- */
-function retainedFields(
-  p: Pending,
-  fields: (string | Buffer)[],
-): { fields: (string | Buffer)[]; count: number } | null {
-  const versions = p.versions;
-  if (versions === null) return null;
-  let n = 0;
-  for (const v of versions) if (v !== "") n++;
-  if (n === 0) return null;
-  if (n === p.count) return { fields, count: n };
-  const kept: string[] = [];
-  const out: Pending = { parts: [VERSION_BYTE], ids: [], versions: kept, bytes: 1, count: 0 };
-  for (let i = 0; i < p.count; i++) {
-    const version = versions[i];
-    if (version === "") continue;
-    const header = p.parts[1 + 2 * i], body = p.parts[2 + 2 * i];
-    out.parts.push(header, body);
-    kept.push(version);
-    out.ids.push(p.ids[i]);
-    out.bytes += header.length + body.length + p.ids[i].length + 1;
-    out.count++;
-  }
-  return { fields: entryFields(out), count: out.count };
-}
-
-/** The fields of one stream entry of forwarded messages (`v` only when a record has a version). */
-function entryFields(p: Pending): (string | Buffer)[] {
-  const fields: (string | Buffer)[] = [
-    "t",
-    "m",
-    "d",
-    Buffer.concat(p.parts),
-    "i",
-    encodeIds(p.ids),
-  ];
-  if (p.versions !== null) fields.push("v", encodeIds(p.versions));
-  return fields;
 }

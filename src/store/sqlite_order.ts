@@ -21,7 +21,7 @@
  * Topics without a character at or above U+E000 (nearly all) have no such byte: their key is
  * their UTF-8, and the store keeps no key for them (NULL; the index is on
  * `coalesce(okey, CAST(topic AS BLOB))`, the same bytes). Tested with such topics in the store
- * contract (tests/store/contract.ts).
+ * contract (tests/store/contract_retained.ts).
  */
 
 /** Code units at or above U+D800: a surrogate (a character beyond the BMP) or U+E000..U+FFFF. */

@@ -23,7 +23,7 @@ import { measureFixedCount, PERSISTENT_PAIRS, persistentPairs } from "./durabili
 import { fanOut, type Layout, onNodes, pairs } from "./layouts.ts";
 import { type Measured, measureLoad, type RunContext } from "./measure.ts";
 import type { BenchOptions } from "./options.ts";
-import { commandStats } from "../helpers/redis.ts";
+import { commandStats } from "../helpers/redis_resp.ts";
 
 export { clusterReport } from "./cluster_report.ts";
 

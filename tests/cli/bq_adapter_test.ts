@@ -6,14 +6,8 @@
 import assert from "node:assert/strict";
 import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
 import { promtool } from "../helpers/promtool.ts";
-import {
-  connectClient,
-  copyProject,
-  delay,
-  type MainProcess,
-  startBroker,
-  startMain,
-} from "../helpers/broker.ts";
+import { connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { copyProject, type MainProcess, startMain } from "../helpers/main_process.ts";
 
 const repoRoot = new URL("../../", import.meta.url).pathname;
 

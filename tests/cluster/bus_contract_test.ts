@@ -1,5 +1,6 @@
 import { MemoryHub } from "../../src/cluster/memory_hub.ts";
-import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 import { runBusContract } from "./contract.ts";
 import { redisCluster } from "./redis_cluster.ts";
 

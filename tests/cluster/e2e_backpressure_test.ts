@@ -13,7 +13,8 @@ import type { MqttClient } from "mqtt";
 import { connectClient, delay } from "../helpers/broker.ts";
 import { type ClusterNode, eventually, TestCluster } from "../helpers/cluster.ts";
 import { metric, scrape } from "../helpers/ops.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -16,7 +16,8 @@
  * forwarding, reads) works as usual.
  */
 import assert from "node:assert/strict";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 import { type ClusterNode, eventually, TestCluster } from "../helpers/cluster.ts";
 import { NumberedPublisher, ranges, SessionSubscriber } from "../helpers/cluster_clients.ts";
 import { secondCopies } from "./moving_sessions.ts";

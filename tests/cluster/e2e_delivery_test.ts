@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import { collect, connectClient, delay, type Received, subscriber } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { commandStats, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { commandStats } from "../helpers/redis_resp.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -16,7 +16,8 @@ import type { MqttClient } from "mqtt";
 import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 import { connectClient, delay, endClient, subscriber } from "../helpers/broker.ts";
 import { eventually, FAST_LEASES, TestCluster } from "../helpers/cluster.ts";
-import { redisCommand, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisCommand } from "../helpers/redis_resp.ts";
 import { RedisProxy } from "../helpers/redis_proxy.ts";
 
 const ignore = skipWithoutRedis();

@@ -10,12 +10,8 @@
 import assert from "node:assert/strict";
 import { connectClient, type Packet, RawClient, subscriber } from "../helpers/broker.ts";
 import { TestCluster } from "../helpers/cluster.ts";
-import {
-  type RedisBackend,
-  RedisClusterGroup,
-  RedisSentinelGroup,
-  skipWithoutRedis,
-} from "../helpers/redis.ts";
+import { type RedisBackend, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup, RedisSentinelGroup } from "../helpers/redis_groups.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -7,7 +7,8 @@
 import assert from "node:assert/strict";
 import { connectClient } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 
 const ignore = skipWithoutRedis();

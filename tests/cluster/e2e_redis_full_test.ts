@@ -18,7 +18,8 @@
 import assert from "node:assert/strict";
 import { collect, connectClient, delay, endClient, subscriber } from "../helpers/broker.ts";
 import { eventually, publishNumbered, TestCluster } from "../helpers/cluster.ts";
-import { redisQuery, type RespValue, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery, type RespValue } from "../helpers/redis_resp.ts";
 
 const opts = { ignore: skipWithoutRedis(), sanitizeOps: false, sanitizeResources: false };
 

@@ -16,7 +16,8 @@
 import assert from "node:assert/strict";
 import { collect, connectClient, delay, subscriber } from "../helpers/broker.ts";
 import { type ClusterNode, FAST_LEASES, publishNumbered, TestCluster } from "../helpers/cluster.ts";
-import { RedisClusterGroup, type RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { type RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 
 const opts = { ignore: skipWithoutRedis(), sanitizeOps: false, sanitizeResources: false };
 const SHARED_KEYS = ["mcloudtt:{rt}:marker", "mcloudtt:{nodes}", "mcloudtt:{ret}:index"];

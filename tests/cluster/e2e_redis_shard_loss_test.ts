@@ -8,7 +8,8 @@ import assert from "node:assert/strict";
 import { connectClient, endClient } from "../helpers/broker.ts";
 import { retainedOnNewNode, sessionAfterRestart } from "./redis_loss_checks.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { RedisClusterGroup, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 
 const ignore = skipWithoutRedis();
 const N = 100;

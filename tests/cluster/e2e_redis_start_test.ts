@@ -7,9 +7,11 @@
  * orchestrator restarted it in a loop with a growing delay until long after Redis was back.
  */
 import assert from "node:assert/strict";
-import { connectClient, delay, endClient, startMain } from "../helpers/broker.ts";
+import { connectClient, delay, endClient } from "../helpers/broker.ts";
+import { startMain } from "../helpers/main_process.ts";
 import { FAST_LEASES } from "../helpers/cluster.ts";
-import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -16,7 +16,8 @@ import type { MqttClient } from "mqtt";
 import { connectClient, delay, endClient, type Received, subscriber } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { scrape } from "../helpers/ops.ts";
-import { redisCommand, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisCommand } from "../helpers/redis_resp.ts";
 import { RedisProxy } from "../helpers/redis_proxy.ts";
 
 const ignore = skipWithoutRedis();

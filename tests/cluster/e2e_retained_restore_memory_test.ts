@@ -11,7 +11,8 @@ import { RawClient } from "../helpers/broker.ts";
 import { mib, peakRssOf } from "../helpers/broker_process.ts";
 import { type ClusterNode, TestCluster } from "../helpers/cluster.ts";
 import { metric, scrape } from "../helpers/ops.ts";
-import { redisCommand, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisCommand } from "../helpers/redis_resp.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import type { StoreOp } from "../../src/store/types.ts";
 

@@ -10,7 +10,8 @@ import { Buffer } from "node:buffer";
 import { RawClient } from "../helpers/broker.ts";
 import { type ClusterNode, TestCluster } from "../helpers/cluster.ts";
 import { metric, scrape } from "../helpers/ops.ts";
-import { redisCommand, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisCommand } from "../helpers/redis_resp.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -19,7 +19,8 @@ import { Redis } from "ioredis";
 import { RedisStore } from "../../src/store/redis.ts";
 import { connectClient, delay, type Packet, RawClient, subscriber } from "../helpers/broker.ts";
 import { eventually, publishNumbered, TestCluster } from "../helpers/cluster.ts";
-import { RedisSentinelGroup, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisSentinelGroup } from "../helpers/redis_groups.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

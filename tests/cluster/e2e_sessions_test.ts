@@ -11,7 +11,8 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import { connectClient, expectSilence, type Packet, RawClient } from "../helpers/broker.ts";
 import mqtt from "mqtt";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

@@ -20,7 +20,8 @@ import {
   ranges,
   SessionSubscriber,
 } from "../helpers/cluster_clients.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 import { secondCopies, takenOverWhileConnected } from "./moving_sessions.ts";
 
 const ignore = skipWithoutRedis();

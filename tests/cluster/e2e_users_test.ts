@@ -10,7 +10,8 @@ import type { MqttClient } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import { collect, connackOf, connectClient, delay, RawClient } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 import {
   answerScram,
   authDataOf,

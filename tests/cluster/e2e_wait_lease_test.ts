@@ -9,7 +9,8 @@ import assert from "node:assert/strict";
 import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 import { connectClient, subscriber } from "../helpers/broker.ts";
 import { eventually, FAST_LEASES, TestCluster } from "../helpers/cluster.ts";
-import { redisCommand, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { redisCommand } from "../helpers/redis_resp.ts";
 
 const ignore = skipWithoutRedis();
 const opts = { ignore, sanitizeOps: false, sanitizeResources: false };

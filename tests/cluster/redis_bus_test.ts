@@ -5,7 +5,8 @@
  * corrupt entries and the remains of departed nodes.
  */
 import assert from "node:assert/strict";
-import { commandStats, redisQuery, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { commandStats, redisQuery } from "../helpers/redis_resp.ts";
 import { encodeBody } from "../../src/cluster/codec.ts";
 import { delay } from "../helpers/broker.ts";
 import { message, RecordingHost, until } from "./contract.ts";

@@ -3,7 +3,8 @@ import { resolveConfig } from "../../src/config/mod.ts";
 import type { DeepPartial } from "../../src/config/schema.ts";
 import type { Config } from "../../src/config/schema.ts";
 import { incarnationId, RedisBus } from "../../src/cluster/redis_bus.ts";
-import { type RedisClusterGroup, RedisServer } from "../helpers/redis.ts";
+import { RedisServer } from "../helpers/redis.ts";
+import type { RedisClusterGroup } from "../helpers/redis_groups.ts";
 import { type ClusterUnderTest, RecordingHost } from "./contract.ts";
 
 /** Lease settings that notice a dead node in well under a second. */

@@ -11,7 +11,8 @@
 import assert from "node:assert/strict";
 import { connectClient, delay, subscriber } from "../helpers/broker.ts";
 import { type ClusterNode, eventually, publishNumbered, TestCluster } from "../helpers/cluster.ts";
-import { RedisClusterGroup, type RedisServer } from "../helpers/redis.ts";
+import type { RedisServer } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 
 /** `[redis] command_timeout_ms` in these tests (the default is 5000). */
 export const COMMAND_TIMEOUT_MS = 2000;

@@ -7,7 +7,8 @@ import { resolveConfig } from "../../src/config/mod.ts";
 import { RedisBus } from "../../src/cluster/redis_bus.ts";
 import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
 import { delay } from "../helpers/broker.ts";
-import { RedisClusterGroup, type RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { type RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 import { message, until } from "./contract.ts";
 import { FAST_CLUSTER, startBuses } from "./redis_cluster.ts";
 

@@ -8,7 +8,9 @@ import { resolveConfig } from "../../src/config/mod.ts";
 import { createRedisConnection, type RedisClient } from "../../src/cluster/redis_connection.ts";
 import { connectRedis } from "../../src/cluster/redis_start.ts";
 import { StateMarker, tagForSlot } from "../../src/cluster/redis_marker.ts";
-import { RedisClusterGroup, redisQuery, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 import { redisTarget } from "./redis_cluster.ts";
 
 const ignore = skipWithoutRedis();

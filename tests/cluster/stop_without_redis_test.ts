@@ -3,7 +3,8 @@
  * general.shutdown_timeout, even with store writes that can never complete.
  */
 import assert from "node:assert/strict";
-import { connectClient, copyProject, freePort, startMain } from "../helpers/broker.ts";
+import { connectClient, freePort } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 import { withTempDir } from "../helpers/fs.ts";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 

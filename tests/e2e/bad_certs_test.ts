@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { issueLeafCertificate } from "../../src/auth/certs.ts";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import { connectClient, copyProject, freePort, startMain } from "../helpers/broker.ts";
+import { connectClient, freePort } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 import { makeTestPki } from "../helpers/certs.ts";
 
 const DAY_MS = 24 * 60 * 60 * 1000;

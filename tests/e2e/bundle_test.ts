@@ -4,7 +4,8 @@
  * into the binary, from an empty directory, as the container image runs it.
  */
 import assert from "node:assert/strict";
-import { delay, freePort, START_PERMISSIONS, startMain } from "../helpers/broker.ts";
+import { delay, freePort } from "../helpers/broker.ts";
+import { START_PERMISSIONS, startMain } from "../helpers/main_process.ts";
 import { skipWithout } from "../helpers/mosquitto.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

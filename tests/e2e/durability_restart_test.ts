@@ -19,8 +19,8 @@ import {
   freePort,
   type Inbox,
   RawClient,
-  startMain,
 } from "../helpers/broker.ts";
+import { startMain } from "../helpers/main_process.ts";
 import { kill9, startDurable, tempProject } from "../helpers/durable.ts";
 import { SqliteStore } from "../../src/store/sqlite.ts";
 import { mib, peakRssOf, rssOf } from "../helpers/broker_process.ts";

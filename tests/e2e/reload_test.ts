@@ -11,13 +11,12 @@ import { hashPassword } from "../../src/auth/passwords.ts";
 import {
   collect,
   connectClient,
-  copyProject,
   delay,
   freePort,
   RawClient,
-  startMain,
   startSecureBroker,
 } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 import { fingerprintOf, makeTestPki, servedFingerprint } from "../helpers/certs.ts";
 
 const read = (path: string) => Deno.readTextFileSync(path);

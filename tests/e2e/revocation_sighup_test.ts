@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import type { IDisconnectPacket } from "mqtt";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import { collect, connectClient, copyProject, freePort, startMain } from "../helpers/broker.ts";
+import { collect, connectClient, freePort } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 
 Deno.test("SIGHUP with a user removed and an ACL tightened revokes at once", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-revoke-sighup-" });

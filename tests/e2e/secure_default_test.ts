@@ -5,14 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import {
-  collect,
-  connectClient,
-  copyProject,
-  delay,
-  freePort,
-  startMain,
-} from "../helpers/broker.ts";
+import { collect, connectClient, delay, freePort } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 import { skipWithout } from "../helpers/mosquitto.ts";
 
 const CERT_FILES = [

@@ -6,7 +6,8 @@
  * on the same port.
  */
 import { ClusterKeys } from "../../src/cluster/redis_scripts.ts";
-import { freePort, type MainProcess, startMain } from "./broker.ts";
+import { freePort } from "./broker.ts";
+import { type MainProcess, startMain } from "./main_process.ts";
 import { type RedisBackend, RedisServer } from "./redis.ts";
 
 const repoRoot = new URL("../../", import.meta.url).pathname;

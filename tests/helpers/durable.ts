@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
-import { copyProject, delay, type MainProcess, startMain } from "./broker.ts";
+import { delay } from "./broker.ts";
+import { copyProject, type MainProcess, startMain } from "./main_process.ts";
 
 /** A copy of the project in a temporary directory, removed on dispose. */
 export async function tempProject(): Promise<{ dir: string } & AsyncDisposable> {

@@ -4,7 +4,7 @@
  * exits 2 with one line naming the files to mount, and writes nothing.
  */
 import assert from "node:assert/strict";
-import { START_PERMISSIONS } from "../helpers/broker.ts";
+import { START_PERMISSIONS } from "../helpers/main_process.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 

@@ -3,7 +3,8 @@
  * the drain delay do clients get DISCONNECT 0x8B (Server shutting down).
  */
 import assert from "node:assert/strict";
-import { copyProject, delay, freePort, RawClient, startMain } from "../helpers/broker.ts";
+import { delay, freePort, RawClient } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 
 Deno.test("SIGTERM: /readyz answers 503 before clients get DISCONNECT 0x8B, then exit 0", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-drain-" });

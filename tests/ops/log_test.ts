@@ -5,15 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { hashPassword } from "../../src/auth/passwords.ts";
-import {
-  connectClient,
-  copyProject,
-  endClient,
-  freePort,
-  type MainProcess,
-  RawClient,
-  startMain,
-} from "../helpers/broker.ts";
+import { connectClient, endClient, freePort, RawClient } from "../helpers/broker.ts";
+import { copyProject, type MainProcess, startMain } from "../helpers/main_process.ts";
 
 const ISO_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { tomlValue } from "../../src/config/effective.ts";
 import { PERMISSION_FLAGS, PERMISSIONS } from "../../src/ops/permissions.ts";
-import { copyProject, START_PERMISSIONS } from "../helpers/broker.ts";
+import { copyProject, START_PERMISSIONS } from "../helpers/main_process.ts";
 import { nodeArgs } from "../../infra/local/cluster.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;

@@ -1,7 +1,9 @@
 /**
- * The hand-written PUBLISH and acknowledgement codec against mqtt-packet, the
- * independent oracle: for random packets our encoder must produce the bytes
- * mqtt-packet produces, and our decoder must recover what mqtt-packet encoded.
+ * The hand-written PUBLISH codec against mqtt-packet, the independent oracle:
+ * for random packets our encoder must produce the bytes mqtt-packet produces,
+ * and our decoder must recover what mqtt-packet encoded. The acknowledgements
+ * and what the Outbox writes are in outbox_bytes_test.ts; the generators and
+ * the oracle's helpers in publish_fixtures.ts.
  *
  * Property order: mqtt-packet writes properties in the insertion order of its
  * `properties` object (user properties in Object.getOwnPropertyNames order of
@@ -14,156 +16,22 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import fc from "fast-check";
-import mqttPacket from "mqtt-packet";
 import { utf8 } from "../../src/protocol/bytes.ts";
-import { Message } from "../../src/protocol/message.ts";
-import { type ByteWriter, Outbox } from "../../src/protocol/outbox.ts";
-import { encodePassthrough } from "../../src/protocol/properties.ts";
 import {
   decodePublish,
-  encodeAck,
   encodePublish,
-  PINGRESP,
   publishForm,
-  SHARED_PAYLOAD_MIN,
   toMessage,
 } from "../../src/protocol/publish.ts";
 import { MqttError, ReasonCode } from "../../src/protocol/reason_codes.ts";
-
-type Version = 4 | 5;
-type UserProps = Record<string, string | string[]>;
-
-/** mqtt-packet's generate, as plain bytes (its Buffer compares unequal to Uint8Array). */
-function gen(packet: Record<string, unknown>, version: Version): Uint8Array {
-  return new Uint8Array(
-    mqttPacket.generate(packet as unknown as mqttPacket.Packet, { protocolVersion: version }),
-  );
-}
-
-/** Parses one packet with mqtt-packet. */
-function parse(bytes: Uint8Array, version: Version): Record<string, unknown> {
-  const parser = mqttPacket.parser({ protocolVersion: version });
-  const out: Record<string, unknown>[] = [];
-  parser.on("packet", (p) => out.push(p as unknown as Record<string, unknown>));
-  parser.on("error", (e) => {
-    throw e;
-  });
-  parser.parse(Buffer.from(bytes));
-  assert.equal(out.length, 1, "exactly one packet");
-  return out[0];
-}
-
-/** Offset of the body: after the header byte and the remaining-length varint. */
-function bodyStart(bytes: Uint8Array): number {
-  let i = 1;
-  while (bytes[i] & 0x80) i++;
-  return i + 1;
-}
-
-/** User properties in the order mqtt-packet writes them. */
-function flattenUserProps(up: UserProps): [string, string][] {
-  const out: [string, string][] = [];
-  for (const k of Object.getOwnPropertyNames(up)) {
-    const v = up[k];
-    for (const x of Array.isArray(v) ? v : [v]) out.push([k, x]);
-  }
-  return out;
-}
-
-function isUtf8(b: Uint8Array): boolean {
-  try {
-    new TextDecoder("utf-8", { fatal: true }).decode(b);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function filled(n: number): Uint8Array {
-  const b = new Uint8Array(n);
-  for (let i = 0; i < n; i++) b[i] = (i * 31 + 7) & 0xff;
-  return b;
-}
-
-// ---- arbitraries --------------------------------------------------------------
-
-/** MQTT strings: any code point but U+0000 (which MQTT forbids). */
-const mqttString = (maxLength: number) =>
-  fc.string({ unit: "binary", maxLength }).filter((s) => !s.includes("\u0000"));
-
-/** Topic names: non-empty, no wildcards; ASCII (incl. long, > 64 bytes) or full Unicode. */
-const topicArb = fc.oneof(
-  fc.stringMatching(/^[a-z0-9/$_-]{1,100}$/),
-  fc.string({ unit: "binary", minLength: 1, maxLength: 30 }).filter((s) =>
-    !s.includes("\u0000") && !/[+#]/.test(s)
-  ),
-);
-
-/** Payloads around every remaining-length size step: 0, 127/128, 16383/16384. */
-const payloadArb = fc.oneof(
-  { weight: 3, arbitrary: fc.uint8Array({ maxLength: 200 }) },
-  { weight: 1, arbitrary: fc.constantFrom(0, 1, 127, 128, 16383, 16384, 20000).map(filled) },
-);
-
-const userPropsArb: fc.Arbitrary<UserProps> = fc.dictionary(
-  mqttString(8),
-  fc.oneof(mqttString(12), fc.array(mqttString(6), { minLength: 1, maxLength: 3 })),
-  { maxKeys: 3, noNullPrototype: true },
-);
-
-/** Properties a publisher sets that travel to subscribers unchanged. */
-const passthroughArb = fc.record({
-  payloadFormatIndicator: fc.boolean(),
-  contentType: mqttString(20),
-  responseTopic: topicArb,
-  correlationData: fc.uint8Array({ maxLength: 40 }),
-  userProperties: userPropsArb,
-}, { requiredKeys: [] });
-
-type Passthrough = typeof passthroughArb extends fc.Arbitrary<infer T> ? T : never;
-
-const publishArb = fc.record({
-  version: fc.constantFrom<Version>(4, 5),
-  topic: topicArb,
-  qos: fc.constantFrom<0 | 1 | 2>(0, 1, 2),
-  retain: fc.boolean(),
-  dup: fc.boolean(),
-  packetId: fc.integer({ min: 1, max: 65535 }),
-  payload: payloadArb,
-  expiry: fc.option(fc.integer({ min: 0, max: 0xffffffff }), { nil: undefined }),
-  subIds: fc.option(
-    fc.array(fc.integer({ min: 1, max: 268435455 }), { minLength: 1, maxLength: 3 }),
-    { nil: undefined },
-  ),
-  props: passthroughArb,
-});
-
-/** mqtt-packet's properties object for the pass-through set, in our encoder's order. */
-function passthroughForMqttPacket(p: Passthrough): Record<string, unknown> {
-  const o: Record<string, unknown> = {};
-  if (p.payloadFormatIndicator !== undefined) o.payloadFormatIndicator = p.payloadFormatIndicator;
-  if (p.contentType !== undefined) o.contentType = p.contentType;
-  if (p.responseTopic !== undefined) o.responseTopic = p.responseTopic;
-  if (p.correlationData !== undefined) o.correlationData = Buffer.from(p.correlationData);
-  if (p.userProperties !== undefined && Object.keys(p.userProperties).length > 0) {
-    o.userProperties = p.userProperties;
-  }
-  return o;
-}
-
-function messageFor(topic: string, payload: Uint8Array, p: Passthrough): Message {
-  const userProperties = p.userProperties ? flattenUserProps(p.userProperties) : undefined;
-  const props = encodePassthrough({
-    payloadFormatIndicator: p.payloadFormatIndicator === undefined
-      ? undefined
-      : Number(p.payloadFormatIndicator),
-    contentType: p.contentType,
-    responseTopic: p.responseTopic,
-    correlationData: p.correlationData,
-    userProperties: userProperties?.length ? userProperties : undefined,
-  });
-  return new Message(topic, utf8(topic), payload, 0, false, props, 0, "publisher");
-}
+import {
+  bodyStart,
+  gen,
+  isUtf8,
+  messageFor,
+  passthroughForMqttPacket,
+  publishArb,
+} from "./publish_fixtures.ts";
 
 // ---- encoder --------------------------------------------------------------------
 
@@ -428,197 +296,4 @@ Deno.test("a payload declared UTF-8 that is not is flagged for Payload Format In
   // Indicator 0 (bytes): the payload is not checked.
   const bytes = rawBody(T, null, [0x01, 0x00], [0xff]);
   assert.equal(decodePublish(bytes, 0, bytes.length, 0, true).payloadFormat, 0);
-});
-
-// ---- acknowledgements -------------------------------------------------------------
-
-/** A ByteWriter that records every write; the Outbox's transport side in a test. */
-class RecordingSink implements ByteWriter {
-  writes: Uint8Array[] = [];
-  closed = false;
-  private waiting: (() => void) | null = null;
-
-  write(bytes: Uint8Array): Promise<void> {
-    this.writes.push(bytes.slice());
-    this.waiting?.();
-    this.waiting = null;
-    return Promise.resolve();
-  }
-
-  end(): void {
-    this.closed = true;
-  }
-
-  close(): void {
-    this.closed = true;
-  }
-
-  /** Resolves once a write has happened. */
-  written(): Promise<void> {
-    if (this.writes.length > 0) return Promise.resolve();
-    return new Promise((r) => (this.waiting = r));
-  }
-}
-
-function newOutbox(sink: ByteWriter): Outbox {
-  return new Outbox(sink, {
-    drained() {},
-    writeFailed(e) {
-      throw e;
-    },
-  });
-}
-
-/** Each acknowledgement with reason codes the spec allows for it. */
-const ACKS = [
-  [4, "puback", [0x00, 0x10, 0x80, 0x97]],
-  [5, "pubrec", [0x00, 0x10, 0x80, 0x97]],
-  [6, "pubrel", [0x00, 0x92]],
-  [7, "pubcomp", [0x00, 0x92]],
-] as const;
-const PIDS = [1, 255, 256, 0x1234, 65535];
-
-Deno.test("acknowledgements queued on the Outbox are the bytes mqtt-packet generates", async () => {
-  for (const [type, cmd, codes] of ACKS) {
-    for (const version of [4, 5] as const) {
-      for (const rc of codes) {
-        if (version === 4 && rc !== 0) continue; // 3.1.1 acks carry no reason code
-        const sink = new RecordingSink();
-        const outbox = newOutbox(sink);
-        for (const pid of PIDS) outbox.pushAck(type, pid, rc, version === 5);
-        await sink.written();
-        assert.equal(sink.writes.length, 1, "acks of one turn go out in one write");
-        const got = sink.writes[0];
-        const parts: Uint8Array[] = [];
-        for (const pid of PIDS) {
-          const want = gen({ cmd, messageId: pid, reasonCode: rc }, version);
-          if (rc === 0) {
-            // Reason 0 without properties: the 2-byte form, identical bytes.
-            parts.push(want);
-          } else {
-            // mqtt-packet writes an explicit empty property length (remaining
-            // length 4); we send the shorter form the spec allows (remaining
-            // length 3, property length implied 0; MQTT 5 section 3.4.2.2.1).
-            // Same packet, different bytes: compare what a parser makes of it.
-            const ours = encodeAck(type, pid, rc, true);
-            assert.equal(ours.length, 5);
-            const a = parse(ours, 5);
-            const b = parse(want, 5);
-            assert.deepEqual(
-              [a.cmd, a.messageId, a.reasonCode, a.qos],
-              [b.cmd, b.messageId, b.reasonCode, b.qos],
-            );
-            parts.push(ours);
-          }
-        }
-        const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-        let pos = 0;
-        for (const p of parts) {
-          all.set(p, pos);
-          pos += p.length;
-        }
-        assert.deepEqual(got, all, `${cmd} v${version} rc 0x${rc.toString(16)}`);
-      }
-    }
-  }
-});
-
-Deno.test("encodeAck and Outbox.pushAck write the same bytes", async () => {
-  for (const [type] of ACKS) {
-    for (const v5 of [false, true]) {
-      for (const rc of [0, 0x92]) {
-        const sink = new RecordingSink();
-        newOutbox(sink).pushAck(type, 0xbeef, rc, v5);
-        await sink.written();
-        assert.deepEqual(sink.writes[0], encodeAck(type, 0xbeef, rc, v5));
-      }
-    }
-  }
-});
-
-Deno.test("PINGRESP is the packet mqtt-packet generates", () => {
-  assert.deepEqual(PINGRESP, gen({ cmd: "pingresp" }, 4));
-});
-
-Deno.test("the Outbox writes each receiver's packet id into its copy and leaves the shared form alone", async () => {
-  const msg = messageFor("t", utf8("p"), {});
-  const form = publishForm(msg, true, 1, false, -1);
-  const before = form.bytes.slice();
-  const sink = new RecordingSink();
-  const outbox = newOutbox(sink);
-  outbox.pushPublish(form.bytes, form.length, form.pidOffset, 0x1234);
-  outbox.pushPublish(form.bytes, form.length, form.pidOffset, 0x0507);
-  await sink.written();
-  const one = gen({ cmd: "publish", topic: "t", payload: "p", qos: 1, messageId: 0x1234 }, 5);
-  const two = gen({ cmd: "publish", topic: "t", payload: "p", qos: 1, messageId: 0x0507 }, 5);
-  const want = new Uint8Array(one.length + two.length);
-  want.set(one);
-  want.set(two, one.length);
-  assert.deepEqual(sink.writes[0], want);
-  assert.deepEqual(form.bytes, before, "the cached form is shared by all receivers");
-});
-
-Deno.test("a large payload is encoded once, header-only, and written after each receiver's header without a copy", async () => {
-  const payload = filled(SHARED_PAYLOAD_MIN + 5);
-  const msg = messageFor("big/t", payload, { contentType: "x" });
-  const form = publishForm(msg, true, 1, false, 30);
-  assert.equal(form.payload, msg.payload, "the form refers to the message's payload");
-  const sink = new RecordingSink();
-  const outbox = newOutbox(sink);
-  outbox.pushAck(4, 9, 0, true);
-  outbox.pushShared(form.bytes, form.length, form.pidOffset, 0x0102, form.payload!);
-  outbox.pushShared(form.bytes, form.length, form.pidOffset, 0x0304, form.payload!);
-  outbox.pushAck(4, 10, 0, true);
-  assert.equal(outbox.pendingBytes, 8 + 2 * (form.length + payload.length));
-  await sink.written();
-  await new Promise((r) => setTimeout(r, 0));
-  const all = new Uint8Array(sink.writes.reduce((n, w) => n + w.length, 0));
-  let off = 0;
-  for (const w of sink.writes) {
-    all.set(w, off);
-    off += w.length;
-  }
-  const one = {
-    cmd: "publish",
-    topic: "big/t",
-    payload: Buffer.from(payload),
-    qos: 1,
-    properties: { messageExpiryInterval: 30, contentType: "x" },
-  };
-  const want = [
-    // PUBACK with reason 0 and no properties: the short form [MQTT-3.4.2.1].
-    new Uint8Array([0x40, 2, 0, 9]),
-    gen({ ...one, messageId: 0x0102 }, 5),
-    gen({ ...one, messageId: 0x0304 }, 5),
-    new Uint8Array([0x40, 2, 0, 10]),
-  ];
-  const wantAll = new Uint8Array(want.reduce((n, w) => n + w.length, 0));
-  off = 0;
-  for (const w of want) {
-    wantAll.set(w, off);
-    off += w.length;
-  }
-  assert.deepEqual(all, wantAll);
-  assert.equal(outbox.pendingBytes, 0);
-  // The same through encodePublish (Subscription Identifiers, resends).
-  const e = encodePublish(msg, true, 1, false, true, 7, -1, [5]);
-  assert.equal(e.payload, msg.payload);
-  const joined = new Uint8Array(e.length + payload.length);
-  joined.set(e.bytes.subarray(0, e.length));
-  joined.set(payload, e.length);
-  assert.deepEqual(
-    joined,
-    gen({
-      ...one,
-      dup: true,
-      messageId: 7,
-      properties: { subscriptionIdentifier: 5, contentType: "x" },
-    }, 5),
-  );
-  // The cache lets go of the payload once the current turn is over (it was checked above,
-  // after awaits, only through the written bytes).
-  const again = publishForm(msg, true, 1, false, 30);
-  assert.equal(again.payload, msg.payload);
-  await Promise.resolve();
-  assert.equal(again.payload, null, "the cached form no longer holds the payload");
 });

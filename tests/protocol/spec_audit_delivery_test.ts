@@ -2,7 +2,7 @@
  * MQTT 5.0 conformance audit, delivery side (sections 4.3 to 4.6, 4.8 to 4.11 and 4.13 of the
  * specification): the server statements no other test covered, each checked over a real
  * socket. Statement ids are the specification's; the connection side is in
- * spec_audit_connect_test.
+ * spec_audit_connect_test and spec_audit_connack_test.
  */
 import assert from "node:assert/strict";
 import {

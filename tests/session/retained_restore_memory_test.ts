@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";
-import { freePort, type MainProcess, RawClient, startMain } from "../helpers/broker.ts";
+import { freePort, RawClient } from "../helpers/broker.ts";
+import { type MainProcess, startMain } from "../helpers/main_process.ts";
 import { mib, peakRssOf } from "../helpers/broker_process.ts";
 import { tempProject } from "../helpers/durable.ts";
 import { metric, scrape } from "../helpers/ops.ts";

@@ -9,7 +9,8 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { DatabaseSync } from "node:sqlite";
-import { delay, freePort, type MainProcess, RawClient, startMain } from "../helpers/broker.ts";
+import { delay, freePort, RawClient } from "../helpers/broker.ts";
+import { type MainProcess, startMain } from "../helpers/main_process.ts";
 import { tempProject } from "../helpers/durable.ts";
 import { metric, scrape } from "../helpers/ops.ts";
 

@@ -5,7 +5,8 @@
  */
 import assert from "node:assert/strict";
 import { startFakeBigQuery, startHangingFront } from "../helpers/bigquery_server.ts";
-import { collect, connectClient, delay, startBroker, startMain } from "../helpers/broker.ts";
+import { collect, connectClient, delay, startBroker } from "../helpers/broker.ts";
+import { startMain } from "../helpers/main_process.ts";
 
 const repoRoot = new URL("../../", import.meta.url).pathname;
 

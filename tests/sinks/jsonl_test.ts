@@ -3,7 +3,8 @@ import { getLogger } from "@logtape/logtape";
 import { resolveConfig } from "../../src/config/mod.ts";
 import { createSink, sinkStats } from "../../src/sinks/mod.ts";
 import { info, testMessage } from "./contract.ts";
-import { connectClient, copyProject, startMain } from "../helpers/broker.ts";
+import { connectClient } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 
 Deno.test("the JSON-lines file rotates by size and keeps max_files old files", async () => {
   const dir = await Deno.makeTempDir({ prefix: "mcloudtt-jsonl-" });

@@ -4,7 +4,8 @@
  * a new store with a new connection on the same prefix, as a restarted node.
  */
 import { Cluster, Redis } from "ioredis";
-import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 import { RedisStore } from "../../src/store/redis.ts";
 import { runStoreContract } from "./contract.ts";
 

@@ -10,7 +10,8 @@ import { Cluster, Redis } from "ioredis";
 import { ConfigError, resolveConfig } from "../../src/config/mod.ts";
 import { ReplicationError } from "../../src/cluster/redis_replicas.ts";
 import { RedisStore } from "../../src/store/redis.ts";
-import { RedisClusterGroup, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisClusterGroup } from "../helpers/redis_groups.ts";
 import { sampleSession } from "./redis_fixture.ts";
 
 const ignore = skipWithoutRedis();

@@ -5,7 +5,8 @@
  * Redis lost are refused by name; and one op's Redis work does not grow with the session.
  */
 import assert from "node:assert/strict";
-import { commandStats, RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
+import { commandStats } from "../helpers/redis_resp.ts";
 import { MissingSessionError } from "../../src/store/errors.ts";
 import { MemoryStore } from "../../src/store/memory.ts";
 import { encodeSubscription } from "../../src/store/redis_codec.ts";

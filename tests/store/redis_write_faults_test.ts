@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import type { Packet } from "mqtt-packet";
 import { connectClient, delay, RawClient } from "../helpers/broker.ts";
 import { eventually, TestCluster } from "../helpers/cluster.ts";
-import { redisQuery, skipWithoutRedis } from "../helpers/redis.ts";
+import { skipWithoutRedis } from "../helpers/redis.ts";
+import { redisQuery } from "../helpers/redis_resp.ts";
 
 const SESSIONS = 40;
 const MESSAGES = 24;

@@ -3,7 +3,7 @@
  * bytes, which puts characters beyond the BMP after U+E000..U+FFFF, where JavaScript (UTF-16
  * code units, the order a start keeps) puts them before. A file of schema 2, written before the
  * order key existed, is migrated and hands its retained messages over in JavaScript's order.
- * (Files of schema 3 and later are checked by the store contract, tests/store/contract.ts.)
+ * (Files of schema 3 and later are checked by the store contract, tests/store/contract_retained.ts.)
  */
 import assert from "node:assert/strict";
 import { DatabaseSync } from "node:sqlite";

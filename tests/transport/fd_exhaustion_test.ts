@@ -5,14 +5,8 @@
  * listener meets a failed accept. Once the sockets are gone, every listener serves new clients.
  */
 import assert from "node:assert/strict";
-import {
-  connectClient,
-  copyProject,
-  delay,
-  endClient,
-  freePort,
-  startMain,
-} from "../helpers/broker.ts";
+import { connectClient, delay, endClient, freePort } from "../helpers/broker.ts";
+import { copyProject, startMain } from "../helpers/main_process.ts";
 
 async function hasPrlimit(): Promise<boolean> {
   try {
