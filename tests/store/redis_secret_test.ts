@@ -9,8 +9,8 @@ import { Buffer } from "node:buffer";
 import { Redis } from "ioredis";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import { RedisStore } from "../../src/store/redis.ts";
-import { delay, RawClient } from "../helpers/broker.ts";
-import { TestCluster } from "../helpers/cluster.ts";
+import { RawClient } from "../helpers/broker.ts";
+import { eventually, TestCluster } from "../helpers/cluster.ts";
 import { RedisServer, skipWithoutRedis } from "../helpers/redis.ts";
 import { authDataOf, connectScram, ScramClient } from "../helpers/scram_client.ts";
 
@@ -63,11 +63,17 @@ Deno.test({
     try {
       await Deno.writeTextFile(`${dir}/passwd`, `alice:${await hashPassword("pw", 1000)}\n`);
       const args = [`--auth.password_file=${dir}/passwd`];
-      // A first node without a password file asks for no secret: Redis holds a cluster's keys.
-      await using cluster = await TestCluster.start({ names: ["a"] });
+      await using cluster = await TestCluster.start({ names: [] });
       await fill(cluster.redis);
       const adding = cluster.add("b", undefined, args);
-      await delay(1500);
+      // Room is made only once b has been refused (no other client writes): a fixed wait raced
+      // b's start on a loaded machine.
+      const refused = async () =>
+        Number(
+          /errorstat_OOM:count=(\d+)/.exec(await cluster.redis.command("INFO", "errorstats"))
+            ?.[1] ?? 0,
+        );
+      await eventually("b refused by the full Redis", async () => (await refused()) > 0, 30_000);
       await cluster.redis.command("CONFIG", "SET", "maxmemory", "0");
       const b = await adding;
       const c = await cluster.add("c", undefined, args);
