@@ -203,7 +203,10 @@ export function parseHash(encoded: string): ParsedHash {
 /**
  * The (hash, iteration count) pair most entries have, or SHA-512 at the default count: an unknown
  * user is checked with it, so the check looks like most users' rather than like whichever entry
- * came first. With `digest`, only that hash's entries count (a SCRAM decoy of that mechanism).
+ * came first. With `digest`, only the entries that serve that SCRAM mechanism count (a decoy of
+ * it): `$scram-sha512$` or `$scram-sha256$`, not the older `$pbkdf2-sha512$`, which serves none.
+ * Counted with the others, legacy entries of another count gave the decoy theirs, and every real
+ * SCRAM user stood out from the unknown ones.
  */
 export function usualKind(
   entries: Iterable<ParsedHash>,
@@ -216,7 +219,7 @@ export function usualKind(
   };
   let most = 0;
   for (const e of entries) {
-    if (digest !== undefined && e.digest !== digest) continue;
+    if (digest !== undefined && (e.digest !== digest || e.serverKey === undefined)) continue;
     const k = `${e.digest}:${e.iterations}`;
     const n = (counts.get(k) ?? 0) + 1;
     counts.set(k, n);

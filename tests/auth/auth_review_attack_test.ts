@@ -10,7 +10,13 @@ import { join } from "node:path";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import { saslprep, SaslprepError } from "../../src/auth/saslprep.ts";
 import { RawClient, startBroker } from "../helpers/broker.ts";
-import { TEST_ITERATIONS } from "../helpers/scram_client.ts";
+import {
+  authDataOf,
+  connectScram,
+  SCRAM_SHA_512,
+  ScramClient,
+  TEST_ITERATIONS,
+} from "../helpers/scram_client.ts";
 
 const dir = await Deno.makeTempDir({ prefix: "mcloudtt-auth-review-" });
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
@@ -26,6 +32,13 @@ async function passwordLogin(port: number, username: string, password: Uint8Arra
   await using c = await RawClient.connect(port, 5);
   await c.sendConnect(`pw-${username}`, 5, { username, password: Buffer.from(password) });
   return (await c.expect("connack", 5000)).reasonCode;
+}
+
+/** The salt and iteration count the broker's first AUTH gives `user` by `method`. */
+async function challenge(port: number, user: string, method = SCRAM_SHA_512): Promise<string> {
+  await using c = await RawClient.connect(port, 5);
+  await connectScram(c, `probe-${user}`, new ScramClient(user, "x").first(), method);
+  return Buffer.from(authDataOf(await c.expect("auth"))).toString().split(",").slice(1).join(",");
 }
 
 /** Combining marks of eight canonical classes, highest first: NFKC must reorder every run. */
@@ -61,4 +74,21 @@ Deno.test("attack: a 64 KiB password of combining marks stalled the whole broker
   assert.equal(await saslprep("\u00a0".repeat(1024), "query"), " ".repeat(1024));
   assert.equal(await saslprep("x".repeat(65_535), "query"), "x".repeat(65_535));
   assert.equal(await passwordLogin(b.port, "alice", new TextEncoder().encode("alice-secret")), 0);
+});
+
+Deno.test("attack: legacy $pbkdf2-sha512$ entries (password logins only) set the iteration count of SCRAM-SHA-512's decoy, so in a file where they are most every real SCRAM user stood out from the unknown ones; the decoy now takes the count most SCRAM-SHA-512 entries have", async () => {
+  const file = join(dir, "legacy");
+  await Deno.writeTextFile(
+    file,
+    `old1:${await hashPassword("old1-pw", 1000, "pbkdf2-sha512")}\n` +
+      `old2:${await hashPassword("old2-pw", 1000, "pbkdf2-sha512")}\n` +
+      `alice:${await hashPassword("alice-secret", TEST_ITERATIONS)}\n`,
+  );
+  await using b = await startBroker({ auth: { password_file: file } });
+  assert.match(await challenge(b.port, "alice"), new RegExp(`,i=${TEST_ITERATIONS}$`));
+  for (const user of ["nobody", "old1"]) {
+    assert.match(await challenge(b.port, user), new RegExp(`,i=${TEST_ITERATIONS}$`), user);
+  }
+  // Password logins still compare unknown users with the kind most entries are: legacy ones.
+  assert.equal(await passwordLogin(b.port, "old1", new TextEncoder().encode("old1-pw")), 0);
 });
