@@ -38,7 +38,7 @@ const SCHEMES: Record<HashScheme, { digest: ScramHash; scram: boolean }> = {
 export const SALT_BYTES = 16;
 const MIN_SALT_BYTES = 8;
 // An upper bound keeps a tampered or mistyped file from stalling every CONNECT for minutes.
-const MAX_ITERATIONS = 100_000_000;
+export const MAX_ITERATIONS = 100_000_000;
 
 /** Raised when a password hash string does not follow one of the forms above. */
 export class PasswordHashFormatError extends Error {

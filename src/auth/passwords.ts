@@ -21,6 +21,7 @@ export {
   DEFAULT_ITERATIONS_SHA256,
   hashPassword,
   type HashScheme,
+  MAX_ITERATIONS,
   PasswordHashFormatError,
   passwordProblem,
 } from "./password_hash.ts";

@@ -12,6 +12,7 @@ import { hashPassword, PasswordFile } from "../../src/auth/passwords.ts";
 import { saslprep, SaslprepError } from "../../src/auth/saslprep.ts";
 import type { ConnectRequest } from "../../src/auth/types.ts";
 import { PasswordVerifier } from "../../src/auth/verifier.ts";
+import { runPasswdCommand } from "../../src/cli/passwd.ts";
 import { RawClient, startBroker } from "../helpers/broker.ts";
 import {
   authDataOf,
@@ -155,4 +156,37 @@ Deno.test("attack: a wrong password cost a real user more than an unknown one be
     unknown > known * 0.8,
     `a wrong password: ${known.toFixed(3)} ms for alice, ${unknown.toFixed(3)} ms for nobody`,
   );
+});
+
+/** Runs `passwd` in-process, its output captured. */
+async function passwd(args: string[]): Promise<{ code: number; stderr: string }> {
+  let stderr = "";
+  const code = await runPasswdCommand(args, {
+    readPassword: () => Promise.resolve("pw"),
+    stdout: () => {},
+    stderr: (t) => stderr += t,
+  });
+  return { code, stderr };
+}
+
+Deno.test("attack: passwd --iterations above the file's bound (100,000,000) crashed with a RangeError and its stack, and -D took --hash and --iterations and ignored them; both are usage errors now, and --hash=sha256 is taken as --hash sha256", async () => {
+  const file = join(dir, "cli");
+  for (const n of ["100000001", "999999999"]) {
+    const r = await passwd(["-c", "--iterations", n, file, "u"]);
+    assert.equal(r.code, 2, n);
+    assert.match(r.stderr, /--iterations needs a positive integer \(at most 100000000\)/);
+  }
+  await assert.rejects(Deno.stat(file), Deno.errors.NotFound);
+  assert.equal((await passwd(["-c", "--iterations=1000", "--hash=sha256", file, "u"])).code, 0);
+  assert.match(await Deno.readTextFile(file), /^u:\$scram-sha256\$1000\$/);
+  for (const args of [["--hash", "sha256"], ["--hash=sha512"], ["--iterations", "1000"]]) {
+    const r = await passwd(["-D", ...args, file, "u"]);
+    assert.equal(r.code, 2, args.join(" "));
+    assert.match(r.stderr, /-D takes no --hash or --iterations/);
+  }
+  for (const value of ["--hash=", "--hash=SHA256", "--hash=md5", "--hash=sha256 "]) {
+    assert.equal((await passwd([value, file, "u"])).code, 2, value);
+  }
+  assert.equal((await passwd(["--hash"])).code, 2);
+  assert.match(await Deno.readTextFile(file), /^u:\$scram-sha256\$1000\$/);
 });
