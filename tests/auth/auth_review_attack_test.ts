@@ -17,8 +17,11 @@ import { RawClient, startBroker } from "../helpers/broker.ts";
 import {
   authDataOf,
   connectScram,
+  SCRAM_SHA_256,
   SCRAM_SHA_512,
   ScramClient,
+  scramLogin,
+  sendAuth,
   TEST_ITERATIONS,
 } from "../helpers/scram_client.ts";
 
@@ -189,4 +192,69 @@ Deno.test("attack: passwd --iterations above the file's bound (100,000,000) cras
   }
   assert.equal((await passwd(["--hash"])).code, 2);
   assert.match(await Deno.readTextFile(file), /^u:\$scram-sha256\$1000\$/);
+});
+
+Deno.test("attack: hostile password bytes over a real socket (not UTF-8, an encoded lone surrogate, only characters mapped to nothing, right-to-left and mixed-direction text, a prohibited character, 20,000 combining marks) get 0x86 for a real and an unknown user alike, and the broker goes on serving", async () => {
+  await using b = await startBroker({ auth: { password_file: passwords } });
+  const enc = (s: string) => new TextEncoder().encode(s);
+  const hostile: [string, Uint8Array][] = [
+    ["not UTF-8", new Uint8Array([0xff, 0xfe, 0x80, 0x41])],
+    ["encoded lone surrogate", new Uint8Array([0x61, 0xed, 0xa0, 0x80])],
+    ["mapped to nothing", enc("\u00ad\u200b\ufeff")],
+    ["empty", new Uint8Array(0)],
+    ["right-to-left", enc("\u05d0\u05d1\u05d2")],
+    ["mixed direction", enc("\u05d0abc\u05d1")],
+    ["prohibited", enc("alice-secret\u0007")],
+    ["combining marks", enc("a" + "\u0301".repeat(20_000))],
+  ];
+  for (const [what, bytes] of hostile) {
+    for (const user of ["alice", "carol", "nobody"]) {
+      assert.equal(await passwordLogin(b.port, user, bytes), 0x86, `${what} as ${user}`);
+    }
+  }
+  assert.equal(b.broker.metrics.authFailures, hostile.length * 3);
+  await using _ok = await scramLogin(b.port, "carol", "carol-secret", "carol", { hash: "sha256" });
+});
+
+Deno.test("attack: an empty password file answers both mechanisms as for an unknown user (a stable salt at the default count of each: 210,000 and 600,000) and refuses a password login with 0x86", async () => {
+  const file = join(dir, "empty");
+  await Deno.writeTextFile(file, "");
+  await using b = await startBroker({ auth: { password_file: file } });
+  const s512 = await challenge(b.port, "anyone");
+  assert.match(s512, /^s=[A-Za-z0-9+/]{22}==,i=210000$/);
+  assert.equal(await challenge(b.port, "anyone"), s512);
+  assert.match(await challenge(b.port, "anyone", SCRAM_SHA_256), /,i=600000$/);
+  assert.notEqual((await challenge(b.port, "anyone", SCRAM_SHA_256)).split(",")[0], s512);
+  assert.equal(await passwordLogin(b.port, "anyone", new TextEncoder().encode("x")), 0x86);
+});
+
+Deno.test("attack: mechanism confusion: a re-authentication by the other SCRAM mechanism, or one continued with the other's method, is a Protocol Error (DISCONNECT 0x82); a proof of the other mechanism's length is a wrong proof (0x86)", async () => {
+  await using b = await startBroker({ auth: { password_file: passwords } });
+  {
+    await using c = await scramLogin(b.port, "alice", "alice-secret", "switch");
+    await sendAuth(c, 0x19, new ScramClient("alice", "alice-secret").first(), SCRAM_SHA_256);
+    assert.equal((await c.expect("disconnect")).reasonCode, 0x82);
+    await c.expectClosed();
+  }
+  {
+    const opts = { hash: "sha256" as const };
+    await using c = await scramLogin(b.port, "carol", "carol-secret", "mid", opts);
+    const s = new ScramClient("carol", "carol-secret", opts);
+    await sendAuth(c, 0x19, s.first(), SCRAM_SHA_256);
+    const final = s.final(authDataOf(await c.expect("auth")));
+    await sendAuth(c, 0x18, final, SCRAM_SHA_512);
+    assert.equal((await c.expect("disconnect")).reasonCode, 0x82);
+    await c.expectClosed();
+  }
+  for (
+    const [user, method, bytes] of [["alice", SCRAM_SHA_512, 32], ["carol", SCRAM_SHA_256, 64]]
+  ) {
+    await using c = await RawClient.connect(b.port, 5);
+    const nonce = "n0nce";
+    await connectScram(c, `len-${user}`, Buffer.from(`n,,n=${user},r=${nonce}`), method as string);
+    const r = Buffer.from(authDataOf(await c.expect("auth"))).toString().split(",")[0];
+    const proof = Buffer.alloc(bytes as number, 7).toString("base64");
+    await sendAuth(c, 0x18, Buffer.from(`c=biws,${r},p=${proof}`), method as string);
+    assert.equal((await c.expect("connack")).reasonCode, 0x86, `${user} by ${method}`);
+  }
 });
