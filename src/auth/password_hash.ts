@@ -38,7 +38,7 @@ const SCHEMES: Record<HashScheme, { digest: ScramHash; scram: boolean }> = {
 export const SALT_BYTES = 16;
 const MIN_SALT_BYTES = 8;
 // An upper bound keeps a tampered or mistyped file from stalling every CONNECT for minutes.
-const MAX_ITERATIONS = 100_000_000;
+export const MAX_ITERATIONS = 100_000_000;
 
 /** Raised when a password hash string does not follow one of the forms above. */
 export class PasswordHashFormatError extends Error {
@@ -200,27 +200,38 @@ export function parseHash(encoded: string): ParsedHash {
   return { encoded, digest, iterations, salt, hash, serverKey };
 }
 
+/** What a password check costs: the hash, its iteration count, and whether SCRAM's keys follow. */
+export interface HashKind {
+  digest: ScramHash;
+  iterations: number;
+  /** A `$scram-sha*$` entry: its check derives StoredKey from the key (`matches`). */
+  scram: boolean;
+}
+
 /**
- * The (hash, iteration count) pair most entries have, or SHA-512 at the default count: an unknown
- * user is checked with it, so the check looks like most users' rather than like whichever entry
- * came first. With `digest`, only that hash's entries count (a SCRAM decoy of that mechanism).
+ * The kind of entry most entries are, or `$scram-sha512$` at the default count: an unknown user is
+ * checked as one, so the check looks like most users' rather than like whichever entry came first
+ * (the form counts too: a `$scram-sha*$` entry's check makes SCRAM's keys, a `$pbkdf2-sha512$`
+ * one's does not). With `digest`, only the entries that serve that SCRAM mechanism count (a decoy
+ * of it): `$scram-sha512$` or `$scram-sha256$`, not the older `$pbkdf2-sha512$`, which serves
+ * none. Counted with the others, legacy entries of another count gave the decoy theirs, and every
+ * real SCRAM user stood out from the unknown ones.
  */
-export function usualKind(
-  entries: Iterable<ParsedHash>,
-  digest?: ScramHash,
-): { digest: ScramHash; iterations: number } {
+export function usualKind(entries: Iterable<ParsedHash>, digest?: ScramHash): HashKind {
   const counts = new Map<string, number>();
-  let best = {
-    digest: digest ?? "sha512" as ScramHash,
+  let best: HashKind = {
+    digest: digest ?? "sha512",
     iterations: digest === "sha256" ? DEFAULT_ITERATIONS_SHA256 : DEFAULT_ITERATIONS,
+    scram: true,
   };
   let most = 0;
   for (const e of entries) {
-    if (digest !== undefined && e.digest !== digest) continue;
-    const k = `${e.digest}:${e.iterations}`;
+    const scram = e.serverKey !== undefined;
+    if (digest !== undefined && (e.digest !== digest || !scram)) continue;
+    const k = `${e.digest}:${e.iterations}:${scram}`;
     const n = (counts.get(k) ?? 0) + 1;
     counts.set(k, n);
-    if (n > most) [best, most] = [{ digest: e.digest, iterations: e.iterations }, n];
+    if (n > most) [best, most] = [{ digest: e.digest, iterations: e.iterations, scram }, n];
   }
   return best;
 }

@@ -8,12 +8,24 @@
  * unpacking its tables costs ~2 MiB of heap and ~6 MiB of RSS (measured after a full GC), which a
  * broker that never sees such a password must not carry (tests/ops/footprint_test.ts holds an
  * idle node under 8 MiB of heap; loaded eagerly, it measured 9.2).
+ *
+ * It runs on the event loop (PBKDF2 does not), so its cost is bounded by {@link MAX_PREPARED}:
+ * NFKC reorders a run of combining marks in quadratic time, and 32,000 of them in descending
+ * classes (a 64 KiB MQTT password) held every client of the broker for 0.56 s per login.
  */
 type Prepare = (input: string, opts?: { allowUnassigned?: boolean }) => string;
 
 let loading: Promise<Prepare> | undefined;
 
 const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
+
+/**
+ * The longest string (UTF-16 code units) that is prepared; a longer one that is not printable
+ * ASCII is refused (SaslprepError), so a login checks it as its bytes and `passwd` refuses it.
+ * Ample for a password, and its worst case (combining marks, U+FDFA's 18-fold expansion) costs
+ * ~2 ms of the event loop.
+ */
+export const MAX_PREPARED = 1024;
 
 function load(): Promise<Prepare> {
   loading ??= import("@mongodb-js/saslprep").then((m) => m.default);
@@ -35,13 +47,20 @@ export type SaslprepUse = "stored" | "query";
 /**
  * `text` prepared by SASLprep: non-ASCII spaces mapped to SPACE, "commonly mapped to nothing"
  * characters (U+00AD, U+200B...) removed, NFKC, then prohibited characters and the bidi rules
- * checked. Rejects with SaslprepError when the profile refuses `text`. May return "" (only
+ * checked. Rejects with SaslprepError when the profile refuses `text`, or when it is longer than
+ * {@link MAX_PREPARED} and not printable ASCII. May return "" (only
  * characters mapped to nothing): RFC 4013 allows it, so a caller that cannot use it refuses it.
  */
 export async function saslprep(text: string, use: SaslprepUse): Promise<string> {
   // Printable ASCII is left as it is (nothing in it is mapped, normalized or prohibited): most
   // passwords, which then need not load the tables at all.
   if (PRINTABLE_ASCII.test(text)) return text;
+  if (text.length > MAX_PREPARED) {
+    throw new SaslprepError(
+      `it is longer than ${MAX_PREPARED} characters and not printable ASCII alone (SASLprep's ` +
+        "normalization is bounded to that length)",
+    );
+  }
   const prepare = await load();
   const allowUnassigned = use === "query";
   try {

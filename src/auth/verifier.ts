@@ -64,7 +64,9 @@ export class PasswordVerifier {
     const entry = file.entryOf(username);
     const ttl = this.options.cacheSeconds * 1000;
     let digest: Uint8Array | undefined;
-    if (ttl > 0 && entry !== undefined) {
+    if (ttl > 0) {
+      // Made for unknown users too, though never remembered for them: made for real users alone,
+      // its HMAC made a wrong password cost them more than an unknown user, which told them apart.
       digest = createHmac("sha256", this.#key).update(username).update("\0").update(password)
         .digest();
       const hit = this.#cache.get(username);

@@ -12,6 +12,7 @@ import {
   DEFAULT_ITERATIONS,
   DEFAULT_ITERATIONS_SHA256,
   hashPassword,
+  MAX_ITERATIONS,
   PasswordFile,
   PasswordFileError,
   passwordProblem,
@@ -105,7 +106,7 @@ function parseArgs(args: string[]): Options | "help" {
   let create = false;
   let remove = false;
   let iterations: number | undefined;
-  let hash: "sha512" | "sha256" = "sha512";
+  let hash: "sha512" | "sha256" | undefined;
   const positional: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
@@ -118,8 +119,10 @@ function parseArgs(args: string[]): Options | "help" {
     else if (arg === "-D") remove = true;
     else if (arg === "--iterations" || arg.startsWith("--iterations=")) {
       const value = arg.includes("=") ? arg.slice(arg.indexOf("=") + 1) : args[++i];
-      if (value === undefined || !/^[1-9][0-9]{0,8}$/.test(value)) {
-        throw usageError("--iterations needs a positive integer");
+      // Bounded as the file's reader bounds it: a larger count was refused by hashPassword with
+      // a RangeError, which ended the command with a stack trace instead of this message.
+      if (value === undefined || !/^[1-9][0-9]{0,8}$/.test(value) || +value > MAX_ITERATIONS) {
+        throw usageError(`--iterations needs a positive integer (at most ${MAX_ITERATIONS})`);
       }
       iterations = Number(value);
     } else if (arg === "--hash" || arg.startsWith("--hash=")) {
@@ -132,6 +135,10 @@ function parseArgs(args: string[]): Options | "help" {
     else positional.push(arg);
   }
   if (create && remove) throw usageError("-c and -D cannot be combined");
+  // Taken and ignored, they let `-D --hash sha256` look as if it removed only that kind of entry.
+  if (remove && (hash !== undefined || iterations !== undefined)) {
+    throw usageError("-D takes no --hash or --iterations");
+  }
   const [file, user, password, ...extra] = positional;
   if (file === undefined || user === undefined) throw usageError("FILE and USER are required");
   if (extra.length > 0 || (remove && password !== undefined)) {
@@ -139,7 +146,7 @@ function parseArgs(args: string[]): Options | "help" {
   }
   const problem = usernameProblem(user);
   if (problem !== undefined) throw new PasswdCommandError(problem);
-  return { create, remove, iterations, hash, file, user, password };
+  return { create, remove, iterations, hash: hash ?? "sha512", file, user, password };
 }
 
 async function setUser(options: Options, password: string): Promise<void> {

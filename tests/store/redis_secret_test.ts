@@ -89,3 +89,27 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "attack: four nodes racing to make a secret read the same one (SET NX, then read); a " +
+    "key an attacker with Redis access left of the wrong size or type is refused and left as it " +
+    "is (a broker does not start on it rather than key its decoys with a secret of its own)",
+  ...opts,
+  async fn() {
+    await using redis = await RedisServer.start();
+    const stores = Array.from({ length: 4 }, () => store(redis.port, "race"));
+    await Promise.all(stores.map((s) => s.open()));
+    try {
+      const made = await Promise.all(stores.map((s) => s.secret("decoy")));
+      for (const m of made) assert.deepEqual(m, made[0]);
+      await redis.command("SET", "race:secret:short", "0123456789");
+      await assert.rejects(stores[0].secret("short"), /race:secret:short is not a secret of 32/);
+      await redis.command("HSET", "race:secret:hash", "a", "b");
+      await assert.rejects(stores[0].secret("hash"), /WRONGTYPE/);
+      // Neither was replaced: an operator sees what was there.
+      assert.equal(await redis.command("GET", "race:secret:short"), "0123456789");
+    } finally {
+      await Promise.all(stores.map((s) => s.close()));
+    }
+  },
+});
