@@ -121,11 +121,14 @@ export function onAuth(c: Connection, buf: Uint8Array, start: number, end: numbe
  * Called by the keep-alive sweep: a re-authentication started and left unfinished for longer than
  * `limits.connect_timeout` ends the connection with 0x87, as the same exchange before CONNACK
  * would. Else a client could keep an exchange (its nonces and the authenticator's state) open for
- * ever, and go on under the identity it set out to prove again. True when it ended it.
+ * ever, and go on under the identity it set out to prove again. True when it ended it. While this
+ * side is not reading (`held`: over its rate, acknowledgements or forwards waiting), the client's
+ * next AUTH may be waiting in the socket: the time starts again, as its keep alive does.
  */
-export function reauthOverdue(c: Connection, now: number): boolean {
+export function reauthOverdue(c: Connection, now: number, held: boolean): boolean {
   const a = c.auth;
   if (a === null || a.exchange === null || a.connect !== null) return false;
+  if (held) a.since = now;
   if (now - a.since <= c.host.limits.connectTimeoutMs) return false;
   c.disconnect(ReasonCode.NotAuthorized, "re-authentication not finished in time");
   return true;

@@ -568,7 +568,8 @@ export class Connection implements ConnectionHandler, AttachingConnection {
       this.session?.settleInflight();
       // Not reading because its acknowledgements wait is this side's doing: the client's
       // packets wait in the socket, its keep alive with them.
-      if (this.acksFull || this.forwardsHeld || this.rate?.held) this.lastRx = now;
+      const held = this.acksFull || this.forwardsHeld || this.rate?.held === true;
+      if (held) this.lastRx = now;
       const rate = this.rate;
       if (rate !== null) {
         const swept = rate.sweep(now);
@@ -578,7 +579,7 @@ export class Connection implements ConnectionHandler, AttachingConnection {
           return this.disconnect(ReasonCode.MessageRateTooHigh, `over its rate for ${s} s`);
         }
       }
-      if (reauthOverdue(this, now)) return;
+      if (reauthOverdue(this, now, held)) return;
       if (certificateExpired(this.peer, now)) {
         // The identity it logged in with is no longer vouched for: as with a revoked password,
         // access ends now, not at the next reconnect (which the handshake would refuse).

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { join } from "node:path";
+import mqttPacket from "mqtt-packet";
 import { hashPassword } from "../../src/auth/passwords.ts";
 import {
   connectClient,
@@ -391,4 +392,35 @@ Deno.test("attack: an unknown user's SCRAM salt survives a restart of a broker w
   assert.equal(inMemory[0].alice, first.alice);
   assert.equal(inMemory[1].alice, first.alice);
   assert.notEqual(inMemory[0].nobody, inMemory[1].nobody);
+});
+
+Deno.test("a re-authentication whose last AUTH waits behind the client's own backlog, while the broker holds it to max_publish_rate, is not timed out: the time restarts while the broker does not read", async () => {
+  await using b = await startBroker({
+    auth: { password_file: passwords },
+    limits: { connect_timeout: 1, sweep_interval_ms: 50, max_publish_rate: 100 },
+  });
+  const c = await scramLogin(b.port, "alice", "alice-secret", "held-reauth");
+  const s = new ScramClient("alice", "alice-secret");
+  await sendAuth(c, 0x19, s.first());
+  const challenge = await c.expect("auth");
+  // 300 publishes at 100/s: about 3 s of backlog, read at the rate, then the proof.
+  const flood = [];
+  for (let i = 0; i < 300; i++) {
+    flood.push(mqttPacket.generate({
+      cmd: "publish",
+      topic: "alice/x",
+      payload: Buffer.from("p"),
+      qos: 0,
+      retain: false,
+      dup: false,
+    }, { protocolVersion: 5 }));
+  }
+  await c.send(Buffer.concat(flood));
+  const start = performance.now();
+  await sendAuth(c, 0x18, s.final(authDataOf(challenge)));
+  const done = await c.expect("auth", 10_000);
+  assert.equal(done.reasonCode, 0, "re-authenticated, not disconnected");
+  const ms = performance.now() - start;
+  assert.ok(ms > 1500, `the proof was read after the backlog (${Math.round(ms)} ms)`);
+  c.close();
 });
