@@ -445,11 +445,13 @@ export class RedisStore implements ClusterStore {
    */
   async secret(name: string): Promise<Uint8Array> {
     const key = this.keys.secret(name);
-    let value = await this.client.getBuffer(key);
+    // What Redis says (WRONGTYPE, OOM) names no key: the operator must know which one to fix.
+    const named = (e: unknown) => new Error(`redis: ${key}: ${e instanceof Error ? e.message : e}`);
+    let value = await this.client.getBuffer(key).catch((e) => Promise.reject(named(e)));
     if (value === null) {
       const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
-      await this.client.set(key, Buffer.from(fresh), "NX");
-      value = await this.client.getBuffer(key);
+      await this.client.set(key, Buffer.from(fresh), "NX").catch((e) => Promise.reject(named(e)));
+      value = await this.client.getBuffer(key).catch((e) => Promise.reject(named(e)));
     }
     if (value === null || value.length !== SECRET_BYTES) {
       throw new Error(`redis: ${key} is not a secret of ${SECRET_BYTES} bytes`);

@@ -105,7 +105,7 @@ Deno.test({
       await redis.command("SET", "race:secret:short", "0123456789");
       await assert.rejects(stores[0].secret("short"), /race:secret:short is not a secret of 32/);
       await redis.command("HSET", "race:secret:hash", "a", "b");
-      await assert.rejects(stores[0].secret("hash"), /WRONGTYPE/);
+      await assert.rejects(stores[0].secret("hash"), /race:secret:hash: WRONGTYPE/);
       // Neither was replaced: an operator sees what was there.
       assert.equal(await redis.command("GET", "race:secret:short"), "0123456789");
     } finally {
