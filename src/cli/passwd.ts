@@ -19,6 +19,7 @@ import {
   splitPasswordLine,
   usernameProblem,
 } from "../auth/passwords.ts";
+import { dirname } from "node:path";
 import { permissionProblem } from "../ops/permissions.ts";
 
 /** Where the command reads the new password and writes its messages; defaults use the terminal. */
@@ -159,6 +160,7 @@ async function setUser(options: Options, password: string): Promise<void> {
   const problem = await passwordProblem(password);
   if (problem !== undefined) throw new PasswdCommandError(problem);
   const lines = options.create ? [] : await readLines(options.file);
+  if (options.create) await makeParent(options.file);
   const scheme = options.hash === "sha256" ? "scram-sha256" : "scram-sha512";
   const entry = `${options.user}:${await hashPassword(password, options.iterations, scheme)}`;
   const index = lines.findIndex((line) => splitPasswordLine(line)?.username === options.user);
@@ -194,6 +196,22 @@ async function readLines(file: string): Promise<string[]> {
 }
 
 /** Writes via a temporary file and rename so that readers never see a half-written file. */
+/**
+ * Creates the directory `-c` is to write the file in (0700: it holds a password file), as the
+ * README's first step does with `data/passwords.txt` on a fresh checkout, where `data/` is made
+ * only by the broker's first start.
+ */
+async function makeParent(file: string): Promise<void> {
+  const parent = dirname(file);
+  try {
+    await Deno.mkdir(parent, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new PasswdCommandError(
+      `cannot create ${parent}: ${permissionProblem(error) ?? (error as Error).message}`,
+    );
+  }
+}
+
 async function writeAtomically(file: string, lines: string[]): Promise<void> {
   const suffix = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
   const temp = `${file}.tmp-${suffix}`;

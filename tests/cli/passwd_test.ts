@@ -288,3 +288,15 @@ Deno.test({
     });
   },
 });
+
+Deno.test("passwd -c creates the directory of the file when it is missing (0700), as the README's first step needs on a fresh checkout where data/ does not exist yet; without -c a missing file is an error", async () => {
+  await withTempDir(async (dir) => {
+    const file = `${dir}/data/passwords.txt`;
+    const missing = await runLocal([...FAST, file, "alice", "a"]);
+    assert.equal(missing.code, 1);
+    const created = await runLocal(["-c", ...FAST, file, "alice", "a"]);
+    assert.equal(created.code, 0, created.stderr);
+    assert.equal((await Deno.stat(`${dir}/data`)).mode! & 0o777, 0o700);
+    assert.equal(await verify(file, "alice", "a"), true);
+  });
+});

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { delay, freePort } from "../helpers/broker.ts";
 import { START_PERMISSIONS, startMain } from "../helpers/main_process.ts";
 import { skipWithout } from "../helpers/mosquitto.ts";
+import { PasswordFile } from "../../src/auth/passwords.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
@@ -50,6 +51,23 @@ Deno.test({
         "--version",
       ]);
       assert.match(version.stdout, /^mcloudtt \d+\.\d+\.\d+/);
+
+      // SASLprep's tables are imported only when a password needs them: the bundle must carry
+      // them all the same. A no-break space and a full-width letter prepare to "sm ileS".
+      const passwd = await run(dir, Deno.execPath(), [
+        "run",
+        ...START_PERMISSIONS,
+        "mcloudtt.js",
+        "passwd",
+        "-c",
+        "--iterations=1000",
+        "data/passwords.txt",
+        "alice",
+        "sm\u00A0ile\uFF33",
+      ]);
+      assert.equal(passwd.code, 0, passwd.stderr);
+      const file = await PasswordFile.load(`${dir}/data/passwords.txt`);
+      assert.ok(await file.verify("alice", new TextEncoder().encode("sm ileS")));
 
       const tcp = freePort();
       await using broker = startMain(
