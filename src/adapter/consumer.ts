@@ -136,7 +136,8 @@ export class Consumer {
     const url = new URL(this.opts.url);
     const tls = url.protocol === "mqtts:";
     const hostname = url.hostname.replace(/^\[|\]$/g, "");
-    const port = Number(url.port || (tls ? 8883 : 1883));
+    // The config requires the port; without one, mcloudtt's own default for both (not mqtts's 8883).
+    const port = Number(url.port || 1883);
     if (!tls) return await Deno.connect({ hostname, port });
     return await Deno.connectTls({
       hostname,

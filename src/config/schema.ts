@@ -245,10 +245,13 @@ const SHAPE = {
     max_queue_bytes: int(1048576, 68719476736, 67108864),
   }),
   adapter: section("adapter", {
+    // The port is required: mqtts's usual 8883 is not where mcloudtt serves TLS ([ports] tcp,
+    // 1883 by default), so a URL without one reached no broker of ours.
     url: textWhere(
       "mqtt://127.0.0.1:1883",
-      "must be a broker URL: mqtt://host:port or mqtts://host:port (TLS)",
-      (v) => /^mqtts?:\/\/[^/\s]+\/?$/.test(v),
+      "must be a broker URL with its port: mqtt://host:port or mqtts://host:port (TLS; mcloudtt " +
+        "serves it on [ports] tcp, 1883 by default)",
+      (v) => /^mqtts?:\/\/[^/\s]+:[0-9]{1,5}\/?$/.test(v),
     ),
     group: textWhere(
       "bq-adapter",

@@ -42,5 +42,8 @@ Deno.test("a bad topic filter, endpoint or retry range names the key", async () 
     fails(["--bigquery.overflow=keep"], /"drop-oldest", "spill"/);
     fails(["--adapter.group=a/b"], /adapter\.group/);
     fails(["--adapter.url=http://x:1"], /adapter\.url.*mqtt:\/\//);
+    // Without a port it would have dialled mqtts's 8883, where mcloudtt serves nothing.
+    fails(["--adapter.url=mqtts://broker"], /adapter\.url.*with its port.*1883 by default/);
+    fails(["--adapter.url=mqtt://[::1]"], /adapter\.url.*with its port/);
   });
 });
