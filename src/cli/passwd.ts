@@ -199,17 +199,12 @@ async function readLines(file: string): Promise<string[]> {
 /**
  * Creates the directory `-c` is to write the file in (0700: it holds a password file), as the
  * README's first step does with `data/passwords.txt` on a fresh checkout, where `data/` is made
- * only by the broker's first start.
+ * only by the broker's first start. A failure is left to the write, whose message names the file
+ * and, for a path outside the shipped permissions, the fix (mkdir is refused there even for a
+ * directory that exists).
  */
 async function makeParent(file: string): Promise<void> {
-  const parent = dirname(file);
-  try {
-    await Deno.mkdir(parent, { recursive: true, mode: 0o700 });
-  } catch (error) {
-    throw new PasswdCommandError(
-      `cannot create ${parent}: ${permissionProblem(error) ?? (error as Error).message}`,
-    );
-  }
+  await Deno.mkdir(dirname(file), { recursive: true, mode: 0o700 }).catch(() => {});
 }
 
 async function writeAtomically(file: string, lines: string[]): Promise<void> {
