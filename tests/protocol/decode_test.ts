@@ -15,18 +15,7 @@ import {
   decodeUnsubscribe,
 } from "../../src/protocol/decode.ts";
 import type { Properties } from "../../src/protocol/properties.ts";
-import { genBody, type Version } from "./mqtt_packet_body.ts";
-
-type UserProps = Record<string, string | string[]>;
-
-function flattenUserProps(up: UserProps): [string, string][] {
-  const out: [string, string][] = [];
-  for (const k of Object.getOwnPropertyNames(up)) {
-    const v = up[k];
-    for (const x of Array.isArray(v) ? v : [v]) out.push([k, x]);
-  }
-  return out;
-}
+import { flattenUserProps, genBody, type UserProps, type Version } from "./mqtt_packet_body.ts";
 
 /** What our decoder should make of an mqtt-packet properties object. */
 function expectedProps(p: Record<string, unknown> | undefined): Properties {

@@ -12,9 +12,9 @@ import mqttPacket from "mqtt-packet";
 import { utf8 } from "../../src/protocol/bytes.ts";
 import { Message } from "../../src/protocol/message.ts";
 import { encodePassthrough } from "../../src/protocol/properties.ts";
+import { flattenUserProps, type UserProps } from "./mqtt_packet_body.ts";
 
 type Version = 4 | 5;
-type UserProps = Record<string, string | string[]>;
 
 /** mqtt-packet's generate, as plain bytes (its Buffer compares unequal to Uint8Array). */
 export function gen(packet: Record<string, unknown>, version: Version): Uint8Array {
@@ -41,16 +41,6 @@ export function bodyStart(bytes: Uint8Array): number {
   let i = 1;
   while (bytes[i] & 0x80) i++;
   return i + 1;
-}
-
-/** User properties in the order mqtt-packet writes them. */
-function flattenUserProps(up: UserProps): [string, string][] {
-  const out: [string, string][] = [];
-  for (const k of Object.getOwnPropertyNames(up)) {
-    const v = up[k];
-    for (const x of Array.isArray(v) ? v : [v]) out.push([k, x]);
-  }
-  return out;
 }
 
 export function isUtf8(b: Uint8Array): boolean {
