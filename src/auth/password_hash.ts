@@ -75,13 +75,12 @@ export function defaultIterations(scheme: HashScheme): number {
  */
 export async function passwordProblem(password: string): Promise<string | undefined> {
   try {
-    if (await storedForm(password) !== "") return undefined;
+    await storedForm(password);
+    return undefined;
   } catch (error) {
     if (!(error instanceof SaslprepError)) throw error;
-    return `password cannot be prepared with SASLprep: ${error.message}`;
+    return error.message;
   }
-  return "password is empty once prepared with SASLprep (it has only characters mapped to " +
-    "nothing, such as U+00AD)";
 }
 
 /**
@@ -98,11 +97,9 @@ export async function hashPassword(
   if (!validIterations(n)) {
     throw new RangeError(`iterations must be an integer between 1 and ${MAX_ITERATIONS}`);
   }
-  const problem = await passwordProblem(password);
-  if (problem !== undefined) throw new SaslprepError(problem);
+  const prepared = new TextEncoder().encode(await storedForm(password));
   const { digest, scram } = SCHEMES[scheme];
   const salt = crypto.getRandomValues(new Uint8Array(SALT_BYTES));
-  const prepared = new TextEncoder().encode(await storedForm(password));
   const key = await derive(digest, prepared, salt, n);
   if (!scram) return `$${scheme}$${n}$${toBase64(salt)}$${toBase64(key)}`;
   const { storedKey, serverKey } = scramKeys(digest, key);
@@ -114,10 +111,22 @@ export async function hashPassword(
  * rules would refuse every emoji and every character Unicode added since 2002 in a password, which
  * the user chose and a plain login takes as it is; a SCRAM client that prepares with the strict
  * rules fails on such a password on its own side, one that does not sends what this stores.
- * Rejects with SaslprepError (prohibited characters, the bidi rules).
+ * Rejects with SaslprepError, its message saying why (prohibited characters, the bidi rules, or
+ * nothing left once prepared), as `passwordProblem` returns it.
  */
-function storedForm(password: string): Promise<string> {
-  return saslprep(password, "query");
+async function storedForm(password: string): Promise<string> {
+  let prepared: string;
+  try {
+    prepared = await saslprep(password, "query");
+  } catch (error) {
+    if (!(error instanceof SaslprepError)) throw error;
+    throw new SaslprepError(`password cannot be prepared with SASLprep: ${error.message}`);
+  }
+  if (prepared !== "") return prepared;
+  throw new SaslprepError(
+    "password is empty once prepared with SASLprep (it has only characters mapped to nothing, " +
+      "such as U+00AD)",
+  );
 }
 
 /**

@@ -25,6 +25,7 @@ export {
   PasswordHashFormatError,
   passwordProblem,
 } from "./password_hash.ts";
+export { SaslprepError } from "./saslprep.ts";
 
 /**
  * Keys the decoy salts of SCRAM logins as unknown users when the caller has no lasting key (the

@@ -15,7 +15,7 @@ import {
   MAX_ITERATIONS,
   PasswordFile,
   PasswordFileError,
-  passwordProblem,
+  SaslprepError,
   splitPasswordLine,
   usernameProblem,
 } from "../auth/passwords.ts";
@@ -155,14 +155,15 @@ async function setUser(options: Options, password: string): Promise<void> {
   if (new TextEncoder().encode(password).length > MAX_PASSWORD_BYTES) {
     throw new PasswdCommandError(`password must be at most ${MAX_PASSWORD_BYTES} bytes`);
   }
+  const lines = options.create ? [] : await readLines(options.file);
+  const scheme = options.hash === "sha256" ? "scram-sha256" : "scram-sha512";
   // Keys are derived from the password as SASLprep prepares it (SCRAM's rule): one it refuses,
   // a control character say, could be entered by no standard SCRAM client.
-  const problem = await passwordProblem(password);
-  if (problem !== undefined) throw new PasswdCommandError(problem);
-  const lines = options.create ? [] : await readLines(options.file);
+  const hash = await hashPassword(password, options.iterations, scheme).catch((e) => {
+    throw e instanceof SaslprepError ? new PasswdCommandError(e.message) : e;
+  });
   if (options.create) await makeParent(options.file);
-  const scheme = options.hash === "sha256" ? "scram-sha256" : "scram-sha512";
-  const entry = `${options.user}:${await hashPassword(password, options.iterations, scheme)}`;
+  const entry = `${options.user}:${hash}`;
   const index = lines.findIndex((line) => splitPasswordLine(line)?.username === options.user);
   if (index >= 0) lines[index] = entry;
   else lines.push(entry);
@@ -195,7 +196,6 @@ async function readLines(file: string): Promise<string[]> {
   return lines;
 }
 
-/** Writes via a temporary file and rename so that readers never see a half-written file. */
 /**
  * Creates the directory `-c` is to write the file in (0700: it holds a password file), as the
  * README's first step does with `data/passwords.txt` on a fresh checkout, where `data/` is made
@@ -207,6 +207,7 @@ async function makeParent(file: string): Promise<void> {
   await Deno.mkdir(dirname(file), { recursive: true, mode: 0o700 }).catch(() => {});
 }
 
+/** Writes via a temporary file and rename so that readers never see a half-written file. */
 async function writeAtomically(file: string, lines: string[]): Promise<void> {
   const suffix = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
   const temp = `${file}.tmp-${suffix}`;

@@ -445,13 +445,17 @@ export class RedisStore implements ClusterStore {
    */
   async secret(name: string): Promise<Uint8Array> {
     const key = this.keys.secret(name);
-    // What Redis says (WRONGTYPE, OOM) names no key: the operator must know which one to fix.
-    const named = (e: unknown) => new Error(`redis: ${key}: ${e instanceof Error ? e.message : e}`);
-    let value = await this.client.getBuffer(key).catch((e) => Promise.reject(named(e)));
-    if (value === null) {
-      const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
-      await this.client.set(key, Buffer.from(fresh), "NX").catch((e) => Promise.reject(named(e)));
-      value = await this.client.getBuffer(key).catch((e) => Promise.reject(named(e)));
+    let value: Buffer | null;
+    try {
+      value = await this.client.getBuffer(key);
+      if (value === null) {
+        const fresh = crypto.getRandomValues(new Uint8Array(SECRET_BYTES));
+        await this.client.set(key, Buffer.from(fresh), "NX");
+        value = await this.client.getBuffer(key);
+      }
+    } catch (e) {
+      // What Redis says (WRONGTYPE, OOM) names no key: the operator must know which one to fix.
+      throw new Error(`redis: ${key}: ${e instanceof Error ? e.message : e}`, { cause: e });
     }
     if (value === null || value.length !== SECRET_BYTES) {
       throw new Error(`redis: ${key} is not a secret of ${SECRET_BYTES} bytes`);
