@@ -18,6 +18,7 @@
  * Derivation is deliberately slow (PBKDF2, ~100 ms of CPU at the default counts): called at
  * CONNECT and by `passwd` only, never on the per-message hot path.
  */
+import { Buffer } from "node:buffer";
 import { saslprep, SaslprepError } from "./saslprep.ts";
 import { type ScramHash, scramKeys } from "./scram.ts";
 
@@ -275,9 +276,7 @@ function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 function toBase64(bytes: Uint8Array): string {
-  let binary = "";
-  for (const byte of bytes) binary += String.fromCharCode(byte);
-  return btoa(binary);
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64");
 }
 
 function fromBase64(text: string, what: string): Uint8Array<ArrayBuffer> {

@@ -12,6 +12,17 @@ Deno.test("payloads are text when well-formed UTF-8, else base64, and say which"
     payload_encoding: "base64",
   });
   assert.deepEqual(encodePayload(new Uint8Array()), { payload: "", payload_encoding: "utf8" });
+  // A payload is a view into the bytes of its packet: only the view is encoded.
+  const packet = new Uint8Array([0x41, 0x42, 0xff, 0x00, 0xfe, 0x43]);
+  assert.deepEqual(encodePayload(packet.subarray(2, 5)), {
+    payload: "/wD+",
+    payload_encoding: "base64",
+  });
+  // 200 KiB of bytes that are not UTF-8 come back whole.
+  const big = new Uint8Array(200 * 1024).map((_, i) => (i * 7 + 0x80) & 0xff);
+  const row = encodePayload(big);
+  assert.equal(row.payload_encoding, "base64");
+  assert.deepEqual(Uint8Array.from(atob(row.payload), (c) => c.charCodeAt(0)), big);
 });
 
 Deno.test("a row carries the properties, publisher and receive time of its message", () => {
