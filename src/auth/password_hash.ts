@@ -71,23 +71,9 @@ export function defaultIterations(scheme: HashScheme): number {
 }
 
 /**
- * Returns why `password` cannot be stored (SASLprep refuses it, or it prepares to nothing), or
- * undefined when it can.
- */
-export async function passwordProblem(password: string): Promise<string | undefined> {
-  try {
-    await storedForm(password);
-    return undefined;
-  } catch (error) {
-    if (!(error instanceof SaslprepError)) throw error;
-    return error.message;
-  }
-}
-
-/**
  * Hashes `password`, prepared by SASLprep and encoded as UTF-8, into `scheme`'s form (default
  * `$scram-sha512$`), with `iterations` (default: `defaultIterations(scheme)`). Rejects with
- * SaslprepError for a password `passwordProblem` refuses.
+ * SaslprepError, saying why, for a password SASLprep refuses or prepares to nothing.
  */
 export async function hashPassword(
   password: string,
@@ -113,7 +99,7 @@ export async function hashPassword(
  * the user chose and a plain login takes as it is; a SCRAM client that prepares with the strict
  * rules fails on such a password on its own side, one that does not sends what this stores.
  * Rejects with SaslprepError, its message saying why (prohibited characters, the bidi rules, or
- * nothing left once prepared), as `passwordProblem` returns it.
+ * nothing left once prepared).
  */
 async function storedForm(password: string): Promise<string> {
   let prepared: string;

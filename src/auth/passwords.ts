@@ -23,7 +23,6 @@ export {
   type HashScheme,
   MAX_ITERATIONS,
   PasswordHashFormatError,
-  passwordProblem,
 } from "./password_hash.ts";
 export { SaslprepError } from "./saslprep.ts";
 

@@ -6,7 +6,6 @@ import {
   hashPassword,
   PasswordFile,
   PasswordFileError,
-  passwordProblem,
 } from "../../src/auth/passwords.ts";
 import { SaslprepError } from "../../src/auth/saslprep.ts";
 import { rawScramEntry } from "../helpers/scram_client.ts";
@@ -95,7 +94,15 @@ Deno.test("MQTT passwords that are not UTF-8, or that SASLprep refuses, are chec
   assert.equal(await file.verify("ctl", bytes(control)), true);
 });
 
-Deno.test("hashPassword refuses a password SASLprep refuses, and passwordProblem says why; code points unassigned in Unicode 3.2 (an emoji) are taken", async () => {
+/** Why hashPassword refuses `password` (its SaslprepError's message), or undefined when it takes it. */
+function refusal(password: string): Promise<string | undefined> {
+  return hashPassword(password, FAST).then(
+    () => undefined,
+    (e) => e instanceof SaslprepError ? e.message : Promise.reject(e),
+  );
+}
+
+Deno.test("hashPassword refuses a password SASLprep refuses, and says why; code points unassigned in Unicode 3.2 (an emoji) are taken", async () => {
   const cases: [string, RegExp][] = [
     ["bell\u0007", /SASLprep: it contains U\+0007, a control character/],
     ["private\uE000", /U\+E000, a private-use character/],
@@ -103,13 +110,12 @@ Deno.test("hashPassword refuses a password SASLprep refuses, and passwordProblem
     ["\u00AD", /empty once prepared with SASLprep/],
   ];
   for (const [password, reason] of cases) {
-    assert.match(await passwordProblem(password) ?? "", reason, JSON.stringify(password));
-    await assert.rejects(hashPassword(password, FAST), SaslprepError);
+    assert.match(await refusal(password) ?? "", reason, JSON.stringify(password));
   }
-  assert.equal(await passwordProblem(TYPED), undefined);
-  assert.equal(await passwordProblem("s3cret"), undefined);
+  assert.equal(await refusal(TYPED), undefined);
+  assert.equal(await refusal("s3cret"), undefined);
   const emoji = "smile\u{1F600}";
-  assert.equal(await passwordProblem(emoji), undefined);
+  assert.equal(await refusal(emoji), undefined);
   const file = PasswordFile.parse(`e:${await hashPassword(emoji, FAST)}`, "mem");
   assert.equal(await file.verify("e", bytes(emoji)), true);
   assert.equal(await file.verify("e", bytes("smile")), false);
