@@ -11,6 +11,27 @@ export interface ConfigErrorDetails {
   source?: string;
 }
 
+/**
+ * Characters that would break the one line or change how a terminal shows it: C0 and C1 controls
+ * (a newline, a NUL), line and paragraph separators, and the bidirectional overrides. Names and
+ * paths in a message come from whoever set them (a quoted TOML key, a flag, an env name, a path).
+ */
+// deno-lint-ignore no-control-regex
+const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]/g;
+
+/** `text` with every UNPRINTABLE character written as a `\uXXXX` escape. */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+const MAX_NAME_CHARS = 80;
+
+/** A name or path someone typed, made printable and cut to a length that fits in a message. */
+export function shownName(name: string): string {
+  const text = printable(name);
+  return text.length > MAX_NAME_CHARS ? `${text.slice(0, MAX_NAME_CHARS - 3)}...` : text;
+}
+
 /** One configuration problem; `message` is a single line naming key, source, problem and fix. */
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
@@ -20,7 +41,8 @@ export class ConfigError extends Error {
   readonly source?: string;
 
   constructor(message: string, details: ConfigErrorDetails = {}, options?: ErrorOptions) {
-    super(`config error: ${message}`, options);
+    // Escaped here, once, so that no name or value quoted in any message can break its one line.
+    super(`config error: ${printable(message)}`, options);
     this.key = details.key;
     this.source = details.source;
   }

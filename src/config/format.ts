@@ -2,7 +2,7 @@
  * Turns a schema issue into a one-line ConfigError: which key, its value, where that value came
  * from, what is wrong, and how to fix it in that same place.
  */
-import { ConfigError } from "./errors.ts";
+import { ConfigError, shownName } from "./errors.ts";
 import { envNameFor, keyByPath, KEYS, SECTIONS } from "./keys.ts";
 import { isTable, type Layer, type Source, sourceLabel } from "./sources.ts";
 import type { Issue } from "./spec.ts";
@@ -86,14 +86,16 @@ function unknownKeyError(layer: Layer, path: string): ConfigError {
     const guess = nearest(path, SECTIONS);
     const hint = guess ? ` (did you mean [${guess}]?)` : "";
     return new ConfigError(
-      `[${path}] ${from}: unknown table${hint}; ${removeFix(path, source)}`,
+      `[${shownName(path)}] ${from}: unknown table${hint}; ${removeFix(path, source)}`,
       { key: path, source: sourceLabel(source) },
     );
   }
   const guess = nearest(path, KEYS.map((k) => k.path));
   const hint = guess ? ` (did you mean ${guess}?)` : "";
   return new ConfigError(
-    `${path} = ${showValue(value)} ${from}: unknown key${hint}; ${removeFix(path, source)}`,
+    `${shownName(path)} = ${showValue(value)} ${from}: unknown key${hint}; ${
+      removeFix(path, source)
+    }`,
     { key: path, source: sourceLabel(source) },
   );
 }

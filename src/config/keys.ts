@@ -106,7 +106,9 @@ export function coerceText(kind: KeyKind, text: string): unknown {
       return text.trim().toLowerCase() === "auto" ? "auto" : textToBool(text);
     case "int": {
       const trimmed = text.trim();
-      return /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : text;
+      // Beyond 2^53 Number() rounds: the message would then quote a value nobody typed.
+      const n = /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : NaN;
+      return Number.isSafeInteger(n) ? n : text;
     }
     case "string":
       return text;

@@ -2,7 +2,7 @@
  * Builds the one validated Config: defaults < config file < MCLOUDTT_* environment < flags.
  */
 import { isAbsolute, resolve } from "node:path";
-import { ConfigError } from "./errors.ts";
+import { ConfigError, shownName } from "./errors.ts";
 import { issueToError } from "./format.ts";
 import { ENV_CONFIG_FILE, KEYS } from "./keys.ts";
 import { type Config, type DeepPartial, validateConfig } from "./schema.ts";
@@ -64,29 +64,80 @@ function validate(layers: readonly Layer[]): Config {
   return validateMerged(layers).config;
 }
 
+/**
+ * Largest config file read: the shipped config.toml, every key with its comment, is under 30 KB.
+ * Without a bound, a path given by mistake (a log file, /dev/zero) was read whole into memory,
+ * or forever.
+ */
+const MAX_CONFIG_FILE_BYTES = 1024 * 1024;
+
+/**
+ * The file's bytes, up to MAX_CONFIG_FILE_BYTES + 1. Read in chunks rather than by its size:
+ * a pipe (`--config <(...)`) or a device has no size to trust.
+ */
+function readBounded(file: string): Uint8Array {
+  using handle = Deno.openSync(file, { read: true });
+  const out = new Uint8Array(MAX_CONFIG_FILE_BYTES + 1);
+  let length = 0;
+  while (length < out.length) {
+    const n = handle.readSync(out.subarray(length));
+    if (n === null) break;
+    length += n;
+  }
+  return out.subarray(0, length);
+}
+
 /** Read the named file, or ./config.toml if present; a named file that is missing is an error. */
 function readConfigFile(
   named: { path: string; from: string } | undefined,
   cwd: string,
 ): { layer: Layer; file: string } | undefined {
   const given = named?.path ?? DEFAULT_CONFIG_FILE;
+  const label = shownName(given);
+  const from = named?.from ?? "default location";
+  const refuse = (reason: string, cause?: unknown) =>
+    new ConfigError(
+      `config file ${label} (from ${from}) ${reason}`,
+      { key: named?.from, source: from },
+      { cause },
+    );
+  // "" would name the working directory itself. (An empty MCLOUDTT_CONFIG never comes here.)
+  if (given === "") {
+    throw new ConfigError(`--config (from command line): is empty; give the path of a TOML file`, {
+      key: "--config",
+      source: "command line",
+    });
+  }
   const file = isAbsolute(given) ? given : resolve(cwd, given);
-  let text: string;
+  let bytes: Uint8Array;
   try {
-    text = Deno.readTextFileSync(file);
+    bytes = readBounded(file);
   } catch (e) {
     if (!named && e instanceof Deno.errors.NotFound) return undefined;
     const reason = e instanceof Deno.errors.NotFound
       ? "does not exist"
       : `cannot be read (${e instanceof Error ? e.message : String(e)})`;
-    const from = named?.from ?? "default location";
-    throw new ConfigError(
-      `config file ${given} (from ${from}) ${reason}; fix the path or create the file`,
-      { key: named?.from, source: from },
-      { cause: e },
+    throw refuse(`${reason}; fix the path or create the file`, e);
+  }
+  if (bytes.length > MAX_CONFIG_FILE_BYTES) {
+    throw refuse(
+      `is larger than ${MAX_CONFIG_FILE_BYTES} bytes, far more than any configuration; ` +
+        "check that the path names the config file",
     );
   }
-  return { layer: tomlLayer(text, given), file };
+  let text: string;
+  try {
+    // TOML is UTF-8; replacing bad bytes with U+FFFD silently changed the values they were in.
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (e) {
+    const line = new TextDecoder().decode(bytes).split("\n")
+      .findIndex((l) => l.includes("\uFFFD")) + 1;
+    throw refuse(
+      `is not valid UTF-8${line > 0 ? ` (line ${line})` : ""}; save it as UTF-8`,
+      e,
+    );
+  }
+  return { layer: tomlLayer(text, label), file };
 }
 
 /**

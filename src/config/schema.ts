@@ -6,6 +6,7 @@
 import { listenerBind, listenerEnabled, LISTENERS, listenerTls } from "./resolve.ts";
 import {
   autoBool,
+  bindsOverlap,
   bool,
   type CrossFieldParams,
   int,
@@ -15,6 +16,7 @@ import {
   nonEmptyText,
   oneOf,
   type Output,
+  secret,
   table as section,
   text,
   textWhere,
@@ -261,7 +263,7 @@ const SHAPE = {
     filter: textWhere("#", "must be an MQTT topic filter", isValidFilter),
     client_id: text(""),
     username: text(""),
-    password: text(""),
+    password: secret(""),
     cafile: text(""),
     certfile: text(""),
     keyfile: text(""),
@@ -279,7 +281,7 @@ const SHAPE = {
     port: int(1, 65535, 6379),
     url: redisUrl(),
     username: text(""),
-    password: text(""),
+    password: secret(""),
     tls: bool(false),
     db: int(0, 65535, 0),
     // Braces would become the Redis Cluster hash tag of every key, putting all of them in one slot.
@@ -331,6 +333,11 @@ export type ListenerName = "tcp" | "ws";
 export type DeepPartial<T> = {
   [K in keyof T]?: T[K] extends Record<string, unknown> ? DeepPartial<T[K]> : T[K];
 };
+
+/** "0.0.0.0 port 1883", or "port 1883 (0.0.0.0 and 127.0.0.1 overlap)" for two binds. */
+function onPort(a: string, b: string, port: number): string {
+  return a === b ? `${a} port ${port}` : `port ${port} (${a} and ${b} overlap)`;
+}
 
 function crossFieldRules(config: Config, issues: Issue[]): void {
   const bq = config.bigquery;
@@ -402,6 +409,20 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
     });
   }
 
+  // A client certificate is its file and its key: with one of them only, every dial failed
+  // (certfile) or no certificate was sent at all (keyfile), with nothing said at start.
+  const adapter = config.adapter;
+  if ((adapter.certfile === "") !== (adapter.keyfile === "")) {
+    const [set, unset] = adapter.certfile === ""
+      ? ["keyfile", "certfile"]
+      : ["certfile", "keyfile"];
+    issues.push({
+      path: ["adapter", set],
+      message: `needs adapter.${unset} too (the client certificate and its key go together)`,
+      params: { fix: `set adapter.${unset}, or set adapter.${set} = ""` },
+    });
+  }
+
   for (const name of LISTENERS) {
     const cert = config.listeners[name].client_certificate;
     if (listenerEnabled(config, name) && cert !== "auto" && cert !== "none") {
@@ -423,12 +444,12 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
     for (const name of LISTENERS) {
       if (
         listenerEnabled(config, name) && config.ports[name] === config.http.port &&
-        listenerBind(config, name) === config.http.bind
+        bindsOverlap(listenerBind(config, name), config.http.bind)
       ) {
         issues.push({
           path: ["http", "port"],
           message: `the HTTP endpoint and listeners.${name} would both listen on ` +
-            `${config.http.bind} port ${config.http.port}`,
+            onPort(config.http.bind, listenerBind(config, name), config.http.port),
           params: {
             blame: ["http.port", `ports.${name}`, "http.bind", `listeners.${name}.bind`],
             fix: `give http.port and ports.${name} different values, or set http.enabled = false`,
@@ -442,12 +463,12 @@ function crossFieldRules(config: Config, issues: Issue[]): void {
   if (
     listenerEnabled(config, "tcp") && listenerEnabled(config, "ws") &&
     tcpPort !== 0 && tcpPort === config.ports.ws &&
-    listenerBind(config, "tcp") === listenerBind(config, "ws")
+    bindsOverlap(listenerBind(config, "tcp"), listenerBind(config, "ws"))
   ) {
     issues.push({
       path: ["ports", "ws"],
       message: `listeners.tcp and listeners.ws would both listen on ` +
-        `${listenerBind(config, "tcp")} port ${tcpPort}`,
+        onPort(listenerBind(config, "tcp"), listenerBind(config, "ws"), tcpPort),
       params: {
         blame: ["ports.ws", "ports.tcp", "listeners.ws.bind", "listeners.tcp.bind"],
         fix: "give ports.tcp and ports.ws different values, different binds, or disable one",

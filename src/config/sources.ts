@@ -3,7 +3,7 @@
  * layer of raw values plus a note of where every value came from, for error messages.
  */
 import { parse as parseToml, TomlError } from "smol-toml";
-import { ConfigError } from "./errors.ts";
+import { ConfigError, shownName } from "./errors.ts";
 import {
   coerceText,
   ENV_CONFIG_FILE,
@@ -48,16 +48,25 @@ export function sourceLabel(source: Source): string {
   }
 }
 
+/**
+ * How deep tables are followed when noting sources and merging. The schema's deepest key is three
+ * tables down (`listeners.ws.path`), and a table it does not know is reported by its own name, so
+ * nothing below this depth is ever looked at. Without the bound, a dotted TOML key 10,000 levels
+ * deep (or a cyclic object given to resolveConfig) overflowed the stack with a RangeError.
+ */
+const MAX_DEPTH = 8;
+
 function notePaths(
   value: Record<string, unknown>,
   prefix: string,
   source: Source,
   out: Map<string, Source>,
+  depth = 1,
 ): void {
   for (const [name, child] of Object.entries(value)) {
     const path = prefix ? `${prefix}.${name}` : name;
     out.set(path, source);
-    if (isTable(child)) notePaths(child, path, source, out);
+    if (isTable(child) && depth < MAX_DEPTH) notePaths(child, path, source, out, depth + 1);
   }
 }
 
@@ -114,7 +123,7 @@ export function envLayer(env: Readonly<Record<string, string | undefined>>): Lay
       const guess = nearest(name, [...KEYS.map((k) => k.envName), ENV_CONFIG_FILE]);
       const hint = guess ? ` (did you mean ${guess}?)` : "";
       throw new ConfigError(
-        `${name} (from environment): unknown variable${hint}; rename or unset it ` +
+        `${shownName(name)} (from environment): unknown variable${hint}; rename or unset it ` +
           `(variables are ${ENV_PREFIX}<SECTION>_<KEY>, e.g. ${KEYS[0].envName})`,
         { key: name, source: "environment" },
       );
@@ -161,7 +170,7 @@ export function splitArgs(args: readonly string[]): SplitArgs {
       const guess = nearest(flag, KEYS.map((k) => k.flag));
       const hint = guess ? ` (did you mean ${guess}?)` : "";
       throw new ConfigError(
-        `${flag} (from command line): unknown flag${hint}; ` +
+        `${shownName(flag)} (from command line): unknown flag${hint}; ` +
           `config flags are --<section>.<key>=<value>, e.g. ${KEYS[0].flag}=false`,
         { key: flag, source: "command line" },
       );
@@ -186,16 +195,22 @@ export function splitArgs(args: readonly string[]): SplitArgs {
 /** Deep-merge layers, later ones winning, keeping the source of every value that survives. */
 export function mergeLayers(layers: readonly Layer[]): Layer {
   const merged: Layer = { values: {}, sources: new Map() };
-  const mergeInto = (target: Record<string, unknown>, from: Record<string, unknown>) => {
+  const mergeInto = (
+    target: Record<string, unknown>,
+    from: Record<string, unknown>,
+    depth: number,
+  ): Record<string, unknown> => {
     for (const [name, value] of Object.entries(from)) {
       const existing = target[name];
-      if (isTable(value) && isTable(existing)) mergeInto(existing, value);
-      else target[name] = isTable(value) ? mergeInto({}, value) : value;
+      // Below MAX_DEPTH a table is taken as it is: no key lives there (see notePaths).
+      if (!isTable(value) || depth >= MAX_DEPTH) target[name] = value;
+      else if (isTable(existing)) mergeInto(existing, value, depth + 1);
+      else target[name] = mergeInto({}, value, depth + 1);
     }
     return target;
   };
   for (const layer of layers) {
-    mergeInto(merged.values, layer.values);
+    mergeInto(merged.values, layer.values, 1);
     for (const [path, source] of layer.sources) merged.sources.set(path, source);
   }
   return merged;

@@ -91,6 +91,21 @@ function leaf<T>(
 
 const isString = (v: unknown): v is string => typeof v === "string";
 
+// deno-lint-ignore no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+/**
+ * Why a string with a control character in it is refused, or null. No path, name, URL or id in
+ * the configuration can hold one: a NUL in a path failed only at start (or in the middle of a
+ * message), and a newline in a path broke the one-line messages that quote it.
+ */
+function controlProblem(v: string): string | null {
+  const at = v.search(CONTROL);
+  if (at < 0) return null;
+  const code = v.charCodeAt(at).toString(16).toUpperCase().padStart(4, "0");
+  return `must not contain control characters (U+${code} at character ${at + 1})`;
+}
+
 /** An integer in [min, max]. */
 export function int(min: number, max: number, fallback: number): Leaf<number> {
   const msg = `must be an integer from ${min} to ${max}`;
@@ -121,8 +136,13 @@ export function oneOf<const T extends readonly [string, ...string[]]>(
   return leaf("string", fallback, msg, accept);
 }
 
-/** Any string. */
+/** Any string without control characters. */
 export function text(fallback: string): Leaf<string> {
+  return leaf("string", fallback, "must be a string", isString, controlProblem);
+}
+
+/** Any string at all: a password is opaque bytes to whoever checks it, and is never quoted. */
+export function secret(fallback: string): Leaf<string> {
   return leaf("string", fallback, "must be a string", isString);
 }
 
@@ -133,7 +153,13 @@ export function textWhere(
   test: (v: string) => boolean,
   typeMessage = message,
 ): Leaf<string> {
-  return leaf("string", fallback, typeMessage, isString, (v) => test(v) ? null : message);
+  return leaf(
+    "string",
+    fallback,
+    typeMessage,
+    isString,
+    (v) => controlProblem(v) ?? (test(v) ? null : message),
+  );
 }
 
 /** A string of at least one character. */
@@ -162,8 +188,10 @@ export function list(
       }
       const before = issues.length;
       input.forEach((item, i) => {
-        if (typeof item !== "string") issues.push({ path: [...path, i], message });
-        else if (!test(item)) issues.push({ path: [...path, i], message: itemMessage });
+        const problem = typeof item !== "string"
+          ? message
+          : controlProblem(item) ?? (test(item) ? null : itemMessage);
+        if (problem !== null) issues.push({ path: [...path, i], message: problem });
       });
       return issues.length === before ? [...input] as string[] : undefined;
     },
@@ -194,6 +222,26 @@ function isHostname(v: string): boolean {
 /** An IPv4 address, an IPv6 address or a hostname. */
 export function isHost(v: string): boolean {
   return isIpv4(v) || isIpv6(v) || isHostname(v);
+}
+
+/** An address as the socket layer sees it: IPv6 in its shortest form, a hostname in lower case. */
+function canonicalHost(v: string): string {
+  if (isIpv6(v)) return new URL(`http://[${v}]/`).hostname.slice(1, -1);
+  return v.toLowerCase();
+}
+
+/**
+ * Whether listening on `a` and on `b`, at one port, collides: the same address, or a wildcard
+ * and an address it covers. "0.0.0.0" covers every IPv4 address, "::" every address (Linux
+ * listens on it dual-stack). A hostname is compared only as written: what it resolves to is
+ * known at start. Comparing only the text let "0.0.0.0" and "127.0.0.1" pass, and the start
+ * then failed saying another process had the port.
+ */
+export function bindsOverlap(a: string, b: string): boolean {
+  const [x, y] = [canonicalHost(a), canonicalHost(b)];
+  const covers = (wild: string, other: string) =>
+    wild === "::" || (wild === "0.0.0.0" && isIpv4(other));
+  return x === y || covers(x, y) || covers(y, x);
 }
 
 /** A table named `name` (for its message) with exactly the keys of `shape`. */

@@ -25,19 +25,21 @@ function lastSegment(path: string): string {
  */
 export function nearest(wanted: string, candidates: readonly string[]): string | undefined {
   const w = wanted.toLowerCase();
+  const allowed = Math.max(2, Math.floor(lastSegment(w).length / 3));
   let best: string | undefined;
   let bestScore = Infinity;
   for (const candidate of candidates) {
     const c = candidate.toLowerCase();
-    const score = Math.min(
-      editDistance(w, c),
-      editDistance(lastSegment(w), lastSegment(c)) + 1,
-    );
+    // The distance is at least the difference in length: a pair that cannot come within
+    // `allowed` is not measured. Measuring a megabyte-long variable name against every key
+    // took half a minute at start.
+    const near = (a: string, b: string) =>
+      Math.abs(a.length - b.length) <= allowed ? editDistance(a, b) : Infinity;
+    const score = Math.min(near(w, c), near(lastSegment(w), lastSegment(c)) + 1);
     if (score < bestScore) {
       best = candidate;
       bestScore = score;
     }
   }
-  const allowed = Math.max(2, Math.floor(lastSegment(w).length / 3));
   return bestScore <= allowed ? best : undefined;
 }

@@ -103,10 +103,11 @@ Deno.test("both listeners on the same port and bind is refused, blaming the key 
     { args: ["--ports.ws", "1883"] },
     "ports.ws = 1883 (from flag --ports.ws)",
   );
-  // Different binds, a disabled listener, or port 0 are all fine.
+  // Binds that do not overlap, a disabled listener, or port 0 are all fine. (127.0.0.1 beside
+  // tcp's default 0.0.0.0 overlaps: config_attack_test.ts.)
   await withTempDir({}, (dir) => {
     const ok = (args: string[]) => loadConfig({ args, env: {}, cwd: dir });
-    ok(["--ports.ws=1883", "--listeners.ws.bind=127.0.0.1"]);
+    ok(["--ports.ws=1883", "--listeners.tcp.bind=127.0.0.1", "--listeners.ws.bind=127.0.0.2"]);
     ok(["--ports.ws=1883", "--general.websocket=false"]);
     ok(["--ports.ws=1883", "--listeners.tcp.enabled=false"]);
     ok(["--ports.ws=0", "--ports.tcp=0"]);
