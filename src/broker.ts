@@ -362,6 +362,7 @@ export class Broker {
         c.limits.max_connect_backlog + 4096,
       upgradeTimeoutMs: c.limits.connect_timeout * 1000,
       lingerMs: c.limits.close_linger_ms,
+      allowedOrigins: c.listeners.ws.allowed_origins,
     };
     if (!tls) {
       const { listenWebSocket } = await import("./transport/websocket.ts");

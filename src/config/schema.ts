@@ -23,6 +23,7 @@ import {
 } from "./spec.ts";
 import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
 import { isValidFilter } from "../protocol/topic.ts";
+import { normalizeOrigin } from "../transport/ws_origin.ts";
 
 export type { CrossFieldParams };
 
@@ -73,6 +74,7 @@ export const LOG_MODULES = [
   "tcp",
   "tls",
   "topic-log",
+  "ws",
 ] as const;
 
 /** `module=level` pairs separated by commas, e.g. `connection=debug,tls=warning`; "" for none. */
@@ -92,6 +94,9 @@ function isLogLevels(v: string): boolean {
 }
 
 const WS_PATH_MSG = 'must be a string starting with "/"';
+
+const ORIGINS_MSG = 'must be a list of web origins, e.g. ["https://dashboard.example.com"] ' +
+  "(scheme, host and port only; [] lets every page in)";
 
 const HOST_PORT_MSG = 'must be a list of "host:port" strings';
 const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
@@ -150,6 +155,7 @@ const SHAPE = {
       enabled: autoBool(),
       ...listenerFields(),
       path: textWhere("/mqtt", WS_PATH_MSG, (v) => v.startsWith("/")),
+      allowed_origins: list([], ORIGINS_MSG, (v) => normalizeOrigin(v) !== null),
     }),
   }),
   http: section("http", {

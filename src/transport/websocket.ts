@@ -7,6 +7,7 @@
  * and pausing the socket when the broker asks the client to wait (read gate).
  */
 import http from "node:http";
+import { getLogger } from "@logtape/logtape";
 import type { IncomingMessage, Server } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type ServerOptions, type WebSocket, WebSocketServer } from "ws";
@@ -16,6 +17,9 @@ import { oneRequestHead, releaseReads } from "./http_reads.ts";
 import { FLOOD_CHUNK } from "./throttle.ts";
 import type { Acceptor, ConnectionHandler, Listener, PeerInfo } from "./types.ts";
 import { type FrameReads, joinFrameReads } from "./ws_reads.ts";
+import { normalizeOrigin, originAllowed } from "./ws_origin.ts";
+
+const log = getLogger(["mcloudtt", "ws"]);
 
 /** Subprotocols we speak, most preferred first ("mqttv3.1" is what old clients offer). */
 export const MQTT_SUBPROTOCOLS = ["mqtt", "mqttv3.1"];
@@ -57,6 +61,11 @@ export interface WsOptions {
   upgradeTimeoutMs: number;
   /** Milliseconds a closing WebSocket waits for the client's close frame (limits.close_linger_ms). */
   lingerMs: number;
+  /**
+   * Origins whose pages may upgrade (`[listeners.ws] allowed_origins`, as ws_origin.ts reads
+   * them); empty: any. An upgrade that carries another Origin is refused with 403, before MQTT.
+   */
+  allowedOrigins?: readonly string[];
 }
 
 export interface WsListenOptions extends WsOptions {
@@ -225,8 +234,8 @@ function refuseTooLarge(ws: WebSocket, reason = "message too large"): void {
 
 /**
  * Serves MQTT over WebSocket on `server` (node:http or node:https): HTTP
- * requests get 426, upgrades to another path 404, upgrades without an MQTT
- * subprotocol 400. `admit` may refuse an upgrade (returning an HTTP status)
+ * requests get 426, upgrades to another path 404, upgrades from a page whose
+ * origin is not allowed 403, upgrades without an MQTT subprotocol 400. `admit` may refuse an upgrade (returning an HTTP status)
  * and describes the peer.
  */
 export function serveWebSocket(
@@ -276,6 +285,8 @@ export function serveWebSocket(
     },
   };
   const wss = new WebSocketServer(options);
+  // The config checked each is an origin; written as browsers send them, once.
+  const origins = (opts.allowedOrigins ?? []).map((o) => normalizeOrigin(o) ?? o);
   server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Uint8Array) => {
     // The socket leaves node:http: what follows is WebSocket frames, read by ws.
     releaseReads(socket);
@@ -285,6 +296,13 @@ export function serveWebSocket(
     socket.on("error", () => socket.destroy());
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) return refuse(socket, 404, "Not Found");
+    if (!originAllowed(origins, req.headers.origin)) {
+      log.info("refused a WebSocket upgrade from {remote_address}: origin {origin} not allowed", {
+        remote_address: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+        origin: String(req.headers.origin),
+      });
+      return refuse(socket, 403, "Forbidden");
+    }
     if (pickSubprotocol(req.headers["sec-websocket-protocol"]) === null) {
       return refuse(socket, 400, "Bad Request");
     }

@@ -257,7 +257,7 @@ Deno.test("log_levels names only modules that log: a typo is refused, topic-log 
     'general.log_levels = "conection=debug" (from flag --general.log_levels)',
     "modules: auth, bq-adapter, broker",
   );
-  await loadIn(undefined, { env: { MCLOUDTT_GENERAL_LOG_LEVELS: "ws=debug" } }, "log_levels");
+  await loadIn(undefined, { env: { MCLOUDTT_GENERAL_LOG_LEVELS: "router=debug" } }, "log_levels");
   const ok = loadConfig({
     args: ["--general.log_levels=topic-log=debug, bq-adapter=warning,store=error"],
     env: {},

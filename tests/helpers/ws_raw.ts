@@ -13,6 +13,8 @@ export interface RawWsOptions {
   path?: string;
   /** CA certificate (PEM) to speak wss:// instead of ws://. */
   caCert?: string;
+  /** An Origin header, as a browser sends its page's. */
+  origin?: string;
 }
 
 /** An event seen on the connection: an MQTT packet, a close frame, or the end of the stream. */
@@ -47,7 +49,8 @@ export class RawWsClient {
         `GET ${opts.path ?? "/mqtt"} HTTP/1.1\r\nHost: localhost:${port}\r\n` +
           `Upgrade: websocket\r\nConnection: Upgrade\r\n` +
           `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n` +
-          `Sec-WebSocket-Protocol: mqtt\r\n\r\n`,
+          `Sec-WebSocket-Protocol: mqtt\r\n` +
+          (opts.origin === undefined ? "" : `Origin: ${opts.origin}\r\n`) + "\r\n",
       ),
     );
     let head: Uint8Array = new Uint8Array(0);
