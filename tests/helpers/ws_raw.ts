@@ -15,6 +15,8 @@ export interface RawWsOptions {
   caCert?: string;
   /** An Origin header, as a browser sends its page's. */
   origin?: string;
+  /** Sec-WebSocket-Version (13 unless given; 8 is the hybi-08 draft, whose origin header differs). */
+  version?: 8 | 13;
 }
 
 /** An event seen on the connection: an MQTT packet, a close frame, or the end of the stream. */
@@ -48,9 +50,14 @@ export class RawWsClient {
       enc.encode(
         `GET ${opts.path ?? "/mqtt"} HTTP/1.1\r\nHost: localhost:${port}\r\n` +
           `Upgrade: websocket\r\nConnection: Upgrade\r\n` +
-          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n` +
+          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: ${
+            opts.version ?? 13
+          }\r\n` +
           `Sec-WebSocket-Protocol: mqtt\r\n` +
-          (opts.origin === undefined ? "" : `Origin: ${opts.origin}\r\n`) + "\r\n",
+          (opts.origin === undefined
+            ? ""
+            : `${opts.version === 8 ? "Sec-WebSocket-Origin" : "Origin"}: ${opts.origin}\r\n`) +
+          "\r\n",
       ),
     );
     let head: Uint8Array = new Uint8Array(0);

@@ -13,10 +13,15 @@ import { RawWsClient } from "../helpers/ws_raw.ts";
 import { assertConfigError } from "../config/helpers.ts";
 
 /** The HTTP status the upgrade got: 101 and an MQTT session (CONNACK 0), or the refusal's. */
-async function upgrade(port: number, origin: string | undefined, id: string): Promise<number> {
+async function upgrade(
+  port: number,
+  origin: string | undefined,
+  id: string,
+  version: 8 | 13 = 13,
+): Promise<number> {
   let client: RawWsClient;
   try {
-    client = await RawWsClient.open(port, origin === undefined ? {} : { origin });
+    client = await RawWsClient.open(port, origin === undefined ? { version } : { origin, version });
   } catch (e) {
     const status = /upgrade refused: HTTP\/1\.1 (\d{3})/.exec(String(e));
     if (status === null) throw e;
@@ -54,6 +59,9 @@ Deno.test("ws: an upgrade from a page of another origin gets 403; the allowed or
   ) {
     assert.equal(await upgrade(b.wsPort, hostile, "x"), 403, hostile);
   }
+  // A browser of the hybi-08 draft (which ws still speaks) sent the origin as Sec-WebSocket-Origin.
+  assert.equal(await upgrade(b.wsPort, "https://evil.example", "draft", 8), 403);
+  assert.equal(await upgrade(b.wsPort, "https://dash.example", "draft-page", 8), 101);
   // The refusals cost the listener nothing: the next page from the allowed origin is served.
   assert.equal(await upgrade(b.wsPort, "https://dash.example", "again"), 101);
 });
