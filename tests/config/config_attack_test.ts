@@ -14,7 +14,7 @@ import {
 } from "../../src/config/mod.ts";
 import { CONFIG_TABLE } from "../../src/config/schema.ts";
 import type { Issue, Leaf } from "../../src/config/spec.ts";
-import { assertConfigError, withTempDir } from "./helpers.ts";
+import { assertConfigError, runDeno, withTempDir } from "./helpers.ts";
 
 const NOWHERE = "/nonexistent-mcloudtt-config-dir";
 
@@ -317,25 +317,9 @@ Deno.test("adapter.certfile and adapter.keyfile come together", () => {
 });
 
 const main = new URL("../../main.ts", import.meta.url).pathname;
-const denoJson = new URL("../../deno.json", import.meta.url).pathname;
-
 /** Start the real broker in `cwd` with a clean environment; its exit code and output. */
-async function runMain(cwd: string, args: string[], env: Record<string, string> = {}) {
-  const keep: Record<string, string> = { NO_COLOR: "1" };
-  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
-    const value = Deno.env.get(name);
-    if (value !== undefined) keep[name] = value;
-  }
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", "--no-check", "--config", denoJson, "-A", main, ...args],
-    cwd,
-    clearEnv: true,
-    env: { ...keep, ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+function runMain(cwd: string, args: string[], env: Record<string, string> = {}) {
+  return runDeno(cwd, ["--no-check", "-A", main, ...args], env);
 }
 
 /** Exit 2 and exactly one line on stderr, a config error with every fragment and no trace. */

@@ -1,26 +1,10 @@
 import assert from "node:assert/strict";
-import { withTempDir } from "./helpers.ts";
+import { runDeno, withTempDir } from "./helpers.ts";
 
 const fixture = new URL("./fixtures/load_or_exit.ts", import.meta.url).pathname;
-const denoJson = new URL("../../deno.json", import.meta.url).pathname;
-
-/** Run the fixture in `cwd` with a clean environment (plus `env`) so the host's MCLOUDTT_* can't leak in. */
-async function runFixture(cwd: string, args: string[], env: Record<string, string> = {}) {
-  const keep: Record<string, string> = { NO_COLOR: "1" };
-  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
-    const value = Deno.env.get(name);
-    if (value !== undefined) keep[name] = value;
-  }
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--quiet", "--config", denoJson, "--allow-read", "--allow-env", fixture, ...args],
-    cwd,
-    clearEnv: true,
-    env: { ...keep, ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+/** Run the fixture in `cwd` with a clean environment (plus `env`). */
+function runFixture(cwd: string, args: string[], env: Record<string, string> = {}) {
+  return runDeno(cwd, ["--allow-read", "--allow-env", fixture, ...args], env);
 }
 
 Deno.test("a bad config makes the process exit 2 with the one-line message on stderr", async () => {

@@ -31,3 +31,31 @@ export function assertConfigError(fn: () => unknown, ...fragments: string[]): Co
   }
   return caught;
 }
+
+const DENO_JSON = new URL("../../deno.json", import.meta.url).pathname;
+
+/**
+ * Runs `deno run <denoArgs>` in `cwd` with a clean environment (plus `env`), so the host's
+ * MCLOUDTT_* cannot leak in; its exit code and output.
+ */
+export async function runDeno(
+  cwd: string,
+  denoArgs: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const keep: Record<string, string> = { NO_COLOR: "1" };
+  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME"]) {
+    const value = Deno.env.get(name);
+    if (value !== undefined) keep[name] = value;
+  }
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--quiet", "--config", DENO_JSON, ...denoArgs],
+    cwd,
+    clearEnv: true,
+    env: { ...keep, ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: output.code, stdout: decode(output.stdout), stderr: decode(output.stderr) };
+}
