@@ -23,7 +23,7 @@ import {
 } from "./spec.ts";
 import { DEFAULT_TLS_PATHS } from "./tls_defaults.ts";
 import { isValidFilter } from "../protocol/topic.ts";
-import { normalizeOrigin } from "../transport/ws_origin.ts";
+import { ANY_ORIGIN, normalizeOrigin } from "../transport/ws_origin.ts";
 
 export type { CrossFieldParams };
 
@@ -96,7 +96,7 @@ function isLogLevels(v: string): boolean {
 const WS_PATH_MSG = 'must be a string starting with "/"';
 
 const ORIGINS_MSG = 'must be a list of web origins, e.g. ["https://dashboard.example.com"] ' +
-  "(scheme, host and port only; [] lets every page in)";
+  '(scheme, host and port only), or ["*"] for every page';
 
 const HOST_PORT_MSG = 'must be a list of "host:port" strings';
 const HOST_PORT = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$/;
@@ -155,7 +155,11 @@ const SHAPE = {
       enabled: autoBool(),
       ...listenerFields(),
       path: textWhere("/mqtt", WS_PATH_MSG, (v) => v.startsWith("/")),
-      allowed_origins: list([], ORIGINS_MSG, (v) => normalizeOrigin(v) !== null),
+      allowed_origins: list(
+        [],
+        ORIGINS_MSG,
+        (v) => v === ANY_ORIGIN || normalizeOrigin(v) !== null,
+      ),
     }),
   }),
   http: section("http", {

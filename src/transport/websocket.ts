@@ -63,7 +63,8 @@ export interface WsOptions {
   lingerMs: number;
   /**
    * Origins whose pages may upgrade (`[listeners.ws] allowed_origins`, as ws_origin.ts reads
-   * them); empty: any. An upgrade that carries another Origin is refused with 403, before MQTT.
+   * them; "*": any; empty or absent: none). An upgrade that carries another Origin is refused
+   * with 403, before MQTT; one without an Origin (not a browser) is not affected.
    */
   allowedOrigins?: readonly string[];
 }
@@ -296,11 +297,17 @@ export function serveWebSocket(
     socket.on("error", () => socket.destroy());
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== opts.path) return refuse(socket, 404, "Not Found");
-    if (!originAllowed(origins, req.headers.origin)) {
-      log.info("refused a WebSocket upgrade from {remote_address}: origin {origin} not allowed", {
-        remote_address: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
-        origin: String(req.headers.origin),
-      });
+    // Browsers of the hybi-08 draft, which ws still accepts, named the header Sec-WebSocket-Origin.
+    const origin = req.headers.origin ?? req.headers["sec-websocket-origin"];
+    if (!originAllowed(origins, origin)) {
+      log.info(
+        "refused a WebSocket upgrade from {remote_address}: a web page of {origin}, not in " +
+          "listeners.ws.allowed_origins",
+        {
+          remote_address: `${req.socket.remoteAddress}:${req.socket.remotePort}`,
+          origin: String(origin),
+        },
+      );
       return refuse(socket, 403, "Forbidden");
     }
     if (pickSubprotocol(req.headers["sec-websocket-protocol"]) === null) {

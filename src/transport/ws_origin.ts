@@ -5,7 +5,8 @@
  * own server: without a check, a hostile page talks MQTT as that user (cross-site WebSocket
  * hijacking). Browsers always send the page's Origin with the upgrade and scripts cannot change
  * it; other clients (MQTT.js under Node, mosquitto, Paho) usually send none, and a request without
- * one is not a browser's, so it is let through.
+ * one is not a browser's, so it is let through. Secure by default: no page may connect until its
+ * origin is listed (or "*" lets every page in).
  */
 
 /**
@@ -26,16 +27,21 @@ export function normalizeOrigin(text: string): string | null {
   return url.origin;
 }
 
+/** In `allowed_origins`: every page may connect. */
+export const ANY_ORIGIN = "*";
+
 /**
  * Whether an upgrade with the Origin header `header` may proceed, given the configured origins
- * (already normalized; empty: every origin). A header the browser sent as "null" (a sandboxed
- * frame, a file:// page) matches no configured origin.
+ * (normalized; ANY_ORIGIN lets every page in; empty lets no page in). A request without an Origin
+ * is not a browser's and proceeds. A header the browser sent as "null" (a sandboxed frame, a
+ * file:// page) matches no configured origin. No "same host" rule: under DNS rebinding a hostile
+ * page's origin names the broker's host.
  */
 export function originAllowed(
   allowed: readonly string[],
   header: string | string[] | undefined,
 ): boolean {
-  if (allowed.length === 0 || header === undefined) return true;
+  if (header === undefined || allowed.includes(ANY_ORIGIN)) return true;
   // node:http joins repeated headers, except a few; an array here is not one browser's request.
   if (typeof header !== "string") return false;
   const origin = normalizeOrigin(header.trim());

@@ -1,7 +1,7 @@
 /**
- * `[listeners.ws] allowed_origins`: a web page from another origin cannot open MQTT over
+ * `[listeners.ws] allowed_origins`: a web page of an origin not listed cannot open MQTT over
  * WebSocket (cross-site WebSocket hijacking), over ws and over wss with the visitor's client
- * certificate; clients that send no Origin, and every client when the list is empty, are served.
+ * certificate; clients that send no Origin are served, and "*" lets every page in.
  */
 import assert from "node:assert/strict";
 import WebSocket from "ws";
@@ -66,9 +66,16 @@ Deno.test("ws: an upgrade from a page of another origin gets 403; the allowed or
   assert.equal(await upgrade(b.wsPort, "https://dash.example", "again"), 101);
 });
 
-Deno.test("ws: with allowed_origins = [] (the default) every page may connect", async () => {
-  await using b = await wsBroker([]);
+Deno.test('ws: by default (allowed_origins = []) no web page may connect, clients without an Origin may; ["*"] lets every page in', async () => {
+  {
+    await using b = await wsBroker([]);
+    assert.equal(await upgrade(b.wsPort, "https://anywhere.example", "page"), 403);
+    assert.equal(await upgrade(b.wsPort, `http://127.0.0.1:${b.wsPort}`, "own-host"), 403);
+    assert.equal(await upgrade(b.wsPort, undefined, "not-a-browser"), 101);
+  }
+  await using b = await wsBroker(["*"]);
   assert.equal(await upgrade(b.wsPort, "https://anywhere.example", "any"), 101);
+  assert.equal(await upgrade(b.wsPort, "null", "sandboxed"), 101);
   assert.equal(await upgrade(b.wsPort, undefined, "none"), 101);
 });
 
@@ -104,7 +111,9 @@ Deno.test("wss: a hostile page cannot use the visitor's client certificate; the 
 });
 
 Deno.test("allowed_origins takes origins only: a path, a wildcard or a bare host is refused at load, naming the key", () => {
-  for (const bad of ["https://dash.example/app", "*", "dash.example", "ftp://dash.example"]) {
+  for (
+    const bad of ["https://dash.example/app", "*.example", "dash.example", "ftp://dash.example"]
+  ) {
     assertConfigError(
       () =>
         loadConfig({
@@ -134,6 +143,7 @@ Deno.test("originAllowed: header forms a browser never sends are refused once a 
   assert.equal(originAllowed(allowed, ["https://dash.example", "https://evil.example"]), false);
   assert.equal(originAllowed(allowed, "https://dash.example/path"), false);
   assert.equal(originAllowed(allowed, "https://user@dash.example"), false);
-  assert.equal(originAllowed([], "https://evil.example"), true);
+  assert.equal(originAllowed([], "https://evil.example"), false);
+  assert.equal(originAllowed(["*"], "https://evil.example"), true);
   assert.equal(originAllowed(allowed, undefined), true);
 });
