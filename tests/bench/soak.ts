@@ -208,7 +208,7 @@ async function main(): Promise<number> {
       `- offline session: ${st.offlineVisits} visits, ${st.offlineReceived} received, acknowledged and lost ${lost.offline}`,
     );
     say(
-      `- churn: ${st.churned} connections (${settled.connects} CONNACKs in all), ${settled.expired} sessions expired, ${settled.wills} wills published (${st.churnWills} left to be published)`,
+      `- churn: ${st.churned} connections (${settled.connects} CONNACKs in all), ${settled.expired} sessions expired, ${settled.wills} wills published (the churn dropped ${st.churnWills} sockets with a will)`,
     );
     say(
       `- retained: ${st.retainedSets} sets, ${st.retainedClears} clears, ${settled.retained} held at the end; the wildcard reader got ${

@@ -279,12 +279,14 @@ export class SoakLoad {
           { clientId: "soak-retained-reader" },
           (c) =>
             c.on("message", (_t, _p, packet) => {
-              if (packet.retain) got++;
+              if (!packet.retain) return; // live sets and clears keep coming
+              got++;
               last = performance.now();
             }),
         );
         await c.subscribeAsync("soak/ret/#", { qos: 1 });
-        while (performance.now() - last < 1000) await sleep(200);
+        const until = performance.now() + 10_000;
+        while (performance.now() - last < 1000 && performance.now() < until) await sleep(200);
         await endClient(c);
         this.stats.retainedReads.push(got);
       } catch (e) {
