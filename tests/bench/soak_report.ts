@@ -69,10 +69,10 @@ export function toSample(t: number, rss: number, m: Map<string, number>): SoakSa
   };
 }
 
-/** Least-squares slope of y over x; NaN with fewer than 3 points. */
+/** Least-squares slope of y over x (with 2 points, the line through them); NaN with fewer. */
 export function slope(points: readonly (readonly [number, number])[]): number {
   const pts = points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  if (pts.length < 3) return NaN;
+  if (pts.length < 2) return NaN;
   const mx = pts.reduce((s, [x]) => s + x, 0) / pts.length;
   const my = pts.reduce((s, [, y]) => s + y, 0) / pts.length;
   let num = 0, den = 0;
@@ -146,4 +146,21 @@ export function sampleTable(samples: readonly SoakSample[]): string {
   ]);
   const line = (cells: string[]) => `| ${cells.join(" | ")} |`;
   return [line(head), line(head.map(() => "---")), ...rows.map(line)].join("\n");
+}
+
+/**
+ * The samples just after each major GC: where heap used fell by more than a third since the
+ * previous sample (the lower of that sample and the next). With the shipped
+ * `--initial-old-space-size=64` the heap piles up garbage for minutes before its first major GC,
+ * so a straight line through every sample measures where the run stopped in that saw-tooth; the
+ * troughs are what the broker keeps.
+ */
+export function troughs(samples: readonly SoakSample[]): SoakSample[] {
+  const out: SoakSample[] = [];
+  for (let i = 1; i < samples.length; i++) {
+    if (samples[i].heapUsed >= samples[i - 1].heapUsed * (2 / 3)) continue;
+    const next = samples[i + 1];
+    out.push(next !== undefined && next.rss < samples[i].rss ? next : samples[i]);
+  }
+  return out;
 }
